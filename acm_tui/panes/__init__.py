@@ -1,0 +1,1 @@
+"""One pane per pipeline stage; each is a `Pane` (see base.py)."""

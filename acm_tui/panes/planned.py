@@ -1,0 +1,41 @@
+"""Panes for stages that are not built yet: they say so plainly instead of pretending."""
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.widgets import Static
+
+from .base import Pane
+
+
+class PlannedPane(Pane):
+    """A stage that does not exist yet, with what it will do and its CLI counterpart."""
+
+    PLAN = ""
+
+    def compose(self) -> ComposeResult:
+        yield Static(f"[b]{self.TITLE}: not built yet[/b]\n\n{self.PLAN}", classes="planned")
+
+
+class DataPane(PlannedPane):
+    TITLE = "Data"
+    PLAN = ("This stage will fetch the language corpus (Hugging Face datasets, local files, or the "
+            "built-in offline text) and the bash corpus (GitHub repositories or local folders), "
+            "validate and deduplicate them, and show their statistics.")
+
+
+class TokenizerPane(PlannedPane):
+    TITLE = "Tokenizer"
+    PLAN = ("This stage will train the byte-level BPE tokenizer on both corpora, let you probe it "
+            "as you type, and tokenize the corpora into training shards.")
+
+
+class TrainPane(PlannedPane):
+    TITLE = "Train"
+    PLAN = ("This stage will pretrain on language and fine-tune on code with live loss, learning "
+            "rate, tokens/s and memory charts, with pause, resume, stop and save-now keys.")
+
+
+class GeneratePane(PlannedPane):
+    TITLE = "Generate"
+    PLAN = ("This stage will stream text from a checkpoint with sampling controls, and evaluate "
+            "validation loss, perplexity and the share of generated scripts that parse.")

@@ -1,0 +1,296 @@
+"""acm.toml as typed dataclasses: read with tomllib, written with tomli-w, validated on load.
+
+Every setting lives here with its help text and allowed range, so the CLI, the TUI's settings
+and the README all describe the same thing. Bad input raises ConfigError with one line that
+names the file, the key and what is allowed.
+"""
+from __future__ import annotations
+
+import difflib
+import os
+import tomllib
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import tomli_w
+
+from .atomic import write_text
+from .errors import ConfigError
+from .presets import PRESETS, ModelShape, get_preset
+
+CONFIG_NAME = "acm.toml"
+
+
+def setting(default: Any, help: str, *, min: float | None = None, max: float | None = None,
+            choices: tuple | None = None) -> Any:
+    """A dataclass field carrying its help text and allowed values (read by the validator)."""
+    meta = {"help": help, "min": min, "max": max, "choices": choices}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class PathsConfig:
+    data: str = setting("data", "working folder for corpora, the tokenizer and token shards")
+    runs: str = setting("runs", "working folder for training runs (checkpoints, metrics, logs)")
+
+
+@dataclass
+class LanguageDataConfig:
+    source: str = setting("builtin", "where the language corpus comes from",
+                          choices=("builtin", "hf", "local"))
+    hf_dataset: str = setting("roneneldan/TinyStories",
+                              "Hugging Face dataset (alternative: Skylion007/openwebtext)")
+    hf_config: str = setting("", "the dataset's configuration name, if it has several")
+    hf_split: str = setting("train[:50000]", "split with optional slicing, e.g. train[:50000]")
+    text_field: str = setting("text", "the column holding each document's text")
+    streaming: bool = setting(True, "stream the dataset instead of downloading it whole, where it allows")
+    local_paths: list = setting([], "files or folders (.txt .md .jsonl .parquet) for source = local")
+    max_documents: int = setting(0, "stop after this many documents (0: no limit)", min=0)
+
+
+@dataclass
+class CodeDataConfig:
+    source: str = setting("builtin", "where the bash corpus comes from",
+                          choices=("builtin", "github", "local"))
+    repos_file: str = setting("", "repository list for source = github (empty: the built-in list of 46)")
+    local_paths: list = setting([], "folders scanned for shell scripts for source = local")
+    clone_jobs: int = setting(4, "repositories cloned at once", min=1, max=32)
+    clone_timeout_s: int = setting(300, "seconds before one clone is abandoned", min=10, max=7200)
+    clone_retries: int = setting(2, "retries of a failed clone", min=0, max=10)
+    max_file_bytes: int = setting(1_000_000, "scripts larger than this are skipped", min=64)
+    max_line_length: int = setting(1000, "scripts with a longer line are skipped", min=40)
+    syntax_timeout_s: float = setting(5.0, "seconds `bash -n` may take per script", min=0.1, max=120)
+    near_duplicate_threshold: float = setting(0.85, "MinHash Jaccard above which scripts are near-duplicates",
+                                              min=0.5, max=1.0)
+
+
+@dataclass
+class DataConfig:
+    language: LanguageDataConfig = field(default_factory=LanguageDataConfig)
+    code: CodeDataConfig = field(default_factory=CodeDataConfig)
+
+
+@dataclass
+class TokenizerConfig:
+    vocab_size: int = setting(32000, "BPE vocabulary size, special tokens included (must equal the model's)",
+                              min=260, max=262144)
+    min_frequency: int = setting(2, "pairs seen fewer times are not merged", min=1)
+    code_weight: float = setting(0.3, "share of the tokenizer's training text drawn from code", min=0.0, max=1.0)
+
+
+@dataclass
+class PrepareConfig:
+    val_fraction: float = setting(0.05, "share of documents held out for validation", min=0.0, max=0.5)
+    seed: int = setting(1234, "seed of the train/val split", min=0)
+    add_bos: bool = setting(True, "start each document with <BOS> (every document ends with <EOS>)")
+
+
+@dataclass
+class ModelConfig:
+    preset: str = setting("medium", "model shape", choices=tuple(PRESETS))
+    compute_dtype: str = setting("bfloat16", "dtype of the forward/backward; weights stay float32",
+                                 choices=("float32", "bfloat16", "float16"))
+
+    def shape(self) -> ModelShape:
+        return get_preset(self.preset)
+
+
+@dataclass
+class StageConfig:
+    steps: int = setting(10000, "optimizer steps", min=1)
+    batch_size: int = setting(8, "sequences per micro-batch", min=1)
+    grad_accum: int = setting(1, "micro-batches per optimizer step", min=1)
+    seq_len: int = setting(1024, "tokens per sequence (at most the preset's context)", min=8)
+    learning_rate: float = setting(3e-4, "peak learning rate", min=0.0, max=1.0)
+    min_lr_ratio: float = setting(0.1, "final learning rate as a share of the peak", min=0.0, max=1.0)
+    warmup_steps: int = setting(200, "linear warmup steps", min=0)
+    weight_decay: float = setting(0.1, "AdamW decoupled weight decay", min=0.0, max=1.0)
+    grad_clip: float = setting(1.0, "clip the global gradient norm to this (0: off)", min=0.0)
+    eval_every: int = setting(250, "steps between validation-loss checks", min=1)
+    eval_batches: int = setting(20, "batches per validation-loss check", min=1)
+    save_every: int = setting(500, "steps between checkpoints", min=1)
+    keep_last: int = setting(3, "checkpoints kept besides the best", min=1)
+    seed: int = setting(0, "seed of initialisation and batch order", min=0)
+
+
+def _finetune_defaults() -> StageConfig:
+    return StageConfig(steps=2000, learning_rate=1e-4, warmup_steps=100, eval_every=100, save_every=250)
+
+
+@dataclass
+class TrainConfig:
+    pretrain: StageConfig = field(default_factory=StageConfig)
+    finetune: StageConfig = field(default_factory=_finetune_defaults)
+
+
+@dataclass
+class GenerateConfig:
+    temperature: float = setting(0.8, "sampling temperature (0: greedy)", min=0.0, max=5.0)
+    top_k: int = setting(50, "keep the k most likely tokens (0: off)", min=0)
+    top_p: float = setting(0.95, "keep the smallest set with this total probability (1: off)", min=0.0, max=1.0)
+    min_p: float = setting(0.0, "drop tokens below this share of the top token's probability (0: off)",
+                           min=0.0, max=1.0)
+    repetition_penalty: float = setting(1.1, "penalty on tokens already generated (1: off)", min=1.0, max=3.0)
+    max_tokens: int = setting(256, "new tokens per generation", min=1)
+    seed: int = setting(0, "sampling seed", min=0)
+
+
+@dataclass
+class Config:
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    # Where the file was read from; relative paths in [paths] resolve against its folder.
+    root: Path = field(default=Path("."), compare=False, repr=False, metadata={"internal": True})
+
+    @property
+    def data_dir(self) -> Path:
+        return (self.root / self.paths.data).resolve()
+
+    @property
+    def runs_dir(self) -> Path:
+        return (self.root / self.paths.runs).resolve()
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("root")
+        return d
+
+
+# ---------------------------------------------------------------- validation
+
+def _setting_fields(cls) -> list:
+    return [f for f in fields(cls) if not f.metadata.get("internal")]
+
+
+def _check_value(key: str, value: Any, f, typ) -> Any:
+    meta = f.metadata
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    wanted = {"str": str, "int": int, "float": float, "bool": bool, "list": list}[typ.__name__]
+    if not isinstance(value, wanted) or (wanted is int and isinstance(value, bool)):
+        raise ConfigError(f"{key} must be {_type_word(wanted)}, got {value!r}")
+    choices = meta.get("choices")
+    if choices and value not in choices:
+        raise ConfigError(f"{key} = {value!r} is not valid; choose one of: {', '.join(map(str, choices))}")
+    lo, hi = meta.get("min"), meta.get("max")
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise ConfigError(f"{key} = {value!r} is out of range; allowed: {_range_words(lo, hi)}")
+    return value
+
+
+def _type_word(t: type) -> str:
+    return {str: "a string", int: "an integer", float: "a number", bool: "true or false",
+            list: "a list"}[t]
+
+
+def _range_words(lo, hi) -> str:
+    if lo is not None and hi is not None:
+        return f"{lo} to {hi}"
+    return f">= {lo}" if lo is not None else f"<= {hi}"
+
+
+def _build(cls, table: dict, prefix: str, source: str):
+    """Build dataclass `cls` from a TOML table, refusing unknown keys and bad values."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"{source}: [{prefix.rstrip('.')}] must be a table")
+    hints = get_type_hints(cls)
+    known = {f.name: f for f in _setting_fields(cls)}
+    for key in table:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"; did you mean {prefix}{close[0]}?" if close else f"; valid keys: {', '.join(known)}"
+            raise ConfigError(f"{source}: unknown setting {prefix}{key}{hint}")
+    values = {}
+    for name, f in known.items():
+        if name not in table:
+            continue
+        typ = hints[name]
+        if is_dataclass(typ):
+            values[name] = _build(typ, table[name], f"{prefix}{name}.", source)
+        else:
+            values[name] = _check_value(f"{source}: {prefix}{name}", table[name], f, typ)
+    return cls(**values)
+
+
+def from_dict(table: dict, source: str = CONFIG_NAME, root: Path | None = None) -> Config:
+    cfg = _build(Config, table, "", source)
+    cfg.root = Path(root) if root is not None else Path(".")
+    validate(cfg, source)
+    return cfg
+
+
+def validate(cfg: Config, source: str = CONFIG_NAME) -> None:
+    """Checks across settings (single values are checked as they are read)."""
+    shape = cfg.model.shape()
+    if cfg.tokenizer.vocab_size != shape.vocab_size:
+        raise ConfigError(
+            f"{source}: tokenizer.vocab_size = {cfg.tokenizer.vocab_size} but preset {shape.name!r} "
+            f"has vocab {shape.vocab_size}; set tokenizer.vocab_size = {shape.vocab_size}"
+        )
+    for stage in ("pretrain", "finetune"):
+        sc: StageConfig = getattr(cfg.train, stage)
+        if sc.seq_len > shape.n_ctx:
+            raise ConfigError(
+                f"{source}: train.{stage}.seq_len = {sc.seq_len} exceeds preset {shape.name!r}'s "
+                f"context {shape.n_ctx}; allowed: 8 to {shape.n_ctx}"
+            )
+
+
+def load(path: str | os.PathLike = CONFIG_NAME) -> Config:
+    """Read acm.toml; a missing file gives the defaults (rooted at its folder)."""
+    path = Path(path)
+    if not path.exists():
+        return from_dict({}, source=str(path), root=path.parent)
+    try:
+        table = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        # tomllib's message ends with "(at line L, column C)"
+        raise ConfigError(f"{path}: TOML syntax error: {e}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    return from_dict(table, source=str(path), root=path.parent)
+
+
+HEADER = (
+    "# acm settings. Every key is described in README.md (section \"Settings\").\n"
+    "# Written by acm: comments other than this header are not kept when acm saves the file.\n\n"
+)
+
+
+def dumps(cfg: Config) -> str:
+    return HEADER + tomli_w.dumps(cfg.to_dict())
+
+
+def save(cfg: Config, path: str | os.PathLike = CONFIG_NAME) -> None:
+    validate(cfg, str(path))
+    write_text(path, dumps(cfg))
+
+
+def describe() -> list[tuple[str, Any, str, str]]:
+    """(key, default, allowed, help) for every setting: the README table and the settings pane."""
+    rows = []
+
+    def walk(cls, obj, prefix):
+        hints = get_type_hints(cls)
+        for f in _setting_fields(cls):
+            typ, val = hints[f.name], getattr(obj, f.name)
+            if is_dataclass(typ):
+                walk(typ, val, f"{prefix}{f.name}.")
+                continue
+            m = f.metadata
+            allowed = (", ".join(map(str, m["choices"])) if m.get("choices")
+                       else _range_words(m["min"], m["max"]) if (m.get("min") is not None or m.get("max") is not None)
+                       else _type_word({"str": str, "int": int, "float": float, "bool": bool,
+                                        "list": list}[typ.__name__]))
+            rows.append((prefix + f.name, val, allowed, m.get("help", "")))
+
+    walk(Config, Config(), "")
+    return rows

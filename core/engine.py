@@ -1,0 +1,58 @@
+"""The engine: one thread that owns all MLX work.
+
+MLX streams belong to the thread that created them (ml-explore/mlx#3727), so model building,
+compiled steps, evaluation, checkpoints and generation all run here. Other threads (the TUI,
+the CLI) submit callables and get a Future back; results and errors travel through it.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+from concurrent.futures import Future
+from typing import Any, Callable
+
+_STOP = object()
+
+
+class Engine:
+    def __init__(self, name: str = "acm-engine"):
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    @property
+    def thread(self) -> threading.Thread:
+        return self._thread
+
+    def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Future:
+        """Run fn(*args, **kwargs) on the engine thread, after the jobs already queued."""
+        if not self._thread.is_alive():
+            raise RuntimeError("the engine has been shut down")
+        fut: Future = Future()
+        self._jobs.put((fut, fn, args, kwargs))
+        return fut
+
+    def call(self, fn: Callable[..., Any], *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
+        """Run fn on the engine thread and wait for its result (re-raising its exception)."""
+        if threading.current_thread() is self._thread:
+            return fn(*args, **kwargs)
+        return self.submit(fn, *args, **kwargs).result(timeout)
+
+    def shutdown(self, wait: bool = True) -> None:
+        if self._thread.is_alive():
+            self._jobs.put(_STOP)
+            if wait:
+                self._thread.join()
+
+    def _loop(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is _STOP:
+                return
+            fut, fn, args, kwargs = job
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                fut.set_result(fn(*args, **kwargs))
+            except BaseException as e:  # delivered to whoever waits on the future
+                fut.set_exception(e)

@@ -1,0 +1,13 @@
+"""The project's own error type: something a user caused, told in one clear line.
+
+Tracebacks are for bugs; an AcmError is printed as its message alone by the CLI and shown as a
+notification by the TUI.
+"""
+
+
+class AcmError(Exception):
+    """A user-caused problem with a one-line explanation (and, where there is one, the fix)."""
+
+
+class ConfigError(AcmError):
+    """acm.toml is unreadable, or holds an unknown key, a wrong type or an out-of-range value."""

@@ -1,0 +1,176 @@
+"""The GPT-2-style transformer, in MLX: learned positions, pre-LayerNorm blocks, GELU MLP.
+
+Weights are kept in float32 (the master copy AdamW updates); `compute_dtype` (e.g. bfloat16) is
+what activations and the per-call cast of each weight use, so small updates are never rounded
+away. Parameter names follow GPT-2's (`wte`, `h.N.attn.c_attn`, ...) so exporting to mlx-lm's
+`gpt2` is a rename-free copy.
+
+Shapes: B batch, T tokens, C = n_embd, nh heads, hs = C // nh head size, V vocab.
+"""
+from __future__ import annotations
+
+import math
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_flatten, tree_map_with_path
+
+from .presets import ModelShape
+
+DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
+
+
+def _as(w: mx.array, dtype: mx.Dtype) -> mx.array:
+    return w if w.dtype == dtype else w.astype(dtype)
+
+
+class Linear(nn.Linear):
+    """nn.Linear whose float32 weights are cast to the input's dtype on the fly."""
+
+    def __call__(self, x: mx.array) -> mx.array:
+        w = _as(self.weight, x.dtype)
+        if "bias" in self:
+            return mx.addmm(_as(self.bias, x.dtype), x, w.T)
+        return x @ w.T
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm through `mx.fast.layer_norm`, in the input's dtype."""
+
+    def __init__(self, dims: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = mx.ones((dims,))
+        self.bias = mx.zeros((dims,))
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return mx.fast.layer_norm(x, _as(self.weight, x.dtype), _as(self.bias, x.dtype), self.eps)
+
+
+class KVCache:
+    """Keys and values of past positions for one layer, grown in blocks to avoid re-allocating."""
+
+    block = 256
+
+    def __init__(self):
+        self.keys: mx.array | None = None
+        self.values: mx.array | None = None
+        self.offset = 0
+
+    def update_and_fetch(self, k: mx.array, v: mx.array) -> tuple[mx.array, mx.array]:
+        # k, v: (B, nh, T, hs)
+        start, T = self.offset, k.shape[2]
+        if self.keys is None or start + T > self.keys.shape[2]:
+            B, nh, _, hs = k.shape
+            grow = ((T + self.block - 1) // self.block) * self.block
+            new_k = mx.zeros((B, nh, grow, hs), k.dtype)
+            new_v = mx.zeros((B, nh, grow, hs), v.dtype)
+            if self.keys is None:
+                self.keys, self.values = new_k, new_v
+            else:
+                self.keys = mx.concatenate([self.keys[..., :start, :], new_k], axis=2)
+                self.values = mx.concatenate([self.values[..., :start, :], new_v], axis=2)
+        self.offset += T
+        self.keys[..., start:self.offset, :] = k
+        self.values[..., start:self.offset, :] = v
+        return self.keys[..., : self.offset, :], self.values[..., : self.offset, :]
+
+
+class Attention(nn.Module):
+    def __init__(self, s: ModelShape):
+        super().__init__()
+        self.n_head = s.n_head
+        self.scale = s.head_dim**-0.5
+        self.c_attn = Linear(s.n_embd, 3 * s.n_embd)
+        self.c_proj = Linear(s.n_embd, s.n_embd)
+
+    def __call__(self, x: mx.array, cache: KVCache | None) -> mx.array:
+        B, T, C = x.shape
+        q, k, v = mx.split(self.c_attn(x), 3, axis=-1)
+        q, k, v = (t.reshape(B, T, self.n_head, -1).transpose(0, 2, 1, 3) for t in (q, k, v))  # (B, nh, T, hs)
+        if cache is not None:
+            k, v = cache.update_and_fetch(k, v)  # (B, nh, offset + T, hs)
+        # "causal" aligns the mask to the last key, so a prompt continuing a cache sees all the past
+        mask = "causal" if T > 1 else None
+        y = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)
+        return self.c_proj(y.transpose(0, 2, 1, 3).reshape(B, T, C))
+
+
+class MLP(nn.Module):
+    def __init__(self, s: ModelShape):
+        super().__init__()
+        self.c_fc = Linear(s.n_embd, s.n_ffn)
+        self.c_proj = Linear(s.n_ffn, s.n_embd)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return self.c_proj(nn.gelu_approx(self.c_fc(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, s: ModelShape):
+        super().__init__()
+        self.ln_1 = LayerNorm(s.n_embd, s.norm_eps)
+        self.attn = Attention(s)
+        self.ln_2 = LayerNorm(s.n_embd, s.norm_eps)
+        self.mlp = MLP(s)
+
+    def __call__(self, x: mx.array, cache: KVCache | None) -> mx.array:
+        x = x + self.attn(self.ln_1(x), cache)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, shape: ModelShape, compute_dtype: str = "float32"):
+        super().__init__()
+        self.shape = shape
+        self.compute_dtype = DTYPES[compute_dtype]
+        self.wte = nn.Embedding(shape.vocab_size, shape.n_embd)
+        self.wpe = nn.Embedding(shape.n_ctx, shape.n_embd)
+        self.h = [Block(shape) for _ in range(shape.n_layer)]
+        self.ln_f = LayerNorm(shape.n_embd, shape.norm_eps)
+        if not shape.tie_embeddings:
+            self.lm_head = Linear(shape.n_embd, shape.vocab_size, bias=False)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """GPT-2's init: N(0, 0.02), residual projections scaled by 1/sqrt(2 * n_layer), zero biases."""
+        residual_std = 0.02 / math.sqrt(2 * self.shape.n_layer)
+
+        def init(path: str, p: mx.array) -> mx.array:
+            if path.endswith("bias"):
+                return mx.zeros_like(p)
+            if path.startswith("ln") or ".ln_" in path:
+                return mx.ones_like(p)
+            std = residual_std if path.endswith("c_proj.weight") else 0.02
+            return mx.random.normal(p.shape, scale=std)
+
+        self.update(tree_map_with_path(init, self.parameters()))
+
+    def make_cache(self) -> list[KVCache]:
+        return [KVCache() for _ in self.h]
+
+    def __call__(self, idx: mx.array, cache: list[KVCache] | None = None) -> mx.array:
+        """idx (B, T) token ids -> logits (B, T, V) in the compute dtype."""
+        B, T = idx.shape
+        offset = cache[0].offset if cache else 0
+        if offset + T > self.shape.n_ctx:
+            raise ValueError(f"{offset + T} positions exceed the model's context of {self.shape.n_ctx}")
+        x = self.wte(idx) + self.wpe(mx.arange(offset, offset + T))  # (B, T, C)
+        x = x.astype(self.compute_dtype)
+        for i, block in enumerate(self.h):
+            x = block(x, cache[i] if cache else None)
+        x = self.ln_f(x)
+        if self.shape.tie_embeddings:
+            return x @ _as(self.wte.weight, x.dtype).T
+        return self.lm_head(x)
+
+    def loss(self, idx: mx.array, targets: mx.array) -> mx.array:
+        """Mean next-token cross-entropy, computed in float32."""
+        logits = self(idx).astype(mx.float32)
+        return nn.losses.cross_entropy(logits, targets, reduction="mean")
+
+    def num_params(self) -> int:
+        return sum(p.size for _, p in tree_flatten(self.parameters()))
+
+    def nbytes(self) -> int:
+        return sum(p.nbytes for _, p in tree_flatten(self.parameters()))

@@ -1,0 +1,141 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from core import cli, config
+from core.errors import ConfigError
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "acm.toml"
+    p.write_text(text)
+    return p
+
+
+def test_round_trip_keeps_every_value(tmp_path):
+    cfg = config.Config()
+    # change at least one value in every section, of every type
+    cfg.paths.data = "corpora"
+    cfg.data.language.source = "local"
+    cfg.data.language.local_paths = ["a.txt", "docs/"]
+    cfg.data.language.streaming = False
+    cfg.data.code.near_duplicate_threshold = 0.9
+    cfg.tokenizer.code_weight = 0.25
+    cfg.prepare.add_bos = False
+    cfg.model.preset, cfg.tokenizer.vocab_size = "tiny", 16000
+    cfg.train.pretrain.learning_rate = 6e-4
+    cfg.train.finetune.steps = 77
+    cfg.generate.top_k = 7
+    path = tmp_path / "acm.toml"
+    config.save(cfg, path)
+    again = config.load(path)
+    assert again == cfg
+    assert again.to_dict() == cfg.to_dict()
+    assert again.data_dir == (tmp_path / "corpora").resolve()
+
+
+def test_defaults_when_file_is_missing(tmp_path):
+    cfg = config.load(tmp_path / "acm.toml")
+    assert cfg == config.Config()
+    assert cfg.runs_dir == (tmp_path / "runs").resolve()
+
+
+def test_shipped_acm_toml_is_the_defaults():
+    shipped = config.load(Path(__file__).parent.parent / "acm.toml")
+    assert shipped.to_dict() == config.Config().to_dict()
+
+
+def test_syntax_error_names_file_line_and_column(tmp_path):
+    p = write(tmp_path, "[model]\npreset = 'tiny'\nbroken = = 3\n")
+    with pytest.raises(ConfigError) as e:
+        config.load(p)
+    msg = str(e.value)
+    assert str(p) in msg and "line 3" in msg and "column" in msg
+    assert "\n" not in msg
+
+
+def test_unknown_key_suggests_the_closest(tmp_path):
+    p = write(tmp_path, "[train.pretrain]\nlerning_rate = 0.1\n")
+    with pytest.raises(ConfigError, match=r"unknown setting train\.pretrain\.lerning_rate; "
+                                          r"did you mean train\.pretrain\.learning_rate\?"):
+        config.load(p)
+
+
+def test_unknown_section_lists_valid_keys(tmp_path):
+    p = write(tmp_path, "[zzz]\na = 1\n")
+    with pytest.raises(ConfigError, match="unknown setting zzz; valid keys: paths, data"):
+        config.load(p)
+
+
+def test_wrong_type_names_key(tmp_path):
+    p = write(tmp_path, "[generate]\ntop_k = 'many'\n")
+    with pytest.raises(ConfigError, match=r"generate\.top_k must be an integer, got 'many'"):
+        config.load(p)
+
+
+def test_bool_is_not_an_integer(tmp_path):
+    p = write(tmp_path, "[generate]\ntop_k = true\n")
+    with pytest.raises(ConfigError, match="must be an integer"):
+        config.load(p)
+
+
+def test_integer_accepted_for_float(tmp_path):
+    p = write(tmp_path, "[generate]\ntemperature = 1\n")
+    cfg = config.load(p)
+    assert cfg.generate.temperature == 1.0 and isinstance(cfg.generate.temperature, float)
+
+
+def test_out_of_range_names_allowed_range(tmp_path):
+    p = write(tmp_path, "[tokenizer]\ncode_weight = 1.5\n")
+    with pytest.raises(ConfigError, match=r"tokenizer\.code_weight = 1\.5 is out of range; allowed: 0\.0 to 1\.0"):
+        config.load(p)
+
+
+def test_unknown_preset_lists_valid_ones(tmp_path):
+    p = write(tmp_path, "[model]\npreset = 'huge'\n")
+    with pytest.raises(ConfigError, match="choose one of: nano, micro, tiny, medium"):
+        config.load(p)
+
+
+def test_vocab_mismatch_with_preset(tmp_path):
+    p = write(tmp_path, "[model]\npreset = 'tiny'\n")  # tokenizer.vocab_size stays 32000
+    with pytest.raises(ConfigError, match="set tokenizer.vocab_size = 16000"):
+        config.load(p)
+
+
+def test_seq_len_beyond_context(tmp_path):
+    p = write(tmp_path, "[model]\npreset = 'nano'\n[tokenizer]\nvocab_size = 1024\n")  # seq_len 1024 > 128
+    with pytest.raises(ConfigError, match=r"train\.pretrain\.seq_len = 1024 exceeds .* allowed: 8 to 128"):
+        config.load(p)
+
+
+def test_describe_covers_every_setting():
+    keys = [row[0] for row in config.describe()]
+    assert "train.finetune.learning_rate" in keys and "generate.min_p" in keys
+    assert len(keys) == len(set(keys))
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    missing = [k for k in keys if f"`{k}`" not in readme]
+    assert not missing, f"settings not documented in README.md: {missing}"
+
+
+def test_cli_config_set_validates_and_saves(project, capsys):
+    path = project / "acm.toml"
+    assert cli.main(["-c", str(path), "config", "set", "generate.temperature", "0.5"]) == 0
+    assert config.load(path).generate.temperature == 0.5
+    assert cli.main(["-c", str(path), "config", "set", "generate.temprature", "0.5"]) == 2
+    err = capsys.readouterr().err
+    assert "did you mean generate.temperature?" in err
+    assert cli.main(["-c", str(path), "config", "set", "generate.top_p", "7"]) == 2
+    assert config.load(path).generate.top_p == 0.95  # nothing was written
+
+
+def test_cli_bad_config_is_one_line_without_traceback(tmp_path):
+    p = write(tmp_path, "[model\n")
+    r = subprocess.run([sys.executable, "-m", "core.cli", "-c", str(p), "presets"], capture_output=True, text=True)
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    assert "TOML syntax error" in r.stderr and "line 1" in r.stderr
