@@ -11,7 +11,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from . import __version__, config, doctor
+from . import __version__, cli_data, config, doctor
 from .errors import AcmError
 from .presets import PRESETS, get_preset, human_count
 
@@ -181,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("--seq", type=int, default=128)
     test.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                       help="compute dtype (weights stay float32)")
+
+    cli_data.register(sub, add)
 
     cfgp = sub.add_parser("config", help="show, check or change acm.toml").add_subparsers(
         dest="config_command", required=True, metavar="ACTION")

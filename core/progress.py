@@ -1,0 +1,77 @@
+"""Progress and cancellation for long steps, shared by every stage.
+
+A stage reports `Progress` events through a plain callback (the CLI draws a rich progress bar,
+the TUI posts a message) and checks a `CancelToken` between units of work.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from .errors import AcmError
+
+
+class Cancelled(AcmError):
+    """The user stopped the step; whatever was complete before it is kept."""
+
+
+@dataclass
+class Progress:
+    task: str  # what is being done, e.g. "cloning", "validating"
+    done: int
+    total: int | None = None  # None: unknown
+    note: str = ""  # the current item, e.g. a repository name
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def eta_s(self) -> float | None:
+        if not self.total or self.done <= 0:
+            return None
+        rate = self.done / max(time.monotonic() - self.started, 1e-9)
+        return (self.total - self.done) / rate
+
+
+Reporter = Callable[[Progress], None]
+
+
+def no_report(_: Progress) -> None:
+    pass
+
+
+class CancelToken:
+    def __init__(self):
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+    def check(self) -> None:
+        if self._event.is_set():
+            raise Cancelled("cancelled; nothing half-written was kept")
+
+
+class Ticker:
+    """Counts units of one task and reports at most every `interval` seconds (and at the end)."""
+
+    def __init__(self, report: Reporter, task: str, total: int | None = None, interval: float = 0.1):
+        self.report, self.interval = report, interval
+        self.state = Progress(task, 0, total)
+        self._last = 0.0
+
+    def advance(self, n: int = 1, note: str = "") -> None:
+        self.state.done += n
+        if note:
+            self.state.note = note
+        now = time.monotonic()
+        if now - self._last >= self.interval or self.state.done == self.state.total:
+            self._last = now
+            self.report(Progress(**self.state.__dict__))
+
+    def finish(self) -> None:
+        self.report(Progress(**self.state.__dict__))
