@@ -13,7 +13,8 @@ from core import config
 from core.engine import Engine
 from core.errors import AcmError
 
-from .panes.planned import DataPane, GeneratePane, TokenizerPane, TrainPane
+from .panes.data import DataPane
+from .panes.planned import GeneratePane, TokenizerPane, TrainPane
 from .panes.setup import SetupPane
 
 PANES = [SetupPane, DataPane, TokenizerPane, TrainPane, GeneratePane]

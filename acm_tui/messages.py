@@ -19,3 +19,16 @@ class EngineResult(Message):
 @dataclass
 class ConfigChanged(Message):
     """acm.toml was reloaded or saved."""
+
+
+class StageProgress(Message):
+    """A long step advanced. Bursts coalesce: a newer message replaces an unprocessed older one."""
+
+    def __init__(self, stage: str, progress):
+        super().__init__()
+        self.stage = stage
+        self.progress = progress
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, StageProgress) and message.stage == self.stage \
+            and message.progress.task == self.progress.task

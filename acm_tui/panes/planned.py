@@ -16,13 +16,6 @@ class PlannedPane(Pane):
         yield Static(f"[b]{self.TITLE}: not built yet[/b]\n\n{self.PLAN}", classes="planned")
 
 
-class DataPane(PlannedPane):
-    TITLE = "Data"
-    PLAN = ("This stage will fetch the language corpus (Hugging Face datasets, local files, or the "
-            "built-in offline text) and the bash corpus (GitHub repositories or local folders), "
-            "validate and deduplicate them, and show their statistics.")
-
-
 class TokenizerPane(PlannedPane):
     TITLE = "Tokenizer"
     PLAN = ("This stage will train the byte-level BPE tokenizer on both corpora, let you probe it "

@@ -1,0 +1,185 @@
+"""The Data pane: fetch each corpus with live progress, see its statistics, browse samples."""
+from __future__ import annotations
+
+from rich.syntax import Syntax
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.widgets import DataTable, ProgressBar, Static
+from textual.worker import Worker, WorkerState
+
+from core.cli_data import corpus_dir, load_stats
+from core.code_data import fetch_code
+from core.corpus import Corpus
+from core.errors import AcmError
+from core.language_data import fetch_language
+from core.progress import Cancelled, CancelToken
+
+from ..messages import StageProgress
+from .base import Pane
+
+FETCHERS = {"language": fetch_language, "code": fetch_code}
+
+
+class DataPane(Pane):
+    TITLE = "Data"
+    BINDINGS = [
+        Binding("l", "fetch('language')", "Fetch language", tooltip="Fetch the language corpus (data.language)"),
+        Binding("c", "fetch('code')", "Fetch code", tooltip="Fetch the bash corpus (data.code)"),
+        Binding("x", "cancel", "Cancel", tooltip="Cancel the running fetch; the previous corpus stays"),
+        Binding("v", "switch_sample", "Language/code", tooltip="Browse the other corpus"),
+        Binding("n", "sample(1)", "Next sample"),
+        Binding("p", "sample(-1)", "Prev sample"),
+    ]
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.cancel_token: CancelToken | None = None
+        self.sample_kind = "code"
+        self.sample_index = 0
+
+    def compose(self) -> ComposeResult:
+        yield Static("[b]l[/b] fetch language  [b]c[/b] fetch code  [b]x[/b] cancel  "
+                     "[b]v[/b] language/code sample  [b]n[/b]/[b]p[/b] next/previous", classes="hint")
+        yield Static("Corpora ([b]acm data stats[/b])", classes="heading")
+        yield DataTable(id="corpus-stats", cursor_type="none", zebra_stripes=True)
+        yield Static("", id="code-report")
+        yield Static("", id="fetch-status", classes="heading")
+        yield ProgressBar(id="fetch-progress", show_eta=True)
+        yield Static("Sample", id="sample-title", classes="heading")
+        yield Static("", id="sample")
+
+    def on_mount(self) -> None:
+        self.query_one("#corpus-stats", DataTable).add_columns(
+            "dataset", "documents", "words", "tokens (est)", "size", "lines", "avg lines")
+        self.query_one("#fetch-progress").display = False
+        self.refresh_stats()
+
+    # ------------------------------------------------------------ statistics
+
+    @work(thread=True, exclusive=True, group="data-stats", exit_on_error=False)
+    def refresh_stats(self) -> None:
+        stats = load_stats(self.cfg)
+        self.app.call_from_thread(self._show_stats, stats)
+
+    def _show_stats(self, stats: dict) -> None:
+        table = self.query_one("#corpus-stats", DataTable)
+        table.clear()
+        for kind in ("language", "code"):
+            s = stats.get(kind)
+            if s is None:
+                table.add_row(kind, "not fetched", "", "", "", "", "")
+                continue
+            table.add_row(f"{kind} ({s['source']})", f"{s['documents']:,}", f"{s['words']:,}",
+                          f"{s['estimated_tokens']:,}", f"{s['bytes'] / 2**20:.2f} MB", f"{s['lines']:,}",
+                          f"{s['avg_lines']}")
+        report = self.query_one("#code-report", Static)
+        if "code" in stats:
+            r = stats["code"]["report"]
+            cats = ", ".join(f"{k} {v}" for k, v in sorted(r["by_category"].items(), key=lambda kv: -kv[1])[:8])
+            failed = stats["code"].get("repos_failed") or []
+            report.update(
+                f"bash scripts: {r['raw']:,} raw → {r['valid']:,} valid → {r['unique']:,} unique "
+                f"({r['exact_duplicates']} exact, {r['near_duplicates']} near duplicates removed)\n"
+                f"by category: {cats}" + (f"\n[red]{len(failed)} repositories failed: "
+                                          + ", ".join(f['name'] for f in failed) + "[/]" if failed else ""))
+        else:
+            report.update("")
+        if self.sample_kind in stats:
+            self.load_sample()
+        elif stats:
+            self.sample_kind = next(iter(stats))
+            self.load_sample()
+
+    # ------------------------------------------------------------ fetching
+
+    def action_fetch(self, kind: str) -> None:
+        if self.cancel_token is not None:
+            self.notify("a fetch is already running: cancel it with x first", severity="warning")
+            return
+        self.cancel_token = CancelToken()
+        self.query_one("#fetch-status", Static).update(f"fetching {kind}…")
+        bar = self.query_one("#fetch-progress", ProgressBar)
+        bar.display = True
+        bar.update(total=None, progress=0)
+        self.run_fetch(kind, self.cancel_token)
+
+    def action_cancel(self) -> None:
+        if self.cancel_token is None:
+            self.notify("no fetch is running")
+            return
+        self.cancel_token.cancel()
+        self.query_one("#fetch-status", Static).update("cancelling…")
+
+    @work(thread=True, exclusive=True, group="data-fetch", exit_on_error=False, name="fetch")
+    def run_fetch(self, kind: str, cancel: CancelToken) -> tuple[str, dict]:
+        report = lambda p: self.post_message(StageProgress("data", p))  # noqa: E731 (thread-safe)
+        return kind, FETCHERS[kind](self.cfg, report, cancel)
+
+    @on(StageProgress)
+    def show_progress(self, message: StageProgress) -> None:
+        p = message.progress
+        self.query_one("#fetch-progress", ProgressBar).update(total=p.total, progress=p.done)
+        total = f"/{p.total:,}" if p.total else ""
+        self.query_one("#fetch-status", Static).update(
+            Text(f"{p.task}: {p.done:,}{total}  {p.note[-60:]}"))
+
+    @on(Worker.StateChanged)
+    def fetch_finished(self, event: Worker.StateChanged) -> None:
+        if event.worker.name != "fetch" or event.state not in (WorkerState.SUCCESS, WorkerState.ERROR,
+                                                               WorkerState.CANCELLED):
+            return
+        self.cancel_token = None
+        self.query_one("#fetch-progress").display = False
+        status = self.query_one("#fetch-status", Static)
+        if event.state == WorkerState.SUCCESS:
+            kind, manifest = event.worker.result
+            s = manifest["stats"]
+            status.update(f"[green]{kind} corpus ready:[/] {s['documents']:,} documents, "
+                          f"{s['bytes'] / 2**20:.2f} MB")
+            self.sample_kind, self.sample_index = kind, 0
+        else:
+            error = event.worker.error
+            if isinstance(error, Cancelled):
+                status.update("[yellow]fetch cancelled; the previous corpus is unchanged[/]")
+            else:
+                text = str(error) if isinstance(error, AcmError) else f"{type(error).__name__}: {error}"
+                status.update(Text(f"fetch failed: {text}", style="red"))
+                self.notify(text, title="Fetch failed", severity="error", timeout=10)
+        self.refresh_stats()
+
+    # ------------------------------------------------------------ samples
+
+    def action_switch_sample(self) -> None:
+        self.sample_kind = "language" if self.sample_kind == "code" else "code"
+        self.sample_index = 0
+        self.load_sample()
+
+    def action_sample(self, step: int) -> None:
+        self.sample_index += step
+        self.load_sample()
+
+    @work(thread=True, exclusive=True, group="data-sample", exit_on_error=False)
+    def load_sample(self) -> None:
+        kind, index = self.sample_kind, self.sample_index
+        try:
+            corpus = Corpus.open(corpus_dir(self.cfg, kind), kind)
+            row = corpus.row(index)
+            n = len(corpus)
+        except AcmError as e:
+            self.app.call_from_thread(self._show_sample, kind, str(e), None)
+            return
+        where = "  ".join(f"{k}: {row[k]}" for k in ("repo", "commit", "category", "origin") if row[k])
+        title = f"{kind} sample {index % n + 1} of {n:,} — {where}"
+        self.app.call_from_thread(self._show_sample, kind, title, row["text"])
+
+    def _show_sample(self, kind: str, title: str, text: str | None) -> None:
+        self.query_one("#sample-title", Static).update(Text(title))
+        sample = self.query_one("#sample", Static)
+        if text is None:
+            sample.update("")
+        elif kind == "code":
+            sample.update(Syntax(text[:20000], "bash", line_numbers=True, word_wrap=True))
+        else:
+            sample.update(Text(text[:20000]))

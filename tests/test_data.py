@@ -1,0 +1,225 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from core import cli, config
+from core.code_data import fetch_code, is_shell_shebang
+from core.corpus import MANIFEST, Corpus
+from core.errors import AcmError
+from core.language_data import fetch_language
+from core.progress import Cancelled, CancelToken
+
+from .stand_ins import DEPLOY, EXPECTED, make_repos_file
+
+
+def cfg_for(project: Path, **sections) -> config.Config:
+    base = config.load(project / "acm.toml").to_dict()
+    for dotted, value in sections.items():
+        *parents, leaf = dotted.split("__")
+        node = base
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return config.from_dict(base, root=project)
+
+
+@pytest.fixture
+def github_cfg(project, tmp_path_factory):
+    remote = tmp_path_factory.mktemp("remote")
+    repos = make_repos_file(remote)
+    return cfg_for(project, data__code__source="github", data__code__repos_file=str(repos),
+                   data__code__max_file_bytes=4096, data__code__clone_retries=0)
+
+
+def test_github_fetch_counts_provenance_and_failures(github_cfg):
+    m = fetch_code(github_cfg)
+    r = m["report"]
+    assert {k: r[k] for k in EXPECTED} == EXPECTED
+    assert r["by_category"] == {"CI tools": 3, "Databases": 1}
+    assert r["by_repo"] == {"acme/tools": 3, "acme/ops": 1}
+    failed = [x for x in m["repos"] if not x["ok"]]
+    assert [x["name"] for x in failed] == ["acme/gone"] and failed[0]["error"]
+    rows = list(Corpus.open(github_cfg.data_dir / "code", "code").rows())
+    assert len(rows) == 4
+    by_origin = {row["origin"]: row for row in rows}
+    assert set(by_origin) == {"copy.sh", "install.bash", "bin/run", "backup.sh"}
+    kept = by_origin["copy.sh"]  # first of the exact duplicates, normalized
+    assert kept["text"] == DEPLOY and kept["repo"] == "acme/tools" and len(kept["commit"]) == 40
+    assert m["stats"]["documents"] == 4
+
+
+def test_rerun_skips_finished_clones(github_cfg):
+    fetch_code(github_cfg)
+    m = fetch_code(github_cfg)
+    status = {x["name"]: x for x in m["repos"]}
+    assert status["acme/tools"]["skipped"] and status["acme/ops"]["skipped"]
+    assert not status["acme/gone"]["ok"]
+    assert m["report"]["unique"] == 4
+
+
+def test_cancel_mid_fetch_keeps_previous_corpus(github_cfg):
+    first = fetch_code(github_cfg)
+    token = CancelToken()
+
+    def report(p):
+        if p.task == "validating" and p.done >= 2:
+            token.cancel()
+
+    with pytest.raises(Cancelled):
+        fetch_code(github_cfg, report, token)
+    folder = github_cfg.data_dir / "code"
+    assert json.loads((folder / MANIFEST).read_text()) == first
+    assert [d.name for d in folder.glob("shards-*")] == [first["shard_dir"]]
+    Corpus.open(folder, "code").verify()
+
+
+def test_killed_fetch_leftovers_are_swept(github_cfg):
+    first = fetch_code(github_cfg)
+    folder = github_cfg.data_dir / "code"
+    stray = folder / "shards-killed"
+    stray.mkdir()
+    (stray / "shard-00000.parquet").write_bytes(b"half")
+    assert len(Corpus.open(folder, "code")) == 4  # the manifest still names the complete shards
+    (folder / "repos" / ".partial-acme__gone").mkdir()
+    second = fetch_code(github_cfg)
+    assert not stray.exists() and not (folder / "repos" / ".partial-acme__gone").exists()
+    assert second["stats"] == first["stats"]
+
+
+def test_missing_git_is_one_clear_line(github_cfg, monkeypatch, tmp_path):
+    bash_only = tmp_path / "bin"
+    bash_only.mkdir()
+    (bash_only / "bash").symlink_to("/bin/bash")
+    monkeypatch.setenv("PATH", str(bash_only))
+    with pytest.raises(AcmError, match=r"^git not found on PATH: install git"):
+        fetch_code(github_cfg)
+
+
+def test_no_repository_reachable(project, tmp_path):
+    (tmp_path / "r.toml").write_text(f'[[repo]]\nname = "x/y"\nurl = "{(tmp_path / "no.git").as_uri()}"\n')
+    cfg = cfg_for(project, data__code__source="github", data__code__repos_file=str(tmp_path / "r.toml"),
+                  data__code__clone_retries=1)
+    with pytest.raises(AcmError, match=r"no repository could be cloned \(first error: x/y: .*\); no network\?"):
+        fetch_code(cfg)
+
+
+def test_local_scan_and_empty_result(project, tmp_path):
+    scripts = tmp_path / "scripts"
+    (scripts / "sub").mkdir(parents=True)
+    (scripts / "a.sh").write_text(DEPLOY)
+    (scripts / "sub" / "b").write_text("#!/bin/sh\n" + "echo other things entirely here\n" * 3)
+    (scripts / "sub" / "up").symlink_to("..")  # a loop back up
+    (scripts / "link.sh").symlink_to(scripts / "a.sh")  # the same file twice
+    cfg = cfg_for(project, data__code__source="local", data__code__local_paths=[str(scripts)])
+    m = fetch_code(cfg)
+    assert m["report"]["raw"] == 2 and m["report"]["unique"] == 2
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "x.txt").write_text("hello")
+    with pytest.raises(AcmError, match="found no documents"):
+        fetch_code(cfg_for(project, data__code__source="local", data__code__local_paths=[str(empty)]))
+    with pytest.raises(AcmError, match="does not exist"):
+        fetch_code(cfg_for(project, data__code__source="local", data__code__local_paths=[str(tmp_path / "nope")]))
+
+
+@pytest.mark.parametrize("line,ok", [
+    (b"#!/bin/bash\n", True), (b"#! /bin/sh -e\n", True), (b"#!/usr/bin/env bash\n", True),
+    (b"#!/usr/bin/env -S zsh -f\n", True), (b"#!/usr/bin/python3\n", False), (b"echo hi\n", False),
+    (b"#!/usr/bin/env FOO=1 dash\n", True), (b"#!/bin/bashful\n", False)])
+def test_shebang_detection(line, ok):
+    assert is_shell_shebang(line) is ok
+
+
+def test_builtin_code_default_finds_scripts(project):
+    m = fetch_code(cfg_for(project))
+    assert m["source"] == "builtin" and m["report"]["unique"] > 0
+    assert m["report"]["unique"] <= m["report"]["valid"] <= m["report"]["raw"]
+
+
+# ---------------------------------------------------------------- language
+
+def test_builtin_language_default(project):
+    m = fetch_language(cfg_for(project, data__language__max_documents=40))
+    assert m["stats"]["documents"] == 40
+    rows = list(Corpus.open(project / "data" / "language", "language").rows())
+    assert rows[0]["origin"].startswith("pydoc:") and all(r["text"] for r in rows)
+
+
+def test_local_language_files_and_hand_counted_stats(project, tmp_path):
+    src = tmp_path / "texts"
+    src.mkdir()
+    (src / "a.txt").write_text("one two three\nfour five\n")  # 5 words, 2 lines, 24 bytes (stripped: 23)
+    (src / "b.md").write_text("# Title\n\nsix seven")  # 4 words, 3 lines, 18 bytes
+    (src / "c.jsonl").write_text(json.dumps({"text": "eight nine ten"}) + "\n\n" + json.dumps({"text": "eleven"}) + "\n")
+    pq.write_table(pa.table({"text": ["twelve thirteen", "twelve thirteen"]}), src / "d.parquet")
+    m = fetch_language(cfg_for(project, data__language__source="local", data__language__local_paths=[str(src)]))
+    s = m["stats"]
+    # documents: a, b, 2 jsonl rows, 1 parquet row (its twin is an exact duplicate)
+    assert s["documents"] == 5 and m["empty_or_duplicate_skipped"] == 1
+    assert s["words"] == 5 + 4 + 3 + 1 + 2
+    assert s["bytes"] == len("one two three\nfour five") + len("# Title\n\nsix seven") + 14 + 6 + 15
+    assert s["lines"] == 2 + 3 + 1 + 1 + 1
+    assert s["estimated_tokens"] == round(15 * 1.3)
+    texts = list(Corpus.open(project / "data" / "language", "language").texts())
+    assert texts[0] == "one two three\nfour five"
+
+
+def test_local_jsonl_without_field(project, tmp_path):
+    (tmp_path / "x.jsonl").write_text('{"body": "no text field"}\n')
+    cfg = cfg_for(project, data__language__source="local", data__language__local_paths=[str(tmp_path / "x.jsonl")])
+    with pytest.raises(AcmError, match=r"x\.jsonl:1: not a JSON object with a 'text' field"):
+        fetch_language(cfg)
+
+
+@pytest.fixture
+def hf_folder(tmp_path):
+    folder = tmp_path / "stories"
+    folder.mkdir()
+    pq.write_table(pa.table({"text": [f"Once upon a time, story number {i}." for i in range(10)],
+                             "id": list(range(10))}), folder / "train.parquet")
+    return folder
+
+
+@pytest.mark.parametrize("streaming", [True, False])
+def test_hf_source_with_split_slicing(project, hf_folder, streaming):
+    cfg = cfg_for(project, data__language__source="hf", data__language__hf_dataset=str(hf_folder),
+                  data__language__hf_split="train[2:6]", data__language__streaming=streaming)
+    m = fetch_language(cfg)
+    assert m["stats"]["documents"] == 4 and m["source"] == "hf"
+    texts = list(Corpus.open(project / "data" / "language", "language").texts())
+    assert texts == [f"Once upon a time, story number {i}." for i in range(2, 6)]
+
+
+def test_hf_wrong_text_field_and_missing_dataset(project, hf_folder, tmp_path):
+    cfg = cfg_for(project, data__language__source="hf", data__language__hf_dataset=str(hf_folder),
+                  data__language__text_field="story")
+    with pytest.raises(AcmError, match="has no column 'story'; set data.language.text_field to one of: text, id"):
+        fetch_language(cfg)
+    cfg = cfg_for(project, data__language__source="hf", data__language__hf_dataset=str(tmp_path / "absent"))
+    with pytest.raises(AcmError, match="absent"):
+        fetch_language(cfg)
+
+
+# ---------------------------------------------------------------- CLI
+
+def test_cli_fetch_stats_show(project, capsys, github_cfg):
+    config.save(github_cfg, project / "acm.toml")
+    c = str(project / "acm.toml")
+    assert cli.main(["-c", c, "data", "stats", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {}
+    assert cli.main(["-c", c, "data", "fetch", "code"]) == 0
+    out = capsys.readouterr().out
+    assert "11 raw, 7 valid, 4 unique" in out and "failed: acme/gone" in out
+    assert cli.main(["-c", c, "data", "stats", "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["code"]["documents"] == 4 and stats["code"]["report"]["raw"] == 11
+    assert cli.main(["-c", c, "data", "show", "code", "1"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("# document 1 of 4: source=github repo=acme/tools") and "#!/usr/bin/env bash" in out
+    assert cli.main(["-c", c, "data", "show", "language"]) == 2
+    assert "run `acm data fetch language` first" in capsys.readouterr().err

@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+from textual.widgets import DataTable, Static
+
+from acm_tui.app import AcmApp
+from core import config
+
+from .stand_ins import DEPLOY, script
+from .test_tui import wait_until
+
+
+def text_of(app, selector: str) -> str:
+    return str(app.query_one(selector, Static).render())
+
+
+async def test_fetch_code_shows_stats_and_samples(project, tmp_path):
+    scripts = tmp_path / "scripts"
+    scripts.mkdir()
+    (scripts / "deploy.sh").write_text(DEPLOY)
+    (scripts / "backup.sh").write_text(script("backup"))
+    (scripts / "bad.sh").write_text("#!/bin/bash\nfi\n")
+    cfg = config.load(project / "acm.toml")
+    cfg.data.code.source, cfg.data.code.local_paths = "local", [str(scripts)]
+    config.save(cfg, project / "acm.toml")
+
+    app = AcmApp(project / "acm.toml")
+    async with app.run_test(size=(100, 40)) as pilot:
+        await pilot.press("2")
+        table = app.query_one("#corpus-stats", DataTable)
+        await wait_until(pilot, lambda: table.row_count == 2)
+        assert table.get_row_at(1)[1] == "not fetched"
+        await pilot.press("c")
+        await wait_until(pilot, lambda: "code corpus ready" in text_of(app, "#fetch-status"))
+        await wait_until(pilot, lambda: table.get_row_at(1)[1] == "2")
+        assert "3 raw → 2 valid → 2 unique" in text_of(app, "#code-report")
+        await wait_until(pilot, lambda: "code sample 1 of 2" in text_of(app, "#sample-title"))
+        await pilot.press("n")
+        await wait_until(pilot, lambda: "code sample 2 of 2" in text_of(app, "#sample-title"))
+        await pilot.press("x")  # nothing running: a notice, no crash
+        await pilot.pause()
+
+
+async def test_failed_fetch_is_shown_not_raised(project, tmp_path):
+    cfg = config.load(project / "acm.toml")
+    cfg.data.language.source, cfg.data.language.local_paths = "local", [str(tmp_path / "absent")]
+    config.save(cfg, project / "acm.toml")
+    app = AcmApp(project / "acm.toml")
+    async with app.run_test(size=(100, 40)) as pilot:
+        await pilot.press("2", "l")
+        await wait_until(pilot, lambda: "fetch failed" in text_of(app, "#fetch-status"))
+        assert "does not exist" in text_of(app, "#fetch-status")
+        await pilot.press("1")  # the app is still alive and responsive
+        await pilot.pause()
+        assert app.query_one("#panes").active == "setup"
