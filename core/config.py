@@ -78,7 +78,9 @@ class TokenizerConfig:
     vocab_size: int = setting(32000, "BPE vocabulary size, special tokens included (must equal the model's)",
                               min=260, max=262144)
     min_frequency: int = setting(2, "pairs seen fewer times are not merged", min=1)
-    code_weight: float = setting(0.3, "share of the tokenizer's training text drawn from code", min=0.0, max=1.0)
+    code_weight: float = setting(0.3, "share of the tokenizer's training text drawn from code (scripts repeat "
+                                 "to reach it)", min=0.0, max=1.0)
+    max_language_mb: int = setting(200, "language text read for training, in MB (0: all)", min=0)
 
 
 @dataclass
