@@ -14,7 +14,8 @@ from core.engine import Engine
 from core.errors import AcmError
 
 from .panes.data import DataPane
-from .panes.planned import GeneratePane, TokenizerPane, TrainPane
+from .panes.planned import GeneratePane, TrainPane
+from .panes.tokenizer import TokenizerPane
 from .panes.setup import SetupPane
 
 PANES = [SetupPane, DataPane, TokenizerPane, TrainPane, GeneratePane]

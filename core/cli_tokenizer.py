@@ -93,9 +93,6 @@ def cmd_prepare(args, cfg: Config) -> int:
         table.add_row(kind, f"{m['tokens']['train']:,}", f"{m['tokens']['val']:,}",
                       f"{m['documents']['train']:,}", f"{m['documents']['val']:,}", m["dtype"])
     console.print(table)
-    for kind, m in manifests.items():
-        if "warning" in m:
-            print(f"warning: {kind}: {m['warning']}")
     return 0
 
 

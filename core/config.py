@@ -296,3 +296,16 @@ def describe() -> list[tuple[str, Any, str, str]]:
 
     walk(Config, Config(), "")
     return rows
+
+
+def markdown_table() -> str:
+    """The README's settings table (`python -m core.config` prints it)."""
+    rows = ["| key | default | allowed | what |", "|---|---|---|---|"]
+    for key, default, allowed, help in describe():
+        shown = tomli_w.dumps({"v": default})[4:].strip()
+        rows.append(f"| `{key}` | `{shown}` | {allowed} | {help} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(markdown_table())

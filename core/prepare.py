@@ -1,8 +1,9 @@
 """`acm prepare`: both corpora tokenized into memory-mappable token shards with train/val splits.
 
 Layout: data/tokens/<corpus>/chunk-NNNNN.{train,val}.npy (uint16 while the vocab fits, else
-uint32) and manifest.json. Documents go to val by a keyed hash of their text (so the split is
-deterministic and independent of order) and are laid end to end as [<BOS>] ids <EOS>.
+uint32) and manifest.json. The val split is the val_fraction of documents with the smallest keyed
+hash of their text (at least one): deterministic, independent of order, never empty. Documents
+are laid end to end as [<BOS>] ids <EOS>.
 Each chunk is written atomically and recorded in manifest.partial.json, so an interrupted
 prepare resumes at the first unfinished chunk; the final manifest is written last.
 """
@@ -39,10 +40,22 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
 
 
-def is_val(text: str, seed: int, val_fraction: float) -> bool:
+def split_hash(text: str, seed: int) -> int:
     key = seed.to_bytes(8, "little")
-    h = hashlib.blake2b(text.encode("utf-8"), digest_size=8, key=key).digest()
-    return int.from_bytes(h, "little") / 2**64 < val_fraction
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8, key=key).digest(), "little")
+
+
+def val_threshold(texts: Iterator[str], seed: int, val_fraction: float) -> int:
+    """The largest split hash that goes to val: val_fraction of the documents, at least one
+    (unless the corpus has a single document or val_fraction is 0)."""
+    hashes = np.fromiter((split_hash(t, seed) for t in texts), dtype=np.uint64)
+    n = hashes.size
+    k = min(max(1, round(n * val_fraction)), n - 1) if val_fraction > 0 else 0
+    return int(np.partition(hashes, k - 1)[k - 1]) if k > 0 else -1
+
+
+def is_val(text: str, seed: int, threshold: int) -> bool:
+    return split_hash(text, seed) <= threshold
 
 
 def check_vocab(cfg: Config, tok: AcmTokenizer) -> None:
@@ -91,7 +104,7 @@ def _save_npy(path: Path, arr: np.ndarray) -> str:
     return sha256_file(path)
 
 
-def encode_chunk(tok: AcmTokenizer, texts: list[str], dtype: np.dtype, seed: int, val_fraction: float,
+def encode_chunk(tok: AcmTokenizer, texts: list[str], dtype: np.dtype, seed: int, threshold: int,
                  add_bos: bool) -> dict[str, tuple[np.ndarray, int]]:
     """Token arrays of one chunk, per split, with their document counts."""
     parts: dict[str, list[np.ndarray]] = {"train": [], "val": []}
@@ -99,7 +112,7 @@ def encode_chunk(tok: AcmTokenizer, texts: list[str], dtype: np.dtype, seed: int
     for start in range(0, len(texts), BATCH_DOCUMENTS):
         batch = texts[start:start + BATCH_DOCUMENTS]
         for text, ids in zip(batch, tok.encode_batch(batch)):
-            parts["val" if is_val(text, seed, val_fraction) else "train"].append(
+            parts["val" if is_val(text, seed, threshold) else "train"].append(
                 np.array(head + ids + [EOS_ID], dtype=dtype))
     return {s: (np.concatenate(p) if p else np.zeros(0, dtype), len(p)) for s, p in parts.items()}
 
@@ -130,13 +143,15 @@ def prepare_corpus(cfg: Config, kind: str, tok: AcmTokenizer, report: Reporter, 
                 if all((folder / c["files"][s]).exists() for s in SPLITS)}
     partial["chunks"] = [finished[i] for i in sorted(finished)]
     dtype = np.dtype(ident["dtype"])
+    if "val_threshold" not in partial:
+        partial["val_threshold"] = val_threshold(corpus.texts(), cfg.prepare.seed, cfg.prepare.val_fraction)
     ticker = Ticker(report, kind, len(corpus))
     for index, texts in enumerate(_chunks(corpus.texts(), CHUNK_DOCUMENTS)):
         cancel.check()
         if index in finished:
             ticker.advance(len(texts), note=f"chunk {index} (done earlier)")
             continue
-        arrays = encode_chunk(tok, texts, dtype, cfg.prepare.seed, cfg.prepare.val_fraction, cfg.prepare.add_bos)
+        arrays = encode_chunk(tok, texts, dtype, cfg.prepare.seed, partial["val_threshold"], cfg.prepare.add_bos)
         entry = {"index": index, "files": {}, "tokens": {}, "documents": {}, "sha256": {}}
         for split, (arr, ndocs) in arrays.items():
             name = f"chunk-{index:05d}.{split}.npy"
@@ -152,8 +167,7 @@ def prepare_corpus(cfg: Config, kind: str, tok: AcmTokenizer, report: Reporter, 
         "tokens": {s: sum(c["tokens"][s] for c in chunks) for s in SPLITS},
         "documents": {s: sum(c["documents"][s] for c in chunks) for s in SPLITS},
     }
-    if manifest["documents"]["val"] == 0 and cfg.prepare.val_fraction > 0:
-        manifest["warning"] = "the val split is empty: raise prepare.val_fraction or fetch more data"
+    manifest["val_threshold"] = partial["val_threshold"]
     write_text(folder / MANIFEST, json.dumps(manifest, indent=1) + "\n")
     (folder / PARTIAL).unlink(missing_ok=True)
     return manifest

@@ -1,11 +1,20 @@
 """Shared fixtures: a project folder in tmp_path with its own acm.toml."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 
 from core import config
+from core.code_data import fetch_code
+from core.language_data import fetch_language
+from core.tokenizer import train_tokenizer
+
+from .stand_ins import script
+
+TOPICS = ["deploy", "backup", "install", "monitor", "rotate-logs", "build", "release", "cleanup", "sync", "migrate",
+          "provision", "healthcheck", "restart", "package", "bootstrap", "lint", "archive", "notify", "scale", "audit"]
 
 
 @pytest.fixture
@@ -16,3 +25,41 @@ def project(tmp_path: Path) -> Path:
                            root=tmp_path)
     config.save(cfg, tmp_path / "acm.toml")
     return tmp_path
+
+
+def nano_config(root: Path, scripts: Path) -> config.Config:
+    return config.from_dict({
+        "model": {"preset": "nano"},
+        "tokenizer": {"vocab_size": 1024, "code_weight": 0.3},
+        "prepare": {"val_fraction": 0.2},
+        "data": {"language": {"max_documents": 80},
+                 "code": {"source": "local", "local_paths": [str(scripts)]}},
+        "train": {"pretrain": {"seq_len": 64}, "finetune": {"seq_len": 64}},
+    }, root=root)
+
+
+@pytest.fixture(scope="session")
+def trained_template(tmp_path_factory) -> Path:
+    """A project with both corpora fetched (offline) and a nano tokenizer trained, built once."""
+    root = tmp_path_factory.mktemp("template")
+    scripts = root / "scripts"
+    scripts.mkdir()
+    for i, topic in enumerate(TOPICS):
+        (scripts / f"{topic}.sh").write_text(script(topic, lines=10 + 3 * i))
+    cfg = nano_config(root, scripts)
+    config.save(cfg, root / "acm.toml")
+    fetch_language(cfg)
+    fetch_code(cfg)
+    train_tokenizer(cfg)
+    return root
+
+
+@pytest.fixture
+def trained(trained_template, tmp_path) -> Path:
+    """A private copy of the trained template project."""
+    dest = tmp_path / "proj"
+    shutil.copytree(trained_template, dest, symlinks=True)
+    cfg = config.load(dest / "acm.toml")
+    cfg.data.code.local_paths = [str(dest / "scripts")]
+    config.save(cfg, dest / "acm.toml")
+    return dest

@@ -1,25 +1,117 @@
-"""The base of every stage pane: access to the app's settings and engine, and engine jobs."""
+"""The base of every stage pane: the app's settings and engine, and long steps with progress.
+
+A long step (a fetch, tokenizer training, prepare) runs in a worker thread, reports progress
+through thread-safe messages into the pane's progress bar (with ETA), can be cancelled with `x`,
+and ends in `step_done` or in an error shown in the pane and as a notification.
+"""
 from __future__ import annotations
 
 from concurrent.futures import Future
 from typing import Any, Callable
 
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
 from textual.containers import VerticalScroll
+from textual.widgets import ProgressBar, Static
+from textual.worker import Worker, WorkerState
 
-from ..messages import EngineResult
+from core.errors import AcmError
+from core.progress import Cancelled, CancelToken
+
+from ..messages import EngineResult, StageProgress
+
+STEP_WORKER = "step"
 
 
 class Pane(VerticalScroll):
-    """A stage's pane. `TITLE` is its tab label; `run_on_engine` keeps MLX work off the UI thread."""
+    """A stage's pane. `TITLE` is its tab label."""
 
     TITLE = ""
+    BINDINGS = [Binding("x", "cancel_step", "Cancel", tooltip="Cancel the running step; finished work stays")]
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.step_cancel: CancelToken | None = None
 
     @property
     def cfg(self):
         return self.app.cfg
+
+    # ------------------------------------------------------------ engine jobs (MLX work)
 
     def run_on_engine(self, job: str, fn: Callable[..., Any], *args: Any) -> Future:
         """Submit fn to the engine thread; an EngineResult(job) message arrives here when it ends."""
         fut = self.app.engine.submit(fn, *args)
         fut.add_done_callback(lambda f: self.post_message(EngineResult(job, f)))
         return fut
+
+    # ------------------------------------------------------------ long steps (worker threads)
+
+    def compose_step(self) -> ComposeResult:
+        yield Static("", classes="step-status heading")
+        bar = ProgressBar(classes="step-progress", show_eta=True)
+        bar.display = False
+        yield bar
+
+    def start_step(self, name: str, fn: Callable[..., Any], *args: Any) -> bool:
+        """Run fn(cfg, report, cancel, *args) in a worker; False if a step is already running."""
+        if self.step_cancel is not None:
+            self.notify("a step is already running: cancel it with x first", severity="warning")
+            return False
+        self.step_cancel = CancelToken()
+        self._status(f"{name}…")
+        bar = self.query_one(".step-progress", ProgressBar)
+        bar.display = True
+        bar.update(total=None, progress=0)
+        self._run_step(name, fn, args, self.step_cancel)
+        return True
+
+    @work(thread=True, exclusive=True, exit_on_error=False, name=STEP_WORKER)
+    def _run_step(self, name: str, fn: Callable[..., Any], args: tuple, cancel: CancelToken) -> tuple[str, Any]:
+        report = lambda p: self.post_message(StageProgress(self.TITLE, p))  # noqa: E731 (thread-safe)
+        return name, fn(self.cfg, report, cancel, *args)
+
+    def action_cancel_step(self) -> None:
+        if self.step_cancel is None:
+            self.notify("nothing is running")
+            return
+        self.step_cancel.cancel()
+        self._status("cancelling…")
+
+    def _status(self, text: str | Text) -> None:
+        self.query_one(".step-status", Static).update(text)
+
+    @on(StageProgress)
+    def _show_progress(self, message: StageProgress) -> None:
+        p = message.progress
+        self.query_one(".step-progress", ProgressBar).update(total=p.total, progress=p.done)
+        total = f"/{p.total:,}" if p.total else ""
+        self._status(Text(f"{p.task}: {p.done:,}{total}  {p.note[-60:]}"))
+
+    @on(Worker.StateChanged)
+    def _step_finished(self, event: Worker.StateChanged) -> None:
+        if event.worker.name != STEP_WORKER or event.state not in (WorkerState.SUCCESS, WorkerState.ERROR,
+                                                                   WorkerState.CANCELLED):
+            return
+        self.step_cancel = None
+        self.query_one(".step-progress").display = False
+        if event.state == WorkerState.SUCCESS:
+            self.step_done(*event.worker.result)
+            return
+        error = event.worker.error
+        if isinstance(error, Cancelled) or event.state == WorkerState.CANCELLED:
+            self._status(Text("cancelled; what was complete before is unchanged", style="yellow"))
+        else:
+            text = str(error) if isinstance(error, AcmError) else f"{type(error).__name__}: {error}"
+            self._status(Text(f"failed: {text}", style="red"))
+            self.notify(text, title=f"{self.TITLE}: step failed", severity="error", timeout=10)
+        self.step_ended()
+
+    def step_done(self, name: str, result: Any) -> None:
+        """A step finished; panes show its result."""
+        self.step_ended()
+
+    def step_ended(self) -> None:
+        """After any step, successful or not: panes refresh what they show."""

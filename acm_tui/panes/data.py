@@ -3,20 +3,16 @@ from __future__ import annotations
 
 from rich.syntax import Syntax
 from rich.text import Text
-from textual import on, work
+from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.widgets import DataTable, ProgressBar, Static
-from textual.worker import Worker, WorkerState
+from textual.widgets import DataTable, Static
 
 from core.cli_data import corpus_dir, load_stats
 from core.code_data import fetch_code
 from core.corpus import Corpus
 from core.errors import AcmError
 from core.language_data import fetch_language
-from core.progress import Cancelled, CancelToken
-
-from ..messages import StageProgress
 from .base import Pane
 
 FETCHERS = {"language": fetch_language, "code": fetch_code}
@@ -27,7 +23,6 @@ class DataPane(Pane):
     BINDINGS = [
         Binding("l", "fetch('language')", "Fetch language", tooltip="Fetch the language corpus (data.language)"),
         Binding("c", "fetch('code')", "Fetch code", tooltip="Fetch the bash corpus (data.code)"),
-        Binding("x", "cancel", "Cancel", tooltip="Cancel the running fetch; the previous corpus stays"),
         Binding("v", "switch_sample", "Language/code", tooltip="Browse the other corpus"),
         Binding("n", "sample(1)", "Next sample"),
         Binding("p", "sample(-1)", "Prev sample"),
@@ -35,7 +30,6 @@ class DataPane(Pane):
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self.cancel_token: CancelToken | None = None
         self.sample_kind = "code"
         self.sample_index = 0
 
@@ -45,15 +39,13 @@ class DataPane(Pane):
         yield Static("Corpora ([b]acm data stats[/b])", classes="heading")
         yield DataTable(id="corpus-stats", cursor_type="none", zebra_stripes=True)
         yield Static("", id="code-report")
-        yield Static("", id="fetch-status", classes="heading")
-        yield ProgressBar(id="fetch-progress", show_eta=True)
+        yield from self.compose_step()
         yield Static("Sample", id="sample-title", classes="heading")
         yield Static("", id="sample")
 
     def on_mount(self) -> None:
         self.query_one("#corpus-stats", DataTable).add_columns(
             "dataset", "documents", "words", "tokens (est)", "size", "lines", "avg lines")
-        self.query_one("#fetch-progress").display = False
         self.refresh_stats()
 
     # ------------------------------------------------------------ statistics
@@ -95,58 +87,16 @@ class DataPane(Pane):
     # ------------------------------------------------------------ fetching
 
     def action_fetch(self, kind: str) -> None:
-        if self.cancel_token is not None:
-            self.notify("a fetch is already running: cancel it with x first", severity="warning")
-            return
-        self.cancel_token = CancelToken()
-        self.query_one("#fetch-status", Static).update(f"fetching {kind}…")
-        bar = self.query_one("#fetch-progress", ProgressBar)
-        bar.display = True
-        bar.update(total=None, progress=0)
-        self.run_fetch(kind, self.cancel_token)
+        self.start_step(f"fetching {kind}", FETCHERS[kind])
 
-    def action_cancel(self) -> None:
-        if self.cancel_token is None:
-            self.notify("no fetch is running")
-            return
-        self.cancel_token.cancel()
-        self.query_one("#fetch-status", Static).update("cancelling…")
+    def step_done(self, name: str, manifest: dict) -> None:
+        s = manifest["stats"]
+        self._status(f"[green]{manifest['kind']} corpus ready:[/] {s['documents']:,} documents, "
+                     f"{s['bytes'] / 2**20:.2f} MB")
+        self.sample_kind, self.sample_index = manifest["kind"], 0
+        self.step_ended()
 
-    @work(thread=True, exclusive=True, group="data-fetch", exit_on_error=False, name="fetch")
-    def run_fetch(self, kind: str, cancel: CancelToken) -> tuple[str, dict]:
-        report = lambda p: self.post_message(StageProgress("data", p))  # noqa: E731 (thread-safe)
-        return kind, FETCHERS[kind](self.cfg, report, cancel)
-
-    @on(StageProgress)
-    def show_progress(self, message: StageProgress) -> None:
-        p = message.progress
-        self.query_one("#fetch-progress", ProgressBar).update(total=p.total, progress=p.done)
-        total = f"/{p.total:,}" if p.total else ""
-        self.query_one("#fetch-status", Static).update(
-            Text(f"{p.task}: {p.done:,}{total}  {p.note[-60:]}"))
-
-    @on(Worker.StateChanged)
-    def fetch_finished(self, event: Worker.StateChanged) -> None:
-        if event.worker.name != "fetch" or event.state not in (WorkerState.SUCCESS, WorkerState.ERROR,
-                                                               WorkerState.CANCELLED):
-            return
-        self.cancel_token = None
-        self.query_one("#fetch-progress").display = False
-        status = self.query_one("#fetch-status", Static)
-        if event.state == WorkerState.SUCCESS:
-            kind, manifest = event.worker.result
-            s = manifest["stats"]
-            status.update(f"[green]{kind} corpus ready:[/] {s['documents']:,} documents, "
-                          f"{s['bytes'] / 2**20:.2f} MB")
-            self.sample_kind, self.sample_index = kind, 0
-        else:
-            error = event.worker.error
-            if isinstance(error, Cancelled):
-                status.update("[yellow]fetch cancelled; the previous corpus is unchanged[/]")
-            else:
-                text = str(error) if isinstance(error, AcmError) else f"{type(error).__name__}: {error}"
-                status.update(Text(f"fetch failed: {text}", style="red"))
-                self.notify(text, title="Fetch failed", severity="error", timeout=10)
+    def step_ended(self) -> None:
         self.refresh_stats()
 
     # ------------------------------------------------------------ samples

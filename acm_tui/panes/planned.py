@@ -16,12 +16,6 @@ class PlannedPane(Pane):
         yield Static(f"[b]{self.TITLE}: not built yet[/b]\n\n{self.PLAN}", classes="planned")
 
 
-class TokenizerPane(PlannedPane):
-    TITLE = "Tokenizer"
-    PLAN = ("This stage will train the byte-level BPE tokenizer on both corpora, let you probe it "
-            "as you type, and tokenize the corpora into training shards.")
-
-
 class TrainPane(PlannedPane):
     TITLE = "Train"
     PLAN = ("This stage will pretrain on language and fine-tune on code with live loss, learning "

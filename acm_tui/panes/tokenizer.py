@@ -1,0 +1,150 @@
+"""The Tokenizer pane: train the tokenizer, probe it as you type, write the token shards."""
+from __future__ import annotations
+
+import json
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.widgets import DataTable, Input, Static
+
+from core.cli_tokenizer import coloured_tokens
+from core.errors import AcmError
+from core.prepare import MANIFEST, prepare, tokens_dir
+from core.tokenizer import load_meta, load_tokenizer, train_tokenizer
+
+from .base import Pane
+
+
+class TokenizerPane(Pane):
+    TITLE = "Tokenizer"
+    BINDINGS = [
+        Binding("t", "train(False)", "Train", tooltip="Train the tokenizer on both corpora"),
+        Binding("m", "train(True)", "Train+compare", tooltip="Also train one at the original's mix and compare"),
+        Binding("s", "prepare(False)", "Prepare shards", tooltip="Tokenize both corpora into token shards"),
+        Binding("S", "prepare(True)", "Rebuild shards", tooltip="Rebuild the token shards from scratch"),
+        Binding("i", "focus_probe", "Probe", tooltip="Type text to see its tokens"),
+    ]
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.tokenizer = None
+
+    def compose(self) -> ComposeResult:
+        yield Static("[b]t[/b] train  [b]m[/b] train and compare with the original mix  [b]s[/b] prepare shards  "
+                     "[b]S[/b] rebuild shards  [b]i[/b] probe (escape leaves it)  [b]x[/b] cancel", classes="hint")
+        yield Static("Tokenizer ([b]acm tokenizer info[/b])", classes="heading")
+        yield Static("", id="tokenizer-info")
+        yield DataTable(id="tokenizer-eval", cursor_type="none")
+        yield Static("Token shards ([b]acm prepare[/b])", classes="heading")
+        yield DataTable(id="token-shards", cursor_type="none")
+        yield from self.compose_step()
+        yield Static("Probe ([b]acm tokenizer probe[/b])", classes="heading")
+        yield Input(placeholder="type text to tokenize", id="probe-input")
+        yield Static("", id="probe-tokens")
+        yield Static("", id="probe-ids")
+
+    def on_mount(self) -> None:
+        self.query_one("#tokenizer-eval", DataTable).add_columns(
+            "tokenizer", "code share", "chars/token language", "chars/token bash")
+        self.query_one("#token-shards", DataTable).add_columns(
+            "corpus", "train tokens", "val tokens", "train docs", "val docs", "dtype", "state")
+        self.refresh_info()
+
+    # ------------------------------------------------------------ state on disk
+
+    @work(thread=True, exclusive=True, group="tokenizer-info", exit_on_error=False)
+    def refresh_info(self) -> None:
+        meta = load_meta(self.cfg)
+        try:
+            tok = load_tokenizer(self.cfg)
+        except AcmError:
+            tok = None
+        shards = {}
+        for kind in ("language", "code"):
+            try:
+                shards[kind] = json.loads((tokens_dir(self.cfg, kind) / MANIFEST).read_text())
+            except (OSError, ValueError):
+                shards[kind] = None
+        self.tokenizer = tok
+        self.app.call_from_thread(self._show_info, meta, tok, shards)
+
+    def _show_info(self, meta, tok, shards) -> None:
+        info = self.query_one("#tokenizer-info", Static)
+        table = self.query_one("#tokenizer-eval", DataTable)
+        table.clear()
+        if meta is None or tok is None:
+            info.update("not trained yet: fetch both corpora (Data pane), then press t")
+        else:
+            mix = meta["mix"]
+            info.update(f"vocab {meta['vocab_size']:,}, special tokens "
+                        + ", ".join(f"{k}={v}" for k, v in meta["special_tokens"].items())
+                        + f"; trained on {(mix['language_chars'] + mix['code_chars']) / 1e6:.1f}M characters, "
+                          f"{mix['code_share']:.1%} code; held out: {meta['held_out']['language']} documents, "
+                          f"{meta['held_out']['code']} scripts")
+            table.add_row("acm", f"{mix['code_share']:.1%}", str(meta["chars_per_token"]["language"]),
+                          str(meta["chars_per_token"]["code"]))
+            if "original_mix" in meta:
+                o = meta["original_mix"]
+                table.add_row("original mix", f"{o['mix']['code_share']:.1%}",
+                              str(o["chars_per_token"]["language"]), str(o["chars_per_token"]["code"]))
+        shard_table = self.query_one("#token-shards", DataTable)
+        shard_table.clear()
+        for kind, m in shards.items():
+            if m is None:
+                shard_table.add_row(kind, "not prepared", "", "", "", "", "")
+                continue
+            state = "ready" if tok is not None and m["tokenizer_sha256"] == tok.sha256 else "stale: press S"
+            shard_table.add_row(kind, f"{m['tokens']['train']:,}", f"{m['tokens']['val']:,}",
+                                f"{m['documents']['train']:,}", f"{m['documents']['val']:,}", m["dtype"], state)
+        self.probe(self.query_one("#probe-input", Input).value)
+
+    # ------------------------------------------------------------ steps
+
+    def action_train(self, compare: bool) -> None:
+        self.start_step("training the tokenizer", train_tokenizer, compare)
+
+    def action_prepare(self, force: bool) -> None:
+        self.start_step("preparing token shards", prepare, force)
+
+    def step_done(self, name: str, result: dict) -> None:
+        if "vocab_size" in result:
+            self._status(f"[green]tokenizer trained:[/] {result['vocab_size']:,} tokens")
+        else:
+            total = sum(m["tokens"]["train"] + m["tokens"]["val"] for m in result.values())
+            self._status(f"[green]token shards ready:[/] {total:,} tokens")
+        self.step_ended()
+
+    def step_ended(self) -> None:
+        self.refresh_info()
+
+    # ------------------------------------------------------------ probe
+
+    def action_focus_probe(self) -> None:
+        self.query_one("#probe-input", Input).focus()
+
+    def on_key(self, event) -> None:
+        if event.key == "escape" and self.query_one("#probe-input", Input).has_focus:
+            self.focus()
+            event.stop()
+
+    @on(Input.Changed, "#probe-input")
+    def _probe_changed(self, event: Input.Changed) -> None:
+        self.probe(event.value)
+
+    @work(thread=True, exclusive=True, group="probe", exit_on_error=False)
+    def probe(self, text: str) -> None:
+        tok = self.tokenizer
+        result = tok.probe(text) if tok is not None and text else None
+        self.app.call_from_thread(self._show_probe, result, tok is not None)
+
+    def _show_probe(self, r: dict | None, trained: bool) -> None:
+        tokens, ids = self.query_one("#probe-tokens", Static), self.query_one("#probe-ids", Static)
+        if r is None:
+            tokens.update("" if trained else Text("train the tokenizer first (t)", style="yellow"))
+            ids.update("")
+            return
+        tokens.update(coloured_tokens(r["tokens"]))
+        ids.update(Text(f"ids {r['ids']}\nbytes {r['byte_offsets']}\n"
+                        f"{r['count']} tokens, {r['chars_per_token']} chars/token"))

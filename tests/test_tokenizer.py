@@ -1,0 +1,187 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from core import cli, config
+from core.corpus import Corpus
+from core.errors import AcmError
+from core.prepare import CHUNK_DOCUMENTS, PARTIAL, is_val, open_tokens, prepare, tokens_dir, val_threshold
+from core.progress import Cancelled, CancelToken
+from core.tokenizer import BOS_ID, EOS_ID, SPECIAL_TOKENS, load_meta, load_tokenizer, mixed_texts, train_tokenizer
+
+LOG_EXAMPLES = ["Hello, world! This is a test.", "#!/bin/bash\necho \"Starting deployment...\"", "for i in range(10):"]
+
+
+@pytest.fixture(scope="module")
+def tok(trained_template):
+    return load_tokenizer(config.load(trained_template / "acm.toml"))
+
+
+def test_special_tokens_at_fixed_ids(tok):
+    assert [tok.tok.token_to_id(t) for t in SPECIAL_TOKENS] == [0, 1, 2, 3]
+    assert tok.vocab_size == 1024
+
+
+@pytest.mark.parametrize("text", LOG_EXAMPLES + ["", "  indented\n\ttabs\r\n", "<EOS> typed as text <BOS>",
+                                                 "héllo wörld 🌍 日本語 \u200b"])
+def test_round_trip_examples(tok, text):
+    ids = tok.encode(text)
+    assert tok.decode(ids) == text
+    assert BOS_ID not in ids and EOS_ID not in ids  # text never yields special tokens
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.characters(blacklist_categories=["Cs"]), max_size=200))
+def test_round_trip_random_unicode(tok, text):
+    assert tok.decode(tok.encode(text)) == text
+
+
+def test_probe_offsets_are_bytes(tok):
+    r = tok.probe("é x")
+    assert r["byte_offsets"][0][0] == 0 and r["byte_offsets"][-1][1] == len("é x".encode())
+    assert "".join(r["tokens"]) == "é x"
+    assert r["count"] == len(r["ids"]) and r["chars_per_token"] == round(3 / r["count"], 3)
+
+
+def test_meta_records_mix_and_evaluation(trained_template):
+    meta = load_meta(config.load(trained_template / "acm.toml"))
+    assert meta["vocab_size"] == 1024 and meta["code_weight"] == 0.3
+    assert abs(meta["mix"]["code_share"] - 0.3) < 0.02
+    assert meta["chars_per_token"]["language"] > 1 and meta["chars_per_token"]["code"] > 1
+    assert set(meta["corpora"]) == {"language", "code"}
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.05, 0.3, 0.7, 1.0])
+def test_mix_reaches_the_code_weight(weight):
+    language = [f"story {i} " * 20 for i in range(200)]
+    code = ["echo hi\n" * 5 for _ in range(3)]
+    texts, lang_chars, code_chars = mixed_texts(language, code, weight)
+    fed = list(texts)
+    code_fed = sum(len(t) for t in fed if t.startswith("echo"))
+    share = code_fed / sum(map(len, fed))
+    assert abs(share - weight) < 0.01
+
+
+def test_train_compare_reports_both(trained, capsys):
+    assert cli.main(["-c", str(trained / "acm.toml"), "tokenizer", "train", "--compare"]) == 0
+    out = capsys.readouterr().out
+    assert "original mix" in out
+    meta = load_meta(config.load(trained / "acm.toml"))
+    assert meta["original_mix"]["mix"]["code_share"] < 0.01
+
+
+def test_vocab_mismatch_refused(trained):
+    cfg = config.load(trained / "acm.toml")
+    cfg.model.preset, cfg.tokenizer.vocab_size = "micro", 2048
+    config.save(cfg, trained / "acm.toml")
+    with pytest.raises(AcmError, match="the tokenizer has 1024 tokens but preset 'micro' expects 2048"):
+        prepare(config.load(trained / "acm.toml"))
+
+
+def test_cancelled_training_keeps_previous_tokenizer(trained):
+    cfg = config.load(trained / "acm.toml")
+    before = load_tokenizer(cfg).sha256
+    token = CancelToken()
+    with pytest.raises(Cancelled):
+        train_tokenizer(cfg, lambda p: token.cancel(), token)
+    assert load_tokenizer(cfg).sha256 == before
+
+
+# ---------------------------------------------------------------- prepare
+
+def test_shards_decode_back_to_the_source(trained):
+    cfg = config.load(trained / "acm.toml")
+    manifests = prepare(cfg)
+    tok = load_tokenizer(cfg)
+    for kind in ("language", "code"):
+        m = manifests[kind]
+        assert m["dtype"] == "uint16" and m["tokenizer_sha256"] == tok.sha256
+        texts = list(Corpus.open(cfg.data_dir / kind, kind).texts())
+        threshold = val_threshold(iter(texts), cfg.prepare.seed, cfg.prepare.val_fraction)
+        expected = {s: [t for t in texts if is_val(t, cfg.prepare.seed, threshold) == (s == "val")]
+                    for s in ("train", "val")}
+        for split in ("train", "val"):
+            shards = open_tokens(cfg, kind, split, tok)
+            ids = np.concatenate(shards.arrays) if shards.arrays else np.zeros(0, np.uint16)
+            assert ids.size == m["tokens"][split] and ids.dtype == np.uint16
+            docs = [d for d in np.split(ids, np.flatnonzero(ids == EOS_ID) + 1) if d.size]
+            assert all(d[0] == BOS_ID and d[-1] == EOS_ID for d in docs)
+            assert [tok.decode(d[1:-1].tolist()) for d in docs] == expected[split]
+        assert m["documents"]["val"] == len(expected["val"]) == round(len(texts) * cfg.prepare.val_fraction)
+
+
+def test_split_is_deterministic_seeded_and_never_empty():
+    texts = [f"document number {i}" for i in range(2000)]
+    th = val_threshold(iter(texts), 1234, 0.1)
+    a = [is_val(t, 1234, th) for t in texts]
+    assert sum(a) == 200
+    assert a == [is_val(t, 1234, val_threshold(iter(texts[::-1]), 1234, 0.1)) for t in texts]  # order-free
+    assert a != [is_val(t, 99, val_threshold(iter(texts), 99, 0.1)) for t in texts]
+    assert sum(is_val(t, 1, val_threshold(iter(texts[:5]), 1, 0.01)) for t in texts[:5]) == 1  # at least one
+    assert val_threshold(iter(texts[:1]), 1, 0.5) == -1  # a single document stays in train
+    assert val_threshold(iter(texts), 1, 0.0) == -1
+
+
+def test_prepare_resumes_after_interruption(trained, monkeypatch):
+    import core.prepare as prep
+
+    monkeypatch.setattr(prep, "CHUNK_DOCUMENTS", 16)  # several chunks from the small corpus
+    cfg = config.load(trained / "acm.toml")
+    token = CancelToken()
+    encoded = []
+    real = prep.encode_chunk
+
+    def counting(*a, **k):
+        encoded.append(len(a[1]))
+        if len(encoded) == 3:
+            token.cancel()
+        return real(*a, **k)
+
+    monkeypatch.setattr(prep, "encode_chunk", counting)
+    with pytest.raises(Cancelled):
+        prepare(cfg, cancel=token, kinds=("language",))
+    folder = tokens_dir(cfg, "language")
+    assert (folder / PARTIAL).exists() and not (folder / "manifest.json").exists()
+    assert len(json.loads((folder / PARTIAL).read_text())["chunks"]) == 3
+    encoded.clear()
+    m = prepare(cfg, kinds=("language",))["language"]
+    assert len(encoded) == len(m["chunks"]) - 3  # only the unfinished chunks were encoded
+    monkeypatch.setattr(prep, "encode_chunk", real)
+    fresh = prepare(cfg, kinds=("language",), force=True)["language"]
+    assert [c["sha256"] for c in fresh["chunks"]] == [c["sha256"] for c in m["chunks"]]
+    assert CHUNK_DOCUMENTS == 8192
+
+
+def test_changed_tokenizer_is_refused(trained):
+    cfg = config.load(trained / "acm.toml")
+    prepare(cfg)
+    cfg.tokenizer.code_weight = 0.6
+    config.save(cfg, trained / "acm.toml")
+    train_tokenizer(config.load(trained / "acm.toml"))
+    with pytest.raises(AcmError, match=r"made with another tokenizer; run `acm prepare --force`"):
+        prepare(cfg)
+    with pytest.raises(AcmError, match="stale"):
+        open_tokens(cfg, "code", "train")
+    prepare(cfg, force=True)
+    assert open_tokens(cfg, "code", "train").num_tokens > 0
+
+
+def test_cli_probe_and_prepare(trained, capsys):
+    c = str(trained / "acm.toml")
+    assert cli.main(["-c", c, "tokenizer", "probe", "--json", LOG_EXAMPLES[0]]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert "".join(r["tokens"]) == LOG_EXAMPLES[0]
+    assert cli.main(["-c", c, "tokenizer", "probe", "-e", "#!/bin/bash\\necho hi"]) == 0
+    assert "IDs:" in capsys.readouterr().out
+    assert cli.main(["-c", c, "prepare", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["code"]["tokens"]["train"] > 0 and out["language"]["dtype"] == "uint16"
+
+
+def test_cli_without_tokenizer(project, capsys):
+    assert cli.main(["-c", str(project / "acm.toml"), "tokenizer", "probe", "x"]) == 2
+    assert "run `acm tokenizer train` first" in capsys.readouterr().err
