@@ -111,6 +111,7 @@ class StageConfig:
     warmup_steps: int = setting(200, "linear warmup steps", min=0)
     weight_decay: float = setting(0.1, "AdamW decoupled weight decay", min=0.0, max=1.0)
     grad_clip: float = setting(1.0, "clip the global gradient norm to this (0: off)", min=0.0)
+    log_every: int = setting(10, "steps between metric reports (metrics.jsonl, the Train pane)", min=1)
     eval_every: int = setting(250, "steps between validation-loss checks", min=1)
     eval_batches: int = setting(20, "batches per validation-loss check", min=1)
     save_every: int = setting(500, "steps between checkpoints", min=1)

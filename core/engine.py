@@ -17,6 +17,7 @@ _STOP = object()
 class Engine:
     def __init__(self, name: str = "acm-engine"):
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
@@ -26,7 +27,7 @@ class Engine:
 
     def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Future:
         """Run fn(*args, **kwargs) on the engine thread, after the jobs already queued."""
-        if not self._thread.is_alive():
+        if self._stopped.is_set():
             raise RuntimeError("the engine has been shut down")
         fut: Future = Future()
         self._jobs.put((fut, fn, args, kwargs))
@@ -38,17 +39,27 @@ class Engine:
             return fn(*args, **kwargs)
         return self.submit(fn, *args, **kwargs).result(timeout)
 
+    @property
+    def stopped(self) -> bool:
+        return self._stopped.is_set()
+
     def shutdown(self, wait: bool = True) -> None:
-        if self._thread.is_alive():
+        """Finish the queued jobs, then stop taking new ones."""
+        if not self._stopped.is_set():
             self._jobs.put(_STOP)
             if wait:
-                self._thread.join()
+                self._stopped.wait()
 
     def _loop(self) -> None:
         while True:
             job = self._jobs.get()
             if job is _STOP:
-                return
+                self._stopped.set()
+                # Park instead of returning: when a thread that ran MLX exits, MLX's thread-local
+                # destructors take the GIL, and if that races with interpreter exit the process
+                # aborts ("terminate called without an active exception"). A parked daemon thread
+                # simply ends with the process.
+                threading.Event().wait()
             fut, fn, args, kwargs = job
             if not fut.set_running_or_notify_cancel():
                 continue
@@ -56,3 +67,4 @@ class Engine:
                 fut.set_result(fn(*args, **kwargs))
             except BaseException as e:  # delivered to whoever waits on the future
                 fut.set_exception(e)
+

@@ -121,4 +121,6 @@ def test_engine_runs_jobs_in_order_on_one_thread():
         assert engine.call(lambda: 2 + 2) == 4  # survives an error
     finally:
         engine.shutdown()
-    assert not engine.thread.is_alive()
+    assert engine.stopped
+    with pytest.raises(RuntimeError, match="shut down"):
+        engine.submit(lambda: 1)

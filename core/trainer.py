@@ -1,0 +1,354 @@
+"""The training stage: pretrain on language, fine-tune on code, on the engine thread.
+
+`Trainer.run()` must be called on the thread that owns MLX (the engine). Other threads steer it
+through `Control` (pause, resume, stop, save now) and hear from it through the `emit` callback,
+which receives plain dicts: {"type": "metrics" | "eval" | "state" | "log", ...}. With several
+ranks (`mlx.launch`), gradients and losses are averaged across them and only rank 0 writes.
+"""
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Callable
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+import numpy as np
+from mlx.nn.utils import average_gradients
+from mlx.utils import tree_map
+
+from . import checkpoint
+from .batches import Batches
+from .config import Config, StageConfig
+from .errors import AcmError
+from .hardware import device_info, memory_limit, memory_now, peak_flops
+from .model import GPT
+from .prepare import open_tokens
+from .runs import MetricsLog, checkpoints_dir, prepare_run, stage_dir
+from .schedule import lr_at
+from .tokenizer import load_tokenizer
+
+CORPUS = {"pretrain": "language", "finetune": "code"}
+Emit = Callable[[dict], None]
+
+
+class TrainingError(AcmError):
+    """Training stopped on a problem the user should know about (e.g. a non-finite loss)."""
+
+
+class Control:
+    """Commands from other threads, checked by the training loop between steps."""
+
+    def __init__(self):
+        self._stop, self._save, self._running = threading.Event(), threading.Event(), threading.Event()
+        self._running.set()
+
+    def pause(self) -> None:
+        self._running.clear()
+
+    def resume(self) -> None:
+        self._running.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._running.set()
+
+    def save_now(self) -> None:
+        self._save.set()
+
+    @property
+    def paused(self) -> bool:
+        return not self._running.is_set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def take_save(self) -> bool:
+        if self._save.is_set():
+            self._save.clear()
+            return True
+        return False
+
+    def wait_while_paused(self, timeout: float = 0.1) -> None:
+        self._running.wait(timeout)
+
+
+@dataclass
+class StageResult:
+    stage: str
+    run: Path
+    step: int
+    stopped_early: bool
+    last_checkpoint: Path | None
+    best_val_loss: float | None
+
+
+class Trainer:
+    def __init__(self, cfg: Config, stage: str, run: Path, emit: Emit | None = None, control: Control | None = None,
+                 resume: bool = False, max_steps: int | None = None):
+        if stage not in CORPUS:
+            raise AcmError(f"unknown stage {stage!r}: pretrain or finetune")
+        self.cfg, self.stage, self.run_path = cfg, stage, run
+        self.sc: StageConfig = getattr(cfg.train, stage)
+        self.emit_fn = emit or (lambda e: None)
+        self.control = control or Control()
+        self.resume = resume
+        self.max_steps = max_steps  # stop after this many steps in this call (the schedule keeps sc.steps)
+        self.group = mx.distributed.init()
+        self.rank, self.world = self.group.rank(), self.group.size()
+        self.is_main = self.rank == 0
+
+    # ------------------------------------------------------------ events
+
+    def emit(self, event: dict) -> None:
+        if self.is_main:
+            self.emit_fn(event)
+
+    def log(self, text: str) -> None:
+        if self.is_main:
+            self.metrics.line(text)
+            self.emit({"type": "log", "stage": self.stage, "text": text})
+
+    # ------------------------------------------------------------ setup
+
+    def _setup(self) -> None:
+        cfg, sc = self.cfg, self.sc
+        shape = cfg.model.shape()
+        if sc.seq_len > shape.n_ctx:
+            raise AcmError(f"train.{self.stage}.seq_len {sc.seq_len} exceeds the model's context {shape.n_ctx}")
+        self.tok = load_tokenizer(cfg)
+        corpus = CORPUS[self.stage]
+        train = open_tokens(cfg, corpus, "train", self.tok)
+        val = open_tokens(cfg, corpus, "val", self.tok)
+        self.batches = Batches(train, sc.seq_len, sc.batch_size, sc.seed, self.rank, self.world,
+                               what=f"{corpus} train shards")
+        self.val_batches = Batches(val, sc.seq_len, sc.batch_size, sc.seed, self.rank, self.world,
+                                   what=f"{corpus} val shards") if val.num_tokens > sc.seq_len + 1 else None
+        self.ck_dir = checkpoints_dir(self.run_path, self.stage)
+        if self.is_main:
+            prepare_run(cfg, self.run_path)
+        self.metrics = MetricsLog(stage_dir(self.run_path, self.stage), enabled=self.is_main)
+        mx.random.seed(sc.seed)
+        self.model = GPT(shape, cfg.model.compute_dtype)
+        self.opt = optim.AdamW(learning_rate=sc.learning_rate, betas=[0.9, 0.95], eps=1e-8,
+                               weight_decay=sc.weight_decay)
+        self.start_step, self.tokens_seen, self.best_val = 0, 0, None
+        existing = checkpoint.latest(self.ck_dir)
+        if existing and not self.resume:
+            raise AcmError(f"run {self.run_path.name} already has {self.stage} checkpoints (up to step "
+                           f"{existing.step}): resume it (--resume) or choose another run")
+        if existing:
+            self._restore(existing)
+        elif self.stage == "finetune":
+            base = checkpoint.best(checkpoints_dir(self.run_path, "pretrain"))
+            if base is None:
+                raise AcmError(f"run {self.run_path.name} has no pretrain checkpoint to fine-tune: "
+                               "run `acm train pretrain` first")
+            self._check_tokenizer(base)
+            params, _ = checkpoint.load_arrays(base)
+            self.model.update(params)
+            self.log(f"fine-tuning from pretrain step {base.step} (val loss {base.val_loss})")
+        mx.eval(self.model.parameters())
+        self.state = [self.model.state, self.opt.state, mx.random.state]
+        self._build_steps()
+
+    def _check_tokenizer(self, ck: checkpoint.Checkpoint) -> None:
+        if ck.state.get("tokenizer_sha256") != self.tok.sha256:
+            raise AcmError(f"checkpoint {ck.path} was trained with another tokenizer: "
+                           "use the tokenizer it was made with, or start a new run")
+
+    def _restore(self, ck: checkpoint.Checkpoint) -> None:
+        self._check_tokenizer(ck)
+        params, opt_state = checkpoint.load_arrays(ck)
+        self.model.update(params)
+        if opt_state:
+            self.opt.state = opt_state
+        mx.random.state[0] = mx.array(np.array(ck.state["rng"], dtype=np.uint32))
+        self.start_step = ck.step
+        self.tokens_seen = ck.state.get("tokens_seen", 0)
+        self.best_val = ck.state.get("best_val_loss")
+        self.log(f"resumed {self.stage} from step {ck.step}")
+
+    def _build_steps(self) -> None:
+        model, opt, sc, world = self.model, self.opt, self.sc, self.world
+        loss_and_grad = nn.value_and_grad(model, lambda m, x, y: m.loss(x, y))
+
+        def finish(loss, grads):
+            if world > 1:
+                grads = average_gradients(grads)
+                loss = mx.distributed.all_sum(loss) / world
+            norm = mx.sqrt(sum(mx.sum(g.astype(mx.float32) ** 2) for g in _leaves(grads)))
+            if sc.grad_clip > 0:
+                scale = mx.minimum(1.0, sc.grad_clip / (norm + 1e-6))
+                grads = tree_map(lambda g: g * scale, grads)
+            opt.update(model, grads)
+            return loss, norm
+
+        @partial(mx.compile, inputs=self.state, outputs=self.state)
+        def fused_step(x, y):
+            loss, grads = loss_and_grad(model, x, y)
+            return finish(loss, grads)
+
+        @partial(mx.compile, inputs=self.state, outputs=self.state)
+        def grad_step(x, y):
+            return loss_and_grad(model, x, y)
+
+        @partial(mx.compile, inputs=self.state, outputs=self.state)
+        def apply_step(loss, grads):
+            return finish(loss, grads)
+
+        def eval_loss(x, y):
+            loss = model.loss(x, y)
+            return mx.distributed.all_sum(loss) / world if world > 1 else loss
+
+        self.fused_step, self.grad_step, self.apply_step = fused_step, grad_step, apply_step
+        self.eval_loss = partial(mx.compile, inputs=self.state)(eval_loss)  # parameters are inputs, not constants
+
+    # ------------------------------------------------------------ the loop
+
+    def _train_step(self, step: int) -> tuple[mx.array, mx.array]:
+        sc = self.sc
+        self.opt.learning_rate = mx.array(lr_at(step, sc.learning_rate, sc.warmup_steps, sc.steps, sc.min_lr_ratio))
+        if sc.grad_accum == 1:
+            x, y = self.batches.train(step)
+            return self.fused_step(mx.array(x), mx.array(y))
+        total_loss, total_grads = None, None
+        for micro in range(sc.grad_accum):
+            x, y = self.batches.train(step, micro)
+            loss, grads = self.grad_step(mx.array(x), mx.array(y))
+            total_loss = loss if total_loss is None else total_loss + loss
+            total_grads = grads if total_grads is None else tree_map(mx.add, total_grads, grads)
+            mx.eval(total_loss, total_grads)
+        n = sc.grad_accum
+        return self.apply_step(total_loss / n, tree_map(lambda g: g / n, total_grads))
+
+    def evaluate(self) -> float | None:
+        if self.val_batches is None:
+            return None
+        losses = []
+        for i in range(self.sc.eval_batches):
+            x, y = self.val_batches.val(i)
+            losses.append(self.eval_loss(mx.array(x), mx.array(y)))
+        return float(mx.mean(mx.stack(losses)).item())
+
+    def save(self, step: int, val_loss: float | None) -> Path | None:
+        if not self.is_main:
+            return None
+        state = {
+            "stage": self.stage, "tokens_seen": self.tokens_seen, "val_loss": val_loss,
+            "best_val_loss": self.best_val, "tokenizer_sha256": self.tok.sha256,
+            "rng": np.array(mx.random.state[0]).tolist(), "data_position": {"step": step, "seed": self.sc.seed},
+            "config": self.cfg.to_dict(), "time": time.time(),
+        }
+        path = checkpoint.save(self.ck_dir, step, self.model.parameters(), self.opt.state, state)
+        checkpoint.prune(self.ck_dir, self.sc.keep_last)
+        self.log(f"checkpoint {path.name}" + (f" (val loss {val_loss:.4f})" if val_loss is not None else ""))
+        return path
+
+    def run(self) -> StageResult:
+        self._setup()
+        try:
+            return self._loop()
+        finally:
+            self.metrics.close()
+
+    def _loop(self) -> StageResult:
+        sc = self.sc
+        shape = self.cfg.model.shape()
+        tokens_per_step = sc.batch_size * sc.grad_accum * sc.seq_len * self.world
+        info = device_info()
+        peak, limit = peak_flops(info), memory_limit(info)
+        flops_per_token = shape.flops_per_token(sc.seq_len)
+        end = sc.steps if self.max_steps is None else min(sc.steps, self.start_step + self.max_steps)
+        step, last_ck, stopped = self.start_step, checkpoint.latest(self.ck_dir), False
+        last_ck = last_ck.path if last_ck else None
+        self.emit({"type": "state", "stage": self.stage, "state": "running", "step": step, "total": sc.steps,
+                   "run": self.run_path.name})
+        self.log(f"{self.stage}: steps {step}..{end} of {sc.steps}, {tokens_per_step:,} tokens/step, "
+                 f"{self.world} rank(s), preset {shape.name}, {self.cfg.model.compute_dtype} compute")
+        t_report, tokens_report, elapsed_steps, step_time = time.perf_counter(), 0, 0, None
+        val_loss = None
+        while step < end:
+            if self.control.stopping:
+                stopped = True
+                break
+            if self.control.paused:
+                self.emit({"type": "state", "stage": self.stage, "state": "paused", "step": step,
+                           "total": sc.steps})
+                while self.control.paused:
+                    self.control.wait_while_paused()
+                self.emit({"type": "state", "stage": self.stage, "state": "running", "step": step,
+                           "total": sc.steps})
+                t_report, tokens_report = time.perf_counter(), 0
+                continue
+            loss, norm = self._train_step(step)
+            mx.eval(loss, norm, self.state)
+            loss_value = float(loss.item())
+            if not math.isfinite(loss_value):
+                where = f"; the last good checkpoint is {last_ck.name}" if last_ck else "; no checkpoint was written"
+                raise TrainingError(f"{self.stage}: the loss became {loss_value} at step {step + 1}{where} "
+                                    f"(lower train.{self.stage}.learning_rate?)")
+            step += 1
+            self.tokens_seen += tokens_per_step
+            tokens_report += tokens_per_step
+            elapsed_steps += 1
+            if step % sc.log_every == 0 or step == end:
+                now = time.perf_counter()
+                dt = now - t_report
+                tok_s = tokens_report / dt if dt > 0 else 0.0
+                step_time = dt / max(tokens_report / tokens_per_step, 1)
+                mem = memory_now()
+                self._emit_metrics(step, loss_value, float(norm.item()), tok_s, step_time, mem, limit, peak,
+                                   flops_per_token, end)
+                t_report, tokens_report = now, 0
+            want_eval = step % sc.eval_every == 0 or step == end
+            want_save = step % sc.save_every == 0 or step == end or self.control.take_save()
+            if want_eval:
+                val_loss = self.evaluate()
+                if val_loss is not None:
+                    if self.best_val is None or val_loss < self.best_val:
+                        self.best_val = val_loss
+                    event = {"type": "eval", "stage": self.stage, "step": step, "val_loss": val_loss,
+                             "val_ppl": math.exp(min(val_loss, 50)), "best_val_loss": self.best_val}
+                    self.metrics.record(event)
+                    self.emit(event)
+            if want_save:
+                last_ck = self.save(step, val_loss if want_eval else None) or last_ck
+        if stopped and step > self.start_step:
+            last_ck = self.save(step, None) or last_ck
+        state = "stopped" if stopped else ("done" if step >= sc.steps else "paused-at-limit")
+        self.emit({"type": "state", "stage": self.stage, "state": state, "step": step, "total": sc.steps})
+        self.log(f"{self.stage} {state} at step {step}")
+        return StageResult(self.stage, self.run_path, step, stopped, last_ck, self.best_val)
+
+    def _emit_metrics(self, step, loss, grad_norm, tok_s, step_time, mem, limit, peak, flops_per_token, end):
+        sc = self.sc
+        event = {
+            "type": "metrics", "stage": self.stage, "step": step, "total": sc.steps, "loss": loss,
+            "lr": lr_at(step - 1, sc.learning_rate, sc.warmup_steps, sc.steps, sc.min_lr_ratio),
+            "grad_norm": grad_norm, "tokens_per_s": tok_s, "tokens_seen": self.tokens_seen,
+            "epoch": self.tokens_seen / max(self.batches.num_tokens, 1),
+            "mfu": (flops_per_token * tok_s / peak) if peak else None,
+            "memory_active": mem["active"], "memory_peak": mem["peak"], "memory_cache": mem["cache"],
+            "memory_limit": limit, "eta_s": step_time * (end - step) if step_time else None, "time": time.time(),
+        }
+        self.metrics.record(event)
+        self.emit(event)
+
+
+def _leaves(tree) -> list[mx.array]:
+    from mlx.utils import tree_flatten
+
+    return [v for _, v in tree_flatten(tree)]
+
+
+def run_stage(cfg: Config, stage: str, run: Path, emit: Emit | None = None, control: Control | None = None,
+              resume: bool = False, max_steps: int | None = None) -> StageResult:
+    """Build a Trainer and run it (call on the engine thread)."""
+    return Trainer(cfg, stage, run, emit, control, resume, max_steps).run()
