@@ -155,7 +155,9 @@ class Trainer:
             self.model.update(params)
             self.log(f"fine-tuning from pretrain step {base.step} (val loss {base.val_loss})")
         mx.eval(self.model.parameters())
-        self.state = [self.model.state, self.opt.state, mx.random.state]
+        # Nothing in a step draws from MLX's RNG (no dropout): the only randomness after
+        # initialisation is the batch order, a pure function of (seed, step) saved in checkpoints.
+        self.state = [self.model.state, self.opt.state]
         self._build_steps()
 
     def _check_tokenizer(self, ck: checkpoint.Checkpoint) -> None:
@@ -169,7 +171,6 @@ class Trainer:
         self.model.update(params)
         if opt_state:
             self.opt.state = opt_state
-        mx.random.state[0] = mx.array(np.array(ck.state["rng"], dtype=np.uint32))
         self.start_step = ck.step
         self.tokens_seen = ck.state.get("tokens_seen", 0)
         self.best_val = ck.state.get("best_val_loss")
@@ -243,7 +244,9 @@ class Trainer:
         state = {
             "stage": self.stage, "tokens_seen": self.tokens_seen, "val_loss": val_loss,
             "best_val_loss": self.best_val, "tokenizer_sha256": self.tok.sha256,
-            "rng": np.array(mx.random.state[0]).tolist(), "data_position": {"step": step, "seed": self.sc.seed},
+            "rng": {"batches": "numpy default_rng([seed, step, micro_batch])", "seed": self.sc.seed,
+                    "next_step": step},
+            "data_position": {"step": step, "seed": self.sc.seed, "tokens_seen": self.tokens_seen},
             "config": self.cfg.to_dict(), "time": time.time(),
         }
         path = checkpoint.save(self.ck_dir, step, self.model.parameters(), self.opt.state, state)

@@ -63,3 +63,32 @@ def trained(trained_template, tmp_path) -> Path:
     cfg.data.code.local_paths = [str(dest / "scripts")]
     config.save(cfg, dest / "acm.toml")
     return dest
+
+
+TRAIN = {"seq_len": 32, "batch_size": 4, "steps": 40, "warmup_steps": 2, "learning_rate": 3e-3, "log_every": 1,
+         "eval_every": 10, "eval_batches": 2, "save_every": 10, "keep_last": 2}
+
+
+@pytest.fixture(scope="session")
+def prepared_template(trained_template, tmp_path_factory) -> Path:
+    """The trained template with token shards and small, fast training settings."""
+    from core.prepare import prepare
+
+    root = tmp_path_factory.mktemp("prepared") / "proj"
+    shutil.copytree(trained_template, root, symlinks=True)
+    cfg = config.load(root / "acm.toml")
+    for stage in (cfg.train.pretrain, cfg.train.finetune):
+        for k, v in TRAIN.items():
+            setattr(stage, k, v)
+    cfg.train.finetune.steps = 10
+    cfg.model.compute_dtype = "float32"
+    config.save(cfg, root / "acm.toml")
+    prepare(cfg)
+    return root
+
+
+@pytest.fixture
+def prepared(prepared_template, tmp_path) -> Path:
+    dest = tmp_path / "proj"
+    shutil.copytree(prepared_template, dest, symlinks=True)
+    return dest

@@ -1,0 +1,232 @@
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from core import checkpoint, cli, config
+from core.engine import Engine
+from core.errors import AcmError
+from core.runs import checkpoints_dir, read_metrics
+from core.schedule import lr_at
+from core.trainer import Control, TrainingError, run_stage
+
+
+def losses(run: Path, stage: str = "pretrain") -> list[float]:
+    return [e["loss"] for e in read_metrics(run, stage) if e["type"] == "metrics"]
+
+
+def load(project: Path) -> config.Config:
+    return config.load(project / "acm.toml")
+
+
+def test_schedule_warmup_then_cosine():
+    assert lr_at(0, 1.0, 10, 100, 0.1) == pytest.approx(0.1)
+    assert lr_at(9, 1.0, 10, 100, 0.1) == pytest.approx(1.0)
+    assert lr_at(10, 1.0, 10, 100, 0.1) == pytest.approx(1.0)
+    assert lr_at(55, 1.0, 10, 100, 0.1) == pytest.approx(0.55)
+    assert lr_at(100, 1.0, 10, 100, 0.1) == pytest.approx(0.1)
+    assert lr_at(500, 1.0, 10, 100, 0.1) == pytest.approx(0.1)
+
+
+def test_pretrain_loss_falls_and_writes_the_run(prepared):
+    cfg = load(prepared)
+    run = cfg.runs_dir / "r"
+    result = run_stage(cfg, "pretrain", run)
+    ls = losses(run)
+    assert len(ls) == 40 and sum(ls[-5:]) / 5 < sum(ls[:5]) / 5 - 0.5
+    evals = [e for e in read_metrics(run, "pretrain") if e["type"] == "eval"]
+    assert [e["step"] for e in evals] == [10, 20, 30, 40] and evals[-1]["val_loss"] < evals[0]["val_loss"]
+    assert (run / "config.toml").exists() and (run / "pretrain" / "train.log").exists()
+    kept = [c.step for c in checkpoint.list_checkpoints(checkpoints_dir(run, "pretrain"))]
+    best = checkpoint.best(checkpoints_dir(run, "pretrain"))
+    assert set(kept) == {30, 40} | {best.step}  # last 2 and the best
+    assert result.step == 40 and result.best_val_loss == min(e["val_loss"] for e in evals)
+    m = read_metrics(run, "pretrain")[0]
+    assert {"lr", "tokens_per_s", "memory_active", "memory_peak", "memory_limit", "epoch", "eta_s", "mfu"} <= set(m)
+
+
+def test_resume_continues_exactly(prepared):
+    cfg = load(prepared)
+    run_stage(cfg, "pretrain", cfg.runs_dir / "straight", max_steps=16)
+    run_stage(cfg, "pretrain", cfg.runs_dir / "halves", max_steps=8)
+    run_stage(cfg, "pretrain", cfg.runs_dir / "halves", resume=True, max_steps=8)
+    straight, halves = losses(cfg.runs_dir / "straight"), losses(cfg.runs_dir / "halves")
+    assert len(straight) == len(halves) == 16
+    assert halves == pytest.approx(straight, rel=1e-5, abs=1e-6)
+
+
+def test_pause_stop_and_save_now_keep_state(prepared):
+    cfg = load(prepared)
+    cfg.train.pretrain.steps = 400
+    run = cfg.runs_dir / "p"
+    control, states, steps = Control(), [], []
+    paused = threading.Event()
+
+    def emit(e):
+        if e["type"] == "metrics":
+            steps.append(e["step"])
+            if e["step"] == 3:
+                control.pause()
+        if e["type"] == "state":
+            states.append(e["state"])
+            if e["state"] == "paused":
+                paused.set()
+
+    engine = Engine()
+    fut = engine.submit(run_stage, cfg, "pretrain", run, emit, control)
+    assert paused.wait(60)
+    at_pause = steps[-1]
+    time.sleep(0.3)
+    assert steps[-1] == at_pause == 3  # nothing runs while paused
+    control.save_now()
+    control.resume()
+    while steps[-1] < 6:
+        time.sleep(0.01)
+    control.stop()
+    result = fut.result(60)
+    engine.shutdown()
+    assert result.stopped_early and states[-1] == "stopped"
+    cks = [c.step for c in checkpoint.list_checkpoints(checkpoints_dir(run, "pretrain"))]
+    assert cks[0] == 4 and cks[-1] == result.step  # save-now after resuming, and at stop
+    again = run_stage(cfg, "pretrain", run, resume=True, max_steps=2)
+    assert again.step == result.step + 2
+
+
+def test_kill_9_leaves_a_loadable_checkpoint(prepared):
+    cfg = load(prepared)
+    cfg.train.pretrain.steps, cfg.train.pretrain.save_every, cfg.train.pretrain.keep_last = 100000, 1, 3
+    config.save(cfg, prepared / "acm.toml")
+    folder = checkpoints_dir(cfg.runs_dir / "k", "pretrain")
+    proc = subprocess.Popen([sys.executable, "-m", "core.cli", "-c", str(prepared / "acm.toml"), "train",
+                             "pretrain", "--run", "k", "--json"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while len(checkpoint.list_checkpoints(folder)) < 3:
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(0.013)  # land somewhere inside the save cycle
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    latest = checkpoint.latest(folder)
+    params, opt = checkpoint.load_arrays(latest)
+    assert params and opt
+    result = run_stage(load(prepared), "pretrain", cfg.runs_dir / "k", resume=True, max_steps=1)
+    assert result.step == latest.step + 1
+
+
+def test_interrupted_save_keeps_the_previous_checkpoint(prepared, monkeypatch):
+    import mlx.core as mx
+
+    cfg = load(prepared)
+    run = cfg.runs_dir / "i"
+    run_stage(cfg, "pretrain", run, max_steps=10)
+    real = mx.save_safetensors
+
+    def dies(path, arrays):
+        real(path, dict(list(arrays.items())[:1]))
+        raise KeyboardInterrupt  # Ctrl-C in the middle of writing
+
+    monkeypatch.setattr(mx, "save_safetensors", dies)
+    with pytest.raises(KeyboardInterrupt):
+        run_stage(cfg, "pretrain", run, resume=True, max_steps=10)
+    monkeypatch.setattr(mx, "save_safetensors", real)
+    folder = checkpoints_dir(run, "pretrain")
+    assert [c.step for c in checkpoint.list_checkpoints(folder)] == [10]
+    assert list(folder.glob(".tmp-step-*"))
+    assert run_stage(cfg, "pretrain", run, resume=True, max_steps=10).step == 20
+    assert not list(folder.glob(".tmp-step-*"))
+
+
+def test_non_finite_loss_stops_with_a_clear_message(prepared):
+    cfg = load(prepared)
+    run_stage(cfg, "pretrain", cfg.runs_dir / "n", max_steps=4)
+    cfg.train.pretrain.learning_rate, cfg.train.pretrain.warmup_steps, cfg.train.pretrain.grad_clip = 1e30, 0, 0.0
+    with pytest.raises(TrainingError, match=r"the loss became (nan|inf) at step \d+; the last good checkpoint is "
+                                            r"step-0000004"):
+        run_stage(cfg, "pretrain", cfg.runs_dir / "n", resume=True)
+    folder = checkpoints_dir(cfg.runs_dir / "n", "pretrain")
+    assert checkpoint.latest(folder).step == 4
+    checkpoint.load_arrays(checkpoint.latest(folder))
+
+
+def test_finetune_starts_from_best_pretrain(prepared):
+    cfg = load(prepared)
+    run = cfg.runs_dir / "f"
+    with pytest.raises(AcmError, match="has no pretrain checkpoint to fine-tune"):
+        run_stage(cfg, "finetune", run)
+    run_stage(cfg, "pretrain", run, max_steps=20)
+    result = run_stage(cfg, "finetune", run)
+    assert result.step == 10
+    log = (run / "finetune" / "train.log").read_text()
+    assert "fine-tuning from pretrain step" in log
+    assert len(losses(run, "finetune")) == 10
+
+
+def test_bad_inputs_are_one_line(prepared):
+    cfg = load(prepared)
+    run_stage(cfg, "pretrain", cfg.runs_dir / "b", max_steps=10)
+    with pytest.raises(AcmError, match="already has pretrain checkpoints .* resume it"):
+        run_stage(cfg, "pretrain", cfg.runs_dir / "b")
+    other = load(prepared)
+    other.model.preset, other.tokenizer.vocab_size = "micro", 2048
+    other.train.pretrain.seq_len = 32
+    with pytest.raises(AcmError, match="the tokenizer has 1024 tokens but preset 'micro' expects 2048"):
+        run_stage(other, "pretrain", cfg.runs_dir / "b2")
+    ck = checkpoint.latest(checkpoints_dir(cfg.runs_dir / "b", "pretrain"))
+    (ck.path / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(AcmError, match="is damaged"):
+        run_stage(cfg, "pretrain", cfg.runs_dir / "b", resume=True)
+    import shutil
+    shutil.rmtree(cfg.data_dir / "tokens")
+    with pytest.raises(AcmError, match="run `acm prepare` first"):
+        run_stage(cfg, "pretrain", cfg.runs_dir / "b3")
+
+
+def test_run_from_another_config_is_refused(prepared):
+    cfg = load(prepared)
+    run = cfg.runs_dir / "c"
+    run.mkdir(parents=True)
+    other = config.from_dict({"model": {"preset": "tiny"}, "tokenizer": {"vocab_size": 16000}})
+    config.save(other, run / "config.toml")
+    with pytest.raises(AcmError, match="run c was made with preset 'tiny'"):
+        run_stage(cfg, "pretrain", run)
+    assert config.load(run / "config.toml").model.preset == "tiny"  # nothing overwritten
+
+
+def test_cli_train_and_finetune(prepared, capsys):
+    c = str(prepared / "acm.toml")
+    assert cli.main(["-c", c, "train", "pretrain", "--run", "x", "--max-steps", "10"]) == 0
+    out = capsys.readouterr()
+    assert "pretrain finished at step 10 in run x" in out.out
+    assert cli.main(["-c", c, "train", "finetune", "--json"]) == 0  # picks the latest run with pretrain
+    lines = [json.loads(l) for l in capsys.readouterr().out.splitlines()]
+    assert lines[-1]["type"] == "log" and any(e["type"] == "metrics" for e in lines)
+
+
+def test_two_ranks_match_one_process_on_the_combined_batch(prepared):
+    """Data-parallel training (ring backend, 2 processes on localhost) equals one process."""
+    launch = Path(sys.executable).with_name("mlx.launch")
+    cfg = load(prepared)
+    cfg.train.pretrain.batch_size = 2
+    config.save(cfg, prepared / "ranks.toml")
+    cfg.train.pretrain.batch_size = 4
+    config.save(cfg, prepared / "one.toml")
+    env = os.environ | {"PYTHONPATH": str(Path(__file__).parent.parent)}
+    subprocess.run([str(launch), "-n", "2", "--backend", "ring", "--", sys.executable, "-m", "core.cli", "-c",
+                    str(prepared / "ranks.toml"), "train", "pretrain", "--run", "two", "--max-steps", "6", "--json"],
+                   check=True, capture_output=True, env=env, timeout=300)
+    run_stage(config.load(prepared / "one.toml"), "pretrain", cfg.runs_dir / "one",
+              max_steps=6)
+    two, one = losses(cfg.runs_dir / "two"), losses(cfg.runs_dir / "one")
+    assert len(two) == len(one) == 6
+    assert two == pytest.approx(one, rel=1e-4, abs=1e-5)
