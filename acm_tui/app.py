@@ -14,7 +14,8 @@ from core.engine import Engine
 from core.errors import AcmError
 
 from .panes.data import DataPane
-from .panes.planned import GeneratePane, TrainPane
+from .panes.planned import GeneratePane
+from .panes.train import TrainPane
 from .panes.tokenizer import TokenizerPane
 from .panes.setup import SetupPane
 
@@ -72,7 +73,9 @@ class AcmApp(App):
             self.action_show_help_panel()
 
     def on_unmount(self) -> None:
-        self.engine.shutdown(wait=False)
+        # Running engine jobs were asked to stop by their panes; wait for them (a training stage
+        # writes its checkpoint first), so no MLX work outlives the app.
+        self.engine.shutdown(wait=True)
 
 
 def main(argv: list[str] | None = None) -> None:

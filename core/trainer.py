@@ -323,6 +323,8 @@ class Trainer:
                     self.emit(event)
             if want_save:
                 last_ck = self.save(step, val_loss if want_eval else None) or last_ck
+            if want_eval or want_save:  # tokens/s counts training time only
+                t_report, tokens_report = time.perf_counter(), 0
         if stopped and step > self.start_step:
             last_ck = self.save(step, None) or last_ck
         state = "stopped" if stopped else ("done" if step >= sc.steps else "paused-at-limit")

@@ -32,9 +32,9 @@ async def test_number_keys_switch_panes_and_planned_stages_say_so(project):
             await pilot.press(key)
             await pilot.pause()
             assert tabs.active == pane
-        await pilot.press("4")
+        await pilot.press("5")
         await pilot.pause()
-        text = str(app.query_one("#train-pane Static", Static).render())
+        text = str(app.query_one("#generate-pane Static", Static).render())
         assert "not built yet" in text
 
 

@@ -23,13 +23,13 @@ from core.progress import Cancelled, CancelToken
 from ..messages import EngineResult, StageProgress
 
 STEP_WORKER = "step"
+CANCEL_BINDING = Binding("x", "cancel_step", "Cancel", tooltip="Cancel the running step; finished work stays")
 
 
 class Pane(VerticalScroll):
     """A stage's pane. `TITLE` is its tab label."""
 
     TITLE = ""
-    BINDINGS = [Binding("x", "cancel_step", "Cancel", tooltip="Cancel the running step; finished work stays")]
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -48,6 +48,7 @@ class Pane(VerticalScroll):
         return fut
 
     # ------------------------------------------------------------ long steps (worker threads)
+    # Panes with long steps add CANCEL_BINDING to their BINDINGS and `yield from self.compose_step()`.
 
     def compose_step(self) -> ComposeResult:
         yield Static("", classes="step-status heading")

@@ -13,7 +13,7 @@ from core.code_data import fetch_code
 from core.corpus import Corpus
 from core.errors import AcmError
 from core.language_data import fetch_language
-from .base import Pane
+from .base import CANCEL_BINDING, Pane
 
 FETCHERS = {"language": fetch_language, "code": fetch_code}
 
@@ -21,6 +21,7 @@ FETCHERS = {"language": fetch_language, "code": fetch_code}
 class DataPane(Pane):
     TITLE = "Data"
     BINDINGS = [
+        CANCEL_BINDING,
         Binding("l", "fetch('language')", "Fetch language", tooltip="Fetch the language corpus (data.language)"),
         Binding("c", "fetch('code')", "Fetch code", tooltip="Fetch the bash corpus (data.code)"),
         Binding("v", "switch_sample", "Language/code", tooltip="Browse the other corpus"),

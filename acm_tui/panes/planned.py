@@ -16,12 +16,6 @@ class PlannedPane(Pane):
         yield Static(f"[b]{self.TITLE}: not built yet[/b]\n\n{self.PLAN}", classes="planned")
 
 
-class TrainPane(PlannedPane):
-    TITLE = "Train"
-    PLAN = ("This stage will pretrain on language and fine-tune on code with live loss, learning "
-            "rate, tokens/s and memory charts, with pause, resume, stop and save-now keys.")
-
-
 class GeneratePane(PlannedPane):
     TITLE = "Generate"
     PLAN = ("This stage will stream text from a checkpoint with sampling controls, and evaluate "

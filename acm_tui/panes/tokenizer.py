@@ -14,12 +14,13 @@ from core.errors import AcmError
 from core.prepare import MANIFEST, prepare, tokens_dir
 from core.tokenizer import load_meta, load_tokenizer, train_tokenizer
 
-from .base import Pane
+from .base import CANCEL_BINDING, Pane
 
 
 class TokenizerPane(Pane):
     TITLE = "Tokenizer"
     BINDINGS = [
+        CANCEL_BINDING,
         Binding("t", "train(False)", "Train", tooltip="Train the tokenizer on both corpora"),
         Binding("m", "train(True)", "Train+compare", tooltip="Also train one at the original's mix and compare"),
         Binding("s", "prepare(False)", "Prepare shards", tooltip="Tokenize both corpora into token shards"),

@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+import asyncio
+
+from acm_tui.app import AcmApp
+from core import checkpoint, config
+from core.runs import checkpoints_dir, list_runs
+
+from .test_tui import wait_until
+from .test_tui_data import text_of
+
+
+async def test_train_pane_charts_update_and_keys_steer(prepared):
+    cfg = config.load(prepared / "acm.toml")
+    cfg.train.pretrain.steps = 100000
+    config.save(cfg, prepared / "acm.toml")
+    app = AcmApp(prepared / "acm.toml")
+    async with app.run_test(size=(120, 50)) as pilot:
+        await pilot.press("4")
+        pane = app.query_one("#train-pane")
+        assert "no runs yet" in text_of(app, "#train-status")
+        await pilot.press("p")
+        await wait_until(pilot, lambda: len(pane.history) >= 3, timeout=60)
+        assert "running" in text_of(app, "#train-status") and "tok/s" in text_of(app, "#train-status")
+        drawn_chart = str(app.query_one("#chart-loss").render())
+        assert "train" in drawn_chart and any(0x2800 < ord(ch) <= 0x28FF for ch in drawn_chart)  # braille points
+        drawn, t0 = pane.redraws, asyncio.get_running_loop().time()
+        await pilot.pause(1.0)
+        rate = (pane.redraws - drawn) / (asyncio.get_running_loop().time() - t0)
+        assert rate <= 12  # coalesced: at most ~10 redraws a second
+        await pilot.press("space")
+        await wait_until(pilot, lambda: pane.state == "paused")
+        paused_at = pane.history[-1]["step"]
+        await pilot.pause(0.3)
+        assert pane.history[-1]["step"] == paused_at
+        await pilot.press("g")
+        assert pane.log_scale
+        await pilot.press("space")
+        await wait_until(pilot, lambda: pane.state == "running")
+        await pilot.press("s")
+        await wait_until(pilot, lambda: pane.state == "stopped" and pane.control is None, timeout=60)
+        run = list_runs(app.cfg)[0]
+        last = checkpoint.latest(checkpoints_dir(run, "pretrain"))
+        assert last.step == pane.history[-1]["step"] or last.step >= paused_at
+
+
+async def test_failed_stage_shows_its_error(prepared):
+    import shutil
+
+    shutil.rmtree(prepared / "data" / "tokens")
+    app = AcmApp(prepared / "acm.toml")
+    async with app.run_test(size=(120, 50)) as pilot:
+        await pilot.press("4", "p")
+        pane = app.query_one("#train-pane")
+        await wait_until(pilot, lambda: pane.state == "failed")
+        assert "run `acm prepare` first" in text_of(app, "#train-log")
+
+
+async def test_quitting_mid_run_stops_with_a_checkpoint(prepared):
+    cfg = config.load(prepared / "acm.toml")
+    cfg.train.pretrain.steps, cfg.train.pretrain.save_every = 100000, 100000
+    config.save(cfg, prepared / "acm.toml")
+    app = AcmApp(prepared / "acm.toml")
+    async with app.run_test(size=(120, 50)) as pilot:
+        await pilot.press("4", "p")
+        pane = app.query_one("#train-pane")
+        await wait_until(pilot, lambda: len(pane.history) >= 2, timeout=60)
+        await pilot.press("q")
+    run = list_runs(app.cfg)[0]
+    assert checkpoint.latest(checkpoints_dir(run, "pretrain")).step >= 2
