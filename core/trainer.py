@@ -177,39 +177,8 @@ class Trainer:
         self.log(f"resumed {self.stage} from step {ck.step}")
 
     def _build_steps(self) -> None:
-        model, opt, sc, world = self.model, self.opt, self.sc, self.world
-        loss_and_grad = nn.value_and_grad(model, lambda m, x, y: m.loss(x, y))
-
-        def finish(loss, grads):
-            if world > 1:
-                grads = average_gradients(grads)
-                loss = mx.distributed.all_sum(loss) / world
-            norm = mx.sqrt(sum(mx.sum(g.astype(mx.float32) ** 2) for g in _leaves(grads)))
-            if sc.grad_clip > 0:
-                scale = mx.minimum(1.0, sc.grad_clip / (norm + 1e-6))
-                grads = tree_map(lambda g: g * scale, grads)
-            opt.update(model, grads)
-            return loss, norm
-
-        @partial(mx.compile, inputs=self.state, outputs=self.state)
-        def fused_step(x, y):
-            loss, grads = loss_and_grad(model, x, y)
-            return finish(loss, grads)
-
-        @partial(mx.compile, inputs=self.state, outputs=self.state)
-        def grad_step(x, y):
-            return loss_and_grad(model, x, y)
-
-        @partial(mx.compile, inputs=self.state, outputs=self.state)
-        def apply_step(loss, grads):
-            return finish(loss, grads)
-
-        def eval_loss(x, y):
-            loss = model.loss(x, y)
-            return mx.distributed.all_sum(loss) / world if world > 1 else loss
-
-        self.fused_step, self.grad_step, self.apply_step = fused_step, grad_step, apply_step
-        self.eval_loss = partial(mx.compile, inputs=self.state)(eval_loss)  # parameters are inputs, not constants
+        self.fused_step, self.grad_step, self.apply_step, self.eval_loss = build_steps(
+            self.model, self.opt, self.state, self.sc.grad_clip, self.world)
 
     # ------------------------------------------------------------ the loop
 
@@ -345,6 +314,47 @@ class Trainer:
         }
         self.metrics.record(event)
         self.emit(event)
+
+
+def build_steps(model: GPT, opt: optim.Optimizer, state: list, grad_clip: float, world: int = 1):
+    """The compiled step functions: (fused step, gradient-only step, apply step, eval loss).
+
+    `state` (model and optimizer state) is both input and output of the compiled graphs, so
+    parameters are never baked in as constants. With several ranks, gradients and losses are
+    averaged across them inside the graph.
+    """
+    loss_and_grad = nn.value_and_grad(model, lambda m, x, y: m.loss(x, y))
+
+    def finish(loss, grads):
+        if world > 1:
+            grads = average_gradients(grads)
+            loss = mx.distributed.all_sum(loss) / world
+        norm = mx.sqrt(sum(mx.sum(g.astype(mx.float32) ** 2) for g in _leaves(grads)))
+        if grad_clip > 0:
+            scale = mx.minimum(1.0, grad_clip / (norm + 1e-6))
+            grads = tree_map(lambda g: g * scale, grads)
+        opt.update(model, grads)
+        return loss, norm
+
+    @partial(mx.compile, inputs=state, outputs=state)
+    def fused_step(x, y):
+        loss, grads = loss_and_grad(model, x, y)
+        return finish(loss, grads)
+
+    @partial(mx.compile, inputs=state, outputs=state)
+    def grad_step(x, y):
+        return loss_and_grad(model, x, y)
+
+    @partial(mx.compile, inputs=state, outputs=state)
+    def apply_step(loss, grads):
+        return finish(loss, grads)
+
+    @partial(mx.compile, inputs=state)
+    def eval_loss(x, y):
+        loss = model.loss(x, y)
+        return mx.distributed.all_sum(loss) / world if world > 1 else loss
+
+    return fused_step, grad_step, apply_step, eval_loss
 
 
 def _leaves(tree) -> list[mx.array]:

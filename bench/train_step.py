@@ -1,0 +1,65 @@
+"""acm's own training step (the product's compiled step) on a preset: tokens/s, MFU, peak memory.
+
+usage: python bench/train_step.py --preset tiny --seq 1024 --batch 16 --steps 20 [--dtype bfloat16]
+Prints one JSON line. Run it in the same call as ../shared/bench/gpt_step.py (PyTorch) on the same
+shapes so the ratio is measured side by side on one card. The data is a fixed random batch (seed
+0), so `loss` after --steps steps is comparable between runs of this script.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import mlx.core as mx
+import mlx.optimizers as optim
+import numpy as np
+
+from core.hardware import device_info, peak_flops
+from core.model import GPT
+from core.presets import get_preset
+from core.trainer import build_steps
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--seq", type=int, default=1024)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--peak-tflops", type=float, default=None, help="override the device's peak (MFU)")
+    a = p.parse_args()
+    shape = get_preset(a.preset)
+    mx.random.seed(0)
+    model = GPT(shape, a.dtype)
+    opt = optim.AdamW(learning_rate=3e-4, betas=[0.9, 0.95], eps=1e-8, weight_decay=0.1)
+    state = [model.state, opt.state]
+    step, _, _, _ = build_steps(model, opt, state, grad_clip=1.0)
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, shape.vocab_size, size=(a.batch, a.seq + 1), dtype=np.int32)
+    x, y = mx.array(tokens[:, :-1]), mx.array(tokens[:, 1:])
+    for _ in range(a.warmup):
+        mx.eval(step(x, y), state)
+    mx.reset_peak_memory()
+    t = time.perf_counter()
+    for _ in range(a.steps):
+        loss, _ = step(x, y)
+        mx.eval(loss, state)
+    dt = (time.perf_counter() - t) / a.steps
+    tok_s = a.batch * a.seq / dt
+    info = device_info()
+    peak = a.peak_tflops * 1e12 if a.peak_tflops else peak_flops(info)
+    print(json.dumps({
+        "fw": "acm", "preset": a.preset, "dtype": a.dtype, "device": info.get("device_name", str(mx.default_device())),
+        "params_M": round(shape.param_count() / 1e6, 1), "batch": a.batch, "seq": a.seq,
+        "ms_step": round(dt * 1e3, 2), "tok_s": round(tok_s),
+        "mfu": round(shape.flops_per_token(a.seq) * tok_s / peak, 4) if peak else None,
+        "loss": round(float(loss.item()), 3), "steps": a.steps + a.warmup,
+        "peak_mem_gb": round(mx.get_peak_memory() / 2**30, 2),
+    }), flush=True)
+
+
+if __name__ == "__main__":
+    main()
