@@ -1,0 +1,165 @@
+"""Text generation from a checkpoint: incremental decoding with the KV cache, streamed.
+
+`stream_generate` yields a `Chunk` for each piece of new text (tokens/s, memory and why it stopped
+on the last). Runs on the engine thread in the TUI. A prompt longer than the context is cut from
+the left (keeping its end) with a notice, never a crash.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import mlx.core as mx
+
+from . import checkpoint, runs
+from .config import Config, from_dict
+from .errors import AcmError
+from .model import GPT
+from .sampling import SamplingParams, sample
+from .tokenizer import BOS_ID, EOS_ID, AcmTokenizer, load_tokenizer
+
+
+@dataclass
+class Chunk:
+    text: str  # new text since the previous chunk
+    token: int | None
+    generated: int  # tokens generated so far
+    tokens_per_s: float = 0.0
+    prompt_tokens: int = 0
+    time_to_first_token_s: float = 0.0
+    peak_memory: int = 0
+    finish_reason: str | None = None  # "stop", "eos", "length", "context", "cancelled"
+    notice: str = ""
+
+
+@dataclass
+class LoadedModel:
+    model: GPT
+    tokenizer: AcmTokenizer
+    checkpoint: Path
+    run: str
+    stage: str
+    step: int
+    info: dict = field(default_factory=dict)
+
+
+def find_checkpoint(cfg: Config, run: str | None = None, stage: str | None = None,
+                    which: str = "best") -> tuple[checkpoint.Checkpoint, Path, str]:
+    """The checkpoint to generate from: the named (or latest) run, fine-tune before pretrain."""
+    run_paths = [runs.run_dir(cfg, run)] if run else runs.list_runs(cfg)
+    stages = [stage] if stage else ["finetune", "pretrain"]
+    for r in run_paths:
+        for st in stages:
+            folder = runs.checkpoints_dir(r, st)
+            ck = checkpoint.best(folder) if which == "best" else checkpoint.latest(folder)
+            if ck is not None:
+                return ck, r, st
+    where = f"run {run}" if run else str(cfg.runs_dir)
+    raise AcmError(f"no checkpoint in {where}: train a model first (acm train pretrain)")
+
+
+def load_model(cfg: Config, run: str | None = None, stage: str | None = None, which: str = "best") -> LoadedModel:
+    ck, run_path, st = find_checkpoint(cfg, run, stage, which)
+    tok = load_tokenizer(cfg)
+    if ck.state.get("tokenizer_sha256") != tok.sha256:
+        raise AcmError(f"{ck.path} was trained with another tokenizer than data/tokenizer/tokenizer.json")
+    ck_cfg = from_dict(ck.state["config"]) if "config" in ck.state else cfg  # the shape it was trained with
+    shape = ck_cfg.model.shape()
+    if shape.vocab_size != tok.vocab_size:
+        raise AcmError(f"{ck.path} has a {shape.vocab_size}-token vocab but the tokenizer has {tok.vocab_size}")
+    model = GPT(shape, ck_cfg.model.compute_dtype)
+    params, _ = checkpoint.load_arrays(ck)
+    model.update(params)
+    mx.eval(model.parameters())
+    return LoadedModel(model, tok, ck.path, run_path.name, st, ck.step, {"val_loss": ck.val_loss})
+
+
+class IncrementalDecoder:
+    """Turns a growing list of ids into new text, holding back an incomplete UTF-8 character."""
+
+    def __init__(self, tok: AcmTokenizer):
+        self.tok, self.ids, self.emitted = tok, [], ""
+
+    def add(self, token: int) -> str:
+        self.ids.append(token)
+        text = self.tok.decode(self.ids)
+        if text.endswith("\ufffd"):
+            return ""
+        new = text[len(self.emitted):]
+        self.emitted = text
+        return new
+
+
+def stream_generate(lm: LoadedModel, prompt: str, params: SamplingParams,
+                    should_stop=lambda: False) -> Iterator[Chunk]:
+    model, tok = lm.model, lm.tokenizer
+    n_ctx = model.shape.n_ctx
+    ids = [BOS_ID] + tok.encode(prompt)
+    notice = ""
+    budget = max(n_ctx - params.max_tokens, 1)
+    if len(ids) > budget:
+        notice = (f"prompt of {len(ids)} tokens cut to its last {budget} to leave room for "
+                  f"{min(params.max_tokens, n_ctx - 1)} new tokens in the {n_ctx}-token context")
+        ids = ids[-budget:]
+    key = mx.random.key(params.seed)
+    cache = model.make_cache()
+    start = time.perf_counter()
+    logits = model(mx.array([ids]), cache)[0, -1]
+    decoder = IncrementalDecoder(tok)
+    seen = list(ids)
+    stop_strings = tuple(s for s in params.stop if s)
+    first_token_s = 0.0
+    text_so_far = ""
+    generated = 0
+    reason = "length"
+    t_first = None
+    while generated < params.max_tokens:
+        if should_stop():
+            reason = "cancelled"
+            break
+        key, sub = mx.random.split(key)
+        token = sample(logits, params, mx.array(seen[-1024:]) if params.repetition_penalty != 1.0 else None, sub)
+        token_id = int(token.item())
+        generated += 1
+        if t_first is None:
+            t_first = time.perf_counter()
+            first_token_s = t_first - start
+        if token_id == EOS_ID:
+            reason = "eos"
+            break
+        seen.append(token_id)
+        piece = decoder.add(token_id)
+        text_so_far += piece
+        hit = next((s for s in stop_strings if s in text_so_far), None)
+        if hit is not None:
+            cut = text_so_far.index(hit)
+            piece = piece[: max(len(piece) - (len(text_so_far) - cut), 0)]
+            elapsed = time.perf_counter() - t_first
+            yield Chunk(piece, token_id, generated, (generated - 1) / elapsed if elapsed > 0 else 0.0, len(ids),
+                        first_token_s, mx.get_peak_memory(), "stop", notice)
+            return
+        elapsed = time.perf_counter() - t_first
+        rate = (generated - 1) / elapsed if elapsed > 0 else 0.0
+        if cache[0].offset >= n_ctx:
+            yield Chunk(piece, token_id, generated, rate, len(ids), first_token_s, mx.get_peak_memory(),
+                        "context", notice)
+            return
+        if piece or notice:
+            yield Chunk(piece, token_id, generated, rate, len(ids), first_token_s, mx.get_peak_memory(),
+                        None, notice)
+            notice = ""
+        logits = model(mx.array([[token_id]]), cache)[0, -1]
+    elapsed = time.perf_counter() - (t_first or start)
+    yield Chunk("", None, generated, (generated - 1) / elapsed if elapsed > 0 and generated > 1 else 0.0,
+                len(ids), first_token_s, mx.get_peak_memory(), reason, notice)
+
+
+def generate_text(lm: LoadedModel, prompt: str, params: SamplingParams) -> tuple[str, Chunk]:
+    """The whole continuation and the last chunk (its stats)."""
+    text, last = "", None
+    for chunk in stream_generate(lm, prompt, params):
+        text += chunk.text
+        last = chunk
+    return text, last
