@@ -14,7 +14,7 @@ from core.engine import Engine
 from core.errors import AcmError
 
 from .panes.data import DataPane
-from .panes.planned import GeneratePane
+from .panes.generate import GeneratePane
 from .panes.train import TrainPane
 from .panes.tokenizer import TokenizerPane
 from .panes.setup import SetupPane

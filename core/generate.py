@@ -98,10 +98,11 @@ def stream_generate(lm: LoadedModel, prompt: str, params: SamplingParams,
     n_ctx = model.shape.n_ctx
     ids = [BOS_ID] + tok.encode(prompt)
     notice = ""
-    budget = max(n_ctx - params.max_tokens, 1)
+    # the prompt keeps its end and leaves room for at least min(max_tokens, n_ctx / 4) new tokens
+    budget = max(n_ctx - min(params.max_tokens, n_ctx // 4), 1)
     if len(ids) > budget:
-        notice = (f"prompt of {len(ids)} tokens cut to its last {budget} to leave room for "
-                  f"{min(params.max_tokens, n_ctx - 1)} new tokens in the {n_ctx}-token context")
+        notice = (f"prompt of {len(ids)} tokens cut to its last {budget} to fit the {n_ctx}-token context "
+                  "with room for new tokens")
         ids = ids[-budget:]
     key = mx.random.key(params.seed)
     cache = model.make_cache()

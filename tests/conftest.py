@@ -92,3 +92,23 @@ def prepared(prepared_template, tmp_path) -> Path:
     dest = tmp_path / "proj"
     shutil.copytree(prepared_template, dest, symlinks=True)
     return dest
+
+
+@pytest.fixture(scope="session")
+def model_template(prepared_template, tmp_path_factory) -> Path:
+    """The prepared template with a run `m`: 20 pretrain steps, then 10 fine-tune steps."""
+    from core.trainer import run_stage
+
+    root = tmp_path_factory.mktemp("model") / "proj"
+    shutil.copytree(prepared_template, root, symlinks=True)
+    cfg = config.load(root / "acm.toml")
+    run_stage(cfg, "pretrain", cfg.runs_dir / "m", max_steps=20)
+    run_stage(cfg, "finetune", cfg.runs_dir / "m")
+    return root
+
+
+@pytest.fixture
+def with_model(model_template, tmp_path) -> Path:
+    dest = tmp_path / "proj"
+    shutil.copytree(model_template, dest, symlinks=True)
+    return dest

@@ -56,8 +56,9 @@ class Pane(VerticalScroll):
         bar.display = False
         yield bar
 
-    def start_step(self, name: str, fn: Callable[..., Any], *args: Any) -> bool:
-        """Run fn(cfg, report, cancel, *args) in a worker; False if a step is already running."""
+    def start_step(self, name: str, fn: Callable[..., Any], *args: Any, on_engine: bool = False) -> bool:
+        """Run fn(cfg, report, cancel, *args) in a worker (on the engine thread if it is MLX work,
+        with the worker waiting for it); False if a step is already running."""
         if self.step_cancel is not None:
             self.notify("a step is already running: cancel it with x first", severity="warning")
             return False
@@ -66,12 +67,15 @@ class Pane(VerticalScroll):
         bar = self.query_one(".step-progress", ProgressBar)
         bar.display = True
         bar.update(total=None, progress=0)
-        self._run_step(name, fn, args, self.step_cancel)
+        self._run_step(name, fn, args, self.step_cancel, on_engine)
         return True
 
     @work(thread=True, exclusive=True, exit_on_error=False, name=STEP_WORKER)
-    def _run_step(self, name: str, fn: Callable[..., Any], args: tuple, cancel: CancelToken) -> tuple[str, Any]:
+    def _run_step(self, name: str, fn: Callable[..., Any], args: tuple, cancel: CancelToken,
+                  on_engine: bool) -> tuple[str, Any]:
         report = lambda p: self.post_message(StageProgress(self.TITLE, p))  # noqa: E731 (thread-safe)
+        if on_engine:
+            return name, self.app.engine.call(fn, self.cfg, report, cancel, *args)
         return name, fn(self.cfg, report, cancel, *args)
 
     def action_cancel_step(self) -> None:

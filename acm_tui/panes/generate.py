@@ -1,0 +1,250 @@
+"""The Generate pane: a REPL over a checkpoint (streamed, stoppable, with history and sampling
+settings), a `bash -n` badge on each result, and the evaluation table.
+
+Generation runs on the engine thread and appends chunks to a buffer that a 20 Hz timer drains.
+"""
+from __future__ import annotations
+
+import collections
+import json
+import threading
+
+from rich.text import Text
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal
+from textual.widgets import DataTable, Input, Label, Select, Static
+
+from core import runs
+from core.code_data import bash_syntax_ok
+from core.errors import AcmError
+from core.evaluate import evaluate_run
+from core.generate import load_model, stream_generate
+from core.sampling import SamplingParams
+
+from ..messages import EngineResult
+from .base import CANCEL_BINDING, Pane
+
+SETTINGS = [  # (field, label, type)
+    ("temperature", "temp", float), ("top_k", "top-k", int), ("top_p", "top-p", float), ("min_p", "min-p", float),
+    ("repetition_penalty", "rep", float), ("max_tokens", "max", int), ("seed", "seed", int),
+]
+AUTO = "auto"
+
+
+def unescape(prompt: str) -> str:
+    return prompt.replace("\\n", "\n").replace("\\t", "\t")
+
+
+class GeneratePane(Pane):
+    TITLE = "Generate"
+    BINDINGS = [
+        CANCEL_BINDING,
+        Binding("escape", "stop_generation", "Stop", tooltip="Stop the generation in progress"),
+        Binding("ctrl+c", "stop_generation", "Stop", show=False),
+        Binding("e", "evaluate", "Evaluate", tooltip="Val loss, perplexity and bash parse rate of the run"),
+        Binding("i", "focus_prompt", "Prompt"),
+    ]
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.chunks: collections.deque = collections.deque()
+        self.stop_event: threading.Event | None = None
+        self.loaded = None
+        self.loaded_key = None
+        self.history: list[str] = []
+        self.history_pos = 0
+        self.current_prompt = ""
+        self.current_text = ""
+        self.transcript: list[Text] = []
+
+    def compose(self) -> ComposeResult:
+        yield Static("[b]enter[/b] generate  [b]escape[/b] stop  [b]up/down[/b] prompt history  [b]tab[/b] "
+                     "settings  [b]e[/b] evaluate  (type \\n for a new line)", classes="hint")
+        yield Select([("latest run (best)", AUTO)], id="gen-checkpoint", allow_blank=False)
+        g = self.app.cfg.generate
+        for row in (SETTINGS[:4], SETTINGS[4:]):
+            with Horizontal(classes="gen-settings"):
+                for name, label, _ in row:
+                    yield Label(label, classes="gen-label")
+                    yield Input(str(getattr(g, name)), id=f"gen-{name}", classes="gen-setting")
+        yield Static("", id="gen-output")
+        yield Static("", id="gen-status")
+        yield Input(placeholder="prompt, e.g. #!/bin/bash\\n# Install docker\\n", id="gen-prompt")
+        yield Static("Evaluation ([b]acm eval[/b])", classes="heading")
+        yield from self.compose_step()
+        yield DataTable(id="eval-table", cursor_type="none")
+
+    def on_mount(self) -> None:
+        self.query_one("#eval-table", DataTable).add_columns(
+            "stage", "step", "lang loss", "lang ppl", "code loss", "code ppl", "bash -n parses", "tokens", "dist-2")
+        self.refresh_checkpoints()
+        self.set_interval(0.05, self.drain)
+
+    def refresh_checkpoints(self) -> None:
+        options = [("latest run (best)", AUTO)]
+        for run in runs.list_runs(self.cfg):
+            for stage in runs.STAGES:
+                if runs.checkpoints_dir(run, stage).exists():
+                    for which in ("best", "latest"):
+                        options.append((f"{run.name} / {stage} / {which}", f"{run.name}|{stage}|{which}"))
+            self._show_eval(run)  # the newest run's eval.json, if any
+            break
+        for run in runs.list_runs(self.cfg)[1:]:
+            for stage in runs.STAGES:
+                if runs.checkpoints_dir(run, stage).exists():
+                    options.append((f"{run.name} / {stage} / best", f"{run.name}|{stage}|best"))
+        select = self.query_one("#gen-checkpoint", Select)
+        select.set_options(options)
+        select.value = AUTO
+
+    # ------------------------------------------------------------ settings
+
+    def read_params(self) -> SamplingParams:
+        values = {}
+        for name, label, typ in SETTINGS:
+            raw = self.query_one(f"#gen-{name}", Input).value.strip()
+            try:
+                values[name] = typ(raw)
+            except ValueError:
+                raise AcmError(f"{label} must be {'an integer' if typ is int else 'a number'}, got {raw!r}") from None
+        return SamplingParams(**values)
+
+    def checkpoint_choice(self) -> tuple[str | None, str | None, str]:
+        value = self.query_one("#gen-checkpoint", Select).value
+        if value in (AUTO, Select.BLANK, None):
+            return None, None, "best"
+        run, stage, which = str(value).split("|")
+        return run, stage, which
+
+    # ------------------------------------------------------------ REPL
+
+    def action_focus_prompt(self) -> None:
+        self.query_one("#gen-prompt", Input).focus()
+
+    @on(Input.Submitted, "#gen-prompt")
+    def submit(self, event: Input.Submitted) -> None:
+        if self.stop_event is not None:
+            self.notify("a generation is running: escape stops it", severity="warning")
+            return
+        try:
+            params = self.read_params()
+        except AcmError as e:
+            self.notify(str(e), severity="error")
+            return
+        raw = event.value
+        if raw and (not self.history or self.history[-1] != raw):
+            self.history.append(raw)
+        self.history_pos = len(self.history)
+        event.input.value = ""
+        self.current_prompt, self.current_text = unescape(raw), ""
+        self.stop_event = threading.Event()
+        self.query_one("#gen-status", Static).update("loading the checkpoint…" if self.loaded is None else "…")
+        self.run_on_engine("generate", self._generate, self.checkpoint_choice(), self.current_prompt, params,
+                           self.stop_event)
+        self._render_output()
+
+    def _generate(self, choice, prompt: str, params: SamplingParams, stop: threading.Event) -> None:
+        """Engine thread: load (once per checkpoint choice) and stream chunks into the buffer."""
+        if self.loaded is None or self.loaded_key != choice:
+            self.loaded = load_model(self.cfg, *choice)
+            self.loaded_key = choice
+        self.chunks.append(("model", f"{self.loaded.run} / {self.loaded.stage} / step {self.loaded.step}"))
+        for chunk in stream_generate(self.loaded, prompt, params, should_stop=stop.is_set):
+            self.chunks.append(("chunk", chunk))
+
+    def action_stop_generation(self) -> None:
+        if self.stop_event is not None:
+            self.stop_event.set()
+
+    def on_key(self, event) -> None:
+        prompt = self.query_one("#gen-prompt", Input)
+        if not prompt.has_focus or event.key not in ("up", "down") or not self.history:
+            return
+        self.history_pos = max(0, min(len(self.history), self.history_pos + (-1 if event.key == "up" else 1)))
+        prompt.value = self.history[self.history_pos] if self.history_pos < len(self.history) else ""
+        prompt.cursor_position = len(prompt.value)
+        event.stop()
+
+    def drain(self) -> None:
+        if not self.chunks:
+            return
+        status = self.query_one("#gen-status", Static)
+        last = None
+        while self.chunks:
+            kind, item = self.chunks.popleft()
+            if kind == "model":
+                status.update(Text(item, style="dim"))
+                continue
+            self.current_text += item.text
+            if item.notice:
+                self.notify(item.notice, severity="warning")
+            last = item
+        if last is not None:
+            status.update(Text(f"{last.generated} tokens, {last.tokens_per_s:,.1f} tok/s, first token "
+                               f"{last.time_to_first_token_s * 1e3:.0f} ms, peak memory "
+                               f"{last.peak_memory / 2**20:.0f} MiB" +
+                               (f", stopped: {last.finish_reason}" if last.finish_reason else ""), style="dim"))
+        self._render_output()
+
+    def _render_output(self) -> None:
+        current = Text()
+        current.append(self.current_prompt, style="bold")
+        current.append(self.current_text)
+        self.query_one("#gen-output", Static).update(Text("\n\n").join([*self.transcript[-3:], current]))
+
+    @on(EngineResult)
+    def engine_done(self, message: EngineResult) -> None:
+        if message.job != "generate":
+            return
+        self.drain()
+        self.stop_event = None
+        error = message.future.exception()
+        if error is not None:
+            text = str(error) if isinstance(error, AcmError) else f"{type(error).__name__}: {error}"
+            self.query_one("#gen-status", Static).update(Text(f"failed: {text}", style="red"))
+            self.notify(text, title="Generation failed", severity="error")
+            return
+        script = self.current_prompt + self.current_text
+        entry = Text()
+        entry.append(self.current_prompt, style="bold")
+        entry.append(self.current_text)
+        if looks_like_bash(script):
+            ok, _ = bash_syntax_ok(script, self.cfg.data.code.syntax_timeout_s)
+            entry.append("  [bash -n: parses]" if ok else "  [bash -n: does not parse]",
+                         style="bold green" if ok else "bold red")
+        self.transcript.append(entry)
+        self.current_prompt = self.current_text = ""
+        self.query_one("#gen-output", Static).update(Text("\n\n").join(self.transcript[-4:]))
+
+    # ------------------------------------------------------------ evaluation
+
+    def action_evaluate(self) -> None:
+        run, _, _ = self.checkpoint_choice()
+        self.start_step("evaluating", evaluate_run, run, on_engine=True)
+
+    def step_done(self, name: str, results: dict) -> None:
+        self._status(f"[green]evaluated run {results['run']}[/]")
+        self._fill_eval(results)
+        self.step_ended()
+
+    def _show_eval(self, run) -> None:
+        try:
+            self._fill_eval(json.loads((run / "eval.json").read_text()))
+        except (OSError, ValueError, KeyError):
+            pass
+
+    def _fill_eval(self, results: dict) -> None:
+        table = self.query_one("#eval-table", DataTable)
+        table.clear()
+        for stage, r in results["stages"].items():
+            g = r["code_generation"]
+            table.add_row(stage, r["step"], r["language"]["val_loss"], r["language"]["perplexity"],
+                          r["code"]["val_loss"], r["code"]["perplexity"], f"{g['parse_rate']:.0%}",
+                          g["mean_tokens"], g["distinct_2"])
+
+
+def looks_like_bash(text: str) -> bool:
+    head = text.lstrip()[:200]
+    return head.startswith("#!") or any(w in head for w in ("echo ", "if [", "for ", "export ", "set -", "fi\n"))

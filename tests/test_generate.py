@@ -1,0 +1,140 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from core import cli, config
+from core.errors import AcmError
+from core.evaluate import distinct_n, evaluate_run
+from core.export import export_checkpoint
+from core.generate import generate_text, load_model, stream_generate
+from core.sampling import SamplingParams, filter_min_p, filter_top_k, filter_top_p, sample
+from core.tokenizer import BOS_ID
+
+
+@pytest.fixture(scope="module")
+def lm(model_template):
+    return load_model(config.load(model_template / "acm.toml"))
+
+
+def test_loads_the_finetuned_best_by_default(lm):
+    assert (lm.run, lm.stage, lm.step) == ("m", "finetune", 10)
+
+
+def test_greedy_streaming_equals_full_forward_argmax(lm):
+    prompt = "#!/bin/bash\n"
+    text, last = generate_text(lm, prompt, SamplingParams(temperature=0, max_tokens=12))
+    ids = [BOS_ID] + lm.tokenizer.encode(prompt)
+    for _ in range(12):  # the slow way: a full forward pass per token, no cache
+        nxt = int(mx.argmax(lm.model(mx.array([ids]))[0, -1]).item())
+        if nxt == 3:
+            break
+        ids.append(nxt)
+    expected = lm.tokenizer.decode(ids[1 + len(lm.tokenizer.encode(prompt)):])
+    assert text == expected and last.finish_reason in ("length", "eos")
+
+
+def test_seed_makes_sampling_repeatable(lm):
+    p = SamplingParams(temperature=1.0, top_k=50, max_tokens=20, seed=7)
+    a, _ = generate_text(lm, "echo", p)
+    b, _ = generate_text(lm, "echo", p)
+    c, _ = generate_text(lm, "echo", SamplingParams(**{**p.__dict__, "seed": 8}))
+    assert a == b and a != c
+
+
+def test_filters():
+    lp = mx.log(mx.array([0.5, 0.25, 0.15, 0.07, 0.03]))
+    keep = lambda x: np.isfinite(np.array(x)).tolist()  # noqa: E731
+    assert keep(filter_top_k(lp, 2)) == [True, True, False, False, False]
+    assert keep(filter_top_p(lp, 0.7)) == [True, True, False, False, False]
+    assert keep(filter_top_p(lp, 0.1)) == [True, False, False, False, False]  # the top token always stays
+    assert keep(filter_min_p(lp, 0.4)) == [True, True, False, False, False]
+    greedy = sample(mx.array([0.1, 3.0, 0.2]), SamplingParams(temperature=0), None, mx.random.key(0))
+    assert greedy.item() == 1
+    penalised = sample(mx.array([0.1, 3.0, 2.9]), SamplingParams(temperature=0, repetition_penalty=1.5),
+                       mx.array([1]), mx.random.key(0))
+    assert penalised.item() == 2
+    draws = {sample(mx.array([0.0, 0.0, -50.0]), SamplingParams(temperature=1.0), None, mx.random.key(i)).item()
+             for i in range(40)}
+    assert draws == {0, 1}
+
+
+def test_stop_strings_and_long_prompts(lm):
+    text, last = generate_text(lm, "#!/bin/bash\n", SamplingParams(temperature=0, max_tokens=60, stop=("e",)))
+    assert "e" not in text and last.finish_reason in ("stop", "eos", "length")
+    long_prompt = "echo hello world\n" * 200  # far beyond the 128-token context
+    chunks = list(stream_generate(lm, long_prompt, SamplingParams(temperature=0, max_tokens=300)))
+    assert any("cut to its last" in c.notice for c in chunks)
+    assert chunks[-1].finish_reason in ("context", "eos")
+
+
+def test_evaluate_compares_pretrain_and_finetune(with_model):
+    cfg = config.load(with_model / "acm.toml")
+    results = evaluate_run(cfg, samples=3, max_tokens=30)
+    assert set(results["stages"]) == {"pretrain", "finetune"}
+    for r in results["stages"].values():
+        assert r["language"]["val_loss"] > 0 and r["code"]["perplexity"] > 1
+        g = r["code_generation"]
+        assert 0 <= g["parse_rate"] <= 1 and 0 < g["distinct_2"] <= 1 and g["mean_tokens"] > 0
+    saved = json.loads((cfg.runs_dir / "m" / "eval.json").read_text())
+    assert saved["stages"]["finetune"]["step"] == 10
+    assert distinct_n([[1, 2, 1, 2]], 2) == round(2 / 3, 4)
+
+
+def test_export_loads_in_mlx_lm_with_matching_logits(with_model, tmp_path):
+    from mlx_lm import load as mlx_lm_load
+    from mlx_lm import generate as mlx_lm_generate
+
+    cfg = config.load(with_model / "acm.toml")
+    info = export_checkpoint(cfg, tmp_path / "exported")
+    model, tokenizer = mlx_lm_load(str(tmp_path / "exported"))
+    ours = load_model(cfg)
+    ids = [BOS_ID] + ours.tokenizer.encode("#!/bin/bash\necho $HOME")
+    assert tokenizer.encode("#!/bin/bash\necho $HOME", add_special_tokens=False) == ids[1:]
+    theirs, mine = model(mx.array([ids])), ours.model(mx.array([ids]))
+    assert mx.allclose(theirs, mine, atol=1e-4).item()
+    out = mlx_lm_generate(model, tokenizer, "#!/bin/bash\n", max_tokens=5)
+    assert isinstance(out, str)
+    assert info["preset"] == "nano"
+    with pytest.raises(AcmError, match="exists and is not empty"):
+        export_checkpoint(cfg, tmp_path / "exported")
+
+
+def test_export_refuses_untied_presets(with_model, tmp_path, monkeypatch):
+    import core.export as export
+    from dataclasses import replace
+
+    real = export.load_model
+
+    def untied(*a, **k):
+        lm = real(*a, **k)
+        lm.model.shape = replace(lm.model.shape, tie_embeddings=False)
+        return lm
+
+    monkeypatch.setattr(export, "load_model", untied)
+    with pytest.raises(AcmError, match="untied output head, which mlx-lm's gpt2 cannot load"):
+        export_checkpoint(config.load(with_model / "acm.toml"), tmp_path / "x")
+
+
+def test_cli_generate_chat_eval_export(with_model, capsys, tmp_path):
+    c = str(with_model / "acm.toml")
+    assert cli.main(["-c", c, "generate", "-e", "#!/bin/bash\\n", "--max-tokens", "8", "--temp", "0"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("#!/bin/bash\n") and "tok/s" in captured.err and "bash -n:" in captured.err
+    r = subprocess.run([sys.executable, "-m", "core.cli", "-c", c, "chat", "--max-tokens", "5"],
+                       input="echo\n", capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "5 tokens" in r.stderr
+    assert cli.main(["-c", c, "eval", "--samples", "2", "--max-tokens", "10", "--json"]) == 0
+    assert set(json.loads(capsys.readouterr().out)["stages"]) == {"pretrain", "finetune"}
+    assert cli.main(["-c", c, "export", "m", "--to", str(tmp_path / "e")]) == 0
+    assert (tmp_path / "e" / "model.safetensors").exists() and (tmp_path / "e" / "tokenizer_config.json").exists()
+
+
+def test_no_checkpoint_is_one_line(prepared, capsys):
+    assert cli.main(["-c", str(prepared / "acm.toml"), "generate", "x"]) == 2
+    assert "no checkpoint in" in capsys.readouterr().err

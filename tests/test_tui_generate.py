@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+import threading
+
+from textual.widgets import DataTable, Input
+
+from acm_tui.app import AcmApp
+from core import config
+
+from .test_tui import wait_until
+from .test_tui_data import text_of
+
+
+async def test_repl_streams_keeps_history_and_badges_bash(with_model):
+    app = AcmApp(with_model / "acm.toml")
+    async with app.run_test(size=(100, 50)) as pilot:
+        await pilot.press("5", "i")
+        pane = app.query_one("#generate-pane")
+        app.query_one("#gen-temperature", Input).value = "0"
+        app.query_one("#gen-max_tokens", Input).value = "12"
+        prompt = app.query_one("#gen-prompt", Input)
+        prompt.focus()
+        await pilot.press(*"#!/bin/bash\\necho", "enter")
+        await wait_until(pilot, lambda: pane.stop_event is None and pane.transcript)
+        out = text_of(app, "#gen-output")
+        assert out.startswith("#!/bin/bash\necho") and "[bash -n:" in out
+        assert "tok/s" in text_of(app, "#gen-status") and "m / finetune / step 10" not in out
+        await pilot.press("up")
+        assert prompt.value == "#!/bin/bash\\necho"
+        await pilot.press("down")
+        assert prompt.value == ""
+
+
+async def test_escape_stops_a_long_generation(with_model):
+    cfg = config.load(with_model / "acm.toml")
+    app = AcmApp(with_model / "acm.toml")
+    async with app.run_test(size=(100, 50)) as pilot:
+        await pilot.press("5")
+        pane = app.query_one("#generate-pane")
+        app.query_one("#gen-max_tokens", Input).value = "100000"
+        prompt = app.query_one("#gen-prompt", Input)
+        prompt.focus()
+        busy = threading.Event()
+        app.engine.submit(busy.wait)  # hold the engine so the stop lands mid-request, deterministically
+        await pilot.press("x", "enter")
+        assert pane.stop_event is not None
+        await pilot.press("escape")
+        busy.set()
+        await wait_until(pilot, lambda: pane.stop_event is None)
+        assert "stopped: cancelled" in text_of(app, "#gen-status")
+        assert cfg.generate.max_tokens == 256  # the settings file is untouched
+
+
+async def test_bad_setting_is_refused_and_eval_fills_the_table(with_model):
+    app = AcmApp(with_model / "acm.toml")
+    async with app.run_test(size=(100, 50)) as pilot:
+        await pilot.press("5")
+        pane = app.query_one("#generate-pane")
+        app.query_one("#gen-top_k", Input).value = "lots"
+        prompt = app.query_one("#gen-prompt", Input)
+        prompt.focus()
+        await pilot.press("x", "enter")
+        await pilot.pause()
+        assert pane.stop_event is None and not pane.transcript
+        app.query_one("#gen-top_k", Input).value = "50"
+        pane.focus()
+        config_run = config.load(with_model / "acm.toml")
+        assert config_run.generate.top_k == 50
+        await pilot.press("e")
+        table = app.query_one("#eval-table", DataTable)
+        await wait_until(pilot, lambda: table.row_count == 2, timeout=120)
+        assert table.get_row_at(0)[0] == "pretrain" and table.get_row_at(1)[0] == "finetune"
