@@ -92,6 +92,39 @@ class IncrementalDecoder:
         return new
 
 
+def generate_tokens(model: GPT, ids: list[int], params: SamplingParams,
+                    should_stop=lambda: False) -> Iterator[int]:
+    """Token ids after the prompt `ids`, one KV-cached step each, until max_tokens, <EOS> (yielded
+    last), a full context or should_stop(). The next step is queued (mx.async_eval) before the
+    current token is read, so the device never waits for Python."""
+    n_ctx = model.shape.n_ctx
+    cache = model.make_cache()
+    key = mx.random.key(params.seed)
+    penalise = params.repetition_penalty != 1.0
+    seen = mx.array(ids[-1024:], dtype=mx.int32)
+
+    def step(inputs: mx.array) -> mx.array:
+        nonlocal key, seen
+        key, sub = mx.random.split(key)
+        token = sample(model(inputs, cache)[0, -1], params, seen if penalise else None, sub)
+        if penalise:
+            seen = mx.concatenate([seen[-1023:], token.reshape(1).astype(mx.int32)])
+        return token
+
+    token = step(mx.array([ids]))
+    mx.async_eval(token)
+    for n in range(params.max_tokens):
+        upcoming = None
+        if n + 1 < params.max_tokens and cache[0].offset < n_ctx:
+            upcoming = step(token.reshape(1, 1))
+            mx.async_eval(upcoming)
+        value = int(token.item())
+        yield value
+        if value == EOS_ID or upcoming is None or should_stop():
+            return
+        token = upcoming
+
+
 def stream_generate(lm: LoadedModel, prompt: str, params: SamplingParams,
                     should_stop=lambda: False) -> Iterator[Chunk]:
     model, tok = lm.model, lm.tokenizer
@@ -104,57 +137,43 @@ def stream_generate(lm: LoadedModel, prompt: str, params: SamplingParams,
         notice = (f"prompt of {len(ids)} tokens cut to its last {budget} to fit the {n_ctx}-token context "
                   "with room for new tokens")
         ids = ids[-budget:]
-    key = mx.random.key(params.seed)
-    cache = model.make_cache()
-    start = time.perf_counter()
-    logits = model(mx.array([ids]), cache)[0, -1]
+    room = n_ctx - len(ids)
     decoder = IncrementalDecoder(tok)
-    seen = list(ids)
     stop_strings = tuple(s for s in params.stop if s)
-    first_token_s = 0.0
-    text_so_far = ""
-    generated = 0
-    reason = "length"
-    t_first = None
-    while generated < params.max_tokens:
-        if should_stop():
-            reason = "cancelled"
-            break
-        key, sub = mx.random.split(key)
-        token = sample(logits, params, mx.array(seen[-1024:]) if params.repetition_penalty != 1.0 else None, sub)
-        token_id = int(token.item())
+    start = time.perf_counter()
+    t_first, generated, text, reason = None, 0, "", "length"
+
+    def chunk(piece: str, token: int | None, finish: str | None) -> Chunk:
+        nonlocal notice
+        elapsed = time.perf_counter() - (t_first or start)
+        rate = (generated - 1) / elapsed if elapsed > 0 and generated > 1 else 0.0
+        c = Chunk(piece, token, generated, rate, len(ids), (t_first or start) - start, mx.get_peak_memory(),
+                  finish, notice)
+        notice = ""
+        return c
+
+    for token in generate_tokens(model, ids, params, should_stop):
         generated += 1
         if t_first is None:
             t_first = time.perf_counter()
-            first_token_s = t_first - start
-        if token_id == EOS_ID:
+        if token == EOS_ID:
             reason = "eos"
             break
-        seen.append(token_id)
-        piece = decoder.add(token_id)
-        text_so_far += piece
-        hit = next((s for s in stop_strings if s in text_so_far), None)
+        piece = decoder.add(token)
+        text += piece
+        hit = next((s for s in stop_strings if s in text), None)
         if hit is not None:
-            cut = text_so_far.index(hit)
-            piece = piece[: max(len(piece) - (len(text_so_far) - cut), 0)]
-            elapsed = time.perf_counter() - t_first
-            yield Chunk(piece, token_id, generated, (generated - 1) / elapsed if elapsed > 0 else 0.0, len(ids),
-                        first_token_s, mx.get_peak_memory(), "stop", notice)
-            return
-        elapsed = time.perf_counter() - t_first
-        rate = (generated - 1) / elapsed if elapsed > 0 else 0.0
-        if cache[0].offset >= n_ctx:
-            yield Chunk(piece, token_id, generated, rate, len(ids), first_token_s, mx.get_peak_memory(),
-                        "context", notice)
+            cut = len(text) - text.index(hit)
+            yield chunk(piece[: max(len(piece) - cut, 0)], token, "stop")
             return
         if piece or notice:
-            yield Chunk(piece, token_id, generated, rate, len(ids), first_token_s, mx.get_peak_memory(),
-                        None, notice)
-            notice = ""
-        logits = model(mx.array([[token_id]]), cache)[0, -1]
-    elapsed = time.perf_counter() - (t_first or start)
-    yield Chunk("", None, generated, (generated - 1) / elapsed if elapsed > 0 and generated > 1 else 0.0,
-                len(ids), first_token_s, mx.get_peak_memory(), reason, notice)
+            yield chunk(piece, token, None)
+    else:
+        if should_stop():
+            reason = "cancelled"
+        elif generated < params.max_tokens and generated >= room:
+            reason = "context"
+    yield chunk("", None, reason)
 
 
 def generate_text(lm: LoadedModel, prompt: str, params: SamplingParams) -> tuple[str, Chunk]:
