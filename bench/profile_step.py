@@ -1,0 +1,89 @@
+"""Where a training step's time goes, part by part (each part compiled and timed alone).
+
+usage: python bench/profile_step.py --preset tiny --seq 1024 --batch 16     prints one JSON line
+Parts: forward + loss; forward + backward; the whole step; the optimizer update alone; the loss
+head alone (final norm + vocab projection + cross-entropy); attention alone; each in ms.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from functools import partial
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+import numpy as np
+from mlx.utils import tree_map
+
+from core.model import GPT
+from core.presets import get_preset
+from core.trainer import build_steps
+
+
+def bench(fn, *args, steps=10, warmup=3, state=None) -> float:
+    for _ in range(warmup):
+        mx.eval(fn(*args), state or [])
+    t = time.perf_counter()
+    for _ in range(steps):
+        mx.eval(fn(*args), state or [])
+    return (time.perf_counter() - t) / steps * 1e3
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--seq", type=int, default=1024)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--dtype", default="bfloat16")
+    a = p.parse_args()
+    shape = get_preset(a.preset)
+    mx.random.seed(0)
+    model = GPT(shape, a.dtype)
+    opt = optim.AdamW(learning_rate=3e-4, betas=[0.9, 0.95], eps=1e-8, weight_decay=0.1)
+    state = [model.state, opt.state]
+    step, _, _, _ = build_steps(model, opt, state, grad_clip=1.0)
+    tokens = np.random.default_rng(0).integers(0, shape.vocab_size, (a.batch, a.seq + 1), dtype=np.int32)
+    x, y = mx.array(tokens[:, :-1]), mx.array(tokens[:, 1:])
+    out = {"preset": a.preset, "batch": a.batch, "seq": a.seq, "dtype": a.dtype}
+    out["step_ms"] = bench(step, x, y, state=state)
+    fwd = partial(mx.compile, inputs=state)(lambda x, y: model.loss(x, y))
+    out["forward_loss_ms"] = bench(fwd, x, y)
+    vg = nn.value_and_grad(model, lambda m, x, y: m.loss(x, y))
+    fb = partial(mx.compile, inputs=state, outputs=state)(lambda x, y: vg(model, x, y))
+    out["forward_backward_ms"] = bench(fb, x, y)
+    grads = tree_map(lambda p: mx.zeros_like(p) + 1e-3, model.parameters())
+    mx.eval(grads)
+    upd = partial(mx.compile, inputs=state, outputs=state)(lambda g: opt.update(model, g) or mx.array(0))
+    out["optimizer_ms"] = bench(upd, grads, state=state)
+    h = mx.random.normal((a.batch, a.seq, shape.n_embd)).astype(getattr(mx, a.dtype))
+
+    def head(h, y):
+        hh = model.ln_f(h)
+        w = model.wte.weight if shape.tie_embeddings else model.lm_head.weight
+        logits = hh @ w.astype(hh.dtype).T
+        return nn.losses.cross_entropy(logits.astype(mx.float32), y, reduction="mean")
+
+    hg = partial(mx.compile, inputs=state)(mx.value_and_grad(head))
+    out["loss_head_fwd_bwd_ms"] = bench(hg, h, y)
+    q = mx.random.normal((a.batch, shape.n_head, a.seq, shape.head_dim)).astype(getattr(mx, a.dtype))
+
+    def attn(q):
+        return mx.fast.scaled_dot_product_attention(q, q, q, scale=shape.head_dim**-0.5, mask="causal").sum()
+
+    ag = mx.compile(mx.value_and_grad(attn))
+    out["attention_fwd_bwd_ms_one_layer"] = bench(ag, q)
+    out["attention_fwd_bwd_ms_all_layers"] = out["attention_fwd_bwd_ms_one_layer"] * shape.n_layer
+    model.set_dtype(getattr(mx, a.dtype))  # pure low-precision weights: what the per-call casts cost
+    opt2 = optim.AdamW(learning_rate=3e-4)
+    state2 = [model.state, opt2.state]
+    step2, _, _, _ = build_steps(model, opt2, state2, grad_clip=1.0)
+    out["step_pure_lowp_weights_ms"] = bench(step2, x, y, state=state2)
+    out["tok_s"] = round(a.batch * a.seq / out["step_ms"] * 1e3)
+    out["peak_mem_gb"] = round(mx.get_peak_memory() / 2**30, 2)
+    print(json.dumps({k: (round(v, 2) if isinstance(v, float) else v) for k, v in out.items()}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
