@@ -105,7 +105,9 @@ def generate_tokens(model: GPT, ids: list[int], params: SamplingParams,
 
     def step(inputs: mx.array) -> mx.array:
         nonlocal key, seen
-        key, sub = mx.random.split(key)
+        sub = None
+        if params.temperature > 0:  # greedy decoding needs no randomness (and no extra kernels)
+            key, sub = mx.random.split(key)
         token = sample(model(inputs, cache)[0, -1], params, seen if penalise else None, sub)
         if penalise:
             seen = mx.concatenate([seen[-1023:], token.reshape(1).astype(mx.int32)])

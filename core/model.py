@@ -156,7 +156,7 @@ class GPT(nn.Module):
         if offset + T > self.shape.n_ctx:
             raise ValueError(f"{offset + T} positions exceed the model's context of {self.shape.n_ctx}")
         x = self.wte(idx) + self.wpe(mx.arange(offset, offset + T))  # (B, T, C)
-        x = x.astype(self.compute_dtype)
+        x = _as(x, self.compute_dtype)
         for i, block in enumerate(self.h):
             x = block(x, cache[i] if cache else None)
         x = self.ln_f(x)

@@ -67,8 +67,10 @@ def filter_min_p(logprobs: mx.array, min_p: float) -> mx.array:
     return mx.where(logprobs < threshold, NEG_INF, logprobs)
 
 
-def sample(logits: mx.array, params: SamplingParams, seen: mx.array | None, key: mx.array) -> mx.array:
-    """One token id from logits (V,), as a 0-d array."""
+def sample(logits: mx.array, params: SamplingParams, seen: mx.array | None, key: mx.array | None) -> mx.array:
+    """One token id from logits (V,), as a 0-d array (greedy when temperature is 0)."""
+    if params.temperature <= 0 and (params.repetition_penalty == 1.0 or seen is None):
+        return mx.argmax(logits)
     logits = apply_repetition_penalty(logits.astype(mx.float32), seen, params.repetition_penalty)
     if params.temperature <= 0:
         return mx.argmax(logits)
