@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import json
 import queue
-import sys
+import signal
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from . import runs
 from .config import Config
+from .detach import launch_detached
 from .engine import Engine
 from .errors import AcmError
 from .trainer import Control, run_stage
@@ -52,8 +53,17 @@ def cmd_train(args, cfg: Config) -> int:
     if args.steps:
         sc.steps = args.steps
     run = pick_run(cfg, args.stage, args.run, args.resume)
+    if args.detach:
+        pid = launch_detached(args.config, args.stage, run, args.resume, args.steps, args.max_steps)
+        print(f"{args.stage} of run {run.name} runs in the background (pid {pid}); "
+              f"log: {runs.stage_dir(run, args.stage) / 'detached.log'}")
+        print(f"watch it in acm-tui or with `acm runs`; stop it with `acm runs stop {run.name}`")
+        return 0
     events: queue.SimpleQueue = queue.SimpleQueue()
     control = Control()
+    signal.signal(signal.SIGTERM, lambda *_: control.stop())  # a polite kill stops with a checkpoint
+    if hasattr(signal, "SIGUSR1"):
+        signal.signal(signal.SIGUSR1, lambda *_: control.save_now())
     engine = Engine()
     fut = engine.submit(run_stage, cfg, args.stage, run, events.put, control, args.resume, args.max_steps)
     fut.add_done_callback(lambda f: events.put({"type": "finished"}))
@@ -104,3 +114,5 @@ def register(sub, add) -> None:
         p.add_argument("--resume", action="store_true", help="continue the run's latest checkpoint of this stage")
         p.add_argument("--steps", type=int, help=f"total steps (default: train.{stage}.steps)")
         p.add_argument("--max-steps", type=int, help="stop after this many steps in this call (resume later)")
+        p.add_argument("--detach", action="store_true",
+                       help="run in the background, surviving the terminal (watch with acm-tui or acm runs)")

@@ -7,11 +7,15 @@ later acm-tui) can read it while training goes on.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import socket
 import time
 from pathlib import Path
 
 from . import config
-from .checkpoint import list_checkpoints
+from .atomic import write_text
+from .checkpoint import best, latest, list_checkpoints
 from .errors import AcmError
 
 STAGES = ("pretrain", "finetune")
@@ -109,3 +113,118 @@ def read_metrics(run: Path, stage: str) -> list[dict]:
     except OSError:
         pass
     return out
+
+
+# ---------------------------------------------------------------- status and control across processes
+
+STATUS, CONTROL = "status.json", "control.json"
+COMMANDS = ("pause", "resume", "stop", "save")
+LIVE = ("starting", "running", "paused")
+
+
+def write_status(run: Path, stage: str, state: str, **fields) -> None:
+    """The stage's state for other processes: what it is doing, and who is doing it."""
+    folder = stage_dir(run, stage)
+    folder.mkdir(parents=True, exist_ok=True)
+    status = {"state": state, "pid": os.getpid(), "host": socket.gethostname(), "time": time.time()} | fields
+    write_text(folder / STATUS, json.dumps(status) + "\n")
+
+
+def read_status(run: Path, stage: str) -> dict | None:
+    try:
+        return json.loads((stage_dir(run, stage) / STATUS).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def process_alive(pid: int, host: str | None = None) -> bool:
+    if host and host != socket.gethostname():
+        return True  # another machine's process: assume it lives
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stage_state(run: Path, stage: str) -> str:
+    """running / paused (a live process), interrupted (it died mid-run), done / stopped / failed,
+    or "not started"."""
+    st = read_status(run, stage)
+    if st is None:
+        return "not started" if latest(checkpoints_dir(run, stage)) is None else "stopped"
+    if st["state"] in LIVE:
+        return st["state"] if process_alive(st["pid"], st.get("host")) else "interrupted"
+    return st["state"]
+
+
+def send_command(run: Path, stage: str, command: str) -> None:
+    if command not in COMMANDS:
+        raise AcmError(f"unknown command {command!r}: one of {', '.join(COMMANDS)}")
+    state = stage_state(run, stage)
+    if state not in ("running", "paused"):
+        raise AcmError(f"{stage} of run {run.name} is {state}: nothing to {command}")
+    write_text(stage_dir(run, stage) / CONTROL, json.dumps({"command": command, "time": time.time()}) + "\n")
+
+
+def take_command(run: Path, stage: str) -> str | None:
+    """The pending command, removed as it is read (each command acts once)."""
+    path = stage_dir(run, stage) / CONTROL
+    try:
+        command = json.loads(path.read_text()).get("command")
+        path.unlink()
+    except (OSError, ValueError):
+        return None
+    return command if command in COMMANDS else None
+
+
+def active_stage(run: Path) -> str | None:
+    """The stage most recently worked on (fine-tune once it has begun)."""
+    for stage in reversed(STAGES):
+        if read_status(run, stage) is not None or latest(checkpoints_dir(run, stage)) is not None:
+            return stage
+    return None
+
+
+def summary(run: Path) -> dict:
+    """One run, as the run list shows it."""
+    try:
+        preset = config.load(run / "config.toml").model.preset
+    except AcmError:
+        preset = "?"
+    out = {"name": run.name, "preset": preset, "modified": run.stat().st_mtime, "stages": {}}
+    for stage in STAGES:
+        ck_dir = checkpoints_dir(run, stage)
+        last, top = latest(ck_dir), best(ck_dir)
+        st = read_status(run, stage) or {}
+        if last is None and not st:
+            continue
+        out["stages"][stage] = {
+            "state": stage_state(run, stage), "step": (st.get("step") if st.get("step") is not None
+                                                       else (last.step if last else 0)),
+            "total": st.get("total"), "best_val_loss": top.val_loss if top else None,
+            "checkpoints": len(list_checkpoints(ck_dir)), "error": st.get("error"),
+        }
+    return out
+
+
+def delete_run(run: Path) -> None:
+    for stage in STAGES:
+        if stage_state(run, stage) in ("running", "paused"):
+            raise AcmError(f"run {run.name} is training ({stage}): stop it first")
+    shutil.rmtree(run)
+
+
+def rename_run(run: Path, new_name: str) -> Path:
+    target = run.parent / new_name
+    if "/" in new_name or not new_name or new_name.startswith("."):
+        raise AcmError(f"invalid run name {new_name!r}: use letters, digits, '-' and '_'")
+    if target.exists():
+        raise AcmError(f"a run named {new_name} exists already")
+    for stage in STAGES:
+        if stage_state(run, stage) in ("running", "paused"):
+            raise AcmError(f"run {run.name} is training ({stage}): stop it first")
+    run.rename(target)
+    return target

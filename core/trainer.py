@@ -29,6 +29,7 @@ from .errors import AcmError
 from .hardware import device_info, memory_limit, memory_now, peak_flops
 from .model import GPT
 from .prepare import open_tokens
+from . import runs
 from .runs import MetricsLog, checkpoints_dir, prepare_run, stage_dir
 from .schedule import lr_at
 from .tokenizer import load_tokenizer
@@ -108,6 +109,9 @@ class Trainer:
 
     def emit(self, event: dict) -> None:
         if self.is_main:
+            if event["type"] == "state":
+                runs.write_status(self.run_path, self.stage, event["state"], step=event.get("step"),
+                                  total=self.sc.steps)
             self.emit_fn(event)
 
     def log(self, text: str) -> None:
@@ -227,8 +231,28 @@ class Trainer:
         self._setup()
         try:
             return self._loop()
+        except BaseException as e:
+            if self.is_main:
+                runs.write_status(self.run_path, self.stage, "failed", error=str(e) or type(e).__name__)
+            raise
         finally:
             self.metrics.close()
+
+    def _poll_commands(self) -> None:
+        """Commands left in the stage's control file by another process (acm runs, acm-tui)."""
+        command = runs.take_command(self.run_path, self.stage) if self.is_main else None
+        if self.world > 1:  # every rank must act on rank 0's command at the same step
+            code = {"pause": 1, "resume": 2, "stop": 3, "save": 4}.get(command, 0)
+            code = int(mx.distributed.all_sum(mx.array(code)).item())
+            command = {1: "pause", 2: "resume", 3: "stop", 4: "save"}.get(code)
+        if command == "pause":
+            self.control.pause()
+        elif command == "resume":
+            self.control.resume()
+        elif command == "stop":
+            self.control.stop()
+        elif command == "save":
+            self.control.save_now()
 
     def _loop(self) -> StageResult:
         sc = self.sc
@@ -247,6 +271,7 @@ class Trainer:
         t_report, tokens_report, elapsed_steps, step_time = time.perf_counter(), 0, 0, None
         val_loss = None
         while step < end:
+            self._poll_commands()
             if self.control.stopping:
                 stopped = True
                 break
@@ -254,7 +279,8 @@ class Trainer:
                 self.emit({"type": "state", "stage": self.stage, "state": "paused", "step": step,
                            "total": sc.steps})
                 while self.control.paused:
-                    self.control.wait_while_paused()
+                    self.control.wait_while_paused(0.2)
+                    self._poll_commands()
                 self.emit({"type": "state", "stage": self.stage, "state": "running", "step": step,
                            "total": sc.steps})
                 t_report, tokens_report = time.perf_counter(), 0
@@ -314,6 +340,8 @@ class Trainer:
         }
         self.metrics.record(event)
         self.emit(event)
+        if self.is_main:
+            runs.write_status(self.run_path, self.stage, "running", step=step, total=sc.steps)
 
 
 def build_steps(model: GPT, opt: optim.Optimizer, state: list, grad_clip: float, world: int = 1):

@@ -7,6 +7,7 @@ floods the UI. Charts: train and val loss (log scale with g), learning rate, tok
 from __future__ import annotations
 
 import collections
+import json
 import time
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from textual.widgets import Static
 from textual_plotext import PlotextPlot
 
 from core import runs
+from core.detach import launch_detached
 from core.errors import AcmError
 from core.trainer import Control, run_stage
 
@@ -45,6 +47,11 @@ class TrainPane(Pane):
         Binding("p", "start('pretrain')", "Pretrain", tooltip="Pretrain a new run on the language shards"),
         Binding("f", "start('finetune')", "Fine-tune", tooltip="Fine-tune the latest run's best pretrain checkpoint"),
         Binding("R", "resume_run", "Resume run", tooltip="Continue the latest run's latest checkpoint"),
+        Binding("P", "start_detached('pretrain')", "Pretrain (background)",
+                tooltip="Pretrain a new run as a background process that survives a dropped connection"),
+        Binding("F", "start_detached('finetune')", "Fine-tune (background)"),
+        Binding("D", "resume_detached", "Resume (background)",
+                tooltip="Continue the latest run's latest checkpoint as a background process"),
         Binding("space", "pause", "Pause/resume"),
         Binding("s", "stop", "Stop", tooltip="Stop at the next step and write a checkpoint"),
         Binding("c", "save_now", "Checkpoint", tooltip="Write a checkpoint at the next step"),
@@ -62,10 +69,14 @@ class TrainPane(Pane):
         self.run_name = ""
         self.log_scale = False
         self.redraws = 0
+        self.attached: Path | None = None  # a run trained by another process, followed on disk
+        self.metrics_offset = 0
+        self.last_state_check = 0.0
 
     def compose(self) -> ComposeResult:
-        yield Static("[b]p[/b] pretrain  [b]f[/b] fine-tune  [b]R[/b] resume latest run  [b]space[/b] pause/resume  "
-                     "[b]s[/b] stop  [b]c[/b] checkpoint now  [b]g[/b] log scale", classes="hint")
+        yield Static("[b]p[/b]/[b]f[/b] pretrain/fine-tune here  [b]P[/b]/[b]F[/b] in the background  [b]R[/b]/[b]D[/b] "
+                     "resume here/in the background  [b]space[/b] pause  [b]s[/b] stop  [b]c[/b] checkpoint  "
+                     "[b]g[/b] log scale", classes="hint")
         yield Static("", id="train-status")
         with Grid(id="train-charts"):
             yield PlotextPlot(id="chart-loss")
@@ -76,12 +87,58 @@ class TrainPane(Pane):
 
     def on_mount(self) -> None:
         self.set_interval(REDRAW_S, self.drain)
-        latest = runs.list_runs(self.cfg)
-        if latest:
-            self.show_history(latest[0])
+        all_runs = runs.list_runs(self.cfg)
+        for run in all_runs:
+            stage = runs.active_stage(run)
+            if stage and runs.stage_state(run, stage) in ("running", "paused", "starting"):
+                self.attach(run, stage)
+                break
         else:
-            self._status_idle("no runs yet: prepare the token shards (Tokenizer pane), then press p")
+            if all_runs:
+                self.show_history(all_runs[0])
+                stage = runs.active_stage(all_runs[0])
+                if stage and runs.stage_state(all_runs[0], stage) == "interrupted":
+                    self.notify(f"{stage} of run {all_runs[0].name} was interrupted: R resumes it here, "
+                                "D in the background", title="Interrupted run", timeout=15)
+            else:
+                self._status_idle("no runs yet: prepare the token shards (Tokenizer pane), then press p")
         self.replot()
+
+    # ------------------------------------------------------------ following another process
+
+    def attach(self, run: Path, stage: str) -> None:
+        """Follow a stage that another process trains: its metrics.jsonl, its status file."""
+        self.attached, self.stage, self.run_name = run, stage, run.name
+        self.history, self.evals, self.metrics_offset = [], [], 0
+        self.state = runs.stage_state(run, stage)
+        self.read_attached()
+        self.refresh_status()
+        self.replot()
+        self.notify(f"attached to {stage} of run {run.name} ({self.state}); space pauses, s stops it")
+
+    def read_attached(self) -> bool:
+        """New complete lines of the attached metrics.jsonl; True if any arrived."""
+        path = runs.stage_dir(self.attached, self.stage) / "metrics.jsonl"
+        try:
+            with open(path, "rb") as f:
+                f.seek(self.metrics_offset)
+                data = f.read()
+        except OSError:
+            return False
+        end = data.rfind(b"\n") + 1  # a line still being written waits for the next tick
+        self.metrics_offset += end
+        for line in data[:end].splitlines():
+            try:
+                self.events.append(json.loads(line))
+            except ValueError:
+                continue
+        return end > 0
+
+    def _send(self, command: str) -> None:
+        try:
+            runs.send_command(self.attached, self.stage, command)
+        except AcmError as e:
+            self.notify(str(e), severity="warning")
 
     def on_unmount(self) -> None:
         if self.control is not None:  # quitting mid-run: stop at the next step, with a checkpoint
@@ -106,10 +163,17 @@ class TrainPane(Pane):
 
     # ------------------------------------------------------------ commands
 
-    def _launch(self, stage: str, run: Path, resume: bool) -> None:
-        if self.control is not None:
+    def _busy(self) -> bool:
+        live = self.attached is not None and self.state in ("running", "paused", "starting")
+        if self.control is not None or live:
             self.notify("training is already running: stop it with s first", severity="warning")
+            return True
+        return False
+
+    def _launch(self, stage: str, run: Path, resume: bool) -> None:
+        if self._busy():
             return
+        self.attached = None
         self.control = Control()
         self.events.clear()
         self.history, self.evals = [], []
@@ -117,29 +181,57 @@ class TrainPane(Pane):
         self._status_idle(f"starting {stage} in run {run.name}…")
         self.run_on_engine("train", run_stage, self.cfg, stage, run, self.events.append, self.control, resume)
 
+    def _new_run_for(self, stage: str) -> Path | None:
+        if stage == "pretrain":
+            return runs.run_dir(self.cfg, runs.new_run_name(self.cfg))
+        run = runs.latest_run_with(self.cfg, "pretrain")
+        if run is None:
+            self.notify("no run has a pretrain checkpoint yet: press p to pretrain first", severity="error")
+        return run
+
+    def _resumable(self) -> tuple[Path, str] | None:
+        for run in runs.list_runs(self.cfg):
+            stage = runs.active_stage(run)
+            if stage and runs.latest_run_with(self.cfg, stage) is not None and \
+                    runs.checkpoints_dir(run, stage).exists():
+                return run, stage
+        self.notify("no run has a checkpoint to resume", severity="warning")
+        return None
+
     def action_start(self, stage: str) -> None:
-        try:
-            if stage == "pretrain":
-                run = runs.run_dir(self.cfg, runs.new_run_name(self.cfg))
-            else:
-                run = runs.latest_run_with(self.cfg, "pretrain")
-                if run is None:
-                    raise AcmError("no run has a pretrain checkpoint yet: press p to pretrain first")
-        except AcmError as e:
-            self.notify(str(e), severity="error")
-            return
-        self._launch(stage, run, resume=False)
+        run = self._new_run_for(stage)
+        if run is not None:
+            self._launch(stage, run, resume=False)
 
     def action_resume_run(self) -> None:
-        for run in runs.list_runs(self.cfg):
-            for stage in reversed(runs.STAGES):
-                if runs.latest_run_with(self.cfg, stage) == run:
-                    self._launch(stage, run, resume=True)
-                    return
-        self.notify("no run has a checkpoint to resume", severity="warning")
+        found = self._resumable()
+        if found:
+            self._launch(found[1], found[0], resume=True)
+
+    def _start_in_background(self, stage: str, run: Path, resume: bool) -> None:
+        if self._busy():
+            return
+        try:
+            launch_detached(self.app.config_path, stage, run, resume)
+        except (AcmError, OSError) as e:
+            self.notify(str(e), severity="error")
+            return
+        self.attach(run, stage)
+
+    def action_start_detached(self, stage: str) -> None:
+        run = self._new_run_for(stage)
+        if run is not None:
+            self._start_in_background(stage, run, resume=False)
+
+    def action_resume_detached(self) -> None:
+        found = self._resumable()
+        if found:
+            self._start_in_background(found[1], found[0], resume=True)
 
     def action_pause(self) -> None:
-        if self.control is None:
+        if self.attached is not None:
+            self._send("resume" if self.state == "paused" else "pause")
+        elif self.control is None:
             self.notify("nothing is training")
         elif self.control.paused:
             self.control.resume()
@@ -147,6 +239,9 @@ class TrainPane(Pane):
             self.control.pause()
 
     def action_stop(self) -> None:
+        if self.attached is not None:
+            self._send("stop")
+            return
         if self.control is None:
             self.notify("nothing is training")
             return
@@ -155,6 +250,9 @@ class TrainPane(Pane):
         self.refresh_status()
 
     def action_save_now(self) -> None:
+        if self.attached is not None:
+            self._send("save")
+            return
         if self.control is None:
             self.notify("nothing is training")
             return
@@ -187,6 +285,15 @@ class TrainPane(Pane):
 
     def drain(self) -> None:
         """Take what the trainer appended since the last tick; redraw if anything came."""
+        if self.attached is not None:
+            self.read_attached()
+            now = time.monotonic()
+            if now - self.last_state_check > 0.5:
+                self.last_state_check = now
+                state = runs.stage_state(self.attached, self.stage)
+                if state != self.state:
+                    self.state = state
+                    self.refresh_status()
         if not self.events:
             return
         logs = []
@@ -196,7 +303,7 @@ class TrainPane(Pane):
                 self.history.append(e)
             elif e["type"] == "eval":
                 self.evals.append(e)
-            elif e["type"] == "state":
+            elif e["type"] == "state" and self.attached is None:
                 self.state = e["state"]
             elif e["type"] == "log":
                 logs.append(e["text"])
@@ -207,7 +314,8 @@ class TrainPane(Pane):
 
     def refresh_status(self) -> None:
         m = self.history[-1] if self.history else None
-        parts = [f"[b]{self.stage or '–'}[/b] run {self.run_name or '–'}: [b]{self.state}[/b]"]
+        where = ' (background process)' if self.attached is not None else ''
+        parts = [f"[b]{self.stage or '–'}[/b] run {self.run_name or '–'}{where}: [b]{self.state}[/b]"]
         if m:
             mfu = f"  MFU {m['mfu']:.1%}" if m.get("mfu") is not None else ""
             parts.append(f"step {m['step']:,}/{m['total']:,}  epoch {m['epoch']:.3f}  ETA {duration(m['eta_s'])}  "

@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+from acm_tui.app import AcmApp
+from core import checkpoint, cli, config, runs
+from core.detach import launch_detached
+
+from .test_tui import wait_until
+
+
+def wait_for(predicate, timeout=90.0):
+    end = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.05)
+
+
+def long_config(project):
+    cfg = config.load(project / "acm.toml")
+    cfg.train.pretrain.steps = 100000
+    config.save(cfg, project / "acm.toml")
+    return cfg
+
+
+def test_detached_stage_obeys_commands_and_signals(prepared, capsys):
+    cfg = long_config(prepared)
+    c = str(prepared / "acm.toml")
+    assert cli.main(["-c", c, "train", "pretrain", "--run", "bg", "--detach"]) == 0
+    assert "runs in the background" in capsys.readouterr().out
+    run = cfg.runs_dir / "bg"
+    wait_for(lambda: (runs.read_status(run, "pretrain") or {}).get("step", 0) >= 3)
+    assert runs.stage_state(run, "pretrain") == "running"
+    assert cli.main(["-c", c, "runs", "pause", "bg"]) == 0
+    wait_for(lambda: runs.stage_state(run, "pretrain") == "paused")
+    assert cli.main(["-c", c, "runs", "--json"]) == 0
+    listed = {r["name"]: r for r in json.loads(capsys.readouterr().out.split("\n", 1)[1])}
+    assert listed["bg"]["stages"]["pretrain"]["state"] == "paused"
+    assert cli.main(["-c", c, "runs", "save", "bg"]) == 0
+    assert cli.main(["-c", c, "runs", "resume", "bg"]) == 0
+    wait_for(lambda: checkpoint.latest(runs.checkpoints_dir(run, "pretrain")) is not None)
+    pid = runs.read_status(run, "pretrain")["pid"]
+    os.kill(pid, signal.SIGTERM)  # a polite kill: stop with a checkpoint
+    wait_for(lambda: runs.stage_state(run, "pretrain") == "stopped")
+    last = checkpoint.latest(runs.checkpoints_dir(run, "pretrain"))
+    assert last.step == runs.read_status(run, "pretrain")["step"]
+    assert cli.main(["-c", c, "runs", "stop", "bg"]) == 2
+    assert "is stopped: nothing to stop" in capsys.readouterr().err
+
+
+def test_killed_process_reads_as_interrupted_and_runs_can_be_renamed_and_deleted(prepared, capsys):
+    cfg = long_config(prepared)
+    run = cfg.runs_dir / "k"
+    pid = launch_detached(prepared / "acm.toml", "pretrain", run)
+    wait_for(lambda: checkpoint.latest(runs.checkpoints_dir(run, "pretrain")) is not None
+             or (runs.read_status(run, "pretrain") or {}).get("step", 0) >= 2)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    assert runs.stage_state(run, "pretrain") == "interrupted"
+    c = str(prepared / "acm.toml")
+    assert cli.main(["-c", c, "runs", "delete", "k"]) == 2
+    assert "--yes" in capsys.readouterr().err
+    assert cli.main(["-c", c, "runs", "rename", "k", "k2"]) == 0
+    assert (cfg.runs_dir / "k2").exists() and not run.exists()
+    assert cli.main(["-c", c, "runs", "delete", "k2", "--yes"]) == 0
+    assert not (cfg.runs_dir / "k2").exists()
+
+
+async def test_a_new_tui_attaches_to_a_background_run(prepared):
+    cfg = long_config(prepared)
+    run = cfg.runs_dir / "bg"
+    launch_detached(prepared / "acm.toml", "pretrain", run)
+    wait_for(lambda: (runs.read_status(run, "pretrain") or {}).get("step", 0) >= 2)
+    app = AcmApp(prepared / "acm.toml")
+    async with app.run_test(size=(120, 50)) as pilot:
+        await pilot.press("4")
+        pane = app.query_one("#train-pane")
+        assert pane.attached == run and pane.stage == "pretrain"
+        seen = len(pane.history)
+        await wait_until(pilot, lambda: len(pane.history) > seen + 2, timeout=60)  # live from metrics.jsonl
+        await pilot.press("space")
+        await wait_until(pilot, lambda: pane.state == "paused", timeout=30)
+        await pilot.press("s")
+        await wait_until(pilot, lambda: pane.state == "stopped", timeout=30)
+    assert checkpoint.latest(runs.checkpoints_dir(run, "pretrain")) is not None
