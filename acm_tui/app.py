@@ -17,13 +17,15 @@ from .panes.data import DataPane
 from .panes.generate import GeneratePane
 from .panes.train import TrainPane
 from .panes.tokenizer import TokenizerPane
+from .panes.runs import RunsPane
+from .panes.settings import SettingsPane
 from .panes.setup import SetupPane
 
-PANES = [SetupPane, DataPane, TokenizerPane, TrainPane, GeneratePane]
+PANES = [SetupPane, DataPane, TokenizerPane, TrainPane, GeneratePane, RunsPane, SettingsPane]
 
 
 class AcmApp(App):
-    """Drives the pipeline: Setup, Data, Tokenizer, Train, Generate."""
+    """Drives the pipeline: Setup, Data, Tokenizer, Train, Generate; Runs and Settings beside them."""
 
     CSS_PATH = "app.tcss"
     TITLE = "acm"

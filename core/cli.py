@@ -5,7 +5,6 @@ import argparse
 import json
 import os
 import sys
-import tomllib
 from pathlib import Path
 
 from rich.console import Console
@@ -119,14 +118,6 @@ def cmd_config_check(args, cfg: config.Config) -> int:
     return 0
 
 
-def parse_value(text: str):
-    """A TOML value if it parses as one (42, 0.5, true, ["a"]), else the text as a string."""
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
-
-
 def cmd_config_set(args, cfg: config.Config) -> int:
     table = cfg.to_dict()
     *parents, leaf = args.key.split(".")
@@ -137,9 +128,9 @@ def cmd_config_set(args, cfg: config.Config) -> int:
         node = node[part]
     if leaf not in node or isinstance(node[leaf], dict):
         # let the loader produce its usual message (with the closest valid key)
-        node[leaf] = parse_value(args.value)
+        node[leaf] = config.parse_value(args.value)
         config.from_dict(table, source=str(args.config))
-    node[leaf] = parse_value(args.value)
+    node[leaf] = config.parse_value(args.value)
     new = config.from_dict(table, source=str(args.config), root=cfg.root)
     config.save(new, args.config)
     print(f"{args.key} = {getattr_path(new, args.key)!r} saved to {args.config}")

@@ -299,12 +299,24 @@ def describe() -> list[tuple[str, Any, str, str]]:
     return rows
 
 
+def format_value(value: Any) -> str:
+    """A value as TOML writes it ("data", 0.5, true, ["a"])."""
+    return tomli_w.dumps({"v": value})[4:].strip()
+
+
+def parse_value(text: str) -> Any:
+    """A TOML value if the text is one (42, 0.5, true, ["a"]), else the text itself, as a string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
 def markdown_table() -> str:
     """The README's settings table (`python -m core.config` prints it)."""
     rows = ["| key | default | allowed | what |", "|---|---|---|---|"]
     for key, default, allowed, help in describe():
-        shown = tomli_w.dumps({"v": default})[4:].strip()
-        rows.append(f"| `{key}` | `{shown}` | {allowed} | {help} |")
+        rows.append(f"| `{key}` | `{format_value(default)}` | {allowed} | {help} |")
     return "\n".join(rows)
 
 

@@ -1,27 +1,40 @@
 """The Setup pane: the doctor report, the preset table and the architecture test."""
 from __future__ import annotations
 
-from textual import on
+from rich.text import Text
+from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import DataTable, Static
 
 from core import doctor
 from core.model_check import architecture_test
+from core.pipeline import StageStatus, pipeline_status, run_remaining
+from core.trainer import Control
 from core.presets import PRESETS, human_count
 
 from ..messages import EngineResult
-from .base import Pane
+from .base import CANCEL_BINDING, Pane
+
+STATE_STYLES = {"done": "green", "stale": "yellow", "running": "bold cyan", "paused": "cyan", "starting": "cyan",
+                "interrupted": "magenta", "failed": "red", "stopped": "yellow"}
 
 
 class SetupPane(Pane):
     TITLE = "Setup"
     BINDINGS = [
+        CANCEL_BINDING,
+        Binding("enter", "run_selected", "Run stage", tooltip="Run the pipeline stage under the cursor"),
+        Binding("a", "run_all", "Run all remaining", tooltip="Run every stage that is not done, in order"),
         Binding("r", "refresh_doctor", "Re-check", tooltip="Run the environment checks again"),
         Binding("t", "model_test", "Test model", tooltip="Forward a (2, 128) batch through the selected preset"),
     ]
 
     def compose(self) -> ComposeResult:
+        yield Static("Pipeline: [b]enter[/b] runs the selected stage, [b]a[/b] runs all remaining, "
+                     "[b]x[/b] cancels", classes="heading")
+        yield DataTable(id="pipeline", cursor_type="row", zebra_stripes=True)
+        yield from self.compose_step()
         yield Static("Environment ([b]acm doctor[/b])", classes="heading")
         yield DataTable(id="doctor", cursor_type="row", zebra_stripes=True)
         yield Static("", id="doctor-summary")
@@ -31,6 +44,9 @@ class SetupPane(Pane):
         yield Static("", id="model-test")
 
     def on_mount(self) -> None:
+        self.query_one("#pipeline", DataTable).add_columns("stage", "state", "details")
+        self.refresh_pipeline()
+        self.set_interval(2.0, self.refresh_pipeline)
         self.query_one("#doctor", DataTable).add_columns("check", "found", "status")
         presets = self.query_one("#presets", DataTable)
         presets.add_columns("preset", "params", "layers", "hidden", "heads", "FFN", "context", "vocab", "embeddings")
@@ -39,6 +55,62 @@ class SetupPane(Pane):
                             p.n_ctx, p.vocab_size, "tied" if p.tie_embeddings else "untied", key=p.name)
         presets.move_cursor(row=list(PRESETS).index(self.cfg.model.preset))
         self.action_refresh_doctor()
+
+    # ------------------------------------------------------------ pipeline
+
+    @work(thread=True, exclusive=True, group="pipeline-status", exit_on_error=False)
+    def refresh_pipeline(self) -> None:
+        self.app.call_from_thread(self._show_pipeline, pipeline_status(self.cfg))
+
+    def _show_pipeline(self, statuses: list[StageStatus]) -> None:
+        table = self.query_one("#pipeline", DataTable)
+        row = table.cursor_row
+        table.clear()
+        for st in statuses:
+            table.add_row(st.label, Text(st.state, style=STATE_STYLES.get(st.state, "")), Text(st.detail),
+                          key=st.name)
+        if statuses:
+            table.move_cursor(row=min(row, len(statuses) - 1))
+
+    def action_run_selected(self) -> None:
+        table = self.query_one("#pipeline", DataTable)
+        if not table.has_focus or table.row_count == 0:
+            return
+        name = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+        panes = {"data-language": ("data", "fetch('language')"), "data-code": ("data", "fetch('code')"),
+                 "tokenizer": ("tokenizer", "train(False)"), "prepare": ("tokenizer", "prepare(False)"),
+                 "pretrain": ("train", "start('pretrain')"), "finetune": ("train", "start('finetune')"),
+                 "evaluate": ("generate", "evaluate")}
+        pane_id, action = panes[name]
+        self.app.action_show_pane(pane_id)
+        self.app.call_later(self.app.query_one(f"#{pane_id}-pane").run_action, action)
+
+    def action_run_all(self) -> None:
+        train = self.app.query_one("#train-pane")
+        if train.control is not None:
+            self.notify("training is running: stop it first", severity="warning")
+            return
+        train.control = Control()
+        train.events.clear()
+        train.history, train.evals, train.attached = [], [], None
+        self.start_step("running the remaining stages", run_remaining, self.app.engine.call, train.events.append,
+                        train.control)
+
+    def step_done(self, name: str, done: list[str]) -> None:
+        self._status(f"[green]ran: {', '.join(done) or 'nothing (every stage is done)'}[/]")
+        self.step_ended()
+
+    def step_ended(self) -> None:
+        self.app.query_one("#train-pane").control = None
+        self.refresh_pipeline()
+
+    def action_cancel_step(self) -> None:
+        train = self.app.query_one("#train-pane")
+        if self.step_cancel is not None and train.control is not None:
+            train.control.stop()  # a chain inside training stops it with a checkpoint
+        super().action_cancel_step()
+
+    # ------------------------------------------------------------ environment
 
     def action_refresh_doctor(self) -> None:
         self.query_one("#doctor-summary", Static).update("checking…")

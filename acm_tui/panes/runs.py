@@ -1,0 +1,184 @@
+"""The Runs pane: every run with its stages' states; open a run's curves, overlay two runs' loss
+curves in one chart, rename or delete a run (with confirmation)."""
+from __future__ import annotations
+
+import time
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Button, DataTable, Input, Label, Static
+from textual_plotext import PlotextPlot
+
+from core import runs
+from core.errors import AcmError
+
+from .base import Pane
+
+
+class Confirm(ModalScreen[bool]):
+    """Yes or no, from the keyboard (y / n / escape)."""
+
+    BINDINGS = [Binding("y", "answer(True)", "Yes"), Binding("n,escape", "answer(False)", "No")]
+
+    def __init__(self, question: str):
+        super().__init__()
+        self.question = question
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Label(self.question)
+            with Horizontal():
+                yield Button("Yes (y)", id="yes", variant="error")
+                yield Button("No (n)", id="no")
+
+    def action_answer(self, answer: bool) -> None:
+        self.dismiss(answer)
+
+    @on(Button.Pressed)
+    def _pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(event.button.id == "yes")
+
+
+class AskName(ModalScreen[str | None]):
+    BINDINGS = [Binding("escape", "cancel", "Cancel")]
+
+    def __init__(self, question: str, value: str):
+        super().__init__()
+        self.question, self.value = question, value
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Label(self.question)
+            yield Input(self.value, id="name")
+
+    @on(Input.Submitted)
+    def _submitted(self, event: Input.Submitted) -> None:
+        self.dismiss(event.value.strip() or None)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+class RunsPane(Pane):
+    TITLE = "Runs"
+    BINDINGS = [
+        Binding("enter", "open", "Open", tooltip="Show the selected run's loss curves"),
+        Binding("o", "overlay", "Overlay", tooltip="Add the selected run to the chart (two runs at most)"),
+        Binding("n", "rename", "Rename"),
+        Binding("d", "delete", "Delete"),
+        Binding("ctrl+r", "reload", "Reload"),
+    ]
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.shown: list[str] = []
+
+    def compose(self) -> ComposeResult:
+        yield Static("[b]enter[/b] open a run's curves  [b]o[/b] overlay it on the chart (two at most)  "
+                     "[b]n[/b] rename  [b]d[/b] delete", classes="hint")
+        yield DataTable(id="runs-table", cursor_type="row", zebra_stripes=True)
+        yield PlotextPlot(id="runs-chart")
+
+    def on_mount(self) -> None:
+        self.query_one("#runs-table", DataTable).add_columns("run", "preset", "pretrain", "fine-tune",
+                                                             "best val loss", "modified")
+        self.action_reload()
+
+    def on_show(self) -> None:
+        self.action_reload()
+
+    @work(thread=True, exclusive=True, group="runs", exit_on_error=False)
+    def action_reload(self) -> None:
+        rows = [runs.summary(r) for r in runs.list_runs(self.cfg)]
+        self.app.call_from_thread(self._fill, rows)
+
+    def _fill(self, rows: list[dict]) -> None:
+        table = self.query_one("#runs-table", DataTable)
+        row = table.cursor_row
+        table.clear()
+        for r in rows:
+            cells = []
+            for stage in runs.STAGES:
+                st = r["stages"].get(stage)
+                cells.append(f"{st['state']} {st['step']}" if st else "–")
+            vals = [st["best_val_loss"] for st in r["stages"].values() if st.get("best_val_loss") is not None]
+            table.add_row(r["name"], r["preset"], *cells, f"{min(vals):.4f}" if vals else "",
+                          time.strftime("%Y-%m-%d %H:%M", time.localtime(r["modified"])), key=r["name"])
+        if rows:
+            table.move_cursor(row=min(row, len(rows) - 1))
+        self.shown = [name for name in self.shown if name in {r["name"] for r in rows}]
+        self.plot()
+
+    def selected(self) -> str | None:
+        table = self.query_one("#runs-table", DataTable)
+        if table.row_count == 0:
+            return None
+        return table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+
+    def action_open(self) -> None:
+        name = self.selected()
+        if name:
+            self.shown = [name]
+            self.plot()
+
+    def action_overlay(self) -> None:
+        name = self.selected()
+        if name and name not in self.shown:
+            self.shown = (self.shown + [name])[-2:]
+            self.plot()
+
+    def plot(self) -> None:
+        chart = self.query_one("#runs-chart", PlotextPlot)
+        plt = chart.plt
+        plt.clear_data()
+        plt.clear_figure()
+        plt.title("loss: " + " vs ".join(self.shown) if self.shown else "select a run and press enter")
+        for name in self.shown:
+            run = runs.run_dir(self.cfg, name)
+            for stage in runs.STAGES:
+                records = runs.read_metrics(run, stage)
+                m = [r for r in records if r["type"] == "metrics"]
+                if m:
+                    plt.plot([r["step"] for r in m], [r["loss"] for r in m], label=f"{name} {stage}",
+                             marker="braille")
+                e = [r for r in records if r["type"] == "eval"]
+                if e:
+                    plt.plot([r["step"] for r in e], [r["val_loss"] for r in e], label=f"{name} {stage} val",
+                             marker="braille")
+        chart.refresh()
+
+    def action_delete(self) -> None:
+        name = self.selected()
+        if not name:
+            return
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                try:
+                    runs.delete_run(runs.run_dir(self.cfg, name))
+                    self.notify(f"deleted run {name}")
+                except AcmError as e:
+                    self.notify(str(e), severity="error")
+                self.action_reload()
+
+        self.app.push_screen(Confirm(f"Delete run {name} and all its checkpoints?"), answered)
+
+    def action_rename(self) -> None:
+        name = self.selected()
+        if not name:
+            return
+
+        def answered(new: str | None) -> None:
+            if new and new != name:
+                try:
+                    runs.rename_run(runs.run_dir(self.cfg, name), new)
+                    self.notify(Text(f"renamed {name} to {new}"))
+                except AcmError as e:
+                    self.notify(str(e), severity="error")
+                self.action_reload()
+
+        self.app.push_screen(AskName(f"New name for run {name}:", name), answered)

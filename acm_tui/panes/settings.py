@@ -1,0 +1,129 @@
+"""The Settings pane: every acm.toml setting, grouped, edited from the keyboard, validated as you
+type with the same messages as the CLI, and saved with tomli-w.
+
+Saving rewrites acm.toml: values are kept exactly; comments are not (tomli-w cannot write them),
+except the header acm writes.
+"""
+from __future__ import annotations
+
+from rich.text import Text
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.widgets import DataTable, Input, Static
+
+from core import config
+from core.errors import AcmError
+
+from .base import Pane
+
+
+class SettingsPane(Pane):
+    TITLE = "Settings"
+    BINDINGS = [
+        Binding("enter", "edit", "Edit", tooltip="Edit the selected setting"),
+        Binding("ctrl+r", "reload", "Reload", tooltip="Read acm.toml again"),
+    ]
+
+    def compose(self) -> ComposeResult:
+        yield Static("[b]enter[/b] edits the selected setting; [b]enter[/b] again saves acm.toml, [b]escape[/b] "
+                     "cancels. Saving keeps every value; comments in acm.toml are not kept.", classes="hint")
+        yield DataTable(id="settings-table", cursor_type="row", zebra_stripes=True)
+        yield Static("", id="settings-help")
+        yield Input(id="settings-input", placeholder="select a setting and press enter", disabled=True)
+        yield Static("", id="settings-error")
+
+    def on_mount(self) -> None:
+        table = self.query_one("#settings-table", DataTable)
+        table.add_columns("setting", "value", "allowed")
+        self.fill()
+
+    def fill(self) -> None:
+        table = self.query_one("#settings-table", DataTable)
+        row = table.cursor_row
+        table.clear()
+        current = self.cfg.to_dict()
+        for key, _default, allowed, _help in config.describe():
+            table.add_row(key, config.format_value(self._get(current, key)), allowed, key=key)
+        table.move_cursor(row=row)
+
+    @staticmethod
+    def _get(table: dict, key: str):
+        for part in key.split("."):
+            table = table[part]
+        return table
+
+    def selected_key(self) -> str:
+        table = self.query_one("#settings-table", DataTable)
+        return table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+
+    @on(DataTable.RowHighlighted, "#settings-table")
+    def _highlighted(self, event: DataTable.RowHighlighted) -> None:
+        help = {k: h for k, _, _, h in config.describe()}
+        self.query_one("#settings-help", Static).update(Text(f"{event.row_key.value}: {help[event.row_key.value]}",
+                                                             style="dim"))
+
+    def action_edit(self) -> None:
+        box = self.query_one("#settings-input", Input)
+        if box.has_focus:
+            return
+        key = self.selected_key()
+        box.disabled = False
+        box.value = config.format_value(self._get(self.cfg.to_dict(), key)).strip('"')
+        box.border_title = key
+        box.focus()
+
+    def candidate(self, key: str, text: str) -> config.Config:
+        """The settings with `key` set to `text`, validated (raises ConfigError)."""
+        table = self.cfg.to_dict()
+        *parents, leaf = key.split(".")
+        node = table
+        for part in parents:
+            node = node[part]
+        node[leaf] = config.parse_value(text)
+        return config.from_dict(table, source=str(self.app.config_path), root=self.cfg.root)
+
+    @on(Input.Changed, "#settings-input")
+    def _validate(self, event: Input.Changed) -> None:
+        if event.input.disabled:
+            return
+        error = self.query_one("#settings-error", Static)
+        try:
+            self.candidate(self.selected_key(), event.value)
+            error.update(Text("ok", style="green"))
+        except AcmError as e:
+            error.update(Text(str(e), style="red"))
+
+    @on(Input.Submitted, "#settings-input")
+    def _save(self, event: Input.Submitted) -> None:
+        try:
+            new = self.candidate(self.selected_key(), event.value)
+            config.save(new, self.app.config_path)
+        except AcmError as e:
+            self.notify(str(e), title="Not saved", severity="error")
+            return
+        self.app.cfg = new
+        self.notify(f"{self.selected_key()} saved to {self.app.config_path}")
+        self._close_editor()
+        self.fill()
+
+    def on_key(self, event) -> None:
+        box = self.query_one("#settings-input", Input)
+        if event.key == "escape" and box.has_focus:
+            self._close_editor()
+            event.stop()
+
+    def _close_editor(self) -> None:
+        box = self.query_one("#settings-input", Input)
+        box.value, box.disabled = "", True
+        self.query_one("#settings-error", Static).update("")
+        self.query_one("#settings-table", DataTable).focus()
+
+    def action_reload(self) -> None:
+        try:
+            self.app.cfg = config.load(self.app.config_path)
+        except AcmError as e:
+            self.notify(str(e), title="acm.toml", severity="error")
+            return
+        self.fill()
+        self.notify("acm.toml reloaded")
