@@ -30,7 +30,7 @@ async def test_fetch_code_shows_stats_and_samples(project, tmp_path):
         await wait_until(pilot, lambda: table.row_count == 2)
         assert table.get_row_at(1)[1] == "not fetched"
         await pilot.press("c")
-        await wait_until(pilot, lambda: "code corpus ready" in text_of(app, ".step-status"))
+        await wait_until(pilot, lambda: "code corpus ready" in text_of(app, "#data-pane .step-status"))
         await wait_until(pilot, lambda: table.get_row_at(1)[1] == "2")
         assert "3 raw → 2 valid → 2 unique" in text_of(app, "#code-report")
         await wait_until(pilot, lambda: "code sample 1 of 2" in text_of(app, "#sample-title"))
@@ -47,8 +47,8 @@ async def test_failed_fetch_is_shown_not_raised(project, tmp_path):
     app = AcmApp(project / "acm.toml")
     async with app.run_test(size=(100, 40)) as pilot:
         await pilot.press("2", "l")
-        await wait_until(pilot, lambda: "failed: " in text_of(app, ".step-status"))
-        assert "does not exist" in text_of(app, ".step-status")
+        await wait_until(pilot, lambda: "failed: " in text_of(app, "#data-pane .step-status"))
+        assert "does not exist" in text_of(app, "#data-pane .step-status")
         await pilot.press("1")  # the app is still alive and responsive
         await pilot.pause()
         assert app.query_one("#panes").active == "setup"
