@@ -154,7 +154,7 @@ def _training_target(cfg: Config, stage: str) -> tuple[Path, bool]:
     """(run, resume): an unfinished run of this stage continues; otherwise a new pretrain run, or
     fine-tuning of the latest run with a pretrain checkpoint."""
     started = runs.latest_run_with(cfg, stage)
-    if started is not None and runs.stage_state(started, stage) in ("stopped", "interrupted", "paused-at-limit"):
+    if started is not None and runs.stage_state(started, stage) in ("stopped", "interrupted"):
         last = checkpoint.latest(runs.checkpoints_dir(started, stage))
         if last is not None and last.step < getattr(cfg.train, stage).steps:
             return started, True

@@ -322,7 +322,7 @@ class Trainer:
                 t_report, tokens_report = time.perf_counter(), 0
         if stopped and step > self.start_step:
             last_ck = self.save(step, None) or last_ck
-        state = "stopped" if stopped else ("done" if step >= sc.steps else "paused-at-limit")
+        state = "done" if step >= sc.steps else "stopped"  # stopped by hand or by --max-steps
         self.emit({"type": "state", "stage": self.stage, "state": state, "step": step, "total": sc.steps})
         self.log(f"{self.stage} {state} at step {step}")
         return StageResult(self.stage, self.run_path, step, stopped, last_ck, self.best_val)

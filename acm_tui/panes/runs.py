@@ -119,6 +119,10 @@ class RunsPane(Pane):
             return None
         return table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
 
+    @on(DataTable.RowSelected, "#runs-table")
+    def _selected(self, event: DataTable.RowSelected) -> None:
+        self.action_open()
+
     def action_open(self) -> None:
         name = self.selected()
         if name:

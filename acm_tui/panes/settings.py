@@ -63,6 +63,10 @@ class SettingsPane(Pane):
         self.query_one("#settings-help", Static).update(Text(f"{event.row_key.value}: {help[event.row_key.value]}",
                                                              style="dim"))
 
+    @on(DataTable.RowSelected, "#settings-table")
+    def _selected(self, event: DataTable.RowSelected) -> None:
+        self.action_edit()
+
     def action_edit(self) -> None:
         box = self.query_one("#settings-input", Input)
         if box.has_focus:

@@ -72,9 +72,13 @@ class SetupPane(Pane):
         if statuses:
             table.move_cursor(row=min(row, len(statuses) - 1))
 
+    @on(DataTable.RowSelected, "#pipeline")
+    def _selected(self, event: DataTable.RowSelected) -> None:
+        self.action_run_selected()
+
     def action_run_selected(self) -> None:
         table = self.query_one("#pipeline", DataTable)
-        if not table.has_focus or table.row_count == 0:
+        if table.row_count == 0:
             return
         name = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
         panes = {"data-language": ("data", "fetch('language')"), "data-code": ("data", "fetch('code')"),

@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+from acm_tui.app import AcmApp
+from core import config
+from core.code_data import fetch_code
+from core.pipeline import pipeline_status
+from core.prepare import prepare
+
+from .test_tui import wait_until
+from .test_tui_data import text_of
+
+
+def states(cfg) -> dict[str, str]:
+    return {s.name: s.state for s in pipeline_status(cfg)}
+
+
+def test_states_come_from_disk(project, trained):
+    assert set(states(config.load(project / "acm.toml")).values()) == {"not started"}
+    cfg = config.load(trained / "acm.toml")
+    s = states(cfg)
+    assert s["data-language"] == s["data-code"] == s["tokenizer"] == "done"
+    assert s["prepare"] == s["pretrain"] == "not started"
+    prepare(cfg)
+    assert states(cfg)["prepare"] == "done"
+    (trained / "scripts" / "extra.sh").write_text("#!/bin/bash\necho a brand new script with new words\n")
+    fetch_code(cfg)  # the code corpus changed: what was built from it is stale
+    s = states(cfg)
+    assert s["tokenizer"] == "stale" and s["prepare"] == "stale"
+
+
+def test_training_states(with_model):
+    cfg = config.load(with_model / "acm.toml")
+    by_name = {s.name: s for s in pipeline_status(cfg)}
+    assert by_name["pretrain"].state == "stopped"  # 20 of 40 steps
+    assert "run m, step 20/40" in by_name["pretrain"].detail
+    assert by_name["finetune"].state == "done" and by_name["evaluate"].state == "not started"
+
+
+async def test_end_to_end_on_the_offline_default(tmp_path):
+    """The real app, driven from the keyboard: data -> tokenizer -> prepare -> pretrain -> fine-tune
+    -> evaluate with "run all remaining", then a generation, on the nano preset and built-in data."""
+    cfg = config.from_dict({
+        "model": {"preset": "nano", "compute_dtype": "float32"},
+        "tokenizer": {"vocab_size": 1024},
+        "data": {"language": {"max_documents": 150}},
+        "train": {stage: {"seq_len": 32, "batch_size": 4, "steps": steps, "warmup_steps": 2, "log_every": 2,
+                          "eval_every": steps, "eval_batches": 2, "save_every": steps}
+                  for stage, steps in (("pretrain", 8), ("finetune", 4))},
+    }, root=tmp_path)
+    config.save(cfg, tmp_path / "acm.toml")
+    app = AcmApp(tmp_path / "acm.toml")
+    async with app.run_test(size=(100, 40)) as pilot:
+        setup = app.query_one("#setup-pane")
+        await pilot.press("1", "a")
+        await wait_until(pilot, lambda: "ran:" in text_of(app, "#setup-pane .step-status")
+                         or "failed" in text_of(app, "#setup-pane .step-status"), timeout=300)
+        assert "data-language, data-code, tokenizer, prepare, pretrain, finetune, evaluate" in \
+            text_of(app, "#setup-pane .step-status")
+        assert set(states(app.cfg).values()) == {"done"}
+        setup.refresh_pipeline()
+        await pilot.pause(0.5)
+        train = app.query_one("#train-pane")
+        assert len(train.history) >= 2  # the chain's training reached the Train pane's charts
+        await pilot.press("5", "i")
+        gen = app.query_one("#generate-pane")
+        await pilot.press(*"#!/bin/bash\\n", "enter")
+        await wait_until(pilot, lambda: gen.stop_event is None and gen.transcript, timeout=60)
+        assert "tok/s" in text_of(app, "#gen-status")

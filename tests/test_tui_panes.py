@@ -1,0 +1,119 @@
+from __future__ import annotations
+
+import pytest
+from textual.widgets import DataTable, Input, TabbedContent
+
+from acm_tui.app import AcmApp
+from core import config
+
+from .test_tui import wait_until
+from .test_tui_data import text_of
+
+
+def select_row(table: DataTable, key: str) -> None:
+    table.move_cursor(row=table.get_row_index(key))
+
+
+async def test_settings_pane_validates_as_you_type_and_saves(project):
+    app = AcmApp(project / "acm.toml")
+    async with app.run_test(size=(100, 40)) as pilot:
+        await pilot.press("7")
+        table = app.query_one("#settings-table", DataTable)
+        assert table.row_count == len(config.describe())
+        table.focus()
+        select_row(table, "generate.temperature")
+        await pilot.press("enter")
+        box = app.query_one("#settings-input", Input)
+        assert box.has_focus and box.value == "0.8"
+        box.value = "9"
+        await pilot.pause()
+        assert "generate.temperature = 9.0 is out of range; allowed: 0.0 to 5.0" in text_of(app, "#settings-error")
+        await pilot.press("enter")  # refused: nothing saved
+        assert config.load(project / "acm.toml").generate.temperature == 0.8
+        box.value = "0.5"
+        await pilot.pause()
+        assert text_of(app, "#settings-error") == "ok"
+        await pilot.press("enter")
+        await pilot.pause()
+        assert config.load(project / "acm.toml").generate.temperature == 0.5 and app.cfg.generate.temperature == 0.5
+        assert table.get_row_at(table.get_row_index("generate.temperature"))[1] == "0.5"
+
+
+async def test_runs_pane_opens_overlays_renames_and_deletes(with_model):
+    from core.trainer import run_stage
+
+    cfg = config.load(with_model / "acm.toml")
+    run_stage(cfg, "pretrain", cfg.runs_dir / "other", max_steps=4)
+    app = AcmApp(with_model / "acm.toml")
+    async with app.run_test(size=(100, 40)) as pilot:
+        await pilot.press("6")
+        pane = app.query_one("#runs-pane")
+        table = app.query_one("#runs-table", DataTable)
+        await wait_until(pilot, lambda: table.row_count == 2)
+        table.focus()
+        select_row(table, "m")
+        await pilot.press("enter")
+        select_row(table, "other")
+        await pilot.press("o")
+        assert pane.shown == ["m", "other"]
+        assert "m pretrain" in str(app.query_one("#runs-chart").render())
+        await pilot.press("n")
+        await pilot.pause()
+        name_box = app.screen.query_one("#name", Input)
+        name_box.value = "renamed"
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: (cfg.runs_dir / "renamed").exists())
+        await wait_until(pilot, lambda: table.row_count == 2 and "renamed" in
+                         [table.get_row_at(i)[0] for i in range(2)])
+        select_row(table, "renamed")
+        await pilot.press("d")
+        await pilot.pause()
+        await pilot.press("n")  # no: kept
+        await pilot.pause()
+        assert (cfg.runs_dir / "renamed").exists()
+        await pilot.press("d")
+        await pilot.pause()
+        await pilot.press("y")
+        await wait_until(pilot, lambda: not (cfg.runs_dir / "renamed").exists())
+
+
+@pytest.mark.parametrize("size", [(80, 24), (200, 60)])
+async def test_every_pane_at_small_and_large_sizes_without_colour(project, monkeypatch, size):
+    monkeypatch.setenv("NO_COLOR", "1")
+    app = AcmApp(project / "acm.toml")
+    async with app.run_test(size=size) as pilot:
+        tabs = app.query_one("#panes", TabbedContent)
+        for key in "1234567":
+            await pilot.press(key)
+            await pilot.pause()
+            assert app.screen.size == size
+        assert tabs.active == "settings"
+        assert app.no_color
+
+
+async def test_command_palette_lists_pane_actions(project):
+    app = AcmApp(project / "acm.toml")
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("ctrl+p")
+        await pilot.pause()
+        await pilot.press(*"keys")
+        await pilot.pause(0.5)
+        assert app.screen.__class__.__name__ == "CommandPalette"
+
+
+PANE_KEYS = {"data": "2", "tokenizer": "3", "train": "4", "generate": "5", "runs": "6", "settings": "7"}
+
+
+@pytest.mark.parametrize("pane", list(PANE_KEYS))
+def test_snapshot_at_80x24(pane, snap_compare, tmp_path):
+    cfg = config.from_dict({"model": {"preset": "nano"}, "tokenizer": {"vocab_size": 1024},
+                            "train": {"pretrain": {"seq_len": 64}, "finetune": {"seq_len": 64}}}, root=tmp_path)
+    config.save(cfg, tmp_path / "acm.toml")
+
+    async def settle(pilot):
+        await pilot.press(PANE_KEYS[pane])
+        await pilot.pause(0.3)
+        await pilot.app.workers.wait_for_complete()
+        await pilot.pause(0.3)
+
+    assert snap_compare(AcmApp(tmp_path / "acm.toml"), terminal_size=(80, 24), run_before=settle)
