@@ -13,13 +13,12 @@ from functools import partial
 
 import mlx.core as mx
 import mlx.nn as nn
-import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_map
 
 from core.model import GPT
 from core.presets import get_preset
-from core.trainer import build_steps
+from core.trainer import build_steps, make_optimizer
 
 
 def bench(fn, *args, steps=10, warmup=3, state=None) -> float:
@@ -41,7 +40,7 @@ def main() -> None:
     shape = get_preset(a.preset)
     mx.random.seed(0)
     model = GPT(shape, a.dtype)
-    opt = optim.AdamW(learning_rate=3e-4, betas=[0.9, 0.95], eps=1e-8, weight_decay=0.1)
+    opt = make_optimizer(3e-4, 0.1)
     state = [model.state, opt.state]
     step, _, _, _ = build_steps(model, opt, state, grad_clip=1.0)
     tokens = np.random.default_rng(0).integers(0, shape.vocab_size, (a.batch, a.seq + 1), dtype=np.int32)
@@ -76,7 +75,7 @@ def main() -> None:
     out["attention_fwd_bwd_ms_one_layer"] = bench(ag, q)
     out["attention_fwd_bwd_ms_all_layers"] = out["attention_fwd_bwd_ms_one_layer"] * shape.n_layer
     model.set_dtype(getattr(mx, a.dtype))  # pure low-precision weights: what the per-call casts cost
-    opt2 = optim.AdamW(learning_rate=3e-4)
+    opt2 = make_optimizer(3e-4, 0.1)
     state2 = [model.state, opt2.state]
     step2, _, _, _ = build_steps(model, opt2, state2, grad_clip=1.0)
     out["step_pure_lowp_weights_ms"] = bench(step2, x, y, state=state2)

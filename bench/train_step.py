@@ -12,13 +12,12 @@ import json
 import time
 
 import mlx.core as mx
-import mlx.optimizers as optim
 import numpy as np
 
 from core.hardware import device_info, peak_flops
 from core.model import GPT
 from core.presets import get_preset
-from core.trainer import build_steps
+from core.trainer import build_steps, make_optimizer
 
 
 def main() -> None:
@@ -34,7 +33,7 @@ def main() -> None:
     shape = get_preset(a.preset)
     mx.random.seed(0)
     model = GPT(shape, a.dtype)
-    opt = optim.AdamW(learning_rate=3e-4, betas=[0.9, 0.95], eps=1e-8, weight_decay=0.1)
+    opt = make_optimizer(3e-4, 0.1)
     state = [model.state, opt.state]
     step, _, _, _ = build_steps(model, opt, state, grad_clip=1.0)
     rng = np.random.default_rng(0)

@@ -11,3 +11,10 @@ class AcmError(Exception):
 
 class ConfigError(AcmError):
     """acm.toml is unreadable, or holds an unknown key, a wrong type or an out-of-range value."""
+
+
+def one_line(error: BaseException) -> str:
+    """How an error reads to a user: an AcmError's own message, anything else with its type."""
+    if isinstance(error, AcmError):
+        return str(error)
+    return f"{type(error).__name__}: {error}"

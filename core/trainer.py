@@ -140,8 +140,7 @@ class Trainer:
         self.metrics = MetricsLog(stage_dir(self.run_path, self.stage), enabled=self.is_main)
         mx.random.seed(sc.seed)
         self.model = GPT(shape, cfg.model.compute_dtype)
-        self.opt = optim.AdamW(learning_rate=sc.learning_rate, betas=[0.9, 0.95], eps=1e-8,
-                               weight_decay=sc.weight_decay)
+        self.opt = make_optimizer(sc.learning_rate, sc.weight_decay)
         self.start_step, self.tokens_seen, self.best_val = 0, 0, None
         existing = checkpoint.latest(self.ck_dir)
         if existing and not self.resume:
@@ -342,6 +341,11 @@ class Trainer:
         self.emit(event)
         if self.is_main:
             runs.write_status(self.run_path, self.stage, "running", step=step, total=sc.steps)
+
+
+def make_optimizer(learning_rate: float, weight_decay: float) -> optim.AdamW:
+    """AdamW with decoupled weight decay and GPT-2's betas."""
+    return optim.AdamW(learning_rate=learning_rate, betas=[0.9, 0.95], eps=1e-8, weight_decay=weight_decay)
 
 
 def build_steps(model: GPT, opt: optim.Optimizer, state: list, grad_clip: float, world: int = 1):

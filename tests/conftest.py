@@ -54,11 +54,15 @@ def trained_template(tmp_path_factory) -> Path:
     return root
 
 
+def copy_project(src: Path, dest: Path) -> Path:
+    shutil.copytree(src, dest, symlinks=True)
+    return dest
+
+
 @pytest.fixture
 def trained(trained_template, tmp_path) -> Path:
     """A private copy of the trained template project."""
-    dest = tmp_path / "proj"
-    shutil.copytree(trained_template, dest, symlinks=True)
+    dest = copy_project(trained_template, tmp_path / "proj")
     cfg = config.load(dest / "acm.toml")
     cfg.data.code.local_paths = [str(dest / "scripts")]
     config.save(cfg, dest / "acm.toml")
@@ -74,8 +78,7 @@ def prepared_template(trained_template, tmp_path_factory) -> Path:
     """The trained template with token shards and small, fast training settings."""
     from core.prepare import prepare
 
-    root = tmp_path_factory.mktemp("prepared") / "proj"
-    shutil.copytree(trained_template, root, symlinks=True)
+    root = copy_project(trained_template, tmp_path_factory.mktemp("prepared") / "proj")
     cfg = config.load(root / "acm.toml")
     for stage in (cfg.train.pretrain, cfg.train.finetune):
         for k, v in TRAIN.items():
@@ -89,9 +92,7 @@ def prepared_template(trained_template, tmp_path_factory) -> Path:
 
 @pytest.fixture
 def prepared(prepared_template, tmp_path) -> Path:
-    dest = tmp_path / "proj"
-    shutil.copytree(prepared_template, dest, symlinks=True)
-    return dest
+    return copy_project(prepared_template, tmp_path / "proj")
 
 
 @pytest.fixture(scope="session")
@@ -99,8 +100,7 @@ def model_template(prepared_template, tmp_path_factory) -> Path:
     """The prepared template with a run `m`: 20 pretrain steps, then 10 fine-tune steps."""
     from core.trainer import run_stage
 
-    root = tmp_path_factory.mktemp("model") / "proj"
-    shutil.copytree(prepared_template, root, symlinks=True)
+    root = copy_project(prepared_template, tmp_path_factory.mktemp("model") / "proj")
     cfg = config.load(root / "acm.toml")
     run_stage(cfg, "pretrain", cfg.runs_dir / "m", max_steps=20)
     run_stage(cfg, "finetune", cfg.runs_dir / "m")
@@ -109,6 +109,4 @@ def model_template(prepared_template, tmp_path_factory) -> Path:
 
 @pytest.fixture
 def with_model(model_template, tmp_path) -> Path:
-    dest = tmp_path / "proj"
-    shutil.copytree(model_template, dest, symlinks=True)
-    return dest
+    return copy_project(model_template, tmp_path / "proj")

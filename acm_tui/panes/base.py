@@ -17,7 +17,7 @@ from textual.containers import VerticalScroll
 from textual.widgets import ProgressBar, Static
 from textual.worker import Worker, WorkerState
 
-from core.errors import AcmError
+from core.errors import one_line
 from core.progress import Cancelled, CancelToken
 
 from ..messages import EngineResult, StageProgress
@@ -109,7 +109,7 @@ class Pane(VerticalScroll):
         if isinstance(error, Cancelled) or event.state == WorkerState.CANCELLED:
             self._status(Text("cancelled; what was complete before is unchanged", style="yellow"))
         else:
-            text = str(error) if isinstance(error, AcmError) else f"{type(error).__name__}: {error}"
+            text = one_line(error)
             self._status(Text(f"failed: {text}", style="red"))
             self.notify(text, title=f"{self.TITLE}: step failed", severity="error", timeout=10)
         self.step_ended()

@@ -18,7 +18,7 @@ from textual.widgets import DataTable, Input, Label, Select, Static
 
 from core import runs
 from core.code_data import bash_syntax_ok
-from core.errors import AcmError
+from core.errors import AcmError, one_line
 from core.evaluate import evaluate_run
 from core.generate import load_model, stream_generate
 from core.sampling import SamplingParams
@@ -202,7 +202,7 @@ class GeneratePane(Pane):
         self.stop_event = None
         error = message.future.exception()
         if error is not None:
-            text = str(error) if isinstance(error, AcmError) else f"{type(error).__name__}: {error}"
+            text = one_line(error)
             self.query_one("#gen-status", Static).update(Text(f"failed: {text}", style="red"))
             self.notify(text, title="Generation failed", severity="error")
             return

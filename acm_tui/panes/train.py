@@ -21,7 +21,7 @@ from textual_plotext import PlotextPlot
 
 from core import runs
 from core.detach import launch_detached
-from core.errors import AcmError
+from core.errors import AcmError, one_line
 from core.trainer import Control, run_stage
 
 from ..messages import EngineResult
@@ -276,7 +276,7 @@ class TrainPane(Pane):
             self.notify(f"{r.stage} {self.state} at step {r.step} (run {r.run.name})")
         else:
             self.state = "failed"
-            text = str(error) if isinstance(error, AcmError) else f"{type(error).__name__}: {error}"
+            text = one_line(error)
             self.query_one("#train-log", Static).update(Text(f"failed: {text}", style="red"))
             self.notify(text, title="Training failed", severity="error", timeout=15)
         self.refresh_status()
