@@ -28,11 +28,12 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--checkpoint-activations", action="store_true")
     p.add_argument("--peak-tflops", type=float, default=None, help="override the device's peak (MFU)")
     a = p.parse_args()
     shape = get_preset(a.preset)
     mx.random.seed(0)
-    model = GPT(shape, a.dtype)
+    model = GPT(shape, a.dtype, a.checkpoint_activations)
     opt = make_optimizer(3e-4, 0.1)
     state = [model.state, opt.state]
     step, _, _, _ = build_steps(model, opt, state, grad_clip=1.0)
@@ -51,7 +52,7 @@ def main() -> None:
     info = device_info()
     peak = a.peak_tflops * 1e12 if a.peak_tflops else peak_flops(info)
     print(json.dumps({
-        "fw": "acm", "preset": a.preset, "dtype": a.dtype, "device": info.get("device_name", str(mx.default_device())),
+        "fw": "acm", "preset": a.preset, "dtype": a.dtype, "checkpoint_activations": a.checkpoint_activations, "device": info.get("device_name", str(mx.default_device())),
         "params_M": round(shape.param_count() / 1e6, 1), "batch": a.batch, "seq": a.seq,
         "ms_step": round(dt * 1e3, 2), "tok_s": round(tok_s),
         "mfu": round(shape.flops_per_token(a.seq) * tok_s / peak, 4) if peak else None,

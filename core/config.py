@@ -95,6 +95,8 @@ class ModelConfig:
     preset: str = setting("medium", "model shape", choices=tuple(PRESETS))
     compute_dtype: str = setting("bfloat16", "dtype of the forward/backward; weights stay float32",
                                  choices=("float32", "bfloat16", "float16"))
+    checkpoint_activations: bool = setting(False, "recompute each block's activations in the backward pass: "
+                                                  "far less memory for about a third more compute")
 
     def shape(self) -> ModelShape:
         return get_preset(self.preset)

@@ -120,10 +120,11 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    def __init__(self, shape: ModelShape, compute_dtype: str = "float32"):
+    def __init__(self, shape: ModelShape, compute_dtype: str = "float32", checkpoint_activations: bool = False):
         super().__init__()
         self.shape = shape
         self.compute_dtype = DTYPES[compute_dtype]
+        self.checkpoint_activations = checkpoint_activations
         self.wte = nn.Embedding(shape.vocab_size, shape.n_embd)
         self.wpe = nn.Embedding(shape.n_ctx, shape.n_embd)
         self.h = [Block(shape) for _ in range(shape.n_layer)]
@@ -158,7 +159,10 @@ class GPT(nn.Module):
         x = self.wte(idx) + self.wpe(mx.arange(offset, offset + T))  # (B, T, C)
         x = _as(x, self.compute_dtype)
         for i, block in enumerate(self.h):
-            x = block(x, cache[i] if cache else None)
+            if self.checkpoint_activations and not cache:
+                x = nn.utils.checkpoint(block)(x, None)  # keep only block inputs; recompute the rest
+            else:
+                x = block(x, cache[i] if cache else None)
         x = self.ln_f(x)
         if self.shape.tie_embeddings:
             return x @ _as(self.wte.weight, x.dtype).T

@@ -139,7 +139,7 @@ class Trainer:
             prepare_run(cfg, self.run_path)
         self.metrics = MetricsLog(stage_dir(self.run_path, self.stage), enabled=self.is_main)
         mx.random.seed(sc.seed)
-        self.model = GPT(shape, cfg.model.compute_dtype)
+        self.model = GPT(shape, cfg.model.compute_dtype, cfg.model.checkpoint_activations)
         self.opt = make_optimizer(sc.learning_rate, sc.weight_decay)
         self.start_step, self.tokens_seen, self.best_val = 0, 0, None
         existing = checkpoint.latest(self.ck_dir)

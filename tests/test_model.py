@@ -124,3 +124,16 @@ def test_engine_runs_jobs_in_order_on_one_thread():
     assert engine.stopped
     with pytest.raises(RuntimeError, match="shut down"):
         engine.submit(lambda: 1)
+
+
+def test_activation_checkpointing_gives_the_same_loss_and_gradients():
+    mx.random.seed(4)
+    plain = GPT(get_preset("nano"))
+    ckpt = GPT(get_preset("nano"), checkpoint_activations=True)
+    ckpt.update(plain.parameters())
+    idx = mx.random.randint(0, 1024, (2, 33))
+    grad = lambda m: nn.value_and_grad(m, lambda m, x, y: m.loss(x, y))(m, idx[:, :-1], idx[:, 1:])  # noqa: E731
+    (l1, g1), (l2, g2) = grad(plain), grad(ckpt)
+    assert abs(l1.item() - l2.item()) < 1e-6
+    for (k, a), (_, b) in zip(tree_flatten(g1), tree_flatten(g2)):
+        assert mx.allclose(a, b, atol=1e-5).item(), k
