@@ -119,21 +119,11 @@ def cmd_config_check(args, cfg: config.Config) -> int:
 
 
 def cmd_config_set(args, cfg: config.Config) -> int:
-    table = cfg.to_dict()
-    *parents, leaf = args.key.split(".")
-    node = table
-    for part in parents:
-        if not isinstance(node.get(part), dict):
-            raise AcmError(f"unknown setting {args.key}; see `acm config show`")
-        node = node[part]
-    if leaf not in node or isinstance(node[leaf], dict):
-        # let the loader produce its usual message (with the closest valid key)
-        node[leaf] = config.parse_value(args.value)
-        config.from_dict(table, source=str(args.config))
-    node[leaf] = config.parse_value(args.value)
-    new = config.from_dict(table, source=str(args.config), root=cfg.root)
+    new, notes = config.with_value(cfg, args.key, args.value, source=str(args.config))
     config.save(new, args.config)
     print(f"{args.key} = {getattr_path(new, args.key)!r} saved to {args.config}")
+    for note in notes:
+        print(f"also: {note}")
     return 0
 
 

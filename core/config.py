@@ -314,6 +314,33 @@ def parse_value(text: str) -> Any:
         return text
 
 
+def with_value(cfg: Config, key: str, text: str, source: str = CONFIG_NAME) -> tuple[Config, list[str]]:
+    """`cfg` with one setting changed (the text parsed as TOML, else taken as a string), validated.
+
+    Changing model.preset also sets tokenizer.vocab_size to the new preset's vocab (the two must
+    agree), so a preset can be switched in one edit. Returns the new settings and what else changed.
+    """
+    table = cfg.to_dict()
+    *parents, leaf = key.split(".")
+    node = table
+    for part in parents:
+        if not isinstance(node.get(part), dict):
+            raise ConfigError(f"{source}: unknown setting {key}; see `acm config show`")
+        node = node[part]
+    node[leaf] = parse_value(text)
+    notes = []
+    if key == "model.preset" and isinstance(node[leaf], str) and node[leaf] in PRESETS:
+        vocab = PRESETS[node[leaf]].vocab_size
+        if table["tokenizer"]["vocab_size"] != vocab:
+            table["tokenizer"]["vocab_size"] = vocab
+            notes.append(f"tokenizer.vocab_size = {vocab} (the preset's vocab)")
+        for stage in ("pretrain", "finetune"):
+            if table["train"][stage]["seq_len"] > PRESETS[node[leaf]].n_ctx:
+                table["train"][stage]["seq_len"] = PRESETS[node[leaf]].n_ctx
+                notes.append(f"train.{stage}.seq_len = {PRESETS[node[leaf]].n_ctx} (the preset's context)")
+    return from_dict(table, source=source, root=cfg.root), notes
+
+
 def markdown_table() -> str:
     """The README's settings table (`python -m core.config` prints it)."""
     rows = ["| key | default | allowed | what |", "|---|---|---|---|"]

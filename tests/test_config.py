@@ -139,3 +139,16 @@ def test_cli_bad_config_is_one_line_without_traceback(tmp_path):
     assert r.returncode == 2
     assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
     assert "TOML syntax error" in r.stderr and "line 1" in r.stderr
+
+
+def test_switching_preset_in_one_edit(project, capsys):
+    path = project / "acm.toml"
+    assert cli.main(["-c", str(path), "config", "set", "model.preset", "tiny"]) == 0
+    out = capsys.readouterr().out
+    assert "also: tokenizer.vocab_size = 16000" in out
+    cfg = config.load(path)
+    assert cfg.model.preset == "tiny" and cfg.tokenizer.vocab_size == 16000
+    assert cli.main(["-c", str(path), "config", "set", "train.pretrain.seq_len", "1024"]) == 0
+    assert cli.main(["-c", str(path), "config", "set", "model.preset", "nano"]) == 0
+    assert "train.pretrain.seq_len = 128" in capsys.readouterr().out
+    assert config.load(path).tokenizer.vocab_size == 1024

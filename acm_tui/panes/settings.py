@@ -77,15 +77,9 @@ class SettingsPane(Pane):
         box.border_title = key
         box.focus()
 
-    def candidate(self, key: str, text: str) -> config.Config:
+    def candidate(self, key: str, text: str) -> tuple[config.Config, list[str]]:
         """The settings with `key` set to `text`, validated (raises ConfigError)."""
-        table = self.cfg.to_dict()
-        *parents, leaf = key.split(".")
-        node = table
-        for part in parents:
-            node = node[part]
-        node[leaf] = config.parse_value(text)
-        return config.from_dict(table, source=str(self.app.config_path), root=self.cfg.root)
+        return config.with_value(self.cfg, key, text, source=str(self.app.config_path))
 
     @on(Input.Changed, "#settings-input")
     def _validate(self, event: Input.Changed) -> None:
@@ -101,13 +95,14 @@ class SettingsPane(Pane):
     @on(Input.Submitted, "#settings-input")
     def _save(self, event: Input.Submitted) -> None:
         try:
-            new = self.candidate(self.selected_key(), event.value)
+            new, notes = self.candidate(self.selected_key(), event.value)
             config.save(new, self.app.config_path)
         except AcmError as e:
             self.notify(str(e), title="Not saved", severity="error")
             return
         self.app.cfg = new
-        self.notify(f"{self.selected_key()} saved to {self.app.config_path}")
+        self.notify(f"{self.selected_key()} saved to {self.app.config_path}"
+                    + "".join(f"; also {note}" for note in notes))
         self._close_editor()
         self.fill()
 
