@@ -10,7 +10,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from . import __version__, cli_data, cli_generate, cli_runs, cli_tokenizer, cli_train, config, doctor
+from . import __version__, cli_data, cli_generate, cli_pipeline, cli_runs, cli_tokenizer, cli_train, config, doctor
 from .errors import AcmError
 from .presets import PRESETS, get_preset, human_count
 
@@ -168,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_train.register(sub, add)
     cli_generate.register(sub, add)
     cli_runs.register(sub, add)
+    cli_pipeline.register(sub, add)
 
     cfgp = sub.add_parser("config", help="show, check or change acm.toml").add_subparsers(
         dest="config_command", required=True, metavar="ACTION")

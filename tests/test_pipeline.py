@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 from acm_tui.app import AcmApp
 from core import config
 from core.code_data import fetch_code
@@ -26,6 +28,18 @@ def test_states_come_from_disk(project, trained):
     fetch_code(cfg)  # the code corpus changed: what was built from it is stale
     s = states(cfg)
     assert s["tokenizer"] == "stale" and s["prepare"] == "stale"
+
+
+def test_cli_pipeline_status_and_run(with_model, capsys):
+    from core import cli
+
+    c = str(with_model / "acm.toml")
+    assert cli.main(["-c", c, "pipeline", "--json"]) == 0
+    before = {s["name"]: s["state"] for s in json.loads(capsys.readouterr().out)}
+    assert before["pretrain"] == "stopped" and before["evaluate"] == "not started"
+    assert cli.main(["-c", c, "pipeline", "run"]) == 0
+    assert "ran: pretrain, evaluate" in capsys.readouterr().out  # the unfinished pretrain resumed
+    assert set(states(config.load(with_model / "acm.toml")).values()) == {"done"}
 
 
 def test_training_states(with_model):

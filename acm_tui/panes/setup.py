@@ -9,6 +9,7 @@ from textual.widgets import DataTable, Static
 
 from core import doctor
 from core.model_check import architecture_test
+from core.cli_pipeline import STYLES
 from core.pipeline import StageStatus, pipeline_status, run_remaining
 from core.trainer import Control
 from core.presets import PRESETS, human_count
@@ -16,8 +17,7 @@ from core.presets import PRESETS, human_count
 from ..messages import EngineResult
 from .base import CANCEL_BINDING, Pane
 
-STATE_STYLES = {"done": "green", "stale": "yellow", "running": "bold cyan", "paused": "cyan", "starting": "cyan",
-                "interrupted": "magenta", "failed": "red", "stopped": "yellow"}
+STATE_STYLES = STYLES
 
 
 class SetupPane(Pane):
