@@ -18,7 +18,6 @@ from typing import Callable
 import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
-import numpy as np
 from mlx.nn.utils import average_gradients
 from mlx.utils import tree_map
 

@@ -10,7 +10,7 @@ GIT = ["git", "-c", "user.name=acm", "-c", "user.email=acm@example.invalid", "-c
 
 def script(topic: str, lines: int = 40) -> str:
     """A valid, distinctive bash script about `topic`."""
-    body = [f"#!/usr/bin/env bash", f"# {topic}: generated test script", "set -euo pipefail", ""]
+    body = ["#!/usr/bin/env bash", f"# {topic}: generated test script", "set -euo pipefail", ""]
     for i in range(lines):
         body.append(f'echo "{topic} step {i} of {lines} handles {topic}-{i * 7} with care {i % 5}"')
     body += [f"{topic.replace('-', '_')}_done() {{", f'  printf "%s\\n" "{topic} finished"', "}",

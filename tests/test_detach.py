@@ -5,6 +5,8 @@ import os
 import signal
 import time
 
+import pytest
+
 from acm_tui.app import AcmApp
 from core import checkpoint, cli, config, runs
 from core.detach import launch_detached
@@ -17,6 +19,17 @@ def wait_for(predicate, timeout=90.0):
     while not predicate():
         assert time.monotonic() < end, "timed out"
         time.sleep(0.05)
+
+
+@pytest.fixture(autouse=True)
+def reap_background_runs(tmp_path):
+    """Whatever a failing test left training in the background is ended with it."""
+    yield
+    for status in tmp_path.rglob("status.json"):
+        try:
+            os.kill(json.loads(status.read_text())["pid"], signal.SIGKILL)
+        except (OSError, ValueError, KeyError):
+            pass
 
 
 def long_config(project):
