@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import argparse
 import os
+from functools import partial
 from pathlib import Path
+from typing import Iterable
 
-from textual.app import App, ComposeResult
+from textual.app import App, ComposeResult, SystemCommand
+from textual.screen import Screen
 from textual.binding import Binding
 from textual.widgets import Footer, Header, Static, TabbedContent, TabPane
 
@@ -63,6 +66,23 @@ class AcmApp(App):
         self.action_show_pane("setup")
         if self.config_error:
             self.notify(self.config_error, title="acm.toml", severity="error", timeout=10)
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        """The command palette (ctrl+p) offers every pane's actions, not only the focused pane's."""
+        yield from super().get_system_commands(screen)
+        for pane in PANES:
+            pane_id = pane.TITLE.lower()
+            yield SystemCommand(f"Show {pane.TITLE}", f"switch to the {pane.TITLE} pane",
+                                partial(self.action_show_pane, pane_id))
+            for binding in pane.BINDINGS:
+                if isinstance(binding, Binding) and binding.description and binding.show:
+                    yield SystemCommand(f"{pane.TITLE}: {binding.description}",
+                                        binding.tooltip or f"key {binding.key}",
+                                        partial(self.run_in_pane, pane_id, binding.action), discover=False)
+
+    def run_in_pane(self, pane_id: str, action: str) -> None:
+        self.action_show_pane(pane_id)
+        self.call_later(self.query_one(f"#{pane_id}-pane").run_action, action)
 
     def action_show_pane(self, pane_id: str) -> None:
         self.query_one("#panes", TabbedContent).active = pane_id

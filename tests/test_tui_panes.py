@@ -91,14 +91,18 @@ async def test_every_pane_at_small_and_large_sizes_without_colour(project, monke
         assert app.no_color
 
 
-async def test_command_palette_lists_pane_actions(project):
+async def test_command_palette_offers_every_pane_action(project):
     app = AcmApp(project / "acm.toml")
     async with app.run_test(size=(100, 30)) as pilot:
+        titles = [c.title for c in app.get_system_commands(app.screen)]
+        assert "Train: Pause/resume" in titles and "Runs: Delete" in titles and "Show Settings" in titles
         await pilot.press("ctrl+p")
         await pilot.pause()
-        await pilot.press(*"keys")
+        await pilot.press(*"show settings")
         await pilot.pause(0.5)
-        assert app.screen.__class__.__name__ == "CommandPalette"
+        await pilot.press("enter")
+        await pilot.pause(0.3)
+        assert app.query_one("#panes", TabbedContent).active == "settings"
 
 
 PANE_KEYS = {"data": "2", "tokenizer": "3", "train": "4", "generate": "5", "runs": "6", "settings": "7"}

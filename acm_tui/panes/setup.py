@@ -86,8 +86,7 @@ class SetupPane(Pane):
                  "pretrain": ("train", "start('pretrain')"), "finetune": ("train", "start('finetune')"),
                  "evaluate": ("generate", "evaluate")}
         pane_id, action = panes[name]
-        self.app.action_show_pane(pane_id)
-        self.app.call_later(self.app.query_one(f"#{pane_id}-pane").run_action, action)
+        self.app.run_in_pane(pane_id, action)
 
     def action_run_all(self) -> None:
         train = self.app.query_one("#train-pane")
