@@ -342,9 +342,20 @@ class Trainer:
             runs.write_status(self.run_path, self.stage, "running", step=step, total=sc.steps)
 
 
+class MatrixDecayAdamW(optim.AdamW):
+    """AdamW whose decoupled weight decay applies to matrices only (linear and embedding weights),
+    not to biases and layer-norm gains (as in GPT-2 and nanoGPT): decaying those only pulls the
+    model towards zero-mean, unit-less activations for no regularising gain."""
+
+    def apply_single(self, gradient: mx.array, parameter: mx.array, state: dict) -> mx.array:
+        if parameter.ndim < 2:
+            return optim.Adam.apply_single(self, gradient, parameter, state)
+        return super().apply_single(gradient, parameter, state)
+
+
 def make_optimizer(learning_rate: float, weight_decay: float) -> optim.AdamW:
-    """AdamW with decoupled weight decay and GPT-2's betas."""
-    return optim.AdamW(learning_rate=learning_rate, betas=[0.9, 0.95], eps=1e-8, weight_decay=weight_decay)
+    """AdamW with decoupled weight decay on matrices and GPT-2's betas."""
+    return MatrixDecayAdamW(learning_rate=learning_rate, betas=[0.9, 0.95], eps=1e-8, weight_decay=weight_decay)
 
 
 def build_steps(model: GPT, opt: optim.Optimizer, state: list, grad_clip: float, world: int = 1):

@@ -27,6 +27,19 @@ def load(project: Path) -> config.Config:
     return config.load(project / "acm.toml")
 
 
+def test_weight_decay_applies_to_matrices_only():
+    import mlx.core as mx
+
+    from core.trainer import make_optimizer
+
+    opt = make_optimizer(0.1, 0.5)
+    params = {"w": mx.ones((2, 2)), "b": mx.ones((2,))}
+    zero = {"w": mx.zeros((2, 2)), "b": mx.zeros((2,))}
+    new = opt.apply_gradients(zero, params)
+    assert mx.allclose(new["w"], mx.full((2, 2), 0.95)).item()  # decayed by lr * wd
+    assert mx.allclose(new["b"], mx.ones((2,))).item()  # biases and gains are left alone
+
+
 def test_schedule_warmup_then_cosine():
     assert lr_at(0, 1.0, 10, 100, 0.1) == pytest.approx(0.1)
     assert lr_at(9, 1.0, 10, 100, 0.1) == pytest.approx(1.0)
