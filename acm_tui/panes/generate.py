@@ -82,22 +82,22 @@ class GeneratePane(Pane):
         self.refresh_checkpoints()
         self.set_interval(0.05, self.drain)
 
+    def on_show(self) -> None:
+        self.refresh_checkpoints()
+
     def refresh_checkpoints(self) -> None:
-        options = [("latest run (best)", AUTO)]
-        for run in runs.list_runs(self.cfg):
-            for stage in runs.STAGES:
-                if runs.checkpoints_dir(run, stage).exists():
-                    for which in ("best", "latest"):
-                        options.append((f"{run.name} / {stage} / {which}", f"{run.name}|{stage}|{which}"))
-            self._show_eval(run)  # the newest run's eval.json, if any
-            break
-        for run in runs.list_runs(self.cfg)[1:]:
-            for stage in runs.STAGES:
-                if runs.checkpoints_dir(run, stage).exists():
-                    options.append((f"{run.name} / {stage} / best", f"{run.name}|{stage}|best"))
+        """Every run's best and latest checkpoint of each stage, newest run first."""
+        all_runs = runs.list_runs(self.cfg)
+        options = [("latest run (best)", AUTO)] + [
+            (f"{run.name} / {stage} / {which}", f"{run.name}|{stage}|{which}")
+            for run in all_runs for stage in runs.STAGES if runs.checkpoints_dir(run, stage).exists()
+            for which in ("best", "latest")]
         select = self.query_one("#gen-checkpoint", Select)
+        keep = select.value if select.value in {value for _, value in options} else AUTO
         select.set_options(options)
-        select.value = AUTO
+        select.value = keep
+        if all_runs:
+            self._show_eval(all_runs[0])  # the newest run's eval.json, if any
 
     # ------------------------------------------------------------ settings
 
