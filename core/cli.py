@@ -13,6 +13,7 @@ from rich.table import Table
 from . import __version__, cli_data, cli_generate, cli_pipeline, cli_runs, cli_tokenizer, cli_train, config, doctor
 from .errors import AcmError
 from .presets import PRESETS, get_preset, human_count
+from .tables import DOCTOR_COLUMNS, PRESET_COLUMNS, doctor_row, preset_row
 
 console = Console(highlight=False)
 
@@ -29,10 +30,9 @@ def cmd_doctor(args, cfg: config.Config) -> int:
     if args.json:
         _print_json({"ok": ok, "checks": [c.__dict__ | {"status": c.status} for c in checks]})
     else:
-        table = Table("check", "found", "status", title="acm doctor", title_justify="left")
+        table = Table(*DOCTOR_COLUMNS, title="acm doctor", title_justify="left")
         for c in checks:
-            style = "green" if c.ok else ("red" if c.required else "yellow")
-            table.add_row(c.name, c.value, f"[{style}]{c.status}[/]")
+            table.add_row(*doctor_row(c))
         console.print(table)
         for c in checks:
             if not c.ok:
@@ -51,13 +51,9 @@ def cmd_presets(args, cfg: config.Config) -> int:
     if args.json:
         _print_json(preset_rows())
         return 0
-    table = Table("preset", "params", "layers", "hidden", "heads", "FFN", "context", "vocab", "tied",
-                  title="Model presets", title_justify="left")
+    table = Table(*PRESET_COLUMNS, title="Model presets", title_justify="left")
     for p in PRESETS.values():
-        mark = "*" if p.name == cfg.model.preset else ""
-        table.add_row(mark + p.name, human_count(p.param_count()), str(p.n_layer), str(p.n_embd),
-                      str(p.n_head), str(p.n_ffn), str(p.n_ctx), str(p.vocab_size),
-                      "yes" if p.tie_embeddings else "no")
+        table.add_row(*preset_row(p, selected=p.name == cfg.model.preset))
     console.print(table)
     console.print("* the preset acm.toml selects (model.preset)")
     return 0
@@ -121,16 +117,10 @@ def cmd_config_check(args, cfg: config.Config) -> int:
 def cmd_config_set(args, cfg: config.Config) -> int:
     new, notes = config.with_value(cfg, args.key, args.value, source=str(args.config))
     config.save(new, args.config)
-    print(f"{args.key} = {getattr_path(new, args.key)!r} saved to {args.config}")
+    print(f"{args.key} = {config.get_value(new, args.key)!r} saved to {args.config}")
     for note in notes:
         print(f"also: {note}")
     return 0
-
-
-def getattr_path(obj, dotted: str):
-    for part in dotted.split("."):
-        obj = getattr(obj, part)
-    return obj
 
 
 # ---------------------------------------------------------------- parser

@@ -12,6 +12,7 @@ from .config import Config
 from .corpus import Corpus
 from .errors import AcmError
 from .language_data import fetch_language, language_dir
+from .tables import CORPUS_COLUMNS, corpus_row
 
 KINDS = ("language", "code")
 console = Console(highlight=False)
@@ -61,12 +62,9 @@ def cmd_stats(args, cfg: Config) -> int:
         return 0
     if not stats:
         raise AcmError("no corpus fetched yet: run `acm data fetch language` and `acm data fetch code`")
-    table = Table("dataset", "documents", "words", "tokens (est)", "size", "lines", "avg lines",
-                  title="Corpora", title_justify="left")
+    table = Table(*CORPUS_COLUMNS, title="Corpora", title_justify="left")
     for kind, s in stats.items():
-        table.add_row(f"{kind} ({s['source']})", f"{s['documents']:,}", f"{s['words']:,}",
-                      f"{s['estimated_tokens']:,}", f"{s['bytes'] / 2**20:.2f} MB", f"{s['lines']:,}",
-                      f"{s['avg_lines']}")
+        table.add_row(*corpus_row(kind, s))
     console.print(table)
     if "code" in stats:
         r = stats["code"]["report"]

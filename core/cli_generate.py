@@ -16,6 +16,7 @@ from .evaluate import evaluate_run
 from .export import export_checkpoint
 from .generate import load_model, stream_generate
 from .sampling import SamplingParams
+from .tables import EVAL_COLUMNS, eval_rows
 
 console = Console(highlight=False, stderr=True)
 
@@ -100,14 +101,10 @@ def cmd_eval(args, cfg: Config) -> int:
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
-    table = Table("stage", "step", "lang loss", "lang ppl", "code loss", "code ppl", "parses", "tokens", "dist-2",
-                  title=f"Evaluation of run {results['run']} (val loss, perplexity; generated bash: share "
-                        "parsing with bash -n, mean tokens, distinct-2)", title_justify="left")
-    for stage, r in results["stages"].items():
-        g = r["code_generation"]
-        table.add_row(stage, str(r["step"]), str(r["language"]["val_loss"]), str(r["language"]["perplexity"]),
-                      str(r["code"]["val_loss"]), str(r["code"]["perplexity"]), f"{g['parse_rate']:.0%}",
-                      str(g["mean_tokens"]), str(g["distinct_2"]))
+    table = Table(*EVAL_COLUMNS, title=f"Evaluation of run {results['run']} (val loss, perplexity; generated "
+                  "bash: share parsing with bash -n, mean tokens, distinct-2)", title_justify="left")
+    for row in eval_rows(results):
+        table.add_row(*row)
     Console(highlight=False).print(table)
     return 0
 

@@ -11,6 +11,7 @@ from .cli_progress import progress_bars
 from .config import Config
 from .errors import AcmError
 from .prepare import prepare
+from .tables import SHARD_COLUMNS, TOKENIZER_COLUMNS, shard_row, tokenizer_rows
 from .tokenizer import load_meta, load_tokenizer, tokenizer_dir, train_tokenizer
 
 console = Console(highlight=False)
@@ -37,15 +38,10 @@ def cmd_train(args, cfg: Config) -> int:
 
 
 def print_eval(meta: dict) -> None:
-    table = Table("tokenizer", "code share", "chars/token language", "chars/token bash",
-                  title=f"Held-out text ({meta['held_out']['language']} documents, "
-                        f"{meta['held_out']['code']} scripts)", title_justify="left")
-    table.add_row("acm", f"{meta['mix']['code_share']:.1%}", str(meta["chars_per_token"]["language"]),
-                  str(meta["chars_per_token"]["code"]))
-    if "original_mix" in meta:
-        o = meta["original_mix"]
-        table.add_row("original mix", f"{o['mix']['code_share']:.1%}", str(o["chars_per_token"]["language"]),
-                      str(o["chars_per_token"]["code"]))
+    table = Table(*TOKENIZER_COLUMNS, title=f"Held-out text ({meta['held_out']['language']} documents, "
+                  f"{meta['held_out']['code']} scripts)", title_justify="left")
+    for row in tokenizer_rows(meta):
+        table.add_row(*row)
     console.print(table)
 
 
@@ -87,11 +83,9 @@ def cmd_prepare(args, cfg: Config) -> int:
         print(json.dumps({k: {f: m[f] for f in ("tokens", "documents", "dtype", "tokenizer_sha256")}
                           for k, m in manifests.items()}, indent=2))
         return 0
-    table = Table("corpus", "train tokens", "val tokens", "train docs", "val docs", "dtype",
-                  title="Token shards", title_justify="left")
+    table = Table(*SHARD_COLUMNS, title="Token shards", title_justify="left")
     for kind, m in manifests.items():
-        table.add_row(kind, f"{m['tokens']['train']:,}", f"{m['tokens']['val']:,}",
-                      f"{m['documents']['train']:,}", f"{m['documents']['val']:,}", m["dtype"])
+        table.add_row(*shard_row(kind, m))
     console.print(table)
     return 0
 

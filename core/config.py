@@ -301,6 +301,13 @@ def describe() -> list[tuple[str, Any, str, str]]:
     return rows
 
 
+def get_value(cfg: Config, key: str) -> Any:
+    """The value of a dotted key, e.g. get_value(cfg, "train.pretrain.steps")."""
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
 def format_value(value: Any) -> str:
     """A value as TOML writes it ("data", 0.5, true, ["a"])."""
     return tomli_w.dumps({"v": value})[4:].strip()

@@ -269,7 +269,8 @@ class Trainer:
         t_report, tokens_report, elapsed_steps, step_time = time.perf_counter(), 0, 0, None
         val_loss = None
         while step < end:
-            self._poll_commands()
+            if self.world == 1 or step % sc.log_every == 0:  # with ranks, polling costs a collective
+                self._poll_commands()
             if self.control.stopping:
                 stopped = True
                 break

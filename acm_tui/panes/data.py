@@ -13,6 +13,7 @@ from core.code_data import fetch_code
 from core.corpus import Corpus
 from core.errors import AcmError
 from core.language_data import fetch_language
+from core.tables import CORPUS_COLUMNS, code_report_line, corpus_row
 from .base import CANCEL_BINDING, Pane
 
 FETCHERS = {"language": fetch_language, "code": fetch_code}
@@ -45,8 +46,7 @@ class DataPane(Pane):
         yield Static("", id="sample")
 
     def on_mount(self) -> None:
-        self.query_one("#corpus-stats", DataTable).add_columns(
-            "dataset", "documents", "words", "tokens (est)", "size", "lines", "avg lines")
+        self.query_one("#corpus-stats", DataTable).add_columns(*CORPUS_COLUMNS)
         self.refresh_stats()
 
     # ------------------------------------------------------------ statistics
@@ -64,17 +64,14 @@ class DataPane(Pane):
             if s is None:
                 table.add_row(kind, "not fetched", "", "", "", "", "")
                 continue
-            table.add_row(f"{kind} ({s['source']})", f"{s['documents']:,}", f"{s['words']:,}",
-                          f"{s['estimated_tokens']:,}", f"{s['bytes'] / 2**20:.2f} MB", f"{s['lines']:,}",
-                          f"{s['avg_lines']}")
+            table.add_row(*corpus_row(kind, s))
         report = self.query_one("#code-report", Static)
         if "code" in stats:
             r = stats["code"]["report"]
             cats = ", ".join(f"{k} {v}" for k, v in sorted(r["by_category"].items(), key=lambda kv: -kv[1])[:8])
             failed = stats["code"].get("repos_failed") or []
             report.update(
-                f"bash scripts: {r['raw']:,} raw → {r['valid']:,} valid → {r['unique']:,} unique "
-                f"({r['exact_duplicates']} exact, {r['near_duplicates']} near duplicates removed)\n"
+                f"{code_report_line(r)}\n"
                 f"by category: {cats}" + (f"\n[red]{len(failed)} repositories failed: "
                                           + ", ".join(f['name'] for f in failed) + "[/]" if failed else ""))
         else:

@@ -22,6 +22,7 @@ from core.errors import AcmError, one_line
 from core.evaluate import evaluate_run
 from core.generate import load_model, stream_generate
 from core.sampling import SamplingParams
+from core.tables import EVAL_COLUMNS, eval_rows
 
 from ..messages import EngineResult
 from .base import CANCEL_BINDING, Pane
@@ -77,8 +78,7 @@ class GeneratePane(Pane):
         yield DataTable(id="eval-table", cursor_type="none")
 
     def on_mount(self) -> None:
-        self.query_one("#eval-table", DataTable).add_columns(
-            "stage", "step", "lang loss", "lang ppl", "code loss", "code ppl", "bash -n parses", "tokens", "dist-2")
+        self.query_one("#eval-table", DataTable).add_columns(*EVAL_COLUMNS)
         self.refresh_checkpoints()
         self.set_interval(0.05, self.drain)
 
@@ -238,11 +238,8 @@ class GeneratePane(Pane):
     def _fill_eval(self, results: dict) -> None:
         table = self.query_one("#eval-table", DataTable)
         table.clear()
-        for stage, r in results["stages"].items():
-            g = r["code_generation"]
-            table.add_row(stage, r["step"], r["language"]["val_loss"], r["language"]["perplexity"],
-                          r["code"]["val_loss"], r["code"]["perplexity"], f"{g['parse_rate']:.0%}",
-                          g["mean_tokens"], g["distinct_2"])
+        for row in eval_rows(results):
+            table.add_row(*row)
 
 
 def looks_like_bash(text: str) -> bool:

@@ -42,16 +42,9 @@ class SettingsPane(Pane):
         table = self.query_one("#settings-table", DataTable)
         row = table.cursor_row
         table.clear()
-        current = self.cfg.to_dict()
         for key, _default, allowed, _help in config.describe():
-            table.add_row(key, config.format_value(self._get(current, key)), allowed, key=key)
+            table.add_row(key, config.format_value(config.get_value(self.cfg, key)), allowed, key=key)
         table.move_cursor(row=row)
-
-    @staticmethod
-    def _get(table: dict, key: str):
-        for part in key.split("."):
-            table = table[part]
-        return table
 
     def selected_key(self) -> str:
         table = self.query_one("#settings-table", DataTable)
@@ -73,7 +66,7 @@ class SettingsPane(Pane):
             return
         key = self.selected_key()
         box.disabled = False
-        box.value = config.format_value(self._get(self.cfg.to_dict(), key)).strip('"')
+        box.value = config.format_value(config.get_value(self.cfg, key)).strip('"')
         box.border_title = key
         box.focus()
 

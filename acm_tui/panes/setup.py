@@ -11,6 +11,7 @@ from core import doctor
 from core.model_check import architecture_test
 from core.cli_pipeline import STYLES
 from core.pipeline import StageStatus, pipeline_status, run_remaining
+from core.tables import DOCTOR_COLUMNS, PRESET_COLUMNS, doctor_row, preset_row
 from core.trainer import Control
 from core.presets import PRESETS, human_count
 
@@ -47,12 +48,11 @@ class SetupPane(Pane):
         self.query_one("#pipeline", DataTable).add_columns("stage", "state", "details")
         self.refresh_pipeline()
         self.set_interval(2.0, self.refresh_pipeline)
-        self.query_one("#doctor", DataTable).add_columns("check", "found", "status")
+        self.query_one("#doctor", DataTable).add_columns(*DOCTOR_COLUMNS)
         presets = self.query_one("#presets", DataTable)
-        presets.add_columns("preset", "params", "layers", "hidden", "heads", "FFN", "context", "vocab", "embeddings")
+        presets.add_columns(*PRESET_COLUMNS)
         for p in PRESETS.values():
-            presets.add_row(p.name, human_count(p.param_count()), p.n_layer, p.n_embd, p.n_head, p.n_ffn,
-                            p.n_ctx, p.vocab_size, "tied" if p.tie_embeddings else "untied", key=p.name)
+            presets.add_row(*preset_row(p), key=p.name)
         presets.move_cursor(row=list(PRESETS).index(self.cfg.model.preset))
         self.action_refresh_doctor()
 
@@ -137,8 +137,7 @@ class SetupPane(Pane):
         table = self.query_one("#doctor", DataTable)
         table.clear()
         for c in checks:
-            style = "green" if c.ok else ("red" if c.required else "yellow")
-            table.add_row(c.name, c.value, f"[{style}]{c.status}[/]")
+            table.add_row(*doctor_row(c))
         summary = self.query_one("#doctor-summary", Static)
         if error is not None:
             summary.update(f"[red]checks failed: {error}[/]")

@@ -12,6 +12,7 @@ from textual.widgets import DataTable, Input, Static
 from core.cli_tokenizer import coloured_tokens
 from core.errors import AcmError
 from core.prepare import MANIFEST, prepare, tokens_dir
+from core.tables import SHARD_COLUMNS, TOKENIZER_COLUMNS, shard_row, tokenizer_rows
 from core.tokenizer import load_meta, load_tokenizer, train_tokenizer
 
 from .base import CANCEL_BINDING, Pane
@@ -47,10 +48,8 @@ class TokenizerPane(Pane):
         yield Static("", id="probe-ids")
 
     def on_mount(self) -> None:
-        self.query_one("#tokenizer-eval", DataTable).add_columns(
-            "tokenizer", "code share", "chars/token language", "chars/token bash")
-        self.query_one("#token-shards", DataTable).add_columns(
-            "corpus", "train tokens", "val tokens", "train docs", "val docs", "dtype", "state")
+        self.query_one("#tokenizer-eval", DataTable).add_columns(*TOKENIZER_COLUMNS)
+        self.query_one("#token-shards", DataTable).add_columns(*SHARD_COLUMNS, "state")
         self.refresh_info()
 
     # ------------------------------------------------------------ state on disk
@@ -84,12 +83,8 @@ class TokenizerPane(Pane):
                         + f"; trained on {(mix['language_chars'] + mix['code_chars']) / 1e6:.1f}M characters, "
                           f"{mix['code_share']:.1%} code; held out: {meta['held_out']['language']} documents, "
                           f"{meta['held_out']['code']} scripts")
-            table.add_row("acm", f"{mix['code_share']:.1%}", str(meta["chars_per_token"]["language"]),
-                          str(meta["chars_per_token"]["code"]))
-            if "original_mix" in meta:
-                o = meta["original_mix"]
-                table.add_row("original mix", f"{o['mix']['code_share']:.1%}",
-                              str(o["chars_per_token"]["language"]), str(o["chars_per_token"]["code"]))
+            for row in tokenizer_rows(meta):
+                table.add_row(*row)
         shard_table = self.query_one("#token-shards", DataTable)
         shard_table.clear()
         for kind, m in shards.items():
@@ -97,8 +92,7 @@ class TokenizerPane(Pane):
                 shard_table.add_row(kind, "not prepared", "", "", "", "", "")
                 continue
             state = "ready" if tok is not None and m["tokenizer_sha256"] == tok.sha256 else "stale: press S"
-            shard_table.add_row(kind, f"{m['tokens']['train']:,}", f"{m['tokens']['val']:,}",
-                                f"{m['documents']['train']:,}", f"{m['documents']['val']:,}", m["dtype"], state)
+            shard_table.add_row(*shard_row(kind, m), state)
         self.probe(self.query_one("#probe-input", Input).value)
 
     # ------------------------------------------------------------ steps

@@ -19,7 +19,7 @@ from textual.containers import Grid
 from textual.widgets import Static
 from textual_plotext import PlotextPlot
 
-from core import runs
+from core import checkpoint, runs
 from core.detach import launch_detached
 from core.errors import AcmError, one_line
 from core.trainer import Control, run_stage
@@ -192,8 +192,7 @@ class TrainPane(Pane):
     def _resumable(self) -> tuple[Path, str] | None:
         for run in runs.list_runs(self.cfg):
             stage = runs.active_stage(run)
-            if stage and runs.latest_run_with(self.cfg, stage) is not None and \
-                    runs.checkpoints_dir(run, stage).exists():
+            if stage and checkpoint.latest(runs.checkpoints_dir(run, stage)) is not None:
                 return run, stage
         self.notify("no run has a checkpoint to resume", severity="warning")
         return None
