@@ -16,6 +16,7 @@ import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_map
 
+from core import fused
 from core.model import GPT
 from core.presets import get_preset
 from core.trainer import build_steps, make_optimizer
@@ -62,7 +63,7 @@ def main() -> None:
         hh = model.ln_f(h)
         w = model.wte.weight if shape.tie_embeddings else model.lm_head.weight
         logits = hh @ w.astype(hh.dtype).T
-        return nn.losses.cross_entropy(logits.astype(mx.float32), y, reduction="mean")
+        return fused.cross_entropy(logits, y)
 
     hg = partial(mx.compile, inputs=state)(mx.value_and_grad(head))
     out["loss_head_fwd_bwd_ms"] = bench(hg, h, y)

@@ -12,12 +12,24 @@ import json
 import time
 
 import mlx.core as mx
+import mlx.nn as nn
 import numpy as np
 
+from core import model
 from core.hardware import device_info, peak_flops
-from core.model import GPT
 from core.presets import get_preset
 from core.trainer import build_steps, make_optimizer
+
+
+def use_plain_autodiff() -> None:
+    """Swap in the MLP and loss as autodiff sees them unaided, to measure what core/fused.py saves."""
+    def mlp(self, x):
+        return self.c_proj(nn.gelu_approx(self.c_fc(x)))
+
+    def loss(self, idx, targets):
+        return nn.losses.cross_entropy(self(idx).astype(mx.float32), targets, reduction="mean")
+
+    model.MLP.__call__, model.GPT.loss = mlp, loss
 
 
 def main() -> None:
@@ -29,14 +41,18 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--checkpoint-activations", action="store_true")
+    p.add_argument("--autodiff", action="store_true",
+                   help="plain autodiff MLP and a float32 copy of the logits (the step before core/fused.py)")
     p.add_argument("--peak-tflops", type=float, default=None, help="override the device's peak (MFU)")
     a = p.parse_args()
     shape = get_preset(a.preset)
+    if a.autodiff:
+        use_plain_autodiff()
     mx.random.seed(0)
-    model = GPT(shape, a.dtype, a.checkpoint_activations)
+    gpt = model.GPT(shape, a.dtype, a.checkpoint_activations)
     opt = make_optimizer(3e-4, 0.1)
-    state = [model.state, opt.state]
-    step, _, _, _ = build_steps(model, opt, state, grad_clip=1.0)
+    state = [gpt.state, opt.state]
+    step, _, _, _ = build_steps(gpt, opt, state, grad_clip=1.0)
     rng = np.random.default_rng(0)
     tokens = rng.integers(0, shape.vocab_size, size=(a.batch, a.seq + 1), dtype=np.int32)
     x, y = mx.array(tokens[:, :-1]), mx.array(tokens[:, 1:])
@@ -52,7 +68,8 @@ def main() -> None:
     info = device_info()
     peak = a.peak_tflops * 1e12 if a.peak_tflops else peak_flops(info)
     print(json.dumps({
-        "fw": "acm", "preset": a.preset, "dtype": a.dtype, "checkpoint_activations": a.checkpoint_activations, "device": info.get("device_name", str(mx.default_device())),
+        "fw": "acm", "preset": a.preset, "dtype": a.dtype, "checkpoint_activations": a.checkpoint_activations,
+        "autodiff": a.autodiff, "device": info.get("device_name", str(mx.default_device())),
         "params_M": round(shape.param_count() / 1e6, 1), "batch": a.batch, "seq": a.seq,
         "ms_step": round(dt * 1e3, 2), "tok_s": round(tok_s),
         "mfu": round(shape.flops_per_token(a.seq) * tok_s / peak, 4) if peak else None,

@@ -15,6 +15,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_map_with_path
 
+from . import fused
 from .presets import ModelShape
 
 DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
@@ -103,7 +104,9 @@ class MLP(nn.Module):
         self.c_proj = Linear(s.n_ffn, s.n_embd)
 
     def __call__(self, x: mx.array) -> mx.array:
-        return self.c_proj(nn.gelu_approx(self.c_fc(x)))
+        fc, proj = self.c_fc, self.c_proj
+        y, _ = fused.mlp(x, *(_as(p, x.dtype) for p in (fc.weight, fc.bias, proj.weight, proj.bias)))
+        return y
 
 
 class Block(nn.Module):
@@ -169,9 +172,8 @@ class GPT(nn.Module):
         return self.lm_head(x)
 
     def loss(self, idx: mx.array, targets: mx.array) -> mx.array:
-        """Mean next-token cross-entropy, computed in float32."""
-        logits = self(idx).astype(mx.float32)
-        return nn.losses.cross_entropy(logits, targets, reduction="mean")
+        """Mean next-token cross-entropy, accumulated in float32."""
+        return fused.cross_entropy(self(idx), targets)
 
     def num_params(self) -> int:
         return sum(p.size for _, p in tree_flatten(self.parameters()))

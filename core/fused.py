@@ -1,0 +1,72 @@
+"""Training-step building blocks that keep less in memory for the backward pass.
+
+Autodiff through an elementwise formula keeps every intermediate the chain rule touches: for
+the MLP's GELU that is several (B, T, 4C) arrays a layer. The MLP here has a hand-written
+derivative that keeps only the pre-activation and recomputes the cheap elementwise parts (what
+PyTorch's compiler does by itself); the compiled step fuses them into one kernel.
+"""
+from __future__ import annotations
+
+import math
+
+import mlx.core as mx
+
+_K = math.sqrt(2 / math.pi)
+_C = 0.044715
+
+
+def _gelu(h: mx.array) -> mx.array:
+    """GPT-2's tanh-approximated GELU ("gelu_new"), as `nn.gelu_approx`."""
+    return 0.5 * h * (1 + mx.tanh(_K * (h + _C * h**3)))
+
+
+def _gelu_and_slope(h: mx.array) -> tuple[mx.array, mx.array]:
+    """The same GELU, written as h * sigmoid(2u), and its derivative.
+
+    A different formula from the forward's on purpose: the compiler merges identical
+    expressions, and merging these with the forward's would keep them alive until the backward.
+    """
+    s = mx.sigmoid(2 * _K * (h + _C * h**3))
+    return h * s, s + 2 * _K * h * s * (1 - s) * (1 + 3 * _C * h * h)
+
+
+@mx.custom_function
+def mlp(x: mx.array, w_fc: mx.array, b_fc: mx.array, w_proj: mx.array, b_proj: mx.array):
+    """GELU MLP, `gelu(x @ w_fc.T + b_fc) @ w_proj.T + b_proj`, returned with its pre-activation.
+
+    The pre-activation is the one (B, T, 4C) array the backward keeps; the activation is
+    recomputed from it there, so a layer holds one wide array instead of two or more.
+    Callers ignore the second output.
+    """
+    h = mx.addmm(b_fc, x, w_fc.T)
+    return mx.addmm(b_proj, _gelu(h), w_proj.T), h
+
+
+@mlp.vjp
+def _mlp_vjp(primals, cotangents, outputs):
+    x, w_fc, _, w_proj, _ = primals
+    dy = cotangents[0]
+    h = outputs[1]
+    a, dgelu = _gelu_and_slope(h)
+    rows = lambda z: z.reshape(-1, z.shape[-1])  # noqa: E731
+    dy2, a2 = rows(dy), rows(a)
+    dh = (dy @ w_proj) * dgelu
+    dh2 = rows(dh)
+    return (
+        dh @ w_fc,
+        dh2.T @ rows(x),
+        dh2.sum(axis=0),
+        dy2.T @ a2,
+        dy2.sum(axis=0),
+    )
+
+
+def cross_entropy(logits: mx.array, targets: mx.array) -> mx.array:
+    """Mean next-token cross-entropy, accumulated in float32 without an upcast copy of the logits.
+
+    On the GPU `mx.fast.cross_entropy` reads low-precision logits directly (forward and backward
+    fused). The CPU reduces in the logits' dtype, so there they are upcast first.
+    """
+    if logits.dtype != mx.float32 and mx.default_device() != mx.gpu:
+        logits = logits.astype(mx.float32)
+    return mx.fast.cross_entropy(logits, targets).mean()
