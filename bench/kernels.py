@@ -3,7 +3,8 @@
 usage: python bench/kernels.py mlx|torch --preset tiny --batch 16 --seq 1024     one JSON line
 Run both frameworks in one call on one card: the per-kernel ratios show where the whole-step gap
 between them comes from. Shapes are acm's (bf16 activations and weights): each linear layer of a
-block and the vocabulary projection, layer norm, GELU, causal attention, cross-entropy.
+block and the vocabulary projection, layer norm, GELU, causal attention, cross-entropy, and the
+sum over rows that a bias gradient is (as a reduction, and as a matrix product).
 """
 from __future__ import annotations
 
@@ -34,8 +35,10 @@ def run_mlx(d: dict, steps: int) -> dict:
         for _ in range(3):
             mx.eval(fn(*args))
         t = time.perf_counter()
-        for _ in range(steps):
-            mx.eval(fn(*args))
+        for _ in range(steps):  # queued without waiting, as PyTorch's launches are
+            out = fn(*args)
+            mx.async_eval(out)
+        mx.eval(out)
         return (time.perf_counter() - t) / steps * 1e3
 
     def case(f, *args):
@@ -65,6 +68,9 @@ def run_mlx(d: dict, steps: int) -> dict:
     q, k, v = (mx.random.normal((d["B"], d["H"], d["T"], d["D"])).astype(bf) for _ in range(3))
     scale = d["D"] ** -0.5
     res["attention"] = case(lambda q, k, v: mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask="causal"), q, k, v)
+    g = mx.random.normal((M, F)).astype(bf)
+    res["column_sum_reduce"] = {"fwd_ms": timed(mx.compile(lambda g: g.sum(axis=0)), g)}
+    res["column_sum_matmul"] = {"fwd_ms": timed(mx.compile(fused._column_sum), g)}
     logits = mx.random.normal((M, d["V"])).astype(bf)
     y = mx.random.randint(0, d["V"], (M,))
     res["cross_entropy"] = case(lambda z: mx.fast.cross_entropy(z, y).mean(), logits)
@@ -111,6 +117,9 @@ def run_torch(d: dict, steps: int) -> dict:
                       (M, C), (F, C), (F,), (C, F), (C,))
     qkv = (d["B"], d["H"], d["T"], d["D"])
     res["attention"] = case(lambda q, k, v: F_.scaled_dot_product_attention(q, k, v, is_causal=True), qkv, qkv, qkv)
+    g = torch.randn((M, F), device=dev, dtype=bf)
+    with torch.no_grad():
+        res["column_sum_reduce"] = {"fwd_ms": timed(lambda: g.sum(dim=0))}
     y = torch.randint(0, d["V"], (M,), device=dev)
     res["cross_entropy"] = case(lambda z: F_.cross_entropy(z.float(), y), (M, d["V"]))
     return res

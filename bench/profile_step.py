@@ -2,7 +2,8 @@
 
 usage: python bench/profile_step.py --preset tiny --seq 1024 --batch 16     prints one JSON line
 Parts: forward + loss; forward + backward; the whole step; the optimizer update alone; the loss
-head alone (final norm + vocab projection + cross-entropy); attention alone; each in ms.
+head alone (final norm + vocab projection + cross-entropy); attention alone; each in ms, with the
+peak memory (GB) while it ran above what the model and optimizer hold (`held_gb`).
 """
 from __future__ import annotations
 
@@ -22,13 +23,18 @@ from core.presets import get_preset
 from core.trainer import build_steps, make_optimizer
 
 
-def bench(fn, *args, steps=10, warmup=3, state=None) -> float:
+def bench(fn, *args, steps=10, warmup=3, state=None) -> tuple[float, float]:
+    """ms per call, and the peak memory (GB) while it ran, above what was held before."""
     for _ in range(warmup):
         mx.eval(fn(*args), state or [])
+    mx.clear_cache()
+    held = mx.get_active_memory()
+    mx.reset_peak_memory()
     t = time.perf_counter()
     for _ in range(steps):
         mx.eval(fn(*args), state or [])
-    return (time.perf_counter() - t) / steps * 1e3
+    ms = (time.perf_counter() - t) / steps * 1e3
+    return ms, (mx.get_peak_memory() - held) / 2**30
 
 
 def main() -> None:
@@ -37,26 +43,32 @@ def main() -> None:
     p.add_argument("--seq", type=int, default=1024)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--checkpoint-activations", action="store_true")
     a = p.parse_args()
     shape = get_preset(a.preset)
     mx.random.seed(0)
-    model = GPT(shape, a.dtype)
+    model = GPT(shape, a.dtype, a.checkpoint_activations)
     opt = make_optimizer(3e-4, 0.1)
     state = [model.state, opt.state]
     step, _, _, _ = build_steps(model, opt, state, grad_clip=1.0)
     tokens = np.random.default_rng(0).integers(0, shape.vocab_size, (a.batch, a.seq + 1), dtype=np.int32)
     x, y = mx.array(tokens[:, :-1]), mx.array(tokens[:, 1:])
-    out = {"preset": a.preset, "batch": a.batch, "seq": a.seq, "dtype": a.dtype}
-    out["step_ms"] = bench(step, x, y, state=state)
+    out = {"preset": a.preset, "batch": a.batch, "seq": a.seq, "dtype": a.dtype,
+           "checkpoint_activations": a.checkpoint_activations, "held_gb": mx.get_active_memory() / 2**30}
+
+    def part(name, fn, *args, state=None):
+        out[f"{name}_ms"], out[f"{name}_peak_gb"] = bench(fn, *args, state=state)
+
+    part("step", step, x, y, state=state)
     fwd = partial(mx.compile, inputs=state)(lambda x, y: model.loss(x, y))
-    out["forward_loss_ms"] = bench(fwd, x, y)
+    part("forward_loss", fwd, x, y)
     vg = nn.value_and_grad(model, lambda m, x, y: m.loss(x, y))
     fb = partial(mx.compile, inputs=state, outputs=state)(lambda x, y: vg(model, x, y))
-    out["forward_backward_ms"] = bench(fb, x, y)
+    part("forward_backward", fb, x, y)
     grads = tree_map(lambda p: mx.zeros_like(p) + 1e-3, model.parameters())
     mx.eval(grads)
     upd = partial(mx.compile, inputs=state, outputs=state)(lambda g: opt.update(model, g) or mx.array(0))
-    out["optimizer_ms"] = bench(upd, grads, state=state)
+    part("optimizer", upd, grads, state=state)
     h = mx.random.normal((a.batch, a.seq, shape.n_embd)).astype(getattr(mx, a.dtype))
 
     def head(h, y):
@@ -66,22 +78,21 @@ def main() -> None:
         return fused.cross_entropy(logits, y)
 
     hg = partial(mx.compile, inputs=state)(mx.value_and_grad(head))
-    out["loss_head_fwd_bwd_ms"] = bench(hg, h, y)
+    part("loss_head_fwd_bwd", hg, h, y)
     q = mx.random.normal((a.batch, shape.n_head, a.seq, shape.head_dim)).astype(getattr(mx, a.dtype))
 
     def attn(q):
         return mx.fast.scaled_dot_product_attention(q, q, q, scale=shape.head_dim**-0.5, mask="causal").sum()
 
     ag = mx.compile(mx.value_and_grad(attn))
-    out["attention_fwd_bwd_ms_one_layer"] = bench(ag, q)
-    out["attention_fwd_bwd_ms_all_layers"] = out["attention_fwd_bwd_ms_one_layer"] * shape.n_layer
+    part("attention_fwd_bwd_one_layer", ag, q)
+    out["attention_fwd_bwd_all_layers_ms"] = out["attention_fwd_bwd_one_layer_ms"] * shape.n_layer
     model.set_dtype(getattr(mx, a.dtype))  # pure low-precision weights: what the per-call casts cost
     opt2 = make_optimizer(3e-4, 0.1)
     state2 = [model.state, opt2.state]
     step2, _, _, _ = build_steps(model, opt2, state2, grad_clip=1.0)
-    out["step_pure_lowp_weights_ms"] = bench(step2, x, y, state=state2)
+    part("step_pure_lowp_weights", step2, x, y, state=state2)
     out["tok_s"] = round(a.batch * a.seq / out["step_ms"] * 1e3)
-    out["peak_mem_gb"] = round(mx.get_peak_memory() / 2**30, 2)
     print(json.dumps({k: (round(v, 2) if isinstance(v, float) else v) for k, v in out.items()}), flush=True)
 
 

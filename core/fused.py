@@ -1,9 +1,12 @@
-"""Training-step building blocks that keep less in memory for the backward pass.
+"""Training-step building blocks with hand-written derivatives, for speed and memory.
 
-Autodiff through an elementwise formula keeps every intermediate the chain rule touches: for
-the MLP's GELU that is several (B, T, 4C) arrays a layer. The MLP here has a hand-written
-derivative that keeps only the pre-activation and recomputes the cheap elementwise parts (what
-PyTorch's compiler does by itself); the compiled step fuses them into one kernel.
+- Autodiff through an elementwise formula keeps every intermediate the chain rule touches: for
+  the MLP's GELU that is several (B, T, 4C) arrays a layer. `mlp` keeps only the pre-activation
+  and recomputes the cheap elementwise parts in the backward (what PyTorch's compiler does by
+  itself); the compiled step fuses them into one kernel.
+- A bias gradient is a sum over all B*T rows. As a (1, rows) @ (rows, n) matrix product it runs
+  on the matrix units, about 4x faster than MLX's CUDA column reduction at the MLP's width.
+- No `x**3`: MLX computes it with pow(), which made GELU three times slower than `x * x * x`.
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ _C = 0.044715
 
 def _gelu(h: mx.array) -> mx.array:
     """GPT-2's tanh-approximated GELU ("gelu_new"), as `nn.gelu_approx`."""
-    return 0.5 * h * (1 + mx.tanh(_K * (h + _C * h**3)))
+    return 0.5 * h * (1 + mx.tanh(_K * (h + _C * h * h * h)))  # h**3 would be a slow pow()
 
 
 def _gelu_and_slope(h: mx.array) -> tuple[mx.array, mx.array]:
@@ -26,8 +29,18 @@ def _gelu_and_slope(h: mx.array) -> tuple[mx.array, mx.array]:
     A different formula from the forward's on purpose: the compiler merges identical
     expressions, and merging these with the forward's would keep them alive until the backward.
     """
-    s = mx.sigmoid(2 * _K * (h + _C * h**3))
-    return h * s, s + 2 * _K * h * s * (1 - s) * (1 + 3 * _C * h * h)
+    hh = h * h
+    s = mx.sigmoid(h * (2 * _K + (2 * _K * _C) * hh))
+    return h * s, s + 2 * _K * h * s * (1 - s) * (1 + 3 * _C * hh)
+
+
+def _rows(z: mx.array) -> mx.array:
+    return z.reshape(-1, z.shape[-1])
+
+
+def _column_sum(z2: mx.array) -> mx.array:
+    """Sum of a (rows, n) array over its rows, as a matrix product (float32 accumulation)."""
+    return (mx.ones((1, z2.shape[0]), z2.dtype) @ z2).reshape(-1)
 
 
 @mx.custom_function
@@ -48,17 +61,10 @@ def _mlp_vjp(primals, cotangents, outputs):
     dy = cotangents[0]
     h = outputs[1]
     a, dgelu = _gelu_and_slope(h)
-    rows = lambda z: z.reshape(-1, z.shape[-1])  # noqa: E731
-    dy2, a2 = rows(dy), rows(a)
+    dy2 = _rows(dy)
     dh = (dy @ w_proj) * dgelu
-    dh2 = rows(dh)
-    return (
-        dh @ w_fc,
-        dh2.T @ rows(x),
-        dh2.sum(axis=0),
-        dy2.T @ a2,
-        dy2.sum(axis=0),
-    )
+    dh2 = _rows(dh)
+    return dh @ w_fc, dh2.T @ _rows(x), _column_sum(dh2), dy2.T @ _rows(a), _column_sum(dy2)
 
 
 def cross_entropy(logits: mx.array, targets: mx.array) -> mx.array:

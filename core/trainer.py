@@ -372,7 +372,7 @@ def build_steps(model: GPT, opt: optim.Optimizer, state: list, grad_clip: float,
         if world > 1:
             grads = average_gradients(grads)
             loss = mx.distributed.all_sum(loss) / world
-        norm = mx.sqrt(sum(mx.sum(g.astype(mx.float32) ** 2) for g in _leaves(grads)))
+        norm = mx.sqrt(sum(mx.sum(mx.square(g.astype(mx.float32))) for g in _leaves(grads)))
         if grad_clip > 0:
             scale = mx.minimum(1.0, grad_clip / (norm + 1e-6))
             grads = tree_map(lambda g: g * scale, grads)

@@ -28,14 +28,14 @@ def test_mlp_matches_autodiff(compiled):
 
 
 def test_mlp_keeps_less_for_backward():
-    """A compiled forward + backward through a stack of MLPs peaks lower than plain autodiff."""
-    mx.random.seed(2)
-    x = mx.random.normal((8, 128, 64))
-    layers = [[mx.random.normal((256, 64)) * 0.1, mx.zeros((256,)), mx.random.normal((64, 256)) * 0.1,
-               mx.zeros((64,))] for _ in range(6)]
-    mx.eval(x, layers)
+    """What a compiled forward + backward holds per layer of a stack of MLPs: less than autodiff's."""
+    def peak(f, n_layers):
+        mx.random.seed(2)
+        x = mx.random.normal((8, 128, 64))
+        layers = [[mx.random.normal((256, 64)) * 0.1, mx.zeros((256,)), mx.random.normal((64, 256)) * 0.1,
+                   mx.zeros((64,))] for _ in range(n_layers)]
+        mx.eval(x, layers)
 
-    def peak(f):
         def loss(layers, x):
             for w in layers:
                 x = x + f(x, *w)
@@ -48,7 +48,10 @@ def test_mlp_keeps_less_for_backward():
         mx.eval(step(layers, x))
         return mx.get_peak_memory() - before
 
-    assert peak(lambda *a: fused.mlp(*a)[0]) < 0.8 * peak(reference_mlp)
+    def per_layer(f):
+        return (peak(f, 8) - peak(f, 4)) / 4
+
+    assert per_layer(lambda *a: fused.mlp(*a)[0]) < 0.75 * per_layer(reference_mlp)
 
 
 def test_cross_entropy_matches_reference_in_low_precision():
