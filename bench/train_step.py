@@ -23,7 +23,7 @@ from core.trainer import build_steps, make_optimizer
 
 def use_plain_autodiff() -> None:
     """Swap in the MLP and loss as autodiff sees them unaided, to measure what core/fused.py saves."""
-    def mlp(self, x):
+    def mlp(self, x, decoding=False):
         return self.c_proj(nn.gelu_approx(self.c_fc(x)))
 
     def loss(self, idx, targets):

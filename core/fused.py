@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import mlx.core as mx
 
@@ -18,7 +19,8 @@ _K = math.sqrt(2 / math.pi)
 _C = 0.044715
 
 
-def _gelu(h: mx.array) -> mx.array:
+@partial(mx.compile, shapeless=True)  # one kernel even outside a compiled step (decoding)
+def gelu(h: mx.array) -> mx.array:
     """GPT-2's tanh-approximated GELU ("gelu_new"), as `nn.gelu_approx`."""
     return 0.5 * h * (1 + mx.tanh(_K * (h + _C * h * h * h)))  # h**3 would be a slow pow()
 
@@ -52,7 +54,7 @@ def mlp(x: mx.array, w_fc: mx.array, b_fc: mx.array, w_proj: mx.array, b_proj: m
     Callers ignore the second output.
     """
     h = mx.addmm(b_fc, x, w_fc.T)
-    return mx.addmm(b_proj, _gelu(h), w_proj.T), h
+    return mx.addmm(b_proj, gelu(h), w_proj.T), h
 
 
 @mlp.vjp
