@@ -53,6 +53,7 @@ def main() -> None:
     step, _, _, _ = build_steps(model, opt, state, grad_clip=1.0)
     tokens = np.random.default_rng(0).integers(0, shape.vocab_size, (a.batch, a.seq + 1), dtype=np.int32)
     x, y = mx.array(tokens[:, :-1]), mx.array(tokens[:, 1:])
+    mx.eval(state)
     out = {"preset": a.preset, "batch": a.batch, "seq": a.seq, "dtype": a.dtype,
            "checkpoint_activations": a.checkpoint_activations, "held_gb": mx.get_active_memory() / 2**30}
 
