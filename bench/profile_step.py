@@ -14,13 +14,12 @@ from functools import partial
 
 import mlx.core as mx
 import mlx.nn as nn
-import numpy as np
 from mlx.utils import tree_map
 
 from core import fused
 from core.model import GPT
 from core.presets import get_preset
-from core.trainer import build_steps, make_optimizer
+from step_setup import compiled_step, fixed_batch
 
 
 def bench(fn, *args, steps=10, warmup=3, state=None) -> tuple[float, float]:
@@ -48,11 +47,8 @@ def main() -> None:
     shape = get_preset(a.preset)
     mx.random.seed(0)
     model = GPT(shape, a.dtype, a.checkpoint_activations)
-    opt = make_optimizer(3e-4, 0.1)
-    state = [model.state, opt.state]
-    step, _, _, _ = build_steps(model, opt, state, grad_clip=1.0)
-    tokens = np.random.default_rng(0).integers(0, shape.vocab_size, (a.batch, a.seq + 1), dtype=np.int32)
-    x, y = mx.array(tokens[:, :-1]), mx.array(tokens[:, 1:])
+    step, opt, state = compiled_step(model)
+    x, y = fixed_batch(shape, a.batch, a.seq)
     mx.eval(state)
     out = {"preset": a.preset, "batch": a.batch, "seq": a.seq, "dtype": a.dtype,
            "checkpoint_activations": a.checkpoint_activations, "held_gb": mx.get_active_memory() / 2**30}
@@ -89,9 +85,7 @@ def main() -> None:
     part("attention_fwd_bwd_one_layer", ag, q)
     out["attention_fwd_bwd_all_layers_ms"] = out["attention_fwd_bwd_one_layer_ms"] * shape.n_layer
     model.set_dtype(getattr(mx, a.dtype))  # pure low-precision weights: what the per-call casts cost
-    opt2 = make_optimizer(3e-4, 0.1)
-    state2 = [model.state, opt2.state]
-    step2, _, _, _ = build_steps(model, opt2, state2, grad_clip=1.0)
+    step2, _, state2 = compiled_step(model)
     part("step_pure_lowp_weights", step2, x, y, state=state2)
     out["tok_s"] = round(a.batch * a.seq / out["step_ms"] * 1e3)
     print(json.dumps({k: (round(v, 2) if isinstance(v, float) else v) for k, v in out.items()}), flush=True)

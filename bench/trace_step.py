@@ -15,11 +15,10 @@ import time
 from collections import defaultdict
 
 import mlx.core as mx
-import numpy as np
 
 from core.model import GPT
 from core.presets import get_preset
-from core.trainer import build_steps, make_optimizer
+from step_setup import compiled_step, fixed_batch
 
 KINDS = [  # first match wins
     ("gemm", r"gemm|cutlass|sm90_xmma|cublas|nvjet|matmul"),
@@ -51,12 +50,8 @@ def main() -> None:
     torch.cuda.init()
     shape = get_preset(a.preset)
     mx.random.seed(0)
-    model = GPT(shape, "bfloat16")
-    opt = make_optimizer(3e-4, 0.1)
-    state = [model.state, opt.state]
-    step, _, _, _ = build_steps(model, opt, state, grad_clip=1.0)
-    tokens = np.random.default_rng(0).integers(0, shape.vocab_size, (a.batch, a.seq + 1), dtype=np.int32)
-    x, y = mx.array(tokens[:, :-1]), mx.array(tokens[:, 1:])
+    step, _, state = compiled_step(GPT(shape, "bfloat16"))
+    x, y = fixed_batch(shape, a.batch, a.seq)
     for _ in range(3):
         mx.eval(step(x, y), state)
     with profile(activities=[ProfilerActivity.CUDA]) as prof:

@@ -13,12 +13,11 @@ import time
 
 import mlx.core as mx
 import mlx.nn as nn
-import numpy as np
 
 from core import model
 from core.hardware import device_info, peak_flops
 from core.presets import get_preset
-from core.trainer import build_steps, make_optimizer
+from step_setup import compiled_step, fixed_batch
 
 
 def use_plain_autodiff() -> None:
@@ -49,13 +48,8 @@ def main() -> None:
     if a.autodiff:
         use_plain_autodiff()
     mx.random.seed(0)
-    gpt = model.GPT(shape, a.dtype, a.checkpoint_activations)
-    opt = make_optimizer(3e-4, 0.1)
-    state = [gpt.state, opt.state]
-    step, _, _, _ = build_steps(gpt, opt, state, grad_clip=1.0)
-    rng = np.random.default_rng(0)
-    tokens = rng.integers(0, shape.vocab_size, size=(a.batch, a.seq + 1), dtype=np.int32)
-    x, y = mx.array(tokens[:, :-1]), mx.array(tokens[:, 1:])
+    step, _, state = compiled_step(model.GPT(shape, a.dtype, a.checkpoint_activations))
+    x, y = fixed_batch(shape, a.batch, a.seq)
     for _ in range(a.warmup):
         mx.eval(step(x, y), state)
     mx.reset_peak_memory()
