@@ -37,8 +37,11 @@ def kind_of(name: str) -> str:
 
 
 def main() -> None:
-    import torch
-    from torch.profiler import ProfilerActivity, profile
+    try:
+        import torch
+        from torch.profiler import ProfilerActivity, profile
+    except ImportError:
+        raise SystemExit("trace_step.py needs PyTorch with CUDA beside MLX: its profiler reads the GPU's kernel times")
 
     p = argparse.ArgumentParser()
     p.add_argument("--preset", default="tiny")
