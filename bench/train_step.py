@@ -42,6 +42,8 @@ def main() -> None:
     p.add_argument("--checkpoint-activations", action="store_true")
     p.add_argument("--autodiff", action="store_true",
                    help="plain autodiff MLP and a float32 copy of the logits (the step before core/fused.py)")
+    p.add_argument("--sync", action="store_true",
+                   help="wait for each step before building the next (the loop before steps were queued)")
     p.add_argument("--peak-tflops", type=float, default=None, help="override the device's peak (MFU)")
     a = p.parse_args()
     shape = get_preset(a.preset)
@@ -54,18 +56,32 @@ def main() -> None:
         mx.eval(step(x, y), state)
     mx.reset_peak_memory()
     t = time.perf_counter()
-    for _ in range(a.steps):
-        loss, _ = step(x, y)
-        mx.eval(loss, state)
+    host = 0.0  # time Python spends building each step's graph: the device idles through it with --sync
+
+    def build():
+        nonlocal host
+        t0 = time.perf_counter()
+        out = step(x, y)
+        host += time.perf_counter() - t0
+        return out
+
+    ahead = None
+    for i in range(a.steps):  # as the trainer does: the next step is queued before this one is read
+        loss, _ = ahead or build()
+        mx.async_eval(loss, state)
+        ahead = build() if i + 1 < a.steps and not a.sync else None
+        if ahead:
+            mx.async_eval(ahead, state)
+        loss.item()
     dt = (time.perf_counter() - t) / a.steps
     tok_s = a.batch * a.seq / dt
     info = device_info()
     peak = a.peak_tflops * 1e12 if a.peak_tflops else peak_flops(info)
     print(json.dumps({
         "fw": "acm", "preset": a.preset, "dtype": a.dtype, "checkpoint_activations": a.checkpoint_activations,
-        "autodiff": a.autodiff, "device": info.get("device_name", str(mx.default_device())),
+        "autodiff": a.autodiff, "sync": a.sync, "device": info.get("device_name", str(mx.default_device())),
         "params_M": round(shape.param_count() / 1e6, 1), "batch": a.batch, "seq": a.seq,
-        "ms_step": round(dt * 1e3, 2), "tok_s": round(tok_s),
+        "ms_step": round(dt * 1e3, 2), "host_ms_step": round(host / a.steps * 1e3, 2), "tok_s": round(tok_s),
         "mfu": round(shape.flops_per_token(a.seq) * tok_s / peak, 4) if peak else None,
         "loss": round(float(loss.item()), 3), "steps": a.steps + a.warmup,
         "peak_mem_gb": round(mx.get_peak_memory() / 2**30, 2),

@@ -69,6 +69,11 @@ class Control:
     def stopping(self) -> bool:
         return self._stop.is_set()
 
+    @property
+    def pending(self) -> bool:
+        """Something to act on between steps: a stop, a pause or a save."""
+        return self._stop.is_set() or self._save.is_set() or not self._running.is_set()
+
     def take_save(self) -> bool:
         if self._save.is_set():
             self._save.clear()
@@ -252,6 +257,20 @@ class Trainer:
         elif command == "save":
             self.control.save_now()
 
+    def _may_queue(self, next_step: int, end: int) -> bool:
+        """Whether the next step may be queued before this one finishes.
+
+        Not when this step ends at an evaluation or a checkpoint (they need its weights), nor with
+        several ranks (every rank must make the same collectives in the same order) or gradient
+        accumulation, nor with a stop, pause or save to act on first.
+        """
+        sc = self.sc
+        if (next_step >= end or self.world > 1 or sc.grad_accum > 1 or next_step % sc.eval_every == 0
+                or next_step % sc.save_every == 0):
+            return False
+        self._poll_commands()
+        return not self.control.pending
+
     def _loop(self) -> StageResult:
         sc = self.sc
         shape = self.cfg.model.shape()
@@ -268,25 +287,32 @@ class Trainer:
                  f"{self.world} rank(s), preset {shape.name}, {self.cfg.model.compute_dtype} compute")
         t_report, tokens_report, elapsed_steps, step_time = time.perf_counter(), 0, 0, None
         val_loss = None
+        ahead = None  # the next step, queued while this one runs
         while step < end:
-            if self.world == 1 or step % sc.log_every == 0:  # with ranks, polling costs a collective
-                self._poll_commands()
-            if self.control.stopping:
-                stopped = True
-                break
-            if self.control.paused:
-                self.emit({"type": "state", "stage": self.stage, "state": "paused", "step": step,
-                           "total": sc.steps})
-                while self.control.paused:
-                    self.control.wait_while_paused(0.2)
+            if ahead is None:
+                if self.world == 1 or step % sc.log_every == 0:  # with ranks, polling costs a collective
                     self._poll_commands()
-                self.emit({"type": "state", "stage": self.stage, "state": "running", "step": step,
-                           "total": sc.steps})
-                t_report, tokens_report = time.perf_counter(), 0
-                continue
-            loss, norm = self._train_step(step)
-            mx.eval(loss, norm, self.state)
-            loss_value = float(loss.item())
+                if self.control.stopping:
+                    stopped = True
+                    break
+                if self.control.paused:
+                    self.emit({"type": "state", "stage": self.stage, "state": "paused", "step": step,
+                               "total": sc.steps})
+                    while self.control.paused:
+                        self.control.wait_while_paused(0.2)
+                        self._poll_commands()
+                    self.emit({"type": "state", "stage": self.stage, "state": "running", "step": step,
+                               "total": sc.steps})
+                    t_report, tokens_report = time.perf_counter(), 0
+                    continue
+                loss, norm = self._train_step(step)
+                mx.async_eval(loss, norm, self.state)
+            else:
+                (loss, norm), ahead = ahead, None
+            if self._may_queue(step + 1, end):  # the device never waits for Python between steps
+                ahead = self._train_step(step + 1)
+                mx.async_eval(*ahead, self.state)
+            loss_value = float(loss.item())  # waits for this step only
             if not math.isfinite(loss_value):
                 where = f"; the last good checkpoint is {last_ck.name}" if last_ck else "; no checkpoint was written"
                 raise TrainingError(f"{self.stage}: the loss became {loss_value} at step {step + 1}{where} "
@@ -305,7 +331,8 @@ class Trainer:
                                    flops_per_token, end)
                 t_report, tokens_report = now, 0
             want_eval = step % sc.eval_every == 0 or step == end
-            want_save = step % sc.save_every == 0 or step == end or self.control.take_save()
+            # a save asked for while the next step is queued waits for it: the weights are that step's
+            want_save = step % sc.save_every == 0 or step == end or (ahead is None and self.control.take_save())
             if want_eval:
                 val_loss = self.evaluate()
                 if val_loss is not None:

@@ -98,7 +98,7 @@ def test_pause_stop_and_save_now_keep_state(prepared):
     assert paused.wait(60)
     at_pause = steps[-1]
     time.sleep(0.3)
-    assert steps[-1] == at_pause == 3  # nothing runs while paused
+    assert steps[-1] == at_pause == 4  # the step queued before the pause finishes; then nothing runs
     control.save_now()
     control.resume()
     while steps[-1] < 6:
@@ -108,7 +108,7 @@ def test_pause_stop_and_save_now_keep_state(prepared):
     engine.shutdown()
     assert result.stopped_early and states[-1] == "stopped"
     cks = [c.step for c in checkpoint.list_checkpoints(checkpoints_dir(run, "pretrain"))]
-    assert cks[0] == 4 and cks[-1] == result.step  # save-now after resuming, and at stop
+    assert cks[0] == 5 and cks[-1] == result.step  # save-now after resuming, and at stop
     again = run_stage(cfg, "pretrain", run, resume=True, max_steps=2)
     assert again.step == result.step + 2
 
