@@ -47,10 +47,10 @@ class TrainPane(Pane):
         Binding("p", "start('pretrain')", "Pretrain", tooltip="Pretrain a new run on the language shards"),
         Binding("f", "start('finetune')", "Fine-tune", tooltip="Fine-tune the latest run's best pretrain checkpoint"),
         Binding("R", "resume_run", "Resume run", tooltip="Continue the latest run's latest checkpoint"),
-        Binding("P", "start_detached('pretrain')", "Pretrain (background)",
+        Binding("P", "start('pretrain', True)", "Pretrain (background)",
                 tooltip="Pretrain a new run as a background process that survives a dropped connection"),
-        Binding("F", "start_detached('finetune')", "Fine-tune (background)"),
-        Binding("D", "resume_detached", "Resume (background)",
+        Binding("F", "start('finetune', True)", "Fine-tune (background)"),
+        Binding("D", "resume_run(True)", "Resume (background)",
                 tooltip="Continue the latest run's latest checkpoint as a background process"),
         Binding("space", "pause", "Pause/resume"),
         Binding("s", "stop", "Stop", tooltip="Stop at the next step and write a checkpoint"),
@@ -197,15 +197,15 @@ class TrainPane(Pane):
         self.notify("no run has a checkpoint to resume", severity="warning")
         return None
 
-    def action_start(self, stage: str) -> None:
+    def action_start(self, stage: str, background: bool = False) -> None:
         run = self._new_run_for(stage)
         if run is not None:
-            self._launch(stage, run, resume=False)
+            (self._start_in_background if background else self._launch)(stage, run, resume=False)
 
-    def action_resume_run(self) -> None:
+    def action_resume_run(self, background: bool = False) -> None:
         found = self._resumable()
         if found:
-            self._launch(found[1], found[0], resume=True)
+            (self._start_in_background if background else self._launch)(found[1], found[0], resume=True)
 
     def _start_in_background(self, stage: str, run: Path, resume: bool) -> None:
         if self._busy():
@@ -216,16 +216,6 @@ class TrainPane(Pane):
             self.notify(str(e), severity="error")
             return
         self.attach(run, stage)
-
-    def action_start_detached(self, stage: str) -> None:
-        run = self._new_run_for(stage)
-        if run is not None:
-            self._start_in_background(stage, run, resume=False)
-
-    def action_resume_detached(self) -> None:
-        found = self._resumable()
-        if found:
-            self._start_in_background(found[1], found[0], resume=True)
 
     def action_pause(self) -> None:
         if self.attached is not None:
