@@ -40,6 +40,21 @@ def test_weight_decay_applies_to_matrices_only():
     assert mx.allclose(new["b"], mx.ones((2,))).item()  # biases and gains are left alone
 
 
+def test_global_norm_matches_numpy_over_mixed_leaves():
+    import mlx.core as mx
+    import numpy as np
+
+    from core.trainer import global_norm
+
+    rng = np.random.default_rng(0)
+    leaves = [rng.normal(size=(300, 7)), rng.normal(size=(5,)), np.array([3.0]), rng.normal(size=(2, 3, 4))]
+    grads = {"w": mx.array(leaves[0], mx.float32), "h": [{"b": mx.array(leaves[1]).astype(mx.bfloat16)}],
+             "s": mx.array(leaves[2], mx.float32), "t": mx.array(leaves[3], mx.float32)}
+    flat = np.concatenate([np.asarray(mx.array(v).astype(mx.float32)).ravel() for v in
+                           (grads["w"], grads["h"][0]["b"], grads["s"], grads["t"])])
+    assert float(global_norm(grads)) == pytest.approx(float(np.linalg.norm(flat)), rel=1e-6)
+
+
 def test_schedule_warmup_then_cosine():
     assert lr_at(0, 1.0, 10, 100, 0.1) == pytest.approx(0.1)
     assert lr_at(9, 1.0, 10, 100, 0.1) == pytest.approx(1.0)
