@@ -9,11 +9,11 @@ from core.presets import ModelShape
 from core.trainer import build_steps, make_optimizer
 
 
-def compiled_step(model: model_module.GPT):
-    """The product's fused step (AdamW, clipping at 1.0) and the state it updates."""
+def compiled_step(model: model_module.GPT, grad_clip: float = 1.0):
+    """The product's fused step (AdamW, clipping at `grad_clip` as acm.toml's default) and its state."""
     opt = make_optimizer(3e-4, 0.1)
     state = [model.state, opt.state]
-    step, _, _, _ = build_steps(model, opt, state, grad_clip=1.0)
+    step, _, _, _ = build_steps(model, opt, state, grad_clip=grad_clip)
     return step, opt, state
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 
 import mlx.core as mx
@@ -44,13 +45,14 @@ def main() -> None:
                    help="plain autodiff MLP and a float32 copy of the logits (the step before core/fused.py)")
     p.add_argument("--sync", action="store_true",
                    help="wait for each step before building the next (the loop before steps were queued)")
+    p.add_argument("--grad-clip", type=float, default=1.0, help="global-norm clip (0: off; the norm is still computed, for the monitor)")
     p.add_argument("--peak-tflops", type=float, default=None, help="override the device's peak (MFU)")
     a = p.parse_args()
     shape = get_preset(a.preset)
     if a.autodiff:
         use_plain_autodiff()
     mx.random.seed(0)
-    step, _, state = compiled_step(model.GPT(shape, a.dtype, a.checkpoint_activations))
+    step, _, state = compiled_step(model.GPT(shape, a.dtype, a.checkpoint_activations), a.grad_clip)
     x, y = fixed_batch(shape, a.batch, a.seq)
     for _ in range(a.warmup):
         mx.eval(step(x, y), state)
@@ -79,7 +81,8 @@ def main() -> None:
     peak = a.peak_tflops * 1e12 if a.peak_tflops else peak_flops(info)
     print(json.dumps({
         "fw": "acm", "preset": a.preset, "dtype": a.dtype, "checkpoint_activations": a.checkpoint_activations,
-        "autodiff": a.autodiff, "sync": a.sync, "device": info.get("device_name", str(mx.default_device())),
+        "autodiff": a.autodiff, "sync": a.sync, "grad_clip": a.grad_clip,
+        "env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("MLX_")}, "device": info.get("device_name", str(mx.default_device())),
         "params_M": round(shape.param_count() / 1e6, 1), "batch": a.batch, "seq": a.seq,
         "ms_step": round(dt * 1e3, 2), "host_ms_step": round(host / a.steps * 1e3, 2), "tok_s": round(tok_s),
         "mfu": round(shape.flops_per_token(a.seq) * tok_s / peak, 4) if peak else None,
