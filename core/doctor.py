@@ -87,6 +87,9 @@ def device_checks() -> list[Check]:
     ws = info.get("max_recommended_working_set_size")
     if ws:
         checks.append(Check("recommended working set", _gib(ws)))
+    tuned = sorted(f"{k}={v}" for k, v in os.environ.items() if k.startswith("MLX_"))
+    if tuned:  # e.g. MLX_MAX_MB_PER_BUFFER: shows that a setting from the README reached MLX
+        checks.append(Check("MLX environment", " ".join(tuned)))
     if backend == "CPU" and sys.platform == "darwin":
         checks.append(Check("Metal", "not available: training runs on the CPU", ok=False, required=False,
                             fix="use an Apple Silicon Mac with macOS 14+ and the mlx wheel"))

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 from core import cli
 
@@ -18,6 +19,16 @@ def test_doctor_json(project, capsys):
     assert {"mlx", "device", "device name", "device memory", "python", "numpy", "tokenizers", "textual",
             "free disk (data)", "free disk (runs)"} <= names
     assert rc == 0 and report["ok"] is True
+
+
+def test_doctor_shows_mlx_environment_settings(project, capsys, monkeypatch):
+    for key in [k for k in os.environ if k.startswith("MLX_")]:
+        monkeypatch.delenv(key)
+    rc, out, _ = run(capsys, "-c", str(project / "acm.toml"), "doctor")
+    assert rc == 0 and "MLX environment" not in out
+    monkeypatch.setenv("MLX_MAX_MB_PER_BUFFER", "400")
+    rc, out, _ = run(capsys, "-c", str(project / "acm.toml"), "doctor")
+    assert rc == 0 and "MLX_MAX_MB_PER_BUFFER=400" in out
 
 
 def test_doctor_fails_with_one_line_fix_when_required_tool_missing(project, capsys, monkeypatch):
