@@ -31,3 +31,35 @@ def test_profile_reports_each_part():
     for part in ("step", "forward_loss", "forward_backward", "optimizer", "loss_head_fwd_bwd"):
         assert out[f"{part}_ms"] > 0
         assert out[f"{part}_peak_gb"] >= 0
+
+
+def write_shards(folder: Path, vocab: int, tokens: int) -> Path:
+    """A token shard folder as `acm prepare` writes it (manifest + uint16 train/val chunks)."""
+    import numpy as np
+
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    text = np.tile(rng.integers(0, vocab, 97), tokens // 97 + 1)[:tokens].astype(np.uint16)  # learnable
+    np.save(folder / "chunk-00000.train.npy", text)
+    np.save(folder / "chunk-00000.val.npy", text[: tokens // 10])
+    files = {"train": "chunk-00000.train.npy", "val": "chunk-00000.val.npy"}
+    (folder / "manifest.json").write_text(json.dumps({"vocab_size": vocab, "chunks": [{"files": files}]}))
+    return folder
+
+
+def test_loss_match_trains_the_same_weights_on_the_same_batches(tmp_path):
+    shards = write_shards(tmp_path / "tokens", vocab=256, tokens=20_000)
+    out = bench("loss_match.py", "--tokens", str(shards), "--preset", "nano", "--batch", "4", "--seq", "32",
+                "--steps", "30", "--every", "10", "--val-batches", "2", "--runs", "acm,acm-seed1,acm-seed0")
+    runs = out["runs"]
+    assert out["vocab"] == 256 and set(runs) == {"acm", "acm-seed1", "acm-seed0"}
+    assert runs["acm"] == {**runs["acm-seed0"], "seconds": runs["acm"]["seconds"]}  # same weights, same batches
+    assert runs["acm"]["loss_every"][0] != runs["acm-seed1"]["loss_every"][0]  # other initial weights
+    assert runs["acm"]["last"] < runs["acm"]["loss_every"][0] - 0.5  # it learns the repeating text
+    assert out["gap_acm_acm-seed1"]["last"] == round(runs["acm"]["last"] - runs["acm-seed1"]["last"], 4)
+
+
+def test_loss_match_without_shards_says_what_to_run(tmp_path):
+    out = subprocess.run([sys.executable, "bench/loss_match.py", "--tokens", str(tmp_path)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 1 and "run `acm prepare` first" in out.stderr

@@ -40,6 +40,21 @@ def test_weight_decay_applies_to_matrices_only():
     assert mx.allclose(new["b"], mx.ones((2,))).item()  # biases and gains are left alone
 
 
+def test_adamw_is_bias_corrected_as_pytorchs():
+    import mlx.core as mx
+
+    from core.trainer import make_optimizer
+
+    opt = make_optimizer(0.1, 0.5)
+    params = {"b": mx.zeros((2,)), "w": mx.ones((2, 2))}
+    grads = {"b": mx.array([0.5, -2.0]), "w": mx.full((2, 2), 0.25)}
+    new = opt.apply_gradients(grads, params)
+    # step 1 with bias correction: m_hat / sqrt(v_hat) = sign(g), so each entry moves by the full lr
+    # (without it, by 0.1 / sqrt(0.05) = 0.45 of it)
+    assert mx.allclose(new["b"], mx.array([-0.1, 0.1]), atol=1e-6).item()
+    assert mx.allclose(new["w"], mx.full((2, 2), 0.95 - 0.1), atol=1e-6).item()  # decay, then the step
+
+
 def test_global_norm_matches_numpy_over_mixed_leaves():
     import mlx.core as mx
     import numpy as np
