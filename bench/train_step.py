@@ -45,7 +45,8 @@ def main() -> None:
                    help="plain autodiff MLP and a float32 copy of the logits (the step before core/fused.py)")
     p.add_argument("--sync", action="store_true",
                    help="wait for each step before building the next (the loop before steps were queued)")
-    p.add_argument("--grad-clip", type=float, default=1.0, help="global-norm clip (0: off; the norm is still computed, for the monitor)")
+    p.add_argument("--grad-clip", type=float, default=1.0,
+                   help="global-norm clip (0: off; the norm is still computed, for the monitor)")
     p.add_argument("--peak-tflops", type=float, default=None, help="override the device's peak (MFU)")
     a = p.parse_args()
     shape = get_preset(a.preset)
@@ -82,7 +83,8 @@ def main() -> None:
     print(json.dumps({
         "fw": "acm", "preset": a.preset, "dtype": a.dtype, "checkpoint_activations": a.checkpoint_activations,
         "autodiff": a.autodiff, "sync": a.sync, "grad_clip": a.grad_clip,
-        "env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("MLX_")}, "device": info.get("device_name", str(mx.default_device())),
+        "env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("MLX_")},
+        "device": info.get("device_name", str(mx.default_device())),
         "params_M": round(shape.param_count() / 1e6, 1), "batch": a.batch, "seq": a.seq,
         "ms_step": round(dt * 1e3, 2), "host_ms_step": round(host / a.steps * 1e3, 2), "tok_s": round(tok_s),
         "mfu": round(shape.flops_per_token(a.seq) * tok_s / peak, 4) if peak else None,

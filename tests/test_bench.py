@@ -5,11 +5,12 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+ENV = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
 
 
 def bench(script: str, *args: str) -> dict:
     out = subprocess.run([sys.executable, f"bench/{script}", *args], cwd=ROOT, capture_output=True, text=True,
-                         timeout=300, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+                         timeout=300, env=ENV)
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -61,5 +62,5 @@ def test_loss_match_trains_the_same_weights_on_the_same_batches(tmp_path):
 
 def test_loss_match_without_shards_says_what_to_run(tmp_path):
     out = subprocess.run([sys.executable, "bench/loss_match.py", "--tokens", str(tmp_path)], cwd=ROOT,
-                         capture_output=True, text=True, timeout=120, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+                         capture_output=True, text=True, timeout=120, env=ENV)
     assert out.returncode == 1 and "run `acm prepare` first" in out.stderr
