@@ -28,18 +28,12 @@ from mlx.utils import tree_flatten
 
 from core.batches import Batches
 from core.model import GPT
-from core.prepare import TokenShards
+from core.prepare import map_split
 from core.presets import ModelShape, get_preset
 from core.schedule import lr_at
 from core.trainer import build_steps, make_optimizer
 
 LAST = 20  # steps averaged for the final training loss
-
-
-def open_split(folder: Path, split: str) -> TokenShards:
-    manifest = json.loads((folder / "manifest.json").read_text())
-    arrays = [np.load(folder / c["files"][split], mmap_mode="r") for c in manifest["chunks"]]
-    return TokenShards(manifest, [a for a in arrays if a.size])
 
 
 def initial_weights(shape: ModelShape, seed: int) -> dict[str, np.ndarray]:
@@ -172,7 +166,8 @@ def main() -> None:
     a.warmup = a.steps // 10 if a.warmup is None else a.warmup
     if not (a.tokens / "manifest.json").exists():
         sys.exit(f"loss_match: no token shards in {a.tokens}: run `acm prepare` first")
-    train, val = open_split(a.tokens, "train"), open_split(a.tokens, "val")
+    manifest = json.loads((a.tokens / "manifest.json").read_text())
+    train, val = (map_split(a.tokens, manifest, split, a.tokens.name) for split in ("train", "val"))
     shape = get_preset(a.preset).with_vocab(int(train.manifest["vocab_size"]))
     batches = Batches(train, a.seq, a.batch, seed=0)
     val_batches = Batches(val, a.seq, a.batch, seed=0, what="val shards")

@@ -207,6 +207,11 @@ def open_tokens(cfg: Config, kind: str, split: str, tok: AcmTokenizer | None = N
     if manifest["tokenizer_sha256"] != tok.sha256:
         raise AcmError(f"the {kind} token shards are stale (made with another tokenizer): run `acm prepare --force`")
     check_vocab(cfg, tok)
+    return map_split(folder, manifest, split, kind)
+
+
+def map_split(folder: Path, manifest: dict, split: str, kind: str) -> TokenShards:
+    """Memory-map one split of the chunks `manifest` lists in `folder` (one line if one is damaged)."""
     try:
         arrays = [np.load(folder / c["files"][split], mmap_mode="r") for c in manifest["chunks"]]
     except (OSError, ValueError) as e:
