@@ -7,7 +7,7 @@ Prints one JSON line: each run's loss every --every steps, its mean over the las
 validation loss at the end (fixed held-out batches), and the gaps between runs. `acm-seed1` starts
 from other initial weights: the gap it opens is the noise that the acm-PyTorch gap is compared to.
 
-acm: the product's compiled step (core/trainer.build_steps: AdamW with decay on matrices, betas
+acm: the product's compiled step (core/trainer.build_steps: flat AdamW with decay on matrices, betas
 0.9/0.95, clipping at 1.0), float32 weights and --dtype compute (bfloat16 as acm.toml's default).
 PyTorch: the same GPT-2 block written with torch.nn (biases, tanh GELU, tied head where the preset
 ties it), float32 weights, bf16 autocast (or none with --dtype float32), AdamW with the same
@@ -31,7 +31,8 @@ from core.model import GPT
 from core.prepare import map_split
 from core.presets import ModelShape, get_preset
 from core.schedule import lr_at
-from core.trainer import build_steps, make_optimizer
+from core.optimizer import FlatAdamW
+from core.trainer import build_steps
 
 LAST = 20  # steps averaged for the final training loss
 
@@ -44,12 +45,12 @@ def initial_weights(shape: ModelShape, seed: int) -> dict[str, np.ndarray]:
 def train_acm(shape, weights, a, batches, val) -> dict:
     model = GPT(shape, a.dtype)
     model.load_weights([(k, mx.array(v)) for k, v in weights.items()])
-    opt = make_optimizer(a.lr, a.weight_decay)
-    state = [model.state, opt.state]
-    step, _, _, eval_loss = build_steps(model, opt, state, grad_clip=a.grad_clip)
+    opt = FlatAdamW(model.parameters(), a.lr, a.weight_decay)
+    state = [opt.state]
+    step, _, _, eval_loss = build_steps(model, opt, grad_clip=a.grad_clip)
     losses = []
     for s in range(a.steps):
-        opt.learning_rate = mx.array(lr_at(s, a.lr, a.warmup, a.steps, a.min_lr_ratio))
+        opt.learning_rate = lr_at(s, a.lr, a.warmup, a.steps, a.min_lr_ratio)
         x, y = batches.train(s)
         loss, _ = step(mx.array(x), mx.array(y))
         mx.eval(loss, state)

@@ -1,7 +1,7 @@
 """Where a training step's time goes, part by part (each part compiled and timed alone).
 
 usage: python bench/profile_step.py --preset tiny --seq 1024 --batch 16     prints one JSON line
-Parts: forward + loss; forward + backward; the whole step; the optimizer update alone; the loss
+Parts: forward + loss; forward + backward; the whole step; the optimizer update alone (global norm, clipping, AdamW); the loss
 head alone (final norm + vocab projection + cross-entropy); attention alone; each in ms, with the
 peak memory (GB) while it ran above what the model and optimizer hold (`held_gb`).
 """
@@ -13,13 +13,13 @@ import time
 from functools import partial
 
 import mlx.core as mx
-import mlx.nn as nn
-from mlx.utils import tree_map
 
 from core import fused
 from core.model import GPT
 from core.presets import get_preset
-from step_setup import compiled_step, fixed_batch
+from core.optimizer import FlatAdamW
+from core.trainer import build_steps
+from step_setup import fixed_batch
 
 
 def bench(fn, *args, steps=10, warmup=3, state=None) -> tuple[float, float]:
@@ -47,7 +47,10 @@ def main() -> None:
     shape = get_preset(a.preset)
     mx.random.seed(0)
     model = GPT(shape, a.dtype, a.checkpoint_activations)
-    step, opt, state = compiled_step(model)
+    opt = FlatAdamW(model.parameters(), 3e-4, 0.1)
+    model.update(opt.parameters())
+    step, gradients, _, forward_loss = build_steps(model, opt, grad_clip=1.0)
+    state = [opt.state]
     x, y = fixed_batch(shape, a.batch, a.seq)
     mx.eval(state)
     out = {"preset": a.preset, "batch": a.batch, "seq": a.seq, "dtype": a.dtype,
@@ -57,15 +60,14 @@ def main() -> None:
         out[f"{name}_ms"], out[f"{name}_peak_gb"] = bench(fn, *args, state=state)
 
     part("step", step, x, y, state=state)
-    fwd = partial(mx.compile, inputs=state)(lambda x, y: model.loss(x, y))
-    part("forward_loss", fwd, x, y)
-    vg = nn.value_and_grad(model, lambda m, x, y: m.loss(x, y))
-    fb = partial(mx.compile, inputs=state, outputs=state)(lambda x, y: vg(model, x, y))
-    part("forward_backward", fb, x, y)
-    grads = tree_map(lambda p: mx.zeros_like(p) + 1e-3, model.parameters())
+    part("forward_loss", forward_loss, x, y)
+    part("forward_backward", gradients, x, y)
+    grads = gradients(x, y)[1]
     mx.eval(grads)
-    upd = partial(mx.compile, inputs=state, outputs=state)(lambda g: opt.update(model, g) or mx.array(0))
+    upd = partial(mx.compile, inputs=state, outputs=state)(lambda g: opt.clip_and_update(g, 1.0))
     part("optimizer", upd, grads, state=state)
+    model.update(opt.parameters())  # the steps leave their traced views in the model
+    mx.eval(model.parameters())
     h = mx.random.normal((a.batch, a.seq, shape.n_embd)).astype(getattr(mx, a.dtype))
 
     def head(h, y):
@@ -84,9 +86,6 @@ def main() -> None:
     ag = mx.compile(mx.value_and_grad(attn))
     part("attention_fwd_bwd_one_layer", ag, q)
     out["attention_fwd_bwd_all_layers_ms"] = out["attention_fwd_bwd_one_layer_ms"] * shape.n_layer
-    model.set_dtype(getattr(mx, a.dtype))  # pure low-precision weights: what the per-call casts cost
-    step2, _, state2 = compiled_step(model)
-    part("step_pure_lowp_weights", step2, x, y, state=state2)
     out["tok_s"] = round(a.batch * a.seq / out["step_ms"] * 1e3)
     print(json.dumps({k: (round(v, 2) if isinstance(v, float) else v) for k, v in out.items()}), flush=True)
 

@@ -1,19 +1,46 @@
 """What the training-step benchmarks share: acm's compiled step on a preset, and a fixed batch."""
 from __future__ import annotations
 
+from functools import partial
+
 import mlx.core as mx
+import mlx.nn as nn
 import numpy as np
+from mlx.utils import tree_flatten, tree_map
 
 from core import model as model_module
+from core.optimizer import FlatAdamW, reference_adamw
 from core.presets import ModelShape
-from core.trainer import build_steps, make_optimizer
+from core.trainer import build_steps
 
 
 def compiled_step(model: model_module.GPT, grad_clip: float = 1.0):
-    """The product's fused step (AdamW, clipping at `grad_clip` as acm.toml's default) and its state."""
-    opt = make_optimizer(3e-4, 0.1)
+    """The product's step (flat AdamW, clipping at `grad_clip` as acm.toml's default), its optimizer
+    and the state to evaluate after each call."""
+    opt = FlatAdamW(model.parameters(), 3e-4, 0.1)
+    model.update(opt.parameters())  # the buffers hold the weights, as in the trainer
+    step, _, _, _ = build_steps(model, opt, grad_clip=grad_clip)
+    return step, opt, [opt.state]
+
+
+def per_tensor_step(model: model_module.GPT, grad_clip: float = 1.0):
+    """The step acm used before `FlatAdamW`: MLX's AdamW tensor by tensor on float32 weights cast per
+    call, and the global norm as one (1, n) @ (n, 1) product per gradient. For comparison only."""
+    opt = reference_adamw(3e-4, 0.1)
     state = [model.state, opt.state]
-    step, _, _, _ = build_steps(model, opt, state, grad_clip=grad_clip)
+    loss_and_grad = nn.value_and_grad(model, lambda m, x, y: m.loss(x, y))
+
+    @partial(mx.compile, inputs=state, outputs=state)
+    def step(x, y):
+        loss, grads = loss_and_grad(model, x, y)
+        flats = [g.reshape(-1).astype(mx.float32) for _, g in tree_flatten(grads)]
+        norm = mx.sqrt(sum((f[None] @ f[:, None]).reshape(()) for f in flats))
+        if grad_clip > 0:
+            scale = mx.minimum(1.0, grad_clip / (norm + 1e-6))
+            grads = tree_map(lambda g: g * scale, grads)
+        opt.update(model, grads)
+        return loss, norm
+
     return step, opt, state
 
 

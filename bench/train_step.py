@@ -18,7 +18,7 @@ import mlx.nn as nn
 from core import model
 from core.hardware import device_info, peak_flops
 from core.presets import get_preset
-from step_setup import compiled_step, fixed_batch
+from step_setup import compiled_step, fixed_batch, per_tensor_step
 
 
 def use_plain_autodiff() -> None:
@@ -45,6 +45,8 @@ def main() -> None:
                    help="plain autodiff MLP and a float32 copy of the logits (the step before core/fused.py)")
     p.add_argument("--sync", action="store_true",
                    help="wait for each step before building the next (the loop before steps were queued)")
+    p.add_argument("--per-tensor", action="store_true",
+                   help="MLX's AdamW tensor by tensor (the step before core/optimizer.py's flat buffers)")
     p.add_argument("--grad-clip", type=float, default=1.0,
                    help="global-norm clip (0: off; the norm is still computed, for the monitor)")
     p.add_argument("--peak-tflops", type=float, default=None, help="override the device's peak (MFU)")
@@ -53,7 +55,8 @@ def main() -> None:
     if a.autodiff:
         use_plain_autodiff()
     mx.random.seed(0)
-    step, _, state = compiled_step(model.GPT(shape, a.dtype, a.checkpoint_activations), a.grad_clip)
+    build = per_tensor_step if a.per_tensor else compiled_step
+    step, _, state = build(model.GPT(shape, a.dtype, a.checkpoint_activations), a.grad_clip)
     x, y = fixed_batch(shape, a.batch, a.seq)
     for _ in range(a.warmup):
         mx.eval(step(x, y), state)
@@ -82,7 +85,7 @@ def main() -> None:
     peak = a.peak_tflops * 1e12 if a.peak_tflops else peak_flops(info)
     print(json.dumps({
         "fw": "acm", "preset": a.preset, "dtype": a.dtype, "checkpoint_activations": a.checkpoint_activations,
-        "autodiff": a.autodiff, "sync": a.sync, "grad_clip": a.grad_clip,
+        "autodiff": a.autodiff, "per_tensor": a.per_tensor, "sync": a.sync, "grad_clip": a.grad_clip,
         "env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("MLX_")},
         "device": info.get("device_name", str(mx.default_device())),
         "params_M": round(shape.param_count() / 1e6, 1), "batch": a.batch, "seq": a.seq,

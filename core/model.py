@@ -125,6 +125,9 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
+    # read by lookup: training keeps these float32, so their scattered gradients sum in float32
+    LOOKUP_PARAMETERS = ("wte.weight", "wpe.weight")
+
     def __init__(self, shape: ModelShape, compute_dtype: str = "float32", checkpoint_activations: bool = False):
         super().__init__()
         self.shape = shape

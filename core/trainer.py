@@ -16,10 +16,6 @@ from pathlib import Path
 from typing import Callable
 
 import mlx.core as mx
-import mlx.nn as nn
-import mlx.optimizers as optim
-from mlx.nn.utils import average_gradients
-from mlx.utils import tree_map
 
 from . import checkpoint
 from .batches import Batches
@@ -27,6 +23,7 @@ from .config import Config, StageConfig
 from .errors import AcmError
 from .hardware import device_info, memory_limit, memory_now, peak_flops
 from .model import GPT
+from .optimizer import FlatAdamW
 from .prepare import open_tokens
 from . import runs
 from .runs import MetricsLog, checkpoints_dir, prepare_run, stage_dir
@@ -144,7 +141,7 @@ class Trainer:
         self.metrics = MetricsLog(stage_dir(self.run_path, self.stage), enabled=self.is_main)
         mx.random.seed(sc.seed)
         self.model = GPT(shape, cfg.model.compute_dtype, cfg.model.checkpoint_activations)
-        self.opt = make_optimizer(sc.learning_rate, sc.weight_decay)
+        self.opt = FlatAdamW(self.model.parameters(), sc.learning_rate, sc.weight_decay)
         self.start_step, self.tokens_seen, self.best_val = 0, 0, None
         existing = checkpoint.latest(self.ck_dir)
         if existing and not self.resume:
@@ -159,12 +156,12 @@ class Trainer:
                                "run `acm train pretrain` first")
             self._check_tokenizer(base)
             params, _ = checkpoint.load_arrays(base)
-            self.model.update(params)
+            self.opt.load(params, None)
             self.log(f"fine-tuning from pretrain step {base.step} (val loss {base.val_loss})")
-        mx.eval(self.model.parameters())
+        mx.eval(self.opt.state)
+        self.model.update(self.opt.parameters())  # the optimizer's buffers hold the weights from now on
         # Nothing in a step draws from MLX's RNG (no dropout): the only randomness after
         # initialisation is the batch order, a pure function of (seed, step) saved in checkpoints.
-        self.state = [self.model.state, self.opt.state]
         self._build_steps()
 
     def _check_tokenizer(self, ck: checkpoint.Checkpoint) -> None:
@@ -175,9 +172,7 @@ class Trainer:
     def _restore(self, ck: checkpoint.Checkpoint) -> None:
         self._check_tokenizer(ck)
         params, opt_state = checkpoint.load_arrays(ck)
-        self.model.update(params)
-        if opt_state:
-            self.opt.state = opt_state
+        self.opt.load(params, opt_state)
         self.start_step = ck.step
         self.tokens_seen = ck.state.get("tokens_seen", 0)
         self.best_val = ck.state.get("best_val_loss")
@@ -185,25 +180,26 @@ class Trainer:
 
     def _build_steps(self) -> None:
         self.fused_step, self.grad_step, self.apply_step, self.eval_loss = build_steps(
-            self.model, self.opt, self.state, self.sc.grad_clip, self.world)
+            self.model, self.opt, self.sc.grad_clip, self.world)
 
     # ------------------------------------------------------------ the loop
 
     def _train_step(self, step: int) -> tuple[mx.array, mx.array]:
         sc = self.sc
-        self.opt.learning_rate = mx.array(lr_at(step, sc.learning_rate, sc.warmup_steps, sc.steps, sc.min_lr_ratio))
+        self.opt.learning_rate = lr_at(step, sc.learning_rate, sc.warmup_steps, sc.steps, sc.min_lr_ratio)
         if sc.grad_accum == 1:
             x, y = self.batches.train(step)
             return self.fused_step(mx.array(x), mx.array(y))
         total_loss, total_grads = None, None
-        for micro in range(sc.grad_accum):
+        for micro in range(sc.grad_accum):  # summed in float32
             x, y = self.batches.train(step, micro)
             loss, grads = self.grad_step(mx.array(x), mx.array(y))
+            grads = {k: g.astype(mx.float32) for k, g in grads.items()}
             total_loss = loss if total_loss is None else total_loss + loss
-            total_grads = grads if total_grads is None else tree_map(mx.add, total_grads, grads)
+            total_grads = grads if total_grads is None else {k: total_grads[k] + g for k, g in grads.items()}
             mx.eval(total_loss, total_grads)
         n = sc.grad_accum
-        return self.apply_step(total_loss / n, tree_map(lambda g: g / n, total_grads))
+        return self.apply_step(total_loss / n, {k: g / n for k, g in total_grads.items()})
 
     def evaluate(self) -> float | None:
         if self.val_batches is None:
@@ -225,7 +221,7 @@ class Trainer:
             "data_position": {"step": step, "seed": self.sc.seed, "tokens_seen": self.tokens_seen},
             "config": self.cfg.to_dict(), "time": time.time(),
         }
-        path = checkpoint.save(self.ck_dir, step, self.model.parameters(), self.opt.state, state)
+        path = checkpoint.save(self.ck_dir, step, self.opt.parameters(), self.opt.checkpoint_state(), state)
         checkpoint.prune(self.ck_dir, self.sc.keep_last)
         self.log(f"checkpoint {path.name}" + (f" (val loss {val_loss:.4f})" if val_loss is not None else ""))
         return path
@@ -306,12 +302,12 @@ class Trainer:
                     t_report, tokens_report = time.perf_counter(), 0
                     continue
                 loss, norm = self._train_step(step)
-                mx.async_eval(loss, norm, self.state)
+                mx.async_eval(loss, norm, self.opt.state)
             else:
                 (loss, norm), ahead = ahead, None
             if self._may_queue(step + 1, end):  # the device never waits for Python between steps
                 ahead = self._train_step(step + 1)
-                mx.async_eval(*ahead, self.state)
+                mx.async_eval(*ahead, self.opt.state)
             loss_value = float(loss.item())  # waits for this step only
             if not math.isfinite(loss_value):
                 where = f"; the last good checkpoint is {last_ck.name}" if last_ck else "; no checkpoint was written"
@@ -370,86 +366,46 @@ class Trainer:
             runs.write_status(self.run_path, self.stage, "running", step=step, total=sc.steps)
 
 
-class MatrixDecayAdamW(optim.AdamW):
-    """AdamW whose decoupled weight decay applies to matrices only (linear and embedding weights),
-    not to biases and layer-norm gains (as in GPT-2 and nanoGPT): decaying those only pulls the
-    model towards zero-mean, unit-less activations for no regularising gain."""
-
-    def apply_single(self, gradient: mx.array, parameter: mx.array, state: dict) -> mx.array:
-        if parameter.ndim < 2:
-            return optim.Adam.apply_single(self, gradient, parameter, state)
-        return super().apply_single(gradient, parameter, state)
-
-
-def make_optimizer(learning_rate: float, weight_decay: float) -> optim.AdamW:
-    """AdamW with decoupled weight decay on matrices, GPT-2's betas, and bias correction.
-
-    Bias correction is PyTorch's and nanoGPT's AdamW (MLX's is off by default): without it the
-    first updates are up to 2.2x smaller, and the loss curve parts from theirs in the first ~100
-    steps (bench/loss_match.py).
-    """
-    return MatrixDecayAdamW(learning_rate=learning_rate, betas=[0.9, 0.95], eps=1e-8, weight_decay=weight_decay,
-                            bias_correction=True)
-
-
-def build_steps(model: GPT, opt: optim.Optimizer, state: list, grad_clip: float, world: int = 1):
+def build_steps(model: GPT, opt: FlatAdamW, grad_clip: float, world: int = 1):
     """The compiled step functions: (fused step, gradient-only step, apply step, eval loss).
 
-    `state` (model and optimizer state) is both input and output of the compiled graphs, so
-    parameters are never baked in as constants. With several ranks, gradients and losses are
-    averaged across them inside the graph.
+    The optimizer's state (weights, moments, step, learning rate) is both input and output of the
+    compiled graphs, so weights are never baked in as constants. The model reads views of the
+    weights cast to its compute dtype, and its gradients come back as one flat array per buffer.
+    With several ranks, gradients and losses are averaged across them inside the graph.
     """
-    loss_and_grad = nn.value_and_grad(model, lambda m, x, y: m.loss(x, y))
+    state = [opt.state]
+
+    def loss_of(params, x, y):
+        model.update(params)
+        return model.loss(x, y)
+
+    loss_and_grad = mx.value_and_grad(loss_of)
+
+    def weights():
+        return opt.compute_views(model.compute_dtype, model.LOOKUP_PARAMETERS)
+
+    def gradients(x, y):
+        loss, grads = loss_and_grad(weights(), x, y)
+        return loss, opt.pack_gradients(grads, model.compute_dtype)
 
     def finish(loss, grads):
         if world > 1:
-            grads = average_gradients(grads)
+            grads = {k: mx.distributed.all_sum(g) / world for k, g in grads.items()}
             loss = mx.distributed.all_sum(loss) / world
-        norm = global_norm(grads)
-        if grad_clip > 0:
-            scale = mx.minimum(1.0, grad_clip / (norm + 1e-6))
-            grads = tree_map(lambda g: g * scale, grads)
-        opt.update(model, grads)
-        return loss, norm
+        return loss, opt.clip_and_update(grads, grad_clip)
 
     @partial(mx.compile, inputs=state, outputs=state)
     def fused_step(x, y):
-        loss, grads = loss_and_grad(model, x, y)
-        return finish(loss, grads)
-
-    @partial(mx.compile, inputs=state, outputs=state)
-    def grad_step(x, y):
-        return loss_and_grad(model, x, y)
-
-    @partial(mx.compile, inputs=state, outputs=state)
-    def apply_step(loss, grads):
-        return finish(loss, grads)
+        return finish(*gradients(x, y))
 
     @partial(mx.compile, inputs=state)
     def eval_loss(x, y):
-        loss = model.loss(x, y)
+        loss = loss_of(weights(), x, y)
         return mx.distributed.all_sum(loss) / world if world > 1 else loss
 
-    return fused_step, grad_step, apply_step, eval_loss
-
-
-def global_norm(grads) -> mx.array:
-    """The gradients' global L2 norm, accumulated in float32.
-
-    Each gradient's sum of squares is a (1, n) @ (n, 1) product: it writes no squared copy of
-    the gradient, which on the H100 took 0.4-0.5 GB off the step's peak at the same speed.
-    """
-    squares = []
-    for g in _leaves(grads):
-        flat = g.reshape(-1).astype(mx.float32)
-        squares.append((flat[None] @ flat[:, None]).reshape(()))
-    return mx.sqrt(sum(squares))
-
-
-def _leaves(tree) -> list[mx.array]:
-    from mlx.utils import tree_flatten
-
-    return [v for _, v in tree_flatten(tree)]
+    return (fused_step, partial(mx.compile, inputs=state)(gradients),
+            partial(mx.compile, inputs=state, outputs=state)(finish), eval_loss)
 
 
 def run_stage(cfg: Config, stage: str, run: Path, emit: Emit | None = None, control: Control | None = None,

@@ -1,0 +1,196 @@
+"""AdamW over the model's parameters packed into flat float32 buffers.
+
+MLX's `optim.AdamW` updates each parameter tensor on its own: a GPT has ~150 of them, so a step
+ends in hundreds of small kernels (the update, its scalars, a cast of each gradient, a norm term),
+most too small to fill the GPU. Here the float32 master weights, and AdamW's moments, live in two
+flat buffers (matrices, which are decayed, and vectors, which are not). Each step:
+
+- casts each buffer to the compute dtype once; the model reads views (slices) of the casts;
+- differentiates with respect to those views, and concatenates the gradients into one flat
+  gradient per buffer, in the compute dtype (what the matrix products produced; nothing is lost);
+- takes the global norm as sums over 1,024-long rows (no squared copy), clips, and updates each
+  buffer with one fused kernel, with the arithmetic and order of `optim.AdamW`'s bias-corrected
+  update (so `reference_adamw` gives the same weights: see tests/test_optimizer.py).
+
+The optimizer state in checkpoints keeps `optim.AdamW`'s per-parameter layout (`step`,
+`learning_rate`, `<param>.m`, `<param>.v`), so checkpoints from either optimizer resume in both.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import mlx.core as mx
+import mlx.optimizers as optim
+from mlx.utils import tree_flatten, tree_unflatten
+
+BETAS = (0.9, 0.95)
+EPS = 1e-8
+ROW = 1024  # buffers are padded to whole rows of this length for the norm's row sums
+GROUPS = ("decay", "plain")  # matrices (linear and embedding weights) decay; biases and gains do not
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Where one parameter lives: its buffer and its [offset, offset + size) range there."""
+
+    name: str
+    shape: tuple[int, ...]
+    group: str
+    offset: int
+    size: int
+
+
+def _group(p: mx.array) -> str:
+    return "decay" if p.ndim >= 2 else "plain"
+
+
+@mx.compile
+def _update(p, m, v, g, scale, decay, c1, c2):
+    """One AdamW step over a flat buffer, as `optim.AdamW` with bias correction computes it."""
+    b1, b2 = BETAS
+    g = g.astype(mx.float32) * scale
+    p = p * decay
+    m = b1 * m + (1 - b1) * g
+    v = b2 * v + (1 - b2) * mx.square(g)
+    return p - (c1 * m) / (mx.sqrt(v) * c2 + EPS), m, v
+
+
+class FlatAdamW:
+    """AdamW with decoupled weight decay on matrices, GPT-2's betas and bias correction.
+
+    `state` holds every array a step reads and writes (weights, moments, step, learning rate):
+    pass it as `inputs` and `outputs` of `mx.compile`.
+    """
+
+    def __init__(self, params: dict, learning_rate: float, weight_decay: float):
+        self.weight_decay = weight_decay
+        self.slots: list[Slot] = []
+        ends = dict.fromkeys(GROUPS, 0)
+        leaves = tree_flatten(params)
+        for name, p in leaves:
+            g = _group(p)
+            self.slots.append(Slot(name, tuple(p.shape), g, ends[g], p.size))
+            ends[g] += p.size
+        self.sizes = {g: -(-n // ROW) * ROW for g, n in ends.items() if n}  # whole rows
+        self.state = {
+            "params": self._pack(dict(leaves), mx.float32),
+            "m": {g: mx.zeros((n,), mx.float32) for g, n in self.sizes.items()},
+            "v": {g: mx.zeros((n,), mx.float32) for g, n in self.sizes.items()},
+            "step": mx.array(0, mx.uint64),
+            "learning_rate": mx.array(learning_rate, mx.float32),
+        }
+
+    # ------------------------------------------------------------ layout
+
+    def _pack(self, leaves: dict, dtype: mx.Dtype) -> dict[str, mx.array]:
+        """One flat array per buffer from per-parameter arrays (a missing one counts as zeros)."""
+        out = {}
+        for g, n in self.sizes.items():
+            parts, used = [], 0
+            for s in (s for s in self.slots if s.group == g):
+                a = leaves.get(s.name)
+                parts.append(mx.zeros((s.size,), dtype) if a is None else a.reshape(-1).astype(dtype))
+                used += s.size
+            if n > used:
+                parts.append(mx.zeros((n - used,), dtype))
+            out[g] = mx.concatenate(parts)
+        return out
+
+    def _unpack(self, flat: dict[str, mx.array]) -> dict:
+        return tree_unflatten([(s.name, flat[s.group][s.offset:s.offset + s.size].reshape(s.shape))
+                               for s in self.slots])
+
+    # ------------------------------------------------------------ weights
+
+    @property
+    def learning_rate(self) -> mx.array:
+        return self.state["learning_rate"]
+
+    @learning_rate.setter
+    def learning_rate(self, value: float) -> None:
+        self.state["learning_rate"] = mx.array(value, mx.float32)
+
+    def parameters(self) -> dict:
+        """The float32 master weights as the model's parameter tree (views of the buffers)."""
+        return self._unpack(self.state["params"])
+
+    def compute_views(self, dtype: mx.Dtype, float32_names: tuple[str, ...] = ()) -> dict:
+        """The weights for one forward pass: each buffer cast once to `dtype`; parameters named in
+        `float32_names` (embedding tables, read by lookup) stay float32, so their scattered
+        gradients accumulate in float32."""
+        master = self.state["params"]
+        cast = {g: a.astype(dtype) for g, a in master.items()}
+        return tree_unflatten([
+            (s.name, (master if s.name in float32_names else cast)[s.group][s.offset:s.offset + s.size].reshape(s.shape))
+            for s in self.slots])
+
+    def pack_gradients(self, grads: dict, dtype: mx.Dtype) -> dict[str, mx.array]:
+        """The gradient tree as one flat array per buffer, in `dtype`."""
+        return self._pack(dict(tree_flatten(grads)), dtype)
+
+    # ------------------------------------------------------------ the step
+
+    def clip_and_update(self, grads: dict[str, mx.array], max_norm: float) -> mx.array:
+        """Clip the flat gradients to `max_norm` (0: no clipping) and take one AdamW step.
+        Returns the gradient's global norm before clipping."""
+        norm = global_norm(grads)
+        scale = mx.minimum(1.0, max_norm / (norm + 1e-6)) if max_norm > 0 else mx.array(1.0)
+        st = self.state
+        step = st["step"] + 1
+        lr = st["learning_rate"]
+        b1, b2 = BETAS
+        c1 = lr / (1 - b1**step)
+        c2 = mx.rsqrt(1 - b2**step)
+        decay = {"decay": 1 - lr * self.weight_decay, "plain": mx.array(1.0)}
+        for g in self.sizes:
+            st["params"][g], st["m"][g], st["v"][g] = _update(
+                st["params"][g], st["m"][g], st["v"][g], grads[g], scale, decay[g], c1, c2)
+        st["step"] = step
+        return norm
+
+    # ------------------------------------------------------------ checkpoints
+
+    def checkpoint_state(self) -> dict:
+        """The optimizer state in `optim.AdamW`'s per-parameter layout."""
+        moments = [(f"{s.name}.{k}", self.state[k][s.group][s.offset:s.offset + s.size].reshape(s.shape))
+                   for s in self.slots for k in ("m", "v")]
+        return tree_unflatten(moments) | {"step": self.state["step"], "learning_rate": self.state["learning_rate"]}
+
+    def load(self, params: dict, optimizer_state: dict | None) -> None:
+        """Weights (and, if given, `optim.AdamW`-layout moments and step) from a checkpoint."""
+        self.state["params"] = self._pack(dict(tree_flatten(params)), mx.float32)
+        if optimizer_state:
+            flat = dict(tree_flatten(optimizer_state))
+            for k in ("m", "v"):
+                self.state[k] = self._pack({s.name: flat.get(f"{s.name}.{k}") for s in self.slots
+                                            if f"{s.name}.{k}" in flat}, mx.float32)
+            if "step" in flat:
+                self.state["step"] = mx.array(flat["step"]).astype(mx.uint64)
+
+
+def global_norm(flat_grads: dict[str, mx.array]) -> mx.array:
+    """The L2 norm of all flat gradients, accumulated in float32.
+
+    Each buffer's sum of squares is a batch of (1, ROW) @ (ROW, 1) products, one per row (no
+    squared copy of the gradient), then a float32 sum of the row results.
+    """
+    total = mx.array(0.0, mx.float32)
+    for g in flat_grads.values():
+        total = total + (g.reshape(-1, 1, ROW) @ g.reshape(-1, ROW, 1)).astype(mx.float32).sum()
+    return mx.sqrt(total)
+
+
+class MatrixDecayAdamW(optim.AdamW):
+    """`optim.AdamW` deciding decay per tensor as `FlatAdamW` does: matrices only."""
+
+    def apply_single(self, gradient: mx.array, parameter: mx.array, state: dict) -> mx.array:
+        if parameter.ndim < 2:
+            return optim.Adam.apply_single(self, gradient, parameter, state)
+        return super().apply_single(gradient, parameter, state)
+
+
+def reference_adamw(learning_rate: float, weight_decay: float) -> optim.AdamW:
+    """MLX's per-tensor AdamW configured as `FlatAdamW`: the definition it must match (tests), and
+    the optimizer acm used before (benchmarks)."""
+    return MatrixDecayAdamW(learning_rate=learning_rate, betas=list(BETAS), eps=EPS, weight_decay=weight_decay,
+                            bias_correction=True)

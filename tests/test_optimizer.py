@@ -1,0 +1,115 @@
+"""FlatAdamW: the same weights as MLX's per-tensor AdamW, from flat buffers."""
+from __future__ import annotations
+
+import mlx.core as mx
+import numpy as np
+import pytest
+from mlx.utils import tree_flatten
+
+from core.optimizer import ROW, FlatAdamW, global_norm, reference_adamw
+
+
+def tree(rng) -> dict:
+    return {"w": mx.array(rng.normal(size=(3, 5)), mx.float32),
+            "h": [{"b": mx.array(rng.normal(size=(7,)), mx.float32), "g": mx.array(rng.normal(size=(4, 2, 3)), mx.float32)}],
+            "s": mx.array(rng.normal(size=(1,)), mx.float32)}
+
+
+def flat(t: dict) -> dict:
+    return {k: np.array(v) for k, v in tree_flatten(t)}
+
+
+def test_weight_decay_applies_to_matrices_only():
+    params = {"w": mx.ones((2, 2)), "b": mx.ones((2,))}
+    opt = FlatAdamW(params, 0.1, 0.5)
+    opt.clip_and_update(opt.pack_gradients({"w": mx.zeros((2, 2)), "b": mx.zeros((2,))}, mx.float32), 0)
+    new = opt.parameters()
+    assert mx.allclose(new["w"], mx.full((2, 2), 0.95)).item()  # decayed by lr * wd
+    assert mx.allclose(new["b"], mx.ones((2,))).item()  # biases and gains are left alone
+
+
+def test_adamw_is_bias_corrected_as_pytorchs():
+    opt = FlatAdamW({"b": mx.zeros((2,)), "w": mx.ones((2, 2))}, 0.1, 0.5)
+    grads = {"b": mx.array([0.5, -2.0]), "w": mx.full((2, 2), 0.25)}
+    opt.clip_and_update(opt.pack_gradients(grads, mx.float32), 0)
+    new = opt.parameters()
+    # step 1 with bias correction: m_hat / sqrt(v_hat) = sign(g), so each entry moves by the full lr
+    # (without it, by 0.1 / sqrt(0.05) = 0.45 of it)
+    assert mx.allclose(new["b"], mx.array([-0.1, 0.1]), atol=1e-6).item()
+    assert mx.allclose(new["w"], mx.full((2, 2), 0.95 - 0.1), atol=1e-6).item()  # decay, then the step
+
+
+@pytest.mark.parametrize("clip", [0.0, 1.5])
+def test_steps_equal_mlx_adamw_tensor_by_tensor(clip):
+    rng = np.random.default_rng(0)
+    params = tree(rng)
+    opt, ref = FlatAdamW(params, 0.05, 0.1), reference_adamw(0.05, 0.1)
+    ref_params = params
+    for step in range(4):
+        grads = tree(rng)
+        opt.learning_rate = 0.05 / (step + 1)  # a schedule
+        ref.learning_rate = mx.array(0.05 / (step + 1))
+        norm = opt.clip_and_update(opt.pack_gradients(grads, mx.float32), clip)
+        exact = np.sqrt(sum((g.astype(np.float64) ** 2).sum() for g in flat(grads).values()))
+        assert norm.item() == pytest.approx(exact, rel=1e-5)
+        scale = min(1.0, clip / (exact + 1e-6)) if clip else 1.0
+        ref_params = ref.apply_gradients({k: v for k, v in _scaled(grads, scale).items()}, ref_params)
+    mine, theirs = flat(opt.parameters()), flat(ref_params)
+    assert mine.keys() == theirs.keys()
+    for k in mine:
+        np.testing.assert_allclose(mine[k], theirs[k], rtol=1e-5, atol=1e-6)
+    m_mine, m_ref = flat(opt.checkpoint_state()), flat(ref.state)
+    for k in m_ref:
+        np.testing.assert_allclose(m_mine[k], m_ref[k], rtol=1e-5, atol=1e-7)
+
+
+def _scaled(t: dict, scale: float) -> dict:
+    from mlx.utils import tree_map
+    return tree_map(lambda g: g * scale, t)
+
+
+def test_checkpoint_state_round_trips_through_mlx_layout():
+    rng = np.random.default_rng(1)
+    opt = FlatAdamW(tree(rng), 0.01, 0.1)
+    for _ in range(2):
+        opt.clip_and_update(opt.pack_gradients(tree(rng), mx.float32), 1.0)
+    saved_params, saved_state = opt.parameters(), opt.checkpoint_state()
+    assert int(saved_state["step"].item()) == 2 and set(saved_state["h"][0]) == {"b", "g"}
+    other = FlatAdamW(tree(np.random.default_rng(2)), 0.01, 0.1)
+    other.load(saved_params, saved_state)
+    grads = tree(rng)
+    for o in (opt, other):
+        o.clip_and_update(o.pack_gradients(grads, mx.float32), 1.0)
+    a, b = flat(opt.parameters()), flat(other.parameters())
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    # an MLX AdamW state resumes too: same layout
+    ref = reference_adamw(0.01, 0.1)
+    ref.init(saved_params)
+    assert set(flat(ref.state)) - {"step", "learning_rate"} == set(flat(saved_state)) - {"step", "learning_rate"}
+
+
+def test_buffers_are_whole_rows_and_padding_stays_zero():
+    rng = np.random.default_rng(3)
+    opt = FlatAdamW(tree(rng), 0.1, 0.5)
+    assert all(n % ROW == 0 for n in opt.sizes.values()) and set(opt.sizes) == {"decay", "plain"}
+    opt.clip_and_update(opt.pack_gradients(tree(rng), mx.float32), 1.0)
+    used = {g: sum(s.size for s in opt.slots if s.group == g) for g in opt.sizes}
+    for g, n in used.items():
+        assert not np.any(np.array(opt.state["params"][g][n:])) and not np.any(np.array(opt.state["v"][g][n:]))
+
+
+def test_global_norm_matches_numpy_over_mixed_dtypes():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=3 * ROW), rng.normal(size=ROW)
+    grads = {"decay": mx.array(a, mx.float32), "plain": mx.array(b).astype(mx.bfloat16)}
+    exact = np.sqrt((a**2).sum() + (np.array(grads["plain"].astype(mx.float32)).astype(np.float64) ** 2).sum())
+    assert global_norm(grads).item() == pytest.approx(exact, rel=2e-3)  # bf16 row sums
+
+
+def test_compute_views_cast_once_and_keep_lookups_float32():
+    opt = FlatAdamW({"wte": {"weight": mx.ones((4, 3))}, "lin": {"weight": mx.ones((3, 3)), "bias": mx.ones((3,))}},
+                    0.1, 0.1)
+    views = opt.compute_views(mx.bfloat16, ("wte.weight",))
+    assert views["wte"]["weight"].dtype == mx.float32
+    assert views["lin"]["weight"].dtype == mx.bfloat16 and views["lin"]["bias"].dtype == mx.bfloat16
+    assert views["lin"]["weight"].shape == (3, 3)
