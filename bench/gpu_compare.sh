@@ -19,7 +19,7 @@ for spec in "$@"; do
   fi
   if [ "${ACM:-1}" = 1 ]; then
     for v in "" "${extra[@]}"; do
-      PYTHONPATH=bench:. python3 bench/train_step.py --preset "$preset" --batch "$batch" $v | tee -a "$log"
+      PYTHONPATH=bench:.${PYTHONPATH:+:$PYTHONPATH} python3 bench/train_step.py --preset "$preset" --batch "$batch" $v | tee -a "$log"
     done
   fi
 done

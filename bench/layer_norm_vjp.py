@@ -1,9 +1,9 @@
-"""Layer norm's backward on an NVIDIA GPU: MLX's own against a hand-written CUDA kernel.
+"""Layer norm's backward on an NVIDIA GPU: MLX's own against acm's kernel (core/layer_norm.py).
 
-usage: python bench/layer_norm_vjp.py [--rows-per-warp 4]      one JSON line per shape
+usage: python bench/layer_norm_vjp.py [--rows-per-warp 16]      one JSON line per shape
 MLX's CUDA layer-norm backward writes a (rows, C) gain-gradient temporary in the activations' dtype
-and sums it, and the bias gradient, with column reductions. The kernel here (one warp per row,
-float32 gain/bias partials per warp, summed by a matrix product) is the candidate replacement:
+and sums it, and the bias gradient, with column reductions. acm's kernel (one warp per row,
+float32 gain/bias partials per warp, summed by a matrix product) replaces it in training:
 each shape reports ms for forward + backward and the largest error of dx, dw, db against a
 float64 reference, relative to the largest exact value. CUDA only: MLX's `mx.fast.cuda_kernel`.
 """
@@ -17,82 +17,9 @@ import time
 import mlx.core as mx
 import numpy as np
 
-from core import fused
+from core import layer_norm as ln
 
-WARPS = 8
 EPS = 1e-5
-SOURCE = """
-    constexpr int PER = C / 32;
-    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    int gwarp = blockIdx.x * WARPS + warp;
-    int nwarps = gridDim.x * WARPS;
-    float wv[PER], dw_acc[PER], db_acc[PER];
-    #pragma unroll
-    for (int k = 0; k < PER; k++) {
-      wv[k] = static_cast<float>(w[lane + 32 * k]);
-      dw_acc[k] = 0.f; db_acc[k] = 0.f;
-    }
-    for (int row = gwarp; row < ROWS; row += nwarps) {
-      const T* xr = x + (size_t)row * C;
-      const T* gr = g + (size_t)row * C;
-      float xv[PER], gv[PER];
-      float s = 0.f, ss = 0.f, a = 0.f, b = 0.f;
-      #pragma unroll
-      for (int k = 0; k < PER; k++) { xv[k] = static_cast<float>(xr[lane + 32 * k]); s += xv[k]; }
-      for (int o = 16; o > 0; o /= 2) s += __shfl_xor_sync(0xffffffff, s, o);
-      float mean = s / C;
-      #pragma unroll
-      for (int k = 0; k < PER; k++) { float d = xv[k] - mean; ss += d * d; }
-      for (int o = 16; o > 0; o /= 2) ss += __shfl_xor_sync(0xffffffff, ss, o);
-      float rstd = rsqrtf(ss / C + EPS_F);
-      #pragma unroll
-      for (int k = 0; k < PER; k++) {
-        gv[k] = static_cast<float>(gr[lane + 32 * k]);
-        float xh = (xv[k] - mean) * rstd;
-        xv[k] = xh;
-        a += gv[k] * wv[k]; b += gv[k] * wv[k] * xh;
-        dw_acc[k] += gv[k] * xh; db_acc[k] += gv[k];
-      }
-      for (int o = 16; o > 0; o /= 2) {
-        a += __shfl_xor_sync(0xffffffff, a, o);
-        b += __shfl_xor_sync(0xffffffff, b, o);
-      }
-      a /= C; b /= C;
-      T* dxr = dx + (size_t)row * C;
-      #pragma unroll
-      for (int k = 0; k < PER; k++) dxr[lane + 32 * k] = static_cast<T>(rstd * (gv[k] * wv[k] - a - xv[k] * b));
-    }
-    #pragma unroll
-    for (int k = 0; k < PER; k++) {
-      dw_part[(size_t)gwarp * C + lane + 32 * k] = dw_acc[k];
-      db_part[(size_t)gwarp * C + lane + 32 * k] = db_acc[k];
-    }
-"""
-
-
-def kernel_layer_norm(rows_per_warp: int):
-    """`mx.fast.layer_norm` whose backward is the kernel above."""
-    kernel = mx.fast.cuda_kernel(name="layer_norm_vjp", input_names=["x", "w", "g"],
-                                 output_names=["dx", "dw_part", "db_part"],
-                                 header=f"#define WARPS {WARPS}\n#define EPS_F {EPS!r}f\n", source=SOURCE)
-
-    @mx.custom_function
-    def layer_norm(x, w, b):
-        return mx.fast.layer_norm(x, w, b, EPS)
-
-    @layer_norm.vjp
-    def layer_norm_vjp(primals, cotangent, output):
-        x, w, _ = primals
-        C = x.shape[-1]
-        rows = x.size // C
-        warps = WARPS * max(1, -(-rows // (WARPS * rows_per_warp)))
-        dx, dw_part, db_part = kernel(
-            inputs=[x, w, cotangent], template=[("T", x.dtype), ("C", C), ("ROWS", rows)],
-            grid=(warps * 32, 1, 1), threadgroup=(WARPS * 32, 1, 1),
-            output_shapes=[x.shape, (warps, C), (warps, C)], output_dtypes=[x.dtype, mx.float32, mx.float32])
-        return dx, fused._column_sum(dw_part).astype(w.dtype), fused._column_sum(db_part).astype(w.dtype)
-
-    return layer_norm
 
 
 def exact_vjp(x, w, g) -> tuple[np.ndarray, ...]:
@@ -107,11 +34,12 @@ def exact_vjp(x, w, g) -> tuple[np.ndarray, ...]:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--rows-per-warp", type=int, default=4)
+    p.add_argument("--rows-per-warp", type=int, default=ln.ROWS_PER_WARP)
     a = p.parse_args()
     if not (mx.default_device() == mx.gpu and mx.cuda.is_available()):
         sys.exit("layer_norm_vjp: needs MLX's CUDA backend on an NVIDIA GPU")
-    ours = kernel_layer_norm(a.rows_per_warp)
+    ln.ROWS_PER_WARP = a.rows_per_warp
+    ours = ln.kernel_layer_norm(EPS)
     mlx_own = lambda x, w, b: mx.fast.layer_norm(x, w, b, EPS)  # noqa: E731
     for shape in ((16, 1024, 768), (8, 1024, 1024)):  # tiny batch 16, medium batch 8
         mx.random.seed(1)

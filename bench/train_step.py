@@ -32,6 +32,16 @@ def use_plain_autodiff() -> None:
     model.MLP.__call__, model.GPT.loss = mlp, loss
 
 
+def use_mlx_layer_norm() -> None:
+    """MLX's own layer-norm backward instead of core/layer_norm.py's kernel (CUDA)."""
+    model.layer_norm = lambda x, w, b, eps, training=True: mx.fast.layer_norm(x, w, b, eps)
+
+
+def use_addmm_bias() -> None:
+    """Attention projections differentiated by autodiff (bias gradients by column reduction)."""
+    model.fused.linear = lambda x, w, b: mx.addmm(b, x, w.T)
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--preset", default="tiny")
@@ -47,6 +57,8 @@ def main() -> None:
                    help="wait for each step before building the next (the loop before steps were queued)")
     p.add_argument("--per-tensor", action="store_true",
                    help="MLX's AdamW tensor by tensor (the step before core/optimizer.py's flat buffers)")
+    p.add_argument("--mlx-layer-norm", action="store_true", help="MLX's own layer-norm backward")
+    p.add_argument("--addmm-bias", action="store_true", help="attention bias gradients by column reduction")
     p.add_argument("--grad-clip", type=float, default=1.0,
                    help="global-norm clip (0: off; the norm is still computed, for the monitor)")
     p.add_argument("--peak-tflops", type=float, default=None, help="override the device's peak (MFU)")
@@ -54,6 +66,10 @@ def main() -> None:
     shape = get_preset(a.preset)
     if a.autodiff:
         use_plain_autodiff()
+    if a.mlx_layer_norm:
+        use_mlx_layer_norm()
+    if a.addmm_bias:
+        use_addmm_bias()
     mx.random.seed(0)
     build = per_tensor_step if a.per_tensor else compiled_step
     step, _, state = build(model.GPT(shape, a.dtype, a.checkpoint_activations), a.grad_clip)
@@ -85,7 +101,8 @@ def main() -> None:
     peak = a.peak_tflops * 1e12 if a.peak_tflops else peak_flops(info)
     print(json.dumps({
         "fw": "acm", "preset": a.preset, "dtype": a.dtype, "checkpoint_activations": a.checkpoint_activations,
-        "autodiff": a.autodiff, "per_tensor": a.per_tensor, "sync": a.sync, "grad_clip": a.grad_clip,
+        "autodiff": a.autodiff, "per_tensor": a.per_tensor,
+        "mlx_layer_norm": a.mlx_layer_norm, "addmm_bias": a.addmm_bias, "sync": a.sync, "grad_clip": a.grad_clip,
         "env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("MLX_")},
         "device": info.get("device_name", str(mx.default_device())),
         "params_M": round(shape.param_count() / 1e6, 1), "batch": a.batch, "seq": a.seq,

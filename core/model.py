@@ -16,6 +16,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_map_with_path
 
 from . import fused
+from .layer_norm import layer_norm
 from .presets import ModelShape
 
 DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
@@ -26,17 +27,19 @@ def _as(w: mx.array, dtype: mx.Dtype) -> mx.array:
 
 
 class Linear(nn.Linear):
-    """nn.Linear whose float32 weights are cast to the input's dtype on the fly."""
+    """nn.Linear whose weights are cast to the input's dtype on the fly (a no-op for the views of
+    the optimizer's buffers that training passes in)."""
 
-    def __call__(self, x: mx.array) -> mx.array:
+    def __call__(self, x: mx.array, training: bool = True) -> mx.array:
         w = _as(self.weight, x.dtype)
-        if "bias" in self:
-            return mx.addmm(_as(self.bias, x.dtype), x, w.T)
-        return x @ w.T
+        if "bias" not in self:
+            return x @ w.T
+        b = _as(self.bias, x.dtype)
+        return fused.linear(x, w, b) if training else mx.addmm(b, x, w.T)
 
 
 class LayerNorm(nn.Module):
-    """LayerNorm through `mx.fast.layer_norm`, in the input's dtype."""
+    """LayerNorm in the input's dtype (`core.layer_norm`: MLX's, with a faster backward on CUDA)."""
 
     def __init__(self, dims: int, eps: float):
         super().__init__()
@@ -44,8 +47,8 @@ class LayerNorm(nn.Module):
         self.weight = mx.ones((dims,))
         self.bias = mx.zeros((dims,))
 
-    def __call__(self, x: mx.array) -> mx.array:
-        return mx.fast.layer_norm(x, _as(self.weight, x.dtype), _as(self.bias, x.dtype), self.eps)
+    def __call__(self, x: mx.array, training: bool = True) -> mx.array:
+        return layer_norm(x, _as(self.weight, x.dtype), _as(self.bias, x.dtype), self.eps, training)
 
 
 class KVCache:
@@ -87,14 +90,15 @@ class Attention(nn.Module):
 
     def __call__(self, x: mx.array, cache: KVCache | None) -> mx.array:
         B, T, C = x.shape
-        q, k, v = mx.split(self.c_attn(x), 3, axis=-1)
+        training = cache is None
+        q, k, v = mx.split(self.c_attn(x, training), 3, axis=-1)
         q, k, v = (t.reshape(B, T, self.n_head, -1).transpose(0, 2, 1, 3) for t in (q, k, v))  # (B, nh, T, hs)
         if cache is not None:
             k, v = cache.update_and_fetch(k, v)  # (B, nh, offset + T, hs)
         # "causal" aligns the mask to the last key, so a prompt continuing a cache sees all the past
         mask = "causal" if T > 1 else None
         y = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)
-        return self.c_proj(y.transpose(0, 2, 1, 3).reshape(B, T, C))
+        return self.c_proj(y.transpose(0, 2, 1, 3).reshape(B, T, C), training)
 
 
 class MLP(nn.Module):
@@ -106,7 +110,7 @@ class MLP(nn.Module):
     def __call__(self, x: mx.array, decoding: bool = False) -> mx.array:
         fc, proj = self.c_fc, self.c_proj
         if decoding:  # no backward pass to save memory for; skip the custom function's extra nodes
-            return proj(fused.gelu(fc(x)))
+            return proj(fused.gelu(fc(x, False)), False)
         y, _ = fused.mlp(x, *(_as(p, x.dtype) for p in (fc.weight, fc.bias, proj.weight, proj.bias)))
         return y
 
@@ -120,8 +124,9 @@ class Block(nn.Module):
         self.mlp = MLP(s)
 
     def __call__(self, x: mx.array, cache: KVCache | None) -> mx.array:
-        x = x + self.attn(self.ln_1(x), cache)
-        return x + self.mlp(self.ln_2(x), decoding=cache is not None)
+        training = cache is None  # decoding keeps MLX's plain kernels: no backward to prepare for
+        x = x + self.attn(self.ln_1(x, training), cache)
+        return x + self.mlp(self.ln_2(x, training), decoding=not training)
 
 
 class GPT(nn.Module):
@@ -171,7 +176,7 @@ class GPT(nn.Module):
                 x = nn.utils.checkpoint(block)(x, None)  # keep only block inputs; recompute the rest
             else:
                 x = block(x, cache[i] if cache else None)
-        x = self.ln_f(x)
+        x = self.ln_f(x, not cache)
         if self.shape.tie_embeddings:
             return x @ _as(self.wte.weight, x.dtype).T
         return self.lm_head(x)

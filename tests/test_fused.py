@@ -1,4 +1,4 @@
-"""The hand-written MLP derivative and the loss agree with plain autodiff."""
+"""The hand-written MLP and linear derivatives and the loss agree with plain autodiff."""
 import mlx.core as mx
 import mlx.nn as nn
 import pytest
@@ -23,6 +23,23 @@ def test_mlp_matches_autodiff(compiled):
 
     assert mx.allclose(fused.mlp(*args)[0], reference_mlp(*args), atol=1e-5)
     for ours, ref in zip(grads(lambda *a: fused.mlp(*a)[0]), grads(reference_mlp)):
+        assert ours.shape == ref.shape
+        assert mx.allclose(ours, ref, atol=1e-4, rtol=1e-4), mx.abs(ours - ref).max()
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_linear_matches_autodiff(compiled):
+    mx.random.seed(4)
+    args = [mx.random.normal((2, 7, 16)), mx.random.normal((48, 16)) * 0.3, mx.random.normal((48,))]
+    cot = mx.random.normal((2, 7, 48))
+
+    def grads(f):
+        g = mx.grad(lambda *a: (f(*a) * cot).sum(), argnums=(0, 1, 2))
+        return (mx.compile(g) if compiled else g)(*args)
+
+    plain = lambda x, w, b: mx.addmm(b, x, w.T)  # noqa: E731
+    assert mx.allclose(fused.linear(*args), plain(*args), atol=1e-5)
+    for ours, ref in zip(grads(fused.linear), grads(plain)):
         assert ours.shape == ref.shape
         assert mx.allclose(ours, ref, atol=1e-4, rtol=1e-4), mx.abs(ours - ref).max()
 
@@ -85,6 +102,7 @@ def test_model_loss_and_gradients_match_plain_autodiff(monkeypatch):
 
     loss, grads = loss_and_grads()
     monkeypatch.setattr(MLP, "__call__", lambda self, x, decoding=False: self.c_proj(nn.gelu_approx(self.c_fc(x))))
+    monkeypatch.setattr(fused, "linear", lambda x, w, b: mx.addmm(b, x, w.T))
     ref_loss, ref_grads = loss_and_grads()
     assert abs(loss.item() - ref_loss.item()) < 1e-5
     assert grads.keys() == ref_grads.keys()
