@@ -3,9 +3,10 @@
 MLX's CUDA layer-norm backward writes a (rows, C) temporary for the gain gradient and sums it and
 the bias gradient with column reductions that run on C / 32 thread blocks (24 for C = 768): each
 takes ~0.3 ms of a ~37 ms tiny step, two per layer norm, and each CUDA graph waits for its last one.
-The kernel here reads x and the cotangent once, writes dx, and keeps per-warp float32 partial sums
-of the gain and bias gradients, which one matrix product adds up (bench/layer_norm_vjp.py: 1.4-2.7x
-faster alone, and gain/bias gradients 10x closer to float64 than MLX's bf16 temporary). Elsewhere
+The kernel here reads x and the cotangent once (16-byte loads, a row per warp), writes dx, and keeps
+per-warp float32 partial sums of the gain and bias gradients, which one matrix product adds up
+(bench/layer_norm_vjp.py: faster alone, and gain/bias gradients 10x closer to float64 than MLX's
+bf16 temporary). It assumes rows start 16-byte aligned, as fresh activations and their gradients do. Elsewhere
 (Metal, CPU) and for shapes the kernel does not cover, `mx.fast.layer_norm` is used as it is.
 """
 from __future__ import annotations
@@ -14,53 +15,92 @@ from functools import lru_cache
 
 import mlx.core as mx
 
-WARPS = 8  # warps per thread block; one warp normalises a row at a time
-ROWS_PER_WARP = 16
+WARPS = 4  # warps per thread block; each warp normalises one row at a time
+ROWS_PER_WARP = 8
 SOURCE = """
-    constexpr int PER = C / 32;
+    constexpr int VEC = 16 / sizeof(T);           // elements per 16-byte load
+    constexpr int PER = C / (32 * VEC);           // loads per lane per row
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     int gwarp = blockIdx.x * WARPS + warp;
     int nwarps = gridDim.x * WARPS;
-    float wv[PER], dw_acc[PER], db_acc[PER];
+    float wv[PER][VEC], dw_acc[PER][VEC], db_acc[PER][VEC];
     #pragma unroll
     for (int k = 0; k < PER; k++) {
-      wv[k] = static_cast<float>(w[lane + 32 * k]);
-      dw_acc[k] = 0.f; db_acc[k] = 0.f;
+      #pragma unroll
+      for (int j = 0; j < VEC; j++) {
+        wv[k][j] = static_cast<float>(w[(k * 32 + lane) * VEC + j]);  // w may be unaligned: scalar loads
+        dw_acc[k][j] = 0.f;
+        db_acc[k][j] = 0.f;
+      }
     }
     for (int row = gwarp; row < ROWS; row += nwarps) {
-      const T* xr = x + (size_t)row * C;
-      const T* gr = g + (size_t)row * C;
-      float xv[PER], gv[PER];
+      const uint4* xr = reinterpret_cast<const uint4*>(x + (size_t)row * C);
+      const uint4* gr = reinterpret_cast<const uint4*>(g + (size_t)row * C);
+      uint4 xraw[PER], graw[PER];
+      #pragma unroll
+      for (int k = 0; k < PER; k++) {  // both rows requested at once: one memory round trip per row
+        xraw[k] = xr[k * 32 + lane];
+        graw[k] = gr[k * 32 + lane];
+      }
+      float xv[PER][VEC], gv[PER][VEC];
       float s = 0.f, ss = 0.f, a = 0.f, b = 0.f;
       #pragma unroll
-      for (int k = 0; k < PER; k++) { xv[k] = static_cast<float>(xr[lane + 32 * k]); s += xv[k]; }
+      for (int k = 0; k < PER; k++) {
+        const T* xs = reinterpret_cast<const T*>(&xraw[k]);
+        const T* gs = reinterpret_cast<const T*>(&graw[k]);
+        #pragma unroll
+        for (int j = 0; j < VEC; j++) {
+          xv[k][j] = static_cast<float>(xs[j]);
+          gv[k][j] = static_cast<float>(gs[j]);
+          s += xv[k][j];
+        }
+      }
       for (int o = 16; o > 0; o /= 2) s += __shfl_xor_sync(0xffffffff, s, o);
       float mean = s / C;
       #pragma unroll
-      for (int k = 0; k < PER; k++) { float d = xv[k] - mean; ss += d * d; }
+      for (int k = 0; k < PER; k++) {
+        #pragma unroll
+        for (int j = 0; j < VEC; j++) { float d = xv[k][j] - mean; ss += d * d; }
+      }
       for (int o = 16; o > 0; o /= 2) ss += __shfl_xor_sync(0xffffffff, ss, o);
       float rstd = rsqrtf(ss / C + EPS_F);
       #pragma unroll
       for (int k = 0; k < PER; k++) {
-        gv[k] = static_cast<float>(gr[lane + 32 * k]);
-        float xh = (xv[k] - mean) * rstd;
-        xv[k] = xh;
-        a += gv[k] * wv[k]; b += gv[k] * wv[k] * xh;
-        dw_acc[k] += gv[k] * xh; db_acc[k] += gv[k];
+        #pragma unroll
+        for (int j = 0; j < VEC; j++) {
+          float xh = (xv[k][j] - mean) * rstd;
+          float gw = gv[k][j] * wv[k][j];
+          xv[k][j] = xh;
+          a += gw;
+          b += gw * xh;
+          dw_acc[k][j] += gv[k][j] * xh;
+          db_acc[k][j] += gv[k][j];
+        }
       }
       for (int o = 16; o > 0; o /= 2) {
         a += __shfl_xor_sync(0xffffffff, a, o);
         b += __shfl_xor_sync(0xffffffff, b, o);
       }
-      a /= C; b /= C;
-      T* dxr = dx + (size_t)row * C;
+      a /= C;
+      b /= C;
+      uint4* dxr = reinterpret_cast<uint4*>(dx + (size_t)row * C);
       #pragma unroll
-      for (int k = 0; k < PER; k++) dxr[lane + 32 * k] = static_cast<T>(rstd * (gv[k] * wv[k] - a - xv[k] * b));
+      for (int k = 0; k < PER; k++) {
+        uint4 out;
+        T* os = reinterpret_cast<T*>(&out);
+        #pragma unroll
+        for (int j = 0; j < VEC; j++) os[j] = static_cast<T>(rstd * (gv[k][j] * wv[k][j] - a - xv[k][j] * b));
+        dxr[k * 32 + lane] = out;
+      }
     }
     #pragma unroll
     for (int k = 0; k < PER; k++) {
-      dw_part[(size_t)gwarp * C + lane + 32 * k] = dw_acc[k];
-      db_part[(size_t)gwarp * C + lane + 32 * k] = db_acc[k];
+      #pragma unroll
+      for (int j = 0; j < VEC; j++) {
+        size_t at = (size_t)gwarp * C + (k * 32 + lane) * VEC + j;
+        dw_part[at] = dw_acc[k][j];
+        db_part[at] = db_acc[k][j];
+      }
     }
 """
 
@@ -74,8 +114,10 @@ def kernel_available() -> bool:
 
 
 def covers(x: mx.array) -> bool:
-    """The kernel keeps a row in registers: widths that are multiples of 32, up to 2048."""
-    return x.shape[-1] % 32 == 0 and x.shape[-1] <= 2048
+    """The kernel reads rows in 16-byte pieces, 32 lanes wide, and keeps a row in registers:
+    widths that are multiples of 32 such pieces, up to 2048."""
+    C = x.shape[-1]
+    return C % (32 * 16 // x.dtype.size) == 0 and C <= 2048
 
 
 @lru_cache(maxsize=None)
