@@ -1,6 +1,6 @@
 """Layer norm's backward on an NVIDIA GPU: MLX's own against acm's kernel (core/layer_norm.py).
 
-usage: python bench/layer_norm_vjp.py [--rows-per-warp 16]      one JSON line per shape
+usage: python bench/layer_norm_vjp.py [--configs 4:8,8:16]      one JSON line per shape
 MLX's CUDA layer-norm backward writes a (rows, C) gain-gradient temporary in the activations' dtype
 and sums it, and the bias gradient, with column reductions. acm's kernel (one warp per row,
 float32 gain/bias partials per warp, summed by a matrix product) replaces it in training:
@@ -32,14 +32,21 @@ def exact_vjp(x, w, g) -> tuple[np.ndarray, ...]:
     return dx, (G * xh).sum(0), G.sum(0)
 
 
+def timed_ms(fn, *args, reps: int = 50) -> float:
+    """ms per call with the calls queued back to back (no wait between them), after a warm-up."""
+    mx.eval(fn(*args))
+    t = time.perf_counter()
+    mx.eval([fn(*args) for _ in range(reps)])
+    return (time.perf_counter() - t) / reps * 1e3
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--rows-per-warp", type=int, default=ln.ROWS_PER_WARP)
+    p.add_argument("--configs", default=f"{ln.WARPS}:{ln.ROWS_PER_WARP}",
+                   help="comma-separated WARPS:ROWS_PER_WARP kernel launch shapes to compare")
     a = p.parse_args()
     if not (mx.default_device() == mx.gpu and mx.cuda.is_available()):
         sys.exit("layer_norm_vjp: needs MLX's CUDA backend on an NVIDIA GPU")
-    ln.ROWS_PER_WARP = a.rows_per_warp
-    ours = ln.kernel_layer_norm(EPS)
     mlx_own = lambda x, w, b: mx.fast.layer_norm(x, w, b, EPS)  # noqa: E731
     for shape in ((16, 1024, 768), (8, 1024, 1024)):  # tiny batch 16, medium batch 8
         mx.random.seed(1)
@@ -48,19 +55,20 @@ def main() -> None:
         b = (0.1 * mx.random.normal(shape[-1:])).astype(mx.bfloat16)
         g = mx.random.normal(shape).astype(mx.bfloat16)
         exact = exact_vjp(x, w, g)
-        out = {"shape": shape, "rows_per_warp": a.rows_per_warp}
-        for name, f in (("mlx", mlx_own), ("kernel", ours)):
+        variants = [("mlx", mlx_own)]
+        for config in a.configs.split(","):
+            ln.WARPS, ln.ROWS_PER_WARP = (int(v) for v in config.split(":"))
+            ln._kernel.cache_clear()
+            ln.kernel_layer_norm.cache_clear()
+            variants.append((f"kernel_{config}", ln.kernel_layer_norm(EPS)))
+        out = {"shape": shape}
+        for name, f in variants:
             vjp = mx.compile(lambda x, w, b, g, f=f: mx.vjp(f, [x, w, b], [g])[1])
             grads = vjp(x, w, b, g)
             out[f"{name}_rel_err_dx_dw_db"] = [
                 round(float(np.abs(np.asarray(d.astype(mx.float32)).reshape(e.shape) - e).max() / np.abs(e).max()), 5)
                 for d, e in zip(grads, exact)]
-            for _ in range(5):
-                mx.eval(vjp(x, w, b, g))
-            t = time.perf_counter()
-            for _ in range(50):
-                mx.eval(vjp(x, w, b, g))
-            out[f"{name}_ms"] = round((time.perf_counter() - t) / 50 * 1e3, 3)
+            out[f"{name}_ms"] = round(timed_ms(vjp, x, w, b, g), 4)
         print(json.dumps(out), flush=True)
 
 

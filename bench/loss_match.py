@@ -45,7 +45,7 @@ def initial_weights(shape: ModelShape, seed: int) -> dict[str, np.ndarray]:
 def train_acm(shape, weights, a, batches, val) -> dict:
     model = GPT(shape, a.dtype)
     model.load_weights([(k, mx.array(v)) for k, v in weights.items()])
-    opt = FlatAdamW(model.parameters(), a.lr, a.weight_decay)
+    opt = FlatAdamW(model.parameters(), a.lr, a.weight_decay, model.compute_dtype)
     state = [opt.state]
     step, _, _, eval_loss = build_steps(model, opt, grad_clip=a.grad_clip)
     losses = []

@@ -47,7 +47,7 @@ def main() -> None:
     shape = get_preset(a.preset)
     mx.random.seed(0)
     model = GPT(shape, a.dtype, a.checkpoint_activations)
-    opt = FlatAdamW(model.parameters(), 3e-4, 0.1)
+    opt = FlatAdamW(model.parameters(), 3e-4, 0.1, model.compute_dtype)
     model.update(opt.parameters())
     step, gradients, _, forward_loss = build_steps(model, opt, grad_clip=1.0)
     state = [opt.state]

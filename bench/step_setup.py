@@ -17,7 +17,7 @@ from core.trainer import build_steps
 def compiled_step(model: model_module.GPT, grad_clip: float = 1.0):
     """The product's step (flat AdamW, clipping at `grad_clip` as acm.toml's default), its optimizer
     and the state to evaluate after each call."""
-    opt = FlatAdamW(model.parameters(), 3e-4, 0.1)
+    opt = FlatAdamW(model.parameters(), 3e-4, 0.1, model.compute_dtype)
     model.update(opt.parameters())  # the buffers hold the weights, as in the trainer
     step, _, _, _ = build_steps(model, opt, grad_clip=grad_clip)
     return step, opt, [opt.state]

@@ -94,6 +94,19 @@ def _linear_vjp(primals, dy, y):
     return dy @ w, dy2.T @ _rows(x), _column_sum(dy2)
 
 
+@mx.custom_function
+def embedding(table: mx.array, idx: mx.array) -> mx.array:
+    """`table[idx]`, whose gradient is summed in float32 whatever the table's dtype: a frequent token
+    adds up thousands of rows, which bfloat16 would round at every addition."""
+    return table[idx]
+
+
+@embedding.vjp
+def _embedding_vjp(primals, dy, y):
+    table, idx = primals
+    return mx.zeros(table.shape, mx.float32).at[idx].add(dy.astype(mx.float32)), mx.zeros_like(idx)
+
+
 def cross_entropy(logits: mx.array, targets: mx.array) -> mx.array:
     """Mean next-token cross-entropy, accumulated in float32 without an upcast copy of the logits.
 

@@ -130,9 +130,6 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    # read by lookup: training keeps these float32, so their scattered gradients sum in float32
-    LOOKUP_PARAMETERS = ("wte.weight", "wpe.weight")
-
     def __init__(self, shape: ModelShape, compute_dtype: str = "float32", checkpoint_activations: bool = False):
         super().__init__()
         self.shape = shape
@@ -169,8 +166,8 @@ class GPT(nn.Module):
         offset = cache[0].offset if cache else 0
         if offset + T > self.shape.n_ctx:
             raise ValueError(f"{offset + T} positions exceed the model's context of {self.shape.n_ctx}")
-        x = self.wte(idx) + self.wpe(mx.arange(offset, offset + T))  # (B, T, C)
-        x = _as(x, self.compute_dtype)
+        x = fused.embedding(self.wte.weight, idx) + fused.embedding(self.wpe.weight, mx.arange(offset, offset + T))
+        x = _as(x, self.compute_dtype)  # (B, T, C)
         for i, block in enumerate(self.h):
             if self.checkpoint_activations and not cache:
                 x = nn.utils.checkpoint(block)(x, None)  # keep only block inputs; recompute the rest

@@ -3,14 +3,17 @@
 MLX's `optim.AdamW` updates each parameter tensor on its own: a GPT has ~150 of them, so a step
 ends in hundreds of small kernels (the update, its scalars, a cast of each gradient, a norm term),
 most too small to fill the GPU. Here the float32 master weights, and AdamW's moments, live in two
-flat buffers (matrices, which are decayed, and vectors, which are not). Each step:
+flat buffers (matrices, which are decayed, and vectors, which are not), and beside each a copy of
+the weights in the compute dtype (bfloat16 by default). Each step:
 
-- casts each buffer to the compute dtype once; the model reads views (slices) of the casts;
-- differentiates with respect to those views, and concatenates the gradients into one flat
+- the model reads views (slices) of the compute-dtype copies: no per-tensor casts;
+- its gradients come back with respect to those views and are concatenated into one flat
   gradient per buffer, in the compute dtype (what the matrix products produced; nothing is lost);
-- takes the global norm as sums over 1,024-long rows (no squared copy), clips, and updates each
-  buffer with one fused kernel, with the arithmetic and order of `optim.AdamW`'s bias-corrected
-  update (so `reference_adamw` gives the same weights: see tests/test_optimizer.py).
+- the global norm is a sum over 1,024-long rows (no squared copy), then one fused kernel per
+  buffer clips, updates the weights and moments with the arithmetic and order of `optim.AdamW`'s
+  bias-corrected update (`reference_adamw` gives the same weights: tests/test_optimizer.py), and
+  writes the next step's compute-dtype copy. The float32 weights are read by nothing else, so
+  the update can write them in place.
 
 The optimizer state in checkpoints keeps `optim.AdamW`'s per-parameter layout (`step`,
 `learning_rate`, `<param>.m`, `<param>.v`), so checkpoints from either optimizer resume in both.
@@ -18,6 +21,7 @@ The optimizer state in checkpoints keeps `optim.AdamW`'s per-parameter layout (`
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import mlx.core as mx
 import mlx.optimizers as optim
@@ -44,7 +48,7 @@ def _group(p: mx.array) -> str:
     return "decay" if p.ndim >= 2 else "plain"
 
 
-@mx.compile
+@partial(mx.compile, shapeless=True)
 def _update(p, m, v, g, scale, decay, c1, c2):
     """One AdamW step over a flat buffer, as `optim.AdamW` with bias correction computes it."""
     b1, b2 = BETAS
@@ -55,6 +59,13 @@ def _update(p, m, v, g, scale, decay, c1, c2):
     return p - (c1 * m) / (mx.sqrt(v) * c2 + EPS), m, v
 
 
+@partial(mx.compile, shapeless=True)
+def _update_and_cast(p, m, v, g, scale, decay, c1, c2, like):
+    """`_update`, and the new weights in `like`'s dtype, in one kernel."""
+    p, m, v = _update(p, m, v, g, scale, decay, c1, c2)
+    return p, m, v, p.astype(like.dtype)
+
+
 class FlatAdamW:
     """AdamW with decoupled weight decay on matrices, GPT-2's betas and bias correction.
 
@@ -62,8 +73,10 @@ class FlatAdamW:
     pass it as `inputs` and `outputs` of `mx.compile`.
     """
 
-    def __init__(self, params: dict, learning_rate: float, weight_decay: float):
+    def __init__(self, params: dict, learning_rate: float, weight_decay: float,
+                 compute_dtype: mx.Dtype = mx.float32):
         self.weight_decay = weight_decay
+        self.compute_dtype = compute_dtype
         self.slots: list[Slot] = []
         ends = dict.fromkeys(GROUPS, 0)
         leaves = tree_flatten(params)
@@ -79,6 +92,7 @@ class FlatAdamW:
             "step": mx.array(0, mx.uint64),
             "learning_rate": mx.array(learning_rate, mx.float32),
         }
+        self._cast()
 
     # ------------------------------------------------------------ layout
 
@@ -114,15 +128,14 @@ class FlatAdamW:
         """The float32 master weights as the model's parameter tree (views of the buffers)."""
         return self._unpack(self.state["params"])
 
-    def compute_views(self, dtype: mx.Dtype, float32_names: tuple[str, ...] = ()) -> dict:
-        """The weights for one forward pass: each buffer cast once to `dtype`; parameters named in
-        `float32_names` (embedding tables, read by lookup) stay float32, so their scattered
-        gradients accumulate in float32."""
-        master = self.state["params"]
-        cast = {g: a.astype(dtype) for g, a in master.items()}
-        return tree_unflatten([
-            (s.name, (master if s.name in float32_names else cast)[s.group][s.offset:s.offset + s.size].reshape(s.shape))
-            for s in self.slots])
+    def _cast(self) -> None:
+        """The compute-dtype copies of the weights (none when computing in float32)."""
+        if self.compute_dtype != mx.float32:
+            self.state["compute"] = {g: a.astype(self.compute_dtype) for g, a in self.state["params"].items()}
+
+    def compute_views(self) -> dict:
+        """The weights as the model reads them in a step: views of the compute-dtype copies."""
+        return self._unpack(self.state.get("compute", self.state["params"]))
 
     def pack_gradients(self, grads: dict, dtype: mx.Dtype) -> dict[str, mx.array]:
         """The gradient tree as one flat array per buffer, in `dtype`."""
@@ -143,8 +156,11 @@ class FlatAdamW:
         c2 = mx.rsqrt(1 - b2**step)
         decay = {"decay": 1 - lr * self.weight_decay, "plain": mx.array(1.0)}
         for g in self.sizes:
-            st["params"][g], st["m"][g], st["v"][g] = _update(
-                st["params"][g], st["m"][g], st["v"][g], grads[g], scale, decay[g], c1, c2)
+            args = (st["params"][g], st["m"][g], st["v"][g], grads[g], scale, decay[g], c1, c2)
+            if "compute" in st:
+                st["params"][g], st["m"][g], st["v"][g], st["compute"][g] = _update_and_cast(*args, st["compute"][g])
+            else:
+                st["params"][g], st["m"][g], st["v"][g] = _update(*args)
         st["step"] = step
         return norm
 
@@ -159,6 +175,7 @@ class FlatAdamW:
     def load(self, params: dict, optimizer_state: dict | None) -> None:
         """Weights (and, if given, `optim.AdamW`-layout moments and step) from a checkpoint."""
         self.state["params"] = self._pack(dict(tree_flatten(params)), mx.float32)
+        self._cast()
         if optimizer_state:
             flat = dict(tree_flatten(optimizer_state))
             for k in ("m", "v"):

@@ -141,7 +141,7 @@ class Trainer:
         self.metrics = MetricsLog(stage_dir(self.run_path, self.stage), enabled=self.is_main)
         mx.random.seed(sc.seed)
         self.model = GPT(shape, cfg.model.compute_dtype, cfg.model.checkpoint_activations)
-        self.opt = FlatAdamW(self.model.parameters(), sc.learning_rate, sc.weight_decay)
+        self.opt = FlatAdamW(self.model.parameters(), sc.learning_rate, sc.weight_decay, self.model.compute_dtype)
         self.start_step, self.tokens_seen, self.best_val = 0, 0, None
         existing = checkpoint.latest(self.ck_dir)
         if existing and not self.resume:
@@ -371,7 +371,7 @@ def build_steps(model: GPT, opt: FlatAdamW, grad_clip: float, world: int = 1):
 
     The optimizer's state (weights, moments, step, learning rate) is both input and output of the
     compiled graphs, so weights are never baked in as constants. The model reads views of the
-    weights cast to its compute dtype, and its gradients come back as one flat array per buffer.
+    optimizer's compute-dtype weights, and its gradients come back as one flat array per buffer.
     With several ranks, gradients and losses are averaged across them inside the graph.
     """
     state = [opt.state]
@@ -382,11 +382,8 @@ def build_steps(model: GPT, opt: FlatAdamW, grad_clip: float, world: int = 1):
 
     loss_and_grad = mx.value_and_grad(loss_of)
 
-    def weights():
-        return opt.compute_views(model.compute_dtype, model.LOOKUP_PARAMETERS)
-
     def gradients(x, y):
-        loss, grads = loss_and_grad(weights(), x, y)
+        loss, grads = loss_and_grad(opt.compute_views(), x, y)
         return loss, opt.pack_gradients(grads, model.compute_dtype)
 
     def finish(loss, grads):
@@ -401,7 +398,7 @@ def build_steps(model: GPT, opt: FlatAdamW, grad_clip: float, world: int = 1):
 
     @partial(mx.compile, inputs=state)
     def eval_loss(x, y):
-        loss = loss_of(weights(), x, y)
+        loss = loss_of(opt.compute_views(), x, y)
         return mx.distributed.all_sum(loss) / world if world > 1 else loss
 
     return (fused_step, partial(mx.compile, inputs=state)(gradients),

@@ -4,7 +4,7 @@ from __future__ import annotations
 import mlx.core as mx
 import numpy as np
 import pytest
-from mlx.utils import tree_flatten
+from mlx.utils import tree_flatten, tree_map
 
 from core.optimizer import ROW, FlatAdamW, global_norm, reference_adamw
 
@@ -64,7 +64,6 @@ def test_steps_equal_mlx_adamw_tensor_by_tensor(clip):
 
 
 def _scaled(t: dict, scale: float) -> dict:
-    from mlx.utils import tree_map
     return tree_map(lambda g: g * scale, t)
 
 
@@ -106,10 +105,16 @@ def test_global_norm_matches_numpy_over_mixed_dtypes():
     assert global_norm(grads).item() == pytest.approx(exact, rel=2e-3)  # bf16 row sums
 
 
-def test_compute_views_cast_once_and_keep_lookups_float32():
+def test_update_writes_the_compute_copy():
     opt = FlatAdamW({"wte": {"weight": mx.ones((4, 3))}, "lin": {"weight": mx.ones((3, 3)), "bias": mx.ones((3,))}},
-                    0.1, 0.1)
-    views = opt.compute_views(mx.bfloat16, ("wte.weight",))
-    assert views["wte"]["weight"].dtype == mx.float32
-    assert views["lin"]["weight"].dtype == mx.bfloat16 and views["lin"]["bias"].dtype == mx.bfloat16
-    assert views["lin"]["weight"].shape == (3, 3)
+                    0.1, 0.1, mx.bfloat16)
+    views = opt.compute_views()
+    assert {v.dtype for _, v in tree_flatten(views)} == {mx.bfloat16} and views["lin"]["weight"].shape == (3, 3)
+    grads = {"wte": {"weight": mx.ones((4, 3))}, "lin": {"weight": mx.ones((3, 3)), "bias": -mx.ones((3,))}}
+    opt.clip_and_update(opt.pack_gradients(grads, mx.bfloat16), 0)
+    master = flat(opt.parameters())
+    compute = flat(tree_map(lambda v: v.astype(mx.float32), opt.compute_views()))
+    for k in master:
+        np.testing.assert_array_equal(np.array(mx.array(master[k]).astype(mx.bfloat16).astype(mx.float32)), compute[k])
+    assert master["lin.bias"][0] == pytest.approx(1.1) and master["lin.weight"][0, 0] == pytest.approx(0.99 - 0.1)
+    assert not np.array_equal(master["lin.weight"], np.ones((3, 3)))
