@@ -33,8 +33,13 @@ def use_plain_autodiff() -> None:
 
 
 def use_mlx_layer_norm() -> None:
-    """MLX's own layer-norm backward instead of core/layer_norm.py's kernel (CUDA)."""
+    """MLX's own layer-norm backward instead of core/cuda_kernels.py's (CUDA)."""
     model.layer_norm = lambda x, w, b, eps, training=True: mx.fast.layer_norm(x, w, b, eps)
+
+
+def use_matmul_bias_sums() -> None:
+    """Bias gradients as (1, rows) @ (rows, n) products instead of core/cuda_kernels.py's column sums."""
+    model.fused.cuda_kernels.covers_column_sum = lambda z2: False
 
 
 def use_addmm_bias() -> None:
@@ -59,6 +64,7 @@ def main() -> None:
                    help="MLX's AdamW tensor by tensor (the step before core/optimizer.py's flat buffers)")
     p.add_argument("--mlx-layer-norm", action="store_true", help="MLX's own layer-norm backward")
     p.add_argument("--addmm-bias", action="store_true", help="attention bias gradients by column reduction")
+    p.add_argument("--matmul-bias-sums", action="store_true", help="bias gradients as matrix products")
     p.add_argument("--grad-clip", type=float, default=1.0,
                    help="global-norm clip (0: off; the norm is still computed, for the monitor)")
     p.add_argument("--peak-tflops", type=float, default=None, help="override the device's peak (MFU)")
@@ -70,6 +76,8 @@ def main() -> None:
         use_mlx_layer_norm()
     if a.addmm_bias:
         use_addmm_bias()
+    if a.matmul_bias_sums:
+        use_matmul_bias_sums()
     mx.random.seed(0)
     build = per_tensor_step if a.per_tensor else compiled_step
     step, _, state = build(model.GPT(shape, a.dtype, a.checkpoint_activations), a.grad_clip)
@@ -102,7 +110,7 @@ def main() -> None:
     print(json.dumps({
         "fw": "acm", "preset": a.preset, "dtype": a.dtype, "checkpoint_activations": a.checkpoint_activations,
         "autodiff": a.autodiff, "per_tensor": a.per_tensor,
-        "mlx_layer_norm": a.mlx_layer_norm, "addmm_bias": a.addmm_bias, "sync": a.sync, "grad_clip": a.grad_clip,
+        "mlx_layer_norm": a.mlx_layer_norm, "addmm_bias": a.addmm_bias, "matmul_bias_sums": a.matmul_bias_sums, "sync": a.sync, "grad_clip": a.grad_clip,
         "env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("MLX_")},
         "device": info.get("device_name", str(mx.default_device())),
         "params_M": round(shape.param_count() / 1e6, 1), "batch": a.batch, "seq": a.seq,

@@ -66,7 +66,7 @@ def test_loss_match_without_shards_says_what_to_run(tmp_path):
     assert out.returncode == 1 and "run `acm prepare` first" in out.stderr
 
 
-def test_layer_norm_kernel_bench_says_it_needs_cuda_here():
-    out = subprocess.run([sys.executable, "bench/layer_norm_vjp.py"], cwd=ROOT, capture_output=True, text=True,
+def test_cuda_kernel_bench_says_it_needs_cuda_here():
+    out = subprocess.run([sys.executable, "bench/cuda_kernels.py"], cwd=ROOT, capture_output=True, text=True,
                          timeout=120, env=ENV)
     assert out.returncode == 1 and "needs MLX's CUDA backend" in out.stderr

@@ -1,0 +1,98 @@
+"""acm's CUDA kernels (core/cuda_kernels.py) against MLX's own operations, on an NVIDIA GPU.
+
+usage: python bench/cuda_kernels.py [--ln-configs 8:4,4:8]      one JSON line per shape
+Layer norm, forward + backward: MLX's (its backward writes a (rows, C) gain-gradient temporary and
+sums it with column reductions) against acm's kernel at each WARPS:ROWS_PER_WARP launch shape.
+Column sums (bias gradients): MLX's reduction, a (1, rows) @ (rows, n) product, and acm's kernel.
+Each reports ms (calls queued back to back) and the largest error against a float64 reference,
+relative to the largest exact value. CUDA only: MLX's `mx.fast.cuda_kernel`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import mlx.core as mx
+import numpy as np
+
+from core import cuda_kernels as ck
+from core import layer_norm as ln
+
+EPS = 1e-5
+
+
+def exact_layer_norm_vjp(x, w, g) -> tuple[np.ndarray, ...]:
+    X, W, G = (np.asarray(a.astype(mx.float32), dtype=np.float64) for a in (x, w, g))
+    X, G = X.reshape(-1, X.shape[-1]), G.reshape(-1, G.shape[-1])
+    mean = X.mean(1, keepdims=True)
+    rstd = 1 / np.sqrt(((X - mean) ** 2).mean(1, keepdims=True) + EPS)
+    xh, gw = (X - mean) * rstd, G * W
+    dx = rstd * (gw - gw.mean(1, keepdims=True) - xh * (gw * xh).mean(1, keepdims=True))
+    return dx, (G * xh).sum(0), G.sum(0)
+
+
+def rel_err(got: mx.array, exact: np.ndarray) -> float:
+    got = np.asarray(got.astype(mx.float32)).reshape(exact.shape)
+    return round(float(np.abs(got - exact).max() / np.abs(exact).max()), 5)
+
+
+def timed_ms(fn, *args, reps: int = 50) -> float:
+    """ms per call with the calls queued back to back (no wait between them), after a warm-up."""
+    mx.eval(fn(*args))
+    t = time.perf_counter()
+    mx.eval([fn(*args) for _ in range(reps)])
+    return round((time.perf_counter() - t) / reps * 1e3, 4)
+
+
+def layer_norms(configs: str) -> None:
+    mlx_own = lambda x, w, b: mx.fast.layer_norm(x, w, b, EPS)  # noqa: E731
+    for shape in ((16, 1024, 768), (8, 1024, 1024)):  # tiny batch 16, medium batch 8
+        mx.random.seed(1)
+        x = (mx.random.normal(shape) * 2 + 0.5).astype(mx.bfloat16)
+        w = (1 + 0.1 * mx.random.normal(shape[-1:])).astype(mx.bfloat16)
+        b = (0.1 * mx.random.normal(shape[-1:])).astype(mx.bfloat16)
+        g = mx.random.normal(shape).astype(mx.bfloat16)
+        exact = exact_layer_norm_vjp(x, w, g)
+        variants = [("mlx", mlx_own)]
+        for config in configs.split(","):
+            ck.LN_WARPS, ck.LN_ROWS_PER_WARP = (int(v) for v in config.split(":"))
+            ln.kernel_layer_norm.cache_clear()
+            variants.append((f"kernel_{config}", ln.kernel_layer_norm(EPS)))
+        out = {"op": "layer_norm fwd+bwd", "shape": shape}
+        for name, f in variants:
+            vjp = mx.compile(lambda x, w, b, g, f=f: mx.vjp(f, [x, w, b], [g])[1])
+            out[f"{name}_rel_err_dx_dw_db"] = [rel_err(d, e) for d, e in zip(vjp(x, w, b, g), exact)]
+            out[f"{name}_ms"] = timed_ms(vjp, x, w, b, g)
+        print(json.dumps(out), flush=True)
+
+
+def column_sums() -> None:
+    for shape in ((16384, 768), (16384, 2304), (16384, 3072), (8192, 4096)):
+        mx.random.seed(2)
+        z = (mx.random.normal(shape) + 0.3).astype(mx.bfloat16)
+        exact = np.asarray(z.astype(mx.float32), dtype=np.float64).sum(0)
+        variants = {"mlx_sum": lambda z: z.sum(0),
+                    "matmul": lambda z: (mx.ones((1, z.shape[0]), z.dtype) @ z).reshape(-1),
+                    "kernel": ck.column_sum}
+        out = {"op": "column sum", "shape": shape}
+        for name, f in variants.items():
+            out[f"{name}_rel_err"] = rel_err(f(z), exact)
+            out[f"{name}_ms"] = timed_ms(f, z)
+        print(json.dumps(out), flush=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--ln-configs", default=f"{ck.LN_WARPS}:{ck.LN_ROWS_PER_WARP}",
+                   help="comma-separated WARPS:ROWS_PER_WARP layer-norm launch shapes to compare")
+    a = p.parse_args()
+    if not ck.available():
+        sys.exit("cuda_kernels: needs MLX's CUDA backend on an NVIDIA GPU")
+    layer_norms(a.ln_configs)
+    column_sums()
+
+
+if __name__ == "__main__":
+    main()
