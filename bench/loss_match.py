@@ -27,6 +27,7 @@ import numpy as np
 from mlx.utils import tree_flatten
 
 from core.batches import Batches
+from core.hardware import configure_mlx
 from core.model import GPT
 from core.prepare import map_split
 from core.presets import ModelShape, get_preset
@@ -146,6 +147,7 @@ def train_torch(shape, weights, a, batches, val) -> dict:
 
 
 def main() -> None:
+    configure_mlx()
     p = argparse.ArgumentParser()
     p.add_argument("--tokens", type=Path, default=Path("data/tokens/language"), help="a prepared token shard folder")
     p.add_argument("--preset", default="tiny")

@@ -15,7 +15,7 @@ import time
 import mlx.core as mx
 import mlx.nn as nn
 
-from core import model
+from core import cuda_kernels, model
 from core.hardware import device_info, peak_flops
 from core.presets import get_preset
 from step_setup import compiled_step, fixed_batch, per_tensor_step
@@ -35,11 +35,6 @@ def use_plain_autodiff() -> None:
 def use_mlx_layer_norm() -> None:
     """MLX's own layer-norm backward instead of core/cuda_kernels.py's (CUDA)."""
     model.layer_norm = lambda x, w, b, eps, training=True: mx.fast.layer_norm(x, w, b, eps)
-
-
-def use_matmul_bias_sums() -> None:
-    """Bias gradients as (1, rows) @ (rows, n) products instead of core/cuda_kernels.py's column sums."""
-    model.fused.cuda_kernels.covers_column_sum = lambda z2: False
 
 
 def use_addmm_bias() -> None:
@@ -64,7 +59,8 @@ def main() -> None:
                    help="MLX's AdamW tensor by tensor (the step before core/optimizer.py's flat buffers)")
     p.add_argument("--mlx-layer-norm", action="store_true", help="MLX's own layer-norm backward")
     p.add_argument("--addmm-bias", action="store_true", help="attention bias gradients by column reduction")
-    p.add_argument("--matmul-bias-sums", action="store_true", help="bias gradients as matrix products")
+    p.add_argument("--ln-launch", default=None, metavar="WARPS:ROWS",
+                   help="the layer-norm kernel's launch shape (core/cuda_kernels.py)")
     p.add_argument("--grad-clip", type=float, default=1.0,
                    help="global-norm clip (0: off; the norm is still computed, for the monitor)")
     p.add_argument("--peak-tflops", type=float, default=None, help="override the device's peak (MFU)")
@@ -76,8 +72,8 @@ def main() -> None:
         use_mlx_layer_norm()
     if a.addmm_bias:
         use_addmm_bias()
-    if a.matmul_bias_sums:
-        use_matmul_bias_sums()
+    if a.ln_launch:
+        cuda_kernels.LN_WARPS, cuda_kernels.LN_ROWS_PER_WARP = (int(v) for v in a.ln_launch.split(":"))
     mx.random.seed(0)
     build = per_tensor_step if a.per_tensor else compiled_step
     step, _, state = build(model.GPT(shape, a.dtype, a.checkpoint_activations), a.grad_clip)
@@ -110,7 +106,7 @@ def main() -> None:
     print(json.dumps({
         "fw": "acm", "preset": a.preset, "dtype": a.dtype, "checkpoint_activations": a.checkpoint_activations,
         "autodiff": a.autodiff, "per_tensor": a.per_tensor,
-        "mlx_layer_norm": a.mlx_layer_norm, "addmm_bias": a.addmm_bias, "matmul_bias_sums": a.matmul_bias_sums, "sync": a.sync, "grad_clip": a.grad_clip,
+        "mlx_layer_norm": a.mlx_layer_norm, "addmm_bias": a.addmm_bias, "ln_launch": f"{cuda_kernels.LN_WARPS}:{cuda_kernels.LN_ROWS_PER_WARP}", "sync": a.sync, "grad_clip": a.grad_clip,
         "env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("MLX_")},
         "device": info.get("device_name", str(mx.default_device())),
         "params_M": round(shape.param_count() / 1e6, 1), "batch": a.batch, "seq": a.seq,

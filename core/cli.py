@@ -12,6 +12,7 @@ from rich.table import Table
 
 from . import __version__, cli_data, cli_generate, cli_pipeline, cli_runs, cli_tokenizer, cli_train, config, doctor
 from .errors import AcmError
+from .hardware import configure_mlx
 from .presets import PRESETS, get_preset, human_count
 from .tables import DOCTOR_COLUMNS, PRESET_COLUMNS, doctor_row, preset_row
 
@@ -173,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    configure_mlx()
     try:
         cfg = config.load(args.config)
         return args.func(args, cfg)

@@ -11,11 +11,14 @@ import threading
 from concurrent.futures import Future
 from typing import Any, Callable
 
+from .hardware import configure_mlx
+
 _STOP = object()
 
 
 class Engine:
     def __init__(self, name: str = "acm-engine"):
+        configure_mlx()  # before the engine's first MLX work
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)

@@ -5,8 +5,11 @@
   and recomputes the cheap elementwise parts in the backward (what PyTorch's compiler does by
   itself); the compiled step fuses them into one kernel.
 - A bias gradient is a sum over all B*T rows. MLX's CUDA column reduction runs it on n / 32 thread
-  blocks; a (1, rows) @ (rows, n) matrix product is about 4x faster, and on NVIDIA GPUs a kernel
-  that reads the rows once is faster still (`mlp`, and `linear` for the attention's projections).
+  blocks; as a (1, rows) @ (rows, n) matrix product it is about 4x faster (`mlp`, and `linear` for
+  the attention's projections).
+- A weight used as `x @ w.T` gets, from autodiff, a transposed view as its gradient, which every
+  later reader (the tied embedding's sum, the flat gradient) reads column by column; `linear` and
+  `project` return it row-major.
 - No `x**3`: MLX computes it with pow(), which made GELU three times slower than `x * x * x`.
 """
 from __future__ import annotations
@@ -15,8 +18,6 @@ import math
 from functools import partial
 
 import mlx.core as mx
-
-from . import cuda_kernels
 
 _K = math.sqrt(2 / math.pi)
 _C = 0.044715
@@ -55,10 +56,7 @@ def _rows(z: mx.array) -> mx.array:
 
 
 def _column_sum(z2: mx.array) -> mx.array:
-    """Sum of a (rows, n) array over its rows, accumulated in float32: a matrix product, or on
-    NVIDIA GPUs a kernel that reads the array once (core/cuda_kernels.py)."""
-    if cuda_kernels.available() and cuda_kernels.covers_column_sum(z2):
-        return cuda_kernels.column_sum(z2)
+    """Sum of a (rows, n) array over its rows, as a matrix product (float32 accumulation)."""
     return (mx.ones((1, z2.shape[0]), z2.dtype) @ z2).reshape(-1)
 
 
@@ -97,6 +95,18 @@ def _linear_vjp(primals, dy, y):
     x, w, _ = primals
     dy2 = _rows(dy)
     return dy @ w, dy2.T @ _rows(x), _column_sum(dy2)
+
+
+@mx.custom_function
+def project(x: mx.array, w: mx.array) -> mx.array:
+    """`x @ w.T` (the vocabulary head) whose weight gradient is row-major."""
+    return x @ w.T
+
+
+@project.vjp
+def _project_vjp(primals, dy, y):
+    x, w = primals
+    return dy @ w, _rows(dy).T @ _rows(x)
 
 
 @mx.custom_function

@@ -1,4 +1,5 @@
-"""What the device can do: its peak FLOP/s (for MFU) and its memory limit (for the monitor)."""
+"""What the device can do: its peak FLOP/s (for MFU) and its memory limit (for the monitor); acm's
+default for MLX's CUDA graph size."""
 from __future__ import annotations
 
 import os
@@ -12,6 +13,24 @@ PEAK_TFLOPS = [
     ("M3", 4.1), ("M2 Ultra", 27.2), ("M2 Max", 13.6), ("M2 Pro", 6.8), ("M2", 3.6), ("M1 Ultra", 21.2),
     ("M1 Max", 10.4), ("M1 Pro", 5.2), ("M1", 2.6),
 ]
+
+
+# MLX's CUDA backend holds every buffer a CUDA graph used until the whole graph has run. On Hopper
+# and Blackwell GPUs MLX gathers up to 1000 MB of kernel inputs into one graph; at 200 MB acm's
+# training step peaks 40-50% lower at the same speed (bench/RESULTS.md, H100). MLX's defaults for
+# other GPUs are 400 MB (A100) or less, and Metal has its own.
+CUDA_GRAPH_MB = 200
+_MLX_1000_MB = {(9, 0), (10, 0), (12, 0)}  # compute capabilities where MLX's own default is 1000 MB
+
+
+def configure_mlx() -> None:
+    """Set acm's default CUDA graph size (MLX_MAX_MB_PER_BUFFER) where MLX's own is 1000 MB, unless
+    the environment sets one. MLX reads it once, at its first GPU work: call this before that."""
+    if "MLX_MAX_MB_PER_BUFFER" in os.environ:
+        return
+    info = device_info()
+    if (info.get("compute_capability_major"), info.get("compute_capability_minor")) in _MLX_1000_MB:
+        os.environ["MLX_MAX_MB_PER_BUFFER"] = str(CUDA_GRAPH_MB)
 
 
 def device_info() -> dict:

@@ -33,7 +33,7 @@ class Linear(nn.Linear):
     def __call__(self, x: mx.array, training: bool = True) -> mx.array:
         w = _as(self.weight, x.dtype)
         if "bias" not in self:
-            return x @ w.T
+            return fused.project(x, w) if training else x @ w.T
         b = _as(self.bias, x.dtype)
         return fused.linear(x, w, b) if training else mx.addmm(b, x, w.T)
 
@@ -173,10 +173,12 @@ class GPT(nn.Module):
                 x = nn.utils.checkpoint(block)(x, None)  # keep only block inputs; recompute the rest
             else:
                 x = block(x, cache[i] if cache else None)
-        x = self.ln_f(x, not cache)
+        training = not cache
+        x = self.ln_f(x, training)
         if self.shape.tie_embeddings:
-            return x @ _as(self.wte.weight, x.dtype).T
-        return self.lm_head(x)
+            w = _as(self.wte.weight, x.dtype)
+            return fused.project(x, w) if training else x @ w.T
+        return self.lm_head(x, training)
 
     def loss(self, idx: mx.array, targets: mx.array) -> mx.array:
         """Mean next-token cross-entropy, accumulated in float32."""

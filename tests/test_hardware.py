@@ -1,0 +1,33 @@
+"""acm's default CUDA graph size: set where MLX's own is 1000 MB, never over the user's setting."""
+import os
+
+import pytest
+
+from core import hardware
+
+
+@pytest.mark.parametrize("capability, expected", [((9, 0), "200"), ((12, 0), "200"), ((8, 0), None),
+                                                  ((12, 1), None), ((None, None), None)])
+def test_configure_mlx_by_compute_capability(monkeypatch, capability, expected):
+    monkeypatch.delenv("MLX_MAX_MB_PER_BUFFER", raising=False)
+    major, minor = capability
+    monkeypatch.setattr(hardware, "device_info", lambda: {} if major is None else
+                        {"compute_capability_major": major, "compute_capability_minor": minor})
+    hardware.configure_mlx()
+    assert os.environ.get("MLX_MAX_MB_PER_BUFFER") == expected
+
+
+def test_configure_mlx_keeps_the_users_setting(monkeypatch):
+    monkeypatch.setenv("MLX_MAX_MB_PER_BUFFER", "700")
+    monkeypatch.setattr(hardware, "device_info", lambda: {"compute_capability_major": 9, "compute_capability_minor": 0})
+    hardware.configure_mlx()
+    assert os.environ["MLX_MAX_MB_PER_BUFFER"] == "700"
+
+
+def test_configure_mlx_leaves_this_machine_alone(monkeypatch):
+    """Here MLX runs on the CPU (or Metal): nothing to set."""
+    if "compute_capability_major" in hardware.device_info():
+        pytest.skip("an NVIDIA GPU is present")
+    monkeypatch.delenv("MLX_MAX_MB_PER_BUFFER", raising=False)
+    hardware.configure_mlx()
+    assert "MLX_MAX_MB_PER_BUFFER" not in os.environ
