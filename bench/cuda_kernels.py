@@ -1,8 +1,9 @@
-"""acm's CUDA kernel (core/cuda_kernels.py) against MLX's own operation, on an NVIDIA GPU.
+"""acm's CUDA kernels (core/cuda_kernels.py) against MLX's own layer norm, on an NVIDIA GPU.
 
 usage: python bench/cuda_kernels.py [--ln-configs 8:4,4:8]      one JSON line per shape
-Layer norm, forward + backward: MLX's (its backward writes a (rows, C) gain-gradient temporary and
-sums it with column reductions) against acm's kernel at each WARPS:ROWS_PER_WARP launch shape.
+Layer norm, forward alone and forward + backward: MLX's (its backward writes a (rows, C)
+gain-gradient temporary and sums it with column reductions) against acm's kernels at each
+WARPS:ROWS_PER_WARP launch shape.
 Each reports ms (calls queued back to back) and the largest error against a float64 reference,
 relative to the largest exact value. CUDA only: MLX's `mx.fast.cuda_kernel`.
 """
@@ -30,6 +31,12 @@ def exact_layer_norm_vjp(x, w, g) -> tuple[np.ndarray, ...]:
     xh, gw = (X - mean) * rstd, G * W
     dx = rstd * (gw - gw.mean(1, keepdims=True) - xh * (gw * xh).mean(1, keepdims=True))
     return dx, (G * xh).sum(0), G.sum(0)
+
+
+def exact_layer_norm(x, w, b) -> np.ndarray:
+    X, W, B = (np.asarray(a.astype(mx.float32), dtype=np.float64) for a in (x, w, b))
+    mean = X.mean(-1, keepdims=True)
+    return (X - mean) / np.sqrt(((X - mean) ** 2).mean(-1, keepdims=True) + EPS) * W + B
 
 
 def rel_err(got: mx.array, exact: np.ndarray) -> float:
@@ -66,11 +73,15 @@ def layer_norms(configs: str) -> None:
         b = (0.1 * mx.random.normal(shape[-1:])).astype(mx.bfloat16)
         g = mx.random.normal(shape).astype(mx.bfloat16)
         exact = exact_layer_norm_vjp(x, w, g)
+        exact_y = exact_layer_norm(x, w, b)
         variants = [("mlx", mlx_own)]
         for config in configs.split(","):
             variants.append((f"kernel_{config}", with_launch_shape(config)))
-        out = {"op": "layer_norm fwd+bwd", "shape": shape}
+        out = {"op": "layer_norm", "shape": shape}
         for name, f in variants:
+            fwd = mx.compile(f)
+            out[f"{name}_rel_err_y"] = rel_err(fwd(x, w, b), exact_y)
+            out[f"{name}_fwd_ms"] = timed_ms(fwd, x, w, b)
             vjp = mx.compile(lambda x, w, b, g, f=f: mx.vjp(f, [x, w, b], [g])[1])
             out[f"{name}_rel_err_dx_dw_db"] = [rel_err(d, e) for d, e in zip(vjp(x, w, b, g), exact)]
             out[f"{name}_ms"] = timed_ms(vjp, x, w, b, g)

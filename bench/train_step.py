@@ -33,8 +33,13 @@ def use_plain_autodiff() -> None:
 
 
 def use_mlx_layer_norm() -> None:
-    """MLX's own layer-norm backward instead of core/cuda_kernels.py's (CUDA)."""
+    """MLX's own layer norm, forward and backward, instead of core/cuda_kernels.py's (CUDA)."""
     model.layer_norm = lambda x, w, b, eps, training=True: mx.fast.layer_norm(x, w, b, eps)
+
+
+def use_mlx_layer_norm_forward() -> None:
+    """MLX's layer-norm forward with core/cuda_kernels.py's backward (CUDA)."""
+    cuda_kernels.layer_norm = lambda x, w, b, eps: mx.fast.layer_norm(x, w, b, eps)
 
 
 def use_addmm_bias() -> None:
@@ -57,7 +62,8 @@ def main() -> None:
                    help="wait for each step before building the next (the loop before steps were queued)")
     p.add_argument("--per-tensor", action="store_true",
                    help="MLX's AdamW tensor by tensor (the step before core/optimizer.py's flat buffers)")
-    p.add_argument("--mlx-layer-norm", action="store_true", help="MLX's own layer-norm backward")
+    p.add_argument("--mlx-layer-norm", action="store_true", help="MLX's own layer norm, forward and backward")
+    p.add_argument("--mlx-layer-norm-forward", action="store_true", help="MLX's layer-norm forward, acm's backward")
     p.add_argument("--addmm-bias", action="store_true", help="attention bias gradients by column reduction")
     p.add_argument("--ln-launch", default=None, metavar="WARPS:ROWS",
                    help="the layer-norm kernel's launch shape (core/cuda_kernels.py)")
@@ -70,6 +76,8 @@ def main() -> None:
         use_plain_autodiff()
     if a.mlx_layer_norm:
         use_mlx_layer_norm()
+    if a.mlx_layer_norm_forward:
+        use_mlx_layer_norm_forward()
     if a.addmm_bias:
         use_addmm_bias()
     if a.ln_launch:
@@ -106,7 +114,7 @@ def main() -> None:
     print(json.dumps({
         "fw": "acm", "preset": a.preset, "dtype": a.dtype, "checkpoint_activations": a.checkpoint_activations,
         "autodiff": a.autodiff, "per_tensor": a.per_tensor,
-        "mlx_layer_norm": a.mlx_layer_norm, "addmm_bias": a.addmm_bias, "ln_launch": f"{cuda_kernels.LN_WARPS}:{cuda_kernels.LN_ROWS_PER_WARP}", "sync": a.sync, "grad_clip": a.grad_clip,
+        "mlx_layer_norm": a.mlx_layer_norm, "mlx_layer_norm_forward": a.mlx_layer_norm_forward, "addmm_bias": a.addmm_bias, "ln_launch": f"{cuda_kernels.LN_WARPS}:{cuda_kernels.LN_ROWS_PER_WARP}", "sync": a.sync, "grad_clip": a.grad_clip,
         "env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("MLX_")},
         "device": info.get("device_name", str(mx.default_device())),
         "params_M": round(shape.param_count() / 1e6, 1), "batch": a.batch, "seq": a.seq,

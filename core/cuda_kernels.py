@@ -1,13 +1,14 @@
-"""A hand-written CUDA kernel for the training step's backward, where MLX's own is slow.
+"""Hand-written CUDA kernels for layer norm in training, where MLX's own are slow.
 
 Layer norm's backward: MLX's writes a (rows, C) temporary for the gain gradient and sums it and
 the bias gradient with column reductions that run on C / 32 thread blocks (24 for C = 768); each
 took ~0.3 ms of a ~37 ms tiny step. `layer_norm_vjp` reads x and the cotangent once (16-byte loads,
 a row per warp), writes dx, and sums the gain and bias gradients in float32, per block in a fixed
-order, then over blocks (deterministic). It assumes rows start 16-byte aligned, as fresh
-activations and their gradients do. It runs through `mx.fast.cuda_kernel`, so only on MLX's CUDA
-backend: callers check `available()` and `covers_layer_norm` and otherwise use MLX's layer norm
-(Metal, CPU). bench/cuda_kernels.py checks it against float64 and times it.
+order, then over blocks (deterministic). The forward, `layer_norm`, is the same row-per-warp
+loop; MLX's took twice the time its reads and writes need. Both assume rows start 16-byte aligned,
+as fresh activations and their gradients do. They run through `mx.fast.cuda_kernel`, so only on
+MLX's CUDA backend: callers check `available()` and `covers_layer_norm` and otherwise use MLX's
+layer norm (Metal, CPU). bench/cuda_kernels.py checks them against float64 and times them.
 """
 from __future__ import annotations
 
@@ -17,6 +18,55 @@ import mlx.core as mx
 
 LN_WARPS = 4  # warps per thread block; each warp normalises one row at a time
 LN_ROWS_PER_WARP = 4  # the fastest launch shape on an H100 for both presets (bench/cuda_kernels.py)
+
+LAYER_NORM = """
+    constexpr int VEC = 16 / sizeof(T);           // elements per 16-byte load
+    constexpr int PER = C / (32 * VEC);           // loads per lane per row
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    int gwarp = blockIdx.x * WARPS + warp;
+    int nwarps = gridDim.x * WARPS;
+    float wv[PER][VEC], bv[PER][VEC];
+    #pragma unroll
+    for (int k = 0; k < PER; k++) {
+      #pragma unroll
+      for (int j = 0; j < VEC; j++) {
+        wv[k][j] = static_cast<float>(w[(k * 32 + lane) * VEC + j]);  // w, b may be unaligned: scalar loads
+        bv[k][j] = static_cast<float>(b[(k * 32 + lane) * VEC + j]);
+      }
+    }
+    for (int row = gwarp; row < ROWS; row += nwarps) {
+      const uint4* xr = reinterpret_cast<const uint4*>(x + (size_t)row * C);
+      uint4 xraw[PER];
+      #pragma unroll
+      for (int k = 0; k < PER; k++) xraw[k] = xr[k * 32 + lane];
+      float xv[PER][VEC];
+      float s = 0.f, ss = 0.f;
+      #pragma unroll
+      for (int k = 0; k < PER; k++) {
+        const T* xs = reinterpret_cast<const T*>(&xraw[k]);
+        #pragma unroll
+        for (int j = 0; j < VEC; j++) { xv[k][j] = static_cast<float>(xs[j]); s += xv[k][j]; }
+      }
+      for (int o = 16; o > 0; o /= 2) s += __shfl_xor_sync(0xffffffff, s, o);
+      float mean = s / C;
+      #pragma unroll
+      for (int k = 0; k < PER; k++) {
+        #pragma unroll
+        for (int j = 0; j < VEC; j++) { float d = xv[k][j] - mean; ss += d * d; }
+      }
+      for (int o = 16; o > 0; o /= 2) ss += __shfl_xor_sync(0xffffffff, ss, o);
+      float rstd = rsqrtf(ss / C + EPS_F);
+      uint4* yr = reinterpret_cast<uint4*>(y + (size_t)row * C);
+      #pragma unroll
+      for (int k = 0; k < PER; k++) {
+        uint4 out;
+        T* os = reinterpret_cast<T*>(&out);
+        #pragma unroll
+        for (int j = 0; j < VEC; j++) os[j] = static_cast<T>((xv[k][j] - mean) * rstd * wv[k][j] + bv[k][j]);
+        yr[k * 32 + lane] = out;
+      }
+    }
+"""
 
 LAYER_NORM_VJP = """
     constexpr int VEC = 16 / sizeof(T);           // elements per 16-byte load
@@ -135,6 +185,27 @@ def covers_layer_norm(x: mx.array) -> bool:
 
 
 @lru_cache(maxsize=None)
+def _layer_norm_forward_kernel(eps: float, warps: int):
+    return mx.fast.cuda_kernel(name="acm_layer_norm", input_names=["x", "w", "b"], output_names=["y"],
+                               header=f"#define WARPS {warps}\n#define EPS_F {eps!r}f\n", source=LAYER_NORM)
+
+
+def _blocks(rows: int) -> int:
+    return max(1, -(-rows // (LN_WARPS * LN_ROWS_PER_WARP)))
+
+
+def layer_norm(x: mx.array, w: mx.array, b: mx.array, eps: float) -> mx.array:
+    """`mx.fast.layer_norm(x, w, b, eps)`: a row per warp, 16-byte loads and stores, float32 inside."""
+    C = x.shape[-1]
+    rows = x.size // C
+    (y,) = _layer_norm_forward_kernel(eps, LN_WARPS)(
+        inputs=[x, w, b], template=[("T", x.dtype), ("C", C), ("ROWS", rows)],
+        grid=(_blocks(rows) * LN_WARPS * 32, 1, 1), threadgroup=(LN_WARPS * 32, 1, 1),
+        output_shapes=[x.shape], output_dtypes=[x.dtype])
+    return y
+
+
+@lru_cache(maxsize=None)
 def _layer_norm_kernel(eps: float, warps: int):
     return mx.fast.cuda_kernel(name="acm_layer_norm_vjp", input_names=["x", "w", "g"],
                                output_names=["dx", "part"],
@@ -146,7 +217,7 @@ def layer_norm_vjp(x: mx.array, w: mx.array, g: mx.array, eps: float) -> tuple[m
     `mx.fast.layer_norm(x, w, b, eps)` for the cotangent g."""
     C = x.shape[-1]
     rows = x.size // C
-    blocks = max(1, -(-rows // (LN_WARPS * LN_ROWS_PER_WARP)))
+    blocks = _blocks(rows)
     dx, part = _layer_norm_kernel(eps, LN_WARPS)(
         inputs=[x, w, g], template=[("T", x.dtype), ("C", C), ("ROWS", rows)],
         grid=(blocks * LN_WARPS * 32, 1, 1), threadgroup=(LN_WARPS * 32, 1, 1),

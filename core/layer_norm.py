@@ -1,5 +1,6 @@
-"""Layer norm for training: MLX's `mx.fast.layer_norm`, with a hand-written backward on NVIDIA GPUs
-(core/cuda_kernels.py) that skips MLX's slow column reductions for the gain and bias gradients."""
+"""Layer norm for training: on NVIDIA GPUs hand-written forward and backward kernels
+(core/cuda_kernels.py; the backward skips MLX's slow column reductions for the gain and bias
+gradients), elsewhere MLX's `mx.fast.layer_norm`."""
 from __future__ import annotations
 
 from functools import lru_cache
@@ -11,11 +12,12 @@ from . import cuda_kernels
 
 @lru_cache(maxsize=None)
 def kernel_layer_norm(eps: float):
-    """`mx.fast.layer_norm(x, w, b, eps)` whose backward is `cuda_kernels.layer_norm_vjp`."""
+    """`mx.fast.layer_norm(x, w, b, eps)` as `cuda_kernels.layer_norm`, whose backward is
+    `cuda_kernels.layer_norm_vjp`."""
 
     @mx.custom_function
     def layer_norm(x, w, b):
-        return mx.fast.layer_norm(x, w, b, eps)
+        return cuda_kernels.layer_norm(x, w, b, eps)
 
     @layer_norm.vjp
     def layer_norm_vjp(primals, cotangent, output):
