@@ -39,7 +39,7 @@ class Linear(nn.Linear):
 
 
 class LayerNorm(nn.Module):
-    """LayerNorm in the input's dtype (`core.layer_norm`: MLX's, with a faster backward on CUDA)."""
+    """LayerNorm in the input's dtype (`core.layer_norm`: MLX's, or hand-written kernels on CUDA)."""
 
     def __init__(self, dims: int, eps: float):
         super().__init__()
@@ -124,7 +124,7 @@ class Block(nn.Module):
         self.mlp = MLP(s)
 
     def __call__(self, x: mx.array, cache: KVCache | None) -> mx.array:
-        training = cache is None  # decoding keeps MLX's plain kernels: no backward to prepare for
+        training = cache is None
         x = x + self.attn(self.ln_1(x, training), cache)
         return x + self.mlp(self.ln_2(x, training), decoding=not training)
 
@@ -166,14 +166,15 @@ class GPT(nn.Module):
         offset = cache[0].offset if cache else 0
         if offset + T > self.shape.n_ctx:
             raise ValueError(f"{offset + T} positions exceed the model's context of {self.shape.n_ctx}")
-        x = fused.embedding(self.wte.weight, idx) + fused.embedding(self.wpe.weight, mx.arange(offset, offset + T))
+        training = not cache  # decoding keeps MLX's plain operations: no backward to prepare for
+        lookup = fused.embedding if training else (lambda table, i: table[i])
+        x = lookup(self.wte.weight, idx) + lookup(self.wpe.weight, mx.arange(offset, offset + T))
         x = _as(x, self.compute_dtype)  # (B, T, C)
         for i, block in enumerate(self.h):
-            if self.checkpoint_activations and not cache:
+            if self.checkpoint_activations and training:
                 x = nn.utils.checkpoint(block)(x, None)  # keep only block inputs; recompute the rest
             else:
                 x = block(x, cache[i] if cache else None)
-        training = not cache
         x = self.ln_f(x, training)
         if self.shape.tie_embeddings:
             w = _as(self.wte.weight, x.dtype)
