@@ -19,12 +19,48 @@ import mlx.core as mx
 LN_WARPS = 4  # warps per thread block; each warp normalises one row at a time
 LN_ROWS_PER_WARP = 4  # the fastest launch shape on an H100 for both presets (bench/cuda_kernels.py)
 
-LAYER_NORM = """
+# Shared by both kernels (their `header`): a row's 16-byte pieces as floats, and its mean and 1 / std.
+ROW_HELPERS = """
+template <typename T, int PER, int VEC>
+__device__ __forceinline__ void acm_unpack(const uint4 (&raw)[PER], float (&v)[PER][VEC]) {
+  #pragma unroll
+  for (int k = 0; k < PER; k++) {
+    const T* p = reinterpret_cast<const T*>(&raw[k]);
+    #pragma unroll
+    for (int j = 0; j < VEC; j++) v[k][j] = static_cast<float>(p[j]);
+  }
+}
+
+template <int PER, int VEC>
+__device__ __forceinline__ void acm_row_stats(const float (&v)[PER][VEC], int n, float eps, float& mean, float& rstd) {
+  float s = 0.f, ss = 0.f;
+  #pragma unroll
+  for (int k = 0; k < PER; k++) {
+    #pragma unroll
+    for (int j = 0; j < VEC; j++) s += v[k][j];
+  }
+  for (int o = 16; o > 0; o /= 2) s += __shfl_xor_sync(0xffffffff, s, o);
+  mean = s / n;
+  #pragma unroll
+  for (int k = 0; k < PER; k++) {
+    #pragma unroll
+    for (int j = 0; j < VEC; j++) { float d = v[k][j] - mean; ss += d * d; }
+  }
+  for (int o = 16; o > 0; o /= 2) ss += __shfl_xor_sync(0xffffffff, ss, o);
+  rstd = rsqrtf(ss / n + eps);
+}
+"""
+
+# Both kernels' start: a row per warp, read in 16-byte pieces, PER pieces a lane.
+_ROW_PER_WARP = """
     constexpr int VEC = 16 / sizeof(T);           // elements per 16-byte load
     constexpr int PER = C / (32 * VEC);           // loads per lane per row
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     int gwarp = blockIdx.x * WARPS + warp;
     int nwarps = gridDim.x * WARPS;
+"""
+
+LAYER_NORM = _ROW_PER_WARP + """
     float wv[PER][VEC], bv[PER][VEC];
     #pragma unroll
     for (int k = 0; k < PER; k++) {
@@ -39,23 +75,9 @@ LAYER_NORM = """
       uint4 xraw[PER];
       #pragma unroll
       for (int k = 0; k < PER; k++) xraw[k] = xr[k * 32 + lane];
-      float xv[PER][VEC];
-      float s = 0.f, ss = 0.f;
-      #pragma unroll
-      for (int k = 0; k < PER; k++) {
-        const T* xs = reinterpret_cast<const T*>(&xraw[k]);
-        #pragma unroll
-        for (int j = 0; j < VEC; j++) { xv[k][j] = static_cast<float>(xs[j]); s += xv[k][j]; }
-      }
-      for (int o = 16; o > 0; o /= 2) s += __shfl_xor_sync(0xffffffff, s, o);
-      float mean = s / C;
-      #pragma unroll
-      for (int k = 0; k < PER; k++) {
-        #pragma unroll
-        for (int j = 0; j < VEC; j++) { float d = xv[k][j] - mean; ss += d * d; }
-      }
-      for (int o = 16; o > 0; o /= 2) ss += __shfl_xor_sync(0xffffffff, ss, o);
-      float rstd = rsqrtf(ss / C + EPS_F);
+      float xv[PER][VEC], mean, rstd;
+      acm_unpack<T, PER, VEC>(xraw, xv);
+      acm_row_stats<PER, VEC>(xv, C, EPS_F, mean, rstd);
       uint4* yr = reinterpret_cast<uint4*>(y + (size_t)row * C);
       #pragma unroll
       for (int k = 0; k < PER; k++) {
@@ -68,12 +90,7 @@ LAYER_NORM = """
     }
 """
 
-LAYER_NORM_VJP = """
-    constexpr int VEC = 16 / sizeof(T);           // elements per 16-byte load
-    constexpr int PER = C / (32 * VEC);           // loads per lane per row
-    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    int gwarp = blockIdx.x * WARPS + warp;
-    int nwarps = gridDim.x * WARPS;
+LAYER_NORM_VJP = _ROW_PER_WARP + """
     float wv[PER][VEC], dw_acc[PER][VEC], db_acc[PER][VEC];
     #pragma unroll
     for (int k = 0; k < PER; k++) {
@@ -93,28 +110,10 @@ LAYER_NORM_VJP = """
         xraw[k] = xr[k * 32 + lane];
         graw[k] = gr[k * 32 + lane];
       }
-      float xv[PER][VEC], gv[PER][VEC];
-      float s = 0.f, ss = 0.f, a = 0.f, b = 0.f;
-      #pragma unroll
-      for (int k = 0; k < PER; k++) {
-        const T* xs = reinterpret_cast<const T*>(&xraw[k]);
-        const T* gs = reinterpret_cast<const T*>(&graw[k]);
-        #pragma unroll
-        for (int j = 0; j < VEC; j++) {
-          xv[k][j] = static_cast<float>(xs[j]);
-          gv[k][j] = static_cast<float>(gs[j]);
-          s += xv[k][j];
-        }
-      }
-      for (int o = 16; o > 0; o /= 2) s += __shfl_xor_sync(0xffffffff, s, o);
-      float mean = s / C;
-      #pragma unroll
-      for (int k = 0; k < PER; k++) {
-        #pragma unroll
-        for (int j = 0; j < VEC; j++) { float d = xv[k][j] - mean; ss += d * d; }
-      }
-      for (int o = 16; o > 0; o /= 2) ss += __shfl_xor_sync(0xffffffff, ss, o);
-      float rstd = rsqrtf(ss / C + EPS_F);
+      float xv[PER][VEC], gv[PER][VEC], mean, rstd, a = 0.f, b = 0.f;
+      acm_unpack<T, PER, VEC>(xraw, xv);
+      acm_unpack<T, PER, VEC>(graw, gv);
+      acm_row_stats<PER, VEC>(xv, C, EPS_F, mean, rstd);
       #pragma unroll
       for (int k = 0; k < PER; k++) {
         #pragma unroll
@@ -184,10 +183,14 @@ def covers_layer_norm(x: mx.array) -> bool:
     return x.dtype != mx.float64 and C % (32 * _vec(x)) == 0 and C <= 1024
 
 
+def _header(eps: float, warps: int) -> str:
+    return f"#define WARPS {warps}\n#define EPS_F {eps!r}f\n{ROW_HELPERS}"
+
+
 @lru_cache(maxsize=None)
 def _layer_norm_forward_kernel(eps: float, warps: int):
     return mx.fast.cuda_kernel(name="acm_layer_norm", input_names=["x", "w", "b"], output_names=["y"],
-                               header=f"#define WARPS {warps}\n#define EPS_F {eps!r}f\n", source=LAYER_NORM)
+                               header=_header(eps, warps), source=LAYER_NORM)
 
 
 def _blocks(rows: int) -> int:
@@ -209,7 +212,7 @@ def layer_norm(x: mx.array, w: mx.array, b: mx.array, eps: float) -> mx.array:
 def _layer_norm_kernel(eps: float, warps: int):
     return mx.fast.cuda_kernel(name="acm_layer_norm_vjp", input_names=["x", "w", "g"],
                                output_names=["dx", "part"],
-                               header=f"#define WARPS {warps}\n#define EPS_F {eps!r}f\n", source=LAYER_NORM_VJP)
+                               header=_header(eps, warps), source=LAYER_NORM_VJP)
 
 
 def layer_norm_vjp(x: mx.array, w: mx.array, g: mx.array, eps: float) -> tuple[mx.array, mx.array, mx.array]:
