@@ -1,4 +1,4 @@
-"""acm's CUDA kernels (core/cuda_kernels.py) against MLX's own layer norm, on an NVIDIA GPU.
+"""acm's CUDA kernels (core/model/cuda_kernels.py) against MLX's own layer norm, on an NVIDIA GPU.
 
 usage: python bench/cuda_kernels.py [--ln-configs 8:4,4:8]      one JSON line per shape
 Layer norm, forward alone and forward + backward: MLX's (its backward writes a (rows, C)
@@ -17,8 +17,8 @@ import time
 import mlx.core as mx
 import numpy as np
 
-from core import cuda_kernels as ck
-from core import layer_norm as ln
+from core.model import cuda_kernels as ck
+from core.model import layer_norm as ln
 
 EPS = 1e-5
 

@@ -10,7 +10,7 @@ import os
 import platform
 import time
 
-from core.code_data import CodeReport, builtin_candidates, deduplicate, validate_all
+from core.data.code import CodeReport, builtin_candidates, deduplicate, validate_all
 from core.config import CodeDataConfig
 from core.progress import CancelToken, no_report
 

@@ -14,10 +14,10 @@ import mlx.core as mx
 import numpy as np
 from mlx.utils import tree_flatten
 
-from core.generate import generate_tokens
-from core.model import GPT
-from core.presets import get_preset
-from core.sampling import SamplingParams
+from core.generate.decode import generate_tokens
+from core.model.gpt import GPT
+from core.model.presets import get_preset
+from core.generate.sampling import SamplingParams
 
 
 def timed(tokens) -> tuple[float, float, int]:

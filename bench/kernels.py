@@ -14,7 +14,7 @@ import time
 
 
 def shapes(preset: str, batch: int, seq: int) -> dict:
-    from core.presets import get_preset
+    from core.model.presets import get_preset
 
     s = get_preset(preset)
     return {"M": batch * seq, "B": batch, "T": seq, "C": s.n_embd, "F": s.n_ffn, "V": s.vocab_size,
@@ -57,7 +57,7 @@ def run_mlx(d: dict, steps: int) -> dict:
     res["layer_norm"] = case(lambda x, w, b: mx.fast.layer_norm(x, w, b, 1e-5), x, w, b)
     import mlx.nn as nn
 
-    from core import fused
+    from core.model import fused
 
     h = mx.random.normal((M, F)).astype(bf)
     res["gelu"] = case(fused.gelu, h)

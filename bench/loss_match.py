@@ -12,7 +12,7 @@ acm: the product's compiled step (core/trainer.build_steps: flat AdamW with deca
 PyTorch: the same GPT-2 block written with torch.nn (biases, tanh GELU, tied head where the preset
 ties it), float32 weights, bf16 autocast (or none with --dtype float32), AdamW with the same
 groups, the same clipping and learning rate per step.
-Batches come from the product's sampler (core/batches.py), a pure function of (seed, step).
+Batches come from the product's sampler (core/train/batches.py), a pure function of (seed, step).
 """
 from __future__ import annotations
 
@@ -26,14 +26,14 @@ import mlx.core as mx
 import numpy as np
 from mlx.utils import tree_flatten
 
-from core.batches import Batches
+from core.train.batches import Batches
 from core.hardware import configure_mlx
-from core.model import GPT
-from core.prepare import map_split
-from core.presets import ModelShape, get_preset
-from core.schedule import lr_at
-from core.optimizer import FlatAdamW
-from core.trainer import build_steps
+from core.model.gpt import GPT
+from core.tokenizer.shards import map_split
+from core.model.presets import ModelShape, get_preset
+from core.train.schedule import lr_at
+from core.train.optimizer import FlatAdamW
+from core.train.trainer import build_steps
 
 LAST = 20  # steps averaged for the final training loss
 

@@ -14,11 +14,11 @@ from functools import partial
 
 import mlx.core as mx
 
-from core import fused
-from core.model import GPT
-from core.presets import get_preset
-from core.optimizer import FlatAdamW
-from core.trainer import build_steps
+from core.model import fused
+from core.model.gpt import GPT
+from core.model.presets import get_preset
+from core.train.optimizer import FlatAdamW
+from core.train.trainer import build_steps
 from step_setup import fixed_batch
 
 

@@ -16,8 +16,8 @@ from collections import defaultdict
 
 import mlx.core as mx
 
-from core.model import GPT
-from core.presets import get_preset
+from core.model.gpt import GPT
+from core.model.presets import get_preset
 from step_setup import compiled_step, fixed_batch
 
 KINDS = [  # first match wins

@@ -15,14 +15,14 @@ import time
 import mlx.core as mx
 import mlx.nn as nn
 
-from core import cuda_kernels, model
+from core.model import cuda_kernels, gpt as model
 from core.hardware import device_info, peak_flops
-from core.presets import get_preset
+from core.model.presets import get_preset
 from step_setup import compiled_step, fixed_batch, per_tensor_step
 
 
 def use_plain_autodiff() -> None:
-    """Swap in the MLP and loss as autodiff sees them unaided, to measure what core/fused.py saves."""
+    """Swap in the MLP and loss as autodiff sees them unaided, to measure what core/model/fused.py saves."""
     def mlp(self, x, decoding=False):
         return self.c_proj(nn.gelu_approx(self.c_fc(x)))
 
@@ -33,12 +33,12 @@ def use_plain_autodiff() -> None:
 
 
 def use_mlx_layer_norm() -> None:
-    """MLX's own layer norm, forward and backward, instead of core/cuda_kernels.py's (CUDA)."""
+    """MLX's own layer norm, forward and backward, instead of core/model/cuda_kernels.py's (CUDA)."""
     model.layer_norm = lambda x, w, b, eps, training=True: mx.fast.layer_norm(x, w, b, eps)
 
 
 def use_mlx_layer_norm_forward() -> None:
-    """MLX's layer-norm forward with core/cuda_kernels.py's backward (CUDA)."""
+    """MLX's layer-norm forward with core/model/cuda_kernels.py's backward (CUDA)."""
     cuda_kernels.layer_norm = lambda x, w, b, eps: mx.fast.layer_norm(x, w, b, eps)
 
 
@@ -57,16 +57,16 @@ def main() -> None:
     p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--checkpoint-activations", action="store_true")
     p.add_argument("--autodiff", action="store_true",
-                   help="plain autodiff MLP and a float32 copy of the logits (the step before core/fused.py)")
+                   help="plain autodiff MLP and a float32 copy of the logits (the step before core/model/fused.py)")
     p.add_argument("--sync", action="store_true",
                    help="wait for each step before building the next (the loop before steps were queued)")
     p.add_argument("--per-tensor", action="store_true",
-                   help="MLX's AdamW tensor by tensor (the step before core/optimizer.py's flat buffers)")
+                   help="MLX's AdamW tensor by tensor (the step before core/train/optimizer.py's flat buffers)")
     p.add_argument("--mlx-layer-norm", action="store_true", help="MLX's own layer norm, forward and backward")
     p.add_argument("--mlx-layer-norm-forward", action="store_true", help="MLX's layer-norm forward, acm's backward")
     p.add_argument("--addmm-bias", action="store_true", help="attention bias gradients by column reduction")
     p.add_argument("--ln-launch", default=None, metavar="WARPS:ROWS",
-                   help="the layer-norm kernel's launch shape (core/cuda_kernels.py)")
+                   help="the layer-norm kernel's launch shape (core/model/cuda_kernels.py)")
     p.add_argument("--grad-clip", type=float, default=1.0,
                    help="global-norm clip (0: off; the norm is still computed, for the monitor)")
     p.add_argument("--peak-tflops", type=float, default=None, help="override the device's peak (MFU)")

@@ -15,9 +15,9 @@ from typing import Any, get_type_hints
 
 import tomli_w
 
-from .atomic import write_text
-from .errors import ConfigError
-from .presets import PRESETS, ModelShape, get_preset
+from core.atomic import write_text
+from core.errors import ConfigError
+from core.model.presets import PRESETS, ModelShape, get_preset
 
 CONFIG_NAME = "acm.toml"
 

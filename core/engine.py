@@ -11,7 +11,7 @@ import threading
 from concurrent.futures import Future
 from typing import Any, Callable
 
-from .hardware import configure_mlx
+from core.hardware import configure_mlx
 
 _STOP = object()
 

@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .errors import AcmError
+from core.errors import AcmError
 
 
 class Cancelled(AcmError):

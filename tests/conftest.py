@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from core import config
-from core.code_data import fetch_code
-from core.language_data import fetch_language
-from core.tokenizer import train_tokenizer
+from core.data.code import fetch_code
+from core.data.language import fetch_language
+from core.tokenizer.bpe import train_tokenizer
 
 from .stand_ins import script
 
@@ -76,7 +76,7 @@ TRAIN = {"seq_len": 32, "batch_size": 4, "steps": 40, "warmup_steps": 2, "learni
 @pytest.fixture(scope="session")
 def prepared_template(trained_template, tmp_path_factory) -> Path:
     """The trained template with token shards and small, fast training settings."""
-    from core.prepare import prepare
+    from core.tokenizer.shards import prepare
 
     root = copy_project(trained_template, tmp_path_factory.mktemp("prepared") / "proj")
     cfg = config.load(root / "acm.toml")
@@ -98,7 +98,7 @@ def prepared(prepared_template, tmp_path) -> Path:
 @pytest.fixture(scope="session")
 def model_template(prepared_template, tmp_path_factory) -> Path:
     """The prepared template with a run `m`: 20 pretrain steps, then 10 fine-tune steps."""
-    from core.trainer import run_stage
+    from core.train.trainer import run_stage
 
     root = copy_project(prepared_template, tmp_path_factory.mktemp("model") / "proj")
     cfg = config.load(root / "acm.toml")

@@ -8,10 +8,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from core import cli, config
-from core.code_data import fetch_code, is_shell_shebang
-from core.corpus import MANIFEST, Corpus
+from core.data.code import fetch_code, is_shell_shebang
+from core.data.corpus import MANIFEST, Corpus
 from core.errors import AcmError
-from core.language_data import fetch_language
+from core.data.language import fetch_language
 from core.progress import Cancelled, CancelToken
 
 from .stand_ins import DEPLOY, EXPECTED, make_repos_file

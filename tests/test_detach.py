@@ -8,8 +8,9 @@ import time
 import pytest
 
 from acm_tui.app import AcmApp
-from core import checkpoint, cli, config, runs
-from core.detach import launch_detached
+from core.train import checkpoint, runs
+from core import cli, config
+from core.train.detach import launch_detached
 
 from .test_tui import wait_until
 

@@ -3,7 +3,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import pytest
 
-from core import fused
+from core.model import fused
 
 
 def reference_mlp(x, w_fc, b_fc, w_proj, b_proj):
@@ -88,8 +88,8 @@ def test_cross_entropy_matches_reference_in_low_precision():
 def test_model_loss_and_gradients_match_plain_autodiff(monkeypatch):
     from mlx.utils import tree_flatten
 
-    from core.model import GPT, MLP
-    from core.presets import get_preset
+    from core.model.gpt import GPT, MLP
+    from core.model.presets import get_preset
 
     shape = get_preset("nano")
     mx.random.seed(0)

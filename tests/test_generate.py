@@ -10,11 +10,11 @@ import pytest
 
 from core import cli, config
 from core.errors import AcmError
-from core.evaluate import distinct_n, evaluate_run
-from core.export import export_checkpoint
-from core.generate import generate_text, load_model, stream_generate
-from core.sampling import SamplingParams, filter_min_p, filter_top_k, filter_top_p, sample
-from core.tokenizer import BOS_ID
+from core.generate.evaluate import distinct_n, evaluate_run
+from core.generate.export import export_checkpoint
+from core.generate.decode import generate_text, load_model, stream_generate
+from core.generate.sampling import SamplingParams, filter_min_p, filter_top_k, filter_top_p, sample
+from core.tokenizer.bpe import BOS_ID
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +106,7 @@ def test_export_loads_in_mlx_lm_with_matching_logits(with_model, tmp_path):
 
 
 def test_export_refuses_untied_presets(with_model, tmp_path, monkeypatch):
-    import core.export as export
+    import core.generate.export as export
     from dataclasses import replace
 
     real = export.load_model

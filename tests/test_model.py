@@ -7,9 +7,9 @@ import pytest
 from mlx.utils import tree_flatten
 
 from core.engine import Engine
-from core.model import GPT
-from core.model_check import architecture_test
-from core.presets import PRESETS, get_preset
+from core.model.gpt import GPT
+from core.model.check import architecture_test
+from core.model.presets import PRESETS, get_preset
 
 
 @pytest.mark.parametrize("name,target", [("tiny", 98.9e6), ("medium", 371e6)])

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from mlx.utils import tree_flatten, tree_map
 
-from core.optimizer import ROW, FlatAdamW, global_norm, reference_adamw
+from core.train.optimizer import ROW, FlatAdamW, global_norm, reference_adamw
 
 
 def tree(rng) -> dict:

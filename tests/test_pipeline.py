@@ -4,9 +4,9 @@ import json
 
 from acm_tui.app import AcmApp
 from core import config
-from core.code_data import fetch_code
-from core.pipeline import pipeline_status
-from core.prepare import prepare
+from core.data.code import fetch_code
+from core.pipeline.overview import pipeline_status
+from core.tokenizer.shards import prepare
 
 from .test_tui import wait_until
 from .test_tui_data import text_of

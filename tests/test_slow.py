@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 
 from core import cli, config
-from core.code_data import fetch_code
-from core.language_data import fetch_language
-from core.tokenizer import train_tokenizer
+from core.data.code import fetch_code
+from core.data.language import fetch_language
+from core.tokenizer.bpe import train_tokenizer
 
 
 @pytest.mark.slow

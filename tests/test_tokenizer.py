@@ -7,11 +7,11 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from core import cli, config
-from core.corpus import Corpus
+from core.data.corpus import Corpus
 from core.errors import AcmError
-from core.prepare import CHUNK_DOCUMENTS, PARTIAL, is_val, open_tokens, prepare, tokens_dir, val_threshold
+from core.tokenizer.shards import CHUNK_DOCUMENTS, PARTIAL, is_val, open_tokens, prepare, tokens_dir, val_threshold
 from core.progress import Cancelled, CancelToken
-from core.tokenizer import BOS_ID, EOS_ID, SPECIAL_TOKENS, load_meta, load_tokenizer, mixed_texts, train_tokenizer
+from core.tokenizer.bpe import BOS_ID, EOS_ID, SPECIAL_TOKENS, load_meta, load_tokenizer, mixed_texts, train_tokenizer
 
 LOG_EXAMPLES = ["Hello, world! This is a test.", "#!/bin/bash\necho \"Starting deployment...\"", "for i in range(10):"]
 
@@ -127,7 +127,7 @@ def test_split_is_deterministic_seeded_and_never_empty():
 
 
 def test_prepare_resumes_after_interruption(trained, monkeypatch):
-    import core.prepare as prep
+    import core.tokenizer.shards as prep
 
     monkeypatch.setattr(prep, "CHUNK_DOCUMENTS", 16)  # several chunks from the small corpus
     cfg = config.load(trained / "acm.toml")

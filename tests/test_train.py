@@ -11,12 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from core import checkpoint, cli, config
+from core.train import checkpoint
+
+from core import cli, config
 from core.engine import Engine
 from core.errors import AcmError
-from core.runs import checkpoints_dir, read_metrics
-from core.schedule import lr_at
-from core.trainer import Control, TrainingError, run_stage
+from core.train.runs import checkpoints_dir, read_metrics
+from core.train.schedule import lr_at
+from core.train.trainer import Control, TrainingError, run_stage
 
 
 def losses(run: Path, stage: str = "pretrain") -> list[float]:

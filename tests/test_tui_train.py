@@ -3,8 +3,9 @@ from __future__ import annotations
 import asyncio
 
 from acm_tui.app import AcmApp
-from core import checkpoint, config
-from core.runs import checkpoints_dir, list_runs
+from core.train import checkpoint
+from core import config
+from core.train.runs import checkpoints_dir, list_runs
 
 from .test_tui import wait_until
 from .test_tui_data import text_of

@@ -8,12 +8,12 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import DataTable, Static
 
-from core.cli_data import corpus_dir, load_stats
-from core.code_data import fetch_code
-from core.corpus import Corpus
+from core.cli.data import corpus_dir, load_stats
+from core.data.code import fetch_code
+from core.data.corpus import Corpus
 from core.errors import AcmError
-from core.language_data import fetch_language
-from core.tables import CORPUS_COLUMNS, code_report_line, corpus_row
+from core.data.language import fetch_language
+from core.pipeline.tables import CORPUS_COLUMNS, code_report_line, corpus_row
 from .base import CANCEL_BINDING, Pane
 
 FETCHERS = {"language": fetch_language, "code": fetch_code}

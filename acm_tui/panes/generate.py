@@ -16,13 +16,13 @@ from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.widgets import DataTable, Input, Label, Select, Static
 
-from core import runs
-from core.code_data import bash_syntax_ok
+from core.train import runs
+from core.data.code import bash_syntax_ok
 from core.errors import AcmError, one_line
-from core.evaluate import evaluate_run
-from core.generate import load_model, stream_generate
-from core.sampling import SamplingParams
-from core.tables import EVAL_COLUMNS, eval_rows
+from core.generate.evaluate import evaluate_run
+from core.generate.decode import load_model, stream_generate
+from core.generate.sampling import SamplingParams
+from core.pipeline.tables import EVAL_COLUMNS, eval_rows
 
 from ..messages import EngineResult
 from .base import CANCEL_BINDING, Pane

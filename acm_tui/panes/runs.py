@@ -13,7 +13,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, DataTable, Input, Label, Static
 from textual_plotext import PlotextPlot
 
-from core import runs
+from core.train import runs
 from core.errors import AcmError
 
 from .base import Pane

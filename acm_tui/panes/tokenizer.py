@@ -9,11 +9,11 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import DataTable, Input, Static
 
-from core.cli_tokenizer import coloured_tokens
+from core.cli.tokenizer import coloured_tokens
 from core.errors import AcmError
-from core.prepare import MANIFEST, prepare, tokens_dir
-from core.tables import SHARD_COLUMNS, TOKENIZER_COLUMNS, shard_row, tokenizer_rows
-from core.tokenizer import load_meta, load_tokenizer, train_tokenizer
+from core.tokenizer.shards import MANIFEST, prepare, tokens_dir
+from core.pipeline.tables import SHARD_COLUMNS, TOKENIZER_COLUMNS, shard_row, tokenizer_rows
+from core.tokenizer.bpe import load_meta, load_tokenizer, train_tokenizer
 
 from .base import CANCEL_BINDING, Pane
 

@@ -19,10 +19,10 @@ from textual.containers import Grid
 from textual.widgets import Static
 from textual_plotext import PlotextPlot
 
-from core import checkpoint, runs
-from core.detach import launch_detached
+from core.train import checkpoint, runs
+from core.train.detach import launch_detached
 from core.errors import AcmError, one_line
-from core.trainer import Control, run_stage
+from core.train.trainer import Control, run_stage
 
 from ..messages import EngineResult
 from .base import Pane

@@ -1,0 +1,101 @@
+"""`acm data ...`: fetch the corpora, show their statistics, browse samples."""
+from __future__ import annotations
+
+import json
+
+from rich.console import Console
+from rich.table import Table
+
+from core.cli.progress import progress_bars
+from core.data.code import code_dir, fetch_code
+from core.config import Config
+from core.data.corpus import Corpus
+from core.errors import AcmError
+from core.data.language import fetch_language, language_dir
+from core.pipeline.tables import CORPUS_COLUMNS, corpus_row
+
+KINDS = ("language", "code")
+console = Console(highlight=False)
+
+
+def corpus_dir(cfg: Config, kind: str):
+    return language_dir(cfg) if kind == "language" else code_dir(cfg)
+
+
+def load_stats(cfg: Config) -> dict:
+    """Every fetched corpus's manifest statistics (absent corpora are left out)."""
+    out = {}
+    for kind in KINDS:
+        try:
+            m = Corpus.open(corpus_dir(cfg, kind), kind).manifest
+        except AcmError:
+            continue
+        out[kind] = {"source": m.get("source"), "created": m.get("created"), **m["stats"]}
+        if kind == "code":
+            out[kind]["report"] = m["report"]
+        if "repos" in m:
+            out[kind]["repos_failed"] = [r for r in m["repos"] if not r["ok"]]
+    return out
+
+
+def cmd_fetch(args, cfg: Config) -> int:
+    fetch = fetch_language if args.kind == "language" else fetch_code
+    with progress_bars() as report:
+        manifest = fetch(cfg, report)
+    s = manifest["stats"]
+    print(f"{args.kind} corpus: {s['documents']:,} documents, {s['words']:,} words, "
+          f"~{s['estimated_tokens']:,} tokens, {s['bytes'] / 2**20:.2f} MB in {corpus_dir(cfg, args.kind)}")
+    if args.kind == "code":
+        r = manifest["report"]
+        print(f"scripts: {r['raw']:,} raw, {r['valid']:,} valid, {r['unique']:,} unique "
+              f"({r['exact_duplicates']} exact and {r['near_duplicates']} near duplicates removed)")
+        for repo in manifest.get("repos", []):
+            if not repo["ok"]:
+                print(f"failed: {repo['name']}: {repo['error']}")
+    return 0
+
+
+def cmd_stats(args, cfg: Config) -> int:
+    stats = load_stats(cfg)
+    if args.json:
+        print(json.dumps(stats, indent=2))
+        return 0
+    if not stats:
+        raise AcmError("no corpus fetched yet: run `acm data fetch language` and `acm data fetch code`")
+    table = Table(*CORPUS_COLUMNS, title="Corpora", title_justify="left")
+    for kind, s in stats.items():
+        table.add_row(*corpus_row(kind, s))
+    console.print(table)
+    if "code" in stats:
+        r = stats["code"]["report"]
+        console.print(f"bash scripts: {r['raw']:,} raw, {r['valid']:,} valid, {r['unique']:,} unique "
+                      f"(removed: {r['exact_duplicates']} exact, {r['near_duplicates']} near duplicates; "
+                      f"rejected: {', '.join(f'{k} {v}' for k, v in r['rejected'].items()) or 'none'})")
+        cats = Table("category", "scripts", title="Code by category", title_justify="left")
+        for name, n in sorted(r["by_category"].items(), key=lambda kv: -kv[1]):
+            cats.add_row(name, str(n))
+        console.print(cats)
+    return 0
+
+
+def cmd_show(args, cfg: Config) -> int:
+    corpus = Corpus.open(corpus_dir(cfg, args.kind), args.kind)
+    row = corpus.row(args.index)
+    if args.json:
+        print(json.dumps(row, indent=2))
+        return 0
+    where = " ".join(f"{k}={row[k]}" for k in ("source", "repo", "commit", "category", "origin") if row[k])
+    print(f"# document {args.index % len(corpus)} of {len(corpus)}: {where}")
+    print(row["text"])
+    return 0
+
+
+def register(sub, add) -> None:
+    data = sub.add_parser("data", help="fetch and inspect the corpora").add_subparsers(
+        dest="data_command", required=True, metavar="ACTION")
+    fetch = add(data, "fetch", cmd_fetch, "fetch a corpus (data.language / data.code in acm.toml)", json_flag=False)
+    fetch.add_argument("kind", choices=KINDS)
+    add(data, "stats", cmd_stats, "statistics of the fetched corpora")
+    show = add(data, "show", cmd_show, "print one document with its provenance")
+    show.add_argument("kind", choices=KINDS)
+    show.add_argument("index", type=int, nargs="?", default=0)

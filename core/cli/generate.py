@@ -1,0 +1,159 @@
+"""`acm generate`, `acm chat`, `acm eval`, `acm export`: use a trained checkpoint."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from core.cli.progress import progress_bars
+from core.data.code import bash_syntax_ok
+from core.config import Config
+from core.engine import Engine
+from core.generate.evaluate import evaluate_run
+from core.generate.export import export_checkpoint
+from core.generate.decode import load_model, stream_generate
+from core.generate.sampling import SamplingParams
+from core.pipeline.tables import EVAL_COLUMNS, eval_rows
+
+console = Console(highlight=False, stderr=True)
+
+
+def params_from(args, cfg: Config) -> SamplingParams:
+    return SamplingParams.from_config(cfg.generate, temperature=args.temp, top_k=args.top_k, top_p=args.top_p,
+                                      min_p=args.min_p, repetition_penalty=args.repetition_penalty,
+                                      max_tokens=args.max_tokens, seed=args.seed, stop=tuple(args.stop or ()))
+
+
+def stream_to_stdout(lm, prompt: str, params: SamplingParams, echo_prompt: bool) -> str:
+    if echo_prompt:
+        sys.stdout.write(prompt)
+    text, last = "", None
+    for chunk in stream_generate(lm, prompt, params):
+        if chunk.notice:
+            console.print(f"[yellow]{chunk.notice}[/]")
+        sys.stdout.write(chunk.text)
+        sys.stdout.flush()
+        text += chunk.text
+        last = chunk
+    sys.stdout.write("\n")
+    ok, _ = bash_syntax_ok(prompt + text, 5.0)
+    console.print(f"[dim]{last.generated} tokens, {last.tokens_per_s:,.1f} tok/s, first token "
+                  f"{last.time_to_first_token_s * 1e3:.0f} ms, stop: {last.finish_reason}; bash -n: "
+                  f"{'parses' if ok else 'does not parse'}[/]")
+    return text
+
+
+def _loaded(args, cfg: Config, engine: Engine):
+    lm = engine.call(load_model, cfg, args.run, args.stage, args.checkpoint)
+    console.print(f"[dim]{lm.run} / {lm.stage} / step {lm.step} ({lm.checkpoint.name})[/]")
+    return lm
+
+
+def cmd_generate(args, cfg: Config) -> int:
+    engine = Engine()
+    try:
+        lm = _loaded(args, cfg, engine)
+        prompt = args.prompt.encode("utf-8").decode("unicode_escape").encode("latin-1").decode("utf-8") \
+            if args.escapes else args.prompt
+        engine.call(stream_to_stdout, lm, prompt, params_from(args, cfg), not args.no_echo)
+    finally:
+        engine.shutdown()
+    return 0
+
+
+def cmd_chat(args, cfg: Config) -> int:
+    engine = Engine()
+    try:
+        lm = _loaded(args, cfg, engine)
+        params = params_from(args, cfg)
+        console.print("[dim]type a prompt; end a line with \\ to continue it; Ctrl-D quits[/]")
+        while True:
+            lines = []
+            try:
+                line = input("> " if not lines else "… ")
+                while line.endswith("\\"):
+                    lines.append(line[:-1])
+                    line = input("… ")
+                lines.append(line)
+            except EOFError:
+                return 0
+            except KeyboardInterrupt:
+                print()
+                continue
+            try:
+                engine.call(stream_to_stdout, lm, "\n".join(lines), params, False)
+            except KeyboardInterrupt:
+                print("\n(stopped)")
+    finally:
+        engine.shutdown()
+
+
+def cmd_eval(args, cfg: Config) -> int:
+    engine = Engine()
+    try:
+        with progress_bars() as report:
+            results = engine.call(evaluate_run, cfg, report, None, args.run, args.samples, args.max_tokens)
+    finally:
+        engine.shutdown()
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    table = Table(*EVAL_COLUMNS, title=f"Evaluation of run {results['run']} (val loss, perplexity; generated "
+                  "bash: share parsing with bash -n, mean tokens, distinct-2)", title_justify="left")
+    for row in eval_rows(results):
+        table.add_row(*row)
+    Console(highlight=False).print(table)
+    return 0
+
+
+def cmd_export(args, cfg: Config) -> int:
+    engine = Engine()
+    try:
+        info = engine.call(export_checkpoint, cfg, Path(args.to), args.run, args.stage, args.checkpoint, args.dtype)
+    finally:
+        engine.shutdown()
+    print(f"exported {info['checkpoint']} ({info['preset']}, {info['dtype']}) to {info['folder']}")
+    print(f"try: python -m mlx_lm generate --model {info['folder']} --prompt '#!/bin/bash'")
+    return 0
+
+
+def add_checkpoint_args(p) -> None:
+    p.add_argument("--run", help="run name (default: the latest run)")
+    p.add_argument("--stage", choices=["pretrain", "finetune"], help="default: finetune if it has a checkpoint")
+    p.add_argument("--checkpoint", choices=["best", "latest"], default="best")
+
+
+def add_sampling_args(p) -> None:
+    p.add_argument("--temp", type=float, help="temperature (0: greedy; default generate.temperature)")
+    p.add_argument("--top-k", type=int)
+    p.add_argument("--top-p", type=float)
+    p.add_argument("--min-p", type=float)
+    p.add_argument("--repetition-penalty", type=float)
+    p.add_argument("--max-tokens", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--stop", action="append", help="stop string (repeatable); <EOS> always stops")
+
+
+def register(sub, add) -> None:
+    gen = add(sub, "generate", cmd_generate, "stream a continuation of PROMPT to stdout", json_flag=False)
+    gen.add_argument("prompt")
+    gen.add_argument("-e", "--escapes", action="store_true", help="read \\n-style escapes in PROMPT")
+    gen.add_argument("--no-echo", action="store_true", help="print only the continuation")
+    add_checkpoint_args(gen)
+    add_sampling_args(gen)
+    chat = add(sub, "chat", cmd_chat, "the generator as a REPL on standard input", json_flag=False)
+    add_checkpoint_args(chat)
+    add_sampling_args(chat)
+    ev = add(sub, "eval", cmd_eval, "val loss / perplexity and generated-bash quality of a run's checkpoints")
+    ev.add_argument("--run", help="run name (default: the latest run)")
+    ev.add_argument("--samples", type=int, default=12, help="scripts to generate per checkpoint")
+    ev.add_argument("--max-tokens", type=int, default=200)
+    ex = add(sub, "export", cmd_export, "write a checkpoint as a folder mlx-lm loads", json_flag=False)
+    ex.add_argument("run", nargs="?", help="run name (default: the latest run)")
+    ex.add_argument("--to", required=True, help="new folder to write")
+    ex.add_argument("--stage", choices=["pretrain", "finetune"])
+    ex.add_argument("--checkpoint", choices=["best", "latest"], default="best")
+    ex.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")

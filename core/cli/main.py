@@ -1,0 +1,194 @@
+"""`acm`: every stage from the command line, for scripts and machines without a terminal UI."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from core import __version__, config
+
+from core.cli import data as cli_data, generate as cli_generate, pipeline as cli_pipeline, runs as cli_runs, tokenizer as cli_tokenizer, train as cli_train
+
+from core.pipeline import doctor
+from core.errors import AcmError
+from core.hardware import configure_mlx
+from core.model.presets import PRESETS, get_preset, human_count
+from core.pipeline.tables import DOCTOR_COLUMNS, PRESET_COLUMNS, doctor_row, preset_row
+
+console = Console(highlight=False)
+
+
+def _print_json(obj) -> None:
+    print(json.dumps(obj, indent=2, default=str))
+
+
+# ---------------------------------------------------------------- doctor
+
+def cmd_doctor(args, cfg: config.Config) -> int:
+    checks = doctor.run_checks(cfg)
+    ok = doctor.healthy(checks)
+    if args.json:
+        _print_json({"ok": ok, "checks": [c.__dict__ | {"status": c.status} for c in checks]})
+    else:
+        table = Table(*DOCTOR_COLUMNS, title="acm doctor", title_justify="left")
+        for c in checks:
+            table.add_row(*doctor_row(c))
+        console.print(table)
+        for c in checks:
+            if not c.ok:
+                console.print(f"[{'red' if c.required else 'yellow'}]{c.name}[/]: {c.fix}")
+        console.print("[green]ready[/]" if ok else "[red]not ready: fix the MISSING lines above[/]")
+    return 0 if ok else 1
+
+
+# ---------------------------------------------------------------- presets and model
+
+def preset_rows() -> list[dict]:
+    return [p.as_dict() | {"parameters": p.param_count()} for p in PRESETS.values()]
+
+
+def cmd_presets(args, cfg: config.Config) -> int:
+    if args.json:
+        _print_json(preset_rows())
+        return 0
+    table = Table(*PRESET_COLUMNS, title="Model presets", title_justify="left")
+    for p in PRESETS.values():
+        table.add_row(*preset_row(p, selected=p.name == cfg.model.preset))
+    console.print(table)
+    console.print("* the preset acm.toml selects (model.preset)")
+    return 0
+
+
+def cmd_model_info(args, cfg: config.Config) -> int:
+    p = get_preset(args.name or cfg.model.preset)
+    if args.json:
+        _print_json(p.as_dict() | {"parameters": p.param_count()})
+        return 0
+    lines = [
+        f"Model Configuration: {p.name.upper()}",
+        f"  Parameters: {human_count(p.param_count())} ({p.param_count():,})",
+        f"  Layers: {p.n_layer}",
+        f"  Hidden dim: {p.n_embd}",
+        f"  Attention heads: {p.n_head}",
+        f"  FFN dim: {p.n_ffn}",
+        f"  Max sequence: {p.n_ctx}",
+        f"  Vocabulary: {p.vocab_size}",
+        f"  Embeddings: {'tied input/output' if p.tie_embeddings else 'untied output head'}",
+        f"  Memory (fp32 weights): {p.param_count() * 4 / 2**30:.2f} GiB",
+    ]
+    print("\n".join(lines))
+    return 0
+
+
+def cmd_model_test(args, cfg: config.Config) -> int:
+    from core.model.check import architecture_test
+
+    shape = get_preset(args.preset or cfg.model.preset)
+    r = architecture_test(shape, batch=args.batch, seq=args.seq, compute_dtype=args.dtype)
+    if args.json:
+        _print_json(r)
+        return 0 if r["shape_ok"] else 1
+    print(f"Model: {shape.name} on {r['device']} ({r['compute_dtype']} compute)")
+    print(f"Input shape: {tuple(r['input_shape'])}")
+    print(f"Output shape: {tuple(r['output_shape'])}")
+    print(f"Forward pass time: {r['forward_ms']:.2f}ms")
+    print(f"Total parameters: {human_count(r['parameters'])}")
+    print(f"Memory footprint: ~{r['memory_bytes'] / 2**30:.2f} GB (FP32)")
+    print(f"Tokens/sec: ~{r['tokens_per_s']:,.0f}")
+    print("passed" if r["shape_ok"] else "FAILED: unexpected output shape")
+    return 0 if r["shape_ok"] else 1
+
+
+# ---------------------------------------------------------------- config
+
+def cmd_config_show(args, cfg: config.Config) -> int:
+    if args.json:
+        _print_json(cfg.to_dict())
+    else:
+        print(config.dumps(cfg), end="")
+    return 0
+
+
+def cmd_config_check(args, cfg: config.Config) -> int:
+    print(f"{args.config}: ok")
+    return 0
+
+
+def cmd_config_set(args, cfg: config.Config) -> int:
+    new, notes = config.with_value(cfg, args.key, args.value, source=str(args.config))
+    config.save(new, args.config)
+    print(f"{args.key} = {config.get_value(new, args.key)!r} saved to {args.config}")
+    for note in notes:
+        print(f"also: {note}")
+    return 0
+
+
+# ---------------------------------------------------------------- parser
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="acm", description="Train a small code-generation model with MLX.")
+    p.add_argument("--version", action="version", version=f"acm {__version__}")
+    p.add_argument("-c", "--config", type=Path, default=Path(os.environ.get("ACM_CONFIG", config.CONFIG_NAME)),
+                   help="settings file (default: ./acm.toml, or $ACM_CONFIG)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(parser, name, func, help, json_flag=True):
+        sp = parser.add_parser(name, help=help, description=help)
+        sp.set_defaults(func=func)
+        if json_flag:
+            sp.add_argument("--json", action="store_true", help="print JSON")
+        return sp
+
+    add(sub, "doctor", cmd_doctor, "check MLX, the device, dependencies and free disk")
+    add(sub, "presets", cmd_presets, "list the model presets")
+
+    model = sub.add_parser("model", help="model shapes and the architecture test").add_subparsers(
+        dest="model_command", required=True, metavar="ACTION")
+    info = add(model, "info", cmd_model_info, "show one preset's configuration")
+    info.add_argument("name", nargs="?", help="preset name (default: model.preset)")
+    test = add(model, "test", cmd_model_test, "build a preset and time one forward pass")
+    test.add_argument("--preset", help="preset name (default: model.preset)")
+    test.add_argument("--batch", type=int, default=2)
+    test.add_argument("--seq", type=int, default=128)
+    test.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                      help="compute dtype (weights stay float32)")
+
+    cli_data.register(sub, add)
+    cli_tokenizer.register(sub, add)
+    cli_train.register(sub, add)
+    cli_generate.register(sub, add)
+    cli_runs.register(sub, add)
+    cli_pipeline.register(sub, add)
+
+    cfgp = sub.add_parser("config", help="show, check or change acm.toml").add_subparsers(
+        dest="config_command", required=True, metavar="ACTION")
+    add(cfgp, "show", cmd_config_show, "print every setting, defaults filled in")
+    add(cfgp, "check", cmd_config_check, "validate acm.toml", json_flag=False)
+    setp = add(cfgp, "set", cmd_config_set, "change one setting, e.g. acm config set model.preset tiny",
+               json_flag=False)
+    setp.add_argument("key")
+    setp.add_argument("value")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_mlx()
+    try:
+        cfg = config.load(args.config)
+        return args.func(args, cfg)
+    except AcmError as e:
+        print(f"acm: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("acm: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""`acm runs ...`: list runs and their states, steer a background stage, delete or rename a run."""
+from __future__ import annotations
+
+import json
+import time
+
+from rich.console import Console
+from rich.table import Table
+
+from core.train import runs
+from core.config import Config
+from core.errors import AcmError
+
+
+def _run(cfg: Config, name: str):
+    path = runs.run_dir(cfg, name)
+    if not (path / "config.toml").exists():
+        raise AcmError(f"no run {name!r} in {cfg.runs_dir}; `acm runs` lists them")
+    return path
+
+
+def cmd_list(args, cfg: Config) -> int:
+    rows = [runs.summary(r) for r in runs.list_runs(cfg)]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    table = Table("run", "preset", "stage", "state", "step", "best val loss", "modified", title="Runs",
+                  title_justify="left")
+    for r in rows:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(r["modified"]))
+        for stage, st in r["stages"].items() or [("–", {})]:
+            total = f"/{st['total']}" if st.get("total") else ""
+            val = f"{st['best_val_loss']:.4f}" if st.get("best_val_loss") is not None else ""
+            table.add_row(r["name"], r["preset"], stage, st.get("state", ""), f"{st.get('step', '')}{total}", val,
+                          when)
+    Console(highlight=False).print(table)
+    return 0
+
+
+def cmd_command(args, cfg: Config) -> int:
+    run = _run(cfg, args.run)
+    stage = args.stage or runs.active_stage(run)
+    if stage is None:
+        raise AcmError(f"run {run.name} has not started training")
+    runs.send_command(run, stage, args.runs_command)
+    print(f"{args.runs_command} sent to {stage} of run {run.name}")
+    return 0
+
+
+def cmd_delete(args, cfg: Config) -> int:
+    run = _run(cfg, args.run)
+    if not args.yes:
+        raise AcmError(f"deleting run {run.name} removes its checkpoints: add --yes to confirm")
+    runs.delete_run(run)
+    print(f"deleted run {run.name}")
+    return 0
+
+
+def cmd_rename(args, cfg: Config) -> int:
+    new = runs.rename_run(_run(cfg, args.run), args.new_name)
+    print(f"renamed to {new.name}")
+    return 0
+
+
+def register(sub, add) -> None:
+    parser = sub.add_parser("runs", help="list runs; pause, resume, stop or checkpoint a background stage")
+    parser.set_defaults(func=cmd_list, json=False)
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    actions = parser.add_subparsers(dest="runs_command", metavar="ACTION")
+    add(actions, "list", cmd_list, "the runs, with each stage's state (running, paused, interrupted, done...)")
+    for command, help in (("pause", "pause"), ("resume", "resume a paused"), ("stop", "stop (with a checkpoint)"),
+                          ("save", "write a checkpoint of")):
+        p = add(actions, command, cmd_command, f"{help} the training of RUN (it may run in another process)",
+                json_flag=False)
+        p.add_argument("run")
+        p.add_argument("--stage", choices=list(runs.STAGES), help="default: the stage it is on")
+    d = add(actions, "delete", cmd_delete, "delete RUN and its checkpoints", json_flag=False)
+    d.add_argument("run")
+    d.add_argument("--yes", action="store_true", help="confirm")
+    r = add(actions, "rename", cmd_rename, "rename RUN", json_flag=False)
+    r.add_argument("run")
+    r.add_argument("new_name")

@@ -1,0 +1,104 @@
+"""`acm tokenizer ...` and `acm prepare`: train and probe the tokenizer, write token shards."""
+from __future__ import annotations
+
+import json
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from core.cli.progress import progress_bars
+from core.config import Config
+from core.errors import AcmError
+from core.tokenizer.shards import prepare
+from core.pipeline.tables import SHARD_COLUMNS, TOKENIZER_COLUMNS, shard_row, tokenizer_rows
+from core.tokenizer.bpe import load_meta, load_tokenizer, tokenizer_dir, train_tokenizer
+
+console = Console(highlight=False)
+TOKEN_COLOURS = ["on dark_blue", "on dark_green", "on dark_red", "on purple4", "on dark_cyan"]
+
+
+def coloured_tokens(pieces: list[str]) -> Text:
+    """Each token on its own background; newlines and tabs shown as ↵ and →."""
+    out = Text()
+    for i, piece in enumerate(pieces):
+        shown = piece.replace("\n", "↵\n").replace("\t", "→")
+        out.append(shown or "·", style=TOKEN_COLOURS[i % len(TOKEN_COLOURS)])
+    return out
+
+
+def cmd_train(args, cfg: Config) -> int:
+    with progress_bars() as report:
+        meta = train_tokenizer(cfg, report, compare=args.compare)
+    print(f"tokenizer: {meta['vocab_size']:,} tokens, code share {meta['mix']['code_share']:.1%} of "
+          f"{(meta['mix']['language_chars'] + meta['mix']['code_chars']) / 1e6:.1f}M training characters, "
+          f"saved to {tokenizer_dir(cfg)}")
+    print_eval(meta)
+    return 0
+
+
+def print_eval(meta: dict) -> None:
+    table = Table(*TOKENIZER_COLUMNS, title=f"Held-out text ({meta['held_out']['language']} documents, "
+                  f"{meta['held_out']['code']} scripts)", title_justify="left")
+    for row in tokenizer_rows(meta):
+        table.add_row(*row)
+    console.print(table)
+
+
+def cmd_info(args, cfg: Config) -> int:
+    meta = load_meta(cfg)
+    if meta is None:
+        raise AcmError(f"no tokenizer in {tokenizer_dir(cfg)}: run `acm tokenizer train` first")
+    if args.json:
+        print(json.dumps(meta, indent=2))
+        return 0
+    print(f"vocab {meta['vocab_size']:,}; special tokens "
+          + ", ".join(f"{k}={v}" for k, v in meta["special_tokens"].items())
+          + f"; sha256 {meta['tokenizer_sha256'][:12]}")
+    print_eval(meta)
+    return 0
+
+
+def cmd_probe(args, cfg: Config) -> int:
+    tok = load_tokenizer(cfg)
+    text = args.text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    if args.escapes:
+        text = text.encode("utf-8").decode("unicode_escape").encode("latin-1").decode("utf-8")
+    r = tok.probe(text)
+    if args.json:
+        print(json.dumps(r, ensure_ascii=False))
+        return 0
+    console.print(coloured_tokens(r["tokens"]))
+    print(f"Tokens: {r['token_strings']}")
+    print(f"IDs:    {r['ids']}")
+    print(f"Bytes:  {r['byte_offsets']}")
+    print(f"{r['count']} tokens, {r['chars_per_token']} chars/token")
+    return 0
+
+
+def cmd_prepare(args, cfg: Config) -> int:
+    with progress_bars() as report:
+        manifests = prepare(cfg, report, force=args.force)
+    if args.json:
+        print(json.dumps({k: {f: m[f] for f in ("tokens", "documents", "dtype", "tokenizer_sha256")}
+                          for k, m in manifests.items()}, indent=2))
+        return 0
+    table = Table(*SHARD_COLUMNS, title="Token shards", title_justify="left")
+    for kind, m in manifests.items():
+        table.add_row(*shard_row(kind, m))
+    console.print(table)
+    return 0
+
+
+def register(sub, add) -> None:
+    tok = sub.add_parser("tokenizer", help="train and probe the BPE tokenizer").add_subparsers(
+        dest="tokenizer_command", required=True, metavar="ACTION")
+    train = add(tok, "train", cmd_train, "train the byte-level BPE tokenizer on both corpora", json_flag=False)
+    train.add_argument("--compare", action="store_true",
+                       help="also train one at the original's mix (0.3%% code) and compare chars/token")
+    add(tok, "info", cmd_info, "the trained tokenizer's metadata and evaluation")
+    probe = add(tok, "probe", cmd_probe, "show the tokens, ids and byte offsets of a text")
+    probe.add_argument("text")
+    probe.add_argument("-e", "--escapes", action="store_true", help="read \\n, \\t and \\\" escapes in TEXT")
+    prep = add(sub, "prepare", cmd_prepare, "tokenize both corpora into train/val token shards")
+    prep.add_argument("--force", action="store_true", help="rebuild the shards from scratch")

@@ -1,0 +1,118 @@
+"""`acm train pretrain|finetune`: the training stage on the engine thread, with a live progress line.
+
+Ctrl-C once stops at the next step boundary and writes a checkpoint; twice exits at once (the
+previous checkpoint stays loadable).
+"""
+from __future__ import annotations
+
+import json
+import queue
+import signal
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from core.train import runs
+from core.config import Config
+from core.train.detach import launch_detached
+from core.engine import Engine
+from core.errors import AcmError
+from core.train.trainer import Control, run_stage
+
+console = Console(highlight=False, stderr=True)
+
+
+def pick_run(cfg: Config, stage: str, name: str | None, resume: bool):
+    if name:
+        return runs.run_dir(cfg, name)
+    if stage == "finetune" or resume:
+        found = runs.latest_run_with(cfg, "pretrain" if stage == "finetune" and not resume else stage)
+        if found is None:
+            raise AcmError(f"no run with {'pretrain' if stage == 'finetune' else stage} checkpoints in "
+                           f"{cfg.runs_dir}: run `acm train pretrain` first, or name one with --run")
+        return found
+    return runs.run_dir(cfg, runs.new_run_name(cfg))
+
+
+def describe(event: dict) -> str | None:
+    kind = event["type"]
+    if kind == "metrics":
+        mfu = f" mfu {event['mfu']:.1%}" if event.get("mfu") is not None else ""
+        return (f"step {event['step']}/{event['total']} loss {event['loss']:.4f} lr {event['lr']:.2e} "
+                f"{event['tokens_per_s']:,.0f} tok/s{mfu} epoch {event['epoch']:.2f} "
+                f"mem {event['memory_active'] / 2**30:.2f}/{event['memory_peak'] / 2**30:.2f} GiB")
+    if kind == "eval":
+        return f"step {event['step']} val loss {event['val_loss']:.4f} (ppl {event['val_ppl']:.1f})"
+    if kind == "log":
+        return event["text"]
+    return None
+
+
+def cmd_train(args, cfg: Config) -> int:
+    sc = getattr(cfg.train, args.stage)
+    if args.steps:
+        sc.steps = args.steps
+    run = pick_run(cfg, args.stage, args.run, args.resume)
+    if args.detach:
+        pid = launch_detached(args.config, args.stage, run, args.resume, args.steps, args.max_steps)
+        print(f"{args.stage} of run {run.name} runs in the background (pid {pid}); "
+              f"log: {runs.stage_dir(run, args.stage) / 'detached.log'}")
+        print(f"watch it in acm-tui or with `acm runs`; stop it with `acm runs stop {run.name}`")
+        return 0
+    events: queue.SimpleQueue = queue.SimpleQueue()
+    control = Control()
+    signal.signal(signal.SIGTERM, lambda *_: control.stop())  # a polite kill stops with a checkpoint
+    if hasattr(signal, "SIGUSR1"):
+        signal.signal(signal.SIGUSR1, lambda *_: control.save_now())
+    engine = Engine()
+    fut = engine.submit(run_stage, cfg, args.stage, run, events.put, control, args.resume, args.max_steps)
+    fut.add_done_callback(lambda f: events.put({"type": "finished"}))
+    interrupts = 0
+    bar = Progress(TextColumn(f"{args.stage} [dim]{run.name}"), BarColumn(), MofNCompleteColumn(), TextColumn("eta"),
+                   TimeRemainingColumn(), console=console, transient=True, disable=args.json)
+    task = bar.add_task(args.stage, total=sc.steps)
+    with bar:
+        while True:
+            try:
+                event = events.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            except KeyboardInterrupt:
+                interrupts += 1
+                if interrupts > 1:
+                    console.print("interrupted: exiting now; the last checkpoint stays loadable")
+                    return 130
+                console.print("stopping at the next step and saving a checkpoint (Ctrl-C again to quit now)")
+                control.stop()
+                continue
+            if event["type"] == "finished":
+                break
+            if "step" in event:
+                bar.update(task, completed=event["step"], total=event.get("total", sc.steps))
+            if args.json:
+                print(json.dumps(event), flush=True)
+            elif (line := describe(event)) is not None:
+                bar.console.print(line)
+    engine.shutdown()
+    result = fut.result()  # re-raises the stage's error
+    if not args.json:
+        best = f", best val loss {result.best_val_loss:.4f}" if result.best_val_loss is not None else ""
+        print(f"{args.stage} {'stopped' if result.stopped_early else 'finished'} at step {result.step} "
+              f"in run {result.run.name}{best}; checkpoint: {result.last_checkpoint}")
+    return 0
+
+
+def register(sub, add) -> None:
+    train = sub.add_parser("train", help="pretrain on language, fine-tune on code").add_subparsers(
+        dest="train_command", required=True, metavar="STAGE")
+    for stage, help in (("pretrain", "train the model on the language shards"),
+                        ("finetune", "fine-tune the best pretrain checkpoint on the code shards")):
+        p = add(train, stage, cmd_train, help)
+        p.set_defaults(stage=stage)
+        p.add_argument("--run", help="run folder name under runs/ (default: a new one for pretrain, the "
+                                     "latest with a pretrain checkpoint for finetune)")
+        p.add_argument("--resume", action="store_true", help="continue the run's latest checkpoint of this stage")
+        p.add_argument("--steps", type=int, help=f"total steps (default: train.{stage}.steps)")
+        p.add_argument("--max-steps", type=int, help="stop after this many steps in this call (resume later)")
+        p.add_argument("--detach", action="store_true",
+                       help="run in the background, surviving the terminal (watch with acm-tui or acm runs)")

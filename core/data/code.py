@@ -1,0 +1,318 @@
+"""The bash corpus: scripts from GitHub clones, local folders or the machine's own script folders,
+validated (UTF-8, size and line bounds, `bash -n`), deduplicated exactly and by MinHash, and
+written as a corpus with provenance (repo, path, commit) for each script.
+
+Scripts are only ever parsed (`bash -n`, with $BASH_ENV cleared), never executed.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from core.config import CodeDataConfig, Config
+from core.data.corpus import CorpusWriter
+from core.errors import AcmError
+from core.progress import CancelToken, Reporter, Ticker, no_report
+from core.data.repos import clone_all, load_repos, require_tool
+
+SCRIPT_SUFFIXES = {".sh", ".bash"}
+SHELLS = {b"sh", b"bash", b"zsh", b"dash", b"ksh"}
+# The offline default: folders every Linux or macOS machine has, scanned without following links.
+COMPLETION_DIRS = ["/usr/share/bash-completion/completions", "/etc/bash_completion.d",
+                   "/usr/local/etc/bash_completion.d", "/opt/homebrew/etc/bash_completion.d",
+                   "/opt/homebrew/share/bash-completion/completions"]
+SCRIPT_DIRS = ["/etc", "/usr/bin", "/usr/sbin", "/usr/local/bin", "/usr/libexec", "/usr/lib/git-core",
+               "/opt/homebrew/bin"]
+NEAR_DUP_PERMUTATIONS = 128
+SHINGLE = 5
+
+
+def code_dir(cfg: Config) -> Path:
+    return cfg.data_dir / "code"
+
+
+@dataclass
+class Candidate:
+    path: Path
+    raw: bytes
+    source: str
+    origin: str  # path shown to the user (relative to its repo or folder)
+    repo: str = ""
+    commit: str = ""
+    category: str = ""
+    oversize: bool = False  # larger than data.code.max_file_bytes (content not read)
+
+
+@dataclass
+class Validated:
+    candidate: Candidate
+    text: str = ""
+    reason: str = ""  # empty when valid
+
+
+# ---------------------------------------------------------------- finding scripts
+
+def is_shell_shebang(head: bytes) -> bool:
+    """True for '#!/bin/bash', '#!/usr/bin/env -S bash -e', '#! /bin/sh' and the like."""
+    if not head.startswith(b"#!"):
+        return False
+    parts = head[2:].split(b"\n", 1)[0].split()
+    if not parts:
+        return False
+    prog = parts[0].rsplit(b"/", 1)[-1]
+    if prog == b"env":
+        rest = [p for p in parts[1:] if not p.startswith(b"-") and b"=" not in p]
+        prog = rest[0].rsplit(b"/", 1)[-1] if rest else b""
+    return prog in SHELLS
+
+
+def find_scripts(root: Path, max_bytes: int, all_files: bool = False, seen: set | None = None,
+                 cancel: CancelToken | None = None) -> Iterator[tuple[Path, bytes | None]]:
+    """(path, content) of each shell script under root; content None when over max_bytes.
+
+    Folder symlinks are never followed (no loops); file symlinks count once, by real path.
+    `all_files` takes every file (bash-completion folders hold bash without shebangs).
+    """
+    seen = set() if seen is None else seen
+    if root.is_file():
+        walk = [(str(root.parent), [], [root.name])]
+    else:
+        walk = os.walk(root, followlinks=False, onerror=lambda e: None)
+    for dirpath, dirs, files in walk:
+        dirs[:] = sorted(d for d in dirs if d != ".git")
+        for name in sorted(files):
+            if cancel:
+                cancel.check()
+            path = Path(dirpath) / name
+            try:
+                real = path.resolve(strict=True)
+                st = real.stat()
+            except (OSError, RuntimeError):  # broken link, link loop, no permission
+                continue
+            if not real.is_file() or real in seen:
+                continue
+            try:
+                with open(real, "rb") as f:
+                    head = f.read(256)
+                    if not (all_files or path.suffix in SCRIPT_SUFFIXES or is_shell_shebang(head)):
+                        continue
+                    seen.add(real)
+                    yield path, (head + f.read() if st.st_size <= max_bytes else None)
+            except OSError:
+                continue
+
+
+def scan_folder(root: Path, source: str, max_bytes: int, all_files: bool = False, seen: set | None = None,
+                cancel: CancelToken | None = None, **fields: str) -> Iterator[Candidate]:
+    for path, raw in find_scripts(root, max_bytes, all_files, seen, cancel):
+        origin = str(path.relative_to(root)) if fields.get("repo") else str(path)
+        yield Candidate(path, raw or b"", source, origin, oversize=raw is None, **fields)
+
+
+# ---------------------------------------------------------------- validation
+
+def normalize(text: str) -> str:
+    """LF line ends, no trailing spaces, no leading/trailing blank lines, one final newline."""
+    lines = [line.rstrip() for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n")]
+    return "\n".join(lines).strip("\n") + "\n"
+
+
+def bash_syntax_ok(text: str, timeout_s: float) -> tuple[bool, str]:
+    """`bash -n` on the script (parsed only; BASH_ENV and ENV are cleared so nothing is sourced)."""
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C"}
+    try:
+        r = subprocess.run(["bash", "-n"], input=text.encode("utf-8"), capture_output=True, timeout=timeout_s,
+                           env=env)
+    except subprocess.TimeoutExpired:
+        return False, "timeout"
+    return r.returncode == 0, "syntax"
+
+
+def validate(c: Candidate, cc: CodeDataConfig) -> Validated:
+    if c.oversize:
+        return Validated(c, reason="too_large")
+    if b"\x00" in c.raw:
+        return Validated(c, reason="binary")
+    try:
+        text = c.raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return Validated(c, reason="not_utf8")
+    text = normalize(text)
+    if not text.strip():
+        return Validated(c, reason="empty")
+    if max(map(len, text.split("\n"))) > cc.max_line_length:
+        return Validated(c, reason="long_line")
+    ok, why = bash_syntax_ok(text, cc.syntax_timeout_s)
+    return Validated(c, text=text, reason="" if ok else why)
+
+
+# ---------------------------------------------------------------- deduplication
+
+def shingles(text: str) -> set[bytes]:
+    words = text.split()
+    if len(words) <= SHINGLE:
+        return {" ".join(words).encode()}
+    return {" ".join(words[i:i + SHINGLE]).encode() for i in range(len(words) - SHINGLE + 1)}
+
+
+class NearDuplicates:
+    """MinHash LSH over word 5-gram shingles: `seen(text)` is True for a near-copy of an earlier text."""
+
+    def __init__(self, threshold: float):
+        from datasketch import MinHash, MinHashLSH
+
+        self._MinHash = MinHash
+        self.lsh = MinHashLSH(threshold=threshold, num_perm=NEAR_DUP_PERMUTATIONS)
+        self.n = 0
+
+    def seen(self, text: str) -> bool:
+        m = self._MinHash(num_perm=NEAR_DUP_PERMUTATIONS, seed=1)
+        m.update_batch(list(shingles(text)))
+        if self.lsh.query(m):
+            return True
+        self.lsh.insert(str(self.n), m)
+        self.n += 1
+        return False
+
+
+# ---------------------------------------------------------------- sources
+
+def candidates(cfg: Config, report: Reporter, cancel: CancelToken) -> tuple[Iterator[Candidate], dict]:
+    cc = cfg.data.code
+    if cc.source == "github":
+        repos = load_repos((cfg.root / cc.repos_file) if cc.repos_file else None)
+        results = clone_all(repos, code_dir(cfg) / "repos", cc.clone_jobs, cc.clone_timeout_s, cc.clone_retries,
+                            report, cancel)
+        cloned = [r for r in results if r.path]
+        if not cloned:
+            raise AcmError(f"no repository could be cloned (first error: {results[0].repo.name}: "
+                           f"{results[0].error}); no network?")
+
+        def from_repos() -> Iterator[Candidate]:
+            for r in cloned:
+                yield from scan_folder(r.path, "github", cc.max_file_bytes, cancel=cancel, repo=r.repo.name,
+                                       commit=r.commit, category=r.repo.category)
+
+        info = {"repos": [{"name": r.repo.name, "category": r.repo.category, "commit": r.commit,
+                           "ok": r.path is not None, "error": r.error, "attempts": r.attempts,
+                           "skipped": r.skipped} for r in results]}
+        return from_repos(), info
+    if cc.source == "local":
+        roots = [(cfg.root / p).expanduser() for p in cc.local_paths]
+        if not roots:
+            raise AcmError("data.code.local_paths is empty: name the folders to scan for shell scripts")
+        for r in roots:
+            if not r.exists():
+                raise AcmError(f"data.code.local_paths: {r} does not exist")
+        seen: set = set()
+        return (c for r in roots for c in scan_folder(r, "local", cc.max_file_bytes, seen=seen, cancel=cancel,
+                                                      category=r.name)), {"paths": cc.local_paths}
+    return builtin_candidates(cc.max_file_bytes, cancel), {"folders": COMPLETION_DIRS + SCRIPT_DIRS}
+
+
+def builtin_candidates(max_bytes: int, cancel: CancelToken | None = None) -> Iterator[Candidate]:
+    seen: set = set()
+    for d in COMPLETION_DIRS:
+        yield from scan_folder(Path(d), "builtin", max_bytes, all_files=True, seen=seen, cancel=cancel,
+                               category="bash-completion")
+    for d in SCRIPT_DIRS:
+        yield from scan_folder(Path(d), "builtin", max_bytes, seen=seen, cancel=cancel, category=d)
+
+
+# ---------------------------------------------------------------- the pipeline
+
+@dataclass
+class CodeReport:
+    raw: int = 0
+    valid: int = 0
+    exact_duplicates: int = 0
+    near_duplicates: int = 0
+    unique: int = 0
+    rejected: Counter = field(default_factory=Counter)
+    by_source: Counter = field(default_factory=Counter)
+    by_category: Counter = field(default_factory=Counter)
+    by_repo: Counter = field(default_factory=Counter)
+
+    def as_dict(self) -> dict:
+        return {"raw": self.raw, "valid": self.valid, "exact_duplicates": self.exact_duplicates,
+                "near_duplicates": self.near_duplicates, "unique": self.unique,
+                "rejected": dict(self.rejected), "by_source": dict(self.by_source),
+                "by_category": dict(self.by_category), "by_repo": dict(self.by_repo)}
+
+
+def validate_all(found: list[Candidate], cc: CodeDataConfig, report: Reporter,
+                 cancel: CancelToken) -> list[Validated]:
+    """Validate in parallel (each `bash -n` is its own process); results in input order."""
+    ticker = Ticker(report, "validating", len(found))
+    out: list[Validated] = []
+    with ThreadPoolExecutor(max_workers=max(2, (os.cpu_count() or 2) * 2)) as pool:
+        for v in pool.map(lambda c: validate(c, cc), found):
+            cancel.check()
+            out.append(v)
+            ticker.advance(note=v.candidate.origin)
+    ticker.finish()
+    return out
+
+
+def deduplicate(valid: list[Validated], threshold: float, rep: CodeReport, report: Reporter,
+                cancel: CancelToken) -> list[Validated]:
+    exact: set[bytes] = set()
+    near = NearDuplicates(threshold)
+    kept = []
+    ticker = Ticker(report, "deduplicating", len(valid))
+    for v in valid:
+        cancel.check()
+        ticker.advance()
+        digest = hashlib.blake2b(v.text.encode(), digest_size=16).digest()
+        if digest in exact:
+            rep.exact_duplicates += 1
+            continue
+        exact.add(digest)
+        if near.seen(v.text):
+            rep.near_duplicates += 1
+            continue
+        kept.append(v)
+    ticker.finish()
+    return kept
+
+
+def fetch_code(cfg: Config, report: Reporter = no_report, cancel: CancelToken | None = None) -> dict:
+    """Fetch, validate and deduplicate the configured bash corpus into data/code; returns its manifest."""
+    cancel = cancel or CancelToken()
+    cc = cfg.data.code
+    require_tool("bash")
+    found_iter, info = candidates(cfg, report, cancel)
+    scan = Ticker(report, "scanning")
+    found = []
+    for c in found_iter:
+        found.append(c)
+        scan.advance(note=c.origin)
+    scan.finish()
+    rep = CodeReport(raw=len(found))
+    checked = validate_all(found, cc, report, cancel)
+    for v in checked:
+        if v.reason:
+            rep.rejected[v.reason] += 1
+    valid = [v for v in checked if not v.reason]
+    rep.valid = len(valid)
+    kept = deduplicate(valid, cc.near_duplicate_threshold, rep, report, cancel)
+    rep.unique = len(kept)
+    writer = CorpusWriter(code_dir(cfg), "code")
+    try:
+        for v in kept:
+            c = v.candidate
+            writer.add(v.text, source=c.source, origin=c.origin, repo=c.repo, commit=c.commit, category=c.category)
+            rep.by_source[c.source] += 1
+            rep.by_category[c.category] += 1
+            if c.repo:
+                rep.by_repo[c.repo] += 1
+        return writer.publish({"source": cc.source, "report": rep.as_dict(), **info})
+    except BaseException:
+        writer.abandon()
+        raise

@@ -1,0 +1,190 @@
+"""The on-disk corpus: parquet shards plus a manifest, published atomically.
+
+A corpus folder (data/language or data/code) holds `manifest.json` and a `shards-<id>/` folder.
+The manifest is written last, atomically, and names its shard folder: a fetch that is cancelled
+or killed leaves the previous manifest (and so the previous corpus) in force, and its unfinished
+shard folder is swept away by the next fetch.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from core.atomic import write_text
+from core.errors import AcmError
+
+MANIFEST = "manifest.json"
+# One schema for both corpora; fields that do not apply are empty strings.
+SCHEMA = pa.schema([
+    ("text", pa.string()),
+    ("source", pa.string()),  # builtin / hf / local / github
+    ("origin", pa.string()),  # file path, dataset row, topic name
+    ("repo", pa.string()),
+    ("commit", pa.string()),
+    ("category", pa.string()),
+])
+COLUMNS = SCHEMA.names
+TOKENS_PER_WORD = 1.3  # the original log's estimate (483.2M tokens for 371.7M words)
+
+
+@dataclass
+class TextStats:
+    documents: int = 0
+    words: int = 0
+    bytes: int = 0
+    lines: int = 0
+
+    def add(self, text: str) -> None:
+        self.documents += 1
+        self.words += len(text.split())
+        self.bytes += len(text.encode("utf-8"))
+        self.lines += text.count("\n") + (0 if text.endswith("\n") or not text else 1)
+
+    def as_dict(self) -> dict:
+        return {
+            "documents": self.documents,
+            "words": self.words,
+            "estimated_tokens": round(self.words * TOKENS_PER_WORD),
+            "bytes": self.bytes,
+            "lines": self.lines,
+            "avg_lines": round(self.lines / self.documents, 1) if self.documents else 0.0,
+        }
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class CorpusWriter:
+    """Writes documents into shards of a new shard folder; `publish` makes them the corpus."""
+
+    def __init__(self, folder: Path, kind: str, shard_documents: int = 20_000, shard_bytes: int = 64 << 20):
+        self.folder, self.kind = Path(folder), kind
+        self.folder.mkdir(parents=True, exist_ok=True)
+        sweep_unpublished(self.folder)
+        self.shard_dir = self.folder / f"shards-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        self.shard_dir.mkdir()
+        self.shard_documents, self.shard_bytes = shard_documents, shard_bytes
+        self.stats = TextStats()
+        self.shards: list[dict] = []
+        self._rows: list[dict] = []
+        self._row_bytes = 0
+
+    def add(self, text: str, **fields: str) -> None:
+        row = {c: fields.get(c, "") for c in COLUMNS}
+        row["text"] = text
+        self._rows.append(row)
+        self._row_bytes += len(text)
+        self.stats.add(text)
+        if len(self._rows) >= self.shard_documents or self._row_bytes >= self.shard_bytes:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._rows:
+            return
+        name = f"shard-{len(self.shards):05d}.parquet"
+        final = self.shard_dir / name
+        tmp = self.shard_dir / f".{name}.tmp"
+        pq.write_table(pa.Table.from_pylist(self._rows, schema=SCHEMA), tmp, compression="zstd")
+        tmp.rename(final)
+        self.shards.append({"file": name, "documents": len(self._rows), "bytes": final.stat().st_size,
+                            "sha256": sha256_file(final)})
+        self._rows, self._row_bytes = [], 0
+
+    def publish(self, info: dict) -> dict:
+        """Finish the last shard and atomically write the manifest. An empty corpus is an error."""
+        self._flush()
+        if not self.stats.documents:
+            self.abandon()
+            raise AcmError(f"the {self.kind} fetch found no documents: nothing to keep (check the sources)")
+        manifest = {
+            "kind": self.kind,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "shard_dir": self.shard_dir.name,
+            "shards": self.shards,
+            "stats": self.stats.as_dict(),
+            **info,
+        }
+        write_text(self.folder / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+        sweep_unpublished(self.folder)
+        return manifest
+
+    def abandon(self) -> None:
+        shutil.rmtree(self.shard_dir, ignore_errors=True)
+
+
+def sweep_unpublished(folder: Path) -> None:
+    """Remove shard folders that no manifest names (left by a cancelled or killed fetch)."""
+    current = None
+    if (folder / MANIFEST).exists():
+        try:
+            current = json.loads((folder / MANIFEST).read_text())["shard_dir"]
+        except (ValueError, KeyError):
+            current = None
+    for d in folder.glob("shards-*"):
+        if d.is_dir() and d.name != current:
+            shutil.rmtree(d, ignore_errors=True)
+
+
+@dataclass
+class Corpus:
+    folder: Path
+    manifest: dict = field(default_factory=dict)
+
+    @classmethod
+    def open(cls, folder: Path, kind: str) -> "Corpus":
+        path = Path(folder) / MANIFEST
+        if not path.exists():
+            raise AcmError(f"no {kind} corpus in {folder}: run `acm data fetch {kind}` first")
+        try:
+            manifest = json.loads(path.read_text())
+            shard_dir = Path(folder) / manifest["shard_dir"]
+            for s in manifest["shards"]:
+                if (shard_dir / s["file"]).stat().st_size != s["bytes"]:
+                    raise ValueError(f"{s['file']} changed size")
+        except (ValueError, KeyError, OSError) as e:
+            raise AcmError(f"the {kind} corpus in {folder} is damaged ({e}); fetch it again") from None
+        return cls(Path(folder), manifest)
+
+    @property
+    def shard_paths(self) -> list[Path]:
+        return [self.folder / self.manifest["shard_dir"] / s["file"] for s in self.manifest["shards"]]
+
+    def __len__(self) -> int:
+        return self.manifest["stats"]["documents"]
+
+    def verify(self) -> None:
+        for s, p in zip(self.manifest["shards"], self.shard_paths):
+            if sha256_file(p) != s["sha256"]:
+                raise AcmError(f"{p} does not match its manifest hash; fetch the corpus again")
+
+    def rows(self, columns: Iterable[str] = COLUMNS) -> Iterator[dict]:
+        for p in self.shard_paths:
+            yield from pq.read_table(p, columns=list(columns)).to_pylist()
+
+    def texts(self) -> Iterator[str]:
+        for p in self.shard_paths:
+            for batch in pq.ParquetFile(p).iter_batches(columns=["text"]):
+                yield from batch.column(0).to_pylist()
+
+    def row(self, index: int) -> dict:
+        """The index-th document (wrapping around), for browsing samples."""
+        index %= len(self)
+        for s, p in zip(self.manifest["shards"], self.shard_paths):
+            if index < s["documents"]:
+                return pq.read_table(p).slice(index, 1).to_pylist()[0]
+            index -= s["documents"]
+        raise IndexError(index)

@@ -1,0 +1,187 @@
+"""Text generation from a checkpoint: incremental decoding with the KV cache, streamed.
+
+`stream_generate` yields a `Chunk` for each piece of new text (tokens/s, memory and why it stopped
+on the last). Runs on the engine thread in the TUI. A prompt longer than the context is cut from
+the left (keeping its end) with a notice, never a crash.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import mlx.core as mx
+
+from core.train import checkpoint, runs
+from core.config import Config, from_dict
+from core.errors import AcmError
+from core.model.gpt import GPT
+from core.generate.sampling import SamplingParams, sample
+from core.tokenizer.bpe import BOS_ID, EOS_ID, AcmTokenizer, load_tokenizer
+
+
+@dataclass
+class Chunk:
+    text: str  # new text since the previous chunk
+    token: int | None
+    generated: int  # tokens generated so far
+    tokens_per_s: float = 0.0
+    prompt_tokens: int = 0
+    time_to_first_token_s: float = 0.0
+    peak_memory: int = 0
+    finish_reason: str | None = None  # "stop", "eos", "length", "context", "cancelled"
+    notice: str = ""
+
+
+@dataclass
+class LoadedModel:
+    model: GPT
+    tokenizer: AcmTokenizer
+    checkpoint: Path
+    run: str
+    stage: str
+    step: int
+    info: dict = field(default_factory=dict)
+
+
+def find_checkpoint(cfg: Config, run: str | None = None, stage: str | None = None,
+                    which: str = "best") -> tuple[checkpoint.Checkpoint, Path, str]:
+    """The checkpoint to generate from: the named (or latest) run, fine-tune before pretrain."""
+    run_paths = [runs.run_dir(cfg, run)] if run else runs.list_runs(cfg)
+    stages = [stage] if stage else ["finetune", "pretrain"]
+    for r in run_paths:
+        for st in stages:
+            folder = runs.checkpoints_dir(r, st)
+            ck = checkpoint.best(folder) if which == "best" else checkpoint.latest(folder)
+            if ck is not None:
+                return ck, r, st
+    where = f"run {run}" if run else str(cfg.runs_dir)
+    raise AcmError(f"no checkpoint in {where}: train a model first (acm train pretrain)")
+
+
+def load_model(cfg: Config, run: str | None = None, stage: str | None = None, which: str = "best") -> LoadedModel:
+    ck, run_path, st = find_checkpoint(cfg, run, stage, which)
+    tok = load_tokenizer(cfg)
+    if ck.state.get("tokenizer_sha256") != tok.sha256:
+        raise AcmError(f"{ck.path} was trained with another tokenizer than data/tokenizer/tokenizer.json")
+    ck_cfg = from_dict(ck.state["config"]) if "config" in ck.state else cfg  # the shape it was trained with
+    shape = ck_cfg.model.shape()
+    if shape.vocab_size != tok.vocab_size:
+        raise AcmError(f"{ck.path} has a {shape.vocab_size}-token vocab but the tokenizer has {tok.vocab_size}")
+    model = GPT(shape, ck_cfg.model.compute_dtype)
+    params, _ = checkpoint.load_arrays(ck)
+    model.update(params)
+    mx.eval(model.parameters())
+    return LoadedModel(model, tok, ck.path, run_path.name, st, ck.step, {"val_loss": ck.val_loss})
+
+
+class IncrementalDecoder:
+    """Turns a growing list of ids into new text, holding back an incomplete UTF-8 character."""
+
+    def __init__(self, tok: AcmTokenizer):
+        self.tok, self.ids, self.emitted = tok, [], ""
+
+    def add(self, token: int) -> str:
+        self.ids.append(token)
+        text = self.tok.decode(self.ids)
+        if text.endswith("\ufffd"):
+            return ""
+        new = text[len(self.emitted):]
+        self.emitted = text
+        return new
+
+
+def generate_tokens(model: GPT, ids: list[int], params: SamplingParams,
+                    should_stop=lambda: False) -> Iterator[int]:
+    """Token ids after the prompt `ids`, one KV-cached step each, until max_tokens, <EOS> (yielded
+    last), a full context or should_stop(). The next step is queued (mx.async_eval) before the
+    current token is read, so the device never waits for Python."""
+    n_ctx = model.shape.n_ctx
+    cache = model.make_cache()
+    key = mx.random.key(params.seed)
+    penalise = params.repetition_penalty != 1.0
+    seen = mx.array(ids[-1024:], dtype=mx.int32)
+
+    def step(inputs: mx.array) -> mx.array:
+        nonlocal key, seen
+        sub = None
+        if params.temperature > 0:  # greedy decoding needs no randomness (and no extra kernels)
+            key, sub = mx.random.split(key)
+        token = sample(model(inputs, cache)[0, -1], params, seen if penalise else None, sub)
+        if penalise:
+            seen = mx.concatenate([seen[-1023:], token.reshape(1).astype(mx.int32)])
+        return token
+
+    token = step(mx.array([ids]))
+    mx.async_eval(token)
+    for n in range(params.max_tokens):
+        upcoming = None
+        if n + 1 < params.max_tokens and cache[0].offset < n_ctx:
+            upcoming = step(token.reshape(1, 1))
+            mx.async_eval(upcoming)
+        value = int(token.item())
+        yield value
+        if value == EOS_ID or upcoming is None or should_stop():
+            return
+        token = upcoming
+
+
+def stream_generate(lm: LoadedModel, prompt: str, params: SamplingParams,
+                    should_stop=lambda: False) -> Iterator[Chunk]:
+    model, tok = lm.model, lm.tokenizer
+    n_ctx = model.shape.n_ctx
+    ids = [BOS_ID] + tok.encode(prompt)
+    notice = ""
+    # the prompt keeps its end and leaves room for at least min(max_tokens, n_ctx / 4) new tokens
+    budget = max(n_ctx - min(params.max_tokens, n_ctx // 4), 1)
+    if len(ids) > budget:
+        notice = (f"prompt of {len(ids)} tokens cut to its last {budget} to fit the {n_ctx}-token context "
+                  "with room for new tokens")
+        ids = ids[-budget:]
+    room = n_ctx - len(ids)
+    decoder = IncrementalDecoder(tok)
+    stop_strings = tuple(s for s in params.stop if s)
+    start = time.perf_counter()
+    t_first, generated, text, reason = None, 0, "", "length"
+
+    def chunk(piece: str, token: int | None, finish: str | None) -> Chunk:
+        nonlocal notice
+        elapsed = time.perf_counter() - (t_first or start)
+        rate = (generated - 1) / elapsed if elapsed > 0 and generated > 1 else 0.0
+        c = Chunk(piece, token, generated, rate, len(ids), (t_first or start) - start, mx.get_peak_memory(),
+                  finish, notice)
+        notice = ""
+        return c
+
+    for token in generate_tokens(model, ids, params, should_stop):
+        generated += 1
+        if t_first is None:
+            t_first = time.perf_counter()
+        if token == EOS_ID:
+            reason = "eos"
+            break
+        piece = decoder.add(token)
+        text += piece
+        hit = next((s for s in stop_strings if s in text), None)
+        if hit is not None:
+            cut = len(text) - text.index(hit)
+            yield chunk(piece[: max(len(piece) - cut, 0)], token, "stop")
+            return
+        if piece or notice:
+            yield chunk(piece, token, None)
+    else:
+        if should_stop():
+            reason = "cancelled"
+        elif generated < params.max_tokens and generated >= room:
+            reason = "context"
+    yield chunk("", None, reason)
+
+
+def generate_text(lm: LoadedModel, prompt: str, params: SamplingParams) -> tuple[str, Chunk]:
+    """The whole continuation and the last chunk (its stats)."""
+    text, last = "", None
+    for chunk in stream_generate(lm, prompt, params):
+        text += chunk.text
+        last = chunk
+    return text, last

@@ -1,0 +1,192 @@
+"""The GPT-2-style transformer, in MLX: learned positions, pre-LayerNorm blocks, GELU MLP.
+
+Weights are kept in float32 (the master copy AdamW updates); `compute_dtype` (e.g. bfloat16) is
+what activations and the per-call cast of each weight use, so small updates are never rounded
+away. Parameter names follow GPT-2's (`wte`, `h.N.attn.c_attn`, ...) so exporting to mlx-lm's
+`gpt2` is a rename-free copy.
+
+Shapes: B batch, T tokens, C = n_embd, nh heads, hs = C // nh head size, V vocab.
+"""
+from __future__ import annotations
+
+import math
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_flatten, tree_map_with_path
+
+from core.model import fused
+from core.model.layer_norm import layer_norm
+from core.model.presets import ModelShape
+
+DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
+
+
+def _as(w: mx.array, dtype: mx.Dtype) -> mx.array:
+    return w if w.dtype == dtype else w.astype(dtype)
+
+
+class Linear(nn.Linear):
+    """nn.Linear whose weights are cast to the input's dtype on the fly (a no-op for the views of
+    the optimizer's buffers that training passes in)."""
+
+    def __call__(self, x: mx.array, training: bool = True) -> mx.array:
+        w = _as(self.weight, x.dtype)
+        if "bias" not in self:
+            return fused.project(x, w) if training else x @ w.T
+        b = _as(self.bias, x.dtype)
+        return fused.linear(x, w, b) if training else mx.addmm(b, x, w.T)
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm in the input's dtype (`core.model.layer_norm`: MLX's, or hand-written kernels on CUDA)."""
+
+    def __init__(self, dims: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = mx.ones((dims,))
+        self.bias = mx.zeros((dims,))
+
+    def __call__(self, x: mx.array, training: bool = True) -> mx.array:
+        return layer_norm(x, _as(self.weight, x.dtype), _as(self.bias, x.dtype), self.eps, training)
+
+
+class KVCache:
+    """Keys and values of past positions for one layer, grown in blocks to avoid re-allocating."""
+
+    block = 256
+
+    def __init__(self):
+        self.keys: mx.array | None = None
+        self.values: mx.array | None = None
+        self.offset = 0
+
+    def update_and_fetch(self, k: mx.array, v: mx.array) -> tuple[mx.array, mx.array]:
+        # k, v: (B, nh, T, hs)
+        start, T = self.offset, k.shape[2]
+        if self.keys is None or start + T > self.keys.shape[2]:
+            B, nh, _, hs = k.shape
+            grow = ((T + self.block - 1) // self.block) * self.block
+            new_k = mx.zeros((B, nh, grow, hs), k.dtype)
+            new_v = mx.zeros((B, nh, grow, hs), v.dtype)
+            if self.keys is None:
+                self.keys, self.values = new_k, new_v
+            else:
+                self.keys = mx.concatenate([self.keys[..., :start, :], new_k], axis=2)
+                self.values = mx.concatenate([self.values[..., :start, :], new_v], axis=2)
+        self.offset += T
+        self.keys[..., start:self.offset, :] = k
+        self.values[..., start:self.offset, :] = v
+        return self.keys[..., : self.offset, :], self.values[..., : self.offset, :]
+
+
+class Attention(nn.Module):
+    def __init__(self, s: ModelShape):
+        super().__init__()
+        self.n_head = s.n_head
+        self.scale = s.head_dim**-0.5
+        self.c_attn = Linear(s.n_embd, 3 * s.n_embd)
+        self.c_proj = Linear(s.n_embd, s.n_embd)
+
+    def __call__(self, x: mx.array, cache: KVCache | None) -> mx.array:
+        B, T, C = x.shape
+        training = cache is None
+        q, k, v = mx.split(self.c_attn(x, training), 3, axis=-1)
+        q, k, v = (t.reshape(B, T, self.n_head, -1).transpose(0, 2, 1, 3) for t in (q, k, v))  # (B, nh, T, hs)
+        if cache is not None:
+            k, v = cache.update_and_fetch(k, v)  # (B, nh, offset + T, hs)
+        # "causal" aligns the mask to the last key, so a prompt continuing a cache sees all the past
+        mask = "causal" if T > 1 else None
+        y = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)
+        return self.c_proj(y.transpose(0, 2, 1, 3).reshape(B, T, C), training)
+
+
+class MLP(nn.Module):
+    def __init__(self, s: ModelShape):
+        super().__init__()
+        self.c_fc = Linear(s.n_embd, s.n_ffn)
+        self.c_proj = Linear(s.n_ffn, s.n_embd)
+
+    def __call__(self, x: mx.array, decoding: bool = False) -> mx.array:
+        fc, proj = self.c_fc, self.c_proj
+        if decoding:  # no backward pass to save memory for; skip the custom function's extra nodes
+            return proj(fused.gelu(fc(x, False)), False)
+        y, _ = fused.mlp(x, *(_as(p, x.dtype) for p in (fc.weight, fc.bias, proj.weight, proj.bias)))
+        return y
+
+
+class Block(nn.Module):
+    def __init__(self, s: ModelShape):
+        super().__init__()
+        self.ln_1 = LayerNorm(s.n_embd, s.norm_eps)
+        self.attn = Attention(s)
+        self.ln_2 = LayerNorm(s.n_embd, s.norm_eps)
+        self.mlp = MLP(s)
+
+    def __call__(self, x: mx.array, cache: KVCache | None) -> mx.array:
+        training = cache is None
+        x = x + self.attn(self.ln_1(x, training), cache)
+        return x + self.mlp(self.ln_2(x, training), decoding=not training)
+
+
+class GPT(nn.Module):
+    def __init__(self, shape: ModelShape, compute_dtype: str = "float32", checkpoint_activations: bool = False):
+        super().__init__()
+        self.shape = shape
+        self.compute_dtype = DTYPES[compute_dtype]
+        self.checkpoint_activations = checkpoint_activations
+        self.wte = nn.Embedding(shape.vocab_size, shape.n_embd)
+        self.wpe = nn.Embedding(shape.n_ctx, shape.n_embd)
+        self.h = [Block(shape) for _ in range(shape.n_layer)]
+        self.ln_f = LayerNorm(shape.n_embd, shape.norm_eps)
+        if not shape.tie_embeddings:
+            self.lm_head = Linear(shape.n_embd, shape.vocab_size, bias=False)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """GPT-2's init: N(0, 0.02), residual projections scaled by 1/sqrt(2 * n_layer), zero biases."""
+        residual_std = 0.02 / math.sqrt(2 * self.shape.n_layer)
+
+        def init(path: str, p: mx.array) -> mx.array:
+            if path.endswith("bias"):
+                return mx.zeros_like(p)
+            if path.startswith("ln") or ".ln_" in path:
+                return mx.ones_like(p)
+            std = residual_std if path.endswith("c_proj.weight") else 0.02
+            return mx.random.normal(p.shape, scale=std)
+
+        self.update(tree_map_with_path(init, self.parameters()))
+
+    def make_cache(self) -> list[KVCache]:
+        return [KVCache() for _ in self.h]
+
+    def __call__(self, idx: mx.array, cache: list[KVCache] | None = None) -> mx.array:
+        """idx (B, T) token ids -> logits (B, T, V) in the compute dtype."""
+        B, T = idx.shape
+        offset = cache[0].offset if cache else 0
+        if offset + T > self.shape.n_ctx:
+            raise ValueError(f"{offset + T} positions exceed the model's context of {self.shape.n_ctx}")
+        training = not cache  # decoding keeps MLX's plain operations: no backward to prepare for
+        lookup = fused.embedding if training else (lambda table, i: table[i])
+        x = lookup(self.wte.weight, idx) + lookup(self.wpe.weight, mx.arange(offset, offset + T))
+        x = _as(x, self.compute_dtype)  # (B, T, C)
+        for i, block in enumerate(self.h):
+            if self.checkpoint_activations and training:
+                x = nn.utils.checkpoint(block)(x, None)  # keep only block inputs; recompute the rest
+            else:
+                x = block(x, cache[i] if cache else None)
+        x = self.ln_f(x, training)
+        if self.shape.tie_embeddings:
+            w = _as(self.wte.weight, x.dtype)
+            return fused.project(x, w) if training else x @ w.T
+        return self.lm_head(x, training)
+
+    def loss(self, idx: mx.array, targets: mx.array) -> mx.array:
+        """Mean next-token cross-entropy, accumulated in float32."""
+        return fused.cross_entropy(self(idx), targets)
+
+    def num_params(self) -> int:
+        return sum(p.size for _, p in tree_flatten(self.parameters()))
+
+    def nbytes(self) -> int:
+        return sum(p.nbytes for _, p in tree_flatten(self.parameters()))

@@ -1,0 +1,177 @@
+"""The whole pipeline at a glance: each stage's state, read from what is on disk.
+
+So the overview is right after a restart, and a stage whose input changed since it ran reads as
+"stale". `run_stage` runs one stage by name (the TUI's "run all remaining" chains them).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from core.train import checkpoint, runs
+from core.config import Config
+from core.data.corpus import MANIFEST, sha256_file
+from core.tokenizer.bpe import load_meta, tokenizer_dir
+
+STAGES = [("data-language", "data: language"), ("data-code", "data: bash scripts"), ("tokenizer", "tokenizer"),
+          ("prepare", "token shards"), ("pretrain", "pretrain"), ("finetune", "fine-tune"), ("evaluate", "evaluate")]
+
+
+@dataclass
+class StageStatus:
+    name: str
+    label: str
+    state: str  # not started, done, stale, running, paused, interrupted, stopped, failed
+    detail: str = ""
+
+    @property
+    def complete(self) -> bool:
+        return self.state == "done"
+
+
+def _json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _sha(path: Path) -> str | None:
+    return sha256_file(path) if path.exists() else None
+
+
+def pipeline_status(cfg: Config) -> list[StageStatus]:
+    out: dict[str, StageStatus] = {}
+    labels = dict(STAGES)
+    corpus_sha = {}
+    for kind in ("language", "code"):
+        m = _json(cfg.data_dir / kind / MANIFEST)
+        corpus_sha[kind] = _sha(cfg.data_dir / kind / MANIFEST)
+        name = f"data-{kind}"
+        out[name] = StageStatus(name, labels[name], "done", f"{m['stats']['documents']:,} documents, "
+                                f"{m['stats']['bytes'] / 2**20:.1f} MB ({m.get('source')})") if m else \
+            StageStatus(name, labels[name], "not started")
+    meta = load_meta(cfg)
+    tok_file = tokenizer_dir(cfg) / "tokenizer.json"
+    tok_sha = _sha(tok_file)
+    if meta is None or tok_sha is None:
+        out["tokenizer"] = StageStatus("tokenizer", labels["tokenizer"], "not started")
+    else:
+        changed = [k for k in corpus_sha if meta["corpora"].get(k, {}).get("manifest_sha256") != corpus_sha[k]]
+        detail = f"vocab {meta['vocab_size']:,}, bash {meta['chars_per_token']['code']} chars/token"
+        out["tokenizer"] = StageStatus("tokenizer", labels["tokenizer"], "stale" if changed else "done",
+                                       detail + (f"; {', '.join(changed)} corpus changed" if changed else ""))
+    shards = {k: _json(cfg.data_dir / "tokens" / k / "manifest.json") for k in ("language", "code")}
+    if not all(shards.values()):
+        out["prepare"] = StageStatus("prepare", labels["prepare"], "not started")
+    else:
+        stale = [k for k, m in shards.items()
+                 if m["tokenizer_sha256"] != tok_sha or m["corpus_manifest_sha256"] != corpus_sha[k]]
+        total = sum(m["tokens"]["train"] + m["tokens"]["val"] for m in shards.values())
+        out["prepare"] = StageStatus("prepare", labels["prepare"], "stale" if stale else "done",
+                                     f"{total:,} tokens" + (f"; {', '.join(stale)} out of date" if stale else ""))
+    for stage in runs.STAGES:
+        out[stage] = _training_status(cfg, stage, labels[stage], tok_sha)
+    out["evaluate"] = _eval_status(cfg, labels["evaluate"])
+    return [out[name] for name, _ in STAGES]
+
+
+def _training_status(cfg: Config, stage: str, label: str, tok_sha: str | None) -> StageStatus:
+    for run in runs.list_runs(cfg):
+        state = runs.stage_state(run, stage)
+        if state == "not started":
+            continue
+        last = checkpoint.latest(runs.checkpoints_dir(run, stage))
+        st = runs.read_status(run, stage) or {}
+        step, total = st.get("step") or (last.step if last else 0), st.get("total") or getattr(cfg.train, stage).steps
+        detail = f"run {run.name}, step {step:,}/{total:,}"
+        top = checkpoint.best(runs.checkpoints_dir(run, stage))
+        if top is not None and top.val_loss is not None:
+            detail += f", best val loss {top.val_loss:.3f}"
+        if state == "failed":
+            detail += f": {st.get('error', '')}"
+        if state in ("running", "paused", "starting"):
+            detail += f" ({round(100 * step / max(total, 1))}%)"
+        elif last is not None and last.state.get("tokenizer_sha256") != tok_sha:
+            state = "stale"
+            detail += "; the tokenizer changed since"
+        elif state in ("stopped", "done") and step >= total:
+            state = "done"
+        return StageStatus(stage, label, state, detail)
+    return StageStatus(stage, label, "not started")
+
+
+def _eval_status(cfg: Config, label: str) -> StageStatus:
+    all_runs = runs.list_runs(cfg)
+    if not all_runs:
+        return StageStatus("evaluate", label, "not started")
+    run = all_runs[0]
+    ev = run / "eval.json"
+    result = _json(ev)
+    if result is None:
+        return StageStatus("evaluate", label, "not started", f"run {run.name}")
+    newest = max((c.path.stat().st_mtime for st in runs.STAGES
+                  for c in checkpoint.list_checkpoints(runs.checkpoints_dir(run, st))), default=0)
+    parts = [f"{st}: bash parses {r['code_generation']['parse_rate']:.0%}" for st, r in result["stages"].items()]
+    return StageStatus("evaluate", label, "stale" if newest > ev.stat().st_mtime else "done",
+                       f"run {run.name}: " + ", ".join(parts))
+
+
+def run_stage(cfg: Config, name: str, report, cancel, on_engine: Callable[..., Any], train_emit=None,
+              train_control=None) -> Any:
+    """Run one pipeline stage; MLX stages go through `on_engine(fn, *args)`."""
+    from core.data.code import fetch_code
+    from core.generate.evaluate import evaluate_run
+    from core.data.language import fetch_language
+    from core.tokenizer.shards import prepare
+    from core.tokenizer.bpe import train_tokenizer
+    from core.train.trainer import run_stage as train
+
+    if name == "data-language":
+        return fetch_language(cfg, report, cancel)
+    if name == "data-code":
+        return fetch_code(cfg, report, cancel)
+    if name == "tokenizer":
+        return train_tokenizer(cfg, report, cancel)
+    if name == "prepare":  # shards of an older tokenizer are rebuilt, others resumed
+        from core.tokenizer.shards import tokens_dir
+        from core.tokenizer.bpe import load_tokenizer
+
+        sha = load_tokenizer(cfg).sha256
+        made = [_json(tokens_dir(cfg, k) / "manifest.json") for k in ("language", "code")]
+        return prepare(cfg, report, cancel, force=any(m and m["tokenizer_sha256"] != sha for m in made))
+    if name in runs.STAGES:
+        run, resume = _training_target(cfg, name)
+        return on_engine(train, cfg, name, run, train_emit, train_control, resume)
+    if name == "evaluate":
+        return on_engine(evaluate_run, cfg, report, cancel)
+    raise ValueError(name)
+
+
+def _training_target(cfg: Config, stage: str) -> tuple[Path, bool]:
+    """(run, resume): an unfinished run of this stage continues; otherwise a new pretrain run, or
+    fine-tuning of the latest run with a pretrain checkpoint."""
+    started = runs.latest_run_with(cfg, stage)
+    if started is not None and runs.stage_state(started, stage) in ("stopped", "interrupted"):
+        last = checkpoint.latest(runs.checkpoints_dir(started, stage))
+        if last is not None and last.step < getattr(cfg.train, stage).steps:
+            return started, True
+    if stage == "pretrain":
+        return runs.run_dir(cfg, runs.new_run_name(cfg)), False
+    return runs.latest_run_with(cfg, "pretrain"), False
+
+
+def run_remaining(cfg: Config, report, cancel, on_engine, train_emit=None, train_control=None) -> list[str]:
+    """Run, in order, every stage that is not done; returns the names run."""
+    done = []
+    for status in pipeline_status(cfg):
+        if status.complete:
+            continue
+        cancel.check()
+        if train_control is not None and train_control.stopping:
+            break
+        run_stage(cfg, status.name, report, cancel, on_engine, train_emit, train_control)
+        done.append(status.name)
+    return done

@@ -1,0 +1,61 @@
+"""The tables both the CLI (rich) and the TUI (DataTable) show: one definition of each table's
+columns and of how a record becomes a row of strings (with rich markup where noted)."""
+from __future__ import annotations
+
+from core.pipeline.doctor import Check
+from core.model.presets import ModelShape, human_count
+
+CORPUS_COLUMNS = ("dataset", "documents", "words", "tokens (est)", "size", "lines", "avg lines")
+TOKENIZER_COLUMNS = ("tokenizer", "code share", "chars/token language", "chars/token bash")
+SHARD_COLUMNS = ("corpus", "train tokens", "val tokens", "train docs", "val docs", "dtype")
+EVAL_COLUMNS = ("stage", "step", "lang loss", "lang ppl", "code loss", "code ppl", "bash -n parses", "tokens",
+                "dist-2")
+PRESET_COLUMNS = ("preset", "params", "layers", "hidden", "heads", "FFN", "context", "vocab", "tied")
+DOCTOR_COLUMNS = ("check", "found", "status")
+
+
+def corpus_row(kind: str, s: dict) -> list[str]:
+    return [f"{kind} ({s['source']})", f"{s['documents']:,}", f"{s['words']:,}", f"{s['estimated_tokens']:,}",
+            f"{s['bytes'] / 2**20:.2f} MB", f"{s['lines']:,}", f"{s['avg_lines']}"]
+
+
+def code_report_line(r: dict) -> str:
+    return (f"bash scripts: {r['raw']:,} raw → {r['valid']:,} valid → {r['unique']:,} unique "
+            f"({r['exact_duplicates']} exact, {r['near_duplicates']} near duplicates removed)")
+
+
+def tokenizer_rows(meta: dict) -> list[list[str]]:
+    def row(name: str, part: dict) -> list[str]:
+        return [name, f"{part['mix']['code_share']:.1%}", str(part["chars_per_token"]["language"]),
+                str(part["chars_per_token"]["code"])]
+
+    rows = [row("acm", meta)]
+    if "original_mix" in meta:
+        rows.append(row("original mix", meta["original_mix"]))
+    return rows
+
+
+def shard_row(kind: str, m: dict) -> list[str]:
+    return [kind, f"{m['tokens']['train']:,}", f"{m['tokens']['val']:,}", f"{m['documents']['train']:,}",
+            f"{m['documents']['val']:,}", m["dtype"]]
+
+
+def eval_rows(results: dict) -> list[list[str]]:
+    rows = []
+    for stage, r in results["stages"].items():
+        g = r["code_generation"]
+        rows.append([stage, str(r["step"]), str(r["language"]["val_loss"]), str(r["language"]["perplexity"]),
+                     str(r["code"]["val_loss"]), str(r["code"]["perplexity"]), f"{g['parse_rate']:.0%}",
+                     str(g["mean_tokens"]), str(g["distinct_2"])])
+    return rows
+
+
+def preset_row(p: ModelShape, selected: bool = False) -> list[str]:
+    return [("*" if selected else "") + p.name, human_count(p.param_count()), str(p.n_layer), str(p.n_embd),
+            str(p.n_head), str(p.n_ffn), str(p.n_ctx), str(p.vocab_size), "yes" if p.tie_embeddings else "no"]
+
+
+def doctor_row(c: Check) -> list[str]:
+    """Its status carries rich markup: green ok, red MISSING, yellow warn."""
+    style = "green" if c.ok else ("red" if c.required else "yellow")
+    return [c.name, c.value, f"[{style}]{c.status}[/]"]

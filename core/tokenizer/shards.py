@@ -1,0 +1,219 @@
+"""`acm prepare`: both corpora tokenized into memory-mappable token shards with train/val splits.
+
+Layout: data/tokens/<corpus>/chunk-NNNNN.{train,val}.npy (uint16 while the vocab fits, else
+uint32) and manifest.json. The val split is the val_fraction of documents with the smallest keyed
+hash of their text (at least one): deterministic, independent of order, never empty. Documents
+are laid end to end as [<BOS>] ids <EOS>.
+Each chunk is written atomically and recorded in manifest.partial.json, so an interrupted
+prepare resumes at the first unfinished chunk; the final manifest is written last.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from core.atomic import atomic_open, write_text
+from core.config import Config
+from core.data.corpus import Corpus, sha256_file
+from core.errors import AcmError
+from core.progress import CancelToken, Reporter, Ticker, no_report
+from core.tokenizer.bpe import BOS_ID, EOS_ID, AcmTokenizer, load_tokenizer
+
+KINDS = ("language", "code")
+SPLITS = ("train", "val")
+CHUNK_DOCUMENTS = 8192
+BATCH_DOCUMENTS = 512
+MANIFEST, PARTIAL = "manifest.json", "manifest.partial.json"
+
+
+def tokens_dir(cfg: Config, kind: str) -> Path:
+    return cfg.data_dir / "tokens" / kind
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
+
+
+def split_hash(text: str, seed: int) -> int:
+    key = seed.to_bytes(8, "little")
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8, key=key).digest(), "little")
+
+
+def val_threshold(texts: Iterator[str], seed: int, val_fraction: float) -> int:
+    """The largest split hash that goes to val: val_fraction of the documents, at least one
+    (unless the corpus has a single document or val_fraction is 0)."""
+    hashes = np.fromiter((split_hash(t, seed) for t in texts), dtype=np.uint64)
+    n = hashes.size
+    k = min(max(1, round(n * val_fraction)), n - 1) if val_fraction > 0 else 0
+    return int(np.partition(hashes, k - 1)[k - 1]) if k > 0 else -1
+
+
+def is_val(text: str, seed: int, threshold: int) -> bool:
+    return split_hash(text, seed) <= threshold
+
+
+def check_vocab(cfg: Config, tok: AcmTokenizer) -> None:
+    shape = cfg.model.shape()
+    if tok.vocab_size != shape.vocab_size:
+        raise AcmError(f"the tokenizer has {tok.vocab_size} tokens but preset {shape.name!r} expects "
+                       f"{shape.vocab_size}: retrain it (acm tokenizer train) or choose a preset with that vocab")
+
+
+def _identity(cfg: Config, kind: str, tok: AcmTokenizer) -> dict:
+    """What the shards depend on: if any of it changes, the shards are stale."""
+    return {
+        "kind": kind,
+        "tokenizer_sha256": tok.sha256,
+        "vocab_size": tok.vocab_size,
+        "dtype": token_dtype(tok.vocab_size).name,
+        "corpus_manifest_sha256": sha256_file(cfg.data_dir / kind / "manifest.json"),
+        "val_fraction": cfg.prepare.val_fraction,
+        "seed": cfg.prepare.seed,
+        "add_bos": cfg.prepare.add_bos,
+        "chunk_documents": CHUNK_DOCUMENTS,
+    }
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _chunks(texts: Iterator[str], size: int) -> Iterator[list[str]]:
+    chunk: list[str] = []
+    for t in texts:
+        chunk.append(t)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _save_npy(path: Path, arr: np.ndarray) -> str:
+    with atomic_open(path, "wb") as f:
+        np.save(f, arr)
+    return sha256_file(path)
+
+
+def encode_chunk(tok: AcmTokenizer, texts: list[str], dtype: np.dtype, seed: int, threshold: int,
+                 add_bos: bool) -> dict[str, tuple[np.ndarray, int]]:
+    """Token arrays of one chunk, per split, with their document counts."""
+    parts: dict[str, list[np.ndarray]] = {"train": [], "val": []}
+    head = [BOS_ID] if add_bos else []
+    for start in range(0, len(texts), BATCH_DOCUMENTS):
+        batch = texts[start:start + BATCH_DOCUMENTS]
+        for text, ids in zip(batch, tok.encode_batch(batch)):
+            parts["val" if is_val(text, seed, threshold) else "train"].append(
+                np.array(head + ids + [EOS_ID], dtype=dtype))
+    return {s: (np.concatenate(p) if p else np.zeros(0, dtype), len(p)) for s, p in parts.items()}
+
+
+def prepare_corpus(cfg: Config, kind: str, tok: AcmTokenizer, report: Reporter, cancel: CancelToken,
+                   force: bool = False) -> dict:
+    folder = tokens_dir(cfg, kind)
+    corpus = Corpus.open(cfg.data_dir / kind, kind)
+    ident = _identity(cfg, kind, tok)
+    done = _read_json(folder / MANIFEST)
+    if done and not force:
+        if {k: done.get(k) for k in ident} == ident:
+            report_done = Ticker(report, f"{kind} (done)", done["documents"]["train"] + done["documents"]["val"])
+            report_done.advance(report_done.state.total or 0)
+            return done
+        if done.get("tokenizer_sha256") != ident["tokenizer_sha256"]:
+            raise AcmError(f"the {kind} token shards were made with another tokenizer; "
+                           f"run `acm prepare --force` to rebuild them")
+        # the corpus or the split settings changed: the shards are rebuilt below
+    folder.mkdir(parents=True, exist_ok=True)
+    partial = _read_json(folder / PARTIAL)
+    if force or not partial or {k: partial.get(k) for k in ident} != ident:
+        for f in folder.glob("chunk-*.npy"):
+            f.unlink()
+        (folder / MANIFEST).unlink(missing_ok=True)
+        partial = ident | {"chunks": []}
+    finished = {c["index"]: c for c in partial["chunks"]
+                if all((folder / c["files"][s]).exists() for s in SPLITS)}
+    partial["chunks"] = [finished[i] for i in sorted(finished)]
+    dtype = np.dtype(ident["dtype"])
+    if "val_threshold" not in partial:
+        partial["val_threshold"] = val_threshold(corpus.texts(), cfg.prepare.seed, cfg.prepare.val_fraction)
+    ticker = Ticker(report, kind, len(corpus))
+    for index, texts in enumerate(_chunks(corpus.texts(), CHUNK_DOCUMENTS)):
+        cancel.check()
+        if index in finished:
+            ticker.advance(len(texts), note=f"chunk {index} (done earlier)")
+            continue
+        arrays = encode_chunk(tok, texts, dtype, cfg.prepare.seed, partial["val_threshold"], cfg.prepare.add_bos)
+        entry = {"index": index, "files": {}, "tokens": {}, "documents": {}, "sha256": {}}
+        for split, (arr, ndocs) in arrays.items():
+            name = f"chunk-{index:05d}.{split}.npy"
+            entry["files"][split], entry["tokens"][split], entry["documents"][split] = name, int(arr.size), ndocs
+            entry["sha256"][split] = _save_npy(folder / name, arr)
+        partial["chunks"].append(entry)
+        write_text(folder / PARTIAL, json.dumps(partial) + "\n")
+        ticker.advance(len(texts), note=f"chunk {index}")
+    ticker.finish()
+    chunks = partial["chunks"]
+    manifest = ident | {
+        "chunks": chunks,
+        "tokens": {s: sum(c["tokens"][s] for c in chunks) for s in SPLITS},
+        "documents": {s: sum(c["documents"][s] for c in chunks) for s in SPLITS},
+    }
+    manifest["val_threshold"] = partial["val_threshold"]
+    write_text(folder / MANIFEST, json.dumps(manifest, indent=1) + "\n")
+    (folder / PARTIAL).unlink(missing_ok=True)
+    return manifest
+
+
+def prepare(cfg: Config, report: Reporter = no_report, cancel: CancelToken | None = None,
+            force: bool = False, kinds: tuple[str, ...] = KINDS) -> dict[str, dict]:
+    """Tokenize the fetched corpora into token shards (resuming an interrupted run)."""
+    cancel = cancel or CancelToken()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+    tok = load_tokenizer(cfg)
+    check_vocab(cfg, tok)
+    return {kind: prepare_corpus(cfg, kind, tok, report, cancel, force) for kind in kinds}
+
+
+# ---------------------------------------------------------------- reading
+
+@dataclass
+class TokenShards:
+    """One corpus split's tokens, memory-mapped chunk by chunk."""
+
+    manifest: dict
+    arrays: list[np.ndarray]
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(a.size for a in self.arrays)
+
+
+def open_tokens(cfg: Config, kind: str, split: str, tok: AcmTokenizer | None = None) -> TokenShards:
+    """Memory-map a split, refusing (one line) shards that are missing, stale or of another vocab."""
+    folder = tokens_dir(cfg, kind)
+    manifest = _read_json(folder / MANIFEST)
+    if manifest is None:
+        raise AcmError(f"no {kind} token shards in {folder}: run `acm prepare` first")
+    tok = tok or load_tokenizer(cfg)
+    if manifest["tokenizer_sha256"] != tok.sha256:
+        raise AcmError(f"the {kind} token shards are stale (made with another tokenizer): run `acm prepare --force`")
+    check_vocab(cfg, tok)
+    return map_split(folder, manifest, split, kind)
+
+
+def map_split(folder: Path, manifest: dict, split: str, kind: str) -> TokenShards:
+    """Memory-map one split of the chunks `manifest` lists in `folder` (one line if one is damaged)."""
+    try:
+        arrays = [np.load(folder / c["files"][split], mmap_mode="r") for c in manifest["chunks"]]
+    except (OSError, ValueError) as e:
+        raise AcmError(f"{kind} token shards in {folder} are damaged ({e}): run `acm prepare --force`") from None
+    return TokenShards(manifest, [a for a in arrays if a.size])

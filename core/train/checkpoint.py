@@ -1,0 +1,117 @@
+"""Checkpoints: model, optimizer state, step, RNG state, config and tokenizer hash, written atomically.
+
+A checkpoint is a folder `step-NNNNNNN/` holding model.safetensors, optimizer.safetensors and
+state.json (written last). It is assembled in `.tmp-step-NNNNNNN/` and renamed into place, so a
+kill at any moment leaves every earlier checkpoint loadable; leftovers are swept on the next save.
+Pruning keeps the last `keep_last` and the best by validation loss.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlx.core as mx
+from mlx.utils import tree_flatten, tree_unflatten
+
+from core.errors import AcmError
+
+STATE = "state.json"
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    state: dict
+
+    @property
+    def step(self) -> int:
+        return self.state["step"]
+
+    @property
+    def val_loss(self) -> float | None:
+        return self.state.get("val_loss")
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save(folder: Path, step: int, params: dict, optimizer_state: dict, state: dict) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob(".tmp-step-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    final = folder / f"step-{step:07d}"
+    tmp = folder / f".tmp-step-{step:07d}"
+    tmp.mkdir()
+    mx.save_safetensors(str(tmp / "model.safetensors"), dict(tree_flatten(params)))
+    opt = {k: v for k, v in tree_flatten(optimizer_state) if isinstance(v, mx.array)}
+    mx.save_safetensors(str(tmp / "optimizer.safetensors"), opt)
+    with open(tmp / STATE, "w") as f:
+        json.dump(state | {"step": step}, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    for name in ("model.safetensors", "optimizer.safetensors"):
+        with open(tmp / name, "rb") as f:
+            os.fsync(f.fileno())
+    if final.exists():  # saving the same step again (save-now at a checkpoint step)
+        shutil.rmtree(final)
+    tmp.rename(final)
+    _fsync_dir(folder)
+    return final
+
+
+def list_checkpoints(folder: Path) -> list[Checkpoint]:
+    """Complete checkpoints, oldest first (folders without a readable state.json are skipped)."""
+    out = []
+    for d in sorted(folder.glob("step-*")) if folder.exists() else []:
+        try:
+            out.append(Checkpoint(d, json.loads((d / STATE).read_text())))
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def latest(folder: Path) -> Checkpoint | None:
+    cks = list_checkpoints(folder)
+    return cks[-1] if cks else None
+
+
+def best(folder: Path) -> Checkpoint | None:
+    cks = list_checkpoints(folder)
+    scored = [c for c in cks if c.val_loss is not None]
+    if scored:
+        return min(scored, key=lambda c: (c.val_loss, -c.step))
+    return cks[-1] if cks else None
+
+
+def prune(folder: Path, keep_last: int) -> None:
+    cks = list_checkpoints(folder)
+    keep = {c.path for c in cks[-keep_last:]}
+    b = best(folder)
+    if b is not None:
+        keep.add(b.path)
+    for c in cks:
+        if c.path not in keep:
+            shutil.rmtree(c.path, ignore_errors=True)
+
+
+def load_arrays(ck: Checkpoint) -> tuple[dict, dict]:
+    """(model parameters, optimizer state) as nested trees; a damaged file is one clear error."""
+    try:
+        params = tree_unflatten(list(mx.load(str(ck.path / "model.safetensors")).items()))
+        opt_path = ck.path / "optimizer.safetensors"
+        opt = tree_unflatten(list(mx.load(str(opt_path)).items())) if opt_path.exists() else {}
+    except Exception as e:
+        raise AcmError(f"checkpoint {ck.path} is damaged ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
+                       "delete it to fall back to an earlier one") from None
+    return params, opt

@@ -1,0 +1,37 @@
+"""Training that outlives the terminal: a stage started as its own background process.
+
+Over SSH a dropped connection kills the terminal and what runs in it. A detached stage runs in a
+new session (no controlling terminal), logs to runs/<run>/<stage>/detached.log, and obeys the
+commands `acm runs pause|resume|stop|save` leave in its control file (or SIGTERM: stop with a
+checkpoint). A later acm-tui finds it through its status file and attaches to metrics.jsonl.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from core.train import runs
+
+
+def launch_detached(config_path: Path, stage: str, run: Path, resume: bool = False, steps: int | None = None,
+                    max_steps: int | None = None) -> int:
+    """Start `acm train STAGE --run RUN` in the background; returns its pid."""
+    argv = [sys.executable, "-m", "core.cli", "-c", str(Path(config_path).resolve()), "train", stage,
+            "--run", run.name, "--json"]
+    if resume:
+        argv.append("--resume")
+    if steps:
+        argv += ["--steps", str(steps)]
+    if max_steps:
+        argv += ["--max-steps", str(max_steps)]
+    folder = runs.stage_dir(run, stage)
+    folder.mkdir(parents=True, exist_ok=True)
+    src = str(Path(__file__).resolve().parents[2])
+    env = os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))}
+    with open(folder / "detached.log", "ab") as log:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True, cwd=str(Path(config_path).resolve().parent), env=env)
+    runs.write_status(run, stage, "starting", pid=proc.pid)
+    return proc.pid

@@ -1,0 +1,230 @@
+"""Run folders: runs/<run>/ holds config.toml (the resolved settings) and one folder per stage
+(pretrain/, finetune/) with metrics.jsonl, train.log and checkpoints/.
+
+metrics.jsonl gets one JSON object per line, flushed as it is written, so other tools (and a
+later acm-tui) can read it while training goes on.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+
+from core import config
+from core.atomic import write_text
+from core.train.checkpoint import best, latest, list_checkpoints
+from core.errors import AcmError
+
+STAGES = ("pretrain", "finetune")
+
+
+def new_run_name(cfg: config.Config) -> str:
+    return f"{cfg.model.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def run_dir(cfg: config.Config, name: str) -> Path:
+    if not name or "/" in name or name.startswith("."):
+        raise AcmError(f"invalid run name {name!r}: use letters, digits, '-' and '_'")
+    return cfg.runs_dir / name
+
+
+def stage_dir(run: Path, stage: str) -> Path:
+    return run / stage
+
+
+def checkpoints_dir(run: Path, stage: str) -> Path:
+    return run / stage / "checkpoints"
+
+
+def list_runs(cfg: config.Config) -> list[Path]:
+    """Run folders, newest first."""
+    if not cfg.runs_dir.exists():
+        return []
+    runs = [d for d in cfg.runs_dir.iterdir() if d.is_dir() and (d / "config.toml").exists()]
+    return sorted(runs, key=lambda d: d.stat().st_mtime, reverse=True)
+
+
+def latest_run_with(cfg: config.Config, stage: str) -> Path | None:
+    for r in list_runs(cfg):
+        if list_checkpoints(checkpoints_dir(r, stage)):
+            return r
+    return None
+
+
+def model_identity(cfg: config.Config) -> dict:
+    """What must match for a run folder to be continued with these settings."""
+    return {"preset": cfg.model.preset, "vocab_size": cfg.tokenizer.vocab_size}
+
+
+def prepare_run(cfg: config.Config, run: Path) -> None:
+    """Create the run folder with its resolved settings, or check an existing one matches them."""
+    saved = run / "config.toml"
+    if saved.exists():
+        try:
+            old = config.load(saved)
+        except AcmError as e:
+            raise AcmError(f"run {run.name}: its config.toml is unreadable ({e})") from None
+        if model_identity(old) != model_identity(cfg):
+            raise AcmError(f"run {run.name} was made with preset {old.model.preset!r} (vocab "
+                           f"{old.tokenizer.vocab_size}), not {cfg.model.preset!r} (vocab {cfg.tokenizer.vocab_size}): "
+                           f"choose another --run")
+    run.mkdir(parents=True, exist_ok=True)
+    config.save(cfg, saved)
+
+
+class MetricsLog:
+    """Appends JSON lines to metrics.jsonl (flushed per line) and plain lines to train.log."""
+
+    def __init__(self, folder: Path, enabled: bool = True):
+        self.enabled = enabled
+        if enabled:
+            folder.mkdir(parents=True, exist_ok=True)
+            self._metrics = open(folder / "metrics.jsonl", "a", buffering=1, encoding="utf-8")
+            self._log = open(folder / "train.log", "a", buffering=1, encoding="utf-8")
+
+    def record(self, event: dict) -> None:
+        if self.enabled:
+            self._metrics.write(json.dumps(event) + "\n")
+
+    def line(self, text: str) -> None:
+        if self.enabled:
+            self._log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
+
+    def close(self) -> None:
+        if self.enabled:
+            self._metrics.close()
+            self._log.close()
+
+
+def read_metrics(run: Path, stage: str) -> list[dict]:
+    """Every complete line of a stage's metrics.jsonl (a line being written is skipped)."""
+    path = stage_dir(run, stage) / "metrics.jsonl"
+    out = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    out.append(json.loads(line))
+                except ValueError:
+                    continue
+    except OSError:
+        pass
+    return out
+
+
+# ---------------------------------------------------------------- status and control across processes
+
+STATUS, CONTROL = "status.json", "control.json"
+COMMANDS = ("pause", "resume", "stop", "save")
+LIVE = ("starting", "running", "paused")
+
+
+def write_status(run: Path, stage: str, state: str, **fields) -> None:
+    """The stage's state for other processes: what it is doing, and who is doing it."""
+    folder = stage_dir(run, stage)
+    folder.mkdir(parents=True, exist_ok=True)
+    status = {"state": state, "pid": os.getpid(), "host": socket.gethostname(), "time": time.time()} | fields
+    write_text(folder / STATUS, json.dumps(status) + "\n")
+
+
+def read_status(run: Path, stage: str) -> dict | None:
+    try:
+        return json.loads((stage_dir(run, stage) / STATUS).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def process_alive(pid: int, host: str | None = None) -> bool:
+    if host and host != socket.gethostname():
+        return True  # another machine's process: assume it lives
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stage_state(run: Path, stage: str) -> str:
+    """running / paused (a live process), interrupted (it died mid-run), done / stopped / failed,
+    or "not started"."""
+    st = read_status(run, stage)
+    if st is None:
+        return "not started" if latest(checkpoints_dir(run, stage)) is None else "stopped"
+    if st["state"] in LIVE:
+        return st["state"] if process_alive(st["pid"], st.get("host")) else "interrupted"
+    return st["state"]
+
+
+def send_command(run: Path, stage: str, command: str) -> None:
+    if command not in COMMANDS:
+        raise AcmError(f"unknown command {command!r}: one of {', '.join(COMMANDS)}")
+    state = stage_state(run, stage)
+    if state not in ("running", "paused"):
+        raise AcmError(f"{stage} of run {run.name} is {state}: nothing to {command}")
+    write_text(stage_dir(run, stage) / CONTROL, json.dumps({"command": command, "time": time.time()}) + "\n")
+
+
+def take_command(run: Path, stage: str) -> str | None:
+    """The pending command, removed as it is read (each command acts once)."""
+    path = stage_dir(run, stage) / CONTROL
+    try:
+        command = json.loads(path.read_text()).get("command")
+        path.unlink()
+    except (OSError, ValueError):
+        return None
+    return command if command in COMMANDS else None
+
+
+def active_stage(run: Path) -> str | None:
+    """The stage most recently worked on (fine-tune once it has begun)."""
+    for stage in reversed(STAGES):
+        if read_status(run, stage) is not None or latest(checkpoints_dir(run, stage)) is not None:
+            return stage
+    return None
+
+
+def summary(run: Path) -> dict:
+    """One run, as the run list shows it."""
+    try:
+        preset = config.load(run / "config.toml").model.preset
+    except AcmError:
+        preset = "?"
+    out = {"name": run.name, "preset": preset, "modified": run.stat().st_mtime, "stages": {}}
+    for stage in STAGES:
+        ck_dir = checkpoints_dir(run, stage)
+        last, top = latest(ck_dir), best(ck_dir)
+        st = read_status(run, stage) or {}
+        if last is None and not st:
+            continue
+        out["stages"][stage] = {
+            "state": stage_state(run, stage), "step": (st.get("step") if st.get("step") is not None
+                                                       else (last.step if last else 0)),
+            "total": st.get("total"), "best_val_loss": top.val_loss if top else None,
+            "checkpoints": len(list_checkpoints(ck_dir)), "error": st.get("error"),
+        }
+    return out
+
+
+def delete_run(run: Path) -> None:
+    for stage in STAGES:
+        if stage_state(run, stage) in ("running", "paused"):
+            raise AcmError(f"run {run.name} is training ({stage}): stop it first")
+    shutil.rmtree(run)
+
+
+def rename_run(run: Path, new_name: str) -> Path:
+    target = run.parent / new_name
+    if "/" in new_name or not new_name or new_name.startswith("."):
+        raise AcmError(f"invalid run name {new_name!r}: use letters, digits, '-' and '_'")
+    if target.exists():
+        raise AcmError(f"a run named {new_name} exists already")
+    for stage in STAGES:
+        if stage_state(run, stage) in ("running", "paused"):
+            raise AcmError(f"run {run.name} is training ({stage}): stop it first")
+    run.rename(target)
+    return target

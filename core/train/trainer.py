@@ -1,0 +1,411 @@
+"""The training stage: pretrain on language, fine-tune on code, on the engine thread.
+
+`Trainer.run()` must be called on the thread that owns MLX (the engine). Other threads steer it
+through `Control` (pause, resume, stop, save now) and hear from it through the `emit` callback,
+which receives plain dicts: {"type": "metrics" | "eval" | "state" | "log", ...}. With several
+ranks (`mlx.launch`), gradients and losses are averaged across them and only rank 0 writes.
+"""
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Callable
+
+import mlx.core as mx
+
+from core.train import checkpoint
+from core.train.batches import Batches
+from core.config import Config, StageConfig
+from core.errors import AcmError
+from core.hardware import device_info, memory_limit, memory_now, peak_flops
+from core.model.gpt import GPT
+from core.train.optimizer import FlatAdamW
+from core.tokenizer.shards import open_tokens
+from core.train import runs
+from core.train.runs import MetricsLog, checkpoints_dir, prepare_run, stage_dir
+from core.train.schedule import lr_at
+from core.tokenizer.bpe import load_tokenizer
+
+CORPUS = {"pretrain": "language", "finetune": "code"}
+Emit = Callable[[dict], None]
+
+
+class TrainingError(AcmError):
+    """Training stopped on a problem the user should know about (e.g. a non-finite loss)."""
+
+
+class Control:
+    """Commands from other threads, checked by the training loop between steps."""
+
+    def __init__(self):
+        self._stop, self._save, self._running = threading.Event(), threading.Event(), threading.Event()
+        self._running.set()
+
+    def pause(self) -> None:
+        self._running.clear()
+
+    def resume(self) -> None:
+        self._running.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._running.set()
+
+    def save_now(self) -> None:
+        self._save.set()
+
+    @property
+    def paused(self) -> bool:
+        return not self._running.is_set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    @property
+    def pending(self) -> bool:
+        """Something to act on between steps: a stop, a pause or a save."""
+        return self._stop.is_set() or self._save.is_set() or not self._running.is_set()
+
+    def take_save(self) -> bool:
+        if self._save.is_set():
+            self._save.clear()
+            return True
+        return False
+
+    def wait_while_paused(self, timeout: float = 0.1) -> None:
+        self._running.wait(timeout)
+
+
+@dataclass
+class StageResult:
+    stage: str
+    run: Path
+    step: int
+    stopped_early: bool
+    last_checkpoint: Path | None
+    best_val_loss: float | None
+
+
+class Trainer:
+    def __init__(self, cfg: Config, stage: str, run: Path, emit: Emit | None = None, control: Control | None = None,
+                 resume: bool = False, max_steps: int | None = None):
+        if stage not in CORPUS:
+            raise AcmError(f"unknown stage {stage!r}: pretrain or finetune")
+        self.cfg, self.stage, self.run_path = cfg, stage, run
+        self.sc: StageConfig = getattr(cfg.train, stage)
+        self.emit_fn = emit or (lambda e: None)
+        self.control = control or Control()
+        self.resume = resume
+        self.max_steps = max_steps  # stop after this many steps in this call (the schedule keeps sc.steps)
+        self.group = mx.distributed.init()
+        self.rank, self.world = self.group.rank(), self.group.size()
+        self.is_main = self.rank == 0
+
+    # ------------------------------------------------------------ events
+
+    def emit(self, event: dict) -> None:
+        if self.is_main:
+            if event["type"] == "state":
+                runs.write_status(self.run_path, self.stage, event["state"], step=event.get("step"),
+                                  total=self.sc.steps)
+            self.emit_fn(event)
+
+    def log(self, text: str) -> None:
+        if self.is_main:
+            self.metrics.line(text)
+            self.emit({"type": "log", "stage": self.stage, "text": text})
+
+    # ------------------------------------------------------------ setup
+
+    def _setup(self) -> None:
+        cfg, sc = self.cfg, self.sc
+        shape = cfg.model.shape()
+        if sc.seq_len > shape.n_ctx:
+            raise AcmError(f"train.{self.stage}.seq_len {sc.seq_len} exceeds the model's context {shape.n_ctx}")
+        self.tok = load_tokenizer(cfg)
+        corpus = CORPUS[self.stage]
+        train = open_tokens(cfg, corpus, "train", self.tok)
+        val = open_tokens(cfg, corpus, "val", self.tok)
+        self.batches = Batches(train, sc.seq_len, sc.batch_size, sc.seed, self.rank, self.world,
+                               what=f"{corpus} train shards")
+        self.val_batches = Batches(val, sc.seq_len, sc.batch_size, sc.seed, self.rank, self.world,
+                                   what=f"{corpus} val shards") if val.num_tokens > sc.seq_len + 1 else None
+        self.ck_dir = checkpoints_dir(self.run_path, self.stage)
+        if self.is_main:
+            prepare_run(cfg, self.run_path)
+        self.metrics = MetricsLog(stage_dir(self.run_path, self.stage), enabled=self.is_main)
+        mx.random.seed(sc.seed)
+        self.model = GPT(shape, cfg.model.compute_dtype, cfg.model.checkpoint_activations)
+        self.opt = FlatAdamW(self.model.parameters(), sc.learning_rate, sc.weight_decay, self.model.compute_dtype)
+        self.start_step, self.tokens_seen, self.best_val = 0, 0, None
+        existing = checkpoint.latest(self.ck_dir)
+        if existing and not self.resume:
+            raise AcmError(f"run {self.run_path.name} already has {self.stage} checkpoints (up to step "
+                           f"{existing.step}): resume it (--resume) or choose another run")
+        if existing:
+            self._restore(existing)
+        elif self.stage == "finetune":
+            base = checkpoint.best(checkpoints_dir(self.run_path, "pretrain"))
+            if base is None:
+                raise AcmError(f"run {self.run_path.name} has no pretrain checkpoint to fine-tune: "
+                               "run `acm train pretrain` first")
+            self._check_tokenizer(base)
+            params, _ = checkpoint.load_arrays(base)
+            self.opt.load(params, None)
+            self.log(f"fine-tuning from pretrain step {base.step} (val loss {base.val_loss})")
+        mx.eval(self.opt.state)
+        self.model.update(self.opt.parameters())  # the optimizer's buffers hold the weights from now on
+        # Nothing in a step draws from MLX's RNG (no dropout): the only randomness after
+        # initialisation is the batch order, a pure function of (seed, step) saved in checkpoints.
+        self._build_steps()
+
+    def _check_tokenizer(self, ck: checkpoint.Checkpoint) -> None:
+        if ck.state.get("tokenizer_sha256") != self.tok.sha256:
+            raise AcmError(f"checkpoint {ck.path} was trained with another tokenizer: "
+                           "use the tokenizer it was made with, or start a new run")
+
+    def _restore(self, ck: checkpoint.Checkpoint) -> None:
+        self._check_tokenizer(ck)
+        params, opt_state = checkpoint.load_arrays(ck)
+        self.opt.load(params, opt_state)
+        self.start_step = ck.step
+        self.tokens_seen = ck.state.get("tokens_seen", 0)
+        self.best_val = ck.state.get("best_val_loss")
+        self.log(f"resumed {self.stage} from step {ck.step}")
+
+    def _build_steps(self) -> None:
+        self.fused_step, self.grad_step, self.apply_step, self.eval_loss = build_steps(
+            self.model, self.opt, self.sc.grad_clip, self.world)
+
+    # ------------------------------------------------------------ the loop
+
+    def _train_step(self, step: int) -> tuple[mx.array, mx.array]:
+        sc = self.sc
+        self.opt.learning_rate = lr_at(step, sc.learning_rate, sc.warmup_steps, sc.steps, sc.min_lr_ratio)
+        if sc.grad_accum == 1:
+            x, y = self.batches.train(step)
+            return self.fused_step(mx.array(x), mx.array(y))
+        total_loss, total_grads = None, None
+        for micro in range(sc.grad_accum):  # summed in float32
+            x, y = self.batches.train(step, micro)
+            loss, grads = self.grad_step(mx.array(x), mx.array(y))
+            grads = {k: g.astype(mx.float32) for k, g in grads.items()}
+            total_loss = loss if total_loss is None else total_loss + loss
+            total_grads = grads if total_grads is None else {k: total_grads[k] + g for k, g in grads.items()}
+            mx.eval(total_loss, total_grads)
+        n = sc.grad_accum
+        return self.apply_step(total_loss / n, {k: g / n for k, g in total_grads.items()})
+
+    def evaluate(self) -> float | None:
+        if self.val_batches is None:
+            return None
+        losses = []
+        for i in range(self.sc.eval_batches):
+            x, y = self.val_batches.val(i)
+            losses.append(self.eval_loss(mx.array(x), mx.array(y)))
+        return float(mx.mean(mx.stack(losses)).item())
+
+    def save(self, step: int, val_loss: float | None) -> Path | None:
+        if not self.is_main:
+            return None
+        state = {
+            "stage": self.stage, "tokens_seen": self.tokens_seen, "val_loss": val_loss,
+            "best_val_loss": self.best_val, "tokenizer_sha256": self.tok.sha256,
+            "rng": {"batches": "numpy default_rng([seed, step, micro_batch])", "seed": self.sc.seed,
+                    "next_step": step},
+            "data_position": {"step": step, "seed": self.sc.seed, "tokens_seen": self.tokens_seen},
+            "config": self.cfg.to_dict(), "time": time.time(),
+        }
+        path = checkpoint.save(self.ck_dir, step, self.opt.parameters(), self.opt.checkpoint_state(), state)
+        checkpoint.prune(self.ck_dir, self.sc.keep_last)
+        self.log(f"checkpoint {path.name}" + (f" (val loss {val_loss:.4f})" if val_loss is not None else ""))
+        return path
+
+    def run(self) -> StageResult:
+        self._setup()
+        try:
+            return self._loop()
+        except BaseException as e:
+            if self.is_main:
+                runs.write_status(self.run_path, self.stage, "failed", error=str(e) or type(e).__name__)
+            raise
+        finally:
+            self.metrics.close()
+
+    def _poll_commands(self) -> None:
+        """Commands left in the stage's control file by another process (acm runs, acm-tui)."""
+        command = runs.take_command(self.run_path, self.stage) if self.is_main else None
+        if self.world > 1:  # every rank must act on rank 0's command at the same step
+            code = {"pause": 1, "resume": 2, "stop": 3, "save": 4}.get(command, 0)
+            code = int(mx.distributed.all_sum(mx.array(code)).item())
+            command = {1: "pause", 2: "resume", 3: "stop", 4: "save"}.get(code)
+        if command == "pause":
+            self.control.pause()
+        elif command == "resume":
+            self.control.resume()
+        elif command == "stop":
+            self.control.stop()
+        elif command == "save":
+            self.control.save_now()
+
+    def _may_queue(self, next_step: int, end: int) -> bool:
+        """Whether the next step may be queued before this one finishes.
+
+        Not when this step ends at an evaluation or a checkpoint (they need its weights), nor with
+        several ranks (every rank must make the same collectives in the same order) or gradient
+        accumulation, nor with a stop, pause or save to act on first.
+        """
+        sc = self.sc
+        if (next_step >= end or self.world > 1 or sc.grad_accum > 1 or next_step % sc.eval_every == 0
+                or next_step % sc.save_every == 0):
+            return False
+        self._poll_commands()
+        return not self.control.pending
+
+    def _loop(self) -> StageResult:
+        sc = self.sc
+        shape = self.cfg.model.shape()
+        tokens_per_step = sc.batch_size * sc.grad_accum * sc.seq_len * self.world
+        info = device_info()
+        peak, limit = peak_flops(info), memory_limit(info)
+        flops_per_token = shape.flops_per_token(sc.seq_len)
+        end = sc.steps if self.max_steps is None else min(sc.steps, self.start_step + self.max_steps)
+        step, last_ck, stopped = self.start_step, checkpoint.latest(self.ck_dir), False
+        last_ck = last_ck.path if last_ck else None
+        self.emit({"type": "state", "stage": self.stage, "state": "running", "step": step, "total": sc.steps,
+                   "run": self.run_path.name})
+        self.log(f"{self.stage}: steps {step}..{end} of {sc.steps}, {tokens_per_step:,} tokens/step, "
+                 f"{self.world} rank(s), preset {shape.name}, {self.cfg.model.compute_dtype} compute")
+        t_report, tokens_report, elapsed_steps, step_time = time.perf_counter(), 0, 0, None
+        val_loss = None
+        ahead = None  # the next step, queued while this one runs
+        while step < end:
+            if ahead is None:
+                if self.world == 1 or step % sc.log_every == 0:  # with ranks, polling costs a collective
+                    self._poll_commands()
+                if self.control.stopping:
+                    stopped = True
+                    break
+                if self.control.paused:
+                    self.emit({"type": "state", "stage": self.stage, "state": "paused", "step": step,
+                               "total": sc.steps})
+                    while self.control.paused:
+                        self.control.wait_while_paused(0.2)
+                        self._poll_commands()
+                    self.emit({"type": "state", "stage": self.stage, "state": "running", "step": step,
+                               "total": sc.steps})
+                    t_report, tokens_report = time.perf_counter(), 0
+                    continue
+                loss, norm = self._train_step(step)
+                mx.async_eval(loss, norm, self.opt.state)
+            else:
+                (loss, norm), ahead = ahead, None
+            if self._may_queue(step + 1, end):  # the device never waits for Python between steps
+                ahead = self._train_step(step + 1)
+                mx.async_eval(*ahead, self.opt.state)
+            loss_value = float(loss.item())  # waits for this step only
+            if not math.isfinite(loss_value):
+                where = f"; the last good checkpoint is {last_ck.name}" if last_ck else "; no checkpoint was written"
+                raise TrainingError(f"{self.stage}: the loss became {loss_value} at step {step + 1}{where} "
+                                    f"(lower train.{self.stage}.learning_rate?)")
+            step += 1
+            self.tokens_seen += tokens_per_step
+            tokens_report += tokens_per_step
+            elapsed_steps += 1
+            if step % sc.log_every == 0 or step == end:
+                now = time.perf_counter()
+                dt = now - t_report
+                tok_s = tokens_report / dt if dt > 0 else 0.0
+                step_time = dt / max(tokens_report / tokens_per_step, 1)
+                mem = memory_now()
+                self._emit_metrics(step, loss_value, float(norm.item()), tok_s, step_time, mem, limit, peak,
+                                   flops_per_token, end)
+                t_report, tokens_report = now, 0
+            want_eval = step % sc.eval_every == 0 or step == end
+            # a save asked for while the next step is queued waits for it: the weights are that step's
+            want_save = step % sc.save_every == 0 or step == end or (ahead is None and self.control.take_save())
+            if want_eval:
+                val_loss = self.evaluate()
+                if val_loss is not None:
+                    if self.best_val is None or val_loss < self.best_val:
+                        self.best_val = val_loss
+                    event = {"type": "eval", "stage": self.stage, "step": step, "val_loss": val_loss,
+                             "val_ppl": math.exp(min(val_loss, 50)), "best_val_loss": self.best_val}
+                    self.metrics.record(event)
+                    self.emit(event)
+            if want_save:
+                last_ck = self.save(step, val_loss if want_eval else None) or last_ck
+            if want_eval or want_save:  # tokens/s counts training time only
+                t_report, tokens_report = time.perf_counter(), 0
+        if stopped and step > self.start_step:
+            last_ck = self.save(step, None) or last_ck
+        state = "done" if step >= sc.steps else "stopped"  # stopped by hand or by --max-steps
+        self.emit({"type": "state", "stage": self.stage, "state": state, "step": step, "total": sc.steps})
+        self.log(f"{self.stage} {state} at step {step}")
+        return StageResult(self.stage, self.run_path, step, stopped, last_ck, self.best_val)
+
+    def _emit_metrics(self, step, loss, grad_norm, tok_s, step_time, mem, limit, peak, flops_per_token, end):
+        sc = self.sc
+        event = {
+            "type": "metrics", "stage": self.stage, "step": step, "total": sc.steps, "loss": loss,
+            "lr": lr_at(step - 1, sc.learning_rate, sc.warmup_steps, sc.steps, sc.min_lr_ratio),
+            "grad_norm": grad_norm, "tokens_per_s": tok_s, "tokens_seen": self.tokens_seen,
+            "epoch": self.tokens_seen / max(self.batches.num_tokens, 1),
+            "mfu": (flops_per_token * tok_s / peak) if peak else None,
+            "memory_active": mem["active"], "memory_peak": mem["peak"], "memory_cache": mem["cache"],
+            "memory_limit": limit, "eta_s": step_time * (end - step) if step_time else None, "time": time.time(),
+        }
+        self.metrics.record(event)
+        self.emit(event)
+        if self.is_main:
+            runs.write_status(self.run_path, self.stage, "running", step=step, total=sc.steps)
+
+
+def build_steps(model: GPT, opt: FlatAdamW, grad_clip: float, world: int = 1):
+    """The compiled step functions: (fused step, gradient-only step, apply step, eval loss).
+
+    The optimizer's state (weights, moments, step, learning rate) is both input and output of the
+    compiled graphs, so weights are never baked in as constants. The model reads views of the
+    optimizer's compute-dtype weights, and its gradients come back as one flat array per buffer.
+    With several ranks, gradients and losses are averaged across them inside the graph.
+    """
+    state = [opt.state]
+
+    def loss_of(params, x, y):
+        model.update(params)
+        return model.loss(x, y)
+
+    loss_and_grad = mx.value_and_grad(loss_of)
+
+    def gradients(x, y):
+        loss, grads = loss_and_grad(opt.compute_views(), x, y)
+        return loss, opt.pack_gradients(grads, model.compute_dtype)
+
+    def finish(loss, grads):
+        if world > 1:
+            grads = {k: mx.distributed.all_sum(g) / world for k, g in grads.items()}
+            loss = mx.distributed.all_sum(loss) / world
+        return loss, opt.clip_and_update(grads, grad_clip)
+
+    @partial(mx.compile, inputs=state, outputs=state)
+    def fused_step(x, y):
+        return finish(*gradients(x, y))
+
+    @partial(mx.compile, inputs=state)
+    def eval_loss(x, y):
+        loss = loss_of(opt.compute_views(), x, y)
+        return mx.distributed.all_sum(loss) / world if world > 1 else loss
+
+    return (fused_step, partial(mx.compile, inputs=state)(gradients),
+            partial(mx.compile, inputs=state, outputs=state)(finish), eval_loss)
+
+
+def run_stage(cfg: Config, stage: str, run: Path, emit: Emit | None = None, control: Control | None = None,
+              resume: bool = False, max_steps: int | None = None) -> StageResult:
+    """Build a Trainer and run it (call on the engine thread)."""
+    return Trainer(cfg, stage, run, emit, control, resume, max_steps).run()
