@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Iterable
 
 from textual.app import App, ComposeResult, SystemCommand
-from textual.screen import Screen
 from textual.binding import Binding
+from textual.screen import Screen
 from textual.widgets import Footer, Header, Static, TabbedContent, TabPane
 
 from core import config
@@ -18,11 +18,11 @@ from core.errors import AcmError
 
 from .panes.data import DataPane
 from .panes.generate import GeneratePane
-from .panes.train import TrainPane
-from .panes.tokenizer import TokenizerPane
 from .panes.runs import RunsPane
 from .panes.settings import SettingsPane
 from .panes.setup import SetupPane
+from .panes.tokenizer import TokenizerPane
+from .panes.train import TrainPane
 
 PANES = [SetupPane, DataPane, TokenizerPane, TrainPane, GeneratePane, RunsPane, SettingsPane]
 

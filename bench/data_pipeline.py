@@ -10,8 +10,8 @@ import os
 import platform
 import time
 
-from core.data.code import CodeReport, builtin_candidates, deduplicate, validate_all
 from core.config import CodeDataConfig
+from core.data.code import CodeReport, builtin_candidates, deduplicate, validate_all
 from core.progress import CancelToken, no_report
 
 

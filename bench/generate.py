@@ -15,9 +15,9 @@ import numpy as np
 from mlx.utils import tree_flatten
 
 from core.generate.decode import generate_tokens
+from core.generate.sampling import SamplingParams
 from core.model.gpt import GPT
 from core.model.presets import get_preset
-from core.generate.sampling import SamplingParams
 
 
 def timed(tokens) -> tuple[float, float, int]:

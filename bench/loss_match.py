@@ -26,13 +26,13 @@ import mlx.core as mx
 import numpy as np
 from mlx.utils import tree_flatten
 
-from core.train.batches import Batches
 from core.hardware import configure_mlx
 from core.model.gpt import GPT
-from core.tokenizer.shards import map_split
 from core.model.presets import ModelShape, get_preset
-from core.train.schedule import lr_at
+from core.tokenizer.shards import map_split
+from core.train.batches import Batches
 from core.train.optimizer import FlatAdamW
+from core.train.schedule import lr_at
 from core.train.trainer import build_steps
 
 LAST = 20  # steps averaged for the final training loss

@@ -16,9 +16,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
 
 from core import config  # noqa: E402
 from core.data.corpus import Corpus  # noqa: E402
-from core.tokenizer.shards import BATCH_DOCUMENTS, prepare_corpus  # noqa: E402
 from core.progress import CancelToken, no_report  # noqa: E402
 from core.tokenizer.bpe import load_tokenizer  # noqa: E402
+from core.tokenizer.shards import BATCH_DOCUMENTS, prepare_corpus  # noqa: E402
 
 
 def main() -> None:

@@ -13,13 +13,13 @@ import time
 from functools import partial
 
 import mlx.core as mx
+from step_setup import fixed_batch
 
 from core.model import fused
 from core.model.gpt import GPT
 from core.model.presets import get_preset
 from core.train.optimizer import FlatAdamW
 from core.train.trainer import build_steps
-from step_setup import fixed_batch
 
 
 def bench(fn, *args, steps=10, warmup=3, state=None) -> tuple[float, float]:

@@ -8,10 +8,10 @@ import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_flatten, tree_map
 
-from core.model import gpt as model_module
 from core.hardware import configure_mlx
-from core.train.optimizer import FlatAdamW, reference_adamw
+from core.model import gpt as model_module
 from core.model.presets import ModelShape
+from core.train.optimizer import FlatAdamW, reference_adamw
 from core.train.trainer import build_steps
 
 configure_mlx()  # the product's default CUDA graph size, as `acm` sets it (before any GPU work)

@@ -15,10 +15,10 @@ import time
 from collections import defaultdict
 
 import mlx.core as mx
+from step_setup import compiled_step, fixed_batch
 
 from core.model.gpt import GPT
 from core.model.presets import get_preset
-from step_setup import compiled_step, fixed_batch
 
 KINDS = [  # first match wins
     ("gemm", r"gemm|cutlass|sm90_xmma|cublas|nvjet|matmul"),

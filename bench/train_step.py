@@ -14,11 +14,12 @@ import time
 
 import mlx.core as mx
 import mlx.nn as nn
-
-from core.model import cuda_kernels, gpt as model
-from core.hardware import device_info, peak_flops
-from core.model.presets import get_preset
 from step_setup import compiled_step, fixed_batch, per_tensor_step
+
+from core.hardware import device_info, peak_flops
+from core.model import cuda_kernels
+from core.model import gpt as model
+from core.model.presets import get_preset
 
 
 def use_plain_autodiff() -> None:

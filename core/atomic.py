@@ -5,10 +5,11 @@ A reader (or a crash, or Ctrl-C mid-write) sees either the old file or the new o
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Any, Iterator
 
 
 @contextlib.contextmanager
@@ -45,3 +46,12 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
     with atomic_open(path, "wb") as f:
         f.write(data)
+
+
+def read_json(path: str | os.PathLike) -> Any | None:
+    """The JSON in `path`, or None when it is missing, unreadable or not JSON (a file acm writes
+    atomically is either whole or absent, so None means "not there")."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None

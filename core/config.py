@@ -17,7 +17,8 @@ import tomli_w
 
 from core.atomic import write_text
 from core.errors import ConfigError
-from core.model.presets import PRESETS, ModelShape, get_preset
+from core.model.presets import PRESETS, ModelShape, check_vocab, get_preset
+from core.paths import Paths
 
 CONFIG_NAME = "acm.toml"
 
@@ -156,12 +157,17 @@ class Config:
     root: Path = field(default=Path("."), compare=False, repr=False, metadata={"internal": True})
 
     @property
+    def locations(self) -> Paths:
+        """Every file and folder acm uses, resolved against acm.toml's folder."""
+        return Paths((self.root / self.paths.data).resolve(), (self.root / self.paths.runs).resolve())
+
+    @property
     def data_dir(self) -> Path:
-        return (self.root / self.paths.data).resolve()
+        return self.locations.data
 
     @property
     def runs_dir(self) -> Path:
-        return (self.root / self.paths.runs).resolve()
+        return self.locations.runs
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -235,11 +241,8 @@ def from_dict(table: dict, source: str = CONFIG_NAME, root: Path | None = None) 
 def validate(cfg: Config, source: str = CONFIG_NAME) -> None:
     """Checks across settings (single values are checked as they are read)."""
     shape = cfg.model.shape()
-    if cfg.tokenizer.vocab_size != shape.vocab_size:
-        raise ConfigError(
-            f"{source}: tokenizer.vocab_size = {cfg.tokenizer.vocab_size} but preset {shape.name!r} "
-            f"has vocab {shape.vocab_size}; set tokenizer.vocab_size = {shape.vocab_size}"
-        )
+    check_vocab(shape, cfg.tokenizer.vocab_size, f"{source}: tokenizer.vocab_size",
+                f"set tokenizer.vocab_size = {shape.vocab_size}", ConfigError)
     for stage in ("pretrain", "finetune"):
         sc: StageConfig = getattr(cfg.train, stage)
         if sc.seq_len > shape.n_ctx:

@@ -10,8 +10,8 @@ import pytest
 from core import cli, config
 from core.data.code import fetch_code, is_shell_shebang
 from core.data.corpus import MANIFEST, Corpus
-from core.errors import AcmError
 from core.data.language import fetch_language
+from core.errors import AcmError
 from core.progress import Cancelled, CancelToken
 
 from .stand_ins import DEPLOY, EXPECTED, make_repos_file

@@ -8,8 +8,9 @@ import time
 import pytest
 
 from acm_tui.app import AcmApp
-from core.train import checkpoint, runs
 from core import cli, config
+from core.paths import Paths
+from core.train import checkpoint, runs
 from core.train.detach import launch_detached
 
 from .test_tui import wait_until
@@ -55,11 +56,11 @@ def test_detached_stage_obeys_commands_and_signals(prepared, capsys):
     assert listed["bg"]["stages"]["pretrain"]["state"] == "paused"
     assert cli.main(["-c", c, "runs", "save", "bg"]) == 0
     assert cli.main(["-c", c, "runs", "resume", "bg"]) == 0
-    wait_for(lambda: checkpoint.latest(runs.checkpoints_dir(run, "pretrain")) is not None)
+    wait_for(lambda: checkpoint.latest(Paths.checkpoints(run, "pretrain")) is not None)
     pid = runs.read_status(run, "pretrain")["pid"]
     os.kill(pid, signal.SIGTERM)  # a polite kill: stop with a checkpoint
     wait_for(lambda: runs.stage_state(run, "pretrain") == "stopped")
-    last = checkpoint.latest(runs.checkpoints_dir(run, "pretrain"))
+    last = checkpoint.latest(Paths.checkpoints(run, "pretrain"))
     assert last.step == runs.read_status(run, "pretrain")["step"]
     assert cli.main(["-c", c, "runs", "stop", "bg"]) == 2
     assert "is stopped: nothing to stop" in capsys.readouterr().err
@@ -69,7 +70,7 @@ def test_killed_process_reads_as_interrupted_and_runs_can_be_renamed_and_deleted
     cfg = long_config(prepared)
     run = cfg.runs_dir / "k"
     pid = launch_detached(prepared / "acm.toml", "pretrain", run)
-    wait_for(lambda: checkpoint.latest(runs.checkpoints_dir(run, "pretrain")) is not None
+    wait_for(lambda: checkpoint.latest(Paths.checkpoints(run, "pretrain")) is not None
              or (runs.read_status(run, "pretrain") or {}).get("step", 0) >= 2)
     os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
@@ -99,4 +100,4 @@ async def test_a_new_tui_attaches_to_a_background_run(prepared):
         await wait_until(pilot, lambda: pane.state == "paused", timeout=30)
         await pilot.press("s")
         await wait_until(pilot, lambda: pane.state == "stopped", timeout=30)
-    assert checkpoint.latest(runs.checkpoints_dir(run, "pretrain")) is not None
+    assert checkpoint.latest(Paths.checkpoints(run, "pretrain")) is not None

@@ -10,10 +10,16 @@ import pytest
 
 from core import cli, config
 from core.errors import AcmError
+from core.generate.decode import generate_text, load_model, stream_generate
 from core.generate.evaluate import distinct_n, evaluate_run
 from core.generate.export import export_checkpoint
-from core.generate.decode import generate_text, load_model, stream_generate
-from core.generate.sampling import SamplingParams, filter_min_p, filter_top_k, filter_top_p, sample
+from core.generate.sampling import (
+    SamplingParams,
+    filter_min_p,
+    filter_top_k,
+    filter_top_p,
+    sample,
+)
 from core.tokenizer.bpe import BOS_ID
 
 
@@ -87,8 +93,8 @@ def test_evaluate_compares_pretrain_and_finetune(with_model):
 
 
 def test_export_loads_in_mlx_lm_with_matching_logits(with_model, tmp_path):
-    from mlx_lm import load as mlx_lm_load
     from mlx_lm import generate as mlx_lm_generate
+    from mlx_lm import load as mlx_lm_load
 
     cfg = config.load(with_model / "acm.toml")
     info = export_checkpoint(cfg, tmp_path / "exported")
@@ -106,8 +112,9 @@ def test_export_loads_in_mlx_lm_with_matching_logits(with_model, tmp_path):
 
 
 def test_export_refuses_untied_presets(with_model, tmp_path, monkeypatch):
-    import core.generate.export as export
     from dataclasses import replace
+
+    import core.generate.export as export
 
     real = export.load_model
 

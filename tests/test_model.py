@@ -7,8 +7,8 @@ import pytest
 from mlx.utils import tree_flatten
 
 from core.engine import Engine
-from core.model.gpt import GPT
 from core.model.check import architecture_test
+from core.model.gpt import GPT
 from core.model.presets import PRESETS, get_preset
 
 

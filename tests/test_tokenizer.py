@@ -4,14 +4,30 @@ import json
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from core import cli, config
 from core.data.corpus import Corpus
 from core.errors import AcmError
-from core.tokenizer.shards import CHUNK_DOCUMENTS, PARTIAL, is_val, open_tokens, prepare, tokens_dir, val_threshold
 from core.progress import Cancelled, CancelToken
-from core.tokenizer.bpe import BOS_ID, EOS_ID, SPECIAL_TOKENS, load_meta, load_tokenizer, mixed_texts, train_tokenizer
+from core.tokenizer.bpe import (
+    BOS_ID,
+    EOS_ID,
+    SPECIAL_TOKENS,
+    load_meta,
+    load_tokenizer,
+    mixed_texts,
+    train_tokenizer,
+)
+from core.tokenizer.shards import (
+    CHUNK_DOCUMENTS,
+    PARTIAL,
+    is_val,
+    open_tokens,
+    prepare,
+    val_threshold,
+)
 
 LOG_EXAMPLES = ["Hello, world! This is a test.", "#!/bin/bash\necho \"Starting deployment...\"", "for i in range(10):"]
 
@@ -144,7 +160,7 @@ def test_prepare_resumes_after_interruption(trained, monkeypatch):
     monkeypatch.setattr(prep, "encode_chunk", counting)
     with pytest.raises(Cancelled):
         prepare(cfg, cancel=token, kinds=("language",))
-    folder = tokens_dir(cfg, "language")
+    folder = cfg.locations.shards("language")
     assert (folder / PARTIAL).exists() and not (folder / "manifest.json").exists()
     assert len(json.loads((folder / PARTIAL).read_text())["chunks"]) == 3
     encoded.clear()

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from core.train import checkpoint
-
 from core import cli, config
 from core.engine import Engine
 from core.errors import AcmError
-from core.train.runs import checkpoints_dir, read_metrics
+from core.paths import Paths
+from core.train import checkpoint
+from core.train.runs import read_metrics
 from core.train.schedule import lr_at
 from core.train.trainer import Control, TrainingError, run_stage
 
@@ -47,8 +47,8 @@ def test_pretrain_loss_falls_and_writes_the_run(prepared):
     evals = [e for e in read_metrics(run, "pretrain") if e["type"] == "eval"]
     assert [e["step"] for e in evals] == [10, 20, 30, 40] and evals[-1]["val_loss"] < evals[0]["val_loss"]
     assert (run / "config.toml").exists() and (run / "pretrain" / "train.log").exists()
-    kept = [c.step for c in checkpoint.list_checkpoints(checkpoints_dir(run, "pretrain"))]
-    best = checkpoint.best(checkpoints_dir(run, "pretrain"))
+    kept = [c.step for c in checkpoint.list_checkpoints(Paths.checkpoints(run, "pretrain"))]
+    best = checkpoint.best(Paths.checkpoints(run, "pretrain"))
     assert set(kept) == {30, 40} | {best.step}  # last 2 and the best
     assert result.step == 40 and result.best_val_loss == min(e["val_loss"] for e in evals)
     m = read_metrics(run, "pretrain")[0]
@@ -96,7 +96,7 @@ def test_pause_stop_and_save_now_keep_state(prepared):
     result = fut.result(60)
     engine.shutdown()
     assert result.stopped_early and states[-1] == "stopped"
-    cks = [c.step for c in checkpoint.list_checkpoints(checkpoints_dir(run, "pretrain"))]
+    cks = [c.step for c in checkpoint.list_checkpoints(Paths.checkpoints(run, "pretrain"))]
     assert cks[0] == 5 and cks[-1] == result.step  # save-now after resuming, and at stop
     again = run_stage(cfg, "pretrain", run, resume=True, max_steps=2)
     assert again.step == result.step + 2
@@ -106,7 +106,7 @@ def test_kill_9_leaves_a_loadable_checkpoint(prepared):
     cfg = load(prepared)
     cfg.train.pretrain.steps, cfg.train.pretrain.save_every, cfg.train.pretrain.keep_last = 100000, 1, 3
     config.save(cfg, prepared / "acm.toml")
-    folder = checkpoints_dir(cfg.runs_dir / "k", "pretrain")
+    folder = Paths.checkpoints(cfg.runs_dir / "k", "pretrain")
     proc = subprocess.Popen([sys.executable, "-m", "core.cli", "-c", str(prepared / "acm.toml"), "train",
                              "pretrain", "--run", "k", "--json"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
@@ -142,7 +142,7 @@ def test_interrupted_save_keeps_the_previous_checkpoint(prepared, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         run_stage(cfg, "pretrain", run, resume=True, max_steps=10)
     monkeypatch.setattr(mx, "save_safetensors", real)
-    folder = checkpoints_dir(run, "pretrain")
+    folder = Paths.checkpoints(run, "pretrain")
     assert [c.step for c in checkpoint.list_checkpoints(folder)] == [10]
     assert list(folder.glob(".tmp-step-*"))
     assert run_stage(cfg, "pretrain", run, resume=True, max_steps=10).step == 20
@@ -156,7 +156,7 @@ def test_non_finite_loss_stops_with_a_clear_message(prepared):
     with pytest.raises(TrainingError, match=r"the loss became (nan|inf) at step \d+; the last good checkpoint is "
                                             r"step-0000004"):
         run_stage(cfg, "pretrain", cfg.runs_dir / "n", resume=True)
-    folder = checkpoints_dir(cfg.runs_dir / "n", "pretrain")
+    folder = Paths.checkpoints(cfg.runs_dir / "n", "pretrain")
     assert checkpoint.latest(folder).step == 4
     checkpoint.load_arrays(checkpoint.latest(folder))
 
@@ -184,7 +184,7 @@ def test_bad_inputs_are_one_line(prepared):
     other.train.pretrain.seq_len = 32
     with pytest.raises(AcmError, match="the tokenizer has 1024 tokens but preset 'micro' expects 2048"):
         run_stage(other, "pretrain", cfg.runs_dir / "b2")
-    ck = checkpoint.latest(checkpoints_dir(cfg.runs_dir / "b", "pretrain"))
+    ck = checkpoint.latest(Paths.checkpoints(cfg.runs_dir / "b", "pretrain"))
     (ck.path / "model.safetensors").write_bytes(b"garbage")
     with pytest.raises(AcmError, match="is damaged"):
         run_stage(cfg, "pretrain", cfg.runs_dir / "b", resume=True)

@@ -3,9 +3,10 @@ from __future__ import annotations
 import asyncio
 
 from acm_tui.app import AcmApp
-from core.train import checkpoint
 from core import config
-from core.train.runs import checkpoints_dir, list_runs
+from core.paths import Paths
+from core.train import checkpoint
+from core.train.runs import list_runs
 
 from .test_tui import wait_until
 from .test_tui_data import text_of
@@ -41,7 +42,7 @@ async def test_train_pane_charts_update_and_keys_steer(prepared):
         await pilot.press("s")
         await wait_until(pilot, lambda: pane.state == "stopped" and pane.control is None, timeout=60)
         run = list_runs(app.cfg)[0]
-        last = checkpoint.latest(checkpoints_dir(run, "pretrain"))
+        last = checkpoint.latest(Paths.checkpoints(run, "pretrain"))
         assert last.step == pane.history[-1]["step"] or last.step >= paused_at
 
 
@@ -68,4 +69,4 @@ async def test_quitting_mid_run_stops_with_a_checkpoint(prepared):
         await wait_until(pilot, lambda: len(pane.history) >= 2, timeout=60)
         await pilot.press("q")
     run = list_runs(app.cfg)[0]
-    assert checkpoint.latest(checkpoints_dir(run, "pretrain")).step >= 2
+    assert checkpoint.latest(Paths.checkpoints(run, "pretrain")).step >= 2

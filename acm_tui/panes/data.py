@@ -8,12 +8,12 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import DataTable, Static
 
-from core.cli.data import corpus_dir, load_stats
 from core.data.code import fetch_code
-from core.data.corpus import Corpus
-from core.errors import AcmError
+from core.data.corpus import Corpus, corpus_stats
 from core.data.language import fetch_language
+from core.errors import AcmError
 from core.pipeline.tables import CORPUS_COLUMNS, code_report_line, corpus_row
+
 from .base import CANCEL_BINDING, Pane
 
 FETCHERS = {"language": fetch_language, "code": fetch_code}
@@ -53,7 +53,7 @@ class DataPane(Pane):
 
     @work(thread=True, exclusive=True, group="data-stats", exit_on_error=False)
     def refresh_stats(self) -> None:
-        stats = load_stats(self.cfg)
+        stats = corpus_stats(self.cfg)
         self.app.call_from_thread(self._show_stats, stats)
 
     def _show_stats(self, stats: dict) -> None:
@@ -112,7 +112,7 @@ class DataPane(Pane):
     def load_sample(self) -> None:
         kind, index = self.sample_kind, self.sample_index
         try:
-            corpus = Corpus.open(corpus_dir(self.cfg, kind), kind)
+            corpus = Corpus.open(self.cfg.locations.corpus(kind), kind)
             row = corpus.row(index)
             n = len(corpus)
         except AcmError as e:

@@ -6,7 +6,6 @@ Generation runs on the engine thread and appends chunks to a buffer that a 20 Hz
 from __future__ import annotations
 
 import collections
-import json
 import threading
 
 from rich.text import Text
@@ -16,13 +15,15 @@ from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.widgets import DataTable, Input, Label, Select, Static
 
-from core.train import runs
+from core.atomic import read_json
 from core.data.code import bash_syntax_ok
 from core.errors import AcmError, one_line
-from core.generate.evaluate import evaluate_run
 from core.generate.decode import load_model, stream_generate
+from core.generate.evaluate import evaluate_run
 from core.generate.sampling import SamplingParams
+from core.paths import Paths
 from core.pipeline.tables import EVAL_COLUMNS, eval_rows
+from core.train import runs
 
 from ..messages import EngineResult
 from .base import CANCEL_BINDING, Pane
@@ -90,7 +91,7 @@ class GeneratePane(Pane):
         all_runs = runs.list_runs(self.cfg)
         options = [("latest run (best)", AUTO)] + [
             (f"{run.name} / {stage} / {which}", f"{run.name}|{stage}|{which}")
-            for run in all_runs for stage in runs.STAGES if runs.checkpoints_dir(run, stage).exists()
+            for run in all_runs for stage in runs.STAGES if Paths.checkpoints(run, stage).exists()
             for which in ("best", "latest")]
         select = self.query_one("#gen-checkpoint", Select)
         keep = select.value if select.value in {value for _, value in options} else AUTO
@@ -231,7 +232,7 @@ class GeneratePane(Pane):
 
     def _show_eval(self, run) -> None:
         try:
-            self._fill_eval(json.loads((run / "eval.json").read_text()))
+            self._fill_eval(read_json(Paths.eval_results(run)))
         except (OSError, ValueError, KeyError):
             pass
 

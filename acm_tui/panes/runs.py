@@ -13,8 +13,8 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, DataTable, Input, Label, Static
 from textual_plotext import PlotextPlot
 
-from core.train import runs
 from core.errors import AcmError
+from core.train import runs
 
 from .base import Pane
 
@@ -142,7 +142,7 @@ class RunsPane(Pane):
         plt.clear_figure()
         plt.title("loss: " + " vs ".join(self.shown) if self.shown else "select a run and press enter")
         for name in self.shown:
-            run = runs.run_dir(self.cfg, name)
+            run = self.cfg.locations.run(name)
             for stage in runs.STAGES:
                 records = runs.read_metrics(run, stage)
                 m = [r for r in records if r["type"] == "metrics"]
@@ -163,7 +163,7 @@ class RunsPane(Pane):
         def answered(yes: bool | None) -> None:
             if yes:
                 try:
-                    runs.delete_run(runs.run_dir(self.cfg, name))
+                    runs.delete_run(self.cfg.locations.run(name))
                     self.notify(f"deleted run {name}")
                 except AcmError as e:
                     self.notify(str(e), severity="error")
@@ -179,7 +179,7 @@ class RunsPane(Pane):
         def answered(new: str | None) -> None:
             if new and new != name:
                 try:
-                    runs.rename_run(runs.run_dir(self.cfg, name), new)
+                    runs.rename_run(self.cfg.locations.run(name), new)
                     self.notify(Text(f"renamed {name} to {new}"))
                 except AcmError as e:
                     self.notify(str(e), severity="error")

@@ -7,18 +7,21 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import DataTable, Static
 
-from core.pipeline import doctor
 from core.model.check import architecture_test
-from core.cli.pipeline import STYLES
-from core.pipeline.overview import StageStatus, pipeline_status, run_remaining
-from core.pipeline.tables import DOCTOR_COLUMNS, PRESET_COLUMNS, doctor_row, preset_row
-from core.train.trainer import Control
 from core.model.presets import PRESETS, human_count
+from core.pipeline import doctor
+from core.pipeline.overview import StageStatus, pipeline_status, run_remaining
+from core.pipeline.tables import (
+    DOCTOR_COLUMNS,
+    PRESET_COLUMNS,
+    STATE_STYLES,
+    doctor_row,
+    preset_row,
+)
+from core.train.trainer import Control
 
 from ..messages import EngineResult
 from .base import CANCEL_BINDING, Pane
-
-STATE_STYLES = STYLES
 
 
 class SetupPane(Pane):

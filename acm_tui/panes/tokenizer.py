@@ -1,19 +1,23 @@
 """The Tokenizer pane: train the tokenizer, probe it as you type, write the token shards."""
 from __future__ import annotations
 
-import json
-
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import DataTable, Input, Static
 
-from core.cli.tokenizer import coloured_tokens
 from core.errors import AcmError
-from core.tokenizer.shards import MANIFEST, prepare, tokens_dir
-from core.pipeline.tables import SHARD_COLUMNS, TOKENIZER_COLUMNS, shard_row, tokenizer_rows
+from core.paths import CORPORA
+from core.pipeline.tables import (
+    SHARD_COLUMNS,
+    TOKENIZER_COLUMNS,
+    coloured_tokens,
+    shard_row,
+    tokenizer_rows,
+)
 from core.tokenizer.bpe import load_meta, load_tokenizer, train_tokenizer
+from core.tokenizer.shards import prepare, read_manifest
 
 from .base import CANCEL_BINDING, Pane
 
@@ -61,12 +65,7 @@ class TokenizerPane(Pane):
             tok = load_tokenizer(self.cfg)
         except AcmError:
             tok = None
-        shards = {}
-        for kind in ("language", "code"):
-            try:
-                shards[kind] = json.loads((tokens_dir(self.cfg, kind) / MANIFEST).read_text())
-            except (OSError, ValueError):
-                shards[kind] = None
+        shards = {kind: read_manifest(self.cfg, kind) for kind in CORPORA}
         self.tokenizer = tok
         self.app.call_from_thread(self._show_info, meta, tok, shards)
 

@@ -19,9 +19,10 @@ from textual.containers import Grid
 from textual.widgets import Static
 from textual_plotext import PlotextPlot
 
+from core.errors import AcmError, one_line
+from core.paths import Paths
 from core.train import checkpoint, runs
 from core.train.detach import launch_detached
-from core.errors import AcmError, one_line
 from core.train.trainer import Control, run_stage
 
 from ..messages import EngineResult
@@ -118,7 +119,7 @@ class TrainPane(Pane):
 
     def read_attached(self) -> bool:
         """New complete lines of the attached metrics.jsonl; True if any arrived."""
-        path = runs.stage_dir(self.attached, self.stage) / "metrics.jsonl"
+        path = Paths.metrics(self.attached, self.stage)
         try:
             with open(path, "rb") as f:
                 f.seek(self.metrics_offset)
@@ -183,7 +184,7 @@ class TrainPane(Pane):
 
     def _new_run_for(self, stage: str) -> Path | None:
         if stage == "pretrain":
-            return runs.run_dir(self.cfg, runs.new_run_name(self.cfg))
+            return self.cfg.locations.run(runs.new_run_name(self.cfg))
         run = runs.latest_run_with(self.cfg, "pretrain")
         if run is None:
             self.notify("no run has a pretrain checkpoint yet: press p to pretrain first", severity="error")
@@ -192,7 +193,7 @@ class TrainPane(Pane):
     def _resumable(self) -> tuple[Path, str] | None:
         for run in runs.list_runs(self.cfg):
             stage = runs.active_stage(run)
-            if stage and checkpoint.latest(runs.checkpoints_dir(run, stage)) is not None:
+            if stage and checkpoint.latest(Paths.checkpoints(run, stage)) is not None:
                 return run, stage
         self.notify("no run has a checkpoint to resume", severity="warning")
         return None

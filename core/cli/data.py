@@ -7,35 +7,17 @@ from rich.console import Console
 from rich.table import Table
 
 from core.cli.progress import progress_bars
-from core.data.code import code_dir, fetch_code
 from core.config import Config
-from core.data.corpus import Corpus
+from core.data.code import fetch_code
+from core.data.corpus import Corpus, corpus_stats
+from core.data.language import fetch_language
 from core.errors import AcmError
-from core.data.language import fetch_language, language_dir
+from core.paths import CORPORA
 from core.pipeline.tables import CORPUS_COLUMNS, corpus_row
 
-KINDS = ("language", "code")
 console = Console(highlight=False)
 
 
-def corpus_dir(cfg: Config, kind: str):
-    return language_dir(cfg) if kind == "language" else code_dir(cfg)
-
-
-def load_stats(cfg: Config) -> dict:
-    """Every fetched corpus's manifest statistics (absent corpora are left out)."""
-    out = {}
-    for kind in KINDS:
-        try:
-            m = Corpus.open(corpus_dir(cfg, kind), kind).manifest
-        except AcmError:
-            continue
-        out[kind] = {"source": m.get("source"), "created": m.get("created"), **m["stats"]}
-        if kind == "code":
-            out[kind]["report"] = m["report"]
-        if "repos" in m:
-            out[kind]["repos_failed"] = [r for r in m["repos"] if not r["ok"]]
-    return out
 
 
 def cmd_fetch(args, cfg: Config) -> int:
@@ -44,7 +26,7 @@ def cmd_fetch(args, cfg: Config) -> int:
         manifest = fetch(cfg, report)
     s = manifest["stats"]
     print(f"{args.kind} corpus: {s['documents']:,} documents, {s['words']:,} words, "
-          f"~{s['estimated_tokens']:,} tokens, {s['bytes'] / 2**20:.2f} MB in {corpus_dir(cfg, args.kind)}")
+          f"~{s['estimated_tokens']:,} tokens, {s['bytes'] / 2**20:.2f} MB in {cfg.locations.corpus(args.kind)}")
     if args.kind == "code":
         r = manifest["report"]
         print(f"scripts: {r['raw']:,} raw, {r['valid']:,} valid, {r['unique']:,} unique "
@@ -56,7 +38,7 @@ def cmd_fetch(args, cfg: Config) -> int:
 
 
 def cmd_stats(args, cfg: Config) -> int:
-    stats = load_stats(cfg)
+    stats = corpus_stats(cfg)
     if args.json:
         print(json.dumps(stats, indent=2))
         return 0
@@ -79,7 +61,7 @@ def cmd_stats(args, cfg: Config) -> int:
 
 
 def cmd_show(args, cfg: Config) -> int:
-    corpus = Corpus.open(corpus_dir(cfg, args.kind), args.kind)
+    corpus = Corpus.open(cfg.locations.corpus(args.kind), args.kind)
     row = corpus.row(args.index)
     if args.json:
         print(json.dumps(row, indent=2))
@@ -94,8 +76,8 @@ def register(sub, add) -> None:
     data = sub.add_parser("data", help="fetch and inspect the corpora").add_subparsers(
         dest="data_command", required=True, metavar="ACTION")
     fetch = add(data, "fetch", cmd_fetch, "fetch a corpus (data.language / data.code in acm.toml)", json_flag=False)
-    fetch.add_argument("kind", choices=KINDS)
+    fetch.add_argument("kind", choices=CORPORA)
     add(data, "stats", cmd_stats, "statistics of the fetched corpora")
     show = add(data, "show", cmd_show, "print one document with its provenance")
-    show.add_argument("kind", choices=KINDS)
+    show.add_argument("kind", choices=CORPORA)
     show.add_argument("index", type=int, nargs="?", default=0)

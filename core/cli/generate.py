@@ -9,12 +9,12 @@ from rich.console import Console
 from rich.table import Table
 
 from core.cli.progress import progress_bars
-from core.data.code import bash_syntax_ok
 from core.config import Config
+from core.data.code import bash_syntax_ok
 from core.engine import Engine
+from core.generate.decode import load_model, stream_generate
 from core.generate.evaluate import evaluate_run
 from core.generate.export import export_checkpoint
-from core.generate.decode import load_model, stream_generate
 from core.generate.sampling import SamplingParams
 from core.pipeline.tables import EVAL_COLUMNS, eval_rows
 

@@ -11,13 +11,16 @@ from rich.console import Console
 from rich.table import Table
 
 from core import __version__, config
-
-from core.cli import data as cli_data, generate as cli_generate, pipeline as cli_pipeline, runs as cli_runs, tokenizer as cli_tokenizer, train as cli_train
-
-from core.pipeline import doctor
+from core.cli import data as cli_data
+from core.cli import generate as cli_generate
+from core.cli import pipeline as cli_pipeline
+from core.cli import runs as cli_runs
+from core.cli import tokenizer as cli_tokenizer
+from core.cli import train as cli_train
 from core.errors import AcmError
 from core.hardware import configure_mlx
 from core.model.presets import PRESETS, get_preset, human_count
+from core.pipeline import doctor
 from core.pipeline.tables import DOCTOR_COLUMNS, PRESET_COLUMNS, doctor_row, preset_row
 
 console = Console(highlight=False)

@@ -11,11 +11,9 @@ from core.cli.train import describe
 from core.config import Config
 from core.engine import Engine
 from core.pipeline.overview import pipeline_status, run_remaining
+from core.pipeline.tables import STATE_STYLES
 from core.progress import CancelToken
 from core.train.trainer import Control
-
-STYLES = {"done": "green", "stale": "yellow", "running": "bold cyan", "paused": "cyan", "starting": "cyan",
-          "interrupted": "magenta", "failed": "red", "stopped": "yellow"}
 
 
 def cmd_status(args, cfg: Config) -> int:
@@ -25,7 +23,7 @@ def cmd_status(args, cfg: Config) -> int:
         return 0
     table = Table("stage", "state", "details", title="Pipeline", title_justify="left")
     for s in statuses:
-        table.add_row(s.label, f"[{STYLES.get(s.state, '')}]{s.state}[/]", s.detail)
+        table.add_row(s.label, f"[{STATE_STYLES.get(s.state, '')}]{s.state}[/]", s.detail)
     Console(highlight=False).print(table)
     return 0
 

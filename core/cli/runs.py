@@ -7,15 +7,16 @@ import time
 from rich.console import Console
 from rich.table import Table
 
-from core.train import runs
 from core.config import Config
 from core.errors import AcmError
+from core.paths import Paths
+from core.train import runs
 
 
 def _run(cfg: Config, name: str):
-    path = runs.run_dir(cfg, name)
-    if not (path / "config.toml").exists():
-        raise AcmError(f"no run {name!r} in {cfg.runs_dir}; `acm runs` lists them")
+    path = cfg.locations.run(name)
+    if not Paths.run_config(path).exists():
+        raise AcmError(f"no run {name!r} in {cfg.locations.runs}; `acm runs` lists them")
     return path
 
 

@@ -5,26 +5,21 @@ import json
 
 from rich.console import Console
 from rich.table import Table
-from rich.text import Text
 
 from core.cli.progress import progress_bars
 from core.config import Config
 from core.errors import AcmError
+from core.pipeline.tables import (
+    SHARD_COLUMNS,
+    TOKENIZER_COLUMNS,
+    coloured_tokens,
+    shard_row,
+    tokenizer_rows,
+)
+from core.tokenizer.bpe import load_meta, load_tokenizer, train_tokenizer
 from core.tokenizer.shards import prepare
-from core.pipeline.tables import SHARD_COLUMNS, TOKENIZER_COLUMNS, shard_row, tokenizer_rows
-from core.tokenizer.bpe import load_meta, load_tokenizer, tokenizer_dir, train_tokenizer
 
 console = Console(highlight=False)
-TOKEN_COLOURS = ["on dark_blue", "on dark_green", "on dark_red", "on purple4", "on dark_cyan"]
-
-
-def coloured_tokens(pieces: list[str]) -> Text:
-    """Each token on its own background; newlines and tabs shown as ↵ and →."""
-    out = Text()
-    for i, piece in enumerate(pieces):
-        shown = piece.replace("\n", "↵\n").replace("\t", "→")
-        out.append(shown or "·", style=TOKEN_COLOURS[i % len(TOKEN_COLOURS)])
-    return out
 
 
 def cmd_train(args, cfg: Config) -> int:
@@ -32,7 +27,7 @@ def cmd_train(args, cfg: Config) -> int:
         meta = train_tokenizer(cfg, report, compare=args.compare)
     print(f"tokenizer: {meta['vocab_size']:,} tokens, code share {meta['mix']['code_share']:.1%} of "
           f"{(meta['mix']['language_chars'] + meta['mix']['code_chars']) / 1e6:.1f}M training characters, "
-          f"saved to {tokenizer_dir(cfg)}")
+          f"saved to {cfg.locations.tokenizer}")
     print_eval(meta)
     return 0
 
@@ -48,7 +43,7 @@ def print_eval(meta: dict) -> None:
 def cmd_info(args, cfg: Config) -> int:
     meta = load_meta(cfg)
     if meta is None:
-        raise AcmError(f"no tokenizer in {tokenizer_dir(cfg)}: run `acm tokenizer train` first")
+        raise AcmError(f"no tokenizer in {cfg.locations.tokenizer}: run `acm tokenizer train` first")
     if args.json:
         print(json.dumps(meta, indent=2))
         return 0

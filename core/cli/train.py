@@ -10,13 +10,20 @@ import queue
 import signal
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
 
-from core.train import runs
 from core.config import Config
-from core.train.detach import launch_detached
 from core.engine import Engine
 from core.errors import AcmError
+from core.paths import Paths
+from core.train import runs
+from core.train.detach import launch_detached
 from core.train.trainer import Control, run_stage
 
 console = Console(highlight=False, stderr=True)
@@ -24,14 +31,14 @@ console = Console(highlight=False, stderr=True)
 
 def pick_run(cfg: Config, stage: str, name: str | None, resume: bool):
     if name:
-        return runs.run_dir(cfg, name)
+        return cfg.locations.run(name)
     if stage == "finetune" or resume:
         found = runs.latest_run_with(cfg, "pretrain" if stage == "finetune" and not resume else stage)
         if found is None:
             raise AcmError(f"no run with {'pretrain' if stage == 'finetune' else stage} checkpoints in "
-                           f"{cfg.runs_dir}: run `acm train pretrain` first, or name one with --run")
+                           f"{cfg.locations.runs}: run `acm train pretrain` first, or name one with --run")
         return found
-    return runs.run_dir(cfg, runs.new_run_name(cfg))
+    return cfg.locations.run(runs.new_run_name(cfg))
 
 
 def describe(event: dict) -> str | None:
@@ -56,7 +63,7 @@ def cmd_train(args, cfg: Config) -> int:
     if args.detach:
         pid = launch_detached(args.config, args.stage, run, args.resume, args.steps, args.max_steps)
         print(f"{args.stage} of run {run.name} runs in the background (pid {pid}); "
-              f"log: {runs.stage_dir(run, args.stage) / 'detached.log'}")
+              f"log: {Paths.detached_log(run, args.stage)}")
         print(f"watch it in acm-tui or with `acm runs`; stop it with `acm runs stop {run.name}`")
         return 0
     events: queue.SimpleQueue = queue.SimpleQueue()

@@ -17,9 +17,9 @@ from typing import Iterator
 
 from core.config import CodeDataConfig, Config
 from core.data.corpus import CorpusWriter
+from core.data.repos import clone_all, load_repos, require_tool
 from core.errors import AcmError
 from core.progress import CancelToken, Reporter, Ticker, no_report
-from core.data.repos import clone_all, load_repos, require_tool
 
 SCRIPT_SUFFIXES = {".sh", ".bash"}
 SHELLS = {b"sh", b"bash", b"zsh", b"dash", b"ksh"}
@@ -33,8 +33,6 @@ NEAR_DUP_PERMUTATIONS = 128
 SHINGLE = 5
 
 
-def code_dir(cfg: Config) -> Path:
-    return cfg.data_dir / "code"
 
 
 @dataclass
@@ -187,7 +185,7 @@ def candidates(cfg: Config, report: Reporter, cancel: CancelToken) -> tuple[Iter
     cc = cfg.data.code
     if cc.source == "github":
         repos = load_repos((cfg.root / cc.repos_file) if cc.repos_file else None)
-        results = clone_all(repos, code_dir(cfg) / "repos", cc.clone_jobs, cc.clone_timeout_s, cc.clone_retries,
+        results = clone_all(repos, cfg.locations.clones, cc.clone_jobs, cc.clone_timeout_s, cc.clone_retries,
                             report, cancel)
         cloned = [r for r in results if r.path]
         if not cloned:
@@ -303,7 +301,7 @@ def fetch_code(cfg: Config, report: Reporter = no_report, cancel: CancelToken | 
     rep.valid = len(valid)
     kept = deduplicate(valid, cc.near_duplicate_threshold, rep, report, cancel)
     rep.unique = len(kept)
-    writer = CorpusWriter(code_dir(cfg), "code")
+    writer = CorpusWriter(cfg.locations.corpus("code"), "code")
     try:
         for v in kept:
             c = v.candidate

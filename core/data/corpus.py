@@ -19,10 +19,10 @@ from typing import Iterable, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from core.atomic import write_text
+from core.atomic import read_json, write_text
 from core.errors import AcmError
+from core.paths import CORPORA, MANIFEST
 
-MANIFEST = "manifest.json"
 # One schema for both corpora; fields that do not apply are empty strings.
 SCHEMA = pa.schema([
     ("text", pa.string()),
@@ -128,12 +128,7 @@ class CorpusWriter:
 
 def sweep_unpublished(folder: Path) -> None:
     """Remove shard folders that no manifest names (left by a cancelled or killed fetch)."""
-    current = None
-    if (folder / MANIFEST).exists():
-        try:
-            current = json.loads((folder / MANIFEST).read_text())["shard_dir"]
-        except (ValueError, KeyError):
-            current = None
+    current = (read_json(folder / MANIFEST) or {}).get("shard_dir")
     for d in folder.glob("shards-*"):
         if d.is_dir() and d.name != current:
             shutil.rmtree(d, ignore_errors=True)
@@ -188,3 +183,19 @@ class Corpus:
                 return pq.read_table(p).slice(index, 1).to_pylist()[0]
             index -= s["documents"]
         raise IndexError(index)
+
+
+def corpus_stats(cfg) -> dict:
+    """Every fetched corpus's manifest statistics (absent corpora are left out)."""
+    out = {}
+    for kind in CORPORA:
+        try:
+            m = Corpus.open(cfg.locations.corpus(kind), kind).manifest
+        except AcmError:
+            continue
+        out[kind] = {"source": m.get("source"), "created": m.get("created"), **m["stats"]}
+        if kind == "code":
+            out[kind]["report"] = m["report"]
+        if "repos" in m:
+            out[kind]["repos_failed"] = [r for r in m["repos"] if not r["ok"]]
+    return out

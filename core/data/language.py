@@ -25,8 +25,6 @@ LOCAL_SUFFIXES = {".txt", ".md", ".jsonl", ".parquet"}
 Doc = tuple[str, dict]
 
 
-def language_dir(cfg: Config) -> Path:
-    return cfg.data_dir / "language"
 
 
 # ---------------------------------------------------------------- builtin
@@ -183,7 +181,7 @@ def documents(cfg: Config) -> tuple[Iterator[Doc], int | None, dict]:
     """The configured source's documents, their count if known, and what describes the source."""
     lc = cfg.data.language
     if lc.source == "hf":
-        docs, total = hf_documents(lc, language_dir(cfg) / "hf-cache")
+        docs, total = hf_documents(lc, cfg.locations.hf_cache)
         return docs, total, {"source": "hf", "dataset": lc.hf_dataset, "config": lc.hf_config,
                              "split": lc.hf_split, "text_field": lc.text_field}
     if lc.source == "local":
@@ -199,7 +197,7 @@ def fetch_language(cfg: Config, report: Reporter = no_report, cancel: CancelToke
     limit = cfg.data.language.max_documents or None
     if limit and total:
         total = min(total, limit)
-    writer = CorpusWriter(language_dir(cfg), "language")
+    writer = CorpusWriter(cfg.locations.corpus("language"), "language")
     ticker = Ticker(report, "documents", total or limit)
     seen: set[bytes] = set()
     skipped = 0

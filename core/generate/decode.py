@@ -13,12 +13,14 @@ from typing import Iterator
 
 import mlx.core as mx
 
-from core.train import checkpoint, runs
 from core.config import Config, from_dict
 from core.errors import AcmError
-from core.model.gpt import GPT
 from core.generate.sampling import SamplingParams, sample
+from core.model.gpt import GPT
+from core.model.presets import check_vocab
+from core.paths import Paths
 from core.tokenizer.bpe import BOS_ID, EOS_ID, AcmTokenizer, load_tokenizer
+from core.train import checkpoint, runs
 
 
 @dataclass
@@ -48,15 +50,15 @@ class LoadedModel:
 def find_checkpoint(cfg: Config, run: str | None = None, stage: str | None = None,
                     which: str = "best") -> tuple[checkpoint.Checkpoint, Path, str]:
     """The checkpoint to generate from: the named (or latest) run, fine-tune before pretrain."""
-    run_paths = [runs.run_dir(cfg, run)] if run else runs.list_runs(cfg)
+    run_paths = [cfg.locations.run(run)] if run else runs.list_runs(cfg)
     stages = [stage] if stage else ["finetune", "pretrain"]
     for r in run_paths:
         for st in stages:
-            folder = runs.checkpoints_dir(r, st)
+            folder = Paths.checkpoints(r, st)
             ck = checkpoint.best(folder) if which == "best" else checkpoint.latest(folder)
             if ck is not None:
                 return ck, r, st
-    where = f"run {run}" if run else str(cfg.runs_dir)
+    where = f"run {run}" if run else str(cfg.locations.runs)
     raise AcmError(f"no checkpoint in {where}: train a model first (acm train pretrain)")
 
 
@@ -67,8 +69,7 @@ def load_model(cfg: Config, run: str | None = None, stage: str | None = None, wh
         raise AcmError(f"{ck.path} was trained with another tokenizer than data/tokenizer/tokenizer.json")
     ck_cfg = from_dict(ck.state["config"]) if "config" in ck.state else cfg  # the shape it was trained with
     shape = ck_cfg.model.shape()
-    if shape.vocab_size != tok.vocab_size:
-        raise AcmError(f"{ck.path} has a {shape.vocab_size}-token vocab but the tokenizer has {tok.vocab_size}")
+    check_vocab(shape, tok.vocab_size, "the tokenizer", f"{ck.path} was trained with another vocab")
     model = GPT(shape, ck_cfg.model.compute_dtype)
     params, _ = checkpoint.load_arrays(ck)
     model.update(params)

@@ -13,16 +13,17 @@ import time
 
 import mlx.core as mx
 
-from core.train import checkpoint, runs
 from core.atomic import write_text
-from core.train.batches import Batches
-from core.data.code import bash_syntax_ok
 from core.config import Config
+from core.data.code import bash_syntax_ok
 from core.errors import AcmError
 from core.generate.decode import generate_text, load_model
-from core.tokenizer.shards import open_tokens
-from core.progress import CancelToken, Reporter, Ticker, no_report
 from core.generate.sampling import SamplingParams
+from core.paths import Paths
+from core.progress import CancelToken, Reporter, Ticker, no_report
+from core.tokenizer.shards import open_tokens
+from core.train import checkpoint, runs
+from core.train.batches import Batches
 
 PROMPTS = ["#!/bin/bash\n", "#!/usr/bin/env bash\nset -euo pipefail\n", "# Install docker\n",
            "#!/bin/bash\n# Back up a directory to a dated archive\n", "#!/bin/sh\n# Start the service\n",
@@ -46,13 +47,13 @@ def val_loss(lm, cfg: Config, kind: str, batches: int) -> dict:
 def evaluate_run(cfg: Config, report: Reporter = no_report, cancel: CancelToken | None = None,
                  run: str | None = None, samples: int = 12, max_tokens: int = 200) -> dict:
     cancel = cancel or CancelToken()
-    run_path = runs.run_dir(cfg, run) if run else (runs.list_runs(cfg) or [None])[0]
+    run_path = cfg.locations.run(run) if run else (runs.list_runs(cfg) or [None])[0]
     if run_path is None:
-        raise AcmError(f"no runs in {cfg.runs_dir}: train a model first (acm train pretrain)")
+        raise AcmError(f"no runs in {cfg.locations.runs}: train a model first (acm train pretrain)")
     params = SamplingParams.from_config(cfg.generate, max_tokens=max_tokens)
     results = {"run": run_path.name, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "samples": samples,
                "prompts": PROMPTS, "stages": {}}
-    stages = [s for s in runs.STAGES if checkpoint.best(runs.checkpoints_dir(run_path, s)) is not None]
+    stages = [s for s in runs.STAGES if checkpoint.best(Paths.checkpoints(run_path, s)) is not None]
     if not stages:
         raise AcmError(f"run {run_path.name} has no checkpoint to evaluate")
     ticker = Ticker(report, "evaluating", len(stages) * (samples + 2), interval=0)
@@ -82,5 +83,5 @@ def evaluate_run(cfg: Config, report: Reporter = no_report, cancel: CancelToken 
         }
         row["examples"] = outputs[:3]
         results["stages"][stage] = row
-    write_text(run_path / "eval.json", json.dumps(results, indent=1) + "\n")
+    write_text(Paths.eval_results(run_path), json.dumps(results, indent=1) + "\n")
     return results

@@ -126,7 +126,7 @@ def environment_checks(cfg: Config) -> list[Check]:
         path = shutil.which(tool)
         checks.append(Check(tool, path or f"not found ({why})", ok=path is not None, required=required,
                             fix=f"install {tool} (macOS: brew install {tool}; Debian: apt-get install {tool})"))
-    for label, folder in (("free disk (data)", cfg.data_dir), ("free disk (runs)", cfg.runs_dir)):
+    for label, folder in (("free disk (data)", cfg.locations.data), ("free disk (runs)", cfg.locations.runs)):
         free = shutil.disk_usage(_existing_parent(folder)).free
         checks.append(Check(label, f"{_gib(free)} at {folder}", ok=free >= MIN_FREE_BYTES, required=False,
                             fix=f"free at least {_gib(MIN_FREE_BYTES)} on that disk"))

@@ -5,15 +5,17 @@ So the overview is right after a restart, and a stage whose input changed since 
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from core.train import checkpoint, runs
+from core.atomic import read_json
 from core.config import Config
-from core.data.corpus import MANIFEST, sha256_file
-from core.tokenizer.bpe import load_meta, tokenizer_dir
+from core.data.corpus import sha256_file
+from core.paths import CORPORA, Paths
+from core.tokenizer.bpe import load_meta
+from core.tokenizer.shards import read_manifest
+from core.train import checkpoint, runs
 
 STAGES = [("data-language", "data: language"), ("data-code", "data: bash scripts"), ("tokenizer", "tokenizer"),
           ("prepare", "token shards"), ("pretrain", "pretrain"), ("finetune", "fine-tune"), ("evaluate", "evaluate")]
@@ -31,13 +33,6 @@ class StageStatus:
         return self.state == "done"
 
 
-def _json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def _sha(path: Path) -> str | None:
     return sha256_file(path) if path.exists() else None
 
@@ -47,14 +42,14 @@ def pipeline_status(cfg: Config) -> list[StageStatus]:
     labels = dict(STAGES)
     corpus_sha = {}
     for kind in ("language", "code"):
-        m = _json(cfg.data_dir / kind / MANIFEST)
-        corpus_sha[kind] = _sha(cfg.data_dir / kind / MANIFEST)
+        m = read_json(cfg.locations.corpus_manifest(kind))
+        corpus_sha[kind] = _sha(cfg.locations.corpus_manifest(kind))
         name = f"data-{kind}"
         out[name] = StageStatus(name, labels[name], "done", f"{m['stats']['documents']:,} documents, "
                                 f"{m['stats']['bytes'] / 2**20:.1f} MB ({m.get('source')})") if m else \
             StageStatus(name, labels[name], "not started")
     meta = load_meta(cfg)
-    tok_file = tokenizer_dir(cfg) / "tokenizer.json"
+    tok_file = cfg.locations.tokenizer / "tokenizer.json"
     tok_sha = _sha(tok_file)
     if meta is None or tok_sha is None:
         out["tokenizer"] = StageStatus("tokenizer", labels["tokenizer"], "not started")
@@ -63,7 +58,7 @@ def pipeline_status(cfg: Config) -> list[StageStatus]:
         detail = f"vocab {meta['vocab_size']:,}, bash {meta['chars_per_token']['code']} chars/token"
         out["tokenizer"] = StageStatus("tokenizer", labels["tokenizer"], "stale" if changed else "done",
                                        detail + (f"; {', '.join(changed)} corpus changed" if changed else ""))
-    shards = {k: _json(cfg.data_dir / "tokens" / k / "manifest.json") for k in ("language", "code")}
+    shards = {k: read_manifest(cfg, k) for k in CORPORA}
     if not all(shards.values()):
         out["prepare"] = StageStatus("prepare", labels["prepare"], "not started")
     else:
@@ -83,11 +78,11 @@ def _training_status(cfg: Config, stage: str, label: str, tok_sha: str | None) -
         state = runs.stage_state(run, stage)
         if state == "not started":
             continue
-        last = checkpoint.latest(runs.checkpoints_dir(run, stage))
+        last = checkpoint.latest(Paths.checkpoints(run, stage))
         st = runs.read_status(run, stage) or {}
         step, total = st.get("step") or (last.step if last else 0), st.get("total") or getattr(cfg.train, stage).steps
         detail = f"run {run.name}, step {step:,}/{total:,}"
-        top = checkpoint.best(runs.checkpoints_dir(run, stage))
+        top = checkpoint.best(Paths.checkpoints(run, stage))
         if top is not None and top.val_loss is not None:
             detail += f", best val loss {top.val_loss:.3f}"
         if state == "failed":
@@ -108,12 +103,12 @@ def _eval_status(cfg: Config, label: str) -> StageStatus:
     if not all_runs:
         return StageStatus("evaluate", label, "not started")
     run = all_runs[0]
-    ev = run / "eval.json"
-    result = _json(ev)
+    ev = Paths.eval_results(run)
+    result = read_json(ev)
     if result is None:
         return StageStatus("evaluate", label, "not started", f"run {run.name}")
     newest = max((c.path.stat().st_mtime for st in runs.STAGES
-                  for c in checkpoint.list_checkpoints(runs.checkpoints_dir(run, st))), default=0)
+                  for c in checkpoint.list_checkpoints(Paths.checkpoints(run, st))), default=0)
     parts = [f"{st}: bash parses {r['code_generation']['parse_rate']:.0%}" for st, r in result["stages"].items()]
     return StageStatus("evaluate", label, "stale" if newest > ev.stat().st_mtime else "done",
                        f"run {run.name}: " + ", ".join(parts))
@@ -123,10 +118,10 @@ def run_stage(cfg: Config, name: str, report, cancel, on_engine: Callable[..., A
               train_control=None) -> Any:
     """Run one pipeline stage; MLX stages go through `on_engine(fn, *args)`."""
     from core.data.code import fetch_code
-    from core.generate.evaluate import evaluate_run
     from core.data.language import fetch_language
-    from core.tokenizer.shards import prepare
+    from core.generate.evaluate import evaluate_run
     from core.tokenizer.bpe import train_tokenizer
+    from core.tokenizer.shards import prepare
     from core.train.trainer import run_stage as train
 
     if name == "data-language":
@@ -136,11 +131,10 @@ def run_stage(cfg: Config, name: str, report, cancel, on_engine: Callable[..., A
     if name == "tokenizer":
         return train_tokenizer(cfg, report, cancel)
     if name == "prepare":  # shards of an older tokenizer are rebuilt, others resumed
-        from core.tokenizer.shards import tokens_dir
         from core.tokenizer.bpe import load_tokenizer
 
         sha = load_tokenizer(cfg).sha256
-        made = [_json(tokens_dir(cfg, k) / "manifest.json") for k in ("language", "code")]
+        made = [read_manifest(cfg, k) for k in ("language", "code")]
         return prepare(cfg, report, cancel, force=any(m and m["tokenizer_sha256"] != sha for m in made))
     if name in runs.STAGES:
         run, resume = _training_target(cfg, name)
@@ -155,11 +149,11 @@ def _training_target(cfg: Config, stage: str) -> tuple[Path, bool]:
     fine-tuning of the latest run with a pretrain checkpoint."""
     started = runs.latest_run_with(cfg, stage)
     if started is not None and runs.stage_state(started, stage) in ("stopped", "interrupted"):
-        last = checkpoint.latest(runs.checkpoints_dir(started, stage))
+        last = checkpoint.latest(Paths.checkpoints(started, stage))
         if last is not None and last.step < getattr(cfg.train, stage).steps:
             return started, True
     if stage == "pretrain":
-        return runs.run_dir(cfg, runs.new_run_name(cfg)), False
+        return cfg.locations.run(runs.new_run_name(cfg)), False
     return runs.latest_run_with(cfg, "pretrain"), False
 
 

@@ -2,8 +2,10 @@
 columns and of how a record becomes a row of strings (with rich markup where noted)."""
 from __future__ import annotations
 
-from core.pipeline.doctor import Check
+from rich.text import Text
+
 from core.model.presets import ModelShape, human_count
+from core.pipeline.doctor import Check
 
 CORPUS_COLUMNS = ("dataset", "documents", "words", "tokens (est)", "size", "lines", "avg lines")
 TOKENIZER_COLUMNS = ("tokenizer", "code share", "chars/token language", "chars/token bash")
@@ -12,6 +14,9 @@ EVAL_COLUMNS = ("stage", "step", "lang loss", "lang ppl", "code loss", "code ppl
                 "dist-2")
 PRESET_COLUMNS = ("preset", "params", "layers", "hidden", "heads", "FFN", "context", "vocab", "tied")
 DOCTOR_COLUMNS = ("check", "found", "status")
+# how a pipeline stage's state is coloured
+STATE_STYLES = {"done": "green", "stale": "yellow", "running": "bold cyan", "paused": "cyan", "starting": "cyan",
+          "interrupted": "magenta", "failed": "red", "stopped": "yellow"}
 
 
 def corpus_row(kind: str, s: dict) -> list[str]:
@@ -59,3 +64,15 @@ def doctor_row(c: Check) -> list[str]:
     """Its status carries rich markup: green ok, red MISSING, yellow warn."""
     style = "green" if c.ok else ("red" if c.required else "yellow")
     return [c.name, c.value, f"[{style}]{c.status}[/]"]
+
+
+TOKEN_COLOURS = ["on dark_blue", "on dark_green", "on dark_red", "on purple4", "on dark_cyan"]
+
+
+def coloured_tokens(pieces: list[str]) -> Text:
+    """Each token on its own background; newlines and tabs shown as ↵ and →."""
+    out = Text()
+    for i, piece in enumerate(pieces):
+        shown = piece.replace("\n", "↵\n").replace("\t", "→")
+        out.append(shown or "·", style=TOKEN_COLOURS[i % len(TOKEN_COLOURS)])
+    return out

@@ -15,23 +15,21 @@ from typing import Iterator
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from core.atomic import write_text
+from core.atomic import read_json, write_text
 from core.config import Config
 from core.data.corpus import Corpus, sha256_file
 from core.errors import AcmError
+from core.model.presets import check_vocab
 from core.progress import CancelToken, Reporter, Ticker, no_report
 
 SPECIAL_TOKENS = ["<PAD>", "<UNK>", "<BOS>", "<EOS>"]
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = range(4)
-TOKENIZER_FILE, META_FILE = "tokenizer.json", "tokenizer-meta.json"
 # one document in N (by content hash) is kept out of training, for evaluation
 HOLDOUT_EVERY = {"language": 50, "code": 10}
 # The original's tokenizer saw 5.35 MB of bash beside 1.77 GB of language: 0.3% of its text.
 ORIGINAL_CODE_SHARE = 0.003
 
 
-def tokenizer_dir(cfg: Config) -> Path:
-    return cfg.data_dir / "tokenizer"
 
 
 def held_out(text: str, kind: str) -> bool:
@@ -98,18 +96,14 @@ class AcmTokenizer:
 
 
 def load_tokenizer(cfg: Config) -> AcmTokenizer:
-    path = tokenizer_dir(cfg) / TOKENIZER_FILE
+    path = cfg.locations.tokenizer_file
     if not path.exists():
         raise AcmError(f"no tokenizer at {path}: run `acm tokenizer train` first")
     return AcmTokenizer.from_file(path)
 
 
 def load_meta(cfg: Config) -> dict | None:
-    path = tokenizer_dir(cfg) / META_FILE
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+    return read_json(cfg.locations.tokenizer_meta)
 
 
 # ---------------------------------------------------------------- training
@@ -138,7 +132,7 @@ def read_corpora(cfg: Config, max_language_chars: int | None) -> Corpora:
     out = {"language": ([], []), "code": ([], [])}
     hashes = {}
     for kind in ("language", "code"):
-        folder = cfg.data_dir / kind
+        folder = cfg.locations.data / kind
         corpus = Corpus.open(folder, kind)
         hashes[kind] = {"manifest_sha256": sha256_file(folder / "manifest.json"), "documents": len(corpus)}
         train, held = out[kind]
@@ -213,15 +207,13 @@ def train_tokenizer(cfg: Config, report: Reporter = no_report, cancel: CancelTok
     tokenizers' characters per token on held-out language and bash."""
     cancel = cancel or CancelToken()
     tc = cfg.tokenizer
-    model_vocab = cfg.model.shape().vocab_size
-    if tc.vocab_size != model_vocab:
-        raise AcmError(f"tokenizer.vocab_size {tc.vocab_size} differs from preset {cfg.model.preset!r}'s "
-                       f"vocab {model_vocab}")
+    shape = cfg.model.shape()
+    check_vocab(shape, tc.vocab_size, "tokenizer.vocab_size", f"set tokenizer.vocab_size = {shape.vocab_size}")
     corp = read_corpora(cfg, tc.max_language_mb * 2**20 if tc.max_language_mb else None)
     tok, mix = train_one(corp, tc.vocab_size, tc.min_frequency, tc.code_weight, report, cancel, "training")
-    folder = tokenizer_dir(cfg)
+    folder = cfg.locations.tokenizer
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / TOKENIZER_FILE
+    path = cfg.locations.tokenizer_file
     write_text(path, tok.to_str())
     acm_tok = AcmTokenizer.from_file(path)
     meta = {
@@ -241,5 +233,5 @@ def train_tokenizer(cfg: Config, report: Reporter = no_report, cancel: CancelTok
         base_path = folder / "tokenizer-original-mix.json"
         write_text(base_path, base.to_str())
         meta["original_mix"] = {"code_weight": ORIGINAL_CODE_SHARE, "mix": base_mix, "chars_per_token": evaluate(AcmTokenizer.from_file(base_path), corp)}
-    write_text(folder / META_FILE, json.dumps(meta, indent=2) + "\n")
+    write_text(cfg.locations.tokenizer_meta, json.dumps(meta, indent=2) + "\n")
     return meta

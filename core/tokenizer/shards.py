@@ -18,22 +18,21 @@ from typing import Iterator
 
 import numpy as np
 
-from core.atomic import atomic_open, write_text
+from core.atomic import atomic_open, read_json, write_text
 from core.config import Config
 from core.data.corpus import Corpus, sha256_file
 from core.errors import AcmError
+from core.model.presets import check_vocab
+from core.paths import CORPORA
 from core.progress import CancelToken, Reporter, Ticker, no_report
 from core.tokenizer.bpe import BOS_ID, EOS_ID, AcmTokenizer, load_tokenizer
 
-KINDS = ("language", "code")
 SPLITS = ("train", "val")
 CHUNK_DOCUMENTS = 8192
 BATCH_DOCUMENTS = 512
-MANIFEST, PARTIAL = "manifest.json", "manifest.partial.json"
+PARTIAL = "manifest.partial.json"
 
 
-def tokens_dir(cfg: Config, kind: str) -> Path:
-    return cfg.data_dir / "tokens" / kind
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -58,11 +57,9 @@ def is_val(text: str, seed: int, threshold: int) -> bool:
     return split_hash(text, seed) <= threshold
 
 
-def check_vocab(cfg: Config, tok: AcmTokenizer) -> None:
-    shape = cfg.model.shape()
-    if tok.vocab_size != shape.vocab_size:
-        raise AcmError(f"the tokenizer has {tok.vocab_size} tokens but preset {shape.name!r} expects "
-                       f"{shape.vocab_size}: retrain it (acm tokenizer train) or choose a preset with that vocab")
+def check_tokenizer_vocab(cfg: Config, tok: AcmTokenizer) -> None:
+    check_vocab(cfg.model.shape(), tok.vocab_size, "the tokenizer",
+                "retrain it (acm tokenizer train) or choose a preset with that vocab")
 
 
 def _identity(cfg: Config, kind: str, tok: AcmTokenizer) -> dict:
@@ -72,19 +69,12 @@ def _identity(cfg: Config, kind: str, tok: AcmTokenizer) -> dict:
         "tokenizer_sha256": tok.sha256,
         "vocab_size": tok.vocab_size,
         "dtype": token_dtype(tok.vocab_size).name,
-        "corpus_manifest_sha256": sha256_file(cfg.data_dir / kind / "manifest.json"),
+        "corpus_manifest_sha256": sha256_file(cfg.locations.data / kind / "manifest.json"),
         "val_fraction": cfg.prepare.val_fraction,
         "seed": cfg.prepare.seed,
         "add_bos": cfg.prepare.add_bos,
         "chunk_documents": CHUNK_DOCUMENTS,
     }
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def _chunks(texts: Iterator[str], size: int) -> Iterator[list[str]]:
@@ -117,12 +107,17 @@ def encode_chunk(tok: AcmTokenizer, texts: list[str], dtype: np.dtype, seed: int
     return {s: (np.concatenate(p) if p else np.zeros(0, dtype), len(p)) for s, p in parts.items()}
 
 
+def read_manifest(cfg: Config, kind: str) -> dict | None:
+    """The manifest of one corpus's finished shards, or None where there are none."""
+    return read_json(cfg.locations.shards_manifest(kind))
+
+
 def prepare_corpus(cfg: Config, kind: str, tok: AcmTokenizer, report: Reporter, cancel: CancelToken,
                    force: bool = False) -> dict:
-    folder = tokens_dir(cfg, kind)
-    corpus = Corpus.open(cfg.data_dir / kind, kind)
+    folder = cfg.locations.shards(kind)
+    corpus = Corpus.open(cfg.locations.corpus(kind), kind)
     ident = _identity(cfg, kind, tok)
-    done = _read_json(folder / MANIFEST)
+    done = read_manifest(cfg, kind)
     if done and not force:
         if {k: done.get(k) for k in ident} == ident:
             report_done = Ticker(report, f"{kind} (done)", done["documents"]["train"] + done["documents"]["val"])
@@ -133,11 +128,11 @@ def prepare_corpus(cfg: Config, kind: str, tok: AcmTokenizer, report: Reporter, 
                            f"run `acm prepare --force` to rebuild them")
         # the corpus or the split settings changed: the shards are rebuilt below
     folder.mkdir(parents=True, exist_ok=True)
-    partial = _read_json(folder / PARTIAL)
+    partial = read_json(folder / PARTIAL)
     if force or not partial or {k: partial.get(k) for k in ident} != ident:
         for f in folder.glob("chunk-*.npy"):
             f.unlink()
-        (folder / MANIFEST).unlink(missing_ok=True)
+        (cfg.locations.shards_manifest(kind)).unlink(missing_ok=True)
         partial = ident | {"chunks": []}
     finished = {c["index"]: c for c in partial["chunks"]
                 if all((folder / c["files"][s]).exists() for s in SPLITS)}
@@ -168,18 +163,18 @@ def prepare_corpus(cfg: Config, kind: str, tok: AcmTokenizer, report: Reporter, 
         "documents": {s: sum(c["documents"][s] for c in chunks) for s in SPLITS},
     }
     manifest["val_threshold"] = partial["val_threshold"]
-    write_text(folder / MANIFEST, json.dumps(manifest, indent=1) + "\n")
+    write_text(cfg.locations.shards_manifest(kind), json.dumps(manifest, indent=1) + "\n")
     (folder / PARTIAL).unlink(missing_ok=True)
     return manifest
 
 
 def prepare(cfg: Config, report: Reporter = no_report, cancel: CancelToken | None = None,
-            force: bool = False, kinds: tuple[str, ...] = KINDS) -> dict[str, dict]:
+            force: bool = False, kinds: tuple[str, ...] = CORPORA) -> dict[str, dict]:
     """Tokenize the fetched corpora into token shards (resuming an interrupted run)."""
     cancel = cancel or CancelToken()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
     tok = load_tokenizer(cfg)
-    check_vocab(cfg, tok)
+    check_tokenizer_vocab(cfg, tok)
     return {kind: prepare_corpus(cfg, kind, tok, report, cancel, force) for kind in kinds}
 
 
@@ -199,14 +194,14 @@ class TokenShards:
 
 def open_tokens(cfg: Config, kind: str, split: str, tok: AcmTokenizer | None = None) -> TokenShards:
     """Memory-map a split, refusing (one line) shards that are missing, stale or of another vocab."""
-    folder = tokens_dir(cfg, kind)
-    manifest = _read_json(folder / MANIFEST)
+    folder = cfg.locations.shards(kind)
+    manifest = read_manifest(cfg, kind)
     if manifest is None:
         raise AcmError(f"no {kind} token shards in {folder}: run `acm prepare` first")
     tok = tok or load_tokenizer(cfg)
     if manifest["tokenizer_sha256"] != tok.sha256:
         raise AcmError(f"the {kind} token shards are stale (made with another tokenizer): run `acm prepare --force`")
-    check_vocab(cfg, tok)
+    check_tokenizer_vocab(cfg, tok)
     return map_split(folder, manifest, split, kind)
 
 

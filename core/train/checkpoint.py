@@ -16,6 +16,7 @@ from pathlib import Path
 import mlx.core as mx
 from mlx.utils import tree_flatten, tree_unflatten
 
+from core.atomic import read_json
 from core.errors import AcmError
 
 STATE = "state.json"
@@ -74,10 +75,9 @@ def list_checkpoints(folder: Path) -> list[Checkpoint]:
     """Complete checkpoints, oldest first (folders without a readable state.json are skipped)."""
     out = []
     for d in sorted(folder.glob("step-*")) if folder.exists() else []:
-        try:
-            out.append(Checkpoint(d, json.loads((d / STATE).read_text())))
-        except (OSError, ValueError):
-            continue
+        state = read_json(d / STATE)
+        if isinstance(state, dict):
+            out.append(Checkpoint(d, state))
     return out
 
 

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from core.paths import Paths
 from core.train import runs
 
 
@@ -26,11 +27,11 @@ def launch_detached(config_path: Path, stage: str, run: Path, resume: bool = Fal
         argv += ["--steps", str(steps)]
     if max_steps:
         argv += ["--max-steps", str(max_steps)]
-    folder = runs.stage_dir(run, stage)
+    folder = Paths.stage(run, stage)
     folder.mkdir(parents=True, exist_ok=True)
     src = str(Path(__file__).resolve().parents[2])
     env = os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))}
-    with open(folder / "detached.log", "ab") as log:
+    with open(Paths.detached_log(run, stage), "ab") as log:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True, cwd=str(Path(config_path).resolve().parent), env=env)
     runs.write_status(run, stage, "starting", pid=proc.pid)

@@ -14,9 +14,10 @@ import time
 from pathlib import Path
 
 from core import config
-from core.atomic import write_text
-from core.train.checkpoint import best, latest, list_checkpoints
+from core.atomic import read_json, write_text
 from core.errors import AcmError
+from core.paths import Paths
+from core.train.checkpoint import best, latest, list_checkpoints
 
 STAGES = ("pretrain", "finetune")
 
@@ -25,31 +26,23 @@ def new_run_name(cfg: config.Config) -> str:
     return f"{cfg.model.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def run_dir(cfg: config.Config, name: str) -> Path:
-    if not name or "/" in name or name.startswith("."):
-        raise AcmError(f"invalid run name {name!r}: use letters, digits, '-' and '_'")
-    return cfg.runs_dir / name
 
 
-def stage_dir(run: Path, stage: str) -> Path:
-    return run / stage
 
 
-def checkpoints_dir(run: Path, stage: str) -> Path:
-    return run / stage / "checkpoints"
 
 
 def list_runs(cfg: config.Config) -> list[Path]:
     """Run folders, newest first."""
-    if not cfg.runs_dir.exists():
+    if not cfg.locations.runs.exists():
         return []
-    runs = [d for d in cfg.runs_dir.iterdir() if d.is_dir() and (d / "config.toml").exists()]
+    runs = [d for d in cfg.locations.runs.iterdir() if d.is_dir() and Paths.run_config(d).exists()]
     return sorted(runs, key=lambda d: d.stat().st_mtime, reverse=True)
 
 
 def latest_run_with(cfg: config.Config, stage: str) -> Path | None:
     for r in list_runs(cfg):
-        if list_checkpoints(checkpoints_dir(r, stage)):
+        if list_checkpoints(Paths.checkpoints(r, stage)):
             return r
     return None
 
@@ -61,7 +54,7 @@ def model_identity(cfg: config.Config) -> dict:
 
 def prepare_run(cfg: config.Config, run: Path) -> None:
     """Create the run folder with its resolved settings, or check an existing one matches them."""
-    saved = run / "config.toml"
+    saved = Paths.run_config(run)
     if saved.exists():
         try:
             old = config.load(saved)
@@ -101,7 +94,7 @@ class MetricsLog:
 
 def read_metrics(run: Path, stage: str) -> list[dict]:
     """Every complete line of a stage's metrics.jsonl (a line being written is skipped)."""
-    path = stage_dir(run, stage) / "metrics.jsonl"
+    path = Paths.metrics(run, stage)
     out = []
     try:
         with open(path, encoding="utf-8") as f:
@@ -117,24 +110,20 @@ def read_metrics(run: Path, stage: str) -> list[dict]:
 
 # ---------------------------------------------------------------- status and control across processes
 
-STATUS, CONTROL = "status.json", "control.json"
 COMMANDS = ("pause", "resume", "stop", "save")
 LIVE = ("starting", "running", "paused")
 
 
 def write_status(run: Path, stage: str, state: str, **fields) -> None:
     """The stage's state for other processes: what it is doing, and who is doing it."""
-    folder = stage_dir(run, stage)
+    folder = Paths.stage(run, stage)
     folder.mkdir(parents=True, exist_ok=True)
     status = {"state": state, "pid": os.getpid(), "host": socket.gethostname(), "time": time.time()} | fields
-    write_text(folder / STATUS, json.dumps(status) + "\n")
+    write_text(Paths.status(run, stage), json.dumps(status) + "\n")
 
 
 def read_status(run: Path, stage: str) -> dict | None:
-    try:
-        return json.loads((stage_dir(run, stage) / STATUS).read_text())
-    except (OSError, ValueError):
-        return None
+    return read_json(Paths.status(run, stage))
 
 
 def process_alive(pid: int, host: str | None = None) -> bool:
@@ -154,7 +143,7 @@ def stage_state(run: Path, stage: str) -> str:
     or "not started"."""
     st = read_status(run, stage)
     if st is None:
-        return "not started" if latest(checkpoints_dir(run, stage)) is None else "stopped"
+        return "not started" if latest(Paths.checkpoints(run, stage)) is None else "stopped"
     if st["state"] in LIVE:
         return st["state"] if process_alive(st["pid"], st.get("host")) else "interrupted"
     return st["state"]
@@ -166,24 +155,24 @@ def send_command(run: Path, stage: str, command: str) -> None:
     state = stage_state(run, stage)
     if state not in ("running", "paused"):
         raise AcmError(f"{stage} of run {run.name} is {state}: nothing to {command}")
-    write_text(stage_dir(run, stage) / CONTROL, json.dumps({"command": command, "time": time.time()}) + "\n")
+    write_text(Paths.control(run, stage), json.dumps({"command": command, "time": time.time()}) + "\n")
 
 
 def take_command(run: Path, stage: str) -> str | None:
     """The pending command, removed as it is read (each command acts once)."""
-    path = stage_dir(run, stage) / CONTROL
-    try:
-        command = json.loads(path.read_text()).get("command")
-        path.unlink()
-    except (OSError, ValueError):
+    path = Paths.control(run, stage)
+    request = read_json(path)
+    if request is None:
         return None
+    path.unlink(missing_ok=True)
+    command = request.get("command") if isinstance(request, dict) else None
     return command if command in COMMANDS else None
 
 
 def active_stage(run: Path) -> str | None:
     """The stage most recently worked on (fine-tune once it has begun)."""
     for stage in reversed(STAGES):
-        if read_status(run, stage) is not None or latest(checkpoints_dir(run, stage)) is not None:
+        if read_status(run, stage) is not None or latest(Paths.checkpoints(run, stage)) is not None:
             return stage
     return None
 
@@ -191,12 +180,12 @@ def active_stage(run: Path) -> str | None:
 def summary(run: Path) -> dict:
     """One run, as the run list shows it."""
     try:
-        preset = config.load(run / "config.toml").model.preset
+        preset = config.load(Paths.run_config(run)).model.preset
     except AcmError:
         preset = "?"
     out = {"name": run.name, "preset": preset, "modified": run.stat().st_mtime, "stages": {}}
     for stage in STAGES:
-        ck_dir = checkpoints_dir(run, stage)
+        ck_dir = Paths.checkpoints(run, stage)
         last, top = latest(ck_dir), best(ck_dir)
         st = read_status(run, stage) or {}
         if last is None and not st:

@@ -17,18 +17,18 @@ from typing import Callable
 
 import mlx.core as mx
 
-from core.train import checkpoint
-from core.train.batches import Batches
 from core.config import Config, StageConfig
 from core.errors import AcmError
 from core.hardware import device_info, memory_limit, memory_now, peak_flops
 from core.model.gpt import GPT
-from core.train.optimizer import FlatAdamW
-from core.tokenizer.shards import open_tokens
-from core.train import runs
-from core.train.runs import MetricsLog, checkpoints_dir, prepare_run, stage_dir
-from core.train.schedule import lr_at
+from core.paths import Paths
 from core.tokenizer.bpe import load_tokenizer
+from core.tokenizer.shards import open_tokens
+from core.train import checkpoint, runs
+from core.train.batches import Batches
+from core.train.optimizer import FlatAdamW
+from core.train.runs import MetricsLog, prepare_run
+from core.train.schedule import lr_at
 
 CORPUS = {"pretrain": "language", "finetune": "code"}
 Emit = Callable[[dict], None]
@@ -135,10 +135,10 @@ class Trainer:
                                what=f"{corpus} train shards")
         self.val_batches = Batches(val, sc.seq_len, sc.batch_size, sc.seed, self.rank, self.world,
                                    what=f"{corpus} val shards") if val.num_tokens > sc.seq_len + 1 else None
-        self.ck_dir = checkpoints_dir(self.run_path, self.stage)
+        self.ck_dir = Paths.checkpoints(self.run_path, self.stage)
         if self.is_main:
             prepare_run(cfg, self.run_path)
-        self.metrics = MetricsLog(stage_dir(self.run_path, self.stage), enabled=self.is_main)
+        self.metrics = MetricsLog(Paths.stage(self.run_path, self.stage), enabled=self.is_main)
         mx.random.seed(sc.seed)
         self.model = GPT(shape, cfg.model.compute_dtype, cfg.model.checkpoint_activations)
         self.opt = FlatAdamW(self.model.parameters(), sc.learning_rate, sc.weight_decay, self.model.compute_dtype)
@@ -150,7 +150,7 @@ class Trainer:
         if existing:
             self._restore(existing)
         elif self.stage == "finetune":
-            base = checkpoint.best(checkpoints_dir(self.run_path, "pretrain"))
+            base = checkpoint.best(Paths.checkpoints(self.run_path, "pretrain"))
             if base is None:
                 raise AcmError(f"run {self.run_path.name} has no pretrain checkpoint to fine-tune: "
                                "run `acm train pretrain` first")

@@ -1,0 +1,115 @@
+"""Every file and folder acm reads or writes, named in one place.
+
+`Paths` is built from the settings (`cfg.paths` resolved against acm.toml's folder, as
+`Config.locations`); the run-folder names are static, since a run is addressed by its folder alone.
+
+    data/<corpus>/manifest.json, shards-*/        a corpus (language, code)
+    data/language/hf-cache/, data/code/repos/     downloads and clones
+    data/tokenizer/tokenizer.json, tokenizer-meta.json
+    data/tokens/<corpus>/manifest.json, chunk-*   token shards
+    runs/<run>/config.toml, eval.json
+    runs/<run>/<stage>/metrics.jsonl, train.log, status.json, control.json, detached.log, checkpoints/
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from core.errors import AcmError
+
+CORPORA = ("language", "code")
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class Paths:
+    data: Path
+    runs: Path
+
+    # ------------------------------------------------------------ corpora
+
+    def corpus(self, kind: str) -> Path:
+        if kind not in CORPORA:
+            raise AcmError(f"unknown corpus {kind!r}: language or code")
+        return self.data / kind
+
+    def corpus_manifest(self, kind: str) -> Path:
+        return self.corpus(kind) / MANIFEST
+
+    @property
+    def hf_cache(self) -> Path:
+        return self.corpus("language") / "hf-cache"
+
+    @property
+    def clones(self) -> Path:
+        return self.corpus("code") / "repos"
+
+    # ------------------------------------------------------------ tokenizer and shards
+
+    @property
+    def tokenizer(self) -> Path:
+        return self.data / "tokenizer"
+
+    @property
+    def tokenizer_file(self) -> Path:
+        return self.tokenizer / "tokenizer.json"
+
+    @property
+    def tokenizer_meta(self) -> Path:
+        return self.tokenizer / "tokenizer-meta.json"
+
+    def shards(self, kind: str) -> Path:
+        if kind not in CORPORA:
+            raise AcmError(f"unknown corpus {kind!r}: language or code")
+        return self.data / "tokens" / kind
+
+    def shards_manifest(self, kind: str) -> Path:
+        return self.shards(kind) / MANIFEST
+
+    # ------------------------------------------------------------ runs
+
+    def run(self, name: str) -> Path:
+        """A run's folder; names that would leave runs/ are refused."""
+        check_run_name(name)
+        return self.runs / name
+
+    @staticmethod
+    def run_config(run: Path) -> Path:
+        return run / "config.toml"
+
+    @staticmethod
+    def eval_results(run: Path) -> Path:
+        return run / "eval.json"
+
+    @staticmethod
+    def stage(run: Path, stage: str) -> Path:
+        return run / stage
+
+    @staticmethod
+    def checkpoints(run: Path, stage: str) -> Path:
+        return run / stage / "checkpoints"
+
+    @staticmethod
+    def metrics(run: Path, stage: str) -> Path:
+        return run / stage / "metrics.jsonl"
+
+    @staticmethod
+    def train_log(run: Path, stage: str) -> Path:
+        return run / stage / "train.log"
+
+    @staticmethod
+    def status(run: Path, stage: str) -> Path:
+        return run / stage / "status.json"
+
+    @staticmethod
+    def control(run: Path, stage: str) -> Path:
+        return run / stage / "control.json"
+
+    @staticmethod
+    def detached_log(run: Path, stage: str) -> Path:
+        return run / stage / "detached.log"
+
+
+def check_run_name(name: str) -> None:
+    if not name or "/" in name or name.startswith("."):
+        raise AcmError(f"invalid run name {name!r}: use letters, digits, '-' and '_'")
