@@ -231,10 +231,9 @@ class GeneratePane(Pane):
         self.step_ended()
 
     def _show_eval(self, run) -> None:
-        try:
-            self._fill_eval(read_json(Paths.eval_results(run)))
-        except (OSError, ValueError, KeyError):
-            pass
+        results = read_json(Paths.eval_results(run))
+        if isinstance(results, dict) and "stages" in results:
+            self._fill_eval(results)
 
     def _fill_eval(self, results: dict) -> None:
         table = self.query_one("#eval-table", DataTable)
