@@ -16,6 +16,7 @@ from core import config
 from core.engine import Engine
 from core.errors import AcmError
 
+from .messages import RunInPane
 from .panes.data import DataPane
 from .panes.generate import GeneratePane
 from .panes.runs import RunsPane
@@ -79,6 +80,9 @@ class AcmApp(App):
                     yield SystemCommand(f"{pane.TITLE}: {binding.description}",
                                         binding.tooltip or f"key {binding.key}",
                                         partial(self.run_in_pane, pane_id, binding.action), discover=False)
+
+    def on_run_in_pane(self, message: RunInPane) -> None:
+        self.run_in_pane(message.pane_id, message.action)
 
     def run_in_pane(self, pane_id: str, action: str) -> None:
         self.action_show_pane(pane_id)

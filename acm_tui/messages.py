@@ -16,6 +16,15 @@ class EngineResult(Message):
         self.future = future
 
 
+class RunInPane(Message):
+    """Show a pane and run one of its actions (the Setup pane's stage list, the palette)."""
+
+    def __init__(self, pane_id: str, action: str):
+        super().__init__()
+        self.pane_id = pane_id
+        self.action = action
+
+
 @dataclass
 class ConfigChanged(Message):
     """acm.toml was reloaded or saved."""

@@ -18,9 +18,10 @@ from core.pipeline.tables import (
     doctor_row,
     preset_row,
 )
+from core.train import runs
 from core.train.trainer import Control
 
-from ..messages import EngineResult
+from ..messages import EngineResult, RunInPane
 from .base import CANCEL_BINDING, Pane
 
 
@@ -33,6 +34,10 @@ class SetupPane(Pane):
         Binding("r", "refresh_doctor", "Re-check", tooltip="Run the environment checks again"),
         Binding("t", "model_test", "Test model", tooltip="Forward a (2, 128) batch through the selected preset"),
     ]
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.chain_control: Control | None = None  # the training stage of a running chain
 
     def compose(self) -> ComposeResult:
         yield Static("Pipeline: [b]enter[/b] runs the selected stage, [b]a[/b] runs all remaining, "
@@ -89,32 +94,34 @@ class SetupPane(Pane):
                  "pretrain": ("train", "start('pretrain')"), "finetune": ("train", "start('finetune')"),
                  "evaluate": ("generate", "evaluate")}
         pane_id, action = panes[name]
-        self.app.run_in_pane(pane_id, action)
+        self.post_message(RunInPane(pane_id, action))
 
     def action_run_all(self) -> None:
-        train = self.app.query_one("#train-pane")
-        if train.control is not None:
+        if self.chain_control is not None or runs.live_stage(self.cfg) is not None:
             self.notify("training is running: stop it first", severity="warning")
             return
-        train.control = Control()
-        train.events.clear()
-        train.history, train.evals, train.attached = [], [], None
-        self.start_step("running the remaining stages", run_remaining, self.app.engine.call, train.events.append,
-                        train.control)
+        # the Train pane finds the chain's training stages on disk and follows them
+        self.chain_control = Control()
+        if not self.start_step("running the remaining stages", run_remaining, self.app.engine.call, None,
+                               self.chain_control):
+            self.chain_control = None
 
     def step_done(self, name: str, done: list[str]) -> None:
         self._status(f"[green]ran: {', '.join(done) or 'nothing (every stage is done)'}[/]")
         self.step_ended()
 
     def step_ended(self) -> None:
-        self.app.query_one("#train-pane").control = None
+        self.chain_control = None
         self.refresh_pipeline()
 
     def action_cancel_step(self) -> None:
-        train = self.app.query_one("#train-pane")
-        if self.step_cancel is not None and train.control is not None:
-            train.control.stop()  # a chain inside training stops it with a checkpoint
+        if self.step_cancel is not None and self.chain_control is not None:
+            self.chain_control.stop()  # a chain inside training stops it with a checkpoint
         super().action_cancel_step()
+
+    def on_unmount(self) -> None:
+        if self.chain_control is not None:  # quitting mid-chain: a training stage stops with a checkpoint
+            self.chain_control.stop()
 
     # ------------------------------------------------------------ environment
 

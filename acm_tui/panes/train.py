@@ -1,14 +1,12 @@
 """The Train pane: start, pause, resume, stop and checkpoint training, with live charts.
 
-The trainer runs on the engine thread and appends its events to a thread-safe buffer; a 10 Hz
-timer on the UI thread drains it and redraws only when something arrived, so a fast trainer never
-floods the UI. Charts: train and val loss (log scale with g), learning rate, tokens/s, memory.
+The pane follows a stage through the files its recorder writes (core/train/events.py), whether it
+trains in this app, in a background process or from the CLI: a 10 Hz timer reads what arrived and
+redraws only when something did, so a fast trainer never floods the UI. Pause, stop and checkpoint
+go through the stage's control file, the same way for every process. Charts: train and val loss (log scale with g), learning rate, tokens/s, memory.
 """
 from __future__ import annotations
 
-import collections
-import json
-import time
 from pathlib import Path
 
 from rich.text import Text
@@ -23,12 +21,15 @@ from core.errors import AcmError, one_line
 from core.paths import Paths
 from core.train import checkpoint, runs
 from core.train.detach import launch_detached
+from core.train.events import StageFollower
 from core.train.trainer import Control, run_stage
 
 from ..messages import EngineResult
 from .base import Pane
 
 REDRAW_S = 0.1
+FIND_S = 1.0  # how often an idle pane looks for a stage that started elsewhere
+LIVE = runs.LIVE
 
 
 def gib(n: float) -> str:
@@ -61,8 +62,8 @@ class TrainPane(Pane):
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self.events: collections.deque = collections.deque()  # appended by the engine thread
-        self.control: Control | None = None
+        self.follower: StageFollower | None = None
+        self.control: Control | None = None  # a stage this pane started in the app
         self.history: list[dict] = []
         self.evals: list[dict] = []
         self.state = "idle"
@@ -70,9 +71,7 @@ class TrainPane(Pane):
         self.run_name = ""
         self.log_scale = False
         self.redraws = 0
-        self.attached: Path | None = None  # a run trained by another process, followed on disk
-        self.metrics_offset = 0
-        self.last_state_check = 0.0
+        self.attached: Path | None = None  # the run followed
 
     def compose(self) -> ComposeResult:
         yield Static("[b]p[/b]/[b]f[/b] pretrain/fine-tune here  [b]P[/b]/[b]F[/b] in the background  [b]R[/b]/[b]D[/b] "
@@ -88,54 +87,42 @@ class TrainPane(Pane):
 
     def on_mount(self) -> None:
         self.set_interval(REDRAW_S, self.drain)
-        all_runs = runs.list_runs(self.cfg)
-        for run in all_runs:
-            stage = runs.active_stage(run)
-            if stage and runs.stage_state(run, stage) in ("running", "paused", "starting"):
-                self.attach(run, stage)
-                break
+        self.set_interval(FIND_S, self.find_stage)
+        found = runs.live_stage(self.cfg) or runs.newest_stage(self.cfg)
+        if found is None:
+            self._status_idle("no runs yet: prepare the token shards (Tokenizer pane), then press p")
         else:
-            if all_runs:
-                self.show_history(all_runs[0])
-                stage = runs.active_stage(all_runs[0])
-                if stage and runs.stage_state(all_runs[0], stage) == "interrupted":
-                    self.notify(f"{stage} of run {all_runs[0].name} was interrupted: R resumes it here, "
-                                "D in the background", title="Interrupted run", timeout=15)
-            else:
-                self._status_idle("no runs yet: prepare the token shards (Tokenizer pane), then press p")
+            self.attach(*found)
+            if self.state == "interrupted":
+                self.notify(f"{self.stage} of run {self.run_name} was interrupted: R resumes it here, "
+                            "D in the background", title="Interrupted run", timeout=15)
         self.replot()
 
-    # ------------------------------------------------------------ following another process
+    # ------------------------------------------------------------ following a stage on disk
 
     def attach(self, run: Path, stage: str) -> None:
-        """Follow a stage that another process trains: its metrics.jsonl, its status file."""
+        """Follow a stage through its files, whichever process trains it (this app, a background
+        process, the CLI): the whole history first, then what arrives."""
+        self.follower = StageFollower(run, stage)
         self.attached, self.stage, self.run_name = run, stage, run.name
-        self.history, self.evals, self.metrics_offset = [], [], 0
-        self.state = runs.stage_state(run, stage)
-        self.read_attached()
-        self.refresh_status()
-        self.replot()
-        self.notify(f"attached to {stage} of run {run.name} ({self.state}); space pauses, s stops it")
+        self.history, self.evals = [], []
+        self.drain()
+        if self.state in LIVE and self.control is None:
+            self.notify(f"attached to {stage} of run {run.name} ({self.state}); space pauses, s stops it")
 
-    def read_attached(self) -> bool:
-        """New complete lines of the attached metrics.jsonl; True if any arrived."""
-        path = Paths.metrics(self.attached, self.stage)
-        try:
-            with open(path, "rb") as f:
-                f.seek(self.metrics_offset)
-                data = f.read()
-        except OSError:
-            return False
-        end = data.rfind(b"\n") + 1  # a line still being written waits for the next tick
-        self.metrics_offset += end
-        for line in data[:end].splitlines():
-            try:
-                self.events.append(json.loads(line))
-            except ValueError:
-                continue
-        return end > 0
+    def find_stage(self) -> None:
+        """While nothing live is followed: follow a stage that starts training anywhere, or the
+        newest run's stage once training ends (a chain run from the Setup pane, the CLI)."""
+        if self.control is not None or self.state in LIVE:
+            return
+        found = runs.live_stage(self.cfg) or runs.newest_stage(self.cfg)
+        if found is not None and found != (self.attached, self.stage):
+            self.attach(*found)
 
     def _send(self, command: str) -> None:
+        if self.attached is None:
+            self.notify("nothing is training")
+            return
         try:
             runs.send_command(self.attached, self.stage, command)
         except AcmError as e:
@@ -145,28 +132,13 @@ class TrainPane(Pane):
         if self.control is not None:  # quitting mid-run: stop at the next step, with a checkpoint
             self.control.stop()
 
-    # ------------------------------------------------------------ history on disk
-
-    def show_history(self, run: Path) -> None:
-        for stage in reversed(runs.STAGES):
-            records = runs.read_metrics(run, stage)
-            if records:
-                self.run_name, self.stage = run.name, stage
-                self.history = [r for r in records if r["type"] == "metrics"]
-                self.evals = [r for r in records if r["type"] == "eval"]
-                self._status_idle(f"run {run.name}, {stage}: {len(self.history)} reports on disk; "
-                                  "p starts a new run, R resumes this one")
-                return
-        self._status_idle(f"run {run.name} has no metrics yet")
-
     def _status_idle(self, text: str) -> None:
         self.query_one("#train-status", Static).update(Text(text))
 
     # ------------------------------------------------------------ commands
 
     def _busy(self) -> bool:
-        live = self.attached is not None and self.state in ("running", "paused", "starting")
-        if self.control is not None or live:
+        if self.control is not None or self.state in LIVE or runs.live_stage(self.cfg) is not None:
             self.notify("training is already running: stop it with s first", severity="warning")
             return True
         return False
@@ -174,13 +146,11 @@ class TrainPane(Pane):
     def _launch(self, stage: str, run: Path, resume: bool) -> None:
         if self._busy():
             return
-        self.attached = None
         self.control = Control()
-        self.events.clear()
-        self.history, self.evals = [], []
-        self.stage, self.run_name, self.state = stage, run.name, "starting"
+        self.run_on_engine("train", run_stage, self.cfg, stage, run, None, self.control, resume)
+        self.attach(run, stage)
+        self.state = "starting"
         self._status_idle(f"starting {stage} in run {run.name}…")
-        self.run_on_engine("train", run_stage, self.cfg, stage, run, self.events.append, self.control, resume)
 
     def _new_run_for(self, stage: str) -> Path | None:
         if stage == "pretrain":
@@ -219,34 +189,13 @@ class TrainPane(Pane):
         self.attach(run, stage)
 
     def action_pause(self) -> None:
-        if self.attached is not None:
-            self._send("resume" if self.state == "paused" else "pause")
-        elif self.control is None:
-            self.notify("nothing is training")
-        elif self.control.paused:
-            self.control.resume()
-        else:
-            self.control.pause()
+        self._send("resume" if self.state == "paused" else "pause")
 
     def action_stop(self) -> None:
-        if self.attached is not None:
-            self._send("stop")
-            return
-        if self.control is None:
-            self.notify("nothing is training")
-            return
-        self.control.stop()
-        self.state = "stopping"
-        self.refresh_status()
+        self._send("stop")
 
     def action_save_now(self) -> None:
-        if self.attached is not None:
-            self._send("save")
-            return
-        if self.control is None:
-            self.notify("nothing is training")
-            return
-        self.control.save_now()
+        self._send("save")
         self.notify("a checkpoint will be written after the current step")
 
     def action_log_scale(self) -> None:
@@ -274,26 +223,17 @@ class TrainPane(Pane):
     # ------------------------------------------------------------ live view
 
     def drain(self) -> None:
-        """Take what the trainer appended since the last tick; redraw if anything came."""
-        if self.attached is not None:
-            self.read_attached()
-            now = time.monotonic()
-            if now - self.last_state_check > 0.5:
-                self.last_state_check = now
-                state = runs.stage_state(self.attached, self.stage)
-                if state != self.state:
-                    self.state = state
-                    self.refresh_status()
-        if not self.events:
+        """Take what the followed stage recorded since the last tick; redraw if anything came."""
+        events = self.follower.poll() if self.follower is not None else []
+        if not events:
             return
         logs = []
-        while self.events:
-            e = self.events.popleft()
+        for e in events:
             if e["type"] == "metrics":
                 self.history.append(e)
             elif e["type"] == "eval":
                 self.evals.append(e)
-            elif e["type"] == "state" and self.attached is None:
+            elif e["type"] == "state" and e["state"] != "not started":
                 self.state = e["state"]
             elif e["type"] == "log":
                 logs.append(e["text"])
@@ -304,7 +244,7 @@ class TrainPane(Pane):
 
     def refresh_status(self) -> None:
         m = self.history[-1] if self.history else None
-        where = ' (background process)' if self.attached is not None else ''
+        where = " (background process)" if self.control is None and self.state in LIVE else ""
         parts = [f"[b]{self.stage or '–'}[/b] run {self.run_name or '–'}{where}: [b]{self.state}[/b]"]
         if m:
             mfu = f"  MFU {m['mfu']:.1%}" if m.get("mfu") is not None else ""

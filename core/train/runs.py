@@ -68,30 +68,6 @@ def prepare_run(cfg: config.Config, run: Path) -> None:
     config.save(cfg, saved)
 
 
-class MetricsLog:
-    """Appends JSON lines to metrics.jsonl (flushed per line) and plain lines to train.log."""
-
-    def __init__(self, folder: Path, enabled: bool = True):
-        self.enabled = enabled
-        if enabled:
-            folder.mkdir(parents=True, exist_ok=True)
-            self._metrics = open(folder / "metrics.jsonl", "a", buffering=1, encoding="utf-8")
-            self._log = open(folder / "train.log", "a", buffering=1, encoding="utf-8")
-
-    def record(self, event: dict) -> None:
-        if self.enabled:
-            self._metrics.write(json.dumps(event) + "\n")
-
-    def line(self, text: str) -> None:
-        if self.enabled:
-            self._log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
-
-    def close(self) -> None:
-        if self.enabled:
-            self._metrics.close()
-            self._log.close()
-
-
 def read_metrics(run: Path, stage: str) -> list[dict]:
     """Every complete line of a stage's metrics.jsonl (a line being written is skipped)."""
     path = Paths.metrics(run, stage)
@@ -174,6 +150,24 @@ def active_stage(run: Path) -> str | None:
     for stage in reversed(STAGES):
         if read_status(run, stage) is not None or latest(Paths.checkpoints(run, stage)) is not None:
             return stage
+    return None
+
+
+def live_stage(cfg: config.Config) -> tuple[Path, str] | None:
+    """(run, stage) of a stage training now in this project, by any process, if there is one."""
+    for run in list_runs(cfg):
+        for stage in STAGES:
+            if stage_state(run, stage) in LIVE:
+                return run, stage
+    return None
+
+
+def newest_stage(cfg: config.Config) -> tuple[Path, str] | None:
+    """(run, stage) of the newest run's most recent stage, if any run has begun one."""
+    for run in list_runs(cfg):
+        stage = active_stage(run)
+        if stage:
+            return run, stage
     return None
 
 

@@ -1,8 +1,9 @@
 """The training stage: pretrain on language, fine-tune on code, on the engine thread.
 
 `Trainer.run()` must be called on the thread that owns MLX (the engine). Other threads steer it
-through `Control` (pause, resume, stop, save now) and hear from it through the `emit` callback,
-which receives plain dicts: {"type": "metrics" | "eval" | "state" | "log", ...}. With several
+through `Control` (pause, resume, stop, save now) and hear from it through callbacks that receive
+plain dicts (core/train/events.py): {"type": "metrics" | "eval" | "checkpoint" | "state" | "log", ...};
+the trainer writes no file itself but checkpoints: a `Recorder` keeps the stage's files. With several
 ranks (`mlx.launch`), gradients and losses are averaged across them and only rank 0 writes.
 """
 from __future__ import annotations
@@ -13,7 +14,6 @@ import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Callable
 
 import mlx.core as mx
 
@@ -26,12 +26,12 @@ from core.tokenizer.bpe import load_tokenizer
 from core.tokenizer.shards import open_tokens
 from core.train import checkpoint, runs
 from core.train.batches import Batches
+from core.train.events import Callback, Recorder
 from core.train.optimizer import FlatAdamW
-from core.train.runs import MetricsLog, prepare_run
+from core.train.runs import prepare_run
 from core.train.schedule import lr_at
 
 CORPUS = {"pretrain": "language", "finetune": "code"}
-Emit = Callable[[dict], None]
 
 
 class TrainingError(AcmError):
@@ -91,14 +91,36 @@ class StageResult:
     best_val_loss: float | None
 
 
+class Throughput:
+    """Tokens per second over the steps since the last report, counting training time only."""
+
+    def __init__(self, tokens_per_step: int):
+        self.tokens_per_step = tokens_per_step
+        self.restart()
+
+    def restart(self) -> None:
+        self.t0, self.tokens = time.perf_counter(), 0
+
+    def step(self) -> None:
+        self.tokens += self.tokens_per_step
+
+    def take(self) -> tuple[float, float]:
+        """(tokens/s, seconds a step) since the last take or restart; starts a new window."""
+        dt = time.perf_counter() - self.t0
+        rate = self.tokens / dt if dt > 0 else 0.0
+        step_time = dt / max(self.tokens / self.tokens_per_step, 1)
+        self.restart()
+        return rate, step_time
+
+
 class Trainer:
-    def __init__(self, cfg: Config, stage: str, run: Path, emit: Emit | None = None, control: Control | None = None,
+    def __init__(self, cfg: Config, stage: str, run: Path, emit: Callback | None = None, control: Control | None = None,
                  resume: bool = False, max_steps: int | None = None):
         if stage not in CORPUS:
             raise AcmError(f"unknown stage {stage!r}: pretrain or finetune")
         self.cfg, self.stage, self.run_path = cfg, stage, run
         self.sc: StageConfig = getattr(cfg.train, stage)
-        self.emit_fn = emit or (lambda e: None)
+        self.callbacks: list[Callback] = [emit] if emit else []
         self.control = control or Control()
         self.resume = resume
         self.max_steps = max_steps  # stop after this many steps in this call (the schedule keeps sc.steps)
@@ -109,16 +131,17 @@ class Trainer:
     # ------------------------------------------------------------ events
 
     def emit(self, event: dict) -> None:
+        """Hand an event to every callback (the recorder first); other ranks stay silent."""
         if self.is_main:
-            if event["type"] == "state":
-                runs.write_status(self.run_path, self.stage, event["state"], step=event.get("step"),
-                                  total=self.sc.steps)
-            self.emit_fn(event)
+            for callback in self.callbacks:
+                callback(event)
 
     def log(self, text: str) -> None:
-        if self.is_main:
-            self.metrics.line(text)
-            self.emit({"type": "log", "stage": self.stage, "text": text})
+        self.emit({"type": "log", "stage": self.stage, "text": text})
+
+    def _state(self, state: str, step: int, **fields) -> None:
+        self.emit({"type": "state", "stage": self.stage, "state": state, "step": step, "total": self.sc.steps}
+                  | fields)
 
     # ------------------------------------------------------------ setup
 
@@ -138,11 +161,22 @@ class Trainer:
         self.ck_dir = Paths.checkpoints(self.run_path, self.stage)
         if self.is_main:
             prepare_run(cfg, self.run_path)
-        self.metrics = MetricsLog(Paths.stage(self.run_path, self.stage), enabled=self.is_main)
+            self.recorder = Recorder(self.run_path, self.stage, sc.steps)
+            self.callbacks.insert(0, self.recorder)
         mx.random.seed(sc.seed)
         self.model = GPT(shape, cfg.model.compute_dtype, cfg.model.checkpoint_activations)
         self.opt = FlatAdamW(self.model.parameters(), sc.learning_rate, sc.weight_decay, self.model.compute_dtype)
         self.start_step, self.tokens_seen, self.best_val = 0, 0, None
+        self._load_weights()
+        mx.eval(self.opt.state)
+        self.model.update(self.opt.parameters())  # the optimizer's buffers hold the weights from now on
+        # Nothing in a step draws from MLX's RNG (no dropout): the only randomness after
+        # initialisation is the batch order, a pure function of (seed, step) saved in checkpoints.
+        self.fused_step, self.grad_step, self.apply_step, self.eval_loss = build_steps(
+            self.model, self.opt, self.sc.grad_clip, self.world)
+
+    def _load_weights(self) -> None:
+        """Resume this stage's latest checkpoint, or fine-tune from the best pretrain one."""
         existing = checkpoint.latest(self.ck_dir)
         if existing and not self.resume:
             raise AcmError(f"run {self.run_path.name} already has {self.stage} checkpoints (up to step "
@@ -158,11 +192,6 @@ class Trainer:
             params, _ = checkpoint.load_arrays(base)
             self.opt.load(params, None)
             self.log(f"fine-tuning from pretrain step {base.step} (val loss {base.val_loss})")
-        mx.eval(self.opt.state)
-        self.model.update(self.opt.parameters())  # the optimizer's buffers hold the weights from now on
-        # Nothing in a step draws from MLX's RNG (no dropout): the only randomness after
-        # initialisation is the batch order, a pure function of (seed, step) saved in checkpoints.
-        self._build_steps()
 
     def _check_tokenizer(self, ck: checkpoint.Checkpoint) -> None:
         if ck.state.get("tokenizer_sha256") != self.tok.sha256:
@@ -178,28 +207,41 @@ class Trainer:
         self.best_val = ck.state.get("best_val_loss")
         self.log(f"resumed {self.stage} from step {ck.step}")
 
-    def _build_steps(self) -> None:
-        self.fused_step, self.grad_step, self.apply_step, self.eval_loss = build_steps(
-            self.model, self.opt, self.sc.grad_clip, self.world)
-
-    # ------------------------------------------------------------ the loop
+    # ------------------------------------------------------------ one step
 
     def _train_step(self, step: int) -> tuple[mx.array, mx.array]:
+        """Queue step `step` on the device: (loss, gradient norm), not yet evaluated."""
         sc = self.sc
         self.opt.learning_rate = lr_at(step, sc.learning_rate, sc.warmup_steps, sc.steps, sc.min_lr_ratio)
         if sc.grad_accum == 1:
             x, y = self.batches.train(step)
-            return self.fused_step(mx.array(x), mx.array(y))
+            out = self.fused_step(mx.array(x), mx.array(y))
+        else:
+            out = self._accumulated_step(step)
+        mx.async_eval(*out, self.opt.state)
+        return out
+
+    def _accumulated_step(self, step: int) -> tuple[mx.array, mx.array]:
         total_loss, total_grads = None, None
-        for micro in range(sc.grad_accum):  # summed in float32
+        for micro in range(self.sc.grad_accum):  # summed in float32
             x, y = self.batches.train(step, micro)
             loss, grads = self.grad_step(mx.array(x), mx.array(y))
             grads = {k: g.astype(mx.float32) for k, g in grads.items()}
             total_loss = loss if total_loss is None else total_loss + loss
             total_grads = grads if total_grads is None else {k: total_grads[k] + g for k, g in grads.items()}
             mx.eval(total_loss, total_grads)
-        n = sc.grad_accum
+        n = self.sc.grad_accum
         return self.apply_step(total_loss / n, {k: g / n for k, g in total_grads.items()})
+
+    def _finite_loss(self, loss: mx.array, step: int) -> float:
+        """The step's loss (waiting for this step only); a non-finite loss stops the stage."""
+        value = float(loss.item())
+        if not math.isfinite(value):
+            where = (f"; the last good checkpoint is {self.last_ck.name}" if self.last_ck
+                     else "; no checkpoint was written")
+            raise TrainingError(f"{self.stage}: the loss became {value} at step {step + 1}{where} "
+                                f"(lower train.{self.stage}.learning_rate?)")
+        return value
 
     def evaluate(self) -> float | None:
         if self.val_batches is None:
@@ -223,19 +265,21 @@ class Trainer:
         }
         path = checkpoint.save(self.ck_dir, step, self.opt.parameters(), self.opt.checkpoint_state(), state)
         checkpoint.prune(self.ck_dir, self.sc.keep_last)
-        self.log(f"checkpoint {path.name}" + (f" (val loss {val_loss:.4f})" if val_loss is not None else ""))
+        self.emit({"type": "checkpoint", "stage": self.stage, "step": step, "path": str(path), "val_loss": val_loss})
         return path
+
+    # ------------------------------------------------------------ the stage
 
     def run(self) -> StageResult:
         self._setup()
         try:
             return self._loop()
         except BaseException as e:
-            if self.is_main:
-                runs.write_status(self.run_path, self.stage, "failed", error=str(e) or type(e).__name__)
+            self._state("failed", getattr(self, "step", self.start_step), error=str(e) or type(e).__name__)
             raise
         finally:
-            self.metrics.close()
+            if self.is_main:
+                self.recorder.close()
 
     def _poll_commands(self) -> None:
         """Commands left in the stage's control file by another process (acm runs, acm-tui)."""
@@ -244,14 +288,10 @@ class Trainer:
             code = {"pause": 1, "resume": 2, "stop": 3, "save": 4}.get(command, 0)
             code = int(mx.distributed.all_sum(mx.array(code)).item())
             command = {1: "pause", 2: "resume", 3: "stop", 4: "save"}.get(code)
-        if command == "pause":
-            self.control.pause()
-        elif command == "resume":
-            self.control.resume()
-        elif command == "stop":
-            self.control.stop()
-        elif command == "save":
-            self.control.save_now()
+        actions = {"pause": self.control.pause, "resume": self.control.resume, "stop": self.control.stop,
+                   "save": self.control.save_now}
+        if command in actions:
+            actions[command]()
 
     def _may_queue(self, next_step: int, end: int) -> bool:
         """Whether the next step may be queued before this one finishes.
@@ -267,103 +307,104 @@ class Trainer:
         self._poll_commands()
         return not self.control.pending
 
+    def _control_point(self, step: int) -> str:
+        """Between steps: act on commands. "stop", "resumed" (after a pause) or "go"."""
+        if self.world == 1 or step % self.sc.log_every == 0:  # with ranks, polling costs a collective
+            self._poll_commands()
+        if self.control.stopping:
+            return "stop"
+        if not self.control.paused:
+            return "go"
+        self._state("paused", step)
+        while self.control.paused:
+            self.control.wait_while_paused(0.2)
+            self._poll_commands()
+        self._state("running", step)
+        return "resumed"
+
     def _loop(self) -> StageResult:
         sc = self.sc
-        shape = self.cfg.model.shape()
-        tokens_per_step = sc.batch_size * sc.grad_accum * sc.seq_len * self.world
-        info = device_info()
-        peak, limit = peak_flops(info), memory_limit(info)
-        flops_per_token = shape.flops_per_token(sc.seq_len)
         end = sc.steps if self.max_steps is None else min(sc.steps, self.start_step + self.max_steps)
-        step, last_ck, stopped = self.start_step, checkpoint.latest(self.ck_dir), False
-        last_ck = last_ck.path if last_ck else None
-        self.emit({"type": "state", "stage": self.stage, "state": "running", "step": step, "total": sc.steps,
-                   "run": self.run_path.name})
-        self.log(f"{self.stage}: steps {step}..{end} of {sc.steps}, {tokens_per_step:,} tokens/step, "
-                 f"{self.world} rank(s), preset {shape.name}, {self.cfg.model.compute_dtype} compute")
-        t_report, tokens_report, elapsed_steps, step_time = time.perf_counter(), 0, 0, None
-        val_loss = None
-        ahead = None  # the next step, queued while this one runs
-        while step < end:
+        self.step, stopped, ahead = self.start_step, False, None  # ahead: the next step, queued while this one runs
+        last = checkpoint.latest(self.ck_dir)
+        self.last_ck, self.val_loss = (last.path if last else None), None
+        self.meter = Throughput(sc.batch_size * sc.grad_accum * sc.seq_len * self.world)
+        self._begin(end)
+        while self.step < end:
             if ahead is None:
-                if self.world == 1 or step % sc.log_every == 0:  # with ranks, polling costs a collective
-                    self._poll_commands()
-                if self.control.stopping:
+                action = self._control_point(self.step)
+                if action == "stop":
                     stopped = True
                     break
-                if self.control.paused:
-                    self.emit({"type": "state", "stage": self.stage, "state": "paused", "step": step,
-                               "total": sc.steps})
-                    while self.control.paused:
-                        self.control.wait_while_paused(0.2)
-                        self._poll_commands()
-                    self.emit({"type": "state", "stage": self.stage, "state": "running", "step": step,
-                               "total": sc.steps})
-                    t_report, tokens_report = time.perf_counter(), 0
+                if action == "resumed":
+                    self.meter.restart()
                     continue
-                loss, norm = self._train_step(step)
-                mx.async_eval(loss, norm, self.opt.state)
+                current = self._train_step(self.step)
             else:
-                (loss, norm), ahead = ahead, None
-            if self._may_queue(step + 1, end):  # the device never waits for Python between steps
-                ahead = self._train_step(step + 1)
-                mx.async_eval(*ahead, self.opt.state)
-            loss_value = float(loss.item())  # waits for this step only
-            if not math.isfinite(loss_value):
-                where = f"; the last good checkpoint is {last_ck.name}" if last_ck else "; no checkpoint was written"
-                raise TrainingError(f"{self.stage}: the loss became {loss_value} at step {step + 1}{where} "
-                                    f"(lower train.{self.stage}.learning_rate?)")
-            step += 1
-            self.tokens_seen += tokens_per_step
-            tokens_report += tokens_per_step
-            elapsed_steps += 1
-            if step % sc.log_every == 0 or step == end:
-                now = time.perf_counter()
-                dt = now - t_report
-                tok_s = tokens_report / dt if dt > 0 else 0.0
-                step_time = dt / max(tokens_report / tokens_per_step, 1)
-                mem = memory_now()
-                self._emit_metrics(step, loss_value, float(norm.item()), tok_s, step_time, mem, limit, peak,
-                                   flops_per_token, end)
-                t_report, tokens_report = now, 0
-            want_eval = step % sc.eval_every == 0 or step == end
-            # a save asked for while the next step is queued waits for it: the weights are that step's
-            want_save = step % sc.save_every == 0 or step == end or (ahead is None and self.control.take_save())
-            if want_eval:
-                val_loss = self.evaluate()
-                if val_loss is not None:
-                    if self.best_val is None or val_loss < self.best_val:
-                        self.best_val = val_loss
-                    event = {"type": "eval", "stage": self.stage, "step": step, "val_loss": val_loss,
-                             "val_ppl": math.exp(min(val_loss, 50)), "best_val_loss": self.best_val}
-                    self.metrics.record(event)
-                    self.emit(event)
-            if want_save:
-                last_ck = self.save(step, val_loss if want_eval else None) or last_ck
-            if want_eval or want_save:  # tokens/s counts training time only
-                t_report, tokens_report = time.perf_counter(), 0
-        if stopped and step > self.start_step:
-            last_ck = self.save(step, None) or last_ck
-        state = "done" if step >= sc.steps else "stopped"  # stopped by hand or by --max-steps
-        self.emit({"type": "state", "stage": self.stage, "state": state, "step": step, "total": sc.steps})
-        self.log(f"{self.stage} {state} at step {step}")
-        return StageResult(self.stage, self.run_path, step, stopped, last_ck, self.best_val)
+                current, ahead = ahead, None
+            if self._may_queue(self.step + 1, end):  # the device never waits for Python between steps
+                ahead = self._train_step(self.step + 1)
+            self._step_done(current, end)
+            self._evaluate_and_save(end, may_save_now=ahead is None)
+        if stopped and self.step > self.start_step:
+            self.last_ck = self.save(self.step, None) or self.last_ck
+        state = "done" if self.step >= sc.steps else "stopped"  # stopped by hand or by --max-steps
+        self._state(state, self.step)
+        self.log(f"{self.stage} {state} at step {self.step}")
+        return StageResult(self.stage, self.run_path, self.step, stopped, self.last_ck, self.best_val)
 
-    def _emit_metrics(self, step, loss, grad_norm, tok_s, step_time, mem, limit, peak, flops_per_token, end):
-        sc = self.sc
-        event = {
+    def _begin(self, end: int) -> None:
+        shape = self.cfg.model.shape()
+        info = device_info()
+        self.peak, self.limit = peak_flops(info), memory_limit(info)
+        self.flops_per_token = shape.flops_per_token(self.sc.seq_len)
+        self._state("running", self.step, run=self.run_path.name)
+        self.log(f"{self.stage}: steps {self.step}..{end} of {self.sc.steps}, {self.meter.tokens_per_step:,} "
+                 f"tokens/step, {self.world} rank(s), preset {shape.name}, {self.cfg.model.compute_dtype} compute")
+
+    def _step_done(self, current: tuple[mx.array, mx.array], end: int) -> None:
+        """Wait for a step's loss, count it, and report every log_every steps."""
+        loss, norm = current
+        loss_value = self._finite_loss(loss, self.step)
+        self.step += 1
+        self.tokens_seen += self.meter.tokens_per_step
+        self.meter.step()
+        if self.step % self.sc.log_every == 0 or self.step == end:
+            self._report(loss_value, float(norm.item()), end)
+
+    def _evaluate_and_save(self, end: int, may_save_now: bool) -> None:
+        sc, step = self.sc, self.step
+        want_eval = step % sc.eval_every == 0 or step == end
+        # a save asked for while the next step is queued waits for it: the weights are that step's
+        want_save = step % sc.save_every == 0 or step == end or (may_save_now and self.control.take_save())
+        if want_eval:
+            self.val_loss = self.evaluate()
+            if self.val_loss is not None:
+                self._report_eval(self.val_loss)
+        if want_save:
+            self.last_ck = self.save(step, self.val_loss if want_eval else None) or self.last_ck
+        if want_eval or want_save:  # tokens/s counts training time only
+            self.meter.restart()
+
+    def _report_eval(self, val_loss: float) -> None:
+        if self.best_val is None or val_loss < self.best_val:
+            self.best_val = val_loss
+        self.emit({"type": "eval", "stage": self.stage, "step": self.step, "val_loss": val_loss,
+                   "val_ppl": math.exp(min(val_loss, 50)), "best_val_loss": self.best_val})
+
+    def _report(self, loss: float, grad_norm: float, end: int) -> None:
+        sc, step = self.sc, self.step
+        tok_s, step_time = self.meter.take()
+        mem = memory_now()
+        self.emit({
             "type": "metrics", "stage": self.stage, "step": step, "total": sc.steps, "loss": loss,
             "lr": lr_at(step - 1, sc.learning_rate, sc.warmup_steps, sc.steps, sc.min_lr_ratio),
             "grad_norm": grad_norm, "tokens_per_s": tok_s, "tokens_seen": self.tokens_seen,
             "epoch": self.tokens_seen / max(self.batches.num_tokens, 1),
-            "mfu": (flops_per_token * tok_s / peak) if peak else None,
+            "mfu": (self.flops_per_token * tok_s / self.peak) if self.peak else None,
             "memory_active": mem["active"], "memory_peak": mem["peak"], "memory_cache": mem["cache"],
-            "memory_limit": limit, "eta_s": step_time * (end - step) if step_time else None, "time": time.time(),
-        }
-        self.metrics.record(event)
-        self.emit(event)
-        if self.is_main:
-            runs.write_status(self.run_path, self.stage, "running", step=step, total=sc.steps)
+            "memory_limit": self.limit, "eta_s": step_time * (end - step), "time": time.time(),
+        })
 
 
 def build_steps(model: GPT, opt: FlatAdamW, grad_clip: float, world: int = 1):
@@ -405,7 +446,7 @@ def build_steps(model: GPT, opt: FlatAdamW, grad_clip: float, world: int = 1):
             partial(mx.compile, inputs=state, outputs=state)(finish), eval_loss)
 
 
-def run_stage(cfg: Config, stage: str, run: Path, emit: Emit | None = None, control: Control | None = None,
+def run_stage(cfg: Config, stage: str, run: Path, emit: Callback | None = None, control: Control | None = None,
               resume: bool = False, max_steps: int | None = None) -> StageResult:
     """Build a Trainer and run it (call on the engine thread)."""
     return Trainer(cfg, stage, run, emit, control, resume, max_steps).run()
