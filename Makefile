@@ -1,17 +1,24 @@
-# Two commands for a new user: `make run` (launch acm-tui) and `make test` (run the tests).
+# Two commands for a new user: `make run` (launch acm-tui) and `make test` (the lint checks, then the tests).
 # Both create .venv on first use and install acm into it.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-all install clean
+.PHONY: run test test-all lint install clean
 
 run: $(STAMP)
 	$(BIN)/acm-tui
 
-test: $(STAMP)
+test: lint
 	$(BIN)/python -m pytest -q
+
+# ruff (pyproject's [tool.ruff]), the architecture contracts ([tool.importlinter]) and no function
+# above cyclomatic complexity 15
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-cache
+	$(BIN)/python .ci/max_complexity.py 15 core acm_tui bench tests
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -m ""

@@ -64,18 +64,21 @@ def run_mlx(d: dict, steps: int) -> dict:
     res["gelu_nn_approx"] = case(nn.gelu_approx, h)  # MLX's own, with x**3 as pow()
     x = mx.random.normal((M, C)).astype(bf)
     wf, bfc, wp, bp = (mx.random.normal(s).astype(bf) * 0.02 for s in ((F, C), (F,), (C, F), (C,)))
-    res["mlp_autodiff"] = case(lambda x, a, b, c, e: mx.addmm(e, nn.gelu_approx(mx.addmm(b, x, a.T)), c.T), x, wf, bfc, wp, bp)
+    res["mlp_autodiff"] = case(lambda x, a, b, c, e: mx.addmm(e, nn.gelu_approx(mx.addmm(b, x, a.T)), c.T),
+                               x, wf, bfc, wp, bp)
     res["mlp_fused"] = case(lambda *a: fused.mlp(*a)[0], x, wf, bfc, wp, bp)
     q, k, v = (mx.random.normal((d["B"], d["H"], d["T"], d["D"])).astype(bf) for _ in range(3))
     scale = d["D"] ** -0.5
-    res["attention"] = case(lambda q, k, v: mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask="causal"), q, k, v)
+    res["attention"] = case(lambda q, k, v: mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask="causal"),
+                            q, k, v)
     g = mx.random.normal((M, F)).astype(bf)
     res["column_sum_reduce"] = {"fwd_ms": timed(mx.compile(lambda g: g.sum(axis=0)), g)}
     res["column_sum_matmul"] = {"fwd_ms": timed(mx.compile(fused._column_sum), g)}
     logits = mx.random.normal((M, d["V"])).astype(bf)
     y = mx.random.randint(0, d["V"], (M,))
     res["cross_entropy"] = case(lambda z: mx.fast.cross_entropy(z, y).mean(), logits)
-    res["cross_entropy_fp32_copy"] = case(lambda z: nn.losses.cross_entropy(z.astype(mx.float32), y, reduction="mean"), logits)
+    res["cross_entropy_fp32_copy"] = case(
+        lambda z: nn.losses.cross_entropy(z.astype(mx.float32), y, reduction="mean"), logits)
     return res
 
 

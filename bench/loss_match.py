@@ -60,12 +60,11 @@ def train_acm(shape, weights, a, batches, val) -> dict:
     return {"losses": losses, "val": float(np.mean(vals))}
 
 
-def train_torch(shape, weights, a, batches, val) -> dict:
+def torch_gpt(shape):
+    """The same GPT written for PyTorch (parameter names as acm's), as a class."""
     import torch
     import torch.nn as tnn
     import torch.nn.functional as F
-
-    dev = "cuda" if torch.cuda.is_available() else "cpu"
 
     class Attention(tnn.Module):
         def __init__(s):
@@ -115,7 +114,15 @@ def train_torch(shape, weights, a, batches, val) -> dict:
             head = s.wte.weight if shape.tie_embeddings else s.lm_head.weight
             return F.linear(s.ln_f(x), head)
 
-    model = TorchGPT().to(dev)
+    return TorchGPT
+
+
+def train_torch(shape, weights, a, batches, val) -> dict:
+    import torch
+    import torch.nn.functional as F
+
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    model = torch_gpt(shape)().to(dev)
     missing, unexpected = model.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()}, strict=False)
     if missing or unexpected:
         sys.exit(f"loss_match: weight names differ between acm and the PyTorch model: {missing or unexpected}")

@@ -1,7 +1,8 @@
 """Where a training step's time goes, part by part (each part compiled and timed alone).
 
 usage: python bench/profile_step.py --preset tiny --seq 1024 --batch 16     prints one JSON line
-Parts: forward + loss; forward + backward; the whole step; the optimizer update alone (global norm, clipping, AdamW); the loss
+Parts: forward + loss; forward + backward; the whole step; the optimizer update alone (global norm,
+clipping, AdamW); the loss
 head alone (final norm + vocab projection + cross-entropy); attention alone; each in ms, with the
 peak memory (GB) while it ran above what the model and optimizer hold (`held_gb`).
 """

@@ -41,7 +41,8 @@ def main() -> None:
         import torch
         from torch.profiler import ProfilerActivity, profile
     except ImportError:
-        raise SystemExit("trace_step.py needs PyTorch with CUDA beside MLX: its profiler reads the GPU's kernel times")
+        raise SystemExit("trace_step.py needs PyTorch with CUDA beside MLX: "
+                         "its profiler reads the GPU's kernel times") from None
 
     p = argparse.ArgumentParser()
     p.add_argument("--preset", default="tiny")

@@ -48,7 +48,7 @@ def use_addmm_bias() -> None:
     model.fused.linear = lambda x, w, b: mx.addmm(b, x, w.T)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser()
     p.add_argument("--preset", default="tiny")
     p.add_argument("--seq", type=int, default=1024)
@@ -71,18 +71,23 @@ def main() -> None:
     p.add_argument("--grad-clip", type=float, default=1.0,
                    help="global-norm clip (0: off; the norm is still computed, for the monitor)")
     p.add_argument("--peak-tflops", type=float, default=None, help="override the device's peak (MFU)")
-    a = p.parse_args()
-    shape = get_preset(a.preset)
-    if a.autodiff:
-        use_plain_autodiff()
-    if a.mlx_layer_norm:
-        use_mlx_layer_norm()
-    if a.mlx_layer_norm_forward:
-        use_mlx_layer_norm_forward()
-    if a.addmm_bias:
-        use_addmm_bias()
+    return p.parse_args()
+
+
+def apply_variants(a: argparse.Namespace) -> None:
+    """Swap in the earlier implementations the flags name."""
+    for flag, use in ((a.autodiff, use_plain_autodiff), (a.mlx_layer_norm, use_mlx_layer_norm),
+                      (a.mlx_layer_norm_forward, use_mlx_layer_norm_forward), (a.addmm_bias, use_addmm_bias)):
+        if flag:
+            use()
     if a.ln_launch:
         cuda_kernels.LN_WARPS, cuda_kernels.LN_ROWS_PER_WARP = (int(v) for v in a.ln_launch.split(":"))
+
+
+def main() -> None:
+    a = parse_args()
+    shape = get_preset(a.preset)
+    apply_variants(a)
     mx.random.seed(0)
     build = per_tensor_step if a.per_tensor else compiled_step
     step, _, state = build(model.GPT(shape, a.dtype, a.checkpoint_activations), a.grad_clip)
@@ -115,7 +120,9 @@ def main() -> None:
     print(json.dumps({
         "fw": "acm", "preset": a.preset, "dtype": a.dtype, "checkpoint_activations": a.checkpoint_activations,
         "autodiff": a.autodiff, "per_tensor": a.per_tensor,
-        "mlx_layer_norm": a.mlx_layer_norm, "mlx_layer_norm_forward": a.mlx_layer_norm_forward, "addmm_bias": a.addmm_bias, "ln_launch": f"{cuda_kernels.LN_WARPS}:{cuda_kernels.LN_ROWS_PER_WARP}", "sync": a.sync, "grad_clip": a.grad_clip,
+        "mlx_layer_norm": a.mlx_layer_norm, "mlx_layer_norm_forward": a.mlx_layer_norm_forward,
+        "addmm_bias": a.addmm_bias, "ln_launch": f"{cuda_kernels.LN_WARPS}:{cuda_kernels.LN_ROWS_PER_WARP}",
+        "sync": a.sync, "grad_clip": a.grad_clip,
         "env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("MLX_")},
         "device": info.get("device_name", str(mx.default_device())),
         "params_M": round(shape.param_count() / 1e6, 1), "batch": a.batch, "seq": a.seq,

@@ -54,7 +54,8 @@ def test_model_info(capsys):
 
 def test_model_info_unknown_preset(capsys):
     rc, _, err = run(capsys, "model", "info", "huge")
-    assert rc == 2 and err.strip() == "acm: error: unknown model preset 'huge'; valid presets: nano, micro, tiny, medium"
+    assert rc == 2
+    assert err.strip() == "acm: error: unknown model preset 'huge'; valid presets: nano, micro, tiny, medium"
 
 
 def test_model_test_nano(capsys):

@@ -155,7 +155,8 @@ def test_local_language_files_and_hand_counted_stats(project, tmp_path):
     src.mkdir()
     (src / "a.txt").write_text("one two three\nfour five\n")  # 5 words, 2 lines, 24 bytes (stripped: 23)
     (src / "b.md").write_text("# Title\n\nsix seven")  # 4 words, 3 lines, 18 bytes
-    (src / "c.jsonl").write_text(json.dumps({"text": "eight nine ten"}) + "\n\n" + json.dumps({"text": "eleven"}) + "\n")
+    (src / "c.jsonl").write_text(json.dumps({"text": "eight nine ten"}) + "\n\n"
+                                 + json.dumps({"text": "eleven"}) + "\n")
     pq.write_table(pa.table({"text": ["twelve thirteen", "twelve thirteen"]}), src / "d.parquet")
     m = fetch_language(cfg_for(project, data__language__source="local", data__language__local_paths=[str(src)]))
     s = m["stats"]

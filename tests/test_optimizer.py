@@ -11,7 +11,8 @@ from core.train.optimizer import ROW, FlatAdamW, global_norm, reference_adamw
 
 def tree(rng) -> dict:
     return {"w": mx.array(rng.normal(size=(3, 5)), mx.float32),
-            "h": [{"b": mx.array(rng.normal(size=(7,)), mx.float32), "g": mx.array(rng.normal(size=(4, 2, 3)), mx.float32)}],
+            "h": [{"b": mx.array(rng.normal(size=(7,)), mx.float32),
+                   "g": mx.array(rng.normal(size=(4, 2, 3)), mx.float32)}],
             "s": mx.array(rng.normal(size=(1,)), mx.float32)}
 
 

@@ -211,7 +211,7 @@ def test_cli_train_and_finetune(prepared, capsys):
     out = capsys.readouterr()
     assert "pretrain finished at step 10 in run x" in out.out
     assert cli.main(["-c", c, "train", "finetune", "--json"]) == 0  # picks the latest run with pretrain
-    lines = [json.loads(l) for l in capsys.readouterr().out.splitlines()]
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert lines[-1]["type"] == "log" and any(e["type"] == "metrics" for e in lines)
 
 

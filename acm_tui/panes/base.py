@@ -6,8 +6,9 @@ and ends in `step_done` or in an error shown in the pane and as a notification.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Any, Callable
+from typing import Any
 
 from rich.text import Text
 from textual import on, work

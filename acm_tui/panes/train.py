@@ -3,7 +3,8 @@
 The pane follows a stage through the files its recorder writes (core/train/events.py), whether it
 trains in this app, in a background process or from the CLI: a 10 Hz timer reads what arrived and
 redraws only when something did, so a fast trainer never floods the UI. Pause, stop and checkpoint
-go through the stage's control file, the same way for every process. Charts: train and val loss (log scale with g), learning rate, tokens/s, memory.
+go through the stage's control file, the same way for every process. Charts: train and val loss
+(log scale with g), learning rate, tokens/s, memory.
 """
 from __future__ import annotations
 
@@ -74,7 +75,8 @@ class TrainPane(Pane):
         self.attached: Path | None = None  # the run followed
 
     def compose(self) -> ComposeResult:
-        yield Static("[b]p[/b]/[b]f[/b] pretrain/fine-tune here  [b]P[/b]/[b]F[/b] in the background  [b]R[/b]/[b]D[/b] "
+        yield Static("[b]p[/b]/[b]f[/b] pretrain/fine-tune here  [b]P[/b]/[b]F[/b] in the background  "
+                     "[b]R[/b]/[b]D[/b] "
                      "resume here/in the background  [b]space[/b] pause  [b]s[/b] stop  [b]c[/b] checkpoint  "
                      "[b]g[/b] log scale", classes="hint")
         yield Static("", id="train-status")

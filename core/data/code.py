@@ -10,10 +10,10 @@ import hashlib
 import os
 import subprocess
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 from core.config import CodeDataConfig, Config
 from core.data.corpus import CorpusWriter
@@ -87,23 +87,29 @@ def find_scripts(root: Path, max_bytes: int, all_files: bool = False, seen: set 
         for name in sorted(files):
             if cancel:
                 cancel.check()
-            path = Path(dirpath) / name
-            try:
-                real = path.resolve(strict=True)
-                st = real.stat()
-            except (OSError, RuntimeError):  # broken link, link loop, no permission
-                continue
-            if not real.is_file() or real in seen:
-                continue
-            try:
-                with open(real, "rb") as f:
-                    head = f.read(256)
-                    if not (all_files or path.suffix in SCRIPT_SUFFIXES or is_shell_shebang(head)):
-                        continue
-                    seen.add(real)
-                    yield path, (head + f.read() if st.st_size <= max_bytes else None)
-            except OSError:
-                continue
+            found = _read_script(Path(dirpath) / name, max_bytes, all_files, seen)
+            if found is not None:
+                yield found
+
+
+def _read_script(path: Path, max_bytes: int, all_files: bool, seen: set) -> tuple[Path, bytes | None] | None:
+    """(path, content) if `path` is a shell script not seen yet (content None when over max_bytes)."""
+    try:
+        real = path.resolve(strict=True)
+        st = real.stat()
+    except (OSError, RuntimeError):  # broken link, link loop, no permission
+        return None
+    if not real.is_file() or real in seen:
+        return None
+    try:
+        with open(real, "rb") as f:
+            head = f.read(256)
+            if not (all_files or path.suffix in SCRIPT_SUFFIXES or is_shell_shebang(head)):
+                return None
+            seen.add(real)
+            return path, (head + f.read() if st.st_size <= max_bytes else None)
+    except OSError:
+        return None
 
 
 def scan_folder(root: Path, source: str, max_bytes: int, all_files: bool = False, seen: set | None = None,

@@ -12,9 +12,9 @@ import json
 import shutil
 import time
 import uuid
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -140,7 +140,7 @@ class Corpus:
     manifest: dict = field(default_factory=dict)
 
     @classmethod
-    def open(cls, folder: Path, kind: str) -> "Corpus":
+    def open(cls, folder: Path, kind: str) -> Corpus:
         path = Path(folder) / MANIFEST
         if not path.exists():
             raise AcmError(f"no {kind} corpus in {folder}: run `acm data fetch {kind}` first")

@@ -12,8 +12,8 @@ import os
 import re
 import sys
 import sysconfig
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from core.config import Config, LanguageDataConfig
 from core.data.corpus import CorpusWriter
@@ -136,7 +136,8 @@ def _first_line(e: BaseException) -> str:
 
 # ---------------------------------------------------------------- local files
 
-def local_documents(paths: list[str], text_field: str, root: Path) -> Iterator[Doc]:
+def local_files(paths: list[str], root: Path) -> list[Path]:
+    """The files the configured paths name, folders searched for the suffixes acm reads."""
     files = []
     for p in paths:
         path = (root / p).expanduser()
@@ -148,31 +149,43 @@ def local_documents(paths: list[str], text_field: str, root: Path) -> Iterator[D
             raise AcmError(f"data.language.local_paths: {path} does not exist")
     if not files:
         raise AcmError(f"data.language.local_paths holds no {', '.join(sorted(LOCAL_SUFFIXES))} files")
-    for f in files:
+    return files
+
+
+def local_documents(paths: list[str], text_field: str, root: Path) -> Iterator[Doc]:
+    for f in local_files(paths, root):
         fields = {"source": "local", "origin": str(f)}
         if f.suffix == ".jsonl":
-            with open(f, encoding="utf-8") as fh:
-                for n, line in enumerate(fh, 1):
-                    if line.strip():
-                        try:
-                            yield str(json.loads(line)[text_field]), fields | {"origin": f"{f}:{n}"}
-                        except (ValueError, KeyError, TypeError):
-                            raise AcmError(f"{f}:{n}: not a JSON object with a {text_field!r} field") from None
+            yield from _jsonl_documents(f, text_field, fields)
         elif f.suffix == ".parquet":
-            import pyarrow.parquet as pq
-
-            try:
-                table = pq.read_table(f, columns=[text_field])
-            except Exception as e:
-                raise AcmError(f"{f}: cannot read column {text_field!r} ({_first_line(e)})") from None
-            for n, text in enumerate(table.column(0).to_pylist()):
-                if text:
-                    yield text, fields | {"origin": f"{f}:{n}"}
+            yield from _parquet_documents(f, text_field, fields)
         else:
             try:
                 yield f.read_text(encoding="utf-8"), fields
             except UnicodeDecodeError:
                 raise AcmError(f"{f}: not UTF-8 text") from None
+
+
+def _jsonl_documents(f: Path, text_field: str, fields: dict) -> Iterator[Doc]:
+    with open(f, encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if line.strip():
+                try:
+                    yield str(json.loads(line)[text_field]), fields | {"origin": f"{f}:{n}"}
+                except (ValueError, KeyError, TypeError):
+                    raise AcmError(f"{f}:{n}: not a JSON object with a {text_field!r} field") from None
+
+
+def _parquet_documents(f: Path, text_field: str, fields: dict) -> Iterator[Doc]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(f, columns=[text_field])
+    except Exception as e:
+        raise AcmError(f"{f}: cannot read column {text_field!r} ({_first_line(e)})") from None
+    for n, text in enumerate(table.column(0).to_pylist()):
+        if text:
+            yield text, fields | {"origin": f"{f}:{n}"}
 
 
 # ---------------------------------------------------------------- fetch

@@ -7,9 +7,9 @@ the left (keeping its end) with a notice, never a crash.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import mlx.core as mx
 
@@ -128,18 +128,21 @@ def generate_tokens(model: GPT, ids: list[int], params: SamplingParams,
         token = upcoming
 
 
+def fit_prompt(ids: list[int], n_ctx: int, max_tokens: int) -> tuple[list[int], str]:
+    """The prompt's ids, keeping its end and leaving room for at least min(max_tokens, n_ctx / 4)
+    new tokens, and a notice when it was cut."""
+    budget = max(n_ctx - min(max_tokens, n_ctx // 4), 1)
+    if len(ids) <= budget:
+        return ids, ""
+    return ids[-budget:], (f"prompt of {len(ids)} tokens cut to its last {budget} to fit the {n_ctx}-token "
+                           "context with room for new tokens")
+
+
 def stream_generate(lm: LoadedModel, prompt: str, params: SamplingParams,
                     should_stop=lambda: False) -> Iterator[Chunk]:
     model, tok = lm.model, lm.tokenizer
     n_ctx = model.shape.n_ctx
-    ids = [BOS_ID] + tok.encode(prompt)
-    notice = ""
-    # the prompt keeps its end and leaves room for at least min(max_tokens, n_ctx / 4) new tokens
-    budget = max(n_ctx - min(params.max_tokens, n_ctx // 4), 1)
-    if len(ids) > budget:
-        notice = (f"prompt of {len(ids)} tokens cut to its last {budget} to fit the {n_ctx}-token context "
-                  "with room for new tokens")
-        ids = ids[-budget:]
+    ids, notice = fit_prompt([BOS_ID] + tok.encode(prompt), n_ctx, params.max_tokens)
     room = n_ctx - len(ids)
     decoder = IncrementalDecoder(tok)
     stop_strings = tuple(s for s in params.stop if s)
@@ -172,10 +175,7 @@ def stream_generate(lm: LoadedModel, prompt: str, params: SamplingParams,
         if piece or notice:
             yield chunk(piece, token, None)
     else:
-        if should_stop():
-            reason = "cancelled"
-        elif generated < params.max_tokens and generated >= room:
-            reason = "context"
+        reason = "cancelled" if should_stop() else ("context" if params.max_tokens > generated >= room else reason)
     yield chunk("", None, reason)
 
 

@@ -22,7 +22,7 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
 
     @classmethod
-    def from_config(cls, g, **overrides) -> "SamplingParams":
+    def from_config(cls, g, **overrides) -> SamplingParams:
         base = dict(temperature=g.temperature, top_k=g.top_k, top_p=g.top_p, min_p=g.min_p,
                     repetition_penalty=g.repetition_penalty, max_tokens=g.max_tokens, seed=g.seed)
         return cls(**(base | {k: v for k, v in overrides.items() if v is not None}))

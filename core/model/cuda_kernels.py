@@ -12,7 +12,7 @@ layer norm (Metal, CPU). bench/cuda_kernels.py checks them against float64 and t
 """
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import mlx.core as mx
 
@@ -187,7 +187,7 @@ def _header(eps: float, warps: int) -> str:
     return f"#define WARPS {warps}\n#define EPS_F {eps!r}f\n{ROW_HELPERS}"
 
 
-@lru_cache(maxsize=None)
+@cache
 def _layer_norm_forward_kernel(eps: float, warps: int):
     return mx.fast.cuda_kernel(name="acm_layer_norm", input_names=["x", "w", "b"], output_names=["y"],
                                header=_header(eps, warps), source=LAYER_NORM)
@@ -208,7 +208,7 @@ def layer_norm(x: mx.array, w: mx.array, b: mx.array, eps: float) -> mx.array:
     return y
 
 
-@lru_cache(maxsize=None)
+@cache
 def _layer_norm_kernel(eps: float, warps: int):
     return mx.fast.cuda_kernel(name="acm_layer_norm_vjp", input_names=["x", "w", "g"],
                                output_names=["dx", "part"],

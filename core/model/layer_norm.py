@@ -3,14 +3,14 @@
 gradients), elsewhere MLX's `mx.fast.layer_norm`."""
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import mlx.core as mx
 
 from core.model import cuda_kernels
 
 
-@lru_cache(maxsize=None)
+@cache
 def kernel_layer_norm(eps: float):
     """`mx.fast.layer_norm(x, w, b, eps)` as `cuda_kernels.layer_norm`, whose backward is
     `cuda_kernels.layer_norm_vjp`."""

@@ -48,7 +48,7 @@ class ModelShape:
         matmul = self.param_count() - lookups
         return 6 * matmul + 12 * self.n_layer * self.n_embd * seq_len
 
-    def with_vocab(self, vocab_size: int) -> "ModelShape":
+    def with_vocab(self, vocab_size: int) -> ModelShape:
         return replace(self, vocab_size=vocab_size)
 
     def as_dict(self) -> dict:

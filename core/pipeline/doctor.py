@@ -14,18 +14,14 @@ from pathlib import Path
 
 from core.config import Config
 
-# (distribution, import name, why)
-REQUIRED_PACKAGES = [
-    ("mlx", "mlx.core", "the model and training"),
-    ("numpy", "numpy", "arrays and token shards"),
-    ("datasets", "datasets", "the language corpus"),
-    ("tokenizers", "tokenizers", "the BPE tokenizer"),
-    ("textual", "textual", "the terminal UI"),
-    ("plotext", "plotext", "loss charts"),
-    ("textual-plotext", "textual_plotext", "loss charts in the UI"),
-    ("tomli-w", "tomli_w", "saving acm.toml"),
-    ("datasketch", "datasketch", "near-duplicate removal"),
-]
+DISTRIBUTION = "acm"
+# What each dependency is for, shown when it is missing (the list itself is the package's metadata).
+PURPOSE = {
+    "numpy": "arrays and token shards", "datasets": "the language corpus", "tokenizers": "the BPE tokenizer",
+    "textual": "the terminal UI", "plotext": "loss charts", "textual-plotext": "loss charts in the UI",
+    "tomli-w": "saving acm.toml", "datasketch": "near-duplicate removal", "pyarrow": "corpus shards",
+    "rich": "tables and progress bars", "packaging": "reading these requirements",
+}
 MIN_FREE_BYTES = 2 * 2**30
 
 
@@ -57,6 +53,35 @@ def _install_fix(dist: str) -> str:
     return f"pip install '{dist}' (or: make install)"
 
 
+def required_distributions() -> list[str]:
+    """The distributions acm's metadata requires on this platform (extras left out), MLX first."""
+    from packaging.requirements import Requirement
+
+    try:
+        lines = md.requires(DISTRIBUTION) or []
+    except md.PackageNotFoundError:  # running from a folder that was never installed
+        return []
+    names = []
+    for line in lines:
+        req = Requirement(line)
+        if req.marker is None or req.marker.evaluate({"extra": ""}):
+            names.append(req.name)
+    return sorted(set(names), key=lambda n: (n != "mlx", n))
+
+
+def _backend(mx) -> str:
+    if mx.default_device().type != mx.DeviceType.gpu:
+        return "CPU"
+    return "Metal" if _available(mx, "metal") else ("CUDA" if _available(mx, "cuda") else "GPU")
+
+
+def _device_info(mx) -> dict:
+    try:
+        return mx.device_info()
+    except Exception:  # a backend without device info
+        return {}
+
+
 def device_checks() -> list[Check]:
     """MLX version, default device, its name and memory. Runs on the engine thread in the TUI."""
     try:
@@ -64,15 +89,7 @@ def device_checks() -> list[Check]:
     except ImportError as e:
         extra = "mlx" if sys.platform == "darwin" else "mlx[cpu]"
         return [Check("mlx", f"not importable ({e})", ok=False, fix=_install_fix(extra))]
-    dev = mx.default_device()
-    kind = "gpu" if dev.type == mx.DeviceType.gpu else "cpu"
-    backend = "CPU"
-    if kind == "gpu":
-        backend = "Metal" if _available(mx, "metal") else ("CUDA" if _available(mx, "cuda") else "GPU")
-    try:
-        info = mx.device_info()
-    except Exception:  # a backend without device info
-        info = {}
+    dev, backend, info = mx.default_device(), _backend(mx), _device_info(mx)
     checks = [
         Check("mlx", mx.__version__),
         Check("device", f"{backend} ({dev})", ok=True),
@@ -117,8 +134,11 @@ def _existing_parent(p: Path) -> Path:
 def environment_checks(cfg: Config) -> list[Check]:
     checks = [Check("python", platform.python_version(), ok=sys.version_info >= (3, 11),
                     fix="install Python 3.11 or newer")]
-    for dist, _mod, why in REQUIRED_PACKAGES[1:]:
+    for dist in required_distributions():
+        if dist == "mlx":  # device_checks reports it
+            continue
         v = _version(dist)
+        why = PURPOSE.get(dist, "acm")
         checks.append(Check(dist, v or f"not installed (needed for {why})", ok=v is not None,
                             fix=_install_fix(dist)))
     for tool, why, required in (("bash", "validates scripts with bash -n", True),

@@ -5,9 +5,10 @@ So the overview is right after a restart, and a stage whose input changed since 
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from core.atomic import read_json
 from core.config import Config
@@ -37,40 +38,50 @@ def _sha(path: Path) -> str | None:
     return sha256_file(path) if path.exists() else None
 
 
+LABELS = dict(STAGES)
+
+
+def _status(name: str, state: str, detail: str = "") -> StageStatus:
+    return StageStatus(name, LABELS[name], state, detail)
+
+
 def pipeline_status(cfg: Config) -> list[StageStatus]:
-    out: dict[str, StageStatus] = {}
-    labels = dict(STAGES)
-    corpus_sha = {}
-    for kind in ("language", "code"):
-        m = read_json(cfg.locations.corpus_manifest(kind))
-        corpus_sha[kind] = _sha(cfg.locations.corpus_manifest(kind))
-        name = f"data-{kind}"
-        out[name] = StageStatus(name, labels[name], "done", f"{m['stats']['documents']:,} documents, "
-                                f"{m['stats']['bytes'] / 2**20:.1f} MB ({m.get('source')})") if m else \
-            StageStatus(name, labels[name], "not started")
+    """Every stage's state, read from disk; a stage whose input changed since it ran is "stale"."""
+    corpus_sha = {kind: _sha(cfg.locations.corpus_manifest(kind)) for kind in CORPORA}
+    tok_sha = _sha(cfg.locations.tokenizer_file)
+    out = [_corpus_status(cfg, kind) for kind in CORPORA]
+    out += [_tokenizer_status(cfg, corpus_sha, tok_sha), _shards_status(cfg, corpus_sha, tok_sha)]
+    out += [_training_status(cfg, stage, LABELS[stage], tok_sha) for stage in runs.STAGES]
+    return out + [_eval_status(cfg, LABELS["evaluate"])]
+
+
+def _corpus_status(cfg: Config, kind: str) -> StageStatus:
+    m = read_json(cfg.locations.corpus_manifest(kind))
+    if not m:
+        return _status(f"data-{kind}", "not started")
+    return _status(f"data-{kind}", "done", f"{m['stats']['documents']:,} documents, "
+                   f"{m['stats']['bytes'] / 2**20:.1f} MB ({m.get('source')})")
+
+
+def _tokenizer_status(cfg: Config, corpus_sha: dict, tok_sha: str | None) -> StageStatus:
     meta = load_meta(cfg)
-    tok_file = cfg.locations.tokenizer / "tokenizer.json"
-    tok_sha = _sha(tok_file)
     if meta is None or tok_sha is None:
-        out["tokenizer"] = StageStatus("tokenizer", labels["tokenizer"], "not started")
-    else:
-        changed = [k for k in corpus_sha if meta["corpora"].get(k, {}).get("manifest_sha256") != corpus_sha[k]]
-        detail = f"vocab {meta['vocab_size']:,}, bash {meta['chars_per_token']['code']} chars/token"
-        out["tokenizer"] = StageStatus("tokenizer", labels["tokenizer"], "stale" if changed else "done",
-                                       detail + (f"; {', '.join(changed)} corpus changed" if changed else ""))
+        return _status("tokenizer", "not started")
+    changed = [k for k in corpus_sha if meta["corpora"].get(k, {}).get("manifest_sha256") != corpus_sha[k]]
+    detail = f"vocab {meta['vocab_size']:,}, bash {meta['chars_per_token']['code']} chars/token"
+    return _status("tokenizer", "stale" if changed else "done",
+                   detail + (f"; {', '.join(changed)} corpus changed" if changed else ""))
+
+
+def _shards_status(cfg: Config, corpus_sha: dict, tok_sha: str | None) -> StageStatus:
     shards = {k: read_manifest(cfg, k) for k in CORPORA}
     if not all(shards.values()):
-        out["prepare"] = StageStatus("prepare", labels["prepare"], "not started")
-    else:
-        stale = [k for k, m in shards.items()
-                 if m["tokenizer_sha256"] != tok_sha or m["corpus_manifest_sha256"] != corpus_sha[k]]
-        total = sum(m["tokens"]["train"] + m["tokens"]["val"] for m in shards.values())
-        out["prepare"] = StageStatus("prepare", labels["prepare"], "stale" if stale else "done",
-                                     f"{total:,} tokens" + (f"; {', '.join(stale)} out of date" if stale else ""))
-    for stage in runs.STAGES:
-        out[stage] = _training_status(cfg, stage, labels[stage], tok_sha)
-    out["evaluate"] = _eval_status(cfg, labels["evaluate"])
-    return [out[name] for name, _ in STAGES]
+        return _status("prepare", "not started")
+    stale = [k for k, m in shards.items()
+             if m["tokenizer_sha256"] != tok_sha or m["corpus_manifest_sha256"] != corpus_sha[k]]
+    total = sum(m["tokens"]["train"] + m["tokens"]["val"] for m in shards.values())
+    return _status("prepare", "stale" if stale else "done",
+                   f"{total:,} tokens" + (f"; {', '.join(stale)} out of date" if stale else ""))
 
 
 def _training_status(cfg: Config, stage: str, label: str, tok_sha: str | None) -> StageStatus:

@@ -9,9 +9,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -44,7 +44,7 @@ class AcmTokenizer:
     sha256: str
 
     @classmethod
-    def from_file(cls, path: Path) -> "AcmTokenizer":
+    def from_file(cls, path: Path) -> AcmTokenizer:
         try:
             tok = Tokenizer.from_file(str(path))
         except Exception as e:
@@ -232,6 +232,7 @@ def train_tokenizer(cfg: Config, report: Reporter = no_report, cancel: CancelTok
                                    "training (original mix)")
         base_path = folder / "tokenizer-original-mix.json"
         write_text(base_path, base.to_str())
-        meta["original_mix"] = {"code_weight": ORIGINAL_CODE_SHARE, "mix": base_mix, "chars_per_token": evaluate(AcmTokenizer.from_file(base_path), corp)}
+        meta["original_mix"] = {"code_weight": ORIGINAL_CODE_SHARE, "mix": base_mix,
+                                "chars_per_token": evaluate(AcmTokenizer.from_file(base_path), corp)}
     write_text(cfg.locations.tokenizer_meta, json.dumps(meta, indent=2) + "\n")
     return meta

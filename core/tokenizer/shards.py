@@ -12,9 +12,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -114,33 +114,65 @@ def read_manifest(cfg: Config, kind: str) -> dict | None:
 
 def prepare_corpus(cfg: Config, kind: str, tok: AcmTokenizer, report: Reporter, cancel: CancelToken,
                    force: bool = False) -> dict:
-    folder = cfg.locations.shards(kind)
-    corpus = Corpus.open(cfg.locations.corpus(kind), kind)
+    """Tokenize one corpus into shards, resuming at the first unfinished chunk."""
     ident = _identity(cfg, kind, tok)
+    done = None if force else _up_to_date(cfg, kind, ident)
+    if done is not None:
+        ticker = Ticker(report, f"{kind} (done)", done["documents"]["train"] + done["documents"]["val"])
+        ticker.advance(ticker.state.total or 0)
+        return done
+    corpus = Corpus.open(cfg.locations.corpus(kind), kind)
+    partial = _resume_point(cfg, kind, ident, force)
+    if "val_threshold" not in partial:
+        partial["val_threshold"] = val_threshold(corpus.texts(), cfg.prepare.seed, cfg.prepare.val_fraction)
+    _encode_chunks(cfg, kind, tok, corpus, partial, Ticker(report, kind, len(corpus)), cancel)
+    chunks = partial["chunks"]
+    manifest = ident | {
+        "chunks": chunks,
+        "tokens": {s: sum(c["tokens"][s] for c in chunks) for s in SPLITS},
+        "documents": {s: sum(c["documents"][s] for c in chunks) for s in SPLITS},
+    }
+    manifest["val_threshold"] = partial["val_threshold"]
+    write_text(cfg.locations.shards_manifest(kind), json.dumps(manifest, indent=1) + "\n")
+    (cfg.locations.shards(kind) / PARTIAL).unlink(missing_ok=True)
+    return manifest
+
+
+def _up_to_date(cfg: Config, kind: str, ident: dict) -> dict | None:
+    """The finished shards' manifest if they match `ident`; None when they must be (re)built.
+    Shards of another tokenizer are refused: rebuilding them is asked for with --force."""
     done = read_manifest(cfg, kind)
-    if done and not force:
-        if {k: done.get(k) for k in ident} == ident:
-            report_done = Ticker(report, f"{kind} (done)", done["documents"]["train"] + done["documents"]["val"])
-            report_done.advance(report_done.state.total or 0)
-            return done
-        if done.get("tokenizer_sha256") != ident["tokenizer_sha256"]:
-            raise AcmError(f"the {kind} token shards were made with another tokenizer; "
-                           f"run `acm prepare --force` to rebuild them")
-        # the corpus or the split settings changed: the shards are rebuilt below
+    if not done:
+        return None
+    if {k: done.get(k) for k in ident} == ident:
+        return done
+    if done.get("tokenizer_sha256") != ident["tokenizer_sha256"]:
+        raise AcmError(f"the {kind} token shards were made with another tokenizer; "
+                       f"run `acm prepare --force` to rebuild them")
+    return None  # the corpus or the split settings changed: rebuilt
+
+
+def _resume_point(cfg: Config, kind: str, ident: dict, force: bool) -> dict:
+    """The record of chunks already written for these settings (an empty one after a change)."""
+    folder = cfg.locations.shards(kind)
     folder.mkdir(parents=True, exist_ok=True)
     partial = read_json(folder / PARTIAL)
     if force or not partial or {k: partial.get(k) for k in ident} != ident:
         for f in folder.glob("chunk-*.npy"):
             f.unlink()
-        (cfg.locations.shards_manifest(kind)).unlink(missing_ok=True)
+        cfg.locations.shards_manifest(kind).unlink(missing_ok=True)
         partial = ident | {"chunks": []}
     finished = {c["index"]: c for c in partial["chunks"]
                 if all((folder / c["files"][s]).exists() for s in SPLITS)}
     partial["chunks"] = [finished[i] for i in sorted(finished)]
-    dtype = np.dtype(ident["dtype"])
-    if "val_threshold" not in partial:
-        partial["val_threshold"] = val_threshold(corpus.texts(), cfg.prepare.seed, cfg.prepare.val_fraction)
-    ticker = Ticker(report, kind, len(corpus))
+    return partial
+
+
+def _encode_chunks(cfg: Config, kind: str, tok: AcmTokenizer, corpus: Corpus, partial: dict, ticker: Ticker,
+                   cancel: CancelToken) -> None:
+    """Encode and write every chunk not finished yet, recording each in the partial manifest."""
+    folder, dtype = cfg.locations.shards(kind), np.dtype(partial["dtype"])
+    finished = {c["index"] for c in partial["chunks"]}
     for index, texts in enumerate(_chunks(corpus.texts(), CHUNK_DOCUMENTS)):
         cancel.check()
         if index in finished:
@@ -156,16 +188,6 @@ def prepare_corpus(cfg: Config, kind: str, tok: AcmTokenizer, report: Reporter, 
         write_text(folder / PARTIAL, json.dumps(partial) + "\n")
         ticker.advance(len(texts), note=f"chunk {index}")
     ticker.finish()
-    chunks = partial["chunks"]
-    manifest = ident | {
-        "chunks": chunks,
-        "tokens": {s: sum(c["tokens"][s] for c in chunks) for s in SPLITS},
-        "documents": {s: sum(c["documents"][s] for c in chunks) for s in SPLITS},
-    }
-    manifest["val_threshold"] = partial["val_threshold"]
-    write_text(cfg.locations.shards_manifest(kind), json.dumps(manifest, indent=1) + "\n")
-    (folder / PARTIAL).unlink(missing_ok=True)
-    return manifest
 
 
 def prepare(cfg: Config, report: Reporter = no_report, cancel: CancelToken | None = None,

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from core.paths import Paths
 from core.train.runs import read_status, stage_state, write_status
@@ -42,7 +42,8 @@ class Recorder:
             self._line(event["text"])
         elif kind == "checkpoint":
             loss = event.get("val_loss")
-            self._line(f"checkpoint {Path(event['path']).name}" + (f" (val loss {loss:.4f})" if loss is not None else ""))
+            self._line(f"checkpoint {Path(event['path']).name}"
+                       + (f" (val loss {loss:.4f})" if loss is not None else ""))
 
     def _line(self, text: str) -> None:
         self._log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
