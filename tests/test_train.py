@@ -232,3 +232,19 @@ def test_two_ranks_match_one_process_on_the_combined_batch(prepared):
     two, one = losses(cfg.runs_dir / "two"), losses(cfg.runs_dir / "one")
     assert len(two) == len(one) == 6
     assert two == pytest.approx(one, rel=1e-4, abs=1e-5)
+
+
+def test_the_follower_replays_what_the_recorder_wrote(prepared):
+    from core.train.events import StageFollower
+
+    cfg = load(prepared)
+    run, seen = cfg.runs_dir / "f", []
+    run_stage(cfg, "pretrain", run, seen.append, max_steps=10)
+    assert [e["step"] for e in seen if e["type"] == "checkpoint"] == [10]
+    follower = StageFollower(run, "pretrain")
+    replay = follower.poll()
+    recorded = [e for e in seen if e["type"] in ("metrics", "eval")]
+    assert len(recorded) == 11 and [e for e in replay if e["type"] in ("metrics", "eval")] == recorded
+    assert [e["state"] for e in replay if e["type"] == "state"] == ["stopped"]
+    assert any(e["text"].startswith("checkpoint step-0000010") for e in replay if e["type"] == "log")
+    assert follower.poll() == []  # nothing new
