@@ -278,7 +278,14 @@ def dumps(cfg: Config) -> str:
 
 
 def save(cfg: Config, path: str | os.PathLike = CONFIG_NAME) -> None:
+    """Write the settings atomically. A file there that does not load is never replaced: it holds
+    what the user chose, and writing over it would put defaults in its place."""
     validate(cfg, str(path))
+    if Path(path).exists():
+        try:
+            load(path)
+        except ConfigError as e:
+            raise ConfigError(f"not saved: {e} (fix the file by hand; acm does not write over it)") from None
     write_text(path, dumps(cfg))
 
 

@@ -7,7 +7,7 @@
     data/language/hf-cache/, data/code/repos/     downloads and clones
     data/tokenizer/tokenizer.json, tokenizer-meta.json
     data/tokens/<corpus>/manifest.json, chunk-*   token shards
-    runs/<run>/config.toml, eval.json
+    runs/<run>/config.toml, eval.json, writer.lock
     runs/<run>/<stage>/metrics.jsonl, train.log, status.json, control.json, detached.log, checkpoints/
 """
 from __future__ import annotations
@@ -76,6 +76,10 @@ class Paths:
     @staticmethod
     def run_config(run: Path) -> Path:
         return run / "config.toml"
+
+    @staticmethod
+    def writer_lock(run: Path) -> Path:
+        return run / "writer.lock"
 
     @staticmethod
     def eval_results(run: Path) -> Path:

@@ -3,7 +3,10 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -101,3 +104,30 @@ async def test_a_new_tui_attaches_to_a_background_run(prepared):
         await pilot.press("s")
         await wait_until(pilot, lambda: pane.state == "stopped", timeout=30)
     assert checkpoint.latest(Paths.checkpoints(run, "pretrain")) is not None
+
+
+def test_a_second_writer_is_refused_and_a_killed_one_blocks_nobody(prepared, capsys):
+    cfg = long_config(prepared)
+    cfg.train.pretrain.save_every = 2
+    config.save(cfg, prepared / "acm.toml")
+    c = str(prepared / "acm.toml")
+    run = cfg.runs_dir / "dup"
+    assert cli.main(["-c", c, "train", "pretrain", "--run", "dup", "--detach"]) == 0
+    assert cli.main(["-c", c, "train", "pretrain", "--run", "dup", "--detach"]) == 2  # launched a moment ago
+    wait_for(lambda: (runs.read_status(run, "pretrain") or {}).get("step", 0) >= 2)
+    pid = runs.read_status(run, "pretrain")["pid"]
+    capsys.readouterr()
+    for argv in (["--resume"], ["--resume", "--detach"]):
+        assert cli.main(["-c", c, "train", "pretrain", "--run", "dup", *argv]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("acm: error: run dup is being written by pid ")
+        assert f"pid {pid} " in err[0]
+    assert runs.read_status(run, "pretrain")["pid"] == pid  # the refused writers touched nothing
+    wait_for(lambda: checkpoint.latest(Paths.checkpoints(run, "pretrain")) is not None)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)  # our child: reaped, so it reads as dead
+    assert runs.stage_state(run, "pretrain") == "interrupted"
+    env = os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    resumed = subprocess.run([sys.executable, "-m", "core.cli", "-c", c, "train", "pretrain", "--run", "dup",
+                              "--resume", "--max-steps", "1", "--json"], capture_output=True, text=True, env=env)
+    assert resumed.returncode == 0, resumed.stderr

@@ -5,6 +5,7 @@ from textual.widgets import DataTable, Input, TabbedContent
 
 from acm_tui.app import AcmApp
 from core import config
+from core.errors import ConfigError
 
 from .test_tui import wait_until
 from .test_tui_data import text_of
@@ -121,3 +122,30 @@ def test_snapshot_at_80x24(pane, snap_compare, tmp_path):
         await pilot.pause(0.3)
 
     assert snap_compare(AcmApp(tmp_path / "acm.toml"), terminal_size=(80, 24), run_before=settle)
+
+
+async def test_a_settings_file_with_an_error_is_never_overwritten_nor_acted_on(trained):
+    path = trained / "acm.toml"
+    broken = path.read_text().replace('preset = "nano"', 'preset = "nano')
+    assert broken != path.read_text()
+    path.write_text(broken)
+    tokenizer = (trained / "data" / "tokenizer" / "tokenizer.json").read_bytes()
+    app = AcmApp(path)
+    async with app.run_test(size=(100, 40)) as pilot:
+        await pilot.press("7")
+        table = app.query_one("#settings-table", DataTable)
+        table.focus()
+        select_row(table, "generate.temperature")
+        await pilot.press("enter")
+        app.query_one("#settings-input", Input).value = "0.5"
+        await pilot.pause()
+        await pilot.press("enter")
+        await pilot.pause()
+        assert path.read_text() == broken  # not replaced by defaults
+        await pilot.press("escape", "3", "t")
+        await pilot.pause(0.5)
+        assert app.query_one("#tokenizer-pane").step_cancel is None  # not started on defaults
+    assert path.read_text() == broken
+    assert (trained / "data" / "tokenizer" / "tokenizer.json").read_bytes() == tokenizer
+    with pytest.raises(ConfigError, match="not saved"):
+        config.save(config.from_dict({}, root=trained), path)

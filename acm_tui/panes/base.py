@@ -57,9 +57,21 @@ class Pane(VerticalScroll):
         bar.display = False
         yield bar
 
+    def settings_usable(self) -> bool:
+        """False (with a notice) while acm.toml has an error: no stage acts on defaults the user
+        never chose."""
+        if self.app.config_error:
+            self.notify(f"acm.toml has an error; fix it first: {self.app.config_error}", title="Not started",
+                        severity="error", timeout=10)
+            return False
+        return True
+
     def start_step(self, name: str, fn: Callable[..., Any], *args: Any, on_engine: bool = False) -> bool:
         """Run fn(cfg, report, cancel, *args) in a worker (on the engine thread if it is MLX work,
-        with the worker waiting for it); False if a step is already running."""
+        with the worker waiting for it); False if a step is already running or the settings are
+        unusable."""
+        if not self.settings_usable():
+            return False
         if self.step_cancel is not None:
             self.notify("a step is already running: cancel it with x first", severity="warning")
             return False

@@ -140,6 +140,8 @@ class TrainPane(Pane):
     # ------------------------------------------------------------ commands
 
     def _busy(self) -> bool:
+        if not self.settings_usable():
+            return True
         if self.control is not None or self.state in LIVE or runs.live_stage(self.cfg) is not None:
             self.notify("training is already running: stop it with s first", severity="warning")
             return True

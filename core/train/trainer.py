@@ -27,6 +27,7 @@ from core.tokenizer.shards import open_tokens
 from core.train import checkpoint, runs
 from core.train.batches import Batches
 from core.train.events import Callback, Recorder
+from core.train.lock import RunLock
 from core.train.optimizer import FlatAdamW
 from core.train.runs import prepare_run
 from core.train.schedule import lr_at
@@ -271,15 +272,20 @@ class Trainer:
     # ------------------------------------------------------------ the stage
 
     def run(self) -> StageResult:
-        self._setup()
+        lock = RunLock(self.run_path).acquire(self.stage) if self.is_main else None  # one writer per run
         try:
-            return self._loop()
-        except BaseException as e:
-            self._state("failed", getattr(self, "step", self.start_step), error=str(e) or type(e).__name__)
-            raise
+            self._setup()
+            try:
+                return self._loop()
+            except BaseException as e:
+                self._state("failed", getattr(self, "step", self.start_step), error=str(e) or type(e).__name__)
+                raise
+            finally:
+                if self.is_main:
+                    self.recorder.close()
         finally:
-            if self.is_main:
-                self.recorder.close()
+            if lock is not None:
+                lock.release()
 
     def _poll_commands(self) -> None:
         """Commands left in the stage's control file by another process (acm runs, acm-tui)."""
