@@ -12,10 +12,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from core.errors import AcmError
 from core.paths import Paths
 from core.train import runs
-from core.train.lock import describe, holder
+from core.train.lock import busy, holder
 
 
 def launch_detached(config_path: Path, stage: str, run: Path, resume: bool = False, steps: int | None = None,
@@ -33,8 +32,7 @@ def launch_detached(config_path: Path, stage: str, run: Path, resume: bool = Fal
     if who is None and runs.stage_state(run, stage) == "starting":  # launched a moment ago, not yet locked
         who = runs.read_status(run, stage)
     if who is not None:
-        raise AcmError(f"run {run.name} is being written by {describe(who)}: wait for it, or stop it with "
-                       f"`acm runs stop {run.name}`")
+        raise busy(run, who)
     folder = Paths.stage(run, stage)
     folder.mkdir(parents=True, exist_ok=True)
     src = str(Path(__file__).resolve().parents[2])

@@ -31,8 +31,7 @@ class RunLock:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise AcmError(f"run {self.run.name} is being written by {describe(holder(self.run))}: "
-                           f"wait for it, or stop it with `acm runs stop {self.run.name}`") from None
+            raise busy(self.run, holder(self.run)) from None
         os.ftruncate(fd, 0)
         os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "stage": stage}).encode())
         self._fd, self._created = fd, created
@@ -70,10 +69,14 @@ def holder(run: Path) -> dict | None:
         os.close(fd)
 
 
-def describe(who: dict | None) -> str:
-    if not who:
-        return "another process"
-    return f"pid {who.get('pid', '?')} on {who.get('host', '?')}" + (f" ({who['stage']})" if who.get("stage") else "")
+def busy(run: Path, who: dict | None) -> AcmError:
+    """The one-line refusal of a second writer, naming the first."""
+    name = "another process"
+    if who:
+        name = f"pid {who.get('pid', '?')} on {who.get('host', '?')}"
+        name += f" ({who['stage']})" if who.get("stage") else ""
+    return AcmError(f"run {run.name} is being written by {name}: wait for it, or stop it with "
+                    f"`acm runs stop {run.name}`")
 
 
 def _remove_empty(folder: Path) -> None:
