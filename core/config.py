@@ -7,9 +7,10 @@ names the file, the key and what is allowed.
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import tomllib
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, get_type_hints
 
@@ -24,9 +25,10 @@ CONFIG_NAME = "acm.toml"
 
 
 def setting(default: Any, help: str, *, min: float | None = None, max: float | None = None,
-            choices: tuple | None = None) -> Any:
-    """A dataclass field carrying its help text and allowed values (read by the validator)."""
-    meta = {"help": help, "min": min, "max": max, "choices": choices}
+            choices: tuple | None = None, above: float | None = None, unbounded: bool = False) -> Any:
+    """A dataclass field carrying its help text and allowed values (read by the validator);
+    `above` is an exclusive lower bound; an `unbounded` integer takes any value."""
+    meta = {"help": help, "min": min, "max": max, "choices": choices, "above": above, "unbounded": unbounded}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -136,12 +138,12 @@ class TrainConfig:
 class GenerateConfig:
     temperature: float = setting(0.8, "sampling temperature (0: greedy)", min=0.0, max=5.0)
     top_k: int = setting(50, "keep the k most likely tokens (0: off)", min=0)
-    top_p: float = setting(0.95, "keep the smallest set with this total probability (1: off)", min=0.0, max=1.0)
+    top_p: float = setting(0.95, "keep the smallest set with this total probability (1: off)", above=0.0, max=1.0)
     min_p: float = setting(0.0, "drop tokens below this share of the top token's probability (0: off)",
                            min=0.0, max=1.0)
     repetition_penalty: float = setting(1.1, "penalty on tokens already generated (1: off)", min=1.0, max=3.0)
     max_tokens: int = setting(256, "new tokens per generation", min=1)
-    seed: int = setting(0, "sampling seed", min=0)
+    seed: int = setting(0, "sampling seed (any integer)", unbounded=True)
 
 
 @dataclass
@@ -181,6 +183,9 @@ def _setting_fields(cls) -> list:
     return [f for f in fields(cls) if not f.metadata.get("internal")]
 
 
+INT_LIMIT = 2**31 - 1  # integers without a maximum of their own stay below this
+
+
 def _check_value(key: str, value: Any, f, typ) -> Any:
     meta = f.metadata
     if typ is float and isinstance(value, int) and not isinstance(value, bool):
@@ -188,13 +193,30 @@ def _check_value(key: str, value: Any, f, typ) -> Any:
     wanted = {"str": str, "int": int, "float": float, "bool": bool, "list": list}[typ.__name__]
     if not isinstance(value, wanted) or (wanted is int and isinstance(value, bool)):
         raise ConfigError(f"{key} must be {_type_word(wanted)}, got {value!r}")
+    if wanted is float and not math.isfinite(value):
+        raise ConfigError(f"{key} must be a finite number, got {value!r}")
+    if wanted is list and not all(isinstance(item, str) for item in value):
+        raise ConfigError(f"{key} must be a list of strings (paths), got {value!r}")
     choices = meta.get("choices")
     if choices and value not in choices:
         raise ConfigError(f"{key} = {value!r} is not valid; choose one of: {', '.join(map(str, choices))}")
-    lo, hi = meta.get("min"), meta.get("max")
-    if (lo is not None and value < lo) or (hi is not None and value > hi):
-        raise ConfigError(f"{key} = {value!r} is out of range; allowed: {_range_words(lo, hi)}")
+    lo, hi, above = meta.get("min"), meta.get("max"), meta.get("above")
+    if ((lo is not None and value < lo) or (hi is not None and value > hi)
+            or (above is not None and value <= above)):
+        raise ConfigError(f"{key} = {value!r} is out of range; allowed: {_range_words(lo, hi, above)}")
+    if wanted is int and hi is None and not meta.get("unbounded") and value > INT_LIMIT:
+        raise ConfigError(f"{key} = {value!r} is out of range; allowed: at most {INT_LIMIT}")
     return value
+
+
+def overridden(section: Any, prefix: str, source: str, **values: Any) -> Any:
+    """A copy of a settings section with `values` (None: keep) applied, each checked as it would
+    be in acm.toml, with the same messages: command-line flags and the app's fields use this."""
+    hints = get_type_hints(type(section))
+    known = {f.name: f for f in _setting_fields(type(section))}
+    checked = {name: _check_value(f"{source}: {prefix}{name}", value, known[name], hints[name])
+               for name, value in values.items() if value is not None}
+    return replace(section, **checked)
 
 
 def _type_word(t: type) -> str:
@@ -202,7 +224,9 @@ def _type_word(t: type) -> str:
             list: "a list"}[t]
 
 
-def _range_words(lo, hi) -> str:
+def _range_words(lo, hi, above=None) -> str:
+    if above is not None:
+        return f"above {above}" + (f", up to {hi}" if hi is not None else "")
     if lo is not None and hi is not None:
         return f"{lo} to {hi}"
     return f">= {lo}" if lo is not None else f"<= {hi}"
@@ -259,6 +283,8 @@ def load(path: str | os.PathLike = CONFIG_NAME) -> Config:
         return from_dict({}, source=str(path), root=path.parent)
     try:
         table = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:  # a folder, no permission
+        raise ConfigError(f"{path}: cannot read it ({e.strerror or e})") from None
     except tomllib.TOMLDecodeError as e:
         # tomllib's message ends with "(at line L, column C)"
         raise ConfigError(f"{path}: TOML syntax error: {e}") from None
@@ -286,7 +312,10 @@ def save(cfg: Config, path: str | os.PathLike = CONFIG_NAME) -> None:
             load(path)
         except ConfigError as e:
             raise ConfigError(f"not saved: {e} (fix the file by hand; acm does not write over it)") from None
-    write_text(path, dumps(cfg))
+    try:
+        write_text(path, dumps(cfg))
+    except OSError as e:  # read-only, immutable, a full disk
+        raise ConfigError(f"not saved: cannot write {path} ({e.strerror or e})") from None
 
 
 def describe() -> list[tuple[str, Any, str, str]]:
@@ -302,7 +331,8 @@ def describe() -> list[tuple[str, Any, str, str]]:
                 continue
             m = f.metadata
             allowed = (", ".join(map(str, m["choices"])) if m.get("choices")
-                       else _range_words(m["min"], m["max"]) if (m.get("min") is not None or m.get("max") is not None)
+                       else _range_words(m["min"], m["max"], m.get("above"))
+                       if any(m.get(k) is not None for k in ("min", "max", "above"))
                        else _type_word({"str": str, "int": int, "float": float, "bool": bool,
                                         "list": list}[typ.__name__]))
             rows.append((prefix + f.name, val, allowed, m.get("help", "")))

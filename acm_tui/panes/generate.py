@@ -15,6 +15,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.widgets import DataTable, Input, Label, Select, Static
 
+from core import config
 from core.atomic import read_json
 from core.data.code import bash_syntax_ok
 from core.errors import AcmError, one_line
@@ -110,7 +111,7 @@ class GeneratePane(Pane):
                 values[name] = typ(raw)
             except ValueError:
                 raise AcmError(f"{label} must be {'an integer' if typ is int else 'a number'}, got {raw!r}") from None
-        return SamplingParams(**values)
+        return SamplingParams.from_config(config.overridden(self.cfg.generate, "generate.", "Generate pane", **values))
 
     def checkpoint_choice(self) -> tuple[str | None, str | None, str]:
         value = self.query_one("#gen-checkpoint", Select).value

@@ -8,6 +8,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from core import config
+from core.cli.args import positive_int, unescape
 from core.cli.progress import progress_bars
 from core.config import Config
 from core.data.code import bash_syntax_ok
@@ -22,9 +24,11 @@ console = Console(highlight=False, stderr=True)
 
 
 def params_from(args, cfg: Config) -> SamplingParams:
-    return SamplingParams.from_config(cfg.generate, temperature=args.temp, top_k=args.top_k, top_p=args.top_p,
-                                      min_p=args.min_p, repetition_penalty=args.repetition_penalty,
-                                      max_tokens=args.max_tokens, seed=args.seed, stop=tuple(args.stop or ()))
+    """Sampling settings from acm.toml with the flags applied, checked as `acm config set` checks them."""
+    g = config.overridden(cfg.generate, "generate.", "command line", temperature=args.temp, top_k=args.top_k,
+                          top_p=args.top_p, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
+                          max_tokens=args.max_tokens, seed=args.seed)
+    return SamplingParams.from_config(g, stop=tuple(args.stop or ()))
 
 
 def stream_to_stdout(lm, prompt: str, params: SamplingParams, echo_prompt: bool) -> str:
@@ -53,22 +57,22 @@ def _loaded(args, cfg: Config, engine: Engine):
 
 
 def cmd_generate(args, cfg: Config) -> int:
+    params = params_from(args, cfg)
+    prompt = unescape(args.prompt) if args.escapes else args.prompt
     engine = Engine()
     try:
         lm = _loaded(args, cfg, engine)
-        prompt = args.prompt.encode("utf-8").decode("unicode_escape").encode("latin-1").decode("utf-8") \
-            if args.escapes else args.prompt
-        engine.call(stream_to_stdout, lm, prompt, params_from(args, cfg), not args.no_echo)
+        engine.call(stream_to_stdout, lm, prompt, params, not args.no_echo)
     finally:
         engine.shutdown()
     return 0
 
 
 def cmd_chat(args, cfg: Config) -> int:
+    params = params_from(args, cfg)
     engine = Engine()
     try:
         lm = _loaded(args, cfg, engine)
-        params = params_from(args, cfg)
         console.print("[dim]type a prompt; end a line with \\ to continue it; Ctrl-D quits[/]")
         while True:
             lines = []
@@ -149,8 +153,8 @@ def register(sub, add) -> None:
     add_sampling_args(chat)
     ev = add(sub, "eval", cmd_eval, "val loss / perplexity and generated-bash quality of a run's checkpoints")
     ev.add_argument("--run", help="run name (default: the latest run)")
-    ev.add_argument("--samples", type=int, default=12, help="scripts to generate per checkpoint")
-    ev.add_argument("--max-tokens", type=int, default=200)
+    ev.add_argument("--samples", type=positive_int, default=12, help="scripts to generate per checkpoint")
+    ev.add_argument("--max-tokens", type=positive_int, default=200)
     ex = add(sub, "export", cmd_export, "write a checkpoint as a folder mlx-lm loads", json_flag=False)
     ex.add_argument("run", nargs="?", help="run name (default: the latest run)")
     ex.add_argument("--to", required=True, help="new folder to write")

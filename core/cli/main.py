@@ -17,7 +17,8 @@ from core.cli import pipeline as cli_pipeline
 from core.cli import runs as cli_runs
 from core.cli import tokenizer as cli_tokenizer
 from core.cli import train as cli_train
-from core.errors import AcmError
+from core.cli.args import Parser, positive_int
+from core.errors import AcmError, one_line
 from core.hardware import configure_mlx
 from core.model.presets import PRESETS, get_preset, human_count
 from core.pipeline import doctor
@@ -134,9 +135,9 @@ def cmd_config_set(args, cfg: config.Config) -> int:
 # ---------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="acm", description="Train a small code-generation model with MLX.")
+    p = Parser(prog="acm", description="Train a small code-generation model with MLX.")
     p.add_argument("--version", action="version", version=f"acm {__version__}")
-    p.add_argument("-c", "--config", type=Path, default=Path(os.environ.get("ACM_CONFIG", config.CONFIG_NAME)),
+    p.add_argument("-c", "--config", type=Path, default=None,
                    help="settings file (default: ./acm.toml, or $ACM_CONFIG)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -156,8 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("name", nargs="?", help="preset name (default: model.preset)")
     test = add(model, "test", cmd_model_test, "build a preset and time one forward pass")
     test.add_argument("--preset", help="preset name (default: model.preset)")
-    test.add_argument("--batch", type=int, default=2)
-    test.add_argument("--seq", type=int, default=128)
+    test.add_argument("--batch", type=positive_int, default=2)
+    test.add_argument("--seq", type=positive_int, default=128)
     test.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                       help="compute dtype (weights stay float32)")
 
@@ -179,18 +180,42 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def settings_path(args) -> Path:
+    """-c, else $ACM_CONFIG, else ./acm.toml; a file named by -c or $ACM_CONFIG must exist (only the
+    default may be absent, meaning every default)."""
+    named = args.config or (Path(os.environ["ACM_CONFIG"]) if os.environ.get("ACM_CONFIG") else None)
+    if named is None:
+        return Path(config.CONFIG_NAME)
+    if not named.exists() and not (args.command == "config" and getattr(args, "config_command", "") == "set"):
+        raise AcmError(f"settings file {named} does not exist")
+    return named
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_mlx()
     try:
+        args.config = settings_path(args)
         cfg = config.load(args.config)
         return args.func(args, cfg)
     except AcmError as e:
-        print(f"acm: error: {e}", file=sys.stderr)
-        return 2
+        return fail(str(e))
     except KeyboardInterrupt:
         print("acm: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:  # a disk, a permission, a path: the system's words and the file
+        return fail(f"{e.strerror or e}" + (f": {e.filename}" if e.filename else ""))
+    except Exception as e:  # a bug: still one line; ACM_DEBUG=1 shows the traceback
+        if os.environ.get("ACM_DEBUG"):
+            raise
+        first = (one_line(e).splitlines() or [type(e).__name__])[0]
+        return fail(f"internal error ({first}); ACM_DEBUG=1 shows the traceback")
+
+
+def fail(message: str) -> int:
+    lines = message.splitlines() or [""]
+    print(f"acm: error: {lines[0]}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ import json
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from core.cli.progress import progress_bars
 from core.cli.train import describe
@@ -23,7 +24,7 @@ def cmd_status(args, cfg: Config) -> int:
         return 0
     table = Table("stage", "state", "details", title="Pipeline", title_justify="left")
     for s in statuses:
-        table.add_row(s.label, f"[{STATE_STYLES.get(s.state, '')}]{s.state}[/]", s.detail)
+        table.add_row(s.label, Text(s.state, style=STATE_STYLES.get(s.state, "")), Text(s.detail))
     Console(highlight=False).print(table)
     return 0
 

@@ -6,6 +6,7 @@ import json
 from rich.console import Console
 from rich.table import Table
 
+from core.cli.args import unescape
 from core.cli.progress import progress_bars
 from core.config import Config
 from core.errors import AcmError
@@ -58,7 +59,7 @@ def cmd_probe(args, cfg: Config) -> int:
     tok = load_tokenizer(cfg)
     text = args.text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
     if args.escapes:
-        text = text.encode("utf-8").decode("unicode_escape").encode("latin-1").decode("utf-8")
+        text = unescape(text)
     r = tok.probe(text)
     if args.json:
         print(json.dumps(r, ensure_ascii=False))

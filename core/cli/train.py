@@ -18,6 +18,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from core.cli.args import positive_int
 from core.config import Config
 from core.engine import Engine
 from core.errors import AcmError
@@ -119,7 +120,8 @@ def register(sub, add) -> None:
         p.add_argument("--run", help="run folder name under runs/ (default: a new one for pretrain, the "
                                      "latest with a pretrain checkpoint for finetune)")
         p.add_argument("--resume", action="store_true", help="continue the run's latest checkpoint of this stage")
-        p.add_argument("--steps", type=int, help=f"total steps (default: train.{stage}.steps)")
-        p.add_argument("--max-steps", type=int, help="stop after this many steps in this call (resume later)")
+        p.add_argument("--steps", type=positive_int, help=f"total steps (default: train.{stage}.steps)")
+        p.add_argument("--max-steps", type=positive_int,
+                       help="stop after this many steps in this call (resume later)")
         p.add_argument("--detach", action="store_true",
                        help="run in the background, surviving the terminal (watch with acm-tui or acm runs)")

@@ -100,7 +100,7 @@ def generate_tokens(model: GPT, ids: list[int], params: SamplingParams,
     current token is read, so the device never waits for Python."""
     n_ctx = model.shape.n_ctx
     cache = model.make_cache()
-    key = mx.random.key(params.seed)
+    key = mx.random.key(params.seed % 2**64)  # any integer seeds the generator
     penalise = params.repetition_penalty != 1.0
     seen = mx.array(ids[-1024:], dtype=mx.int32)
 

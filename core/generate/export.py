@@ -32,8 +32,8 @@ def export_checkpoint(cfg: Config, to: Path, run: str | None = None, stage: str 
         raise AcmError(f"preset {s.name!r} has FFN {s.n_ffn}, but mlx-lm's gpt2 fixes it at 4 x hidden "
                        f"({4 * s.n_embd})")
     to = Path(to)
-    if to.exists() and any(to.iterdir()):
-        raise AcmError(f"{to} exists and is not empty: choose a new folder")
+    if to.exists() and (not to.is_dir() or any(to.iterdir())):
+        raise AcmError(f"{to} exists{' and is not empty' if to.is_dir() else ' and is a file'}: choose a new folder")
     tmp = to.with_name(f".{to.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

@@ -1,0 +1,105 @@
+"""Every command given hostile values: a refusal is one `acm: error:` line on stderr, never a traceback."""
+from __future__ import annotations
+
+import pytest
+
+from core import cli
+
+BAD_SETTINGS = {
+    "unparsable.toml": '[model]\npreset = "nano\n',
+    "paths-are-numbers.toml": "[data.language]\nlocal_paths = [1, 2]\n",
+    "nan.toml": "[generate]\ntemperature = nan\n",
+    "huge.toml": "[train.pretrain]\nsteps = 99999999999999999999\n",
+    "top-p-zero.toml": "[generate]\ntop_p = 0.0\n",
+    "unknown.toml": "[train.pretrain]\nstepz = 3\n",
+    "not-a-table.toml": "model = 3\n",
+}
+
+CASES = [
+    ["-c", "{tmp}/missing.toml", "presets"],
+    ["-c", "{tmp}/folder.toml", "presets"],
+    *[["-c", "{tmp}/" + name, "config", "check"] for name in BAD_SETTINGS],
+    ["presets", "--bogus"],
+    ["model", "info", "huge"],
+    ["model", "test", "--batch", "0"],
+    ["model", "test", "--seq", "-3"],
+    ["model", "test", "--dtype", "int8"],
+    ["generate", "x", "--temp", "-1"],
+    ["generate", "x", "--temp", "nan"],
+    ["generate", "x", "--top-p", "0"],
+    ["generate", "x", "--top-p", "1.5"],
+    ["generate", "x", "--min-p", "2"],
+    ["generate", "x", "--repetition-penalty", "0"],
+    ["generate", "x", "--max-tokens", "-1"],
+    ["generate", "x", "--top-k", "lots"],
+    ["generate", "x\\", "-e"],
+    ["generate", "x"],
+    ["chat", "--temp", "-1"],
+    ["eval", "--samples", "0"],
+    ["eval"],
+    ["export", "--to", "{tmp}/a-file"],
+    ["tokenizer", "probe", "-e", "ab\\x4"],
+    ["tokenizer", "info"],
+    ["prepare"],
+    ["train", "pretrain", "--steps", "0"],
+    ["train", "pretrain", "--max-steps", "-1"],
+    ["train", "finetune"],
+    ["train", "pretrain", "--run", "../escape"],
+    ["runs", "stop", "nope"],
+    ["runs", "rename", "nope", "../x"],
+    ["runs", "delete", "nope", "--yes"],
+    ["data", "show", "code", "99999"],
+    ["data", "fetch", "nope"],
+    ["config", "set", "nope", "1"],
+    ["config", "set", "generate.temperature", "nan"],
+    ["config", "set", "generate.top_p", "0"],
+    ["config", "set", "data.language.local_paths", "[1, 2]"],
+    ["config", "set", "train.pretrain.steps", "99999999999"],
+]
+
+
+@pytest.fixture
+def hostile(project):
+    for name, text in BAD_SETTINGS.items():
+        (project / name).write_text(text)
+    (project / "folder.toml").mkdir()
+    (project / "a-file").write_text("keep me\n")
+    return project
+
+
+@pytest.mark.parametrize("argv", CASES, ids=lambda argv: " ".join(argv).replace("{tmp}/", ""))
+def test_a_refusal_is_one_line_and_never_a_traceback(hostile, capsys, argv):
+    before = (hostile / "acm.toml").read_text()
+    with _no_exit():
+        rc = cli.main(["-c", str(hostile / "acm.toml"), *[a.replace("{tmp}", str(hostile)) for a in argv]]
+                      if argv[0] != "-c" else [a.replace("{tmp}", str(hostile)) for a in argv])
+        assert rc == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("acm: error: "), err
+    assert "Traceback" not in err
+    assert (hostile / "acm.toml").read_text() == before
+    assert (hostile / "a-file").read_text() == "keep me\n"
+
+
+class _no_exit:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, value, tb):
+        if kind is SystemExit:  # argparse's refusals exit; they must still say one line
+            assert value.code == 2
+            return True
+        return False
+
+
+def test_a_fresh_project_has_a_pipeline_overview(project, capsys):
+    assert cli.main(["-c", str(project / "acm.toml"), "pipeline"]) == 0
+    assert "not started" in capsys.readouterr().out
+
+
+def test_any_integer_seed_and_escaped_prompts_generate(with_model, capsys):
+    c = str(with_model / "acm.toml")
+    for seed in ("-1", "99999999999999999999999"):
+        assert cli.main(["-c", c, "generate", "#!/bin/bash\\n", "-e", "--seed", seed, "--max-tokens", "4"]) == 0
+    assert "tok/s" in capsys.readouterr().err
