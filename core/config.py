@@ -187,16 +187,24 @@ INT_LIMIT = 2**31 - 1  # integers without a maximum of their own stay below this
 
 
 def _check_value(key: str, value: Any, f, typ) -> Any:
-    meta = f.metadata
     if typ is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     wanted = {"str": str, "int": int, "float": float, "bool": bool, "list": list}[typ.__name__]
+    _check_type(key, value, wanted)
+    _check_range(key, value, f.metadata, wanted)
+    return value
+
+
+def _check_type(key: str, value: Any, wanted: type) -> None:
     if not isinstance(value, wanted) or (wanted is int and isinstance(value, bool)):
         raise ConfigError(f"{key} must be {_type_word(wanted)}, got {value!r}")
     if wanted is float and not math.isfinite(value):
         raise ConfigError(f"{key} must be a finite number, got {value!r}")
     if wanted is list and not all(isinstance(item, str) for item in value):
         raise ConfigError(f"{key} must be a list of strings (paths), got {value!r}")
+
+
+def _check_range(key: str, value: Any, meta, wanted: type) -> None:
     choices = meta.get("choices")
     if choices and value not in choices:
         raise ConfigError(f"{key} = {value!r} is not valid; choose one of: {', '.join(map(str, choices))}")
@@ -206,7 +214,6 @@ def _check_value(key: str, value: Any, f, typ) -> Any:
         raise ConfigError(f"{key} = {value!r} is out of range; allowed: {_range_words(lo, hi, above)}")
     if wanted is int and hi is None and not meta.get("unbounded") and value > INT_LIMIT:
         raise ConfigError(f"{key} = {value!r} is out of range; allowed: at most {INT_LIMIT}")
-    return value
 
 
 def overridden(section: Any, prefix: str, source: str, **values: Any) -> Any:
