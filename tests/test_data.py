@@ -224,3 +224,64 @@ def test_cli_fetch_stats_show(project, capsys, github_cfg):
     assert out.startswith("# document 1 of 4: source=github repo=acme/tools") and "#!/usr/bin/env bash" in out
     assert cli.main(["-c", c, "data", "show", "language"]) == 2
     assert "run `acm data fetch language` first" in capsys.readouterr().err
+
+
+def test_links_out_of_a_source_are_never_read_and_in_tree_links_name_their_target(project, tmp_path):
+    from .stand_ins import script
+
+    secret = tmp_path / "elsewhere" / "credentials.sh"
+    secret.parent.mkdir()
+    secret.write_text(script("secret-credentials"))
+    src = tmp_path / "src"
+    (src / "lib").mkdir(parents=True)
+    (src / "a.sh").write_text(script("alpha"))
+    (src / "lib" / "tool.sh").write_text(script("toolbox"))
+    (src / "bin").mkdir()
+    (src / "bin" / "tool").symlink_to("../lib/tool.sh")
+    (src / "leak.sh").symlink_to(secret)
+    manifest = fetch_code(cfg_for(project, data__code__source="local", data__code__local_paths=[str(src)]))
+    corpus = Corpus.open(project / "data" / "code", "code")
+    texts = list(corpus.texts())
+    assert len(texts) == 2 and not any("secret-credentials" in t for t in texts)
+    assert manifest["report"]["rejected"] == {"outside_source": 1}
+    origins = [row["origin"] for row in corpus.rows()]
+    assert any(o.endswith("lib/tool.sh") for o in origins) and not any(o.endswith("bin/tool") for o in origins)
+
+
+def test_clone_folders_are_unique_per_name_and_url():
+    from core.data.repos import Repo
+
+    a, b = Repo("a/b__c", "x", "file:///r1"), Repo("a__b/c", "x", "file:///r1")
+    assert a.folder_name != b.folder_name
+    assert Repo("a/b", "x", "file:///one").folder_name != Repo("a/b", "x", "file:///two").folder_name
+
+
+def test_a_failed_clone_reports_gits_reason(tmp_path):
+    import subprocess
+
+    from core.data.repos import git_error
+
+    r = subprocess.run(["git", "clone", f"file://{tmp_path}/nowhere.git", str(tmp_path / "c")],
+                       capture_output=True, text=True)
+    reason = git_error(r.stderr, r.returncode)
+    assert reason.startswith("fatal:") and "nowhere.git" in reason
+
+
+def test_near_duplicates_are_confirmed_against_the_threshold():
+    from core.data.code import NearDuplicates, shingles
+
+    words = [f"w{i}" for i in range(400)]
+
+    def jaccard(x: str, y: str) -> float:
+        a, b = set(shingles(x)), set(shingles(y))
+        return len(a & b) / len(a | b)
+
+    base = " ".join(words)
+    variants = [" ".join(words[:400 - k] + [f"v{i}" for i in range(k)]) for k in range(1, 60)]
+    below = next(v for v in variants if jaccard(base, v) < 0.85)
+    above = next(v for v in variants if jaccard(base, v) >= 0.9)
+    assert 0.8 < jaccard(base, below) < 0.85
+    near = NearDuplicates(0.85)
+    assert not near.seen(base)
+    assert near.seen(above)
+    assert not near.seen(below)  # LSH may propose it; the exact similarity decides

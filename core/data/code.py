@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
+import tempfile
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -45,6 +46,7 @@ class Candidate:
     commit: str = ""
     category: str = ""
     oversize: bool = False  # larger than data.code.max_file_bytes (content not read)
+    outside: bool = False  # a link out of its source (never read)
 
 
 @dataclass
@@ -71,13 +73,16 @@ def is_shell_shebang(head: bytes) -> bool:
 
 
 def find_scripts(root: Path, max_bytes: int, all_files: bool = False, seen: set | None = None,
-                 cancel: CancelToken | None = None) -> Iterator[tuple[Path, bytes | None]]:
-    """(path, content) of each shell script under root; content None when over max_bytes.
+                 cancel: CancelToken | None = None, contained: bool = False) -> Iterator[Found]:
+    """Each shell script under root: its path, its target's real path, and its content (None when
+    over max_bytes).
 
     Folder symlinks are never followed (no loops); file symlinks count once, by real path.
-    `all_files` takes every file (bash-completion folders hold bash without shebangs).
+    `all_files` takes every file (bash-completion folders hold bash without shebangs). With
+    `contained`, a link whose target lies outside root is never opened: it comes back `outside`.
     """
     seen = set() if seen is None else seen
+    inside = root.resolve() if contained and root.is_dir() else None
     if root.is_file():
         walk = [(str(root.parent), [], [root.name])]
     else:
@@ -87,18 +92,28 @@ def find_scripts(root: Path, max_bytes: int, all_files: bool = False, seen: set 
         for name in sorted(files):
             if cancel:
                 cancel.check()
-            found = _read_script(Path(dirpath) / name, max_bytes, all_files, seen)
+            found = _read_script(Path(dirpath) / name, max_bytes, all_files, seen, inside)
             if found is not None:
                 yield found
 
 
-def _read_script(path: Path, max_bytes: int, all_files: bool, seen: set) -> tuple[Path, bytes | None] | None:
-    """(path, content) if `path` is a shell script not seen yet (content None when over max_bytes)."""
+@dataclass
+class Found:
+    path: Path
+    real: Path
+    raw: bytes | None  # None: over max_bytes, or not read (outside its source)
+    outside: bool = False
+
+
+def _read_script(path: Path, max_bytes: int, all_files: bool, seen: set, inside: Path | None) -> Found | None:
+    """`path` if it is a shell script not seen yet; a link out of `inside` is reported, never read."""
     try:
         real = path.resolve(strict=True)
         st = real.stat()
     except (OSError, RuntimeError):  # broken link, link loop, no permission
         return None
+    if inside is not None and not real.is_relative_to(inside):
+        return Found(path, real, None, outside=True)
     if not real.is_file() or real in seen:
         return None
     try:
@@ -107,16 +122,22 @@ def _read_script(path: Path, max_bytes: int, all_files: bool, seen: set) -> tupl
             if not (all_files or path.suffix in SCRIPT_SUFFIXES or is_shell_shebang(head)):
                 return None
             seen.add(real)
-            return path, (head + f.read() if st.st_size <= max_bytes else None)
+            return Found(path, real, head + f.read() if st.st_size <= max_bytes else None)
     except OSError:
         return None
 
 
 def scan_folder(root: Path, source: str, max_bytes: int, all_files: bool = False, seen: set | None = None,
-                cancel: CancelToken | None = None, **fields: str) -> Iterator[Candidate]:
-    for path, raw in find_scripts(root, max_bytes, all_files, seen, cancel):
-        origin = str(path.relative_to(root)) if fields.get("repo") else str(path)
-        yield Candidate(path, raw or b"", source, origin, oversize=raw is None, **fields)
+                cancel: CancelToken | None = None, contained: bool = False, **fields: str) -> Iterator[Candidate]:
+    """Candidates under root; each names where its text came from: a link's target, not the link."""
+    base = root.resolve() if root.is_dir() else root.parent.resolve()
+    for f in find_scripts(root, max_bytes, all_files, seen, cancel, contained):
+        if fields.get("repo"):  # relative to the clone; a link by its target's path
+            origin = str(f.real.relative_to(base) if not f.outside else f.path.relative_to(root))
+        else:
+            origin = str(f.real if f.path.is_symlink() and not f.outside else f.path)
+        yield Candidate(f.path, f.raw or b"", source, origin, oversize=f.raw is None and not f.outside,
+                        outside=f.outside, **fields)
 
 
 # ---------------------------------------------------------------- validation
@@ -128,17 +149,24 @@ def normalize(text: str) -> str:
 
 
 def bash_syntax_ok(text: str, timeout_s: float) -> tuple[bool, str]:
-    """`bash -n` on the script (parsed only; BASH_ENV and ENV are cleared so nothing is sourced)."""
+    """`bash -n` on the script: parsed only, never run (BASH_ENV and ENV are cleared so nothing is
+    sourced). The script is handed over as a file: bash reads a pipe a byte at a time, so a large
+    script on stdin could time out under load. (ok, reason): reason "syntax" or "timeout"."""
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C"}
-    try:
-        r = subprocess.run(["bash", "-n"], input=text.encode("utf-8"), capture_output=True, timeout=timeout_s,
-                           env=env)
-    except subprocess.TimeoutExpired:
-        return False, "timeout"
+    with tempfile.NamedTemporaryFile("wb", suffix=".sh") as f:
+        f.write(text.encode("utf-8"))
+        f.flush()
+        try:
+            r = subprocess.run(["bash", "-n", f.name], capture_output=True, timeout=timeout_s, env=env,
+                               stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            return False, "timeout"
     return r.returncode == 0, "syntax"
 
 
 def validate(c: Candidate, cc: CodeDataConfig) -> Validated:
+    if c.outside:
+        return Validated(c, reason="outside_source")
     if c.oversize:
         return Validated(c, reason="too_large")
     if b"\x00" in c.raw:
@@ -172,16 +200,21 @@ class NearDuplicates:
         from datasketch import MinHash, MinHashLSH
 
         self._MinHash = MinHash
+        self.threshold = threshold
         self.lsh = MinHashLSH(threshold=threshold, num_perm=NEAR_DUP_PERMUTATIONS)
-        self.n = 0
+        self.kept: list[set] = []  # each kept text's shingles, to confirm what LSH proposes
 
     def seen(self, text: str) -> bool:
+        """LSH proposes candidates; one counts only if its exact Jaccard similarity reaches the threshold."""
+        grams = set(shingles(text))
         m = self._MinHash(num_perm=NEAR_DUP_PERMUTATIONS, seed=1)
-        m.update_batch(list(shingles(text)))
-        if self.lsh.query(m):
-            return True
-        self.lsh.insert(str(self.n), m)
-        self.n += 1
+        m.update_batch(list(grams))
+        for key in self.lsh.query(m):
+            other = self.kept[int(key)]
+            if len(grams & other) >= self.threshold * len(grams | other):
+                return True
+        self.lsh.insert(str(len(self.kept)), m)
+        self.kept.append(grams)
         return False
 
 
@@ -200,7 +233,8 @@ def candidates(cfg: Config, report: Reporter, cancel: CancelToken) -> tuple[Iter
 
         def from_repos() -> Iterator[Candidate]:
             for r in cloned:
-                yield from scan_folder(r.path, "github", cc.max_file_bytes, cancel=cancel, repo=r.repo.name,
+                yield from scan_folder(r.path, "github", cc.max_file_bytes, cancel=cancel, contained=True,
+                                       repo=r.repo.name,
                                        commit=r.commit, category=r.repo.category)
 
         info = {"repos": [{"name": r.repo.name, "category": r.repo.category, "commit": r.commit,
@@ -216,7 +250,7 @@ def candidates(cfg: Config, report: Reporter, cancel: CancelToken) -> tuple[Iter
                 raise AcmError(f"data.code.local_paths: {r} does not exist")
         seen: set = set()
         return (c for r in roots for c in scan_folder(r, "local", cc.max_file_bytes, seen=seen, cancel=cancel,
-                                                      category=r.name)), {"paths": cc.local_paths}
+                                                      contained=True, category=r.name)), {"paths": cc.local_paths}
     return builtin_candidates(cc.max_file_bytes, cancel), {"folders": COMPLETION_DIRS + SCRIPT_DIRS}
 
 

@@ -6,6 +6,7 @@ never stop the others.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -29,7 +30,10 @@ class Repo:
 
     @property
     def folder_name(self) -> str:
-        return self.name.replace("/", "__")
+        """Readable and unique: names that differ only by "/" vs "__" never share a folder, and a
+        changed URL never reuses the old clone."""
+        digest = hashlib.sha1(f"{self.name}\n{self.url}".encode()).hexdigest()[:10]
+        return f"{self.name.replace('/', '__')}-{digest}"
 
 
 @dataclass
@@ -75,6 +79,15 @@ def head_commit(folder: Path) -> str:
     return r.stdout.strip()
 
 
+def git_error(stderr: str, returncode: int) -> str:
+    """git's own reason: its fatal/error line with what follows, not the last line of its advice."""
+    lines = [line.strip() for line in stderr.strip().splitlines() if line.strip()]
+    for i, line in enumerate(lines):
+        if line.startswith(("fatal:", "error:")):
+            return " ".join(lines[i:])[:300]
+    return " ".join(lines)[:300] or f"git exited with {returncode}"
+
+
 def clone_one(repo: Repo, dest_root: Path, timeout_s: float, retries: int, cancel: CancelToken) -> CloneResult:
     dest = dest_root / repo.folder_name
     if (dest / ".git").is_dir():
@@ -91,7 +104,7 @@ def clone_one(repo: Repo, dest_root: Path, timeout_s: float, retries: int, cance
             if r.returncode == 0:
                 tmp.rename(dest)
                 return CloneResult(repo, dest, head_commit(dest), attempts=attempt)
-            error = (r.stderr.strip().splitlines() or [f"git exited with {r.returncode}"])[-1]
+            error = git_error(r.stderr, r.returncode)
         except subprocess.TimeoutExpired:
             error = f"timed out after {timeout_s:g}s"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -103,6 +116,8 @@ def clone_all(repos: list[Repo], dest_root: Path, jobs: int, timeout_s: float, r
     """Clone every repository (at most `jobs` at once); results in list order."""
     require_tool("git")
     dest_root.mkdir(parents=True, exist_ok=True)
+    for stale in dest_root.glob(".partial-*"):  # clones a killed fetch left half done
+        shutil.rmtree(stale, ignore_errors=True)
     ticker = Ticker(report, "cloning", len(repos), interval=0)
     results: dict[Repo, CloneResult] = {}
     with ThreadPoolExecutor(max_workers=jobs) as pool:
