@@ -248,3 +248,16 @@ def test_the_follower_replays_what_the_recorder_wrote(prepared):
     assert [e["state"] for e in replay if e["type"] == "state"] == ["stopped"]
     assert any(e["text"].startswith("checkpoint step-0000010") for e in replay if e["type"] == "log")
     assert follower.poll() == []  # nothing new
+
+
+def test_a_damaged_state_json_says_so_and_names_the_checkpoint_resumed(prepared, capsys):
+    cfg = load(prepared)
+    run = cfg.runs_dir / "d"
+    run_stage(cfg, "pretrain", run, max_steps=20)
+    folder = Paths.checkpoints(run, "pretrain")
+    (folder / "step-0000020" / "state.json").write_text("{ half a")
+    assert cli.main(["-c", str(prepared / "acm.toml"), "train", "pretrain", "--run", "d", "--resume",
+                     "--max-steps", "1"]) == 0
+    out = " ".join("".join(capsys.readouterr()).split())  # the console wraps long lines
+    assert "checkpoint step-0000020 is damaged" in out and "resuming from step-0000010" in out
+    assert checkpoint.latest(folder).step == 11

@@ -81,6 +81,11 @@ def list_checkpoints(folder: Path) -> list[Checkpoint]:
     return out
 
 
+def damaged(folder: Path) -> list[Path]:
+    """Checkpoint folders whose state.json is missing or unreadable (skipped by list_checkpoints)."""
+    return [d for d in sorted(folder.glob("step-*")) if not isinstance(read_json(d / STATE), dict)]
+
+
 def latest(folder: Path) -> Checkpoint | None:
     cks = list_checkpoints(folder)
     return cks[-1] if cks else None

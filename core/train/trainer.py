@@ -200,6 +200,10 @@ class Trainer:
                            "use the tokenizer it was made with, or start a new run")
 
     def _restore(self, ck: checkpoint.Checkpoint) -> None:
+        for bad in checkpoint.damaged(self.ck_dir):
+            if bad.name > ck.path.name:
+                self.log(f"checkpoint {bad.name} is damaged (its state.json is unreadable); "
+                         f"resuming from {ck.path.name} instead")
         self._check_tokenizer(ck)
         params, opt_state = checkpoint.load_arrays(ck)
         self.opt.load(params, opt_state)
