@@ -58,6 +58,11 @@ class Paths:
     def tokenizer_meta(self) -> Path:
         return self.tokenizer / "tokenizer-meta.json"
 
+    @property
+    def inputs_lock(self) -> Path:
+        """Held shared by training, exclusively by a rebuild of the tokenizer or the shards."""
+        return self.data / "training-inputs.lock"
+
     def shards(self, kind: str) -> Path:
         if kind not in CORPORA:
             raise AcmError(f"unknown corpus {kind!r}: language or code")

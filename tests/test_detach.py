@@ -131,3 +131,22 @@ def test_a_second_writer_is_refused_and_a_killed_one_blocks_nobody(prepared, cap
     resumed = subprocess.run([sys.executable, "-m", "core.cli", "-c", c, "train", "pretrain", "--run", "dup",
                               "--resume", "--max-steps", "1", "--json"], capture_output=True, text=True, env=env)
     assert resumed.returncode == 0, resumed.stderr
+
+
+def test_inputs_of_a_running_stage_are_never_rebuilt(prepared, capsys):
+    cfg = long_config(prepared)
+    c = str(prepared / "acm.toml")
+    manifest = (cfg.data_dir / "tokens" / "language" / "manifest.json").read_text()
+    tokenizer = (cfg.data_dir / "tokenizer" / "tokenizer.json").read_text()
+    assert cli.main(["-c", c, "train", "pretrain", "--run", "busy", "--detach"]) == 0
+    run = cfg.runs_dir / "busy"
+    wait_for(lambda: (runs.read_status(run, "pretrain") or {}).get("step", 0) >= 2)
+    capsys.readouterr()
+    for argv in (["prepare", "--force"], ["tokenizer", "train"]):
+        assert cli.main(["-c", c, *argv]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "can't be rebuilt now: a training stage" in err[0]
+    assert (cfg.data_dir / "tokens" / "language" / "manifest.json").read_text() == manifest
+    assert (cfg.data_dir / "tokenizer" / "tokenizer.json").read_text() == tokenizer
+    assert cli.main(["-c", c, "runs", "stop", "busy"]) == 0
+    wait_for(lambda: runs.stage_state(run, "pretrain") == "stopped")

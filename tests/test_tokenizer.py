@@ -201,3 +201,28 @@ def test_cli_probe_and_prepare(trained, capsys):
 def test_cli_without_tokenizer(project, capsys):
     assert cli.main(["-c", str(project / "acm.toml"), "tokenizer", "probe", "x"]) == 2
     assert "run `acm tokenizer train` first" in capsys.readouterr().err
+
+
+def test_an_interrupted_rebuild_leaves_the_previous_shards_in_force(trained, monkeypatch):
+    import core.tokenizer.shards as prep
+
+    monkeypatch.setattr(prep, "CHUNK_DOCUMENTS", 16)  # several chunks from the small corpus
+    cfg = config.load(trained / "acm.toml")
+    before = prepare(cfg)["language"]
+    token = CancelToken()
+    real = prep.encode_chunk
+
+    def interrupted(*a, **k):
+        token.cancel()
+        return real(*a, **k)
+
+    monkeypatch.setattr(prep, "encode_chunk", interrupted)
+    with pytest.raises(Cancelled):
+        prepare(cfg, cancel=token, force=True, kinds=("language",))
+    assert prep.read_manifest(cfg, "language") == before
+    assert open_tokens(cfg, "language", "train").num_tokens == before["tokens"]["train"]
+    monkeypatch.setattr(prep, "encode_chunk", real)
+    after = prepare(cfg, force=True, kinds=("language",))["language"]
+    assert after["build"] != before["build"] and after["tokens"] == before["tokens"]
+    folder = cfg.locations.shards("language")
+    assert [d.name for d in folder.glob("build-*")] == [after["build"]]  # the old build went after the swap

@@ -19,6 +19,7 @@ from core.atomic import read_json, write_text
 from core.config import Config
 from core.data.corpus import Corpus, sha256_file
 from core.errors import AcmError
+from core.locks import rebuilding_inputs
 from core.model.presets import check_vocab
 from core.progress import CancelToken, Reporter, Ticker, no_report
 
@@ -209,6 +210,12 @@ def train_tokenizer(cfg: Config, report: Reporter = no_report, cancel: CancelTok
     tc = cfg.tokenizer
     shape = cfg.model.shape()
     check_vocab(shape, tc.vocab_size, "tokenizer.vocab_size", f"set tokenizer.vocab_size = {shape.vocab_size}")
+    with rebuilding_inputs(cfg.locations.inputs_lock, "the tokenizer"):
+        return _train_and_save(cfg, report, cancel, compare)
+
+
+def _train_and_save(cfg: Config, report: Reporter, cancel: CancelToken, compare: bool) -> dict:
+    tc = cfg.tokenizer
     corp = read_corpora(cfg, tc.max_language_mb * 2**20 if tc.max_language_mb else None)
     tok, mix = train_one(corp, tc.vocab_size, tc.min_frequency, tc.code_weight, report, cancel, "training")
     folder = cfg.locations.tokenizer

@@ -12,6 +12,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +25,9 @@ from core.atomic import atomic_open, read_json, write_text
 from core.config import Config
 from core.data.corpus import Corpus, sha256_file
 from core.errors import AcmError
+from core.locks import rebuilding_inputs
 from core.model.presets import check_vocab
-from core.paths import CORPORA
+from core.paths import CORPORA, MANIFEST
 from core.progress import CancelToken, Reporter, Ticker, no_report
 from core.tokenizer.bpe import BOS_ID, EOS_ID, AcmTokenizer, load_tokenizer
 
@@ -122,20 +126,39 @@ def prepare_corpus(cfg: Config, kind: str, tok: AcmTokenizer, report: Reporter, 
         ticker.advance(ticker.state.total or 0)
         return done
     corpus = Corpus.open(cfg.locations.corpus(kind), kind)
-    partial = _resume_point(cfg, kind, ident, force)
-    if "val_threshold" not in partial:
-        partial["val_threshold"] = val_threshold(corpus.texts(), cfg.prepare.seed, cfg.prepare.val_fraction)
-    _encode_chunks(cfg, kind, tok, corpus, partial, Ticker(report, kind, len(corpus)), cancel)
-    chunks = partial["chunks"]
-    manifest = ident | {
-        "chunks": chunks,
-        "tokens": {s: sum(c["tokens"][s] for c in chunks) for s in SPLITS},
-        "documents": {s: sum(c["documents"][s] for c in chunks) for s in SPLITS},
-    }
-    manifest["val_threshold"] = partial["val_threshold"]
-    write_text(cfg.locations.shards_manifest(kind), json.dumps(manifest, indent=1) + "\n")
-    (cfg.locations.shards(kind) / PARTIAL).unlink(missing_ok=True)
+    with rebuilding_inputs(cfg.locations.inputs_lock, f"the {kind} token shards"):
+        partial = _resume_point(cfg, kind, ident, force)
+        if "val_threshold" not in partial:
+            partial["val_threshold"] = val_threshold(corpus.texts(), cfg.prepare.seed, cfg.prepare.val_fraction)
+        _encode_chunks(cfg, kind, tok, corpus, partial, Ticker(report, kind, len(corpus)), cancel)
+        chunks = partial["chunks"]
+        manifest = ident | {
+            "chunks": chunks, "build": partial["build"],
+            "tokens": {s: sum(c["tokens"][s] for c in chunks) for s in SPLITS},
+            "documents": {s: sum(c["documents"][s] for c in chunks) for s in SPLITS},
+        }
+        manifest["val_threshold"] = partial["val_threshold"]
+        _publish(cfg.locations.shards(kind), manifest)
     return manifest
+
+
+def _publish(folder: Path, manifest: dict) -> None:
+    """Swap the new shards in: the manifest names them (one atomic write), then what it no longer
+    names goes. Until that write, the previous shards stay in force."""
+    write_text(folder / MANIFEST, json.dumps(manifest, indent=1) + "\n")
+    (folder / PARTIAL).unlink(missing_ok=True)
+    _sweep(folder, keep=manifest["build"])
+
+
+def _sweep(folder: Path, keep: str | None) -> None:
+    """Remove the builds and loose chunk files that neither the manifest nor `keep` names."""
+    published = (read_json(folder / MANIFEST) or {}).get("build")
+    for d in folder.glob("build-*"):
+        if d.name not in (keep, published):
+            shutil.rmtree(d, ignore_errors=True)
+    if published:  # shards from before builds lay loose in the folder
+        for f in folder.glob("chunk-*.npy"):
+            f.unlink(missing_ok=True)
 
 
 def _up_to_date(cfg: Config, kind: str, ident: dict) -> dict | None:
@@ -153,15 +176,15 @@ def _up_to_date(cfg: Config, kind: str, ident: dict) -> dict | None:
 
 
 def _resume_point(cfg: Config, kind: str, ident: dict, force: bool) -> dict:
-    """The record of chunks already written for these settings (an empty one after a change)."""
+    """The record of the build in progress for these settings: the chunks already written into its
+    own folder, beside the shards in force (a new, empty build after a change or with force)."""
     folder = cfg.locations.shards(kind)
     folder.mkdir(parents=True, exist_ok=True)
     partial = read_json(folder / PARTIAL)
-    if force or not partial or {k: partial.get(k) for k in ident} != ident:
-        for f in folder.glob("chunk-*.npy"):
-            f.unlink()
-        cfg.locations.shards_manifest(kind).unlink(missing_ok=True)
-        partial = ident | {"chunks": []}
+    if force or not partial or "build" not in partial or {k: partial.get(k) for k in ident} != ident:
+        partial = ident | {"chunks": [], "build": f"build-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"}
+    _sweep(folder, keep=partial["build"])  # builds abandoned earlier
+    (folder / partial["build"]).mkdir(exist_ok=True)
     finished = {c["index"]: c for c in partial["chunks"]
                 if all((folder / c["files"][s]).exists() for s in SPLITS)}
     partial["chunks"] = [finished[i] for i in sorted(finished)]
@@ -181,7 +204,7 @@ def _encode_chunks(cfg: Config, kind: str, tok: AcmTokenizer, corpus: Corpus, pa
         arrays = encode_chunk(tok, texts, dtype, cfg.prepare.seed, partial["val_threshold"], cfg.prepare.add_bos)
         entry = {"index": index, "files": {}, "tokens": {}, "documents": {}, "sha256": {}}
         for split, (arr, ndocs) in arrays.items():
-            name = f"chunk-{index:05d}.{split}.npy"
+            name = f"{partial['build']}/chunk-{index:05d}.{split}.npy"
             entry["files"][split], entry["tokens"][split], entry["documents"][split] = name, int(arr.size), ndocs
             entry["sha256"][split] = _save_npy(folder / name, arr)
         partial["chunks"].append(entry)

@@ -20,6 +20,7 @@ import mlx.core as mx
 from core.config import Config, StageConfig
 from core.errors import AcmError
 from core.hardware import device_info, memory_limit, memory_now, peak_flops
+from core.locks import reading_inputs
 from core.model.gpt import GPT
 from core.paths import Paths
 from core.tokenizer.bpe import load_tokenizer
@@ -278,18 +279,22 @@ class Trainer:
     def run(self) -> StageResult:
         lock = RunLock(self.run_path).acquire(self.stage) if self.is_main else None  # one writer per run
         try:
-            self._setup()
-            try:
-                return self._loop()
-            except BaseException as e:
-                self._state("failed", getattr(self, "step", self.start_step), error=str(e) or type(e).__name__)
-                raise
-            finally:
-                if self.is_main:
-                    self.recorder.close()
+            with reading_inputs(self.cfg.locations.inputs_lock):  # no rebuild replaces them meanwhile
+                return self._setup_and_loop()
         finally:
             if lock is not None:
                 lock.release()
+
+    def _setup_and_loop(self) -> StageResult:
+        self._setup()
+        try:
+            return self._loop()
+        except BaseException as e:
+            self._state("failed", getattr(self, "step", self.start_step), error=str(e) or type(e).__name__)
+            raise
+        finally:
+            if self.is_main:
+                self.recorder.close()
 
     def _poll_commands(self) -> None:
         """Commands left in the stage's control file by another process (acm runs, acm-tui)."""

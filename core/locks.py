@@ -1,0 +1,63 @@
+"""OS file locks (`flock`) that die with their process, kill -9 included: a stale lock file never
+blocks anyone.
+
+Training holds the *inputs* lock shared for as long as it runs; a rebuild of the tokenizer or the
+token shards takes it exclusively, so it is refused while any training stage reads them.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from core.errors import AcmError
+
+
+class Flock:
+    def __init__(self, path: Path):
+        self.path = path
+        self.fd: int | None = None
+
+    def try_acquire(self, shared: bool = False) -> bool:
+        """Take the lock without waiting; False when another process holds it the other way."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self.fd = fd
+        return True
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the descriptor drops the lock
+            self.fd = None
+
+
+@contextlib.contextmanager
+def reading_inputs(lock_path: Path) -> Iterator[None]:
+    """Held by a training stage: the tokenizer and token shards it reads are not rebuilt meanwhile."""
+    lock = Flock(lock_path)
+    if not lock.try_acquire(shared=True):
+        raise AcmError("the tokenizer or the token shards are being rebuilt: wait for that to finish")
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+@contextlib.contextmanager
+def rebuilding_inputs(lock_path: Path, what: str) -> Iterator[None]:
+    """Held while the tokenizer or the token shards are rebuilt; refused while training reads them."""
+    lock = Flock(lock_path)
+    if not lock.try_acquire():
+        raise AcmError(f"{what} can't be rebuilt now: a training stage or another rebuild is using them "
+                       "(`acm runs` shows it); stop it first, or wait")
+    try:
+        yield
+    finally:
+        lock.release()
