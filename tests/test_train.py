@@ -261,3 +261,35 @@ def test_a_damaged_state_json_says_so_and_names_the_checkpoint_resumed(prepared,
     out = " ".join("".join(capsys.readouterr()).split())  # the console wraps long lines
     assert "checkpoint step-0000020 is damaged" in out and "resuming from step-0000010" in out
     assert checkpoint.latest(folder).step == 11
+
+
+def test_a_full_disk_names_the_path_cleans_up_and_marks_the_run_failed(prepared, monkeypatch, capsys):
+    import errno
+
+    import mlx.core as mx
+
+    from core.train import runs
+
+    cfg = load(prepared)
+    run = cfg.runs_dir / "full"
+    run_stage(cfg, "pretrain", run, max_steps=10)
+    real = mx.save_safetensors
+
+    def full(path, arrays, **kw):
+        real(path, dict(list(arrays.items())[:1]))
+        raise OSError(errno.ENOSPC, "No space left on device", path)
+
+    monkeypatch.setattr(mx, "save_safetensors", full)
+    c = str(prepared / "acm.toml")
+    assert cli.main(["-c", c, "train", "pretrain", "--run", "full", "--resume", "--max-steps", "10"]) == 2
+    out = capsys.readouterr().err
+    err = [line for line in out.splitlines() if line.startswith("acm: error:")]  # beside the progress lines
+    folder = Paths.checkpoints(run, "pretrain")
+    assert "Traceback" not in out
+    assert len(err) == 1 and err[0].startswith("acm: error: disk full: could not write checkpoint step-0000020")
+    assert str(folder) in err[0] and "step-0000010, is intact" in err[0]
+    assert not list(folder.glob(".tmp-step-*"))
+    status = runs.read_status(run, "pretrain")
+    assert status["state"] == "failed" and "disk full" in status["error"]
+    monkeypatch.setattr(mx, "save_safetensors", real)
+    assert run_stage(cfg, "pretrain", run, resume=True, max_steps=10).step == 20

@@ -7,6 +7,7 @@ Pruning keeps the last `keep_last` and the best by validation loss.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -47,13 +48,35 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def save(folder: Path, step: int, params: dict, optimizer_state: dict, state: dict) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
+def sweep_partial(folder: Path) -> None:
+    """Remove checkpoints a kill or a full disk left half written."""
     for stale in folder.glob(".tmp-step-*"):
         shutil.rmtree(stale, ignore_errors=True)
+
+
+def save(folder: Path, step: int, params: dict, optimizer_state: dict, state: dict) -> Path:
+    """Write a checkpoint aside and rename it into place; a disk error removes the partial files and
+    is one line (the earlier checkpoints stay as they were)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    sweep_partial(folder)
     final = folder / f"step-{step:07d}"
     tmp = folder / f".tmp-step-{step:07d}"
-    tmp.mkdir()
+    try:
+        tmp.mkdir()
+        _write(tmp, step, params, optimizer_state, state)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        why = "disk full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+        raise AcmError(f"{why}: could not write checkpoint {final.name} into {folder} "
+                       "(its partial files were removed)") from None
+    if final.exists():  # saving the same step again (save-now at a checkpoint step)
+        shutil.rmtree(final)
+    tmp.rename(final)
+    _fsync_dir(folder)
+    return final
+
+
+def _write(tmp: Path, step: int, params: dict, optimizer_state: dict, state: dict) -> None:
     mx.save_safetensors(str(tmp / "model.safetensors"), dict(tree_flatten(params)))
     opt = {k: v for k, v in tree_flatten(optimizer_state) if isinstance(v, mx.array)}
     mx.save_safetensors(str(tmp / "optimizer.safetensors"), opt)
@@ -64,11 +87,6 @@ def save(folder: Path, step: int, params: dict, optimizer_state: dict, state: di
     for name in ("model.safetensors", "optimizer.safetensors"):
         with open(tmp / name, "rb") as f:
             os.fsync(f.fileno())
-    if final.exists():  # saving the same step again (save-now at a checkpoint step)
-        shutil.rmtree(final)
-    tmp.rename(final)
-    _fsync_dir(folder)
-    return final
 
 
 def list_checkpoints(folder: Path) -> list[Checkpoint]:

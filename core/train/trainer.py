@@ -8,6 +8,7 @@ ranks (`mlx.launch`), gradients and losses are averaged across them and only ran
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 import time
@@ -162,6 +163,8 @@ class Trainer:
                                    what=f"{corpus} val shards") if val.num_tokens > sc.seq_len + 1 else None
         self.ck_dir = Paths.checkpoints(self.run_path, self.stage)
         if self.is_main:
+            checkpoint.sweep_partial(self.ck_dir)  # frees what a kill or a full disk left
+        if self.is_main:
             prepare_run(cfg, self.run_path)
             self.recorder = Recorder(self.run_path, self.stage, sc.steps)
             self.callbacks.insert(0, self.recorder)
@@ -269,7 +272,12 @@ class Trainer:
             "data_position": {"step": step, "seed": self.sc.seed, "tokens_seen": self.tokens_seen},
             "config": self.cfg.to_dict(), "time": time.time(),
         }
-        path = checkpoint.save(self.ck_dir, step, self.opt.parameters(), self.opt.checkpoint_state(), state)
+        try:
+            path = checkpoint.save(self.ck_dir, step, self.opt.parameters(), self.opt.checkpoint_state(), state)
+        except AcmError as e:
+            last = getattr(self, "last_ck", None)
+            raise AcmError(f"{e}; " + (f"the last checkpoint, {last.name}, is intact: free space, then resume"
+                                       if last else "no earlier checkpoint exists")) from None
         checkpoint.prune(self.ck_dir, self.sc.keep_last)
         self.emit({"type": "checkpoint", "stage": self.stage, "step": step, "path": str(path), "val_loss": val_loss})
         return path
@@ -290,7 +298,8 @@ class Trainer:
         try:
             return self._loop()
         except BaseException as e:
-            self._state("failed", getattr(self, "step", self.start_step), error=str(e) or type(e).__name__)
+            with contextlib.suppress(OSError):  # a full disk may refuse this too; the error still goes up
+                self._state("failed", getattr(self, "step", self.start_step), error=str(e) or type(e).__name__)
             raise
         finally:
             if self.is_main:
