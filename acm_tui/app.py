@@ -16,7 +16,9 @@ from core import config
 from core.engine import Engine
 from core.errors import AcmError
 
+from .confirm import Confirm
 from .messages import RunInPane
+from .panes.base import Pane
 from .panes.data import DataPane
 from .panes.generate import GeneratePane
 from .panes.runs import RunsPane
@@ -97,6 +99,20 @@ class AcmApp(App):
             self.action_hide_help_panel()
         else:
             self.action_show_help_panel()
+
+    async def action_quit(self) -> None:
+        """Quit; while a stage runs in the app, ask first (it would stop, with a checkpoint)."""
+        running = [pane.TITLE for pane in self.query(Pane) if pane.busy()]
+        if not running:
+            self.exit()
+            return
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.exit()
+
+        self.push_screen(Confirm(f"{', '.join(running)}: a stage is running in this app. Quit anyway? "
+                                 "(training stops at the next step and writes a checkpoint)"), answered)
 
     def on_unmount(self) -> None:
         # Running engine jobs were asked to stop by their panes; wait for them (a training stage

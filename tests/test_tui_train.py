@@ -67,6 +67,12 @@ async def test_quitting_mid_run_stops_with_a_checkpoint(prepared):
         await pilot.press("4", "p")
         pane = app.query_one("#train-pane")
         await wait_until(pilot, lambda: len(pane.history) >= 2, timeout=60)
-        await pilot.press("q")
+        await pilot.press("q")  # asks first: a stage runs in the app
+        await pilot.pause()
+        assert app.is_running and app.screen.__class__.__name__ == "Confirm"
+        await pilot.press("n")
+        await pilot.pause()
+        assert app.is_running and pane.control is not None
+        await pilot.press("q", "y")
     run = list_runs(app.cfg)[0]
     assert checkpoint.latest(Paths.checkpoints(run, "pretrain")).step >= 2

@@ -127,6 +127,10 @@ class Pane(VerticalScroll):
             self.notify(text, title=f"{self.TITLE}: step failed", severity="error", timeout=10)
         self.step_ended()
 
+    def busy(self) -> bool:
+        """Something runs in this pane (quitting would stop it)."""
+        return self.step_cancel is not None
+
     def step_done(self, name: str, result: Any) -> None:
         """A step finished; panes show its result."""
         self.step_ended()

@@ -103,6 +103,9 @@ class GeneratePane(Pane):
 
     # ------------------------------------------------------------ settings
 
+    def busy(self) -> bool:
+        return self.stop_event is not None or super().busy()
+
     def read_params(self) -> SamplingParams:
         values = {}
         for name, label, typ in SETTINGS:

@@ -134,6 +134,9 @@ class TrainPane(Pane):
         if self.control is not None:  # quitting mid-run: stop at the next step, with a checkpoint
             self.control.stop()
 
+    def busy(self) -> bool:
+        return self.control is not None or super().busy()
+
     def _status_idle(self, text: str) -> None:
         self.query_one("#train-status", Static).update(Text(text))
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 from pathlib import Path
 
 from rich.console import Console
@@ -31,11 +32,12 @@ def params_from(args, cfg: Config) -> SamplingParams:
     return SamplingParams.from_config(g, stop=tuple(args.stop or ()))
 
 
-def stream_to_stdout(lm, prompt: str, params: SamplingParams, echo_prompt: bool) -> str:
+def stream_to_stdout(lm, prompt: str, params: SamplingParams, echo_prompt: bool,
+                     should_stop=lambda: False) -> str:
     if echo_prompt:
         sys.stdout.write(prompt)
     text, last = "", None
-    for chunk in stream_generate(lm, prompt, params):
+    for chunk in stream_generate(lm, prompt, params, should_stop):
         if chunk.notice:
             console.print(f"[yellow]{chunk.notice}[/]")
         sys.stdout.write(chunk.text)
@@ -87,12 +89,21 @@ def cmd_chat(args, cfg: Config) -> int:
             except KeyboardInterrupt:
                 print()
                 continue
-            try:
-                engine.call(stream_to_stdout, lm, "\n".join(lines), params, False)
-            except KeyboardInterrupt:
-                print("\n(stopped)")
+            chat_turn(engine, lm, "\n".join(lines), params)
     finally:
         engine.shutdown()
+
+
+def chat_turn(engine: Engine, lm, prompt: str, params: SamplingParams) -> None:
+    """One generation; Ctrl-C stops it, and the next prompt waits until it has stopped writing."""
+    stop = threading.Event()
+    job = engine.submit(stream_to_stdout, lm, prompt, params, False, stop.is_set)
+    try:
+        job.result()
+    except KeyboardInterrupt:
+        stop.set()
+        job.result()  # stops at the next token
+        print("\n(stopped)")
 
 
 def cmd_eval(args, cfg: Config) -> int:
