@@ -150,3 +150,16 @@ def test_inputs_of_a_running_stage_are_never_rebuilt(prepared, capsys):
     assert (cfg.data_dir / "tokenizer" / "tokenizer.json").read_text() == tokenizer
     assert cli.main(["-c", c, "runs", "stop", "busy"]) == 0
     wait_for(lambda: runs.stage_state(run, "pretrain") == "stopped")
+
+
+def test_a_stage_that_cannot_start_leaves_no_run_behind(prepared, capsys):
+    import shutil
+
+    cfg = config.load(prepared / "acm.toml")
+    shutil.rmtree(cfg.data_dir / "tokens")
+    c = str(prepared / "acm.toml")
+    for argv in (["--run", "never"], ["--run", "never", "--detach"]):
+        assert cli.main(["-c", c, "train", "pretrain", *argv]) == 2
+        err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+        assert len(err) == 1 and "run `acm prepare` first" in err[0]
+        assert not (cfg.runs_dir / "never").exists()

@@ -12,14 +12,21 @@ import subprocess
 import sys
 from pathlib import Path
 
+from core import config
 from core.paths import Paths
 from core.train import runs
 from core.train.lock import busy, holder
+from core.train.trainer import check_inputs
 
 
 def launch_detached(config_path: Path, stage: str, run: Path, resume: bool = False, steps: int | None = None,
                     max_steps: int | None = None) -> int:
-    """Start `acm train STAGE --run RUN` in the background; returns its pid."""
+    """Start `acm train STAGE --run RUN` in the background; returns its pid. What the stage needs is
+    checked first: an error in a background process is seen by no one."""
+    cfg = config.load(config_path)
+    if steps:
+        getattr(cfg.train, stage).steps = steps
+    check_inputs(cfg, stage, run, resume)
     argv = [sys.executable, "-m", "core.cli", "-c", str(Path(config_path).resolve()), "train", stage,
             "--run", run.name, "--json"]
     if resume:

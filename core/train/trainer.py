@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import shutil
 import threading
 import time
 from dataclasses import dataclass
@@ -151,12 +152,8 @@ class Trainer:
     def _setup(self) -> None:
         cfg, sc = self.cfg, self.sc
         shape = cfg.model.shape()
-        if sc.seq_len > shape.n_ctx:
-            raise AcmError(f"train.{self.stage}.seq_len {sc.seq_len} exceeds the model's context {shape.n_ctx}")
-        self.tok = load_tokenizer(cfg)
         corpus = CORPUS[self.stage]
-        train = open_tokens(cfg, corpus, "train", self.tok)
-        val = open_tokens(cfg, corpus, "val", self.tok)
+        self.tok, train, val = open_inputs(cfg, self.stage)
         self.batches = Batches(train, sc.seq_len, sc.batch_size, sc.seed, self.rank, self.world,
                                what=f"{corpus} train shards")
         self.val_batches = Batches(val, sc.seq_len, sc.batch_size, sc.seed, self.rank, self.world,
@@ -182,17 +179,10 @@ class Trainer:
 
     def _load_weights(self) -> None:
         """Resume this stage's latest checkpoint, or fine-tune from the best pretrain one."""
-        existing = checkpoint.latest(self.ck_dir)
-        if existing and not self.resume:
-            raise AcmError(f"run {self.run_path.name} already has {self.stage} checkpoints (up to step "
-                           f"{existing.step}): resume it (--resume) or choose another run")
+        existing, base = starting_point(self.run_path, self.stage, self.resume)
         if existing:
             self._restore(existing)
-        elif self.stage == "finetune":
-            base = checkpoint.best(Paths.checkpoints(self.run_path, "pretrain"))
-            if base is None:
-                raise AcmError(f"run {self.run_path.name} has no pretrain checkpoint to fine-tune: "
-                               "run `acm train pretrain` first")
+        elif base is not None:
             self._check_tokenizer(base)
             params, _ = checkpoint.load_arrays(base)
             self.opt.load(params, None)
@@ -285,10 +275,15 @@ class Trainer:
     # ------------------------------------------------------------ the stage
 
     def run(self) -> StageResult:
+        fresh = self.is_main and not self.run_path.exists()  # made by this call
         lock = RunLock(self.run_path).acquire(self.stage) if self.is_main else None  # one writer per run
         try:
             with reading_inputs(self.cfg.locations.inputs_lock):  # no rebuild replaces them meanwhile
                 return self._setup_and_loop()
+        except BaseException:
+            if fresh and not any(checkpoint.list_checkpoints(Paths.checkpoints(self.run_path, s)) for s in CORPUS):
+                shutil.rmtree(self.run_path, ignore_errors=True)  # a run that never got going leaves nothing
+            raise
         finally:
             if lock is not None:
                 lock.release()
@@ -429,6 +424,39 @@ class Trainer:
             "memory_active": mem["active"], "memory_peak": mem["peak"], "memory_cache": mem["cache"],
             "memory_limit": self.limit, "eta_s": step_time * (end - step), "time": time.time(),
         })
+
+
+def open_inputs(cfg: Config, stage: str):
+    """(tokenizer, train shards, val shards) of a stage, each refused in one line when missing,
+    stale or of another vocab."""
+    sc, shape = getattr(cfg.train, stage), cfg.model.shape()
+    if sc.seq_len > shape.n_ctx:
+        raise AcmError(f"train.{stage}.seq_len {sc.seq_len} exceeds the model's context {shape.n_ctx}")
+    tok = load_tokenizer(cfg)
+    return tok, open_tokens(cfg, CORPUS[stage], "train", tok), open_tokens(cfg, CORPUS[stage], "val", tok)
+
+
+def starting_point(run: Path, stage: str, resume: bool):
+    """(this stage's checkpoint to resume, the pretrain checkpoint a fine-tune starts from)."""
+    existing = checkpoint.latest(Paths.checkpoints(run, stage))
+    if existing and not resume:
+        raise AcmError(f"run {run.name} already has {stage} checkpoints (up to step "
+                       f"{existing.step}): resume it (--resume) or choose another run")
+    if existing or stage != "finetune":
+        return existing, None
+    base = checkpoint.best(Paths.checkpoints(run, "pretrain"))
+    if base is None:
+        raise AcmError(f"run {run.name} has no pretrain checkpoint to fine-tune: run `acm train pretrain` first")
+    return None, base
+
+
+def check_inputs(cfg: Config, stage: str, run: Path, resume: bool) -> None:
+    """What a stage needs, checked before it is launched in the background (where no one would see
+    the error), without building the model."""
+    if stage not in CORPUS:
+        raise AcmError(f"unknown stage {stage!r}: pretrain or finetune")
+    open_inputs(cfg, stage)
+    starting_point(run, stage, resume)
 
 
 def build_steps(model: GPT, opt: FlatAdamW, grad_clip: float, world: int = 1):
