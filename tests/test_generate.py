@@ -145,3 +145,29 @@ def test_cli_generate_chat_eval_export(with_model, capsys, tmp_path):
 def test_no_checkpoint_is_one_line(prepared, capsys):
     assert cli.main(["-c", str(prepared / "acm.toml"), "generate", "x"]) == 2
     assert "no checkpoint in" in capsys.readouterr().err
+
+
+def test_ctrl_c_in_chat_stops_the_generation_before_the_next_prompt(with_model, capsys):
+    import signal
+    import threading
+    import time
+
+    from core.cli.generate import chat_turn
+    from core.engine import Engine
+
+    engine = Engine()
+    try:
+        lm = engine.call(load_model, config.load(with_model / "acm.toml"))
+
+        def ctrl_c_while_waiting():  # the user presses Ctrl-C while the turn waits for its tokens
+            time.sleep(0.2)  # the turn is waiting by then
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+            time.sleep(0.3)
+
+        engine.submit(ctrl_c_while_waiting)
+        chat_turn(engine, lm, "#!/bin/bash\n", SamplingParams(temperature=0, max_tokens=100))
+        captured = capsys.readouterr()
+        assert captured.out.rstrip().endswith("(stopped)") and "stop: cancelled" in captured.err
+        assert engine.submit(time.monotonic).result(timeout=5)  # nothing of the turn still runs
+    finally:
+        engine.shutdown()

@@ -103,3 +103,12 @@ def test_any_integer_seed_and_escaped_prompts_generate(with_model, capsys):
     for seed in ("-1", "99999999999999999999999"):
         assert cli.main(["-c", c, "generate", "#!/bin/bash\\n", "-e", "--seed", seed, "--max-tokens", "4"]) == 0
     assert "tok/s" in capsys.readouterr().err
+
+
+def test_export_onto_an_existing_file_is_refused(with_model, capsys):
+    target = with_model / "model.bin"
+    target.write_text("keep me\n")
+    assert cli.main(["-c", str(with_model / "acm.toml"), "export", "--to", str(target)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "exists and is a file" in err[0]
+    assert target.read_text() == "keep me\n"

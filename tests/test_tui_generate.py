@@ -2,10 +2,12 @@ from __future__ import annotations
 
 import threading
 
+import pytest
 from textual.widgets import DataTable, Input
 
 from acm_tui.app import AcmApp
 from core import config
+from core.errors import AcmError
 
 from .test_tui import wait_until
 from .test_tui_data import text_of
@@ -70,3 +72,20 @@ async def test_bad_setting_is_refused_and_eval_fills_the_table(with_model):
         table = app.query_one("#eval-table", DataTable)
         await wait_until(pilot, lambda: table.row_count == 2, timeout=120)
         assert table.get_row_at(0)[0] == "pretrain" and table.get_row_at(1)[0] == "finetune"
+
+
+async def test_sampling_values_out_of_range_get_the_settings_messages(with_model):
+    app = AcmApp(with_model / "acm.toml")
+    async with app.run_test(size=(100, 50)) as pilot:
+        await pilot.press("5")
+        pane = app.query_one("#generate-pane")
+        for field, value, message in (("temperature", "-1", "generate.temperature = -1.0 is out of range"),
+                                      ("top_p", "0", "generate.top_p = 0.0 is out of range; allowed: above 0.0"),
+                                      ("seed", "-7", None)):
+            app.query_one(f"#gen-{field}", Input).value = value
+            if message is None:
+                assert pane.read_params().seed == -7  # any integer seeds the generator
+            else:
+                with pytest.raises(AcmError, match=message):
+                    pane.read_params()
+            app.query_one(f"#gen-{field}", Input).value = {"temperature": "0.8", "top_p": "0.95"}.get(field, "0")

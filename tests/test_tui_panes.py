@@ -149,3 +149,21 @@ async def test_a_settings_file_with_an_error_is_never_overwritten_nor_acted_on(t
     assert (trained / "data" / "tokenizer" / "tokenizer.json").read_bytes() == tokenizer
     with pytest.raises(ConfigError, match="not saved"):
         config.save(config.from_dict({}, root=trained), path)
+
+
+async def test_a_settings_path_that_is_a_folder_keeps_the_app_up(project):
+    folder = project / "acm.toml"
+    folder.unlink()
+    folder.mkdir()
+    app = AcmApp(folder)
+    async with app.run_test(size=(100, 40)) as pilot:
+        assert "cannot read it" in text_of(app, "#config-error")
+        await pilot.press("7")
+        table = app.query_one("#settings-table", DataTable)
+        table.focus()
+        select_row(table, "generate.temperature")
+        await pilot.press("enter")
+        app.query_one("#settings-input", Input).value = "0.5"
+        await pilot.press("enter")
+        await pilot.pause()
+        assert app.is_running and folder.is_dir()
