@@ -226,3 +226,21 @@ def test_an_interrupted_rebuild_leaves_the_previous_shards_in_force(trained, mon
     assert after["build"] != before["build"] and after["tokens"] == before["tokens"]
     folder = cfg.locations.shards("language")
     assert [d.name for d in folder.glob("build-*")] == [after["build"]]  # the old build went after the swap
+
+
+def test_a_tokenizer_rebuild_interrupted_late_leaves_the_previous_one_in_force(trained):
+    cfg = config.load(trained / "acm.toml")
+    folder = cfg.locations.tokenizer
+    before = {f.name: f.read_bytes() for f in (cfg.locations.tokenizer_file, cfg.locations.tokenizer_meta)}
+    cfg.tokenizer.code_weight = 0.6  # a different tokenizer if it were kept
+    token = CancelToken()
+
+    def cancel_in_the_comparison(p):
+        if "original mix" in p.task:  # the new tokenizer is trained by now
+            token.cancel()
+
+    with pytest.raises(Cancelled):
+        train_tokenizer(cfg, cancel_in_the_comparison, token, compare=True)
+    assert {f.name: f.read_bytes() for f in (cfg.locations.tokenizer_file, cfg.locations.tokenizer_meta)} == before
+    assert load_tokenizer(cfg).sha256 == load_meta(cfg)["tokenizer_sha256"]
+    assert not list(folder.glob(".*.new"))  # the unfinished build is gone

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -221,8 +222,22 @@ def _train_and_save(cfg: Config, report: Reporter, cancel: CancelToken, compare:
     folder = cfg.locations.tokenizer
     folder.mkdir(parents=True, exist_ok=True)
     path = cfg.locations.tokenizer_file
-    write_text(path, tok.to_str())
-    acm_tok = AcmTokenizer.from_file(path)
+    built = folder / f".{path.name}.new"  # beside the tokenizer in force, which stays until the end
+    write_text(built, tok.to_str())
+    try:
+        meta = _metadata(cfg, AcmTokenizer.from_file(built), corp, mix, report, cancel, compare)
+    except BaseException:
+        built.unlink(missing_ok=True)  # a cancelled or failed rebuild leaves no trace
+        raise
+    os.replace(built, path)  # the swap: the new tokenizer and its metadata, one right after the other
+    write_text(cfg.locations.tokenizer_meta, json.dumps(meta, indent=2) + "\n")
+    return meta
+
+
+def _metadata(cfg: Config, acm_tok: AcmTokenizer, corp, mix: dict, report: Reporter, cancel: CancelToken,
+              compare: bool) -> dict:
+    """What tokenizer-meta.json records; with compare, a second tokenizer at the original's mix too."""
+    tc, folder = cfg.tokenizer, cfg.locations.tokenizer
     meta = {
         "vocab_size": acm_tok.vocab_size,
         "special_tokens": dict(zip(SPECIAL_TOKENS, range(4))),
@@ -241,5 +256,4 @@ def _train_and_save(cfg: Config, report: Reporter, cancel: CancelToken, compare:
         write_text(base_path, base.to_str())
         meta["original_mix"] = {"code_weight": ORIGINAL_CODE_SHARE, "mix": base_mix,
                                 "chars_per_token": evaluate(AcmTokenizer.from_file(base_path), corp)}
-    write_text(cfg.locations.tokenizer_meta, json.dumps(meta, indent=2) + "\n")
     return meta
