@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Iterable
 from functools import partial
 from pathlib import Path
@@ -122,10 +123,13 @@ class AcmApp(App):
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="acm-tui", description="The acm terminal UI.")
-    p.add_argument("-c", "--config", type=Path, default=Path(os.environ.get("ACM_CONFIG", config.CONFIG_NAME)),
+    p.add_argument("-c", "--config", type=Path, default=None,
                    help="settings file (default: ./acm.toml, or $ACM_CONFIG)")
     args = p.parse_args(argv)
-    AcmApp(args.config).run()
+    named = args.config or (Path(os.environ["ACM_CONFIG"]) if os.environ.get("ACM_CONFIG") else None)
+    if named is not None and not named.exists():  # only the default may be missing (every default)
+        sys.exit(f"acm: error: settings file {named} does not exist")
+    AcmApp(named or Path(config.CONFIG_NAME)).run()
 
 
 if __name__ == "__main__":

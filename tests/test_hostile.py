@@ -112,3 +112,10 @@ def test_export_onto_an_existing_file_is_refused(with_model, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "exists and is a file" in err[0]
     assert target.read_text() == "keep me\n"
+
+
+def test_the_app_refuses_a_settings_file_that_does_not_exist(tmp_path):
+    from acm_tui.app import main
+
+    with pytest.raises(SystemExit, match=r"^acm: error: settings file .*missing.toml does not exist$"):
+        main(["-c", str(tmp_path / "missing.toml")])
