@@ -124,6 +124,19 @@ def test_snapshot_at_80x24(pane, snap_compare, tmp_path):
     assert snap_compare(AcmApp(tmp_path / "acm.toml"), terminal_size=(80, 24), run_before=settle)
 
 
+async def save_in_settings_pane(app, pilot, key: str, value: str) -> None:
+    """7, select `key`, enter, type `value`, enter."""
+    await pilot.press("7")
+    table = app.query_one("#settings-table", DataTable)
+    table.focus()
+    select_row(table, key)
+    await pilot.press("enter")
+    app.query_one("#settings-input", Input).value = value
+    await pilot.pause()
+    await pilot.press("enter")
+    await pilot.pause()
+
+
 async def test_a_settings_file_with_an_error_is_never_overwritten_nor_acted_on(trained):
     path = trained / "acm.toml"
     broken = path.read_text().replace('preset = "nano"', 'preset = "nano')
@@ -132,15 +145,7 @@ async def test_a_settings_file_with_an_error_is_never_overwritten_nor_acted_on(t
     tokenizer = (trained / "data" / "tokenizer" / "tokenizer.json").read_bytes()
     app = AcmApp(path)
     async with app.run_test(size=(100, 40)) as pilot:
-        await pilot.press("7")
-        table = app.query_one("#settings-table", DataTable)
-        table.focus()
-        select_row(table, "generate.temperature")
-        await pilot.press("enter")
-        app.query_one("#settings-input", Input).value = "0.5"
-        await pilot.pause()
-        await pilot.press("enter")
-        await pilot.pause()
+        await save_in_settings_pane(app, pilot, "generate.temperature", "0.5")
         assert path.read_text() == broken  # not replaced by defaults
         await pilot.press("escape", "3", "t")
         await pilot.pause(0.5)
@@ -158,12 +163,5 @@ async def test_a_settings_path_that_is_a_folder_keeps_the_app_up(project):
     app = AcmApp(folder)
     async with app.run_test(size=(100, 40)) as pilot:
         assert "cannot read it" in text_of(app, "#config-error")
-        await pilot.press("7")
-        table = app.query_one("#settings-table", DataTable)
-        table.focus()
-        select_row(table, "generate.temperature")
-        await pilot.press("enter")
-        app.query_one("#settings-input", Input).value = "0.5"
-        await pilot.press("enter")
-        await pilot.pause()
+        await save_in_settings_pane(app, pilot, "generate.temperature", "0.5")
         assert app.is_running and folder.is_dir()
