@@ -171,3 +171,28 @@ def test_ctrl_c_in_chat_stops_the_generation_before_the_next_prompt(with_model, 
         assert engine.submit(time.monotonic).result(timeout=5)  # nothing of the turn still runs
     finally:
         engine.shutdown()
+
+
+def test_a_batch_of_prompts_of_different_lengths_decodes_as_each_alone(with_model):
+    from core.generate.batch import generate_batch
+
+    lm = load_model(config.load(with_model / "acm.toml"))
+    prompts = ["#!/bin/bash\n", "#!/usr/bin/env bash\nset -euo pipefail\necho start\n", "x"]
+    params = SamplingParams(temperature=0, max_tokens=12)
+    batch, stats = generate_batch(lm, prompts, params)
+    for prompt, row in zip(prompts, batch):
+        alone, last = generate_text(lm, prompt, params)
+        assert row.text == alone and row.finish_reason == last.finish_reason
+    assert stats.generated == sum(len(r.tokens) + (r.finish_reason == "eos") for r in batch)
+
+
+def test_batched_sampling_rows_differ_and_stop_strings_end_their_row(with_model):
+    from core.generate.batch import generate_batch
+
+    lm = load_model(config.load(with_model / "acm.toml"))
+    batch, _ = generate_batch(lm, ["#!/bin/bash\n"] * 8, SamplingParams(temperature=1.0, max_tokens=20, seed=3))
+    assert len({r.text for r in batch}) > 1  # independent samples from one generator
+    greedy = generate_text(lm, "#!/bin/bash\n", SamplingParams(temperature=0, max_tokens=20))[0]
+    stop = greedy[3:6]
+    rows, _ = generate_batch(lm, ["#!/bin/bash\n"] * 2, SamplingParams(temperature=0, max_tokens=20, stop=(stop,)))
+    assert all(r.finish_reason == "stop" and r.text == greedy[: greedy.index(stop)] for r in rows)

@@ -32,49 +32,48 @@ NEG_INF = float("-inf")
 
 
 def apply_repetition_penalty(logits: mx.array, seen: mx.array | None, penalty: float) -> mx.array:
-    """CTRL's penalty: logits of tokens already seen are divided by it (multiplied if negative)."""
+    """CTRL's penalty: logits of tokens already seen are divided by it (multiplied if negative).
+    Rows of logits (..., V) and of seen (..., L) go together."""
     if penalty == 1.0 or seen is None or seen.size == 0:
         return logits
-    picked = logits[seen]
-    logits[seen] = mx.where(picked > 0, picked / penalty, picked * penalty)
-    return logits
+    picked = mx.take_along_axis(logits, seen, axis=-1)
+    return mx.put_along_axis(logits, seen, mx.where(picked > 0, picked / penalty, picked * penalty), axis=-1)
 
 
 def filter_top_k(logprobs: mx.array, k: int) -> mx.array:
     if k <= 0 or k >= logprobs.shape[-1]:
         return logprobs
-    kth = mx.sort(logprobs)[-k]
+    kth = mx.sort(logprobs, axis=-1)[..., -k][..., None]
     return mx.where(logprobs < kth, NEG_INF, logprobs)
 
 
 def filter_top_p(logprobs: mx.array, p: float) -> mx.array:
     if p >= 1.0:
         return logprobs
-    order = mx.argsort(-logprobs)
-    sorted_lp = logprobs[order]
-    cumulative = mx.cumsum(mx.exp(sorted_lp))
+    order = mx.argsort(-logprobs, axis=-1)
+    sorted_lp = mx.take_along_axis(logprobs, order, axis=-1)
+    cumulative = mx.cumsum(mx.exp(sorted_lp), axis=-1)
     # keep a token while the mass before it is below p (so the top token always stays)
     keep_sorted = (cumulative - mx.exp(sorted_lp)) < p
-    keep = mx.zeros_like(keep_sorted)
-    keep[order] = keep_sorted
+    keep = mx.put_along_axis(mx.zeros_like(keep_sorted), order, keep_sorted, axis=-1)
     return mx.where(keep, logprobs, NEG_INF)
 
 
 def filter_min_p(logprobs: mx.array, min_p: float) -> mx.array:
     if min_p <= 0.0:
         return logprobs
-    threshold = mx.max(logprobs) + mx.log(mx.array(min_p))
+    threshold = mx.max(logprobs, axis=-1, keepdims=True) + mx.log(mx.array(min_p))
     return mx.where(logprobs < threshold, NEG_INF, logprobs)
 
 
 def sample(logits: mx.array, params: SamplingParams, seen: mx.array | None, key: mx.array | None) -> mx.array:
-    """One token id from logits (V,), as a 0-d array (greedy when temperature is 0)."""
+    """Token ids from logits (..., V): one per row (a 0-d array for one row; greedy when temperature is 0)."""
     if params.temperature <= 0 and (params.repetition_penalty == 1.0 or seen is None):
-        return mx.argmax(logits)
+        return mx.argmax(logits, axis=-1)
     logits = apply_repetition_penalty(logits.astype(mx.float32), seen, params.repetition_penalty)
     if params.temperature <= 0:
-        return mx.argmax(logits)
+        return mx.argmax(logits, axis=-1)
     logprobs = logits / params.temperature
-    logprobs = logprobs - mx.logsumexp(logprobs)
+    logprobs = logprobs - mx.logsumexp(logprobs, axis=-1, keepdims=True)
     logprobs = filter_min_p(filter_top_p(filter_top_k(logprobs, params.top_k), params.top_p), params.min_p)
-    return mx.random.categorical(logprobs, key=key)
+    return mx.random.categorical(logprobs, axis=-1, key=key)

@@ -88,15 +88,17 @@ class Attention(nn.Module):
         self.c_attn = Linear(s.n_embd, 3 * s.n_embd)
         self.c_proj = Linear(s.n_embd, s.n_embd)
 
-    def __call__(self, x: mx.array, cache: KVCache | None) -> mx.array:
+    def __call__(self, x: mx.array, cache: KVCache | None, mask: mx.array | None = None) -> mx.array:
         B, T, C = x.shape
         training = cache is None
         q, k, v = mx.split(self.c_attn(x, training), 3, axis=-1)
         q, k, v = (t.reshape(B, T, self.n_head, -1).transpose(0, 2, 1, 3) for t in (q, k, v))  # (B, nh, T, hs)
         if cache is not None:
             k, v = cache.update_and_fetch(k, v)  # (B, nh, offset + T, hs)
-        # "causal" aligns the mask to the last key, so a prompt continuing a cache sees all the past
-        mask = "causal" if T > 1 else None
+        # "causal" aligns the mask to the last key, so a prompt continuing a cache sees all the past;
+        # rows of a batch with left padding bring their own mask
+        if mask is None:
+            mask = "causal" if T > 1 else None
         y = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)
         return self.c_proj(y.transpose(0, 2, 1, 3).reshape(B, T, C), training)
 
@@ -123,10 +125,23 @@ class Block(nn.Module):
         self.ln_2 = LayerNorm(s.n_embd, s.norm_eps)
         self.mlp = MLP(s)
 
-    def __call__(self, x: mx.array, cache: KVCache | None) -> mx.array:
+    def __call__(self, x: mx.array, cache: KVCache | None, mask: mx.array | None = None) -> mx.array:
         training = cache is None
-        x = x + self.attn(self.ln_1(x, training), cache)
+        x = x + self.attn(self.ln_1(x, training), cache, mask)
         return x + self.mlp(self.ln_2(x, training), decoding=not training)
+
+
+def padded_positions(offset: int, T: int, pad: mx.array) -> tuple[mx.array, mx.array]:
+    """Positions (B, T) and attention mask (B, 1, T, S) for left-padded rows at cache steps
+    offset .. offset + T - 1.
+
+    A query sees the keys up to itself that are not padding; a padding position sees only itself,
+    so nothing in the batch becomes NaN (a fully masked row would)."""
+    steps = mx.arange(offset, offset + T)
+    keys = mx.arange(offset + T)[None, None, :]  # (1, 1, S)
+    q = steps[None, :, None]  # (1, T, 1)
+    mask = (keys <= q) & ((keys >= pad[:, None, None]) | (keys == q))  # (B, T, S)
+    return mx.maximum(steps[None, :] - pad[:, None], 0), mask[:, None]
 
 
 class GPT(nn.Module):
@@ -160,21 +175,27 @@ class GPT(nn.Module):
     def make_cache(self) -> list[KVCache]:
         return [KVCache() for _ in self.h]
 
-    def __call__(self, idx: mx.array, cache: list[KVCache] | None = None) -> mx.array:
-        """idx (B, T) token ids -> logits (B, T, V) in the compute dtype."""
+    def __call__(self, idx: mx.array, cache: list[KVCache] | None = None, pad: mx.array | None = None) -> mx.array:
+        """idx (B, T) token ids -> logits (B, T, V) in the compute dtype.
+
+        `pad` (B,): how many left-padding positions each row of a decoding batch starts with; those
+        positions are masked out and each row's positions count from its first real token."""
         B, T = idx.shape
         offset = cache[0].offset if cache else 0
         if offset + T > self.shape.n_ctx:
             raise ValueError(f"{offset + T} positions exceed the model's context of {self.shape.n_ctx}")
         training = not cache  # decoding keeps MLX's plain operations: no backward to prepare for
         lookup = fused.embedding if training else (lambda table, i: table[i])
-        x = lookup(self.wte.weight, idx) + lookup(self.wpe.weight, mx.arange(offset, offset + T))
+        positions, mask = mx.arange(offset, offset + T), None
+        if pad is not None:
+            positions, mask = padded_positions(offset, T, pad)
+        x = lookup(self.wte.weight, idx) + lookup(self.wpe.weight, positions)
         x = _as(x, self.compute_dtype)  # (B, T, C)
         for i, block in enumerate(self.h):
             if self.checkpoint_activations and training:
                 x = nn.utils.checkpoint(block)(x, None)  # keep only block inputs; recompute the rest
             else:
-                x = block(x, cache[i] if cache else None)
+                x = block(x, cache[i] if cache else None, mask)
         x = self.ln_f(x, training)
         if self.shape.tie_embeddings:
             w = _as(self.wte.weight, x.dtype)
