@@ -144,6 +144,29 @@ class GenerateConfig:
     repetition_penalty: float = setting(1.1, "penalty on tokens already generated (1: off)", min=1.0, max=3.0)
     max_tokens: int = setting(256, "new tokens per generation", min=1)
     seed: int = setting(0, "sampling seed (any integer)", unbounded=True)
+    syntax_check: bool = setting(False, "sample `candidates` scripts at once and return one that parses with "
+                                        "bash -n (and has no shellcheck errors, when shellcheck is installed)")
+    candidates: int = setting(8, "scripts sampled at once for a syntax-checked generation", min=1, max=256)
+
+
+EVAL_PROMPTS = [
+    "#!/bin/bash\n# Back up a directory to a dated tar.gz archive\n",
+    "#!/bin/bash\n# Install Docker on Ubuntu and add the current user to the docker group\n",
+    "#!/usr/bin/env bash\n# Delete log files older than 7 days under /var/log/myapp\n",
+    "#!/bin/bash\n# Ping each host given as an argument and report the ones that do not answer\n",
+    "#!/usr/bin/env bash\n# Start, stop or restart the service named in the first argument\n",
+    "#!/bin/bash\n# Print the disk usage of each directory here, largest first\n",
+    "#!/usr/bin/env bash\n# Clone a git repository and check out the branch given as the second argument\n",
+    "#!/bin/bash\n# Wait until a TCP port on a host accepts connections, giving up after a timeout\n",
+]
+
+
+@dataclass
+class EvalConfig:
+    prompts: list = setting(EVAL_PROMPTS, "prompts of the generated scripts `acm eval` checks (cycled over the "
+                                          "samples; default: a shebang and a comment saying what the script does)")
+    samples: int = setting(64, "scripts generated per checkpoint", min=1, max=4096)
+    max_tokens: int = setting(200, "new tokens per generated script", min=1)
 
 
 @dataclass
@@ -155,6 +178,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     # Where the file was read from; relative paths in [paths] resolve against its folder.
     root: Path = field(default=Path("."), compare=False, repr=False, metadata={"internal": True})
 
@@ -274,6 +298,8 @@ def validate(cfg: Config, source: str = CONFIG_NAME) -> None:
     shape = cfg.model.shape()
     check_vocab(shape, cfg.tokenizer.vocab_size, f"{source}: tokenizer.vocab_size",
                 f"set tokenizer.vocab_size = {shape.vocab_size}", ConfigError)
+    if not cfg.eval.prompts or not all(p.strip() for p in cfg.eval.prompts):
+        raise ConfigError(f"{source}: eval.prompts must hold at least one prompt, and none empty")
     for stage in ("pretrain", "finetune"):
         sc: StageConfig = getattr(cfg.train, stage)
         if sc.seq_len > shape.n_ctx:
@@ -399,7 +425,10 @@ def markdown_table() -> str:
     """The README's settings table (`python -m core.config` prints it)."""
     rows = ["| key | default | allowed | what |", "|---|---|---|---|"]
     for key, default, allowed, help in describe():
-        rows.append(f"| `{key}` | `{format_value(default)}` | {allowed} | {help} |")
+        shown = f"`{format_value(default)}`"
+        if isinstance(default, list) and len(shown) > 40:
+            shown = f"{len(default)} entries (below)"
+        rows.append(f"| `{key}` | {shown} | {allowed} | {help} |")
     return "\n".join(rows)
 
 

@@ -35,6 +35,8 @@ def nano_config(root: Path, scripts: Path) -> config.Config:
         "data": {"language": {"max_documents": 80},
                  "code": {"source": "local", "local_paths": [str(scripts)]}},
         "train": {"pretrain": {"seq_len": 64}, "finetune": {"seq_len": 64}},
+        "generate": {"candidates": 3},
+        "eval": {"samples": 6, "max_tokens": 40},
     }, root=root)
 
 

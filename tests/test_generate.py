@@ -82,11 +82,15 @@ def test_stop_strings_and_long_prompts(lm):
 def test_evaluate_compares_pretrain_and_finetune(with_model):
     cfg = config.load(with_model / "acm.toml")
     results = evaluate_run(cfg, samples=3, max_tokens=30)
-    assert set(results["stages"]) == {"pretrain", "finetune"}
+    assert set(results["stages"]) == {"pretrain", "finetune", "finetune+checked"}
     for r in results["stages"].values():
         assert r["language"]["val_loss"] > 0 and r["code"]["perplexity"] > 1
         g = r["code_generation"]
         assert 0 <= g["parse_rate"] <= 1 and 0 < g["distinct_2"] <= 1 and g["mean_tokens"] > 0
+        assert g["samples"] == 3 and 0 <= g["truncated"] <= 1 and g["shellcheck_clean"] is not None
+        complete = [e for e in r["examples"] if e["complete"]]
+        assert all(e["verdict"].endswith("complete" if e["complete"] else "truncated") for e in r["examples"])
+        assert (g["parse_rate_complete"] is None) == (not complete and g["truncated"] == 1)
     saved = json.loads((cfg.runs_dir / "m" / "eval.json").read_text())
     assert saved["stages"]["finetune"]["step"] == 10
     assert distinct_n([[1, 2, 1, 2]], 2) == round(2 / 3, 4)
@@ -132,12 +136,21 @@ def test_cli_generate_chat_eval_export(with_model, capsys, tmp_path):
     c = str(with_model / "acm.toml")
     assert cli.main(["-c", c, "generate", "-e", "#!/bin/bash\\n", "--max-tokens", "8", "--temp", "0"]) == 0
     captured = capsys.readouterr()
-    assert captured.out.startswith("#!/bin/bash\n") and "tok/s" in captured.err and "bash -n:" in captured.err
+    err = " ".join(captured.err.split())  # the console wraps
+    assert captured.out.startswith("#!/bin/bash\n") and "tok/s" in err
+    assert "parses" in err and "shellcheck error" in err and ("truncated" in err or "complete" in err)
+    assert cli.main(["-c", c, "generate", "#!/bin/bash\n", "--n", "3", "--max-tokens", "8"]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert all(f"── {i}/3" in err for i in (1, 2, 3))
+    assert cli.main(["-c", c, "generate", "#!/bin/bash\n", "--syntax-check", "--candidates", "4",
+                     "--max-tokens", "8"]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert "── 1/1" in err and "4 tried" in err
     r = subprocess.run([sys.executable, "-m", "core.cli", "-c", c, "chat", "--max-tokens", "5"],
                        input="echo\n", capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "5 tokens" in r.stderr
     assert cli.main(["-c", c, "eval", "--samples", "2", "--max-tokens", "10", "--json"]) == 0
-    assert set(json.loads(capsys.readouterr().out)["stages"]) == {"pretrain", "finetune"}
+    assert set(json.loads(capsys.readouterr().out)["stages"]) == {"pretrain", "finetune", "finetune+checked"}
     assert cli.main(["-c", c, "export", "m", "--to", str(tmp_path / "e")]) == 0
     assert (tmp_path / "e" / "model.safetensors").exists() and (tmp_path / "e" / "tokenizer_config.json").exists()
 
@@ -196,3 +209,15 @@ def test_batched_sampling_rows_differ_and_stop_strings_end_their_row(with_model)
     stop = greedy[3:6]
     rows, _ = generate_batch(lm, ["#!/bin/bash\n"] * 2, SamplingParams(temperature=0, max_tokens=20, stop=(stop,)))
     assert all(r.finish_reason == "stop" and r.text == greedy[: greedy.index(stop)] for r in rows)
+
+
+def test_syntax_checked_sampling_returns_a_parsing_candidate_when_there_is_one(with_model):
+    from core.generate.checked import checked_generate
+
+    lm = load_model(config.load(with_model / "acm.toml"))
+    prompts = ["#!/bin/bash\n", "echo ("]
+    chosen = checked_generate(lm, prompts, SamplingParams(temperature=1.0, max_tokens=24, seed=5), 6, 5.0)
+    assert [c.sample.prompt for c in chosen] == prompts
+    for c in chosen:
+        assert c.tried == 6 and sum(c.rejected.values()) == 5
+        assert c.verdict.parses or c.rejected["does not parse"] == 5  # one that parses whenever one did

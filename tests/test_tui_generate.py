@@ -70,8 +70,8 @@ async def test_bad_setting_is_refused_and_eval_fills_the_table(with_model):
         assert config_run.generate.top_k == 50
         await pilot.press("e")
         table = app.query_one("#eval-table", DataTable)
-        await wait_until(pilot, lambda: table.row_count == 2, timeout=120)
-        assert table.get_row_at(0)[0] == "pretrain" and table.get_row_at(1)[0] == "finetune"
+        await wait_until(pilot, lambda: table.row_count == 3, timeout=120)
+        assert [table.get_row_at(i)[0] for i in range(3)] == ["pretrain", "finetune", "finetune+checked"]
 
 
 async def test_sampling_values_out_of_range_get_the_settings_messages(with_model):

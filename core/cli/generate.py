@@ -13,12 +13,13 @@ from core import config
 from core.cli.args import positive_int, unescape
 from core.cli.progress import progress_bars
 from core.config import Config
-from core.data.code import bash_syntax_ok
 from core.engine import Engine
+from core.generate.checked import Checked, checked_generate, sample_and_judge
 from core.generate.decode import load_model, stream_generate
 from core.generate.evaluate import evaluate_run
 from core.generate.export import export_checkpoint
 from core.generate.sampling import SamplingParams
+from core.generate.verdicts import judge
 from core.pipeline.tables import EVAL_COLUMNS, eval_rows
 
 console = Console(highlight=False, stderr=True)
@@ -45,11 +46,19 @@ def stream_to_stdout(lm, prompt: str, params: SamplingParams, echo_prompt: bool,
         text += chunk.text
         last = chunk
     sys.stdout.write("\n")
-    ok, _ = bash_syntax_ok(prompt + text, 5.0)
+    verdict = judge(prompt + text, last.finish_reason == "eos")
     console.print(f"[dim]{last.generated} tokens, {last.tokens_per_s:,.1f} tok/s, first token "
-                  f"{last.time_to_first_token_s * 1e3:.0f} ms, stop: {last.finish_reason}; bash -n: "
-                  f"{'parses' if ok else 'does not parse'}[/]")
+                  f"{last.time_to_first_token_s * 1e3:.0f} ms, stop: {last.finish_reason}; {verdict.describe()}[/]")
     return text
+
+
+def print_candidates(judged: list, echo_prompt: bool) -> None:
+    """Candidates of one batch, each under a line with its verdicts (and, syntax-checked, what was tried)."""
+    for i, j in enumerate(judged, 1):
+        tried = f"; {j.describe()}" if isinstance(j, Checked) else ""
+        console.print(f"[bold]── {i}/{len(judged)}[/] [dim]{j.verdict.describe()}{tried}[/]")
+        sys.stdout.write((j.sample.prompt if echo_prompt else "") + j.sample.text + "\n")
+        sys.stdout.flush()
 
 
 def _loaded(args, cfg: Config, engine: Engine):
@@ -61,10 +70,19 @@ def _loaded(args, cfg: Config, engine: Engine):
 def cmd_generate(args, cfg: Config) -> int:
     params = params_from(args, cfg)
     prompt = unescape(args.prompt) if args.escapes else args.prompt
+    check = args.syntax_check or cfg.generate.syntax_check
+    k = args.candidates or cfg.generate.candidates
     engine = Engine()
     try:
         lm = _loaded(args, cfg, engine)
-        engine.call(stream_to_stdout, lm, prompt, params, not args.no_echo)
+        if check:
+            print_candidates(engine.call(checked_generate, lm, [prompt] * args.n, params, k,
+                                         cfg.data.code.syntax_timeout_s), not args.no_echo)
+        elif args.n > 1:
+            print_candidates(engine.call(sample_and_judge, lm, [prompt] * args.n, params,
+                                         cfg.data.code.syntax_timeout_s), not args.no_echo)
+        else:
+            engine.call(stream_to_stdout, lm, prompt, params, not args.no_echo)
     finally:
         engine.shutdown()
     return 0
@@ -157,6 +175,11 @@ def register(sub, add) -> None:
     gen.add_argument("prompt")
     gen.add_argument("-e", "--escapes", action="store_true", help="read \\n-style escapes in PROMPT")
     gen.add_argument("--no-echo", action="store_true", help="print only the continuation")
+    gen.add_argument("--n", type=positive_int, default=1, help="candidates sampled together in one batch")
+    gen.add_argument("--syntax-check", action="store_true",
+                     help="for each of the N, the best of K candidates: one that parses (generate.syntax_check)")
+    gen.add_argument("--candidates", type=positive_int, metavar="K",
+                     help="candidates per syntax-checked result (default: generate.candidates)")
     add_checkpoint_args(gen)
     add_sampling_args(gen)
     chat = add(sub, "chat", cmd_chat, "the generator as a REPL on standard input", json_flag=False)
@@ -164,8 +187,8 @@ def register(sub, add) -> None:
     add_sampling_args(chat)
     ev = add(sub, "eval", cmd_eval, "val loss / perplexity and generated-bash quality of a run's checkpoints")
     ev.add_argument("--run", help="run name (default: the latest run)")
-    ev.add_argument("--samples", type=positive_int, default=12, help="scripts to generate per checkpoint")
-    ev.add_argument("--max-tokens", type=positive_int, default=200)
+    ev.add_argument("--samples", type=positive_int, help="scripts to generate per checkpoint (default: eval.samples)")
+    ev.add_argument("--max-tokens", type=positive_int, help="new tokens per script (default: eval.max_tokens)")
     ex = add(sub, "export", cmd_export, "write a checkpoint as a folder mlx-lm loads", json_flag=False)
     ex.add_argument("run", nargs="?", help="run name (default: the latest run)")
     ex.add_argument("--to", required=True, help="new folder to write")

