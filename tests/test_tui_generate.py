@@ -25,7 +25,7 @@ async def test_repl_streams_keeps_history_and_badges_bash(with_model):
         await pilot.press(*"#!/bin/bash\\necho", "enter")
         await wait_until(pilot, lambda: pane.stop_event is None and pane.transcript)
         out = text_of(app, "#gen-output")
-        assert out.startswith("#!/bin/bash\necho") and "[bash -n:" in out
+        assert out.startswith("#!/bin/bash\necho") and "parses" in out and "shellcheck" in out
         assert "tok/s" in text_of(app, "#gen-status") and "m / finetune / step 10" not in out
         await pilot.press("up")
         assert prompt.value == "#!/bin/bash\\necho"
@@ -89,3 +89,25 @@ async def test_sampling_values_out_of_range_get_the_settings_messages(with_model
                 with pytest.raises(AcmError, match=message):
                     pane.read_params()
             app.query_one(f"#gen-{field}", Input).value = {"temperature": "0.8", "top_p": "0.95"}.get(field, "0")
+
+
+async def test_n_candidates_from_one_batch_and_syntax_checked_sampling(with_model):
+    app = AcmApp(with_model / "acm.toml")
+    async with app.run_test(size=(120, 60)) as pilot:
+        await pilot.press("5")
+        pane = app.query_one("#generate-pane")
+        app.query_one("#gen-n", Input).value = "3"
+        app.query_one("#gen-max_tokens", Input).value = "12"
+        app.query_one("#gen-prompt", Input).focus()
+        await pilot.press(*"#!/bin/bash\\n", "enter")
+        await wait_until(pilot, lambda: pane.stop_event is None and len(pane.transcript) == 3, timeout=60)
+        out = text_of(app, "#gen-output")
+        assert "1/3" in out and "3/3" in out and ("truncated" in out or "complete" in out)
+        pane.focus()
+        await pilot.press("k")
+        assert pane.syntax_check
+        app.query_one("#gen-n", Input).value = "1"
+        app.query_one("#gen-prompt", Input).focus()
+        await pilot.press(*"#!/bin/bash\\n", "enter")
+        await wait_until(pilot, lambda: pane.stop_event is None and len(pane.transcript) == 4, timeout=60)
+        assert "3 tried" in text_of(app, "#gen-output")  # generate.candidates = 3 in the test settings

@@ -17,11 +17,12 @@ from textual.widgets import DataTable, Input, Label, Select, Static
 
 from core import config
 from core.atomic import read_json
-from core.data.code import bash_syntax_ok
 from core.errors import AcmError, one_line
+from core.generate.checked import Checked, checked_generate, sample_and_judge
 from core.generate.decode import load_model, stream_generate
 from core.generate.evaluate import evaluate_run
 from core.generate.sampling import SamplingParams
+from core.generate.verdicts import judge
 from core.paths import Paths
 from core.pipeline.tables import EVAL_COLUMNS, eval_rows
 from core.train import runs
@@ -47,6 +48,8 @@ class GeneratePane(Pane):
         Binding("escape", "stop_generation", "Stop", tooltip="Stop the generation in progress"),
         Binding("ctrl+c", "stop_generation", "Stop", show=False),
         Binding("e", "evaluate", "Evaluate", tooltip="Val loss, perplexity and bash parse rate of the run"),
+        Binding("k", "toggle_check", "Syntax check",
+                tooltip="Return the best of generate.candidates samples: one that parses (toggle)"),
         Binding("i", "focus_prompt", "Prompt"),
     ]
 
@@ -61,17 +64,23 @@ class GeneratePane(Pane):
         self.current_prompt = ""
         self.current_text = ""
         self.transcript: list[Text] = []
+        self.syntax_check = self.app.cfg.generate.syntax_check
+        self.last_finish: str | None = None
 
     def compose(self) -> ComposeResult:
         yield Static("[b]enter[/b] generate  [b]escape[/b] stop  [b]up/down[/b] prompt history  [b]tab[/b] "
-                     "settings  [b]e[/b] evaluate  (type \\n for a new line)", classes="hint")
+                     "settings  [b]n[/b] candidates  [b]k[/b] syntax check  [b]e[/b] evaluate  (type \\n for a new "
+                     "line)", classes="hint")
         yield Select([("latest run (best)", AUTO)], id="gen-checkpoint", allow_blank=False)
         g = self.app.cfg.generate
-        for row in (SETTINGS[:4], SETTINGS[4:]):
+        for second, row in enumerate((SETTINGS[:4], SETTINGS[4:])):
             with Horizontal(classes="gen-settings"):
                 for name, label, _ in row:
                     yield Label(label, classes="gen-label")
                     yield Input(str(getattr(g, name)), id=f"gen-{name}", classes="gen-setting")
+                if second:
+                    yield Label("n", classes="gen-label")
+                    yield Input("1", id="gen-n", classes="gen-setting")
         yield Static("", id="gen-output")
         yield Static("", id="gen-status")
         yield Input(placeholder="prompt, e.g. #!/bin/bash\\n# Install docker\\n", id="gen-prompt")
@@ -143,19 +152,48 @@ class GeneratePane(Pane):
             self.history.append(raw)
         self.history_pos = len(self.history)
         event.input.value = ""
-        self.current_prompt, self.current_text = unescape(raw), ""
+        self.current_prompt, self.current_text, self.last_finish = unescape(raw), "", None
         self.stop_event = threading.Event()
         self.query_one("#gen-status", Static).update("loading the checkpoint…" if self.loaded is None else "…")
-        self.run_on_engine("generate", self._generate, self.checkpoint_choice(), self.current_prompt, params,
-                           self.stop_event)
+        n = self.candidate_count()
+        if n > 1 or self.syntax_check:
+            self.run_on_engine("generate", self._generate_batch, self.checkpoint_choice(), self.current_prompt,
+                               params, n, self.stop_event)
+        else:
+            self.run_on_engine("generate", self._generate, self.checkpoint_choice(), self.current_prompt, params,
+                               self.stop_event)
         self._render_output()
 
-    def _generate(self, choice, prompt: str, params: SamplingParams, stop: threading.Event) -> None:
-        """Engine thread: load (once per checkpoint choice) and stream chunks into the buffer."""
+    def candidate_count(self) -> int:
+        raw = self.query_one("#gen-n", Input).value.strip() or "1"
+        return max(1, min(int(raw), 256)) if raw.isdigit() else 1
+
+    def action_toggle_check(self) -> None:
+        self.syntax_check = not self.syntax_check
+        self.notify(f"syntax-checked sampling {'on' if self.syntax_check else 'off'}: "
+                    + (f"the best of {self.cfg.generate.candidates} candidates" if self.syntax_check
+                       else "one sample as it streams"))
+
+    def _load(self, choice) -> None:
         if self.loaded is None or self.loaded_key != choice:
             self.loaded = load_model(self.cfg, *choice)
             self.loaded_key = choice
         self.chunks.append(("model", f"{self.loaded.run} / {self.loaded.stage} / step {self.loaded.step}"))
+
+    def _generate_batch(self, choice, prompt: str, params: SamplingParams, n: int, stop: threading.Event) -> None:
+        """Engine thread: n candidates from one batch (each the best of k when syntax-checked)."""
+        self._load(choice)
+        timeout = self.cfg.data.code.syntax_timeout_s
+        if self.syntax_check:
+            found = checked_generate(self.loaded, [prompt] * n, params, self.cfg.generate.candidates, timeout,
+                                     stop.is_set)
+        else:
+            found = sample_and_judge(self.loaded, [prompt] * n, params, timeout, stop.is_set)
+        self.chunks.append(("candidates", found))
+
+    def _generate(self, choice, prompt: str, params: SamplingParams, stop: threading.Event) -> None:
+        """Engine thread: load (once per checkpoint choice) and stream chunks into the buffer."""
+        self._load(choice)
         for chunk in stream_generate(self.loaded, prompt, params, should_stop=stop.is_set):
             self.chunks.append(("chunk", chunk))
 
@@ -182,7 +220,11 @@ class GeneratePane(Pane):
             if kind == "model":
                 status.update(Text(item, style="dim"))
                 continue
+            if kind == "candidates":
+                self._show_candidates(item)
+                continue
             self.current_text += item.text
+            self.last_finish = item.finish_reason or self.last_finish
             if item.notice:
                 self.notify(item.notice, severity="warning")
             last = item
@@ -211,17 +253,28 @@ class GeneratePane(Pane):
             self.query_one("#gen-status", Static).update(Text(f"failed: {text}", style="red"))
             self.notify(text, title="Generation failed", severity="error")
             return
-        script = self.current_prompt + self.current_text
-        entry = Text()
-        entry.append(self.current_prompt, style="bold")
-        entry.append(self.current_text)
-        if looks_like_bash(script):
-            ok, _ = bash_syntax_ok(script, self.cfg.data.code.syntax_timeout_s)
-            entry.append("  [bash -n: parses]" if ok else "  [bash -n: does not parse]",
-                         style="bold green" if ok else "bold red")
-        self.transcript.append(entry)
+        if self.current_prompt or self.current_text:  # a streamed sample (candidates are shown as they come)
+            script = self.current_prompt + self.current_text
+            verdict = judge(script, self.last_finish == "eos", self.cfg.data.code.syntax_timeout_s)
+            self.transcript.append(self._entry(self.current_prompt, self.current_text, verdict.describe(),
+                                               verdict.parses))
         self.current_prompt = self.current_text = ""
         self.query_one("#gen-output", Static).update(Text("\n\n").join(self.transcript[-4:]))
+
+    def _entry(self, prompt: str, text: str, verdict: str, good: bool) -> Text:
+        entry = Text()
+        entry.append(prompt, style="bold")
+        entry.append(text)
+        entry.append(f"  [{verdict}]", style="bold green" if good else "bold red")
+        return entry
+
+    def _show_candidates(self, found: list) -> None:
+        """Each candidate of a batch under its verdicts (and, syntax-checked, what was tried)."""
+        for i, j in enumerate(found, 1):
+            tried = f"; {j.describe()}" if isinstance(j, Checked) else ""
+            self.transcript.append(self._entry(f"{i}/{len(found)} {j.sample.prompt}", j.sample.text,
+                                               j.verdict.describe() + tried, j.verdict.parses))
+        self.current_prompt = self.current_text = ""
 
     # ------------------------------------------------------------ evaluation
 
@@ -245,7 +298,3 @@ class GeneratePane(Pane):
         for row in eval_rows(results):
             table.add_row(*row)
 
-
-def looks_like_bash(text: str) -> bool:
-    head = text.lstrip()[:200]
-    return head.startswith("#!") or any(w in head for w in ("echo ", "if [", "for ", "export ", "set -", "fi\n"))
