@@ -1,8 +1,10 @@
-"""Decode tokens/s and time to first token: acm's generator against mlx-lm's `generate_step` on
-the same weights (acm's export format loaded into mlx-lm's gpt2), in the same run.
+"""Decode tokens/s and time to first token: acm's generator against mlx-lm's on the same weights
+(acm's export format loaded into mlx-lm's gpt2), in the same run: batch 1 (`generate_step`) and,
+with --batch B, B prompts of different lengths decoded together (mlx-lm's `batch_generate` with
+B rows at once, acm's `decode_batch`).
 
-usage: python bench/generate.py --preset tiny --prompt-tokens 128 --new-tokens 256 [--dtype float32]
-Random weights, batch 1, greedy. Prints one JSON line; ratio = acm tok/s / mlx-lm tok/s.
+usage: python bench/generate.py --preset tiny --prompt-tokens 128 --new-tokens 256 [--dtype float32] [--batch 64]
+Random weights, greedy, no early stop. Prints one JSON line; ratio = acm tok/s / mlx-lm tok/s.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import mlx.core as mx
 import numpy as np
 from mlx.utils import tree_flatten
 
+from core.generate.batch import decode_batch
 from core.generate.decode import generate_tokens
 from core.generate.sampling import SamplingParams
 from core.model.gpt import GPT
@@ -44,6 +47,33 @@ def mlx_lm_model(model: GPT, dtype):
     return theirs
 
 
+class _NoEos:
+    """What mlx-lm's batch_generate asks of a tokenizer, when no row may stop early."""
+
+    eos_token_ids: list[int] = []
+
+    def decode(self, ids) -> str:
+        return ""
+
+
+def batched(ours: GPT, theirs, prompts: list[list[int]], new_tokens: int) -> dict:
+    """Total generated tokens/s of B rows decoded together, acm and mlx-lm, best of a few rounds."""
+    from mlx_lm.generate import batch_generate
+
+    params = SamplingParams(temperature=0, max_tokens=new_tokens, repetition_penalty=1.0)
+    best = {"acm": 0.0, "mlx_lm": 0.0}
+    for _ in range(3):
+        t = time.perf_counter()
+        out, _, _ = decode_batch(ours, prompts, params)
+        best["acm"] = max(best["acm"], sum(map(len, out)) / (time.perf_counter() - t))
+        t = time.perf_counter()
+        r = batch_generate(theirs, _NoEos(), prompts, max_tokens=new_tokens, return_token_ids=True,
+                           completion_batch_size=len(prompts), prefill_batch_size=len(prompts))
+        best["mlx_lm"] = max(best["mlx_lm"], sum(map(len, r.token_ids)) / (time.perf_counter() - t))
+    return {"batch": len(prompts), "acm_batch_tok_s": round(best["acm"], 1),
+            "mlx_lm_batch_tok_s": round(best["mlx_lm"], 1), "batch_ratio": round(best["acm"] / best["mlx_lm"], 3)}
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--preset", default="tiny")
@@ -51,6 +81,7 @@ def main() -> None:
     p.add_argument("--new-tokens", type=int, default=256)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--batch", type=int, default=0, help="also B prompts of different lengths decoded together")
     a = p.parse_args()
     from mlx_lm.generate import generate_step
 
@@ -70,13 +101,19 @@ def main() -> None:
         }
         for k, (ttft, rate, _) in runs.items():
             best[k] = (min(best[k][0], ttft), max(best[k][1], rate))
+    extra = {}
+    if a.batch:
+        rng = np.random.default_rng(1)
+        prompts = [rng.integers(4, shape.vocab_size, int(n)).tolist()
+                   for n in rng.integers(a.prompt_tokens // 2, a.prompt_tokens + 1, a.batch)]
+        extra = batched(ours, theirs, prompts, a.new_tokens)
     print(json.dumps({
         "bench": "generate", "preset": a.preset, "dtype": a.dtype, "device": str(mx.default_device()),
         "prompt_tokens": a.prompt_tokens, "new_tokens": a.new_tokens,
         "acm_tok_s": round(best["acm"][1], 1), "acm_ttft_ms": round(best["acm"][0] * 1e3, 1),
         "mlx_lm_tok_s": round(best["mlx_lm"][1], 1), "mlx_lm_ttft_ms": round(best["mlx_lm"][0] * 1e3, 1),
         "ratio": round(best["acm"][1] / best["mlx_lm"][1], 3),
-    }))
+    } | extra))
 
 
 if __name__ == "__main__":
