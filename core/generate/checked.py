@@ -1,7 +1,7 @@
 """Syntax-checked sampling: k candidates of a prompt sampled in one batch, and the first that parses
 with `bash -n` (and has no shellcheck errors, when shellcheck is installed) returned, with how many
 were tried and why the others were turned down. A complete candidate (ended by <EOS>) is preferred
-to a truncated one."""
+to a truncated one; candidates after the first clean and complete one are not looked at."""
 from __future__ import annotations
 
 import os
@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from core.generate.batch import Sample, generate_batch
 from core.generate.decode import LoadedModel
 from core.generate.sampling import SamplingParams
-from core.generate.verdicts import Verdict, judge
+from core.generate.verdicts import Verdict, judge, shellcheck_errors, shellcheck_path
 
-BATCH_ROWS = 256  # rows decoded at once; more are split into several batches
+BATCH_ROWS = 512  # rows decoded at once; more are split into several batches
 
 
 @dataclass
@@ -33,25 +33,54 @@ class Checked(Judged):
         return f"{self.tried} tried" + (f"; turned down: {why}" if why else "")
 
 
-def sample_and_judge(lm: LoadedModel, prompts: list[str], params: SamplingParams, timeout_s: float,
-                     should_stop=lambda: False) -> list[Judged]:
-    """One sample per prompt (in batches of BATCH_ROWS), each with its verdicts."""
+def _sample(lm: LoadedModel, prompts: list[str], params: SamplingParams, should_stop) -> list[Sample]:
     samples: list[Sample] = []
     for start in range(0, len(prompts), BATCH_ROWS):
         if should_stop():
             break
         rows, _ = generate_batch(lm, prompts[start:start + BATCH_ROWS], params, should_stop)
         samples += rows
-    with ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 2)) as pool:  # bash -n, shellcheck: subprocesses
+    return samples
+
+
+def _pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 2))  # bash -n, shellcheck: subprocesses
+
+
+def sample_and_judge(lm: LoadedModel, prompts: list[str], params: SamplingParams, timeout_s: float,
+                     should_stop=lambda: False) -> list[Judged]:
+    """One sample per prompt (in batches of BATCH_ROWS), each with its verdicts."""
+    samples = _sample(lm, prompts, params, should_stop)
+    with _pool() as pool:
         verdicts = list(pool.map(lambda s: judge(s.prompt + s.text, s.complete, timeout_s), samples))
     return [Judged(s, v) for s, v in zip(samples, verdicts)]
 
 
 def checked_generate(lm: LoadedModel, prompts: list[str], params: SamplingParams, k: int, timeout_s: float,
                      should_stop=lambda: False) -> list[Checked]:
-    """For each prompt, the best of k candidates sampled together."""
-    judged = sample_and_judge(lm, [p for p in prompts for _ in range(k)], params, timeout_s, should_stop)
-    return [choose(judged[i * k:(i + 1) * k]) for i in range(len(judged) // k)]
+    """For each prompt, the best of k candidates sampled together (judged in order, until one is
+    clean and complete: the rest are not looked at)."""
+    samples = _sample(lm, [p for p in prompts for _ in range(k)], params, should_stop)
+    groups = [samples[i * k:(i + 1) * k] for i in range(len(samples) // k)]
+    lint = shellcheck_path() is not None
+    with _pool() as pool:
+        return list(pool.map(lambda g: _pick(g, timeout_s, lint), groups))
+
+
+def _pick(group: list[Sample], timeout_s: float, lint: bool) -> Checked:
+    """Parse each candidate in turn, lint those that parse, stop at the first clean and complete one."""
+    judged = []
+    for s in group:
+        verdict = judge(s.prompt + s.text, s.complete, timeout_s, lint=False)
+        if verdict.parses and lint:
+            verdict.shellcheck_errors = shellcheck_errors(s.prompt + s.text)
+        judged.append(Judged(s, verdict))
+        if verdict.clean and verdict.complete:
+            break
+    best = choose(judged)
+    if lint and best.verdict.shellcheck_errors is None:  # a pick that does not parse, linted for its verdict
+        best.verdict.shellcheck_errors = shellcheck_errors(best.sample.prompt + best.sample.text)
+    return best
 
 
 def choose(candidates: list[Judged]) -> Checked:
