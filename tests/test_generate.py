@@ -222,3 +222,19 @@ def test_syntax_checked_sampling_returns_a_parsing_candidate_when_there_is_one(w
         assert 1 <= c.tried <= 6 and sum(c.rejected.values()) == c.tried - 1
         assert c.tried == 6 or (c.verdict.clean and c.verdict.complete)
         assert c.verdict.parses or c.rejected["does not parse"] == 5  # one that parses whenever one did
+
+
+def test_a_bf16_model_is_served_in_bf16_and_exported_from_its_float32_weights(prepared):
+    from mlx.utils import tree_flatten
+
+    from core.train.trainer import run_stage
+
+    cfg = config.load(prepared / "acm.toml")
+    cfg.model.compute_dtype = "bfloat16"
+    run_stage(cfg, "pretrain", cfg.runs_dir / "b", max_steps=2)
+    served = load_model(cfg, "b")
+    assert {v.dtype for _, v in tree_flatten(served.model.parameters())} == {mx.bfloat16}
+    master = load_model(cfg, "b", master_weights=True)
+    assert {v.dtype for _, v in tree_flatten(master.model.parameters())} == {mx.float32}
+    text, last = generate_text(served, "#!/bin/bash\n", SamplingParams(temperature=0, max_tokens=4))
+    assert last.generated >= 1

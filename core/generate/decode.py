@@ -62,7 +62,10 @@ def find_checkpoint(cfg: Config, run: str | None = None, stage: str | None = Non
     raise AcmError(f"no checkpoint in {where}: train a model first (acm train pretrain)")
 
 
-def load_model(cfg: Config, run: str | None = None, stage: str | None = None, which: str = "best") -> LoadedModel:
+def load_model(cfg: Config, run: str | None = None, stage: str | None = None, which: str = "best",
+               master_weights: bool = False) -> LoadedModel:
+    """A checkpoint ready to generate: its weights in the compute dtype, unless `master_weights`
+    keeps the float32 copy training made (for export)."""
     ck, run_path, st = find_checkpoint(cfg, run, stage, which)
     tok = load_tokenizer(cfg)
     if ck.state.get("tokenizer_sha256") != tok.sha256:
@@ -73,6 +76,8 @@ def load_model(cfg: Config, run: str | None = None, stage: str | None = None, wh
     model = GPT(shape, ck_cfg.model.compute_dtype)
     params, _ = checkpoint.load_arrays(ck)
     model.update(params)
+    if not master_weights and model.compute_dtype != mx.float32:  # no per-step cast of every weight
+        model.set_dtype(model.compute_dtype)
     mx.eval(model.parameters())
     return LoadedModel(model, tok, ck.path, run_path.name, st, ck.step, {"val_loss": ck.val_loss})
 

@@ -23,7 +23,7 @@ from core.tokenizer.bpe import SPECIAL_TOKENS
 
 def export_checkpoint(cfg: Config, to: Path, run: str | None = None, stage: str | None = None,
                       which: str = "best", dtype: str = "float32") -> dict:
-    lm = load_model(cfg, run, stage, which)
+    lm = load_model(cfg, run, stage, which, master_weights=True)  # exported in the dtype asked for
     s = lm.model.shape
     if not s.tie_embeddings:
         raise AcmError(f"preset {s.name!r} has an untied output head, which mlx-lm's gpt2 cannot load "
