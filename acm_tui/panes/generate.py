@@ -18,7 +18,7 @@ from textual.widgets import DataTable, Input, Label, Select, Static
 from core import config
 from core.atomic import read_json
 from core.errors import AcmError, one_line
-from core.generate.checked import Checked, checked_generate, sample_and_judge
+from core.generate.checked import checked_generate, sample_and_judge
 from core.generate.decode import load_model, stream_generate
 from core.generate.evaluate import evaluate_run
 from core.generate.sampling import SamplingParams
@@ -271,9 +271,8 @@ class GeneratePane(Pane):
     def _show_candidates(self, found: list) -> None:
         """Each candidate of a batch under its verdicts (and, syntax-checked, what was tried)."""
         for i, j in enumerate(found, 1):
-            tried = f"; {j.describe()}" if isinstance(j, Checked) else ""
             self.transcript.append(self._entry(f"{i}/{len(found)} {j.sample.prompt}", j.sample.text,
-                                               j.verdict.describe() + tried, j.verdict.parses))
+                                               j.describe(), j.verdict.parses))
         self.current_prompt = self.current_text = ""
 
     # ------------------------------------------------------------ evaluation

@@ -14,7 +14,7 @@ from core.cli.args import positive_int, unescape
 from core.cli.progress import progress_bars
 from core.config import Config
 from core.engine import Engine
-from core.generate.checked import Checked, checked_generate, sample_and_judge
+from core.generate.checked import checked_generate, sample_and_judge
 from core.generate.decode import load_model, stream_generate
 from core.generate.evaluate import evaluate_run
 from core.generate.export import export_checkpoint
@@ -55,8 +55,7 @@ def stream_to_stdout(lm, prompt: str, params: SamplingParams, echo_prompt: bool,
 def print_candidates(judged: list, echo_prompt: bool) -> None:
     """Candidates of one batch, each under a line with its verdicts (and, syntax-checked, what was tried)."""
     for i, j in enumerate(judged, 1):
-        tried = f"; {j.describe()}" if isinstance(j, Checked) else ""
-        console.print(f"[bold]── {i}/{len(judged)}[/] [dim]{j.verdict.describe()}{tried}[/]")
+        console.print(f"[bold]── {i}/{len(judged)}[/] [dim]{j.describe()}[/]")
         sys.stdout.write((j.sample.prompt if echo_prompt else "") + j.sample.text + "\n")
         sys.stdout.flush()
 

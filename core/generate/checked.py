@@ -22,6 +22,9 @@ class Judged:
     sample: Sample
     verdict: Verdict
 
+    def describe(self) -> str:
+        return self.verdict.describe()
+
 
 @dataclass
 class Checked(Judged):
@@ -29,8 +32,9 @@ class Checked(Judged):
     rejected: Counter = field(default_factory=Counter)  # reason -> candidates turned down for it
 
     def describe(self) -> str:
+        """Its verdicts, how many candidates were tried and why the others were turned down."""
         why = ", ".join(f"{n} {reason}" for reason, n in self.rejected.most_common())
-        return f"{self.tried} tried" + (f"; turned down: {why}" if why else "")
+        return f"{self.verdict.describe()}; {self.tried} tried" + (f"; turned down: {why}" if why else "")
 
 
 def _sample(lm: LoadedModel, prompts: list[str], params: SamplingParams, should_stop) -> list[Sample]:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from core.paths import Paths
-from core.train.runs import read_status, stage_state, write_status
+from core.train.runs import parse_records, read_status, stage_state, write_status
 
 Callback = Callable[[dict], None]
 RECORDED = ("metrics", "eval")  # the types metrics.jsonl keeps
@@ -67,7 +67,7 @@ class StageFollower:
         self.state: str | None = None
 
     def poll(self) -> list[dict]:
-        events = _records(self._new_lines("metrics", Paths.metrics(self.run, self.stage)))
+        events = parse_records(self._new_lines("metrics", Paths.metrics(self.run, self.stage)))
         events += [{"type": "log", "stage": self.stage, "text": line.decode("utf-8", "replace").split(" ", 2)[-1]}
                    for line in self._new_lines("log", Paths.train_log(self.run, self.stage))]
         state = stage_state(self.run, self.stage)
@@ -89,12 +89,3 @@ class StageFollower:
         self._offsets[which] += end
         return data[:end].splitlines()
 
-
-def _records(lines: list[bytes]) -> list[dict]:
-    out = []
-    for line in lines:
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            continue
-    return out

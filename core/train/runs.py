@@ -70,17 +70,20 @@ def prepare_run(cfg: config.Config, run: Path) -> None:
 
 def read_metrics(run: Path, stage: str) -> list[dict]:
     """Every complete line of a stage's metrics.jsonl (a line being written is skipped)."""
-    path = Paths.metrics(run, stage)
-    out = []
     try:
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    out.append(json.loads(line))
-                except ValueError:
-                    continue
+        return parse_records(Paths.metrics(run, stage).read_bytes().splitlines())
     except OSError:
-        pass
+        return []
+
+
+def parse_records(lines: list[bytes]) -> list[dict]:
+    """The JSON objects among metrics.jsonl lines (a line still being written is skipped)."""
+    out = []
+    for line in lines:
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
     return out
 
 
