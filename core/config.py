@@ -122,6 +122,12 @@ class StageConfig:
     save_every: int = setting(500, "steps between checkpoints", min=1)
     keep_last: int = setting(3, "checkpoints kept besides the best", min=1)
     seed: int = setting(0, "seed of initialisation and batch order", min=0)
+    start_at_documents: bool = setting(False, "start every training sequence where a document starts (a script's "
+                                              "first line) instead of anywhere in the stream")
+    replay: float = setting(0.0, "share of each batch drawn from the other corpus (language while fine-tuning, "
+                                 "code while pretraining), rounded to whole sequences", min=0.0, max=0.9)
+    patience: int = setting(0, "stop once this many validation checks in a row bring no new best val loss; "
+                               "every new best is saved (0: off)", min=0)
 
 
 def _finetune_defaults() -> StageConfig:

@@ -9,6 +9,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from core import cli, config
@@ -293,3 +294,58 @@ def test_a_full_disk_names_the_path_cleans_up_and_marks_the_run_failed(prepared,
     assert status["state"] == "failed" and "disk full" in status["error"]
     monkeypatch.setattr(mx, "save_safetensors", real)
     assert run_stage(cfg, "pretrain", run, resume=True, max_steps=10).step == 20
+
+
+def test_windows_at_documents_start_where_a_document_starts(prepared):
+    from core.tokenizer.bpe import BOS_ID
+    from core.tokenizer.shards import open_tokens
+    from core.train.batches import Batches
+    cfg = load(prepared)
+    code = open_tokens(cfg, "code", "train")
+    anywhere = Batches(code, 16, 8, seed=3)
+    aligned = Batches(code, 16, 8, seed=3, at_documents=True)
+    starts = [x[:, 0] for x, _ in (aligned.train(step) for step in range(20))]
+    assert all((s == BOS_ID).all() for s in starts)  # documents are laid out as <BOS> ids <EOS>
+    firsts = [x[:, 0] for x, _ in (anywhere.train(step) for step in range(20))]
+    assert not all((s == BOS_ID).all() for s in firsts)
+
+
+def test_replay_draws_its_share_of_rows_from_the_other_corpus(prepared):
+    from core.tokenizer.shards import open_tokens
+    from core.train.batches import Batches
+    cfg = load(prepared)
+    code, language = open_tokens(cfg, "code", "train"), open_tokens(cfg, "language", "train")
+    plain = Batches(code, 16, 8, seed=1)
+    mixed = Batches(code, 16, 8, seed=1, replay=language, replay_share=0.25)
+    x_plain, _ = plain.train(5)
+    x_mixed, _ = mixed.train(5)
+    assert mixed.replayed == 2
+    # the stage's own rows are still a pure function of (seed, step); the replayed ones are language
+    x_own, _ = Batches(code, 16, 6, seed=1).train(5)
+    assert (x_mixed[:6] == x_own).all()
+    language_text = set(map(int, np.concatenate(language.arrays)))
+    assert all(set(map(int, r)) <= language_text for r in x_mixed[6:])
+    assert x_plain.shape == x_mixed.shape == (8, 16)
+
+
+def test_patience_stops_early_and_keeps_the_best(prepared):
+    cfg = load(prepared)
+    run = cfg.runs_dir / "p"
+    run_stage(cfg, "pretrain", run, max_steps=4)
+    ft = cfg.train.finetune
+    ft.steps, ft.eval_every, ft.save_every, ft.patience, ft.learning_rate, ft.warmup_steps = 40, 2, 100, 2, 0.0, 0
+    result = run_stage(cfg, "finetune", run)  # no learning: no check after the first brings a new best
+    assert result.step == 6  # checks at 2 (the best), 4 and 6 (two without a new best)
+    assert "early stop at step 6" in (run / "finetune" / "train.log").read_text()
+    folder = Paths.checkpoints(run, "finetune")
+    assert checkpoint.best(folder) is not None and checkpoint.best(folder).step in (2, 6)
+    assert json.loads((run / "finetune" / "status.json").read_text())["state"] == "done"
+
+
+def test_replay_and_document_starts_train_a_stage(prepared):
+    cfg = load(prepared)
+    run = cfg.runs_dir / "r"
+    run_stage(cfg, "pretrain", run, max_steps=4)
+    cfg.train.finetune.replay, cfg.train.finetune.start_at_documents = 0.5, True
+    result = run_stage(cfg, "finetune", run, max_steps=4)
+    assert result.step == 4 and len(losses(run, "finetune")) == 4

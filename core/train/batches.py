@@ -1,40 +1,80 @@
 """Training batches drawn from memory-mapped token shards.
 
-The batch of step s is a pure function of (seed, s, micro-batch): random windows of seq_len + 1
-tokens, chosen with numpy's generator keyed by those numbers. So the data position is the step
-itself, a resumed run sees exactly the batches it would have seen, and with several ranks each
-takes its slice of one global batch (the same rows one process would take).
+The batch of step s is a pure function of (seed, s, micro-batch): windows of seq_len + 1 tokens,
+chosen with numpy's generator keyed by those numbers. So the data position is the step itself, a
+resumed run sees exactly the batches it would have seen, and with several ranks each takes its
+slice of one global batch (the same rows one process would take).
+
+A window starts anywhere, or (`start_at_documents`) only where a document starts, so the model
+sees every script from its shebang on as often as it sees the middle of one. A share of each
+batch (`replay`) may come from another corpus: language replayed while fine-tuning on code keeps
+what pretraining taught.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from core.errors import AcmError
+from core.tokenizer.bpe import EOS_ID
 from core.tokenizer.shards import TokenShards
 
 VAL_STREAM = 1 << 40  # keeps validation draws apart from training draws
+REPLAY_STREAM = 1 << 41  # keeps the replayed corpus's draws apart from the stage's own
 
 
-class Batches:
-    def __init__(self, shards: TokenShards, seq_len: int, batch_size: int, seed: int, rank: int = 0,
-                 world: int = 1, what: str = "token shards"):
+class Windows:
+    """Where a window of seq_len + 1 tokens may start in one corpus's shards."""
+
+    def __init__(self, shards: TokenShards, seq_len: int, what: str, at_documents: bool = False):
         self.arrays = [a for a in shards.arrays if a.size > seq_len + 1]
         if not self.arrays:
             raise AcmError(f"the {what} hold {shards.num_tokens:,} tokens, too few for one sequence of "
                            f"{seq_len + 1}: lower seq_len or fetch more data")
-        self.seq_len, self.batch_size, self.seed, self.rank, self.world = seq_len, batch_size, seed, rank, world
-        room = np.array([a.size - seq_len - 1 for a in self.arrays], dtype=np.float64)
-        self.weights = room / room.sum()
+        self.seq_len = seq_len
+        self.room = np.array([a.size - seq_len - 1 for a in self.arrays], dtype=np.int64)
+        # a shard holds whole documents, so position 0 and each token after an <EOS> start one
+        self.starts = [_document_starts(a, r) for a, r in zip(self.arrays, self.room)] if at_documents else None
+        counts = self.room if self.starts is None else np.array([s.size for s in self.starts])
+        self.weights = counts / counts.sum()
         self.num_tokens = sum(a.size for a in self.arrays)
 
-    def _draw(self, key: list[int]) -> tuple[np.ndarray, np.ndarray]:
-        rng = np.random.default_rng(key)
-        rows = self.batch_size * self.world
+    def pick(self, rng: np.random.Generator, rows: int) -> tuple[np.ndarray, np.ndarray]:
+        """(shard index, start) of `rows` windows."""
         which = rng.choice(len(self.arrays), size=rows, p=self.weights)
-        starts = (rng.random(rows) * np.array([self.arrays[w].size - self.seq_len - 1 for w in which])).astype(np.int64)
-        mine = slice(self.rank * self.batch_size, (self.rank + 1) * self.batch_size)
-        windows = np.stack([np.asarray(self.arrays[w][s:s + self.seq_len + 1], dtype=np.int32)
-                            for w, s in zip(which[mine], starts[mine])])
+        if self.starts is None:
+            return which, (rng.random(rows) * self.room[which]).astype(np.int64)
+        index = (rng.random(rows) * np.array([self.starts[w].size for w in which])).astype(np.int64)
+        return which, np.array([self.starts[w][i] for w, i in zip(which, index)], dtype=np.int64)
+
+    def read(self, shard: int, start: int) -> np.ndarray:
+        return np.asarray(self.arrays[shard][start:start + self.seq_len + 1], dtype=np.int32)
+
+
+def _document_starts(tokens: np.ndarray, room: int) -> np.ndarray:
+    after_eos = np.flatnonzero(np.asarray(tokens[:room]) == EOS_ID) + 1
+    return np.concatenate([[0], after_eos[after_eos <= room]]).astype(np.int64)
+
+
+class Batches:
+    def __init__(self, shards: TokenShards, seq_len: int, batch_size: int, seed: int, rank: int = 0,
+                 world: int = 1, what: str = "token shards", at_documents: bool = False,
+                 replay: TokenShards | None = None, replay_share: float = 0.0, replay_what: str = "replay shards"):
+        self.own = Windows(shards, seq_len, what, at_documents)
+        self.batch_size, self.seed, self.rank, self.world = batch_size, seed, rank, world
+        rows = batch_size * world
+        self.replayed = round(rows * replay_share) if replay is not None else 0
+        self.other = Windows(replay, seq_len, replay_what, at_documents) if self.replayed else None
+        self.num_tokens = self.own.num_tokens  # an epoch is one pass over the stage's own corpus
+
+    def _draw(self, key: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        rows = self.batch_size * self.world
+        sources = [(self.own, *self.own.pick(np.random.default_rng(key), rows - self.replayed))]
+        if self.other is not None:
+            sources.append((self.other, *self.other.pick(np.random.default_rng(key + [REPLAY_STREAM]),
+                                                         self.replayed)))
+        everything = [(src, w, s) for src, which, starts in sources for w, s in zip(which, starts)]
+        mine = everything[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
+        windows = np.stack([src.read(w, s) for src, w, s in mine])
         return windows[:, :-1], windows[:, 1:]
 
     def train(self, step: int, micro: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -36,6 +36,7 @@ from core.train.runs import prepare_run
 from core.train.schedule import lr_at
 
 CORPUS = {"pretrain": "language", "finetune": "code"}
+OTHER = {"pretrain": "code", "finetune": "language"}  # the corpus a stage replays
 
 
 class TrainingError(AcmError):
@@ -154,8 +155,11 @@ class Trainer:
         shape = cfg.model.shape()
         corpus = CORPUS[self.stage]
         self.tok, train, val = open_inputs(cfg, self.stage)
+        other = OTHER[self.stage]
+        replay = open_tokens(cfg, other, "train", self.tok) if sc.replay > 0 else None
         self.batches = Batches(train, sc.seq_len, sc.batch_size, sc.seed, self.rank, self.world,
-                               what=f"{corpus} train shards")
+                               what=f"{corpus} train shards", at_documents=sc.start_at_documents,
+                               replay=replay, replay_share=sc.replay, replay_what=f"{other} train shards")
         self.val_batches = Batches(val, sc.seq_len, sc.batch_size, sc.seed, self.rank, self.world,
                                    what=f"{corpus} val shards") if val.num_tokens > sc.seq_len + 1 else None
         self.ck_dir = Paths.checkpoints(self.run_path, self.stage)
@@ -169,6 +173,7 @@ class Trainer:
         self.model = GPT(shape, cfg.model.compute_dtype, cfg.model.checkpoint_activations)
         self.opt = FlatAdamW(self.model.parameters(), sc.learning_rate, sc.weight_decay, self.model.compute_dtype)
         self.start_step, self.tokens_seen, self.best_val = 0, 0, None
+        self.checks_without_best, self.early_stopped = 0, False
         self._load_weights()
         mx.eval(self.opt.state)
         self.model.update(self.opt.parameters())  # the optimizer's buffers hold the weights from now on
@@ -349,7 +354,7 @@ class Trainer:
         self.last_ck, self.val_loss = (last.path if last else None), None
         self.meter = Throughput(sc.batch_size * sc.grad_accum * sc.seq_len * self.world)
         self._begin(end)
-        while self.step < end:
+        while self.step < end and not self.early_stopped:
             if ahead is None:
                 action = self._control_point(self.step)
                 if action == "stop":
@@ -367,7 +372,8 @@ class Trainer:
             self._evaluate_and_save(end, may_save_now=ahead is None)
         if stopped and self.step > self.start_step:
             self.last_ck = self.save(self.step, None) or self.last_ck
-        state = "done" if self.step >= sc.steps else "stopped"  # stopped by hand or by --max-steps
+        # stopped by hand or by --max-steps; early stopping finishes the stage
+        state = "done" if self.step >= sc.steps or self.early_stopped else "stopped"
         self._state(state, self.step)
         self.log(f"{self.stage} {state} at step {self.step}")
         return StageResult(self.stage, self.run_path, self.step, stopped, self.last_ck, self.best_val)
@@ -398,18 +404,34 @@ class Trainer:
         want_save = step % sc.save_every == 0 or step == end or (may_save_now and self.control.take_save())
         if want_eval:
             self.val_loss = self.evaluate()
-            if self.val_loss is not None:
-                self._report_eval(self.val_loss)
+            # early stopping keeps the best weights, whatever save_every says
+            want_save = self._judge_progress(self.val_loss) or want_save
         if want_save:
             self.last_ck = self.save(step, self.val_loss if want_eval else None) or self.last_ck
         if want_eval or want_save:  # tokens/s counts training time only
             self.meter.restart()
 
-    def _report_eval(self, val_loss: float) -> None:
-        if self.best_val is None or val_loss < self.best_val:
+    def _judge_progress(self, val_loss: float | None) -> bool:
+        """Report a validation check and decide on early stopping; whether to save (a new best)."""
+        sc = self.sc
+        if val_loss is None:
+            return False
+        improved = self._report_eval(val_loss)
+        if sc.patience and self.checks_without_best >= sc.patience:
+            self.early_stopped = True
+            self.log(f"{self.stage}: early stop at step {self.step}: {sc.patience} validation checks without a "
+                     f"new best (best val loss {self.best_val:.4f})")
+        return bool(sc.patience) and improved
+
+    def _report_eval(self, val_loss: float) -> bool:
+        """Report a validation loss; whether it is a new best."""
+        improved = self.best_val is None or val_loss < self.best_val
+        if improved:
             self.best_val = val_loss
+        self.checks_without_best = 0 if improved else self.checks_without_best + 1
         self.emit({"type": "eval", "stage": self.stage, "step": self.step, "val_loss": val_loss,
                    "val_ppl": math.exp(min(val_loss, 50)), "best_val_loss": self.best_val})
+        return improved
 
     def _report(self, loss: float, grad_norm: float, end: int) -> None:
         sc, step = self.sc, self.step
