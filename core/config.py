@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import math
 import os
+import re
 import tomllib
 from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
@@ -25,10 +26,12 @@ CONFIG_NAME = "acm.toml"
 
 
 def setting(default: Any, help: str, *, min: float | None = None, max: float | None = None,
-            choices: tuple | None = None, above: float | None = None, unbounded: bool = False) -> Any:
+            choices: tuple | None = None, above: float | None = None, unbounded: bool = False,
+            duration: bool = False) -> Any:
     """A dataclass field carrying its help text and allowed values (read by the validator);
     `above` is an exclusive lower bound; an `unbounded` integer takes any value."""
-    meta = {"help": help, "min": min, "max": max, "choices": choices, "above": above, "unbounded": unbounded}
+    meta = {"help": help, "min": min, "max": max, "choices": choices, "above": above, "unbounded": unbounded,
+            "duration": duration}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -126,6 +129,8 @@ class StageConfig:
                                               "first line) instead of anywhere in the stream")
     replay: float = setting(0.0, "share of each batch drawn from the other corpus (language while fine-tuning, "
                                  "code while pretraining), rounded to whole sequences", min=0.0, max=0.9)
+    time: str = setting("", "wall-clock budget (90s, 10m, 1h30m): the step count is fitted to it, warmup and "
+                            "decay included (empty: train `steps`)", duration=True)
     patience: int = setting(0, "stop once this many validation checks in a row bring no new best val loss; "
                                "every new best is saved (0: off)", min=0)
 
@@ -213,6 +218,25 @@ def _setting_fields(cls) -> list:
     return [f for f in fields(cls) if not f.metadata.get("internal")]
 
 
+DURATION = re.compile(r"(\d+(?:\.\d+)?)([hms])")
+DURATION_UNITS = {"h": 3600, "m": 60, "s": 1}
+
+
+def parse_duration(text: str, key: str = "duration") -> float:
+    """Seconds in "90s", "10m", "8h", "1h30m" or a plain number of seconds; one line otherwise."""
+    text = text.strip().lower()
+    try:
+        seconds = float(text)
+    except ValueError:
+        parts = DURATION.findall(text)
+        seconds = sum(float(n) * DURATION_UNITS[u] for n, u in parts)
+        if not parts or "".join(n + u for n, u in parts) != text:
+            raise ConfigError(f"{key} = {text!r} is not a duration: write it like 90s, 10m, 8h or 1h30m") from None
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ConfigError(f"{key} = {text!r} must be a positive duration")
+    return seconds
+
+
 INT_LIMIT = 2**31 - 1  # integers without a maximum of their own stay below this
 
 
@@ -235,6 +259,8 @@ def _check_type(key: str, value: Any, wanted: type) -> None:
 
 
 def _check_range(key: str, value: Any, meta, wanted: type) -> None:
+    if meta.get("duration") and value:
+        parse_duration(value, key)
     choices = meta.get("choices")
     if choices and value not in choices:
         raise ConfigError(f"{key} = {value!r} is not valid; choose one of: {', '.join(map(str, choices))}")
@@ -369,7 +395,8 @@ def describe() -> list[tuple[str, Any, str, str]]:
                 walk(typ, val, f"{prefix}{f.name}.")
                 continue
             m = f.metadata
-            allowed = (", ".join(map(str, m["choices"])) if m.get("choices")
+            allowed = ("a duration (90s, 10m, 1h30m) or empty" if m.get("duration")
+                       else ", ".join(map(str, m["choices"])) if m.get("choices")
                        else _range_words(m["min"], m["max"], m.get("above"))
                        if any(m.get(k) is not None for k in ("min", "max", "above"))
                        else _type_word({"str": str, "int": int, "float": float, "bool": bool,

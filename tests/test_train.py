@@ -349,3 +349,50 @@ def test_replay_and_document_starts_train_a_stage(prepared):
     cfg.train.finetune.replay, cfg.train.finetune.start_at_documents = 0.5, True
     result = run_stage(cfg, "finetune", run, max_steps=4)
     assert result.step == 4 and len(losses(run, "finetune")) == 4
+
+
+def test_a_time_budget_fits_the_steps_and_ends_on_the_floor(prepared):
+    cfg = load(prepared)
+    sc = cfg.train.pretrain
+    sc.time, sc.eval_every, sc.save_every, sc.log_every, sc.min_lr_ratio = "20s", 10, 1000, 1, 0.1
+    started = time.perf_counter()
+    result = run_stage(cfg, "pretrain", cfg.runs_dir / "budget")
+    took = time.perf_counter() - started
+    assert 20 / 1.5 <= took <= 20 * 1.5
+    log = (cfg.runs_dir / "budget" / "pretrain" / "train.log").read_text()
+    assert "time budget 20 s:" in log
+    reports = [e for e in read_metrics(cfg.runs_dir / "budget", "pretrain") if e["type"] == "metrics"]
+    assert reports[-1]["step"] == result.step == reports[-1]["total"] > 3
+    assert reports[-1]["lr"] == pytest.approx(sc.learning_rate * sc.min_lr_ratio, rel=1e-3)
+    status = json.loads((cfg.runs_dir / "budget" / "pretrain" / "status.json").read_text())
+    assert status["state"] == "done" and status["total"] == result.step
+    state = checkpoint.latest(Paths.checkpoints(cfg.runs_dir / "budget", "pretrain")).state
+    assert state["planned_steps"] == result.step
+
+
+def test_a_stage_says_how_long_its_steps_take_and_warns_of_hours(prepared):
+    cfg = load(prepared)
+    cfg.train.pretrain.steps = 10**8  # hours at any speed
+    run_stage(cfg, "pretrain", cfg.runs_dir / "long", max_steps=8)
+    log = (cfg.runs_dir / "long" / "pretrain" / "train.log").read_text()
+    assert "more steps take about" in log and " h " in log
+    assert "warning: that is hours; a time budget (--time 10m, train.pretrain.time)" in log
+
+
+def test_bad_durations_are_one_line(prepared, capsys):
+    cfg = load(prepared)
+    with pytest.raises(config.ConfigError, match="is not a duration"):
+        config.with_value(cfg, "train.pretrain.time", "ten minutes")
+    assert config.with_value(cfg, "train.finetune.time", "1h30m")[0].train.finetune.time == "1h30m"
+    with pytest.raises(SystemExit):
+        cli.main(["-c", str(prepared / "acm.toml"), "train", "pretrain", "--time", "0s"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("acm: error:") and "positive duration" in err[0]
+
+
+def test_a_pipeline_budget_is_shared_by_the_training_stages():
+    from core.pipeline.overview import TIME_SHARES, with_time
+    cfg = config.Config()
+    budgeted = with_time(cfg, "finetune", 600 * TIME_SHARES["finetune"])
+    assert budgeted.train.finetune.time == "150s" and cfg.train.finetune.time == ""
+    assert budgeted.train.pretrain == cfg.train.pretrain

@@ -24,6 +24,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def duration(text: str) -> str:
+    """A wall-clock budget as written (90s, 10m, 1h30m), refused in one line when it is not one."""
+    from core.config import ConfigError, parse_duration
+
+    try:
+        parse_duration(text, "--time")
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
 def unescape(text: str) -> str:
     """TEXT with its backslash escapes (\\n, \\t, \\", \\x41, \\u00e9) read; a bad escape is one line."""
     try:

@@ -7,9 +7,10 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from core.cli.args import duration
 from core.cli.progress import progress_bars
 from core.cli.train import describe
-from core.config import Config
+from core.config import Config, parse_duration
 from core.engine import Engine
 from core.pipeline.overview import pipeline_status, run_remaining
 from core.pipeline.tables import STATE_STYLES
@@ -40,7 +41,8 @@ def cmd_run(args, cfg: Config) -> int:
 
     try:
         with progress_bars() as report:
-            done = run_remaining(cfg, report, cancel, engine.call, train_event, control)
+            time_s = parse_duration(args.time, "--time") if args.time else None
+            done = run_remaining(cfg, report, cancel, engine.call, train_event, control, time_s)
     except KeyboardInterrupt:
         control.stop()
         cancel.cancel()
@@ -58,5 +60,8 @@ def register(sub, add) -> None:
     pipe.add_argument("--json", action="store_true", help="print JSON")
     actions = pipe.add_subparsers(dest="pipeline_command", metavar="ACTION")
     add(actions, "status", cmd_status, "each stage: not started, done (with key figures), stale, running, ...")
-    add(actions, "run", cmd_run, "run every stage that is not done, in order (an unfinished training resumes)",
-        json_flag=False)
+    run = add(actions, "run", cmd_run, "run every stage that is not done, in order (an unfinished training resumes)",
+              json_flag=False)
+    run.add_argument("--time", type=duration, metavar="DURATION",
+                     help="wall-clock budget (90s, 10m, 1h30m) shared by the training stages, evaluation keeping "
+                          "its share")

@@ -18,7 +18,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from core.cli.args import positive_int
+from core.cli.args import duration, positive_int
 from core.config import Config
 from core.engine import Engine
 from core.errors import AcmError
@@ -56,13 +56,20 @@ def describe(event: dict) -> str | None:
     return None
 
 
-def cmd_train(args, cfg: Config) -> int:
+def stage_settings(args, cfg: Config):
+    """The stage's settings with --steps and --time applied."""
     sc = getattr(cfg.train, args.stage)
-    if args.steps:
-        sc.steps = args.steps
+    sc.steps = args.steps or sc.steps
+    sc.time = args.time or sc.time
+    return sc
+
+
+def cmd_train(args, cfg: Config) -> int:
+    sc = stage_settings(args, cfg)
     run = pick_run(cfg, args.stage, args.run, args.resume)
     if args.detach:
-        pid = launch_detached(args.config, args.stage, run, args.resume, args.steps, args.max_steps)
+        pid = launch_detached(args.config, args.stage, run, args.resume, args.steps, args.max_steps,
+                              args.time)
         print(f"{args.stage} of run {run.name} runs in the background (pid {pid}); "
               f"log: {Paths.detached_log(run, args.stage)}")
         print(f"watch it in acm-tui or with `acm runs`; stop it with `acm runs stop {run.name}`")
@@ -121,6 +128,9 @@ def register(sub, add) -> None:
                                      "latest with a pretrain checkpoint for finetune)")
         p.add_argument("--resume", action="store_true", help="continue the run's latest checkpoint of this stage")
         p.add_argument("--steps", type=positive_int, help=f"total steps (default: train.{stage}.steps)")
+        p.add_argument("--time", type=duration, metavar="DURATION",
+                       help=f"wall-clock budget (20s, 10m, 8h): the steps are fitted to it, warmup and decay "
+                            f"included (default: train.{stage}.time)")
         p.add_argument("--max-steps", type=positive_int,
                        help="stop after this many steps in this call (resume later)")
         p.add_argument("--detach", action="store_true",

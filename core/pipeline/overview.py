@@ -5,8 +5,9 @@ So the overview is right after a restart, and a stage whose input changed since 
 """
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -168,15 +169,31 @@ def _training_target(cfg: Config, stage: str) -> tuple[Path, bool]:
     return runs.latest_run_with(cfg, "pretrain"), False
 
 
-def run_remaining(cfg: Config, report, cancel, on_engine, train_emit=None, train_control=None) -> list[str]:
-    """Run, in order, every stage that is not done; returns the names run."""
-    done = []
-    for status in pipeline_status(cfg):
-        if status.complete:
-            continue
+TIME_SHARES = {"pretrain": 0.6, "finetune": 0.25, "evaluate": 0.15}  # of a pipeline's time budget
+
+
+def with_time(cfg: Config, stage: str, seconds: float) -> Config:
+    """The settings with a training stage's time budget set (the caller's copy is left alone)."""
+    budgeted = replace(getattr(cfg.train, stage), time=f"{max(seconds, 5.0):.0f}s")
+    return replace(cfg, train=replace(cfg.train, **{stage: budgeted}))
+
+
+def run_remaining(cfg: Config, report, cancel, on_engine, train_emit=None, train_control=None,
+                  time_s: float | None = None) -> list[str]:
+    """Run, in order, every stage that is not done; returns the names run. With `time_s`, the
+    training stages share what is left of it when each starts (TIME_SHARES; evaluation keeps its
+    share), after whatever the data stages took."""
+    done, started = [], time.monotonic()
+    todo = [s for s in pipeline_status(cfg) if not s.complete]
+    for status in todo:
         cancel.check()
         if train_control is not None and train_control.stopping:
             break
-        run_stage(cfg, status.name, report, cancel, on_engine, train_emit, train_control)
+        stage_cfg = cfg
+        if time_s is not None and status.name in runs.STAGES:
+            ahead = sum(TIME_SHARES.get(s.name, 0.0) for s in todo[todo.index(status):])
+            left = time_s - (time.monotonic() - started)
+            stage_cfg = with_time(cfg, status.name, left * TIME_SHARES[status.name] / ahead)
+        run_stage(stage_cfg, status.name, report, cancel, on_engine, train_emit, train_control)
         done.append(status.name)
     return done

@@ -20,12 +20,14 @@ from core.train.trainer import check_inputs
 
 
 def launch_detached(config_path: Path, stage: str, run: Path, resume: bool = False, steps: int | None = None,
-                    max_steps: int | None = None) -> int:
+                    max_steps: int | None = None, time: str | None = None) -> int:
     """Start `acm train STAGE --run RUN` in the background; returns its pid. What the stage needs is
     checked first: an error in a background process is seen by no one."""
     cfg = config.load(config_path)
     if steps:
         getattr(cfg.train, stage).steps = steps
+    if time:
+        getattr(cfg.train, stage).time = time
     check_inputs(cfg, stage, run, resume)
     argv = [sys.executable, "-m", "core.cli", "-c", str(Path(config_path).resolve()), "train", stage,
             "--run", run.name, "--json"]
@@ -35,6 +37,8 @@ def launch_detached(config_path: Path, stage: str, run: Path, resume: bool = Fal
         argv += ["--steps", str(steps)]
     if max_steps:
         argv += ["--max-steps", str(max_steps)]
+    if time:
+        argv += ["--time", time]
     who = holder(run)
     if who is None and runs.stage_state(run, stage) == "starting":  # launched a moment ago, not yet locked
         who = runs.read_status(run, stage)

@@ -13,13 +13,13 @@ import math
 import shutil
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
 import mlx.core as mx
 
-from core.config import Config, StageConfig
+from core.config import Config, StageConfig, parse_duration
 from core.errors import AcmError
 from core.hardware import device_info, memory_limit, memory_now, peak_flops
 from core.locks import reading_inputs
@@ -29,6 +29,7 @@ from core.tokenizer.bpe import load_tokenizer
 from core.tokenizer.shards import open_tokens
 from core.train import checkpoint, runs
 from core.train.batches import Batches
+from core.train.budget import HOURS, UNPLANNED, Calibration, describe_seconds
 from core.train.events import Callback, Recorder
 from core.train.lock import RunLock
 from core.train.optimizer import FlatAdamW
@@ -124,7 +125,9 @@ class Trainer:
         if stage not in CORPUS:
             raise AcmError(f"unknown stage {stage!r}: pretrain or finetune")
         self.cfg, self.stage, self.run_path = cfg, stage, run
-        self.sc: StageConfig = getattr(cfg.train, stage)
+        self.sc: StageConfig = replace(getattr(cfg.train, stage))  # a budget fits this copy's steps
+        self.budget_s = parse_duration(self.sc.time, f"train.{stage}.time") if self.sc.time else None
+        self.planned = False
         self.callbacks: list[Callback] = [emit] if emit else []
         self.control = control or Control()
         self.resume = resume
@@ -209,6 +212,8 @@ class Trainer:
         self.start_step = ck.step
         self.tokens_seen = ck.state.get("tokens_seen", 0)
         self.best_val = ck.state.get("best_val_loss")
+        if self.budget_s and ck.state.get("planned_steps"):  # a resumed budget run keeps its plan
+            self._apply_plan(ck.state["planned_steps"], ck.state["planned_warmup"])
         self.log(f"resumed {self.stage} from step {ck.step}")
 
     # ------------------------------------------------------------ one step
@@ -262,6 +267,7 @@ class Trainer:
         state = {
             "stage": self.stage, "tokens_seen": self.tokens_seen, "val_loss": val_loss,
             "best_val_loss": self.best_val, "tokenizer_sha256": self.tok.sha256,
+            "planned_steps": self.sc.steps if self.planned else None, "planned_warmup": self.sc.warmup_steps,
             "rng": {"batches": "numpy default_rng([seed, step, micro_batch])", "seed": self.sc.seed,
                     "next_step": step},
             "data_position": {"step": step, "seed": self.sc.seed, "tokens_seen": self.tokens_seen},
@@ -280,6 +286,7 @@ class Trainer:
     # ------------------------------------------------------------ the stage
 
     def run(self) -> StageResult:
+        self.started = time.perf_counter()  # a time budget counts from here
         fresh = self.is_main and not self.run_path.exists()  # made by this call
         lock = RunLock(self.run_path).acquire(self.stage) if self.is_main else None  # one writer per run
         try:
@@ -348,13 +355,16 @@ class Trainer:
 
     def _loop(self) -> StageResult:
         sc = self.sc
-        end = sc.steps if self.max_steps is None else min(sc.steps, self.start_step + self.max_steps)
+        if self.budget_s and not self.planned:
+            sc.steps = UNPLANNED  # until the first steps have been timed
+        self.calibration = Calibration(self.budget_s, self.started, sc.eval_every, sc.eval_batches)
+        end = self._end()
         self.step, stopped, ahead = self.start_step, False, None  # ahead: the next step, queued while this one runs
         last = checkpoint.latest(self.ck_dir)
         self.last_ck, self.val_loss = (last.path if last else None), None
         self.meter = Throughput(sc.batch_size * sc.grad_accum * sc.seq_len * self.world)
         self._begin(end)
-        while self.step < end and not self.early_stopped:
+        while self.step < self.end and not self.early_stopped:
             if ahead is None:
                 action = self._control_point(self.step)
                 if action == "stop":
@@ -366,10 +376,11 @@ class Trainer:
                 current = self._train_step(self.step)
             else:
                 current, ahead = ahead, None
-            if self._may_queue(self.step + 1, end):  # the device never waits for Python between steps
+            if self._may_queue(self.step + 1, self.end):  # the device never waits for Python between steps
                 ahead = self._train_step(self.step + 1)
-            self._step_done(current, end)
-            self._evaluate_and_save(end, may_save_now=ahead is None)
+            self._step_done(current, self.end)
+            self._timed()
+            self._evaluate_and_save(self.end, may_save_now=ahead is None)
         if stopped and self.step > self.start_step:
             self.last_ck = self.save(self.step, None) or self.last_ck
         # stopped by hand or by --max-steps; early stopping finishes the stage
@@ -378,13 +389,50 @@ class Trainer:
         self.log(f"{self.stage} {state} at step {self.step}")
         return StageResult(self.stage, self.run_path, self.step, stopped, self.last_ck, self.best_val)
 
+    def _end(self) -> int:
+        self.end = self.sc.steps if self.max_steps is None else min(self.sc.steps, self.start_step + self.max_steps)
+        return self.end
+
+    def _apply_plan(self, total: int, warmup: int) -> None:
+        self.sc.steps, self.sc.warmup_steps, self.planned = total, warmup, True
+        if self.is_main and hasattr(self, "recorder"):
+            self.recorder.total = total
+
+    def _timed(self) -> None:
+        """After a step: once the first steps are timed, fit the steps to the budget, or say how
+        long the configured steps will take here (a warning when it is hours)."""
+        if self.calibration is None:
+            return
+        now = time.perf_counter()
+        step_s = self.calibration.observe(self.step, now)
+        if self.world > 1:  # every rank must plan the same steps at the same step: rank 0 decides
+            step_s = float(mx.distributed.all_sum(mx.array((step_s or 0.0) if self.is_main else 0.0)).item()) or None
+        if step_s is None:
+            return
+        calibration, self.calibration, sc = self.calibration, None, self.sc
+        if self.budget_s and not self.planned:
+            plan = calibration.plan(self.step, now, step_s, sc.warmup_steps)
+            self._apply_plan(plan.total, plan.warmup)
+            self._end()
+            self.log(f"{self.stage}: time budget {describe_seconds(self.budget_s)}: {plan.total:,} steps at "
+                     f"{step_s * 1000:.0f} ms a step (warmup {plan.warmup})")
+            return
+        left = (sc.steps - self.step) * step_s  # the stage's steps, whatever --max-steps stops this call at
+        self.log(f"{self.stage}: {sc.steps - self.step:,} more steps take about {describe_seconds(left)} here "
+                 f"({step_s * 1000:.0f} ms a step)")
+        if left >= HOURS and not self.budget_s:
+            self.log(f"warning: that is hours; a time budget (--time 10m, train.{self.stage}.time) "
+                     "fits the steps to it")
+
     def _begin(self, end: int) -> None:
         shape = self.cfg.model.shape()
         info = device_info()
         self.peak, self.limit = peak_flops(info), memory_limit(info)
         self.flops_per_token = shape.flops_per_token(self.sc.seq_len)
         self._state("running", self.step, run=self.run_path.name)
-        self.log(f"{self.stage}: steps {self.step}..{end} of {self.sc.steps}, {self.meter.tokens_per_step:,} "
+        steps = (f"a time budget of {describe_seconds(self.budget_s)} from step {self.step}"
+                 if self.sc.steps == UNPLANNED else f"steps {self.step}..{end} of {self.sc.steps}")
+        self.log(f"{self.stage}: {steps}, {self.meter.tokens_per_step:,} "
                  f"tokens/step, {self.world} rank(s), preset {shape.name}, {self.cfg.model.compute_dtype} compute")
 
     def _step_done(self, current: tuple[mx.array, mx.array], end: int) -> None:
