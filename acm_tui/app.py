@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from functools import partial
 from pathlib import Path
 
+from textual import work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
@@ -16,6 +17,9 @@ from textual.widgets import Footer, Header, Static, TabbedContent, TabPane
 from core import config
 from core.engine import Engine
 from core.errors import AcmError
+from core.hardware import device_label
+from core.pipeline.overview import disk_stamp
+from core.train import runs
 
 from .confirm import Confirm
 from .messages import RunInPane
@@ -29,6 +33,9 @@ from .panes.tokenizer import TokenizerPane
 from .panes.train import TrainPane
 
 PANES = [SetupPane, DataPane, TokenizerPane, TrainPane, GeneratePane, RunsPane, SettingsPane]
+
+
+DISK_POLL_S = 2.0  # how often the app looks for stages that ended or moved on elsewhere
 
 
 class AcmApp(App):
@@ -55,6 +62,7 @@ class AcmApp(App):
             self.config_error = str(e)
             self.cfg = config.from_dict({}, root=self.config_path.parent)
         self.engine = Engine()
+        self.device, self.stamp = "", None
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -68,8 +76,36 @@ class AcmApp(App):
 
     def on_mount(self) -> None:
         self.action_show_pane("setup")
+        self.engine.submit(device_label).add_done_callback(
+            lambda f: self.call_from_thread(self._set_device, f.result()) if not f.exception() else None)
+        self.set_interval(DISK_POLL_S, self.watch_disk)
+        self.watch_disk()
         if self.config_error:
             self.notify(self.config_error, title="acm.toml", severity="error", timeout=10)
+
+    def _set_device(self, label: str) -> None:
+        self.device = label
+        self.show_where()
+
+    def show_where(self, run: str | None = None) -> None:
+        """The preset, the run and the device, in the header of every screen."""
+        self.current_run = run if run is not None else getattr(self, "current_run", "")
+        parts = [f"preset {self.cfg.model.preset}", f"run {self.current_run or '(none yet)'}"]
+        self.sub_title = "  ·  ".join(parts + ([self.device] if self.device else []))
+
+    @work(thread=True, exclusive=True, group="disk", exit_on_error=False)
+    def watch_disk(self) -> None:
+        """Every pane reads the disk again when a stage ends or moves on, wherever it ran."""
+        stamp = disk_stamp(self.cfg)
+        newest = runs.list_runs(self.cfg)
+        run = newest[0].name if newest else ""
+        changed, self.stamp = stamp != self.stamp, stamp
+        self.call_from_thread(self._disk_changed if changed else self.show_where, run)
+
+    def _disk_changed(self, run: str) -> None:
+        self.show_where(run)
+        for pane in self.query(Pane):
+            pane.disk_changed()
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         """The command palette (ctrl+p) offers every pane's actions, not only the focused pane's."""

@@ -64,3 +64,10 @@ def memory_limit(info: dict | None = None) -> int:
 
 def memory_now() -> dict:
     return {"active": mx.get_active_memory(), "peak": mx.get_peak_memory(), "cache": mx.get_cache_memory()}
+
+
+def device_label() -> str:
+    """The device training runs on, in a few words ("gpu: Apple M2 Max", "cpu")."""
+    kind = "gpu" if mx.default_device().type == mx.DeviceType.gpu else "cpu"
+    name = str(device_info().get("device_name", "")) if kind == "gpu" else ""
+    return f"{kind}: {name}" if name else kind

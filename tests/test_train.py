@@ -396,3 +396,15 @@ def test_a_pipeline_budget_is_shared_by_the_training_stages():
     budgeted = with_time(cfg, "finetune", 600 * TIME_SHARES["finetune"])
     assert budgeted.train.finetune.time == "150s" and cfg.train.finetune.time == ""
     assert budgeted.train.pretrain == cfg.train.pretrain
+
+
+def test_piped_tables_keep_whole_names(prepared):
+    cfg = load(prepared)
+    name = "a-run-with-a-name-much-longer-than-eighty-columns-would-leave-room-for-in-a-table"
+    run_stage(cfg, "pretrain", cfg.runs_dir / name, max_steps=1)
+    env = os.environ | {"PYTHONPATH": str(Path(__file__).parent.parent), "COLUMNS": "80"}
+    out = subprocess.run([sys.executable, "-m", "core.cli", "-c", str(prepared / "acm.toml"), "runs"],
+                         capture_output=True, text=True, env=env, timeout=120, check=True).stdout
+    assert name in out
+    row = next(line for line in out.splitlines() if name in line)
+    assert "pretrain" in row and "1/" in row

@@ -52,3 +52,29 @@ async def test_failed_fetch_is_shown_not_raised(project, tmp_path):
         await pilot.press("1")  # the app is still alive and responsive
         await pilot.pause()
         assert app.query_one("#panes").active == "setup"
+
+
+async def test_panes_follow_a_stage_that_ends_elsewhere(project, tmp_path):
+    """A corpus fetched by another process (here: the CLI's code, outside the app) shows up in the
+    Data pane, and the header names the preset, the run and the device, without a restart."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    scripts = tmp_path / "scripts"
+    scripts.mkdir()
+    (scripts / "deploy.sh").write_text(DEPLOY)
+    cfg = config.load(project / "acm.toml")
+    cfg.data.code.source, cfg.data.code.local_paths = "local", [str(scripts)]
+    config.save(cfg, project / "acm.toml")
+    app = AcmApp(project / "acm.toml")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("2")
+        table = app.query_one("#corpus-stats", DataTable)
+        await wait_until(pilot, lambda: table.row_count == 2 and table.get_row_at(1)[1] == "not fetched")
+        env = os.environ | {"PYTHONPATH": str(Path(__file__).parent.parent)}
+        subprocess.run([sys.executable, "-m", "core.cli", "-c", str(project / "acm.toml"), "data", "fetch", "code"],
+                       check=True, capture_output=True, env=env, timeout=120)
+        await wait_until(pilot, lambda: table.get_row_at(1)[1] == "1", timeout=15)
+        await wait_until(pilot, lambda: "preset nano" in app.sub_title and "run (none yet)" in app.sub_title)

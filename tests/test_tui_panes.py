@@ -165,3 +165,45 @@ async def test_a_settings_path_that_is_a_folder_keeps_the_app_up(project):
         assert "cannot read it" in text_of(app, "#config-error")
         await save_in_settings_pane(app, pilot, "generate.temperature", "0.5")
         assert app.is_running and folder.is_dir()
+
+
+async def test_settings_pane_works_by_keyboard_alone_at_80x24(project):
+    app = AcmApp(project / "acm.toml")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("7")
+        await pilot.pause()
+        table = app.query_one("#settings-table", DataTable)
+        assert table.has_focus
+        for _ in range(30):
+            await pilot.press("down")
+        await pilot.pause()
+        key = config.describe()[30][0]
+        assert table.cursor_row == 30
+        assert text_of(app, "#settings-help").startswith(f"{key}:")  # the description follows the cursor
+        assert table.scroll_y > 0 and app.query_one("#settings-pane").scroll_y == 0  # the table scrolls, not the page
+        await pilot.press("up")
+        assert table.cursor_row == 29
+        await pilot.press("enter")
+        assert app.query_one("#settings-input", Input).has_focus
+
+
+async def test_charts_tell_the_stages_apart_with_steps_on_the_x_axis_at_80x24(with_model):
+    from acm_tui.charts import stage_series
+    from core.train import runs
+
+    app = AcmApp(with_model / "acm.toml")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("6")
+        table = app.query_one("#runs-table", DataTable)
+        await wait_until(pilot, lambda: table.row_count == 1)
+        table.focus()
+        select_row(table, "m")
+        await pilot.press("enter")
+        await pilot.pause()
+        drawn = str(app.query_one("#runs-chart").render())
+        assert "pretrain" in drawn and "fine-tune" in drawn and "step" in drawn
+    run = app.cfg.locations.run("m")
+    metrics = {s: [r for r in runs.read_metrics(run, s) if r["type"] == "metrics"] for s in runs.STAGES}
+    (pre_x, _, pre_label), (ft_x, _, ft_label) = stage_series(metrics, "loss")
+    assert (pre_label, ft_label) == ("pretrain", "fine-tune")
+    assert min(ft_x) > max(pre_x)  # the fine-tune is drawn after its pretrain, not on top of it

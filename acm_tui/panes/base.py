@@ -40,6 +40,10 @@ class Pane(VerticalScroll):
     def cfg(self):
         return self.app.cfg
 
+    def disk_changed(self) -> None:
+        """Something on disk this pane may show has changed (a stage ended or moved on, wherever it
+        ran): read it again. Panes that show state from disk override this."""
+
     # ------------------------------------------------------------ engine jobs (MLX work)
 
     def run_on_engine(self, job: str, fn: Callable[..., Any], *args: Any) -> Future:

@@ -45,6 +45,9 @@ class DataPane(Pane):
         yield Static("Sample", id="sample-title", classes="heading")
         yield Static("", id="sample")
 
+    def disk_changed(self) -> None:
+        self.refresh_stats()
+
     def on_mount(self) -> None:
         self.query_one("#corpus-stats", DataTable).add_columns(*CORPUS_COLUMNS)
         self.refresh_stats()

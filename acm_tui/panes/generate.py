@@ -88,6 +88,9 @@ class GeneratePane(Pane):
         yield from self.compose_step()
         yield DataTable(id="eval-table", cursor_type="none")
 
+    def disk_changed(self) -> None:
+        self.refresh_checkpoints()
+
     def on_mount(self) -> None:
         self.query_one("#eval-table", DataTable).add_columns(*EVAL_COLUMNS)
         self.refresh_checkpoints()

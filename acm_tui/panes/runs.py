@@ -16,6 +16,7 @@ from textual_plotext import PlotextPlot
 from core.errors import AcmError
 from core.train import runs
 
+from ..charts import draw, stage_series
 from .base import Pane
 
 
@@ -83,6 +84,9 @@ class RunsPane(Pane):
         yield DataTable(id="runs-table", cursor_type="row", zebra_stripes=True)
         yield PlotextPlot(id="runs-chart")
 
+    def disk_changed(self) -> None:
+        self.action_reload()
+
     def on_mount(self) -> None:
         self.query_one("#runs-table", DataTable).add_columns("run", "preset", "pretrain", "fine-tune",
                                                              "best val loss", "modified")
@@ -137,22 +141,16 @@ class RunsPane(Pane):
 
     def plot(self) -> None:
         chart = self.query_one("#runs-chart", PlotextPlot)
-        plt = chart.plt
-        plt.clear_data()
-        plt.clear_figure()
-        plt.title("loss: " + " vs ".join(self.shown) if self.shown else "select a run and press enter")
+        series = []
         for name in self.shown:
             run = self.cfg.locations.run(name)
-            for stage in runs.STAGES:
-                records = runs.read_metrics(run, stage)
-                m = [r for r in records if r["type"] == "metrics"]
-                if m:
-                    plt.plot([r["step"] for r in m], [r["loss"] for r in m], label=f"{name} {stage}",
-                             marker="braille")
-                e = [r for r in records if r["type"] == "eval"]
-                if e:
-                    plt.plot([r["step"] for r in e], [r["val_loss"] for r in e], label=f"{name} {stage} val",
-                             marker="braille")
+            records = {stage: runs.read_metrics(run, stage) for stage in runs.STAGES}
+            prefix = f"{name} " if len(self.shown) > 1 else ""
+            series += [(xs, ys, prefix + label) for xs, ys, label in stage_series(
+                {s: [r for r in rs if r["type"] == "metrics"] for s, rs in records.items()}, "loss")]
+            series += [(xs, ys, prefix + label) for xs, ys, label in stage_series(
+                {s: [r for r in rs if r["type"] == "eval"] for s, rs in records.items()}, "val_loss", " val")]
+        draw(chart.plt, "loss: " + " vs ".join(self.shown) if self.shown else "select a run and press enter", series)
         chart.refresh()
 
     def action_delete(self) -> None:

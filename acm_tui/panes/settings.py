@@ -38,6 +38,10 @@ class SettingsPane(Pane):
         table.add_columns("setting", "value", "allowed")
         self.fill()
 
+    def on_focus(self) -> None:
+        """Showing the pane puts the cursor in the table, so the arrow keys move it (not the page)."""
+        self.query_one("#settings-table", DataTable).focus()
+
     def fill(self) -> None:
         table = self.query_one("#settings-table", DataTable)
         row = table.cursor_row
@@ -52,9 +56,10 @@ class SettingsPane(Pane):
 
     @on(DataTable.RowHighlighted, "#settings-table")
     def _highlighted(self, event: DataTable.RowHighlighted) -> None:
-        help = {k: h for k, _, _, h in config.describe()}
-        self.query_one("#settings-help", Static).update(Text(f"{event.row_key.value}: {help[event.row_key.value]}",
-                                                             style="dim"))
+        key = event.row_key.value
+        allowed, help = {k: (a, h) for k, _, a, h in config.describe()}[key]
+        # the description wraps under the table, so the allowed values are never cut off at 80 columns
+        self.query_one("#settings-help", Static).update(Text(f"{key}: {help} (allowed: {allowed})", style="dim"))
 
     @on(DataTable.RowSelected, "#settings-table")
     def _selected(self, event: DataTable.RowSelected) -> None:

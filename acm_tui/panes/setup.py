@@ -52,6 +52,9 @@ class SetupPane(Pane):
         yield DataTable(id="presets", cursor_type="row", zebra_stripes=True)
         yield Static("", id="model-test")
 
+    def disk_changed(self) -> None:
+        self.refresh_pipeline()
+
     def on_mount(self) -> None:
         self.query_one("#pipeline", DataTable).add_columns("stage", "state", "details")
         self.refresh_pipeline()

@@ -51,6 +51,9 @@ class TokenizerPane(Pane):
         yield Static("", id="probe-tokens")
         yield Static("", id="probe-ids")
 
+    def disk_changed(self) -> None:
+        self.refresh_info()
+
     def on_mount(self) -> None:
         self.query_one("#tokenizer-eval", DataTable).add_columns(*TOKENIZER_COLUMNS)
         self.query_one("#token-shards", DataTable).add_columns(*SHARD_COLUMNS, "state")

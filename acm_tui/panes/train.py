@@ -25,6 +25,7 @@ from core.train.detach import launch_detached
 from core.train.events import StageFollower
 from core.train.trainer import Control, run_stage
 
+from ..charts import STAGE_NAMES, draw
 from ..messages import EngineResult
 from .base import Pane
 
@@ -266,7 +267,8 @@ class TrainPane(Pane):
     def replot(self) -> None:
         self.redraws += 1
         steps = [m["step"] for m in self.history]
-        self._chart("#chart-loss", "loss" + (" (log)" if self.log_scale else ""),
+        stage = STAGE_NAMES.get(self.stage or "", "")
+        self._chart("#chart-loss", f"{stage} loss".strip() + (" (log)" if self.log_scale else ""),
                     [(steps, [m["loss"] for m in self.history], "train"),
                      ([e["step"] for e in self.evals], [e["val_loss"] for e in self.evals], "val")],
                     log=self.log_scale)
@@ -278,13 +280,5 @@ class TrainPane(Pane):
 
     def _chart(self, selector: str, title: str, series: list, log: bool = False) -> None:
         widget = self.query_one(selector, PlotextPlot)
-        plt = widget.plt
-        plt.clear_data()
-        plt.clear_figure()
-        plt.title(title)
-        for xs, ys, label in series:
-            if xs:
-                plt.plot(xs, ys, label=label, marker="braille")
-        if log and any(xs for xs, _, _ in series):
-            plt.yscale("log")
+        draw(widget.plt, title, series, log=log)
         widget.refresh()

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import json
 
-from rich.console import Console
 from rich.table import Table
 
+from core.cli.output import console_for
 from core.cli.progress import progress_bars
 from core.config import Config
 from core.data.code import fetch_code
@@ -15,7 +15,7 @@ from core.errors import AcmError
 from core.paths import CORPORA
 from core.pipeline.tables import CORPUS_COLUMNS, corpus_row
 
-console = Console(highlight=False)
+console = console_for()
 
 
 
@@ -24,6 +24,9 @@ def cmd_fetch(args, cfg: Config) -> int:
     fetch = fetch_language if args.kind == "language" else fetch_code
     with progress_bars() as report:
         manifest = fetch(cfg, report)
+    if args.json:
+        print(json.dumps(manifest, indent=2))
+        return 0
     s = manifest["stats"]
     print(f"{args.kind} corpus: {s['documents']:,} documents, {s['words']:,} words, "
           f"~{s['estimated_tokens']:,} tokens, {s['bytes'] / 2**20:.2f} MB in {cfg.locations.corpus(args.kind)}")
@@ -75,7 +78,7 @@ def cmd_show(args, cfg: Config) -> int:
 def register(sub, add) -> None:
     data = sub.add_parser("data", help="fetch and inspect the corpora").add_subparsers(
         dest="data_command", required=True, metavar="ACTION")
-    fetch = add(data, "fetch", cmd_fetch, "fetch a corpus (data.language / data.code in acm.toml)", json_flag=False)
+    fetch = add(data, "fetch", cmd_fetch, "fetch a corpus (data.language / data.code in acm.toml)")
     fetch.add_argument("kind", choices=CORPORA)
     add(data, "stats", cmd_stats, "statistics of the fetched corpora")
     show = add(data, "show", cmd_show, "print one document with its provenance")

@@ -6,11 +6,11 @@ import sys
 import threading
 from pathlib import Path
 
-from rich.console import Console
 from rich.table import Table
 
 from core import config
 from core.cli.args import positive_int, unescape
+from core.cli.output import console_for
 from core.cli.progress import progress_bars
 from core.config import Config
 from core.engine import Engine
@@ -22,7 +22,7 @@ from core.generate.sampling import SamplingParams
 from core.generate.verdicts import judge
 from core.pipeline.tables import EVAL_COLUMNS, eval_rows
 
-console = Console(highlight=False, stderr=True)
+console = console_for(stderr=True)
 
 
 def params_from(args, cfg: Config) -> SamplingParams:
@@ -137,7 +137,7 @@ def cmd_eval(args, cfg: Config) -> int:
                   "bash: share parsing with bash -n, mean tokens, distinct-2)", title_justify="left")
     for row in eval_rows(results):
         table.add_row(*row)
-    Console(highlight=False).print(table)
+    console_for().print(table)
     return 0
 
 

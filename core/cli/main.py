@@ -7,7 +7,6 @@ import os
 import sys
 from pathlib import Path
 
-from rich.console import Console
 from rich.table import Table
 
 from core import __version__, config
@@ -18,13 +17,14 @@ from core.cli import runs as cli_runs
 from core.cli import tokenizer as cli_tokenizer
 from core.cli import train as cli_train
 from core.cli.args import Parser, positive_int
+from core.cli.output import console_for
 from core.errors import AcmError, one_line
 from core.hardware import configure_mlx
 from core.model.presets import PRESETS, get_preset, human_count
 from core.pipeline import doctor
 from core.pipeline.tables import DOCTOR_COLUMNS, PRESET_COLUMNS, doctor_row, preset_row
 
-console = Console(highlight=False)
+console = console_for()
 
 
 def _print_json(obj) -> None:

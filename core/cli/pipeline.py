@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import json
 
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from core.cli.args import duration
+from core.cli.output import console_for
 from core.cli.progress import progress_bars
 from core.cli.train import describe
 from core.config import Config, parse_duration
@@ -26,13 +26,13 @@ def cmd_status(args, cfg: Config) -> int:
     table = Table("stage", "state", "details", title="Pipeline", title_justify="left")
     for s in statuses:
         table.add_row(s.label, Text(s.state, style=STATE_STYLES.get(s.state, "")), Text(s.detail))
-    Console(highlight=False).print(table)
+    console_for().print(table)
     return 0
 
 
 def cmd_run(args, cfg: Config) -> int:
     engine, control, cancel = Engine(), Control(), CancelToken()
-    console = Console(highlight=False, stderr=True)
+    console = console_for(stderr=True)
 
     def train_event(event: dict) -> None:
         line = describe(event)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import sys
 from collections.abc import Iterator
 
 from rich.progress import (
@@ -15,18 +14,18 @@ from rich.progress import (
 )
 from rich.progress import Progress as RichProgress
 
+from core.cli.output import console_for
 from core.progress import Progress, Reporter
 
 
 @contextlib.contextmanager
 def progress_bars() -> Iterator[Reporter]:
     """A Reporter that draws one bar per task (e.g. cloning, validating) on stderr."""
-    from rich.console import Console
 
     bars = RichProgress(SpinnerColumn(), TextColumn("{task.description:<14}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("eta"), TimeRemainingColumn(), TimeElapsedColumn(),
                         TextColumn("[dim]{task.fields[note]}", justify="left"),
-                        console=Console(file=sys.stderr), transient=False)
+                        console=console_for(stderr=True), transient=False)
     tasks: dict[str, int] = {}
 
     def report(p: Progress) -> None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 import json
 import time
 
-from rich.console import Console
 from rich.table import Table
 
+from core.cli.output import console_for
 from core.config import Config
 from core.errors import AcmError
 from core.paths import Paths
@@ -34,7 +34,7 @@ def cmd_list(args, cfg: Config) -> int:
             val = f"{st['best_val_loss']:.4f}" if st.get("best_val_loss") is not None else ""
             table.add_row(r["name"], r["preset"], stage, st.get("state", ""), f"{st.get('step', '')}{total}", val,
                           when)
-    Console(highlight=False).print(table)
+    console_for().print(table)
     return 0
 
 

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import json
 
-from rich.console import Console
 from rich.table import Table
 
 from core.cli.args import unescape
+from core.cli.output import console_for
 from core.cli.progress import progress_bars
 from core.config import Config
 from core.errors import AcmError
@@ -20,12 +20,15 @@ from core.pipeline.tables import (
 from core.tokenizer.bpe import load_meta, load_tokenizer, train_tokenizer
 from core.tokenizer.shards import prepare
 
-console = Console(highlight=False)
+console = console_for()
 
 
 def cmd_train(args, cfg: Config) -> int:
     with progress_bars() as report:
         meta = train_tokenizer(cfg, report, compare=args.compare)
+    if args.json:
+        print(json.dumps(meta, indent=2))
+        return 0
     print(f"tokenizer: {meta['vocab_size']:,} tokens, code share {meta['mix']['code_share']:.1%} of "
           f"{(meta['mix']['language_chars'] + meta['mix']['code_chars']) / 1e6:.1f}M training characters, "
           f"saved to {cfg.locations.tokenizer}")
@@ -89,7 +92,7 @@ def cmd_prepare(args, cfg: Config) -> int:
 def register(sub, add) -> None:
     tok = sub.add_parser("tokenizer", help="train and probe the BPE tokenizer").add_subparsers(
         dest="tokenizer_command", required=True, metavar="ACTION")
-    train = add(tok, "train", cmd_train, "train the byte-level BPE tokenizer on both corpora", json_flag=False)
+    train = add(tok, "train", cmd_train, "train the byte-level BPE tokenizer on both corpora")
     train.add_argument("--compare", action="store_true",
                        help="also train one at the original's mix (0.3%% code) and compare chars/token")
     add(tok, "info", cmd_info, "the trained tokenizer's metadata and evaluation")

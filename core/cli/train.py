@@ -9,7 +9,6 @@ import json
 import queue
 import signal
 
-from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -19,6 +18,7 @@ from rich.progress import (
 )
 
 from core.cli.args import duration, positive_int
+from core.cli.output import console_for
 from core.config import Config
 from core.engine import Engine
 from core.errors import AcmError
@@ -27,7 +27,7 @@ from core.train import runs
 from core.train.detach import launch_detached
 from core.train.trainer import Control, run_stage
 
-console = Console(highlight=False, stderr=True)
+console = console_for(stderr=True)
 
 
 def pick_run(cfg: Config, stage: str, name: str | None, resume: bool):

@@ -169,6 +169,27 @@ def _training_target(cfg: Config, stage: str) -> tuple[Path, bool]:
     return runs.latest_run_with(cfg, "pretrain"), False
 
 
+def disk_stamp(cfg: Config) -> tuple:
+    """A cheap fingerprint of everything the panes show from disk (corpora, tokenizer, shards,
+    runs, their stages' status and checkpoints, evaluations): it changes when any stage ends or
+    moves on, wherever it ran (the app, a background process, the CLI)."""
+    loc = cfg.locations
+    paths = [loc.corpus_manifest(k) for k in CORPORA] + [loc.tokenizer_meta]
+    paths += [loc.shards_manifest(k) for k in CORPORA] + [loc.runs]
+    for run in runs.list_runs(cfg):
+        paths += [run, Paths.eval_results(run)]
+        for stage in runs.STAGES:
+            paths += [Paths.status(run, stage), Paths.checkpoints(run, stage)]
+    return tuple((str(p), _mtime(p)) for p in paths)
+
+
+def _mtime(path: Path) -> int:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return 0
+
+
 TIME_SHARES = {"pretrain": 0.6, "finetune": 0.25, "evaluate": 0.15}  # of a pipeline's time budget
 
 
