@@ -345,7 +345,7 @@ def load(path: str | os.PathLike = CONFIG_NAME) -> Config:
     """Read acm.toml; a missing file gives the defaults (rooted at its folder)."""
     path = Path(path)
     if not path.exists():
-        return from_dict({}, source=str(path), root=path.parent)
+        return machine_defaults(from_dict({}, source=str(path), root=path.parent))
     try:
         table = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as e:  # a folder, no permission
@@ -356,6 +356,15 @@ def load(path: str | os.PathLike = CONFIG_NAME) -> Config:
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not UTF-8 text") from None
     return from_dict(table, source=str(path), root=path.parent)
+
+
+def machine_defaults(cfg: Config) -> Config:
+    """A fresh project (no acm.toml) starts on the preset that suits this machine: medium where the
+    GPU can train it, tiny on a smaller GPU, micro on the CPU (`acm doctor` says why)."""
+    from core.hardware import suggested_preset  # MLX, only for a project without settings
+
+    preset, _ = suggested_preset()
+    return cfg if preset == cfg.model.preset else with_value(cfg, "model.preset", preset)[0]
 
 
 HEADER = (

@@ -71,3 +71,19 @@ def device_label() -> str:
     kind = "gpu" if mx.default_device().type == mx.DeviceType.gpu else "cpu"
     name = str(device_info().get("device_name", "")) if kind == "gpu" else ""
     return f"{kind}: {name}" if name else kind
+
+
+MEDIUM_TRAINING_BYTES = 16 * 2**30  # medium at batch 8 x 1,024 peaked at 13.1 GB (H100, README), plus room
+
+
+def suggested_preset(info: dict | None = None) -> tuple[str, str]:
+    """The preset a fresh project starts with on this machine, and why."""
+    if mx.default_device().type != mx.DeviceType.gpu:
+        return "micro", ("no GPU for MLX here: training runs on the CPU, where micro trains in minutes "
+                         "and medium would take days")
+    info = info if info is not None else device_info()
+    room = info.get("max_recommended_working_set_size") or info.get("memory_size") or info.get("total_memory") or 0
+    if room >= MEDIUM_TRAINING_BYTES:
+        return "medium", f"the GPU's {room / 2**30:.0f} GiB hold medium's training (13 GB at batch 8 x 1,024)"
+    return "tiny", (f"the GPU's {room / 2**30:.0f} GiB are too few for medium's training (13 GB at batch 8 x "
+                    "1,024); tiny fits")

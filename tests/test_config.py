@@ -38,10 +38,32 @@ def test_round_trip_keeps_every_value(tmp_path):
     assert again.data_dir == (tmp_path / "corpora").resolve()
 
 
-def test_defaults_when_file_is_missing(tmp_path):
+def test_defaults_when_file_is_missing_suit_the_machine(tmp_path):
+    from core.hardware import suggested_preset
+    from core.model.presets import get_preset
+
     cfg = config.load(tmp_path / "acm.toml")
-    assert cfg == config.Config()
+    preset, why = suggested_preset()
+    assert cfg.model.preset == preset and why
+    assert cfg.tokenizer.vocab_size == get_preset(preset).vocab_size  # the pair stays consistent
+    assert cfg.train == config.with_value(config.Config(), "model.preset", preset)[0].train
     assert cfg.runs_dir == (tmp_path / "runs").resolve()
+
+
+def test_a_cpu_only_machine_suggests_micro_and_doctor_says_why(project):
+    import mlx.core as mx
+
+    from core.hardware import suggested_preset
+    from core.pipeline.doctor import preset_check
+
+    if mx.default_device().type == mx.DeviceType.gpu:
+        pytest.skip("this machine trains on a GPU")
+    assert suggested_preset()[0] == "micro"
+    cfg = config.load(project / "acm.toml")
+    cfg.model.preset = "medium"
+    (check,) = preset_check(cfg)
+    assert "medium set; micro suits this machine: no GPU" in check.value and not check.ok
+    assert "acm config set model.preset micro" in check.fix
 
 
 def test_shipped_acm_toml_is_the_defaults():

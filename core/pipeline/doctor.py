@@ -14,6 +14,7 @@ from pathlib import Path
 
 from core.config import Config
 from core.generate.verdicts import shellcheck_path
+from core.model.presets import PRESETS
 
 DISTRIBUTION = "acm"
 # What each dependency is for, shown when it is missing (the list itself is the package's metadata).
@@ -157,8 +158,24 @@ def environment_checks(cfg: Config) -> list[Check]:
     return checks
 
 
+def preset_check(cfg: Config) -> list[Check]:
+    """The configured preset beside the one that suits this machine, and why."""
+    try:
+        from core.hardware import suggested_preset
+
+        suggested, why = suggested_preset()
+    except ImportError:
+        return []
+    if suggested == cfg.model.preset:
+        return [Check("preset", f"{suggested}: {why}")]
+    order = list(PRESETS)
+    larger = order.index(cfg.model.preset) > order.index(suggested)
+    return [Check("preset", f"{cfg.model.preset} set; {suggested} suits this machine: {why}", ok=not larger,
+                  required=False, fix=f"acm config set model.preset {suggested} (or train by the clock: --time 10m)")]
+
+
 def run_checks(cfg: Config) -> list[Check]:
-    return device_checks() + environment_checks(cfg)
+    return device_checks() + preset_check(cfg) + environment_checks(cfg)
 
 
 def healthy(checks: list[Check]) -> bool:
