@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import json
 
+from textual.widgets import DataTable
+
 from acm_tui.app import AcmApp
 from core import config
 from core.data.code import fetch_code
@@ -77,6 +79,10 @@ async def test_end_to_end_on_the_offline_default(tmp_path):
         await pilot.pause(0.5)
         train = app.query_one("#train-pane")
         assert len(train.history) >= 2  # the chain's training reached the Train pane's charts
+        await pilot.press("2")  # the Data pane shows what the chain fetched, without a restart
+        stats = app.query_one("#corpus-stats", DataTable)
+        await wait_until(pilot, lambda: stats.row_count == 2 and all(
+            stats.get_row_at(i)[1] != "not fetched" for i in range(2)), timeout=10)
         await pilot.press("5", "i")
         gen = app.query_one("#generate-pane")
         await pilot.press(*"#!/bin/bash\\n", "enter")

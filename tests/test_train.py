@@ -408,3 +408,16 @@ def test_piped_tables_keep_whole_names(prepared):
     assert name in out
     row = next(line for line in out.splitlines() if name in line)
     assert "pretrain" in row and "1/" in row
+
+
+def test_the_newest_report_is_read_from_the_end_of_the_metrics(prepared):
+    from core.pipeline.overview import training_progress
+    from core.train.runs import last_report
+
+    cfg = load(prepared)
+    run_stage(cfg, "pretrain", cfg.runs_dir / "tail", max_steps=6)
+    newest = last_report(cfg.runs_dir / "tail", "pretrain", tail_bytes=2000)
+    assert newest is not None and newest["step"] == 6 and newest["eta_s"] is not None
+    seen = []
+    training_progress(seen.append)(newest)
+    assert seen[0].task == "pretraining" and (seen[0].done, seen[0].total) == (6, cfg.train.pretrain.steps)

@@ -10,7 +10,7 @@ from textual.widgets import DataTable, Static
 from core.model.check import architecture_test
 from core.model.presets import PRESETS, human_count
 from core.pipeline import doctor
-from core.pipeline.overview import StageStatus, pipeline_status, run_remaining
+from core.pipeline.overview import StageStatus, pipeline_status, run_remaining, training_progress
 from core.pipeline.tables import (
     DOCTOR_COLUMNS,
     PRESET_COLUMNS,
@@ -23,6 +23,11 @@ from core.train.trainer import Control
 
 from ..messages import EngineResult, RunInPane
 from .base import CANCEL_BINDING, Pane
+
+
+def run_chain(cfg, report, cancel, on_engine, control):
+    """Every remaining stage; the bar follows the running one, training stages included."""
+    return run_remaining(cfg, report, cancel, on_engine, training_progress(report), control)
 
 
 class SetupPane(Pane):
@@ -105,8 +110,7 @@ class SetupPane(Pane):
             return
         # the Train pane finds the chain's training stages on disk and follows them
         self.chain_control = Control()
-        if not self.start_step("running the remaining stages", run_remaining, self.app.engine.call, None,
-                               self.chain_control):
+        if not self.start_step("running the remaining stages", run_chain, self.app.engine.call, self.chain_control):
             self.chain_control = None
 
     def step_done(self, name: str, done: list[str]) -> None:

@@ -15,9 +15,11 @@ from core.atomic import read_json
 from core.config import Config
 from core.data.corpus import sha256_file
 from core.paths import CORPORA, Paths
+from core.progress import Progress
 from core.tokenizer.bpe import load_meta
 from core.tokenizer.shards import read_manifest
 from core.train import checkpoint, runs
+from core.train.budget import describe_seconds
 
 STAGES = [("data-language", "data: language"), ("data-code", "data: bash scripts"), ("tokenizer", "tokenizer"),
           ("prepare", "token shards"), ("pretrain", "pretrain"), ("finetune", "fine-tune"), ("evaluate", "evaluate")]
@@ -100,7 +102,7 @@ def _training_status(cfg: Config, stage: str, label: str, tok_sha: str | None) -
         if state == "failed":
             detail += f": {st.get('error', '')}"
         if state in ("running", "paused", "starting"):
-            detail += f" ({round(100 * step / max(total, 1))}%)"
+            detail += f" ({round(100 * step / max(total, 1))}%{_eta(run, stage)})"
         elif last is not None and last.state.get("tokenizer_sha256") != tok_sha:
             state = "stale"
             detail += "; the tokenizer changed since"
@@ -108,6 +110,12 @@ def _training_status(cfg: Config, stage: str, label: str, tok_sha: str | None) -
             state = "done"
         return StageStatus(stage, label, state, detail)
     return StageStatus(stage, label, "not started")
+
+
+def _eta(run: Path, stage: str) -> str:
+    """", ETA ..." of a running stage, from its newest report."""
+    eta = (runs.last_report(run, stage) or {}).get("eta_s")
+    return f", ETA {describe_seconds(eta)}" if eta is not None else ""
 
 
 def _eval_status(cfg: Config, label: str) -> StageStatus:
@@ -197,6 +205,19 @@ def with_time(cfg: Config, stage: str, seconds: float) -> Config:
     """The settings with a training stage's time budget set (the caller's copy is left alone)."""
     budgeted = replace(getattr(cfg.train, stage), time=f"{max(seconds, 5.0):.0f}s")
     return replace(cfg, train=replace(cfg.train, **{stage: budgeted}))
+
+
+def training_progress(report) -> Callable[[dict], None]:
+    """A training stage's reports as progress (step of total, with the loss), so a chain's bar
+    shows the running stage, not the last finished one."""
+    def emit(event: dict) -> None:
+        if event.get("type") == "metrics":
+            report(Progress(STAGE_TASKS.get(event["stage"], event["stage"]), event["step"], event["total"],
+                            note=f"loss {event['loss']:.3f}"))
+    return emit
+
+
+STAGE_TASKS = {"pretrain": "pretraining", "finetune": "fine-tuning"}
 
 
 def run_remaining(cfg: Config, report, cancel, on_engine, train_emit=None, train_control=None,

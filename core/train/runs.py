@@ -76,6 +76,19 @@ def read_metrics(run: Path, stage: str) -> list[dict]:
         return []
 
 
+def last_report(run: Path, stage: str, tail_bytes: int = 16384) -> dict | None:
+    """The newest metrics report of a stage, read from the end of metrics.jsonl (cheap at any size)."""
+    try:
+        with Paths.metrics(run, stage).open("rb") as f:
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - tail_bytes))
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    reports = [r for r in parse_records(lines) if r.get("type") == "metrics"]
+    return reports[-1] if reports else None
+
+
 def parse_records(lines: list[bytes]) -> list[dict]:
     """The JSON objects among metrics.jsonl lines (a line still being written is skipped)."""
     out = []
