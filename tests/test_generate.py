@@ -238,3 +238,15 @@ def test_a_bf16_model_is_served_in_bf16_and_exported_from_its_float32_weights(pr
     assert {v.dtype for _, v in tree_flatten(master.model.parameters())} == {mx.float32}
     text, last = generate_text(served, "#!/bin/bash\n", SamplingParams(temperature=0, max_tokens=4))
     assert last.generated >= 1
+
+
+def test_an_evaluation_budget_bounds_the_samples_never_cuts_one(with_model):
+    from core.generate.evaluate import evaluate_run
+
+    cfg = config.load(with_model / "acm.toml")
+    cfg.eval.samples, cfg.eval.max_tokens, cfg.eval.time = 256, 40, "1s"
+    results = evaluate_run(cfg)
+    for row in results["stages"].values():
+        n = row["code_generation"]["samples"]
+        assert 1 <= n < 256 and n % 8 == 0  # whole batches of 8 prompts, at least one
+    assert results["seconds"] < 60

@@ -9,7 +9,7 @@ from pathlib import Path
 from rich.table import Table
 
 from core import config
-from core.cli.args import positive_int, unescape
+from core.cli.args import duration, positive_int, unescape
 from core.cli.output import console_for
 from core.cli.progress import progress_bars
 from core.config import Config
@@ -124,6 +124,7 @@ def chat_turn(engine: Engine, lm, prompt: str, params: SamplingParams) -> None:
 
 
 def cmd_eval(args, cfg: Config) -> int:
+    cfg.eval.time = args.time or cfg.eval.time
     engine = Engine()
     try:
         with progress_bars() as report:
@@ -188,6 +189,9 @@ def register(sub, add) -> None:
     ev.add_argument("--run", help="run name (default: the latest run)")
     ev.add_argument("--samples", type=positive_int, help="scripts to generate per checkpoint (default: eval.samples)")
     ev.add_argument("--max-tokens", type=positive_int, help="new tokens per script (default: eval.max_tokens)")
+    ev.add_argument("--time", type=duration, metavar="DURATION",
+                    help="wall-clock budget (90s, 10m): fewer samples and validation batches once it is spent "
+                         "(default: eval.time)")
     ex = add(sub, "export", cmd_export, "write a checkpoint as a folder mlx-lm loads", json_flag=False)
     ex.add_argument("run", nargs="?", help="run name (default: the latest run)")
     ex.add_argument("--to", required=True, help="new folder to write")

@@ -5,6 +5,7 @@ to a truncated one; candidates after the first clean and complete one are not lo
 from __future__ import annotations
 
 import os
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -37,13 +38,23 @@ class Checked(Judged):
         return f"{self.verdict.describe()}; {self.tried} tried" + (f"; turned down: {why}" if why else "")
 
 
-def _sample(lm: LoadedModel, prompts: list[str], params: SamplingParams, should_stop) -> list[Sample]:
+@dataclass
+class Deadline:
+    """Sample in small batches until a moment (time.monotonic()), at least one batch: a time
+    budget bounds the number of samples, never cuts one short."""
+    until: float
+    rows: int = 8
+
+
+def _sample(lm: LoadedModel, prompts: list[str], params: SamplingParams, should_stop,
+            deadline: Deadline | None = None, group: int = 1) -> list[Sample]:
     samples: list[Sample] = []
-    for start in range(0, len(prompts), BATCH_ROWS):
-        if should_stop():
+    rows = deadline.rows * group if deadline else BATCH_ROWS
+    for start in range(0, len(prompts), rows):
+        if should_stop() or (deadline and samples and time.monotonic() >= deadline.until):
             break
-        rows, _ = generate_batch(lm, prompts[start:start + BATCH_ROWS], params, should_stop)
-        samples += rows
+        batch, _ = generate_batch(lm, prompts[start:start + rows], params, should_stop)
+        samples += batch
     return samples
 
 
@@ -52,19 +63,19 @@ def _pool() -> ThreadPoolExecutor:
 
 
 def sample_and_judge(lm: LoadedModel, prompts: list[str], params: SamplingParams, timeout_s: float,
-                     should_stop=lambda: False) -> list[Judged]:
-    """One sample per prompt (in batches of BATCH_ROWS), each with its verdicts."""
-    samples = _sample(lm, prompts, params, should_stop)
+                     should_stop=lambda: False, deadline: Deadline | None = None) -> list[Judged]:
+    """One sample per prompt (in batches of BATCH_ROWS, or fewer until a deadline), each with its verdicts."""
+    samples = _sample(lm, prompts, params, should_stop, deadline)
     with _pool() as pool:
         verdicts = list(pool.map(lambda s: judge(s.prompt + s.text, s.complete, timeout_s), samples))
     return [Judged(s, v) for s, v in zip(samples, verdicts)]
 
 
 def checked_generate(lm: LoadedModel, prompts: list[str], params: SamplingParams, k: int, timeout_s: float,
-                     should_stop=lambda: False) -> list[Checked]:
+                     should_stop=lambda: False, deadline: Deadline | None = None) -> list[Checked]:
     """For each prompt, the best of k candidates sampled together (judged in order, until one is
     clean and complete: the rest are not looked at)."""
-    samples = _sample(lm, [p for p in prompts for _ in range(k)], params, should_stop)
+    samples = _sample(lm, [p for p in prompts for _ in range(k)], params, should_stop, deadline, group=k)
     groups = [samples[i * k:(i + 1) * k] for i in range(len(samples) // k)]
     lint = shellcheck_path() is not None
     with _pool() as pool:

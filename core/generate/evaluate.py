@@ -17,9 +17,9 @@ import time
 import mlx.core as mx
 
 from core.atomic import write_text
-from core.config import Config
+from core.config import Config, parse_duration
 from core.errors import AcmError
-from core.generate.checked import Judged, checked_generate, sample_and_judge
+from core.generate.checked import Deadline, Judged, checked_generate, sample_and_judge
 from core.generate.decode import load_model
 from core.generate.sampling import SamplingParams
 from core.paths import Paths
@@ -34,11 +34,18 @@ def distinct_n(token_lists: list[list[int]], n: int = 2) -> float:
     return round(len(set(grams)) / len(grams), 4) if grams else 0.0
 
 
-def val_loss(lm, cfg: Config, kind: str, batches: int) -> dict:
+def val_loss(lm, cfg: Config, kind: str, batches: int, deadline: Deadline | None = None) -> dict:
+    """Mean loss over `batches` fixed validation batches (fewer, at least one, once a deadline passes)."""
     shards = open_tokens(cfg, kind, "val", lm.tokenizer)
     seq = min(cfg.train.pretrain.seq_len, lm.model.shape.n_ctx)
     b = Batches(shards, seq, cfg.train.pretrain.batch_size, seed=0, what=f"{kind} val shards")
-    losses = [lm.model.loss(mx.array(x), mx.array(y)) for x, y in (b.val(i) for i in range(batches))]
+    losses = []
+    for i in range(batches):
+        if losses and deadline and time.monotonic() >= deadline.until:
+            break
+        x, y = b.val(i)
+        losses.append(lm.model.loss(mx.array(x), mx.array(y)))
+        mx.eval(losses[-1])
     loss = float(mx.mean(mx.stack(losses)).item())
     return {"val_loss": round(loss, 4), "perplexity": round(math.exp(min(loss, 50)), 2)}
 
@@ -67,6 +74,22 @@ def examples(judged: list[Judged], n: int = 3) -> list[dict]:
              "parses": j.verdict.parses, "complete": j.verdict.complete} for j in judged[:n]]
 
 
+class Slots:
+    """A time budget (eval.time) shared evenly by the parts of an evaluation still to come."""
+
+    def __init__(self, budget_s: float | None, parts: int):
+        self.end = time.monotonic() + budget_s if budget_s else None
+        self.parts = parts
+
+    def next(self) -> Deadline | None:
+        if self.end is None:
+            return None
+        now, self.parts = time.monotonic(), max(self.parts, 1)
+        slot = Deadline(now + max(self.end - now, 0) / self.parts)
+        self.parts -= 1
+        return slot
+
+
 def evaluate_run(cfg: Config, report: Reporter = no_report, cancel: CancelToken | None = None,
                  run: str | None = None, samples: int | None = None, max_tokens: int | None = None) -> dict:
     cancel = cancel or CancelToken()
@@ -82,6 +105,7 @@ def evaluate_run(cfg: Config, report: Reporter = no_report, cancel: CancelToken 
     results = {"run": run_path.name, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "samples": samples,
                "prompts": cfg.eval.prompts, "candidates": cfg.generate.candidates, "stages": {}}
     ticker = Ticker(report, "evaluating", len(stages) * 3 + 1, interval=0)
+    slots = Slots(parse_duration(cfg.eval.time, "eval.time") if cfg.eval.time else None, len(stages) * 3 + 1)
     timeout = cfg.data.code.syntax_timeout_s
     started = time.perf_counter()
     for stage in stages:
@@ -89,15 +113,16 @@ def evaluate_run(cfg: Config, report: Reporter = no_report, cancel: CancelToken 
         row = {"checkpoint": str(lm.checkpoint), "step": lm.step}
         for kind in ("language", "code"):
             cancel.check()
-            row[kind] = val_loss(lm, cfg, kind, cfg.train.pretrain.eval_batches)
+            row[kind] = val_loss(lm, cfg, kind, cfg.train.pretrain.eval_batches, slots.next())
             ticker.advance(note=f"{stage}: {kind} val loss")
-        judged = sample_and_judge(lm, prompts, params, timeout, lambda: cancel.cancelled)
+        judged = sample_and_judge(lm, prompts, params, timeout, lambda: cancel.cancelled, slots.next())
         cancel.check()
         row["code_generation"], row["examples"] = score(judged), examples(judged)
-        ticker.advance(note=f"{stage}: {samples} samples")
+        ticker.advance(note=f"{stage}: {len(judged)} samples")
         results["stages"][stage] = row
         if stage == stages[-1]:  # the model a user would use: also with syntax-checked sampling
-            chosen = checked_generate(lm, prompts, params, cfg.generate.candidates, timeout, lambda: cancel.cancelled)
+            chosen = checked_generate(lm, prompts, params, cfg.generate.candidates, timeout, lambda: cancel.cancelled,
+                                      slots.next())
             cancel.check()
             results["stages"][f"{stage}+checked"] = {
                 "checkpoint": row["checkpoint"], "step": lm.step, "language": row["language"], "code": row["code"],

@@ -202,9 +202,11 @@ TIME_SHARES = {"pretrain": 0.6, "finetune": 0.25, "evaluate": 0.15}  # of a pipe
 
 
 def with_time(cfg: Config, stage: str, seconds: float) -> Config:
-    """The settings with a training stage's time budget set (the caller's copy is left alone)."""
-    budgeted = replace(getattr(cfg.train, stage), time=f"{max(seconds, 5.0):.0f}s")
-    return replace(cfg, train=replace(cfg.train, **{stage: budgeted}))
+    """The settings with a stage's time budget set (the caller's copy is left alone)."""
+    text = f"{max(seconds, 5.0):.0f}s"
+    if stage == "evaluate":
+        return replace(cfg, eval=replace(cfg.eval, time=text))
+    return replace(cfg, train=replace(cfg.train, **{stage: replace(getattr(cfg.train, stage), time=text)}))
 
 
 def training_progress(report) -> Callable[[dict], None]:
@@ -232,7 +234,7 @@ def run_remaining(cfg: Config, report, cancel, on_engine, train_emit=None, train
         if train_control is not None and train_control.stopping:
             break
         stage_cfg = cfg
-        if time_s is not None and status.name in runs.STAGES:
+        if time_s is not None and status.name in TIME_SHARES:
             ahead = sum(TIME_SHARES.get(s.name, 0.0) for s in todo[todo.index(status):])
             left = time_s - (time.monotonic() - started)
             stage_cfg = with_time(cfg, status.name, left * TIME_SHARES[status.name] / ahead)
