@@ -358,12 +358,15 @@ def load(path: str | os.PathLike = CONFIG_NAME) -> Config:
         raise ConfigError(f"{path}: TOML syntax error: {e}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not UTF-8 text") from None
-    return from_dict(table, source=str(path), root=path.parent)
+    cfg = from_dict(table, source=str(path), root=path.parent)
+    # a file that leaves the preset out (the shipped acm.toml does) gets the machine's, as no file does
+    return cfg if "preset" in (table.get("model") or {}) else machine_defaults(cfg)
 
 
 def machine_defaults(cfg: Config) -> Config:
-    """A fresh project (no acm.toml) starts on the preset that suits this machine: medium where the
-    GPU can train it, tiny on a smaller GPU, micro on the CPU (`acm doctor` says why)."""
+    """A project whose acm.toml does not set model.preset (or has none) gets the preset that suits
+    this machine: medium where the GPU can train it, tiny on a smaller GPU, micro on the CPU, with the
+    vocab and sequence lengths following (`acm doctor` says why)."""
     from core.hardware import suggested_preset  # MLX, only for a project without settings
 
     preset, _ = suggested_preset()
