@@ -207,3 +207,16 @@ async def test_charts_tell_the_stages_apart_with_steps_on_the_x_axis_at_80x24(wi
     (pre_x, _, pre_label), (ft_x, _, ft_label) = stage_series(metrics, "loss")
     assert (pre_label, ft_label) == ("pretrain", "fine-tune")
     assert min(ft_x) > max(pre_x)  # the fine-tune is drawn after its pretrain, not on top of it
+
+
+async def test_setup_shows_the_selected_stage_in_full_at_80x24(with_model):
+    app = AcmApp(with_model / "acm.toml")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("1")
+        table = app.query_one("#pipeline", DataTable)
+        await wait_until(pilot, lambda: table.row_count == 7)
+        table.focus()
+        select_row(table, "pretrain")
+        await pilot.pause()
+        detail = text_of(app, "#pipeline-detail")
+        assert detail.startswith("pretrain: ") and "— run m, step " in detail and "best val loss" in detail

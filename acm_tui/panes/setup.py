@@ -43,11 +43,13 @@ class SetupPane(Pane):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.chain_control: Control | None = None  # the training stage of a running chain
+        self.statuses: dict[str, StageStatus] = {}
 
     def compose(self) -> ComposeResult:
         yield Static("Pipeline: [b]enter[/b] runs the selected stage, [b]a[/b] runs all remaining, "
                      "[b]x[/b] cancels", classes="heading")
         yield DataTable(id="pipeline", cursor_type="row", zebra_stripes=True)
+        yield Static("", id="pipeline-detail")
         yield from self.compose_step()
         yield Static("Environment ([b]acm doctor[/b])", classes="heading")
         yield DataTable(id="doctor", cursor_type="row", zebra_stripes=True)
@@ -85,8 +87,21 @@ class SetupPane(Pane):
         for st in statuses:
             table.add_row(st.label, Text(st.state, style=STATE_STYLES.get(st.state, "")), Text(st.detail),
                           key=st.name)
+        self.statuses = {st.name: st for st in statuses}
         if statuses:
             table.move_cursor(row=min(row, len(statuses) - 1))
+            self._show_detail(table)
+
+    @on(DataTable.RowHighlighted, "#pipeline")
+    def _highlighted(self, event: DataTable.RowHighlighted) -> None:
+        self._show_detail(event.data_table)
+
+    def _show_detail(self, table: DataTable) -> None:
+        """The selected stage's details in full, wrapped: the table's column is cut at 80 columns."""
+        st = self.statuses.get(table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value)
+        if st is not None:
+            self.query_one("#pipeline-detail", Static).update(
+                Text(f"{st.label}: {st.state}" + (f" — {st.detail}" if st.detail else ""), style="dim"))
 
     @on(DataTable.RowSelected, "#pipeline")
     def _selected(self, event: DataTable.RowSelected) -> None:
