@@ -11,7 +11,7 @@ def lr_at(step: int, peak: float, warmup: int, total: int, min_ratio: float) -> 
     """Learning rate for optimizer step `step` (0-based) of `total`."""
     if warmup and step < warmup:
         return peak * (step + 1) / warmup
-    decay_steps = max(total - warmup, 1)
+    decay_steps = max(total - warmup - 1, 1)  # the last step (total - 1) is at the floor
     progress = min(max(step - warmup, 0) / decay_steps, 1.0)
     floor = peak * min_ratio
     return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * progress))
