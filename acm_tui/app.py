@@ -96,9 +96,9 @@ class AcmApp(App):
     @work(thread=True, exclusive=True, group="disk", exit_on_error=False)
     def watch_disk(self) -> None:
         """Every pane reads the disk again when a stage ends or moves on, wherever it ran."""
-        stamp = disk_stamp(self.cfg)
-        newest = runs.list_runs(self.cfg)
-        run = newest[0].name if newest else ""
+        all_runs = runs.list_runs(self.cfg)  # newest first
+        stamp = disk_stamp(self.cfg, all_runs)
+        run = all_runs[0].name if all_runs else ""
         changed, self.stamp = stamp != self.stamp, stamp
         self.call_from_thread(self._disk_changed if changed else self.show_where, run)
 

@@ -13,15 +13,20 @@ def text_of(app, selector: str) -> str:
     return str(app.query_one(selector, Static).render())
 
 
-async def test_fetch_code_shows_stats_and_samples(project, tmp_path):
+def use_local_scripts(project, tmp_path, files: dict[str, str]) -> None:
+    """Point the project's bash corpus at a folder holding `files`."""
     scripts = tmp_path / "scripts"
     scripts.mkdir()
-    (scripts / "deploy.sh").write_text(DEPLOY)
-    (scripts / "backup.sh").write_text(script("backup"))
-    (scripts / "bad.sh").write_text("#!/bin/bash\nfi\n")
+    for name, text in files.items():
+        (scripts / name).write_text(text)
     cfg = config.load(project / "acm.toml")
     cfg.data.code.source, cfg.data.code.local_paths = "local", [str(scripts)]
     config.save(cfg, project / "acm.toml")
+
+
+async def test_fetch_code_shows_stats_and_samples(project, tmp_path):
+    use_local_scripts(project, tmp_path, {"deploy.sh": DEPLOY, "backup.sh": script("backup"),
+                                          "bad.sh": "#!/bin/bash\nfi\n"})
 
     app = AcmApp(project / "acm.toml")
     async with app.run_test(size=(100, 40)) as pilot:
@@ -62,12 +67,7 @@ async def test_panes_follow_a_stage_that_ends_elsewhere(project, tmp_path):
     import sys
     from pathlib import Path
 
-    scripts = tmp_path / "scripts"
-    scripts.mkdir()
-    (scripts / "deploy.sh").write_text(DEPLOY)
-    cfg = config.load(project / "acm.toml")
-    cfg.data.code.source, cfg.data.code.local_paths = "local", [str(scripts)]
-    config.save(cfg, project / "acm.toml")
+    use_local_scripts(project, tmp_path, {"deploy.sh": DEPLOY})
     app = AcmApp(project / "acm.toml")
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.press("2")

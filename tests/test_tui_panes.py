@@ -15,6 +15,15 @@ def select_row(table: DataTable, key: str) -> None:
     table.move_cursor(row=table.get_row_index(key))
 
 
+async def select_in_pane(app, pilot, pane_key: str, table_id: str, rows: int, key: str) -> None:
+    """Show a pane, wait for its table to hold `rows` rows and put the cursor on `key`."""
+    await pilot.press(pane_key)
+    table = app.query_one(table_id, DataTable)
+    await wait_until(pilot, lambda: table.row_count == rows)
+    table.focus()
+    select_row(table, key)
+
+
 async def test_settings_pane_validates_as_you_type_and_saves(project):
     app = AcmApp(project / "acm.toml")
     async with app.run_test(size=(100, 40)) as pilot:
@@ -193,11 +202,7 @@ async def test_charts_tell_the_stages_apart_with_steps_on_the_x_axis_at_80x24(wi
 
     app = AcmApp(with_model / "acm.toml")
     async with app.run_test(size=(80, 24)) as pilot:
-        await pilot.press("6")
-        table = app.query_one("#runs-table", DataTable)
-        await wait_until(pilot, lambda: table.row_count == 1)
-        table.focus()
-        select_row(table, "m")
+        await select_in_pane(app, pilot, "6", "#runs-table", 1, "m")
         await pilot.press("enter")
         await pilot.pause()
         drawn = str(app.query_one("#runs-chart").render())
@@ -212,11 +217,7 @@ async def test_charts_tell_the_stages_apart_with_steps_on_the_x_axis_at_80x24(wi
 async def test_setup_shows_the_selected_stage_in_full_at_80x24(with_model):
     app = AcmApp(with_model / "acm.toml")
     async with app.run_test(size=(80, 24)) as pilot:
-        await pilot.press("1")
-        table = app.query_one("#pipeline", DataTable)
-        await wait_until(pilot, lambda: table.row_count == 7)
-        table.focus()
-        select_row(table, "pretrain")
+        await select_in_pane(app, pilot, "1", "#pipeline", 7, "pretrain")
         await pilot.pause()
         detail = text_of(app, "#pipeline-detail")
         assert detail.startswith("pretrain: ") and "— run m, step " in detail and "best val loss" in detail

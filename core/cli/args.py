@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from core.errors import AcmError
+from core.config import parse_duration
+from core.errors import AcmError, ConfigError
 
 
 class Parser(argparse.ArgumentParser):
@@ -26,8 +27,6 @@ def positive_int(text: str) -> int:
 
 def duration(text: str) -> str:
     """A wall-clock budget as written (90s, 10m, 1h30m), refused in one line when it is not one."""
-    from core.config import ConfigError, parse_duration
-
     try:
         parse_duration(text, "--time")
     except ConfigError as e:

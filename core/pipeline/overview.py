@@ -177,14 +177,14 @@ def _training_target(cfg: Config, stage: str) -> tuple[Path, bool]:
     return runs.latest_run_with(cfg, "pretrain"), False
 
 
-def disk_stamp(cfg: Config) -> tuple:
+def disk_stamp(cfg: Config, all_runs: list[Path]) -> tuple:
     """A cheap fingerprint of everything the panes show from disk (corpora, tokenizer, shards,
     runs, their stages' status and checkpoints, evaluations): it changes when any stage ends or
     moves on, wherever it ran (the app, a background process, the CLI)."""
     loc = cfg.locations
     paths = [loc.corpus_manifest(k) for k in CORPORA] + [loc.tokenizer_meta]
     paths += [loc.shards_manifest(k) for k in CORPORA] + [loc.runs]
-    for run in runs.list_runs(cfg):
+    for run in all_runs:
         paths += [run, Paths.eval_results(run)]
         for stage in runs.STAGES:
             paths += [Paths.status(run, stage), Paths.checkpoints(run, stage)]

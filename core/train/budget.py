@@ -17,7 +17,6 @@ UNPLANNED = 2**31 - 1  # the step count of a budget stage until its first steps 
 class Plan:
     total: int  # steps of the stage
     warmup: int
-    step_s: float  # seconds per step, validation checks included
 
 
 class Calibration:
@@ -44,7 +43,7 @@ class Calibration:
         """The step count that ends the stage when the budget runs out (never fewer than one more)."""
         left = self.budget_s - (now - self.started)
         total = step + max(1, int(left / step_s))
-        return Plan(total, min(warmup, max(1, total // 10)), step_s)
+        return Plan(total, min(warmup, max(1, total // 10)))
 
 
 def describe_seconds(seconds: float) -> str:

@@ -395,7 +395,7 @@ class Trainer:
 
     def _apply_plan(self, total: int, warmup: int) -> None:
         self.sc.steps, self.sc.warmup_steps, self.planned = total, warmup, True
-        if self.is_main and hasattr(self, "recorder"):
+        if self.is_main:  # the recorder exists by then: it is made before any checkpoint is read
             self.recorder.total = total
 
     def _timed(self) -> None:
