@@ -163,3 +163,27 @@ def test_a_stage_that_cannot_start_leaves_no_run_behind(prepared, capsys):
         err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
         assert len(err) == 1 and "run `acm prepare` first" in err[0]
         assert not (cfg.runs_dir / "never").exists()
+
+
+async def test_the_train_pane_starts_ranks_in_the_background_and_shows_them(prepared):
+    """With train.ranks = 2 the pane launches the stage on two ranks (ring backend here, NCCL on
+    NVIDIA GPUs), attaches to rank 0's files, shows the total throughput over the ranks, and stops
+    them all with s (each rank stops at the same step; rank 0 writes the checkpoint)."""
+    cfg = long_config(prepared)
+    cfg.train.ranks = 2
+    cfg.train.pretrain.batch_size = 2
+    config.save(cfg, prepared / "acm.toml")
+    app = AcmApp(prepared / "acm.toml")
+    async with app.run_test(size=(140, 50)) as pilot:
+        await pilot.press("4", "p")
+        pane = app.query_one("#train-pane")
+        await wait_until(pilot, lambda: len(pane.history) >= 2, timeout=90)
+        assert pane.control is None  # not this process: the ranks are
+        status = " ".join(str(app.query_one("#train-status").render()).split())
+        assert "tok/s in total over 2 ranks" in status
+        await pilot.press("s")
+        await wait_until(pilot, lambda: pane.state == "stopped", timeout=60)
+    run = pane.attached
+    last = checkpoint.latest(Paths.checkpoints(run, "pretrain"))
+    assert last is not None and last.state["ranks"] == 2 and last.state["global_batch"] == 4
+    assert "2 ranks of 2 sequences" in Paths.detached_log(run, "pretrain").read_text()

@@ -220,23 +220,43 @@ def test_cli_train_and_finetune(prepared, capsys):
     assert lines[-1]["type"] == "log" and any(e["type"] == "metrics" for e in lines)
 
 
-def test_two_ranks_match_one_process_on_the_combined_batch(prepared):
-    """Data-parallel training (ring backend, 2 processes on localhost) equals one process."""
-    launch = Path(sys.executable).with_name("mlx.launch")
+def test_two_ranks_match_one_process_and_a_resume_on_one_rank_continues_alike(prepared, capsys):
+    """Data-parallel training (`--ranks 2`: the ring backend, 2 processes on this host) equals one
+    process on the combined batch; resumed on one rank, the run keeps its global batch (2
+    micro-batches of 2), so its next loss is the one-process run's."""
     cfg = load(prepared)
     cfg.train.pretrain.batch_size = 2
     config.save(cfg, prepared / "ranks.toml")
     cfg.train.pretrain.batch_size = 4
     config.save(cfg, prepared / "one.toml")
-    env = os.environ | {"PYTHONPATH": str(Path(__file__).parent.parent)}
-    subprocess.run([str(launch), "-n", "2", "--backend", "ring", "--", sys.executable, "-m", "core.cli", "-c",
-                    str(prepared / "ranks.toml"), "train", "pretrain", "--run", "two", "--max-steps", "6", "--json"],
-                   check=True, capture_output=True, env=env, timeout=300)
-    run_stage(config.load(prepared / "one.toml"), "pretrain", cfg.runs_dir / "one",
-              max_steps=6)
+    assert cli.main(["-c", str(prepared / "ranks.toml"), "train", "pretrain", "--run", "two", "--max-steps", "6",
+                     "--ranks", "2"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "pretrain stopped at step 6 in run two on 2 ranks" in out
+    run_stage(config.load(prepared / "one.toml"), "pretrain", cfg.runs_dir / "one", max_steps=7)
     two, one = losses(cfg.runs_dir / "two"), losses(cfg.runs_dir / "one")
-    assert len(two) == len(one) == 6
-    assert two == pytest.approx(one, rel=1e-4, abs=1e-5)
+    assert len(two) == 6 and len(one) == 7
+    assert two == pytest.approx(one[:6], rel=1e-4, abs=1e-5)
+    assert {e["ranks"] for e in read_metrics(cfg.runs_dir / "two", "pretrain") if e["type"] == "metrics"} == {2}
+    seen = []
+    run_stage(config.load(prepared / "ranks.toml"), "pretrain", cfg.runs_dir / "two", seen.append, resume=True,
+              max_steps=1)
+    assert losses(cfg.runs_dir / "two")[6] == pytest.approx(one[6], rel=1e-4, abs=1e-5)
+    assert any("1 rank(s) x 2 micro-batch(es) of 2 keep the run's 4 sequences a step" in e.get("text", "")
+               for e in seen)
+
+
+def test_a_global_batch_is_the_same_rows_however_it_is_spread(prepared):
+    from core.tokenizer.shards import open_tokens
+    from core.train.batches import Batches
+    code = open_tokens(load(prepared), "code", "train")
+    whole, _ = Batches(code, 16, 8, seed=2).train(3)
+    two_ranks = np.concatenate([Batches(code, 16, 4, seed=2, rank=r, world=2).train(3)[0] for r in range(2)])
+    accumulated = Batches(code, 16, 4, seed=2, micro_batches=2)
+    micro = np.concatenate([accumulated.train(3, m)[0] for m in range(2)])
+    four = Batches(code, 16, 2, seed=2, rank=1, world=2, micro_batches=2)  # chunk = micro x ranks + rank
+    assert (two_ranks == whole).all() and (micro == whole).all()
+    assert (four.train(3, 1)[0] == whole[6:8]).all() and (four.train(3, 0)[0] == whole[2:4]).all()
 
 
 def test_the_follower_replays_what_the_recorder_wrote(prepared):

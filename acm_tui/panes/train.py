@@ -152,6 +152,9 @@ class TrainPane(Pane):
         return False
 
     def _launch(self, stage: str, run: Path, resume: bool) -> None:
+        if self.cfg.train.ranks > 1:  # the ranks are processes of their own; the pane attaches to rank 0
+            self._start_in_background(stage, run, resume)
+            return
         if self._busy():
             return
         self.control = Control()
@@ -257,7 +260,7 @@ class TrainPane(Pane):
         if m:
             mfu = f"  MFU {m['mfu']:.1%}" if m.get("mfu") is not None else ""
             parts.append(f"step {m['step']:,}/{m['total']:,}  epoch {m['epoch']:.3f}  ETA {duration(m['eta_s'])}  "
-                         f"loss {m['loss']:.4f}  lr {m['lr']:.2e}  {m['tokens_per_s']:,.0f} tok/s{mfu}")
+                         f"loss {m['loss']:.4f}  lr {m['lr']:.2e}  {m['tokens_per_s']:,.0f} tok/s{ranks_words(m)}{mfu}")
             parts.append(f"memory active {gib(m['memory_active'])} / peak {gib(m['memory_peak'])} / cache "
                          f"{gib(m['memory_cache'])} / limit {gib(m['memory_limit'])} GiB")
         if self.evals:
@@ -282,3 +285,9 @@ class TrainPane(Pane):
         widget = self.query_one(selector, PlotextPlot)
         draw(widget.plt, title, series, log=log)
         widget.refresh()
+
+
+def ranks_words(metrics: dict) -> str:
+    """" in total over N ranks" for a data-parallel run (MFU is then per GPU)."""
+    ranks = metrics.get("ranks", 1)
+    return f" in total over {ranks} ranks" if ranks > 1 else ""

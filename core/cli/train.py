@@ -6,8 +6,11 @@ previous checkpoint stays loadable).
 from __future__ import annotations
 
 import json
+import os
 import queue
 import signal
+import subprocess
+import threading
 
 from rich.progress import (
     BarColumn,
@@ -24,8 +27,10 @@ from core.engine import Engine
 from core.errors import AcmError
 from core.paths import Paths
 from core.train import runs
-from core.train.detach import launch_detached
-from core.train.trainer import Control, run_stage
+from core.train.detach import SOURCE, launch_detached, train_command
+from core.train.ranks import describe as describe_ranks
+from core.train.ranks import in_group, launcher_argv, launcher_env
+from core.train.trainer import Control, check_inputs, run_stage
 
 console = console_for(stderr=True)
 
@@ -46,8 +51,9 @@ def describe(event: dict) -> str | None:
     kind = event["type"]
     if kind == "metrics":
         mfu = f" mfu {event['mfu']:.1%}" if event.get("mfu") is not None else ""
+        ranks = f" ({event['ranks']} ranks)" if event.get("ranks", 1) > 1 else ""
         return (f"step {event['step']}/{event['total']} loss {event['loss']:.4f} lr {event['lr']:.2e} "
-                f"{event['tokens_per_s']:,.0f} tok/s{mfu} epoch {event['epoch']:.2f} "
+                f"{event['tokens_per_s']:,.0f} tok/s{ranks}{mfu} epoch {event['epoch']:.2f} "
                 f"mem {event['memory_active'] / 2**30:.2f}/{event['memory_peak'] / 2**30:.2f} GiB")
     if kind == "eval":
         return f"step {event['step']} val loss {event['val_loss']:.4f} (ppl {event['val_ppl']:.1f})"
@@ -66,14 +72,17 @@ def stage_settings(args, cfg: Config):
 
 def cmd_train(args, cfg: Config) -> int:
     sc = stage_settings(args, cfg)
+    ranks = args.ranks or cfg.train.ranks
     run = pick_run(cfg, args.stage, args.run, args.resume)
     if args.detach:
         pid = launch_detached(args.config, args.stage, run, args.resume, args.steps, args.max_steps,
-                              args.time)
+                              args.time, ranks)
         print(f"{args.stage} of run {run.name} runs in the background (pid {pid}); "
               f"log: {Paths.detached_log(run, args.stage)}")
         print(f"watch it in acm-tui or with `acm runs`; stop it with `acm runs stop {run.name}`")
         return 0
+    if ranks > 1 and not in_group():
+        return train_on_ranks(args, cfg, run, ranks)
     events: queue.SimpleQueue = queue.SimpleQueue()
     control = Control()
     signal.signal(signal.SIGTERM, lambda *_: control.stop())  # a polite kill stops with a checkpoint
@@ -82,10 +91,24 @@ def cmd_train(args, cfg: Config) -> int:
     engine = Engine()
     fut = engine.submit(run_stage, cfg, args.stage, run, events.put, control, args.resume, args.max_steps)
     fut.add_done_callback(lambda f: events.put({"type": "finished"}))
+    if follow(events, args, run, sc.steps, control.stop) is not None:
+        return 130
+    engine.shutdown()
+    result = fut.result()  # re-raises the stage's error
+    if not args.json and os.environ.get("MLX_RANK", "0") == "0":  # one line, from rank 0
+        best = f", best val loss {result.best_val_loss:.4f}" if result.best_val_loss is not None else ""
+        print(f"{args.stage} {'stopped' if result.stopped_early else 'finished'} at step {result.step} "
+              f"in run {result.run.name}{best}; checkpoint: {result.last_checkpoint}")
+    return 0
+
+
+def follow(events: queue.SimpleQueue, args, run, total: int, stop) -> int | None:
+    """Show a stage's events (a progress bar and lines, or JSON) until {"type": "finished"}.
+    Ctrl-C once calls `stop`; twice returns 130 at once."""
     interrupts = 0
     bar = Progress(TextColumn(f"{args.stage} [dim]{run.name}"), BarColumn(), MofNCompleteColumn(), TextColumn("eta"),
                    TimeRemainingColumn(), console=console, transient=True, disable=args.json)
-    task = bar.add_task(args.stage, total=sc.steps)
+    task = bar.add_task(args.stage, total=total)
     with bar:
         while True:
             try:
@@ -98,23 +121,58 @@ def cmd_train(args, cfg: Config) -> int:
                     console.print("interrupted: exiting now; the last checkpoint stays loadable")
                     return 130
                 console.print("stopping at the next step and saving a checkpoint (Ctrl-C again to quit now)")
-                control.stop()
+                stop()
                 continue
             if event["type"] == "finished":
-                break
+                return None
             if "step" in event:
-                bar.update(task, completed=event["step"], total=event.get("total", sc.steps))
+                bar.update(task, completed=event["step"], total=event.get("total", total))
             if args.json:
                 print(json.dumps(event), flush=True)
             elif (line := describe(event)) is not None:
                 bar.console.print(line)
-    engine.shutdown()
-    result = fut.result()  # re-raises the stage's error
-    if not args.json:
-        best = f", best val loss {result.best_val_loss:.4f}" if result.best_val_loss is not None else ""
-        print(f"{args.stage} {'stopped' if result.stopped_early else 'finished'} at step {result.step} "
-              f"in run {result.run.name}{best}; checkpoint: {result.last_checkpoint}")
+
+
+def train_on_ranks(args, cfg: Config, run, ranks: int) -> int:
+    """Start the stage on `ranks` ranks through MLX's launcher and show rank 0's events here."""
+    check_inputs(cfg, args.stage, run, args.resume)
+    command = train_command(args.config, args.stage, run, args.resume, args.steps, args.max_steps, args.time)
+    console.print(f"{args.stage} of run {run.name} on {describe_ranks(ranks)}")
+    proc = subprocess.Popen(launcher_argv(ranks, command), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            text=True, env=launcher_env(SOURCE), start_new_session=True,  # Ctrl-C is ours
+                            cwd=str(args.config.resolve().parent))
+    events: queue.SimpleQueue = queue.SimpleQueue()
+    last: dict = {}
+
+    def read() -> None:
+        for line in proc.stdout:
+            event = parse_event(line)
+            last.update({event["type"]: event})
+            events.put(event)
+        events.put({"type": "finished"})
+
+    threading.Thread(target=read, daemon=True).start()
+    if follow(events, args, run, getattr(cfg.train, args.stage).steps,
+              lambda: runs.send_command(run, args.stage, "stop")) is not None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        return 130
+    if proc.wait():
+        raise AcmError(f"the {ranks} ranks ended with exit status {proc.returncode} (their messages are above); "
+                       f"the last checkpoint stays loadable: resume with --resume")
+    if not args.json and "state" in last:
+        ck = last.get("checkpoint", {}).get("path", "none")
+        print(f"{args.stage} {last['state']['state']} at step {last['state']['step']} in run {run.name} on "
+              f"{ranks} ranks; checkpoint: {ck}")
     return 0
+
+
+def parse_event(line: str) -> dict:
+    """One line of rank 0's --json output as an event (other lines as log lines)."""
+    try:
+        event = json.loads(line)
+    except ValueError:
+        event = None
+    return event if isinstance(event, dict) and "type" in event else {"type": "log", "text": line.rstrip("\n")}
 
 
 def register(sub, add) -> None:
@@ -133,5 +191,8 @@ def register(sub, add) -> None:
                             f"included (default: train.{stage}.time)")
         p.add_argument("--max-steps", type=positive_int,
                        help="stop after this many steps in this call (resume later)")
+        p.add_argument("--ranks", type=positive_int, metavar="N",
+                       help="train on N ranks of this host, one per NVIDIA GPU (NCCL; elsewhere the ring "
+                            "backend) (default: train.ranks)")
         p.add_argument("--detach", action="store_true",
                        help="run in the background, surviving the terminal (watch with acm-tui or acm runs)")

@@ -1,9 +1,10 @@
 """Training batches drawn from memory-mapped token shards.
 
-The batch of step s is a pure function of (seed, s, micro-batch): windows of seq_len + 1 tokens,
-chosen with numpy's generator keyed by those numbers. So the data position is the step itself, a
-resumed run sees exactly the batches it would have seen, and with several ranks each takes its
-slice of one global batch (the same rows one process would take).
+The batch of step s is a pure function of (seed, s): one global batch of batch_size x ranks x
+micro-batches windows of seq_len + 1 tokens, chosen with numpy's generator keyed by those numbers,
+cut into equal chunks; each (micro-batch, rank) takes its own. So the data position is the step
+itself, a resumed run sees exactly the batches it would have seen, and the same rows make a step
+however they are spread: 2 ranks of 4 rows, 1 rank of 8, or 1 rank accumulating 2 micro-batches of 4.
 
 A window starts anywhere, or (`start_at_documents`) only where a document starts, so the model
 sees every script from its shebang on as often as it sees the middle of one. A share of each
@@ -58,27 +59,40 @@ def _document_starts(tokens: np.ndarray, room: int) -> np.ndarray:
 class Batches:
     def __init__(self, shards: TokenShards, seq_len: int, batch_size: int, seed: int, rank: int = 0,
                  world: int = 1, what: str = "token shards", at_documents: bool = False,
-                 replay: TokenShards | None = None, replay_share: float = 0.0, replay_what: str = "replay shards"):
+                 replay: TokenShards | None = None, replay_share: float = 0.0, replay_what: str = "replay shards",
+                 micro_batches: int = 1):
         self.own = Windows(shards, seq_len, what, at_documents)
         self.batch_size, self.seed, self.rank, self.world = batch_size, seed, rank, world
-        rows = batch_size * world
-        self.replayed = round(rows * replay_share) if replay is not None else 0
-        self.other = Windows(replay, seq_len, replay_what, at_documents) if self.replayed else None
+        self.micro_batches = micro_batches  # set again when a resume keeps a run's global batch
+        self.replay_share = replay_share if replay is not None else 0.0
+        self.other = Windows(replay, seq_len, replay_what, at_documents) if self.replay_share else None
         self.num_tokens = self.own.num_tokens  # an epoch is one pass over the stage's own corpus
 
-    def _draw(self, key: list[int]) -> tuple[np.ndarray, np.ndarray]:
-        rows = self.batch_size * self.world
-        sources = [(self.own, *self.own.pick(np.random.default_rng(key), rows - self.replayed))]
-        if self.other is not None:
-            sources.append((self.other, *self.other.pick(np.random.default_rng(key + [REPLAY_STREAM]),
-                                                         self.replayed)))
+    @property
+    def rows(self) -> int:
+        """Rows of one global batch: every rank's micro-batches together."""
+        return self.batch_size * self.world * self.micro_batches
+
+    @property
+    def replayed(self) -> int:
+        """Rows of a global batch drawn from the replayed corpus."""
+        return self._replayed(self.rows)
+
+    def _replayed(self, rows: int) -> int:
+        return round(rows * self.replay_share) if self.other is not None else 0
+
+    def _draw(self, key: list[int], rows: int, chunk: int) -> tuple[np.ndarray, np.ndarray]:
+        replayed = self._replayed(rows)
+        sources = [(self.own, *self.own.pick(np.random.default_rng(key), rows - replayed))]
+        if replayed:
+            sources.append((self.other, *self.other.pick(np.random.default_rng(key + [REPLAY_STREAM]), replayed)))
         everything = [(src, w, s) for src, which, starts in sources for w, s in zip(which, starts)]
-        mine = everything[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
+        mine = everything[chunk * self.batch_size:(chunk + 1) * self.batch_size]
         windows = np.stack([src.read(w, s) for src, w, s in mine])
         return windows[:, :-1], windows[:, 1:]
 
     def train(self, step: int, micro: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        return self._draw([self.seed, step, micro])
+        return self._draw([self.seed, step, 0], self.rows, micro * self.world + self.rank)
 
     def val(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        return self._draw([self.seed, VAL_STREAM, index])
+        return self._draw([self.seed, VAL_STREAM, index], self.batch_size * self.world, self.rank)

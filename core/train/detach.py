@@ -7,7 +7,6 @@ checkpoint). A later acm-tui finds it through its status file and attaches to me
 """
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,21 +15,17 @@ from core import config
 from core.paths import Paths
 from core.train import runs
 from core.train.lock import busy, holder
+from core.train.ranks import launcher_argv, launcher_env
 from core.train.trainer import check_inputs
 
+SOURCE = str(Path(__file__).resolve().parents[2])  # put on the child's PYTHONPATH: acm runs from a checkout too
 
-def launch_detached(config_path: Path, stage: str, run: Path, resume: bool = False, steps: int | None = None,
-                    max_steps: int | None = None, time: str | None = None) -> int:
-    """Start `acm train STAGE --run RUN` in the background; returns its pid. What the stage needs is
-    checked first: an error in a background process is seen by no one."""
-    cfg = config.load(config_path)
-    if steps:
-        getattr(cfg.train, stage).steps = steps
-    if time:
-        getattr(cfg.train, stage).time = time
-    check_inputs(cfg, stage, run, resume)
-    argv = [sys.executable, "-m", "core.cli", "-c", str(Path(config_path).resolve()), "train", stage,
-            "--run", run.name, "--json"]
+
+def train_command(config_path: Path, stage: str, run: Path, resume: bool = False, steps: int | None = None,
+                  max_steps: int | None = None, time: str | None = None) -> list[str]:
+    """The arguments after the Python interpreter that train `stage` of `run`, reporting in JSON."""
+    settings = ["-c", str(Path(config_path).resolve())] if Path(config_path).exists() else []  # else: defaults
+    argv = ["-m", "core.cli", *settings, "train", stage, "--run", run.name, "--json"]
     if resume:
         argv.append("--resume")
     if steps:
@@ -39,6 +34,23 @@ def launch_detached(config_path: Path, stage: str, run: Path, resume: bool = Fal
         argv += ["--max-steps", str(max_steps)]
     if time:
         argv += ["--time", time]
+    return argv
+
+
+def launch_detached(config_path: Path, stage: str, run: Path, resume: bool = False, steps: int | None = None,
+                    max_steps: int | None = None, time: str | None = None, ranks: int | None = None) -> int:
+    """Start `acm train STAGE --run RUN` in the background, on `ranks` ranks (default: train.ranks);
+    returns its pid. What the stage needs is checked first: an error in a background process is
+    seen by no one."""
+    cfg = config.load(config_path)
+    if steps:
+        getattr(cfg.train, stage).steps = steps
+    if time:
+        getattr(cfg.train, stage).time = time
+    check_inputs(cfg, stage, run, resume)
+    ranks = ranks or cfg.train.ranks
+    command = train_command(config_path, stage, run, resume, steps, max_steps, time)
+    argv = launcher_argv(ranks, command) if ranks > 1 else [sys.executable, *command]
     who = holder(run)
     if who is None and runs.stage_state(run, stage) == "starting":  # launched a moment ago, not yet locked
         who = runs.read_status(run, stage)
@@ -46,8 +58,7 @@ def launch_detached(config_path: Path, stage: str, run: Path, resume: bool = Fal
         raise busy(run, who)
     folder = Paths.stage(run, stage)
     folder.mkdir(parents=True, exist_ok=True)
-    src = str(Path(__file__).resolve().parents[2])
-    env = os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))}
+    env = launcher_env(SOURCE)
     with open(Paths.detached_log(run, stage), "ab") as log:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True, cwd=str(Path(config_path).resolve().parent), env=env)

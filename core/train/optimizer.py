@@ -96,8 +96,11 @@ class FlatAdamW:
 
     # ------------------------------------------------------------ layout
 
-    def _pack(self, leaves: dict, dtype: mx.Dtype) -> dict[str, mx.array]:
-        """One flat array per buffer from per-parameter arrays (a missing one counts as zeros)."""
+    def _pack(self, leaves: dict, dtype: mx.Dtype, reduce=None, buckets: int = 1) -> dict[str, mx.array]:
+        """One flat array per buffer from per-parameter arrays (a missing one counts as zeros).
+
+        `reduce` (an all-reduce) is applied to each of `buckets` contiguous pieces of a buffer before
+        they are joined: with one bucket, to the whole buffer, with no extra copy."""
         out = {}
         for g, n in self.sizes.items():
             parts, used = [], 0
@@ -107,7 +110,11 @@ class FlatAdamW:
                 used += s.size
             if n > used:
                 parts.append(mx.zeros((n - used,), dtype))
-            out[g] = mx.concatenate(parts)
+            if reduce is None:
+                out[g] = mx.concatenate(parts)
+            else:
+                pieces = [reduce(mx.concatenate(chunk)) for chunk in _split(parts, buckets)]
+                out[g] = pieces[0] if len(pieces) == 1 else mx.concatenate(pieces)
         return out
 
     def _unpack(self, flat: dict[str, mx.array]) -> dict:
@@ -137,9 +144,10 @@ class FlatAdamW:
         """The weights as the model reads them in a step: views of the compute-dtype copies."""
         return self._unpack(self.state.get("compute", self.state["params"]))
 
-    def pack_gradients(self, grads: dict, dtype: mx.Dtype) -> dict[str, mx.array]:
-        """The gradient tree as one flat array per buffer, in `dtype`."""
-        return self._pack(dict(tree_flatten(grads)), dtype)
+    def pack_gradients(self, grads: dict, dtype: mx.Dtype, reduce=None, buckets: int = 1) -> dict[str, mx.array]:
+        """The gradient tree as one flat array per buffer, in `dtype`, each piece passed through
+        `reduce` (see `_pack`)."""
+        return self._pack(dict(tree_flatten(grads)), dtype, reduce, buckets)
 
     # ------------------------------------------------------------ the step
 
@@ -183,6 +191,19 @@ class FlatAdamW:
                                             if f"{s.name}.{k}" in flat}, mx.float32)
             if "step" in flat:
                 self.state["step"] = mx.array(flat["step"]).astype(mx.uint64)
+
+
+def _split(parts: list[mx.array], buckets: int) -> list[list[mx.array]]:
+    """`parts` in at most `buckets` contiguous runs of roughly equal size."""
+    target = sum(p.size for p in parts) / max(buckets, 1)
+    runs, current, size = [], [], 0
+    for p in parts:
+        current.append(p)
+        size += p.size
+        if size >= target * (len(runs) + 1) and len(runs) < buckets - 1:
+            runs.append(current)
+            current = []
+    return runs + [current] if current else runs
 
 
 def global_norm(flat_grads: dict[str, mx.array]) -> mx.array:

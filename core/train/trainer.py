@@ -135,6 +135,9 @@ class Trainer:
         self.group = mx.distributed.init()
         self.rank, self.world = self.group.rank(), self.group.size()
         self.is_main = self.rank == 0
+        # what the loop obeys: with several ranks, the commands every rank agreed on at a step
+        self.steer = self.control if self.world == 1 else Control()
+        self.polled_at: int | None = None
 
     # ------------------------------------------------------------ events
 
@@ -162,7 +165,8 @@ class Trainer:
         replay = open_tokens(cfg, other, "train", self.tok) if sc.replay > 0 else None
         self.batches = Batches(train, sc.seq_len, sc.batch_size, sc.seed, self.rank, self.world,
                                what=f"{corpus} train shards", at_documents=sc.start_at_documents,
-                               replay=replay, replay_share=sc.replay, replay_what=f"{other} train shards")
+                               replay=replay, replay_share=sc.replay, replay_what=f"{other} train shards",
+                               micro_batches=sc.grad_accum)
         self.val_batches = Batches(val, sc.seq_len, sc.batch_size, sc.seed, self.rank, self.world,
                                    what=f"{corpus} val shards") if val.num_tokens > sc.seq_len + 1 else None
         self.ck_dir = Paths.checkpoints(self.run_path, self.stage)
@@ -183,7 +187,7 @@ class Trainer:
         # Nothing in a step draws from MLX's RNG (no dropout): the only randomness after
         # initialisation is the batch order, a pure function of (seed, step) saved in checkpoints.
         self.fused_step, self.grad_step, self.apply_step, self.eval_loss = build_steps(
-            self.model, self.opt, self.sc.grad_clip, self.world)
+            self.model, self.opt, self.sc.grad_clip, self.world, self.cfg.train.allreduce_buckets)
 
     def _load_weights(self) -> None:
         """Resume this stage's latest checkpoint, or fine-tune from the best pretrain one."""
@@ -215,6 +219,22 @@ class Trainer:
         if self.budget_s and ck.state.get("planned_steps"):  # a resumed budget run keeps its plan
             self._apply_plan(ck.state["planned_steps"], ck.state["planned_warmup"])
         self.log(f"resumed {self.stage} from step {ck.step}")
+        self._keep_global_batch(ck.state)
+
+    def _keep_global_batch(self, state: dict) -> None:
+        """A run resumed on another number of ranks (or another batch_size) keeps the sequences of
+        a step: micro-batches make up what fewer ranks cannot hold, so the next loss is the same."""
+        rows, sc = state.get("global_batch"), self.sc
+        if not rows or rows == self.batches.rows:
+            return
+        per_pass = sc.batch_size * self.world
+        if rows % per_pass:
+            raise AcmError(f"run {self.run_path.name} trains on {rows} sequences a step ({state.get('ranks', 1)} "
+                           f"rank(s)); {self.world} rank(s) of train.{self.stage}.batch_size {sc.batch_size} cannot "
+                           f"make that up: choose ranks x batch_size dividing {rows}")
+        sc.grad_accum = self.batches.micro_batches = rows // per_pass
+        self.log(f"{self.stage}: {self.world} rank(s) x {sc.grad_accum} micro-batch(es) of {sc.batch_size} keep the "
+                 f"run's {rows} sequences a step (it ran on {state.get('ranks', 1)} rank(s))")
 
     # ------------------------------------------------------------ one step
 
@@ -267,8 +287,9 @@ class Trainer:
         state = {
             "stage": self.stage, "tokens_seen": self.tokens_seen, "val_loss": val_loss,
             "best_val_loss": self.best_val, "tokenizer_sha256": self.tok.sha256,
+            "ranks": self.world, "global_batch": self.batches.rows,
             "planned_steps": self.sc.steps if self.planned else None, "planned_warmup": self.sc.warmup_steps,
-            "rng": {"batches": "numpy default_rng([seed, step, micro_batch])", "seed": self.sc.seed,
+            "rng": {"batches": "numpy default_rng([seed, step, 0]), one global batch a step", "seed": self.sc.seed,
                     "next_step": step},
             "data_position": {"step": step, "seed": self.sc.seed, "tokens_seen": self.tokens_seen},
             "config": self.cfg.to_dict(), "time": time.time(),
@@ -315,40 +336,57 @@ class Trainer:
     def _poll_commands(self) -> None:
         """Commands left in the stage's control file by another process (acm runs, acm-tui)."""
         command = runs.take_command(self.run_path, self.stage) if self.is_main else None
-        if self.world > 1:  # every rank must act on rank 0's command at the same step
-            code = {"pause": 1, "resume": 2, "stop": 3, "save": 4}.get(command, 0)
-            code = int(mx.distributed.all_sum(mx.array(code)).item())
-            command = {1: "pause", 2: "resume", 3: "stop", 4: "save"}.get(code)
+        if self.world > 1:
+            self._agree(command)
+            return
         actions = {"pause": self.control.pause, "resume": self.control.resume, "stop": self.control.stop,
                    "save": self.control.save_now}
         if command in actions:
             actions[command]()
 
+    def _agree(self, command: str | None) -> None:
+        """Every rank acts on the same commands at the same step: rank 0's from the control file,
+        and a stop or save that a signal gave any rank (one collective)."""
+        mine = [command == "pause", command == "resume", command == "stop" or self.control.stopping,
+                command == "save" or self.control.take_save()]
+        agreed = [bool(v) for v in mx.distributed.all_sum(mx.array(mine, mx.int32)).tolist()]
+        for wanted, act in zip(agreed, (self.steer.pause, self.steer.resume, self.steer.stop, self.steer.save_now)):
+            if wanted:
+                act()
+
+    def _poll_at(self, step: int) -> None:
+        """Poll at `step`: every step alone; with several ranks every log_every steps (a collective
+        waits for the step in flight), once a step."""
+        if self.world == 1:
+            self._poll_commands()
+        elif step % self.sc.log_every == 0 and self.polled_at != step:
+            self.polled_at = step
+            self._poll_commands()
+
     def _may_queue(self, next_step: int, end: int) -> bool:
         """Whether the next step may be queued before this one finishes.
 
         Not when this step ends at an evaluation or a checkpoint (they need its weights), nor with
-        several ranks (every rank must make the same collectives in the same order) or gradient
-        accumulation, nor with a stop, pause or save to act on first.
+        gradient accumulation, nor with a stop, pause or save to act on first. Every rank decides
+        alike: on step numbers and agreed commands, so their collectives keep one order.
         """
         sc = self.sc
-        if (next_step >= end or self.world > 1 or sc.grad_accum > 1 or next_step % sc.eval_every == 0
+        if (next_step >= end or sc.grad_accum > 1 or next_step % sc.eval_every == 0
                 or next_step % sc.save_every == 0):
             return False
-        self._poll_commands()
-        return not self.control.pending
+        self._poll_at(next_step)
+        return not self.steer.pending
 
     def _control_point(self, step: int) -> str:
         """Between steps: act on commands. "stop", "resumed" (after a pause) or "go"."""
-        if self.world == 1 or step % self.sc.log_every == 0:  # with ranks, polling costs a collective
-            self._poll_commands()
-        if self.control.stopping:
+        self._poll_at(step)
+        if self.steer.stopping:
             return "stop"
-        if not self.control.paused:
+        if not self.steer.paused:
             return "go"
         self._state("paused", step)
-        while self.control.paused:
-            self.control.wait_while_paused(0.2)
+        while self.steer.paused:
+            self.steer.wait_while_paused(0.2)
             self._poll_commands()
         self._state("running", step)
         return "resumed"
@@ -433,7 +471,12 @@ class Trainer:
         steps = (f"a time budget of {describe_seconds(self.budget_s)} from step {self.step}"
                  if self.sc.steps == UNPLANNED else f"steps {self.step}..{end} of {self.sc.steps}")
         self.log(f"{self.stage}: {steps}, {self.meter.tokens_per_step:,} "
-                 f"tokens/step, {self.world} rank(s), preset {shape.name}, {self.cfg.model.compute_dtype} compute")
+                 f"tokens/step, {self._ranks_words()}, preset {shape.name}, {self.cfg.model.compute_dtype} compute")
+
+    def _ranks_words(self) -> str:
+        if self.world == 1:
+            return "1 rank"
+        return f"{self.world} ranks of {self.sc.batch_size * self.sc.grad_accum} sequences"
 
     def _step_done(self, current: tuple[mx.array, mx.array], end: int) -> None:
         """Wait for a step's loss, count it, and report every log_every steps."""
@@ -449,7 +492,7 @@ class Trainer:
         sc, step = self.sc, self.step
         want_eval = step % sc.eval_every == 0 or step == end
         # a save asked for while the next step is queued waits for it: the weights are that step's
-        want_save = step % sc.save_every == 0 or step == end or (may_save_now and self.control.take_save())
+        want_save = step % sc.save_every == 0 or step == end or (may_save_now and self.steer.take_save())
         if want_eval:
             self.val_loss = self.evaluate()
             # early stopping keeps the best weights, whatever save_every says
@@ -490,7 +533,8 @@ class Trainer:
             "lr": lr_at(step - 1, sc.learning_rate, sc.warmup_steps, sc.steps, sc.min_lr_ratio),
             "grad_norm": grad_norm, "tokens_per_s": tok_s, "tokens_seen": self.tokens_seen,
             "epoch": self.tokens_seen / max(self.batches.num_tokens, 1),
-            "mfu": (self.flops_per_token * tok_s / self.peak) if self.peak else None,
+            "mfu": (self.flops_per_token * tok_s / (self.peak * self.world)) if self.peak else None,
+            "ranks": self.world,
             "memory_active": mem["active"], "memory_peak": mem["peak"], "memory_cache": mem["cache"],
             "memory_limit": self.limit, "eta_s": step_time * (end - step), "time": time.time(),
         })
@@ -529,15 +573,21 @@ def check_inputs(cfg: Config, stage: str, run: Path, resume: bool) -> None:
     starting_point(run, stage, resume)
 
 
-def build_steps(model: GPT, opt: FlatAdamW, grad_clip: float, world: int = 1):
+def build_steps(model: GPT, opt: FlatAdamW, grad_clip: float, world: int = 1, buckets: int = 1):
     """The compiled step functions: (fused step, gradient-only step, apply step, eval loss).
 
     The optimizer's state (weights, moments, step, learning rate) is both input and output of the
     compiled graphs, so weights are never baked in as constants. The model reads views of the
     optimizer's compute-dtype weights, and its gradients come back as one flat array per buffer.
-    With several ranks, gradients and losses are averaged across them inside the graph.
+    With several ranks, gradients and losses are averaged across them inside the graph: one
+    all-reduce per buffer, or per each of `buckets` pieces of it on a stream of their own, so the
+    pieces finished first can travel while the rest is computed.
     """
     state = [opt.state]
+    comm = mx.new_stream(mx.default_device()) if world > 1 and buckets > 1 else None
+
+    def average(a: mx.array) -> mx.array:
+        return mx.distributed.all_sum(a, stream=comm) / world
 
     def loss_of(params, x, y):
         model.update(params)
@@ -545,19 +595,19 @@ def build_steps(model: GPT, opt: FlatAdamW, grad_clip: float, world: int = 1):
 
     loss_and_grad = mx.value_and_grad(loss_of)
 
-    def gradients(x, y):
+    def gradients(x, y, reduce=None):
         loss, grads = loss_and_grad(opt.compute_views(), x, y)
-        return loss, opt.pack_gradients(grads, model.compute_dtype)
+        return loss, opt.pack_gradients(grads, model.compute_dtype, reduce, buckets)
 
-    def finish(loss, grads):
+    def finish(loss, grads, reduced=False):
         if world > 1:
-            grads = {k: mx.distributed.all_sum(g) / world for k, g in grads.items()}
+            grads = grads if reduced else {k: average(g) for k, g in grads.items()}
             loss = mx.distributed.all_sum(loss) / world
         return loss, opt.clip_and_update(grads, grad_clip)
 
     @partial(mx.compile, inputs=state, outputs=state)
     def fused_step(x, y):
-        return finish(*gradients(x, y))
+        return finish(*gradients(x, y, average if world > 1 else None), reduced=True)
 
     @partial(mx.compile, inputs=state)
     def eval_loss(x, y):
