@@ -34,7 +34,8 @@ def settings(base: config.Config, preset: str, batch: int, ranks: int, buckets: 
     cfg.train.ranks, cfg.train.allreduce_buckets = ranks, buckets
     sc = cfg.train.pretrain
     sc.steps, sc.batch_size, sc.seq_len, sc.seed, sc.grad_accum = steps, batch, seq, seed, 1
-    sc.warmup_steps, sc.log_every, sc.eval_every, sc.save_every = min(sc.warmup_steps, steps // 3), log_every, steps, steps
+    sc.warmup_steps, sc.log_every = min(sc.warmup_steps, steps // 3), log_every
+    sc.eval_every = sc.save_every = steps
     sc.eval_batches, sc.keep_last, sc.time = 20, 1, ""
     return cfg
 
@@ -56,7 +57,8 @@ def train(project: Path, cfg: config.Config, name: str) -> list[dict]:
 
 def throughput(project, base, a, preset, ranks, buckets) -> dict:
     batch = a.batch[preset]
-    events = train(project, settings(base, preset, batch, ranks, buckets, a.steps, a.seq), f"{preset}-{ranks}-{buckets}")
+    cfg = settings(base, preset, batch, ranks, buckets, a.steps, a.seq)
+    events = train(project, cfg, f"{preset}-{ranks}-{buckets}")
     reports = [e for e in events if e["type"] == "metrics"][2:]
     tok_s = statistics.median(e["tokens_per_s"] for e in reports)
     return {"preset": preset, "ranks": ranks, "allreduce_buckets": buckets, "per_gpu_batch": batch, "seq": a.seq,
