@@ -144,8 +144,8 @@ class TrainConfig:
     ranks: int = setting(1, "processes that train together on this host, each on its slice of the batch: one per "
                             "NVIDIA GPU over NCCL (elsewhere over the ring backend); 1: acm's own process", min=1,
                          max=64)
-    allreduce_buckets: int = setting(1, "pieces each gradient buffer is averaged across ranks in: more let the "
-                                        "first pieces travel while the rest is computed", min=1, max=64)
+    allreduce_buckets: int = setting(1, "pieces each gradient buffer is averaged across ranks in, on a stream of "
+                                        "their own (more were slower on 2 H200s: keep 1)", min=1, max=64)
     pretrain: StageConfig = field(default_factory=StageConfig)
     finetune: StageConfig = field(default_factory=_finetune_defaults)
 

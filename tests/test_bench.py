@@ -70,3 +70,13 @@ def test_cuda_kernel_bench_says_it_needs_cuda_here():
     out = subprocess.run([sys.executable, "bench/cuda_kernels.py"], cwd=ROOT, capture_output=True, text=True,
                          timeout=120, env=ENV)
     assert out.returncode == 1 and "needs MLX's CUDA backend" in out.stderr
+
+
+def test_ranks_bench_trains_on_one_and_two_ranks_through_the_cli(prepared):
+    out = subprocess.run([sys.executable, "bench/ranks.py", "--project", str(prepared), "--presets", "nano",
+                          "--ranks", "1,2", "--steps", "24", "--seq", "32", "--batch", "nano=2"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300, env=ENV)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [(r["ranks"], r["per_gpu_batch"]) for r in rows] == [(1, 2), (2, 2)]
+    assert rows[0]["speedup"] == 1.0 and rows[1]["speedup"] > 0 and all(r["tokens_per_s"] > 0 for r in rows)
