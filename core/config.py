@@ -144,6 +144,9 @@ class TrainConfig:
     ranks: int = setting(1, "processes that train together on this host, each on its slice of the batch: one per "
                             "NVIDIA GPU over NCCL (elsewhere over the ring backend); 1: acm's own process", min=1,
                          max=64)
+    report_to: list = setting([], "also send the training curves to these (each an optional extra): tensorboard "
+                                  "(runs/<run>/tensorboard), wandb (offline unless WANDB_MODE or WANDB_API_KEY)",
+                              choices=("tensorboard", "wandb"))
     allreduce_buckets: int = setting(1, "pieces each gradient buffer is averaged across ranks in, on a stream of "
                                         "their own (more were slower on 2 H200s: keep 1)", min=1, max=64)
     pretrain: StageConfig = field(default_factory=StageConfig)
@@ -263,15 +266,24 @@ def _check_type(key: str, value: Any, wanted: type) -> None:
     if wanted is float and not math.isfinite(value):
         raise ConfigError(f"{key} must be a finite number, got {value!r}")
     if wanted is list and not all(isinstance(item, str) for item in value):
-        raise ConfigError(f"{key} must be a list of strings (paths), got {value!r}")
+        raise ConfigError(f"{key} must be a list of strings, got {value!r}")
+
+
+def _check_choices(key: str, value: Any, choices: tuple | None) -> None:
+    """A value among `choices`; for a list, each item."""
+    if not choices:
+        return
+    if isinstance(value, list):
+        if any(item not in choices for item in value):
+            raise ConfigError(f"{key} = {value!r} is not valid; each one of: {', '.join(map(str, choices))}")
+    elif value not in choices:
+        raise ConfigError(f"{key} = {value!r} is not valid; choose one of: {', '.join(map(str, choices))}")
 
 
 def _check_range(key: str, value: Any, meta, wanted: type) -> None:
     if meta.get("duration") and value:
         parse_duration(value, key)
-    choices = meta.get("choices")
-    if choices and value not in choices:
-        raise ConfigError(f"{key} = {value!r} is not valid; choose one of: {', '.join(map(str, choices))}")
+    _check_choices(key, value, meta.get("choices"))
     lo, hi, above = meta.get("min"), meta.get("max"), meta.get("above")
     if ((lo is not None and value < lo) or (hi is not None and value > hi)
             or (above is not None and value <= above)):
@@ -460,7 +472,10 @@ def with_value(cfg: Config, key: str, text: str, source: str = CONFIG_NAME) -> t
         if not isinstance(node.get(part), dict):
             raise ConfigError(f"{source}: unknown setting {key}; see `acm config show`")
         node = node[part]
-    node[leaf] = parse_value(text)
+    value = parse_value(text)
+    if isinstance(node.get(leaf), list) and isinstance(value, str):  # a,b for ["a", "b"]
+        value = [part.strip() for part in value.split(",") if part.strip()]
+    node[leaf] = value
     notes = []
     if key == "model.preset" and isinstance(node[leaf], str) and node[leaf] in PRESETS:
         vocab = PRESETS[node[leaf]].vocab_size

@@ -9,10 +9,8 @@ import numpy as np
 import pytest
 
 from core import cli, config
-from core.errors import AcmError
 from core.generate.decode import generate_text, load_model, stream_generate
 from core.generate.evaluate import distinct_n, evaluate_run
-from core.generate.export import export_checkpoint
 from core.generate.sampling import (
     SamplingParams,
     filter_min_p,
@@ -94,42 +92,6 @@ def test_evaluate_compares_pretrain_and_finetune(with_model):
     saved = json.loads((cfg.runs_dir / "m" / "eval.json").read_text())
     assert saved["stages"]["finetune"]["step"] == 10
     assert distinct_n([[1, 2, 1, 2]], 2) == round(2 / 3, 4)
-
-
-def test_export_loads_in_mlx_lm_with_matching_logits(with_model, tmp_path):
-    from mlx_lm import generate as mlx_lm_generate
-    from mlx_lm import load as mlx_lm_load
-
-    cfg = config.load(with_model / "acm.toml")
-    info = export_checkpoint(cfg, tmp_path / "exported")
-    model, tokenizer = mlx_lm_load(str(tmp_path / "exported"))
-    ours = load_model(cfg)
-    ids = [BOS_ID] + ours.tokenizer.encode("#!/bin/bash\necho $HOME")
-    assert tokenizer.encode("#!/bin/bash\necho $HOME", add_special_tokens=False) == ids[1:]
-    theirs, mine = model(mx.array([ids])), ours.model(mx.array([ids]))
-    assert mx.allclose(theirs, mine, atol=1e-4).item()
-    out = mlx_lm_generate(model, tokenizer, "#!/bin/bash\n", max_tokens=5)
-    assert isinstance(out, str)
-    assert info["preset"] == "nano"
-    with pytest.raises(AcmError, match="exists and is not empty"):
-        export_checkpoint(cfg, tmp_path / "exported")
-
-
-def test_export_refuses_untied_presets(with_model, tmp_path, monkeypatch):
-    from dataclasses import replace
-
-    import core.generate.export as export
-
-    real = export.load_model
-
-    def untied(*a, **k):
-        lm = real(*a, **k)
-        lm.model.shape = replace(lm.model.shape, tie_embeddings=False)
-        return lm
-
-    monkeypatch.setattr(export, "load_model", untied)
-    with pytest.raises(AcmError, match="untied output head, which mlx-lm's gpt2 cannot load"):
-        export_checkpoint(config.load(with_model / "acm.toml"), tmp_path / "x")
 
 
 def test_cli_generate_chat_eval_export(with_model, capsys, tmp_path):

@@ -87,6 +87,34 @@ async def test_runs_pane_opens_overlays_renames_and_deletes(with_model):
         await wait_until(pilot, lambda: not (cfg.runs_dir / "renamed").exists())
 
 
+async def test_runs_pane_exports_a_run_in_the_chosen_format(with_model):
+    from textual.widgets import Select
+
+    app = AcmApp(with_model / "acm.toml")
+    async with app.run_test(size=(100, 40)) as pilot:
+        await pilot.press("6")
+        table = app.query_one("#runs-table", DataTable)
+        await wait_until(pilot, lambda: table.row_count == 1)
+        table.focus()
+        await pilot.press("x")
+        await pilot.pause()
+        app.screen.query_one("#export-format", Select).value = "gguf"
+        folder = app.screen.query_one("#export-folder", Input)
+        assert folder.value == "exports/m"
+        folder.focus()
+        await pilot.press("enter")
+        target = with_model / "exports" / "m"
+        await wait_until(pilot, lambda: (target / "README.md").exists(), timeout=60)
+        assert sorted(p.name for p in target.iterdir()) == ["README.md", "model.gguf"]
+        await pilot.press("x")  # the same folder again: refused in one line, the app stays up
+        await pilot.pause()
+        app.screen.query_one("#export-folder", Input).focus()
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: any("exists and is not empty" in str(n.message)
+                                            for n in app._notifications), timeout=30)
+        assert app.is_running
+
+
 @pytest.mark.parametrize("size", [(80, 24), (200, 60)])
 async def test_every_pane_at_small_and_large_sizes_without_colour(project, monkeypatch, size):
     monkeypatch.setenv("NO_COLOR", "1")

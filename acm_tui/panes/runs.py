@@ -1,8 +1,9 @@
 """The Runs pane: every run with its stages' states; open a run's curves, overlay two runs' loss
-curves in one chart, rename or delete a run (with confirmation)."""
+curves in one chart, export a run (mlx, hf, gguf), rename or delete a run (with confirmation)."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from rich.text import Text
 from textual import on, work
@@ -10,13 +11,15 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
-from textual.widgets import Button, DataTable, Input, Label, Static
+from textual.widgets import Button, DataTable, Input, Label, Select, Static
 from textual_plotext import PlotextPlot
 
-from core.errors import AcmError
+from core.errors import AcmError, one_line
+from core.generate.export import FORMATS, export_checkpoint
 from core.train import runs
 
 from ..charts import draw, stage_series
+from ..messages import EngineResult
 from .base import Pane
 
 
@@ -64,11 +67,37 @@ class AskName(ModalScreen[str | None]):
         self.dismiss(None)
 
 
+class AskExport(ModalScreen[tuple[str, str] | None]):
+    """Where and in which format to export a run: (format, folder), or None (escape)."""
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel")]
+
+    def __init__(self, run: str, folder: str):
+        super().__init__()
+        self.run, self.folder = run, folder
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Label(f"Export run {self.run}'s best checkpoint, with a model card. Format "
+                        "(mlx: mlx-lm, hf: transformers, gguf: llama.cpp), then the new folder (enter):")
+            yield Select([(f, f) for f in FORMATS], value="mlx", allow_blank=False, id="export-format")
+            yield Input(self.folder, id="export-folder")
+
+    @on(Input.Submitted)
+    def _submitted(self, event: Input.Submitted) -> None:
+        folder = event.value.strip()
+        self.dismiss((str(self.query_one("#export-format", Select).value), folder) if folder else None)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
 class RunsPane(Pane):
     TITLE = "Runs"
     BINDINGS = [
         Binding("enter", "open", "Open", tooltip="Show the selected run's loss curves"),
         Binding("o", "overlay", "Overlay", tooltip="Add the selected run to the chart (two runs at most)"),
+        Binding("x", "export", "Export", tooltip="Write the run as mlx-lm, transformers or GGUF, with a model card"),
         Binding("n", "rename", "Rename"),
         Binding("d", "delete", "Delete"),
         Binding("ctrl+r", "reload", "Reload"),
@@ -80,7 +109,7 @@ class RunsPane(Pane):
 
     def compose(self) -> ComposeResult:
         yield Static("[b]enter[/b] open a run's curves  [b]o[/b] overlay it on the chart (two at most)  "
-                     "[b]n[/b] rename  [b]d[/b] delete", classes="hint")
+                     "[b]x[/b] export  [b]n[/b] rename  [b]d[/b] delete", classes="hint")
         yield DataTable(id="runs-table", cursor_type="row", zebra_stripes=True)
         yield PlotextPlot(id="runs-chart")
 
@@ -184,3 +213,29 @@ class RunsPane(Pane):
                 self.action_reload()
 
         self.app.push_screen(AskName(f"New name for run {name}:", name), answered)
+
+    def action_export(self) -> None:
+        name = self.selected()
+        if not name or not self.settings_usable():
+            return
+
+        def answered(choice: tuple[str, str] | None) -> None:
+            if choice:
+                fmt, folder = choice
+                target = Path(folder) if Path(folder).is_absolute() else self.app.config_path.parent / folder
+                self.notify(f"exporting run {name} as {fmt} to {target}…")
+                self.run_on_engine("export", export_checkpoint, self.cfg, target, name, None, "best", "float32", fmt)
+
+        self.app.push_screen(AskExport(name, f"exports/{name}"), answered)
+
+    @on(EngineResult)
+    def _exported(self, message: EngineResult) -> None:
+        if message.job != "export":
+            return
+        try:
+            info = message.future.result()
+        except Exception as e:  # an AcmError or the system's words: one line, the app stays up
+            self.notify(one_line(e), title="Export failed", severity="error", timeout=10)
+            return
+        self.notify(Text(f"exported {info['preset']} ({info['model_type']}) as {info['format']} to {info['folder']}"),
+                    title="Exported", timeout=10)

@@ -18,6 +18,7 @@ from core.generate.checked import checked_generate, sample_and_judge
 from core.generate.decode import load_model, stream_generate
 from core.generate.evaluate import evaluate_run
 from core.generate.export import export_checkpoint
+from core.generate.export.upload import upload_folder
 from core.generate.sampling import SamplingParams
 from core.generate.verdicts import judge
 from core.pipeline.tables import EVAL_COLUMNS, eval_rows
@@ -145,12 +146,22 @@ def cmd_eval(args, cfg: Config) -> int:
 def cmd_export(args, cfg: Config) -> int:
     engine = Engine()
     try:
-        info = engine.call(export_checkpoint, cfg, Path(args.to), args.run, args.stage, args.checkpoint, args.dtype)
+        info = engine.call(export_checkpoint, cfg, Path(args.to), args.run, args.stage, args.checkpoint, args.dtype,
+                           args.format)
     finally:
         engine.shutdown()
-    print(f"exported {info['checkpoint']} ({info['preset']}, {info['dtype']}) to {info['folder']}")
-    print(f"try: python -m mlx_lm generate --model {info['folder']} --prompt '#!/bin/bash'")
+    print(f"exported {info['checkpoint']} ({info['preset']}, {info['model_type']}, {info['dtype']}) as "
+          f"{info['format']} to {info['folder']} with a model card (README.md)")
+    print(f"try: {TRY[info['format']].format(folder=info['folder'])}")
+    if args.upload:
+        url = upload_folder(Path(info["folder"]), args.upload, private=args.private)
+        print(f"uploaded to {url}")
     return 0
+
+
+TRY = {"mlx": "python -m mlx_lm generate --model {folder} --prompt '#!/bin/bash'",
+       "hf": "AutoModelForCausalLM.from_pretrained('{folder}') in transformers",
+       "gguf": "llama-cli -m {folder}/model.gguf -p '#!/bin/bash' -n 200"}
 
 
 def add_checkpoint_args(p) -> None:
@@ -192,9 +203,15 @@ def register(sub, add) -> None:
     ev.add_argument("--time", type=duration, metavar="DURATION",
                     help="wall-clock budget (90s, 10m): fewer samples and validation batches once it is spent "
                          "(default: eval.time)")
-    ex = add(sub, "export", cmd_export, "write a checkpoint as a folder mlx-lm loads", json_flag=False)
+    ex = add(sub, "export", cmd_export, "write a checkpoint as a folder for mlx-lm, transformers or llama.cpp",
+             json_flag=False)
     ex.add_argument("run", nargs="?", help="run name (default: the latest run)")
     ex.add_argument("--to", required=True, help="new folder to write")
     ex.add_argument("--stage", choices=["pretrain", "finetune"])
     ex.add_argument("--checkpoint", choices=["best", "latest"], default="best")
     ex.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    ex.add_argument("--format", choices=["mlx", "hf", "gguf"], default="mlx",
+                    help="mlx: mlx_lm.load; hf: transformers GPT2LMHeadModel; gguf: llama.cpp (default: mlx)")
+    ex.add_argument("--upload", metavar="REPO_ID", help="then upload the folder to this Hugging Face Hub model repo "
+                                                        "(needs a token: huggingface-cli login or HF_TOKEN)")
+    ex.add_argument("--private", action="store_true", help="create the uploaded repo as private")

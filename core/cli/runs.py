@@ -11,6 +11,7 @@ from core.config import Config
 from core.errors import AcmError
 from core.paths import Paths
 from core.train import runs
+from core.train.tracking import metrics_csv
 
 
 def _run(cfg: Config, name: str):
@@ -63,6 +64,24 @@ def cmd_rename(args, cfg: Config) -> int:
     return 0
 
 
+def cmd_metrics(args, cfg: Config) -> int:
+    run = _run(cfg, args.run)
+    stage = args.stage or runs.active_stage(run)
+    if stage is None:
+        raise AcmError(f"run {run.name} has not started training")
+    records = runs.read_metrics(run, stage)
+    if args.csv:
+        print(metrics_csv(records), end="")
+    elif args.json:
+        print(json.dumps([e for e in records if e.get("type") in ("metrics", "eval")]))
+    else:
+        last = next((e for e in reversed(records) if e.get("type") == "metrics"), None)
+        print(f"{stage} of run {run.name}: {sum(e.get('type') == 'metrics' for e in records)} reports"
+              + (f", last at step {last['step']} (loss {last['loss']:.4f})" if last else "")
+              + "; --csv for a spreadsheet")
+    return 0
+
+
 def register(sub, add) -> None:
     parser = sub.add_parser("runs", help="list runs; pause, resume, stop or checkpoint a background stage")
     parser.set_defaults(func=cmd_list, json=False)
@@ -75,6 +94,10 @@ def register(sub, add) -> None:
                 json_flag=False)
         p.add_argument("run")
         p.add_argument("--stage", choices=list(runs.STAGES), help="default: the stage it is on")
+    m = add(actions, "metrics", cmd_metrics, "RUN's training curves: --csv for a spreadsheet, --json")
+    m.add_argument("run")
+    m.add_argument("--stage", choices=list(runs.STAGES), help="default: the stage it is on")
+    m.add_argument("--csv", action="store_true", help="one row a step: loss, lr, grad norm, tokens/s, ..., val loss")
     d = add(actions, "delete", cmd_delete, "delete RUN and its checkpoints", json_flag=False)
     d.add_argument("run")
     d.add_argument("--yes", action="store_true", help="confirm")

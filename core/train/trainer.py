@@ -35,6 +35,7 @@ from core.train.lock import RunLock
 from core.train.optimizer import FlatAdamW
 from core.train.runs import prepare_run
 from core.train.schedule import lr_at
+from core.train.tracking import trackers
 
 CORPUS = {"pretrain": "language", "finetune": "code"}
 OTHER = {"pretrain": "code", "finetune": "language"}  # the corpus a stage replays
@@ -175,7 +176,8 @@ class Trainer:
         if self.is_main:
             prepare_run(cfg, self.run_path)
             self.recorder = Recorder(self.run_path, self.stage, sc.steps)
-            self.callbacks.insert(0, self.recorder)
+            self.trackers = trackers(cfg, self.run_path, self.stage)  # train.report_to: none by default
+            self.callbacks[:0] = [self.recorder, *self.trackers]
         mx.random.seed(sc.seed)
         self.model = GPT(shape, cfg.model.compute_dtype, cfg.model.checkpoint_activations)
         self.opt = FlatAdamW(self.model.parameters(), sc.learning_rate, sc.weight_decay, self.model.compute_dtype)
@@ -332,6 +334,8 @@ class Trainer:
         finally:
             if self.is_main:
                 self.recorder.close()
+                for tracker in self.trackers:
+                    tracker.close()
 
     def _poll_commands(self) -> None:
         """Commands left in the stage's control file by another process (acm runs, acm-tui)."""
