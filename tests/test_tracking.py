@@ -68,4 +68,7 @@ def test_wandb_runs_offline_without_a_key(prepared, monkeypatch):
     cfg = config.load(prepared / "acm.toml")
     cfg.train.report_to = ["wandb"]
     run_stage(cfg, "pretrain", cfg.runs_dir / "wb", max_steps=2)
-    assert list((cfg.runs_dir / "wb" / "wandb").glob("offline-run-*")), wandb.__version__
+    offline = list((cfg.runs_dir / "wb" / "wandb").glob("offline-run-*/run-wb-pretrain.wandb"))
+    assert len(offline) == 1, wandb.__version__  # nothing was sent: `wandb sync` would upload it
+    logged = offline[0].read_bytes()
+    assert b"pretrain/loss" in logged and b"pretrain/val_loss" in logged
