@@ -88,3 +88,25 @@ async def test_end_to_end_on_the_offline_default(tmp_path):
         await pilot.press(*"#!/bin/bash\\n", "enter")
         await wait_until(pilot, lambda: gen.stop_event is None and gen.transcript, timeout=60)
         assert "tok/s" in text_of(app, "#gen-status")
+
+
+def test_the_pipeline_trains_on_the_configured_ranks(prepared):
+    """train.ranks = 2: the pipeline's training stage runs as two ranks (ring backend here), with
+    the in-memory settings it was given (a shorter run), rank 0's events relayed to the caller."""
+    from core.engine import Engine
+    from core.pipeline.overview import run_stage
+    from core.progress import CancelToken
+    from core.train.runs import latest_run_with
+    from core.train.trainer import Control
+
+    cfg = config.load(prepared / "acm.toml")
+    cfg.train.ranks, cfg.train.pretrain.batch_size, cfg.train.pretrain.steps = 2, 2, 6  # not saved
+    events, engine = [], Engine()
+    try:
+        last = run_stage(cfg, "pretrain", lambda p: None, CancelToken(), engine.call, events.append, Control())
+    finally:
+        engine.shutdown()
+    assert last["state"]["state"] == "done" and last["state"]["step"] == 6
+    assert {e["ranks"] for e in events if e["type"] == "metrics"} == {2}
+    run = latest_run_with(cfg, "pretrain")
+    assert (run / "pretrain" / "ranks.toml").exists() and config.load(prepared / "acm.toml").train.ranks == 1

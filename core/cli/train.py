@@ -5,11 +5,11 @@ previous checkpoint stays loadable).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
 import signal
-import subprocess
 import threading
 
 from rich.progress import (
@@ -27,9 +27,10 @@ from core.engine import Engine
 from core.errors import AcmError
 from core.paths import Paths
 from core.train import runs
-from core.train.detach import SOURCE, launch_detached, train_command
+from core.train.detach import launch_detached
 from core.train.ranks import describe as describe_ranks
-from core.train.ranks import in_group, launcher_argv, launcher_env
+from core.train.ranks import in_group
+from core.train.ranks import train_on_ranks as launch_ranks
 from core.train.trainer import Control, check_inputs, run_stage
 
 console = console_for(stderr=True)
@@ -134,45 +135,34 @@ def follow(events: queue.SimpleQueue, args, run, total: int, stop) -> int | None
 
 
 def train_on_ranks(args, cfg: Config, run, ranks: int) -> int:
-    """Start the stage on `ranks` ranks through MLX's launcher and show rank 0's events here."""
+    """The stage on `ranks` ranks through MLX's launcher, rank 0's progress shown here."""
     check_inputs(cfg, args.stage, run, args.resume)
-    command = train_command(args.config, args.stage, run, args.resume, args.steps, args.max_steps, args.time)
     console.print(f"{args.stage} of run {run.name} on {describe_ranks(ranks)}")
-    proc = subprocess.Popen(launcher_argv(ranks, command), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            text=True, env=launcher_env(SOURCE), start_new_session=True,  # Ctrl-C is ours
-                            cwd=str(args.config.resolve().parent))
     events: queue.SimpleQueue = queue.SimpleQueue()
-    last: dict = {}
+    control, outcome = Control(), {}
 
-    def read() -> None:
-        for line in proc.stdout:
-            event = parse_event(line)
-            last.update({event["type"]: event})
-            events.put(event)
-        events.put({"type": "finished"})
+    def launch() -> None:
+        try:
+            outcome["last"] = launch_ranks(cfg, args.stage, run, args.resume, events.put, control, ranks,
+                                           args.max_steps, lambda proc: outcome.update(proc=proc))
+        except AcmError as e:
+            outcome["error"] = e
+        finally:
+            events.put({"type": "finished"})
 
-    threading.Thread(target=read, daemon=True).start()
-    if follow(events, args, run, getattr(cfg.train, args.stage).steps,
-              lambda: runs.send_command(run, args.stage, "stop")) is not None:
-        os.killpg(proc.pid, signal.SIGKILL)
+    threading.Thread(target=launch, daemon=True).start()
+    if follow(events, args, run, getattr(cfg.train, args.stage).steps, control.stop) is not None:
+        with contextlib.suppress(KeyError, OSError):  # twice: every rank ends at once
+            os.killpg(outcome["proc"].pid, signal.SIGKILL)
         return 130
-    if proc.wait():
-        raise AcmError(f"the {ranks} ranks ended with exit status {proc.returncode} (their messages are above); "
-                       f"the last checkpoint stays loadable: resume with --resume")
+    if "error" in outcome:
+        raise outcome["error"]
+    last = outcome["last"]
     if not args.json and "state" in last:
         ck = last.get("checkpoint", {}).get("path", "none")
         print(f"{args.stage} {last['state']['state']} at step {last['state']['step']} in run {run.name} on "
               f"{ranks} ranks; checkpoint: {ck}")
     return 0
-
-
-def parse_event(line: str) -> dict:
-    """One line of rank 0's --json output as an event (other lines as log lines)."""
-    try:
-        event = json.loads(line)
-    except ValueError:
-        event = None
-    return event if isinstance(event, dict) and "type" in event else {"type": "log", "text": line.rstrip("\n")}
 
 
 def register(sub, add) -> None:

@@ -142,6 +142,8 @@ def run_stage(cfg: Config, name: str, report, cancel, on_engine: Callable[..., A
     from core.generate.evaluate import evaluate_run
     from core.tokenizer.bpe import train_tokenizer
     from core.tokenizer.shards import prepare
+    from core.train.ranks import in_group, train_on_ranks
+    from core.train.trainer import check_inputs
     from core.train.trainer import run_stage as train
 
     if name == "data-language":
@@ -158,6 +160,9 @@ def run_stage(cfg: Config, name: str, report, cancel, on_engine: Callable[..., A
         return prepare(cfg, report, cancel, force=any(m and m["tokenizer_sha256"] != sha for m in made))
     if name in runs.STAGES:
         run, resume = _training_target(cfg, name)
+        if cfg.train.ranks > 1 and not in_group():  # processes of their own, rank 0's events relayed
+            check_inputs(cfg, name, run, resume)
+            return train_on_ranks(cfg, name, run, resume, train_emit, train_control, cfg.train.ranks)
         return on_engine(train, cfg, name, run, train_emit, train_control, resume)
     if name == "evaluate":
         return on_engine(evaluate_run, cfg, report, cancel)

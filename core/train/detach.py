@@ -15,26 +15,8 @@ from core import config
 from core.paths import Paths
 from core.train import runs
 from core.train.lock import busy, holder
-from core.train.ranks import launcher_argv, launcher_env
+from core.train.ranks import SOURCE, launcher_argv, launcher_env, train_command
 from core.train.trainer import check_inputs
-
-SOURCE = str(Path(__file__).resolve().parents[2])  # put on the child's PYTHONPATH: acm runs from a checkout too
-
-
-def train_command(config_path: Path, stage: str, run: Path, resume: bool = False, steps: int | None = None,
-                  max_steps: int | None = None, time: str | None = None) -> list[str]:
-    """The arguments after the Python interpreter that train `stage` of `run`, reporting in JSON."""
-    settings = ["-c", str(Path(config_path).resolve())] if Path(config_path).exists() else []  # else: defaults
-    argv = ["-m", "core.cli", *settings, "train", stage, "--run", run.name, "--json"]
-    if resume:
-        argv.append("--resume")
-    if steps:
-        argv += ["--steps", str(steps)]
-    if max_steps:
-        argv += ["--max-steps", str(max_steps)]
-    if time:
-        argv += ["--time", time]
-    return argv
 
 
 def launch_detached(config_path: Path, stage: str, run: Path, resume: bool = False, steps: int | None = None,

@@ -7,13 +7,22 @@ run. Several Macs are launched by hand with `mlx.launch --hostfile` (README, "Se
 """
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import sys
+import threading
+from dataclasses import replace
+from pathlib import Path
 
 import mlx.core as mx
 
+from core import config
 from core.errors import AcmError
+from core.paths import Paths
+from core.train import runs
 
+SOURCE = str(Path(__file__).resolve().parents[2])  # on the children's PYTHONPATH: acm runs from a checkout too
 LAUNCHER = "from mlx._distributed_utils.launch import main; main()"  # what the `mlx.launch` script runs
 
 
@@ -53,3 +62,83 @@ def launcher_env(extra_path: str | None = None) -> dict[str, str]:
 def describe(ranks: int) -> str:
     kind = backend(ranks)
     return f"{ranks} ranks ({'one NVIDIA GPU each, NCCL' if kind == 'nccl' else 'ring backend on this host'})"
+
+
+def train_command(config_path: Path, stage: str, run: Path, resume: bool = False, steps: int | None = None,
+                  max_steps: int | None = None, time: str | None = None) -> list[str]:
+    """The arguments after the Python interpreter that train `stage` of `run`, reporting in JSON."""
+    settings = ["-c", str(Path(config_path).resolve())] if Path(config_path).exists() else []  # else: defaults
+    argv = ["-m", "core.cli", *settings, "train", stage, "--run", run.name, "--json"]
+    if resume:
+        argv.append("--resume")
+    if steps:
+        argv += ["--steps", str(steps)]
+    if max_steps:
+        argv += ["--max-steps", str(max_steps)]
+    if time:
+        argv += ["--time", time]
+    return argv
+
+
+def parse_event(line: str) -> dict:
+    """One line of rank 0's --json output as an event (other lines as log lines)."""
+    try:
+        event = json.loads(line)
+    except ValueError:
+        event = None
+    return event if isinstance(event, dict) and "type" in event else {"type": "log", "text": line.rstrip("\n")}
+
+
+def settings_for_ranks(cfg: config.Config, run: Path, stage: str) -> Path:
+    """These settings (with whatever the caller changed in memory) as a file the ranks read, its
+    folders absolute so it may live in the run."""
+    folder = Paths.stage(run, stage)
+    folder.mkdir(parents=True, exist_ok=True)
+    where = cfg.locations
+    copy = replace(cfg, paths=replace(cfg.paths, data=str(where.data), runs=str(where.runs)))
+    config.save(copy, folder / "ranks.toml")
+    return folder / "ranks.toml"
+
+
+def train_on_ranks(cfg: config.Config, stage: str, run: Path, resume: bool, emit, control, ranks: int,
+                   max_steps: int | None = None, started=None) -> dict:
+    """Train `stage` of `run` on `ranks` ranks of this host and wait: rank 0's events go to `emit`,
+    a stop asked of `control` reaches every rank through the run's control file; `started` gets
+    the launcher's process. The last event of each type."""
+    settings = settings_for_ranks(cfg, run, stage)
+    argv = launcher_argv(ranks, train_command(settings, stage, run, resume, max_steps=max_steps))
+    log = Paths.stage(run, stage) / "ranks.log"
+    with open(log, "ab") as errors:  # the ranks' own messages (a traceback of a rank) land here
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errors, text=True,
+                                env=launcher_env(SOURCE), start_new_session=True,  # Ctrl-C is the caller's
+                                cwd=str(cfg.root.resolve()))
+    if started:
+        started(proc)
+    done = threading.Event()
+    threading.Thread(target=_relay_stop, args=(control, run, stage, done), daemon=True).start()
+    last: dict = {}
+    try:
+        for line in proc.stdout:
+            event = parse_event(line)
+            last[event["type"]] = event
+            if emit:
+                emit(event)
+    finally:
+        done.set()
+        proc.wait()
+    if proc.returncode:
+        raise AcmError(f"{stage} on {ranks} ranks ended with exit status {proc.returncode}: {_last_line(log)} "
+                       f"(all of it in {log}); the last checkpoint stays loadable: resume it")
+    return last
+
+
+def _last_line(log: Path) -> str:
+    lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    return lines[-1].strip() if lines else "no message"
+
+
+def _relay_stop(control, run: Path, stage: str, done: threading.Event) -> None:
+    while not done.wait(0.2):
+        if control is not None and control.stopping:
+            runs.send_command(run, stage, "stop")
+            return
