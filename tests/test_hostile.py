@@ -45,6 +45,13 @@ CASES = [
     ["train", "pretrain", "--max-steps", "-1"],
     ["train", "finetune"],
     ["train", "pretrain", "--run", "../escape"],
+    ["train", "pretrain", "--ranks", "0"],
+    ["train", "pretrain", "--ranks", "2"],  # no token shards: refused before any rank starts
+    ["export", "--to", "{tmp}/x", "--format", "onnx"],
+    ["export", "--to", "{tmp}/x", "--format", "gguf"],  # no checkpoint
+    ["runs", "metrics", "nope", "--csv"],
+    ["config", "set", "train.ranks", "0"],
+    ["config", "set", "train.report_to", "mlflow"],
     ["runs", "stop", "nope"],
     ["runs", "rename", "nope", "../x"],
     ["runs", "delete", "nope", "--yes"],
