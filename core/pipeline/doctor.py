@@ -106,6 +106,9 @@ def device_checks() -> list[Check]:
     ws = info.get("max_recommended_working_set_size")
     if ws:
         checks.append(Check("recommended working set", _gib(ws)))
+    if backend == "CUDA" and mx.device_count(mx.gpu) > 1:
+        n = mx.device_count(mx.gpu)
+        checks.append(Check("GPUs", f"{n}: `acm train ... --ranks {n}` (or train.ranks = {n}) trains on all of them"))
     tuned = sorted(f"{k}={v}" for k, v in os.environ.items() if k.startswith("MLX_"))
     if tuned:  # e.g. MLX_MAX_MB_PER_BUFFER: shows that a setting from the README reached MLX
         checks.append(Check("MLX environment", " ".join(tuned)))
