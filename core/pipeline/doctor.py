@@ -106,9 +106,7 @@ def device_checks() -> list[Check]:
     ws = info.get("max_recommended_working_set_size")
     if ws:
         checks.append(Check("recommended working set", _gib(ws)))
-    if backend == "CUDA" and mx.device_count(mx.gpu) > 1:
-        n = mx.device_count(mx.gpu)
-        checks.append(Check("GPUs", f"{n}: `acm train ... --ranks {n}` (or train.ranks = {n}) trains on all of them"))
+    checks += _gpus(mx, backend)
     tuned = sorted(f"{k}={v}" for k, v in os.environ.items() if k.startswith("MLX_"))
     if tuned:  # e.g. MLX_MAX_MB_PER_BUFFER: shows that a setting from the README reached MLX
         checks.append(Check("MLX environment", " ".join(tuned)))
@@ -116,6 +114,12 @@ def device_checks() -> list[Check]:
         checks.append(Check("Metal", "not available: training runs on the CPU", ok=False, required=False,
                             fix="use an Apple Silicon Mac with macOS 14+ and the mlx wheel"))
     return checks
+
+
+def _gpus(mx, backend: str) -> list[Check]:
+    """Several NVIDIA GPUs: how to train on all of them."""
+    n = mx.device_count(mx.gpu) if backend == "CUDA" else 1
+    return [Check("GPUs", f"{n}: `acm train ... --ranks {n}` (or train.ranks = {n}) trains on all of them")] if n > 1 else []
 
 
 def _available(mx, backend: str) -> bool:
