@@ -119,7 +119,9 @@ def device_checks() -> list[Check]:
 def _gpus(mx, backend: str) -> list[Check]:
     """Several NVIDIA GPUs: how to train on all of them."""
     n = mx.device_count(mx.gpu) if backend == "CUDA" else 1
-    return [Check("GPUs", f"{n}: `acm train ... --ranks {n}` (or train.ranks = {n}) trains on all of them")] if n > 1 else []
+    if n < 2:
+        return []
+    return [Check("GPUs", f"{n}: `acm train ... --ranks {n}` (or train.ranks = {n}) trains on all of them")]
 
 
 def _available(mx, backend: str) -> bool:
