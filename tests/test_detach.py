@@ -168,7 +168,8 @@ def test_a_stage_that_cannot_start_leaves_no_run_behind(prepared, capsys):
 async def test_the_train_pane_starts_ranks_in_the_background_and_shows_them(prepared):
     """With train.ranks = 2 the pane launches the stage on two ranks (ring backend here, NCCL on
     NVIDIA GPUs), attaches to rank 0's files, shows the total throughput over the ranks, and stops
-    them all with s (each rank stops at the same step; rank 0 writes the checkpoint)."""
+    them all with space and s (each rank pauses and stops at the same step; rank 0 writes the
+    checkpoint)."""
     cfg = long_config(prepared)
     cfg.train.ranks = 2
     cfg.train.pretrain.batch_size = 2
@@ -181,6 +182,10 @@ async def test_the_train_pane_starts_ranks_in_the_background_and_shows_them(prep
         assert pane.control is None  # not this process: the ranks are
         status = " ".join(str(app.query_one("#train-status").render()).split())
         assert "tok/s in total over 2 ranks" in status
+        await pilot.press("space")  # every rank pauses at the same step, and goes on together
+        await wait_until(pilot, lambda: pane.state == "paused", timeout=60)
+        await pilot.press("space")
+        await wait_until(pilot, lambda: pane.state == "running", timeout=60)
         await pilot.press("s")
         await wait_until(pilot, lambda: pane.state == "stopped", timeout=60)
     run = pane.attached
