@@ -138,6 +138,7 @@ class Trainer:
         self.is_main = self.rank == 0
         # what the loop obeys: with several ranks, the commands every rank agreed on at a step
         self.steer = self.control if self.world == 1 else Control()
+        self.polled_at: int | None = None
 
     # ------------------------------------------------------------ events
 
@@ -188,7 +189,7 @@ class Trainer:
         # Nothing in a step draws from MLX's RNG (no dropout): the only randomness after
         # initialisation is the batch order, a pure function of (seed, step) saved in checkpoints.
         self.fused_step, self.grad_step, self.apply_step, self.eval_loss = build_steps(
-            self.model, self.opt, self.sc.grad_clip, self.world, self.cfg.train.allreduce_buckets, self.world > 1)
+            self.model, self.opt, self.sc.grad_clip, self.world, self.cfg.train.allreduce_buckets)
 
     def _load_weights(self) -> None:
         """Resume this stage's latest checkpoint, or fine-tune from the best pretrain one."""
@@ -239,34 +240,19 @@ class Trainer:
 
     # ------------------------------------------------------------ one step
 
-    def _train_step(self, step: int) -> tuple[mx.array, ...]:
-        """Queue step `step` on the device: (loss, gradient norm[, the ranks' agreed commands]), not
-        yet evaluated."""
+    def _train_step(self, step: int) -> tuple[mx.array, mx.array]:
+        """Queue step `step` on the device: (loss, gradient norm), not yet evaluated."""
         sc = self.sc
         self.opt.learning_rate = lr_at(step, sc.learning_rate, sc.warmup_steps, sc.steps, sc.min_lr_ratio)
-        flags = (self._my_commands(),) if self.world > 1 else ()
         if sc.grad_accum == 1:
             x, y = self.batches.train(step)
-            out = self.fused_step(mx.array(x), mx.array(y), *flags)
+            out = self.fused_step(mx.array(x), mx.array(y))
         else:
-            out = self._accumulated_step(step, flags)
+            out = self._accumulated_step(step)
         mx.async_eval(*out, self.opt.state)
         return out
 
-    def _my_commands(self) -> mx.array:
-        """This rank's (pause, resume, stop, save) flags for the step being queued: rank 0's from the
-        control file, any rank's stop or save from a signal."""
-        command = runs.take_command(self.run_path, self.stage) if self.is_main else None
-        return mx.array([command == "pause", command == "resume", command == "stop" or self.control.stopping,
-                         command == "save" or self.control.take_save()], mx.float32)
-
-    def _obey(self, agreed: list[float]) -> None:
-        """Act on the commands the ranks agreed on (the same sums on every rank, at the same step)."""
-        for wanted, act in zip(agreed, (self.steer.pause, self.steer.resume, self.steer.stop, self.steer.save_now)):
-            if wanted:
-                act()
-
-    def _accumulated_step(self, step: int, flags: tuple = ()) -> tuple[mx.array, ...]:
+    def _accumulated_step(self, step: int) -> tuple[mx.array, mx.array]:
         total_loss, total_grads = None, None
         for micro in range(self.sc.grad_accum):  # summed in float32
             x, y = self.batches.train(step, micro)
@@ -276,7 +262,7 @@ class Trainer:
             total_grads = grads if total_grads is None else {k: total_grads[k] + g for k, g in grads.items()}
             mx.eval(total_loss, total_grads)
         n = self.sc.grad_accum
-        return self.apply_step(total_loss / n, {k: g / n for k, g in total_grads.items()}, *flags)
+        return self.apply_step(total_loss / n, {k: g / n for k, g in total_grads.items()})
 
     def _finite_loss(self, loss: mx.array, step: int) -> float:
         """The step's loss (waiting for this step only); a non-finite loss stops the stage."""
@@ -363,16 +349,22 @@ class Trainer:
             actions[command]()
 
     def _agree(self, command: str | None) -> None:
-        """While paused (no step carries them): every rank acts on the same commands, in one
-        collective all ranks make together."""
+        """Every rank acts on the same commands at the same step: rank 0's from the control file,
+        and a stop or save that a signal gave any rank (one collective)."""
         mine = [command == "pause", command == "resume", command == "stop" or self.control.stopping,
                 command == "save" or self.control.take_save()]
-        self._obey(mx.distributed.all_sum(mx.array(mine, mx.float32)).tolist())
+        agreed = [bool(v) for v in mx.distributed.all_sum(mx.array(mine, mx.int32)).tolist()]
+        for wanted, act in zip(agreed, (self.steer.pause, self.steer.resume, self.steer.stop, self.steer.save_now)):
+            if wanted:
+                act()
 
     def _poll_at(self, step: int) -> None:
-        """Between steps, alone: the control file. With several ranks each step carries the
-        commands (`_my_commands`), agreed with its loss."""
+        """Poll at `step`: every step alone; with several ranks every log_every steps (a collective
+        waits for the step in flight), once a step."""
         if self.world == 1:
+            self._poll_commands()
+        elif step % self.sc.log_every == 0 and self.polled_at != step:
+            self.polled_at = step
             self._poll_commands()
 
     def _may_queue(self, next_step: int, end: int) -> bool:
@@ -490,13 +482,10 @@ class Trainer:
             return "1 rank"
         return f"{self.world} ranks of {self.sc.batch_size * self.sc.grad_accum} sequences"
 
-    def _step_done(self, current: tuple[mx.array, ...], end: int) -> None:
-        """Wait for a step's loss, count it, act on the commands the ranks agreed on with it, and
-        report every log_every steps."""
-        loss, norm = current[:2]
+    def _step_done(self, current: tuple[mx.array, mx.array], end: int) -> None:
+        """Wait for a step's loss, count it, and report every log_every steps."""
+        loss, norm = current
         loss_value = self._finite_loss(loss, self.step)
-        if len(current) == 3:
-            self._obey(current[2].tolist())
         self.step += 1
         self.tokens_seen += self.meter.tokens_per_step
         self.meter.step()
@@ -588,8 +577,7 @@ def check_inputs(cfg: Config, stage: str, run: Path, resume: bool) -> None:
     starting_point(run, stage, resume)
 
 
-def build_steps(model: GPT, opt: FlatAdamW, grad_clip: float, world: int = 1, buckets: int = 1,
-                agree: bool = False):
+def build_steps(model: GPT, opt: FlatAdamW, grad_clip: float, world: int = 1, buckets: int = 1):
     """The compiled step functions: (fused step, gradient-only step, apply step, eval loss).
 
     The optimizer's state (weights, moments, step, learning rate) is both input and output of the
@@ -597,9 +585,7 @@ def build_steps(model: GPT, opt: FlatAdamW, grad_clip: float, world: int = 1, bu
     optimizer's compute-dtype weights, and its gradients come back as one flat array per buffer.
     With several ranks, gradients and losses are averaged across them inside the graph: one
     all-reduce per buffer, or per each of `buckets` pieces of it on a stream of their own, so the
-    pieces finished first can travel while the rest is computed. With `agree`, the fused and apply
-    steps also take the rank's commands (pause, resume, stop, save flags) and return their sums
-    over the ranks beside the loss and gradient norm.
+    pieces finished first can travel while the rest is computed.
     """
     state = [opt.state]
     comm = mx.new_stream(mx.default_device()) if world > 1 and buckets > 1 else None
@@ -617,36 +603,23 @@ def build_steps(model: GPT, opt: FlatAdamW, grad_clip: float, world: int = 1, bu
         loss, grads = loss_and_grad(opt.compute_views(), x, y)
         return loss, opt.pack_gradients(grads, model.compute_dtype, reduce, buckets)
 
-    def finish(loss, grads, reduced=False, flags=None):
+    def finish(loss, grads, reduced=False):
         if world > 1:
             grads = grads if reduced else {k: average(g) for k, g in grads.items()}
-            if flags is None:
-                loss = mx.distributed.all_sum(loss) / world
-            else:  # the ranks' commands travel with the loss: no collective of their own, read with it
-                both = mx.distributed.all_sum(mx.concatenate([loss.astype(mx.float32)[None], flags]))
-                loss, flags = both[0] / world, both[1:]
-        out = (loss, opt.clip_and_update(grads, grad_clip))
-        return out if flags is None else (*out, flags)
+            loss = mx.distributed.all_sum(loss) / world
+        return loss, opt.clip_and_update(grads, grad_clip)
 
-    if agree:
-        def fused_step(x, y, flags):
-            return finish(*gradients(x, y, average), reduced=True, flags=flags)
-
-        def apply_step(loss, grads, flags):
-            return finish(loss, grads, flags=flags)
-    else:
-        def fused_step(x, y):
-            return finish(*gradients(x, y, average if world > 1 else None), reduced=True)
-
-        apply_step = finish
+    @partial(mx.compile, inputs=state, outputs=state)
+    def fused_step(x, y):
+        return finish(*gradients(x, y, average if world > 1 else None), reduced=True)
 
     @partial(mx.compile, inputs=state)
     def eval_loss(x, y):
         loss = loss_of(opt.compute_views(), x, y)
         return mx.distributed.all_sum(loss) / world if world > 1 else loss
 
-    compiled = partial(mx.compile, inputs=state, outputs=state)
-    return compiled(fused_step), partial(mx.compile, inputs=state)(gradients), compiled(apply_step), eval_loss
+    return (fused_step, partial(mx.compile, inputs=state)(gradients),
+            partial(mx.compile, inputs=state, outputs=state)(finish), eval_loss)
 
 
 def run_stage(cfg: Config, stage: str, run: Path, emit: Callback | None = None, control: Control | None = None,
