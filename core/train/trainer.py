@@ -39,6 +39,7 @@ from core.train.tracking import trackers
 
 CORPUS = {"pretrain": "language", "finetune": "code"}
 OTHER = {"pretrain": "code", "finetune": "language"}  # the corpus a stage replays
+COMMANDS = ("pause", "resume", "stop", "save")  # what a control file may ask, in the order ranks agree on
 
 
 class TrainingError(AcmError):
@@ -338,24 +339,18 @@ class Trainer:
                     tracker.close()
 
     def _poll_commands(self) -> None:
-        """Commands left in the stage's control file by another process (acm runs, acm-tui)."""
+        """Commands left in the stage's control file by another process (acm runs, acm-tui). With
+        several ranks every rank acts alike: on rank 0's command, and on a stop or save a signal gave
+        any rank (one collective)."""
         command = runs.take_command(self.run_path, self.stage) if self.is_main else None
+        wanted = [command == c for c in COMMANDS]
         if self.world > 1:
-            self._agree(command)
-            return
-        actions = {"pause": self.control.pause, "resume": self.control.resume, "stop": self.control.stop,
-                   "save": self.control.save_now}
-        if command in actions:
-            actions[command]()
-
-    def _agree(self, command: str | None) -> None:
-        """Every rank acts on the same commands at the same step: rank 0's from the control file,
-        and a stop or save that a signal gave any rank (one collective)."""
-        mine = [command == "pause", command == "resume", command == "stop" or self.control.stopping,
-                command == "save" or self.control.take_save()]
-        agreed = [bool(v) for v in mx.distributed.all_sum(mx.array(mine, mx.int32)).tolist()]
-        for wanted, act in zip(agreed, (self.steer.pause, self.steer.resume, self.steer.stop, self.steer.save_now)):
-            if wanted:
+            wanted[2] = wanted[2] or self.control.stopping
+            wanted[3] = wanted[3] or self.control.take_save()
+            wanted = mx.distributed.all_sum(mx.array(wanted, mx.int32)).tolist()
+        steer = self.steer
+        for want, act in zip(wanted, (steer.pause, steer.resume, steer.stop, steer.save_now)):
+            if want:
                 act()
 
     def _poll_at(self, step: int) -> None:

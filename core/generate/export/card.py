@@ -2,12 +2,11 @@
 long, and how well it writes bash, as a reader of a Hugging Face model page expects."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from mlx.utils import tree_flatten
 
-from core.atomic import write_text
+from core.atomic import read_json, write_text
 from core.config import Config
 from core.generate.decode import LoadedModel
 from core.paths import Paths
@@ -16,10 +15,7 @@ LIBRARY = {"mlx": "mlx", "hf": "transformers", "gguf": "gguf"}
 
 
 def _read(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
+    return read_json(path) or {}
 
 
 def facts(cfg: Config, lm: LoadedModel) -> dict:
