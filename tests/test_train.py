@@ -375,13 +375,24 @@ def test_replay_and_document_starts_train_a_stage(prepared):
     assert result.step == 4 and len(losses(run, "finetune")) == 4
 
 
+class SteppingClock:
+    """A clock that moves on a fixed tick each time it is read: a stage's timing, with no real time in it."""
+
+    def __init__(self, tick: float):
+        self.now, self.tick = 1000.0, tick
+
+    def __call__(self) -> float:
+        self.now += self.tick
+        return self.now
+
+
 def test_a_time_budget_fits_the_steps_and_ends_on_the_floor(prepared):
     cfg = load(prepared)
     sc = cfg.train.pretrain
     sc.time, sc.eval_every, sc.save_every, sc.log_every, sc.min_lr_ratio = "20s", 10, 1000, 1, 0.1
-    started = time.perf_counter()
-    result = run_stage(cfg, "pretrain", cfg.runs_dir / "budget")
-    took = time.perf_counter() - started
+    clock = SteppingClock(0.1)
+    result = run_stage(cfg, "pretrain", cfg.runs_dir / "budget", clock=clock)
+    took = clock.now - 1000.0
     assert 20 / 1.5 <= took <= 20 * 1.5
     log = (cfg.runs_dir / "budget" / "pretrain" / "train.log").read_text()
     assert "time budget 20 s:" in log
@@ -392,6 +403,20 @@ def test_a_time_budget_fits_the_steps_and_ends_on_the_floor(prepared):
     assert status["state"] == "done" and status["total"] == result.step
     state = checkpoint.latest(Paths.checkpoints(cfg.runs_dir / "budget", "pretrain")).state
     assert state["planned_steps"] == result.step
+
+
+def test_the_budget_planner_fits_the_steps_left_after_timing_the_first():
+    from core.train.budget import Calibration
+
+    calibration = Calibration(100.0, started=0.0, eval_every=10, eval_batches=2)
+    assert calibration.observe(1, 5.0) is None  # the first step (compilation) only starts the timing
+    assert calibration.observe(3, 5.4) is None  # 2 steps: too few to trust
+    assert calibration.observe(5, 6.0) is None  # 1 s: under 2% of the budget
+    step_s = calibration.observe(6, 7.0)  # 5 steps in 2 s, plus validation's share (0.35 x 2 / 10)
+    assert step_s == pytest.approx(0.4 * 1.07)
+    plan = calibration.plan(6, 7.0, step_s, warmup=200)
+    assert plan.total == 6 + int(93.0 / step_s) and plan.warmup == plan.total // 10
+    assert calibration.plan(5, 99.99, step_s, warmup=2).total == 6  # never fewer than one more step
 
 
 def test_a_stage_says_how_long_its_steps_take_and_warns_of_hours(prepared):

@@ -13,6 +13,7 @@ import math
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -102,19 +103,19 @@ class StageResult:
 class Throughput:
     """Tokens per second over the steps since the last report, counting training time only."""
 
-    def __init__(self, tokens_per_step: int):
-        self.tokens_per_step = tokens_per_step
+    def __init__(self, tokens_per_step: int, clock: Callable[[], float] = time.perf_counter):
+        self.tokens_per_step, self.clock = tokens_per_step, clock
         self.restart()
 
     def restart(self) -> None:
-        self.t0, self.tokens = time.perf_counter(), 0
+        self.t0, self.tokens = self.clock(), 0
 
     def step(self) -> None:
         self.tokens += self.tokens_per_step
 
     def take(self) -> tuple[float, float]:
         """(tokens/s, seconds a step) since the last take or restart; starts a new window."""
-        dt = time.perf_counter() - self.t0
+        dt = self.clock() - self.t0
         rate = self.tokens / dt if dt > 0 else 0.0
         step_time = dt / max(self.tokens / self.tokens_per_step, 1)
         self.restart()
@@ -123,7 +124,8 @@ class Throughput:
 
 class Trainer:
     def __init__(self, cfg: Config, stage: str, run: Path, emit: Callback | None = None, control: Control | None = None,
-                 resume: bool = False, max_steps: int | None = None):
+                 resume: bool = False, max_steps: int | None = None,
+                 clock: Callable[[], float] = time.perf_counter):
         if stage not in CORPUS:
             raise AcmError(f"unknown stage {stage!r}: pretrain or finetune")
         self.cfg, self.stage, self.run_path = cfg, stage, run
@@ -134,6 +136,7 @@ class Trainer:
         self.control = control or Control()
         self.resume = resume
         self.max_steps = max_steps  # stop after this many steps in this call (the schedule keeps sc.steps)
+        self.clock = clock  # what time budgets, ETAs and tokens/s are measured with
         self.group = mx.distributed.init()
         self.rank, self.world = self.group.rank(), self.group.size()
         self.is_main = self.rank == 0
@@ -310,7 +313,7 @@ class Trainer:
     # ------------------------------------------------------------ the stage
 
     def run(self) -> StageResult:
-        self.started = time.perf_counter()  # a time budget counts from here
+        self.started = self.clock()  # a time budget counts from here
         fresh = self.is_main and not self.run_path.exists()  # made by this call
         lock = RunLock(self.run_path).acquire(self.stage) if self.is_main else None  # one writer per run
         try:
@@ -399,7 +402,7 @@ class Trainer:
         self.step, stopped, ahead = self.start_step, False, None  # ahead: the next step, queued while this one runs
         last = checkpoint.latest(self.ck_dir)
         self.last_ck, self.val_loss = (last.path if last else None), None
-        self.meter = Throughput(sc.batch_size * sc.grad_accum * sc.seq_len * self.world)
+        self.meter = Throughput(sc.batch_size * sc.grad_accum * sc.seq_len * self.world, self.clock)
         self._begin(end)
         while self.step < self.end and not self.early_stopped:
             if ahead is None:
@@ -440,7 +443,7 @@ class Trainer:
         long the configured steps will take here (a warning when it is hours)."""
         if self.calibration is None:
             return
-        now = time.perf_counter()
+        now = self.clock()
         step_s = self.calibration.observe(self.step, now)
         if self.world > 1:  # every rank must plan the same steps at the same step: rank 0 decides
             step_s = float(mx.distributed.all_sum(mx.array((step_s or 0.0) if self.is_main else 0.0)).item()) or None
@@ -618,6 +621,6 @@ def build_steps(model: GPT, opt: FlatAdamW, grad_clip: float, world: int = 1, bu
 
 
 def run_stage(cfg: Config, stage: str, run: Path, emit: Callback | None = None, control: Control | None = None,
-              resume: bool = False, max_steps: int | None = None) -> StageResult:
-    """Build a Trainer and run it (call on the engine thread)."""
-    return Trainer(cfg, stage, run, emit, control, resume, max_steps).run()
+              resume: bool = False, max_steps: int | None = None, **options) -> StageResult:
+    """Build a Trainer and run it (call on the engine thread); `options` are the Trainer's keywords."""
+    return Trainer(cfg, stage, run, emit, control, resume, max_steps, **options).run()
