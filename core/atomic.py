@@ -19,7 +19,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
+    _take_mode(tmp, path)
     binary = "b" in mode
     try:
         with os.fdopen(fd, mode, encoding=None if binary else encoding) as f:
@@ -31,6 +31,20 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _take_mode(tmp: str, path: Path) -> None:
+    """The replaced file's mode and owner (a private 600 file stays private), else the usual
+    permissions (mkstemp makes 600)."""
+    try:
+        st = path.stat()
+    except OSError:
+        os.chmod(tmp, 0o666 & ~_umask())
+        return
+    os.chmod(tmp, st.st_mode & 0o7777)
+    if (st.st_uid, st.st_gid) != (os.getuid(), os.getgid()):
+        with contextlib.suppress(OSError):  # only root may give a file away; others keep their own
+            os.chown(tmp, st.st_uid, st.st_gid)
 
 
 def _umask() -> int:

@@ -6,6 +6,7 @@ names the file, the key and what is allowed.
 """
 from __future__ import annotations
 
+import copy
 import difflib
 import math
 import os
@@ -16,10 +17,11 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 import tomli_w
+import tomlkit
 
 from core.atomic import write_text
 from core.errors import ConfigError
-from core.model.presets import PRESETS, ModelShape, check_vocab, get_preset
+from core.model.presets import PRESETS, ModelShape, get_preset
 from core.paths import Paths
 
 CONFIG_NAME = "acm.toml"
@@ -81,8 +83,9 @@ class DataConfig:
 
 @dataclass
 class TokenizerConfig:
-    vocab_size: int = setting(32000, "BPE vocabulary size, special tokens included (must equal the model's)",
-                              min=260, max=262144)
+    vocab_size: int = setting(0, "BPE vocabulary size to aim for, special tokens included (0: the preset's); a "
+                                 "small corpus may stop short of it, and the model takes the size trained",
+                              min=0, max=262144)
     min_frequency: int = setting(2, "pairs seen fewer times are not merged", min=1)
     code_weight: float = setting(0.3, "share of the tokenizer's training text drawn from code (scripts repeat "
                                  "to reach it)", min=0.0, max=1.0)
@@ -203,6 +206,13 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     # Where the file was read from; relative paths in [paths] resolve against its folder.
     root: Path = field(default=Path("."), compare=False, repr=False, metadata={"internal": True})
+    # What the file itself sets (the rest are defaults or the machine's choice): all acm writes back.
+    explicit: dict = field(default_factory=dict, compare=False, repr=False, metadata={"internal": True})
+
+    def vocab_target(self) -> int:
+        """The vocabulary the tokenizer is trained toward: tokenizer.vocab_size, or the preset's.
+        The model takes the size the tokenizer reached (a run's settings record it)."""
+        return self.tokenizer.vocab_size or self.model.shape().vocab_size
 
     @property
     def locations(self) -> Paths:
@@ -220,6 +230,7 @@ class Config:
     def to_dict(self) -> dict:
         d = asdict(self)
         d.pop("root")
+        d.pop("explicit")
         return d
 
 
@@ -338,18 +349,35 @@ def _build(cls, table: dict, prefix: str, source: str):
     return cls(**values)
 
 
-def from_dict(table: dict, source: str = CONFIG_NAME, root: Path | None = None) -> Config:
+def from_dict(table: dict, source: str = CONFIG_NAME, root: Path | None = None, preset: str | None = None) -> Config:
+    """Settings from a TOML table; `preset` is the machine's choice where the table names none.
+    Each stage's seq_len is capped at the preset's context where the table leaves it out, or the
+    preset is the machine's (a seq_len set for a larger model)."""
     cfg = _build(Config, table, "", source)
+    machine = bool(preset) and "preset" not in _section(table, "model")
+    if machine:
+        cfg.model.preset = preset
+    for stage in ("pretrain", "finetune"):
+        if machine or "seq_len" not in _section(_section(table, "train"), stage):
+            sc = getattr(cfg.train, stage)
+            sc.seq_len = min(sc.seq_len, cfg.model.shape().n_ctx)
     cfg.root = Path(root) if root is not None else Path(".")
+    cfg.explicit = copy.deepcopy(table)
     validate(cfg, source)
     return cfg
+
+
+def _section(table: dict, name: str) -> dict:
+    value = table.get(name)
+    return value if isinstance(value, dict) else {}
 
 
 def validate(cfg: Config, source: str = CONFIG_NAME) -> None:
     """Checks across settings (single values are checked as they are read)."""
     shape = cfg.model.shape()
-    check_vocab(shape, cfg.tokenizer.vocab_size, f"{source}: tokenizer.vocab_size",
-                f"set tokenizer.vocab_size = {shape.vocab_size}", ConfigError)
+    if 0 < cfg.tokenizer.vocab_size < MIN_VOCAB:
+        raise ConfigError(f"{source}: tokenizer.vocab_size = {cfg.tokenizer.vocab_size} is out of range; allowed: 0 "
+                          f"(the preset's, {shape.vocab_size}) or {MIN_VOCAB} to 262144")
     if not cfg.eval.prompts or not all(p.strip() for p in cfg.eval.prompts):
         raise ConfigError(f"{source}: eval.prompts must hold at least one prompt, and none empty")
     for stage in ("pretrain", "finetune"):
@@ -361,13 +389,14 @@ def validate(cfg: Config, source: str = CONFIG_NAME) -> None:
             )
 
 
-def load(path: str | os.PathLike = CONFIG_NAME) -> Config:
-    """Read acm.toml; a missing file gives the defaults (rooted at its folder)."""
+MIN_VOCAB = 260  # the 256 bytes and the 4 special tokens
+
+
+def read_table(path: str | os.PathLike) -> dict:
+    """acm.toml's table as written, each way it can fail in one line."""
     path = Path(path)
-    if not path.exists():
-        return machine_defaults(from_dict({}, source=str(path), root=path.parent))
     try:
-        table = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as e:  # a folder, no permission
         raise ConfigError(f"{path}: cannot read it ({e.strerror or e})") from None
     except tomllib.TOMLDecodeError as e:
@@ -375,43 +404,87 @@ def load(path: str | os.PathLike = CONFIG_NAME) -> Config:
         raise ConfigError(f"{path}: TOML syntax error: {e}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not UTF-8 text") from None
-    cfg = from_dict(table, source=str(path), root=path.parent)
-    # a file that leaves the preset out (the shipped acm.toml does) gets the machine's, as no file does
-    return cfg if "preset" in (table.get("model") or {}) else machine_defaults(cfg)
 
 
-def machine_defaults(cfg: Config) -> Config:
-    """A project whose acm.toml does not set model.preset (or has none) gets the preset that suits
-    this machine: medium where the GPU can train it, tiny on a smaller GPU, micro on the CPU, with the
-    vocab and sequence lengths following (`acm doctor` says why)."""
-    from core.hardware import suggested_preset  # MLX, only for a project without settings
-
-    preset, _ = suggested_preset()
-    return cfg if preset == cfg.model.preset else with_value(cfg, "model.preset", preset)[0]
+def load(path: str | os.PathLike = CONFIG_NAME) -> Config:
+    """Read acm.toml; a missing file gives the defaults (rooted at its folder). A file that leaves
+    the preset out (the shipped acm.toml does) gets the one that suits this machine."""
+    path = Path(path)
+    table = read_table(path) if path.exists() else {}
+    return from_dict(table, source=str(path), root=path.parent, preset=machine_preset(table))
 
 
-HEADER = (
-    "# acm settings. Every key is described in README.md (section \"Settings\").\n"
-    "# Written by acm: comments other than this header are not kept when acm saves the file.\n\n"
-)
+def machine_preset(table: dict) -> str | None:
+    """The machine's preset where `table` names none: medium where the GPU can train it, tiny on a
+    smaller GPU, micro on the CPU (`acm doctor` says why); never written to acm.toml."""
+    if "preset" in _section(table, "model"):
+        return None
+    from core.hardware import suggested_preset  # MLX, only for a project that leaves the preset out
+
+    return suggested_preset()[0]
+
+
+HEADER = "# acm settings. Every key is described in README.md (section \"Settings\").\n\n"
 
 
 def dumps(cfg: Config) -> str:
+    """Every resolved value: what `acm config show` prints and a run records."""
     return HEADER + tomli_w.dumps(cfg.to_dict())
 
 
 def save(cfg: Config, path: str | os.PathLike = CONFIG_NAME) -> None:
-    """Write the settings atomically. A file there that does not load is never replaced: it holds
-    what the user chose, and writing over it would put defaults in its place."""
+    """Write every resolved value atomically (a run's record of its settings). A file there that
+    does not load is never replaced."""
     validate(cfg, str(path))
+    _refuse_a_broken_file(path)
+    _write(path, dumps(cfg))
+
+
+def save_settings(cfg: Config, path: str | os.PathLike = CONFIG_NAME) -> None:
+    """Write what the user set (cfg.explicit) into acm.toml, keeping its comments, its order and
+    its mode; defaults and the machine's choices stay unwritten, so the project still adapts to
+    the machine it is copied to. A read-only or broken file is refused in one line."""
+    validate(cfg, str(path))
+    path = Path(path)
+    if path.exists():
+        mode = path.stat().st_mode
+        if not mode & 0o222:
+            raise ConfigError(f"not saved: {path} is read-only (mode {mode & 0o777:o}); make it writable "
+                              f"(chmod u+w {path}) to save settings")
+        _refuse_a_broken_file(path)
+        doc = tomlkit.parse(path.read_text(encoding="utf-8"))
+    else:
+        doc = tomlkit.parse(HEADER)
+    _merge(doc, cfg.explicit)
+    _write(path, tomlkit.dumps(doc))
+
+
+def _merge(doc, table: dict) -> None:
+    """Make tomlkit container `doc` hold `table`'s values, changing only what differs."""
+    for key in [k for k in doc if k not in table]:
+        del doc[key]
+    for key, value in table.items():
+        if isinstance(value, dict):
+            if not isinstance(doc.get(key), dict):
+                doc[key] = tomlkit.table()
+            _merge(doc[key], value)
+        elif doc.get(key) != value:
+            doc[key] = value
+
+
+def _refuse_a_broken_file(path: str | os.PathLike) -> None:
+    """A file that does not load holds what the user chose: writing over it would put defaults there."""
     if Path(path).exists():
         try:
-            load(path)
+            read_table(path)
         except ConfigError as e:
             raise ConfigError(f"not saved: {e} (fix the file by hand; acm does not write over it)") from None
+
+
+def _write(path: str | os.PathLike, text: str) -> None:
     try:
-        write_text(path, dumps(cfg))
-    except OSError as e:  # read-only, immutable, a full disk
+        write_text(path, text)
+    except OSError as e:  # an immutable file, a read-only folder, a full disk
         raise ConfigError(f"not saved: cannot write {path} ({e.strerror or e})") from None
 
 
@@ -462,31 +535,47 @@ def parse_value(text: str) -> Any:
 def with_value(cfg: Config, key: str, text: str, source: str = CONFIG_NAME) -> tuple[Config, list[str]]:
     """`cfg` with one setting changed (the text parsed as TOML, else taken as a string), validated.
 
-    Changing model.preset also sets tokenizer.vocab_size to the new preset's vocab (the two must
-    agree), so a preset can be switched in one edit. Returns the new settings and what else changed.
+    Only `key` joins what the user set. On a new model.preset, the vocabulary and each unset
+    seq_len follow the preset; a seq_len set beyond its context is cut to it. Returns the new
+    settings and what else changed.
     """
-    table = cfg.to_dict()
+    _known_key(key, source)
+    table = copy.deepcopy(cfg.explicit)
     *parents, leaf = key.split(".")
     node = table
     for part in parents:
-        if not isinstance(node.get(part), dict):
-            raise ConfigError(f"{source}: unknown setting {key}; see `acm config show`")
-        node = node[part]
+        node = node.setdefault(part, {})
     value = parse_value(text)
-    if isinstance(node.get(leaf), list) and isinstance(value, str):  # a,b for ["a", "b"]
+    if isinstance(get_value(Config(), key), list) and isinstance(value, str):  # a,b for ["a", "b"]
         value = [part.strip() for part in value.split(",") if part.strip()]
     node[leaf] = value
-    notes = []
-    if key == "model.preset" and isinstance(node[leaf], str) and node[leaf] in PRESETS:
-        vocab = PRESETS[node[leaf]].vocab_size
-        if table["tokenizer"]["vocab_size"] != vocab:
-            table["tokenizer"]["vocab_size"] = vocab
-            notes.append(f"tokenizer.vocab_size = {vocab} (the preset's vocab)")
-        for stage in ("pretrain", "finetune"):
-            if table["train"][stage]["seq_len"] > PRESETS[node[leaf]].n_ctx:
-                table["train"][stage]["seq_len"] = PRESETS[node[leaf]].n_ctx
-                notes.append(f"train.{stage}.seq_len = {PRESETS[node[leaf]].n_ctx} (the preset's context)")
-    return from_dict(table, source=source, root=cfg.root), notes
+    notes = _follow_preset(table, cfg) if key == "model.preset" and value in PRESETS else []
+    preset = cfg.model.preset if "preset" not in _section(table, "model") else None  # the machine's stays
+    return from_dict(table, source=source, root=cfg.root, preset=preset), notes
+
+
+def _known_key(key: str, source: str) -> None:
+    keys = [row[0] for row in describe()]
+    if key not in keys:
+        close = difflib.get_close_matches(key, keys, n=1)
+        hint = f"did you mean {close[0]}?" if close else "see `acm config show`"
+        raise ConfigError(f"{source}: unknown setting {key}; {hint}")
+
+
+def _follow_preset(table: dict, old: Config) -> list[str]:
+    """On a new preset in `table`: a vocabulary that was the old preset's follows the new one, and
+    a seq_len set beyond the new context is cut to it. What changed, in words."""
+    new, notes = PRESETS[table["model"]["preset"]], []
+    tok = _section(table, "tokenizer")
+    if tok.get("vocab_size") == old.model.shape().vocab_size != new.vocab_size:
+        del tok["vocab_size"]
+        notes.append(f"tokenizer.vocab_size follows the preset ({new.vocab_size})")
+    for stage in ("pretrain", "finetune"):
+        sc = _section(_section(table, "train"), stage)
+        if sc.get("seq_len", 0) > new.n_ctx:
+            sc["seq_len"] = new.n_ctx
+            notes.append(f"train.{stage}.seq_len = {new.n_ctx} (the preset's context)")
+    return notes
 
 
 def markdown_table() -> str:

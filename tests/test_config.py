@@ -45,7 +45,7 @@ def test_defaults_when_file_is_missing_suit_the_machine(tmp_path):
     cfg = config.load(tmp_path / "acm.toml")
     preset, why = suggested_preset()
     assert cfg.model.preset == preset and why
-    assert cfg.tokenizer.vocab_size == get_preset(preset).vocab_size  # the pair stays consistent
+    assert cfg.vocab_target() == get_preset(preset).vocab_size  # the tokenizer aims for the preset's vocab
     assert cfg.train == config.with_value(config.Config(), "model.preset", preset)[0].train
     assert cfg.runs_dir == (tmp_path / "runs").resolve()
 
@@ -67,10 +67,9 @@ def test_a_cpu_only_machine_suggests_micro_and_doctor_says_why(project):
 
 
 def test_shipped_acm_toml_is_the_defaults():
-    """The shipped acm.toml holds every default but the preset (and its vocab), which suit the machine;
-    a file that sets the preset keeps it."""
+    """The shipped acm.toml holds every default but the preset, which suits the machine."""
     shipped = config.load(Path(__file__).parent.parent / "acm.toml")
-    assert shipped.to_dict() == config.machine_defaults(config.Config()).to_dict()
+    assert shipped.to_dict() == config.from_dict({}, preset=config.machine_preset({})).to_dict()
 
 
 def test_syntax_error_names_file_line_and_column(tmp_path):
@@ -125,14 +124,19 @@ def test_unknown_preset_lists_valid_ones(tmp_path):
         config.load(p)
 
 
-def test_vocab_mismatch_with_preset(tmp_path):
-    p = write(tmp_path, "[model]\npreset = 'tiny'\n")  # tokenizer.vocab_size stays 32000
-    with pytest.raises(ConfigError, match="set tokenizer.vocab_size = 16000"):
-        config.load(p)
+def test_the_vocabulary_follows_the_preset_unless_set(tmp_path):
+    assert config.load(write(tmp_path, "[model]\npreset = 'tiny'\n")).vocab_target() == 16000
+    assert config.load(write(tmp_path, "[model]\npreset = 'tiny'\n[tokenizer]\nvocab_size = 4096\n")).vocab_target() \
+        == 4096
+    with pytest.raises(ConfigError, match=r"tokenizer.vocab_size = 100 is out of range; allowed: 0 \(the preset's, "
+                                          r"16000\) or 260 to 262144"):
+        config.load(write(tmp_path, "[model]\npreset = 'tiny'\n[tokenizer]\nvocab_size = 100\n"))
 
 
-def test_seq_len_beyond_context(tmp_path):
-    p = write(tmp_path, "[model]\npreset = 'nano'\n[tokenizer]\nvocab_size = 1024\n")  # seq_len 1024 > 128
+def test_seq_len_follows_the_context_unless_set_beyond_it(tmp_path):
+    cfg = config.load(write(tmp_path, "[model]\npreset = 'nano'\n"))  # the default seq_len, 1024, is cut to 128
+    assert cfg.train.pretrain.seq_len == cfg.train.finetune.seq_len == 128
+    p = write(tmp_path, "[model]\npreset = 'nano'\n[train.pretrain]\nseq_len = 1024\n")
     with pytest.raises(ConfigError, match=r"train\.pretrain\.seq_len = 1024 exceeds .* allowed: 8 to 128"):
         config.load(p)
 
@@ -169,10 +173,42 @@ def test_switching_preset_in_one_edit(project, capsys):
     path = project / "acm.toml"
     assert cli.main(["-c", str(path), "config", "set", "model.preset", "tiny"]) == 0
     out = capsys.readouterr().out
-    assert "also: tokenizer.vocab_size = 16000" in out
+    assert "also: tokenizer.vocab_size follows the preset (16000)" in out  # it was nano's 1024
     cfg = config.load(path)
-    assert cfg.model.preset == "tiny" and cfg.tokenizer.vocab_size == 16000
+    assert cfg.model.preset == "tiny" and cfg.vocab_target() == 16000 and "vocab_size" not in path.read_text()
     assert cli.main(["-c", str(path), "config", "set", "train.pretrain.seq_len", "1024"]) == 0
     assert cli.main(["-c", str(path), "config", "set", "model.preset", "nano"]) == 0
     assert "train.pretrain.seq_len = 128" in capsys.readouterr().out
-    assert config.load(path).tokenizer.vocab_size == 1024
+    assert config.load(path).vocab_target() == 1024
+
+
+def test_saving_a_setting_writes_only_what_the_user_set(tmp_path, capsys):
+    path = tmp_path / "acm.toml"  # a fresh project: no acm.toml, the machine picks the preset
+    assert cli.main(["-c", str(path), "config", "set", "train.pretrain.time", "5m"]) == 0
+    assert config.read_table(path) == {"train": {"pretrain": {"time": "5m"}}}
+    cfg = config.load(path)
+    assert cfg.train.pretrain.time == "5m" and cfg.model.preset == config.machine_preset({})
+
+
+def test_saving_keeps_comments_order_and_mode(tmp_path):
+    path = write(tmp_path, "# my notes\n[generate]\ntop_k = 7  # fewer\ntemperature = 0.5\n\n[model]\n# mine\n"
+                           "preset = 'nano'\n")
+    path.chmod(0o600)
+    new, _ = config.with_value(config.load(path), "generate.temperature", "0.9")
+    config.save_settings(new, path)
+    assert path.read_text() == ("# my notes\n[generate]\ntop_k = 7  # fewer\ntemperature = 0.9\n\n[model]\n# mine\n"
+                                "preset = 'nano'\n")
+    assert path.stat().st_mode & 0o777 == 0o600
+    new, _ = config.with_value(new, "train.finetune.steps", "50")
+    config.save_settings(new, path)
+    assert config.read_table(path)["train"] == {"finetune": {"steps": 50}} and "# mine" in path.read_text()
+    assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_read_only_acm_toml_is_refused_in_one_line(tmp_path, capsys):
+    path = write(tmp_path, "[model]\npreset = 'nano'\n")
+    path.chmod(0o444)
+    assert cli.main(["-c", str(path), "config", "set", "generate.temperature", "0.5"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is read-only (mode 444)" in err[0] and err[0].startswith("acm: error:")
+    assert path.read_text() == "[model]\npreset = 'nano'\n" and path.stat().st_mode & 0o777 == 0o444

@@ -110,3 +110,28 @@ def test_the_pipeline_trains_on_the_configured_ranks(prepared):
     assert {e["ranks"] for e in events if e["type"] == "metrics"} == {2}
     run = latest_run_with(cfg, "pretrain")
     assert (run / "pretrain" / "ranks.toml").exists() and config.load(prepared / "acm.toml").train.ranks == 1
+
+
+def test_the_model_takes_the_vocabulary_the_tokenizer_reached(trained):
+    """A corpus too small for the vocabulary aimed for (as the offline data is for medium's 32K):
+    the tokenizer stops short, and the shards, the model and generation follow its size."""
+    from core.generate.decode import generate_text, load_model
+    from core.generate.sampling import SamplingParams
+    from core.tokenizer.bpe import train_tokenizer
+    from core.train.trainer import run_stage
+
+    path = trained / "acm.toml"
+    cfg, _ = config.with_value(config.load(path), "tokenizer.vocab_size", "60000")
+    config.save_settings(cfg, path)
+    assert states(cfg)["tokenizer"] == "stale"  # trained toward 1,024
+    meta = train_tokenizer(cfg)
+    assert meta["vocab_target"] == 60000 and 1024 < meta["vocab_size"] < 60000
+    prepare(cfg)
+    cfg.train.pretrain.steps, cfg.train.pretrain.seq_len = 2, 32
+    run_stage(cfg, "pretrain", cfg.runs_dir / "v")
+    recorded = config.load(cfg.runs_dir / "v" / "config.toml")
+    assert recorded.tokenizer.vocab_size == meta["vocab_size"] and recorded.model.preset == "nano"
+    lm = load_model(cfg, "v")
+    assert lm.model.wte.weight.shape[0] == lm.tokenizer.vocab_size == meta["vocab_size"]
+    generate_text(lm, "#!/bin/bash\n", SamplingParams(max_tokens=5))  # every id the model can draw decodes
+    assert states(config.load(path))["tokenizer"] == "done"

@@ -94,7 +94,7 @@ class SettingsPane(Pane):
     def _save(self, event: Input.Submitted) -> None:
         try:
             new, notes = self.candidate(self.selected_key(), event.value)
-            config.save(new, self.app.config_path)
+            config.save_settings(new, self.app.config_path)
         except AcmError as e:
             self.notify(str(e), title="Not saved", severity="error")
             return

@@ -125,7 +125,7 @@ def cmd_config_check(args, cfg: config.Config) -> int:
 
 def cmd_config_set(args, cfg: config.Config) -> int:
     new, notes = config.with_value(cfg, args.key, args.value, source=str(args.config))
-    config.save(new, args.config)
+    config.save_settings(new, args.config)
     print(f"{args.key} = {config.get_value(new, args.key)!r} saved to {args.config}")
     for note in notes:
         print(f"also: {note}")

@@ -17,7 +17,6 @@ from core.config import Config, from_dict
 from core.errors import AcmError
 from core.generate.sampling import SamplingParams, sample
 from core.model.gpt import GPT
-from core.model.presets import check_vocab
 from core.paths import Paths
 from core.tokenizer.bpe import BOS_ID, EOS_ID, AcmTokenizer, load_tokenizer
 from core.train import checkpoint, runs
@@ -71,8 +70,7 @@ def load_model(cfg: Config, run: str | None = None, stage: str | None = None, wh
     if ck.state.get("tokenizer_sha256") != tok.sha256:
         raise AcmError(f"{ck.path} was trained with another tokenizer than data/tokenizer/tokenizer.json")
     ck_cfg = from_dict(ck.state["config"]) if "config" in ck.state else cfg  # the shape it was trained with
-    shape = ck_cfg.model.shape()
-    check_vocab(shape, tok.vocab_size, "the tokenizer", f"{ck.path} was trained with another vocab")
+    shape = ck_cfg.model.shape().with_vocab(tok.vocab_size)  # the tokenizer it was trained with (same sha)
     model = GPT(shape, ck_cfg.model.compute_dtype)
     params, _ = checkpoint.load_arrays(ck)
     model.update(params)

@@ -69,12 +69,6 @@ PRESETS: dict[str, ModelShape] = {
 }
 
 
-def check_vocab(shape: ModelShape, vocab: int, what: str, fix: str, error: type[AcmError] = AcmError) -> None:
-    """The one vocabulary check: `what` (settings, a tokenizer) must have the preset's vocab."""
-    if vocab != shape.vocab_size:
-        raise error(f"{what} has {vocab} tokens but preset {shape.name!r} expects {shape.vocab_size}: {fix}")
-
-
 def get_preset(name: str) -> ModelShape:
     try:
         return PRESETS[name]

@@ -70,10 +70,12 @@ def _tokenizer_status(cfg: Config, corpus_sha: dict, tok_sha: str | None) -> Sta
     meta = load_meta(cfg)
     if meta is None or tok_sha is None:
         return _status("tokenizer", "not started")
-    changed = [k for k in corpus_sha if meta["corpora"].get(k, {}).get("manifest_sha256") != corpus_sha[k]]
+    changed = [f"{k} corpus changed" for k in corpus_sha
+               if meta["corpora"].get(k, {}).get("manifest_sha256") != corpus_sha[k]]
+    if meta.get("vocab_target", meta["vocab_size"]) != cfg.vocab_target():  # older tokenizers reached theirs
+        changed.append(f"the vocabulary to aim for is now {cfg.vocab_target():,}")
     detail = f"vocab {meta['vocab_size']:,}, bash {meta['chars_per_token']['code']} chars/token"
-    return _status("tokenizer", "stale" if changed else "done",
-                   detail + (f"; {', '.join(changed)} corpus changed" if changed else ""))
+    return _status("tokenizer", "stale" if changed else "done", "; ".join([detail, *changed]))
 
 
 def _shards_status(cfg: Config, corpus_sha: dict, tok_sha: str | None) -> StageStatus:

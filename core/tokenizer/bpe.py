@@ -21,7 +21,6 @@ from core.config import Config
 from core.data.corpus import Corpus, sha256_file
 from core.errors import AcmError
 from core.locks import rebuilding_inputs
-from core.model.presets import check_vocab
 from core.progress import CancelToken, Reporter, Ticker, no_report
 
 SPECIAL_TOKENS = ["<PAD>", "<UNK>", "<BOS>", "<EOS>"]
@@ -208,9 +207,6 @@ def train_tokenizer(cfg: Config, report: Reporter = no_report, cancel: CancelTok
     compare: also train one at the original's mix (0.3% code) and report both
     tokenizers' characters per token on held-out language and bash."""
     cancel = cancel or CancelToken()
-    tc = cfg.tokenizer
-    shape = cfg.model.shape()
-    check_vocab(shape, tc.vocab_size, "tokenizer.vocab_size", f"set tokenizer.vocab_size = {shape.vocab_size}")
     with rebuilding_inputs(cfg.locations.inputs_lock, "the tokenizer"):
         return _train_and_save(cfg, report, cancel, compare)
 
@@ -218,7 +214,7 @@ def train_tokenizer(cfg: Config, report: Reporter = no_report, cancel: CancelTok
 def _train_and_save(cfg: Config, report: Reporter, cancel: CancelToken, compare: bool) -> dict:
     tc = cfg.tokenizer
     corp = read_corpora(cfg, tc.max_language_mb * 2**20 if tc.max_language_mb else None)
-    tok, mix = train_one(corp, tc.vocab_size, tc.min_frequency, tc.code_weight, report, cancel, "training")
+    tok, mix = train_one(corp, cfg.vocab_target(), tc.min_frequency, tc.code_weight, report, cancel, "training")
     folder = cfg.locations.tokenizer
     folder.mkdir(parents=True, exist_ok=True)
     path = cfg.locations.tokenizer_file
@@ -240,6 +236,7 @@ def _metadata(cfg: Config, acm_tok: AcmTokenizer, corp, mix: dict, report: Repor
     tc, folder = cfg.tokenizer, cfg.locations.tokenizer
     meta = {
         "vocab_size": acm_tok.vocab_size,
+        "vocab_target": cfg.vocab_target(),  # a small corpus stops short of it: the model takes vocab_size
         "special_tokens": dict(zip(SPECIAL_TOKENS, range(4))),
         "code_weight": tc.code_weight,
         "min_frequency": tc.min_frequency,
@@ -250,7 +247,7 @@ def _metadata(cfg: Config, acm_tok: AcmTokenizer, corp, mix: dict, report: Repor
         "chars_per_token": evaluate(acm_tok, corp),
     }
     if compare:
-        base, base_mix = train_one(corp, tc.vocab_size, tc.min_frequency, ORIGINAL_CODE_SHARE, report, cancel,
+        base, base_mix = train_one(corp, cfg.vocab_target(), tc.min_frequency, ORIGINAL_CODE_SHARE, report, cancel,
                                    "training (original mix)")
         base_path = folder / "tokenizer-original-mix.json"
         write_text(base_path, base.to_str())

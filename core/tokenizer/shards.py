@@ -26,7 +26,6 @@ from core.config import Config
 from core.data.corpus import Corpus, sha256_file
 from core.errors import AcmError
 from core.locks import rebuilding_inputs
-from core.model.presets import check_vocab
 from core.paths import CORPORA, MANIFEST
 from core.progress import CancelToken, Reporter, Ticker, no_report
 from core.tokenizer.bpe import BOS_ID, EOS_ID, AcmTokenizer, load_tokenizer
@@ -59,11 +58,6 @@ def val_threshold(texts: Iterator[str], seed: int, val_fraction: float) -> int:
 
 def is_val(text: str, seed: int, threshold: int) -> bool:
     return split_hash(text, seed) <= threshold
-
-
-def check_tokenizer_vocab(cfg: Config, tok: AcmTokenizer) -> None:
-    check_vocab(cfg.model.shape(), tok.vocab_size, "the tokenizer",
-                "retrain it (acm tokenizer train) or choose a preset with that vocab")
 
 
 def _identity(cfg: Config, kind: str, tok: AcmTokenizer) -> dict:
@@ -219,7 +213,6 @@ def prepare(cfg: Config, report: Reporter = no_report, cancel: CancelToken | Non
     cancel = cancel or CancelToken()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
     tok = load_tokenizer(cfg)
-    check_tokenizer_vocab(cfg, tok)
     return {kind: prepare_corpus(cfg, kind, tok, report, cancel, force) for kind in kinds}
 
 
@@ -238,7 +231,7 @@ class TokenShards:
 
 
 def open_tokens(cfg: Config, kind: str, split: str, tok: AcmTokenizer | None = None) -> TokenShards:
-    """Memory-map a split, refusing (one line) shards that are missing, stale or of another vocab."""
+    """Memory-map a split, refusing (one line) shards that are missing or made with another tokenizer."""
     folder = cfg.locations.shards(kind)
     manifest = read_manifest(cfg, kind)
     if manifest is None:
@@ -246,7 +239,6 @@ def open_tokens(cfg: Config, kind: str, split: str, tok: AcmTokenizer | None = N
     tok = tok or load_tokenizer(cfg)
     if manifest["tokenizer_sha256"] != tok.sha256:
         raise AcmError(f"the {kind} token shards are stale (made with another tokenizer): run `acm prepare --force`")
-    check_tokenizer_vocab(cfg, tok)
     return map_split(folder, manifest, split, kind)
 
 

@@ -162,10 +162,12 @@ class Trainer:
     # ------------------------------------------------------------ setup
 
     def _setup(self) -> None:
-        cfg, sc = self.cfg, self.sc
-        shape = cfg.model.shape()
+        sc = self.sc
         corpus = CORPUS[self.stage]
-        self.tok, train, val = open_inputs(cfg, self.stage)
+        self.tok, train, val = open_inputs(self.cfg, self.stage)
+        # the model's vocabulary is the one the tokenizer reached; the run's settings record it
+        cfg = self.cfg = replace(self.cfg, tokenizer=replace(self.cfg.tokenizer, vocab_size=self.tok.vocab_size))
+        self.shape = cfg.model.shape().with_vocab(self.tok.vocab_size)
         other = OTHER[self.stage]
         replay = open_tokens(cfg, other, "train", self.tok) if sc.replay > 0 else None
         self.batches = Batches(train, sc.seq_len, sc.batch_size, sc.seed, self.rank, self.world,
@@ -183,7 +185,7 @@ class Trainer:
             self.trackers = trackers(cfg, self.run_path, self.stage)  # train.report_to: none by default
             self.callbacks[:0] = [self.recorder, *self.trackers]
         mx.random.seed(sc.seed)
-        self.model = GPT(shape, cfg.model.compute_dtype, cfg.model.checkpoint_activations)
+        self.model = GPT(self.shape, cfg.model.compute_dtype, cfg.model.checkpoint_activations)
         self.opt = FlatAdamW(self.model.parameters(), sc.learning_rate, sc.weight_decay, self.model.compute_dtype)
         self.start_step, self.tokens_seen, self.best_val = 0, 0, None
         self.checks_without_best, self.early_stopped = 0, False
@@ -465,7 +467,7 @@ class Trainer:
                      "fits the steps to it")
 
     def _begin(self, end: int) -> None:
-        shape = self.cfg.model.shape()
+        shape = self.shape
         info = device_info()
         self.peak, self.limit = peak_flops(info), memory_limit(info)
         self.flops_per_token = shape.flops_per_token(self.sc.seq_len)
@@ -473,7 +475,8 @@ class Trainer:
         steps = (f"a time budget of {describe_seconds(self.budget_s)} from step {self.step}"
                  if self.sc.steps == UNPLANNED else f"steps {self.step}..{end} of {self.sc.steps}")
         self.log(f"{self.stage}: {steps}, {self.meter.tokens_per_step:,} "
-                 f"tokens/step, {self._ranks_words()}, preset {shape.name}, {self.cfg.model.compute_dtype} compute")
+                 f"tokens/step, {self._ranks_words()}, preset {shape.name} (vocab {shape.vocab_size:,}), "
+                 f"{self.cfg.model.compute_dtype} compute")
 
     def _ranks_words(self) -> str:
         if self.world == 1:
