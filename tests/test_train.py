@@ -400,6 +400,26 @@ def test_a_time_budget_fits_the_steps_and_ends_on_the_floor(prepared):
     assert state["planned_steps"] == result.step
 
 
+def test_a_resumed_stage_keeps_its_plan_and_extends_only_when_asked(prepared, capsys):
+    cfg = load(prepared)
+    sc = cfg.train.pretrain
+    sc.time, sc.eval_every, sc.save_every, sc.log_every = "20s", 10, 1000, 5
+    run = cfg.runs_dir / "planned"
+    planned = run_stage(cfg, "pretrain", run, clock=SteppingClock(0.1)).step
+    folder = Paths.checkpoints(run, "pretrain")
+    assert sc.steps != planned and checkpoint.latest(folder).state["planned_steps"] == planned
+    again = run_stage(load(prepared), "pretrain", run, resume=True)  # no budget now: steps would be 40
+    assert again.already_done and again.step == planned and checkpoint.latest(folder).step == planned
+    assert "already finished its" in (run / "pretrain" / "train.log").read_text()
+    c = str(prepared / "acm.toml")
+    assert cli.main(["-c", c, "train", "pretrain", "--run", "planned", "--resume"]) == 0
+    assert f"already finished its {planned:,} steps: nothing to resume" in capsys.readouterr().out
+    assert cli.main(["-c", c, "train", "pretrain", "--run", "planned", "--resume", "--steps", "2"]) == 2
+    assert "--steps 2 is behind it" in capsys.readouterr().err
+    assert cli.main(["-c", c, "train", "pretrain", "--run", "planned", "--resume", "--steps", str(planned + 3)]) == 0
+    assert checkpoint.latest(folder).step == planned + 3 == checkpoint.latest(folder).state["planned_steps"]
+
+
 def test_the_budget_planner_fits_the_steps_left_after_timing_the_first():
     from core.train.budget import Calibration
 

@@ -7,6 +7,7 @@ from core import config
 from core.paths import Paths
 from core.train import checkpoint
 from core.train.runs import list_runs
+from core.train.trainer import run_stage
 
 from .test_tui import wait_until
 from .test_tui_data import text_of
@@ -76,3 +77,22 @@ async def test_quitting_mid_run_stops_with_a_checkpoint(prepared):
         await pilot.press("q", "y")
     run = list_runs(app.cfg)[0]
     assert checkpoint.latest(Paths.checkpoints(run, "pretrain")).step >= 2
+
+
+async def test_resuming_a_finished_stage_asks_before_training_on(prepared):
+    cfg = config.load(prepared / "acm.toml")
+    cfg.train.pretrain.steps = 4
+    run_stage(cfg, "pretrain", cfg.runs_dir / "done")
+    app = AcmApp(prepared / "acm.toml")
+    folder = Paths.checkpoints(cfg.runs_dir / "done", "pretrain")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("4", "R")
+        await pilot.pause()
+        assert app.screen.__class__.__name__ == "Confirm"
+        assert "already finished its 4 steps. Train it on to 8 steps" in text_of(app.screen, "Static")
+        await pilot.press("n")
+        await pilot.pause()
+        pane = app.query_one("#train-pane")
+        assert pane.control is None and checkpoint.latest(folder).step == 4
+        await pilot.press("R", "y")
+        await wait_until(pilot, lambda: pane.control is None and checkpoint.latest(folder).step == 8, timeout=60)

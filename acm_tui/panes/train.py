@@ -8,6 +8,7 @@ go through the stage's control file, the same way for every process. Charts: tra
 """
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 from rich.text import Text
@@ -26,6 +27,7 @@ from core.train.events import StageFollower
 from core.train.trainer import Control, run_stage
 
 from ..charts import STAGE_NAMES, draw
+from ..confirm import Confirm
 from ..messages import EngineResult
 from .base import Pane
 
@@ -151,14 +153,15 @@ class TrainPane(Pane):
             return True
         return False
 
-    def _launch(self, stage: str, run: Path, resume: bool) -> None:
+    def _launch(self, stage: str, run: Path, resume: bool, extend_to: int | None = None) -> None:
         if self.cfg.train.ranks > 1:  # the ranks are processes of their own; the pane attaches to rank 0
-            self._start_in_background(stage, run, resume)
+            self._start_in_background(stage, run, resume, extend_to)
             return
         if self._busy():
             return
         self.control = Control()
-        self.run_on_engine("train", run_stage, self.cfg, stage, run, None, self.control, resume)
+        self.run_on_engine("train", partial(run_stage, extend_to=extend_to), self.cfg, stage, run, None, self.control,
+                           resume)
         self.attach(run, stage)
         self.state = "starting"
         self._status_idle(f"starting {stage} in run {run.name}…")
@@ -186,14 +189,28 @@ class TrainPane(Pane):
 
     def action_resume_run(self, background: bool = False) -> None:
         found = self._resumable()
-        if found:
-            (self._start_in_background if background else self._launch)(found[1], found[0], resume=True)
+        if not found:
+            return
+        run, stage = found
+        start = self._start_in_background if background else self._launch
+        planned = runs.finished_plan(run, stage)
+        if planned is None:
+            start(stage, run, resume=True)
+            return
 
-    def _start_in_background(self, stage: str, run: Path, resume: bool) -> None:
+        def answered(extend: bool | None) -> None:
+            if extend:
+                start(stage, run, resume=True, extend_to=2 * planned)
+
+        self.app.push_screen(Confirm(f"{stage} of run {run.name} already finished its {planned:,} steps. Train it "
+                                     f"on to {2 * planned:,} steps (its schedule stretched to the new end)?"),
+                             answered)
+
+    def _start_in_background(self, stage: str, run: Path, resume: bool, extend_to: int | None = None) -> None:
         if self._busy():
             return
         try:
-            launch_detached(self.app.config_path, stage, run, resume)
+            launch_detached(self.app.config_path, stage, run, resume, steps=extend_to)
         except (AcmError, OSError) as e:
             self.notify(str(e), severity="error")
             return

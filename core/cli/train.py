@@ -90,13 +90,17 @@ def cmd_train(args, cfg: Config) -> int:
     if hasattr(signal, "SIGUSR1"):
         signal.signal(signal.SIGUSR1, lambda *_: control.save_now())
     engine = Engine()
-    fut = engine.submit(run_stage, cfg, args.stage, run, events.put, control, args.resume, args.max_steps)
+    fut = engine.submit(run_stage, cfg, args.stage, run, events.put, control, args.resume, args.max_steps,
+                        extend_to=args.steps if args.resume else None)
     fut.add_done_callback(lambda f: events.put({"type": "finished"}))
     if follow(events, args, run, sc.steps, control.stop) is not None:
         return 130
     engine.shutdown()
     result = fut.result()  # re-raises the stage's error
-    if not args.json and os.environ.get("MLX_RANK", "0") == "0":  # one line, from rank 0
+    if result.already_done and not args.json:
+        print(f"{args.stage} of run {run.name} already finished its {result.step:,} steps: nothing to resume "
+              f"(to train further, give the total: --resume --steps N, N above {result.step:,})")
+    elif not args.json and os.environ.get("MLX_RANK", "0") == "0":  # one line, from rank 0
         best = f", best val loss {result.best_val_loss:.4f}" if result.best_val_loss is not None else ""
         print(f"{args.stage} {'stopped' if result.stopped_early else 'finished'} at step {result.step} "
               f"in run {result.run.name}{best}; checkpoint: {result.last_checkpoint}")
@@ -144,7 +148,7 @@ def train_on_ranks(args, cfg: Config, run, ranks: int) -> int:
     def launch() -> None:
         try:
             outcome["last"] = launch_ranks(cfg, args.stage, run, args.resume, events.put, control, ranks,
-                                           args.max_steps, lambda proc: outcome.update(proc=proc))
+                                           args.max_steps, lambda proc: outcome.update(proc=proc), args.steps)
         except AcmError as e:
             outcome["error"] = e
         finally:
@@ -175,7 +179,8 @@ def register(sub, add) -> None:
         p.add_argument("--run", help="run folder name under runs/ (default: a new one for pretrain, the "
                                      "latest with a pretrain checkpoint for finetune)")
         p.add_argument("--resume", action="store_true", help="continue the run's latest checkpoint of this stage")
-        p.add_argument("--steps", type=positive_int, help=f"total steps (default: train.{stage}.steps)")
+        p.add_argument("--steps", type=positive_int, help=f"total steps (default: train.{stage}.steps); with "
+                       "--resume, the new total of a run that finished its plan (a resumed run keeps its plan)")
         p.add_argument("--time", type=duration, metavar="DURATION",
                        help=f"wall-clock budget (20s, 10m, 8h): the steps are fitted to it, warmup and decay "
                             f"included (default: train.{stage}.time)")

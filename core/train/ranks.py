@@ -101,12 +101,12 @@ def settings_for_ranks(cfg: config.Config, run: Path, stage: str) -> Path:
 
 
 def train_on_ranks(cfg: config.Config, stage: str, run: Path, resume: bool, emit, control, ranks: int,
-                   max_steps: int | None = None, started=None) -> dict:
+                   max_steps: int | None = None, started=None, steps: int | None = None) -> dict:
     """Train `stage` of `run` on `ranks` ranks of this host and wait: rank 0's events go to `emit`,
     a stop asked of `control` reaches every rank through the run's control file; `started` gets
     the launcher's process. The last event of each type."""
     settings = settings_for_ranks(cfg, run, stage)
-    argv = launcher_argv(ranks, train_command(settings, stage, run, resume, max_steps=max_steps))
+    argv = launcher_argv(ranks, train_command(settings, stage, run, resume, steps, max_steps))
     log = Paths.stage(run, stage) / "ranks.log"
     with open(log, "ab") as errors:  # the ranks' own messages (a traceback of a rank) land here
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errors, text=True,

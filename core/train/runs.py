@@ -47,6 +47,14 @@ def latest_run_with(cfg: config.Config, stage: str) -> Path | None:
     return None
 
 
+def finished_plan(run: Path, stage: str) -> int | None:
+    """The steps a stage planned, when its latest checkpoint completed them (resuming it would do
+    nothing; going further is the user's explicit choice), else None."""
+    ck = latest(Paths.checkpoints(run, stage))
+    planned = ck.state.get("planned_steps") if ck else None
+    return planned if planned and ck.step >= planned else None
+
+
 def model_identity(cfg: config.Config) -> dict:
     """What must match for a run folder to be continued with these settings."""
     return {"preset": cfg.model.preset, "vocab_size": cfg.tokenizer.vocab_size}

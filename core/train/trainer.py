@@ -98,6 +98,7 @@ class StageResult:
     stopped_early: bool
     last_checkpoint: Path | None
     best_val_loss: float | None
+    already_done: bool = False  # a resumed stage that had finished its plan: nothing was trained
 
 
 class Throughput:
@@ -125,7 +126,7 @@ class Throughput:
 class Trainer:
     def __init__(self, cfg: Config, stage: str, run: Path, emit: Callback | None = None, control: Control | None = None,
                  resume: bool = False, max_steps: int | None = None,
-                 clock: Callable[[], float] = time.perf_counter):
+                 clock: Callable[[], float] = time.perf_counter, extend_to: int | None = None):
         if stage not in CORPUS:
             raise AcmError(f"unknown stage {stage!r}: pretrain or finetune")
         self.cfg, self.stage, self.run_path = cfg, stage, run
@@ -137,6 +138,7 @@ class Trainer:
         self.resume = resume
         self.max_steps = max_steps  # stop after this many steps in this call (the schedule keeps sc.steps)
         self.clock = clock  # what time budgets, ETAs and tokens/s are measured with
+        self.extend_to = extend_to  # steps asked for by name (--steps): a resumed run goes past its plan
         self.group = mx.distributed.init()
         self.rank, self.world = self.group.rank(), self.group.size()
         self.is_main = self.rank == 0
@@ -224,10 +226,21 @@ class Trainer:
         self.start_step = ck.step
         self.tokens_seen = ck.state.get("tokens_seen", 0)
         self.best_val = ck.state.get("best_val_loss")
-        if self.budget_s and ck.state.get("planned_steps"):  # a resumed budget run keeps its plan
-            self._apply_plan(ck.state["planned_steps"], ck.state["planned_warmup"])
+        self._keep_plan(ck)
         self.log(f"resumed {self.stage} from step {ck.step}")
         self._keep_global_batch(ck.state)
+
+    def _keep_plan(self, ck: checkpoint.Checkpoint) -> None:
+        """A resumed stage keeps the steps it planned (a time budget's or the configured ones), so
+        resuming never extends it; steps asked for by name (extend_to) may."""
+        planned = ck.state.get("planned_steps")
+        if self.extend_to is not None:
+            if self.extend_to < ck.step:
+                raise AcmError(f"run {self.run_path.name}'s {self.stage} is at step {ck.step}: --steps "
+                               f"{self.extend_to} is behind it; give more steps than {ck.step}")
+            self._apply_plan(self.extend_to, ck.state.get("planned_warmup") or self.sc.warmup_steps)
+        elif planned:
+            self._apply_plan(planned, ck.state["planned_warmup"])
 
     def _keep_global_batch(self, state: dict) -> None:
         """A run resumed on another number of ranks (or another batch_size) keeps the sequences of
@@ -296,7 +309,8 @@ class Trainer:
             "stage": self.stage, "tokens_seen": self.tokens_seen, "val_loss": val_loss,
             "best_val_loss": self.best_val, "tokenizer_sha256": self.tok.sha256,
             "ranks": self.world, "global_batch": self.batches.rows,
-            "planned_steps": self.sc.steps if self.planned else None, "planned_warmup": self.sc.warmup_steps,
+            "planned_steps": None if self.sc.steps == UNPLANNED else self.sc.steps,
+            "planned_warmup": self.sc.warmup_steps,
             "rng": {"batches": "numpy default_rng([seed, step, 0]), one global batch a step", "seed": self.sc.seed,
                     "next_step": step},
             "data_position": {"step": step, "seed": self.sc.seed, "tokens_seen": self.tokens_seen},
@@ -332,6 +346,8 @@ class Trainer:
     def _setup_and_loop(self) -> StageResult:
         self._setup()
         try:
+            if self.start_step and self.start_step >= self.sc.steps:
+                return self._already_done()
             return self._loop()
         except BaseException as e:
             with contextlib.suppress(OSError):  # a full disk may refuse this too; the error still goes up
@@ -430,6 +446,14 @@ class Trainer:
         self._state(state, self.step)
         self.log(f"{self.stage} {state} at step {self.step}")
         return StageResult(self.stage, self.run_path, self.step, stopped, self.last_ck, self.best_val)
+
+    def _already_done(self) -> StageResult:
+        """A resumed stage whose plan is complete: said so, and nothing trained or rewritten."""
+        self.log(f"{self.stage} of run {self.run_path.name} already finished its {self.sc.steps:,} steps: "
+                 "nothing to resume")
+        last = checkpoint.latest(self.ck_dir)
+        return StageResult(self.stage, self.run_path, self.start_step, False, last.path if last else None,
+                           self.best_val, already_done=True)
 
     def _end(self) -> int:
         self.end = self.sc.steps if self.max_steps is None else min(self.sc.steps, self.start_step + self.max_steps)
