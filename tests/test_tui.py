@@ -117,6 +117,7 @@ async def test_a_bug_ends_the_app_in_one_line_with_exit_status_1(project, capsys
     assert "Traceback" not in capsys.readouterr().err
 
 
+# acm-tui's own main() on the crashing app; Textual's headless driver, and it presses b (TEXTUAL_PRESS)
 CRASHING_MAIN = """
 import sys
 from tests.test_tui import Crashing
@@ -129,7 +130,7 @@ sys.exit(app.main(["-c", sys.argv[1]]))
 @pytest.mark.parametrize("debug", ["", "1"])
 def test_acm_tui_tells_a_bug_in_one_line_and_exits_1(project, debug):
     env = {**os.environ, "TEXTUAL_DRIVER": "textual.drivers.headless_driver:HeadlessDriver",
-           "TEXTUAL_PRESS": "b", "ACM_DEBUG": debug, "PYTHONPATH": os.getcwd()}
+           "TEXTUAL_PRESS": "b", "ACM_DEBUG": debug, "PYTHONPATH": str(Path(__file__).parents[1])}
     done = subprocess.run([sys.executable, "-c", CRASHING_MAIN, str(project / "acm.toml")], env=env,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 1
