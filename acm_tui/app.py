@@ -8,15 +8,17 @@ from collections.abc import Iterable
 from functools import partial
 from pathlib import Path
 
+from rich.text import Text
 from textual import work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
+from textual.notifications import SeverityLevel
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Static, TabbedContent, TabPane
 
 from core import config
 from core.engine import Engine
-from core.errors import AcmError
+from core.errors import AcmError, internal_error
 from core.hardware import device_label
 from core.pipeline.overview import disk_stamp
 from core.train import runs
@@ -63,6 +65,7 @@ class AcmApp(App):
             self.cfg = config.from_dict({}, root=self.config_path.parent)
         self.engine = Engine()
         self.device, self.stamp = "", None
+        self.failure: str | None = None  # the bug that ended the app, in one line
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -81,7 +84,7 @@ class AcmApp(App):
         self.set_interval(DISK_POLL_S, self.watch_disk)
         self.watch_disk()
         if self.config_error:
-            self.notify(self.config_error, title="acm.toml", severity="error", timeout=10)
+            self.notify(self.config_error, title="acm.toml", severity="error", timeout=10, markup=False)
 
     def _set_device(self, label: str) -> None:
         self.device = label
@@ -151,13 +154,31 @@ class AcmApp(App):
         self.push_screen(Confirm(f"{', '.join(running)}: a stage is running in this app. Quit anyway? "
                                  "(training stops at the next step and writes a checkpoint)"), answered)
 
+    def notify(self, message: str | Text, *, title: str = "", severity: SeverityLevel = "information",
+               timeout: float | None = None, markup: bool = True) -> None:
+        """Every notification reaches Textual as a str: a rich Text, which Textual cannot draw in a
+        toast (the app would end), is shown as its plain text."""
+        if not isinstance(message, str):
+            message, markup = message.plain if isinstance(message, Text) else str(message), False
+        super().notify(message, title=title, severity=severity, timeout=timeout, markup=markup)
+
+    def _fatal_error(self) -> None:
+        """A bug (an exception nothing handled) ends the app with exit status 1 (Textual's return code)
+        and, through main, one line as the CLI prints it; ACM_DEBUG=1 keeps Textual's traceback."""
+        if os.environ.get("ACM_DEBUG"):
+            super()._fatal_error()
+            return
+        self.failure = internal_error(self._exception)  # the first error: what followed it adds nothing
+        self._close_messages_no_wait()
+
     def on_unmount(self) -> None:
         # Running engine jobs were asked to stop by their panes; wait for them (a training stage
         # writes its checkpoint first), so no MLX work outlives the app.
         self.engine.shutdown(wait=True)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
+    """Run the app; a bug that ends it is told in one line, with exit status 1."""
     p = argparse.ArgumentParser(prog="acm-tui", description="The acm terminal UI.")
     p.add_argument("-c", "--config", type=Path, default=None,
                    help="settings file (default: ./acm.toml, or $ACM_CONFIG)")
@@ -165,8 +186,12 @@ def main(argv: list[str] | None = None) -> None:
     named = args.config or (Path(os.environ["ACM_CONFIG"]) if os.environ.get("ACM_CONFIG") else None)
     if named is not None and not named.exists():  # only the default may be missing (every default)
         sys.exit(f"acm: error: settings file {named} does not exist")
-    AcmApp(named or Path(config.CONFIG_NAME)).run()
+    app = AcmApp(named or Path(config.CONFIG_NAME))
+    app.run()
+    if app.failure:
+        print(f"acm: error: {app.failure}", file=sys.stderr)
+    return app.return_code or 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -22,7 +22,7 @@ class Confirm(ModalScreen[bool]):
 
     def compose(self) -> ComposeResult:
         with Vertical():
-            yield Static(self.question)
+            yield Static(self.question, markup=False)  # run names and paths are text, not markup
             yield Static("[b]y[/b] yes   [b]n[/b] no", classes="hint")
 
     def action_answer(self, yes: bool) -> None:

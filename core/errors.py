@@ -18,3 +18,9 @@ def one_line(error: BaseException) -> str:
     if isinstance(error, AcmError):
         return str(error)
     return f"{type(error).__name__}: {error}"
+
+
+def internal_error(error: BaseException) -> str:
+    """How a bug (an exception acm did not expect) reads: one line naming it; the traceback on request."""
+    first = (one_line(error).splitlines() or [type(error).__name__])[0]
+    return f"internal error ({first}); ACM_DEBUG=1 shows the traceback"

@@ -1,7 +1,16 @@
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from textual.binding import Binding
+from textual.errors import NoWidget
 from textual.widgets import DataTable, Static, TabbedContent
 
+import acm_tui.app
 from acm_tui.app import AcmApp
 
 
@@ -11,6 +20,25 @@ async def wait_until(pilot, predicate, timeout=30.0):
     while not predicate():
         assert time.monotonic() < end, "timed out"
         await pilot.pause(0.05)
+
+
+def shown_in_full(app, selector: str) -> bool:
+    """The widget is on screen with none of it scrolled away or cut off: what a user sees."""
+    try:
+        geometry = app.screen.find_widget(app.query_one(selector))
+    except NoWidget:
+        return False
+    return bool(geometry.region) and geometry.visible_region == geometry.region
+
+
+def toasts(app) -> list[str]:
+    """The notifications on screen, drawn as the user sees them (title, then message)."""
+    return [str(toast.render()) for toast in app.screen.query("Toast")]
+
+
+async def notified(pilot, text: str) -> None:
+    """Wait for a notification that reads `text` to be drawn (run_test(notifications=True))."""
+    await wait_until(pilot, lambda: any(text in toast for toast in toasts(pilot.app)))
 
 
 async def test_starts_on_setup_with_doctor_report(project):
@@ -28,16 +56,17 @@ async def test_number_keys_switch_panes(project):
     app = AcmApp(project / "acm.toml")
     async with app.run_test(size=(80, 24)) as pilot:
         tabs = app.query_one("#panes", TabbedContent)
-        for key, pane in zip("23451", ["data", "tokenizer", "train", "generate", "setup"]):
+        for key, pane, focus in zip("23451", ["data", "tokenizer", "train", "generate", "setup"],
+                                    ["data-pane", "tokenizer-pane", "train-pane", "generate-pane", "pipeline"]):
             await pilot.press(key)
             await pilot.pause()
             assert tabs.active == pane
-            assert app.focused is not None and app.focused.id == f"{pane}-pane"
+            assert app.focused is not None and app.focused.id == focus
 
 
-async def test_model_test_runs_on_engine(project):
+async def test_model_test_runs_on_engine_and_its_result_shows_at_80x24(project):
     app = AcmApp(project / "acm.toml")
-    async with app.run_test(size=(100, 40)) as pilot:
+    async with app.run_test(size=(80, 24)) as pilot:
         presets = app.query_one("#presets", DataTable)
         assert presets.cursor_row == 0  # the configured preset (nano) is selected
         presets.focus()
@@ -45,6 +74,70 @@ async def test_model_test_runs_on_engine(project):
         out = app.query_one("#model-test", Static)
         await wait_until(pilot, lambda: "tokens/s" in str(out.render()))
         assert "(2, 128, 1024)" in str(out.render())
+        await wait_until(pilot, lambda: shown_in_full(app, "#model-test"))  # below the presets: scrolled to
+
+
+async def test_setup_opens_in_the_stage_list_with_the_doctor_status_in_view_at_80x24(project):
+    app = AcmApp(project / "acm.toml")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        stages = app.query_one("#pipeline", DataTable)
+        assert stages.has_focus  # the arrows move in the stage list, not the page
+        assert app.screen.active_bindings["enter"].binding.description == "Run stage"  # shown in the footer
+        await wait_until(pilot, lambda: stages.row_count == 7)
+        await pilot.press("down", "down")
+        assert stages.cursor_row == 2 and app.query_one("#setup-pane").scroll_y == 0
+        doctor = app.query_one("#doctor", DataTable)
+        await wait_until(pilot, lambda: doctor.row_count > 0)
+        columns = list(doctor.columns.values())
+        assert [str(c.label) for c in columns][:2] == ["check", "status"]
+        status_ends = sum(c.get_render_width(doctor) for c in columns[:2])
+        assert status_ends <= doctor.scrollable_content_region.width  # however wide a found value runs
+
+
+class Crashing(AcmApp):
+    """The app with a key that raises: a bug, as a handler would hit one."""
+
+    BINDINGS = [Binding("b", "crash")]
+    CSS_PATH = Path(acm_tui.app.__file__).parent / AcmApp.CSS_PATH  # relative to the class's own module
+
+    def action_crash(self) -> None:
+        raise RuntimeError("boom")
+
+
+async def test_a_bug_ends_the_app_in_one_line_with_exit_status_1(project, capsys, monkeypatch):
+    monkeypatch.delenv("ACM_DEBUG", raising=False)
+    app = Crashing(project / "acm.toml")
+    with pytest.raises(RuntimeError, match="boom"):  # the pilot raises it again, for tests
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.press("b")
+            await wait_until(pilot, lambda: app.return_code is not None)
+    assert app.return_code == 1
+    assert app.failure == "internal error (RuntimeError: boom); ACM_DEBUG=1 shows the traceback"
+    assert "Traceback" not in capsys.readouterr().err
+
+
+# acm-tui's own main() on the crashing app; Textual's headless driver, and it presses b (TEXTUAL_PRESS)
+CRASHING_MAIN = """
+import sys
+from tests.test_tui import Crashing
+from acm_tui import app
+app.AcmApp = Crashing
+sys.exit(app.main(["-c", sys.argv[1]]))
+"""
+
+
+@pytest.mark.parametrize("debug", ["", "1"])
+def test_acm_tui_tells_a_bug_in_one_line_and_exits_1(project, debug):
+    env = {**os.environ, "TEXTUAL_DRIVER": "textual.drivers.headless_driver:HeadlessDriver",
+           "TEXTUAL_PRESS": "b", "ACM_DEBUG": debug, "PYTHONPATH": str(Path(__file__).parents[1])}
+    done = subprocess.run([sys.executable, "-c", CRASHING_MAIN, str(project / "acm.toml")], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    if debug:
+        assert "Traceback" in done.stderr and "boom" in done.stderr
+    else:
+        assert done.stderr == "acm: error: internal error (RuntimeError: boom); ACM_DEBUG=1 shows the traceback\n"
 
 
 async def test_broken_config_opens_on_defaults_and_says_why(tmp_path):

@@ -10,7 +10,7 @@ from acm_tui.app import AcmApp
 from core import config
 from core.errors import AcmError
 
-from .test_tui import wait_until
+from .test_tui import shown_in_full, wait_until
 from .test_tui_data import text_of
 
 
@@ -112,3 +112,18 @@ async def test_n_candidates_from_one_batch_and_syntax_checked_sampling(with_mode
         await pilot.press(*"#!/bin/bash\\n", "enter")
         await wait_until(pilot, lambda: pane.stop_event is None and len(pane.transcript) == 4, timeout=60)
         assert re.search(r"[123] tried", text_of(app, "#gen-output"))  # generate.candidates = 3 here
+
+
+async def test_escape_leaves_the_prompt_so_k_toggles_and_its_state_stays_in_view_at_80x24(project):
+    app = AcmApp(project / "acm.toml")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("5", "i")
+        pane = app.query_one("#generate-pane")
+        prompt = app.query_one("#gen-prompt", Input)
+        assert prompt.has_focus and not pane.syntax_check
+        assert prompt.border_subtitle == "k syntax check: off"
+        await pilot.press("escape", "k")  # no generation runs: escape leaves the prompt, k is the pane's
+        assert not prompt.has_focus and prompt.value == "" and pane.syntax_check
+        assert prompt.border_subtitle == "k syntax check: on" and shown_in_full(app, "#gen-prompt")
+        await pilot.press("i", "k")
+        assert prompt.value == "k"  # in the prompt, k is typed

@@ -7,7 +7,7 @@ from acm_tui.app import AcmApp
 from core import config
 from core.errors import ConfigError
 
-from .test_tui import wait_until
+from .test_tui import notified, wait_until
 from .test_tui_data import text_of
 
 
@@ -87,11 +87,35 @@ async def test_runs_pane_opens_overlays_renames_and_deletes(with_model):
         await wait_until(pilot, lambda: not (cfg.runs_dir / "renamed").exists())
 
 
+async def test_runs_pane_notifies_renames_deletes_and_refusals_in_plain_words_at_80x24(with_model):
+    app = AcmApp(with_model / "acm.toml")
+    runs_dir = with_model / "runs"
+    async with app.run_test(size=(80, 24), notifications=True) as pilot:
+        await select_in_pane(app, pilot, "6", "#runs-table", 1, "m")
+        table = app.query_one("#runs-table", DataTable)
+        await pilot.press("n")
+        await pilot.pause()
+        app.screen.query_one("#name", Input).value = "[baseline]"  # brackets are a name, not markup
+        await pilot.press("enter")
+        await notified(pilot, "renamed m to [baseline]")
+        await wait_until(pilot, lambda: table.row_count == 1 and table.get_row_at(0)[0] == "[baseline]")
+        await pilot.press("n")
+        await pilot.pause()
+        app.screen.query_one("#name", Input).value = ".hidden"
+        await pilot.press("enter")
+        await notified(pilot, "invalid run name '.hidden'")
+        await pilot.press("d")
+        await pilot.pause()
+        await pilot.press("y")
+        await notified(pilot, "deleted run [baseline]")
+        assert app.is_running and not (runs_dir / "[baseline]").exists()
+
+
 async def test_runs_pane_exports_a_run_in_the_chosen_format(with_model):
     from textual.widgets import Select
 
     app = AcmApp(with_model / "acm.toml")
-    async with app.run_test(size=(100, 40)) as pilot:
+    async with app.run_test(size=(100, 40), notifications=True) as pilot:
         await pilot.press("6")
         table = app.query_one("#runs-table", DataTable)
         await wait_until(pilot, lambda: table.row_count == 1)
@@ -106,12 +130,12 @@ async def test_runs_pane_exports_a_run_in_the_chosen_format(with_model):
         target = with_model / "exports" / "m"
         await wait_until(pilot, lambda: (target / "README.md").exists(), timeout=60)
         assert sorted(p.name for p in target.iterdir()) == ["README.md", "model.gguf"]
+        await notified(pilot, f"as gguf to {target}")
         await pilot.press("x")  # the same folder again: refused in one line, the app stays up
         await pilot.pause()
         app.screen.query_one("#export-folder", Input).focus()
         await pilot.press("enter")
-        await wait_until(pilot, lambda: any("exists and is not empty" in str(n.message)
-                                            for n in app._notifications), timeout=30)
+        await notified(pilot, "exists and is not empty")
         assert app.is_running
 
 
@@ -249,3 +273,31 @@ async def test_setup_shows_the_selected_stage_in_full_at_80x24(with_model):
         await pilot.pause()
         detail = text_of(app, "#pipeline-detail")
         assert detail.startswith("pretrain: ") and "— run m, step " in detail and "best val loss" in detail
+
+
+async def test_enter_on_a_done_stage_asks_before_running_it_again_at_80x24(trained):
+    from acm_tui.confirm import Confirm
+
+    app = AcmApp(trained / "acm.toml")
+    async with app.run_test(size=(80, 24)) as pilot:
+        setup, tokenizer = app.query_one("#setup-pane"), app.query_one("#tokenizer-pane")
+        tabs = app.query_one("#panes", TabbedContent)
+        await wait_until(pilot, lambda: "tokenizer" in setup.statuses)
+        assert (setup.statuses["prepare"].state, setup.statuses["tokenizer"].state) == ("not started", "done")
+        stages = app.query_one("#pipeline", DataTable)
+        select_row(stages, "prepare")
+        await pilot.press("enter")  # not done: runs without asking
+        await wait_until(pilot, lambda: tabs.active == "tokenizer")
+        assert not isinstance(app.screen, Confirm)
+        await wait_until(pilot, lambda: "token shards ready" in text_of(app, "#tokenizer-pane .step-status"))
+        await pilot.press("1")
+        select_row(stages, "tokenizer")
+        await pilot.press("enter")
+        assert isinstance(app.screen, Confirm)
+        await pilot.press("n")
+        await pilot.pause()
+        assert tabs.active == "setup" and tokenizer.step_cancel is None
+        await pilot.press("enter")
+        await pilot.press("y")
+        await wait_until(pilot, lambda: "tokenizer trained" in text_of(app, "#tokenizer-pane .step-status"))
+        assert tabs.active == "tokenizer"

@@ -4,13 +4,13 @@ from textual.widgets import DataTable
 
 from acm_tui.app import AcmApp
 
-from .test_tui import wait_until
+from .test_tui import shown_in_full, wait_until
 from .test_tui_data import text_of
 
 
-async def test_probe_updates_as_you_type_and_prepare_runs(trained):
+async def test_probe_updates_as_you_type_in_view_at_80x24_and_prepare_runs(trained):
     app = AcmApp(trained / "acm.toml")
-    async with app.run_test(size=(100, 40)) as pilot:
+    async with app.run_test(size=(80, 24)) as pilot:
         await pilot.press("3")
         pane = app.query_one("#tokenizer-pane")
         await wait_until(pilot, lambda: pane.tokenizer is not None)
@@ -19,6 +19,8 @@ async def test_probe_updates_as_you_type_and_prepare_runs(trained):
         await pilot.press(*"echo hi")
         await wait_until(pilot, lambda: "chars/token" in text_of(app, "#probe-ids"))
         assert text_of(app, "#probe-tokens").replace("·", "") == "echo hi"
+        await wait_until(pilot, lambda: shown_in_full(app, "#probe-ids"))  # below the fold: scrolled to
+        assert shown_in_full(app, "#probe-input")
         await pilot.press("escape", "s")  # leave the input; prepare the shards
         shards = app.query_one("#token-shards", DataTable)
         await wait_until(pilot, lambda: "token shards ready" in text_of(app, "#tokenizer-pane .step-status"))

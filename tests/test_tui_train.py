@@ -9,7 +9,7 @@ from core.train import checkpoint
 from core.train.runs import list_runs
 from core.train.trainer import run_stage
 
-from .test_tui import wait_until
+from .test_tui import notified, shown_in_full, wait_until
 from .test_tui_data import text_of
 
 
@@ -18,7 +18,7 @@ async def test_train_pane_charts_update_and_keys_steer(prepared):
     cfg.train.pretrain.steps = 100000
     config.save(cfg, prepared / "acm.toml")
     app = AcmApp(prepared / "acm.toml")
-    async with app.run_test(size=(120, 50)) as pilot:
+    async with app.run_test(size=(120, 50), notifications=True) as pilot:
         await pilot.press("4")
         pane = app.query_one("#train-pane")
         assert "no runs yet" in text_of(app, "#train-status")
@@ -42,9 +42,23 @@ async def test_train_pane_charts_update_and_keys_steer(prepared):
         await wait_until(pilot, lambda: pane.state == "running")
         await pilot.press("s")
         await wait_until(pilot, lambda: pane.state == "stopped" and pane.control is None, timeout=60)
+        await notified(pilot, f"pretrain stopped at step {pane.history[-1]['step']} (run ")
         run = list_runs(app.cfg)[0]
         last = checkpoint.latest(Paths.checkpoints(run, "pretrain"))
         assert last.step == pane.history[-1]["step"] or last.step >= paused_at
+
+
+async def test_stop_when_nothing_trains_says_so_and_the_plan_line_shows_at_80x24(with_model):
+    (with_model / "runs" / "m").rename(with_model / "runs" / "[m]")  # brackets are a name, not markup
+    app = AcmApp(with_model / "acm.toml")
+    async with app.run_test(size=(80, 24), notifications=True) as pilot:
+        await pilot.press("4")
+        pane = app.query_one("#train-pane")
+        await wait_until(pilot, lambda: pane.state == "done" and text_of(app, "#train-log"))
+        assert shown_in_full(app, "#train-log")  # above the charts, not below them
+        await pilot.press("s")
+        await notified(pilot, "finetune of run [m] is done: nothing to stop")
+        assert app.is_running
 
 
 async def test_failed_stage_shows_its_error(prepared):

@@ -15,6 +15,7 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
+from textual.notifications import SeverityLevel
 from textual.widgets import ProgressBar, Static
 from textual.worker import Worker, WorkerState
 
@@ -31,6 +32,7 @@ class Pane(VerticalScroll):
     """A stage's pane. `TITLE` is its tab label."""
 
     TITLE = ""
+    FOCUS = ""  # the widget that takes the focus when the pane is shown, so the arrows move in it, not the page
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -39,6 +41,16 @@ class Pane(VerticalScroll):
     @property
     def cfg(self):
         return self.app.cfg
+
+    def on_focus(self) -> None:
+        if self.FOCUS:
+            self.query_one(self.FOCUS).focus()
+
+    def notify(self, message: str, *, title: str = "", severity: SeverityLevel = "information",
+               timeout: float | None = None, markup: bool = False) -> None:
+        """Plain text unless asked: notices carry run names, paths and errors' own words, which must
+        never be read as markup."""
+        super().notify(message, title=title, severity=severity, timeout=timeout, markup=markup)
 
     def disk_changed(self) -> None:
         """Something on disk this pane may show has changed (a stage ended or moved on, wherever it

@@ -45,7 +45,8 @@ class GeneratePane(Pane):
     TITLE = "Generate"
     BINDINGS = [
         CANCEL_BINDING,
-        Binding("escape", "stop_generation", "Stop", tooltip="Stop the generation in progress"),
+        Binding("escape", "stop_or_leave", "Stop",
+                tooltip="Stop the generation in progress; with none, leave the prompt so the pane's keys work"),
         Binding("ctrl+c", "stop_generation", "Stop", show=False),
         Binding("e", "evaluate", "Evaluate", tooltip="Val loss, perplexity and bash parse rate of the run"),
         Binding("k", "toggle_check", "Syntax check",
@@ -93,6 +94,7 @@ class GeneratePane(Pane):
 
     def on_mount(self) -> None:
         self.query_one("#eval-table", DataTable).add_columns(*EVAL_COLUMNS)
+        self._show_check()
         self.refresh_checkpoints()
         self.set_interval(0.05, self.drain)
 
@@ -173,9 +175,14 @@ class GeneratePane(Pane):
 
     def action_toggle_check(self) -> None:
         self.syntax_check = not self.syntax_check
+        self._show_check()
         self.notify(f"syntax-checked sampling {'on' if self.syntax_check else 'off'}: "
                     + (f"the best of {self.cfg.generate.candidates} candidates" if self.syntax_check
                        else "one sample as it streams"))
+
+    def _show_check(self) -> None:
+        """The syntax check's state stays in view on the prompt's border, not only in a passing notice."""
+        self.query_one("#gen-prompt", Input).border_subtitle = f"k syntax check: {'on' if self.syntax_check else 'off'}"
 
     def _load(self, choice) -> None:
         if self.loaded is None or self.loaded_key != choice:
@@ -203,6 +210,14 @@ class GeneratePane(Pane):
     def action_stop_generation(self) -> None:
         if self.stop_event is not None:
             self.stop_event.set()
+
+    def action_stop_or_leave(self) -> None:
+        """escape: stop the generation in progress; with none, leave the prompt (or a setting), so that
+        k, e and i act instead of typing."""
+        if self.stop_event is not None:
+            self.stop_event.set()
+        elif self.app.focused is not self:
+            self.focus()
 
     def on_key(self, event) -> None:
         prompt = self.query_one("#gen-prompt", Input)

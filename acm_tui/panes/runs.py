@@ -5,13 +5,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical
+from textual.containers import Vertical
 from textual.screen import ModalScreen
-from textual.widgets import Button, DataTable, Input, Label, Select, Static
+from textual.widgets import DataTable, Input, Label, Select, Static
 from textual_plotext import PlotextPlot
 
 from core.errors import AcmError, one_line
@@ -19,32 +18,9 @@ from core.generate.export import FORMATS, export_checkpoint
 from core.train import runs
 
 from ..charts import draw, stage_series
+from ..confirm import Confirm
 from ..messages import EngineResult
 from .base import Pane
-
-
-class Confirm(ModalScreen[bool]):
-    """Yes or no, from the keyboard (y / n / escape)."""
-
-    BINDINGS = [Binding("y", "answer(True)", "Yes"), Binding("n,escape", "answer(False)", "No")]
-
-    def __init__(self, question: str):
-        super().__init__()
-        self.question = question
-
-    def compose(self) -> ComposeResult:
-        with Vertical(classes="dialog"):
-            yield Label(self.question)
-            with Horizontal():
-                yield Button("Yes (y)", id="yes", variant="error")
-                yield Button("No (n)", id="no")
-
-    def action_answer(self, answer: bool) -> None:
-        self.dismiss(answer)
-
-    @on(Button.Pressed)
-    def _pressed(self, event: Button.Pressed) -> None:
-        self.dismiss(event.button.id == "yes")
 
 
 class AskName(ModalScreen[str | None]):
@@ -56,7 +32,7 @@ class AskName(ModalScreen[str | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
-            yield Label(self.question)
+            yield Label(self.question, markup=False)
             yield Input(self.value, id="name")
 
     @on(Input.Submitted)
@@ -207,7 +183,7 @@ class RunsPane(Pane):
             if new and new != name:
                 try:
                     runs.rename_run(self.cfg.locations.run(name), new)
-                    self.notify(Text(f"renamed {name} to {new}"))
+                    self.notify(f"renamed {name} to {new}")
                 except AcmError as e:
                     self.notify(str(e), severity="error")
                 self.action_reload()
@@ -237,5 +213,5 @@ class RunsPane(Pane):
         except Exception as e:  # an AcmError or the system's words: one line, the app stays up
             self.notify(one_line(e), title="Export failed", severity="error", timeout=10)
             return
-        self.notify(Text(f"exported {info['preset']} ({info['model_type']}) as {info['format']} to {info['folder']}"),
+        self.notify(f"exported {info['preset']} ({info['model_type']}) as {info['format']} to {info['folder']}",
                     title="Exported", timeout=10)

@@ -20,6 +20,7 @@ from .base import Pane
 
 class SettingsPane(Pane):
     TITLE = "Settings"
+    FOCUS = "#settings-table"
     BINDINGS = [
         Binding("enter", "edit", "Edit", tooltip="Edit the selected setting"),
         Binding("ctrl+r", "reload", "Reload", tooltip="Read acm.toml again"),
@@ -37,10 +38,6 @@ class SettingsPane(Pane):
         table = self.query_one("#settings-table", DataTable)
         table.add_columns("setting", "value", "allowed")
         self.fill()
-
-    def on_focus(self) -> None:
-        """Showing the pane puts the cursor in the table, so the arrow keys move it (not the page)."""
-        self.query_one("#settings-table", DataTable).focus()
 
     def fill(self) -> None:
         table = self.query_one("#settings-table", DataTable)

@@ -21,8 +21,22 @@ from core.pipeline.tables import (
 from core.train import runs
 from core.train.trainer import Control
 
+from ..confirm import Confirm
 from ..messages import EngineResult, RunInPane
 from .base import CANCEL_BINDING, Pane
+
+# where each stage runs: (pane, action)
+STAGE_PANES = {"data-language": ("data", "fetch('language')"), "data-code": ("data", "fetch('code')"),
+               "tokenizer": ("tokenizer", "train(False)"), "prepare": ("tokenizer", "prepare(False)"),
+               "pretrain": ("train", "start('pretrain')"), "finetune": ("train", "start('finetune')"),
+               "evaluate": ("generate", "evaluate")}
+DOCTOR_ORDER = (0, 2, 1)  # check, status, found: the found value can run past 80 columns, the status must not
+
+
+class StageTable(DataTable):
+    """The stage list, which has the focus: the footer names what its enter does."""
+
+    BINDINGS = [Binding("enter", "select_cursor", "Run stage", tooltip="Run the pipeline stage under the cursor")]
 
 
 def run_chain(cfg, report, cancel, on_engine, control):
@@ -32,6 +46,7 @@ def run_chain(cfg, report, cancel, on_engine, control):
 
 class SetupPane(Pane):
     TITLE = "Setup"
+    FOCUS = "#pipeline"
     BINDINGS = [
         CANCEL_BINDING,
         Binding("enter", "run_selected", "Run stage", tooltip="Run the pipeline stage under the cursor"),
@@ -48,7 +63,7 @@ class SetupPane(Pane):
     def compose(self) -> ComposeResult:
         yield Static("Pipeline: [b]enter[/b] runs the selected stage, [b]a[/b] runs all remaining, "
                      "[b]x[/b] cancels", classes="heading")
-        yield DataTable(id="pipeline", cursor_type="row", zebra_stripes=True)
+        yield StageTable(id="pipeline", cursor_type="row", zebra_stripes=True)
         yield Static("", id="pipeline-detail")
         yield from self.compose_step()
         yield Static("Environment ([b]acm doctor[/b])", classes="heading")
@@ -66,7 +81,7 @@ class SetupPane(Pane):
         self.query_one("#pipeline", DataTable).add_columns("stage", "state", "details")
         self.refresh_pipeline()
         self.set_interval(2.0, self.refresh_pipeline)
-        self.query_one("#doctor", DataTable).add_columns(*DOCTOR_COLUMNS)
+        self.query_one("#doctor", DataTable).add_columns(*(DOCTOR_COLUMNS[i] for i in DOCTOR_ORDER))
         presets = self.query_one("#presets", DataTable)
         presets.add_columns(*PRESET_COLUMNS)
         for p in PRESETS.values():
@@ -108,16 +123,24 @@ class SetupPane(Pane):
         self.action_run_selected()
 
     def action_run_selected(self) -> None:
+        """Run the stage under the cursor in its pane; a done stage asks first, since running it again
+        makes the stages after it stale."""
         table = self.query_one("#pipeline", DataTable)
         if table.row_count == 0:
             return
         name = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
-        panes = {"data-language": ("data", "fetch('language')"), "data-code": ("data", "fetch('code')"),
-                 "tokenizer": ("tokenizer", "train(False)"), "prepare": ("tokenizer", "prepare(False)"),
-                 "pretrain": ("train", "start('pretrain')"), "finetune": ("train", "start('finetune')"),
-                 "evaluate": ("generate", "evaluate")}
-        pane_id, action = panes[name]
-        self.post_message(RunInPane(pane_id, action))
+        run = RunInPane(*STAGE_PANES[name])
+        st = self.statuses.get(name)
+        if st is None or st.state != "done":
+            self.post_message(run)
+            return
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.post_message(run)
+
+        self.app.push_screen(Confirm(f"{st.label} is done. Run it again? The stages after it become stale."),
+                             answered)
 
     def action_run_all(self) -> None:
         if self.chain_control is not None or runs.live_stage(self.cfg) is not None:
@@ -154,8 +177,14 @@ class SetupPane(Pane):
     def action_model_test(self) -> None:
         presets = self.query_one("#presets", DataTable)
         name = presets.coordinate_to_cell_key(presets.cursor_coordinate).row_key.value
-        self.query_one("#model-test", Static).update(f"testing {name}: building and running a forward pass…")
+        self._model_test(f"testing {name}: building and running a forward pass…")
         self.run_on_engine("model-test", architecture_test, PRESETS[name])
+
+    def _model_test(self, text: str | Text) -> None:
+        """The result sits under the presets, below the fold at 80x24: the page scrolls to it."""
+        out = self.query_one("#model-test", Static)
+        out.update(text)
+        out.call_after_refresh(out.scroll_visible, animate=False)  # at its new height
 
     @on(EngineResult)
     def show_result(self, message: EngineResult) -> None:
@@ -169,22 +198,22 @@ class SetupPane(Pane):
         table = self.query_one("#doctor", DataTable)
         table.clear()
         for c in checks:
-            table.add_row(*doctor_row(c))
+            cells = doctor_row(c)
+            table.add_row(*(cells[i] for i in DOCTOR_ORDER))
         summary = self.query_one("#doctor-summary", Static)
         if error is not None:
-            summary.update(f"[red]checks failed: {error}[/]")
+            summary.update(Text(f"checks failed: {error}", style="red"))
         elif doctor.healthy(checks):
             summary.update("[green]ready[/]")
         else:
             summary.update("[red]not ready:[/] " + "; ".join(f"{c.name}: {c.fix}" for c in checks if not c.ok))
 
     def _show_model_test(self, r: dict | None, error: BaseException | None) -> None:
-        out = self.query_one("#model-test", Static)
         if error is not None:
-            out.update(f"[red]model test failed: {error}[/]")
+            self._model_test(Text(f"model test failed: {error}", style="red"))
             self.notify(str(error), title="Model test failed", severity="error")
             return
-        out.update(
+        self._model_test(
             f"[b]{r['preset']}[/b] on {r['device']}: input {tuple(r['input_shape'])} -> output "
             f"{tuple(r['output_shape'])}, {human_count(r['parameters'])} parameters, "
             f"~{r['memory_bytes'] / 2**30:.2f} GB (FP32), forward {r['forward_ms']:.1f} ms, "

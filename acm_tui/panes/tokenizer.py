@@ -145,3 +145,5 @@ class TokenizerPane(Pane):
         tokens.update(coloured_tokens(r["tokens"]))
         ids.update(Text(f"ids {r['ids']}\nbytes {r['byte_offsets']}\n"
                         f"{r['count']} tokens, {r['chars_per_token']} chars/token"))
+        if self.query_one("#probe-input", Input).has_focus:  # the ids sit below the fold at 80x24
+            ids.call_after_refresh(ids.scroll_visible, animate=False)

@@ -83,12 +83,12 @@ class TrainPane(Pane):
                      "resume here/in the background  [b]space[/b] pause  [b]s[/b] stop  [b]c[/b] checkpoint  "
                      "[b]g[/b] log scale", classes="hint")
         yield Static("", id="train-status")
+        yield Static("", id="train-log")  # the plan and ETA: above the charts, so 24 lines show it
         with Grid(id="train-charts"):
             yield PlotextPlot(id="chart-loss")
             yield PlotextPlot(id="chart-lr")
             yield PlotextPlot(id="chart-speed")
             yield PlotextPlot(id="chart-memory")
-        yield Static("", id="train-log")
 
     def on_mount(self) -> None:
         self.set_interval(REDRAW_S, self.drain)

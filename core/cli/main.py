@@ -18,7 +18,7 @@ from core.cli import tokenizer as cli_tokenizer
 from core.cli import train as cli_train
 from core.cli.args import Parser, positive_int
 from core.cli.output import console_for
-from core.errors import AcmError, one_line
+from core.errors import AcmError, internal_error
 from core.hardware import configure_mlx
 from core.model.presets import PRESETS, get_preset, human_count
 from core.pipeline import doctor
@@ -208,8 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # a bug: still one line; ACM_DEBUG=1 shows the traceback
         if os.environ.get("ACM_DEBUG"):
             raise
-        first = (one_line(e).splitlines() or [type(e).__name__])[0]
-        return fail(f"internal error ({first}); ACM_DEBUG=1 shows the traceback")
+        return fail(internal_error(e))
 
 
 def fail(message: str) -> int:
