@@ -115,7 +115,7 @@ def register(sub, add) -> None:
     actions = parser.add_subparsers(dest="runs_command", metavar="ACTION")
     add(actions, "list", cmd_list, "the runs, with each stage's state (running, paused, interrupted, done...)")
     for command, help in (("pause", "pause the training of RUN"), ("resume", "resume the paused training of RUN"),
-                          ("stop", "stop the training of RUN (with a checkpoint)"),
+                          ("stop", "stop the training of RUN, writing a checkpoint"),
                           ("save", "write a checkpoint of the training of RUN")):
         p = add(actions, command, cmd_command, f"{help} (it may run in another process)", json_flag=False)
         p.add_argument("run")
