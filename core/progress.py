@@ -24,6 +24,7 @@ class Progress:
     total: int | None = None  # None: unknown
     note: str = ""  # the current item, e.g. a repository name
     started: float = field(default_factory=time.monotonic)
+    finished: bool = False  # the task's last report: a display stops its clock (its total may never have been known)
 
     @property
     def eta_s(self) -> float | None:
@@ -74,4 +75,6 @@ class Ticker:
             self.report(Progress(**self.state.__dict__))
 
     def finish(self) -> None:
+        """The last report, saying the task is over (a task of unknown total cannot be told otherwise)."""
+        self.state.finished = True
         self.report(Progress(**self.state.__dict__))

@@ -1,9 +1,18 @@
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
+import shlex
+import subprocess
+from pathlib import Path
 
-from core import cli
+import pytest
+
+from core import cli, config
+
+from .terminal import run_acm
 
 
 def run(capsys, *argv) -> tuple[int, str, str]:
@@ -62,3 +71,78 @@ def test_model_test_nano(capsys):
     rc, out, _ = run(capsys, "model", "test", "--preset", "nano")
     assert rc == 0
     assert "Output shape: (2, 128, 1024)" in out and "Tokens/sec" in out and "passed" in out
+
+
+def test_without_a_terminal_a_step_prints_plain_lines_with_its_eta():
+    """A pipe or a log file gets no redraws: a running task's line now and then (with its ETA, from
+    the clock given), a line when it ends, and one at the step's end for a task never said over."""
+    from rich.console import Console
+
+    from core.cli.progress import StepDisplay
+    from core.progress import Progress
+
+    written, now = io.StringIO(), [0.0]
+    with StepDisplay(Console(file=written, width=1000), clock=lambda: now[0], plain_every_s=30) as shown:
+        shown.report(Progress("documents", 0, 100))
+        now[0] = 10.0
+        shown.report(Progress("documents", 10, 100, note="a"))  # within 30 s of the start: no line
+        now[0] = 40.0
+        shown.report(Progress("documents", 40, 100, note="b"))  # 1 a second: 60 s to go
+        now[0] = 100.0
+        shown.report(Progress("documents", 100, 100, finished=True))
+        shown.report(Progress("scanning", 5, note="c"))  # unknown total, never said over
+        now[0] = 130.0
+        shown.train_event({"type": "eval", "step": 4, "val_loss": 2.0, "val_ppl": 7.39})
+    assert written.getvalue().splitlines() == [
+        "  documents: 40/100 eta 0:01:00 (b)", "  documents: 100/100 in 0:01:40", "step 4 val loss 2.0000 (ppl 7.4)",
+        "  scanning: 5 in 0:00:30"]
+
+
+def test_run_names_are_never_cut_at_any_terminal_width(with_model):
+    from core.train.runs import rename_run
+
+    name = "micro-20261202-061657"  # a default run name
+    rename_run(with_model / "runs" / "m", name)
+    for cols in (120, 60, 16):
+        code, written, shown = run_acm(["-c", str(with_model / "acm.toml"), "runs"], cols=cols)
+        assert code == 0 and name in written, written  # written whole: the terminal may wrap it, never cut it
+        if cols >= len(name):
+            assert any(name in line for line in shown.splitlines()), shown  # on one line of the screen
+        assert "…" not in written
+    assert "┃ run " in run_acm(["-c", str(with_model / "acm.toml"), "runs"], cols=120)[2]  # wide: the table
+
+
+def test_a_missing_run_is_named_as_missing(with_model, tmp_path, capsys):
+    for argv in (["export", "nosuchrun", "--to", str(tmp_path / "x")], ["generate", "x", "--run", "nosuchrun"],
+                 ["eval", "--run", "nosuchrun"]):
+        rc, _, err = run(capsys, "-c", str(with_model / "acm.toml"), *argv)
+        assert rc == 2 and err.startswith("acm: error: run 'nosuchrun' does not exist in "), err
+        assert len(err.strip().splitlines()) == 1 and "train a model first" not in err
+    assert not (tmp_path / "x").exists()
+
+
+def test_prompts_in_pasteable_commands_survive_bash_history_expansion(with_model, tmp_path, capsys):
+    """A prompt holding `#!` in double quotes, pasted into an interactive bash, is history expansion
+    (`event not found`): the model card's commands, `acm generate --help` and the README quote it
+    singly. Each shell command is run by bash with history expansion on, its program replaced by
+    one that prints what it was given."""
+    from core.generate.decode import load_model
+    from core.generate.export import card
+
+    lm = load_model(config.load(with_model / "acm.toml"))
+    commands = [line for fmt in ("mlx", "gguf") for line in card.render(lm, fmt, "float32", {}, {}).splitlines()
+                if line.startswith(("mlx_lm.generate", "llama-cli"))]
+    assert '"#!' not in card.render(lm, "hf", "float32", {}, {})
+    with pytest.raises(SystemExit):
+        cli.main(["generate", "--help"])
+    examples = [line.strip() for line in capsys.readouterr().out.splitlines() if line.strip().startswith("acm ")]
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    assert '"#!' not in readme and len(commands) == 2 and len(examples) >= 1
+    for line in commands + examples:
+        script = "set -o history -o histexpand\nshow() { printf '<%s>' \"$@\"; }\nshow " + line.split(" ", 1)[1]
+        done = subprocess.run(["bash"], input=script, capture_output=True, text=True)
+        assert done.returncode == 0 and not done.stderr, (line, done.stderr)
+        assert re.search(r"<#!/(bin/bash|usr/bin/env bash)\\n# [^>]+\\n>", done.stdout), (line, done.stdout)
+    for example in examples:  # and each example of --help works as written
+        argv = shlex.split(example)[1:] + ["--max-tokens", "4", "--candidates", "2"]
+        assert cli.main(["-c", str(with_model / "acm.toml"), *argv]) == 0, example

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
 
 from textual.widgets import DataTable
 
@@ -10,6 +12,7 @@ from core.data.code import fetch_code
 from core.pipeline.overview import pipeline_status
 from core.tokenizer.shards import prepare
 
+from .terminal import run_acm
 from .test_tui import wait_until
 from .test_tui_data import text_of
 
@@ -40,8 +43,58 @@ def test_cli_pipeline_status_and_run(with_model, capsys):
     before = {s["name"]: s["state"] for s in json.loads(capsys.readouterr().out)}
     assert before["pretrain"] == "stopped" and before["evaluate"] == "not started"
     assert cli.main(["-c", c, "pipeline", "run"]) == 0
-    assert "ran: pretrain, evaluate" in capsys.readouterr().out  # the unfinished pretrain resumed
+    out, err = capsys.readouterr()
+    assert "ran: pretrain, evaluate" in out  # the unfinished pretrain resumed
     assert set(states(config.load(with_model / "acm.toml")).values()) == {"done"}
+    # not a terminal: plain lines in order, no redraws, and the evaluation table `acm eval` prints
+    assert in_order(err, "── 1/2 pretrain", "step 21/40", "step 30 val loss", "pretrain done at step 40",
+                    "── 2/2 evaluate", "  evaluating: 7/7 in ") and "\x1b[" not in err
+    assert in_order(out, "ran: pretrain, evaluate", "Evaluation of run m", "mean lines", "finetune+checked")
+
+
+def in_order(text: str, *parts: str) -> bool:
+    """Whether every part is in text, each after the one before."""
+    at = 0
+    for part in parts:
+        found = text.find(part, at)
+        if found < 0:
+            raise AssertionError(f"{part!r} is missing after position {at} of:\n{text}")
+        at = found + len(part)
+    return True
+
+
+SPINNER = set("⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏")
+
+
+def test_pipeline_run_on_a_terminal_reads_as_one_program(trained):
+    """`acm pipeline run` in a terminal, from the bash corpus on: each stage under its heading, its
+    bars stopped and left as lines, the training's plan and val checks kept above its bar, and the
+    evaluation table at the end."""
+    cfg = config.load(trained / "acm.toml")
+    shutil.rmtree(cfg.locations.corpus("code"))
+    shutil.rmtree(cfg.locations.tokenizer)
+    for stage, steps in (("pretrain", 8), ("finetune", 4)):
+        sc = getattr(cfg.train, stage)
+        sc.seq_len, sc.batch_size, sc.steps, sc.warmup_steps = 32, 4, steps, 2
+        sc.log_every, sc.eval_every, sc.eval_batches, sc.save_every = 2, 4, 2, steps
+    cfg.train.pretrain.time = "2s"  # the steps are fitted to it, and said, once the first are timed
+    cfg.model.compute_dtype = "float32"
+    cfg.eval.samples, cfg.eval.max_tokens = 2, 8
+    config.save(cfg, trained / "acm.toml")
+    code, written, shown = run_acm(["-c", str(trained / "acm.toml"), "pipeline", "run"], cols=160)
+    assert code == 0, written[-3000:]
+    assert in_order(shown, "── 1/6 data: bash scripts", "✓ scanning", "✓ validating", "✓ deduplicating",
+                    "── 2/6 tokenizer", "✓ training", "── 3/6 token shards", "✓ language", "✓ code",
+                    "── 4/6 pretrain", "pretrain: time budget 2 s:", " val loss ", "pretrain done at step",
+                    "✓ pretrain", "── 5/6 fine-tune", "step 4 val loss", "✓ finetune", "── 6/6 evaluate",
+                    "✓ evaluating", "ran: data-code, tokenizer, prepare, pretrain, finetune, evaluate",
+                    "Evaluation of run", "mean lines", "finetune+checked")
+    assert not SPINNER & set(shown)  # every spinner stopped with its stage
+    bar = next(line for line in shown.splitlines() if line.startswith("✓ pretrain"))
+    assert "loss " in bar and " tok/s" in bar
+    assert re.search(r"finetune +[━╸╺ ]+2/4 eta \d:\d\d:\d\d .*loss [\d.]+ +[\d,]+ tok/s", written)  # while it ran
+    counts = [(int(d), int(t)) for d, t in re.findall(r"training +[━╸╺ ]+(\d+)/(\d+)", written)]
+    assert counts and all(done <= total for done, total in counts) and counts[-1][0] == counts[-1][1]
 
 
 def test_training_states(with_model):

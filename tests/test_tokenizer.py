@@ -80,6 +80,8 @@ def test_mix_reaches_the_code_weight(weight):
     code_fed = sum(len(t) for t in fed if t.startswith("echo"))
     share = code_fed / sum(map(len, fed))
     assert abs(share - weight) < 0.01
+    # the counts given are what is fed, to the character: a progress bar's total is never passed
+    assert (lang_chars, code_chars) == (sum(map(len, fed)) - code_fed, code_fed)
 
 
 def test_train_compare_reports_both(trained, capsys):

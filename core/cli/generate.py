@@ -1,6 +1,7 @@
 """`acm generate`, `acm chat`, `acm eval`, `acm export`: use a trained checkpoint."""
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import threading
@@ -135,12 +136,17 @@ def cmd_eval(args, cfg: Config) -> int:
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
-    table = Table(*EVAL_COLUMNS, title=f"Evaluation of run {results['run']} (val loss, perplexity; generated "
-                  "bash: share parsing with bash -n, mean tokens, distinct-2)", title_justify="left")
+    print_eval_table(results)
+    return 0
+
+
+def print_eval_table(results: dict) -> None:
+    """The evaluation as a table on stdout: `acm eval` and the end of `acm pipeline run` print it."""
+    table = Table(*EVAL_COLUMNS, title=f"Evaluation of run {results['run']} (perplexity on held-out text; "
+                  "generated bash: share parsing with bash -n, mean lines, distinct-2)", title_justify="left")
     for row in eval_rows(results):
         table.add_row(*row)
     console_for().print(table)
-    return 0
 
 
 def cmd_export(args, cfg: Config) -> int:
@@ -181,8 +187,16 @@ def add_sampling_args(p) -> None:
     p.add_argument("--stop", action="append", help="stop string (repeatable); <EOS> always stops")
 
 
+# Prompts in single quotes: in double quotes, bash reads the `!` of `#!` as history expansion.
+GENERATE_EXAMPLES = ("acm generate -e '#!/bin/bash\\n# Back up a directory\\n'",
+                     "acm generate -e --syntax-check --n 3 '#!/usr/bin/env bash\\n# Delete logs older than 7 days\\n'")
+
+
 def register(sub, add) -> None:
     gen = add(sub, "generate", cmd_generate, "stream a continuation of PROMPT to stdout", json_flag=False)
+    gen.formatter_class = argparse.RawDescriptionHelpFormatter
+    gen.epilog = ("examples (the prompt in single quotes, so that bash leaves its `#!` alone; -e turns \\n into "
+                  "a newline):\n" + "\n".join(f"  {line}" for line in GENERATE_EXAMPLES))
     gen.add_argument("prompt")
     gen.add_argument("-e", "--escapes", action="store_true", help="read \\n-style escapes in PROMPT")
     gen.add_argument("--no-echo", action="store_true", help="print only the continuation")

@@ -2,9 +2,11 @@
 terminal (a pipe, a file, a CI log), where rich would otherwise assume 80 columns."""
 from __future__ import annotations
 
+import io
 import sys
 
 from rich.console import Console
+from rich.measure import Measurement
 
 PLAIN_WIDTH = 1000  # wide enough for any of acm's tables: rows are never folded or cut
 
@@ -13,3 +15,10 @@ def console_for(stderr: bool = False) -> Console:
     stream = sys.stderr if stderr else sys.stdout
     width = None if stream.isatty() else PLAIN_WIDTH
     return Console(highlight=False, stderr=stderr, width=width)
+
+
+def natural_width(renderable) -> int:
+    """The width a table needs to show every cell without breaking a word (rich measures against
+    the console it is given, so this measures against a wide one)."""
+    wide = Console(width=PLAIN_WIDTH, file=io.StringIO())
+    return Measurement.get(wide, wide.options, renderable).minimum

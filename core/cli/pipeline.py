@@ -1,20 +1,27 @@
 """`acm pipeline`: every stage's state (as the TUI's Setup pane shows it), and running what remains."""
 from __future__ import annotations
 
+import contextlib
 import json
+import time
+from collections.abc import Callable, Iterator
 
+from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from core.atomic import read_json
 from core.cli.args import duration
+from core.cli.generate import print_eval_table
 from core.cli.output import console_for
-from core.cli.progress import progress_bars
-from core.cli.train import describe
+from core.cli.progress import StepDisplay
 from core.config import Config, parse_duration
 from core.engine import Engine
-from core.pipeline.overview import pipeline_status, run_remaining
+from core.paths import Paths
+from core.pipeline.overview import StageStatus, pipeline_status, run_remaining
 from core.pipeline.tables import STATE_STYLES
-from core.progress import CancelToken
+from core.progress import CancelToken, Progress
+from core.train import runs
 from core.train.trainer import Control
 
 
@@ -30,27 +37,50 @@ def cmd_status(args, cfg: Config) -> int:
     return 0
 
 
+class PipelineScreen:
+    """`acm pipeline run` on the command line as one program: each stage under its heading, in a
+    display of its own that is stopped (its bars left as final lines) before the next heading."""
+
+    def __init__(self, console: Console, clock: Callable[[], float] = time.monotonic):
+        self.console, self.clock = console, clock
+        self.current: StepDisplay | None = None
+
+    @contextlib.contextmanager
+    def stage(self, status: StageStatus, number: int, count: int) -> Iterator[None]:
+        self.console.print(Text(f"── {number}/{count} {status.label}", style="bold"))
+        with StepDisplay(self.console, clock=self.clock) as self.current:
+            try:
+                yield
+            finally:
+                self.current = None
+
+    def report(self, p: Progress) -> None:
+        if self.current is not None:
+            self.current.report(p)
+
+    def train_event(self, event: dict) -> None:
+        if self.current is not None:
+            self.current.train_event(event)
+
+
 def cmd_run(args, cfg: Config) -> int:
     engine, control, cancel = Engine(), Control(), CancelToken()
-    console = console_for(stderr=True)
-
-    def train_event(event: dict) -> None:
-        line = describe(event)
-        if line:
-            console.print(line)
-
+    screen = PipelineScreen(console_for(stderr=True))
+    time_s = parse_duration(args.time, "--time") if args.time else None
     try:
-        with progress_bars() as report:
-            time_s = parse_duration(args.time, "--time") if args.time else None
-            done = run_remaining(cfg, report, cancel, engine.call, train_event, control, time_s)
+        done = run_remaining(cfg, screen.report, cancel, engine.call, screen.train_event, control, time_s,
+                             screen.stage)
     except KeyboardInterrupt:
         control.stop()
         cancel.cancel()
-        console.print("interrupted: finished stages are kept; `acm pipeline run` continues")
+        screen.console.print("interrupted: finished stages are kept; `acm pipeline run` continues")
         return 130
     finally:
         engine.shutdown()
     print(f"ran: {', '.join(done) or 'nothing (every stage is done)'}")
+    results = read_json(Paths.eval_results(runs.list_runs(cfg)[0])) if "evaluate" in done else None
+    if results:
+        print_eval_table(results)
     return 0
 
 

@@ -4,21 +4,18 @@ from __future__ import annotations
 import json
 import time
 
+from rich.console import Console
+from rich.padding import Padding
 from rich.table import Table
+from rich.text import Text
 
-from core.cli.output import console_for
+from core.cli.output import console_for, natural_width
 from core.config import Config
 from core.errors import AcmError
-from core.paths import Paths
 from core.train import runs
 from core.train.tracking import metrics_csv
 
-
-def _run(cfg: Config, name: str):
-    path = cfg.locations.run(name)
-    if not Paths.run_config(path).exists():
-        raise AcmError(f"no run {name!r} in {cfg.locations.runs}; `acm runs` lists them")
-    return path
+RUN_COLUMNS = ("preset", "stage", "state", "step", "best val loss", "modified")
 
 
 def cmd_list(args, cfg: Config) -> int:
@@ -26,21 +23,50 @@ def cmd_list(args, cfg: Config) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    table = Table("run", "preset", "stage", "state", "step", "best val loss", "modified", title="Runs",
-                  title_justify="left")
+    console = console_for()
+    table = Table(title="Runs", title_justify="left")
+    table.add_column("run", no_wrap=True, min_width=max((len(r["name"]) for r in rows), default=3))
+    for name in RUN_COLUMNS:  # these give way (wrapping) before the run name would be cut
+        table.add_column(name, overflow="fold")
     for r in rows:
-        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(r["modified"]))
-        for stage, st in r["stages"].items() or [("–", {})]:
-            total = f"/{st['total']}" if st.get("total") else ""
-            val = f"{st['best_val_loss']:.4f}" if st.get("best_val_loss") is not None else ""
-            table.add_row(r["name"], r["preset"], stage, st.get("state", ""), f"{st.get('step', '')}{total}", val,
-                          when)
-    console_for().print(table)
+        for i, cells in enumerate(stage_cells(r)):
+            table.add_row(r["name"] if i == 0 else "", r["preset"] if i == 0 else "", *cells, _when(r))
+    if console.width >= natural_width(table):
+        console.print(table)
+    else:  # too narrow for the table: each run's name on a line of its own, its stages under it
+        print_narrow(console, rows)
     return 0
 
 
+def stage_cells(r: dict) -> list[list[str]]:
+    """Per stage of a run summary: stage, state, step (of total), best val loss."""
+    out = []
+    for stage, st in r["stages"].items() or [("–", {})]:
+        total = f"/{st['total']}" if st.get("total") else ""
+        val = f"{st['best_val_loss']:.4f}" if st.get("best_val_loss") is not None else ""
+        out.append([stage, st.get("state", ""), f"{st.get('step', '')}{total}", val])
+    return out
+
+
+def _when(r: dict) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(r["modified"]))
+
+
+def print_narrow(console: Console, rows: list[dict]) -> None:
+    """The runs for a narrow terminal: a run's name is never cut (the terminal wraps it if it must)."""
+    console.print("Runs", style="italic")
+    for r in rows:
+        console.print(Text(r["name"], style="bold") + f" ({r['preset']}, {_when(r)})", soft_wrap=True)
+        grid = Table.grid(padding=(0, 2))
+        for _ in range(4):
+            grid.add_column(overflow="fold")
+        for *cells, val in stage_cells(r):
+            grid.add_row(*cells, f"best val loss {val}" if val else "")
+        console.print(Padding(grid, (0, 0, 0, 2)))
+
+
 def cmd_command(args, cfg: Config) -> int:
-    run = _run(cfg, args.run)
+    run = runs.existing_run(cfg, args.run)
     stage = args.stage or runs.active_stage(run)
     if stage is None:
         raise AcmError(f"run {run.name} has not started training")
@@ -50,7 +76,7 @@ def cmd_command(args, cfg: Config) -> int:
 
 
 def cmd_delete(args, cfg: Config) -> int:
-    run = _run(cfg, args.run)
+    run = runs.existing_run(cfg, args.run)
     if not args.yes:
         raise AcmError(f"deleting run {run.name} removes its checkpoints: add --yes to confirm")
     runs.delete_run(run)
@@ -59,13 +85,13 @@ def cmd_delete(args, cfg: Config) -> int:
 
 
 def cmd_rename(args, cfg: Config) -> int:
-    new = runs.rename_run(_run(cfg, args.run), args.new_name)
+    new = runs.rename_run(runs.existing_run(cfg, args.run), args.new_name)
     print(f"renamed to {new.name}")
     return 0
 
 
 def cmd_metrics(args, cfg: Config) -> int:
-    run = _run(cfg, args.run)
+    run = runs.existing_run(cfg, args.run)
     stage = args.stage or runs.active_stage(run)
     if stage is None:
         raise AcmError(f"run {run.name} has not started training")
@@ -88,10 +114,10 @@ def register(sub, add) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON")
     actions = parser.add_subparsers(dest="runs_command", metavar="ACTION")
     add(actions, "list", cmd_list, "the runs, with each stage's state (running, paused, interrupted, done...)")
-    for command, help in (("pause", "pause"), ("resume", "resume a paused"), ("stop", "stop (with a checkpoint)"),
-                          ("save", "write a checkpoint of")):
-        p = add(actions, command, cmd_command, f"{help} the training of RUN (it may run in another process)",
-                json_flag=False)
+    for command, help in (("pause", "pause the training of RUN"), ("resume", "resume the paused training of RUN"),
+                          ("stop", "stop the training of RUN, writing a checkpoint"),
+                          ("save", "write a checkpoint of the training of RUN")):
+        p = add(actions, command, cmd_command, f"{help} (it may run in another process)", json_flag=False)
         p.add_argument("run")
         p.add_argument("--stage", choices=list(runs.STAGES), help="default: the stage it is on")
     m = add(actions, "metrics", cmd_metrics, "RUN's training curves: --csv for a spreadsheet, --json")

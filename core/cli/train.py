@@ -12,16 +12,9 @@ import queue
 import signal
 import threading
 
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-)
-
 from core.cli.args import duration, positive_int
 from core.cli.output import console_for
+from core.cli.progress import StepDisplay
 from core.config import Config
 from core.engine import Engine
 from core.errors import AcmError
@@ -48,21 +41,6 @@ def pick_run(cfg: Config, stage: str, name: str | None, resume: bool):
     return cfg.locations.run(runs.new_run_name(cfg))
 
 
-def describe(event: dict) -> str | None:
-    kind = event["type"]
-    if kind == "metrics":
-        mfu = f" mfu {event['mfu']:.1%}" if event.get("mfu") is not None else ""
-        ranks = f" ({event['ranks']} ranks)" if event.get("ranks", 1) > 1 else ""
-        return (f"step {event['step']}/{event['total']} loss {event['loss']:.4f} lr {event['lr']:.2e} "
-                f"{event['tokens_per_s']:,.0f} tok/s{ranks}{mfu} epoch {event['epoch']:.2f} "
-                f"mem {event['memory_active'] / 2**30:.2f}/{event['memory_peak'] / 2**30:.2f} GiB")
-    if kind == "eval":
-        return f"step {event['step']} val loss {event['val_loss']:.4f} (ppl {event['val_ppl']:.1f})"
-    if kind == "log":
-        return event["text"]
-    return None
-
-
 def stage_settings(args, cfg: Config):
     """The stage's settings with --steps and --time applied."""
     sc = getattr(cfg.train, args.stage)
@@ -72,7 +50,7 @@ def stage_settings(args, cfg: Config):
 
 
 def cmd_train(args, cfg: Config) -> int:
-    sc = stage_settings(args, cfg)
+    stage_settings(args, cfg)
     ranks = args.ranks or cfg.train.ranks
     run = pick_run(cfg, args.stage, args.run, args.resume)
     if args.detach:
@@ -93,7 +71,7 @@ def cmd_train(args, cfg: Config) -> int:
     fut = engine.submit(run_stage, cfg, args.stage, run, events.put, control, args.resume, args.max_steps,
                         extend_to=args.steps if args.resume else None)
     fut.add_done_callback(lambda f: events.put({"type": "finished"}))
-    if follow(events, args, run, sc.steps, control.stop) is not None:
+    if follow(events, args, run, control.stop) is not None:
         return 130
     engine.shutdown()
     result = fut.result()  # re-raises the stage's error
@@ -107,14 +85,11 @@ def cmd_train(args, cfg: Config) -> int:
     return 0
 
 
-def follow(events: queue.SimpleQueue, args, run, total: int, stop) -> int | None:
+def follow(events: queue.SimpleQueue, args, run, stop) -> int | None:
     """Show a stage's events (a progress bar and lines, or JSON) until {"type": "finished"}.
     Ctrl-C once calls `stop`; twice returns 130 at once."""
     interrupts = 0
-    bar = Progress(TextColumn(f"{args.stage} [dim]{run.name}"), BarColumn(), MofNCompleteColumn(), TextColumn("eta"),
-                   TimeRemainingColumn(), console=console, transient=True, disable=args.json)
-    task = bar.add_task(args.stage, total=total)
-    with bar:
+    with StepDisplay(console, label=f"{args.stage} {run.name}") if not args.json else contextlib.nullcontext() as shown:
         while True:
             try:
                 event = events.get(timeout=0.2)
@@ -130,12 +105,10 @@ def follow(events: queue.SimpleQueue, args, run, total: int, stop) -> int | None
                 continue
             if event["type"] == "finished":
                 return None
-            if "step" in event:
-                bar.update(task, completed=event["step"], total=event.get("total", total))
             if args.json:
                 print(json.dumps(event), flush=True)
-            elif (line := describe(event)) is not None:
-                bar.console.print(line)
+            else:
+                shown.train_event(event)
 
 
 def train_on_ranks(args, cfg: Config, run, ranks: int) -> int:
@@ -155,7 +128,7 @@ def train_on_ranks(args, cfg: Config, run, ranks: int) -> int:
             events.put({"type": "finished"})
 
     threading.Thread(target=launch, daemon=True).start()
-    if follow(events, args, run, getattr(cfg.train, args.stage).steps, control.stop) is not None:
+    if follow(events, args, run, control.stop) is not None:
         with contextlib.suppress(KeyError, OSError):  # twice: every rank ends at once
             os.killpg(outcome["proc"].pid, signal.SIGKILL)
         return 130

@@ -130,4 +130,5 @@ def clone_all(repos: list[Repo], dest_root: Path, jobs: int, timeout_s: float, r
         except BaseException:
             cancel.cancel()  # the other clones stop before their next attempt
             raise
+    ticker.finish()
     return [results[r] for r in repos]

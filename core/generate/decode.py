@@ -49,7 +49,7 @@ class LoadedModel:
 def find_checkpoint(cfg: Config, run: str | None = None, stage: str | None = None,
                     which: str = "best") -> tuple[checkpoint.Checkpoint, Path, str]:
     """The checkpoint to generate from: the named (or latest) run, fine-tune before pretrain."""
-    run_paths = [cfg.locations.run(run)] if run else runs.list_runs(cfg)
+    run_paths = [runs.existing_run(cfg, run)] if run else runs.list_runs(cfg)
     stages = [stage] if stage else ["finetune", "pretrain"]
     for r in run_paths:
         for st in stages:

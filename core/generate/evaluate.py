@@ -94,7 +94,7 @@ def evaluate_run(cfg: Config, report: Reporter = no_report, cancel: CancelToken 
                  run: str | None = None, samples: int | None = None, max_tokens: int | None = None) -> dict:
     cancel = cancel or CancelToken()
     samples, max_tokens = samples or cfg.eval.samples, max_tokens or cfg.eval.max_tokens
-    run_path = cfg.locations.run(run) if run else (runs.list_runs(cfg) or [None])[0]
+    run_path = runs.existing_run(cfg, run) if run else (runs.list_runs(cfg) or [None])[0]
     if run_path is None:
         raise AcmError(f"no runs in {cfg.locations.runs}: train a model first (acm train pretrain)")
     stages = [s for s in runs.STAGES if checkpoint.best(Paths.checkpoints(run_path, s)) is not None]
@@ -128,6 +128,7 @@ def evaluate_run(cfg: Config, report: Reporter = no_report, cancel: CancelToken 
                 "checkpoint": row["checkpoint"], "step": lm.step, "language": row["language"], "code": row["code"],
                 "code_generation": score(chosen), "examples": examples(chosen)}
             ticker.advance(note=f"{stage}: syntax-checked sampling")
+    ticker.finish()
     results["seconds"] = round(time.perf_counter() - started, 2)
     write_text(Paths.eval_results(run_path), json.dumps(results, indent=1) + "\n")
     return results

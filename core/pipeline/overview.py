@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -229,14 +230,22 @@ def training_progress(report) -> Callable[[dict], None]:
 STAGE_TASKS = {"pretrain": "pretraining", "finetune": "fine-tuning"}
 
 
+StageScope = Callable[[StageStatus, int, int], AbstractContextManager]  # (status, number, count of stages)
+
+
+def _no_scope(status: StageStatus, number: int, count: int) -> AbstractContextManager:
+    return nullcontext()
+
+
 def run_remaining(cfg: Config, report, cancel, on_engine, train_emit=None, train_control=None,
-                  time_s: float | None = None) -> list[str]:
+                  time_s: float | None = None, stage_scope: StageScope | None = None) -> list[str]:
     """Run, in order, every stage that is not done; returns the names run. With `time_s`, the
     training stages share what is left of it when each starts (TIME_SHARES; evaluation keeps its
-    share), after whatever the data stages took."""
+    share), after whatever the data stages took. `stage_scope(status, number, count)` is entered
+    around each stage (the command line opens a stage's display in it, and closes it after)."""
     done, started = [], time.monotonic()
     todo = [s for s in pipeline_status(cfg) if not s.complete]
-    for status in todo:
+    for number, status in enumerate(todo, 1):
         cancel.check()
         if train_control is not None and train_control.stopping:
             break
@@ -245,6 +254,7 @@ def run_remaining(cfg: Config, report, cancel, on_engine, train_emit=None, train
             ahead = sum(TIME_SHARES.get(s.name, 0.0) for s in todo[todo.index(status):])
             left = time_s - (time.monotonic() - started)
             stage_cfg = with_time(cfg, status.name, left * TIME_SHARES[status.name] / ahead)
-        run_stage(stage_cfg, status.name, report, cancel, on_engine, train_emit, train_control)
+        with (stage_scope or _no_scope)(status, number, len(todo)):
+            run_stage(stage_cfg, status.name, report, cancel, on_engine, train_emit, train_control)
         done.append(status.name)
     return done

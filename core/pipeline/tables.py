@@ -11,7 +11,7 @@ CORPUS_COLUMNS = ("dataset", "documents", "words", "tokens (est)", "size", "line
 TOKENIZER_COLUMNS = ("tokenizer", "code share", "chars/token language", "chars/token bash")
 SHARD_COLUMNS = ("corpus", "train tokens", "val tokens", "train docs", "val docs", "dtype")
 EVAL_COLUMNS = ("stage", "step", "lang ppl", "code ppl", "parses (complete)", "parses (all)", "truncated",
-                "shellcheck clean", "lines", "dist-2")
+                "shellcheck clean", "mean lines", "dist-2")
 PRESET_COLUMNS = ("preset", "params", "layers", "hidden", "heads", "FFN", "context", "vocab", "tied")
 DOCTOR_COLUMNS = ("check", "found", "status")
 # how a pipeline stage's state is coloured

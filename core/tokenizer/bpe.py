@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -149,27 +148,33 @@ def read_corpora(cfg: Config, max_language_chars: int | None) -> Corpora:
 def mixed_texts(language: list[str], code: list[str], code_weight: float) -> tuple[Iterator[str], int, int]:
     """Interleave language and code so code is `code_weight` of the characters: scripts repeat
     when code is scarce, and are skipped when it is plentiful. Returns the iterator and the
-    characters of language and code it yields."""
+    characters of language and code it yields (exactly: a progress bar's total)."""
     lang_chars, code_chars = sum(map(len, language)), sum(map(len, code))
     if code_weight >= 1 or not language:
         return iter(code), 0, code_chars
     if code_weight <= 0 or not code:
         return iter(language), lang_chars, 0
-    target = code_weight / (1 - code_weight) * lang_chars
-    fed = {"code": 0}
+    target = code_weight / (1 - code_weight) * lang_chars  # code characters to feed over all the language
+    lang_lengths, code_lengths = [len(t) for t in language], [len(t) for t in code]
+    fed_code = sum(code_lengths[i] for kind, i in _mix_order(lang_lengths, code_lengths, target) if kind == "code")
+    texts = {"language": language, "code": code}
+    return (texts[kind][i] for kind, i in _mix_order(lang_lengths, code_lengths, target)), lang_chars, fed_code
 
-    def gen() -> Iterator[str]:
-        fed_lang, ci = 0, 0
-        for text in language:
-            yield text
-            fed_lang += len(text)
-            while fed["code"] < target * fed_lang / lang_chars:
-                script = code[ci % len(code)]
-                ci += 1
-                fed["code"] += len(script)
-                yield script
 
-    return gen(), lang_chars, math.ceil(target)
+def _mix_order(lang_lengths: list[int], code_lengths: list[int], target: float) -> Iterator[tuple[str, int]]:
+    """Which text comes next, as (corpus, index): each language text, then scripts (cycled) until
+    code has caught up with its share of `target` characters so far. Walked once to count what will
+    be fed and once to feed it, so the count is exact (whole scripts overshoot the share)."""
+    lang_chars = sum(lang_lengths)
+    fed_lang, fed_code, ci = 0, 0, 0
+    for i, n in enumerate(lang_lengths):
+        yield "language", i
+        fed_lang += n
+        while fed_code < target * fed_lang / lang_chars:
+            j = ci % len(code_lengths)
+            ci += 1
+            fed_code += code_lengths[j]
+            yield "code", j
 
 
 def train_one(corp: Corpora, vocab_size: int, min_frequency: int, code_weight: float,

@@ -118,6 +118,7 @@ def prepare_corpus(cfg: Config, kind: str, tok: AcmTokenizer, report: Reporter, 
     if done is not None:
         ticker = Ticker(report, f"{kind} (done)", done["documents"]["train"] + done["documents"]["val"])
         ticker.advance(ticker.state.total or 0)
+        ticker.finish()
         return done
     corpus = Corpus.open(cfg.locations.corpus(kind), kind)
     with rebuilding_inputs(cfg.locations.inputs_lock, f"the {kind} token shards"):

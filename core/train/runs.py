@@ -26,6 +26,15 @@ def new_run_name(cfg: config.Config) -> str:
     return f"{cfg.model.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+def existing_run(cfg: config.Config, name: str) -> Path:
+    """The folder of the run a user named, refused in one line naming it when there is no such run
+    (rather than a message about checkpoints, which would send them to train a new one)."""
+    path = cfg.locations.run(name)
+    if not Paths.run_config(path).exists():
+        raise AcmError(f"run {name!r} does not exist in {cfg.locations.runs}; `acm runs` lists the runs")
+    return path
+
+
 
 
 

@@ -208,7 +208,8 @@ class Trainer:
             self._check_tokenizer(base)
             params, _ = checkpoint.load_arrays(base)
             self.opt.load(params, None)
-            self.log(f"fine-tuning from pretrain step {base.step} (val loss {base.val_loss})")
+            val = f" (val loss {base.val_loss:.4f})" if base.val_loss is not None else ""
+            self.log(f"fine-tuning from pretrain step {base.step}{val}")
 
     def _check_tokenizer(self, ck: checkpoint.Checkpoint) -> None:
         if ck.state.get("tokenizer_sha256") != self.tok.sha256:
@@ -484,8 +485,9 @@ class Trainer:
                      f"{step_s * 1000:.0f} ms a step (warmup {plan.warmup})")
             return
         left = (sc.steps - self.step) * step_s  # the stage's steps, whatever --max-steps stops this call at
-        self.log(f"{self.stage}: {sc.steps - self.step:,} more steps take about {describe_seconds(left)} here "
-                 f"({step_s * 1000:.0f} ms a step)")
+        more = sc.steps - self.step
+        self.log(f"{self.stage}: {more:,} more step{'s' if more != 1 else ''} take{'s' if more == 1 else ''} about "
+                 f"{describe_seconds(left)} here ({step_s * 1000:.0f} ms a step)")
         if left >= HOURS and not self.budget_s:
             self.log(f"warning: that is hours; a time budget (--time 10m, train.{self.stage}.time) "
                      "fits the steps to it")

@@ -106,7 +106,8 @@ def _pct(v) -> str:
 
 
 def _usage(fmt: str) -> list[str]:
-    prompt = '"#!/bin/bash\\n# Back up a directory\\n"'
+    # single quotes: pasted into bash, "#!..." would be history expansion (`event not found`)
+    prompt = "'#!/bin/bash\\n# Back up a directory\\n'"
     how = {
         "mlx": ["```bash", f"mlx_lm.generate --model . --prompt {prompt} --max-tokens 200", "```"],
         "hf": ["```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
