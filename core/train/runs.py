@@ -35,12 +35,6 @@ def existing_run(cfg: config.Config, name: str) -> Path:
     return path
 
 
-
-
-
-
-
-
 def list_runs(cfg: config.Config) -> list[Path]:
     """Run folders, newest first."""
     if not cfg.locations.runs.exists():
