@@ -98,6 +98,29 @@ def test_without_a_terminal_a_step_prints_plain_lines_with_its_eta():
         "  scanning: 5 in 0:00:30"]
 
 
+def test_a_training_bar_shows_its_steps_eta_loss_and_speed_while_it_runs():
+    """On a terminal, a training stage's bar (drawn here once, as a refresh would draw it) carries
+    the trainer's ETA, the loss and tokens/s; a time budget's total shows as unknown until planned."""
+    from rich.console import Console
+
+    from core.cli.progress import StepDisplay
+    from core.train.budget import UNPLANNED
+
+    def drawn(display) -> str:
+        out = io.StringIO()
+        Console(file=out, width=160, color_system=None).print(display.bars.get_renderable())
+        return out.getvalue()
+
+    terminal = Console(file=io.StringIO(), width=160, force_terminal=True)
+    with StepDisplay(terminal, label="finetune", clock=lambda: 0.0) as shown:
+        shown.train_event({"type": "state", "stage": "finetune", "state": "running", "step": 0, "total": UNPLANNED})
+        assert re.search(r"finetune +\S* +0/\? ", drawn(shown))
+        shown.train_event({"type": "metrics", "stage": "finetune", "step": 2, "total": 4, "loss": 1.5,
+                           "tokens_per_s": 1234.0, "eta_s": 65.0, "lr": 1e-3, "epoch": 0.1,
+                           "memory_active": 0, "memory_peak": 0})
+        assert re.search(r"finetune +[━╸╺ ]+ 2/4 eta 0:01:05 .*loss 1\.500  1,234 tok/s", drawn(shown))
+
+
 def test_run_names_are_never_cut_at_any_terminal_width(with_model):
     from core.train.runs import rename_run
 

@@ -92,7 +92,6 @@ def test_pipeline_run_on_a_terminal_reads_as_one_program(trained):
     assert not SPINNER & set(shown)  # every spinner stopped with its stage
     bar = next(line for line in shown.splitlines() if line.startswith("✓ pretrain"))
     assert "loss " in bar and " tok/s" in bar
-    assert re.search(r"finetune +[━╸╺ ]+2/4 eta \d:\d\d:\d\d .*loss [\d.]+ +[\d,]+ tok/s", written)  # while it ran
     counts = [(int(d), int(t)) for d, t in re.findall(r"training +[━╸╺ ]+(\d+)/(\d+)", written)]
     assert counts and all(done <= total for done, total in counts) and counts[-1][0] == counts[-1][1]
 
