@@ -7,7 +7,7 @@ import shutil
 from textual.widgets import DataTable
 
 from acm_tui.app import AcmApp
-from core import config
+from core import cli, config
 from core.data.code import fetch_code
 from core.pipeline.overview import pipeline_status
 from core.tokenizer.shards import prepare
@@ -36,7 +36,6 @@ def test_states_come_from_disk(project, trained):
 
 
 def test_cli_pipeline_status_and_run(with_model, capsys):
-    from core import cli
 
     c = str(with_model / "acm.toml")
     assert cli.main(["-c", c, "pipeline", "--json"]) == 0
@@ -164,7 +163,7 @@ def test_the_pipeline_trains_on_the_configured_ranks(prepared):
     assert (run / "pretrain" / "ranks.toml").exists() and config.load(prepared / "acm.toml").train.ranks == 1
 
 
-def test_the_model_takes_the_vocabulary_the_tokenizer_reached(trained):
+def test_the_model_takes_the_vocabulary_the_tokenizer_reached(trained, capsys):
     """A corpus too small for the vocabulary aimed for (as the offline data is for medium's 32K):
     the tokenizer stops short, and the shards, the model and generation follow its size."""
     from core.generate.decode import generate_text, load_model
@@ -178,6 +177,8 @@ def test_the_model_takes_the_vocabulary_the_tokenizer_reached(trained):
     assert states(cfg)["tokenizer"] == "stale"  # trained toward 1,024
     meta = train_tokenizer(cfg)
     assert meta["vocab_target"] == 60000 and 1024 < meta["vocab_size"] < 60000
+    assert cli.main(["-c", str(path), "tokenizer", "info"]) == 0
+    assert f"vocab {meta['vocab_size']:,} (of 60,000 aimed for" in capsys.readouterr().out
     prepare(cfg)
     cfg.train.pretrain.steps, cfg.train.pretrain.seq_len = 2, 32
     run_stage(cfg, "pretrain", cfg.runs_dir / "v")

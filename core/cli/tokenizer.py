@@ -29,11 +29,17 @@ def cmd_train(args, cfg: Config) -> int:
     if args.json:
         print(json.dumps(meta, indent=2))
         return 0
-    print(f"tokenizer: {meta['vocab_size']:,} tokens, code share {meta['mix']['code_share']:.1%} of "
+    print(f"tokenizer: {meta['vocab_size']:,} tokens{short_of(meta)}, code share {meta['mix']['code_share']:.1%} of "
           f"{(meta['mix']['language_chars'] + meta['mix']['code_chars']) / 1e6:.1f}M training characters, "
           f"saved to {cfg.locations.tokenizer}")
     print_eval(meta)
     return 0
+
+
+def short_of(meta: dict) -> str:
+    """Where the corpus ran out of pairs before the vocabulary aimed for (the model takes the size reached)."""
+    target = meta.get("vocab_target", meta["vocab_size"])
+    return f" (of {target:,} aimed for: the corpus had no more pairs to merge)" if target > meta["vocab_size"] else ""
 
 
 def print_eval(meta: dict) -> None:
@@ -51,7 +57,7 @@ def cmd_info(args, cfg: Config) -> int:
     if args.json:
         print(json.dumps(meta, indent=2))
         return 0
-    print(f"vocab {meta['vocab_size']:,}; special tokens "
+    print(f"vocab {meta['vocab_size']:,}{short_of(meta)}; special tokens "
           + ", ".join(f"{k}={v}" for k, v in meta["special_tokens"].items())
           + f"; sha256 {meta['tokenizer_sha256'][:12]}")
     print_eval(meta)
