@@ -21,6 +21,7 @@ from core import config
 from core.generate.checked import checked_generate, sample_and_judge
 from core.generate.decode import load_model
 from core.generate.evaluate import score, val_loss
+from core.generate.relevance import eval_prompts, expectations
 from core.generate.sampling import SamplingParams
 from core.paths import Paths
 from core.train import checkpoint
@@ -75,12 +76,12 @@ def variant(base: config.Config, name: str, samples: int, max_tokens: int) -> di
     result = run_stage(cfg, "finetune", run)
     train_s = time.perf_counter() - started
     lm = load_model(cfg, run.name, "finetune")
-    prompts = [cfg.eval.prompts[i % len(cfg.eval.prompts)] for i in range(samples)]
+    prompts, expected = eval_prompts(cfg.eval, samples), expectations(cfg.eval)
     params = SamplingParams.from_config(cfg.generate, max_tokens=max_tokens)
     timeout = cfg.data.code.syntax_timeout_s
     started = time.perf_counter()
-    plain = score(sample_and_judge(lm, prompts, params, timeout))
-    checked = score(checked_generate(lm, prompts, params, cfg.generate.candidates, timeout))
+    plain = score(sample_and_judge(lm, prompts, params, timeout), expected)
+    checked = score(checked_generate(lm, prompts, params, cfg.generate.candidates, timeout), expected)
     return {"variant": name, "changes": VARIANTS[name], "finetune_steps": result.step,
             "finetune_s": round(train_s, 1), "best_step": lm.step, "code": val_loss(lm, cfg, "code", 20),
             "language": val_loss(lm, cfg, "language", 20), "plain": plain, "checked": checked,

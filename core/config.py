@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import itertools
 import math
 import os
 import re
@@ -29,13 +30,14 @@ CONFIG_NAME = "acm.toml"
 
 def setting(default: Any, help: str, *, min: float | None = None, max: float | None = None,
             choices: tuple | None = None, above: float | None = None, unbounded: bool = False,
-            duration: bool = False) -> Any:
+            duration: bool = False, item: type | None = None) -> Any:
     """A dataclass field carrying its help text and allowed values (read by the validator);
-    `above` is an exclusive lower bound; an `unbounded` integer takes any value."""
+    `above` is an exclusive lower bound; an `unbounded` integer takes any value; a list whose
+    `item` is a dataclass is a list of tables (`[[eval.tasks]]`), each checked as that class."""
     meta = {"help": help, "min": min, "max": max, "choices": choices, "above": above, "unbounded": unbounded,
-            "duration": duration}
+            "duration": duration, "item": item}
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata=meta)
+        return field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
     return field(default=default, metadata=meta)
 
 
@@ -171,22 +173,104 @@ class GenerateConfig:
     candidates: int = setting(8, "scripts sampled at once for a syntax-checked generation", min=1, max=256)
 
 
-EVAL_PROMPTS = [
-    "#!/bin/bash\n# Back up a directory to a dated tar.gz archive\n",
-    "#!/bin/bash\n# Install Docker on Ubuntu and add the current user to the docker group\n",
-    "#!/usr/bin/env bash\n# Delete log files older than 7 days under /var/log/myapp\n",
-    "#!/bin/bash\n# Ping each host given as an argument and report the ones that do not answer\n",
-    "#!/usr/bin/env bash\n# Start, stop or restart the service named in the first argument\n",
-    "#!/bin/bash\n# Print the disk usage of each directory here, largest first\n",
-    "#!/usr/bin/env bash\n# Clone a git repository and check out the branch given as the second argument\n",
-    "#!/bin/bash\n# Wait until a TCP port on a host accepts connections, giving up after a timeout\n",
-]
+@dataclass
+class EvalTask:
+    """One `[[eval.tasks]]` table: a prompt, and what a script doing its task would use."""
+    prompt: str = setting("", "a shebang and a one-line comment saying what the script does, ending in a newline")
+    expect: str = setting("", "a Python regular expression searched (re.search) in the generated text, never the "
+                              "prompt; empty: no expectation")
+
+    @property
+    def title(self) -> str:
+        """What the script does: the prompt's comment (its first line where it has none)."""
+        lines = [line.strip() for line in self.prompt.splitlines() if line.strip()]
+        comments = [line.lstrip("#").strip() for line in lines if line.startswith("#") and not line.startswith("#!")]
+        return (comments or lines or [""])[0]
+
+
+BASH, ENV_BASH = "#!/bin/bash\n", "#!/usr/bin/env bash\n"
+# The default tasks by area, each (prompt, expect): the commands a correct script would use, any of
+# them accepted. Patterns are searched in the generated text only, so `\b`/`\s` keep a file name
+# (backup.tar.gz) or a variable ($service) from passing for the command.
+TASK_AREAS = {
+    "files and logs": [
+        (ENV_BASH + "# Delete log files older than 7 days under /var/log/myapp\n", r"-mtime|-mmin|-newer|\bstat\b"),
+        (BASH + "# Print the disk usage of each directory here, largest first\n", r"\bdu\b"),
+        (BASH + "# Follow a log file and print each new line that contains ERROR\n", r"\btail\b|\bjournalctl\b"),
+    ],
+    "backups and archives": [
+        (BASH + "# Back up a directory to a dated tar.gz archive\n", r"\b(tar|zip|rsync)\s"),
+        (BASH + "# Back up a PostgreSQL database to a compressed file named after today's date\n", r"pg_dump"),
+        (ENV_BASH + "# Mirror /srv/www to a backup server over SSH, deleting files removed at the source\n",
+         r"\b(rsync|rclone|lftp)\b"),
+    ],
+    "networking": [
+        (BASH + "# Ping each host given as an argument and report the ones that do not answer\n",
+         r"\bf?ping6?\b|/dev/tcp"),
+        (BASH + "# Wait until a TCP port on a host accepts connections, giving up after a timeout\n",
+         r"/dev/(tcp|udp)/|\b(nc|ncat|netcat|socat|telnet|curl)\b"),
+        (ENV_BASH + "# Check that each URL listed in a file answers with HTTP status 200\n", r"\b(curl|wget)\b"),
+    ],
+    "users and permissions": [
+        (BASH + "# Create a user with a home directory and add them to the sudo group\n", r"\b(useradd|adduser)\b"),
+        (BASH + "# Give a web root's directories mode 755 and its files mode 644, owned by www-data\n",
+         r"\bchmod\b"),
+        (ENV_BASH + "# List the users who can log in, with their home directories and shells\n",
+         r"/etc/passwd|\bgetent\s+passwd"),
+    ],
+    "packages": [
+        (BASH + "# Install Docker on Ubuntu and add the current user to the docker group\n",
+         r"\bapt(-get)?\s.*\binstall\b|get\.docker\.com|\bsnap\s+install"),
+        (ENV_BASH + "# Install a list of packages with whichever package manager this system has\n",
+         r"\b(apt|apt-get|dnf|yum|pacman|zypper|apk|brew)\b"),
+        (BASH + "# Install the Python packages in requirements.txt into a new virtual environment\n",
+         r"\bvenv\b|\bvirtualenv\b"),
+    ],
+    "services": [
+        (ENV_BASH + "# Start, stop or restart the service named in the first argument\n",
+         r'\bsystemctl\b|/etc/init\.d/|\bservice\s+\S+\s+(start|stop|restart|status|"?\$)'),
+        (BASH + "# Create a systemd service for /opt/app/run.sh and enable it at boot\n",
+         r"ExecStart=|\bsystemctl\s.*\benable\b"),
+        (BASH + "# Add a cron job that runs /usr/local/bin/backup.sh every night at 2 am\n", r"\bcrontab\b|/etc/cron"),
+    ],
+    "text processing": [
+        (BASH + "# Print the 10 most frequent IP addresses in an nginx access log\n", r"\buniq\b|\bawk\b"),
+        (ENV_BASH + "# Replace a string in every .conf file under a directory, keeping a backup of each file\n",
+         r"\b(sed|perl|awk)\b"),
+        (BASH + "# Print the second and third columns of a CSV file, separated by tabs\n", r"\b(cut|awk)\b|IFS="),
+    ],
+    "argument parsing": [
+        (ENV_BASH + "# Accept -v, -o FILE and -h options, printing usage for an unknown option\n",
+         r"\bgetopts?\b|\bcase\b|\$\{?1"),
+        (BASH + "# Print usage and exit with status 1 when fewer than two arguments are given\n", r"\$#"),
+        (BASH + "# Read KEY=VALUE pairs given as arguments and export each one\n",
+         r"\$@|\$\*|\bshift\b|\bfor\s+\w+\s*(;|\n)"),
+    ],
+    "error handling and retries": [
+        (BASH + "# Retry a command up to five times, waiting longer after each failure\n", r"\bsleep\b"),
+        (ENV_BASH + "# Stop at the first failing command and print the line where the script failed\n",
+         r"set\s+-[a-zA-Z]*e|errexit|\btrap\b|LINENO"),
+        (BASH + "# Remove the temporary directory on exit, even when the script is interrupted\n", r"\btrap\b"),
+    ],
+}
+
+
+def _interleaved(areas: dict) -> list[EvalTask]:
+    """One task of each area in turn: a short evaluation (eval.time, few samples) still covers them all."""
+    rows = itertools.zip_longest(*areas.values())
+    return [EvalTask(prompt, expect) for row in rows for prompt, expect in filter(None, row)]
+
+
+EVAL_TASKS = _interleaved(TASK_AREAS)
 
 
 @dataclass
 class EvalConfig:
-    prompts: list = setting(EVAL_PROMPTS, "prompts of the generated scripts `acm eval` checks (cycled over the "
-                                          "samples; default: a shebang and a comment saying what the script does)")
+    tasks: list = setting(EVAL_TASKS, "`[[eval.tasks]]` tables, the prompts `acm eval` samples (cycled over the "
+                                      "samples, then eval.prompts): with `expect`, a sample's relevance is whether "
+                                      "its text matches it", item=EvalTask)
+    prompts: list = setting([], "more prompts, without expectations: sampled after the tasks', counted in every "
+                                "column but relevance")
     samples: int = setting(64, "scripts generated per checkpoint", min=1, max=4096)
     max_tokens: int = setting(200, "new tokens per generated script", min=1)
     time: str = setting("", "wall-clock budget for `acm eval` (90s, 10m): samples and validation batches stop "
@@ -344,9 +428,18 @@ def _build(cls, table: dict, prefix: str, source: str):
         typ = hints[name]
         if is_dataclass(typ):
             values[name] = _build(typ, table[name], f"{prefix}{name}.", source)
+        elif f.metadata.get("item"):
+            values[name] = _build_tables(f.metadata["item"], table[name], f"{prefix}{name}", source)
         else:
             values[name] = _check_value(f"{source}: {prefix}{name}", table[name], f, typ)
     return cls(**values)
+
+
+def _build_tables(cls, value: Any, key: str, source: str) -> list:
+    """A list of tables (`[[eval.tasks]]` in acm.toml), each built as dataclass `cls`."""
+    if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+        raise ConfigError(f"{source}: {key} must be a list of tables (each a [[{key}]] section), got {value!r}")
+    return [_build(cls, item, f"{key}[{i}].", source) for i, item in enumerate(value)]
 
 
 def from_dict(table: dict, source: str = CONFIG_NAME, root: Path | None = None, preset: str | None = None) -> Config:
@@ -378,8 +471,7 @@ def validate(cfg: Config, source: str = CONFIG_NAME) -> None:
     if 0 < cfg.tokenizer.vocab_size < MIN_VOCAB:
         raise ConfigError(f"{source}: tokenizer.vocab_size = {cfg.tokenizer.vocab_size} is out of range; allowed: 0 "
                           f"(the preset's, {shape.vocab_size}) or {MIN_VOCAB} to 262144")
-    if not cfg.eval.prompts or not all(p.strip() for p in cfg.eval.prompts):
-        raise ConfigError(f"{source}: eval.prompts must hold at least one prompt, and none empty")
+    _check_eval_prompts(cfg.eval, source)
     for stage in ("pretrain", "finetune"):
         sc: StageConfig = getattr(cfg.train, stage)
         if sc.seq_len > shape.n_ctx:
@@ -390,6 +482,30 @@ def validate(cfg: Config, source: str = CONFIG_NAME) -> None:
 
 
 MIN_VOCAB = 260  # the 256 bytes and the 4 special tokens
+
+
+def _check_eval_prompts(ev: EvalConfig, source: str) -> None:
+    """Something to sample; every task with a prompt of its own and an expectation that compiles
+    (a prompt is a task's at most once, so generate finds one expectation for it)."""
+    if not all(p.strip() for p in ev.prompts):
+        raise ConfigError(f"{source}: eval.prompts holds an empty prompt")
+    if not ev.tasks and not ev.prompts:
+        raise ConfigError(f"{source}: eval.tasks and eval.prompts are both empty: give acm eval at least one prompt")
+    first: dict[str, int] = {}
+    for i, task in enumerate(ev.tasks):
+        key = f"eval.tasks[{i}]"
+        if not task.prompt.strip():
+            raise ConfigError(f"{source}: {key} has no prompt; give it one, e.g. prompt = "
+                              f"\"#!/bin/bash\\n# Back up /etc to a dated archive\\n\"")
+        try:
+            re.compile(task.expect)
+        except re.error as e:
+            raise ConfigError(f"{source}: {key}.expect = {task.expect!r} (task {task.title!r}) is not a regular "
+                              f"expression: {e}") from None
+        if task.prompt in first:
+            raise ConfigError(f"{source}: {key}.prompt repeats eval.tasks[{first[task.prompt]}]'s (task "
+                              f"{task.title!r}): give each prompt one task")
+        first[task.prompt] = i
 
 
 def read_table(path: str | os.PathLike) -> dict:
@@ -499,17 +615,31 @@ def describe() -> list[tuple[str, Any, str, str]]:
             if is_dataclass(typ):
                 walk(typ, val, f"{prefix}{f.name}.")
                 continue
-            m = f.metadata
-            allowed = ("a duration (90s, 10m, 1h30m) or empty" if m.get("duration")
-                       else ", ".join(map(str, m["choices"])) if m.get("choices")
-                       else _range_words(m["min"], m["max"], m.get("above"))
-                       if any(m.get(k) is not None for k in ("min", "max", "above"))
-                       else _type_word({"str": str, "int": int, "float": float, "bool": bool,
-                                        "list": list}[typ.__name__]))
-            rows.append((prefix + f.name, val, allowed, m.get("help", "")))
+            rows.append((prefix + f.name, val, _allowed(f.metadata, typ), _help(f.metadata)))
 
     walk(Config, Config(), "")
     return rows
+
+
+def _help(m) -> str:
+    """A setting's help; a list of tables' also says what each key of a table holds."""
+    if not m.get("item"):
+        return m.get("help", "")
+    keys = "; ".join(f"`{f.name}`: {f.metadata['help']}" for f in _setting_fields(m["item"]))
+    return f"{m['help']}. Each table: {keys}"
+
+
+def _allowed(m, typ) -> str:
+    """The allowed column of a setting: its kind, choices or range; a list of tables names its keys."""
+    if m.get("item"):
+        return f"a list of tables ({', '.join(f.name for f in _setting_fields(m['item']))})"
+    if m.get("duration"):
+        return "a duration (90s, 10m, 1h30m) or empty"
+    if m.get("choices"):
+        return ", ".join(map(str, m["choices"]))
+    if any(m.get(k) is not None for k in ("min", "max", "above")):
+        return _range_words(m["min"], m["max"], m.get("above"))
+    return _type_word({"str": str, "int": int, "float": float, "bool": bool, "list": list}[typ.__name__])
 
 
 def get_value(cfg: Config, key: str) -> Any:
@@ -520,7 +650,15 @@ def get_value(cfg: Config, key: str) -> Any:
 
 
 def format_value(value: Any) -> str:
-    """A value as TOML writes it ("data", 0.5, true, ["a"])."""
+    """A value as TOML writes it ("data", 0.5, true, ["a"]); a list of tables as inline tables, one
+    a line as tomli-w lays out a long list (the Settings pane's cell shows its first line), so the
+    text reads back with parse_value."""
+    if is_dataclass(value):
+        value = asdict(value)
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {format_value(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, list) and any(is_dataclass(v) or isinstance(v, dict) for v in value):
+        return "[\n" + "".join(f"    {format_value(v)},\n" for v in value) + "]"
     return tomli_w.dumps({"v": value})[4:].strip()
 
 
@@ -589,5 +727,17 @@ def markdown_table() -> str:
     return "\n".join(rows)
 
 
+def tasks_table() -> str:
+    """The README's table of the default evaluation tasks (`python -m core.config tasks` prints it)."""
+    rows = ["| area | task | expects (a regular expression) |", "|---|---|---|"]
+    for area, tasks in TASK_AREAS.items():
+        for prompt, expect in tasks:
+            shown = expect.replace("|", r"\|")  # a pipe ends a table cell, even in code
+            rows.append(f"| {area} | {EvalTask(prompt).title} | `{shown}` |")
+    return "\n".join(rows)
+
+
 if __name__ == "__main__":
-    print(markdown_table())
+    import sys
+
+    print(tasks_table() if sys.argv[1:] == ["tasks"] else markdown_table())

@@ -127,3 +127,24 @@ async def test_escape_leaves_the_prompt_so_k_toggles_and_its_state_stays_in_view
         assert prompt.border_subtitle == "k syntax check: on" and shown_in_full(app, "#gen-prompt")
         await pilot.press("i", "k")
         assert prompt.value == "k"  # in the prompt, k is typed
+
+
+async def test_a_task_prompt_is_told_whether_its_script_uses_what_the_task_expects(with_model):
+    cfg = config.load(with_model / "acm.toml")
+    cfg.eval.tasks = [config.EvalTask("#!/bin/bash\n# Back up a database\n", "^")]
+    config.save(cfg, with_model / "acm.toml")
+    app = AcmApp(with_model / "acm.toml")
+    async with app.run_test(size=(100, 50)) as pilot:
+        await pilot.press("5")
+        pane = app.query_one("#generate-pane")
+        columns = [str(c.label) for c in app.query_one("#eval-table", DataTable).columns.values()]
+        assert "relevant" in columns and "relevant & parses" in columns
+        app.query_one("#gen-max_tokens", Input).value = "6"
+        app.query_one("#gen-prompt", Input).focus()
+        await pilot.press(*"#!/bin/bash\\n# Back up a database\\n", "enter")
+        await wait_until(pilot, lambda: pane.stop_event is None and pane.transcript)
+        assert "uses what the task expects: yes (^)" in text_of(app, "#gen-output")
+        app.query_one("#gen-prompt", Input).focus()
+        await pilot.press(*"#!/bin/bash\\n# Back up\\n", "enter")  # not a task's prompt
+        await wait_until(pilot, lambda: pane.stop_event is None and len(pane.transcript) == 2)
+        assert text_of(app, "#gen-output").count("uses what the task expects") == 1

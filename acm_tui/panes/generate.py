@@ -21,6 +21,7 @@ from core.errors import AcmError, one_line
 from core.generate.checked import checked_generate, sample_and_judge
 from core.generate.decode import load_model, stream_generate
 from core.generate.evaluate import evaluate_run
+from core.generate.relevance import expectations, task_verdict
 from core.generate.sampling import SamplingParams
 from core.generate.verdicts import judge
 from core.paths import Paths
@@ -274,7 +275,8 @@ class GeneratePane(Pane):
         if self.current_prompt or self.current_text:  # a streamed sample (candidates are shown as they come)
             script = self.current_prompt + self.current_text
             verdict = judge(script, self.last_finish == "eos", self.cfg.data.code.syntax_timeout_s)
-            self.transcript.append(self._entry(self.current_prompt, self.current_text, verdict.describe(),
+            uses = task_verdict(self.current_prompt, self.current_text, expectations(self.cfg.eval))
+            self.transcript.append(self._entry(self.current_prompt, self.current_text, verdict.describe() + uses,
                                                verdict.parses))
         self.current_prompt = self.current_text = ""
         self.query_one("#gen-output", Static).update(Text("\n\n").join(self.transcript[-4:]))
@@ -288,9 +290,11 @@ class GeneratePane(Pane):
 
     def _show_candidates(self, found: list) -> None:
         """Each candidate of a batch under its verdicts (and, syntax-checked, what was tried)."""
+        expected = expectations(self.cfg.eval)
         for i, j in enumerate(found, 1):
+            uses = task_verdict(j.sample.prompt, j.sample.text, expected)
             self.transcript.append(self._entry(f"{i}/{len(found)} {j.sample.prompt}", j.sample.text,
-                                               j.describe(), j.verdict.parses))
+                                               j.describe() + uses, j.verdict.parses))
         self.current_prompt = self.current_text = ""
 
     # ------------------------------------------------------------ evaluation

@@ -7,6 +7,7 @@ import sys
 import threading
 from pathlib import Path
 
+from rich.markup import escape
 from rich.table import Table
 
 from core import config
@@ -20,6 +21,7 @@ from core.generate.decode import load_model, stream_generate
 from core.generate.evaluate import evaluate_run
 from core.generate.export import export_checkpoint
 from core.generate.export.upload import upload_folder
+from core.generate.relevance import expectations, task_verdict
 from core.generate.sampling import SamplingParams
 from core.generate.verdicts import judge
 from core.pipeline.tables import EVAL_COLUMNS, eval_rows
@@ -36,7 +38,7 @@ def params_from(args, cfg: Config) -> SamplingParams:
 
 
 def stream_to_stdout(lm, prompt: str, params: SamplingParams, echo_prompt: bool,
-                     should_stop=lambda: False) -> str:
+                     should_stop=lambda: False, expected: dict | None = None) -> str:
     if echo_prompt:
         sys.stdout.write(prompt)
     text, last = "", None
@@ -50,14 +52,16 @@ def stream_to_stdout(lm, prompt: str, params: SamplingParams, echo_prompt: bool,
     sys.stdout.write("\n")
     verdict = judge(prompt + text, last.finish_reason == "eos")
     console.print(f"[dim]{last.generated} tokens, {last.tokens_per_s:,.1f} tok/s, first token "
-                  f"{last.time_to_first_token_s * 1e3:.0f} ms, stop: {last.finish_reason}; {verdict.describe()}[/]")
+                  f"{last.time_to_first_token_s * 1e3:.0f} ms, stop: {last.finish_reason}; {verdict.describe()}"
+                  f"{escape(task_verdict(prompt, text, expected or {}))}[/]")
     return text
 
 
-def print_candidates(judged: list, echo_prompt: bool) -> None:
+def print_candidates(judged: list, echo_prompt: bool, expected: dict) -> None:
     """Candidates of one batch, each under a line with its verdicts (and, syntax-checked, what was tried)."""
     for i, j in enumerate(judged, 1):
-        console.print(f"[bold]── {i}/{len(judged)}[/] [dim]{j.describe()}[/]")
+        console.print(f"[bold]── {i}/{len(judged)}[/] [dim]{j.describe()}"
+                      f"{escape(task_verdict(j.sample.prompt, j.sample.text, expected))}[/]")
         sys.stdout.write((j.sample.prompt if echo_prompt else "") + j.sample.text + "\n")
         sys.stdout.flush()
 
@@ -73,17 +77,18 @@ def cmd_generate(args, cfg: Config) -> int:
     prompt = unescape(args.prompt) if args.escapes else args.prompt
     check = args.syntax_check or cfg.generate.syntax_check
     k = args.candidates or cfg.generate.candidates
+    expected = expectations(cfg.eval)  # a task's prompt also gets whether the script uses what it expects
     engine = Engine()
     try:
         lm = _loaded(args, cfg, engine)
         if check:
             print_candidates(engine.call(checked_generate, lm, [prompt] * args.n, params, k,
-                                         cfg.data.code.syntax_timeout_s), not args.no_echo)
+                                         cfg.data.code.syntax_timeout_s), not args.no_echo, expected)
         elif args.n > 1:
             print_candidates(engine.call(sample_and_judge, lm, [prompt] * args.n, params,
-                                         cfg.data.code.syntax_timeout_s), not args.no_echo)
+                                         cfg.data.code.syntax_timeout_s), not args.no_echo, expected)
         else:
-            engine.call(stream_to_stdout, lm, prompt, params, not args.no_echo)
+            engine.call(stream_to_stdout, lm, prompt, params, not args.no_echo, expected=expected)
     finally:
         engine.shutdown()
     return 0
@@ -142,8 +147,9 @@ def cmd_eval(args, cfg: Config) -> int:
 
 def print_eval_table(results: dict) -> None:
     """The evaluation as a table on stdout: `acm eval` and the end of `acm pipeline run` print it."""
-    table = Table(*EVAL_COLUMNS, title=f"Evaluation of run {results['run']} (perplexity on held-out text; "
-                  "generated bash: share parsing with bash -n, mean lines, distinct-2)", title_justify="left")
+    table = Table(*EVAL_COLUMNS, title=f"Evaluation of run {results['run']} (val loss, perplexity; generated "
+                  "bash: share parsing with bash -n, share using what its task expects, mean lines, distinct-2)",
+                  title_justify="left")
     for row in eval_rows(results):
         table.add_row(*row)
     console_for().print(table)

@@ -1,18 +1,21 @@
 """`acm eval`: validation loss and perplexity on both corpora, and the quality of generated bash.
 
 For each stage of a run that has a checkpoint (its best): val loss / perplexity on the language and
-code val splits, then `eval.samples` scripts sampled in batches from `eval.prompts`, each parsed
-with `bash -n` and linted with shellcheck where installed (never run). So that trivial or cut-off
-output can't score, the parse rate is given over complete samples (ended by <EOS>) and over all of
-them, beside the truncated share, mean lines and distinct-2. The fine-tuned checkpoint is also
-scored with syntax-checked sampling (the best of `generate.candidates`). Results go to
-runs/<run>/eval.json.
+code val splits, then `eval.samples` scripts sampled in batches from the prompts of `eval.tasks`
+(then `eval.prompts`), each parsed with `bash -n` and linted with shellcheck where installed (never
+run). So that trivial or cut-off output can't score, the parse rate is given over complete samples
+(ended by <EOS>) and over all of them, beside the truncated share, mean lines and distinct-2; so
+that bash-shaped noise can't, relevance says how many use what their task expects. The fine-tuned
+checkpoint is also scored with syntax-checked sampling (the best of `generate.candidates`).
+Results go to runs/<run>/eval.json.
 """
 from __future__ import annotations
 
 import json
 import math
+import re
 import time
+from dataclasses import asdict
 
 import mlx.core as mx
 
@@ -21,6 +24,7 @@ from core.config import Config, parse_duration
 from core.errors import AcmError
 from core.generate.checked import Deadline, Judged, checked_generate, sample_and_judge
 from core.generate.decode import load_model
+from core.generate.relevance import eval_prompts, expectations, relevance, uses
 from core.generate.sampling import SamplingParams
 from core.paths import Paths
 from core.progress import CancelToken, Reporter, Ticker, no_report
@@ -50,8 +54,9 @@ def val_loss(lm, cfg: Config, kind: str, batches: int, deadline: Deadline | None
     return {"val_loss": round(loss, 4), "perplexity": round(math.exp(min(loss, 50)), 2)}
 
 
-def score(judged: list[Judged]) -> dict:
-    """The generation columns of one row of the evaluation table."""
+def score(judged: list[Judged], expected: dict[str, re.Pattern] | None = None) -> dict:
+    """The generation columns of one row of the evaluation table (relevance against the
+    expectations of the samples' prompts: `expected`, prompt -> pattern)."""
     n = len(judged)
     if not n:
         return {}
@@ -66,12 +71,14 @@ def score(judged: list[Judged]) -> dict:
         "mean_lines": round(sum(j.sample.text.count("\n") for j in judged) / n, 1),
         "mean_tokens": round(sum(len(j.sample.tokens) for j in judged) / n, 1),
         "distinct_2": distinct_n([j.sample.tokens for j in judged], 2),
+        **relevance(judged, expected or {}),
     }
 
 
-def examples(judged: list[Judged], n: int = 3) -> list[dict]:
+def examples(judged: list[Judged], expected: dict[str, re.Pattern], n: int = 3) -> list[dict]:
     return [{"prompt": j.sample.prompt, "text": j.sample.text, "verdict": j.verdict.describe(),
-             "parses": j.verdict.parses, "complete": j.verdict.complete} for j in judged[:n]]
+             "parses": j.verdict.parses, "complete": j.verdict.complete,
+             "relevant": uses(j.sample.prompt, j.sample.text, expected)} for j in judged[:n]]
 
 
 class Slots:
@@ -101,9 +108,10 @@ def evaluate_run(cfg: Config, report: Reporter = no_report, cancel: CancelToken 
     if not stages:
         raise AcmError(f"run {run_path.name} has no checkpoint to evaluate")
     params = SamplingParams.from_config(cfg.generate, max_tokens=max_tokens)
-    prompts = [cfg.eval.prompts[i % len(cfg.eval.prompts)] for i in range(samples)]
+    prompts, expected = eval_prompts(cfg.eval, samples), expectations(cfg.eval)
     results = {"run": run_path.name, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "samples": samples,
-               "prompts": cfg.eval.prompts, "candidates": cfg.generate.candidates, "stages": {}}
+               "tasks": [asdict(task) for task in cfg.eval.tasks], "prompts": cfg.eval.prompts,
+               "candidates": cfg.generate.candidates, "stages": {}}
     ticker = Ticker(report, "evaluating", len(stages) * 3 + 1, interval=0)
     slots = Slots(parse_duration(cfg.eval.time, "eval.time") if cfg.eval.time else None, len(stages) * 3 + 1)
     timeout = cfg.data.code.syntax_timeout_s
@@ -117,7 +125,7 @@ def evaluate_run(cfg: Config, report: Reporter = no_report, cancel: CancelToken 
             ticker.advance(note=f"{stage}: {kind} val loss")
         judged = sample_and_judge(lm, prompts, params, timeout, lambda: cancel.cancelled, slots.next())
         cancel.check()
-        row["code_generation"], row["examples"] = score(judged), examples(judged)
+        row["code_generation"], row["examples"] = score(judged, expected), examples(judged, expected)
         ticker.advance(note=f"{stage}: {len(judged)} samples")
         results["stages"][stage] = row
         if stage == stages[-1]:  # the model a user would use: also with syntax-checked sampling
@@ -126,7 +134,7 @@ def evaluate_run(cfg: Config, report: Reporter = no_report, cancel: CancelToken 
             cancel.check()
             results["stages"][f"{stage}+checked"] = {
                 "checkpoint": row["checkpoint"], "step": lm.step, "language": row["language"], "code": row["code"],
-                "code_generation": score(chosen), "examples": examples(chosen)}
+                "code_generation": score(chosen, expected), "examples": examples(chosen, expected)}
             ticker.advance(note=f"{stage}: syntax-checked sampling")
     ticker.finish()
     results["seconds"] = round(time.perf_counter() - started, 2)

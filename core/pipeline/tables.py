@@ -10,8 +10,8 @@ from core.pipeline.doctor import Check
 CORPUS_COLUMNS = ("dataset", "documents", "words", "tokens (est)", "size", "lines", "avg lines")
 TOKENIZER_COLUMNS = ("tokenizer", "code share", "chars/token language", "chars/token bash")
 SHARD_COLUMNS = ("corpus", "train tokens", "val tokens", "train docs", "val docs", "dtype")
-EVAL_COLUMNS = ("stage", "step", "lang ppl", "code ppl", "parses (complete)", "parses (all)", "truncated",
-                "shellcheck clean", "mean lines", "dist-2")
+EVAL_COLUMNS = ("stage", "step", "lang ppl", "code ppl", "parses (complete)", "parses (all)", "relevant",
+                "relevant & parses", "truncated", "shellcheck clean", "mean lines", "dist-2")
 PRESET_COLUMNS = ("preset", "params", "layers", "hidden", "heads", "FFN", "context", "vocab", "tied")
 DOCTOR_COLUMNS = ("check", "found", "status")
 # how a pipeline stage's state is coloured
@@ -50,12 +50,14 @@ def _share(value: float | None, missing: str = "–") -> str:
 
 
 def eval_rows(results: dict) -> list[list[str]]:
-    """One row per stage (and the fine-tuned model with syntax-checked sampling)."""
+    """One row per stage (and the fine-tuned model with syntax-checked sampling); relevance is –
+    where no task has an expectation (or the evaluation predates relevance)."""
     rows = []
     for stage, r in results["stages"].items():
         g = r["code_generation"]
         rows.append([stage, str(r["step"]), str(r["language"]["perplexity"]), str(r["code"]["perplexity"]),
                      _share(g.get("parse_rate_complete"), "no complete"), _share(g["parse_rate"]),
+                     _share(g.get("relevant")), _share(g.get("relevant_and_parses")),
                      _share(g.get("truncated")), _share(g.get("shellcheck_clean"), "not installed"),
                      str(g.get("mean_lines", "–")), str(g["distinct_2"])])
     return rows

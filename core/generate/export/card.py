@@ -87,14 +87,18 @@ def _evaluation(facts: dict) -> list[str]:
     if not stages:
         return ["## Evaluation", "", "Not evaluated yet (`acm eval` writes the table this card shows).", ""]
     rows = ["## Evaluation (`acm eval`)", "",
-            "| checkpoint | language ppl | code ppl | parses (complete) | parses (all) | truncated | distinct-2 |",
-            "|---|---|---|---|---|---|---|"]
+            "| checkpoint | language ppl | code ppl | parses (complete) | parses (all) | relevant | relevant & parses "
+            "| truncated | distinct-2 |",
+            "|---|---|---|---|---|---|---|---|---|"]
     for name, r in stages.items():
         g = r.get("code_generation", {})
         rows.append(f"| {name} | {_num(r.get('language', {}).get('perplexity'))} | "
                     f"{_num(r.get('code', {}).get('perplexity'))} | {_pct(g.get('parse_rate_complete'))} | "
-                    f"{_pct(g.get('parse_rate'))} | {_pct(g.get('truncated'))} | {_num(g.get('distinct_2'))} |")
-    return rows + [""]
+                    f"{_pct(g.get('parse_rate'))} | {_pct(g.get('relevant'))} | {_pct(g.get('relevant_and_parses'))} | "
+                    f"{_pct(g.get('truncated'))} | {_num(g.get('distinct_2'))} |")
+    return rows + ["", "Relevant: the share of samples that use what their task's prompt asks for (`eval.tasks`: "
+                   "`pg_dump` for a PostgreSQL backup); relevant & parses: those that also parse with `bash -n`.",
+                   ""]
 
 
 def _num(v) -> str:
