@@ -134,13 +134,23 @@ def test_ctrl_c_in_chat_stops_the_generation_before_the_next_prompt(with_model, 
     try:
         lm = engine.call(load_model, config.load(with_model / "acm.toml"))
 
+        stop = threading.Event()
+
+        def waiting_in_the_turn() -> bool:  # the main thread blocks in chat_turn, on its job's result
+            frame, names = sys._current_frames().get(threading.main_thread().ident), []
+            while frame is not None:
+                names, frame = names + [frame.f_code.co_name], frame.f_back
+            return "chat_turn" in names and names[0] == "wait"
+
         def ctrl_c_while_waiting():  # the user presses Ctrl-C while the turn waits for its tokens
-            time.sleep(0.2)  # the turn is waiting by then
+            deadline = time.monotonic() + 60
+            while not waiting_in_the_turn() and time.monotonic() < deadline:
+                time.sleep(0.01)
             signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
-            time.sleep(0.3)
+            assert stop.wait(60)  # the turn's generation starts only once the Ctrl-C was taken
 
         engine.submit(ctrl_c_while_waiting)
-        chat_turn(engine, lm, "#!/bin/bash\n", SamplingParams(temperature=0, max_tokens=100))
+        chat_turn(engine, lm, "#!/bin/bash\n", SamplingParams(temperature=0, max_tokens=100), stop)
         captured = capsys.readouterr()
         assert captured.out.rstrip().endswith("(stopped)") and "stop: cancelled" in captured.err
         assert engine.submit(time.monotonic).result(timeout=5)  # nothing of the turn still runs

@@ -118,9 +118,9 @@ def cmd_chat(args, cfg: Config) -> int:
         engine.shutdown()
 
 
-def chat_turn(engine: Engine, lm, prompt: str, params: SamplingParams) -> None:
-    """One generation; Ctrl-C stops it, and the next prompt waits until it has stopped writing."""
-    stop = threading.Event()
+def chat_turn(engine: Engine, lm, prompt: str, params: SamplingParams, stop: threading.Event | None = None) -> None:
+    """One generation; Ctrl-C stops it (sets `stop`), and the next prompt waits until it has stopped writing."""
+    stop = stop or threading.Event()
     job = engine.submit(stream_to_stdout, lm, prompt, params, False, stop.is_set)
     try:
         job.result()
