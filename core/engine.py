@@ -10,11 +10,24 @@ import queue
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 from core.hardware import configure_mlx
 
 _STOP = object()
+POLL_S = 0.1  # how often a waiting caller looks up, so a Ctrl-C reaches it within this
+
+
+def wait_for(fut: Future) -> Any:
+    """The future's result, waited for in short slices: Python runs a signal's handler only between
+    bytecodes of the main thread, so a Ctrl-C delivered to another thread (the engine's) would
+    otherwise wait until the job ends."""
+    while True:
+        try:
+            return fut.result(POLL_S)
+        except FutureTimeout:
+            continue
 
 
 class Engine:

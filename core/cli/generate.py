@@ -15,7 +15,7 @@ from core.cli.args import duration, positive_int, unescape
 from core.cli.output import console_for
 from core.cli.progress import progress_bars
 from core.config import Config
-from core.engine import Engine
+from core.engine import Engine, wait_for
 from core.generate.checked import checked_generate, sample_and_judge
 from core.generate.decode import load_model, stream_generate
 from core.generate.evaluate import evaluate_run
@@ -123,10 +123,10 @@ def chat_turn(engine: Engine, lm, prompt: str, params: SamplingParams, stop: thr
     stop = stop or threading.Event()
     job = engine.submit(stream_to_stdout, lm, prompt, params, False, stop.is_set)
     try:
-        job.result()
+        wait_for(job)
     except KeyboardInterrupt:
         stop.set()
-        job.result()  # stops at the next token
+        wait_for(job)  # stops at the next token
         print("\n(stopped)")
 
 
@@ -150,7 +150,9 @@ def print_eval_table(results: dict) -> None:
     table = Table(*EVAL_COLUMNS, title=f"Evaluation of run {results['run']} (val loss, perplexity; generated "
                   "bash: share parsing with bash -n, share using what its task expects, mean lines, distinct-2)",
                   title_justify="left")
-    for row in eval_rows(results):
+    rows = eval_rows(results)
+    table.columns[0].no_wrap, table.columns[0].min_width = True, max(len(row[0]) for row in rows)  # never cut
+    for row in rows:
         table.add_row(*row)
     console_for().print(table)
 
