@@ -75,6 +75,16 @@ class CodeDataConfig:
     syntax_timeout_s: float = setting(5.0, "seconds `bash -n` may take per script", min=0.1, max=120)
     near_duplicate_threshold: float = setting(0.85, "MinHash Jaccard above which scripts are near-duplicates",
                                               min=0.5, max=1.0)
+    pairs: list = setting([], "comment-to-command sources added to the bash corpus: tldr (tldr-pages examples, "
+                              "CC BY 4.0), nl2bash (NL2Bash pairs, MIT)", choices=("tldr", "nl2bash"))
+    tldr_path: str = setting("", "tldr-pages: a folder holding pages/, or a git URL cloned shallow into "
+                                 "data/code/repos (empty: https://github.com/tldr-pages/tldr.git)")
+    tldr_platforms: list = setting(["common", "linux"], "tldr page folders read (pages/<platform>/*.md, English)",
+                                   choices=("common", "linux", "osx"))
+    nl2bash_path: str = setting("", "NL2Bash: a folder holding data/bash/all.nl and all.cm, or a git URL cloned "
+                                    "shallow into data/code/repos (empty: https://github.com/TellinaTool/nl2bash.git)")
+    pairs_per_script: int = setting(8, "consecutive NL2Bash pairs grouped into one script", min=1, max=1000)
+    pairs_seed: int = setting(0, "seed of the values filled into tldr placeholders", min=0)
 
 
 @dataclass
@@ -140,8 +150,15 @@ class StageConfig:
                                "every new best is saved (0: off)", min=0)
 
 
-def _finetune_defaults() -> StageConfig:
-    return StageConfig(steps=2000, learning_rate=1e-4, warmup_steps=100, eval_every=100, save_every=250)
+@dataclass
+class FinetuneConfig(StageConfig):
+    pairs_share: float = setting(0.0, "share of each batch drawn from the comment-to-command scripts (data.code.pairs),"
+                                      " rounded to whole sequences (0: they are drawn with the other scripts, by "
+                                      "size); replay + pairs_share at most 0.9", min=0.0, max=0.9)
+
+
+def _finetune_defaults() -> FinetuneConfig:
+    return FinetuneConfig(steps=2000, learning_rate=1e-4, warmup_steps=100, eval_every=100, save_every=250)
 
 
 @dataclass
@@ -155,7 +172,7 @@ class TrainConfig:
     allreduce_buckets: int = setting(1, "pieces each gradient buffer is averaged across ranks in, on a stream of "
                                         "their own (more were slower on 2 H200s: keep 1)", min=1, max=64)
     pretrain: StageConfig = field(default_factory=StageConfig)
-    finetune: StageConfig = field(default_factory=_finetune_defaults)
+    finetune: FinetuneConfig = field(default_factory=_finetune_defaults)
 
 
 @dataclass
@@ -479,6 +496,11 @@ def validate(cfg: Config, source: str = CONFIG_NAME) -> None:
                 f"{source}: train.{stage}.seq_len = {sc.seq_len} exceeds preset {shape.name!r}'s "
                 f"context {shape.n_ctx}; allowed: 8 to {shape.n_ctx}"
             )
+    ft = cfg.train.finetune
+    if ft.replay + ft.pairs_share > 0.9 + 1e-9:
+        raise ConfigError(f"{source}: train.finetune.replay + train.finetune.pairs_share = "
+                          f"{ft.replay + ft.pairs_share:g} leaves too little of the batch to the scripts; "
+                          f"allowed: at most 0.9 together")
 
 
 MIN_VOCAB = 260  # the 256 bytes and the 4 special tokens
@@ -721,6 +743,8 @@ def markdown_table() -> str:
     rows = ["| key | default | allowed | what |", "|---|---|---|---|"]
     for key, default, allowed, help in describe():
         shown = f"`{format_value(default)}`"
+        if isinstance(default, list):  # on one line: ["a", "b"]
+            shown = "`[" + ", ".join(map(format_value, default)) + "]`"
         if isinstance(default, list) and len(shown) > 40:
             shown = f"{len(default)} entries (below)"
         rows.append(f"| `{key}` | {shown} | {allowed} | {help} |")

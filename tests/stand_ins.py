@@ -74,3 +74,56 @@ def make_repos_file(root: Path, missing: bool = True) -> Path:
     path = root / "repos.toml"
     path.write_text("\n".join(lines))
     return path
+
+
+def write_tree(root: Path, files: dict[str, str]) -> Path:
+    """`files` (relative path: text) written under root; returns root."""
+    for rel, text in files.items():
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text, encoding="utf-8")
+    return root
+
+
+def tldr_page(title: str, about: list[str], examples: list[tuple[str, str]]) -> str:
+    lines = [f"# {title}", "", *(f"> {a}" for a in about), ""]
+    for description, command in examples:
+        lines += [f"- {description}:", "", f"`{command}`", ""]
+    return "\n".join(lines)
+
+
+# A tldr-pages checkout: 6 English pages in common/ and linux/ (one malformed, one only pointing to another
+# page, one with a keystroke example that is not bash), an osx page, and a translation that is never read.
+TLDR = {
+    "pages/common/tar.md": tldr_page("tar", ["Archiving utility.", "More information: <https://example.com/tar>."], [
+        ("[c]reate an archive and write it to a [f]ile",
+         "tar cf {{path/to/target.tar}} {{path/to/file1 path/to/file2 ...}}"),
+        ("E[x]tract an archive into a directory",
+         "tar xf {{path/to/source.tar[.gz|.bz2]}} {{[-C|--directory]}} {{path/to/directory}}"),
+        ("Extract files matching a pattern", 'tar xf {{path/to/source.tar}} --wildcards "{{*.html}}"')]),
+    "pages/common/ssh.md": tldr_page("ssh", ["Secure Shell client."], [
+        ("Connect to a remote server as a user", "ssh {{username}}@{{remote_host}}"),
+        ("Connect on a given port", "ssh {{username}}@{{remote_host}} -p {{2222}}")]),
+    "pages/common/less.md": tldr_page("less", ["Open a file for interactive reading."], [
+        ("Open a file", "less {{path/to/file}}"),
+        ("Search forward for a pattern", "/{{pattern}}<Enter>")]),
+    "pages/common/vi.md": tldr_page("vi", ["This command is an alias of `vim`."], [
+        ("View documentation for the original command", "tldr vim")]),
+    "pages/common/broken.md": "# broken\n\n> Lost its command.\n\n- Do something:\n\n- Do another thing:\n\n`true`\n",
+    "pages/linux/apt.md": tldr_page("apt", ["Package manager for Debian-based distributions."], [
+        ("Install a package", "sudo apt install {{package}}")]),
+    "pages/osx/brew.md": tldr_page("brew", ["Package manager for macOS."], [
+        ("Install a formula", "brew install {{formula}}")]),
+    "pages.fr/common/tar.md": tldr_page("tar", ["Utilitaire d'archivage."], [("Créer une archive", "tar cf a.tar b")]),
+}
+# pages 6, malformed 1, pointer examples 1; scripts 4 (less, ssh, tar, apt) holding 8 examples, one of them
+# (the keystroke) dropped by bash -n
+TLDR_EXPECTED = {"pages": 6, "malformed_pages": 1, "pointer_examples": 1, "scripts": 4, "examples": 8}
+
+# NL2Bash's data folder: 6 pairs, one whose command does not parse, one with an empty command
+NL2BASH = {
+    "data/bash/all.nl": "Find all text files under the current directory\nCount the lines of every Python file\n"
+                        "Print the current date\nShow the last lines of a log file\nSay hello\nList nothing\n",
+    "data/bash/all.cm": "find . -name '*.txt'\nfind . -name '*.py' | xargs wc -l\ndate\ntail -n 20 'app.log\n"
+                        "echo hello\n\n",
+}

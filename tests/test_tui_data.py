@@ -78,3 +78,20 @@ async def test_panes_follow_a_stage_that_ends_elsewhere(project, tmp_path):
                        check=True, capture_output=True, env=env, timeout=120)
         await wait_until(pilot, lambda: table.get_row_at(1)[1] == "1", timeout=15)
         await wait_until(pilot, lambda: "preset nano" in app.sub_title and "run (none yet)" in app.sub_title)
+
+
+async def test_the_code_report_counts_documents_per_source(project, tmp_path):
+    from core.data.code import fetch_code
+
+    from .stand_ins import TLDR, write_tree
+    from .test_pairs import with_pairs
+
+    fetch_code(with_pairs(project, tmp_path, pairs=["tldr"], tldr_path=str(write_tree(tmp_path / "tldr", TLDR))))
+    app = AcmApp(project / "acm.toml")
+    async with app.run_test(size=(100, 40)) as pilot:
+        await pilot.press("2")
+        await wait_until(pilot, lambda: "by source: tldr 4, local 1" in text_of(app, "#code-report"))
+        assert "5 raw → 5 valid → 5 unique" in text_of(app, "#code-report")
+        await wait_until(pilot, lambda: "source: local" in text_of(app, "#sample-title"))
+        await pilot.press("n")
+        await wait_until(pilot, lambda: "source: tldr  license: CC-BY-4.0" in text_of(app, "#sample-title"))

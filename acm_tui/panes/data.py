@@ -12,7 +12,7 @@ from core.data.code import fetch_code
 from core.data.corpus import Corpus, corpus_stats
 from core.data.language import fetch_language
 from core.errors import AcmError
-from core.pipeline.tables import CORPUS_COLUMNS, code_report_line, corpus_row
+from core.pipeline.tables import CORPUS_COLUMNS, code_report_line, corpus_row, sources_line
 
 from .base import CANCEL_BINDING, Pane
 
@@ -74,7 +74,7 @@ class DataPane(Pane):
             cats = ", ".join(f"{k} {v}" for k, v in sorted(r["by_category"].items(), key=lambda kv: -kv[1])[:8])
             failed = stats["code"].get("repos_failed") or []
             report.update(
-                f"{code_report_line(r)}\n"
+                f"{code_report_line(r)}\n{sources_line(r)}\n"
                 f"by category: {cats}" + (f"\n[red]{len(failed)} repositories failed: "
                                           + ", ".join(f['name'] for f in failed) + "[/]" if failed else ""))
         else:
@@ -121,7 +121,8 @@ class DataPane(Pane):
         except AcmError as e:
             self.app.call_from_thread(self._show_sample, kind, str(e), None)
             return
-        where = "  ".join(f"{k}: {row[k]}" for k in ("repo", "commit", "category", "origin") if row[k])
+        where = "  ".join(f"{k}: {row[k]}" for k in ("source", "license", "repo", "commit", "category", "origin")
+                          if row[k])
         title = f"{kind} sample {index % n + 1} of {n:,} — {where}"
         self.app.call_from_thread(self._show_sample, kind, title, row["text"])
 

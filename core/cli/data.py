@@ -13,7 +13,7 @@ from core.data.corpus import Corpus, corpus_stats
 from core.data.language import fetch_language
 from core.errors import AcmError
 from core.paths import CORPORA
-from core.pipeline.tables import CORPUS_COLUMNS, corpus_row
+from core.pipeline.tables import CORPUS_COLUMNS, SOURCE_COLUMNS, corpus_row, source_rows, sources_line
 
 console = console_for()
 
@@ -34,6 +34,7 @@ def cmd_fetch(args, cfg: Config) -> int:
         r = manifest["report"]
         print(f"scripts: {r['raw']:,} raw, {r['valid']:,} valid, {r['unique']:,} unique "
               f"({r['exact_duplicates']} exact and {r['near_duplicates']} near duplicates removed)")
+        print(sources_line(r))
         for repo in manifest.get("repos", []):
             if not repo["ok"]:
                 print(f"failed: {repo['name']}: {repo['error']}")
@@ -56,6 +57,10 @@ def cmd_stats(args, cfg: Config) -> int:
         console.print(f"bash scripts: {r['raw']:,} raw, {r['valid']:,} valid, {r['unique']:,} unique "
                       f"(removed: {r['exact_duplicates']} exact, {r['near_duplicates']} near duplicates; "
                       f"rejected: {', '.join(f'{k} {v}' for k, v in r['rejected'].items()) or 'none'})")
+        sources = Table(*SOURCE_COLUMNS, title="Code by source", title_justify="left")
+        for row in source_rows(r):
+            sources.add_row(*row)
+        console.print(sources)
         cats = Table("category", "scripts", title="Code by category", title_justify="left")
         for name, n in sorted(r["by_category"].items(), key=lambda kv: -kv[1]):
             cats.add_row(name, str(n))
@@ -69,7 +74,7 @@ def cmd_show(args, cfg: Config) -> int:
     if args.json:
         print(json.dumps(row, indent=2))
         return 0
-    where = " ".join(f"{k}={row[k]}" for k in ("source", "repo", "commit", "category", "origin") if row[k])
+    where = " ".join(f"{k}={row[k]}" for k in ("source", "license", "repo", "commit", "category", "origin") if row[k])
     print(f"# document {args.index % len(corpus)} of {len(corpus)}: {where}")
     print(row["text"])
     return 0

@@ -1,6 +1,8 @@
 """The bash corpus: scripts from GitHub clones, local folders or the machine's own script folders,
-validated (UTF-8, size and line bounds, `bash -n`), deduplicated exactly and by MinHash, and
-written as a corpus with provenance (repo, path, commit) for each script.
+and optionally comment-to-command scripts made from documented examples (`pairs.py`), validated
+(UTF-8, size and line bounds, `bash -n`), deduplicated exactly and by MinHash, and written as a
+corpus with provenance (source, licence, repo, path, commit) for each script; the comment-to-command
+scripts come last, so token shards can keep them apart.
 
 Scripts are only ever parsed (`bash -n`, with $BASH_ENV cleared), never executed.
 """
@@ -10,14 +12,15 @@ import hashlib
 import os
 import subprocess
 import tempfile
-from collections import Counter
-from collections.abc import Iterator
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from core.config import CodeDataConfig, Config
 from core.data.corpus import CorpusWriter
+from core.data.pairs import LICENSES, PairScript, pair_scripts
 from core.data.repos import clone_all, load_repos, require_tool
 from core.errors import AcmError
 from core.progress import CancelToken, Reporter, Ticker, no_report
@@ -47,6 +50,8 @@ class Candidate:
     category: str = ""
     oversize: bool = False  # larger than data.code.max_file_bytes (content not read)
     outside: bool = False  # a link out of its source (never read)
+    license: str = ""  # where known: a comment-to-command source's
+    script: PairScript | None = None  # what a comment-to-command script was made from
 
 
 @dataclass
@@ -273,29 +278,73 @@ class CodeReport:
     near_duplicates: int = 0
     unique: int = 0
     rejected: Counter = field(default_factory=Counter)
-    by_source: Counter = field(default_factory=Counter)
+    by_source: Counter = field(default_factory=Counter)  # documents kept
     by_category: Counter = field(default_factory=Counter)
     by_repo: Counter = field(default_factory=Counter)
+    raw_by_source: Counter = field(default_factory=Counter)
+    rejected_by_source: Counter = field(default_factory=Counter)
+    examples_dropped: Counter = field(default_factory=Counter)  # comment-to-command examples failing bash -n
 
     def as_dict(self) -> dict:
         return {"raw": self.raw, "valid": self.valid, "exact_duplicates": self.exact_duplicates,
                 "near_duplicates": self.near_duplicates, "unique": self.unique,
                 "rejected": dict(self.rejected), "by_source": dict(self.by_source),
-                "by_category": dict(self.by_category), "by_repo": dict(self.by_repo)}
+                "by_category": dict(self.by_category), "by_repo": dict(self.by_repo),
+                "raw_by_source": dict(self.raw_by_source), "rejected_by_source": dict(self.rejected_by_source),
+                "examples_dropped": dict(self.examples_dropped)}
+
+
+def in_parallel(items: list, work: Callable, task: str, report: Reporter, cancel: CancelToken,
+                note: Callable = str) -> list:
+    """`work` on each item in threads (each `bash -n` is its own process); results in input order."""
+    ticker = Ticker(report, task, len(items))
+    out = []
+    with ThreadPoolExecutor(max_workers=max(2, (os.cpu_count() or 2) * 2)) as pool:
+        for result in pool.map(work, items):
+            cancel.check()
+            out.append(result)
+            ticker.advance(note=note(result))
+    ticker.finish()
+    return out
 
 
 def validate_all(found: list[Candidate], cc: CodeDataConfig, report: Reporter,
                  cancel: CancelToken) -> list[Validated]:
-    """Validate in parallel (each `bash -n` is its own process); results in input order."""
-    ticker = Ticker(report, "validating", len(found))
-    out: list[Validated] = []
-    with ThreadPoolExecutor(max_workers=max(2, (os.cpu_count() or 2) * 2)) as pool:
-        for v in pool.map(lambda c: validate(c, cc), found):
-            cancel.check()
-            out.append(v)
-            ticker.advance(note=v.candidate.origin)
-    ticker.finish()
+    return in_parallel(found, lambda c: validate(c, cc), "validating", report, cancel,
+                       note=lambda v: v.candidate.origin)
+
+
+def repair_pairs(checked: list[Validated], cc: CodeDataConfig, rep: CodeReport, report: Reporter,
+                 cancel: CancelToken) -> list[Validated]:
+    """A comment-to-command script that fails `bash -n` keeps the examples that pass it on their own
+    (tldr documents a few commands of other shells), and is checked again; one left with none, or
+    failing still, stays rejected. Dropped examples are counted per source."""
+    failed = [i for i, v in enumerate(checked) if v.reason == "syntax" and v.candidate.script]
+    examples = [(i, e) for i in failed for e in checked[i].candidate.script.examples]
+    if not examples:
+        return checked
+    verdicts = in_parallel(examples, lambda ie: bash_syntax_ok(checked[ie[0]].candidate.script.text([ie[1]]),
+                                                               cc.syntax_timeout_s)[0],
+                           "checking examples", report, cancel, note=lambda ok: "")
+    kept = defaultdict(list)
+    for (i, e), ok in zip(examples, verdicts):
+        if ok:
+            kept[i].append(e)
+        else:
+            rep.examples_dropped[checked[i].candidate.source] += 1
+    out = list(checked)
+    for i, good in kept.items():
+        c = checked[i].candidate
+        out[i] = validate(replace(c, raw=c.script.text(good).encode()), cc)
     return out
+
+
+def pair_candidates(cfg: Config, report: Reporter, cancel: CancelToken) -> tuple[list[Candidate], dict]:
+    """The comment-to-command scripts of data.code.pairs as candidates, and what each source held."""
+    scripts, info = pair_scripts(cfg, report, cancel)
+    return [Candidate(Path(s.origin), s.text().encode(), s.source, s.origin, repo=info[s.source]["repo"],
+                      commit=info[s.source]["commit"], category=s.category, license=LICENSES[s.source], script=s)
+            for s in scripts], info
 
 
 def deduplicate(valid: list[Validated], threshold: float, rep: CodeReport, report: Reporter,
@@ -332,11 +381,14 @@ def fetch_code(cfg: Config, report: Reporter = no_report, cancel: CancelToken | 
         found.append(c)
         scan.advance(note=c.origin)
     scan.finish()
-    rep = CodeReport(raw=len(found))
-    checked = validate_all(found, cc, report, cancel)
+    pairs, pairs_info = pair_candidates(cfg, report, cancel)
+    found += pairs  # last: the corpus holds them after the scripts
+    rep = CodeReport(raw=len(found), raw_by_source=Counter(c.source for c in found))
+    checked = repair_pairs(validate_all(found, cc, report, cancel), cc, rep, report, cancel)
     for v in checked:
         if v.reason:
             rep.rejected[v.reason] += 1
+            rep.rejected_by_source[v.candidate.source] += 1
     valid = [v for v in checked if not v.reason]
     rep.valid = len(valid)
     kept = deduplicate(valid, cc.near_duplicate_threshold, rep, report, cancel)
@@ -345,12 +397,13 @@ def fetch_code(cfg: Config, report: Reporter = no_report, cancel: CancelToken | 
     try:
         for v in kept:
             c = v.candidate
-            writer.add(v.text, source=c.source, origin=c.origin, repo=c.repo, commit=c.commit, category=c.category)
+            writer.add(v.text, source=c.source, origin=c.origin, repo=c.repo, commit=c.commit, category=c.category,
+                       license=c.license)
             rep.by_source[c.source] += 1
             rep.by_category[c.category] += 1
             if c.repo:
                 rep.by_repo[c.repo] += 1
-        return writer.publish({"source": cc.source, "report": rep.as_dict(), **info})
+        return writer.publish({"source": cc.source, "report": rep.as_dict(), "pairs": pairs_info, **info})
     except BaseException:
         writer.abandon()
         raise

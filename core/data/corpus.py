@@ -26,11 +26,12 @@ from core.paths import CORPORA, MANIFEST
 # One schema for both corpora; fields that do not apply are empty strings.
 SCHEMA = pa.schema([
     ("text", pa.string()),
-    ("source", pa.string()),  # builtin / hf / local / github
+    ("source", pa.string()),  # builtin / hf / local / github / tldr / nl2bash
     ("origin", pa.string()),  # file path, dataset row, topic name
     ("repo", pa.string()),
     ("commit", pa.string()),
     ("category", pa.string()),
+    ("license", pa.string()),  # where known (SPDX id): the comment-to-command sources'
 ])
 COLUMNS = SCHEMA.names
 TOKENS_PER_WORD = 1.3  # the original log's estimate (483.2M tokens for 371.7M words)
@@ -167,20 +168,30 @@ class Corpus:
                 raise AcmError(f"{p} does not match its manifest hash; fetch the corpus again")
 
     def rows(self, columns: Iterable[str] = COLUMNS) -> Iterator[dict]:
+        """Each document's `columns`; one a corpus fetched before that column existed reads as ""."""
+        columns = list(columns)
         for p in self.shard_paths:
-            yield from pq.read_table(p, columns=list(columns)).to_pylist()
+            have = [c for c in columns if c in pq.read_schema(p).names]
+            for row in pq.read_table(p, columns=have).to_pylist():
+                yield {c: row.get(c, "") for c in columns}
 
     def texts(self) -> Iterator[str]:
         for p in self.shard_paths:
             for batch in pq.ParquetFile(p).iter_batches(columns=["text"]):
                 yield from batch.column(0).to_pylist()
 
+    def sourced_texts(self) -> Iterator[tuple[str, str]]:
+        """(source, text) of each document, in corpus order."""
+        for p in self.shard_paths:
+            for batch in pq.ParquetFile(p).iter_batches(columns=["source", "text"]):
+                yield from zip(batch.column("source").to_pylist(), batch.column("text").to_pylist())
+
     def row(self, index: int) -> dict:
         """The index-th document (wrapping around), for browsing samples."""
         index %= len(self)
         for s, p in zip(self.manifest["shards"], self.shard_paths):
             if index < s["documents"]:
-                return pq.read_table(p).slice(index, 1).to_pylist()[0]
+                return {c: "" for c in COLUMNS} | pq.read_table(p).slice(index, 1).to_pylist()[0]
             index -= s["documents"]
         raise IndexError(index)
 
@@ -196,6 +207,7 @@ def corpus_stats(cfg) -> dict:
         out[kind] = {"source": m.get("source"), "created": m.get("created"), **m["stats"]}
         if kind == "code":
             out[kind]["report"] = m["report"]
+            out[kind]["pairs"] = m.get("pairs", {})
         if "repos" in m:
             out[kind]["repos_failed"] = [r for r in m["repos"] if not r["ok"]]
     return out

@@ -99,7 +99,7 @@ def clone_one(repo: Repo, dest_root: Path, timeout_s: float, retries: int, cance
         shutil.rmtree(tmp, ignore_errors=True)
         try:
             r = subprocess.run(
-                ["git", "clone", "--quiet", "--depth", "1", "--single-branch", "--no-tags", repo.url, str(tmp)],
+                ["git", "clone", "--quiet", "--depth", "1", "--single-branch", "--no-tags", "--", repo.url, str(tmp)],
                 capture_output=True, text=True, timeout=timeout_s, env=os.environ | GIT_ENV, stdin=subprocess.DEVNULL)
             if r.returncode == 0:
                 tmp.rename(dest)

@@ -9,6 +9,7 @@ from core.pipeline.doctor import Check
 
 CORPUS_COLUMNS = ("dataset", "documents", "words", "tokens (est)", "size", "lines", "avg lines")
 TOKENIZER_COLUMNS = ("tokenizer", "code share", "chars/token language", "chars/token bash")
+SOURCE_COLUMNS = ("source", "documents", "raw", "rejected", "examples dropped")
 SHARD_COLUMNS = ("corpus", "train tokens", "val tokens", "train docs", "val docs", "dtype")
 EVAL_COLUMNS = ("stage", "step", "lang ppl", "code ppl", "parses (complete)", "parses (all)", "relevant",
                 "relevant & parses", "truncated", "shellcheck clean", "mean lines", "dist-2")
@@ -27,6 +28,19 @@ def corpus_row(kind: str, s: dict) -> list[str]:
 def code_report_line(r: dict) -> str:
     return (f"bash scripts: {r['raw']:,} raw → {r['valid']:,} valid → {r['unique']:,} unique "
             f"({r['exact_duplicates']} exact, {r['near_duplicates']} near duplicates removed)")
+
+
+def source_rows(r: dict) -> list[list[str]]:
+    """The bash corpus's documents per source (github, local, builtin, tldr, nl2bash), most first:
+    kept, found, rejected and, for comment-to-command sources, examples dropped by `bash -n`."""
+    raw, rejected, dropped = (r.get(k, {}) for k in ("raw_by_source", "rejected_by_source", "examples_dropped"))
+    names = sorted(set(r["by_source"]) | set(raw), key=lambda n: (-r["by_source"].get(n, 0), n))
+    return [[n, f"{r['by_source'].get(n, 0):,}", f"{raw[n]:,}" if n in raw else "–", f"{rejected.get(n, 0):,}",
+             f"{dropped[n]:,}" if n in dropped else "–"] for n in names]
+
+
+def sources_line(r: dict) -> str:
+    return "by source: " + ", ".join(f"{row[0]} {row[1]}" for row in source_rows(r))
 
 
 def tokenizer_rows(meta: dict) -> list[list[str]]:

@@ -3,7 +3,9 @@
 Layout: data/tokens/<corpus>/chunk-NNNNN.{train,val}.npy (uint16 while the vocab fits, else
 uint32) and manifest.json. The val split is the val_fraction of documents with the smallest keyed
 hash of their text (at least one): deterministic, independent of order, never empty. Documents
-are laid end to end as [<BOS>] ids <EOS>.
+are laid end to end as [<BOS>] ids <EOS>. A chunk holds either comment-to-command documents
+(tldr, NL2Bash: flagged `pairs` in the manifest) or none, so training can draw a set share of each
+batch from them (`train.finetune.pairs_share`).
 Each chunk is written atomically and recorded in manifest.partial.json, so an interrupted
 prepare resumes at the first unfinished chunk; the final manifest is written last.
 """
@@ -16,7 +18,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +26,7 @@ import numpy as np
 from core.atomic import atomic_open, read_json, write_text
 from core.config import Config
 from core.data.corpus import Corpus, sha256_file
+from core.data.pairs import SOURCES as PAIR_SOURCES
 from core.errors import AcmError
 from core.locks import rebuilding_inputs
 from core.paths import CORPORA, MANIFEST
@@ -75,15 +78,22 @@ def _identity(cfg: Config, kind: str, tok: AcmTokenizer) -> dict:
     }
 
 
-def _chunks(texts: Iterator[str], size: int) -> Iterator[list[str]]:
+def _chunks(corpus: Corpus, size: int) -> Iterator[tuple[bool, list[str]]]:
+    """(holds comment-to-command documents, texts) of each chunk: `size` documents, or fewer where
+    the corpus passes from the other documents to those (the fetch writes them last, together)."""
     chunk: list[str] = []
-    for t in texts:
-        chunk.append(t)
+    pairs = False
+    for source, text in corpus.sourced_texts():
+        if chunk and (source in PAIR_SOURCES) != pairs:
+            yield pairs, chunk
+            chunk = []
+        pairs = source in PAIR_SOURCES
+        chunk.append(text)
         if len(chunk) == size:
-            yield chunk
+            yield pairs, chunk
             chunk = []
     if chunk:
-        yield chunk
+        yield pairs, chunk
 
 
 def _save_npy(path: Path, arr: np.ndarray) -> str:
@@ -191,13 +201,15 @@ def _encode_chunks(cfg: Config, kind: str, tok: AcmTokenizer, corpus: Corpus, pa
     """Encode and write every chunk not finished yet, recording each in the partial manifest."""
     folder, dtype = cfg.locations.shards(kind), np.dtype(partial["dtype"])
     finished = {c["index"] for c in partial["chunks"]}
-    for index, texts in enumerate(_chunks(corpus.texts(), CHUNK_DOCUMENTS)):
+    for index, (pairs, texts) in enumerate(_chunks(corpus, CHUNK_DOCUMENTS)):
         cancel.check()
         if index in finished:
             ticker.advance(len(texts), note=f"chunk {index} (done earlier)")
             continue
         arrays = encode_chunk(tok, texts, dtype, cfg.prepare.seed, partial["val_threshold"], cfg.prepare.add_bos)
         entry = {"index": index, "files": {}, "tokens": {}, "documents": {}, "sha256": {}}
+        if pairs:
+            entry["pairs"] = True
         for split, (arr, ndocs) in arrays.items():
             name = f"{partial['build']}/chunk-{index:05d}.{split}.npy"
             entry["files"][split], entry["tokens"][split], entry["documents"][split] = name, int(arr.size), ndocs
@@ -225,10 +237,17 @@ class TokenShards:
 
     manifest: dict
     arrays: list[np.ndarray]
+    pairs: list[bool] = field(default_factory=list)  # per array: it holds comment-to-command documents
 
     @property
     def num_tokens(self) -> int:
         return sum(a.size for a in self.arrays)
+
+    def part(self, pairs: bool) -> TokenShards:
+        """Only the chunks of comment-to-command documents (pairs=True), or only the others."""
+        flags = self.pairs or [False] * len(self.arrays)
+        return TokenShards(self.manifest, [a for a, f in zip(self.arrays, flags) if f == pairs],
+                           [f for f in flags if f == pairs])
 
 
 def open_tokens(cfg: Config, kind: str, split: str, tok: AcmTokenizer | None = None) -> TokenShards:
@@ -246,7 +265,8 @@ def open_tokens(cfg: Config, kind: str, split: str, tok: AcmTokenizer | None = N
 def map_split(folder: Path, manifest: dict, split: str, kind: str) -> TokenShards:
     """Memory-map one split of the chunks `manifest` lists in `folder` (one line if one is damaged)."""
     try:
-        arrays = [np.load(folder / c["files"][split], mmap_mode="r") for c in manifest["chunks"]]
+        arrays = [(np.load(folder / c["files"][split], mmap_mode="r"), c.get("pairs", False))
+                  for c in manifest["chunks"]]
     except (OSError, ValueError) as e:
         raise AcmError(f"{kind} token shards in {folder} are damaged ({e}): run `acm prepare --force`") from None
-    return TokenShards(manifest, [a for a in arrays if a.size])
+    return TokenShards(manifest, [a for a, _ in arrays if a.size], [f for a, f in arrays if a.size])

@@ -9,7 +9,9 @@ however they are spread: 2 ranks of 4 rows, 1 rank of 8, or 1 rank accumulating 
 A window starts anywhere, or (`start_at_documents`) only where a document starts, so the model
 sees every script from its shebang on as often as it sees the middle of one. A share of each
 batch (`replay`) may come from another corpus: language replayed while fine-tuning on code keeps
-what pretraining taught.
+what pretraining taught. Another share (`pairs_share`) may come from the comment-to-command
+documents (tldr, NL2Bash), kept in chunks of their own, so that share holds whatever their size.
+Each share is rounded to whole rows and drawn from its own random stream.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from core.tokenizer.shards import TokenShards
 
 VAL_STREAM = 1 << 40  # keeps validation draws apart from training draws
 REPLAY_STREAM = 1 << 41  # keeps the replayed corpus's draws apart from the stage's own
+PAIRS_STREAM = 1 << 42  # and the comment-to-command documents' draws apart from both
 
 
 class Windows:
@@ -60,12 +63,16 @@ class Batches:
     def __init__(self, shards: TokenShards, seq_len: int, batch_size: int, seed: int, rank: int = 0,
                  world: int = 1, what: str = "token shards", at_documents: bool = False,
                  replay: TokenShards | None = None, replay_share: float = 0.0, replay_what: str = "replay shards",
-                 micro_batches: int = 1):
+                 micro_batches: int = 1, pairs: TokenShards | None = None, pairs_share: float = 0.0,
+                 pairs_what: str = "comment-to-command shards"):
         self.own = Windows(shards, seq_len, what, at_documents)
         self.batch_size, self.seed, self.rank, self.world = batch_size, seed, rank, world
         self.micro_batches = micro_batches  # set again when a resume keeps a run's global batch
-        self.replay_share = replay_share if replay is not None else 0.0
-        self.other = Windows(replay, seq_len, replay_what, at_documents) if self.replay_share else None
+        # (windows, share of the rows, random stream) of each corpus mixed into the stage's own
+        self.mixed = [(Windows(extra, seq_len, name, at_documents), share, stream)
+                      for extra, share, name, stream in ((replay, replay_share, replay_what, REPLAY_STREAM),
+                                                         (pairs, pairs_share, pairs_what, PAIRS_STREAM))
+                      if extra is not None and share > 0]
         self.num_tokens = self.own.num_tokens  # an epoch is one pass over the stage's own corpus
 
     @property
@@ -76,16 +83,26 @@ class Batches:
     @property
     def replayed(self) -> int:
         """Rows of a global batch drawn from the replayed corpus."""
-        return self._replayed(self.rows)
+        return self._counts(self.rows).get(REPLAY_STREAM, 0)
 
-    def _replayed(self, rows: int) -> int:
-        return round(rows * self.replay_share) if self.other is not None else 0
+    @property
+    def paired(self) -> int:
+        """Rows of a global batch drawn from the comment-to-command documents."""
+        return self._counts(self.rows).get(PAIRS_STREAM, 0)
+
+    def _counts(self, rows: int) -> dict[int, int]:
+        """Rows of each mixed-in corpus (by stream), each share rounded, never more than the rows left."""
+        counts: dict[int, int] = {}
+        for _, share, stream in self.mixed:
+            counts[stream] = min(round(rows * share), rows - sum(counts.values()))
+        return counts
 
     def _draw(self, key: list[int], rows: int, chunk: int) -> tuple[np.ndarray, np.ndarray]:
-        replayed = self._replayed(rows)
-        sources = [(self.own, *self.own.pick(np.random.default_rng(key), rows - replayed))]
-        if replayed:
-            sources.append((self.other, *self.other.pick(np.random.default_rng(key + [REPLAY_STREAM]), replayed)))
+        counts = self._counts(rows)
+        sources = [(self.own, *self.own.pick(np.random.default_rng(key), rows - sum(counts.values())))]
+        for windows, _, stream in self.mixed:
+            if counts[stream]:
+                sources.append((windows, *windows.pick(np.random.default_rng(key + [stream]), counts[stream])))
         everything = [(src, w, s) for src, which, starts in sources for w, s in zip(which, starts)]
         mine = everything[chunk * self.batch_size:(chunk + 1) * self.batch_size]
         windows = np.stack([src.read(w, s) for src, w, s in mine])

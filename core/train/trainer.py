@@ -166,7 +166,7 @@ class Trainer:
     def _setup(self) -> None:
         sc = self.sc
         corpus = CORPUS[self.stage]
-        self.tok, train, val = open_inputs(self.cfg, self.stage)
+        self.tok, train, val, pairs = open_inputs(self.cfg, self.stage)
         # the model's vocabulary is the one the tokenizer reached; the run's settings record it
         cfg = self.cfg = replace(self.cfg, tokenizer=replace(self.cfg.tokenizer, vocab_size=self.tok.vocab_size))
         self.shape = cfg.model.shape().with_vocab(self.tok.vocab_size)
@@ -175,7 +175,8 @@ class Trainer:
         self.batches = Batches(train, sc.seq_len, sc.batch_size, sc.seed, self.rank, self.world,
                                what=f"{corpus} train shards", at_documents=sc.start_at_documents,
                                replay=replay, replay_share=sc.replay, replay_what=f"{other} train shards",
-                               micro_batches=sc.grad_accum)
+                               micro_batches=sc.grad_accum, pairs=pairs, pairs_share=pairs_share(sc),
+                               pairs_what=f"{corpus} train shards' comment-to-command scripts")
         self.val_batches = Batches(val, sc.seq_len, sc.batch_size, sc.seed, self.rank, self.world,
                                    what=f"{corpus} val shards") if val.num_tokens > sc.seq_len + 1 else None
         self.ck_dir = Paths.checkpoints(self.run_path, self.stage)
@@ -572,13 +573,27 @@ class Trainer:
 
 
 def open_inputs(cfg: Config, stage: str):
-    """(tokenizer, train shards, val shards) of a stage, each refused in one line when missing,
-    stale or of another vocab."""
+    """(tokenizer, train shards, val shards, comment-to-command train shards or None) of a stage,
+    each refused in one line when missing, stale or of another vocab. With a pairs_share, the train
+    shards leave the comment-to-command chunks to their own share of each batch."""
     sc, shape = getattr(cfg.train, stage), cfg.model.shape()
     if sc.seq_len > shape.n_ctx:
         raise AcmError(f"train.{stage}.seq_len {sc.seq_len} exceeds the model's context {shape.n_ctx}")
     tok = load_tokenizer(cfg)
-    return tok, open_tokens(cfg, CORPUS[stage], "train", tok), open_tokens(cfg, CORPUS[stage], "val", tok)
+    train, val = open_tokens(cfg, CORPUS[stage], "train", tok), open_tokens(cfg, CORPUS[stage], "val", tok)
+    if not pairs_share(sc):
+        return tok, train, val, None
+    pairs = train.part(pairs=True)
+    if not pairs.arrays:
+        raise AcmError(f"train.{stage}.pairs_share = {sc.pairs_share:g}, but the {CORPUS[stage]} token shards hold "
+                       f"no comment-to-command scripts: set data.code.pairs, then run `acm data fetch code` and "
+                       f"`acm prepare`")
+    return tok, train.part(pairs=False), val, pairs
+
+
+def pairs_share(sc: StageConfig) -> float:
+    """The share of each batch given to comment-to-command scripts: fine-tuning's setting."""
+    return getattr(sc, "pairs_share", 0.0)
 
 
 def starting_point(run: Path, stage: str, resume: bool):
