@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.config import CodeDataConfig, Config
-from core.data.corpus import CorpusWriter
-from core.data.repos import clone_all, load_repos, require_tool
+from core.data.corpus import UNKNOWN_LICENCE, CorpusWriter
+from core.data.repos import clone_all, keep_licences, load_repos, require_tool
 from core.errors import AcmError
 from core.progress import CancelToken, Reporter, Ticker, no_report
 
@@ -45,6 +45,7 @@ class Candidate:
     repo: str = ""
     commit: str = ""
     category: str = ""
+    licence: str = UNKNOWN_LICENCE  # SPDX id of the repository's licence
     oversize: bool = False  # larger than data.code.max_file_bytes (content not read)
     outside: bool = False  # a link out of its source (never read)
 
@@ -223,7 +224,8 @@ class NearDuplicates:
 def candidates(cfg: Config, report: Reporter, cancel: CancelToken) -> tuple[Iterator[Candidate], dict]:
     cc = cfg.data.code
     if cc.source == "github":
-        repos = load_repos((cfg.root / cc.repos_file) if cc.repos_file else None)
+        repos, left_out = keep_licences(load_repos((cfg.root / cc.repos_file) if cc.repos_file else None),
+                                        cc.licences)
         results = clone_all(repos, cfg.locations.clones, cc.clone_jobs, cc.clone_timeout_s, cc.clone_retries,
                             report, cancel)
         cloned = [r for r in results if r.path]
@@ -235,11 +237,13 @@ def candidates(cfg: Config, report: Reporter, cancel: CancelToken) -> tuple[Iter
             for r in cloned:
                 yield from scan_folder(r.path, "github", cc.max_file_bytes, cancel=cancel, contained=True,
                                        repo=r.repo.name,
-                                       commit=r.commit, category=r.repo.category)
+                                       commit=r.commit, category=r.repo.category,
+                                       licence=r.repo.spdx)
 
-        info = {"repos": [{"name": r.repo.name, "category": r.repo.category, "commit": r.commit,
-                           "ok": r.path is not None, "error": r.error, "attempts": r.attempts,
-                           "skipped": r.skipped} for r in results]}
+        info = {"repos": [{"name": r.repo.name, "category": r.repo.category, "licence": r.repo.licence,
+                           "commit": r.commit, "ok": r.path is not None, "error": r.error, "attempts": r.attempts,
+                           "skipped": r.skipped} for r in results],
+                "licences": cc.licences, "left_out_by_licence": left_out}
         return from_repos(), info
     if cc.source == "local":
         roots = [(cfg.root / p).expanduser() for p in cc.local_paths]
@@ -276,12 +280,14 @@ class CodeReport:
     by_source: Counter = field(default_factory=Counter)
     by_category: Counter = field(default_factory=Counter)
     by_repo: Counter = field(default_factory=Counter)
+    by_licence: Counter = field(default_factory=Counter)
 
     def as_dict(self) -> dict:
         return {"raw": self.raw, "valid": self.valid, "exact_duplicates": self.exact_duplicates,
                 "near_duplicates": self.near_duplicates, "unique": self.unique,
                 "rejected": dict(self.rejected), "by_source": dict(self.by_source),
-                "by_category": dict(self.by_category), "by_repo": dict(self.by_repo)}
+                "by_category": dict(self.by_category), "by_repo": dict(self.by_repo),
+                "by_licence": dict(self.by_licence)}
 
 
 def validate_all(found: list[Candidate], cc: CodeDataConfig, report: Reporter,
@@ -345,9 +351,11 @@ def fetch_code(cfg: Config, report: Reporter = no_report, cancel: CancelToken | 
     try:
         for v in kept:
             c = v.candidate
-            writer.add(v.text, source=c.source, origin=c.origin, repo=c.repo, commit=c.commit, category=c.category)
+            writer.add(v.text, source=c.source, origin=c.origin, repo=c.repo, commit=c.commit, category=c.category,
+                       licence=c.licence)
             rep.by_source[c.source] += 1
             rep.by_category[c.category] += 1
+            rep.by_licence[c.licence] += 1
             if c.repo:
                 rep.by_repo[c.repo] += 1
         return writer.publish({"source": cc.source, "report": rep.as_dict(), **info})
