@@ -65,7 +65,12 @@ class LanguageDataConfig:
 class CodeDataConfig:
     source: str = setting("builtin", "where the bash corpus comes from",
                           choices=("builtin", "github", "local"))
-    repos_file: str = setting("", "repository list for source = github (empty: the built-in list of 46)")
+    repos_file: str = setting("", "repository list for source = github (empty: the built-in list, "
+                                  "core/data/repos.toml)")
+    licences: str = setting("any", "which repositories source = github clones, by the licence their entry records: "
+                                   "any, or permissive (MIT, MIT-0, Apache-2.0, BSD-2-Clause, BSD-3-Clause, ISC, "
+                                   "0BSD, Unlicense, CC0-1.0, PostgreSQL, Zlib, BSL-1.0; not MPL-2.0, the GPLs or "
+                                   "an unknown licence)", choices=("any", "permissive"))
     local_paths: list = setting([], "folders scanned for shell scripts for source = local")
     clone_jobs: int = setting(4, "repositories cloned at once", min=1, max=32)
     clone_timeout_s: int = setting(300, "seconds before one clone is abandoned", min=10, max=7200)

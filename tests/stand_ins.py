@@ -64,13 +64,18 @@ def make_bare_repo(root: Path, name: str, files: dict[str, str]) -> str:
     return bare.as_uri()
 
 
+LICENCES = {"acme/tools": "MIT", "acme/ops": "GPL-2.0-only", "acme/gone": "Apache-2.0"}
+
+
 def make_repos_file(root: Path, missing: bool = True) -> Path:
     lines = []
     for (name, files), category in zip(REPOS.items(), ["CI tools", "Databases"]):
         url = make_bare_repo(root, name, files)
-        lines.append(f'[[repo]]\nname = "{name}"\ncategory = "{category}"\nurl = "{url}"\n')
+        lines.append(f'[[repo]]\nname = "{name}"\ncategory = "{category}"\nlicence = "{LICENCES[name]}"\n'
+                     f'url = "{url}"\n')
     if missing:
-        lines.append(f'[[repo]]\nname = "acme/gone"\ncategory = "CI tools"\nurl = "{(root / "nope.git").as_uri()}"\n')
+        lines.append(f'[[repo]]\nname = "acme/gone"\ncategory = "CI tools"\nlicence = "Apache-2.0"\n'
+                     f'url = "{(root / "nope.git").as_uri()}"\n')
     path = root / "repos.toml"
     path.write_text("\n".join(lines))
     return path

@@ -49,13 +49,13 @@ def test_tldr_pages_become_comment_then_command_scripts(project, tmp_path, tldr)
     cfg = with_pairs(project, tmp_path, pairs=["tldr"], tldr_path=str(tldr))
     m = fetch_code(cfg)
     assert {k: m["pairs"]["tldr"][k] for k in TLDR_EXPECTED} == TLDR_EXPECTED
-    assert m["pairs"]["tldr"]["license"] == "CC-BY-4.0" and m["pairs"]["tldr"]["repo"] == str(tldr.resolve())
+    assert m["pairs"]["tldr"]["licence"] == "CC-BY-4.0" and m["pairs"]["tldr"]["repo"] == str(tldr.resolve())
     r = m["report"]
     assert r["by_source"] == {"local": 1, "tldr": 4} and r["examples_dropped"] == {"tldr": 1}
     assert r["by_category"] == {"scripts": 1, "tldr/common": 3, "tldr/linux": 1}
     rows = rows_of(cfg, "tldr")
     assert set(rows) == {"pages/common/tar.md", "pages/common/ssh.md", "pages/common/less.md", "pages/linux/apt.md"}
-    assert {(r["license"], r["repo"]) for r in rows.values()} == {("CC-BY-4.0", str(tldr.resolve()))}
+    assert {(r["licence"], r["repo"]) for r in rows.values()} == {("CC-BY-4.0", str(tldr.resolve()))}
     assert all(bash_syntax_ok(r["text"], 5)[0] for r in rows.values())
     assert not [r for r in rows.values() if "{{" in r["text"] or "More information" in r["text"]]
     tar = rows["pages/common/tar.md"]["text"].split("\n")
@@ -110,8 +110,8 @@ def test_nl2bash_pairs_are_grouped_into_scripts(project, tmp_path, nl2bash):
     cfg = with_pairs(project, tmp_path, pairs=["nl2bash"], nl2bash_path=str(nl2bash), pairs_per_script=2)
     m = fetch_code(cfg)
     info = m["pairs"]["nl2bash"]
-    assert {k: info[k] for k in ("pairs", "empty_pairs", "scripts", "examples", "license")} == \
-        {"pairs": 6, "empty_pairs": 1, "scripts": 3, "examples": 5, "license": "MIT"}
+    assert {k: info[k] for k in ("pairs", "empty_pairs", "scripts", "examples", "licence")} == \
+        {"pairs": 6, "empty_pairs": 1, "scripts": 3, "examples": 5, "licence": "MIT"}
     assert m["report"]["examples_dropped"] == {"nl2bash": 1} and m["report"]["by_source"]["nl2bash"] == 3
     rows = rows_of(cfg, "nl2bash")
     assert {o: r["text"] for o, r in rows.items()} == {
@@ -121,7 +121,7 @@ def test_nl2bash_pairs_are_grouped_into_scripts(project, tmp_path, nl2bash):
         "data/bash/all.cm:3-4": "#!/bin/bash\n\n# Print the current date\ndate\n",  # the unparsable pair dropped
         "data/bash/all.cm:5-6": "#!/bin/bash\n\n# Say hello\necho hello\n",  # the empty command skipped
     }
-    assert all(r["license"] == "MIT" and r["category"] == "nl2bash" for r in rows.values())
+    assert all(r["licence"] == "MIT" and r["category"] == "nl2bash" for r in rows.values())
     # the corpus holds the scripts first, then the comment-to-command scripts together
     sources = [r["source"] for r in Corpus.open(cfg.locations.corpus("code"), "code").rows(["source"])]
     assert sources == ["local"] + ["nl2bash"] * 3
@@ -218,14 +218,15 @@ def test_stats_count_documents_per_source(project, tmp_path, tldr, nl2bash, caps
     assert code["report"]["by_source"] == {"local": 1, "tldr": 4, "nl2bash": 3}
     assert code["report"]["raw_by_source"] == {"local": 1, "tldr": 4, "nl2bash": 3}
     assert code["report"]["examples_dropped"] == {"tldr": 1, "nl2bash": 1}
-    assert code["pairs"]["tldr"]["license"] == "CC-BY-4.0" and code["pairs"]["nl2bash"]["license"] == "MIT"
+    assert code["pairs"]["tldr"]["licence"] == "CC-BY-4.0" and code["pairs"]["nl2bash"]["licence"] == "MIT"
     assert cli.main(["-c", c, "data", "stats"]) == 0
     out = capsys.readouterr().out
     table = out[out.index("Code by source"):out.index("Code by category")]
     assert re.search(r"tldr\s*│\s*4\s*│\s*4\s*│\s*0\s*│\s*1", table)
     assert re.search(r"local\s*│\s*1\s*│\s*1\s*│\s*0\s*│\s*–", table)
     assert cli.main(["-c", c, "data", "show", "code", "1"]) == 0
-    assert capsys.readouterr().out.startswith("# document 1 of 8: source=tldr license=CC-BY-4.0")
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("# document 1 of 8: source=tldr ") and " licence=CC-BY-4.0 " in first
 
 
 def test_a_corpus_from_before_licences_reads_them_empty(project, tmp_path):
@@ -237,8 +238,8 @@ def test_a_corpus_from_before_licences_reads_them_empty(project, tmp_path):
     pq.write_table(pa.table({"text": ["echo hi\n"], "source": ["local"]}), folder / "shards-1" / "shard-00000.parquet")
     corpus = Corpus(folder, {"shard_dir": "shards-1", "shards": [{"file": "shard-00000.parquet", "documents": 1}],
                              "stats": {"documents": 1}})
-    assert list(corpus.rows(["text", "license"])) == [{"text": "echo hi\n", "license": ""}]
-    assert corpus.row(0)["license"] == "" and corpus.row(0)["source"] == "local"
+    assert list(corpus.rows(["text", "licence"])) == [{"text": "echo hi\n", "licence": ""}]
+    assert corpus.row(0)["licence"] == "" and corpus.row(0)["source"] == "local"
 
 
 # ---------------------------------------------------------------- the fine-tune share

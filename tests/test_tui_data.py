@@ -94,4 +94,4 @@ async def test_the_code_report_counts_documents_per_source(project, tmp_path):
         assert "5 raw → 5 valid → 5 unique" in text_of(app, "#code-report")
         await wait_until(pilot, lambda: "source: local" in text_of(app, "#sample-title"))
         await pilot.press("n")
-        await wait_until(pilot, lambda: "source: tldr  license: CC-BY-4.0" in text_of(app, "#sample-title"))
+        await wait_until(pilot, lambda: "source: tldr  licence: CC-BY-4.0" in text_of(app, "#sample-title"))

@@ -121,7 +121,7 @@ class DataPane(Pane):
         except AcmError as e:
             self.app.call_from_thread(self._show_sample, kind, str(e), None)
             return
-        where = "  ".join(f"{k}: {row[k]}" for k in ("source", "license", "repo", "commit", "category", "origin")
+        where = "  ".join(f"{k}: {row[k]}" for k in ("source", "licence", "repo", "commit", "category", "origin")
                           if row[k])
         title = f"{kind} sample {index % n + 1} of {n:,} — {where}"
         self.app.call_from_thread(self._show_sample, kind, title, row["text"])

@@ -38,6 +38,9 @@ def cmd_fetch(args, cfg: Config) -> int:
         for repo in manifest.get("repos", []):
             if not repo["ok"]:
                 print(f"failed: {repo['name']}: {repo['error']}")
+        if manifest.get("left_out_by_licence"):
+            print(f"left out by data.code.licences = {manifest['licences']}: "
+                  f"{len(manifest['left_out_by_licence'])} repositories (not cloned)")
     return 0
 
 
@@ -61,11 +64,18 @@ def cmd_stats(args, cfg: Config) -> int:
         for row in source_rows(r):
             sources.add_row(*row)
         console.print(sources)
-        cats = Table("category", "scripts", title="Code by category", title_justify="left")
-        for name, n in sorted(r["by_category"].items(), key=lambda kv: -kv[1]):
-            cats.add_row(name, str(n))
-        console.print(cats)
+        console.print(counts_table("category", r["by_category"]))
+        if r.get("by_licence"):  # corpora fetched before licences were recorded have none
+            console.print(counts_table("licence", r["by_licence"]))
     return 0
+
+
+def counts_table(what: str, counts: dict) -> Table:
+    """Scripts per category or licence, the largest first."""
+    table = Table(what, "scripts", title=f"Code by {what}", title_justify="left")
+    for name, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
+        table.add_row(name, f"{n:,}")
+    return table
 
 
 def cmd_show(args, cfg: Config) -> int:
@@ -74,7 +84,8 @@ def cmd_show(args, cfg: Config) -> int:
     if args.json:
         print(json.dumps(row, indent=2))
         return 0
-    where = " ".join(f"{k}={row[k]}" for k in ("source", "license", "repo", "commit", "category", "origin") if row[k])
+    where = " ".join(f"{k}={row[k]}" for k in ("source", "repo", "commit", "category", "licence", "origin")
+                     if row.get(k))
     print(f"# document {args.index % len(corpus)} of {len(corpus)}: {where}")
     print(row["text"])
     return 0

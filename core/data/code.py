@@ -19,9 +19,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from core.config import CodeDataConfig, Config
-from core.data.corpus import CorpusWriter
-from core.data.pairs import LICENSES, PairScript, pair_scripts
-from core.data.repos import clone_all, load_repos, require_tool
+from core.data.corpus import UNKNOWN_LICENCE, CorpusWriter
+from core.data.pairs import LICENCES, PairScript, pair_scripts
+from core.data.repos import clone_all, keep_licences, load_repos, require_tool
 from core.errors import AcmError
 from core.progress import CancelToken, Reporter, Ticker, no_report
 
@@ -48,9 +48,9 @@ class Candidate:
     repo: str = ""
     commit: str = ""
     category: str = ""
+    licence: str = UNKNOWN_LICENCE  # SPDX id of the repository's or comment-to-command source's licence
     oversize: bool = False  # larger than data.code.max_file_bytes (content not read)
     outside: bool = False  # a link out of its source (never read)
-    license: str = ""  # where known: a comment-to-command source's
     script: PairScript | None = None  # what a comment-to-command script was made from
 
 
@@ -228,7 +228,8 @@ class NearDuplicates:
 def candidates(cfg: Config, report: Reporter, cancel: CancelToken) -> tuple[Iterator[Candidate], dict]:
     cc = cfg.data.code
     if cc.source == "github":
-        repos = load_repos((cfg.root / cc.repos_file) if cc.repos_file else None)
+        repos, left_out = keep_licences(load_repos((cfg.root / cc.repos_file) if cc.repos_file else None),
+                                        cc.licences)
         results = clone_all(repos, cfg.locations.clones, cc.clone_jobs, cc.clone_timeout_s, cc.clone_retries,
                             report, cancel)
         cloned = [r for r in results if r.path]
@@ -240,11 +241,13 @@ def candidates(cfg: Config, report: Reporter, cancel: CancelToken) -> tuple[Iter
             for r in cloned:
                 yield from scan_folder(r.path, "github", cc.max_file_bytes, cancel=cancel, contained=True,
                                        repo=r.repo.name,
-                                       commit=r.commit, category=r.repo.category)
+                                       commit=r.commit, category=r.repo.category,
+                                       licence=r.repo.spdx)
 
-        info = {"repos": [{"name": r.repo.name, "category": r.repo.category, "commit": r.commit,
-                           "ok": r.path is not None, "error": r.error, "attempts": r.attempts,
-                           "skipped": r.skipped} for r in results]}
+        info = {"repos": [{"name": r.repo.name, "category": r.repo.category, "licence": r.repo.licence,
+                           "commit": r.commit, "ok": r.path is not None, "error": r.error, "attempts": r.attempts,
+                           "skipped": r.skipped} for r in results],
+                "licences": cc.licences, "left_out_by_licence": left_out}
         return from_repos(), info
     if cc.source == "local":
         roots = [(cfg.root / p).expanduser() for p in cc.local_paths]
@@ -284,6 +287,7 @@ class CodeReport:
     raw_by_source: Counter = field(default_factory=Counter)
     rejected_by_source: Counter = field(default_factory=Counter)
     examples_dropped: Counter = field(default_factory=Counter)  # comment-to-command examples failing bash -n
+    by_licence: Counter = field(default_factory=Counter)
 
     def as_dict(self) -> dict:
         return {"raw": self.raw, "valid": self.valid, "exact_duplicates": self.exact_duplicates,
@@ -291,7 +295,8 @@ class CodeReport:
                 "rejected": dict(self.rejected), "by_source": dict(self.by_source),
                 "by_category": dict(self.by_category), "by_repo": dict(self.by_repo),
                 "raw_by_source": dict(self.raw_by_source), "rejected_by_source": dict(self.rejected_by_source),
-                "examples_dropped": dict(self.examples_dropped)}
+                "examples_dropped": dict(self.examples_dropped),
+                "by_licence": dict(self.by_licence)}
 
 
 def in_parallel(items: list, work: Callable, task: str, report: Reporter, cancel: CancelToken,
@@ -343,7 +348,7 @@ def pair_candidates(cfg: Config, report: Reporter, cancel: CancelToken) -> tuple
     """The comment-to-command scripts of data.code.pairs as candidates, and what each source held."""
     scripts, info = pair_scripts(cfg, report, cancel)
     return [Candidate(Path(s.origin), s.text().encode(), s.source, s.origin, repo=info[s.source]["repo"],
-                      commit=info[s.source]["commit"], category=s.category, license=LICENSES[s.source], script=s)
+                      commit=info[s.source]["commit"], category=s.category, licence=LICENCES[s.source], script=s)
             for s in scripts], info
 
 
@@ -398,9 +403,10 @@ def fetch_code(cfg: Config, report: Reporter = no_report, cancel: CancelToken | 
         for v in kept:
             c = v.candidate
             writer.add(v.text, source=c.source, origin=c.origin, repo=c.repo, commit=c.commit, category=c.category,
-                       license=c.license)
+                       licence=c.licence)
             rep.by_source[c.source] += 1
             rep.by_category[c.category] += 1
+            rep.by_licence[c.licence] += 1
             if c.repo:
                 rep.by_repo[c.repo] += 1
         return writer.publish({"source": cc.source, "report": rep.as_dict(), "pairs": pairs_info, **info})

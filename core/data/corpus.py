@@ -31,9 +31,10 @@ SCHEMA = pa.schema([
     ("repo", pa.string()),
     ("commit", pa.string()),
     ("category", pa.string()),
-    ("license", pa.string()),  # where known (SPDX id): the comment-to-command sources'
+    ("licence", pa.string()),  # SPDX id of the document's source; NOASSERTION where none is known
 ])
 COLUMNS = SCHEMA.names
+UNKNOWN_LICENCE = "NOASSERTION"  # SPDX's word for "not stated"
 TOKENS_PER_WORD = 1.3  # the original log's estimate (483.2M tokens for 371.7M words)
 
 
@@ -87,6 +88,7 @@ class CorpusWriter:
     def add(self, text: str, **fields: str) -> None:
         row = {c: fields.get(c, "") for c in COLUMNS}
         row["text"] = text
+        row["licence"] = row["licence"] or UNKNOWN_LICENCE  # unknown is said, never left blank
         self._rows.append(row)
         self._row_bytes += len(text)
         self.stats.add(text)

@@ -28,7 +28,7 @@ from core.errors import AcmError
 from core.progress import CancelToken, Reporter, Ticker
 
 SOURCES = ("tldr", "nl2bash")
-LICENSES = {"tldr": "CC-BY-4.0", "nl2bash": "MIT"}
+LICENCES = {"tldr": "CC-BY-4.0", "nl2bash": "MIT"}
 UPSTREAM = {"tldr": "https://github.com/tldr-pages/tldr.git", "nl2bash": "https://github.com/TellinaTool/nl2bash.git"}
 SHEBANG = "#!/bin/bash"
 URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://|^[\w.-]+@[\w.-]+:")
@@ -73,7 +73,7 @@ class PairSource:
         return path.resolve().is_relative_to(self.folder.resolve())
 
     def as_dict(self) -> dict:
-        return {"where": self.where, "repo": self.repo, "commit": self.commit, "license": LICENSES[self.name],
+        return {"where": self.where, "repo": self.repo, "commit": self.commit, "licence": LICENCES[self.name],
                 **dict(self.counts)}
 
 

@@ -1,13 +1,17 @@
-"""The bash corpus's repositories: the list, and shallow clones made in parallel.
+"""The bash corpus's repositories: the list (with each one's licence), and shallow clones made in
+parallel.
 
 Each clone goes to a temporary folder and is renamed into place only when complete, so a
 re-run skips finished clones and retries the rest. Failures are reported per repository and
-never stop the others.
+never stop the others. A list is checked whole before any clone starts: a URL git could read as
+an option, or one name with two URLs, is refused there, and git is always given `--` before the
+URL and the folder.
 """
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import tomllib
@@ -15,11 +19,20 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.data.corpus import UNKNOWN_LICENCE
 from core.errors import AcmError
 from core.progress import CancelToken, Reporter, Ticker
 
 BUILTIN_LIST = Path(__file__).with_name("repos.toml")
 GIT_ENV = {"GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "true", "LC_ALL": "C"}
+# data.code.licences = "permissive": licences whose only condition is keeping the notice, and
+# public-domain dedications. Left out: copyleft (GPL, LGPL, AGPL, EUPL, CC-BY-SA), the weak
+# copyleft MPL-2.0 (its file-level share-alike still binds copies), source-available licences
+# (BUSL, SSPL, Elastic, RSAL), WTFPL (not OSI-approved) and anything unknown.
+PERMISSIVE = frozenset({"MIT", "MIT-0", "Apache-2.0", "BSD-2-Clause", "BSD-3-Clause", "ISC", "0BSD", "Unlicense",
+                        "CC0-1.0", "PostgreSQL", "Zlib", "BSL-1.0"})
+SPDX_ID = r"[A-Za-z0-9][A-Za-z0-9.+-]*"
+SPDX_EXPRESSION = re.compile(rf"{SPDX_ID}( (OR|AND|WITH) {SPDX_ID})*")
 
 
 @dataclass(frozen=True)
@@ -27,6 +40,12 @@ class Repo:
     name: str  # owner/repo
     category: str
     url: str
+    licence: str = ""  # SPDX id or expression ("MIT", "MIT OR Apache-2.0"); "" or NOASSERTION: unknown
+
+    @property
+    def spdx(self) -> str:
+        """The licence as a document records it: never blank."""
+        return self.licence or UNKNOWN_LICENCE
 
     @property
     def folder_name(self) -> str:
@@ -47,6 +66,8 @@ class CloneResult:
 
 
 def load_repos(path: str | os.PathLike | None = None) -> list[Repo]:
+    """The list in `path` (default: the built-in one), each repository once, checked whole before
+    anything is cloned."""
     path = Path(path) if path else BUILTIN_LIST
     try:
         entries = tomllib.loads(path.read_text(encoding="utf-8")).get("repo", [])
@@ -54,15 +75,64 @@ def load_repos(path: str | os.PathLike | None = None) -> list[Repo]:
         raise AcmError(f"data.code.repos_file: {path} does not exist") from None
     except tomllib.TOMLDecodeError as e:
         raise AcmError(f"{path}: TOML syntax error: {e}") from None
-    repos = []
-    for i, e in enumerate(entries):
-        if not isinstance(e, dict) or "name" not in e or "/" not in str(e["name"]):
-            raise AcmError(f"{path}: repo entry {i + 1} needs name = \"owner/repo\"")
-        repos.append(Repo(e["name"], e.get("category", "uncategorized"), e.get("url")
-                          or f"https://github.com/{e['name']}.git"))
+    repos = unique([_entry(e, f"{path}: repo entry {i + 1}") for i, e in enumerate(entries)], path)
     if not repos:
         raise AcmError(f"{path} lists no repositories ([[repo]] entries)")
     return repos
+
+
+def _entry(e, where: str) -> Repo:
+    if not isinstance(e, dict) or "name" not in e or "/" not in str(e["name"]):
+        raise AcmError(f"{where} needs name = \"owner/repo\"")
+    url = e.get("url") or f"https://github.com/{e['name']}.git"
+    licence = e.get("licence", "")
+    if not isinstance(url, str) or url.startswith("-"):
+        raise AcmError(f"{where} ({e['name']}): url {url!r} is not a URL (git would read it as an option)")
+    if not isinstance(licence, str) or (licence and not SPDX_EXPRESSION.fullmatch(licence)):
+        raise AcmError(f"{where} ({e['name']}): licence {licence!r} is not an SPDX id such as \"MIT\" or "
+                       f"\"GPL-2.0-only\" (leave it out when unknown)")
+    return Repo(e["name"], e.get("category", "uncategorized"), url, licence)
+
+
+def unique(repos: list[Repo], path: Path) -> list[Repo]:
+    """Each repository once, so no two clones share a folder: a repeated entry (same name, same URL)
+    is merged into the first; one name with two URLs, or one URL under two names, is refused (which
+    one was meant?)."""
+    by_name: dict[str, Repo] = {}
+    by_url: dict[str, Repo] = {}
+    for r in repos:
+        seen = by_name.get(r.name) or by_url.get(r.url)
+        if seen is None:
+            by_name[r.name] = by_url[r.url] = r
+        elif seen.name != r.name:
+            raise AcmError(f"{path}: {r.url} is listed twice, as {seen.name} and {r.name}: keep one entry")
+        elif seen.url != r.url:
+            raise AcmError(f"{path}: {r.name} is listed twice with different URLs ({seen.url}, {r.url}): "
+                           f"keep one entry")
+        elif r.licence and seen.licence and r.licence != seen.licence:
+            raise AcmError(f"{path}: {r.name} is listed twice with licences {seen.licence} and {r.licence}: "
+                           f"keep one entry")
+        elif r.licence and not seen.licence:  # the merged entry keeps the licence either one records
+            by_name[r.name] = by_url[r.url] = r
+    return list(by_name.values())
+
+
+def is_permissive(licence: str) -> bool:
+    """True when some choice the SPDX expression offers (A OR B) is made only of permissive licences
+    (an exception, "Apache-2.0 WITH LLVM-exception", only adds permissions)."""
+    return any(all(part.split(" WITH ")[0] in PERMISSIVE for part in choice.split(" AND "))
+               for choice in licence.split(" OR "))
+
+
+def keep_licences(repos: list[Repo], which: str) -> tuple[list[Repo], list[str]]:
+    """The repositories data.code.licences keeps, and the names it leaves out; decided before any
+    clone, so nothing dropped is fetched."""
+    kept = [r for r in repos if which == "any" or is_permissive(r.licence)]
+    if not kept:
+        raise AcmError(f"data.code.licences = \"{which}\" keeps none of the {len(repos)} listed repositories "
+                       f"(permissive: {', '.join(sorted(PERMISSIVE))}); record their licences (licence = \"MIT\") "
+                       f"or set data.code.licences = \"any\"")
+    return kept, [r.name for r in repos if r not in kept]
 
 
 def require_tool(tool: str) -> str:

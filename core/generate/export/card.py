@@ -27,7 +27,8 @@ def facts(cfg: Config, lm: LoadedModel) -> dict:
         shards = _read(where.shards_manifest(kind))
         tokens = sum(c.get("tokens", {}).get("train", 0) for c in shards.get("chunks", []))
         corpora[kind] = {"source": manifest.get("source", getattr(cfg.data, kind).source),
-                         "documents": manifest.get("stats", {}).get("documents"), "train_tokens": tokens}
+                         "documents": manifest.get("stats", {}).get("documents"), "train_tokens": tokens,
+                         "licences": manifest.get("report", {}).get("by_licence", {})}
     state = _read(lm.checkpoint / "state.json")
     run = where.run(lm.run)
     return {"corpora": corpora, "tokens_seen": state.get("tokens_seen"), "val_loss": state.get("val_loss"),
@@ -67,7 +68,18 @@ def _data(facts: dict) -> list[str]:
     for kind, c in facts.get("corpora", {}).items():
         docs = f"{c['documents']:,}" if c.get("documents") is not None else "–"
         rows.append(f"| {kind} | {c['source']} | {docs} | {c['train_tokens']:,} |")
-    return rows + ["", "Bash scripts were validated with `bash -n` and deduplicated (exact and near-duplicate).", ""]
+    return rows + ["", "Bash scripts were validated with `bash -n` and deduplicated (exact and near-duplicate).", "",
+                   *_licences(facts.get("corpora", {}).get("code", {}).get("licences", {}))]
+
+
+def _licences(counts: dict) -> list[str]:
+    """The bash corpus's licences (SPDX ids, NOASSERTION where unknown) with their documents, the largest first."""
+    if not counts:
+        return []
+    rows = ["Licences of the bash scripts (each script carries its repository's):", "",
+            "| licence | documents |", "|---|---|"]
+    rows += [f"| {name} | {n:,} |" for name, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
+    return rows + [""]
 
 
 def _training(lm: LoadedModel, facts: dict) -> list[str]:
