@@ -131,6 +131,8 @@ def test_ctrl_c_in_chat_stops_the_generation_before_the_next_prompt(with_model, 
     from core.engine import Engine
 
     engine = Engine()
+    # Ctrl-C as `acm chat` has it (an app test's event loop may have left a handler of its own)
+    handler = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         lm = engine.call(load_model, config.load(with_model / "acm.toml"))
 
@@ -155,6 +157,7 @@ def test_ctrl_c_in_chat_stops_the_generation_before_the_next_prompt(with_model, 
         assert captured.out.rstrip().endswith("(stopped)") and "stop: cancelled" in captured.err
         assert engine.submit(time.monotonic).result(timeout=5)  # nothing of the turn still runs
     finally:
+        signal.signal(signal.SIGINT, handler)
         engine.shutdown()
 
 
