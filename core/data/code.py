@@ -1,6 +1,7 @@
 """The bash corpus: scripts from GitHub clones, local folders or the machine's own script folders,
 and optionally comment-to-command scripts made from documented examples (`pairs.py`), validated
-(UTF-8, size and line bounds, `bash -n`), deduplicated exactly and by MinHash, and written as a
+(UTF-8, size and line bounds, BigCode's quality filters, `bash -n`), cleared of scripts sharing a span
+with an evaluation prompt (`decontaminate.py`), deduplicated exactly and by MinHash, and written as a
 corpus with provenance (source, licence, repo, path, commit) for each script; the comment-to-command
 scripts come last, so token shards can keep them apart.
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import subprocess
 import tempfile
 from collections import Counter, defaultdict
@@ -20,6 +22,7 @@ from pathlib import Path
 
 from core.config import CodeDataConfig, Config
 from core.data.corpus import UNKNOWN_LICENCE, CorpusWriter
+from core.data.decontaminate import EvalSpans, prompt_comments
 from core.data.pairs import LICENCES, PairScript, pair_scripts
 from core.data.repos import clone_all, keep_licences, load_repos, require_tool
 from core.errors import AcmError
@@ -34,9 +37,8 @@ COMPLETION_DIRS = ["/usr/share/bash-completion/completions", "/etc/bash_completi
 SCRIPT_DIRS = ["/etc", "/usr/bin", "/usr/sbin", "/usr/local/bin", "/usr/libexec", "/usr/lib/git-core",
                "/opt/homebrew/bin"]
 NEAR_DUP_PERMUTATIONS = 128
+EVAL_MATCH = "matches_eval_prompt"  # the rejection reason of decontamination
 SHINGLE = 5
-
-
 
 
 @dataclass
@@ -169,22 +171,79 @@ def bash_syntax_ok(text: str, timeout_s: float) -> tuple[bool, str]:
     return r.returncode == 0, "syntax"
 
 
-def validate(c: Candidate, cc: CodeDataConfig) -> Validated:
+def _unreadable(c: Candidate) -> str:
+    """Why the raw bytes cannot become a script's text ("" when they can)."""
     if c.outside:
-        return Validated(c, reason="outside_source")
+        return "outside_source"
     if c.oversize:
-        return Validated(c, reason="too_large")
+        return "too_large"
     if b"\x00" in c.raw:
-        return Validated(c, reason="binary")
+        return "binary"
     try:
-        text = c.raw.decode("utf-8-sig")
+        c.raw.decode("utf-8-sig")
     except UnicodeDecodeError:
-        return Validated(c, reason="not_utf8")
-    text = normalize(text)
+        return "not_utf8"
+    return ""
+
+
+# A comment that opens by saying its file is machine-made: its source, not it, is what a person wrote.
+GENERATED = re.compile(r"^#+\s*(?:(?:warning|note)\W*)?(?:this (?:file|script) (?:is|was|has been) )?"
+                       r"(?:auto-?generated|automatically generated|(?:code )?generated (?:by|from|with|automatically)"
+                       r"|do not edit)", re.IGNORECASE | re.MULTILINE)
+# A minified line: long, almost no spaces, many statements and braces (a long key or colour table is not).
+MINIFIED_LINE, MINIFIED_SPACES, MINIFIED_STATEMENTS = 300, 0.05, 10
+# Base64 runs, lines of 40 or more such characters joined (base64 wraps at 64 or 76).
+BASE64 = re.compile(r"[A-Za-z0-9+/]{40,}={0,2}(?:\n[A-Za-z0-9+/]{40,}={0,2})*")
+
+
+def long_line(text: str, cc: CodeDataConfig) -> bool:
+    return max(map(len, text.split("\n"))) > cc.max_line_length
+
+
+def low_alnum(text: str, cc: CodeDataConfig) -> bool:
+    """Mostly symbols: data tables, ASCII art, escape-laden output rather than code."""
+    return sum(ch.isalnum() for ch in text) < cc.min_alnum_share * len(text)
+
+
+def long_mean_line(text: str, cc: CodeDataConfig) -> bool:
+    """Long lines on average: embedded data or one-line-per-command dumps."""
+    lines = text.split("\n")[:-1]  # normalized text ends in one newline
+    return cc.max_mean_line_length > 0 and sum(map(len, lines)) > cc.max_mean_line_length * len(lines)
+
+
+def generated(text: str, cc: CodeDataConfig) -> bool:
+    """Says so in a comment of its first lines, or holds a minified line."""
+    if cc.generated_header_lines == 0:
+        return False
+    head = "\n".join(text.split("\n", cc.generated_header_lines)[:cc.generated_header_lines])
+    return bool(GENERATED.search(head)) or any(
+        len(line) > MINIFIED_LINE and line.count(" ") < MINIFIED_SPACES * len(line)
+        and min(line.count(";"), line.count("{") + line.count("(")) >= MINIFIED_STATEMENTS
+        for line in text.split("\n"))
+
+
+def base64_blob(text: str, cc: CodeDataConfig) -> bool:
+    """An embedded payload (self-extracting installers, inlined archives or images)."""
+    return cc.max_base64_run > 0 and any(len(m.group()) - m.group().count("\n") >= cc.max_base64_run
+                                         for m in BASE64.finditer(text))
+
+
+# Each content filter by the rejection reason it reports, cheapest first; `bash -n` runs after them.
+CONTENT_FILTERS: dict[str, Callable[[str, CodeDataConfig], bool]] = {
+    "long_line": long_line, "low_alnum": low_alnum, "long_mean_line": long_mean_line,
+    "generated": generated, "base64_blob": base64_blob}
+
+
+def validate(c: Candidate, cc: CodeDataConfig) -> Validated:
+    reason = _unreadable(c)
+    if reason:
+        return Validated(c, reason=reason)
+    text = normalize(c.raw.decode("utf-8-sig"))
     if not text.strip():
         return Validated(c, reason="empty")
-    if max(map(len, text.split("\n"))) > cc.max_line_length:
-        return Validated(c, reason="long_line")
+    reason = next((name for name, rejects in CONTENT_FILTERS.items() if rejects(text, cc)), "")
+    if reason:
+        return Validated(c, reason=reason)
     ok, why = bash_syntax_ok(text, cc.syntax_timeout_s)
     return Validated(c, text=text, reason="" if ok else why)
 
@@ -352,6 +411,12 @@ def pair_candidates(cfg: Config, report: Reporter, cancel: CancelToken) -> tuple
             for s in scripts], info
 
 
+def decontaminate(checked: list[Validated], evals: EvalSpans) -> list[Validated]:
+    """Valid scripts sharing a span with an evaluation prompt's comment, rejected as such."""
+    return [replace(v, text="", reason=EVAL_MATCH) if not v.reason and evals.matches(v.text) else v
+            for v in checked]
+
+
 def deduplicate(valid: list[Validated], threshold: float, rep: CodeReport, report: Reporter,
                 cancel: CancelToken) -> list[Validated]:
     exact: set[bytes] = set()
@@ -390,6 +455,8 @@ def fetch_code(cfg: Config, report: Reporter = no_report, cancel: CancelToken | 
     found += pairs  # last: the corpus holds them after the scripts
     rep = CodeReport(raw=len(found), raw_by_source=Counter(c.source for c in found))
     checked = repair_pairs(validate_all(found, cc, report, cancel), cc, rep, report, cancel)
+    if cc.decontaminate:
+        checked = decontaminate(checked, EvalSpans(prompt_comments(cfg.eval)))
     for v in checked:
         if v.reason:
             rep.rejected[v.reason] += 1
