@@ -151,7 +151,12 @@ class StageConfig:
     learning_rate: float = setting(3e-4, "peak learning rate", min=0.0, max=1.0)
     min_lr_ratio: float = setting(0.1, "final learning rate as a share of the peak", min=0.0, max=1.0)
     warmup_steps: int = setting(200, "linear warmup steps", min=0)
-    weight_decay: float = setting(0.1, "AdamW decoupled weight decay", min=0.0, max=1.0)
+    weight_decay: float = setting(0.1, "decoupled weight decay of the matrices", min=0.0, max=1.0)
+    optimizer: str = setting("adamw", "adamw, or muon: Muon (orthogonalised momentum) for the transformer blocks' "
+                                      "matrices, AdamW for embeddings, head, biases and gains",
+                             choices=("adamw", "muon"))
+    muon_learning_rate: float = setting(0.02, "Muon's peak learning rate (optimizer = muon), on the same "
+                                              "schedule as learning_rate", min=0.0, max=1.0)
     grad_clip: float = setting(1.0, "clip the global gradient norm to this (0: off)", min=0.0)
     log_every: int = setting(10, "steps between metric reports (metrics.jsonl, the Train pane)", min=1)
     eval_every: int = setting(250, "steps between validation-loss checks", min=1)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import mlx.core as mx
+import mlx.optimizers as optim
 import numpy as np
 import pytest
 from mlx.utils import tree_flatten, tree_map
@@ -119,3 +120,50 @@ def test_update_writes_the_compute_copy():
         np.testing.assert_array_equal(np.array(mx.array(master[k]).astype(mx.bfloat16).astype(mx.float32)), compute[k])
     assert master["lin.bias"][0] == pytest.approx(1.1) and master["lin.weight"][0, 0] == pytest.approx(0.99 - 0.1)
     assert not np.array_equal(master["lin.weight"], np.ones((3, 3)))
+
+
+def muon_tree(rng) -> dict:
+    return {"wte": {"weight": mx.array(rng.normal(size=(6, 4)), mx.float32)},
+            "h": [{"fc": {"weight": mx.array(rng.normal(size=(8, 4)), mx.float32),
+                          "bias": mx.array(rng.normal(size=(8,)), mx.float32)},
+                   "proj": {"weight": mx.array(rng.normal(size=(4, 8)), mx.float32)}}]}
+
+
+def test_muon_steps_equal_mlx_muon_on_the_blocks_and_adamw_elsewhere():
+    rng = np.random.default_rng(3)
+    params = muon_tree(rng)
+    opt = FlatAdamW(params, 0.01, 0.0, muon_lr=0.02)
+    ref = optim.MultiOptimizer([optim.Muon(0.02, weight_decay=0.0), reference_adamw(0.01, 0.0)],
+                               [lambda path, p: path.startswith("h.") and p.ndim == 2])
+    ref_params = params
+    for _ in range(3):
+        grads = muon_tree(rng)
+        opt.clip_and_update(opt.pack_gradients(grads, mx.float32), 0)
+        ref_params = ref.apply_gradients(grads, ref_params)
+    mine, theirs = flat(opt.parameters()), flat(ref_params)
+    for k in mine:
+        np.testing.assert_allclose(mine[k], theirs[k], rtol=1e-4, atol=1e-5, err_msg=k)
+    state = flat(opt.checkpoint_state())
+    assert "h.0.fc.weight.m" in state and "h.0.fc.weight.v" not in state  # Muon keeps one moment
+    assert "wte.weight.v" in state and "h.0.fc.bias.v" in state
+
+
+def test_muon_follows_the_schedule_and_decays_its_matrices():
+    params = {"h": [{"w": mx.ones((2, 2))}], "b": mx.ones((2,))}
+    opt = FlatAdamW(params, 0.1, 0.5, muon_lr=0.2)
+    opt.learning_rate = 0.05  # half the peak: Muon's rate halves too
+    opt.clip_and_update(opt.pack_gradients({"h": [{"w": mx.zeros((2, 2))}], "b": mx.zeros((2,))}, mx.float32), 0)
+    assert mx.allclose(opt.parameters()["h"][0]["w"], mx.full((2, 2), 1 - 0.1 * 0.5), atol=1e-6).item()
+
+
+def test_muon_resumes_from_its_checkpoint_state():
+    rng = np.random.default_rng(4)
+    opt = FlatAdamW(muon_tree(rng), 0.01, 0.1, muon_lr=0.02)
+    opt.clip_and_update(opt.pack_gradients(muon_tree(rng), mx.float32), 0)
+    again = FlatAdamW(muon_tree(np.random.default_rng(9)), 0.01, 0.1, muon_lr=0.02)
+    again.load(opt.parameters(), opt.checkpoint_state())
+    grads = muon_tree(rng)
+    for o in (opt, again):
+        o.clip_and_update(o.pack_gradients(grads, mx.float32), 0)
+    for k, v in flat(opt.parameters()).items():
+        np.testing.assert_allclose(flat(again.parameters())[k], v, rtol=1e-6, err_msg=k)

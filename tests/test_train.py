@@ -370,6 +370,19 @@ def test_replay_and_document_starts_train_a_stage(prepared):
     assert result.step == 4 and len(losses(run, "finetune")) == 4
 
 
+def test_muon_trains_a_stage_and_resumes_exactly(prepared):
+    cfg = load(prepared)
+    cfg.train.pretrain.optimizer, cfg.train.pretrain.muon_learning_rate = "muon", 0.02
+    run = cfg.runs_dir / "m"
+    run_stage(cfg, "pretrain", run, max_steps=20)
+    ls = losses(run)
+    assert sum(ls[-3:]) / 3 < sum(ls[:3]) / 3 - 0.5
+    whole = cfg.runs_dir / "whole"
+    run_stage(cfg, "pretrain", whole, max_steps=30)
+    run_stage(cfg, "pretrain", run, resume=True, max_steps=10)  # momentum came back from the checkpoint
+    assert losses(run)[-1] == pytest.approx(losses(whole)[-1], rel=1e-4)
+
+
 class SteppingClock:
     """A clock that moves on a fixed tick each time it is read: a stage's timing, with no real time in it."""
 

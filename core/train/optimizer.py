@@ -15,8 +15,14 @@ the weights in the compute dtype (bfloat16 by default). Each step:
   writes the next step's compute-dtype copy. The float32 weights are read by nothing else, so
   the update can write them in place.
 
+With `muon=True` the transformer blocks' matrices form a third buffer updated by Muon (momentum,
+then the update orthogonalised by a Newton-Schulz iteration, per matrix, as `optim.Muon` computes
+it, with decoupled weight decay); embeddings, the head and the vectors stay with AdamW, as Muon's
+authors advise. Its learning rate follows AdamW's schedule, `muon_lr / learning_rate` times larger.
+
 The optimizer state in checkpoints keeps `optim.AdamW`'s per-parameter layout (`step`,
-`learning_rate`, `<param>.m`, `<param>.v`), so checkpoints from either optimizer resume in both.
+`learning_rate`, `<param>.m`, `<param>.v`; a Muon matrix has its momentum as `.m` and no `.v`), so
+checkpoints from either optimizer resume in both.
 """
 from __future__ import annotations
 
@@ -30,7 +36,10 @@ from mlx.utils import tree_flatten, tree_unflatten
 BETAS = (0.9, 0.95)
 EPS = 1e-8
 ROW = 1024  # buffers are padded to whole rows of this length for the norm's row sums
-GROUPS = ("decay", "plain")  # matrices (linear and embedding weights) decay; biases and gains do not
+GROUPS = ("decay", "plain", "muon")  # matrices decay; biases and gains do not; muon: blocks' matrices
+MUON_MOMENTUM = 0.95
+NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # Muon's quintic Newton-Schulz iteration
+NS_STEPS = 5
 
 
 @dataclass(frozen=True)
@@ -44,8 +53,48 @@ class Slot:
     size: int
 
 
-def _group(p: mx.array) -> str:
-    return "decay" if p.ndim >= 2 else "plain"
+def _group(name: str, p: mx.array, muon: bool) -> str:
+    if p.ndim < 2:
+        return "plain"
+    return "muon" if muon and name.startswith("h.") else "decay"
+
+
+def orthogonalise(x: mx.array) -> mx.array:
+    """The nearest semi-orthogonal matrices to a stack of matrices (..., rows, cols), roughly (Muon's
+    Newton-Schulz iteration, in x's dtype), each scaled by sqrt(max(1, rows / cols)) as `optim.Muon`
+    scales its step."""
+    a, b, c = NS_COEFFICIENTS
+    rows, cols = x.shape[-2:]
+    if rows > cols:
+        x = x.swapaxes(-1, -2)
+    x = x * mx.rsqrt(mx.sum(mx.square(x.astype(mx.float32)), axis=(-2, -1), keepdims=True) + 1e-14).astype(x.dtype)
+    for _ in range(NS_STEPS):
+        s = x @ x.swapaxes(-1, -2)
+        x = a * x + (b * s + c * (s @ s)) @ x
+    if rows > cols:
+        x = x.swapaxes(-1, -2)
+    return x * max(1.0, rows / cols) ** 0.5
+
+
+def _muon_update(p, m, g, scale, decay, lr, slots: list[Slot], dtype: mx.Dtype):
+    """One Muon step over the flat buffer of the blocks' matrices: Nesterov momentum, then the
+    update orthogonalised, the matrices of one shape together as a batch (in `dtype`), then
+    decoupled decay and the step."""
+    mu = MUON_MOMENTUM
+    g = g.astype(mx.float32) * scale
+    m = mu * m + (1 - mu) * g
+    u = (1 - mu) * g + mu * m
+    done: dict[str, mx.array] = {}
+    for shape in dict.fromkeys(s.shape for s in slots):
+        same = [s for s in slots if s.shape == shape]
+        stack = mx.stack([u[s.offset:s.offset + s.size].reshape(shape) for s in same]).astype(dtype)
+        for s, o in zip(same, orthogonalise(stack)):
+            done[s.name] = o.reshape(-1).astype(mx.float32)
+    parts = [done[s.name] for s in slots]
+    pad = p.size - sum(s.size for s in slots)
+    if pad:
+        parts.append(mx.zeros((pad,), mx.float32))
+    return p * decay - lr * mx.concatenate(parts), m
 
 
 @partial(mx.compile, shapeless=True)
@@ -74,21 +123,22 @@ class FlatAdamW:
     """
 
     def __init__(self, params: dict, learning_rate: float, weight_decay: float,
-                 compute_dtype: mx.Dtype = mx.float32):
+                 compute_dtype: mx.Dtype = mx.float32, muon_lr: float | None = None):
         self.weight_decay = weight_decay
         self.compute_dtype = compute_dtype
+        self.muon_ratio = (muon_lr / learning_rate if learning_rate else 0.0) if muon_lr is not None else None
         self.slots: list[Slot] = []
         ends = dict.fromkeys(GROUPS, 0)
         leaves = tree_flatten(params)
         for name, p in leaves:
-            g = _group(p)
+            g = _group(name, p, muon_lr is not None)
             self.slots.append(Slot(name, tuple(p.shape), g, ends[g], p.size))
             ends[g] += p.size
         self.sizes = {g: -(-n // ROW) * ROW for g, n in ends.items() if n}  # whole rows
         self.state = {
             "params": self._pack(dict(leaves), mx.float32),
             "m": {g: mx.zeros((n,), mx.float32) for g, n in self.sizes.items()},
-            "v": {g: mx.zeros((n,), mx.float32) for g, n in self.sizes.items()},
+            "v": {g: mx.zeros((n,), mx.float32) for g, n in self.sizes.items() if g != "muon"},
             "step": mx.array(0, mx.uint64),
             "learning_rate": mx.array(learning_rate, mx.float32),
         }
@@ -164,6 +214,9 @@ class FlatAdamW:
         c2 = mx.rsqrt(1 - b2**step)
         decay = {"decay": 1 - lr * self.weight_decay, "plain": mx.array(1.0)}
         for g in self.sizes:
+            if g == "muon":
+                self._muon_step(grads[g], scale, lr * self.muon_ratio)
+                continue
             args = (st["params"][g], st["m"][g], st["v"][g], grads[g], scale, decay[g], c1, c2)
             if "compute" in st:
                 st["params"][g], st["m"][g], st["v"][g], st["compute"][g] = _update_and_cast(*args, st["compute"][g])
@@ -172,12 +225,21 @@ class FlatAdamW:
         st["step"] = step
         return norm
 
+    def _muon_step(self, grad: mx.array, scale: mx.array, lr: mx.array) -> None:
+        st = self.state
+        slots = [s for s in self.slots if s.group == "muon"]
+        st["params"]["muon"], st["m"]["muon"] = _muon_update(
+            st["params"]["muon"], st["m"]["muon"], grad, scale, 1 - lr * self.weight_decay, lr, slots,
+            self.compute_dtype)
+        if "compute" in st:
+            st["compute"]["muon"] = st["params"]["muon"].astype(self.compute_dtype)
+
     # ------------------------------------------------------------ checkpoints
 
     def checkpoint_state(self) -> dict:
         """The optimizer state in `optim.AdamW`'s per-parameter layout."""
         moments = [(f"{s.name}.{k}", self.state[k][s.group][s.offset:s.offset + s.size].reshape(s.shape))
-                   for s in self.slots for k in ("m", "v")]
+                   for s in self.slots for k in ("m", "v") if s.group in self.state[k]]
         return tree_unflatten(moments) | {"step": self.state["step"], "learning_rate": self.state["learning_rate"]}
 
     def load(self, params: dict, optimizer_state: dict | None) -> None:
@@ -187,8 +249,9 @@ class FlatAdamW:
         if optimizer_state:
             flat = dict(tree_flatten(optimizer_state))
             for k in ("m", "v"):
-                self.state[k] = self._pack({s.name: flat.get(f"{s.name}.{k}") for s in self.slots
-                                            if f"{s.name}.{k}" in flat}, mx.float32)
+                packed = self._pack({s.name: flat.get(f"{s.name}.{k}") for s in self.slots
+                                     if f"{s.name}.{k}" in flat}, mx.float32)
+                self.state[k] = {g: a for g, a in packed.items() if g in self.state[k]}
             if "step" in flat:
                 self.state["step"] = mx.array(flat["step"]).astype(mx.uint64)
 

@@ -189,7 +189,8 @@ class Trainer:
             self.callbacks[:0] = [self.recorder, *self.trackers]
         mx.random.seed(sc.seed)
         self.model = GPT(self.shape, cfg.model.compute_dtype, cfg.model.checkpoint_activations)
-        self.opt = FlatAdamW(self.model.parameters(), sc.learning_rate, sc.weight_decay, self.model.compute_dtype)
+        self.opt = FlatAdamW(self.model.parameters(), sc.learning_rate, sc.weight_decay, self.model.compute_dtype,
+                             muon_lr=sc.muon_learning_rate if sc.optimizer == "muon" else None)
         self.start_step, self.tokens_seen, self.best_val = 0, 0, None
         self.checks_without_best, self.early_stopped = 0, False
         self._load_weights()
