@@ -428,6 +428,18 @@ def _check_range(key: str, value: Any, meta, wanted: type) -> None:
         raise ConfigError(f"{key} = {value!r} is out of range; allowed: at most {INT_LIMIT}")
 
 
+def int_range(key: str) -> tuple[int, int]:
+    """The lowest and highest value integer setting `key` allows ("train.ranks": 1, 64): a flag that
+    sets it takes the same."""
+    *parents, leaf = key.split(".")
+    cls = Config
+    for part in parents:
+        cls = get_type_hints(cls)[part]
+    meta = next(f.metadata for f in _setting_fields(cls) if f.name == leaf)
+    lo = meta["min"] if meta["min"] is not None else (-INT_LIMIT - 1 if meta["above"] is None else meta["above"] + 1)
+    return int(lo), int(meta["max"] if meta["max"] is not None else INT_LIMIT)
+
+
 def overridden(section: Any, prefix: str, source: str, **values: Any) -> Any:
     """A copy of a settings section with `values` (None: keep) applied, each checked as it would
     be in acm.toml, with the same messages: command-line flags and the app's fields use this."""

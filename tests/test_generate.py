@@ -161,6 +161,37 @@ def test_ctrl_c_in_chat_stops_the_generation_before_the_next_prompt(with_model, 
         engine.shutdown()
 
 
+def test_the_first_ctrl_c_stops_generate_of_any_size_and_prints_what_it_has(with_model, capsys):
+    """`acm generate --n 64` waits for its batch on the engine; the first Ctrl-C ends the batch at
+    the next token, its candidates are printed, and the command exits 130 (not at the end, not 0)."""
+    import signal
+    import threading
+    import time
+
+    def waiting_in_generate() -> bool:  # the main thread waits for the batch's result (the model loaded)
+        frame, names = sys._current_frames().get(threading.main_thread().ident), []
+        while frame is not None:
+            names, frame = names + [frame.f_code.co_name], frame.f_back
+        batch = "wait_or_stop" in names or ("call" in names and "_loaded" not in names)  # (main's Engine.call)
+        return "cmd_generate" in names and batch and names[0] == "wait"
+
+    def ctrl_c_while_waiting():
+        deadline = time.monotonic() + 60
+        while not waiting_in_generate() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+    handler = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        threading.Thread(target=ctrl_c_while_waiting, daemon=True).start()
+        rc = cli.main(["-c", str(with_model / "acm.toml"), "generate", "#!/bin/bash\\n", "-e", "--n", "64",
+                       "--max-tokens", "100000", "--temp", "1"])
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    err = capsys.readouterr().err
+    assert rc == 130 and "(stopped: 64 of 64 printed)" in err and "── 64/64" in err
+
+
 def test_a_batch_of_prompts_of_different_lengths_decodes_as_each_alone(with_model):
     from core.generate.batch import generate_batch
 

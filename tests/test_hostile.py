@@ -126,3 +126,29 @@ def test_the_app_refuses_a_settings_file_that_does_not_exist(tmp_path):
 
     with pytest.raises(SystemExit, match=r"^acm: error: settings file .*missing.toml does not exist$"):
         main(["-c", str(tmp_path / "missing.toml")])
+
+
+HUGE = "99999999999999999999"
+FLAG_BOUNDS = [  # an integer flag takes what its setting does (or, without one, a documented cap)
+    (["train", "pretrain", "--steps", HUGE], "allowed: 1 to 2147483647, as train.pretrain.steps"),
+    (["train", "finetune", "--steps", "0"], "allowed: 1 to 2147483647, as train.finetune.steps"),
+    (["train", "pretrain", "--max-steps", HUGE], "allowed: 1 to 2147483647"),
+    (["train", "pretrain", "--ranks", "65"], "allowed: 1 to 64, as train.ranks"),
+    (["generate", "x", "--n", "100000"], "allowed: 1 to 256"),
+    (["generate", "x", "--candidates", "257"], "allowed: 1 to 256, as generate.candidates"),
+    (["generate", "x", "--top-k", HUGE], "allowed: 0 to 2147483647, as generate.top_k"),
+    (["eval", "--samples", "4097"], "allowed: 1 to 4096, as eval.samples"),
+    (["eval", "--max-tokens", HUGE], "allowed: 1 to 2147483647, as eval.max_tokens"),
+    (["model", "test", "--batch", "100000"], "allowed: 1 to 1024"),
+    (["data", "show", "code", HUGE], "allowed: -2147483647 to 2147483647"),
+    (["generate", "x", "--n", "9" * 5000], "'99999999999999999999...' is not an integer"),
+]
+
+
+@pytest.mark.parametrize("argv,says", FLAG_BOUNDS, ids=lambda v: " ".join(v)[:40] if isinstance(v, list) else "")
+def test_an_integer_flag_has_its_settings_bounds(project, capsys, argv, says):
+    with pytest.raises(SystemExit) as e:  # refused as the arguments are read, before anything runs
+        cli.main(["-c", str(project / "acm.toml"), *argv])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("acm: error: ") and says in err[0], err

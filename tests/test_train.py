@@ -427,10 +427,14 @@ def test_a_resumed_stage_keeps_its_plan_and_extends_only_when_asked(prepared, ca
     c = str(prepared / "acm.toml")
     assert cli.main(["-c", c, "train", "pretrain", "--run", "planned", "--resume"]) == 0
     assert f"already finished its {planned:,} steps: nothing to resume" in capsys.readouterr().out
+    files = [run / "config.toml", *(run / "pretrain").glob("*.json*"), run / "pretrain" / "train.log"]
+    before = {f: f.read_bytes() for f in files}
     assert cli.main(["-c", c, "train", "pretrain", "--run", "planned", "--resume", "--steps", "2"]) == 2
     assert "--steps 2 is behind it" in capsys.readouterr().err
+    assert {f: f.read_bytes() for f in files} == before  # a refused resume writes none of the run's files
     assert cli.main(["-c", c, "train", "pretrain", "--run", "planned", "--resume", "--steps", str(planned + 3)]) == 0
     assert checkpoint.latest(folder).step == planned + 3 == checkpoint.latest(folder).state["planned_steps"]
+    assert f"resumed pretrain from step {planned}" in (run / "pretrain" / "train.log").read_text()  # said in setup
 
 
 def test_the_budget_planner_fits_the_steps_left_after_timing_the_first():

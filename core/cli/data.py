@@ -5,9 +5,10 @@ import json
 
 from rich.table import Table
 
+from core.cli.args import bounded_int
 from core.cli.output import console_for
 from core.cli.progress import progress_bars
-from core.config import Config
+from core.config import INT_LIMIT, Config
 from core.data.code import fetch_code
 from core.data.corpus import Corpus, corpus_stats
 from core.data.language import fetch_language
@@ -99,4 +100,5 @@ def register(sub, add) -> None:
     add(data, "stats", cmd_stats, "statistics of the fetched corpora")
     show = add(data, "show", cmd_show, "print one document with its provenance")
     show.add_argument("kind", choices=CORPORA)
-    show.add_argument("index", type=int, nargs="?", default=0)
+    show.add_argument("index", type=bounded_int(-INT_LIMIT, INT_LIMIT), nargs="?", default=0,
+                      help="which document (wraps around; -1: the last)")

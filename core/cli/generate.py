@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from core import config
-from core.cli.args import duration, positive_int, unescape
+from core.cli.args import bounded_int, duration, setting_int, unescape
 from core.cli.output import console_for
 from core.cli.progress import progress_bars
 from core.config import Config
@@ -27,6 +27,7 @@ from core.generate.verdicts import judge
 from core.pipeline.tables import EVAL_COLUMNS, eval_rows
 
 console = console_for(stderr=True)
+MAX_N = 256  # generate --n: a batch (generate.candidates has the same cap); `acm eval` samples more
 
 
 def params_from(args, cfg: Config) -> SamplingParams:
@@ -78,20 +79,36 @@ def cmd_generate(args, cfg: Config) -> int:
     check = args.syntax_check or cfg.generate.syntax_check
     k = args.candidates or cfg.generate.candidates
     expected = expectations(cfg.eval)  # a task's prompt also gets whether the script uses what it expects
-    engine = Engine()
+    engine, stop, timeout_s = Engine(), threading.Event(), cfg.data.code.syntax_timeout_s
     try:
         lm = _loaded(args, cfg, engine)
         if check:
-            print_candidates(engine.call(checked_generate, lm, [prompt] * args.n, params, k,
-                                         cfg.data.code.syntax_timeout_s), not args.no_echo, expected)
+            job = engine.submit(checked_generate, lm, [prompt] * args.n, params, k, timeout_s, stop.is_set)
         elif args.n > 1:
-            print_candidates(engine.call(sample_and_judge, lm, [prompt] * args.n, params,
-                                         cfg.data.code.syntax_timeout_s), not args.no_echo, expected)
+            job = engine.submit(sample_and_judge, lm, [prompt] * args.n, params, timeout_s, stop.is_set)
         else:
-            engine.call(stream_to_stdout, lm, prompt, params, not args.no_echo, expected=expected)
+            job = engine.submit(stream_to_stdout, lm, prompt, params, not args.no_echo, stop.is_set, expected)
+        stopped = wait_or_stop(job, stop)
+        if check or args.n > 1:
+            print_candidates(job.result(), not args.no_echo, expected)
     finally:
         engine.shutdown()
+    if stopped:
+        console.print(f"(stopped{f': {len(job.result())} of {args.n} printed' if check or args.n > 1 else ''})")
+        return 130
     return 0
+
+
+def wait_or_stop(job, stop: threading.Event) -> bool:
+    """Wait for a generation on the engine; the first Ctrl-C sets `stop` (it ends at the next token,
+    keeping what it made) and waits for it to end: whether it was stopped. A second Ctrl-C exits."""
+    try:
+        wait_for(job)
+        return False
+    except KeyboardInterrupt:
+        stop.set()
+        wait_for(job)
+        return True
 
 
 def cmd_chat(args, cfg: Config) -> int:
@@ -122,11 +139,7 @@ def chat_turn(engine: Engine, lm, prompt: str, params: SamplingParams, stop: thr
     """One generation; Ctrl-C stops it (sets `stop`), and the next prompt waits until it has stopped writing."""
     stop = stop or threading.Event()
     job = engine.submit(stream_to_stdout, lm, prompt, params, False, stop.is_set)
-    try:
-        wait_for(job)
-    except KeyboardInterrupt:
-        stop.set()
-        wait_for(job)  # stops at the next token
+    if wait_or_stop(job, stop):
         print("\n(stopped)")
 
 
@@ -186,11 +199,11 @@ def add_checkpoint_args(p) -> None:
 
 def add_sampling_args(p) -> None:
     p.add_argument("--temp", type=float, help="temperature (0: greedy; default generate.temperature)")
-    p.add_argument("--top-k", type=int)
+    p.add_argument("--top-k", type=setting_int("generate.top_k"))
     p.add_argument("--top-p", type=float)
     p.add_argument("--min-p", type=float)
     p.add_argument("--repetition-penalty", type=float)
-    p.add_argument("--max-tokens", type=int)
+    p.add_argument("--max-tokens", type=setting_int("generate.max_tokens"))
     p.add_argument("--seed", type=int)
     p.add_argument("--stop", action="append", help="stop string (repeatable); <EOS> always stops")
 
@@ -208,10 +221,12 @@ def register(sub, add) -> None:
     gen.add_argument("prompt")
     gen.add_argument("-e", "--escapes", action="store_true", help="read \\n-style escapes in PROMPT")
     gen.add_argument("--no-echo", action="store_true", help="print only the continuation")
-    gen.add_argument("--n", type=positive_int, default=1, help="candidates sampled together in one batch")
+    gen.add_argument("--n", type=bounded_int(1, MAX_N), default=1,
+                     help=f"candidates sampled together in one batch (at most {MAX_N}; Ctrl-C stops and prints "
+                          "what is done)")
     gen.add_argument("--syntax-check", action="store_true",
                      help="for each of the N, the best of K candidates: one that parses (generate.syntax_check)")
-    gen.add_argument("--candidates", type=positive_int, metavar="K",
+    gen.add_argument("--candidates", type=setting_int("generate.candidates"), metavar="K",
                      help="candidates per syntax-checked result (default: generate.candidates)")
     add_checkpoint_args(gen)
     add_sampling_args(gen)
@@ -220,8 +235,10 @@ def register(sub, add) -> None:
     add_sampling_args(chat)
     ev = add(sub, "eval", cmd_eval, "val loss / perplexity and generated-bash quality of a run's checkpoints")
     ev.add_argument("--run", help="run name (default: the latest run)")
-    ev.add_argument("--samples", type=positive_int, help="scripts to generate per checkpoint (default: eval.samples)")
-    ev.add_argument("--max-tokens", type=positive_int, help="new tokens per script (default: eval.max_tokens)")
+    ev.add_argument("--samples", type=setting_int("eval.samples"),
+                    help="scripts to generate per checkpoint (default: eval.samples)")
+    ev.add_argument("--max-tokens", type=setting_int("eval.max_tokens"),
+                    help="new tokens per script (default: eval.max_tokens)")
     ev.add_argument("--time", type=duration, metavar="DURATION",
                     help="wall-clock budget (90s, 10m): fewer samples and validation batches once it is spent "
                          "(default: eval.time)")

@@ -16,7 +16,7 @@ from core.cli import pipeline as cli_pipeline
 from core.cli import runs as cli_runs
 from core.cli import tokenizer as cli_tokenizer
 from core.cli import train as cli_train
-from core.cli.args import Parser, positive_int
+from core.cli.args import Parser, bounded_int, positive_int
 from core.cli.output import console_for
 from core.errors import AcmError, internal_error
 from core.hardware import configure_mlx
@@ -157,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("name", nargs="?", help="preset name (default: model.preset)")
     test = add(model, "test", cmd_model_test, "build a preset and time one forward pass")
     test.add_argument("--preset", help="preset name (default: model.preset)")
-    test.add_argument("--batch", type=positive_int, default=2)
+    test.add_argument("--batch", type=bounded_int(1, 1024), default=2, help="sequences (1 to 1024)")
     test.add_argument("--seq", type=positive_int, default=128)
     test.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                       help="compute dtype (weights stay float32)")

@@ -12,7 +12,7 @@ import queue
 import signal
 import threading
 
-from core.cli.args import duration, positive_int
+from core.cli.args import duration, positive_int, setting_int
 from core.cli.output import console_for
 from core.cli.progress import StepDisplay
 from core.config import Config
@@ -21,6 +21,7 @@ from core.errors import AcmError
 from core.paths import Paths
 from core.train import runs
 from core.train.detach import launch_detached
+from core.train.lifeline import tie_rank_to_launcher
 from core.train.ranks import describe as describe_ranks
 from core.train.ranks import in_group
 from core.train.ranks import train_on_ranks as launch_ranks
@@ -50,6 +51,8 @@ def stage_settings(args, cfg: Config):
 
 
 def cmd_train(args, cfg: Config) -> int:
+    if in_group():
+        tie_rank_to_launcher()  # a rank never outlives its launcher
     stage_settings(args, cfg)
     ranks = args.ranks or cfg.train.ranks
     run = pick_run(cfg, args.stage, args.run, args.resume)
@@ -122,7 +125,7 @@ def train_on_ranks(args, cfg: Config, run, ranks: int) -> int:
         try:
             outcome["last"] = launch_ranks(cfg, args.stage, run, args.resume, events.put, control, ranks,
                                            args.max_steps, lambda proc: outcome.update(proc=proc), args.steps)
-        except AcmError as e:
+        except Exception as e:  # a rank's refusal, a missing folder: raised here, said in one line
             outcome["error"] = e
         finally:
             events.put({"type": "finished"})
@@ -152,14 +155,15 @@ def register(sub, add) -> None:
         p.add_argument("--run", help="run folder name under runs/ (default: a new one for pretrain, the "
                                      "latest with a pretrain checkpoint for finetune)")
         p.add_argument("--resume", action="store_true", help="continue the run's latest checkpoint of this stage")
-        p.add_argument("--steps", type=positive_int, help=f"total steps (default: train.{stage}.steps); with "
+        p.add_argument("--steps", type=setting_int(f"train.{stage}.steps"),
+                       help=f"total steps (default: train.{stage}.steps); with "
                        "--resume, the new total of a run that finished its plan (a resumed run keeps its plan)")
         p.add_argument("--time", type=duration, metavar="DURATION",
                        help=f"wall-clock budget (20s, 10m, 8h): the steps are fitted to it, warmup and decay "
                             f"included (default: train.{stage}.time)")
         p.add_argument("--max-steps", type=positive_int,
                        help="stop after this many steps in this call (resume later)")
-        p.add_argument("--ranks", type=positive_int, metavar="N",
+        p.add_argument("--ranks", type=setting_int("train.ranks"), metavar="N",
                        help="train on N ranks of this host, one per NVIDIA GPU (NCCL; elsewhere the ring "
                             "backend) (default: train.ranks)")
         p.add_argument("--detach", action="store_true",

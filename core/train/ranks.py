@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -23,7 +24,7 @@ from core.paths import Paths
 from core.train import runs
 
 SOURCE = str(Path(__file__).resolve().parents[2])  # on the children's PYTHONPATH: acm runs from a checkout too
-LAUNCHER = "from mlx._distributed_utils.launch import main; main()"  # what the `mlx.launch` script runs
+MOST_RING_RANKS = 64  # train.ranks' cap; on the ring backend also one rank a CPU core (at least 2)
 
 
 def in_group() -> bool:
@@ -32,8 +33,12 @@ def in_group() -> bool:
 
 
 def backend(ranks: int) -> str:
-    """NCCL with one GPU a rank on an NVIDIA host, the ring backend over localhost elsewhere."""
+    """NCCL with one GPU a rank on an NVIDIA host, the ring backend over localhost elsewhere; more
+    ranks than the host has GPUs (NVIDIA) or CPU cores (elsewhere) refused in one line."""
     if not mx.cuda.is_available():
+        most = ring_ranks_here()
+        if ranks > most:
+            raise AcmError(f"{ranks} ranks on this host: at most {most}, one a CPU core (train.ranks, --ranks)")
         return "ring"
     gpus = mx.device_count(mx.gpu)
     if ranks > gpus:
@@ -42,10 +47,17 @@ def backend(ranks: int) -> str:
     return "nccl"
 
 
-def launcher_argv(ranks: int, command: list[str]) -> list[str]:
+def ring_ranks_here() -> int:
+    """The most ranks the ring backend runs on this host: one a CPU core this process may use."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(max(2, cores), MOST_RING_RANKS)
+
+
+def launcher_argv(ranks: int, command: list[str], parent: int | None = None) -> list[str]:
     """The command line that starts `command` (arguments after the Python interpreter) on
-    `ranks` ranks of this host."""
-    return [sys.executable, "-c", LAUNCHER, "-n", str(ranks), "--backend", backend(ranks), "--",
+    `ranks` ranks of this host; with `parent`, the launcher and ranks end once that process is gone."""
+    tie = ["--parent", str(parent)] if parent else []
+    return [sys.executable, "-m", "core.train.launch", *tie, "-n", str(ranks), "--backend", backend(ranks), "--",
             sys.executable, *command]
 
 
@@ -104,11 +116,13 @@ def train_on_ranks(cfg: config.Config, stage: str, run: Path, resume: bool, emit
                    max_steps: int | None = None, started=None, steps: int | None = None) -> dict:
     """Train `stage` of `run` on `ranks` ranks of this host and wait: rank 0's events go to `emit`,
     a stop asked of `control` reaches every rank through the run's control file; `started` gets
-    the launcher's process. The last event of each type."""
+    the launcher's process. The last event of each type; a rank's refusal raised as its one line."""
+    backend(ranks)  # more ranks than the host runs: refused before anything is written
     settings = settings_for_ranks(cfg, run, stage)
-    argv = launcher_argv(ranks, train_command(settings, stage, run, resume, steps, max_steps))
+    argv = launcher_argv(ranks, train_command(settings, stage, run, resume, steps, max_steps), parent=os.getpid())
     log = Paths.stage(run, stage) / "ranks.log"
     with open(log, "ab") as errors:  # the ranks' own messages (a traceback of a rank) land here
+        start = errors.tell()
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errors, text=True,
                                 env=launcher_env(SOURCE), start_new_session=True,  # Ctrl-C is the caller's
                                 cwd=str(cfg.root.resolve()))
@@ -126,15 +140,30 @@ def train_on_ranks(cfg: config.Config, stage: str, run: Path, resume: bool, emit
     finally:
         done.set()
         proc.wait()
-    if proc.returncode:
-        raise AcmError(f"{stage} on {ranks} ranks ended with exit status {proc.returncode}: {_last_line(log)} "
+    said = _said(log, start)
+    refusal = next((line.removeprefix(REFUSAL) for line in said if line.startswith(REFUSAL)), None)
+    if refusal is not None:  # a rank refused (a resume it cannot make, a damaged checkpoint)
+        raise AcmError(refusal)
+    failed = proc.returncode or any(WARNING in line for line in said)  # the launcher exits 0 whatever a rank did
+    if failed:
+        raise AcmError(f"{stage} on {ranks} ranks failed: {said[-1] if said else 'no message'} "
                        f"(all of it in {log}); the last checkpoint stays loadable: resume it")
     return last
 
 
-def _last_line(log: Path) -> str:
-    lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
-    return lines[-1].strip() if lines else "no message"
+REFUSAL = "acm: error: "  # how a rank's main says why it refused
+WARNING = "[WARN] Node with rank"  # how MLX's launcher says a rank exited with an error or was killed
+
+
+def _said(log: Path, start: int) -> list[str]:
+    """The lines the launcher and ranks wrote to `log` from byte `start` (this call's), colours off."""
+    with open(log, "rb") as f:
+        f.seek(start)
+        text = f.read().decode(errors="replace")
+    return [ANSI.sub("", line).strip() for line in text.splitlines() if line.strip()]
+
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def _relay_stop(control, run: Path, stage: str, done: threading.Event) -> None:

@@ -145,12 +145,16 @@ class Trainer:
         # what the loop obeys: with several ranks, the commands every rank agreed on at a step
         self.steer = self.control if self.world == 1 else Control()
         self.polled_at: int | None = None
+        self.recorder: Recorder | None = None  # rank 0's, once the stage can start
+        self.said_before_recording: list[dict] = []  # events of the setup, recorded once the stage starts
 
     # ------------------------------------------------------------ events
 
     def emit(self, event: dict) -> None:
         """Hand an event to every callback (the recorder first); other ranks stay silent."""
         if self.is_main:
+            if self.recorder is None:
+                self.said_before_recording.append(event)
             for callback in self.callbacks:
                 callback(event)
 
@@ -182,11 +186,6 @@ class Trainer:
         self.ck_dir = Paths.checkpoints(self.run_path, self.stage)
         if self.is_main:
             checkpoint.sweep_partial(self.ck_dir)  # frees what a kill or a full disk left
-        if self.is_main:
-            prepare_run(cfg, self.run_path)
-            self.recorder = Recorder(self.run_path, self.stage, sc.steps)
-            self.trackers = trackers(cfg, self.run_path, self.stage)  # train.report_to: none by default
-            self.callbacks[:0] = [self.recorder, *self.trackers]
         mx.random.seed(sc.seed)
         self.model = GPT(self.shape, cfg.model.compute_dtype, cfg.model.checkpoint_activations)
         self.opt = FlatAdamW(self.model.parameters(), sc.learning_rate, sc.weight_decay, self.model.compute_dtype,
@@ -194,12 +193,26 @@ class Trainer:
         self.start_step, self.tokens_seen, self.best_val = 0, 0, None
         self.checks_without_best, self.early_stopped = 0, False
         self._load_weights()
+        if self.is_main:
+            self._start_recording(cfg)
         mx.eval(self.opt.state)
         self.model.update(self.opt.parameters())  # the optimizer's buffers hold the weights from now on
         # Nothing in a step draws from MLX's RNG (no dropout): the only randomness after
         # initialisation is the batch order, a pure function of (seed, step) saved in checkpoints.
         self.fused_step, self.grad_step, self.apply_step, self.eval_loss = build_steps(
             self.model, self.opt, self.sc.grad_clip, self.world, self.cfg.train.allreduce_buckets)
+
+    def _start_recording(self, cfg: Config) -> None:
+        """The run's files (its config.toml, metrics, log), written only once the stage can start:
+        a refused resume leaves them as they were. What was said before reaches the files too."""
+        prepare_run(cfg, self.run_path)
+        self.recorder = Recorder(self.run_path, self.stage, self.sc.steps)
+        self.trackers = trackers(cfg, self.run_path, self.stage)  # train.report_to: none by default
+        for event in self.said_before_recording:
+            for callback in (self.recorder, *self.trackers):
+                callback(event)
+        self.callbacks[:0] = [self.recorder, *self.trackers]
+        self.said_before_recording = []
 
     def _load_weights(self) -> None:
         """Resume this stage's latest checkpoint, or fine-tune from the best pretrain one."""
@@ -357,7 +370,7 @@ class Trainer:
                 self._state("failed", getattr(self, "step", self.start_step), error=str(e) or type(e).__name__)
             raise
         finally:
-            if self.is_main:
+            if self.recorder is not None:
                 self.recorder.close()
                 for tracker in self.trackers:
                     tracker.close()
@@ -464,7 +477,7 @@ class Trainer:
 
     def _apply_plan(self, total: int, warmup: int) -> None:
         self.sc.steps, self.sc.warmup_steps, self.planned = total, warmup, True
-        if self.is_main:  # the recorder exists by then: it is made before any checkpoint is read
+        if self.recorder is not None:  # else it is made with these steps
             self.recorder.total = total
 
     def _timed(self) -> None:

@@ -1,0 +1,128 @@
+"""Ranks a host cannot run are refused, a rank's refusal is the command's, and no rank outlives a
+killed `acm`."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlx.core as mx
+import pytest
+
+from core import cli, config
+from core.train.ranks import ring_ranks_here
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("acm: error: "), err
+    return err[0]
+
+
+@pytest.mark.parametrize("ranks", ["65", "1000", "99999999999999999999"])
+def test_the_ranks_flag_has_the_settings_cap(project, capsys, ranks):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["-c", str(project / "acm.toml"), "train", "pretrain", "--ranks", ranks])
+    assert e.value.code == 2
+    assert "allowed: 1 to 64, as train.ranks" in one_error_line(capsys)
+    assert not (project / "runs").exists()
+
+
+@pytest.mark.skipif(mx.cuda.is_available(), reason="the ring backend's limit: one rank a CPU core")
+def test_more_ranks_than_the_host_runs_are_refused_before_anything_is_written(prepared, capsys):
+    too_many = ring_ranks_here() + 1
+    if too_many > 64:
+        pytest.skip("this host runs as many ranks as train.ranks allows")
+    c = str(prepared / "acm.toml")
+    for detach in ([], ["--detach"]):
+        assert cli.main(["-c", c, "train", "pretrain", "--run", "many", "--ranks", str(too_many), *detach]) == 2
+        assert f"{too_many} ranks on this host: at most {too_many - 1}" in one_error_line(capsys)
+        assert not (prepared / "runs" / "many").exists()
+
+
+def test_a_ranks_refusal_is_the_commands_one_line_and_leaves_the_run_as_it_was(prepared, capsys):
+    """A run of 3 sequences a step resumed on 2 ranks of batch 3 cannot keep its global batch: each
+    rank refuses, and that reason (not exit 0, not only ranks.log) reaches the user."""
+    cfg = config.load(prepared / "acm.toml")
+    cfg.train.pretrain.batch_size = 3
+    config.save(cfg, prepared / "acm.toml")
+    c = str(prepared / "acm.toml")
+    assert cli.main(["-c", c, "train", "pretrain", "--run", "odd", "--max-steps", "2"]) == 0
+    run = prepared / "runs" / "odd"
+    before = {p: p.read_bytes() for p in (run / "config.toml", run / "pretrain" / "metrics.jsonl")}
+    capsys.readouterr()
+    assert cli.main(["-c", c, "train", "pretrain", "--run", "odd", "--resume", "--ranks", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("acm: error: run odd trains on 3 sequences a step"), err
+    assert not any(line.startswith("acm: error:") for line in err[:-1])
+    assert {p: p.read_bytes() for p in before} == before
+
+
+# ---------------------------------------------------------------- a killed acm
+
+def children() -> dict[int, int]:
+    """pid -> parent pid of every process (Linux's /proc)."""
+    found = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        found[int(stat.parent.name)] = int(text.rsplit(")", 1)[1].split()[1])
+    return found
+
+
+def descendants(pid: int) -> set[int]:
+    parents, found, todo = children(), set(), [pid]
+    while todo:
+        parent = todo.pop()
+        for child, ppid in parents.items():
+            if ppid == parent and child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie waiting for a reaper has ended)."""
+    try:
+        os.kill(pid, 0)
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def wait_until(condition, seconds: float = 60.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the ranks through Linux's /proc")
+def test_kill_9_of_acm_ends_its_launcher_and_ranks(prepared):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    acm = subprocess.Popen([sys.executable, "-m", "core.cli", "-c", str(prepared / "acm.toml"), "train", "pretrain",
+                            "--run", "k", "--ranks", "2", "--steps", "100000"], env=env, cwd=prepared,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = prepared / "runs" / "k" / "pretrain" / "metrics.jsonl"
+    family: set[int] = set()
+    try:
+        assert wait_until(lambda: metrics.exists() and b'"metrics"' in metrics.read_bytes()), "the ranks never trained"
+        family = descendants(acm.pid)  # the launcher, and the ranks under it
+        assert len(family) >= 3
+        acm.send_signal(signal.SIGKILL)
+        acm.wait()
+        assert wait_until(lambda: not any(alive(pid) for pid in family), 30), \
+            f"still running after acm's kill -9: {sorted(pid for pid in family if alive(pid))}"
+    finally:
+        for pid in family | {acm.pid}:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
