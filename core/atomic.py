@@ -7,10 +7,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
+
+from core.errors import AcmError, write_failure
 
 
 @contextlib.contextmanager
@@ -51,6 +54,32 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+@contextlib.contextmanager
+def writing(what: str, *partial: str | os.PathLike) -> Iterator[None]:
+    """Writes of `what` (a checkpoint, shards, an export...): any failure removes `partial`, the
+    files or folders they were building, and a full disk, a file size limit or another refusal of
+    the system becomes one AcmError line, worded alike for every writer whichever library wrote."""
+    try:
+        yield
+    except BaseException as e:
+        for p in partial:
+            remove(Path(p))
+        why = write_failure(e) or (e.strerror if isinstance(e, OSError) and e.strerror else None)
+        if why is None:
+            raise
+        raise AcmError(f"{why}: could not write {what}"
+                       + (" (its partial files were removed)" if partial else "")) from None
+
+
+def remove(path: Path) -> None:
+    """A file or folder gone, whichever it was (a missing one is fine)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

@@ -21,7 +21,7 @@ import tomli_w
 import tomlkit
 
 from core.atomic import write_text
-from core.errors import ConfigError
+from core.errors import ConfigError, write_failure
 from core.model.presets import PRESETS, ModelShape, get_preset
 from core.paths import Paths
 
@@ -642,7 +642,7 @@ def _write(path: str | os.PathLike, text: str) -> None:
     try:
         write_text(path, text)
     except OSError as e:  # an immutable file, a read-only folder, a full disk
-        raise ConfigError(f"not saved: cannot write {path} ({e.strerror or e})") from None
+        raise ConfigError(f"not saved: cannot write {path} ({write_failure(e) or e.strerror or e})") from None
 
 
 def describe() -> list[tuple[str, Any, str, str]]:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from core.atomic import read_json, write_text
+from core.atomic import read_json, write_text, writing
 from core.errors import AcmError
 from core.paths import CORPORA, MANIFEST
 
@@ -101,8 +101,9 @@ class CorpusWriter:
         name = f"shard-{len(self.shards):05d}.parquet"
         final = self.shard_dir / name
         tmp = self.shard_dir / f".{name}.tmp"
-        pq.write_table(pa.Table.from_pylist(self._rows, schema=SCHEMA), tmp, compression="zstd")
-        tmp.rename(final)
+        with writing(f"{self.kind} corpus shard {final}", tmp):
+            pq.write_table(pa.Table.from_pylist(self._rows, schema=SCHEMA), tmp, compression="zstd")
+            tmp.rename(final)
         self.shards.append({"file": name, "documents": len(self._rows), "bytes": final.stat().st_size,
                             "sha256": sha256_file(final)})
         self._rows, self._row_bytes = [], 0

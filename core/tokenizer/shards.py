@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.atomic import atomic_open, read_json, write_text
+from core.atomic import atomic_open, read_json, write_text, writing
 from core.config import Config
 from core.data.corpus import Corpus, sha256_file
 from core.data.pairs import SOURCES as PAIR_SOURCES
@@ -135,7 +135,8 @@ def prepare_corpus(cfg: Config, kind: str, tok: AcmTokenizer, report: Reporter, 
         partial = _resume_point(cfg, kind, ident, force)
         if "val_threshold" not in partial:
             partial["val_threshold"] = val_threshold(corpus.texts(), cfg.prepare.seed, cfg.prepare.val_fraction)
-        _encode_chunks(cfg, kind, tok, corpus, partial, Ticker(report, kind, len(corpus)), cancel)
+        with writing(f"the {kind} token shards in {cfg.locations.shards(kind)}"):  # finished chunks stay, to resume
+            _encode_chunks(cfg, kind, tok, corpus, partial, Ticker(report, kind, len(corpus)), cancel)
         chunks = partial["chunks"]
         manifest = ident | {
             "chunks": chunks, "build": partial["build"],

@@ -7,7 +7,6 @@ Pruning keeps the last `keep_last` and the best by validation loss.
 """
 from __future__ import annotations
 
-import errno
 import json
 import os
 import shutil
@@ -17,7 +16,7 @@ from pathlib import Path
 import mlx.core as mx
 from mlx.utils import tree_flatten, tree_unflatten
 
-from core.atomic import read_json
+from core.atomic import read_json, writing
 from core.errors import AcmError
 
 STATE = "state.json"
@@ -61,14 +60,9 @@ def save(folder: Path, step: int, params: dict, optimizer_state: dict, state: di
     sweep_partial(folder)
     final = folder / f"step-{step:07d}"
     tmp = folder / f".tmp-step-{step:07d}"
-    try:
+    with writing(f"checkpoint {final.name} into {folder}", tmp):  # MLX's own write errors too
         tmp.mkdir()
         _write(tmp, step, params, optimizer_state, state)
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        why = "disk full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
-        raise AcmError(f"{why}: could not write checkpoint {final.name} into {folder} "
-                       "(its partial files were removed)") from None
     if final.exists():  # saving the same step again (save-now at a checkpoint step)
         shutil.rmtree(final)
     tmp.rename(final)
