@@ -561,6 +561,8 @@ def read_table(path: str | os.PathLike) -> dict:
         raise ConfigError(f"{path}: TOML syntax error: {e}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not UTF-8 text") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deep to be settings") from None
 
 
 def load(path: str | os.PathLike = CONFIG_NAME) -> Config:

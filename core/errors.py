@@ -6,8 +6,10 @@ hit it: `write_failure` gives every writer the same words for it.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import re
+from collections.abc import Iterator
 
 
 class AcmError(Exception):
@@ -39,6 +41,21 @@ def write_failure(error: BaseException) -> str | None:
             or isinstance(error, OSError) and error.errno is None and NUMPY_SHORT_WRITE.match(text)):
         return FULL_OR_LIMIT
     return None
+
+
+# What reading a file back raises when it holds JSON of the wrong shape: a missing key, a wrong type.
+READ_BACK_ERRORS = (KeyError, TypeError, ValueError, AttributeError, IndexError, RecursionError)
+
+
+@contextlib.contextmanager
+def read_back(what: str, fix: str) -> Iterator[None]:
+    """Use a file acm wrote (a manifest, metadata, results): one of the wrong shape is one line
+    naming it and the fix, not a traceback from deep in the code that read a field."""
+    try:
+        yield
+    except READ_BACK_ERRORS as e:
+        detail = (str(e).splitlines() or [""])[0][:120] or type(e).__name__
+        raise AcmError(f"{what} is damaged ({detail}): {fix}") from None
 
 
 def one_line(error: BaseException) -> str:

@@ -288,8 +288,8 @@ def test_near_duplicates_are_confirmed_against_the_threshold():
 
 
 def test_local_paths_entries_that_are_links_are_held_to_the_rule_of_links_inside_a_source(project, tmp_path):
-    from core.data.corpus import Corpus
     from core.data.code import fetch_code
+    from core.data.corpus import Corpus
 
     from .stand_ins import script
 

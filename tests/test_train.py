@@ -149,7 +149,8 @@ def test_interrupted_save_keeps_the_previous_checkpoint(prepared, monkeypatch):
     monkeypatch.setattr(mx, "save_safetensors", real)
     folder = Paths.checkpoints(run, "pretrain")
     assert [c.step for c in checkpoint.list_checkpoints(folder)] == [10]
-    assert list(folder.glob(".tmp-step-*"))
+    assert not list(folder.glob(".tmp-step-*"))  # an interrupted save removes what it wrote
+    (folder / ".tmp-step-0000015").mkdir()  # what a kill -9 mid-save leaves: swept by the next save
     assert run_stage(cfg, "pretrain", run, resume=True, max_steps=10).step == 20
     assert not list(folder.glob(".tmp-step-*"))
 

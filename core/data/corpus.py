@@ -149,13 +149,16 @@ class Corpus:
         if not path.exists():
             raise AcmError(f"no {kind} corpus in {folder}: run `acm data fetch {kind}` first")
         try:
-            manifest = json.loads(path.read_text())
+            manifest = json.loads(path.read_text(encoding="utf-8"))
             shard_dir = Path(folder) / manifest["shard_dir"]
             for s in manifest["shards"]:
                 if (shard_dir / s["file"]).stat().st_size != s["bytes"]:
                     raise ValueError(f"{s['file']} changed size")
-        except (ValueError, KeyError, OSError) as e:
-            raise AcmError(f"the {kind} corpus in {folder} is damaged ({e}); fetch it again") from None
+            if not isinstance(manifest["stats"]["documents"], int):
+                raise ValueError("its document count is not a number")
+        except (ValueError, KeyError, OSError, TypeError, RecursionError) as e:
+            why = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+            raise AcmError(f"the {kind} corpus in {folder} is damaged ({why}); fetch it again") from None
         return cls(Path(folder), manifest)
 
     @property
