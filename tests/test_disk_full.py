@@ -44,7 +44,7 @@ def hidden(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.rglob(".*") if ".tmp" in p.name or ".partial" in p.name or ".new" in p.name)
 
 
-@pytest.mark.parametrize("fmt,why", [("mlx", DISK), ("hf", DISK), ("gguf", TOO_LARGE)])
+@pytest.mark.parametrize("fmt,why", [("mlx", DISK), ("hf", DISK), ("gguf", TOO_LARGE)], ids=["mlx", "hf", "gguf"])
 def test_an_export_over_the_limit_is_one_line_and_leaves_nothing(with_model, fmt, why):
     err = the_error(acm_limited(with_model, ["export", "--to", str(with_model / "out"), "--format", fmt], 20_000))
     assert err.startswith(f"acm: error: {why}: could not write the export ") and "partial files were removed" in err
