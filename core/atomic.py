@@ -7,10 +7,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
+
+from core.errors import AcmError, write_failure
 
 
 @contextlib.contextmanager
@@ -53,6 +56,32 @@ def _umask() -> int:
     return mask
 
 
+@contextlib.contextmanager
+def writing(what: str, *partial: str | os.PathLike) -> Iterator[None]:
+    """Writes of `what` (a checkpoint, shards, an export...): any failure removes `partial`, the
+    files or folders they were building, and a full disk, a file size limit or another refusal of
+    the system becomes one AcmError line, worded alike for every writer whichever library wrote."""
+    try:
+        yield
+    except BaseException as e:
+        for p in partial:
+            remove(Path(p))
+        why = write_failure(e) or (e.strerror if isinstance(e, OSError) and e.strerror else None)
+        if why is None:
+            raise
+        raise AcmError(f"{why}: could not write {what}"
+                       + (" (its partial files were removed)" if partial else "")) from None
+
+
+def remove(path: Path) -> None:
+    """A file or folder gone, whichever it was (a missing one is fine)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
 def write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_open(path, "w") as f:
         f.write(text)
@@ -63,10 +92,21 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
         f.write(data)
 
 
-def read_json(path: str | os.PathLike) -> Any | None:
-    """The JSON in `path`, or None when it is missing, unreadable or not JSON (a file acm writes
-    atomically is either whole or absent, so None means "not there")."""
+def read_json(path: str | os.PathLike, shape: dict[str, type | tuple[type, ...]] | None = None) -> dict | None:
+    """The JSON object in `path`, or None when it is missing, unreadable, not JSON (nor UTF-8),
+    nested past the parser's depth, not an object, or when a key `shape` names holds another type
+    (a file acm writes atomically is either whole or absent, so None means "not there")."""
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
         return None
+    if not isinstance(value, dict) or not fits(value, shape or {}):
+        return None
+    return value
+
+
+def fits(value: dict, shape: dict[str, type | tuple[type, ...]]) -> bool:
+    """Each key of `shape` that `value` holds has one of its types (None stands for JSON null)."""
+    def types(t):
+        return tuple(type(None) if x is None else x for x in (t if isinstance(t, tuple) else (t,)))
+    return all(k not in value or isinstance(value[k], types(t)) for k, t in shape.items())

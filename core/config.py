@@ -21,7 +21,7 @@ import tomli_w
 import tomlkit
 
 from core.atomic import write_text
-from core.errors import ConfigError
+from core.errors import ConfigError, write_failure
 from core.model.presets import PRESETS, ModelShape, get_preset
 from core.paths import Paths
 
@@ -578,6 +578,8 @@ def read_table(path: str | os.PathLike) -> dict:
         raise ConfigError(f"{path}: TOML syntax error: {e}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not UTF-8 text") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deep to be settings") from None
 
 
 def load(path: str | os.PathLike = CONFIG_NAME) -> Config:
@@ -659,7 +661,7 @@ def _write(path: str | os.PathLike, text: str) -> None:
     try:
         write_text(path, text)
     except OSError as e:  # an immutable file, a read-only folder, a full disk
-        raise ConfigError(f"not saved: cannot write {path} ({e.strerror or e})") from None
+        raise ConfigError(f"not saved: cannot write {path} ({write_failure(e) or e.strerror or e})") from None
 
 
 def describe() -> list[tuple[str, Any, str, str]]:

@@ -1,8 +1,15 @@
 """The project's own error type: something a user caused, told in one clear line.
 
 Tracebacks are for bugs; an AcmError is printed as its message alone by the CLI and shown as a
-notification by the TUI.
+notification by the TUI. A full disk or a file size limit is the user's too, whichever library
+hit it: `write_failure` gives every writer the same words for it.
 """
+from __future__ import annotations
+
+import contextlib
+import errno
+import re
+from collections.abc import Iterator
 
 
 class AcmError(Exception):
@@ -13,14 +20,58 @@ class ConfigError(AcmError):
     """acm.toml is unreadable, or holds an unknown key, a wrong type or an out-of-range value."""
 
 
+DISK_FULL = "disk full"
+TOO_LARGE = "file too large (over the file size limit, ulimit -f)"
+FULL_OR_LIMIT = "disk full or over the file size limit (ulimit -f)"
+# The failures that carry no errno: MLX's RuntimeError "[write] Unable to write 48265 bytes to file."
+# and NumPy's OSError "117228 requested and 1436 written" (a short write in ndarray.tofile).
+MLX_WRITE = re.compile(r"^\[write\] ")
+NUMPY_SHORT_WRITE = re.compile(r"^\d+ requested and \d+ written$")
+
+
+def write_failure(error: BaseException) -> str | None:
+    """Why a write failed, in a user's words, when the disk is full or a file over its size limit,
+    whether the system, MLX or NumPy said so; None for any other error."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DISK_FULL
+    if isinstance(error, OSError) and error.errno == errno.EFBIG:
+        return TOO_LARGE
+    text = str(error)
+    if (isinstance(error, RuntimeError) and MLX_WRITE.match(text)
+            or isinstance(error, OSError) and error.errno is None and NUMPY_SHORT_WRITE.match(text)):
+        return FULL_OR_LIMIT
+    return None
+
+
+# What reading a file back raises when it holds JSON of the wrong shape: a missing key, a wrong type.
+READ_BACK_ERRORS = (KeyError, TypeError, ValueError, AttributeError, IndexError, RecursionError)
+
+
+@contextlib.contextmanager
+def read_back(what: str, fix: str) -> Iterator[None]:
+    """Use a file acm wrote (a manifest, metadata, results): one of the wrong shape is one line
+    naming it and the fix, not a traceback from deep in the code that read a field."""
+    try:
+        yield
+    except READ_BACK_ERRORS as e:
+        detail = (str(e).splitlines() or [""])[0][:120] or type(e).__name__
+        raise AcmError(f"{what} is damaged ({detail}): {fix}") from None
+
+
 def one_line(error: BaseException) -> str:
-    """How an error reads to a user: an AcmError's own message, anything else with its type."""
+    """How an error reads to a user: an AcmError's own message, a full disk as `write_failure` says
+    it, anything else with its type."""
     if isinstance(error, AcmError):
         return str(error)
+    why = write_failure(error)
+    if why is not None:
+        name = getattr(error, "filename", None)
+        return why + (f": {name}" if name else "")
     return f"{type(error).__name__}: {error}"
 
 
 def internal_error(error: BaseException) -> str:
-    """How a bug (an exception acm did not expect) reads: one line naming it; the traceback on request."""
+    """How a bug (an exception acm did not expect) reads: one line naming it; the traceback on request.
+    A write failure that reached this far is no bug: it reads as the disk message."""
     first = (one_line(error).splitlines() or [type(error).__name__])[0]
-    return f"internal error ({first}); ACM_DEBUG=1 shows the traceback"
+    return first if write_failure(error) else f"internal error ({first}); ACM_DEBUG=1 shows the traceback"

@@ -285,3 +285,27 @@ def test_near_duplicates_are_confirmed_against_the_threshold():
     assert not near.seen(base)
     assert near.seen(above)
     assert not near.seen(below)  # LSH may propose it; the exact similarity decides
+
+
+def test_local_paths_entries_that_are_links_are_held_to_the_rule_of_links_inside_a_source(project, tmp_path):
+    from core.data.code import fetch_code
+    from core.data.corpus import Corpus
+
+    from .stand_ins import script
+
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "mine").mkdir(parents=True)
+    (elsewhere / "credentials").write_text(script("secret-credentials"))
+    (elsewhere / "mine" / "deploy.sh").write_text(script("deploy"))
+    listed = tmp_path / "listed"
+    listed.mkdir()
+    (listed / "v2.sh").write_text(script("version-two"))
+    (listed / "current.sh").symlink_to("v2.sh")  # a link within its folder: followed
+    (listed / "leak.sh").symlink_to(elsewhere / "credentials")  # a script's name on a private file
+    (listed / "scripts").symlink_to(elsewhere / "mine")  # a symlinked folder of the user's own scripts
+    entries = [str(listed / n) for n in ("leak.sh", "current.sh", "scripts")]
+    manifest = fetch_code(cfg_for(project, data__code__source="local", data__code__local_paths=entries))
+    texts = list(Corpus.open(project / "data" / "code", "code").texts())
+    assert not any("secret-credentials" in t for t in texts)
+    assert any("version-two" in t for t in texts) and any("deploy" in t for t in texts) and len(texts) == 2
+    assert manifest["report"]["rejected"] == {"outside_source": 1}

@@ -230,3 +230,40 @@ def test_a_failed_upload_is_one_line_and_keeps_the_folder(with_model, tmp_path, 
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("acm: error: upload of") and "the exported folder is kept" in err
     assert len(err.strip().splitlines()) == 1 and (tmp_path / "x" / "README.md").exists()
+
+
+KILLED_MID_EXPORT = """
+import os, signal, sys
+from core import config
+from core.generate import export
+from core.generate.decode import load_model
+
+def write_then_die(lm, folder, dtype):
+    (folder / "model.safetensors").write_bytes(b"half")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+export.WRITERS["mlx"] = write_then_die
+cfg = config.load(sys.argv[1])
+export.export_model(load_model(cfg, master_weights=True), sys.argv[2], "float32", "mlx")
+"""
+
+
+def test_the_next_export_sweeps_what_a_killed_export_left_and_spares_one_under_way(with_model, tmp_path):
+    import fcntl
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "exports"
+    killed = subprocess.run([sys.executable, "-c", KILLED_MID_EXPORT, str(with_model / "acm.toml"), str(out / "a")],
+                            env={**__import__("os").environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
+    assert killed.returncode == -9 and (out / ".a.partial" / "model.safetensors").exists()
+    busy = out / ".b.partial"  # another export, alive, writing to another name
+    busy.mkdir()
+    with open(busy / ".export.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert cli.main(["-c", str(with_model / "acm.toml"), "export", "--to", str(out / "c")]) == 0
+        assert sorted(p.name for p in out.iterdir()) == [".b.partial", "c"]
+        assert ".export.lock" not in {p.name for p in (out / "c").iterdir()}
+        with pytest.raises(AcmError, match="another export to .*b is under way"):
+            export_checkpoint(config.load(with_model / "acm.toml"), out / "b")

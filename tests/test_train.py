@@ -149,7 +149,8 @@ def test_interrupted_save_keeps_the_previous_checkpoint(prepared, monkeypatch):
     monkeypatch.setattr(mx, "save_safetensors", real)
     folder = Paths.checkpoints(run, "pretrain")
     assert [c.step for c in checkpoint.list_checkpoints(folder)] == [10]
-    assert list(folder.glob(".tmp-step-*"))
+    assert not list(folder.glob(".tmp-step-*"))  # an interrupted save removes what it wrote
+    (folder / ".tmp-step-0000015").mkdir()  # what a kill -9 mid-save leaves: swept by the next save
     assert run_stage(cfg, "pretrain", run, resume=True, max_steps=10).step == 20
     assert not list(folder.glob(".tmp-step-*"))
 
@@ -502,3 +503,14 @@ def test_the_newest_report_is_read_from_the_end_of_the_metrics(prepared):
     seen = []
     training_progress(seen.append)(newest)
     assert seen[0].task == "pretraining" and (seen[0].done, seen[0].total) == (6, cfg.train.pretrain.steps)
+
+
+def test_resuming_weights_that_do_not_fit_the_model_is_one_line(with_model):
+    import mlx.core as mx
+
+    cfg = load(with_model)
+    ck = checkpoint.latest(Paths.checkpoints(cfg.runs_dir / "m", "finetune"))
+    weights = ck.path / "model.safetensors"
+    mx.save_safetensors(str(weights), {k: mx.zeros((1,) * v.ndim) for k, v in mx.load(str(weights)).items()})
+    with pytest.raises(AcmError, match=r"is damaged \(weights .* do not fit the model\)"):
+        run_stage(cfg, "finetune", cfg.runs_dir / "m", resume=True, max_steps=1)

@@ -9,7 +9,7 @@ from core.cli.args import unescape
 from core.cli.output import console_for
 from core.cli.progress import progress_bars
 from core.config import Config
-from core.errors import AcmError
+from core.errors import AcmError, read_back
 from core.pipeline.tables import (
     SHARD_COLUMNS,
     TOKENIZER_COLUMNS,
@@ -57,10 +57,11 @@ def cmd_info(args, cfg: Config) -> int:
     if args.json:
         print(json.dumps(meta, indent=2))
         return 0
-    print(f"vocab {meta['vocab_size']:,}{short_of(meta)}; special tokens "
-          + ", ".join(f"{k}={v}" for k, v in meta["special_tokens"].items())
-          + f"; sha256 {meta['tokenizer_sha256'][:12]}")
-    print_eval(meta)
+    with read_back(str(cfg.locations.tokenizer_meta), "run `acm tokenizer train` again"):
+        print(f"vocab {meta['vocab_size']:,}{short_of(meta)}; special tokens "
+              + ", ".join(f"{k}={v}" for k, v in meta["special_tokens"].items())
+              + f"; sha256 {meta['tokenizer_sha256'][:12]}")
+        print_eval(meta)
     return 0
 
 

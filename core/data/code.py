@@ -87,9 +87,16 @@ def find_scripts(root: Path, max_bytes: int, all_files: bool = False, seen: set 
     Folder symlinks are never followed (no loops); file symlinks count once, by real path.
     `all_files` takes every file (bash-completion folders hold bash without shebangs). With
     `contained`, a link whose target lies outside root is never opened: it comes back `outside`.
+
+    A root that is itself a link stands for its target, held to the same rule as a link inside a
+    source: a link to a folder is that folder (a user's symlinked folder of scripts is theirs to
+    name, and only scripts are taken from it), while a link to a file counts only when its target
+    lies in the folder holding the link. A file link lends the target its name, so one called
+    `x.sh` that points at /etc/passwd or a key would otherwise pass as a script: it comes back
+    `outside`, never read.
     """
     seen = set() if seen is None else seen
-    inside = root.resolve() if contained and root.is_dir() else None
+    inside = (root if root.is_dir() else root.parent).resolve() if contained else None
     if root.is_file():
         walk = [(str(root.parent), [], [root.name])]
     else:

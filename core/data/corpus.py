@@ -19,7 +19,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from core.atomic import read_json, write_text
+from core.atomic import read_json, write_text, writing
 from core.errors import AcmError
 from core.paths import CORPORA, MANIFEST
 
@@ -101,8 +101,9 @@ class CorpusWriter:
         name = f"shard-{len(self.shards):05d}.parquet"
         final = self.shard_dir / name
         tmp = self.shard_dir / f".{name}.tmp"
-        pq.write_table(pa.Table.from_pylist(self._rows, schema=SCHEMA), tmp, compression="zstd")
-        tmp.rename(final)
+        with writing(f"{self.kind} corpus shard {final}", tmp):
+            pq.write_table(pa.Table.from_pylist(self._rows, schema=SCHEMA), tmp, compression="zstd")
+            tmp.rename(final)
         self.shards.append({"file": name, "documents": len(self._rows), "bytes": final.stat().st_size,
                             "sha256": sha256_file(final)})
         self._rows, self._row_bytes = [], 0
@@ -148,13 +149,16 @@ class Corpus:
         if not path.exists():
             raise AcmError(f"no {kind} corpus in {folder}: run `acm data fetch {kind}` first")
         try:
-            manifest = json.loads(path.read_text())
+            manifest = json.loads(path.read_text(encoding="utf-8"))
             shard_dir = Path(folder) / manifest["shard_dir"]
             for s in manifest["shards"]:
                 if (shard_dir / s["file"]).stat().st_size != s["bytes"]:
                     raise ValueError(f"{s['file']} changed size")
-        except (ValueError, KeyError, OSError) as e:
-            raise AcmError(f"the {kind} corpus in {folder} is damaged ({e}); fetch it again") from None
+            if not isinstance(manifest["stats"]["documents"], int):
+                raise ValueError("its document count is not a number")
+        except (ValueError, KeyError, OSError, TypeError, RecursionError) as e:
+            why = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+            raise AcmError(f"the {kind} corpus in {folder} is damaged ({why}); fetch it again") from None
         return cls(Path(folder), manifest)
 
     @property

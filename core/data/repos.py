@@ -75,6 +75,12 @@ def load_repos(path: str | os.PathLike | None = None) -> list[Repo]:
         raise AcmError(f"data.code.repos_file: {path} does not exist") from None
     except tomllib.TOMLDecodeError as e:
         raise AcmError(f"{path}: TOML syntax error: {e}") from None
+    except UnicodeDecodeError:
+        raise AcmError(f"{path}: not UTF-8 text") from None
+    except RecursionError:
+        raise AcmError(f"{path}: nested too deep to be a repository list") from None
+    if not isinstance(entries, list):
+        raise AcmError(f"{path}: repo must be a list of [[repo]] tables")
     repos = unique([_entry(e, f"{path}: repo entry {i + 1}") for i, e in enumerate(entries)], path)
     if not repos:
         raise AcmError(f"{path} lists no repositories ([[repo]] entries)")

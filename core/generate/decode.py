@@ -73,6 +73,7 @@ def load_model(cfg: Config, run: str | None = None, stage: str | None = None, wh
     shape = ck_cfg.model.shape().with_vocab(tok.vocab_size)  # the tokenizer it was trained with (same sha)
     model = GPT(shape, ck_cfg.model.compute_dtype)
     params, _ = checkpoint.load_arrays(ck)
+    checkpoint.check_shapes(ck, params, model.parameters())
     model.update(params)
     if not master_weights and model.compute_dtype != mx.float32:  # no per-step cast of every weight
         model.set_dtype(model.compute_dtype)

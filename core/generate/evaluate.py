@@ -19,7 +19,7 @@ from dataclasses import asdict
 
 import mlx.core as mx
 
-from core.atomic import write_text
+from core.atomic import write_text, writing
 from core.config import Config, parse_duration
 from core.errors import AcmError
 from core.generate.checked import Deadline, Judged, checked_generate, sample_and_judge
@@ -138,5 +138,6 @@ def evaluate_run(cfg: Config, report: Reporter = no_report, cancel: CancelToken 
             ticker.advance(note=f"{stage}: syntax-checked sampling")
     ticker.finish()
     results["seconds"] = round(time.perf_counter() - started, 2)
-    write_text(Paths.eval_results(run_path), json.dumps(results, indent=1) + "\n")
+    with writing(f"the evaluation {Paths.eval_results(run_path)}"):
+        write_text(Paths.eval_results(run_path), json.dumps(results, indent=1) + "\n")
     return results

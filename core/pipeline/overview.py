@@ -15,6 +15,7 @@ from typing import Any
 from core.atomic import read_json
 from core.config import Config
 from core.data.corpus import sha256_file
+from core.errors import READ_BACK_ERRORS
 from core.paths import CORPORA, Paths
 from core.progress import Progress
 from core.tokenizer.bpe import load_meta
@@ -53,10 +54,19 @@ def pipeline_status(cfg: Config) -> list[StageStatus]:
     """Every stage's state, read from disk; a stage whose input changed since it ran is "stale"."""
     corpus_sha = {kind: _sha(cfg.locations.corpus_manifest(kind)) for kind in CORPORA}
     tok_sha = _sha(cfg.locations.tokenizer_file)
-    out = [_corpus_status(cfg, kind) for kind in CORPORA]
-    out += [_tokenizer_status(cfg, corpus_sha, tok_sha), _shards_status(cfg, corpus_sha, tok_sha)]
-    out += [_training_status(cfg, stage, LABELS[stage], tok_sha) for stage in runs.STAGES]
-    return out + [_eval_status(cfg, LABELS["evaluate"])]
+    out = [_guarded(f"data-{kind}", _corpus_status, cfg, kind) for kind in CORPORA]
+    out += [_guarded("tokenizer", _tokenizer_status, cfg, corpus_sha, tok_sha),
+            _guarded("prepare", _shards_status, cfg, corpus_sha, tok_sha)]
+    out += [_guarded(stage, _training_status, cfg, stage, LABELS[stage], tok_sha) for stage in runs.STAGES]
+    return out + [_guarded("evaluate", _eval_status, cfg, LABELS["evaluate"])]
+
+
+def _guarded(name: str, status: Callable[..., StageStatus], *args) -> StageStatus:
+    """A stage's status; a file it wrote that reads back in the wrong shape makes it "damaged"."""
+    try:
+        return status(*args)
+    except READ_BACK_ERRORS:
+        return _status(name, "damaged", "a file it wrote is damaged: run the stage again")
 
 
 def _corpus_status(cfg: Config, kind: str) -> StageStatus:

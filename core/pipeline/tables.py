@@ -2,8 +2,12 @@
 columns and of how a record becomes a row of strings (with rich markup where noted)."""
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 from rich.text import Text
 
+from core.errors import READ_BACK_ERRORS
 from core.model.presets import ModelShape, human_count
 from core.pipeline.doctor import Check
 
@@ -20,6 +24,22 @@ STATE_STYLES = {"done": "green", "stale": "yellow", "running": "bold cyan", "pau
           "interrupted": "magenta", "failed": "red", "stopped": "yellow"}
 
 
+def _tolerant(columns: tuple[str, ...], what: str, many: bool = False) -> Callable:
+    """Rows from a file acm wrote: one of the wrong shape (hand-edited, damaged) shows as a row saying
+    so, where a pane or table would otherwise end in a KeyError."""
+    def wrap(rows: Callable) -> Callable:
+        @functools.wraps(rows)
+        def safe(*args):
+            try:
+                return rows(*args)
+            except READ_BACK_ERRORS:
+                row = [f"{what} is damaged", *["–"] * (len(columns) - 1)]
+                return [row] if many else row
+        return safe
+    return wrap
+
+
+@_tolerant(CORPUS_COLUMNS, 'its manifest')
 def corpus_row(kind: str, s: dict) -> list[str]:
     return [f"{kind} ({s['source']})", f"{s['documents']:,}", f"{s['words']:,}", f"{s['estimated_tokens']:,}",
             f"{s['bytes'] / 2**20:.2f} MB", f"{s['lines']:,}", f"{s['avg_lines']}"]
@@ -30,6 +50,7 @@ def code_report_line(r: dict) -> str:
             f"({r['exact_duplicates']} exact, {r['near_duplicates']} near duplicates removed)")
 
 
+@_tolerant(SOURCE_COLUMNS, 'the corpus manifest', many=True)
 def source_rows(r: dict) -> list[list[str]]:
     """The bash corpus's documents per source (github, local, builtin, tldr, nl2bash), most first:
     kept, found, rejected and, for comment-to-command sources, examples dropped by `bash -n`."""
@@ -43,6 +64,7 @@ def sources_line(r: dict) -> str:
     return "by source: " + ", ".join(f"{row[0]} {row[1]}" for row in source_rows(r))
 
 
+@_tolerant(TOKENIZER_COLUMNS, 'tokenizer-meta.json', many=True)
 def tokenizer_rows(meta: dict) -> list[list[str]]:
     def row(name: str, part: dict) -> list[str]:
         return [name, f"{part['mix']['code_share']:.1%}", str(part["chars_per_token"]["language"]),
@@ -54,6 +76,7 @@ def tokenizer_rows(meta: dict) -> list[list[str]]:
     return rows
 
 
+@_tolerant(SHARD_COLUMNS, 'the shard manifest')
 def shard_row(kind: str, m: dict) -> list[str]:
     return [kind, f"{m['tokens']['train']:,}", f"{m['tokens']['val']:,}", f"{m['documents']['train']:,}",
             f"{m['documents']['val']:,}", m["dtype"]]
@@ -63,6 +86,7 @@ def _share(value: float | None, missing: str = "–") -> str:
     return missing if value is None else f"{value:.0%}"
 
 
+@_tolerant(EVAL_COLUMNS, 'eval.json', many=True)
 def eval_rows(results: dict) -> list[list[str]]:
     """One row per stage (and the fine-tuned model with syntax-checked sampling); relevance is –
     where no task has an expectation (or the evaluation predates relevance)."""

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from core.atomic import read_json, write_text
+from core.atomic import read_json, write_text, writing
 from core.config import Config
 from core.data.corpus import Corpus, sha256_file
 from core.errors import AcmError
@@ -224,14 +224,16 @@ def _train_and_save(cfg: Config, report: Reporter, cancel: CancelToken, compare:
     folder.mkdir(parents=True, exist_ok=True)
     path = cfg.locations.tokenizer_file
     built = folder / f".{path.name}.new"  # beside the tokenizer in force, which stays until the end
-    write_text(built, tok.to_str())
+    with writing(f"the tokenizer {path}", built):
+        write_text(built, tok.to_str())
     try:
         meta = _metadata(cfg, AcmTokenizer.from_file(built), corp, mix, report, cancel, compare)
     except BaseException:
         built.unlink(missing_ok=True)  # a cancelled or failed rebuild leaves no trace
         raise
     os.replace(built, path)  # the swap: the new tokenizer and its metadata, one right after the other
-    write_text(cfg.locations.tokenizer_meta, json.dumps(meta, indent=2) + "\n")
+    with writing(f"the tokenizer's metadata {cfg.locations.tokenizer_meta}"):
+        write_text(cfg.locations.tokenizer_meta, json.dumps(meta, indent=2) + "\n")
     return meta
 
 

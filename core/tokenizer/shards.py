@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.atomic import atomic_open, read_json, write_text
+from core.atomic import atomic_open, read_json, write_text, writing
 from core.config import Config
 from core.data.corpus import Corpus, sha256_file
 from core.data.pairs import SOURCES as PAIR_SOURCES
@@ -116,8 +116,19 @@ def encode_chunk(tok: AcmTokenizer, texts: list[str], dtype: np.dtype, seed: int
 
 
 def read_manifest(cfg: Config, kind: str) -> dict | None:
-    """The manifest of one corpus's finished shards, or None where there are none."""
-    return read_json(cfg.locations.shards_manifest(kind))
+    """The manifest of one corpus's finished shards, or None where there are none or it is damaged
+    (its counts not whole numbers: nothing is trained on a manifest that lies)."""
+    manifest = read_json(cfg.locations.shards_manifest(kind), {"chunks": list, "tokens": dict, "documents": dict})
+    return manifest if manifest is not None and _counts_whole(manifest) else None
+
+
+def _counts_whole(manifest: dict) -> bool:
+    try:
+        counts = [part[key][s] for part in (manifest, *manifest["chunks"]) for key in ("tokens", "documents")
+                  for s in SPLITS]
+    except (KeyError, TypeError):
+        return False
+    return all(type(n) is int and n >= 0 for n in counts)
 
 
 def prepare_corpus(cfg: Config, kind: str, tok: AcmTokenizer, report: Reporter, cancel: CancelToken,
@@ -135,7 +146,8 @@ def prepare_corpus(cfg: Config, kind: str, tok: AcmTokenizer, report: Reporter, 
         partial = _resume_point(cfg, kind, ident, force)
         if "val_threshold" not in partial:
             partial["val_threshold"] = val_threshold(corpus.texts(), cfg.prepare.seed, cfg.prepare.val_fraction)
-        _encode_chunks(cfg, kind, tok, corpus, partial, Ticker(report, kind, len(corpus)), cancel)
+        with writing(f"the {kind} token shards in {cfg.locations.shards(kind)}"):  # finished chunks stay, to resume
+            _encode_chunks(cfg, kind, tok, corpus, partial, Ticker(report, kind, len(corpus)), cancel)
         chunks = partial["chunks"]
         manifest = ident | {
             "chunks": chunks, "build": partial["build"],

@@ -7,7 +7,6 @@ Pruning keeps the last `keep_last` and the best by validation loss.
 """
 from __future__ import annotations
 
-import errno
 import json
 import os
 import shutil
@@ -17,7 +16,7 @@ from pathlib import Path
 import mlx.core as mx
 from mlx.utils import tree_flatten, tree_unflatten
 
-from core.atomic import read_json
+from core.atomic import read_json, writing
 from core.errors import AcmError
 
 STATE = "state.json"
@@ -61,14 +60,9 @@ def save(folder: Path, step: int, params: dict, optimizer_state: dict, state: di
     sweep_partial(folder)
     final = folder / f"step-{step:07d}"
     tmp = folder / f".tmp-step-{step:07d}"
-    try:
+    with writing(f"checkpoint {final.name} into {folder}", tmp):  # MLX's own write errors too
         tmp.mkdir()
         _write(tmp, step, params, optimizer_state, state)
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        why = "disk full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
-        raise AcmError(f"{why}: could not write checkpoint {final.name} into {folder} "
-                       "(its partial files were removed)") from None
     if final.exists():  # saving the same step again (save-now at a checkpoint step)
         shutil.rmtree(final)
     tmp.rename(final)
@@ -93,15 +87,24 @@ def list_checkpoints(folder: Path) -> list[Checkpoint]:
     """Complete checkpoints, oldest first (folders without a readable state.json are skipped)."""
     out = []
     for d in sorted(folder.glob("step-*")) if folder.exists() else []:
-        state = read_json(d / STATE)
-        if isinstance(state, dict):
+        state = read_state(d)
+        if state is not None:
             out.append(Checkpoint(d, state))
     return out
 
 
+STATE_SHAPE = {"step": int, "val_loss": (int, float, None), "config": dict, "tokenizer_sha256": str}
+
+
+def read_state(folder: Path) -> dict | None:
+    """A checkpoint's state.json, or None when it is missing or damaged (no step, a wrong type)."""
+    state = read_json(folder / STATE, STATE_SHAPE)
+    return state if state is not None and "step" in state else None
+
+
 def damaged(folder: Path) -> list[Path]:
     """Checkpoint folders whose state.json is missing or unreadable (skipped by list_checkpoints)."""
-    return [d for d in sorted(folder.glob("step-*")) if not isinstance(read_json(d / STATE), dict)]
+    return [d for d in sorted(folder.glob("step-*")) if read_state(d) is None]
 
 
 def latest(folder: Path) -> Checkpoint | None:
@@ -131,10 +134,33 @@ def prune(folder: Path, keep_last: int) -> None:
 def load_arrays(ck: Checkpoint) -> tuple[dict, dict]:
     """(model parameters, optimizer state) as nested trees; a damaged file is one clear error."""
     try:
-        params = tree_unflatten(list(mx.load(str(ck.path / "model.safetensors")).items()))
+        params = tree_unflatten(list(_load(ck.path / "model.safetensors").items()))
         opt_path = ck.path / "optimizer.safetensors"
-        opt = tree_unflatten(list(mx.load(str(opt_path)).items())) if opt_path.exists() else {}
+        opt = tree_unflatten(list(_load(opt_path).items())) if opt_path.exists() else {}
     except Exception as e:
         raise AcmError(f"checkpoint {ck.path} is damaged ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
                        "delete it to fall back to an earlier one") from None
     return params, opt
+
+
+def _load(path: Path) -> dict:
+    """A safetensors file's arrays, once its size is the one its header gives: MLX reads a file
+    with bytes added in the middle, its weights shifted, without a word."""
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(min(n, 100_000_000)))
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    if path.stat().st_size != 8 + n + end:
+        raise ValueError(f"{path.name} is {path.stat().st_size} bytes where its header says {8 + n + end}")
+    return mx.load(str(path))
+
+
+def check_shapes(ck: Checkpoint, params: dict, expected: dict) -> None:
+    """The checkpoint's weights have the model's names and shapes: one that does not (a damaged or
+    hand-edited file MLX still loads) is one line, not an error deep in the first forward pass."""
+    got = {k: tuple(v.shape) for k, v in tree_flatten(params)}
+    want = {k: tuple(v.shape) for k, v in tree_flatten(expected)}
+    if got != want:
+        wrong = sorted(set(got) ^ set(want)) or [k for k in want if got[k] != want[k]]
+        raise AcmError(f"checkpoint {ck.path} is damaged (weights {wrong[0]} and others do not fit the model); "
+                       "delete it to fall back to an earlier one")

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from core.atomic import writing
 from core.paths import Paths
 from core.train.runs import parse_records, read_status, stage_state, write_status
 
@@ -30,6 +31,10 @@ class Recorder:
         self._log = open(Paths.train_log(run, stage), "a", buffering=1, encoding="utf-8")
 
     def __call__(self, event: dict) -> None:
+        with writing(f"the {self.stage} records of run {self.run.name}"):
+            self._record(event)
+
+    def _record(self, event: dict) -> None:
         kind = event["type"]
         if kind in RECORDED:
             self._metrics.write(json.dumps(event) + "\n")

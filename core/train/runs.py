@@ -125,8 +125,14 @@ def write_status(run: Path, stage: str, state: str, **fields) -> None:
     write_text(Paths.status(run, stage), json.dumps(status) + "\n")
 
 
+STATUS_SHAPE = {"state": str, "pid": int, "host": str, "time": (int, float), "step": (int, None),
+                "total": (int, None), "error": (str, None)}
+
+
 def read_status(run: Path, stage: str) -> dict | None:
-    return read_json(Paths.status(run, stage))
+    """The stage's status, or None where there is none or it is damaged (it reads as not started)."""
+    st = read_json(Paths.status(run, stage), STATUS_SHAPE)
+    return st if st is None or {"state", "pid"} <= st.keys() else None
 
 
 def process_alive(pid: int, host: str | None = None) -> bool:

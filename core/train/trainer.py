@@ -222,6 +222,7 @@ class Trainer:
         elif base is not None:
             self._check_tokenizer(base)
             params, _ = checkpoint.load_arrays(base)
+            checkpoint.check_shapes(base, params, self.model.parameters())
             self.opt.load(params, None)
             val = f" (val loss {base.val_loss:.4f})" if base.val_loss is not None else ""
             self.log(f"fine-tuning from pretrain step {base.step}{val}")
@@ -238,6 +239,7 @@ class Trainer:
                          f"resuming from {ck.path.name} instead")
         self._check_tokenizer(ck)
         params, opt_state = checkpoint.load_arrays(ck)
+        checkpoint.check_shapes(ck, params, self.model.parameters())
         self.opt.load(params, opt_state)
         self.start_step = ck.step
         self.tokens_seen = ck.state.get("tokens_seen", 0)

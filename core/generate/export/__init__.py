@@ -5,13 +5,20 @@
 - `gguf`: one GPT-2 GGUF file with the tokenizer inside, for llama.cpp and the tools built on it.
 
 The folder is built aside (`.NAME.partial`) and renamed into place, so a failed export leaves
-nothing half-written, and an existing non-empty folder is never overwritten.
+nothing half-written, and an existing non-empty folder is never overwritten. An export holds a lock
+in its `.partial` folder while it writes; one killed (`kill -9`, a crash) leaves it unheld, and the
+next export into the same folder sweeps it, to whichever name it writes.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import shutil
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
+from core.atomic import writing
 from core.config import Config
 from core.errors import AcmError
 from core.generate.decode import LoadedModel, load_model
@@ -37,19 +44,59 @@ def export_checkpoint(cfg: Config, to: Path, run: str | None = None, stage: str 
 def export_model(lm: LoadedModel, to: Path, dtype: str, fmt: str, facts: dict | None = None) -> dict:
     to = _check_target(Path(to))
     tmp = to.with_name(f".{to.name}.partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    to.parent.mkdir(parents=True, exist_ok=True)
+    sweep_partial_exports(to.parent)
+    if tmp.exists():
+        raise AcmError(f"another export to {to} is under way ({tmp} is held): wait for it or choose a new folder")
+    with writing(f"the export {to}", tmp), _held(tmp):
         detail = WRITERS[fmt](lm, tmp, dtype)
         card.write(tmp, lm, fmt, dtype, detail, facts or {})
+        (tmp / LOCK).unlink()  # held still, by the open file, until the folder is in place
         if to.exists():
             to.rmdir()
         tmp.rename(to)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return {"folder": str(to), "checkpoint": str(lm.checkpoint), "preset": lm.model.shape.name, "dtype": dtype,
             "format": fmt, "files": sorted(p.name for p in to.iterdir())} | detail
+
+
+LOCK = ".export.lock"
+UNLOCKED_GRACE_S = 60  # a .partial folder without its lock file: an export this young may be about to take it
+
+
+@contextlib.contextmanager
+def _held(tmp: Path) -> Iterator[None]:
+    """Make `tmp` and hold its lock while the export writes (the system drops it when a process dies)."""
+    tmp.mkdir()
+    with open(tmp / LOCK, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        yield
+
+
+def sweep_partial_exports(folder: Path) -> list[Path]:
+    """Remove the `.NAME.partial` folders killed exports left in `folder` (their lock held by no
+    process; a lock-less one once it is over a minute old); what was removed."""
+    swept = []
+    for tmp in folder.glob(".*.partial") if folder.is_dir() else []:
+        if tmp.is_dir() and not tmp.is_symlink() and not _in_use(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+            swept.append(tmp)
+    return swept
+
+
+def _in_use(tmp: Path) -> bool:
+    try:
+        f = open(tmp / LOCK)
+    except OSError:
+        try:
+            return time.time() - tmp.stat().st_mtime < UNLOCKED_GRACE_S
+        except OSError:
+            return True
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        return False
 
 
 def _check_target(to: Path) -> Path:
