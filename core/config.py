@@ -63,15 +63,30 @@ class LanguageDataConfig:
 
 @dataclass
 class CodeDataConfig:
-    source: str = setting("builtin", "where the bash corpus comes from",
-                          choices=("builtin", "github", "local"))
+    source: str = setting("builtin", "where the bash corpus comes from (huggingface: streamed from a code dataset, "
+                                     "needs a network)", choices=("builtin", "github", "local", "huggingface"))
     repos_file: str = setting("", "repository list for source = github (empty: the built-in list, "
                                   "core/data/repos.toml)")
-    licences: str = setting("any", "which repositories source = github clones, by the licence their entry records: "
+    licences: str = setting("any", "which repositories source = github clones, by the licence their entry records "
+                                   "(source = huggingface: which rows are kept, by the licence each records): "
                                    "any, or permissive (MIT, MIT-0, Apache-2.0, BSD-2-Clause, BSD-3-Clause, ISC, "
                                    "0BSD, Unlicense, CC0-1.0, PostgreSQL, Zlib, BSL-1.0; not MPL-2.0, the GPLs or "
                                    "an unknown licence)", choices=("any", "permissive"))
     local_paths: list = setting([], "folders scanned for shell scripts for source = local")
+    hf_dataset: str = setting("codeparrot/github-code-clean", "Hugging Face code dataset streamed for source = "
+                                                              "huggingface (or bigcode/the-stack-dedup, gated: a "
+                                                              "token in $HF_TOKEN), or a local folder of its parquet "
+                                                              "files; columns code, repo_name, path, language, license "
+                                                              "(codeparrot) or content, max_stars_repo_name, "
+                                                              "max_stars_repo_path, lang, max_stars_repo_licenses "
+                                                              "(The Stack)")
+    hf_data_dir: str = setting("data", "the dataset's folder whose parquet files are streamed: data for "
+                                       "codeparrot/github-code-clean, data/shell for bigcode/the-stack-dedup")
+    hf_language: str = setting("Shell", "rows kept by the dataset's language column (empty: every row)")
+    hf_max_documents: int = setting(20000, "stop streaming once this many rows of the language (and licences) are "
+                                           "kept (0: no limit)", min=0)
+    hf_max_bytes: int = setting(0, "stop streaming once the kept rows hold this many bytes of code (0: no limit)",
+                                min=0)
     clone_jobs: int = setting(4, "repositories cloned at once", min=1, max=32)
     clone_timeout_s: int = setting(300, "seconds before one clone is abandoned", min=10, max=7200)
     clone_retries: int = setting(2, "retries of a failed clone", min=0, max=10)

@@ -5,6 +5,7 @@
 
     data/<corpus>/manifest.json, shards-*/        a corpus (language, code)
     data/language/hf-cache/, data/code/repos/     downloads and clones
+    data/code/hf/<dataset>-<hash>/                rows streamed from a Hugging Face code dataset
     data/tokenizer/tokenizer.json, tokenizer-meta.json
     data/tokens/<corpus>/manifest.json, chunk-*   token shards
     runs/<run>/config.toml, eval.json, writer.lock
@@ -43,6 +44,11 @@ class Paths:
     @property
     def clones(self) -> Path:
         return self.corpus("code") / "repos"
+
+    @property
+    def hf_code(self) -> Path:
+        """Rows streamed from Hugging Face code datasets, kept so a fetch resumes."""
+        return self.corpus("code") / "hf"
 
     # ------------------------------------------------------------ tokenizer and shards
 

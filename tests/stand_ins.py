@@ -132,3 +132,45 @@ NL2BASH = {
     "data/bash/all.cm": "find . -name '*.txt'\nfind . -name '*.py' | xargs wc -l\ndate\ntail -n 20 'app.log\n"
                         "echo hello\n\n",
 }
+
+
+# A Hugging Face code dataset's parquet files, in either schema: shell scripts (one that does not parse, one
+# copied in another repository, one under the GPL) and a Python file. Licences as each schema spells them.
+HF_ROWS = [  # (text, repo, path, language, GitHub licence key)
+    (script("deploy"), "acme/tools", "deploy.sh", "Shell", "mit"),
+    (script("backup"), "acme/ops", "bin/backup.sh", "Shell", "apache-2.0"),
+    ("#!/bin/bash\nif [ -f x ]; then\n  echo (\n", "acme/tools", "broken.sh", "Shell", "mit"),
+    (script("deploy"), "fork/tools", "deploy.sh", "Shell", "mit"),
+    (script("install"), "gnu/things", "install.sh", "Shell", "gpl-3.0"),
+    ("import os\nprint(os.getcwd())\n", "acme/tools", "where.py", "Python", "mit"),
+]
+STACK_LICENCES = {"mit": ["MIT"], "apache-2.0": ["Apache-2.0"], "gpl-3.0": ["GPL-3.0-only"]}
+# Shell rows 5; rejected: syntax 1; valid 4; exact duplicates 1; unique 3 (licences MIT, Apache-2.0, GPL-3.0-only)
+HF_EXPECTED = {"raw": 5, "valid": 4, "exact_duplicates": 1, "near_duplicates": 0, "unique": 3,
+               "rejected": {"syntax": 1}}
+
+
+def hf_row(text: str, repo: str, path: str, language: str, licence: str, schema: str) -> dict:
+    if schema == "the-stack":
+        return {"hexsha": "0" * 40, "size": len(text), "ext": path.rsplit(".", 1)[-1], "lang": language,
+                "content": text, "max_stars_repo_name": repo, "max_stars_repo_path": path,
+                "max_stars_repo_head_hexsha": "ab" * 20, "max_stars_repo_licenses": STACK_LICENCES[licence],
+                "max_stars_count": 3}
+    return {"code": text, "repo_name": repo, "path": path, "language": language, "license": licence,
+            "size": len(text)}
+
+
+def make_hf_dataset(folder: Path, rows: list[tuple] = HF_ROWS, schema: str = "codeparrot",
+                    data_dir: str = "data") -> Path:
+    """A local copy of a code dataset's layout: <folder>/<data_dir>/ holding `rows` in two parquet files."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    target = folder / data_dir
+    target.mkdir(parents=True)
+    table = pa.Table.from_pylist([hf_row(*r, schema=schema) for r in rows])
+    half = (len(rows) + 1) // 2
+    for i, part in enumerate([table.slice(0, half), table.slice(half)]):
+        if part.num_rows:
+            pq.write_table(part, target / f"train-{i:05d}-of-00002.parquet", row_group_size=2)
+    return folder

@@ -95,3 +95,18 @@ async def test_the_code_report_counts_documents_per_source(project, tmp_path):
         await wait_until(pilot, lambda: "source: local" in text_of(app, "#sample-title"))
         await pilot.press("n")
         await wait_until(pilot, lambda: "source: tldr  licence: CC-BY-4.0" in text_of(app, "#sample-title"))
+
+
+async def test_a_hugging_face_source_is_counted_and_shown(project):
+    from core.data.code import fetch_code
+
+    from .test_hf_code import SOURCE, hf_project
+
+    fetch_code(hf_project(project, licences="permissive"))
+    app = AcmApp(project / "acm.toml")
+    async with app.run_test(size=(100, 40)) as pilot:
+        await pilot.press("2")
+        await wait_until(pilot, lambda: f"by source: {SOURCE} 2" in text_of(app, "#code-report"))
+        assert "4 raw → 3 valid → 2 unique" in text_of(app, "#code-report")
+        await wait_until(pilot, lambda: f"source: {SOURCE}  licence: MIT" in text_of(app, "#sample-title"))
+        assert "origin: acme/tools/deploy.sh" in text_of(app, "#sample-title")

@@ -39,10 +39,21 @@ def cmd_fetch(args, cfg: Config) -> int:
         for repo in manifest.get("repos", []):
             if not repo["ok"]:
                 print(f"failed: {repo['name']}: {repo['error']}")
+        if "huggingface" in manifest:
+            print(hf_line(manifest["huggingface"]))
         if manifest.get("left_out_by_licence"):
             print(f"left out by data.code.licences = {manifest['licences']}: "
                   f"{len(manifest['left_out_by_licence'])} repositories (not cloned)")
     return 0
+
+
+def hf_line(h: dict) -> str:
+    """What a Hugging Face code dataset gave: rows streamed now, rows reused, rows the licence filter left out."""
+    line = (f"{h['dataset']}: {h['rows_read']:,} {h['language'] or 'all'} rows streamed, "
+            f"{h['rows_reused']:,} reused from an earlier fetch")
+    if h["left_out_by_licence"]:
+        line += f"; left out by data.code.licences = {h['licences']}: {h['left_out_by_licence']:,} rows"
+    return line
 
 
 def cmd_stats(args, cfg: Config) -> int:

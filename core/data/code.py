@@ -1,5 +1,6 @@
-"""The bash corpus: scripts from GitHub clones, local folders or the machine's own script folders,
-and optionally comment-to-command scripts made from documented examples (`pairs.py`), validated
+"""The bash corpus: scripts from GitHub clones, local folders, a Hugging Face code dataset (`hf_code.py`)
+or the machine's own script folders, and optionally comment-to-command scripts made from documented
+examples (`pairs.py`), validated
 (UTF-8, size and line bounds, BigCode's quality filters, `bash -n`), cleared of scripts sharing a span
 with an evaluation prompt (`decontaminate.py`), deduplicated exactly and by MinHash, and written as a
 corpus with provenance (source, licence, repo, path, commit) for each script; the comment-to-command
@@ -23,6 +24,7 @@ from pathlib import Path
 from core.config import CodeDataConfig, Config
 from core.data.corpus import UNKNOWN_LICENCE, CorpusWriter
 from core.data.decontaminate import EvalSpans, prompt_comments
+from core.data.hf_code import hf_rows
 from core.data.pairs import LICENCES, PairScript, pair_scripts
 from core.data.repos import clone_all, keep_licences, load_repos, require_tool
 from core.errors import AcmError
@@ -291,41 +293,69 @@ class NearDuplicates:
 
 # ---------------------------------------------------------------- sources
 
-def candidates(cfg: Config, report: Reporter, cancel: CancelToken) -> tuple[Iterator[Candidate], dict]:
+def github_candidates(cfg: Config, report: Reporter, cancel: CancelToken) -> tuple[Iterator[Candidate], dict]:
     cc = cfg.data.code
-    if cc.source == "github":
-        repos, left_out = keep_licences(load_repos((cfg.root / cc.repos_file) if cc.repos_file else None),
-                                        cc.licences)
-        results = clone_all(repos, cfg.locations.clones, cc.clone_jobs, cc.clone_timeout_s, cc.clone_retries,
-                            report, cancel)
-        cloned = [r for r in results if r.path]
-        if not cloned:
-            raise AcmError(f"no repository could be cloned (first error: {results[0].repo.name}: "
-                           f"{results[0].error}); no network?")
+    repos, left_out = keep_licences(load_repos((cfg.root / cc.repos_file) if cc.repos_file else None), cc.licences)
+    results = clone_all(repos, cfg.locations.clones, cc.clone_jobs, cc.clone_timeout_s, cc.clone_retries,
+                        report, cancel)
+    cloned = [r for r in results if r.path]
+    if not cloned:
+        raise AcmError(f"no repository could be cloned (first error: {results[0].repo.name}: "
+                       f"{results[0].error}); no network?")
 
-        def from_repos() -> Iterator[Candidate]:
-            for r in cloned:
-                yield from scan_folder(r.path, "github", cc.max_file_bytes, cancel=cancel, contained=True,
-                                       repo=r.repo.name,
-                                       commit=r.commit, category=r.repo.category,
-                                       licence=r.repo.spdx)
+    def from_repos() -> Iterator[Candidate]:
+        for r in cloned:
+            yield from scan_folder(r.path, "github", cc.max_file_bytes, cancel=cancel, contained=True,
+                                   repo=r.repo.name, commit=r.commit, category=r.repo.category, licence=r.repo.spdx)
 
-        info = {"repos": [{"name": r.repo.name, "category": r.repo.category, "licence": r.repo.licence,
-                           "commit": r.commit, "ok": r.path is not None, "error": r.error, "attempts": r.attempts,
-                           "skipped": r.skipped} for r in results],
-                "licences": cc.licences, "left_out_by_licence": left_out}
-        return from_repos(), info
-    if cc.source == "local":
-        roots = [(cfg.root / p).expanduser() for p in cc.local_paths]
-        if not roots:
-            raise AcmError("data.code.local_paths is empty: name the folders to scan for shell scripts")
-        for r in roots:
-            if not r.exists():
-                raise AcmError(f"data.code.local_paths: {r} does not exist")
-        seen: set = set()
-        return (c for r in roots for c in scan_folder(r, "local", cc.max_file_bytes, seen=seen, cancel=cancel,
-                                                      contained=True, category=r.name)), {"paths": cc.local_paths}
-    return builtin_candidates(cc.max_file_bytes, cancel), {"folders": COMPLETION_DIRS + SCRIPT_DIRS}
+    info = {"repos": [{"name": r.repo.name, "category": r.repo.category, "licence": r.repo.licence,
+                       "commit": r.commit, "ok": r.path is not None, "error": r.error, "attempts": r.attempts,
+                       "skipped": r.skipped} for r in results],
+            "licences": cc.licences, "left_out_by_licence": left_out}
+    return from_repos(), info
+
+
+def local_candidates(cfg: Config, report: Reporter, cancel: CancelToken) -> tuple[Iterator[Candidate], dict]:
+    cc = cfg.data.code
+    roots = [(cfg.root / p).expanduser() for p in cc.local_paths]
+    if not roots:
+        raise AcmError("data.code.local_paths is empty: name the folders to scan for shell scripts")
+    for r in roots:
+        if not r.exists():
+            raise AcmError(f"data.code.local_paths: {r} does not exist")
+    seen: set = set()
+    return (c for r in roots for c in scan_folder(r, "local", cc.max_file_bytes, seen=seen, cancel=cancel,
+                                                  contained=True, category=r.name)), {"paths": cc.local_paths}
+
+
+def hf_candidates(cfg: Config, report: Reporter, cancel: CancelToken) -> tuple[Iterator[Candidate], dict]:
+    """Rows of a Hugging Face code dataset, as scripts named repo/path with their row's licence."""
+    cc = cfg.data.code
+    rows, info = hf_rows(cc, cfg.root, cfg.locations.hf_code, report, cancel)
+    source = f"huggingface:{cc.hf_dataset}"
+
+    def as_candidates() -> Iterator[Candidate]:
+        for r in rows:
+            raw = (r["text"] or "").encode("utf-8", "surrogatepass")
+            origin = f"{r['repo']}/{r['path']}"
+            too_large = len(raw) > cc.max_file_bytes
+            yield Candidate(Path(r["path"]), b"" if too_large else raw, source, origin, repo=r["repo"],
+                            commit=r["commit"], category=r["language"], licence=r["licence"], oversize=too_large)
+
+    return as_candidates(), {"huggingface": info}
+
+
+def builtin_sources(cfg: Config, report: Reporter, cancel: CancelToken) -> tuple[Iterator[Candidate], dict]:
+    return builtin_candidates(cfg.data.code.max_file_bytes, cancel), {"folders": COMPLETION_DIRS + SCRIPT_DIRS}
+
+
+SOURCES = {"github": github_candidates, "local": local_candidates, "huggingface": hf_candidates,
+           "builtin": builtin_sources}
+
+
+def candidates(cfg: Config, report: Reporter, cancel: CancelToken) -> tuple[Iterator[Candidate], dict]:
+    """The configured source's scripts, found lazily, and what describes the source."""
+    return SOURCES[cfg.data.code.source](cfg, report, cancel)
 
 
 def builtin_candidates(max_bytes: int, cancel: CancelToken | None = None) -> Iterator[Candidate]:

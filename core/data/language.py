@@ -17,14 +17,13 @@ from pathlib import Path
 
 from core.config import Config, LanguageDataConfig
 from core.data.corpus import CorpusWriter
+from core.data.hf import first_line, load_hf
 from core.errors import AcmError
 from core.progress import CancelToken, Reporter, Ticker, no_report
 
 MIN_CHARS = 200  # shorter builtin snippets (one-line docstrings) teach little
 LOCAL_SUFFIXES = {".txt", ".md", ".jsonl", ".parquet"}
 Doc = tuple[str, dict]
-
-
 
 
 # ---------------------------------------------------------------- builtin
@@ -86,26 +85,13 @@ _SLICE = re.compile(r"^(?P<split>[\w.-]+)\[(?P<start>\d*):(?P<stop>\d*)\]$")
 
 def hf_documents(lc: LanguageDataConfig, cache_dir: Path) -> tuple[Iterator[Doc], int | None]:
     """Rows of `lc.hf_dataset` (a hub name, or a local folder / builder such as "parquet")."""
-    import datasets
-
-    datasets.disable_progress_bars()  # our own progress shows documents; tqdm would garble the TUI
     split, start, stop = lc.hf_split, 0, None
     m = _SLICE.match(lc.hf_split)
     if m and lc.streaming:  # streaming datasets take no slice syntax: slice the stream instead
         split, start = m["split"], int(m["start"] or 0)
         stop = int(m["stop"]) if m["stop"] else None
-    try:
-        ds = datasets.load_dataset(lc.hf_dataset, lc.hf_config or None, split=split, streaming=lc.streaming,
-                                   cache_dir=str(cache_dir))
-    except FileNotFoundError as e:
-        raise AcmError(f"dataset {lc.hf_dataset!r} not found ({_first_line(e)})") from None
-    except ValueError as e:
-        raise AcmError(f"dataset {lc.hf_dataset!r}: {_first_line(e)}") from None
-    except (ConnectionError, OSError) as e:
-        raise AcmError(f"could not reach the Hugging Face hub for {lc.hf_dataset!r} ({_first_line(e)}); "
-                       "offline? set data.language.source = \"builtin\"") from None
-    except Exception as e:  # datasets raises many hub-specific types
-        raise AcmError(f"could not load dataset {lc.hf_dataset!r}: {type(e).__name__}: {_first_line(e)}") from None
+    ds = load_hf(lc.hf_dataset, lc.hf_dataset, 'set data.language.source = "builtin"', name=lc.hf_config or None,
+                 split=split, streaming=lc.streaming, cache_dir=str(cache_dir))
     total = None
     if lc.streaming:
         if start:
@@ -128,10 +114,6 @@ def hf_documents(lc: LanguageDataConfig, cache_dir: Path) -> tuple[Iterator[Doc]
             yield text, {"source": "hf", "origin": f"{lc.hf_dataset}:{split}:{start + i}"}
 
     return rows(), total
-
-
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 # ---------------------------------------------------------------- local files
@@ -182,7 +164,7 @@ def _parquet_documents(f: Path, text_field: str, fields: dict) -> Iterator[Doc]:
     try:
         table = pq.read_table(f, columns=[text_field])
     except Exception as e:
-        raise AcmError(f"{f}: cannot read column {text_field!r} ({_first_line(e)})") from None
+        raise AcmError(f"{f}: cannot read column {text_field!r} ({first_line(e)})") from None
     for n, text in enumerate(table.column(0).to_pylist()):
         if text:
             yield text, fields | {"origin": f"{f}:{n}"}

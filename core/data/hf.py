@@ -1,0 +1,32 @@
+"""Opening a Hugging Face dataset (a hub name, a local folder, or a builder such as "parquet"), with
+the library's many failure types turned into one line each. Both corpora's Hugging Face sources open
+datasets here."""
+from __future__ import annotations
+
+from core.errors import AcmError
+
+# httpx's and huggingface_hub's words for "no network" (named, so neither is imported before it is needed)
+UNREACHABLE = {"TransportError", "OfflineModeIsEnabled"}
+
+
+def load_hf(path: str, shown: str, offline_hint: str, **kwargs):
+    """`datasets.load_dataset(path, **kwargs)`; `shown` names the dataset in errors, `offline_hint`
+    says what to do without a network."""
+    import datasets
+
+    datasets.disable_progress_bars()  # our own progress shows documents; tqdm would garble the TUI
+    try:
+        return datasets.load_dataset(path, **kwargs)
+    except FileNotFoundError as e:
+        raise AcmError(f"dataset {shown!r} not found ({first_line(e)})") from None
+    except ValueError as e:
+        raise AcmError(f"dataset {shown!r}: {first_line(e)}") from None
+    except Exception as e:  # datasets raises many hub-specific types
+        if isinstance(e, (ConnectionError, OSError)) or any(c.__name__ in UNREACHABLE for c in type(e).__mro__):
+            raise AcmError(f"could not reach the Hugging Face hub for {shown!r} ({first_line(e)}); "
+                           f"offline? {offline_hint}") from None
+        raise AcmError(f"could not load dataset {shown!r}: {type(e).__name__}: {first_line(e)}") from None
+
+
+def first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
