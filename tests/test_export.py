@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+import re
+import shlex
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,8 +16,9 @@ from mlx.utils import tree_flatten
 from core import cli, config
 from core.errors import AcmError
 from core.generate.decode import LoadedModel, find_checkpoint, load_model
-from core.generate.export import commands, export_checkpoint, export_model
+from core.generate.export import card, commands, export_checkpoint, export_model
 from core.model.gpt import GPT
+from core.paths import Paths
 from core.tokenizer.bpe import BOS_ID, EOS_ID, PAD_ID
 
 TEXT = "#!/bin/bash\necho $HOME"
@@ -115,19 +119,28 @@ def talkative(with_model) -> Path:
 def test_mlx_lm_generates_from_a_plain_prompt_what_acm_generate_does(talkative, tmp_path, capsys, penalty):
     """The model card's mlx-lm Python snippet, run as written, at temperature 0: the same text as
     `acm generate --temp 0`, without and with acm's repetition penalty over its window."""
-    with_model = talkative
-    cfg = config.load(with_model / "acm.toml")
+    cfg = config.load(talkative / "acm.toml")
     export_checkpoint(cfg, tmp_path / "m")
-    lm = load_model(cfg)
-    plan = commands.Plan(lm.model.shape.n_ctx, 1 + len(lm.tokenizer.encode(commands.PROMPT)), temperature=0,
-                         repetition_penalty=penalty, max_tokens=100)
+    plan = greedy_plan(load_model(cfg), penalty)
     scope: dict = {}
     exec("\n".join(commands.mlx_python(plan, str(tmp_path / "m"))), scope)
     theirs = scope["text"]
     assert capsys.readouterr().out == commands.PROMPT + theirs + "\n"  # it prints the prompt and continuation
-    # mlx-lm writes out a special token generated mid-text (this noisy model makes a <BOS>), acm leaves it out
+    assert_as_acm(theirs, talkative, plan, capsys)
+
+
+def greedy_plan(lm: LoadedModel, penalty: float) -> commands.Plan:
+    """The card's commands at temperature 0, 100 new tokens (within nano's context after the prompt)."""
+    return commands.Plan(lm.model.shape.n_ctx, 1 + len(lm.tokenizer.encode(commands.PROMPT)), temperature=0,
+                         repetition_penalty=penalty, max_tokens=100)
+
+
+def assert_as_acm(theirs: str, project: Path, plan: commands.Plan, capsys) -> None:
+    """A client's continuation is `acm generate --temp 0`'s: mlx-lm writes out a special token generated
+    mid-text (the noisy model makes a <BOS>), which acm leaves out, as transformers' skip_special_tokens does."""
     shown = theirs.replace("<BOS>", "").replace("<PAD>", "").replace("<UNK>", "")
-    assert len(shown) > 20 and shown == acm_greedy(with_model, commands.PROMPT, 100, penalty, capsys)
+    assert len(shown) > 20 and shown == acm_greedy(project, commands.PROMPT, plan.new_tokens,
+                                                   plan.repetition_penalty, capsys)
 
 
 def gpt2_forward(folder, ids: list[int]) -> np.ndarray:
@@ -198,6 +211,82 @@ def test_hf_export_loads_in_transformers_with_matching_logits(with_model, tmp_pa
     with torch.no_grad():
         theirs = model(torch.tensor([ids])).logits[0].numpy()
     assert np.allclose(theirs, np.array(lm.model(mx.array([ids]))[0]), atol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("penalty", [1.0, 1.1])
+def test_transformers_generates_from_a_plain_prompt_what_acm_generate_does(talkative, tmp_path, capsys, penalty):
+    """The card's transformers snippet, run as written at temperature 0 (needs torch)."""
+    pytest.importorskip("torch")
+    cfg = config.load(talkative / "acm.toml")
+    export_checkpoint(cfg, tmp_path / "hf", fmt="hf")
+    plan = greedy_plan(load_model(cfg), penalty)
+    scope: dict = {}
+    exec("\n".join(commands.hf_python(plan, str(tmp_path / "hf"))), scope)
+    tok, out, ids = scope["tok"], scope["out"], scope["ids"]
+    assert ids[0, 0].item() == BOS_ID
+    theirs = tok.decode(out[0][ids.shape[1]:], skip_special_tokens=True)
+    assert capsys.readouterr().out == commands.PROMPT + theirs + "\n"
+    assert_as_acm(theirs, talkative, plan, capsys)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("penalty", [1.0, 1.1])
+def test_llama_cpp_generates_from_a_plain_prompt_what_acm_generate_does(talkative, tmp_path, capsys, penalty):
+    """The GGUF in llama-cpp-python: <BOS> added, <EOS> the only end of generation, each weight once,
+    and greedy text with the card's penalty window equal to acm's."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    cfg = config.load(talkative / "acm.toml")
+    export_checkpoint(cfg, tmp_path / "g", fmt="gguf")
+    lm = load_model(cfg)
+    plan = greedy_plan(lm, penalty)
+    llm = llama_cpp.Llama(str(tmp_path / "g" / "model.gguf"), n_ctx=plan.n_ctx, last_n_tokens_size=plan.window,
+                          verbose=False)
+    vocab = llama_cpp.llama_model_get_vocab(llm.model)
+    assert llama_cpp.llama_vocab_get_add_bos(vocab)
+    assert [t for t in range(lm.tokenizer.vocab_size) if llama_cpp.llama_vocab_is_eog(vocab, t)] == [EOS_ID]
+    assert llama_cpp.llama_model_n_params(llm.model) == sum(v.size for _, v in tree_flatten(lm.model.parameters()))
+    assert llm.tokenize(commands.PROMPT.encode()) == [BOS_ID] + lm.tokenizer.encode(commands.PROMPT)
+    out = llm.create_completion(commands.PROMPT, max_tokens=plan.new_tokens, temperature=0,
+                                repeat_penalty=plan.repetition_penalty)
+    assert_as_acm(out["choices"][0]["text"], talkative, plan, capsys)
+
+
+@pytest.mark.slow
+def test_mlx_lm_server_answers_the_cards_request_as_acm_generates(talkative, tmp_path, capsys):
+    """The card's `mlx_lm.server` command on a free port, then its request at temperature 0."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    cfg = config.load(talkative / "acm.toml")
+    export_checkpoint(cfg, tmp_path / "m")
+    plan = greedy_plan(load_model(cfg), 1.1)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    serve, request = (shlex.split(line) for line in commands.mlx_server(plan, str(tmp_path / "m"), port))
+    assert serve[0] == "mlx_lm.server" and request[0] == "curl"
+    server = subprocess.Popen([sys.executable, "-m", "mlx_lm", "server", *serve[1:], "--host", "127.0.0.1"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        body = request[request.index("-d") + 1].encode()
+        post = urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions", body,
+                                      {"Content-Type": "application/json"})
+        for _ in range(600):  # until it listens
+            try:
+                with urllib.request.urlopen(post) as r:
+                    answer = json.loads(r.read())
+                break
+            except OSError:
+                assert server.poll() is None, "mlx_lm.server exited"
+                time.sleep(0.1)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert_as_acm(answer["choices"][0]["text"], talkative, plan, capsys)
 
 
 def gpt2_tensor_names(layers: int, tied: bool) -> set[str]:
@@ -321,3 +410,57 @@ def test_a_failed_upload_is_one_line_and_keeps_the_folder(with_model, tmp_path, 
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("acm: error: upload of") and "the exported folder is kept" in err
     assert len(err.strip().splitlines()) == 1 and (tmp_path / "x" / "README.md").exists()
+
+
+def test_the_cards_commands_stay_within_the_context_and_sample_as_acm(with_model, tmp_path):
+    """Each command asks for at most what the context leaves after the prompt (with its <BOS>, as the
+    exported tokenizer counts it), and passes acm's penalty over acm's window."""
+    from tokenizers import Tokenizer
+
+    lm = load_model(config.load(with_model / "acm.toml"), master_weights=True)
+    export_model(lm, tmp_path / "hf", "float32", "hf")
+    prompt_tokens = len(Tokenizer.from_file(str(tmp_path / "hf" / "tokenizer.json")).encode(commands.PROMPT).ids)
+    n_ctx = lm.model.shape.n_ctx
+    cards = {fmt: card.render(lm, fmt, "float32", {}, {}) for fmt in ("mlx", "hf", "gguf")}
+    asked = [int(n) for text in cards.values()
+             for n in re.findall(r"(?:--max-tokens| -n|\"max_tokens\":) (\d+)", text)]
+    assert len(asked) == 3 and all(0 < n <= n_ctx - prompt_tokens for n in asked)
+    assert f"room = {n_ctx} - ids.shape[1]" in cards["hf"] and "skip_special_tokens=True" in cards["hf"]
+    assert f"repetition_context_size={n_ctx}" in cards["mlx"] and f'"repetition_context_size": {n_ctx}' in cards["mlx"]
+    assert f"-c {n_ctx} " in cards["gguf"] and f"--repeat-penalty 1.1 --repeat-last-n {n_ctx}" in cards["gguf"]
+
+
+def set_weight(project: Path, value: float) -> None:
+    """One weight of the run's checkpoint set to `value`."""
+    ck, _, _ = find_checkpoint(config.load(project / "acm.toml"))
+    params = mx.load(str(ck.path / "model.safetensors"))
+    params["wpe.weight"] = params["wpe.weight"].at[0, 0].add(value)
+    mx.save_safetensors(str(ck.path / "model.safetensors"), params)
+
+
+def refused(project: Path, capsys, *argv: str) -> str:
+    capsys.readouterr()
+    assert cli.main(["-c", str(project / "acm.toml"), "export", *argv]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("acm: error: "), lines
+    return lines[0]
+
+
+def test_a_refused_export_is_one_line_and_writes_nothing(with_model, tmp_path, capsys):
+    cfg = config.load(with_model / "acm.toml")
+    with pytest.raises(AcmError, match="unknown dtype 'float64'"):  # what the command line cannot pass
+        export_model(load_model(cfg, master_weights=True), tmp_path / "y", "float64", "gguf")
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "keep").write_text("keep me\n")
+    assert "exists and is not empty" in refused(with_model, capsys, "m", "--to", str(full))
+    set_weight(with_model, 70_000.0)  # beyond float16's 65,504: it would be written as infinity
+    assert "beyond float16's 65,504" in refused(with_model, capsys, "m", "--to", str(tmp_path / "x"),
+                                               "--dtype", "float16")
+    set_weight(with_model, float("nan"))
+    assert "NaN or infinite weights" in refused(with_model, capsys, "m", "--to", str(tmp_path / "x"))
+    for stage in ("pretrain", "finetune"):  # a run stopped before its first checkpoint
+        shutil.rmtree(Paths.checkpoints(cfg.locations.run("m"), stage))
+    assert "no checkpoint in run m" in refused(with_model, capsys, "m", "--to", str(tmp_path / "x"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["full", "proj"]  # no folder, no .partial left
+    assert [p.name for p in full.iterdir()] == ["keep"]

@@ -132,9 +132,11 @@ def _usage(lm: LoadedModel, fmt: str, dtype: str, detail: dict, facts: dict) -> 
         "mlx": ["```bash", commands.mlx_cli(p), "```", "",
                 "`mlx_lm.generate` has no repetition penalty; mlx-lm's Python API passes acm's, over the same "
                 "window:", "", "```python", *commands.mlx_python(p), "```", "",
-                "An OpenAI-style endpoint (`POST /v1/completions`; `repetition_penalty` and "
+                "An OpenAI-style endpoint: `mlx_lm.server` serves the folder,", "",
+                "```bash", commands.mlx_server(p)[0], "```", "",
+                "and, from a second shell, `POST /v1/completions` continues a prompt (`repetition_penalty` and "
                 "`repetition_context_size` are mlx-lm's own fields):", "",
-                "```bash", *commands.mlx_server(p), "```"],
+                "```bash", commands.mlx_server(p)[1], "```"],
         "hf": ["```python", *commands.hf_python(p), "```", "",
                "transformers applies the repetition penalty to the whole sequence: acm's window when the context "
                f"holds at most {PENALTY_WINDOW:,} tokens, as this one's {p.n_ctx:,} "
@@ -148,7 +150,7 @@ def _usage(lm: LoadedModel, fmt: str, dtype: str, detail: dict, facts: dict) -> 
             "prompt, as acm does, and stops at `<EOS>`. The context is "
             f"{p.n_ctx:,} tokens, prompt included; this prompt takes {p.prompt_tokens} with its `<BOS>`, so the "
             f"commands ask for at most {p.new_tokens:,} new ones (past the context the learned positions run out: "
-            "llama.cpp aborts, transformers raises an IndexError, mlx-lm writes noise).", "",
+            "llama.cpp aborts, transformers raises an IndexError, mlx-lm reads past its table of positions).", "",
             *how, "", *_matching(p, fmt, dtype, detail.get("model_type", "")), "",
             "Generated scripts are untested code: read them before running them."]
 
