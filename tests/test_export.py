@@ -17,6 +17,7 @@ from core import cli, config
 from core.errors import AcmError
 from core.generate.decode import LoadedModel, find_checkpoint, load_model
 from core.generate.export import card, commands, export_checkpoint, export_model
+from core.generate.sampling import SamplingParams
 from core.model.gpt import GPT
 from core.paths import Paths
 from core.tokenizer.bpe import BOS_ID, EOS_ID, PAD_ID
@@ -131,8 +132,8 @@ def test_mlx_lm_generates_from_a_plain_prompt_what_acm_generate_does(talkative, 
 
 def greedy_plan(lm: LoadedModel, penalty: float) -> commands.Plan:
     """The card's commands at temperature 0, 100 new tokens (within nano's context after the prompt)."""
-    return commands.Plan(lm.model.shape.n_ctx, 1 + len(lm.tokenizer.encode(commands.PROMPT)), temperature=0,
-                         repetition_penalty=penalty, max_tokens=100)
+    return commands.Plan(lm.model.shape.n_ctx, 1 + len(lm.tokenizer.encode(commands.PROMPT)),
+                         SamplingParams(temperature=0, repetition_penalty=penalty, max_tokens=100))
 
 
 def assert_as_acm(theirs: str, project: Path, plan: commands.Plan, capsys) -> None:
@@ -140,7 +141,7 @@ def assert_as_acm(theirs: str, project: Path, plan: commands.Plan, capsys) -> No
     mid-text (the noisy model makes a <BOS>), which acm leaves out, as transformers' skip_special_tokens does."""
     shown = theirs.replace("<BOS>", "").replace("<PAD>", "").replace("<UNK>", "")
     assert len(shown) > 20 and shown == acm_greedy(project, commands.PROMPT, plan.new_tokens,
-                                                   plan.repetition_penalty, capsys)
+                                                   plan.sampling.repetition_penalty, capsys)
 
 
 def gpt2_forward(folder, ids: list[int]) -> np.ndarray:
@@ -248,7 +249,7 @@ def test_llama_cpp_generates_from_a_plain_prompt_what_acm_generate_does(talkativ
     assert llama_cpp.llama_model_n_params(llm.model) == sum(v.size for _, v in tree_flatten(lm.model.parameters()))
     assert llm.tokenize(commands.PROMPT.encode()) == [BOS_ID] + lm.tokenizer.encode(commands.PROMPT)
     out = llm.create_completion(commands.PROMPT, max_tokens=plan.new_tokens, temperature=0,
-                                repeat_penalty=plan.repetition_penalty)
+                                repeat_penalty=plan.sampling.repetition_penalty)
     assert_as_acm(out["choices"][0]["text"], talkative, plan, capsys)
 
 
@@ -319,6 +320,17 @@ def llama_cpp_eog_ids(fields: dict) -> set[int]:
                   if f"tokenizer.ggml.{k}_token_id" in fields}
 
 
+def assert_gguf_tokenizer(fields: dict, vocab_size: int) -> None:
+    """acm's tokenizer, `<BOS>` added before a prompt, `<EOS>` the only end of generation."""
+    assert (fields["tokenizer.ggml.model"], fields["tokenizer.ggml.pre"]) == ("gpt2", "gpt-2")
+    tokens = fields["tokenizer.ggml.tokens"]
+    assert len(tokens) == vocab_size and tokens[:4] == ["<PAD>", "<UNK>", "<BOS>", "<EOS>"]
+    assert (fields["tokenizer.ggml.bos_token_id"], fields["tokenizer.ggml.eos_token_id"]) == (BOS_ID, EOS_ID)
+    assert (fields["tokenizer.ggml.add_bos_token"], fields["tokenizer.ggml.add_eos_token"]) == (True, False)
+    assert fields["tokenizer.ggml.padding_token_id"] == PAD_ID
+    assert llama_cpp_eog_ids(fields) == {EOS_ID}  # <PAD> would be one, found by its text, without the FIM key
+
+
 @pytest.mark.parametrize(("dtype", "tied"), [("float32", True), ("bfloat16", False)])
 def test_gguf_export_reads_back_with_gguf_reader(with_model, tmp_path, dtype, tied):
     from gguf import GGUFReader
@@ -333,13 +345,7 @@ def test_gguf_export_reads_back_with_gguf_reader(with_model, tmp_path, dtype, ti
     assert fields["general.architecture"] == "gpt2"
     assert (fields["gpt2.block_count"], fields["gpt2.embedding_length"], fields["gpt2.context_length"]) == (
         s.n_layer, s.n_embd, s.n_ctx)
-    assert (fields["tokenizer.ggml.model"], fields["tokenizer.ggml.pre"]) == ("gpt2", "gpt-2")
-    tokens = fields["tokenizer.ggml.tokens"]
-    assert len(tokens) == s.vocab_size and tokens[:4] == ["<PAD>", "<UNK>", "<BOS>", "<EOS>"]
-    assert (fields["tokenizer.ggml.bos_token_id"], fields["tokenizer.ggml.eos_token_id"]) == (BOS_ID, EOS_ID)
-    assert (fields["tokenizer.ggml.add_bos_token"], fields["tokenizer.ggml.add_eos_token"]) == (True, False)
-    assert fields["tokenizer.ggml.padding_token_id"] == PAD_ID
-    assert llama_cpp_eog_ids(fields) == {EOS_ID}  # <PAD> would be one, found by its text, without the FIM key
+    assert_gguf_tokenizer(fields, s.vocab_size)
     tensors = {t.name: t for t in reader.tensors}
     assert set(tensors) == gpt2_tensor_names(s.n_layer, tied)
     params = sum(int(np.prod(t.shape)) for t in reader.tensors)

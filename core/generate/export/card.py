@@ -157,13 +157,16 @@ def _usage(lm: LoadedModel, fmt: str, dtype: str, detail: dict, facts: dict) -> 
 
 def _matching(p: commands.Plan, fmt: str, dtype: str, model_type: str) -> list[str]:
     """What it takes to get what `acm generate` gives."""
+    s = p.sampling
     order = ("" if fmt == "hf" else
              f" {'mlx-lm' if fmt == 'mlx' else 'llama.cpp'} applies top-p and min-p before the temperature, acm "
              "after it: with top-p below 1 (or min-p above 0) it samples from a slightly different distribution.")
+    if fmt == "mlx":
+        order += " It also writes out a special token generated mid-text (`<BOS>`), which acm leaves out."
     whole = ", the whole context" if p.n_ctx <= PENALTY_WINDOW else ""
     return ["### As acm samples", "",
-            f"These are acm's settings: temperature {p.temperature:g}, top-k {p.top_k}, top-p {p.top_p:g}, "
-            f"min-p {p.min_p:g}, and a repetition penalty of {p.repetition_penalty:g} on every token among the last "
+            f"These are acm's settings: temperature {s.temperature:g}, top-k {s.top_k}, top-p {s.top_p:g}, "
+            f"min-p {s.min_p:g}, and a repetition penalty of {s.repetition_penalty:g} on every token among the last "
             f"{PENALTY_WINDOW:,} (the prompt and its `<BOS>` included; {p.window:,} here{whole}). "
             "Sampled text still differs from acm's, which draws its own random numbers." + order,
             "", "At temperature 0 (greedy) the client computes acm's logits to within rounding"
