@@ -159,17 +159,18 @@ def test_prompts_in_pasteable_commands_survive_bash_history_expansion(with_model
 
     lm = load_model(config.load(with_model / "acm.toml"))
     commands = [line for fmt in ("mlx", "gguf") for line in card.render(lm, fmt, "float32", {}, {}).splitlines()
-                if line.startswith(("mlx_lm.generate", "llama-cli"))]
+                if line.startswith(("mlx_lm.generate", "curl", "llama-completion"))]
     assert '"#!' not in card.render(lm, "hf", "float32", {}, {})
     with pytest.raises(SystemExit):
         cli.main(["generate", "--help"])
     examples = [line.strip() for line in capsys.readouterr().out.splitlines() if line.strip().startswith("acm ")]
-    assert len(commands) == 2 and len(examples) >= 1
+    assert len(commands) == 3 and len(examples) >= 1
     for line in commands + examples:
         script = "set -o history -o histexpand\nshow() { printf '<%s>' \"$@\"; }\nshow " + line.split(" ", 1)[1]
         done = subprocess.run(["bash"], input=script, capture_output=True, text=True)
         assert done.returncode == 0 and not done.stderr, (line, done.stderr)
-        assert re.search(r"<#!/(bin/bash|usr/bin/env bash)\\n# [^>]+\\n>", done.stdout), (line, done.stdout)
+        # the prompt, whole: an argument of its own, or a JSON string in curl's
+        assert re.search(r'[<"]#!/(bin/bash|usr/bin/env bash)\\n# [^>"]+\\n[>"]', done.stdout), (line, done.stdout)
     for example in examples:  # and each example of --help works as written
         argv = shlex.split(example)[1:] + ["--max-tokens", "4", "--candidates", "2"]
         assert cli.main(["-c", str(with_model / "acm.toml"), *argv]) == 0, example

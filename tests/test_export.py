@@ -2,7 +2,11 @@
 from __future__ import annotations
 
 import json
+import re
+import shlex
+import shutil
 from dataclasses import replace
+from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
@@ -11,10 +15,12 @@ from mlx.utils import tree_flatten
 
 from core import cli, config
 from core.errors import AcmError
-from core.generate.decode import LoadedModel, load_model
-from core.generate.export import export_checkpoint, export_model
+from core.generate.decode import LoadedModel, find_checkpoint, load_model
+from core.generate.export import card, commands, export_checkpoint, export_model
+from core.generate.sampling import SamplingParams
 from core.model.gpt import GPT
-from core.tokenizer.bpe import BOS_ID
+from core.paths import Paths
+from core.tokenizer.bpe import BOS_ID, EOS_ID, PAD_ID
 
 TEXT = "#!/bin/bash\necho $HOME"
 
@@ -73,6 +79,71 @@ def test_an_untied_head_exports_as_gpt_bigcode_that_mlx_lm_loads(with_model, tmp
     assert mx.allclose(model.lm_head.weight, lm.model.lm_head.weight).item()
 
 
+def assert_bos_first(folder, lm: LoadedModel) -> None:
+    """The exported tokenizer puts <BOS> before a plain prompt, once, in `tokenizers` and in transformers
+    (as acm does before every prompt); acm's own tokenizer adds nothing, so acm never doubles it."""
+    from tokenizers import Tokenizer
+    from transformers import AutoTokenizer
+
+    ids = ids_of(lm)
+    exported = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    assert exported.encode(TEXT).ids == ids and exported.decode(ids) == TEXT
+    assert AutoTokenizer.from_pretrained(str(folder))(TEXT).input_ids == ids
+    assert lm.tokenizer.encode(TEXT) == ids[1:]
+
+
+def acm_greedy(project, prompt: str, max_tokens: int, penalty: float, capsys) -> str:
+    """What `acm generate --temp 0 --dtype float32` writes after the prompt."""
+    capsys.readouterr()
+    assert cli.main(["-c", str(project / "acm.toml"), "generate", "-e", prompt.replace("\n", "\\n"), "--no-echo",
+                     "--temp", "0", "--repetition-penalty", str(penalty), "--dtype", "float32",
+                     "--max-tokens", str(max_tokens)]) == 0
+    out = capsys.readouterr().out
+    assert out.endswith("\n")
+    return out[:-1]
+
+
+@pytest.fixture
+def talkative(with_model) -> Path:
+    """The trained project with its checkpoint's matrices moved by noise: the trained nano writes only
+    newlines at temperature 0, this one a varied text that depends on the prompt's every token
+    (<BOS> included) and on the repetition penalty."""
+    ck, _, _ = find_checkpoint(config.load(with_model / "acm.toml"))
+    params = mx.load(str(ck.path / "model.safetensors"))
+    mx.random.seed(7)
+    mx.save_safetensors(str(ck.path / "model.safetensors"),
+                        {k: v + 0.2 * mx.random.normal(v.shape) if v.ndim == 2 else v for k, v in params.items()})
+    return with_model
+
+
+@pytest.mark.parametrize("penalty", [1.0, 1.1])
+def test_mlx_lm_generates_from_a_plain_prompt_what_acm_generate_does(talkative, tmp_path, capsys, penalty):
+    """The model card's mlx-lm Python snippet, run as written, at temperature 0: the same text as
+    `acm generate --temp 0`, without and with acm's repetition penalty over its window."""
+    cfg = config.load(talkative / "acm.toml")
+    export_checkpoint(cfg, tmp_path / "m")
+    plan = greedy_plan(load_model(cfg), penalty)
+    scope: dict = {}
+    exec("\n".join(commands.mlx_python(plan, str(tmp_path / "m"))), scope)
+    theirs = scope["text"]
+    assert capsys.readouterr().out == commands.PROMPT + theirs + "\n"  # it prints the prompt and continuation
+    assert_as_acm(theirs, talkative, plan, capsys)
+
+
+def greedy_plan(lm: LoadedModel, penalty: float) -> commands.Plan:
+    """The card's commands at temperature 0, 100 new tokens (within nano's context after the prompt)."""
+    return commands.Plan(lm.model.shape.n_ctx, 1 + len(lm.tokenizer.encode(commands.PROMPT)),
+                         SamplingParams(temperature=0, repetition_penalty=penalty, max_tokens=100))
+
+
+def assert_as_acm(theirs: str, project: Path, plan: commands.Plan, capsys) -> None:
+    """A client's continuation is `acm generate --temp 0`'s: mlx-lm writes out a special token generated
+    mid-text (the noisy model makes a <BOS>), which acm leaves out, as transformers' skip_special_tokens does."""
+    shown = theirs.replace("<BOS>", "").replace("<PAD>", "").replace("<UNK>", "")
+    assert len(shown) > 20 and shown == acm_greedy(project, commands.PROMPT, plan.new_tokens,
+                                                   plan.sampling.repetition_penalty, capsys)
+
+
 def gpt2_forward(folder, ids: list[int]) -> np.ndarray:
     """GPT-2 as transformers computes it (Conv1D: x @ W + b), in NumPy, from an hf export."""
     from safetensors.numpy import load_file
@@ -113,10 +184,16 @@ def test_hf_export_has_gpt2s_layout_and_its_logits(with_model, tmp_path, tied):
     saved = json.loads((tmp_path / "hf" / "config.json").read_text())
     assert (saved["model_type"], saved["architectures"], saved["tie_word_embeddings"]) == (
         "gpt2", ["GPT2LMHeadModel"], tied)
+    assert saved["n_positions"] == saved["max_position_embeddings"] == lm.model.shape.n_ctx
     tok = json.loads((tmp_path / "hf" / "tokenizer_config.json").read_text())
     assert (tok["bos_token"], tok["eos_token"], tok["pad_token"]) == ("<BOS>", "<EOS>", "<PAD>")
-    assert (tmp_path / "hf" / "tokenizer.json").read_bytes() == lm.tokenizer.path.read_bytes()
+    assert (tok["add_bos_token"], tok["model_max_length"]) == (True, lm.model.shape.n_ctx)
+    generation = json.loads((tmp_path / "hf" / "generation_config.json").read_text())
+    assert (generation["eos_token_id"], generation["max_length"]) == (EOS_ID, lm.model.shape.n_ctx)
+    from safetensors.numpy import load_file
+    assert ("lm_head.weight" in load_file(str(tmp_path / "hf" / "model.safetensors"))) is not tied  # written once
     ids = ids_of(lm)
+    assert_bos_first(tmp_path / "hf", lm)
     mine = np.array(lm.model(mx.array([ids]))[0])
     assert np.allclose(gpt2_forward(tmp_path / "hf", ids), mine, atol=1e-4)
 
@@ -131,25 +208,135 @@ def test_hf_export_loads_in_transformers_with_matching_logits(with_model, tmp_pa
     model = AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf"))
     tok = AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
     ids = ids_of(lm)
-    assert tok(TEXT, add_special_tokens=False).input_ids == ids[1:]
+    assert tok(TEXT).input_ids == ids
     with torch.no_grad():
         theirs = model(torch.tensor([ids])).logits[0].numpy()
     assert np.allclose(theirs, np.array(lm.model(mx.array([ids]))[0]), atol=1e-4)
 
 
-def gpt2_tensor_names(layers: int) -> set[str]:
-    """llama.cpp's GPT-2 tensors: embeddings, final norm, output, and six (weight, bias) pairs a block."""
+@pytest.mark.slow
+@pytest.mark.parametrize("penalty", [1.0, 1.1])
+def test_transformers_generates_from_a_plain_prompt_what_acm_generate_does(talkative, tmp_path, capsys, penalty):
+    """The card's transformers snippet, run as written at temperature 0 (needs torch)."""
+    pytest.importorskip("torch")
+    cfg = config.load(talkative / "acm.toml")
+    export_checkpoint(cfg, tmp_path / "hf", fmt="hf")
+    plan = greedy_plan(load_model(cfg), penalty)
+    scope: dict = {}
+    exec("\n".join(commands.hf_python(plan, str(tmp_path / "hf"))), scope)
+    tok, out, ids = scope["tok"], scope["out"], scope["ids"]
+    assert ids[0, 0].item() == BOS_ID
+    theirs = tok.decode(out[0][ids.shape[1]:], skip_special_tokens=True)
+    assert capsys.readouterr().out == commands.PROMPT + theirs + "\n"
+    assert_as_acm(theirs, talkative, plan, capsys)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("penalty", [1.0, 1.1])
+def test_llama_cpp_generates_from_a_plain_prompt_what_acm_generate_does(talkative, tmp_path, capsys, penalty):
+    """The GGUF in llama-cpp-python: <BOS> added, <EOS> the only end of generation, each weight once,
+    and greedy text with the card's penalty window equal to acm's."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    cfg = config.load(talkative / "acm.toml")
+    export_checkpoint(cfg, tmp_path / "g", fmt="gguf")
+    lm = load_model(cfg)
+    plan = greedy_plan(lm, penalty)
+    llm = llama_cpp.Llama(str(tmp_path / "g" / "model.gguf"), n_ctx=plan.n_ctx, last_n_tokens_size=plan.window,
+                          verbose=False)
+    vocab = llama_cpp.llama_model_get_vocab(llm.model)
+    assert llama_cpp.llama_vocab_get_add_bos(vocab)
+    assert [t for t in range(lm.tokenizer.vocab_size) if llama_cpp.llama_vocab_is_eog(vocab, t)] == [EOS_ID]
+    assert llama_cpp.llama_model_n_params(llm.model) == sum(v.size for _, v in tree_flatten(lm.model.parameters()))
+    assert llm.tokenize(commands.PROMPT.encode()) == [BOS_ID] + lm.tokenizer.encode(commands.PROMPT)
+    out = llm.create_completion(commands.PROMPT, max_tokens=plan.new_tokens, temperature=0,
+                                repeat_penalty=plan.sampling.repetition_penalty)
+    assert_as_acm(out["choices"][0]["text"], talkative, plan, capsys)
+
+
+@pytest.mark.slow
+def test_mlx_lm_server_answers_the_cards_request_as_acm_generates(talkative, tmp_path, capsys):
+    """The card's `mlx_lm.server` command on a free port, then its request at temperature 0."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    cfg = config.load(talkative / "acm.toml")
+    export_checkpoint(cfg, tmp_path / "m")
+    plan = greedy_plan(load_model(cfg), 1.1)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    serve, request = (shlex.split(line) for line in commands.mlx_server(plan, str(tmp_path / "m"), port))
+    assert serve[0] == "mlx_lm.server" and request[0] == "curl"
+    server = subprocess.Popen([sys.executable, "-m", "mlx_lm", "server", *serve[1:], "--host", "127.0.0.1"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        body = request[request.index("-d") + 1].encode()
+        post = urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions", body,
+                                      {"Content-Type": "application/json"})
+        for _ in range(600):  # until it listens
+            try:
+                with urllib.request.urlopen(post) as r:
+                    answer = json.loads(r.read())
+                break
+            except OSError:
+                assert server.poll() is None, "mlx_lm.server exited"
+                time.sleep(0.1)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert_as_acm(answer["choices"][0]["text"], talkative, plan, capsys)
+
+
+def gpt2_tensor_names(layers: int, tied: bool) -> set[str]:
+    """llama.cpp's GPT-2 tensors: embeddings, final norm, six (weight, bias) pairs a block, and an output
+    matrix only for an untied head (llama.cpp's GPT-2 uses token_embd without one)."""
     blocks = {f"blk.{i}.{n}.{k}" for i in range(layers) for k in ("weight", "bias")
               for n in ("attn_norm", "attn_qkv", "attn_output", "ffn_norm", "ffn_up", "ffn_down")}
-    return blocks | {"token_embd.weight", "position_embd.weight", "output_norm.weight", "output_norm.bias",
-                     "output.weight"}
+    return blocks | {"token_embd.weight", "position_embd.weight", "output_norm.weight", "output_norm.bias"} | (
+        set() if tied else {"output.weight"})
 
 
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_gguf_export_reads_back_with_gguf_reader(with_model, tmp_path, dtype):
+# Token texts llama.cpp's vocabulary loader (src/llama-vocab.cpp) ends generation at, and those it takes
+# for a fill-in-the-middle pad, repository or file separator (each also ends generation) unless given by id.
+LLAMA_CPP_EOG_TEXTS = {"<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<end_of_turn>",
+                       "<|endoftext|>", "</s>", "<|eom_id|>", "<EOT>", "_<EOT>", "[EOT]", "[EOS]", "<|end_of_text|>",
+                       "<eos>", "<turn|>"}
+LLAMA_CPP_FIM = {"fim_pad": {"<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]"},
+                 "fim_rep": {"<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"},
+                 "fim_sep": {"<|file_sep|>"}}
+
+
+def llama_cpp_eog_ids(fields: dict) -> set[int]:
+    """The token ids llama.cpp ends generation at, as its loader works them out from a GGUF's fields."""
+    tokens = fields["tokenizer.ggml.tokens"]
+    eog = {i for i, t in enumerate(tokens) if t in LLAMA_CPP_EOG_TEXTS}
+    for kind, texts in LLAMA_CPP_FIM.items():
+        given = fields.get(f"tokenizer.ggml.{kind}_token_id")
+        eog |= {given} if given is not None else {i for i, t in enumerate(tokens) if t in texts}
+    return eog | {fields[f"tokenizer.ggml.{k}_token_id"] for k in ("eos", "eot", "eom")
+                  if f"tokenizer.ggml.{k}_token_id" in fields}
+
+
+def assert_gguf_tokenizer(fields: dict, vocab_size: int) -> None:
+    """acm's tokenizer, `<BOS>` added before a prompt, `<EOS>` the only end of generation."""
+    assert (fields["tokenizer.ggml.model"], fields["tokenizer.ggml.pre"]) == ("gpt2", "gpt-2")
+    tokens = fields["tokenizer.ggml.tokens"]
+    assert len(tokens) == vocab_size and tokens[:4] == ["<PAD>", "<UNK>", "<BOS>", "<EOS>"]
+    assert (fields["tokenizer.ggml.bos_token_id"], fields["tokenizer.ggml.eos_token_id"]) == (BOS_ID, EOS_ID)
+    assert (fields["tokenizer.ggml.add_bos_token"], fields["tokenizer.ggml.add_eos_token"]) == (True, False)
+    assert fields["tokenizer.ggml.padding_token_id"] == PAD_ID
+    assert llama_cpp_eog_ids(fields) == {EOS_ID}  # <PAD> would be one, found by its text, without the FIM key
+
+
+@pytest.mark.parametrize(("dtype", "tied"), [("float32", True), ("bfloat16", False)])
+def test_gguf_export_reads_back_with_gguf_reader(with_model, tmp_path, dtype, tied):
     from gguf import GGUFReader
 
     lm = load_model(config.load(with_model / "acm.toml"), master_weights=True)
+    lm = lm if tied else untied(lm)
     info = export_model(lm, tmp_path / "g", dtype, "gguf")
     assert info["files"] == ["README.md", "model.gguf"]
     reader = GGUFReader(str(tmp_path / "g" / "model.gguf"))
@@ -158,12 +345,11 @@ def test_gguf_export_reads_back_with_gguf_reader(with_model, tmp_path, dtype):
     assert fields["general.architecture"] == "gpt2"
     assert (fields["gpt2.block_count"], fields["gpt2.embedding_length"], fields["gpt2.context_length"]) == (
         s.n_layer, s.n_embd, s.n_ctx)
-    assert (fields["tokenizer.ggml.model"], fields["tokenizer.ggml.pre"]) == ("gpt2", "gpt-2")
-    tokens = fields["tokenizer.ggml.tokens"]
-    assert len(tokens) == s.vocab_size and tokens[:4] == ["<PAD>", "<UNK>", "<BOS>", "<EOS>"]
-    assert (fields["tokenizer.ggml.bos_token_id"], fields["tokenizer.ggml.eos_token_id"]) == (2, 3)
+    assert_gguf_tokenizer(fields, s.vocab_size)
     tensors = {t.name: t for t in reader.tensors}
-    assert set(tensors) == gpt2_tensor_names(s.n_layer)
+    assert set(tensors) == gpt2_tensor_names(s.n_layer, tied)
+    params = sum(int(np.prod(t.shape)) for t in reader.tensors)
+    assert params == sum(v.size for _, v in tree_flatten(lm.model.parameters()))  # each weight once
     qkv = tensors["blk.0.attn_qkv.weight"]
     assert list(qkv.shape) == [s.n_embd, 3 * s.n_embd]  # GGUF lists dimensions innermost first
     assert list(tensors["blk.0.ffn_up.weight"].shape) == [s.n_embd, s.n_ffn]
@@ -267,3 +453,57 @@ def test_the_next_export_sweeps_what_a_killed_export_left_and_spares_one_under_w
         assert ".export.lock" not in {p.name for p in (out / "c").iterdir()}
         with pytest.raises(AcmError, match="another export to .*b is under way"):
             export_checkpoint(config.load(with_model / "acm.toml"), out / "b")
+
+
+def test_the_cards_commands_stay_within_the_context_and_sample_as_acm(with_model, tmp_path):
+    """Each command asks for at most what the context leaves after the prompt (with its <BOS>, as the
+    exported tokenizer counts it), and passes acm's penalty over acm's window."""
+    from tokenizers import Tokenizer
+
+    lm = load_model(config.load(with_model / "acm.toml"), master_weights=True)
+    export_model(lm, tmp_path / "hf", "float32", "hf")
+    prompt_tokens = len(Tokenizer.from_file(str(tmp_path / "hf" / "tokenizer.json")).encode(commands.PROMPT).ids)
+    n_ctx = lm.model.shape.n_ctx
+    cards = {fmt: card.render(lm, fmt, "float32", {}, {}) for fmt in ("mlx", "hf", "gguf")}
+    asked = [int(n) for text in cards.values()
+             for n in re.findall(r"(?:--max-tokens| -n|\"max_tokens\":) (\d+)", text)]
+    assert len(asked) == 3 and all(0 < n <= n_ctx - prompt_tokens for n in asked)
+    assert f"room = {n_ctx} - ids.shape[1]" in cards["hf"] and "skip_special_tokens=True" in cards["hf"]
+    assert f"repetition_context_size={n_ctx}" in cards["mlx"] and f'"repetition_context_size": {n_ctx}' in cards["mlx"]
+    assert f"-c {n_ctx} " in cards["gguf"] and f"--repeat-penalty 1.1 --repeat-last-n {n_ctx}" in cards["gguf"]
+
+
+def set_weight(project: Path, value: float) -> None:
+    """One weight of the run's checkpoint set to `value`."""
+    ck, _, _ = find_checkpoint(config.load(project / "acm.toml"))
+    params = mx.load(str(ck.path / "model.safetensors"))
+    params["wpe.weight"] = params["wpe.weight"].at[0, 0].add(value)
+    mx.save_safetensors(str(ck.path / "model.safetensors"), params)
+
+
+def refused(project: Path, capsys, *argv: str) -> str:
+    capsys.readouterr()
+    assert cli.main(["-c", str(project / "acm.toml"), "export", *argv]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("acm: error: "), lines
+    return lines[0]
+
+
+def test_a_refused_export_is_one_line_and_writes_nothing(with_model, tmp_path, capsys):
+    cfg = config.load(with_model / "acm.toml")
+    with pytest.raises(AcmError, match="unknown dtype 'float64'"):  # what the command line cannot pass
+        export_model(load_model(cfg, master_weights=True), tmp_path / "y", "float64", "gguf")
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "keep").write_text("keep me\n")
+    assert "exists and is not empty" in refused(with_model, capsys, "m", "--to", str(full))
+    set_weight(with_model, 70_000.0)  # beyond float16's 65,504: it would be written as infinity
+    assert "beyond float16's 65,504" in refused(with_model, capsys, "m", "--to", str(tmp_path / "x"),
+                                               "--dtype", "float16")
+    set_weight(with_model, float("nan"))
+    assert "NaN or infinite weights" in refused(with_model, capsys, "m", "--to", str(tmp_path / "x"))
+    for stage in ("pretrain", "finetune"):  # a run stopped before its first checkpoint
+        shutil.rmtree(Paths.checkpoints(cfg.locations.run("m"), stage))
+    assert "no checkpoint in run m" in refused(with_model, capsys, "m", "--to", str(tmp_path / "x"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["full", "proj"]  # no folder, no .partial left
+    assert [p.name for p in full.iterdir()] == ["keep"]

@@ -32,6 +32,7 @@ CASES = [
     ["generate", "x", "--repetition-penalty", "0"],
     ["generate", "x", "--max-tokens", "-1"],
     ["generate", "x", "--top-k", "lots"],
+    ["generate", "x", "--dtype", "int8"],
     ["generate", "x\\", "-e"],
     ["generate", "x"],
     ["chat", "--temp", "-1"],

@@ -68,8 +68,9 @@ def print_candidates(judged: list, echo_prompt: bool, expected: dict) -> None:
 
 
 def _loaded(args, cfg: Config, engine: Engine):
-    lm = engine.call(load_model, cfg, args.run, args.stage, args.checkpoint)
-    console.print(f"[dim]{lm.run} / {lm.stage} / step {lm.step} ({lm.checkpoint.name})[/]")
+    lm = engine.call(load_model, cfg, args.run, args.stage, args.checkpoint, compute_dtype=args.dtype)
+    console.print(f"[dim]{lm.run} / {lm.stage} / step {lm.step} ({lm.checkpoint.name}, "
+                  f"{str(lm.model.compute_dtype).removeprefix('mlx.core.')})[/]")
     return lm
 
 
@@ -179,22 +180,23 @@ def cmd_export(args, cfg: Config) -> int:
         engine.shutdown()
     print(f"exported {info['checkpoint']} ({info['preset']}, {info['model_type']}, {info['dtype']}) as "
           f"{info['format']} to {info['folder']} with a model card (README.md)")
-    print(f"try: {TRY[info['format']].format(folder=info['folder'])}")
+    print(f"try: {info['try']}")
     if args.upload:
         url = upload_folder(Path(info["folder"]), args.upload, private=args.private)
         print(f"uploaded to {url}")
     return 0
 
 
-TRY = {"mlx": "python -m mlx_lm generate --model {folder} --prompt '#!/bin/bash'",
-       "hf": "AutoModelForCausalLM.from_pretrained('{folder}') in transformers",
-       "gguf": "llama-cli -m {folder}/model.gguf -p '#!/bin/bash' -n 200"}
-
-
 def add_checkpoint_args(p) -> None:
     p.add_argument("--run", help="run name (default: the latest run)")
     p.add_argument("--stage", choices=["pretrain", "finetune"], help="default: finetune if it has a checkpoint")
     p.add_argument("--checkpoint", choices=["best", "latest"], default="best")
+
+
+def add_dtype_arg(p) -> None:
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+                   help="dtype to decode in (default: the run's model.compute_dtype); float32 gives what a "
+                        "float32 export gives in mlx-lm, transformers or llama.cpp")
 
 
 def add_sampling_args(p) -> None:
@@ -229,9 +231,11 @@ def register(sub, add) -> None:
     gen.add_argument("--candidates", type=setting_int("generate.candidates"), metavar="K",
                      help="candidates per syntax-checked result (default: generate.candidates)")
     add_checkpoint_args(gen)
+    add_dtype_arg(gen)
     add_sampling_args(gen)
     chat = add(sub, "chat", cmd_chat, "the generator as a REPL on standard input", json_flag=False)
     add_checkpoint_args(chat)
+    add_dtype_arg(chat)
     add_sampling_args(chat)
     ev = add(sub, "eval", cmd_eval, "val loss / perplexity and generated-bash quality of a run's checkpoints")
     ev.add_argument("--run", help="run name (default: the latest run)")

@@ -16,11 +16,9 @@ from dataclasses import dataclass, field
 import mlx.core as mx
 
 from core.generate.decode import IncrementalDecoder, LoadedModel, fit_prompt
-from core.generate.sampling import SamplingParams, sample
+from core.generate.sampling import PENALTY_WINDOW, SamplingParams, sample
 from core.model.gpt import GPT
 from core.tokenizer.bpe import BOS_ID, EOS_ID, PAD_ID
-
-PENALTY_WINDOW = 1024  # tokens of each row the repetition penalty looks back on
 
 
 @dataclass

@@ -15,7 +15,7 @@ import mlx.core as mx
 
 from core.config import Config, from_dict
 from core.errors import AcmError
-from core.generate.sampling import SamplingParams, sample
+from core.generate.sampling import PENALTY_WINDOW, SamplingParams, sample
 from core.model.gpt import GPT
 from core.paths import Paths
 from core.tokenizer.bpe import BOS_ID, EOS_ID, AcmTokenizer, load_tokenizer
@@ -62,16 +62,17 @@ def find_checkpoint(cfg: Config, run: str | None = None, stage: str | None = Non
 
 
 def load_model(cfg: Config, run: str | None = None, stage: str | None = None, which: str = "best",
-               master_weights: bool = False) -> LoadedModel:
-    """A checkpoint ready to generate: its weights in the compute dtype, unless `master_weights`
-    keeps the float32 copy training made (for export)."""
+               master_weights: bool = False, compute_dtype: str | None = None) -> LoadedModel:
+    """A checkpoint ready to generate: its weights in the compute dtype (the run's, or `compute_dtype`:
+    float32 decodes as a float32 export does), unless `master_weights` keeps the float32 copy
+    training made (for export)."""
     ck, run_path, st = find_checkpoint(cfg, run, stage, which)
     tok = load_tokenizer(cfg)
     if ck.state.get("tokenizer_sha256") != tok.sha256:
         raise AcmError(f"{ck.path} was trained with another tokenizer than data/tokenizer/tokenizer.json")
     ck_cfg = from_dict(ck.state["config"]) if "config" in ck.state else cfg  # the shape it was trained with
     shape = ck_cfg.model.shape().with_vocab(tok.vocab_size)  # the tokenizer it was trained with (same sha)
-    model = GPT(shape, ck_cfg.model.compute_dtype)
+    model = GPT(shape, compute_dtype or ck_cfg.model.compute_dtype)
     params, _ = checkpoint.load_arrays(ck)
     checkpoint.check_shapes(ck, params, model.parameters())
     model.update(params)
@@ -106,7 +107,7 @@ def generate_tokens(model: GPT, ids: list[int], params: SamplingParams,
     cache = model.make_cache()
     key = mx.random.key(params.seed % 2**64)  # any integer seeds the generator
     penalise = params.repetition_penalty != 1.0
-    seen = mx.array(ids[-1024:], dtype=mx.int32)
+    seen = mx.array(ids[-PENALTY_WINDOW:], dtype=mx.int32)
 
     def step(inputs: mx.array) -> mx.array:
         nonlocal key, seen
@@ -115,7 +116,7 @@ def generate_tokens(model: GPT, ids: list[int], params: SamplingParams,
             key, sub = mx.random.split(key)
         token = sample(model(inputs, cache)[0, -1], params, seen if penalise else None, sub)
         if penalise:
-            seen = mx.concatenate([seen[-1023:], token.reshape(1).astype(mx.int32)])
+            seen = mx.concatenate([seen[1 - PENALTY_WINDOW:], token.reshape(1).astype(mx.int32)])
         return token
 
     token = step(mx.array([ids]))

@@ -29,6 +29,9 @@ class SamplingParams:
 
 
 NEG_INF = float("-inf")
+# Tokens the repetition penalty looks back on: the prompt (with its <BOS>) and what was generated,
+# the last PENALTY_WINDOW of them. A model card tells other clients the same window.
+PENALTY_WINDOW = 1024
 
 
 def apply_repetition_penalty(logits: mx.array, seen: mx.array | None, penalty: float) -> mx.array:

@@ -5,9 +5,11 @@
 - `gguf`: one GPT-2 GGUF file with the tokenizer inside, for llama.cpp and the tools built on it.
 
 The folder is built aside (`.NAME.partial`) and renamed into place, so a failed export leaves
-nothing half-written, and an existing non-empty folder is never overwritten. An export holds a lock
-in its `.partial` folder while it writes; one killed (`kill -9`, a crash) leaves it unheld, and the
-next export into the same folder sweeps it, to whichever name it writes.
+nothing half-written, and an existing non-empty folder is never overwritten. What can be refused
+(a format or dtype unknown, weights a dtype cannot hold, the folder, no checkpoint) is refused
+before anything is written. An export holds a lock in its `.partial` folder while it writes; one
+killed (`kill -9`, a crash) leaves it unheld, and the next export into the same folder sweeps it,
+to whichever name it writes.
 """
 from __future__ import annotations
 
@@ -18,11 +20,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import mlx.core as mx
+from mlx.utils import tree_flatten
+
 from core.atomic import writing
 from core.config import Config
 from core.errors import AcmError
 from core.generate.decode import LoadedModel, load_model
-from core.generate.export import card, gguf_file, hf, mlx_lm
+from core.generate.export import card, commands, gguf_file, hf, mlx_lm
 
 FORMATS = ("mlx", "hf", "gguf")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -32,17 +37,16 @@ WRITERS = {"mlx": mlx_lm.write, "hf": hf.write, "gguf": gguf_file.write}
 def export_checkpoint(cfg: Config, to: Path, run: str | None = None, stage: str | None = None,
                       which: str = "best", dtype: str = "float32", fmt: str = "mlx") -> dict:
     """Export a run's checkpoint (read in its float32 master weights); what was written."""
-    if fmt not in FORMATS:
-        raise AcmError(f"unknown export format {fmt!r}: {', '.join(FORMATS)}")
-    if dtype not in DTYPES:
-        raise AcmError(f"unknown dtype {dtype!r}: {', '.join(DTYPES)}")
+    _check_choices(dtype, fmt)
     target = _check_target(Path(to))
     lm = load_model(cfg, run, stage, which, master_weights=True)
     return export_model(lm, target, dtype, fmt, card.facts(cfg, lm))
 
 
 def export_model(lm: LoadedModel, to: Path, dtype: str, fmt: str, facts: dict | None = None) -> dict:
+    _check_choices(dtype, fmt)
     to = _check_target(Path(to))
+    _check_weights(lm, dtype)
     tmp = to.with_name(f".{to.name}.partial")
     to.parent.mkdir(parents=True, exist_ok=True)
     sweep_partial_exports(to.parent)
@@ -55,8 +59,29 @@ def export_model(lm: LoadedModel, to: Path, dtype: str, fmt: str, facts: dict | 
         if to.exists():
             to.rmdir()
         tmp.rename(to)
+    plan = commands.plan(lm, (facts or {}).get("sampling", {}))
     return {"folder": str(to), "checkpoint": str(lm.checkpoint), "preset": lm.model.shape.name, "dtype": dtype,
-            "format": fmt, "files": sorted(p.name for p in to.iterdir())} | detail
+            "format": fmt, "files": sorted(p.name for p in to.iterdir()),
+            "try": commands.try_line(fmt, plan, str(to))} | detail
+
+
+def _check_choices(dtype: str, fmt: str) -> None:
+    if fmt not in FORMATS:
+        raise AcmError(f"unknown export format {fmt!r}: {', '.join(FORMATS)}")
+    if dtype not in DTYPES:
+        raise AcmError(f"unknown dtype {dtype!r}: {', '.join(DTYPES)}")
+
+
+def _check_weights(lm: LoadedModel, dtype: str) -> None:
+    """Finite weights, within the dtype's range: float16 tops out at 65,504 and would write infinities."""
+    values = [v for _, v in tree_flatten(lm.model.parameters())]
+    if not all(mx.isfinite(v).all().item() for v in values):
+        raise AcmError(f"{lm.checkpoint} holds NaN or infinite weights: export another checkpoint (--checkpoint)")
+    largest = max(mx.abs(v).max().item() for v in values)
+    limit = mx.finfo(getattr(mx, dtype)).max
+    if largest > limit:
+        raise AcmError(f"{lm.checkpoint} has weights up to {largest:,.0f}, beyond {dtype}'s {limit:,.0f}: "
+                       "export as bfloat16 or float32")
 
 
 LOCK = ".export.lock"

@@ -9,6 +9,8 @@ from mlx.utils import tree_flatten
 from core.atomic import read_json, write_text
 from core.config import Config
 from core.generate.decode import LoadedModel
+from core.generate.export import commands
+from core.generate.sampling import PENALTY_WINDOW
 from core.paths import Paths
 
 LIBRARY = {"mlx": "mlx", "hf": "transformers", "gguf": "gguf"}
@@ -31,8 +33,11 @@ def facts(cfg: Config, lm: LoadedModel) -> dict:
                          "licences": manifest.get("report", {}).get("by_licence", {})}
     state = _read(lm.checkpoint / "state.json")
     run = where.run(lm.run)
+    g = cfg.generate
     return {"corpora": corpora, "tokens_seen": state.get("tokens_seen"), "val_loss": state.get("val_loss"),
-            "eval": _read(Paths.eval_results(run)), "config": state.get("config", {})}
+            "eval": _read(Paths.eval_results(run)), "config": state.get("config", {}),
+            "sampling": {"temperature": g.temperature, "top_k": g.top_k, "top_p": g.top_p, "min_p": g.min_p,
+                         "repetition_penalty": g.repetition_penalty, "max_tokens": g.max_tokens}}
 
 
 def write(folder: Path, lm: LoadedModel, fmt: str, dtype: str, detail: dict, facts: dict) -> None:
@@ -59,7 +64,7 @@ def render(lm: LoadedModel, fmt: str, dtype: str, detail: dict, facts: dict) -> 
              f"Byte-level BPE, {lm.tokenizer.vocab_size:,} tokens with `<PAD>` (0) `<UNK>` (1) `<BOS>` (2) "
              "`<EOS>` (3); "
              f"sha256 `{lm.tokenizer.sha256[:16]}…`. A script starts with `<BOS>` and ends at `<EOS>`.", "",
-             *_data(facts), *_training(lm, facts), *_evaluation(facts), *_usage(fmt)]
+             *_data(facts), *_training(lm, facts), *_evaluation(facts), *_usage(lm, fmt, dtype, detail, facts)]
     return "\n".join(lines) + "\n"
 
 
@@ -121,15 +126,52 @@ def _pct(v) -> str:
     return "–" if v is None else f"{v:.0%}"
 
 
-def _usage(fmt: str) -> list[str]:
-    # single quotes: pasted into bash, "#!..." would be history expansion (`event not found`)
-    prompt = "'#!/bin/bash\\n# Back up a directory\\n'"
+def _usage(lm: LoadedModel, fmt: str, dtype: str, detail: dict, facts: dict) -> list[str]:
+    p = commands.plan(lm, facts.get("sampling", {}))
     how = {
-        "mlx": ["```bash", f"mlx_lm.generate --model . --prompt {prompt} --max-tokens 200", "```"],
-        "hf": ["```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
-               "tok = AutoTokenizer.from_pretrained('.')", "model = AutoModelForCausalLM.from_pretrained('.')",
-               f"ids = tok({prompt}, return_tensors='pt').input_ids",
-               "print(tok.decode(model.generate(ids, max_new_tokens=200, do_sample=True)[0]))", "```"],
-        "gguf": ["```bash", f"llama-cli -m model.gguf -p {prompt} -n 200 --temp 0.8", "```"],
+        "mlx": ["```bash", commands.mlx_cli(p), "```", "",
+                "`mlx_lm.generate` has no repetition penalty; mlx-lm's Python API passes acm's, over the same "
+                "window:", "", "```python", *commands.mlx_python(p), "```", "",
+                "An OpenAI-style endpoint: `mlx_lm.server` serves the folder,", "",
+                "```bash", commands.mlx_server(p)[0], "```", "",
+                "and, from a second shell, `POST /v1/completions` continues a prompt (`repetition_penalty` and "
+                "`repetition_context_size` are mlx-lm's own fields):", "",
+                "```bash", commands.mlx_server(p)[1], "```"],
+        "hf": ["```python", *commands.hf_python(p), "```", "",
+               "transformers applies the repetition penalty to the whole sequence: acm's window when the context "
+               f"holds at most {PENALTY_WINDOW:,} tokens, as this one's {p.n_ctx:,} "
+               + ("does." if p.n_ctx <= PENALTY_WINDOW else "does not (past that, it also penalises older tokens).")],
+        "gguf": ["```bash", commands.llama_cpp(p), "```", "",
+                 "(`llama-completion` is llama.cpp's plain-text completion; builds before December 2025 call it "
+                 "`llama-cli`.)"],
     }[fmt]
-    return ["## Use", "", *how, "", "Generated scripts are untested code: read them before running them."]
+    return ["## Use", "",
+            "The model continues a bash script: give it the start of one. Every client below puts `<BOS>` before the "
+            "prompt, as acm does, and stops at `<EOS>`. The context is "
+            f"{p.n_ctx:,} tokens, prompt included; this prompt takes {p.prompt_tokens} with its `<BOS>`, so the "
+            f"commands ask for at most {p.new_tokens:,} new ones (past the context the learned positions run out: "
+            "llama.cpp aborts, transformers raises an IndexError, mlx-lm reads past its table of positions).", "",
+            *how, "", *_matching(p, fmt, dtype, detail.get("model_type", "")), "",
+            "Generated scripts are untested code: read them before running them."]
+
+
+def _matching(p: commands.Plan, fmt: str, dtype: str, model_type: str) -> list[str]:
+    """What it takes to get what `acm generate` gives."""
+    s = p.sampling
+    order = ("" if fmt == "hf" else
+             f" {'mlx-lm' if fmt == 'mlx' else 'llama.cpp'} applies top-p and min-p before the temperature, acm "
+             "after it: with top-p below 1 (or min-p above 0) it samples from a slightly different distribution.")
+    if fmt == "mlx":
+        order += " It also writes out a special token generated mid-text (`<BOS>`), which acm leaves out."
+    whole = ", the whole context" if p.n_ctx <= PENALTY_WINDOW else ""
+    return ["### As acm samples", "",
+            f"These are acm's settings: temperature {s.temperature:g}, top-k {s.top_k}, top-p {s.top_p:g}, "
+            f"min-p {s.min_p:g}, and a repetition penalty of {s.repetition_penalty:g} on every token among the last "
+            f"{PENALTY_WINDOW:,} (the prompt and its `<BOS>` included; {p.window:,} here{whole}). "
+            "Sampled text still differs from acm's, which draws its own random numbers." + order,
+            "", "At temperature 0 (greedy) the client computes acm's logits to within rounding"
+            + (" (within 0.002 here: mlx-lm's gpt_bigcode, which holds an untied head, uses the exact GELU where acm "
+               "uses the tanh one)" if model_type == "gpt_bigcode" else "")
+            + ", so it picks acm's tokens but where two are all but tied. acm decodes in the dtype its run trained "
+            "in (bfloat16 by default): `acm generate --temp 0 --dtype float32` is what a float32 export gives"
+            + ("." if dtype == "float32" else f"; this one holds {dtype}, which rounds the weights.")]

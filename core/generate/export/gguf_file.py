@@ -16,7 +16,7 @@ from mlx.utils import tree_flatten
 
 from core.errors import AcmError
 from core.generate.decode import LoadedModel
-from core.tokenizer.bpe import SPECIAL_TOKENS
+from core.tokenizer.bpe import BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS, UNK_ID
 
 FILE = "model.gguf"
 BLOCK = {"ln_1": "attn_norm", "attn.c_attn": "attn_qkv", "attn.c_proj": "attn_output", "ln_2": "ffn_norm",
@@ -56,10 +56,7 @@ def write(lm: LoadedModel, folder, dtype: str) -> dict:
                  "bfloat16": gguf.LlamaFileType.MOSTLY_BF16}[dtype]
     w.add_file_type(file_type)
     _add_tokenizer(w, gguf, lm)
-    params = dict(tree_flatten(lm.model.parameters()))
-    if s.tie_embeddings:  # llama.cpp reads a separate output matrix; a tied head is the embedding
-        params["lm_head.weight"] = params["wte.weight"]
-    for name, value in params.items():
+    for name, value in tree_flatten(lm.model.parameters()):  # a tied head is wte alone
         _add_tensor(w, gguf, gguf_name(name), value, dtype)
     w.write_header_to_file()
     w.write_kv_data_to_file()
@@ -91,8 +88,10 @@ def _add_tokenizer(w, gguf, lm: LoadedModel) -> None:
     w.add_token_list(tokens)
     w.add_token_types(types)
     w.add_token_merges(merges)
-    w.add_pad_token_id(0)
-    w.add_unk_token_id(1)
-    w.add_bos_token_id(2)
-    w.add_eos_token_id(3)
-    w.add_add_bos_token(False)
+    w.add_pad_token_id(PAD_ID)
+    w.add_unk_token_id(UNK_ID)
+    w.add_bos_token_id(BOS_ID)
+    w.add_eos_token_id(EOS_ID)
+    w.add_uint32(gguf.Keys.Tokenizer.FIM_PAD_ID, EOS_ID)  # else llama.cpp finds "<PAD>" and ends generation at it
+    w.add_add_bos_token(True)
+    w.add_add_eos_token(False)
