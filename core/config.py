@@ -197,7 +197,7 @@ class FinetuneConfig(StageConfig):
 
 
 def _finetune_defaults() -> FinetuneConfig:
-    return FinetuneConfig(steps=2000, learning_rate=1e-4, warmup_steps=100, eval_every=100, save_every=250)
+    return FinetuneConfig(steps=2000, learning_rate=3e-4, warmup_steps=100, eval_every=100, save_every=250)
 
 
 @dataclass

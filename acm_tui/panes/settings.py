@@ -1,8 +1,9 @@
 """The Settings pane: every acm.toml setting, grouped, edited from the keyboard, validated as you
-type with the same messages as the CLI, and saved with tomli-w.
+type with the same messages as the CLI, and saved as `acm config set` saves: only the settings the
+file sets change, its comments, order, mode and owner are kept.
 
-Saving rewrites acm.toml: values are kept exactly; comments are not (tomli-w cannot write them),
-except the header acm writes.
+The value column is capped (VALUE_WIDTH) so the allowed values stay in view at 80 columns; the
+input under the table shows a long value whole.
 """
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from core.errors import AcmError
 
 from .base import Pane
 
+VALUE_WIDTH = 16
+
 
 class SettingsPane(Pane):
     TITLE = "Settings"
@@ -28,7 +31,7 @@ class SettingsPane(Pane):
 
     def compose(self) -> ComposeResult:
         yield Static("[b]enter[/b] edits the selected setting; [b]enter[/b] again saves acm.toml, [b]escape[/b] "
-                     "cancels. Saving keeps every value; comments in acm.toml are not kept.", classes="hint")
+                     "cancels. Saving keeps acm.toml's other values and its comments.", classes="hint")
         yield DataTable(id="settings-table", cursor_type="row", zebra_stripes=True)
         yield Static("", id="settings-help")
         yield Input(id="settings-input", placeholder="select a setting and press enter", disabled=True)
@@ -36,7 +39,9 @@ class SettingsPane(Pane):
 
     def on_mount(self) -> None:
         table = self.query_one("#settings-table", DataTable)
-        table.add_columns("setting", "value", "allowed")
+        table.add_column("setting")
+        table.add_column("value", width=VALUE_WIDTH)
+        table.add_column("allowed")
         self.fill()
 
     def fill(self) -> None:
