@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import mlx.core as mx
 
-from core import config
+from core import atomic, config
 from core.errors import AcmError
 from core.paths import Paths
 from core.train import runs
@@ -118,6 +119,7 @@ def train_on_ranks(cfg: config.Config, stage: str, run: Path, resume: bool, emit
     a stop asked of `control` reaches every rank through the run's control file; `started` gets
     the launcher's process. The last event of each type; a rank's refusal raised as its one line."""
     backend(ranks)  # more ranks than the host runs: refused before anything is written
+    before = _Undo(run, Paths.stage(run, stage))
     settings = settings_for_ranks(cfg, run, stage)
     argv = launcher_argv(ranks, train_command(settings, stage, run, resume, steps, max_steps), parent=os.getpid())
     log = Paths.stage(run, stage) / "ranks.log"
@@ -143,12 +145,37 @@ def train_on_ranks(cfg: config.Config, stage: str, run: Path, resume: bool, emit
     said = _said(log, start)
     refusal = next((line.removeprefix(REFUSAL) for line in said if line.startswith(REFUSAL)), None)
     if refusal is not None:  # a rank refused (a resume it cannot make, a damaged checkpoint)
+        before.restore(start)  # before it wrote anything: the run is left as it was
         raise AcmError(refusal)
     failed = proc.returncode or any(WARNING in line for line in said)  # the launcher exits 0 whatever a rank did
     if failed:
         raise AcmError(f"{stage} on {ranks} ranks failed: {said[-1] if said else 'no message'} "
                        f"(all of it in {log}); the last checkpoint stays loadable: resume it")
     return last
+
+
+class _Undo:
+    """What a ranks command writes before its ranks start (the settings they read, their log), taken
+    back when they refuse: a refused command leaves the run's files as they were."""
+
+    def __init__(self, run: Path, folder: Path):
+        self.run, self.folder = run, folder
+        self.created = next((p for p in (run, folder) if not p.exists()), None)
+        self.settings = (folder / "ranks.toml").read_bytes() if (folder / "ranks.toml").exists() else None
+
+    def restore(self, log_start: int) -> None:
+        if self.created is not None:
+            shutil.rmtree(self.created, ignore_errors=True)
+            return
+        toml, log = self.folder / "ranks.toml", self.folder / "ranks.log"
+        if self.settings is None:
+            toml.unlink(missing_ok=True)
+        else:
+            atomic.write_bytes(toml, self.settings)
+        if log_start:
+            os.truncate(log, log_start)
+        else:
+            log.unlink(missing_ok=True)
 
 
 REFUSAL = "acm: error: "  # how a rank's main says why it refused
