@@ -250,7 +250,12 @@ def test_llama_cpp_generates_from_a_plain_prompt_what_acm_generate_does(talkativ
     assert llm.tokenize(commands.PROMPT.encode()) == [BOS_ID] + lm.tokenizer.encode(commands.PROMPT)
     out = llm.create_completion(commands.PROMPT, max_tokens=plan.new_tokens, temperature=0,
                                 repeat_penalty=plan.sampling.repetition_penalty)
-    assert_as_acm(out["choices"][0]["text"], talkative, plan, capsys)
+    # llama-cpp-python decodes with errors="ignore": bytes that make no UTF-8 (the noisy model writes some)
+    # are dropped where acm writes U+FFFD. Its penalty looks back on generated tokens only, not the prompt
+    # as acm and llama-completion do; on this model and prompt the text is the same either way.
+    theirs = out["choices"][0]["text"]
+    assert len(theirs) > 20 and theirs == acm_greedy(talkative, commands.PROMPT, plan.new_tokens, penalty,
+                                                     capsys).replace("\ufffd", "")
 
 
 @pytest.mark.slow
