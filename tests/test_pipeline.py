@@ -111,7 +111,7 @@ async def test_end_to_end_on_the_offline_default(tmp_path):
         "tokenizer": {"vocab_size": 1024},
         "data": {"language": {"max_documents": 150}},
         "generate": {"candidates": 3},
-        "eval": {"samples": 6, "max_tokens": 40},
+        "eval": {"samples": 2, "max_tokens": 8},
         "train": {stage: {"seq_len": 32, "batch_size": 4, "steps": steps, "warmup_steps": 2, "log_every": 2,
                           "eval_every": steps, "eval_batches": 2, "save_every": steps}
                   for stage, steps in (("pretrain", 8), ("finetune", 4))},

@@ -140,8 +140,9 @@ def test_split_is_deterministic_seeded_and_never_empty():
     th = val_threshold(iter(texts), 1234, 0.1)
     a = [is_val(t, 1234, th) for t in texts]
     assert sum(a) == 200
-    assert a == [is_val(t, 1234, val_threshold(iter(texts[::-1]), 1234, 0.1)) for t in texts]  # order-free
-    assert a != [is_val(t, 99, val_threshold(iter(texts), 99, 0.1)) for t in texts]
+    reversed_th, other_th = val_threshold(iter(texts[::-1]), 1234, 0.1), val_threshold(iter(texts), 99, 0.1)
+    assert a == [is_val(t, 1234, reversed_th) for t in texts]  # order-free
+    assert a != [is_val(t, 99, other_th) for t in texts]
     assert sum(is_val(t, 1, val_threshold(iter(texts[:5]), 1, 0.01)) for t in texts[:5]) == 1  # at least one
     assert val_threshold(iter(texts[:1]), 1, 0.5) == -1  # a single document stays in train
     assert val_threshold(iter(texts), 1, 0.0) == -1

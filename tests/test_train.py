@@ -399,7 +399,7 @@ def test_a_time_budget_fits_the_steps_and_ends_on_the_floor(prepared):
     cfg = load(prepared)
     sc = cfg.train.pretrain
     sc.time, sc.eval_every, sc.save_every, sc.log_every, sc.min_lr_ratio = "20s", 10, 1000, 1, 0.1
-    clock = SteppingClock(0.1)
+    clock = SteppingClock(0.4)  # a coarse tick: the budget holds few steps
     result = run_stage(cfg, "pretrain", cfg.runs_dir / "budget", clock=clock)
     took = clock.now - 1000.0
     assert 20 / 1.5 <= took <= 20 * 1.5
@@ -419,7 +419,7 @@ def test_a_resumed_stage_keeps_its_plan_and_extends_only_when_asked(prepared, ca
     sc = cfg.train.pretrain
     sc.time, sc.eval_every, sc.save_every, sc.log_every = "20s", 10, 1000, 5
     run = cfg.runs_dir / "planned"
-    planned = run_stage(cfg, "pretrain", run, clock=SteppingClock(0.1)).step
+    planned = run_stage(cfg, "pretrain", run, clock=SteppingClock(0.4)).step
     folder = Paths.checkpoints(run, "pretrain")
     assert sc.steps != planned and checkpoint.latest(folder).state["planned_steps"] == planned
     again = run_stage(load(prepared), "pretrain", run, resume=True)  # no budget now: steps would be 40
@@ -455,7 +455,7 @@ def test_the_budget_planner_fits_the_steps_left_after_timing_the_first():
 def test_a_stage_says_how_long_its_steps_take_and_warns_of_hours(prepared):
     cfg = load(prepared)
     cfg.train.pretrain.steps = 10**8  # hours at any speed
-    run_stage(cfg, "pretrain", cfg.runs_dir / "long", max_steps=150)  # timed once past half a second
+    run_stage(cfg, "pretrain", cfg.runs_dir / "long", max_steps=20, clock=SteppingClock(0.1))  # timed past 0.5 s
     log = (cfg.runs_dir / "long" / "pretrain" / "train.log").read_text()
     assert "more steps take about" in log and " h " in log
     assert "warning: that is hours; a time budget (--time 10m, train.pretrain.time)" in log
