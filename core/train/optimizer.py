@@ -126,7 +126,8 @@ class FlatAdamW:
                  compute_dtype: mx.Dtype = mx.float32, muon_lr: float | None = None):
         self.weight_decay = weight_decay
         self.compute_dtype = compute_dtype
-        self.muon_ratio = (muon_lr / learning_rate if learning_rate else 0.0) if muon_lr is not None else None
+        # Muon's rate follows AdamW's schedule, this many times larger (None: no Muon)
+        self.muon_ratio = None if muon_lr is None else (muon_lr / learning_rate if learning_rate else 0.0)
         self.slots: list[Slot] = []
         ends = dict.fromkeys(GROUPS, 0)
         leaves = tree_flatten(params)

@@ -14,7 +14,6 @@ to whichever name it writes.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import shutil
 import time
 from collections.abc import Iterator
@@ -28,6 +27,7 @@ from core.config import Config
 from core.errors import AcmError
 from core.generate.decode import LoadedModel, load_model
 from core.generate.export import card, commands, gguf_file, hf, mlx_lm
+from core.locks import Flock
 
 FORMATS = ("mlx", "hf", "gguf")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -92,9 +92,12 @@ UNLOCKED_GRACE_S = 60  # a .partial folder without its lock file: an export this
 def _held(tmp: Path) -> Iterator[None]:
     """Make `tmp` and hold its lock while the export writes (the system drops it when a process dies)."""
     tmp.mkdir()
-    with open(tmp / LOCK, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    lock = Flock(tmp / LOCK)
+    lock.try_acquire()  # a folder of its own, just made: no one else holds it
+    try:
         yield
+    finally:
+        lock.release()
 
 
 def sweep_partial_exports(folder: Path) -> list[Path]:
@@ -109,19 +112,16 @@ def sweep_partial_exports(folder: Path) -> list[Path]:
 
 
 def _in_use(tmp: Path) -> bool:
-    try:
-        f = open(tmp / LOCK)
-    except OSError:
+    if not (tmp / LOCK).exists():
         try:
             return time.time() - tmp.stat().st_mtime < UNLOCKED_GRACE_S
         except OSError:
             return True
-    with f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            return True
-        return False
+    lock = Flock(tmp / LOCK)
+    if not lock.try_acquire():
+        return True
+    lock.release()
+    return False
 
 
 def _check_target(to: Path) -> Path:
