@@ -5,7 +5,8 @@
 #   [model] preset = "tiny"; [train.pretrain] steps = 1200;
 #   [train.finetune] steps = 3000, learning_rate = 0.0001, pairs_share = 0.6
 # One pretrain, then fine-tunes that each change one setting, two lanes at a time; each prints one
-# JSON line (the fine-tune's evaluation) to $OUT/levers.jsonl.
+# JSON line (the fine-tune's evaluation on $SAMPLES samples, 64 unless set, and its val curve) to
+# $OUT/levers.jsonl. Sourced, it only defines the functions.
 # Usage: PROJECT=DIR REPO=acm-checkout OUT=results-folder bench/recipe_levers.sh
 set -u
 cd "$PROJECT"
@@ -18,7 +19,7 @@ pretrain() {  # pretrain NAME [key=value...]
   cp acm.toml "$cfg"
   for kv in "$@"; do $A -c "$cfg" config set "${kv%%=*}" "${kv#*=}" > /dev/null || return 1; done
   stamp "start pretrain $run"
-  $A -c "$cfg" train pretrain --run "$run" > "$OUT/pt-$run.log" 2>&1 || { tail -3 "$OUT/pt-$run.log"; return 1; }
+  $A -c "$cfg" train pretrain --run "$run" > "$OUT/pt-$run.log" 2>&1 || { tail -n 3 "$OUT/pt-$run.log"; return 1; }
   stamp "done pretrain $run"
 }
 
@@ -28,20 +29,24 @@ finetune() {  # finetune BASE NAME [key=value...]
   for kv in "$@"; do $A -c "$cfg" config set "${kv%%=*}" "${kv#*=}" > /dev/null || return 1; done
   mkdir -p "runs/$run" && cp -r "runs/$base/pretrain" "runs/$base/config.toml" "runs/$run/"
   stamp "start finetune $run"
-  $A -c "$cfg" train finetune --run "$run" > "$OUT/ft-$run.log" 2>&1 || { tail -3 "$OUT/ft-$run.log"; return 1; }
+  $A -c "$cfg" train finetune --run "$run" > "$OUT/ft-$run.log" 2>&1 || { tail -n 3 "$OUT/ft-$run.log"; return 1; }
   stamp "trained $run"
-  $A -c "$cfg" eval --run "$run" --json > "runs/$run/eval-out.json" 2> "$OUT/ev-$run.log" || { tail -3 "$OUT/ev-$run.log"; return 1; }
-  python3 - "$run" "$*" >> "$OUT/levers.jsonl" <<'PY'
-import json, sys
-run, lever = sys.argv[1], sys.argv[2]
+  $A -c "$cfg" eval --run "$run" --samples "${SAMPLES:-64}" --json > "runs/$run/eval-out.json" 2> "$OUT/ev-$run.log" \
+    || { tail -n 3 "$OUT/ev-$run.log"; return 1; }
+  python3 - "$run" "$*" "$OUT/ft-$run.log" >> "$OUT/levers.jsonl" <<'PY'
+import json, re, sys
+run, lever, log = sys.argv[1:4]
 d = json.load(open(f"runs/{run}/eval-out.json"))
 ft = d["stages"].get("finetune", {})
 print(json.dumps({"run": run, "lever": lever, "code_generation": ft.get("code_generation"),
-                  "code_val_loss": ft.get("code", {}).get("val_loss"), "step": ft.get("step")}))
+                  "checked": d["stages"].get("finetune+checked", {}).get("code_generation"),
+                  "code_val_loss": ft.get("code", {}).get("val_loss"), "step": ft.get("step"),
+                  "val_curve": [[int(a), float(b)] for a, b in re.findall(r"^step (\d+) val loss ([\d.]+)", open(log).read(), re.M)]}))
 PY
   stamp "done $run"
 }
 
+[[ "${BASH_SOURCE[0]}" != "$0" ]] && return 0  # sourced for its functions (bench/recipe_lanes.sh)
 pretrain base || exit 1
 ( finetune base b0
   finetune base muon train.finetune.optimizer=muon
