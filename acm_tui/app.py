@@ -16,12 +16,11 @@ from textual.notifications import SeverityLevel
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Static, TabbedContent, TabPane
 
-from core import config
+from core import config, runs
 from core.engine import Engine
 from core.errors import AcmError, internal_error
 from core.hardware import device_label
 from core.pipeline.overview import disk_stamp
-from core.train import runs
 
 from .confirm import Confirm
 from .messages import RunInPane

@@ -24,7 +24,7 @@ from core.generate.evaluate import score, val_loss
 from core.generate.relevance import eval_prompts, expectations
 from core.generate.sampling import SamplingParams
 from core.paths import Paths
-from core.train import checkpoint
+from core.runs import checkpoint
 from core.train.trainer import run_stage
 
 # name -> settings changed from the project's acm.toml ("pretrain.steps" picks the shared pretrain)

@@ -122,7 +122,7 @@ def test_a_training_bar_shows_its_steps_eta_loss_and_speed_while_it_runs():
 
 
 def test_run_names_are_never_cut_at_any_terminal_width(with_model):
-    from core.train.runs import rename_run
+    from core.runs import rename_run
 
     name = "micro-20261202-061657"  # a default run name
     rename_run(with_model / "runs" / "m", name)

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from acm_tui.app import AcmApp
-from core import cli, config
+from core import cli, config, runs
 from core.paths import Paths
-from core.train import checkpoint, runs
+from core.runs import checkpoint
 from core.train.detach import launch_detached
 
 from .test_tui import wait_until

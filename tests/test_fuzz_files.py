@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from core import cli, config
-from core.train import checkpoint
+from core.runs import checkpoint
 
 from .conftest import copy_project
 

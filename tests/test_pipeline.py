@@ -147,7 +147,7 @@ def test_the_pipeline_trains_on_the_configured_ranks(prepared):
     from core.engine import Engine
     from core.pipeline.overview import run_stage
     from core.progress import CancelToken
-    from core.train.runs import latest_run_with
+    from core.runs import latest_run_with
     from core.train.trainer import Control
 
     cfg = config.load(prepared / "acm.toml")

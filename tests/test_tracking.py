@@ -11,7 +11,7 @@ import pytest
 
 from core import cli, config
 from core.errors import ConfigError
-from core.train.runs import read_metrics
+from core.runs import read_metrics
 from core.train.trainer import run_stage
 
 

@@ -16,8 +16,7 @@ from core import cli, config
 from core.engine import Engine
 from core.errors import AcmError
 from core.paths import Paths
-from core.train import checkpoint
-from core.train.runs import read_metrics
+from core.runs import checkpoint, read_metrics
 from core.train.schedule import lr_at
 from core.train.trainer import Control, TrainingError, run_stage
 
@@ -256,7 +255,7 @@ def test_a_global_batch_is_the_same_rows_however_it_is_spread(prepared):
 
 
 def test_the_follower_replays_what_the_recorder_wrote(prepared):
-    from core.train.events import StageFollower
+    from core.runs.events import StageFollower
 
     cfg = load(prepared)
     run, seen = cfg.runs_dir / "f", []
@@ -289,7 +288,7 @@ def test_a_full_disk_names_the_path_cleans_up_and_marks_the_run_failed(prepared,
 
     import mlx.core as mx
 
-    from core.train import runs
+    from core import runs
 
     cfg = load(prepared)
     run = cfg.runs_dir / "full"
@@ -494,7 +493,7 @@ def test_piped_tables_keep_whole_names(prepared):
 
 def test_the_newest_report_is_read_from_the_end_of_the_metrics(prepared):
     from core.pipeline.overview import training_progress
-    from core.train.runs import last_report
+    from core.runs import last_report
 
     cfg = load(prepared)
     run_stage(cfg, "pretrain", cfg.runs_dir / "tail", max_steps=6)

@@ -250,7 +250,7 @@ async def test_settings_pane_works_by_keyboard_alone_at_80x24(project):
 
 async def test_charts_tell_the_stages_apart_with_steps_on_the_x_axis_at_80x24(with_model):
     from acm_tui.charts import stage_series
-    from core.train import runs
+    from core import runs
 
     app = AcmApp(with_model / "acm.toml")
     async with app.run_test(size=(80, 24)) as pilot:

@@ -5,8 +5,7 @@ import asyncio
 from acm_tui.app import AcmApp
 from core import config
 from core.paths import Paths
-from core.train import checkpoint
-from core.train.runs import list_runs
+from core.runs import checkpoint, list_runs
 from core.train.trainer import run_stage
 
 from .test_tui import notified, shown_in_full, wait_until

@@ -15,7 +15,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.widgets import DataTable, Input, Label, Select, Static
 
-from core import config
+from core import config, runs
 from core.atomic import read_json
 from core.errors import AcmError, one_line
 from core.generate.checked import checked_generate, sample_and_judge
@@ -26,7 +26,6 @@ from core.generate.sampling import SamplingParams
 from core.generate.verdicts import judge
 from core.paths import Paths
 from core.pipeline.tables import EVAL_COLUMNS, eval_rows
-from core.train import runs
 
 from ..messages import EngineResult
 from .base import CANCEL_BINDING, Pane

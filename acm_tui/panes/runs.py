@@ -13,9 +13,9 @@ from textual.screen import ModalScreen
 from textual.widgets import DataTable, Input, Label, Select, Static
 from textual_plotext import PlotextPlot
 
+from core import runs
 from core.errors import AcmError, one_line
 from core.generate.export import FORMATS, export_checkpoint
-from core.train import runs
 
 from ..charts import draw, stage_series
 from ..confirm import Confirm

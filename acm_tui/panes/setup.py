@@ -7,6 +7,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import DataTable, Static
 
+from core import runs
 from core.model.check import architecture_test
 from core.model.presets import PRESETS, human_count
 from core.pipeline import doctor
@@ -18,7 +19,6 @@ from core.pipeline.tables import (
     doctor_row,
     preset_row,
 )
-from core.train import runs
 from core.train.trainer import Control
 
 from ..confirm import Confirm

@@ -1,6 +1,6 @@
 """The Train pane: start, pause, resume, stop and checkpoint training, with live charts.
 
-The pane follows a stage through the files its recorder writes (core/train/events.py), whether it
+The pane follows a stage through the files its recorder writes (core/runs/events.py), whether it
 trains in this app, in a background process or from the CLI: a 10 Hz timer reads what arrived and
 redraws only when something did, so a fast trainer never floods the UI. Pause, stop and checkpoint
 go through the stage's control file, the same way for every process. Charts: train and val loss
@@ -19,11 +19,12 @@ from textual.containers import Grid
 from textual.widgets import Static
 from textual_plotext import PlotextPlot
 
+from core import runs
 from core.errors import AcmError, one_line
 from core.paths import Paths
-from core.train import checkpoint, runs
+from core.runs import checkpoint
+from core.runs.events import StageFollower
 from core.train.detach import launch_detached
-from core.train.events import StageFollower
 from core.train.trainer import Control, run_stage
 
 from ..charts import STAGE_NAMES, draw

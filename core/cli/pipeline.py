@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from core import runs
 from core.atomic import read_json
 from core.cli.args import duration
 from core.cli.generate import print_eval_table
@@ -21,7 +22,6 @@ from core.paths import Paths
 from core.pipeline.overview import StageStatus, pipeline_status, run_remaining
 from core.pipeline.tables import STATE_STYLES
 from core.progress import CancelToken, Progress
-from core.train import runs
 from core.train.trainer import Control
 
 

@@ -9,10 +9,10 @@ from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
+from core import runs
 from core.cli.output import console_for, natural_width
 from core.config import Config
 from core.errors import AcmError
-from core.train import runs
 from core.train.tracking import metrics_csv
 
 RUN_COLUMNS = ("preset", "stage", "state", "step", "best val loss", "modified")

@@ -12,6 +12,7 @@ import queue
 import signal
 import threading
 
+from core import runs
 from core.cli.args import duration, positive_int, setting_int
 from core.cli.output import console_for
 from core.cli.progress import StepDisplay
@@ -19,7 +20,6 @@ from core.config import Config
 from core.engine import Engine
 from core.errors import AcmError
 from core.paths import Paths
-from core.train import runs
 from core.train.detach import launch_detached
 from core.train.lifeline import tie_rank_to_launcher
 from core.train.ranks import describe as describe_ranks

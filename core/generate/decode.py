@@ -13,13 +13,14 @@ from pathlib import Path
 
 import mlx.core as mx
 
+from core import runs
 from core.config import Config, from_dict
 from core.errors import AcmError
 from core.generate.sampling import PENALTY_WINDOW, SamplingParams, sample
 from core.model.gpt import GPT
 from core.paths import Paths
+from core.runs import checkpoint
 from core.tokenizer.bpe import BOS_ID, EOS_ID, AcmTokenizer, load_tokenizer
-from core.train import checkpoint, runs
 
 
 @dataclass

@@ -19,6 +19,7 @@ from dataclasses import asdict
 
 import mlx.core as mx
 
+from core import runs
 from core.atomic import write_text, writing
 from core.config import Config, parse_duration
 from core.errors import AcmError
@@ -28,8 +29,8 @@ from core.generate.relevance import eval_prompts, expectations, relevance, uses
 from core.generate.sampling import SamplingParams
 from core.paths import Paths
 from core.progress import CancelToken, Reporter, Ticker, no_report
+from core.runs import checkpoint
 from core.tokenizer.shards import open_tokens
-from core.train import checkpoint, runs
 from core.train.batches import Batches
 
 

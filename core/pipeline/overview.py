@@ -12,15 +12,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from core import runs
 from core.atomic import read_json
 from core.config import Config
 from core.data.corpus import sha256_file
 from core.errors import READ_BACK_ERRORS
 from core.paths import CORPORA, Paths
 from core.progress import Progress
+from core.runs import checkpoint
 from core.tokenizer.bpe import load_meta
 from core.tokenizer.shards import read_manifest
-from core.train import checkpoint, runs
 from core.train.budget import describe_seconds
 
 STAGES = [("data-language", "data: language"), ("data-code", "data: bash scripts"), ("tokenizer", "tokenizer"),

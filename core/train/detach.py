@@ -11,10 +11,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from core import config
+from core import config, runs
 from core.paths import Paths
-from core.train import runs
-from core.train.lock import busy, holder
+from core.runs.writer import busy, holder
 from core.train.ranks import SOURCE, launcher_argv, launcher_env, train_command
 from core.train.trainer import check_inputs
 

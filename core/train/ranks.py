@@ -19,10 +19,9 @@ from pathlib import Path
 
 import mlx.core as mx
 
-from core import atomic, config
+from core import atomic, config, runs
 from core.errors import AcmError
 from core.paths import Paths
-from core.train import runs
 
 SOURCE = str(Path(__file__).resolve().parents[2])  # on the children's PYTHONPATH: acm runs from a checkout too
 MOST_RING_RANKS = 64  # train.ranks' cap; on the ring backend also one rank a CPU core (at least 2)

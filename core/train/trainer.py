@@ -2,7 +2,7 @@
 
 `Trainer.run()` must be called on the thread that owns MLX (the engine). Other threads steer it
 through `Control` (pause, resume, stop, save now) and hear from it through callbacks that receive
-plain dicts (core/train/events.py): {"type": "metrics" | "eval" | "checkpoint" | "state" | "log", ...};
+plain dicts (core/runs/events.py): {"type": "metrics" | "eval" | "checkpoint" | "state" | "log", ...};
 the trainer writes no file itself but checkpoints: a `Recorder` keeps the stage's files. With several
 ranks (`mlx.launch`), gradients and losses are averaged across them and only rank 0 writes.
 """
@@ -20,21 +20,21 @@ from pathlib import Path
 
 import mlx.core as mx
 
+from core import runs
 from core.config import Config, StageConfig, parse_duration
 from core.errors import AcmError
 from core.hardware import device_info, memory_limit, memory_now, peak_flops
 from core.locks import reading_inputs
 from core.model.gpt import GPT
 from core.paths import Paths
+from core.runs import checkpoint, prepare_run
+from core.runs.events import Callback, Recorder
+from core.runs.writer import RunLock
 from core.tokenizer.bpe import load_tokenizer
 from core.tokenizer.shards import open_tokens
-from core.train import checkpoint, runs
 from core.train.batches import Batches
 from core.train.budget import HOURS, UNPLANNED, Calibration, describe_seconds
-from core.train.events import Callback, Recorder
-from core.train.lock import RunLock
 from core.train.optimizer import FlatAdamW
-from core.train.runs import prepare_run
 from core.train.schedule import lr_at
 from core.train.tracking import trackers
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from core.atomic import writing
 from core.paths import Paths
-from core.train.runs import parse_records, read_status, stage_state, write_status
+from core.runs import parse_records, read_status, stage_state, write_status
 
 Callback = Callable[[dict], None]
 RECORDED = ("metrics", "eval")  # the types metrics.jsonl keeps

@@ -17,7 +17,7 @@ from core import config
 from core.atomic import read_json, write_text
 from core.errors import AcmError
 from core.paths import Paths
-from core.train.checkpoint import best, latest, list_checkpoints
+from core.runs.checkpoint import best, latest, list_checkpoints
 
 STAGES = ("pretrain", "finetune")
 
