@@ -20,7 +20,7 @@ from core.generate.batch import decode_batch
 from core.generate.decode import generate_tokens
 from core.generate.sampling import SamplingParams
 from core.model.gpt import GPT
-from core.model.presets import get_preset
+from core.presets import get_preset
 
 
 def timed(tokens) -> tuple[float, float, int]:

@@ -14,7 +14,7 @@ import time
 
 
 def shapes(preset: str, batch: int, seq: int) -> dict:
-    from core.model.presets import get_preset
+    from core.presets import get_preset
 
     s = get_preset(preset)
     return {"M": batch * seq, "B": batch, "T": seq, "C": s.n_embd, "F": s.n_ffn, "V": s.vocab_size,

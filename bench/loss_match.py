@@ -28,7 +28,7 @@ from mlx.utils import tree_flatten
 
 from core.hardware import configure_mlx
 from core.model.gpt import GPT
-from core.model.presets import ModelShape, get_preset
+from core.presets import ModelShape, get_preset
 from core.tokenizer.shards import map_split
 from core.train.batches import Batches
 from core.train.optimizer import FlatAdamW

@@ -18,7 +18,7 @@ from step_setup import fixed_batch
 
 from core.model import fused
 from core.model.gpt import GPT
-from core.model.presets import get_preset
+from core.presets import get_preset
 from core.train.optimizer import FlatAdamW
 from core.train.trainer import build_steps
 

@@ -10,7 +10,7 @@ from mlx.utils import tree_flatten, tree_map
 
 from core.hardware import configure_mlx
 from core.model import gpt as model_module
-from core.model.presets import ModelShape
+from core.presets import ModelShape
 from core.train.optimizer import FlatAdamW, reference_adamw
 from core.train.trainer import build_steps
 

@@ -18,7 +18,7 @@ import mlx.core as mx
 from step_setup import compiled_step, fixed_batch
 
 from core.model.gpt import GPT
-from core.model.presets import get_preset
+from core.presets import get_preset
 
 KINDS = [  # first match wins
     ("gemm", r"gemm|cutlass|sm90_xmma|cublas|nvjet|matmul"),

@@ -19,7 +19,7 @@ from step_setup import compiled_step, fixed_batch, per_tensor_step
 from core.hardware import device_info, peak_flops
 from core.model import cuda_kernels
 from core.model import gpt as model
-from core.model.presets import get_preset
+from core.presets import get_preset
 
 
 def use_plain_autodiff() -> None:

@@ -22,8 +22,8 @@ import tomlkit
 
 from core.atomic import write_text
 from core.errors import ConfigError, write_failure
-from core.model.presets import PRESETS, ModelShape, get_preset
 from core.paths import Paths
+from core.presets import PRESETS, ModelShape, get_preset
 
 CONFIG_NAME = "acm.toml"
 
@@ -154,6 +154,8 @@ class ModelConfig:
                                                   "less memory (1-2 GB on tiny/medium) for ~15% less speed")
 
     def shape(self) -> ModelShape:
+        """The preset's shape: its vocab is only tokenizer training's target (`core.model.model_shape`
+        builds a model over the tokenizer's)."""
         return get_preset(self.preset)
 
 
@@ -748,8 +750,8 @@ def parse_value(text: str) -> Any:
 def with_value(cfg: Config, key: str, text: str, source: str = CONFIG_NAME) -> tuple[Config, list[str]]:
     """`cfg` with one setting changed (the text parsed as TOML, else taken as a string), validated.
 
-    Only `key` joins what the user set. On a new model.preset, the vocabulary and each unset
-    seq_len follow the preset; a seq_len set beyond its context is cut to it. Returns the new
+    Only `key` joins what the user set. On a new model.preset, the vocabulary aimed for and each
+    unset seq_len follow the preset; a seq_len set beyond its context is cut to it. Returns the new
     settings and what else changed.
     """
     _known_key(key, source)
@@ -776,7 +778,7 @@ def _known_key(key: str, source: str) -> None:
 
 
 def _follow_preset(table: dict, old: Config) -> list[str]:
-    """On a new preset in `table`: a vocabulary that was the old preset's follows the new one, and
+    """On a new preset in `table`: a vocabulary target that was the old preset's follows the new one, and
     a seq_len set beyond the new context is cut to it. What changed, in words."""
     new, notes = PRESETS[table["model"]["preset"]], []
     tok = _section(table, "tokenizer")

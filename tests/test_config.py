@@ -40,7 +40,7 @@ def test_round_trip_keeps_every_value(tmp_path):
 
 def test_defaults_when_file_is_missing_suit_the_machine(tmp_path):
     from core.hardware import suggested_preset
-    from core.model.presets import get_preset
+    from core.presets import get_preset
 
     cfg = config.load(tmp_path / "acm.toml")
     preset, why = suggested_preset()

@@ -89,7 +89,7 @@ def test_model_loss_and_gradients_match_plain_autodiff(monkeypatch):
     from mlx.utils import tree_flatten
 
     from core.model.gpt import GPT, MLP
-    from core.model.presets import get_preset
+    from core.presets import get_preset
 
     shape = get_preset("nano")
     mx.random.seed(0)

@@ -6,10 +6,12 @@ import mlx.optimizers as optim
 import pytest
 from mlx.utils import tree_flatten
 
+from core import config
 from core.engine import Engine
+from core.model import model_shape
 from core.model.check import architecture_test
 from core.model.gpt import GPT
-from core.model.presets import PRESETS, get_preset
+from core.presets import PRESETS, get_preset
 
 
 @pytest.mark.parametrize("name,target", [("tiny", 98.9e6), ("medium", 371e6)])
@@ -41,6 +43,20 @@ def test_forward_shape():
     shape = get_preset("nano")
     logits = GPT(shape)(mx.zeros((3, 17), dtype=mx.int32))
     assert logits.shape == (3, 17, shape.vocab_size)
+
+
+def test_a_model_takes_its_tokenizers_vocabulary_not_the_presets(trained):
+    """The preset's vocab is only what tokenizer training aims for: micro's layers over nano's tokenizer."""
+    from core.tokenizer.bpe import load_tokenizer
+
+    cfg, _ = config.with_value(config.load(trained / "acm.toml"), "model.preset", "micro")
+    tok = load_tokenizer(cfg)
+    assert cfg.vocab_target() == get_preset("micro").vocab_size == 2048 != tok.vocab_size == 1024
+    shape = model_shape(cfg, tok)
+    assert (shape.name, shape.n_layer, shape.n_embd, shape.vocab_size) == ("micro", 4, 128, 1024)
+    model = GPT(shape)
+    assert model.wte.weight.shape == (1024, 128) and model.num_params() == shape.param_count()
+    assert model(mx.array([tok.encode("echo hi")]))[0].shape[-1] == 1024
 
 
 def test_causality_future_tokens_never_change_earlier_logits():

@@ -9,7 +9,6 @@ from textual.widgets import DataTable, Static
 
 from core import runs
 from core.model.check import architecture_test
-from core.model.presets import PRESETS, human_count
 from core.pipeline import doctor
 from core.pipeline.overview import StageStatus, pipeline_status, run_remaining, training_progress
 from core.pipeline.tables import (
@@ -19,6 +18,7 @@ from core.pipeline.tables import (
     doctor_row,
     preset_row,
 )
+from core.presets import PRESETS, human_count
 from core.train.trainer import Control
 
 from ..confirm import Confirm

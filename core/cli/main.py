@@ -20,9 +20,9 @@ from core.cli.args import Parser, bounded_int, positive_int
 from core.cli.output import console_for
 from core.errors import AcmError, internal_error
 from core.hardware import configure_mlx
-from core.model.presets import PRESETS, get_preset, human_count
 from core.pipeline import doctor
 from core.pipeline.tables import DOCTOR_COLUMNS, PRESET_COLUMNS, doctor_row, preset_row
+from core.presets import PRESETS, get_preset, human_count
 
 console = console_for()
 

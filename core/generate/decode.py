@@ -17,6 +17,7 @@ from core import runs
 from core.config import Config, from_dict
 from core.errors import AcmError
 from core.generate.sampling import PENALTY_WINDOW, SamplingParams, sample
+from core.model import model_shape
 from core.model.gpt import GPT
 from core.paths import Paths
 from core.runs import checkpoint
@@ -72,8 +73,7 @@ def load_model(cfg: Config, run: str | None = None, stage: str | None = None, wh
     if ck.state.get("tokenizer_sha256") != tok.sha256:
         raise AcmError(f"{ck.path} was trained with another tokenizer than data/tokenizer/tokenizer.json")
     ck_cfg = from_dict(ck.state["config"]) if "config" in ck.state else cfg  # the shape it was trained with
-    shape = ck_cfg.model.shape().with_vocab(tok.vocab_size)  # the tokenizer it was trained with (same sha)
-    model = GPT(shape, compute_dtype or ck_cfg.model.compute_dtype)
+    model = GPT(model_shape(ck_cfg, tok), compute_dtype or ck_cfg.model.compute_dtype)
     params, _ = checkpoint.load_arrays(ck)
     checkpoint.check_shapes(ck, params, model.parameters())
     model.update(params)

@@ -10,7 +10,7 @@ import time
 import mlx.core as mx
 
 from core.model.gpt import GPT
-from core.model.presets import ModelShape
+from core.presets import ModelShape
 
 
 def architecture_test(shape: ModelShape, batch: int = 2, seq: int = 128, compute_dtype: str = "float32",

@@ -17,7 +17,7 @@ from mlx.utils import tree_flatten, tree_map_with_path
 
 from core.model import fused
 from core.model.layer_norm import layer_norm
-from core.model.presets import ModelShape
+from core.presets import ModelShape
 
 DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
 

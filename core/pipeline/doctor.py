@@ -14,7 +14,7 @@ from pathlib import Path
 
 from core.config import Config
 from core.generate.verdicts import shellcheck_path
-from core.model.presets import PRESETS
+from core.presets import PRESETS
 
 DISTRIBUTION = "acm"
 # What each dependency is for, shown when it is missing (the list itself is the package's metadata).

@@ -8,8 +8,8 @@ from collections.abc import Callable
 from rich.text import Text
 
 from core.errors import READ_BACK_ERRORS
-from core.model.presets import ModelShape, human_count
 from core.pipeline.doctor import Check
+from core.presets import ModelShape, human_count
 
 CORPUS_COLUMNS = ("dataset", "documents", "words", "tokens (est)", "size", "lines", "avg lines")
 TOKENIZER_COLUMNS = ("tokenizer", "code share", "chars/token language", "chars/token bash")

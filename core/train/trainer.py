@@ -25,6 +25,7 @@ from core.config import Config, StageConfig, parse_duration
 from core.errors import AcmError
 from core.hardware import device_info, memory_limit, memory_now, peak_flops
 from core.locks import reading_inputs
+from core.model import model_shape
 from core.model.gpt import GPT
 from core.paths import Paths
 from core.runs import checkpoint, prepare_run
@@ -173,7 +174,7 @@ class Trainer:
         self.tok, train, val, pairs = open_inputs(self.cfg, self.stage)
         # the model's vocabulary is the one the tokenizer reached; the run's settings record it
         cfg = self.cfg = replace(self.cfg, tokenizer=replace(self.cfg.tokenizer, vocab_size=self.tok.vocab_size))
-        self.shape = cfg.model.shape().with_vocab(self.tok.vocab_size)
+        self.shape = model_shape(cfg, self.tok)
         other = OTHER[self.stage]
         replay = open_tokens(cfg, other, "train", self.tok) if sc.replay > 0 else None
         self.batches = Batches(train, sc.seq_len, sc.batch_size, sc.seed, self.rank, self.world,
@@ -590,8 +591,8 @@ class Trainer:
 
 def open_inputs(cfg: Config, stage: str):
     """(tokenizer, train shards, val shards, comment-to-command train shards or None) of a stage,
-    each refused in one line when missing, stale or of another vocab. With a pairs_share, the train
-    shards leave the comment-to-command chunks to their own share of each batch."""
+    each refused in one line when missing or stale (made with another tokenizer). With a pairs_share,
+    the train shards leave the comment-to-command chunks to their own share of each batch."""
     sc, shape = getattr(cfg.train, stage), cfg.model.shape()
     if sc.seq_len > shape.n_ctx:
         raise AcmError(f"train.{stage}.seq_len {sc.seq_len} exceeds the model's context {shape.n_ctx}")

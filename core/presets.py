@@ -1,4 +1,8 @@
-"""Model shapes: the original design's `tiny` and `medium`, plus small ones that train on a CPU.
+"""Model presets as plain data: the original design's `tiny` and `medium`, plus small ones that
+train on a CPU. Settings read them (names, context, the vocabulary to aim for), so no MLX here.
+
+A preset's vocab_size is only the default target of tokenizer training: a built model takes the
+vocabulary its tokenizer reached (`core.model.model_shape`).
 
 GPT-2 style throughout: learned positions, pre-LayerNorm blocks, GELU MLP, biases on every
 linear layer and LayerNorm. The original log states layers, heads, vocab and parameter counts;
@@ -16,6 +20,7 @@ from core.errors import AcmError
 
 @dataclass(frozen=True)
 class ModelShape:
+    """A model's dimensions; vocab_size is a preset's target until `with_vocab` sets the tokenizer's."""
     name: str
     n_layer: int
     n_head: int
