@@ -9,7 +9,7 @@ from functools import partial
 from pathlib import Path
 
 from rich.text import Text
-from textual import work
+from textual import on, work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.notifications import SeverityLevel
@@ -23,7 +23,7 @@ from core.hardware import device_label
 from core.pipeline.overview import disk_stamp
 
 from .confirm import Confirm
-from .messages import RunInPane
+from .messages import PaneRequest
 from .panes.base import Pane
 from .panes.data import DataPane
 from .panes.generate import GeneratePane
@@ -122,10 +122,14 @@ class AcmApp(App):
                                         binding.tooltip or f"key {binding.key}",
                                         partial(self.run_in_pane, pane_id, binding.action), discover=False)
 
-    def on_run_in_pane(self, message: RunInPane) -> None:
-        self.run_in_pane(message.pane_id, message.action)
+    @on(PaneRequest)
+    def hand_on(self, request: PaneRequest) -> None:
+        """Show the pane a request is for, then hand it the request."""
+        self.action_show_pane(request.pane)
+        self.query_one(f"#{request.pane}-pane").post_message(request)
 
     def run_in_pane(self, pane_id: str, action: str) -> None:
+        """Show a pane and run one of its key bindings' actions (the command palette)."""
         self.action_show_pane(pane_id)
         self.call_later(self.query_one(f"#{pane_id}-pane").run_action, action)
 

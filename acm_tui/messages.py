@@ -1,8 +1,10 @@
-"""Messages from worker and engine threads to the UI (sent with the thread-safe post_message)."""
+"""Messages to the UI: from worker and engine threads (sent with the thread-safe post_message), and
+requests from one pane to another, each its own type so a handler is named by the class it takes."""
 from __future__ import annotations
 
 from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import ClassVar
 
 from textual.message import Message
 
@@ -16,13 +18,45 @@ class EngineResult(Message):
         self.future = future
 
 
-class RunInPane(Message):
-    """Show a pane and run one of its actions (the Setup pane's stage list, the palette)."""
+class PaneRequest(Message, bubble=False):
+    """Asks one pane to act (the Setup pane's stage list): posted to the app, which shows and focuses
+    the pane named in the class line (`pane=`) and hands the request on to it; the pane acts in its
+    `@on` handler."""
 
-    def __init__(self, pane_id: str, action: str):
-        super().__init__()
-        self.pane_id = pane_id
-        self.action = action
+    pane: ClassVar[str]  # the id of the pane that acts on it
+
+    def __init_subclass__(cls, pane: str, **kwargs):
+        super().__init_subclass__(bubble=False, **kwargs)  # one bubbling from its pane would come back
+        cls.pane = pane
+
+
+@dataclass
+class FetchCorpus(PaneRequest, pane="data"):
+    kind: str  # language or code
+
+
+@dataclass
+class TrainTokenizer(PaneRequest, pane="tokenizer"):
+    """Train the tokenizer on both corpora; with `compare`, also one at the original's mix, to
+    compare the two."""
+
+    compare: bool = False
+
+
+@dataclass
+class PrepareShards(PaneRequest, pane="tokenizer"):
+    force: bool = False  # rebuild the token shards from scratch
+
+
+@dataclass
+class StartTraining(PaneRequest, pane="train"):
+    """Pretrain a new run, or fine-tune the latest run's best pretrain checkpoint."""
+
+    stage: str  # pretrain or finetune
+
+
+class EvaluateRun(PaneRequest, pane="generate"):
+    """Evaluate the run chosen in the Generate pane."""
 
 
 @dataclass

@@ -64,6 +64,15 @@ async def test_number_keys_switch_panes(project):
             assert app.focused is not None and app.focused.id == focus
 
 
+def test_every_pane_request_names_a_pane_of_the_app():
+    from acm_tui.messages import PaneRequest
+    from acm_tui.panes.setup import STAGE_REQUESTS
+
+    panes = {pane.TITLE.lower() for pane in acm_tui.app.PANES}
+    assert {request.pane for request in PaneRequest.__subclasses__()} <= panes
+    assert {type(make()) for make in STAGE_REQUESTS.values()} == set(PaneRequest.__subclasses__())
+
+
 async def test_model_test_runs_on_engine_and_its_result_shows_at_80x24(project):
     app = AcmApp(project / "acm.toml")
     async with app.run_test(size=(80, 24)) as pilot:

@@ -34,6 +34,23 @@ async def test_repl_streams_keeps_history_and_badges_bash(with_model):
         assert prompt.value == ""
 
 
+async def test_the_prompt_reads_escapes_as_generate_e_does(with_model):
+    app = AcmApp(with_model / "acm.toml")
+    async with app.run_test(size=(100, 50)) as pilot:
+        await pilot.press("5", "i")  # i: the prompt has the focus
+        pane, prompt = app.query_one("#generate-pane"), app.query_one("#gen-prompt", Input)
+        app.query_one("#gen-max_tokens", Input).value = "1"
+        prompt.value = "\\x4"
+        await pilot.press("enter")
+        await pilot.pause()
+        assert pane.stop_event is None and not pane.transcript
+        assert prompt.value == "\\x4"  # refused, and kept to be put right
+        prompt.value = "\\x41\\u00e9\\nB"
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: pane.stop_event is None and pane.transcript)
+        assert text_of(app, "#gen-output").startswith("A\u00e9\nB")
+
+
 async def test_escape_stops_a_long_generation(with_model):
     cfg = config.load(with_model / "acm.toml")
     app = AcmApp(with_model / "acm.toml")

@@ -260,7 +260,7 @@ async def test_charts_tell_the_stages_apart_with_steps_on_the_x_axis_at_80x24(wi
         drawn = str(app.query_one("#runs-chart").render())
         assert "pretrain" in drawn and "fine-tune" in drawn and "step" in drawn
     run = app.cfg.locations.run("m")
-    metrics = {s: [r for r in runs.read_metrics(run, s) if r["type"] == "metrics"] for s in runs.STAGES}
+    metrics = {s: [r for r in runs.read_metrics(run, s) if r["type"] == "metrics"] for s in runs.TRAINING_STAGES}
     (pre_x, _, pre_label), (ft_x, _, ft_label) = stage_series(metrics, "loss")
     assert (pre_label, ft_label) == ("pretrain", "fine-tune")
     assert min(ft_x) > max(pre_x)  # the fine-tune is drawn after its pretrain, not on top of it

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from rich.syntax import Syntax
 from rich.text import Text
-from textual import work
+from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import DataTable, Static
@@ -14,6 +14,7 @@ from core.data.language import fetch_language
 from core.errors import AcmError
 from core.pipeline.tables import CORPUS_COLUMNS, code_report_line, corpus_row, sources_line
 
+from ..messages import FetchCorpus
 from .base import CANCEL_BINDING, Pane
 
 FETCHERS = {"language": fetch_language, "code": fetch_code}
@@ -89,6 +90,10 @@ class DataPane(Pane):
 
     def action_fetch(self, kind: str) -> None:
         self.start_step(f"fetching {kind}", FETCHERS[kind])
+
+    @on(FetchCorpus)
+    def _fetch_requested(self, request: FetchCorpus) -> None:
+        self.action_fetch(request.kind)
 
     def step_done(self, name: str, manifest: dict) -> None:
         s = manifest["stats"]

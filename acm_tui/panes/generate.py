@@ -18,6 +18,7 @@ from textual.widgets import DataTable, Input, Label, Select, Static
 from core import config, runs
 from core.atomic import read_json
 from core.errors import AcmError, one_line
+from core.escapes import unescape
 from core.generate.checked import checked_generate, sample_and_judge
 from core.generate.decode import load_model, stream_generate
 from core.generate.evaluate import evaluate_run
@@ -27,7 +28,7 @@ from core.generate.verdicts import judge
 from core.paths import Paths
 from core.pipeline.tables import EVAL_COLUMNS, eval_rows
 
-from ..messages import EngineResult
+from ..messages import EngineResult, EvaluateRun
 from .base import CANCEL_BINDING, Pane
 
 SETTINGS = [  # (field, label, type)
@@ -35,10 +36,6 @@ SETTINGS = [  # (field, label, type)
     ("repetition_penalty", "rep", float), ("max_tokens", "max", int), ("seed", "seed", int),
 ]
 AUTO = "auto"
-
-
-def unescape(prompt: str) -> str:
-    return prompt.replace("\\n", "\n").replace("\\t", "\t")
 
 
 class GeneratePane(Pane):
@@ -106,7 +103,7 @@ class GeneratePane(Pane):
         all_runs = runs.list_runs(self.cfg)
         options = [("latest run (best)", AUTO)] + [
             (f"{run.name} / {stage} / {which}", f"{run.name}|{stage}|{which}")
-            for run in all_runs for stage in runs.STAGES if Paths.checkpoints(run, stage).exists()
+            for run in all_runs for stage in runs.TRAINING_STAGES if Paths.checkpoints(run, stage).exists()
             for which in ("best", "latest")]
         select = self.query_one("#gen-checkpoint", Select)
         keep = select.value if select.value in {value for _, value in options} else AUTO
@@ -147,17 +144,18 @@ class GeneratePane(Pane):
         if self.stop_event is not None:
             self.notify("a generation is running: escape stops it", severity="warning")
             return
+        raw = event.value
         try:
             params = self.read_params()
+            prompt = unescape(raw)  # as `acm generate -e` reads it
         except AcmError as e:
             self.notify(str(e), severity="error")
             return
-        raw = event.value
         if raw and (not self.history or self.history[-1] != raw):
             self.history.append(raw)
         self.history_pos = len(self.history)
         event.input.value = ""
-        self.current_prompt, self.current_text, self.last_finish = unescape(raw), "", None
+        self.current_prompt, self.current_text, self.last_finish = prompt, "", None
         self.stop_event = threading.Event()
         self.query_one("#gen-status", Static).update("loading the checkpoint…" if self.loaded is None else "…")
         n = self.candidate_count()
@@ -301,6 +299,10 @@ class GeneratePane(Pane):
     def action_evaluate(self) -> None:
         run, _, _ = self.checkpoint_choice()
         self.start_step("evaluating", evaluate_run, run, on_engine=True)
+
+    @on(EvaluateRun)
+    def _evaluate_requested(self, request: EvaluateRun) -> None:
+        self.action_evaluate()
 
     def step_done(self, name: str, results: dict) -> None:
         self._status(f"[green]evaluated run {results['run']}[/]")

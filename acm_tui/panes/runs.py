@@ -111,7 +111,7 @@ class RunsPane(Pane):
         table.clear()
         for r in rows:
             cells = []
-            for stage in runs.STAGES:
+            for stage in runs.TRAINING_STAGES:
                 st = r["stages"].get(stage)
                 cells.append(f"{st['state']} {st['step']}" if st else "–")
             vals = [st["best_val_loss"] for st in r["stages"].values() if st.get("best_val_loss") is not None]
@@ -149,7 +149,7 @@ class RunsPane(Pane):
         series = []
         for name in self.shown:
             run = self.cfg.locations.run(name)
-            records = {stage: runs.read_metrics(run, stage) for stage in runs.STAGES}
+            records = {stage: runs.read_metrics(run, stage) for stage in runs.TRAINING_STAGES}
             prefix = f"{name} " if len(self.shown) > 1 else ""
             series += [(xs, ys, prefix + label) for xs, ys, label in stage_series(
                 {s: [r for r in rs if r["type"] == "metrics"] for s, rs in records.items()}, "loss")]

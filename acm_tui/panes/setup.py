@@ -1,6 +1,9 @@
 """The Setup pane: the doctor report, the preset table and the architecture test."""
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
+
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
@@ -22,14 +25,24 @@ from core.presets import PRESETS, human_count
 from core.train.trainer import Control
 
 from ..confirm import Confirm
-from ..messages import EngineResult, RunInPane
+from ..messages import (
+    EngineResult,
+    EvaluateRun,
+    FetchCorpus,
+    PaneRequest,
+    PrepareShards,
+    StartTraining,
+    TrainTokenizer,
+)
 from .base import CANCEL_BINDING, Pane
 
-# where each stage runs: (pane, action)
-STAGE_PANES = {"data-language": ("data", "fetch('language')"), "data-code": ("data", "fetch('code')"),
-               "tokenizer": ("tokenizer", "train(False)"), "prepare": ("tokenizer", "prepare(False)"),
-               "pretrain": ("train", "start('pretrain')"), "finetune": ("train", "start('finetune')"),
-               "evaluate": ("generate", "evaluate")}
+# each stage's request to the pane that runs it (a fresh one each time: a message is posted once)
+STAGE_REQUESTS: dict[str, Callable[[], PaneRequest]] = {
+    "data-language": partial(FetchCorpus, "language"), "data-code": partial(FetchCorpus, "code"),
+    "tokenizer": TrainTokenizer, "prepare": PrepareShards,
+    "pretrain": partial(StartTraining, "pretrain"), "finetune": partial(StartTraining, "finetune"),
+    "evaluate": EvaluateRun,
+}
 DOCTOR_ORDER = (0, 2, 1)  # check, status, found: the found value can run past 80 columns, the status must not
 
 
@@ -129,15 +142,15 @@ class SetupPane(Pane):
         if table.row_count == 0:
             return
         name = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
-        run = RunInPane(*STAGE_PANES[name])
+        request = STAGE_REQUESTS[name]()
         st = self.statuses.get(name)
         if st is None or st.state != "done":
-            self.post_message(run)
+            self.app.post_message(request)
             return
 
         def answered(yes: bool | None) -> None:
             if yes:
-                self.post_message(run)
+                self.app.post_message(request)
 
         self.app.push_screen(Confirm(f"{st.label} is done. Run it again? The stages after it become stale."),
                              answered)

@@ -19,6 +19,7 @@ from core.pipeline.tables import (
 from core.tokenizer.bpe import load_meta, load_tokenizer, train_tokenizer
 from core.tokenizer.shards import prepare, read_manifest
 
+from ..messages import PrepareShards, TrainTokenizer
 from .base import CANCEL_BINDING, Pane
 
 
@@ -104,6 +105,14 @@ class TokenizerPane(Pane):
 
     def action_prepare(self, force: bool) -> None:
         self.start_step("preparing token shards", prepare, force)
+
+    @on(TrainTokenizer)
+    def _train_requested(self, request: TrainTokenizer) -> None:
+        self.action_train(request.compare)
+
+    @on(PrepareShards)
+    def _prepare_requested(self, request: PrepareShards) -> None:
+        self.action_prepare(request.force)
 
     def step_done(self, name: str, result: dict) -> None:
         if "vocab_size" in result:

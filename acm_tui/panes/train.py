@@ -29,7 +29,7 @@ from core.train.trainer import Control, run_stage
 
 from ..charts import STAGE_NAMES, draw
 from ..confirm import Confirm
-from ..messages import EngineResult
+from ..messages import EngineResult, StartTraining
 from .base import Pane
 
 REDRAW_S = 0.1
@@ -187,6 +187,10 @@ class TrainPane(Pane):
         run = self._new_run_for(stage)
         if run is not None:
             (self._start_in_background if background else self._launch)(stage, run, resume=False)
+
+    @on(StartTraining)
+    def _start_requested(self, request: StartTraining) -> None:
+        self.action_start(request.stage)
 
     def action_resume_run(self, background: bool = False) -> None:
         found = self._resumable()

@@ -1,12 +1,12 @@
 """What the command groups share in reading their arguments: a parser whose every complaint is one
-`acm: error:` line, argument types that refuse bad numbers, and `-e` escapes."""
+`acm: error:` line, and argument types that refuse bad numbers."""
 from __future__ import annotations
 
 import argparse
 
 from core import config
 from core.config import parse_duration
-from core.errors import AcmError, ConfigError
+from core.errors import ConfigError
 
 
 class Parser(argparse.ArgumentParser):
@@ -51,10 +51,3 @@ def duration(text: str) -> str:
         raise argparse.ArgumentTypeError(str(e)) from None
     return text
 
-
-def unescape(text: str) -> str:
-    """TEXT with its backslash escapes (\\n, \\t, \\", \\x41, \\u00e9) read; a bad escape is one line."""
-    try:
-        return text.encode("latin-1", "backslashreplace").decode("unicode_escape")
-    except UnicodeDecodeError as e:
-        raise AcmError(f"invalid escape in {text!r}: {e.reason}") from None

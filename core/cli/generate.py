@@ -11,11 +11,12 @@ from rich.markup import escape
 from rich.table import Table
 
 from core import config
-from core.cli.args import bounded_int, duration, setting_int, unescape
+from core.cli.args import bounded_int, duration, setting_int
 from core.cli.output import console_for
 from core.cli.progress import progress_bars
 from core.config import Config
 from core.engine import Engine, wait_for
+from core.escapes import unescape
 from core.generate.checked import checked_generate, sample_and_judge
 from core.generate.decode import load_model, stream_generate
 from core.generate.evaluate import evaluate_run

@@ -119,10 +119,10 @@ def register(sub, add) -> None:
                           ("save", "write a checkpoint of the training of RUN")):
         p = add(actions, command, cmd_command, f"{help} (it may run in another process)", json_flag=False)
         p.add_argument("run")
-        p.add_argument("--stage", choices=list(runs.STAGES), help="default: the stage it is on")
+        p.add_argument("--stage", choices=list(runs.TRAINING_STAGES), help="default: the stage it is on")
     m = add(actions, "metrics", cmd_metrics, "RUN's training curves: --csv for a spreadsheet, --json")
     m.add_argument("run")
-    m.add_argument("--stage", choices=list(runs.STAGES), help="default: the stage it is on")
+    m.add_argument("--stage", choices=list(runs.TRAINING_STAGES), help="default: the stage it is on")
     m.add_argument("--csv", action="store_true", help="one row a step: loss, lr, grad norm, tokens/s, ..., val loss")
     d = add(actions, "delete", cmd_delete, "delete RUN and its checkpoints", json_flag=False)
     d.add_argument("run")

@@ -5,11 +5,11 @@ import json
 
 from rich.table import Table
 
-from core.cli.args import unescape
 from core.cli.output import console_for
 from core.cli.progress import progress_bars
 from core.config import Config
 from core.errors import AcmError, read_back
+from core.escapes import unescape
 from core.pipeline.tables import (
     SHARD_COLUMNS,
     TOKENIZER_COLUMNS,

@@ -105,7 +105,7 @@ def evaluate_run(cfg: Config, report: Reporter = no_report, cancel: CancelToken 
     run_path = runs.existing_run(cfg, run) if run else (runs.list_runs(cfg) or [None])[0]
     if run_path is None:
         raise AcmError(f"no runs in {cfg.locations.runs}: train a model first (acm train pretrain)")
-    stages = [s for s in runs.STAGES if checkpoint.best(Paths.checkpoints(run_path, s)) is not None]
+    stages = [s for s in runs.TRAINING_STAGES if checkpoint.best(Paths.checkpoints(run_path, s)) is not None]
     if not stages:
         raise AcmError(f"run {run_path.name} has no checkpoint to evaluate")
     params = SamplingParams.from_config(cfg.generate, max_tokens=max_tokens)

@@ -24,8 +24,9 @@ from core.tokenizer.bpe import load_meta
 from core.tokenizer.shards import read_manifest
 from core.train.budget import describe_seconds
 
-STAGES = [("data-language", "data: language"), ("data-code", "data: bash scripts"), ("tokenizer", "tokenizer"),
-          ("prepare", "token shards"), ("pretrain", "pretrain"), ("finetune", "fine-tune"), ("evaluate", "evaluate")]
+PIPELINE_STAGES = [("data-language", "data: language"), ("data-code", "data: bash scripts"), ("tokenizer", "tokenizer"),
+                   ("prepare", "token shards"), ("pretrain", "pretrain"), ("finetune", "fine-tune"),
+                   ("evaluate", "evaluate")]  # (name, label), in order; the training ones are runs.TRAINING_STAGES
 
 
 @dataclass
@@ -44,7 +45,7 @@ def _sha(path: Path) -> str | None:
     return sha256_file(path) if path.exists() else None
 
 
-LABELS = dict(STAGES)
+LABELS = dict(PIPELINE_STAGES)
 
 
 def _status(name: str, state: str, detail: str = "") -> StageStatus:
@@ -58,7 +59,7 @@ def pipeline_status(cfg: Config) -> list[StageStatus]:
     out = [_guarded(f"data-{kind}", _corpus_status, cfg, kind) for kind in CORPORA]
     out += [_guarded("tokenizer", _tokenizer_status, cfg, corpus_sha, tok_sha),
             _guarded("prepare", _shards_status, cfg, corpus_sha, tok_sha)]
-    out += [_guarded(stage, _training_status, cfg, stage, LABELS[stage], tok_sha) for stage in runs.STAGES]
+    out += [_guarded(stage, _training_status, cfg, stage, LABELS[stage], tok_sha) for stage in runs.TRAINING_STAGES]
     return out + [_guarded("evaluate", _eval_status, cfg, LABELS["evaluate"])]
 
 
@@ -141,7 +142,7 @@ def _eval_status(cfg: Config, label: str) -> StageStatus:
     result = read_json(ev)
     if result is None:
         return StageStatus("evaluate", label, "not started", f"run {run.name}")
-    newest = max((c.path.stat().st_mtime for st in runs.STAGES
+    newest = max((c.path.stat().st_mtime for st in runs.TRAINING_STAGES
                   for c in checkpoint.list_checkpoints(Paths.checkpoints(run, st))), default=0)
     parts = [f"{st}: bash parses {r['code_generation']['parse_rate']:.0%}" for st, r in result["stages"].items()]
     return StageStatus("evaluate", label, "stale" if newest > ev.stat().st_mtime else "done",
@@ -172,7 +173,7 @@ def run_stage(cfg: Config, name: str, report, cancel, on_engine: Callable[..., A
         sha = load_tokenizer(cfg).sha256
         made = [read_manifest(cfg, k) for k in ("language", "code")]
         return prepare(cfg, report, cancel, force=any(m and m["tokenizer_sha256"] != sha for m in made))
-    if name in runs.STAGES:
+    if name in runs.TRAINING_STAGES:
         run, resume = _training_target(cfg, name)
         if cfg.train.ranks > 1 and not in_group():  # processes of their own, rank 0's events relayed
             check_inputs(cfg, name, run, resume)
@@ -205,7 +206,7 @@ def disk_stamp(cfg: Config, all_runs: list[Path]) -> tuple:
     paths += [loc.shards_manifest(k) for k in CORPORA] + [loc.runs]
     for run in all_runs:
         paths += [run, Paths.eval_results(run)]
-        for stage in runs.STAGES:
+        for stage in runs.TRAINING_STAGES:
             paths += [Paths.status(run, stage), Paths.checkpoints(run, stage)]
     return tuple((str(p), _mtime(p)) for p in paths)
 

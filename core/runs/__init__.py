@@ -19,7 +19,7 @@ from core.errors import AcmError
 from core.paths import Paths
 from core.runs.checkpoint import best, latest, list_checkpoints
 
-STAGES = ("pretrain", "finetune")
+TRAINING_STAGES = ("pretrain", "finetune")  # the stages with a folder in a run
 
 
 def new_run_name(cfg: config.Config) -> str:
@@ -113,7 +113,7 @@ def parse_records(lines: list[bytes]) -> list[dict]:
 
 # ---------------------------------------------------------------- status and control across processes
 
-COMMANDS = ("pause", "resume", "stop", "save")
+COMMANDS = ("pause", "resume", "stop", "save")  # what a control file may ask, in the order ranks agree on
 LIVE = ("starting", "running", "paused")
 
 
@@ -180,7 +180,7 @@ def take_command(run: Path, stage: str) -> str | None:
 
 def active_stage(run: Path) -> str | None:
     """The stage most recently worked on (fine-tune once it has begun)."""
-    for stage in reversed(STAGES):
+    for stage in reversed(TRAINING_STAGES):
         if read_status(run, stage) is not None or latest(Paths.checkpoints(run, stage)) is not None:
             return stage
     return None
@@ -189,7 +189,7 @@ def active_stage(run: Path) -> str | None:
 def live_stage(cfg: config.Config) -> tuple[Path, str] | None:
     """(run, stage) of a stage training now in this project, by any process, if there is one."""
     for run in list_runs(cfg):
-        for stage in STAGES:
+        for stage in TRAINING_STAGES:
             if stage_state(run, stage) in LIVE:
                 return run, stage
     return None
@@ -211,7 +211,7 @@ def summary(run: Path) -> dict:
     except AcmError:
         preset = "?"
     out = {"name": run.name, "preset": preset, "modified": run.stat().st_mtime, "stages": {}}
-    for stage in STAGES:
+    for stage in TRAINING_STAGES:
         ck_dir = Paths.checkpoints(run, stage)
         last, top = latest(ck_dir), best(ck_dir)
         st = read_status(run, stage) or {}
@@ -227,7 +227,7 @@ def summary(run: Path) -> dict:
 
 
 def delete_run(run: Path) -> None:
-    for stage in STAGES:
+    for stage in TRAINING_STAGES:
         if stage_state(run, stage) in ("running", "paused"):
             raise AcmError(f"run {run.name} is training ({stage}): stop it first")
     shutil.rmtree(run)
@@ -239,7 +239,7 @@ def rename_run(run: Path, new_name: str) -> Path:
         raise AcmError(f"invalid run name {new_name!r}: use letters, digits, '-' and '_'")
     if target.exists():
         raise AcmError(f"a run named {new_name} exists already")
-    for stage in STAGES:
+    for stage in TRAINING_STAGES:
         if stage_state(run, stage) in ("running", "paused"):
             raise AcmError(f"run {run.name} is training ({stage}): stop it first")
     run.rename(target)

@@ -41,7 +41,6 @@ from core.train.tracking import trackers
 
 CORPUS = {"pretrain": "language", "finetune": "code"}
 OTHER = {"pretrain": "code", "finetune": "language"}  # the corpus a stage replays
-COMMANDS = ("pause", "resume", "stop", "save")  # what a control file may ask, in the order ranks agree on
 
 
 class TrainingError(AcmError):
@@ -383,7 +382,7 @@ class Trainer:
         several ranks every rank acts alike: on rank 0's command, and on a stop or save a signal gave
         any rank (one collective)."""
         command = runs.take_command(self.run_path, self.stage) if self.is_main else None
-        wanted = [command == c for c in COMMANDS]
+        wanted = [command == c for c in runs.COMMANDS]
         if self.world > 1:
             wanted[2] = wanted[2] or self.control.stopping
             wanted[3] = wanted[3] or self.control.take_save()
