@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
 import re
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 
 
 class AcmError(Exception):
@@ -75,3 +77,28 @@ def internal_error(error: BaseException) -> str:
     A write failure that reached this far is no bug: it reads as the disk message."""
     first = (one_line(error).splitlines() or [type(error).__name__])[0]
     return first if write_failure(error) else f"internal error ({first}); ACM_DEBUG=1 shows the traceback"
+
+
+def run_command(body: Callable[[], int]) -> int:
+    """A command's exit status (`acm`, a training process acm starts): what `body` returns, or the
+    error that ended it as one `acm: error:` line on stderr and 2 (Ctrl-C: 130). A bug's traceback
+    shows with ACM_DEBUG=1."""
+    try:
+        return body()
+    except AcmError as e:
+        return fail(str(e))
+    except KeyboardInterrupt:
+        print("acm: interrupted", file=sys.stderr)
+        return 130
+    except OSError as e:  # a disk, a permission, a path: the system's words and the file
+        return fail(f"{e.strerror or e}" + (f": {e.filename}" if e.filename else ""))
+    except Exception as e:  # a bug: still one line
+        if os.environ.get("ACM_DEBUG"):
+            raise
+        return fail(internal_error(e))
+
+
+def fail(message: str) -> int:
+    lines = message.splitlines() or [""]
+    print(f"acm: error: {lines[0]}", file=sys.stderr)
+    return 2

@@ -10,6 +10,7 @@
     data/tokens/<corpus>/manifest.json, chunk-*   token shards
     runs/<run>/config.toml, eval.json, writer.lock
     runs/<run>/<stage>/metrics.jsonl, train.log, status.json, control.json, detached.log, checkpoints/
+    runs/<run>/<stage>/launch.toml                what a training process acm starts reads
 """
 from __future__ import annotations
 
@@ -123,6 +124,11 @@ class Paths:
     @staticmethod
     def detached_log(run: Path, stage: str) -> Path:
         return run / stage / "detached.log"
+
+    @staticmethod
+    def launch_snapshot(run: Path, stage: str) -> Path:
+        """The settings and the launch a training process acm starts reads (core/train/snapshot.py)."""
+        return run / stage / "launch.toml"
 
 
 def check_run_name(name: str) -> None:

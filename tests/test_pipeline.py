@@ -160,7 +160,7 @@ def test_the_pipeline_trains_on_the_configured_ranks(prepared):
     assert last["state"]["state"] == "done" and last["state"]["step"] == 6
     assert {e["ranks"] for e in events if e["type"] == "metrics"} == {2}
     run = latest_run_with(cfg, "pretrain")
-    assert (run / "pretrain" / "ranks.toml").exists() and config.load(prepared / "acm.toml").train.ranks == 1
+    assert (run / "pretrain" / "launch.toml").exists() and config.load(prepared / "acm.toml").train.ranks == 1
 
 
 def test_the_model_takes_the_vocabulary_the_tokenizer_reached(trained, capsys):

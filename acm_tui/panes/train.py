@@ -21,10 +21,9 @@ from textual_plotext import PlotextPlot
 
 from core import runs
 from core.errors import AcmError, one_line
-from core.paths import Paths
-from core.runs import checkpoint
 from core.runs.events import StageFollower
 from core.train.detach import launch_detached
+from core.train.target import NoRun, training_target
 from core.train.trainer import Control, run_stage
 
 from ..charts import STAGE_NAMES, draw
@@ -168,20 +167,19 @@ class TrainPane(Pane):
         self._status_idle(f"starting {stage} in run {run.name}…")
 
     def _new_run_for(self, stage: str) -> Path | None:
-        if stage == "pretrain":
-            return self.cfg.locations.run(runs.new_run_name(self.cfg))
-        run = runs.latest_run_with(self.cfg, "pretrain")
-        if run is None:
+        try:
+            return training_target(self.cfg, stage).run
+        except NoRun:
             self.notify("no run has a pretrain checkpoint yet: press p to pretrain first", severity="error")
-        return run
+            return None
 
     def _resumable(self) -> tuple[Path, str] | None:
-        for run in runs.list_runs(self.cfg):
-            stage = runs.active_stage(run)
-            if stage and checkpoint.latest(Paths.checkpoints(run, stage)) is not None:
-                return run, stage
-        self.notify("no run has a checkpoint to resume", severity="warning")
-        return None
+        try:
+            target = training_target(self.cfg, resume=True)
+        except NoRun:
+            self.notify("no run has a checkpoint to resume", severity="warning")
+            return None
+        return target.run, target.stage
 
     def action_start(self, stage: str, background: bool = False) -> None:
         run = self._new_run_for(stage)

@@ -5,6 +5,7 @@ import argparse
 import json
 import os
 import sys
+from functools import partial
 from pathlib import Path
 
 from rich.table import Table
@@ -18,7 +19,7 @@ from core.cli import tokenizer as cli_tokenizer
 from core.cli import train as cli_train
 from core.cli.args import Parser, bounded_int, positive_int
 from core.cli.output import console_for
-from core.errors import AcmError, internal_error
+from core.errors import AcmError, run_command
 from core.hardware import configure_mlx
 from core.pipeline import doctor
 from core.pipeline.tables import DOCTOR_COLUMNS, PRESET_COLUMNS, doctor_row, preset_row
@@ -194,27 +195,12 @@ def settings_path(args) -> Path:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_mlx()
-    try:
-        args.config = settings_path(args)
-        cfg = config.load(args.config)
-        return args.func(args, cfg)
-    except AcmError as e:
-        return fail(str(e))
-    except KeyboardInterrupt:
-        print("acm: interrupted", file=sys.stderr)
-        return 130
-    except OSError as e:  # a disk, a permission, a path: the system's words and the file
-        return fail(f"{e.strerror or e}" + (f": {e.filename}" if e.filename else ""))
-    except Exception as e:  # a bug: still one line; ACM_DEBUG=1 shows the traceback
-        if os.environ.get("ACM_DEBUG"):
-            raise
-        return fail(internal_error(e))
+    return run_command(partial(_run, args))
 
 
-def fail(message: str) -> int:
-    lines = message.splitlines() or [""]
-    print(f"acm: error: {lines[0]}", file=sys.stderr)
-    return 2
+def _run(args) -> int:
+    args.config = settings_path(args)
+    return args.func(args, config.load(args.config))
 
 
 if __name__ == "__main__":

@@ -6,18 +6,15 @@ previous checkpoint stays loadable).
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import queue
 import signal
 import threading
 
-from core import runs
 from core.cli.args import duration, positive_int, setting_int
 from core.cli.output import console_for
 from core.cli.progress import StepDisplay
 from core.config import Config
-from core.engine import Engine
 from core.errors import AcmError
 from core.paths import Paths
 from core.train.detach import launch_detached
@@ -25,21 +22,21 @@ from core.train.lifeline import tie_rank_to_launcher
 from core.train.ranks import describe as describe_ranks
 from core.train.ranks import in_group
 from core.train.ranks import train_on_ranks as launch_ranks
-from core.train.trainer import Control, check_inputs, run_stage
+from core.train.snapshot import Launch
+from core.train.target import NoRun, training_target
+from core.train.trainer import Control, check_inputs
+from core.train.worker import FINISHED, print_event, relay, train_here
 
 console = console_for(stderr=True)
 
 
 def pick_run(cfg: Config, stage: str, name: str | None, resume: bool):
-    if name:
-        return cfg.locations.run(name)
-    if stage == "finetune" or resume:
-        found = runs.latest_run_with(cfg, "pretrain" if stage == "finetune" and not resume else stage)
-        if found is None:
-            raise AcmError(f"no run with {'pretrain' if stage == 'finetune' else stage} checkpoints in "
-                           f"{cfg.locations.runs}: run `acm train pretrain` first, or name one with --run")
-        return found
-    return cfg.locations.run(runs.new_run_name(cfg))
+    """The run named, else the one core.train.target's rule picks for `stage` (resumed as asked)."""
+    try:
+        return training_target(cfg, stage, name or None, resume).run
+    except NoRun:
+        raise AcmError(f"no run with {'pretrain' if stage == 'finetune' else stage} checkpoints in "
+                       f"{cfg.locations.runs}: run `acm train pretrain` first, or name one with --run") from None
 
 
 def stage_settings(args, cfg: Config):
@@ -65,19 +62,10 @@ def cmd_train(args, cfg: Config) -> int:
         return 0
     if ranks > 1 and not in_group():
         return train_on_ranks(args, cfg, run, ranks)
-    events: queue.SimpleQueue = queue.SimpleQueue()
-    control = Control()
-    signal.signal(signal.SIGTERM, lambda *_: control.stop())  # a polite kill stops with a checkpoint
-    if hasattr(signal, "SIGUSR1"):
-        signal.signal(signal.SIGUSR1, lambda *_: control.save_now())
-    engine = Engine()
-    fut = engine.submit(run_stage, cfg, args.stage, run, events.put, control, args.resume, args.max_steps,
-                        extend_to=args.steps if args.resume else None)
-    fut.add_done_callback(lambda f: events.put({"type": "finished"}))
-    if follow(events, args, run, control.stop) is not None:
+    launch = Launch(args.stage, run.name, args.resume, args.steps, args.max_steps)
+    result = train_here(cfg, launch, run, lambda events, stop: follow(events, args, run, stop))
+    if result is None:
         return 130
-    engine.shutdown()
-    result = fut.result()  # re-raises the stage's error
     if result.already_done and not args.json:
         print(f"{args.stage} of run {run.name} already finished its {result.step:,} steps: nothing to resume "
               f"(to train further, give the total: --resume --steps N, N above {result.step:,})")
@@ -89,29 +77,11 @@ def cmd_train(args, cfg: Config) -> int:
 
 
 def follow(events: queue.SimpleQueue, args, run, stop) -> int | None:
-    """Show a stage's events (a progress bar and lines, or JSON) until {"type": "finished"}.
-    Ctrl-C once calls `stop`; twice returns 130 at once."""
-    interrupts = 0
+    """Show a stage's events (a progress bar and lines, or JSON) until they end. Ctrl-C once calls
+    `stop`; twice returns 130 at once."""
     with StepDisplay(console, label=f"{args.stage} {run.name}") if not args.json else contextlib.nullcontext() as shown:
-        while True:
-            try:
-                event = events.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            except KeyboardInterrupt:
-                interrupts += 1
-                if interrupts > 1:
-                    console.print("interrupted: exiting now; the last checkpoint stays loadable")
-                    return 130
-                console.print("stopping at the next step and saving a checkpoint (Ctrl-C again to quit now)")
-                stop()
-                continue
-            if event["type"] == "finished":
-                return None
-            if args.json:
-                print(json.dumps(event), flush=True)
-            else:
-                shown.train_event(event)
+        show = print_event if args.json else shown.train_event
+        return relay(events, show, stop, console.print)
 
 
 def train_on_ranks(args, cfg: Config, run, ranks: int) -> int:
@@ -128,7 +98,7 @@ def train_on_ranks(args, cfg: Config, run, ranks: int) -> int:
         except Exception as e:  # a rank's refusal, a missing folder: raised here, said in one line
             outcome["error"] = e
         finally:
-            events.put({"type": "finished"})
+            events.put(FINISHED)
 
     threading.Thread(target=launch, daemon=True).start()
     if follow(events, args, run, control.stop) is not None:

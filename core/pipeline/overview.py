@@ -158,6 +158,7 @@ def run_stage(cfg: Config, name: str, report, cancel, on_engine: Callable[..., A
     from core.tokenizer.bpe import train_tokenizer
     from core.tokenizer.shards import prepare
     from core.train.ranks import in_group, train_on_ranks
+    from core.train.target import training_target
     from core.train.trainer import check_inputs
     from core.train.trainer import run_stage as train
 
@@ -174,7 +175,8 @@ def run_stage(cfg: Config, name: str, report, cancel, on_engine: Callable[..., A
         made = [read_manifest(cfg, k) for k in ("language", "code")]
         return prepare(cfg, report, cancel, force=any(m and m["tokenizer_sha256"] != sha for m in made))
     if name in runs.TRAINING_STAGES:
-        run, resume = _training_target(cfg, name)
+        target = training_target(cfg, name, unfinished=True)  # a stage left short of its plan continues
+        run, resume = target.run, target.resume
         if cfg.train.ranks > 1 and not in_group():  # processes of their own, rank 0's events relayed
             check_inputs(cfg, name, run, resume)
             return train_on_ranks(cfg, name, run, resume, train_emit, train_control, cfg.train.ranks)
@@ -182,19 +184,6 @@ def run_stage(cfg: Config, name: str, report, cancel, on_engine: Callable[..., A
     if name == "evaluate":
         return on_engine(evaluate_run, cfg, report, cancel)
     raise ValueError(name)
-
-
-def _training_target(cfg: Config, stage: str) -> tuple[Path, bool]:
-    """(run, resume): an unfinished run of this stage continues; otherwise a new pretrain run, or
-    fine-tuning of the latest run with a pretrain checkpoint."""
-    started = runs.latest_run_with(cfg, stage)
-    if started is not None and runs.stage_state(started, stage) in ("stopped", "interrupted"):
-        last = checkpoint.latest(Paths.checkpoints(started, stage))
-        if last is not None and last.step < getattr(cfg.train, stage).steps:
-            return started, True
-    if stage == "pretrain":
-        return cfg.locations.run(runs.new_run_name(cfg)), False
-    return runs.latest_run_with(cfg, "pretrain"), False
 
 
 def disk_stamp(cfg: Config, all_runs: list[Path]) -> tuple:

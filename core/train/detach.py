@@ -1,4 +1,5 @@
-"""Training that outlives the terminal: a stage started as its own background process.
+"""Training that outlives the terminal: a stage started as its own background process
+(core.train.worker, or MLX's launcher of its ranks), reading one snapshot of the settings.
 
 Over SSH a dropped connection kills the terminal and what runs in it. A detached stage runs in a
 new session (no controlling terminal), logs to runs/<run>/<stage>/detached.log, and obeys the
@@ -14,15 +15,16 @@ from pathlib import Path
 from core import config, runs
 from core.paths import Paths
 from core.runs.writer import busy, holder
-from core.train.ranks import SOURCE, launcher_argv, launcher_env, train_command
+from core.train import snapshot
+from core.train.ranks import SOURCE, launcher_argv, launcher_env
 from core.train.trainer import check_inputs
 
 
 def launch_detached(config_path: Path, stage: str, run: Path, resume: bool = False, steps: int | None = None,
                     max_steps: int | None = None, time: str | None = None, ranks: int | None = None) -> int:
-    """Start `acm train STAGE --run RUN` in the background, on `ranks` ranks (default: train.ranks);
-    returns its pid. What the stage needs is checked first: an error in a background process is
-    seen by no one."""
+    """Train `stage` of `run` in the background with the settings of `config_path` (--steps and --time
+    applied), on `ranks` ranks (default: train.ranks); returns its pid. What the stage needs is
+    checked first: an error in a background process is seen by no one."""
     cfg = config.load(config_path)
     if steps:
         getattr(cfg.train, stage).steps = steps
@@ -30,15 +32,14 @@ def launch_detached(config_path: Path, stage: str, run: Path, resume: bool = Fal
         getattr(cfg.train, stage).time = time
     check_inputs(cfg, stage, run, resume)
     ranks = ranks or cfg.train.ranks
-    command = train_command(config_path, stage, run, resume, steps, max_steps, time)
+    command = snapshot.command(snapshot.location(run, stage))
     argv = launcher_argv(ranks, command) if ranks > 1 else [sys.executable, *command]
     who = holder(run)
     if who is None and runs.stage_state(run, stage) == "starting":  # launched a moment ago, not yet locked
         who = runs.read_status(run, stage)
     if who is not None:
         raise busy(run, who)
-    folder = Paths.stage(run, stage)
-    folder.mkdir(parents=True, exist_ok=True)
+    snapshot.write(cfg, snapshot.Launch(stage, run.name, resume, steps, max_steps), run)
     env = launcher_env(SOURCE)
     with open(Paths.detached_log(run, stage), "ab") as log:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,

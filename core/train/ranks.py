@@ -1,6 +1,7 @@
-"""Training on several ranks of this host: the same `acm train` command started once per rank by
-MLX's launcher (`mlx.launch`), one rank per NVIDIA GPU over NCCL, or processes over the ring
-backend where there is no NVIDIA GPU (the path several Macs take, tried on one).
+"""Training on several ranks of this host: the same training process (core.train.worker, reading
+one snapshot of the settings) started once per rank by MLX's launcher (`mlx.launch`), one rank per
+NVIDIA GPU over NCCL, or processes over the ring backend where there is no NVIDIA GPU (the path
+several Macs take, tried on one).
 
 Each rank joins the group through the environment the launcher gives it; only rank 0 writes the
 run. Several Macs are launched by hand with `mlx.launch --hostfile` (README, "Several Macs").
@@ -14,7 +15,6 @@ import shutil
 import subprocess
 import sys
 import threading
-from dataclasses import replace
 from pathlib import Path
 
 import mlx.core as mx
@@ -22,6 +22,7 @@ import mlx.core as mx
 from core import atomic, config, runs
 from core.errors import AcmError
 from core.paths import Paths
+from core.train import snapshot
 
 SOURCE = str(Path(__file__).resolve().parents[2])  # on the children's PYTHONPATH: acm runs from a checkout too
 MOST_RING_RANKS = 64  # train.ranks' cap; on the ring backend also one rank a CPU core (at least 2)
@@ -76,40 +77,14 @@ def describe(ranks: int) -> str:
     return f"{ranks} ranks ({'one NVIDIA GPU each, NCCL' if kind == 'nccl' else 'ring backend on this host'})"
 
 
-def train_command(config_path: Path, stage: str, run: Path, resume: bool = False, steps: int | None = None,
-                  max_steps: int | None = None, time: str | None = None) -> list[str]:
-    """The arguments after the Python interpreter that train `stage` of `run`, reporting in JSON."""
-    settings = ["-c", str(Path(config_path).resolve())] if Path(config_path).exists() else []  # else: defaults
-    argv = ["-m", "core.cli", *settings, "train", stage, "--run", run.name, "--json"]
-    if resume:
-        argv.append("--resume")
-    if steps:
-        argv += ["--steps", str(steps)]
-    if max_steps:
-        argv += ["--max-steps", str(max_steps)]
-    if time:
-        argv += ["--time", time]
-    return argv
-
-
 def parse_event(line: str) -> dict:
-    """One line of rank 0's --json output as an event (other lines as log lines)."""
+    """One line of rank 0's output (core.train.worker's JSON lines) as an event (other lines as log
+    lines)."""
     try:
         event = json.loads(line)
     except ValueError:
         event = None
     return event if isinstance(event, dict) and "type" in event else {"type": "log", "text": line.rstrip("\n")}
-
-
-def settings_for_ranks(cfg: config.Config, run: Path, stage: str) -> Path:
-    """These settings (with whatever the caller changed in memory) as a file the ranks read, its
-    folders absolute so it may live in the run."""
-    folder = Paths.stage(run, stage)
-    folder.mkdir(parents=True, exist_ok=True)
-    where = cfg.locations
-    copy = replace(cfg, paths=replace(cfg.paths, data=str(where.data), runs=str(where.runs)))
-    config.save(copy, folder / "ranks.toml")
-    return folder / "ranks.toml"
 
 
 def train_on_ranks(cfg: config.Config, stage: str, run: Path, resume: bool, emit, control, ranks: int,
@@ -118,9 +93,9 @@ def train_on_ranks(cfg: config.Config, stage: str, run: Path, resume: bool, emit
     a stop asked of `control` reaches every rank through the run's control file; `started` gets
     the launcher's process. The last event of each type; a rank's refusal raised as its one line."""
     backend(ranks)  # more ranks than the host runs: refused before anything is written
-    before = _Undo(run, Paths.stage(run, stage))
-    settings = settings_for_ranks(cfg, run, stage)
-    argv = launcher_argv(ranks, train_command(settings, stage, run, resume, steps, max_steps), parent=os.getpid())
+    before = _Undo(run, stage)
+    settings = snapshot.write(cfg, snapshot.Launch(stage, run.name, resume, steps, max_steps), run)
+    argv = launcher_argv(ranks, snapshot.command(settings), parent=os.getpid())
     log = Paths.stage(run, stage) / "ranks.log"
     with open(log, "ab") as errors:  # the ranks' own messages (a traceback of a rank) land here
         start = errors.tell()
@@ -154,19 +129,19 @@ def train_on_ranks(cfg: config.Config, stage: str, run: Path, resume: bool, emit
 
 
 class _Undo:
-    """What a ranks command writes before its ranks start (the settings they read, their log), taken
+    """What a ranks command writes before its ranks start (the snapshot they read, their log), taken
     back when they refuse: a refused command leaves the run's files as they were."""
 
-    def __init__(self, run: Path, folder: Path):
-        self.run, self.folder = run, folder
-        self.created = next((p for p in (run, folder) if not p.exists()), None)
-        self.settings = (folder / "ranks.toml").read_bytes() if (folder / "ranks.toml").exists() else None
+    def __init__(self, run: Path, stage: str):
+        self.run, self.folder, self.toml = run, Paths.stage(run, stage), snapshot.location(run, stage)
+        self.created = next((p for p in (run, self.folder) if not p.exists()), None)
+        self.settings = self.toml.read_bytes() if self.toml.exists() else None
 
     def restore(self, log_start: int) -> None:
         if self.created is not None:
             shutil.rmtree(self.created, ignore_errors=True)
             return
-        toml, log = self.folder / "ranks.toml", self.folder / "ranks.log"
+        toml, log = self.toml, self.folder / "ranks.log"
         if self.settings is None:
             toml.unlink(missing_ok=True)
         else:
@@ -177,7 +152,7 @@ class _Undo:
             log.unlink(missing_ok=True)
 
 
-REFUSAL = "acm: error: "  # how a rank's main says why it refused
+REFUSAL = "acm: error: "  # how a rank (core.train.worker) says why it refused
 WARNING = "[WARN] Node with rank"  # how MLX's launcher says a rank exited with an error or was killed
 
 

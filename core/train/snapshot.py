@@ -1,0 +1,60 @@
+"""What a training process started by acm trains (each rank, a detached stage), handed over as one
+file: runs/<run>/<stage>/launch.toml, written atomically before the process starts.
+
+It holds a [launch] table (stage, run, resume, steps, max_steps) and the resolved settings, the
+run's config.toml's shape with the data and runs folders absolute. The process reads this file
+alone, never acm.toml, so it trains with exactly what its starter had in memory (a pipeline's time
+share, --steps and --time applied).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import tomli_w
+
+from core import atomic, config
+from core.errors import read_back
+from core.paths import Paths
+
+WORKER = "core.train.worker"  # the one module acm starts to train: never the command line
+HEADER = "# what `python -m core.train.worker` trains: [launch], then the settings it trains with\n\n"
+
+
+@dataclass(frozen=True)
+class Launch:
+    stage: str
+    run: str  # the run's folder name under the settings' runs folder
+    resume: bool = False
+    steps: int | None = None  # steps asked for by name: a resumed run's new total, past a finished plan
+    max_steps: int | None = None  # stop after this many steps of this call
+
+
+def location(run: Path, stage: str) -> Path:
+    return Paths.launch_snapshot(run, stage)
+
+
+def write(cfg: config.Config, launch: Launch, run: Path) -> Path:
+    """Write the snapshot into `run`'s stage folder; its path."""
+    where = cfg.locations
+    resolved = replace(cfg, paths=replace(cfg.paths, data=str(where.data), runs=str(where.runs)))
+    path = location(run, launch.stage)
+    config.validate(resolved, str(path))
+    fields = {key: value for key, value in asdict(launch).items() if value is not None}  # TOML has no None
+    atomic.write_text(path, HEADER + tomli_w.dumps({"launch": fields} | resolved.to_dict()))
+    return path
+
+
+def read(path: Path) -> tuple[config.Config, Launch]:
+    """The settings and the launch a snapshot holds; a damaged one refused in one line."""
+    table = config.read_table(path)
+    with read_back(f"the launch snapshot {path}", "start the stage again"):
+        launch = Launch(**table.pop("launch"))
+        if not (isinstance(launch.stage, str) and isinstance(launch.run, str) and isinstance(launch.resume, bool)):
+            raise TypeError("stage, run and resume have the wrong types")
+    return config.from_dict(table, source=str(path), root=Path(path).parent), launch
+
+
+def command(snapshot: Path) -> list[str]:
+    """The arguments after the Python interpreter that train what `snapshot` holds."""
+    return ["-m", WORKER, str(snapshot)]

@@ -1,0 +1,101 @@
+"""The training process acm starts: `python -m core.train.worker SNAPSHOT`, once per rank under
+MLX's launcher (core/train/ranks.py) or alone as a detached stage (core/train/detach.py).
+
+It trains what the snapshot holds (core/train/snapshot.py; never acm.toml) and prints the stage's
+events on stdout, one JSON object a line, the keys the recorder writes, for its starter to relay.
+Why it could not train is its one `acm: error:` line on stderr, exit 2. A polite kill (SIGTERM)
+stops with a checkpoint, SIGUSR1 writes one; a rank ends with its launcher.
+"""
+from __future__ import annotations
+
+import json
+import queue
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from core.config import Config
+from core.engine import Engine
+from core.errors import run_command
+from core.hardware import configure_mlx
+from core.train import snapshot
+from core.train.lifeline import tie_rank_to_launcher
+from core.train.ranks import in_group
+from core.train.snapshot import Launch
+from core.train.trainer import Control, StageResult, run_stage
+
+FINISHED = {"type": "finished"}  # the end of a stage's events (never printed)
+Follow = Callable[[queue.SimpleQueue, Callable[[], None]], int | None]  # (events, stop) -> 130 or None
+
+
+def relay(events: queue.SimpleQueue, show: Callable[[dict], None], stop: Callable[[], None],
+          say: Callable[[str], None]) -> int | None:
+    """Hand a stage's events to `show` until FINISHED. Ctrl-C once calls `stop`; twice returns 130
+    at once."""
+    interrupts = 0
+    while True:
+        try:
+            event = events.get(timeout=0.2)
+        except queue.Empty:
+            continue
+        except KeyboardInterrupt:
+            interrupts += 1
+            if interrupts > 1:
+                say("interrupted: exiting now; the last checkpoint stays loadable")
+                return 130
+            say("stopping at the next step and saving a checkpoint (Ctrl-C again to quit now)")
+            stop()
+            continue
+        if event["type"] == FINISHED["type"]:
+            return None
+        show(event)
+
+
+def train_here(cfg: Config, launch: Launch, run: Path, follow: Follow) -> StageResult | None:
+    """Train `launch` in this process on the engine thread, its events handed to `follow` (which
+    returns 130 to quit at once: then None); the stage's error re-raised here."""
+    events: queue.SimpleQueue = queue.SimpleQueue()
+    control = Control()
+    signal.signal(signal.SIGTERM, lambda *_: control.stop())  # a polite kill stops with a checkpoint
+    if hasattr(signal, "SIGUSR1"):
+        signal.signal(signal.SIGUSR1, lambda *_: control.save_now())
+    engine = Engine()
+    fut = engine.submit(run_stage, cfg, launch.stage, run, events.put, control, launch.resume, launch.max_steps,
+                        extend_to=launch.steps if launch.resume else None)
+    fut.add_done_callback(lambda f: events.put(FINISHED))
+    if follow(events, control.stop) is not None:
+        return None
+    engine.shutdown()
+    return fut.result()
+
+
+def print_event(event: dict) -> None:
+    """An event as its JSON line (the wire format: the recorder's keys)."""
+    print(json.dumps(event), flush=True)
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _train(path: Path) -> int:
+    if in_group():
+        tie_rank_to_launcher()  # a rank never outlives its launcher
+    cfg, launch = snapshot.read(path)
+    done = train_here(cfg, launch, cfg.locations.run(launch.run),
+                      lambda events, stop: relay(events, print_event, stop, _say))
+    return 130 if done is None else 0
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: python -m core.train.worker SNAPSHOT (acm starts it; see core/train/snapshot.py)",
+              file=sys.stderr)
+        return 2
+    configure_mlx()
+    return run_command(lambda: _train(Path(argv[0])))
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
