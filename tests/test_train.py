@@ -77,13 +77,13 @@ def test_pause_stop_and_save_now_keep_state(prepared):
     paused = threading.Event()
 
     def emit(e):
-        if e["type"] == "metrics":
-            steps.append(e["step"])
-            if e["step"] == 3:
+        if e.type == "metrics":
+            steps.append(e.step)
+            if e.step == 3:
                 control.pause()
-        if e["type"] == "state":
-            states.append(e["state"])
-            if e["state"] == "paused":
+        if e.type == "state":
+            states.append(e.state)
+            if e.state == "paused":
                 paused.set()
 
     engine = Engine()
@@ -237,8 +237,8 @@ def test_two_ranks_match_one_process_and_a_resume_on_one_rank_continues_alike(pr
     run_stage(config.load(prepared / "ranks.toml"), "pretrain", cfg.runs_dir / "two", seen.append, resume=True,
               max_steps=1)
     assert losses(cfg.runs_dir / "two")[6] == pytest.approx(one[6], rel=1e-4, abs=1e-5)
-    assert any("1 rank(s) x 2 micro-batch(es) of 2 keep the run's 4 sequences a step" in e.get("text", "")
-               for e in seen)
+    assert any("1 rank(s) x 2 micro-batch(es) of 2 keep the run's 4 sequences a step" in e.text
+               for e in seen if e.type == "log")
 
 
 def test_a_global_batch_is_the_same_rows_however_it_is_spread(prepared):
@@ -260,13 +260,13 @@ def test_the_follower_replays_what_the_recorder_wrote(prepared):
     cfg = load(prepared)
     run, seen = cfg.runs_dir / "f", []
     run_stage(cfg, "pretrain", run, seen.append, max_steps=10)
-    assert [e["step"] for e in seen if e["type"] == "checkpoint"] == [10]
+    assert [e.step for e in seen if e.type == "checkpoint"] == [10]
     follower = StageFollower(run, "pretrain")
     replay = follower.poll()
-    recorded = [e for e in seen if e["type"] in ("metrics", "eval")]
-    assert len(recorded) == 11 and [e for e in replay if e["type"] in ("metrics", "eval")] == recorded
-    assert [e["state"] for e in replay if e["type"] == "state"] == ["stopped"]
-    assert any(e["text"].startswith("checkpoint step-0000010") for e in replay if e["type"] == "log")
+    recorded = [e for e in seen if e.type in ("metrics", "eval")]
+    assert len(recorded) == 11 and [e for e in replay if e.type in ("metrics", "eval")] == recorded
+    assert [e.state for e in replay if e.type == "state"] == ["stopped"]
+    assert any(e.text.startswith("checkpoint step-0000010") for e in replay if e.type == "log")
     assert follower.poll() == []  # nothing new
 
 
@@ -494,13 +494,14 @@ def test_piped_tables_keep_whole_names(prepared):
 def test_the_newest_report_is_read_from_the_end_of_the_metrics(prepared):
     from core.pipeline.overview import training_progress
     from core.runs import last_report
+    from core.runs.events import event_from_json
 
     cfg = load(prepared)
     run_stage(cfg, "pretrain", cfg.runs_dir / "tail", max_steps=6)
     newest = last_report(cfg.runs_dir / "tail", "pretrain", tail_bytes=2000)
     assert newest is not None and newest["step"] == 6 and newest["eta_s"] is not None
     seen = []
-    training_progress(seen.append)(newest)
+    training_progress(seen.append)(event_from_json(newest))
     assert seen[0].task == "pretraining" and (seen[0].done, seen[0].total) == (6, cfg.train.pretrain.steps)
 
 

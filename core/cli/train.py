@@ -27,6 +27,8 @@ from core.train.ranks import in_group
 from core.train.ranks import train_on_ranks as launch_ranks
 from core.train.trainer import Control, check_inputs, run_stage
 
+FINISHED = object()  # the last thing a stage's event queue gets: the stage is over
+
 console = console_for(stderr=True)
 
 
@@ -73,7 +75,7 @@ def cmd_train(args, cfg: Config) -> int:
     engine = Engine()
     fut = engine.submit(run_stage, cfg, args.stage, run, events.put, control, args.resume, args.max_steps,
                         extend_to=args.steps if args.resume else None)
-    fut.add_done_callback(lambda f: events.put({"type": "finished"}))
+    fut.add_done_callback(lambda f: events.put(FINISHED))
     if follow(events, args, run, control.stop) is not None:
         return 130
     engine.shutdown()
@@ -89,7 +91,7 @@ def cmd_train(args, cfg: Config) -> int:
 
 
 def follow(events: queue.SimpleQueue, args, run, stop) -> int | None:
-    """Show a stage's events (a progress bar and lines, or JSON) until {"type": "finished"}.
+    """Show a stage's events (a progress bar and lines, or JSON) until FINISHED.
     Ctrl-C once calls `stop`; twice returns 130 at once."""
     interrupts = 0
     with StepDisplay(console, label=f"{args.stage} {run.name}") if not args.json else contextlib.nullcontext() as shown:
@@ -106,10 +108,10 @@ def follow(events: queue.SimpleQueue, args, run, stop) -> int | None:
                 console.print("stopping at the next step and saving a checkpoint (Ctrl-C again to quit now)")
                 stop()
                 continue
-            if event["type"] == "finished":
+            if event is FINISHED:
                 return None
             if args.json:
-                print(json.dumps(event), flush=True)
+                print(json.dumps(event.to_json()), flush=True)
             else:
                 shown.train_event(event)
 
@@ -128,7 +130,7 @@ def train_on_ranks(args, cfg: Config, run, ranks: int) -> int:
         except Exception as e:  # a rank's refusal, a missing folder: raised here, said in one line
             outcome["error"] = e
         finally:
-            events.put({"type": "finished"})
+            events.put(FINISHED)
 
     threading.Thread(target=launch, daemon=True).start()
     if follow(events, args, run, control.stop) is not None:
@@ -139,8 +141,8 @@ def train_on_ranks(args, cfg: Config, run, ranks: int) -> int:
         raise outcome["error"]
     last = outcome["last"]
     if not args.json and "state" in last:
-        ck = last.get("checkpoint", {}).get("path", "none")
-        print(f"{args.stage} {last['state']['state']} at step {last['state']['step']} in run {run.name} on "
+        ck = last["checkpoint"].path if "checkpoint" in last else "none"
+        print(f"{args.stage} {last['state'].state} at step {last['state'].step} in run {run.name} on "
               f"{ranks} ranks; checkpoint: {ck}")
     return 0
 

@@ -2,8 +2,8 @@
 
 `Trainer.run()` must be called on the thread that owns MLX (the engine). Other threads steer it
 through `Control` (pause, resume, stop, save now) and hear from it through callbacks that receive
-plain dicts (core/runs/events.py): {"type": "metrics" | "eval" | "checkpoint" | "state" | "log", ...};
-the trainer writes no file itself but checkpoints: a `Recorder` keeps the stage's files. With several
+typed events (core/runs/events.py: Metrics, Eval, Checkpoint, State, Log); the trainer writes no
+file itself but checkpoints: a `Recorder` keeps the stage's files. With several
 ranks (`mlx.launch`), gradients and losses are averaged across them and only rank 0 writes.
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ from core.locks import reading_inputs
 from core.model.gpt import GPT
 from core.paths import Paths
 from core.runs import checkpoint, prepare_run
-from core.runs.events import Callback, Recorder
+from core.runs.events import Callback, Checkpoint, Eval, Event, Log, Metrics, Recorder, State
 from core.runs.writer import RunLock
 from core.tokenizer.bpe import load_tokenizer
 from core.tokenizer.shards import open_tokens
@@ -146,11 +146,11 @@ class Trainer:
         self.steer = self.control if self.world == 1 else Control()
         self.polled_at: int | None = None
         self.recorder: Recorder | None = None  # rank 0's, once the stage can start
-        self.said_before_recording: list[dict] = []  # events of the setup, recorded once the stage starts
+        self.said_before_recording: list[Event] = []  # events of the setup, recorded once the stage starts
 
     # ------------------------------------------------------------ events
 
-    def emit(self, event: dict) -> None:
+    def emit(self, event: Event) -> None:
         """Hand an event to every callback (the recorder first); other ranks stay silent."""
         if self.is_main:
             if self.recorder is None:
@@ -159,11 +159,10 @@ class Trainer:
                 callback(event)
 
     def log(self, text: str) -> None:
-        self.emit({"type": "log", "stage": self.stage, "text": text})
+        self.emit(Log(stage=self.stage, text=text))
 
     def _state(self, state: str, step: int, **fields) -> None:
-        self.emit({"type": "state", "stage": self.stage, "state": state, "step": step, "total": self.sc.steps}
-                  | fields)
+        self.emit(State(stage=self.stage, state=state, step=step, total=self.sc.steps, **fields))
 
     # ------------------------------------------------------------ setup
 
@@ -341,7 +340,7 @@ class Trainer:
             raise AcmError(f"{e}; " + (f"the last checkpoint, {last.name}, is intact: free space, then resume"
                                        if last else "no earlier checkpoint exists")) from None
         checkpoint.prune(self.ck_dir, self.sc.keep_last)
-        self.emit({"type": "checkpoint", "stage": self.stage, "step": step, "path": str(path), "val_loss": val_loss})
+        self.emit(Checkpoint(stage=self.stage, step=step, path=str(path), val_loss=val_loss))
         return path
 
     # ------------------------------------------------------------ the stage
@@ -568,24 +567,22 @@ class Trainer:
         if improved:
             self.best_val = val_loss
         self.checks_without_best = 0 if improved else self.checks_without_best + 1
-        self.emit({"type": "eval", "stage": self.stage, "step": self.step, "val_loss": val_loss,
-                   "val_ppl": math.exp(min(val_loss, 50)), "best_val_loss": self.best_val})
+        self.emit(Eval(stage=self.stage, step=self.step, val_loss=val_loss, val_ppl=math.exp(min(val_loss, 50)),
+                       best_val_loss=self.best_val))
         return improved
 
     def _report(self, loss: float, grad_norm: float, end: int) -> None:
         sc, step = self.sc, self.step
         tok_s, step_time = self.meter.take()
         mem = memory_now()
-        self.emit({
-            "type": "metrics", "stage": self.stage, "step": step, "total": sc.steps, "loss": loss,
-            "lr": lr_at(step - 1, sc.learning_rate, sc.warmup_steps, sc.steps, sc.min_lr_ratio),
-            "grad_norm": grad_norm, "tokens_per_s": tok_s, "tokens_seen": self.tokens_seen,
-            "epoch": self.tokens_seen / max(self.batches.num_tokens, 1),
-            "mfu": (self.flops_per_token * tok_s / (self.peak * self.world)) if self.peak else None,
-            "ranks": self.world,
-            "memory_active": mem["active"], "memory_peak": mem["peak"], "memory_cache": mem["cache"],
-            "memory_limit": self.limit, "eta_s": step_time * (end - step), "time": time.time(),
-        })
+        self.emit(Metrics(
+            stage=self.stage, step=step, total=sc.steps, loss=loss,
+            lr=lr_at(step - 1, sc.learning_rate, sc.warmup_steps, sc.steps, sc.min_lr_ratio),
+            grad_norm=grad_norm, tokens_per_s=tok_s, tokens_seen=self.tokens_seen,
+            epoch=self.tokens_seen / max(self.batches.num_tokens, 1),
+            mfu=(self.flops_per_token * tok_s / (self.peak * self.world)) if self.peak else None,
+            ranks=self.world, memory_active=mem["active"], memory_peak=mem["peak"], memory_cache=mem["cache"],
+            memory_limit=self.limit, eta_s=step_time * (end - step), time=time.time()))
 
 
 def open_inputs(cfg: Config, stage: str):
