@@ -80,6 +80,7 @@ def test_without_a_terminal_a_step_prints_plain_lines_with_its_eta():
 
     from core.cli.progress import StepDisplay
     from core.progress import Progress
+    from core.runs.events import Eval
 
     written, now = io.StringIO(), [0.0]
     with StepDisplay(Console(file=written, width=1000), clock=lambda: now[0], plain_every_s=30) as shown:
@@ -92,7 +93,7 @@ def test_without_a_terminal_a_step_prints_plain_lines_with_its_eta():
         shown.report(Progress("documents", 100, 100, finished=True))
         shown.report(Progress("scanning", 5, note="c"))  # unknown total, never said over
         now[0] = 130.0
-        shown.train_event({"type": "eval", "step": 4, "val_loss": 2.0, "val_ppl": 7.39})
+        shown.train_event(Eval.from_json({"step": 4, "val_loss": 2.0, "val_ppl": 7.39}))
     assert written.getvalue().splitlines() == [
         "  documents: 40/100 eta 0:01:00 (b)", "  documents: 100/100 in 0:01:40", "step 4 val loss 2.0000 (ppl 7.4)",
         "  scanning: 5 in 0:00:30"]
@@ -104,6 +105,7 @@ def test_a_training_bar_shows_its_steps_eta_loss_and_speed_while_it_runs():
     from rich.console import Console
 
     from core.cli.progress import StepDisplay
+    from core.runs.events import Metrics, State
     from core.train.budget import UNPLANNED
 
     def drawn(display) -> str:
@@ -113,11 +115,11 @@ def test_a_training_bar_shows_its_steps_eta_loss_and_speed_while_it_runs():
 
     terminal = Console(file=io.StringIO(), width=160, force_terminal=True)
     with StepDisplay(terminal, label="finetune", clock=lambda: 0.0) as shown:
-        shown.train_event({"type": "state", "stage": "finetune", "state": "running", "step": 0, "total": UNPLANNED})
+        shown.train_event(State(stage="finetune", state="running", step=0, total=UNPLANNED))
         assert re.search(r"finetune +\S* +0/\? ", drawn(shown))
-        shown.train_event({"type": "metrics", "stage": "finetune", "step": 2, "total": 4, "loss": 1.5,
-                           "tokens_per_s": 1234.0, "eta_s": 65.0, "lr": 1e-3, "epoch": 0.1,
-                           "memory_active": 0, "memory_peak": 0})
+        shown.train_event(Metrics.from_json({"stage": "finetune", "step": 2, "total": 4, "loss": 1.5,
+                                             "tokens_per_s": 1234.0, "eta_s": 65.0, "lr": 1e-3, "epoch": 0.1,
+                                             "memory_active": 0, "memory_peak": 0}))
         assert re.search(r"finetune +[━╸╺ ]+ 2/4 eta 0:01:05 .*loss 1\.500  1,234 tok/s", drawn(shown))
 
 

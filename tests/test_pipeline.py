@@ -157,8 +157,8 @@ def test_the_pipeline_trains_on_the_configured_ranks(prepared):
         last = run_stage(cfg, "pretrain", lambda p: None, CancelToken(), engine.call, events.append, Control())
     finally:
         engine.shutdown()
-    assert last["state"]["state"] == "done" and last["state"]["step"] == 6
-    assert {e["ranks"] for e in events if e["type"] == "metrics"} == {2}
+    assert last["state"].state == "done" and last["state"].step == 6
+    assert {e.ranks for e in events if e.type == "metrics"} == {2}
     run = latest_run_with(cfg, "pretrain")
     assert (run / "pretrain" / "launch.toml").exists() and config.load(prepared / "acm.toml").train.ranks == 1
 

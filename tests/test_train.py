@@ -77,13 +77,13 @@ def test_pause_stop_and_save_now_keep_state(prepared):
     paused = threading.Event()
 
     def emit(e):
-        if e["type"] == "metrics":
-            steps.append(e["step"])
-            if e["step"] == 3:
+        if e.type == "metrics":
+            steps.append(e.step)
+            if e.step == 3:
                 control.pause()
-        if e["type"] == "state":
-            states.append(e["state"])
-            if e["state"] == "paused":
+        if e.type == "state":
+            states.append(e.state)
+            if e.state == "paused":
                 paused.set()
 
     engine = Engine()
@@ -237,8 +237,8 @@ def test_two_ranks_match_one_process_and_a_resume_on_one_rank_continues_alike(pr
     run_stage(config.load(prepared / "ranks.toml"), "pretrain", cfg.runs_dir / "two", seen.append, resume=True,
               max_steps=1)
     assert losses(cfg.runs_dir / "two")[6] == pytest.approx(one[6], rel=1e-4, abs=1e-5)
-    assert any("1 rank(s) x 2 micro-batch(es) of 2 keep the run's 4 sequences a step" in e.get("text", "")
-               for e in seen)
+    assert any("1 rank(s) x 2 micro-batch(es) of 2 keep the run's 4 sequences a step" in e.text
+               for e in seen if e.type == "log")
 
 
 def test_a_global_batch_is_the_same_rows_however_it_is_spread(prepared):
@@ -260,13 +260,13 @@ def test_the_follower_replays_what_the_recorder_wrote(prepared):
     cfg = load(prepared)
     run, seen = cfg.runs_dir / "f", []
     run_stage(cfg, "pretrain", run, seen.append, max_steps=10)
-    assert [e["step"] for e in seen if e["type"] == "checkpoint"] == [10]
+    assert [e.step for e in seen if e.type == "checkpoint"] == [10]
     follower = StageFollower(run, "pretrain")
     replay = follower.poll()
-    recorded = [e for e in seen if e["type"] in ("metrics", "eval")]
-    assert len(recorded) == 11 and [e for e in replay if e["type"] in ("metrics", "eval")] == recorded
-    assert [e["state"] for e in replay if e["type"] == "state"] == ["stopped"]
-    assert any(e["text"].startswith("checkpoint step-0000010") for e in replay if e["type"] == "log")
+    recorded = [e for e in seen if e.type in ("metrics", "eval")]
+    assert len(recorded) == 11 and [e for e in replay if e.type in ("metrics", "eval")] == recorded
+    assert [e.state for e in replay if e.type == "state"] == ["stopped"]
+    assert any(e.text.startswith("checkpoint step-0000010") for e in replay if e.type == "log")
     assert follower.poll() == []  # nothing new
 
 
@@ -347,12 +347,19 @@ def test_replay_draws_its_share_of_rows_from_the_other_corpus(prepared):
     assert x_plain.shape == x_mixed.shape == (8, 16)
 
 
-def test_patience_stops_early_and_keeps_the_best(prepared):
+def unlearning_finetune(prepared: Path) -> tuple[config.Config, Path]:
+    """A run with a pretrain checkpoint and fine-tuning settings that learn nothing, checked every 2
+    steps with a patience of 2."""
     cfg = load(prepared)
     run = cfg.runs_dir / "p"
     run_stage(cfg, "pretrain", run, max_steps=4)
     ft = cfg.train.finetune
     ft.steps, ft.eval_every, ft.save_every, ft.patience, ft.learning_rate, ft.warmup_steps = 40, 2, 100, 2, 0.0, 0
+    return cfg, run
+
+
+def test_patience_stops_early_and_keeps_the_best(prepared):
+    cfg, run = unlearning_finetune(prepared)
     result = run_stage(cfg, "finetune", run)  # no learning: no check after the first brings a new best
     assert result.step == 6  # checks at 2 (the best), 4 and 6 (two without a new best)
     assert "early stop at step 6" in (run / "finetune" / "train.log").read_text()
@@ -494,13 +501,14 @@ def test_piped_tables_keep_whole_names(prepared):
 def test_the_newest_report_is_read_from_the_end_of_the_metrics(prepared):
     from core.pipeline.overview import training_progress
     from core.runs import last_report
+    from core.runs.events import event_from_json
 
     cfg = load(prepared)
     run_stage(cfg, "pretrain", cfg.runs_dir / "tail", max_steps=6)
     newest = last_report(cfg.runs_dir / "tail", "pretrain", tail_bytes=2000)
     assert newest is not None and newest["step"] == 6 and newest["eta_s"] is not None
     seen = []
-    training_progress(seen.append)(newest)
+    training_progress(seen.append)(event_from_json(newest))
     assert seen[0].task == "pretraining" and (seen[0].done, seen[0].total) == (6, cfg.train.pretrain.steps)
 
 
@@ -513,3 +521,30 @@ def test_resuming_weights_that_do_not_fit_the_model_is_one_line(with_model):
     mx.save_safetensors(str(weights), {k: mx.zeros((1,) * v.ndim) for k, v in mx.load(str(weights)).items()})
     with pytest.raises(AcmError, match=r"is damaged \(weights .* do not fit the model\)"):
         run_stage(cfg, "finetune", cfg.runs_dir / "m", resume=True, max_steps=1)
+
+
+def test_a_resume_on_another_batch_keeps_the_run_s_sequences_in_its_state_not_its_settings(prepared):
+    """Resumed with half the batch_size, the stage makes up the run's sequences a step with 2
+    micro-batches (held in its TrainState, saved in the checkpoint) and continues as one run would;
+    the settings it was given are left as they were."""
+    cfg = load(prepared)
+    run_stage(cfg, "pretrain", cfg.runs_dir / "straight", max_steps=8)
+    run_stage(cfg, "pretrain", cfg.runs_dir / "halves", max_steps=4)
+    half = load(prepared)
+    half.train.pretrain.batch_size = cfg.train.pretrain.batch_size // 2
+    settings = json.dumps(half.to_dict())
+    seen = []
+    run_stage(half, "pretrain", cfg.runs_dir / "halves", seen.append, resume=True, max_steps=4)
+    assert json.dumps(half.to_dict()) == settings and half.train.pretrain.grad_accum == 1
+    assert any("1 rank(s) x 2 micro-batch(es)" in e.text for e in seen if e.type == "log")
+    assert losses(cfg.runs_dir / "halves") == pytest.approx(losses(cfg.runs_dir / "straight"), rel=1e-4, abs=1e-5)
+    state = checkpoint.latest(Paths.checkpoints(cfg.runs_dir / "halves", "pretrain")).state
+    assert state["global_batch"] == cfg.train.pretrain.batch_size and state["tokens_seen"] == 8 * state[
+        "global_batch"] * cfg.train.pretrain.seq_len
+
+
+def test_early_stopping_counts_its_checks_across_a_resume(prepared):
+    cfg, run = unlearning_finetune(prepared)
+    run_stage(cfg, "finetune", run, max_steps=4)  # checks at 2 (the best) and 4 (one without)
+    assert checkpoint.latest(Paths.checkpoints(run, "finetune")).state["checks_without_best"] == 1
+    assert run_stage(cfg, "finetune", run, resume=True).step == 6  # the second without a new best

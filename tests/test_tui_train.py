@@ -32,19 +32,19 @@ async def test_train_pane_charts_update_and_keys_steer(prepared):
         assert rate <= 12  # coalesced: at most ~10 redraws a second
         await pilot.press("space")
         await wait_until(pilot, lambda: pane.state == "paused")
-        paused_at = pane.history[-1]["step"]
+        paused_at = pane.history[-1].step
         await pilot.pause(0.3)
-        assert pane.history[-1]["step"] == paused_at
+        assert pane.history[-1].step == paused_at
         await pilot.press("g")
         assert pane.log_scale
         await pilot.press("space")
         await wait_until(pilot, lambda: pane.state == "running")
         await pilot.press("s")
         await wait_until(pilot, lambda: pane.state == "stopped" and pane.control is None, timeout=60)
-        await notified(pilot, f"pretrain stopped at step {pane.history[-1]['step']} (run ")
+        await notified(pilot, f"pretrain stopped at step {pane.history[-1].step} (run ")
         run = list_runs(app.cfg)[0]
         last = checkpoint.latest(Paths.checkpoints(run, "pretrain"))
-        assert last.step == pane.history[-1]["step"] or last.step >= paused_at
+        assert last.step == pane.history[-1].step or last.step >= paused_at
 
 
 async def test_stop_when_nothing_trains_says_so_and_the_plan_line_shows_at_80x24(with_model):

@@ -21,7 +21,7 @@ from textual_plotext import PlotextPlot
 
 from core import runs
 from core.errors import AcmError, one_line
-from core.runs.events import StageFollower
+from core.runs.events import Eval, Log, Metrics, StageFollower, State
 from core.train.detach import launch_detached
 from core.train.target import NoRun, training_target
 from core.train.trainer import Control, run_stage
@@ -68,8 +68,8 @@ class TrainPane(Pane):
         super().__init__(**kwargs)
         self.follower: StageFollower | None = None
         self.control: Control | None = None  # a stage this pane started in the app
-        self.history: list[dict] = []
-        self.evals: list[dict] = []
+        self.history: list[Metrics] = []
+        self.evals: list[Eval] = []
         self.state = "idle"
         self.stage = ""
         self.run_name = ""
@@ -260,14 +260,14 @@ class TrainPane(Pane):
             return
         logs = []
         for e in events:
-            if e["type"] == "metrics":
+            if isinstance(e, Metrics):
                 self.history.append(e)
-            elif e["type"] == "eval":
+            elif isinstance(e, Eval):
                 self.evals.append(e)
-            elif e["type"] == "state" and e["state"] != "not started":
-                self.state = e["state"]
-            elif e["type"] == "log":
-                logs.append(e["text"])
+            elif isinstance(e, State) and e.state != "not started":
+                self.state = e.state
+            elif isinstance(e, Log):
+                logs.append(e.text)
         if logs:
             self.query_one("#train-log", Static).update(Text(logs[-1], style="dim"))
         self.refresh_status()
@@ -278,28 +278,28 @@ class TrainPane(Pane):
         where = " (background process)" if self.control is None and self.state in LIVE else ""
         parts = [f"[b]{self.stage or '–'}[/b] run {self.run_name or '–'}{where}: [b]{self.state}[/b]"]
         if m:
-            mfu = f"  MFU {m['mfu']:.1%}" if m.get("mfu") is not None else ""
-            parts.append(f"step {m['step']:,}/{m['total']:,}  epoch {m['epoch']:.3f}  ETA {duration(m['eta_s'])}  "
-                         f"loss {m['loss']:.4f}  lr {m['lr']:.2e}  {m['tokens_per_s']:,.0f} tok/s{ranks_words(m)}{mfu}")
-            parts.append(f"memory active {gib(m['memory_active'])} / peak {gib(m['memory_peak'])} / cache "
-                         f"{gib(m['memory_cache'])} / limit {gib(m['memory_limit'])} GiB")
+            mfu = f"  MFU {m.mfu:.1%}" if m.mfu is not None else ""
+            parts.append(f"step {m.step:,}/{m.total:,}  epoch {m.epoch:.3f}  ETA {duration(m.eta_s)}  "
+                         f"loss {m.loss:.4f}  lr {m.lr:.2e}  {m.tokens_per_s:,.0f} tok/s{ranks_words(m)}{mfu}")
+            parts.append(f"memory active {gib(m.memory_active)} / peak {gib(m.memory_peak)} / cache "
+                         f"{gib(m.memory_cache)} / limit {gib(m.memory_limit)} GiB")
         if self.evals:
-            parts.append(f"val loss {self.evals[-1]['val_loss']:.4f} (best {self.evals[-1]['best_val_loss']:.4f})")
+            parts.append(f"val loss {self.evals[-1].val_loss:.4f} (best {self.evals[-1].best_val_loss:.4f})")
         self.query_one("#train-status", Static).update("\n".join(parts))
 
     def replot(self) -> None:
         self.redraws += 1
-        steps = [m["step"] for m in self.history]
+        steps = [m.step for m in self.history]
         stage = STAGE_NAMES.get(self.stage or "", "")
         self._chart("#chart-loss", f"{stage} loss".strip() + (" (log)" if self.log_scale else ""),
-                    [(steps, [m["loss"] for m in self.history], "train"),
-                     ([e["step"] for e in self.evals], [e["val_loss"] for e in self.evals], "val")],
+                    [(steps, [m.loss for m in self.history], "train"),
+                     ([e.step for e in self.evals], [e.val_loss for e in self.evals], "val")],
                     log=self.log_scale)
-        self._chart("#chart-lr", "learning rate", [(steps, [m["lr"] for m in self.history], "lr")])
-        self._chart("#chart-speed", "tokens/s", [(steps, [m["tokens_per_s"] for m in self.history], "tok/s")])
+        self._chart("#chart-lr", "learning rate", [(steps, [m.lr for m in self.history], "lr")])
+        self._chart("#chart-speed", "tokens/s", [(steps, [m.tokens_per_s for m in self.history], "tok/s")])
         self._chart("#chart-memory", "memory (GiB)",
-                    [(steps, [m["memory_active"] / 2**30 for m in self.history], "active"),
-                     (steps, [m["memory_peak"] / 2**30 for m in self.history], "peak")])
+                    [(steps, [m.memory_active / 2**30 for m in self.history], "active"),
+                     (steps, [m.memory_peak / 2**30 for m in self.history], "peak")])
 
     def _chart(self, selector: str, title: str, series: list, log: bool = False) -> None:
         widget = self.query_one(selector, PlotextPlot)
@@ -307,7 +307,7 @@ class TrainPane(Pane):
         widget.refresh()
 
 
-def ranks_words(metrics: dict) -> str:
+def ranks_words(metrics: Metrics) -> str:
     """" in total over N ranks" for a data-parallel run (MFU is then per GPU)."""
-    ranks = metrics.get("ranks", 1)
+    ranks = metrics.ranks or 1
     return f" in total over {ranks} ranks" if ranks > 1 else ""

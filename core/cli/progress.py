@@ -27,6 +27,7 @@ from rich.text import Text
 
 from core.cli.output import console_for
 from core.progress import Progress, Reporter
+from core.runs.events import Eval, Event, Log, Metrics, State
 from core.train.budget import UNPLANNED
 
 PLAIN_EVERY_S = 30.0  # without a terminal: a running task's line at most this often
@@ -37,22 +38,21 @@ def clock_text(seconds: float) -> str:
     return f"{minutes // 60}:{minutes % 60:02d}:{s:02d}"
 
 
-def describe(event: dict) -> str | None:
+def describe(event: Event) -> str | None:
     """A training event as one line (None: nothing to say)."""
-    kind = event["type"]
-    if kind == "metrics":
-        mfu = f" mfu {event['mfu']:.1%}" if event.get("mfu") is not None else ""
-        ranks = f" ({event['ranks']} ranks)" if event.get("ranks", 1) > 1 else ""
-        planned = event["total"] < UNPLANNED  # a time budget's steps are known once the first are timed
-        total = event["total"] if planned else "?"
-        eta = f" eta {clock_text(event['eta_s'])}" if planned and event.get("eta_s") is not None else ""
-        return (f"step {event['step']}/{total} loss {event['loss']:.4f} lr {event['lr']:.2e} "
-                f"{event['tokens_per_s']:,.0f} tok/s{ranks}{mfu} epoch {event['epoch']:.2f} "
-                f"mem {event['memory_active'] / 2**30:.2f}/{event['memory_peak'] / 2**30:.2f} GiB{eta}")
-    if kind == "eval":
-        return f"step {event['step']} val loss {event['val_loss']:.4f} (ppl {event['val_ppl']:.1f})"
-    if kind == "log":
-        return event["text"]
+    if isinstance(event, Metrics):
+        mfu = f" mfu {event.mfu:.1%}" if event.mfu is not None else ""
+        ranks = f" ({event.ranks} ranks)" if (event.ranks or 1) > 1 else ""
+        planned = event.total < UNPLANNED  # a time budget's steps are known once the first are timed
+        total = event.total if planned else "?"
+        eta = f" eta {clock_text(event.eta_s)}" if planned and event.eta_s is not None else ""
+        return (f"step {event.step}/{total} loss {event.loss:.4f} lr {event.lr:.2e} "
+                f"{event.tokens_per_s:,.0f} tok/s{ranks}{mfu} epoch {event.epoch:.2f} "
+                f"mem {event.memory_active / 2**30:.2f}/{event.memory_peak / 2**30:.2f} GiB{eta}")
+    if isinstance(event, Eval):
+        return f"step {event.step} val loss {event.val_loss:.4f} (ppl {event.val_ppl:.1f})"
+    if isinstance(event, Log):
+        return event.text
     return None
 
 
@@ -148,25 +148,24 @@ class StepDisplay:
 
     # ------------------------------------------------------------ a training stage
 
-    def train_event(self, event: dict) -> None:
+    def train_event(self, event: Event) -> None:
         """A training event: its line above the bar (a report, a val check, the plan), the bar moved."""
-        if self.live and event["type"] in ("metrics", "state") and "step" in event:
+        if self.live and isinstance(event, (Metrics, State)) and event.step is not None:
             self._move_training_bar(event)
         line = describe(event)
         if line is not None:
             self.print(line)
 
-    def _move_training_bar(self, event: dict) -> None:
-        total = event.get("total")
+    def _move_training_bar(self, event: Metrics | State) -> None:
+        total = event.total
         total = total if total is not None and total < UNPLANNED else None  # a time budget's steps: once timed
         if self.training is None:
-            name = self.label or event.get("stage", "training")
+            name = self.label or event.stage or "training"
             self.training = self.tasks[name] = self.bars.add_task(name, total=total, note="", eta_s=None)
         fields = {}
-        if event["type"] == "metrics":
-            fields = {"note": f"loss {event['loss']:.3f}  {event['tokens_per_s']:,.0f} tok/s",
-                      "eta_s": event.get("eta_s")}
-        self.bars.update(self.training, completed=event["step"], total=total, **fields)
+        if isinstance(event, Metrics):
+            fields = {"note": f"loss {event.loss:.3f}  {event.tokens_per_s:,.0f} tok/s", "eta_s": event.eta_s}
+        self.bars.update(self.training, completed=event.step, total=total, **fields)
 
 
 @contextlib.contextmanager

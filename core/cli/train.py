@@ -109,8 +109,8 @@ def train_on_ranks(args, cfg: Config, run, ranks: int) -> int:
         raise outcome["error"]
     last = outcome["last"]
     if not args.json and "state" in last:
-        ck = last.get("checkpoint", {}).get("path", "none")
-        print(f"{args.stage} {last['state']['state']} at step {last['state']['step']} in run {run.name} on "
+        ck = last["checkpoint"].path if "checkpoint" in last else "none"
+        print(f"{args.stage} {last['state'].state} at step {last['state'].step} in run {run.name} on "
               f"{ranks} ranks; checkpoint: {ck}")
     return 0
 

@@ -20,6 +20,7 @@ from core.errors import READ_BACK_ERRORS
 from core.paths import CORPORA, Paths
 from core.progress import Progress
 from core.runs import checkpoint
+from core.runs.events import Event, Metrics
 from core.tokenizer.bpe import load_meta
 from core.tokenizer.shards import read_manifest
 from core.train.budget import describe_seconds
@@ -218,13 +219,13 @@ def with_time(cfg: Config, stage: str, seconds: float) -> Config:
     return replace(cfg, train=replace(cfg.train, **{stage: replace(getattr(cfg.train, stage), time=text)}))
 
 
-def training_progress(report) -> Callable[[dict], None]:
+def training_progress(report) -> Callable[[Event], None]:
     """A training stage's reports as progress (step of total, with the loss), so a chain's bar
     shows the running stage, not the last finished one."""
-    def emit(event: dict) -> None:
-        if event.get("type") == "metrics":
-            report(Progress(STAGE_TASKS.get(event["stage"], event["stage"]), event["step"], event["total"],
-                            note=f"loss {event['loss']:.3f}"))
+    def emit(event: Event) -> None:
+        if isinstance(event, Metrics):
+            report(Progress(STAGE_TASKS.get(event.stage, event.stage), event.step, event.total,
+                            note=f"loss {event.loss:.3f}"))
     return emit
 
 

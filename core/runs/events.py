@@ -1,24 +1,118 @@
 """What a training stage reports, and who hears it.
 
-The trainer never opens a file: it hands each event, a plain dict such as
-{"type": "metrics" | "eval" | "checkpoint" | "state" | "log", "stage": ..., ...}, to its callbacks
-(as mlx-lm's TrainingCallback). `Recorder` turns events into the stage's files (metrics.jsonl,
-train.log, status.json); `StageFollower` reads those files back as the same events, so the app
-follows a stage trained in the app, in a background process or from the CLI in one way.
+The trainer never opens a file: it hands each event, a typed record (`Metrics`, `Eval`,
+`Checkpoint`, `State`, `Log`), to its callbacks (as mlx-lm's TrainingCallback). `Recorder` turns
+events into the stage's files (metrics.jsonl, train.log, status.json); `StageFollower` reads those
+files back as the same events, so the app follows a stage trained in the app, in a background
+process or from the CLI in one way. On disk and on a rank's --json output an event is the JSON
+object `to_json()` gives, {"type": "metrics" | "eval" | "checkpoint" | "state" | "log", "stage": ...};
+`event_from_json` reads one back as leniently as files written by older versions need.
 """
 from __future__ import annotations
 
 import json
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import ClassVar
 
 from core.atomic import writing
 from core.paths import Paths
 from core.runs import parse_records, read_status, stage_state, write_status
 
-Callback = Callable[[dict], None]
-RECORDED = ("metrics", "eval")  # the types metrics.jsonl keeps
+
+@dataclass(frozen=True, kw_only=True)
+class Event:
+    """One report of a stage. Read back from a file, a key the writer did not write is None."""
+    type: ClassVar[str]
+    OPTIONAL: ClassVar[tuple[str, ...]] = ()  # keys left out of the JSON while None
+    stage: str | None = None
+
+    def to_json(self) -> dict:
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {"type": self.type} | {k: v for k, v in values.items() if v is not None or k not in self.OPTIONAL}
+
+    @classmethod
+    def from_json(cls, record: dict) -> Event:
+        """The event of a JSON object of its type: keys it lacks read as None, others are left out."""
+        return cls(**{f.name: record.get(f.name) for f in fields(cls)})
+
+
+@dataclass(frozen=True, kw_only=True)
+class Metrics(Event):
+    """A training report, every log_every steps: what metrics.jsonl keeps and the curves show."""
+    type: ClassVar[str] = "metrics"
+    step: int
+    total: int
+    loss: float
+    lr: float
+    grad_norm: float
+    tokens_per_s: float
+    tokens_seen: int
+    epoch: float
+    mfu: float | None  # None where the device's peak is unknown
+    ranks: int
+    memory_active: int
+    memory_peak: int
+    memory_cache: int
+    memory_limit: int | None
+    eta_s: float
+    time: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class Eval(Event):
+    """A validation check."""
+    type: ClassVar[str] = "eval"
+    step: int
+    val_loss: float
+    val_ppl: float
+    best_val_loss: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class Checkpoint(Event):
+    """A checkpoint written (val_loss: the check made at its step, if any)."""
+    type: ClassVar[str] = "checkpoint"
+    step: int
+    path: str
+    val_loss: float | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class State(Event):
+    """What the stage is doing ("running", "paused", "done", "stopped", "failed"...); read back from
+    status.json it carries who writes it (pid, host) and when."""
+    type: ClassVar[str] = "state"
+    OPTIONAL: ClassVar[tuple[str, ...]] = ("run", "error", "pid", "host", "time")
+    state: str
+    step: int | None = None
+    total: int | None = None
+    run: str | None = None  # the run's name, when the stage starts
+    error: str | None = None  # why it failed
+    pid: int | None = None
+    host: str | None = None
+    time: float | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Log(Event):
+    """A line for the stage's log."""
+    type: ClassVar[str] = "log"
+    OPTIONAL: ClassVar[tuple[str, ...]] = ("stage",)
+    text: str
+
+
+TYPES: dict[str, type[Event]] = {kind.type: kind for kind in (Metrics, Eval, Checkpoint, State, Log)}
+RECORDED = (Metrics, Eval)  # what metrics.jsonl keeps
+Callback = Callable[[Event], None]
+
+
+def event_from_json(record) -> Event | None:
+    """The event a JSON value holds; None for anything else (not an object, no known type)."""
+    kind = record.get("type") if isinstance(record, dict) else None
+    return TYPES[kind].from_json(record) if isinstance(kind, str) and kind in TYPES else None
 
 
 class Recorder:
@@ -30,24 +124,23 @@ class Recorder:
         self._metrics = open(Paths.metrics(run, stage), "a", buffering=1, encoding="utf-8")
         self._log = open(Paths.train_log(run, stage), "a", buffering=1, encoding="utf-8")
 
-    def __call__(self, event: dict) -> None:
+    def __call__(self, event: Event) -> None:
         with writing(f"the {self.stage} records of run {self.run.name}"):
             self._record(event)
 
-    def _record(self, event: dict) -> None:
-        kind = event["type"]
-        if kind in RECORDED:
-            self._metrics.write(json.dumps(event) + "\n")
-        if kind == "metrics":
-            write_status(self.run, self.stage, "running", step=event["step"], total=self.total)
-        elif kind == "state":
-            extra = {"error": event["error"]} if "error" in event else {}
-            write_status(self.run, self.stage, event["state"], step=event.get("step"), total=self.total, **extra)
-        elif kind == "log":
-            self._line(event["text"])
-        elif kind == "checkpoint":
-            loss = event.get("val_loss")
-            self._line(f"checkpoint {Path(event['path']).name}"
+    def _record(self, event: Event) -> None:
+        if isinstance(event, RECORDED):
+            self._metrics.write(json.dumps(event.to_json()) + "\n")
+        if isinstance(event, Metrics):
+            write_status(self.run, self.stage, "running", step=event.step, total=self.total)
+        elif isinstance(event, State):
+            extra = {"error": event.error} if event.error is not None else {}
+            write_status(self.run, self.stage, event.state, step=event.step, total=self.total, **extra)
+        elif isinstance(event, Log):
+            self._line(event.text)
+        elif isinstance(event, Checkpoint):
+            loss = event.val_loss
+            self._line(f"checkpoint {Path(event.path).name}"
                        + (f" (val loss {loss:.4f})" if loss is not None else ""))
 
     def _line(self, text: str) -> None:
@@ -71,15 +164,16 @@ class StageFollower:
         self._offsets = {"metrics": 0, "log": 0}
         self.state: str | None = None
 
-    def poll(self) -> list[dict]:
-        events = parse_records(self._new_lines("metrics", Paths.metrics(self.run, self.stage)))
-        events += [{"type": "log", "stage": self.stage, "text": line.decode("utf-8", "replace").split(" ", 2)[-1]}
+    def poll(self) -> list[Event]:
+        records = parse_records(self._new_lines("metrics", Paths.metrics(self.run, self.stage)))
+        events = [e for e in map(event_from_json, records) if e is not None]
+        events += [Log(stage=self.stage, text=line.decode("utf-8", "replace").split(" ", 2)[-1])
                    for line in self._new_lines("log", Paths.train_log(self.run, self.stage))]
         state = stage_state(self.run, self.stage)
         if state != self.state:
             self.state = state
-            events.append({"type": "state", "stage": self.stage, **(read_status(self.run, self.stage) or {}),
-                           "state": state})
+            events.append(State.from_json({**(read_status(self.run, self.stage) or {}), "stage": self.stage,
+                                           "state": state}))
         return events
 
     def _new_lines(self, which: str, path: Path) -> list[bytes]:

@@ -22,6 +22,7 @@ import mlx.core as mx
 from core import atomic, config, runs
 from core.errors import AcmError
 from core.paths import Paths
+from core.runs.events import Event, Log, event_from_json
 from core.train import snapshot
 
 SOURCE = str(Path(__file__).resolve().parents[2])  # on the children's PYTHONPATH: acm runs from a checkout too
@@ -77,14 +78,14 @@ def describe(ranks: int) -> str:
     return f"{ranks} ranks ({'one NVIDIA GPU each, NCCL' if kind == 'nccl' else 'ring backend on this host'})"
 
 
-def parse_event(line: str) -> dict:
+def parse_event(line: str) -> Event:
     """One line of rank 0's output (core.train.worker's JSON lines) as an event (other lines as log
     lines)."""
     try:
-        event = json.loads(line)
+        record = json.loads(line)
     except ValueError:
-        event = None
-    return event if isinstance(event, dict) and "type" in event else {"type": "log", "text": line.rstrip("\n")}
+        record = None
+    return event_from_json(record) or Log(text=line.rstrip("\n"))
 
 
 def train_on_ranks(cfg: config.Config, stage: str, run: Path, resume: bool, emit, control, ranks: int,
@@ -110,7 +111,7 @@ def train_on_ranks(cfg: config.Config, stage: str, run: Path, resume: bool, emit
     try:
         for line in proc.stdout:
             event = parse_event(line)
-            last[event["type"]] = event
+            last[event.type] = event
             if emit:
                 emit(event)
     finally:

@@ -14,16 +14,18 @@ from pathlib import Path
 
 from core.config import Config
 from core.errors import AcmError
+from core.runs.events import Eval, Event, Metrics, event_from_json
 
 SCALARS = ("loss", "lr", "grad_norm", "tokens_per_s", "mfu", "epoch", "memory_peak")
 EVAL_SCALARS = ("val_loss", "val_ppl")
 BACKENDS = ("tensorboard", "wandb")
 
 
-def scalars(event: dict) -> dict[str, float]:
+def scalars(event: Event) -> dict[str, float]:
     """The numbers an event contributes to the curves (none for logs, states, checkpoints)."""
-    keys = SCALARS if event.get("type") == "metrics" else EVAL_SCALARS if event.get("type") == "eval" else ()
-    return {k: float(event[k]) for k in keys if event.get(k) is not None}
+    keys = SCALARS if isinstance(event, Metrics) else EVAL_SCALARS if isinstance(event, Eval) else ()
+    values = {k: getattr(event, k) for k in keys}
+    return {k: float(v) for k, v in values.items() if v is not None}
 
 
 class TensorBoard:
@@ -37,9 +39,9 @@ class TensorBoard:
         self.folder = run / "tensorboard" / stage
         self.writer = SummaryWriter(str(self.folder))
 
-    def __call__(self, event: dict) -> None:
+    def __call__(self, event: Event) -> None:
         for k, v in scalars(event).items():
-            self.writer.add_scalar(f"{self.stage}/{k}", v, event["step"])
+            self.writer.add_scalar(f"{self.stage}/{k}", v, event.step)
 
     def close(self) -> None:
         self.writer.close()
@@ -57,10 +59,10 @@ class WandB:
                               id=f"{run.name}-{stage}", resume="allow", dir=str(run), mode=mode,
                               config=cfg.to_dict())
 
-    def __call__(self, event: dict) -> None:
+    def __call__(self, event: Event) -> None:
         values = {f"{self.stage}/{k}": v for k, v in scalars(event).items()}
         if values:
-            self.run.log(values, step=event["step"])
+            self.run.log(values, step=event.step)
 
     def close(self) -> None:
         self.run.finish()
@@ -75,9 +77,9 @@ def trackers(cfg: Config, run: Path, stage: str) -> list:
 def metrics_csv(records: list[dict]) -> str:
     """A stage's metrics.jsonl as CSV: one row a step, validation columns on the steps that have them."""
     rows: dict[int, dict] = {}
-    for e in records:
-        if e.get("type") in ("metrics", "eval"):
-            rows.setdefault(e["step"], {"step": e["step"]}).update(scalars(e))
+    for e in map(event_from_json, records):
+        if isinstance(e, (Metrics, Eval)):
+            rows.setdefault(e.step, {"step": e.step}).update(scalars(e))
     columns = ["step", *SCALARS, *EVAL_SCALARS]
     out = io.StringIO()
     writer = csv.DictWriter(out, columns, lineterminator="\n")

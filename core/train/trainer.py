@@ -2,8 +2,8 @@
 
 `Trainer.run()` must be called on the thread that owns MLX (the engine). Other threads steer it
 through `Control` (pause, resume, stop, save now) and hear from it through callbacks that receive
-plain dicts (core/runs/events.py): {"type": "metrics" | "eval" | "checkpoint" | "state" | "log", ...};
-the trainer writes no file itself but checkpoints: a `Recorder` keeps the stage's files. With several
+typed events (core/runs/events.py: Metrics, Eval, Checkpoint, State, Log); the trainer writes no
+file itself but checkpoints: a `Recorder` keeps the stage's files. With several
 ranks (`mlx.launch`), gradients and losses are averaged across them and only rank 0 writes.
 """
 from __future__ import annotations
@@ -29,7 +29,7 @@ from core.model import model_shape
 from core.model.gpt import GPT
 from core.paths import Paths
 from core.runs import checkpoint, prepare_run
-from core.runs.events import Callback, Recorder
+from core.runs.events import Callback, Checkpoint, Eval, Event, Log, Metrics, Recorder, State
 from core.runs.writer import RunLock
 from core.tokenizer.bpe import load_tokenizer
 from core.tokenizer.shards import open_tokens
@@ -37,6 +37,7 @@ from core.train.batches import Batches
 from core.train.budget import HOURS, UNPLANNED, Calibration, describe_seconds
 from core.train.optimizer import FlatAdamW
 from core.train.schedule import lr_at
+from core.train.state import TrainState
 from core.train.tracking import trackers
 
 CORPUS = {"pretrain": "language", "finetune": "code"}
@@ -124,33 +125,51 @@ class Throughput:
 
 
 class Trainer:
+    """One stage of one run: its settings as given (`sc`, never changed), where it stands (`state`),
+    and what the loop needs, built by `run()` on the engine thread."""
+
     def __init__(self, cfg: Config, stage: str, run: Path, emit: Callback | None = None, control: Control | None = None,
                  resume: bool = False, max_steps: int | None = None,
                  clock: Callable[[], float] = time.perf_counter, extend_to: int | None = None):
         if stage not in CORPUS:
             raise AcmError(f"unknown stage {stage!r}: pretrain or finetune")
         self.cfg, self.stage, self.run_path = cfg, stage, run
-        self.sc: StageConfig = replace(getattr(cfg.train, stage))  # a budget fits this copy's steps
+        self.sc: StageConfig = getattr(cfg.train, stage)
         self.budget_s = parse_duration(self.sc.time, f"train.{stage}.time") if self.sc.time else None
-        self.planned = False
         self.callbacks: list[Callback] = [emit] if emit else []
         self.control = control or Control()
         self.resume = resume
-        self.max_steps = max_steps  # stop after this many steps in this call (the schedule keeps sc.steps)
+        self.max_steps = max_steps  # stop after this many steps in this call (the schedule keeps the plan)
         self.clock = clock  # what time budgets, ETAs and tokens/s are measured with
         self.extend_to = extend_to  # steps asked for by name (--steps): a resumed run goes past its plan
         self.group = mx.distributed.init()
         self.rank, self.world = self.group.rank(), self.group.size()
         self.is_main = self.rank == 0
+        self.state = TrainState.start(self.sc, self.world)
         # what the loop obeys: with several ranks, the commands every rank agreed on at a step
         self.steer = self.control if self.world == 1 else Control()
         self.polled_at: int | None = None
         self.recorder: Recorder | None = None  # rank 0's, once the stage can start
-        self.said_before_recording: list[dict] = []  # events of the setup, recorded once the stage starts
+        self.trackers: list = []
+        self.said_before_recording: list[Event] = []  # events of the setup, recorded once the stage starts
+        self.ck_dir = Paths.checkpoints(run, stage)
+        # built by _setup
+        self.tok = self.shape = self.batches = self.val_batches = self.model = self.opt = None
+        self.fused_step = self.grad_step = self.apply_step = self.eval_loss = None
+        # the loop's
+        self.started = 0.0  # when run() began: a time budget counts from here
+        self.start_step = 0  # the step this call began at
+        self.end = 0  # the step this call stops at
+        self.early_stopped = False
+        self.last_ck: Path | None = None
+        self.val_loss: float | None = None  # the latest validation check's
+        self.calibration: Calibration | None = None  # until the first steps are timed
+        self.meter = Throughput(self._tokens_per_step(), clock)
+        self.peak = self.limit = self.flops_per_token = None
 
     # ------------------------------------------------------------ events
 
-    def emit(self, event: dict) -> None:
+    def emit(self, event: Event) -> None:
         """Hand an event to every callback (the recorder first); other ranks stay silent."""
         if self.is_main:
             if self.recorder is None:
@@ -159,11 +178,10 @@ class Trainer:
                 callback(event)
 
     def log(self, text: str) -> None:
-        self.emit({"type": "log", "stage": self.stage, "text": text})
+        self.emit(Log(stage=self.stage, text=text))
 
-    def _state(self, state: str, step: int, **fields) -> None:
-        self.emit({"type": "state", "stage": self.stage, "state": state, "step": step, "total": self.sc.steps}
-                  | fields)
+    def _state(self, state: str, **fields) -> None:
+        self.emit(State(stage=self.stage, state=state, step=self.state.step, total=self.state.total_steps, **fields))
 
     # ------------------------------------------------------------ setup
 
@@ -179,19 +197,16 @@ class Trainer:
         self.batches = Batches(train, sc.seq_len, sc.batch_size, sc.seed, self.rank, self.world,
                                what=f"{corpus} train shards", at_documents=sc.start_at_documents,
                                replay=replay, replay_share=sc.replay, replay_what=f"{other} train shards",
-                               micro_batches=sc.grad_accum, pairs=pairs, pairs_share=pairs_share(sc),
+                               micro_batches=self.state.grad_accum, pairs=pairs, pairs_share=pairs_share(sc),
                                pairs_what=f"{corpus} train shards' comment-to-command scripts")
         self.val_batches = Batches(val, sc.seq_len, sc.batch_size, sc.seed, self.rank, self.world,
                                    what=f"{corpus} val shards") if val.num_tokens > sc.seq_len + 1 else None
-        self.ck_dir = Paths.checkpoints(self.run_path, self.stage)
         if self.is_main:
             checkpoint.sweep_partial(self.ck_dir)  # frees what a kill or a full disk left
         mx.random.seed(sc.seed)
         self.model = GPT(self.shape, cfg.model.compute_dtype, cfg.model.checkpoint_activations)
         self.opt = FlatAdamW(self.model.parameters(), sc.learning_rate, sc.weight_decay, self.model.compute_dtype,
                              muon_lr=sc.muon_learning_rate if sc.optimizer == "muon" else None)
-        self.start_step, self.tokens_seen, self.best_val = 0, 0, None
-        self.checks_without_best, self.early_stopped = 0, False
         self._load_weights()
         if self.is_main:
             self._start_recording(cfg)
@@ -200,13 +215,13 @@ class Trainer:
         # Nothing in a step draws from MLX's RNG (no dropout): the only randomness after
         # initialisation is the batch order, a pure function of (seed, step) saved in checkpoints.
         self.fused_step, self.grad_step, self.apply_step, self.eval_loss = build_steps(
-            self.model, self.opt, self.sc.grad_clip, self.world, self.cfg.train.allreduce_buckets)
+            self.model, self.opt, sc.grad_clip, self.world, self.cfg.train.allreduce_buckets)
 
     def _start_recording(self, cfg: Config) -> None:
         """The run's files (its config.toml, metrics, log), written only once the stage can start:
         a refused resume leaves them as they were. What was said before reaches the files too."""
         prepare_run(cfg, self.run_path)
-        self.recorder = Recorder(self.run_path, self.stage, self.sc.steps)
+        self.recorder = Recorder(self.run_path, self.stage, self.state.total_steps)
         self.trackers = trackers(cfg, self.run_path, self.stage)  # train.report_to: none by default
         for event in self.said_before_recording:
             for callback in (self.recorder, *self.trackers):
@@ -241,47 +256,51 @@ class Trainer:
         params, opt_state = checkpoint.load_arrays(ck)
         checkpoint.check_shapes(ck, params, self.model.parameters())
         self.opt.load(params, opt_state)
+        self.state = self.state.restored(ck.step, ck.state)
         self.start_step = ck.step
-        self.tokens_seen = ck.state.get("tokens_seen", 0)
-        self.best_val = ck.state.get("best_val_loss")
-        self._keep_plan(ck)
+        self._extend_plan(ck)
         self.log(f"resumed {self.stage} from step {ck.step}")
         self._keep_global_batch(ck.state)
 
-    def _keep_plan(self, ck: checkpoint.Checkpoint) -> None:
+    def _extend_plan(self, ck: checkpoint.Checkpoint) -> None:
         """A resumed stage keeps the steps it planned (a time budget's or the configured ones), so
         resuming never extends it; steps asked for by name (extend_to) may."""
-        planned = ck.state.get("planned_steps")
-        if self.extend_to is not None:
-            if self.extend_to < ck.step:
-                raise AcmError(f"run {self.run_path.name}'s {self.stage} is at step {ck.step}: --steps "
-                               f"{self.extend_to} is behind it; give more steps than {ck.step}")
-            self._apply_plan(self.extend_to, ck.state.get("planned_warmup") or self.sc.warmup_steps)
-        elif planned:
-            self._apply_plan(planned, ck.state["planned_warmup"])
+        if self.extend_to is None:
+            return
+        if self.extend_to < ck.step:
+            raise AcmError(f"run {self.run_path.name}'s {self.stage} is at step {ck.step}: --steps "
+                           f"{self.extend_to} is behind it; give more steps than {ck.step}")
+        self._apply_plan(self.extend_to, ck.state.get("planned_warmup") or self.sc.warmup_steps)
 
-    def _keep_global_batch(self, state: dict) -> None:
+    def _keep_global_batch(self, saved: dict) -> None:
         """A run resumed on another number of ranks (or another batch_size) keeps the sequences of
         a step: micro-batches make up what fewer ranks cannot hold, so the next loss is the same."""
-        rows, sc = state.get("global_batch"), self.sc
-        if not rows or rows == self.batches.rows:
+        rows, sc = saved.get("global_batch"), self.sc
+        if not rows or rows == self.state.global_batch:
             return
         per_pass = sc.batch_size * self.world
         if rows % per_pass:
-            raise AcmError(f"run {self.run_path.name} trains on {rows} sequences a step ({state.get('ranks', 1)} "
+            raise AcmError(f"run {self.run_path.name} trains on {rows} sequences a step ({saved.get('ranks', 1)} "
                            f"rank(s)); {self.world} rank(s) of train.{self.stage}.batch_size {sc.batch_size} cannot "
                            f"make that up: choose ranks x batch_size dividing {rows}")
-        sc.grad_accum = self.batches.micro_batches = rows // per_pass
-        self.log(f"{self.stage}: {self.world} rank(s) x {sc.grad_accum} micro-batch(es) of {sc.batch_size} keep the "
-                 f"run's {rows} sequences a step (it ran on {state.get('ranks', 1)} rank(s))")
+        self.state.grad_accum = self.batches.micro_batches = rows // per_pass
+        self.log(f"{self.stage}: {self.world} rank(s) x {self.state.grad_accum} micro-batch(es) of {sc.batch_size} "
+                 f"keep the run's {rows} sequences a step (it ran on {saved.get('ranks', 1)} rank(s))")
+
+    def _tokens_per_step(self) -> int:
+        return self.state.global_batch * self.sc.seq_len
 
     # ------------------------------------------------------------ one step
 
+    def _lr(self, step: int) -> float:
+        """The learning rate of step `step` (0-based) on the plan in effect."""
+        sc, st = self.sc, self.state
+        return lr_at(step, sc.learning_rate, st.warmup_steps, st.total_steps, sc.min_lr_ratio)
+
     def _train_step(self, step: int) -> tuple[mx.array, mx.array]:
         """Queue step `step` on the device: (loss, gradient norm), not yet evaluated."""
-        sc = self.sc
-        self.opt.learning_rate = lr_at(step, sc.learning_rate, sc.warmup_steps, sc.steps, sc.min_lr_ratio)
-        if sc.grad_accum == 1:
+        self.opt.learning_rate = self._lr(step)
+        if self.state.grad_accum == 1:
             x, y = self.batches.train(step)
             out = self.fused_step(mx.array(x), mx.array(y))
         else:
@@ -291,14 +310,14 @@ class Trainer:
 
     def _accumulated_step(self, step: int) -> tuple[mx.array, mx.array]:
         total_loss, total_grads = None, None
-        for micro in range(self.sc.grad_accum):  # summed in float32
+        n = self.state.grad_accum
+        for micro in range(n):  # summed in float32
             x, y = self.batches.train(step, micro)
             loss, grads = self.grad_step(mx.array(x), mx.array(y))
             grads = {k: g.astype(mx.float32) for k, g in grads.items()}
             total_loss = loss if total_loss is None else total_loss + loss
             total_grads = grads if total_grads is None else {k: total_grads[k] + g for k, g in grads.items()}
             mx.eval(total_loss, total_grads)
-        n = self.sc.grad_accum
         return self.apply_step(total_loss / n, {k: g / n for k, g in total_grads.items()})
 
     def _finite_loss(self, loss: mx.array, step: int) -> float:
@@ -323,25 +342,23 @@ class Trainer:
     def save(self, step: int, val_loss: float | None) -> Path | None:
         if not self.is_main:
             return None
+        seed = self.sc.seed
         state = {
-            "stage": self.stage, "tokens_seen": self.tokens_seen, "val_loss": val_loss,
-            "best_val_loss": self.best_val, "tokenizer_sha256": self.tok.sha256,
-            "ranks": self.world, "global_batch": self.batches.rows,
-            "planned_steps": None if self.sc.steps == UNPLANNED else self.sc.steps,
-            "planned_warmup": self.sc.warmup_steps,
-            "rng": {"batches": "numpy default_rng([seed, step, 0]), one global batch a step", "seed": self.sc.seed,
+            "stage": self.stage, "val_loss": val_loss, "tokenizer_sha256": self.tok.sha256,
+            **self.state.to_checkpoint(),
+            "rng": {"batches": "numpy default_rng([seed, step, 0]), one global batch a step", "seed": seed,
                     "next_step": step},
-            "data_position": {"step": step, "seed": self.sc.seed, "tokens_seen": self.tokens_seen},
+            "data_position": {"step": step, "seed": seed, "tokens_seen": self.state.tokens_seen},
             "config": self.cfg.to_dict(), "time": time.time(),
         }
         try:
             path = checkpoint.save(self.ck_dir, step, self.opt.parameters(), self.opt.checkpoint_state(), state)
         except AcmError as e:
-            last = getattr(self, "last_ck", None)
+            last = self.last_ck
             raise AcmError(f"{e}; " + (f"the last checkpoint, {last.name}, is intact: free space, then resume"
                                        if last else "no earlier checkpoint exists")) from None
         checkpoint.prune(self.ck_dir, self.sc.keep_last)
-        self.emit({"type": "checkpoint", "stage": self.stage, "step": step, "path": str(path), "val_loss": val_loss})
+        self.emit(Checkpoint(stage=self.stage, step=step, path=str(path), val_loss=val_loss))
         return path
 
     # ------------------------------------------------------------ the stage
@@ -364,12 +381,12 @@ class Trainer:
     def _setup_and_loop(self) -> StageResult:
         self._setup()
         try:
-            if self.start_step and self.start_step >= self.sc.steps:
+            if self.start_step and self.start_step >= self.state.total_steps:
                 return self._already_done()
             return self._loop()
         except BaseException as e:
             with contextlib.suppress(OSError):  # a full disk may refuse this too; the error still goes up
-                self._state("failed", getattr(self, "step", self.start_step), error=str(e) or type(e).__name__)
+                self._state("failed", error=str(e) or type(e).__name__)
             raise
         finally:
             if self.recorder is not None:
@@ -401,7 +418,7 @@ class Trainer:
             self.polled_at = step
             self._poll_commands()
 
-    def _may_queue(self, next_step: int, end: int) -> bool:
+    def _may_queue(self, next_step: int) -> bool:
         """Whether the next step may be queued before this one finishes.
 
         Not when this step ends at an evaluation or a checkpoint (they need its weights), nor with
@@ -409,138 +426,147 @@ class Trainer:
         alike: on step numbers and agreed commands, so their collectives keep one order.
         """
         sc = self.sc
-        if (next_step >= end or sc.grad_accum > 1 or next_step % sc.eval_every == 0
+        if (next_step >= self.end or self.state.grad_accum > 1 or next_step % sc.eval_every == 0
                 or next_step % sc.save_every == 0):
             return False
         self._poll_at(next_step)
         return not self.steer.pending
 
-    def _control_point(self, step: int) -> str:
+    def _control_point(self) -> str:
         """Between steps: act on commands. "stop", "resumed" (after a pause) or "go"."""
-        self._poll_at(step)
+        self._poll_at(self.state.step)
         if self.steer.stopping:
             return "stop"
         if not self.steer.paused:
             return "go"
-        self._state("paused", step)
+        self._state("paused")
         while self.steer.paused:
             self.steer.wait_while_paused(0.2)
             self._poll_commands()
-        self._state("running", step)
+        self._state("running")
         return "resumed"
 
     def _loop(self) -> StageResult:
-        sc = self.sc
-        if self.budget_s and not self.planned:
-            sc.steps = UNPLANNED  # until the first steps have been timed
-        self.calibration = Calibration(self.budget_s, self.started, sc.eval_every, sc.eval_batches)
-        end = self._end()
-        self.step, stopped, ahead = self.start_step, False, None  # ahead: the next step, queued while this one runs
-        last = checkpoint.latest(self.ck_dir)
-        self.last_ck, self.val_loss = (last.path if last else None), None
-        self.meter = Throughput(sc.batch_size * sc.grad_accum * sc.seq_len * self.world, self.clock)
-        self._begin(end)
-        while self.step < self.end and not self.early_stopped:
+        """Train from the state's step to the end of this call: each step queued (the next one
+        queued while it runs, where nothing needs its weights first), counted, reported, then
+        evaluated and saved as the settings ask; a stop ends it with a checkpoint."""
+        self._begin()
+        stopped, ahead = False, None  # ahead: the next step, queued while this one runs
+        while self.state.step < self.end and not self.early_stopped:
             if ahead is None:
-                action = self._control_point(self.step)
+                action = self._control_point()
                 if action == "stop":
                     stopped = True
                     break
                 if action == "resumed":
                     self.meter.restart()
                     continue
-                current = self._train_step(self.step)
+                current = self._train_step(self.state.step)
             else:
                 current, ahead = ahead, None
-            if self._may_queue(self.step + 1, self.end):  # the device never waits for Python between steps
-                ahead = self._train_step(self.step + 1)
-            self._step_done(current, self.end)
+            if self._may_queue(self.state.step + 1):  # the device never waits for Python between steps
+                ahead = self._train_step(self.state.step + 1)
+            self._step_done(current)
             self._timed()
-            self._evaluate_and_save(self.end, may_save_now=ahead is None)
-        if stopped and self.step > self.start_step:
-            self.last_ck = self.save(self.step, None) or self.last_ck
+            self._evaluate_and_save(may_save_now=ahead is None)
+        return self._finish(stopped)
+
+    def _finish(self, stopped: bool) -> StageResult:
+        """The stage's end in this call: a stopped stage saved where it is, its state said."""
+        st = self.state
+        if stopped and st.step > self.start_step:
+            self.last_ck = self.save(st.step, None) or self.last_ck
         # stopped by hand or by --max-steps; early stopping finishes the stage
-        state = "done" if self.step >= sc.steps or self.early_stopped else "stopped"
-        self._state(state, self.step)
-        self.log(f"{self.stage} {state} at step {self.step}")
-        return StageResult(self.stage, self.run_path, self.step, stopped, self.last_ck, self.best_val)
+        state = "done" if st.step >= st.total_steps or self.early_stopped else "stopped"
+        self._state(state)
+        self.log(f"{self.stage} {state} at step {st.step}")
+        return StageResult(self.stage, self.run_path, st.step, stopped, self.last_ck, st.best_val_loss)
 
     def _already_done(self) -> StageResult:
         """A resumed stage whose plan is complete: said so, and nothing trained or rewritten."""
-        self.log(f"{self.stage} of run {self.run_path.name} already finished its {self.sc.steps:,} steps: "
+        self.log(f"{self.stage} of run {self.run_path.name} already finished its {self.state.total_steps:,} steps: "
                  "nothing to resume")
         last = checkpoint.latest(self.ck_dir)
         return StageResult(self.stage, self.run_path, self.start_step, False, last.path if last else None,
-                           self.best_val, already_done=True)
+                           self.state.best_val_loss, already_done=True)
 
-    def _end(self) -> int:
-        self.end = self.sc.steps if self.max_steps is None else min(self.sc.steps, self.start_step + self.max_steps)
-        return self.end
+    def _set_end(self) -> None:
+        total = self.state.total_steps
+        self.end = total if self.max_steps is None else min(total, self.start_step + self.max_steps)
 
     def _apply_plan(self, total: int, warmup: int) -> None:
-        self.sc.steps, self.sc.warmup_steps, self.planned = total, warmup, True
+        self.state.total_steps, self.state.warmup_steps, self.state.planned = total, warmup, True
         if self.recorder is not None:  # else it is made with these steps
             self.recorder.total = total
 
     def _timed(self) -> None:
         """After a step: once the first steps are timed, fit the steps to the budget, or say how
-        long the configured steps will take here (a warning when it is hours)."""
+        long the planned steps will take here (a warning when it is hours)."""
         if self.calibration is None:
             return
-        now = self.clock()
-        step_s = self.calibration.observe(self.step, now)
+        now, st = self.clock(), self.state
+        step_s = self.calibration.observe(st.step, now)
         if self.world > 1:  # every rank must plan the same steps at the same step: rank 0 decides
             step_s = float(mx.distributed.all_sum(mx.array((step_s or 0.0) if self.is_main else 0.0)).item()) or None
         if step_s is None:
             return
-        calibration, self.calibration, sc = self.calibration, None, self.sc
-        if self.budget_s and not self.planned:
-            plan = calibration.plan(self.step, now, step_s, sc.warmup_steps)
+        calibration, self.calibration = self.calibration, None
+        if self.budget_s and not st.planned:
+            plan = calibration.plan(st.step, now, step_s, st.warmup_steps)
             self._apply_plan(plan.total, plan.warmup)
-            self._end()
+            self._set_end()
             self.log(f"{self.stage}: time budget {describe_seconds(self.budget_s)}: {plan.total:,} steps at "
                      f"{step_s * 1000:.0f} ms a step (warmup {plan.warmup})")
             return
-        left = (sc.steps - self.step) * step_s  # the stage's steps, whatever --max-steps stops this call at
-        more = sc.steps - self.step
+        more = st.total_steps - st.step  # the stage's steps, whatever --max-steps stops this call at
+        left = more * step_s
         self.log(f"{self.stage}: {more:,} more step{'s' if more != 1 else ''} take{'s' if more == 1 else ''} about "
                  f"{describe_seconds(left)} here ({step_s * 1000:.0f} ms a step)")
         if left >= HOURS and not self.budget_s:
             self.log(f"warning: that is hours; a time budget (--time 10m, train.{self.stage}.time) "
                      "fits the steps to it")
 
-    def _begin(self, end: int) -> None:
-        shape = self.shape
+    def _begin(self) -> None:
+        """Before the first step of this call: the plan, the clocks and the device, said."""
+        sc, st = self.sc, self.state
+        if self.budget_s and not st.planned:
+            st.total_steps = UNPLANNED  # until the first steps have been timed
+        self.calibration = Calibration(self.budget_s, self.started, sc.eval_every, sc.eval_batches)
+        self._set_end()
+        last = checkpoint.latest(self.ck_dir)
+        self.last_ck = last.path if last else None
+        self.meter = Throughput(self._tokens_per_step(), self.clock)
         info = device_info()
         self.peak, self.limit = peak_flops(info), memory_limit(info)
-        self.flops_per_token = shape.flops_per_token(self.sc.seq_len)
-        self._state("running", self.step, run=self.run_path.name)
-        steps = (f"a time budget of {describe_seconds(self.budget_s)} from step {self.step}"
-                 if self.sc.steps == UNPLANNED else f"steps {self.step}..{end} of {self.sc.steps}")
+        self.flops_per_token = self.shape.flops_per_token(sc.seq_len)
+        self._state("running", run=self.run_path.name)
+        steps = (f"a time budget of {describe_seconds(self.budget_s)} from step {st.step}"
+                 if st.total_steps == UNPLANNED else f"steps {st.step}..{self.end} of {st.total_steps}")
         self.log(f"{self.stage}: {steps}, {self.meter.tokens_per_step:,} "
-                 f"tokens/step, {self._ranks_words()}, preset {shape.name} (vocab {shape.vocab_size:,}), "
+                 f"tokens/step, {self._ranks_words()}, preset {self.shape.name} (vocab {self.shape.vocab_size:,}), "
                  f"{self.cfg.model.compute_dtype} compute")
 
     def _ranks_words(self) -> str:
         if self.world == 1:
             return "1 rank"
-        return f"{self.world} ranks of {self.sc.batch_size * self.sc.grad_accum} sequences"
+        return f"{self.world} ranks of {self.sc.batch_size * self.state.grad_accum} sequences"
 
-    def _step_done(self, current: tuple[mx.array, mx.array], end: int) -> None:
+    def _step_done(self, current: tuple[mx.array, mx.array]) -> None:
         """Wait for a step's loss, count it, and report every log_every steps."""
         loss, norm = current
-        loss_value = self._finite_loss(loss, self.step)
-        self.step += 1
-        self.tokens_seen += self.meter.tokens_per_step
+        st = self.state
+        loss_value = self._finite_loss(loss, st.step)
+        st.step += 1
+        st.tokens_seen += self.meter.tokens_per_step
         self.meter.step()
-        if self.step % self.sc.log_every == 0 or self.step == end:
-            self._report(loss_value, float(norm.item()), end)
+        if st.step % self.sc.log_every == 0 or st.step == self.end:
+            self._report(loss_value, float(norm.item()))
 
-    def _evaluate_and_save(self, end: int, may_save_now: bool) -> None:
-        sc, step = self.sc, self.step
-        want_eval = step % sc.eval_every == 0 or step == end
+    def _evaluate_and_save(self, may_save_now: bool) -> None:
+        sc, step = self.sc, self.state.step
+        want_eval = step % sc.eval_every == 0 or step == self.end
         # a save asked for while the next step is queued waits for it: the weights are that step's
-        want_save = step % sc.save_every == 0 or step == end or (may_save_now and self.steer.take_save())
+        want_save = step % sc.save_every == 0 or step == self.end or (may_save_now and self.steer.take_save())
         if want_eval:
             self.val_loss = self.evaluate()
             # early stopping keeps the best weights, whatever save_every says
@@ -552,40 +578,38 @@ class Trainer:
 
     def _judge_progress(self, val_loss: float | None) -> bool:
         """Report a validation check and decide on early stopping; whether to save (a new best)."""
-        sc = self.sc
+        sc, st = self.sc, self.state
         if val_loss is None:
             return False
         improved = self._report_eval(val_loss)
-        if sc.patience and self.checks_without_best >= sc.patience:
+        if sc.patience and st.checks_without_best >= sc.patience:
             self.early_stopped = True
-            self.log(f"{self.stage}: early stop at step {self.step}: {sc.patience} validation checks without a "
-                     f"new best (best val loss {self.best_val:.4f})")
+            self.log(f"{self.stage}: early stop at step {st.step}: {sc.patience} validation checks without a "
+                     f"new best (best val loss {st.best_val_loss:.4f})")
         return bool(sc.patience) and improved
 
     def _report_eval(self, val_loss: float) -> bool:
         """Report a validation loss; whether it is a new best."""
-        improved = self.best_val is None or val_loss < self.best_val
+        st = self.state
+        improved = st.best_val_loss is None or val_loss < st.best_val_loss
         if improved:
-            self.best_val = val_loss
-        self.checks_without_best = 0 if improved else self.checks_without_best + 1
-        self.emit({"type": "eval", "stage": self.stage, "step": self.step, "val_loss": val_loss,
-                   "val_ppl": math.exp(min(val_loss, 50)), "best_val_loss": self.best_val})
+            st.best_val_loss = val_loss
+        st.checks_without_best = 0 if improved else st.checks_without_best + 1
+        self.emit(Eval(stage=self.stage, step=st.step, val_loss=val_loss, val_ppl=math.exp(min(val_loss, 50)),
+                       best_val_loss=st.best_val_loss))
         return improved
 
-    def _report(self, loss: float, grad_norm: float, end: int) -> None:
-        sc, step = self.sc, self.step
+    def _report(self, loss: float, grad_norm: float) -> None:
+        st = self.state
         tok_s, step_time = self.meter.take()
         mem = memory_now()
-        self.emit({
-            "type": "metrics", "stage": self.stage, "step": step, "total": sc.steps, "loss": loss,
-            "lr": lr_at(step - 1, sc.learning_rate, sc.warmup_steps, sc.steps, sc.min_lr_ratio),
-            "grad_norm": grad_norm, "tokens_per_s": tok_s, "tokens_seen": self.tokens_seen,
-            "epoch": self.tokens_seen / max(self.batches.num_tokens, 1),
-            "mfu": (self.flops_per_token * tok_s / (self.peak * self.world)) if self.peak else None,
-            "ranks": self.world,
-            "memory_active": mem["active"], "memory_peak": mem["peak"], "memory_cache": mem["cache"],
-            "memory_limit": self.limit, "eta_s": step_time * (end - step), "time": time.time(),
-        })
+        self.emit(Metrics(
+            stage=self.stage, step=st.step, total=st.total_steps, loss=loss, lr=self._lr(st.step - 1),
+            grad_norm=grad_norm, tokens_per_s=tok_s, tokens_seen=st.tokens_seen,
+            epoch=st.tokens_seen / max(self.batches.num_tokens, 1),
+            mfu=(self.flops_per_token * tok_s / (self.peak * self.world)) if self.peak else None,
+            ranks=self.world, memory_active=mem["active"], memory_peak=mem["peak"], memory_cache=mem["cache"],
+            memory_limit=self.limit, eta_s=step_time * (self.end - st.step), time=time.time()))
 
 
 def open_inputs(cfg: Config, stage: str):

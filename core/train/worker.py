@@ -19,17 +19,18 @@ from core.config import Config
 from core.engine import Engine
 from core.errors import run_command
 from core.hardware import configure_mlx
+from core.runs.events import Event
 from core.train import snapshot
 from core.train.lifeline import tie_rank_to_launcher
 from core.train.ranks import in_group
 from core.train.snapshot import Launch
 from core.train.trainer import Control, StageResult, run_stage
 
-FINISHED = {"type": "finished"}  # the end of a stage's events (never printed)
+FINISHED = object()  # the end of a stage's events (never printed)
 Follow = Callable[[queue.SimpleQueue, Callable[[], None]], int | None]  # (events, stop) -> 130 or None
 
 
-def relay(events: queue.SimpleQueue, show: Callable[[dict], None], stop: Callable[[], None],
+def relay(events: queue.SimpleQueue, show: Callable[[Event], None], stop: Callable[[], None],
           say: Callable[[str], None]) -> int | None:
     """Hand a stage's events to `show` until FINISHED. Ctrl-C once calls `stop`; twice returns 130
     at once."""
@@ -47,7 +48,7 @@ def relay(events: queue.SimpleQueue, show: Callable[[dict], None], stop: Callabl
             say("stopping at the next step and saving a checkpoint (Ctrl-C again to quit now)")
             stop()
             continue
-        if event["type"] == FINISHED["type"]:
+        if event is FINISHED:
             return None
         show(event)
 
@@ -70,9 +71,9 @@ def train_here(cfg: Config, launch: Launch, run: Path, follow: Follow) -> StageR
     return fut.result()
 
 
-def print_event(event: dict) -> None:
+def print_event(event: Event) -> None:
     """An event as its JSON line (the wire format: the recorder's keys)."""
-    print(json.dumps(event), flush=True)
+    print(json.dumps(event.to_json()), flush=True)
 
 
 def _say(text: str) -> None:

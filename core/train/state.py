@@ -1,0 +1,57 @@
+"""Where a training stage stands: one record the trainer moves on, a checkpoint saves and a resume
+restores, so the stage's settings (`StageConfig`) stay as the user gave them.
+
+A checkpoint's state.json keeps these under the keys every earlier version wrote (tokens_seen,
+best_val_loss, ranks, global_batch, planned_steps, planned_warmup), with the count of validation
+checks since the best beside them; a checkpoint written before that count existed resumes with it
+at 0, as every resume did then.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from core.config import StageConfig
+from core.train.budget import UNPLANNED
+
+
+@dataclass
+class TrainState:
+    step: int  # optimizer steps done
+    total_steps: int  # the plan: UNPLANNED while a time budget's first steps are untimed
+    warmup_steps: int
+    grad_accum: int  # micro-batches a step: with the ranks, what makes up the run's sequences a step
+    ranks: int
+    batch_size: int  # sequences a micro-batch on each rank
+    tokens_seen: int = 0
+    best_val_loss: float | None = None
+    checks_without_best: int = 0  # validation checks since the best: early stopping's count
+    planned: bool = False  # the plan is fixed: a checkpoint's, steps asked for by name, or a timed budget's
+
+    @classmethod
+    def start(cls, sc: StageConfig, ranks: int) -> TrainState:
+        """A stage's state before its first step, on its settings."""
+        return cls(step=0, total_steps=sc.steps, warmup_steps=sc.warmup_steps, grad_accum=sc.grad_accum,
+                   ranks=ranks, batch_size=sc.batch_size)
+
+    @property
+    def global_batch(self) -> int:
+        """Sequences a step, over every rank and micro-batch."""
+        return self.batch_size * self.ranks * self.grad_accum
+
+    def to_checkpoint(self) -> dict:
+        """The state as a checkpoint's state.json keeps it."""
+        return {"tokens_seen": self.tokens_seen, "best_val_loss": self.best_val_loss,
+                "checks_without_best": self.checks_without_best, "ranks": self.ranks,
+                "global_batch": self.global_batch,
+                "planned_steps": None if self.total_steps == UNPLANNED else self.total_steps,
+                "planned_warmup": self.warmup_steps}
+
+    def restored(self, step: int, saved: dict) -> TrainState:
+        """This state moved to a checkpoint's (its state.json, `saved`): its step, counts and plan
+        (one with planned_steps keeps its steps and warmup, resuming never extends it). The ranks
+        and batch stay this call's: the trainer makes up the checkpoint's sequences a step."""
+        plan = {"total_steps": saved["planned_steps"], "warmup_steps": saved["planned_warmup"],
+                "planned": True} if saved.get("planned_steps") else {}
+        return replace(self, step=step, tokens_seen=saved.get("tokens_seen", 0),
+                       best_val_loss=saved.get("best_val_loss"),
+                       checks_without_best=saved.get("checks_without_best", 0), **plan)
