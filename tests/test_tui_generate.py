@@ -6,16 +6,16 @@ import threading
 import pytest
 from textual.widgets import DataTable, Input
 
-from acm_tui.app import AcmApp
+from acm_tui.panes.generate import GeneratePane
 from core import config
 from core.errors import AcmError
 
-from .test_tui import shown_in_full, wait_until
-from .test_tui_data import text_of
+from .helpers import shown_in_full, text_of, wait_until
+from .pane_host import PaneHost
 
 
 async def test_repl_streams_keeps_history_and_badges_bash(with_model):
-    app = AcmApp(with_model / "acm.toml")
+    app = PaneHost(GeneratePane, with_model / "acm.toml")
     async with app.run_test(size=(100, 50)) as pilot:
         await pilot.press("5", "i")
         pane = app.query_one("#generate-pane")
@@ -36,7 +36,7 @@ async def test_repl_streams_keeps_history_and_badges_bash(with_model):
 
 async def test_escape_stops_a_long_generation(with_model):
     cfg = config.load(with_model / "acm.toml")
-    app = AcmApp(with_model / "acm.toml")
+    app = PaneHost(GeneratePane, with_model / "acm.toml")
     async with app.run_test(size=(100, 50)) as pilot:
         await pilot.press("5")
         pane = app.query_one("#generate-pane")
@@ -55,7 +55,7 @@ async def test_escape_stops_a_long_generation(with_model):
 
 
 async def test_bad_setting_is_refused_and_eval_fills_the_table(with_model):
-    app = AcmApp(with_model / "acm.toml")
+    app = PaneHost(GeneratePane, with_model / "acm.toml")
     async with app.run_test(size=(100, 50)) as pilot:
         await pilot.press("5")
         pane = app.query_one("#generate-pane")
@@ -76,7 +76,7 @@ async def test_bad_setting_is_refused_and_eval_fills_the_table(with_model):
 
 
 async def test_sampling_values_out_of_range_get_the_settings_messages(with_model):
-    app = AcmApp(with_model / "acm.toml")
+    app = PaneHost(GeneratePane, with_model / "acm.toml")
     async with app.run_test(size=(100, 50)) as pilot:
         await pilot.press("5")
         pane = app.query_one("#generate-pane")
@@ -93,7 +93,7 @@ async def test_sampling_values_out_of_range_get_the_settings_messages(with_model
 
 
 async def test_n_candidates_from_one_batch_and_syntax_checked_sampling(with_model):
-    app = AcmApp(with_model / "acm.toml")
+    app = PaneHost(GeneratePane, with_model / "acm.toml")
     async with app.run_test(size=(120, 60)) as pilot:
         await pilot.press("5")
         pane = app.query_one("#generate-pane")
@@ -115,7 +115,7 @@ async def test_n_candidates_from_one_batch_and_syntax_checked_sampling(with_mode
 
 
 async def test_escape_leaves_the_prompt_so_k_toggles_and_its_state_stays_in_view_at_80x24(project):
-    app = AcmApp(project / "acm.toml")
+    app = PaneHost(GeneratePane, project / "acm.toml")
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.press("5", "i")
         pane = app.query_one("#generate-pane")
@@ -133,7 +133,7 @@ async def test_a_task_prompt_is_told_whether_its_script_uses_what_the_task_expec
     cfg = config.load(with_model / "acm.toml")
     cfg.eval.tasks = [config.EvalTask("#!/bin/bash\n# Back up a database\n", "^")]
     config.save(cfg, with_model / "acm.toml")
-    app = AcmApp(with_model / "acm.toml")
+    app = PaneHost(GeneratePane, with_model / "acm.toml")
     async with app.run_test(size=(100, 50)) as pilot:
         await pilot.press("5")
         pane = app.query_one("#generate-pane")
