@@ -140,11 +140,14 @@ async def test_a_task_prompt_is_told_whether_its_script_uses_what_the_task_expec
         columns = [str(c.label) for c in app.query_one("#eval-table", DataTable).columns.values()]
         assert "relevant" in columns and "relevant & parses" in columns
         app.query_one("#gen-max_tokens", Input).value = "6"
-        app.query_one("#gen-prompt", Input).focus()
-        await pilot.press(*"#!/bin/bash\\n# Back up a database\\n", "enter")
+        prompt = app.query_one("#gen-prompt", Input)
+        prompt.focus()
+        prompt.value = "#!/bin/bash\\n# Back up a database\\n"  # typing is the REPL test's
+        await pilot.press("enter")
         await wait_until(pilot, lambda: pane.stop_event is None and pane.transcript)
         assert "uses what the task expects: yes (^)" in text_of(app, "#gen-output")
-        app.query_one("#gen-prompt", Input).focus()
-        await pilot.press(*"#!/bin/bash\\n# Back up\\n", "enter")  # not a task's prompt
+        prompt.focus()
+        prompt.value = "#!/bin/bash\\n# Back up\\n"  # not a task's prompt
+        await pilot.press("enter")
         await wait_until(pilot, lambda: pane.stop_event is None and len(pane.transcript) == 2)
         assert text_of(app, "#gen-output").count("uses what the task expects") == 1
