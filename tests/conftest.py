@@ -1,16 +1,20 @@
 """Shared fixtures: a project folder in tmp_path with its own acm.toml."""
 from __future__ import annotations
 
-import shutil
+from functools import partial
 from pathlib import Path
 
 import pytest
+import textual.app
+import textual.pilot
+from textual._wait import wait_for_idle
 
 from core import config
 from core.data.code import fetch_code
 from core.data.language import fetch_language
 from core.tokenizer.bpe import train_tokenizer
 
+from .helpers import copy_project
 from .stand_ins import script
 
 TOPICS = ["deploy", "backup", "install", "monitor", "rotate-logs", "build", "release", "cleanup", "sync", "migrate",
@@ -54,11 +58,6 @@ def trained_template(tmp_path_factory) -> Path:
     fetch_code(cfg)
     train_tokenizer(cfg)
     return root
-
-
-def copy_project(src: Path, dest: Path) -> Path:
-    shutil.copytree(src, dest, symlinks=True)
-    return dest
 
 
 @pytest.fixture
@@ -112,3 +111,13 @@ def model_template(prepared_template, tmp_path_factory) -> Path:
 @pytest.fixture
 def with_model(model_template, tmp_path) -> Path:
     return copy_project(model_template, tmp_path / "proj")
+
+
+@pytest.fixture
+def keys_while_training(monkeypatch):
+    """Keys pressed while a stage trains go through without waiting a second each. Textual's pilot
+    waits after every key (and in pause()) for the process to go idle, for up to a second; while
+    the engine trains it never does, so that wait always ran to its end and tested nothing."""
+    quick = partial(wait_for_idle, max_sleep=0.05)
+    monkeypatch.setattr(textual.app, "wait_for_idle", quick)
+    monkeypatch.setattr(textual.pilot, "wait_for_idle", quick)

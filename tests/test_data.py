@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -14,18 +13,8 @@ from core.data.language import fetch_language
 from core.errors import AcmError
 from core.progress import Cancelled, CancelToken
 
+from .helpers import cfg_for
 from .stand_ins import DEPLOY, EXPECTED, make_repos_file
-
-
-def cfg_for(project: Path, **sections) -> config.Config:
-    base = config.load(project / "acm.toml").to_dict()
-    for dotted, value in sections.items():
-        *parents, leaf = dotted.split("__")
-        node = base
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return config.from_dict(base, root=project)
 
 
 @pytest.fixture

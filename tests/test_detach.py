@@ -16,7 +16,7 @@ from core.paths import Paths
 from core.runs import checkpoint
 from core.train.detach import launch_detached
 
-from .test_tui import wait_until
+from .helpers import wait_until
 
 
 def wait_for(predicate, timeout=90.0):

@@ -18,7 +18,7 @@ import pytest
 from core import cli, config
 from core.runs import checkpoint
 
-from .conftest import copy_project
+from .helpers import copy_project
 
 HUGE = 4_000_000  # bytes of nesting: deep enough to break a recursive parser, big enough to be slow to read
 

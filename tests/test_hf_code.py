@@ -11,28 +11,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from core import cli, config
+from core import cli
 from core.data import hf_code
 from core.data.code import fetch_code
 from core.data.corpus import Corpus
 from core.data.hf_code import hf_rows, spdx
 from core.progress import Cancelled, CancelToken, no_report
 
+from .helpers import HF_SOURCE as SOURCE
+from .helpers import hf_project
 from .stand_ins import DEPLOY, HF_EXPECTED, HF_ROWS, make_hf_dataset, script
-
-SOURCE = "huggingface:hf-stand-in"
-
-
-def hf_project(project: Path, rows=HF_ROWS, schema: str = "codeparrot", **code) -> config.Config:
-    """The project's bash corpus pointed at a stand-in dataset in project/hf-stand-in."""
-    data_dir = "data/shell" if schema == "the-stack" else "data"
-    make_hf_dataset(project / "hf-stand-in", rows, schema, data_dir)
-    table = config.read_table(project / "acm.toml")
-    table.setdefault("data", {})["code"] = {"source": "huggingface", "hf_dataset": "hf-stand-in",
-                                            "hf_data_dir": data_dir, **code}
-    cfg = config.from_dict(table, root=project)
-    config.save_settings(cfg, project / "acm.toml")
-    return cfg
 
 
 def run_cli(project: Path, *args: str) -> int:

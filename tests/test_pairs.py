@@ -16,17 +16,8 @@ from core.data.corpus import Corpus
 from core.data.pairs import VALUES, Filler, url_name
 from core.errors import AcmError, ConfigError
 
-from .stand_ins import NL2BASH, TLDR, TLDR_EXPECTED, make_bare_repo, script, write_tree
-
-
-def with_pairs(project: Path, tmp_path: Path, **code) -> config.Config:
-    """The project's settings with a one-script local bash corpus and `code` (data.code settings)."""
-    scripts = write_tree(tmp_path / "scripts", {"deploy.sh": script("deploy")})
-    table = config.read_table(project / "acm.toml")
-    table.setdefault("data", {})["code"] = {"source": "local", "local_paths": [str(scripts)], **code}
-    cfg = config.from_dict(table, root=project)
-    config.save_settings(cfg, project / "acm.toml")
-    return cfg
+from .helpers import with_pairs
+from .stand_ins import NL2BASH, TLDR, TLDR_EXPECTED, make_bare_repo, write_tree
 
 
 @pytest.fixture

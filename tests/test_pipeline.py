@@ -12,9 +12,8 @@ from core.data.code import fetch_code
 from core.pipeline.overview import pipeline_status
 from core.tokenizer.shards import prepare
 
+from .helpers import text_of, wait_until
 from .terminal import run_acm
-from .test_tui import wait_until
-from .test_tui_data import text_of
 
 
 def states(cfg) -> dict[str, str]:

@@ -20,8 +20,8 @@ from core.data.repos import BUILTIN_LIST, Repo, clone_all, is_permissive, keep_l
 from core.errors import AcmError
 from core.progress import CancelToken, no_report
 
+from .helpers import cfg_for
 from .stand_ins import REPOS, make_bare_repo, make_repos_file
-from .test_data import cfg_for
 
 # SPDX ids a built-in entry may record (LicenseRef-* names one SPDX does not list)
 ALLOWED = {"MIT", "MIT-0", "Apache-2.0", "BSD-2-Clause", "BSD-3-Clause", "ISC", "0BSD", "Unlicense", "CC0-1.0",

@@ -7,38 +7,15 @@ from pathlib import Path
 
 import pytest
 from textual.binding import Binding
-from textual.errors import NoWidget
 from textual.widgets import DataTable, Static, TabbedContent
 
 import acm_tui.app
 from acm_tui.app import AcmApp
+from acm_tui.panes.settings import SettingsPane
+from acm_tui.panes.setup import SetupPane
 
-
-async def wait_until(pilot, predicate, timeout=30.0):
-    import time
-    end = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < end, "timed out"
-        await pilot.pause(0.05)
-
-
-def shown_in_full(app, selector: str) -> bool:
-    """The widget is on screen with none of it scrolled away or cut off: what a user sees."""
-    try:
-        geometry = app.screen.find_widget(app.query_one(selector))
-    except NoWidget:
-        return False
-    return bool(geometry.region) and geometry.visible_region == geometry.region
-
-
-def toasts(app) -> list[str]:
-    """The notifications on screen, drawn as the user sees them (title, then message)."""
-    return [str(toast.render()) for toast in app.screen.query("Toast")]
-
-
-async def notified(pilot, text: str) -> None:
-    """Wait for a notification that reads `text` to be drawn (run_test(notifications=True))."""
-    await wait_until(pilot, lambda: any(text in toast for toast in toasts(pilot.app)))
+from .helpers import shown_in_full, wait_until
+from .pane_host import PaneHost
 
 
 async def test_starts_on_setup_with_doctor_report(project):
@@ -74,10 +51,11 @@ def test_every_pane_request_names_a_pane_of_the_app():
 
 
 async def test_model_test_runs_on_engine_and_its_result_shows_at_80x24(project):
-    app = AcmApp(project / "acm.toml")
+    app = PaneHost(SetupPane, project / "acm.toml")
     async with app.run_test(size=(80, 24)) as pilot:
         presets = app.query_one("#presets", DataTable)
         assert presets.cursor_row == 0  # the configured preset (nano) is selected
+        await wait_until(pilot, lambda: app.query_one("#pipeline", DataTable).row_count == 7)  # what sits above
         presets.focus()
         await pilot.press("t")
         out = app.query_one("#model-test", Static)
@@ -87,7 +65,7 @@ async def test_model_test_runs_on_engine_and_its_result_shows_at_80x24(project):
 
 
 async def test_setup_opens_in_the_stage_list_with_the_doctor_status_in_view_at_80x24(project):
-    app = AcmApp(project / "acm.toml")
+    app = PaneHost(SetupPane, project / "acm.toml")
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.pause()
         stages = app.query_one("#pipeline", DataTable)
@@ -160,7 +138,7 @@ async def test_broken_config_opens_on_defaults_and_says_why(tmp_path):
 
 
 async def test_help_panel_toggles(project):
-    app = AcmApp(project / "acm.toml")
+    app = PaneHost(SettingsPane, project / "acm.toml")
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.press("question_mark")
         await pilot.pause()

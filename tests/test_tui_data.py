@@ -1,16 +1,14 @@
 from __future__ import annotations
 
-from textual.widgets import DataTable, Static
+from textual.widgets import DataTable
 
 from acm_tui.app import AcmApp
+from acm_tui.panes.data import DataPane
 from core import config
 
+from .helpers import text_of, wait_until
+from .pane_host import PaneHost
 from .stand_ins import DEPLOY, script
-from .test_tui import wait_until
-
-
-def text_of(app, selector: str) -> str:
-    return str(app.query_one(selector, Static).render())
 
 
 def use_local_scripts(project, tmp_path, files: dict[str, str]) -> None:
@@ -28,7 +26,7 @@ async def test_fetch_code_shows_stats_and_samples(project, tmp_path):
     use_local_scripts(project, tmp_path, {"deploy.sh": DEPLOY, "backup.sh": script("backup"),
                                           "bad.sh": "#!/bin/bash\nfi\n"})
 
-    app = AcmApp(project / "acm.toml")
+    app = PaneHost(DataPane, project / "acm.toml")
     async with app.run_test(size=(100, 40)) as pilot:
         await pilot.press("2")
         table = app.query_one("#corpus-stats", DataTable)
@@ -83,11 +81,11 @@ async def test_panes_follow_a_stage_that_ends_elsewhere(project, tmp_path):
 async def test_the_code_report_counts_documents_per_source(project, tmp_path):
     from core.data.code import fetch_code
 
+    from .helpers import with_pairs
     from .stand_ins import TLDR, write_tree
-    from .test_pairs import with_pairs
 
     fetch_code(with_pairs(project, tmp_path, pairs=["tldr"], tldr_path=str(write_tree(tmp_path / "tldr", TLDR))))
-    app = AcmApp(project / "acm.toml")
+    app = PaneHost(DataPane, project / "acm.toml")
     async with app.run_test(size=(100, 40)) as pilot:
         await pilot.press("2")
         await wait_until(pilot, lambda: "by source: tldr 4, local 1" in text_of(app, "#code-report"))
@@ -100,10 +98,11 @@ async def test_the_code_report_counts_documents_per_source(project, tmp_path):
 async def test_a_hugging_face_source_is_counted_and_shown(project):
     from core.data.code import fetch_code
 
-    from .test_hf_code import SOURCE, hf_project
+    from .helpers import HF_SOURCE as SOURCE
+    from .helpers import hf_project
 
     fetch_code(hf_project(project, licences="permissive"))
-    app = AcmApp(project / "acm.toml")
+    app = PaneHost(DataPane, project / "acm.toml")
     async with app.run_test(size=(100, 40)) as pilot:
         await pilot.press("2")
         await wait_until(pilot, lambda: f"by source: {SOURCE} 2" in text_of(app, "#code-report"))

@@ -6,16 +6,16 @@ import threading
 import pytest
 from textual.widgets import DataTable, Input
 
-from acm_tui.app import AcmApp
+from acm_tui.panes.generate import GeneratePane
 from core import config
 from core.errors import AcmError
 
-from .test_tui import shown_in_full, wait_until
-from .test_tui_data import text_of
+from .helpers import shown_in_full, text_of, wait_until
+from .pane_host import PaneHost
 
 
 async def test_repl_streams_keeps_history_and_badges_bash(with_model):
-    app = AcmApp(with_model / "acm.toml")
+    app = PaneHost(GeneratePane, with_model / "acm.toml")
     async with app.run_test(size=(100, 50)) as pilot:
         await pilot.press("5", "i")
         pane = app.query_one("#generate-pane")
@@ -53,7 +53,7 @@ async def test_the_prompt_reads_escapes_as_generate_e_does(with_model):
 
 async def test_escape_stops_a_long_generation(with_model):
     cfg = config.load(with_model / "acm.toml")
-    app = AcmApp(with_model / "acm.toml")
+    app = PaneHost(GeneratePane, with_model / "acm.toml")
     async with app.run_test(size=(100, 50)) as pilot:
         await pilot.press("5")
         pane = app.query_one("#generate-pane")
@@ -72,7 +72,7 @@ async def test_escape_stops_a_long_generation(with_model):
 
 
 async def test_bad_setting_is_refused_and_eval_fills_the_table(with_model):
-    app = AcmApp(with_model / "acm.toml")
+    app = PaneHost(GeneratePane, with_model / "acm.toml")
     async with app.run_test(size=(100, 50)) as pilot:
         await pilot.press("5")
         pane = app.query_one("#generate-pane")
@@ -93,7 +93,7 @@ async def test_bad_setting_is_refused_and_eval_fills_the_table(with_model):
 
 
 async def test_sampling_values_out_of_range_get_the_settings_messages(with_model):
-    app = AcmApp(with_model / "acm.toml")
+    app = PaneHost(GeneratePane, with_model / "acm.toml")
     async with app.run_test(size=(100, 50)) as pilot:
         await pilot.press("5")
         pane = app.query_one("#generate-pane")
@@ -110,7 +110,7 @@ async def test_sampling_values_out_of_range_get_the_settings_messages(with_model
 
 
 async def test_n_candidates_from_one_batch_and_syntax_checked_sampling(with_model):
-    app = AcmApp(with_model / "acm.toml")
+    app = PaneHost(GeneratePane, with_model / "acm.toml")
     async with app.run_test(size=(120, 60)) as pilot:
         await pilot.press("5")
         pane = app.query_one("#generate-pane")
@@ -132,7 +132,7 @@ async def test_n_candidates_from_one_batch_and_syntax_checked_sampling(with_mode
 
 
 async def test_escape_leaves_the_prompt_so_k_toggles_and_its_state_stays_in_view_at_80x24(project):
-    app = AcmApp(project / "acm.toml")
+    app = PaneHost(GeneratePane, project / "acm.toml")
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.press("5", "i")
         pane = app.query_one("#generate-pane")
@@ -150,18 +150,21 @@ async def test_a_task_prompt_is_told_whether_its_script_uses_what_the_task_expec
     cfg = config.load(with_model / "acm.toml")
     cfg.eval.tasks = [config.EvalTask("#!/bin/bash\n# Back up a database\n", "^")]
     config.save(cfg, with_model / "acm.toml")
-    app = AcmApp(with_model / "acm.toml")
+    app = PaneHost(GeneratePane, with_model / "acm.toml")
     async with app.run_test(size=(100, 50)) as pilot:
         await pilot.press("5")
         pane = app.query_one("#generate-pane")
         columns = [str(c.label) for c in app.query_one("#eval-table", DataTable).columns.values()]
         assert "relevant" in columns and "relevant & parses" in columns
         app.query_one("#gen-max_tokens", Input).value = "6"
-        app.query_one("#gen-prompt", Input).focus()
-        await pilot.press(*"#!/bin/bash\\n# Back up a database\\n", "enter")
+        prompt = app.query_one("#gen-prompt", Input)
+        prompt.focus()
+        prompt.value = "#!/bin/bash\\n# Back up a database\\n"  # typing is the REPL test's
+        await pilot.press("enter")
         await wait_until(pilot, lambda: pane.stop_event is None and pane.transcript)
         assert "uses what the task expects: yes (^)" in text_of(app, "#gen-output")
-        app.query_one("#gen-prompt", Input).focus()
-        await pilot.press(*"#!/bin/bash\\n# Back up\\n", "enter")  # not a task's prompt
+        prompt.focus()
+        prompt.value = "#!/bin/bash\\n# Back up\\n"  # not a task's prompt
+        await pilot.press("enter")
         await wait_until(pilot, lambda: pane.stop_event is None and len(pane.transcript) == 2)
         assert text_of(app, "#gen-output").count("uses what the task expects") == 1

@@ -4,11 +4,14 @@ import pytest
 from textual.widgets import DataTable, Input, TabbedContent
 
 from acm_tui.app import AcmApp
+from acm_tui.panes.runs import RunsPane
+from acm_tui.panes.settings import SettingsPane
+from acm_tui.panes.setup import SetupPane
 from core import config
 from core.errors import ConfigError
 
-from .test_tui import notified, wait_until
-from .test_tui_data import text_of
+from .helpers import notified, text_of, wait_until
+from .pane_host import PaneHost
 
 
 def select_row(table: DataTable, key: str) -> None:
@@ -25,7 +28,7 @@ async def select_in_pane(app, pilot, pane_key: str, table_id: str, rows: int, ke
 
 
 async def test_settings_pane_validates_as_you_type_and_saves(project):
-    app = AcmApp(project / "acm.toml")
+    app = PaneHost(SettingsPane, project / "acm.toml")
     async with app.run_test(size=(100, 40)) as pilot:
         await pilot.press("7")
         table = app.query_one("#settings-table", DataTable)
@@ -54,7 +57,7 @@ async def test_runs_pane_opens_overlays_renames_and_deletes(with_model):
 
     cfg = config.load(with_model / "acm.toml")
     run_stage(cfg, "pretrain", cfg.runs_dir / "other", max_steps=4)
-    app = AcmApp(with_model / "acm.toml")
+    app = PaneHost(RunsPane, with_model / "acm.toml")
     async with app.run_test(size=(100, 40)) as pilot:
         await pilot.press("6")
         pane = app.query_one("#runs-pane")
@@ -88,7 +91,7 @@ async def test_runs_pane_opens_overlays_renames_and_deletes(with_model):
 
 
 async def test_runs_pane_notifies_renames_deletes_and_refusals_in_plain_words_at_80x24(with_model):
-    app = AcmApp(with_model / "acm.toml")
+    app = PaneHost(RunsPane, with_model / "acm.toml")
     runs_dir = with_model / "runs"
     async with app.run_test(size=(80, 24), notifications=True) as pilot:
         await select_in_pane(app, pilot, "6", "#runs-table", 1, "m")
@@ -114,7 +117,7 @@ async def test_runs_pane_notifies_renames_deletes_and_refusals_in_plain_words_at
 async def test_runs_pane_exports_a_run_in_the_chosen_format(with_model):
     from textual.widgets import Select
 
-    app = AcmApp(with_model / "acm.toml")
+    app = PaneHost(RunsPane, with_model / "acm.toml")
     async with app.run_test(size=(100, 40), notifications=True) as pilot:
         await pilot.press("6")
         table = app.query_one("#runs-table", DataTable)
@@ -221,7 +224,7 @@ async def test_a_settings_path_that_is_a_folder_keeps_the_app_up(project):
     folder = project / "acm.toml"
     folder.unlink()
     folder.mkdir()
-    app = AcmApp(folder)
+    app = PaneHost(SettingsPane, folder)
     async with app.run_test(size=(100, 40)) as pilot:
         assert "cannot read it" in text_of(app, "#config-error")
         await save_in_settings_pane(app, pilot, "generate.temperature", "0.5")
@@ -229,7 +232,7 @@ async def test_a_settings_path_that_is_a_folder_keeps_the_app_up(project):
 
 
 async def test_settings_pane_works_by_keyboard_alone_at_80x24(project):
-    app = AcmApp(project / "acm.toml")
+    app = PaneHost(SettingsPane, project / "acm.toml")
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.press("7")
         await pilot.pause()
@@ -252,7 +255,7 @@ async def test_charts_tell_the_stages_apart_with_steps_on_the_x_axis_at_80x24(wi
     from acm_tui.charts import stage_series
     from core import runs
 
-    app = AcmApp(with_model / "acm.toml")
+    app = PaneHost(RunsPane, with_model / "acm.toml")
     async with app.run_test(size=(80, 24)) as pilot:
         await select_in_pane(app, pilot, "6", "#runs-table", 1, "m")
         await pilot.press("enter")
@@ -267,7 +270,7 @@ async def test_charts_tell_the_stages_apart_with_steps_on_the_x_axis_at_80x24(wi
 
 
 async def test_setup_shows_the_selected_stage_in_full_at_80x24(with_model):
-    app = AcmApp(with_model / "acm.toml")
+    app = PaneHost(SetupPane, with_model / "acm.toml")
     async with app.run_test(size=(80, 24)) as pilot:
         await select_in_pane(app, pilot, "1", "#pipeline", 7, "pretrain")
         await pilot.pause()

@@ -2,14 +2,14 @@ from __future__ import annotations
 
 from textual.widgets import DataTable
 
-from acm_tui.app import AcmApp
+from acm_tui.panes.tokenizer import TokenizerPane
 
-from .test_tui import shown_in_full, wait_until
-from .test_tui_data import text_of
+from .helpers import shown_in_full, text_of, wait_until
+from .pane_host import PaneHost
 
 
 async def test_probe_updates_as_you_type_in_view_at_80x24_and_prepare_runs(trained):
-    app = AcmApp(trained / "acm.toml")
+    app = PaneHost(TokenizerPane, trained / "acm.toml")
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.press("3")
         pane = app.query_one("#tokenizer-pane")
@@ -29,7 +29,7 @@ async def test_probe_updates_as_you_type_in_view_at_80x24_and_prepare_runs(train
 
 async def test_train_from_the_pane(trained):
     (trained / "data" / "tokenizer" / "tokenizer.json").unlink()
-    app = AcmApp(trained / "acm.toml")
+    app = PaneHost(TokenizerPane, trained / "acm.toml")
     async with app.run_test(size=(100, 40)) as pilot:
         await pilot.press("3")
         await wait_until(pilot, lambda: "not trained yet" in text_of(app, "#tokenizer-info"))

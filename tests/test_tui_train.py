@@ -2,21 +2,21 @@ from __future__ import annotations
 
 import asyncio
 
-from acm_tui.app import AcmApp
+from acm_tui.panes.train import TrainPane
 from core import config
 from core.paths import Paths
 from core.runs import checkpoint, list_runs
 from core.train.trainer import run_stage
 
-from .test_tui import notified, shown_in_full, wait_until
-from .test_tui_data import text_of
+from .helpers import notified, shown_in_full, text_of, wait_until
+from .pane_host import PaneHost
 
 
-async def test_train_pane_charts_update_and_keys_steer(prepared):
+async def test_train_pane_charts_update_and_keys_steer(prepared, keys_while_training):
     cfg = config.load(prepared / "acm.toml")
     cfg.train.pretrain.steps = 100000
     config.save(cfg, prepared / "acm.toml")
-    app = AcmApp(prepared / "acm.toml")
+    app = PaneHost(TrainPane, prepared / "acm.toml")
     async with app.run_test(size=(120, 50), notifications=True) as pilot:
         await pilot.press("4")
         pane = app.query_one("#train-pane")
@@ -49,7 +49,7 @@ async def test_train_pane_charts_update_and_keys_steer(prepared):
 
 async def test_stop_when_nothing_trains_says_so_and_the_plan_line_shows_at_80x24(with_model):
     (with_model / "runs" / "m").rename(with_model / "runs" / "[m]")  # brackets are a name, not markup
-    app = AcmApp(with_model / "acm.toml")
+    app = PaneHost(TrainPane, with_model / "acm.toml")
     async with app.run_test(size=(80, 24), notifications=True) as pilot:
         await pilot.press("4")
         pane = app.query_one("#train-pane")
@@ -64,7 +64,7 @@ async def test_failed_stage_shows_its_error(prepared):
     import shutil
 
     shutil.rmtree(prepared / "data" / "tokens")
-    app = AcmApp(prepared / "acm.toml")
+    app = PaneHost(TrainPane, prepared / "acm.toml")
     async with app.run_test(size=(120, 50)) as pilot:
         await pilot.press("4", "p")
         pane = app.query_one("#train-pane")
@@ -72,20 +72,20 @@ async def test_failed_stage_shows_its_error(prepared):
         assert "run `acm prepare` first" in text_of(app, "#train-log")
 
 
-async def test_quitting_mid_run_stops_with_a_checkpoint(prepared):
+async def test_quitting_mid_run_stops_with_a_checkpoint(prepared, keys_while_training):
     cfg = config.load(prepared / "acm.toml")
     cfg.train.pretrain.steps, cfg.train.pretrain.save_every = 100000, 100000
     config.save(cfg, prepared / "acm.toml")
-    app = AcmApp(prepared / "acm.toml")
+    app = PaneHost(TrainPane, prepared / "acm.toml")
     async with app.run_test(size=(120, 50)) as pilot:
         await pilot.press("4", "p")
         pane = app.query_one("#train-pane")
         await wait_until(pilot, lambda: len(pane.history) >= 2, timeout=60)
         await pilot.press("q")  # asks first: a stage runs in the app
-        await pilot.pause()
-        assert app.is_running and app.screen.__class__.__name__ == "Confirm"
+        await wait_until(pilot, lambda: app.screen.__class__.__name__ == "Confirm")
+        assert app.is_running
         await pilot.press("n")
-        await pilot.pause()
+        await wait_until(pilot, lambda: app.screen.__class__.__name__ != "Confirm")
         assert app.is_running and pane.control is not None
         await pilot.press("q", "y")
     run = list_runs(app.cfg)[0]
@@ -96,7 +96,7 @@ async def test_resuming_a_finished_stage_asks_before_training_on(prepared):
     cfg = config.load(prepared / "acm.toml")
     cfg.train.pretrain.steps = 4
     run_stage(cfg, "pretrain", cfg.runs_dir / "done")
-    app = AcmApp(prepared / "acm.toml")
+    app = PaneHost(TrainPane, prepared / "acm.toml")
     folder = Paths.checkpoints(cfg.runs_dir / "done", "pretrain")
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.press("4", "R")

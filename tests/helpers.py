@@ -1,0 +1,91 @@
+"""What several test modules share: waiting on the app, reading what it draws, project set-ups."""
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+from textual.errors import NoWidget
+from textual.widgets import Static
+
+from core import config
+
+from .stand_ins import HF_ROWS, make_hf_dataset, script, write_tree
+
+# ------------------------------------------------------------ the app under Textual's pilot
+
+
+async def wait_until(pilot, predicate, timeout=30.0, poll=0.02):
+    """Let the app run until predicate() holds; fail after `timeout` seconds."""
+    end = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < end, "timed out"
+        await pilot.pause(poll)
+
+
+def text_of(app, selector: str) -> str:
+    return str(app.query_one(selector, Static).render())
+
+
+def shown_in_full(app, selector: str) -> bool:
+    """The widget is on screen with none of it scrolled away or cut off: what a user sees."""
+    try:
+        geometry = app.screen.find_widget(app.query_one(selector))
+    except NoWidget:
+        return False
+    return bool(geometry.region) and geometry.visible_region == geometry.region
+
+
+def toasts(app) -> list[str]:
+    """The notifications on screen, drawn as the user sees them (title, then message)."""
+    return [str(toast.render()) for toast in app.screen.query("Toast")]
+
+
+async def notified(pilot, text: str) -> None:
+    """Wait for a notification that reads `text` to be drawn (run_test(notifications=True))."""
+    await wait_until(pilot, lambda: any(text in toast for toast in toasts(pilot.app)))
+
+
+# ------------------------------------------------------------ projects
+
+
+def copy_project(src: Path, dest: Path) -> Path:
+    shutil.copytree(src, dest, symlinks=True)
+    return dest
+
+
+def cfg_for(project: Path, **sections) -> config.Config:
+    """The project's settings with `sections` set, each named by its dotted path with `__` for dots."""
+    base = config.load(project / "acm.toml").to_dict()
+    for dotted, value in sections.items():
+        *parents, leaf = dotted.split("__")
+        node = base
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return config.from_dict(base, root=project)
+
+
+def with_pairs(project: Path, tmp_path: Path, **code) -> config.Config:
+    """The project's settings with a one-script local bash corpus and `code` (data.code settings)."""
+    scripts = write_tree(tmp_path / "scripts", {"deploy.sh": script("deploy")})
+    table = config.read_table(project / "acm.toml")
+    table.setdefault("data", {})["code"] = {"source": "local", "local_paths": [str(scripts)], **code}
+    cfg = config.from_dict(table, root=project)
+    config.save_settings(cfg, project / "acm.toml")
+    return cfg
+
+
+HF_SOURCE = "huggingface:hf-stand-in"
+
+
+def hf_project(project: Path, rows=HF_ROWS, schema: str = "codeparrot", **code) -> config.Config:
+    """The project's bash corpus pointed at a stand-in dataset in project/hf-stand-in."""
+    data_dir = "data/shell" if schema == "the-stack" else "data"
+    make_hf_dataset(project / "hf-stand-in", rows, schema, data_dir)
+    table = config.read_table(project / "acm.toml")
+    table.setdefault("data", {})["code"] = {"source": "huggingface", "hf_dataset": "hf-stand-in",
+                                            "hf_data_dir": data_dir, **code}
+    cfg = config.from_dict(table, root=project)
+    config.save_settings(cfg, project / "acm.toml")
+    return cfg
