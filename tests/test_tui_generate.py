@@ -35,7 +35,7 @@ async def test_repl_streams_keeps_history_and_badges_bash(with_model):
 
 
 async def test_the_prompt_reads_escapes_as_generate_e_does(with_model):
-    app = AcmApp(with_model / "acm.toml")
+    app = PaneHost(GeneratePane, with_model / "acm.toml")
     async with app.run_test(size=(100, 50)) as pilot:
         await pilot.press("5", "i")  # i: the prompt has the focus
         pane, prompt = app.query_one("#generate-pane"), app.query_one("#gen-prompt", Input)
