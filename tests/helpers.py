@@ -12,6 +12,8 @@ from core import config
 
 from .stand_ins import HF_ROWS, make_hf_dataset, script, write_tree
 
+ROOT = Path(__file__).resolve().parent.parent  # the checkout: README.md, acm.toml, PYTHONPATH of child processes
+
 # ------------------------------------------------------------ the app under Textual's pilot
 
 

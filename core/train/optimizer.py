@@ -11,7 +11,7 @@ the weights in the compute dtype (bfloat16 by default). Each step:
   gradient per buffer, in the compute dtype (what the matrix products produced; nothing is lost);
 - the global norm is a sum over 1,024-long rows (no squared copy), then one fused kernel per
   buffer clips, updates the weights and moments with the arithmetic and order of `optim.AdamW`'s
-  bias-corrected update (`reference_adamw` gives the same weights: tests/test_optimizer.py), and
+  bias-corrected update (`reference_adamw` gives the same weights: tests/core/train/test_optimizer.py), and
   writes the next step's compute-dtype copy. The float32 weights are read by nothing else, so
   the update can write them in place.
 

@@ -15,9 +15,8 @@ from core.data.code import bash_syntax_ok, fetch_code
 from core.data.corpus import Corpus
 from core.data.pairs import VALUES, Filler, url_name
 from core.errors import AcmError, ConfigError
-
-from .helpers import with_pairs
-from .stand_ins import NL2BASH, TLDR, TLDR_EXPECTED, make_bare_repo, write_tree
+from tests.helpers import with_pairs
+from tests.stand_ins import NL2BASH, TLDR, TLDR_EXPECTED, make_bare_repo, write_tree
 
 
 @pytest.fixture
@@ -239,8 +238,7 @@ def test_a_corpus_from_before_licences_reads_them_empty(project, tmp_path):
 def paired(trained, tmp_path, tldr, nl2bash) -> config.Config:
     """The trained project with tldr and NL2Bash scripts in its code corpus, prepared, small training settings."""
     from core.tokenizer.shards import prepare
-
-    from .conftest import TRAIN
+    from tests.conftest import TRAIN
 
     cfg = config.load(trained / "acm.toml")
     cc = cfg.data.code

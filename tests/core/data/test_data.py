@@ -12,9 +12,8 @@ from core.data.corpus import MANIFEST, Corpus
 from core.data.language import fetch_language
 from core.errors import AcmError
 from core.progress import Cancelled, CancelToken
-
-from .helpers import cfg_for
-from .stand_ins import DEPLOY, EXPECTED, make_repos_file
+from tests.helpers import cfg_for
+from tests.stand_ins import DEPLOY, EXPECTED, make_repos_file
 
 
 @pytest.fixture
@@ -216,7 +215,7 @@ def test_cli_fetch_stats_show(project, capsys, github_cfg):
 
 
 def test_links_out_of_a_source_are_never_read_and_in_tree_links_name_their_target(project, tmp_path):
-    from .stand_ins import script
+    from tests.stand_ins import script
 
     secret = tmp_path / "elsewhere" / "credentials.sh"
     secret.parent.mkdir()
@@ -279,8 +278,7 @@ def test_near_duplicates_are_confirmed_against_the_threshold():
 def test_local_paths_entries_that_are_links_are_held_to_the_rule_of_links_inside_a_source(project, tmp_path):
     from core.data.code import fetch_code
     from core.data.corpus import Corpus
-
-    from .stand_ins import script
+    from tests.stand_ins import script
 
     elsewhere = tmp_path / "elsewhere"
     (elsewhere / "mine").mkdir(parents=True)

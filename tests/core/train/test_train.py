@@ -19,6 +19,7 @@ from core.paths import Paths
 from core.runs import checkpoint, read_metrics
 from core.train.schedule import lr_at
 from core.train.trainer import Control, TrainingError, run_stage
+from tests.helpers import ROOT
 
 
 def losses(run: Path, stage: str = "pretrain") -> list[float]:
@@ -490,7 +491,7 @@ def test_piped_tables_keep_whole_names(prepared):
     cfg = load(prepared)
     name = "a-run-with-a-name-much-longer-than-eighty-columns-would-leave-room-for-in-a-table"
     run_stage(cfg, "pretrain", cfg.runs_dir / name, max_steps=1)
-    env = os.environ | {"PYTHONPATH": str(Path(__file__).parent.parent), "COLUMNS": "80"}
+    env = os.environ | {"PYTHONPATH": str(ROOT), "COLUMNS": "80"}
     out = subprocess.run([sys.executable, "-m", "core.cli", "-c", str(prepared / "acm.toml"), "runs"],
                          capture_output=True, text=True, env=env, timeout=120, check=True).stdout
     assert name in out

@@ -14,8 +14,7 @@ import pytest
 
 from core import cli, config
 from core.train.ranks import ring_ranks_here
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT
 
 
 def one_error_line(capsys) -> str:

@@ -6,7 +6,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -15,8 +14,7 @@ from core import cli, config, runs
 from core.paths import Paths
 from core.runs import checkpoint
 from core.train.detach import launch_detached
-
-from .helpers import wait_until
+from tests.helpers import ROOT, wait_until
 
 
 def wait_for(predicate, timeout=90.0):
@@ -127,7 +125,7 @@ def test_a_second_writer_is_refused_and_a_killed_one_blocks_nobody(prepared, cap
     os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)  # our child: reaped, so it reads as dead
     assert runs.stage_state(run, "pretrain") == "interrupted"
-    env = os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = os.environ | {"PYTHONPATH": str(ROOT)}
     resumed = subprocess.run([sys.executable, "-m", "core.cli", "-c", c, "train", "pretrain", "--run", "dup",
                               "--resume", "--max-steps", "1", "--json"], capture_output=True, text=True, env=env)
     assert resumed.returncode == 0, resumed.stderr

@@ -8,6 +8,7 @@ import pytest
 
 from core import cli, config
 from core.errors import ConfigError
+from tests.helpers import ROOT
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -68,7 +69,7 @@ def test_a_cpu_only_machine_suggests_micro_and_doctor_says_why(project):
 
 def test_shipped_acm_toml_is_the_defaults():
     """The shipped acm.toml holds every default but the preset, which suits the machine."""
-    shipped = config.load(Path(__file__).parent.parent / "acm.toml")
+    shipped = config.load(ROOT / "acm.toml")
     assert shipped.to_dict() == config.from_dict({}, preset=config.machine_preset({})).to_dict()
 
 
@@ -145,7 +146,7 @@ def test_describe_covers_every_setting():
     keys = [row[0] for row in config.describe()]
     assert "train.finetune.learning_rate" in keys and "generate.min_p" in keys
     assert len(keys) == len(set(keys))
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    readme = (ROOT / "README.md").read_text()
     missing = [k for k in keys if f"`{k}`" not in readme]
     assert not missing, f"settings not documented in README.md: {missing}"
 

@@ -9,9 +9,8 @@ from textual.widgets import DataTable, Input
 from acm_tui.panes.generate import GeneratePane
 from core import config
 from core.errors import AcmError
-
-from .helpers import shown_in_full, text_of, wait_until
-from .pane_host import PaneHost
+from tests.helpers import shown_in_full, text_of, wait_until
+from tests.pane_host import PaneHost
 
 
 async def test_repl_streams_keeps_history_and_badges_bash(with_model):

@@ -17,10 +17,9 @@ from core.data.code import fetch_code
 from core.data.corpus import Corpus
 from core.data.hf_code import hf_rows, spdx
 from core.progress import Cancelled, CancelToken, no_report
-
-from .helpers import HF_SOURCE as SOURCE
-from .helpers import hf_project
-from .stand_ins import DEPLOY, HF_EXPECTED, HF_ROWS, make_hf_dataset, script
+from tests.helpers import HF_SOURCE as SOURCE
+from tests.helpers import hf_project
+from tests.stand_ins import DEPLOY, HF_EXPECTED, HF_ROWS, make_hf_dataset, script
 
 
 def run_cli(project: Path, *args: str) -> int:

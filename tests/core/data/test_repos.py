@@ -19,9 +19,8 @@ from core.data.corpus import Corpus
 from core.data.repos import BUILTIN_LIST, Repo, clone_all, is_permissive, keep_licences, load_repos
 from core.errors import AcmError
 from core.progress import CancelToken, no_report
-
-from .helpers import cfg_for
-from .stand_ins import REPOS, make_bare_repo, make_repos_file
+from tests.helpers import cfg_for
+from tests.stand_ins import REPOS, make_bare_repo, make_repos_file
 
 # SPDX ids a built-in entry may record (LicenseRef-* names one SPDX does not list)
 ALLOWED = {"MIT", "MIT-0", "Apache-2.0", "BSD-2-Clause", "BSD-3-Clause", "ISC", "0BSD", "Unlicense", "CC0-1.0",

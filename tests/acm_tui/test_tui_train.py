@@ -7,9 +7,8 @@ from core import config
 from core.paths import Paths
 from core.runs import checkpoint, list_runs
 from core.train.trainer import run_stage
-
-from .helpers import notified, shown_in_full, text_of, wait_until
-from .pane_host import PaneHost
+from tests.helpers import notified, shown_in_full, text_of, wait_until
+from tests.pane_host import PaneHost
 
 
 async def test_train_pane_charts_update_and_keys_steer(prepared, keys_while_training):

@@ -6,13 +6,12 @@ import os
 import re
 import shlex
 import subprocess
-from pathlib import Path
 
 import pytest
 
 from core import cli, config
-
-from .terminal import run_acm
+from tests.helpers import ROOT
+from tests.terminal import run_acm
 
 
 def run(capsys, *argv) -> tuple[int, str, str]:
@@ -147,7 +146,7 @@ def test_a_missing_run_is_named_as_missing(with_model, tmp_path, capsys):
 
 
 def test_the_readme_double_quotes_no_prompt_but_in_toml():
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    readme = (ROOT / "README.md").read_text()
     assert [line for line in readme.splitlines() if '"#!' in line and not line.startswith("prompt = ")] == []
 
 

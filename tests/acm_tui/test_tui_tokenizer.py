@@ -3,9 +3,8 @@ from __future__ import annotations
 from textual.widgets import DataTable
 
 from acm_tui.panes.tokenizer import TokenizerPane
-
-from .helpers import shown_in_full, text_of, wait_until
-from .pane_host import PaneHost
+from tests.helpers import shown_in_full, text_of, wait_until
+from tests.pane_host import PaneHost
 
 
 async def test_probe_updates_as_you_type_in_view_at_80x24_and_prepare_runs(trained):

@@ -21,6 +21,7 @@ from core.generate.sampling import SamplingParams
 from core.model.gpt import GPT
 from core.paths import Paths
 from core.tokenizer.bpe import BOS_ID, EOS_ID, PAD_ID
+from tests.helpers import ROOT
 
 TEXT = "#!/bin/bash\necho $HOME"
 
@@ -443,11 +444,10 @@ def test_the_next_export_sweeps_what_a_killed_export_left_and_spares_one_under_w
     import fcntl
     import subprocess
     import sys
-    from pathlib import Path
 
     out = tmp_path / "exports"
     killed = subprocess.run([sys.executable, "-c", KILLED_MID_EXPORT, str(with_model / "acm.toml"), str(out / "a")],
-                            env={**__import__("os").environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
+                            env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
     assert killed.returncode == -9 and (out / ".a.partial" / "model.safetensors").exists()
     busy = out / ".b.partial"  # another export, alive, writing to another name
     busy.mkdir()

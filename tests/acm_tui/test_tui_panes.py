@@ -9,9 +9,8 @@ from acm_tui.panes.settings import SettingsPane
 from acm_tui.panes.setup import SetupPane
 from core import config
 from core.errors import ConfigError
-
-from .helpers import notified, text_of, wait_until
-from .pane_host import PaneHost
+from tests.helpers import notified, text_of, wait_until
+from tests.pane_host import PaneHost
 
 
 def select_row(table: DataTable, key: str) -> None:

@@ -11,9 +11,8 @@ from core import cli, config
 from core.data.code import fetch_code
 from core.pipeline.overview import pipeline_status
 from core.tokenizer.shards import prepare
-
-from .helpers import text_of, wait_until
-from .terminal import run_acm
+from tests.helpers import text_of, wait_until
+from tests.terminal import run_acm
 
 
 def states(cfg) -> dict[str, str]:

@@ -16,6 +16,7 @@ from core.generate.export.card import _evaluation
 from core.generate.relevance import eval_prompts, expectations, relevance, task_verdict
 from core.generate.verdicts import Verdict
 from core.pipeline.tables import EVAL_COLUMNS, eval_rows
+from tests.helpers import ROOT
 
 DUMP = "#!/bin/bash\n# Back up a PostgreSQL database\n"
 PING = "#!/bin/bash\n# Ping each host\n"
@@ -196,7 +197,7 @@ def test_the_default_tasks_cover_every_area_compile_and_are_fair():
 
 
 def test_the_readme_holds_the_generated_task_table():
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    readme = (ROOT / "README.md").read_text()
     assert config.tasks_table() in readme and config.markdown_table() in readme
 
 

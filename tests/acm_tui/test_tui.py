@@ -13,9 +13,8 @@ import acm_tui.app
 from acm_tui.app import AcmApp
 from acm_tui.panes.settings import SettingsPane
 from acm_tui.panes.setup import SetupPane
-
-from .helpers import shown_in_full, wait_until
-from .pane_host import PaneHost
+from tests.helpers import ROOT, shown_in_full, wait_until
+from tests.pane_host import PaneHost
 
 
 async def test_starts_on_setup_with_doctor_report(project):
@@ -107,7 +106,7 @@ async def test_a_bug_ends_the_app_in_one_line_with_exit_status_1(project, capsys
 # acm-tui's own main() on the crashing app; Textual's headless driver, and it presses b (TEXTUAL_PRESS)
 CRASHING_MAIN = """
 import sys
-from tests.test_tui import Crashing
+from tests.acm_tui.test_tui import Crashing
 from acm_tui import app
 app.AcmApp = Crashing
 sys.exit(app.main(["-c", sys.argv[1]]))
@@ -117,7 +116,7 @@ sys.exit(app.main(["-c", sys.argv[1]]))
 @pytest.mark.parametrize("debug", ["", "1"])
 def test_acm_tui_tells_a_bug_in_one_line_and_exits_1(project, debug):
     env = {**os.environ, "TEXTUAL_DRIVER": "textual.drivers.headless_driver:HeadlessDriver",
-           "TEXTUAL_PRESS": "b", "ACM_DEBUG": debug, "PYTHONPATH": str(Path(__file__).parents[1])}
+           "TEXTUAL_PRESS": "b", "ACM_DEBUG": debug, "PYTHONPATH": str(ROOT)}
     done = subprocess.run([sys.executable, "-c", CRASHING_MAIN, str(project / "acm.toml")], env=env,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 1

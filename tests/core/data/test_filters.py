@@ -10,9 +10,8 @@ import pytest
 from core.config import CodeDataConfig, EvalConfig
 from core.data.code import Candidate, fetch_code, validate
 from core.data.decontaminate import EvalSpans, prompt_comments
-
-from .helpers import cfg_for
-from .stand_ins import DEPLOY, script, write_tree
+from tests.helpers import cfg_for
+from tests.stand_ins import DEPLOY, script, write_tree
 
 BODY = script("ordinary", lines=6)
 SYMBOLS = "#!/bin/bash\n" + "echo '==--==++::##::++==--==%%'\n" * 20  # alnum share ~0.17

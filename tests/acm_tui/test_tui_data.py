@@ -5,10 +5,9 @@ from textual.widgets import DataTable
 from acm_tui.app import AcmApp
 from acm_tui.panes.data import DataPane
 from core import config
-
-from .helpers import text_of, wait_until
-from .pane_host import PaneHost
-from .stand_ins import DEPLOY, script
+from tests.helpers import ROOT, text_of, wait_until
+from tests.pane_host import PaneHost
+from tests.stand_ins import DEPLOY, script
 
 
 def use_local_scripts(project, tmp_path, files: dict[str, str]) -> None:
@@ -63,7 +62,6 @@ async def test_panes_follow_a_stage_that_ends_elsewhere(project, tmp_path):
     import os
     import subprocess
     import sys
-    from pathlib import Path
 
     use_local_scripts(project, tmp_path, {"deploy.sh": DEPLOY})
     app = AcmApp(project / "acm.toml")
@@ -71,7 +69,7 @@ async def test_panes_follow_a_stage_that_ends_elsewhere(project, tmp_path):
         await pilot.press("2")
         table = app.query_one("#corpus-stats", DataTable)
         await wait_until(pilot, lambda: table.row_count == 2 and table.get_row_at(1)[1] == "not fetched")
-        env = os.environ | {"PYTHONPATH": str(Path(__file__).parent.parent)}
+        env = os.environ | {"PYTHONPATH": str(ROOT)}
         subprocess.run([sys.executable, "-m", "core.cli", "-c", str(project / "acm.toml"), "data", "fetch", "code"],
                        check=True, capture_output=True, env=env, timeout=120)
         await wait_until(pilot, lambda: table.get_row_at(1)[1] == "1", timeout=15)
@@ -80,9 +78,8 @@ async def test_panes_follow_a_stage_that_ends_elsewhere(project, tmp_path):
 
 async def test_the_code_report_counts_documents_per_source(project, tmp_path):
     from core.data.code import fetch_code
-
-    from .helpers import with_pairs
-    from .stand_ins import TLDR, write_tree
+    from tests.helpers import with_pairs
+    from tests.stand_ins import TLDR, write_tree
 
     fetch_code(with_pairs(project, tmp_path, pairs=["tldr"], tldr_path=str(write_tree(tmp_path / "tldr", TLDR))))
     app = PaneHost(DataPane, project / "acm.toml")
@@ -97,9 +94,8 @@ async def test_the_code_report_counts_documents_per_source(project, tmp_path):
 
 async def test_a_hugging_face_source_is_counted_and_shown(project):
     from core.data.code import fetch_code
-
-    from .helpers import HF_SOURCE as SOURCE
-    from .helpers import hf_project
+    from tests.helpers import HF_SOURCE as SOURCE
+    from tests.helpers import hf_project
 
     fetch_code(hf_project(project, licences="permissive"))
     app = PaneHost(DataPane, project / "acm.toml")
