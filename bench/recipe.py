@@ -25,7 +25,7 @@ from core.generate.relevance import eval_prompts, expectations
 from core.generate.sampling import SamplingParams
 from core.paths import Paths
 from core.runs import checkpoint
-from core.train.trainer import run_stage
+from core.train.trainer import train_stage
 
 # name -> settings changed from the project's acm.toml ("pretrain.steps" picks the shared pretrain)
 VARIANTS: dict[str, dict[str, str]] = {
@@ -61,7 +61,7 @@ def pretrained(cfg: config.Config) -> Path:
     run = cfg.locations.run(f"pretrain-{cfg.train.pretrain.steps}")
     if checkpoint.best(Paths.checkpoints(run, "pretrain")) is None:
         started = time.perf_counter()
-        run_stage(cfg, "pretrain", run)
+        train_stage(cfg, "pretrain", run)
         print(json.dumps({"pretrain": run.name, "seconds": round(time.perf_counter() - started, 1)}), flush=True)
     return run
 
@@ -73,7 +73,7 @@ def variant(base: config.Config, name: str, samples: int, max_tokens: int) -> di
     shutil.rmtree(run, ignore_errors=True)
     shutil.copytree(source, run, copy_function=lambda a, b: Path(b).hardlink_to(a))
     started = time.perf_counter()
-    result = run_stage(cfg, "finetune", run)
+    result = train_stage(cfg, "finetune", run)
     train_s = time.perf_counter() - started
     lm = load_model(cfg, run.name, "finetune")
     prompts, expected = eval_prompts(cfg.eval, samples), expectations(cfg.eval)

@@ -99,12 +99,12 @@ def prepared(prepared_template, tmp_path) -> Path:
 @pytest.fixture(scope="session")
 def model_template(prepared_template, tmp_path_factory) -> Path:
     """The prepared template with a run `m`: 20 pretrain steps, then 10 fine-tune steps."""
-    from core.train.trainer import run_stage
+    from core.train.trainer import train_stage
 
     root = copy_project(prepared_template, tmp_path_factory.mktemp("model") / "proj")
     cfg = config.load(root / "acm.toml")
-    run_stage(cfg, "pretrain", cfg.runs_dir / "m", max_steps=20)
-    run_stage(cfg, "finetune", cfg.runs_dir / "m")
+    train_stage(cfg, "pretrain", cfg.runs_dir / "m", max_steps=20)
+    train_stage(cfg, "finetune", cfg.runs_dir / "m")
     return root
 
 

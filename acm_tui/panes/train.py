@@ -24,7 +24,7 @@ from core.errors import AcmError, one_line
 from core.runs.events import Eval, Log, Metrics, StageFollower, State
 from core.train.detach import launch_detached
 from core.train.target import NoRun, training_target
-from core.train.trainer import Control, run_stage
+from core.train.trainer import Control, train_stage
 
 from ..charts import STAGE_NAMES, draw
 from ..confirm import Confirm
@@ -160,7 +160,7 @@ class TrainPane(Pane):
         if self._busy():
             return
         self.control = Control()
-        self.run_on_engine("train", partial(run_stage, extend_to=extend_to), self.cfg, stage, run, None, self.control,
+        self.run_on_engine("train", partial(train_stage, extend_to=extend_to), self.cfg, stage, run, None, self.control,
                            resume)
         self.attach(run, stage)
         self.state = "starting"

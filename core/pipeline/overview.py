@@ -161,7 +161,7 @@ def run_stage(cfg: Config, name: str, report, cancel, on_engine: Callable[..., A
     from core.train.ranks import in_group, train_on_ranks
     from core.train.target import training_target
     from core.train.trainer import check_inputs
-    from core.train.trainer import run_stage as train
+    from core.train.trainer import train_stage as train
 
     if name == "data-language":
         return fetch_language(cfg, report, cancel)

@@ -704,7 +704,7 @@ def build_steps(model: GPT, opt: FlatAdamW, grad_clip: float, world: int = 1, bu
             partial(mx.compile, inputs=state, outputs=state)(finish), eval_loss)
 
 
-def run_stage(cfg: Config, stage: str, run: Path, emit: Callback | None = None, control: Control | None = None,
+def train_stage(cfg: Config, stage: str, run: Path, emit: Callback | None = None, control: Control | None = None,
               resume: bool = False, max_steps: int | None = None, **options) -> StageResult:
     """Build a Trainer and run it (call on the engine thread); `options` are the Trainer's keywords."""
     return Trainer(cfg, stage, run, emit, control, resume, max_steps, **options).run()

@@ -24,7 +24,7 @@ from core.train import snapshot
 from core.train.lifeline import tie_rank_to_launcher
 from core.train.ranks import in_group
 from core.train.snapshot import Launch
-from core.train.trainer import Control, StageResult, run_stage
+from core.train.trainer import Control, StageResult, train_stage
 
 FINISHED = object()  # the end of a stage's events (never printed)
 Follow = Callable[[queue.SimpleQueue, Callable[[], None]], int | None]  # (events, stop) -> 130 or None
@@ -62,7 +62,7 @@ def train_here(cfg: Config, launch: Launch, run: Path, follow: Follow) -> StageR
     if hasattr(signal, "SIGUSR1"):
         signal.signal(signal.SIGUSR1, lambda *_: control.save_now())
     engine = Engine()
-    fut = engine.submit(run_stage, cfg, launch.stage, run, events.put, control, launch.resume, launch.max_steps,
+    fut = engine.submit(train_stage, cfg, launch.stage, run, events.put, control, launch.resume, launch.max_steps,
                         extend_to=launch.steps if launch.resume else None)
     fut.add_done_callback(lambda f: events.put(FINISHED))
     if follow(events, control.stop) is not None:

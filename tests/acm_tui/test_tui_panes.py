@@ -52,10 +52,10 @@ async def test_settings_pane_validates_as_you_type_and_saves(project):
 
 
 async def test_runs_pane_opens_overlays_renames_and_deletes(with_model):
-    from core.train.trainer import run_stage
+    from core.train.trainer import train_stage
 
     cfg = config.load(with_model / "acm.toml")
-    run_stage(cfg, "pretrain", cfg.runs_dir / "other", max_steps=4)
+    train_stage(cfg, "pretrain", cfg.runs_dir / "other", max_steps=4)
     app = PaneHost(RunsPane, with_model / "acm.toml")
     async with app.run_test(size=(100, 40)) as pilot:
         await pilot.press("6")

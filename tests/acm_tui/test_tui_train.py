@@ -6,7 +6,7 @@ from acm_tui.panes.train import TrainPane
 from core import config
 from core.paths import Paths
 from core.runs import checkpoint, list_runs
-from core.train.trainer import run_stage
+from core.train.trainer import train_stage
 from tests.helpers import notified, shown_in_full, text_of, wait_until
 from tests.pane_host import PaneHost
 
@@ -94,7 +94,7 @@ async def test_quitting_mid_run_stops_with_a_checkpoint(prepared, keys_while_tra
 async def test_resuming_a_finished_stage_asks_before_training_on(prepared):
     cfg = config.load(prepared / "acm.toml")
     cfg.train.pretrain.steps = 4
-    run_stage(cfg, "pretrain", cfg.runs_dir / "done")
+    train_stage(cfg, "pretrain", cfg.runs_dir / "done")
     app = PaneHost(TrainPane, prepared / "acm.toml")
     folder = Paths.checkpoints(cfg.runs_dir / "done", "pretrain")
     async with app.run_test(size=(80, 24)) as pilot:

@@ -295,10 +295,10 @@ def test_fine_tuning_draws_its_pairs_share(paired, monkeypatch):
 
     monkeypatch.setattr(trainer, "Batches", Recorded)
     run = paired.runs_dir / "pairs"
-    trainer.run_stage(paired, "pretrain", run, max_steps=2)
+    trainer.train_stage(paired, "pretrain", run, max_steps=2)
     assert made[0].paired == 0
     paired.train.finetune.pairs_share = 0.5
-    trainer.run_stage(paired, "finetune", run, max_steps=2)
+    trainer.train_stage(paired, "finetune", run, max_steps=2)
     [ft] = [b for b in made if b.mixed]
     assert ft.paired == 2 and ft.rows == 4
     code = trainer.open_tokens(paired, "code", "train")

@@ -233,11 +233,11 @@ def test_syntax_checked_sampling_returns_a_parsing_candidate_when_there_is_one(w
 def test_a_bf16_model_is_served_in_bf16_and_exported_from_its_float32_weights(prepared):
     from mlx.utils import tree_flatten
 
-    from core.train.trainer import run_stage
+    from core.train.trainer import train_stage
 
     cfg = config.load(prepared / "acm.toml")
     cfg.model.compute_dtype = "bfloat16"
-    run_stage(cfg, "pretrain", cfg.runs_dir / "b", max_steps=2)
+    train_stage(cfg, "pretrain", cfg.runs_dir / "b", max_steps=2)
     served = load_model(cfg, "b")
     assert {v.dtype for _, v in tree_flatten(served.model.parameters())} == {mx.bfloat16}
     master = load_model(cfg, "b", master_weights=True)

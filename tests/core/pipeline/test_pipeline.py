@@ -167,7 +167,7 @@ def test_the_model_takes_the_vocabulary_the_tokenizer_reached(trained, capsys):
     from core.generate.decode import generate_text, load_model
     from core.generate.sampling import SamplingParams
     from core.tokenizer.bpe import train_tokenizer
-    from core.train.trainer import run_stage
+    from core.train.trainer import train_stage
 
     path = trained / "acm.toml"
     cfg, _ = config.with_value(config.load(path), "tokenizer.vocab_size", "60000")
@@ -179,7 +179,7 @@ def test_the_model_takes_the_vocabulary_the_tokenizer_reached(trained, capsys):
     assert f"vocab {meta['vocab_size']:,} (of 60,000 aimed for" in capsys.readouterr().out
     prepare(cfg)
     cfg.train.pretrain.steps, cfg.train.pretrain.seq_len = 2, 32
-    run_stage(cfg, "pretrain", cfg.runs_dir / "v")
+    train_stage(cfg, "pretrain", cfg.runs_dir / "v")
     recorded = config.load(cfg.runs_dir / "v" / "config.toml")
     assert recorded.tokenizer.vocab_size == meta["vocab_size"] and recorded.model.preset == "nano"
     lm = load_model(cfg, "v")

@@ -12,7 +12,7 @@ import pytest
 from core import cli, config
 from core.errors import ConfigError
 from core.runs import read_metrics
-from core.train.trainer import run_stage
+from core.train.trainer import train_stage
 
 
 def tensorboard_scalars(folder) -> dict[str, list[tuple[int, float]]]:
@@ -36,7 +36,7 @@ def test_tensorboard_gets_the_curves_metrics_jsonl_gets_and_csv_exports_them(pre
     cfg.train.report_to = ["tensorboard"]
     config.save(cfg, prepared / "acm.toml")
     run = cfg.runs_dir / "tb"
-    run_stage(cfg, "pretrain", run, max_steps=6)
+    train_stage(cfg, "pretrain", run, max_steps=6)
     recorded = [e for e in read_metrics(run, "pretrain") if e["type"] == "metrics"]
     seen = tensorboard_scalars(run / "tensorboard" / "pretrain")
     assert [s for s, _ in seen["pretrain/loss"]] == [e["step"] for e in recorded]
@@ -51,7 +51,7 @@ def test_tensorboard_gets_the_curves_metrics_jsonl_gets_and_csv_exports_them(pre
 def test_tracking_is_off_by_default_and_names_are_checked(prepared, capsys):
     cfg = config.load(prepared / "acm.toml")
     assert cfg.train.report_to == []
-    run_stage(cfg, "pretrain", cfg.runs_dir / "plain", max_steps=2)
+    train_stage(cfg, "pretrain", cfg.runs_dir / "plain", max_steps=2)
     assert not (cfg.runs_dir / "plain" / "tensorboard").exists() and not (cfg.runs_dir / "plain" / "wandb").exists()
     with pytest.raises(ConfigError, match="train.report_to = \\['mlflow'\\] is not valid; each one of: tensorboard"):
         config.from_dict({"model": {"preset": "nano"}, "tokenizer": {"vocab_size": 1024},
@@ -93,7 +93,7 @@ def test_wandb_runs_offline_unless_a_key_or_mode_says_otherwise(prepared, monkey
         monkeypatch.setenv(name, value)
     cfg = config.load(prepared / "acm.toml")
     cfg.train.report_to = ["wandb"]
-    run_stage(cfg, "pretrain", cfg.runs_dir / "wb", max_steps=2)
+    train_stage(cfg, "pretrain", cfg.runs_dir / "wb", max_steps=2)
     (init,) = recording.inits
     assert init["mode"] == mode and init["dir"] == str(cfg.runs_dir / "wb") and init["id"] == "wb-pretrain"
     recorded = [e for e in read_metrics(cfg.runs_dir / "wb", "pretrain") if e["type"] in ("metrics", "eval")]

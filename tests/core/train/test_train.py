@@ -18,7 +18,7 @@ from core.errors import AcmError
 from core.paths import Paths
 from core.runs import checkpoint, read_metrics
 from core.train.schedule import lr_at
-from core.train.trainer import Control, TrainingError, run_stage
+from core.train.trainer import Control, TrainingError, train_stage
 from tests.helpers import ROOT
 
 
@@ -46,7 +46,7 @@ def test_schedule_warmup_then_cosine():
 def test_pretrain_loss_falls_and_writes_the_run(prepared):
     cfg = load(prepared)
     run = cfg.runs_dir / "r"
-    result = run_stage(cfg, "pretrain", run)
+    result = train_stage(cfg, "pretrain", run)
     ls = losses(run)
     assert len(ls) == 40 and sum(ls[-5:]) / 5 < sum(ls[:5]) / 5 - 0.5
     evals = [e for e in read_metrics(run, "pretrain") if e["type"] == "eval"]
@@ -62,9 +62,9 @@ def test_pretrain_loss_falls_and_writes_the_run(prepared):
 
 def test_resume_continues_exactly(prepared):
     cfg = load(prepared)
-    run_stage(cfg, "pretrain", cfg.runs_dir / "straight", max_steps=16)
-    run_stage(cfg, "pretrain", cfg.runs_dir / "halves", max_steps=8)
-    run_stage(cfg, "pretrain", cfg.runs_dir / "halves", resume=True, max_steps=8)
+    train_stage(cfg, "pretrain", cfg.runs_dir / "straight", max_steps=16)
+    train_stage(cfg, "pretrain", cfg.runs_dir / "halves", max_steps=8)
+    train_stage(cfg, "pretrain", cfg.runs_dir / "halves", resume=True, max_steps=8)
     straight, halves = losses(cfg.runs_dir / "straight"), losses(cfg.runs_dir / "halves")
     assert len(straight) == len(halves) == 16
     assert halves == pytest.approx(straight, rel=1e-5, abs=1e-6)
@@ -88,7 +88,7 @@ def test_pause_stop_and_save_now_keep_state(prepared):
                 paused.set()
 
     engine = Engine()
-    fut = engine.submit(run_stage, cfg, "pretrain", run, emit, control)
+    fut = engine.submit(train_stage, cfg, "pretrain", run, emit, control)
     assert paused.wait(60)
     at_pause = steps[-1]
     time.sleep(0.3)
@@ -103,7 +103,7 @@ def test_pause_stop_and_save_now_keep_state(prepared):
     assert result.stopped_early and states[-1] == "stopped"
     cks = [c.step for c in checkpoint.list_checkpoints(Paths.checkpoints(run, "pretrain"))]
     assert cks[0] == 5 and cks[-1] == result.step  # save-now after resuming, and at stop
-    again = run_stage(cfg, "pretrain", run, resume=True, max_steps=2)
+    again = train_stage(cfg, "pretrain", run, resume=True, max_steps=2)
     assert again.step == result.step + 2
 
 
@@ -127,7 +127,7 @@ def test_kill_9_leaves_a_loadable_checkpoint(prepared):
     latest = checkpoint.latest(folder)
     params, opt = checkpoint.load_arrays(latest)
     assert params and opt
-    result = run_stage(load(prepared), "pretrain", cfg.runs_dir / "k", resume=True, max_steps=1)
+    result = train_stage(load(prepared), "pretrain", cfg.runs_dir / "k", resume=True, max_steps=1)
     assert result.step == latest.step + 1
 
 
@@ -136,7 +136,7 @@ def test_interrupted_save_keeps_the_previous_checkpoint(prepared, monkeypatch):
 
     cfg = load(prepared)
     run = cfg.runs_dir / "i"
-    run_stage(cfg, "pretrain", run, max_steps=10)
+    train_stage(cfg, "pretrain", run, max_steps=10)
     real = mx.save_safetensors
 
     def dies(path, arrays):
@@ -145,23 +145,23 @@ def test_interrupted_save_keeps_the_previous_checkpoint(prepared, monkeypatch):
 
     monkeypatch.setattr(mx, "save_safetensors", dies)
     with pytest.raises(KeyboardInterrupt):
-        run_stage(cfg, "pretrain", run, resume=True, max_steps=10)
+        train_stage(cfg, "pretrain", run, resume=True, max_steps=10)
     monkeypatch.setattr(mx, "save_safetensors", real)
     folder = Paths.checkpoints(run, "pretrain")
     assert [c.step for c in checkpoint.list_checkpoints(folder)] == [10]
     assert not list(folder.glob(".tmp-step-*"))  # an interrupted save removes what it wrote
     (folder / ".tmp-step-0000015").mkdir()  # what a kill -9 mid-save leaves: swept by the next save
-    assert run_stage(cfg, "pretrain", run, resume=True, max_steps=10).step == 20
+    assert train_stage(cfg, "pretrain", run, resume=True, max_steps=10).step == 20
     assert not list(folder.glob(".tmp-step-*"))
 
 
 def test_non_finite_loss_stops_with_a_clear_message(prepared):
     cfg = load(prepared)
-    run_stage(cfg, "pretrain", cfg.runs_dir / "n", max_steps=4)
+    train_stage(cfg, "pretrain", cfg.runs_dir / "n", max_steps=4)
     cfg.train.pretrain.learning_rate, cfg.train.pretrain.warmup_steps, cfg.train.pretrain.grad_clip = 1e30, 0, 0.0
     with pytest.raises(TrainingError, match=r"the loss became (nan|inf) at step \d+; the last good checkpoint is "
                                             r"step-0000004"):
-        run_stage(cfg, "pretrain", cfg.runs_dir / "n", resume=True)
+        train_stage(cfg, "pretrain", cfg.runs_dir / "n", resume=True)
     folder = Paths.checkpoints(cfg.runs_dir / "n", "pretrain")
     assert checkpoint.latest(folder).step == 4
     checkpoint.load_arrays(checkpoint.latest(folder))
@@ -171,9 +171,9 @@ def test_finetune_starts_from_best_pretrain(prepared):
     cfg = load(prepared)
     run = cfg.runs_dir / "f"
     with pytest.raises(AcmError, match="has no pretrain checkpoint to fine-tune"):
-        run_stage(cfg, "finetune", run)
-    run_stage(cfg, "pretrain", run, max_steps=20)
-    result = run_stage(cfg, "finetune", run)
+        train_stage(cfg, "finetune", run)
+    train_stage(cfg, "pretrain", run, max_steps=20)
+    result = train_stage(cfg, "finetune", run)
     assert result.step == 10
     log = (run / "finetune" / "train.log").read_text()
     assert "fine-tuning from pretrain step" in log
@@ -182,17 +182,17 @@ def test_finetune_starts_from_best_pretrain(prepared):
 
 def test_bad_inputs_are_one_line(prepared):
     cfg = load(prepared)
-    run_stage(cfg, "pretrain", cfg.runs_dir / "b", max_steps=10)
+    train_stage(cfg, "pretrain", cfg.runs_dir / "b", max_steps=10)
     with pytest.raises(AcmError, match="already has pretrain checkpoints .* resume it"):
-        run_stage(cfg, "pretrain", cfg.runs_dir / "b")
+        train_stage(cfg, "pretrain", cfg.runs_dir / "b")
     ck = checkpoint.latest(Paths.checkpoints(cfg.runs_dir / "b", "pretrain"))
     (ck.path / "model.safetensors").write_bytes(b"garbage")
     with pytest.raises(AcmError, match="is damaged"):
-        run_stage(cfg, "pretrain", cfg.runs_dir / "b", resume=True)
+        train_stage(cfg, "pretrain", cfg.runs_dir / "b", resume=True)
     import shutil
     shutil.rmtree(cfg.data_dir / "tokens")
     with pytest.raises(AcmError, match="run `acm prepare` first"):
-        run_stage(cfg, "pretrain", cfg.runs_dir / "b3")
+        train_stage(cfg, "pretrain", cfg.runs_dir / "b3")
 
 
 def test_run_from_another_config_is_refused(prepared):
@@ -202,7 +202,7 @@ def test_run_from_another_config_is_refused(prepared):
     other = config.from_dict({"model": {"preset": "tiny"}, "tokenizer": {"vocab_size": 16000}})
     config.save(other, run / "config.toml")
     with pytest.raises(AcmError, match="run c was made with preset 'tiny'"):
-        run_stage(cfg, "pretrain", run)
+        train_stage(cfg, "pretrain", run)
     assert config.load(run / "config.toml").model.preset == "tiny"  # nothing overwritten
 
 
@@ -229,13 +229,13 @@ def test_two_ranks_match_one_process_and_a_resume_on_one_rank_continues_alike(pr
                      "--ranks", "2"]) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "pretrain stopped at step 6 in run two on 2 ranks" in out
-    run_stage(config.load(prepared / "one.toml"), "pretrain", cfg.runs_dir / "one", max_steps=7)
+    train_stage(config.load(prepared / "one.toml"), "pretrain", cfg.runs_dir / "one", max_steps=7)
     two, one = losses(cfg.runs_dir / "two"), losses(cfg.runs_dir / "one")
     assert len(two) == 6 and len(one) == 7
     assert two == pytest.approx(one[:6], rel=1e-4, abs=1e-5)
     assert {e["ranks"] for e in read_metrics(cfg.runs_dir / "two", "pretrain") if e["type"] == "metrics"} == {2}
     seen = []
-    run_stage(config.load(prepared / "ranks.toml"), "pretrain", cfg.runs_dir / "two", seen.append, resume=True,
+    train_stage(config.load(prepared / "ranks.toml"), "pretrain", cfg.runs_dir / "two", seen.append, resume=True,
               max_steps=1)
     assert losses(cfg.runs_dir / "two")[6] == pytest.approx(one[6], rel=1e-4, abs=1e-5)
     assert any("1 rank(s) x 2 micro-batch(es) of 2 keep the run's 4 sequences a step" in e.text
@@ -260,7 +260,7 @@ def test_the_follower_replays_what_the_recorder_wrote(prepared):
 
     cfg = load(prepared)
     run, seen = cfg.runs_dir / "f", []
-    run_stage(cfg, "pretrain", run, seen.append, max_steps=10)
+    train_stage(cfg, "pretrain", run, seen.append, max_steps=10)
     assert [e.step for e in seen if e.type == "checkpoint"] == [10]
     follower = StageFollower(run, "pretrain")
     replay = follower.poll()
@@ -274,7 +274,7 @@ def test_the_follower_replays_what_the_recorder_wrote(prepared):
 def test_a_damaged_state_json_says_so_and_names_the_checkpoint_resumed(prepared, capsys):
     cfg = load(prepared)
     run = cfg.runs_dir / "d"
-    run_stage(cfg, "pretrain", run, max_steps=20)
+    train_stage(cfg, "pretrain", run, max_steps=20)
     folder = Paths.checkpoints(run, "pretrain")
     (folder / "step-0000020" / "state.json").write_text("{ half a")
     assert cli.main(["-c", str(prepared / "acm.toml"), "train", "pretrain", "--run", "d", "--resume",
@@ -293,7 +293,7 @@ def test_a_full_disk_names_the_path_cleans_up_and_marks_the_run_failed(prepared,
 
     cfg = load(prepared)
     run = cfg.runs_dir / "full"
-    run_stage(cfg, "pretrain", run, max_steps=10)
+    train_stage(cfg, "pretrain", run, max_steps=10)
     real = mx.save_safetensors
 
     def full(path, arrays, **kw):
@@ -313,7 +313,7 @@ def test_a_full_disk_names_the_path_cleans_up_and_marks_the_run_failed(prepared,
     status = runs.read_status(run, "pretrain")
     assert status["state"] == "failed" and "disk full" in status["error"]
     monkeypatch.setattr(mx, "save_safetensors", real)
-    assert run_stage(cfg, "pretrain", run, resume=True, max_steps=10).step == 20
+    assert train_stage(cfg, "pretrain", run, resume=True, max_steps=10).step == 20
 
 
 def test_windows_at_documents_start_where_a_document_starts(prepared):
@@ -353,7 +353,7 @@ def unlearning_finetune(prepared: Path) -> tuple[config.Config, Path]:
     steps with a patience of 2."""
     cfg = load(prepared)
     run = cfg.runs_dir / "p"
-    run_stage(cfg, "pretrain", run, max_steps=4)
+    train_stage(cfg, "pretrain", run, max_steps=4)
     ft = cfg.train.finetune
     ft.steps, ft.eval_every, ft.save_every, ft.patience, ft.learning_rate, ft.warmup_steps = 40, 2, 100, 2, 0.0, 0
     return cfg, run
@@ -361,7 +361,7 @@ def unlearning_finetune(prepared: Path) -> tuple[config.Config, Path]:
 
 def test_patience_stops_early_and_keeps_the_best(prepared):
     cfg, run = unlearning_finetune(prepared)
-    result = run_stage(cfg, "finetune", run)  # no learning: no check after the first brings a new best
+    result = train_stage(cfg, "finetune", run)  # no learning: no check after the first brings a new best
     assert result.step == 6  # checks at 2 (the best), 4 and 6 (two without a new best)
     assert "early stop at step 6" in (run / "finetune" / "train.log").read_text()
     folder = Paths.checkpoints(run, "finetune")
@@ -372,9 +372,9 @@ def test_patience_stops_early_and_keeps_the_best(prepared):
 def test_replay_and_document_starts_train_a_stage(prepared):
     cfg = load(prepared)
     run = cfg.runs_dir / "r"
-    run_stage(cfg, "pretrain", run, max_steps=4)
+    train_stage(cfg, "pretrain", run, max_steps=4)
     cfg.train.finetune.replay, cfg.train.finetune.start_at_documents = 0.5, True
-    result = run_stage(cfg, "finetune", run, max_steps=4)
+    result = train_stage(cfg, "finetune", run, max_steps=4)
     assert result.step == 4 and len(losses(run, "finetune")) == 4
 
 
@@ -382,12 +382,12 @@ def test_muon_trains_a_stage_and_resumes_exactly(prepared):
     cfg = load(prepared)
     cfg.train.pretrain.optimizer, cfg.train.pretrain.muon_learning_rate = "muon", 0.02
     run = cfg.runs_dir / "m"
-    run_stage(cfg, "pretrain", run, max_steps=20)
+    train_stage(cfg, "pretrain", run, max_steps=20)
     ls = losses(run)
     assert sum(ls[-3:]) / 3 < sum(ls[:3]) / 3 - 0.5
     whole = cfg.runs_dir / "whole"
-    run_stage(cfg, "pretrain", whole, max_steps=30)
-    run_stage(cfg, "pretrain", run, resume=True, max_steps=10)  # momentum came back from the checkpoint
+    train_stage(cfg, "pretrain", whole, max_steps=30)
+    train_stage(cfg, "pretrain", run, resume=True, max_steps=10)  # momentum came back from the checkpoint
     assert losses(run)[-1] == pytest.approx(losses(whole)[-1], rel=1e-4)
 
 
@@ -407,7 +407,7 @@ def test_a_time_budget_fits_the_steps_and_ends_on_the_floor(prepared):
     sc = cfg.train.pretrain
     sc.time, sc.eval_every, sc.save_every, sc.log_every, sc.min_lr_ratio = "20s", 10, 1000, 1, 0.1
     clock = SteppingClock(0.4)  # a coarse tick: the budget holds few steps
-    result = run_stage(cfg, "pretrain", cfg.runs_dir / "budget", clock=clock)
+    result = train_stage(cfg, "pretrain", cfg.runs_dir / "budget", clock=clock)
     took = clock.now - 1000.0
     assert 20 / 1.5 <= took <= 20 * 1.5
     log = (cfg.runs_dir / "budget" / "pretrain" / "train.log").read_text()
@@ -426,10 +426,10 @@ def test_a_resumed_stage_keeps_its_plan_and_extends_only_when_asked(prepared, ca
     sc = cfg.train.pretrain
     sc.time, sc.eval_every, sc.save_every, sc.log_every = "20s", 10, 1000, 5
     run = cfg.runs_dir / "planned"
-    planned = run_stage(cfg, "pretrain", run, clock=SteppingClock(0.4)).step
+    planned = train_stage(cfg, "pretrain", run, clock=SteppingClock(0.4)).step
     folder = Paths.checkpoints(run, "pretrain")
     assert sc.steps != planned and checkpoint.latest(folder).state["planned_steps"] == planned
-    again = run_stage(load(prepared), "pretrain", run, resume=True)  # no budget now: steps would be 40
+    again = train_stage(load(prepared), "pretrain", run, resume=True)  # no budget now: steps would be 40
     assert again.already_done and again.step == planned and checkpoint.latest(folder).step == planned
     assert "already finished its" in (run / "pretrain" / "train.log").read_text()
     c = str(prepared / "acm.toml")
@@ -462,7 +462,7 @@ def test_the_budget_planner_fits_the_steps_left_after_timing_the_first():
 def test_a_stage_says_how_long_its_steps_take_and_warns_of_hours(prepared):
     cfg = load(prepared)
     cfg.train.pretrain.steps = 10**8  # hours at any speed
-    run_stage(cfg, "pretrain", cfg.runs_dir / "long", max_steps=20, clock=SteppingClock(0.1))  # timed past 0.5 s
+    train_stage(cfg, "pretrain", cfg.runs_dir / "long", max_steps=20, clock=SteppingClock(0.1))  # timed past 0.5 s
     log = (cfg.runs_dir / "long" / "pretrain" / "train.log").read_text()
     assert "more steps take about" in log and " h " in log
     assert "warning: that is hours; a time budget (--time 10m, train.pretrain.time)" in log
@@ -490,7 +490,7 @@ def test_a_pipeline_budget_is_shared_by_the_training_stages():
 def test_piped_tables_keep_whole_names(prepared):
     cfg = load(prepared)
     name = "a-run-with-a-name-much-longer-than-eighty-columns-would-leave-room-for-in-a-table"
-    run_stage(cfg, "pretrain", cfg.runs_dir / name, max_steps=1)
+    train_stage(cfg, "pretrain", cfg.runs_dir / name, max_steps=1)
     env = os.environ | {"PYTHONPATH": str(ROOT), "COLUMNS": "80"}
     out = subprocess.run([sys.executable, "-m", "core.cli", "-c", str(prepared / "acm.toml"), "runs"],
                          capture_output=True, text=True, env=env, timeout=120, check=True).stdout
@@ -505,7 +505,7 @@ def test_the_newest_report_is_read_from_the_end_of_the_metrics(prepared):
     from core.runs.events import event_from_json
 
     cfg = load(prepared)
-    run_stage(cfg, "pretrain", cfg.runs_dir / "tail", max_steps=6)
+    train_stage(cfg, "pretrain", cfg.runs_dir / "tail", max_steps=6)
     newest = last_report(cfg.runs_dir / "tail", "pretrain", tail_bytes=2000)
     assert newest is not None and newest["step"] == 6 and newest["eta_s"] is not None
     seen = []
@@ -521,7 +521,7 @@ def test_resuming_weights_that_do_not_fit_the_model_is_one_line(with_model):
     weights = ck.path / "model.safetensors"
     mx.save_safetensors(str(weights), {k: mx.zeros((1,) * v.ndim) for k, v in mx.load(str(weights)).items()})
     with pytest.raises(AcmError, match=r"is damaged \(weights .* do not fit the model\)"):
-        run_stage(cfg, "finetune", cfg.runs_dir / "m", resume=True, max_steps=1)
+        train_stage(cfg, "finetune", cfg.runs_dir / "m", resume=True, max_steps=1)
 
 
 def test_a_resume_on_another_batch_keeps_the_run_s_sequences_in_its_state_not_its_settings(prepared):
@@ -529,13 +529,13 @@ def test_a_resume_on_another_batch_keeps_the_run_s_sequences_in_its_state_not_it
     micro-batches (held in its TrainState, saved in the checkpoint) and continues as one run would;
     the settings it was given are left as they were."""
     cfg = load(prepared)
-    run_stage(cfg, "pretrain", cfg.runs_dir / "straight", max_steps=8)
-    run_stage(cfg, "pretrain", cfg.runs_dir / "halves", max_steps=4)
+    train_stage(cfg, "pretrain", cfg.runs_dir / "straight", max_steps=8)
+    train_stage(cfg, "pretrain", cfg.runs_dir / "halves", max_steps=4)
     half = load(prepared)
     half.train.pretrain.batch_size = cfg.train.pretrain.batch_size // 2
     settings = json.dumps(half.to_dict())
     seen = []
-    run_stage(half, "pretrain", cfg.runs_dir / "halves", seen.append, resume=True, max_steps=4)
+    train_stage(half, "pretrain", cfg.runs_dir / "halves", seen.append, resume=True, max_steps=4)
     assert json.dumps(half.to_dict()) == settings and half.train.pretrain.grad_accum == 1
     assert any("1 rank(s) x 2 micro-batch(es)" in e.text for e in seen if e.type == "log")
     assert losses(cfg.runs_dir / "halves") == pytest.approx(losses(cfg.runs_dir / "straight"), rel=1e-4, abs=1e-5)
@@ -546,6 +546,6 @@ def test_a_resume_on_another_batch_keeps_the_run_s_sequences_in_its_state_not_it
 
 def test_early_stopping_counts_its_checks_across_a_resume(prepared):
     cfg, run = unlearning_finetune(prepared)
-    run_stage(cfg, "finetune", run, max_steps=4)  # checks at 2 (the best) and 4 (one without)
+    train_stage(cfg, "finetune", run, max_steps=4)  # checks at 2 (the best) and 4 (one without)
     assert checkpoint.latest(Paths.checkpoints(run, "finetune")).state["checks_without_best"] == 1
-    assert run_stage(cfg, "finetune", run, resume=True).step == 6  # the second without a new best
+    assert train_stage(cfg, "finetune", run, resume=True).step == 6  # the second without a new best
