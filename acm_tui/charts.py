@@ -1,30 +1,47 @@
 """Line charts (textual-plotext) as both chart panes draw them: an x axis labelled with whole
-steps even at 80x24, a legend naming each series, and a fine-tune drawn after its pretrain (its
-steps offset by the pretrain's last) so the two stages never lie on top of each other."""
+values even at 80x24, a legend naming each series, and a fine-tune drawn after its pretrain (its
+steps offset by the pretrain's last) so the two stages never lie on top of each other.
+
+Series are told apart by their marks as well as their colour, so a terminal without colour
+(NO_COLOR) still reads: raw reports as dots, a smoothed curve as a fine line, validation checks as
+crosses drawn last, on top.
+"""
 from __future__ import annotations
 
-Series = tuple[list[float], list[float], str]  # xs, ys, label
+import bisect
+import math
+from typing import NamedTuple
 
 
-def draw(plt, title: str, series: list[Series], log: bool = False) -> None:
+class Series(NamedTuple):
+    xs: list[float]
+    ys: list[float]
+    label: str
+    marker: str = "braille"  # plotext's marker: "braille" draws a fine line
+    points: bool = False  # scattered points rather than a line
+
+
+def draw(plt, title: str, series: list, log: bool = False, axis: str = "step") -> None:
+    """Draw `series` (Series, or (xs, ys, label) tuples) with the x axis `axis` (AXES)."""
     plt.clear_data()
     plt.clear_figure()
     plt.title(title)
-    drawn = [(xs, ys, label) for xs, ys, label in series if xs]
-    for xs, ys, label in drawn:
-        plt.plot(xs, ys, label=label, marker="braille")
+    drawn = [s for s in map(lambda s: Series(*s), series) if s.xs]
+    for s in drawn:
+        (plt.scatter if s.points else plt.plot)(s.xs, s.ys, label=s.label, marker=s.marker)
     if not drawn:
         return
-    lo, hi = min(min(xs) for xs, _, _ in drawn), max(max(xs) for xs, _, _ in drawn)
+    lo, hi = min(min(s.xs) for s in drawn), max(max(s.xs) for s in drawn)
+    label, words = AXES[axis]
     ticks = sorted({int(lo), int((lo + hi) / 2), int(hi)})
-    plt.xticks(ticks, [f"{t:,}" for t in ticks])
-    plt.xlabel("step")
+    plt.xticks(ticks, [words(t) for t in ticks])
+    plt.xlabel(label)
     if log:
         plt.yscale("log")
 
 
-def stage_series(by_stage: dict[str, list[dict]], value: str, suffix: str = "") -> list[Series]:
-    """One series per stage (pretrain, then fine-tune placed after the pretrain's last step)."""
+def stage_series(by_stage: dict[str, list[dict]], value: str, suffix: str = "") -> list[tuple]:
+    """One (xs, ys, label) per stage (pretrain, then fine-tune placed after the pretrain's last step)."""
     out, offset = [], 0
     for stage, rows in by_stage.items():
         if not rows:
@@ -36,3 +53,85 @@ def stage_series(by_stage: dict[str, list[dict]], value: str, suffix: str = "") 
 
 
 STAGE_NAMES = {"pretrain": "pretrain", "finetune": "fine-tune"}
+
+
+# ---------------------------------------------------------------- smoothing
+
+SMOOTHING = (0.0, 0.6, 0.8, 0.9, 0.95)  # what the key cycles through
+
+
+def ema(values: list[float], weight: float) -> list[float]:
+    """TensorBoard's smoothing: an exponential moving average debiased for its start, so the first
+    point is the first value rather than a pull toward zero. A value that is not finite is kept as
+    it is and leaves the average alone."""
+    out, last, n = [], 0.0, 0
+    for v in values:
+        if not math.isfinite(v):
+            out.append(v)
+            continue
+        last, n = last * weight + (1 - weight) * v, n + 1
+        out.append(last / (1 - weight**n))
+    return out
+
+
+def next_smoothing(current: float) -> float:
+    """The next step of SMOOTHING after `current` (after the last: off)."""
+    return next((s for s in SMOOTHING if s > current + 1e-9), SMOOTHING[0])
+
+
+# ---------------------------------------------------------------- x axes
+
+
+def _si(n: float) -> str:
+    for size, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= size:
+            return f"{n / size:.3g}{unit}"
+    return f"{n:.0f}"
+
+
+def _clock(s: float) -> str:
+    s = int(s)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+AXES = {"step": ("step", lambda t: f"{t:,}"), "tokens": ("tokens seen", _si), "time": ("time (h:m:s)", _clock)}
+
+
+def axis_values(rows: list[tuple[int, int, float]], axis: str) -> list[float]:
+    """Each report's x on `axis`: rows are (step, tokens seen, wall time); time counts from the
+    first report."""
+    if axis == "step":
+        return [float(step) for step, _, _ in rows]
+    if axis == "tokens":
+        return [float(tokens) for _, tokens, _ in rows]
+    start = rows[0][2] if rows else 0.0
+    return [t - start for _, _, t in rows]
+
+
+def at_steps(steps: list[int], xs: list[float], wanted: list[int]) -> list[float]:
+    """The x of each `wanted` step, read off the reports' (steps, xs) by straight lines between
+    them (a validation check falls between reports or on one); clamped at the ends."""
+    out = []
+    for step in wanted:
+        i = bisect.bisect_left(steps, step)
+        if i == 0 or i == len(steps):
+            out.append(xs[min(i, len(xs) - 1)] if xs else float(step))
+            continue
+        s0, s1 = steps[i - 1], steps[i]
+        out.append(xs[i - 1] + (xs[i] - xs[i - 1]) * (step - s0) / (s1 - s0))
+    return out
+
+
+# ---------------------------------------------------------------- sparklines
+
+BARS = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: list[float], width: int) -> str:
+    """The last `width` finite values as a one-line bar chart, scaled between their least and most."""
+    shown = [v for v in values if math.isfinite(v)][-width:]
+    if not shown:
+        return ""
+    lo, hi = min(shown), max(shown)
+    span = hi - lo or 1.0
+    return "".join(BARS[round((v - lo) / span * (len(BARS) - 1))] for v in shown)

@@ -212,6 +212,8 @@ class TrainConfig:
                               choices=("tensorboard", "wandb"))
     allreduce_buckets: int = setting(1, "pieces each gradient buffer is averaged across ranks in, on a stream of "
                                         "their own (more were slower on 2 H200s: keep 1)", min=1, max=64)
+    alert_spike: float = setting(3.0, "a report whose loss is this many times the median of the last 50 is an "
+                                      "alert (train.log, the CLI, the Train pane)", above=1.0, max=1000.0)
     pretrain: StageConfig = field(default_factory=StageConfig)
     finetune: FinetuneConfig = field(default_factory=_finetune_defaults)
 
@@ -229,6 +231,12 @@ class GenerateConfig:
     syntax_check: bool = setting(False, "sample `candidates` scripts at once and return one that parses with "
                                         "bash -n (and has no shellcheck errors, when shellcheck is installed)")
     candidates: int = setting(8, "scripts sampled at once for a syntax-checked generation", min=1, max=256)
+
+
+@dataclass
+class UIConfig:
+    smoothing: float = setting(0.6, "how much the Train pane's loss curve is smoothed (an exponential moving "
+                                    "average, debiased as TensorBoard's; 0: off); m cycles it", min=0.0, max=0.99)
 
 
 @dataclass
@@ -346,6 +354,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    ui: UIConfig = field(default_factory=UIConfig)
     # Where the file was read from; relative paths in [paths] resolve against its folder.
     root: Path = field(default=Path("."), compare=False, repr=False, metadata={"internal": True})
     # What the file itself sets (the rest are defaults or the machine's choice): all acm writes back.

@@ -4,7 +4,9 @@ The pane follows a stage through the files its recorder writes (core/runs/events
 trains in this app, in a background process or from the CLI: a 10 Hz timer reads what arrived and
 redraws only when something did, so a fast trainer never floods the UI. Pause, stop and checkpoint
 go through the stage's control file, the same way for every process. Charts: train and val loss
-(log scale with g), learning rate, tokens/s, memory.
+(raw reports and a smoothed curve, m cycling the smoothing; log scale with g), learning rate,
+tokens/s, memory, against steps, tokens seen or time (x cycles); sparklines of the gradient norm
+and the learning rate; the trainer's health alerts (core/runs/health.py) in a highlighted line.
 """
 from __future__ import annotations
 
@@ -19,14 +21,15 @@ from textual.containers import Grid
 from textual.widgets import Static
 from textual_plotext import PlotextPlot
 
-from core import runs
+from core import config, runs
 from core.errors import AcmError, one_line
 from core.runs.events import Eval, Log, Metrics, StageFollower, State
+from core.runs.health import is_alert
 from core.train.detach import launch_detached
 from core.train.target import NoRun, training_target
 from core.train.trainer import Control, train_stage
 
-from ..charts import STAGE_NAMES, draw
+from ..charts import AXES, STAGE_NAMES, Series, at_steps, axis_values, draw, ema, next_smoothing, sparkline
 from ..confirm import Confirm
 from ..messages import EngineResult, StartTraining
 from .base import Pane
@@ -34,6 +37,8 @@ from .base import Pane
 REDRAW_S = 0.1
 FIND_S = 1.0  # how often an idle pane looks for a stage that started elsewhere
 LIVE = runs.LIVE
+SPARK = 24  # reports a sparkline shows
+SMOOTHING_KEY = "ui.smoothing"
 
 
 def gib(n: float) -> str:
@@ -62,6 +67,8 @@ class TrainPane(Pane):
         Binding("s", "stop", "Stop", tooltip="Stop at the next step and write a checkpoint"),
         Binding("c", "save_now", "Checkpoint", tooltip="Write a checkpoint at the next step"),
         Binding("g", "log_scale", "Log scale"),
+        Binding("m", "smoothing", "Smoothing", tooltip="Cycle the loss curve's smoothing (saved as ui.smoothing)"),
+        Binding("x", "x_axis", "X axis", tooltip="Plot against steps, tokens seen or time"),
     ]
 
     def __init__(self, **kwargs):
@@ -74,6 +81,9 @@ class TrainPane(Pane):
         self.stage = ""
         self.run_name = ""
         self.log_scale = False
+        self.smoothing = 0.0  # ui.smoothing, read on mount
+        self.axis = "step"
+        self.caught_up = False  # the followed stage's history has been read: alerts from now on are new
         self.redraws = 0
         self.attached: Path | None = None  # the run followed
 
@@ -81,9 +91,11 @@ class TrainPane(Pane):
         yield Static("[b]p[/b]/[b]f[/b] pretrain/fine-tune here  [b]P[/b]/[b]F[/b] in the background  "
                      "[b]R[/b]/[b]D[/b] "
                      "resume here/in the background  [b]space[/b] pause  [b]s[/b] stop  [b]c[/b] checkpoint  "
-                     "[b]g[/b] log scale", classes="hint")
+                     "[b]g[/b] log  [b]m[/b] smooth  [b]x[/b] x-axis", classes="hint")
         yield Static("", id="train-status")
         yield Static("", id="train-log")  # the plan and ETA: above the charts, so 24 lines show it
+        yield Static("", id="train-alert")  # shown once the trainer raises an alert
+        yield Static("", id="train-health")
         with Grid(id="train-charts"):
             yield PlotextPlot(id="chart-loss")
             yield PlotextPlot(id="chart-lr")
@@ -91,6 +103,7 @@ class TrainPane(Pane):
             yield PlotextPlot(id="chart-memory")
 
     def on_mount(self) -> None:
+        self.smoothing = self.cfg.ui.smoothing
         self.set_interval(REDRAW_S, self.drain)
         self.set_interval(FIND_S, self.find_stage)
         found = runs.live_stage(self.cfg) or runs.newest_stage(self.cfg)
@@ -111,7 +124,10 @@ class TrainPane(Pane):
         self.follower = StageFollower(run, stage)
         self.attached, self.stage, self.run_name = run, stage, run.name
         self.history, self.evals = [], []
+        self.caught_up = False
+        self._show_alert("")
         self.drain()
+        self.caught_up = True
         if self.state in LIVE and self.control is None:
             self.notify(f"attached to {stage} of run {run.name} ({self.state}); space pauses, s stops it")
 
@@ -233,6 +249,26 @@ class TrainPane(Pane):
         self.log_scale = not self.log_scale
         self.replot()
 
+    def action_smoothing(self) -> None:
+        """The next smoothing, drawn at once and saved to acm.toml as ui.smoothing (kept for this
+        session if the file cannot take it)."""
+        self.smoothing = next_smoothing(self.smoothing)
+        self.replot()
+        try:
+            new, _ = config.with_value(self.cfg, SMOOTHING_KEY, str(self.smoothing),
+                                       source=str(self.app.config_path))
+            config.save_settings(new, self.app.config_path)
+        except AcmError as e:
+            self.notify(str(e), severity="warning")
+            return
+        self.app.cfg = new
+        self.notify(f"smoothing {self.smoothing:g} (saved as {SMOOTHING_KEY})")
+
+    def action_x_axis(self) -> None:
+        names = list(AXES)
+        self.axis = names[(names.index(self.axis) + 1) % len(names)]
+        self.replot()
+
     @on(EngineResult)
     def training_ended(self, message: EngineResult) -> None:
         if message.job != "train":
@@ -258,7 +294,7 @@ class TrainPane(Pane):
         events = self.follower.poll() if self.follower is not None else []
         if not events:
             return
-        logs = []
+        logs, alerts = [], []
         for e in events:
             if isinstance(e, Metrics):
                 self.history.append(e)
@@ -267,9 +303,13 @@ class TrainPane(Pane):
             elif isinstance(e, State) and e.state != "not started":
                 self.state = e.state
             elif isinstance(e, Log):
-                logs.append(e.text)
+                (alerts if is_alert(e.text) else logs).append(e.text)
         if logs:
             self.query_one("#train-log", Static).update(Text(logs[-1], style="dim"))
+        if alerts:
+            self._show_alert(alerts[-1])
+        for alert in alerts if self.caught_up else []:
+            self.notify(alert, title="Training health", severity="warning", timeout=10)
         self.refresh_status()
         self.replot()
 
@@ -287,23 +327,52 @@ class TrainPane(Pane):
             parts.append(f"val loss {self.evals[-1].val_loss:.4f} (best {self.evals[-1].best_val_loss:.4f})")
         self.query_one("#train-status", Static).update("\n".join(parts))
 
+    def _show_alert(self, text: str) -> None:
+        line = self.query_one("#train-alert", Static)
+        line.update(Text(text))
+        line.set_class(bool(text), "shown")
+
     def replot(self) -> None:
         self.redraws += 1
-        steps = [m.step for m in self.history]
+        hist = self.history
+        steps = [m.step for m in hist]
+        xs = axis_values([(m.step, m.tokens_seen, m.time) for m in hist], self.axis)
         stage = STAGE_NAMES.get(self.stage or "", "")
-        self._chart("#chart-loss", f"{stage} loss".strip() + (" (log)" if self.log_scale else ""),
-                    [(steps, [m.loss for m in self.history], "train"),
-                     ([e.step for e in self.evals], [e.val_loss for e in self.evals], "val")],
-                    log=self.log_scale)
-        self._chart("#chart-lr", "learning rate", [(steps, [m.lr for m in self.history], "lr")])
-        self._chart("#chart-speed", "tokens/s", [(steps, [m.tokens_per_s for m in self.history], "tok/s")])
+        smoothed = f" (smoothed {self.smoothing:g})" if self.smoothing else ""
+        self._chart("#chart-loss", f"{stage} loss".strip() + (" (log)" if self.log_scale else "") + smoothed,
+                    self._loss_series(steps, xs), log=self.log_scale)
+        self._chart("#chart-lr", "learning rate", [(xs, [m.lr for m in hist], "lr")])
+        self._chart("#chart-speed", "tokens/s", [(xs, [m.tokens_per_s for m in hist], "tok/s")])
         self._chart("#chart-memory", "memory (GiB)",
-                    [(steps, [m.memory_active / 2**30 for m in self.history], "active"),
-                     (steps, [m.memory_peak / 2**30 for m in self.history], "peak")])
+                    [(xs, [m.memory_active / 2**30 for m in hist], "active"),
+                     Series(xs, [m.memory_peak / 2**30 for m in hist], "peak", marker="dot")])
+        self._health()
+
+    def _loss_series(self, steps: list[int], xs: list[float]) -> list[Series]:
+        """Raw reports as dots under the smoothed curve (one fine line when smoothing is off), then
+        the validation checks as crosses, on top."""
+        losses = [m.loss for m in self.history]
+        train = [Series(xs, ema(losses, self.smoothing), "train")]
+        if self.smoothing:
+            train.insert(0, Series(xs, losses, "train (raw)", marker="dot", points=True))
+        val_xs = at_steps(steps, xs, [e.step for e in self.evals]) if steps else []
+        return train + [Series(val_xs, [e.val_loss for e in self.evals], "val", marker="x", points=True)]
+
+    def _health(self) -> None:
+        """Sparklines of the gradient norm and the learning rate over the latest reports."""
+        m = self.history[-1] if self.history else None
+        text = Text()
+        if m is not None:
+            text.append("grad norm ", "bold").append(sparkline([r.grad_norm for r in self.history], SPARK))
+            text.append(f" {m.grad_norm:.3g}   ").append("lr ", "bold")
+            text.append(sparkline([r.lr for r in self.history], SPARK)).append(f" {m.lr:.2e}")
+        line = self.query_one("#train-health", Static)
+        line.update(text)
+        line.set_class(m is not None, "shown")
 
     def _chart(self, selector: str, title: str, series: list, log: bool = False) -> None:
         widget = self.query_one(selector, PlotextPlot)
-        draw(widget.plt, title, series, log=log)
+        draw(widget.plt, title, series, log=log, axis=self.axis)
         widget.refresh()
 
 

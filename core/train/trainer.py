@@ -30,6 +30,7 @@ from core.model.gpt import GPT
 from core.paths import Paths
 from core.runs import checkpoint, prepare_run
 from core.runs.events import Callback, Checkpoint, Eval, Event, Log, Metrics, Recorder, State
+from core.runs.health import Health
 from core.runs.writer import RunLock
 from core.tokenizer.bpe import load_tokenizer
 from core.tokenizer.shards import open_tokens
@@ -165,6 +166,7 @@ class Trainer:
         self.val_loss: float | None = None  # the latest validation check's
         self.calibration: Calibration | None = None  # until the first steps are timed
         self.meter = Throughput(self._tokens_per_step(), clock)
+        self.health = Health(cfg.train.alert_spike)  # its alerts go to the stage's log
         self.peak = self.limit = self.flops_per_token = None
 
     # ------------------------------------------------------------ events
@@ -603,13 +605,16 @@ class Trainer:
         st = self.state
         tok_s, step_time = self.meter.take()
         mem = memory_now()
-        self.emit(Metrics(
+        report = Metrics(
             stage=self.stage, step=st.step, total=st.total_steps, loss=loss, lr=self._lr(st.step - 1),
             grad_norm=grad_norm, tokens_per_s=tok_s, tokens_seen=st.tokens_seen,
             epoch=st.tokens_seen / max(self.batches.num_tokens, 1),
             mfu=(self.flops_per_token * tok_s / (self.peak * self.world)) if self.peak else None,
             ranks=self.world, memory_active=mem["active"], memory_peak=mem["peak"], memory_cache=mem["cache"],
-            memory_limit=self.limit, eta_s=step_time * (self.end - st.step), time=time.time()))
+            memory_limit=self.limit, eta_s=step_time * (self.end - st.step), time=time.time())
+        self.emit(report)
+        for alert in self.health.check(report):
+            self.log(alert)
 
 
 def open_inputs(cfg: Config, stage: str):

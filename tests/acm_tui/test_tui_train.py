@@ -108,3 +108,33 @@ async def test_resuming_a_finished_stage_asks_before_training_on(prepared):
         assert pane.control is None and checkpoint.latest(folder).step == 4
         await pilot.press("R", "y")
         await wait_until(pilot, lambda: pane.control is None and checkpoint.latest(folder).step == 8, timeout=60)
+
+
+async def test_smoothing_key_redraws_and_saves_the_setting_and_x_cycles_the_axis(with_model):
+    app = PaneHost(TrainPane, with_model / "acm.toml")
+    async with app.run_test(size=(80, 24), notifications=True) as pilot:
+        await pilot.press("4")
+        pane = app.query_one("#train-pane")
+        await wait_until(pilot, lambda: pane.history and pane.state == "done")
+        assert pane.smoothing == 0.6 and "grad norm" in text_of(app, "#train-health")
+        drawn = pane.redraws
+        await pilot.press("m")
+        assert pane.redraws > drawn and "smoothed 0.8" in str(app.query_one("#chart-loss").render())
+        await notified(pilot, "smoothing 0.8 (saved as ui.smoothing)")
+        assert app.cfg.ui.smoothing == 0.8 and config.load(with_model / "acm.toml").ui.smoothing == 0.8
+        for axis, words in (("tokens", "tokens seen"), ("time", "time"), ("step", "step")):
+            await pilot.press("x")
+            assert pane.axis == axis and words in str(app.query_one("#chart-loss").render())
+
+
+async def test_an_alert_in_the_stage_log_is_highlighted_and_notified(with_model):
+    app = PaneHost(TrainPane, with_model / "acm.toml")
+    async with app.run_test(size=(80, 24), notifications=True) as pilot:
+        await pilot.press("4")
+        pane = app.query_one("#train-pane")
+        await wait_until(pilot, lambda: pane.state == "done")
+        assert not app.query_one("#train-alert").display
+        with open(Paths.train_log(pane.attached, pane.stage), "a", encoding="utf-8") as log:
+            log.write("2026-01-01 00:00:00 alert: step 7: loss is nan\n")
+        await notified(pilot, "alert: step 7: loss is nan")
+        assert app.query_one("#train-alert").display and "step 7" in text_of(app, "#train-alert")

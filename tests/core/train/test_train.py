@@ -549,3 +549,25 @@ def test_early_stopping_counts_its_checks_across_a_resume(prepared):
     train_stage(cfg, "finetune", run, max_steps=4)  # checks at 2 (the best) and 4 (one without)
     assert checkpoint.latest(Paths.checkpoints(run, "finetune")).state["checks_without_best"] == 1
     assert train_stage(cfg, "finetune", run, resume=True).step == 6  # the second without a new best
+
+
+class SlowingClock(SteppingClock):
+    """A stepping clock whose tick grows a hundredfold after `reads` reads: a stage that slows down."""
+
+    def __init__(self, tick: float, reads: int):
+        super().__init__(tick)
+        self.reads = reads
+
+    def __call__(self) -> float:
+        self.reads -= 1
+        if self.reads == 0:
+            self.tick *= 100
+        return super().__call__()
+
+
+def test_a_stage_that_slows_down_writes_one_alert_naming_the_step(prepared):
+    cfg = load(prepared)
+    run = cfg.runs_dir / "slow"
+    train_stage(cfg, "pretrain", run, clock=SlowingClock(0.01, reads=60))
+    alerts = [line for line in (run / "pretrain" / "train.log").read_text().splitlines() if " alert: step " in line]
+    assert len(alerts) == 1 and "tokens/s, under 0.5x the stage's median" in alerts[0]
