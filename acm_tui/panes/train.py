@@ -35,6 +35,7 @@ from ..messages import EngineResult, StartTraining
 from .base import Pane
 
 REDRAW_S = 0.1
+CHARTS = ("loss", "lr", "speed", "memory")  # the grid's charts, in the order z shows them alone
 FIND_S = 1.0  # how often an idle pane looks for a stage that started elsewhere
 LIVE = runs.LIVE
 SPARK = 24  # reports a sparkline shows
@@ -69,6 +70,7 @@ class TrainPane(Pane):
         Binding("g", "log_scale", "Log scale"),
         Binding("m", "smoothing", "Smoothing", tooltip="Cycle the loss curve's smoothing (saved as ui.smoothing)"),
         Binding("x", "x_axis", "X axis", tooltip="Plot against steps, tokens seen or time"),
+        Binding("z", "zoom", "Zoom chart", tooltip="One chart over the whole grid, then the next, then all four"),
     ]
 
     def __init__(self, **kwargs):
@@ -83,6 +85,7 @@ class TrainPane(Pane):
         self.log_scale = False
         self.smoothing = 0.0  # ui.smoothing, read on mount
         self.axis = "step"
+        self.zoomed: str | None = None  # the one chart shown over the whole grid (z)
         self.caught_up = False  # the followed stage's history has been read: alerts from now on are new
         self.redraws = 0
         self.attached: Path | None = None  # the run followed
@@ -97,10 +100,8 @@ class TrainPane(Pane):
         yield Static("", id="train-alert")  # shown once the trainer raises an alert
         yield Static("", id="train-health")
         with Grid(id="train-charts"):
-            yield PlotextPlot(id="chart-loss")
-            yield PlotextPlot(id="chart-lr")
-            yield PlotextPlot(id="chart-speed")
-            yield PlotextPlot(id="chart-memory")
+            for name in CHARTS:
+                yield PlotextPlot(id=f"chart-{name}")
 
     def on_mount(self) -> None:
         self.smoothing = self.cfg.ui.smoothing
@@ -248,6 +249,14 @@ class TrainPane(Pane):
     def action_log_scale(self) -> None:
         self.log_scale = not self.log_scale
         self.replot()
+
+    def action_zoom(self) -> None:
+        """One chart over the whole grid, then the next, then all four again."""
+        order = (None, *CHARTS)
+        self.zoomed = order[(order.index(self.zoomed) + 1) % len(order)]
+        self.query_one("#train-charts").set_class(self.zoomed is not None, "zoomed")
+        for name in CHARTS:
+            self.query_one(f"#chart-{name}").display = self.zoomed in (None, name)
 
     def action_smoothing(self) -> None:
         """The next smoothing, drawn at once and saved to acm.toml as ui.smoothing (kept for this

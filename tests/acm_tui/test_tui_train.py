@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import asyncio
 
-from acm_tui.panes.train import TrainPane
+from acm_tui.panes.train import CHARTS, TrainPane
 from core import config
 from core.paths import Paths
 from core.runs import checkpoint, list_runs
@@ -125,6 +125,21 @@ async def test_smoothing_key_redraws_and_saves_the_setting_and_x_cycles_the_axis
         for axis, words in (("tokens", "tokens seen"), ("time", "time"), ("step", "step")):
             await pilot.press("x")
             assert pane.axis == axis and words in str(app.query_one("#chart-loss").render())
+
+
+async def test_z_shows_one_chart_over_the_grid_in_turn_then_all_four(with_model):
+    app = PaneHost(TrainPane, with_model / "acm.toml")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("4")
+        grid, charts = app.query_one("#train-charts"), {n: app.query_one(f"#chart-{n}") for n in CHARTS}
+        quarter = charts["loss"].size
+        for name in (*CHARTS, None):
+            await pilot.press("z")
+            await pilot.pause()
+            assert [n for n, c in charts.items() if c.display] == ([name] if name else list(CHARTS))
+            assert grid.has_class("zoomed") == (name is not None)
+            if name:
+                assert charts[name].size.width > quarter.width and charts[name].size.height > quarter.height
 
 
 async def test_an_alert_in_the_stage_log_is_highlighted_and_notified(with_model):
