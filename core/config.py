@@ -235,8 +235,9 @@ class GenerateConfig:
 
 @dataclass
 class UIConfig:
-    smoothing: float = setting(0.6, "how much the Train pane's loss curve is smoothed (an exponential moving "
-                                    "average, debiased as TensorBoard's; 0: off); m cycles it", min=0.0, max=0.99)
+    smoothing: float = setting(0.6, "how much the Train and Runs panes' train-loss curves are smoothed (an "
+                                    "exponential moving average, debiased as TensorBoard's; 0: off); m cycles it",
+                               min=0.0, max=0.99)
 
 
 @dataclass

@@ -17,7 +17,7 @@ from core import runs
 from core.errors import AcmError, one_line
 from core.generate.export import FORMATS, export_checkpoint
 
-from ..charts import draw, stage_series
+from ..charts import draw, ema, stage_series
 from ..confirm import Confirm
 from ..messages import EngineResult
 from .base import Pane
@@ -146,16 +146,17 @@ class RunsPane(Pane):
 
     def plot(self) -> None:
         chart = self.query_one("#runs-chart", PlotextPlot)
-        series = []
+        series, smoothing = [], self.cfg.ui.smoothing  # as the Train pane's m last set it
         for name in self.shown:
             run = self.cfg.locations.run(name)
             records = {stage: runs.read_metrics(run, stage) for stage in runs.TRAINING_STAGES}
             prefix = f"{name} " if len(self.shown) > 1 else ""
-            series += [(xs, ys, prefix + label) for xs, ys, label in stage_series(
+            series += [(xs, ema(ys, smoothing), prefix + label) for xs, ys, label in stage_series(
                 {s: [r for r in rs if r["type"] == "metrics"] for s, rs in records.items()}, "loss")]
             series += [(xs, ys, prefix + label) for xs, ys, label in stage_series(
                 {s: [r for r in rs if r["type"] == "eval"] for s, rs in records.items()}, "val_loss", " val")]
-        draw(chart.plt, "loss: " + " vs ".join(self.shown) if self.shown else "select a run and press enter", series)
+        title = f"loss{f' (smoothed {smoothing:g})' if smoothing else ''}: " + " vs ".join(self.shown)
+        draw(chart.plt, title if self.shown else "select a run and press enter", series)
         chart.refresh()
 
     def action_delete(self) -> None:

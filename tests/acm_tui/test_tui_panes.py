@@ -69,6 +69,7 @@ async def test_runs_pane_opens_overlays_renames_and_deletes(with_model):
         await pilot.press("o")
         assert pane.shown == ["m", "other"]
         assert "m pretrain" in str(app.query_one("#runs-chart").render())
+        assert "loss (smoothed 0.6): m vs other" in str(app.query_one("#runs-chart").render())  # ui.smoothing
         await pilot.press("n")
         await pilot.pause()
         name_box = app.screen.query_one("#name", Input)
