@@ -32,7 +32,7 @@ async def measure(config: str, seconds: float) -> dict:
             "bench": "ui_latency", "state": pane.state, "samples": len(lags),
             "loop_lag_ms_max": round(max(lags), 1), "loop_lag_ms_p99": round(sorted(lags)[int(len(lags) * 0.99)], 1),
             "redraws_per_s": round((pane.redraws - redraws) / elapsed, 1),
-            "tokens_per_s": round(pane.history[-1]["tokens_per_s"]) if pane.history else None,
+            "tokens_per_s": round(pane.history[-1].tokens_per_s) if pane.history else None,
         }
         pane.action_stop()
         while pane.control is not None:
