@@ -1,4 +1,5 @@
-"""Local stand-ins for the network: bare git repositories (file:// URLs) and dataset files."""
+"""Local stand-ins for the network (bare git repositories at file:// URLs, dataset files) and for
+system tools (an `nvidia-smi` first on PATH)."""
 from __future__ import annotations
 
 import os
@@ -174,3 +175,17 @@ def make_hf_dataset(folder: Path, rows: list[tuple] = HF_ROWS, schema: str = "co
         if part.num_rows:
             pq.write_table(part, target / f"train-{i:05d}-of-00002.parquet", row_group_size=2)
     return folder
+
+
+SMI_TWO_GPUS = ("0, NVIDIA H200, 97, 520.31, 700.00, 12595, 143771\n"
+                "1, NVIDIA H200, [N/A], [N/A], [N/A], 1024, 143771\n")
+
+
+def fake_nvidia_smi(folder: Path, monkeypatch, body: str = f"cat <<'EOF'\n{SMI_TWO_GPUS}EOF") -> Path:
+    """An executable `nvidia-smi` in `folder`, first on PATH, that runs the shell `body`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tool = folder / "nvidia-smi"
+    tool.write_text(f"#!/bin/sh\n{body}\n")
+    tool.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ.get('PATH', '')}")
+    return tool

@@ -6,7 +6,8 @@ redraws only when something did, so a fast trainer never floods the UI. Pause, s
 go through the stage's control file, the same way for every process. Charts: train and val loss
 (raw reports and a smoothed curve, m cycling the smoothing; log scale with g), learning rate,
 tokens/s, memory, against steps, tokens seen or time (x cycles); sparklines of the gradient norm
-and the learning rate; the trainer's health alerts (core/runs/health.py) in a highlighted line.
+and the learning rate; the trainer's health alerts (core/runs/health.py) in a highlighted line;
+while a stage trains, one line a device (acm_tui/devices.py).
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from core.train.trainer import Control, train_stage
 
 from ..charts import AXES, STAGE_NAMES, Series, at_steps, axis_values, draw, ema, next_smoothing, sparkline
 from ..confirm import Confirm
+from ..devices import DevicesBlock
 from ..messages import EngineResult, StartTraining
 from .base import Pane
 
@@ -99,6 +101,7 @@ class TrainPane(Pane):
         yield Static("", id="train-log")  # the plan and ETA: above the charts, so 24 lines show it
         yield Static("", id="train-alert")  # shown once the trainer raises an alert
         yield Static("", id="train-health")
+        yield DevicesBlock(id="train-devices")
         with Grid(id="train-charts"):
             for name in CHARTS:
                 yield PlotextPlot(id=f"chart-{name}")
@@ -335,6 +338,7 @@ class TrainPane(Pane):
         if self.evals:
             parts.append(f"val loss {self.evals[-1].val_loss:.4f} (best {self.evals[-1].best_val_loss:.4f})")
         self.query_one("#train-status", Static).update("\n".join(parts))
+        self.query_one(DevicesBlock).follow(self.state in LIVE or self.control is not None, m)
 
     def _show_alert(self, text: str) -> None:
         line = self.query_one("#train-alert", Static)

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from core import __version__, config
 from core.cli import data as cli_data
+from core.cli import devices as cli_devices
 from core.cli import generate as cli_generate
 from core.cli import pipeline as cli_pipeline
 from core.cli import runs as cli_runs
@@ -169,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_generate.register(sub, add)
     cli_runs.register(sub, add)
     cli_pipeline.register(sub, add)
+    cli_devices.register(sub, add)
 
     cfgp = sub.add_parser("config", help="show, check or change acm.toml").add_subparsers(
         dest="config_command", required=True, metavar="ACTION")

@@ -43,6 +43,7 @@ class Event:
 class Metrics(Event):
     """A training report, every log_every steps: what metrics.jsonl keeps and the curves show."""
     type: ClassVar[str] = "metrics"
+    OPTIONAL: ClassVar[tuple[str, ...]] = ("devices",)
     step: int
     total: int
     loss: float
@@ -59,6 +60,7 @@ class Metrics(Event):
     memory_limit: int | None
     eta_s: float
     time: float
+    devices: list[dict] | None = None  # each rank's memory, tokens/s and MFU (core.devices), with several
 
 
 @dataclass(frozen=True, kw_only=True)

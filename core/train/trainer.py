@@ -22,6 +22,7 @@ import mlx.core as mx
 
 from core import runs
 from core.config import Config, StageConfig, parse_duration
+from core.devices import rank_figures
 from core.errors import AcmError
 from core.hardware import device_info, memory_limit, memory_now, peak_flops
 from core.locks import reading_inputs
@@ -611,7 +612,8 @@ class Trainer:
             epoch=st.tokens_seen / max(self.batches.num_tokens, 1),
             mfu=(self.flops_per_token * tok_s / (self.peak * self.world)) if self.peak else None,
             ranks=self.world, memory_active=mem["active"], memory_peak=mem["peak"], memory_cache=mem["cache"],
-            memory_limit=self.limit, eta_s=step_time * (self.end - st.step), time=time.time())
+            memory_limit=self.limit, eta_s=step_time * (self.end - st.step), time=time.time(),
+            devices=rank_figures(self.group, mem, tok_s / self.world, self.flops_per_token, self.peak))
         self.emit(report)
         for alert in self.health.check(report):
             self.log(alert)

@@ -233,7 +233,9 @@ def test_two_ranks_match_one_process_and_a_resume_on_one_rank_continues_alike(pr
     two, one = losses(cfg.runs_dir / "two"), losses(cfg.runs_dir / "one")
     assert len(two) == 6 and len(one) == 7
     assert two == pytest.approx(one[:6], rel=1e-4, abs=1e-5)
-    assert {e["ranks"] for e in read_metrics(cfg.runs_dir / "two", "pretrain") if e["type"] == "metrics"} == {2}
+    reports = [e for e in read_metrics(cfg.runs_dir / "two", "pretrain") if e["type"] == "metrics"]
+    assert {e["ranks"] for e in reports} == {2}
+    assert all([r["rank"] for r in e["devices"]] == [0, 1] and e["devices"][1]["memory_peak"] > 0 for e in reports)
     seen = []
     train_stage(config.load(prepared / "ranks.toml"), "pretrain", cfg.runs_dir / "two", seen.append, resume=True,
               max_steps=1)
