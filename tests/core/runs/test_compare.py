@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from core import cli, config
-from core.runs.compare import MISSING, run_curves, settings_diff, shared_val, stage_curve
+from core.runs.compare import AXES, MISSING, run_curves, settings_diff, shared_val, stage_curve
 from tests.helpers import fake_run
 
 
@@ -100,3 +100,16 @@ def test_acm_runs_compare_refuses_in_one_line(two_runs, project, capsys, argv, s
         rc, (out, err) = e.code, capsys.readouterr()
     assert rc == 2 and out == ""
     assert err.startswith("acm: error: ") and says in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_acm_runs_compare_reads_damaged_files_as_missing(two_runs, project, capsys):
+    a, b = two_runs
+    (b / "config.toml").write_bytes(b"\xff\x00 not toml")
+    (b / "pretrain" / "metrics.jsonl").write_text('{"type": "metrics", "step": [1], "loss": {}}\n"text"\n'
+                                                   '{"type": "eval", "step": 2, "val_loss": "low"}\n{"type": 5}\n')
+    for by in AXES:
+        rc, out, err = run_cli(capsys, project, "a", "b", "--by", by)
+        assert rc == 0 and err == "" and "Traceback" not in out
+        assert "train.pretrain.learning_rate" in out and "–" in out
+    report = json.loads(run_cli(capsys, project, "a", "b", "--json")[1])
+    assert report["stages"]["pretrain"]["runs"]["b"] == {"last_x": None, "last_train_loss": None, "best_val_loss": None}
