@@ -1,6 +1,6 @@
 """Line charts (textual-plotext) as both chart panes draw them: an x axis labelled with whole
-values even at 80x24, a legend naming each series, and a fine-tune drawn after its pretrain (its
-steps offset by the pretrain's last) so the two stages never lie on top of each other.
+values even at 80x24 and a legend naming each series (a fine-tune is drawn after its pretrain, so
+the two stages never lie on top of each other: core.runs.compare.run_curves places it).
 
 Series are told apart by their marks as well as their colour, so a terminal without colour
 (NO_COLOR) still reads: raw reports as dots, a smoothed curve as a fine line, validation checks as
@@ -38,18 +38,6 @@ def draw(plt, title: str, series: list, log: bool = False, axis: str = "step") -
     plt.xlabel(label)
     if log:
         plt.yscale("log")
-
-
-def stage_series(by_stage: dict[str, list[dict]], value: str, suffix: str = "") -> list[tuple]:
-    """One (xs, ys, label) per stage (pretrain, then fine-tune placed after the pretrain's last step)."""
-    out, offset = [], 0
-    for stage, rows in by_stage.items():
-        if not rows:
-            continue
-        out.append(([r["step"] + offset for r in rows], [r[value] for r in rows], f"{STAGE_NAMES[stage]}{suffix}"))
-        if stage == "pretrain":
-            offset = rows[-1]["step"]
-    return out
 
 
 STAGE_NAMES = {"pretrain": "pretrain", "finetune": "fine-tune"}

@@ -1,6 +1,7 @@
 """What several test modules share: waiting on the app, reading what it draws, project set-ups."""
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from pathlib import Path
@@ -76,6 +77,19 @@ def with_pairs(project: Path, tmp_path: Path, **code) -> config.Config:
     cfg = config.from_dict(table, root=project)
     config.save_settings(cfg, project / "acm.toml")
     return cfg
+
+
+def fake_run(project: Path, name: str, reports: list[tuple[int, int, float]], checks: list[tuple[int, float]],
+             stage: str = "pretrain", **settings) -> Path:
+    """runs/<name>/ with config.toml (the project's settings with `settings`, as cfg_for takes them)
+    and a stage's metrics.jsonl: reports (step, tokens seen, loss) and val checks (step, val loss)."""
+    run = project / "runs" / name
+    config.save(cfg_for(project, **settings), run / "config.toml")
+    records = [{"type": "metrics", "stage": stage, "step": s, "tokens_seen": t, "loss": loss} for s, t, loss in reports]
+    records += [{"type": "eval", "stage": stage, "step": s, "val_loss": v} for s, v in checks]
+    (run / stage).mkdir(parents=True, exist_ok=True)
+    (run / stage / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return run
 
 
 HF_SOURCE = "huggingface:hf-stand-in"

@@ -1,5 +1,6 @@
-"""The Runs pane: every run with its stages' states; open a run's curves, overlay two runs' loss
-curves in one chart, export a run (mlx, hf, gguf), rename or delete a run (with confirmation)."""
+"""The Runs pane: every run with its stages' states; open a run's curves, mark runs and compare
+them (their loss curves in one chart, by step or by tokens seen, over a table of the settings that
+differ), export a run (mlx, hf, gguf), rename or delete a run (with confirmation)."""
 from __future__ import annotations
 
 import time
@@ -16,8 +17,9 @@ from textual_plotext import PlotextPlot
 from core import runs
 from core.errors import AcmError, one_line
 from core.generate.export import FORMATS, export_checkpoint
+from core.runs import compare
 
-from ..charts import draw, ema, stage_series
+from ..charts import STAGE_NAMES, Series, draw, ema
 from ..confirm import Confirm
 from ..messages import EngineResult
 from .base import Pane
@@ -68,11 +70,18 @@ class AskExport(ModalScreen[tuple[str, str] | None]):
         self.dismiss(None)
 
 
+MARK = "● "  # before a marked run's name: it reads without colour
+RUN_MARKS = (("braille", "x"), ("dot", "o"), ("+", "#"), ("*", "@"), ("-", "%"), ("=", "&"))  # (train, val) a run
+
+
 class RunsPane(Pane):
     TITLE = "Runs"
     BINDINGS = [
         Binding("enter", "open", "Open", tooltip="Show the selected run's loss curves"),
-        Binding("o", "overlay", "Overlay", tooltip="Add the selected run to the chart (two runs at most)"),
+        Binding("space", "mark", "Mark", tooltip="Mark or unmark the selected run for comparison"),
+        Binding("c", "compare", "Compare", tooltip="Overlay the marked runs' curves, with the settings that differ"),
+        Binding("o", "overlay", "Overlay", tooltip="Mark the selected run and add it to the chart's runs"),
+        Binding("a", "axis", "Axis", tooltip="x axis: step or tokens seen"),
         Binding("x", "export", "Export", tooltip="Write the run as mlx-lm, transformers or GGUF, with a model card"),
         Binding("n", "rename", "Rename"),
         Binding("d", "delete", "Delete"),
@@ -81,20 +90,24 @@ class RunsPane(Pane):
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self.shown: list[str] = []
+        self.shown: list[str] = []  # the runs on the chart
+        self.marked: list[str] = []  # the runs `c` compares, in the order they were marked
+        self.axis = "step"
 
     def compose(self) -> ComposeResult:
-        yield Static("[b]enter[/b] open a run's curves  [b]o[/b] overlay it on the chart (two at most)  "
-                     "[b]x[/b] export  [b]n[/b] rename  [b]d[/b] delete", classes="hint")
+        yield Static("[b]enter[/b] open a run's curves  [b]space[/b] mark  [b]c[/b] compare the marked  "
+                     "[b]o[/b] mark and add to the chart  [b]a[/b] step/tokens  [b]x[/b] export  "
+                     "[b]n[/b] rename  [b]d[/b] delete", classes="hint")
         yield DataTable(id="runs-table", cursor_type="row", zebra_stripes=True)
         yield PlotextPlot(id="runs-chart")
+        yield DataTable(id="runs-diff", cursor_type="row", zebra_stripes=True)
 
     def disk_changed(self) -> None:
         self.action_reload()
 
     def on_mount(self) -> None:
-        self.query_one("#runs-table", DataTable).add_columns("run", "preset", "pretrain", "fine-tune",
-                                                             "best val loss", "modified")
+        table = self.query_one("#runs-table", DataTable)
+        self.run_column = table.add_columns("run", "preset", "pretrain", "fine-tune", "best val loss", "modified")[0]
         self.action_reload()
 
     def on_show(self) -> None:
@@ -109,18 +122,23 @@ class RunsPane(Pane):
         table = self.query_one("#runs-table", DataTable)
         row = table.cursor_row
         table.clear()
+        names = {r["name"] for r in rows}
+        self.marked = [name for name in self.marked if name in names]
         for r in rows:
             cells = []
             for stage in runs.TRAINING_STAGES:
                 st = r["stages"].get(stage)
                 cells.append(f"{st['state']} {st['step']}" if st else "–")
             vals = [st["best_val_loss"] for st in r["stages"].values() if st.get("best_val_loss") is not None]
-            table.add_row(r["name"], r["preset"], *cells, f"{min(vals):.4f}" if vals else "",
+            table.add_row(self._run_cell(r["name"]), r["preset"], *cells, f"{min(vals):.4f}" if vals else "",
                           time.strftime("%Y-%m-%d %H:%M", time.localtime(r["modified"])), key=r["name"])
         if rows:
             table.move_cursor(row=min(row, len(rows) - 1))
-        self.shown = [name for name in self.shown if name in {r["name"] for r in rows}]
+        self.shown = [name for name in self.shown if name in names]
         self.plot()
+
+    def _run_cell(self, name: str) -> str:
+        return MARK + name if name in self.marked else name
 
     def selected(self) -> str | None:
         table = self.query_one("#runs-table", DataTable)
@@ -138,26 +156,75 @@ class RunsPane(Pane):
             self.shown = [name]
             self.plot()
 
-    def action_overlay(self) -> None:
+    def _set_mark(self, name: str, marked: bool) -> None:
+        if marked != (name in self.marked):
+            self.marked = self.marked + [name] if marked else [n for n in self.marked if n != name]
+            self.query_one("#runs-table", DataTable).update_cell(name, self.run_column, self._run_cell(name))
+
+    def action_mark(self) -> None:
         name = self.selected()
-        if name and name not in self.shown:
-            self.shown = (self.shown + [name])[-2:]
+        if name:
+            self._set_mark(name, name not in self.marked)
+
+    def action_compare(self) -> None:
+        if len(self.marked) < 2:
+            self.notify(f"mark two runs or more with space to compare them ({len(self.marked)} marked)",
+                        severity="warning")
+            return
+        self.shown = list(self.marked)
+        self.plot()
+
+    def action_overlay(self) -> None:
+        """Mark the selected run and the chart's, and show them all (one run: its curves)."""
+        name = self.selected()
+        if name:
+            for run in dict.fromkeys(self.shown + [name]):
+                self._set_mark(run, True)
+            self.shown = list(dict.fromkeys(self.shown + [name]))
             self.plot()
 
+    def action_axis(self) -> None:
+        self.axis = "tokens" if self.axis == "step" else "step"
+        self.plot()
+
     def plot(self) -> None:
+        """Read the shown runs' curves and settings in a thread, then draw them."""
+        self._read_curves(list(self.shown), self.axis, self.cfg.ui.smoothing)  # as the Train pane's m last set it
+
+    @work(thread=True, exclusive=True, group="runs-chart", exit_on_error=False)
+    def _read_curves(self, names: list[str], axis: str, smoothing: float) -> None:
+        folders = [self.cfg.locations.run(name) for name in names]
+        series, points = [], []
+        for i, (name, run) in enumerate(zip(names, folders)):
+            line, cross = RUN_MARKS[i % len(RUN_MARKS)]
+            prefix = f"{name} " if len(names) > 1 else ""
+            for c in compare.run_curves(run, by=axis):
+                label = prefix + STAGE_NAMES[c.stage]
+                series.append(Series(c.xs, ema(c.losses, smoothing), label, marker=line))
+                points.append(Series(c.val_xs, c.val_losses, f"{label} val", marker=cross, points=True))
+        diff = compare.settings_diff(folders) if len(names) > 1 else []
+        self.app.call_from_thread(self._draw, names, axis, smoothing, series + points, diff)
+
+    def _draw(self, names: list[str], axis: str, smoothing: float, series: list[Series], diff: list[tuple]) -> None:
+        if (names, axis) != (self.shown, self.axis):
+            return  # read for a chart since replaced: a newer read draws
         chart = self.query_one("#runs-chart", PlotextPlot)
-        series, smoothing = [], self.cfg.ui.smoothing  # as the Train pane's m last set it
-        for name in self.shown:
-            run = self.cfg.locations.run(name)
-            records = {stage: runs.read_metrics(run, stage) for stage in runs.TRAINING_STAGES}
-            prefix = f"{name} " if len(self.shown) > 1 else ""
-            series += [(xs, ema(ys, smoothing), prefix + label) for xs, ys, label in stage_series(
-                {s: [r for r in rs if r["type"] == "metrics"] for s, rs in records.items()}, "loss")]
-            series += [(xs, ys, prefix + label) for xs, ys, label in stage_series(
-                {s: [r for r in rs if r["type"] == "eval"] for s, rs in records.items()}, "val_loss", " val")]
-        title = f"loss{f' (smoothed {smoothing:g})' if smoothing else ''}: " + " vs ".join(self.shown)
-        draw(chart.plt, title if self.shown else "select a run and press enter", series)
+        title = f"loss{f' (smoothed {smoothing:g})' if smoothing else ''}: " + " vs ".join(names)
+        draw(chart.plt, title if names else "select a run and press enter, or mark runs and press c", series,
+             axis=axis)
         chart.refresh()
+        self._show_diff(names, diff)
+
+    def _show_diff(self, names: list[str], diff: list[tuple]) -> None:
+        """The settings that differ between the compared runs, a column a run (hidden for one run)."""
+        table = self.query_one("#runs-diff", DataTable)
+        table.clear(columns=True)
+        self.set_class(len(names) > 1, "comparing")
+        if len(names) < 2:
+            return
+        table.add_columns("setting", *names)
+        for row in diff or [("no setting differs", *("" for _ in names))]:
+            table.add_row(*row)
 
     def action_delete(self) -> None:
         name = self.selected()

@@ -1,4 +1,5 @@
-"""`acm runs ...`: list runs and their states, steer a background stage, delete or rename a run."""
+"""`acm runs ...`: list runs and their states, steer a background stage, compare, delete or rename
+runs."""
 from __future__ import annotations
 
 import json
@@ -13,6 +14,7 @@ from core import runs
 from core.cli.output import console_for, natural_width
 from core.config import Config
 from core.errors import AcmError
+from core.runs import compare
 from core.train.tracking import metrics_csv
 
 RUN_COLUMNS = ("preset", "stage", "state", "step", "best val loss", "modified")
@@ -108,6 +110,63 @@ def cmd_metrics(args, cfg: Config) -> int:
     return 0
 
 
+def cmd_compare(args, cfg: Config) -> int:
+    if len(set(args.runs)) < 2 or len(set(args.runs)) < len(args.runs):
+        raise AcmError("compare needs two runs or more, each named once; `acm runs` lists the runs")
+    folders = [runs.existing_run(cfg, name) for name in args.runs]
+    stages = (args.stage,) if args.stage else runs.TRAINING_STAGES
+    diff = compare.settings_diff(folders)
+    report = {stage: [compare.stage_curve(run, stage, args.by) for run in folders] for stage in stages}
+    report = {stage: curves for stage, curves in report.items() if any(c.xs or c.val_xs for c in curves)}
+    if args.json:
+        print(json.dumps(compare_json(args.runs, args.by, diff, report), indent=2))
+        return 0
+    console = console_for()
+    table = Table(title="Settings that differ", title_justify="left")
+    for name in ("setting", *args.runs):
+        table.add_column(name, overflow="fold")
+    for row in diff:
+        table.add_row(*row)
+    console.print(table if diff else Text("The runs' settings are the same.", style="italic"))
+    for stage, curves in report.items():
+        console.print()
+        console.print(loss_table(stage, args.runs, args.by, curves))
+    return 0
+
+
+def _loss(value: float | None) -> str:
+    return compare.MISSING if value is None else f"{value:.4f}"
+
+
+def _x(value: float | None) -> str:
+    return compare.MISSING if value is None else f"{value:,.0f}"
+
+
+def loss_table(stage: str, names: list[str], by: str, curves: list[compare.Curve]) -> Table:
+    """One stage's losses, a column a run: the last report, the best check, the checks all share."""
+    table = Table(title=f"{stage}: loss by {by}", title_justify="left")
+    for name in ("", *names):
+        table.add_column(name, overflow="fold")
+    summaries = [compare.stage_summary(c) for c in curves]
+    table.add_row("last train loss", *(_loss(s["last_train_loss"]) for s in summaries))
+    table.add_row("  at " + ("tokens seen" if by == "tokens" else "step"), *(_x(s["last_x"]) for s in summaries))
+    table.add_row("best val loss", *(_loss(s["best_val_loss"]) for s in summaries))
+    for x, losses in compare.shared_val(curves):
+        table.add_row(f"val loss at {_x(x)} tokens" if by == "tokens" else f"val loss at step {_x(x)}",
+                      *map(_loss, losses))
+    return table
+
+
+def compare_json(names: list[str], by: str, diff: list[tuple], report: dict) -> dict:
+    settings = [{"key": key, "values": {n: (None if v == compare.MISSING else v) for n, v in zip(names, values)}}
+                for key, *values in diff]
+    stages = {stage: {"runs": {n: compare.stage_summary(c) for n, c in zip(names, curves)},
+                      "shared_val": [{"x": x, "val_loss": dict(zip(names, losses))}
+                                     for x, losses in compare.shared_val(curves)]}
+              for stage, curves in report.items()}
+    return {"runs": names, "by": by, "settings": settings, "stages": stages}
+
+
 def register(sub, add) -> None:
     parser = sub.add_parser("runs", help="list runs; pause, resume, stop or checkpoint a background stage")
     parser.set_defaults(func=cmd_list, json=False)
@@ -124,6 +183,11 @@ def register(sub, add) -> None:
     m.add_argument("run")
     m.add_argument("--stage", choices=list(runs.TRAINING_STAGES), help="default: the stage it is on")
     m.add_argument("--csv", action="store_true", help="one row a step: loss, lr, grad norm, tokens/s, ..., val loss")
+    c = add(actions, "compare", cmd_compare, "two runs or more side by side: the settings that differ and "
+            "the losses at aligned points (last and best of each stage, val loss where all made a check)")
+    c.add_argument("runs", nargs="+", metavar="RUN")
+    c.add_argument("--by", choices=compare.AXES, default="step", help="line the runs up by step or by tokens seen")
+    c.add_argument("--stage", choices=list(runs.TRAINING_STAGES), help="default: both stages")
     d = add(actions, "delete", cmd_delete, "delete RUN and its checkpoints", json_flag=False)
     d.add_argument("run")
     d.add_argument("--yes", action="store_true", help="confirm")

@@ -9,7 +9,7 @@ from acm_tui.panes.settings import SettingsPane
 from acm_tui.panes.setup import SetupPane
 from core import config
 from core.errors import ConfigError
-from tests.helpers import notified, text_of, wait_until
+from tests.helpers import fake_run, notified, shown_in_full, text_of, wait_until
 from tests.pane_host import PaneHost
 
 
@@ -67,8 +67,8 @@ async def test_runs_pane_opens_overlays_renames_and_deletes(with_model):
         await pilot.press("enter")
         select_row(table, "other")
         await pilot.press("o")
-        assert pane.shown == ["m", "other"]
-        assert "m pretrain" in str(app.query_one("#runs-chart").render())
+        assert pane.shown == ["m", "other"] and pane.marked == ["m", "other"]
+        await wait_until(pilot, lambda: "m pretrain" in str(app.query_one("#runs-chart").render()))
         assert "loss (smoothed 0.6): m vs other" in str(app.query_one("#runs-chart").render())  # ui.smoothing
         await pilot.press("n")
         await pilot.pause()
@@ -252,21 +252,18 @@ async def test_settings_pane_works_by_keyboard_alone_at_80x24(project):
 
 
 async def test_charts_tell_the_stages_apart_with_steps_on_the_x_axis_at_80x24(with_model):
-    from acm_tui.charts import stage_series
-    from core import runs
+    from core.runs.compare import run_curves
 
     app = PaneHost(RunsPane, with_model / "acm.toml")
     async with app.run_test(size=(80, 24)) as pilot:
         await select_in_pane(app, pilot, "6", "#runs-table", 1, "m")
         await pilot.press("enter")
-        await pilot.pause()
+        await wait_until(pilot, lambda: "fine-tune" in str(app.query_one("#runs-chart").render()))
         drawn = str(app.query_one("#runs-chart").render())
         assert "pretrain" in drawn and "fine-tune" in drawn and "step" in drawn
-    run = app.cfg.locations.run("m")
-    metrics = {s: [r for r in runs.read_metrics(run, s) if r["type"] == "metrics"] for s in runs.TRAINING_STAGES}
-    (pre_x, _, pre_label), (ft_x, _, ft_label) = stage_series(metrics, "loss")
-    assert (pre_label, ft_label) == ("pretrain", "fine-tune")
-    assert min(ft_x) > max(pre_x)  # the fine-tune is drawn after its pretrain, not on top of it
+    pre, ft = run_curves(app.cfg.locations.run("m"))
+    assert (pre.stage, ft.stage) == ("pretrain", "finetune")
+    assert min(ft.xs) > max(pre.xs)  # the fine-tune is drawn after its pretrain, not on top of it
 
 
 async def test_setup_shows_the_selected_stage_in_full_at_80x24(with_model):
@@ -304,3 +301,31 @@ async def test_enter_on_a_done_stage_asks_before_running_it_again_at_80x24(train
         await pilot.press("y")
         await wait_until(pilot, lambda: "tokenizer trained" in text_of(app, "#tokenizer-pane .step-status"))
         assert tabs.active == "tokenizer"
+
+
+async def test_runs_pane_compares_marked_runs_by_step_or_tokens_over_their_settings_at_80x24(project):
+    fake_run(project, "a", [(1, 100, 4.0), (2, 200, 3.5), (3, 300, 3.0), (4, 400, 2.5)], [(2, 3.6), (4, 2.7)])
+    fake_run(project, "b", [(1, 200, 3.8), (2, 400, 2.4)], [(1, 3.7), (2, 2.6)], train__pretrain__learning_rate=0.01)
+    app = PaneHost(RunsPane, project / "acm.toml")
+    async with app.run_test(size=(80, 24), notifications=True) as pilot:
+        await select_in_pane(app, pilot, "6", "#runs-table", 2, "a")
+        pane, table = app.query_one("#runs-pane", RunsPane), app.query_one("#runs-table", DataTable)
+        await pilot.press("space", "c")
+        await notified(pilot, "mark two runs or more with space to compare them (1 marked)")
+        select_row(table, "b")
+        await pilot.press("space")
+        assert pane.marked == ["a", "b"] and table.get_row("b")[0] == "● b"
+        await pilot.press("c")
+        chart = app.query_one("#runs-chart")
+        await wait_until(pilot, lambda: "a pretrain" in str(chart.render()) and "b pretrain" in str(chart.render()))
+        assert "loss (smoothed 0.6): a vs b" in str(chart.render()) and "step" in str(chart.render())
+        diff = app.query_one("#runs-diff", DataTable)
+        assert [str(c.label) for c in diff.columns.values()] == ["setting", "a", "b"]
+        rows = [diff.get_row_at(i) for i in range(diff.row_count)]
+        assert rows == [["train.pretrain.learning_rate", "0.0003", "0.01"]]
+        assert shown_in_full(app, "#runs-diff")
+        await pilot.press("a")
+        await wait_until(pilot, lambda: "tokens seen" in str(chart.render()))
+        select_row(table, "a")
+        await pilot.press("space")  # unmarked: c refuses again, the chart stays
+        assert pane.marked == ["b"] and table.get_row("a")[0] == "a"
