@@ -122,16 +122,20 @@ def cmd_compare(args, cfg: Config) -> int:
         print(json.dumps(compare_json(args.runs, args.by, diff, report), indent=2))
         return 0
     console = console_for()
-    table = Table(title="Settings that differ", title_justify="left")
-    for name in ("setting", *args.runs):
-        table.add_column(name, overflow="fold")
-    for row in diff:
-        table.add_row(*row)
-    console.print(table if diff else Text("The runs' settings are the same.", style="italic"))
+    console.print(settings_table(args.runs, diff) if diff else Text("The runs' settings are the same.", style="italic"))
     for stage, curves in report.items():
         console.print()
         console.print(loss_table(stage, args.runs, args.by, curves))
     return 0
+
+
+def settings_table(names: list[str], diff: list[tuple]) -> Table:
+    table = Table(title="Settings that differ", title_justify="left")
+    for name in ("setting", *names):
+        table.add_column(name, overflow="fold")
+    for row in diff:
+        table.add_row(*row)
+    return table
 
 
 def _loss(value: float | None) -> str:
