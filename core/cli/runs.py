@@ -10,6 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from core import runs
+from core.cli import samples as cli_samples
 from core.cli.output import console_for, natural_width
 from core.config import Config
 from core.errors import AcmError
@@ -124,6 +125,7 @@ def register(sub, add) -> None:
     m.add_argument("run")
     m.add_argument("--stage", choices=list(runs.TRAINING_STAGES), help="default: the stage it is on")
     m.add_argument("--csv", action="store_true", help="one row a step: loss, lr, grad norm, tokens/s, ..., val loss")
+    cli_samples.register(actions, add)
     d = add(actions, "delete", cmd_delete, "delete RUN and its checkpoints", json_flag=False)
     d.add_argument("run")
     d.add_argument("--yes", action="store_true", help="confirm")
