@@ -316,28 +316,33 @@ class TrainPane(Pane):
         events = self.follower.poll() if self.follower is not None else []
         if not events:
             return
+        logs, alerts = self._take(events)
+        if logs:
+            self.query_one("#train-log", Static).update(Text(logs[-1], style="dim"))
+        if alerts:
+            self._show_alert(alerts[-1])
+        for alert in alerts if self.caught_up else []:
+            self.notify(alert, title="Training health", severity="warning", timeout=10)
+        if any(isinstance(e, Sample) for e in events):
+            self.query_one("#train-samples-text", Static).update(samples_text(self.samples))
+        self.refresh_status()
+        self.replot()
+
+    def _take(self, events: list) -> tuple[list[str], list[str]]:
+        """Events into the pane's history; the log lines and the alerts among them."""
         logs, alerts = [], []
         for e in events:
             if isinstance(e, Metrics):
                 self.history.append(e)
             elif isinstance(e, Eval):
                 self.evals.append(e)
-            elif isinstance(e, Sample):
+            elif isinstance(e, Sample):  # the latest check's only
                 self.samples = [*(s for s in self.samples if s.step == e.step), e]
             elif isinstance(e, State) and e.state != "not started":
                 self.state = e.state
             elif isinstance(e, Log):
                 (alerts if is_alert(e.text) else logs).append(e.text)
-        if logs:
-            self.query_one("#train-log", Static).update(Text(logs[-1], style="dim"))
-        if alerts:
-            self._show_alert(alerts[-1])
-        if any(isinstance(e, Sample) for e in events):
-            self.query_one("#train-samples-text", Static).update(samples_text(self.samples))
-        for alert in alerts if self.caught_up else []:
-            self.notify(alert, title="Training health", severity="warning", timeout=10)
-        self.refresh_status()
-        self.replot()
+        return logs, alerts
 
     def refresh_status(self) -> None:
         m = self.history[-1] if self.history else None

@@ -30,12 +30,8 @@ def test_checks_sample_with_verdicts_and_training_is_unchanged(prepared):
     samples = [e for e in sampled if isinstance(e, Sample)]
     assert [s.step for s in samples] == [10, 10, 20, 20, 30, 30, 40, 40]  # eval_every 10, 40 steps
     cfg = config.load(prepared / "acm.toml")
-    tasks = cfg.eval.tasks[:2]
-    assert [s.prompt for s in samples[:2]] == [t.prompt for t in tasks]  # the first two eval tasks
-    for s in samples:
-        assert isinstance(s.parses, bool) and isinstance(s.complete, bool) and isinstance(s.relevant, bool)
-        assert s.shellcheck_errors is None or s.shellcheck_errors >= 0
-        assert s.seconds >= 0 and "parses" in s.marks() and "relevant" in s.marks()
+    assert [s.prompt for s in samples[:2]] == [t.prompt for t in cfg.eval.tasks[:2]]  # the first two eval tasks
+    assert all(judged(s) for s in samples)
     costs = [e.text for e in sampled if isinstance(e, Log) and e.text.startswith("samples at step")]
     assert len(costs) == 4 and "of the stage so far" in costs[0]
     run = cfg.runs_dir / "on"
@@ -45,6 +41,14 @@ def test_checks_sample_with_verdicts_and_training_is_unchanged(prepared):
     assert not any(isinstance(e, Sample) for e in plain)
     assert not (cfg.runs_dir / "off" / "pretrain" / "samples.jsonl").read_text()
     assert losses(run) == losses(cfg.runs_dir / "off")  # sampling draws nothing training uses
+
+
+def judged(s: Sample) -> bool:
+    """Every verdict given: parses, complete and relevant (the default prompts are tasks with an
+    expectation), shellcheck's where installed, and the marks that show them."""
+    given = all(isinstance(v, bool) for v in (s.parses, s.complete, s.relevant))
+    linted = s.shellcheck_errors is None or s.shellcheck_errors >= 0
+    return given and linted and s.seconds >= 0 and "parses" in s.marks() and "relevant" in s.marks()
 
 
 def test_sampling_stops_once_over_its_share_of_the_stage(prepared):
