@@ -214,6 +214,13 @@ class TrainConfig:
                                         "their own (more were slower on 2 H200s: keep 1)", min=1, max=64)
     alert_spike: float = setting(3.0, "a report whose loss is this many times the median of the last 50 is an "
                                       "alert (train.log, the CLI, the Train pane)", above=1.0, max=1000.0)
+    samples: int = setting(2, "scripts generated at each validation check of both stages, shown with their "
+                              "verdicts (the Train pane's v, samples.jsonl; 0: off)", min=0, max=64)
+    sample_prompts: list = setting([], "the prompts of those scripts, cycled (one equal to an eval task's prompt is "
+                                       "judged against its expect); empty: the eval tasks', in order")
+    sample_tokens: int = setting(64, "new tokens per sampled script", min=1, max=4096)
+    sample_share: float = setting(0.02, "the most share of a stage's time spent sampling: a check whose sampling "
+                                        "so far is over it samples nothing", above=0.0, max=1.0)
     pretrain: StageConfig = field(default_factory=StageConfig)
     finetune: FinetuneConfig = field(default_factory=_finetune_defaults)
 
@@ -552,6 +559,8 @@ def validate(cfg: Config, source: str = CONFIG_NAME) -> None:
         raise ConfigError(f"{source}: tokenizer.vocab_size = {cfg.tokenizer.vocab_size} is out of range; allowed: 0 "
                           f"(the preset's, {shape.vocab_size}) or {MIN_VOCAB} to 262144")
     _check_eval_prompts(cfg.eval, source)
+    if not all(p.strip() for p in cfg.train.sample_prompts):
+        raise ConfigError(f"{source}: train.sample_prompts holds an empty prompt")
     for stage in ("pretrain", "finetune"):
         sc: StageConfig = getattr(cfg.train, stage)
         if sc.seq_len > shape.n_ctx:

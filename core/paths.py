@@ -9,7 +9,7 @@
     data/tokenizer/tokenizer.json, tokenizer-meta.json
     data/tokens/<corpus>/manifest.json, chunk-*   token shards
     runs/<run>/config.toml, eval.json, writer.lock
-    runs/<run>/<stage>/metrics.jsonl, train.log, status.json, control.json, detached.log, checkpoints/
+    runs/<run>/<stage>/metrics.jsonl, train.log, samples.jsonl, status.json, control.json, detached.log, checkpoints/
     runs/<run>/<stage>/launch.toml                what a training process acm starts reads
 """
 from __future__ import annotations
@@ -112,6 +112,11 @@ class Paths:
     @staticmethod
     def train_log(run: Path, stage: str) -> Path:
         return run / stage / "train.log"
+
+    @staticmethod
+    def samples(run: Path, stage: str) -> Path:
+        """The scripts generated at the stage's validation checks (train.samples), one JSON line each."""
+        return run / stage / "samples.jsonl"
 
     @staticmethod
     def status(run: Path, stage: str) -> Path:

@@ -7,7 +7,8 @@ go through the stage's control file, the same way for every process. Charts: tra
 (raw reports and a smoothed curve, m cycling the smoothing; log scale with g), learning rate,
 tokens/s, memory, against steps, tokens seen or time (x cycles); sparklines of the gradient norm
 and the learning rate; the trainer's health alerts (core/runs/health.py) in a highlighted line;
-while a stage trains, one line a device (acm_tui/devices.py).
+while a stage trains, one line a device (acm_tui/devices.py). v swaps the charts for the latest
+validation check's live samples (train.samples), with their verdicts.
 """
 from __future__ import annotations
 
@@ -18,13 +19,13 @@ from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Grid
+from textual.containers import Grid, VerticalScroll
 from textual.widgets import Static
 from textual_plotext import PlotextPlot
 
 from core import config, runs
 from core.errors import AcmError, one_line
-from core.runs.events import Eval, Log, Metrics, StageFollower, State
+from core.runs.events import Eval, Log, Metrics, Sample, StageFollower, State
 from core.runs.health import is_alert
 from core.train.detach import launch_detached
 from core.train.target import NoRun, training_target
@@ -73,6 +74,8 @@ class TrainPane(Pane):
         Binding("m", "smoothing", "Smoothing", tooltip="Cycle the loss curve's smoothing (saved as ui.smoothing)"),
         Binding("x", "x_axis", "X axis", tooltip="Plot against steps, tokens seen or time"),
         Binding("z", "zoom", "Zoom chart", tooltip="One chart over the whole grid, then the next, then all four"),
+        Binding("v", "samples", "Samples", tooltip="The latest validation check's sampled scripts, with their "
+                                                   "verdicts, instead of the charts (v again: the charts)"),
     ]
 
     def __init__(self, **kwargs):
@@ -81,6 +84,7 @@ class TrainPane(Pane):
         self.control: Control | None = None  # a stage this pane started in the app
         self.history: list[Metrics] = []
         self.evals: list[Eval] = []
+        self.samples: list[Sample] = []  # the latest validation check's
         self.state = "idle"
         self.stage = ""
         self.run_name = ""
@@ -96,7 +100,7 @@ class TrainPane(Pane):
         yield Static("[b]p[/b]/[b]f[/b] pretrain/fine-tune here  [b]P[/b]/[b]F[/b] in the background  "
                      "[b]R[/b]/[b]D[/b] "
                      "resume here/in the background  [b]space[/b] pause  [b]s[/b] stop  [b]c[/b] checkpoint  "
-                     "[b]g[/b] log  [b]m[/b] smooth  [b]x[/b] x-axis", classes="hint")
+                     "[b]g[/b] log  [b]m[/b] smooth  [b]x[/b] x-axis  [b]v[/b] samples", classes="hint")
         yield Static("", id="train-status")
         yield Static("", id="train-log")  # the plan and ETA: above the charts, so 24 lines show it
         yield Static("", id="train-alert")  # shown once the trainer raises an alert
@@ -105,6 +109,8 @@ class TrainPane(Pane):
         with Grid(id="train-charts"):
             for name in CHARTS:
                 yield PlotextPlot(id=f"chart-{name}")
+        with VerticalScroll(id="train-samples"):
+            yield Static(samples_text([]), id="train-samples-text")
 
     def on_mount(self) -> None:
         self.smoothing = self.cfg.ui.smoothing
@@ -127,7 +133,8 @@ class TrainPane(Pane):
         process, the CLI): the whole history first, then what arrives."""
         self.follower = StageFollower(run, stage)
         self.attached, self.stage, self.run_name = run, stage, run.name
-        self.history, self.evals = [], []
+        self.history, self.evals, self.samples = [], [], []
+        self.query_one("#train-samples-text", Static).update(samples_text([]))
         self.caught_up = False
         self._show_alert("")
         self.drain()
@@ -261,6 +268,12 @@ class TrainPane(Pane):
         for name in CHARTS:
             self.query_one(f"#chart-{name}").display = self.zoomed in (None, name)
 
+    def action_samples(self) -> None:
+        """The latest check's samples in place of the charts, or the charts again."""
+        view = self.query_one("#train-samples")
+        view.display = not view.display
+        self.query_one("#train-charts").display = not view.display
+
     def action_smoothing(self) -> None:
         """The next smoothing, drawn at once and saved to acm.toml as ui.smoothing (kept for this
         session if the file cannot take it)."""
@@ -306,24 +319,33 @@ class TrainPane(Pane):
         events = self.follower.poll() if self.follower is not None else []
         if not events:
             return
-        logs, alerts = [], []
-        for e in events:
-            if isinstance(e, Metrics):
-                self.history.append(e)
-            elif isinstance(e, Eval):
-                self.evals.append(e)
-            elif isinstance(e, State) and e.state != "not started":
-                self.state = e.state
-            elif isinstance(e, Log):
-                (alerts if is_alert(e.text) else logs).append(e.text)
+        logs, alerts = self._take(events)
         if logs:
             self.query_one("#train-log", Static).update(Text(logs[-1], style="dim"))
         if alerts:
             self._show_alert(alerts[-1])
         for alert in alerts if self.caught_up else []:
             self.notify(alert, title="Training health", severity="warning", timeout=10)
+        if any(isinstance(e, Sample) for e in events):
+            self.query_one("#train-samples-text", Static).update(samples_text(self.samples))
         self.refresh_status()
         self.replot()
+
+    def _take(self, events: list) -> tuple[list[str], list[str]]:
+        """Events into the pane's history; the log lines and the alerts among them."""
+        logs, alerts = [], []
+        for e in events:
+            if isinstance(e, Metrics):
+                self.history.append(e)
+            elif isinstance(e, Eval):
+                self.evals.append(e)
+            elif isinstance(e, Sample):  # the latest check's only
+                self.samples = [*(s for s in self.samples if s.step == e.step), e]
+            elif isinstance(e, State) and e.state != "not started":
+                self.state = e.state
+            elif isinstance(e, Log):
+                (alerts if is_alert(e.text) else logs).append(e.text)
+        return logs, alerts
 
     def refresh_status(self) -> None:
         m = self.history[-1] if self.history else None
@@ -387,6 +409,20 @@ class TrainPane(Pane):
         widget = self.query_one(selector, PlotextPlot)
         draw(widget.plt, title, series, log=log, axis=self.axis)
         widget.refresh()
+
+
+def samples_text(samples: list[Sample]) -> Text:
+    """A check's samples: each one's verdicts (marks that read without colour), its prompt dimmed,
+    then what the model wrote."""
+    if not samples:
+        return Text("no samples yet: each validation check generates train.samples scripts (0: none)", style="dim")
+    first = samples[0]
+    text = Text(f"samples at step {first.step:,} ({first.seconds:.2f} s)\n", style="bold")
+    for s in samples:
+        text.append("\n").append(s.marks(), "bold green" if s.parses and s.complete else "bold yellow").append("\n")
+        text.append(s.prompt, "dim").append(s.text or "(nothing)")
+        text.append("\n" if not s.text.endswith("\n") else "")
+    return text
 
 
 def ranks_words(metrics: Metrics) -> str:

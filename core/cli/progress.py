@@ -27,7 +27,7 @@ from rich.text import Text
 
 from core.cli.output import console_for
 from core.progress import Progress, Reporter
-from core.runs.events import Eval, Event, Log, Metrics, State
+from core.runs.events import Eval, Event, Log, Metrics, Sample, State
 from core.train.budget import UNPLANNED
 
 PLAIN_EVERY_S = 30.0  # without a terminal: a running task's line at most this often
@@ -53,7 +53,16 @@ def describe(event: Event) -> str | None:
         return f"step {event.step} val loss {event.val_loss:.4f} (ppl {event.val_ppl:.1f})"
     if isinstance(event, Log):
         return event.text
+    if isinstance(event, Sample):
+        return f"step {event.step} sample: {sample_preview(event.text)}  [{event.marks()}]"
     return None
+
+
+def sample_preview(text: str, lines: int = 2, width: int = 100) -> str:
+    """The first lines of a generated script on one line (⏎ between them), cut to `width`."""
+    parts = [line.strip() for line in text.splitlines() if line.strip()]
+    kept = " ⏎ ".join(parts[:lines]) or "(nothing)"
+    return kept[:width] + ("…" if len(parts) > lines or len(kept) > width else "")
 
 
 class EtaColumn(ProgressColumn):

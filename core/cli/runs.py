@@ -11,6 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from core import runs
+from core.cli import samples as cli_samples
 from core.cli.output import console_for, natural_width
 from core.config import Config
 from core.errors import AcmError
@@ -192,6 +193,7 @@ def register(sub, add) -> None:
     c.add_argument("runs", nargs="+", metavar="RUN")
     c.add_argument("--by", choices=compare.AXES, default="step", help="line the runs up by step or by tokens seen")
     c.add_argument("--stage", choices=list(runs.TRAINING_STAGES), help="default: both stages")
+    cli_samples.register(actions, add)
     d = add(actions, "delete", cmd_delete, "delete RUN and its checkpoints", json_flag=False)
     d.add_argument("run")
     d.add_argument("--yes", action="store_true", help="confirm")

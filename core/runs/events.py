@@ -1,11 +1,11 @@
 """What a training stage reports, and who hears it.
 
 The trainer never opens a file: it hands each event, a typed record (`Metrics`, `Eval`,
-`Checkpoint`, `State`, `Log`), to its callbacks (as mlx-lm's TrainingCallback). `Recorder` turns
-events into the stage's files (metrics.jsonl, train.log, status.json); `StageFollower` reads those
+`Checkpoint`, `State`, `Log`, `Sample`), to its callbacks (as mlx-lm's TrainingCallback). `Recorder`
+turns events into the stage's files (metrics.jsonl, train.log, status.json, samples.jsonl); `StageFollower` reads those
 files back as the same events, so the app follows a stage trained in the app, in a background
 process or from the CLI in one way. On disk and on a rank's --json output an event is the JSON
-object `to_json()` gives, {"type": "metrics" | "eval" | "checkpoint" | "state" | "log", "stage": ...};
+object `to_json()` gives, {"type": "metrics" | "eval" | "checkpoint" | "state" | "log" | "sample", "stage": ...};
 `event_from_json` reads one back as leniently as files written by older versions need.
 """
 from __future__ import annotations
@@ -106,7 +106,35 @@ class Log(Event):
     text: str
 
 
-TYPES: dict[str, type[Event]] = {kind.type: kind for kind in (Metrics, Eval, Checkpoint, State, Log)}
+@dataclass(frozen=True, kw_only=True)
+class Sample(Event):
+    """A script generated at a validation check (train.samples), with its verdicts: parses (bash -n),
+    shellcheck errors (None: not installed), complete (ended by the model) and relevant (matches its
+    task's `expect`; None: its prompt has none). `seconds`: the whole check's sampling and judging."""
+    type: ClassVar[str] = "sample"
+    step: int
+    prompt: str
+    text: str
+    parses: bool
+    shellcheck_errors: int | None
+    complete: bool
+    relevant: bool | None
+    seconds: float
+
+    def marks(self) -> str:
+        """Its verdicts, readable without colour: "✓ parses  ✗ shellcheck (2)  ✓ complete  ✗ relevant"
+        (shellcheck left out where it is not installed, relevance where the prompt expects nothing)."""
+        errors = self.shellcheck_errors
+        verdicts = [(self.parses, "parses")]
+        if errors is not None:
+            verdicts.append((not errors, f"shellcheck ({errors})" if errors else "shellcheck"))
+        verdicts.append((self.complete, "complete"))
+        if self.relevant is not None:
+            verdicts.append((self.relevant, "relevant"))
+        return "  ".join(f"{'✓' if ok else '✗'} {name}" for ok, name in verdicts)
+
+
+TYPES: dict[str, type[Event]] = {kind.type: kind for kind in (Metrics, Eval, Checkpoint, State, Log, Sample)}
 RECORDED = (Metrics, Eval)  # what metrics.jsonl keeps
 Callback = Callable[[Event], None]
 
@@ -117,6 +145,15 @@ def event_from_json(record) -> Event | None:
     return TYPES[kind].from_json(record) if isinstance(kind, str) and kind in TYPES else None
 
 
+def read_samples(run: Path, stage: str) -> list[Sample]:
+    """Every sample recorded in a stage's samples.jsonl, oldest first (a line being written is skipped)."""
+    try:
+        records = parse_records(Paths.samples(run, stage).read_bytes().splitlines())
+    except OSError:
+        return []
+    return [e for e in map(event_from_json, records) if isinstance(e, Sample)]
+
+
 class Recorder:
     """Writes a stage's events to its files, each line flushed as it is written."""
 
@@ -125,6 +162,7 @@ class Recorder:
         Paths.stage(run, stage).mkdir(parents=True, exist_ok=True)
         self._metrics = open(Paths.metrics(run, stage), "a", buffering=1, encoding="utf-8")
         self._log = open(Paths.train_log(run, stage), "a", buffering=1, encoding="utf-8")
+        self._samples = open(Paths.samples(run, stage), "a", buffering=1, encoding="utf-8")
 
     def __call__(self, event: Event) -> None:
         with writing(f"the {self.stage} records of run {self.run.name}"):
@@ -133,6 +171,8 @@ class Recorder:
     def _record(self, event: Event) -> None:
         if isinstance(event, RECORDED):
             self._metrics.write(json.dumps(event.to_json()) + "\n")
+        elif isinstance(event, Sample):
+            self._samples.write(json.dumps(event.to_json()) + "\n")
         if isinstance(event, Metrics):
             write_status(self.run, self.stage, "running", step=event.step, total=self.total)
         elif isinstance(event, State):
@@ -151,6 +191,7 @@ class Recorder:
     def close(self) -> None:
         self._metrics.close()
         self._log.close()
+        self._samples.close()
 
 
 class StageFollower:
@@ -163,11 +204,12 @@ class StageFollower:
 
     def __init__(self, run: Path, stage: str):
         self.run, self.stage = run, stage
-        self._offsets = {"metrics": 0, "log": 0}
+        self._offsets = {"metrics": 0, "log": 0, "samples": 0}
         self.state: str | None = None
 
     def poll(self) -> list[Event]:
         records = parse_records(self._new_lines("metrics", Paths.metrics(self.run, self.stage)))
+        records += parse_records(self._new_lines("samples", Paths.samples(self.run, self.stage)))
         events = [e for e in map(event_from_json, records) if e is not None]
         events += [Log(stage=self.stage, text=line.decode("utf-8", "replace").split(" ", 2)[-1])
                    for line in self._new_lines("log", Paths.train_log(self.run, self.stage))]

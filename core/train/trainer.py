@@ -2,7 +2,7 @@
 
 `Trainer.run()` must be called on the thread that owns MLX (the engine). Other threads steer it
 through `Control` (pause, resume, stop, save now) and hear from it through callbacks that receive
-typed events (core/runs/events.py: Metrics, Eval, Checkpoint, State, Log); the trainer writes no
+typed events (core/runs/events.py: Metrics, Eval, Checkpoint, State, Log, Sample); the trainer writes no
 file itself but checkpoints: a `Recorder` keeps the stage's files. With several
 ranks (`mlx.launch`), gradients and losses are averaged across them and only rank 0 writes.
 """
@@ -38,6 +38,7 @@ from core.tokenizer.shards import open_tokens
 from core.train.batches import Batches
 from core.train.budget import HOURS, UNPLANNED, Calibration, describe_seconds
 from core.train.optimizer import FlatAdamW
+from core.train.samples import LiveSampler
 from core.train.schedule import lr_at
 from core.train.state import TrainState
 from core.train.tracking import trackers
@@ -168,6 +169,7 @@ class Trainer:
         self.calibration: Calibration | None = None  # until the first steps are timed
         self.meter = Throughput(self._tokens_per_step(), clock)
         self.health = Health(cfg.train.alert_spike)  # its alerts go to the stage's log
+        self.sampler = LiveSampler(cfg, stage, self.sc.seed, clock)  # train.samples at each validation check
         self.peak = self.limit = self.flops_per_token = None
 
     # ------------------------------------------------------------ events
@@ -574,10 +576,19 @@ class Trainer:
             self.val_loss = self.evaluate()
             # early stopping keeps the best weights, whatever save_every says
             want_save = self._judge_progress(self.val_loss) or want_save
+            self._sample()
         if want_save:
             self.last_ck = self.save(step, self.val_loss if want_eval else None) or self.last_ck
         if want_eval or want_save:  # tokens/s counts training time only
             self.meter.restart()
+
+    def _sample(self) -> None:
+        """A validation check's live samples, from the weights of the step just finished (nothing is
+        queued at a check); rank 0 samples while the others wait at their next collective."""
+        if self.is_main:
+            for event in self.sampler.check(self.model, self.opt.compute_views(), self.tok, self.state.step,
+                                            self.clock() - self.started):
+                self.emit(event)
 
     def _judge_progress(self, val_loss: float | None) -> bool:
         """Report a validation check and decide on early stopping; whether to save (a new best)."""

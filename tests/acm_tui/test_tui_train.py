@@ -1,11 +1,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 from acm_tui.panes.train import CHARTS, TrainPane
 from core import config
 from core.paths import Paths
 from core.runs import checkpoint, list_runs
+from core.runs.events import Sample
 from core.train.trainer import train_stage
 from tests.helpers import notified, shown_in_full, text_of, wait_until
 from tests.pane_host import PaneHost
@@ -153,3 +155,29 @@ async def test_an_alert_in_the_stage_log_is_highlighted_and_notified(with_model)
             log.write("2026-01-01 00:00:00 alert: step 7: loss is nan\n")
         await notified(pilot, "alert: step 7: loss is nan")
         assert app.query_one("#train-alert").display and "step 7" in text_of(app, "#train-alert")
+
+
+async def test_v_shows_the_latest_checks_samples_with_their_verdicts_at_80x24(with_model):
+    run = with_model / "runs" / "m"
+    lines = [Sample(stage="finetune", step=s, prompt="#!/bin/bash\n# Back up /etc\n", text=text, parses=ok,
+                    shellcheck_errors=None, complete=ok, relevant=False, seconds=0.25).to_json()
+             for s, text, ok in ((5, "old sample\n", True), (10, "tar czf /tmp/etc.tgz /etc\n", True),
+                                 (10, "if then fi (\n", False))]
+    Paths.samples(run, "finetune").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    app = PaneHost(TrainPane, with_model / "acm.toml")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("4")
+        pane = app.query_one("#train-pane")
+        await wait_until(pilot, lambda: pane.state == "done")
+        assert not app.query_one("#train-samples").display
+        await pilot.press("v")
+        await pilot.pause()
+        assert app.query_one("#train-samples").display and not app.query_one("#train-charts").display
+        shown = text_of(app, "#train-samples-text")
+        assert "samples at step 10" in shown and "old sample" not in shown
+        assert "tar czf /tmp/etc.tgz /etc" in shown and "✓ parses  ✓ complete  ✗ relevant" in shown
+        assert "✗ parses  ✗ complete  ✗ relevant" in shown
+        assert app.query_one("#train-samples").size.height >= 8
+        await pilot.press("v")
+        await pilot.pause()
+        assert app.query_one("#train-charts").display and not app.query_one("#train-samples").display

@@ -1,0 +1,42 @@
+"""`acm runs samples RUN`: the scripts a stage generated at its validation checks (train.samples)."""
+from __future__ import annotations
+
+import json
+
+from core import runs
+from core.cli.output import console_for
+from core.config import Config
+from core.errors import AcmError
+from core.runs.events import read_samples
+
+
+def cmd_samples(args, cfg: Config) -> int:
+    run = runs.existing_run(cfg, args.run)
+    stage = args.stage or runs.active_stage(run)
+    if stage is None:
+        raise AcmError(f"run {run.name} has not started training")
+    samples = read_samples(run, stage)
+    if args.last and samples:
+        samples = [s for s in samples if s.step == samples[-1].step]
+    if args.json:
+        print(json.dumps([s.to_json() for s in samples]))
+        return 0
+    if not samples:
+        print(f"{stage} of run {run.name} recorded no samples (train.samples sets how many each validation "
+              "check generates)")
+        return 0
+    console = console_for()
+    for s in samples:
+        console.print(f"── step {s.step}  {s.marks()}  ({s.seconds:.2f} s for the check)", markup=False,
+                      highlight=False, style="bold")
+        console.print(s.prompt + s.text, markup=False, highlight=False, soft_wrap=True)
+    return 0
+
+
+def register(actions, add) -> None:
+    """`samples` among `acm runs`' actions."""
+    p = add(actions, "samples", cmd_samples, "the scripts RUN generated at its validation checks, with their "
+                                             "verdicts (train.samples)")
+    p.add_argument("run")
+    p.add_argument("--stage", choices=list(runs.TRAINING_STAGES), help="default: the stage it is on")
+    p.add_argument("--last", action="store_true", help="only the latest check's")
