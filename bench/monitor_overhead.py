@@ -76,7 +76,7 @@ def measured(cfg_path: Path, run: str, stage: str) -> dict:
     timings = Paths.stage(folder, stage) / "timings.json"
     return {"tokens_per_s": round(statistics.median(r["tokens_per_s"] for r in steady)),
             "steps": reports[-1]["step"] if reports else 0, "samples": len(sampled),
-            "sample_s": round(sum(s.get("seconds") or 0.0 for s in sampled), 2),
+            "sample_s": round(sum({s["step"]: s.get("seconds") or 0.0 for s in sampled}.values()), 2),  # a check's
             "timings": json.loads(timings.read_text()) if timings.exists() else None}
 
 
