@@ -14,17 +14,7 @@ from core.paths import Paths
 from core.runs import checkpoint, read_metrics
 from core.train.timings import PARTS, Timings
 from core.train.trainer import train_stage
-
-
-class SteppingClock:
-    """A clock that moves on a fixed tick each time it is read."""
-
-    def __init__(self, tick: float):
-        self.now, self.tick = 1000.0, tick
-
-    def __call__(self) -> float:
-        self.now += self.tick
-        return self.now
+from tests.core.train.test_train import SteppingClock
 
 
 def load(project: Path) -> config.Config:
