@@ -4,6 +4,9 @@ A checkpoint is a folder `step-NNNNNNN/` holding model.safetensors, optimizer.sa
 state.json (written last). It is assembled in `.tmp-step-NNNNNNN/` and renamed into place, so a
 kill at any moment leaves every earlier checkpoint loadable; leftovers are swept on the next save.
 Pruning keeps the last `keep_last` and the best by validation loss.
+
+The arrays are copied to host memory first (`to_host`, on the thread that owns MLX); `write` then
+needs no MLX, so the trainer runs it on a thread of its own while the steps go on.
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import mlx.core as mx
+import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
 from core.atomic import read_json, writing
@@ -54,15 +58,46 @@ def sweep_partial(folder: Path) -> None:
 
 
 def save(folder: Path, step: int, params: dict, optimizer_state: dict, state: dict) -> Path:
+    """`write` of the arrays as they are now (call on the thread that owns MLX)."""
+    return write(folder, step, to_host(params, optimizer_state), state)
+
+
+@dataclass
+class HostArrays:
+    """A checkpoint's arrays in host memory, by safetensors name: (dtype code, numpy copy)."""
+    model: dict[str, tuple[str, np.ndarray]]
+    optimizer: dict[str, tuple[str, np.ndarray]]
+
+
+DTYPES = {mx.float32: "F32", mx.float16: "F16", mx.bfloat16: "BF16", mx.float64: "F64", mx.bool_: "BOOL",
+          mx.int8: "I8", mx.int16: "I16", mx.int32: "I32", mx.int64: "I64",
+          mx.uint8: "U8", mx.uint16: "U16", mx.uint32: "U32", mx.uint64: "U64"}
+
+
+def to_host(params: dict, optimizer_state: dict) -> HostArrays:
+    """Evaluated numpy copies of the weights and optimizer state (bfloat16, which numpy lacks, as
+    its 16-bit pattern), so another thread can write them while MLX moves on."""
+    trees = [dict(tree_flatten(params)),
+             {k: v for k, v in tree_flatten(optimizer_state) if isinstance(v, mx.array)}]
+    mx.eval(trees)
+    return HostArrays(*({k: _host(v) for k, v in tree.items()} for tree in trees))
+
+
+def _host(a: mx.array) -> tuple[str, np.ndarray]:
+    bits = a.view(mx.uint16) if a.dtype == mx.bfloat16 else a
+    return DTYPES[a.dtype], np.array(bits, copy=True)
+
+
+def write(folder: Path, step: int, arrays: HostArrays, state: dict) -> Path:
     """Write a checkpoint aside and rename it into place; a disk error removes the partial files and
-    is one line (the earlier checkpoints stay as they were)."""
+    is one line (the earlier checkpoints stay as they were). Needs no MLX: any thread may call it."""
     folder.mkdir(parents=True, exist_ok=True)
     sweep_partial(folder)
     final = folder / f"step-{step:07d}"
     tmp = folder / f".tmp-step-{step:07d}"
-    with writing(f"checkpoint {final.name} into {folder}", tmp):  # MLX's own write errors too
+    with writing(f"checkpoint {final.name} into {folder}", tmp):
         tmp.mkdir()
-        _write(tmp, step, params, optimizer_state, state)
+        _write(tmp, step, arrays, state)
     if final.exists():  # saving the same step again (save-now at a checkpoint step)
         shutil.rmtree(final)
     tmp.rename(final)
@@ -70,17 +105,31 @@ def save(folder: Path, step: int, params: dict, optimizer_state: dict, state: di
     return final
 
 
-def _write(tmp: Path, step: int, params: dict, optimizer_state: dict, state: dict) -> None:
-    mx.save_safetensors(str(tmp / "model.safetensors"), dict(tree_flatten(params)))
-    opt = {k: v for k, v in tree_flatten(optimizer_state) if isinstance(v, mx.array)}
-    mx.save_safetensors(str(tmp / "optimizer.safetensors"), opt)
+def _write(tmp: Path, step: int, arrays: HostArrays, state: dict) -> None:
+    write_safetensors(tmp / "model.safetensors", arrays.model)
+    write_safetensors(tmp / "optimizer.safetensors", arrays.optimizer)
     with open(tmp / STATE, "w") as f:
         json.dump(state | {"step": step}, f, indent=1)
         f.flush()
         os.fsync(f.fileno())
-    for name in ("model.safetensors", "optimizer.safetensors"):
-        with open(tmp / name, "rb") as f:
-            os.fsync(f.fileno())
+
+
+def write_safetensors(path: Path, tensors: dict[str, tuple[str, np.ndarray]]) -> None:
+    """A safetensors file (the format MLX reads) of host arrays, fsynced: an 8-byte header length,
+    the JSON header padded to 8 bytes, then each array's bytes in the header's order."""
+    header, offset = {}, 0
+    for name in sorted(tensors):
+        dtype, a = tensors[name]
+        header[name] = {"dtype": dtype, "shape": list(a.shape), "data_offsets": [offset, offset + a.nbytes]}
+        offset += a.nbytes
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as f:
+        f.write(len(text).to_bytes(8, "little") + text)
+        for name in sorted(tensors):
+            f.write(np.ascontiguousarray(tensors[name][1]).data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def list_checkpoints(folder: Path) -> list[Checkpoint]:

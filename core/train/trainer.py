@@ -2,8 +2,9 @@
 
 `Trainer.run()` must be called on the thread that owns MLX (the engine). Other threads steer it
 through `Control` (pause, resume, stop, save now) and hear from it through callbacks that receive
-typed events (core/runs/events.py: Metrics, Eval, Checkpoint, State, Log, Sample); the trainer writes no
-file itself but checkpoints: a `Recorder` keeps the stage's files. With several
+typed events (core/runs/events.py: Metrics, Eval, Checkpoint, State, Log, Sample); the trainer
+writes no file itself but checkpoints (on a writer thread) and timings.json: a `Recorder` keeps the
+stage's files. With several
 ranks (`mlx.launch`), gradients and losses are averaged across them and only rank 0 writes.
 """
 from __future__ import annotations
@@ -30,6 +31,7 @@ from core.model import model_shape
 from core.model.gpt import GPT
 from core.paths import Paths
 from core.runs import checkpoint, prepare_run
+from core.runs.background import Background
 from core.runs.events import Callback, Checkpoint, Eval, Event, Log, Metrics, Recorder, State
 from core.runs.health import Health
 from core.runs.writer import RunLock
@@ -41,6 +43,7 @@ from core.train.optimizer import FlatAdamW
 from core.train.samples import LiveSampler
 from core.train.schedule import lr_at
 from core.train.state import TrainState
+from core.train.timings import Timings
 from core.train.tracking import trackers
 
 CORPUS = {"pretrain": "language", "finetune": "code"}
@@ -171,6 +174,8 @@ class Trainer:
         self.health = Health(cfg.train.alert_spike)  # its alerts go to the stage's log
         self.sampler = LiveSampler(cfg, stage, self.sc.seed, clock)  # train.samples at each validation check
         self.peak = self.limit = self.flops_per_token = None
+        self.timings = Timings(clock)  # where this call's wall time goes, said at its end
+        self.writer = Background("acm-checkpoint-writer")  # one checkpoint written at a time, off the loop
 
     # ------------------------------------------------------------ events
 
@@ -338,17 +343,28 @@ class Trainer:
     def evaluate(self) -> float | None:
         if self.val_batches is None:
             return None
-        losses = []
-        for i in range(self.sc.eval_batches):
-            x, y = self.val_batches.val(i)
-            losses.append(self.eval_loss(mx.array(x), mx.array(y)))
-        return float(mx.mean(mx.stack(losses)).item())
+        with self.timings.aside("validation"):
+            losses = []
+            for i in range(self.sc.eval_batches):
+                x, y = self.val_batches.val(i)
+                losses.append(self.eval_loss(mx.array(x), mx.array(y)))
+            return float(mx.mean(mx.stack(losses)).item())
 
-    def save(self, step: int, val_loss: float | None) -> Path | None:
+    def save(self, step: int, val_loss: float | None) -> None:
+        """Checkpoint the weights as they are now: copied to host memory here, then written and
+        pruned on the writer's thread while the steps go on. `_saved` says it (the Checkpoint event,
+        last_ck) once the files are complete; the next save waits for it."""
         if not self.is_main:
-            return None
+            return
+        with self.timings.aside("checkpoints", saves=1):
+            self._saved(wait=True)  # one write in flight
+            arrays = checkpoint.to_host(self.opt.parameters(), self.opt.checkpoint_state())
+            state = self._checkpoint_state(step, val_loss)
+            self.writer.start(partial(self._write_checkpoint, step, arrays, state), tag=(step, val_loss))
+
+    def _checkpoint_state(self, step: int, val_loss: float | None) -> dict:
         seed = self.sc.seed
-        state = {
+        return {
             "stage": self.stage, "val_loss": val_loss, "tokenizer_sha256": self.tok.sha256,
             **self.state.to_checkpoint(),
             "rng": {"batches": "numpy default_rng([seed, step, 0]), one global batch a step", "seed": seed,
@@ -356,20 +372,33 @@ class Trainer:
             "data_position": {"step": step, "seed": seed, "tokens_seen": self.state.tokens_seen},
             "config": self.cfg.to_dict(), "time": time.time(),
         }
+
+    def _write_checkpoint(self, step: int, arrays: checkpoint.HostArrays, state: dict) -> Path:
+        """On the writer's thread (no MLX here): the files, then the pruning of older ones."""
+        path = checkpoint.write(self.ck_dir, step, arrays, state)
+        checkpoint.prune(self.ck_dir, self.sc.keep_last)
+        return path
+
+    def _saved(self, wait: bool) -> None:
+        """The checkpoint in writing, once complete (waited for when `wait`): said, and the last
+        one from now; a failed write is the one line a save gives, raised here."""
+        if not (self.writer.done or (wait and self.writer.pending)):
+            return
+        step, val_loss = self.writer.tag
         try:
-            path = checkpoint.save(self.ck_dir, step, self.opt.parameters(), self.opt.checkpoint_state(), state)
+            path = self.writer.take()
         except AcmError as e:
             last = self.last_ck
             raise AcmError(f"{e}; " + (f"the last checkpoint, {last.name}, is intact: free space, then resume"
                                        if last else "no earlier checkpoint exists")) from None
-        checkpoint.prune(self.ck_dir, self.sc.keep_last)
+        self.last_ck = path
         self.emit(Checkpoint(stage=self.stage, step=step, path=str(path), val_loss=val_loss))
-        return path
 
     # ------------------------------------------------------------ the stage
 
     def run(self) -> StageResult:
         self.started = self.clock()  # a time budget counts from here
+        self.timings.begin(self.started)
         fresh = self.is_main and not self.run_path.exists()  # made by this call
         lock = RunLock(self.run_path).acquire(self.stage) if self.is_main else None  # one writer per run
         try:
@@ -390,6 +419,8 @@ class Trainer:
                 return self._already_done()
             return self._loop()
         except BaseException as e:
+            with contextlib.suppress(BaseException):  # the checkpoint in writing completes; the stage's error goes up
+                self._saved(wait=True)
             with contextlib.suppress(OSError):  # a full disk may refuse this too; the error still goes up
                 self._state("failed", error=str(e) or type(e).__name__)
             raise
@@ -445,9 +476,10 @@ class Trainer:
         if not self.steer.paused:
             return "go"
         self._state("paused")
-        while self.steer.paused:
-            self.steer.wait_while_paused(0.2)
-            self._poll_commands()
+        with self.timings.aside("paused"):
+            while self.steer.paused:
+                self.steer.wait_while_paused(0.2)
+                self._poll_commands()
         self._state("running")
         return "resumed"
 
@@ -474,18 +506,30 @@ class Trainer:
             self._step_done(current)
             self._timed()
             self._evaluate_and_save(may_save_now=ahead is None)
+            self._saved(wait=False)  # a checkpoint written meanwhile is said as soon as it is complete
         return self._finish(stopped)
 
     def _finish(self, stopped: bool) -> StageResult:
         """The stage's end in this call: a stopped stage saved where it is, its state said."""
         st = self.state
+        self.timings.loop_done()
         if stopped and st.step > self.start_step:
-            self.last_ck = self.save(st.step, None) or self.last_ck
+            self.save(st.step, None)
+        with self.timings.aside("checkpoints"):
+            self._saved(wait=True)  # the last checkpoint is complete before the stage ends
         # stopped by hand or by --max-steps; early stopping finishes the stage
         state = "done" if st.step >= st.total_steps or self.early_stopped else "stopped"
         self._state(state)
         self.log(f"{self.stage} {state} at step {st.step}")
+        self._say_timings()
         return StageResult(self.stage, self.run_path, st.step, stopped, self.last_ck, st.best_val_loss)
+
+    def _say_timings(self) -> None:
+        """Where this call's wall time went: one log line, and timings.json for benchmarks."""
+        self.timings.end()
+        self.log(self.timings.line(self.stage))
+        if self.is_main:
+            self.timings.write(Paths.stage(self.run_path, self.stage))
 
     def _already_done(self) -> StageResult:
         """A resumed stage whose plan is complete: said so, and nothing trained or rewritten."""
@@ -516,6 +560,7 @@ class Trainer:
         if step_s is None:
             return
         calibration, self.calibration = self.calibration, None
+        self.timings.first_steps_done()
         if self.budget_s and not st.planned:
             plan = calibration.plan(st.step, now, step_s, st.warmup_steps)
             self._apply_plan(plan.total, plan.warmup)
@@ -550,6 +595,7 @@ class Trainer:
         self.log(f"{self.stage}: {steps}, {self.meter.tokens_per_step:,} "
                  f"tokens/step, {self._ranks_words()}, preset {self.shape.name} (vocab {self.shape.vocab_size:,}), "
                  f"{self.cfg.model.compute_dtype} compute")
+        self.timings.loop()
 
     def _ranks_words(self) -> str:
         if self.world == 1:
@@ -576,7 +622,8 @@ class Trainer:
             self.val_loss = self.evaluate()
             # early stopping keeps the best weights, whatever save_every says
             want_save = self._judge_progress(self.val_loss) or want_save
-            self._sample()
+            with self.timings.aside("samples"):
+                self._sample()
         if want_save:
             self.last_ck = self.save(step, self.val_loss if want_eval else None) or self.last_ck
         if want_eval or want_save:  # tokens/s counts training time only

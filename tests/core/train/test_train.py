@@ -132,21 +132,19 @@ def test_kill_9_leaves_a_loadable_checkpoint(prepared):
 
 
 def test_interrupted_save_keeps_the_previous_checkpoint(prepared, monkeypatch):
-    import mlx.core as mx
-
     cfg = load(prepared)
     run = cfg.runs_dir / "i"
     train_stage(cfg, "pretrain", run, max_steps=10)
-    real = mx.save_safetensors
+    real = checkpoint.write_safetensors
 
     def dies(path, arrays):
         real(path, dict(list(arrays.items())[:1]))
         raise KeyboardInterrupt  # Ctrl-C in the middle of writing
 
-    monkeypatch.setattr(mx, "save_safetensors", dies)
+    monkeypatch.setattr(checkpoint, "write_safetensors", dies)
     with pytest.raises(KeyboardInterrupt):
         train_stage(cfg, "pretrain", run, resume=True, max_steps=10)
-    monkeypatch.setattr(mx, "save_safetensors", real)
+    monkeypatch.setattr(checkpoint, "write_safetensors", real)
     folder = Paths.checkpoints(run, "pretrain")
     assert [c.step for c in checkpoint.list_checkpoints(folder)] == [10]
     assert not list(folder.glob(".tmp-step-*"))  # an interrupted save removes what it wrote
@@ -289,20 +287,18 @@ def test_a_damaged_state_json_says_so_and_names_the_checkpoint_resumed(prepared,
 def test_a_full_disk_names_the_path_cleans_up_and_marks_the_run_failed(prepared, monkeypatch, capsys):
     import errno
 
-    import mlx.core as mx
-
     from core import runs
 
     cfg = load(prepared)
     run = cfg.runs_dir / "full"
     train_stage(cfg, "pretrain", run, max_steps=10)
-    real = mx.save_safetensors
+    real = checkpoint.write_safetensors
 
     def full(path, arrays, **kw):
         real(path, dict(list(arrays.items())[:1]))
         raise OSError(errno.ENOSPC, "No space left on device", path)
 
-    monkeypatch.setattr(mx, "save_safetensors", full)
+    monkeypatch.setattr(checkpoint, "write_safetensors", full)
     c = str(prepared / "acm.toml")
     assert cli.main(["-c", c, "train", "pretrain", "--run", "full", "--resume", "--max-steps", "10"]) == 2
     out = capsys.readouterr().err
@@ -314,7 +310,7 @@ def test_a_full_disk_names_the_path_cleans_up_and_marks_the_run_failed(prepared,
     assert not list(folder.glob(".tmp-step-*"))
     status = runs.read_status(run, "pretrain")
     assert status["state"] == "failed" and "disk full" in status["error"]
-    monkeypatch.setattr(mx, "save_safetensors", real)
+    monkeypatch.setattr(checkpoint, "write_safetensors", real)
     assert train_stage(cfg, "pretrain", run, resume=True, max_steps=10).step == 20
 
 

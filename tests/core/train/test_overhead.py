@@ -1,0 +1,143 @@
+"""The stage's timings (core/train/timings.py) and checkpoints written in the background."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlx.core as mx
+import pytest
+from mlx.utils import tree_flatten
+
+from core import config
+from core.errors import AcmError
+from core.paths import Paths
+from core.runs import checkpoint, read_metrics
+from core.train.timings import PARTS, Timings
+from core.train.trainer import train_stage
+from tests.core.train.test_train import SteppingClock
+
+
+def load(project: Path) -> config.Config:
+    return config.load(project / "acm.toml")
+
+
+def test_the_parts_add_up_to_the_wall_and_each_lands_where_it_was_spent():
+    now = [0.0]
+    t = Timings(lambda: now[0])
+    t.begin(0.0)
+    now[0] = 3.0
+    t.loop()  # setup 3
+    now[0] = 5.0
+    with t.aside("validation"):  # 1 s of validation among the first steps
+        now[0] = 6.0
+    now[0] = 8.0
+    t.first_steps_done()  # first steps 8 - 3 - 1 = 4
+    with t.aside("checkpoints", saves=1):
+        now[0] = 8.5
+    with t.aside("samples"):
+        now[0] = 8.75
+    with t.aside("paused"):
+        now[0] = 10.75
+    now[0] = 20.0
+    t.loop_done()  # steps 20 - 8 - 0.5 - 0.25 - 2 = 9.25
+    with t.aside("checkpoints"):  # the last write's wait
+        now[0] = 21.0
+    now[0] = 21.5
+    t.end()
+    parts = t.seconds()
+    assert parts == {"setup": 3.0, "first steps": 4.0, "steps": 9.25, "validation": 1.0, "samples": 0.25,
+                     "checkpoints": 1.5, "other": 2.5}
+    assert t.line("pretrain") == ("pretrain: 22 s: setup 3.0 s, first steps 4.0 s, steps 9.2 s, validation 1.0 s, "
+                                  "samples 0.2 s, checkpoints 1.5 s, other 2.5 s")
+    assert t.record()["saves"] == 1 and t.record()["wall_s"] == 21.5
+
+
+def test_a_stage_ends_with_its_timings_line_and_file(prepared):
+    cfg = load(prepared)
+    run = cfg.runs_dir / "timed"
+    clock = SteppingClock(0.1)
+    train_stage(cfg, "pretrain", run, max_steps=20, clock=clock)
+    record = json.loads((Paths.stage(run, "pretrain") / "timings.json").read_text())
+    parts = record["parts_s"]
+    assert list(parts) == list(PARTS) and all(v >= 0 for v in parts.values())
+    assert sum(parts.values()) == pytest.approx(record["wall_s"], abs=0.01)
+    assert record["wall_s"] <= clock.now - 1000.0  # read inside the run, on its clock
+    assert parts["steps"] > 0 and parts["validation"] > 0 and parts["samples"] > 0 and parts["checkpoints"] > 0
+    assert record["saves"] == 2  # steps 10 and 20
+    log = Paths.train_log(run, "pretrain").read_text().splitlines()
+    line = next(t for t in log if " pretrain: " in t and "setup" in t)
+    assert all(part in line for part in PARTS)
+
+
+def test_a_checkpoint_written_in_the_background_holds_what_a_synchronous_save_holds(prepared, tmp_path):
+    cfg = load(prepared)
+    run = cfg.runs_dir / "bg"
+    train_stage(cfg, "pretrain", run, max_steps=10)
+    ck = checkpoint.latest(Paths.checkpoints(run, "pretrain"))
+    params, opt = checkpoint.load_arrays(ck)
+    with_mlx = tmp_path / "mlx"
+    with_mlx.mkdir()  # the same arrays through MLX's own writer
+    mx.save_safetensors(str(with_mlx / "model.safetensors"), dict(tree_flatten(params)))
+    mx.save_safetensors(str(with_mlx / "optimizer.safetensors"),
+                        {k: v for k, v in tree_flatten(opt) if isinstance(v, mx.array)})
+    (with_mlx / "state.json").write_text(json.dumps(ck.state))
+    sync_params, sync_opt = checkpoint.load_arrays(checkpoint.Checkpoint(with_mlx, ck.state))
+    for ours, theirs in ((params, sync_params), (opt, sync_opt)):
+        a, b = dict(tree_flatten(ours)), dict(tree_flatten(theirs))
+        assert a.keys() == b.keys()
+        assert all(a[k].dtype == b[k].dtype and mx.array_equal(a[k], b[k]).item() for k in a)
+    assert opt["step"].dtype == mx.uint64 and int(opt["step"].item()) == 10
+
+
+def test_bfloat16_arrays_keep_their_bits_through_the_host_copy(tmp_path):
+    params = {"w": mx.random.normal((3, 4)).astype(mx.bfloat16), "b": mx.arange(5, dtype=mx.int32)}
+    checkpoint.save(tmp_path, 1, params, {"step": mx.array(1, mx.uint64)}, {"config": {}})
+    got, _ = checkpoint.load_arrays(checkpoint.latest(tmp_path))
+    assert got["w"].dtype == mx.bfloat16 and mx.array_equal(got["w"], params["w"]).item()
+    assert mx.array_equal(got["b"], params["b"]).item()
+
+
+def test_a_failing_background_write_is_one_line_at_the_stage_s_end(prepared):
+    cfg = load(prepared)
+    run = cfg.runs_dir / "blocked"
+    train_stage(cfg, "pretrain", run, max_steps=10)
+    folder = Paths.checkpoints(run, "pretrain")
+    (folder / ".tmp-step-0000020").write_text("")  # a file where the next checkpoint is assembled
+    with pytest.raises(AcmError) as e:
+        train_stage(cfg, "pretrain", run, resume=True, max_steps=10)
+    message = str(e.value)
+    assert "\n" not in message and "could not write checkpoint step-0000020" in message
+    assert "step-0000010, is intact" in message
+    assert [c.step for c in checkpoint.list_checkpoints(folder)] == [10]
+
+
+def test_a_failing_background_write_surfaces_at_the_next_save(prepared, monkeypatch):
+    cfg = load(prepared)
+    run = cfg.runs_dir / "next"
+    real, calls = checkpoint.write, []
+
+    def fails_once(folder, step, arrays, state):
+        calls.append(step)
+        if step == 10:
+            raise AcmError(f"disk full: could not write checkpoint step-{step:07d} into {folder}")
+        return real(folder, step, arrays, state)
+
+    monkeypatch.setattr(checkpoint, "write", fails_once)
+    with pytest.raises(AcmError, match="no earlier checkpoint exists"):
+        train_stage(cfg, "pretrain", run, max_steps=30)
+    assert calls == [10]  # raised before the next write began
+
+
+def test_resume_after_background_saves_matches_an_uninterrupted_run(prepared):
+    cfg = load(prepared)
+    cfg.train.pretrain.save_every = 3  # saves in flight while later steps run
+    train_stage(cfg, "pretrain", cfg.runs_dir / "straight", max_steps=16)
+    train_stage(cfg, "pretrain", cfg.runs_dir / "parts", max_steps=7)
+    train_stage(cfg, "pretrain", cfg.runs_dir / "parts", resume=True, max_steps=9)
+
+    def losses(run):
+        return [e["loss"] for e in read_metrics(run, "pretrain") if e["type"] == "metrics"]
+
+    straight, parts = losses(cfg.runs_dir / "straight"), losses(cfg.runs_dir / "parts")
+    assert len(straight) == len(parts) == 16
+    assert parts == pytest.approx(straight, rel=1e-5, abs=1e-6)
