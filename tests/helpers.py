@@ -10,6 +10,9 @@ from textual.errors import NoWidget
 from textual.widgets import Static
 
 from core import config
+from core.paths import Paths
+from core.runs import read_metrics
+from core.runs.events import Recorder, event_from_json
 
 from .stand_ins import HF_ROWS, make_hf_dataset, script, write_tree
 
@@ -105,3 +108,39 @@ def hf_project(project: Path, rows=HF_ROWS, schema: str = "codeparrot", **code) 
     cfg = config.from_dict(table, root=project)
     config.save_settings(cfg, project / "acm.toml")
     return cfg
+
+
+class SteppingClock:
+    """A clock that moves on a fixed tick each time it is read: a stage's timing, with no real time in it."""
+
+    def __init__(self, tick: float):
+        self.now, self.tick = 1000.0, tick
+
+    def __call__(self) -> float:
+        self.now += self.tick
+        return self.now
+
+
+def losses(run: Path, stage: str = "pretrain") -> list[float]:
+    """A stage's reported training losses, in order."""
+    return [e["loss"] for e in read_metrics(run, stage) if e["type"] == "metrics"]
+
+
+# a metrics record as the trainer has always written it, keys in order
+METRICS = {"type": "metrics", "stage": "pretrain", "step": 20, "total": 400, "loss": 5.25, "lr": 0.0003,
+           "grad_norm": 1.5, "tokens_per_s": 12345.5, "tokens_seen": 40960, "epoch": 0.125, "mfu": None,
+           "ranks": 1, "memory_active": 1024, "memory_peak": 2048, "memory_cache": 512, "memory_limit": 4096,
+           "eta_s": 65.0, "time": 1700000000.25}
+
+
+def live_stage(project: Path, devices: list | None = None):
+    """A run whose pretrain this process trains (its status names this pid), with one report."""
+    cfg = config.load(project / "acm.toml")
+    run = cfg.runs_dir / "r"
+    Paths.stage(run, "pretrain").mkdir(parents=True)
+    config.save(cfg, Paths.run_config(run))
+    report = event_from_json(METRICS | ({"ranks": len(devices), "devices": devices} if devices else {}))
+    recorder = Recorder(run, "pretrain", 400)
+    recorder(report)
+    recorder.close()
+    return report

@@ -12,6 +12,8 @@ validation check's live samples (train.samples), with their verdicts.
 """
 from __future__ import annotations
 
+import math
+import time
 from functools import partial
 from pathlib import Path
 
@@ -37,7 +39,13 @@ from ..devices import DevicesBlock
 from ..messages import EngineResult, StartTraining
 from .base import Pane
 
-REDRAW_S = 0.1
+REDRAW_S = 0.1  # how often the followed stage's files are read
+# While a stage trains, what arrived is shown at most this often: in the app the trainer shares
+# Python with the UI, and drawing every report (one each 165 ms on an H200) cost it 11% of its
+# tokens/s (bench/monitor_overhead.py, bench/RESULTS.md). A state change, a finished stage or a key
+# shows at once.
+STATUS_S = 1.0  # the status line and the sparklines
+CHARTS_S = 2.0  # the charts, most of the cost
 CHARTS = ("loss", "lr", "speed", "memory")  # the grid's charts, in the order z shows them alone
 FIND_S = 1.0  # how often an idle pane looks for a stage that started elsewhere
 LIVE = runs.LIVE
@@ -95,6 +103,9 @@ class TrainPane(Pane):
         self.caught_up = False  # the followed stage's history has been read: alerts from now on are new
         self.redraws = 0
         self.attached: Path | None = None  # the run followed
+        self.clock = time.monotonic  # what STATUS_S and CHARTS_S are measured with
+        self.shown_at = self.plotted_at = -math.inf
+        self.unshown = self.unplotted = False  # arrived since the status / the charts were drawn
 
     def compose(self) -> ComposeResult:
         yield Static("[b]p[/b]/[b]f[/b] pretrain/fine-tune here  [b]P[/b]/[b]F[/b] in the background  "
@@ -137,6 +148,7 @@ class TrainPane(Pane):
         self.query_one("#train-samples-text", Static).update(samples_text([]))
         self.caught_up = False
         self._show_alert("")
+        self.shown_at = self.plotted_at = -math.inf
         self.drain()
         self.caught_up = True
         if self.state in LIVE and self.control is None:
@@ -315,21 +327,33 @@ class TrainPane(Pane):
     # ------------------------------------------------------------ live view
 
     def drain(self) -> None:
-        """Take what the followed stage recorded since the last tick; redraw if anything came."""
+        """Take what the followed stage recorded since the last tick; show it (log lines, alerts and
+        samples at once, the status and charts at most every STATUS_S / CHARTS_S while training)."""
         events = self.follower.poll() if self.follower is not None else []
-        if not events:
-            return
-        logs, alerts = self._take(events)
-        if logs:
-            self.query_one("#train-log", Static).update(Text(logs[-1], style="dim"))
-        if alerts:
-            self._show_alert(alerts[-1])
-        for alert in alerts if self.caught_up else []:
-            self.notify(alert, title="Training health", severity="warning", timeout=10)
-        if any(isinstance(e, Sample) for e in events):
-            self.query_one("#train-samples-text", Static).update(samples_text(self.samples))
-        self.refresh_status()
-        self.replot()
+        if events:
+            was = self.state
+            logs, alerts = self._take(events)
+            if logs:
+                self.query_one("#train-log", Static).update(Text(logs[-1], style="dim"))
+            if alerts:
+                self._show_alert(alerts[-1])
+            for alert in alerts if self.caught_up else []:
+                self.notify(alert, title="Training health", severity="warning", timeout=10)
+            if any(isinstance(e, Sample) for e in events):
+                self.query_one("#train-samples-text", Static).update(samples_text(self.samples))
+            self.unshown = self.unplotted = True
+            if self.state != was:
+                self.shown_at = self.plotted_at = -math.inf
+        self._show_due()
+
+    def _show_due(self) -> None:
+        now, live = self.clock(), self.state in LIVE
+        if self.unshown and (not live or now - self.shown_at >= STATUS_S):
+            self.unshown, self.shown_at = False, now
+            self.refresh_status()
+        if self.unplotted and (not live or now - self.plotted_at >= CHARTS_S):
+            self.unplotted, self.plotted_at = False, now
+            self.replot()
 
     def _take(self, events: list) -> tuple[list[str], list[str]]:
         """Events into the pane's history; the log lines and the alerts among them."""

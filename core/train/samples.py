@@ -48,12 +48,13 @@ def generate_samples(model: GPT, tok: AcmTokenizer, prompts: list[str], expected
 
 class LiveSampler:
     """A stage's live samples: at each validation check, train.samples scripts from the weights of
-    the step just finished, unless sampling so far is over train.sample_share of the stage's time
-    (a skip said once). The seed of a check's draw is the stage's seed and the step."""
+    the step just finished, unless sampling so far and this check (reckoned at the last one's cost)
+    would be over train.sample_share of the stage's time (a skip said once). The seed of a check's
+    draw is the stage's seed and the step."""
 
     def __init__(self, cfg: Config, stage: str, seed: int, clock: Callable[[], float] = time.perf_counter):
         self.cfg, self.stage, self.seed, self.clock = cfg, stage, seed, clock
-        self.spent, self.skipped = 0.0, False
+        self.spent, self.last, self.skipped = 0.0, 0.0, False  # last: the latest check's seconds
 
     def check(self, model: GPT, weights: dict, tok: AcmTokenizer, step: int, elapsed: float) -> list[Event]:
         """The events of a check `elapsed` seconds into the stage: its samples and a line of their
@@ -62,7 +63,7 @@ class LiveSampler:
         t = self.cfg.train
         if not t.samples:
             return []
-        if self.spent > t.sample_share * elapsed:
+        if self.spent + self.last > t.sample_share * (elapsed + self.last):  # this check would cost as the last
             said, self.skipped = self.skipped, True
             return [] if said else [Log(stage=self.stage, text=(
                 f"samples skipped from step {step}: they took {self.spent:.2f} s, over train.sample_share "
@@ -78,6 +79,7 @@ class LiveSampler:
         finally:
             model.update(kept)
         self.spent += seconds
+        self.last = seconds
         share = self.spent / (elapsed + seconds) if elapsed + seconds > 0 else 0.0
         return [*samples, Log(stage=self.stage, text=f"samples at step {step}: {seconds:.2f} s, {share:.1%} of "
                                                       f"the stage so far")]

@@ -4,27 +4,10 @@ from __future__ import annotations
 
 from acm_tui.devices import DevicesBlock
 from acm_tui.panes.train import TrainPane
-from core import config
-from core.paths import Paths
 from core.runs import write_status
-from core.runs.events import Metrics, Recorder, event_from_json
-from tests.core.runs.test_events import METRICS
-from tests.helpers import text_of, wait_until
+from tests.helpers import live_stage, text_of, wait_until
 from tests.pane_host import PaneHost
 from tests.stand_ins import fake_nvidia_smi
-
-
-def live_stage(project, devices=None) -> Metrics:
-    """A run whose pretrain this process trains (its status names this pid), with one report."""
-    cfg = config.load(project / "acm.toml")
-    run = cfg.runs_dir / "r"
-    Paths.stage(run, "pretrain").mkdir(parents=True)
-    config.save(cfg, Paths.run_config(run))
-    report = event_from_json(METRICS | ({"ranks": len(devices), "devices": devices} if devices else {}))
-    recorder = Recorder(run, "pretrain", 400)
-    recorder(report)
-    recorder.close()
-    return report
 
 
 async def devices_shown(app, pilot) -> tuple[DevicesBlock, list[str]]:

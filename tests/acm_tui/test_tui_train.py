@@ -3,13 +3,13 @@ from __future__ import annotations
 import asyncio
 import json
 
-from acm_tui.panes.train import CHARTS, TrainPane
+from acm_tui.panes.train import CHARTS, CHARTS_S, STATUS_S, TrainPane
 from core import config
 from core.paths import Paths
 from core.runs import checkpoint, list_runs
-from core.runs.events import Sample
+from core.runs.events import Recorder, Sample, State, event_from_json
 from core.train.trainer import train_stage
-from tests.helpers import notified, shown_in_full, text_of, wait_until
+from tests.helpers import METRICS, live_stage, notified, shown_in_full, text_of, wait_until
 from tests.pane_host import PaneHost
 
 
@@ -181,3 +181,33 @@ async def test_v_shows_the_latest_checks_samples_with_their_verdicts_at_80x24(wi
         await pilot.press("v")
         await pilot.pause()
         assert app.query_one("#train-charts").display and not app.query_one("#train-samples").display
+
+
+async def test_while_a_stage_trains_reports_are_shown_at_most_every_second_and_charts_every_two(project):
+    """Drawing every report costs an in-app trainer its tokens/s: the status waits STATUS_S, the charts
+    CHARTS_S (on the pane's clock); a changed state shows at once."""
+    live_stage(project)
+    app = PaneHost(TrainPane, project / "acm.toml")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("4")
+        pane = app.query_one(TrainPane)
+        await wait_until(pilot, lambda: pane.state == "running" and pane.history)
+        now = [0.0]
+        pane.clock = lambda: now[0]
+        pane.shown_at = pane.plotted_at = 0.0
+        drawn = pane.redraws
+        recorder = Recorder(pane.attached, "pretrain", 400)
+        recorder(event_from_json(METRICS | {"step": 30, "loss": 4.5}))
+        await wait_until(pilot, lambda: len(pane.history) == 2)
+        await pilot.pause(0.3)
+        assert "step 20/" in text_of(app, "#train-status") and pane.redraws == drawn
+        now[0] = STATUS_S
+        await wait_until(pilot, lambda: "step 30/" in text_of(app, "#train-status"))
+        assert pane.redraws == drawn
+        now[0] = CHARTS_S
+        await wait_until(pilot, lambda: pane.redraws == drawn + 1)
+        recorder(event_from_json(METRICS | {"step": 40}))
+        recorder(State(stage="pretrain", state="paused", step=40, total=400))
+        recorder.close()
+        await wait_until(pilot, lambda: "paused" in text_of(app, "#train-status"))
+        assert "step 40/" in text_of(app, "#train-status") and pane.redraws == drawn + 2

@@ -11,7 +11,7 @@ import pytest
 from core import cli, devices
 from core.devices import Device, capped, device_lines, parse_nvidia_smi, rank_figures, ranks_of, read_devices
 from core.runs.events import Metrics, event_from_json
-from tests.core.runs.test_events import METRICS
+from tests.helpers import METRICS
 from tests.stand_ins import SMI_TWO_GPUS, fake_nvidia_smi
 
 MIB = 2**20

@@ -9,11 +9,8 @@ import pytest
 
 from core.runs.events import Checkpoint, Eval, Log, Metrics, State, event_from_json
 from core.train.ranks import parse_event
+from tests.helpers import METRICS
 
-METRICS = {"type": "metrics", "stage": "pretrain", "step": 20, "total": 400, "loss": 5.25, "lr": 0.0003,
-           "grad_norm": 1.5, "tokens_per_s": 12345.5, "tokens_seen": 40960, "epoch": 0.125, "mfu": None,
-           "ranks": 1, "memory_active": 1024, "memory_peak": 2048, "memory_cache": 512, "memory_limit": 4096,
-           "eta_s": 65.0, "time": 1700000000.25}
 WRITTEN = [  # each type as the trainer has always written it, keys in order
     METRICS,
     {"type": "eval", "stage": "pretrain", "step": 20, "val_loss": 5.5, "val_ppl": 244.69, "best_val_loss": 5.5},

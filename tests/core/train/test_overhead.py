@@ -14,7 +14,7 @@ from core.paths import Paths
 from core.runs import checkpoint, read_metrics
 from core.train.timings import PARTS, Timings
 from core.train.trainer import train_stage
-from tests.core.train.test_train import SteppingClock
+from tests.helpers import SteppingClock
 
 
 def load(project: Path) -> config.Config:

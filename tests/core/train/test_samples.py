@@ -12,7 +12,7 @@ from core.cli.progress import describe
 from core.runs.events import Log, Sample, StageFollower, event_from_json
 from core.train.samples import sample_prompts
 from core.train.trainer import train_stage
-from tests.core.train.test_train import SteppingClock, losses
+from tests.helpers import SteppingClock, losses
 
 
 def train(project: Path, run: str, clock=None, **settings) -> list:

@@ -19,11 +19,7 @@ from core.paths import Paths
 from core.runs import checkpoint, read_metrics
 from core.train.schedule import lr_at
 from core.train.trainer import Control, TrainingError, train_stage
-from tests.helpers import ROOT
-
-
-def losses(run: Path, stage: str = "pretrain") -> list[float]:
-    return [e["loss"] for e in read_metrics(run, stage) if e["type"] == "metrics"]
+from tests.helpers import ROOT, SteppingClock, losses
 
 
 def load(project: Path) -> config.Config:
@@ -387,17 +383,6 @@ def test_muon_trains_a_stage_and_resumes_exactly(prepared):
     train_stage(cfg, "pretrain", whole, max_steps=30)
     train_stage(cfg, "pretrain", run, resume=True, max_steps=10)  # momentum came back from the checkpoint
     assert losses(run)[-1] == pytest.approx(losses(whole)[-1], rel=1e-4)
-
-
-class SteppingClock:
-    """A clock that moves on a fixed tick each time it is read: a stage's timing, with no real time in it."""
-
-    def __init__(self, tick: float):
-        self.now, self.tick = 1000.0, tick
-
-    def __call__(self) -> float:
-        self.now += self.tick
-        return self.now
 
 
 def test_a_time_budget_fits_the_steps_and_ends_on_the_floor(prepared):
