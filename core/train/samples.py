@@ -56,6 +56,11 @@ class LiveSampler:
         self.cfg, self.stage, self.seed, self.clock = cfg, stage, seed, clock
         self.spent, self.last, self.skipped = 0.0, 0.0, False  # last: the latest check's seconds
 
+    def due(self, elapsed: float) -> bool:
+        """Whether a check `elapsed` seconds into the stage keeps the sampling within train.sample_share
+        of the stage's time, reckoning it at the last check's cost (the first is always due)."""
+        return self.spent + self.last <= self.cfg.train.sample_share * (elapsed + self.last)
+
     def check(self, model: GPT, weights: dict, tok: AcmTokenizer, step: int, elapsed: float) -> list[Event]:
         """The events of a check `elapsed` seconds into the stage: its samples and a line of their
         cost, or the line saying checks are skipped. `model` reads `weights` meanwhile, then gets
@@ -63,7 +68,7 @@ class LiveSampler:
         t = self.cfg.train
         if not t.samples:
             return []
-        if self.spent + self.last > t.sample_share * (elapsed + self.last):  # this check would cost as the last
+        if not self.due(elapsed):
             said, self.skipped = self.skipped, True
             return [] if said else [Log(stage=self.stage, text=(
                 f"samples skipped from step {step}: they took {self.spent:.2f} s, over train.sample_share "

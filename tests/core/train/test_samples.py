@@ -10,7 +10,7 @@ import pytest
 from core import cli, config
 from core.cli.progress import describe
 from core.runs.events import Log, Sample, StageFollower, event_from_json
-from core.train.samples import sample_prompts
+from core.train.samples import LiveSampler, sample_prompts
 from core.train.trainer import train_stage
 from tests.helpers import SteppingClock, losses
 
@@ -56,6 +56,16 @@ def test_sampling_stops_once_over_its_share_of_the_stage(prepared):
     assert [e.step for e in events if isinstance(e, Sample)] == [10]  # the first check had spent nothing
     skips = [e.text for e in events if isinstance(e, Log) and e.text.startswith("samples skipped")]
     assert len(skips) == 1 and "from step 20" in skips[0] and "train.sample_share" in skips[0]
+
+
+def test_a_check_is_reckoned_at_the_last_ones_cost(project):
+    cfg = config.load(project / "acm.toml")
+    cfg.train.sample_share = 0.02
+    sampler = LiveSampler(cfg, "pretrain", seed=0)
+    assert sampler.due(0.0)  # nothing spent yet
+    sampler.spent = sampler.last = 1.0
+    assert not sampler.due(60.0)  # 1 s spent is under 2% of 60 s, but another 1 s would be over it
+    assert sampler.due(99.0)  # 2 s of 100 s
 
 
 def test_sample_prompts_cycle_the_setting_and_keep_task_expectations(project):
