@@ -24,9 +24,12 @@ async def test_train_pane_charts_update_and_keys_steer(prepared, keys_while_trai
         assert "no runs yet" in text_of(app, "#train-status")
         await pilot.press("p")
         await wait_until(pilot, lambda: len(pane.history) >= 3, timeout=60)
-        assert "running" in text_of(app, "#train-status") and "tok/s" in text_of(app, "#train-status")
-        drawn_chart = str(app.query_one("#chart-loss").render())
-        assert "train" in drawn_chart and any(0x2800 < ord(ch) <= 0x28FF for ch in drawn_chart)  # braille points
+        def charted() -> bool:  # braille points of the train loss: drawn within CHARTS_S
+            drawn = str(app.query_one("#chart-loss").render())
+            return "train" in drawn and any(0x2800 < ord(ch) <= 0x28FF for ch in drawn)
+
+        await wait_until(pilot, lambda: "tok/s" in text_of(app, "#train-status") and charted())
+        assert "running" in text_of(app, "#train-status")
         drawn, t0 = pane.redraws, asyncio.get_running_loop().time()
         await pilot.pause(1.0)
         rate = (pane.redraws - drawn) / (asyncio.get_running_loop().time() - t0)

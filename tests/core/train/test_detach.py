@@ -14,7 +14,7 @@ from core import cli, config, runs
 from core.paths import Paths
 from core.runs import checkpoint
 from core.train.detach import launch_detached
-from tests.helpers import ROOT, wait_until
+from tests.helpers import ROOT, text_of, wait_until
 
 
 def wait_for(predicate, timeout=90.0):
@@ -178,8 +178,8 @@ async def test_the_train_pane_starts_ranks_in_the_background_and_shows_them(prep
         pane = app.query_one("#train-pane")
         await wait_until(pilot, lambda: len(pane.history) >= 2, timeout=90)
         assert pane.control is None  # not this process: the ranks are
-        status = " ".join(str(app.query_one("#train-status").render()).split())
-        assert "tok/s in total over 2 ranks" in status
+        status = lambda: " ".join(text_of(app, "#train-status").split())  # noqa: E731
+        await wait_until(pilot, lambda: "tok/s in total over 2 ranks" in status())
         await pilot.press("space")  # every rank pauses at the same step, and goes on together
         await wait_until(pilot, lambda: pane.state == "paused", timeout=60)
         await pilot.press("space")
