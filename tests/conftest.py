@@ -85,6 +85,7 @@ def prepared_template(trained_template, tmp_path_factory) -> Path:
         for k, v in TRAIN.items():
             setattr(stage, k, v)
     cfg.train.finetune.steps = 10
+    cfg.train.samples = 0  # live samples are tested on their own (tests/core/train/test_samples.py)
     cfg.model.compute_dtype = "float32"
     config.save(cfg, root / "acm.toml")
     prepare(cfg)

@@ -54,6 +54,7 @@ def test_the_parts_add_up_to_the_wall_and_each_lands_where_it_was_spent():
 
 def test_a_stage_ends_with_its_timings_line_and_file(prepared):
     cfg = load(prepared)
+    cfg.train.samples = 1
     run = cfg.runs_dir / "timed"
     clock = SteppingClock(0.1)
     train_stage(cfg, "pretrain", run, max_steps=20, clock=clock)

@@ -84,6 +84,7 @@ def test_an_empty_sample_prompt_is_refused():
 
 def test_the_cli_prints_samples_as_they_come_and_as_recorded(prepared, capsys):
     c = str(prepared / "acm.toml")
+    assert cli.main(["-c", c, "config", "set", "train.samples", "2"]) == 0
     assert cli.main(["-c", c, "train", "pretrain", "--run", "c", "--max-steps", "10", "--json"]) == 0
     said = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     samples = [event_from_json(e) for e in said if e["type"] == "sample"]
