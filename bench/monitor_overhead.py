@@ -29,6 +29,9 @@ sys.path.insert(0, str(ROOT))
 
 from core import config  # noqa: E402
 from core.paths import Paths  # noqa: E402
+from core.runs import read_metrics  # noqa: E402
+from core.runs.events import read_samples  # noqa: E402
+from core.train import timings  # noqa: E402
 
 
 def variant_config(base: Path, variant: str, stage: str, steps: int, sets: list[str]) -> Path:
@@ -68,16 +71,13 @@ def one_run(cfg_path: Path, variant: str, stage: str, run: str) -> str:
 def measured(cfg_path: Path, run: str, stage: str) -> dict:
     """tokens/s and what the stage's files say of it."""
     folder = config.load(cfg_path).locations.run(run)
-    lines = Paths.metrics(folder, stage).read_text().splitlines()
-    reports = [r for r in map(json.loads, lines) if r.get("type") == "metrics"]
+    reports = [r for r in read_metrics(folder, stage) if r.get("type") == "metrics"]
     steady = reports[len(reports) // 5:] or reports
-    samples = Paths.stage(folder, stage) / "samples.jsonl"
-    sampled = [json.loads(line) for line in samples.read_text().splitlines()] if samples.exists() else []
-    timings = Paths.stage(folder, stage) / "timings.json"
+    sampled = read_samples(folder, stage)
     return {"tokens_per_s": round(statistics.median(r["tokens_per_s"] for r in steady)),
             "steps": reports[-1]["step"] if reports else 0, "samples": len(sampled),
-            "sample_s": round(sum({s["step"]: s.get("seconds") or 0.0 for s in sampled}.values()), 2),  # a check's
-            "timings": json.loads(timings.read_text()) if timings.exists() else None}
+            "sample_s": round(sum({s.step: s.seconds for s in sampled}.values()), 2),  # a check's, once
+            "timings": timings.read(Paths.stage(folder, stage))}
 
 
 def median_of(runs: list[dict], key: str) -> float:

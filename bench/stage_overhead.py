@@ -42,6 +42,8 @@ def main() -> None:
     config = importlib.import_module("core.config")
     trainer = importlib.import_module("core.train.trainer")
     import_s = time.perf_counter() - t0
+    from core.paths import Paths  # loaded by the trainer already
+    from core.train.timings import read as read_timings
     cfg = config.load(a.project / "acm.toml")
     if a.preset:
         cfg.model.preset = a.preset
@@ -57,7 +59,7 @@ def main() -> None:
     started = time.perf_counter()
     result = trainer.train_stage(cfg, a.stage, run)  # a fine-tune starts from the run's best pretrain
     in_process_s = time.perf_counter() - started
-    timings = json.loads((run / a.stage / "timings.json").read_text())
+    timings = read_timings(Paths.stage(run, a.stage))
     parts, saves = timings["parts_s"], timings["saves"]
     steps = result.step
     print(json.dumps({

@@ -44,14 +44,10 @@ class Background:
 
     def take(self) -> Any:
         """The job's result once it is done (waiting for it); its exception, raised here."""
-        self.join()
+        if self._thread is not None:
+            self._thread.join()
         self._thread = None
         error, self._error = self._error, None
         if error is not None:
             raise error
         return self._result
-
-    def join(self) -> None:
-        """Wait for the job in flight, if any, without taking it."""
-        if self._thread is not None:
-            self._thread.join()

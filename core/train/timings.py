@@ -79,17 +79,13 @@ class Timings:
     def record(self) -> dict:
         """What timings.json holds: the wall, each part, and the saves the checkpoints' part covers."""
         parts = self.seconds()
-        return {"wall_s": round(self.total(parts), 3), "parts_s": {k: round(v, 3) for k, v in parts.items()},
+        return {"wall_s": round(sum(parts.values()), 3), "parts_s": {k: round(v, 3) for k, v in parts.items()},
                 "saves": self.saves}
-
-    @staticmethod
-    def total(parts: dict[str, float]) -> float:
-        return sum(parts.values())
 
     def line(self, stage: str) -> str:
         """e.g. "pretrain: 81 s: setup 9 s, first steps 12 s, steps 20 s, validation 6 s, samples 1.2 s, ..."."""
         parts = self.seconds()
-        return f"{stage}: {seconds(self.total(parts))}: " + ", ".join(f"{k} {seconds(v)}" for k, v in parts.items())
+        return f"{stage}: {seconds(sum(parts.values()))}: " + ", ".join(f"{k} {seconds(v)}" for k, v in parts.items())
 
     def write(self, folder: Path) -> None:
         write_text(folder / FILE, json.dumps(self.record(), indent=1) + "\n")
