@@ -1,6 +1,6 @@
 """What the pipeline around the training step costs: one stage trained in this process on a
-project's prepared data, with the trainer's own split of its wall time (setup, first steps, steady
-steps, validation, checkpoints, other; core/train/timings.py).
+project's prepared data, with the trainer's own split of its wall time (setup, compile, steps,
+validation, samples, checkpoints, other; core/train/timings.py).
 
 usage: python bench/stage_overhead.py --project DIR [--stage pretrain] [--preset tiny] [--dtype D] [--steps 1200]
            [--eval-every 250] [--eval-batches 20] [--save-every 500] [--keep-last 3] [--log-every 10]
@@ -68,7 +68,7 @@ def main() -> None:
         "train_stage_s": round(in_process_s, 2), **timings,
         "checkpoint_blocked_ms_per_save": round(parts["checkpoints"] / saves * 1e3, 1) if saves else None,
         "validation_ms_per_check": round(parts["validation"] / -(-steps // sc.eval_every) * 1e3, 1),
-        "around_steps_share": round(1 - (parts["first steps"] + parts["steps"]) / timings["wall_s"], 3),
+        "around_steps_share": round(1 - parts["steps"] / timings["wall_s"], 3),
     }), flush=True)
     if a.clean and not a.run:
         shutil.rmtree(run, ignore_errors=True)

@@ -5,8 +5,9 @@ state.json (written last). It is assembled in `.tmp-step-NNNNNNN/` and renamed i
 kill at any moment leaves every earlier checkpoint loadable; leftovers are swept on the next save.
 Pruning keeps the last `keep_last` and the best by validation loss.
 
-The arrays are copied to host memory first (`to_host`, on the thread that owns MLX); `write` then
-needs no MLX, so the trainer runs it on a thread of its own while the steps go on.
+The arrays are first copied on the device into buffers of their own (`snapshot`, on the thread that
+owns MLX: queued, not waited for); `write` then only reads them, so the trainer runs it on a thread
+of its own while the steps go on, and the copy to host memory happens there too.
 """
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import mlx.core as mx
-import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
 from core.atomic import read_json, writing
@@ -59,14 +59,17 @@ def sweep_partial(folder: Path) -> None:
 
 def save(folder: Path, step: int, params: dict, optimizer_state: dict, state: dict) -> Path:
     """`write` of the arrays as they are now (call on the thread that owns MLX)."""
-    return write(folder, step, to_host(params, optimizer_state), state)
+    return write(folder, step, snapshot(params, optimizer_state), state)
+
+
+Tensors = dict[str, tuple[str, mx.array]]  # safetensors name: (dtype code, array)
 
 
 @dataclass
-class HostArrays:
-    """A checkpoint's arrays in host memory, by safetensors name: (dtype code, numpy copy)."""
-    model: dict[str, tuple[str, np.ndarray]]
-    optimizer: dict[str, tuple[str, np.ndarray]]
+class Snapshot:
+    """A checkpoint's arrays as they were at one step, by safetensors name: (dtype code, array)."""
+    model: Tensors
+    optimizer: Tensors
 
 
 DTYPES = {mx.float32: "F32", mx.float16: "F16", mx.bfloat16: "BF16", mx.float64: "F64", mx.bool_: "BOOL",
@@ -74,23 +77,28 @@ DTYPES = {mx.float32: "F32", mx.float16: "F16", mx.bfloat16: "BF16", mx.float64:
           mx.uint8: "U8", mx.uint16: "U16", mx.uint32: "U32", mx.uint64: "U64"}
 
 
-def to_host(params: dict, optimizer_state: dict) -> HostArrays:
-    """Evaluated numpy copies of the weights and optimizer state (bfloat16, which numpy lacks, as
-    its 16-bit pattern), so another thread can write them while MLX moves on."""
+def snapshot(params: dict, optimizer_state: dict) -> Snapshot:
+    """The weights and optimizer state copied on the device into buffers no later step reads, donates
+    or frees, queued and not waited for: another thread may then read them (`write`) while MLX moves
+    on, and the copy to host memory (a device-to-host transfer on a GPU) happens on that thread."""
     trees = [dict(tree_flatten(params)),
              {k: v for k, v in tree_flatten(optimizer_state) if isinstance(v, mx.array)}]
-    mx.eval(trees)
-    return HostArrays(*({k: _host(v) for k, v in tree.items()} for tree in trees))
+    copies = [{k: (DTYPES[v.dtype], _private(v)) for k, v in tree.items()} for tree in trees]
+    mx.async_eval([a for tree in copies for _, a in tree.values()])
+    return Snapshot(*copies)
 
 
-def _host(a: mx.array) -> tuple[str, np.ndarray]:
+def _private(a: mx.array) -> mx.array:
+    """A copy of `a` in a buffer of its own (bfloat16, which the buffer protocol lacks, as its 16-bit
+    pattern): the operands are held here, so MLX cannot reuse their buffers for the result."""
     bits = a.view(mx.uint16) if a.dtype == mx.bfloat16 else a
-    return DTYPES[a.dtype], np.array(bits, copy=True)
+    return bits * mx.array(1, bits.dtype)
 
 
-def write(folder: Path, step: int, arrays: HostArrays, state: dict) -> Path:
+def write(folder: Path, step: int, arrays: Snapshot, state: dict) -> Path:
     """Write a checkpoint aside and rename it into place; a disk error removes the partial files and
-    is one line (the earlier checkpoints stay as they were). Needs no MLX: any thread may call it."""
+    is one line (the earlier checkpoints stay as they were). Only reads the snapshot's arrays (waiting
+    for their copy): any thread may call it."""
     folder.mkdir(parents=True, exist_ok=True)
     sweep_partial(folder)
     final = folder / f"step-{step:07d}"
@@ -105,7 +113,7 @@ def write(folder: Path, step: int, arrays: HostArrays, state: dict) -> Path:
     return final
 
 
-def _write(tmp: Path, step: int, arrays: HostArrays, state: dict) -> None:
+def _write(tmp: Path, step: int, arrays: Snapshot, state: dict) -> None:
     write_safetensors(tmp / "model.safetensors", arrays.model)
     write_safetensors(tmp / "optimizer.safetensors", arrays.optimizer)
     with open(tmp / STATE, "w") as f:
@@ -114,9 +122,10 @@ def _write(tmp: Path, step: int, arrays: HostArrays, state: dict) -> None:
         os.fsync(f.fileno())
 
 
-def write_safetensors(path: Path, tensors: dict[str, tuple[str, np.ndarray]]) -> None:
-    """A safetensors file (the format MLX reads) of host arrays, fsynced: an 8-byte header length,
-    the JSON header padded to 8 bytes, then each array's bytes in the header's order."""
+def write_safetensors(path: Path, tensors: Tensors) -> None:
+    """A safetensors file (the format MLX reads), fsynced: an 8-byte header length, the JSON header
+    padded to 8 bytes, then each array's bytes in the header's order, read through the buffer
+    protocol (no copy of its own)."""
     header, offset = {}, 0
     for name in sorted(tensors):
         dtype, a = tensors[name]
@@ -127,7 +136,7 @@ def write_safetensors(path: Path, tensors: dict[str, tuple[str, np.ndarray]]) ->
     with open(path, "wb") as f:
         f.write(len(text).to_bytes(8, "little") + text)
         for name in sorted(tensors):
-            f.write(np.ascontiguousarray(tensors[name][1]).data)
+            f.write(memoryview(tensors[name][1]).cast("B"))
         f.flush()
         os.fsync(f.fileno())
 

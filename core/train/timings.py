@@ -1,9 +1,12 @@
-"""Where a stage's wall time goes: setup, the first (compiling) steps, steady steps, validation,
-live samples, checkpoints and the rest, so the pipeline around the step can be measured and kept small.
+"""Where a stage's wall time goes: setup, compilation, the steps, validation, live samples,
+checkpoints and the rest, so the pipeline around the step can be measured and kept small.
 
-The trainer marks a few points (`begin`, `loop`, `first_steps_done`, `end`) and wraps what stops
-the step loop in `aside(part)`; the steps' share is the loop's time less what was set aside in it.
-At the stage's end the split is one log line and `timings.json` in the stage's folder.
+The trainer marks a few points (`begin`, `loop`, `first_steps_done`, `loop_done`, `end`) and wraps
+what stops the step loop in `aside(part)`; the steps' share is the loop's time less what was set
+aside in it. The first steps (until the trainer has timed them) take longer than the rest: what
+they took beyond the steady steps' rate is "compile" (MLX building and compiling the step's graph
+and kernels), the rest of their time counts as steps. At the stage's end the split is one log line
+and `timings.json` in the stage's folder.
 """
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ from pathlib import Path
 
 from core.atomic import read_json, write_text
 
-PARTS = ("setup", "first steps", "steps", "validation", "samples", "checkpoints", "other")
+PARTS = ("setup", "compile", "steps", "validation", "samples", "checkpoints", "other")
 ASIDE = ("validation", "samples", "checkpoints", "paused")  # what stops the loop; paused time counts as other
 FILE = "timings.json"
 
@@ -29,6 +32,7 @@ class Timings:
         self.spent = dict.fromkeys(ASIDE, 0.0)
         self.aside_at_first = self.aside_at_end = 0.0  # set aside before the first steps / the loop's end
         self.saves = 0
+        self.first_steps = self.all_steps = 0  # steps done by first_steps_done / loop_done
 
     def begin(self, now: float) -> None:
         self.started = now
@@ -37,10 +41,10 @@ class Timings:
         """The first step is about to be queued: setup ends here."""
         self.loop_at = self.clock()
 
-    def first_steps_done(self) -> None:
-        """The first steps (compilation, warm-up) are timed: steady steps from here."""
+    def first_steps_done(self, steps: int) -> None:
+        """The first `steps` steps (compilation, warm-up) are timed: steady steps from here."""
         if self.first_at is None and self.loop_at is not None:
-            self.first_at = self.clock()
+            self.first_at, self.first_steps = self.clock(), steps
             self.aside_at_first = sum(self.spent.values())
 
     @contextlib.contextmanager
@@ -54,10 +58,12 @@ class Timings:
             self.spent[part] += self.clock() - t0
             self.saves += saves
 
-    def loop_done(self) -> None:
-        """The last step is done: what follows (the last write's wait, the stage's end) is not the loop's."""
+    def loop_done(self, steps: int) -> None:
+        """The last of `steps` steps is done: what follows (the last write's wait, the stage's end) is
+        not the loop's."""
         if self.loop_end is None:
             self.loop_end, self.aside_at_end = self.clock(), sum(self.spent.values())
+            self.all_steps = steps
 
     def end(self) -> None:
         self.ended = self.clock()
@@ -67,11 +73,15 @@ class Timings:
         ended = self.ended if self.ended is not None else self.clock()
         loop_at = self.loop_at if self.loop_at is not None else ended
         loop_end = self.loop_end if self.loop_end is not None else ended
-        first_at = self.first_at if self.first_at is not None else loop_end
         in_loop = self.aside_at_end if self.loop_end is not None else sum(self.spent.values())
-        first = first_at - loop_at - (self.aside_at_first if self.first_at is not None else in_loop)
-        steps = loop_end - first_at - (in_loop - self.aside_at_first) if self.first_at is not None else 0.0
-        parts = {"setup": loop_at - self.started, "first steps": first, "steps": steps,
+        compile_s, steps = 0.0, loop_end - loop_at - in_loop  # never timed: all of the loop is steps
+        if self.first_at is not None:
+            first = self.first_at - loop_at - self.aside_at_first
+            steps = loop_end - self.first_at - (in_loop - self.aside_at_first)
+            steady = self.all_steps - self.first_steps
+            at_rate = min(first, self.first_steps * steps / steady) if steady > 0 else 0.0
+            compile_s, steps = first - at_rate, steps + at_rate
+        parts = {"setup": loop_at - self.started, "compile": compile_s, "steps": steps,
                  **{part: self.spent[part] for part in ("validation", "samples", "checkpoints")}}
         parts["other"] = (ended - self.started) - sum(parts.values())
         return parts
@@ -83,7 +93,7 @@ class Timings:
                 "saves": self.saves}
 
     def line(self, stage: str) -> str:
-        """e.g. "pretrain: 81 s: setup 9 s, first steps 12 s, steps 20 s, validation 6 s, samples 1.2 s, ..."."""
+        """e.g. "pretrain: 81 s: setup 9 s, compile 12 s, steps 20 s, validation 6 s, samples 1.2 s, ..."."""
         parts = self.seconds()
         return f"{stage}: {seconds(sum(parts.values()))}: " + ", ".join(f"{k} {seconds(v)}" for k, v in parts.items())
 

@@ -351,14 +351,14 @@ class Trainer:
             return float(mx.mean(mx.stack(losses)).item())
 
     def save(self, step: int, val_loss: float | None) -> None:
-        """Checkpoint the weights as they are now: copied to host memory here, then written and
-        pruned on the writer's thread while the steps go on. `_saved` says it (the Checkpoint event,
-        last_ck) once the files are complete; the next save waits for it."""
+        """Checkpoint the weights as they are now: copied on the device here (queued), then copied to
+        host memory, written and pruned on the writer's thread while the steps go on. `_saved` says
+        it (the Checkpoint event, last_ck) once the files are complete; the next save waits for it."""
         if not self.is_main:
             return
         with self.timings.aside("checkpoints", saves=1):
             self._saved(wait=True)  # one write in flight
-            arrays = checkpoint.to_host(self.opt.parameters(), self.opt.checkpoint_state())
+            arrays = checkpoint.snapshot(self.opt.parameters(), self.opt.checkpoint_state())
             state = self._checkpoint_state(step, val_loss)
             self.writer.start(partial(self._write_checkpoint, step, arrays, state), tag=(step, val_loss))
 
@@ -373,8 +373,8 @@ class Trainer:
             "config": self.cfg.to_dict(), "time": time.time(),
         }
 
-    def _write_checkpoint(self, step: int, arrays: checkpoint.HostArrays, state: dict) -> Path:
-        """On the writer's thread (no MLX here): the files, then the pruning of older ones."""
+    def _write_checkpoint(self, step: int, arrays: checkpoint.Snapshot, state: dict) -> Path:
+        """On the writer's thread (it only reads the snapshot): the files, then the pruning of older ones."""
         path = checkpoint.write(self.ck_dir, step, arrays, state)
         checkpoint.prune(self.ck_dir, self.sc.keep_last)
         return path
@@ -512,7 +512,7 @@ class Trainer:
     def _finish(self, stopped: bool) -> StageResult:
         """The stage's end in this call: a stopped stage saved where it is, its state said."""
         st = self.state
-        self.timings.loop_done()
+        self.timings.loop_done(st.step - self.start_step)
         if stopped and st.step > self.start_step:
             self.save(st.step, None)
         with self.timings.aside("checkpoints"):
@@ -560,7 +560,7 @@ class Trainer:
         if step_s is None:
             return
         calibration, self.calibration = self.calibration, None
-        self.timings.first_steps_done()
+        self.timings.first_steps_done(st.step - self.start_step)
         if self.budget_s and not st.planned:
             plan = calibration.plan(st.step, now, step_s, st.warmup_steps)
             self._apply_plan(plan.total, plan.warmup)

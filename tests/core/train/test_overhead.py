@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import mlx.core as mx
+import numpy as np
 import pytest
 from mlx.utils import tree_flatten
 
@@ -12,6 +13,8 @@ from core import config
 from core.errors import AcmError
 from core.paths import Paths
 from core.runs import checkpoint, read_metrics
+from core.runs.background import Background
+from core.train.optimizer import FlatAdamW
 from core.train.timings import PARTS, Timings
 from core.train.trainer import train_stage
 from tests.helpers import SteppingClock
@@ -31,7 +34,7 @@ def test_the_parts_add_up_to_the_wall_and_each_lands_where_it_was_spent():
     with t.aside("validation"):  # 1 s of validation among the first steps
         now[0] = 6.0
     now[0] = 8.0
-    t.first_steps_done()  # first steps 8 - 3 - 1 = 4
+    t.first_steps_done(2)  # 2 steps in 8 - 3 - 1 = 4 s
     with t.aside("checkpoints", saves=1):
         now[0] = 8.5
     with t.aside("samples"):
@@ -39,17 +42,32 @@ def test_the_parts_add_up_to_the_wall_and_each_lands_where_it_was_spent():
     with t.aside("paused"):
         now[0] = 10.75
     now[0] = 20.0
-    t.loop_done()  # steps 20 - 8 - 0.5 - 0.25 - 2 = 9.25
+    t.loop_done(39)  # 37 steady steps in 20 - 8 - 0.5 - 0.25 - 2 = 9.25 s: 0.25 s a step
     with t.aside("checkpoints"):  # the last write's wait
         now[0] = 21.0
     now[0] = 21.5
     t.end()
-    parts = t.seconds()
-    assert parts == {"setup": 3.0, "first steps": 4.0, "steps": 9.25, "validation": 1.0, "samples": 0.25,
+    parts = t.seconds()  # the first 2 steps at the steady rate are 0.5 s of steps; the rest of their 4 s compiled
+    assert parts == {"setup": 3.0, "compile": 3.5, "steps": 9.75, "validation": 1.0, "samples": 0.25,
                      "checkpoints": 1.5, "other": 2.5}
-    assert t.line("pretrain") == ("pretrain: 22 s: setup 3.0 s, first steps 4.0 s, steps 9.2 s, validation 1.0 s, "
+    assert t.line("pretrain") == ("pretrain: 22 s: setup 3.0 s, compile 3.5 s, steps 9.8 s, validation 1.0 s, "
                                   "samples 0.2 s, checkpoints 1.5 s, other 2.5 s")
     assert t.record()["saves"] == 1 and t.record()["wall_s"] == 21.5
+
+
+def test_a_loop_too_short_to_time_its_first_steps_counts_as_steps():
+    now = [0.0]
+    t = Timings(lambda: now[0])
+    t.begin(0.0)
+    now[0] = 1.0
+    t.loop()
+    with t.aside("validation"):
+        now[0] = 1.5
+    now[0] = 4.0
+    t.loop_done(2)
+    t.end()
+    assert t.seconds() == {"setup": 1.0, "compile": 0.0, "steps": 2.5, "validation": 0.5, "samples": 0.0,
+                           "checkpoints": 0.0, "other": 0.0}
 
 
 def test_a_stage_ends_with_its_timings_line_and_file(prepared):
@@ -90,12 +108,38 @@ def test_a_checkpoint_written_in_the_background_holds_what_a_synchronous_save_ho
     assert opt["step"].dtype == mx.uint64 and int(opt["step"].item()) == 10
 
 
-def test_bfloat16_arrays_keep_their_bits_through_the_host_copy(tmp_path):
+def test_bfloat16_arrays_keep_their_bits_through_a_checkpoint(tmp_path):
     params = {"w": mx.random.normal((3, 4)).astype(mx.bfloat16), "b": mx.arange(5, dtype=mx.int32)}
     checkpoint.save(tmp_path, 1, params, {"step": mx.array(1, mx.uint64)}, {"config": {}})
     got, _ = checkpoint.load_arrays(checkpoint.latest(tmp_path))
     assert got["w"].dtype == mx.bfloat16 and mx.array_equal(got["w"], params["w"]).item()
     assert mx.array_equal(got["b"], params["b"]).item()
+
+
+def test_a_snapshot_keeps_its_step_s_weights_while_later_steps_update_them_in_place(tmp_path):
+    opt = FlatAdamW({"w": mx.random.normal((8, 1024)), "b": mx.zeros((8,))}, 1e-2, 0.1, mx.bfloat16)
+    grads = {g: mx.ones_like(a) for g, a in opt.state["params"].items()}
+
+    def step():
+        opt.clip_and_update(opt.pack_gradients(opt._unpack(grads), mx.bfloat16), 1.0)
+        mx.eval(opt.state)
+
+    step()
+    then = {k: np.array(v) for k, v in tree_flatten(opt.parameters())}
+    snap = checkpoint.snapshot(opt.parameters(), opt.checkpoint_state())
+    live = [np.frombuffer(memoryview(a), np.uint8) for a in (*opt.state["params"].values(), *opt.state["m"].values())]
+    for _, a in (*snap.model.values(), *snap.optimizer.values()):  # buffers of their own: only the writer reads them
+        assert not any(np.shares_memory(np.frombuffer(memoryview(a).cast("B"), np.uint8), b) for b in live)
+    for _ in range(3):  # the update writes the weights' buffers in place
+        step()
+    writer = Background("writer")  # read on another thread, as the trainer's writer does
+    writer.start(lambda: checkpoint.write(tmp_path, 1, snap, {"config": {}}))
+    writer.take()
+    got, state = checkpoint.load_arrays(checkpoint.latest(tmp_path))
+    now = dict(tree_flatten(opt.parameters()))
+    for name, a in tree_flatten(got):
+        assert np.array_equal(np.array(a), then[name]) and not np.array_equal(np.array(now[name]), then[name])
+    assert int(state["step"].item()) == 1 and int(opt.state["step"].item()) == 4
 
 
 def test_a_failing_background_write_is_one_line_at_the_stage_s_end(prepared):

@@ -1,0 +1,74 @@
+"""Where a stage's first step goes: what the step costs before it runs at its steady rate.
+
+Builds the product's model and step on a preset (as `acm train` does), then times each part of the
+first steps apart: building the model and optimizer, tracing the compiled step (the first call
+builds the graph), running it the first time (MLX compiles or loads its kernels and records the
+device's graphs), the next few steps, the steady step (median of `--steady` steps), and the first
+and second validation loss (its own compiled graph). Prints one JSON line.
+
+usage: python bench/first_step.py [--preset tiny] [--dtype bfloat16] [--batch 8] [--seq 1024] [--steady 30]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import mlx.core as mx
+from step_setup import fixed_batch
+
+from core.hardware import device_label
+from core.model.gpt import GPT
+from core.presets import get_preset
+from core.train.optimizer import FlatAdamW
+from core.train.trainer import build_steps
+
+
+def timed(fn) -> tuple[object, float]:
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--seq", type=int, default=1024)
+    p.add_argument("--steady", type=int, default=30)
+    a = p.parse_args()
+    shape = get_preset(a.preset)
+
+    def build():
+        model = GPT(shape, a.dtype)
+        opt = FlatAdamW(model.parameters(), 3e-4, 0.1, model.compute_dtype)
+        model.update(opt.parameters())
+        mx.eval(opt.state)
+        return model, opt
+
+    (model, opt), build_s = timed(build)
+    (step, _, _, eval_loss), steps_s = timed(lambda: build_steps(model, opt, grad_clip=1.0))
+    x, y = fixed_batch(shape, a.batch, a.seq)
+    mx.eval(x, y)
+    out, trace_s = timed(lambda: step(x, y))
+    _, first_run_s = timed(lambda: mx.eval(out, opt.state))
+    next_s = [timed(lambda: mx.eval(step(x, y), opt.state))[1] for _ in range(4)]
+    steady = [timed(lambda: mx.eval(step(x, y), opt.state))[1] for _ in range(a.steady)]
+    _, val_first_s = timed(lambda: eval_loss(x, y).item())
+    _, val_second_s = timed(lambda: eval_loss(x, y).item())
+    step_s = statistics.median(steady)
+    print(json.dumps({
+        "bench": "first_step", "device": device_label(), "preset": a.preset, "dtype": a.dtype,
+        "batch": a.batch, "seq": a.seq, "build_model_and_optimizer_s": round(build_s, 3),
+        "build_steps_s": round(steps_s, 4), "first_call_trace_s": round(trace_s, 3),
+        "first_run_s": round(first_run_s, 3), "next_steps_s": [round(s, 4) for s in next_s],
+        "steady_step_s": round(step_s, 5),
+        "first_step_beyond_steady_s": round(trace_s + first_run_s - step_s, 3),
+        "validation_first_s": round(val_first_s, 3), "validation_second_s": round(val_second_s, 4),
+    }), flush=True)
+
+
+if __name__ == "__main__":
+    main()
