@@ -5,7 +5,8 @@ Layer norm, forward alone and forward + backward: MLX's (its backward writes a (
 gain-gradient temporary and sums it with column reductions) against acm's kernels at each
 WARPS:ROWS_PER_WARP launch shape.
 Each reports ms (calls queued back to back) and the largest error against a float64 reference,
-relative to the largest exact value. CUDA only: MLX's `mx.fast.cuda_kernel`.
+relative to the largest exact value, and whether acm's kernels compiled alone (the machine's kernel
+cache) give the same bits as the same bodies compiled by `mx.fast.cuda_kernel`. CUDA only.
 """
 from __future__ import annotations
 
@@ -64,6 +65,23 @@ def with_launch_shape(config: str):
     return f
 
 
+def through_mlx_jit(f):
+    """`f` with acm's kernels compiled by `mx.fast.cuda_kernel` instead of from the kernel cache."""
+    def g(*args):
+        saved, ck._precompiled = ck._precompiled, lambda *a: None
+        ln.kernel_layer_norm.cache_clear()
+        try:
+            return f(*args)
+        finally:
+            ck._precompiled = saved
+    return g
+
+
+def same_bits(f, jit, x, w, b, g) -> bool:
+    outs = [[fn(x, w, b), *mx.vjp(fn, [x, w, b], [g])[1]] for fn in (f, jit)]
+    return all(a.dtype == c.dtype and mx.array_equal(a, c).item() for a, c in zip(*outs))
+
+
 def layer_norms(configs: str) -> None:
     mlx_own = lambda x, w, b: mx.fast.layer_norm(x, w, b, EPS)  # noqa: E731
     for shape in ((16, 1024, 768), (8, 1024, 1024)):  # tiny batch 16, medium batch 8
@@ -85,6 +103,10 @@ def layer_norms(configs: str) -> None:
             vjp = mx.compile(lambda x, w, b, g, f=f: mx.vjp(f, [x, w, b], [g])[1])
             out[f"{name}_rel_err_dx_dw_db"] = [rel_err(d, e) for d, e in zip(vjp(x, w, b, g), exact)]
             out[f"{name}_ms"] = timed_ms(vjp, x, w, b, g)
+        default = with_launch_shape(f"{ck.LN_WARPS}:{ck.LN_ROWS_PER_WARP}")
+        out["from_kernel_cache"] = ck._precompiled("layer_norm_vjp", x.dtype, w.dtype, shape[-1], EPS,
+                                                   ck.LN_WARPS) is not None
+        out["kernel_cache_equals_mlx_jit"] = same_bits(default, through_mlx_jit(default), x, w, b, g)
         print(json.dumps(out), flush=True)
 
 

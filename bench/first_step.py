@@ -7,6 +7,7 @@ device's graphs), the next few steps, the steady step (median of `--steady` step
 and second validation loss (its own compiled graph). Prints one JSON line.
 
 usage: python bench/first_step.py [--preset tiny] [--dtype bfloat16] [--batch 8] [--seq 1024] [--steady 30]
+                                  [--mlx-layer-norm]
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import time
 
 import mlx.core as mx
 from step_setup import fixed_batch
+from train_step import use_mlx_layer_norm
 
 from core.hardware import device_label
 from core.model.gpt import GPT
@@ -38,7 +40,10 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seq", type=int, default=1024)
     p.add_argument("--steady", type=int, default=30)
+    p.add_argument("--mlx-layer-norm", action="store_true", help="MLX's layer norm instead of acm's CUDA kernels")
     a = p.parse_args()
+    if a.mlx_layer_norm:
+        use_mlx_layer_norm()
     shape = get_preset(a.preset)
 
     def build():
@@ -61,7 +66,8 @@ def main() -> None:
     step_s = statistics.median(steady)
     print(json.dumps({
         "bench": "first_step", "device": device_label(), "preset": a.preset, "dtype": a.dtype,
-        "batch": a.batch, "seq": a.seq, "build_model_and_optimizer_s": round(build_s, 3),
+        "batch": a.batch, "seq": a.seq, "mlx_layer_norm": a.mlx_layer_norm,
+        "build_model_and_optimizer_s": round(build_s, 3),
         "build_steps_s": round(steps_s, 4), "first_call_trace_s": round(trace_s, 3),
         "first_run_s": round(first_run_s, 3), "next_steps_s": [round(s, 4) for s in next_s],
         "steady_step_s": round(step_s, 5),

@@ -6,9 +6,11 @@ took ~0.3 ms of a ~37 ms tiny step. `layer_norm_vjp` reads x and the cotangent o
 a row per warp), writes dx, and sums the gain and bias gradients in float32, per block in a fixed
 order, then over blocks (deterministic). The forward, `layer_norm`, is the same row-per-warp
 loop; MLX's took twice the time its reads and writes need. Both assume rows start 16-byte aligned,
-as fresh activations and their gradients do. They run through `mx.fast.cuda_kernel`, so only on
-MLX's CUDA backend: callers check `available()` and `covers_layer_norm` and otherwise use MLX's
-layer norm (Metal, CPU). bench/cuda_kernels.py checks them against float64 and times them.
+as fresh activations and their gradients do. They run only on MLX's CUDA backend: callers check
+`available()` and `covers_layer_norm` and otherwise use MLX's layer norm (Metal, CPU). Each is
+compiled once per machine as a complete kernel (core/model/kernel_cache.py) and run with
+`mx.fast.precompiled_cuda_kernel`; where that cannot compile, `mx.fast.cuda_kernel` compiles the same
+body in each process. bench/cuda_kernels.py checks them against float64 and times them.
 """
 from __future__ import annotations
 
@@ -16,8 +18,37 @@ from functools import cache
 
 import mlx.core as mx
 
+from core.model import kernel_cache
+
 LN_WARPS = 4  # warps per thread block; each warp normalises one row at a time
 LN_ROWS_PER_WARP = 4  # the fastest launch shape on an H100 for both presets (bench/cuda_kernels.py)
+
+# Float conversions the kernels' bodies use: through CUDA's types where MLX compiles them (its headers
+# define __nv_bfloat16 and __half), and through the same instructions where they are compiled alone.
+MLX_CONVERSIONS = """
+__device__ __forceinline__ float acm_to_float(float v) { return v; }
+__device__ __forceinline__ float acm_to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+__device__ __forceinline__ float acm_to_float(__half v) { return __half2float(v); }
+template <typename T> __device__ __forceinline__ T acm_from_float(float v) { return static_cast<T>(v); }
+"""
+
+STANDALONE_CONVERSIONS = """
+struct acm_bf16 { unsigned short bits; };
+struct acm_f16 { unsigned short bits; };
+__device__ __forceinline__ float acm_to_float(float v) { return v; }
+__device__ __forceinline__ float acm_to_float(acm_bf16 v) { return __uint_as_float(((unsigned int)v.bits) << 16); }
+__device__ __forceinline__ float acm_to_float(acm_f16 v) {
+  float f; asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(v.bits)); return f;
+}
+template <typename T> __device__ __forceinline__ T acm_from_float(float v);
+template <> __device__ __forceinline__ float acm_from_float<float>(float v) { return v; }
+template <> __device__ __forceinline__ acm_bf16 acm_from_float<acm_bf16>(float v) {
+  acm_bf16 r; asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(r.bits) : "f"(v)); return r;
+}
+template <> __device__ __forceinline__ acm_f16 acm_from_float<acm_f16>(float v) {
+  acm_f16 r; asm("cvt.rn.f16.f32 %0, %1;" : "=h"(r.bits) : "f"(v)); return r;
+}
+"""
 
 # Shared by both kernels (their `header`): a row's 16-byte pieces as floats, and its mean and 1 / std.
 ROW_HELPERS = """
@@ -27,7 +58,7 @@ __device__ __forceinline__ void acm_unpack(const uint4 (&raw)[PER], float (&v)[P
   for (int k = 0; k < PER; k++) {
     const T* p = reinterpret_cast<const T*>(&raw[k]);
     #pragma unroll
-    for (int j = 0; j < VEC; j++) v[k][j] = static_cast<float>(p[j]);
+    for (int j = 0; j < VEC; j++) v[k][j] = acm_to_float(p[j]);
   }
 }
 
@@ -66,8 +97,8 @@ LAYER_NORM = _ROW_PER_WARP + """
     for (int k = 0; k < PER; k++) {
       #pragma unroll
       for (int j = 0; j < VEC; j++) {
-        wv[k][j] = static_cast<float>(w[(k * 32 + lane) * VEC + j]);  // w, b may be unaligned: scalar loads
-        bv[k][j] = static_cast<float>(b[(k * 32 + lane) * VEC + j]);
+        wv[k][j] = acm_to_float(w[(k * 32 + lane) * VEC + j]);  // w, b may be unaligned: scalar loads
+        bv[k][j] = acm_to_float(b[(k * 32 + lane) * VEC + j]);
       }
     }
     for (int row = gwarp; row < ROWS; row += nwarps) {
@@ -84,7 +115,7 @@ LAYER_NORM = _ROW_PER_WARP + """
         uint4 out;
         T* os = reinterpret_cast<T*>(&out);
         #pragma unroll
-        for (int j = 0; j < VEC; j++) os[j] = static_cast<T>((xv[k][j] - mean) * rstd * wv[k][j] + bv[k][j]);
+        for (int j = 0; j < VEC; j++) os[j] = acm_from_float<T>((xv[k][j] - mean) * rstd * wv[k][j] + bv[k][j]);
         yr[k * 32 + lane] = out;
       }
     }
@@ -96,7 +127,7 @@ LAYER_NORM_VJP = _ROW_PER_WARP + """
     for (int k = 0; k < PER; k++) {
       #pragma unroll
       for (int j = 0; j < VEC; j++) {
-        wv[k][j] = static_cast<float>(w[(k * 32 + lane) * VEC + j]);  // w may be unaligned: scalar loads
+        wv[k][j] = acm_to_float(w[(k * 32 + lane) * VEC + j]);  // w may be unaligned: scalar loads
         dw_acc[k][j] = 0.f;
         db_acc[k][j] = 0.f;
       }
@@ -139,7 +170,7 @@ LAYER_NORM_VJP = _ROW_PER_WARP + """
         uint4 out;
         T* os = reinterpret_cast<T*>(&out);
         #pragma unroll
-        for (int j = 0; j < VEC; j++) os[j] = static_cast<T>(rstd * (gv[k][j] * wv[k][j] - a - xv[k][j] * b));
+        for (int j = 0; j < VEC; j++) os[j] = acm_from_float<T>(rstd * (gv[k][j] * wv[k][j] - a - xv[k][j] * b));
         dxr[k * 32 + lane] = out;
       }
     }
@@ -184,13 +215,60 @@ def covers_layer_norm(x: mx.array) -> bool:
 
 
 def _header(eps: float, warps: int) -> str:
-    return f"#define WARPS {warps}\n#define EPS_F {eps!r}f\n{ROW_HELPERS}"
+    return f"#define WARPS {warps}\n#define EPS_F {eps!r}f\n{MLX_CONVERSIONS}{ROW_HELPERS}"
+
+
+# Each kernel alone: its parameters (inputs, outputs, then the row count, as MLX passes them) and body.
+KERNELS = {
+    "layer_norm": ("const T* x, const W* w, const W* b, T* y, int ROWS", LAYER_NORM),
+    "layer_norm_vjp": ("const T* x, const W* w, const T* g, T* dx, float* part, int ROWS", LAYER_NORM_VJP),
+}
+C_TYPES = {mx.float32: "float", mx.bfloat16: "acm_bf16", mx.float16: "acm_f16"}
+
+
+def standalone_source(kind: str, name: str, x_dtype: mx.Dtype, w_dtype: mx.Dtype, C: int, eps: float,
+                      warps: int) -> str:
+    """A kernel's complete source, needing no header: what kernel_cache compiles."""
+    params, body = KERNELS[kind]
+    return (f"{STANDALONE_CONVERSIONS}\ntypedef {C_TYPES[x_dtype]} T;\ntypedef {C_TYPES[w_dtype]} W;\n"
+            f"constexpr int C = {C};\n#define WARPS {warps}\n#define EPS_F {eps!r}f\n{ROW_HELPERS}\n"
+            f'extern "C" __global__ void {name}({params}) {{\n{body}\n}}\n')
 
 
 @cache
-def _layer_norm_forward_kernel(eps: float, warps: int):
-    return mx.fast.cuda_kernel(name="acm_layer_norm", input_names=["x", "w", "b"], output_names=["y"],
-                               header=_header(eps, warps), source=LAYER_NORM)
+def _precompiled(kind: str, x_dtype: mx.Dtype, w_dtype: mx.Dtype, C: int, eps: float,
+                 warps: int) -> tuple[str, bytes] | None:
+    """(kernel name, binary) from the machine's kernel cache, or None where it cannot compile."""
+    if x_dtype not in C_TYPES or w_dtype not in C_TYPES:
+        return None
+    name = f"acm_{kind}_{C_TYPES[x_dtype]}_{C_TYPES[w_dtype]}_{C}_{warps}"
+    data = kernel_cache.binary(name, standalone_source(kind, name, x_dtype, w_dtype, C, eps, warps))
+    return (name, data) if data else None
+
+
+@cache
+def _jit_kernel(kind: str, eps: float, warps: int):
+    """The same kernel through `mx.fast.cuda_kernel` (compiled in each process)."""
+    inputs, outputs = (["x", "w", "b"], ["y"]) if kind == "layer_norm" else (["x", "w", "g"], ["dx", "part"])
+    return mx.fast.cuda_kernel(name=f"acm_{kind}", input_names=inputs, output_names=outputs,
+                               header=_header(eps, warps), source=KERNELS[kind][1])
+
+
+def _launch(kind: str, inputs: list[mx.array], eps: float, blocks: int, output_shapes: list,
+            output_dtypes: list) -> list[mx.array]:
+    """Run kernel `kind` over `inputs` (x first, w second) on `blocks` blocks of LN_WARPS warps."""
+    x, w = inputs[0], inputs[1]
+    C = x.shape[-1]
+    rows = x.size // C
+    launch = {"grid": (blocks * LN_WARPS * 32, 1, 1), "threadgroup": (LN_WARPS * 32, 1, 1),
+              "output_shapes": output_shapes, "output_dtypes": output_dtypes}
+    compiled = _precompiled(kind, x.dtype, w.dtype, C, eps, LN_WARPS)
+    if compiled is not None:
+        name, binary = compiled
+        return mx.fast.precompiled_cuda_kernel(name=name, compiled_source=binary, inputs=inputs, scalars=[rows],
+                                               ensure_row_contiguous=True, **launch)
+    return _jit_kernel(kind, eps, LN_WARPS)(inputs=inputs, template=[("T", x.dtype), ("C", C), ("ROWS", rows)],
+                                            **launch)
 
 
 def _blocks(rows: int) -> int:
@@ -199,31 +277,16 @@ def _blocks(rows: int) -> int:
 
 def layer_norm(x: mx.array, w: mx.array, b: mx.array, eps: float) -> mx.array:
     """`mx.fast.layer_norm(x, w, b, eps)`: a row per warp, 16-byte loads and stores, float32 inside."""
-    C = x.shape[-1]
-    rows = x.size // C
-    (y,) = _layer_norm_forward_kernel(eps, LN_WARPS)(
-        inputs=[x, w, b], template=[("T", x.dtype), ("C", C), ("ROWS", rows)],
-        grid=(_blocks(rows) * LN_WARPS * 32, 1, 1), threadgroup=(LN_WARPS * 32, 1, 1),
-        output_shapes=[x.shape], output_dtypes=[x.dtype])
+    rows = x.size // x.shape[-1]
+    (y,) = _launch("layer_norm", [x, w, b], eps, _blocks(rows), [x.shape], [x.dtype])
     return y
-
-
-@cache
-def _layer_norm_kernel(eps: float, warps: int):
-    return mx.fast.cuda_kernel(name="acm_layer_norm_vjp", input_names=["x", "w", "g"],
-                               output_names=["dx", "part"],
-                               header=_header(eps, warps), source=LAYER_NORM_VJP)
 
 
 def layer_norm_vjp(x: mx.array, w: mx.array, g: mx.array, eps: float) -> tuple[mx.array, mx.array, mx.array]:
     """dx, and the gain and bias gradients (summed in float32, returned in w's dtype), of
     `mx.fast.layer_norm(x, w, b, eps)` for the cotangent g."""
     C = x.shape[-1]
-    rows = x.size // C
-    blocks = _blocks(rows)
-    dx, part = _layer_norm_kernel(eps, LN_WARPS)(
-        inputs=[x, w, g], template=[("T", x.dtype), ("C", C), ("ROWS", rows)],
-        grid=(blocks * LN_WARPS * 32, 1, 1), threadgroup=(LN_WARPS * 32, 1, 1),
-        output_shapes=[x.shape, (2, blocks, C)], output_dtypes=[x.dtype, mx.float32])
+    blocks = _blocks(x.size // C)
+    dx, part = _launch("layer_norm_vjp", [x, w, g], eps, blocks, [x.shape, (2, blocks, C)], [x.dtype, mx.float32])
     dw, db = part.sum(axis=1).astype(w.dtype)
     return dx, dw, db
