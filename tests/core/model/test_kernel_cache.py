@@ -76,6 +76,7 @@ def test_the_cache_lives_under_xdg_cache_home(tmp_path, monkeypatch):
 
 def test_a_standalone_kernel_names_itself_and_includes_no_header():
     source = cuda_kernels.standalone_source("layer_norm_vjp", "acm_k", mx.bfloat16, mx.float32, 768, 1e-5, 4)
-    assert 'extern "C" __global__ void acm_k(const T* x, const W* w, const T* g, T* dx, float* part, int ROWS)' in source
+    signature = 'extern "C" __global__ void acm_k(const T* x, const W* w, const T* g, T* dx, float* part, int ROWS)'
+    assert signature in source
     assert "typedef acm_bf16 T;" in source and "typedef float W;" in source and "constexpr int C = 768;" in source
     assert "#include" not in source
