@@ -27,7 +27,7 @@ def test_a_kernel_is_compiled_once_and_read_back_from_the_cache(tmp_path):
     again = kernel_cache.binary("k", "source one", tmp_path, compiler, "sm_90")
     assert first == again == CUBIN + b"source one"
     assert compiler.calls == [("k", "sm_90")]
-    assert [p.name.startswith("k-") and p.suffix == ".cubin" for p in tmp_path.iterdir()] == [True]
+    assert [p.name.startswith("k-") and p.suffix == ".bin" for p in tmp_path.iterdir()] == [True]
 
 
 def test_another_source_or_architecture_is_another_binary(tmp_path):
@@ -42,9 +42,12 @@ def test_a_damaged_cache_file_is_compiled_again_and_replaced(tmp_path):
     compiler = Compiler()
     kernel_cache.binary("k", "src", tmp_path, compiler, "sm_90")
     (path,) = tmp_path.iterdir()
-    path.write_bytes(b"half a fi")
-    assert kernel_cache.binary("k", "src", tmp_path, compiler, "sm_90") == CUBIN + b"src"
-    assert len(compiler.calls) == 2 and path.read_bytes() == CUBIN + b"src"
+    whole = path.read_bytes()
+    for damaged in (b"", whole[:-1], whole[:-1] + bytes([whole[-1] ^ 1]), b"junk" + whole[4:]):
+        path.write_bytes(damaged)
+        assert kernel_cache.binary("k", "src", tmp_path, compiler, "sm_90") == CUBIN + b"src"
+        assert path.read_bytes() == whole
+    assert len(compiler.calls) == 5
 
 
 def test_a_failed_compile_says_none_and_leaves_no_file(tmp_path):
