@@ -24,8 +24,12 @@ Compiler = Callable[[str, str, str], bytes | None]  # (name, source, arch) -> cu
 MAGIC = b"acm kernel 1\n"  # a cache file: this, the binary's sha256, the binary
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "acm" / "kernels"
+def cache_dir() -> Path | None:
+    """$XDG_CACHE_HOME/acm/kernels or ~/.cache/acm/kernels; None where there is no home to find."""
+    try:
+        return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "acm" / "kernels"
+    except (RuntimeError, KeyError):  # no $HOME and no passwd entry (a container's arbitrary user)
+        return None
 
 
 def binary(name: str, source: str, folder: Path | None = None, compile_: Compiler | None = None,
@@ -37,6 +41,8 @@ def binary(name: str, source: str, folder: Path | None = None, compile_: Compile
     if arch is None:
         return None
     folder = folder or cache_dir()
+    if folder is None:
+        return compile_(name, source, arch) or None
     key = hashlib.sha256("\0".join((source, arch, nvrtc_version())).encode()).hexdigest()[:32]
     path = folder / f"{name}-{key}.bin"
     try:

@@ -92,7 +92,7 @@ def _private(a: mx.array) -> mx.array:
     """A copy of `a` in a buffer of its own (bfloat16, which the buffer protocol lacks, as its 16-bit
     pattern): the operands are held here, so MLX cannot reuse their buffers for the result."""
     bits = a.view(mx.uint16) if a.dtype == mx.bfloat16 else a
-    return bits * mx.array(1, bits.dtype)
+    return mx.contiguous(bits * mx.array(1, bits.dtype))  # row-major, whatever a's layout
 
 
 def write(folder: Path, step: int, arrays: Snapshot, state: dict) -> Path:
@@ -136,7 +136,8 @@ def write_safetensors(path: Path, tensors: Tensors) -> None:
     with open(path, "wb") as f:
         f.write(len(text).to_bytes(8, "little") + text)
         for name in sorted(tensors):
-            f.write(memoryview(tensors[name][1]).cast("B"))
+            if tensors[name][1].nbytes:  # an empty array has no bytes (and no byte view)
+                f.write(memoryview(tensors[name][1]).cast("B"))
         f.flush()
         os.fsync(f.fileno())
 

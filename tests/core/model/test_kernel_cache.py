@@ -83,3 +83,15 @@ def test_a_standalone_kernel_names_itself_and_includes_no_header():
     assert signature in source
     assert "typedef acm_bf16 T;" in source and "typedef float W;" in source and "constexpr int C = 768;" in source
     assert "#include" not in source
+
+
+def test_without_a_home_to_cache_in_the_kernel_is_still_compiled(tmp_path, monkeypatch):
+    def no_home():
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setattr(kernel_cache.Path, "home", staticmethod(no_home))
+    assert kernel_cache.cache_dir() is None
+    compiler = Compiler()
+    assert kernel_cache.binary("k", "src", compile_=compiler, arch="sm_90") == CUBIN + b"src"
+    assert compiler.calls == [("k", "sm_90")]

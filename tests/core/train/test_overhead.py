@@ -108,12 +108,15 @@ def test_a_checkpoint_written_in_the_background_holds_what_a_synchronous_save_ho
     assert opt["step"].dtype == mx.uint64 and int(opt["step"].item()) == 10
 
 
-def test_bfloat16_arrays_keep_their_bits_through_a_checkpoint(tmp_path):
-    params = {"w": mx.random.normal((3, 4)).astype(mx.bfloat16), "b": mx.arange(5, dtype=mx.int32)}
+def test_bfloat16_arrays_and_any_layout_keep_their_values_through_a_checkpoint(tmp_path):
+    params = {"w": mx.random.normal((3, 4)).astype(mx.bfloat16), "b": mx.arange(5, dtype=mx.int32),
+              "t": mx.arange(6.0).reshape(2, 3).T, "wide": mx.broadcast_to(mx.array([1.0, 2.0]), (3, 2)),
+              "none": mx.zeros((0, 4))}
     checkpoint.save(tmp_path, 1, params, {"step": mx.array(1, mx.uint64)}, {"config": {}})
     got, _ = checkpoint.load_arrays(checkpoint.latest(tmp_path))
-    assert got["w"].dtype == mx.bfloat16 and mx.array_equal(got["w"], params["w"]).item()
-    assert mx.array_equal(got["b"], params["b"]).item()
+    assert got["w"].dtype == mx.bfloat16
+    for name, a in params.items():
+        assert got[name].shape == a.shape and mx.array_equal(got[name], a).item()
 
 
 def test_a_snapshot_keeps_its_step_s_weights_while_later_steps_update_them_in_place(tmp_path):
