@@ -625,7 +625,7 @@ class Trainer:
             with self.timings.aside("samples"):
                 self._sample()
         if want_save:
-            self.last_ck = self.save(step, self.val_loss if want_eval else None) or self.last_ck
+            self.save(step, self.val_loss if want_eval else None)  # last_ck follows once the files are complete
         if want_eval or want_save:  # tokens/s counts training time only
             self.meter.restart()
 
