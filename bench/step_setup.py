@@ -17,10 +17,10 @@ from core.train.trainer import build_steps
 configure_mlx()  # the product's default CUDA graph size, as `acm` sets it (before any GPU work)
 
 
-def compiled_step(model: model_module.GPT, grad_clip: float = 1.0):
-    """The product's step (flat AdamW, clipping at `grad_clip` as acm.toml's default), its optimizer
-    and the state to evaluate after each call."""
-    opt = FlatAdamW(model.parameters(), 3e-4, 0.1, model.compute_dtype)
+def compiled_step(model: model_module.GPT, grad_clip: float = 1.0, muon_lr: float | None = None):
+    """The product's step (flat AdamW, clipping at `grad_clip` as acm.toml's default; Muon for the
+    blocks' matrices at `muon_lr` where given), its optimizer and the state to evaluate after each call."""
+    opt = FlatAdamW(model.parameters(), 3e-4, 0.1, model.compute_dtype, muon_lr=muon_lr)
     model.update(opt.parameters())  # the buffers hold the weights, as in the trainer
     step, _, _, _ = build_steps(model, opt, grad_clip=grad_clip)
     return step, opt, [opt.state]

@@ -20,6 +20,7 @@ from core.hardware import device_info, peak_flops
 from core.model import cuda_kernels
 from core.model import gpt as model
 from core.presets import get_preset
+from core.train import optimizer
 
 
 def use_plain_autodiff() -> None:
@@ -48,6 +49,25 @@ def use_addmm_bias() -> None:
     model.fused.linear = lambda x, w, b: mx.addmm(b, x, w.T)
 
 
+def use_elementwise_newton_schulz() -> None:
+    """Muon's Newton-Schulz iteration with its sums as elementwise passes (before `mx.addmm`)."""
+    a, b, c = optimizer.NS_COEFFICIENTS
+
+    def orthogonalise(x):
+        rows, cols = x.shape[-2:]
+        if rows > cols:
+            x = x.swapaxes(-1, -2)
+        x = x * mx.rsqrt(mx.sum(mx.square(x.astype(mx.float32)), axis=(-2, -1), keepdims=True) + 1e-14).astype(x.dtype)
+        for _ in range(optimizer.NS_STEPS):
+            s = x @ x.swapaxes(-1, -2)
+            x = a * x + (b * s + c * (s @ s)) @ x
+        if rows > cols:
+            x = x.swapaxes(-1, -2)
+        return x * max(1.0, rows / cols) ** 0.5
+
+    optimizer.orthogonalise = orthogonalise
+
+
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser()
     p.add_argument("--preset", default="tiny")
@@ -70,6 +90,9 @@ def parse_args() -> argparse.Namespace:
                    help="the layer-norm kernel's launch shape (core/model/cuda_kernels.py)")
     p.add_argument("--grad-clip", type=float, default=1.0,
                    help="global-norm clip (0: off; the norm is still computed, for the monitor)")
+    p.add_argument("--optimizer", default="adamw", choices=["adamw", "muon"],
+                   help="muon: Muon (at 0.02) for the blocks' matrices, as train.optimizer = muon")
+    p.add_argument("--elementwise-ns", action="store_true", help="Muon's iteration with elementwise sums")
     p.add_argument("--peak-tflops", type=float, default=None, help="override the device's peak (MFU)")
     return p.parse_args()
 
@@ -77,7 +100,8 @@ def parse_args() -> argparse.Namespace:
 def apply_variants(a: argparse.Namespace) -> None:
     """Swap in the earlier implementations the flags name."""
     for flag, use in ((a.autodiff, use_plain_autodiff), (a.mlx_layer_norm, use_mlx_layer_norm),
-                      (a.mlx_layer_norm_forward, use_mlx_layer_norm_forward), (a.addmm_bias, use_addmm_bias)):
+                      (a.mlx_layer_norm_forward, use_mlx_layer_norm_forward), (a.addmm_bias, use_addmm_bias),
+                      (a.elementwise_ns, use_elementwise_newton_schulz)):
         if flag:
             use()
     if a.ln_launch:
@@ -90,7 +114,8 @@ def main() -> None:
     apply_variants(a)
     mx.random.seed(0)
     build = per_tensor_step if a.per_tensor else compiled_step
-    step, _, state = build(model.GPT(shape, a.dtype, a.checkpoint_activations), a.grad_clip)
+    muon = {"muon_lr": 0.02} if a.optimizer == "muon" else {}
+    step, _, state = build(model.GPT(shape, a.dtype, a.checkpoint_activations), a.grad_clip, **muon)
     x, y = fixed_batch(shape, a.batch, a.seq)
     for _ in range(a.warmup):
         mx.eval(step(x, y), state)
@@ -122,7 +147,7 @@ def main() -> None:
         "autodiff": a.autodiff, "per_tensor": a.per_tensor,
         "mlx_layer_norm": a.mlx_layer_norm, "mlx_layer_norm_forward": a.mlx_layer_norm_forward,
         "addmm_bias": a.addmm_bias, "ln_launch": f"{cuda_kernels.LN_WARPS}:{cuda_kernels.LN_ROWS_PER_WARP}",
-        "sync": a.sync, "grad_clip": a.grad_clip,
+        "sync": a.sync, "grad_clip": a.grad_clip, "optimizer": a.optimizer, "elementwise_ns": a.elementwise_ns,
         "env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("MLX_")},
         "device": info.get("device_name", str(mx.default_device())),
         "params_M": round(shape.param_count() / 1e6, 1), "batch": a.batch, "seq": a.seq,

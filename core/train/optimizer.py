@@ -53,6 +53,17 @@ class Slot:
     size: int
 
 
+@dataclass(frozen=True)
+class Run:
+    """`count` matrices of one shape side by side in the Muon buffer from `offset` (each `size`
+    long): orthogonalised as one batch, read as a view of the buffer."""
+
+    shape: tuple[int, ...]
+    offset: int
+    count: int
+    size: int
+
+
 def _group(name: str, p: mx.array, muon: bool) -> str:
     if p.ndim < 2:
         return "plain"
@@ -62,7 +73,8 @@ def _group(name: str, p: mx.array, muon: bool) -> str:
 def orthogonalise(x: mx.array) -> mx.array:
     """The nearest semi-orthogonal matrices to a stack of matrices (..., rows, cols), roughly (Muon's
     Newton-Schulz iteration, in x's dtype), each scaled by sqrt(max(1, rows / cols)) as `optim.Muon`
-    scales its step."""
+    scales its step. Each iteration is three matrix products whose sums are the products' epilogues
+    (`mx.addmm`): no elementwise passes over the matrices between them."""
     a, b, c = NS_COEFFICIENTS
     rows, cols = x.shape[-2:]
     if rows > cols:
@@ -70,31 +82,26 @@ def orthogonalise(x: mx.array) -> mx.array:
     x = x * mx.rsqrt(mx.sum(mx.square(x.astype(mx.float32)), axis=(-2, -1), keepdims=True) + 1e-14).astype(x.dtype)
     for _ in range(NS_STEPS):
         s = x @ x.swapaxes(-1, -2)
-        x = a * x + (b * s + c * (s @ s)) @ x
+        x = mx.addmm(x, mx.addmm(s, s, s, alpha=c, beta=b), x, beta=a)  # a x + (b s + c s s) x
     if rows > cols:
         x = x.swapaxes(-1, -2)
     return x * max(1.0, rows / cols) ** 0.5
 
 
-def _muon_update(p, m, g, scale, decay, lr, slots: list[Slot], dtype: mx.Dtype):
+def _muon_update(p, m, g, scale, decay, lr, runs: list[Run], dtype: mx.Dtype):
     """One Muon step over the flat buffer of the blocks' matrices: Nesterov momentum, then the
-    update orthogonalised, the matrices of one shape together as a batch (in `dtype`), then
-    decoupled decay and the step."""
+    update orthogonalised, each run of same-shaped matrices as one batch (a view of the buffer, in
+    `dtype`), then decoupled decay and the step."""
     mu = MUON_MOMENTUM
     g = g.astype(mx.float32) * scale
     m = mu * m + (1 - mu) * g
-    u = (1 - mu) * g + mu * m
-    done: dict[str, mx.array] = {}
-    for shape in dict.fromkeys(s.shape for s in slots):
-        same = [s for s in slots if s.shape == shape]
-        stack = mx.stack([u[s.offset:s.offset + s.size].reshape(shape) for s in same]).astype(dtype)
-        for s, o in zip(same, orthogonalise(stack)):
-            done[s.name] = o.reshape(-1).astype(mx.float32)
-    parts = [done[s.name] for s in slots]
-    pad = p.size - sum(s.size for s in slots)
+    u = ((1 - mu) * g + mu * m).astype(dtype)
+    parts = [orthogonalise(u[r.offset:r.offset + r.count * r.size].reshape(r.count, *r.shape)).reshape(-1)
+             for r in runs]
+    pad = p.size - sum(r.count * r.size for r in runs)
     if pad:
-        parts.append(mx.zeros((pad,), mx.float32))
-    return p * decay - lr * mx.concatenate(parts), m
+        parts.append(mx.zeros((pad,), dtype))
+    return p * decay - lr * mx.concatenate(parts).astype(mx.float32), m
 
 
 @partial(mx.compile, shapeless=True)
@@ -131,10 +138,11 @@ class FlatAdamW:
         self.slots: list[Slot] = []
         ends = dict.fromkeys(GROUPS, 0)
         leaves = tree_flatten(params)
-        for name, p in leaves:
+        for name, p in _muon_by_shape(leaves, muon_lr is not None):
             g = _group(name, p, muon_lr is not None)
             self.slots.append(Slot(name, tuple(p.shape), g, ends[g], p.size))
             ends[g] += p.size
+        self.muon_runs = _runs([s for s in self.slots if s.group == "muon"])
         self.sizes = {g: -(-n // ROW) * ROW for g, n in ends.items() if n}  # whole rows
         self.state = {
             "params": self._pack(dict(leaves), mx.float32),
@@ -228,9 +236,8 @@ class FlatAdamW:
 
     def _muon_step(self, grad: mx.array, scale: mx.array, lr: mx.array) -> None:
         st = self.state
-        slots = [s for s in self.slots if s.group == "muon"]
         st["params"]["muon"], st["m"]["muon"] = _muon_update(
-            st["params"]["muon"], st["m"]["muon"], grad, scale, 1 - lr * self.weight_decay, lr, slots,
+            st["params"]["muon"], st["m"]["muon"], grad, scale, 1 - lr * self.weight_decay, lr, self.muon_runs,
             self.compute_dtype)
         if "compute" in st:
             st["compute"]["muon"] = st["params"]["muon"].astype(self.compute_dtype)
@@ -255,6 +262,27 @@ class FlatAdamW:
                 self.state[k] = {g: a for g, a in packed.items() if g in self.state[k]}
             if "step" in flat:
                 self.state["step"] = mx.array(flat["step"]).astype(mx.uint64)
+
+
+def _muon_by_shape(leaves: list, muon: bool) -> list:
+    """The parameters in buffer order: Muon's matrices grouped by shape (first seen first), so that
+    the matrices of one shape are one contiguous run; the rest as the tree gives them."""
+    if not muon:
+        return leaves
+    shapes = list(dict.fromkeys(tuple(p.shape) for name, p in leaves if _group(name, p, True) == "muon"))
+    return sorted(leaves, key=lambda kv: shapes.index(tuple(kv[1].shape)) if _group(*kv, True) == "muon" else -1)
+
+
+def _runs(slots: list[Slot]) -> list[Run]:
+    """The Muon buffer's runs of same-shaped matrices, in buffer order."""
+    runs: list[Run] = []
+    for s in slots:
+        if runs and runs[-1].shape == s.shape:
+            last = runs[-1]
+            runs[-1] = Run(last.shape, last.offset, last.count + 1, last.size)
+        else:
+            runs.append(Run(s.shape, s.offset, 1, s.size))
+    return runs
 
 
 def _split(parts: list[mx.array], buckets: int) -> list[list[mx.array]]:

@@ -122,11 +122,12 @@ def test_update_writes_the_compute_copy():
     assert not np.array_equal(master["lin.weight"], np.ones((3, 3)))
 
 
-def muon_tree(rng) -> dict:
+def muon_tree(rng, blocks: int = 2) -> dict:
+    """Blocks whose matrices alternate in shape, as a GPT's do (fc, proj, fc, proj, ...)."""
     return {"wte": {"weight": mx.array(rng.normal(size=(6, 4)), mx.float32)},
             "h": [{"fc": {"weight": mx.array(rng.normal(size=(8, 4)), mx.float32),
                           "bias": mx.array(rng.normal(size=(8,)), mx.float32)},
-                   "proj": {"weight": mx.array(rng.normal(size=(4, 8)), mx.float32)}}]}
+                   "proj": {"weight": mx.array(rng.normal(size=(4, 8)), mx.float32)}} for _ in range(blocks)]}
 
 
 def test_muon_steps_equal_mlx_muon_on_the_blocks_and_adamw_elsewhere():
@@ -145,6 +146,8 @@ def test_muon_steps_equal_mlx_muon_on_the_blocks_and_adamw_elsewhere():
         np.testing.assert_allclose(mine[k], theirs[k], rtol=1e-4, atol=1e-5, err_msg=k)
     state = flat(opt.checkpoint_state())
     assert "h.0.fc.weight.m" in state and "h.0.fc.weight.v" not in state  # Muon keeps one moment
+    # the matrices of one shape lie side by side, orthogonalised as one batch
+    assert [(r.shape, r.count) for r in opt.muon_runs] == [((8, 4), 2), ((4, 8), 2)]
     assert "wte.weight.v" in state and "h.0.fc.bias.v" in state
 
 
