@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,10 +97,34 @@ def _private(a: mx.array) -> mx.array:
     return mx.contiguous(bits * mx.array(1, bits.dtype))  # row-major, whatever a's layout
 
 
-def write(folder: Path, step: int, arrays: Snapshot, state: dict) -> Path:
+class LateState:
+    """A checkpoint's state.json given after its arrays: the writer writes the weights while the
+    trainer validates, then waits here for the state (which records the validation loss).
+    `abandon` (validation failed or was interrupted) makes that write fail, its partial files removed."""
+
+    def __init__(self):
+        self._given = threading.Event()
+        self._state: dict | None = None
+
+    def give(self, state: dict) -> None:
+        self._state = state
+        self._given.set()
+
+    def abandon(self) -> None:
+        self._given.set()
+
+    def __call__(self) -> dict:
+        self._given.wait()
+        if self._state is None:
+            raise RuntimeError("the checkpoint was abandoned before its state was given")
+        return self._state
+
+
+def write(folder: Path, step: int, arrays: Snapshot, state: dict | Callable[[], dict]) -> Path:
     """Write a checkpoint aside and rename it into place; a disk error removes the partial files and
     is one line (the earlier checkpoints stay as they were). Only reads the snapshot's arrays (waiting
-    for their copy): any thread may call it."""
+    for their copy): any thread may call it. `state` may be a callable (a `LateState`), called once
+    the arrays are written."""
     folder.mkdir(parents=True, exist_ok=True)
     sweep_partial(folder)
     final = folder / f"step-{step:07d}"
@@ -113,9 +139,11 @@ def write(folder: Path, step: int, arrays: Snapshot, state: dict) -> Path:
     return final
 
 
-def _write(tmp: Path, step: int, arrays: Snapshot, state: dict) -> None:
+def _write(tmp: Path, step: int, arrays: Snapshot, state: dict | Callable[[], dict]) -> None:
     write_safetensors(tmp / "model.safetensors", arrays.model)
     write_safetensors(tmp / "optimizer.safetensors", arrays.optimizer)
+    if callable(state):
+        state = state()
     with open(tmp / STATE, "w") as f:
         json.dump(state | {"step": step}, f, indent=1)
         f.flush()

@@ -350,17 +350,20 @@ class Trainer:
                 losses.append(self.eval_loss(mx.array(x), mx.array(y)))
             return float(mx.mean(mx.stack(losses)).item())
 
-    def save(self, step: int, val_loss: float | None) -> None:
+    def save(self, step: int, val_loss: float | None, late: bool = False) -> checkpoint.LateState | None:
         """Checkpoint the weights as they are now: copied on the device here (queued), then copied to
         host memory, written and pruned on the writer's thread while the steps go on. `_saved` says
-        it (the Checkpoint event, last_ck) once the files are complete; the next save waits for it."""
+        it (the Checkpoint event, last_ck) once the files are complete; the next save waits for it.
+        With `late` the state is given afterwards through the LateState returned: the arrays are
+        written while validation and samples run."""
         if not self.is_main:
-            return
+            return None
         with self.timings.aside("checkpoints", saves=1):
             self._saved(wait=True)  # one write in flight
             arrays = checkpoint.snapshot(self.opt.parameters(), self.opt.checkpoint_state())
-            state = self._checkpoint_state(step, val_loss)
+            state = checkpoint.LateState() if late else self._checkpoint_state(step, val_loss)
             self.writer.start(partial(self._write_checkpoint, step, arrays, state), tag=(step, val_loss))
+        return state if late else None
 
     def _checkpoint_state(self, step: int, val_loss: float | None) -> dict:
         seed = self.sc.seed
@@ -373,7 +376,7 @@ class Trainer:
             "config": self.cfg.to_dict(), "time": time.time(),
         }
 
-    def _write_checkpoint(self, step: int, arrays: checkpoint.Snapshot, state: dict) -> Path:
+    def _write_checkpoint(self, step: int, arrays: checkpoint.Snapshot, state) -> Path:
         """On the writer's thread (it only reads the snapshot): the files, then the pruning of older ones."""
         path = checkpoint.write(self.ck_dir, step, arrays, state)
         checkpoint.prune(self.ck_dir, self.sc.keep_last)
@@ -618,16 +621,32 @@ class Trainer:
         want_eval = step % sc.eval_every == 0 or step == self.end
         # a save asked for while the next step is queued waits for it: the weights are that step's
         want_save = step % sc.save_every == 0 or step == self.end or (may_save_now and self.steer.take_save())
+        # a save due anyway starts first: its weights are written while validation and samples run
+        late = self.save(step, None, late=True) if want_save and want_eval else None
         if want_eval:
-            self.val_loss = self.evaluate()
             # early stopping keeps the best weights, whatever save_every says
-            want_save = self._judge_progress(self.val_loss) or want_save
-            with self.timings.aside("samples"):
-                self._sample()
-        if want_save:
+            want_save = self._validation_check(late) or want_save
+        if late is not None:
+            self.writer.tag = (step, self.val_loss)
+            late.give(self._checkpoint_state(step, self.val_loss))
+        elif want_save:
             self.save(step, self.val_loss if want_eval else None)  # last_ck follows once the files are complete
         if want_eval or want_save:  # tokens/s counts training time only
             self.meter.restart()
+
+    def _validation_check(self, late: checkpoint.LateState | None) -> bool:
+        """The validation loss, judged, then the check's samples; whether a new best asks for a save.
+        A checkpoint of this step already in writing (`late`) is abandoned if the check fails."""
+        try:
+            self.val_loss = self.evaluate()
+            new_best = self._judge_progress(self.val_loss)
+            with self.timings.aside("samples"):
+                self._sample()
+            return new_best
+        except BaseException:
+            if late is not None:
+                late.abandon()
+            raise
 
     def _sample(self) -> None:
         """A validation check's live samples, from the weights of the step just finished (nothing is

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import mlx.core as mx
@@ -189,3 +190,66 @@ def test_resume_after_background_saves_matches_an_uninterrupted_run(prepared):
     straight, parts = losses(cfg.runs_dir / "straight"), losses(cfg.runs_dir / "parts")
     assert len(straight) == len(parts) == 16
     assert parts == pytest.approx(straight, rel=1e-5, abs=1e-6)
+
+
+def arrays_written(folder: Path, step: int, polls: int = 3000) -> bool:
+    """Whether checkpoint `step`'s weights appear in `folder` (assembled or in place) within `polls`
+    short waits: the writer runs on its own thread."""
+    for _ in range(polls):
+        if any((folder / f"{prefix}step-{step:07d}" / "optimizer.safetensors").exists() for prefix in (".tmp-", "")):
+            return True
+        threading.Event().wait(0.01)
+    return False
+
+
+def test_a_save_due_at_a_validation_check_writes_the_weights_while_it_runs(prepared):
+    cfg = load(prepared)
+    cfg.train.pretrain.eval_every = cfg.train.pretrain.save_every = 10
+    run = cfg.runs_dir / "early"
+    folder, seen = Paths.checkpoints(run, "pretrain"), {}
+
+    def on(event):
+        if event.type == "eval":  # the check is running: the step's weights are already being written
+            seen[event.step] = (event.val_loss, arrays_written(folder, event.step))
+
+    train_stage(cfg, "pretrain", run, emit=on, max_steps=20)
+    assert {step: written for step, (_, written) in seen.items()} == {10: True, 20: True}
+    for ck in checkpoint.list_checkpoints(folder):  # each records its own check's loss
+        assert ck.val_loss == pytest.approx(seen[ck.step][0])
+
+
+def test_a_check_that_fails_abandons_its_step_s_checkpoint_and_keeps_the_earlier_ones(prepared):
+    cfg = load(prepared)
+    cfg.train.pretrain.eval_every = cfg.train.pretrain.save_every = 10
+    run = cfg.runs_dir / "abandoned"
+
+    def on(event):
+        if event.type == "eval" and event.step == 20:
+            raise KeyboardInterrupt  # a stop while the check runs
+
+    with pytest.raises(KeyboardInterrupt):
+        train_stage(cfg, "pretrain", run, emit=on, max_steps=30)
+    folder = Paths.checkpoints(run, "pretrain")
+    assert [c.step for c in checkpoint.list_checkpoints(folder)] == [10]
+    assert not list(folder.glob(".tmp-step-*")) and not (folder / "step-0000020").exists()
+
+
+def test_a_late_state_is_asked_for_once_the_arrays_are_written(tmp_path):
+    params = {"w": mx.arange(6.0).reshape(2, 3)}
+    folder = tmp_path / "cks"
+
+    class Probe(checkpoint.LateState):
+        def __call__(self):
+            self.files = sorted(p.name for p in (folder / ".tmp-step-0000001").iterdir())
+            return super().__call__()
+
+    late = Probe()
+    late.give({"val_loss": 1.5, "config": {}})
+    checkpoint.write(folder, 1, checkpoint.snapshot(params, {}), late)
+    assert late.files == ["model.safetensors", "optimizer.safetensors"]
+    assert checkpoint.latest(folder).val_loss == 1.5
+    abandoned = checkpoint.LateState()
+    abandoned.abandon()
+    with pytest.raises(RuntimeError, match="abandoned"):
+        checkpoint.write(folder, 2, checkpoint.snapshot(params, {}), abandoned)
+    assert [c.step for c in checkpoint.list_checkpoints(folder)] == [1] and not list(folder.glob(".tmp-*"))
