@@ -26,7 +26,7 @@ from core.train.optimizer import FlatAdamW
 
 
 def arrays_of(snap: checkpoint.Snapshot) -> list[mx.array]:
-    return [a for tree in (snap.model, snap.optimizer) for _, a in tree.values()]
+    return [snap.model.data, snap.optimizer.data]
 
 
 def timed(fn, *args) -> float:
@@ -46,7 +46,7 @@ def parts(opt: FlatAdamW, folder: Path) -> dict:
     out["host_copies_s"] = timed(lambda: [memoryview(a) for a in arrays_of(snap) if a.nbytes])
     path = folder / "parts.bin"
     with open(path, "wb") as f:
-        out["write_s"] = timed(lambda: [f.write(memoryview(a).cast("B")) for a in arrays_of(snap) if a.nbytes])
+        out["write_s"] = timed(lambda: [f.write(memoryview(a)) for a in arrays_of(snap) if a.nbytes])
         f.flush()
         out["fsync_s"] = timed(lambda: os.fsync(f.fileno()))
     path.unlink()
@@ -58,8 +58,8 @@ def two_threads(folder: Path, step: int, snap: checkpoint.Snapshot, state: dict)
     """`checkpoint.write`'s files, model and optimizer each on a thread of its own."""
     tmp = folder / f"two-{step}"
     tmp.mkdir(parents=True)
-    jobs = [threading.Thread(target=checkpoint.write_safetensors, args=(tmp / name, tensors))
-            for name, tensors in (("model.safetensors", snap.model), ("optimizer.safetensors", snap.optimizer))]
+    jobs = [threading.Thread(target=checkpoint.write_safetensors, args=(tmp / name, blob))
+            for name, blob in (("model.safetensors", snap.model), ("optimizer.safetensors", snap.optimizer))]
     for j in jobs:
         j.start()
     for j in jobs:

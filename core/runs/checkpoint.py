@@ -5,8 +5,8 @@ state.json (written last). It is assembled in `.tmp-step-NNNNNNN/` and renamed i
 kill at any moment leaves every earlier checkpoint loadable; leftovers are swept on the next save.
 Pruning keeps the last `keep_last` and the best by validation loss.
 
-The arrays are first copied on the device into buffers of their own (`snapshot`, on the thread that
-owns MLX: queued, not waited for); `write` then only reads them, so the trainer runs it on a thread
+The arrays are first joined on the device into one new buffer per file (`snapshot`, on the thread
+that owns MLX: queued, not waited for); `write` then only reads them, so the trainer runs it on a thread
 of its own while the steps go on, and the copy to host memory happens there too.
 """
 from __future__ import annotations
@@ -64,14 +64,19 @@ def save(folder: Path, step: int, params: dict, optimizer_state: dict, state: di
     return write(folder, step, snapshot(params, optimizer_state), state)
 
 
-Tensors = dict[str, tuple[str, mx.array]]  # safetensors name: (dtype code, array)
+@dataclass
+class Blob:
+    """One safetensors file as it will be written: its header (length prefix included) and the bytes
+    of all its arrays, in the header's order, in one buffer of the device's."""
+    header: bytes
+    data: mx.array  # uint8
 
 
 @dataclass
 class Snapshot:
-    """A checkpoint's arrays as they were at one step, by safetensors name: (dtype code, array)."""
-    model: Tensors
-    optimizer: Tensors
+    """A checkpoint's files as they were at one step."""
+    model: Blob
+    optimizer: Blob
 
 
 DTYPES = {mx.float32: "F32", mx.float16: "F16", mx.bfloat16: "BF16", mx.float64: "F64", mx.bool_: "BOOL",
@@ -80,21 +85,29 @@ DTYPES = {mx.float32: "F32", mx.float16: "F16", mx.bfloat16: "BF16", mx.float64:
 
 
 def snapshot(params: dict, optimizer_state: dict) -> Snapshot:
-    """The weights and optimizer state copied on the device into buffers no later step reads, donates
-    or frees, queued and not waited for: another thread may then read them (`write`) while MLX moves
-    on, and the copy to host memory (a device-to-host transfer on a GPU) happens on that thread."""
+    """The weights and optimizer state joined on the device into one new buffer per file, which no
+    later step reads, donates or frees; queued, not waited for. Another thread may then write them
+    (`write`) while MLX moves on: one copy to host memory and one write call per file, so the writer
+    seldom needs Python's lock while the steps go on."""
     trees = [dict(tree_flatten(params)),
              {k: v for k, v in tree_flatten(optimizer_state) if isinstance(v, mx.array)}]
-    copies = [{k: (DTYPES[v.dtype], _private(v)) for k, v in tree.items()} for tree in trees]
-    mx.async_eval([a for tree in copies for _, a in tree.values()])
-    return Snapshot(*copies)
+    blobs = [_blob(tree) for tree in trees]
+    mx.async_eval([b.data for b in blobs])
+    return Snapshot(*blobs)
 
 
-def _private(a: mx.array) -> mx.array:
-    """A copy of `a` in a buffer of its own (bfloat16, which the buffer protocol lacks, as its 16-bit
-    pattern): the operands are held here, so MLX cannot reuse their buffers for the result."""
-    bits = a.view(mx.uint16) if a.dtype == mx.bfloat16 else a
-    return mx.contiguous(bits * mx.array(1, bits.dtype))  # row-major, whatever a's layout
+def _blob(tensors: dict[str, mx.array]) -> Blob:
+    header, parts, offset = {}, [], 0
+    for name in sorted(tensors):
+        a = tensors[name]
+        header[name] = {"dtype": DTYPES[a.dtype], "shape": list(a.shape), "data_offsets": [offset, offset + a.nbytes]}
+        offset += a.nbytes
+        parts.append(mx.contiguous(a).reshape(-1).view(mx.uint8))  # row-major bytes, whatever a's layout
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    # a join of several parts is a new buffer; a lone part is copied so that it is one too
+    data = mx.concatenate(parts) if len(parts) > 1 else (parts or [mx.zeros((0,), mx.uint8)])[0] * mx.array(1, mx.uint8)
+    return Blob(len(text).to_bytes(8, "little") + text, data)
 
 
 class LateState:
@@ -150,22 +163,13 @@ def _write(tmp: Path, step: int, arrays: Snapshot, state: dict | Callable[[], di
         os.fsync(f.fileno())
 
 
-def write_safetensors(path: Path, tensors: Tensors) -> None:
-    """A safetensors file (the format MLX reads), fsynced: an 8-byte header length, the JSON header
-    padded to 8 bytes, then each array's bytes in the header's order, read through the buffer
-    protocol (no copy of its own)."""
-    header, offset = {}, 0
-    for name in sorted(tensors):
-        dtype, a = tensors[name]
-        header[name] = {"dtype": dtype, "shape": list(a.shape), "data_offsets": [offset, offset + a.nbytes]}
-        offset += a.nbytes
-    text = json.dumps(header, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)
+def write_safetensors(path: Path, blob: Blob) -> None:
+    """A safetensors file (the format MLX reads), fsynced: the header, then every array's bytes,
+    copied to host memory once (the buffer protocol) and written in one call."""
     with open(path, "wb") as f:
-        f.write(len(text).to_bytes(8, "little") + text)
-        for name in sorted(tensors):
-            if tensors[name][1].nbytes:  # an empty array has no bytes (and no byte view)
-                f.write(memoryview(tensors[name][1]).cast("B"))
+        f.write(blob.header)
+        if blob.data.nbytes:  # an empty buffer has no byte view
+            f.write(memoryview(blob.data))
         f.flush()
         os.fsync(f.fileno())
 

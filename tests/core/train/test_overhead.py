@@ -132,8 +132,8 @@ def test_a_snapshot_keeps_its_step_s_weights_while_later_steps_update_them_in_pl
     then = {k: np.array(v) for k, v in tree_flatten(opt.parameters())}
     snap = checkpoint.snapshot(opt.parameters(), opt.checkpoint_state())
     live = [np.frombuffer(memoryview(a), np.uint8) for a in (*opt.state["params"].values(), *opt.state["m"].values())]
-    for _, a in (*snap.model.values(), *snap.optimizer.values()):  # buffers of their own: only the writer reads them
-        assert not any(np.shares_memory(np.frombuffer(memoryview(a).cast("B"), np.uint8), b) for b in live)
+    for blob in (snap.model, snap.optimizer):  # buffers of their own: only the writer reads them
+        assert not any(np.shares_memory(np.frombuffer(memoryview(blob.data), np.uint8), b) for b in live)
     for _ in range(3):  # the update writes the weights' buffers in place
         step()
     writer = Background("writer")  # read on another thread, as the trainer's writer does
@@ -253,3 +253,13 @@ def test_a_late_state_is_asked_for_once_the_arrays_are_written(tmp_path):
     with pytest.raises(RuntimeError, match="abandoned"):
         checkpoint.write(folder, 2, checkpoint.snapshot(params, {}), abandoned)
     assert [c.step for c in checkpoint.list_checkpoints(folder)] == [1] and not list(folder.glob(".tmp-*"))
+
+
+def test_a_file_of_one_array_is_snapshotted_into_a_buffer_of_its_own():
+    w = mx.arange(8.0)
+    mx.eval(w)
+    snap = checkpoint.snapshot({"w": w}, {})
+    mx.eval(snap.model.data)
+    mine = np.frombuffer(memoryview(snap.model.data), np.uint8)
+    assert not np.shares_memory(mine, np.frombuffer(memoryview(w), np.uint8))
+    assert mine.view(np.float32).tolist() == list(range(8)) and snap.optimizer.data.nbytes == 0

@@ -133,8 +133,8 @@ def test_interrupted_save_keeps_the_previous_checkpoint(prepared, monkeypatch):
     train_stage(cfg, "pretrain", run, max_steps=10)
     real = checkpoint.write_safetensors
 
-    def dies(path, arrays):
-        real(path, dict(list(arrays.items())[:1]))
+    def dies(path, blob):
+        real(path, blob)
         raise KeyboardInterrupt  # Ctrl-C in the middle of writing
 
     monkeypatch.setattr(checkpoint, "write_safetensors", dies)
@@ -290,8 +290,8 @@ def test_a_full_disk_names_the_path_cleans_up_and_marks_the_run_failed(prepared,
     train_stage(cfg, "pretrain", run, max_steps=10)
     real = checkpoint.write_safetensors
 
-    def full(path, arrays, **kw):
-        real(path, dict(list(arrays.items())[:1]))
+    def full(path, blob, **kw):
+        real(path, blob)
         raise OSError(errno.ENOSPC, "No space left on device", path)
 
     monkeypatch.setattr(checkpoint, "write_safetensors", full)
