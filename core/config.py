@@ -13,7 +13,7 @@ import math
 import os
 import re
 import tomllib
-from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, get_type_hints
 
@@ -199,7 +199,10 @@ class FinetuneConfig(StageConfig):
 
 
 def _finetune_defaults() -> FinetuneConfig:
-    return FinetuneConfig(steps=2000, learning_rate=3e-4, warmup_steps=100, eval_every=100, save_every=250)
+    # Muon with AdamW at 1e-3 for the rest, a short warmup and decay to zero: AdamW's final validation
+    # loss in about half its time (bench/RESULTS.md, "Muon by time to AdamW's loss")
+    return FinetuneConfig(steps=2000, learning_rate=1e-3, min_lr_ratio=0.0, warmup_steps=20, optimizer="muon",
+                          eval_every=250, save_every=500)
 
 
 @dataclass
@@ -497,8 +500,10 @@ def _range_words(lo, hi, above=None) -> str:
     return f">= {lo}" if lo is not None else f"<= {hi}"
 
 
-def _build(cls, table: dict, prefix: str, source: str):
-    """Build dataclass `cls` from a TOML table, refusing unknown keys and bad values."""
+def _build(cls, table: dict, prefix: str, source: str, make=None):
+    """Build dataclass `cls` from a TOML table, refusing unknown keys and bad values; the settings
+    the table leaves out keep `make()`'s values (a section's own defaults: the fine-tune's differ
+    from the pretrain's), or cls's."""
     if not isinstance(table, dict):
         raise ConfigError(f"{source}: [{prefix.rstrip('.')}] must be a table")
     hints = get_type_hints(cls)
@@ -514,12 +519,17 @@ def _build(cls, table: dict, prefix: str, source: str):
             continue
         typ = hints[name]
         if is_dataclass(typ):
-            values[name] = _build(typ, table[name], f"{prefix}{name}.", source)
+            values[name] = _build(typ, table[name], f"{prefix}{name}.", source, _maker(f))
         elif f.metadata.get("item"):
             values[name] = _build_tables(f.metadata["item"], table[name], f"{prefix}{name}", source)
         else:
             values[name] = _check_value(f"{source}: {prefix}{name}", table[name], f, typ)
-    return cls(**values)
+    return replace(make(), **values) if make is not None else cls(**values)
+
+
+def _maker(f):
+    """What builds a field's default (None where it has a plain default)."""
+    return f.default_factory if f.default_factory is not MISSING else None
 
 
 def _build_tables(cls, value: Any, key: str, source: str) -> list:

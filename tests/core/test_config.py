@@ -213,3 +213,13 @@ def test_a_read_only_acm_toml_is_refused_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "is read-only (mode 444)" in err[0] and err[0].startswith("acm: error:")
     assert path.read_text() == "[model]\npreset = 'nano'\n" and path.stat().st_mode & 0o777 == 0o444
+
+
+def test_a_fine_tune_section_keeps_the_fine_tune_s_defaults_for_what_it_leaves_out(tmp_path):
+    path = tmp_path / "acm.toml"
+    path.write_text('[train.finetune]\npairs_share = 0.6\n[train.pretrain]\nsteps = 5\n')
+    ft, default = config.load(path).train.finetune, config.Config().train.finetune
+    assert ft.pairs_share == 0.6
+    for name in ("steps", "optimizer", "learning_rate", "min_lr_ratio", "warmup_steps", "eval_every", "save_every"):
+        assert getattr(ft, name) == getattr(default, name), name
+    assert (ft.optimizer, ft.steps) == ("muon", 2000) and config.load(path).train.pretrain.optimizer == "adamw"
