@@ -26,7 +26,7 @@ from core.train.optimizer import FlatAdamW
 
 
 def arrays_of(snap: checkpoint.Snapshot) -> list[mx.array]:
-    return [snap.model.data, snap.optimizer.data]
+    return [*snap.model.chunks, *snap.optimizer.chunks]
 
 
 def timed(fn, *args) -> float:

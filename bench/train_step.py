@@ -110,6 +110,8 @@ def apply_variants(a: argparse.Namespace) -> None:
 
 def main() -> None:
     a = parse_args()
+    if a.per_tensor and a.optimizer == "muon":
+        raise SystemExit("train_step.py: --per-tensor measures MLX's AdamW only, not --optimizer muon")
     shape = get_preset(a.preset)
     apply_variants(a)
     mx.random.seed(0)

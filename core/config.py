@@ -201,8 +201,7 @@ class FinetuneConfig(StageConfig):
 def _finetune_defaults() -> FinetuneConfig:
     # Muon with AdamW at 1e-3 for the rest, a short warmup and decay to zero: AdamW's final validation
     # loss in about half its time (bench/RESULTS.md, "Muon by time to AdamW's loss")
-    return FinetuneConfig(steps=2000, learning_rate=1e-3, min_lr_ratio=0.0, warmup_steps=20, optimizer="muon",
-                          eval_every=250, save_every=500)
+    return FinetuneConfig(steps=2000, learning_rate=1e-3, min_lr_ratio=0.0, warmup_steps=20, optimizer="muon")
 
 
 @dataclass

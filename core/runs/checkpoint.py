@@ -67,9 +67,13 @@ def save(folder: Path, step: int, params: dict, optimizer_state: dict, state: di
 @dataclass
 class Blob:
     """One safetensors file as it will be written: its header (length prefix included) and the bytes
-    of all its arrays, in the header's order, in one buffer of the device's."""
+    of all its arrays, in the header's order, in a few buffers of the device's (each under
+    CHUNK_BYTES: MLX's shapes are 32-bit, so one buffer cannot pass 2 GiB)."""
     header: bytes
-    data: mx.array  # uint8
+    chunks: list[mx.array]  # uint8
+
+
+CHUNK_BYTES = 1 << 30
 
 
 @dataclass
@@ -92,7 +96,7 @@ def snapshot(params: dict, optimizer_state: dict) -> Snapshot:
     trees = [dict(tree_flatten(params)),
              {k: v for k, v in tree_flatten(optimizer_state) if isinstance(v, mx.array)}]
     blobs = [_blob(tree) for tree in trees]
-    mx.async_eval([b.data for b in blobs])
+    mx.async_eval([c for b in blobs for c in b.chunks])
     return Snapshot(*blobs)
 
 
@@ -102,12 +106,31 @@ def _blob(tensors: dict[str, mx.array]) -> Blob:
         a = tensors[name]
         header[name] = {"dtype": DTYPES[a.dtype], "shape": list(a.shape), "data_offsets": [offset, offset + a.nbytes]}
         offset += a.nbytes
-        parts.append(mx.contiguous(a).reshape(-1).view(mx.uint8))  # row-major bytes, whatever a's layout
+        parts += _byte_parts(a)
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)
-    # a join of several parts is a new buffer; a lone part is copied so that it is one too
-    data = mx.concatenate(parts) if len(parts) > 1 else (parts or [mx.zeros((0,), mx.uint8)])[0] * mx.array(1, mx.uint8)
-    return Blob(len(text).to_bytes(8, "little") + text, data)
+    return Blob(len(text).to_bytes(8, "little") + text, _chunks(parts))
+
+
+def _byte_parts(a: mx.array) -> list[mx.array]:
+    """a's row-major bytes (whatever its layout), in pieces of at most CHUNK_BYTES."""
+    flat = mx.contiguous(a).reshape(-1)
+    step = max(CHUNK_BYTES // a.itemsize, 1)
+    return [flat[i:i + step].view(mx.uint8) for i in range(0, flat.size, step)]
+
+
+def _chunks(parts: list[mx.array]) -> list[mx.array]:
+    """The pieces joined into new buffers of at most CHUNK_BYTES each; a lone piece is copied so
+    that it is a buffer of its own too."""
+    chunks, group, size = [], [], 0
+    for p in parts + [None]:
+        if group and (p is None or size + p.size > CHUNK_BYTES):
+            chunks.append(mx.concatenate(group) if len(group) > 1 else group[0] * mx.array(1, mx.uint8))
+            group, size = [], 0
+        if p is not None:
+            group.append(p)
+            size += p.size
+    return chunks
 
 
 class LateState:
@@ -165,11 +188,11 @@ def _write(tmp: Path, step: int, arrays: Snapshot, state: dict | Callable[[], di
 
 def write_safetensors(path: Path, blob: Blob) -> None:
     """A safetensors file (the format MLX reads), fsynced: the header, then every array's bytes,
-    copied to host memory once (the buffer protocol) and written in one call."""
+    each chunk copied to host memory once (the buffer protocol) and written in one call."""
     with open(path, "wb") as f:
         f.write(blob.header)
-        if blob.data.nbytes:  # an empty buffer has no byte view
-            f.write(memoryview(blob.data))
+        for chunk in blob.chunks:
+            f.write(memoryview(chunk))
         f.flush()
         os.fsync(f.fileno())
 

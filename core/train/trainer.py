@@ -176,6 +176,7 @@ class Trainer:
         self.peak = self.limit = self.flops_per_token = None
         self.timings = Timings(clock)  # where this call's wall time goes, said at its end
         self.writer = Background("acm-checkpoint-writer")  # one checkpoint written at a time, off the loop
+        self.saved_step: int | None = None  # the step of the last checkpoint begun in this call
 
     # ------------------------------------------------------------ events
 
@@ -270,7 +271,16 @@ class Trainer:
         self.start_step = ck.step
         self._extend_plan(ck)
         self.log(f"resumed {self.stage} from step {ck.step}")
+        self._say_optimizer_change(ck.state)
         self._keep_global_batch(ck.state)
+
+    def _say_optimizer_change(self, saved: dict) -> None:
+        """A run resumed under another optimizer than it trained with (acm.toml changed, or its
+        defaults did) goes on with the new one, said once so that nobody is surprised."""
+        before = ((saved.get("config") or {}).get("train") or {}).get(self.stage, {}).get("optimizer", "adamw")
+        if before != self.sc.optimizer:
+            self.log(f"this {self.stage} trained with {before} and resumes with {self.sc.optimizer} "
+                     f"(train.{self.stage}.optimizer); its learning rates are acm.toml's now too")
 
     def _extend_plan(self, ck: checkpoint.Checkpoint) -> None:
         """A resumed stage keeps the steps it planned (a time budget's or the configured ones), so
@@ -350,20 +360,19 @@ class Trainer:
                 losses.append(self.eval_loss(mx.array(x), mx.array(y)))
             return float(mx.mean(mx.stack(losses)).item())
 
-    def save(self, step: int, val_loss: float | None, late: bool = False) -> checkpoint.LateState | None:
+    def save(self, step: int, val_loss: float | None, late: checkpoint.LateState | None = None) -> None:
         """Checkpoint the weights as they are now: copied on the device here (queued), then copied to
         host memory, written and pruned on the writer's thread while the steps go on. `_saved` says
         it (the Checkpoint event, last_ck) once the files are complete; the next save waits for it.
-        With `late` the state is given afterwards through the LateState returned: the arrays are
-        written while validation and samples run."""
+        With `late` the state is given afterwards through it: the arrays are written meanwhile."""
         if not self.is_main:
-            return None
+            return
         with self.timings.aside("checkpoints", saves=1):
             self._saved(wait=True)  # one write in flight
             arrays = checkpoint.snapshot(self.opt.parameters(), self.opt.checkpoint_state())
-            state = checkpoint.LateState() if late else self._checkpoint_state(step, val_loss)
+            state = late if late is not None else self._checkpoint_state(step, val_loss)
             self.writer.start(partial(self._write_checkpoint, step, arrays, state), tag=(step, val_loss))
-        return state if late else None
+            self.saved_step = step
 
     def _checkpoint_state(self, step: int, val_loss: float | None) -> dict:
         seed = self.sc.seed
@@ -516,7 +525,7 @@ class Trainer:
         """The stage's end in this call: a stopped stage saved where it is, its state said."""
         st = self.state
         self.timings.loop_done(st.step - self.start_step)
-        if stopped and st.step > self.start_step:
+        if stopped and st.step > self.start_step and self.saved_step != st.step:  # not again, nor without its loss
             self.save(st.step, None)
         with self.timings.aside("checkpoints"):
             self._saved(wait=True)  # the last checkpoint is complete before the stage ends
@@ -622,31 +631,38 @@ class Trainer:
         # a save asked for while the next step is queued waits for it: the weights are that step's
         want_save = step % sc.save_every == 0 or step == self.end or (may_save_now and self.steer.take_save())
         # a save due anyway starts first: its weights are written while validation and samples run
-        late = self.save(step, None, late=True) if want_save and want_eval else None
+        late = checkpoint.LateState() if want_save and want_eval and self.is_main else None
+        try:
+            want_save = self._check_then_save(step, want_eval, want_save, late)
+        finally:
+            if late is not None:
+                late.abandon()  # whatever failed before the state was given (nothing, once it was)
+        if want_eval or want_save:  # tokens/s counts training time only
+            self.meter.restart()
+
+    def _check_then_save(self, step: int, want_eval: bool, want_save: bool,
+                         late: checkpoint.LateState | None) -> bool:
+        """The validation check and the save as `_evaluate_and_save` decided (`late`: the save begun
+        before the check, its state given after); whether a save was made."""
+        if late is not None:
+            self.save(step, None, late)
         if want_eval:
             # early stopping keeps the best weights, whatever save_every says
-            want_save = self._validation_check(late) or want_save
+            want_save = self._validation_check() or want_save
         if late is not None:
             self.writer.tag = (step, self.val_loss)
             late.give(self._checkpoint_state(step, self.val_loss))
         elif want_save:
             self.save(step, self.val_loss if want_eval else None)  # last_ck follows once the files are complete
-        if want_eval or want_save:  # tokens/s counts training time only
-            self.meter.restart()
+        return want_save
 
-    def _validation_check(self, late: checkpoint.LateState | None) -> bool:
-        """The validation loss, judged, then the check's samples; whether a new best asks for a save.
-        A checkpoint of this step already in writing (`late`) is abandoned if the check fails."""
-        try:
-            self.val_loss = self.evaluate()
-            new_best = self._judge_progress(self.val_loss)
-            with self.timings.aside("samples"):
-                self._sample()
-            return new_best
-        except BaseException:
-            if late is not None:
-                late.abandon()
-            raise
+    def _validation_check(self) -> bool:
+        """The validation loss, judged, then the check's samples; whether a new best asks for a save."""
+        self.val_loss = self.evaluate()
+        new_best = self._judge_progress(self.val_loss)
+        with self.timings.aside("samples"):
+            self._sample()
+        return new_best
 
     def _sample(self) -> None:
         """A validation check's live samples, from the weights of the step just finished (nothing is

@@ -17,7 +17,7 @@ from core.runs import checkpoint, read_metrics
 from core.runs.background import Background
 from core.train.optimizer import FlatAdamW
 from core.train.timings import PARTS, Timings
-from core.train.trainer import train_stage
+from core.train.trainer import Control, train_stage
 from tests.helpers import SteppingClock
 
 
@@ -133,7 +133,7 @@ def test_a_snapshot_keeps_its_step_s_weights_while_later_steps_update_them_in_pl
     snap = checkpoint.snapshot(opt.parameters(), opt.checkpoint_state())
     live = [np.frombuffer(memoryview(a), np.uint8) for a in (*opt.state["params"].values(), *opt.state["m"].values())]
     for blob in (snap.model, snap.optimizer):  # buffers of their own: only the writer reads them
-        assert not any(np.shares_memory(np.frombuffer(memoryview(blob.data), np.uint8), b) for b in live)
+        assert not any(np.shares_memory(np.frombuffer(memoryview(c), np.uint8), b) for c in blob.chunks for b in live)
     for _ in range(3):  # the update writes the weights' buffers in place
         step()
     writer = Background("writer")  # read on another thread, as the trainer's writer does
@@ -206,16 +206,38 @@ def test_a_save_due_at_a_validation_check_writes_the_weights_while_it_runs(prepa
     cfg = load(prepared)
     cfg.train.pretrain.eval_every = cfg.train.pretrain.save_every = 10
     run = cfg.runs_dir / "early"
-    folder, seen = Paths.checkpoints(run, "pretrain"), {}
+    folder, seen, said = Paths.checkpoints(run, "pretrain"), {}, {}
 
     def on(event):
         if event.type == "eval":  # the check is running: the step's weights are already being written
             seen[event.step] = (event.val_loss, arrays_written(folder, event.step))
+        if event.type == "checkpoint":
+            said[event.step] = event.val_loss
 
     train_stage(cfg, "pretrain", run, emit=on, max_steps=20)
     assert {step: written for step, (_, written) in seen.items()} == {10: True, 20: True}
-    for ck in checkpoint.list_checkpoints(folder):  # each records its own check's loss
+    assert said == {step: loss for step, (loss, _) in seen.items()}  # each announced with its check's loss
+    for ck in checkpoint.list_checkpoints(folder):  # and each records it
         assert ck.val_loss == pytest.approx(seen[ck.step][0])
+
+
+def stage_in_thread(*args, **kw) -> BaseException | None:
+    """train_stage on a thread of its own (as the engine runs it), its error returned; a stage that
+    has not ended after a generous wait fails the test instead of hanging it."""
+    out: list = []
+
+    def run():
+        try:
+            train_stage(*args, **kw)
+            out.append(None)
+        except BaseException as e:
+            out.append(e)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(300)
+    assert out, "the stage hung"
+    return out[0]
 
 
 def test_a_check_that_fails_abandons_its_step_s_checkpoint_and_keeps_the_earlier_ones(prepared):
@@ -227,11 +249,28 @@ def test_a_check_that_fails_abandons_its_step_s_checkpoint_and_keeps_the_earlier
         if event.type == "eval" and event.step == 20:
             raise KeyboardInterrupt  # a stop while the check runs
 
-    with pytest.raises(KeyboardInterrupt):
-        train_stage(cfg, "pretrain", run, emit=on, max_steps=30)
+    assert isinstance(stage_in_thread(cfg, "pretrain", run, emit=on, max_steps=30), KeyboardInterrupt)
     folder = Paths.checkpoints(run, "pretrain")
     assert [c.step for c in checkpoint.list_checkpoints(folder)] == [10]
     assert not list(folder.glob(".tmp-step-*")) and not (folder / "step-0000020").exists()
+
+
+def test_a_stop_asked_for_during_a_check_keeps_that_step_s_checkpoint_with_its_loss(prepared):
+    cfg = load(prepared)
+    cfg.train.pretrain.eval_every = cfg.train.pretrain.save_every = 10
+    run, control, said, losses = cfg.runs_dir / "stopped", Control(), [], {}
+
+    def on(event):
+        if event.type == "eval":
+            losses[event.step] = event.val_loss
+            if event.step == 20:
+                control.stop()
+        if event.type == "checkpoint":
+            said.append((event.step, event.val_loss))
+
+    assert stage_in_thread(cfg, "pretrain", run, emit=on, control=control, max_steps=30) is None
+    assert said == [(10, losses[10]), (20, losses[20])]  # step 20 saved once, with its check's loss
+    assert checkpoint.latest(Paths.checkpoints(run, "pretrain")).val_loss == pytest.approx(losses[20])
 
 
 def test_a_late_state_is_asked_for_once_the_arrays_are_written(tmp_path):
@@ -259,7 +298,21 @@ def test_a_file_of_one_array_is_snapshotted_into_a_buffer_of_its_own():
     w = mx.arange(8.0)
     mx.eval(w)
     snap = checkpoint.snapshot({"w": w}, {})
-    mx.eval(snap.model.data)
-    mine = np.frombuffer(memoryview(snap.model.data), np.uint8)
+    (chunk,) = snap.model.chunks
+    mx.eval(chunk)
+    mine = np.frombuffer(memoryview(chunk), np.uint8)
     assert not np.shares_memory(mine, np.frombuffer(memoryview(w), np.uint8))
-    assert mine.view(np.float32).tolist() == list(range(8)) and snap.optimizer.data.nbytes == 0
+    assert mine.view(np.float32).tolist() == list(range(8)) and snap.optimizer.chunks == []
+
+
+def test_files_larger_than_a_buffer_may_hold_are_written_in_chunks(tmp_path, monkeypatch):
+    monkeypatch.setattr(checkpoint, "CHUNK_BYTES", 64)  # MLX's buffers stop at 2 GiB; medium's AdamW state is 3 GB
+    params = {"big": mx.arange(40.0).reshape(5, 8).T, "small": mx.arange(3, dtype=mx.int32),
+              "half": mx.arange(20.0).astype(mx.bfloat16), "none": mx.zeros((0, 2))}
+    snap = checkpoint.snapshot(params, {"step": mx.array(7, mx.uint64)})
+    assert len(snap.model.chunks) > 3 and all(c.nbytes <= 64 for c in snap.model.chunks)
+    checkpoint.write(tmp_path, 1, snap, {"config": {}})
+    got, opt = checkpoint.load_arrays(checkpoint.latest(tmp_path))
+    for name, a in params.items():
+        assert got[name].dtype == a.dtype and got[name].shape == a.shape and mx.array_equal(got[name], a).item()
+    assert int(opt["step"].item()) == 7

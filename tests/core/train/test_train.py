@@ -134,7 +134,7 @@ def test_interrupted_save_keeps_the_previous_checkpoint(prepared, monkeypatch):
     real = checkpoint.write_safetensors
 
     def dies(path, blob):
-        real(path, blob)
+        real(path, checkpoint.Blob(blob.header, blob.chunks[:1]))  # part of the file
         raise KeyboardInterrupt  # Ctrl-C in the middle of writing
 
     monkeypatch.setattr(checkpoint, "write_safetensors", dies)
@@ -291,7 +291,7 @@ def test_a_full_disk_names_the_path_cleans_up_and_marks_the_run_failed(prepared,
     real = checkpoint.write_safetensors
 
     def full(path, blob, **kw):
-        real(path, blob)
+        real(path, checkpoint.Blob(blob.header, blob.chunks[:1]))  # part of the file
         raise OSError(errno.ENOSPC, "No space left on device", path)
 
     monkeypatch.setattr(checkpoint, "write_safetensors", full)
@@ -383,6 +383,10 @@ def test_muon_trains_a_stage_and_resumes_exactly(prepared):
     train_stage(cfg, "pretrain", whole, max_steps=30)
     train_stage(cfg, "pretrain", run, resume=True, max_steps=10)  # momentum came back from the checkpoint
     assert losses(run)[-1] == pytest.approx(losses(whole)[-1], rel=1e-4)
+    assert "resumes with" not in Paths.train_log(run, "pretrain").read_text()
+    cfg.train.pretrain.optimizer = "adamw"  # acm.toml changed (or its defaults did) between the calls
+    train_stage(cfg, "pretrain", run, resume=True, max_steps=5)
+    assert "this pretrain trained with muon and resumes with adamw" in Paths.train_log(run, "pretrain").read_text()
 
 
 def test_a_time_budget_fits_the_steps_and_ends_on_the_floor(prepared):
