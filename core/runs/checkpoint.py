@@ -5,8 +5,8 @@ state.json (written last). It is assembled in `.tmp-step-NNNNNNN/` and renamed i
 kill at any moment leaves every earlier checkpoint loadable; leftovers are swept on the next save.
 Pruning keeps the last `keep_last` and the best by validation loss.
 
-The arrays are first joined on the device into one new buffer per file (`snapshot`, on the thread
-that owns MLX: queued, not waited for); `write` then only reads them, so the trainer runs it on a thread
+The arrays are first joined on the device into new buffers, a few per file (`snapshot`, on the
+thread that owns MLX: queued, not waited for); `write` then only reads them, so the trainer runs it on a thread
 of its own while the steps go on, and the copy to host memory happens there too.
 """
 from __future__ import annotations
@@ -89,10 +89,10 @@ DTYPES = {mx.float32: "F32", mx.float16: "F16", mx.bfloat16: "BF16", mx.float64:
 
 
 def snapshot(params: dict, optimizer_state: dict) -> Snapshot:
-    """The weights and optimizer state joined on the device into one new buffer per file, which no
-    later step reads, donates or frees; queued, not waited for. Another thread may then write them
-    (`write`) while MLX moves on: one copy to host memory and one write call per file, so the writer
-    seldom needs Python's lock while the steps go on."""
+    """The weights and optimizer state joined on the device into new buffers (`Blob`), which no later
+    step reads, donates or frees; queued, not waited for. Another thread may then write them
+    (`write`) while MLX moves on: one copy to host memory and one write call per buffer, so the
+    writer seldom needs Python's lock while the steps go on."""
     trees = [dict(tree_flatten(params)),
              {k: v for k, v in tree_flatten(optimizer_state) if isinstance(v, mx.array)}]
     blobs = [_blob(tree) for tree in trees]
@@ -122,15 +122,15 @@ def _byte_parts(a: mx.array) -> list[mx.array]:
 def _chunks(parts: list[mx.array]) -> list[mx.array]:
     """The pieces joined into new buffers of at most CHUNK_BYTES each; a lone piece is copied so
     that it is a buffer of its own too."""
-    chunks, group, size = [], [], 0
-    for p in parts + [None]:
-        if group and (p is None or size + p.size > CHUNK_BYTES):
-            chunks.append(mx.concatenate(group) if len(group) > 1 else group[0] * mx.array(1, mx.uint8))
-            group, size = [], 0
-        if p is not None:
-            group.append(p)
-            size += p.size
-    return chunks
+    groups: list[list[mx.array]] = []
+    size = 0
+    for p in parts:
+        if not groups or size + p.size > CHUNK_BYTES:
+            groups.append([])
+            size = 0
+        groups[-1].append(p)
+        size += p.size
+    return [mx.concatenate(g) if len(g) > 1 else g[0] * mx.array(1, mx.uint8) for g in groups]
 
 
 class LateState:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
+from itertools import groupby
 
 import mlx.core as mx
 import mlx.optimizers as optim
@@ -275,14 +276,8 @@ def _muon_by_shape(leaves: list, muon: bool) -> list:
 
 def _runs(slots: list[Slot]) -> list[Run]:
     """The Muon buffer's runs of same-shaped matrices, in buffer order."""
-    runs: list[Run] = []
-    for s in slots:
-        if runs and runs[-1].shape == s.shape:
-            last = runs[-1]
-            runs[-1] = Run(last.shape, last.offset, last.count + 1, last.size)
-        else:
-            runs.append(Run(s.shape, s.offset, 1, s.size))
-    return runs
+    runs = [list(same) for _, same in groupby(slots, key=lambda s: s.shape)]
+    return [Run(same[0].shape, same[0].offset, len(same), same[0].size) for same in runs]
 
 
 def _split(parts: list[mx.array], buckets: int) -> list[list[mx.array]]:

@@ -385,7 +385,8 @@ class Trainer:
             "config": self.cfg.to_dict(), "time": time.time(),
         }
 
-    def _write_checkpoint(self, step: int, arrays: checkpoint.Snapshot, state) -> Path:
+    def _write_checkpoint(self, step: int, arrays: checkpoint.Snapshot,
+                          state: dict | checkpoint.LateState) -> Path:
         """On the writer's thread (it only reads the snapshot): the files, then the pruning of older ones."""
         path = checkpoint.write(self.ck_dir, step, arrays, state)
         checkpoint.prune(self.ck_dir, self.sc.keep_last)
