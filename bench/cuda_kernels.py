@@ -6,7 +6,9 @@ gain-gradient temporary and sums it with column reductions) against acm's kernel
 WARPS:ROWS_PER_WARP launch shape.
 Each reports ms (calls queued back to back) and the largest error against a float64 reference,
 relative to the largest exact value, and whether acm's kernels compiled alone (the machine's kernel
-cache) give the same bits as the same bodies compiled by `mx.fast.cuda_kernel`. CUDA only.
+cache) give the same bits as the same bodies compiled by `mx.fast.cuda_kernel`. Then the residual
+addition inside the layer norm (`add_layer_norm`) against an addition before it: whether both give
+the same bits forward and backward, and their times. CUDA only.
 """
 from __future__ import annotations
 
@@ -71,12 +73,13 @@ def through_mlx_jit():
     """acm's kernels compiled by `mx.fast.cuda_kernel` instead of taken from the kernel cache, for the
     forward and the backward alike (mx.vjp runs the backward after the forward has returned)."""
     saved, ck._precompiled = ck._precompiled, lambda *a: None
-    ln.kernel_layer_norm.cache_clear()
+    clear = lambda: (ln.kernel_layer_norm.cache_clear(), ln.kernel_add_layer_norm.cache_clear())  # noqa: E731
+    clear()
     try:
         yield
     finally:
         ck._precompiled = saved
-        ln.kernel_layer_norm.cache_clear()
+        clear()
 
 
 def same_bits(f, x, w, b, g) -> bool:
@@ -119,6 +122,42 @@ def layer_norms(configs: str) -> None:
         print(json.dumps(out), flush=True)
 
 
+def unfused_add_layer_norm(x, h, w, b):
+    """The residual addition as its own kernel, then acm's layer norm: what `add_layer_norm` replaces."""
+    s = x + h
+    return s, ln.kernel_layer_norm(EPS)(s, w, b)
+
+
+def fused_add_layer_norm(x, h, w, b):
+    return ln.kernel_add_layer_norm(EPS)(x, h, w, b)
+
+
+def add_layer_norms() -> None:
+    """The residual addition inside the layer norm against before it: the same bits forward and
+    backward (the fused backward rounds as MLX's addition of the two gradients does), and the time."""
+    for shape in ((16, 1024, 768), (8, 1024, 1024), (1, 1, 768)):  # tiny 16, medium 8, one decoding token
+        mx.random.seed(2)
+        x, h, gs, g = ((mx.random.normal(shape) * 2 + 0.5).astype(mx.bfloat16) for _ in range(4))
+        w = (1 + 0.1 * mx.random.normal(shape[-1:])).astype(mx.bfloat16)
+        b = (0.1 * mx.random.normal(shape[-1:])).astype(mx.bfloat16)
+        out, results = {"op": "add_layer_norm", "shape": shape}, {}
+
+        def outputs(f, args=(x, h, w, b), cotangents=(gs, g)):
+            return [*f(*args), *mx.vjp(f, list(args), list(cotangents))[1]]
+
+        for name, f in (("unfused", unfused_add_layer_norm), ("fused", fused_add_layer_norm)):
+            fwd = mx.compile(f)
+            vjp = mx.compile(lambda x, h, w, b, gs, g, f=f: mx.vjp(f, [x, h, w, b], [gs, g])[1])
+            results[name] = outputs(f)
+            out[f"{name}_fwd_ms"] = timed_ms(fwd, x, h, w, b)
+            out[f"{name}_ms"] = timed_ms(vjp, x, h, w, b, gs, g)
+        with through_mlx_jit():
+            results["jit"] = outputs(fused_add_layer_norm)
+        for key, other in (("fused_equals_unfused", "unfused"), ("kernel_cache_equals_mlx_jit", "jit")):
+            out[key] = all(mx.array_equal(a, c).item() for a, c in zip(results["fused"], results[other]))
+        print(json.dumps(out), flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--ln-configs", default=f"{ck.LN_WARPS}:{ck.LN_ROWS_PER_WARP}",
@@ -127,6 +166,7 @@ def main() -> None:
     if not ck.available():
         sys.exit("cuda_kernels: needs MLX's CUDA backend on an NVIDIA GPU")
     layer_norms(a.ln_configs)
+    add_layer_norms()
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ body in each process. bench/cuda_kernels.py checks them against float64 and time
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import cache
 
 import mlx.core as mx
@@ -80,6 +81,39 @@ __device__ __forceinline__ void acm_row_stats(const float (&v)[PER][VEC], int n,
   for (int o = 16; o > 0; o /= 2) ss += __shfl_xor_sync(0xffffffff, ss, o);
   rstd = rsqrtf(ss / n + eps);
 }
+
+// The residual sum s = x + h of a row (x already in v), rounded to T, stored, and left in v: the
+// bits an addition in T followed by a layer norm of its result would see.
+template <typename T, int PER, int VEC>
+__device__ __forceinline__ void acm_add_row(float (&v)[PER][VEC], const T* h, T* s, int lane) {
+  const uint4* hr = reinterpret_cast<const uint4*>(h);
+  uint4* sr = reinterpret_cast<uint4*>(s);
+  uint4 hraw[PER];
+  #pragma unroll
+  for (int k = 0; k < PER; k++) hraw[k] = hr[k * 32 + lane];
+  float hv[PER][VEC];
+  acm_unpack<T, PER, VEC>(hraw, hv);
+  #pragma unroll
+  for (int k = 0; k < PER; k++) {
+    uint4 out;
+    T* os = reinterpret_cast<T*>(&out);
+    #pragma unroll
+    for (int j = 0; j < VEC; j++) {
+      os[j] = acm_from_float<T>(v[k][j] + hv[k][j]);
+      v[k][j] = acm_to_float(os[j]);
+    }
+    sr[k * 32 + lane] = out;
+  }
+}
+
+// A 16-byte piece of T values plus another, each sum rounded to T.
+template <typename T, int VEC>
+__device__ __forceinline__ void acm_add_piece(uint4& piece, const uint4& other) {
+  T* ps = reinterpret_cast<T*>(&piece);
+  const T* gs = reinterpret_cast<const T*>(&other);
+  #pragma unroll
+  for (int j = 0; j < VEC; j++) ps[j] = acm_from_float<T>(acm_to_float(ps[j]) + acm_to_float(gs[j]));
+}
 """
 
 # Both kernels' start: a row per warp, read in 16-byte pieces, PER pieces a lane.
@@ -108,6 +142,10 @@ LAYER_NORM = _ROW_PER_WARP + """
       for (int k = 0; k < PER; k++) xraw[k] = xr[k * 32 + lane];
       float xv[PER][VEC], mean, rstd;
       acm_unpack<T, PER, VEC>(xraw, xv);
+#if RESIDUAL
+      // xv = s = x + h, rounded to T as s is stored
+      acm_add_row<T, PER, VEC>(xv, h + (size_t)row * C, s + (size_t)row * C, lane);
+#endif
       acm_row_stats<PER, VEC>(xv, C, EPS_F, mean, rstd);
       uint4* yr = reinterpret_cast<uint4*>(y + (size_t)row * C);
       #pragma unroll
@@ -136,10 +174,17 @@ LAYER_NORM_VJP = _ROW_PER_WARP + """
       const uint4* xr = reinterpret_cast<const uint4*>(x + (size_t)row * C);
       const uint4* gr = reinterpret_cast<const uint4*>(g + (size_t)row * C);
       uint4 xraw[PER], graw[PER];
+#if RESIDUAL
+      const uint4* sr = reinterpret_cast<const uint4*>(gs + (size_t)row * C);
+      uint4 sraw[PER];  // the gradient s gets from its other readers
+#endif
       #pragma unroll
-      for (int k = 0; k < PER; k++) {  // both rows requested at once: one memory round trip per row
+      for (int k = 0; k < PER; k++) {  // all rows requested at once: one memory round trip per row
         xraw[k] = xr[k * 32 + lane];
         graw[k] = gr[k * 32 + lane];
+#if RESIDUAL
+        sraw[k] = sr[k * 32 + lane];
+#endif
       }
       float xv[PER][VEC], gv[PER][VEC], mean, rstd, a = 0.f, b = 0.f;
       acm_unpack<T, PER, VEC>(xraw, xv);
@@ -171,6 +216,9 @@ LAYER_NORM_VJP = _ROW_PER_WARP + """
         T* os = reinterpret_cast<T*>(&out);
         #pragma unroll
         for (int j = 0; j < VEC; j++) os[j] = acm_from_float<T>(rstd * (gv[k][j] * wv[k][j] - a - xv[k][j] * b));
+#if RESIDUAL
+        acm_add_piece<T, VEC>(out, sraw[k]);  // plus s's other gradient, rounded as MLX's addition would
+#endif
         dxr[k * 32 + lane] = out;
       }
     }
@@ -214,14 +262,34 @@ def covers_layer_norm(x: mx.array) -> bool:
     return x.dtype != mx.float64 and C % (32 * _vec(x)) == 0 and C <= 1024
 
 
-def _header(eps: float, warps: int) -> str:
-    return f"#define WARPS {warps}\n#define EPS_F {eps!r}f\n{MLX_CONVERSIONS}{ROW_HELPERS}"
+def _defines(kind: str, eps: float, warps: int) -> str:
+    return f"#define WARPS {warps}\n#define EPS_F {eps!r}f\n#define RESIDUAL {int(kind.startswith('add_'))}\n"
 
 
-# Each kernel alone: its parameters (inputs, outputs, then the row count, as MLX passes them) and body.
+def _header(kind: str, eps: float, warps: int) -> str:
+    return f"{_defines(kind, eps, warps)}{MLX_CONVERSIONS}{ROW_HELPERS}"
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """A kernel's inputs and outputs by name (x first; w, the gain, second), and its body."""
+
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    body: str
+
+    def params(self, out_types: tuple[str, ...]) -> str:
+        """Its parameters as MLX passes them: inputs, outputs, then the row count."""
+        ins = [f"const {'W' if n in ('w', 'b') else 'T'}* {n}" for n in self.inputs]
+        return ", ".join([*ins, *(f"{t}* {n}" for t, n in zip(out_types, self.outputs)), "int ROWS"])
+
+
 KERNELS = {
-    "layer_norm": ("const T* x, const W* w, const W* b, T* y, int ROWS", LAYER_NORM),
-    "layer_norm_vjp": ("const T* x, const W* w, const T* g, T* dx, float* part, int ROWS", LAYER_NORM_VJP),
+    "layer_norm": Kernel(("x", "w", "b"), ("y",), LAYER_NORM),
+    "layer_norm_vjp": Kernel(("x", "w", "g"), ("dx", "part"), LAYER_NORM_VJP),
+    # the same, with a residual addition before (s = x + h) and its gradient added after
+    "add_layer_norm": Kernel(("x", "h", "w", "b"), ("s", "y"), LAYER_NORM),
+    "add_layer_norm_vjp": Kernel(("x", "w", "g", "gs"), ("dx", "part"), LAYER_NORM_VJP),
 }
 C_TYPES = {mx.float32: "float", mx.bfloat16: "acm_bf16", mx.float16: "acm_f16"}
 
@@ -229,10 +297,11 @@ C_TYPES = {mx.float32: "float", mx.bfloat16: "acm_bf16", mx.float16: "acm_f16"}
 def standalone_source(kind: str, name: str, x_dtype: mx.Dtype, w_dtype: mx.Dtype, C: int, eps: float,
                       warps: int) -> str:
     """A kernel's complete source, needing no header: what kernel_cache compiles."""
-    params, body = KERNELS[kind]
+    k = KERNELS[kind]
+    params = k.params(("T", "float") if kind.endswith("_vjp") else ("T", "T"))
     return (f"{STANDALONE_CONVERSIONS}\ntypedef {C_TYPES[x_dtype]} T;\ntypedef {C_TYPES[w_dtype]} W;\n"
-            f"constexpr int C = {C};\n#define WARPS {warps}\n#define EPS_F {eps!r}f\n{ROW_HELPERS}\n"
-            f'extern "C" __global__ void {name}({params}) {{\n{body}\n}}\n')
+            f"constexpr int C = {C};\n{_defines(kind, eps, warps)}{ROW_HELPERS}\n"
+            f'extern "C" __global__ void {name}({params}) {{\n{k.body}\n}}\n')
 
 
 @cache
@@ -249,15 +318,15 @@ def _precompiled(kind: str, x_dtype: mx.Dtype, w_dtype: mx.Dtype, C: int, eps: f
 @cache
 def _jit_kernel(kind: str, eps: float, warps: int):
     """The same kernel through `mx.fast.cuda_kernel` (compiled in each process)."""
-    inputs, outputs = (["x", "w", "b"], ["y"]) if kind == "layer_norm" else (["x", "w", "g"], ["dx", "part"])
-    return mx.fast.cuda_kernel(name=f"acm_{kind}", input_names=inputs, output_names=outputs,
-                               header=_header(eps, warps), source=KERNELS[kind][1])
+    k = KERNELS[kind]
+    return mx.fast.cuda_kernel(name=f"acm_{kind}", input_names=list(k.inputs), output_names=list(k.outputs),
+                               header=_header(kind, eps, warps), source=k.body)
 
 
 def _launch(kind: str, inputs: list[mx.array], eps: float, blocks: int, output_shapes: list,
             output_dtypes: list) -> list[mx.array]:
-    """Run kernel `kind` over `inputs` (x first, w second) on `blocks` blocks of LN_WARPS warps."""
-    x, w = inputs[0], inputs[1]
+    """Run kernel `kind` over `inputs` (in KERNELS' order) on `blocks` blocks of LN_WARPS warps."""
+    x, w = inputs[0], inputs[KERNELS[kind].inputs.index("w")]
     C = x.shape[-1]
     rows = x.size // C
     launch = {"grid": (blocks * LN_WARPS * 32, 1, 1), "threadgroup": (LN_WARPS * 32, 1, 1),
@@ -290,3 +359,24 @@ def layer_norm_vjp(x: mx.array, w: mx.array, g: mx.array, eps: float) -> tuple[m
     dx, part = _launch("layer_norm_vjp", [x, w, g], eps, blocks, [x.shape, (2, blocks, C)], [x.dtype, mx.float32])
     dw, db = part.sum(axis=1).astype(w.dtype)
     return dx, dw, db
+
+
+def add_layer_norm(x: mx.array, h: mx.array, w: mx.array, b: mx.array, eps: float) -> tuple[mx.array, mx.array]:
+    """(s, layer_norm(s)) for the residual sum s = x + h, in one pass: the bits of `x + h` followed
+    by `layer_norm`, without the addition's kernel and its extra reads and writes."""
+    rows = x.size // x.shape[-1]
+    s, y = _launch("add_layer_norm", [x, h, w, b], eps, _blocks(rows), [x.shape, x.shape], [x.dtype, x.dtype])
+    return s, y
+
+
+def add_layer_norm_vjp(s: mx.array, w: mx.array, g: mx.array, gs: mx.array,
+                       eps: float) -> tuple[mx.array, mx.array, mx.array]:
+    """The gradient of both addends, and the gain and bias gradients, of `add_layer_norm` for the
+    cotangents gs (of s) and g (of the layer norm): `layer_norm_vjp(s, w, g)`'s dx plus gs, rounded
+    as MLX's addition of the two would be."""
+    C = s.shape[-1]
+    blocks = _blocks(s.size // C)
+    d, part = _launch("add_layer_norm_vjp", [s, w, g, gs], eps, blocks, [s.shape, (2, blocks, C)],
+                      [s.dtype, mx.float32])
+    dw, db = part.sum(axis=1).astype(w.dtype)
+    return d, dw, db

@@ -16,7 +16,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_map_with_path
 
 from core.model import fused
-from core.model.layer_norm import layer_norm
+from core.model.layer_norm import add_layer_norm, layer_norm
 from core.presets import ModelShape
 
 DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
@@ -49,6 +49,11 @@ class LayerNorm(nn.Module):
 
     def __call__(self, x: mx.array, training: bool = True) -> mx.array:
         return layer_norm(x, _as(self.weight, x.dtype), _as(self.bias, x.dtype), self.eps, training)
+
+    def add(self, x: mx.array, h: mx.array | None, training: bool = True) -> tuple[mx.array, mx.array]:
+        """(x + h, this norm of it): the residual stream and the next sublayer's input, in one kernel
+        on CUDA (where h is None, x and its norm)."""
+        return add_layer_norm(x, h, _as(self.weight, x.dtype), _as(self.bias, x.dtype), self.eps, training)
 
 
 class KVCache:
@@ -125,10 +130,15 @@ class Block(nn.Module):
         self.ln_2 = LayerNorm(s.n_embd, s.norm_eps)
         self.mlp = MLP(s)
 
-    def __call__(self, x: mx.array, cache: KVCache | None, mask: mx.array | None = None) -> mx.array:
+    def __call__(self, x: mx.array, h: mx.array | None, cache: KVCache | None,
+                 mask: mx.array | None = None) -> tuple[mx.array, mx.array]:
+        """The residual stream x + h (h: the previous block's MLP output, or None) through this block,
+        returned as the stream after attention and the MLP's output, which the next layer norm adds:
+        each residual addition happens inside the layer norm that reads its result."""
         training = cache is None
-        x = x + self.attn(self.ln_1(x, training), cache, mask)
-        return x + self.mlp(self.ln_2(x, training), decoding=not training)
+        x, n = self.ln_1.add(x, h, training)
+        x, n = self.ln_2.add(x, self.attn(n, cache, mask), training)
+        return x, self.mlp(n, decoding=not training)
 
 
 def padded_positions(offset: int, T: int, pad: mx.array) -> tuple[mx.array, mx.array]:
@@ -186,21 +196,33 @@ class GPT(nn.Module):
             raise ValueError(f"{offset + T} positions exceed the model's context of {self.shape.n_ctx}")
         training = not cache  # decoding keeps MLX's plain operations: no backward to prepare for
         lookup = fused.embedding if training else (lambda table, i: table[i])
-        positions, mask = mx.arange(offset, offset + T), None
-        if pad is not None:
-            positions, mask = padded_positions(offset, T, pad)
-        x = lookup(self.wte.weight, idx) + lookup(self.wpe.weight, positions)
-        x = _as(x, self.compute_dtype)  # (B, T, C)
+        positions, mask = self._positions(offset, T, pad, training)
+        x = lookup(self.wte.weight, idx) + positions
+        x, h = _as(x, self.compute_dtype), None  # (B, T, C): the residual stream, and what it adds next
         for i, block in enumerate(self.h):
-            if self.checkpoint_activations and training:
-                x = nn.utils.checkpoint(block)(x, None)  # keep only block inputs; recompute the rest
+            if self.checkpoint_activations and training:  # keep only block inputs; recompute the rest
+                x = x if h is None else x + h
+                x, h = nn.utils.checkpoint(block, lambda x, block=block: block(x, None, None))(x)
             else:
-                x = block(x, cache[i] if cache else None, mask)
-        x = self.ln_f(x, training)
+                x, h = block(x, h, cache[i] if cache else None, mask)
+        _, x = self.ln_f.add(x, h, training)
         if self.shape.tie_embeddings:
             w = _as(self.wte.weight, x.dtype)
             return fused.project(x, w) if training else x @ w.T
         return self.lm_head(x, training)
+
+    def _positions(self, offset: int, T: int, pad: mx.array | None,
+                   training: bool) -> tuple[mx.array, mx.array | None]:
+        """The position embeddings of steps offset .. offset + T - 1, (T, C), and the attention mask
+        (None but for a padded batch, whose positions (B, T, C) count from each row's first real
+        token). Decoding a lone stream reads them as a slice of the table, which costs no kernel
+        (an index and a lookup would cost two a token)."""
+        if pad is not None:
+            positions, mask = padded_positions(offset, T, pad)
+            return self.wpe.weight[positions], mask
+        if training:
+            return fused.embedding(self.wpe.weight, mx.arange(offset, offset + T)), None
+        return self.wpe.weight[offset:offset + T], None
 
     def loss(self, idx: mx.array, targets: mx.array) -> mx.array:
         """Mean next-token cross-entropy, accumulated in float32."""

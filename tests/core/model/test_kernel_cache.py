@@ -95,3 +95,16 @@ def test_without_a_home_to_cache_in_the_kernel_is_still_compiled(tmp_path, monke
     compiler = Compiler()
     assert kernel_cache.binary("k", "src", compile_=compiler, arch="sm_90") == CUBIN + b"src"
     assert compiler.calls == [("k", "sm_90")]
+
+
+def test_the_residual_kernels_take_their_arrays_in_the_order_mlx_passes_them():
+    """Inputs, then outputs, then the row count: a parameter out of place would read the wrong array."""
+    signatures = {
+        "add_layer_norm": "(const T* x, const T* h, const W* w, const W* b, T* s, T* y, int ROWS)",
+        "add_layer_norm_vjp": "(const T* x, const W* w, const T* g, const T* gs, T* dx, float* part, int ROWS)",
+        "layer_norm": "(const T* x, const W* w, const W* b, T* y, int ROWS)",
+    }
+    for kind, params in signatures.items():
+        source = cuda_kernels.standalone_source(kind, "acm_k", mx.bfloat16, mx.bfloat16, 768, 1e-5, 4)
+        assert f'extern "C" __global__ void acm_k{params}' in source
+        assert f"#define RESIDUAL {int(kind.startswith('add_'))}\n" in source
