@@ -8,19 +8,22 @@ Each reports ms (calls queued back to back) and the largest error against a floa
 relative to the largest exact value, and whether acm's kernels compiled alone (the machine's kernel
 cache) give the same bits as the same bodies compiled by `mx.fast.cuda_kernel`. Then the residual
 addition inside the layer norm (`add_layer_norm`) against an addition before it: whether both give
-the same bits forward and backward, and their times. CUDA only.
+the same bits forward and backward, and their times. Then the MLP's GELU, forward and backward,
+as kernels against MLX's compiled formulas. CUDA only.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import json
+import math
 import sys
 import time
 
 import mlx.core as mx
 import numpy as np
 
+from core.model import cuda_gelu, fused
 from core.model import cuda_kernels as ck
 from core.model import layer_norm as ln
 
@@ -158,6 +161,44 @@ def add_layer_norms() -> None:
         print(json.dumps(out), flush=True)
 
 
+def exact_gelu(h, g) -> tuple[np.ndarray, np.ndarray]:
+    """(g times GELU's slope at h, GELU(h)) in float64."""
+    H, G = (np.asarray(a.astype(mx.float32), dtype=np.float64) for a in (h, g))
+    u = math.sqrt(2 / math.pi) * (H + 0.044715 * H**3)
+    t = np.tanh(u)
+    slope = 0.5 * (1 + t) + 0.5 * H * (1 - t * t) * math.sqrt(2 / math.pi) * (1 + 3 * 0.044715 * H * H)
+    return G * slope, 0.5 * H * (1 + t)
+
+
+def mlx_gelu_vjp(g, h):
+    return g * fused._gelu_slope(h), fused._gelu_again(h)
+
+
+def gelus() -> None:
+    """The MLP's GELU, forward and backward (core/model/cuda_gelu.py) against MLX's compiled formulas
+    (core/model/fused.py): time, error against float64, and the kernel cache's bits against MLX's JIT."""
+    for shape in ((16, 1024, 3072), (8, 1024, 4096)):  # tiny batch 16, medium batch 8
+        mx.random.seed(3)
+        h, g = ((mx.random.normal(shape) * 2).astype(mx.bfloat16) for _ in range(2))
+        exact_dh, exact_a = exact_gelu(h, g)
+        out = {"op": "gelu", "shape": shape}
+        for name, fwd, vjp in (("mlx", mx.compile(fused.gelu), mx.compile(mlx_gelu_vjp)),
+                               ("kernel", cuda_gelu.gelu, cuda_gelu.gelu_vjp)):
+            out[f"{name}_rel_err_a"] = rel_err(fwd(h), exact_a)
+            out[f"{name}_fwd_ms"] = timed_ms(fwd, h)
+            out[f"{name}_vjp_rel_err_dh_a"] = [rel_err(d, e) for d, e in zip(vjp(g, h), (exact_dh, exact_a))]
+            out[f"{name}_vjp_ms"] = timed_ms(vjp, g, h)
+        cached = [cuda_gelu.gelu(h), *cuda_gelu.gelu_vjp(g, h)]
+        saved, cuda_gelu._precompiled = cuda_gelu._precompiled, lambda *a: None
+        try:
+            jit = [cuda_gelu.gelu(h), *cuda_gelu.gelu_vjp(g, h)]
+        finally:
+            cuda_gelu._precompiled = saved
+        out["from_kernel_cache"] = saved("gelu_vjp", h.dtype) is not None
+        out["kernel_cache_equals_mlx_jit"] = all(mx.array_equal(a, c).item() for a, c in zip(cached, jit))
+        print(json.dumps(out), flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--ln-configs", default=f"{ck.LN_WARPS}:{ck.LN_ROWS_PER_WARP}",
@@ -167,6 +208,7 @@ def main() -> None:
         sys.exit("cuda_kernels: needs MLX's CUDA backend on an NVIDIA GPU")
     layer_norms(a.ln_configs)
     add_layer_norms()
+    gelus()
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import mlx.nn as nn
 from step_setup import compiled_step, fixed_batch, per_tensor_step
 
 from core.hardware import device_info, peak_flops
-from core.model import cuda_kernels, layer_norm
+from core.model import cuda_gelu, cuda_kernels, layer_norm
 from core.model import gpt as model
 from core.presets import get_preset
 from core.train import optimizer
@@ -46,6 +46,11 @@ def use_mlx_layer_norm_forward() -> None:
     """MLX's layer-norm forward with core/model/cuda_kernels.py's backward (CUDA)."""
     cuda_kernels.layer_norm = lambda x, w, b, eps: mx.fast.layer_norm(x, w, b, eps)
     cuda_kernels.add_layer_norm = lambda x, h, w, b, eps: (x + h, mx.fast.layer_norm(x + h, w, b, eps))
+
+
+def use_mlx_gelu() -> None:
+    """The MLP's GELU and its backward as MLX's compiled formulas instead of core/model/cuda_gelu.py's (CUDA)."""
+    cuda_gelu.covers = lambda h: False
 
 
 def use_unfused_residual() -> None:
@@ -99,6 +104,7 @@ def parse_args() -> argparse.Namespace:
                    help="MLX's AdamW tensor by tensor (the step before core/train/optimizer.py's flat buffers)")
     p.add_argument("--mlx-layer-norm", action="store_true", help="MLX's own layer norm, forward and backward")
     p.add_argument("--mlx-layer-norm-forward", action="store_true", help="MLX's layer-norm forward, acm's backward")
+    p.add_argument("--mlx-gelu", action="store_true", help="MLX's compiled GELU formulas, forward and backward")
     p.add_argument("--unfused-residual", action="store_true", help="residual additions before the layer norms")
     p.add_argument("--addmm-bias", action="store_true", help="attention bias gradients by column reduction")
     p.add_argument("--ln-launch", default=None, metavar="WARPS:ROWS",
@@ -116,7 +122,8 @@ def apply_variants(a: argparse.Namespace) -> None:
     """Swap in the earlier implementations the flags name."""
     for flag, use in ((a.autodiff, use_plain_autodiff), (a.mlx_layer_norm, use_mlx_layer_norm),
                       (a.mlx_layer_norm_forward, use_mlx_layer_norm_forward), (a.addmm_bias, use_addmm_bias),
-                      (a.elementwise_ns, use_elementwise_newton_schulz), (a.unfused_residual, use_unfused_residual)):
+                      (a.elementwise_ns, use_elementwise_newton_schulz), (a.unfused_residual, use_unfused_residual),
+                      (a.mlx_gelu, use_mlx_gelu)):
         if flag:
             use()
     if a.ln_launch:
@@ -163,7 +170,7 @@ def main() -> None:
         "fw": "acm", "preset": a.preset, "dtype": a.dtype, "checkpoint_activations": a.checkpoint_activations,
         "autodiff": a.autodiff, "per_tensor": a.per_tensor,
         "mlx_layer_norm": a.mlx_layer_norm, "mlx_layer_norm_forward": a.mlx_layer_norm_forward,
-        "addmm_bias": a.addmm_bias, "unfused_residual": a.unfused_residual,
+        "addmm_bias": a.addmm_bias, "unfused_residual": a.unfused_residual, "mlx_gelu": a.mlx_gelu,
         "ln_launch": f"{cuda_kernels.LN_WARPS}:{cuda_kernels.LN_ROWS_PER_WARP}",
         "sync": a.sync, "grad_clip": a.grad_clip, "optimizer": a.optimizer, "elementwise_ns": a.elementwise_ns,
         "env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("MLX_")},

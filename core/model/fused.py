@@ -3,7 +3,7 @@
 - Autodiff through an elementwise formula keeps every intermediate the chain rule touches: for
   the MLP's GELU that is several (B, T, 4C) arrays a layer. `mlp` keeps only the pre-activation
   and recomputes the cheap elementwise parts in the backward (what PyTorch's compiler does by
-  itself); the compiled step fuses them into one kernel.
+  itself); the compiled step fuses them into one kernel (on CUDA, core/model/cuda_gelu.py's).
 - A bias gradient is a sum over all B*T rows. MLX's CUDA column reduction runs it on n / 32 thread
   blocks; as a (1, rows) @ (rows, n) matrix product it is about 4x faster (`mlp`, and `linear` for
   the attention's projections).
@@ -18,6 +18,8 @@ import math
 from functools import partial
 
 import mlx.core as mx
+
+from core.model import cuda_gelu
 
 _K = math.sqrt(2 / math.pi)
 _C = 0.044715
@@ -69,7 +71,7 @@ def mlp(x: mx.array, w_fc: mx.array, b_fc: mx.array, w_proj: mx.array, b_proj: m
     Callers ignore the second output.
     """
     h = mx.addmm(b_fc, x, w_fc.T)
-    return mx.addmm(b_proj, gelu(h), w_proj.T), h
+    return mx.addmm(b_proj, cuda_gelu.gelu(h) if cuda_gelu.covers(h) else gelu(h), w_proj.T), h
 
 
 @mlp.vjp
@@ -77,9 +79,12 @@ def _mlp_vjp(primals, cotangents, outputs):
     x, w_fc, _, w_proj, _ = primals
     dy = cotangents[0]
     h = outputs[1]
-    a = _gelu_again(h)
     dy2 = _rows(dy)
-    dh = (dy @ w_proj) * _gelu_slope(h)
+    if cuda_gelu.covers(h):  # one pass over h for both
+        dh, a = cuda_gelu.gelu_vjp(dy @ w_proj, h)
+    else:
+        a = _gelu_again(h)
+        dh = (dy @ w_proj) * _gelu_slope(h)
     dh2 = _rows(dh)
     return dh @ w_fc, dh2.T @ _rows(x), _column_sum(dh2), dy2.T @ _rows(a), _column_sum(dy2)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import mlx.core as mx
 
-from core.model import cuda_kernels, kernel_cache
+from core.model import cuda_gelu, cuda_kernels, kernel_cache
 
 CUBIN = b"\x7fELF" + b"\0" * 60
 
@@ -108,3 +108,12 @@ def test_the_residual_kernels_take_their_arrays_in_the_order_mlx_passes_them():
         source = cuda_kernels.standalone_source(kind, "acm_k", mx.bfloat16, mx.bfloat16, 768, 1e-5, 4)
         assert f'extern "C" __global__ void acm_k{params}' in source
         assert f"#define RESIDUAL {int(kind.startswith('add_'))}\n" in source
+
+
+def test_the_gelu_kernels_take_their_arrays_in_the_order_mlx_passes_them():
+    for kind, params in (("gelu", "(const T* h, T* a, int N)"),
+                         ("gelu_vjp", "(const T* g, const T* h, T* dh, T* a, int N)")):
+        source = cuda_gelu.standalone_source(kind, "acm_k", mx.bfloat16)
+        assert f'extern "C" __global__ void acm_k{params}' in source
+        assert "typedef acm_bf16 T;" in source and "#include" not in source
+
