@@ -11,14 +11,13 @@ import argparse
 import json
 import os
 import time
-from functools import partial
 
 import mlx.core as mx
 import mlx.nn as nn
 from step_setup import compiled_step, fixed_batch, per_tensor_step
 
 from core.hardware import device_info, peak_flops
-from core.model import cuda_gelu, cuda_kernels, layer_norm
+from core.model import cuda_gelu, cuda_kernels
 from core.model import gpt as model
 from core.presets import get_preset
 from core.train import optimizer
@@ -39,13 +38,18 @@ def use_mlx_layer_norm() -> None:
     """MLX's own layer norm, forward and backward, instead of core/model/cuda_kernels.py's (CUDA),
     after residual additions of their own."""
     model.layer_norm = lambda x, w, b, eps, training=True: mx.fast.layer_norm(x, w, b, eps)
-    model.add_layer_norm = partial(add_then_layer_norm, norm=model.layer_norm)
+    model.add_layer_norm = add_then_layer_norm
 
 
 def use_mlx_layer_norm_forward() -> None:
     """MLX's layer-norm forward with core/model/cuda_kernels.py's backward (CUDA)."""
     cuda_kernels.layer_norm = lambda x, w, b, eps: mx.fast.layer_norm(x, w, b, eps)
-    cuda_kernels.add_layer_norm = lambda x, h, w, b, eps: (x + h, mx.fast.layer_norm(x + h, w, b, eps))
+
+    def add_then_mlx_layer_norm(x, h, w, b, eps):
+        s = x + h
+        return s, mx.fast.layer_norm(s, w, b, eps)
+
+    cuda_kernels.add_layer_norm = add_then_mlx_layer_norm
 
 
 def use_mlx_gelu() -> None:
@@ -58,9 +62,10 @@ def use_unfused_residual() -> None:
     model.add_layer_norm = add_then_layer_norm
 
 
-def add_then_layer_norm(x, h, w, b, eps, training=True, norm=layer_norm.layer_norm):
+def add_then_layer_norm(x, h, w, b, eps, training=True):
+    """The residual addition, then the model's layer norm as it stands (MLX's under --mlx-layer-norm)."""
     s = x if h is None else x + h
-    return s, norm(s, w, b, eps, training)
+    return s, model.layer_norm(s, w, b, eps, training)
 
 
 def use_addmm_bias() -> None:

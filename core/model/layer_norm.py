@@ -59,8 +59,9 @@ def layer_norm(x: mx.array, w: mx.array, b: mx.array, eps: float, training: bool
 
 def add_layer_norm(x: mx.array, h: mx.array | None, w: mx.array, b: mx.array, eps: float,
                    training: bool = True) -> tuple[mx.array, mx.array]:
-    """(s, layer norm of s) for the residual stream s = x + h (s = x where h is None): one kernel
-    where the CUDA kernels apply, in training and decoding alike."""
+    """(s, layer norm of s) for the residual stream s = x + h (s = x where h is None): one kernel in
+    training where the CUDA kernels apply. Decoding keeps MLX's addition and norm: at batch 1 a custom
+    kernel's launch costs the host more than the two operations (bench/RESULTS.md)."""
     if h is None:
         return x, layer_norm(x, w, b, eps, training)
     if training and h.shape == x.shape and h.dtype == x.dtype and _kernels_cover(x):
