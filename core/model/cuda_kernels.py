@@ -1,4 +1,6 @@
-"""Hand-written CUDA kernels for layer norm in training, where MLX's own are slow.
+"""Hand-written CUDA kernels for layer norm in training, where MLX's own are slow, alone and with the
+residual addition before it (`add_layer_norm`: the sum is stored and normed in one pass, and its
+backward adds the sum's other gradient; the bits of an addition followed by `layer_norm`).
 
 Layer norm's backward: MLX's writes a (rows, C) temporary for the gain gradient and sums it and
 the bias gradient with column reductions that run on C / 32 thread blocks (24 for C = 768); each
