@@ -75,13 +75,14 @@ def with_launch_shape(config: str):
 def through_mlx_jit():
     """acm's kernels compiled by `mx.fast.cuda_kernel` instead of taken from the kernel cache, for the
     forward and the backward alike (mx.vjp runs the backward after the forward has returned)."""
-    saved, ck._precompiled = ck._precompiled, lambda *a: None
+    saved = ck._precompiled, cuda_gelu._precompiled
+    ck._precompiled = cuda_gelu._precompiled = lambda *a: None
     clear = lambda: (ln.kernel_layer_norm.cache_clear(), ln.kernel_add_layer_norm.cache_clear())  # noqa: E731
     clear()
     try:
         yield
     finally:
-        ck._precompiled = saved
+        ck._precompiled, cuda_gelu._precompiled = saved
         clear()
 
 
@@ -189,12 +190,9 @@ def gelus() -> None:
             out[f"{name}_vjp_rel_err_dh_a"] = [rel_err(d, e) for d, e in zip(vjp(g, h), (exact_dh, exact_a))]
             out[f"{name}_vjp_ms"] = timed_ms(vjp, g, h)
         cached = [cuda_gelu.gelu(h), *cuda_gelu.gelu_vjp(g, h)]
-        saved, cuda_gelu._precompiled = cuda_gelu._precompiled, lambda *a: None
-        try:
+        with through_mlx_jit():
             jit = [cuda_gelu.gelu(h), *cuda_gelu.gelu_vjp(g, h)]
-        finally:
-            cuda_gelu._precompiled = saved
-        out["from_kernel_cache"] = saved("gelu_vjp", h.dtype) is not None
+        out["from_kernel_cache"] = cuda_gelu._precompiled("gelu_vjp", h.dtype) is not None
         out["kernel_cache_equals_mlx_jit"] = all(mx.array_equal(a, c).item() for a, c in zip(cached, jit))
         print(json.dumps(out), flush=True)
 

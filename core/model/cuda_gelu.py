@@ -16,6 +16,7 @@ from functools import cache
 import mlx.core as mx
 
 from core.model import cuda_kernels, kernel_cache
+from core.model.cuda_kernels import Kernel
 
 THREADS = 256
 GELU_K2 = 2 * 0.7978845608028654  # 2 sqrt(2 / pi)
@@ -68,8 +69,7 @@ GELU_VJP = _LOOP + """
     }
 """
 
-# name: (inputs, outputs, body); the parameters are inputs, outputs, then the element count N
-KERNELS = {"gelu": (("h",), ("a",), GELU), "gelu_vjp": (("g", "h"), ("dh", "a"), GELU_VJP)}
+KERNELS = {"gelu": Kernel(("h",), ("a",), GELU, "N"), "gelu_vjp": Kernel(("g", "h"), ("dh", "a"), GELU_VJP, "N")}
 
 
 def covers(h: mx.array) -> bool:
@@ -80,10 +80,10 @@ def covers(h: mx.array) -> bool:
 
 def standalone_source(kind: str, name: str, dtype: mx.Dtype) -> str:
     """A kernel's complete source, needing no header: what kernel_cache compiles."""
-    inputs, outputs, body = KERNELS[kind]
-    params = ", ".join([*(f"const T* {n}" for n in inputs), *(f"T* {n}" for n in outputs), "int N"])
+    k = KERNELS[kind]
+    params = k.params(("T",) * len(k.outputs))
     return (f"{cuda_kernels.STANDALONE_CONVERSIONS}\ntypedef {cuda_kernels.C_TYPES[dtype]} T;\n{ELEMENT}\n"
-            f'extern "C" __global__ void {name}({params}) {{\n{body}\n}}\n')
+            f'extern "C" __global__ void {name}({params}) {{\n{k.body}\n}}\n')
 
 
 @cache
@@ -95,22 +95,16 @@ def _precompiled(kind: str, dtype: mx.Dtype) -> tuple[str, bytes] | None:
 
 @cache
 def _jit_kernel(kind: str):
-    inputs, outputs, body = KERNELS[kind]
-    return mx.fast.cuda_kernel(name=f"acm_{kind}", input_names=list(inputs), output_names=list(outputs),
-                               header=cuda_kernels.MLX_CONVERSIONS + ELEMENT, source=body)
+    return KERNELS[kind].jit(f"acm_{kind}", cuda_kernels.MLX_CONVERSIONS + ELEMENT)
 
 
 def _launch(kind: str, inputs: list[mx.array]) -> list[mx.array]:
-    h = inputs[-1]
+    h, outputs = inputs[-1], len(KERNELS[kind].outputs)
     pieces = h.size // (16 // h.dtype.size)
     launch = {"grid": (max(1, -(-pieces // THREADS)) * THREADS, 1, 1), "threadgroup": (THREADS, 1, 1),
-              "output_shapes": [h.shape] * len(KERNELS[kind][1]), "output_dtypes": [h.dtype] * len(KERNELS[kind][1])}
-    compiled = _precompiled(kind, h.dtype)
-    if compiled is not None:
-        name, binary = compiled
-        return mx.fast.precompiled_cuda_kernel(name=name, compiled_source=binary, inputs=inputs, scalars=[h.size],
-                                               ensure_row_contiguous=True, **launch)
-    return _jit_kernel(kind)(inputs=inputs, template=[("T", h.dtype), ("N", h.size)], **launch)
+              "output_shapes": [h.shape] * outputs, "output_dtypes": [h.dtype] * outputs}
+    return cuda_kernels.run(_precompiled(kind, h.dtype), _jit_kernel(kind), inputs, h.size,
+                            [("T", h.dtype), ("N", h.size)], launch)
 
 
 def gelu(h: mx.array) -> mx.array:

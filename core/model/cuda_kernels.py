@@ -274,16 +274,35 @@ def _header(kind: str, eps: float, warps: int) -> str:
 
 @dataclass(frozen=True)
 class Kernel:
-    """A kernel's inputs and outputs by name (x first; w, the gain, second), and its body."""
+    """A kernel's inputs and outputs by name, its body, and the name of its one scalar: the count of
+    rows or elements it covers (a template argument where MLX's JIT compiles it)."""
 
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
     body: str
+    count: str = "ROWS"
 
     def params(self, out_types: tuple[str, ...]) -> str:
-        """Its parameters as MLX passes them: inputs, outputs, then the row count."""
+        """Its parameters as MLX passes them: inputs (the gain and bias typed W, the rest T), outputs,
+        then the count."""
         ins = [f"const {'W' if n in ('w', 'b') else 'T'}* {n}" for n in self.inputs]
-        return ", ".join([*ins, *(f"{t}* {n}" for t, n in zip(out_types, self.outputs)), "int ROWS"])
+        return ", ".join([*ins, *(f"{t}* {n}" for t, n in zip(out_types, self.outputs)), f"int {self.count}"])
+
+    def jit(self, name: str, header: str):
+        """The kernel through `mx.fast.cuda_kernel` (compiled in each process)."""
+        return mx.fast.cuda_kernel(name=name, input_names=list(self.inputs), output_names=list(self.outputs),
+                                   header=header, source=self.body)
+
+
+def run(compiled: tuple[str, bytes] | None, jit, inputs: list[mx.array], count: int, template: list,
+        launch: dict) -> list[mx.array]:
+    """A kernel's outputs: from its binary in the machine's cache where it compiled ((name, binary)),
+    else through `jit`, MLX's per-process compile of the same body, with `template` (the count among it)."""
+    if compiled is not None:
+        name, binary = compiled
+        return mx.fast.precompiled_cuda_kernel(name=name, compiled_source=binary, inputs=inputs, scalars=[count],
+                                               ensure_row_contiguous=True, **launch)
+    return jit(inputs=inputs, template=template, **launch)
 
 
 KERNELS = {
@@ -320,9 +339,7 @@ def _precompiled(kind: str, x_dtype: mx.Dtype, w_dtype: mx.Dtype, C: int, eps: f
 @cache
 def _jit_kernel(kind: str, eps: float, warps: int):
     """The same kernel through `mx.fast.cuda_kernel` (compiled in each process)."""
-    k = KERNELS[kind]
-    return mx.fast.cuda_kernel(name=f"acm_{kind}", input_names=list(k.inputs), output_names=list(k.outputs),
-                               header=_header(kind, eps, warps), source=k.body)
+    return KERNELS[kind].jit(f"acm_{kind}", _header(kind, eps, warps))
 
 
 def _launch(kind: str, inputs: list[mx.array], eps: float, blocks: int, output_shapes: list,
@@ -333,13 +350,8 @@ def _launch(kind: str, inputs: list[mx.array], eps: float, blocks: int, output_s
     rows = x.size // C
     launch = {"grid": (blocks * LN_WARPS * 32, 1, 1), "threadgroup": (LN_WARPS * 32, 1, 1),
               "output_shapes": output_shapes, "output_dtypes": output_dtypes}
-    compiled = _precompiled(kind, x.dtype, w.dtype, C, eps, LN_WARPS)
-    if compiled is not None:
-        name, binary = compiled
-        return mx.fast.precompiled_cuda_kernel(name=name, compiled_source=binary, inputs=inputs, scalars=[rows],
-                                               ensure_row_contiguous=True, **launch)
-    return _jit_kernel(kind, eps, LN_WARPS)(inputs=inputs, template=[("T", x.dtype), ("C", C), ("ROWS", rows)],
-                                            **launch)
+    return run(_precompiled(kind, x.dtype, w.dtype, C, eps, LN_WARPS), _jit_kernel(kind, eps, LN_WARPS), inputs,
+               rows, [("T", x.dtype), ("C", C), ("ROWS", rows)], launch)
 
 
 def _blocks(rows: int) -> int:
