@@ -1,7 +1,8 @@
 """Where a checkpoint's save goes, part by part: a preset's weights and optimizer state (AdamW, or
-Muon with --muon) snapshotted on the device, copied to host memory, written, fsynced; then whole
-saves as the trainer's writer makes them (`checkpoint.write`), and with the two files written by two
-threads at once.
+Muon with --muon) snapshotted on the device, handed to the CPU, written, fsynced; then whole saves
+as the trainer's writer makes them (`checkpoint.write`: checkpoint_write_s), side by side with that
+write before its two changes (before_s: the CPU reading MLX's managed memory itself, every byte left
+to the final fsync) and with each change alone (staged_only_s, writeback_only_s).
 
 usage: python bench/save_parts.py --dir FOLDER [--preset tiny] [--dtype bfloat16] [--repeats 3] [--muon]
 FOLDER is where the files go (on the disk the runs would use). Prints one JSON line per repeat.
@@ -9,10 +10,10 @@ FOLDER is where the files go (on the disk the runs would use). Prints one JSON l
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
-import threading
 import time
 from pathlib import Path
 
@@ -21,7 +22,7 @@ import mlx.core as mx
 from core.hardware import configure_mlx, device_info
 from core.model.gpt import GPT
 from core.presets import get_preset
-from core.runs import checkpoint
+from core.runs import checkpoint, host_copy
 from core.train.optimizer import FlatAdamW
 
 
@@ -54,19 +55,20 @@ def parts(opt: FlatAdamW, folder: Path) -> dict:
     return out
 
 
-def two_threads(folder: Path, step: int, snap: checkpoint.Snapshot, state: dict) -> None:
-    """`checkpoint.write`'s files, model and optimizer each on a thread of its own."""
-    tmp = folder / f"two-{step}"
-    tmp.mkdir(parents=True)
-    jobs = [threading.Thread(target=checkpoint.write_safetensors, args=(tmp / name, blob))
-            for name, blob in (("model.safetensors", snap.model), ("optimizer.safetensors", snap.optimizer))]
-    for j in jobs:
-        j.start()
-    for j in jobs:
-        j.join()
-    with open(tmp / "state.json", "w") as f:
-        json.dump(state, f)
-    shutil.rmtree(tmp)
+@contextlib.contextmanager
+def write_path(staged: bool, writeback: bool):
+    """`checkpoint.write` with the GPU's copy into pinned memory (`host_copy`) and the early
+    writeback each on or off (both off: the CPU reads MLX's managed memory, the fsync writes all)."""
+    saved = host_copy.USE_CUDA, checkpoint.WRITEBACK
+    host_copy.USE_CUDA, checkpoint.WRITEBACK = staged, writeback
+    try:
+        yield
+    finally:
+        host_copy.USE_CUDA, checkpoint.WRITEBACK = saved
+
+
+WRITE_PATHS = {"checkpoint_write_s": (True, True), "before_s": (False, False),
+               "staged_only_s": (True, False), "writeback_only_s": (False, True)}
 
 
 def main() -> None:
@@ -85,10 +87,10 @@ def main() -> None:
     for rep in range(a.repeats):
         row = {"bench": "save_parts", "device": device_info().get("device_name", str(mx.default_device())),
                "preset": a.preset, "muon": a.muon, "repeat": rep, **parts(opt, a.dir)}
-        snap = checkpoint.snapshot(opt.parameters(), opt.checkpoint_state())
-        row["checkpoint_write_s"] = timed(checkpoint.write, a.dir / "ck", rep, snap, {"step": rep})
-        snap = checkpoint.snapshot(opt.parameters(), opt.checkpoint_state())
-        row["two_threads_s"] = timed(two_threads, a.dir, rep, snap, {"step": rep})
+        for key, (staged, writeback) in WRITE_PATHS.items():
+            snap = checkpoint.snapshot(opt.parameters(), opt.checkpoint_state())
+            with write_path(staged, writeback):
+                row[key] = timed(checkpoint.write, a.dir / "ck", rep, snap, {"step": rep})
         print(json.dumps(row), flush=True)
     shutil.rmtree(a.dir / "ck", ignore_errors=True)
 

@@ -5,11 +5,13 @@ A reader (or a crash, or Ctrl-C mid-write) sees either the old file or the new o
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from functools import cache
 from pathlib import Path
 from typing import IO
 
@@ -34,6 +36,29 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+@cache
+def _sync_file_range():
+    """Linux's sync_file_range, or None (macOS: there fsync does not wait for the drive anyway)."""
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    return fn
+
+
+def start_writeback(fd: int, offset: int, n: int) -> None:
+    """Start writing bytes already written to `fd` out to the disk, without waiting: a large file
+    written piece by piece then overlaps its writes with the disk's, and its final fsync has little
+    left to wait for (a best effort: where the system has no such call, nothing happens)."""
+    fn = _sync_file_range()
+    if fn is not None and n > 0:
+        fn(fd, offset, n, _SYNC_FILE_RANGE_WRITE)
 
 
 def _take_mode(tmp: str, path: Path) -> None:
