@@ -19,6 +19,10 @@ from core.model import fused
 from core.model.layer_norm import add_layer_norm, layer_norm
 from core.presets import ModelShape
 
+# What a layer norm adds to the residual stream before norming it: a sublayer's output, none, or
+# (decoding) the MLP's product and bias, added together in one kernel
+Addend = mx.array | tuple[mx.array, mx.array] | None
+
 DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
 
 
@@ -50,7 +54,7 @@ class LayerNorm(nn.Module):
     def __call__(self, x: mx.array, training: bool = True) -> mx.array:
         return layer_norm(x, _as(self.weight, x.dtype), _as(self.bias, x.dtype), self.eps, training)
 
-    def add(self, x: mx.array, h: mx.array | None, training: bool = True) -> tuple[mx.array, mx.array]:
+    def add(self, x: mx.array, h: Addend, training: bool = True) -> tuple[mx.array, mx.array]:
         """(x + h, this norm of it): the residual stream and the next sublayer's input, in one kernel
         on CUDA (where h is None, x and its norm)."""
         return add_layer_norm(x, h, _as(self.weight, x.dtype), _as(self.bias, x.dtype), self.eps, training)
@@ -114,10 +118,13 @@ class MLP(nn.Module):
         self.c_fc = Linear(s.n_embd, s.n_ffn)
         self.c_proj = Linear(s.n_ffn, s.n_embd)
 
-    def __call__(self, x: mx.array, decoding: bool = False) -> mx.array:
+    def __call__(self, x: mx.array, decoding: bool = False) -> Addend:
+        """The MLP's output; decoding hands it over as (product, bias) for the next residual addition
+        to add both in one kernel (`fused.add_biased`): at one row a biased product runs as a split
+        product and a reduction, two kernels, where the plain product is one."""
         fc, proj = self.c_fc, self.c_proj
         if decoding:  # no backward pass to save memory for; skip the custom function's extra nodes
-            return proj(fused.gelu(fc(x, False)), False)
+            return fused.gelu(fc(x, False)) @ _as(proj.weight, x.dtype).T, _as(proj.bias, x.dtype)
         y, _ = fused.mlp(x, *(_as(p, x.dtype) for p in (fc.weight, fc.bias, proj.weight, proj.bias)))
         return y
 
@@ -130,7 +137,7 @@ class Block(nn.Module):
         self.ln_2 = LayerNorm(s.n_embd, s.norm_eps)
         self.mlp = MLP(s)
 
-    def __call__(self, x: mx.array, h: mx.array | None, cache: KVCache | None,
+    def __call__(self, x: mx.array, h: Addend, cache: KVCache | None,
                  mask: mx.array | None = None) -> tuple[mx.array, mx.array]:
         """The residual stream x + h (h: the previous block's MLP output, or None) through this block,
         returned as the stream after attention and the MLP's output, which the next layer norm adds:

@@ -8,7 +8,7 @@ from functools import cache
 
 import mlx.core as mx
 
-from core.model import cuda_kernels
+from core.model import cuda_kernels, fused
 
 
 @cache
@@ -57,13 +57,17 @@ def layer_norm(x: mx.array, w: mx.array, b: mx.array, eps: float, training: bool
     return mx.fast.layer_norm(x, w, b, eps)
 
 
-def add_layer_norm(x: mx.array, h: mx.array | None, w: mx.array, b: mx.array, eps: float,
-                   training: bool = True) -> tuple[mx.array, mx.array]:
-    """(s, layer norm of s) for the residual stream s = x + h (s = x where h is None): one kernel in
-    training where the CUDA kernels apply. Decoding keeps MLX's addition and norm: at batch 1 a custom
-    kernel's launch costs the host more than the two operations (bench/RESULTS.md)."""
+def add_layer_norm(x: mx.array, h: mx.array | tuple[mx.array, mx.array] | None, w: mx.array, b: mx.array,
+                   eps: float, training: bool = True) -> tuple[mx.array, mx.array]:
+    """(s, layer norm of s) for the residual stream s = x + h (s = x where h is None; h may be a
+    (product, bias) pair, both added): one kernel in training where the CUDA kernels apply. Decoding
+    keeps MLX's addition and norm: at batch 1 a custom kernel's launch costs the host more than the
+    two operations (bench/RESULTS.md)."""
     if h is None:
         return x, layer_norm(x, w, b, eps, training)
+    if isinstance(h, tuple):
+        s = fused.add_biased(x, *h)
+        return s, layer_norm(s, w, b, eps, training)
     if training and h.shape == x.shape and h.dtype == x.dtype and _kernels_cover(x):
         return kernel_add_layer_norm(eps)(x, h, w, b)
     s = x + h

@@ -2,6 +2,7 @@
 import mlx.core as mx
 import mlx.nn as nn
 import pytest
+from mlx.utils import tree_map
 
 from core.model import fused
 
@@ -108,3 +109,35 @@ def test_model_loss_and_gradients_match_plain_autodiff(monkeypatch):
     assert grads.keys() == ref_grads.keys()
     for k in grads:
         assert mx.allclose(grads[k], ref_grads[k], atol=1e-5, rtol=1e-4), k
+
+
+def _compiled_kernels(y: mx.array, tmp_path) -> int:
+    """How many fused kernels MLX's graph for y holds (what decoding launches for it)."""
+    mx.export_to_dot(str(tmp_path / "graph.dot"), y)
+    return (tmp_path / "graph.dot").read_text().count('label ="Compiled')
+
+
+def test_decoding_s_gelu_is_gelu_approx_in_one_kernel(tmp_path):
+    h = mx.random.normal((1, 1, 3072), key=mx.random.key(5)) * 4
+    assert mx.allclose(fused.gelu(h), nn.gelu_approx(h), atol=1e-6, rtol=1e-5)
+    assert _compiled_kernels(fused.gelu(h.astype(mx.bfloat16)), tmp_path) == 1
+    assert _compiled_kernels(nn.gelu_approx(h.astype(mx.bfloat16)), tmp_path) == 2  # what one kernel saves
+
+
+def test_decoding_adds_the_mlp_s_bias_with_the_residual_stream(tmp_path):
+    """A decoding step's MLP output is the product and the bias, which the next norm adds to the
+    stream in one kernel; the logits are those of the forward pass without a cache."""
+    from core.model.gpt import GPT
+    from core.presets import get_preset
+
+    model = GPT(get_preset("nano"))
+    noise = mx.random.key(7)  # biases of GPT-2's init are zero
+    model.update(tree_map(lambda p: p + 0.1 * mx.random.normal(p.shape, key=noise), model.parameters()))
+    idx = mx.random.randint(0, model.shape.vocab_size, (1, 9), key=mx.random.key(6))
+    cache = model.make_cache()
+    model(idx[:, :-1], cache)
+    step = model(idx[:, -1:], cache)[:, -1]
+    assert mx.allclose(step, model(idx)[:, -1], atol=1e-5, rtol=1e-5)
+    out, bias = model.h[0].mlp(mx.ones((1, 1, model.shape.n_embd)), decoding=True)
+    assert bias is not None and out.shape == (1, 1, model.shape.n_embd)
+    assert _compiled_kernels(fused.add_biased(mx.ones(4), mx.ones(4), mx.ones(4)), tmp_path) == 1
