@@ -25,14 +25,10 @@ _K = math.sqrt(2 / math.pi)
 _C = 0.044715
 
 
-@partial(mx.compile, shapeless=True)  # one kernel even outside a compiled step (decoding)
+@partial(mx.compile, shapeless=True)  # one kernel even outside a compiled step
 def gelu(h: mx.array) -> mx.array:
-    """GPT-2's tanh-approximated GELU ("gelu_new"), as `nn.gelu_approx`.
-
-    Written as (h/2)(1 + tanh(h (K + KC h^2))): MLX fuses a chain of at most 11 operations into one
-    kernel, and `nn.gelu_approx`'s 0.5 h (1 + tanh(K (h + C h^3))) came out as two kernels, which
-    decoding one token at a time pays for in launches."""
-    return (0.5 * h) * (1 + mx.tanh(h * (_K + (_K * _C) * mx.square(h))))
+    """GPT-2's tanh-approximated GELU ("gelu_new"), as `nn.gelu_approx`."""
+    return 0.5 * h * (1 + mx.tanh(_K * (h + _C * h * h * h)))  # h**3 would be a slow pow()
 
 
 @partial(mx.compile, shapeless=True)
@@ -48,6 +44,12 @@ def _gelu_again(h: mx.array) -> mx.array:
     expressions, and merging these with the forward's would keep them alive until the backward.
     """
     return h * mx.sigmoid(h * (2 * _K + (2 * _K * _C) * (h * h)))
+
+
+# GELU as decoding runs it, 0.5 h (1 + tanh u) written as h * sigmoid(2u): MLX fuses a chain of at
+# most 11 operations (its broadcast constants included) into one kernel, and `gelu`'s chain came out
+# as two kernels (as `nn.gelu_approx`'s does), which decoding one token at a time pays for in launches
+gelu_decoding = mx.compile(_gelu_again, shapeless=True)
 
 
 def _gelu_slope(h: mx.array) -> mx.array:

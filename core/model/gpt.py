@@ -119,12 +119,13 @@ class MLP(nn.Module):
         self.c_proj = Linear(s.n_ffn, s.n_embd)
 
     def __call__(self, x: mx.array, decoding: bool = False) -> Addend:
-        """The MLP's output; decoding hands it over as (product, bias) for the next residual addition
-        to add both in one kernel (`fused.add_biased`): at one row a biased product runs as a split
-        product and a reduction, two kernels, where the plain product is one."""
+        """The MLP's output. Decoding launches fewer kernels a token: its GELU is one kernel
+        (`fused.gelu_decoding`), and it hands the output over as (product, bias) for the next residual
+        addition to add both in one kernel (`fused.add_biased`): at one row MLX runs a biased product
+        as a split product and a reduction, two kernels, where the plain product is one."""
         fc, proj = self.c_fc, self.c_proj
         if decoding:  # no backward pass to save memory for; skip the custom function's extra nodes
-            return fused.gelu(fc(x, False)) @ _as(proj.weight, x.dtype).T, _as(proj.bias, x.dtype)
+            return fused.gelu_decoding(fc(x, False)) @ _as(proj.weight, x.dtype).T, _as(proj.bias, x.dtype)
         y, _ = fused.mlp(x, *(_as(p, x.dtype) for p in (fc.weight, fc.bias, proj.weight, proj.bias)))
         return y
 

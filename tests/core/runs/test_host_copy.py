@@ -74,7 +74,8 @@ def test_a_checkpoint_written_through_the_staging_buffer_is_the_same_file(tmp_pa
 def test_a_failed_copy_to_host_memory_is_one_line_and_leaves_no_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr(host_copy, "_cuda_staging", lambda: host_copy.CudaStaging(HostRuntime(fail_copies=True), 64))
     snap = checkpoint.snapshot({"w": mx.arange(10.0)}, {})
-    with pytest.raises(AcmError, match=r"could not copy it to host memory \(CUDA runtime error 700\): could not write checkpoint") as err:
+    why = r"could not copy it to host memory \(CUDA runtime error 700\): could not write checkpoint"
+    with pytest.raises(AcmError, match=why) as err:
         checkpoint.write(tmp_path, 1, snap, {"config": {}})
     assert "\n" not in str(err.value)
     assert checkpoint.latest(tmp_path) is None and not list(tmp_path.glob(".tmp-*"))
