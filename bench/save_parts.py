@@ -87,7 +87,8 @@ def main() -> None:
     for rep in range(a.repeats):
         row = {"bench": "save_parts", "device": device_info().get("device_name", str(mx.default_device())),
                "preset": a.preset, "muon": a.muon, "repeat": rep, **parts(opt, a.dir)}
-        for key, (staged, writeback) in WRITE_PATHS.items():
+        paths = list(WRITE_PATHS.items())
+        for key, (staged, writeback) in paths[rep % len(paths):] + paths[:rep % len(paths)]:  # no path always first
             snap = checkpoint.snapshot(opt.parameters(), opt.checkpoint_state())
             with write_path(staged, writeback):
                 row[key] = timed(checkpoint.write, a.dir / "ck", rep, snap, {"step": rep})

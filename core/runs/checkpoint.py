@@ -93,8 +93,8 @@ DTYPES = {mx.float32: "F32", mx.float16: "F16", mx.bfloat16: "BF16", mx.float64:
 def snapshot(params: dict, optimizer_state: dict) -> Snapshot:
     """The weights and optimizer state joined on the device into new buffers (`Blob`), which no later
     step reads, donates or frees; queued, not waited for. Another thread may then write them
-    (`write`) while MLX moves on: one copy to host memory and one write call per buffer, so the
-    writer seldom needs Python's lock while the steps go on."""
+    (`write`) while MLX moves on: copies to host memory and write calls of 64 MB pieces
+    (`host_copy`), so the writer seldom needs Python's lock while the steps go on."""
     trees = [dict(tree_flatten(params)),
              {k: v for k, v in tree_flatten(optimizer_state) if isinstance(v, mx.array)}]
     blobs = [_blob(tree) for tree in trees]
