@@ -62,9 +62,14 @@ def use_unfused_residual() -> None:
     model.add_layer_norm = add_then_layer_norm
 
 
+saved_add_layer_norm = model.add_layer_norm
+
+
 def add_then_layer_norm(x, h, w, b, eps, training=True):
     """The residual addition, then the model's layer norm as it stands (MLX's under --mlx-layer-norm)."""
-    s = x if h is None else x + h
+    if h is None or isinstance(h, tuple):  # no addition, or decoding's (product, bias): as shipped
+        return saved_add_layer_norm(x, h, w, b, eps, training)
+    s = x + h
     return s, model.layer_norm(s, w, b, eps, training)
 
 

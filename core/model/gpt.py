@@ -120,12 +120,16 @@ class MLP(nn.Module):
 
     def __call__(self, x: mx.array, decoding: bool = False) -> Addend:
         """The MLP's output. Decoding launches fewer kernels a token: its GELU is one kernel
-        (`fused.gelu_decoding`), and it hands the output over as (product, bias) for the next residual
-        addition to add both in one kernel (`fused.add_biased`): at one row MLX runs a biased product
-        as a split product and a reduction, two kernels, where the plain product is one."""
+        (`fused.gelu_decoding`), and a lone row (one stream, one token) hands the output over as
+        (product, bias) for the next residual addition to add both in one kernel (`fused.add_biased`):
+        at one row MLX runs a biased product as a split product and a reduction, two kernels, where
+        the plain product is one. Batches of rows keep the biased product."""
         fc, proj = self.c_fc, self.c_proj
         if decoding:  # no backward pass to save memory for; skip the custom function's extra nodes
-            return fused.gelu_decoding(fc(x, False)) @ _as(proj.weight, x.dtype).T, _as(proj.bias, x.dtype)
+            a = fused.gelu_decoding(fc(x, False))
+            if x.size == x.shape[-1]:
+                return a @ _as(proj.weight, x.dtype).T, _as(proj.bias, x.dtype)
+            return proj(a, False)
         y, _ = fused.mlp(x, *(_as(p, x.dtype) for p in (fc.weight, fc.bias, proj.weight, proj.bias)))
         return y
 

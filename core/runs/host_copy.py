@@ -4,7 +4,7 @@ On Apple silicon (and the CPU) an MLX buffer already is host memory: its pieces 
 On NVIDIA GPUs MLX's buffer protocol hands over managed memory that still lives on the GPU, and a
 CPU reading it moves it a page fault at a time: 0.5-0.9 s for a tiny checkpoint's 1.19 GB on an
 H200 machine, most of that save's time. There each piece is copied by the GPU's copy engine into
-one pinned host buffer instead (0.02 s for the same bytes, `bench/save_parts.py`), through the CUDA
+one pinned host buffer instead (0.02 s for the same bytes; bench/RESULTS.md), through the CUDA
 runtime MLX itself runs on, on a stream of its own that never waits for the training steps.
 """
 from __future__ import annotations
@@ -33,7 +33,11 @@ class CudaStaging:
         self.rt, self.lock = runtime, threading.Lock()
         self.stream, pinned = ctypes.c_void_p(), ctypes.c_void_p()
         self._check(runtime.cudaStreamCreateWithFlags(ctypes.byref(self.stream), _NON_BLOCKING))
-        self._check(runtime.cudaMallocHost(ctypes.byref(pinned), ctypes.c_size_t(size)))
+        try:
+            self._check(runtime.cudaMallocHost(ctypes.byref(pinned), ctypes.c_size_t(size)))
+        except OSError:
+            runtime.cudaStreamDestroy(self.stream)
+            raise
         self.address = pinned.value
         self.buffer = memoryview((ctypes.c_uint8 * size).from_address(pinned.value)).cast("B")
 
@@ -54,11 +58,15 @@ def _cuda_staging() -> CudaStaging | None:
     """The staging buffer where MLX runs on CUDA and the runtime loads; None elsewhere."""
     if not mx.cuda.is_available():
         return None
-    for name in _CUDA_LIBRARIES:
+    for name in _CUDA_LIBRARIES:  # the first that loads: the runtime MLX has loaded, where it has
         try:
-            return CudaStaging(ctypes.CDLL(name), PIECE_BYTES)
-        except (OSError, AttributeError):
+            runtime = ctypes.CDLL(name)
+        except OSError:
             continue
+        try:
+            return CudaStaging(runtime, PIECE_BYTES)
+        except (OSError, AttributeError):  # no pinned memory to be had: the CPU reads MLX's buffers
+            return None
     return None
 
 

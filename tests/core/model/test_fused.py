@@ -145,6 +145,8 @@ def test_decoding_adds_the_mlp_s_bias_with_the_residual_stream(tmp_path):
     assert mx.allclose(step, model(idx)[:, -1], atol=1e-5, rtol=1e-5)
     out, bias = model.h[0].mlp(mx.ones((1, 1, model.shape.n_embd)), decoding=True)
     assert bias is not None and out.shape == (1, 1, model.shape.n_embd)
+    rows = model.h[0].mlp(mx.ones((2, 1, model.shape.n_embd)), decoding=True)
+    assert isinstance(rows, mx.array)  # a batch keeps the biased product
     ones = mx.ones(4)
     mx.eval(ones)
     assert len(_operations(fused.add_biased(ones, ones, ones), tmp_path)) == 1

@@ -37,6 +37,9 @@ class HostRuntime:
     def cudaStreamSynchronize(self, stream):  # noqa: N802
         return 0
 
+    def cudaStreamDestroy(self, stream):  # noqa: N802
+        return 0
+
 
 def _chunk(n: int) -> mx.array:
     a = (mx.arange(n) % 251).astype(mx.uint8)
@@ -69,6 +72,10 @@ def test_a_checkpoint_written_through_the_staging_buffer_is_the_same_file(tmp_pa
     for name in ("model.safetensors", "optimizer.safetensors", "state.json"):
         plain, staged = (tmp_path / w / "step-0000001" / name for w in ("plain", "staged"))
         assert staged.read_bytes() == plain.read_bytes()
+    got, opt = checkpoint.load_arrays(checkpoint.latest(tmp_path / "staged"))
+    for name, a in (params | state).items():
+        back = got.get(name, opt.get(name))
+        assert back.dtype == a.dtype and mx.array_equal(back, a).item(), name
 
 
 def test_a_failed_copy_to_host_memory_is_one_line_and_leaves_no_checkpoint(tmp_path, monkeypatch):
