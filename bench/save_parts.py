@@ -1,8 +1,9 @@
 """Where a checkpoint's save goes, part by part: a preset's weights and optimizer state (AdamW, or
 Muon with --muon) snapshotted on the device, handed to the CPU, written, fsynced; then whole saves
 as the trainer's writer makes them (`checkpoint.write`: checkpoint_write_s), side by side with that
-write before its two changes (before_s: the CPU reading MLX's managed memory itself, every byte left
-to the final fsync) and with each change alone (staged_only_s, writeback_only_s).
+write without its two changes (before_s: the CPU reading MLX's managed memory itself, every byte left
+to the final fsync; still in 64 MB pieces, where the code before wrote a buffer in one call) and with
+each change alone (staged_only_s, writeback_only_s).
 
 usage: python bench/save_parts.py --dir FOLDER [--preset tiny] [--dtype bfloat16] [--repeats 3] [--muon]
 FOLDER is where the files go (on the disk the runs would use). Prints one JSON line per repeat.
