@@ -18,6 +18,7 @@ from collections import Counter
 import mlx.core as mx
 import numpy as np
 from generate import mlx_lm_model
+from gpu_kernels import Tracer
 
 from core.generate.decode import generate_tokens
 from core.generate.sampling import SamplingParams
@@ -26,12 +27,7 @@ from core.presets import get_preset
 
 
 def main() -> None:
-    try:
-        import torch
-        from torch.profiler import ProfilerActivity, profile
-    except ImportError:
-        raise SystemExit("decode_kernels.py needs PyTorch with CUDA beside MLX: "
-                         "its profiler counts the kernels") from None
+    tracer = Tracer("decode_kernels.py")
     from mlx_lm.generate import generate_step
 
     p = argparse.ArgumentParser()
@@ -39,7 +35,6 @@ def main() -> None:
     p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
     p.add_argument("--prompt-tokens", type=int, default=128)
     a = p.parse_args()
-    torch.cuda.init()
     mx.random.seed(0)
     dtype = DTYPES[a.dtype]
     model = GPT(get_preset(a.preset), a.dtype)
@@ -62,10 +57,9 @@ def main() -> None:
         decode(64)  # compiled and warm
         counts = []
         for n in (40, 140):
-            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            with tracer.kernels() as traced:
                 decode(n)
-            counts.append(Counter(ev.name[:90] for ev in prof.events()
-                                  if ev.device_type == torch.autograd.DeviceType.CUDA))
+            counts.append(Counter(ev.name[:90] for ev in traced()))
         per_token = {k: (counts[1][k] - counts[0][k]) / 100 for k in counts[1] if counts[1][k] != counts[0][k]}
         start = time.perf_counter()
         decode(300)

@@ -15,6 +15,7 @@ import time
 from collections import defaultdict
 
 import mlx.core as mx
+from gpu_kernels import Tracer
 from step_setup import compiled_step, fixed_batch
 
 from core.model.gpt import GPT
@@ -37,13 +38,7 @@ def kind_of(name: str) -> str:
 
 
 def main() -> None:
-    try:
-        import torch
-        from torch.profiler import ProfilerActivity, profile
-    except ImportError:
-        raise SystemExit("trace_step.py needs PyTorch with CUDA beside MLX: "
-                         "its profiler reads the GPU's kernel times") from None
-
+    tracer = Tracer("trace_step.py")
     p = argparse.ArgumentParser()
     p.add_argument("--preset", default="tiny")
     p.add_argument("--batch", type=int, default=16)
@@ -51,24 +46,22 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--top", type=int, default=30)
     a = p.parse_args()
-    torch.cuda.init()
     shape = get_preset(a.preset)
     mx.random.seed(0)
     step, _, state = compiled_step(GPT(shape, "bfloat16"))
     x, y = fixed_batch(shape, a.batch, a.seq)
     for _ in range(3):
         mx.eval(step(x, y), state)
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    with tracer.kernels() as traced:
         t = time.perf_counter()
         for _ in range(a.steps):
             mx.eval(step(x, y), state)
         wall = (time.perf_counter() - t) / a.steps * 1e3
     per_name: dict[str, list] = defaultdict(lambda: [0.0, 0])
-    for ev in prof.events():
-        if ev.device_type == torch.autograd.DeviceType.CUDA:
-            d = per_name[ev.name]
-            d[0] += ev.device_time_total / 1e3 / a.steps  # ms per step
-            d[1] += 1
+    for ev in traced():
+        d = per_name[ev.name]
+        d[0] += ev.device_time_total / 1e3 / a.steps  # ms per step
+        d[1] += 1
     per_kind: dict[str, float] = defaultdict(float)
     for name, (ms, _) in per_name.items():
         per_kind[kind_of(name)] += ms

@@ -16,12 +16,8 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_map_with_path
 
 from core.model import fused
-from core.model.layer_norm import add_layer_norm, layer_norm
+from core.model.layer_norm import Addend, add_layer_norm, layer_norm
 from core.presets import ModelShape
-
-# What a layer norm adds to the residual stream before norming it: a sublayer's output, none, or
-# (decoding) the MLP's product and bias, added together in one kernel
-Addend = mx.array | tuple[mx.array, mx.array] | None
 
 DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
 

@@ -57,8 +57,13 @@ def layer_norm(x: mx.array, w: mx.array, b: mx.array, eps: float, training: bool
     return mx.fast.layer_norm(x, w, b, eps)
 
 
-def add_layer_norm(x: mx.array, h: mx.array | tuple[mx.array, mx.array] | None, w: mx.array, b: mx.array,
-                   eps: float, training: bool = True) -> tuple[mx.array, mx.array]:
+# What a layer norm adds to the residual stream before norming it: a sublayer's output, none, or
+# (decoding) the MLP's product and bias, added together in one kernel
+Addend = mx.array | tuple[mx.array, mx.array] | None
+
+
+def add_layer_norm(x: mx.array, h: Addend, w: mx.array, b: mx.array, eps: float,
+                   training: bool = True) -> tuple[mx.array, mx.array]:
     """(s, layer norm of s) for the residual stream s = x + h (s = x where h is None; h may be a
     (product, bias) pair, both added): one kernel in training where the CUDA kernels apply. Decoding
     keeps MLX's addition and norm: at batch 1 a custom kernel's launch costs the host more than the
