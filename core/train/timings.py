@@ -30,6 +30,7 @@ class Timings:
         self.started = 0.0
         self.loop_at = self.first_at = self.loop_end = self.ended = None
         self.spent = dict.fromkeys(ASIDE, 0.0)
+        self.each: dict[str, list[float]] = {part: [] for part in ASIDE}  # every time a part stopped the loop, in order
         self.aside_at_first = self.aside_at_end = 0.0  # set aside before the first steps / the loop's end
         self.saves = 0
         self.first_steps = self.all_steps = 0  # steps done by first_steps_done / loop_done
@@ -55,7 +56,9 @@ class Timings:
         try:
             yield
         finally:
-            self.spent[part] += self.clock() - t0
+            took = self.clock() - t0
+            self.spent[part] += took
+            self.each[part].append(took)
             self.saves += saves
 
     def loop_done(self, steps: int) -> None:
@@ -87,10 +90,12 @@ class Timings:
         return parts
 
     def record(self) -> dict:
-        """What timings.json holds: the wall, each part, and the saves the checkpoints' part covers."""
+        """What timings.json holds: the wall, each part, the saves the checkpoints' part covers, and each
+        time validation, samples and checkpoints stopped the loop (the first check's compile shows there)."""
         parts = self.seconds()
         return {"wall_s": round(sum(parts.values()), 3), "parts_s": {k: round(v, 3) for k, v in parts.items()},
-                "saves": self.saves}
+                "saves": self.saves,
+                "each_s": {k: [round(v, 3) for v in self.each[k]] for k in ("validation", "samples", "checkpoints")}}
 
     def line(self, stage: str) -> str:
         """e.g. "pretrain: 81 s: setup 9 s, compile 12 s, steps 20 s, validation 6 s, samples 1.2 s, ..."."""

@@ -54,6 +54,7 @@ def test_the_parts_add_up_to_the_wall_and_each_lands_where_it_was_spent():
     assert t.line("pretrain") == ("pretrain: 22 s: setup 3.0 s, compile 3.5 s, steps 9.8 s, validation 1.0 s, "
                                   "samples 0.2 s, checkpoints 1.5 s, other 2.5 s")
     assert t.record()["saves"] == 1 and t.record()["wall_s"] == 21.5
+    assert t.record()["each_s"] == {"validation": [1.0], "samples": [0.25], "checkpoints": [0.5, 1.0]}
 
 
 def test_a_loop_too_short_to_time_its_first_steps_counts_as_steps():
