@@ -85,6 +85,8 @@ def test_a_stage_ends_with_its_timings_line_and_file(prepared):
     assert record["wall_s"] <= clock.now - 1000.0  # read inside the run, on its clock
     assert parts["steps"] > 0 and parts["validation"] > 0 and parts["samples"] > 0 and parts["checkpoints"] > 0
     assert record["saves"] == 2  # steps 10 and 20
+    assert len(record["each_s"]["checkpoints"]) == 3  # two saves and the last one's wait
+    assert sum(record["each_s"]["validation"]) == pytest.approx(parts["validation"], abs=0.01)
     log = Paths.train_log(run, "pretrain").read_text().splitlines()
     line = next(t for t in log if " pretrain: " in t and "setup" in t)
     assert all(part in line for part in PARTS)
