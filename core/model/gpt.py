@@ -85,6 +85,24 @@ class KVCache:
         return self.keys[..., : self.offset, :], self.values[..., : self.offset, :]
 
 
+# A prompt's attention scores up to this many (batch x heads x queries x keys) are computed with
+# plain operations. On NVIDIA GPUs MLX's fused attention builds a cuDNN graph for every new shape it
+# meets, and each prompt length is one: on an H200 a live-samples check's prompts then took 0.55-0.65 s
+# where they now take 0.40-0.48 s, and a fresh machine's first lone prompt 4.4 s (bench/RESULTS.md).
+PLAIN_PREFILL = 1 << 22
+
+
+def plain_attention(q: mx.array, k: mx.array, v: mx.array, scale: float, mask: mx.array | str) -> mx.array:
+    """Softmax attention of q (B, nh, T, hs) over k, v (B, nh, S, hs) under `mask` ("causal": aligned
+    to the last key, or a boolean (B, 1, T, S)); the softmax in float32, as the fused kernel's."""
+    T, S = q.shape[2], k.shape[2]
+    if isinstance(mask, str):
+        mask = mx.arange(S)[None, :] <= mx.arange(S - T, S)[:, None]
+    scores = ((q * scale) @ k.swapaxes(-1, -2)).astype(mx.float32)
+    weights = mx.softmax(mx.where(mask, scores, -mx.inf), axis=-1)
+    return weights.astype(v.dtype) @ v
+
+
 class Attention(nn.Module):
     def __init__(self, s: ModelShape):
         super().__init__()
@@ -104,7 +122,10 @@ class Attention(nn.Module):
         # rows of a batch with left padding bring their own mask
         if mask is None:
             mask = "causal" if T > 1 else None
-        y = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)
+        if cache is not None and T > 1 and B * self.n_head * T * k.shape[2] <= PLAIN_PREFILL:
+            y = plain_attention(q, k, v, self.scale, mask)
+        else:
+            y = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)
         return self.c_proj(y.transpose(0, 2, 1, 3).reshape(B, T, C), training)
 
 

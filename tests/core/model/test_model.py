@@ -8,7 +8,7 @@ from mlx.utils import tree_flatten
 
 from core import config
 from core.engine import Engine
-from core.model import model_shape
+from core.model import gpt, model_shape
 from core.model.check import architecture_test
 from core.model.gpt import GPT
 from core.presets import PRESETS, get_preset
@@ -69,7 +69,9 @@ def test_causality_future_tokens_never_change_earlier_logits():
     assert not mx.allclose(la[:, 20:], lb[:, 20:], atol=1e-3).item()
 
 
-def test_kv_cache_decoding_equals_full_forward():
+@pytest.mark.parametrize("plain", [True, False])
+def test_kv_cache_decoding_equals_full_forward(monkeypatch, plain):
+    monkeypatch.setattr(gpt, "PLAIN_PREFILL", gpt.PLAIN_PREFILL if plain else 0)  # prompts' attention, both ways
     mx.random.seed(2)
     model = GPT(get_preset("nano"))
     idx = mx.random.randint(0, 1024, (2, 40))
@@ -79,6 +81,18 @@ def test_kv_cache_decoding_equals_full_forward():
     parts += [model(idx[:, t:t + 1], cache) for t in range(30, 40)]  # one token at a time
     assert cache[0].offset == 40
     assert mx.allclose(mx.concatenate(parts, axis=1), full, atol=1e-4).item()
+
+
+def test_plain_attention_is_the_fused_attention_under_either_mask():
+    mx.random.seed(4)
+    q, k, v = (mx.random.normal((2, 3, T, 8)) for T in (5, 9, 9))
+    causal = mx.fast.scaled_dot_product_attention(q, k, v, scale=0.3, mask="causal")  # aligned to the last key
+    assert mx.allclose(gpt.plain_attention(q, k, v, 0.3, "causal"), causal, atol=1e-6).item()
+    _, mask = gpt.padded_positions(4, 5, mx.array([2, 0]))
+    padded = mx.fast.scaled_dot_product_attention(q, k, v, scale=0.3, mask=mask)
+    assert mx.allclose(gpt.plain_attention(q, k, v, 0.3, mask), padded, atol=1e-6).item()
+    half = gpt.plain_attention(*(t.astype(mx.bfloat16) for t in (q, k, v)), 0.3, mask)
+    assert half.dtype == mx.bfloat16 and mx.allclose(half.astype(mx.float32), padded, atol=3e-2).item()
 
 
 def test_context_overflow_is_refused():
