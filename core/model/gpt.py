@@ -87,8 +87,8 @@ class KVCache:
 
 # A prompt's attention scores up to this many (batch x heads x queries x keys) are computed with
 # plain operations. On NVIDIA GPUs MLX's fused attention builds a cuDNN graph for every new shape it
-# meets, and each prompt length is one: on an H200 a live-samples check's prompts then took 0.55-0.65 s
-# where they now take 0.40-0.48 s, and a fresh machine's first lone prompt 4.4 s (bench/RESULTS.md).
+# meets, and each prompt length is one: on an H200 a pretrain's first live-samples check took 0.55-0.65 s
+# with it, 0.40-0.48 s without, and a fresh machine's first lone prompt 4.4 s with it (bench/RESULTS.md).
 PLAIN_PREFILL = 1 << 22
 
 
