@@ -94,13 +94,15 @@ PLAIN_PREFILL = 1 << 22
 
 def plain_attention(q: mx.array, k: mx.array, v: mx.array, scale: float, mask: mx.array | str) -> mx.array:
     """Softmax attention of q (B, nh, T, hs) over k, v (B, nh, S, hs) under `mask` ("causal": aligned
-    to the last key, or a boolean (B, 1, T, S)); the softmax in float32, as the fused kernel's."""
+    to the last key, or a boolean (B, 1, T, S)), computed in float32 as the fused kernel computes its
+    scores and softmax."""
     T, S = q.shape[2], k.shape[2]
     if isinstance(mask, str):
         mask = mx.arange(S)[None, :] <= mx.arange(S - T, S)[:, None]
-    scores = ((q * scale) @ k.swapaxes(-1, -2)).astype(mx.float32)
+    f32 = mx.float32
+    scores = (q.astype(f32) * scale) @ k.astype(f32).swapaxes(-1, -2)
     weights = mx.softmax(mx.where(mask, scores, -mx.inf), axis=-1)
-    return weights.astype(v.dtype) @ v
+    return (weights @ v.astype(f32)).astype(v.dtype)
 
 
 class Attention(nn.Module):
