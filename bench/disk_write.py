@@ -20,8 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from core.atomic import start_writeback
-
-PIECE = 64 << 20
+from core.runs.host_copy import PIECE_BYTES as PIECE
 
 
 def one_thread(path: Path, data: memoryview, writeback: bool = True) -> None:
@@ -58,13 +57,14 @@ def threads(path: Path, data: memoryview, count: int) -> None:
 
 def direct(path: Path, data: memoryview) -> None:
     """O_DIRECT through one page-aligned buffer (the bytes past the last 4 KiB are left out)."""
-    buf, size = mmap.mmap(-1, PIECE), len(data) - len(data) % 4096
+    size = len(data) - len(data) % 4096
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DIRECT, 0o644)
     try:
-        for start in range(0, size, PIECE):
-            n = min(PIECE, size - start)
-            buf[:n] = data[start:start + n]
-            os.write(fd, memoryview(buf)[:n])
+        with mmap.mmap(-1, PIECE) as buf:
+            for start in range(0, size, PIECE):
+                n = min(PIECE, size - start)
+                buf[:n] = data[start:start + n]
+                os.write(fd, memoryview(buf)[:n])
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -76,7 +76,7 @@ def main() -> None:
     p.add_argument("--gb", type=float, default=1.19)
     p.add_argument("--rounds", type=int, default=2)
     a = p.parse_args()
-    data = memoryview(np.random.default_rng(0).integers(0, 255, int(a.gb * 1e9), dtype=np.uint8)).cast("B")
+    data = memoryview(np.random.default_rng(0).integers(0, 256, int(a.gb * 1e9), dtype=np.uint8)).cast("B")
     ways = {"one_writeback": lambda f: one_thread(f, data), "one_plain": lambda f: one_thread(f, data, False),
             "threads4": lambda f: threads(f, data, 4), "threads8": lambda f: threads(f, data, 8)}
     if hasattr(os, "O_DIRECT"):

@@ -34,8 +34,11 @@ def main() -> None:
     cfg = config.load(a.project / "acm.toml")
     lm = load_model(cfg, run=a.run, stage=a.stage)
     prompts, _ = sample_prompts(cfg)
-    ids = [fit_prompt([BOS_ID] + lm.tokenizer.encode(t), lm.model.shape.n_ctx, a.tokens)[0] for t in prompts]
-    longer = [row + row[1:] for row in ids]
+    def fit(rows: list[list[int]]) -> list[list[int]]:
+        return [fit_prompt(row, lm.model.shape.n_ctx, a.tokens)[0] for row in rows]
+
+    ids = fit([[BOS_ID] + lm.tokenizer.encode(t) for t in prompts])
+    longer = fit([row + row[1:] for row in ids])  # prompt lengths not seen before
     out = {"bench": "first_decode", "run": a.run, "prompt_tokens": [len(row) for row in ids],
            "load_s": round(time.perf_counter() - start, 3)}
 

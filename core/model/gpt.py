@@ -15,7 +15,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_map_with_path
 
-from core.model import fused
+from core.model import cuda_kernels, fused
 from core.model.layer_norm import Addend, add_layer_norm, layer_norm
 from core.presets import ModelShape
 
@@ -85,17 +85,18 @@ class KVCache:
         return self.keys[..., : self.offset, :], self.values[..., : self.offset, :]
 
 
-# A prompt's attention scores up to this many (batch x heads x queries x keys) are computed with
-# plain operations. On NVIDIA GPUs MLX's fused attention builds a cuDNN graph for every new shape it
-# meets, and each prompt length is one: on an H200 a pretrain's first live-samples check took 0.55-0.65 s
-# with it, 0.40-0.48 s without, and a fresh machine's first lone prompt 4.4 s with it (bench/RESULTS.md).
-PLAIN_PREFILL = 1 << 22
+# On NVIDIA GPUs, a prompt's attention scores up to this many (batch x heads x queries x keys) are
+# computed with plain operations: MLX's fused attention builds a cuDNN graph for every new shape it
+# meets, and each prompt length is one. On an H200 a pretrain's first live-samples check took
+# 0.55-0.65 s with it, 0.40-0.48 s without, and a fresh machine's first lone prompt 4.4 s with it
+# (bench/RESULTS.md). Apple silicon's fused attention builds nothing: it keeps it (0).
+PLAIN_PREFILL = 1 << 22 if cuda_kernels.available() else 0
 
 
 def plain_attention(q: mx.array, k: mx.array, v: mx.array, scale: float, mask: mx.array | str) -> mx.array:
     """Softmax attention of q (B, nh, T, hs) over k, v (B, nh, S, hs) under `mask` ("causal": aligned
-    to the last key, or a boolean (B, 1, T, S)), computed in float32 as the fused kernel computes its
-    scores and softmax."""
+    to the last key, or a boolean (B, 1, T, S)), in float32 throughout, rounded to the inputs' dtype
+    once, at the end."""
     T, S = q.shape[2], k.shape[2]
     if isinstance(mask, str):
         mask = mx.arange(S)[None, :] <= mx.arange(S - T, S)[:, None]

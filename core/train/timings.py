@@ -19,6 +19,7 @@ from core.atomic import read_json, write_text
 
 PARTS = ("setup", "compile", "steps", "validation", "samples", "checkpoints", "other")
 ASIDE = ("validation", "samples", "checkpoints", "paused")  # what stops the loop; paused time counts as other
+EACH = ("validation", "samples", "checkpoints")  # timings.json lists each of these one by one
 FILE = "timings.json"
 
 
@@ -30,7 +31,7 @@ class Timings:
         self.started = 0.0
         self.loop_at = self.first_at = self.loop_end = self.ended = None
         self.spent = dict.fromkeys(ASIDE, 0.0)
-        self.each: dict[str, list[float]] = {part: [] for part in ASIDE}  # every time a part stopped the loop, in order
+        self.each: dict[str, list[float]] = {part: [] for part in EACH}  # every time a part stopped the loop, in order
         self.aside_at_first = self.aside_at_end = 0.0  # set aside before the first steps / the loop's end
         self.saves = 0
         self.first_steps = self.all_steps = 0  # steps done by first_steps_done / loop_done
@@ -58,7 +59,8 @@ class Timings:
         finally:
             took = self.clock() - t0
             self.spent[part] += took
-            self.each[part].append(took)
+            if part in self.each:
+                self.each[part].append(took)
             self.saves += saves
 
     def loop_done(self, steps: int) -> None:
@@ -95,7 +97,7 @@ class Timings:
         parts = self.seconds()
         return {"wall_s": round(sum(parts.values()), 3), "parts_s": {k: round(v, 3) for k, v in parts.items()},
                 "saves": self.saves,
-                "each_s": {k: [round(v, 3) for v in self.each[k]] for k in ("validation", "samples", "checkpoints")}}
+                "each_s": {k: [round(v, 3) for v in times] for k, times in self.each.items()}}
 
     def line(self, stage: str) -> str:
         """e.g. "pretrain: 81 s: setup 9 s, compile 12 s, steps 20 s, validation 6 s, samples 1.2 s, ..."."""

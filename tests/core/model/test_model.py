@@ -71,7 +71,7 @@ def test_causality_future_tokens_never_change_earlier_logits():
 
 @pytest.mark.parametrize("plain", [True, False])
 def test_kv_cache_decoding_equals_full_forward(monkeypatch, plain):
-    monkeypatch.setattr(gpt, "PLAIN_PREFILL", gpt.PLAIN_PREFILL if plain else 0)  # prompts' attention, both ways
+    monkeypatch.setattr(gpt, "PLAIN_PREFILL", 1 << 22 if plain else 0)  # prompts' attention, both ways
     mx.random.seed(2)
     model = GPT(get_preset("nano"))
     idx = mx.random.randint(0, 1024, (2, 40))
@@ -91,10 +91,30 @@ def test_plain_attention_is_the_fused_attention_under_either_mask():
     _, mask = gpt.padded_positions(4, 5, mx.array([2, 0]))
     padded = mx.fast.scaled_dot_product_attention(q, k, v, scale=0.3, mask=mask)
     assert mx.allclose(gpt.plain_attention(q, k, v, 0.3, mask), padded, atol=1e-6).item()
-    half = [t.astype(mx.bfloat16) for t in (q, k, v)]  # scores and softmax in float32: one rounding, at the end
+    half = [t.astype(mx.bfloat16) for t in (q, k, v)]  # float32 throughout: one rounding to bf16, at the end
     exact = mx.fast.scaled_dot_product_attention(*(t.astype(mx.float32) for t in half), scale=0.3, mask=mask)
     got = gpt.plain_attention(*half, 0.3, mask)
-    assert got.dtype == mx.bfloat16 and mx.array_equal(got, exact.astype(mx.bfloat16)).item()
+    assert got.dtype == mx.bfloat16
+    assert mx.all(mx.abs(got.astype(mx.float32) - exact) <= 2**-8 * mx.abs(exact) + 1e-6).item()
+
+
+def test_only_a_cached_prompt_under_the_limit_takes_the_plain_attention(monkeypatch):
+    calls = []
+    plain = gpt.plain_attention
+    monkeypatch.setattr(gpt, "plain_attention", lambda *a: (calls.append(a[0].shape), plain(*a))[1])
+    monkeypatch.setattr(gpt, "PLAIN_PREFILL", 2 * 2 * 16 * 16)  # nano: 2 heads; two prompts of 16 tokens fit
+    model = GPT(get_preset("nano"))
+    idx = mx.random.randint(0, 1024, (2, 17))
+    model(idx[:, :16])  # training and validation: no cache
+    model.loss(idx[:, :16], idx[:, 1:])
+    assert calls == []
+    cache = model.make_cache()
+    model(idx[:, :16], cache)  # a prompt: every layer
+    assert calls == [(2, 2, 16, 32)] * model.shape.n_layer
+    model(idx[:, 16:], cache)  # a decoded token keeps the fused kernel
+    assert len(calls) == model.shape.n_layer
+    model(mx.concatenate([idx, idx], axis=1)[:, :17], model.make_cache())  # over the limit
+    assert len(calls) == model.shape.n_layer
 
 
 def test_context_overflow_is_refused():
