@@ -4,20 +4,22 @@ Builds the product's model and step on a preset (as `acm train` does), then time
 first steps apart: building the model and optimizer, tracing the compiled step (the first call
 builds the graph), running it the first time (MLX compiles or loads its kernels and records the
 device's graphs), the next few steps, the steady step (median of `--steady` steps), and the first
-and second validation loss (its own compiled graph). Prints one JSON line.
+and second validation loss (its own compiled graph). Then steps queued one ahead, as the trainer
+queues them: the wall a step, and the time (and the CPU time) Python spends queuing one, which shows
+whether the device or the CPU sets the pace. Prints one JSON line.
 
 usage: python bench/first_step.py [--preset tiny] [--dtype bfloat16] [--batch 8] [--seq 1024] [--steady 30]
+                                  [--queued 60]
                                   [--mlx-layer-norm]
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
 
 import mlx.core as mx
-from step_setup import fixed_batch
+from step_setup import fixed_batch, shape_arguments
 from train_step import use_mlx_layer_norm
 
 from core.hardware import device_label
@@ -34,12 +36,9 @@ def timed(fn) -> tuple[object, float]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--preset", default="tiny")
-    p.add_argument("--dtype", default="bfloat16")
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--seq", type=int, default=1024)
+    p = shape_arguments(__doc__)
     p.add_argument("--steady", type=int, default=30)
+    p.add_argument("--queued", type=int, default=60, help="steps queued one ahead, as the trainer runs them")
     p.add_argument("--mlx-layer-norm", action="store_true", help="MLX's layer norm instead of acm's CUDA kernels")
     a = p.parse_args()
     if a.mlx_layer_norm:
@@ -64,6 +63,7 @@ def main() -> None:
     _, val_first_s = timed(lambda: eval_loss(x, y).item())
     _, val_second_s = timed(lambda: eval_loss(x, y).item())
     step_s = statistics.median(steady)
+    queued = queued_steps(step, opt, x, y, a.queued)
     print(json.dumps({
         "bench": "first_step", "device": device_label(), "preset": a.preset, "dtype": a.dtype,
         "batch": a.batch, "seq": a.seq, "mlx_layer_norm": a.mlx_layer_norm,
@@ -73,7 +73,29 @@ def main() -> None:
         "steady_step_s": round(step_s, 5),
         "first_step_beyond_steady_s": round(trace_s + first_run_s - step_s, 3),
         "validation_first_s": round(val_first_s, 3), "validation_second_s": round(val_second_s, 4),
+        **queued,
     }), flush=True)
+
+
+def queued_steps(step, opt, x, y, n: int) -> dict:
+    """`n` steps each queued while the one before runs (the trainer's loop): medians of the wall a
+    step, of the seconds queuing one takes, and of the CPU time it takes (the queuing thread's)."""
+    walls, queue, cpu = [], [], []
+    current = step(x, y)
+    mx.async_eval(*current, opt.state)
+    for _ in range(n):
+        t0, c0 = time.perf_counter(), time.thread_time()
+        ahead = step(x, y)
+        mx.async_eval(*ahead, opt.state)
+        queue.append(time.perf_counter() - t0)
+        cpu.append(time.thread_time() - c0)
+        current[0].item()
+        walls.append(time.perf_counter() - t0)
+        current = ahead
+    mx.eval(current)
+    med = statistics.median
+    return ({"queued_step_s": round(med(walls), 5), "queue_s": round(med(queue), 5), "queue_cpu_s": round(med(cpu), 5)}
+            if n else {})
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """What the training-step benchmarks share: acm's compiled step on a preset, and a fixed batch."""
 from __future__ import annotations
 
+import argparse
 from functools import partial
 
 import mlx.core as mx
@@ -51,3 +52,13 @@ def fixed_batch(shape: ModelShape, batch: int, seq: int) -> tuple[mx.array, mx.a
     """A random (seed 0) batch of inputs and next-token targets, the same for every run."""
     tokens = np.random.default_rng(0).integers(0, shape.vocab_size, (batch, seq + 1), dtype=np.int32)
     return mx.array(tokens[:, :-1]), mx.array(tokens[:, 1:])
+
+
+def shape_arguments(doc: str) -> argparse.ArgumentParser:
+    """A bench's command line with the step's shape: --preset, --dtype, --batch and --seq (tiny, bf16, 8 x 1024)."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--seq", type=int, default=1024)
+    return p
