@@ -5,8 +5,8 @@ first steps apart: building the model and optimizer, tracing the compiled step (
 builds the graph), running it the first time (MLX compiles or loads its kernels and records the
 device's graphs), the next few steps, the steady step (median of `--steady` steps), and the first
 and second validation loss (its own compiled graph). Then steps queued one ahead, as the trainer
-queues them: the wall a step, and the time (and the CPU time) Python spends queuing one, which shows
-whether the device or the CPU sets the pace. Prints one JSON line.
+queues them: the wall a step, the wall of queuing one (waits inside MLX included) and the queuing
+thread's CPU time, which show whether the device or the CPU sets the pace. Prints one JSON line.
 
 usage: python bench/first_step.py [--preset tiny] [--dtype bfloat16] [--batch 8] [--seq 1024] [--steady 30]
                                   [--queued 60]
@@ -78,8 +78,11 @@ def main() -> None:
 
 
 def queued_steps(step, opt, x, y, n: int) -> dict:
-    """`n` steps each queued while the one before runs (the trainer's loop): medians of the wall a
-    step, of the seconds queuing one takes, and of the CPU time it takes (the queuing thread's)."""
+    """`n` steps each queued while the one before runs (the trainer's loop, less its batch copies and
+    learning rate): medians of the wall a step, of the wall of queuing one, and of the queuing
+    thread's CPU time for it; nothing for `n` = 0."""
+    if not n:
+        return {}
     walls, queue, cpu = [], [], []
     current = step(x, y)
     mx.async_eval(*current, opt.state)
@@ -94,8 +97,7 @@ def queued_steps(step, opt, x, y, n: int) -> dict:
         current = ahead
     mx.eval(current)
     med = statistics.median
-    return ({"queued_step_s": round(med(walls), 5), "queue_s": round(med(queue), 5), "queue_cpu_s": round(med(cpu), 5)}
-            if n else {})
+    return {"queued_step_s": round(med(walls), 5), "queue_s": round(med(queue), 5), "queue_cpu_s": round(med(cpu), 5)}
 
 
 if __name__ == "__main__":

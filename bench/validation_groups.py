@@ -4,7 +4,9 @@ passes: the same tokens, the same mean loss (to rounding).
 Builds the product's model and compiled step on a preset, takes a few steps, then times a check of
 `--batches` batches of `--batch` x `--seq` tokens read 1, 2, 4 and 10 at a time (then 1 again):
 the first check of each grouping (its graph compiled) and the median of five more, the loss, and the
-peak memory from that grouping's start. Prints one JSON line.
+peak memory from that grouping's start (the model, optimizer and all the batches included: only the
+differences between groupings say what grouping costs). A grouping that does not divide `--batches`
+is left out and named in `skipped`. Prints one JSON line.
 
 usage: python bench/validation_groups.py [--preset tiny] [--dtype bfloat16] [--batch 8] [--seq 1024]
                                          [--batches 20]
@@ -46,7 +48,8 @@ def main() -> None:
     for _ in range(5):
         mx.eval(step(x[:a.batch], y[:a.batch]), state)
     out = {"bench": "validation_groups", "device": device_label(), "preset": a.preset, "dtype": a.dtype,
-           "batch": a.batch, "seq": a.seq, "batches": a.batches, "checks": []}
+           "batch": a.batch, "seq": a.seq, "batches": a.batches, "checks": [],
+           "skipped": sorted({g for g in GROUPS if a.batches % g})}
     for group in GROUPS:
         if a.batches % group:
             continue
