@@ -30,8 +30,7 @@ class Timings:
         self.clock = clock
         self.started = 0.0
         self.loop_at = self.first_at = self.loop_end = self.ended = None
-        self.spent = dict.fromkeys(ASIDE, 0.0)
-        self.each: dict[str, list[float]] = {part: [] for part in EACH}  # every time a part stopped the loop, in order
+        self.each: dict[str, list[float]] = {part: [] for part in ASIDE}  # every time a part stopped the loop, in order
         self.aside_at_first = self.aside_at_end = 0.0  # set aside before the first steps / the loop's end
         self.saves = 0
         self.first_steps = self.all_steps = 0  # steps done by first_steps_done / loop_done
@@ -47,7 +46,7 @@ class Timings:
         """The first `steps` steps (compilation, warm-up) are timed: steady steps from here."""
         if self.first_at is None and self.loop_at is not None:
             self.first_at, self.first_steps = self.clock(), steps
-            self.aside_at_first = sum(self.spent.values())
+            self.aside_at_first = self._aside()
 
     @contextlib.contextmanager
     def aside(self, part: str, saves: int = 0) -> Iterator[None]:
@@ -57,18 +56,19 @@ class Timings:
         try:
             yield
         finally:
-            took = self.clock() - t0
-            self.spent[part] += took
-            if part in self.each:
-                self.each[part].append(took)
+            self.each[part].append(self.clock() - t0)
             self.saves += saves
 
     def loop_done(self, steps: int) -> None:
         """The last of `steps` steps is done: what follows (the last write's wait, the stage's end) is
         not the loop's."""
         if self.loop_end is None:
-            self.loop_end, self.aside_at_end = self.clock(), sum(self.spent.values())
+            self.loop_end, self.aside_at_end = self.clock(), self._aside()
             self.all_steps = steps
+
+    def _aside(self) -> float:
+        """All the time set aside so far."""
+        return sum(sum(times) for times in self.each.values())
 
     def end(self) -> None:
         self.ended = self.clock()
@@ -78,7 +78,7 @@ class Timings:
         ended = self.ended if self.ended is not None else self.clock()
         loop_at = self.loop_at if self.loop_at is not None else ended
         loop_end = self.loop_end if self.loop_end is not None else ended
-        in_loop = self.aside_at_end if self.loop_end is not None else sum(self.spent.values())
+        in_loop = self.aside_at_end if self.loop_end is not None else self._aside()
         compile_s, steps = 0.0, loop_end - loop_at - in_loop  # never timed: all of the loop is steps
         if self.first_at is not None:
             first = self.first_at - loop_at - self.aside_at_first
@@ -87,7 +87,7 @@ class Timings:
             at_rate = min(first, self.first_steps * steps / steady) if steady > 0 else 0.0
             compile_s, steps = first - at_rate, steps + at_rate
         parts = {"setup": loop_at - self.started, "compile": compile_s, "steps": steps,
-                 **{part: self.spent[part] for part in ("validation", "samples", "checkpoints")}}
+                 **{part: sum(self.each[part]) for part in EACH}}
         parts["other"] = (ended - self.started) - sum(parts.values())
         return parts
 
@@ -97,7 +97,7 @@ class Timings:
         parts = self.seconds()
         return {"wall_s": round(sum(parts.values()), 3), "parts_s": {k: round(v, 3) for k, v in parts.items()},
                 "saves": self.saves,
-                "each_s": {k: [round(v, 3) for v in times] for k, times in self.each.items()}}
+                "each_s": {k: [round(v, 3) for v in self.each[k]] for k in EACH}}
 
     def line(self, stage: str) -> str:
         """e.g. "pretrain: 81 s: setup 9 s, compile 12 s, steps 20 s, validation 6 s, samples 1.2 s, ..."."""
