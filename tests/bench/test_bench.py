@@ -96,3 +96,16 @@ def test_ranks_bench_trains_on_one_and_two_ranks_through_the_cli(prepared):
     rows = [json.loads(line) for line in out.stdout.splitlines()]
     assert [(r["ranks"], r["per_gpu_batch"]) for r in rows] == [(1, 2), (2, 2)]
     assert rows[0]["speedup"] == 1.0 and rows[1]["speedup"] > 0 and all(r["tokens_per_s"] > 0 for r in rows)
+
+
+def test_command_wall_splits_a_training_commands_time_around_the_trainer(prepared):
+    out = subprocess.run([sys.executable, "bench/command_wall.py", "--project", str(prepared), "--max-steps", "2",
+                          "--keep"], cwd=ROOT, capture_output=True, text=True, timeout=300, env=ENV)
+    assert out.returncode == 0, out.stderr[-2000:]
+    row = json.loads(out.stdout)
+    assert row["args"] == ["train", "pretrain", "--run", "wall-1", "--max-steps", "2"]
+    assert (prepared / "runs/wall-1/pretrain/checkpoints/step-0000002").is_dir()  # the real command trained
+    parts = sum(row["before_trainer_s"].values()) + row["trainer_s"] + row["after_trainer_s"]
+    assert abs(parts - row["command_s"]) <= 0.003  # the parts are the command's whole wall, rounded
+    assert row["trainer_s"] >= row["timings"]["wall_s"] - 0.002  # timings.json's wall lies inside the trainer's
+    assert row["around_step_share"] > row["around_step_share_in_trainer"] > 0
