@@ -34,6 +34,16 @@ def in_group() -> bool:
     return "MLX_RANK" in os.environ
 
 
+def join_group() -> mx.distributed.Group:
+    """This process's group of ranks. A rank the launcher started (or mpirun, which says so in Open
+    MPI's OMPI_COMM_WORLD_SIZE) joins MLX's group; a lone process takes MLX's group of one without
+    trying its backends in turn, since their turn includes starting MPI, which costs a lone process
+    0.4-0.7 s where Open MPI is installed (bench/RESULTS.md)."""
+    if in_group() or os.environ.get("OMPI_COMM_WORLD_SIZE", "1") != "1":
+        return mx.distributed.init()
+    return mx.distributed.init(backend="ring")  # needs MLX_RANK to connect: a group of one here
+
+
 def backend(ranks: int) -> str:
     """NCCL with one GPU a rank on an NVIDIA host, the ring backend over localhost elsewhere; more
     ranks than the host has GPUs (NVIDIA) or CPU cores (elsewhere) refused in one line."""

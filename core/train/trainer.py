@@ -40,6 +40,7 @@ from core.tokenizer.shards import open_tokens
 from core.train.batches import Batches
 from core.train.budget import HOURS, UNPLANNED, Calibration, describe_seconds
 from core.train.optimizer import FlatAdamW
+from core.train.ranks import join_group
 from core.train.samples import LiveSampler
 from core.train.schedule import lr_at
 from core.train.state import TrainState
@@ -148,7 +149,7 @@ class Trainer:
         self.max_steps = max_steps  # stop after this many steps in this call (the schedule keeps the plan)
         self.clock = clock  # what time budgets, ETAs and tokens/s are measured with
         self.extend_to = extend_to  # steps asked for by name (--steps): a resumed run goes past its plan
-        self.group = mx.distributed.init()
+        self.group = join_group()
         self.rank, self.world = self.group.rank(), self.group.size()
         self.is_main = self.rank == 0
         self.state = TrainState.start(self.sc, self.world)

@@ -13,7 +13,7 @@ import mlx.core as mx
 import pytest
 
 from core import cli, config
-from core.train.ranks import ring_ranks_here
+from core.train.ranks import join_group, ring_ranks_here
 from tests.helpers import ROOT
 
 
@@ -130,3 +130,28 @@ def test_kill_9_of_acm_ends_its_launcher_and_ranks(prepared):
         for pid in family | {acm.pid}:
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_a_lone_process_takes_a_group_of_one_without_trying_mlxs_backends(monkeypatch):
+    """MLX's default init tries its backends in turn, MPI among them (0.4-0.7 s where Open MPI is
+    installed); a process no launcher started asks for the ring backend, which is one rank without
+    MLX_RANK. A rank, or a process mpirun started, joins through MLX's default (for real in the
+    two-rank tests)."""
+    asked = []
+    init = mx.distributed.init
+    monkeypatch.setattr(mx.distributed, "init", lambda **kw: asked.append(kw) or init(**kw))
+    for name in ("MLX_RANK", "OMPI_COMM_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    group = join_group()
+    assert (group.size(), group.rank()) == (1, 0)
+    monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "1")  # mpirun with one process: alone too
+    join_group()
+    assert asked == [{"backend": "ring"}] * 2
+    asked.clear()
+    monkeypatch.setattr(mx.distributed, "init", lambda **kw: asked.append(kw))  # a real group needs its launcher
+    monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "2")
+    join_group()
+    monkeypatch.delenv("OMPI_COMM_WORLD_SIZE")
+    monkeypatch.setenv("MLX_RANK", "0")
+    join_group()
+    assert asked == [{}, {}]
