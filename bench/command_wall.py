@@ -4,10 +4,12 @@ own split (`timings.json`: setup, compile, steps, validation, samples, checkpoin
 part after it (the last lines printed, Python's and MLX's exit). `timings.json` starts at the
 trainer, so this is the figure a user waits for.
 
-usage: python bench/command_wall.py --project DIR [--stage pretrain] [--rounds 1] [--max-steps N] [--keep]
+usage: python bench/command_wall.py --project DIR [--stage pretrain] [--rounds 1] [--max-steps N]
+           [--run-from RUN] [--keep]
 DIR holds acm.toml and data/ with token shards (`acm prepare` done); each round runs
 `acm train STAGE --run wall-<round>` in a fresh process (a fine-tune needs --run-from naming a run
-with a pretrain checkpoint, copied for each round) and prints one JSON line.
+with a pretrain checkpoint, copied for each round) and prints one JSON line. The process is
+`python bench/command_wall.py --child`, so Python's start includes this file's few imports.
 """
 from __future__ import annotations
 
@@ -37,6 +39,8 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     a = parse_args()
+    if a.stage == "finetune" and not a.run_from:
+        sys.exit("--stage finetune needs --run-from: a run with a pretrain checkpoint")
     for n in range(1, a.rounds + 1):
         print(json.dumps(one_round(a, f"wall-{n}") | {"round": n}), flush=True)
 
@@ -54,9 +58,12 @@ def one_round(a: argparse.Namespace, name: str) -> dict:
         done = subprocess.run([sys.executable, __file__, "--child", str(marks_file), *args], cwd=a.project,
                               env=project_env(), capture_output=True, text=True)
         ended = time.time()
-        if done.returncode:
-            sys.exit(f"acm {' '.join(args)} failed: {done.stderr.strip()[-800:]}")
-        marks = json.loads(marks_file.read_text())
+        marks = json.loads(marks_file.read_text()) if marks_file.exists() else {}
+    if done.returncode or "trainer_out" not in marks:
+        if not a.keep:
+            shutil.rmtree(run, ignore_errors=True)
+        sys.exit(f"acm {' '.join(args)} " + (f"failed: {done.stderr.strip()[-800:]}" if done.returncode
+                                              else "trained nothing: the trainer never ran"))
     timings = json.loads((run / a.stage / "timings.json").read_text())
     if not a.keep:
         shutil.rmtree(run, ignore_errors=True)
@@ -70,7 +77,7 @@ def split(marks: dict, started: float, ended: float, timings: dict) -> dict:
         "bench": "command_wall", "device": marks["device"], "command_s": round(command, 3),
         "before_trainer_s": {"python_start": round(marks["script"] - started, 3),
                              "imports": round(marks["imported"] - marks["script"], 3),
-                             "device_settings_run": round(marks["trainer_in"] - marks["imported"], 3)},
+                             "to_trainer": round(marks["trainer_in"] - marks["imported"], 3)},
         "trainer_s": round(marks["trainer_out"] - marks["trainer_in"], 3),
         "after_trainer_s": round(ended - marks["trainer_out"], 3),
         "timings": timings,
@@ -94,6 +101,8 @@ def child(marks_file: Path, argv: list[str]) -> int:
     run = Trainer.run
 
     def marked_run(self):
+        from core.hardware import device_label
+        marks.setdefault("device", device_label())
         marks.setdefault("trainer_in", time.time())
         try:
             return run(self)
@@ -104,8 +113,6 @@ def child(marks_file: Path, argv: list[str]) -> int:
     try:
         return acm(argv)
     finally:
-        from core.hardware import device_label
-        marks["device"] = device_label()
         marks_file.write_text(json.dumps(marks))
 
 
