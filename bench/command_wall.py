@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -23,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from first_run import project_env
 
 
 def parse_args() -> argparse.Namespace:
@@ -52,21 +51,21 @@ def one_round(a: argparse.Namespace, name: str) -> dict:
     if a.run_from:
         shutil.copytree(runs / a.run_from, run)
     args = ["train", a.stage, "--run", name] + (["--max-steps", str(a.max_steps)] if a.max_steps else [])
-    with tempfile.TemporaryDirectory() as tmp:
-        marks_file = Path(tmp) / "marks.json"
-        started = time.time()
-        done = subprocess.run([sys.executable, __file__, "--child", str(marks_file), *args], cwd=a.project,
-                              env=project_env(), capture_output=True, text=True)
-        ended = time.time()
-        marks = json.loads(marks_file.read_text()) if marks_file.exists() else {}
-    if done.returncode or "trainer_out" not in marks:
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            marks_file = Path(tmp) / "marks.json"
+            started = time.time()
+            done = subprocess.run([sys.executable, __file__, "--child", str(marks_file), *args], cwd=a.project,
+                                  env=project_env(), capture_output=True, text=True)
+            ended = time.time()
+            marks = json.loads(marks_file.read_text()) if marks_file.exists() else {}
+        if done.returncode or "trainer_out" not in marks:
+            sys.exit(f"acm {' '.join(args)} " + (f"failed: {done.stderr.strip()[-800:]}" if done.returncode
+                                                  else "trained nothing: the trainer never ran"))
+        timings = json.loads((run / a.stage / "timings.json").read_text())
+    finally:
         if not a.keep:
             shutil.rmtree(run, ignore_errors=True)
-        sys.exit(f"acm {' '.join(args)} " + (f"failed: {done.stderr.strip()[-800:]}" if done.returncode
-                                              else "trained nothing: the trainer never ran"))
-    timings = json.loads((run / a.stage / "timings.json").read_text())
-    if not a.keep:
-        shutil.rmtree(run, ignore_errors=True)
     return split(marks, started, ended, timings) | {"stage": a.stage, "args": args}
 
 
@@ -84,11 +83,6 @@ def split(marks: dict, started: float, ended: float, timings: dict) -> dict:
         "around_step_share": round(1 - steps / command, 4),
         "around_step_share_in_trainer": round(1 - steps / timings["wall_s"], 4),
     }
-
-
-def project_env() -> dict:
-    """This checkout first on the path, before what the caller's PYTHONPATH holds (MLX's CUDA build)."""
-    return os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
 
 
 def child(marks_file: Path, argv: list[str]) -> int:
