@@ -4,6 +4,7 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 
+import mlx.core as mx
 import pytest
 import textual.app
 import textual.pilot
@@ -125,3 +126,14 @@ def keys_while_training(monkeypatch):
     quick = partial(wait_for_idle, max_sleep=0.05)
     monkeypatch.setattr(textual.app, "wait_for_idle", quick)
     monkeypatch.setattr(textual.pilot, "wait_for_idle", quick)
+
+
+@pytest.fixture
+def lone_group_asks(monkeypatch) -> list[dict]:
+    """What this process asks mx.distributed.init for (each call's keywords, in order; MLX still
+    answers), in a process no launcher started."""
+    asked, init = [], mx.distributed.init
+    monkeypatch.setattr(mx.distributed, "init", lambda **kw: asked.append(kw) or init(**kw))
+    for name in ("MLX_RANK", "OMPI_COMM_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    return asked

@@ -132,16 +132,12 @@ def test_kill_9_of_acm_ends_its_launcher_and_ranks(prepared):
                 os.kill(pid, signal.SIGKILL)
 
 
-def test_a_lone_process_takes_a_group_of_one_without_trying_mlxs_backends(monkeypatch):
+def test_a_lone_process_takes_a_group_of_one_without_trying_mlxs_backends(monkeypatch, lone_group_asks):
     """MLX's default init tries its backends in turn, MPI among them (0.4-0.7 s where Open MPI is
     installed); a process no launcher started asks for the ring backend, which is one rank without
     MLX_RANK. A rank, or a process mpirun started, joins through MLX's default (for real in the
     two-rank tests)."""
-    asked = []
-    init = mx.distributed.init
-    monkeypatch.setattr(mx.distributed, "init", lambda **kw: asked.append(kw) or init(**kw))
-    for name in ("MLX_RANK", "OMPI_COMM_WORLD_SIZE"):
-        monkeypatch.delenv(name, raising=False)
+    asked = lone_group_asks
     group = join_group()
     assert (group.size(), group.rank()) == (1, 0)
     monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "1")  # mpirun with one process: alone too

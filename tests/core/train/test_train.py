@@ -9,7 +9,6 @@ import threading
 import time
 from pathlib import Path
 
-import mlx.core as mx
 import numpy as np
 import pytest
 
@@ -40,14 +39,11 @@ def test_schedule_warmup_then_cosine():
     assert lr_at(500, 1.0, 10, 100, 0.1) == pytest.approx(0.1)
 
 
-def test_pretrain_loss_falls_and_writes_the_run(prepared, monkeypatch):
+def test_pretrain_loss_falls_and_writes_the_run(prepared, lone_group_asks):
     cfg = load(prepared)
     run = cfg.runs_dir / "r"
-    asked, init = [], mx.distributed.init
-    monkeypatch.setattr(mx.distributed, "init", lambda **kw: asked.append(kw) or init(**kw))
-    monkeypatch.delenv("MLX_RANK", raising=False)
     result = train_stage(cfg, "pretrain", run)
-    assert asked == [{"backend": "ring"}]  # alone: a group of one, MLX's backends not tried in turn
+    assert lone_group_asks == [{"backend": "ring"}]  # alone: a group of one, MLX's backends not tried in turn
     ls = losses(run)
     assert len(ls) == 40 and sum(ls[-5:]) / 5 < sum(ls[:5]) / 5 - 0.5
     evals = [e for e in read_metrics(run, "pretrain") if e["type"] == "eval"]
