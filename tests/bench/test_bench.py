@@ -109,3 +109,19 @@ def test_command_wall_splits_a_training_commands_time_around_the_trainer(prepare
     assert abs(parts - row["command_s"]) <= 0.003  # the parts are the command's whole wall, rounded
     assert row["trainer_s"] >= row["timings"]["wall_s"] - 0.002  # timings.json's wall lies inside the trainer's
     assert row["around_step_share"] > row["around_step_share_in_trainer"] > 0
+
+
+def test_time_to_loss_measures_each_variant_against_the_baseline_s_final_loss(prepared):
+    out = subprocess.run([sys.executable, "bench/time_to_loss.py", "--project", str(prepared),
+                          "--set", "train.pretrain.steps=20", "--variant", "base",
+                          "--variant", "still", "train.pretrain.learning_rate=0"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300, env=ENV)
+    assert out.returncode == 0, out.stderr[-2000:]
+    runs, (base, still) = [json.loads(line) for line in out.stdout.splitlines()[:2]], \
+        [json.loads(line) for line in out.stdout.splitlines()[2:]]
+    assert [(r["variant"], r["steps"], [s for s, _ in r["val_curve"]]) for r in runs] == \
+        [("base", 20, [10, 20]), ("still", 20, [10, 20])]  # each run trained in its own process, as set
+    assert (prepared / "runs/ttl-still-1/pretrain/timings.json").is_file()
+    assert base["target_val_loss"] == round(runs[0]["final_val_loss"], 4) and base["time_ratio"] == [1.0]
+    assert base["reach_step"] == [20.0]  # the learnable text's loss falls at every check
+    assert still["reach_step"] == [None] and still["final_val_loss"][0] > base["target_val_loss"]  # no steps taken

@@ -1,0 +1,129 @@
+"""Time to a validation loss: variants of one stage's settings trained one at a time, each in a fresh
+`acm train` process on the same prepared data, and how long each takes to reach the first variant's
+final validation loss (the baseline's).
+
+usage: python bench/time_to_loss.py --project DIR [--stage pretrain] [--run-from RUN] [--rounds 1] [--first-round 1]
+           [--set KEY=VALUE ...] --variant NAME [KEY=VALUE ...] --variant NAME [KEY=VALUE ...] ...
+DIR holds acm.toml and data/ with token shards (`acm prepare` done). `--set` applies to every variant
+(e.g. train.pretrain.eval_every=100 for a finer curve), a variant's own settings after it. A fine-tune
+needs --run-from naming a run with a pretrain checkpoint, copied for each run. Rounds alternate the
+variants. Prints one JSON line a run (its validation curve, steps, the stage's split from
+timings.json, the command's wall), then one summary line a variant: the step where its curve first
+reaches the baseline's final loss (linear between checks), that many steps at its own pace as seconds
+(`reach_s`), and `reach_s` over the baseline's seconds of steps (`time_ratio`).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from first_run import acm
+
+from core import config
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--project", type=Path, required=True)
+    p.add_argument("--stage", default="pretrain", choices=["pretrain", "finetune"])
+    p.add_argument("--run-from", help="a fine-tune: the run whose pretrain each run starts from")
+    p.add_argument("--rounds", type=int, default=1, help="each variant this many times, the variants alternating")
+    p.add_argument("--first-round", type=int, default=1, help="the first round's number (runs ttl-NAME-ROUND)")
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="settings of every variant")
+    p.add_argument("--variant", nargs="+", action="append", required=True, metavar="NAME [KEY=VALUE]",
+                   help="a variant's name and its settings; the first is the baseline")
+    a = p.parse_args()
+    if a.stage == "finetune" and not a.run_from:
+        p.error("--stage finetune needs --run-from: a run with a pretrain checkpoint")
+    for kv in a.set + [kv for v in a.variant for kv in v[1:]]:
+        if "=" not in kv:
+            p.error(f"a setting is KEY=VALUE, not {kv!r}")
+    return a
+
+
+def main() -> None:
+    a = parse_args()
+    results: dict[str, list[dict]] = {v[0]: [] for v in a.variant}
+    for n in range(a.first_round, a.first_round + a.rounds):
+        for name, *settings in a.variant:
+            one = train(a, name, n, a.set + settings)
+            results[name].append(one)
+            print(json.dumps(one), flush=True)
+    for line in summary(results):
+        print(json.dumps(line), flush=True)
+
+
+def train(a: argparse.Namespace, name: str, n: int, settings: list[str]) -> dict:
+    """One run of a variant in a fresh process, from its own copy of acm.toml."""
+    project, run = a.project, f"ttl-{name}-{n}"
+    cfg = project / f"ttl-{name}.toml"
+    settings_file(project / "acm.toml", cfg, settings)
+    folder = project / "runs" / run
+    shutil.rmtree(folder, ignore_errors=True)
+    if a.run_from:
+        shutil.copytree(project / "runs" / a.run_from, folder)
+    started = time.perf_counter()
+    acm(project, "-c", cfg.name, "train", a.stage, "--run", run)
+    command_s = time.perf_counter() - started
+    stage = folder / a.stage
+    records = [json.loads(line) for line in (stage / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    curve = [[r["step"], r["val_loss"]] for r in records if r.get("type") == "eval"]
+    steps = max(r["step"] for r in records if r.get("type") == "metrics")
+    timings = json.loads((stage / "timings.json").read_text())
+    return {"bench": "time_to_loss", "variant": name, "round": n, "settings": settings, "steps": steps,
+            "ms_per_step": round(1000 * timings["parts_s"]["steps"] / steps, 3), "command_s": round(command_s, 2),
+            "final_val_loss": curve[-1][1] if curve else None, "val_curve": curve, "timings": timings}
+
+
+def settings_file(base: Path, path: Path, settings: list[str]) -> None:
+    """`base` with `settings` applied, saved as `path` (as `acm config set` would, one at a time)."""
+    cfg = config.load(base)
+    for kv in settings:
+        key, value = kv.split("=", 1)
+        cfg, _ = config.with_value(cfg, key, value, source=str(path))
+    config.save_settings(cfg, path)
+
+
+def reach(curve: list[list[float]], target: float) -> float | None:
+    """The first step where the validation curve is at or below `target`, linear between checks."""
+    before = None
+    for step, loss in curve:
+        if loss <= target:
+            if before is None:
+                return float(step)
+            (s0, l0) = before
+            return s0 + (step - s0) * (l0 - target) / (l0 - loss)
+        before = (step, loss)
+    return None
+
+
+def summary(results: dict[str, list[dict]]) -> list[dict]:
+    """Each variant against the baseline's mean final loss and mean seconds of steps."""
+    base = next(iter(results.values()))
+    target = statistics.mean(r["final_val_loss"] for r in base)
+    base_s = statistics.mean(r["timings"]["parts_s"]["steps"] for r in base)
+    lines = []
+    for name, runs in results.items():
+        steps = [reach(r["val_curve"], target) for r in runs]
+        reach_s = [None if s is None else s * r["timings"]["parts_s"]["steps"] / r["steps"]
+                   for s, r in zip(steps, runs)]
+        lines.append({"bench": "time_to_loss", "summary": name, "target_val_loss": round(target, 4),
+                      "final_val_loss": [r["final_val_loss"] for r in runs],
+                      "ms_per_step": [r["ms_per_step"] for r in runs], "reach_step": steps,
+                      "reach_s": [None if s is None else round(s, 2) for s in reach_s],
+                      "time_ratio": [None if s is None else round(s / base_s, 3) for s in reach_s],
+                      "steps_s": [r["timings"]["parts_s"]["steps"] for r in runs],
+                      "command_s": [r["command_s"] for r in runs]})
+    return lines
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except KeyboardInterrupt:
+        sys.exit(130)
