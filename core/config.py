@@ -165,12 +165,15 @@ class StageConfig:
     batch_size: int = setting(8, "sequences per micro-batch", min=1)
     grad_accum: int = setting(1, "micro-batches per optimizer step", min=1)
     seq_len: int = setting(1024, "tokens per sequence (at most the preset's context)", min=8)
-    learning_rate: float = setting(3e-4, "peak learning rate", min=0.0, max=1.0)
-    min_lr_ratio: float = setting(0.1, "final learning rate as a share of the peak", min=0.0, max=1.0)
-    warmup_steps: int = setting(200, "linear warmup steps", min=0)
+    # Muon, with AdamW at 1e-3 for the rest, a short warmup and decay to zero: AdamW's final validation loss
+    # in under half its time in either stage (bench/RESULTS.md, "Muon by time to AdamW's loss", "Muon for the pretrain")
+    learning_rate: float = setting(1e-3, "peak learning rate (under Muon, of what AdamW still updates)", min=0.0,
+                                   max=1.0)
+    min_lr_ratio: float = setting(0.0, "final learning rate as a share of the peak", min=0.0, max=1.0)
+    warmup_steps: int = setting(20, "linear warmup steps", min=0)
     weight_decay: float = setting(0.1, "decoupled weight decay of the matrices", min=0.0, max=1.0)
-    optimizer: str = setting("adamw", "adamw, or muon: Muon (orthogonalised momentum) for the transformer blocks' "
-                                      "matrices, AdamW for embeddings, head, biases and gains",
+    optimizer: str = setting("muon", "muon: Muon (orthogonalised momentum) for the transformer blocks' matrices, "
+                                     "AdamW for embeddings, head, biases and gains; adamw: AdamW for all",
                              choices=("adamw", "muon"))
     muon_learning_rate: float = setting(0.02, "Muon's peak learning rate (optimizer = muon), on the same "
                                               "schedule as learning_rate", min=0.0, max=1.0)
@@ -199,9 +202,7 @@ class FinetuneConfig(StageConfig):
 
 
 def _finetune_defaults() -> FinetuneConfig:
-    # Muon with AdamW at 1e-3 for the rest, a short warmup and decay to zero: AdamW's final validation
-    # loss in about half its time (bench/RESULTS.md, "Muon by time to AdamW's loss")
-    return FinetuneConfig(steps=2000, learning_rate=1e-3, min_lr_ratio=0.0, warmup_steps=20, optimizer="muon")
+    return FinetuneConfig(steps=2000)
 
 
 @dataclass

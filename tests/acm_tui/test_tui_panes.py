@@ -322,7 +322,7 @@ async def test_runs_pane_compares_marked_runs_by_step_or_tokens_over_their_setti
         diff = app.query_one("#runs-diff", DataTable)
         assert [str(c.label) for c in diff.columns.values()] == ["setting", "a", "b"]
         rows = [diff.get_row_at(i) for i in range(diff.row_count)]
-        assert rows == [["train.pretrain.learning_rate", "0.0003", "0.01"]]
+        assert rows == [["train.pretrain.learning_rate", "0.001", "0.01"]]
         assert shown_in_full(app, "#runs-diff")
         await pilot.press("a")
         await wait_until(pilot, lambda: "tokens seen" in str(chart.render()))

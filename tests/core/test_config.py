@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -215,6 +216,12 @@ def test_a_read_only_acm_toml_is_refused_in_one_line(tmp_path, capsys):
     assert path.read_text() == "[model]\npreset = 'nano'\n" and path.stat().st_mode & 0o777 == 0o444
 
 
+def test_both_stages_default_to_muon_and_differ_only_in_steps():
+    pre, ft = (dataclasses.asdict(s) for s in (config.Config().train.pretrain, config.Config().train.finetune))
+    assert pre["optimizer"] == ft["optimizer"] == "muon"
+    assert {k for k in pre if pre[k] != ft[k]} == {"steps"} and set(ft) - set(pre) == {"pairs_share"}
+
+
 def test_a_fine_tune_section_keeps_the_fine_tune_s_defaults_for_what_it_leaves_out(tmp_path):
     path = tmp_path / "acm.toml"
     path.write_text('[train.finetune]\npairs_share = 0.6\n[train.pretrain]\nsteps = 5\n')
@@ -222,4 +229,4 @@ def test_a_fine_tune_section_keeps_the_fine_tune_s_defaults_for_what_it_leaves_o
     assert ft.pairs_share == 0.6
     for name in ("steps", "optimizer", "learning_rate", "min_lr_ratio", "warmup_steps", "eval_every", "save_every"):
         assert getattr(ft, name) == getattr(default, name), name
-    assert (ft.optimizer, ft.steps) == ("muon", 2000) and config.load(path).train.pretrain.optimizer == "adamw"
+    assert (ft.optimizer, ft.steps) == ("muon", 2000) and config.load(path).train.pretrain.steps == 5
