@@ -8,16 +8,17 @@ DIR holds acm.toml and data/ with token shards (`acm prepare` done). `--set` app
 (e.g. train.pretrain.eval_every=100 for a finer curve), a variant's own settings after it. A fine-tune
 needs --run-from naming a run with a pretrain checkpoint, copied for each run. Rounds alternate the
 variants. Prints one JSON line a run (its validation curve, steps, the stage's split from
-timings.json, the command's wall), then one summary line a variant: the step where its curve first
-reaches the baseline's final loss (linear between checks), that many steps at its own pace as seconds
-(`reach_s`), and `reach_s` over the baseline's seconds of steps (`time_ratio`).
+timings.json, the command's wall), then one summary line a variant: for each round, the step where
+its curve first reaches the final loss of that round's baseline run (linear between checks), that many
+steps at its own pace as seconds (`reach_s`), and `reach_s` over that baseline run's seconds of steps
+(`time_ratio`). The target is the baseline's final loss, not its best: a stage that overfits reaches
+it early.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import shutil
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -38,8 +39,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--variant", nargs="+", action="append", required=True, metavar="NAME [KEY=VALUE]",
                    help="a variant's name and its settings; the first is the baseline")
     a = p.parse_args()
-    if a.stage == "finetune" and not a.run_from:
-        p.error("--stage finetune needs --run-from: a run with a pretrain checkpoint")
+    if (a.stage == "finetune") != bool(a.run_from):
+        p.error("--run-from goes with --stage finetune, and a fine-tune needs it: a run with a pretrain checkpoint")
     for kv in a.set + [kv for v in a.variant for kv in v[1:]]:
         if "=" not in kv:
             p.error(f"a setting is KEY=VALUE, not {kv!r}")
@@ -65,8 +66,10 @@ def train(a: argparse.Namespace, name: str, n: int, settings: list[str]) -> dict
     settings_file(project / "acm.toml", cfg, settings)
     folder = project / "runs" / run
     shutil.rmtree(folder, ignore_errors=True)
-    if a.run_from:
-        shutil.copytree(project / "runs" / a.run_from, folder)
+    if a.run_from:  # its pretrain and settings only: a fine-tune it may hold would be refused to train again
+        source = project / "runs" / a.run_from
+        shutil.copytree(source / "pretrain", folder / "pretrain")
+        shutil.copy2(source / "config.toml", folder / "config.toml")
     started = time.perf_counter()
     acm(project, "-c", cfg.name, "train", a.stage, "--run", run)
     command_s = time.perf_counter() - started
@@ -90,7 +93,8 @@ def settings_file(base: Path, path: Path, settings: list[str]) -> None:
 
 
 def reach(curve: list[list[float]], target: float) -> float | None:
-    """The first step where the validation curve is at or below `target`, linear between checks."""
+    """The first step where the validation curve is at or below `target`, linear between checks (a
+    curve already there at its first check reaches it at that check: no earlier step was measured)."""
     before = None
     for step, loss in curve:
         if loss <= target:
@@ -103,20 +107,20 @@ def reach(curve: list[list[float]], target: float) -> float | None:
 
 
 def summary(results: dict[str, list[dict]]) -> list[dict]:
-    """Each variant against the baseline's mean final loss and mean seconds of steps."""
+    """Each variant's runs against the baseline's run of the same round: its final loss and seconds of steps."""
     base = next(iter(results.values()))
-    target = statistics.mean(r["final_val_loss"] for r in base)
-    base_s = statistics.mean(r["timings"]["parts_s"]["steps"] for r in base)
+    targets = [r["final_val_loss"] for r in base]
     lines = []
     for name, runs in results.items():
-        steps = [reach(r["val_curve"], target) for r in runs]
+        steps = [reach(r["val_curve"], t) for r, t in zip(runs, targets)]
         reach_s = [None if s is None else s * r["timings"]["parts_s"]["steps"] / r["steps"]
                    for s, r in zip(steps, runs)]
-        lines.append({"bench": "time_to_loss", "summary": name, "target_val_loss": round(target, 4),
+        lines.append({"bench": "time_to_loss", "summary": name, "target_val_loss": [round(t, 4) for t in targets],
                       "final_val_loss": [r["final_val_loss"] for r in runs],
                       "ms_per_step": [r["ms_per_step"] for r in runs], "reach_step": steps,
                       "reach_s": [None if s is None else round(s, 2) for s in reach_s],
-                      "time_ratio": [None if s is None else round(s / base_s, 3) for s in reach_s],
+                      "time_ratio": [None if s is None else round(s / b["timings"]["parts_s"]["steps"], 3)
+                                     for s, b in zip(reach_s, base)],
                       "steps_s": [r["timings"]["parts_s"]["steps"] for r in runs],
                       "command_s": [r["command_s"] for r in runs]})
     return lines

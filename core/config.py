@@ -166,7 +166,8 @@ class StageConfig:
     grad_accum: int = setting(1, "micro-batches per optimizer step", min=1)
     seq_len: int = setting(1024, "tokens per sequence (at most the preset's context)", min=8)
     # Muon, with AdamW at 1e-3 for the rest, a short warmup and decay to zero: AdamW's final validation loss
-    # in under half its time in either stage (bench/RESULTS.md, "Muon by time to AdamW's loss", "Muon for the pretrain")
+    # in about half its time or less in either stage (bench/RESULTS.md, "Muon by time to AdamW's loss" and
+    # "Muon for the pretrain")
     learning_rate: float = setting(1e-3, "peak learning rate (under Muon, of what AdamW still updates)", min=0.0,
                                    max=1.0)
     min_lr_ratio: float = setting(0.0, "final learning rate as a share of the peak", min=0.0, max=1.0)

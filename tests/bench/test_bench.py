@@ -1,4 +1,5 @@
 """The training-step benchmarks run, print one JSON line, and agree with each other."""
+import importlib
 import json
 import subprocess
 import sys
@@ -122,6 +123,23 @@ def test_time_to_loss_measures_each_variant_against_the_baseline_s_final_loss(pr
     assert [(r["variant"], r["steps"], [s for s, _ in r["val_curve"]]) for r in runs] == \
         [("base", 20, [10, 20]), ("still", 20, [10, 20])]  # each run trained in its own process, as set
     assert (prepared / "runs/ttl-still-1/pretrain/timings.json").is_file()
-    assert base["target_val_loss"] == round(runs[0]["final_val_loss"], 4) and base["time_ratio"] == [1.0]
+    assert base["target_val_loss"] == [round(runs[0]["final_val_loss"], 4)] and base["time_ratio"] == [1.0]
     assert base["reach_step"] == [20.0]  # the learnable text's loss falls at every check
-    assert still["reach_step"] == [None] and still["final_val_loss"][0] > base["target_val_loss"]  # no steps taken
+    assert still["reach_step"] == [None] and still["final_val_loss"] > base["target_val_loss"]  # no steps taken
+
+
+def test_time_to_loss_reads_each_round_against_its_own_baseline_between_checks(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    ttl = importlib.import_module("time_to_loss")
+
+    def run(curve, steps_s):
+        return {"val_curve": curve, "final_val_loss": curve[-1][1], "steps": curve[-1][0], "ms_per_step": 0,
+                "timings": {"parts_s": {"steps": steps_s}}, "command_s": 0}
+
+    base = [run([[10, 6.0], [20, 5.0]], 20.0), run([[10, 6.0], [20, 4.0]], 40.0)]
+    fast = [run([[10, 5.5], [20, 4.5]], 10.0), run([[10, 5.0], [20, 3.0]], 10.0)]
+    b, f = ttl.summary({"base": base, "fast": fast})
+    assert b["target_val_loss"] == [5.0, 4.0] and b["reach_step"] == [20.0, 20.0] and b["time_ratio"] == [1.0, 1.0]
+    # round 1: 5.5 -> 4.5 passes 5.0 halfway, step 15 at 0.5 s a step; round 2: 4.0 at step 15 of 20
+    assert f["reach_step"] == [15.0, 15.0] and f["reach_s"] == [7.5, 7.5] and f["time_ratio"] == [0.375, 0.188]
+    assert ttl.reach([[10, 3.0], [20, 2.0]], 4.0) == 10.0 and ttl.reach([[10, 6.0], [20, 5.5]], 5.0) is None
