@@ -211,11 +211,13 @@ def test_cli_train_and_finetune(prepared, capsys):
     assert lines[-1]["type"] == "log" and any(e["type"] == "metrics" for e in lines)
 
 
-def test_two_ranks_match_one_process_and_a_resume_on_one_rank_continues_alike(prepared, capsys):
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_two_ranks_match_one_process_and_a_resume_on_one_rank_continues_alike(prepared, capsys, optimizer):
     """Data-parallel training (`--ranks 2`: the ring backend, 2 processes on this host) equals one
-    process on the combined batch; resumed on one rank, the run keeps its global batch (2
-    micro-batches of 2), so its next loss is the one-process run's."""
+    process on the combined batch, under either optimizer; resumed on one rank, the run keeps its
+    global batch (2 micro-batches of 2), so its next loss is the one-process run's."""
     cfg = load(prepared)
+    cfg.train.pretrain.optimizer = optimizer
     cfg.train.pretrain.batch_size = 2
     config.save(cfg, prepared / "ranks.toml")
     cfg.train.pretrain.batch_size = 4
@@ -230,6 +232,7 @@ def test_two_ranks_match_one_process_and_a_resume_on_one_rank_continues_alike(pr
     assert two == pytest.approx(one[:6], rel=1e-4, abs=1e-5)
     reports = [e for e in read_metrics(cfg.runs_dir / "two", "pretrain") if e["type"] == "metrics"]
     assert {e["ranks"] for e in reports} == {2}
+    assert config.load(cfg.runs_dir / "two" / "config.toml").train.pretrain.optimizer == optimizer  # as trained
     assert all([r["rank"] for r in e["devices"]] == [0, 1] and e["devices"][1]["memory_peak"] > 0 for e in reports)
     seen = []
     train_stage(config.load(prepared / "ranks.toml"), "pretrain", cfg.runs_dir / "two", seen.append, resume=True,
