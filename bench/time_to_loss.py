@@ -26,6 +26,8 @@ from pathlib import Path
 from first_run import acm
 
 from core import config
+from core.runs import read_metrics
+from core.train.timings import read as read_timings
 
 
 def parse_args() -> argparse.Namespace:
@@ -73,11 +75,10 @@ def train(a: argparse.Namespace, name: str, n: int, settings: list[str]) -> dict
     started = time.perf_counter()
     acm(project, "-c", cfg.name, "train", a.stage, "--run", run)
     command_s = time.perf_counter() - started
-    stage = folder / a.stage
-    records = [json.loads(line) for line in (stage / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    records = read_metrics(folder, a.stage)
     curve = [[r["step"], r["val_loss"]] for r in records if r.get("type") == "eval"]
     steps = max(r["step"] for r in records if r.get("type") == "metrics")
-    timings = json.loads((stage / "timings.json").read_text())
+    timings = read_timings(folder / a.stage)
     return {"bench": "time_to_loss", "variant": name, "round": n, "settings": settings, "steps": steps,
             "ms_per_step": round(1000 * timings["parts_s"]["steps"] / steps, 3), "command_s": round(command_s, 2),
             "final_val_loss": curve[-1][1] if curve else None, "val_curve": curve, "timings": timings}

@@ -4,7 +4,6 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 
-import mlx.core as mx
 import pytest
 import textual.app
 import textual.pilot
@@ -132,6 +131,8 @@ def keys_while_training(monkeypatch):
 def lone_group_asks(monkeypatch) -> list[dict]:
     """What this process asks mx.distributed.init for (each call's keywords, in order; MLX still
     answers), in a process no launcher started."""
+    import mlx.core as mx
+
     asked, init = [], mx.distributed.init
     monkeypatch.setattr(mx.distributed, "init", lambda **kw: asked.append(kw) or init(**kw))
     for name in ("MLX_RANK", "OMPI_COMM_WORLD_SIZE"):
