@@ -1,6 +1,6 @@
 """acm's CUDA kernels (core/model/cuda_kernels.py) against MLX's own layer norm, on an NVIDIA GPU.
 
-usage: python bench/cuda_kernels.py [--ln-configs 8:4,4:8]      one JSON line per shape
+usage: python bench/cuda_kernels.py [--ln-configs 8:4,4:8] [--parts joins,gelus]      one JSON line per shape
 Layer norm, forward alone and forward + backward: MLX's (its backward writes a (rows, C)
 gain-gradient temporary and sums it with column reductions) against acm's kernels at each
 WARPS:ROWS_PER_WARP launch shape.
@@ -9,7 +9,9 @@ relative to the largest exact value, and whether acm's kernels compiled alone (t
 cache) give the same bits as the same bodies compiled by `mx.fast.cuda_kernel`. Then the residual
 addition inside the layer norm (`add_layer_norm`) against an addition before it: whether both give
 the same bits forward and backward, and their times. Then the MLP's GELU, forward and backward,
-as kernels against MLX's compiled formulas. CUDA only.
+as kernels against MLX's compiled formulas. Then the joins (core/model/cuda_join.py): a tiny and a
+medium model's flat gradients for each optimizer (MLX's concatenation of one piece per parameter
+against one kernel) and the attention's q, k, v gradients joined into (B, T, 3C). CUDA only.
 """
 from __future__ import annotations
 
@@ -22,10 +24,14 @@ import time
 
 import mlx.core as mx
 import numpy as np
+from mlx.utils import tree_map
 
-from core.model import cuda_gelu, fused
+from core.model import cuda_gelu, cuda_join, fused
 from core.model import cuda_kernels as ck
 from core.model import layer_norm as ln
+from core.model.gpt import GPT
+from core.presets import get_preset
+from core.train.optimizer import FlatAdamW
 
 EPS = 1e-5
 
@@ -75,14 +81,14 @@ def with_launch_shape(config: str):
 def through_mlx_jit():
     """acm's kernels compiled by `mx.fast.cuda_kernel` instead of taken from the kernel cache, for the
     forward and the backward alike (mx.vjp runs the backward after the forward has returned)."""
-    saved = ck._precompiled, cuda_gelu._precompiled
-    ck._precompiled = cuda_gelu._precompiled = lambda *a: None
+    saved = ck._precompiled, cuda_gelu._precompiled, cuda_join._precompiled
+    ck._precompiled = cuda_gelu._precompiled = cuda_join._precompiled = lambda *a: None
     clear = lambda: (ln.kernel_layer_norm.cache_clear(), ln.kernel_add_layer_norm.cache_clear())  # noqa: E731
     clear()
     try:
         yield
     finally:
-        ck._precompiled, cuda_gelu._precompiled = saved
+        ck._precompiled, cuda_gelu._precompiled, cuda_join._precompiled = saved
         clear()
 
 
@@ -197,16 +203,68 @@ def gelus() -> None:
         print(json.dumps(out), flush=True)
 
 
+@contextlib.contextmanager
+def mlx_concatenation():
+    """Joins by MLX's concatenation, as before core/model/cuda_join.py."""
+    saved = cuda_join.covers
+    cuda_join.covers = lambda *a: False
+    try:
+        yield
+    finally:
+        cuda_join.covers = saved
+
+
+def compare_join(out: dict, f, *args) -> None:
+    """`f(*args)` through the kernel and through MLX's concatenation: times, and whether all three
+    (kernel cache, MLX's JIT of the kernel, MLX's concatenation) give the same bits."""
+    out["kernel_ms"] = timed_ms(f, *args)
+    kernel = f(*args)
+    with through_mlx_jit():
+        jit = f(*args)
+    with mlx_concatenation():
+        out["mlx_ms"] = timed_ms(f, *args)
+        plain = f(*args)
+    flat = lambda r: r if isinstance(r, mx.array) else mx.concatenate(list(r.values()))  # noqa: E731
+    kernel, jit, plain = flat(kernel), flat(jit), flat(plain)
+    out["same_bits_as_mlx"] = mx.array_equal(kernel, plain).item()
+    out["kernel_cache_equals_mlx_jit"] = mx.array_equal(kernel, jit).item()
+    print(json.dumps(out), flush=True)
+
+
+def joins() -> None:
+    """The flat gradients of tiny and medium (bf16, each optimizer's buffers) and the attention's
+    q, k, v gradients joined, by the kernel and by MLX's concatenation."""
+    for preset, batch in (("tiny", 16), ("medium", 8)):
+        shape = get_preset(preset).with_vocab(16000)
+        model = GPT(shape, "bfloat16")
+        for optimizer, muon_lr in (("adamw", None), ("muon", 0.02)):
+            opt = FlatAdamW(model.parameters(), 1e-3, 0.1, mx.bfloat16, muon_lr=muon_lr)
+            grads = tree_map(lambda p: mx.random.normal(p.shape).astype(mx.bfloat16), model.parameters())
+            mx.eval(grads)
+            compare_join({"op": "flat_gradient", "preset": preset, "optimizer": optimizer,
+                          "pieces": len(opt.slots)}, opt.pack_gradients, grads, mx.bfloat16)
+        C = shape.n_embd
+        qkv = [mx.random.normal((batch, 1024, C)).astype(mx.bfloat16) for _ in range(3)]
+        mx.eval(qkv)
+        compare_join({"op": "qkv_gradient", "preset": preset, "shape": (batch, 1024, C)},
+                     lambda *p, C=C: cuda_join.joined(list(p), [C] * 3, mx.bfloat16), *qkv)
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--ln-configs", default=f"{ck.LN_WARPS}:{ck.LN_ROWS_PER_WARP}",
                    help="comma-separated WARPS:ROWS_PER_WARP layer-norm launch shapes to compare")
+    p.add_argument("--parts", default="layer_norms,add_layer_norms,gelus,joins",
+                   help="comma-separated: which of layer_norms, add_layer_norms, gelus, joins to run")
     a = p.parse_args()
     if not ck.available():
         sys.exit("cuda_kernels: needs MLX's CUDA backend on an NVIDIA GPU")
-    layer_norms(a.ln_configs)
-    add_layer_norms()
-    gelus()
+    parts = {"layer_norms": lambda: layer_norms(a.ln_configs), "add_layer_norms": add_layer_norms, "gelus": gelus,
+             "joins": joins}
+    for name in a.parts.split(","):
+        if name not in parts:
+            sys.exit(f"cuda_kernels: no part {name!r} (one of {', '.join(parts)})")
+        parts[name]()
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import mlx.nn as nn
 from step_setup import compiled_step, fixed_batch, per_tensor_step
 
 from core.hardware import device_info, peak_flops
-from core.model import cuda_gelu, cuda_kernels
+from core.model import cuda_gelu, cuda_join, cuda_kernels
 from core.model import gpt as model
 from core.presets import get_preset
 from core.train import optimizer
@@ -78,6 +78,18 @@ def use_addmm_bias() -> None:
     model.fused.linear = lambda x, w, b: mx.addmm(b, x, w.T)
 
 
+def use_mlx_concatenate() -> None:
+    """Joins (the flat gradients, the attention's q/k/v gradients) by MLX's concatenation instead of
+    core/model/cuda_join.py's kernel (CUDA)."""
+    cuda_join.covers = lambda *a: False
+
+
+def use_mlx_qkv_join() -> None:
+    """The attention's q/k/v gradients joined by MLX's concatenation (mx.split's own gradient); the
+    flat gradients still by core/model/cuda_join.py's kernel."""
+    model.fused.split_qkv = lambda qkv: tuple(mx.split(qkv, 3, axis=-1))
+
+
 def use_elementwise_newton_schulz() -> None:
     """Muon's Newton-Schulz iteration with its sums as elementwise passes (before `mx.addmm`)."""
     a, b, c = optimizer.NS_COEFFICIENTS
@@ -116,6 +128,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--mlx-layer-norm-forward", action="store_true", help="MLX's layer-norm forward, acm's backward")
     p.add_argument("--mlx-gelu", action="store_true", help="MLX's compiled GELU formulas, forward and backward")
     p.add_argument("--unfused-residual", action="store_true", help="residual additions before the layer norms")
+    p.add_argument("--mlx-concatenate", action="store_true", help="joins by MLX's concatenation, not acm's kernel")
+    p.add_argument("--mlx-qkv-join", action="store_true", help="only the q/k/v gradients joined by MLX's concatenation")
     p.add_argument("--addmm-bias", action="store_true", help="attention bias gradients by column reduction")
     p.add_argument("--ln-launch", default=None, metavar="WARPS:ROWS",
                    help="the layer-norm kernel's launch shape (core/model/cuda_kernels.py)")
@@ -133,7 +147,8 @@ def apply_variants(a: argparse.Namespace) -> None:
     for flag, use in ((a.autodiff, use_plain_autodiff), (a.mlx_layer_norm, use_mlx_layer_norm),
                       (a.mlx_layer_norm_forward, use_mlx_layer_norm_forward), (a.addmm_bias, use_addmm_bias),
                       (a.elementwise_ns, use_elementwise_newton_schulz), (a.unfused_residual, use_unfused_residual),
-                      (a.mlx_gelu, use_mlx_gelu)):
+                      (a.mlx_gelu, use_mlx_gelu), (a.mlx_concatenate, use_mlx_concatenate),
+                      (a.mlx_qkv_join, use_mlx_qkv_join)):
         if flag:
             use()
     if a.ln_launch:
@@ -181,6 +196,7 @@ def main() -> None:
         "autodiff": a.autodiff, "per_tensor": a.per_tensor,
         "mlx_layer_norm": a.mlx_layer_norm, "mlx_layer_norm_forward": a.mlx_layer_norm_forward,
         "addmm_bias": a.addmm_bias, "unfused_residual": a.unfused_residual, "mlx_gelu": a.mlx_gelu,
+        "mlx_concatenate": a.mlx_concatenate, "mlx_qkv_join": a.mlx_qkv_join,
         "ln_launch": f"{cuda_kernels.LN_WARPS}:{cuda_kernels.LN_ROWS_PER_WARP}",
         "sync": a.sync, "grad_clip": a.grad_clip, "optimizer": a.optimizer, "elementwise_ns": a.elementwise_ns,
         "env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("MLX_")},

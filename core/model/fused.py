@@ -11,6 +11,8 @@
   later reader (the tied embedding's sum, the flat gradient) reads column by column; `linear` and
   `project` return it row-major.
 - No `x**3`: MLX computes it with pow(), which made GELU three times slower than a product.
+- Joins in one kernel on CUDA (`split_qkv`'s gradient; the optimizer's flat gradient uses the same
+  `cuda_join`), where MLX's concatenation launches a copy per array.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from functools import partial
 
 import mlx.core as mx
 
-from core.model import cuda_gelu
+from core.model import cuda_gelu, cuda_join
 
 _K = math.sqrt(2 / math.pi)
 _C = 0.044715
@@ -112,6 +114,19 @@ def _linear_vjp(primals, dy, y):
     x, w, _ = primals
     dy2 = _rows(dy)
     return dy @ w, dy2.T @ _rows(x), _column_sum(dy2)
+
+
+@mx.custom_function
+def split_qkv(qkv: mx.array) -> tuple[mx.array, mx.array, mx.array]:
+    """`mx.split(qkv, 3, axis=-1)`, whose gradient joins the three in one kernel on CUDA
+    (`cuda_join`) where MLX's concatenation copies each with a strided kernel of its own."""
+    return tuple(mx.split(qkv, 3, axis=-1))
+
+
+@split_qkv.vjp
+def _split_qkv_vjp(qkv, cotangents, outputs):  # one primal: MLX passes it alone, not in a tuple
+    C = qkv.shape[-1] // 3
+    return cuda_join.joined(list(cotangents), [C, C, C], qkv.dtype).reshape(qkv.shape)
 
 
 @mx.custom_function

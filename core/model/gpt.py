@@ -117,7 +117,8 @@ class Attention(nn.Module):
     def __call__(self, x: mx.array, cache: KVCache | None, mask: mx.array | None = None) -> mx.array:
         B, T, C = x.shape
         training = cache is None
-        q, k, v = mx.split(self.c_attn(x, training), 3, axis=-1)
+        qkv = self.c_attn(x, training)
+        q, k, v = fused.split_qkv(qkv) if training else mx.split(qkv, 3, axis=-1)
         q, k, v = (t.reshape(B, T, self.n_head, -1).transpose(0, 2, 1, 3) for t in (q, k, v))  # (B, nh, T, hs)
         if cache is not None:
             k, v = cache.update_and_fetch(k, v)  # (B, nh, offset + T, hs)

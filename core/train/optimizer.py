@@ -34,6 +34,8 @@ import mlx.core as mx
 import mlx.optimizers as optim
 from mlx.utils import tree_flatten, tree_unflatten
 
+from core.model.cuda_join import joined
+
 BETAS = (0.9, 0.95)
 EPS = 1e-8
 ROW = 1024  # buffers are padded to whole rows of this length for the norm's row sums
@@ -163,17 +165,16 @@ class FlatAdamW:
         they are joined: with one bucket, to the whole buffer, with no extra copy."""
         out = {}
         for g, n in self.sizes.items():
-            parts, used = [], 0
-            for s in (s for s in self.slots if s.group == g):
-                a = leaves.get(s.name)
-                parts.append(mx.zeros((s.size,), dtype) if a is None else a.reshape(-1).astype(dtype))
-                used += s.size
-            if n > used:
-                parts.append(mx.zeros((n - used,), dtype))
+            slots = [s for s in self.slots if s.group == g]
+            parts = [None if (a := leaves.get(s.name)) is None else a.reshape(-1).astype(dtype) for s in slots]
+            widths = [s.size for s in slots]
+            if n > sum(widths):
+                parts.append(None)
+                widths.append(n - sum(widths))
             if reduce is None:
-                out[g] = mx.concatenate(parts)
+                out[g] = joined(parts, widths, dtype)
             else:
-                pieces = [reduce(mx.concatenate(chunk)) for chunk in _split(parts, buckets)]
+                pieces = [reduce(joined(parts[i:j], widths[i:j], dtype)) for i, j in _split(widths, buckets)]
                 out[g] = pieces[0] if len(pieces) == 1 else mx.concatenate(pieces)
         return out
 
@@ -280,17 +281,16 @@ def _runs(slots: list[Slot]) -> list[Run]:
     return [Run(same[0].shape, same[0].offset, len(same), same[0].size) for same in runs]
 
 
-def _split(parts: list[mx.array], buckets: int) -> list[list[mx.array]]:
-    """`parts` in at most `buckets` contiguous runs of roughly equal size."""
-    target = sum(p.size for p in parts) / max(buckets, 1)
-    runs, current, size = [], [], 0
-    for p in parts:
-        current.append(p)
-        size += p.size
+def _split(sizes: list[int], buckets: int) -> list[tuple[int, int]]:
+    """Parts of these sizes in at most `buckets` contiguous runs of roughly equal size, as [i, j) ranges."""
+    target = sum(sizes) / max(buckets, 1)
+    runs, start, size = [], 0, 0
+    for i, n in enumerate(sizes):
+        size += n
         if size >= target * (len(runs) + 1) and len(runs) < buckets - 1:
-            runs.append(current)
-            current = []
-    return runs + [current] if current else runs
+            runs.append((start, i + 1))
+            start = i + 1
+    return runs + [(start, len(sizes))] if start < len(sizes) else runs
 
 
 def global_norm(flat_grads: dict[str, mx.array]) -> mx.array:

@@ -47,6 +47,21 @@ def test_linear_matches_autodiff(compiled):
         assert mx.allclose(ours, ref, atol=1e-4, rtol=1e-4), mx.abs(ours - ref).max()
 
 
+@pytest.mark.parametrize("compiled", [False, True])
+def test_split_qkv_matches_autodiff_of_split(compiled):
+    mx.random.seed(5)
+    qkv = mx.random.normal((2, 7, 48))
+    cots = [mx.random.normal((2, 7, 16)) for _ in range(3)]
+
+    def grad(split):
+        g = mx.grad(lambda t: sum((p * c).sum() for p, c in zip(split(t), cots)))
+        return (mx.compile(g) if compiled else g)(qkv)
+
+    assert all(mx.array_equal(a, b).item() for a, b in zip(fused.split_qkv(qkv), mx.split(qkv, 3, axis=-1)))
+    ours, ref = grad(fused.split_qkv), grad(lambda t: mx.split(t, 3, axis=-1))
+    assert ours.shape == qkv.shape and mx.array_equal(ours, ref).item()
+
+
 def test_mlp_keeps_less_for_backward():
     """What a compiled forward + backward holds per layer of a stack of MLPs: less than autodiff's."""
     def peak(f, n_layers):

@@ -170,3 +170,29 @@ def test_muon_resumes_from_its_checkpoint_state():
         o.clip_and_update(o.pack_gradients(grads, mx.float32), 0)
     for k, v in flat(opt.parameters()).items():
         np.testing.assert_allclose(flat(again.parameters())[k], v, rtol=1e-6, err_msg=k)
+
+
+@pytest.mark.parametrize("buckets", [1, 2, 3, 5])
+def test_packed_gradients_join_every_piece_in_order_reduced_by_bucket(buckets):
+    """Each buffer is its parameters' gradients in slot order, zeros for a missing one and for the
+    padding to whole rows, each bucket passed through `reduce` once."""
+    rng = np.random.default_rng(7)
+    params = tree(rng)
+    opt = FlatAdamW(params, 0.1, 0.0)
+    grads = tree(rng)
+    del grads["s"]
+    calls = []
+
+    def reduce(a):
+        calls.append(a.size)
+        return a * 2
+
+    packed = opt.pack_gradients(grads, mx.float32, reduce, buckets)
+    given = dict(tree_flatten(grads))
+    for g, flat_grad in packed.items():
+        expected = np.zeros(opt.sizes[g], np.float32)
+        for s in (s for s in opt.slots if s.group == g):
+            if s.name in given:
+                expected[s.offset:s.offset + s.size] = 2 * np.array(given[s.name]).reshape(-1)
+        assert np.array_equal(np.array(flat_grad), expected)
+    assert sum(calls) == sum(opt.sizes.values()) and len(calls) <= buckets * len(opt.sizes)
