@@ -231,6 +231,25 @@ def compare_join(out: dict, f, *args) -> None:
     print(json.dumps(out), flush=True)
 
 
+def odd_joins() -> None:
+    """Layouts a step does not make, against MLX's concatenation: a missing first part, views that
+    start inside a 16-byte piece, several rows, float32 as well as bfloat16."""
+    for dtype in (mx.bfloat16, mx.float32):
+        vec = 16 // dtype.size
+        rows, widths = 37, [vec, 3 * vec, 2 * vec, vec]
+        flat = mx.random.normal((rows * 8 * vec + 1,)).astype(dtype)
+        shifted = flat[1:1 + rows * 3 * vec].reshape(rows, 3 * vec)  # one value past a 16-byte boundary
+        whole = mx.random.normal((rows, 2 * vec)).astype(dtype)
+        for parts in ([None, shifted, whole, None], [whole[:, :vec], shifted, None, whole[:, vec:]]):
+            mx.eval([p for p in parts if p is not None])
+            kernel = cuda_join.join(parts, widths, dtype)
+            with mlx_concatenation():
+                plain = cuda_join.joined(parts, widths, dtype)
+            print(json.dumps({"op": "odd_join", "dtype": str(dtype), "rows": rows, "widths": widths,
+                              "missing": [p is None for p in parts],
+                              "same_bits_as_mlx": mx.array_equal(kernel, plain).item()}), flush=True)
+
+
 def joins() -> None:
     """The flat gradients of tiny and medium (bf16, each optimizer's buffers) and the attention's
     q, k, v gradients joined, by the kernel and by MLX's concatenation."""
@@ -254,13 +273,13 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--ln-configs", default=f"{ck.LN_WARPS}:{ck.LN_ROWS_PER_WARP}",
                    help="comma-separated WARPS:ROWS_PER_WARP layer-norm launch shapes to compare")
-    p.add_argument("--parts", default="layer_norms,add_layer_norms,gelus,joins",
-                   help="comma-separated: which of layer_norms, add_layer_norms, gelus, joins to run")
+    p.add_argument("--parts", default="layer_norms,add_layer_norms,gelus,joins,odd_joins",
+                   help="comma-separated: which of layer_norms, add_layer_norms, gelus, joins, odd_joins to run")
     a = p.parse_args()
     if not ck.available():
         sys.exit("cuda_kernels: needs MLX's CUDA backend on an NVIDIA GPU")
     parts = {"layer_norms": lambda: layer_norms(a.ln_configs), "add_layer_norms": add_layer_norms, "gelus": gelus,
-             "joins": joins}
+             "joins": joins, "odd_joins": odd_joins}
     for name in a.parts.split(","):
         if name not in parts:
             sys.exit(f"cuda_kernels: no part {name!r} (one of {', '.join(parts)})")

@@ -24,7 +24,7 @@ from core.model import cuda_kernels, kernel_cache
 
 THREADS = 128
 THREADS_IN_FLIGHT = 1 << 20  # enough to fill any GPU; the loops cover the rest
-MAX_ARRAYS = 480  # a pointer each: within the 4 KB of parameters any CUDA kernel may take
+MAX_ARRAYS = 480  # parts: a pointer each within the 4 KB of parameters any CUDA kernel may take
 
 # A thread takes one 16-byte unit u of a row (VEC values): finds the part whose columns hold it (a
 # binary search over the parts' starting columns) once, then copies that unit of every row its block
@@ -71,9 +71,10 @@ ACM_CASES
 
 def covers(parts: list[mx.array | None], widths: list[int], dtype: mx.Dtype) -> bool:
     """Whether the kernel joins these: MLX on an NVIDIA GPU, a float type, every width whole 16-byte
-    pieces (under 2^31 of them a row), one to MAX_ARRAYS arrays, all of `dtype`."""
+    pieces (under 2^31 of them a row), at most MAX_ARRAYS parts with at least one array, all of `dtype`."""
     arrays = [p for p in parts if p is not None]
-    return (dtype in cuda_kernels.C_TYPES and 0 < len(arrays) <= MAX_ARRAYS and all(p.dtype == dtype for p in arrays)
+    return (dtype in cuda_kernels.C_TYPES and 0 < len(arrays) and len(parts) <= MAX_ARRAYS
+            and all(p.dtype == dtype for p in arrays)
             and all(w > 0 and w % (16 // dtype.size) == 0 for w in widths) and sum(widths) < 2**31 * (16 // dtype.size)
             and cuda_kernels.available())
 
@@ -92,6 +93,7 @@ def _layout(widths: tuple[int, ...], present: tuple[bool, ...]) -> tuple[str, st
 
 
 def _name(widths: tuple[int, ...], present: tuple[bool, ...], dtype: mx.Dtype) -> str:
+    """A name of the layout's own: MLX's JIT keeps kernels by name, and the cache files are named by it."""
     key = hashlib.sha256(repr((widths, present)).encode()).hexdigest()[:16]
     return f"acm_join_{cuda_kernels.C_TYPES[dtype]}_{key}"
 
@@ -106,6 +108,7 @@ def standalone_source(widths: tuple[int, ...], present: tuple[bool, ...], dtype:
 
 @cache
 def _precompiled(widths: tuple[int, ...], present: tuple[bool, ...], dtype: mx.Dtype) -> tuple[str, bytes] | None:
+    """(kernel name, binary) from the machine's kernel cache, or None where it cannot compile."""
     name = _name(widths, present, dtype)
     data = kernel_cache.binary(name, standalone_source(widths, present, dtype))
     return (name, data) if data else None
@@ -113,16 +116,23 @@ def _precompiled(widths: tuple[int, ...], present: tuple[bool, ...], dtype: mx.D
 
 @cache
 def _jit_kernel(widths: tuple[int, ...], present: tuple[bool, ...], dtype: mx.Dtype):
+    """The same kernel through `mx.fast.cuda_kernel` (compiled in each process)."""
     header, body = _layout(widths, present)
     return mx.fast.cuda_kernel(name=_name(widths, present, dtype), input_names=[f"p{i}" for i in range(sum(present))],
                                output_names=["out"], header=header, source=body)
 
 
+def _rows(parts: list[mx.array | None], widths: list[int]) -> int:
+    """How many rows the parts have, from the first one present (part j holds widths[j] a row)."""
+    first = next(j for j, p in enumerate(parts) if p is not None)
+    return parts[first].size // widths[first]
+
+
 def join(parts: list[mx.array | None], widths: list[int], dtype: mx.Dtype) -> mx.array:
-    """The parts' rows side by side, (rows, sum(widths)) flattened as the parts' leading shape: part j
-    holds `widths[j]` values a row (None: zeros). Callers check `covers` first."""
+    """The parts' rows side by side, as one flat array of rows * sum(widths) values: part j holds
+    `widths[j]` values a row (None: zeros). Callers check `covers` first."""
+    rows = _rows(parts, widths)
     arrays = [p for p in parts if p is not None]
-    rows = arrays[0].size // widths[parts.index(arrays[0])]
     total = sum(widths)
     present = tuple(p is not None for p in parts)
     units = total // (16 // dtype.size)  # a row's
@@ -141,10 +151,9 @@ def joined(parts: list[mx.array | None], widths: list[int], dtype: mx.Dtype) -> 
     are all None: one row of zeros)."""
     if covers(parts, widths, dtype):
         return join(parts, widths, dtype)
-    arrays = [p for p in parts if p is not None]
-    if not arrays:
+    if all(p is None for p in parts):
         return mx.zeros((sum(widths),), dtype)
-    rows = arrays[0].size // widths[parts.index(arrays[0])]
+    rows = _rows(parts, widths)
     pieces = [mx.zeros((rows, w), dtype) if p is None else p.reshape(rows, w).astype(dtype)
               for p, w in zip(parts, widths)]
     if rows == 1:  # along the only axis: each piece one contiguous copy

@@ -124,7 +124,9 @@ def split_qkv(qkv: mx.array) -> tuple[mx.array, mx.array, mx.array]:
 
 
 @split_qkv.vjp
-def _split_qkv_vjp(qkv, cotangents, outputs):  # one primal: MLX passes it alone, not in a tuple
+def _split_qkv_vjp(qkv, cotangents, outputs):
+    """The three gradients side by side, as the projection that made q, k, v reads them (MLX passes
+    a lone primal as itself, not in a tuple)."""
     C = qkv.shape[-1] // 3
     return cuda_join.joined(list(cotangents), [C, C, C], qkv.dtype).reshape(qkv.shape)
 

@@ -13,6 +13,12 @@ def test_joined_puts_each_row_side_by_side_with_zeros_for_missing_parts():
     assert got.shape == (27,) and mx.array_equal(got, expected).item()
 
 
+def test_a_missing_first_part_is_zeros_too():
+    c = mx.arange(6, dtype=mx.float32).reshape(2, 3)
+    got = cuda_join.joined([None, c], [2, 3], mx.float32)
+    assert mx.array_equal(got, mx.concatenate([mx.zeros((2, 2)), c], axis=1).reshape(-1)).item()
+
+
 def test_joined_casts_to_the_dtype_asked_and_all_missing_is_zeros():
     parts = [mx.array([1.5, 2.25]), mx.array([3.0], mx.bfloat16)]
     got = cuda_join.joined(parts, [2, 1], mx.bfloat16)
@@ -20,15 +26,19 @@ def test_joined_casts_to_the_dtype_asked_and_all_missing_is_zeros():
     assert cuda_join.joined([None, None], [3, 5], mx.float32).tolist() == [0.0] * 8
 
 
-def test_the_kernel_runs_only_on_cuda_with_whole_16_byte_pieces():
+def test_the_kernel_runs_only_on_cuda_with_whole_16_byte_pieces(monkeypatch):
     x = mx.zeros((4, 8), mx.bfloat16)
     if not cuda_join.cuda_kernels.available():
         assert not cuda_join.covers([x, x], [8, 8], mx.bfloat16)  # CPU and Metal: MLX's concatenation
-    else:
-        assert cuda_join.covers([x, None], [8, 8], mx.bfloat16)
+    monkeypatch.setattr(cuda_join.cuda_kernels, "available", lambda: True)  # as on an NVIDIA GPU
+    assert cuda_join.covers([x, None], [8, 8], mx.bfloat16)
     assert not cuda_join.covers([x, x], [8, 4], mx.bfloat16)  # 4 bf16 values: half a piece
-    assert not cuda_join.covers([None], [8], mx.bfloat16)
+    assert not cuda_join.covers([None], [8], mx.bfloat16)  # nothing to read the rows from
     assert not cuda_join.covers([x, x.astype(mx.float32)], [8, 8], mx.bfloat16)
+    assert not cuda_join.covers([x, x], [8, 8], mx.float64)
+    many = cuda_join.MAX_ARRAYS + 1  # parts past what a kernel's parameters and constants hold
+    assert cuda_join.covers([x] + [None] * (many - 2), [8] * (many - 1), mx.bfloat16)
+    assert not cuda_join.covers([x] + [None] * (many - 1), [8] * many, mx.bfloat16)
 
 
 @pytest.mark.parametrize("present", [(True, True, True), (True, False, True), (False, True, False)])
