@@ -33,6 +33,20 @@ def acm(project: Path, *args: str, timeout: float = 3600) -> str:
     return done.stdout
 
 
+def settings_file(base: Path, path: Path, settings: list[str]) -> Path:
+    """`base` (an acm.toml) with KEY=VALUE `settings` applied one at a time, as `acm config set` would,
+    saved as `path` beside it (so its paths resolve alike) with base's comments kept."""
+    from core import config  # the callers have the checkout on their path; this script alone needs no MLX
+
+    cfg = config.load(base)
+    for kv in settings:
+        key, value = kv.split("=", 1)
+        cfg, _ = config.with_value(cfg, key, value, source=str(base))
+    path.write_bytes(base.read_bytes())
+    config.save_settings(cfg, path)
+    return path
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--time", help="the budget given to acm pipeline run (default: 8m, with --gpu 5m)")

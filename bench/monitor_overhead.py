@@ -27,6 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from first_run import settings_file  # noqa: E402
+
 from core import config  # noqa: E402
 from core.paths import Paths  # noqa: E402
 from core.runs import read_metrics  # noqa: E402
@@ -36,13 +38,7 @@ from core.train import timings  # noqa: E402
 
 def variant_config(base: Path, variant: str, stage: str, steps: int, sets: list[str]) -> Path:
     """The project's acm.toml with this variant's settings, beside it (so its paths resolve alike)."""
-    cfg = config.load(base)
-    for key, value in [(f"train.{stage}.steps", str(steps))] + [s.split("=", 1) for s in sets]:
-        cfg, _ = config.with_value(cfg, key, value, source=str(base))
-    path = base.with_name(f".bench-{variant}.toml")
-    path.write_bytes(base.read_bytes())
-    config.save_settings(cfg, path)
-    return path
+    return settings_file(base, base.with_name(f".bench-{variant}.toml"), [f"train.{stage}.steps={steps}", *sets])
 
 
 async def train_in_app(cfg_path: Path, stage: str) -> str:

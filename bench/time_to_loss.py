@@ -23,9 +23,8 @@ import sys
 import time
 from pathlib import Path
 
-from first_run import acm
+from first_run import acm, settings_file
 
-from core import config
 from core.runs import read_metrics
 from core.train.timings import read as read_timings
 
@@ -82,15 +81,6 @@ def train(a: argparse.Namespace, name: str, n: int, settings: list[str]) -> dict
     return {"bench": "time_to_loss", "variant": name, "round": n, "settings": settings, "steps": steps,
             "ms_per_step": round(1000 * timings["parts_s"]["steps"] / steps, 3), "command_s": round(command_s, 2),
             "final_val_loss": curve[-1][1] if curve else None, "val_curve": curve, "timings": timings}
-
-
-def settings_file(base: Path, path: Path, settings: list[str]) -> None:
-    """`base` with `settings` applied, saved as `path` (as `acm config set` would, one at a time)."""
-    cfg = config.load(base)
-    for kv in settings:
-        key, value = kv.split("=", 1)
-        cfg, _ = config.with_value(cfg, key, value, source=str(path))
-    config.save_settings(cfg, path)
 
 
 def reach(curve: list[list[float]], target: float) -> float | None:

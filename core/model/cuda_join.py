@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 from functools import cache
+from itertools import accumulate
 
 import mlx.core as mx
 
@@ -24,7 +25,7 @@ from core.model import cuda_kernels, kernel_cache
 
 THREADS = 128
 THREADS_IN_FLIGHT = 1 << 20  # enough to fill any GPU; the loops cover the rest
-MAX_ARRAYS = 480  # parts: a pointer each within the 4 KB of parameters any CUDA kernel may take
+MAX_PARTS = 480  # a pointer each at most: within the 4 KB of parameters any CUDA kernel may take
 
 # A thread takes one 16-byte unit u of a row (VEC values): finds the part whose columns hold it (a
 # binary search over the parts' starting columns) once, then copies that unit of every row its block
@@ -71,20 +72,19 @@ ACM_CASES
 
 def covers(parts: list[mx.array | None], widths: list[int], dtype: mx.Dtype) -> bool:
     """Whether the kernel joins these: MLX on an NVIDIA GPU, a float type, every width whole 16-byte
-    pieces (under 2^31 of them a row), at most MAX_ARRAYS parts with at least one array, all of `dtype`."""
+    pieces (under 2^31 of them a row), at most MAX_PARTS parts with at least one array, all of `dtype`."""
+    if dtype not in cuda_kernels.C_TYPES or len(parts) > MAX_PARTS:
+        return False
+    vec = 16 // dtype.size
     arrays = [p for p in parts if p is not None]
-    return (dtype in cuda_kernels.C_TYPES and 0 < len(arrays) and len(parts) <= MAX_ARRAYS
-            and all(p.dtype == dtype for p in arrays)
-            and all(w > 0 and w % (16 // dtype.size) == 0 for w in widths) and sum(widths) < 2**31 * (16 // dtype.size)
-            and cuda_kernels.available())
+    return (bool(arrays) and all(p.dtype == dtype for p in arrays) and all(w > 0 and w % vec == 0 for w in widths)
+            and sum(widths) // vec < 2**31 and cuda_kernels.available())
 
 
 def _layout(widths: tuple[int, ...], present: tuple[bool, ...]) -> tuple[str, str]:
     """(header, body): the parts' starting columns as constants, and the body with its cases, which
     kernel argument each present part is."""
-    starts = [0]
-    for w in widths:
-        starts.append(starts[-1] + w)
+    starts = [0, *accumulate(widths)]
     args = iter(range(sum(present)))
     cases = "\n".join(f"        case {j}: src = p{next(args)}; break;" for j, here in enumerate(present) if here)
     header = (f"#define ACM_PARTS {len(widths)}\n#define ACM_TOTAL {starts[-1]}LL\n"

@@ -168,9 +168,9 @@ class FlatAdamW:
             slots = [s for s in self.slots if s.group == g]
             parts = [None if (a := leaves.get(s.name)) is None else a.reshape(-1).astype(dtype) for s in slots]
             widths = [s.size for s in slots]
-            if n > sum(widths):
+            if n > (used := sum(widths)):  # the padding to whole rows
                 parts.append(None)
-                widths.append(n - sum(widths))
+                widths.append(n - used)
             if reduce is None:
                 out[g] = joined(parts, widths, dtype)
             else:

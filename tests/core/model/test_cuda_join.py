@@ -36,7 +36,7 @@ def test_the_kernel_runs_only_on_cuda_with_whole_16_byte_pieces(monkeypatch):
     assert not cuda_join.covers([None], [8], mx.bfloat16)  # nothing to read the rows from
     assert not cuda_join.covers([x, x.astype(mx.float32)], [8, 8], mx.bfloat16)
     assert not cuda_join.covers([x, x], [8, 8], mx.float64)
-    many = cuda_join.MAX_ARRAYS + 1  # parts past what a kernel's parameters and constants hold
+    many = cuda_join.MAX_PARTS + 1  # parts past what a kernel's parameters and constants hold
     assert cuda_join.covers([x] + [None] * (many - 2), [8] * (many - 1), mx.bfloat16)
     assert not cuda_join.covers([x] + [None] * (many - 1), [8] * many, mx.bfloat16)
 
