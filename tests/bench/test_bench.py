@@ -143,3 +143,14 @@ def test_time_to_loss_reads_each_round_against_its_own_baseline_between_checks(m
     # round 1: 5.5 -> 4.5 passes 5.0 halfway, step 15 at 0.5 s a step; round 2: 4.0 at step 15 of 20
     assert f["reach_step"] == [15.0, 15.0] and f["reach_s"] == [7.5, 7.5] and f["time_ratio"] == [0.375, 0.188]
     assert ttl.reach([[10, 3.0], [20, 2.0]], 4.0) == 10.0 and ttl.reach([[10, 6.0], [20, 5.5]], 5.0) is None
+
+
+def test_kernel_timeline_counts_overlap_once_and_time_alone_per_kernel(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    gpu_kernels = importlib.import_module("gpu_kernels")
+    # a: 0-10 alone 0-4; b: 4-6 inside a; c: 12-15 after a gap; d: 14-20 overlapping c
+    busy, alone = gpu_kernels.timeline([(0, 10), (4, 6), (12, 15), (14, 20)])
+    assert busy == 18  # 0-10 and 12-20: the gap and the overlaps counted once
+    assert alone == [8, 0, 2, 5]
+    assert gpu_kernels.timeline([]) == (0.0, [])
+    assert gpu_kernels.timeline([(3, 5), (3, 5)]) == (2, [0, 0])  # two kernels at once: neither alone
