@@ -1,7 +1,6 @@
 """The acm-tui application: one screen, a tab per pipeline stage, keyboard first."""
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from collections.abc import Iterable
@@ -18,7 +17,7 @@ from textual.widgets import Footer, Header, Static, TabbedContent, TabPane
 
 from core import config, runs
 from core.engine import Engine
-from core.errors import AcmError, internal_error
+from core.errors import AcmError, Parser, fail, internal_error
 from core.hardware import device_label
 from core.pipeline.overview import disk_stamp
 
@@ -181,14 +180,15 @@ class AcmApp(App):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the app; a bug that ends it is told in one line, with exit status 1."""
-    p = argparse.ArgumentParser(prog="acm-tui", description="The acm terminal UI.")
+    """Run the app; a bad argument or a missing settings file is one line with exit status 2, as in
+    `acm`, and a bug that ends the app one line with exit status 1."""
+    p = Parser(prog="acm-tui", description="The acm terminal UI.")
     p.add_argument("-c", "--config", type=Path, default=None,
                    help="settings file (default: ./acm.toml, or $ACM_CONFIG)")
     args = p.parse_args(argv)
     named = args.config or (Path(os.environ["ACM_CONFIG"]) if os.environ.get("ACM_CONFIG") else None)
     if named is not None and not named.exists():  # only the default may be missing (every default)
-        sys.exit(f"acm: error: settings file {named} does not exist")
+        return fail(f"settings file {named} does not exist")
     app = AcmApp(named or Path(config.CONFIG_NAME))
     app.run()
     if app.failure:

@@ -6,6 +6,7 @@ hit it: `write_failure` gives every writer the same words for it.
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import errno
 import os
@@ -79,6 +80,13 @@ def internal_error(error: BaseException) -> str:
     return first if write_failure(error) else f"internal error ({first}); ACM_DEBUG=1 shows the traceback"
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument prints one line, `acm: error: ...`, and exits with 2 (`acm`, `acm-tui`)."""
+
+    def error(self, message: str):
+        self.exit(2, f"acm: error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def run_command(body: Callable[[], int]) -> int:
     """A command's exit status (`acm`, a training process acm starts): what `body` returns, or the
     error that ended it as one `acm: error:` line on stderr and 2 (Ctrl-C: 130). A bug's traceback
@@ -90,12 +98,23 @@ def run_command(body: Callable[[], int]) -> int:
     except KeyboardInterrupt:
         print("acm: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the output's reader stopped (`acm runs | head`; acm writes to no other pipe)
+        return quiet_exit()
     except OSError as e:  # a disk, a permission, a path: the system's words and the file
         return fail(f"{e.strerror or e}" + (f": {e.filename}" if e.filename else ""))
     except Exception as e:  # a bug: still one line
         if os.environ.get("ACM_DEBUG"):
             raise
         return fail(internal_error(e))
+
+
+def quiet_exit() -> int:
+    """Status 1 without a word, as Rich's console and Python's own advice have it for a closed pipe:
+    what is left in the output buffer goes nowhere, so the interpreter's exit cannot fail on it."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 1
 
 
 def fail(message: str) -> int:

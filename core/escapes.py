@@ -1,13 +1,29 @@
-"""Backslash escapes in typed text, read the same wherever text is typed: the command line's `-e`
-and the app's Generate prompt."""
+"""Typed text: backslash escapes read the same wherever text is typed (the command line's `-e` and
+the app's Generate prompt), and text that is not UTF-8 refused in one line."""
 from __future__ import annotations
 
 from core.errors import AcmError
 
 
-def unescape(text: str) -> str:
-    """TEXT with its backslash escapes (\\n, \\t, \\", \\x41, \\u00e9) read; a bad escape is one line."""
+def unescape(text: str, what: str = "the text") -> str:
+    """TEXT with its backslash escapes (\\n, \\t, \\", \\x41, \\u00e9) read; a bad escape, or one that
+    makes no character (\\ud800), is one line."""
     try:
-        return text.encode("latin-1", "backslashreplace").decode("unicode_escape")
+        read = text.encode("latin-1", "backslashreplace").decode("unicode_escape")
     except UnicodeDecodeError as e:
         raise AcmError(f"invalid escape in {text!r}: {e.reason}") from None
+    return utf8(read, what)
+
+
+def utf8(text: str, what: str) -> str:
+    """TEXT, where every character can be written as UTF-8; else one line naming the first one that
+    cannot: a byte the terminal's encoding did not decode (Python keeps it in the command line as a
+    lone surrogate, U+DC80-U+DCFF) or half of a surrogate pair typed as an escape."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        code = ord(text[e.start])
+        escaped = 0xDC80 <= code <= 0xDCFF
+        bad = f"the byte 0x{code - 0xDC00:02x}" if escaped else f"\\u{code:04x}, half a surrogate pair,"
+        raise AcmError(f"{what} is not UTF-8: {bad} at character {e.start + 1}; type it in UTF-8") from None
+    return text

@@ -15,6 +15,13 @@ BAD_SETTINGS = {
     "not-a-table.toml": "model = 3\n",
 }
 
+NOT_UTF8 = [  # a byte a Latin-1 terminal sent (kept by Python as a lone surrogate), half a surrogate pair
+    ["generate", "caf\udce9"],
+    ["generate", "\\ud800", "-e"],
+    ["generate", "x", "--stop", "\udcff"],
+    ["tokenizer", "probe", "-e", "\\ud800"],
+]
+
 CASES = [
     ["-c", "{tmp}/missing.toml", "presets"],
     ["-c", "{tmp}/folder.toml", "presets"],
@@ -40,6 +47,7 @@ CASES = [
     ["eval"],
     ["export", "--to", "{tmp}/a-file"],
     ["tokenizer", "probe", "-e", "ab\\x4"],
+    *NOT_UTF8,
     ["tokenizer", "info"],
     ["prepare"],
     ["train", "pretrain", "--steps", "0"],
@@ -75,7 +83,8 @@ def hostile(project):
     return project
 
 
-@pytest.mark.parametrize("argv", CASES, ids=lambda argv: " ".join(argv).replace("{tmp}/", ""))
+@pytest.mark.parametrize("argv", CASES, ids=lambda argv: " ".join(argv).replace("{tmp}/", "")
+                         .encode("ascii", "backslashreplace").decode())
 def test_a_refusal_is_one_line_and_never_a_traceback(hostile, capsys, argv):
     before = (hostile / "acm.toml").read_text()
     with _no_exit():
@@ -122,11 +131,24 @@ def test_export_onto_an_existing_file_is_refused(with_model, capsys):
     assert target.read_text() == "keep me\n"
 
 
-def test_the_app_refuses_a_settings_file_that_does_not_exist(tmp_path):
+@pytest.mark.parametrize("argv", NOT_UTF8, ids=lambda argv: " ".join(argv).encode("ascii", "backslashreplace").decode())
+def test_typed_text_that_is_not_utf8_is_named(project, capsys, argv):
+    assert cli.main(["-c", str(project / "acm.toml"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and " is not UTF-8: " in err, err
+    assert "byte 0x" in err or "\\ud800, half a surrogate pair" in err
+
+
+def test_the_app_refuses_a_settings_file_that_does_not_exist_and_a_bad_flag_in_one_line(tmp_path, capsys):
     from acm_tui.app import main
 
-    with pytest.raises(SystemExit, match=r"^acm: error: settings file .*missing.toml does not exist$"):
-        main(["-c", str(tmp_path / "missing.toml")])
+    assert main(["-c", str(tmp_path / "missing.toml")]) == 2
+    assert capsys.readouterr().err == f"acm: error: settings file {tmp_path / 'missing.toml'} does not exist\n"
+    with pytest.raises(SystemExit) as exited:
+        main(["--bogus"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("acm: error: acm-tui: unrecognized arguments: --bogus"), err
 
 
 HUGE = "99999999999999999999"

@@ -147,7 +147,7 @@ class GeneratePane(Pane):
         raw = event.value
         try:
             params = self.read_params()
-            prompt = unescape(raw)  # as `acm generate -e` reads it
+            prompt = unescape(raw, "the prompt")  # as `acm generate -e` reads it
         except AcmError as e:
             self.notify(str(e), severity="error")
             return

@@ -9,13 +9,6 @@ from core.config import parse_duration
 from core.errors import ConfigError
 
 
-class Parser(argparse.ArgumentParser):
-    """argparse, but a bad argument prints one line, `acm: error: ...`, and exits with 2."""
-
-    def error(self, message: str):
-        self.exit(2, f"acm: error: {self.prog}: {message} (see {self.prog} --help)\n")
-
-
 def bounded_int(lo: int, hi: int, setting: str | None = None):
     """An argument type taking integers from `lo` to `hi` (a setting's flag: the setting's own range,
     named in the refusal), anything else refused in one line."""

@@ -16,7 +16,8 @@ from core.cli.output import console_for
 from core.cli.progress import progress_bars
 from core.config import Config
 from core.engine import Engine, wait_for
-from core.escapes import unescape
+from core.errors import AcmError
+from core.escapes import unescape, utf8
 from core.generate.checked import checked_generate, sample_and_judge
 from core.generate.decode import load_model, stream_generate
 from core.generate.evaluate import evaluate_run
@@ -36,7 +37,7 @@ def params_from(args, cfg: Config) -> SamplingParams:
     g = config.overridden(cfg.generate, "generate.", "command line", temperature=args.temp, top_k=args.top_k,
                           top_p=args.top_p, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
                           max_tokens=args.max_tokens, seed=args.seed)
-    return SamplingParams.from_config(g, stop=tuple(args.stop or ()))
+    return SamplingParams.from_config(g, stop=tuple(utf8(s, f"--stop {s!r}") for s in args.stop or ()))
 
 
 def stream_to_stdout(lm, prompt: str, params: SamplingParams, echo_prompt: bool,
@@ -77,7 +78,7 @@ def _loaded(args, cfg: Config, engine: Engine):
 
 def cmd_generate(args, cfg: Config) -> int:
     params = params_from(args, cfg)
-    prompt = unescape(args.prompt) if args.escapes else args.prompt
+    prompt = unescape(args.prompt, "the prompt") if args.escapes else utf8(args.prompt, "the prompt")
     check = args.syntax_check or cfg.generate.syntax_check
     k = args.candidates or cfg.generate.candidates
     expected = expectations(cfg.eval)  # a task's prompt also gets whether the script uses what it expects
@@ -119,6 +120,8 @@ def cmd_chat(args, cfg: Config) -> int:
     try:
         lm = _loaded(args, cfg, engine)
         console.print("[dim]type a prompt; end a line with \\ to continue it; Ctrl-D quits[/]")
+        if hasattr(sys.stdin, "reconfigure"):  # a byte that is not UTF-8 reaches `utf8` below, never fails the read
+            sys.stdin.reconfigure(errors="surrogateescape")
         while True:
             lines = []
             try:
@@ -127,12 +130,16 @@ def cmd_chat(args, cfg: Config) -> int:
                     lines.append(line[:-1])
                     line = input("… ")
                 lines.append(line)
+                prompt = utf8("\n".join(lines), "the prompt")
             except EOFError:
                 return 0
             except KeyboardInterrupt:
                 print()
                 continue
-            chat_turn(engine, lm, "\n".join(lines), params)
+            except AcmError as e:  # a line the terminal did not send as UTF-8: said, and the chat goes on
+                print(f"acm: error: {e}", file=sys.stderr)
+                continue
+            chat_turn(engine, lm, prompt, params)
     finally:
         engine.shutdown()
 

@@ -18,9 +18,9 @@ from core.cli import pipeline as cli_pipeline
 from core.cli import runs as cli_runs
 from core.cli import tokenizer as cli_tokenizer
 from core.cli import train as cli_train
-from core.cli.args import Parser, bounded_int, positive_int
+from core.cli.args import bounded_int, positive_int
 from core.cli.output import console_for
-from core.errors import AcmError, run_command
+from core.errors import AcmError, Parser, run_command
 from core.hardware import configure_mlx
 from core.pipeline import doctor
 from core.pipeline.tables import DOCTOR_COLUMNS, PRESET_COLUMNS, doctor_row, preset_row

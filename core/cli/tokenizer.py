@@ -66,11 +66,10 @@ def cmd_info(args, cfg: Config) -> int:
 
 
 def cmd_probe(args, cfg: Config) -> int:
-    tok = load_tokenizer(cfg)
     text = args.text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
     if args.escapes:
         text = unescape(text)
-    r = tok.probe(text)
+    r = load_tokenizer(cfg).probe(text)
     if args.json:
         print(json.dumps(r, ensure_ascii=False))
         return 0

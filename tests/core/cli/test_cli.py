@@ -6,6 +6,7 @@ import os
 import re
 import shlex
 import subprocess
+import sys
 
 import pytest
 
@@ -175,3 +176,15 @@ def test_prompts_in_pasteable_commands_survive_bash_history_expansion(with_model
     for example in examples:  # and each example of --help works as written
         argv = shlex.split(example)[1:] + ["--max-tokens", "4", "--candidates", "2"]
         assert cli.main(["-c", str(with_model / "acm.toml"), *argv]) == 0, example
+
+
+def test_a_reader_that_stops_early_ends_the_command_quietly():
+    """`acm ... | head`: the output's reader goes away while acm still writes (10 MB, more than any pipe
+    holds); the command ends with status 1 and says nothing, as a closed pipe is not acm's error."""
+    code = ("import sys; from core.errors import run_command; "
+            "sys.exit(run_command(lambda: [print('x' * 999) for _ in range(10_000)] and 0))")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 1
+    assert err == b""

@@ -122,6 +122,15 @@ def test_no_checkpoint_is_one_line(prepared, capsys):
     assert "no checkpoint in" in capsys.readouterr().err
 
 
+def test_chat_refuses_a_line_that_is_not_utf8_and_goes_on(with_model):
+    r = subprocess.run([sys.executable, "-m", "core.cli", "-c", str(with_model / "acm.toml"), "chat", "--max-tokens",
+                        "5"], input=b"caf\xe9\xff\necho\n", capture_output=True, timeout=120)
+    err = r.stderr.decode()
+    assert r.returncode == 0, err
+    assert "acm: error: the prompt is not UTF-8: the byte 0xe9" in err  # whether stdin is read strictly or not
+    assert "5 tokens" in err and "Traceback" not in err  # the next line was answered
+
+
 def test_ctrl_c_in_chat_stops_the_generation_before_the_next_prompt(with_model, capsys):
     import signal
     import threading
