@@ -11,6 +11,7 @@ import contextlib
 import errno
 import os
 import re
+import select
 import sys
 from collections.abc import Callable, Iterator
 
@@ -87,10 +88,11 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"acm: error: {self.prog}: {message} (see {self.prog} --help)\n")
 
 
-def run_command(body: Callable[[], int]) -> int:
+def run_command(body: Callable[[], int], quiet_pipe: bool = False) -> int:
     """A command's exit status (`acm`, a training process acm starts): what `body` returns, or the
-    error that ended it as one `acm: error:` line on stderr and 2 (Ctrl-C: 130). A bug's traceback
-    shows with ACM_DEBUG=1."""
+    error that ended it as one `acm: error:` line on stderr and 2 (Ctrl-C: 130). With `quiet_pipe`
+    (`acm`), a reader of the output that stopped reading (`acm runs | head`) ends it quietly with 1.
+    A bug's traceback shows with ACM_DEBUG=1."""
     try:
         return body()
     except AcmError as e:
@@ -98,8 +100,10 @@ def run_command(body: Callable[[], int]) -> int:
     except KeyboardInterrupt:
         print("acm: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # the output's reader stopped (`acm runs | head`; acm writes to no other pipe)
-        return quiet_exit()
+    except BrokenPipeError as e:
+        if quiet_pipe and _stdout_closed():
+            return quiet_exit()
+        return fail(f"{e.strerror or e}")
     except OSError as e:  # a disk, a permission, a path: the system's words and the file
         return fail(f"{e.strerror or e}" + (f": {e.filename}" if e.filename else ""))
     except Exception as e:  # a bug: still one line
@@ -108,12 +112,26 @@ def run_command(body: Callable[[], int]) -> int:
         return fail(internal_error(e))
 
 
+def _stdout_closed() -> bool:
+    """Whether standard output is a pipe whose reader has gone (so a broken pipe was the output's,
+    not a socket's or a child's): the system reports an error or a hang-up on it."""
+    try:
+        poll = select.poll()
+        poll.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poll.poll(0))
+    except (AttributeError, ValueError, OSError):  # no file behind it, or no poll here
+        return False
+
+
 def quiet_exit() -> int:
     """Status 1 without a word, as Rich's console and Python's own advice have it for a closed pipe:
     what is left in the output buffer goes nowhere, so the interpreter's exit cannot fail on it."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-    os.close(devnull)
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (AttributeError, ValueError, OSError):  # an output with no file behind it: nothing to silence
+        pass
     return 1
 
 

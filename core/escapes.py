@@ -6,13 +6,17 @@ from core.errors import AcmError
 
 
 def unescape(text: str, what: str = "the text") -> str:
-    """TEXT with its backslash escapes (\\n, \\t, \\", \\x41, \\u00e9) read; a bad escape, or one that
-    makes no character (\\ud800), is one line."""
+    """TEXT (UTF-8, as `utf8` checks) with its backslash escapes (\\n, \\t, \\", \\x41, \\u00e9) read;
+    a bad escape, or one that makes no character (\\ud800), is one line."""
     try:
-        read = text.encode("latin-1", "backslashreplace").decode("unicode_escape")
+        read = utf8(text, what).encode("latin-1", "backslashreplace").decode("unicode_escape")
+        read.encode("utf-8")
     except UnicodeDecodeError as e:
         raise AcmError(f"invalid escape in {text!r}: {e.reason}") from None
-    return utf8(read, what)
+    except UnicodeEncodeError as e:
+        escape = f"\\u{ord(read[e.start]):04x}"
+        raise AcmError(f"{what}: the escape {escape} is half a surrogate pair, not a character") from None
+    return read
 
 
 def utf8(text: str, what: str) -> str:
@@ -23,7 +27,6 @@ def utf8(text: str, what: str) -> str:
         text.encode("utf-8")
     except UnicodeEncodeError as e:
         code = ord(text[e.start])
-        escaped = 0xDC80 <= code <= 0xDCFF
-        bad = f"the byte 0x{code - 0xDC00:02x}" if escaped else f"\\u{code:04x}, half a surrogate pair,"
+        bad = f"the byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\u{code:04x}"
         raise AcmError(f"{what} is not UTF-8: {bad} at character {e.start + 1}; type it in UTF-8") from None
     return text

@@ -20,6 +20,8 @@ NOT_UTF8 = [  # a byte a Latin-1 terminal sent (kept by Python as a lone surroga
     ["generate", "\\ud800", "-e"],
     ["generate", "x", "--stop", "\udcff"],
     ["tokenizer", "probe", "-e", "\\ud800"],
+    ["tokenizer", "probe", "caf\udce9"],
+    ["config", "set", "data.language.text_field", "caf\udce9"],
 ]
 
 CASES = [
@@ -135,8 +137,8 @@ def test_export_onto_an_existing_file_is_refused(with_model, capsys):
 def test_typed_text_that_is_not_utf8_is_named(project, capsys, argv):
     assert cli.main(["-c", str(project / "acm.toml"), *argv]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and " is not UTF-8: " in err, err
-    assert "byte 0x" in err or "\\ud800, half a surrogate pair" in err
+    assert err.count("\n") == 1 and err.startswith("acm: error: "), err
+    assert " is not UTF-8: the byte 0x" in err or ": the escape \\ud800 is half a surrogate pair" in err, err
 
 
 def test_the_app_refuses_a_settings_file_that_does_not_exist_and_a_bad_flag_in_one_line(tmp_path, capsys):

@@ -37,7 +37,7 @@ def params_from(args, cfg: Config) -> SamplingParams:
     g = config.overridden(cfg.generate, "generate.", "command line", temperature=args.temp, top_k=args.top_k,
                           top_p=args.top_p, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
                           max_tokens=args.max_tokens, seed=args.seed)
-    return SamplingParams.from_config(g, stop=tuple(utf8(s, f"--stop {s!r}") for s in args.stop or ()))
+    return SamplingParams.from_config(g, stop=tuple(utf8(s, "--stop") for s in args.stop or ()))
 
 
 def stream_to_stdout(lm, prompt: str, params: SamplingParams, echo_prompt: bool,

@@ -21,6 +21,7 @@ from core.cli import train as cli_train
 from core.cli.args import bounded_int, positive_int
 from core.cli.output import console_for
 from core.errors import AcmError, Parser, run_command
+from core.escapes import utf8
 from core.hardware import configure_mlx
 from core.pipeline import doctor
 from core.pipeline.tables import DOCTOR_COLUMNS, PRESET_COLUMNS, doctor_row, preset_row
@@ -126,7 +127,7 @@ def cmd_config_check(args, cfg: config.Config) -> int:
 
 
 def cmd_config_set(args, cfg: config.Config) -> int:
-    new, notes = config.with_value(cfg, args.key, args.value, source=str(args.config))
+    new, notes = config.with_value(cfg, args.key, utf8(args.value, f"the value of {args.key}"), source=str(args.config))
     config.save_settings(new, args.config)
     print(f"{args.key} = {config.get_value(new, args.key)!r} saved to {args.config}")
     for note in notes:
@@ -197,7 +198,7 @@ def settings_path(args) -> Path:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_mlx()
-    return run_command(partial(_run, args))
+    return run_command(partial(_run, args), quiet_pipe=True)
 
 
 def _run(args) -> int:

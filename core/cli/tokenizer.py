@@ -9,7 +9,7 @@ from core.cli.output import console_for
 from core.cli.progress import progress_bars
 from core.config import Config
 from core.errors import AcmError, read_back
-from core.escapes import unescape
+from core.escapes import unescape, utf8
 from core.pipeline.tables import (
     SHARD_COLUMNS,
     TOKENIZER_COLUMNS,
@@ -66,9 +66,7 @@ def cmd_info(args, cfg: Config) -> int:
 
 
 def cmd_probe(args, cfg: Config) -> int:
-    text = args.text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-    if args.escapes:
-        text = unescape(text)
+    text = unescape(args.text) if args.escapes else utf8(args.text, "the text")
     r = load_tokenizer(cfg).probe(text)
     if args.json:
         print(json.dumps(r, ensure_ascii=False))

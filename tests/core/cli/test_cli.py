@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from core import cli, config
+from core.errors import run_command
 from tests.helpers import ROOT
 from tests.terminal import run_acm
 
@@ -178,13 +179,27 @@ def test_prompts_in_pasteable_commands_survive_bash_history_expansion(with_model
         assert cli.main(["-c", str(with_model / "acm.toml"), *argv]) == 0, example
 
 
-def test_a_reader_that_stops_early_ends_the_command_quietly():
-    """`acm ... | head`: the output's reader goes away while acm still writes (10 MB, more than any pipe
-    holds); the command ends with status 1 and says nothing, as a closed pipe is not acm's error."""
+def _writing_into_a_closed_pipe(quiet_pipe: bool) -> tuple[int, bytes]:
+    """A command writing 10 MB (more than any pipe holds) whose output's reader has gone."""
     code = ("import sys; from core.errors import run_command; "
-            "sys.exit(run_command(lambda: [print('x' * 999) for _ in range(10_000)] and 0))")
+            f"sys.exit(run_command(lambda: [print('x' * 999) for _ in range(10_000)] and 0, quiet_pipe={quiet_pipe}))")
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     proc.stdout.close()
     err = proc.stderr.read()
-    assert proc.wait(timeout=60) == 1
-    assert err == b""
+    return proc.wait(timeout=60), err
+
+
+def test_a_reader_that_stops_early_ends_the_command_quietly():
+    """`acm ... | head`: status 1 and not a word, as a closed pipe is not acm's error; a process that
+    does not ask for it (a training rank, whose output is its launcher's pipe) still says it."""
+    assert _writing_into_a_closed_pipe(quiet_pipe=True) == (1, b"")
+    rc, err = _writing_into_a_closed_pipe(quiet_pipe=False)
+    assert rc == 2 and err.decode().startswith("acm: error: Broken pipe") and err.count(b"\n") == 1
+
+
+def test_a_broken_pipe_that_is_not_the_output_s_is_one_line(capsys):
+    """A broken pipe elsewhere (a socket, a child) while the output is fine is the system's words."""
+    def body():
+        raise BrokenPipeError(32, "Broken pipe")
+    assert run_command(body, quiet_pipe=True) == 2  # capsys's output has no file: not a closed pipe
+    assert capsys.readouterr().err == "acm: error: Broken pipe\n"

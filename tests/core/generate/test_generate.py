@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -124,10 +125,11 @@ def test_no_checkpoint_is_one_line(prepared, capsys):
 
 def test_chat_refuses_a_line_that_is_not_utf8_and_goes_on(with_model):
     r = subprocess.run([sys.executable, "-m", "core.cli", "-c", str(with_model / "acm.toml"), "chat", "--max-tokens",
-                        "5"], input=b"caf\xe9\xff\necho\n", capture_output=True, timeout=120)
+                        "5"], input=b"caf\xe9\xff\necho\n", capture_output=True, timeout=120,
+                       env=os.environ | {"PYTHONIOENCODING": "utf-8:strict"})  # as a UTF-8 locale reads stdin
     err = r.stderr.decode()
     assert r.returncode == 0, err
-    assert "acm: error: the prompt is not UTF-8: the byte 0xe9" in err  # whether stdin is read strictly or not
+    assert "acm: error: the prompt is not UTF-8: the byte 0xe9" in err
     assert "5 tokens" in err and "Traceback" not in err  # the next line was answered
 
 
