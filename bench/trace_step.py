@@ -70,8 +70,9 @@ def main() -> None:
         d[2] += solo / 1e3 / a.steps
     per_kind: dict[str, list] = defaultdict(lambda: [0.0, 0.0])
     for name, (ms, _, solo) in per_name.items():
-        per_kind[kind_of(name)][0] += ms
-        per_kind[kind_of(name)][1] += solo
+        kind = per_kind[kind_of(name)]
+        kind[0] += ms
+        kind[1] += solo
     busy = sum(ms for ms, _ in per_kind.values())
     top = sorted(per_name.items(), key=lambda kv: -kv[1][0])[: a.top]
     print(json.dumps({

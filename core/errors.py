@@ -100,16 +100,18 @@ def run_command(body: Callable[[], int], quiet_pipe: bool = False) -> int:
     except KeyboardInterrupt:
         print("acm: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError as e:
-        if quiet_pipe and _stdout_closed():
-            return quiet_exit()
-        return fail(f"{e.strerror or e}")
     except OSError as e:  # a disk, a permission, a path: the system's words and the file
+        if isinstance(e, BrokenPipeError) and quiet_pipe and _stdout_closed():
+            return _quiet_exit()
         return fail(f"{e.strerror or e}" + (f": {e.filename}" if e.filename else ""))
     except Exception as e:  # a bug: still one line
         if os.environ.get("ACM_DEBUG"):
             raise
         return fail(internal_error(e))
+
+
+# What asking standard output for its file can raise: None, a stream without one, a closed one
+_NO_FILE = (AttributeError, ValueError, OSError)
 
 
 def _stdout_closed() -> bool:
@@ -119,18 +121,18 @@ def _stdout_closed() -> bool:
         poll = select.poll()
         poll.register(sys.stdout.fileno(), select.POLLOUT)
         return any(events & (select.POLLERR | select.POLLHUP) for _, events in poll.poll(0))
-    except (AttributeError, ValueError, OSError):  # no file behind it, or no poll here
+    except _NO_FILE:  # no file behind it, or no poll here
         return False
 
 
-def quiet_exit() -> int:
+def _quiet_exit() -> int:
     """Status 1 without a word, as Rich's console and Python's own advice have it for a closed pipe:
     what is left in the output buffer goes nowhere, so the interpreter's exit cannot fail on it."""
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
-    except (AttributeError, ValueError, OSError):  # an output with no file behind it: nothing to silence
+    except _NO_FILE:  # an output with no file behind it: nothing to silence
         pass
     return 1
 

@@ -22,7 +22,7 @@ def unescape(text: str, what: str = "the text") -> str:
 def utf8(text: str, what: str) -> str:
     """TEXT, where every character can be written as UTF-8; else one line naming the first one that
     cannot: a byte the terminal's encoding did not decode (Python keeps it in the command line as a
-    lone surrogate, U+DC80-U+DCFF) or half of a surrogate pair typed as an escape."""
+    lone surrogate, U+DC80-U+DCFF), or another lone surrogate by its code point."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as e:

@@ -24,6 +24,11 @@ NOT_UTF8 = [  # a byte a Latin-1 terminal sent (kept by Python as a lone surroga
     ["config", "set", "data.language.text_field", "caf\udce9"],
 ]
 
+def _shown(argv: list[str]) -> str:
+    """A case's test id: its words, with what is not ASCII escaped (lone surrogates among it)."""
+    return " ".join(argv).encode("ascii", "backslashreplace").decode()
+
+
 CASES = [
     ["-c", "{tmp}/missing.toml", "presets"],
     ["-c", "{tmp}/folder.toml", "presets"],
@@ -85,8 +90,7 @@ def hostile(project):
     return project
 
 
-@pytest.mark.parametrize("argv", CASES, ids=lambda argv: " ".join(argv).replace("{tmp}/", "")
-                         .encode("ascii", "backslashreplace").decode())
+@pytest.mark.parametrize("argv", CASES, ids=lambda argv: _shown(argv).replace("{tmp}/", ""))
 def test_a_refusal_is_one_line_and_never_a_traceback(hostile, capsys, argv):
     before = (hostile / "acm.toml").read_text()
     with _no_exit():
@@ -133,7 +137,7 @@ def test_export_onto_an_existing_file_is_refused(with_model, capsys):
     assert target.read_text() == "keep me\n"
 
 
-@pytest.mark.parametrize("argv", NOT_UTF8, ids=lambda argv: " ".join(argv).encode("ascii", "backslashreplace").decode())
+@pytest.mark.parametrize("argv", NOT_UTF8, ids=_shown)
 def test_typed_text_that_is_not_utf8_is_named(project, capsys, argv):
     assert cli.main(["-c", str(project / "acm.toml"), *argv]) == 2
     err = capsys.readouterr().err
