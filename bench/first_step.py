@@ -6,19 +6,25 @@ builds the graph), running it the first time (MLX compiles or loads its kernels 
 device's graphs), the next few steps, the steady step (median of `--steady` steps), and the first
 and second validation loss (its own compiled graph). Then steps queued one ahead, as the trainer
 queues them: the wall a step, the wall of queuing one (waits inside MLX included) and the queuing
-thread's CPU time, which show whether the device or the CPU sets the pace. Prints one JSON line.
+thread's CPU time, which show whether the device or the CPU sets the pace. With --host-calls (an
+NVIDIA GPU and PyTorch beside MLX) the first run is traced: its GPU kernels' time and the host's CUDA
+runtime and driver calls by name (graph instantiation, module loads, allocations), so what is left of
+its wall is the libraries' own host work (plans, heuristics). Prints one JSON line.
 
 usage: python bench/first_step.py [--preset tiny] [--dtype bfloat16] [--batch 8] [--seq 1024] [--steady 30]
                                   [--queued 60]
-                                  [--mlx-layer-norm]
+                                  [--mlx-layer-norm] [--host-calls]
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import statistics
 import time
+from collections import defaultdict
 
 import mlx.core as mx
+from gpu_kernels import Tracer
 from step_setup import fixed_batch, shape_arguments
 from train_step import use_mlx_layer_norm
 
@@ -40,7 +46,9 @@ def main() -> None:
     p.add_argument("--steady", type=int, default=30)
     p.add_argument("--queued", type=int, default=60, help="steps queued one ahead, as the trainer runs them")
     p.add_argument("--mlx-layer-norm", action="store_true", help="MLX's layer norm instead of acm's CUDA kernels")
+    p.add_argument("--host-calls", action="store_true", help="trace the first run's kernels and CUDA calls")
     a = p.parse_args()
+    tracer = Tracer("first_step.py --host-calls") if a.host_calls else None
     if a.mlx_layer_norm:
         use_mlx_layer_norm()
     shape = get_preset(a.preset)
@@ -57,7 +65,9 @@ def main() -> None:
     x, y = fixed_batch(shape, a.batch, a.seq)
     mx.eval(x, y)
     out, trace_s = timed(lambda: step(x, y))
-    _, first_run_s = timed(lambda: mx.eval(out, opt.state))
+    with tracer.host_calls() if tracer else contextlib.nullcontext() as split:
+        _, first_run_s = timed(lambda: mx.eval(out, opt.state))
+    calls = host_call_summary(*split()) if tracer else {}
     next_s = [timed(lambda: mx.eval(step(x, y), opt.state))[1] for _ in range(4)]
     steady = [timed(lambda: mx.eval(step(x, y), opt.state))[1] for _ in range(a.steady)]
     _, val_first_s = timed(lambda: eval_loss(x, y).item())
@@ -73,8 +83,22 @@ def main() -> None:
         "steady_step_s": round(step_s, 5),
         "first_step_beyond_steady_s": round(trace_s + first_run_s - step_s, 3),
         "validation_first_s": round(val_first_s, 3), "validation_second_s": round(val_second_s, 4),
-        **queued,
+        **queued, **calls,
     }), flush=True)
+
+
+def host_call_summary(kernels: list, host: list, top: int = 20) -> dict:
+    """The traced first run's GPU kernels (count, ms) and its host calls' ms by name, the longest first."""
+    by_name: dict[str, list] = defaultdict(lambda: [0.0, 0])
+    for ev in host:
+        by_name[ev.name][0] += ev.cpu_time_total / 1e3
+        by_name[ev.name][1] += 1
+    longest = sorted(by_name.items(), key=lambda kv: -kv[1][0])[:top]
+    return {
+        "first_run_kernels": len(kernels),
+        "first_run_kernel_ms": round(sum(ev.device_time_total for ev in kernels) / 1e3, 2),
+        "first_run_host_calls_ms": {name[:80]: [round(ms, 2), n] for name, (ms, n) in longest},
+    }
 
 
 def queued_steps(step, opt, x, y, n: int) -> dict:

@@ -18,15 +18,31 @@ class Tracer:
             raise SystemExit(f"{script} needs PyTorch with CUDA beside MLX: its profiler records "
                              "the GPU's kernels") from None
         torch.cuda.init()
-        self._torch, self._profile, self._cuda = torch, profile, ProfilerActivity.CUDA
+        self._torch, self._profile, self._activities = torch, profile, ProfilerActivity
 
     @contextlib.contextmanager
     def kernels(self) -> Iterator[Callable[[], list]]:
         """Profile the block; the yielded function lists its GPU kernels once the block has run
         (each with .name, .device_time_total and .time_range's .start and .end, in µs)."""
+        with self._profiled(host=False) as split:
+            yield lambda: split()[0]
+
+    @contextlib.contextmanager
+    def host_calls(self) -> Iterator[Callable[[], tuple[list, list]]]:
+        """Profile the block with the host's CUDA runtime and driver calls too; the yielded function
+        gives (GPU kernels, host calls: .name and .cpu_time_total in µs) once the block has run."""
+        with self._profiled(host=True) as split:
+            yield split
+
+    @contextlib.contextmanager
+    def _profiled(self, host: bool) -> Iterator[Callable[[], tuple[list, list]]]:
         gpu = self._torch.autograd.DeviceType.CUDA
-        with self._profile(activities=[self._cuda]) as prof:
-            yield lambda: [ev for ev in prof.events() if ev.device_type == gpu]
+        kinds = [self._activities.CUDA] + ([self._activities.CPU] if host else [])
+        with self._profile(activities=kinds) as prof:
+            def split():
+                events = prof.events()
+                return [e for e in events if e.device_type == gpu], [e for e in events if e.device_type != gpu]
+            yield split
 
 
 def timeline(spans: Sequence[tuple[float, float]]) -> tuple[float, list[float]]:
@@ -47,3 +63,18 @@ def timeline(spans: Sequence[tuple[float, float]]) -> tuple[float, list[float]]:
         (active.add if kind == 1 else active.discard)(i)
         last = t
     return busy, alone
+
+
+def idle_gaps(spans: Sequence[tuple[float, float]]) -> list[tuple[float, float, int, int]]:
+    """The GPU's idle stretches between kernels' (start, end): (start, end, the kernel whose end opens
+    it, the kernel whose start closes it) each, in time order. A stretch where no kernel runs inside a
+    step is time the device waits for the host (a graph still being built or launched)."""
+    order = sorted(range(len(spans)), key=lambda i: spans[i][0])
+    gaps, reach, last = [], None, -1
+    for i in order:
+        start, end = spans[i]
+        if reach is not None and start > reach:
+            gaps.append((reach, start, last, i))
+        if reach is None or end > reach:
+            reach, last = end, i
+    return gaps

@@ -154,3 +154,13 @@ def test_kernel_timeline_counts_overlap_once_and_time_alone_per_kernel(monkeypat
     assert alone == [8, 0, 2, 5]
     assert gpu_kernels.timeline([]) == (0.0, [])
     assert gpu_kernels.timeline([(3, 5), (3, 5)]) == (2, [0, 0])  # two kernels at once: neither alone
+
+
+def test_idle_gaps_are_the_stretches_no_kernel_covers_with_the_kernels_around_them(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    gpu_kernels = importlib.import_module("gpu_kernels")
+    # 0: 0-10; 1: 2-12 reaches past 0; 2: 15-16 after a gap of 3; 3: 16-17 touching, no gap; 4: 20-21
+    spans = [(0, 10), (2, 12), (15, 16), (16, 17), (20, 21)]
+    assert gpu_kernels.idle_gaps(spans) == [(12, 15, 1, 2), (17, 20, 3, 4)]
+    assert gpu_kernels.idle_gaps(list(reversed(spans))) == [(12, 15, 3, 2), (17, 20, 1, 0)]
+    assert gpu_kernels.idle_gaps([(0, 5), (1, 2)]) == [] and gpu_kernels.idle_gaps([]) == []
