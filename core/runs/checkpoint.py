@@ -216,7 +216,8 @@ def list_checkpoints(folder: Path) -> list[Checkpoint]:
     return out
 
 
-STATE_SHAPE = {"step": int, "val_loss": (int, float, None), "config": dict, "tokenizer_sha256": str}
+STATE_SHAPE = {"step": int, "val_loss": (int, float, None), "config": dict, "tokenizer_sha256": str,
+               "planned_steps": (int, None), "planned_warmup": (int, None), "planned_eval_batches": (int, None)}
 
 
 def read_state(folder: Path) -> dict | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 EVAL_COST = 0.35  # one validation batch (forward only) against one training step (forward and backward)
+VALIDATION_SHARE = 0.1  # of a time budget, at most, for its validation checks: fewer batches a check if need be
 HOURS = 3600.0
 UNPLANNED = 2**31 - 1  # the step count of a budget stage until its first steps are timed
 
@@ -17,6 +18,13 @@ UNPLANNED = 2**31 - 1  # the step count of a budget stage until its first steps 
 class Plan:
     total: int  # steps of the stage
     warmup: int
+    eval_batches: int  # batches a validation check
+
+
+def checks(step: int, steps: int, every: int) -> int:
+    """Validation checks in `steps` more steps from `step`: each multiple of `every`, and the last step."""
+    end = step + steps
+    return end // every - step // every + (1 if end % every else 0)
 
 
 class Calibration:
@@ -25,11 +33,11 @@ class Calibration:
 
     def __init__(self, budget_s: float | None, started: float, eval_every: int, eval_batches: int):
         self.budget_s, self.started = budget_s, started
-        self.eval_share = EVAL_COST * eval_batches / eval_every
+        self.eval_every, self.eval_batches = eval_every, eval_batches
         self.first: tuple[int, float] | None = None
 
     def observe(self, step: int, now: float) -> float | None:
-        """Seconds per step (validation included) once measured, else None."""
+        """Seconds a training step once measured, else None."""
         if self.first is None:
             self.first = (step, now)
             return None
@@ -37,13 +45,28 @@ class Calibration:
         enough = max(0.02 * self.budget_s, 0.5) if self.budget_s else 0.5
         if steps < 3 or seconds < enough:
             return None
-        return seconds / steps * (1 + self.eval_share)
+        return seconds / steps
+
+    def seconds(self, step: int, steps: int, step_s: float, eval_batches: int | None = None) -> float:
+        """How long `steps` more steps from `step` take, their validation checks (the last step's
+        among them) included."""
+        batches = self.eval_batches if eval_batches is None else eval_batches
+        return step_s * (steps + checks(step, steps, self.eval_every) * batches * EVAL_COST)
 
     def plan(self, step: int, now: float, step_s: float, warmup: int) -> Plan:
-        """The step count that ends the stage when the budget runs out (never fewer than one more)."""
+        """The step count that ends the stage, its validation checks included, when the budget runs
+        out (never fewer than one more), and the batches a check may read to keep the checks within
+        VALIDATION_SHARE of what is left (at least one): a short budget's one check at the end would
+        otherwise outlast its steps."""
         left = self.budget_s - (now - self.started)
-        total = step + max(1, int(left / step_s))
-        return Plan(total, min(warmup, max(1, total // 10)))
+        steps = max(1, int(left / step_s))
+        fits = VALIDATION_SHARE * left / (checks(step, steps, self.eval_every) * EVAL_COST * step_s)
+        batches = max(1, min(self.eval_batches, int(fits)))
+        steps = max(1, int(left / (step_s * (1 + batches * EVAL_COST / self.eval_every))))
+        while steps > 1 and self.seconds(step, steps, step_s, batches) > left:
+            steps -= 1
+        total = step + steps
+        return Plan(total, min(warmup, max(1, total // 10)), batches)
 
 
 def describe_seconds(seconds: float) -> str:

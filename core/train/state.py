@@ -3,8 +3,8 @@ restores, so the stage's settings (`StageConfig`) stay as the user gave them.
 
 A checkpoint's state.json keeps these under the keys every earlier version wrote (tokens_seen,
 best_val_loss, ranks, global_batch, planned_steps, planned_warmup), with the count of validation
-checks since the best beside them; a checkpoint written before that count existed resumes with it
-at 0, as every resume did then.
+checks since the best and the batches a check where a time budget cut them beside them; a checkpoint
+written before those existed resumes with the count at 0 and acm.toml's batches, as every resume did then.
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ class TrainState:
     best_val_loss: float | None = None
     checks_without_best: int = 0  # validation checks since the best: early stopping's count
     planned: bool = False  # the plan is fixed: a checkpoint's, steps asked for by name, or a timed budget's
+    eval_batches: int | None = None  # batches a validation check, where a time budget's plan cut them
 
     @classmethod
     def start(cls, sc: StageConfig, ranks: int) -> TrainState:
@@ -44,13 +45,15 @@ class TrainState:
                 "checks_without_best": self.checks_without_best, "ranks": self.ranks,
                 "global_batch": self.global_batch,
                 "planned_steps": None if self.total_steps == UNPLANNED else self.total_steps,
-                "planned_warmup": self.warmup_steps}
+                "planned_warmup": self.warmup_steps, "planned_eval_batches": self.eval_batches}
 
     def restored(self, step: int, saved: dict) -> TrainState:
         """This state moved to a checkpoint's (its state.json, `saved`): its step, counts and plan
         (one with planned_steps keeps its steps and warmup, resuming never extends it). The ranks
         and batch stay this call's: the trainer makes up the checkpoint's sequences a step."""
-        plan = {"total_steps": saved["planned_steps"], "warmup_steps": saved["planned_warmup"],
+        batches = saved.get("planned_eval_batches")
+        plan = {"total_steps": saved["planned_steps"], "warmup_steps": saved.get("planned_warmup") or self.warmup_steps,
+                "eval_batches": batches if batches and batches > 0 else None,
                 "planned": True} if saved.get("planned_steps") else {}
         return replace(self, step=step, tokens_seen=saved.get("tokens_seen", 0),
                        best_val_loss=saved.get("best_val_loss"),

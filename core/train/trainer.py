@@ -38,7 +38,7 @@ from core.runs.writer import RunLock
 from core.tokenizer.bpe import load_tokenizer
 from core.tokenizer.shards import open_tokens
 from core.train.batches import Batches
-from core.train.budget import HOURS, UNPLANNED, Calibration, describe_seconds
+from core.train.budget import HOURS, UNPLANNED, Calibration, Plan, describe_seconds
 from core.train.optimizer import FlatAdamW
 from core.train.ranks import join_group
 from core.train.samples import LiveSampler
@@ -356,7 +356,7 @@ class Trainer:
             return None
         with self.timings.aside("validation"):
             losses = []
-            for i in range(self.sc.eval_batches):
+            for i in range(self.state.eval_batches or self.sc.eval_batches):
                 x, y = self.val_batches.val(i)
                 losses.append(self.eval_loss(mx.array(x), mx.array(y)))
             return float(mx.mean(mx.stack(losses)).item())
@@ -557,8 +557,11 @@ class Trainer:
         total = self.state.total_steps
         self.end = total if self.max_steps is None else min(total, self.start_step + self.max_steps)
 
-    def _apply_plan(self, total: int, warmup: int) -> None:
-        self.state.total_steps, self.state.warmup_steps, self.state.planned = total, warmup, True
+    def _apply_plan(self, total: int, warmup: int, eval_batches: int | None = None) -> None:
+        st = self.state
+        st.total_steps, st.warmup_steps, st.planned = total, warmup, True
+        if eval_batches is not None:
+            st.eval_batches = eval_batches if eval_batches < self.sc.eval_batches else None
         if self.recorder is not None:  # else it is made with these steps
             self.recorder.total = total
 
@@ -570,25 +573,34 @@ class Trainer:
         now, st = self.clock(), self.state
         step_s = self.calibration.observe(st.step, now)
         if self.world > 1:  # every rank must plan the same steps at the same step: rank 0 decides
-            step_s = float(mx.distributed.all_sum(mx.array((step_s or 0.0) if self.is_main else 0.0)).item()) or None
+            step_s = self._from_main([step_s or 0.0])[0] or None
         if step_s is None:
             return
         calibration, self.calibration = self.calibration, None
         self.timings.first_steps_done(st.step - self.start_step)
         if self.budget_s and not st.planned:
             plan = calibration.plan(st.step, now, step_s, st.warmup_steps)
-            self._apply_plan(plan.total, plan.warmup)
+            if self.world > 1:  # each rank's clock started on its own
+                plan = Plan(*self._from_main([plan.total, plan.warmup, plan.eval_batches], mx.int32))
+            self._apply_plan(plan.total, plan.warmup, plan.eval_batches)
             self._set_end()
+            cut = (f"; validation reads {plan.eval_batches} of its {self.sc.eval_batches} batches a check to fit"
+                   if st.eval_batches else "")
             self.log(f"{self.stage}: time budget {describe_seconds(self.budget_s)}: {plan.total:,} steps at "
-                     f"{step_s * 1000:.0f} ms a step (warmup {plan.warmup})")
+                     f"{step_s * 1000:.0f} ms a step (warmup {plan.warmup}){cut}")
             return
         more = st.total_steps - st.step  # the stage's steps, whatever --max-steps stops this call at
-        left = more * step_s
+        left = calibration.seconds(st.step, more, step_s)
         self.log(f"{self.stage}: {more:,} more step{'s' if more != 1 else ''} take{'s' if more == 1 else ''} about "
                  f"{describe_seconds(left)} here ({step_s * 1000:.0f} ms a step)")
         if left >= HOURS and not self.budget_s:
             self.log(f"warning: that is hours; a time budget (--time 10m, train.{self.stage}.time) "
                      "fits the steps to it")
+
+    def _from_main(self, values: list, dtype=mx.float32) -> list:
+        """Rank 0's `values`, on every rank (a collective: every rank calls it at the same step)."""
+        mine = values if self.is_main else [0] * len(values)
+        return mx.distributed.all_sum(mx.array(mine, dtype)).tolist()
 
     def _begin(self) -> None:
         """Before the first step of this call: the plan, the clocks and the device, said."""

@@ -443,11 +443,44 @@ def test_the_budget_planner_fits_the_steps_left_after_timing_the_first():
     assert calibration.observe(1, 5.0) is None  # the first step (compilation) only starts the timing
     assert calibration.observe(3, 5.4) is None  # 2 steps: too few to trust
     assert calibration.observe(5, 6.0) is None  # 1 s: under 2% of the budget
-    step_s = calibration.observe(6, 7.0)  # 5 steps in 2 s, plus validation's share (0.35 x 2 / 10)
-    assert step_s == pytest.approx(0.4 * 1.07)
+    step_s = calibration.observe(6, 7.0)  # 5 steps in 2 s
+    assert step_s == pytest.approx(0.4)
+    # 93 s left: 216 steps (80 s) and 23 checks (at 10, 20, ..., 220 and the last, 222) of 2 batches
+    # at 0.35 of a step each (12.9 s); one more step would pass 93 s
+    assert calibration.seconds(6, 216, step_s) == pytest.approx(0.4 * (216 + 23 * 2 * 0.35))
     plan = calibration.plan(6, 7.0, step_s, warmup=200)
-    assert plan.total == 6 + int(93.0 / step_s) and plan.warmup == plan.total // 10
+    assert (plan.total, plan.warmup, plan.eval_batches) == (222, 22, 2)
+    assert calibration.seconds(6, 217, step_s) > 93.0 >= calibration.seconds(6, 216, step_s)
     assert calibration.plan(5, 99.99, step_s, warmup=2).total == 6  # never fewer than one more step
+
+
+def test_a_short_budget_reads_fewer_validation_batches_rather_than_outlast_itself():
+    """A 60 s budget of 5.86 s steps (micro on a slow CPU): the one check at the end, 20 batches at
+    0.35 of a step, would take 41 s; the plan keeps its checks within a tenth of what is left."""
+    from core.train.budget import Calibration, checks
+
+    calibration = Calibration(60.0, started=0.0, eval_every=250, eval_batches=20)
+    calibration.observe(1, 20.0)
+    step_s = calibration.observe(4, 37.58)
+    plan = calibration.plan(4, 37.58, step_s, warmup=100)
+    assert (plan.total, plan.eval_batches) == (7, 1)
+    assert calibration.seconds(4, 3, step_s, plan.eval_batches) <= 60.0 - 37.58
+    assert calibration.seconds(4, 3, step_s) > 2 * (60.0 - 37.58)  # with acm.toml's 20 batches: over twice
+    # checks: each multiple of eval_every in the steps to come, and the last step once
+    assert [checks(0, 10, 5), checks(0, 11, 5), checks(3, 1, 5), checks(4, 1, 5), checks(5, 1, 5)] == [2, 3, 1, 1, 1]
+
+
+def test_a_budget_stage_says_and_keeps_the_validation_batches_it_cut(prepared):
+    cfg = load(prepared)
+    sc = cfg.train.pretrain
+    sc.time, sc.eval_every, sc.save_every, sc.log_every, sc.eval_batches = "20s", 1000, 1000, 1, 500
+    run = cfg.runs_dir / "cut"
+    result = train_stage(cfg, "pretrain", run, clock=SteppingClock(0.4))
+    state = checkpoint.latest(Paths.checkpoints(run, "pretrain")).state
+    batches = state["planned_eval_batches"]
+    assert 1 <= batches < 500 and state["planned_steps"] == result.step
+    log = (run / "pretrain" / "train.log").read_text()
+    assert f"; validation reads {batches} of its 500 batches a check to fit" in log
 
 
 def test_a_stage_says_how_long_its_steps_take_and_warns_of_hours(prepared):

@@ -22,7 +22,11 @@ def test_a_state_reads_back_whole_from_its_checkpoint():
                     best_val_loss=3.25, checks_without_best=2, planned=True)
     assert fresh.restored(30, saved(moved)) == moved
     assert saved(moved) == {"tokens_seen": moved.tokens_seen, "best_val_loss": 3.25, "checks_without_best": 2,
-                            "ranks": 1, "global_batch": 4, "planned_steps": 60, "planned_warmup": 5}
+                            "ranks": 1, "global_batch": 4, "planned_steps": 60, "planned_warmup": 5,
+                            "planned_eval_batches": None}
+    cut = replace(moved, eval_batches=3)  # a time budget's plan read 3 batches a validation check
+    assert saved(cut)["planned_eval_batches"] == 3 and fresh.restored(30, saved(cut)) == cut
+    assert fresh.restored(30, saved(cut) | {"planned_eval_batches": -2}) == moved  # nonsense keeps acm.toml's
 
 
 def test_an_unplanned_budget_saves_no_plan_and_resumes_unplanned():
