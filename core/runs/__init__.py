@@ -11,6 +11,7 @@ import os
 import shutil
 import socket
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from core import config
@@ -63,8 +64,14 @@ def model_identity(cfg: config.Config) -> dict:
     return {"preset": cfg.model.preset, "vocab_size": cfg.tokenizer.vocab_size}
 
 
-def prepare_run(cfg: config.Config, run: Path) -> None:
-    """Create the run folder with its resolved settings, or check an existing one matches them."""
+TRAINING_STAGES = ("pretrain", "finetune")
+
+
+def prepare_run(cfg: config.Config, run: Path, stage: str | None = None) -> None:
+    """Create the run folder with its resolved settings, or check an existing one matches them.
+    Starting `stage` in an existing run records its settings and keeps the other stage's as that
+    stage trained (a pipeline's time share, a learning rate changed since), so config.toml says
+    what each stage ran with."""
     saved = Paths.run_config(run)
     if saved.exists():
         try:
@@ -75,6 +82,9 @@ def prepare_run(cfg: config.Config, run: Path) -> None:
             raise AcmError(f"run {run.name} was made with preset {old.model.preset!r} (vocab "
                            f"{old.tokenizer.vocab_size}), not {cfg.model.preset!r} (vocab {cfg.tokenizer.vocab_size}): "
                            f"choose another --run")
+        if stage in TRAINING_STAGES:
+            kept = {other: getattr(old.train, other) for other in TRAINING_STAGES if other != stage}
+            cfg = replace(cfg, train=replace(cfg.train, **kept))
     run.mkdir(parents=True, exist_ok=True)
     config.save(cfg, saved)
 

@@ -232,7 +232,7 @@ class Trainer:
     def _start_recording(self, cfg: Config) -> None:
         """The run's files (its config.toml, metrics, log), written only once the stage can start:
         a refused resume leaves them as they were. What was said before reaches the files too."""
-        prepare_run(cfg, self.run_path)
+        prepare_run(cfg, self.run_path, self.stage)
         self.recorder = Recorder(self.run_path, self.stage, self.state.total_steps)
         self.trackers = trackers(cfg, self.run_path, self.stage)  # train.report_to: none by default
         for event in self.said_before_recording:

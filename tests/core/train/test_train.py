@@ -412,6 +412,21 @@ def test_a_time_budget_fits_the_steps_and_ends_on_the_floor(prepared):
     assert state["planned_steps"] == result.step
 
 
+def test_the_run_s_settings_keep_each_stage_s_as_it_trained(prepared):
+    """A pipeline gives each stage its own time share; starting the fine-tune records its settings
+    and keeps the pretrain's, rather than acm.toml's of the moment."""
+    cfg = load(prepared)
+    cfg.train.pretrain.time, cfg.train.pretrain.learning_rate = "20s", 2e-3
+    run = cfg.runs_dir / "shares"
+    train_stage(cfg, "pretrain", run, max_steps=2, clock=SteppingClock(0.4))
+    cfg = load(prepared)  # acm.toml as it is: no budgets, its own learning rate
+    cfg.train.finetune.time = "9s"
+    train_stage(cfg, "finetune", run, max_steps=1, clock=SteppingClock(0.4))
+    recorded = config.load(run / "config.toml").train
+    assert (recorded.pretrain.time, recorded.pretrain.learning_rate) == ("20s", 2e-3)
+    assert recorded.finetune.time == "9s"
+
+
 def test_a_resumed_stage_keeps_its_plan_and_extends_only_when_asked(prepared, capsys):
     cfg = load(prepared)
     sc = cfg.train.pretrain
