@@ -501,6 +501,18 @@ def _range_words(lo, hi, above=None) -> str:
     return f">= {lo}" if lo is not None else f"<= {hi}"
 
 
+def closest(key: str, known) -> str | None:
+    """The known key a mistyped one most likely meant: one in the same section whose words'
+    initials the typed name spells (`lr`: learning_rate), else the closest spelling."""
+    head, _, leaf = key.rpartition(".")
+    for name in known:
+        section, _, last = name.rpartition(".")
+        if section == head and len(leaf) > 1 and "".join(w[:1] for w in last.split("_")) == leaf:
+            return name
+    close = difflib.get_close_matches(key, known, n=1)
+    return close[0] if close else None
+
+
 def _build(cls, table: dict, prefix: str, source: str, make=None):
     """Build dataclass `cls` from a TOML table, refusing unknown keys and bad values; the settings
     the table leaves out keep `make()`'s values (a section's own defaults: the fine-tune's differ
@@ -511,8 +523,8 @@ def _build(cls, table: dict, prefix: str, source: str, make=None):
     known = {f.name: f for f in _setting_fields(cls)}
     for key in table:
         if key not in known:
-            close = difflib.get_close_matches(key, known, n=1)
-            hint = f"; did you mean {prefix}{close[0]}?" if close else f"; valid keys: {', '.join(known)}"
+            close = closest(key, known)
+            hint = f"; did you mean {prefix}{close}?" if close else f"; valid keys: {', '.join(known)}"
             raise ConfigError(f"{source}: unknown setting {prefix}{key}{hint}")
     values = {}
     for name, f in known.items():
@@ -802,8 +814,8 @@ def with_value(cfg: Config, key: str, text: str, source: str = CONFIG_NAME) -> t
 def _known_key(key: str, source: str) -> None:
     keys = [row[0] for row in describe()]
     if key not in keys:
-        close = difflib.get_close_matches(key, keys, n=1)
-        hint = f"did you mean {close[0]}?" if close else "see `acm config show`"
+        close = closest(key, keys)
+        hint = f"did you mean {close}?" if close else "see `acm config show`"
         raise ConfigError(f"{source}: unknown setting {key}; {hint}")
 
 

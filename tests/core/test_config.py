@@ -159,6 +159,12 @@ def test_cli_config_set_validates_and_saves(project, capsys):
     assert cli.main(["-c", str(path), "config", "set", "generate.temprature", "0.5"]) == 2
     err = capsys.readouterr().err
     assert "did you mean generate.temperature?" in err
+    assert cli.main(["-c", str(path), "config", "set", "train.pretrain.lr", "1e-3"]) == 2
+    assert "did you mean train.pretrain.learning_rate?" in capsys.readouterr().err  # its words' initials
+    (path.parent / "other").mkdir()
+    p = write(path.parent / "other", "[train.finetune]\nbs = 4\n")
+    with pytest.raises(ConfigError, match=r"setting train\.finetune\.bs; did you mean train\.finetune\.batch_size\?"):
+        config.load(p)
     assert cli.main(["-c", str(path), "config", "set", "generate.top_p", "7"]) == 2
     assert config.load(path).generate.top_p == 0.95  # nothing was written
 
