@@ -502,13 +502,13 @@ def _range_words(lo, hi, above=None) -> str:
 
 
 def closest(key: str, known) -> str | None:
-    """The known key a mistyped one most likely meant: one in the same section whose words'
+    """The known key a mistyped one most likely meant: the one in the same section whose words'
     initials the typed name spells (`lr`: learning_rate), else the closest spelling."""
     head, _, leaf = key.rpartition(".")
-    for name in known:
-        section, _, last = name.rpartition(".")
-        if section == head and len(leaf) > 1 and "".join(w[:1] for w in last.split("_")) == leaf:
-            return name
+    spelled = [name for name in known if len(leaf) > 1 and name.rpartition(".")[0] == head
+               and "".join(w[:1] for w in name.rpartition(".")[2].split("_")) == leaf]
+    if len(spelled) == 1:  # two that spell it (mlr: min_lr_ratio, muon_learning_rate) are no guess
+        return spelled[0]
     close = difflib.get_close_matches(key, known, n=1)
     return close[0] if close else None
 

@@ -22,18 +22,26 @@ class Plan:
 
 
 def checks(step: int, steps: int, every: int) -> int:
-    """Validation checks in `steps` more steps from `step`: each multiple of `every`, and the last step."""
+    """Validation checks from step `step` (just done, its check not yet run) through `steps` more:
+    each multiple of `every` among them, and the last step's."""
+    if steps <= 0:
+        return 1 if step % every == 0 else 0
     end = step + steps
-    return end // every - step // every + (1 if end % every else 0)
+    return end // every - (step - 1) // every + (1 if end % every else 0)
 
 
 class Calibration:
     """Times the steps after the first (whose time is mostly compilation) until the measurement
-    is long enough to trust: at least 3 steps and 2% of the budget (or half a second)."""
+    is long enough to trust: at least 3 steps and 2% of the budget (or half a second).
 
-    def __init__(self, budget_s: float | None, started: float, eval_every: int, eval_batches: int):
+    A validation batch is one micro-batch forward, EVAL_COST of one micro-batch's step: a step of
+    `grad_accum` micro-batches costs that many. `eval_batches` 0 (no validation set) plans no checks."""
+
+    def __init__(self, budget_s: float | None, started: float, eval_every: int, eval_batches: int,
+                 grad_accum: int = 1):
         self.budget_s, self.started = budget_s, started
         self.eval_every, self.eval_batches = eval_every, eval_batches
+        self.batch_cost = EVAL_COST / grad_accum  # of a step
         self.first: tuple[int, float] | None = None
 
     def observe(self, step: int, now: float) -> float | None:
@@ -49,20 +57,24 @@ class Calibration:
 
     def seconds(self, step: int, steps: int, step_s: float, eval_batches: int | None = None) -> float:
         """How long `steps` more steps from `step` take, their validation checks (the last step's
-        among them) included."""
+        among them, and `step`'s own where it is due) included."""
         batches = self.eval_batches if eval_batches is None else eval_batches
-        return step_s * (steps + checks(step, steps, self.eval_every) * batches * EVAL_COST)
+        return step_s * (steps + checks(step, steps, self.eval_every) * batches * self.batch_cost)
 
     def plan(self, step: int, now: float, step_s: float, warmup: int) -> Plan:
         """The step count that ends the stage, its validation checks included, when the budget runs
-        out (never fewer than one more), and the batches a check may read to keep the checks within
-        VALIDATION_SHARE of what is left (at least one): a short budget's one check at the end would
-        otherwise outlast its steps."""
+        out (never fewer than one more, nor past UNPLANNED), and the batches a check may read to
+        keep the checks within VALIDATION_SHARE of what is left (at least one): a short budget's one
+        check at the end would otherwise outlast its steps."""
         left = self.budget_s - (now - self.started)
-        steps = max(1, int(left / step_s))
-        fits = VALIDATION_SHARE * left / (checks(step, steps, self.eval_every) * EVAL_COST * step_s)
-        batches = max(1, min(self.eval_batches, int(fits)))
-        steps = max(1, int(left / (step_s * (1 + batches * EVAL_COST / self.eval_every))))
+        cap = UNPLANNED - 1 - step
+        steps = min(cap, max(1, int(left / step_s)))
+        batches = self.eval_batches
+        if batches:
+            fits = VALIDATION_SHARE * left / (checks(step, steps, self.eval_every) * self.batch_cost * step_s)
+            batches = max(1, min(batches, int(fits)))
+        per_step = step_s * (1 + batches * self.batch_cost / self.eval_every)
+        steps = min(cap, max(1, int((left - batches * self.batch_cost * step_s) / per_step)))
         while steps > 1 and self.seconds(step, steps, step_s, batches) > left:
             steps -= 1
         total = step + steps

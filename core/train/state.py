@@ -47,14 +47,18 @@ class TrainState:
                 "planned_steps": None if self.total_steps == UNPLANNED else self.total_steps,
                 "planned_warmup": self.warmup_steps, "planned_eval_batches": self.eval_batches}
 
-    def restored(self, step: int, saved: dict) -> TrainState:
+    def restored(self, step: int, saved: dict, eval_batches: int | None = None) -> TrainState:
         """This state moved to a checkpoint's (its state.json, `saved`): its step, counts and plan
-        (one with planned_steps keeps its steps and warmup, resuming never extends it). The ranks
-        and batch stay this call's: the trainer makes up the checkpoint's sequences a step."""
-        batches = saved.get("planned_eval_batches")
-        plan = {"total_steps": saved["planned_steps"], "warmup_steps": saved.get("planned_warmup") or self.warmup_steps,
-                "eval_batches": batches if batches and batches > 0 else None,
-                "planned": True} if saved.get("planned_steps") else {}
+        (one with planned_steps keeps its steps, warmup and validation batches, resuming never
+        extends it; batches beyond the settings' `eval_batches` are not a cut). The ranks and batch
+        stay this call's: the trainer makes up the checkpoint's sequences a step."""
+        plan = {}
+        if saved.get("planned_steps"):
+            warmup, batches = saved.get("planned_warmup"), saved.get("planned_eval_batches")
+            cut = type(batches) is int and 0 < batches < (eval_batches or batches + 1)
+            plan = {"total_steps": saved["planned_steps"], "planned": True,
+                    "warmup_steps": self.warmup_steps if warmup is None else warmup,
+                    "eval_batches": batches if cut else None}
         return replace(self, step=step, tokens_seen=saved.get("tokens_seen", 0),
                        best_val_loss=saved.get("best_val_loss"),
                        checks_without_best=saved.get("checks_without_best", 0), **plan)

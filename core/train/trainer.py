@@ -268,10 +268,13 @@ class Trainer:
         params, opt_state = checkpoint.load_arrays(ck)
         checkpoint.check_shapes(ck, params, self.model.parameters())
         self.opt.load(params, opt_state)
-        self.state = self.state.restored(ck.step, ck.state)
+        self.state = self.state.restored(ck.step, ck.state, self.sc.eval_batches)
         self.start_step = ck.step
         self._extend_plan(ck)
         self.log(f"resumed {self.stage} from step {ck.step}")
+        if self.state.eval_batches:
+            self.log(f"validation reads {self.state.eval_batches} of its {self.sc.eval_batches} batches a check, "
+                     "as the time budget's plan cut them")
         self._say_optimizer_change(ck.state)
         self._keep_global_batch(ck.state)
 
@@ -291,7 +294,7 @@ class Trainer:
         if self.extend_to < ck.step:
             raise AcmError(f"run {self.run_path.name}'s {self.stage} is at step {ck.step}: --steps "
                            f"{self.extend_to} is behind it; give more steps than {ck.step}")
-        self._apply_plan(self.extend_to, ck.state.get("planned_warmup") or self.sc.warmup_steps)
+        self._apply_plan(self.extend_to, self.state.warmup_steps)
 
     def _keep_global_batch(self, saved: dict) -> None:
         """A run resumed on another number of ranks (or another batch_size) keeps the sequences of
@@ -561,7 +564,7 @@ class Trainer:
         st = self.state
         st.total_steps, st.warmup_steps, st.planned = total, warmup, True
         if eval_batches is not None:
-            st.eval_batches = eval_batches if eval_batches < self.sc.eval_batches else None
+            st.eval_batches = eval_batches if 0 < eval_batches < self.sc.eval_batches else None
         if self.recorder is not None:  # else it is made with these steps
             self.recorder.total = total
 
@@ -590,6 +593,8 @@ class Trainer:
                      f"{step_s * 1000:.0f} ms a step (warmup {plan.warmup}){cut}")
             return
         more = st.total_steps - st.step  # the stage's steps, whatever --max-steps stops this call at
+        if more <= 0:
+            return
         left = calibration.seconds(st.step, more, step_s)
         self.log(f"{self.stage}: {more:,} more step{'s' if more != 1 else ''} take{'s' if more == 1 else ''} about "
                  f"{describe_seconds(left)} here ({step_s * 1000:.0f} ms a step)")
@@ -607,7 +612,8 @@ class Trainer:
         sc, st = self.sc, self.state
         if self.budget_s and not st.planned:
             st.total_steps = UNPLANNED  # until the first steps have been timed
-        self.calibration = Calibration(self.budget_s, self.started, sc.eval_every, sc.eval_batches)
+        batches = 0 if self.val_batches is None else st.eval_batches or sc.eval_batches
+        self.calibration = Calibration(self.budget_s, self.started, sc.eval_every, batches, st.grad_accum)
         self._set_end()
         last = checkpoint.latest(self.ck_dir)
         self.last_ck = last.path if last else None

@@ -481,21 +481,45 @@ def test_a_short_budget_reads_fewer_validation_batches_rather_than_outlast_itsel
     assert (plan.total, plan.eval_batches) == (7, 1)
     assert calibration.seconds(4, 3, step_s, plan.eval_batches) <= 60.0 - 37.58
     assert calibration.seconds(4, 3, step_s) > 2 * (60.0 - 37.58)  # with acm.toml's 20 batches: over twice
-    # checks: each multiple of eval_every in the steps to come, and the last step once
-    assert [checks(0, 10, 5), checks(0, 11, 5), checks(3, 1, 5), checks(4, 1, 5), checks(5, 1, 5)] == [2, 3, 1, 1, 1]
+    # checks: each multiple of eval_every from the step just done (its check not yet run), and the last step once
+    assert [checks(1, 9, 5), checks(1, 11, 5), checks(3, 1, 5), checks(4, 1, 5), checks(5, 1, 5)] == [2, 3, 1, 1, 2]
 
 
-def test_a_budget_stage_says_and_keeps_the_validation_batches_it_cut(prepared):
+def test_the_planner_counts_the_check_due_now_accumulation_and_no_validation_set():
+    from core.train.budget import UNPLANNED, Calibration, checks
+
+    # step 8 just done, its check (every 4) not yet run: 8, 12, 16 and the last, 18
+    assert checks(8, 10, 4) == 4 and checks(9, 9, 4) == 3 and checks(8, 0, 4) == 1 and checks(9, 0, 4) == 0
+    one, four = Calibration(60.0, 0.0, 4, 10), Calibration(60.0, 0.0, 4, 10, grad_accum=4)
+    assert one.seconds(8, 10, 1.0) == pytest.approx(10 + 4 * 10 * 0.35)
+    assert four.seconds(8, 10, 1.0) == pytest.approx(10 + 4 * 10 * 0.35 / 4)  # a batch is one micro-batch's
+    blind = Calibration(60.0, 0.0, 4, 0)  # no validation set: no checks to fit
+    plan = blind.plan(8, 10.0, 1.0, warmup=5)
+    assert (plan.total, plan.eval_batches) == (58, 0) and blind.seconds(8, 50, 1.0) == 50
+    assert Calibration(1e15, 0.0, 4, 10).plan(8, 10.0, 1e-3, warmup=5).total == UNPLANNED - 1
+
+
+def test_a_budget_stage_reads_the_validation_batches_it_cut_and_a_resume_keeps_them(prepared, monkeypatch):
+    from core.train.batches import Batches
+
     cfg = load(prepared)
     sc = cfg.train.pretrain
     sc.time, sc.eval_every, sc.save_every, sc.log_every, sc.eval_batches = "20s", 1000, 1000, 1, 500
-    run = cfg.runs_dir / "cut"
+    run, read = cfg.runs_dir / "cut", []
+    val = Batches.val
+    monkeypatch.setattr(Batches, "val", lambda self, i: read.append(i) or val(self, i))
     result = train_stage(cfg, "pretrain", run, clock=SteppingClock(0.4))
     state = checkpoint.latest(Paths.checkpoints(run, "pretrain")).state
     batches = state["planned_eval_batches"]
     assert 1 <= batches < 500 and state["planned_steps"] == result.step
+    assert read == list(range(batches))  # the one check, at the end
     log = (run / "pretrain" / "train.log").read_text()
     assert f"; validation reads {batches} of its 500 batches a check to fit" in log
+    read.clear()
+    again = train_stage(cfg, "pretrain", run, resume=True, extend_to=result.step + 2, clock=SteppingClock(0.4))
+    assert again.step == result.step + 2 and read == list(range(batches))
+    assert f"validation reads {batches} of its 500 batches a check, as the time budget's plan cut them" in \
+        (run / "pretrain" / "train.log").read_text()
 
 
 def test_a_stage_says_how_long_its_steps_take_and_warns_of_hours(prepared):

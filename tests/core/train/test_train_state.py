@@ -26,7 +26,11 @@ def test_a_state_reads_back_whole_from_its_checkpoint():
                             "planned_eval_batches": None}
     cut = replace(moved, eval_batches=3)  # a time budget's plan read 3 batches a validation check
     assert saved(cut)["planned_eval_batches"] == 3 and fresh.restored(30, saved(cut)) == cut
-    assert fresh.restored(30, saved(cut) | {"planned_eval_batches": -2}) == moved  # nonsense keeps acm.toml's
+    assert fresh.restored(30, saved(cut), eval_batches=20) == cut
+    for odd in (-2, 0, True, 2.5, 20, 10**9):  # nonsense, or no cut of acm.toml's 20: acm.toml's
+        assert fresh.restored(30, saved(cut) | {"planned_eval_batches": odd}, eval_batches=20) == moved
+    no_warmup = replace(moved, warmup_steps=0)  # a budget's plan without warmup keeps none
+    assert fresh.restored(30, saved(no_warmup)) == no_warmup
 
 
 def test_an_unplanned_budget_saves_no_plan_and_resumes_unplanned():
