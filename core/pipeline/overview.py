@@ -241,22 +241,27 @@ def _no_scope(status: StageStatus, number: int, count: int) -> AbstractContextMa
 
 def run_remaining(cfg: Config, report, cancel, on_engine, train_emit=None, train_control=None,
                   time_s: float | None = None, stage_scope: StageScope | None = None) -> list[str]:
-    """Run, in order, every stage that is not done; returns the names run. With `time_s`, the
+    """Run, in order, every stage that is not done, each at most once, reading the stages' states
+    again after each (a new tokenizer makes the shards and training after it stale); returns the
+    names run. With `time_s`, the
     training stages share what is left of it when each starts (TIME_SHARES; evaluation keeps its
     share), after whatever the data stages took. `stage_scope(status, number, count)` is entered
     around each stage (the command line opens a stage's display in it, and closes it after)."""
-    done, started = [], time.monotonic()
-    todo = [s for s in pipeline_status(cfg) if not s.complete]
-    for number, status in enumerate(todo, 1):
+    done, started, number = [], time.monotonic(), 0
+    while True:  # read again after each stage: one that ran can make a later one stale (a new tokenizer)
+        todo = [s for s in pipeline_status(cfg) if not s.complete and s.name not in done]
+        if not todo:
+            break
         cancel.check()
         if train_control is not None and train_control.stopping:
             break
+        status, number = todo[0], number + 1
         stage_cfg = cfg
         if time_s is not None and status.name in TIME_SHARES:
-            ahead = sum(TIME_SHARES.get(s.name, 0.0) for s in todo[todo.index(status):])
+            ahead = sum(TIME_SHARES.get(s.name, 0.0) for s in todo)
             left = time_s - (time.monotonic() - started)
             stage_cfg = with_time(cfg, status.name, left * TIME_SHARES[status.name] / ahead)
-        with (stage_scope or _no_scope)(status, number, len(todo)):
+        with (stage_scope or _no_scope)(status, number, number - 1 + len(todo)):
             run_stage(stage_cfg, status.name, report, cancel, on_engine, train_emit, train_control)
         done.append(status.name)
     return done

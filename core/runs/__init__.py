@@ -64,9 +64,6 @@ def model_identity(cfg: config.Config) -> dict:
     return {"preset": cfg.model.preset, "vocab_size": cfg.tokenizer.vocab_size}
 
 
-TRAINING_STAGES = ("pretrain", "finetune")
-
-
 def prepare_run(cfg: config.Config, run: Path, stage: str | None = None) -> None:
     """Create the run folder with its resolved settings, or check an existing one matches them.
     Starting `stage` in an existing run records its settings and keeps the other stage's as that

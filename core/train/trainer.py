@@ -581,16 +581,8 @@ class Trainer:
             return
         calibration, self.calibration = self.calibration, None
         self.timings.first_steps_done(st.step - self.start_step)
-        if self.budget_s and not st.planned:
-            plan = calibration.plan(st.step, now, step_s, st.warmup_steps)
-            if self.world > 1:  # each rank's clock started on its own
-                plan = Plan(*self._from_main([plan.total, plan.warmup, plan.eval_batches], mx.int32))
-            self._apply_plan(plan.total, plan.warmup, plan.eval_batches)
-            self._set_end()
-            cut = (f"; validation reads {plan.eval_batches} of its {self.sc.eval_batches} batches a check to fit"
-                   if st.eval_batches else "")
-            self.log(f"{self.stage}: time budget {describe_seconds(self.budget_s)}: {plan.total:,} steps at "
-                     f"{step_s * 1000:.0f} ms a step (warmup {plan.warmup}){cut}")
+        if self.budget_s:
+            (self._fit_call_to_budget if st.planned else self._plan_budget)(calibration, now, step_s)
             return
         more = st.total_steps - st.step  # the stage's steps, whatever --max-steps stops this call at
         if more <= 0:
@@ -598,9 +590,34 @@ class Trainer:
         left = calibration.seconds(st.step, more, step_s)
         self.log(f"{self.stage}: {more:,} more step{'s' if more != 1 else ''} take{'s' if more == 1 else ''} about "
                  f"{describe_seconds(left)} here ({step_s * 1000:.0f} ms a step)")
-        if left >= HOURS and not self.budget_s:
+        if left >= HOURS:
             self.log(f"warning: that is hours; a time budget (--time 10m, train.{self.stage}.time) "
                      "fits the steps to it")
+
+    def _plan_budget(self, calibration: Calibration, now: float, step_s: float) -> None:
+        """A new plan: the stage's steps, warmup and validation batches fitted to the time budget."""
+        st = self.state
+        plan = calibration.plan(st.step, now, step_s, st.warmup_steps)
+        if self.world > 1:  # each rank's clock started on its own
+            plan = Plan(*self._from_main([plan.total, plan.warmup, plan.eval_batches], mx.int32))
+        self._apply_plan(plan.total, plan.warmup, plan.eval_batches)
+        self._set_end()
+        cut = (f"; validation reads {plan.eval_batches} of its {self.sc.eval_batches} batches a check to fit"
+               if st.eval_batches else "")
+        self.log(f"{self.stage}: time budget {describe_seconds(self.budget_s)}: {plan.total:,} steps at "
+                 f"{step_s * 1000:.0f} ms a step (warmup {plan.warmup}){cut}")
+
+    def _fit_call_to_budget(self, calibration: Calibration, now: float, step_s: float) -> None:
+        """A stage resumed with a time budget keeps its plan (its schedule, its end) and stops this
+        call where the budget runs out, as --max-steps would: resuming again goes on."""
+        st = self.state
+        end = calibration.plan(st.step, now, step_s, st.warmup_steps, cut=False).total
+        if self.world > 1:
+            end = int(self._from_main([end], mx.int32)[0])
+        if end < self.end:
+            self.end = end
+            self.log(f"{self.stage}: time budget {describe_seconds(self.budget_s)}: stops at step {end:,} of the "
+                     f"{st.total_steps:,} it planned ({step_s * 1000:.0f} ms a step); resume to go on")
 
     def _from_main(self, values: list, dtype=mx.float32) -> list:
         """Rank 0's `values`, on every rank (a collective: every rank calls it at the same step)."""

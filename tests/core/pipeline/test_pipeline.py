@@ -186,3 +186,25 @@ def test_the_model_takes_the_vocabulary_the_tokenizer_reached(trained, capsys):
     assert lm.model.wte.weight.shape[0] == lm.tokenizer.vocab_size == meta["vocab_size"]
     generate_text(lm, "#!/bin/bash\n", SamplingParams(max_tokens=5))  # every id the model can draw decodes
     assert states(config.load(path))["tokenizer"] == "done"
+
+
+def test_a_run_reads_the_states_again_after_each_stage(prepared, monkeypatch):
+    """A new vocabulary makes the tokenizer stale while the shards still read as done; once the
+    tokenizer is retrained they are stale too, and the same run rebuilds them and goes on."""
+    from core.pipeline import overview
+    from core.progress import CancelToken
+
+    path = prepared / "acm.toml"
+    cfg, _ = config.with_value(config.load(path), "tokenizer.vocab_size", "900")
+    config.save_settings(cfg, path)
+    assert (states(cfg)["tokenizer"], states(cfg)["prepare"]) == ("stale", "done")
+    ran, real = [], overview.run_stage
+
+    def run_stage(cfg, name, *args):
+        ran.append(name)
+        return real(cfg, name, *args) if name in ("tokenizer", "prepare") else None  # training: not here
+
+    monkeypatch.setattr(overview, "run_stage", run_stage)
+    done = overview.run_remaining(cfg, lambda p: None, CancelToken(), lambda fn, *a: fn(*a))
+    assert done == ran == ["tokenizer", "prepare", "pretrain", "finetune", "evaluate"]
+    assert states(cfg)["prepare"] == "done"

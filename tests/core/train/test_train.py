@@ -522,6 +522,23 @@ def test_a_budget_stage_reads_the_validation_batches_it_cut_and_a_resume_keeps_t
         (run / "pretrain" / "train.log").read_text()
 
 
+def test_a_resumed_stage_with_a_time_budget_keeps_its_plan_and_stops_when_the_budget_ends(prepared):
+    cfg = load(prepared)
+    sc = cfg.train.pretrain
+    sc.steps, sc.eval_every, sc.save_every, sc.log_every = 400, 1000, 1000, 1
+    run = cfg.runs_dir / "again"
+    assert train_stage(cfg, "pretrain", run, max_steps=5).step == 5
+    sc.time = "20s"
+    clock = SteppingClock(0.4)
+    result = train_stage(cfg, "pretrain", run, resume=True, clock=clock)
+    assert 5 < result.step < 400
+    assert clock.now - 1000.0 <= 20 * 1.5
+    log = (run / "pretrain" / "train.log").read_text()
+    assert f"pretrain: time budget 20 s: stops at step {result.step:,} of the 400 it planned" in log
+    assert f"pretrain stopped at step {result.step}" in log
+    assert checkpoint.latest(Paths.checkpoints(run, "pretrain")).state["planned_steps"] == 400  # the plan kept
+
+
 def test_a_stage_says_how_long_its_steps_take_and_warns_of_hours(prepared):
     cfg = load(prepared)
     cfg.train.pretrain.steps = 10**8  # hours at any speed
