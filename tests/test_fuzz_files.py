@@ -39,8 +39,10 @@ READS = {
     "acm.toml": Read("acm.toml", "toml", (("config", "check"), ("runs",)), True, valid_when_empty=True),
     "repos file": Read("repos.toml", "toml", (("data", "fetch", "code"),), True),
     "run settings": Read("runs/m/config.toml", "toml", (("runs",), ("runs", "--json")), False),
-    "metrics.jsonl": Read("runs/m/pretrain/metrics.jsonl", "jsonl", (("runs", "metrics", "m", "--csv"),
-                                                                      ("runs", "metrics", "m", "--json")), False),
+    "metrics.jsonl": Read("runs/m/pretrain/metrics.jsonl", "jsonl", (
+        ("runs", "metrics", "m", "--stage", "pretrain", "--csv"),
+        ("runs", "metrics", "m", "--stage", "pretrain", "--json"), ("runs", "metrics", "m", "--stage", "pretrain")),
+        False),
     "status.json": Read("runs/m/finetune/status.json", "json", (("runs",), ("runs", "--json"), ("pipeline",)), False),
     "state.json": Read("{best}/state.json", "json", (GENERATE, ("runs", "--json")), False),
     "checkpoint weights": Read("{best}/model.safetensors", "safetensors", (GENERATE,), True),
@@ -82,6 +84,8 @@ def mutations(original: bytes, form: str, seed: int) -> dict[str, bytes]:
         out["NaN and infinite numbers"] = re.sub(rb"(?<=:)\s*-?\d+(\.\d+)?(e-?\d+)?", lambda m: rng.choice(
             [b"NaN", b"Infinity", b"-Infinity", b"1e999", b"99999999999999999999999"]), original)
         out["huge"] = b'{"a": ' + b"[" * HUGE + b"\n"
+        if form == "jsonl":  # lines a hand added: not objects, a report without its step, a step in words
+            out["odd records"] = original + b'null\n[1, 2]\n{"type": "metrics"}\n{"type": "eval", "step": "x"}\n'
     elif form == "toml":
         out["wrong top-level type"] = b'model = "nano"\nrepo = 3\ndata = [1, 2]\n'
         out["wrong field types"] = re.sub(rb"(?m)^(\s*[\w.\"-]+\s*=\s*).*$", rb'\g<1>[1, {a = 2}]', original)
@@ -100,7 +104,8 @@ def mutations(original: bytes, form: str, seed: int) -> dict[str, bytes]:
 
 
 COMMON = ["empty", "truncated", "random bytes", "non-UTF-8", "wrong top-level type", "wrong field types", "huge"]
-MUTATIONS = {"json": [*COMMON, "NaN and infinite numbers"], "jsonl": [*COMMON, "NaN and infinite numbers"],
+MUTATIONS = {"json": [*COMMON, "NaN and infinite numbers"],
+             "jsonl": [*COMMON, "NaN and infinite numbers", "odd records"],
              "toml": COMMON, "safetensors": COMMON}
 CASES = [(what, m) for what, r in READS.items() for m in MUTATIONS[r.form]]
 

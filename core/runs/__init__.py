@@ -15,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from core import config
-from core.atomic import read_json, write_text
+from core.atomic import fits, read_json, write_text
 from core.errors import AcmError
 from core.paths import Paths
 from core.runs.checkpoint import best, latest, list_checkpoints
@@ -107,14 +107,24 @@ def last_report(run: Path, stage: str, tail_bytes: int = 16384) -> dict | None:
     return reports[-1] if reports else None
 
 
+NUMBER = (int, float)
+RECORD_SHAPE = {"type": str, "step": (int, None), "total": (int, None), "loss": NUMBER, "val_loss": (*NUMBER, None),
+                "best_val_loss": (*NUMBER, None), "lr": NUMBER, "tokens_per_s": NUMBER, "tokens_seen": int}
+STEPPED = ("metrics", "eval")  # records read by step: a report's and a validation check's
+
+
 def parse_records(lines: list[bytes]) -> list[dict]:
-    """The JSON objects among metrics.jsonl lines (a line still being written is skipped)."""
+    """The JSON objects among metrics.jsonl lines that read as acm writes them: a line still being
+    written, or one damaged by hand (not an object, a step that is not a number), is skipped."""
     out = []
     for line in lines:
         try:
-            out.append(json.loads(line))
-        except ValueError:
+            record = json.loads(line)
+        except (ValueError, RecursionError):
             continue
+        if (isinstance(record, dict) and fits(record, RECORD_SHAPE) and isinstance(record.get("type"), str)
+                and (record["type"] not in STEPPED or isinstance(record.get("step"), int))):
+            out.append(record)
     return out
 
 
