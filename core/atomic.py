@@ -20,8 +20,9 @@ from core.errors import AcmError, write_failure
 
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
-    """Open a temp file beside `path`; on clean exit it replaces `path`, on error it is removed."""
-    path = Path(path)
+    """Open a temp file beside `path`; on clean exit it replaces `path`, on error it is removed. A
+    symbolic link is written through: its target is replaced, the link stays."""
+    path = Path(os.path.realpath(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     _take_mode(tmp, path)

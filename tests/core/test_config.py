@@ -236,3 +236,13 @@ def test_a_fine_tune_section_keeps_the_fine_tune_s_defaults_for_what_it_leaves_o
     for name in ("steps", "optimizer", "learning_rate", "min_lr_ratio", "warmup_steps", "eval_every", "save_every"):
         assert getattr(ft, name) == getattr(default, name), name
     assert (ft.optimizer, ft.steps) == ("muon", 2000) and config.load(path).train.pretrain.steps == 5
+
+
+def test_config_set_writes_through_a_linked_settings_file(project):
+    real = project / "settings" / "real.toml"
+    real.parent.mkdir()
+    (project / "acm.toml").rename(real)
+    (project / "acm.toml").symlink_to(real)
+    assert cli.main(["-c", str(project / "acm.toml"), "config", "set", "generate.seed", "9"]) == 0
+    assert (project / "acm.toml").is_symlink() and config.load(real).generate.seed == 9
+    assert not list(real.parent.glob(".*.tmp")) and not list(project.glob(".*.tmp"))
