@@ -246,3 +246,12 @@ def test_config_set_writes_through_a_linked_settings_file(project):
     assert cli.main(["-c", str(project / "acm.toml"), "config", "set", "generate.seed", "9"]) == 0
     assert (project / "acm.toml").is_symlink() and config.load(real).generate.seed == 9
     assert not list(real.parent.glob(".*.tmp")) and not list(project.glob(".*.tmp"))
+
+
+def test_config_set_says_when_it_creates_the_file_it_names(tmp_path, capsys):
+    path = tmp_path / "new.toml"
+    assert cli.main(["-c", str(path), "config", "set", "generate.seed", "3"]) == 0
+    assert "(a new settings file: every other setting is its default)" in capsys.readouterr().out
+    assert cli.main(["-c", str(path), "config", "set", "generate.seed", "4"]) == 0
+    assert "new settings file" not in capsys.readouterr().out and config.load(path).generate.seed == 4
+    assert cli.main(["-c", str(tmp_path / "typo.toml"), "config", "check"]) == 2  # only set creates one
