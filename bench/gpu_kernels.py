@@ -67,8 +67,8 @@ def timeline(spans: Sequence[tuple[float, float]]) -> tuple[float, list[float]]:
 
 def idle_gaps(spans: Sequence[tuple[float, float]]) -> list[tuple[float, float, int, int]]:
     """The GPU's idle stretches between kernels' (start, end): (start, end, the kernel whose end opens
-    it, the kernel whose start closes it) each, in time order. A stretch where no kernel runs inside a
-    step is time the device waits for the host (a graph still being built or launched)."""
+    it, the kernel whose start closes it) each, in time order: the host still building or launching
+    a graph (long stretches), or the few microseconds before a kernel that waits on another starts."""
     order = sorted(range(len(spans)), key=lambda i: spans[i][0])
     gaps, reach, last = [], None, -1
     for i in order:

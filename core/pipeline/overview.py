@@ -243,12 +243,12 @@ def run_remaining(cfg: Config, report, cancel, on_engine, train_emit=None, train
                   time_s: float | None = None, stage_scope: StageScope | None = None) -> list[str]:
     """Run, in order, every stage that is not done, each at most once, reading the stages' states
     again after each (a new tokenizer makes the shards and training after it stale); returns the
-    names run. With `time_s`, the
-    training stages share what is left of it when each starts (TIME_SHARES; evaluation keeps its
-    share), after whatever the data stages took. `stage_scope(status, number, count)` is entered
-    around each stage (the command line opens a stage's display in it, and closes it after)."""
+    names run. With `time_s`, the training stages share what is left of it when each starts
+    (TIME_SHARES; evaluation keeps its share), after whatever the data stages took.
+    `stage_scope(status, number, count)` is entered around each stage (the command line opens a
+    stage's display in it, and closes it after)."""
     done, started, number = [], time.monotonic(), 0
-    while True:  # read again after each stage: one that ran can make a later one stale (a new tokenizer)
+    while True:
         todo = [s for s in pipeline_status(cfg) if not s.complete and s.name not in done]
         if not todo:
             break

@@ -14,6 +14,14 @@ from core.config import StageConfig
 from core.train.budget import UNPLANNED
 
 
+def cut_batches(batches, configured: int | None) -> int | None:
+    """`batches` where it is a cut of the `configured` validation batches a check (a positive whole
+    number below them; any positive one when `configured` is None), else None: the settings' own."""
+    if type(batches) is not int or batches <= 0:
+        return None
+    return batches if configured is None or batches < configured else None
+
+
 @dataclass
 class TrainState:
     step: int  # optimizer steps done
@@ -54,11 +62,10 @@ class TrainState:
         stay this call's: the trainer makes up the checkpoint's sequences a step."""
         plan = {}
         if saved.get("planned_steps"):
-            warmup, batches = saved.get("planned_warmup"), saved.get("planned_eval_batches")
-            cut = type(batches) is int and 0 < batches < (eval_batches or batches + 1)
+            warmup = saved.get("planned_warmup")
             plan = {"total_steps": saved["planned_steps"], "planned": True,
                     "warmup_steps": self.warmup_steps if warmup is None else warmup,
-                    "eval_batches": batches if cut else None}
+                    "eval_batches": cut_batches(saved.get("planned_eval_batches"), eval_batches)}
         return replace(self, step=step, tokens_seen=saved.get("tokens_seen", 0),
                        best_val_loss=saved.get("best_val_loss"),
                        checks_without_best=saved.get("checks_without_best", 0), **plan)

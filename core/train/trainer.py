@@ -43,7 +43,7 @@ from core.train.optimizer import FlatAdamW
 from core.train.ranks import join_group
 from core.train.samples import LiveSampler
 from core.train.schedule import lr_at
-from core.train.state import TrainState
+from core.train.state import TrainState, cut_batches
 from core.train.timings import Timings
 from core.train.tracking import trackers
 
@@ -359,10 +359,14 @@ class Trainer:
             return None
         with self.timings.aside("validation"):
             losses = []
-            for i in range(self.state.eval_batches or self.sc.eval_batches):
+            for i in range(self._eval_batches()):
                 x, y = self.val_batches.val(i)
                 losses.append(self.eval_loss(mx.array(x), mx.array(y)))
             return float(mx.mean(mx.stack(losses)).item())
+
+    def _eval_batches(self) -> int:
+        """Batches a validation check reads: the time budget's cut where its plan made one."""
+        return self.state.eval_batches or self.sc.eval_batches
 
     def save(self, step: int, val_loss: float | None, late: checkpoint.LateState | None = None) -> None:
         """Checkpoint the weights as they are now: copied on the device here (queued), then copied to
@@ -564,7 +568,7 @@ class Trainer:
         st = self.state
         st.total_steps, st.warmup_steps, st.planned = total, warmup, True
         if eval_batches is not None:
-            st.eval_batches = eval_batches if 0 < eval_batches < self.sc.eval_batches else None
+            st.eval_batches = cut_batches(eval_batches, self.sc.eval_batches)
         if self.recorder is not None:  # else it is made with these steps
             self.recorder.total = total
 
@@ -629,7 +633,7 @@ class Trainer:
         sc, st = self.sc, self.state
         if self.budget_s and not st.planned:
             st.total_steps = UNPLANNED  # until the first steps have been timed
-        batches = 0 if self.val_batches is None else st.eval_batches or sc.eval_batches
+        batches = 0 if self.val_batches is None else self._eval_batches()
         self.calibration = Calibration(self.budget_s, self.started, sc.eval_every, batches, st.grad_accum)
         self._set_end()
         last = checkpoint.latest(self.ck_dir)
