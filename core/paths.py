@@ -10,6 +10,7 @@
     data/tokens/<corpus>/manifest.json, chunk-*   token shards
     runs/<run>/config.toml, eval.json, writer.lock
     runs/<run>/<stage>/metrics.jsonl, train.log, samples.jsonl, status.json, control.json, detached.log, checkpoints/
+    runs/<run>/<stage>/tokenizer.json             the tokenizer the stage trained with
     runs/<run>/<stage>/launch.toml                what a training process acm starts reads
 """
 from __future__ import annotations
@@ -104,6 +105,11 @@ class Paths:
     @staticmethod
     def checkpoints(run: Path, stage: str) -> Path:
         return run / stage / "checkpoints"
+
+    @staticmethod
+    def stage_tokenizer(run: Path, stage: str) -> Path:
+        """A copy of the tokenizer the stage trained with, so that its checkpoints outlive a retrained one."""
+        return run / stage / "tokenizer.json"
 
     @staticmethod
     def metrics(run: Path, stage: str) -> Path:

@@ -186,7 +186,8 @@ class GeneratePane(Pane):
         if self.loaded is None or self.loaded_key != choice:
             self.loaded = load_model(self.cfg, *choice)
             self.loaded_key = choice
-        self.chunks.append(("model", f"{self.loaded.run} / {self.loaded.stage} / step {self.loaded.step}"))
+        notice = f"; {self.loaded.notice}" if self.loaded.notice else ""
+        self.chunks.append(("model", f"{self.loaded.run} / {self.loaded.stage} / step {self.loaded.step}{notice}"))
 
     def _generate_batch(self, choice, prompt: str, params: SamplingParams, n: int, stop: threading.Event) -> None:
         """Engine thread: n candidates from one batch (each the best of k when syntax-checked)."""

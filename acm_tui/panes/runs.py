@@ -281,5 +281,5 @@ class RunsPane(Pane):
         except Exception as e:  # an AcmError or the system's words: one line, the app stays up
             self.notify(one_line(e), title="Export failed", severity="error", timeout=10)
             return
-        self.notify(f"exported {info['preset']} ({info['model_type']}) as {info['format']} to {info['folder']}",
-                    title="Exported", timeout=10)
+        self.notify(f"exported {info['preset']} ({info['model_type']}) as {info['format']} to {info['folder']}"
+                    + (f"; {info['notice']}" if info.get("notice") else ""), title="Exported", timeout=10)

@@ -73,6 +73,8 @@ def _loaded(args, cfg: Config, engine: Engine):
     lm = engine.call(load_model, cfg, args.run, args.stage, args.checkpoint, compute_dtype=args.dtype)
     console.print(f"[dim]{lm.run} / {lm.stage} / step {lm.step} ({lm.checkpoint.name}, "
                   f"{str(lm.model.compute_dtype).removeprefix('mlx.core.')})[/]")
+    if lm.notice:
+        console.print(f"[yellow]{escape(lm.notice)}[/]")
     return lm
 
 
@@ -186,6 +188,8 @@ def cmd_export(args, cfg: Config) -> int:
                            args.format)
     finally:
         engine.shutdown()
+    if info.get("notice"):
+        console.print(f"[yellow]{escape(info['notice'])}[/]")
     print(f"exported {info['checkpoint']} ({info['preset']}, {info['model_type']}, {info['dtype']}) as "
           f"{info['format']} to {info['folder']} with a model card (README.md)")
     print(f"try: {info['try']}")

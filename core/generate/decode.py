@@ -21,7 +21,7 @@ from core.model import model_shape
 from core.model.gpt import GPT
 from core.paths import Paths
 from core.runs import checkpoint
-from core.tokenizer.bpe import BOS_ID, EOS_ID, AcmTokenizer, load_tokenizer
+from core.tokenizer.bpe import BOS_ID, EOS_ID, AcmTokenizer, load_tokenizer, tokenizer_with
 
 
 @dataclass
@@ -46,6 +46,7 @@ class LoadedModel:
     stage: str
     step: int
     info: dict = field(default_factory=dict)
+    notice: str = ""  # newer checkpoints passed over as damaged, said where the model is named
 
 
 def find_checkpoint(cfg: Config, run: str | None = None, stage: str | None = None,
@@ -60,7 +61,34 @@ def find_checkpoint(cfg: Config, run: str | None = None, stage: str | None = Non
             if ck is not None:
                 return ck, r, st
     where = f"run {run}" if run else str(cfg.locations.runs)
+    bad = [d for r in run_paths for st in stages for d in checkpoint.damaged(Paths.checkpoints(r, st))]
+    if bad:
+        which_bad = f"{bad[-1]} has" if len(bad) == 1 else f"{bad[-1]} and {len(bad) - 1} more have"
+        raise AcmError(f"no readable checkpoint in {where}: {which_bad} a missing or damaged state.json; "
+                       f"resume training to save a new one, or train a new run")
     raise AcmError(f"no checkpoint in {where}: train a model first (acm train pretrain)")
+
+
+def passed_over(ck: checkpoint.Checkpoint) -> str:
+    """A line naming the damaged checkpoints newer than `ck` in its folder, which a choice of the latest
+    (or the best, had they been readable) might otherwise have been; empty when there are none."""
+    newer = [d.name for d in checkpoint.damaged(ck.path.parent) if d.name > ck.path.name]
+    if not newer:
+        return ""
+    verb = "is" if len(newer) == 1 else "are"
+    return f"{', '.join(newer)} {verb} damaged (no readable state.json): using {ck.path.name}"
+
+
+def checkpoint_tokenizer(cfg: Config, ck: checkpoint.Checkpoint, run_path: Path, stage: str) -> AcmTokenizer:
+    """The tokenizer `ck` was trained with: the project's while it is the same, else the copy its
+    stage kept (a retrained tokenizer leaves earlier runs usable)."""
+    found = tokenizer_with(ck.state.get("tokenizer_sha256", ""), cfg, Paths.stage_tokenizer(run_path, stage))
+    if found is not None:
+        return found
+    load_tokenizer(cfg)  # no tokenizer at all, or a damaged one, is said as such
+    raise AcmError(f"{ck.path} was trained with another tokenizer than {cfg.locations.tokenizer_file}, and "
+                   f"its run keeps no copy of it (runs trained before runs kept theirs): retrain the tokenizer "
+                   f"it was made with, or train a new run")
 
 
 def load_model(cfg: Config, run: str | None = None, stage: str | None = None, which: str = "best",
@@ -69,9 +97,7 @@ def load_model(cfg: Config, run: str | None = None, stage: str | None = None, wh
     float32 decodes as a float32 export does), unless `master_weights` keeps the float32 copy
     training made (for export)."""
     ck, run_path, st = find_checkpoint(cfg, run, stage, which)
-    tok = load_tokenizer(cfg)
-    if ck.state.get("tokenizer_sha256") != tok.sha256:
-        raise AcmError(f"{ck.path} was trained with another tokenizer than data/tokenizer/tokenizer.json")
+    tok = checkpoint_tokenizer(cfg, ck, run_path, st)
     ck_cfg = from_dict(ck.state["config"]) if "config" in ck.state else cfg  # the shape it was trained with
     model = GPT(model_shape(ck_cfg, tok), compute_dtype or ck_cfg.model.compute_dtype)
     params, _ = checkpoint.load_arrays(ck)
@@ -80,7 +106,8 @@ def load_model(cfg: Config, run: str | None = None, stage: str | None = None, wh
     if not master_weights and model.compute_dtype != mx.float32:  # no per-step cast of every weight
         model.set_dtype(model.compute_dtype)
     mx.eval(model.parameters())
-    return LoadedModel(model, tok, ck.path, run_path.name, st, ck.step, {"val_loss": ck.val_loss})
+    return LoadedModel(model, tok, ck.path, run_path.name, st, ck.step, {"val_loss": ck.val_loss},
+                       passed_over(ck))
 
 
 class IncrementalDecoder:

@@ -41,6 +41,10 @@ def distinct_n(token_lists: list[list[int]], n: int = 2) -> float:
 
 def val_loss(lm, cfg: Config, kind: str, batches: int, deadline: Deadline | None = None) -> dict:
     """Mean loss over `batches` fixed validation batches (fewer, at least one, once a deadline passes)."""
+    if lm.tokenizer.path != cfg.locations.tokenizer_file:  # the stage's own copy: the shards are another's
+        raise AcmError(f"run {lm.run}'s {lm.stage} was trained with another tokenizer than "
+                       f"{cfg.locations.tokenizer_file}, so the token shards cannot measure its validation loss; "
+                       f"acm generate and acm export still use it")
     shards = open_tokens(cfg, kind, "val", lm.tokenizer)
     seq = min(cfg.train.pretrain.seq_len, lm.model.shape.n_ctx)
     b = Batches(shards, seq, cfg.train.pretrain.batch_size, seed=0, what=f"{kind} val shards")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from core.atomic import read_json, write_text, writing
+from core.atomic import read_json, write_bytes, write_text, writing
 from core.config import Config
 from core.data.corpus import Corpus, sha256_file
 from core.errors import AcmError
@@ -100,6 +100,29 @@ def load_tokenizer(cfg: Config) -> AcmTokenizer:
     if not path.exists():
         raise AcmError(f"no tokenizer at {path}: run `acm tokenizer train` first")
     return AcmTokenizer.from_file(path)
+
+
+def keep_copy(tok: AcmTokenizer, copy: Path) -> None:
+    """`copy` holds the tokenizer `tok` was loaded from (a stage's own, so that its checkpoints
+    still decode after the project's tokenizer is retrained); written only when it differs."""
+    if copy.is_file() and sha256_file(copy) == tok.sha256:
+        return
+    data = tok.path.read_bytes()
+    if hashlib.sha256(data).hexdigest() == tok.sha256:  # the file read is the one the stage loaded
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        write_bytes(copy, data)
+
+
+def tokenizer_with(sha256: str, cfg: Config, *copies: Path) -> AcmTokenizer | None:
+    """The tokenizer whose file hashes to `sha256`: the project's, else the first of `copies` that
+    does (a damaged or missing copy is passed over)."""
+    for path in (cfg.locations.tokenizer_file, *copies):
+        if path.is_file() and sha256_file(path) == sha256:
+            try:
+                return AcmTokenizer.from_file(path)
+            except AcmError:
+                continue
+    return None
 
 
 def load_meta(cfg: Config) -> dict | None:

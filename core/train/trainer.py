@@ -35,7 +35,7 @@ from core.runs.background import Background
 from core.runs.events import Callback, Checkpoint, Eval, Event, Log, Metrics, Recorder, State
 from core.runs.health import Health
 from core.runs.writer import RunLock
-from core.tokenizer.bpe import load_tokenizer
+from core.tokenizer.bpe import keep_copy, load_tokenizer
 from core.tokenizer.shards import open_tokens
 from core.train.batches import Batches
 from core.train.budget import HOURS, UNPLANNED, Calibration, Plan, describe_seconds
@@ -233,6 +233,7 @@ class Trainer:
         """The run's files (its config.toml, metrics, log), written only once the stage can start:
         a refused resume leaves them as they were. What was said before reaches the files too."""
         prepare_run(cfg, self.run_path, self.stage)
+        keep_copy(self.tok, Paths.stage_tokenizer(self.run_path, self.stage))
         self.recorder = Recorder(self.run_path, self.stage, self.state.total_steps)
         self.trackers = trackers(cfg, self.run_path, self.stage)  # train.report_to: none by default
         for event in self.said_before_recording:

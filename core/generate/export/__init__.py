@@ -40,7 +40,7 @@ def export_checkpoint(cfg: Config, to: Path, run: str | None = None, stage: str 
     _check_choices(dtype, fmt)
     target = _check_target(Path(to))
     lm = load_model(cfg, run, stage, which, master_weights=True)
-    return export_model(lm, target, dtype, fmt, card.facts(cfg, lm))
+    return export_model(lm, target, dtype, fmt, card.facts(cfg, lm)) | ({"notice": lm.notice} if lm.notice else {})
 
 
 def export_model(lm: LoadedModel, to: Path, dtype: str, fmt: str, facts: dict | None = None) -> dict:

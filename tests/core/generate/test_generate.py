@@ -123,6 +123,44 @@ def test_no_checkpoint_is_one_line(prepared, capsys):
     assert "no checkpoint in" in capsys.readouterr().err
 
 
+def test_a_checkpoint_whose_state_is_damaged_is_named_not_called_missing(with_model, capsys):
+    c = str(with_model / "acm.toml")
+    cks = sorted((with_model / "runs" / "m" / "pretrain" / "checkpoints").glob("step-*"))
+    (cks[-1] / "state.json").write_text("{damaged")
+    latest = ["--stage", "pretrain", "--checkpoint", "latest"]
+    assert cli.main(["-c", c, "generate", "x", *latest, "--max-tokens", "2"]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"{cks[-1].name} is damaged (no readable state.json): using {cks[-2].name}" in err
+    assert cli.main(["-c", c, "export", "m", *latest, "--to", str(with_model / "e")]) == 0
+    assert f"{cks[-1].name} is damaged" in " ".join(capsys.readouterr().err.split())
+    for ck in cks:
+        (ck / "state.json").unlink()
+    assert cli.main(["-c", c, "generate", "x", "--stage", "pretrain"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"{cks[-1].name} and {len(cks) - 1} more have a missing or damaged state.json" in err
+    assert "no readable checkpoint in" in err and "train a model first" not in err
+
+
+def test_a_run_keeps_its_tokenizer_through_a_retrained_one(with_model, capsys):
+    """Each stage keeps a copy of the tokenizer it trained with: generation from a run goes on with it
+    after the project's tokenizer changes; a run without its copy is refused in one line."""
+    c, run = str(with_model / "acm.toml"), with_model / "runs" / "m"
+    project_tok = with_model / "data" / "tokenizer" / "tokenizer.json"
+    for stage in ("pretrain", "finetune"):
+        assert (run / stage / "tokenizer.json").read_bytes() == project_tok.read_bytes()
+    args = ["-c", c, "generate", "-e", "#!/bin/bash\\n", "--max-tokens", "8", "--temp", "0"]
+    assert cli.main(args) == 0
+    before = capsys.readouterr().out
+    project_tok.write_text(json.dumps(json.loads(project_tok.read_text()), indent=1))  # another file, so "retrained"
+    assert cli.main(args) == 0
+    assert capsys.readouterr().out == before
+    assert cli.main(["-c", c, "eval", "--samples", "1", "--max-tokens", "4"]) == 2
+    assert "trained with another tokenizer" in " ".join(capsys.readouterr().err.split())
+    (run / "finetune" / "tokenizer.json").unlink()
+    assert cli.main(args + ["--stage", "finetune"]) == 2
+    assert "keeps no copy of it" in " ".join(capsys.readouterr().err.split())
+
+
 def test_chat_refuses_a_line_that_is_not_utf8_and_goes_on(with_model):
     r = subprocess.run([sys.executable, "-m", "core.cli", "-c", str(with_model / "acm.toml"), "chat", "--max-tokens",
                         "5"], input=b"caf\xe9\xff\necho\n", capture_output=True, timeout=120,
