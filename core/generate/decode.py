@@ -87,8 +87,9 @@ def checkpoint_tokenizer(cfg: Config, ck: checkpoint.Checkpoint, run_path: Path,
         return found
     load_tokenizer(cfg)  # no tokenizer at all, or a damaged one, is said as such
     raise AcmError(f"{ck.path} was trained with another tokenizer than {cfg.locations.tokenizer_file}, and "
-                   f"its run keeps no copy of it (runs trained before runs kept theirs): retrain the tokenizer "
-                   f"it was made with, or train a new run")
+                   f"its stage keeps no readable copy of it ({Paths.stage_tokenizer(run_path, stage).name}; stages "
+                   f"trained before stages kept theirs have none): retrain the tokenizer it was made with, or train "
+                   f"a new run")
 
 
 def load_model(cfg: Config, run: str | None = None, stage: str | None = None, which: str = "best",
