@@ -793,8 +793,8 @@ def with_value(cfg: Config, key: str, text: str, source: str = CONFIG_NAME) -> t
     """`cfg` with one setting changed (the text parsed as TOML, else taken as a string), validated.
 
     Only `key` joins what the user set. On a new model.preset, the vocabulary aimed for and each
-    unset seq_len follow the preset; a seq_len set beyond its context is cut to it. Returns the new
-    settings and what else changed.
+    seq_len unset or at the old preset's context follow the preset; a seq_len set beyond its context
+    is cut to it. Returns the new settings and what else changed.
     """
     _known_key(key, source)
     table = copy.deepcopy(cfg.explicit)
@@ -820,16 +820,21 @@ def _known_key(key: str, source: str) -> None:
 
 
 def _follow_preset(table: dict, old: Config) -> list[str]:
-    """On a new preset in `table`: a vocabulary target that was the old preset's follows the new one, and
-    a seq_len set beyond the new context is cut to it. What changed, in words."""
-    new, notes = PRESETS[table["model"]["preset"]], []
+    """On a new preset in `table`: a vocabulary target or a seq_len that was the old preset's (its
+    vocabulary, its context: a cut an earlier switch made) follows the new one, and a seq_len set
+    beyond the new context is cut to it. What changed, in words."""
+    new, notes, before = PRESETS[table["model"]["preset"]], [], old.model.shape()
     tok = _section(table, "tokenizer")
-    if tok.get("vocab_size") == old.model.shape().vocab_size != new.vocab_size:
+    if tok.get("vocab_size") == before.vocab_size != new.vocab_size:
         del tok["vocab_size"]
         notes.append(f"tokenizer.vocab_size follows the preset ({new.vocab_size})")
     for stage in ("pretrain", "finetune"):
         sc = _section(_section(table, "train"), stage)
-        if sc.get("seq_len", 0) > new.n_ctx:
+        if sc.get("seq_len") == before.n_ctx != new.n_ctx:
+            del sc["seq_len"]
+            notes.append(f"train.{stage}.seq_len follows the preset "
+                         f"({min(getattr(Config().train, stage).seq_len, new.n_ctx)})")
+        elif sc.get("seq_len", 0) > new.n_ctx:
             sc["seq_len"] = new.n_ctx
             notes.append(f"train.{stage}.seq_len = {new.n_ctx} (the preset's context)")
     return notes

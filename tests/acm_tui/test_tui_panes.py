@@ -51,6 +51,18 @@ async def test_settings_pane_validates_as_you_type_and_saves(project):
         assert table.get_row_at(table.get_row_index("generate.temperature"))[1] == "0.5"
 
 
+async def test_a_seq_len_the_settings_pane_cut_for_a_preset_follows_the_next_one(tmp_path):
+    path = tmp_path / "acm.toml"
+    path.write_text("[model]\npreset = 'tiny'\n[train.pretrain]\nseq_len = 1024\n")
+    app = PaneHost(SettingsPane, path)
+    async with app.run_test(size=(100, 40)) as pilot:
+        await save_in_settings_pane(app, pilot, "model.preset", "nano")
+        assert app.cfg.train.pretrain.seq_len == 128
+        await save_in_settings_pane(app, pilot, "model.preset", "tiny")
+        assert app.cfg.train.pretrain.seq_len == config.load(path).train.pretrain.seq_len == 1024
+    assert "seq_len" not in path.read_text()
+
+
 async def test_runs_pane_opens_overlays_renames_and_deletes(with_model):
     from core.train.trainer import train_stage
 

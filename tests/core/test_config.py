@@ -190,6 +190,20 @@ def test_switching_preset_in_one_edit(project, capsys):
     assert config.load(path).vocab_target() == 1024
 
 
+def test_a_seq_len_at_the_old_preset_s_context_follows_the_new_preset(tmp_path, capsys):
+    """tiny -> nano cuts a seq_len of 1024 to nano's context; back to tiny it follows the preset again
+    rather than stay at 128. A seq_len below the old context is the user's and stays."""
+    path = write(tmp_path, "[model]\npreset = 'tiny'\n[train.pretrain]\nseq_len = 1024\n"
+                           "[train.finetune]\nseq_len = 64\n")
+    assert cli.main(["-c", str(path), "config", "set", "model.preset", "nano"]) == 0
+    assert "train.pretrain.seq_len = 128 (the preset's context)" in capsys.readouterr().out
+    assert cli.main(["-c", str(path), "config", "set", "model.preset", "tiny"]) == 0
+    assert "also: train.pretrain.seq_len follows the preset (1024)" in capsys.readouterr().out
+    cfg = config.load(path)
+    assert (cfg.train.pretrain.seq_len, cfg.train.finetune.seq_len) == (1024, 64)
+    assert config.read_table(path)["train"] == {"pretrain": {}, "finetune": {"seq_len": 64}}
+
+
 def test_saving_a_setting_writes_only_what_the_user_set(tmp_path, capsys):
     path = tmp_path / "acm.toml"  # a fresh project: no acm.toml, the machine picks the preset
     assert cli.main(["-c", str(path), "config", "set", "train.pretrain.time", "5m"]) == 0
