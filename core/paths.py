@@ -15,6 +15,7 @@
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,8 +83,10 @@ class Paths:
     # ------------------------------------------------------------ runs
 
     def run(self, name: str) -> Path:
-        """A run's folder; names that would leave runs/ are refused."""
-        check_run_name(name)
+        """A run's folder, by its name as it is on disk (an older acm took any name a folder can
+        have, so a lookup is not held to check_run_name); a name that would leave runs/ is refused."""
+        if not name or "/" in name or "\0" in name or name.startswith("."):
+            raise AcmError(_invalid(name))
         return self.runs / name
 
     @staticmethod
@@ -142,6 +145,15 @@ class Paths:
         return run / stage / "launch.toml"
 
 
+RUN_NAME = re.compile(r"[A-Za-z0-9_-]+")  # what acm's own names are made of: <preset>-<date>-<time>
+
+
 def check_run_name(name: str) -> None:
-    if not name or "/" in name or name.startswith("."):
-        raise AcmError(f"invalid run name {name!r}: use letters, digits, '-' and '_'")
+    """A name for a run acm creates (a new run, a rename): ASCII letters, digits, '-' and '_', so that
+    it is one word in a shell, on every file system and in every listing."""
+    if not RUN_NAME.fullmatch(name):
+        raise AcmError(_invalid(name))
+
+
+def _invalid(name: str) -> str:
+    return f"invalid run name {name!r}: use letters, digits, '-' and '_'"

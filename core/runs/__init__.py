@@ -17,7 +17,7 @@ from pathlib import Path
 from core import config
 from core.atomic import fits, read_json, write_text
 from core.errors import AcmError
-from core.paths import Paths
+from core.paths import Paths, check_run_name
 from core.runs.checkpoint import best, latest, list_checkpoints
 
 TRAINING_STAGES = ("pretrain", "finetune")  # the stages with a folder in a run
@@ -33,6 +33,15 @@ def existing_run(cfg: config.Config, name: str) -> Path:
     path = cfg.locations.run(name)
     if not Paths.run_config(path).exists():
         raise AcmError(f"run {name!r} does not exist in {cfg.locations.runs}; `acm runs` lists the runs")
+    return path
+
+
+def run_to_train(cfg: config.Config, name: str) -> Path:
+    """The folder of the run a user named to train in: an existing run as it is named (an older acm
+    allowed any folder name), a new one only under a name check_run_name allows."""
+    path = cfg.locations.run(name)
+    if not Paths.run_config(path).exists():
+        check_run_name(name)
     return path
 
 
@@ -251,9 +260,8 @@ def delete_run(run: Path) -> None:
 
 
 def rename_run(run: Path, new_name: str) -> Path:
+    check_run_name(new_name)
     target = run.parent / new_name
-    if "/" in new_name or not new_name or new_name.startswith("."):
-        raise AcmError(f"invalid run name {new_name!r}: use letters, digits, '-' and '_'")
     if target.exists():
         raise AcmError(f"a run named {new_name} exists already")
     for stage in TRAINING_STAGES:

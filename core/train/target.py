@@ -1,7 +1,8 @@
 """Which run a training stage trains in, and whether it resumes: one rule for the command line,
 the pipeline and the Train pane, in this order:
 
-    named      a run the user named (--run): that run, resumed when asked (--resume)
+    named      a run the user named (--run): that run, resumed when asked (--resume); a new one
+               only under a name core.paths.check_run_name allows
     resume     resume asked: the newest run with a checkpoint of the stage; with no stage given
                (the Train pane's R), the newest run whose most recent stage has a checkpoint
     unfinished (the pipeline's choice) the newest run with the stage's checkpoints resumes where the
@@ -40,7 +41,7 @@ def training_target(cfg: Config, stage: str | None = None, run: str | None = Non
     if stage is None and (run is not None or not resume):
         raise ValueError("a stage is needed but to resume the newest run")
     if run is not None:
-        return Target(cfg.locations.run(run), stage, resume)
+        return Target(runs.run_to_train(cfg, run), stage, resume)
     if resume:
         return _newest_checkpointed(cfg, stage)
     if unfinished:

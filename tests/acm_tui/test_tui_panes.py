@@ -103,27 +103,29 @@ async def test_runs_pane_opens_overlays_renames_and_deletes(with_model):
 
 
 async def test_runs_pane_notifies_renames_deletes_and_refusals_in_plain_words_at_80x24(with_model):
-    app = PaneHost(RunsPane, with_model / "acm.toml")
     runs_dir = with_model / "runs"
+    (runs_dir / "m").rename(runs_dir / "[old]")  # a name an older acm took: brackets are a name, not markup
+    app = PaneHost(RunsPane, with_model / "acm.toml")
     async with app.run_test(size=(80, 24), notifications=True) as pilot:
-        await select_in_pane(app, pilot, "6", "#runs-table", 1, "m")
+        await select_in_pane(app, pilot, "6", "#runs-table", 1, "[old]")
         table = app.query_one("#runs-table", DataTable)
+        for refused in (".hidden", "a b", "[baseline]"):
+            await pilot.press("n")
+            await pilot.pause()
+            app.screen.query_one("#name", Input).value = refused
+            await pilot.press("enter")
+            await notified(pilot, f"invalid run name '{refused}'")
         await pilot.press("n")
         await pilot.pause()
-        app.screen.query_one("#name", Input).value = "[baseline]"  # brackets are a name, not markup
+        app.screen.query_one("#name", Input).value = "baseline"
         await pilot.press("enter")
-        await notified(pilot, "renamed m to [baseline]")
-        await wait_until(pilot, lambda: table.row_count == 1 and table.get_row_at(0)[0] == "[baseline]")
-        await pilot.press("n")
-        await pilot.pause()
-        app.screen.query_one("#name", Input).value = ".hidden"
-        await pilot.press("enter")
-        await notified(pilot, "invalid run name '.hidden'")
+        await notified(pilot, "renamed [old] to baseline")
+        await wait_until(pilot, lambda: table.row_count == 1 and table.get_row_at(0)[0] == "baseline")
         await pilot.press("d")
         await pilot.pause()
         await pilot.press("y")
-        await notified(pilot, "deleted run [baseline]")
-        assert app.is_running and not (runs_dir / "[baseline]").exists()
+        await notified(pilot, "deleted run baseline")
+        assert app.is_running and not (runs_dir / "baseline").exists()
 
 
 async def test_runs_pane_exports_a_run_in_the_chosen_format(with_model):

@@ -1,0 +1,49 @@
+"""Run names: a new or renamed run takes letters, digits, '-' and '_' (what acm's own names are
+made of); a run an older acm made under another name is still listed and found by that name."""
+from __future__ import annotations
+
+import pytest
+
+from core import cli, config, runs
+from core.errors import AcmError
+from core.paths import check_run_name
+
+ODD = ["a b", "a\nb", "a\tb", "x\x01", "\x1b[2J", "café", "a:b", "a.b", "a*", "", ".hidden", "..", "../x"]
+
+
+def test_a_new_name_is_letters_digits_dashes_and_underscores_as_acm_s_own(project):
+    for name in (runs.new_run_name(config.load(project / "acm.toml")), "nano-20260101-120000", "A_b-9"):
+        check_run_name(name)
+    for name in ODD:
+        with pytest.raises(AcmError, match="use letters, digits, '-' and '_'"):
+            check_run_name(name)
+
+
+@pytest.mark.parametrize("name", ["a b", "x\ny", "café", "a:b"])
+def test_training_a_new_run_under_an_odd_name_is_refused_before_anything_is_written(project, capsys, name):
+    assert cli.main(["-c", str(project / "acm.toml"), "train", "pretrain", "--run", name]) == 2
+    err = capsys.readouterr().err
+    assert err == f"acm: error: invalid run name {name!r}: use letters, digits, '-' and '_'\n"
+    assert not (project / "runs").exists()
+
+
+def test_a_rename_takes_the_same_names(with_model, capsys):
+    c = str(with_model / "acm.toml")
+    for name in ("a b", "m.2", "ünï"):
+        assert cli.main(["-c", c, "runs", "rename", "m", name]) == 2
+        assert f"invalid run name {name!r}" in capsys.readouterr().err
+    assert [p.name for p in (with_model / "runs").iterdir()] == ["m"]
+
+
+def test_a_run_an_older_acm_named_oddly_is_listed_found_and_renamed(with_model, capsys):
+    old = "old run:1"
+    (with_model / "runs" / "m").rename(with_model / "runs" / old)
+    c = str(with_model / "acm.toml")
+    assert cli.main(["-c", c, "runs", "--json"]) == 0
+    assert old in capsys.readouterr().out
+    assert cli.main(["-c", c, "runs", "metrics", old]) == 0
+    assert capsys.readouterr().out.startswith(f"finetune of run {old}: ")
+    assert cli.main(["-c", c, "train", "finetune", "--run", old, "--resume"]) == 0  # its plan is done: nothing to do
+    assert f"finetune of run {old} already finished" in capsys.readouterr().out
+    assert cli.main(["-c", c, "runs", "rename", old, "renamed"]) == 0
+    assert (with_model / "runs" / "renamed" / "config.toml").exists()
