@@ -199,7 +199,7 @@ class TrainPane(Pane):
         if self._busy():
             return
         self.control = Control()
-        self.run_on_engine("train", partial(train_stage, extend_to=extend_to), self.cfg, stage, run, None, self.control,
+        self.run_on_engine("train", partial(train_stage, named_steps=extend_to), self.cfg, stage, run, None, self.control,
                            resume)
         self.attach(run, stage)
         self.state = "starting"

@@ -126,11 +126,11 @@ def register(sub, add) -> None:
                                      "latest with a pretrain checkpoint for finetune)")
         p.add_argument("--resume", action="store_true", help="continue the run's latest checkpoint of this stage")
         p.add_argument("--steps", type=setting_int(f"train.{stage}.steps"),
-                       help=f"total steps (default: train.{stage}.steps); with "
+                       help=f"total steps (default: train.{stage}.steps); with --time, at most this many; with "
                        "--resume, the new total of a run that finished its plan (a resumed run keeps its plan)")
         p.add_argument("--time", type=duration, metavar="DURATION",
                        help=f"wall-clock budget (20s, 10m, 8h): the steps are fitted to it, warmup and decay "
-                            f"included (default: train.{stage}.time)")
+                            f"included, at most --steps where given (default: train.{stage}.time)")
         p.add_argument("--max-steps", type=positive_int,
                        help="stop after this many steps in this call (resume later)")
         p.add_argument("--ranks", type=setting_int("train.ranks"), metavar="N",

@@ -61,17 +61,18 @@ class Calibration:
         batches = self.eval_batches if eval_batches is None else eval_batches
         return step_s * (steps + checks(step, steps, self.eval_every) * batches * self.batch_cost)
 
-    def plan(self, step: int, now: float, step_s: float, warmup: int, cut: bool = True) -> Plan:
+    def plan(self, step: int, now: float, step_s: float, warmup: int, cut: bool = True,
+             most: int | None = None) -> Plan:
         """The step count that ends the stage, its validation checks included, when the budget runs
-        out (never fewer than one more, nor past UNPLANNED), and the batches a check may read to
-        keep the checks within VALIDATION_SHARE of what is left (at least one): a short budget's one
-        check at the end would otherwise outlast its steps. `cut` False keeps the batches (a
-        resumed plan's)."""
+        out (never fewer than one more, nor past `most`, the steps asked for by name, or UNPLANNED),
+        and the batches a check may read to keep the checks within VALIDATION_SHARE of what is left
+        (at least one): a short budget's one check at the end would otherwise outlast its steps.
+        `cut` False keeps the batches (a resumed plan's)."""
         left = self.budget_s - (now - self.started)
-        cap = UNPLANNED - 1 - step
+        cap = max(0, min(UNPLANNED - 1, most or UNPLANNED) - step)
         steps = min(cap, max(1, int(left / step_s)))
         batches = self.eval_batches
-        if batches and cut:
+        if batches and cut and steps:
             fits = VALIDATION_SHARE * left / (checks(step, steps, self.eval_every) * self.batch_cost * step_s)
             batches = max(1, min(batches, int(fits)))
         per_step = step_s * (1 + batches * self.batch_cost / self.eval_every)

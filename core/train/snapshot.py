@@ -26,7 +26,8 @@ class Launch:
     stage: str
     run: str  # the run's folder name under the settings' runs folder
     resume: bool = False
-    steps: int | None = None  # steps asked for by name: a resumed run's new total, past a finished plan
+    steps: int | None = None  # steps asked for by name: a resumed run's new total, past a finished plan;
+    # a new stage's most under a time budget
     max_steps: int | None = None  # stop after this many steps of this call
 
 

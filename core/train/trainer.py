@@ -137,7 +137,7 @@ class Trainer:
 
     def __init__(self, cfg: Config, stage: str, run: Path, emit: Callback | None = None, control: Control | None = None,
                  resume: bool = False, max_steps: int | None = None,
-                 clock: Callable[[], float] = time.perf_counter, extend_to: int | None = None):
+                 clock: Callable[[], float] = time.perf_counter, named_steps: int | None = None):
         if stage not in CORPUS:
             raise AcmError(f"unknown stage {stage!r}: pretrain or finetune")
         self.cfg, self.stage, self.run_path = cfg, stage, run
@@ -148,7 +148,9 @@ class Trainer:
         self.resume = resume
         self.max_steps = max_steps  # stop after this many steps in this call (the schedule keeps the plan)
         self.clock = clock  # what time budgets, ETAs and tokens/s are measured with
-        self.extend_to = extend_to  # steps asked for by name (--steps): a resumed run goes past its plan
+        # steps asked for by name (--steps): a resumed run's new total, past its plan; a new stage's
+        # most under a time budget
+        self.named_steps = named_steps
         self.group = join_group()
         self.rank, self.world = self.group.rank(), self.group.size()
         self.is_main = self.rank == 0
@@ -289,13 +291,13 @@ class Trainer:
 
     def _extend_plan(self, ck: checkpoint.Checkpoint) -> None:
         """A resumed stage keeps the steps it planned (a time budget's or the configured ones), so
-        resuming never extends it; steps asked for by name (extend_to) may."""
-        if self.extend_to is None:
+        resuming never extends it; steps asked for by name (named_steps) may."""
+        if self.named_steps is None:
             return
-        if self.extend_to < ck.step:
+        if self.named_steps < ck.step:
             raise AcmError(f"run {self.run_path.name}'s {self.stage} is at step {ck.step}: --steps "
-                           f"{self.extend_to} is behind it; give more steps than {ck.step}")
-        self._apply_plan(self.extend_to, self.state.warmup_steps)
+                           f"{self.named_steps} is behind it; give more steps than {ck.step}")
+        self._apply_plan(self.named_steps, self.state.warmup_steps)
 
     def _keep_global_batch(self, saved: dict) -> None:
         """A run resumed on another number of ranks (or another batch_size) keeps the sequences of
@@ -600,16 +602,18 @@ class Trainer:
                      "fits the steps to it")
 
     def _plan_budget(self, calibration: Calibration, now: float, step_s: float) -> None:
-        """A new plan: the stage's steps, warmup and validation batches fitted to the time budget."""
+        """A new plan: the stage's steps, warmup and validation batches fitted to the time budget,
+        at most the steps asked for by name."""
         st = self.state
-        plan = calibration.plan(st.step, now, step_s, st.warmup_steps)
+        plan = calibration.plan(st.step, now, step_s, st.warmup_steps, most=self.named_steps)
         if self.world > 1:  # each rank's clock started on its own
             plan = Plan(*self._from_main([plan.total, plan.warmup, plan.eval_batches], mx.int32))
         self._apply_plan(plan.total, plan.warmup, plan.eval_batches)
         self._set_end()
         cut = (f"; validation reads {plan.eval_batches} of its {self.sc.eval_batches} batches a check to fit"
                if st.eval_batches else "")
-        self.log(f"{self.stage}: time budget {describe_seconds(self.budget_s)}: {plan.total:,} steps at "
+        most = " (the most asked for)" if plan.total == self.named_steps else ""
+        self.log(f"{self.stage}: time budget {describe_seconds(self.budget_s)}: {plan.total:,} steps{most} at "
                  f"{step_s * 1000:.0f} ms a step (warmup {plan.warmup}){cut}")
 
     def _fit_call_to_budget(self, calibration: Calibration, now: float, step_s: float) -> None:
@@ -632,8 +636,8 @@ class Trainer:
     def _begin(self) -> None:
         """Before the first step of this call: the plan, the clocks and the device, said."""
         sc, st = self.sc, self.state
-        if self.budget_s and not st.planned:
-            st.total_steps = UNPLANNED  # until the first steps have been timed
+        if self.budget_s and not st.planned:  # until the first steps have been timed
+            st.total_steps = UNPLANNED if self.named_steps is None else self.named_steps
         batches = 0 if self.val_batches is None else self._eval_batches()
         self.calibration = Calibration(self.budget_s, self.started, sc.eval_every, batches, st.grad_accum)
         self._set_end()

@@ -63,7 +63,7 @@ def train_here(cfg: Config, launch: Launch, run: Path, follow: Follow) -> StageR
         signal.signal(signal.SIGUSR1, lambda *_: control.save_now())
     engine = Engine()
     fut = engine.submit(train_stage, cfg, launch.stage, run, events.put, control, launch.resume, launch.max_steps,
-                        extend_to=launch.steps if launch.resume else None)
+                        named_steps=launch.steps)
     fut.add_done_callback(lambda f: events.put(FINISHED))
     if follow(events, control.stop) is not None:
         return None

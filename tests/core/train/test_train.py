@@ -412,6 +412,30 @@ def test_a_time_budget_fits_the_steps_and_ends_on_the_floor(prepared):
     assert state["planned_steps"] == result.step
 
 
+def test_steps_asked_for_with_a_time_budget_are_at_most_that_many(prepared):
+    """--steps N --time T on a new stage: at most N steps and at most T, the schedule fitted to
+    whichever ends first (here the clock's 20 s hold more than 8 steps, and fewer than 1,000)."""
+    cfg = load(prepared)
+    sc = cfg.train.pretrain
+    sc.time, sc.eval_every, sc.save_every, sc.log_every, sc.min_lr_ratio = "20s", 10, 1000, 1, 0.1
+    more = cfg.runs_dir / "more"
+    assert 8 < train_stage(cfg, "pretrain", more, clock=SteppingClock(0.4), named_steps=1000).step < 1000
+    assert "(the most asked for)" not in (more / "pretrain" / "train.log").read_text()  # the budget ended first
+    run = cfg.runs_dir / "fewer"
+    assert train_stage(cfg, "pretrain", run, clock=SteppingClock(0.4), named_steps=8).step == 8
+    reports = [e for e in read_metrics(run, "pretrain") if e["type"] == "metrics"]
+    assert reports[-1]["total"] == 8 and reports[-1]["lr"] == pytest.approx(sc.learning_rate * sc.min_lr_ratio, rel=1e-3)
+    assert checkpoint.latest(Paths.checkpoints(run, "pretrain")).state["planned_steps"] == 8
+    assert "time budget 20 s: 8 steps (the most asked for)" in (run / "pretrain" / "train.log").read_text()
+
+
+def test_the_command_line_s_steps_and_time_together_end_at_the_steps(prepared, capsys):
+    c = str(prepared / "acm.toml")
+    assert cli.main(["-c", c, "train", "pretrain", "--run", "both", "--steps", "6", "--time", "2m"]) == 0
+    assert "pretrain finished at step 6 in run both" in capsys.readouterr().out
+    assert checkpoint.latest(Paths.checkpoints(prepared / "runs" / "both", "pretrain")).state["planned_steps"] == 6
+
+
 def test_the_run_s_settings_keep_each_stage_s_as_it_trained(prepared):
     """A pipeline gives each stage its own time share; starting the fine-tune records its settings
     and keeps the pretrain's, rather than acm.toml's of the moment."""
@@ -516,7 +540,7 @@ def test_a_budget_stage_reads_the_validation_batches_it_cut_and_a_resume_keeps_t
     log = (run / "pretrain" / "train.log").read_text()
     assert f"; validation reads {batches} of its 500 batches a check to fit" in log
     read.clear()
-    again = train_stage(cfg, "pretrain", run, resume=True, extend_to=result.step + 2, clock=SteppingClock(0.4))
+    again = train_stage(cfg, "pretrain", run, resume=True, named_steps=result.step + 2, clock=SteppingClock(0.4))
     assert again.step == result.step + 2 and read == list(range(batches))
     assert f"validation reads {batches} of its 500 batches a check, as the time budget's plan cut them" in \
         (run / "pretrain" / "train.log").read_text()
