@@ -24,6 +24,16 @@ class ConfigError(AcmError):
     """acm.toml is unreadable, or holds an unknown key, a wrong type or an out-of-range value."""
 
 
+INTERRUPTED = 130  # a command's exit status when Ctrl-C ended it (128 + SIGINT), as shells report it
+
+
+def interrupted(say: Callable[[str], None], kept: str, again: str) -> int:
+    """A command that Ctrl-C stopped with its work saved: its last line (what it kept, the command
+    that continues) and its exit status, so a script sees that it did not finish."""
+    say(f"interrupted: {kept}; `{again}` continues")
+    return INTERRUPTED
+
+
 DISK_FULL = "disk full"
 TOO_LARGE = "file too large (over the file size limit, ulimit -f)"
 FULL_OR_LIMIT = "disk full or over the file size limit (ulimit -f)"
@@ -99,7 +109,7 @@ def run_command(body: Callable[[], int], quiet_pipe: bool = False) -> int:
         return fail(str(e))
     except KeyboardInterrupt:
         print("acm: interrupted", file=sys.stderr)
-        return 130
+        return INTERRUPTED
     except OSError as e:  # a disk, a permission, a path: the system's words and the file
         if isinstance(e, BrokenPipeError) and quiet_pipe and _stdout_closed():
             return _quiet_exit()

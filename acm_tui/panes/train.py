@@ -199,8 +199,8 @@ class TrainPane(Pane):
         if self._busy():
             return
         self.control = Control()
-        self.run_on_engine("train", partial(train_stage, named_steps=extend_to), self.cfg, stage, run, None, self.control,
-                           resume)
+        self.run_on_engine("train", partial(train_stage, named_steps=extend_to), self.cfg, stage, run, None,
+                           self.control, resume)
         self.attach(run, stage)
         self.state = "starting"
         self._status_idle(f"starting {stage} in run {run.name}…")

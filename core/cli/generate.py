@@ -16,7 +16,7 @@ from core.cli.output import console_for
 from core.cli.progress import progress_bars
 from core.config import Config
 from core.engine import Engine, wait_for
-from core.errors import AcmError
+from core.errors import INTERRUPTED, AcmError
 from core.escapes import unescape, utf8
 from core.generate.checked import checked_generate, sample_and_judge
 from core.generate.decode import load_model, stream_generate
@@ -100,7 +100,7 @@ def cmd_generate(args, cfg: Config) -> int:
         engine.shutdown()
     if stopped:
         console.print(f"(stopped{f': {len(job.result())} of {args.n} printed' if check or args.n > 1 else ''})")
-        return 130
+        return INTERRUPTED
     return 0
 
 

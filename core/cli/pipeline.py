@@ -18,6 +18,7 @@ from core.cli.output import console_for
 from core.cli.progress import StepDisplay
 from core.config import Config, parse_duration
 from core.engine import Engine
+from core.errors import interrupted
 from core.paths import Paths
 from core.pipeline.overview import StageStatus, pipeline_status, run_remaining
 from core.pipeline.tables import STATE_STYLES
@@ -73,8 +74,7 @@ def cmd_run(args, cfg: Config) -> int:
     except KeyboardInterrupt:
         control.stop()
         cancel.cancel()
-        screen.console.print("interrupted: finished stages are kept; `acm pipeline run` continues")
-        return 130
+        return interrupted(screen.console.print, "finished stages are kept", "acm pipeline run")
     finally:
         engine.shutdown()
     print(f"ran: {', '.join(done) or 'nothing (every stage is done)'}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
+import shlex
 import signal
 import threading
 
@@ -15,7 +16,7 @@ from core.cli.args import duration, positive_int, setting_int
 from core.cli.output import console_for
 from core.cli.progress import StepDisplay
 from core.config import Config
-from core.errors import AcmError
+from core.errors import INTERRUPTED, AcmError, interrupted
 from core.paths import Paths
 from core.train.detach import launch_detached
 from core.train.lifeline import tie_rank_to_launcher
@@ -65,7 +66,7 @@ def cmd_train(args, cfg: Config) -> int:
     launch = Launch(args.stage, run.name, args.resume, args.steps, args.max_steps)
     result = train_here(cfg, launch, run, lambda events, stop: follow(events, args, run, stop))
     if result is None:
-        return 130
+        return INTERRUPTED
     if result.already_done and not args.json:
         print(f"{args.stage} of run {run.name} already finished its {result.step:,} steps: nothing to resume "
               f"(to train further, give the total: --resume --steps N, N above {result.step:,})")
@@ -73,7 +74,15 @@ def cmd_train(args, cfg: Config) -> int:
         best = f", best val loss {result.best_val_loss:.4f}" if result.best_val_loss is not None else ""
         print(f"{args.stage} {'stopped' if result.stopped_early else 'finished'} at step {result.step} "
               f"in run {result.run.name}{best}; checkpoint: {result.last_checkpoint}")
-    return 0
+    return ended(args.stage, run, result.step, result.interrupted)
+
+
+def ended(stage: str, run, step: int, by_ctrl_c: bool) -> int:
+    """The exit status of a stage that ended: 130 where Ctrl-C stopped it (saying how to go on)."""
+    if not by_ctrl_c:
+        return 0
+    return interrupted(lambda line: console.print(line, markup=False), f"checkpoint of step {step} saved",
+                       f"acm train {stage} --run {shlex.quote(run.name)} --resume")
 
 
 def follow(events: queue.SimpleQueue, args, run, stop) -> int | None:
@@ -101,10 +110,10 @@ def train_on_ranks(args, cfg: Config, run, ranks: int) -> int:
             events.put(FINISHED)
 
     threading.Thread(target=launch, daemon=True).start()
-    if follow(events, args, run, control.stop) is not None:
+    if follow(events, args, run, control.interrupt) is not None:
         with contextlib.suppress(KeyError, OSError):  # twice: every rank ends at once
             os.killpg(outcome["proc"].pid, signal.SIGKILL)
-        return 130
+        return INTERRUPTED
     if "error" in outcome:
         raise outcome["error"]
     last = outcome["last"]
@@ -112,7 +121,7 @@ def train_on_ranks(args, cfg: Config, run, ranks: int) -> int:
         ck = last["checkpoint"].path if "checkpoint" in last else "none"
         print(f"{args.stage} {last['state'].state} at step {last['state'].step} in run {run.name} on "
               f"{ranks} ranks; checkpoint: {ck}")
-    return 0
+    return ended(args.stage, run, last["state"].step if "state" in last else 0, control.interrupted)
 
 
 def register(sub, add) -> None:

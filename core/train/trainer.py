@@ -61,6 +61,11 @@ class Control:
     def __init__(self):
         self._stop, self._save, self._running = threading.Event(), threading.Event(), threading.Event()
         self._running.set()
+        self.interrupted = False  # the stop was Ctrl-C's: the command exits 130 once the stage has saved
+
+    def interrupt(self) -> None:
+        self.interrupted = True
+        self.stop()
 
     def pause(self) -> None:
         self._running.clear()
@@ -107,6 +112,7 @@ class StageResult:
     last_checkpoint: Path | None
     best_val_loss: float | None
     already_done: bool = False  # a resumed stage that had finished its plan: nothing was trained
+    interrupted: bool = False  # stopped by a Ctrl-C of the process it trained in
 
 
 class Throughput:

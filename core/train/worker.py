@@ -13,11 +13,12 @@ import queue
 import signal
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from core.config import Config
 from core.engine import Engine
-from core.errors import run_command
+from core.errors import INTERRUPTED, run_command
 from core.hardware import configure_mlx
 from core.runs.events import Event
 from core.train import snapshot
@@ -32,30 +33,30 @@ Follow = Callable[[queue.SimpleQueue, Callable[[], None]], int | None]  # (event
 
 def relay(events: queue.SimpleQueue, show: Callable[[Event], None], stop: Callable[[], None],
           say: Callable[[str], None]) -> int | None:
-    """Hand a stage's events to `show` until FINISHED. Ctrl-C once calls `stop`; twice returns 130
-    at once."""
+    """Hand a stage's events to `show` until FINISHED. Ctrl-C once (waiting or showing) calls
+    `stop`; twice returns 130 at once."""
     interrupts = 0
     while True:
         try:
             event = events.get(timeout=0.2)
+            if event is FINISHED:
+                return None
+            show(event)
         except queue.Empty:
             continue
         except KeyboardInterrupt:
             interrupts += 1
             if interrupts > 1:
                 say("interrupted: exiting now; the last checkpoint stays loadable")
-                return 130
+                return INTERRUPTED
             say("stopping at the next step and saving a checkpoint (Ctrl-C again to quit now)")
             stop()
-            continue
-        if event is FINISHED:
-            return None
-        show(event)
 
 
 def train_here(cfg: Config, launch: Launch, run: Path, follow: Follow) -> StageResult | None:
     """Train `launch` in this process on the engine thread, its events handed to `follow` (which
-    returns 130 to quit at once: then None); the stage's error re-raised here."""
+    returns 130 to quit at once: then None; the stop it is given is Ctrl-C's, said in the result's
+    `interrupted`); the stage's error re-raised here."""
     events: queue.SimpleQueue = queue.SimpleQueue()
     control = Control()
     signal.signal(signal.SIGTERM, lambda *_: control.stop())  # a polite kill stops with a checkpoint
@@ -65,10 +66,10 @@ def train_here(cfg: Config, launch: Launch, run: Path, follow: Follow) -> StageR
     fut = engine.submit(train_stage, cfg, launch.stage, run, events.put, control, launch.resume, launch.max_steps,
                         named_steps=launch.steps)
     fut.add_done_callback(lambda f: events.put(FINISHED))
-    if follow(events, control.stop) is not None:
+    if follow(events, control.interrupt) is not None:
         return None
     engine.shutdown()
-    return fut.result()
+    return replace(fut.result(), interrupted=control.interrupted)
 
 
 def print_event(event: Event) -> None:
@@ -86,7 +87,7 @@ def _train(path: Path) -> int:
     cfg, launch = snapshot.read(path)
     done = train_here(cfg, launch, cfg.locations.run(launch.run),
                       lambda events, stop: relay(events, print_event, stop, _say))
-    return 130 if done is None else 0
+    return INTERRUPTED if done is None else 0
 
 
 def main(argv: list[str]) -> int:

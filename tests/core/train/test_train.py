@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core import cli, config
+from core import cli, config, runs
 from core.engine import Engine
 from core.errors import AcmError
 from core.paths import Paths
@@ -126,6 +127,31 @@ def test_kill_9_leaves_a_loadable_checkpoint(prepared):
     assert params and opt
     result = train_stage(load(prepared), "pretrain", cfg.runs_dir / "k", resume=True, max_steps=1)
     assert result.step == latest.step + 1
+
+
+def test_ctrl_c_stops_with_a_checkpoint_says_how_to_resume_and_exits_130(prepared):
+    cfg = load(prepared)
+    cfg.train.pretrain.steps = 100000
+    config.save(cfg, prepared / "acm.toml")
+    proc = subprocess.Popen([sys.executable, "-m", "core.cli", "-c", str(prepared / "acm.toml"), "train",
+                             "pretrain", "--run", "c", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        lines: queue.SimpleQueue = queue.SimpleQueue()
+        threading.Thread(target=lambda: [*map(lines.put, proc.stdout), lines.put("")], daemon=True).start()
+        while (line := lines.get(timeout=120)) and json.loads(line).get("type") != "metrics":
+            pass  # until the loop reports a step: Ctrl-C lands in training, not in the setup
+        assert line, proc.stderr.read()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=120) == 130
+    finally:
+        proc.kill()
+    err = proc.stderr.read()
+    assert "stopping at the next step and saving a checkpoint" in err
+    last = checkpoint.latest(Paths.checkpoints(cfg.runs_dir / "c", "pretrain"))
+    assert last is not None and runs.read_status(cfg.runs_dir / "c", "pretrain")["step"] == last.step
+    assert err.endswith(f"\ninterrupted: checkpoint of step {last.step} saved; `acm train pretrain --run c --resume` "
+                        "continues\n")
 
 
 def test_interrupted_save_keeps_the_previous_checkpoint(prepared, monkeypatch):
@@ -424,7 +450,8 @@ def test_steps_asked_for_with_a_time_budget_are_at_most_that_many(prepared):
     run = cfg.runs_dir / "fewer"
     assert train_stage(cfg, "pretrain", run, clock=SteppingClock(0.4), named_steps=8).step == 8
     reports = [e for e in read_metrics(run, "pretrain") if e["type"] == "metrics"]
-    assert reports[-1]["total"] == 8 and reports[-1]["lr"] == pytest.approx(sc.learning_rate * sc.min_lr_ratio, rel=1e-3)
+    floor = pytest.approx(sc.learning_rate * sc.min_lr_ratio, rel=1e-3)
+    assert reports[-1]["total"] == 8 and reports[-1]["lr"] == floor  # the schedule ends at step 8
     assert checkpoint.latest(Paths.checkpoints(run, "pretrain")).state["planned_steps"] == 8
     assert "time budget 20 s: 8 steps (the most asked for)" in (run / "pretrain" / "train.log").read_text()
 
