@@ -69,7 +69,7 @@ class Calibration:
         (at least one): a short budget's one check at the end would otherwise outlast its steps.
         `cut` False keeps the batches (a resumed plan's)."""
         left = self.budget_s - (now - self.started)
-        cap = max(0, min(UNPLANNED - 1, most or UNPLANNED) - step)
+        cap = max(0, min(UNPLANNED - 1, UNPLANNED if most is None else most) - step)
         steps = min(cap, max(1, int(left / step_s)))
         batches = self.eval_batches
         if batches and cut and steps:

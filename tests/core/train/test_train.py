@@ -518,6 +518,9 @@ def test_the_budget_planner_fits_the_steps_left_after_timing_the_first():
     assert (plan.total, plan.warmup, plan.eval_batches) == (222, 22, 2)
     assert calibration.seconds(6, 217, step_s) > 93.0 >= calibration.seconds(6, 216, step_s)
     assert calibration.plan(5, 99.99, step_s, warmup=2).total == 6  # never fewer than one more step
+    capped = calibration.plan(6, 7.0, step_s, warmup=200, most=50)  # --steps 50: fewer than fit
+    assert (capped.total, capped.warmup, capped.eval_batches) == (50, 5, 2)
+    assert calibration.plan(7, 7.0, step_s, warmup=2, most=7).total == 7  # timed at the last step asked for
 
 
 def test_a_short_budget_reads_fewer_validation_batches_rather_than_outlast_itself():
