@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from pathlib import Path
@@ -12,7 +13,7 @@ from textual.widgets import Static
 from core import config
 from core.paths import Paths
 from core.runs import read_metrics
-from core.runs.events import Recorder, event_from_json
+from core.runs.events import Eval, Recorder, event_from_json
 
 from .stand_ins import HF_ROWS, make_hf_dataset, script, write_tree
 
@@ -93,6 +94,14 @@ def fake_run(project: Path, name: str, reports: list[tuple[int, int, float]], ch
     (run / stage).mkdir(parents=True, exist_ok=True)
     (run / stage / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     return run
+
+
+def check_between_checkpoints(run: Path, stage: str, step: int, val_loss: float) -> None:
+    """A validation check recorded as the trainer records one, at a step where no checkpoint was kept
+    (checks come every eval_every steps, checkpoints on their own schedule)."""
+    recorder = Recorder(run, stage, 20)
+    recorder(Eval(stage=stage, step=step, val_loss=val_loss, val_ppl=math.exp(val_loss), best_val_loss=val_loss))
+    recorder.close()
 
 
 HF_SOURCE = "huggingface:hf-stand-in"

@@ -93,6 +93,7 @@ class RunsPane(Pane):
         self.shown: list[str] = []  # the runs on the chart
         self.marked: list[str] = []  # the runs `c` compares, in the order they were marked
         self.axis = "step"
+        self.noted: set[str] = set()  # the notes on the compared runs' settings already notified
 
     def compose(self) -> ComposeResult:
         yield Static("[b]enter[/b] open a run's curves  [b]space[/b] mark  [b]c[/b] compare the marked  "
@@ -129,8 +130,9 @@ class RunsPane(Pane):
             for stage in runs.TRAINING_STAGES:
                 st = r["stages"].get(stage)
                 cells.append(f"{st['state']} {st['step']}" if st else "–")
-            vals = [st["best_val_loss"] for st in r["stages"].values() if st.get("best_val_loss") is not None]
-            table.add_row(self._run_cell(r["name"]), r["preset"], *cells, f"{min(vals):.4f}" if vals else "",
+            checked = [st for st in r["stages"].values() if st.get("best_val_loss") is not None]
+            best = min(checked, key=lambda st: st["best_val_loss"], default={})
+            table.add_row(self._run_cell(r["name"]), r["preset"], *cells, runs.best_val_cell(best),
                           time.strftime("%Y-%m-%d %H:%M", time.localtime(r["modified"])), key=r["name"])
         if rows:
             table.move_cursor(row=min(row, len(rows) - 1))
@@ -202,10 +204,11 @@ class RunsPane(Pane):
                 label = prefix + STAGE_NAMES[c.stage]
                 series.append(Series(c.xs, ema(c.losses, smoothing), label, marker=line))
                 points.append(Series(c.val_xs, c.val_losses, f"{label} val", marker=cross, points=True))
-        diff = compare.settings_diff(folders) if len(names) > 1 else []
+        diff = compare.settings_diff(folders) if len(names) > 1 else None
         self.app.call_from_thread(self._draw, names, axis, smoothing, series + points, diff)
 
-    def _draw(self, names: list[str], axis: str, smoothing: float, series: list[Series], diff: list[tuple]) -> None:
+    def _draw(self, names: list[str], axis: str, smoothing: float, series: list[Series],
+              diff: compare.SettingsDiff | None) -> None:
         if (names, axis) != (self.shown, self.axis):
             return  # read for a chart since replaced: a newer read draws
         chart = self.query_one("#runs-chart", PlotextPlot)
@@ -215,16 +218,27 @@ class RunsPane(Pane):
         chart.refresh()
         self._show_diff(names, diff)
 
-    def _show_diff(self, names: list[str], diff: list[tuple]) -> None:
-        """The settings that differ between the compared runs, a column a run (hidden for one run)."""
+    def _show_diff(self, names: list[str], diff: compare.SettingsDiff | None) -> None:
+        """The settings that differ between the compared runs, a column a run whose settings could be
+        read (hidden for one run); what is wrong with a run's config.toml, notified once."""
         table = self.query_one("#runs-diff", DataTable)
         table.clear(columns=True)
-        self.set_class(len(names) > 1, "comparing")
-        if len(names) < 2:
+        self.set_class(diff is not None, "comparing")
+        notes = diff.notes() if diff is not None else []
+        for note in notes:
+            if note not in self.noted:
+                self.notify(note, title="Settings", severity="warning", timeout=10)
+        self.noted = set(notes)
+        if diff is None:
             return
-        table.add_columns("setting", *names)
-        for row in diff or [("no setting differs", *("" for _ in names))]:
-            table.add_row(*row)
+        read = [s.run.name for s in diff.read]
+        table.add_columns("setting", *read)
+        if diff.rows:
+            table.add_rows(diff.cells())
+        else:
+            said = ("no setting differs" if len(read) == len(names) else "no setting differs between the runs read"
+                    if len(read) > 1 else "settings not compared: unreadable")
+            table.add_row(said, *("" for _ in read))
 
     def action_delete(self) -> None:
         name = self.selected()

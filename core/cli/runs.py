@@ -46,8 +46,7 @@ def stage_cells(r: dict) -> list[list[str]]:
     out = []
     for stage, st in r["stages"].items() or [("–", {})]:
         total = f"/{st['total']}" if st.get("total") else ""
-        val = f"{st['best_val_loss']:.4f}" if st.get("best_val_loss") is not None else ""
-        out.append([stage, st.get("state", ""), f"{st.get('step', '')}{total}", val])
+        out.append([stage, st.get("state", ""), f"{st.get('step', '')}{total}", runs.best_val_cell(st)])
     return out
 
 
@@ -119,22 +118,51 @@ def cmd_compare(args, cfg: Config) -> int:
     diff = compare.settings_diff(folders)
     report = {stage: [compare.stage_curve(run, stage, args.by) for run in folders] for stage in stages}
     report = {stage: curves for stage, curves in report.items() if any(c.xs or c.val_xs for c in curves)}
+    refuse_nothing(diff, report)
     if args.json:
         print(json.dumps(compare_json(args.runs, args.by, diff, report), indent=2))
-        return 0
-    console = console_for()
-    console.print(settings_table(args.runs, diff) if diff else Text("The runs' settings are the same.", style="italic"))
-    for stage, curves in report.items():
-        console.print()
-        console.print(loss_table(stage, args.runs, args.by, curves))
+    else:
+        print_comparison(args.runs, args.by, diff, report)
     return 0
 
 
-def settings_table(names: list[str], diff: list[tuple]) -> Table:
+def refuse_nothing(diff: compare.SettingsDiff, report: dict) -> None:
+    """Refuse a comparison with nothing in it: no losses, and fewer than two runs' settings read
+    (notes alone, exit 0, would read as a comparison made)."""
+    if len(diff.read) < 2 and not report:
+        unread = "; ".join(f"run {s.run.name}'s settings could not be read ({s.problem})"
+                           for s in diff.runs if s.values is None)
+        raise AcmError(f"nothing to compare: no run has reported a loss, and {unread}")
+
+
+def print_comparison(names: list[str], by: str, diff: compare.SettingsDiff, report: dict) -> None:
+    """What is wrong with any run's settings, one line a run, then the settings that differ and
+    each stage's losses."""
+    console = console_for()
+    for note in diff.notes():
+        console.print(Text(note, style="yellow"))
+    if diff.rows:
+        console.print(settings_table(diff))
+    elif len(diff.read) > 1:
+        console.print(Text(same_settings(diff), style="italic"))
+    for stage, curves in report.items():
+        console.print()
+        console.print(loss_table(stage, names, by, curves))
+
+
+def same_settings(diff: compare.SettingsDiff) -> str:
+    if len(diff.read) == len(diff.runs):
+        return "The runs' settings are the same."
+    *first, last = [s.run.name for s in diff.read]
+    return f"The settings of {', '.join(first)} and {last} are the same."
+
+
+def settings_table(diff: compare.SettingsDiff) -> Table:
+    """The settings that differ, a column a run whose settings were read; a long list in brief."""
     table = Table(title="Settings that differ", title_justify="left")
-    for name in ("setting", *names):
+    for name in ("setting", *(s.run.name for s in diff.read)):
         table.add_column(name, overflow="fold")
-    for row in diff:
+    for row in diff.cells():
         table.add_row(*row)
     return table
 
@@ -162,14 +190,16 @@ def loss_table(stage: str, names: list[str], by: str, curves: list[compare.Curve
     return table
 
 
-def compare_json(names: list[str], by: str, diff: list[tuple], report: dict) -> dict:
-    settings = [{"key": key, "values": {n: (None if v == compare.MISSING else v) for n, v in zip(names, values)}}
-                for key, *values in diff]
+def compare_json(names: list[str], by: str, diff: compare.SettingsDiff, report: dict) -> dict:
+    read = [s.run.name for s in diff.read]
+    settings = [{"key": key, "values": {n: (None if v is None else compare.shown(v)) for n, v in zip(read, values)}}
+                for key, values in diff.rows]
+    problems = {s.run.name: {"read": s.values is not None, "problem": s.problem} for s in diff.runs if s.problem}
     stages = {stage: {"runs": {n: compare.stage_summary(c) for n, c in zip(names, curves)},
                       "shared_val": [{"x": x, "val_loss": dict(zip(names, losses))}
                                      for x, losses in compare.shared_val(curves)]}
               for stage, curves in report.items()}
-    return {"runs": names, "by": by, "settings": settings, "stages": stages}
+    return {"runs": names, "by": by, "settings": settings, "settings_problems": problems, "stages": stages}
 
 
 def register(sub, add) -> None:

@@ -112,9 +112,9 @@ def _training_status(cfg: Config, stage: str, label: str, tok_sha: str | None) -
         st = runs.read_status(run, stage) or {}
         step, total = st.get("step") or (last.step if last else 0), st.get("total") or getattr(cfg.train, stage).steps
         detail = f"run {run.name}, step {step:,}/{total:,}"
-        top = checkpoint.best(Paths.checkpoints(run, stage))
-        if top is not None and top.val_loss is not None:
-            detail += f", best val loss {top.val_loss:.3f}"
+        check = runs.best_check(run, stage)  # the lowest check's, as `acm runs` shows it
+        if check is not None:
+            detail += f", best val loss {check[1]:.3f}"
         if state == "failed":
             detail += f": {st.get('error', '')}"
         if state in ("running", "paused", "starting"):

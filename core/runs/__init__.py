@@ -7,6 +7,7 @@ later acm-tui) can read it while training goes on.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import socket
@@ -95,12 +96,15 @@ def prepare_run(cfg: config.Config, run: Path, stage: str | None = None) -> None
     config.save(cfg, saved)
 
 
-def read_metrics(run: Path, stage: str) -> list[dict]:
-    """Every complete line of a stage's metrics.jsonl (a line being written is skipped)."""
+def read_metrics(run: Path, stage: str, containing: bytes = b"") -> list[dict]:
+    """Every complete line of a stage's metrics.jsonl (a line being written is skipped); only the
+    lines `containing` those bytes, where given (a long stage's checks read without parsing its
+    every report)."""
     try:
-        return parse_records(Paths.metrics(run, stage).read_bytes().splitlines())
+        lines = Paths.metrics(run, stage).read_bytes().splitlines()
     except OSError:
         return []
+    return parse_records([line for line in lines if containing in line] if containing else lines)
 
 
 def last_report(run: Path, stage: str, tail_bytes: int = 16384) -> dict | None:
@@ -135,6 +139,32 @@ def parse_records(lines: list[bytes]) -> list[dict]:
                 and (record["type"] not in STEPPED or isinstance(record.get("step"), int))):
             out.append(record)
     return out
+
+
+def is_count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def is_finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def val_checks(records: list[dict]) -> dict[int, float]:
+    """The validation checks among a stage's records: val loss by step (a step checked twice, as
+    after a resume, keeps its newest check)."""
+    return {r["step"]: float(r["val_loss"]) for r in records
+            if r.get("type") == "eval" and is_count(r.get("step")) and is_finite(r.get("val_loss"))}
+
+
+def best_check(run: Path, stage: str) -> tuple[int, float] | None:
+    """(step, val loss) of the stage's lowest validation check, whether or not a checkpoint was kept
+    at that step (checks come every eval_every steps, checkpoints on their own schedule); a
+    checkpoint's own val loss counts too, for a metrics.jsonl lost or cut short. None: no check."""
+    checks = val_checks(read_metrics(run, stage, containing=b'"eval"'))
+    for ck in list_checkpoints(Paths.checkpoints(run, stage)):
+        if is_finite(ck.val_loss) and ck.step not in checks:
+            checks[ck.step] = float(ck.val_loss)
+    return min(checks.items(), key=lambda c: (c[1], c[0]), default=None)
 
 
 # ---------------------------------------------------------------- status and control across processes
@@ -231,7 +261,9 @@ def newest_stage(cfg: config.Config) -> tuple[Path, str] | None:
 
 
 def summary(run: Path) -> dict:
-    """One run, as the run list shows it."""
+    """One run, as the run list shows it: each stage's best val loss is its lowest validation
+    check's; best_checkpoint is the checkpoint generation and export take as the best, which may
+    hold a higher one (no checkpoint was saved at that check)."""
     try:
         preset = config.load(Paths.run_config(run)).model.preset
     except AcmError:
@@ -243,13 +275,28 @@ def summary(run: Path) -> dict:
         st = read_status(run, stage) or {}
         if last is None and not st:
             continue
+        check = best_check(run, stage)
         out["stages"][stage] = {
             "state": stage_state(run, stage), "step": (st.get("step") if st.get("step") is not None
                                                        else (last.step if last else 0)),
-            "total": st.get("total"), "best_val_loss": top.val_loss if top else None,
+            "total": st.get("total"), "best_val_loss": check[1] if check else None,
+            "best_val_step": check[0] if check else None,
+            "best_checkpoint": {"step": top.step, "val_loss": top.val_loss} if top else None,
             "checkpoints": len(list_checkpoints(ck_dir)), "error": st.get("error"),
         }
     return out
+
+
+def best_val_cell(stage: dict) -> str:
+    """A stage summary's best val loss as the run tables show it: the lowest check's, followed by
+    the best checkpoint's where that is another (the weights `acm generate` takes), "" without a check."""
+    if stage.get("best_val_loss") is None:
+        return ""
+    text = f"{stage['best_val_loss']:.4f}"
+    top = stage.get("best_checkpoint")
+    if top is not None and top["val_loss"] != stage["best_val_loss"]:
+        text += f" (checkpoint {'–' if top['val_loss'] is None else format(top['val_loss'], '.4f')})"
+    return text
 
 
 def delete_run(run: Path) -> None:

@@ -1,37 +1,64 @@
 """Runs side by side: the settings that differ between them, and their loss curves on one x axis,
 by step or by tokens seen (which lines up runs whose batches differ in size).
 
-Read as leniently as the run list: a missing or damaged config.toml reads as no settings (each
-key shows as missing), and metrics.jsonl lines that are not reports are skipped.
+A run whose config.toml cannot be read (not TOML, not a file, no permission, empty) is left out of
+the settings compared, and one that reads but does not load as settings (a wrong type, an unknown
+key) is compared as written; each says so in a note (SettingsDiff.notes). metrics.jsonl lines
+that are not reports are skipped.
 """
 from __future__ import annotations
 
 import bisect
+import hashlib
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from core import config
-from core.errors import ConfigError
+from core.errors import AcmError
 from core.paths import Paths
-from core.runs import TRAINING_STAGES, read_metrics
+from core.runs import TRAINING_STAGES, is_count, is_finite, read_metrics, val_checks
 
 MISSING = "–"  # a setting a run's config.toml does not hold
 AXES = ("step", "tokens")
+LONG = 60  # a list longer than this, written as acm.toml writes it, shows in a table as its count and digest
 
 
 # ---------------------------------------------------------------- settings
 
 
-def flat_settings(run: Path) -> dict[str, Any]:
-    """A run's recorded settings under acm.toml's dotted keys ({} when config.toml is missing or
-    unreadable)."""
+@dataclass
+class RunSettings:
+    """A run's recorded settings under acm.toml's dotted keys (None: config.toml could not be read)
+    and what is wrong with its config.toml ("" when nothing)."""
+    run: Path
+    values: dict[str, Any] | None
+    problem: str = ""
+
+    def note(self) -> str:
+        """One line saying what is wrong and what the comparison does about it ("" when nothing)."""
+        if self.values is None:
+            return f"run {self.run.name}: its settings could not be read ({self.problem}); they are not compared"
+        if self.problem:
+            return f"run {self.run.name}: its settings do not load ({self.problem}); they are compared as written"
+        return ""
+
+
+def read_settings(run: Path) -> RunSettings:
+    """A run's settings as its config.toml holds them, checked as acm.toml would be."""
+    path = Paths.run_config(run)
     try:
-        return flatten(config.read_table(Paths.run_config(run)))
-    except ConfigError:
-        return {}
+        table = config.read_table(path)
+    except AcmError as e:
+        return RunSettings(run, None, str(e))
+    if not table:  # acm writes every setting: an empty file holds none, not the defaults
+        return RunSettings(run, None, f"{path}: it is empty")
+    try:
+        config.from_dict(table, source=str(path), root=run)
+    except AcmError as e:
+        return RunSettings(run, flatten(table), str(e))
+    return RunSettings(run, flatten(table))
 
 
 def flatten(table: dict, prefix: str = "") -> dict[str, Any]:
@@ -53,16 +80,44 @@ def shown(value: Any) -> str:
     return str(value)
 
 
-def settings_diff(runs: list[Path]) -> list[tuple[str, ...]]:
-    """(key, the value in each run) for every setting whose value is not the same in all `runs`,
-    by key; a run without the key shows MISSING."""
-    settings = [flat_settings(r) for r in runs]
-    rows = []
+def brief(value: Any) -> str:
+    """A setting for a table cell: as `shown`, but a list longer than LONG characters (eval.tasks)
+    as its count and the start of its digest, which two runs share exactly when their lists are the
+    same, so one cell never holds a page of JSON (--json gives the whole value)."""
+    text = shown(value)
+    if not isinstance(value, list) or len(text) <= LONG:
+        return text
+    return f"{len(value)} item{'' if len(value) == 1 else 's'}, digest {hashlib.sha256(text.encode()).hexdigest()[:8]}"
+
+
+@dataclass
+class SettingsDiff:
+    """The settings that differ between the runs whose config.toml could be read (`read`): (key,
+    the value in each of them, None where one lacks the key: TOML has no null), by key."""
+    runs: list[RunSettings]
+    rows: list[tuple[str, list[Any]]]
+
+    @property
+    def read(self) -> list[RunSettings]:
+        return [s for s in self.runs if s.values is not None]
+
+    def notes(self) -> list[str]:
+        return [s.note() for s in self.runs if s.note()]
+
+    def cells(self) -> list[tuple[str, ...]]:
+        """The rows as a table shows them (long lists in brief)."""
+        return [(key, *(MISSING if v is None else brief(v) for v in values)) for key, values in self.rows]
+
+
+def settings_diff(runs: list[Path]) -> SettingsDiff:
+    """Every setting whose value is not the same in all the runs whose settings could be read."""
+    diff = SettingsDiff([read_settings(r) for r in runs], [])
+    settings = [s.values for s in diff.read]
     for key in sorted(set().union(*settings)):
-        values = tuple(shown(s[key]) if key in s else MISSING for s in settings)
-        if len(set(values)) > 1:
-            rows.append((key, *values))
-    return rows
+        values = [s.get(key) for s in settings]
+        if len({v if v is None else shown(v) for v in values}) > 1:
+            diff.rows.append((key, values))
+    return diff
 
 
 # ---------------------------------------------------------------- curves
@@ -86,26 +141,14 @@ class Curve:
                      [x + offset for x in self.val_xs], self.val_losses)
 
 
-def _count(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
-
-
-def _finite(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
 def _records(run: Path, stage: str, by: str) -> tuple[dict[int, dict], dict[int, float]]:
     """The stage's reports and val checks by step (a step reported twice, as after a resume, keeps
     its newest record); a report without what `by` needs is left out."""
-    reports, checks = {}, {}
-    for r in read_metrics(run, stage):
-        if not isinstance(r, dict) or not _count(r.get("step")):
-            continue
-        if r.get("type") == "metrics" and _finite(r.get("loss")) and (by == "step" or _count(r.get("tokens_seen"))):
-            reports[r["step"]] = r
-        elif r.get("type") == "eval" and _finite(r.get("val_loss")):
-            checks[r["step"]] = float(r["val_loss"])
-    return reports, checks
+    records = read_metrics(run, stage)
+    reports = {r["step"]: r for r in records
+               if r.get("type") == "metrics" and is_count(r.get("step")) and is_finite(r.get("loss"))
+               and (by == "step" or is_count(r.get("tokens_seen")))}
+    return reports, val_checks(records)
 
 
 def nearest(steps: list[int], step: int) -> int:

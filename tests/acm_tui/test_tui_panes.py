@@ -9,7 +9,7 @@ from acm_tui.panes.settings import SettingsPane
 from acm_tui.panes.setup import SetupPane
 from core import config
 from core.errors import ConfigError
-from tests.helpers import fake_run, notified, shown_in_full, text_of, wait_until
+from tests.helpers import check_between_checkpoints, fake_run, notified, shown_in_full, text_of, wait_until
 from tests.pane_host import PaneHost
 
 
@@ -315,6 +315,34 @@ async def test_enter_on_a_done_stage_asks_before_running_it_again_at_80x24(train
         await pilot.press("y")
         await wait_until(pilot, lambda: "tokenizer trained" in text_of(app, "#tokenizer-pane .step-status"))
         assert tabs.active == "tokenizer"
+
+
+async def test_runs_pane_shows_the_lowest_check_and_says_which_settings_it_could_not_read_at_80x24(with_model):
+    from core.paths import Paths
+    from core.runs import checkpoint
+
+    m = with_model / "runs" / "m"
+    top = checkpoint.best(Paths.checkpoints(m, "finetune"))
+    check_between_checkpoints(m, "finetune", 5, top.val_loss - 0.25)  # lower than any stage's checkpoint
+    fake_run(with_model, "b", [(1, 100, 4.0)], []).joinpath("config.toml").write_text("not [toml")
+    tasks = [{"prompt": t.prompt, "expect": t.expect} for t in config.load(m / "config.toml").eval.tasks[:-1]]
+    fake_run(with_model, "c", [(1, 100, 4.0)], [], eval__tasks=tasks)
+    app = PaneHost(RunsPane, with_model / "acm.toml")
+    async with app.run_test(size=(80, 24), notifications=True) as pilot:
+        await select_in_pane(app, pilot, "6", "#runs-table", 3, "m")
+        table = app.query_one("#runs-table", DataTable)
+        assert table.get_row("m")[4] == f"{top.val_loss - 0.25:.4f} (checkpoint {top.val_loss:.4f})"
+        for name in ("m", "b", "c"):
+            select_row(table, name)
+            await pilot.press("space")
+        await pilot.press("c")
+        await notified(pilot, "run b: its settings could not be read (")
+        diff = app.query_one("#runs-diff", DataTable)
+        await wait_until(pilot, lambda: diff.row_count > 0)
+        assert [str(c.label) for c in diff.columns.values()] == ["setting", "m", "c"]
+        rows = {row[0]: row[1:] for row in map(diff.get_row_at, range(diff.row_count))}
+        assert [cell.split(", digest ")[0] for cell in rows["eval.tasks"]] == [f"{len(tasks) + 1} items",
+                                                                               f"{len(tasks)} items"]
 
 
 async def test_runs_pane_compares_marked_runs_by_step_or_tokens_over_their_settings_at_80x24(project):
