@@ -19,6 +19,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict
+from pathlib import Path
 
 import mlx.core as mx
 
@@ -109,18 +110,31 @@ class Slots:
         return slot
 
 
-def evaluate_run(cfg: Config, report: Reporter = no_report, cancel: CancelToken | None = None,
-                 run: str | None = None, samples: int | None = None, max_tokens: int | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> dict:
-    """Evaluate a run's checkpoints (`clock`: what its time budget is measured with)."""
-    cancel = cancel or CancelToken()
-    samples, max_tokens = samples or cfg.eval.samples, max_tokens or cfg.eval.max_tokens
+def _checkpointed(cfg: Config, run: str | None) -> tuple[Path, list[str]]:
+    """The run to evaluate (the latest where none is named) and its stages with a checkpoint."""
     run_path = runs.existing_run(cfg, run) if run else (runs.list_runs(cfg) or [None])[0]
     if run_path is None:
         raise AcmError(f"no runs in {cfg.locations.runs}: train a model first (acm train pretrain)")
     stages = [s for s in runs.TRAINING_STAGES if checkpoint.best(Paths.checkpoints(run_path, s)) is not None]
     if not stages:
         raise AcmError(f"run {run_path.name} has no checkpoint to evaluate")
+    return run_path, stages
+
+
+def _scored(judged: list[Judged], expected: dict[str, re.Pattern], asked: int) -> dict:
+    """A row's generation columns, with the samples asked for (a time budget may draw fewer), and
+    its first examples."""
+    return {"code_generation": {**score(judged, expected), "samples_asked": asked},
+            "examples": examples(judged, expected)}
+
+
+def evaluate_run(cfg: Config, report: Reporter = no_report, cancel: CancelToken | None = None,
+                 run: str | None = None, samples: int | None = None, max_tokens: int | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> dict:
+    """Evaluate a run's checkpoints (`clock`: what its time budget is measured with)."""
+    cancel = cancel or CancelToken()
+    samples, max_tokens = samples or cfg.eval.samples, max_tokens or cfg.eval.max_tokens
+    run_path, stages = _checkpointed(cfg, run)
     params = SamplingParams.from_config(cfg.generate, max_tokens=max_tokens)
     prompts, expected = eval_prompts(cfg.eval, samples), expectations(cfg.eval)
     results = {"run": run_path.name, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "samples": samples,
@@ -139,8 +153,7 @@ def evaluate_run(cfg: Config, report: Reporter = no_report, cancel: CancelToken 
             ticker.advance(note=f"{stage}: {kind} val loss")
         judged = sample_and_judge(lm, prompts, params, timeout, lambda: cancel.cancelled, slots.next())
         cancel.check()
-        row["code_generation"] = {**score(judged, expected), "samples_asked": samples}
-        row["examples"] = examples(judged, expected)
+        row |= _scored(judged, expected, samples)
         ticker.advance(note=f"{stage}: {len(judged)} samples")
         results["stages"][stage] = row
         if stage == stages[-1]:  # the model a user would use: also with syntax-checked sampling
@@ -149,8 +162,7 @@ def evaluate_run(cfg: Config, report: Reporter = no_report, cancel: CancelToken 
             cancel.check()
             results["stages"][f"{stage}+checked"] = {
                 "checkpoint": row["checkpoint"], "step": lm.step, "language": row["language"], "code": row["code"],
-                "code_generation": {**score(chosen, expected), "samples_asked": samples},
-                "examples": examples(chosen, expected)}
+                **_scored(chosen, expected, samples)}
             ticker.advance(note=f"{stage}: syntax-checked sampling")
     ticker.finish()
     results["seconds"] = round(time.perf_counter() - started, 2)

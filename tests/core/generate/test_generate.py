@@ -312,7 +312,8 @@ def test_an_evaluation_budget_bounds_the_samples_never_cuts_one_and_says_so(with
     assert results["cut"] and results["time_budget"] == "1s"
     saved = json.loads((cfg.runs_dir / "m" / "eval.json").read_text())
     assert saved["cut"] and saved["stages"] == results["stages"]
-    note = "cut by its time budget (1s): 8 samples a checkpoint instead of 24, validation on 1 batch a split instead of 2"
+    note = ("cut by its time budget (1s): 8 samples a checkpoint instead of 24, "
+            "validation on 1 batch a split instead of 2")
     assert cut_note(saved) == note
     print_eval_table(saved)
     out = " ".join(capsys.readouterr().out.split())
