@@ -352,8 +352,8 @@ class EvalConfig:
     samples: int = setting(64, "scripts generated per checkpoint", min=1, max=4096)
     max_tokens: int = setting(200, "new tokens per generated script", min=1)
     time: str = setting("", "wall-clock budget for `acm eval` (90s, 10m): samples and validation batches stop "
-                            "when it is spent, each part keeping at least one batch (empty: all of them)",
-                        duration=True)
+                            "when it is spent, each part keeping at least one batch, and the results say what it "
+                            "cut (empty: all of them)", duration=True)
 
 
 @dataclass

@@ -20,6 +20,7 @@ from core.atomic import read_json
 from core.errors import AcmError, one_line
 from core.escapes import unescape
 from core.generate.checked import checked_generate, sample_and_judge
+from core.generate.cut import cut_note
 from core.generate.decode import load_model, stream_generate
 from core.generate.evaluate import evaluate_run
 from core.generate.relevance import expectations, task_verdict
@@ -85,6 +86,7 @@ class GeneratePane(Pane):
         yield Static("Evaluation ([b]acm eval[/b])", classes="heading")
         yield from self.compose_step()
         yield DataTable(id="eval-table", cursor_type="none")
+        yield Static("", id="eval-note")  # what a time budget cut, if anything
 
     def disk_changed(self) -> None:
         self.refresh_checkpoints()
@@ -320,4 +322,7 @@ class GeneratePane(Pane):
         table.clear()
         for row in eval_rows(results):
             table.add_row(*row)
+        note, said = self.query_one("#eval-note", Static), cut_note(results)
+        note.update(Text(said))
+        note.display = bool(said)
 

@@ -19,6 +19,7 @@ from core.engine import Engine, wait_for
 from core.errors import INTERRUPTED, AcmError
 from core.escapes import unescape, utf8
 from core.generate.checked import checked_generate, sample_and_judge
+from core.generate.cut import cut_note
 from core.generate.decode import load_model, stream_generate
 from core.generate.evaluate import evaluate_run
 from core.generate.export import export_checkpoint
@@ -170,10 +171,12 @@ def cmd_eval(args, cfg: Config) -> int:
 
 
 def print_eval_table(results: dict) -> None:
-    """The evaluation as a table on stdout: `acm eval` and the end of `acm pipeline run` print it."""
-    table = Table(*EVAL_COLUMNS, title=f"Evaluation of run {results['run']} (val loss, perplexity; generated "
-                  "bash: share parsing with bash -n, share using what its task expects, mean lines, distinct-2)",
-                  title_justify="left")
+    """The evaluation as a table on stdout: `acm eval` and the end of `acm pipeline run` print it;
+    under it, what its time budget cut, if anything."""
+    table = Table(*EVAL_COLUMNS, title=f"Evaluation of run {results['run']} (samples drawn/asked, perplexity; "
+                  "generated bash: share parsing with bash -n, share using what its task expects, mean lines, "
+                  "distinct-2)", title_justify="left", caption=escape(cut_note(results)) or None,
+                  caption_justify="left", caption_style="yellow")
     rows = eval_rows(results)
     table.columns[0].no_wrap, table.columns[0].min_width = True, max(len(row[0]) for row in rows)  # never cut
     for row in rows:
@@ -256,8 +259,8 @@ def register(sub, add) -> None:
     ev.add_argument("--max-tokens", type=setting_int("eval.max_tokens"),
                     help="new tokens per script (default: eval.max_tokens)")
     ev.add_argument("--time", type=duration, metavar="DURATION",
-                    help="wall-clock budget (90s, 10m): fewer samples and validation batches once it is spent "
-                         "(default: eval.time)")
+                    help="wall-clock budget (90s, 10m): fewer samples and validation batches once it is spent, "
+                         "as the results say (default: eval.time)")
     ex = add(sub, "export", cmd_export, "write a checkpoint as a folder for mlx-lm, transformers or llama.cpp",
              json_flag=False)
     ex.add_argument("run", nargs="?", help="run name (default: the latest run)")

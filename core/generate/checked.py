@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -40,10 +41,14 @@ class Checked(Judged):
 
 @dataclass
 class Deadline:
-    """Sample in small batches until a moment (time.monotonic()), at least one batch: a time
-    budget bounds the number of samples, never cuts one short."""
+    """Sample in small batches until a moment (of `clock`), at least one batch: a time budget
+    bounds the number of samples, never cuts one short."""
     until: float
     rows: int = 8
+    clock: Callable[[], float] = time.monotonic
+
+    def passed(self) -> bool:
+        return self.clock() >= self.until
 
 
 def _sample(lm: LoadedModel, prompts: list[str], params: SamplingParams, should_stop,
@@ -51,7 +56,7 @@ def _sample(lm: LoadedModel, prompts: list[str], params: SamplingParams, should_
     samples: list[Sample] = []
     rows = deadline.rows * group if deadline else BATCH_ROWS
     for start in range(0, len(prompts), rows):
-        if should_stop() or (deadline and samples and time.monotonic() >= deadline.until):
+        if should_stop() or (deadline and samples and deadline.passed()):
             break
         batch, _ = generate_batch(lm, prompts[start:start + rows], params, should_stop)
         samples += batch

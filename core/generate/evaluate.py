@@ -7,6 +7,8 @@ run). So that trivial or cut-off output can't score, the parse rate is given ove
 (ended by <EOS>) and over all of them, beside the truncated share, mean lines and distinct-2; so
 that bash-shaped noise can't, relevance says how many use what their task expects. The fine-tuned
 checkpoint is also scored with syntax-checked sampling (the best of `generate.candidates`).
+A time budget (eval.time) bounds the samples and validation batches: each part records how many it
+drew of those asked, and the results whether anything was cut (core/generate/cut.py reads it back).
 Results go to runs/<run>/eval.json.
 """
 from __future__ import annotations
@@ -15,7 +17,9 @@ import json
 import math
 import re
 import time
+from collections.abc import Callable
 from dataclasses import asdict
+from pathlib import Path
 
 import mlx.core as mx
 
@@ -24,6 +28,7 @@ from core.atomic import write_text, writing
 from core.config import Config, parse_duration
 from core.errors import AcmError
 from core.generate.checked import Deadline, Judged, checked_generate, sample_and_judge
+from core.generate.cut import cuts
 from core.generate.decode import load_model
 from core.generate.relevance import eval_prompts, expectations, relevance, uses
 from core.generate.sampling import SamplingParams
@@ -40,7 +45,8 @@ def distinct_n(token_lists: list[list[int]], n: int = 2) -> float:
 
 
 def val_loss(lm, cfg: Config, kind: str, batches: int, deadline: Deadline | None = None) -> dict:
-    """Mean loss over `batches` fixed validation batches (fewer, at least one, once a deadline passes)."""
+    """Mean loss over `batches` fixed validation batches (fewer, at least one, once a deadline
+    passes), with the batches read and those asked for."""
     if lm.tokenizer.path != cfg.locations.tokenizer_file:  # the stage's own copy: the shards are another's
         raise AcmError(f"run {lm.run}'s {lm.stage} was trained with another tokenizer than "
                        f"{cfg.locations.tokenizer_file}, so the token shards cannot measure its validation loss; "
@@ -50,13 +56,14 @@ def val_loss(lm, cfg: Config, kind: str, batches: int, deadline: Deadline | None
     b = Batches(shards, seq, cfg.train.pretrain.batch_size, seed=0, what=f"{kind} val shards")
     losses = []
     for i in range(batches):
-        if losses and deadline and time.monotonic() >= deadline.until:
+        if losses and deadline and deadline.passed():
             break
         x, y = b.val(i)
         losses.append(lm.model.loss(mx.array(x), mx.array(y)))
         mx.eval(losses[-1])
     loss = float(mx.mean(mx.stack(losses)).item())
-    return {"val_loss": round(loss, 4), "perplexity": round(math.exp(min(loss, 50)), 2)}
+    return {"val_loss": round(loss, 4), "perplexity": round(math.exp(min(loss, 50)), 2), "batches": len(losses),
+            "batches_asked": batches}
 
 
 def score(judged: list[Judged], expected: dict[str, re.Pattern] | None = None) -> dict:
@@ -87,38 +94,54 @@ def examples(judged: list[Judged], expected: dict[str, re.Pattern], n: int = 3) 
 
 
 class Slots:
-    """A time budget (eval.time) shared evenly by the parts of an evaluation still to come."""
+    """A time budget (eval.time) shared evenly by the parts of an evaluation still to come, on `clock`."""
 
-    def __init__(self, budget_s: float | None, parts: int):
-        self.end = time.monotonic() + budget_s if budget_s else None
+    def __init__(self, budget_s: float | None, parts: int, clock: Callable[[], float] = time.monotonic):
+        self.clock = clock
+        self.end = clock() + budget_s if budget_s else None
         self.parts = parts
 
     def next(self) -> Deadline | None:
         if self.end is None:
             return None
-        now, self.parts = time.monotonic(), max(self.parts, 1)
-        slot = Deadline(now + max(self.end - now, 0) / self.parts)
+        now, self.parts = self.clock(), max(self.parts, 1)
+        slot = Deadline(now + max(self.end - now, 0) / self.parts, clock=self.clock)
         self.parts -= 1
         return slot
 
 
-def evaluate_run(cfg: Config, report: Reporter = no_report, cancel: CancelToken | None = None,
-                 run: str | None = None, samples: int | None = None, max_tokens: int | None = None) -> dict:
-    cancel = cancel or CancelToken()
-    samples, max_tokens = samples or cfg.eval.samples, max_tokens or cfg.eval.max_tokens
+def _checkpointed(cfg: Config, run: str | None) -> tuple[Path, list[str]]:
+    """The run to evaluate (the latest where none is named) and its stages with a checkpoint."""
     run_path = runs.existing_run(cfg, run) if run else (runs.list_runs(cfg) or [None])[0]
     if run_path is None:
         raise AcmError(f"no runs in {cfg.locations.runs}: train a model first (acm train pretrain)")
     stages = [s for s in runs.TRAINING_STAGES if checkpoint.best(Paths.checkpoints(run_path, s)) is not None]
     if not stages:
         raise AcmError(f"run {run_path.name} has no checkpoint to evaluate")
+    return run_path, stages
+
+
+def _scored(judged: list[Judged], expected: dict[str, re.Pattern], asked: int) -> dict:
+    """A row's generation columns, with the samples asked for (a time budget may draw fewer), and
+    its first examples."""
+    return {"code_generation": {**score(judged, expected), "samples_asked": asked},
+            "examples": examples(judged, expected)}
+
+
+def evaluate_run(cfg: Config, report: Reporter = no_report, cancel: CancelToken | None = None,
+                 run: str | None = None, samples: int | None = None, max_tokens: int | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> dict:
+    """Evaluate a run's checkpoints (`clock`: what its time budget is measured with)."""
+    cancel = cancel or CancelToken()
+    samples, max_tokens = samples or cfg.eval.samples, max_tokens or cfg.eval.max_tokens
+    run_path, stages = _checkpointed(cfg, run)
     params = SamplingParams.from_config(cfg.generate, max_tokens=max_tokens)
     prompts, expected = eval_prompts(cfg.eval, samples), expectations(cfg.eval)
     results = {"run": run_path.name, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "samples": samples,
                "tasks": [asdict(task) for task in cfg.eval.tasks], "prompts": cfg.eval.prompts,
-               "candidates": cfg.generate.candidates, "stages": {}}
+               "candidates": cfg.generate.candidates, "time_budget": cfg.eval.time or None, "stages": {}}
     ticker = Ticker(report, "evaluating", len(stages) * 3 + 1, interval=0)
-    slots = Slots(parse_duration(cfg.eval.time, "eval.time") if cfg.eval.time else None, len(stages) * 3 + 1)
+    slots = Slots(parse_duration(cfg.eval.time, "eval.time") if cfg.eval.time else None, len(stages) * 3 + 1, clock)
     timeout = cfg.data.code.syntax_timeout_s
     started = time.perf_counter()
     for stage in stages:
@@ -130,7 +153,7 @@ def evaluate_run(cfg: Config, report: Reporter = no_report, cancel: CancelToken 
             ticker.advance(note=f"{stage}: {kind} val loss")
         judged = sample_and_judge(lm, prompts, params, timeout, lambda: cancel.cancelled, slots.next())
         cancel.check()
-        row["code_generation"], row["examples"] = score(judged, expected), examples(judged, expected)
+        row |= _scored(judged, expected, samples)
         ticker.advance(note=f"{stage}: {len(judged)} samples")
         results["stages"][stage] = row
         if stage == stages[-1]:  # the model a user would use: also with syntax-checked sampling
@@ -139,10 +162,11 @@ def evaluate_run(cfg: Config, report: Reporter = no_report, cancel: CancelToken 
             cancel.check()
             results["stages"][f"{stage}+checked"] = {
                 "checkpoint": row["checkpoint"], "step": lm.step, "language": row["language"], "code": row["code"],
-                "code_generation": score(chosen, expected), "examples": examples(chosen, expected)}
+                **_scored(chosen, expected, samples)}
             ticker.advance(note=f"{stage}: syntax-checked sampling")
     ticker.finish()
     results["seconds"] = round(time.perf_counter() - started, 2)
+    results["cut"] = any(cuts(results).values())  # fewer samples or validation batches than asked
     with writing(f"the evaluation {Paths.eval_results(run_path)}"):
         write_text(Paths.eval_results(run_path), json.dumps(results, indent=1) + "\n")
     return results

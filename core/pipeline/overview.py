@@ -17,6 +17,7 @@ from core.atomic import read_json
 from core.config import Config
 from core.data.corpus import sha256_file
 from core.errors import READ_BACK_ERRORS
+from core.generate.cut import cut_note
 from core.paths import CORPORA, Paths
 from core.progress import Progress
 from core.runs import checkpoint
@@ -146,8 +147,9 @@ def _eval_status(cfg: Config, label: str) -> StageStatus:
     newest = max((c.path.stat().st_mtime for st in runs.TRAINING_STAGES
                   for c in checkpoint.list_checkpoints(Paths.checkpoints(run, st))), default=0)
     parts = [f"{st}: bash parses {r['code_generation']['parse_rate']:.0%}" for st, r in result["stages"].items()]
+    cut = cut_note(result)  # a budget's short evaluation says so wherever it is listed
     return StageStatus("evaluate", label, "stale" if newest > ev.stat().st_mtime else "done",
-                       f"run {run.name}: " + ", ".join(parts))
+                       f"run {run.name}: " + ", ".join(parts) + (f"; {cut}" if cut else ""))
 
 
 def run_stage(cfg: Config, name: str, report, cancel, on_engine: Callable[..., Any], train_emit=None,

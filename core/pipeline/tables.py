@@ -8,6 +8,7 @@ from collections.abc import Callable
 from rich.text import Text
 
 from core.errors import READ_BACK_ERRORS
+from core.generate.cut import drawn_of_asked
 from core.pipeline.doctor import Check
 from core.presets import ModelShape, human_count
 
@@ -15,7 +16,7 @@ CORPUS_COLUMNS = ("dataset", "documents", "words", "tokens (est)", "size", "line
 TOKENIZER_COLUMNS = ("tokenizer", "code share", "chars/token language", "chars/token bash")
 SOURCE_COLUMNS = ("source", "documents", "raw", "rejected", "examples dropped")
 SHARD_COLUMNS = ("corpus", "train tokens", "val tokens", "train docs", "val docs", "dtype")
-EVAL_COLUMNS = ("stage", "step", "lang ppl", "code ppl", "parses (complete)", "parses (all)", "relevant",
+EVAL_COLUMNS = ("stage", "step", "samples", "lang ppl", "code ppl", "parses (complete)", "parses (all)", "relevant",
                 "relevant & parses", "truncated", "shellcheck clean", "mean lines", "dist-2")
 PRESET_COLUMNS = ("preset", "params", "layers", "hidden", "heads", "FFN", "context", "vocab", "tied")
 DOCTOR_COLUMNS = ("check", "found", "status")
@@ -88,13 +89,15 @@ def _share(value: float | None, missing: str = "–") -> str:
 
 @_tolerant(EVAL_COLUMNS, 'eval.json', many=True)
 def eval_rows(results: dict) -> list[list[str]]:
-    """One row per stage (and the fine-tuned model with syntax-checked sampling); relevance is –
+    """One row per stage (and the fine-tuned model with syntax-checked sampling); samples are those
+    drawn of those asked (fewer where a time budget cut them: `cut_note` says so); relevance is –
     where no task has an expectation (or the evaluation predates relevance)."""
     rows = []
     for stage, r in results["stages"].items():
         g = r["code_generation"]
-        rows.append([stage, str(r["step"]), str(r["language"]["perplexity"]), str(r["code"]["perplexity"]),
-                     _share(g.get("parse_rate_complete"), "no complete"), _share(g["parse_rate"]),
+        rows.append([stage, str(r["step"]), drawn_of_asked(results, g), str(r["language"]["perplexity"]),
+                     str(r["code"]["perplexity"]), _share(g.get("parse_rate_complete"), "no complete"),
+                     _share(g["parse_rate"]),
                      _share(g.get("relevant")), _share(g.get("relevant_and_parses")),
                      _share(g.get("truncated")), _share(g.get("shellcheck_clean"), "not installed"),
                      str(g.get("mean_lines", "–")), str(g["distinct_2"])])

@@ -32,7 +32,10 @@ def checks(step: int, steps: int, every: int) -> int:
 
 class Calibration:
     """Times the steps after the first (whose time is mostly compilation) until the measurement
-    is long enough to trust: at least 3 steps and 2% of the budget (or half a second).
+    is long enough to trust: at least 3 steps and 2% of the budget (or half a second) of steps.
+    What the loop set aside meanwhile (a validation check, live samples, a checkpoint, a pause) is
+    no step's: the first check also compiles its graph, seconds on a CPU whose kernel cache is cold,
+    and counted as steps it made the plan several times too short.
 
     A validation batch is one micro-batch forward, EVAL_COST of one micro-batch's step: a step of
     `grad_accum` micro-batches costs that many. `eval_batches` 0 (no validation set) plans no checks."""
@@ -42,14 +45,15 @@ class Calibration:
         self.budget_s, self.started = budget_s, started
         self.eval_every, self.eval_batches = eval_every, eval_batches
         self.batch_cost = EVAL_COST / grad_accum  # of a step
-        self.first: tuple[int, float] | None = None
+        self.first: tuple[int, float, float] | None = None
 
-    def observe(self, step: int, now: float) -> float | None:
-        """Seconds a training step once measured, else None."""
+    def observe(self, step: int, now: float, aside: float = 0.0) -> float | None:
+        """Seconds a training step once measured, else None (`aside`: the seconds the loop has
+        set aside so far, on the same clock)."""
         if self.first is None:
-            self.first = (step, now)
+            self.first = (step, now, aside)
             return None
-        steps, seconds = step - self.first[0], now - self.first[1]
+        steps, seconds = step - self.first[0], (now - self.first[1]) - (aside - self.first[2])
         enough = max(0.02 * self.budget_s, 0.5) if self.budget_s else 0.5
         if steps < 3 or seconds < enough:
             return None

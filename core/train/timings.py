@@ -46,7 +46,7 @@ class Timings:
         """The first `steps` steps (compilation, warm-up) are timed: steady steps from here."""
         if self.first_at is None and self.loop_at is not None:
             self.first_at, self.first_steps = self.clock(), steps
-            self.aside_at_first = self._aside()
+            self.aside_at_first = self.set_aside()
 
     @contextlib.contextmanager
     def aside(self, part: str, saves: int = 0) -> Iterator[None]:
@@ -63,11 +63,11 @@ class Timings:
         """The last of `steps` steps is done: what follows (the last write's wait, the stage's end) is
         not the loop's."""
         if self.loop_end is None:
-            self.loop_end, self.aside_at_end = self.clock(), self._aside()
+            self.loop_end, self.aside_at_end = self.clock(), self.set_aside()
             self.all_steps = steps
 
-    def _aside(self) -> float:
-        """All the time set aside so far."""
+    def set_aside(self) -> float:
+        """All the time set aside so far: no step's (the budget's calibration leaves it out)."""
         return sum(sum(times) for times in self.each.values())
 
     def end(self) -> None:
@@ -78,7 +78,7 @@ class Timings:
         ended = self.ended if self.ended is not None else self.clock()
         loop_at = self.loop_at if self.loop_at is not None else ended
         loop_end = self.loop_end if self.loop_end is not None else ended
-        in_loop = self.aside_at_end if self.loop_end is not None else self._aside()
+        in_loop = self.aside_at_end if self.loop_end is not None else self.set_aside()
         compile_s, steps = 0.0, loop_end - loop_at - in_loop  # never timed: all of the loop is steps
         if self.first_at is not None:
             first = self.first_at - loop_at - self.aside_at_first

@@ -587,7 +587,7 @@ class Trainer:
         if self.calibration is None:
             return
         now, st = self.clock(), self.state
-        step_s = self.calibration.observe(st.step, now)
+        step_s = self.calibration.observe(st.step, now, self.timings.set_aside())
         if self.world > 1:  # every rank must plan the same steps at the same step: rank 0 decides
             step_s = self._from_main([step_s or 0.0])[0] or None
         if step_s is None:

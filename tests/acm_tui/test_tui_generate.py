@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import re
 import threading
 
@@ -167,3 +168,27 @@ async def test_a_task_prompt_is_told_whether_its_script_uses_what_the_task_expec
         await pilot.press("enter")
         await wait_until(pilot, lambda: pane.stop_event is None and len(pane.transcript) == 2)
         assert text_of(app, "#gen-output").count("uses what the task expects") == 1
+
+
+async def test_the_evaluation_view_says_what_a_time_budget_cut(with_model):
+    cfg = config.load(with_model / "acm.toml")
+    cfg.eval.samples, cfg.eval.max_tokens = 2, 4
+    config.save(cfg, with_model / "acm.toml")
+    row = {"step": 10, "language": {"perplexity": 9.0, "batches": 1, "batches_asked": 20},
+           "code": {"perplexity": 7.0, "batches": 3, "batches_asked": 20},
+           "code_generation": {"samples": 8, "samples_asked": 64, "parse_rate": 0.5, "distinct_2": 0.8}}
+    cut = {"run": "m", "samples": 64, "time_budget": "2m", "stages": {"finetune": row}}
+    (with_model / "runs" / "m" / "eval.json").write_text(json.dumps(cut))
+    app = PaneHost(GeneratePane, with_model / "acm.toml")
+    async with app.run_test(size=(100, 50)) as pilot:
+        await pilot.press("5")
+        table = app.query_one("#eval-table", DataTable)
+        columns = [str(c.label) for c in table.columns.values()]
+        assert table.get_row_at(0)[columns.index("samples")] == "8/64"
+        assert text_of(app, "#eval-note") == ("cut by its time budget (2m): 8 samples a checkpoint instead of 64, "
+                                              "validation on 1 to 3 batches a split instead of 20")
+        assert shown_in_full(app, "#eval-note")
+        await pilot.press("e")  # eval.time unset: every sample and batch asked for
+        await wait_until(pilot, lambda: table.row_count == 3, timeout=120)
+        assert [table.get_row_at(i)[columns.index("samples")] for i in range(3)] == ["2/2"] * 3
+        assert not app.query_one("#eval-note").display

@@ -8,6 +8,7 @@ from mlx.utils import tree_flatten
 
 from core.atomic import read_json, write_text
 from core.config import Config
+from core.generate.cut import cut_note, drawn_of_asked
 from core.generate.decode import LoadedModel
 from core.generate.export import commands
 from core.generate.sampling import PENALTY_WINDOW
@@ -100,22 +101,25 @@ def _training(lm: LoadedModel, facts: dict) -> list[str]:
 
 
 def _evaluation(facts: dict) -> list[str]:
-    stages = facts.get("eval", {}).get("stages", {})
+    results = facts.get("eval", {})
+    stages = results.get("stages", {})
     if not stages:
         return ["## Evaluation", "", "Not evaluated yet (`acm eval` writes the table this card shows).", ""]
     rows = ["## Evaluation (`acm eval`)", "",
-            "| checkpoint | language ppl | code ppl | parses (complete) | parses (all) | relevant | relevant & parses "
-            "| truncated | distinct-2 |",
-            "|---|---|---|---|---|---|---|---|---|"]
+            "| checkpoint | samples | language ppl | code ppl | parses (complete) | parses (all) | relevant "
+            "| relevant & parses | truncated | distinct-2 |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in stages.items():
         g = r.get("code_generation", {})
-        rows.append(f"| {name} | {_num(r.get('language', {}).get('perplexity'))} | "
+        rows.append(f"| {name} | {drawn_of_asked(results, g)} | {_num(r.get('language', {}).get('perplexity'))} | "
                     f"{_num(r.get('code', {}).get('perplexity'))} | {_pct(g.get('parse_rate_complete'))} | "
                     f"{_pct(g.get('parse_rate'))} | {_pct(g.get('relevant'))} | {_pct(g.get('relevant_and_parses'))} | "
                     f"{_pct(g.get('truncated'))} | {_num(g.get('distinct_2'))} |")
-    return rows + ["", "Relevant: the share of samples that use what their task's prompt asks for (`eval.tasks`: "
-                   "`pg_dump` for a PostgreSQL backup); relevant & parses: those that also parse with `bash -n`.",
-                   ""]
+    cut = cut_note(results)
+    return rows + ["", *([f"**{cut[0].upper()}{cut[1:]}.**", ""] if cut else []),
+                   "Samples: scripts generated and scored, of those asked for. Relevant: the share of samples that "
+                   "use what their task's prompt asks for (`eval.tasks`: `pg_dump` for a PostgreSQL backup); "
+                   "relevant & parses: those that also parse with `bash -n`.", ""]
 
 
 def _num(v) -> str:

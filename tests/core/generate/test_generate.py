@@ -20,6 +20,7 @@ from core.generate.sampling import (
     sample,
 )
 from core.tokenizer.bpe import BOS_ID
+from tests.helpers import SteppingClock
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +93,9 @@ def test_evaluate_compares_pretrain_and_finetune(with_model):
         assert (g["parse_rate_complete"] is None) == (not complete and g["truncated"] == 1)
     saved = json.loads((cfg.runs_dir / "m" / "eval.json").read_text())
     assert saved["stages"]["finetune"]["step"] == 10
+    assert not saved["cut"] and saved["time_budget"] is None  # no budget: every sample and batch asked for
+    assert all(r["code_generation"]["samples_asked"] == 3 and r["code"]["batches"] == r["code"]["batches_asked"] == 2
+               for r in saved["stages"].values())
     assert distinct_n([[1, 2, 1, 2]], 2) == round(2 / 3, 4)
 
 
@@ -295,13 +299,46 @@ def test_a_bf16_model_is_served_in_bf16_and_exported_from_its_float32_weights(pr
     assert last.generated >= 1
 
 
-def test_an_evaluation_budget_bounds_the_samples_never_cuts_one(with_model):
-    from core.generate.evaluate import evaluate_run
+def test_an_evaluation_budget_bounds_the_samples_never_cuts_one_and_says_so(with_model, capsys):
+    from core.cli.generate import print_eval_table
+    from core.generate.cut import cut_note
 
     cfg = config.load(with_model / "acm.toml")
-    cfg.eval.samples, cfg.eval.max_tokens, cfg.eval.time = 256, 40, "1s"
-    results = evaluate_run(cfg)
-    for row in results["stages"].values():
-        n = row["code_generation"]["samples"]
-        assert 1 <= n < 256 and n % 8 == 0  # whole batches of 8 prompts, at least one
-    assert results["seconds"] < 60
+    cfg.eval.samples, cfg.eval.max_tokens, cfg.eval.time = 24, 8, "1s"
+    results = evaluate_run(cfg, clock=SteppingClock(10.0))  # each part's slot is spent at once: one batch each
+    for row in results["stages"].values():  # whole batches of 8 prompts (of 3 candidates, checked), at least one
+        assert (row["code_generation"]["samples"], row["code_generation"]["samples_asked"]) == (8, 24)
+        assert [(row[k]["batches"], row[k]["batches_asked"]) for k in ("language", "code")] == [(1, 2), (1, 2)]
+    assert results["cut"] and results["time_budget"] == "1s"
+    saved = json.loads((cfg.runs_dir / "m" / "eval.json").read_text())
+    assert saved["cut"] and saved["stages"] == results["stages"]
+    note = ("cut by its time budget (1s): 8 samples a checkpoint instead of 24, "
+            "validation on 1 batch a split instead of 2")
+    assert cut_note(saved) == note
+    print_eval_table(saved)
+    out = " ".join(capsys.readouterr().out.split())
+    assert out.count("│ 8/24 │") == 3 and note in out
+
+
+def test_a_cut_evaluation_is_marked_wherever_it_is_listed(with_model):
+    """Written before evaluations recorded what each part asked for, an eval.json still shows its
+    samples' cut, from the samples the evaluation asked for; one with all of them shows none."""
+    from core.generate.cut import cut_note
+    from core.generate.export.card import _evaluation
+    from core.pipeline.overview import pipeline_status
+    from core.pipeline.tables import EVAL_COLUMNS, eval_rows
+
+    row = {"step": 10, "language": {"perplexity": 9.0}, "code": {"perplexity": 7.0},
+           "code_generation": {"samples": 16, "parse_rate": 0.5, "distinct_2": 0.8}}
+    older = {"run": "m", "samples": 64, "stages": {"pretrain": row, "finetune": row}}
+    (with_model / "runs" / "m" / "eval.json").write_text(json.dumps(older))
+    note = "cut by its time budget: 16 samples a checkpoint instead of 64"
+    assert cut_note(older) == note
+    assert [dict(zip(EVAL_COLUMNS, r))["samples"] for r in eval_rows(older)] == ["16/64", "16/64"]
+    card = "\n".join(_evaluation({"eval": older}))
+    assert "| finetune | 16/64 | 9.00 |" in card and f"**C{note[1:]}.**" in card
+    (status,) = [s for s in pipeline_status(config.load(with_model / "acm.toml")) if s.name == "evaluate"]
+    assert status.detail == f"run m: pretrain: bash parses 50%, finetune: bash parses 50%; {note}"
+    whole = older | {"samples": 16}
+    assert cut_note(whole) == "" and "Cut by" not in "\n".join(_evaluation({"eval": whole}))
+    assert cut_note({"stages": []}).startswith("whether a time budget cut this evaluation is unknown")

@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import signal
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from core.errors import AcmError
 from core.paths import Paths
 from core.runs import checkpoint, read_metrics
 from core.train.schedule import lr_at
-from core.train.trainer import Control, TrainingError, train_stage
+from core.train.trainer import Control, Trainer, TrainingError, train_stage
 from tests.helpers import ROOT, SteppingClock, losses
 
 
@@ -521,6 +522,46 @@ def test_the_budget_planner_fits_the_steps_left_after_timing_the_first():
     capped = calibration.plan(6, 7.0, step_s, warmup=200, most=50)  # --steps 50: fewer than fit
     assert (capped.total, capped.warmup, capped.eval_batches) == (50, 5, 2)
     assert calibration.plan(7, 7.0, step_s, warmup=2, most=7).total == 7  # timed at the last step asked for
+
+
+def test_the_budget_planner_leaves_what_the_loop_set_aside_out_of_a_step_s_time():
+    from core.train.budget import Calibration
+
+    calibration = Calibration(100.0, started=0.0, eval_every=2, eval_batches=2)
+    assert calibration.observe(1, 5.0, aside=0.3) is None
+    assert calibration.observe(4, 36.0, aside=30.5) is None  # 3 steps in 0.8 s of steps: under 2% of the budget
+    # 5 steps in 32.5 s, 30.2 s of them set aside (the first check, compiling): 2.3 s of steps
+    assert calibration.observe(6, 37.5, aside=30.5) == pytest.approx(0.46)
+
+
+class FirstCheckCompiles(Trainer):
+    """Its first validation batch takes 30 s more on its clock (a SteppingClock): MLX compiling the
+    check's graph, as on a CPU whose kernel cache is cold."""
+
+    def _setup(self) -> None:
+        super()._setup()
+        loss, cold = self.eval_loss, [True]
+
+        def first_compiles(x, y):
+            if cold:
+                self.clock.now += 30.0
+                cold.clear()
+            return loss(x, y)
+
+        self.eval_loss = first_compiles
+
+
+def test_a_fine_tune_s_budget_plan_leaves_the_first_check_s_compile_out_of_its_steps(prepared):
+    cfg = load(prepared)
+    run = cfg.runs_dir / "cold"
+    train_stage(cfg, "pretrain", run, max_steps=1)
+    sc = cfg.train.finetune
+    sc.time, sc.eval_every, sc.save_every, sc.log_every = "60s", 2, 1000, 1  # a check among the timed steps
+    FirstCheckCompiles(cfg, "finetune", run, max_steps=8, clock=SteppingClock(0.1)).run()
+    log = (run / "finetune" / "train.log").read_text()
+    steps, ms = re.search(r"finetune: time budget 1 min 00 s: ([\d,]+) steps at (\d+) ms a step", log).groups()
+    # steps of a few clock reads each, the 30 s already spent: counted as steps, the check made them 10 s each
+    assert int(ms) < 1000 and int(steps.replace(",", "")) > 20
 
 
 def test_a_short_budget_reads_fewer_validation_batches_rather_than_outlast_itself():

@@ -1,0 +1,53 @@
+"""What a time budget (eval.time, `acm eval --time`) left out of an evaluation, read back from its
+results (eval.json). Every place that shows an evaluation says so: one scored on fewer samples or
+validation batches than asked is never compared with a whole one unawares. An eval.json written
+before the evaluation recorded what it asked for still shows its samples' cut (its `samples`).
+"""
+from __future__ import annotations
+
+from core.errors import READ_BACK_ERRORS
+
+KINDS = ("language", "code")  # the validation splits of a row
+
+
+def asked_samples(results: dict, generation: dict) -> int | None:
+    """The samples a row's generation was asked for (None where the file does not say)."""
+    return generation.get("samples_asked", results.get("samples"))
+
+
+def drawn_of_asked(results: dict, generation: dict) -> str:
+    """A row's samples as "drawn/asked" ("24/64"), or what the file says of them."""
+    drawn, asked = generation.get("samples"), asked_samples(results, generation)
+    return "–" if drawn is None else f"{drawn}/{asked}" if asked is not None else str(drawn)
+
+
+def cuts(results: dict) -> dict[str, list[tuple[int, int]]]:
+    """(drawn, asked) of each part drawn short: "samples" a row, "batches" a validation split."""
+    out: dict[str, list[tuple[int, int]]] = {"samples": [], "batches": []}
+    for row in results["stages"].values():
+        g = row["code_generation"]
+        out["samples"].append((g.get("samples"), asked_samples(results, g)))
+        out["batches"] += [(row[k]["batches"], row[k]["batches_asked"]) for k in KINDS if "batches" in row[k]]
+    return {part: [(d, a) for d, a in pairs if None not in (d, a) and d < a] for part, pairs in out.items()}
+
+
+def _fewer(pairs: list[tuple[int, int]], units: tuple[str, str], per: str) -> str:
+    """e.g. "8 to 24 samples a checkpoint instead of 64" (units: the word for one, for several)."""
+    low, high = min(d for d, _ in pairs), max(d for d, _ in pairs)
+    drawn = f"{low} {units[low != 1]}" if low == high else f"{low} to {high} {units[1]}"
+    return f"{drawn} a {per} instead of {max(a for _, a in pairs)}"
+
+
+def cut_note(results: dict) -> str:
+    """One line saying what the time budget cut ("" where nothing was)."""
+    try:
+        found = cuts(results)
+    except READ_BACK_ERRORS:
+        return "whether a time budget cut this evaluation is unknown: eval.json is damaged"
+    pieces = ([_fewer(found["samples"], ("sample", "samples"), "checkpoint")] if found["samples"] else []) + (
+        [f"validation on {_fewer(found['batches'], ('batch', 'batches'), 'split')}"] if found["batches"] else [])
+    if not pieces:
+        return ""
+    budget = results.get("time_budget")
+    named = f" ({budget})" if isinstance(budget, str) and budget else ""
+    return f"cut by its time budget{named}: " + ", ".join(pieces)
