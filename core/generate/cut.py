@@ -1,7 +1,8 @@
-"""What a time budget (eval.time, `acm eval --time`) left out of an evaluation, read back from its
-results (eval.json). Every place that shows an evaluation says so: one scored on fewer samples or
-validation batches than asked is never compared with a whole one unawares. An eval.json written
-before the evaluation recorded what it asked for still shows its samples' cut (its `samples`).
+"""What a time budget (eval.time, `acm eval --time`), or a damaged checkpoint, left out of an
+evaluation, read back from its results (eval.json). Every place that shows an evaluation says so:
+one scored on fewer samples or validation batches than asked is never compared with a whole one
+unawares. An eval.json written before the evaluation recorded what it asked for still shows its
+samples' cut (its `samples`).
 """
 from __future__ import annotations
 
@@ -39,15 +40,16 @@ def _fewer(pairs: list[tuple[int, int]], units: tuple[str, str], per: str) -> st
 
 
 def cut_note(results: dict) -> str:
-    """One line saying what the time budget cut ("" where nothing was)."""
+    """One line saying what the evaluation left out: what the time budget cut, and the checkpoints
+    it passed over as damaged ("" where nothing was)."""
     try:
         found = cuts(results)
     except READ_BACK_ERRORS:
         return "whether a time budget cut this evaluation is unknown: eval.json is damaged"
     pieces = ([_fewer(found["samples"], ("sample", "samples"), "checkpoint")] if found["samples"] else []) + (
         [f"validation on {_fewer(found['batches'], ('batch', 'batches'), 'split')}"] if found["batches"] else [])
-    if not pieces:
-        return ""
     budget = results.get("time_budget")
     named = f" ({budget})" if isinstance(budget, str) and budget else ""
-    return f"cut by its time budget{named}: " + ", ".join(pieces)
+    passed = results.get("passed_over")
+    return "; ".join(([f"cut by its time budget{named}: " + ", ".join(pieces)] if pieces else [])
+                     + ([p for p in passed if isinstance(p, str)] if isinstance(passed, list) else []))

@@ -29,7 +29,7 @@ from core.config import Config, parse_duration
 from core.errors import AcmError
 from core.generate.checked import Deadline, Judged, checked_generate, sample_and_judge
 from core.generate.cut import cuts
-from core.generate.decode import load_model
+from core.generate.decode import find_checkpoint, load_model
 from core.generate.relevance import eval_prompts, expectations, relevance, uses
 from core.generate.sampling import SamplingParams
 from core.paths import Paths
@@ -110,15 +110,19 @@ class Slots:
         return slot
 
 
-def _checkpointed(cfg: Config, run: str | None) -> tuple[Path, list[str]]:
-    """The run to evaluate (the latest where none is named) and its stages with a checkpoint."""
+def _checkpointed(cfg: Config, run: str | None) -> tuple[Path, list[str], list[str]]:
+    """The run to evaluate (the latest where none is named), its stages with a checkpoint, and a line
+    for each stage whose checkpoints are all damaged (left out, never silently)."""
     run_path = runs.existing_run(cfg, run) if run else (runs.list_runs(cfg) or [None])[0]
     if run_path is None:
         raise AcmError(f"no runs in {cfg.locations.runs}: train a model first (acm train pretrain)")
     stages = [s for s in runs.TRAINING_STAGES if checkpoint.best(Paths.checkpoints(run_path, s)) is not None]
     if not stages:
+        find_checkpoint(cfg, run_path.name)  # says why: damaged checkpoints, or none
         raise AcmError(f"run {run_path.name} has no checkpoint to evaluate")
-    return run_path, stages
+    damaged = {s: checkpoint.damaged(Paths.checkpoints(run_path, s)) for s in runs.TRAINING_STAGES if s not in stages}
+    return run_path, stages, [f"{s}: not evaluated, no readable checkpoint ({', '.join(d.name for d in bad)}: "
+                              f"damaged state.json)" for s, bad in damaged.items() if bad]
 
 
 def _scored(judged: list[Judged], expected: dict[str, re.Pattern], asked: int) -> dict:
@@ -134,7 +138,7 @@ def evaluate_run(cfg: Config, report: Reporter = no_report, cancel: CancelToken 
     """Evaluate a run's checkpoints (`clock`: what its time budget is measured with)."""
     cancel = cancel or CancelToken()
     samples, max_tokens = samples or cfg.eval.samples, max_tokens or cfg.eval.max_tokens
-    run_path, stages = _checkpointed(cfg, run)
+    run_path, stages, passed_over = _checkpointed(cfg, run)
     params = SamplingParams.from_config(cfg.generate, max_tokens=max_tokens)
     prompts, expected = eval_prompts(cfg.eval, samples), expectations(cfg.eval)
     results = {"run": run_path.name, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "samples": samples,
@@ -146,6 +150,7 @@ def evaluate_run(cfg: Config, report: Reporter = no_report, cancel: CancelToken 
     started = time.perf_counter()
     for stage in stages:
         lm = load_model(cfg, run_path.name, stage)
+        passed_over += [f"{stage}: {lm.notice}"] if lm.notice else []
         row = {"checkpoint": str(lm.checkpoint), "step": lm.step}
         for kind in ("language", "code"):
             cancel.check()
@@ -167,6 +172,7 @@ def evaluate_run(cfg: Config, report: Reporter = no_report, cancel: CancelToken 
     ticker.finish()
     results["seconds"] = round(time.perf_counter() - started, 2)
     results["cut"] = any(cuts(results).values())  # fewer samples or validation batches than asked
+    results["passed_over"] = passed_over  # damaged checkpoints, said with the cut (cut_note)
     with writing(f"the evaluation {Paths.eval_results(run_path)}"):
         write_text(Paths.eval_results(run_path), json.dumps(results, indent=1) + "\n")
     return results

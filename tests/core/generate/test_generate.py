@@ -342,3 +342,21 @@ def test_a_cut_evaluation_is_marked_wherever_it_is_listed(with_model):
     whole = older | {"samples": 16}
     assert cut_note(whole) == "" and "Cut by" not in "\n".join(_evaluation({"eval": whole}))
     assert cut_note({"stages": []}).startswith("whether a time budget cut this evaluation is unknown")
+
+
+def test_an_evaluation_says_which_stage_it_left_out_as_damaged(with_model):
+    from core.errors import AcmError
+    from core.generate.cut import cut_note
+
+    cfg = config.load(with_model / "acm.toml")
+    cfg.eval.samples, cfg.eval.max_tokens = 2, 4
+    run = with_model / "runs" / "m"
+    for ck in (run / "finetune" / "checkpoints").glob("step-*"):
+        (ck / "state.json").write_text("[]")
+    results = evaluate_run(cfg)
+    assert set(results["stages"]) == {"pretrain", "pretrain+checked"}
+    assert cut_note(results) == "finetune: not evaluated, no readable checkpoint (step-0000010: damaged state.json)"
+    for ck in (run / "pretrain" / "checkpoints").glob("step-*"):
+        (ck / "state.json").unlink()
+    with pytest.raises(AcmError, match="no readable checkpoint in run m"):
+        evaluate_run(cfg)
