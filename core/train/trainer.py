@@ -392,10 +392,13 @@ class Trainer:
             self.saved_step = step
 
     def _checkpoint_state(self, step: int, val_loss: float | None) -> dict:
-        seed = self.sc.seed
+        """A checkpoint's state.json. A budget's stage saved before its steps were timed has no plan
+        yet (the steps asked for are only its most), so a resume fits its steps to the budget."""
+        seed, st = self.sc.seed, self.state
+        unplanned = {"planned_steps": None} if self.budget_s and not st.planned and step < st.total_steps else {}
         return {
             "stage": self.stage, "val_loss": val_loss, "tokenizer_sha256": self.tok.sha256,
-            **self.state.to_checkpoint(),
+            **st.to_checkpoint(), **unplanned,
             "rng": {"batches": "numpy default_rng([seed, step, 0]), one global batch a step", "seed": seed,
                     "next_step": step},
             "data_position": {"step": step, "seed": seed, "tokens_seen": self.state.tokens_seen},
@@ -644,6 +647,8 @@ class Trainer:
         sc, st = self.sc, self.state
         if self.budget_s and not st.planned:  # until the first steps have been timed
             st.total_steps = UNPLANNED if self.named_steps is None else self.named_steps
+            if self.named_steps is not None:  # the schedule a plan would give, should the steps end first
+                st.warmup_steps = min(st.warmup_steps, max(1, self.named_steps // 10))
         batches = 0 if self.val_batches is None else self._eval_batches()
         self.calibration = Calibration(self.budget_s, self.started, sc.eval_every, batches, st.grad_accum)
         self._set_end()

@@ -457,6 +457,28 @@ def test_steps_asked_for_with_a_time_budget_are_at_most_that_many(prepared):
     assert "time budget 20 s: 8 steps (the most asked for)" in (run / "pretrain" / "train.log").read_text()
 
 
+def test_steps_asked_for_with_a_time_budget_are_no_plan_until_timed(prepared):
+    """Stopped before its steps were timed, a stage given --steps N --time T saved no plan: resumed
+    with the budget, it fits its steps to it. Its N steps ending before they are timed end at the
+    schedule's floor, warmup cut as a plan would cut it."""
+    cfg = load(prepared)
+    sc = cfg.train.pretrain
+    sc.time, sc.eval_every, sc.save_every, sc.log_every, sc.min_lr_ratio, sc.warmup_steps = "20s", 10, 1000, 1, 0.1, 20
+    run = cfg.runs_dir / "early"
+    assert train_stage(cfg, "pretrain", run, clock=SteppingClock(0.4), named_steps=1000, max_steps=2).step == 2
+    assert checkpoint.latest(Paths.checkpoints(run, "pretrain")).state["planned_steps"] is None
+    resumed = train_stage(cfg, "pretrain", run, resume=True, clock=SteppingClock(0.4))
+    log = (run / "pretrain" / "train.log").read_text()
+    assert "it planned" not in log and "time budget 20 s: " in log and 2 < resumed.step < 1000
+    sc.time = "1h"  # 72 s of the clock to time the steps: the 10 steps end first
+    short = cfg.runs_dir / "short"
+    assert train_stage(cfg, "pretrain", short, clock=SteppingClock(0.4), named_steps=10).step == 10
+    reports = [e for e in read_metrics(short, "pretrain") if e["type"] == "metrics"]
+    assert reports[-1]["lr"] == pytest.approx(sc.learning_rate * sc.min_lr_ratio, rel=1e-3)
+    assert reports[0]["lr"] == pytest.approx(sc.learning_rate, rel=1e-3)  # warmup 1 (10 // 10), not 20
+    assert checkpoint.latest(Paths.checkpoints(short, "pretrain")).state["planned_steps"] == 10
+
+
 def test_the_command_line_s_steps_and_time_together_end_at_the_steps(prepared, capsys):
     c = str(prepared / "acm.toml")
     assert cli.main(["-c", c, "train", "pretrain", "--run", "both", "--steps", "6", "--time", "2m"]) == 0
