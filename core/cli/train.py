@@ -11,6 +11,7 @@ import queue
 import shlex
 import signal
 import threading
+from pathlib import Path
 
 from core.cli.args import duration, positive_int, setting_int
 from core.cli.output import console_for
@@ -74,14 +75,20 @@ def cmd_train(args, cfg: Config) -> int:
         best = f", best val loss {result.best_val_loss:.4f}" if result.best_val_loss is not None else ""
         print(f"{args.stage} {'stopped' if result.stopped_early else 'finished'} at step {result.step} "
               f"in run {result.run.name}{best}; checkpoint: {result.last_checkpoint}")
-    return ended(args.stage, run, result.step, result.interrupted)
+    return ended(args.stage, run, result.step, result.last_checkpoint, result.interrupted and result.stopped_early)
 
 
-def ended(stage: str, run, step: int, by_ctrl_c: bool) -> int:
-    """The exit status of a stage that ended: 130 where Ctrl-C stopped it (saying how to go on)."""
-    if not by_ctrl_c:
+def ended(stage: str, run, step: int, last_checkpoint: Path | None, stopped_by_ctrl_c: bool) -> int:
+    """The exit status of a stage that ended: 130 where Ctrl-C stopped it before its end, saying
+    what it kept (a Ctrl-C before the first step saves nothing) and the command that goes on."""
+    if not stopped_by_ctrl_c:
         return 0
-    return interrupted(lambda line: console.print(line, markup=False), f"checkpoint of step {step} saved",
+    if last_checkpoint is None:
+        return interrupted(lambda line: console.print(line, markup=False), "no checkpoint yet",
+                           f"acm train {stage} --run {shlex.quote(run.name)}")
+    kept = (f"checkpoint of step {step} saved" if last_checkpoint.name == f"step-{step:07d}"
+            else f"its last checkpoint is {last_checkpoint.name}")
+    return interrupted(lambda line: console.print(line, markup=False), kept,
                        f"acm train {stage} --run {shlex.quote(run.name)} --resume")
 
 
@@ -121,7 +128,9 @@ def train_on_ranks(args, cfg: Config, run, ranks: int) -> int:
         ck = last["checkpoint"].path if "checkpoint" in last else "none"
         print(f"{args.stage} {last['state'].state} at step {last['state'].step} in run {run.name} on "
               f"{ranks} ranks; checkpoint: {ck}")
-    return ended(args.stage, run, last["state"].step if "state" in last else 0, control.interrupted)
+    stopped = "state" in last and last["state"].state == "stopped"
+    return ended(args.stage, run, last["state"].step if "state" in last else 0,
+                 last["checkpoint"].path if "checkpoint" in last else None, control.interrupted and stopped)
 
 
 def register(sub, add) -> None:

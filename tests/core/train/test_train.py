@@ -155,6 +155,22 @@ def test_ctrl_c_stops_with_a_checkpoint_says_how_to_resume_and_exits_130(prepare
                         "continues\n")
 
 
+def test_ctrl_c_says_what_it_kept_and_a_finished_stage_exits_0(tmp_path, capsys):
+    """Ctrl-C before the first step saves nothing and says so; one after a resume that saved nothing
+    new names the checkpoint a resume goes on from; a stage that reached its end exits 0."""
+    from core.cli.train import ended
+
+    run = tmp_path / "runs" / "c d"
+    assert ended("pretrain", run, 0, None, True) == 130
+    assert capsys.readouterr().err.endswith("interrupted: no checkpoint yet; `acm train pretrain --run 'c d'` "
+                                            "continues\n")
+    assert ended("finetune", run, 12, run / "finetune" / "checkpoints" / "step-0000010", True) == 130
+    assert "interrupted: its last checkpoint is step-0000010; `acm train finetune --run 'c d' --resume`" in (
+        capsys.readouterr().err)
+    assert ended("pretrain", run, 40, run / "pretrain" / "checkpoints" / "step-0000040", False) == 0
+    assert capsys.readouterr().err == ""
+
+
 def test_interrupted_save_keeps_the_previous_checkpoint(prepared, monkeypatch):
     cfg = load(prepared)
     run = cfg.runs_dir / "i"
