@@ -49,19 +49,25 @@ class LoadedModel:
     notice: str = ""  # newer checkpoints passed over as damaged, said where the model is named
 
 
+def stage_folders(cfg: Config, run: str | None = None, stage: str | None = None) -> list[tuple[Path, str]]:
+    """(run folder, stage) in the order a checkpoint is looked for: the named (or each, newest
+    first) run, fine-tune before pretrain."""
+    run_paths = [runs.existing_run(cfg, run)] if run else runs.list_runs(cfg)
+    return [(r, st) for r in run_paths for st in ([stage] if stage else ["finetune", "pretrain"])]
+
+
 def find_checkpoint(cfg: Config, run: str | None = None, stage: str | None = None,
                     which: str = "best") -> tuple[checkpoint.Checkpoint, Path, str]:
-    """The checkpoint to generate from: the named (or latest) run, fine-tune before pretrain."""
-    run_paths = [runs.existing_run(cfg, run)] if run else runs.list_runs(cfg)
-    stages = [stage] if stage else ["finetune", "pretrain"]
-    for r in run_paths:
-        for st in stages:
-            folder = Paths.checkpoints(r, st)
-            ck = checkpoint.best(folder) if which == "best" else checkpoint.latest(folder)
-            if ck is not None:
-                return ck, r, st
+    """The checkpoint to generate from: the first of `stage_folders` with a readable one (one whose
+    checkpoints are all damaged is passed over: `passed_over` says so), else one line saying why."""
+    folders = stage_folders(cfg, run, stage)
+    for r, st in folders:
+        folder = Paths.checkpoints(r, st)
+        ck = checkpoint.best(folder) if which == "best" else checkpoint.latest(folder)
+        if ck is not None:
+            return ck, r, st
     where = f"run {run}" if run else str(cfg.locations.runs)
-    bad = [d for r in run_paths for st in stages for d in checkpoint.damaged(Paths.checkpoints(r, st))]
+    bad = [d for r, st in folders for d in checkpoint.damaged(Paths.checkpoints(r, st))]
     if bad:
         which_bad = f"{bad[-1]} has" if len(bad) == 1 else f"{bad[-1]} and {len(bad) - 1} more have"
         raise AcmError(f"no readable checkpoint in {where}: {which_bad} a missing or damaged state.json; "
@@ -69,14 +75,18 @@ def find_checkpoint(cfg: Config, run: str | None = None, stage: str | None = Non
     raise AcmError(f"no checkpoint in {where}: train a model first (acm train pretrain)")
 
 
-def passed_over(ck: checkpoint.Checkpoint) -> str:
-    """A line naming the damaged checkpoints newer than `ck` in its folder, which a choice of the latest
-    (or the best, had they been readable) might otherwise have been; empty when there are none."""
-    newer = [d.name for d in checkpoint.damaged(ck.path.parent) if d.name > ck.path.name]
-    if not newer:
+def passed_over(ck: checkpoint.Checkpoint, before: list[tuple[Path, str]], which: str = "best") -> str:
+    """A line naming the damaged checkpoints the choice of `ck` passed over (empty when none): in the
+    stage folders looked in `before` it, all of theirs; in its own folder, the newer ones (for the
+    latest) or any (for the best: one of them might have been it)."""
+    said = [f"{r.name}/{st}: {', '.join(d.name for d in bad)}"
+            for r, st in before if (bad := checkpoint.damaged(Paths.checkpoints(r, st)))]
+    own = [d.name for d in checkpoint.damaged(ck.path.parent) if which == "best" or d.name > ck.path.name]
+    said += [", ".join(own)] if own else []
+    if not said:
         return ""
-    verb = "is" if len(newer) == 1 else "are"
-    return f"{', '.join(newer)} {verb} damaged (no readable state.json): using {ck.path.name}"
+    using = f"{ck.path.parent.parent.parent.name}/{ck.path.parent.parent.name} {ck.path.name}"
+    return f"passed over as damaged (no readable state.json): {'; '.join(said)}; using {using}"
 
 
 def checkpoint_tokenizer(cfg: Config, ck: checkpoint.Checkpoint, run_path: Path, stage: str) -> AcmTokenizer:
@@ -98,6 +108,8 @@ def load_model(cfg: Config, run: str | None = None, stage: str | None = None, wh
     float32 decodes as a float32 export does), unless `master_weights` keeps the float32 copy
     training made (for export)."""
     ck, run_path, st = find_checkpoint(cfg, run, stage, which)
+    folders = stage_folders(cfg, run, stage)
+    before = folders[:folders.index((run_path, st))] if (run_path, st) in folders else []
     tok = checkpoint_tokenizer(cfg, ck, run_path, st)
     ck_cfg = from_dict(ck.state["config"]) if "config" in ck.state else cfg  # the shape it was trained with
     model = GPT(model_shape(ck_cfg, tok), compute_dtype or ck_cfg.model.compute_dtype)
@@ -108,7 +120,7 @@ def load_model(cfg: Config, run: str | None = None, stage: str | None = None, wh
         model.set_dtype(model.compute_dtype)
     mx.eval(model.parameters())
     return LoadedModel(model, tok, ck.path, run_path.name, st, ck.step, {"val_loss": ck.val_loss},
-                       passed_over(ck))
+                       passed_over(ck, before, which))
 
 
 class IncrementalDecoder:

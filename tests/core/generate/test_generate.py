@@ -134,9 +134,15 @@ def test_a_checkpoint_whose_state_is_damaged_is_named_not_called_missing(with_mo
     latest = ["--stage", "pretrain", "--checkpoint", "latest"]
     assert cli.main(["-c", c, "generate", "x", *latest, "--max-tokens", "2"]) == 0
     err = " ".join(capsys.readouterr().err.split())
-    assert f"{cks[-1].name} is damaged (no readable state.json): using {cks[-2].name}" in err
+    said = "passed over as damaged (no readable state.json):"
+    assert f"{said} {cks[-1].name}; using m/pretrain {cks[-2].name}" in err
     assert cli.main(["-c", c, "export", "m", *latest, "--to", str(with_model / "e")]) == 0
-    assert f"{cks[-1].name} is damaged" in " ".join(capsys.readouterr().err.split())
+    assert f"{said} {cks[-1].name};" in " ".join(capsys.readouterr().err.split())
+    for ck in (with_model / "runs" / "m" / "finetune" / "checkpoints").glob("step-*"):
+        (ck / "state.json").write_text("{}")
+    assert cli.main(["-c", c, "export", "--to", str(with_model / "e2")]) == 0  # no run, no stage named
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"{said} m/finetune: step-0000010; {cks[-1].name}; using m/pretrain" in err
     for ck in cks:
         (ck / "state.json").unlink()
     assert cli.main(["-c", c, "generate", "x", "--stage", "pretrain"]) == 2
