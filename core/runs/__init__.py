@@ -96,15 +96,12 @@ def prepare_run(cfg: config.Config, run: Path, stage: str | None = None) -> None
     config.save(cfg, saved)
 
 
-def read_metrics(run: Path, stage: str, containing: bytes = b"") -> list[dict]:
-    """Every complete line of a stage's metrics.jsonl (a line being written is skipped); only the
-    lines `containing` those bytes, where given (a long stage's checks read without parsing its
-    every report)."""
+def read_metrics(run: Path, stage: str) -> list[dict]:
+    """Every complete line of a stage's metrics.jsonl (a line being written is skipped)."""
     try:
-        lines = Paths.metrics(run, stage).read_bytes().splitlines()
+        return parse_records(Paths.metrics(run, stage).read_bytes().splitlines())
     except OSError:
         return []
-    return parse_records([line for line in lines if containing in line] if containing else lines)
 
 
 def last_report(run: Path, stage: str, tail_bytes: int = 16384) -> dict | None:
@@ -156,11 +153,42 @@ def val_checks(records: list[dict]) -> dict[int, float]:
             if r.get("type") == "eval" and is_count(r.get("step")) and is_finite(r.get("val_loss"))}
 
 
+_CHECKS: dict[Path, tuple[tuple[int, int], int, bytes, dict[int, float]]] = {}
+_TAIL = 64  # bytes of what was read that must be found again for a file to count as appended to
+
+
+def appended_checks(path: Path) -> dict[int, float]:
+    """A metrics.jsonl's validation checks (val_checks), parsing only what was appended since the
+    last call: the app asks each time a stage's status changes, and a long stage's file is large.
+    A file replaced, cut or rewritten (its last bytes read no longer where they were) is read anew."""
+    try:
+        st = path.stat()
+    except OSError:
+        _CHECKS.pop(path, None)
+        return {}
+    identity = (st.st_dev, st.st_ino)
+    seen, offset, tail, checks = _CHECKS.get(path, (identity, 0, b"", {}))
+    with path.open("rb") as f:
+        f.seek(offset - len(tail))
+        if seen != identity or f.read(len(tail)) != tail:
+            offset, tail, checks = 0, b"", {}
+            f.seek(0)
+        data = f.read()
+    end = data.rfind(b"\n") + 1  # complete lines only: the one being written waits for the next call
+    if end:
+        lines = [line for line in data[:end].splitlines() if b'"eval"' in line]
+        checks = checks | val_checks(parse_records(lines))
+        tail = (tail + data[:end])[-_TAIL:]
+        offset += end
+    _CHECKS[path] = (identity, offset, tail, checks)
+    return dict(checks)
+
+
 def best_check(run: Path, stage: str) -> tuple[int, float] | None:
     """(step, val loss) of the stage's lowest validation check, whether or not a checkpoint was kept
     at that step (checks come every eval_every steps, checkpoints on their own schedule); a
     checkpoint's own val loss counts too, for a metrics.jsonl lost or cut short. None: no check."""
-    checks = val_checks(read_metrics(run, stage, containing=b'"eval"'))
+    checks = appended_checks(Paths.metrics(run, stage))
     for ck in list_checkpoints(Paths.checkpoints(run, stage)):
         if is_finite(ck.val_loss) and ck.step not in checks:
             checks[ck.step] = float(ck.val_loss)

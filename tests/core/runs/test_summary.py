@@ -65,3 +65,25 @@ def test_a_stage_without_a_check_shows_no_best_val_loss(project, capsys):
     assert stages["finetune"]["best_val_loss"] == 3.9  # no checkpoint: nothing else to name
     rows = listed(capsys, project).splitlines()
     assert next(line for line in rows if "finetune" in line).count("3.9000") == 1
+
+
+def test_checks_are_read_as_appended_and_anew_when_the_file_is_rewritten(tmp_path):
+    from core.runs import appended_checks
+
+    path = tmp_path / "metrics.jsonl"
+    line = '{{"type": "eval", "step": {}, "val_loss": {}}}\n'.format
+    report = '{"type": "metrics", "step": 1, "loss": 5.0}\n'
+    path.write_text(line(10, 4.5) + report + line(20, 4.25) + '{"type": "eval", "st')
+    assert appended_checks(path) == {10: 4.5, 20: 4.25}  # the line being written waits
+    with path.open("a") as f:
+        f.write('ep": 30, "val_loss": 4.0}\n')
+    assert appended_checks(path) == {10: 4.5, 20: 4.25, 30: 4.0}
+    text = path.read_text()
+    path.write_text(text.replace('"val_loss": 4.5', '"val_loss": 9.5'))  # before what was read last: not read again
+    assert appended_checks(path)[10] == 4.5
+    path.write_text(line(10, 3.5) + report * 3)  # rewritten: the bytes read last are gone, so all is read anew
+    assert appended_checks(path) == {10: 3.5}
+    path.unlink()
+    assert appended_checks(path) == {}
+    path.write_text(line(40, 2.0))  # a new file of another length and identity
+    assert appended_checks(path) == {40: 2.0}
