@@ -21,7 +21,7 @@ from core.model import model_shape
 from core.model.gpt import GPT
 from core.paths import Paths
 from core.runs import checkpoint
-from core.tokenizer.bpe import BOS_ID, EOS_ID, AcmTokenizer, load_tokenizer, tokenizer_with
+from core.tokenizer.bpe import BOS_ID, EOS_ID, AcmTokenizer, tokenizer_with
 
 
 @dataclass
@@ -91,15 +91,14 @@ def passed_over(ck: checkpoint.Checkpoint, before: list[tuple[Path, str]], which
 
 def checkpoint_tokenizer(cfg: Config, ck: checkpoint.Checkpoint, run_path: Path, stage: str) -> AcmTokenizer:
     """The tokenizer `ck` was trained with: the project's while it is the same, else the copy its
-    stage kept (a retrained tokenizer leaves earlier runs usable)."""
-    found = tokenizer_with(ck.state.get("tokenizer_sha256", ""), cfg, Paths.stage_tokenizer(run_path, stage))
+    stage kept, or the run's other stage (a retrained tokenizer leaves earlier runs usable)."""
+    copies = [Paths.stage_tokenizer(run_path, s) for s in (stage, *(s for s in runs.TRAINING_STAGES if s != stage))]
+    found = tokenizer_with(ck.state.get("tokenizer_sha256", ""), cfg, *copies)  # a fine-tune shares its pretrain's
     if found is not None:
         return found
-    load_tokenizer(cfg)  # no tokenizer at all, or a damaged one, is said as such
-    raise AcmError(f"{ck.path} was trained with another tokenizer than {cfg.locations.tokenizer_file}, and "
-                   f"its stage keeps no readable copy of it ({Paths.stage_tokenizer(run_path, stage).name}; stages "
-                   f"trained before stages kept theirs have none): retrain the tokenizer it was made with, or train "
-                   f"a new run")
+    raise AcmError(f"{ck.path} was trained with a tokenizer that neither {cfg.locations.tokenizer_file} nor a "
+                   f"readable copy in its run holds ({copies[0]}; stages trained before stages kept theirs have "
+                   f"none): retrain the tokenizer it was made with, or train a new run")
 
 
 def load_model(cfg: Config, run: str | None = None, stage: str | None = None, which: str = "best",

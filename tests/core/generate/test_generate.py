@@ -166,9 +166,13 @@ def test_a_run_keeps_its_tokenizer_through_a_retrained_one(with_model, capsys):
     assert capsys.readouterr().out == before
     assert cli.main(["-c", c, "eval", "--samples", "1", "--max-tokens", "4"]) == 2
     assert "trained with another tokenizer" in " ".join(capsys.readouterr().err.split())
-    (run / "finetune" / "tokenizer.json").unlink()
+    (run / "finetune" / "tokenizer.json").write_text("{damaged")
+    assert cli.main(args + ["--stage", "finetune"]) == 0  # the pretrain's copy is the same tokenizer
+    assert capsys.readouterr().out == before
+    (run / "pretrain" / "tokenizer.json").unlink()
     assert cli.main(args + ["--stage", "finetune"]) == 2
-    assert "keeps no readable copy of it" in " ".join(capsys.readouterr().err.split())
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"nor a readable copy in its run holds ({run / 'finetune' / 'tokenizer.json'};" in err
 
 
 def test_chat_refuses_a_line_that_is_not_utf8_and_goes_on(with_model):
