@@ -826,18 +826,31 @@ def _follow_preset(table: dict, old: Config) -> list[str]:
     new, notes, before = PRESETS[table["model"]["preset"]], [], old.model.shape()
     tok = _section(table, "tokenizer")
     if tok.get("vocab_size") == before.vocab_size != new.vocab_size:
-        del tok["vocab_size"]
+        _unset(table, "tokenizer", "vocab_size")
         notes.append(f"tokenizer.vocab_size follows the preset ({new.vocab_size})")
     for stage in ("pretrain", "finetune"):
         sc = _section(_section(table, "train"), stage)
         if sc.get("seq_len") == before.n_ctx != new.n_ctx:
-            del sc["seq_len"]
+            _unset(table, "train", stage, "seq_len")
             notes.append(f"train.{stage}.seq_len follows the preset "
                          f"({min(getattr(Config().train, stage).seq_len, new.n_ctx)})")
         elif sc.get("seq_len", 0) > new.n_ctx:
             sc["seq_len"] = new.n_ctx
             notes.append(f"train.{stage}.seq_len = {new.n_ctx} (the preset's context)")
     return notes
+
+
+def _unset(table: dict, *keys: str) -> None:
+    """Remove a setting from `table`, and the tables it leaves empty (no bare header stays in acm.toml)."""
+    *parents, leaf = keys
+    nodes = [table]
+    for key in parents:
+        nodes.append(nodes[-1][key])
+    del nodes[-1][leaf]
+    for node, key in zip(reversed(nodes[:-1]), reversed(parents)):
+        if node[key]:
+            break
+        del node[key]
 
 
 def markdown_table() -> str:

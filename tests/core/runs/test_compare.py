@@ -167,7 +167,7 @@ def test_acm_runs_compare_refuses_in_one_line(two_runs, project, capsys, argv, s
     assert err.startswith("acm: error: ") and says in err and len(err.strip().splitlines()) == 1, err
 
 
-def test_acm_runs_compare_reads_damaged_files_as_missing(two_runs, project, capsys):
+def test_acm_runs_compare_leaves_out_damaged_settings_and_skips_damaged_metrics_lines(two_runs, project, capsys):
     a, b = two_runs
     (b / "config.toml").write_bytes(b"\xff\x00 not toml")
     (b / "pretrain" / "metrics.jsonl").write_text('{"type": "metrics", "step": [1], "loss": {}}\n"text"\n'
