@@ -235,10 +235,12 @@ class RunsPane(Pane):
         table.add_columns("setting", *read)
         if diff.rows:
             table.add_rows(diff.cells())
+        elif len(read) == len(names):
+            table.add_row("no setting differs", *("" for _ in read))
+        elif len(read) > 1:
+            table.add_row("no setting differs between the runs read", *("" for _ in read))
         else:
-            said = ("no setting differs" if len(read) == len(names) else "no setting differs between the runs read"
-                    if len(read) > 1 else "settings not compared: unreadable")
-            table.add_row(said, *("" for _ in read))
+            table.add_row("settings not compared: unreadable", *("" for _ in read))
 
     def action_delete(self) -> None:
         name = self.selected()
