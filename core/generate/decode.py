@@ -71,7 +71,7 @@ def find_checkpoint(cfg: Config, run: str | None = None, stage: str | None = Non
     if bad:
         which_bad = f"{bad[-1]} has" if len(bad) == 1 else f"{bad[-1]} and {len(bad) - 1} more have"
         raise AcmError(f"no readable checkpoint in {where}: {which_bad} a missing or damaged state.json; "
-                       f"resume training to save a new one, or train a new run")
+                       f"restore it, or train a new run")
     raise AcmError(f"no checkpoint in {where}: train a model first (acm train pretrain)")
 
 

@@ -794,17 +794,32 @@ def pairs_share(sc: StageConfig) -> float:
 
 
 def starting_point(run: Path, stage: str, resume: bool):
-    """(this stage's checkpoint to resume, the pretrain checkpoint a fine-tune starts from)."""
-    existing = checkpoint.latest(Paths.checkpoints(run, stage))
+    """(this stage's checkpoint to resume, the pretrain checkpoint a fine-tune starts from). A resume
+    with nothing to resume (a run named wrong, checkpoints all damaged) is refused: it would start
+    the stage over, hours of training where a typo was meant to continue one."""
+    folder = Paths.checkpoints(run, stage)
+    existing = checkpoint.latest(folder)
     if existing and not resume:
         raise AcmError(f"run {run.name} already has {stage} checkpoints (up to step "
                        f"{existing.step}): resume it (--resume) or choose another run")
+    if resume and existing is None:
+        raise AcmError(_nothing_to_resume(run, stage, checkpoint.damaged(folder)))
     if existing or stage != "finetune":
         return existing, None
     base = checkpoint.best(Paths.checkpoints(run, "pretrain"))
     if base is None:
         raise AcmError(f"run {run.name} has no pretrain checkpoint to fine-tune: run `acm train pretrain` first")
     return None, base
+
+
+def _nothing_to_resume(run: Path, stage: str, damaged: list[Path]) -> str:
+    if damaged:
+        return (f"run {run.name}'s {stage} has no readable checkpoint to resume: {', '.join(d.name for d in damaged)} "
+                f"{'has' if len(damaged) == 1 else 'have'} a missing or damaged state.json; restore it, or train "
+                f"the stage again in a new run")
+    if not Paths.run_config(run).exists():
+        return f"run {run.name!r} does not exist in {run.parent}: nothing to resume (`acm runs` lists the runs)"
+    return f"run {run.name} has no {stage} checkpoint to resume: start the stage without --resume"
 
 
 def check_inputs(cfg: Config, stage: str, run: Path, resume: bool) -> None:

@@ -327,6 +327,27 @@ def test_a_damaged_state_json_says_so_and_names_the_checkpoint_resumed(prepared,
     assert checkpoint.latest(folder).step == 11
 
 
+def test_a_resume_with_nothing_to_resume_is_refused_not_started_over(prepared, capsys):
+    """A resume of a run named wrong, of a stage never trained, or of one whose checkpoints are all
+    damaged (a wrong type in state.json too) is one line: it never starts the stage from step 0."""
+    cfg, c = load(prepared), str(prepared / "acm.toml")
+    run = cfg.runs_dir / "d"
+    train_stage(cfg, "pretrain", run, max_steps=10)
+    folder = Paths.checkpoints(run, "pretrain")
+    resume = ["-c", c, "train", "pretrain", "--resume", "--max-steps", "1", "--run"]
+    assert cli.main([*resume, "nosuch"]) == 2
+    assert "run 'nosuch' does not exist" in capsys.readouterr().err and not (cfg.runs_dir / "nosuch").exists()
+    assert cli.main(["-c", c, "train", "finetune", "--resume", "--run", "d"]) == 2
+    assert "run d has no finetune checkpoint to resume: start the stage without --resume" in (
+        " ".join(capsys.readouterr().err.split()))
+    state = json.loads((folder / "step-0000010" / "state.json").read_text())
+    (folder / "step-0000010" / "state.json").write_text(json.dumps(state | {"best_val_loss": "low"}))
+    assert cli.main([*resume, "d"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "run d's pretrain has no readable checkpoint to resume: step-0000010 has a missing or damaged" in err
+    assert not (folder / "step-0000001").exists() and not list(folder.glob("step-*1"))
+
+
 def test_a_full_disk_names_the_path_cleans_up_and_marks_the_run_failed(prepared, monkeypatch, capsys):
     import errno
 
