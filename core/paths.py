@@ -145,7 +145,7 @@ class Paths:
         return run / stage / "launch.toml"
 
 
-RUN_NAME = re.compile(r"[A-Za-z0-9_-]+")  # what acm's own names are made of: <preset>-<date>-<time>
+RUN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*")  # acm's own names: <preset>-<date>-<time>; no option's "-"
 
 
 def check_run_name(name: str) -> None:
@@ -156,4 +156,4 @@ def check_run_name(name: str) -> None:
 
 
 def _invalid(name: str) -> str:
-    return f"invalid run name {name!r}: use letters, digits, '-' and '_'"
+    return f"invalid run name {name!r}: use letters, digits, '-' and '_' (not a '-' first)"

@@ -35,7 +35,7 @@ console = console_for(stderr=True)
 def pick_run(cfg: Config, stage: str, name: str | None, resume: bool):
     """The run named, else the one core.train.target's rule picks for `stage` (resumed as asked)."""
     try:
-        return training_target(cfg, stage, name or None, resume).run
+        return training_target(cfg, stage, name, resume).run  # --run '' is a name, refused as one
     except NoRun:
         raise AcmError(f"no run with {'pretrain' if stage == 'finetune' else stage} checkpoints in "
                        f"{cfg.locations.runs}: run `acm train pretrain` first, or name one with --run") from None

@@ -52,7 +52,7 @@ class LoadedModel:
 def stage_folders(cfg: Config, run: str | None = None, stage: str | None = None) -> list[tuple[Path, str]]:
     """(run folder, stage) in the order a checkpoint is looked for: the named (or each, newest
     first) run, fine-tune before pretrain."""
-    run_paths = [runs.existing_run(cfg, run)] if run else runs.list_runs(cfg)
+    run_paths = [runs.existing_run(cfg, run)] if run is not None else runs.list_runs(cfg)
     return [(r, st) for r in run_paths for st in ([stage] if stage else ["finetune", "pretrain"])]
 
 
@@ -66,7 +66,7 @@ def find_checkpoint(cfg: Config, run: str | None = None, stage: str | None = Non
         ck = checkpoint.best(folder) if which == "best" else checkpoint.latest(folder)
         if ck is not None:
             return ck, r, st
-    where = f"run {run}" if run else str(cfg.locations.runs)
+    where = f"run {run}" if run is not None else str(cfg.locations.runs)
     bad = [d for r, st in folders for d in checkpoint.damaged(Paths.checkpoints(r, st))]
     if bad:
         which_bad = f"{bad[-1]} has" if len(bad) == 1 else f"{bad[-1]} and {len(bad) - 1} more have"

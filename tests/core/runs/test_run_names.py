@@ -8,7 +8,7 @@ from core import cli, config, runs
 from core.errors import AcmError
 from core.paths import check_run_name
 
-ODD = ["a b", "a\nb", "a\tb", "x\x01", "\x1b[2J", "café", "a:b", "a.b", "a*", "", ".hidden", "..", "../x"]
+ODD = ["a b", "a\nb", "a\tb", "x\x01", "\x1b[2J", "café", "a:b", "a.b", "a*", "", ".hidden", "..", "../x", "-dash"]
 
 
 def test_a_new_name_is_letters_digits_dashes_and_underscores_as_acm_s_own(project):
@@ -19,11 +19,11 @@ def test_a_new_name_is_letters_digits_dashes_and_underscores_as_acm_s_own(projec
             check_run_name(name)
 
 
-@pytest.mark.parametrize("name", ["a b", "x\ny", "café", "a:b"])
+@pytest.mark.parametrize("name", ["a b", "x\ny", "café", "a:b", "-dash", ""])
 def test_training_a_new_run_under_an_odd_name_is_refused_before_anything_is_written(project, capsys, name):
-    assert cli.main(["-c", str(project / "acm.toml"), "train", "pretrain", "--run", name]) == 2
+    assert cli.main(["-c", str(project / "acm.toml"), "train", "pretrain", f"--run={name}"]) == 2
     err = capsys.readouterr().err
-    assert err == f"acm: error: invalid run name {name!r}: use letters, digits, '-' and '_'\n"
+    assert err == f"acm: error: invalid run name {name!r}: use letters, digits, '-' and '_' (not a '-' first)\n"
     assert not (project / "runs").exists()
 
 
