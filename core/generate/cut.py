@@ -22,21 +22,26 @@ def drawn_of_asked(results: dict, generation: dict) -> str:
     return "–" if drawn is None else f"{drawn}/{asked}" if asked is not None else str(drawn)
 
 
-def cuts(results: dict) -> dict[str, list[tuple[int, int]]]:
-    """(drawn, asked) of each part drawn short: "samples" a row, "batches" a validation split."""
-    out: dict[str, list[tuple[int, int]]] = {"samples": [], "batches": []}
-    for row in results["stages"].values():
+def cuts(results: dict) -> dict[str, list[tuple[str, int, int]]]:
+    """(where, drawn, asked) of each part drawn short: "samples" by row, "batches" by row and split."""
+    out: dict[str, list[tuple[str, int, int]]] = {"samples": [], "batches": []}
+    for name, row in results["stages"].items():
         g = row["code_generation"]
-        out["samples"].append((g.get("samples"), asked_samples(results, g)))
-        out["batches"] += [(row[k]["batches"], row[k]["batches_asked"]) for k in KINDS if "batches" in row[k]]
-    return {part: [(d, a) for d, a in pairs if None not in (d, a) and d < a] for part, pairs in out.items()}
+        out["samples"].append((name, g.get("samples"), asked_samples(results, g)))
+        out["batches"] += [(f"{name} {k}", row[k]["batches"], row[k]["batches_asked"])
+                           for k in KINDS if "batches" in row[k]]
+    return {part: [(w, d, a) for w, d, a in found if None not in (d, a) and d < a] for part, found in out.items()}
 
 
-def _fewer(pairs: list[tuple[int, int]], units: tuple[str, str], per: str) -> str:
-    """e.g. "8 to 24 samples a checkpoint instead of 64" (units: the word for one, for several)."""
-    low, high = min(d for d, _ in pairs), max(d for d, _ in pairs)
+def _fewer(found: list[tuple[str, int, int]], units: tuple[str, str], per: str, every: bool) -> str:
+    """e.g. "8 to 24 samples a checkpoint instead of 64" where every part was cut (units: the word
+    for one, for several), else the parts named: "finetune+checked: 16 samples instead of 64"."""
+    low, high = min(d for _, d, _ in found), max(d for _, d, _ in found)
     drawn = f"{low} {units[low != 1]}" if low == high else f"{low} to {high} {units[1]}"
-    return f"{drawn} a {per} instead of {max(a for _, a in pairs)}"
+    asked = max(a for _, _, a in found)
+    if every:
+        return f"{drawn} a {per} instead of {asked}"
+    return f"{', '.join(w for w, _, _ in found)}: {drawn} instead of {asked}"
 
 
 def cut_note(results: dict) -> str:
@@ -46,8 +51,11 @@ def cut_note(results: dict) -> str:
         found = cuts(results)
     except READ_BACK_ERRORS:
         return "whether a time budget cut this evaluation is unknown: eval.json is damaged"
-    pieces = ([_fewer(found["samples"], ("sample", "samples"), "checkpoint")] if found["samples"] else []) + (
-        [f"validation on {_fewer(found['batches'], ('batch', 'batches'), 'split')}"] if found["batches"] else [])
+    rows = len(results["stages"])
+    pieces = ([_fewer(found["samples"], ("sample", "samples"), "checkpoint", len(found["samples"]) == rows)]
+              if found["samples"] else []) + (
+        [f"validation on {_fewer(found['batches'], ('batch', 'batches'), 'split', len(found['batches']) == 2 * rows)}"]
+        if found["batches"] else [])
     budget = results.get("time_budget")
     named = f" ({budget})" if isinstance(budget, str) and budget else ""
     passed = results.get("passed_over")

@@ -351,6 +351,9 @@ def test_a_cut_evaluation_is_marked_wherever_it_is_listed(with_model):
     assert status.detail == f"run m: pretrain: bash parses 50%, finetune: bash parses 50%; {note}"
     whole = older | {"samples": 16}
     assert cut_note(whole) == "" and "Cut by" not in "\n".join(_evaluation({"eval": whole}))
+    drawn = {**row, "code_generation": {**row["code_generation"], "samples": 64}}
+    partly = {"run": "m", "samples": 64, "stages": {"pretrain": drawn, "finetune": row}}  # one row cut: named
+    assert cut_note(partly) == "cut by its time budget: finetune: 16 samples instead of 64"
     assert cut_note({"stages": []}).startswith("whether a time budget cut this evaluation is unknown")
 
 
