@@ -33,6 +33,9 @@ def existing_run(cfg: config.Config, name: str) -> Path:
     (rather than a message about checkpoints, which would send them to train a new one)."""
     path = cfg.locations.run(name)
     if not Paths.run_config(path).exists():
+        if path.is_dir():  # a folder whose config.toml went: not a run acm lists, said as such
+            raise AcmError(f"run {name!r} has no {Paths.run_config(path)} (its settings, which make a folder "
+                           f"a run): restore it; `acm runs` lists the runs that have one")
         raise AcmError(f"run {name!r} does not exist in {cfg.locations.runs}; `acm runs` lists the runs")
     return path
 

@@ -145,6 +145,10 @@ def test_a_missing_run_is_named_as_missing(with_model, tmp_path, capsys):
         assert rc == 2 and err.startswith("acm: error: run 'nosuchrun' does not exist in "), err
         assert len(err.strip().splitlines()) == 1 and "train a model first" not in err
     assert not (tmp_path / "x").exists()
+    (with_model / "runs" / "m" / "config.toml").unlink()  # a run folder whose settings went
+    rc, _, err = run(capsys, "-c", str(with_model / "acm.toml"), "generate", "x", "--run", "m")
+    assert rc == 2 and " ".join(err.split()).startswith(
+        f"acm: error: run 'm' has no {with_model / 'runs' / 'm' / 'config.toml'} (its settings"), err
 
 
 def test_the_readme_double_quotes_no_prompt_but_in_toml():
