@@ -23,6 +23,7 @@ import mlx.core as mx
 
 from core import runs
 from core.config import Config, StageConfig, parse_duration
+from core.data.corpus import sha256_file
 from core.devices import rank_figures
 from core.errors import AcmError
 from core.hardware import device_info, memory_limit, memory_now, peak_flops
@@ -208,6 +209,7 @@ class Trainer:
     def _setup(self) -> None:
         sc = self.sc
         corpus = CORPUS[self.stage]
+        check_continued_tokenizer(self.cfg, self.run_path, self.stage, self.resume)
         self.tok, train, val, pairs = open_inputs(self.cfg, self.stage)
         # the model's vocabulary is the one the tokenizer reached; the run's settings record it
         cfg = self.cfg = replace(self.cfg, tokenizer=replace(self.cfg.tokenizer, vocab_size=self.tok.vocab_size))
@@ -265,8 +267,7 @@ class Trainer:
 
     def _check_tokenizer(self, ck: checkpoint.Checkpoint) -> None:
         if ck.state.get("tokenizer_sha256") != self.tok.sha256:
-            raise AcmError(f"checkpoint {ck.path} was trained with another tokenizer: "
-                           "use the tokenizer it was made with, or start a new run")
+            raise AcmError(another_tokenizer(self.cfg, ck))
 
     def _restore(self, ck: checkpoint.Checkpoint) -> None:
         for bad in checkpoint.damaged(self.ck_dir):
@@ -827,8 +828,31 @@ def check_inputs(cfg: Config, stage: str, run: Path, resume: bool) -> None:
     the error), without building the model."""
     if stage not in CORPUS:
         raise AcmError(f"unknown stage {stage!r}: pretrain or finetune")
+    check_continued_tokenizer(cfg, run, stage, resume)
     open_inputs(cfg, stage)
     starting_point(run, stage, resume)
+
+
+def check_continued_tokenizer(cfg: Config, run: Path, stage: str, resume: bool) -> None:
+    """A checkpoint the stage goes on from (a resume's, a fine-tune's pretrain) made with another
+    tokenizer than the project's (retrained since) is said first: the shards the new one made
+    stale would otherwise send the user to rebuild them, only to be refused again."""
+    try:
+        existing, base = starting_point(run, stage, resume)
+    except AcmError:
+        return  # said in its turn, after the inputs
+    ck, project = existing or base, cfg.locations.tokenizer_file
+    if ck is not None and project.is_file() and sha256_file(project) != ck.state.get("tokenizer_sha256"):
+        raise AcmError(another_tokenizer(cfg, ck))
+
+
+def another_tokenizer(cfg: Config, ck: checkpoint.Checkpoint) -> str:
+    """Why a checkpoint cannot go on with the project's tokenizer, and the way back to its own."""
+    copy = Paths.stage_tokenizer(ck.path.parent.parent.parent, ck.path.parent.parent.name)
+    back = (f"copy its run's {copy} back to {cfg.locations.tokenizer_file} and run `acm prepare --force`"
+            if copy.is_file() else "use the tokenizer it was made with")
+    return (f"checkpoint {ck.path} was trained with another tokenizer than the project's (retrained since): "
+            f"{back}, or start a new run")
 
 
 def build_steps(model: GPT, opt: FlatAdamW, grad_clip: float, world: int = 1, buckets: int = 1):

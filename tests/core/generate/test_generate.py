@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -166,6 +167,16 @@ def test_a_run_keeps_its_tokenizer_through_a_retrained_one(with_model, capsys):
     assert capsys.readouterr().out == before
     assert cli.main(["-c", c, "eval", "--samples", "1", "--max-tokens", "4"]) == 2
     assert "trained with another tokenizer" in " ".join(capsys.readouterr().err.split())
+    resume = ["-c", c, "train", "finetune", "--run", "m", "--resume", "--steps", "11"]
+    assert cli.main(resume) == 2  # said before the shards the retrained tokenizer made stale
+    err = " ".join(capsys.readouterr().err.split())
+    assert (f"was trained with another tokenizer than the project's (retrained since): copy its run's "
+            f"{run / 'finetune' / 'tokenizer.json'} back to {project_tok} and run `acm prepare --force`") in err
+    kept = project_tok.read_bytes()
+    shutil.copy(run / "finetune" / "tokenizer.json", project_tok)  # the way back it gives
+    assert cli.main(["-c", c, "prepare", "--force"]) == 0 and cli.main(resume) == 0
+    capsys.readouterr()
+    project_tok.write_bytes(kept)
     (run / "finetune" / "tokenizer.json").write_text("{damaged")
     assert cli.main(args + ["--stage", "finetune"]) == 0  # the pretrain's copy is the same tokenizer
     assert capsys.readouterr().out == before
