@@ -113,6 +113,7 @@ class StageResult:
     last_checkpoint: Path | None
     best_val_loss: float | None
     already_done: bool = False  # a resumed stage that had finished its plan: nothing was trained
+    done: bool = False  # the stage reached its end (its plan, or early stopping), not only this call's
     interrupted: bool = False  # stopped by a Ctrl-C of the process it trained in
 
 
@@ -556,7 +557,8 @@ class Trainer:
         self._state(state)
         self.log(f"{self.stage} {state} at step {st.step}")
         self._say_timings()
-        return StageResult(self.stage, self.run_path, st.step, stopped, self.last_ck, st.best_val_loss)
+        return StageResult(self.stage, self.run_path, st.step, stopped, self.last_ck, st.best_val_loss,
+                           done=state == "done")
 
     def _say_timings(self) -> None:
         """Where this call's wall time went: one log line, and timings.json for benchmarks."""
@@ -571,7 +573,7 @@ class Trainer:
                  "nothing to resume")
         last = checkpoint.latest(self.ck_dir)
         return StageResult(self.stage, self.run_path, self.start_step, False, last.path if last else None,
-                           self.state.best_val_loss, already_done=True)
+                           self.state.best_val_loss, already_done=True, done=True)
 
     def _set_end(self) -> None:
         total = self.state.total_steps

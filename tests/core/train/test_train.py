@@ -248,7 +248,7 @@ def test_cli_train_and_finetune(prepared, capsys):
     c = str(prepared / "acm.toml")
     assert cli.main(["-c", c, "train", "pretrain", "--run", "x", "--max-steps", "10"]) == 0
     out = capsys.readouterr()
-    assert "pretrain finished at step 10 in run x" in out.out
+    assert "pretrain stopped at step 10 in run x" in out.out  # --max-steps ends this call, not the stage
     assert cli.main(["-c", c, "train", "finetune", "--json"]) == 0  # picks the latest run with pretrain
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert lines[-1]["type"] == "log" and any(e["type"] == "metrics" for e in lines)
