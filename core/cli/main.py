@@ -67,7 +67,9 @@ def cmd_presets(args, cfg: config.Config) -> int:
     for p in PRESETS.values():
         table.add_row(*preset_row(p, selected=p.name == cfg.model.preset))
     console.print(table)
-    console.print("* the preset acm.toml selects (model.preset)")
+    chosen = "preset" in (cfg.explicit.get("model") or {})
+    console.print("* the preset acm.toml selects (model.preset)" if chosen else
+                  "* the preset that suits this machine (acm.toml sets no model.preset)")
     return 0
 
 

@@ -56,6 +56,15 @@ def test_presets_json_and_table(capsys):
     assert "98.9M" in out and "372.0M" in out
 
 
+def test_presets_star_says_who_chose_the_preset(project, tmp_path, capsys):
+    rc, out, _ = run(capsys, "-c", str(project / "acm.toml"), "presets")
+    assert "* the preset acm.toml selects (model.preset)" in out
+    (tmp_path / "bare").mkdir()
+    (tmp_path / "bare" / "acm.toml").write_text("[train.pretrain]\nseq_len = 64\n")
+    rc, out, _ = run(capsys, "-c", str(tmp_path / "bare" / "acm.toml"), "presets")
+    assert "* the preset that suits this machine (acm.toml sets no model.preset)" in out
+
+
 def test_model_info(capsys):
     rc, out, _ = run(capsys, "model", "info", "medium")
     assert rc == 0
