@@ -218,6 +218,7 @@ def list_checkpoints(folder: Path) -> list[Checkpoint]:
 
 STATE_SHAPE = {"step": int, "val_loss": (int, float, None), "config": dict, "tokenizer_sha256": str,
                "planned_steps": (int, None), "planned_warmup": (int, None), "planned_eval_batches": (int, None),
+               "planned_most": (int, None),
                "best_val_loss": (int, float, None), "tokens_seen": int, "checks_without_best": int, "ranks": int,
                "global_batch": int}
 

@@ -281,13 +281,25 @@ class Trainer:
         self.opt.load(params, opt_state)
         self.state = self.state.restored(ck.step, ck.state, self.sc.eval_batches)
         self.start_step = ck.step
-        self._extend_plan(ck)
+        self._keep_saved_most(ck)
         self.log(f"resumed {self.stage} from step {ck.step}")
         if self.state.eval_batches:
             self.log(f"validation reads {self.state.eval_batches} of its {self.sc.eval_batches} batches a check, "
                      "as the time budget's plan cut them")
         self._say_optimizer_change(ck.state)
         self._keep_global_batch(ck.state)
+
+    def _keep_saved_most(self, ck: checkpoint.Checkpoint) -> None:
+        """A budget's stage saved before its steps were timed recorded the most steps asked for
+        (planned_most): a resume with a budget keeps them as its cap; one without, as its plan, with
+        the warmup a plan of that many steps gives. Steps asked for now, by name, win."""
+        most = ck.state.get("planned_most")
+        if type(most) is int and most > ck.step and not self.state.planned and self.named_steps is None:
+            self.named_steps = most  # with a budget, _begin caps its plan at it
+            if self.budget_s:
+                return
+            self.state.warmup_steps = min(self.state.warmup_steps, max(1, most // 10))
+        self._extend_plan(ck)
 
     def _say_optimizer_change(self, saved: dict) -> None:
         """A run resumed under another optimizer than it trained with (acm.toml changed, or its
@@ -395,9 +407,11 @@ class Trainer:
 
     def _checkpoint_state(self, step: int, val_loss: float | None) -> dict:
         """A checkpoint's state.json. A budget's stage saved before its steps were timed has no plan
-        yet (the steps asked for are only its most), so a resume fits its steps to the budget."""
+        yet, only the most steps asked for (planned_most): a resume fits its steps to the budget,
+        at most those."""
         seed, st = self.sc.seed, self.state
-        unplanned = {"planned_steps": None} if self.budget_s and not st.planned and step < st.total_steps else {}
+        unplanned = ({"planned_steps": None, "planned_most": self.named_steps}
+                     if self.budget_s and not st.planned and step < st.total_steps else {})
         return {
             "stage": self.stage, "val_loss": val_loss, "tokenizer_sha256": self.tok.sha256,
             **st.to_checkpoint(), **unplanned,

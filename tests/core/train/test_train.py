@@ -507,6 +507,17 @@ def test_steps_asked_for_with_a_time_budget_are_no_plan_until_timed(prepared):
     resumed = train_stage(cfg, "pretrain", run, resume=True, clock=SteppingClock(0.4))
     log = (run / "pretrain" / "train.log").read_text()
     assert "it planned" not in log and "time budget 20 s: " in log and 2 < resumed.step < 1000
+    capped = cfg.runs_dir / "capped"
+    sc.time = "1h"  # 72 s of the clock to time the steps: the most asked for ends first
+    train_stage(cfg, "pretrain", capped, clock=SteppingClock(0.4), named_steps=12, max_steps=2)
+    assert checkpoint.latest(Paths.checkpoints(capped, "pretrain")).state["planned_most"] == 12
+    assert train_stage(cfg, "pretrain", capped, resume=True, max_steps=30, clock=SteppingClock(0.4)).step == 12
+    plain = cfg.runs_dir / "plain"
+    train_stage(cfg, "pretrain", plain, clock=SteppingClock(0.4), named_steps=12, max_steps=2)
+    sc.time = ""  # resumed without a budget, the most asked for is the plan
+    assert train_stage(cfg, "pretrain", plain, resume=True, clock=SteppingClock(0.4)).step == 12
+    last = [e for e in read_metrics(plain, "pretrain") if e["type"] == "metrics"][-1]
+    assert last["total"] == 12 and last["lr"] == pytest.approx(sc.learning_rate * sc.min_lr_ratio, rel=1e-3)
     sc.time = "1h"  # 72 s of the clock to time the steps: the 10 steps end first
     short = cfg.runs_dir / "short"
     assert train_stage(cfg, "pretrain", short, clock=SteppingClock(0.4), named_steps=10).step == 10
