@@ -315,7 +315,7 @@ class TrainPane(Pane):
         error = message.future.exception()
         if error is None:
             r = message.future.result()
-            self.state = "stopped" if r.stopped_early else "done"
+            self.state = "done" if r.done else "stopped"
             self.notify(f"{r.stage} {self.state} at step {r.step} (run {r.run.name})")
         else:
             self.state = "failed"

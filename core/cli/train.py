@@ -19,6 +19,7 @@ from core.cli.progress import StepDisplay
 from core.config import Config
 from core.errors import INTERRUPTED, AcmError, interrupted
 from core.paths import Paths
+from core.runs import checkpoint
 from core.train.detach import launch_detached
 from core.train.lifeline import tie_rank_to_launcher
 from core.train.ranks import describe as describe_ranks
@@ -129,8 +130,9 @@ def train_on_ranks(args, cfg: Config, run, ranks: int) -> int:
         print(f"{args.stage} {last['state'].state} at step {last['state'].step} in run {run.name} on "
               f"{ranks} ranks; checkpoint: {ck}")
     stopped = "state" in last and last["state"].state == "stopped"
-    return ended(args.stage, run, last["state"].step if "state" in last else 0,
-                 last["checkpoint"].path if "checkpoint" in last else None, control.interrupted and stopped)
+    kept = checkpoint.latest(Paths.checkpoints(run, args.stage))  # this call's, or the one it resumed
+    return ended(args.stage, run, last["state"].step if "state" in last else 0, kept.path if kept else None,
+                 control.interrupted and stopped)
 
 
 def register(sub, add) -> None:

@@ -22,15 +22,18 @@ def drawn_of_asked(results: dict, generation: dict) -> str:
     return "–" if drawn is None else f"{drawn}/{asked}" if asked is not None else str(drawn)
 
 
-def cuts(results: dict) -> dict[str, list[tuple[str, int, int]]]:
-    """(where, drawn, asked) of each part drawn short: "samples" by row, "batches" by row and split."""
+def cuts(results: dict, every: bool = False) -> dict[str, list[tuple[str, int, int]]]:
+    """(where, drawn, asked) of each part drawn short (`every`: of each part that says both), "samples"
+    by row, "batches" by row and split."""
     out: dict[str, list[tuple[str, int, int]]] = {"samples": [], "batches": []}
     for name, row in results["stages"].items():
         g = row["code_generation"]
         out["samples"].append((name, g.get("samples"), asked_samples(results, g)))
-        out["batches"] += [(f"{name} {k}", row[k]["batches"], row[k]["batches_asked"])
-                           for k in KINDS if "batches" in row[k]]
-    return {part: [(w, d, a) for w, d, a in found if None not in (d, a) and d < a] for part, found in out.items()}
+        if not name.endswith("+checked"):  # its validation is its row's, counted once
+            out["batches"] += [(f"{name} {k}", row[k]["batches"], row[k]["batches_asked"])
+                               for k in KINDS if "batches" in row[k]]
+    return {part: [(w, d, a) for w, d, a in found if None not in (d, a) and (every or d < a)]
+            for part, found in out.items()}
 
 
 def _fewer(found: list[tuple[str, int, int]], units: tuple[str, str], per: str, every: bool) -> str:
@@ -51,10 +54,10 @@ def cut_note(results: dict) -> str:
         found = cuts(results)
     except READ_BACK_ERRORS:
         return "whether a time budget cut this evaluation is unknown: eval.json is damaged"
-    rows = len(results["stages"])
-    pieces = ([_fewer(found["samples"], ("sample", "samples"), "checkpoint", len(found["samples"]) == rows)]
+    every = {part: len(found[part]) == len(all_parts) for part, all_parts in cuts(results, every=True).items()}
+    pieces = ([_fewer(found["samples"], ("sample", "samples"), "checkpoint", every["samples"])]
               if found["samples"] else []) + (
-        [f"validation on {_fewer(found['batches'], ('batch', 'batches'), 'split', len(found['batches']) == 2 * rows)}"]
+        [f"validation on {_fewer(found['batches'], ('batch', 'batches'), 'split', every['batches'])}"]
         if found["batches"] else [])
     budget = results.get("time_budget")
     named = f" ({budget})" if isinstance(budget, str) and budget else ""

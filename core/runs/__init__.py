@@ -171,12 +171,16 @@ def appended_checks(path: Path) -> dict[int, float]:
         return {}
     identity = (st.st_dev, st.st_ino)
     seen, offset, tail, checks = _CHECKS.get(path, (identity, 0, b"", {}))
-    with path.open("rb") as f:
-        f.seek(offset - len(tail))
-        if seen != identity or f.read(len(tail)) != tail:
-            offset, tail, checks = 0, b"", {}
-            f.seek(0)
-        data = f.read()
+    try:
+        with path.open("rb") as f:
+            f.seek(offset - len(tail))
+            if seen != identity or f.read(len(tail)) != tail:
+                offset, tail, checks = 0, b"", {}
+                f.seek(0)
+            data = f.read()
+    except OSError:  # a folder, no permission: no checks, as a missing file
+        _CHECKS.pop(path, None)
+        return {}
     end = data.rfind(b"\n") + 1  # complete lines only: the one being written waits for the next call
     if end:
         lines = [line for line in data[:end].splitlines() if b'"eval"' in line]

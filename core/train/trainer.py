@@ -835,7 +835,9 @@ def _nothing_to_resume(run: Path, stage: str, damaged: list[Path]) -> str:
                 f"{'has' if len(damaged) == 1 else 'have'} a missing or damaged state.json; restore it, or train "
                 f"the stage again in a new run")
     if not Paths.run_config(run).exists():
-        return f"run {run.name!r} does not exist in {run.parent}: nothing to resume (`acm runs` lists the runs)"
+        made = run.is_dir() and any(p.name != Paths.writer_lock(run).name for p in run.iterdir())  # not just locked
+        what = f"has no {Paths.run_config(run)} (its settings)" if made else f"does not exist in {run.parent}"
+        return f"run {run.name!r} {what}: nothing to resume (`acm runs` lists the runs)"
     return f"run {run.name} has no {stage} checkpoint to resume: start the stage without --resume"
 
 

@@ -365,6 +365,11 @@ def test_a_cut_evaluation_is_marked_wherever_it_is_listed(with_model):
     drawn = {**row, "code_generation": {**row["code_generation"], "samples": 64}}
     partly = {"run": "m", "samples": 64, "stages": {"pretrain": drawn, "finetune": row}}  # one row cut: named
     assert cut_note(partly) == "cut by its time budget: finetune: 16 samples instead of 64"
+    split = {"perplexity": 7.0, "batches": 2, "batches_asked": 2}
+    short = {**drawn, "language": split, "code": {**split, "batches": 1}}
+    checked = {"run": "m", "samples": 64, "stages": {"pretrain": {**drawn, "language": split, "code": split},
+                                                     "finetune": short, "finetune+checked": short}}
+    assert cut_note(checked) == "cut by its time budget: validation on finetune code: 1 batch instead of 2"
     assert cut_note({"stages": []}).startswith("whether a time budget cut this evaluation is unknown")
 
 

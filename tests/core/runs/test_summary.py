@@ -87,3 +87,6 @@ def test_checks_are_read_as_appended_and_anew_when_the_file_is_rewritten(tmp_pat
     assert appended_checks(path) == {}
     path.write_text(line(40, 2.0))  # a new file of another length and identity
     assert appended_checks(path) == {40: 2.0}
+    path.unlink()
+    path.mkdir()  # unreadable: no checks, never an error that hides every other run
+    assert appended_checks(path) == {}
