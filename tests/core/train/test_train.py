@@ -496,8 +496,7 @@ def test_steps_asked_for_with_a_time_budget_are_at_most_that_many(prepared):
 
 def test_steps_asked_for_with_a_time_budget_are_no_plan_until_timed(prepared):
     """Stopped before its steps were timed, a stage given --steps N --time T saved no plan: resumed
-    with the budget, it fits its steps to it. Its N steps ending before they are timed end at the
-    schedule's floor, warmup cut as a plan would cut it."""
+    with the budget, it fits its steps to it."""
     cfg = load(prepared)
     sc = cfg.train.pretrain
     sc.time, sc.eval_every, sc.save_every, sc.log_every, sc.min_lr_ratio, sc.warmup_steps = "20s", 10, 1000, 1, 0.1, 20
@@ -507,6 +506,15 @@ def test_steps_asked_for_with_a_time_budget_are_no_plan_until_timed(prepared):
     resumed = train_stage(cfg, "pretrain", run, resume=True, clock=SteppingClock(0.4))
     log = (run / "pretrain" / "train.log").read_text()
     assert "it planned" not in log and "time budget 20 s: " in log and 2 < resumed.step < 1000
+
+
+def test_the_most_steps_asked_for_outlive_a_stop_before_the_timing(prepared):
+    """Stopped before its timing, a stage given --steps N --time T kept N (planned_most): a resume
+    with a budget stops at N at most; one without plans N, its schedule ending at the floor. N steps
+    that end before they are timed get the warmup a plan would give."""
+    cfg = load(prepared)
+    sc = cfg.train.pretrain
+    sc.eval_every, sc.save_every, sc.log_every, sc.min_lr_ratio, sc.warmup_steps = 10, 1000, 1, 0.1, 20
     capped = cfg.runs_dir / "capped"
     sc.time = "1h"  # 72 s of the clock to time the steps: the most asked for ends first
     train_stage(cfg, "pretrain", capped, clock=SteppingClock(0.4), named_steps=12, max_steps=2)
