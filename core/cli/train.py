@@ -84,13 +84,14 @@ def ended(stage: str, run, step: int, last_checkpoint: Path | None, stopped_by_c
     what it kept (a Ctrl-C before the first step saves nothing) and the command that goes on."""
     if not stopped_by_ctrl_c:
         return 0
+    again = f"acm train {stage} --run {shlex.quote(run.name)}"
     if last_checkpoint is None:
-        return interrupted(lambda line: console.print(line, markup=False), "no checkpoint yet",
-                           f"acm train {stage} --run {shlex.quote(run.name)}")
-    kept = (f"checkpoint of step {step} saved" if last_checkpoint.name == f"step-{step:07d}"
-            else f"its last checkpoint is {last_checkpoint.name}")
-    return interrupted(lambda line: console.print(line, markup=False), kept,
-                       f"acm train {stage} --run {shlex.quote(run.name)} --resume")
+        kept = "no checkpoint yet"
+    else:
+        again += " --resume"
+        kept = (f"checkpoint of step {step} saved" if last_checkpoint.name == f"step-{step:07d}"
+                else f"its last checkpoint is {last_checkpoint.name}")
+    return interrupted(lambda line: console.print(line, markup=False), kept, again)
 
 
 def follow(events: queue.SimpleQueue, args, run, stop) -> int | None:

@@ -60,7 +60,12 @@ def find_checkpoint(cfg: Config, run: str | None = None, stage: str | None = Non
                     which: str = "best") -> tuple[checkpoint.Checkpoint, Path, str]:
     """The checkpoint to generate from: the first of `stage_folders` with a readable one (one whose
     checkpoints are all damaged is passed over: `passed_over` says so), else one line saying why."""
-    folders = stage_folders(cfg, run, stage)
+    return first_checkpoint(cfg, stage_folders(cfg, run, stage), run, which)
+
+
+def first_checkpoint(cfg: Config, folders: list[tuple[Path, str]], run: str | None,
+                     which: str) -> tuple[checkpoint.Checkpoint, Path, str]:
+    """find_checkpoint over the stage folders already listed for `run` (None: every run)."""
     for r, st in folders:
         folder = Paths.checkpoints(r, st)
         ck = checkpoint.best(folder) if which == "best" else checkpoint.latest(folder)
@@ -85,7 +90,7 @@ def passed_over(ck: checkpoint.Checkpoint, before: list[tuple[Path, str]], which
     said += [", ".join(own)] if own else []
     if not said:
         return ""
-    using = f"{ck.path.parent.parent.parent.name}/{ck.path.parent.parent.name} {ck.path.name}"
+    using = f"{ck.run.name}/{ck.stage} {ck.path.name}"
     return f"passed over as damaged (no readable state.json): {'; '.join(said)}; using {using}"
 
 
@@ -106,9 +111,9 @@ def load_model(cfg: Config, run: str | None = None, stage: str | None = None, wh
     """A checkpoint ready to generate: its weights in the compute dtype (the run's, or `compute_dtype`:
     float32 decodes as a float32 export does), unless `master_weights` keeps the float32 copy
     training made (for export)."""
-    ck, run_path, st = find_checkpoint(cfg, run, stage, which)
     folders = stage_folders(cfg, run, stage)
-    before = folders[:folders.index((run_path, st))] if (run_path, st) in folders else []
+    ck, run_path, st = first_checkpoint(cfg, folders, run, which)
+    before = folders[:folders.index((run_path, st))]
     tok = checkpoint_tokenizer(cfg, ck, run_path, st)
     ck_cfg = from_dict(ck.state["config"]) if "config" in ck.state else cfg  # the shape it was trained with
     model = GPT(model_shape(ck_cfg, tok), compute_dtype or ck_cfg.model.compute_dtype)

@@ -33,11 +33,16 @@ def existing_run(cfg: config.Config, name: str) -> Path:
     (rather than a message about checkpoints, which would send them to train a new one)."""
     path = cfg.locations.run(name)
     if not Paths.run_config(path).exists():
-        if path.is_dir():  # a folder whose config.toml went: not a run acm lists, said as such
-            raise AcmError(f"run {name!r} has no {Paths.run_config(path)} (its settings, which make a folder "
-                           f"a run): restore it; `acm runs` lists the runs that have one")
-        raise AcmError(f"run {name!r} does not exist in {cfg.locations.runs}; `acm runs` lists the runs")
+        raise AcmError(f"run {name!r} {not_a_run(path)}; `acm runs` lists the runs")
     return path
+
+
+def not_a_run(path: Path) -> str:
+    """Why `path`, holding no config.toml, is no run: a folder whose settings went (said as such, to
+    be restored), or none at all (a folder holding only a writer's lock counts as none)."""
+    if path.is_dir() and any(p.name != Paths.writer_lock(path).name for p in path.iterdir()):
+        return f"has no {Paths.run_config(path)} (its settings, which make a folder a run): restore it"
+    return f"does not exist in {path.parent}"
 
 
 def run_to_train(cfg: config.Config, name: str) -> Path:

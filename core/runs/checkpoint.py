@@ -42,6 +42,15 @@ class Checkpoint:
     def val_loss(self) -> float | None:
         return self.state.get("val_loss")
 
+    @property
+    def run(self) -> Path:
+        """The run folder it belongs to (runs/<run>/<stage>/checkpoints/step-N)."""
+        return self.path.parent.parent.parent
+
+    @property
+    def stage(self) -> str:
+        return self.path.parent.parent.name
+
 
 def _fsync_dir(path: Path) -> None:
     try:

@@ -835,9 +835,7 @@ def _nothing_to_resume(run: Path, stage: str, damaged: list[Path]) -> str:
                 f"{'has' if len(damaged) == 1 else 'have'} a missing or damaged state.json; restore it, or train "
                 f"the stage again in a new run")
     if not Paths.run_config(run).exists():
-        made = run.is_dir() and any(p.name != Paths.writer_lock(run).name for p in run.iterdir())  # not just locked
-        what = f"has no {Paths.run_config(run)} (its settings)" if made else f"does not exist in {run.parent}"
-        return f"run {run.name!r} {what}: nothing to resume (`acm runs` lists the runs)"
+        return f"run {run.name!r} {runs.not_a_run(run)}: nothing to resume (`acm runs` lists the runs)"
     return f"run {run.name} has no {stage} checkpoint to resume: start the stage without --resume"
 
 
@@ -866,7 +864,7 @@ def check_continued_tokenizer(cfg: Config, run: Path, stage: str, resume: bool) 
 
 def another_tokenizer(cfg: Config, ck: checkpoint.Checkpoint) -> str:
     """Why a checkpoint cannot go on with the project's tokenizer, and the way back to its own."""
-    copy = Paths.stage_tokenizer(ck.path.parent.parent.parent, ck.path.parent.parent.name)
+    copy = Paths.stage_tokenizer(ck.run, ck.stage)
     back = (f"copy its run's {copy} back to {cfg.locations.tokenizer_file} and run `acm prepare --force`"
             if copy.is_file() else "use the tokenizer it was made with")
     return (f"checkpoint {ck.path} was trained with another tokenizer than the project's (retrained since): "
