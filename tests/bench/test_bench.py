@@ -164,3 +164,18 @@ def test_idle_gaps_are_the_stretches_no_kernel_covers_with_the_kernels_around_th
     assert gpu_kernels.idle_gaps(spans) == [(12, 15, 1, 2), (17, 20, 3, 4)]
     assert gpu_kernels.idle_gaps(list(reversed(spans))) == [(12, 15, 3, 2), (17, 20, 1, 0)]
     assert gpu_kernels.idle_gaps([(0, 5), (1, 2)]) == [] and gpu_kernels.idle_gaps([]) == []
+
+
+def test_app_stages_times_each_stage_from_its_key_in_one_app(prepared):
+    out = subprocess.run([sys.executable, "bench/app_stages.py", "-c", str(prepared / "acm.toml"), "--rounds", "1"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300, env=ENV)
+    assert out.returncode == 0, out.stderr[-2000:]
+    row = json.loads(out.stdout)
+    pre, fine = row["pretrain"], row["finetune"]
+    assert pre["run"] == fine["run"]  # the fine-tune went on from the app's own pretrain
+    run = prepared / "runs" / pre["run"]
+    assert (run / "pretrain/checkpoints/step-0000040").is_dir() and (run / "finetune/checkpoints/step-0000010").is_dir()
+    for stage in (pre, fine):
+        assert stage["stage_s"] >= stage["timings"]["wall_s"]  # the trainer's wall lies inside the key-to-end time
+        assert stage["around_step_share"] >= stage["around_step_share_in_trainer"] > 0
+    assert row["process_s"] > row["app_start_s"] + pre["stage_s"] + fine["stage_s"]
