@@ -61,8 +61,10 @@ def pipeline_status(cfg: Config) -> list[StageStatus]:
     out = [_guarded(f"data-{kind}", _corpus_status, cfg, kind) for kind in CORPORA]
     out += [_guarded("tokenizer", _tokenizer_status, cfg, corpus_sha, tok_sha),
             _guarded("prepare", _shards_status, cfg, corpus_sha, tok_sha)]
-    out += [_guarded(stage, _training_status, cfg, stage, LABELS[stage], tok_sha) for stage in runs.TRAINING_STAGES]
-    return out + [_guarded("evaluate", _eval_status, cfg, LABELS["evaluate"])]
+    run = next(iter(runs.list_runs(cfg)), None)  # the run the pipeline follows: the newest
+    out += [_guarded(stage, _training_status, cfg, run, stage, LABELS[stage], tok_sha)
+            for stage in runs.TRAINING_STAGES]
+    return out + [_guarded("evaluate", _eval_status, run, LABELS["evaluate"])]
 
 
 def _guarded(name: str, status: Callable[..., StageStatus], *args) -> StageStatus:
@@ -104,29 +106,29 @@ def _shards_status(cfg: Config, corpus_sha: dict, tok_sha: str | None) -> StageS
                    f"{total:,} tokens" + (f"; {', '.join(stale)} out of date" if stale else ""))
 
 
-def _training_status(cfg: Config, stage: str, label: str, tok_sha: str | None) -> StageStatus:
-    for run in runs.list_runs(cfg):
-        state = runs.stage_state(run, stage)
-        if state == "not started":
-            continue
-        last = checkpoint.latest(Paths.checkpoints(run, stage))
-        st = runs.read_status(run, stage) or {}
-        step, total = st.get("step") or (last.step if last else 0), st.get("total") or getattr(cfg.train, stage).steps
-        detail = f"run {run.name}, step {step:,}/{total:,}"
-        check = runs.best_check(run, stage)  # the lowest check's, as `acm runs` shows it
-        if check is not None:
-            detail += f", best val loss {check[1]:.3f}"
-        if state == "failed":
-            detail += f": {st.get('error', '')}"
-        if state in ("running", "paused", "starting"):
-            detail += f" ({round(100 * step / max(total, 1))}%{_eta(run, stage)})"
-        elif last is not None and last.state.get("tokenizer_sha256") != tok_sha:
-            state = "stale"
-            detail += "; the tokenizer changed since"
-        elif state in ("stopped", "done") and step >= total:
-            state = "done"
-        return StageStatus(stage, label, state, detail)
-    return StageStatus(stage, label, "not started")
+def _training_status(cfg: Config, run: Path | None, stage: str, label: str, tok_sha: str | None) -> StageStatus:
+    """A training stage's state in the newest run, the one training goes on in and evaluation reads:
+    a stage done in an older run does not count for a newer one (its fine-tune is still to come)."""
+    state = runs.stage_state(run, stage) if run is not None else "not started"
+    if run is None or state == "not started":
+        return StageStatus(stage, label, "not started")
+    last = checkpoint.latest(Paths.checkpoints(run, stage))
+    st = runs.read_status(run, stage) or {}
+    step, total = st.get("step") or (last.step if last else 0), st.get("total") or getattr(cfg.train, stage).steps
+    detail = f"run {run.name}, step {step:,}/{total:,}"
+    check = runs.best_check(run, stage)  # the lowest check's, as `acm runs` shows it
+    if check is not None:
+        detail += f", best val loss {check[1]:.3f}"
+    if state == "failed":
+        detail += f": {st.get('error', '')}"
+    if state in ("running", "paused", "starting"):
+        detail += f" ({round(100 * step / max(total, 1))}%{_eta(run, stage)})"
+    elif last is not None and last.state.get("tokenizer_sha256") != tok_sha:
+        state = "stale"
+        detail += "; the tokenizer changed since"
+    elif state in ("stopped", "done") and step >= total:
+        state = "done"
+    return StageStatus(stage, label, state, detail)
 
 
 def _eta(run: Path, stage: str) -> str:
@@ -135,11 +137,9 @@ def _eta(run: Path, stage: str) -> str:
     return f", ETA {describe_seconds(eta)}" if eta is not None else ""
 
 
-def _eval_status(cfg: Config, label: str) -> StageStatus:
-    all_runs = runs.list_runs(cfg)
-    if not all_runs:
+def _eval_status(run: Path | None, label: str) -> StageStatus:
+    if run is None:
         return StageStatus("evaluate", label, "not started")
-    run = all_runs[0]
     ev = Paths.eval_results(run)
     result = read_json(ev)
     if result is None:

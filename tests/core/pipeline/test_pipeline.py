@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 
@@ -99,6 +100,24 @@ def test_training_states(with_model):
     assert by_name["pretrain"].state == "stopped"  # 20 of 40 steps
     assert "run m, step 20/40" in by_name["pretrain"].detail
     assert by_name["finetune"].state == "done" and by_name["evaluate"].state == "not started"
+
+
+def test_the_pipeline_follows_the_newest_run(with_model):
+    """A newer run's pretrain does not take an older run's fine-tune as its own: the pipeline reads
+    one run, the newest, the one `pipeline run` fine-tunes next and `acm eval` reads."""
+    from core.train.target import training_target
+
+    cfg = config.load(with_model / "acm.toml")
+    runs_dir = cfg.locations.runs
+    shutil.copytree(runs_dir / "m", runs_dir / "b")
+    shutil.rmtree(runs_dir / "b" / "finetune")
+    newer = (runs_dir / "m").stat().st_mtime + 60
+    os.utime(runs_dir / "b", (newer, newer))
+    by_name = {s.name: s for s in pipeline_status(cfg)}
+    assert by_name["pretrain"].state == "stopped" and by_name["pretrain"].detail.startswith("run b, step 20/40")
+    assert by_name["finetune"].state == "not started"  # run m's fine-tune is done, run b's is to come
+    assert by_name["evaluate"].state == "not started"
+    assert training_target(cfg, "finetune", unfinished=True).run.name == "b"
 
 
 async def test_end_to_end_on_the_offline_default(tmp_path):
