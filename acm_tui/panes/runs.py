@@ -130,9 +130,7 @@ class RunsPane(Pane):
             for stage in runs.TRAINING_STAGES:
                 st = r["stages"].get(stage)
                 cells.append(f"{st['state']} {st['step']}" if st else "–")
-            checked = [st for st in r["stages"].values() if st.get("best_val_loss") is not None]
-            best = min(checked, key=lambda st: st["best_val_loss"], default={})
-            table.add_row(self._run_cell(r["name"]), r["preset"], *cells, runs.best_val_cell(best),
+            table.add_row(self._run_cell(r["name"]), r["preset"], *cells, runs.best_val_cell(latest_checked(r)),
                           time.strftime("%Y-%m-%d %H:%M", time.localtime(r["modified"])), key=r["name"])
         if rows:
             table.move_cursor(row=min(row, len(rows) - 1))
@@ -299,3 +297,11 @@ class RunsPane(Pane):
             return
         self.notify(f"exported {info['preset']} ({info['model_type']}) as {info['format']} to {info['folder']}"
                     + (f"; {info['notice']}" if info.get("notice") else ""), title="Exported", timeout=10)
+
+
+def latest_checked(summary: dict) -> dict:
+    """The run's latest stage with a validation check (the fine-tune's once it has one): a pretrain's
+    language loss and a fine-tune's code loss do not compare, so the lower of the two says nothing."""
+    checked = [summary["stages"][s] for s in runs.TRAINING_STAGES
+               if (summary["stages"].get(s) or {}).get("best_val_loss") is not None]
+    return checked[-1] if checked else {}

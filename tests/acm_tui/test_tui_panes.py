@@ -128,6 +128,23 @@ async def test_runs_pane_notifies_renames_deletes_and_refusals_in_plain_words_at
         assert app.is_running and not (runs_dir / "baseline").exists()
 
 
+async def test_runs_pane_best_val_loss_is_the_latest_checked_stage_s(project):
+    """A fine-tune's code loss, not the lower of it and the pretrain's language loss: the two do not compare."""
+    reports = [(10, 640, 5.0), (20, 1280, 4.0)]
+    from core.runs import write_status
+
+    for name, stage, checks in (("both", "pretrain", [(10, 3.9), (20, 3.5)]),
+                                ("both", "finetune", [(10, 4.6), (20, 4.2)]), ("only", "pretrain", [(10, 3.7)])):
+        write_status(fake_run(project, name, reports, checks, stage=stage), stage, "done", step=20, total=20)
+    app = PaneHost(RunsPane, project / "acm.toml")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("6")
+        table = app.query_one("#runs-table", DataTable)
+        await wait_until(pilot, lambda: table.row_count == 2)
+        best = {str(table.get_row_at(i)[0]): str(table.get_row_at(i)[4]) for i in range(2)}
+        assert best == {"both": "4.2000", "only": "3.7000"}
+
+
 async def test_runs_pane_exports_a_run_in_the_chosen_format(with_model):
     from textual.widgets import Select
 
