@@ -24,7 +24,7 @@ from core.generate.decode import load_model, stream_generate
 from core.generate.evaluate import evaluate_run
 from core.generate.export import export_checkpoint
 from core.generate.export.upload import upload_folder
-from core.generate.relevance import expectations, task_verdict
+from core.generate.relevance import expectations, task_verdict, uses
 from core.generate.sampling import SamplingParams
 from core.generate.verdicts import judge
 from core.pipeline.tables import EVAL_COLUMNS, eval_rows
@@ -83,26 +83,41 @@ def cmd_generate(args, cfg: Config) -> int:
     params = params_from(args, cfg)
     prompt = unescape(args.prompt, "the prompt") if args.escapes else utf8(args.prompt, "the prompt")
     check = args.syntax_check or cfg.generate.syntax_check
-    k = args.candidates or cfg.generate.candidates
+    batched = check or args.n > 1 or args.json  # JSON is written once every script is judged
     expected = expectations(cfg.eval)  # a task's prompt also gets whether the script uses what it expects
     engine, stop, timeout_s = Engine(), threading.Event(), cfg.data.code.syntax_timeout_s
     try:
         lm = _loaded(args, cfg, engine)
         if check:
+            k = args.candidates or cfg.generate.candidates
             job = engine.submit(checked_generate, lm, [prompt] * args.n, params, k, timeout_s, stop.is_set)
-        elif args.n > 1:
+        elif batched:
             job = engine.submit(sample_and_judge, lm, [prompt] * args.n, params, timeout_s, stop.is_set)
         else:
             job = engine.submit(stream_to_stdout, lm, prompt, params, not args.no_echo, stop.is_set, expected)
         stopped = wait_or_stop(job, stop)
-        if check or args.n > 1:
+        if args.json:
+            print(json.dumps(generated_json(lm, job.result(), expected, args.n, stopped), indent=2))
+        elif batched:
             print_candidates(job.result(), not args.no_echo, expected)
     finally:
         engine.shutdown()
     if stopped:
-        console.print(f"(stopped{f': {len(job.result())} of {args.n} printed' if check or args.n > 1 else ''})")
+        console.print(f"(stopped{f': {len(job.result())} of {args.n} printed' if batched else ''})")
         return INTERRUPTED
     return 0
+
+
+def generated_json(lm, judged: list, expected: dict, asked: int, stopped: bool) -> dict:
+    """`acm generate --json`: the checkpoint, then each script apart with its verdicts, so that a
+    program reading stdout gets the N scripts one by one."""
+    return {"run": lm.run, "stage": lm.stage, "step": lm.step, "checkpoint": str(lm.checkpoint),
+            "notice": lm.notice or None, "asked": asked, "stopped": stopped,
+            "scripts": [{"prompt": j.sample.prompt, "text": j.sample.text, "finish_reason": j.sample.finish_reason,
+                         "parses": j.verdict.parses, "shellcheck_errors": j.verdict.shellcheck_errors,
+                         "complete": j.verdict.complete,
+                         "uses_expected": uses(j.sample.prompt, j.sample.text, expected),
+                         "tried": getattr(j, "tried", 1)} for j in judged]}
 
 
 def wait_or_stop(job, stop: threading.Event) -> bool:
@@ -231,7 +246,7 @@ GENERATE_EXAMPLES = ("acm generate -e '#!/bin/bash\\n# Back up a directory\\n'",
 
 
 def register(sub, add) -> None:
-    gen = add(sub, "generate", cmd_generate, "stream a continuation of PROMPT to stdout", json_flag=False)
+    gen = add(sub, "generate", cmd_generate, "stream a continuation of PROMPT to stdout")
     gen.formatter_class = argparse.RawDescriptionHelpFormatter
     gen.epilog = ("examples (the prompt in single quotes, so that bash leaves its `#!` alone; -e turns \\n into "
                   "a newline):\n" + "\n".join(f"  {line}" for line in GENERATE_EXAMPLES))

@@ -114,6 +114,13 @@ def test_cli_generate_chat_eval_export(with_model, capsys, tmp_path):
                      "--max-tokens", "8"]) == 0
     err = " ".join(capsys.readouterr().err.split())
     assert "── 1/1" in err and "4 tried" in err
+    assert cli.main(["-c", c, "generate", "#!/bin/bash\n", "--n", "2", "--max-tokens", "8", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)  # stdout holds the JSON alone: each script apart
+    assert (out["run"], out["stage"], out["asked"], out["stopped"]) == ("m", "finetune", 2, False)
+    assert [(s["prompt"], s["tried"], type(s["parses"])) for s in out["scripts"]] == [("#!/bin/bash\n", 1, bool)] * 2
+    assert cli.main(["-c", c, "generate", "#!/bin/bash\n", "--syntax-check", "--candidates", "4", "--max-tokens", "8",
+                     "--json"]) == 0
+    assert [s["tried"] for s in json.loads(capsys.readouterr().out)["scripts"]] == [4]
     r = subprocess.run([sys.executable, "-m", "core.cli", "-c", c, "chat", "--max-tokens", "5"],
                        input="echo\n", capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "5 tokens" in r.stderr
