@@ -63,6 +63,8 @@ def stream_to_stdout(lm, prompt: str, params: SamplingParams, echo_prompt: bool,
 
 def print_candidates(judged: list, echo_prompt: bool, expected: dict) -> None:
     """Candidates of one batch, each under a line with its verdicts (and, syntax-checked, what was tried)."""
+    for notice in dict.fromkeys(j.sample.notice for j in judged if j.sample.notice):  # the same prompt: once
+        console.print(f"[yellow]{escape(notice)}[/]")
     for i, j in enumerate(judged, 1):
         console.print(f"[bold]── {i}/{len(judged)}[/] [dim]{j.describe()}"
                       f"{escape(task_verdict(j.sample.prompt, j.sample.text, expected))}[/]")
@@ -113,7 +115,8 @@ def generated_json(lm, judged: list, expected: dict, asked: int, stopped: bool) 
     program reading stdout gets the N scripts one by one."""
     return {"run": lm.run, "stage": lm.stage, "step": lm.step, "checkpoint": str(lm.checkpoint),
             "notice": lm.notice or None, "asked": asked, "stopped": stopped,
-            "scripts": [{"prompt": j.sample.prompt, "text": j.sample.text, "finish_reason": j.sample.finish_reason,
+            "scripts": [{"prompt": j.sample.prompt, "prompt_notice": j.sample.notice or None,
+                         "text": j.sample.text, "finish_reason": j.sample.finish_reason,
                          "parses": j.verdict.parses, "shellcheck_errors": j.verdict.shellcheck_errors,
                          "complete": j.verdict.complete,
                          "uses_expected": uses(j.sample.prompt, j.sample.text, expected),

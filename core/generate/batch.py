@@ -27,6 +27,7 @@ class Sample:
     text: str = ""
     tokens: list[int] = field(default_factory=list)
     finish_reason: str = "length"  # "eos", "stop", "length", "context", "cancelled"
+    notice: str = ""  # the prompt was cut to fit the context (decode.fit_prompt says how)
 
     @property
     def complete(self) -> bool:
@@ -102,7 +103,8 @@ def generate_batch(lm: LoadedModel, prompts: list[str], params: SamplingParams,
                    should_stop=lambda: False) -> tuple[list[Sample], BatchStats]:
     """One sample per prompt (repeat a prompt for several samples of it), decoded as one batch."""
     tok, n_ctx = lm.tokenizer, lm.model.shape.n_ctx
-    ids = [fit_prompt([BOS_ID] + tok.encode(p), n_ctx, params.max_tokens)[0] for p in prompts]
+    fitted = [fit_prompt([BOS_ID] + tok.encode(p), n_ctx, params.max_tokens) for p in prompts]
+    ids = [row for row, _ in fitted]
     stops = tuple(s for s in params.stop if s)
     decoders = [IncrementalDecoder(tok) for _ in prompts]
 
@@ -112,10 +114,10 @@ def generate_batch(lm: LoadedModel, prompts: list[str], params: SamplingParams,
 
     out, reasons, stats = decode_batch(lm.model, ids, params, should_stop, stop_row if stops else None)
     samples = []
-    for prompt, tokens, reason in zip(prompts, out, reasons):
+    for prompt, tokens, reason, (_, notice) in zip(prompts, out, reasons, fitted):
         text = tok.decode(tokens)
         if reason == "stop":
             hit = min((text.index(s) for s in stops if s in text), default=len(text))
             text = text[:hit]
-        samples.append(Sample(prompt, text, tokens, reason))
+        samples.append(Sample(prompt, text, tokens, reason, notice))
     return samples, stats

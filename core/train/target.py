@@ -5,8 +5,8 @@ the pipeline and the Train pane, in this order:
                only under a name core.paths.check_run_name allows
     resume     resume asked: the newest run with a checkpoint of the stage; with no stage given
                (the Train pane's R), the newest run whose most recent stage has a checkpoint
-    unfinished (the pipeline's choice) the newest run with the stage's checkpoints resumes where the
-               stage stopped or was interrupted short of its planned steps
+    unfinished (the pipeline's choice) the newest run, the one the pipeline follows, resumes where the
+               stage stopped or was interrupted short of its planned steps (an older run's never)
     new        otherwise: pretrain starts a new run, fine-tuning starts in the newest run with a
                pretrain checkpoint
 
@@ -65,7 +65,7 @@ def _newest_checkpointed(cfg: Config, stage: str | None) -> Target:
 
 
 def _unfinished(cfg: Config, stage: str) -> Target | None:
-    started = runs.latest_run_with(cfg, stage)
+    started = next(iter(runs.list_runs(cfg)), None)
     if started is None or runs.stage_state(started, stage) not in ("stopped", "interrupted"):
         return None
     last = checkpoint.latest(Paths.checkpoints(started, stage))

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from core import cli, config
+from core.generate.batch import generate_batch
 from core.generate.decode import generate_text, load_model, stream_generate
 from core.generate.evaluate import distinct_n, evaluate_run
 from core.generate.sampling import (
@@ -78,6 +79,8 @@ def test_stop_strings_and_long_prompts(lm):
     chunks = list(stream_generate(lm, long_prompt, SamplingParams(temperature=0, max_tokens=300)))
     assert any("cut to its last" in c.notice for c in chunks)
     assert chunks[-1].finish_reason in ("context", "eos")
+    batch, _ = generate_batch(lm, [long_prompt, "#!/bin/bash\n"], SamplingParams(temperature=0, max_tokens=4))
+    assert "cut to its last" in batch[0].notice and batch[1].notice == ""  # a batch says it too, row by row
 
 
 def test_evaluate_compares_pretrain_and_finetune(with_model):
@@ -121,6 +124,11 @@ def test_cli_generate_chat_eval_export(with_model, capsys, tmp_path):
     assert cli.main(["-c", c, "generate", "#!/bin/bash\n", "--syntax-check", "--candidates", "4", "--max-tokens", "8",
                      "--json"]) == 0
     assert [s["tried"] for s in json.loads(capsys.readouterr().out)["scripts"]] == [4]
+    long_prompt = "echo hello world\n" * 200  # beyond the context: cut, and said so
+    assert cli.main(["-c", c, "generate", long_prompt, "--n", "2", "--max-tokens", "4"]) == 0
+    assert " ".join(capsys.readouterr().err.split()).count("cut to its last") == 1  # once for the batch
+    assert cli.main(["-c", c, "generate", long_prompt, "--max-tokens", "4", "--json"]) == 0
+    assert "cut to its last" in json.loads(capsys.readouterr().out)["scripts"][0]["prompt_notice"]
     r = subprocess.run([sys.executable, "-m", "core.cli", "-c", c, "chat", "--max-tokens", "5"],
                        input="echo\n", capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "5 tokens" in r.stderr
@@ -274,8 +282,6 @@ def test_the_first_ctrl_c_stops_generate_of_any_size_and_prints_what_it_has(with
 
 
 def test_a_batch_of_prompts_of_different_lengths_decodes_as_each_alone(with_model):
-    from core.generate.batch import generate_batch
-
     lm = load_model(config.load(with_model / "acm.toml"))
     prompts = ["#!/bin/bash\n", "#!/usr/bin/env bash\nset -euo pipefail\necho start\n", "x"]
     params = SamplingParams(temperature=0, max_tokens=12)

@@ -94,6 +94,21 @@ def test_the_pipeline_continues_a_stage_left_short_of_its_plan(cfg):
     assert training_target(cfg, "finetune", unfinished=True) == Target(done, "finetune", False)
 
 
+def test_the_pipeline_resumes_only_the_newest_runs_stage(cfg):
+    """The run the pipeline shows is the run it trains: an older run's stage left short stays as it is."""
+    plan = cfg.train.finetune.steps
+    old = make_run(cfg, "old", 60, pretrain=5, finetune=plan - 1)
+    runs.write_status(old, "finetune", "stopped", step=plan - 1)
+    assert training_target(cfg, "finetune", unfinished=True) == Target(old, "finetune", True)
+    new = make_run(cfg, "new", 0, pretrain=5)
+    assert training_target(cfg, "finetune", unfinished=True) == Target(new, "finetune", False)
+    runs.write_status(old, "pretrain", "stopped", step=4)  # short of its plan, but not the newest run's
+    runs.write_status(new, "pretrain", "failed")
+    os.utime(new)
+    target = training_target(cfg, "pretrain", unfinished=True)
+    assert target.resume is False and target.run not in (old, new)
+
+
 # ---------------------------------------------------------------- the snapshot a worker reads
 
 def test_a_snapshot_holds_the_settings_in_memory_and_the_launch(cfg, project):
