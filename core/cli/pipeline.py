@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shlex
 import time
 from collections.abc import Callable, Iterator
 
@@ -18,7 +19,7 @@ from core.cli.output import console_for
 from core.cli.progress import StepDisplay
 from core.config import Config, parse_duration
 from core.engine import Engine
-from core.errors import interrupted
+from core.errors import AcmError, interrupted
 from core.paths import Paths
 from core.pipeline.overview import StageStatus, pipeline_status, run_remaining
 from core.pipeline.tables import STATE_STYLES
@@ -65,6 +66,11 @@ class PipelineScreen:
 
 
 def cmd_run(args, cfg: Config) -> int:
+    live = runs.live_stage(cfg)
+    if live is not None:  # its run would read as unfinished, and a second run would train beside it
+        run, stage = live
+        raise AcmError(f"{stage} of run {run.name} is training in another process: let it end, or stop it first "
+                       f"(`acm runs stop {shlex.quote(run.name)}`)")
     engine, control, cancel = Engine(), Control(), CancelToken()
     screen = PipelineScreen(console_for(stderr=True))
     time_s = parse_duration(args.time, "--time") if args.time else None

@@ -120,6 +120,18 @@ def test_the_pipeline_follows_the_newest_run(with_model):
     assert training_target(cfg, "finetune", unfinished=True).run.name == "b"
 
 
+def test_pipeline_run_leaves_a_stage_training_elsewhere_alone(with_model, capsys):
+    from core.runs import write_status
+
+    run = with_model / "runs" / "m"
+    write_status(run, "pretrain", "running", step=25, total=40)  # this process stands for the other one
+    before = sorted(p.name for p in (with_model / "runs").iterdir())
+    assert cli.main(["-c", str(with_model / "acm.toml"), "pipeline", "run"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert err.startswith("acm: error: pretrain of run m is training in another process") and "acm runs stop m" in err
+    assert sorted(p.name for p in (with_model / "runs").iterdir()) == before  # no second run beside it
+
+
 async def test_end_to_end_on_the_offline_default(tmp_path):
     """The real app, driven from the keyboard: data -> tokenizer -> prepare -> pretrain -> fine-tune
     -> evaluate with "run all remaining", then a generation, on the nano preset and built-in data."""
