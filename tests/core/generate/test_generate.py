@@ -103,6 +103,22 @@ def test_evaluate_compares_pretrain_and_finetune(with_model):
     assert distinct_n([[1, 2, 1, 2]], 2) == round(2 / 3, 4)
 
 
+def test_cli_generate_json_gives_each_script_apart(with_model, capsys):
+    c = str(with_model / "acm.toml")
+    assert cli.main(["-c", c, "generate", "#!/bin/bash\n", "--n", "2", "--max-tokens", "8", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)  # stdout holds the JSON alone: each script apart
+    assert (out["run"], out["stage"], out["asked"], out["stopped"]) == ("m", "finetune", 2, False)
+    assert [(s["prompt"], s["tried"], type(s["parses"])) for s in out["scripts"]] == [("#!/bin/bash\n", 1, bool)] * 2
+    assert cli.main(["-c", c, "generate", "#!/bin/bash\n", "--syntax-check", "--candidates", "4", "--max-tokens", "8",
+                     "--json"]) == 0
+    assert [s["tried"] for s in json.loads(capsys.readouterr().out)["scripts"]] == [4]
+    long_prompt = "echo hello world\n" * 200  # beyond the context: cut, and said so
+    assert cli.main(["-c", c, "generate", long_prompt, "--n", "2", "--max-tokens", "4"]) == 0
+    assert " ".join(capsys.readouterr().err.split()).count("cut to its last") == 1  # once for the batch
+    assert cli.main(["-c", c, "generate", long_prompt, "--max-tokens", "4", "--json"]) == 0
+    assert "cut to its last" in json.loads(capsys.readouterr().out)["scripts"][0]["prompt_notice"]
+
+
 def test_cli_generate_chat_eval_export(with_model, capsys, tmp_path):
     c = str(with_model / "acm.toml")
     assert cli.main(["-c", c, "generate", "-e", "#!/bin/bash\\n", "--max-tokens", "8", "--temp", "0"]) == 0
@@ -117,18 +133,6 @@ def test_cli_generate_chat_eval_export(with_model, capsys, tmp_path):
                      "--max-tokens", "8"]) == 0
     err = " ".join(capsys.readouterr().err.split())
     assert "── 1/1" in err and "4 tried" in err
-    assert cli.main(["-c", c, "generate", "#!/bin/bash\n", "--n", "2", "--max-tokens", "8", "--json"]) == 0
-    out = json.loads(capsys.readouterr().out)  # stdout holds the JSON alone: each script apart
-    assert (out["run"], out["stage"], out["asked"], out["stopped"]) == ("m", "finetune", 2, False)
-    assert [(s["prompt"], s["tried"], type(s["parses"])) for s in out["scripts"]] == [("#!/bin/bash\n", 1, bool)] * 2
-    assert cli.main(["-c", c, "generate", "#!/bin/bash\n", "--syntax-check", "--candidates", "4", "--max-tokens", "8",
-                     "--json"]) == 0
-    assert [s["tried"] for s in json.loads(capsys.readouterr().out)["scripts"]] == [4]
-    long_prompt = "echo hello world\n" * 200  # beyond the context: cut, and said so
-    assert cli.main(["-c", c, "generate", long_prompt, "--n", "2", "--max-tokens", "4"]) == 0
-    assert " ".join(capsys.readouterr().err.split()).count("cut to its last") == 1  # once for the batch
-    assert cli.main(["-c", c, "generate", long_prompt, "--max-tokens", "4", "--json"]) == 0
-    assert "cut to its last" in json.loads(capsys.readouterr().out)["scripts"][0]["prompt_notice"]
     r = subprocess.run([sys.executable, "-m", "core.cli", "-c", c, "chat", "--max-tokens", "5"],
                        input="echo\n", capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "5 tokens" in r.stderr
