@@ -24,6 +24,7 @@ from core.paths import Paths
 from core.pipeline.overview import StageStatus, pipeline_status, run_remaining
 from core.pipeline.tables import STATE_STYLES
 from core.progress import CancelToken, Progress
+from core.runs import checkpoint
 from core.train.trainer import Control
 
 
@@ -46,9 +47,11 @@ class PipelineScreen:
     def __init__(self, console: Console, clock: Callable[[], float] = time.monotonic):
         self.console, self.clock = console, clock
         self.current: StepDisplay | None = None
+        self.running: str | None = None  # the stage under way, or the last one begun
 
     @contextlib.contextmanager
     def stage(self, status: StageStatus, number: int, count: int) -> Iterator[None]:
+        self.running = status.name
         self.console.print(Text(f"── {number}/{count} {status.label}", style="bold"))
         with StepDisplay(self.console, clock=self.clock) as self.current:
             try:
@@ -80,7 +83,8 @@ def cmd_run(args, cfg: Config) -> int:
     except KeyboardInterrupt:
         control.stop()
         cancel.cancel()
-        return interrupted(screen.console.print, "finished stages are kept", "acm pipeline run")
+        engine.shutdown()  # the stage under way ends at its next step; a training stage saves a checkpoint
+        return interrupted(screen.console.print, kept_after_stop(cfg, screen.running), "acm pipeline run")
     finally:
         engine.shutdown()
     print(f"ran: {', '.join(done) or 'nothing (every stage is done)'}")
@@ -88,6 +92,18 @@ def cmd_run(args, cfg: Config) -> int:
     if results:
         print_eval_table(results)
     return 0
+
+
+def kept_after_stop(cfg: Config, stage: str | None) -> str:
+    """What a Ctrl-C kept: the finished stages, and the checkpoint a training stage it stopped goes
+    on from (in the newest run, the one the pipeline trains)."""
+    run = next(iter(runs.list_runs(cfg)), None)
+    if stage not in runs.TRAINING_STAGES or run is None:
+        return "finished stages are kept"
+    last = checkpoint.latest(Paths.checkpoints(run, stage))
+    if last is None:
+        return f"finished stages are kept; {stage} of run {run.name} has no checkpoint yet"
+    return f"finished stages are kept; {stage} of run {run.name} goes on from its checkpoint {last.path.name}"
 
 
 def register(sub, add) -> None:

@@ -132,6 +132,36 @@ def test_pipeline_run_leaves_a_stage_training_elsewhere_alone(with_model, capsys
     assert sorted(p.name for p in (with_model / "runs").iterdir()) == before  # no second run beside it
 
 
+def test_ctrl_c_in_pipeline_run_names_the_checkpoint_it_goes_on_from(prepared):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from core.paths import Paths
+    from core.runs import checkpoint, last_report, list_runs
+
+    cfg = config.load(prepared / "acm.toml")
+    cfg.train.pretrain.steps = 100000
+    config.save(cfg, prepared / "acm.toml")
+    proc = subprocess.Popen([sys.executable, "-m", "core.cli", "-c", str(prepared / "acm.toml"), "pipeline", "run"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (list_runs(cfg) and last_report(list_runs(cfg)[0], "pretrain")) and time.monotonic() < deadline:
+            time.sleep(0.05)  # until the pretrain reports a step: Ctrl-C lands in training
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=120) == 130, proc.stderr.read()[-1500:]
+    finally:
+        proc.kill()
+    run = list_runs(cfg)[0]
+    last = checkpoint.latest(Paths.checkpoints(run, "pretrain"))
+    err = " ".join(proc.stderr.read().split())
+    assert last is not None and err.endswith(
+        f"interrupted: finished stages are kept; pretrain of run {run.name} goes on from its checkpoint "
+        f"{last.path.name}; `acm pipeline run` continues")
+
+
 async def test_end_to_end_on_the_offline_default(tmp_path):
     """The real app, driven from the keyboard: data -> tokenizer -> prepare -> pretrain -> fine-tune
     -> evaluate with "run all remaining", then a generation, on the nano preset and built-in data."""
