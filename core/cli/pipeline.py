@@ -83,10 +83,11 @@ def cmd_run(args, cfg: Config) -> int:
     except KeyboardInterrupt:
         control.stop()
         cancel.cancel()
-        engine.shutdown()  # the stage under way ends at its next step; a training stage saves a checkpoint
+        engine.shutdown()  # the stage under way ends at its next step (a training stage saves a checkpoint);
+        # a second Ctrl-C meanwhile exits at once
         return interrupted(screen.console.print, kept_after_stop(cfg, screen.running), "acm pipeline run")
     finally:
-        engine.shutdown()
+        engine.shutdown(wait=False)  # nothing is left in flight here but what a second Ctrl-C abandons
     print(f"ran: {', '.join(done) or 'nothing (every stage is done)'}")
     results = read_json(Paths.eval_results(runs.list_runs(cfg)[0])) if "evaluate" in done else None
     if results:
