@@ -98,6 +98,14 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"acm: error: {self.prog}: {message} (see {self.prog} --help)\n")
 
 
+class OutputGone(BrokenPipeError):
+    """The reader of acm's output went (`acm train ... 2>&1 | head`) while a stage ran: the stage
+    stopped at its next step with a checkpoint, and the command ends quietly with 1."""
+
+    def __init__(self):
+        super().__init__(errno.EPIPE, "the output's reader has gone")
+
+
 def run_command(body: Callable[[], int], quiet_pipe: bool = False) -> int:
     """A command's exit status (`acm`, a training process acm starts): what `body` returns, or the
     error that ended it as one `acm: error:` line on stderr and 2 (Ctrl-C: 130). With `quiet_pipe`
@@ -110,6 +118,8 @@ def run_command(body: Callable[[], int], quiet_pipe: bool = False) -> int:
     except KeyboardInterrupt:
         print("acm: interrupted", file=sys.stderr)
         return INTERRUPTED
+    except OutputGone:  # stderr's reader may be the one that went (`2>&1 | head`)
+        return _quiet_exit(sys.stderr)
     except OSError as e:  # a disk, a permission, a path: the system's words and the file
         if isinstance(e, BrokenPipeError) and quiet_pipe and _stdout_closed():
             return _quiet_exit()
@@ -135,15 +145,17 @@ def _stdout_closed() -> bool:
         return False
 
 
-def _quiet_exit() -> int:
+def _quiet_exit(*streams) -> int:
     """Status 1 without a word, as Rich's console and Python's own advice have it for a closed pipe:
-    what is left in the output buffer goes nowhere, so the interpreter's exit cannot fail on it."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-    except _NO_FILE:  # an output with no file behind it: nothing to silence
-        pass
+    what is left in the output's buffer (and in `streams`', stderr where it was the one closed) goes
+    nowhere, so the interpreter's exit cannot fail on it."""
+    for stream in (sys.stdout, *streams):
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, stream.fileno())
+            os.close(devnull)
+        except _NO_FILE:  # an output with no file behind it: nothing to silence
+            pass
     return 1
 
 

@@ -19,11 +19,11 @@ from core.cli.output import console_for
 from core.cli.progress import StepDisplay
 from core.config import Config, parse_duration
 from core.engine import Engine
-from core.errors import AcmError, interrupted
+from core.errors import AcmError, OutputGone, interrupted
 from core.paths import Paths
 from core.pipeline.overview import StageStatus, pipeline_status, run_remaining
 from core.pipeline.tables import STATE_STYLES
-from core.progress import CancelToken, Progress
+from core.progress import Cancelled, CancelToken, Progress
 from core.runs import checkpoint
 from core.train.trainer import Control
 
@@ -44,10 +44,12 @@ class PipelineScreen:
     """`acm pipeline run` on the command line as one program: each stage under its heading, in a
     display of its own that is stopped (its bars left as final lines) before the next heading."""
 
-    def __init__(self, console: Console, clock: Callable[[], float] = time.monotonic):
-        self.console, self.clock = console, clock
+    def __init__(self, console: Console, clock: Callable[[], float] = time.monotonic,
+                 on_gone: Callable[[], None] = lambda: None):
+        self.console, self.clock, self.on_gone = console, clock, on_gone
         self.current: StepDisplay | None = None
         self.running: str | None = None  # the stage under way, or the last one begun
+        self.gone: BaseException | None = None  # how the output's reader went, once it has
 
     @contextlib.contextmanager
     def stage(self, status: StageStatus, number: int, count: int) -> Iterator[None]:
@@ -61,11 +63,23 @@ class PipelineScreen:
 
     def report(self, p: Progress) -> None:
         if self.current is not None:
-            self.current.report(p)
+            self._shown(self.current.report, p)
 
     def train_event(self, event: dict) -> None:
         if self.current is not None:
-            self.current.train_event(event)
+            self._shown(self.current.train_event, event)
+
+    def _shown(self, show: Callable, item) -> None:
+        """Show what a stage reports (on the engine's thread); once the output's reader has gone
+        (`| head`; Rich's console says so with SystemExit(1)), nothing more, and `on_gone` stops the
+        stage at its next step, with a checkpoint."""
+        if self.gone is not None:
+            return
+        try:
+            show(item)
+        except (BrokenPipeError, SystemExit) as e:
+            self.gone = e
+            self.on_gone()
 
 
 def cmd_run(args, cfg: Config) -> int:
@@ -75,11 +89,14 @@ def cmd_run(args, cfg: Config) -> int:
         raise AcmError(f"{stage} of run {run.name} is training in another process: let it end, or stop it first "
                        f"(`acm runs stop {shlex.quote(run.name)}`)")
     engine, control, cancel = Engine(), Control(), CancelToken()
-    screen = PipelineScreen(console_for(stderr=True))
+    screen = PipelineScreen(console_for(stderr=True), on_gone=lambda: (control.stop(), cancel.cancel()))
     time_s = parse_duration(args.time, "--time") if args.time else None
     try:
         done = run_remaining(cfg, screen.report, cancel, engine.call, screen.train_event, control, time_s,
                              screen.stage)
+    except Cancelled:
+        if screen.gone is None:
+            raise
     except KeyboardInterrupt:
         control.stop()
         cancel.cancel()
@@ -88,6 +105,9 @@ def cmd_run(args, cfg: Config) -> int:
         return interrupted(screen.console.print, kept_after_stop(cfg, screen.running), "acm pipeline run")
     finally:
         engine.shutdown(wait=False)  # nothing is left in flight here but what a second Ctrl-C abandons
+    if screen.gone is not None:  # the stage under way stopped with its checkpoint: end as the pipe says,
+        engine.shutdown()       # once the engine's thread has let go of MLX
+        raise OutputGone() from screen.gone
     print(f"ran: {', '.join(done) or 'nothing (every stage is done)'}")
     results = read_json(Paths.eval_results(runs.list_runs(cfg)[0])) if "evaluate" in done else None
     if results:

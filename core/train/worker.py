@@ -18,7 +18,7 @@ from pathlib import Path
 
 from core.config import Config
 from core.engine import Engine
-from core.errors import INTERRUPTED, run_command
+from core.errors import INTERRUPTED, OutputGone, run_command
 from core.hardware import configure_mlx
 from core.runs.events import Event
 from core.train import snapshot
@@ -34,23 +34,34 @@ Follow = Callable[[queue.SimpleQueue, Callable[[], None]], int | None]  # (event
 def relay(events: queue.SimpleQueue, show: Callable[[Event], None], stop: Callable[[], None],
           say: Callable[[str], None]) -> int | None:
     """Hand a stage's events to `show` until FINISHED. Ctrl-C once (waiting or showing) calls
-    `stop`; twice returns 130 at once."""
-    interrupts = 0
+    `stop`; twice returns 130 at once. An output whose reader went calls `stop` too: the stage ends
+    at its next step with a checkpoint, then the broken pipe is raised to end the command."""
+    interrupts, gone = 0, None
     while True:
         try:
             event = events.get(timeout=0.2)
-            if event is FINISHED:
-                return None
-            show(event)
+            if event is not FINISHED and gone is None:
+                show(event)
         except queue.Empty:
+            continue
+        except (BrokenPipeError, SystemExit) as e:  # the reader went (`| head`; Rich's console says so with
+            gone = e                                   # SystemExit(1)): stop with a checkpoint, then end so
+            stop()
             continue
         except KeyboardInterrupt:
             interrupts += 1
             if interrupts > 1:
-                say("interrupted: exiting now; the last checkpoint stays loadable")
+                if gone is None:
+                    say("interrupted: exiting now; the last checkpoint stays loadable")
                 return INTERRUPTED
-            say("stopping at the next step and saving a checkpoint (Ctrl-C again to quit now)")
+            if gone is None:
+                say("stopping at the next step and saving a checkpoint (Ctrl-C again to quit now)")
             stop()
+            continue
+        if event is FINISHED:
+            if gone is not None:
+                raise OutputGone() from gone
+            return None
 
 
 def train_here(cfg: Config, launch: Launch, run: Path, follow: Follow) -> StageResult | None:

@@ -155,6 +155,29 @@ def test_ctrl_c_stops_with_a_checkpoint_says_how_to_resume_and_exits_130(prepare
                         "continues\n")
 
 
+@pytest.mark.parametrize("command", [["train", "pretrain", "--run", "c"], ["train", "pretrain", "--run", "c", "--json"],
+                                     ["pipeline", "run"]])
+def test_a_reader_that_stops_early_stops_training_with_a_checkpoint(prepared, command):
+    """`acm train ... 2>&1 | head`: once the reader has gone the stage stops at its next step with a
+    checkpoint and the command ends quietly with status 1 (before: an abort, the run left "running")."""
+    cfg = load(prepared)
+    cfg.train.pretrain.steps = 100000
+    config.save(cfg, prepared / "acm.toml")
+    proc = subprocess.Popen([sys.executable, "-m", "core.cli", "-c", str(prepared / "acm.toml"), *command],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for line in proc.stdout:  # as `head` does: read until the first step, then go
+            if "step" in line and ("loss" in line or '"metrics"' in line):
+                break
+        proc.stdout.close()
+        assert proc.wait(timeout=120) == 1
+    finally:
+        proc.kill()
+    run = runs.list_runs(cfg)[0]
+    status, last = runs.read_status(run, "pretrain"), checkpoint.latest(Paths.checkpoints(run, "pretrain"))
+    assert status["state"] == "stopped" and last is not None and last.step == status["step"]
+
+
 def test_ctrl_c_says_what_it_kept_and_a_finished_stage_exits_0(tmp_path, capsys):
     """Ctrl-C before the first step saves nothing and says so; one after a resume that saved nothing
     new names the checkpoint a resume goes on from; a stage that reached its end exits 0."""
