@@ -55,11 +55,19 @@ def run_to_train(cfg: config.Config, name: str) -> Path:
 
 
 def list_runs(cfg: config.Config) -> list[Path]:
-    """Run folders, newest first."""
+    """Run folders, newest first: the run a stage last started in (its config.toml is written then)
+    comes first, so evaluating or exporting an older run never makes it "the latest run"."""
     if not cfg.locations.runs.exists():
         return []
     runs = [d for d in cfg.locations.runs.iterdir() if d.is_dir() and Paths.run_config(d).exists()]
-    return sorted(runs, key=lambda d: d.stat().st_mtime, reverse=True)
+    return sorted(runs, key=_started, reverse=True)
+
+
+def _started(run: Path) -> float:
+    try:
+        return Paths.run_config(run).stat().st_mtime
+    except OSError:  # gone meanwhile
+        return 0.0
 
 
 def latest_run_with(cfg: config.Config, stage: str) -> Path | None:

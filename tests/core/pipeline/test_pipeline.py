@@ -111,8 +111,8 @@ def test_the_pipeline_follows_the_newest_run(with_model):
     runs_dir = cfg.locations.runs
     shutil.copytree(runs_dir / "m", runs_dir / "b")
     shutil.rmtree(runs_dir / "b" / "finetune")
-    newer = (runs_dir / "m").stat().st_mtime + 60
-    os.utime(runs_dir / "b", (newer, newer))
+    newer = (runs_dir / "m" / "config.toml").stat().st_mtime + 60
+    os.utime(runs_dir / "b" / "config.toml", (newer, newer))  # a stage started there last
     by_name = {s.name: s for s in pipeline_status(cfg)}
     assert by_name["pretrain"].state == "stopped" and by_name["pretrain"].detail.startswith("run b, step 20/40")
     assert by_name["finetune"].state == "not started"  # run m's fine-tune is done, run b's is to come

@@ -31,7 +31,7 @@ def make_run(cfg: config.Config, name: str, age_s: float, **checkpoints: int) ->
     for stage, step in checkpoints.items():
         checkpoint.save(Paths.checkpoints(run, stage), step, {"w": mx.zeros(1)}, {}, {})
     stamp = time.time() - age_s
-    os.utime(run, (stamp, stamp))
+    os.utime(Paths.run_config(run), (stamp, stamp))  # when its stage started: what "newest" goes by
     return run
 
 
@@ -63,9 +63,18 @@ def test_resume_takes_the_newest_run_with_the_stages_checkpoints(cfg):
     pretrained = make_run(cfg, "a", 60, pretrain=5)
     make_run(cfg, "b", 30, finetune=3, pretrain=5)
     assert training_target(cfg, "pretrain", resume=True).run.name == "b"
-    os.utime(pretrained)  # now the newest
+    os.utime(Paths.run_config(pretrained))  # a stage started there again: now the newest
     assert training_target(cfg, "pretrain", resume=True) == Target(pretrained, "pretrain", True)
     assert training_target(cfg, "finetune", resume=True).run.name == "b"
+
+
+def test_evaluating_or_exporting_an_older_run_leaves_the_newest_the_newest(cfg):
+    older = make_run(cfg, "older", 60, pretrain=5)
+    newer = make_run(cfg, "newer", 10, pretrain=5, finetune=3)
+    (older / "eval.json").write_text("{}")  # what `acm eval --run older` writes: the folder changes
+    (older / "exports").mkdir()
+    assert runs.list_runs(cfg) == [newer, older]
+    assert training_target(cfg, "finetune").run == newer
 
 
 def test_resume_without_a_stage_takes_the_newest_runs_latest_stage_with_a_checkpoint(cfg):
@@ -104,7 +113,7 @@ def test_the_pipeline_resumes_only_the_newest_runs_stage(cfg):
     assert training_target(cfg, "finetune", unfinished=True) == Target(new, "finetune", False)
     runs.write_status(old, "pretrain", "stopped", step=4)  # short of its plan, but not the newest run's
     runs.write_status(new, "pretrain", "failed")
-    os.utime(new)
+    os.utime(Paths.run_config(new))
     target = training_target(cfg, "pretrain", unfinished=True)
     assert target.resume is False and target.run not in (old, new)
 
