@@ -241,6 +241,17 @@ def _no_scope(status: StageStatus, number: int, count: int) -> AbstractContextMa
     return nullcontext()
 
 
+def remaining(cfg: Config, done: list[str]) -> list[StageStatus]:
+    """The stages still to run, in order. An evaluation that is done counts among them once a
+    training stage does (the training makes it stale), so the time budget keeps its share for it and
+    the headings count it from the start."""
+    statuses = [s for s in pipeline_status(cfg) if s.name not in done]
+    todo = [s for s in statuses if not s.complete]
+    if any(s.name in runs.TRAINING_STAGES for s in todo):
+        todo += [s for s in statuses if s.name == "evaluate" and s.complete]
+    return todo
+
+
 def run_remaining(cfg: Config, report, cancel, on_engine, train_emit=None, train_control=None,
                   time_s: float | None = None, stage_scope: StageScope | None = None) -> list[str]:
     """Run, in order, every stage that is not done, each at most once, reading the stages' states
@@ -251,7 +262,7 @@ def run_remaining(cfg: Config, report, cancel, on_engine, train_emit=None, train
     stage's display in it, and closes it after)."""
     done, started, number = [], time.monotonic(), 0
     while True:
-        todo = [s for s in pipeline_status(cfg) if not s.complete and s.name not in done]
+        todo = remaining(cfg, done)
         if not todo:
             break
         cancel.check()

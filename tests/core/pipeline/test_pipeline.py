@@ -162,6 +162,19 @@ def test_ctrl_c_in_pipeline_run_names_the_checkpoint_it_goes_on_from(prepared):
         f"{last.path.name}; `acm pipeline run` continues")
 
 
+def test_a_done_evaluation_still_counts_among_the_remaining_while_training_does(with_model):
+    """The training it follows makes it stale: counted from the start, it keeps its share of a time
+    budget and its place in the headings (before: `── 1/1 fine-tune`, then `── 2/2 evaluate`)."""
+    from core.generate.evaluate import evaluate_run
+    from core.pipeline.overview import remaining
+
+    cfg = config.load(with_model / "acm.toml")
+    evaluate_run(cfg, samples=2, max_tokens=4)
+    assert states(cfg)["evaluate"] == "done" and states(cfg)["pretrain"] == "stopped"
+    assert [s.name for s in remaining(cfg, [])] == ["pretrain", "evaluate"]
+    assert [s.name for s in remaining(cfg, ["pretrain"])] == []  # no training left to run: it stays done
+
+
 async def test_end_to_end_on_the_offline_default(tmp_path):
     """The real app, driven from the keyboard: data -> tokenizer -> prepare -> pretrain -> fine-tune
     -> evaluate with "run all remaining", then a generation, on the nano preset and built-in data."""
