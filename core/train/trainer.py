@@ -282,7 +282,8 @@ class Trainer:
         self.state = self.state.restored(ck.step, ck.state, self.sc.eval_batches)
         self.start_step = ck.step
         self._keep_saved_most(ck)
-        self.log(f"resumed {self.stage} from step {ck.step}")
+        if ck.step < self.state.total_steps:  # a finished plan is said once, as such (_already_done)
+            self.log(f"resumed {self.stage} from step {ck.step}")
         if self.state.eval_batches:
             self.log(f"validation reads {self.state.eval_batches} of its {self.sc.eval_batches} batches a check, "
                      "as the time budget's plan cut them")

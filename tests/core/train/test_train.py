@@ -590,7 +590,8 @@ def test_a_resumed_stage_keeps_its_plan_and_extends_only_when_asked(prepared, ca
     assert sc.steps != planned and checkpoint.latest(folder).state["planned_steps"] == planned
     again = train_stage(load(prepared), "pretrain", run, resume=True)  # no budget now: steps would be 40
     assert again.already_done and again.step == planned and checkpoint.latest(folder).step == planned
-    assert "already finished its" in (run / "pretrain" / "train.log").read_text()
+    log = (run / "pretrain" / "train.log").read_text()
+    assert "already finished its" in log and "resumed pretrain" not in log  # said once, as finished
     c = str(prepared / "acm.toml")
     assert cli.main(["-c", c, "train", "pretrain", "--run", "planned", "--resume"]) == 0
     assert f"already finished its {planned:,} steps: nothing to resume" in capsys.readouterr().out
