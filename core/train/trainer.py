@@ -825,6 +825,9 @@ def starting_point(run: Path, stage: str, resume: bool):
     if existing or stage != "finetune":
         return existing, None
     base = checkpoint.best(Paths.checkpoints(run, "pretrain"))
+    if base is None and not Paths.run_config(run).exists():  # a fine-tune never starts a run
+        raise AcmError(f"run {run.name!r} {runs.not_a_run(run)}: a fine-tune goes on from a run's pretrain "
+                       "(`acm runs` lists the runs)")
     if base is None:
         raise AcmError(f"run {run.name} has no pretrain checkpoint to fine-tune: run `acm train pretrain` first")
     return None, base

@@ -231,6 +231,11 @@ def test_non_finite_loss_stops_with_a_clear_message(prepared):
 def test_finetune_starts_from_best_pretrain(prepared):
     cfg = load(prepared)
     run = cfg.runs_dir / "f"
+    with pytest.raises(AcmError, match=r"run 'f' does not exist in .*: a fine-tune goes on from a run's pretrain"):
+        train_stage(cfg, "finetune", run)  # a name with no run behind it: said so, not "pretrain first"
+    assert not run.exists()
+    cfg.runs_dir.joinpath("f").mkdir(parents=True)
+    config.save(cfg, run / "config.toml")  # a run whose pretrain is still to come
     with pytest.raises(AcmError, match="has no pretrain checkpoint to fine-tune"):
         train_stage(cfg, "finetune", run)
     train_stage(cfg, "pretrain", run, max_steps=20)
