@@ -43,8 +43,11 @@ def setting(default: Any, help: str, *, min: float | None = None, max: float | N
 
 @dataclass
 class PathsConfig:
-    data: str = setting("data", "working folder for corpora, the tokenizer and token shards")
-    runs: str = setting("runs", "working folder for training runs (checkpoints, metrics, logs)")
+    data: str = setting("data", "working folder for corpora, the tokenizer and token shards; a relative path is "
+                                "relative to the settings file's folder (so `acm -c other/acm.toml` reads "
+                                "`other/data`), not to where acm is started")
+    runs: str = setting("runs", "working folder for training runs (checkpoints, metrics, logs); relative as "
+                                "`paths.data`")
 
 
 @dataclass
