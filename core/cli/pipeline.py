@@ -91,6 +91,7 @@ def cmd_run(args, cfg: Config) -> int:
     engine, control, cancel = Engine(), Control(), CancelToken()
     screen = PipelineScreen(console_for(stderr=True), on_gone=lambda: (control.stop(), cancel.cancel()))
     time_s = parse_duration(args.time, "--time") if args.time else None
+    quit_now = False  # a second Ctrl-C: the engine is not waited for
     try:
         done = run_remaining(cfg, screen.report, cancel, engine.call, screen.train_event, control, time_s,
                              screen.stage)
@@ -100,11 +101,12 @@ def cmd_run(args, cfg: Config) -> int:
     except KeyboardInterrupt:
         control.stop()
         cancel.cancel()
+        quit_now = True
         engine.shutdown()  # the stage under way ends at its next step (a training stage saves a checkpoint);
         # a second Ctrl-C meanwhile exits at once
         return interrupted(screen.console.print, kept_after_stop(cfg, screen.running), "acm pipeline run")
     finally:
-        engine.shutdown(wait=False)  # nothing is left in flight here but what a second Ctrl-C abandons
+        engine.shutdown(wait=not quit_now)  # the engine's thread lets go of MLX before the process exits
     if screen.gone is not None:  # the stage under way stopped with its checkpoint: end as the pipe says,
         engine.shutdown()       # once the engine's thread has let go of MLX
         raise OutputGone() from screen.gone
