@@ -98,6 +98,11 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"acm: error: {self.prog}: {message} (see {self.prog} --help)\n")
 
 
+# What writing to an output whose reader went raises: Python's BrokenPipeError, or Rich's console's
+# SystemExit(1) (it silences the output first)
+READER_GONE = (BrokenPipeError, SystemExit)
+
+
 class OutputGone(BrokenPipeError):
     """The reader of acm's output went (`acm train ... 2>&1 | head`) while a stage ran: the stage
     stopped at its next step with a checkpoint, and the command ends quietly with 1."""

@@ -19,7 +19,7 @@ from core.cli.output import console_for
 from core.cli.progress import StepDisplay
 from core.config import Config, parse_duration
 from core.engine import Engine
-from core.errors import AcmError, OutputGone, interrupted
+from core.errors import READER_GONE, AcmError, OutputGone, interrupted
 from core.paths import Paths
 from core.pipeline.overview import StageStatus, pipeline_status, run_remaining
 from core.pipeline.tables import STATE_STYLES
@@ -77,7 +77,7 @@ class PipelineScreen:
             return
         try:
             show(item)
-        except (BrokenPipeError, SystemExit) as e:
+        except READER_GONE as e:
             self.gone = e
             self.on_gone()
 
@@ -120,7 +120,7 @@ def cmd_run(args, cfg: Config) -> int:
 def kept_after_stop(cfg: Config, stage: str | None) -> str:
     """What a Ctrl-C kept: the finished stages, and the checkpoint a training stage it stopped goes
     on from (in the newest run, the one the pipeline trains)."""
-    run = next(iter(runs.list_runs(cfg)), None)
+    run = runs.newest_run(cfg)
     if stage not in runs.TRAINING_STAGES or run is None:
         return "finished stages are kept"
     last = checkpoint.latest(Paths.checkpoints(run, stage))

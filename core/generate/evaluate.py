@@ -113,7 +113,7 @@ class Slots:
 def _checkpointed(cfg: Config, run: str | None) -> tuple[Path, list[str], list[str]]:
     """The run to evaluate (the latest where none is named), its stages with a checkpoint, and a line
     for each stage whose checkpoints are all damaged (left out, never silently)."""
-    run_path = runs.existing_run(cfg, run) if run is not None else (runs.list_runs(cfg) or [None])[0]
+    run_path = runs.existing_run(cfg, run) if run is not None else runs.newest_run(cfg)
     if run_path is None:
         raise AcmError(f"no runs in {cfg.locations.runs}: train a model first (acm train pretrain)")
     stages = [s for s in runs.TRAINING_STAGES if checkpoint.best(Paths.checkpoints(run_path, s)) is not None]

@@ -61,7 +61,7 @@ def pipeline_status(cfg: Config) -> list[StageStatus]:
     out = [_guarded(f"data-{kind}", _corpus_status, cfg, kind) for kind in CORPORA]
     out += [_guarded("tokenizer", _tokenizer_status, cfg, corpus_sha, tok_sha),
             _guarded("prepare", _shards_status, cfg, corpus_sha, tok_sha)]
-    run = next(iter(runs.list_runs(cfg)), None)  # the run the pipeline follows: the newest
+    run = runs.newest_run(cfg)  # the run the pipeline follows
     out += [_guarded(stage, _training_status, cfg, run, stage, LABELS[stage], tok_sha)
             for stage in runs.TRAINING_STAGES]
     return out + [_guarded("evaluate", _eval_status, run, LABELS["evaluate"])]

@@ -63,6 +63,11 @@ def list_runs(cfg: config.Config) -> list[Path]:
     return sorted(runs, key=_started, reverse=True)
 
 
+def newest_run(cfg: config.Config) -> Path | None:
+    """The latest run (list_runs' rule), the one the pipeline follows and defaults pick; None without runs."""
+    return next(iter(list_runs(cfg)), None)
+
+
 def _started(run: Path) -> float:
     try:
         return Paths.run_config(run).stat().st_mtime

@@ -65,7 +65,7 @@ def _newest_checkpointed(cfg: Config, stage: str | None) -> Target:
 
 
 def _unfinished(cfg: Config, stage: str) -> Target | None:
-    started = next(iter(runs.list_runs(cfg)), None)
+    started = runs.newest_run(cfg)
     if started is None or runs.stage_state(started, stage) not in ("stopped", "interrupted"):
         return None
     last = checkpoint.latest(Paths.checkpoints(started, stage))

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from core.config import Config
 from core.engine import Engine
-from core.errors import INTERRUPTED, OutputGone, run_command
+from core.errors import INTERRUPTED, READER_GONE, OutputGone, run_command
 from core.hardware import configure_mlx
 from core.runs.events import Event
 from core.train import snapshot
@@ -44,8 +44,8 @@ def relay(events: queue.SimpleQueue, show: Callable[[Event], None], stop: Callab
                 show(event)
         except queue.Empty:
             continue
-        except (BrokenPipeError, SystemExit) as e:  # the reader went (`| head`; Rich's console says so with
-            gone = e                                   # SystemExit(1)): stop with a checkpoint, then end so
+        except READER_GONE as e:  # the reader went (`| head`): stop with a checkpoint, then end so
+            gone = e
             stop()
             continue
         except KeyboardInterrupt:
