@@ -84,6 +84,14 @@ class AcmApp(App):
         if self.config_error:
             self.notify(self.config_error, title="acm.toml", severity="error", timeout=10, markup=False)
 
+    def show_config_error(self, error: str | None) -> None:
+        """acm.toml read again: its error (None: it loads) held, so no stage starts and nothing is
+        saved on settings the file no longer says, and shown in the red line under the title."""
+        self.config_error = error
+        line = self.query_one("#config-error", Static)
+        line.update(Text(f"settings not loaded, using the last good ones: {error}" if error else ""))
+        line.set_class(bool(error), "shown")
+
     def _set_device(self, label: str) -> None:
         self.device = label
         self.show_where()
@@ -97,7 +105,10 @@ class AcmApp(App):
     @work(thread=True, exclusive=True, group="disk", exit_on_error=False)
     def watch_disk(self) -> None:
         """Every pane reads the disk again when a stage ends or moves on, wherever it ran."""
-        all_runs = runs.list_runs(self.cfg)  # newest first
+        try:
+            all_runs = runs.list_runs(self.cfg)  # newest first
+        except AcmError:  # paths.runs unreadable: the Runs pane says why
+            all_runs = []
         stamp = disk_stamp(self.cfg, all_runs)
         run = all_runs[0].name if all_runs else ""
         changed, self.stamp = stamp != self.stamp, stamp

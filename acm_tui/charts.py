@@ -27,6 +27,8 @@ def draw(plt, title: str, series: list, log: bool = False, axis: str = "step") -
     plt.clear_figure()
     plt.title(title)
     drawn = [s for s in map(lambda s: Series(*s), series) if s.xs]
+    if log:
+        drawn = [s for s in map(_logged, drawn) if s.xs]
     for s in drawn:
         (plt.scatter if s.points else plt.plot)(s.xs, s.ys, label=s.label, marker=s.marker)
     if not drawn:
@@ -37,7 +39,24 @@ def draw(plt, title: str, series: list, log: bool = False, axis: str = "step") -
     plt.xticks(ticks, [words(t) for t in ticks])
     plt.xlabel(label)
     if log:
-        plt.yscale("log")
+        _log_ticks(plt, [y for s in drawn for y in s.ys])
+
+
+def _logged(s: Series) -> Series:
+    """`s` with its positive finite values as their base-10 logarithms (the others left out).
+    plotext's own log scale transforms its data in place at each build, so a chart built again
+    without a new draw (a resize, a zoom) would take the logarithm twice."""
+    kept = [(x, math.log10(y)) for x, y in zip(s.xs, s.ys) if math.isfinite(y) and y > 0]
+    return s._replace(xs=[x for x, _ in kept], ys=[y for _, y in kept])
+
+
+def _log_ticks(plt, logged: list[float]) -> None:
+    """y ticks of a log chart labelled with the values, not their logarithms."""
+    if not logged:
+        return
+    lo, hi = min(logged), max(logged)
+    ticks = sorted({lo, (lo + hi) / 2, hi})
+    plt.yticks(ticks, [f"{10 ** t:.3g}" for t in ticks])
 
 
 STAGE_NAMES = {"pretrain": "pretrain", "finetune": "fine-tune"}

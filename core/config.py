@@ -594,6 +594,9 @@ def validate(cfg: Config, source: str = CONFIG_NAME) -> None:
                 f"{source}: train.{stage}.seq_len = {sc.seq_len} exceeds preset {shape.name!r}'s "
                 f"context {shape.n_ctx}; allowed: 8 to {shape.n_ctx}"
             )
+    for key, folder in (("data", cfg.locations.data), ("runs", cfg.locations.runs)):
+        if folder.exists() and not folder.is_dir():
+            raise ConfigError(f"{source}: paths.{key} = {getattr(cfg.paths, key)!r} is a file, not a folder")
     ft = cfg.train.finetune
     if ft.replay + ft.pairs_share > 0.9 + 1e-9:
         raise ConfigError(f"{source}: train.finetune.replay + train.finetune.pairs_share = "
@@ -711,10 +714,11 @@ def _merge(doc, table: dict) -> None:
 
 
 def _refuse_a_broken_file(path: str | os.PathLike) -> None:
-    """A file that does not load holds what the user chose: writing over it would put defaults there."""
+    """A file that does not load (its TOML or a value in it, perhaps edited since it was read) holds
+    what the user chose: writing over it would put defaults or older values there."""
     if Path(path).exists():
         try:
-            read_table(path)
+            load(path)
         except ConfigError as e:
             raise ConfigError(f"not saved: {e} (fix the file by hand; acm does not write over it)") from None
 
@@ -809,7 +813,7 @@ def with_value(cfg: Config, key: str, text: str, source: str = CONFIG_NAME) -> t
     if isinstance(get_value(Config(), key), list) and isinstance(value, str):  # a,b for ["a", "b"]
         value = [part.strip() for part in value.split(",") if part.strip()]
     node[leaf] = value
-    notes = _follow_preset(table, cfg) if key == "model.preset" and value in PRESETS else []
+    notes = _follow_preset(table, cfg) if key == "model.preset" and isinstance(value, str) and value in PRESETS else []
     preset = cfg.model.preset if "preset" not in _section(table, "model") else None  # the machine's stays
     return from_dict(table, source=source, root=cfg.root, preset=preset), notes
 

@@ -87,6 +87,8 @@ class Paths:
         have, so a lookup is not held to check_run_name); a name that would leave runs/ is refused."""
         if not name or "/" in name or "\0" in name or name.startswith("."):
             raise AcmError(_invalid(name))
+        if len(name.encode(errors="replace")) > 255:  # no file system has such a folder
+            raise AcmError(f"no run is named {name[:20]!r}… ({len(name)} characters)")
         return self.runs / name
 
     @staticmethod
@@ -146,6 +148,7 @@ class Paths:
 
 
 RUN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*")  # acm's own names: <preset>-<date>-<time>; no option's "-"
+RUN_NAME_MAX = 100  # characters: a folder name every file system takes, with room for the paths under it
 
 
 def check_run_name(name: str) -> None:
@@ -153,6 +156,8 @@ def check_run_name(name: str) -> None:
     it is one word in a shell, on every file system and in every listing."""
     if not RUN_NAME.fullmatch(name):
         raise AcmError(_invalid(name))
+    if len(name) > RUN_NAME_MAX:
+        raise AcmError(f"invalid run name {name[:20]!r}… ({len(name)} characters): at most {RUN_NAME_MAX}")
 
 
 def _invalid(name: str) -> str:

@@ -6,6 +6,7 @@ from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
+from textual.markup import escape
 from textual.widgets import DataTable, Static
 
 from core.data.code import fetch_code
@@ -72,12 +73,12 @@ class DataPane(Pane):
         report = self.query_one("#code-report", Static)
         if "code" in stats:
             r = stats["code"]["report"]
-            cats = ", ".join(f"{k} {v}" for k, v in sorted(r["by_category"].items(), key=lambda kv: -kv[1])[:8])
+            cats = ", ".join(f"{escape(k)} {v}" for k, v in sorted(r["by_category"].items(), key=lambda kv: -kv[1])[:8])
             failed = stats["code"].get("repos_failed") or []
             report.update(
-                f"{code_report_line(r)}\n{sources_line(r)}\n"
+                f"{escape(code_report_line(r))}\n{escape(sources_line(r))}\n"
                 f"by category: {cats}" + (f"\n[red]{len(failed)} repositories failed: "
-                                          + ", ".join(f['name'] for f in failed) + "[/]" if failed else ""))
+                                          + ", ".join(escape(f['name']) for f in failed) + "[/]" if failed else ""))
         else:
             report.update("")
         if self.sample_kind in stats:

@@ -24,7 +24,7 @@ from core.generate.cut import cut_note
 from core.generate.decode import load_model, stream_generate
 from core.generate.evaluate import evaluate_run
 from core.generate.relevance import expectations, task_verdict
-from core.generate.sampling import SamplingParams
+from core.generate.sampling import MAX_N, SamplingParams
 from core.generate.verdicts import judge
 from core.paths import Paths
 from core.pipeline.tables import EVAL_COLUMNS, eval_rows
@@ -102,7 +102,11 @@ class GeneratePane(Pane):
 
     def refresh_checkpoints(self) -> None:
         """Every run's best and latest checkpoint of each stage, newest run first."""
-        all_runs = runs.list_runs(self.cfg)
+        try:
+            all_runs = runs.list_runs(self.cfg)
+        except AcmError as e:
+            self.notify(str(e), severity="error")
+            all_runs = []
         options = [("latest run (best)", AUTO)] + [
             (f"{run.name} / {stage} / {which}", f"{run.name}|{stage}|{which}")
             for run in all_runs for stage in runs.TRAINING_STAGES if Paths.checkpoints(run, stage).exists()
@@ -149,6 +153,7 @@ class GeneratePane(Pane):
         raw = event.value
         try:
             params = self.read_params()
+            n = self.candidate_count()
             prompt = unescape(raw, "the prompt")  # as `acm generate -e` reads it
         except AcmError as e:
             self.notify(str(e), severity="error")
@@ -160,7 +165,6 @@ class GeneratePane(Pane):
         self.current_prompt, self.current_text, self.last_finish = prompt, "", None
         self.stop_event = threading.Event()
         self.query_one("#gen-status", Static).update("loading the checkpoint…" if self.loaded is None else "…")
-        n = self.candidate_count()
         if n > 1 or self.syntax_check:
             self.run_on_engine("generate", self._generate_batch, self.checkpoint_choice(), self.current_prompt,
                                params, n, self.stop_event)
@@ -170,8 +174,12 @@ class GeneratePane(Pane):
         self._render_output()
 
     def candidate_count(self) -> int:
+        """n, the candidates sampled together: 1 to MAX_N, as `acm generate --n` takes it (an empty
+        box: 1); anything else refused in one line."""
         raw = self.query_one("#gen-n", Input).value.strip() or "1"
-        return max(1, min(int(raw), 256)) if raw.isdigit() else 1
+        if not (raw.isascii() and raw.isdigit() and 1 <= int(raw) <= MAX_N):
+            raise AcmError(f"n = {raw[:20]!r}: give a whole number of candidates from 1 to {MAX_N}")
+        return int(raw)
 
     def action_toggle_check(self) -> None:
         self.syntax_check = not self.syntax_check

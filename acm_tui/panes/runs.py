@@ -116,7 +116,11 @@ class RunsPane(Pane):
 
     @work(thread=True, exclusive=True, group="runs", exit_on_error=False)
     def action_reload(self) -> None:
-        rows = [runs.summary(r) for r in runs.list_runs(self.cfg)]
+        try:
+            rows = [runs.summary(r) for r in runs.list_runs(self.cfg)]
+        except AcmError as e:
+            self.app.call_from_thread(self.notify, str(e), severity="error")
+            rows = []
         self.app.call_from_thread(self._fill, rows)
 
     def _fill(self, rows: list[dict]) -> None:

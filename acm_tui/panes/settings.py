@@ -122,7 +122,9 @@ class SettingsPane(Pane):
         try:
             self.app.cfg = config.load(self.app.config_path)
         except AcmError as e:
+            self.app.show_config_error(str(e))
             self.notify(str(e), title="acm.toml", severity="error")
             return
+        self.app.show_config_error(None)
         self.fill()
         self.notify("acm.toml reloaded")

@@ -22,6 +22,7 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Grid, VerticalScroll
+from textual.markup import escape
 from textual.widgets import Static
 from textual_plotext import PlotextPlot
 
@@ -127,7 +128,10 @@ class TrainPane(Pane):
         self.smoothing = self.cfg.ui.smoothing
         self.set_interval(REDRAW_S, self.drain)
         self.set_interval(FIND_S, self.find_stage)
-        found = runs.live_stage(self.cfg) or runs.newest_stage(self.cfg)
+        try:
+            found = runs.live_stage(self.cfg) or runs.newest_stage(self.cfg)
+        except AcmError:  # paths.runs unreadable: the Runs pane says why
+            return
         if found is None:
             self._status_idle("no runs yet: prepare the token shards (Tokenizer pane), then press p")
         else:
@@ -159,18 +163,24 @@ class TrainPane(Pane):
         newest run's stage once training ends (a chain run from the Setup pane, the CLI)."""
         if self.control is not None or self.state in LIVE:
             return
-        found = runs.live_stage(self.cfg) or runs.newest_stage(self.cfg)
+        try:
+            found = runs.live_stage(self.cfg) or runs.newest_stage(self.cfg)
+        except AcmError:  # paths.runs unreadable: the Runs pane says why
+            return
         if found is not None and found != (self.attached, self.stage):
             self.attach(*found)
 
-    def _send(self, command: str) -> None:
+    def _send(self, command: str) -> bool:
+        """Send `command` to the stage this pane follows; whether it was sent (if not, said why)."""
         if self.attached is None:
             self.notify("nothing is training")
-            return
+            return False
         try:
             runs.send_command(self.attached, self.stage, command)
         except AcmError as e:
             self.notify(str(e), severity="warning")
+            return False
+        return True
 
     def on_unmount(self) -> None:
         if self.control is not None:  # quitting mid-run: stop at the next step, with a checkpoint
@@ -265,8 +275,8 @@ class TrainPane(Pane):
         self._send("stop")
 
     def action_save_now(self) -> None:
-        self._send("save")
-        self.notify("a checkpoint will be written after the current step")
+        if self._send("save"):
+            self.notify("a checkpoint will be written after the current step")
 
     def action_log_scale(self) -> None:
         self.log_scale = not self.log_scale
@@ -374,7 +384,8 @@ class TrainPane(Pane):
     def refresh_status(self) -> None:
         m = self.history[-1] if self.history else None
         where = " (background process)" if self.control is None and self.state in LIVE else ""
-        parts = [f"[b]{self.stage or '–'}[/b] run {self.run_name or '–'}{where}: [b]{self.state}[/b]"]
+        name, state = escape(self.run_name or "–"), escape(self.state)  # read from disk: text, not markup
+        parts = [f"[b]{self.stage or '–'}[/b] run {name}{where}: [b]{state}[/b]"]
         if m:
             mfu = f"  MFU {m.mfu:.1%}" if m.mfu is not None else ""
             parts.append(f"step {m.step:,}/{m.total:,}  epoch {m.epoch:.3f}  ETA {duration(m.eta_s)}  "

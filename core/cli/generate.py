@@ -25,12 +25,11 @@ from core.generate.evaluate import evaluate_run
 from core.generate.export import export_checkpoint
 from core.generate.export.upload import upload_folder
 from core.generate.relevance import expectations, task_verdict, uses
-from core.generate.sampling import SamplingParams
+from core.generate.sampling import MAX_N, SamplingParams
 from core.generate.verdicts import judge
 from core.pipeline.tables import EVAL_COLUMNS, eval_rows
 
 console = console_for(stderr=True)
-MAX_N = 256  # generate --n: a batch (generate.candidates has the same cap); `acm eval` samples more
 
 
 def params_from(args, cfg: Config) -> SamplingParams:

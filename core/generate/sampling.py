@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import mlx.core as mx
 
+MAX_N = 256  # candidates sampled together in one batch (generate.candidates has the same cap); `acm eval` samples more
+
 
 @dataclass
 class SamplingParams:

@@ -57,9 +57,13 @@ def run_to_train(cfg: config.Config, name: str) -> Path:
 def list_runs(cfg: config.Config) -> list[Path]:
     """Run folders, newest first: the run a stage last started in (its config.toml is written then)
     comes first, so evaluating or exporting an older run never makes it "the latest run"."""
-    if not cfg.locations.runs.exists():
+    folder = cfg.locations.runs
+    if not folder.exists():
         return []
-    runs = [d for d in cfg.locations.runs.iterdir() if d.is_dir() and Paths.run_config(d).exists()]
+    try:
+        runs = [d for d in folder.iterdir() if d.is_dir() and Paths.run_config(d).exists()]
+    except OSError as e:  # a file, or a folder acm may not read
+        raise AcmError(f"cannot read the runs folder {folder} (paths.runs): {e.strerror or e}") from None
     return sorted(runs, key=_started, reverse=True)
 
 
@@ -367,5 +371,8 @@ def rename_run(run: Path, new_name: str) -> Path:
     for stage in TRAINING_STAGES:
         if stage_state(run, stage) in ("running", "paused"):
             raise AcmError(f"run {run.name} is training ({stage}): stop it first")
-    run.rename(target)
+    try:
+        run.rename(target)
+    except OSError as e:
+        raise AcmError(f"cannot rename run {run.name} to {new_name}: {e.strerror or e}") from None
     return target

@@ -10,7 +10,7 @@ from textual.widgets import DataTable, Input
 from acm_tui.panes.generate import GeneratePane
 from core import config
 from core.errors import AcmError
-from tests.helpers import shown_in_full, text_of, wait_until
+from tests.helpers import notified, shown_in_full, text_of, wait_until
 from tests.pane_host import PaneHost
 
 
@@ -107,6 +107,19 @@ async def test_sampling_values_out_of_range_get_the_settings_messages(with_model
                 with pytest.raises(AcmError, match=message):
                     pane.read_params()
             app.query_one(f"#gen-{field}", Input).value = {"temperature": "0.8", "top_p": "0.95"}.get(field, "0")
+
+
+async def test_n_that_is_not_a_count_of_candidates_is_refused_and_nothing_runs(with_model):
+    app = PaneHost(GeneratePane, with_model / "acm.toml")
+    async with app.run_test(size=(100, 50), notifications=True) as pilot:
+        await pilot.press("5")
+        pane = app.query_one("#generate-pane")
+        for value in ("\u00b2", "0", "-1", "1e3", "257"):
+            app.query_one("#gen-n", Input).value = value
+            await pilot.press("i", "l", "s", "enter")
+            await notified(pilot, f"n = {value!r}: give a whole number of candidates from 1 to 256")
+            assert pane.stop_event is None and app.is_running
+            await pilot.press("escape")
 
 
 async def test_n_candidates_from_one_batch_and_syntax_checked_sampling(with_model):

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+import tomlkit
 from textual.widgets import DataTable, Input, TabbedContent
 
 from acm_tui.app import AcmApp
@@ -260,6 +261,25 @@ async def test_a_settings_path_that_is_a_folder_keeps_the_app_up(project):
         assert "cannot read it" in text_of(app, "#config-error")
         await save_in_settings_pane(app, pilot, "generate.temperature", "0.5")
         assert app.is_running and folder.is_dir()
+
+
+async def test_a_file_edited_into_an_error_while_the_app_is_open_stops_stages_and_is_not_written(project):
+    path = project / "acm.toml"
+    app = PaneHost(SettingsPane, path)
+    async with app.run_test(size=(100, 40), notifications=True) as pilot:
+        await pilot.press("7")
+        doc = tomlkit.parse(path.read_text())
+        doc.setdefault("ui", tomlkit.table())["smoothing"] = 7  # out of range
+        edited = tomlkit.dumps(doc)
+        path.write_text(edited)
+        await pilot.press("ctrl+r")
+        assert "ui.smoothing = 7" in text_of(app, "#config-error") and app.config_error
+        await save_in_settings_pane(app, pilot, "generate.temperature", "0.5")
+        assert path.read_text() == edited
+        doc["ui"]["smoothing"] = 0.6
+        path.write_text(tomlkit.dumps(doc))
+        await pilot.press("ctrl+r")
+        assert not app.config_error and not text_of(app, "#config-error")
 
 
 async def test_settings_pane_works_by_keyboard_alone_at_80x24(project):

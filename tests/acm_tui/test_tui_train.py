@@ -64,6 +64,24 @@ async def test_stop_when_nothing_trains_says_so_and_the_plan_line_shows_at_80x24
         assert app.is_running
 
 
+async def test_the_log_chart_survives_a_zoom_a_resize_and_the_key_list(with_model):
+    """plotext's own log scale took the logarithm again at each build: a second build crashed."""
+    status = with_model / "runs" / "m" / "finetune" / "status.json"
+    status.write_text(status.read_text().replace('"done"', '"done[/]"'))  # text from disk, not markup
+    app = PaneHost(TrainPane, with_model / "acm.toml")
+    async with app.run_test(size=(80, 24), notifications=True) as pilot:
+        await pilot.press("4")
+        pane = app.query_one("#train-pane")
+        await wait_until(pilot, lambda: "done[/]" in text_of(app, "#train-status") and len(pane.history) > 1)
+        await pilot.press("g", "z", "question_mark", "question_mark", "z", "z", "z", "z")
+        await pilot.resize_terminal(100, 30)
+        await pilot.pause(0.2)
+        assert app.is_running and "(log)" in str(app.query_one("#chart-loss").render())
+        await pilot.press("c")
+        await notified(pilot, "finetune of run m is done[/]: nothing to save")
+        assert not any("checkpoint will be written" in n.message for n in app._notifications)
+
+
 async def test_failed_stage_shows_its_error(prepared):
     import shutil
 

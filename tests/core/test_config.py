@@ -273,3 +273,22 @@ def test_config_set_says_when_it_creates_the_file_it_names(tmp_path, capsys):
     assert cli.main(["-c", str(path), "config", "set", "generate.seed", "4"]) == 0
     assert "new settings file" not in capsys.readouterr().out and config.load(path).generate.seed == 4
     assert cli.main(["-c", str(tmp_path / "typo.toml"), "config", "check"]) == 2  # only set creates one
+
+
+def test_a_file_edited_into_an_error_after_it_was_read_is_never_written_over(tmp_path):
+    path = tmp_path / "acm.toml"
+    path.write_text('[model]\npreset = "nano"\n')
+    cfg = config.load(path)  # what an open app holds
+    path.write_text('[model]\npreset = "huge"  # my edit\n')
+    new, _ = config.with_value(cfg, "ui.smoothing", "0.6", source=str(path))
+    with pytest.raises(ConfigError, match="not saved: .*'huge'"):
+        config.save_settings(new, path)
+    assert path.read_text() == '[model]\npreset = "huge"  # my edit\n'
+
+
+def test_a_list_for_the_preset_and_a_file_for_a_folder_are_refused_in_one_line(project, capsys):
+    c = str(project / "acm.toml")
+    assert cli.main(["-c", c, "config", "set", "model.preset", "[]"]) == 2
+    assert capsys.readouterr().err.endswith("acm.toml: model.preset must be a string, got []\n")
+    assert cli.main(["-c", c, "config", "set", "paths.runs", "acm.toml"]) == 2
+    assert "paths.runs = 'acm.toml' is a file, not a folder" in capsys.readouterr().err

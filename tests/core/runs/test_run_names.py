@@ -47,3 +47,24 @@ def test_a_run_an_older_acm_named_oddly_is_listed_found_and_renamed(with_model, 
     assert f"finetune of run {old} already finished" in capsys.readouterr().out
     assert cli.main(["-c", c, "runs", "rename", old, "renamed"]) == 0
     assert (with_model / "runs" / "renamed" / "config.toml").exists()
+
+
+def test_a_name_too_long_for_a_folder_is_refused_in_one_line(with_model, capsys):
+    c = str(with_model / "acm.toml")
+    assert cli.main(["-c", c, "runs", "rename", "m", "x" * 300]) == 2
+    assert "(300 characters): at most 100" in capsys.readouterr().err
+    assert cli.main(["-c", c, "runs", "metrics", "y" * 300]) == 2  # a lookup: no file system has it
+    assert "no run is named 'yyyy" in capsys.readouterr().err
+    assert [p.name for p in (with_model / "runs").iterdir()] == ["m"]
+
+
+def test_a_runs_folder_that_became_a_file_is_one_line_everywhere(with_model, capsys):
+    import shutil
+
+    cfg = config.load(with_model / "acm.toml")  # read while runs/ was a folder
+    shutil.rmtree(with_model / "runs")
+    (with_model / "runs").write_text("")
+    with pytest.raises(AcmError, match="cannot read the runs folder .*runs \\(paths.runs\\): Not a directory"):
+        runs.list_runs(cfg)
+    assert cli.main(["-c", str(with_model / "acm.toml"), "runs"]) == 2
+    assert "paths.runs = 'runs' is a file, not a folder" in capsys.readouterr().err
