@@ -26,7 +26,7 @@ def draw(plt, title: str, series: list, log: bool = False, axis: str = "step") -
     plt.clear_data()
     plt.clear_figure()
     plt.title(title)
-    drawn = [s for s in map(lambda s: Series(*s), series) if s.xs]
+    drawn = [s for s in map(_plottable, map(lambda s: Series(*s), series)) if s.xs]
     if log:
         drawn = [s for s in map(_logged, drawn) if s.xs]
     for s in drawn:
@@ -42,11 +42,21 @@ def draw(plt, title: str, series: list, log: bool = False, axis: str = "step") -
         _log_ticks(plt, [y for s in drawn for y in s.ys])
 
 
+def _plottable(s: Series) -> Series:
+    """`s` without the points plotext cannot place: a value that is not a finite number (an infinite
+    validation loss, a record edited by hand)."""
+    def finite(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    kept = [(x, y) for x, y in zip(s.xs, s.ys) if finite(x) and finite(y)]
+    return s._replace(xs=[x for x, _ in kept], ys=[y for _, y in kept])
+
+
 def _logged(s: Series) -> Series:
     """`s` with its positive finite values as their base-10 logarithms (the others left out).
     plotext's own log scale transforms its data in place at each build, so a chart built again
     without a new draw (a resize, a zoom) would take the logarithm twice."""
-    kept = [(x, math.log10(y)) for x, y in zip(s.xs, s.ys) if math.isfinite(y) and y > 0]
+    kept = [(x, math.log10(y)) for x, y in zip(s.xs, s.ys) if y > 0]
     return s._replace(xs=[x for x, _ in kept], ys=[y for _, y in kept])
 
 
@@ -111,8 +121,9 @@ def axis_values(rows: list[tuple[int, int, float]], axis: str) -> list[float]:
         return [float(step) for step, _, _ in rows]
     if axis == "tokens":
         return [float(tokens) for _, tokens, _ in rows]
-    start = rows[0][2] if rows else 0.0
-    return [t - start for _, _, t in rows]
+    times = [t if isinstance(t, (int, float)) else math.nan for _, _, t in rows]  # nan: left out of the chart
+    start = next((t for t in times if math.isfinite(t)), 0.0)
+    return [t - start for t in times]
 
 
 def at_steps(steps: list[int], xs: list[float], wanted: list[int]) -> list[float]:

@@ -54,12 +54,23 @@ SPARK = 24  # reports a sparkline shows
 SMOOTHING_KEY = "ui.smoothing"
 
 
-def gib(n: float) -> str:
-    return f"{n / 2**30:.2f}"
+def num(value, spec: str) -> str:
+    """A figure read back from a run's files, formatted; "–" for one that is missing or is not a
+    number (a file edited by hand: a record reads leniently, core.runs.events)."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return format(value, spec) if number else "–"
+
+
+def in_gib(n: float | None) -> float | None:
+    return n / 2**30 if isinstance(n, (int, float)) else None  # None: left out of the chart
+
+
+def gib(n: float | None) -> str:
+    return num(in_gib(n), ".2f")
 
 
 def duration(s: float | None) -> str:
-    if s is None:
+    if not isinstance(s, (int, float)) or not math.isfinite(s):
         return "–"
     s = int(s)
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
@@ -387,13 +398,15 @@ class TrainPane(Pane):
         name, state = escape(self.run_name or "–"), escape(self.state)  # read from disk: text, not markup
         parts = [f"[b]{self.stage or '–'}[/b] run {name}{where}: [b]{state}[/b]"]
         if m:
-            mfu = f"  MFU {m.mfu:.1%}" if m.mfu is not None else ""
-            parts.append(f"step {m.step:,}/{m.total:,}  epoch {m.epoch:.3f}  ETA {duration(m.eta_s)}  "
-                         f"loss {m.loss:.4f}  lr {m.lr:.2e}  {m.tokens_per_s:,.0f} tok/s{ranks_words(m)}{mfu}")
+            mfu = f"  MFU {num(m.mfu, '.1%')}" if m.mfu is not None else ""
+            parts.append(f"step {num(m.step, ',')}/{num(m.total, ',')}  epoch {num(m.epoch, '.3f')}  ETA "
+                         f"{duration(m.eta_s)}  loss {num(m.loss, '.4f')}  lr {num(m.lr, '.2e')}  "
+                         f"{num(m.tokens_per_s, ',.0f')} tok/s{ranks_words(m)}{mfu}")
             parts.append(f"memory active {gib(m.memory_active)} / peak {gib(m.memory_peak)} / cache "
                          f"{gib(m.memory_cache)} / limit {gib(m.memory_limit)} GiB")
         if self.evals:
-            parts.append(f"val loss {self.evals[-1].val_loss:.4f} (best {self.evals[-1].best_val_loss:.4f})")
+            last = self.evals[-1]
+            parts.append(f"val loss {num(last.val_loss, '.4f')} (best {num(last.best_val_loss, '.4f')})")
         self.query_one("#train-status", Static).update("\n".join(parts))
         self.query_one(DevicesBlock).follow(self.state in LIVE or self.control is not None, m)
 
@@ -414,8 +427,8 @@ class TrainPane(Pane):
         self._chart("#chart-lr", "learning rate", [(xs, [m.lr for m in hist], "lr")])
         self._chart("#chart-speed", "tokens/s", [(xs, [m.tokens_per_s for m in hist], "tok/s")])
         self._chart("#chart-memory", "memory (GiB)",
-                    [(xs, [m.memory_active / 2**30 for m in hist], "active"),
-                     Series(xs, [m.memory_peak / 2**30 for m in hist], "peak", marker="dot")])
+                    [(xs, [in_gib(m.memory_active) for m in hist], "active"),
+                     Series(xs, [in_gib(m.memory_peak) for m in hist], "peak", marker="dot")])
         self._health()
 
     def _loss_series(self, steps: list[int], xs: list[float]) -> list[Series]:
@@ -452,15 +465,16 @@ def samples_text(samples: list[Sample]) -> Text:
     if not samples:
         return Text("no samples yet: each validation check generates train.samples scripts (0: none)", style="dim")
     first = samples[0]
-    text = Text(f"samples at step {first.step:,} ({first.seconds:.2f} s)\n", style="bold")
+    text = Text(f"samples at step {num(first.step, ',')} ({num(first.seconds, '.2f')} s)\n", style="bold")
     for s in samples:
         text.append("\n").append(s.marks(), "bold green" if s.parses and s.complete else "bold yellow").append("\n")
-        text.append(s.prompt, "dim").append(s.text or "(nothing)")
-        text.append("\n" if not s.text.endswith("\n") else "")
+        prompt, written = (v if isinstance(v, str) else "" for v in (s.prompt, s.text))  # as read back
+        text.append(prompt, "dim").append(written or "(nothing)")
+        text.append("\n" if not written.endswith("\n") else "")
     return text
 
 
 def ranks_words(metrics: Metrics) -> str:
     """" in total over N ranks" for a data-parallel run (MFU is then per GPU)."""
-    ranks = metrics.ranks or 1
+    ranks = metrics.ranks if isinstance(metrics.ranks, int) else 1
     return f" in total over {ranks} ranks" if ranks > 1 else ""

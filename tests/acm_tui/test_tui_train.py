@@ -82,6 +82,24 @@ async def test_the_log_chart_survives_a_zoom_a_resize_and_the_key_list(with_mode
         assert not any("checkpoint will be written" in n.message for n in app._notifications)
 
 
+async def test_records_edited_by_hand_show_as_dashes_and_leave_the_charts_drawn(with_model):
+    stage = with_model / "runs" / "m" / "finetune"
+    last = json.loads((stage / "metrics.jsonl").read_text().splitlines()[-2])
+    with open(stage / "metrics.jsonl", "a") as f:
+        for record in ({**last, "step": 11, "total": None, "epoch": "x", "memory_active": None, "time": None},
+                       {"type": "eval", "stage": "finetune", "step": 11, "val_loss": float("inf")}):
+            f.write(json.dumps(record) + "\n")
+    (stage / "samples.jsonl").write_text('{"type": "sample", "stage": "finetune", "step": 10}\n')
+    app = PaneHost(TrainPane, with_model / "acm.toml")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("4")
+        await wait_until(pilot, lambda: "step 11/–  epoch –" in text_of(app, "#train-status"))
+        assert "val loss inf (best –)" in text_of(app, "#train-status")
+        await pilot.press("g", "x", "x", "z", "v")
+        await pilot.pause(0.2)
+        assert app.is_running and "samples at step 10 (– s)" in text_of(app, "#train-samples-text")
+
+
 async def test_failed_stage_shows_its_error(prepared):
     import shutil
 
