@@ -35,6 +35,7 @@ class Engine:
         configure_mlx()  # before the engine's first MLX work
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._stopped = threading.Event()
+        self.running: str | None = None  # the name of the job under way (submit's `name`), if any
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
@@ -44,10 +45,14 @@ class Engine:
 
     def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Future:
         """Run fn(*args, **kwargs) on the engine thread, after the jobs already queued."""
+        return self.submit_named("", fn, *args, **kwargs)
+
+    def submit_named(self, name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Future:
+        """submit, with the job's name shown in `running` while it runs."""
         if self._stopped.is_set():
             raise RuntimeError("the engine has been shut down")
         fut: Future = Future()
-        self._jobs.put((fut, fn, args, kwargs))
+        self._jobs.put((fut, name, fn, args, kwargs))
         return fut
 
     def call(self, fn: Callable[..., Any], *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
@@ -55,6 +60,12 @@ class Engine:
         if threading.current_thread() is self._thread:
             return fn(*args, **kwargs)
         return self.submit(fn, *args, **kwargs).result(timeout)
+
+    def call_named(self, name: str, fn: Callable[..., Any], *args: Any) -> Any:
+        """call, with the job's name shown in `running` while it runs."""
+        if threading.current_thread() is self._thread:
+            return fn(*args)
+        return self.submit_named(name, fn, *args).result()
 
     @property
     def stopped(self) -> bool:
@@ -77,11 +88,14 @@ class Engine:
                 # aborts ("terminate called without an active exception"). A parked daemon thread
                 # simply ends with the process.
                 threading.Event().wait()
-            fut, fn, args, kwargs = job
+            fut, name, fn, args, kwargs = job
             if not fut.set_running_or_notify_cancel():
                 continue
+            self.running = name
             try:
                 fut.set_result(fn(*args, **kwargs))
             except BaseException as e:  # delivered to whoever waits on the future
                 fut.set_exception(e)
+            finally:
+                self.running: str | None = None  # the name of the job under way (submit's `name`), if any
 

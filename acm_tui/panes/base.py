@@ -58,9 +58,16 @@ class Pane(VerticalScroll):
 
     # ------------------------------------------------------------ engine jobs (MLX work)
 
+    STAGES_ON_ENGINE = ("train", "stages")  # long engine jobs another job would wait behind silently
+
     def run_on_engine(self, job: str, fn: Callable[..., Any], *args: Any) -> Future:
-        """Submit fn to the engine thread; an EngineResult(job) message arrives here when it ends."""
-        fut = self.app.engine.submit(fn, *args)
+        """Submit fn to the engine thread; an EngineResult(job) message arrives here when it ends. A job
+        that waits behind another (a training stage in the app) is said to wait, not left silent."""
+        if self.app.engine.running in self.STAGES_ON_ENGINE:
+            self.notify(f"{job} waits for the stage under way in the app (the engine runs one MLX job at a time): "
+                        "it starts when that stage ends, or stops (s in the Train pane, x in the Setup pane)",
+                        title="Waiting", timeout=8)
+        fut = self.app.engine.submit_named(job, fn, *args)
         fut.add_done_callback(lambda f: self.post_message(EngineResult(job, f)))
         return fut
 

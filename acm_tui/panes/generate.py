@@ -221,9 +221,10 @@ class GeneratePane(Pane):
             self.stop_event.set()
 
     def action_stop_or_leave(self) -> None:
-        """escape: stop the generation in progress; with none, leave the prompt (or a setting), so that
-        k, e and i act instead of typing."""
-        if self.stop_event is not None:
+        """escape: stop the generation in progress; with none, or pressed again (a generation waiting
+        for the engine ends only when it starts), leave the prompt (or a setting), so that k, e and i
+        act instead of typing."""
+        if self.stop_event is not None and not self.stop_event.is_set():
             self.stop_event.set()
         elif self.app.focused is not self:
             self.focus()

@@ -161,7 +161,8 @@ class SetupPane(Pane):
             return
         # the Train pane finds the chain's training stages on disk and follows them
         self.chain_control = Control()
-        if not self.start_step("running the remaining stages", run_chain, self.app.engine.call, self.chain_control):
+        if not self.start_step("running the remaining stages", run_chain, partial(self.app.engine.call_named, "stages"),
+                               self.chain_control):
             self.chain_control = None
 
     def step_done(self, name: str, done: list[str]) -> None:

@@ -122,6 +122,24 @@ async def test_n_that_is_not_a_count_of_candidates_is_refused_and_nothing_runs(w
             await pilot.press("escape")
 
 
+async def test_a_generation_behind_a_stage_in_the_app_says_it_waits_and_escape_leaves_the_prompt(with_model):
+    app = PaneHost(GeneratePane, with_model / "acm.toml")
+    async with app.run_test(size=(100, 50), notifications=True) as pilot:
+        await pilot.press("5")
+        pane, release = app.query_one("#generate-pane"), threading.Event()
+        app.engine.submit_named("train", release.wait)  # a stage holding the engine, as a training does
+        await wait_until(pilot, lambda: app.engine.running == "train")
+        await pilot.press("i", "l", "s", "enter")
+        await notified(pilot, "generate waits for the stage under way in the app")
+        prompt = app.query_one("#gen-prompt", Input)
+        await pilot.press("escape")
+        assert pane.stop_event.is_set() and prompt.has_focus  # the first escape stops it
+        await pilot.press("escape")
+        assert not prompt.has_focus  # the second leaves the prompt: k, e, i and the panes' keys act again
+        release.set()
+        await wait_until(pilot, lambda: pane.stop_event is None and app.engine.running is None, timeout=60)
+
+
 async def test_n_candidates_from_one_batch_and_syntax_checked_sampling(with_model):
     app = PaneHost(GeneratePane, with_model / "acm.toml")
     async with app.run_test(size=(120, 60)) as pilot:
