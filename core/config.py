@@ -413,16 +413,22 @@ DURATION_UNITS = {"h": 3600, "m": 60, "s": 1}
 def parse_duration(text: str, key: str = "duration") -> float:
     """Seconds in "90s", "10m", "8h", "1h30m" or a plain number of seconds; one line otherwise."""
     text = text.strip().lower()
-    try:
+    if PLAIN_SECONDS.fullmatch(text):
         seconds = float(text)
-    except ValueError:
+    else:
         parts = DURATION.findall(text)
         seconds = sum(float(n) * DURATION_UNITS[u] for n, u in parts)
         if not parts or "".join(n + u for n, u in parts) != text:
             raise ConfigError(f"{key} = {text!r} is not a duration: write it like 90s, 10m, 8h or 1h30m") from None
     if not (math.isfinite(seconds) and seconds > 0):
         raise ConfigError(f"{key} = {text!r} must be a positive duration")
+    if seconds > MAX_DURATION_S:
+        raise ConfigError(f"{key} = {text!r} is too long: at most 365 days (8760h)")
     return seconds
+
+
+PLAIN_SECONDS = re.compile(r"\d+(\.\d+)?")  # a plain number of seconds, as written by hand: no 1e9, no 1_0
+MAX_DURATION_S = 365 * 24 * 3600  # a budget beyond a year is a typo, and no step count would fit it
 
 
 INT_LIMIT = 2**31 - 1  # integers without a maximum of their own stay below this
@@ -760,7 +766,7 @@ def _allowed(m, typ) -> str:
     if m.get("item"):
         return f"a list of tables ({', '.join(f.name for f in _setting_fields(m['item']))})"
     if m.get("duration"):
-        return "a duration (90s, 10m, 1h30m) or empty"
+        return "a duration (90s, 10m, 1h30m; at most 8760h) or empty"
     if m.get("choices"):
         return ", ".join(map(str, m["choices"]))
     if any(m.get(k) is not None for k in ("min", "max", "above")):

@@ -11,6 +11,7 @@ object `to_json()` gives, {"type": "metrics" | "eval" | "checkpoint" | "state" |
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, fields
@@ -154,15 +155,28 @@ def read_samples(run: Path, stage: str) -> list[Sample]:
     return [e for e in map(event_from_json, records) if isinstance(e, Sample)]
 
 
+def _appending(path: Path):
+    """A stage's record file opened to append lines: one that ends inside a line (cut by a crash or
+    by hand) gets its newline first, so the next record is not glued onto the damaged one and lost."""
+    cut = False
+    if path.exists() and path.stat().st_size:
+        with open(path, "rb") as existing:
+            existing.seek(-1, os.SEEK_END)
+            cut = existing.read(1) != b"\n"
+    f = open(path, "a", buffering=1, encoding="utf-8")
+    if cut:
+        f.write("\n")
+    return f
+
+
 class Recorder:
     """Writes a stage's events to its files, each line flushed as it is written."""
 
     def __init__(self, run: Path, stage: str, total_steps: int):
         self.run, self.stage, self.total = run, stage, total_steps
         Paths.stage(run, stage).mkdir(parents=True, exist_ok=True)
-        self._metrics = open(Paths.metrics(run, stage), "a", buffering=1, encoding="utf-8")
-        self._log = open(Paths.train_log(run, stage), "a", buffering=1, encoding="utf-8")
-        self._samples = open(Paths.samples(run, stage), "a", buffering=1, encoding="utf-8")
+        self._metrics, self._log, self._samples = (
+            _appending(path(run, stage)) for path in (Paths.metrics, Paths.train_log, Paths.samples))
 
     def __call__(self, event: Event) -> None:
         with writing(f"the {self.stage} records of run {self.run.name}"):

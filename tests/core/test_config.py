@@ -292,3 +292,13 @@ def test_a_list_for_the_preset_and_a_file_for_a_folder_are_refused_in_one_line(p
     assert capsys.readouterr().err.endswith("acm.toml: model.preset must be a string, got []\n")
     assert cli.main(["-c", c, "config", "set", "paths.runs", "acm.toml"]) == 2
     assert "paths.runs = 'acm.toml' is a file, not a folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text, message", [("1e308", "is not a duration"), ("1_0", "is not a duration"),
+                                           ("nan", "is not a duration"), ("99999999999999999h", "too long"),
+                                           ("8761h", "too long")])
+def test_a_duration_is_written_as_a_user_writes_one_and_at_most_a_year(text, message):
+    with pytest.raises(ConfigError, match=message):
+        config.parse_duration(text, "--time")
+    assert config.parse_duration("8760h", "--time") == 365 * 24 * 3600
+    assert config.parse_duration("90", "--time") == config.parse_duration("1m30s", "--time") == 90

@@ -60,3 +60,26 @@ def test_a_state_read_from_status_keeps_who_wrote_it():
     assert (state.pid, state.host, state.step) == (42, "h", 7)
     assert State(stage="pretrain", state="paused", step=7, total=9).to_json() == {
         "type": "state", "stage": "pretrain", "state": "paused", "step": 7, "total": 9}
+
+
+def test_a_record_file_cut_inside_a_line_gets_its_newline_before_the_next_record(tmp_path):
+    from core.paths import Paths
+    from core.runs import parse_records
+    from core.runs.events import Recorder
+
+    run = tmp_path / "r"
+    Paths.stage(run, "pretrain").mkdir(parents=True)
+    Paths.metrics(run, "pretrain").write_text('{"type": "eval", "stage": "pretrain", "step": 5, "val_lo')  # cut
+    recorder = Recorder(run, "pretrain", 10)
+    recorder(Eval(stage="pretrain", step=10, val_loss=2.5, val_ppl=12.2, best_val_loss=2.5))
+    recorder.close()
+    lines = Paths.metrics(run, "pretrain").read_bytes().splitlines()
+    assert [r["step"] for r in parse_records(lines)] == [10]  # the damaged line alone is skipped
+
+
+def test_acm_runs_samples_reads_a_sample_edited_by_hand(with_model, capsys):
+    from core import cli
+
+    (with_model / "runs" / "m" / "finetune" / "samples.jsonl").write_text('{"type": "sample", "step": 10}\n')
+    assert cli.main(["-c", str(with_model / "acm.toml"), "runs", "samples", "m"]) == 0
+    assert "── step 10" in (out := capsys.readouterr().out) and "(– s for the check)" in out
