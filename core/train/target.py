@@ -69,9 +69,11 @@ def _unfinished(cfg: Config, stage: str) -> Target | None:
     if started is None or runs.stage_state(started, stage) not in ("stopped", "interrupted"):
         return None
     last = checkpoint.latest(Paths.checkpoints(started, stage))
-    if last is not None and last.step < getattr(cfg.train, stage).steps:
-        return Target(started, stage, True)
-    return None
+    if last is None:
+        return None
+    planned = last.state.get("planned_steps")  # what a resume trains to (`--steps 5000` stopped early)
+    total = planned if isinstance(planned, int) and not isinstance(planned, bool) else getattr(cfg.train, stage).steps
+    return Target(started, stage, True) if last.step < total else None
 
 
 def _new(cfg: Config, stage: str) -> Target:

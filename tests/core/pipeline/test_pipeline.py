@@ -120,6 +120,17 @@ def test_the_pipeline_follows_the_newest_run(with_model):
     assert training_target(cfg, "finetune", unfinished=True).run.name == "b"
 
 
+def test_the_pipeline_resumes_a_stage_stopped_short_of_its_own_plan_whatever_the_settings_now_say(with_model):
+    """`acm train pretrain --steps 40` stopped at 20 goes on to 40 in `pipeline run`, though
+    train.pretrain.steps says 10: a resume trains to the plan its checkpoint keeps."""
+    from core.train.target import training_target
+
+    cfg = config.load(with_model / "acm.toml")
+    cfg.train.pretrain.steps = 10
+    target = training_target(cfg, "pretrain", unfinished=True)
+    assert (target.run.name, target.resume) == ("m", True)
+
+
 def test_pipeline_run_leaves_a_stage_training_elsewhere_alone(with_model, capsys):
     from core.runs import write_status
 
