@@ -280,14 +280,20 @@ def send_command(run: Path, stage: str, command: str) -> None:
     write_text(Paths.control(run, stage), json.dumps({"command": command, "time": time.time()}) + "\n")
 
 
-def take_command(run: Path, stage: str) -> str | None:
-    """The pending command, removed as it is read (each command acts once)."""
+def take_command(run: Path, stage: str, since: float = 0.0) -> str | None:
+    """The pending command, removed as it is read (each command acts once). One sent before `since`
+    (the process's start) was meant for a process that died before it read it: dropped, not obeyed
+    (send_command takes a command only while the stage's status names a live process)."""
     path = Paths.control(run, stage)
     request = read_json(path)
     if request is None:
         return None
     path.unlink(missing_ok=True)
-    command = request.get("command") if isinstance(request, dict) else None
+    if not isinstance(request, dict):
+        return None
+    sent, command = request.get("time"), request.get("command")
+    if not isinstance(sent, (int, float)) or sent < since:
+        return None
     return command if command in COMMANDS else None
 
 

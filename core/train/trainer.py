@@ -448,6 +448,7 @@ class Trainer:
 
     def run(self) -> StageResult:
         self.started = self.clock()  # a time budget counts from here
+        self.since = time.time()  # a command in the control file older than this was for a process gone
         self.timings.begin(self.started)
         fresh = self.is_main and not self.run_path.exists()  # made by this call
         lock = RunLock(self.run_path).acquire(self.stage) if self.is_main else None  # one writer per run
@@ -484,7 +485,7 @@ class Trainer:
         """Commands left in the stage's control file by another process (acm runs, acm-tui). With
         several ranks every rank acts alike: on rank 0's command, and on a stop or save a signal gave
         any rank (one collective)."""
-        command = runs.take_command(self.run_path, self.stage) if self.is_main else None
+        command = runs.take_command(self.run_path, self.stage, self.since) if self.is_main else None
         wanted = [command == c for c in runs.COMMANDS]
         if self.world > 1:
             wanted[2] = wanted[2] or self.control.stopping

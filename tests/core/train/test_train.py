@@ -853,3 +853,15 @@ def test_a_stage_that_slows_down_writes_one_alert_naming_the_step(prepared):
     train_stage(cfg, "pretrain", run, clock=SlowingClock(0.01, reads=60))
     alerts = [line for line in (run / "pretrain" / "train.log").read_text().splitlines() if " alert: step " in line]
     assert len(alerts) == 1 and "tokens/s, under 0.5x the stage's median" in alerts[0]
+
+
+def test_a_command_left_for_a_process_that_died_is_not_obeyed_by_the_next(with_model):
+    """`acm runs pause` sent to a background stage that died before it read it (kill -9, a reboot):
+    the resume trains on instead of sitting paused with nothing said."""
+    run = with_model / "runs" / "m"
+    Paths.control(run, "pretrain").write_text(json.dumps({"command": "pause", "time": time.time() - 60}))
+    cfg = config.load(with_model / "acm.toml")
+    result = train_stage(cfg, "pretrain", run, None, None, True, 4)
+    assert result.step == 24 and not Paths.control(run, "pretrain").exists()
+    Paths.control(run, "pretrain").write_text(json.dumps({"command": "stop", "time": time.time() + 60}))
+    assert runs.take_command(run, "pretrain", since=time.time()) == "stop"  # one sent since: obeyed
