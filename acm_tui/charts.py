@@ -12,6 +12,8 @@ import bisect
 import math
 from typing import NamedTuple
 
+from core.runs import is_finite, is_number
+
 
 class Series(NamedTuple):
     xs: list[float]
@@ -45,10 +47,7 @@ def draw(plt, title: str, series: list, log: bool = False, axis: str = "step") -
 def _plottable(s: Series) -> Series:
     """`s` without the points plotext cannot place: a value that is not a finite number (an infinite
     validation loss, a record edited by hand)."""
-    def finite(v) -> bool:
-        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-    kept = [(x, y) for x, y in zip(s.xs, s.ys) if finite(x) and finite(y)]
+    kept = [(x, y) for x, y in zip(s.xs, s.ys) if is_finite(x) and is_finite(y)]
     return s._replace(xs=[x for x, _ in kept], ys=[y for _, y in kept])
 
 
@@ -121,7 +120,7 @@ def axis_values(rows: list[tuple[int, int, float]], axis: str) -> list[float]:
         return [float(step) for step, _, _ in rows]
     if axis == "tokens":
         return [float(tokens) for _, tokens, _ in rows]
-    times = [t if isinstance(t, (int, float)) else math.nan for _, _, t in rows]  # nan: left out of the chart
+    times = [t if is_number(t) else math.nan for _, _, t in rows]  # nan: left out of the chart
     start = next((t for t in times if math.isfinite(t)), 0.0)
     return [t - start for t in times]
 

@@ -97,5 +97,5 @@ class Engine:
             except BaseException as e:  # delivered to whoever waits on the future
                 fut.set_exception(e)
             finally:
-                self.running: str | None = None  # the name of the job under way (submit's `name`), if any
+                self.running = None
 

@@ -28,6 +28,7 @@ from textual_plotext import PlotextPlot
 
 from core import config, runs
 from core.errors import AcmError, one_line
+from core.runs import figure
 from core.runs.events import Eval, Log, Metrics, Sample, StageFollower, State
 from core.runs.health import is_alert
 from core.train.detach import launch_detached
@@ -54,23 +55,16 @@ SPARK = 24  # reports a sparkline shows
 SMOOTHING_KEY = "ui.smoothing"
 
 
-def num(value, spec: str) -> str:
-    """A figure read back from a run's files, formatted; "–" for one that is missing or is not a
-    number (a file edited by hand: a record reads leniently, core.runs.events)."""
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    return format(value, spec) if number else "–"
-
-
 def in_gib(n: float | None) -> float | None:
-    return n / 2**30 if isinstance(n, (int, float)) else None  # None: left out of the chart
+    return n / 2**30 if runs.is_number(n) else None  # None: left out of the chart
 
 
 def gib(n: float | None) -> str:
-    return num(in_gib(n), ".2f")
+    return figure(in_gib(n), ".2f")
 
 
 def duration(s: float | None) -> str:
-    if not isinstance(s, (int, float)) or not math.isfinite(s):
+    if not runs.is_finite(s):
         return "–"
     s = int(s)
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
@@ -398,15 +392,15 @@ class TrainPane(Pane):
         name, state = escape(self.run_name or "–"), escape(self.state)  # read from disk: text, not markup
         parts = [f"[b]{self.stage or '–'}[/b] run {name}{where}: [b]{state}[/b]"]
         if m:
-            mfu = f"  MFU {num(m.mfu, '.1%')}" if m.mfu is not None else ""
-            parts.append(f"step {num(m.step, ',')}/{num(m.total, ',')}  epoch {num(m.epoch, '.3f')}  ETA "
-                         f"{duration(m.eta_s)}  loss {num(m.loss, '.4f')}  lr {num(m.lr, '.2e')}  "
-                         f"{num(m.tokens_per_s, ',.0f')} tok/s{ranks_words(m)}{mfu}")
+            mfu = f"  MFU {figure(m.mfu, '.1%')}" if m.mfu is not None else ""
+            parts.append(f"step {figure(m.step, ',')}/{figure(m.total, ',')}  epoch {figure(m.epoch, '.3f')}  ETA "
+                         f"{duration(m.eta_s)}  loss {figure(m.loss, '.4f')}  lr {figure(m.lr, '.2e')}  "
+                         f"{figure(m.tokens_per_s, ',.0f')} tok/s{ranks_words(m)}{mfu}")
             parts.append(f"memory active {gib(m.memory_active)} / peak {gib(m.memory_peak)} / cache "
                          f"{gib(m.memory_cache)} / limit {gib(m.memory_limit)} GiB")
         if self.evals:
             last = self.evals[-1]
-            parts.append(f"val loss {num(last.val_loss, '.4f')} (best {num(last.best_val_loss, '.4f')})")
+            parts.append(f"val loss {figure(last.val_loss, '.4f')} (best {figure(last.best_val_loss, '.4f')})")
         self.query_one("#train-status", Static).update("\n".join(parts))
         self.query_one(DevicesBlock).follow(self.state in LIVE or self.control is not None, m)
 
@@ -465,7 +459,7 @@ def samples_text(samples: list[Sample]) -> Text:
     if not samples:
         return Text("no samples yet: each validation check generates train.samples scripts (0: none)", style="dim")
     first = samples[0]
-    text = Text(f"samples at step {num(first.step, ',')} ({num(first.seconds, '.2f')} s)\n", style="bold")
+    text = Text(f"samples at step {figure(first.step, ',')} ({figure(first.seconds, '.2f')} s)\n", style="bold")
     for s in samples:
         text.append("\n").append(s.marks(), "bold green" if s.parses and s.complete else "bold yellow").append("\n")
         prompt, written = (v if isinstance(v, str) else "" for v in (s.prompt, s.text))  # as read back

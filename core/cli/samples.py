@@ -27,8 +27,7 @@ def cmd_samples(args, cfg: Config) -> int:
         return 0
     console = console_for()
     for s in samples:
-        seconds = f"{s.seconds:.2f}" if isinstance(s.seconds, (int, float)) else "–"  # a record edited by hand
-        console.print(f"── step {s.step}  {s.marks()}  ({seconds} s for the check)", markup=False,
+        console.print(f"── step {s.step}  {s.marks()}  ({runs.figure(s.seconds, '.2f')} s for the check)", markup=False,
                       highlight=False, style="bold")
         console.print("".join(v for v in (s.prompt, s.text) if isinstance(v, str)), markup=False, highlight=False,
                       soft_wrap=True)

@@ -167,8 +167,18 @@ def is_count(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 
+def is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def is_finite(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    return is_number(v) and math.isfinite(v)
+
+
+def figure(value, spec: str) -> str:
+    """A figure read back from a run's files, formatted; "–" for one that is missing or is not a
+    number (a file edited by hand: a record reads leniently, core.runs.events)."""
+    return format(value, spec) if is_number(value) else "–"
 
 
 def val_checks(records: list[dict]) -> dict[int, float]:
@@ -292,7 +302,7 @@ def take_command(run: Path, stage: str, since: float = 0.0) -> str | None:
     if not isinstance(request, dict):
         return None
     sent, command = request.get("time"), request.get("command")
-    if not isinstance(sent, (int, float)) or sent < since:
+    if not is_number(sent) or sent < since:
         return None
     return command if command in COMMANDS else None
 

@@ -72,7 +72,7 @@ def _unfinished(cfg: Config, stage: str) -> Target | None:
     if last is None:
         return None
     planned = last.state.get("planned_steps")  # what a resume trains to (`--steps 5000` stopped early)
-    total = planned if isinstance(planned, int) and not isinstance(planned, bool) else getattr(cfg.train, stage).steps
+    total = planned if runs.is_count(planned) else getattr(cfg.train, stage).steps
     return Target(started, stage, True) if last.step < total else None
 
 
