@@ -642,8 +642,9 @@ def read_table(path: str | os.PathLike) -> dict:
     path = Path(path)
     try:
         return tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as e:  # a folder, no permission
-        raise ConfigError(f"{path}: cannot read it ({e.strerror or e})") from None
+    except OSError as e:  # a folder, no permission, a link to nothing
+        link = f" (a link to {os.readlink(path)})" if path.is_symlink() else ""
+        raise ConfigError(f"{path}{link}: cannot read it ({e.strerror or e})") from None
     except tomllib.TOMLDecodeError as e:
         # tomllib's message ends with "(at line L, column C)"
         raise ConfigError(f"{path}: TOML syntax error: {e}") from None
@@ -654,10 +655,11 @@ def read_table(path: str | os.PathLike) -> dict:
 
 
 def load(path: str | os.PathLike = CONFIG_NAME) -> Config:
-    """Read acm.toml; a missing file gives the defaults (rooted at its folder). A file that leaves
-    the preset out (the shipped acm.toml does) gets the one that suits this machine."""
+    """Read acm.toml; a missing file gives the defaults (rooted at its folder), a link that leads to
+    no file is refused (reading it as missing would train on defaults). A file that leaves the
+    preset out (the shipped acm.toml does) gets the one that suits this machine."""
     path = Path(path)
-    table = read_table(path) if path.exists() else {}
+    table = read_table(path) if path.exists() or path.is_symlink() else {}
     return from_dict(table, source=str(path), root=path.parent, preset=machine_preset(table))
 
 
@@ -699,11 +701,16 @@ def save_settings(cfg: Config, path: str | os.PathLike = CONFIG_NAME) -> None:
             raise ConfigError(f"not saved: {path} is read-only (mode {mode & 0o777:o}); make it writable "
                               f"(chmod u+w {path}) to save settings")
         _refuse_a_broken_file(path)
-        doc = tomlkit.parse(path.read_text(encoding="utf-8"))
+        with open(path, encoding="utf-8", newline="") as f:  # its line ends as written
+            text = f.read()
     else:
-        doc = tomlkit.parse(HEADER)
+        text = HEADER
+    doc = tomlkit.parse(text)
     _merge(doc, cfg.explicit)
-    _write(path, tomlkit.dumps(doc))
+    out = tomlkit.dumps(doc)
+    if "\r\n" in text:  # a file written with Windows line ends keeps them, new lines too
+        out = out.replace("\r\n", "\n").replace("\n", "\r\n")
+    _write(path, out)
 
 
 def _merge(doc, table: dict) -> None:

@@ -12,7 +12,9 @@ import errno
 import os
 import re
 import select
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
 
 
@@ -25,6 +27,29 @@ class ConfigError(AcmError):
 
 
 INTERRUPTED = 130  # a command's exit status when Ctrl-C ended it (128 + SIGINT), as shells report it
+TERMINATED = 143  # ... when a polite kill (SIGTERM) ended it (128 + SIGTERM)
+
+
+@contextlib.contextmanager
+def polite_kill_as_ctrl_c() -> Iterator[list[int]]:
+    """A polite kill (SIGTERM: `kill`, `timeout`, a service manager) handled as Ctrl-C is, so what
+    is under way stops the way Ctrl-C stops it: a training stage at its next step with a checkpoint,
+    on one rank or many, a pipeline's stage likewise. The list yielded gets the signal's number once
+    one came (the exit status is then TERMINATED). Only the main thread may set a handler."""
+    seen: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield seen
+        return
+
+    def stop(signum, frame):
+        seen.append(signum)
+        raise KeyboardInterrupt
+
+    before = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield seen
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 def interrupted(say: Callable[[str], None], kept: str, again: str) -> int:
@@ -95,7 +120,8 @@ class Parser(argparse.ArgumentParser):
     """argparse, but a bad argument prints one line, `acm: error: ...`, and exits with 2 (`acm`, `acm-tui`)."""
 
     def error(self, message: str):
-        self.exit(2, f"acm: error: {self.prog}: {message} (see {self.prog} --help)\n")
+        where = "" if self.prog == "acm" else f"{self.prog}: "  # `acm: error: acm: ...` says acm twice
+        self.exit(2, f"acm: error: {where}{message} (see {self.prog} --help)\n")
 
 
 # What writing to an output whose reader went raises: Python's BrokenPipeError, or Rich's console's

@@ -252,8 +252,7 @@ class RunsPane(Pane):
         def answered(yes: bool | None) -> None:
             if yes:
                 try:
-                    runs.delete_run(self.cfg.locations.run(name))
-                    self.notify(f"deleted run {name}")
+                    self.notify(runs.delete_run(self.cfg.locations.run(name)))
                 except AcmError as e:
                     self.notify(str(e), severity="error")
                 self.action_reload()

@@ -20,7 +20,7 @@ from core.cli import tokenizer as cli_tokenizer
 from core.cli import train as cli_train
 from core.cli.args import bounded_int, positive_int
 from core.cli.output import console_for
-from core.errors import AcmError, Parser, run_command
+from core.errors import INTERRUPTED, TERMINATED, AcmError, Parser, polite_kill_as_ctrl_c, run_command
 from core.escapes import utf8
 from core.hardware import configure_mlx
 from core.pipeline import doctor
@@ -98,6 +98,8 @@ def cmd_model_test(args, cfg: config.Config) -> int:
     from core.model.check import architecture_test
 
     shape = get_preset(args.preset or cfg.model.preset)
+    if args.seq > shape.n_ctx:
+        raise AcmError(f"--seq {args.seq:,} is longer than preset {shape.name}'s context of {shape.n_ctx:,} tokens")
     r = architecture_test(shape, batch=args.batch, seq=args.seq, compute_dtype=args.dtype)
     if args.json:
         _print_json(r)
@@ -194,7 +196,8 @@ def settings_path(args) -> Path:
     named = args.config or (Path(os.environ["ACM_CONFIG"]) if os.environ.get("ACM_CONFIG") else None)
     if named is None:
         return Path(config.CONFIG_NAME)
-    if not named.exists() and not (args.command == "config" and getattr(args, "config_command", "") == "set"):
+    creating = args.command == "config" and getattr(args, "config_command", "") == "set"
+    if not named.exists() and not named.is_symlink() and not creating:
         raise AcmError(f"settings file {named} does not exist")
     return named
 
@@ -202,7 +205,9 @@ def settings_path(args) -> Path:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_mlx()
-    return run_command(partial(_run, args), quiet_pipe=True)
+    with polite_kill_as_ctrl_c() as killed:
+        status = run_command(partial(_run, args), quiet_pipe=True)
+    return TERMINATED if killed and status == INTERRUPTED else status
 
 
 def _run(args) -> int:

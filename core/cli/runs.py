@@ -81,8 +81,7 @@ def cmd_delete(args, cfg: Config) -> int:
     run = runs.existing_run(cfg, args.run)
     if not args.yes:
         raise AcmError(f"deleting run {run.name} removes its checkpoints: add --yes to confirm")
-    runs.delete_run(run)
-    print(f"deleted run {run.name}")
+    print(runs.delete_run(run))
     return 0
 
 

@@ -138,6 +138,17 @@ def sweep_unpublished(folder: Path) -> None:
             shutil.rmtree(d, ignore_errors=True)
 
 
+def _damage(e: Exception) -> str:
+    """What a corpus's manifest check found, in a user's words rather than Python's."""
+    if isinstance(e, KeyError):
+        return f"{MANIFEST} has no {e.args[0]!r} entry"
+    if isinstance(e, OSError):
+        return f"{e.filename or MANIFEST}: {e.strerror or e}"
+    if isinstance(e, (TypeError, RecursionError)):
+        return f"{MANIFEST} is not laid out as acm writes it"
+    return str(e).splitlines()[0][:200] if str(e) else "unreadable"
+
+
 @dataclass
 class Corpus:
     folder: Path
@@ -157,8 +168,7 @@ class Corpus:
             if not isinstance(manifest["stats"]["documents"], int):
                 raise ValueError("its document count is not a number")
         except (ValueError, KeyError, OSError, TypeError, RecursionError) as e:
-            why = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-            raise AcmError(f"the {kind} corpus in {folder} is damaged ({why}); fetch it again") from None
+            raise AcmError(f"the {kind} corpus in {folder} is damaged ({_damage(e)}); fetch it again") from None
         return cls(Path(folder), manifest)
 
     @property

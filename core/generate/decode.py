@@ -117,7 +117,7 @@ def load_model(cfg: Config, run: str | None = None, stage: str | None = None, wh
     tok = checkpoint_tokenizer(cfg, ck, run_path, st)
     ck_cfg = from_dict(ck.state["config"]) if "config" in ck.state else cfg  # the shape it was trained with
     model = GPT(model_shape(ck_cfg, tok), compute_dtype or ck_cfg.model.compute_dtype)
-    params, _ = checkpoint.load_arrays(ck)
+    params = checkpoint.load_weights(ck)
     checkpoint.check_shapes(ck, params, model.parameters())
     model.update(params)
     if not master_weights and model.compute_dtype != mx.float32:  # no per-step cast of every weight

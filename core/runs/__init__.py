@@ -372,11 +372,22 @@ def best_val_cell(stage: dict) -> str:
     return text
 
 
-def delete_run(run: Path) -> None:
+def delete_run(run: Path) -> str:
+    """Delete a run that is not training; what was done, in a line. A run that is a symbolic link
+    loses the link only: the folder it points to is outside the runs folder, and left as it is."""
     for stage in TRAINING_STAGES:
         if stage_state(run, stage) in ("running", "paused"):
             raise AcmError(f"run {run.name} is training ({stage}): stop it first")
-    shutil.rmtree(run)
+    try:
+        if run.is_symlink():
+            target = os.readlink(run)
+            run.unlink()
+            return f"deleted run {run.name}, a link: the folder it pointed to ({target}) is left as it was"
+        shutil.rmtree(run)
+    except OSError as e:
+        raise AcmError(f"cannot delete run {run.name}: {e.strerror or e}"
+                       + (f": {e.filename}" if e.filename else "")) from None
+    return f"deleted run {run.name}"
 
 
 def rename_run(run: Path, new_name: str) -> Path:

@@ -27,6 +27,7 @@ from core.errors import AcmError
 from core.runs import host_copy
 
 STATE = "state.json"
+OPTIMIZER = "optimizer.safetensors"
 
 
 @dataclass
@@ -188,7 +189,7 @@ def write(folder: Path, step: int, arrays: Snapshot, state: dict | Callable[[], 
 
 def _write(tmp: Path, step: int, arrays: Snapshot, state: dict | Callable[[], dict]) -> None:
     write_safetensors(tmp / "model.safetensors", arrays.model)
-    write_safetensors(tmp / "optimizer.safetensors", arrays.optimizer)
+    write_safetensors(tmp / OPTIMIZER, arrays.optimizer)
     if callable(state):
         state = state()
     with open(tmp / STATE, "w") as f:
@@ -267,16 +268,24 @@ def prune(folder: Path, keep_last: int) -> None:
             shutil.rmtree(c.path, ignore_errors=True)
 
 
-def load_arrays(ck: Checkpoint) -> tuple[dict, dict]:
-    """(model parameters, optimizer state) as nested trees; a damaged file is one clear error."""
+def load_weights(ck: Checkpoint) -> dict:
+    """The model's parameters as a nested tree (all that generating, evaluating and exporting need);
+    a damaged file is one clear error."""
+    return _loaded(ck, "model.safetensors")
+
+
+def load_optimizer(ck: Checkpoint) -> dict | None:
+    """The optimizer's state as a nested tree, or None where the checkpoint has none (its file was
+    deleted); a damaged file is one clear error."""
+    return _loaded(ck, OPTIMIZER) if (ck.path / OPTIMIZER).exists() else None
+
+
+def _loaded(ck: Checkpoint, name: str) -> dict:
     try:
-        params = tree_unflatten(list(_load(ck.path / "model.safetensors").items()))
-        opt_path = ck.path / "optimizer.safetensors"
-        opt = tree_unflatten(list(_load(opt_path).items())) if opt_path.exists() else {}
+        return tree_unflatten(list(_load(ck.path / name).items()))
     except Exception as e:
         raise AcmError(f"checkpoint {ck.path} is damaged ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
                        "delete it to fall back to an earlier one") from None
-    return params, opt
 
 
 def _load(path: Path) -> dict:

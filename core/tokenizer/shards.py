@@ -271,14 +271,48 @@ def open_tokens(cfg: Config, kind: str, split: str, tok: AcmTokenizer | None = N
     tok = tok or load_tokenizer(cfg)
     if manifest["tokenizer_sha256"] != tok.sha256:
         raise AcmError(f"the {kind} token shards are stale (made with another tokenizer): run `acm prepare --force`")
-    return map_split(folder, manifest, split, kind)
+    return map_split(folder, manifest, split, kind, tok.vocab_size)
 
 
-def map_split(folder: Path, manifest: dict, split: str, kind: str) -> TokenShards:
-    """Memory-map one split of the chunks `manifest` lists in `folder` (one line if one is damaged)."""
-    try:
-        arrays = [(np.load(folder / c["files"][split], mmap_mode="r"), c.get("pairs", False))
-                  for c in manifest["chunks"]]
-    except (OSError, ValueError) as e:
-        raise AcmError(f"{kind} token shards in {folder} are damaged ({e}): run `acm prepare --force`") from None
+def map_split(folder: Path, manifest: dict, split: str, kind: str, vocab_size: int | None = None) -> TokenShards:
+    """Memory-map one split of the chunks `manifest` lists in `folder`, each checked as it is opened:
+    a flat array of the tokenizer's id type and the manifest's token count, every id inside the
+    vocabulary (an id beyond it would index past the embedding table). One line if one is damaged."""
+    arrays = [(_mapped(folder, chunk, split, vocab_size, kind), bool(chunk.get("pairs")))
+              for chunk in manifest["chunks"]]
     return TokenShards(manifest, [a for a, _ in arrays if a.size], [f for a, f in arrays if a.size])
+
+
+def _mapped(folder: Path, chunk: dict, split: str, vocab_size: int | None, kind: str) -> np.ndarray:
+    """One chunk's split, memory-mapped and checked (`_shard_fault` says what is wrong)."""
+    try:
+        name, tokens = chunk["files"][split], chunk["tokens"][split]
+        path = folder / name
+    except (KeyError, TypeError):
+        raise AcmError(f"the {kind} token shards' manifest in {folder} is damaged (a chunk names no "
+                       f"{split} file): run `acm prepare --force`") from None
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as e:
+        fault = "missing" if isinstance(e, FileNotFoundError) else "not a token array"
+        raise AcmError(f"{kind} token shard {path} is {fault}: run `acm prepare --force`") from None
+    fault = _shard_fault(arr, tokens, vocab_size)
+    if fault:
+        raise AcmError(f"{kind} token shard {path} is damaged ({fault}): run `acm prepare --force`")
+    return arr
+
+
+def _shard_fault(arr: np.ndarray, tokens: int, vocab_size: int | None) -> str | None:
+    """What makes a shard unfit to train on, or None. Reading every id costs a pass over the file,
+    which the first epoch makes anyway."""
+    want = token_dtype(vocab_size) if vocab_size else None
+    if arr.ndim != 1:
+        return f"{arr.ndim}-D, not a flat list of ids"
+    if arr.dtype.kind != "u" or (want is not None and arr.dtype != want):
+        return f"ids of type {arr.dtype}, not {want or 'unsigned integers'}"
+    if arr.size != tokens:
+        return f"{arr.size:,} tokens where the manifest says {tokens:,}"
+    top = int(arr.max()) if arr.size and vocab_size else 0
+    if vocab_size and top >= vocab_size:
+        return f"id {top:,} is outside the tokenizer's {vocab_size:,}-token vocabulary"
+    return None

@@ -260,7 +260,7 @@ class Trainer:
             self._restore(existing)
         elif base is not None:
             self._check_tokenizer(base)
-            params, _ = checkpoint.load_arrays(base)
+            params = checkpoint.load_weights(base)
             checkpoint.check_shapes(base, params, self.model.parameters())
             self.opt.load(params, None)
             val = f" (val loss {base.val_loss:.4f})" if base.val_loss is not None else ""
@@ -276,9 +276,12 @@ class Trainer:
                 self.log(f"checkpoint {bad.name} is damaged (its state.json is unreadable); "
                          f"resuming from {ck.path.name} instead")
         self._check_tokenizer(ck)
-        params, opt_state = checkpoint.load_arrays(ck)
+        params, opt_state = checkpoint.load_weights(ck), checkpoint.load_optimizer(ck)
         checkpoint.check_shapes(ck, params, self.model.parameters())
         self.opt.load(params, opt_state)
+        if opt_state is None:
+            self.log(f"checkpoint {ck.path.name} has no {checkpoint.OPTIMIZER}: the optimizer starts afresh "
+                     "from its weights, so this resume is not exact")
         self.state = self.state.restored(ck.step, ck.state, self.sc.eval_batches)
         self.start_step = ck.step
         self._keep_saved_most(ck)

@@ -64,13 +64,13 @@ def relay(events: queue.SimpleQueue, show: Callable[[Event], None], stop: Callab
             return None
 
 
-def train_here(cfg: Config, launch: Launch, run: Path, follow: Follow) -> StageResult | None:
+def train_here(cfg: Config, launch: Launch, run: Path, follow: Follow,
+               control: Control | None = None) -> StageResult | None:
     """Train `launch` in this process on the engine thread, its events handed to `follow` (which
     returns 130 to quit at once: then None; the stop it is given is Ctrl-C's, said in the result's
     `interrupted`); the stage's error re-raised here."""
     events: queue.SimpleQueue = queue.SimpleQueue()
-    control = Control()
-    signal.signal(signal.SIGTERM, lambda *_: control.stop())  # a polite kill stops with a checkpoint
+    control = control or Control()
     if hasattr(signal, "SIGUSR1"):
         signal.signal(signal.SIGUSR1, lambda *_: control.save_now())
     engine = Engine()
@@ -96,8 +96,10 @@ def _train(path: Path) -> int:
     if in_group():
         tie_rank_to_launcher()  # a rank never outlives its launcher
     cfg, launch = snapshot.read(path)
+    control = Control()
+    signal.signal(signal.SIGTERM, lambda *_: control.stop())  # a polite kill stops with a checkpoint
     done = train_here(cfg, launch, cfg.locations.run(launch.run),
-                      lambda events, stop: relay(events, print_event, stop, _say))
+                      lambda events, stop: relay(events, print_event, stop, _say), control)
     return INTERRUPTED if done is None else 0
 
 

@@ -231,6 +231,16 @@ def test_saving_keeps_comments_order_and_mode(tmp_path):
     assert path.stat().st_mode & 0o777 == 0o600
 
 
+def test_saving_keeps_windows_line_ends(tmp_path):
+    path = tmp_path / "acm.toml"
+    path.write_bytes(b"# mine\r\n[generate]\r\ntop_k = 7\r\n")
+    new, _ = config.with_value(config.load(path), "train.finetune.steps", "50")
+    config.save_settings(new, path)
+    data = path.read_bytes()
+    assert data.startswith(b"# mine\r\n[generate]\r\ntop_k = 7\r\n") and b"steps = 50\r\n" in data
+    assert data.count(b"\n") == data.count(b"\r\n") and config.load(path).train.finetune.steps == 50
+
+
 def test_a_read_only_acm_toml_is_refused_in_one_line(tmp_path, capsys):
     path = write(tmp_path, "[model]\npreset = 'nano'\n")
     path.chmod(0o444)
@@ -264,6 +274,18 @@ def test_config_set_writes_through_a_linked_settings_file(project):
     assert cli.main(["-c", str(project / "acm.toml"), "config", "set", "generate.seed", "9"]) == 0
     assert (project / "acm.toml").is_symlink() and config.load(real).generate.seed == 9
     assert not list(real.parent.glob(".*.tmp")) and not list(project.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("target, why", [("acm.toml", "Too many levels of symbolic links"),
+                                         ("gone.toml", "No such file or directory")])
+def test_a_settings_link_that_leads_nowhere_is_refused_not_read_as_defaults(tmp_path, monkeypatch, capsys,
+                                                                          target, why):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "acm.toml").symlink_to(target)
+    for argv in (["config", "show"], ["-c", "acm.toml", "config", "check"], ["config", "set", "generate.seed", "3"]):
+        assert cli.main(argv) == 2
+        assert capsys.readouterr().err == f"acm: error: acm.toml (a link to {target}): cannot read it ({why})\n"
+    assert (tmp_path / "acm.toml").is_symlink() and not (tmp_path / "gone.toml").exists()
 
 
 def test_config_set_says_when_it_creates_the_file_it_names(tmp_path, capsys):

@@ -81,6 +81,8 @@ def test_model_test_nano(capsys):
     rc, out, _ = run(capsys, "model", "test", "--preset", "nano")
     assert rc == 0
     assert "Output shape: (2, 128, 1024)" in out and "Tokens/sec" in out and "passed" in out
+    rc, out, err = run(capsys, "model", "test", "--preset", "nano", "--seq", "129")
+    assert rc == 2 and out == "" and err == "acm: error: --seq 129 is longer than preset nano's context of 128 tokens\n"
 
 
 def test_without_a_terminal_a_step_prints_plain_lines_with_its_eta():
@@ -216,3 +218,14 @@ def test_a_broken_pipe_that_is_not_the_output_s_is_one_line(capsys):
         raise BrokenPipeError(32, "Broken pipe")
     assert run_command(body, quiet_pipe=True) == 2  # capsys's output has no file: not a closed pipe
     assert capsys.readouterr().err == "acm: error: Broken pipe\n"
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["status"], "acm: error: argument COMMAND: invalid choice: 'status' "),
+    (["export"], "acm: error: acm export: the following arguments are required: --to (see acm export --help)"),
+])
+def test_a_bad_command_line_is_one_line_naming_acm_once(argv, said, capsys):
+    with pytest.raises(SystemExit) as exited:
+        cli.main(argv)
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and err.count("\n") == 1 and err.startswith(said)

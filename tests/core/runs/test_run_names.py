@@ -68,3 +68,13 @@ def test_a_runs_folder_that_became_a_file_is_one_line_everywhere(with_model, cap
         runs.list_runs(cfg)
     assert cli.main(["-c", str(with_model / "acm.toml"), "runs"]) == 2
     assert "paths.runs = 'runs' is a file, not a folder" in capsys.readouterr().err
+
+
+def test_deleting_a_run_that_is_a_link_removes_the_link_and_leaves_its_folder(with_model, tmp_path, capsys):
+    cfg = config.load(with_model / "acm.toml")
+    kept = tmp_path / "elsewhere"
+    (cfg.runs_dir / "m").rename(kept)
+    (cfg.runs_dir / "m").symlink_to(kept)
+    assert cli.main(["-c", str(with_model / "acm.toml"), "runs", "delete", "m", "--yes"]) == 0
+    assert capsys.readouterr().out == f"deleted run m, a link: the folder it pointed to ({kept}) is left as it was\n"
+    assert not (cfg.runs_dir / "m").is_symlink() and (kept / "config.toml").is_file()

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -250,3 +251,56 @@ def test_a_tokenizer_rebuild_interrupted_late_leaves_the_previous_one_in_force(t
     assert {f.name: f.read_bytes() for f in (cfg.locations.tokenizer_file, cfg.locations.tokenizer_meta)} == before
     assert load_tokenizer(cfg).sha256 == load_meta(cfg)["tokenizer_sha256"]
     assert not list(folder.glob(".*.new"))  # the unfinished build is gone
+
+
+def _damage(path, how: str) -> None:
+    """Rewrite one shard file as a damaged disk or a hand edit would leave it."""
+    ids = np.load(path)
+    if how == "beyond the vocabulary":
+        ids = ids.copy()
+        ids[len(ids) // 2] = 60000
+        np.save(path, ids)
+    elif how == "2-D":
+        np.save(path, ids[: len(ids) // 2 * 2].reshape(2, -1))
+    elif how == "signed ids":
+        np.save(path, ids.astype(np.int32))
+    elif how == "cut short":
+        np.save(path, ids[:-1])
+    elif how == "not numpy":
+        path.write_bytes(b"this is no token array\n")
+    else:
+        path.unlink()
+
+
+@pytest.mark.parametrize("how, says", [
+    ("beyond the vocabulary", r"id 60,000 is outside the tokenizer's [\d,]+-token vocabulary"),
+    ("2-D", r"2-D, not a flat list of ids"),
+    ("signed ids", r"ids of type int32, not uint16"),
+    ("cut short", r"tokens where the manifest says"),
+    ("not numpy", r"is not a token array"),
+    ("gone", r"is missing"),
+])
+def test_a_damaged_shard_is_refused_in_one_line_before_any_step(with_model, capsys, how, says):
+    cfg = config.load(with_model / "acm.toml")
+    manifest = json.loads((cfg.locations.shards("code") / "manifest.json").read_text())
+    shard = cfg.locations.shards("code") / manifest["chunks"][0]["files"]["val"]
+    _damage(shard, how)
+    c = str(with_model / "acm.toml")
+    for command in (["train", "finetune", "--run", "m", "--steps", "12"], ["eval", "--samples", "1"]):
+        assert cli.main(["-c", c, *command]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("acm: error: code token shard ")
+        assert str(shard) in err[0] and "run `acm prepare --force`" in err[0]
+        assert re.search(says, err[0])
+    assert cli.main(["-c", c, "prepare", "--force"]) == 0
+    assert open_tokens(cfg, "code", "val").num_tokens == manifest["tokens"]["val"]
+
+
+def test_a_manifest_naming_no_file_is_refused_in_one_line(prepared):
+    cfg = config.load(prepared / "acm.toml")
+    path = cfg.locations.shards("language") / "manifest.json"
+    manifest = json.loads(path.read_text())
+    del manifest["chunks"][0]["files"]["train"]
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(AcmError, match=r"manifest .* is damaged \(a chunk names no train file\): run `acm prepare"):
+        open_tokens(cfg, "language", "train")

@@ -97,14 +97,15 @@ def test_a_checkpoint_written_in_the_background_holds_what_a_synchronous_save_ho
     run = cfg.runs_dir / "bg"
     train_stage(cfg, "pretrain", run, max_steps=10)
     ck = checkpoint.latest(Paths.checkpoints(run, "pretrain"))
-    params, opt = checkpoint.load_arrays(ck)
+    params, opt = checkpoint.load_weights(ck), checkpoint.load_optimizer(ck)
     with_mlx = tmp_path / "mlx"
     with_mlx.mkdir()  # the same arrays through MLX's own writer
     mx.save_safetensors(str(with_mlx / "model.safetensors"), dict(tree_flatten(params)))
     mx.save_safetensors(str(with_mlx / "optimizer.safetensors"),
                         {k: v for k, v in tree_flatten(opt) if isinstance(v, mx.array)})
     (with_mlx / "state.json").write_text(json.dumps(ck.state))
-    sync_params, sync_opt = checkpoint.load_arrays(checkpoint.Checkpoint(with_mlx, ck.state))
+    synced = checkpoint.Checkpoint(with_mlx, ck.state)
+    sync_params, sync_opt = checkpoint.load_weights(synced), checkpoint.load_optimizer(synced)
     for ours, theirs in ((params, sync_params), (opt, sync_opt)):
         a, b = dict(tree_flatten(ours)), dict(tree_flatten(theirs))
         assert a.keys() == b.keys()
@@ -117,7 +118,7 @@ def test_bfloat16_arrays_and_any_layout_keep_their_values_through_a_checkpoint(t
               "t": mx.arange(6.0).reshape(2, 3).T, "wide": mx.broadcast_to(mx.array([1.0, 2.0]), (3, 2)),
               "none": mx.zeros((0, 4))}
     checkpoint.save(tmp_path, 1, params, {"step": mx.array(1, mx.uint64)}, {"config": {}})
-    got, _ = checkpoint.load_arrays(checkpoint.latest(tmp_path))
+    got = checkpoint.load_weights(checkpoint.latest(tmp_path))
     assert got["w"].dtype == mx.bfloat16
     for name, a in params.items():
         assert got[name].shape == a.shape and mx.array_equal(got[name], a).item()
@@ -142,7 +143,8 @@ def test_a_snapshot_keeps_its_step_s_weights_while_later_steps_update_them_in_pl
     writer = Background("writer")  # read on another thread, as the trainer's writer does
     writer.start(lambda: checkpoint.write(tmp_path, 1, snap, {"config": {}}))
     writer.take()
-    got, state = checkpoint.load_arrays(checkpoint.latest(tmp_path))
+    last = checkpoint.latest(tmp_path)
+    got, state = checkpoint.load_weights(last), checkpoint.load_optimizer(last)
     now = dict(tree_flatten(opt.parameters()))
     for name, a in tree_flatten(got):
         assert np.array_equal(np.array(a), then[name]) and not np.array_equal(np.array(now[name]), then[name])
@@ -315,7 +317,8 @@ def test_files_larger_than_a_buffer_may_hold_are_written_in_chunks(tmp_path, mon
     snap = checkpoint.snapshot(params, {"step": mx.array(7, mx.uint64)})
     assert len(snap.model.chunks) > 3 and all(c.nbytes <= 64 for c in snap.model.chunks)
     checkpoint.write(tmp_path, 1, snap, {"config": {}})
-    got, opt = checkpoint.load_arrays(checkpoint.latest(tmp_path))
+    last = checkpoint.latest(tmp_path)
+    got, opt = checkpoint.load_weights(last), checkpoint.load_optimizer(last)
     for name, a in params.items():
         assert got[name].dtype == a.dtype and got[name].shape == a.shape and mx.array_equal(got[name], a).item()
     assert int(opt["step"].item()) == 7

@@ -124,35 +124,50 @@ def test_kill_9_leaves_a_loadable_checkpoint(prepared):
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     latest = checkpoint.latest(folder)
-    params, opt = checkpoint.load_arrays(latest)
+    params, opt = checkpoint.load_weights(latest), checkpoint.load_optimizer(latest)
     assert params and opt
     result = train_stage(load(prepared), "pretrain", cfg.runs_dir / "k", resume=True, max_steps=1)
     assert result.step == latest.step + 1
 
 
-def test_ctrl_c_stops_with_a_checkpoint_says_how_to_resume_and_exits_130(prepared):
+@pytest.mark.parametrize("command, sig, status", [
+    (["train", "pretrain", "--run", "c"], signal.SIGINT, 130),
+    (["train", "pretrain", "--run", "c"], signal.SIGTERM, 143),
+    (["train", "pretrain", "--run", "c", "--ranks", "2"], signal.SIGTERM, 143),
+    (["pipeline", "run"], signal.SIGTERM, 143),
+])
+def test_ctrl_c_or_a_polite_kill_stops_with_a_checkpoint_and_says_how_to_go_on(prepared, command, sig, status):
+    """Ctrl-C (130) and SIGTERM (143: `kill`, `timeout`, a service manager) stop a stage at its next
+    step with a checkpoint, on one rank or two and in the pipeline, and say what continues it."""
     cfg = load(prepared)
     cfg.train.pretrain.steps = 100000
     config.save(cfg, prepared / "acm.toml")
-    proc = subprocess.Popen([sys.executable, "-m", "core.cli", "-c", str(prepared / "acm.toml"), "train",
-                             "pretrain", "--run", "c", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "core.cli", "-c", str(prepared / "acm.toml"), *command],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    said: list[str] = []
     try:
         lines: queue.SimpleQueue = queue.SimpleQueue()
         threading.Thread(target=lambda: [*map(lines.put, proc.stdout), lines.put("")], daemon=True).start()
-        while (line := lines.get(timeout=120)) and json.loads(line).get("type") != "metrics":
-            pass  # until the loop reports a step: Ctrl-C lands in training, not in the setup
-        assert line, proc.stderr.read()
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=120) == 130
+        while (line := lines.get(timeout=120)) and not re.search(r"step +\d+.*loss", line):
+            said.append(line)  # until the loop reports a step: the signal lands in training, not in the setup
+        assert line, "".join(said)
+        proc.send_signal(sig)
+        assert proc.wait(timeout=120) == status
+        while line := lines.get(timeout=10):
+            said.append(line)
     finally:
         proc.kill()
-    err = proc.stderr.read()
-    assert "stopping at the next step and saving a checkpoint" in err
-    last = checkpoint.latest(Paths.checkpoints(cfg.runs_dir / "c", "pretrain"))
-    assert last is not None and runs.read_status(cfg.runs_dir / "c", "pretrain")["step"] == last.step
-    assert err.endswith(f"\ninterrupted: checkpoint of step {last.step} saved; `acm train pretrain --run c --resume` "
-                        "continues\n")
+    out = " ".join("".join(said).split())  # the console wraps long lines
+    run = runs.list_runs(cfg)[0]
+    last = checkpoint.latest(Paths.checkpoints(run, "pretrain"))
+    status_now = runs.read_status(run, "pretrain")
+    assert last is not None and status_now["step"] == last.step and status_now["state"] == "stopped"
+    if command[0] == "pipeline":
+        assert f"goes on from its checkpoint {last.path.name}; `acm pipeline run` continues" in out
+    else:
+        assert "stopping at the next step and saving a checkpoint" in out
+        assert (f"interrupted: checkpoint of step {last.step} saved; `acm train pretrain --run {run.name} --resume` "
+                "continues") in out
 
 
 @pytest.mark.parametrize("command", [["train", "pretrain", "--run", "c"], ["train", "pretrain", "--run", "c", "--json"],
@@ -225,7 +240,7 @@ def test_non_finite_loss_stops_with_a_clear_message(prepared):
         train_stage(cfg, "pretrain", cfg.runs_dir / "n", resume=True)
     folder = Paths.checkpoints(cfg.runs_dir / "n", "pretrain")
     assert checkpoint.latest(folder).step == 4
-    checkpoint.load_arrays(checkpoint.latest(folder))
+    checkpoint.load_weights(checkpoint.latest(folder)), checkpoint.load_optimizer(checkpoint.latest(folder))
 
 
 def test_finetune_starts_from_best_pretrain(prepared):
@@ -865,3 +880,26 @@ def test_a_command_left_for_a_process_that_died_is_not_obeyed_by_the_next(with_m
     assert result.step == 24 and not Paths.control(run, "pretrain").exists()
     Paths.control(run, "pretrain").write_text(json.dumps({"command": "stop", "time": time.time() + 60}))
     assert runs.take_command(run, "pretrain", since=time.time()) == "stop"  # one sent since: obeyed
+
+
+def test_optimizer_state_is_read_only_by_a_resume_and_a_missing_one_is_said(with_model, capsys, tmp_path):
+    """Generating, evaluating and exporting read the weights alone, so a damaged optimizer file
+    stops only a resume (one line); a deleted one lets a resume go on afresh, saying it is not exact."""
+    c = str(with_model / "acm.toml")
+    last = checkpoint.latest(Paths.checkpoints(load(with_model).runs_dir / "m", "finetune"))
+    opt = last.path / checkpoint.OPTIMIZER
+    opt.write_bytes(opt.read_bytes()[: opt.stat().st_size // 2])
+    assert cli.main(["-c", c, "generate", "--run", "m", "--max-tokens", "4", "# list files"]) == 0
+    assert cli.main(["-c", c, "export", "m", "--to", str(tmp_path / "e"), "--format", "mlx"]) == 0
+    assert cli.main(["-c", c, "eval", "--run", "m", "--samples", "1", "--max-tokens", "4"]) == 0
+    capsys.readouterr()
+    resume = ["-c", c, "train", "finetune", "--run", "m", "--resume", "--steps", "12"]
+    assert cli.main(resume) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"checkpoint {last.path} is damaged" in err[0]
+    opt.unlink()
+    assert cli.main(resume) == 0
+    out = " ".join("".join(capsys.readouterr()).split())
+    assert (f"checkpoint {last.path.name} has no optimizer.safetensors: the optimizer starts afresh from its "
+            "weights, so this resume is not exact") in out
+    assert checkpoint.latest(last.path.parent).step == 12
