@@ -1,7 +1,10 @@
 """The acm-tui application: one screen, a tab per pipeline stage, keyboard first."""
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+import signal
 import sys
 from collections.abc import Iterable
 from functools import partial
@@ -36,6 +39,9 @@ PANES = [SetupPane, DataPane, TokenizerPane, TrainPane, GeneratePane, RunsPane, 
 
 
 DISK_POLL_S = 2.0  # how often the app looks for stages that ended or moved on elsewhere
+
+
+ENDING_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 
 class AcmApp(App):
@@ -76,6 +82,7 @@ class AcmApp(App):
         yield Footer()
 
     def on_mount(self) -> None:
+        self.end_on_signals()
         self.action_show_pane("setup")
         self.engine.submit(device_label).add_done_callback(
             lambda f: self.call_from_thread(self._set_device, f.result()) if not f.exception() else None)
@@ -184,7 +191,19 @@ class AcmApp(App):
         self.failure = internal_error(self._exception)  # the first error: what followed it adds nothing
         self._close_messages_no_wait()
 
+    def end_on_signals(self) -> None:
+        """A polite kill (SIGTERM) or a hang-up (SIGHUP: the SSH connection dropped) quits as `q`
+        then `y` does: a stage training in the app stops at its next step and writes a checkpoint,
+        then the app ends. Stages in the background are processes of their own and go on."""
+        loop = asyncio.get_running_loop()
+        for sig in ENDING_SIGNALS:
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # no such signal here
+                loop.add_signal_handler(sig, self.exit)
+
     def on_unmount(self) -> None:
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            for sig in ENDING_SIGNALS:
+                asyncio.get_running_loop().remove_signal_handler(sig)
         # Running engine jobs were asked to stop by their panes; wait for them (a training stage
         # writes its checkpoint first), so no MLX work outlives the app.
         self.engine.shutdown(wait=True)

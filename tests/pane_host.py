@@ -33,6 +33,7 @@ class PaneHost(AcmApp):
 
     def on_mount(self, event: events.Mount) -> None:
         event.prevent_default()  # not the app's own start, which shows Setup and probes the device
+        self.end_on_signals()
         self.action_show_pane(self.pane_id)
         self.set_interval(DISK_POLL_S, self.watch_disk)
         self.watch_disk()
