@@ -20,7 +20,7 @@ from textual.widgets import Footer, Header, Static, TabbedContent, TabPane
 
 from core import config, runs
 from core.engine import Engine
-from core.errors import AcmError, Parser, fail, internal_error
+from core.errors import AcmError, Parser, fail, internal_error, terminal_gone
 from core.hardware import device_label
 from core.pipeline.overview import disk_stamp
 
@@ -70,6 +70,7 @@ class AcmApp(App):
         self.engine = Engine()
         self.device, self.stamp = "", None
         self.failure: str | None = None  # the bug that ended the app, in one line
+        self.ended_by: int | None = None  # the signal that ended the app (SIGTERM, SIGHUP), if one did
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -198,15 +199,24 @@ class AcmApp(App):
         loop = asyncio.get_running_loop()
         for sig in ENDING_SIGNALS:
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # no such signal here
-                loop.add_signal_handler(sig, self.exit)
+                loop.add_signal_handler(sig, partial(self._ended_by, sig))
+
+    def _ended_by(self, sig: int) -> None:
+        self.ended_by = sig
+        self.exit()
 
     def on_unmount(self) -> None:
+        # Running engine jobs were asked to stop by their panes; wait for them (a training stage
+        # writes its checkpoint first), so no MLX work outlives the app. A second SIGTERM or SIGHUP
+        # meanwhile only asks to quit again: the handlers go once the wait is over.
+        self.engine.shutdown(wait=True)
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             for sig in ENDING_SIGNALS:
                 asyncio.get_running_loop().remove_signal_handler(sig)
-        # Running engine jobs were asked to stop by their panes; wait for them (a training stage
-        # writes its checkpoint first), so no MLX work outlives the app.
-        self.engine.shutdown(wait=True)
+        if self.ended_by == getattr(signal, "SIGHUP", None) and terminal_gone():
+            # The terminal went with the connection: nothing is left to restore on it, and Textual's
+            # writer, which failed on it, would block the exit for ever. The stages have ended.
+            os._exit(0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -218,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     named = args.config or (Path(os.environ["ACM_CONFIG"]) if os.environ.get("ACM_CONFIG") else None)
     if named is not None and not named.exists():  # only the default may be missing (every default)
+        if named.is_symlink():
+            return fail(f"settings file {named} is a link to {os.readlink(named)}, which leads to no file")
         return fail(f"settings file {named} does not exist")
     app = AcmApp(named or Path(config.CONFIG_NAME))
     app.run()

@@ -695,6 +695,8 @@ def save_settings(cfg: Config, path: str | os.PathLike = CONFIG_NAME) -> None:
     the machine it is copied to. A read-only or broken file is refused in one line."""
     validate(cfg, str(path))
     path = Path(path)
+    if path.is_symlink() and not path.exists():
+        read_table(path)  # a link that leads to no file is refused as reading it is, never replaced
     if path.exists():
         mode = path.stat().st_mode
         if not mode & 0o222:
@@ -705,12 +707,12 @@ def save_settings(cfg: Config, path: str | os.PathLike = CONFIG_NAME) -> None:
             text = f.read()
     else:
         text = HEADER
-    doc = tomlkit.parse(text)
+    # parsed with "\n" line ends, as tomllib reads every value (a multi-line string too), so that
+    # only what changed is written; a file written with Windows line ends gets them back
+    doc = tomlkit.parse(text.replace("\r\n", "\n"))
     _merge(doc, cfg.explicit)
     out = tomlkit.dumps(doc)
-    if "\r\n" in text:  # a file written with Windows line ends keeps them, new lines too
-        out = out.replace("\r\n", "\n").replace("\n", "\r\n")
-    _write(path, out)
+    _write(path, out.replace("\n", "\r\n") if "\r\n" in text else out)
 
 
 def _merge(doc, table: dict) -> None:

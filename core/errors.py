@@ -30,24 +30,36 @@ INTERRUPTED = 130  # a command's exit status when Ctrl-C ended it (128 + SIGINT)
 TERMINATED = 143  # ... when a polite kill (SIGTERM) ended it (128 + SIGTERM)
 
 
+_POLITE_KILLS: list[int] = []  # the SIGTERMs the running command was sent
+
+
+def politely_killed() -> bool:
+    """Whether the running command was sent SIGTERM (then it ends, where Ctrl-C alone would not: a
+    chat goes back to its prompt after Ctrl-C)."""
+    return bool(_POLITE_KILLS)
+
+
 @contextlib.contextmanager
-def polite_kill_as_ctrl_c() -> Iterator[list[int]]:
+def polite_kill_as_ctrl_c() -> Iterator[None]:
     """A polite kill (SIGTERM: `kill`, `timeout`, a service manager) handled as Ctrl-C is, so what
     is under way stops the way Ctrl-C stops it: a training stage at its next step with a checkpoint,
-    on one rank or many, a pipeline's stage likewise. The list yielded gets the signal's number once
-    one came (the exit status is then TERMINATED). Only the main thread may set a handler."""
-    seen: list[int] = []
+    on one rank or many, a pipeline's stage likewise. Only the first counts: a second never turns
+    into Ctrl-C's "twice: at once", which would end the process before its checkpoint is written.
+    `politely_killed` says whether one came (the exit status is then TERMINATED). Only the main
+    thread may set a handler."""
+    _POLITE_KILLS.clear()
     if threading.current_thread() is not threading.main_thread():
-        yield seen
+        yield
         return
 
     def stop(signum, frame):
-        seen.append(signum)
-        raise KeyboardInterrupt
+        _POLITE_KILLS.append(signum)
+        if len(_POLITE_KILLS) == 1:
+            raise KeyboardInterrupt
 
     before = signal.signal(signal.SIGTERM, stop)
     try:
-        yield seen
+        yield
     finally:
         signal.signal(signal.SIGTERM, before)
 
@@ -163,6 +175,17 @@ def run_command(body: Callable[[], int], quiet_pipe: bool = False) -> int:
 
 # What asking standard output for its file can raise: None, a stream without one, a closed one
 _NO_FILE = (AttributeError, ValueError, OSError)
+
+
+def terminal_gone() -> bool:
+    """Whether the terminal the process started on has hung up (its SSH connection dropped), or
+    the system cannot tell (macOS's poll takes no terminals)."""
+    try:
+        poll = select.poll()
+        poll.register(sys.__stdout__.fileno(), select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP | select.POLLNVAL) for _, events in poll.poll(0))
+    except _NO_FILE:
+        return True
 
 
 def _stdout_closed() -> bool:

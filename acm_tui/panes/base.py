@@ -150,6 +150,12 @@ class Pane(VerticalScroll):
             self.notify(text, title=f"{self.TITLE}: step failed", severity="error", timeout=10)
         self.step_ended()
 
+    def on_unmount(self) -> None:
+        """Quitting (or a hang-up) cancels the step under way: a fetch stops its clones, so the app
+        ends without waiting for them; what was complete before stays."""
+        if self.step_cancel is not None:
+            self.step_cancel.cancel()
+
     def busy(self) -> bool:
         """Something runs in this pane (quitting would stop it)."""
         return self.step_cancel is not None

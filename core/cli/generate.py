@@ -16,7 +16,7 @@ from core.cli.output import console_for
 from core.cli.progress import progress_bars
 from core.config import Config
 from core.engine import Engine, wait_for
-from core.errors import INTERRUPTED, AcmError
+from core.errors import INTERRUPTED, AcmError, politely_killed
 from core.escapes import unescape, utf8
 from core.generate.checked import checked_generate, sample_and_judge
 from core.generate.cut import cut_note
@@ -155,11 +155,15 @@ def cmd_chat(args, cfg: Config) -> int:
                 return 0
             except KeyboardInterrupt:
                 print()
+                if politely_killed():  # SIGTERM ends the chat; Ctrl-C only the line
+                    return INTERRUPTED
                 continue
             except AcmError as e:  # a line the terminal did not send as UTF-8: said, and the chat goes on
                 print(f"acm: error: {e}", file=sys.stderr)
                 continue
             chat_turn(engine, lm, prompt, params)
+            if politely_killed():
+                return INTERRUPTED
     finally:
         engine.shutdown()
 

@@ -20,7 +20,7 @@ from core.cli import tokenizer as cli_tokenizer
 from core.cli import train as cli_train
 from core.cli.args import bounded_int, positive_int
 from core.cli.output import console_for
-from core.errors import INTERRUPTED, TERMINATED, AcmError, Parser, polite_kill_as_ctrl_c, run_command
+from core.errors import INTERRUPTED, TERMINATED, AcmError, Parser, polite_kill_as_ctrl_c, politely_killed, run_command
 from core.escapes import utf8
 from core.hardware import configure_mlx
 from core.pipeline import doctor
@@ -205,9 +205,9 @@ def settings_path(args) -> Path:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_mlx()
-    with polite_kill_as_ctrl_c() as killed:
+    with polite_kill_as_ctrl_c():
         status = run_command(partial(_run, args), quiet_pipe=True)
-    return TERMINATED if killed and status == INTERRUPTED else status
+    return TERMINATED if politely_killed() and status == INTERRUPTED else status
 
 
 def _run(args) -> int:

@@ -75,7 +75,7 @@ def cmd_train(args, cfg: Config) -> int:
     elif not args.json and os.environ.get("MLX_RANK", "0") == "0":  # one line, from rank 0
         best = f", best val loss {result.best_val_loss:.4f}" if result.best_val_loss is not None else ""
         print(f"{args.stage} {'finished' if result.done else 'stopped'} at step {result.step} "
-              f"in run {result.run.name}{best}; checkpoint: {result.last_checkpoint}")
+              f"in run {result.run.name}{best}; checkpoint: {result.last_checkpoint or 'none yet'}")
     return ended(args.stage, run, result.step, result.last_checkpoint, result.interrupted and result.stopped_early)
 
 

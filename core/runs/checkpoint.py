@@ -276,16 +276,20 @@ def load_weights(ck: Checkpoint) -> dict:
 
 def load_optimizer(ck: Checkpoint) -> dict | None:
     """The optimizer's state as a nested tree, or None where the checkpoint has none (its file was
-    deleted); a damaged file is one clear error."""
-    return _loaded(ck, OPTIMIZER) if (ck.path / OPTIMIZER).exists() else None
+    deleted); a damaged file is one clear error, saying that deleting it resumes afresh."""
+    if not (ck.path / OPTIMIZER).exists():
+        return None
+    return _loaded(ck, OPTIMIZER, f": its {OPTIMIZER} is damaged", "delete that file to resume with a fresh "
+                   "optimizer, or the checkpoint to fall back to an earlier one")
 
 
-def _loaded(ck: Checkpoint, name: str) -> dict:
+def _loaded(ck: Checkpoint, name: str, what: str = " is damaged",
+            fix: str = "delete it to fall back to an earlier one") -> dict:
     try:
         return tree_unflatten(list(_load(ck.path / name).items()))
     except Exception as e:
-        raise AcmError(f"checkpoint {ck.path} is damaged ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
-                       "delete it to fall back to an earlier one") from None
+        raise AcmError(f"checkpoint {ck.path}{what} ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
+                       f"{fix}") from None
 
 
 def _load(path: Path) -> dict:
@@ -293,8 +297,11 @@ def _load(path: Path) -> dict:
     with bytes added in the middle, its weights shifted, without a word."""
     with open(path, "rb") as f:
         n = int.from_bytes(f.read(8), "little")
-        header = json.loads(f.read(min(n, 100_000_000)))
-    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        try:
+            header = json.loads(f.read(min(n, 100_000_000)))
+            end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        except (ValueError, RecursionError, AttributeError, KeyError, TypeError, IndexError):
+            raise ValueError(f"{path.name} has no readable safetensors header") from None  # not JSON, not laid out
     if path.stat().st_size != 8 + n + end:
         raise ValueError(f"{path.name} is {path.stat().st_size} bytes where its header says {8 + n + end}")
     return mx.load(str(path))

@@ -179,7 +179,12 @@ ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def _relay_stop(control, run: Path, stage: str, done: threading.Event) -> None:
+    """A stop asked of `control` sent to the ranks once they can take it: before their stage has
+    started (no status yet: a Ctrl-C or SIGTERM during their setup) it is sent again until it is."""
     while not done.wait(0.2):
         if control is not None and control.stopping:
-            runs.send_command(run, stage, "stop")
-            return
+            try:
+                runs.send_command(run, stage, "stop")
+                return
+            except (AcmError, OSError):  # not started yet (nothing takes a command), or a full disk: again
+                continue

@@ -233,11 +233,12 @@ def test_saving_keeps_comments_order_and_mode(tmp_path):
 
 def test_saving_keeps_windows_line_ends(tmp_path):
     path = tmp_path / "acm.toml"
-    path.write_bytes(b"# mine\r\n[generate]\r\ntop_k = 7\r\n")
+    written = b'# mine\r\n[generate]\r\ntop_k = 7\r\n[eval]\r\nprompts = ["""#!/bin/bash\r\n# a\r\n"""]\r\n'
+    path.write_bytes(written)
     new, _ = config.with_value(config.load(path), "train.finetune.steps", "50")
     config.save_settings(new, path)
     data = path.read_bytes()
-    assert data.startswith(b"# mine\r\n[generate]\r\ntop_k = 7\r\n") and b"steps = 50\r\n" in data
+    assert data.startswith(written) and b"steps = 50\r\n" in data  # the multi-line prompt left as it was
     assert data.count(b"\n") == data.count(b"\r\n") and config.load(path).train.finetune.steps == 50
 
 
@@ -285,6 +286,17 @@ def test_a_settings_link_that_leads_nowhere_is_refused_not_read_as_defaults(tmp_
     for argv in (["config", "show"], ["-c", "acm.toml", "config", "check"], ["config", "set", "generate.seed", "3"]):
         assert cli.main(argv) == 2
         assert capsys.readouterr().err == f"acm: error: acm.toml (a link to {target}): cannot read it ({why})\n"
+    assert (tmp_path / "acm.toml").is_symlink() and not (tmp_path / "gone.toml").exists()
+
+
+def test_saving_through_a_link_that_leads_nowhere_is_refused_and_writes_nothing(tmp_path):
+    """The app's Settings pane and keys save with save_settings: a dangling acm.toml link is
+    refused there too, never replaced by a file nor followed to create its target."""
+    (tmp_path / "acm.toml").symlink_to("gone.toml")
+    cfg = config.from_dict({}, root=tmp_path)
+    new, _ = config.with_value(cfg, "ui.smoothing", "0.8")
+    with pytest.raises(ConfigError, match=r"acm.toml \(a link to gone.toml\): cannot read it"):
+        config.save_settings(new, tmp_path / "acm.toml")
     assert (tmp_path / "acm.toml").is_symlink() and not (tmp_path / "gone.toml").exists()
 
 

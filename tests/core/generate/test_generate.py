@@ -215,6 +215,20 @@ def test_chat_refuses_a_line_that_is_not_utf8_and_goes_on(with_model):
     assert "5 tokens" in err and "Traceback" not in err  # the next line was answered
 
 
+def test_a_polite_kill_ends_a_chat_where_ctrl_c_only_clears_the_line(with_model):
+    import signal
+
+    proc = subprocess.Popen([sys.executable, "-m", "core.cli", "-c", str(with_model / "acm.toml"), "chat"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.read(2) == "> "  # waiting at its first prompt
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 143
+    finally:
+        proc.kill()
+        proc.communicate()
+
+
 def test_ctrl_c_in_chat_stops_the_generation_before_the_next_prompt(with_model, capsys):
     import signal
     import threading

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -130,15 +131,51 @@ def test_kill_9_leaves_a_loadable_checkpoint(prepared):
     assert result.step == latest.step + 1
 
 
-@pytest.mark.parametrize("command, sig, status", [
-    (["train", "pretrain", "--run", "c"], signal.SIGINT, 130),
-    (["train", "pretrain", "--run", "c"], signal.SIGTERM, 143),
-    (["train", "pretrain", "--run", "c", "--ranks", "2"], signal.SIGTERM, 143),
-    (["pipeline", "run"], signal.SIGTERM, 143),
+def _descendants(pid: int) -> list[int]:
+    """Every process below `pid` (Linux's /proc), as a service manager's group of a unit holds them."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        below = children.get(todo.pop(), [])
+        found += below
+        todo += below
+    return found
+
+
+def _signal_once_training(proc: subprocess.Popen, lines: queue.SimpleQueue, said: list[str], sig: int,
+                          times: int, everyone: bool, wait_for: str) -> None:
+    """Read the command's lines until one matches `wait_for`, then send `sig` `times` times, to the
+    command alone or (`everyone`) to it and every process below it, as a service manager does."""
+    while (line := lines.get(timeout=120)) and not re.search(wait_for, line):
+        said.append(line)
+    assert line, "".join(said)
+    for _ in range(times):
+        for pid in [proc.pid, *(_descendants(proc.pid) if everyone else [])]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        time.sleep(0.01)
+
+
+STEP_LINE = r"step +\d+.*loss"  # the loop reports a step: a signal then lands in training, not in the setup
+
+
+@pytest.mark.parametrize("command, sig, status, times, everyone", [
+    (["train", "pretrain", "--run", "c"], signal.SIGINT, 130, 1, False),
+    (["train", "pretrain", "--run", "c"], signal.SIGTERM, 143, 2, False),
+    (["train", "pretrain", "--run", "c", "--ranks", "2"], signal.SIGTERM, 143, 1, False),
+    pytest.param(["train", "pretrain", "--run", "c", "--ranks", "2"], signal.SIGTERM, 143, 1, True,
+                 marks=pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="no /proc")),
+    (["pipeline", "run"], signal.SIGTERM, 143, 1, False),
 ])
-def test_ctrl_c_or_a_polite_kill_stops_with_a_checkpoint_and_says_how_to_go_on(prepared, command, sig, status):
-    """Ctrl-C (130) and SIGTERM (143: `kill`, `timeout`, a service manager) stop a stage at its next
-    step with a checkpoint, on one rank or two and in the pipeline, and say what continues it."""
+def test_ctrl_c_or_a_polite_kill_stops_with_a_checkpoint_and_says_how_to_go_on(prepared, command, sig, status,
+                                                                              times, everyone):
+    """Ctrl-C (130) and SIGTERM (143: `kill`, `timeout`, a service manager, which signals every
+    process of the unit, ranks too) stop a stage at its next step with a checkpoint, on one rank or
+    two and in the pipeline, and say what continues it. A second SIGTERM does not cut that short."""
     cfg = load(prepared)
     cfg.train.pretrain.steps = 100000
     config.save(cfg, prepared / "acm.toml")
@@ -148,10 +185,7 @@ def test_ctrl_c_or_a_polite_kill_stops_with_a_checkpoint_and_says_how_to_go_on(p
     try:
         lines: queue.SimpleQueue = queue.SimpleQueue()
         threading.Thread(target=lambda: [*map(lines.put, proc.stdout), lines.put("")], daemon=True).start()
-        while (line := lines.get(timeout=120)) and not re.search(r"step +\d+.*loss", line):
-            said.append(line)  # until the loop reports a step: the signal lands in training, not in the setup
-        assert line, "".join(said)
-        proc.send_signal(sig)
+        _signal_once_training(proc, lines, said, sig, times, everyone, STEP_LINE)
         assert proc.wait(timeout=120) == status
         while line := lines.get(timeout=10):
             said.append(line)
@@ -161,13 +195,39 @@ def test_ctrl_c_or_a_polite_kill_stops_with_a_checkpoint_and_says_how_to_go_on(p
     run = runs.list_runs(cfg)[0]
     last = checkpoint.latest(Paths.checkpoints(run, "pretrain"))
     status_now = runs.read_status(run, "pretrain")
-    assert last is not None and status_now["step"] == last.step and status_now["state"] == "stopped"
+    assert last is not None and status_now["step"] == last.step and status_now["state"] == "stopped", out
     if command[0] == "pipeline":
         assert f"goes on from its checkpoint {last.path.name}; `acm pipeline run` continues" in out
     else:
         assert "stopping at the next step and saving a checkpoint" in out
         assert (f"interrupted: checkpoint of step {last.step} saved; `acm train pretrain --run {run.name} --resume` "
                 "continues") in out
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="no /proc")
+def test_a_polite_kill_while_the_ranks_start_stops_them_once_they_can_take_it(prepared):
+    """SIGTERM (or Ctrl-C) while the ranks are still starting, before their stage can take a command,
+    is kept and sent once it can: they stop with a checkpoint instead of training on."""
+    cfg = load(prepared)
+    cfg.train.pretrain.steps = 100000
+    config.save(cfg, prepared / "acm.toml")
+    proc = subprocess.Popen([sys.executable, "-m", "core.cli", "-c", str(prepared / "acm.toml"), "train", "pretrain",
+                             "--run", "c", "--ranks", "2"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while len(_descendants(proc.pid)) < 3:  # the launcher and its two ranks, still importing
+            assert time.monotonic() < deadline and proc.poll() is None, proc.stdout.read()
+            time.sleep(0.02)
+        assert runs.read_status(cfg.runs_dir / "c", "pretrain") is None  # nothing could take a stop yet
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, out
+    status_now = runs.read_status(cfg.runs_dir / "c", "pretrain")
+    last = checkpoint.latest(Paths.checkpoints(cfg.runs_dir / "c", "pretrain"))
+    assert status_now["state"] == "stopped", out  # at its next step: with a checkpoint, or before the first
+    assert (last.step if last else 0) == status_now["step"], out
 
 
 @pytest.mark.parametrize("command", [["train", "pretrain", "--run", "c"], ["train", "pretrain", "--run", "c", "--json"],
@@ -896,7 +956,10 @@ def test_optimizer_state_is_read_only_by_a_resume_and_a_missing_one_is_said(with
     resume = ["-c", c, "train", "finetune", "--run", "m", "--resume", "--steps", "12"]
     assert cli.main(resume) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and f"checkpoint {last.path} is damaged" in err[0]
+    assert len(err) == 1 and err[0].startswith(f"acm: error: checkpoint {last.path}: its optimizer.safetensors is "
+                                                "damaged (optimizer.safetensors is ")
+    assert err[0].endswith("delete that file to resume with a fresh optimizer, or the checkpoint to fall back to an "
+                           "earlier one")
     opt.unlink()
     assert cli.main(resume) == 0
     out = " ".join("".join(capsys.readouterr()).split())
