@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -190,3 +191,23 @@ async def test_the_train_pane_starts_ranks_in_the_background_and_shows_them(prep
     last = checkpoint.latest(Paths.checkpoints(run, "pretrain"))
     assert last is not None and last.state["ranks"] == 2 and last.state["global_batch"] == 4
     assert "2 ranks of 2 sequences" in Paths.detached_log(run, "pretrain").read_text()
+
+
+def test_a_polite_kill_of_a_background_stage_on_two_ranks_stops_it_with_a_checkpoint(prepared, capsys):
+    """`kill -TERM PID`, the pid `--detach` printed (the ranks' launcher), as the README says: the
+    ranks stop at their next step with a checkpoint, then the launcher ends."""
+    cfg = long_config(prepared)
+    c = str(prepared / "acm.toml")
+    assert cli.main(["-c", c, "train", "pretrain", "--run", "bg", "--ranks", "2", "--detach"]) == 0
+    pid = int(capsys.readouterr().out.split("(pid ", 1)[1].split(")", 1)[0])
+    run = cfg.runs_dir / "bg"
+    try:
+        wait_for(lambda: (runs.read_status(run, "pretrain") or {}).get("step", 0) >= 3)
+        os.kill(pid, signal.SIGTERM)
+        assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+    status = runs.read_status(run, "pretrain")
+    assert status["state"] == "stopped"
+    assert checkpoint.latest(Paths.checkpoints(run, "pretrain")).step == status["step"]
