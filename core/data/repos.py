@@ -9,11 +9,14 @@ URL and the folder.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
 import shutil
+import signal
 import subprocess
+import time
 import tomllib
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -24,6 +27,7 @@ from core.errors import AcmError
 from core.progress import CancelToken, Reporter, Ticker
 
 BUILTIN_LIST = Path(__file__).with_name("repos.toml")
+CANCEL_POLL_S = 0.2  # how soon a cancelled clone ends
 GIT_ENV = {"GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "true", "LC_ALL": "C"}
 # data.code.licences = "permissive": licences whose only condition is keeping the notice, and
 # public-domain dedications. Left out: copyleft (GPL, LGPL, AGPL, EUPL, CC-BY-SA), the weak
@@ -170,21 +174,44 @@ def clone_one(repo: Repo, dest_root: Path, timeout_s: float, retries: int, cance
         return CloneResult(repo, dest, head_commit(dest), skipped=True)
     tmp = dest_root / f".partial-{repo.folder_name}"
     error = ""
-    for attempt in range(1, retries + 2):
-        cancel.check()
-        shutil.rmtree(tmp, ignore_errors=True)
-        try:
-            r = subprocess.run(
-                ["git", "clone", "--quiet", "--depth", "1", "--single-branch", "--no-tags", "--", repo.url, str(tmp)],
-                capture_output=True, text=True, timeout=timeout_s, env=os.environ | GIT_ENV, stdin=subprocess.DEVNULL)
-            if r.returncode == 0:
-                tmp.rename(dest)
-                return CloneResult(repo, dest, head_commit(dest), attempts=attempt)
-            error = git_error(r.stderr, r.returncode)
-        except subprocess.TimeoutExpired:
-            error = f"timed out after {timeout_s:g}s"
-    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        for attempt in range(1, retries + 2):
+            cancel.check()
+            shutil.rmtree(tmp, ignore_errors=True)
+            try:
+                r = run_cancellable(["git", "clone", "--quiet", "--depth", "1", "--single-branch", "--no-tags", "--",
+                                     repo.url, str(tmp)], timeout_s, cancel, env=os.environ | GIT_ENV)
+                if r.returncode == 0:
+                    tmp.rename(dest)
+                    return CloneResult(repo, dest, head_commit(dest), attempts=attempt)
+                error = git_error(r.stderr, r.returncode)
+            except subprocess.TimeoutExpired:
+                error = f"timed out after {timeout_s:g}s"
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # a failed, timed out or cancelled clone's half
     return CloneResult(repo, None, error=error, attempts=retries + 1)
+
+
+def run_cancellable(argv: list[str], timeout_s: float, cancel: CancelToken, poll_s: float = CANCEL_POLL_S,
+                    **popen) -> subprocess.CompletedProcess:
+    """`subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s)`, which also ends
+    within `poll_s` of `cancel` (Ctrl-C, SIGTERM, `x`, the app quitting), the child's process group
+    with it (git starts helpers of its own): Cancelled is raised then. A clone of minutes no longer
+    holds acm until it is done."""
+    with subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True, start_new_session=True, **popen) as proc:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                out, err = proc.communicate(timeout=poll_s)
+                return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+            except subprocess.TimeoutExpired:
+                if cancel.cancelled or time.monotonic() > deadline:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(proc.pid, signal.SIGKILL)
+                    proc.communicate()
+                    cancel.check()
+                    raise
 
 
 def clone_all(repos: list[Repo], dest_root: Path, jobs: int, timeout_s: float, retries: int,

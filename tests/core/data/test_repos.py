@@ -3,9 +3,12 @@ duplicate entries, URLs git could read as options, and the built-in list itself.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
+import threading
+import time
 import tomllib
 from pathlib import Path
 from types import SimpleNamespace
@@ -16,9 +19,9 @@ from core import cli, config
 from core.data import repos as repos_module
 from core.data.code import fetch_code
 from core.data.corpus import Corpus
-from core.data.repos import BUILTIN_LIST, Repo, clone_all, is_permissive, keep_licences, load_repos
+from core.data.repos import BUILTIN_LIST, Repo, clone_all, clone_one, is_permissive, keep_licences, load_repos
 from core.errors import AcmError
-from core.progress import CancelToken, no_report
+from core.progress import Cancelled, CancelToken, no_report
 from tests.helpers import cfg_for
 from tests.stand_ins import REPOS, make_bare_repo, make_repos_file
 
@@ -50,8 +53,13 @@ def spy_git(monkeypatch) -> list[list[str]]:
         calls.append(list(argv))
         return subprocess.run(argv, *a, **kw)
 
+    def popen(argv, *a, **kw):
+        calls.append(list(argv))
+        return subprocess.Popen(argv, *a, **kw)
+
     monkeypatch.setattr(repos_module, "subprocess", SimpleNamespace(
-        run=run, DEVNULL=subprocess.DEVNULL, TimeoutExpired=subprocess.TimeoutExpired))
+        run=run, Popen=popen, PIPE=subprocess.PIPE, DEVNULL=subprocess.DEVNULL, CompletedProcess=subprocess.CompletedProcess,
+        TimeoutExpired=subprocess.TimeoutExpired))
     return calls
 
 
@@ -222,3 +230,41 @@ def test_stats_and_the_model_card_count_documents_per_licence(project, tmp_path,
     assert facts["corpora"]["code"]["licences"] == {"MIT": 3, "GPL-2.0-only": 1}
     text = "\n".join(card._data(facts))
     assert "| licence | documents |\n|---|---|\n| MIT | 3 |\n| GPL-2.0-only | 1 |" in text
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    # a zombie waiting for its parent to read it has ended too
+    return Path(f"/proc/{pid}/stat").exists() and Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def test_a_cancelled_clone_ends_at_once_with_git_s_own_children(tmp_path, monkeypatch):
+    """Ctrl-C, SIGTERM, `x` or quitting the app while git clones: git and the helpers it started
+    end within a poll, the half-made clone goes, and the fetch says it was cancelled (it no longer
+    waits up to clone_timeout_s for the clone to finish)."""
+    pids = tmp_path / "pids"
+    fake = tmp_path / "bin" / "git"
+    fake.parent.mkdir()
+    fake.write_text(f"#!/bin/sh\nmkdir -p \"$9\"\nsleep 300 &\necho $$ $! > {pids}\nwait\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+    cancel = CancelToken()
+
+    def cancel_once_cloning() -> None:
+        while not (pids.exists() and len(pids.read_text().split()) == 2):
+            time.sleep(0.02)
+        cancel.cancel()
+
+    threading.Thread(target=cancel_once_cloning, daemon=True).start()
+    repo = Repo("acme/slow", "tools", "file:///nowhere/slow", "MIT")
+    with pytest.raises(Cancelled):
+        clone_one(repo, tmp_path / "clones", 300, 0, cancel)
+    git, helper = map(int, pids.read_text().split())
+    deadline = time.monotonic() + 30
+    while not (_gone(git) and _gone(helper)):
+        assert time.monotonic() < deadline, "git or its helper outlived the cancel"
+        time.sleep(0.05)
+    assert not list((tmp_path / "clones").glob(".partial-*"))
