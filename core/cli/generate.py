@@ -28,6 +28,7 @@ from core.generate.relevance import expectations, task_verdict, uses
 from core.generate.sampling import MAX_N, SamplingParams
 from core.generate.verdicts import judge
 from core.pipeline.tables import EVAL_COLUMNS, eval_rows
+from core.progress import CancelToken
 
 console = console_for(stderr=True)
 
@@ -178,10 +179,15 @@ def chat_turn(engine: Engine, lm, prompt: str, params: SamplingParams, stop: thr
 
 def cmd_eval(args, cfg: Config) -> int:
     cfg.eval.time = args.time or cfg.eval.time
-    engine = Engine()
+    engine, cancel = Engine(), CancelToken()
     try:
         with progress_bars() as report:
-            results = engine.call(evaluate_run, cfg, report, None, args.run, args.samples, args.max_tokens)
+            job = engine.submit(evaluate_run, cfg, report, cancel, args.run, args.samples, args.max_tokens)
+            try:
+                results = wait_for(job)
+            except KeyboardInterrupt:  # Ctrl-C or SIGTERM: it stops at its next check, eval.json left as it was
+                cancel.cancel()
+                raise
     finally:
         engine.shutdown()
     if args.json:

@@ -173,6 +173,7 @@ def evaluate_run(cfg: Config, report: Reporter = no_report, cancel: CancelToken 
     results["seconds"] = round(time.perf_counter() - started, 2)
     results["cut"] = any(cuts(results).values())  # fewer samples or validation batches than asked
     results["passed_over"] = passed_over  # damaged checkpoints, said with the cut (cut_note)
+    cancel.check()
     with writing(f"the evaluation {Paths.eval_results(run_path)}"):
         write_text(Paths.eval_results(run_path), json.dumps(results, indent=1) + "\n")
     return results

@@ -307,6 +307,45 @@ def test_the_first_ctrl_c_stops_generate_of_any_size_and_prints_what_it_has(with
     assert rc == 130 and "(stopped: 64 of 64 printed)" in err and "── 64/64" in err
 
 
+def test_ctrl_c_stops_an_evaluation_at_its_next_token_and_writes_no_results(with_model, capsys):
+    """`acm eval` waits for the evaluation on the engine: Ctrl-C (or SIGTERM) cancels it there, so
+    it ends at the next token rather than after every part, and eval.json is not written."""
+    import signal
+    import threading
+    import time
+
+    from core.paths import Paths
+
+    def decoding_while_waiting() -> bool:
+        frames = sys._current_frames()
+        names = []
+        frame = frames.get(threading.main_thread().ident)
+        while frame is not None:
+            names, frame = names + [frame.f_code.co_name], frame.f_back
+        engine_decodes = False
+        for ident, frame in frames.items():
+            while frame is not None and ident != threading.main_thread().ident:
+                engine_decodes = engine_decodes or frame.f_code.co_name == "decode_batch"
+                frame = frame.f_back
+        return "cmd_eval" in names and "wait_for" in names and engine_decodes
+
+    def ctrl_c_while_decoding():
+        deadline = time.monotonic() + 60
+        while not decoding_while_waiting() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+    results = Paths.eval_results(config.load(with_model / "acm.toml").runs_dir / "m")
+    assert not results.exists()
+    handler = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        threading.Thread(target=ctrl_c_while_decoding, daemon=True).start()
+        rc = cli.main(["-c", str(with_model / "acm.toml"), "eval", "--samples", "256", "--max-tokens", "4096"])
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    assert rc == 130 and capsys.readouterr().err.endswith("acm: interrupted\n") and not results.exists()
+
+
 def test_a_batch_of_prompts_of_different_lengths_decodes_as_each_alone(with_model):
     lm = load_model(config.load(with_model / "acm.toml"))
     prompts = ["#!/bin/bash\n", "#!/usr/bin/env bash\nset -euo pipefail\necho start\n", "x"]
