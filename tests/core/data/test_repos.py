@@ -58,8 +58,8 @@ def spy_git(monkeypatch) -> list[list[str]]:
         return subprocess.Popen(argv, *a, **kw)
 
     monkeypatch.setattr(repos_module, "subprocess", SimpleNamespace(
-        run=run, Popen=popen, PIPE=subprocess.PIPE, DEVNULL=subprocess.DEVNULL, CompletedProcess=subprocess.CompletedProcess,
-        TimeoutExpired=subprocess.TimeoutExpired))
+        run=run, Popen=popen, PIPE=subprocess.PIPE, DEVNULL=subprocess.DEVNULL,
+        CompletedProcess=subprocess.CompletedProcess, TimeoutExpired=subprocess.TimeoutExpired))
     return calls
 
 
@@ -237,8 +237,8 @@ def _gone(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return True
-    # a zombie waiting for its parent to read it has ended too
-    return Path(f"/proc/{pid}/stat").exists() and Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    stat = Path(f"/proc/{pid}/stat")  # a zombie waiting for its parent to read it has ended too
+    return stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] == "Z"
 
 
 def test_a_cancelled_clone_ends_at_once_with_git_s_own_children(tmp_path, monkeypatch):

@@ -78,3 +78,14 @@ def test_deleting_a_run_that_is_a_link_removes_the_link_and_leaves_its_folder(wi
     assert cli.main(["-c", str(with_model / "acm.toml"), "runs", "delete", "m", "--yes"]) == 0
     assert capsys.readouterr().out == f"deleted run m, a link: the folder it pointed to ({kept}) is left as it was\n"
     assert not (cfg.runs_dir / "m").is_symlink() and (kept / "config.toml").is_file()
+
+
+def test_a_run_whose_background_stage_has_not_begun_is_said_to_be_starting(project, capsys):
+    """Straight after `--detach` the run folder holds only what its process reads: `acm runs stop`
+    says it is starting, not that its settings must be restored."""
+    cfg = config.load(project / "acm.toml")
+    (cfg.runs_dir / "d1" / "pretrain").mkdir(parents=True)
+    (cfg.runs_dir / "d1" / "pretrain" / "launch.toml").write_text("[launch]\n")
+    assert cli.main(["-c", str(project / "acm.toml"), "runs", "stop", "d1"]) == 2
+    assert capsys.readouterr().err == ("acm: error: run 'd1' is starting in the background (its settings are written "
+                                       "once its stage has begun): try again shortly; `acm runs` lists the runs\n")
