@@ -172,7 +172,8 @@ def clone_one(repo: Repo, dest_root: Path, timeout_s: float, retries: int, cance
     dest = dest_root / repo.folder_name
     if (dest / ".git").is_dir():
         return CloneResult(repo, dest, head_commit(dest), skipped=True)
-    tmp = dest_root / f".partial-{repo.folder_name}"
+    # a folder of this call's own: a git that a killed acm left cloning (kill -9) never shares it
+    tmp = dest_root / f".partial-{repo.folder_name}-{os.getpid()}"
     error = ""
     try:
         for attempt in range(1, retries + 2):

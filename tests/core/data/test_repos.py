@@ -190,7 +190,8 @@ def test_git_is_told_where_its_options_end(tmp_path, monkeypatch, spy_git):
                          CancelToken())
     assert result.path is not None and result.error == "", result.error
     [clone] = [c for c in spy_git if c[:2] == ["git", "clone"]]
-    assert clone[-3:] == ["--", "-ops.git", str(tmp_path / "clones" / f".partial-{result.repo.folder_name}")]
+    partial = tmp_path / "clones" / f".partial-{result.repo.folder_name}-{os.getpid()}"
+    assert clone[-3:] == ["--", "-ops.git", str(partial)]
 
 
 # ---------------------------------------------------------------- the built-in list
