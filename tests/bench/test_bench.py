@@ -61,7 +61,9 @@ def write_shards(folder: Path, vocab: int, tokens: int) -> Path:
     np.save(folder / "chunk-00000.train.npy", text)
     np.save(folder / "chunk-00000.val.npy", text[: tokens // 10])
     files = {"train": "chunk-00000.train.npy", "val": "chunk-00000.val.npy"}
-    (folder / "manifest.json").write_text(json.dumps({"vocab_size": vocab, "chunks": [{"files": files}]}))
+    counts = {"train": tokens, "val": tokens // 10}
+    (folder / "manifest.json").write_text(json.dumps({"vocab_size": vocab, "chunks": [{"files": files,
+                                                                                        "tokens": counts}]}))
     return folder
 
 
