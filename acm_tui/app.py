@@ -6,6 +6,7 @@ import contextlib
 import os
 import signal
 import sys
+import threading
 from collections.abc import Iterable
 from functools import partial
 from pathlib import Path
@@ -20,7 +21,7 @@ from textual.widgets import Footer, Header, Static, TabbedContent, TabPane
 
 from core import config, runs
 from core.engine import Engine
-from core.errors import AcmError, Parser, fail, internal_error, terminal_gone
+from core.errors import AcmError, Parser, fail, internal_error
 from core.hardware import device_label
 from core.pipeline.overview import disk_stamp
 
@@ -41,6 +42,7 @@ PANES = [SetupPane, DataPane, TokenizerPane, TrainPane, GeneratePane, RunsPane, 
 DISK_POLL_S = 2.0  # how often the app looks for stages that ended or moved on elsewhere
 
 
+EXIT_GRACE_S = 5.0  # how long a signal's exit may take, its stages ended, before the process just ends
 ENDING_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 
@@ -213,10 +215,13 @@ class AcmApp(App):
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             for sig in ENDING_SIGNALS:
                 asyncio.get_running_loop().remove_signal_handler(sig)
-        if self.ended_by == getattr(signal, "SIGHUP", None) and terminal_gone():
-            # The terminal went with the connection: nothing is left to restore on it, and Textual's
-            # writer, which failed on it, would block the exit for ever. The stages have ended.
-            os._exit(0)
+        if self.ended_by is not None:
+            # Ended by a signal, perhaps with its terminal gone (a hang-up): Textual's writer thread,
+            # failing on a vanished terminal, can block the exit for ever. The stages have ended and
+            # their files are written, so the process ends regardless, once Textual has had its time.
+            watchdog = threading.Timer(EXIT_GRACE_S, os._exit, args=(0,))
+            watchdog.daemon = True  # a normal exit does not wait for it
+            watchdog.start()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -177,17 +177,6 @@ def run_command(body: Callable[[], int], quiet_pipe: bool = False) -> int:
 _NO_FILE = (AttributeError, ValueError, OSError)
 
 
-def terminal_gone() -> bool:
-    """Whether the terminal the process started on has hung up (its SSH connection dropped), or
-    the system cannot tell (macOS's poll takes no terminals)."""
-    try:
-        poll = select.poll()
-        poll.register(sys.__stdout__.fileno(), select.POLLOUT)
-        return any(events & (select.POLLERR | select.POLLHUP | select.POLLNVAL) for _, events in poll.poll(0))
-    except _NO_FILE:
-        return True
-
-
 def _stdout_closed() -> bool:
     """Whether standard output is a pipe whose reader has gone (so a broken pipe was the output's,
     not a socket's or a child's): the system reports an error or a hang-up on it."""

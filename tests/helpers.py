@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import signal
 import time
 from pathlib import Path
 
@@ -153,3 +154,16 @@ def live_stage(project: Path, devices: list | None = None):
     recorder(report)
     recorder.close()
     return report
+
+
+def catches_sigterm(pid: int) -> bool:
+    """Whether the process has a handler for SIGTERM (Linux's /proc: its caught-signals mask); a
+    process not yet at its handler (the interpreter starting) dies of SIGTERM instead."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return False
+    for line in lines:
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (signal.SIGTERM - 1) & 1)
+    return False

@@ -208,7 +208,7 @@ def run_cancellable(argv: list[str], timeout_s: float, cancel: CancelToken, poll
                 return subprocess.CompletedProcess(argv, proc.returncode, out, err)
             except subprocess.TimeoutExpired:
                 if cancel.cancelled or time.monotonic() > deadline:
-                    with contextlib.suppress(ProcessLookupError):
+                    with contextlib.suppress(ProcessLookupError, PermissionError):  # gone (macOS: EPERM)
                         os.killpg(proc.pid, signal.SIGKILL)
                     proc.communicate()
                     cancel.check()

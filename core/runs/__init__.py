@@ -40,8 +40,7 @@ def existing_run(cfg: config.Config, name: str) -> Path:
 def not_a_run(path: Path) -> str:
     """Why `path`, holding no config.toml, is no run: a folder whose settings went (said as such, to
     be restored), or none at all (a folder holding only a writer's lock counts as none)."""
-    if any(Paths.launch_snapshot(path, stage).exists() and not Paths.status(path, stage).exists()
-           for stage in TRAINING_STAGES):  # `--detach` wrote what its process reads, which has not begun
+    if path.is_dir() and any(stage_state(path, stage) == "starting" for stage in TRAINING_STAGES):  # `--detach`
         return "is starting in the background (its settings are written once its stage has begun): try again shortly"
     if path.is_dir() and any(p.name != Paths.writer_lock(path).name for p in path.iterdir()):
         return f"has no {Paths.run_config(path)} (its settings, which make a folder a run): restore it"

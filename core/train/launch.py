@@ -3,33 +3,56 @@
 
 With --parent, the launcher and its ranks end once that process is gone (core.train.lifeline);
 without (a detached stage), they outlive it. Either way each rank ends with the launcher, whose
-pid it finds in its environment. A polite kill (SIGTERM) of the launcher is passed on to its ranks,
-which stop at their next step with a checkpoint; the launcher ends once they have.
+pid it finds in its environment. A polite kill (SIGTERM) of the launcher is passed on to its ranks
+as a stop: they stop at their next step with a checkpoint, and the launcher ends once they have.
 """
 from __future__ import annotations
 
-import os
 import signal
-import sys
 
-from core.train.lifeline import LAUNCHER_PID, end_with
+EARLY_STOPS: list[int] = []  # SIGTERMs that came while the modules below loaded
+if __name__ == "__main__":  # the launcher: a stop sent while it starts is kept, not its death
+    signal.signal(signal.SIGTERM, lambda signum, frame: EARLY_STOPS.append(signum))
+
+import os  # noqa: E402
+import sys  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from core import runs  # noqa: E402
+from core.errors import AcmError  # noqa: E402
+from core.train.lifeline import LAUNCHER_PID, end_with  # noqa: E402
 
 
-def pass_polite_kill_to_ranks() -> None:
-    """SIGTERM to the launcher goes to its process group (its ranks: acm starts it in a session of
-    its own), once; left to its default the launcher would die at once and its ranks with it, before
-    their checkpoint. A service manager that signals every process of the unit sends the ranks
-    theirs as well: the same stop."""
-    def forward(signum, frame):
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the group's signal reaches the launcher too
-        os.killpg(os.getpgrp(), signal.SIGTERM)
+def pass_polite_kill_to_ranks(argv: list[str]) -> None:
+    """SIGTERM to the launcher becomes a stop in the run's control file, which its ranks obey at
+    their next step, with a checkpoint; the launcher ends once they have. It is sent again until
+    they can take it (they may still be starting). Left to its default, the launcher would die at
+    once and take its ranks with it. `argv` ends with the ranks' settings snapshot,
+    runs/<run>/<stage>/launch.toml, which names the run and the stage."""
+    snapshot = Path(argv[-1]) if argv else Path()
+    if snapshot.name != "launch.toml":
+        return
+    asked = threading.Event()
 
-    if os.getpgrp() == os.getpid():
-        signal.signal(signal.SIGTERM, forward)
+    def send_stop() -> None:
+        asked.wait()
+        while True:
+            try:
+                runs.send_command(snapshot.parent.parent, snapshot.parent.name, "stop")
+                return
+            except (AcmError, OSError):  # not started yet (nothing takes a command), or a full disk: again
+                time.sleep(0.2)
+
+    threading.Thread(target=send_stop, name="acm-stop", daemon=True).start()
+    signal.signal(signal.SIGTERM, lambda *_: asked.set())
+    if EARLY_STOPS:
+        asked.set()
 
 
 def main(argv: list[str]) -> None:
-    pass_polite_kill_to_ranks()
+    pass_polite_kill_to_ranks(argv)
     if argv[:1] == ["--parent"]:
         end_with(int(argv[1]))
         argv = argv[2:]

@@ -8,24 +8,29 @@ stops with a checkpoint, SIGUSR1 writes one; a rank ends with its launcher.
 """
 from __future__ import annotations
 
-import json
-import queue
 import signal
-import sys
-from collections.abc import Callable
-from dataclasses import replace
-from pathlib import Path
 
-from core.config import Config
-from core.engine import Engine
-from core.errors import INTERRUPTED, READER_GONE, OutputGone, run_command
-from core.hardware import configure_mlx
-from core.runs.events import Event
-from core.train import snapshot
-from core.train.lifeline import tie_rank_to_launcher
-from core.train.ranks import in_group
-from core.train.snapshot import Launch
-from core.train.trainer import Control, StageResult, train_stage
+EARLY_STOPS: list[int] = []  # SIGTERMs that came while the modules below loaded (a second or two)
+if __name__ == "__main__":  # a training process: a stop sent while it starts is kept, not its death
+    signal.signal(signal.SIGTERM, lambda signum, frame: EARLY_STOPS.append(signum))
+
+import json  # noqa: E402  (after the handler above: MLX's import alone takes most of a second)
+import queue  # noqa: E402
+import sys  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from dataclasses import replace  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from core.config import Config  # noqa: E402
+from core.engine import Engine  # noqa: E402
+from core.errors import INTERRUPTED, READER_GONE, OutputGone, run_command  # noqa: E402
+from core.hardware import configure_mlx  # noqa: E402
+from core.runs.events import Event  # noqa: E402
+from core.train import snapshot  # noqa: E402
+from core.train.lifeline import tie_rank_to_launcher  # noqa: E402
+from core.train.ranks import in_group  # noqa: E402
+from core.train.snapshot import Launch  # noqa: E402
+from core.train.trainer import Control, StageResult, train_stage  # noqa: E402
 
 FINISHED = object()  # the end of a stage's events (never printed)
 Follow = Callable[[queue.SimpleQueue, Callable[[], None]], int | None]  # (events, stop) -> 130 or None
@@ -98,6 +103,8 @@ def _train(path: Path) -> int:
     cfg, launch = snapshot.read(path)
     control = Control()
     signal.signal(signal.SIGTERM, lambda *_: control.stop())  # a polite kill stops with a checkpoint
+    if EARLY_STOPS:  # one came while this process started
+        control.stop()
     done = train_here(cfg, launch, cfg.locations.run(launch.run),
                       lambda events, stop: relay(events, print_event, stop, _say), control)
     return INTERRUPTED if done is None else 0

@@ -2,6 +2,8 @@
 made of); a run an older acm made under another name is still listed and found by that name."""
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from core import cli, config, runs
@@ -86,6 +88,7 @@ def test_a_run_whose_background_stage_has_not_begun_is_said_to_be_starting(proje
     cfg = config.load(project / "acm.toml")
     (cfg.runs_dir / "d1" / "pretrain").mkdir(parents=True)
     (cfg.runs_dir / "d1" / "pretrain" / "launch.toml").write_text("[launch]\n")
+    runs.write_status(cfg.runs_dir / "d1", "pretrain", "starting", pid=os.getpid())  # as `--detach` leaves it
     assert cli.main(["-c", str(project / "acm.toml"), "runs", "stop", "d1"]) == 2
     assert capsys.readouterr().err == ("acm: error: run 'd1' is starting in the background (its settings are written "
                                        "once its stage has begun): try again shortly; `acm runs` lists the runs\n")

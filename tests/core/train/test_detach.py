@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -15,7 +16,7 @@ from core import cli, config, runs
 from core.paths import Paths
 from core.runs import checkpoint
 from core.train.detach import launch_detached
-from tests.helpers import ROOT, text_of, wait_until
+from tests.helpers import ROOT, catches_sigterm, text_of, wait_until
 
 
 def wait_for(predicate, timeout=90.0):
@@ -193,21 +194,28 @@ async def test_the_train_pane_starts_ranks_in_the_background_and_shows_them(prep
     assert "2 ranks of 2 sequences" in Paths.detached_log(run, "pretrain").read_text()
 
 
-def test_a_polite_kill_of_a_background_stage_on_two_ranks_stops_it_with_a_checkpoint(prepared, capsys):
+@pytest.mark.parametrize("when", [
+    pytest.param("starting", marks=pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="no /proc")),
+    "training"])
+def test_a_polite_kill_of_a_background_stage_on_two_ranks_stops_it_with_a_checkpoint(prepared, capsys, when):
     """`kill -TERM PID`, the pid `--detach` printed (the ranks' launcher), as the README says: the
-    ranks stop at their next step with a checkpoint, then the launcher ends."""
+    ranks stop at their next step with a checkpoint (none before the first), then the launcher
+    ends; sent while they are still starting, the stop waits until they can take it."""
     cfg = long_config(prepared)
     c = str(prepared / "acm.toml")
     assert cli.main(["-c", c, "train", "pretrain", "--run", "bg", "--ranks", "2", "--detach"]) == 0
     pid = int(capsys.readouterr().out.split("(pid ", 1)[1].split(")", 1)[0])
     run = cfg.runs_dir / "bg"
     try:
-        wait_for(lambda: (runs.read_status(run, "pretrain") or {}).get("step", 0) >= 3)
+        if when == "training":
+            wait_for(lambda: (runs.read_status(run, "pretrain") or {}).get("step", 0) >= 3)
+        else:  # once the launcher's Python has set its handler (before that, the system's default kills it)
+            wait_for(lambda: catches_sigterm(pid))
         os.kill(pid, signal.SIGTERM)
         assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)
     status = runs.read_status(run, "pretrain")
-    assert status["state"] == "stopped"
-    assert checkpoint.latest(Paths.checkpoints(run, "pretrain")).step == status["step"]
+    last = checkpoint.latest(Paths.checkpoints(run, "pretrain"))
+    assert status["state"] == "stopped" and (last.step if last else 0) == status["step"]

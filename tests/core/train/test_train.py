@@ -22,7 +22,7 @@ from core.paths import Paths
 from core.runs import checkpoint, read_metrics
 from core.train.schedule import lr_at
 from core.train.trainer import Control, Trainer, TrainingError, train_stage
-from tests.helpers import ROOT, SteppingClock, losses
+from tests.helpers import ROOT, SteppingClock, catches_sigterm, losses
 
 
 def load(project: Path) -> config.Config:
@@ -205,9 +205,11 @@ def test_ctrl_c_or_a_polite_kill_stops_with_a_checkpoint_and_says_how_to_go_on(p
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="no /proc")
-def test_a_polite_kill_while_the_ranks_start_stops_them_once_they_can_take_it(prepared):
+@pytest.mark.parametrize("everyone", [False, True])
+def test_a_polite_kill_while_the_ranks_start_stops_them_once_they_can_take_it(prepared, everyone):
     """SIGTERM (or Ctrl-C) while the ranks are still starting, before their stage can take a command,
-    is kept and sent once it can: they stop with a checkpoint instead of training on."""
+    is kept and sent once it can: they stop with a checkpoint instead of training on. Sent to every
+    process (a service manager), the ranks keep it while they load, rather than dying of it."""
     cfg = load(prepared)
     cfg.train.pretrain.steps = 100000
     config.save(cfg, prepared / "acm.toml")
@@ -215,11 +217,14 @@ def test_a_polite_kill_while_the_ranks_start_stops_them_once_they_can_take_it(pr
                              "--run", "c", "--ranks", "2"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 120
-        while len(_descendants(proc.pid)) < 3:  # the launcher and its two ranks, still importing
+        # the launcher and its two ranks, at their handlers (the system's default before them) and
+        # importing: nothing takes a stop yet
+        while not (len(below := _descendants(proc.pid)) >= 3 and all(map(catches_sigterm, below))):
             assert time.monotonic() < deadline and proc.poll() is None, proc.stdout.read()
             time.sleep(0.02)
-        assert runs.read_status(cfg.runs_dir / "c", "pretrain") is None  # nothing could take a stop yet
-        proc.send_signal(signal.SIGTERM)
+        for pid in [proc.pid, *(_descendants(proc.pid) if everyone else [])]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
         out, _ = proc.communicate(timeout=120)
     finally:
         proc.kill()
