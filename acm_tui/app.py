@@ -72,7 +72,6 @@ class AcmApp(App):
         self.engine = Engine()
         self.device, self.stamp = "", None
         self.failure: str | None = None  # the bug that ended the app, in one line
-        self.ended_by: int | None = None  # the signal that ended the app (SIGTERM, SIGHUP), if one did
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -201,11 +200,7 @@ class AcmApp(App):
         loop = asyncio.get_running_loop()
         for sig in ENDING_SIGNALS:
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # no such signal here
-                loop.add_signal_handler(sig, partial(self._ended_by, sig))
-
-    def _ended_by(self, sig: int) -> None:
-        self.ended_by = sig
-        self.exit()
+                loop.add_signal_handler(sig, self.exit)
 
     def on_unmount(self) -> None:
         # Running engine jobs were asked to stop by their panes; wait for them (a training stage
@@ -215,10 +210,11 @@ class AcmApp(App):
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             for sig in ENDING_SIGNALS:
                 asyncio.get_running_loop().remove_signal_handler(sig)
-        if self.ended_by is not None:
-            # Ended by a signal, perhaps with its terminal gone (a hang-up): Textual's writer thread,
-            # failing on a vanished terminal, can block the exit for ever. The stages have ended and
-            # their files are written, so the process ends regardless, once Textual has had its time.
+        if not self.is_headless:
+            # The terminal may be gone (a hang-up, now or while the stages ended): Textual's writer
+            # thread, failing on a vanished terminal, can block the exit for ever. The stages have
+            # ended and their files are written, so the process ends regardless, once Textual has
+            # had its time (a test's headless app shares the test's process: never there).
             watchdog = threading.Timer(EXIT_GRACE_S, os._exit, args=(0,))
             watchdog.daemon = True  # a normal exit does not wait for it
             watchdog.start()
