@@ -166,11 +166,16 @@ def run_command(body: Callable[[], int], quiet_pipe: bool = False) -> int:
     except OSError as e:  # a disk, a permission, a path: the system's words and the file
         if isinstance(e, BrokenPipeError) and quiet_pipe and _stdout_closed():
             return _quiet_exit()
-        return fail(f"{e.strerror or e}" + (f": {e.filename}" if e.filename else ""))
+        return fail(os_error_text(e))
     except Exception as e:  # a bug: still one line
         if os.environ.get("ACM_DEBUG"):
             raise
         return fail(internal_error(e))
+
+
+def os_error_text(e: OSError) -> str:
+    """A system error as a user reads it: the system's words, then the file."""
+    return f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
 
 
 # What asking standard output for its file can raise: None, a stream without one, a closed one

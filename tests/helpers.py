@@ -167,3 +167,11 @@ def catches_sigterm(pid: int) -> bool:
         if line.startswith("SigCgt:"):
             return bool(int(line.split()[1], 16) >> (signal.SIGTERM - 1) & 1)
     return False
+
+
+def proc_stat(pid: int | str) -> list[str]:
+    """Linux's /proc/PID/stat after the command's name: state, parent pid, ... ([] when gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return []

@@ -11,13 +11,14 @@ import math
 import os
 import shutil
 import socket
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
 
 from core import config
 from core.atomic import fits, read_json, write_text
-from core.errors import AcmError
+from core.errors import AcmError, os_error_text
 from core.paths import Paths, check_run_name
 from core.runs.checkpoint import best, latest, list_checkpoints
 
@@ -292,6 +293,20 @@ def send_command(run: Path, stage: str, command: str) -> None:
     write_text(Paths.control(run, stage), json.dumps({"command": command, "time": time.time()}) + "\n")
 
 
+def send_once_taken(run: Path, stage: str, command: str, done: threading.Event | None = None,
+                    every: float = 0.2) -> bool:
+    """send_command, again every `every` seconds while the stage cannot take it (its process is
+    still starting, or the write failed), until it does or `done` is set; whether it was sent."""
+    pause = done.wait if done is not None else time.sleep
+    while True:
+        try:
+            send_command(run, stage, command)
+            return True
+        except (AcmError, OSError):
+            if pause(every):
+                return False
+
+
 def take_command(run: Path, stage: str, since: float = 0.0) -> str | None:
     """The pending command, removed as it is read (each command acts once). One sent before `since`
     (the process's start) was meant for a process that died before it read it: dropped, not obeyed
@@ -387,8 +402,7 @@ def delete_run(run: Path) -> str:
             return f"deleted run {run.name}, a link: the folder it pointed to ({target}) is left as it was"
         shutil.rmtree(run)
     except OSError as e:
-        raise AcmError(f"cannot delete run {run.name}: {e.strerror or e}"
-                       + (f": {e.filename}" if e.filename else "")) from None
+        raise AcmError(f"cannot delete run {run.name}: {os_error_text(e)}") from None
     return f"deleted run {run.name}"
 
 

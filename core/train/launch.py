@@ -8,20 +8,17 @@ as a stop: they stop at their next step with a checkpoint, and the launcher ends
 """
 from __future__ import annotations
 
-import signal
+from core.train import early_stops
 
-EARLY_STOPS: list[int] = []  # SIGTERMs that came while the modules below loaded
-if __name__ == "__main__":  # the launcher: a stop sent while it starts is kept, not its death
-    signal.signal(signal.SIGTERM, lambda signum, frame: EARLY_STOPS.append(signum))
+if __name__ == "__main__":  # the launcher: a SIGTERM while the modules below load is kept
+    early_stops.keep()
 
 import os  # noqa: E402
 import sys  # noqa: E402
 import threading  # noqa: E402
-import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from core import runs  # noqa: E402
-from core.errors import AcmError  # noqa: E402
 from core.train.lifeline import LAUNCHER_PID, end_with  # noqa: E402
 
 
@@ -38,17 +35,10 @@ def pass_polite_kill_to_ranks(argv: list[str]) -> None:
 
     def send_stop() -> None:
         asked.wait()
-        while True:
-            try:
-                runs.send_command(snapshot.parent.parent, snapshot.parent.name, "stop")
-                return
-            except (AcmError, OSError):  # not started yet (nothing takes a command), or a full disk: again
-                time.sleep(0.2)
+        runs.send_once_taken(snapshot.parent.parent, snapshot.parent.name, "stop")
 
     threading.Thread(target=send_stop, name="acm-stop", daemon=True).start()
-    signal.signal(signal.SIGTERM, lambda *_: asked.set())
-    if EARLY_STOPS:
-        asked.set()
+    early_stops.hand_to(asked.set)
 
 
 def main(argv: list[str]) -> None:

@@ -179,12 +179,9 @@ ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def _relay_stop(control, run: Path, stage: str, done: threading.Event) -> None:
-    """A stop asked of `control` sent to the ranks once they can take it: before their stage has
-    started (no status yet: a Ctrl-C or SIGTERM during their setup) it is sent again until it is."""
+    """A stop asked of `control` sent to the ranks once they can take it (a Ctrl-C or SIGTERM may
+    come while they are still starting), unless they end first."""
     while not done.wait(0.2):
         if control is not None and control.stopping:
-            try:
-                runs.send_command(run, stage, "stop")
-                return
-            except (AcmError, OSError):  # not started yet (nothing takes a command), or a full disk: again
-                continue
+            runs.send_once_taken(run, stage, "stop", done)
+            return

@@ -8,14 +8,14 @@ stops with a checkpoint, SIGUSR1 writes one; a rank ends with its launcher.
 """
 from __future__ import annotations
 
-import signal
+from core.train import early_stops
 
-EARLY_STOPS: list[int] = []  # SIGTERMs that came while the modules below loaded (a second or two)
-if __name__ == "__main__":  # a training process: a stop sent while it starts is kept, not its death
-    signal.signal(signal.SIGTERM, lambda signum, frame: EARLY_STOPS.append(signum))
+if __name__ == "__main__":  # a training process: a SIGTERM while the modules below load is kept
+    early_stops.keep()
 
 import json  # noqa: E402  (after the handler above: MLX's import alone takes most of a second)
 import queue  # noqa: E402
+import signal  # noqa: E402
 import sys  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from dataclasses import replace  # noqa: E402
@@ -102,9 +102,7 @@ def _train(path: Path) -> int:
         tie_rank_to_launcher()  # a rank never outlives its launcher
     cfg, launch = snapshot.read(path)
     control = Control()
-    signal.signal(signal.SIGTERM, lambda *_: control.stop())  # a polite kill stops with a checkpoint
-    if EARLY_STOPS:  # one came while this process started
-        control.stop()
+    early_stops.hand_to(control.stop)  # a polite kill stops with a checkpoint
     done = train_here(cfg, launch, cfg.locations.run(launch.run),
                       lambda events, stop: relay(events, print_event, stop, _say), control)
     return INTERRUPTED if done is None else 0

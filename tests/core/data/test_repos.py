@@ -22,7 +22,7 @@ from core.data.corpus import Corpus
 from core.data.repos import BUILTIN_LIST, Repo, clone_all, clone_one, is_permissive, keep_licences, load_repos
 from core.errors import AcmError
 from core.progress import Cancelled, CancelToken, no_report
-from tests.helpers import cfg_for
+from tests.helpers import cfg_for, proc_stat
 from tests.stand_ins import REPOS, make_bare_repo, make_repos_file
 
 # SPDX ids a built-in entry may record (LicenseRef-* names one SPDX does not list)
@@ -238,8 +238,7 @@ def _gone(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return True
-    stat = Path(f"/proc/{pid}/stat")  # a zombie waiting for its parent to read it has ended too
-    return stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    return proc_stat(pid)[:1] == ["Z"]  # a zombie waiting for its parent to read it has ended too
 
 
 def test_a_cancelled_clone_ends_at_once_with_git_s_own_children(tmp_path, monkeypatch):

@@ -22,7 +22,7 @@ from core.paths import Paths
 from core.runs import checkpoint, read_metrics
 from core.train.schedule import lr_at
 from core.train.trainer import Control, Trainer, TrainingError, train_stage
-from tests.helpers import ROOT, SteppingClock, catches_sigterm, losses
+from tests.helpers import ROOT, SteppingClock, catches_sigterm, losses, proc_stat
 
 
 def load(project: Path) -> config.Config:
@@ -135,8 +135,7 @@ def _descendants(pid: int) -> list[int]:
     """Every process below `pid` (Linux's /proc), as a service manager's group of a unit holds them."""
     children: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            fields = stat.read_text().rsplit(")", 1)[1].split()
+        if fields := proc_stat(stat.parent.name):
             children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
     found, todo = [], [pid]
     while todo:
