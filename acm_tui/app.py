@@ -21,12 +21,13 @@ from textual.widgets import Footer, Header, Static, TabbedContent, TabPane
 
 from core import config, runs
 from core.engine import Engine
-from core.errors import AcmError, Parser, fail, internal_error
+from core.errors import AcmError, Parser, fail, internal_error, one_line
 from core.hardware import device_label
 from core.pipeline.overview import disk_stamp
+from core.train.ready import ready_engine
 
 from .confirm import Confirm
-from .messages import PaneRequest
+from .messages import DeviceFound, EngineReadied, EngineReadying, PaneRequest
 from .panes.base import Pane
 from .panes.data import DataPane
 from .panes.generate import GeneratePane
@@ -43,6 +44,7 @@ DISK_POLL_S = 2.0  # how often the app looks for stages that ended or moved on e
 
 
 EXIT_GRACE_S = 5.0  # how long a signal's exit may take, its stages ended, before the process just ends
+READY_JOB = "ready"  # the engine's readying of the training step at the app's start
 ENDING_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 
@@ -71,6 +73,8 @@ class AcmApp(App):
             self.cfg = config.from_dict({}, root=self.config_path.parent)
         self.engine = Engine()
         self.device, self.stamp = "", None
+        self.readying = False  # the engine runs the training step once, at the app's start
+        self.readied = None  # what that did (core.train.ready.Readied), once it has ended
         self.failure: str | None = None  # the bug that ended the app, in one line
 
     def compose(self) -> ComposeResult:
@@ -86,8 +90,14 @@ class AcmApp(App):
     def on_mount(self) -> None:
         self.end_on_signals()
         self.action_show_pane("setup")
+        # posted, never called from the engine's thread: a quit waits for the engine, which would
+        # wait here for the UI in turn
         self.engine.submit(device_label).add_done_callback(
-            lambda f: self.call_from_thread(self._set_device, f.result()) if not f.exception() else None)
+            lambda f: self.post_message(DeviceFound(f.result())) if not f.exception() else None)
+        if self.cfg.ui.ready_at_start and not self.config_error:
+            begun = lambda stages: self.post_message(EngineReadying())  # noqa: E731 (from the engine's thread)
+            self.engine.submit_named(READY_JOB, ready_engine, self.cfg, None, begun).add_done_callback(
+                lambda f: self.post_message(EngineReadied(f)))
         self.set_interval(DISK_POLL_S, self.watch_disk)
         self.watch_disk()
         if self.config_error:
@@ -101,15 +111,34 @@ class AcmApp(App):
         line.update(Text(f"settings not loaded, using the last good ones: {error}" if error else ""))
         line.set_class(bool(error), "shown")
 
-    def _set_device(self, label: str) -> None:
-        self.device = label
+    @on(DeviceFound)
+    def _set_device(self, message: DeviceFound) -> None:
+        self.device = message.label
         self.show_where()
 
     def show_where(self, run: str | None = None) -> None:
-        """The preset, the run and the device, in the header of every screen."""
+        """The preset, the run and the device, in the header of every screen (and, while the engine
+        readies the training step, that it does)."""
         self.current_run = run if run is not None else getattr(self, "current_run", "")
         parts = [f"preset {self.cfg.model.preset}", f"run {self.current_run or '(none yet)'}"]
-        self.sub_title = "  ·  ".join(parts + ([self.device] if self.device else []))
+        parts += [self.device] if self.device else []
+        self.sub_title = "  ·  ".join(parts + (["readying the training step…"] if self.readying else []))
+
+    @on(EngineReadying)
+    def _readying(self) -> None:
+        self.readying = True
+        self.show_where()
+
+    @on(EngineReadied)
+    def _readied(self, message: EngineReadied) -> None:
+        """Readying ended: the header says no more; a failure is said once (the stage would meet it)."""
+        self.readying = False
+        self.show_where()
+        error = message.future.exception()
+        self.readied = None if error else message.future.result()
+        if error is not None:
+            self.notify(f"the training step could not be readied: {one_line(error)}", title="Engine",
+                        severity="warning", timeout=10, markup=False)
 
     @work(thread=True, exclusive=True, group="disk", exit_on_error=False)
     def watch_disk(self) -> None:
@@ -206,7 +235,7 @@ class AcmApp(App):
         # Running engine jobs were asked to stop by their panes; wait for them (a training stage
         # writes its checkpoint first), so no MLX work outlives the app. A second SIGTERM or SIGHUP
         # meanwhile only asks to quit again: the handlers go once the wait is over.
-        self.engine.shutdown(wait=True)
+        self.engine.shutdown(wait=True, abandon=READY_JOB)
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             for sig in ENDING_SIGNALS:
                 asyncio.get_running_loop().remove_signal_handler(sig)
@@ -236,6 +265,10 @@ def main(argv: list[str] | None = None) -> int:
     app.run()
     if app.failure:
         print(f"acm: error: {app.failure}", file=sys.stderr)
+    if app.engine.busy:  # quit while the engine readied the step: nothing to wait for, nor to tear down
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(app.return_code or 0)
     return app.return_code or 0
 
 

@@ -18,6 +18,26 @@ class EngineResult(Message):
         self.future = future
 
 
+class DeviceFound(Message):
+    """The engine has named its device (the header shows it)."""
+
+    def __init__(self, label: str):
+        super().__init__()
+        self.label = label
+
+
+class EngineReadying(Message):
+    """The engine goes ahead with readying the training step at the app's start (it may be skipped)."""
+
+
+class EngineReadied(Message):
+    """The engine's readying at the app's start ended: `future` holds its `Readied`, or its error."""
+
+    def __init__(self, future: Future):
+        super().__init__()
+        self.future = future
+
+
 class PaneRequest(Message, bubble=False):
     """Asks one pane to act (the Setup pane's stage list): posted to the app, which shows and focuses
     the pane named in the class line (`pane=`) and hands the request on to it; the pane acts in its

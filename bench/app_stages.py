@@ -4,10 +4,16 @@ that run, in one app, each from its key to the pane's end, against the steps ins
 the first key; `bench/command_wall.py` is the same figure for `acm train`, a process a stage.
 
 usage: python bench/app_stages.py -c PROJECT/acm.toml [--rounds 2] [--stages pretrain,finetune]
+                                  [--ready off,wait,at-once]
 PROJECT holds token shards (`acm prepare` done). Each round is a fresh app process (headless Textual
 at 80x24) whose pretrain starts a new run; one JSON line a round: the app's start (imports to its
 first frame) and, for each stage, its seconds from key to end, the trainer's split and the share of
 those seconds around the step (1 - steps / key to end).
+
+`--ready` names how each round's app treats `ui.ready_at_start`, the modes taking turns within a
+round: `off` (no readying), `wait` (the first key once the engine has readied the step, as a user
+who reads the screen first; `ready_s` is how long that took from the first frame) or `at-once`
+(the first key at the first frame: the stage waits behind the readying, timed from its key).
 """
 from __future__ import annotations
 
@@ -47,7 +53,7 @@ async def follow(pilot, pane, stage: str, clock) -> float:
     return clock() - start
 
 
-async def session(cfg_path: Path, stages: list[str], clock=time.perf_counter) -> dict:
+async def session(cfg_path: Path, stages: list[str], ready: str = "off", clock=time.perf_counter) -> dict:
     """One app: its start, then each stage in turn from the Train pane."""
     from core.paths import Paths
     from core.train import timings
@@ -56,11 +62,19 @@ async def session(cfg_path: Path, stages: list[str], clock=time.perf_counter) ->
     from acm_tui.app import AcmApp
 
     app = AcmApp(cfg_path)
-    out: dict = {"bench": "app_stages"}
+    app.cfg.ui.ready_at_start = ready != "off"  # read as the app mounts
+    out: dict = {"bench": "app_stages", "ready": ready}
     async with app.run_test(size=(80, 24)) as pilot:
         out["app_start_s"] = round(clock() - begun, 3)
+        if ready == "wait":
+            while app.readied is None:
+                await asyncio.sleep(0.01)
+            out["ready_s"] = round(clock() - begun - out["app_start_s"], 3)
+            out["readied"] = app.readied.describe()
         await pilot.press("4")
         pane = app.query_one("#train-pane")
+        out["key_after_frame_s"] = round(clock() - begun - out["app_start_s"], 3)
+        out["readying_at_key"] = ready != "off" and app.readied is None  # the stage waits behind it
         for stage in stages:
             seconds = await follow(pilot, pane, stage, clock)
             split = timings.read(Paths.stage(pane.attached, stage))
@@ -76,21 +90,26 @@ def main() -> None:
     p.add_argument("-c", "--config", type=Path, default=Path("acm.toml"))
     p.add_argument("--rounds", type=int, default=2, help="fresh app processes, one after the other")
     p.add_argument("--stages", default="pretrain,finetune")
+    p.add_argument("--ready", default="off", help="off, wait, at-once: comma-separated, in turn each round")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
     stages = a.stages.split(",")
+    modes = a.ready.split(",")
+    if set(modes) - {"off", "wait", "at-once"}:
+        p.error(f"--ready takes off, wait and at-once, not {a.ready!r}")
     if a.child:
-        print(json.dumps(asyncio.run(session(a.config.resolve(), stages))))
+        print(json.dumps(asyncio.run(session(a.config.resolve(), stages, modes[0]))))
         return
     for n in range(1, a.rounds + 1):
-        started = time.perf_counter()
-        done = subprocess.run([sys.executable, __file__, "--child", "-c", str(a.config.resolve()),
-                               "--stages", a.stages], cwd=a.config.resolve().parent, env=project_env(),
-                              capture_output=True, text=True)
-        if done.returncode:
-            sys.exit(f"round {n} failed: {done.stderr.strip()[-800:]}")
-        row = json.loads(done.stdout.strip().splitlines()[-1])
-        print(json.dumps(row | {"round": n, "process_s": round(time.perf_counter() - started, 3)}), flush=True)
+        for mode in modes:
+            started = time.perf_counter()
+            done = subprocess.run([sys.executable, __file__, "--child", "-c", str(a.config.resolve()),
+                                   "--stages", a.stages, "--ready", mode], cwd=a.config.resolve().parent,
+                                  env=project_env(), capture_output=True, text=True)
+            if done.returncode:
+                sys.exit(f"round {n} ({mode}) failed: {done.stderr.strip()[-800:]}")
+            row = json.loads(done.stdout.strip().splitlines()[-1])
+            print(json.dumps(row | {"round": n, "process_s": round(time.perf_counter() - started, 3)}), flush=True)
 
 
 if __name__ == "__main__":

@@ -252,6 +252,10 @@ class UIConfig:
     smoothing: float = setting(0.6, "how much the Train and Runs panes' train-loss curves are smoothed (an "
                                     "exponential moving average, debiased as TensorBoard's; 0: off); m cycles it",
                                min=0.0, max=0.99)
+    ready_at_start: bool = setting(True, "at acm-tui's start, while nothing trains, run the stages' training step and "
+                                         "a live-samples decode once on a throwaway model of their shapes (about 2 s "
+                                         "of GPU work), so the app's first stage finds them compiled; skipped where a "
+                                         "step may not fit in memory")
 
 
 @dataclass

@@ -71,12 +71,20 @@ class Engine:
     def stopped(self) -> bool:
         return self._stopped.is_set()
 
-    def shutdown(self, wait: bool = True) -> None:
-        """Finish the queued jobs, then stop taking new ones."""
+    def shutdown(self, wait: bool = True, abandon: str | None = None) -> None:
+        """Finish the queued jobs, then stop taking new ones. A job named `abandon` under way is
+        not waited for (nor what is queued behind it): work nobody needs, left to end with the
+        process (`busy` stays true)."""
         if not self._stopped.is_set():
             self._jobs.put(_STOP)
-            if wait:
-                self._stopped.wait()
+            while wait and not self._stopped.wait(POLL_S):
+                if abandon is not None and self.running == abandon:
+                    return
+
+    @property
+    def busy(self) -> bool:
+        """A job is under way, or the engine has not yet reached a shutdown's stop."""
+        return self.running is not None or (not self._stopped.is_set() and not self._jobs.empty())
 
     def _loop(self) -> None:
         while True:

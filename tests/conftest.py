@@ -89,6 +89,7 @@ def prepared_template(trained_template, tmp_path_factory) -> Path:
             setattr(stage, k, v)
     cfg.train.finetune.steps = 10
     cfg.train.samples = 0  # live samples are tested on their own (tests/core/train/test_samples.py)
+    cfg.ui.ready_at_start = False  # tested on its own (tests/core/train/test_ready.py, the app's tests)
     cfg.model.compute_dtype = "float32"
     config.save(cfg, root / "acm.toml")
     prepare(cfg)

@@ -314,3 +314,38 @@ def test_a_dropped_connection_or_a_polite_kill_stops_the_app_s_stage_with_a_chec
     status = runs.read_status(run, "pretrain")
     assert status["state"] == "stopped" and checkpoint.latest(Paths.checkpoints(run, "pretrain")).step == status["step"]
     assert os.waitstatus_to_exitcode(done[1]) == 0
+
+
+async def test_the_app_readies_the_training_step_at_its_start_and_a_stage_asked_for_meanwhile_waits(
+        prepared, keys_while_training):
+    from acm_tui.app import AcmApp
+
+    cfg = config.load(prepared / "acm.toml")
+    cfg.ui.ready_at_start = True
+    config.save(cfg, prepared / "acm.toml")
+    app = AcmApp(prepared / "acm.toml")
+    headers: list[str] = []
+    async with app.run_test(size=(120, 40)) as pilot:
+        app.watch(app, "sub_title", lambda title: headers.append(title))
+        await pilot.press("4")
+        pane = app.query_one("#train-pane")
+        await wait_until(pilot, lambda: app.focused is pane)
+        await pilot.press("p")  # the engine's jobs run in turn: this stage's after the readying
+        await wait_until(pilot, lambda: app.readied is not None, timeout=60)
+        assert app.readied.stages == ("pretrain",)  # the fine-tune's step is the same: run once
+        assert "readying" not in app.sub_title
+        await wait_until(pilot, lambda: pane.state == "done" and pane.control is None, timeout=120)
+    assert any("readying the training step…" in h for h in headers)
+    assert checkpoint.latest(Paths.checkpoints(list_runs(app.cfg)[0], "pretrain")).step == 40
+
+
+async def test_the_app_says_nothing_of_a_readying_it_skips(project):
+    from acm_tui.app import AcmApp
+
+    app = AcmApp(project / "acm.toml")  # no tokenizer: no stage could start
+    headers: list[str] = []
+    async with app.run_test(size=(80, 24)) as pilot:
+        app.watch(app, "sub_title", lambda title: headers.append(title))
+        await wait_until(pilot, lambda: app.readied is not None)
+        assert app.readied.why == "no tokenizer yet"
+    assert not any("readying" in h for h in headers)

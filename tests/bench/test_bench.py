@@ -169,10 +169,11 @@ def test_idle_gaps_are_the_stretches_no_kernel_covers_with_the_kernels_around_th
 
 
 def test_app_stages_times_each_stage_from_its_key_in_one_app(prepared):
-    out = subprocess.run([sys.executable, "bench/app_stages.py", "-c", str(prepared / "acm.toml"), "--rounds", "1"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=300, env=ENV)
+    out = subprocess.run([sys.executable, "bench/app_stages.py", "-c", str(prepared / "acm.toml"), "--rounds", "1",
+                          "--ready", "wait"], cwd=ROOT, capture_output=True, text=True, timeout=300, env=ENV)
     assert out.returncode == 0, out.stderr[-2000:]
     row = json.loads(out.stdout)
+    assert row["ready"] == "wait" and row["readied"].startswith("pretrain step readied in ") and row["ready_s"] > 0
     pre, fine = row["pretrain"], row["finetune"]
     assert pre["run"] == fine["run"]  # the fine-tune went on from the app's own pretrain
     run = prepared / "runs" / pre["run"]
@@ -180,4 +181,4 @@ def test_app_stages_times_each_stage_from_its_key_in_one_app(prepared):
     for stage in (pre, fine):
         assert stage["stage_s"] >= stage["timings"]["wall_s"]  # the trainer's wall lies inside the key-to-end time
         assert stage["around_step_share"] >= stage["around_step_share_in_trainer"] > 0
-    assert row["process_s"] > row["app_start_s"] + pre["stage_s"] + fine["stage_s"]
+    assert row["process_s"] > row["app_start_s"] + row["ready_s"] + pre["stage_s"] + fine["stage_s"]

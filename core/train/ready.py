@@ -1,0 +1,136 @@
+"""The engine made ready to train while the app is idle: a stage's first step found compiled.
+
+A process's first run of the training step pays for the GPU's libraries loading their kernels and
+planning for the step's shapes (cuBLAS's heuristics, cuDNN's attention plans; Metal's pipelines on
+a Mac), its first validation check compiles the loss alone, and its first live samples load the
+decoding kernels: about 1-1.5 s of a 25-second stage on an H200, paid again by no later stage of
+the same process. acm-tui's engine keeps all of that between stages, so at the app's start, while
+the user reads the screen, it runs each distinct training step of the two stages once on a
+throwaway model of their shapes (zeros for tokens), a validation loss and a live-samples decode,
+then frees it all. A stage started meanwhile waits behind it for what it would have spent anyway.
+
+Only where a stage could start (a tokenizer, the pretrain's token shards made with it, one rank)
+and nothing trains, and only where the stage's memory, reckoned generously, fits well under the
+device's: on Apple silicon a Metal allocation that fails ends the process, and no stage was asked
+for yet.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import mlx.core as mx
+
+from core import runs
+from core.config import Config, StageConfig
+from core.errors import AcmError
+from core.hardware import memory_limit
+from core.model import model_shape
+from core.model.gpt import GPT
+from core.presets import ModelShape
+from core.tokenizer.bpe import AcmTokenizer, load_tokenizer
+from core.tokenizer.shards import read_manifest
+from core.train.optimizer import FlatAdamW
+from core.train.samples import LiveSampler
+from core.train.trainer import build_steps
+
+STAGES = ("pretrain", "finetune")
+MEMORY_SHARE = 0.75  # the most of the device's memory a readying step may be reckoned to take
+
+
+@dataclass(frozen=True)
+class Readied:
+    """What readying did: the stages whose steps ran (none: skipped, `why` says why) and its seconds."""
+    stages: tuple[str, ...]
+    seconds: float
+    why: str = ""
+
+    def describe(self) -> str:
+        if not self.stages:
+            return f"the training step was not readied: {self.why}"
+        return f"{' and '.join(self.stages)} step readied in {self.seconds:.1f} s"
+
+
+def reckoned_bytes(shape: ModelShape, sc: StageConfig, compute_dtype: str) -> int:
+    """A generous reckoning of a training step's peak memory: weights, moments, gradients and
+    compute copies (16 bytes a parameter), the blocks' activations and the logits. Above the
+    measured peaks on an H200 by 17-20% (tiny at batch 16, medium at batch 8: 8.3 and 13.4 GB)."""
+    tokens = sc.batch_size * sc.seq_len
+    wide = 2 if compute_dtype == "float32" else 1
+    return 16 * shape.param_count() + wide * tokens * (40 * shape.n_layer * shape.n_embd + 8 * shape.vocab_size)
+
+
+def distinct_steps(cfg: Config) -> list[str]:
+    """The stages whose steps differ in what a first run loads (their shapes, accumulation or
+    optimizer): the fine-tune only where it differs from the pretrain."""
+    keys: dict[tuple, str] = {}
+    for stage in STAGES:
+        sc = getattr(cfg.train, stage)
+        keys.setdefault((sc.batch_size, sc.seq_len, sc.grad_accum > 1, sc.optimizer), stage)
+    return list(keys.values())
+
+
+def why_not(cfg: Config, tok: AcmTokenizer | None, limit: int) -> str:
+    """Why no stage could start now, or readying would be unwise; empty when it may go ahead."""
+    if tok is None:
+        return "no tokenizer yet"
+    manifest = read_manifest(cfg, "language")
+    if manifest is None or manifest.get("tokenizer_sha256") != tok.sha256:
+        return "the pretrain's token shards are not prepared"
+    if cfg.train.ranks > 1:
+        return "stages train on several ranks, in processes of their own"
+    if any(getattr(cfg.train, s).seq_len > cfg.model.shape().n_ctx for s in STAGES):
+        return "a stage's seq_len exceeds the model's context"
+    if runs.live_stage(cfg) is not None:
+        return "a stage is training"
+    shape = model_shape(cfg, tok)
+    need = max(reckoned_bytes(shape, getattr(cfg.train, s), cfg.model.compute_dtype) for s in distinct_steps(cfg))
+    if limit and need > MEMORY_SHARE * limit:
+        return (f"a step may take {need / 2**30:.1f} GB, more than {MEMORY_SHARE:.0%} of the device's "
+                f"{limit / 2**30:.1f} GB")
+    return ""
+
+
+def ready_engine(cfg: Config, limit: int | None = None, begun: Callable[[list[str]], object] | None = None,
+                 clock: Callable[[], float] = time.perf_counter) -> Readied:
+    """Run each distinct training step once, then a validation loss and a live-samples decode, on a
+    throwaway model of the project's shapes (call on the engine thread); nothing is written. `begun`
+    hears the stages once it is decided to go ahead (a skip is decided in milliseconds)."""
+    start = clock()
+    try:
+        tok = load_tokenizer(cfg)
+    except AcmError:
+        tok = None
+    try:
+        why = why_not(cfg, tok, memory_limit() if limit is None else limit)
+    except AcmError as e:  # runs/ unreadable: the Runs pane says why
+        why = str(e)
+    if why:
+        return Readied((), 0.0, why)
+    stages = distinct_steps(cfg)
+    if begun is not None:
+        begun(stages)
+    for i, stage in enumerate(stages):
+        _run_step(cfg, getattr(cfg.train, stage), tok, decode=i == 0)
+    mx.clear_cache()  # what the throwaway model took goes back to the system
+    return Readied(tuple(stages), clock() - start)
+
+
+def _run_step(cfg: Config, sc: StageConfig, tok: AcmTokenizer, decode: bool) -> None:
+    """One step of a stage's settings and its validation loss; then, if `decode`, a check's live samples."""
+    model = GPT(model_shape(cfg, tok), cfg.model.compute_dtype, cfg.model.checkpoint_activations)
+    opt = FlatAdamW(model.parameters(), sc.learning_rate, sc.weight_decay, model.compute_dtype,
+                    muon_lr=sc.muon_learning_rate if sc.optimizer == "muon" else None)
+    mx.eval(opt.state)
+    model.update(opt.parameters())
+    fused_step, grad_step, apply_step, eval_loss = build_steps(model, opt, sc.grad_clip)
+    x = mx.zeros((sc.batch_size, sc.seq_len), mx.int32)
+    if sc.grad_accum == 1:
+        mx.eval(fused_step(x, x), opt.state)
+    else:  # as the trainer accumulates: float32 gradients, then the update
+        loss, grads = grad_step(x, x)
+        mx.eval(apply_step(loss, {k: g.astype(mx.float32) for k, g in grads.items()}), opt.state)
+    mx.eval(eval_loss(x, x))
+    if decode:  # a validation check's live samples, as the trainer draws them (none where train.samples is 0)
+        LiveSampler(cfg, STAGES[0], sc.seed).check(model, opt.compute_views(), tok, 0, 0.0)
