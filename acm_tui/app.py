@@ -234,7 +234,9 @@ class AcmApp(App):
     def on_unmount(self) -> None:
         # Running engine jobs were asked to stop by their panes; wait for them (a training stage
         # writes its checkpoint first), so no MLX work outlives the app. A second SIGTERM or SIGHUP
-        # meanwhile only asks to quit again: the handlers go once the wait is over.
+        # meanwhile only asks to quit again: the handlers go once the wait is over. The readying at
+        # the start is not waited for (it writes nothing of the project; on a fresh NVIDIA machine
+        # it may compile MLX's kernels for a minute), and what was queued behind it never starts.
         self.engine.shutdown(wait=True, abandon=READY_JOB)
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             for sig in ENDING_SIGNALS:

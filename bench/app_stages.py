@@ -12,8 +12,9 @@ those seconds around the step (1 - steps / key to end).
 
 `--ready` names how each round's app treats `ui.ready_at_start`, the modes taking turns within a
 round: `off` (no readying), `wait` (the first key once the engine has readied the step, as a user
-who reads the screen first; `ready_s` is how long that took from the first frame) or `at-once`
-(the first key at the first frame: the stage waits behind the readying, timed from its key).
+who reads the screen first; `ready_s` is how long after the first frame it ended, 0 if before) or
+`at-once` (the first key at the first frame: the stage waits behind the readying, timed from its
+key; `readying_at_key` says whether it still ran).
 """
 from __future__ import annotations
 
@@ -69,7 +70,7 @@ async def session(cfg_path: Path, stages: list[str], ready: str = "off", clock=t
         if ready == "wait":
             while app.readied is None:
                 await asyncio.sleep(0.01)
-            out["ready_s"] = round(clock() - begun - out["app_start_s"], 3)
+            out["ready_s"] = max(0.0, round(clock() - begun - out["app_start_s"], 3))
             out["readied"] = app.readied.describe()
         await pilot.press("4")
         pane = app.query_one("#train-pane")

@@ -13,6 +13,7 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
+from core.errors import leave_signals_to_main
 from core.hardware import configure_mlx
 
 _STOP = object()
@@ -36,6 +37,7 @@ class Engine:
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._stopped = threading.Event()
         self.running: str | None = None  # the name of the job under way (submit's `name`), if any
+        self._abandoned = False  # a shutdown left the job under way: cancel what follows it
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
@@ -72,13 +74,14 @@ class Engine:
         return self._stopped.is_set()
 
     def shutdown(self, wait: bool = True, abandon: str | None = None) -> None:
-        """Finish the queued jobs, then stop taking new ones. A job named `abandon` under way is
-        not waited for (nor what is queued behind it): work nobody needs, left to end with the
-        process (`busy` stays true)."""
+        """Finish the queued jobs, then stop taking new ones. A job named `abandon` under way is not
+        waited for: work nobody needs, left to end with the process (`busy` stays true meanwhile),
+        and the jobs queued behind it are cancelled, never started (their futures say so)."""
         if not self._stopped.is_set():
             self._jobs.put(_STOP)
             while wait and not self._stopped.wait(POLL_S):
                 if abandon is not None and self.running == abandon:
+                    self._abandoned = True
                     return
 
     @property
@@ -87,6 +90,7 @@ class Engine:
         return self.running is not None or (not self._stopped.is_set() and not self._jobs.empty())
 
     def _loop(self) -> None:
+        leave_signals_to_main()
         while True:
             job = self._jobs.get()
             if job is _STOP:
@@ -97,6 +101,8 @@ class Engine:
                 # simply ends with the process.
                 threading.Event().wait()
             fut, name, fn, args, kwargs = job
+            if self._abandoned:
+                fut.cancel()
             if not fut.set_running_or_notify_cancel():
                 continue
             self.running = name

@@ -39,6 +39,33 @@ def politely_killed() -> bool:
     return bool(_POLITE_KILLS)
 
 
+MAIN_THREAD_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+@contextlib.contextmanager
+def signals_for_the_main_thread() -> Iterator[None]:
+    """Threads started inside (by imports: NumPy's BLAS pool) are born with Ctrl-C, SIGTERM and
+    SIGHUP blocked, so the system delivers those to the main thread, as `leave_signals_to_main`
+    does for acm's own threads; the main thread's mask is as it was after."""
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, MAIN_THREAD_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
+def leave_signals_to_main() -> None:
+    """Block Ctrl-C, SIGTERM and SIGHUP in the calling thread and in the threads it starts (MLX's own
+    among them), so the system delivers them to the main thread: one taken by another thread only
+    sets Python's flag, which a main thread asleep in a system call (a chat waiting at its prompt)
+    never looks at, and the signal is lost until its next input."""
+    if hasattr(signal, "pthread_sigmask") and threading.current_thread() is not threading.main_thread():
+        signal.pthread_sigmask(signal.SIG_BLOCK, MAIN_THREAD_SIGNALS)
+
+
 @contextlib.contextmanager
 def polite_kill_as_ctrl_c() -> Iterator[None]:
     """A polite kill (SIGTERM: `kill`, `timeout`, a service manager) handled as Ctrl-C is, so what

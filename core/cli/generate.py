@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import select
 import sys
 import threading
 from pathlib import Path
@@ -15,7 +17,7 @@ from core.cli.args import bounded_int, duration, setting_int
 from core.cli.output import console_for
 from core.cli.progress import progress_bars
 from core.config import Config
-from core.engine import Engine, wait_for
+from core.engine import POLL_S, Engine, wait_for
 from core.errors import INTERRUPTED, AcmError, politely_killed
 from core.escapes import unescape, utf8
 from core.generate.checked import checked_generate, sample_and_judge
@@ -135,6 +137,39 @@ def wait_or_stop(job, stop: threading.Event) -> bool:
         return True
 
 
+class PromptLines:
+    """The chat's lines, as input() reads them, but on a pipe read in slices of POLL_S: a signal that
+    lands between the prompt and the read (a polite kill right after the prompt) then ends the chat
+    at once, where a read already blocked would keep Python from running its handler until the next
+    line. A terminal keeps input() and its line editing; bytes that are not UTF-8 arrive as lone
+    surrogates, which `utf8` names."""
+
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stdin
+        try:
+            self.fd = None if self.stream.isatty() else self.stream.fileno()
+        except (AttributeError, OSError, ValueError):  # no descriptor (a test's stand-in): input()
+            self.fd = None
+        self.pending = b""
+
+    def __call__(self, prompt: str) -> str:
+        if self.fd is None:
+            return input(prompt)
+        sys.stdout.write(prompt)
+        sys.stdout.flush()
+        while b"\n" not in self.pending:
+            if not select.select([self.fd], [], [], POLL_S)[0]:
+                continue  # Python runs a pending signal's handler here
+            chunk = os.read(self.fd, 65536)
+            if not chunk:
+                if not self.pending:
+                    raise EOFError
+                self.pending += b"\n"  # a last line without its newline
+            self.pending += chunk
+        line, _, self.pending = self.pending.partition(b"\n")
+        return line.decode(getattr(self.stream, "encoding", None) or "utf-8", "surrogateescape")
+
+
 def cmd_chat(args, cfg: Config) -> int:
     params = params_from(args, cfg)
     engine = Engine()
@@ -143,13 +178,14 @@ def cmd_chat(args, cfg: Config) -> int:
         console.print("[dim]type a prompt; end a line with \\ to continue it; Ctrl-D quits[/]")
         if hasattr(sys.stdin, "reconfigure"):  # a byte that is not UTF-8 reaches `utf8` below, never fails the read
             sys.stdin.reconfigure(errors="surrogateescape")
+        read_line = PromptLines()
         while True:
             lines = []
             try:
-                line = input("> " if not lines else "… ")
+                line = read_line("> " if not lines else "… ")
                 while line.endswith("\\"):
                     lines.append(line[:-1])
-                    line = input("… ")
+                    line = read_line("… ")
                 lines.append(line)
                 prompt = utf8("\n".join(lines), "the prompt")
             except EOFError:

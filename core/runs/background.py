@@ -10,6 +10,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from core.errors import leave_signals_to_main
+
 
 class Background:
     def __init__(self, name: str):
@@ -37,6 +39,7 @@ class Background:
         self._thread.start()
 
     def _run(self, job: Callable[[], Any]) -> None:
+        leave_signals_to_main()
         try:
             self._result = job()
         except BaseException as e:  # raised again by take(), on the caller's thread

@@ -7,7 +7,8 @@ decoding kernels: about 1-1.5 s of a 25-second stage on an H200, paid again by n
 the same process. acm-tui's engine keeps all of that between stages, so at the app's start, while
 the user reads the screen, it runs each distinct training step of the two stages once on a
 throwaway model of their shapes (zeros for tokens), a validation loss and a live-samples decode,
-then frees it all. A stage started meanwhile waits behind it for what it would have spent anyway.
+then frees it all; nothing in the project is written. A stage started meanwhile waits behind it
+for what it would have spent anyway.
 
 Only where a stage could start (a tokenizer, the pretrain's token shards made with it, one rank)
 and nothing trains, and only where the stage's memory, reckoned generously, fits well under the
@@ -54,20 +55,25 @@ class Readied:
 
 def reckoned_bytes(shape: ModelShape, sc: StageConfig, compute_dtype: str) -> int:
     """A generous reckoning of a training step's peak memory: weights, moments, gradients and
-    compute copies (16 bytes a parameter), the blocks' activations and the logits. Above the
-    measured peaks on an H200 by 17-20% (tiny at batch 16, medium at batch 8: 8.3 and 13.4 GB)."""
+    compute copies (16 bytes a parameter; 8 more for the float32 sums of accumulated gradients),
+    the blocks' activations and the logits. Above the measured peaks on an H200 by 17-20% (tiny
+    at batch 16, medium at batch 8: 8.3 and 13.4 GB)."""
     tokens = sc.batch_size * sc.seq_len
     wide = 2 if compute_dtype == "float32" else 1
-    return 16 * shape.param_count() + wide * tokens * (40 * shape.n_layer * shape.n_embd + 8 * shape.vocab_size)
+    per_param = 16 + (8 if sc.grad_accum > 1 else 0)
+    return per_param * shape.param_count() + wide * tokens * (40 * shape.n_layer * shape.n_embd
+                                                              + 8 * shape.vocab_size)
 
 
 def distinct_steps(cfg: Config) -> list[str]:
-    """The stages whose steps differ in what a first run loads (their shapes, accumulation or
-    optimizer): the fine-tune only where it differs from the pretrain."""
+    """The stages whose steps differ in what a first run loads (their shapes, accumulation,
+    optimizer, clipping or weight decay, a constant of the compiled update): the fine-tune only
+    where it differs from the pretrain."""
     keys: dict[tuple, str] = {}
     for stage in STAGES:
         sc = getattr(cfg.train, stage)
-        keys.setdefault((sc.batch_size, sc.seq_len, sc.grad_accum > 1, sc.optimizer), stage)
+        keys.setdefault((sc.batch_size, sc.seq_len, sc.grad_accum > 1, sc.optimizer, sc.grad_clip > 0,
+                         sc.weight_decay), stage)
     return list(keys.values())
 
 
@@ -95,7 +101,8 @@ def why_not(cfg: Config, tok: AcmTokenizer | None, limit: int) -> str:
 def ready_engine(cfg: Config, limit: int | None = None, begun: Callable[[list[str]], object] | None = None,
                  clock: Callable[[], float] = time.perf_counter) -> Readied:
     """Run each distinct training step once, then a validation loss and a live-samples decode, on a
-    throwaway model of the project's shapes (call on the engine thread); nothing is written. `begun`
+    throwaway model of the project's shapes (call on the engine thread); nothing in the project is
+    written (on NVIDIA GPUs acm's kernels may be compiled into their cache). `begun`
     hears the stages once it is decided to go ahead (a skip is decided in milliseconds)."""
     start = clock()
     try:

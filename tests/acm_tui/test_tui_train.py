@@ -316,36 +316,80 @@ def test_a_dropped_connection_or_a_polite_kill_stops_the_app_s_stage_with_a_chec
     assert os.waitstatus_to_exitcode(done[1]) == 0
 
 
+
+@pytest.fixture
+def held_readying(monkeypatch):
+    """The readying at the app's start held before its first step until the test lets it go."""
+    from core.train import ready
+
+    release, run_step = threading.Event(), ready._run_step
+    monkeypatch.setattr(ready, "_run_step", lambda *a, **kw: release.wait(60) and run_step(*a, **kw))
+    yield release
+    release.set()
+
+
+def ready_project(project) -> None:
+    cfg = config.load(project / "acm.toml")
+    cfg.ui.ready_at_start = True
+    config.save(cfg, project / "acm.toml")
+
+
 async def test_the_app_readies_the_training_step_at_its_start_and_a_stage_asked_for_meanwhile_waits(
-        prepared, keys_while_training):
+        prepared, held_readying, keys_while_training):
     from acm_tui.app import AcmApp
 
-    cfg = config.load(prepared / "acm.toml")
-    cfg.ui.ready_at_start = True
-    config.save(cfg, prepared / "acm.toml")
+    ready_project(prepared)
     app = AcmApp(prepared / "acm.toml")
-    headers: list[str] = []
     async with app.run_test(size=(120, 40)) as pilot:
-        app.watch(app, "sub_title", lambda title: headers.append(title))
+        await wait_until(pilot, lambda: "readying the training step…" in app.sub_title)
         await pilot.press("4")
         pane = app.query_one("#train-pane")
         await wait_until(pilot, lambda: app.focused is pane)
-        await pilot.press("p")  # the engine's jobs run in turn: this stage's after the readying
+        await pilot.press("p")
+        assert app.engine.running == "ready" and pane.state == "starting"  # queued behind the readying
+        held_readying.set()
         await wait_until(pilot, lambda: app.readied is not None, timeout=60)
         assert app.readied.stages == ("pretrain",)  # the fine-tune's step is the same: run once
         assert "readying" not in app.sub_title
         await wait_until(pilot, lambda: pane.state == "done" and pane.control is None, timeout=120)
-    assert any("readying the training step…" in h for h in headers)
     assert checkpoint.latest(Paths.checkpoints(list_runs(app.cfg)[0], "pretrain")).step == 40
+
+
+async def test_a_quit_does_not_wait_for_the_readying_and_a_stage_queued_behind_it_never_starts(
+        prepared, held_readying):
+    from acm_tui.app import AcmApp
+
+    ready_project(prepared)
+    app = AcmApp(prepared / "acm.toml")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_until(pilot, lambda: "readying the training step…" in app.sub_title)
+        await pilot.press("4")
+        pane = app.query_one("#train-pane")
+        await wait_until(pilot, lambda: app.focused is pane)
+        await pilot.press("p")
+        run = pane.attached
+        await pilot.press("q", "y")  # asks first: a stage was asked for in the app
+    assert app.engine.busy and app.engine.running == "ready"  # left to end with the process
+    held_readying.set()
+    assert app.engine._stopped.wait(60)
+    assert app.engine.running is None and not app.engine.busy
+    assert runs.stage_state(run, "pretrain") == "not started"  # cancelled, never begun
 
 
 async def test_the_app_says_nothing_of_a_readying_it_skips(project):
     from acm_tui.app import AcmApp
 
-    app = AcmApp(project / "acm.toml")  # no tokenizer: no stage could start
-    headers: list[str] = []
+    class Recording(AcmApp):
+        """Every header the app shows, from its first."""
+        CSS_PATH = ROOT / "acm_tui" / AcmApp.CSS_PATH
+        headers: list[str] = []
+
+        def show_where(self, run: str | None = None) -> None:
+            super().show_where(run)
+            self.headers.append(self.sub_title)
+
+    app = Recording(project / "acm.toml")  # no tokenizer: no stage could start
     async with app.run_test(size=(80, 24)) as pilot:
-        app.watch(app, "sub_title", lambda title: headers.append(title))
-        await wait_until(pilot, lambda: app.readied is not None)
+        await wait_until(pilot, lambda: app.readied is not None and app.device)
         assert app.readied.why == "no tokenizer yet"
-    assert not any("readying" in h for h in headers)
+    assert app.headers and not any("readying" in h for h in app.headers)

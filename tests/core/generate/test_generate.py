@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
@@ -215,6 +216,11 @@ def test_chat_refuses_a_line_that_is_not_utf8_and_goes_on(with_model):
     assert "5 tokens" in err and "Traceback" not in err  # the next line was answered
 
 
+def blocked_mask(task: Path) -> str:
+    """A thread's blocked signals, as Linux's /proc shows them (hexadecimal)."""
+    return next(line.split()[1] for line in (task / "status").read_text().splitlines() if line.startswith("SigBlk:"))
+
+
 def test_a_polite_kill_ends_a_chat_where_ctrl_c_only_clears_the_line(with_model):
     import signal
 
@@ -222,7 +228,13 @@ def test_a_polite_kill_ends_a_chat_where_ctrl_c_only_clears_the_line(with_model)
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.read(2) == "> "  # waiting at its first prompt
-        proc.send_signal(signal.SIGTERM)
+        # only the main thread takes Ctrl-C, SIGTERM and SIGHUP: the engine's, MLX's and those that
+        # imports started (NumPy's BLAS pool) block them
+        wanted = (1 << signal.SIGINT - 1) | (1 << signal.SIGTERM - 1) | (1 << signal.SIGHUP - 1)
+        tasks = Path(f"/proc/{proc.pid}/task")
+        others = [t for t in tasks.iterdir() if t.name != str(proc.pid)]
+        assert others and all(int(blocked_mask(t), 16) & wanted == wanted for t in others)
+        proc.send_signal(signal.SIGTERM)  # at once, before or while it reads: the chat ends
         assert proc.wait(timeout=60) == 143
     finally:
         proc.kill()

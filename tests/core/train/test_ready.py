@@ -83,11 +83,13 @@ def test_a_shutdown_leaves_the_abandoned_job_alone_and_waits_for_any_other():
     engine, release, started = Engine("test-engine"), threading.Event(), threading.Event()
     engine.submit_named("ready", lambda: started.set() or release.wait())
     started.wait()
+    behind = engine.submit_named("train", lambda: "trained")
     engine.shutdown(wait=True, abandon="ready")  # returns with the job under way
     assert engine.busy and not engine.stopped
     release.set()
     engine._stopped.wait(10)
     assert engine.stopped and not engine.busy
+    assert behind.cancelled()  # never started
 
     engine, release, started = Engine("test-engine"), threading.Event(), threading.Event()
     engine.submit_named("train", lambda: started.set() or release.wait())
