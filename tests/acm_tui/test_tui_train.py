@@ -328,24 +328,31 @@ def held_readying(monkeypatch):
     release.set()
 
 
-def ready_project(project) -> None:
+def readying_app(project):
+    """The app on `project` with ui.ready_at_start on."""
+    from acm_tui.app import AcmApp
+
     cfg = config.load(project / "acm.toml")
     cfg.ui.ready_at_start = True
     config.save(cfg, project / "acm.toml")
+    return AcmApp(project / "acm.toml")
+
+
+async def pretrain_while_readying(pilot, app) -> TrainPane:
+    """Once the header says the engine readies the step, p in the Train pane; the pane."""
+    await wait_until(pilot, lambda: "readying the training step…" in app.sub_title)
+    await pilot.press("4")
+    pane = app.query_one("#train-pane")
+    await wait_until(pilot, lambda: app.focused is pane)
+    await pilot.press("p")
+    return pane
 
 
 async def test_the_app_readies_the_training_step_at_its_start_and_a_stage_asked_for_meanwhile_waits(
         prepared, held_readying, keys_while_training):
-    from acm_tui.app import AcmApp
-
-    ready_project(prepared)
-    app = AcmApp(prepared / "acm.toml")
+    app = readying_app(prepared)
     async with app.run_test(size=(120, 40)) as pilot:
-        await wait_until(pilot, lambda: "readying the training step…" in app.sub_title)
-        await pilot.press("4")
-        pane = app.query_one("#train-pane")
-        await wait_until(pilot, lambda: app.focused is pane)
-        await pilot.press("p")
+        pane = await pretrain_while_readying(pilot, app)
         assert app.engine.running == "ready" and pane.state == "starting"  # queued behind the readying
         held_readying.set()
         await wait_until(pilot, lambda: app.readied is not None, timeout=60)
@@ -357,16 +364,9 @@ async def test_the_app_readies_the_training_step_at_its_start_and_a_stage_asked_
 
 async def test_a_quit_does_not_wait_for_the_readying_and_a_stage_queued_behind_it_never_starts(
         prepared, held_readying):
-    from acm_tui.app import AcmApp
-
-    ready_project(prepared)
-    app = AcmApp(prepared / "acm.toml")
+    app = readying_app(prepared)
     async with app.run_test(size=(120, 40)) as pilot:
-        await wait_until(pilot, lambda: "readying the training step…" in app.sub_title)
-        await pilot.press("4")
-        pane = app.query_one("#train-pane")
-        await wait_until(pilot, lambda: app.focused is pane)
-        await pilot.press("p")
+        pane = await pretrain_while_readying(pilot, app)
         run = pane.attached
         await pilot.press("q", "y")  # asks first: a stage was asked for in the app
     assert app.engine.busy and app.engine.running == "ready"  # left to end with the process
