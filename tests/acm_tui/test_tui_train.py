@@ -345,6 +345,7 @@ async def pretrain_while_readying(pilot, app) -> TrainPane:
     pane = app.query_one("#train-pane")
     await wait_until(pilot, lambda: app.focused is pane)
     await pilot.press("p")
+    await wait_until(pilot, lambda: pane.state == "starting")  # the key handled (the pilot may return before)
     return pane
 
 
@@ -353,7 +354,9 @@ async def test_the_app_readies_the_training_step_at_its_start_and_a_stage_asked_
     app = readying_app(prepared)
     async with app.run_test(size=(120, 40)) as pilot:
         pane = await pretrain_while_readying(pilot, app)
-        assert app.engine.running == "ready" and pane.state == "starting"  # queued behind the readying
+        assert app.engine.running == "ready"  # the stage is queued behind the readying, held open
+        await pilot.pause(0.3)
+        assert pane.state == "starting" and not list_runs(app.cfg)  # and waits: nothing trained yet
         held_readying.set()
         await wait_until(pilot, lambda: app.readied is not None, timeout=60)
         assert app.readied.stages == ("pretrain",)  # the fine-tune's step is the same: run once
