@@ -28,13 +28,11 @@ from core.config import Config, StageConfig
 from core.errors import AcmError
 from core.hardware import memory_limit
 from core.model import model_shape
-from core.model.gpt import GPT
 from core.presets import ModelShape
 from core.tokenizer.bpe import AcmTokenizer, load_tokenizer
 from core.tokenizer.shards import read_manifest
-from core.train.optimizer import FlatAdamW
 from core.train.samples import LiveSampler
-from core.train.trainer import build_steps
+from core.train.trainer import build_steps, new_model
 
 STAGES = ("pretrain", "finetune")
 MEMORY_SHARE = 0.75  # the most of the device's memory a readying step may be reckoned to take
@@ -126,9 +124,7 @@ def ready_engine(cfg: Config, limit: int | None = None, begun: Callable[[list[st
 
 def _run_step(cfg: Config, sc: StageConfig, tok: AcmTokenizer, decode: bool) -> None:
     """One step of a stage's settings and its validation loss; then, if `decode`, a check's live samples."""
-    model = GPT(model_shape(cfg, tok), cfg.model.compute_dtype, cfg.model.checkpoint_activations)
-    opt = FlatAdamW(model.parameters(), sc.learning_rate, sc.weight_decay, model.compute_dtype,
-                    muon_lr=sc.muon_learning_rate if sc.optimizer == "muon" else None)
+    model, opt = new_model(cfg, model_shape(cfg, tok), sc)
     mx.eval(opt.state)
     model.update(opt.parameters())
     fused_step, grad_step, apply_step, eval_loss = build_steps(model, opt, sc.grad_clip)

@@ -31,6 +31,7 @@ from core.locks import reading_inputs
 from core.model import model_shape
 from core.model.gpt import GPT
 from core.paths import Paths
+from core.presets import ModelShape
 from core.runs import checkpoint, prepare_run
 from core.runs.background import Background
 from core.runs.events import Callback, Checkpoint, Eval, Event, Log, Metrics, Recorder, State
@@ -227,9 +228,7 @@ class Trainer:
         if self.is_main:
             checkpoint.sweep_partial(self.ck_dir)  # frees what a kill or a full disk left
         mx.random.seed(sc.seed)
-        self.model = GPT(self.shape, cfg.model.compute_dtype, cfg.model.checkpoint_activations)
-        self.opt = FlatAdamW(self.model.parameters(), sc.learning_rate, sc.weight_decay, self.model.compute_dtype,
-                             muon_lr=sc.muon_learning_rate if sc.optimizer == "muon" else None)
+        self.model, self.opt = new_model(cfg, self.shape, sc)
         self._load_weights()
         if self.is_main:
             self._start_recording(cfg)
@@ -877,6 +876,15 @@ def another_tokenizer(cfg: Config, ck: checkpoint.Checkpoint) -> str:
             if copy.is_file() else "use the tokenizer it was made with")
     return (f"checkpoint {ck.path} was trained with another tokenizer than the project's (retrained since): "
             f"{back}, or start a new run")
+
+
+def new_model(cfg: Config, shape: ModelShape, sc: StageConfig) -> tuple[GPT, FlatAdamW]:
+    """A freshly initialised model of `shape` in the settings' compute dtype, and the stage's
+    optimizer over its weights (Muon's learning rate only where the stage trains with Muon)."""
+    model = GPT(shape, cfg.model.compute_dtype, cfg.model.checkpoint_activations)
+    opt = FlatAdamW(model.parameters(), sc.learning_rate, sc.weight_decay, model.compute_dtype,
+                    muon_lr=sc.muon_learning_rate if sc.optimizer == "muon" else None)
+    return model, opt
 
 
 def build_steps(model: GPT, opt: FlatAdamW, grad_clip: float, world: int = 1, buckets: int = 1):
