@@ -8,6 +8,7 @@ import signal
 import sys
 import threading
 from collections.abc import Iterable
+from concurrent.futures import Future
 from functools import partial
 from pathlib import Path
 
@@ -20,11 +21,11 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header, Static, TabbedContent, TabPane
 
 from core import config, runs
-from core.engine import Engine
+from core.engine import Engine, exit_past_abandoned_work
 from core.errors import AcmError, Parser, fail, internal_error, one_line
 from core.hardware import device_label
 from core.pipeline.overview import disk_stamp
-from core.train.ready import ready_engine
+from core.train.ready import READY_JOB, ready_engine
 
 from .confirm import Confirm
 from .messages import DeviceFound, EngineReadied, EngineReadying, PaneRequest
@@ -44,7 +45,6 @@ DISK_POLL_S = 2.0  # how often the app looks for stages that ended or moved on e
 
 
 EXIT_GRACE_S = 5.0  # how long a signal's exit may take, its stages ended, before the process just ends
-READY_JOB = "ready"  # the engine's readying of the training step at the app's start
 ENDING_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 
@@ -75,6 +75,8 @@ class AcmApp(App):
         self.device, self.stamp = "", None
         self.readying = False  # the engine runs the training step once, at the app's start
         self.readied = None  # what that did (core.train.ready.Readied), once it has ended
+        self._ready_future: Future | None = None  # the engine's latest readying
+        self._ready_lock = threading.Lock()
         self.failure: str | None = None  # the bug that ended the app, in one line
 
     def compose(self) -> ComposeResult:
@@ -95,13 +97,24 @@ class AcmApp(App):
         self.engine.submit(device_label).add_done_callback(
             lambda f: self.post_message(DeviceFound(f.result())) if not f.exception() else None)
         if self.cfg.ui.ready_at_start and not self.config_error:
-            begun = lambda stages: self.post_message(EngineReadying())  # noqa: E731 (from the engine's thread)
-            self.engine.submit_named(READY_JOB, ready_engine, self.cfg, None, begun).add_done_callback(
-                lambda f: self.post_message(EngineReadied(f)))
+            self.ready_the_engine()
         self.set_interval(DISK_POLL_S, self.watch_disk)
         self.watch_disk()
         if self.config_error:
             self.notify(self.config_error, title="acm.toml", severity="error", timeout=10, markup=False)
+
+    def ready_the_engine(self, cfg: config.Config | None = None, shards_due: bool = False) -> None:
+        """Have the engine ready the training step (`core.train.ready`) for `cfg` (default: the
+        app's), its start and end posted to the header; from any thread. Not again while one is
+        under way, nor once one has readied a step in this process: the engine keeps it."""
+        begun = lambda stages: self.post_message(EngineReadying())  # noqa: E731 (from the engine's thread)
+        with self._ready_lock:
+            if _readied_or_readying(self._ready_future):
+                return
+            self._ready_future = self.engine.submit_named(READY_JOB, ready_engine, cfg or self.cfg, None, begun,
+                                                          shards_due=shards_due,
+                                                          waited_for=lambda: self.engine.queued)
+        self._ready_future.add_done_callback(lambda f: self.post_message(EngineReadied(f)))
 
     def show_config_error(self, error: str | None) -> None:
         """acm.toml read again: its error (None: it loads) held, so no stage starts and nothing is
@@ -251,6 +264,12 @@ class AcmApp(App):
             watchdog.start()
 
 
+def _readied_or_readying(fut: Future | None) -> bool:
+    if fut is None or fut.cancelled():
+        return False
+    return not fut.done() or (fut.exception() is None and bool(fut.result().stages))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the app; a bad argument or a missing settings file is one line with exit status 2, as in
     `acm`, and a bug that ends the app one line with exit status 1."""
@@ -267,10 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     app.run()
     if app.failure:
         print(f"acm: error: {app.failure}", file=sys.stderr)
-    if app.engine.busy:  # quit while the engine readied the step: nothing to wait for, nor to tear down
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(app.return_code or 0)
+    exit_past_abandoned_work(app.return_code or 0)  # quit while the engine readied the step
     return app.return_code or 0
 
 

@@ -228,6 +228,10 @@ class TrainConfig:
     sample_tokens: int = setting(64, "new tokens per sampled script", min=1, max=4096)
     sample_share: float = setting(0.02, "the most share of a stage's time spent sampling: a check whose sampling "
                                         "so far is over it samples nothing", above=0.0, max=1.0)
+    ready_in_pipeline: bool = setting(True, "while a pipeline (acm pipeline run, the Setup pane's a) makes the token "
+                                            "shards, run the stages' training step and a live-samples decode once on "
+                                            "a throwaway model of their shapes, so its first training stage finds "
+                                            "them compiled; skipped where a step may not fit in memory")
     pretrain: StageConfig = field(default_factory=StageConfig)
     finetune: FinetuneConfig = field(default_factory=_finetune_defaults)
 

@@ -6,8 +6,11 @@ the CLI) submit callables and get a Future back; results and errors travel throu
 """
 from __future__ import annotations
 
+import os
 import queue
+import sys
 import threading
+import weakref
 from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -18,6 +21,17 @@ from core.hardware import configure_mlx
 
 _STOP = object()
 POLL_S = 0.1  # how often a waiting caller looks up, so a Ctrl-C reaches it within this
+_ENGINES: weakref.WeakSet = weakref.WeakSet()  # this process's engines
+
+
+def exit_past_abandoned_work(status: int) -> None:
+    """End the process now, its output flushed, where a shutdown left an engine running a job
+    nobody needs (`shutdown(abandon=...)`): waiting for it would be for nothing, and MLX torn down
+    beneath it may abort the process. Elsewhere, return."""
+    if any(engine.abandoned for engine in list(_ENGINES)):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
 
 
 def wait_for(fut: Future) -> Any:
@@ -40,6 +54,7 @@ class Engine:
         self._abandoned = False  # a shutdown left the job under way: cancel what follows it
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
+        _ENGINES.add(self)
 
     @property
     def thread(self) -> threading.Thread:
@@ -83,6 +98,16 @@ class Engine:
                 if abandon is not None and self.running == abandon:
                     self._abandoned = True
                     return
+
+    @property
+    def queued(self) -> bool:
+        """A job (or a shutdown) waits behind the one under way."""
+        return not self._jobs.empty()
+
+    @property
+    def abandoned(self) -> bool:
+        """A shutdown left the job under way, and it still runs."""
+        return self._abandoned and self.running is not None
 
     @property
     def busy(self) -> bool:

@@ -52,9 +52,10 @@ class StageTable(DataTable):
     BINDINGS = [Binding("enter", "select_cursor", "Run stage", tooltip="Run the pipeline stage under the cursor")]
 
 
-def run_chain(cfg, report, cancel, on_engine, control):
-    """Every remaining stage; the bar follows the running one, training stages included."""
-    return run_remaining(cfg, report, cancel, on_engine, training_progress(report), control)
+def run_chain(cfg, report, cancel, on_engine, control, ready):
+    """Every remaining stage; the bar follows the running one, training stages included; the
+    engine readied while the shards are made (`ready`)."""
+    return run_remaining(cfg, report, cancel, on_engine, training_progress(report), control, ready=ready)
 
 
 class SetupPane(Pane):
@@ -162,7 +163,7 @@ class SetupPane(Pane):
         # the Train pane finds the chain's training stages on disk and follows them
         self.chain_control = Control()
         if not self.start_step("running the remaining stages", run_chain, partial(self.app.engine.call_named, "stages"),
-                               self.chain_control):
+                               self.chain_control, partial(self.app.ready_the_engine, shards_due=True)):
             self.chain_control = None
 
     def step_done(self, name: str, done: list[str]) -> None:

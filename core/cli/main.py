@@ -20,6 +20,7 @@ from core.cli import tokenizer as cli_tokenizer
 from core.cli import train as cli_train
 from core.cli.args import bounded_int, positive_int
 from core.cli.output import console_for
+from core.engine import exit_past_abandoned_work
 from core.errors import INTERRUPTED, TERMINATED, AcmError, Parser, polite_kill_as_ctrl_c, politely_killed, run_command
 from core.escapes import utf8
 from core.hardware import configure_mlx
@@ -207,7 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     configure_mlx()
     with polite_kill_as_ctrl_c():
         status = run_command(partial(_run, args), quiet_pipe=True)
-    return TERMINATED if politely_killed() and status == INTERRUPTED else status
+    status = TERMINATED if politely_killed() and status == INTERRUPTED else status
+    exit_past_abandoned_work(status)  # a pipeline stopped while its engine readied the training step
+    return status
 
 
 def _run(args) -> int:

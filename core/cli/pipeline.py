@@ -6,6 +6,7 @@ import json
 import shlex
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 
 from rich.console import Console
 from rich.table import Table
@@ -19,12 +20,13 @@ from core.cli.output import console_for
 from core.cli.progress import StepDisplay
 from core.config import Config, parse_duration
 from core.engine import Engine
-from core.errors import READER_GONE, AcmError, OutputGone, interrupted
+from core.errors import READER_GONE, AcmError, OutputGone, interrupted, one_line
 from core.paths import Paths
 from core.pipeline.overview import StageStatus, pipeline_status, run_remaining
 from core.pipeline.tables import STATE_STYLES
 from core.progress import Cancelled, CancelToken, Progress
 from core.runs import checkpoint
+from core.train.ready import READY_JOB, ready_engine
 from core.train.trainer import Control
 
 
@@ -61,6 +63,16 @@ class PipelineScreen:
             finally:
                 self.current = None
 
+    def readied(self, fut: Future) -> None:
+        """Say what the engine's readying beside the shards did (from the engine's thread): the
+        steps it readied, or why it failed (the stage that meets the same will stop on it)."""
+        if fut.cancelled():
+            return
+        error = fut.exception()
+        line = f"the training step could not be readied: {one_line(error)}" if error else fut.result().describe()
+        if error or fut.result().stages:
+            self._shown(lambda text: self.console.print(Text(text, style="dim")), line)
+
     def report(self, p: Progress) -> None:
         if self.current is not None:
             self._shown(self.current.report, p)
@@ -92,9 +104,14 @@ def cmd_run(args, cfg: Config) -> int:
     screen = PipelineScreen(console_for(stderr=True), on_gone=lambda: (control.stop(), cancel.cancel()))
     time_s = parse_duration(args.time, "--time") if args.time else None
     quit_now = False  # a second Ctrl-C: the engine is not waited for
+
+    def ready(stage_cfg: Config) -> None:
+        engine.submit_named(READY_JOB, ready_engine, stage_cfg, shards_due=True,
+                            waited_for=lambda: engine.queued).add_done_callback(screen.readied)
+
     try:
         done = run_remaining(cfg, screen.report, cancel, engine.call, screen.train_event, control, time_s,
-                             screen.stage)
+                             screen.stage, ready)
     except Cancelled:
         if screen.gone is None:
             raise
@@ -102,11 +119,12 @@ def cmd_run(args, cfg: Config) -> int:
         control.stop()
         cancel.cancel()
         quit_now = True
-        engine.shutdown()  # the stage under way ends at its next step (a training stage saves a checkpoint);
-        # a second Ctrl-C meanwhile exits at once
+        # the stage under way ends at its next step (a training stage saves a checkpoint); a second
+        # Ctrl-C meanwhile exits at once; a readying is not waited for (acm's main ends the process)
+        engine.shutdown(abandon=READY_JOB)
         return interrupted(screen.console.print, kept_after_stop(cfg, screen.running), "acm pipeline run")
-    finally:
-        engine.shutdown(wait=not quit_now)  # the engine's thread lets go of MLX before the process exits
+    finally:  # the engine's thread lets go of MLX before the process exits
+        engine.shutdown(wait=not quit_now, abandon=READY_JOB)
     if screen.gone is not None:  # the stage under way stopped with its checkpoint: end as the pipe says,
         engine.shutdown()       # once the engine's thread has let go of MLX
         raise OutputGone() from screen.gone

@@ -241,6 +241,13 @@ def _no_scope(status: StageStatus, number: int, count: int) -> AbstractContextMa
     return nullcontext()
 
 
+def readies_beside(cfg: Config, stage: str, todo: list[StageStatus]) -> bool:
+    """Whether the engine readies the training step beside this stage: the shards' (the CPU's work
+    just before training, the tokenizer's shapes settled), with a training stage still to run."""
+    return (stage == "prepare" and cfg.train.ready_in_pipeline
+            and any(s.name in runs.TRAINING_STAGES for s in todo))
+
+
 def remaining(cfg: Config, done: list[str]) -> list[StageStatus]:
     """The stages still to run, in order. An evaluation that is done counts among them once a
     training stage does (the training makes it stale), so the time budget keeps its share for it and
@@ -253,13 +260,16 @@ def remaining(cfg: Config, done: list[str]) -> list[StageStatus]:
 
 
 def run_remaining(cfg: Config, report, cancel, on_engine, train_emit=None, train_control=None,
-                  time_s: float | None = None, stage_scope: StageScope | None = None) -> list[str]:
+                  time_s: float | None = None, stage_scope: StageScope | None = None,
+                  ready: Callable[[Config], Any] | None = None) -> list[str]:
     """Run, in order, every stage that is not done, each at most once, reading the stages' states
     again after each (a new tokenizer makes the shards and training after it stale); returns the
     names run. With `time_s`, the training stages share what is left of it when each starts
     (TIME_SHARES; evaluation keeps its share), after whatever the data stages took.
     `stage_scope(status, number, count)` is entered around each stage (the command line opens a
-    stage's display in it, and closes it after)."""
+    stage's display in it, and closes it after). `ready(cfg)`, which must not wait, starts the
+    engine's readying of the training step (`core.train.ready`): called as the shards stage starts
+    with training after it (`train.ready_in_pipeline`), so the engine readies while the CPU works."""
     done, started, number = [], time.monotonic(), 0
     while True:
         todo = remaining(cfg, done)
@@ -275,6 +285,8 @@ def run_remaining(cfg: Config, report, cancel, on_engine, train_emit=None, train
             left = time_s - (time.monotonic() - started)
             stage_cfg = with_time(cfg, status.name, left * TIME_SHARES[status.name] / ahead)
         with (stage_scope or _no_scope)(status, number, number - 1 + len(todo)):
+            if ready is not None and readies_beside(cfg, status.name, todo):
+                ready(cfg)
             run_stage(stage_cfg, status.name, report, cancel, on_engine, train_emit, train_control)
         done.append(status.name)
     return done

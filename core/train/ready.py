@@ -1,4 +1,4 @@
-"""The engine made ready to train while the app is idle: a stage's first step found compiled.
+"""The engine made ready to train while it is idle: a stage's first step found compiled.
 
 A process's first run of the training step pays for the GPU's libraries loading their kernels and
 planning for the step's shapes (cuBLAS's heuristics, cuDNN's attention plans; Metal's pipelines on
@@ -8,7 +8,9 @@ the same process. acm-tui's engine keeps all of that between stages, so at the a
 the user reads the screen, it runs each distinct training step of the two stages once on a
 throwaway model of their shapes (zeros for tokens), a validation loss and a live-samples decode,
 then frees it all; nothing in the project is written. A stage started meanwhile waits behind it
-for what it would have spent anyway.
+for what it would have spent anyway. A pipeline (`acm pipeline run`, the Setup pane's `a`) readies
+its engine in the same way while it makes the token shards, the work on the CPU before its first
+training stage (`shards_due`: the shards are on their way).
 
 Only where a stage could start (a tokenizer, the pretrain's token shards made with it, one rank)
 and nothing trains, and only where the stage's memory, reckoned generously, fits well under the
@@ -35,20 +37,24 @@ from core.train.samples import LiveSampler
 from core.train.trainer import build_steps, new_model
 
 STAGES = ("pretrain", "finetune")
+READY_JOB = "ready"  # the readying's name on the engine: a quit does not wait for it
 MEMORY_SHARE = 0.75  # the most of the device's memory a readying step may be reckoned to take
 
 
 @dataclass(frozen=True)
 class Readied:
-    """What readying did: the stages whose steps ran (none: skipped, `why` says why) and its seconds."""
+    """What readying did: the stages whose steps ran (none: skipped, `why` says why), its seconds,
+    and whether a job waiting behind it cut it short (what it left, that job's stage pays)."""
     stages: tuple[str, ...]
     seconds: float
     why: str = ""
+    cut: bool = False
 
     def describe(self) -> str:
         if not self.stages:
             return f"the training step was not readied: {self.why}"
-        return f"{' and '.join(self.stages)} step readied in {self.seconds:.1f} s"
+        rest = "; the rest left to the stage that came meanwhile" if self.cut else ""
+        return f"{' and '.join(self.stages)} step readied in {self.seconds:.1f} s{rest}"
 
 
 def reckoned_bytes(shape: ModelShape, sc: StageConfig, compute_dtype: str) -> int:
@@ -75,12 +81,13 @@ def distinct_steps(cfg: Config) -> list[str]:
     return list(keys.values())
 
 
-def why_not(cfg: Config, tok: AcmTokenizer | None, limit: int) -> str:
-    """Why no stage could start now, or readying would be unwise; empty when it may go ahead."""
+def why_not(cfg: Config, tok: AcmTokenizer | None, limit: int, shards_due: bool = False) -> str:
+    """Why no stage could start now (or, with `shards_due`, once the shards being made are), or
+    readying would be unwise; empty when it may go ahead."""
     if tok is None:
         return "no tokenizer yet"
     manifest = read_manifest(cfg, "language")
-    if manifest is None or manifest.get("tokenizer_sha256") != tok.sha256:
+    if not shards_due and (manifest is None or manifest.get("tokenizer_sha256") != tok.sha256):
         return "the pretrain's token shards are not prepared"
     if cfg.train.ranks > 1:
         return "stages train on several ranks, in processes of their own"
@@ -97,33 +104,42 @@ def why_not(cfg: Config, tok: AcmTokenizer | None, limit: int) -> str:
 
 
 def ready_engine(cfg: Config, limit: int | None = None, begun: Callable[[list[str]], object] | None = None,
-                 clock: Callable[[], float] = time.perf_counter) -> Readied:
+                 clock: Callable[[], float] = time.perf_counter, shards_due: bool = False,
+                 waited_for: Callable[[], bool] = lambda: False) -> Readied:
     """Run each distinct training step once, then a validation loss and a live-samples decode, on a
     throwaway model of the project's shapes (call on the engine thread); nothing in the project is
     written (on NVIDIA GPUs acm's kernels may be compiled into their cache). `begun`
-    hears the stages once it is decided to go ahead (a skip is decided in milliseconds)."""
+    hears the stages once it is decided to go ahead (a skip is decided in milliseconds). Once
+    `waited_for()` (a job queued behind it on the engine), it stops after the part under way: the
+    parts done are what that job's stage would have spent first, the rest it pays itself."""
     start = clock()
     try:
         tok = load_tokenizer(cfg)
     except AcmError:
         tok = None
     try:
-        why = why_not(cfg, tok, memory_limit() if limit is None else limit)
+        why = why_not(cfg, tok, memory_limit() if limit is None else limit, shards_due)
     except AcmError as e:  # runs/ unreadable: the Runs pane says why
         why = str(e)
-    if why:
-        return Readied((), 0.0, why)
-    stages = distinct_steps(cfg)
+    if why or waited_for():
+        return Readied((), 0.0, why or "a stage was waiting")
+    stages, readied, whole = distinct_steps(cfg), [], True
     if begun is not None:
         begun(stages)
     for i, stage in enumerate(stages):
-        _run_step(cfg, getattr(cfg.train, stage), tok, decode=i == 0)
+        if readied and waited_for():
+            break
+        readied.append(stage)
+        whole = _run_step(cfg, getattr(cfg.train, stage), tok, i == 0, waited_for)
+        if not whole:
+            break
     mx.clear_cache()  # what the throwaway model took goes back to the system
-    return Readied(tuple(stages), clock() - start)
+    return Readied(tuple(readied), clock() - start, cut=not whole or readied != stages)
 
 
-def _run_step(cfg: Config, sc: StageConfig, tok: AcmTokenizer, decode: bool) -> None:
-    """One step of a stage's settings and its validation loss; then, if `decode`, a check's live samples."""
+def _run_step(cfg: Config, sc: StageConfig, tok: AcmTokenizer, decode: bool, waited_for: Callable[[], bool]) -> bool:
+    """One step of a stage's settings, its validation loss, then, if `decode`, a check's live
+    samples; False where `waited_for()` stopped it after a part."""
     model, opt = new_model(cfg, model_shape(cfg, tok), sc)
     mx.eval(opt.state)
     model.update(opt.parameters())
@@ -134,6 +150,12 @@ def _run_step(cfg: Config, sc: StageConfig, tok: AcmTokenizer, decode: bool) -> 
     else:  # as the trainer accumulates: float32 gradients, then the update
         loss, grads = grad_step(x, x)
         mx.eval(apply_step(loss, {k: g.astype(mx.float32) for k, g in grads.items()}), opt.state)
+    if waited_for():
+        return False
     mx.eval(eval_loss(x, x))
-    if decode:  # a validation check's live samples, as the trainer draws them (none where train.samples is 0)
-        LiveSampler(cfg, STAGES[0], sc.seed).check(model, opt.compute_views(), tok, 0, 0.0)
+    if not decode:
+        return True
+    if waited_for():
+        return False
+    LiveSampler(cfg, STAGES[0], sc.seed).check(model, opt.compute_views(), tok, 0, 0.0)  # as a check draws them
+    return True

@@ -88,6 +88,7 @@ def test_pipeline_run_on_a_terminal_reads_as_one_program(trained):
                     "✓ evaluating", "ran: data-code, tokenizer, prepare, pretrain, finetune, evaluate",
                     "Evaluation of run", "mean lines", "finetune+checked")
     assert not SPINNER & set(shown)  # every spinner stopped with its stage
+    assert re.search(r"\bstep readied in \d+\.\d s", shown)  # the engine, beside the shards
     bar = next(line for line in shown.splitlines() if line.startswith("✓ pretrain"))
     assert "loss " in bar and " tok/s" in bar
     counts = [(int(d), int(t)) for d, t in re.findall(r"training +[━╸╺ ]+(\d+)/(\d+)", written)]
@@ -173,6 +174,39 @@ def test_ctrl_c_in_pipeline_run_names_the_checkpoint_it_goes_on_from(prepared):
         f"{last.path.name}; `acm pipeline run` continues")
 
 
+HELD_READYING = """
+import sys, threading
+import core.cli.pipeline
+
+def held(*args, **kwargs):  # a readying that takes minutes, as MLX compiling its kernels on a fresh NVIDIA machine
+    print("readying", file=sys.stderr, flush=True)
+    threading.Event().wait()
+
+core.cli.pipeline.ready_engine = held
+sys.exit(core.cli.main(sys.argv[1:]))
+"""
+
+
+def test_ctrl_c_as_the_shards_are_made_is_not_held_up_by_the_engine_readying(trained):
+    """The readying beside the shards is not waited for: the command says what it kept and ends."""
+    import signal
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", HELD_READYING, "-c", str(trained / "acm.toml"), "pipeline", "run"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stderr:
+            if line == "readying\n":
+                break
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=120) == 130
+    finally:
+        proc.kill()
+    err = " ".join(proc.stderr.read().split())
+    assert err.endswith("interrupted: finished stages are kept; `acm pipeline run` continues"), err[-1500:]
+
+
 def test_a_done_evaluation_still_counts_among_the_remaining_while_training_does(with_model):
     """The training it follows makes it stale: counted from the start, it keeps its share of a time
     budget and its place in the headings (before: `── 1/1 fine-tune`, then `── 2/2 evaluate`)."""
@@ -209,6 +243,7 @@ async def test_end_to_end_on_the_offline_default(tmp_path):
         assert "data-language, data-code, tokenizer, prepare, pretrain, finetune, evaluate" in \
             text_of(app, "#setup-pane .step-status")
         assert set(states(app.cfg).values()) == {"done"}
+        assert app.readied.stages  # nothing to ready at the start; readied beside the shards
         setup.refresh_pipeline()
         await pilot.pause(0.5)
         train = app.query_one("#train-pane")
@@ -271,6 +306,31 @@ def test_the_model_takes_the_vocabulary_the_tokenizer_reached(trained, capsys):
     assert lm.model.wte.weight.shape[0] == lm.tokenizer.vocab_size == meta["vocab_size"]
     generate_text(lm, "#!/bin/bash\n", SamplingParams(max_tokens=5))  # every id the model can draw decodes
     assert states(config.load(path))["tokenizer"] == "done"
+
+
+def test_the_engine_is_readied_as_the_shards_are_made_where_training_follows(prepared, monkeypatch):
+    """Once, as the shards stage starts (the tokenizer settled), never where no shards are made or
+    the settings say not to."""
+    from core.pipeline import overview
+    from core.progress import CancelToken
+
+    real = overview.run_stage
+    monkeypatch.setattr(overview, "run_stage", lambda cfg, name, *a: real(cfg, name, *a)
+                        if name in ("tokenizer", "prepare") else None)  # training: not here
+    path = prepared / "acm.toml"
+    cfg, _ = config.with_value(config.load(path), "tokenizer.vocab_size", "900")
+    config.save_settings(cfg, path)
+    seen = []  # the stages' states at each call
+    done = overview.run_remaining(cfg, lambda p: None, CancelToken(), None, ready=lambda c: seen.append(states(c)))
+    assert done == ["tokenizer", "prepare", "pretrain", "finetune", "evaluate"]
+    assert [(s["tokenizer"], s["prepare"]) for s in seen] == [("done", "stale")]
+    seen.clear()
+    assert overview.run_remaining(cfg, lambda p: None, CancelToken(), None, ready=seen.append) == [
+        "pretrain", "finetune", "evaluate"] and seen == []  # the shards were done: nothing to ready beside
+    cfg, _ = config.with_value(cfg, "tokenizer.vocab_size", "800")
+    cfg.train.ready_in_pipeline = False
+    assert overview.run_remaining(cfg, lambda p: None, CancelToken(), None, ready=seen.append)[:2] == [
+        "tokenizer", "prepare"] and seen == []
 
 
 def test_a_run_reads_the_states_again_after_each_stage(prepared, monkeypatch):

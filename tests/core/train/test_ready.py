@@ -42,6 +42,26 @@ def test_each_distinct_step_is_run_once_and_nothing_is_written_or_kept(prepared)
     assert files_under(prepared) == before
 
 
+def test_a_job_waiting_behind_it_cuts_it_short_after_the_part_under_way(prepared):
+    cfg = config.load(prepared / "acm.toml")
+    cfg.train.samples, cfg.train.finetune.batch_size = 2, 2  # two distinct steps, and samples to decode
+    asked = []
+
+    def waited_for_after(n):  # a stage's job queued once readying has asked n times
+        return lambda: asked.append(1) or len(asked) > n
+
+    assert ready_engine(cfg, PLENTY, waited_for=waited_for_after(0)).why == "a stage was waiting"
+    for n, stages in ((1, ("pretrain",)), (2, ("pretrain",)), (3, ("pretrain",)), (4, ("pretrain", "finetune"))):
+        asked.clear()
+        readied = ready_engine(cfg, PLENTY, waited_for=waited_for_after(n))
+        assert readied.stages == stages and readied.cut  # after the step, the validation, the samples
+        assert readied.describe().endswith("; the rest left to the stage that came meanwhile")
+    asked.clear()
+    readied = ready_engine(cfg, PLENTY, waited_for=waited_for_after(99))
+    assert readied.stages == ("pretrain", "finetune") and not readied.cut and len(asked) == 5
+    assert not readied.describe().endswith("meanwhile")
+
+
 def why_skipped(cfg, limit=PLENTY) -> str:
     readied = ready_engine(cfg, limit)
     assert readied.stages == () and readied.describe().startswith("the training step was not readied: ")
@@ -52,8 +72,12 @@ def test_skipped_without_a_tokenizer(project):
     assert why_skipped(config.load(project / "acm.toml")) == "no tokenizer yet"
 
 
-def test_skipped_without_token_shards(trained):
-    assert why_skipped(config.load(trained / "acm.toml")) == "the pretrain's token shards are not prepared"
+def test_skipped_without_token_shards_unless_they_are_on_their_way(trained):
+    cfg = config.load(trained / "acm.toml")
+    assert why_skipped(cfg) == "the pretrain's token shards are not prepared"
+    cfg.train.pretrain.seq_len = cfg.train.finetune.seq_len = 32
+    assert ready_engine(cfg, PLENTY, shards_due=True).stages == ("pretrain",)  # a pipeline makes them meanwhile
+    assert not cfg.locations.shards_manifest("language").exists()
 
 
 def test_skipped_on_ranks_while_a_stage_trains_or_where_a_step_may_not_fit(prepared):
@@ -85,10 +109,10 @@ def test_a_shutdown_leaves_the_abandoned_job_alone_and_waits_for_any_other():
     started.wait()
     behind = engine.submit_named("train", lambda: "trained")
     engine.shutdown(wait=True, abandon="ready")  # returns with the job under way
-    assert engine.busy and not engine.stopped
+    assert engine.busy and engine.abandoned and not engine.stopped
     release.set()
     engine._stopped.wait(10)
-    assert engine.stopped and not engine.busy
+    assert engine.stopped and not engine.busy and not engine.abandoned
     assert behind.cancelled()  # never started
 
     engine, release, started = Engine("test-engine"), threading.Event(), threading.Event()
@@ -109,3 +133,28 @@ def test_a_shutdown_leaves_the_abandoned_job_alone_and_waits_for_any_other():
 ])
 def test_what_readying_says(stages, why, text):
     assert Readied(stages, 1.23, why).describe() == text
+
+
+ABANDONING = """
+import sys, threading
+from core.engine import Engine, exit_past_abandoned_work
+engine, started = Engine(), threading.Event()
+exit_past_abandoned_work(5)  # nothing abandoned: it returns
+engine.submit(lambda: None).result()
+engine.submit_named("ready", lambda: started.set() or threading.Event().wait())
+started.wait()
+engine.shutdown(abandon="ready")
+print("said before the end", end="")
+exit_past_abandoned_work(7)
+sys.exit(0)
+"""
+
+
+def test_a_process_ends_at_once_past_an_abandoned_job_its_output_flushed():
+    """acm and acm-tui end this way when they stop while the engine readies the step (a job that is
+    not abandoned, a stage, is waited for: above)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", ABANDONING], capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stdout) == (7, "said before the end"), done.stderr[-2000:]
