@@ -182,3 +182,28 @@ def test_app_stages_times_each_stage_from_its_key_in_one_app(prepared):
         assert stage["stage_s"] >= stage["timings"]["wall_s"]  # the trainer's wall lies inside the key-to-end time
         assert stage["around_step_share"] >= stage["around_step_share_in_trainer"] > 0
     assert row["process_s"] > row["app_start_s"] + row["ready_s"] + pre["stage_s"] + fine["stage_s"]
+
+
+def test_pipeline_stages_times_each_stage_from_its_heading_with_the_readying_on_and_off(trained):
+    """From the shards on, a fresh `acm pipeline run` per mode on a copy of the project (its own
+    shards and runs left as they were)."""
+    from core import config
+
+    cfg = config.load(trained / "acm.toml")
+    for stage, steps in (("pretrain", 8), ("finetune", 4)):
+        sc = getattr(cfg.train, stage)
+        sc.seq_len, sc.batch_size, sc.steps, sc.warmup_steps, sc.eval_every, sc.eval_batches = 32, 4, steps, 2, 4, 2
+    cfg.model.compute_dtype, cfg.eval.samples, cfg.eval.max_tokens = "float32", 1, 8
+    config.save(cfg, trained / "acm.toml")
+    out = subprocess.run([sys.executable, "bench/pipeline_stages.py", "-c", str(trained / "acm.toml"), "--rounds", "1"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300, env=ENV)
+    assert out.returncode == 0, out.stderr[-2000:]
+    on, off = map(json.loads, out.stdout.splitlines())
+    assert (on["mode"], off["mode"]) == ("on", "off") and on["readied"][1].startswith("pretrain step readied in ")
+    assert off["readied"] is None
+    for row in (on, off):
+        assert list(row["stages_s"]) == ["prepare", "pretrain", "finetune", "evaluate"]
+        assert row["command_s"] > sum(row["stages_s"].values())
+        for stage in ("pretrain", "finetune"):  # the trainer's wall lies inside the stage's headings
+            assert row["stages_s"][stage] >= row[stage]["timings"]["wall_s"] and 0 < row[stage]["around_step"] < 1
+    assert not (trained / "runs").exists() and not cfg.locations.shards_manifest("language").exists()
