@@ -73,8 +73,8 @@ class AcmApp(App):
             self.cfg = config.from_dict({}, root=self.config_path.parent)
         self.engine = Engine()
         self.device, self.stamp = "", None
-        self.readying = False  # the engine runs the training step once, at the app's start
-        self.readied = None  # what that did (core.train.ready.Readied), once it has ended
+        self.readying = False  # the engine readies the training step (at the start, beside a pipeline's shards)
+        self.readied = None  # what the latest did (core.train.ready.Readied), once it has ended
         self._ready_future: Future | None = None  # the engine's latest readying
         self._ready_lock = threading.Lock()
         self.failure: str | None = None  # the bug that ended the app, in one line
@@ -105,16 +105,17 @@ class AcmApp(App):
 
     def ready_the_engine(self, cfg: config.Config | None = None, shards_due: bool = False) -> None:
         """Have the engine ready the training step (`core.train.ready`) for `cfg` (default: the
-        app's), its start and end posted to the header; from any thread. Not again while one is
-        under way, nor once one has readied a step in this process: the engine keeps it."""
+        app's), its start and end posted to the header; from any thread; not while one is under
+        way. Once more in a pipeline that makes new shards: its tokenizer or settings may have
+        changed the shapes, and steps the engine has already run cost it little."""
         begun = lambda stages: self.post_message(EngineReadying())  # noqa: E731 (from the engine's thread)
         with self._ready_lock:
-            if _readied_or_readying(self._ready_future):
+            if self._ready_future is not None and not self._ready_future.done():
                 return
-            self._ready_future = self.engine.submit_named(READY_JOB, ready_engine, cfg or self.cfg, None, begun,
-                                                          shards_due=shards_due,
-                                                          waited_for=lambda: self.engine.queued)
-        self._ready_future.add_done_callback(lambda f: self.post_message(EngineReadied(f)))
+            fut = self._ready_future = self.engine.submit_named(READY_JOB, ready_engine, cfg or self.cfg, None,
+                                                                begun, shards_due=shards_due,
+                                                                waited_for=lambda: self.engine.queued)
+        fut.add_done_callback(lambda f: self.post_message(EngineReadied(f)))
 
     def show_config_error(self, error: str | None) -> None:
         """acm.toml read again: its error (None: it loads) held, so no stage starts and nothing is
@@ -247,9 +248,10 @@ class AcmApp(App):
     def on_unmount(self) -> None:
         # Running engine jobs were asked to stop by their panes; wait for them (a training stage
         # writes its checkpoint first), so no MLX work outlives the app. A second SIGTERM or SIGHUP
-        # meanwhile only asks to quit again: the handlers go once the wait is over. The readying at
-        # the start is not waited for (it writes nothing of the project; on a fresh NVIDIA machine
-        # it may compile MLX's kernels for a minute), and what was queued behind it never starts.
+        # meanwhile only asks to quit again: the handlers go once the wait is over. A readying (at
+        # the start, beside a pipeline's shards) is not waited for (it writes nothing of the
+        # project; on a fresh NVIDIA machine it may compile MLX's kernels for a minute), and what
+        # was queued behind it never starts.
         self.engine.shutdown(wait=True, abandon=READY_JOB)
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             for sig in ENDING_SIGNALS:
@@ -262,12 +264,6 @@ class AcmApp(App):
             watchdog = threading.Timer(EXIT_GRACE_S, os._exit, args=(0,))
             watchdog.daemon = True  # a normal exit does not wait for it
             watchdog.start()
-
-
-def _readied_or_readying(fut: Future | None) -> bool:
-    if fut is None or fut.cancelled():
-        return False
-    return not fut.done() or (fut.exception() is None and bool(fut.result().stages))
 
 
 def main(argv: list[str] | None = None) -> int:

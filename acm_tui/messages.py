@@ -27,11 +27,11 @@ class DeviceFound(Message):
 
 
 class EngineReadying(Message):
-    """The engine goes ahead with readying the training step at the app's start (it may be skipped)."""
+    """The engine goes ahead with readying the training step (at the app's start, beside a pipeline's shards)."""
 
 
 class EngineReadied(Message):
-    """The engine's readying at the app's start ended: `future` holds its `Readied`, or its error."""
+    """The engine's readying ended: `future` holds its `Readied`, or its error."""
 
     def __init__(self, future: Future):
         super().__init__()

@@ -231,7 +231,8 @@ class TrainConfig:
     ready_in_pipeline: bool = setting(True, "while a pipeline (acm pipeline run, the Setup pane's a) makes the token "
                                             "shards, run the stages' training step and a live-samples decode once on "
                                             "a throwaway model of their shapes, so its first training stage finds "
-                                            "them compiled; skipped where a step may not fit in memory")
+                                            "them compiled; skipped on several ranks or where a step may not fit "
+                                            "in memory")
     pretrain: StageConfig = field(default_factory=StageConfig)
     finetune: FinetuneConfig = field(default_factory=_finetune_defaults)
 

@@ -52,6 +52,7 @@ class Engine:
         self._stopped = threading.Event()
         self.running: str | None = None  # the name of the job under way (submit's `name`), if any
         self._abandoned = False  # a shutdown left the job under way: cancel what follows it
+        self._turn = threading.Lock()  # a job's start and end against a shutdown's abandoning it
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
         _ENGINES.add(self)
@@ -95,9 +96,10 @@ class Engine:
         if not self._stopped.is_set():
             self._jobs.put(_STOP)
             while wait and not self._stopped.wait(POLL_S):
-                if abandon is not None and self.running == abandon:
-                    self._abandoned = True
-                    return
+                with self._turn:  # the job seen is the job abandoned: none starts in between
+                    if abandon is not None and self.running == abandon:
+                        self._abandoned = True
+                        return
 
     @property
     def queued(self) -> bool:
@@ -126,15 +128,17 @@ class Engine:
                 # simply ends with the process.
                 threading.Event().wait()
             fut, name, fn, args, kwargs = job
-            if self._abandoned:
-                fut.cancel()
-            if not fut.set_running_or_notify_cancel():
-                continue
-            self.running = name
+            with self._turn:
+                if self._abandoned:
+                    fut.cancel()
+                if not fut.set_running_or_notify_cancel():
+                    continue
+                self.running = name
             try:
                 fut.set_result(fn(*args, **kwargs))
             except BaseException as e:  # delivered to whoever waits on the future
                 fut.set_exception(e)
             finally:
-                self.running = None
+                with self._turn:
+                    self.running = None
 

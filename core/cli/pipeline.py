@@ -52,6 +52,7 @@ class PipelineScreen:
         self.current: StepDisplay | None = None
         self.running: str | None = None  # the stage under way, or the last one begun
         self.gone: BaseException | None = None  # how the output's reader went, once it has
+        self.ended = False  # the command is ending (its last line said, or about to be): nothing more
 
     @contextlib.contextmanager
     def stage(self, status: StageStatus, number: int, count: int) -> Iterator[None]:
@@ -66,7 +67,7 @@ class PipelineScreen:
     def readied(self, fut: Future) -> None:
         """Say what the engine's readying beside the shards did (from the engine's thread): the
         steps it readied, or why it failed (the stage that meets the same will stop on it)."""
-        if fut.cancelled():
+        if fut.cancelled() or self.ended:
             return
         error = fut.exception()
         line = f"the training step could not be readied: {one_line(error)}" if error else fut.result().describe()
@@ -116,6 +117,7 @@ def cmd_run(args, cfg: Config) -> int:
         if screen.gone is None:
             raise
     except KeyboardInterrupt:
+        screen.ended = True
         control.stop()
         cancel.cancel()
         quit_now = True
@@ -124,9 +126,10 @@ def cmd_run(args, cfg: Config) -> int:
         engine.shutdown(abandon=READY_JOB)
         return interrupted(screen.console.print, kept_after_stop(cfg, screen.running), "acm pipeline run")
     finally:  # the engine's thread lets go of MLX before the process exits
+        screen.ended = True
         engine.shutdown(wait=not quit_now, abandon=READY_JOB)
     if screen.gone is not None:  # the stage under way stopped with its checkpoint: end as the pipe says,
-        engine.shutdown()       # once the engine's thread has let go of MLX
+        engine.shutdown(abandon=READY_JOB)  # once the engine's thread has let go of MLX
         raise OutputGone() from screen.gone
     print(f"ran: {', '.join(done) or 'nothing (every stage is done)'}")
     results = read_json(Paths.eval_results(runs.list_runs(cfg)[0])) if "evaluate" in done else None

@@ -121,8 +121,10 @@ def ready_engine(cfg: Config, limit: int | None = None, begun: Callable[[list[st
         why = why_not(cfg, tok, memory_limit() if limit is None else limit, shards_due)
     except AcmError as e:  # runs/ unreadable: the Runs pane says why
         why = str(e)
-    if why or waited_for():
-        return Readied((), 0.0, why or "a stage was waiting")
+    if why:
+        return Readied((), 0.0, why)
+    if waited_for():
+        return Readied((), 0.0, "a stage was waiting", cut=True)
     stages, readied, whole = distinct_steps(cfg), [], True
     if begun is not None:
         begun(stages)

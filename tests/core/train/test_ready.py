@@ -50,7 +50,8 @@ def test_a_job_waiting_behind_it_cuts_it_short_after_the_part_under_way(prepared
     def waited_for_after(n):  # a stage's job queued once readying has asked n times
         return lambda: asked.append(1) or len(asked) > n
 
-    assert ready_engine(cfg, PLENTY, waited_for=waited_for_after(0)).why == "a stage was waiting"
+    readied = ready_engine(cfg, PLENTY, waited_for=waited_for_after(0))
+    assert (readied.stages, readied.why, readied.cut) == ((), "a stage was waiting", True)
     for n, stages in ((1, ("pretrain",)), (2, ("pretrain",)), (3, ("pretrain",)), (4, ("pretrain", "finetune"))):
         asked.clear()
         readied = ready_engine(cfg, PLENTY, waited_for=waited_for_after(n))
