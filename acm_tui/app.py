@@ -25,7 +25,7 @@ from core.engine import Engine, exit_past_abandoned_work
 from core.errors import AcmError, Parser, fail, internal_error, one_line
 from core.hardware import device_label
 from core.pipeline.overview import disk_stamp
-from core.train.ready import READY_JOB, ready_engine
+from core.train.ready import READY_JOB, submit_readying
 
 from .confirm import Confirm
 from .messages import DeviceFound, EngineReadied, EngineReadying, PaneRequest
@@ -112,9 +112,7 @@ class AcmApp(App):
         with self._ready_lock:
             if self._ready_future is not None and not self._ready_future.done():
                 return
-            fut = self._ready_future = self.engine.submit_named(READY_JOB, ready_engine, cfg or self.cfg, None,
-                                                                begun, shards_due=shards_due,
-                                                                waited_for=lambda: self.engine.queued)
+            fut = self._ready_future = submit_readying(self.engine, cfg or self.cfg, begun, shards_due)
         fut.add_done_callback(lambda f: self.post_message(EngineReadied(f)))
 
     def show_config_error(self, error: str | None) -> None:
@@ -282,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     app.run()
     if app.failure:
         print(f"acm: error: {app.failure}", file=sys.stderr)
-    exit_past_abandoned_work(app.return_code or 0)  # quit while the engine readied the step
+    exit_past_abandoned_work(app.return_code or 0, [app.engine])  # quit while the engine readied the step
     return app.return_code or 0
 
 

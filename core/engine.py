@@ -6,12 +6,12 @@ the CLI) submit callables and get a Future back; results and errors travel throu
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import sys
 import threading
-import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
@@ -21,14 +21,25 @@ from core.hardware import configure_mlx
 
 _STOP = object()
 POLL_S = 0.1  # how often a waiting caller looks up, so a Ctrl-C reaches it within this
-_ENGINES: weakref.WeakSet = weakref.WeakSet()  # this process's engines
+_MADE: list[list] = []  # the engines made inside each `engines_made()` under way
 
 
-def exit_past_abandoned_work(status: int) -> None:
-    """End the process now, its output flushed, where a shutdown left an engine running a job
+@contextlib.contextmanager
+def engines_made() -> Iterator[list[Engine]]:
+    """The engines made inside (a command's own), to look at once it has ended."""
+    made: list[Engine] = []
+    _MADE.append(made)
+    try:
+        yield made
+    finally:
+        _MADE.remove(made)
+
+
+def exit_past_abandoned_work(status: int, engines: Iterable[Engine]) -> None:
+    """End the process now, its output flushed, where a shutdown left one of `engines` running a job
     nobody needs (`shutdown(abandon=...)`): waiting for it would be for nothing, and MLX torn down
     beneath it may abort the process. Elsewhere, return."""
-    if any(engine.abandoned for engine in list(_ENGINES)):
+    if any(engine.abandoned for engine in engines):
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(status)
@@ -55,7 +66,8 @@ class Engine:
         self._turn = threading.Lock()  # a job's start and end against a shutdown's abandoning it
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
-        _ENGINES.add(self)
+        for made in _MADE:
+            made.append(self)
 
     @property
     def thread(self) -> threading.Thread:

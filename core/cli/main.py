@@ -20,7 +20,7 @@ from core.cli import tokenizer as cli_tokenizer
 from core.cli import train as cli_train
 from core.cli.args import bounded_int, positive_int
 from core.cli.output import console_for
-from core.engine import exit_past_abandoned_work
+from core.engine import engines_made, exit_past_abandoned_work
 from core.errors import INTERRUPTED, TERMINATED, AcmError, Parser, polite_kill_as_ctrl_c, politely_killed, run_command
 from core.escapes import utf8
 from core.hardware import configure_mlx
@@ -206,10 +206,10 @@ def settings_path(args) -> Path:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_mlx()
-    with polite_kill_as_ctrl_c():
+    with polite_kill_as_ctrl_c(), engines_made() as engines:
         status = run_command(partial(_run, args), quiet_pipe=True)
     status = TERMINATED if politely_killed() and status == INTERRUPTED else status
-    exit_past_abandoned_work(status)  # a pipeline stopped while its engine readied the training step
+    exit_past_abandoned_work(status, engines)  # a pipeline stopped while its engine readied the training step
     return status
 
 

@@ -26,7 +26,7 @@ from core.pipeline.overview import StageStatus, pipeline_status, run_remaining
 from core.pipeline.tables import STATE_STYLES
 from core.progress import Cancelled, CancelToken, Progress
 from core.runs import checkpoint
-from core.train.ready import READY_JOB, ready_engine
+from core.train.ready import READY_JOB, submit_readying
 from core.train.trainer import Control
 
 
@@ -107,8 +107,7 @@ def cmd_run(args, cfg: Config) -> int:
     quit_now = False  # a second Ctrl-C: the engine is not waited for
 
     def ready(stage_cfg: Config) -> None:
-        engine.submit_named(READY_JOB, ready_engine, stage_cfg, shards_due=True,
-                            waited_for=lambda: engine.queued).add_done_callback(screen.readied)
+        submit_readying(engine, stage_cfg, shards_due=True).add_done_callback(screen.readied)
 
     try:
         done = run_remaining(cfg, screen.report, cancel, engine.call, screen.train_event, control, time_s,
@@ -128,9 +127,8 @@ def cmd_run(args, cfg: Config) -> int:
     finally:  # the engine's thread lets go of MLX before the process exits
         screen.ended = True
         engine.shutdown(wait=not quit_now, abandon=READY_JOB)
-    if screen.gone is not None:  # the stage under way stopped with its checkpoint: end as the pipe says,
-        engine.shutdown(abandon=READY_JOB)  # once the engine's thread has let go of MLX
-        raise OutputGone() from screen.gone
+    if screen.gone is not None:  # the stage under way stopped with its checkpoint (the engine waited
+        raise OutputGone() from screen.gone  # for above): end as the pipe says
     print(f"ran: {', '.join(done) or 'nothing (every stage is done)'}")
     results = read_json(Paths.eval_results(runs.list_runs(cfg)[0])) if "evaluate" in done else None
     if results:

@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 import mlx.core as mx
 
 from core import runs
 from core.config import Config, StageConfig
+from core.engine import Engine
 from core.errors import AcmError
 from core.hardware import memory_limit
 from core.model import model_shape
@@ -125,18 +127,25 @@ def ready_engine(cfg: Config, limit: int | None = None, begun: Callable[[list[st
         return Readied((), 0.0, why)
     if waited_for():
         return Readied((), 0.0, "a stage was waiting", cut=True)
-    stages, readied, whole = distinct_steps(cfg), [], True
+    stages, ran, whole = distinct_steps(cfg), 0, True
     if begun is not None:
         begun(stages)
-    for i, stage in enumerate(stages):
-        if readied and waited_for():
+    while whole and ran < len(stages):
+        if ran and waited_for():
+            whole = False
             break
-        readied.append(stage)
-        whole = _run_step(cfg, getattr(cfg.train, stage), tok, i == 0, waited_for)
-        if not whole:
-            break
+        whole = _run_step(cfg, getattr(cfg.train, stages[ran]), tok, ran == 0, waited_for)
+        ran += 1
     mx.clear_cache()  # what the throwaway model took goes back to the system
-    return Readied(tuple(readied), clock() - start, cut=not whole or readied != stages)
+    return Readied(tuple(stages[:ran]), clock() - start, cut=not whole)
+
+
+def submit_readying(engine: Engine, cfg: Config, begun: Callable[[list[str]], object] | None = None,
+                    shards_due: bool = False) -> Future:
+    """`ready_engine` as the engine's job READY_JOB (a shutdown may abandon it), cut short once
+    another job is queued behind it."""
+    return engine.submit_named(READY_JOB, ready_engine, cfg, None, begun, shards_due=shards_due,
+                               waited_for=lambda: engine.queued)
 
 
 def _run_step(cfg: Config, sc: StageConfig, tok: AcmTokenizer, decode: bool, waited_for: Callable[[], bool]) -> bool:

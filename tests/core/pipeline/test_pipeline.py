@@ -176,13 +176,14 @@ def test_ctrl_c_in_pipeline_run_names_the_checkpoint_it_goes_on_from(prepared):
 
 HELD_READYING = """
 import sys, threading
-import core.cli.pipeline
+import core.cli
+import core.train.ready
 
 def held(*args, **kwargs):  # a readying that takes minutes, as MLX compiling its kernels on a fresh NVIDIA machine
     print("readying", file=sys.stderr, flush=True)
     threading.Event().wait()
 
-core.cli.pipeline.ready_engine = held
+core.train.ready.ready_engine = held
 sys.exit(core.cli.main(sys.argv[1:]))
 """
 
@@ -193,6 +194,9 @@ def test_ctrl_c_as_the_shards_are_made_is_not_held_up_by_the_engine_readying(tra
     import subprocess
     import sys
 
+    cfg = config.load(trained / "acm.toml")
+    cfg.train.pretrain.steps = cfg.train.finetune.steps = 4  # were the readying not held, a short pipeline
+    config.save(cfg, trained / "acm.toml")
     proc = subprocess.Popen([sys.executable, "-c", HELD_READYING, "-c", str(trained / "acm.toml"), "pipeline", "run"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

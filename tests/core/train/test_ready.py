@@ -140,13 +140,13 @@ ABANDONING = """
 import sys, threading
 from core.engine import Engine, exit_past_abandoned_work
 engine, started = Engine(), threading.Event()
-exit_past_abandoned_work(5)  # nothing abandoned: it returns
+exit_past_abandoned_work(5, [engine])  # nothing abandoned: it returns
 engine.submit(lambda: None).result()
 engine.submit_named("ready", lambda: started.set() or threading.Event().wait())
 started.wait()
 engine.shutdown(abandon="ready")
 print("said before the end", end="")
-exit_past_abandoned_work(7)
+exit_past_abandoned_work(7, [engine])
 sys.exit(0)
 """
 
