@@ -271,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-c", "--config", type=Path, default=None,
                    help="settings file (default: ./acm.toml, or $ACM_CONFIG)")
     args = p.parse_args(argv)
-    named = args.config or (Path(os.environ["ACM_CONFIG"]) if os.environ.get("ACM_CONFIG") else None)
+    named = config.named_file(args.config)
     if named is not None and not named.exists():  # only the default may be missing (every default)
         if named.is_symlink():
             return fail(f"settings file {named} is a link to {os.readlink(named)}, which leads to no file")

@@ -5,15 +5,18 @@ part after it (the last lines printed, Python's and MLX's exit). `timings.json` 
 trainer, so this is the figure a user waits for.
 
 usage: python bench/command_wall.py --project DIR [--stage pretrain] [--rounds 1] [--max-steps N]
-           [--run-from RUN] [--keep]
+           [--run-from RUN] [--keep] [--ready on off]
 DIR holds acm.toml and data/ with token shards (`acm prepare` done); each round runs
 `acm train STAGE --run wall-<round>` in a fresh process (a fine-tune needs --run-from naming a run
 with a pretrain checkpoint, copied for each round) and prints one JSON line. The process is
-`python bench/command_wall.py --child`, so Python's start includes this file's few imports.
+`python bench/command_wall.py --child`, so Python's start includes this file's few imports. With
+--ready, each round runs one process for each value of `train.ready_in_command` given, in turn.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.abc
+import importlib.machinery
 import json
 import shutil
 import subprocess
@@ -33,6 +36,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--max-steps", type=int, help="stop each command after this many steps")
     p.add_argument("--run-from", help="a fine-tune: the run whose pretrain each round starts from")
     p.add_argument("--keep", action="store_true", help="keep the rounds' runs")
+    p.add_argument("--ready", nargs="+", choices=["on", "off"],
+                   help="train.ready_in_command for each process of a round, in turn (default: as acm.toml says)")
     return p.parse_args()
 
 
@@ -41,7 +46,19 @@ def main() -> None:
     if a.stage == "finetune" and not a.run_from:
         sys.exit("--stage finetune needs --run-from: a run with a pretrain checkpoint")
     for n in range(1, a.rounds + 1):
-        print(json.dumps(one_round(a, f"wall-{n}") | {"round": n}), flush=True)
+        for mode in a.ready or [None]:
+            if mode is not None:
+                set_ready(a.project / "acm.toml", mode == "on")
+            name = f"wall-{n}" + (f"-{mode}" if mode else "")
+            print(json.dumps(one_round(a, name) | {"round": n, "ready_in_command": mode}), flush=True)
+
+
+def set_ready(settings: Path, on: bool) -> None:
+    from core import config
+
+    cfg = config.load(settings)
+    cfg.train.ready_in_command = on
+    config.save(cfg, settings)
 
 
 def one_round(a: argparse.Namespace, name: str) -> dict:
@@ -86,28 +103,53 @@ def split(marks: dict, started: float, ended: float, timings: dict) -> dict:
 
 
 def child(marks_file: Path, argv: list[str]) -> int:
-    """`acm ARGV` in this process, the trainer's entry and return marked (wall-clock seconds, shared
-    with the parent); the marks are written however the command ends."""
+    """`acm ARGV` in this process, as the `acm` command runs it (its engine readied before the
+    imports where `train.ready_in_command` is on), the end of acm's imports and the trainer's entry
+    and return marked as the modules load (wall-clock seconds, shared with the parent); the marks
+    are written however the command ends."""
     marks = {"script": time.time()}
-    from core.cli.main import main as acm
-    from core.train.trainer import Trainer
-    marks["imported"] = time.time()
-    run = Trainer.run
 
-    def marked_run(self):
-        from core.hardware import device_label
-        marks.setdefault("device", device_label())
-        marks.setdefault("trainer_in", time.time())
-        try:
-            return run(self)
-        finally:
-            marks["trainer_out"] = time.time()
+    def marked(trainer_module) -> None:
+        run = trainer_module.Trainer.run
 
-    Trainer.run = marked_run
+        def marked_run(self):
+            from core.hardware import device_label
+            marks.setdefault("device", device_label())
+            marks.setdefault("trainer_in", time.time())
+            try:
+                return run(self)
+            finally:
+                marks["trainer_out"] = time.time()
+
+        trainer_module.Trainer.run = marked_run
+
+    sys.meta_path.insert(0, AfterImport({"core.train.trainer": marked,
+                                         "core.cli.commands": lambda _: marks.setdefault("imported", time.time())}))
+    from core.cli import main as acm
     try:
         return acm(argv)
     finally:
         marks_file.write_text(json.dumps(marks))
+
+
+class AfterImport(importlib.abc.MetaPathFinder):
+    """Calls `then[name](module)` once module `name` has loaded, without importing it earlier."""
+
+    def __init__(self, then: dict):
+        self.then = then
+
+    def find_spec(self, name, path, target=None):
+        if name not in self.then:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        load, after = spec.loader.exec_module, self.then.pop(name)
+
+        def exec_module(module):
+            load(module)
+            after(module)
+
+        spec.loader.exec_module = exec_module
+        return spec
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ from core.hardware import device_label
 from core.model.gpt import GPT
 from core.presets import get_preset
 from core.train.optimizer import FlatAdamW
-from core.train.trainer import build_steps
+from core.train.step import build_steps
 
 
 def timed(fn) -> tuple[object, float]:

@@ -33,7 +33,7 @@ from core.tokenizer.shards import map_split
 from core.train.batches import Batches
 from core.train.optimizer import FlatAdamW
 from core.train.schedule import lr_at
-from core.train.trainer import build_steps
+from core.train.step import build_steps
 
 LAST = 20  # steps averaged for the final training loss
 

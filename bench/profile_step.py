@@ -20,7 +20,7 @@ from core.model import fused
 from core.model.gpt import GPT
 from core.presets import get_preset
 from core.train.optimizer import FlatAdamW
-from core.train.trainer import build_steps
+from core.train.step import build_steps
 
 
 def bench(fn, *args, steps=10, warmup=3, state=None) -> tuple[float, float]:

@@ -13,7 +13,7 @@ from core.hardware import configure_mlx
 from core.model import gpt as model_module
 from core.presets import ModelShape
 from core.train.optimizer import FlatAdamW, reference_adamw
-from core.train.trainer import build_steps
+from core.train.step import build_steps
 
 configure_mlx()  # the product's default CUDA graph size, as `acm` sets it (before any GPU work)
 

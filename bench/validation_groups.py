@@ -23,7 +23,7 @@ from step_setup import compiled_step, fixed_batch, shape_arguments
 from core.hardware import device_label
 from core.model.gpt import GPT
 from core.presets import get_preset
-from core.train.trainer import build_steps
+from core.train.step import build_steps
 
 GROUPS = (1, 2, 4, 10, 1)
 

@@ -28,6 +28,11 @@ from core.presets import PRESETS, ModelShape, get_preset
 CONFIG_NAME = "acm.toml"
 
 
+def named_file(given: Path | None) -> Path | None:
+    """The settings file a user named: `-c`'s, else $ACM_CONFIG's; None means ./acm.toml."""
+    return given or (Path(os.environ["ACM_CONFIG"]) if os.environ.get("ACM_CONFIG") else None)
+
+
 def setting(default: Any, help: str, *, min: float | None = None, max: float | None = None,
             choices: tuple | None = None, above: float | None = None, unbounded: bool = False,
             duration: bool = False, item: type | None = None) -> Any:
@@ -233,6 +238,11 @@ class TrainConfig:
                                             "a throwaway model of their shapes, so its first training stage finds "
                                             "them compiled; skipped on several ranks or where a step may not fit "
                                             "in memory")
+    ready_in_command: bool = setting(False, "while acm train starts (Python's imports, the settings read, the run "
+                                            "picked), run the stage's training step, a validation loss and a "
+                                            "live-samples decode once on a throwaway model of its shape, so the "
+                                            "stage finds them compiled; GPUs only, skipped on several ranks, with "
+                                            "--detach or where a step may not fit in memory")
     pretrain: StageConfig = field(default_factory=StageConfig)
     finetune: FinetuneConfig = field(default_factory=_finetune_defaults)
 

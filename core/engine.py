@@ -108,10 +108,18 @@ class Engine:
         if not self._stopped.is_set():
             self._jobs.put(_STOP)
             while wait and not self._stopped.wait(POLL_S):
-                with self._turn:  # the job seen is the job abandoned: none starts in between
-                    if abandon is not None and self.running == abandon:
-                        self._abandoned = True
-                        return
+                if abandon is not None and self.abandon(abandon):
+                    return
+
+    def abandon(self, name: str) -> bool:
+        """Leave the job under way if it is `name` (whether it was): it runs on, unwaited for, and the
+        jobs queued behind it are cancelled, never started (their futures say so when they come up;
+        a caller may cancel its own at once)."""
+        with self._turn:  # the job seen is the job abandoned: none starts in between
+            if self.running != name:
+                return False
+            self._abandoned = True
+            return True
 
     @property
     def queued(self) -> bool:

@@ -90,6 +90,7 @@ def prepared_template(trained_template, tmp_path_factory) -> Path:
     cfg.train.finetune.steps = 10
     cfg.train.samples = 0  # live samples are tested on their own (tests/core/train/test_samples.py)
     cfg.ui.ready_at_start = False  # tested on its own (tests/core/train/test_ready.py, the app's tests)
+    cfg.train.ready_in_command = False  # tested on its own (tests/core/cli/test_early.py)
     cfg.model.compute_dtype = "float32"
     config.save(cfg, root / "acm.toml")
     prepare(cfg)

@@ -17,6 +17,7 @@ from core.cli.args import duration, positive_int, setting_int
 from core.cli.output import console_for
 from core.cli.progress import StepDisplay
 from core.config import Config
+from core.engine import Engine
 from core.errors import INTERRUPTED, AcmError, interrupted
 from core.paths import Paths
 from core.runs import checkpoint
@@ -66,7 +67,8 @@ def cmd_train(args, cfg: Config) -> int:
     if ranks > 1 and not in_group():
         return train_on_ranks(args, cfg, run, ranks)
     launch = Launch(args.stage, run.name, args.resume, args.steps, args.max_steps)
-    result = train_here(cfg, launch, run, lambda events, stop: follow(events, args, run, stop))
+    result = train_here(cfg, launch, run, lambda events, stop: follow(events, args, run, stop),
+                        engine=readied_engine(args))
     if result is None:
         return INTERRUPTED
     if result.already_done and not args.json:
@@ -77,6 +79,12 @@ def cmd_train(args, cfg: Config) -> int:
         print(f"{args.stage} {'finished' if result.done else 'stopped'} at step {result.step} "
               f"in run {result.run.name}{best}; checkpoint: {result.last_checkpoint or 'none yet'}")
     return ended(args.stage, run, result.step, result.last_checkpoint, result.interrupted and result.stopped_early)
+
+
+def readied_engine(args) -> Engine | None:
+    """The engine the command started before its imports, readying the stage (core/cli/early.py)."""
+    early = getattr(args, "early", None)
+    return early.take() if early is not None else None
 
 
 def ended(stage: str, run, step: int, last_checkpoint: Path | None, stopped_by_ctrl_c: bool) -> int:

@@ -22,53 +22,20 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
 
 import mlx.core as mx
 
 from core import runs
-from core.config import Config, StageConfig
+from core.config import Config
 from core.engine import Engine
 from core.errors import AcmError
 from core.hardware import memory_limit
 from core.model import model_shape
-from core.presets import ModelShape
 from core.tokenizer.bpe import AcmTokenizer, load_tokenizer
 from core.tokenizer.shards import read_manifest
-from core.train.samples import LiveSampler
-from core.train.trainer import build_steps, new_model
+from core.train.ready_step import READY_JOB, Readied, reckoned_bytes, run_step, too_big
 
 STAGES = ("pretrain", "finetune")
-READY_JOB = "ready"  # the readying's name on the engine: a quit does not wait for it
-MEMORY_SHARE = 0.75  # the most of the device's memory a readying step may be reckoned to take
-
-
-@dataclass(frozen=True)
-class Readied:
-    """What readying did: the stages whose steps ran (none: skipped, `why` says why), its seconds,
-    and whether a job waiting behind it cut it short (what it left, that job's stage pays)."""
-    stages: tuple[str, ...]
-    seconds: float
-    why: str = ""
-    cut: bool = False
-
-    def describe(self) -> str:
-        if not self.stages:
-            return f"the training step was not readied: {self.why}"
-        rest = "; the rest left to the stage that came meanwhile" if self.cut else ""
-        return f"{' and '.join(self.stages)} step readied in {self.seconds:.1f} s{rest}"
-
-
-def reckoned_bytes(shape: ModelShape, sc: StageConfig, compute_dtype: str) -> int:
-    """A generous reckoning of a training step's peak memory: weights, moments, gradients and
-    compute copies (16 bytes a parameter; 8 more for the float32 sums of accumulated gradients),
-    the blocks' activations and the logits. Above the measured peaks on an H200 by 17-20% (tiny
-    at batch 16, medium at batch 8: 8.3 and 13.4 GB)."""
-    tokens = sc.batch_size * sc.seq_len
-    wide = 2 if compute_dtype == "float32" else 1
-    per_param = 16 + (8 if sc.grad_accum > 1 else 0)
-    return per_param * shape.param_count() + wide * tokens * (40 * shape.n_layer * shape.n_embd
-                                                              + 8 * shape.vocab_size)
 
 
 def distinct_steps(cfg: Config) -> list[str]:
@@ -99,10 +66,7 @@ def why_not(cfg: Config, tok: AcmTokenizer | None, limit: int, shards_due: bool 
         return "a stage is training"
     shape = model_shape(cfg, tok)
     need = max(reckoned_bytes(shape, getattr(cfg.train, s), cfg.model.compute_dtype) for s in distinct_steps(cfg))
-    if limit and need > MEMORY_SHARE * limit:
-        return (f"a step may take {need / 2**30:.1f} GB, more than {MEMORY_SHARE:.0%} of the device's "
-                f"{limit / 2**30:.1f} GB")
-    return ""
+    return too_big(need, limit)
 
 
 def ready_engine(cfg: Config, limit: int | None = None, begun: Callable[[list[str]], object] | None = None,
@@ -134,7 +98,8 @@ def ready_engine(cfg: Config, limit: int | None = None, begun: Callable[[list[st
         if ran and waited_for():
             whole = False
             break
-        whole = _run_step(cfg, getattr(cfg.train, stages[ran]), tok, ran == 0, waited_for)
+        decode = (lambda: tok) if ran == 0 else None  # one live-samples decode loads its kernels
+        whole = run_step(cfg, getattr(cfg.train, stages[ran]), model_shape(cfg, tok), decode, waited_for)
         ran += 1
     mx.clear_cache()  # what the throwaway model took goes back to the system
     return Readied(tuple(stages[:ran]), clock() - start, cut=not whole)
@@ -146,27 +111,3 @@ def submit_readying(engine: Engine, cfg: Config, begun: Callable[[list[str]], ob
     another job is queued behind it."""
     return engine.submit_named(READY_JOB, ready_engine, cfg, None, begun, shards_due=shards_due,
                                waited_for=lambda: engine.queued)
-
-
-def _run_step(cfg: Config, sc: StageConfig, tok: AcmTokenizer, decode: bool, waited_for: Callable[[], bool]) -> bool:
-    """One step of a stage's settings, its validation loss, then, if `decode`, a check's live
-    samples; False where `waited_for()` stopped it after a part."""
-    model, opt = new_model(cfg, model_shape(cfg, tok), sc)
-    mx.eval(opt.state)
-    model.update(opt.parameters())
-    fused_step, grad_step, apply_step, eval_loss = build_steps(model, opt, sc.grad_clip)
-    x = mx.zeros((sc.batch_size, sc.seq_len), mx.int32)
-    if sc.grad_accum == 1:
-        mx.eval(fused_step(x, x), opt.state)
-    else:  # as the trainer accumulates: float32 gradients, then the update
-        loss, grads = grad_step(x, x)
-        mx.eval(apply_step(loss, {k: g.astype(mx.float32) for k, g in grads.items()}), opt.state)
-    if waited_for():
-        return False
-    mx.eval(eval_loss(x, x))
-    if not decode:
-        return True
-    if waited_for():
-        return False
-    LiveSampler(cfg, STAGES[0], sc.seed).check(model, opt.compute_views(), tok, 0, 0.0)  # as a check draws them
-    return True

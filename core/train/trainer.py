@@ -29,9 +29,7 @@ from core.errors import AcmError
 from core.hardware import device_info, memory_limit, memory_now, peak_flops
 from core.locks import reading_inputs
 from core.model import model_shape
-from core.model.gpt import GPT
 from core.paths import Paths
-from core.presets import ModelShape
 from core.runs import checkpoint, prepare_run
 from core.runs.background import Background
 from core.runs.events import Callback, Checkpoint, Eval, Event, Log, Metrics, Recorder, State
@@ -41,11 +39,11 @@ from core.tokenizer.bpe import keep_copy, load_tokenizer
 from core.tokenizer.shards import open_tokens
 from core.train.batches import Batches
 from core.train.budget import HOURS, UNPLANNED, Calibration, Plan, describe_seconds
-from core.train.optimizer import FlatAdamW
 from core.train.ranks import join_group
 from core.train.samples import LiveSampler
 from core.train.schedule import lr_at
 from core.train.state import TrainState, cut_batches
+from core.train.step import build_steps, new_model
 from core.train.timings import Timings
 from core.train.tracking import trackers
 
@@ -876,60 +874,6 @@ def another_tokenizer(cfg: Config, ck: checkpoint.Checkpoint) -> str:
             if copy.is_file() else "use the tokenizer it was made with")
     return (f"checkpoint {ck.path} was trained with another tokenizer than the project's (retrained since): "
             f"{back}, or start a new run")
-
-
-def new_model(cfg: Config, shape: ModelShape, sc: StageConfig) -> tuple[GPT, FlatAdamW]:
-    """A freshly initialised model of `shape` in the settings' compute dtype, and the stage's
-    optimizer over its weights (Muon's learning rate only where the stage trains with Muon)."""
-    model = GPT(shape, cfg.model.compute_dtype, cfg.model.checkpoint_activations)
-    opt = FlatAdamW(model.parameters(), sc.learning_rate, sc.weight_decay, model.compute_dtype,
-                    muon_lr=sc.muon_learning_rate if sc.optimizer == "muon" else None)
-    return model, opt
-
-
-def build_steps(model: GPT, opt: FlatAdamW, grad_clip: float, world: int = 1, buckets: int = 1):
-    """The compiled step functions: (fused step, gradient-only step, apply step, eval loss).
-
-    The optimizer's state (weights, moments, step, learning rate) is both input and output of the
-    compiled graphs, so weights are never baked in as constants. The model reads views of the
-    optimizer's compute-dtype weights, and its gradients come back as one flat array per buffer.
-    With several ranks, gradients and losses are averaged across them inside the graph: one
-    all-reduce per buffer, or per each of `buckets` pieces of it on a stream of their own, so the
-    pieces finished first can travel while the rest is computed.
-    """
-    state = [opt.state]
-    comm = mx.new_stream(mx.default_device()) if world > 1 and buckets > 1 else None
-
-    def average(a: mx.array) -> mx.array:
-        return mx.distributed.all_sum(a, stream=comm) / world
-
-    def loss_of(params, x, y):
-        model.update(params)
-        return model.loss(x, y)
-
-    loss_and_grad = mx.value_and_grad(loss_of)
-
-    def gradients(x, y, reduce=None):
-        loss, grads = loss_and_grad(opt.compute_views(), x, y)
-        return loss, opt.pack_gradients(grads, model.compute_dtype, reduce, buckets)
-
-    def finish(loss, grads, reduced=False):
-        if world > 1:
-            grads = grads if reduced else {k: average(g) for k, g in grads.items()}
-            loss = mx.distributed.all_sum(loss) / world
-        return loss, opt.clip_and_update(grads, grad_clip)
-
-    @partial(mx.compile, inputs=state, outputs=state)
-    def fused_step(x, y):
-        return finish(*gradients(x, y, average if world > 1 else None), reduced=True)
-
-    @partial(mx.compile, inputs=state)
-    def eval_loss(x, y):
-        loss = loss_of(opt.compute_views(), x, y)
-        return mx.distributed.all_sum(loss) / world if world > 1 else loss
-
-    return (fused_step, partial(mx.compile, inputs=state)(gradients),
-            partial(mx.compile, inputs=state, outputs=state)(finish), eval_loss)
 
 
 def train_stage(cfg: Config, stage: str, run: Path, emit: Callback | None = None, control: Control | None = None,

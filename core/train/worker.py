@@ -29,6 +29,7 @@ from core.runs.events import Event  # noqa: E402
 from core.train import snapshot  # noqa: E402
 from core.train.lifeline import tie_rank_to_launcher  # noqa: E402
 from core.train.ranks import in_group  # noqa: E402
+from core.train.ready_step import READY_JOB  # noqa: E402
 from core.train.snapshot import Launch  # noqa: E402
 from core.train.trainer import Control, StageResult, train_stage  # noqa: E402
 
@@ -70,21 +71,31 @@ def relay(events: queue.SimpleQueue, show: Callable[[Event], None], stop: Callab
 
 
 def train_here(cfg: Config, launch: Launch, run: Path, follow: Follow,
-               control: Control | None = None) -> StageResult | None:
-    """Train `launch` in this process on the engine thread, its events handed to `follow` (which
-    returns 130 to quit at once: then None; the stop it is given is Ctrl-C's, said in the result's
-    `interrupted`); the stage's error re-raised here."""
+               control: Control | None = None, engine: Engine | None = None) -> StageResult | None:
+    """Train `launch` in this process on the engine thread (`engine`'s, where the command readied
+    one beside its start), its events handed to `follow` (which returns 130 to quit at once: then
+    None; the stop it is given is Ctrl-C's, said in the result's `interrupted`); the stage's error
+    re-raised here. A stop while the stage still waits for the readying ends it unstarted."""
     events: queue.SimpleQueue = queue.SimpleQueue()
     control = control or Control()
     if hasattr(signal, "SIGUSR1"):
         signal.signal(signal.SIGUSR1, lambda *_: control.save_now())
-    engine = Engine()
+    engine = engine or Engine()
     fut = engine.submit(train_stage, cfg, launch.stage, run, events.put, control, launch.resume, launch.max_steps,
                         named_steps=launch.steps)
     fut.add_done_callback(lambda f: events.put(FINISHED))
-    if follow(events, control.interrupt) is not None:
+
+    def stop() -> None:
+        control.interrupt()
+        if engine.abandon(READY_JOB):  # nothing trained yet: nothing to keep, and no wait for the readying
+            fut.cancel()
+
+    if follow(events, stop) is not None:
         return None
-    engine.shutdown()
+    engine.shutdown(abandon=READY_JOB)
+    if fut.cancelled():
+        return StageResult(launch.stage, run, 0, stopped_early=True, last_checkpoint=None, best_val_loss=None,
+                           interrupted=True)
     return replace(fut.result(), interrupted=control.interrupted)
 
 

@@ -322,8 +322,8 @@ def held_readying(monkeypatch):
     """The readying at the app's start held before its first step until the test lets it go."""
     from core.train import ready
 
-    release, run_step = threading.Event(), ready._run_step
-    monkeypatch.setattr(ready, "_run_step", lambda *a, **kw: release.wait(60) and run_step(*a, **kw))
+    release, run_step = threading.Event(), ready.run_step
+    monkeypatch.setattr(ready, "run_step", lambda *a, **kw: release.wait(60) and run_step(*a, **kw))
     yield release
     release.set()
 

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from core import config
 from tests.helpers import ROOT
 
 ENV = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
@@ -103,15 +104,21 @@ def test_ranks_bench_trains_on_one_and_two_ranks_through_the_cli(prepared):
 
 def test_command_wall_splits_a_training_commands_time_around_the_trainer(prepared):
     out = subprocess.run([sys.executable, "bench/command_wall.py", "--project", str(prepared), "--max-steps", "2",
-                          "--keep"], cwd=ROOT, capture_output=True, text=True, timeout=300, env=ENV)
+                          "--keep", "--ready", "on", "off"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                         env=ENV)
     assert out.returncode == 0, out.stderr[-2000:]
-    row = json.loads(out.stdout)
-    assert row["args"] == ["train", "pretrain", "--run", "wall-1", "--max-steps", "2"]
-    assert (prepared / "runs/wall-1/pretrain/checkpoints/step-0000002").is_dir()  # the real command trained
-    parts = sum(row["before_trainer_s"].values()) + row["trainer_s"] + row["after_trainer_s"]
-    assert abs(parts - row["command_s"]) <= 0.003  # the parts are the command's whole wall, rounded
-    assert row["trainer_s"] >= row["timings"]["wall_s"] - 0.002  # timings.json's wall lies inside the trainer's
-    assert row["around_step_share"] > row["around_step_share_in_trainer"] > 0
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [(r["ready_in_command"], r["args"]) for r in rows] == [
+        (mode, ["train", "pretrain", "--run", f"wall-1-{mode}", "--max-steps", "2"]) for mode in ("on", "off")]
+    assert config.load(prepared / "acm.toml").train.ready_in_command is False  # the last process's setting
+    for row in rows:
+        run = prepared / "runs" / row["args"][3]
+        assert (run / "pretrain/checkpoints/step-0000002").is_dir()  # the real command trained
+        parts = sum(row["before_trainer_s"].values()) + row["trainer_s"] + row["after_trainer_s"]
+        assert abs(parts - row["command_s"]) <= 0.003  # the parts are the command's whole wall, rounded
+        assert row["trainer_s"] >= row["timings"]["wall_s"] - 0.002  # timings.json's wall lies inside the trainer's
+        assert row["around_step_share"] > row["around_step_share_in_trainer"] > 0
+        assert row["before_trainer_s"]["imports"] > 0 and row["before_trainer_s"]["to_trainer"] > 0
 
 
 def test_time_to_loss_measures_each_variant_against_the_baseline_s_final_loss(prepared):

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from functools import partial
 from pathlib import Path
@@ -19,6 +18,7 @@ from core.cli import runs as cli_runs
 from core.cli import tokenizer as cli_tokenizer
 from core.cli import train as cli_train
 from core.cli.args import bounded_int, positive_int
+from core.cli.early import EarlyEngine
 from core.cli.output import console_for
 from core.engine import engines_made, exit_past_abandoned_work
 from core.errors import INTERRUPTED, TERMINATED, AcmError, Parser, polite_kill_as_ctrl_c, politely_killed, run_command
@@ -194,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
 def settings_path(args) -> Path:
     """-c, else $ACM_CONFIG, else ./acm.toml; a file named by -c or $ACM_CONFIG must exist (only the
     default may be absent, meaning every default)."""
-    named = args.config or (Path(os.environ["ACM_CONFIG"]) if os.environ.get("ACM_CONFIG") else None)
+    named = config.named_file(args.config)
     if named is None:
         return Path(config.CONFIG_NAME)
     creating = args.command == "config" and getattr(args, "config_command", "") == "set"
@@ -203,12 +203,22 @@ def settings_path(args) -> Path:
     return named
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, early: EarlyEngine | None = None) -> int:
+    """`acm ARGV`; `early`: the engine `acm train` started before its imports (core/cli/early.py),
+    for the stage to train on, left to end with the process where the command trains nothing."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # a bad argument, or --help
+        if early is not None:
+            early.end(e.code if isinstance(e.code, int) else 2)
+        raise
+    args.early = early
     configure_mlx()
     with polite_kill_as_ctrl_c(), engines_made() as engines:
         status = run_command(partial(_run, args), quiet_pipe=True)
     status = TERMINATED if politely_killed() and status == INTERRUPTED else status
+    if early is not None:
+        early.end(status)
     exit_past_abandoned_work(status, engines)  # a pipeline stopped while its engine readied the training step
     return status
 

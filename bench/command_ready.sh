@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# `acm train` with and without its engine readied beside the command's own start, side by side: a
+# project on the offline data with the README recipe's stages (tiny, Muon, a 1,200-step pretrain and
+# a 1,500-step fine-tune, validated every 250 steps, 2 live samples a check), the kernel caches filled
+# by a short pretrain and fine-tune, then bench/command_wall.py in rounds of train.ready_in_command on
+# and off, each a fresh `acm train` process timed from the command to its exit.
+#
+# usage: bench/command_ready.sh DIR [ROUNDS] [STAGES]   (DIR: made if missing, reused if it holds shards;
+#        STAGES: pretrain, finetune or both, the default)
+# Every line is JSON, also appended to $OUT/command-ready.jsonl (or /tmp/command-ready.jsonl).
+set -eu
+dir=$1 rounds=${2:-3} stages=${3:-pretrain finetune}
+here=$(cd "$(dirname "$0")/.." && pwd)
+log=${OUT:-/tmp}/command-ready.jsonl
+acm() { (cd "$dir" && PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}" python3 -m core.cli "$@"); }
+mkdir -p "$dir"
+if [ ! -f "$dir/data/tokens/language/manifest.json" ]; then
+  acm config set model.preset tiny >/dev/null
+  acm config set train.pretrain.steps 1200 >/dev/null
+  acm config set train.finetune.steps 1500 >/dev/null
+  acm data fetch language >/dev/null && acm data fetch code >/dev/null
+  acm tokenizer train >/dev/null && acm prepare >/dev/null
+  acm train pretrain --run warm --steps 260 >/dev/null && acm train finetune --run warm --steps 80 >/dev/null
+  rm -rf "$dir/runs/base" && cp -r "$dir/runs/warm" "$dir/runs/base" && rm -rf "$dir/runs/base/finetune"
+fi
+for stage in $stages; do
+  from=$([ "$stage" = finetune ] && echo "--run-from base" || true)
+  PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}" python3 "$here/bench/command_wall.py" --project "$dir" \
+    --stage "$stage" $from --rounds "$rounds" --ready on off | tee -a "$log"
+done

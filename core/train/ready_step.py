@@ -1,0 +1,152 @@
+"""A stage's step run once on a throwaway model: the work of readying an engine (core/train/ready.py).
+
+Its imports are the step's own (MLX, the model, the optimizer, the settings), so that `acm train`
+can run it on its engine while the rest of acm is still being imported (`ready_stage`, started by
+core/cli/early.py): MLX's first run of a step spends most of its time in the GPU's libraries, with
+Python's lock released, and the imports go on meanwhile. The live samples' modules are imported
+only once the step has run.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import mlx.core as mx
+
+from core import config
+from core.config import Config, StageConfig
+from core.errors import AcmError
+from core.hardware import memory_limit
+from core.presets import ModelShape
+from core.train.step import build_steps, new_model
+
+if TYPE_CHECKING:
+    from core.tokenizer.bpe import AcmTokenizer
+
+READY_JOB = "ready"  # the readying's name on the engine: a quit does not wait for it
+MEMORY_SHARE = 0.75  # the most of the device's memory a readying step may be reckoned to take
+
+
+@dataclass(frozen=True)
+class Readied:
+    """What readying did: the stages whose steps ran (none: skipped, `why` says why), its seconds,
+    and whether a job waiting behind it cut it short (what it left, that job's stage pays)."""
+    stages: tuple[str, ...]
+    seconds: float
+    why: str = ""
+    cut: bool = False
+
+    def describe(self) -> str:
+        if not self.stages:
+            return f"the training step was not readied: {self.why}"
+        rest = "; the rest left to the stage that came meanwhile" if self.cut else ""
+        return f"{' and '.join(self.stages)} step readied in {self.seconds:.1f} s{rest}"
+
+
+def reckoned_bytes(shape: ModelShape, sc: StageConfig, compute_dtype: str) -> int:
+    """A generous reckoning of a training step's peak memory: weights, moments, gradients and
+    compute copies (16 bytes a parameter; 8 more for the float32 sums of accumulated gradients),
+    the blocks' activations and the logits. Above the measured peaks on an H200 by 17-20% (tiny
+    at batch 16, medium at batch 8: 8.3 and 13.4 GB)."""
+    tokens = sc.batch_size * sc.seq_len
+    wide = 2 if compute_dtype == "float32" else 1
+    per_param = 16 + (8 if sc.grad_accum > 1 else 0)
+    return per_param * shape.param_count() + wide * tokens * (40 * shape.n_layer * shape.n_embd
+                                                              + 8 * shape.vocab_size)
+
+
+def too_big(need: int, limit: int) -> str:
+    """Why a step reckoned at `need` bytes is not readied on a device of `limit` (0: unknown); empty
+    where it fits well under: on Apple silicon a Metal allocation that fails ends the process."""
+    if limit and need > MEMORY_SHARE * limit:
+        return (f"a step may take {need / 2**30:.1f} GB, more than {MEMORY_SHARE:.0%} of the device's "
+                f"{limit / 2**30:.1f} GB")
+    return ""
+
+
+def on_a_gpu() -> bool:
+    """Whether MLX computes on a GPU, whose libraries a first step loads (on the CPU, readying a
+    stage would only take the cores its steps are about to use)."""
+    return mx.default_device().type == mx.DeviceType.gpu
+
+
+def run_step(cfg: Config, sc: StageConfig, shape: ModelShape, tokenizer: Callable[[], AcmTokenizer] | None,
+             waited_for: Callable[[], bool], stage: str = "pretrain") -> bool:
+    """One step of a stage's settings on a throwaway model of `shape`, its validation loss, then,
+    given `tokenizer`, a check's live samples; False where `waited_for()` stopped it after a part."""
+    model, opt = new_model(cfg, shape, sc)
+    mx.eval(opt.state)
+    model.update(opt.parameters())
+    fused_step, grad_step, apply_step, eval_loss = build_steps(model, opt, sc.grad_clip)
+    x = mx.zeros((sc.batch_size, sc.seq_len), mx.int32)
+    if sc.grad_accum == 1:
+        mx.eval(fused_step(x, x), opt.state)
+    else:  # as the trainer accumulates: float32 gradients, then the update
+        loss, grads = grad_step(x, x)
+        mx.eval(apply_step(loss, {k: g.astype(mx.float32) for k, g in grads.items()}), opt.state)
+    if waited_for():
+        return False
+    mx.eval(eval_loss(x, x))
+    if tokenizer is None:
+        return True
+    if waited_for():
+        return False
+    from core.train.samples import LiveSampler  # the decoding's modules, imported by now
+
+    LiveSampler(cfg, stage, sc.seed).check(model, opt.compute_views(), tokenizer(), 0, 0.0)  # as a check draws them
+    return True
+
+
+def ready_stage(settings: Path, stage: str, waited_for: Callable[[], bool], limit: int | None = None,
+                clock: Callable[[], float] = time.perf_counter) -> Readied:
+    """`acm train STAGE`'s readying, on its engine while the command starts: the stage's step, its
+    validation loss and a live-samples decode on a throwaway model (the settings in `settings`, the
+    project's tokenizer), stopped after the part under way once the stage is queued behind it
+    (`waited_for()`). Skipped where `train.ready_in_command` is off, no settings file or tokenizer can
+    be read (the command says why), MLX runs on the CPU, the stage trains on several ranks or its
+    step may not fit."""
+    start = clock()
+    if not settings.is_file():  # named and missing (the command says so), or every default
+        return Readied((), 0.0, f"no settings file at {settings}")
+    try:
+        cfg = config.load(settings)
+    except AcmError as e:
+        return Readied((), 0.0, str(e))
+    sc = getattr(cfg.train, stage)
+    shape, why = _shape_to_ready(cfg, sc, memory_limit() if limit is None else limit)
+    if shape is None:
+        return Readied((), 0.0, why)
+    whole = run_step(cfg, sc, shape, lambda: _project_tokenizer(cfg), waited_for, stage)
+    mx.clear_cache()  # what the throwaway model took goes back to the system
+    return Readied((stage,), clock() - start, cut=not whole)
+
+
+def _shape_to_ready(cfg: Config, sc: StageConfig, limit: int) -> tuple[ModelShape | None, str]:
+    """The model's shape `ready_stage` readies (the preset's layers over the project tokenizer's
+    vocabulary, read without acm's tokenizer module, whose imports are heavy), else None and why."""
+    if not cfg.train.ready_in_command:
+        return None, "train.ready_in_command is off"
+    if not on_a_gpu():
+        return None, "no GPU: a first step on the CPU loads nothing it could find ready"
+    if cfg.train.ranks > 1:
+        return None, "the stage trains on several ranks, in processes of their own"
+    shape = cfg.model.shape()
+    if sc.seq_len > shape.n_ctx:
+        return None, "the stage's seq_len exceeds the model's context"
+    from tokenizers import Tokenizer  # the library alone: a few milliseconds
+
+    try:
+        shape = shape.with_vocab(Tokenizer.from_file(str(cfg.locations.tokenizer_file)).get_vocab_size())
+    except Exception:  # none yet, or damaged: the stage says so
+        return None, "no readable tokenizer"
+    why = too_big(reckoned_bytes(shape, sc, cfg.model.compute_dtype), limit)
+    return (None if why else shape), why
+
+
+def _project_tokenizer(cfg: Config) -> AcmTokenizer:
+    from core.tokenizer.bpe import load_tokenizer
+
+    return load_tokenizer(cfg)

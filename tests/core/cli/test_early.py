@@ -1,0 +1,176 @@
+"""`acm train`'s engine readied beside the command's own start (core/cli/early.py)."""
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from core import config
+from core.cli import commands
+from core.cli.early import begin, trains_here
+from core.engine import Engine
+from core.paths import Paths
+from core.runs import checkpoint
+from core.train.ready_step import READY_JOB, Readied
+from tests.helpers import losses
+
+
+@pytest.mark.parametrize("argv, found", [
+    (["train", "pretrain"], ("acm.toml", "pretrain")),
+    (["-c", "x.toml", "train", "finetune", "--run", "r", "--resume", "--steps", "9"], ("x.toml", "finetune")),
+    (["--config=y.toml", "train", "pretrain", "--json", "--max-steps", "3"], ("y.toml", "pretrain")),
+    (["--conf", "z.toml", "train", "pretrain"], ("z.toml", "pretrain")),  # argparse's abbreviations
+    (["train", "pretrain", "--detach"], None),  # trains in another process
+    (["train", "pretrain", "--det"], None),
+    (["train", "finetune", "--ranks", "2"], None),
+    (["train", "finetune", "--ranks=1"], None),  # the real parse decides; nothing is readied meanwhile
+    (["train", "pretrain", "-h"], None),
+    (["train", "pretrain", "--he"], None),
+    (["--version"], None),
+    (["train"], None),
+    (["train", "evaluate"], None),
+    (["pipeline", "run"], None),
+    (["-c"], None),
+    ([], None),
+])
+def test_only_a_stage_trained_in_this_process_is_readied_before_the_imports(argv, found, monkeypatch):
+    monkeypatch.delenv("ACM_CONFIG", raising=False)
+    monkeypatch.delenv("MLX_RANK", raising=False)
+    assert trains_here(argv) == (found and (Path(found[0]), found[1]))
+
+
+def test_the_settings_file_is_the_one_the_command_reads(monkeypatch):
+    monkeypatch.setenv("ACM_CONFIG", "env.toml")
+    monkeypatch.delenv("MLX_RANK", raising=False)
+    assert trains_here(["train", "pretrain"]) == (Path("env.toml"), "pretrain")
+    assert trains_here(["-c", "given.toml", "train", "pretrain"]) == (Path("given.toml"), "pretrain")
+    monkeypatch.setenv("MLX_RANK", "0")  # a rank the launcher started: its launcher readied nothing either
+    assert trains_here(["train", "pretrain"]) is None
+
+
+@pytest.fixture
+def as_on_a_gpu(monkeypatch):
+    """MLX's CPU taken for a GPU, whose libraries a first step would load: where readying runs."""
+    import core.train.ready_step
+
+    monkeypatch.setattr(core.train.ready_step, "on_a_gpu", lambda: True)
+
+
+def test_the_stage_trains_on_the_readied_engine_and_learns_as_without_it(prepared, capsys, as_on_a_gpu):
+    """The readying runs the stage's step on the engine the stage then trains on; the run's losses
+    are those of the same command with the readying off."""
+    cfg = config.load(prepared / "acm.toml")
+    cfg.train.ready_in_command = True
+    config.save(cfg, prepared / "on.toml")
+    cfg.train.ready_in_command = False
+    config.save(cfg, prepared / "off.toml")
+    readied = {}
+    for name in ("on", "off"):
+        argv = ["-c", str(prepared / f"{name}.toml"), "train", "pretrain", "--run", name, "--max-steps", "6"]
+        early = begin(argv)
+        assert commands.main(argv, early) == 0
+        assert early.taken and early.engine.stopped  # the stage took it, and its end shut it down
+        readied[name] = early.readied.result()
+    assert "pretrain stopped at step 6 in run on" in capsys.readouterr().out
+    assert readied["on"].stages == ("pretrain",)
+    assert readied["off"] == Readied((), 0.0, "train.ready_in_command is off")
+    assert losses(cfg.runs_dir / "on") == losses(cfg.runs_dir / "off") and len(losses(cfg.runs_dir / "on")) == 6
+
+
+def test_the_readying_is_skipped_where_it_cannot_help_or_the_step_may_not_fit(prepared, monkeypatch):
+    import core.train.ready_step
+    from core.train.ready_step import ready_stage
+
+    cfg = config.load(prepared / "acm.toml")
+    cfg.train.ready_in_command = True
+    config.save(cfg, prepared / "acm.toml")
+    monkeypatch.setattr(core.train.ready_step, "on_a_gpu", lambda: False)
+    assert ready_stage(prepared / "acm.toml", "pretrain", lambda: False).why.startswith("no GPU")
+    monkeypatch.setattr(core.train.ready_step, "on_a_gpu", lambda: True)
+    done = ready_stage(prepared / "acm.toml", "pretrain", lambda: False, limit=1)
+    assert not done.stages and "more than 75% of the device's" in done.why
+    assert ready_stage(prepared / "nowhere.toml", "pretrain", lambda: False).why.startswith("no settings file at")
+    (prepared / "bad.toml").write_text("[train]\nready_in_command = 3\n")
+    assert "ready_in_command" in ready_stage(prepared / "bad.toml", "pretrain", lambda: False).why
+
+
+def test_an_abandoned_job_cancels_those_queued_behind_it_and_no_other_job_is_abandoned():
+    import threading
+    from concurrent.futures import wait
+
+    engine, release = Engine(), threading.Event()
+    held = engine.submit_named(READY_JOB, release.wait, 30)
+    behind = engine.submit(lambda: "trained")
+    while engine.running != READY_JOB:
+        release.wait(0.01)
+    assert not engine.abandon("another job") and engine.abandon(READY_JOB) and engine.abandoned
+    release.set()
+    assert held.result(30) is True and wait([behind], 30).done and behind.cancelled()
+    engine.shutdown()  # the engine comes to the stop behind them: it is not left running
+
+
+HELD = """
+import sys, threading, time
+import core.train.ready_step
+
+def held(cfg, sc, shape, tokenizer, waited_for, stage):  # a readying that takes minutes, as MLX compiling
+    print("readying", file=sys.stderr, flush=True)        # its kernels on a fresh NVIDIA machine
+    while not waited_for():
+        time.sleep(0.01)
+    print("held, the stage (or the end) queued behind", file=sys.stderr, flush=True)
+    threading.Event().wait()
+
+core.train.ready_step.run_step = held
+core.train.ready_step.on_a_gpu = lambda: True  # as on a GPU, where readying runs
+from core.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _held_acm(project: Path, *argv: str) -> subprocess.Popen:
+    cfg = config.load(project / "acm.toml")
+    cfg.train.ready_in_command = True
+    config.save(cfg, project / "acm.toml")
+    return subprocess.Popen([sys.executable, "-c", HELD, "-c", str(project / "acm.toml"), *argv],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
+def test_ctrl_c_while_the_stage_waits_for_the_readying_ends_at_once_with_nothing_to_keep(prepared):
+    proc = _held_acm(prepared, "train", "pretrain", "--run", "r")
+    try:
+        for line in proc.stderr:
+            if line.startswith("held"):
+                break
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 130
+    finally:
+        proc.kill()
+    err = " ".join(proc.stderr.read().split())
+    assert err.endswith("interrupted: no checkpoint yet; `acm train pretrain --run r` continues"), err[-800:]
+    assert not checkpoint.list_checkpoints(Paths.checkpoints(prepared / "runs" / "r", "pretrain"))
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["train", "pretrain", "--steps", "many"], "acm: error: acm train pretrain: argument --steps"),
+    (["train", "finetune"], "acm: error: no run with pretrain checkpoints"),
+])
+def test_a_command_that_trains_nothing_ends_without_waiting_for_its_readying(prepared, argv, says):
+    proc = _held_acm(prepared, *argv)
+    try:
+        assert proc.wait(timeout=60) == 2
+    finally:
+        proc.kill()
+    err = proc.stderr.read()
+    assert "readying" in err.splitlines() and any(line.startswith(says) for line in err.splitlines()), err[-800:]
+
+
+def test_the_readying_starts_before_the_heavy_imports():
+    """What the early engine needs is MLX, the model and the settings: the tokenizer, NumPy, the
+    data modules and the trainer's loop load meanwhile."""
+    heavy = ["numpy", "pyarrow", "rich", "core.tokenizer.bpe", "core.train.trainer", "core.runs"]
+    code = f"import sys, core.cli.early; print([m for m in {heavy!r} if m in sys.modules])"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"
