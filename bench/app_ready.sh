@@ -10,15 +10,7 @@ set -eu
 dir=$1 rounds=${2:-3} stages=${3:-pretrain}
 here=$(cd "$(dirname "$0")/.." && pwd)
 log=${OUT:-/tmp}/app-ready.jsonl
-acm() { (cd "$dir" && PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}" python3 -m core.cli "$@"); }
-mkdir -p "$dir"
-if [ ! -f "$dir/data/tokens/language/manifest.json" ]; then
-  acm config set model.preset tiny >/dev/null
-  acm config set train.pretrain.steps 1200 >/dev/null
-  acm config set train.finetune.steps 1500 >/dev/null
-  acm data fetch language >/dev/null && acm data fetch code >/dev/null
-  acm tokenizer train >/dev/null && acm prepare >/dev/null
-  acm train pretrain --run warm --steps 260 >/dev/null && acm train finetune --run warm --steps 80 >/dev/null
-fi
+. "$here/bench/recipe_project.sh"
+recipe_project
 python3 "$here/bench/app_stages.py" -c "$dir/acm.toml" --rounds "$rounds" --stages "$stages" \
   --ready off,wait,at-once | tee -a "$log"

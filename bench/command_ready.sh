@@ -12,16 +12,10 @@ set -eu
 dir=$1 rounds=${2:-3} stages=${3:-pretrain finetune}
 here=$(cd "$(dirname "$0")/.." && pwd)
 log=${OUT:-/tmp}/command-ready.jsonl
-acm() { (cd "$dir" && PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}" python3 -m core.cli "$@"); }
-mkdir -p "$dir"
-if [ ! -f "$dir/data/tokens/language/manifest.json" ]; then
-  acm config set model.preset tiny >/dev/null
-  acm config set train.pretrain.steps 1200 >/dev/null
-  acm config set train.finetune.steps 1500 >/dev/null
-  acm data fetch language >/dev/null && acm data fetch code >/dev/null
-  acm tokenizer train >/dev/null && acm prepare >/dev/null
-  acm train pretrain --run warm --steps 260 >/dev/null && acm train finetune --run warm --steps 80 >/dev/null
-  rm -rf "$dir/runs/base" && cp -r "$dir/runs/warm" "$dir/runs/base" && rm -rf "$dir/runs/base/finetune"
+. "$here/bench/recipe_project.sh"
+recipe_project
+if [ ! -d "$dir/runs/base" ]; then  # the fine-tunes' start: warm's pretrain alone
+  cp -r "$dir/runs/warm" "$dir/runs/base" && rm -rf "$dir/runs/base/finetune"
 fi
 for stage in $stages; do
   from=$([ "$stage" = finetune ] && echo "--run-from base" || true)
