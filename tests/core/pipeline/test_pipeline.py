@@ -12,7 +12,7 @@ from core import cli, config
 from core.data.code import fetch_code
 from core.pipeline.overview import pipeline_status
 from core.tokenizer.shards import prepare
-from tests.helpers import text_of, wait_until
+from tests.helpers import sigint_at_default, text_of, wait_until
 from tests.terminal import run_acm
 
 
@@ -157,7 +157,7 @@ def test_ctrl_c_in_pipeline_run_names_the_checkpoint_it_goes_on_from(prepared):
     cfg.train.pretrain.steps = 100000
     config.save(cfg, prepared / "acm.toml")
     proc = subprocess.Popen([sys.executable, "-m", "core.cli", "-c", str(prepared / "acm.toml"), "pipeline", "run"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=sigint_at_default)
     try:
         deadline = time.monotonic() + 120
         while not (list_runs(cfg) and last_report(list_runs(cfg)[0], "pretrain")) and time.monotonic() < deadline:
@@ -198,7 +198,7 @@ def test_ctrl_c_as_the_shards_are_made_is_not_held_up_by_the_engine_readying(tra
     cfg.train.pretrain.steps = cfg.train.finetune.steps = 4  # were the readying not held, a short pipeline
     config.save(cfg, trained / "acm.toml")
     proc = subprocess.Popen([sys.executable, "-c", HELD_READYING, "-c", str(trained / "acm.toml"), "pipeline", "run"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=sigint_at_default)
     try:
         for line in proc.stderr:
             if line == "readying\n":
