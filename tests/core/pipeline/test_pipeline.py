@@ -224,7 +224,7 @@ def test_a_done_evaluation_still_counts_among_the_remaining_while_training_does(
     assert [s.name for s in remaining(cfg, ["pretrain"])] == []  # no training left to run: it stays done
 
 
-async def test_end_to_end_on_the_offline_default(tmp_path):
+async def test_end_to_end_on_the_offline_default(tmp_path, keys_while_training):
     """The real app, driven from the keyboard: data -> tokenizer -> prepare -> pretrain -> fine-tune
     -> evaluate with "run all remaining", then a generation, on the nano preset and built-in data."""
     cfg = config.from_dict({
@@ -249,9 +249,8 @@ async def test_end_to_end_on_the_offline_default(tmp_path):
         assert set(states(app.cfg).values()) == {"done"}
         assert app.readied.stages  # nothing to ready at the start; readied beside the shards
         setup.refresh_pipeline()
-        await pilot.pause(0.5)
         train = app.query_one("#train-pane")
-        assert len(train.history) >= 2  # the chain's training reached the Train pane's charts
+        await wait_until(pilot, lambda: len(train.history) >= 2)  # the chain's training reached the Train pane's charts
         await pilot.press("2")  # the Data pane shows what the chain fetched, without a restart
         stats = app.query_one("#corpus-stats", DataTable)
         await wait_until(pilot, lambda: stats.row_count == 2 and all(
