@@ -169,6 +169,13 @@ def catches_sigterm(pid: int) -> bool:
     return False
 
 
+def sigint_at_default() -> None:
+    """A child's preexec_fn where the test sends it Ctrl-C: SIGINT at its default, as a terminal's
+    command starts. A pytest started with SIGINT ignored (`nohup ... &` from a script) passes that
+    on, and the child's Python then never raises KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def proc_stat(pid: int | str) -> list[str]:
     """Linux's /proc/PID/stat after the command's name: state, parent pid, ... ([] when gone)."""
     try:

@@ -291,8 +291,9 @@ def test_a_dropped_connection_or_a_polite_kill_stops_the_app_s_stage_with_a_chec
         deadline, pressed = time.monotonic() + 120, -1.0
         while not (list_runs(cfg) and (runs.read_status(list_runs(cfg)[0], "pretrain") or {}).get("step", 0) >= 2):
             assert time.monotonic() < deadline, "the stage never started"
-            if seen and time.monotonic() - pressed > 3:  # the Train pane's p, again while nothing started
-                os.write(fd, b"4p")                      # (a p while it starts is refused: one stage at a time)
+            if seen and time.monotonic() - pressed > 1:  # the Train pane's p, again while nothing started: keys
+                os.write(fd, b"4p")                      # sent as the app starts are lost (a p while the stage
+                                                         # starts is refused: one stage at a time)
                 pressed = time.monotonic()
             time.sleep(0.1)
         if how == "hang-up":

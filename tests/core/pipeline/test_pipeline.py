@@ -12,7 +12,7 @@ from core import cli, config
 from core.data.code import fetch_code
 from core.pipeline.overview import pipeline_status
 from core.tokenizer.shards import prepare
-from tests.helpers import text_of, wait_until
+from tests.helpers import sigint_at_default, text_of, wait_until
 from tests.terminal import run_acm
 
 
@@ -157,7 +157,7 @@ def test_ctrl_c_in_pipeline_run_names_the_checkpoint_it_goes_on_from(prepared):
     cfg.train.pretrain.steps = 100000
     config.save(cfg, prepared / "acm.toml")
     proc = subprocess.Popen([sys.executable, "-m", "core.cli", "-c", str(prepared / "acm.toml"), "pipeline", "run"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=sigint_at_default)
     try:
         deadline = time.monotonic() + 120
         while not (list_runs(cfg) and last_report(list_runs(cfg)[0], "pretrain")) and time.monotonic() < deadline:
@@ -198,7 +198,7 @@ def test_ctrl_c_as_the_shards_are_made_is_not_held_up_by_the_engine_readying(tra
     cfg.train.pretrain.steps = cfg.train.finetune.steps = 4  # were the readying not held, a short pipeline
     config.save(cfg, trained / "acm.toml")
     proc = subprocess.Popen([sys.executable, "-c", HELD_READYING, "-c", str(trained / "acm.toml"), "pipeline", "run"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=sigint_at_default)
     try:
         for line in proc.stderr:
             if line == "readying\n":
@@ -224,7 +224,7 @@ def test_a_done_evaluation_still_counts_among_the_remaining_while_training_does(
     assert [s.name for s in remaining(cfg, ["pretrain"])] == []  # no training left to run: it stays done
 
 
-async def test_end_to_end_on_the_offline_default(tmp_path):
+async def test_end_to_end_on_the_offline_default(tmp_path, keys_while_training):
     """The real app, driven from the keyboard: data -> tokenizer -> prepare -> pretrain -> fine-tune
     -> evaluate with "run all remaining", then a generation, on the nano preset and built-in data."""
     cfg = config.from_dict({
@@ -249,9 +249,8 @@ async def test_end_to_end_on_the_offline_default(tmp_path):
         assert set(states(app.cfg).values()) == {"done"}
         assert app.readied.stages  # nothing to ready at the start; readied beside the shards
         setup.refresh_pipeline()
-        await pilot.pause(0.5)
         train = app.query_one("#train-pane")
-        assert len(train.history) >= 2  # the chain's training reached the Train pane's charts
+        await wait_until(pilot, lambda: len(train.history) >= 2)  # the chain's training reached the Train pane's charts
         await pilot.press("2")  # the Data pane shows what the chain fetched, without a restart
         stats = app.query_one("#corpus-stats", DataTable)
         await wait_until(pilot, lambda: stats.row_count == 2 and all(

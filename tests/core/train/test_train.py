@@ -22,7 +22,7 @@ from core.paths import Paths
 from core.runs import checkpoint, read_metrics
 from core.train.schedule import lr_at
 from core.train.trainer import Control, Trainer, TrainingError, train_stage
-from tests.helpers import ROOT, SteppingClock, catches_sigterm, losses, proc_stat
+from tests.helpers import ROOT, SteppingClock, catches_sigterm, losses, proc_stat, sigint_at_default
 
 
 def load(project: Path) -> config.Config:
@@ -179,7 +179,7 @@ def test_ctrl_c_or_a_polite_kill_stops_with_a_checkpoint_and_says_how_to_go_on(p
     cfg.train.pretrain.steps = 100000
     config.save(cfg, prepared / "acm.toml")
     proc = subprocess.Popen([sys.executable, "-m", "core.cli", "-c", str(prepared / "acm.toml"), *command],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=sigint_at_default)
     said: list[str] = []
     try:
         lines: queue.SimpleQueue = queue.SimpleQueue()
@@ -560,7 +560,7 @@ def test_muon_trains_a_stage_and_resumes_exactly(prepared):
     assert losses(run)[-1] == pytest.approx(losses(whole)[-1], rel=1e-4)
     assert "resumes with" not in Paths.train_log(run, "pretrain").read_text()
     cfg.train.pretrain.optimizer = "adamw"  # acm.toml changed (or its defaults did) between the calls
-    train_stage(cfg, "pretrain", run, resume=True, max_steps=5)
+    train_stage(cfg, "pretrain", run, resume=True, max_steps=1)  # said as it resumes
     assert "this pretrain trained with muon and resumes with adamw" in Paths.train_log(run, "pretrain").read_text()
 
 
