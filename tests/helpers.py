@@ -5,6 +5,7 @@ import json
 import math
 import shutil
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -174,6 +175,20 @@ def sigint_at_default() -> None:
     command starts. A pytest started with SIGINT ignored (`nohup ... &` from a script) passes that
     on, and the child's Python then never raises KeyboardInterrupt."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def ctrl_c_once(proc: subprocess.Popen, line_seen: str, timeout: float = 120) -> tuple[int, str]:
+    """Ctrl-C to `proc` once its stderr has said a line starting with `line_seen`: its exit status
+    and the rest of its stderr, whitespace folded (the process is killed however the wait ends)."""
+    try:
+        for line in proc.stderr:
+            if line.startswith(line_seen):
+                break
+        proc.send_signal(signal.SIGINT)
+        status = proc.wait(timeout=timeout)
+    finally:
+        proc.kill()
+    return status, " ".join(proc.stderr.read().split())
 
 
 def proc_stat(pid: int | str) -> list[str]:

@@ -1,7 +1,6 @@
 """`acm train`'s engine readied beside the command's own start (core/cli/early.py)."""
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +14,7 @@ from core.engine import Engine
 from core.paths import Paths
 from core.runs import checkpoint
 from core.train.ready_step import READY_JOB, Readied
-from tests.helpers import losses
+from tests.helpers import ctrl_c_once, losses, sigint_at_default
 
 
 @pytest.mark.parametrize("argv, found", [
@@ -136,21 +135,13 @@ def _held_acm(project: Path, *argv: str) -> subprocess.Popen:
     config.save(cfg, project / "acm.toml")
     return subprocess.Popen([sys.executable, "-c", HELD, "-c", str(project / "acm.toml"), *argv],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                            preexec_fn=sigint_at_default)
 
 
 def test_ctrl_c_while_the_stage_waits_for_the_readying_ends_at_once_with_nothing_to_keep(prepared):
-    proc = _held_acm(prepared, "train", "pretrain", "--run", "r")
-    try:
-        for line in proc.stderr:
-            if line.startswith("held"):
-                break
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=60) == 130
-    finally:
-        proc.kill()
-    err = " ".join(proc.stderr.read().split())
-    assert err.endswith("interrupted: no checkpoint yet; `acm train pretrain --run r` continues"), err[-800:]
+    status, err = ctrl_c_once(_held_acm(prepared, "train", "pretrain", "--run", "r"), "held", timeout=60)
+    assert status == 130 and err.endswith("interrupted: no checkpoint yet; `acm train pretrain --run r` continues"), \
+        err[-800:]
     assert not checkpoint.list_checkpoints(Paths.checkpoints(prepared / "runs" / "r", "pretrain"))
 
 

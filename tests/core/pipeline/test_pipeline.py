@@ -12,7 +12,7 @@ from core import cli, config
 from core.data.code import fetch_code
 from core.pipeline.overview import pipeline_status
 from core.tokenizer.shards import prepare
-from tests.helpers import sigint_at_default, text_of, wait_until
+from tests.helpers import ctrl_c_once, sigint_at_default, text_of, wait_until
 from tests.terminal import run_acm
 
 
@@ -190,7 +190,6 @@ sys.exit(core.cli.main(sys.argv[1:]))
 
 def test_ctrl_c_as_the_shards_are_made_is_not_held_up_by_the_engine_readying(trained):
     """The readying beside the shards is not waited for: the command says what it kept and ends."""
-    import signal
     import subprocess
     import sys
 
@@ -199,16 +198,9 @@ def test_ctrl_c_as_the_shards_are_made_is_not_held_up_by_the_engine_readying(tra
     config.save(cfg, trained / "acm.toml")
     proc = subprocess.Popen([sys.executable, "-c", HELD_READYING, "-c", str(trained / "acm.toml"), "pipeline", "run"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=sigint_at_default)
-    try:
-        for line in proc.stderr:
-            if line == "readying\n":
-                break
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=120) == 130
-    finally:
-        proc.kill()
-    err = " ".join(proc.stderr.read().split())
-    assert err.endswith("interrupted: finished stages are kept; `acm pipeline run` continues"), err[-1500:]
+    status, err = ctrl_c_once(proc, "readying\n")
+    assert status == 130 and err.endswith("interrupted: finished stages are kept; `acm pipeline run` continues"), \
+        err[-1500:]
 
 
 def test_a_done_evaluation_still_counts_among_the_remaining_while_training_does(with_model):
