@@ -15,6 +15,7 @@ with a pretrain checkpoint, copied for each round) and prints one JSON line. The
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.abc
 import importlib.machinery
 import json
@@ -37,7 +38,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--run-from", help="a fine-tune: the run whose pretrain each round starts from")
     p.add_argument("--keep", action="store_true", help="keep the rounds' runs")
     p.add_argument("--ready", nargs="+", choices=["on", "off"],
-                   help="train.ready_in_command for each process of a round, in turn (default: as acm.toml says)")
+                   help="train.ready_in_command for each process of a round, in turn, written into the "
+                        "project's acm.toml before each (default: acm.toml as it is)")
     return p.parse_args()
 
 
@@ -96,7 +98,7 @@ def split(marks: dict, started: float, ended: float, timings: dict) -> dict:
                              "to_trainer": round(marks["trainer_in"] - marks["imported"], 3)},
         "trainer_s": round(marks["trainer_out"] - marks["trainer_in"], 3),
         "after_trainer_s": round(ended - marks["trainer_out"], 3),
-        "timings": timings,
+        "timings": timings, "readied": marks.get("readied"),
         "around_step_share": round(1 - steps / command, 4),
         "around_step_share_in_trainer": round(1 - steps / timings["wall_s"], 4),
     }
@@ -105,8 +107,9 @@ def split(marks: dict, started: float, ended: float, timings: dict) -> dict:
 def child(marks_file: Path, argv: list[str]) -> int:
     """`acm ARGV` in this process, as the `acm` command runs it (its engine readied before the
     imports where `train.ready_in_command` is on), the end of acm's imports and the trainer's entry
-    and return marked as the modules load (wall-clock seconds, shared with the parent); the marks
-    are written however the command ends."""
+    and return marked as the modules load (wall-clock seconds, shared with the parent), with what
+    the readying did; the marks are written however the command ends, but for a command that ends
+    past a readying left running (`os._exit`: it trained nothing to time)."""
     marks = {"script": time.time()}
 
     def marked(trainer_module) -> None:
@@ -123,12 +126,20 @@ def child(marks_file: Path, argv: list[str]) -> int:
 
         trainer_module.Trainer.run = marked_run
 
-    sys.meta_path.insert(0, AfterImport({"core.train.trainer": marked,
+    early = []  # the engine the command started before its imports, if any
+
+    def kept(early_module) -> None:
+        begin = early_module.begin
+        early_module.begin = lambda argv: early.append(begin(argv)) or early[-1]
+
+    sys.meta_path.insert(0, AfterImport({"core.train.trainer": marked, "core.cli.early": kept,
                                          "core.cli.commands": lambda _: marks.setdefault("imported", time.time())}))
     from core.cli import main as acm
     try:
         return acm(argv)
     finally:
+        if early and early[0] is not None and early[0].readied.done():  # what the readying did
+            marks["readied"] = dataclasses.asdict(early[0].readied.result())
         marks_file.write_text(json.dumps(marks))
 
 

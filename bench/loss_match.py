@@ -7,7 +7,7 @@ Prints one JSON line: each run's loss every --every steps, its mean over the las
 validation loss at the end (fixed held-out batches), and the gaps between runs. `acm-seed1` starts
 from other initial weights: the gap it opens is the noise that the acm-PyTorch gap is compared to.
 
-acm: the product's compiled step (core/trainer.build_steps: flat AdamW with decay on matrices, betas
+acm: the product's compiled step (core/train/step.py build_steps: flat AdamW with decay on matrices, betas
 0.9/0.95, clipping at 1.0), float32 weights and --dtype compute (bfloat16 as acm.toml's default).
 PyTorch: the same GPT-2 block written with torch.nn (biases, tanh GELU, tied head where the preset
 ties it), float32 weights, bf16 autocast (or none with --dtype float32), AdamW with the same

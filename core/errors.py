@@ -91,6 +91,14 @@ def polite_kill_as_ctrl_c() -> Iterator[None]:
         signal.signal(signal.SIGTERM, before)
 
 
+def exit_status(e: BaseException) -> int:
+    """The status a process ends with when `e` leaves its main: SystemExit's own (argparse's 2 for a
+    bad argument, 0 for --help), 130 for Ctrl-C, else 1."""
+    if isinstance(e, SystemExit):
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    return INTERRUPTED if isinstance(e, KeyboardInterrupt) else 1
+
+
 def interrupted(say: Callable[[str], None], kept: str, again: str) -> int:
     """A command that Ctrl-C stopped with its work saved: its last line (what it kept, the command
     that continues) and its exit status, so a script sees that it did not finish."""

@@ -177,14 +177,15 @@ def sigint_at_default() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def ctrl_c_once(proc: subprocess.Popen, line_seen: str, timeout: float = 120) -> tuple[int, str]:
-    """Ctrl-C to `proc` once its stderr has said a line starting with `line_seen`: its exit status
-    and the rest of its stderr, whitespace folded (the process is killed however the wait ends)."""
+def interrupt_once(proc: subprocess.Popen, line_seen: str, sig: int = signal.SIGINT,
+                   timeout: float = 120) -> tuple[int, str]:
+    """Ctrl-C (or `sig`) to `proc` once its stderr has said a line starting with `line_seen`: its exit
+    status and the rest of its stderr, whitespace folded (the process is killed however the wait ends)."""
     try:
         for line in proc.stderr:
             if line.startswith(line_seen):
                 break
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         status = proc.wait(timeout=timeout)
     finally:
         proc.kill()

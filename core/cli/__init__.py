@@ -7,7 +7,7 @@ starts its engine first, readying the stage while the modules load (core/cli/ear
 """
 from __future__ import annotations
 
-from core.errors import INTERRUPTED, signals_for_the_main_thread
+from core.errors import exit_status, signals_for_the_main_thread
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,11 +18,11 @@ def main(argv: list[str] | None = None) -> int:
 
             early = begin(argv)
             from core.cli.commands import main as run
-    except KeyboardInterrupt:  # Ctrl-C while acm loads: nothing to keep, no readying to wait for
+        return run(argv, early)
+    except BaseException as e:  # a Ctrl-C, a bad argument or a failure outside the command's own handling
         if early is not None:
-            early.end(INTERRUPTED)
+            early.end(exit_status(e))  # ends the process here if a readying is left running
         raise
-    return run(argv, early)
 
 
 __all__ = ["main"]

@@ -206,12 +206,7 @@ def settings_path(args) -> Path:
 def main(argv: list[str] | None = None, early: EarlyEngine | None = None) -> int:
     """`acm ARGV`; `early`: the engine `acm train` started before its imports (core/cli/early.py),
     for the stage to train on, left to end with the process where the command trains nothing."""
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as e:  # a bad argument, or --help
-        if early is not None:
-            early.end(e.code if isinstance(e.code, int) else 2)
-        raise
+    args = build_parser().parse_args(argv)
     args.early = early
     configure_mlx()
     with polite_kill_as_ctrl_c(), engines_made() as engines:

@@ -36,9 +36,12 @@ class EarlyEngine:
         return self.engine
 
     def end(self, status: int) -> None:
-        """The command is over: where it trained nothing on the engine, it does not wait for the
-        readying, and the process ends past it (`exit_past_abandoned_work`) with `status`."""
-        if not self.taken:
+        """The command is over: a readying still under way is not waited for (where no stage was
+        queued behind it, or the command ended before the stage came to it), and the process ends
+        past it (`exit_past_abandoned_work`) with `status`."""
+        if self.taken:
+            self.engine.abandon(READY_JOB)
+        else:
             self.engine.shutdown(abandon=READY_JOB)
         exit_past_abandoned_work(status, [self.engine])
 

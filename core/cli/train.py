@@ -68,7 +68,7 @@ def cmd_train(args, cfg: Config) -> int:
         return train_on_ranks(args, cfg, run, ranks)
     launch = Launch(args.stage, run.name, args.resume, args.steps, args.max_steps)
     result = train_here(cfg, launch, run, lambda events, stop: follow(events, args, run, stop),
-                        engine=readied_engine(args))
+                        engine=readied_engine(args, cfg, run))
     if result is None:
         return INTERRUPTED
     if result.already_done and not args.json:
@@ -81,10 +81,16 @@ def cmd_train(args, cfg: Config) -> int:
     return ended(args.stage, run, result.step, result.last_checkpoint, result.interrupted and result.stopped_early)
 
 
-def readied_engine(args) -> Engine | None:
-    """The engine the command started before its imports, readying the stage (core/cli/early.py)."""
+def readied_engine(args, cfg: Config, run) -> Engine | None:
+    """The engine the command started before its imports, readying the stage (core/cli/early.py).
+    While it readies, the stage's inputs are checked first: a refusal then ends the command at once
+    rather than behind the readying."""
     early = getattr(args, "early", None)
-    return early.take() if early is not None else None
+    if early is None:
+        return None
+    if not early.readied.done():
+        check_inputs(cfg, args.stage, run, args.resume)
+    return early.take()
 
 
 def ended(stage: str, run, step: int, last_checkpoint: Path | None, stopped_by_ctrl_c: bool) -> int:

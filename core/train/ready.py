@@ -33,7 +33,7 @@ from core.hardware import memory_limit
 from core.model import model_shape
 from core.tokenizer.bpe import AcmTokenizer, load_tokenizer
 from core.tokenizer.shards import read_manifest
-from core.train.ready_step import READY_JOB, Readied, reckoned_bytes, run_step, too_big
+from core.train.ready_step import READY_JOB, Readied, run_step, unwise
 
 STAGES = ("pretrain", "finetune")
 
@@ -58,15 +58,9 @@ def why_not(cfg: Config, tok: AcmTokenizer | None, limit: int, shards_due: bool 
     manifest = read_manifest(cfg, "language")
     if not shards_due and (manifest is None or manifest.get("tokenizer_sha256") != tok.sha256):
         return "the pretrain's token shards are not prepared"
-    if cfg.train.ranks > 1:
-        return "stages train on several ranks, in processes of their own"
-    if any(getattr(cfg.train, s).seq_len > cfg.model.shape().n_ctx for s in STAGES):
-        return "a stage's seq_len exceeds the model's context"
     if runs.live_stage(cfg) is not None:
         return "a stage is training"
-    shape = model_shape(cfg, tok)
-    need = max(reckoned_bytes(shape, getattr(cfg.train, s), cfg.model.compute_dtype) for s in distinct_steps(cfg))
-    return too_big(need, limit)
+    return unwise(cfg, distinct_steps(cfg), model_shape(cfg, tok), limit)
 
 
 def ready_engine(cfg: Config, limit: int | None = None, begun: Callable[[list[str]], object] | None = None,
@@ -98,7 +92,7 @@ def ready_engine(cfg: Config, limit: int | None = None, begun: Callable[[list[st
         if ran and waited_for():
             whole = False
             break
-        decode = (lambda: tok) if ran == 0 else None  # one live-samples decode loads its kernels
+        decode = (lambda: tok) if ran == 0 and cfg.train.samples else None  # one decode loads its kernels
         whole = run_step(cfg, getattr(cfg.train, stages[ran]), model_shape(cfg, tok), decode, waited_for)
         ran += 1
     mx.clear_cache()  # what the throwaway model took goes back to the system

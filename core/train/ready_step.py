@@ -58,9 +58,15 @@ def reckoned_bytes(shape: ModelShape, sc: StageConfig, compute_dtype: str) -> in
                                                               + 8 * shape.vocab_size)
 
 
-def too_big(need: int, limit: int) -> str:
-    """Why a step reckoned at `need` bytes is not readied on a device of `limit` (0: unknown); empty
-    where it fits well under: on Apple silicon a Metal allocation that fails ends the process."""
+def unwise(cfg: Config, stages: list[str], shape: ModelShape, limit: int) -> str:
+    """Why readying the steps of `stages` (a model of `shape`) on a device of `limit` bytes (0:
+    unknown) would be unwise; empty where it is not. A step reckoned above MEMORY_SHARE of the
+    device's memory is not readied: on Apple silicon a Metal allocation that fails ends the process."""
+    if cfg.train.ranks > 1:
+        return "stages train on several ranks, in processes of their own"
+    if any(getattr(cfg.train, s).seq_len > shape.n_ctx for s in stages):
+        return "a stage's seq_len exceeds the model's context"
+    need = max(reckoned_bytes(shape, getattr(cfg.train, s), cfg.model.compute_dtype) for s in stages)
     if limit and need > MEMORY_SHARE * limit:
         return (f"a step may take {need / 2**30:.1f} GB, more than {MEMORY_SHARE:.0%} of the device's "
                 f"{limit / 2**30:.1f} GB")
@@ -115,34 +121,29 @@ def ready_stage(settings: Path, stage: str, waited_for: Callable[[], bool], limi
         cfg = config.load(settings)
     except AcmError as e:
         return Readied((), 0.0, str(e))
-    sc = getattr(cfg.train, stage)
-    shape, why = _shape_to_ready(cfg, sc, memory_limit() if limit is None else limit)
+    shape, why = _shape_to_ready(cfg, stage, memory_limit() if limit is None else limit)
     if shape is None:
         return Readied((), 0.0, why)
-    whole = run_step(cfg, sc, shape, lambda: _project_tokenizer(cfg), waited_for, stage)
+    decode = (lambda: _project_tokenizer(cfg)) if cfg.train.samples else None  # no samples: no decoding to load
+    whole = run_step(cfg, getattr(cfg.train, stage), shape, decode, waited_for, stage)
     mx.clear_cache()  # what the throwaway model took goes back to the system
     return Readied((stage,), clock() - start, cut=not whole)
 
 
-def _shape_to_ready(cfg: Config, sc: StageConfig, limit: int) -> tuple[ModelShape | None, str]:
+def _shape_to_ready(cfg: Config, stage: str, limit: int) -> tuple[ModelShape | None, str]:
     """The model's shape `ready_stage` readies (the preset's layers over the project tokenizer's
     vocabulary, read without acm's tokenizer module, whose imports are heavy), else None and why."""
     if not cfg.train.ready_in_command:
         return None, "train.ready_in_command is off"
     if not on_a_gpu():
         return None, "no GPU: a first step on the CPU loads nothing it could find ready"
-    if cfg.train.ranks > 1:
-        return None, "the stage trains on several ranks, in processes of their own"
-    shape = cfg.model.shape()
-    if sc.seq_len > shape.n_ctx:
-        return None, "the stage's seq_len exceeds the model's context"
     from tokenizers import Tokenizer  # the library alone: a few milliseconds
 
     try:
-        shape = shape.with_vocab(Tokenizer.from_file(str(cfg.locations.tokenizer_file)).get_vocab_size())
+        shape = cfg.model.shape().with_vocab(Tokenizer.from_file(str(cfg.locations.tokenizer_file)).get_vocab_size())
     except Exception:  # none yet, or damaged: the stage says so
         return None, "no readable tokenizer"
-    why = too_big(reckoned_bytes(shape, sc, cfg.model.compute_dtype), limit)
+    why = unwise(cfg, [stage], shape, limit)
     return (None if why else shape), why
 
 

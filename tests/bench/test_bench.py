@@ -111,6 +111,8 @@ def test_command_wall_splits_a_training_commands_time_around_the_trainer(prepare
     assert [(r["ready_in_command"], r["args"]) for r in rows] == [
         (mode, ["train", "pretrain", "--run", f"wall-1-{mode}", "--max-steps", "2"]) for mode in ("on", "off")]
     assert config.load(prepared / "acm.toml").train.ready_in_command is False  # the last process's setting
+    assert [r["readied"]["why"] for r in rows] == [  # what the readying did, said in each row
+        "no GPU: a first step on the CPU loads nothing it could find ready", "train.ready_in_command is off"]
     for row in rows:
         run = prepared / "runs" / row["args"][3]
         assert (run / "pretrain/checkpoints/step-0000002").is_dir()  # the real command trained

@@ -1,6 +1,7 @@
 """`acm train`'s engine readied beside the command's own start (core/cli/early.py)."""
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -13,8 +14,9 @@ from core.cli.early import begin, trains_here
 from core.engine import Engine
 from core.paths import Paths
 from core.runs import checkpoint
+from core.runs.events import read_samples
 from core.train.ready_step import READY_JOB, Readied
-from tests.helpers import ctrl_c_once, losses, sigint_at_default
+from tests.helpers import interrupt_once, losses, sigint_at_default
 
 
 @pytest.mark.parametrize("argv, found", [
@@ -58,10 +60,12 @@ def as_on_a_gpu(monkeypatch):
     monkeypatch.setattr(core.train.ready_step, "on_a_gpu", lambda: True)
 
 
-def test_the_stage_trains_on_the_readied_engine_and_learns_as_without_it(prepared, capsys, as_on_a_gpu):
-    """The readying runs the stage's step on the engine the stage then trains on; the run's losses
-    are those of the same command with the readying off."""
+@pytest.mark.parametrize("samples", [0, 2])
+def test_the_stage_trains_on_the_readied_engine_and_learns_as_without_it(prepared, capsys, as_on_a_gpu, samples):
+    """The readying runs the stage's step (and, where the stage samples, a decode) on the engine the
+    stage then trains on; the run's losses and samples are those of the same command with it off."""
     cfg = config.load(prepared / "acm.toml")
+    cfg.train.samples = samples
     cfg.train.ready_in_command = True
     config.save(cfg, prepared / "on.toml")
     cfg.train.ready_in_command = False
@@ -77,6 +81,9 @@ def test_the_stage_trains_on_the_readied_engine_and_learns_as_without_it(prepare
     assert readied["on"].stages == ("pretrain",)
     assert readied["off"] == Readied((), 0.0, "train.ready_in_command is off")
     assert losses(cfg.runs_dir / "on") == losses(cfg.runs_dir / "off") and len(losses(cfg.runs_dir / "on")) == 6
+    drawn = {name: [(e.step, e.prompt, e.text) for e in read_samples(cfg.runs_dir / name, "pretrain")]
+             for name in readied}
+    assert drawn["on"] == drawn["off"] and bool(drawn["on"]) == bool(samples)
 
 
 def test_the_readying_is_skipped_where_it_cannot_help_or_the_step_may_not_fit(prepared, monkeypatch):
@@ -127,20 +134,36 @@ core.train.ready_step.on_a_gpu = lambda: True  # as on a GPU, where readying run
 from core.cli import main
 sys.exit(main(sys.argv[1:]))
 """
+# ... and a Ctrl-C that lands as the command line is parsed, once the readying has begun
+CTRL_C_IN_PARSE = HELD.replace("from core.cli import main", """import core.cli.commands
+begun, held_before = threading.Event(), held
+
+def held(*args):
+    begun.set()
+    held_before(*args)
+
+def parser():
+    begun.wait(60)
+    raise KeyboardInterrupt
+
+core.train.ready_step.run_step = held
+core.cli.commands.build_parser = parser
+from core.cli import main""")
 
 
-def _held_acm(project: Path, *argv: str) -> subprocess.Popen:
+def _held_acm(project: Path, *argv: str, script: str = HELD) -> subprocess.Popen:
     cfg = config.load(project / "acm.toml")
     cfg.train.ready_in_command = True
     config.save(cfg, project / "acm.toml")
-    return subprocess.Popen([sys.executable, "-c", HELD, "-c", str(project / "acm.toml"), *argv],
+    return subprocess.Popen([sys.executable, "-c", script, "-c", str(project / "acm.toml"), *argv],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=sigint_at_default)
 
 
-def test_ctrl_c_while_the_stage_waits_for_the_readying_ends_at_once_with_nothing_to_keep(prepared):
-    status, err = ctrl_c_once(_held_acm(prepared, "train", "pretrain", "--run", "r"), "held", timeout=60)
-    assert status == 130 and err.endswith("interrupted: no checkpoint yet; `acm train pretrain --run r` continues"), \
+@pytest.mark.parametrize("sig, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_while_the_stage_waits_for_the_readying_ends_at_once_with_nothing_to_keep(prepared, sig, status):
+    ended, err = interrupt_once(_held_acm(prepared, "train", "pretrain", "--run", "r"), "held", sig, timeout=60)
+    assert ended == status and err.endswith("interrupted: no checkpoint yet; `acm train pretrain --run r` continues"), \
         err[-800:]
     assert not checkpoint.list_checkpoints(Paths.checkpoints(prepared / "runs" / "r", "pretrain"))
 
@@ -148,6 +171,7 @@ def test_ctrl_c_while_the_stage_waits_for_the_readying_ends_at_once_with_nothing
 @pytest.mark.parametrize("argv, says", [
     (["train", "pretrain", "--steps", "many"], "acm: error: acm train pretrain: argument --steps"),
     (["train", "finetune"], "acm: error: no run with pretrain checkpoints"),
+    (["train", "finetune", "--run", "nope"], "acm: error: run 'nope' does not exist"),  # the stage's inputs
 ])
 def test_a_command_that_trains_nothing_ends_without_waiting_for_its_readying(prepared, argv, says):
     proc = _held_acm(prepared, *argv)
@@ -165,3 +189,14 @@ def test_the_readying_starts_before_the_heavy_imports():
     heavy = ["numpy", "pyarrow", "rich", "core.tokenizer.bpe", "core.train.trainer", "core.runs"]
     code = f"import sys, core.cli.early; print([m for m in {heavy!r} if m in sys.modules])"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"
+
+
+def test_a_ctrl_c_before_the_command_s_own_handling_ends_past_the_readying(prepared):
+    """A Ctrl-C while acm loads or parses its command line (before the command hears Ctrl-C itself)
+    leaves the readying under way: the process ends at once with 130, not at the interpreter's exit
+    with the engine's thread still inside MLX (which may abort it)."""
+    proc = _held_acm(prepared, "train", "pretrain", script=CTRL_C_IN_PARSE)
+    try:
+        assert proc.wait(timeout=60) == 130, proc.stderr.read()[-800:]
+    finally:
+        proc.kill()

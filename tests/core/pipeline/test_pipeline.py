@@ -12,7 +12,7 @@ from core import cli, config
 from core.data.code import fetch_code
 from core.pipeline.overview import pipeline_status
 from core.tokenizer.shards import prepare
-from tests.helpers import ctrl_c_once, sigint_at_default, text_of, wait_until
+from tests.helpers import interrupt_once, sigint_at_default, text_of, wait_until
 from tests.terminal import run_acm
 
 
@@ -198,7 +198,7 @@ def test_ctrl_c_as_the_shards_are_made_is_not_held_up_by_the_engine_readying(tra
     config.save(cfg, trained / "acm.toml")
     proc = subprocess.Popen([sys.executable, "-c", HELD_READYING, "-c", str(trained / "acm.toml"), "pipeline", "run"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=sigint_at_default)
-    status, err = ctrl_c_once(proc, "readying\n")
+    status, err = interrupt_once(proc, "readying\n")
     assert status == 130 and err.endswith("interrupted: finished stages are kept; `acm pipeline run` continues"), \
         err[-1500:]
 

@@ -10,7 +10,8 @@ import pytest
 from core import config
 from core.engine import Engine
 from core.presets import get_preset
-from core.train.ready import Readied, ready_engine, reckoned_bytes
+from core.train.ready import Readied, ready_engine
+from core.train.ready_step import reckoned_bytes
 from tests.helpers import live_stage
 
 PLENTY = 1 << 40  # a device's memory no nano step comes near
