@@ -111,12 +111,12 @@ class Engine:
                 if abandon is not None and self.abandon(abandon):
                     return
 
-    def abandon(self, name: str) -> bool:
-        """Leave the job under way if it is `name` (whether it was): it runs on, unwaited for, and the
-        jobs queued behind it are cancelled, never started (their futures say so when they come up;
-        a caller may cancel its own at once)."""
+    def abandon(self, name: str | None = None) -> bool:
+        """Leave the job under way if it is `name` (None: whichever it is), and say whether it was:
+        it runs on, unwaited for, and the jobs queued behind it are cancelled, never started (their
+        futures say so when they come up; a caller may cancel its own at once)."""
         with self._turn:  # the job seen is the job abandoned: none starts in between
-            if self.running != name:
+            if self.running is None or (name is not None and self.running != name):
                 return False
             self._abandoned = True
             return True

@@ -127,6 +127,8 @@ def cmd_run(args, cfg: Config) -> int:
     finally:  # the engine's thread lets go of MLX before the process exits
         screen.ended = True
         engine.shutdown(wait=not quit_now, abandon=READY_JOB)
+        if quit_now:  # a second Ctrl-C: the stage still stopping is left to end with the process
+            engine.abandon()
     if screen.gone is not None:  # the stage under way stopped with its checkpoint (the engine waited
         raise OutputGone() from screen.gone  # for above): end as the pipe says
     print(f"ran: {', '.join(done) or 'nothing (every stage is done)'}")

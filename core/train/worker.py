@@ -22,7 +22,7 @@ from dataclasses import replace  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from core.config import Config  # noqa: E402
-from core.engine import Engine  # noqa: E402
+from core.engine import Engine, engines_made, exit_past_abandoned_work  # noqa: E402
 from core.errors import INTERRUPTED, READER_GONE, OutputGone, run_command  # noqa: E402
 from core.hardware import configure_mlx  # noqa: E402
 from core.runs.events import Event  # noqa: E402
@@ -90,7 +90,8 @@ def train_here(cfg: Config, launch: Launch, run: Path, follow: Follow,
         if engine.abandon(READY_JOB):  # nothing trained yet: nothing to keep, and no wait for the readying
             fut.cancel()
 
-    if follow(events, stop) is not None:
+    if follow(events, stop) is not None:  # quit now: the stage is left running, to end with the process
+        engine.abandon()
         return None
     engine.shutdown(abandon=READY_JOB)
     if fut.cancelled():
@@ -125,7 +126,10 @@ def main(argv: list[str]) -> int:
               file=sys.stderr)
         return 2
     configure_mlx()
-    return run_command(lambda: _train(Path(argv[0])))
+    with engines_made() as engines:
+        status = run_command(lambda: _train(Path(argv[0])))
+    exit_past_abandoned_work(status, engines)  # quit now: the stage left running ends with the process
+    return status
 
 
 if __name__ == "__main__":

@@ -203,6 +203,32 @@ def test_ctrl_c_or_a_polite_kill_stops_with_a_checkpoint_and_says_how_to_go_on(p
                 "continues") in out
 
 
+@pytest.mark.parametrize("command, last_line", [
+    (["train", "pretrain", "--run", "c"], "interrupted: exiting now; the last checkpoint stays loadable"),
+    (["pipeline", "run"], "acm: interrupted"),
+])
+def test_ctrl_c_twice_quits_at_once_with_130(prepared, command, last_line):
+    """A second Ctrl-C quits without waiting for the stage's checkpoint: the process ends with 130
+    and its line, the stage left running to end with it (before, the interpreter's exit tore MLX
+    down under the engine's thread: `terminate called without an active exception`, 2 runs in 3)."""
+    cfg = load(prepared)
+    cfg.train.pretrain.steps = 100000
+    config.save(cfg, prepared / "acm.toml")
+    proc = subprocess.Popen([sys.executable, "-m", "core.cli", "-c", str(prepared / "acm.toml"), *command],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=sigint_at_default)
+    said: list[str] = []
+    try:
+        lines: queue.SimpleQueue = queue.SimpleQueue()
+        threading.Thread(target=lambda: [*map(lines.put, proc.stdout), lines.put("")], daemon=True).start()
+        _signal_once_training(proc, lines, said, signal.SIGINT, 2, False, STEP_LINE)
+        assert proc.wait(timeout=120) == 130
+        while line := lines.get(timeout=10):
+            said.append(line)
+    finally:
+        proc.kill()
+    assert "".join(said).split("\n")[-2].strip() == last_line, "".join(said)[-600:]
+
+
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="no /proc")
 @pytest.mark.parametrize("everyone", [False, True])
 def test_a_polite_kill_while_the_ranks_start_stops_them_once_they_can_take_it(prepared, everyone):
