@@ -162,6 +162,28 @@ def _signal_once_training(proc: subprocess.Popen, lines: queue.SimpleQueue, said
 STEP_LINE = r"step +\d+.*loss"  # the loop reports a step: a signal then lands in training, not in the setup
 
 
+def _signalled_while_training(project: Path, command: list[str], sig: int, times: int,
+                              everyone: bool = False) -> tuple[int, str]:
+    """`acm COMMAND` on a pretrain of 100,000 steps, sent `sig` `times` times once it reports a step
+    (`_signal_once_training`): its exit status and all it said."""
+    cfg = load(project)
+    cfg.train.pretrain.steps = 100000
+    config.save(cfg, project / "acm.toml")
+    proc = subprocess.Popen([sys.executable, "-m", "core.cli", "-c", str(project / "acm.toml"), *command],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=sigint_at_default)
+    said: list[str] = []
+    try:
+        lines: queue.SimpleQueue = queue.SimpleQueue()
+        threading.Thread(target=lambda: [*map(lines.put, proc.stdout), lines.put("")], daemon=True).start()
+        _signal_once_training(proc, lines, said, sig, times, everyone, STEP_LINE)
+        status = proc.wait(timeout=120)
+        while line := lines.get(timeout=10):
+            said.append(line)
+    finally:
+        proc.kill()
+    return status, "".join(said)
+
+
 @pytest.mark.parametrize("command, sig, status, times, everyone", [
     (["train", "pretrain", "--run", "c"], signal.SIGINT, 130, 1, False),
     (["train", "pretrain", "--run", "c"], signal.SIGTERM, 143, 2, False),
@@ -175,23 +197,10 @@ def test_ctrl_c_or_a_polite_kill_stops_with_a_checkpoint_and_says_how_to_go_on(p
     """Ctrl-C (130) and SIGTERM (143: `kill`, `timeout`, a service manager, which signals every
     process of the unit, ranks too) stop a stage at its next step with a checkpoint, on one rank or
     two and in the pipeline, and say what continues it. A second SIGTERM does not cut that short."""
-    cfg = load(prepared)
-    cfg.train.pretrain.steps = 100000
-    config.save(cfg, prepared / "acm.toml")
-    proc = subprocess.Popen([sys.executable, "-m", "core.cli", "-c", str(prepared / "acm.toml"), *command],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=sigint_at_default)
-    said: list[str] = []
-    try:
-        lines: queue.SimpleQueue = queue.SimpleQueue()
-        threading.Thread(target=lambda: [*map(lines.put, proc.stdout), lines.put("")], daemon=True).start()
-        _signal_once_training(proc, lines, said, sig, times, everyone, STEP_LINE)
-        assert proc.wait(timeout=120) == status
-        while line := lines.get(timeout=10):
-            said.append(line)
-    finally:
-        proc.kill()
-    out = " ".join("".join(said).split())  # the console wraps long lines
-    run = runs.list_runs(cfg)[0]
+    ended, said = _signalled_while_training(prepared, command, sig, times, everyone)
+    out = " ".join(said.split())  # the console wraps long lines
+    assert ended == status, out[-800:]
+    run = runs.list_runs(load(prepared))[0]
     last = checkpoint.latest(Paths.checkpoints(run, "pretrain"))
     status_now = runs.read_status(run, "pretrain")
     assert last is not None and status_now["step"] == last.step and status_now["state"] == "stopped", out
@@ -211,22 +220,8 @@ def test_ctrl_c_twice_quits_at_once_with_130(prepared, command, last_line):
     """A second Ctrl-C quits without waiting for the stage's checkpoint: the process ends with 130
     and its line, the stage left running to end with it (before, the interpreter's exit tore MLX
     down under the engine's thread: `terminate called without an active exception`, 2 runs in 3)."""
-    cfg = load(prepared)
-    cfg.train.pretrain.steps = 100000
-    config.save(cfg, prepared / "acm.toml")
-    proc = subprocess.Popen([sys.executable, "-m", "core.cli", "-c", str(prepared / "acm.toml"), *command],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=sigint_at_default)
-    said: list[str] = []
-    try:
-        lines: queue.SimpleQueue = queue.SimpleQueue()
-        threading.Thread(target=lambda: [*map(lines.put, proc.stdout), lines.put("")], daemon=True).start()
-        _signal_once_training(proc, lines, said, signal.SIGINT, 2, False, STEP_LINE)
-        assert proc.wait(timeout=120) == 130
-        while line := lines.get(timeout=10):
-            said.append(line)
-    finally:
-        proc.kill()
-    assert "".join(said).split("\n")[-2].strip() == last_line, "".join(said)[-600:]
+    ended, said = _signalled_while_training(prepared, command, signal.SIGINT, 2)
+    assert ended == 130 and said.split("\n")[-2].strip() == last_line, said[-600:]
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="no /proc")
