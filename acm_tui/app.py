@@ -25,7 +25,8 @@ from core.engine import Engine, exit_past_abandoned_work
 from core.errors import AcmError, Parser, fail, internal_error, one_line
 from core.hardware import device_label
 from core.pipeline.overview import disk_stamp
-from core.train.ready import READY_JOB, submit_readying
+from core.train.ready import submit_readying
+from core.train.ready_step import READY_JOB
 
 from .confirm import Confirm
 from .messages import DeviceFound, EngineReadied, EngineReadying, PaneRequest

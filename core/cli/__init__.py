@@ -11,18 +11,21 @@ from core.errors import exit_status, signals_for_the_main_thread
 
 
 def main(argv: list[str] | None = None) -> int:
-    early = None
+    early, status = None, 1
     try:
         with signals_for_the_main_thread():
             from core.cli.early import begin
 
             early = begin(argv)
             from core.cli.commands import main as run
-        return run(argv, early)
+        status = run(argv, early)
+        return status
     except BaseException as e:  # a Ctrl-C, a bad argument or a failure outside the command's own handling
-        if early is not None:
-            early.end(exit_status(e))  # ends the process here if a readying is left running
+        status = exit_status(e)
         raise
+    finally:
+        if early is not None:
+            early.end(status)  # ends the process here if a readying is left running
 
 
 __all__ = ["main"]

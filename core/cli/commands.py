@@ -205,15 +205,13 @@ def settings_path(args) -> Path:
 
 def main(argv: list[str] | None = None, early: EarlyEngine | None = None) -> int:
     """`acm ARGV`; `early`: the engine `acm train` started before its imports (core/cli/early.py),
-    for the stage to train on, left to end with the process where the command trains nothing."""
+    for the stage to train on (acm's entry ends past it where the command trained nothing)."""
     args = build_parser().parse_args(argv)
     args.early = early
     configure_mlx()
     with polite_kill_as_ctrl_c(), engines_made() as engines:
         status = run_command(partial(_run, args), quiet_pipe=True)
     status = TERMINATED if politely_killed() and status == INTERRUPTED else status
-    if early is not None:
-        early.end(status)
     exit_past_abandoned_work(status, engines)  # a pipeline stopped while its engine readied the training step
     return status
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from core import config
 from core.engine import Engine, exit_past_abandoned_work
-from core.train.ready_step import READY_JOB, ready_stage
+from core.train.ready_step import READY_JOB, ready_stage, submit_ready
 
 TRAINED_HERE = ("pretrain", "finetune")
 
@@ -74,4 +74,4 @@ def begin(argv: list[str] | None) -> EarlyEngine | None:
     if found is None:
         return None
     engine = Engine()
-    return EarlyEngine(engine, engine.submit_named(READY_JOB, ready_stage, *found, lambda: engine.queued))
+    return EarlyEngine(engine, submit_ready(engine, ready_stage, *found))

@@ -26,7 +26,8 @@ from core.pipeline.overview import StageStatus, pipeline_status, run_remaining
 from core.pipeline.tables import STATE_STYLES
 from core.progress import Cancelled, CancelToken, Progress
 from core.runs import checkpoint
-from core.train.ready import READY_JOB, submit_readying
+from core.train.ready import submit_readying
+from core.train.ready_step import READY_JOB
 from core.train.trainer import Control
 
 

@@ -85,7 +85,7 @@ def readied_engine(args, cfg: Config, run) -> Engine | None:
     """The engine the command started before its imports, readying the stage (core/cli/early.py).
     While it readies, the stage's inputs are checked first: a refusal then ends the command at once
     rather than behind the readying."""
-    early = getattr(args, "early", None)
+    early = args.early
     if early is None:
         return None
     if not early.readied.done():

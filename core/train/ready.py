@@ -33,7 +33,7 @@ from core.hardware import memory_limit
 from core.model import model_shape
 from core.tokenizer.bpe import AcmTokenizer, load_tokenizer
 from core.tokenizer.shards import read_manifest
-from core.train.ready_step import READY_JOB, Readied, run_step, unwise
+from core.train.ready_step import Readied, run_step, submit_ready, unwise
 
 STAGES = ("pretrain", "finetune")
 
@@ -85,7 +85,7 @@ def ready_engine(cfg: Config, limit: int | None = None, begun: Callable[[list[st
         return Readied((), 0.0, why)
     if waited_for():
         return Readied((), 0.0, "a stage was waiting", cut=True)
-    stages, ran, whole = distinct_steps(cfg), 0, True
+    stages, shape, ran, whole = distinct_steps(cfg), model_shape(cfg, tok), 0, True
     if begun is not None:
         begun(stages)
     while whole and ran < len(stages):
@@ -93,7 +93,7 @@ def ready_engine(cfg: Config, limit: int | None = None, begun: Callable[[list[st
             whole = False
             break
         decode = (lambda: tok) if ran == 0 and cfg.train.samples else None  # one decode loads its kernels
-        whole = run_step(cfg, getattr(cfg.train, stages[ran]), model_shape(cfg, tok), decode, waited_for)
+        whole = run_step(cfg, getattr(cfg.train, stages[ran]), shape, decode, waited_for)
         ran += 1
     mx.clear_cache()  # what the throwaway model took goes back to the system
     return Readied(tuple(stages[:ran]), clock() - start, cut=not whole)
@@ -103,5 +103,4 @@ def submit_readying(engine: Engine, cfg: Config, begun: Callable[[list[str]], ob
                     shards_due: bool = False) -> Future:
     """`ready_engine` as the engine's job READY_JOB (a shutdown may abandon it), cut short once
     another job is queued behind it."""
-    return engine.submit_named(READY_JOB, ready_engine, cfg, None, begun, shards_due=shards_due,
-                               waited_for=lambda: engine.queued)
+    return submit_ready(engine, ready_engine, cfg, None, begun, shards_due=shards_due)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,6 +19,7 @@ import mlx.core as mx
 
 from core import config
 from core.config import Config, StageConfig
+from core.engine import Engine
 from core.errors import AcmError
 from core.hardware import memory_limit
 from core.presets import ModelShape
@@ -77,6 +79,12 @@ def on_a_gpu() -> bool:
     """Whether MLX computes on a GPU, whose libraries a first step loads (on the CPU, readying a
     stage would only take the cores its steps are about to use)."""
     return mx.default_device().type == mx.DeviceType.gpu
+
+
+def submit_ready(engine: Engine, ready: Callable[..., Readied], *args, **kwargs) -> Future:
+    """`ready(*args, **kwargs, waited_for=...)` as the engine's job READY_JOB (a shutdown or a Ctrl-C
+    may abandon it), told to stop after the part under way once another job is queued behind it."""
+    return engine.submit_named(READY_JOB, ready, *args, waited_for=lambda: engine.queued, **kwargs)
 
 
 def run_step(cfg: Config, sc: StageConfig, shape: ModelShape, tokenizer: Callable[[], AcmTokenizer] | None,

@@ -120,14 +120,23 @@ def test_an_abandoned_job_cancels_those_queued_behind_it_and_no_other_job_is_aba
 
 HELD = """
 import sys, threading, time
+import core.cli.train
 import core.train.ready_step
+
+following, relay = threading.Event(), core.cli.train.relay
+
+def relay_following(*args):  # the command follows its stage: a Ctrl-C from now on is the stage's
+    following.set()
+    return relay(*args)
 
 def held(cfg, sc, shape, tokenizer, waited_for, stage):  # a readying that takes minutes, as MLX compiling
     print("readying", file=sys.stderr, flush=True)        # its kernels on a fresh NVIDIA machine
-    while not waited_for():
+    while not (waited_for() and following.is_set()):
         time.sleep(0.01)
-    print("held, the stage (or the end) queued behind", file=sys.stderr, flush=True)
+    print("held, the stage queued behind and followed", file=sys.stderr, flush=True)
     threading.Event().wait()
+
+core.cli.train.relay = relay_following
 
 core.train.ready_step.run_step = held
 core.train.ready_step.on_a_gpu = lambda: True  # as on a GPU, where readying runs
