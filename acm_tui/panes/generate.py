@@ -57,7 +57,7 @@ class GeneratePane(Pane):
         self.chunks: collections.deque = collections.deque()
         self.stop_event: threading.Event | None = None
         self.loaded = None
-        self.loaded_key = None
+        self.model_line = ""  # the checkpoint generated from, kept in view beside the figures
         self.history: list[str] = []
         self.history_pos = 0
         self.current_prompt = ""
@@ -193,9 +193,9 @@ class GeneratePane(Pane):
         self.query_one("#gen-prompt", Input).border_subtitle = f"k syntax check: {'on' if self.syntax_check else 'off'}"
 
     def _load(self, choice) -> None:
-        if self.loaded is None or self.loaded_key != choice:
-            self.loaded = load_model(self.cfg, *choice)
-            self.loaded_key = choice
+        """The checkpoint the choice names now (the latest run's best follows new runs and saves),
+        loaded again only where it is not the one already held."""
+        self.loaded = load_model(self.cfg, *choice, held=self.loaded)
         notice = f"; {self.loaded.notice}" if self.loaded.notice else ""
         self.chunks.append(("model", f"{self.loaded.run} / {self.loaded.stage} / step {self.loaded.step}{notice}"))
 
@@ -246,6 +246,7 @@ class GeneratePane(Pane):
         while self.chunks:
             kind, item = self.chunks.popleft()
             if kind == "model":
+                self.model_line = item
                 status.update(Text(item, style="dim"))
                 continue
             if kind == "candidates":
@@ -257,8 +258,8 @@ class GeneratePane(Pane):
                 self.notify(item.notice, severity="warning")
             last = item
         if last is not None:
-            status.update(Text(f"{last.generated} tokens, {last.tokens_per_s:,.1f} tok/s, first token "
-                               f"{last.time_to_first_token_s * 1e3:.0f} ms, peak memory "
+            status.update(Text(f"{self.model_line}: {last.generated} tokens, {last.tokens_per_s:,.1f} tok/s, "
+                               f"first token {last.time_to_first_token_s * 1e3:.0f} ms, peak memory "
                                f"{last.peak_memory / 2**20:.0f} MiB" +
                                (f", stopped: {last.finish_reason}" if last.finish_reason else ""), style="dim"))
         self._render_output()

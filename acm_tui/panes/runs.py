@@ -71,11 +71,18 @@ class AskExport(ModalScreen[tuple[str, str] | None]):
 
 
 MARK = "● "  # before a marked run's name: it reads without colour
+
+
+class RunTable(DataTable):
+    """The run list, which has the focus: the footer names what its enter does."""
+
+    BINDINGS = [Binding("enter", "select_cursor", "Open", tooltip="Show the selected run's loss curves")]
 RUN_MARKS = (("braille", "x"), ("dot", "o"), ("+", "#"), ("*", "@"), ("-", "%"), ("=", "&"))  # (train, val) a run
 
 
 class RunsPane(Pane):
     TITLE = "Runs"
+    FOCUS = "#runs-table"
     BINDINGS = [
         Binding("enter", "open", "Open", tooltip="Show the selected run's loss curves"),
         Binding("space", "mark", "Mark", tooltip="Mark or unmark the selected run for comparison"),
@@ -99,7 +106,7 @@ class RunsPane(Pane):
         yield Static("[b]enter[/b] open a run's curves  [b]space[/b] mark  [b]c[/b] compare the marked  "
                      "[b]o[/b] mark and add to the chart  [b]a[/b] step/tokens  [b]x[/b] export  "
                      "[b]n[/b] rename  [b]d[/b] delete", classes="hint")
-        yield DataTable(id="runs-table", cursor_type="row", zebra_stripes=True)
+        yield RunTable(id="runs-table", cursor_type="row", zebra_stripes=True)
         yield PlotextPlot(id="runs-chart")
         yield DataTable(id="runs-diff", cursor_type="row", zebra_stripes=True)
 
@@ -163,7 +170,8 @@ class RunsPane(Pane):
     def _set_mark(self, name: str, marked: bool) -> None:
         if marked != (name in self.marked):
             self.marked = self.marked + [name] if marked else [n for n in self.marked if n != name]
-            self.query_one("#runs-table", DataTable).update_cell(name, self.run_column, self._run_cell(name))
+            self.query_one("#runs-table", DataTable).update_cell(name, self.run_column, self._run_cell(name),
+                                                                 update_width=True)  # the mark fits beside the name
 
     def action_mark(self) -> None:
         name = self.selected()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import mlx.core as mx
@@ -47,6 +47,7 @@ class LoadedModel:
     step: int
     info: dict = field(default_factory=dict)
     notice: str = ""  # newer checkpoints passed over as damaged, said where the model is named
+    saved: int = 0  # its state.json's mtime (ns): which save of that checkpoint was loaded
 
 
 def stage_folders(cfg: Config, run: str | None = None, stage: str | None = None) -> list[tuple[Path, str]]:
@@ -107,13 +108,19 @@ def checkpoint_tokenizer(cfg: Config, ck: checkpoint.Checkpoint, run_path: Path,
 
 
 def load_model(cfg: Config, run: str | None = None, stage: str | None = None, which: str = "best",
-               master_weights: bool = False, compute_dtype: str | None = None) -> LoadedModel:
+               master_weights: bool = False, compute_dtype: str | None = None,
+               held: LoadedModel | None = None) -> LoadedModel:
     """A checkpoint ready to generate: its weights in the compute dtype (the run's, or `compute_dtype`:
     float32 decodes as a float32 export does), unless `master_weights` keeps the float32 copy
-    training made (for export)."""
+    training made (for export). The choice is made again each call, so "the latest run's best"
+    follows new runs and checkpoints; `held` (a model loaded earlier the same way) is given back
+    where the choice is still its checkpoint, as saved then."""
     folders = stage_folders(cfg, run, stage)
     ck, run_path, st = first_checkpoint(cfg, folders, run, which)
     before = folders[:folders.index((run_path, st))]
+    saved = _saved_at(ck)
+    if held is not None and (held.checkpoint, held.saved) == (ck.path, saved):
+        return replace(held, notice=passed_over(ck, before, which))
     tok = checkpoint_tokenizer(cfg, ck, run_path, st)
     ck_cfg = from_dict(ck.state["config"]) if "config" in ck.state else cfg  # the shape it was trained with
     model = GPT(model_shape(ck_cfg, tok), compute_dtype or ck_cfg.model.compute_dtype)
@@ -124,7 +131,16 @@ def load_model(cfg: Config, run: str | None = None, stage: str | None = None, wh
         model.set_dtype(model.compute_dtype)
     mx.eval(model.parameters())
     return LoadedModel(model, tok, ck.path, run_path.name, st, ck.step, {"val_loss": ck.val_loss},
-                       passed_over(ck, before, which))
+                       passed_over(ck, before, which), saved)
+
+
+def _saved_at(ck: checkpoint.Checkpoint) -> int:
+    """When `ck`'s state.json was written (ns): a run deleted and trained again under the same name
+    can hold another checkpoint at the same path."""
+    try:
+        return (ck.path / checkpoint.STATE).stat().st_mtime_ns
+    except OSError:
+        return 0
 
 
 class IncrementalDecoder:

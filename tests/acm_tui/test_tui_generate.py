@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 import threading
 
 import pytest
@@ -10,6 +12,7 @@ from textual.widgets import DataTable, Input
 from acm_tui.panes.generate import GeneratePane
 from core import config
 from core.errors import AcmError
+from core.paths import Paths
 from tests.helpers import notified, shown_in_full, text_of, wait_until
 from tests.pane_host import PaneHost
 
@@ -32,6 +35,29 @@ async def test_repl_streams_keeps_history_and_badges_bash(with_model):
         assert prompt.value == "#!/bin/bash\\necho"
         await pilot.press("down")
         assert prompt.value == ""
+
+
+async def test_the_latest_run_is_followed_and_a_checkpoint_kept_loaded_is_reused(with_model):
+    cfg = config.load(with_model / "acm.toml")
+    app = PaneHost(GeneratePane, with_model / "acm.toml")
+    async with app.run_test(size=(100, 50)) as pilot:
+        await pilot.press("5", "i")
+        pane = app.query_one("#generate-pane")
+        app.query_one("#gen-max_tokens", Input).value = "2"
+
+        async def generated() -> str:
+            await pilot.press("x", "enter")
+            await wait_until(pilot, lambda: pane.stop_event is None and pane.transcript)
+            return text_of(app, "#gen-status")
+
+        assert (await generated()).startswith("m / finetune / step 10:")
+        first = pane.loaded
+        assert (await generated()).startswith("m / finetune / step 10:") and pane.loaded.model is first.model
+        newer = shutil.copytree(cfg.runs_dir / "m", cfg.runs_dir / "m2")  # a run started since
+        later = Paths.run_config(cfg.runs_dir / "m").stat().st_mtime + 10
+        os.utime(Paths.run_config(newer), (later, later))
+        assert (await generated()).startswith("m2 / finetune / step 10:")
+        assert pane.loaded.model is not first.model and pane.loaded.run == "m2"
 
 
 async def test_the_prompt_reads_escapes_as_generate_e_does(with_model):

@@ -146,6 +146,22 @@ async def test_runs_pane_best_val_loss_is_the_latest_checked_stage_s(project):
         assert best == {"both": "4.2000", "only": "3.7000"}
 
 
+async def test_runs_pane_takes_the_arrows_at_once_and_a_marked_name_shows_whole(project):
+    """Shown by its key, the run table has the focus (down moves to the next run, as on the Setup
+    pane), and the mark widens the name's column rather than cutting the name."""
+    for name in ("nano-20261205-002906", "nano-20261205-002407"):
+        fake_run(project, name, [(10, 640, 5.0)], [(10, 4.0)])
+    app = PaneHost(RunsPane, project / "acm.toml")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("6")
+        pane, table = app.query_one("#runs-pane", RunsPane), app.query_one("#runs-table", DataTable)
+        await wait_until(pilot, lambda: table.row_count == 2)
+        await pilot.press("space", "down", "space")
+        assert sorted(pane.marked) == ["nano-20261205-002407", "nano-20261205-002906"]
+        shown = [table.render_line(y).text for y in range(1, 3)]  # the rows under the header
+        assert all(any(f"● {name} " in line for line in shown) for name in pane.marked), shown
+
+
 async def test_runs_pane_exports_a_run_in_the_chosen_format(with_model):
     from textual.widgets import Select
 
