@@ -98,7 +98,8 @@ def cmd_show(args, cfg: Config) -> int:
         return 0
     where = " ".join(f"{k}={row[k]}" for k in ("source", "repo", "commit", "category", "licence", "origin")
                      if row.get(k))
-    print(f"# document {args.index % len(corpus)} of {len(corpus)}: {where}")
+    index = args.index % len(corpus)  # counted from 1 in the label, as the Data pane counts
+    print(f"# document {index + 1} of {len(corpus)} (index {index}): {where}")
     print(row["text"])
     return 0
 

@@ -71,11 +71,12 @@ def cmd_train(args, cfg: Config) -> int:
                         engine=readied_engine(args, cfg, run))
     if result is None:
         return INTERRUPTED
-    if result.already_done and not args.json:
-        print(f"{args.stage} of run {run.name} already finished its {result.step:,} steps: nothing to resume "
-              f"(to train further, give the total: --resume --steps N, N above {result.step:,})")
+    best = f", best val loss {result.best_val_loss:.4f}" if result.best_val_loss is not None else ""
+    if result.already_done and not args.json:  # the stage's own line has said it finished: what to do next
+        print(f"{args.stage} of run {run.name}: its {result.step:,} steps are done{best}; checkpoint: "
+              f"{result.last_checkpoint or 'none'}; to train further, give the total: "
+              f"--resume --steps N, N above {result.step:,}")
     elif not args.json and os.environ.get("MLX_RANK", "0") == "0":  # one line, from rank 0
-        best = f", best val loss {result.best_val_loss:.4f}" if result.best_val_loss is not None else ""
         print(f"{args.stage} {'finished' if result.done else 'stopped'} at step {result.step} "
               f"in run {result.run.name}{best}; checkpoint: {result.last_checkpoint or 'none yet'}")
     return ended(args.stage, run, result.step, result.last_checkpoint, result.interrupted and result.stopped_early)

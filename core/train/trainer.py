@@ -284,9 +284,9 @@ class Trainer:
         self._keep_saved_most(ck)
         if ck.step < self.state.total_steps:  # a finished plan is said once, as such (_already_done)
             self.log(f"resumed {self.stage} from step {ck.step}")
-        if self.state.eval_batches:
-            self.log(f"validation reads {self.state.eval_batches} of its {self.sc.eval_batches} batches a check, "
-                     "as the time budget's plan cut them")
+            if self.state.eval_batches:
+                self.log(f"validation reads {self.state.eval_batches} of its {self.sc.eval_batches} batches "
+                         "a check, as the time budget's plan cut them")
         self._say_optimizer_change(ck.state)
         self._keep_global_batch(ck.state)
 

@@ -209,7 +209,9 @@ def test_cli_fetch_stats_show(project, capsys, github_cfg):
     assert stats["code"]["documents"] == 4 and stats["code"]["report"]["raw"] == 11
     assert cli.main(["-c", c, "data", "show", "code", "1"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("# document 1 of 4: source=github repo=acme/tools") and "#!/usr/bin/env bash" in out
+    assert out.startswith("# document 2 of 4 (index 1): source=github repo=acme/tools") and "#!/usr/bin/env bash" in out
+    assert cli.main(["-c", c, "data", "show", "code", "-1"]) == 0
+    assert capsys.readouterr().out.startswith("# document 4 of 4 (index 3): ")  # the last, counted from 1
     assert cli.main(["-c", c, "data", "show", "language"]) == 2
     assert "run `acm data fetch language` first" in capsys.readouterr().err
 

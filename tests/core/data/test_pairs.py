@@ -216,7 +216,7 @@ def test_stats_count_documents_per_source(project, tmp_path, tldr, nl2bash, caps
     assert re.search(r"local\s*│\s*1\s*│\s*1\s*│\s*0\s*│\s*–", table)
     assert cli.main(["-c", c, "data", "show", "code", "1"]) == 0
     first = capsys.readouterr().out.splitlines()[0]
-    assert first.startswith("# document 1 of 8: source=tldr ") and " licence=CC-BY-4.0 " in first
+    assert first.startswith("# document 2 of 8 (index 1): source=tldr ") and " licence=CC-BY-4.0 " in first
 
 
 def test_a_corpus_from_before_licences_reads_them_empty(project, tmp_path):

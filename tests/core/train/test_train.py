@@ -688,18 +688,25 @@ def test_the_run_s_settings_keep_each_stage_s_as_it_trained(prepared):
 def test_a_resumed_stage_keeps_its_plan_and_extends_only_when_asked(prepared, capsys):
     cfg = load(prepared)
     sc = cfg.train.pretrain
-    sc.time, sc.eval_every, sc.save_every, sc.log_every = "20s", 10, 1000, 5
+    sc.time, sc.eval_every, sc.save_every, sc.log_every, sc.eval_batches = "20s", 10, 1000, 5, 40
     run = cfg.runs_dir / "planned"
     planned = train_stage(cfg, "pretrain", run, clock=SteppingClock(0.4)).step
     folder = Paths.checkpoints(run, "pretrain")
     assert sc.steps != planned and checkpoint.latest(folder).state["planned_steps"] == planned
+    assert checkpoint.latest(folder).state["planned_eval_batches"] < 40  # validation cut to fit the budget too
     again = train_stage(load(prepared), "pretrain", run, resume=True)  # no budget now: steps would be 40
     assert again.already_done and again.step == planned and checkpoint.latest(folder).step == planned
     log = (run / "pretrain" / "train.log").read_text()
     assert "already finished its" in log and "resumed pretrain" not in log  # said once, as finished
     c = str(prepared / "acm.toml")
+    assert cli.main(["-c", c, "config", "set", "train.pretrain.eval_batches", "40"]) == 0  # as the plan cut
+    capsys.readouterr()
     assert cli.main(["-c", c, "train", "pretrain", "--run", "planned", "--resume"]) == 0
-    assert f"already finished its {planned:,} steps: nothing to resume" in capsys.readouterr().out
+    said = capsys.readouterr()
+    assert said.err.count(f"already finished its {planned:,} steps: nothing to resume") == 1
+    assert "validation reads" not in said.err and "already finished" not in said.out  # said once, nothing else
+    assert said.out.startswith(f"pretrain of run planned: its {planned:,} steps are done, best val loss ")
+    assert said.out.rstrip().endswith(f"to train further, give the total: --resume --steps N, N above {planned:,}")
     files = [run / "config.toml", *(run / "pretrain").glob("*.json*"), run / "pretrain" / "train.log"]
     before = {f: f.read_bytes() for f in files}
     assert cli.main(["-c", c, "train", "pretrain", "--run", "planned", "--resume", "--steps", "2"]) == 2
