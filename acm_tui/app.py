@@ -69,9 +69,9 @@ class AcmApp(App):
         try:
             self.cfg = config.load(self.config_path)
         except AcmError as e:
-            # the app still opens, on defaults, and says why
+            # the app still opens, on the defaults a project without acm.toml gets here, and says why
             self.config_error = str(e)
-            self.cfg = config.from_dict({}, root=self.config_path.parent)
+            self.cfg = config.from_dict({}, root=self.config_path.parent, preset=config.machine_preset({}))
         self.engine = Engine()
         self.device, self.stamp = "", None
         self.readying = False  # the engine readies the training step (at the start, beside a pipeline's shards)

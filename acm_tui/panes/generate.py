@@ -68,7 +68,7 @@ class GeneratePane(Pane):
 
     def compose(self) -> ComposeResult:
         yield Static("[b]enter[/b] generate  [b]escape[/b] stop  [b]up/down[/b] prompt history  [b]tab[/b] "
-                     "settings  [b]n[/b] candidates  [b]k[/b] syntax check  [b]e[/b] evaluate  (type \\n for a new "
+                     "settings (n: candidates a batch)  [b]k[/b] syntax check  [b]e[/b] evaluate  (type \\n for a new "
                      "line)", classes="hint")
         yield Select([("latest run (best)", AUTO)], id="gen-checkpoint", allow_blank=False)
         g = self.app.cfg.generate

@@ -13,6 +13,7 @@ import acm_tui.app
 from acm_tui.app import AcmApp
 from acm_tui.panes.settings import SettingsPane
 from acm_tui.panes.setup import SetupPane
+from core import config
 from tests.helpers import ROOT, shown_in_full, wait_until
 from tests.pane_host import PaneHost
 
@@ -133,7 +134,7 @@ async def test_broken_config_opens_on_defaults_and_says_why(tmp_path):
         await pilot.pause()
         banner = app.query_one("#config-error", Static)
         assert banner.display and "choose one of: nano" in str(banner.render())
-        assert app.cfg.model.preset == "medium"
+        assert app.cfg.model.preset == config.load(tmp_path / "missing.toml").model.preset  # the machine's
 
 
 async def test_help_panel_toggles(project):
