@@ -465,6 +465,8 @@ def _check_value(key: str, value: Any, f, typ) -> Any:
 def _check_type(key: str, value: Any, wanted: type) -> None:
     if not isinstance(value, wanted) or (wanted is int and isinstance(value, bool)):
         raise ConfigError(f"{key} must be {_type_word(wanted)}, got {value!r}")
+    if any("\0" in text for text in (value if wanted is list else [value] if wanted is str else [])):
+        raise ConfigError(f"{key} = {value!r} holds a NUL character, which no path, name or text can")
     if wanted is float and not math.isfinite(value):
         raise ConfigError(f"{key} must be a finite number, got {value!r}")
     if wanted is list and not all(isinstance(item, str) for item in value):
@@ -844,6 +846,8 @@ def with_value(cfg: Config, key: str, text: str, source: str = CONFIG_NAME) -> t
     for part in parents:
         node = node.setdefault(part, {})
     value = parse_value(text)
+    if isinstance(get_value(Config(), key), str) and isinstance(value, int | float):  # time 90: the text "90"
+        value = text.strip()
     if isinstance(get_value(Config(), key), list) and isinstance(value, str):  # a,b for ["a", "b"]
         value = [part.strip() for part in value.split(",") if part.strip()]
     node[leaf] = value

@@ -279,6 +279,16 @@ async def test_a_settings_path_that_is_a_folder_keeps_the_app_up(project):
         assert app.is_running and folder.is_dir()
 
 
+async def test_a_nul_typed_into_a_path_setting_is_refused_and_the_app_stays_up(project):
+    path = project / "acm.toml"
+    before = path.read_bytes()
+    app = PaneHost(SettingsPane, path)
+    async with app.run_test(size=(100, 40)) as pilot:
+        await save_in_settings_pane(app, pilot, "paths.runs", '"a\\u0000"')  # TOML's escape for NUL
+        assert app.is_running and path.read_bytes() == before
+        assert "holds a NUL character" in text_of(app, "#settings-error")
+
+
 async def test_a_file_edited_into_an_error_while_the_app_is_open_stops_stages_and_is_not_written(project):
     path = project / "acm.toml"
     app = PaneHost(SettingsPane, path)

@@ -328,6 +328,21 @@ def test_a_list_for_the_preset_and_a_file_for_a_folder_are_refused_in_one_line(p
     assert "paths.runs = 'acm.toml' is a file, not a folder" in capsys.readouterr().err
 
 
+def test_a_number_given_to_a_text_setting_is_that_text_and_a_nul_is_refused_everywhere(project, tmp_path, capsys):
+    c = str(project / "acm.toml")
+    assert cli.main(["-c", c, "config", "set", "train.pretrain.time", "90"]) == 0  # a bare 90 is 90 seconds
+    assert config.load(c).train.pretrain.time == "90"
+    assert cli.main(["-c", c, "config", "set", "eval.time", "true"]) == 2  # a word is still checked as a duration
+    assert "eval.time = 'true' is not a duration" in capsys.readouterr().err
+    for setting in ('[paths]\ndata = "\\u0000"\n', '[data.code]\nlocal_paths = ["/tmp/lo\\u0000c1"]\n',
+                    '[[eval.tasks]]\nprompt = "#!/bin/bash\\u0000\\n# x\\n"\nexpect = "x"\n'):
+        p = write(tmp_path, setting)
+        r = subprocess.run([sys.executable, "-m", "core.cli", "-c", str(p), "config", "check"],
+                           capture_output=True, text=True)
+        assert (r.returncode, r.stderr.count("\n")) == (2, 1) and "holds a NUL character" in r.stderr, r.stderr
+        assert "\0" not in r.stderr  # said as \x00, not written to the terminal
+
+
 @pytest.mark.parametrize("text, message", [("1e308", "is not a duration"), ("1_0", "is not a duration"),
                                            ("nan", "is not a duration"), ("99999999999999999h", "too long"),
                                            ("8761h", "too long")])
