@@ -20,9 +20,11 @@ class Flock:
         self.path = path
         self.fd: int | None = None
 
-    def try_acquire(self, shared: bool = False) -> bool:
-        """Take the lock without waiting; False when another process holds it the other way."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+    def try_acquire(self, shared: bool = False, make_folder: bool = True) -> bool:
+        """Take the lock without waiting; False when another process holds it the other way. Without
+        `make_folder` a folder that is gone stays gone (FileNotFoundError)."""
+        if make_folder:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)

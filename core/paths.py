@@ -8,7 +8,7 @@
     data/code/hf/<dataset>-<hash>/                rows streamed from a Hugging Face code dataset
     data/tokenizer/tokenizer.json, tokenizer-meta.json
     data/tokens/<corpus>/manifest.json, chunk-*   token shards
-    runs/<run>/config.toml, eval.json, writer.lock
+    runs/<run>/config.toml, eval.json, writer.lock, use.lock
     runs/<run>/<stage>/metrics.jsonl, train.log, samples.jsonl, status.json, control.json, detached.log, checkpoints/
     runs/<run>/<stage>/tokenizer.json             the tokenizer the stage trained with
     runs/<run>/<stage>/launch.toml                what a training process acm starts reads
@@ -98,6 +98,10 @@ class Paths:
     @staticmethod
     def writer_lock(run: Path) -> Path:
         return run / "writer.lock"
+
+    @staticmethod
+    def use_lock(run: Path) -> Path:
+        return run / "use.lock"
 
     @staticmethod
     def eval_results(run: Path) -> Path:

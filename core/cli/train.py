@@ -28,7 +28,7 @@ from core.train.ranks import in_group
 from core.train.ranks import train_on_ranks as launch_ranks
 from core.train.snapshot import Launch
 from core.train.target import NoRun, training_target
-from core.train.trainer import Control, check_inputs
+from core.train.trainer import Control, StageResult, check_inputs
 from core.train.worker import FINISHED, print_event, relay, train_here
 
 console = console_for(stderr=True)
@@ -71,15 +71,21 @@ def cmd_train(args, cfg: Config) -> int:
                         engine=readied_engine(args, cfg, run))
     if result is None:
         return INTERRUPTED
-    best = f", best val loss {result.best_val_loss:.4f}" if result.best_val_loss is not None else ""
-    if result.already_done and not args.json:  # the stage's own line has said it finished: what to do next
-        print(f"{args.stage} of run {run.name}: its {result.step:,} steps are done{best}; checkpoint: "
-              f"{result.last_checkpoint or 'none'}; to train further, give the total: "
-              f"--resume --steps N, N above {result.step:,}")
-    elif not args.json and os.environ.get("MLX_RANK", "0") == "0":  # one line, from rank 0
-        print(f"{args.stage} {'finished' if result.done else 'stopped'} at step {result.step} "
-              f"in run {result.run.name}{best}; checkpoint: {result.last_checkpoint or 'none yet'}")
+    if not args.json and os.environ.get("MLX_RANK", "0") == "0":  # one line, from rank 0
+        print(result_line(args.stage, result))
     return ended(args.stage, run, result.step, result.last_checkpoint, result.interrupted and result.stopped_early)
+
+
+def result_line(stage: str, result: StageResult) -> str:
+    """The stage's outcome on standard output: where it ended, its best val loss and checkpoint (for
+    a stage that had finished already, which its own line said, what going further takes)."""
+    best = f", best val loss {result.best_val_loss:.4f}" if result.best_val_loss is not None else ""
+    if result.already_done:
+        return (f"{stage} of run {result.run.name}: its {result.step:,} steps are done{best}; checkpoint: "
+                f"{result.last_checkpoint or 'none'}; to train further, give the total: "
+                f"--resume --steps N, N above {result.step:,}")
+    return (f"{stage} {'finished' if result.done else 'stopped'} at step {result.step} "
+            f"in run {result.run.name}{best}; checkpoint: {result.last_checkpoint or 'none yet'}")
 
 
 def readied_engine(args, cfg: Config, run) -> Engine | None:

@@ -35,6 +35,7 @@ from core.generate.sampling import SamplingParams
 from core.paths import Paths
 from core.progress import CancelToken, Reporter, Ticker, no_report
 from core.runs import checkpoint
+from core.runs.writer import in_use
 from core.tokenizer.shards import open_tokens
 from core.train.batches import Batches
 
@@ -135,10 +136,16 @@ def _scored(judged: list[Judged], expected: dict[str, re.Pattern], asked: int) -
 def evaluate_run(cfg: Config, report: Reporter = no_report, cancel: CancelToken | None = None,
                  run: str | None = None, samples: int | None = None, max_tokens: int | None = None,
                  clock: Callable[[], float] = time.monotonic) -> dict:
-    """Evaluate a run's checkpoints (`clock`: what its time budget is measured with)."""
-    cancel = cancel or CancelToken()
-    samples, max_tokens = samples or cfg.eval.samples, max_tokens or cfg.eval.max_tokens
+    """Evaluate a run's checkpoints (`clock`: what its time budget is measured with), holding the
+    run so that it is not renamed or deleted under the evaluation."""
     run_path, stages, passed_over = _checkpointed(cfg, run)
+    with in_use(run_path, "evaluated"):
+        return _evaluated(cfg, report, cancel or CancelToken(), run_path, stages, passed_over,
+                          samples or cfg.eval.samples, max_tokens or cfg.eval.max_tokens, clock)
+
+
+def _evaluated(cfg: Config, report: Reporter, cancel: CancelToken, run_path: Path, stages: list[str],
+               passed_over: list[str], samples: int, max_tokens: int, clock: Callable[[], float]) -> dict:
     params = SamplingParams.from_config(cfg.generate, max_tokens=max_tokens)
     prompts, expected = eval_prompts(cfg.eval, samples), expectations(cfg.eval)
     results = {"run": run_path.name, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "samples": samples,

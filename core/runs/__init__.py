@@ -21,6 +21,7 @@ from core.atomic import fits, read_json, write_text
 from core.errors import AcmError, os_error_text
 from core.paths import Paths, check_run_name
 from core.runs.checkpoint import best, latest, list_checkpoints
+from core.runs.writer import alone
 
 TRAINING_STAGES = ("pretrain", "finetune")  # the stages with a folder in a run
 
@@ -400,7 +401,8 @@ def delete_run(run: Path) -> str:
             target = os.readlink(run)
             run.unlink()
             return f"deleted run {run.name}, a link: the folder it pointed to ({target}) is left as it was"
-        shutil.rmtree(run)
+        with alone(run, "deleted"):
+            shutil.rmtree(run)
     except OSError as e:
         raise AcmError(f"cannot delete run {run.name}: {os_error_text(e)}") from None
     return f"deleted run {run.name}"
@@ -415,7 +417,8 @@ def rename_run(run: Path, new_name: str) -> Path:
         if stage_state(run, stage) in ("running", "paused"):
             raise AcmError(f"run {run.name} is training ({stage}): stop it first")
     try:
-        run.rename(target)
+        with alone(run, "renamed"):
+            run.rename(target)
     except OSError as e:
         raise AcmError(f"cannot rename run {run.name} to {new_name}: {e.strerror or e}") from None
     return target

@@ -2,16 +2,19 @@
 
 The kernel releases it when its process ends, however it ends (kill -9 included), so a stale lock
 file never blocks anyone. The file names the holder (pid, host, stage), so a refused writer can say
-who holds the run.
+who holds the run. An evaluation holds runs/<run>/use.lock shared while it reads the run and writes
+its results into it; a rename or delete takes that lock alone, so neither lands under it.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
-from core.errors import AcmError
+from core.errors import AcmError, os_error_text
 from core.locks import Flock
 from core.paths import Paths
 
@@ -57,3 +60,45 @@ def busy(run: Path, who: dict | None) -> AcmError:
         name += f" ({who['stage']})" if who.get("stage") else ""
     return AcmError(f"run {run.name} is being written by {name}: wait for it, or stop it with "
                     f"`acm runs stop {run.name}`")
+
+
+@contextlib.contextmanager
+def in_use(run: Path, doing: str) -> Iterator[None]:
+    """Hold `run` while it is `doing` (an evaluation: its checkpoints read, eval.json written into
+    it). A rename or delete meanwhile would leave the results in a folder made again under the old
+    name, so they refuse; one that came first leaves this refused instead."""
+    lock, path = Flock(Paths.use_lock(run)), Paths.use_lock(run)
+    gone = AcmError(f"run {run.name} was renamed or deleted as it was to be {doing}: see `acm runs`")
+    try:
+        if not lock.try_acquire(shared=True, make_folder=False):
+            raise AcmError(f"run {run.name} is being renamed or deleted: see `acm runs`")
+        if not os.path.samestat(os.stat(path), os.fstat(lock.fd)):  # moved between the open and the lock
+            raise gone
+    except BaseException as e:
+        lock.release()
+        if isinstance(e, FileNotFoundError):
+            raise gone from None
+        if isinstance(e, OSError):
+            raise AcmError(f"run {run.name} cannot be {doing}: {os_error_text(e)}") from None
+        raise
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+@contextlib.contextmanager
+def alone(run: Path, doing: str) -> Iterator[None]:
+    """Hold `run` alone while it is `doing` (renamed, deleted); refused in one line while an
+    evaluation holds it (in_use)."""
+    lock = Flock(Paths.use_lock(run))
+    try:
+        taken = lock.try_acquire(make_folder=False)
+    except OSError:  # a folder that cannot hold the lock file: the rename or delete says why
+        taken = None
+    if taken is False:
+        raise AcmError(f"run {run.name} is being evaluated: it can be {doing} once that ends")
+    try:
+        yield
+    finally:
+        lock.release()

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from core import cli, config
+from core.errors import AcmError
 from core.generate.batch import generate_batch
 from core.generate.decode import generate_text, load_model, stream_generate
 from core.generate.evaluate import distinct_n, evaluate_run
@@ -22,6 +23,7 @@ from core.generate.sampling import (
     filter_top_p,
     sample,
 )
+from core.runs.writer import in_use
 from core.tokenizer.bpe import BOS_ID
 from tests.helpers import SteppingClock
 
@@ -317,6 +319,26 @@ def test_the_first_ctrl_c_stops_generate_of_any_size_and_prints_what_it_has(with
         signal.signal(signal.SIGINT, handler)
     err = capsys.readouterr().err
     assert rc == 130 and "(stopped: 64 of 64 printed)" in err and "── 64/64" in err
+
+
+def test_a_run_under_evaluation_is_neither_renamed_nor_deleted_and_its_results_stay_in_it(with_model, capsys):
+    cfg = config.load(with_model / "acm.toml")
+    run, c = cfg.runs_dir / "m", str(with_model / "acm.toml")
+    refused = []
+
+    def meanwhile(progress) -> None:  # another command, while the evaluation reads the run
+        if not refused:
+            refused.append((cli.main(["-c", c, "runs", "rename", "m", "m2"]),
+                            cli.main(["-c", c, "runs", "delete", "m", "--yes"])))
+
+    evaluate_run(cfg, report=meanwhile, samples=1, max_tokens=4)
+    assert refused == [(2, 2)] and capsys.readouterr().err.count("run m is being evaluated: it can be") == 2
+    assert (run / "eval.json").is_file() and not (cfg.runs_dir / "m2").exists()
+    assert cli.main(["-c", c, "runs", "rename", "m", "m2"]) == 0  # once it has ended
+    with pytest.raises(AcmError, match="run m was renamed or deleted as it was to be evaluated"):
+        with in_use(run, "evaluated"):  # the old name, after the rename
+            pass
+    assert not run.exists()  # nothing made again under the old name
 
 
 def test_ctrl_c_stops_an_evaluation_at_its_next_token_and_writes_no_results(with_model, capsys):

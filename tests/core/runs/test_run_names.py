@@ -46,7 +46,7 @@ def test_a_run_an_older_acm_named_oddly_is_listed_found_and_renamed(with_model, 
     assert cli.main(["-c", c, "runs", "metrics", old]) == 0
     assert capsys.readouterr().out.startswith(f"finetune of run {old}: ")
     assert cli.main(["-c", c, "train", "finetune", "--run", old, "--resume"]) == 0  # its plan is done: nothing to do
-    assert f"finetune of run {old} already finished" in capsys.readouterr().out
+    assert f"finetune of run {old}: its 10 steps are done" in capsys.readouterr().out
     assert cli.main(["-c", c, "runs", "rename", old, "renamed"]) == 0
     assert (with_model / "runs" / "renamed" / "config.toml").exists()
 

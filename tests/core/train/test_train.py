@@ -685,6 +685,18 @@ def test_the_run_s_settings_keep_each_stage_s_as_it_trained(prepared):
     assert recorded.finetune.time == "9s"
 
 
+def _a_finished_stage_resumed_says_so_once(c: str, planned: int, capsys) -> None:
+    """`acm train --resume` of run "planned", whose plan is done and whose validation the budget cut."""
+    assert cli.main(["-c", c, "config", "set", "train.pretrain.eval_batches", "40"]) == 0  # as the plan cut
+    capsys.readouterr()
+    assert cli.main(["-c", c, "train", "pretrain", "--run", "planned", "--resume"]) == 0
+    said = capsys.readouterr()
+    assert said.err.count(f"already finished its {planned:,} steps: nothing to resume") == 1
+    assert "validation reads" not in said.err and "already finished" not in said.out  # said once, nothing else
+    assert said.out.startswith(f"pretrain of run planned: its {planned:,} steps are done, best val loss ")
+    assert said.out.rstrip().endswith(f"to train further, give the total: --resume --steps N, N above {planned:,}")
+
+
 def test_a_resumed_stage_keeps_its_plan_and_extends_only_when_asked(prepared, capsys):
     cfg = load(prepared)
     sc = cfg.train.pretrain
@@ -699,14 +711,7 @@ def test_a_resumed_stage_keeps_its_plan_and_extends_only_when_asked(prepared, ca
     log = (run / "pretrain" / "train.log").read_text()
     assert "already finished its" in log and "resumed pretrain" not in log  # said once, as finished
     c = str(prepared / "acm.toml")
-    assert cli.main(["-c", c, "config", "set", "train.pretrain.eval_batches", "40"]) == 0  # as the plan cut
-    capsys.readouterr()
-    assert cli.main(["-c", c, "train", "pretrain", "--run", "planned", "--resume"]) == 0
-    said = capsys.readouterr()
-    assert said.err.count(f"already finished its {planned:,} steps: nothing to resume") == 1
-    assert "validation reads" not in said.err and "already finished" not in said.out  # said once, nothing else
-    assert said.out.startswith(f"pretrain of run planned: its {planned:,} steps are done, best val loss ")
-    assert said.out.rstrip().endswith(f"to train further, give the total: --resume --steps N, N above {planned:,}")
+    _a_finished_stage_resumed_says_so_once(c, planned, capsys)
     files = [run / "config.toml", *(run / "pretrain").glob("*.json*"), run / "pretrain" / "train.log"]
     before = {f: f.read_bytes() for f in files}
     assert cli.main(["-c", c, "train", "pretrain", "--run", "planned", "--resume", "--steps", "2"]) == 2
