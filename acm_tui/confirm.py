@@ -7,6 +7,8 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
+from core.escapes import visible
+
 
 class Confirm(ModalScreen[bool]):
     DEFAULT_CSS = """
@@ -22,7 +24,7 @@ class Confirm(ModalScreen[bool]):
 
     def compose(self) -> ComposeResult:
         with Vertical():
-            yield Static(self.question, markup=False)  # run names and paths are text, not markup
+            yield Static(visible(self.question, lines=True), markup=False)  # run names and paths: text, not markup
             yield Static("[b]y[/b] yes   [b]n[/b] no", classes="hint")
 
     def action_answer(self, yes: bool) -> None:

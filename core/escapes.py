@@ -1,6 +1,9 @@
 """Typed text: backslash escapes read the same wherever text is typed (the command line's `-e` and
-the app's Generate prompt), and text that is not UTF-8 refused in one line."""
+the app's Generate prompt), and text that is not UTF-8 refused in one line; shown text: control
+characters from disk or a model written in that same escaped form."""
 from __future__ import annotations
+
+import re
 
 from core.errors import AcmError
 
@@ -30,3 +33,17 @@ def utf8(text: str, what: str) -> str:
         bad = f"the byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\u{code:04x}"
         raise AcmError(f"{what} is not UTF-8: {bad} at character {e.start + 1}; type it in UTF-8") from None
     return text
+
+
+_CONTROL_IN_A_LINE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_CONTROL_IN_LINES = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # tab and newline lay the text out
+_NAMED = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
+def visible(text: str, lines: bool = False) -> str:
+    """TEXT with its control characters (C0, DEL, C1) written as the escapes `-e` reads (\\x1b, \\r):
+    text from disk or a model, shown on a terminal, never moves the cursor, clears the screen or
+    retitles the window. LINES keeps newlines and tabs, for multi-line content; a name, a path or a
+    table cell has them escaped too, so it stays on its line."""
+    pattern = _CONTROL_IN_LINES if lines else _CONTROL_IN_A_LINE
+    return pattern.sub(lambda m: _NAMED.get(m[0]) or f"\\x{ord(m[0]):02x}", text)

@@ -20,6 +20,7 @@ from textual.widgets import ProgressBar, Static
 from textual.worker import Worker, WorkerState
 
 from core.errors import one_line
+from core.escapes import visible
 from core.progress import Cancelled, CancelToken
 
 from ..messages import EngineResult, StageProgress
@@ -49,8 +50,8 @@ class Pane(VerticalScroll):
     def notify(self, message: str, *, title: str = "", severity: SeverityLevel = "information",
                timeout: float | None = None, markup: bool = False) -> None:
         """Plain text unless asked: notices carry run names, paths and errors' own words, which must
-        never be read as markup."""
-        super().notify(message, title=title, severity=severity, timeout=timeout, markup=markup)
+        never be read as markup, nor their control characters reach the terminal."""
+        super().notify(visible(message, lines=True), title=title, severity=severity, timeout=timeout, markup=markup)
 
     def disk_changed(self) -> None:
         """Something on disk this pane may show has changed (a stage ended or moved on, wherever it

@@ -13,7 +13,8 @@ from core.data.code import fetch_code
 from core.data.corpus import Corpus, corpus_stats
 from core.data.language import fetch_language
 from core.errors import AcmError
-from core.pipeline.tables import CORPUS_COLUMNS, code_report_line, corpus_row, sources_line
+from core.escapes import visible
+from core.pipeline.tables import CORPUS_COLUMNS, code_report_line, corpus_row, plain, sources_line
 
 from ..messages import FetchCorpus
 from .base import CANCEL_BINDING, Pane
@@ -69,16 +70,17 @@ class DataPane(Pane):
             if s is None:
                 table.add_row(kind, "not fetched", "", "", "", "", "")
                 continue
-            table.add_row(*corpus_row(kind, s))
+            table.add_row(*map(plain, corpus_row(kind, s)))
         report = self.query_one("#code-report", Static)
         if "code" in stats:
             r = stats["code"]["report"]
-            cats = ", ".join(f"{escape(k)} {v}" for k, v in sorted(r["by_category"].items(), key=lambda kv: -kv[1])[:8])
-            failed = stats["code"].get("repos_failed") or []
+            by_category = sorted(r["by_category"].items(), key=lambda kv: -kv[1])[:8]
+            cats = ", ".join(f"{escape(visible(k))} {v}" for k, v in by_category)
+            failed = [escape(visible(f["name"])) for f in stats["code"].get("repos_failed") or []]
             report.update(
                 f"{escape(code_report_line(r))}\n{escape(sources_line(r))}\n"
                 f"by category: {cats}" + (f"\n[red]{len(failed)} repositories failed: "
-                                          + ", ".join(escape(f['name']) for f in failed) + "[/]" if failed else ""))
+                                          + ", ".join(failed) + "[/]" if failed else ""))
         else:
             report.update("")
         if self.sample_kind in stats:
@@ -133,11 +135,11 @@ class DataPane(Pane):
         self.app.call_from_thread(self._show_sample, kind, title, row["text"])
 
     def _show_sample(self, kind: str, title: str, text: str | None) -> None:
-        self.query_one("#sample-title", Static).update(Text(title))
+        self.query_one("#sample-title", Static).update(Text(visible(title)))
         sample = self.query_one("#sample", Static)
         if text is None:
             sample.update("")
         elif kind == "code":
-            sample.update(Syntax(text[:20000], "bash", line_numbers=True, word_wrap=True))
+            sample.update(Syntax(visible(text[:20000], lines=True), "bash", line_numbers=True, word_wrap=True))
         else:
-            sample.update(Text(text[:20000]))
+            sample.update(Text(visible(text[:20000], lines=True)))

@@ -18,7 +18,7 @@ from textual.widgets import DataTable, Input, Label, Select, Static
 from core import config, runs
 from core.atomic import read_json
 from core.errors import AcmError, one_line
-from core.escapes import unescape
+from core.escapes import unescape, visible
 from core.generate.checked import checked_generate, sample_and_judge
 from core.generate.cut import cut_note
 from core.generate.decode import load_model, stream_generate
@@ -266,8 +266,8 @@ class GeneratePane(Pane):
 
     def _render_output(self) -> None:
         current = Text()
-        current.append(self.current_prompt, style="bold")
-        current.append(self.current_text)
+        current.append(visible(self.current_prompt, lines=True), style="bold")
+        current.append(visible(self.current_text, lines=True))
         self.query_one("#gen-output", Static).update(Text("\n\n").join([*self.transcript[-3:], current]))
 
     @on(EngineResult)
@@ -293,8 +293,8 @@ class GeneratePane(Pane):
 
     def _entry(self, prompt: str, text: str, verdict: str, good: bool) -> Text:
         entry = Text()
-        entry.append(prompt, style="bold")
-        entry.append(text)
+        entry.append(visible(prompt, lines=True), style="bold")  # the model's control characters: escaped
+        entry.append(visible(text, lines=True))
         entry.append(f"  [{verdict}]", style="bold green" if good else "bold red")
         return entry
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -16,7 +17,9 @@ from textual_plotext import PlotextPlot
 
 from core import runs
 from core.errors import AcmError, one_line
+from core.escapes import visible
 from core.generate.export import FORMATS, export_checkpoint
+from core.pipeline.tables import plain
 from core.runs import compare
 
 from ..charts import STAGE_NAMES, Series, draw, ema
@@ -34,7 +37,7 @@ class AskName(ModalScreen[str | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
-            yield Label(self.question, markup=False)
+            yield Label(visible(self.question), markup=False)
             yield Input(self.value, id="name")
 
     @on(Input.Submitted)
@@ -56,8 +59,8 @@ class AskExport(ModalScreen[tuple[str, str] | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
-            yield Label(f"Export run {self.run}'s best checkpoint, with a model card. Format "
-                        "(mlx: mlx-lm, hf: transformers, gguf: llama.cpp), then the new folder (enter):")
+            yield Label(f"Export run {visible(self.run)}'s best checkpoint, with a model card. Format "
+                        "(mlx: mlx-lm, hf: transformers, gguf: llama.cpp), then the new folder (enter):", markup=False)
             yield Select([(f, f) for f in FORMATS], value="mlx", allow_blank=False, id="export-format")
             yield Input(self.folder, id="export-folder")
 
@@ -141,15 +144,16 @@ class RunsPane(Pane):
             for stage in runs.TRAINING_STAGES:
                 st = r["stages"].get(stage)
                 cells.append(f"{st['state']} {st['step']}" if st else "–")
-            table.add_row(self._run_cell(r["name"]), r["preset"], *cells, runs.best_val_cell(latest_checked(r)),
-                          time.strftime("%Y-%m-%d %H:%M", time.localtime(r["modified"])), key=r["name"])
+            cells = [r["preset"], *cells, runs.best_val_cell(latest_checked(r)),
+                     time.strftime("%Y-%m-%d %H:%M", time.localtime(r["modified"]))]
+            table.add_row(self._run_cell(r["name"]), *map(plain, cells), key=r["name"])
         if rows:
             table.move_cursor(row=min(row, len(rows) - 1))
         self.shown = [name for name in self.shown if name in names]
         self.plot()
 
-    def _run_cell(self, name: str) -> str:
-        return MARK + name if name in self.marked else name
+    def _run_cell(self, name: str) -> Text:
+        return plain(MARK + name if name in self.marked else name)
 
     def selected(self) -> str | None:
         table = self.query_one("#runs-table", DataTable)
@@ -209,7 +213,7 @@ class RunsPane(Pane):
         series, points = [], []
         for i, (name, run) in enumerate(zip(names, folders)):
             line, cross = RUN_MARKS[i % len(RUN_MARKS)]
-            prefix = f"{name} " if len(names) > 1 else ""
+            prefix = f"{visible(name)} " if len(names) > 1 else ""
             for c in compare.run_curves(run, by=axis):
                 label = prefix + STAGE_NAMES[c.stage]
                 series.append(Series(c.xs, ema(c.losses, smoothing), label, marker=line))
@@ -222,7 +226,7 @@ class RunsPane(Pane):
         if (names, axis) != (self.shown, self.axis):
             return  # read for a chart since replaced: a newer read draws
         chart = self.query_one("#runs-chart", PlotextPlot)
-        title = f"loss{f' (smoothed {smoothing:g})' if smoothing else ''}: " + " vs ".join(names)
+        title = f"loss{f' (smoothed {smoothing:g})' if smoothing else ''}: " + " vs ".join(map(visible, names))
         draw(chart.plt, title if names else "select a run and press enter, or mark runs and press c", series,
              axis=axis)
         chart.refresh()
@@ -242,9 +246,9 @@ class RunsPane(Pane):
         if diff is None:
             return
         read = [s.run.name for s in diff.read]
-        table.add_columns("setting", *read)
+        table.add_columns("setting", *map(plain, read))
         if diff.rows:
-            table.add_rows(diff.cells())
+            table.add_rows([list(map(plain, row)) for row in diff.cells()])
         elif len(read) == len(names):
             table.add_row("no setting differs", *("" for _ in read))
         elif len(read) > 1:

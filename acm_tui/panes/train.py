@@ -28,6 +28,7 @@ from textual_plotext import PlotextPlot
 
 from core import config, runs
 from core.errors import AcmError, one_line
+from core.escapes import visible
 from core.runs import figure
 from core.runs.events import Eval, Log, Metrics, Sample, StageFollower, State
 from core.runs.health import is_alert
@@ -389,7 +390,8 @@ class TrainPane(Pane):
     def refresh_status(self) -> None:
         m = self.history[-1] if self.history else None
         where = " (background process)" if self.control is None and self.state in LIVE else ""
-        name, state = escape(self.run_name or "–"), escape(self.state)  # read from disk: text, not markup
+        # read from disk: text, not markup, and no control characters
+        name, state = escape(visible(self.run_name or "–")), escape(visible(self.state))
         parts = [f"[b]{self.stage or '–'}[/b] run {name}{where}: [b]{state}[/b]"]
         if m:
             mfu = f"  MFU {figure(m.mfu, '.1%')}" if m.mfu is not None else ""
@@ -455,14 +457,15 @@ class TrainPane(Pane):
 
 def samples_text(samples: list[Sample]) -> Text:
     """A check's samples: each one's verdicts (marks that read without colour), its prompt dimmed,
-    then what the model wrote."""
+    then what the model wrote (its control characters escaped)."""
     if not samples:
         return Text("no samples yet: each validation check generates train.samples scripts (0: none)", style="dim")
     first = samples[0]
     text = Text(f"samples at step {figure(first.step, ',')} ({figure(first.seconds, '.2f')} s)\n", style="bold")
     for s in samples:
         text.append("\n").append(s.marks(), "bold green" if s.parses and s.complete else "bold yellow").append("\n")
-        prompt, written = (v if isinstance(v, str) else "" for v in (s.prompt, s.text))  # as read back
+        prompt, written = (visible(v, lines=True) if isinstance(v, str) else ""  # as read back
+                           for v in (s.prompt, s.text))
         text.append(prompt, "dim").append(written or "(nothing)")
         text.append("\n" if not written.endswith("\n") else "")
     return text

@@ -6,15 +6,16 @@ import json
 from rich.table import Table
 
 from core.cli.args import bounded_int
-from core.cli.output import console_for
+from core.cli.output import console_for, for_stream
 from core.cli.progress import progress_bars
 from core.config import INT_LIMIT, Config
 from core.data.code import fetch_code
 from core.data.corpus import Corpus, corpus_stats
 from core.data.language import fetch_language
 from core.errors import AcmError
+from core.escapes import visible
 from core.paths import CORPORA
-from core.pipeline.tables import CORPUS_COLUMNS, SOURCE_COLUMNS, corpus_row, source_rows, sources_line
+from core.pipeline.tables import CORPUS_COLUMNS, SOURCE_COLUMNS, corpus_row, plain, source_rows, sources_line
 
 console = console_for()
 
@@ -65,7 +66,7 @@ def cmd_stats(args, cfg: Config) -> int:
         raise AcmError("no corpus fetched yet: run `acm data fetch language` and `acm data fetch code`")
     table = Table(*CORPUS_COLUMNS, title="Corpora", title_justify="left")
     for kind, s in stats.items():
-        table.add_row(*corpus_row(kind, s))
+        table.add_row(*map(plain, corpus_row(kind, s)))
     console.print(table)
     if "code" in stats:
         r = stats["code"]["report"]
@@ -86,7 +87,7 @@ def counts_table(what: str, counts: dict) -> Table:
     """Scripts per category or licence, the largest first."""
     table = Table(what, "scripts", title=f"Code by {what}", title_justify="left")
     for name, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
-        table.add_row(name, f"{n:,}")
+        table.add_row(plain(name), f"{n:,}")
     return table
 
 
@@ -99,8 +100,8 @@ def cmd_show(args, cfg: Config) -> int:
     where = " ".join(f"{k}={row[k]}" for k in ("source", "repo", "commit", "category", "licence", "origin")
                      if row.get(k))
     index = args.index % len(corpus)  # counted from 1 in the label, as the Data pane counts
-    print(f"# document {index + 1} of {len(corpus)} (index {index}): {where}")
-    print(row["text"])
+    print(visible(f"# document {index + 1} of {len(corpus)} (index {index}): {where}"))  # one line, always
+    print(for_stream(row["text"]))
     return 0
 
 

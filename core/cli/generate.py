@@ -14,7 +14,7 @@ from rich.table import Table
 
 from core import config
 from core.cli.args import bounded_int, duration, setting_int
-from core.cli.output import console_for
+from core.cli.output import console_for, for_stream
 from core.cli.progress import progress_bars
 from core.config import Config
 from core.engine import POLL_S, Engine, wait_for
@@ -46,12 +46,12 @@ def params_from(args, cfg: Config) -> SamplingParams:
 def stream_to_stdout(lm, prompt: str, params: SamplingParams, echo_prompt: bool,
                      should_stop=lambda: False, expected: dict | None = None) -> str:
     if echo_prompt:
-        sys.stdout.write(prompt)
+        sys.stdout.write(for_stream(prompt))
     text, last = "", None
     for chunk in stream_generate(lm, prompt, params, should_stop):
         if chunk.notice:
             console.print(f"[yellow]{chunk.notice}[/]")
-        sys.stdout.write(chunk.text)
+        sys.stdout.write(for_stream(chunk.text))  # each character escapes alone: no escape spans chunks
         sys.stdout.flush()
         text += chunk.text
         last = chunk
@@ -70,7 +70,7 @@ def print_candidates(judged: list, echo_prompt: bool, expected: dict) -> None:
     for i, j in enumerate(judged, 1):
         console.print(f"[bold]── {i}/{len(judged)}[/] [dim]{j.describe()}"
                       f"{escape(task_verdict(j.sample.prompt, j.sample.text, expected))}[/]")
-        sys.stdout.write((j.sample.prompt if echo_prompt else "") + j.sample.text + "\n")
+        sys.stdout.write(for_stream((j.sample.prompt if echo_prompt else "") + j.sample.text) + "\n")
         sys.stdout.flush()
 
 

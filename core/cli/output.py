@@ -1,12 +1,16 @@
 """Where the command line prints: rich consoles that never cut a table when the output is not a
-terminal (a pipe, a file, a CI log), where rich would otherwise assume 80 columns."""
+terminal (a pipe, a file, a CI log), where rich would otherwise assume 80 columns; text from disk or
+a model with its control characters shown escaped on a terminal."""
 from __future__ import annotations
 
 import io
 import sys
+from typing import TextIO
 
 from rich.console import Console
 from rich.measure import Measurement
+
+from core.escapes import visible
 
 PLAIN_WIDTH = 1000  # wide enough for any of acm's tables: rows are never folded or cut
 
@@ -22,3 +26,11 @@ def natural_width(renderable) -> int:
     the console it is given, so this measures against a wide one)."""
     wide = Console(width=PLAIN_WIDTH, file=io.StringIO())
     return Measurement.get(wide, wide.options, renderable).minimum
+
+
+def for_stream(text: str, stream: TextIO | None = None) -> str:
+    """Multi-line TEXT (a document, a sample, a model's output) as written to STREAM (stdout): on a
+    terminal its control characters escaped, where they would act (clear the screen, retitle the
+    window); in a pipe or a file as it is, so `acm data show code 3 > x.sh` keeps the script's bytes."""
+    stream = stream or sys.stdout
+    return visible(text, lines=True) if stream.isatty() else text

@@ -26,6 +26,7 @@ from rich.progress import Progress as RichProgress
 from rich.text import Text
 
 from core.cli.output import console_for
+from core.escapes import visible
 from core.progress import Progress, Reporter
 from core.runs.events import Eval, Event, Log, Metrics, Sample, State
 from core.train.budget import UNPLANNED
@@ -59,8 +60,9 @@ def describe(event: Event) -> str | None:
 
 
 def sample_preview(text: str, lines: int = 2, width: int = 100) -> str:
-    """The first lines of a generated script on one line (⏎ between them), cut to `width`."""
-    parts = [line.strip() for line in text.splitlines() if line.strip()]
+    """The first lines of a generated script on one line (⏎ between them, any other control character
+    escaped), cut to `width`."""
+    parts = [visible(line.strip()) for line in text.splitlines() if line.strip()]
     kept = " ⏎ ".join(parts[:lines]) or "(nothing)"
     return kept[:width] + ("…" if len(parts) > lines or len(kept) > width else "")
 

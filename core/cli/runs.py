@@ -15,6 +15,8 @@ from core.cli import samples as cli_samples
 from core.cli.output import console_for, natural_width
 from core.config import Config
 from core.errors import AcmError
+from core.escapes import visible
+from core.pipeline.tables import plain
 from core.runs import compare
 from core.train.tracking import metrics_csv
 
@@ -28,12 +30,12 @@ def cmd_list(args, cfg: Config) -> int:
         return 0
     console = console_for()
     table = Table(title="Runs", title_justify="left")
-    table.add_column("run", no_wrap=True, min_width=max((len(r["name"]) for r in rows), default=3))
+    table.add_column("run", no_wrap=True, min_width=max((len(plain(r["name"])) for r in rows), default=3))
     for name in RUN_COLUMNS:  # these give way (wrapping) before the run name would be cut
         table.add_column(name, overflow="fold")
     for r in rows:
         for i, cells in enumerate(stage_cells(r)):
-            table.add_row(r["name"] if i == 0 else "", r["preset"] if i == 0 else "", *cells, _when(r))
+            table.add_row(*map(plain, [r["name"] if i == 0 else "", r["preset"] if i == 0 else "", *cells, _when(r)]))
     if console.width >= natural_width(table):
         console.print(table)
     else:  # too narrow for the table: each run's name on a line of its own, its stages under it
@@ -58,12 +60,12 @@ def print_narrow(console: Console, rows: list[dict]) -> None:
     """The runs for a narrow terminal: a run's name is never cut (the terminal wraps it if it must)."""
     console.print("Runs", style="italic")
     for r in rows:
-        console.print(Text(r["name"], style="bold") + f" ({r['preset']}, {_when(r)})", soft_wrap=True)
+        console.print(Text(visible(r["name"]), style="bold") + plain(f" ({r['preset']}, {_when(r)})"), soft_wrap=True)
         grid = Table.grid(padding=(0, 2))
         for _ in range(4):
             grid.add_column(overflow="fold")
         for *cells, val in stage_cells(r):
-            grid.add_row(*cells, f"best val loss {val}" if val else "")
+            grid.add_row(*map(plain, [*cells, f"best val loss {val}" if val else ""]))
         console.print(Padding(grid, (0, 0, 0, 2)))
 
 
@@ -160,9 +162,9 @@ def settings_table(diff: compare.SettingsDiff) -> Table:
     """The settings that differ, a column a run whose settings were read; a long list in brief."""
     table = Table(title="Settings that differ", title_justify="left")
     for name in ("setting", *(s.run.name for s in diff.read)):
-        table.add_column(name, overflow="fold")
-    for row in diff.cells():
-        table.add_row(*row)
+        table.add_column(plain(name), overflow="fold")
+    for row in diff.cells():  # the values as each run's config.toml has them
+        table.add_row(*map(plain, row))
     return table
 
 

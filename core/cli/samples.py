@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 
 from core import runs
-from core.cli.output import console_for
+from core.cli.output import console_for, for_stream
 from core.config import Config
 from core.errors import AcmError
 from core.runs.events import read_samples
@@ -29,8 +29,8 @@ def cmd_samples(args, cfg: Config) -> int:
     for s in samples:
         console.print(f"── step {s.step}  {s.marks()}  ({runs.figure(s.seconds, '.2f')} s for the check)", markup=False,
                       highlight=False, style="bold")
-        console.print("".join(v for v in (s.prompt, s.text) if isinstance(v, str)), markup=False, highlight=False,
-                      soft_wrap=True)
+        # the model's words as written (rich would drop a carriage return), escaped only on a terminal
+        print(for_stream("".join(v for v in (s.prompt, s.text) if isinstance(v, str))), flush=True)
     return 0
 
 

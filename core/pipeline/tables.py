@@ -8,6 +8,7 @@ from collections.abc import Callable
 from rich.text import Text
 
 from core.errors import READ_BACK_ERRORS
+from core.escapes import visible
 from core.generate.cut import drawn_of_asked
 from core.pipeline.doctor import Check
 from core.presets import ModelShape, human_count
@@ -23,6 +24,12 @@ DOCTOR_COLUMNS = ("check", "found", "status")
 # how a pipeline stage's state is coloured
 STATE_STYLES = {"done": "green", "stale": "yellow", "running": "bold cyan", "paused": "cyan", "starting": "cyan",
           "interrupted": "magenta", "failed": "red", "stopped": "yellow"}
+
+
+def plain(cell: str) -> Text:
+    """A table cell read from disk (a run's name, a licence): its control characters escaped and its
+    brackets not read as markup, in rich's tables and the app's alike (both read a str as markup)."""
+    return Text(visible(cell))
 
 
 def _tolerant(columns: tuple[str, ...], what: str, many: bool = False) -> Callable:

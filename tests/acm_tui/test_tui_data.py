@@ -33,7 +33,7 @@ async def test_fetch_code_shows_stats_and_samples(project, tmp_path):
         assert table.get_row_at(1)[1] == "not fetched"
         await pilot.press("c")
         await wait_until(pilot, lambda: "code corpus ready" in text_of(app, "#data-pane .step-status"))
-        await wait_until(pilot, lambda: table.get_row_at(1)[1] == "2")
+        await wait_until(pilot, lambda: str(table.get_row_at(1)[1]) == "2")
         assert "3 raw → 2 valid → 2 unique" in text_of(app, "#code-report")
         await wait_until(pilot, lambda: "code sample 1 of 2" in text_of(app, "#sample-title"))
         await pilot.press("n")
@@ -72,7 +72,7 @@ async def test_panes_follow_a_stage_that_ends_elsewhere(project, tmp_path):
         env = os.environ | {"PYTHONPATH": str(ROOT)}
         subprocess.run([sys.executable, "-m", "core.cli", "-c", str(project / "acm.toml"), "data", "fetch", "code"],
                        check=True, capture_output=True, env=env, timeout=120)
-        await wait_until(pilot, lambda: table.get_row_at(1)[1] == "1", timeout=15)
+        await wait_until(pilot, lambda: str(table.get_row_at(1)[1]) == "1", timeout=15)
         await wait_until(pilot, lambda: "preset nano" in app.sub_title and "run (none yet)" in app.sub_title)
 
 
@@ -105,3 +105,18 @@ async def test_a_hugging_face_source_is_counted_and_shown(project):
         assert "4 raw → 3 valid → 2 unique" in text_of(app, "#code-report")
         await wait_until(pilot, lambda: f"source: {SOURCE}  licence: MIT" in text_of(app, "#sample-title"))
         assert "origin: acme/tools/deploy.sh" in text_of(app, "#sample-title")
+
+
+async def test_a_sample_s_control_characters_and_its_origin_s_newline_are_shown_escaped(project, tmp_path):
+    """A script that would retitle the terminal and clear it, in a file whose name holds a newline:
+    the title stays on one line and neither sequence is drawn raw."""
+    use_local_scripts(project, tmp_path, {"evil\nname.sh": script("backup") + "echo '\x1b]0;PWN\x07\x1b[2J'\n"})
+    app = PaneHost(DataPane, project / "acm.toml")
+    async with app.run_test(size=(120, 60)) as pilot:
+        await pilot.press("2", "c")
+        await wait_until(pilot, lambda: "code sample 1 of 1" in text_of(app, "#sample-title"))
+        assert text_of(app, "#sample-title").endswith("evil\\nname.sh")
+        sample = app.query_one("#sample")
+        drawn = [sample.render_line(y).text for y in range(sample.size.height)]
+        assert any("echo '\\x1b]0;PWN\\x07\\x1b[2J'" in line for line in drawn), drawn
+        assert not any("\x1b" in line for line in drawn)

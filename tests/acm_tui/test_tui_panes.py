@@ -90,7 +90,7 @@ async def test_runs_pane_opens_overlays_renames_and_deletes(with_model):
         await pilot.press("enter")
         await wait_until(pilot, lambda: (cfg.runs_dir / "renamed").exists())
         await wait_until(pilot, lambda: table.row_count == 2 and "renamed" in
-                         [table.get_row_at(i)[0] for i in range(2)])
+                         [str(table.get_row_at(i)[0]) for i in range(2)])
         select_row(table, "renamed")
         await pilot.press("d")
         await pilot.pause()
@@ -121,7 +121,7 @@ async def test_runs_pane_notifies_renames_deletes_and_refusals_in_plain_words_at
         app.screen.query_one("#name", Input).value = "baseline"
         await pilot.press("enter")
         await notified(pilot, "renamed [old] to baseline")
-        await wait_until(pilot, lambda: table.row_count == 1 and table.get_row_at(0)[0] == "baseline")
+        await wait_until(pilot, lambda: table.row_count == 1 and str(table.get_row_at(0)[0]) == "baseline")
         await pilot.press("d")
         await pilot.pause()
         await pilot.press("y")
@@ -160,6 +160,24 @@ async def test_runs_pane_takes_the_arrows_at_once_and_a_marked_name_shows_whole(
         assert sorted(pane.marked) == ["nano-20261205-002407", "nano-20261205-002906"]
         shown = [table.render_line(y).text for y in range(1, 3)]  # the rows under the header
         assert all(any(f"● {name} " in line for line in shown) for name in pane.marked), shown
+
+
+async def test_runs_pane_shows_a_run_name_s_control_characters_escaped(project):
+    """A run folder named with an escape sequence (one that retitles the terminal) and brackets: the
+    table, the chart and the compared settings show it escaped, as text, and no ESC is drawn."""
+    for name in ("x\x1b]0;PWN\x07[b]y", "plain"):
+        fake_run(project, name, [(10, 640, 5.0)], [(10, 4.0)])
+    app = PaneHost(RunsPane, project / "acm.toml")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("6")
+        table = app.query_one("#runs-table", DataTable)
+        await wait_until(pilot, lambda: table.row_count == 2)
+        await pilot.press("space", "down", "space", "c")
+        await wait_until(pilot, lambda: app.query_one("#runs-diff", DataTable).columns)
+        drawn = [app.query_one(w).render_line(y).text for w in ("#runs-table", "#runs-diff") for y in range(3)]
+        drawn.append(str(app.query_one("#runs-chart").render()))
+        assert any("● x\\x1b]0;PWN\\x07[b]y" in line for line in drawn), drawn
+        assert not any("\x1b" in line for line in drawn), drawn
 
 
 async def test_runs_pane_exports_a_run_in_the_chosen_format(with_model):
@@ -394,7 +412,7 @@ async def test_runs_pane_shows_the_lowest_check_and_says_which_settings_it_could
     async with app.run_test(size=(80, 24), notifications=True) as pilot:
         await select_in_pane(app, pilot, "6", "#runs-table", 3, "m")
         table = app.query_one("#runs-table", DataTable)
-        assert table.get_row("m")[4] == f"{top.val_loss - 0.25:.4f} (checkpoint {top.val_loss:.4f})"
+        assert str(table.get_row("m")[4]) == f"{top.val_loss - 0.25:.4f} (checkpoint {top.val_loss:.4f})"
         for name in ("m", "b", "c"):
             select_row(table, name)
             await pilot.press("space")
@@ -403,7 +421,7 @@ async def test_runs_pane_shows_the_lowest_check_and_says_which_settings_it_could
         diff = app.query_one("#runs-diff", DataTable)
         await wait_until(pilot, lambda: diff.row_count > 0)
         assert [str(c.label) for c in diff.columns.values()] == ["setting", "m", "c"]
-        rows = {row[0]: row[1:] for row in map(diff.get_row_at, range(diff.row_count))}
+        rows = {row[0]: row[1:] for row in (list(map(str, diff.get_row_at(i))) for i in range(diff.row_count))}
         assert [cell.split(", digest ")[0] for cell in rows["eval.tasks"]] == [f"{len(tasks) + 1} items",
                                                                                f"{len(tasks)} items"]
 
@@ -419,18 +437,18 @@ async def test_runs_pane_compares_marked_runs_by_step_or_tokens_over_their_setti
         await notified(pilot, "mark two runs or more with space to compare them (1 marked)")
         select_row(table, "b")
         await pilot.press("space")
-        assert pane.marked == ["a", "b"] and table.get_row("b")[0] == "● b"
+        assert pane.marked == ["a", "b"] and str(table.get_row("b")[0]) == "● b"
         await pilot.press("c")
         chart = app.query_one("#runs-chart")
         await wait_until(pilot, lambda: "a pretrain" in str(chart.render()) and "b pretrain" in str(chart.render()))
         assert "loss (smoothed 0.6): a vs b" in str(chart.render()) and "step" in str(chart.render())
         diff = app.query_one("#runs-diff", DataTable)
         assert [str(c.label) for c in diff.columns.values()] == ["setting", "a", "b"]
-        rows = [diff.get_row_at(i) for i in range(diff.row_count)]
+        rows = [list(map(str, diff.get_row_at(i))) for i in range(diff.row_count)]
         assert rows == [["train.pretrain.learning_rate", "0.001", "0.01"]]
         assert shown_in_full(app, "#runs-diff")
         await pilot.press("a")
         await wait_until(pilot, lambda: "tokens seen" in str(chart.render()))
         select_row(table, "a")
         await pilot.press("space")  # unmarked: c refuses again, the chart stays
-        assert pane.marked == ["b"] and table.get_row("a")[0] == "a"
+        assert pane.marked == ["b"] and str(table.get_row("a")[0]) == "a"

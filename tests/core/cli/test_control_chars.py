@@ -1,0 +1,53 @@
+"""Control characters in files on disk (a run folder's name, a script, a model's recorded output)
+never reach a terminal raw: one-line fields are always shown escaped, multi-line text is escaped on
+a terminal and written as it is into a pipe or a file."""
+from __future__ import annotations
+
+import json
+
+from core import cli
+from core.runs import write_status
+from tests.helpers import fake_run, with_pairs
+from tests.stand_ins import script, write_tree
+from tests.terminal import run_acm
+
+NAME = "x\x1b]0;PWN\x07[b]y"  # retitles the window; brackets that rich would read as markup
+SCRIPT = script("backup") + "echo '\x1b]0;PWN\x07\x1b[2J'\n"  # retitles the window, clears the screen
+SHOWN = "echo '\\x1b]0;PWN\\x07\\x1b[2J'"
+
+
+def test_the_runs_table_shows_a_run_name_s_control_characters_escaped(project, capsys):
+    write_status(fake_run(project, NAME, [(10, 640, 5.0)], [(10, 4.0)]), "pretrain", "done", step=10, total=10)
+    c = str(project / "acm.toml")
+    assert cli.main(["-c", c, "runs"]) == 0
+    out = capsys.readouterr().out
+    assert "x\\x1b]0;PWN\\x07[b]y" in out and "\x1b" not in out  # a table is for reading, piped or not
+    assert cli.main(["-c", c, "runs", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["name"] == NAME  # JSON keeps the name as it is
+
+
+def test_data_show_escapes_on_a_terminal_and_writes_the_script_as_it_is_elsewhere(project, tmp_path, capsys):
+    scripts = write_tree(tmp_path / "hostile", {"evil\nname.sh": SCRIPT})
+    cfg = with_pairs(project, tmp_path, local_paths=[str(scripts)])
+    c = str(project / "acm.toml")
+    assert cli.main(["-c", c, "data", "fetch", "code"]) == 0
+    capsys.readouterr()
+    assert cli.main(["-c", c, "data", "show", "code", "0"]) == 0
+    header, text = capsys.readouterr().out.split("\n", 1)
+    assert header.startswith("# document 1 of 1") and header.endswith("evil\\nname.sh")  # the header is one line
+    assert text == SCRIPT + "\n"  # redirected: byte for byte
+    code, written, _ = run_acm(["-c", str(cfg.root / "acm.toml"), "data", "show", "code", "0"], cols=200)
+    assert code == 0 and "evil\\nname.sh" in written and SHOWN in written and "\x1b" not in written
+
+
+def test_runs_samples_escapes_the_model_s_words_on_a_terminal_only(project, capsys):
+    run = fake_run(project, "r", [(10, 640, 5.0)], [(10, 4.0)])
+    written = "echo \x1b[2J\x00\r\n\tok\x9b"
+    sample = {"type": "sample", "stage": "pretrain", "step": 10, "prompt": "#!/bin/bash\n", "text": written,
+              "parses": True, "shellcheck_errors": None, "complete": True, "relevant": None, "seconds": 1.0}
+    (run / "pretrain" / "samples.jsonl").write_text(json.dumps(sample) + "\n")
+    argv = ["-c", str(project / "acm.toml"), "runs", "samples", "r", "--stage", "pretrain"]
+    assert cli.main(argv) == 0
+    assert capsys.readouterr().out.endswith("#!/bin/bash\n" + written + "\n")  # redirected: as recorded
+    code, shown, _ = run_acm(argv, cols=120)
+    assert code == 0 and "echo \\x1b[2J\\x00\\r\r\n\tok\\x9b" in shown and "\x00" not in shown
