@@ -246,8 +246,8 @@ class GeneratePane(Pane):
         while self.chunks:
             kind, item = self.chunks.popleft()
             if kind == "model":
-                self.model_line = item
-                status.update(Text(item, style="dim"))
+                self.model_line = visible(item)  # a run name from disk: its control characters escaped
+                status.update(Text(self.model_line, style="dim"))
                 continue
             if kind == "candidates":
                 self._show_candidates(item)
