@@ -18,9 +18,9 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import ClassVar
 
-from core.atomic import writing
+from core.atomic import open_regular, read_regular, writing
 from core.paths import Paths
-from core.runs import parse_records, read_status, stage_state, write_status
+from core.runs import RECORDS_LIMIT, parse_records, read_status, stage_state, write_status
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -149,7 +149,7 @@ def event_from_json(record) -> Event | None:
 def read_samples(run: Path, stage: str) -> list[Sample]:
     """Every sample recorded in a stage's samples.jsonl, oldest first (a line being written is skipped)."""
     try:
-        records = parse_records(Paths.samples(run, stage).read_bytes().splitlines())
+        records = parse_records(read_regular(Paths.samples(run, stage), RECORDS_LIMIT).splitlines())
     except OSError:
         return []
     return [e for e in map(event_from_json, records) if isinstance(e, Sample)]
@@ -235,12 +235,13 @@ class StageFollower:
         return events
 
     def _new_lines(self, which: str, path: Path) -> list[bytes]:
-        """Complete lines added since the last read (a line still being written waits)."""
+        """Complete lines added since the last read (a line still being written waits), at most
+        RECORDS_LIMIT bytes of them a poll (the rest comes with the next)."""
         try:
-            with open(path, "rb") as f:
+            with open_regular(path) as f:
                 f.seek(self._offsets[which])
-                data = f.read()
-        except OSError:
+                data = f.read(RECORDS_LIMIT)
+        except OSError:  # missing, a folder, a FIFO, a device: nothing yet
             return []
         end = data.rfind(b"\n") + 1
         self._offsets[which] += end
