@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from core.atomic import open_regular, read_regular, writing
+from core.errors import AcmError
 from core.paths import Paths
 from core.runs import RECORDS_LIMIT, parse_records, read_status, stage_state, write_status
 
@@ -157,12 +158,18 @@ def read_samples(run: Path, stage: str) -> list[Sample]:
 
 def _appending(path: Path):
     """A stage's record file opened to append lines: one that ends inside a line (cut by a crash or
-    by hand) gets its newline first, so the next record is not glued onto the damaged one and lost."""
+    by hand) gets its newline first, so the next record is not glued onto the damaged one and lost.
+    One that is no regular file is refused in one line: a FIFO would hold the stage before its first
+    step, a device would swallow its records."""
     cut = False
-    if path.exists() and path.stat().st_size:
-        with open(path, "rb") as existing:
-            existing.seek(-1, os.SEEK_END)
-            cut = existing.read(1) != b"\n"
+    if path.exists():
+        try:
+            with open_regular(path) as existing:
+                if existing.seek(0, os.SEEK_END):
+                    existing.seek(-1, os.SEEK_END)
+                    cut = existing.read(1) != b"\n"
+        except OSError as e:
+            raise AcmError(f"{path}: cannot record into it ({e.strerror or e}); move it away to train") from None
     f = open(path, "a", buffering=1, encoding="utf-8")
     if cut:
         f.write("\n")

@@ -15,7 +15,7 @@ from core.errors import AcmError
 from core.paths import Paths
 from core.runs import appended_checks, checkpoint, last_report, read_metrics, read_status, summary
 from core.runs.compare import read_settings
-from core.runs.events import StageFollower, read_samples
+from core.runs.events import Recorder, StageFollower, read_samples
 
 IRREGULAR = {"FIFO": os.mkfifo, "link to /dev/zero": lambda path: path.symlink_to("/dev/zero")}
 
@@ -25,7 +25,7 @@ def unless_stuck(seconds: int = 60):
     """A read that would wait forever (a FIFO without a writer) fails the test instead of freezing
     the suite: a guard against a hang, not a measure of speed."""
     def stuck(*_):
-        raise AssertionError(f"still reading after {seconds} s: acm waits on a file that is no regular one")
+        raise AssertionError(f"still waiting after {seconds} s on a file that is no regular one")
     before = signal.signal(signal.SIGALRM, stuck)
     signal.alarm(seconds)
     try:
@@ -62,6 +62,16 @@ def test_run_files_that_are_no_regular_files_read_as_damaged_ones(with_model, ho
         with pytest.raises(AcmError, match=f"run m: its config.toml is unreadable .*{kind}, not a regular file"):
             runs.prepare_run(config.load(with_model / "acm.toml"), run, "pretrain")
     assert "m" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("how", IRREGULAR)
+def test_a_stage_will_not_record_into_a_file_that_is_no_regular_one(with_model, how):
+    """Training appends to metrics.jsonl: a FIFO there would hold the stage before its first step,
+    a device swallow its records; either is one line naming it."""
+    run = with_model / "runs" / "m"
+    replace_with(Paths.metrics(run, "pretrain"), how)
+    with unless_stuck(), pytest.raises(AcmError, match=f"{Paths.metrics(run, 'pretrain')}: cannot record into it"):
+        Recorder(run, "pretrain", 30)
 
 
 def test_run_files_larger_than_acm_writes_read_as_damaged_ones(with_model, monkeypatch):
