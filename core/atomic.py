@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import json
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
-from typing import IO
+from typing import IO, BinaryIO
 
 from core.errors import AcmError, write_failure
 
@@ -118,12 +120,65 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
         f.write(data)
 
 
+JSON_LIMIT = 64 << 20  # bytes: the JSON files acm writes (a state, a status, a manifest of shards) take kilobytes;
+# a shards manifest of a huge corpus, a few megabytes
+
+
+def check_regular(path: str | os.PathLike, limit: int | None = None) -> None:
+    """OSError, as for a file that cannot be read, where `path` (a link followed) is no regular file
+    or holds more than `limit` bytes: opening a FIFO waits for a writer that never comes, a device
+    such as /dev/zero never ends, and a file of a size no real one of its kind reaches (the caller
+    says which) would fill the memory. A stat only: some devices act as they are opened."""
+    st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise _not_regular(path, st.st_mode)
+    if limit is not None and st.st_size > limit:
+        raise _too_big(path, limit)
+
+
+_KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a device", stat.S_IFBLK: "a device", stat.S_IFSOCK: "a socket"}
+
+
+def _not_regular(path: str | os.PathLike, mode: int) -> OSError:
+    """The error reading a folder gives, or one naming what else it is."""
+    if stat.S_ISDIR(mode):
+        return IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+    return OSError(errno.EINVAL, f"{_KINDS.get(stat.S_IFMT(mode), 'something')}, not a regular file", str(path))
+
+
+def _too_big(path: str | os.PathLike, limit: int) -> OSError:
+    return OSError(errno.EFBIG, f"over {limit:,} bytes, more than acm writes there", str(path))
+
+
+def open_regular(path: str | os.PathLike) -> BinaryIO:
+    """`path` opened to read where `check_regular` passes it, checked again on what was opened: a
+    FIFO put there meanwhile is opened without waiting (O_NONBLOCK), and refused."""
+    check_regular(path)
+    f = os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb")  # a regular file reads as without it
+    mode = os.fstat(f.fileno()).st_mode
+    if not stat.S_ISREG(mode):
+        f.close()
+        raise _not_regular(path, mode)
+    return f
+
+
+def read_regular(path: str | os.PathLike, limit: int) -> bytes:
+    """The bytes of regular file `path` (`open_regular`), or OSError where it holds more than
+    `limit`, a size no real file of its kind reaches (the caller's choice)."""
+    with open_regular(path) as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise _too_big(path, limit)
+    return data
+
+
 def read_json(path: str | os.PathLike, shape: dict[str, type | tuple[type, ...]] | None = None) -> dict | None:
-    """The JSON object in `path`, or None when it is missing, unreadable, not JSON (nor UTF-8),
-    nested past the parser's depth, not an object, or when a key `shape` names holds another type
-    (a file acm writes atomically is either whole or absent, so None means "not there")."""
+    """The JSON object in `path`, or None when it is missing, unreadable, not a regular file, over
+    JSON_LIMIT bytes, not JSON (nor UTF-8), nested past the parser's depth, not an object, or when a
+    key `shape` names holds another type (a file acm writes atomically is either whole or absent,
+    so None means "not there")."""
     try:
-        value = json.loads(Path(path).read_text(encoding="utf-8"))
+        value = json.loads(read_regular(path, JSON_LIMIT).decode("utf-8"))
     except (OSError, ValueError, RecursionError):
         return None
     if not isinstance(value, dict) or not fits(value, shape or {}):

@@ -98,6 +98,17 @@ def fake_run(project: Path, name: str, reports: list[tuple[int, int, float]], ch
     return run
 
 
+def edit_state(ck: Path, key: str, value) -> None:
+    """A checkpoint's state.json edited by hand: the value at dotted `key` (config.model.preset) set."""
+    state = json.loads((ck / "state.json").read_text())
+    *parents, last = key.split(".")
+    table = state
+    for name in parents:
+        table = table[name]
+    table[last] = value
+    (ck / "state.json").write_text(json.dumps(state))
+
+
 def check_between_checkpoints(run: Path, stage: str, step: int, val_loss: float) -> None:
     """A validation check recorded as the trainer records one, at a step where no checkpoint was kept
     (checks come every eval_every steps, checkpoints on their own schedule)."""

@@ -14,7 +14,7 @@ from pathlib import Path
 import mlx.core as mx
 
 from core import runs
-from core.config import Config, from_dict
+from core.config import Config
 from core.errors import AcmError
 from core.generate.sampling import PENALTY_WINDOW, SamplingParams, sample
 from core.model import model_shape
@@ -122,7 +122,7 @@ def load_model(cfg: Config, run: str | None = None, stage: str | None = None, wh
     if held is not None and (held.checkpoint, held.saved) == (ck.path, saved):
         return replace(held, notice=passed_over(ck, before, which))
     tok = checkpoint_tokenizer(cfg, ck, run_path, st)
-    ck_cfg = from_dict(ck.state["config"]) if "config" in ck.state else cfg  # the shape it was trained with
+    ck_cfg = checkpoint.trained_with(ck) if "config" in ck.state else cfg  # the shape it was trained with
     model = GPT(model_shape(ck_cfg, tok), compute_dtype or ck_cfg.model.compute_dtype)
     params = checkpoint.load_weights(ck)
     checkpoint.check_shapes(ck, params, model.parameters())

@@ -17,8 +17,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from core import config
-from core.atomic import fits, read_json, write_text
-from core.errors import AcmError, os_error_text
+from core.atomic import check_regular, fits, open_regular, read_json, read_regular, write_text
+from core.errors import AcmError, ConfigError, os_error_text
 from core.paths import Paths, check_run_name
 from core.runs.checkpoint import best, latest, list_checkpoints
 from core.runs.writer import alone
@@ -111,7 +111,7 @@ def prepare_run(cfg: config.Config, run: Path, stage: str | None = None) -> None
     saved = Paths.run_config(run)
     if saved.exists():
         try:
-            old = config.load(saved)
+            old = load_settings(saved)
         except AcmError as e:
             raise AcmError(f"run {run.name}: its config.toml is unreadable ({e})") from None
         if model_identity(old) != model_identity(cfg):
@@ -125,10 +125,31 @@ def prepare_run(cfg: config.Config, run: Path, stage: str | None = None) -> None
     config.save(cfg, saved)
 
 
-def read_metrics(run: Path, stage: str) -> list[dict]:
-    """Every complete line of a stage's metrics.jsonl (a line being written is skipped)."""
+SETTINGS_LIMIT = 16 << 20  # bytes: a run's config.toml, every setting with its prompts and tasks, takes kilobytes
+RECORDS_LIMIT = 512 << 20  # bytes: a metrics.jsonl report takes about 450 bytes, one every log_every steps: a
+# million reports and more, past any run; a samples.jsonl line, a sample, is sparser still
+
+
+def check_settings(path: Path) -> None:
+    """A run's config.toml refused as an unreadable acm.toml is, in one line naming it, where it is no
+    regular file or is over SETTINGS_LIMIT: reading a FIFO waits forever, /dev/zero fills the memory."""
     try:
-        return parse_records(Paths.metrics(run, stage).read_bytes().splitlines())
+        check_regular(path, SETTINGS_LIMIT)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read it ({e.strerror or e})") from None
+
+
+def load_settings(path: Path) -> config.Config:
+    """A run's config.toml, loaded as acm.toml is (`check_settings` first)."""
+    check_settings(path)
+    return config.load(path)
+
+
+def read_metrics(run: Path, stage: str) -> list[dict]:
+    """Every complete line of a stage's metrics.jsonl (a line being written is skipped); none where
+    it cannot be read, is no regular file or is over RECORDS_LIMIT."""
+    try:
+        return parse_records(read_regular(Paths.metrics(run, stage), RECORDS_LIMIT).splitlines())
     except OSError:
         return []
 
@@ -136,7 +157,7 @@ def read_metrics(run: Path, stage: str) -> list[dict]:
 def last_report(run: Path, stage: str, tail_bytes: int = 16384) -> dict | None:
     """The newest metrics report of a stage, read from the end of metrics.jsonl (cheap at any size)."""
     try:
-        with Paths.metrics(run, stage).open("rb") as f:
+        with open_regular(Paths.metrics(run, stage)) as f:
             f.seek(0, 2)
             f.seek(max(0, f.tell() - tail_bytes))
             lines = f.read().splitlines()
@@ -199,7 +220,8 @@ _TAIL = 64  # bytes of what was read that must be found again for a file to coun
 def appended_checks(path: Path) -> dict[int, float]:
     """A metrics.jsonl's validation checks (val_checks), parsing only what was appended since the
     last call: the app asks each time a stage's status changes, and a long stage's file is large.
-    A file replaced, cut or rewritten (its last bytes read no longer where they were) is read anew."""
+    A file replaced, cut or rewritten (its last bytes read no longer where they were) is read anew;
+    at most RECORDS_LIMIT bytes a call (the rest waits for the next), none of what is no regular file."""
     try:
         st = path.stat()
     except OSError:
@@ -208,13 +230,13 @@ def appended_checks(path: Path) -> dict[int, float]:
     identity = (st.st_dev, st.st_ino)
     seen, offset, tail, checks = _CHECKS.get(path, (identity, 0, b"", {}))
     try:
-        with path.open("rb") as f:
+        with open_regular(path) as f:
             f.seek(offset - len(tail))
             if seen != identity or f.read(len(tail)) != tail:
                 offset, tail, checks = 0, b"", {}
                 f.seek(0)
-            data = f.read()
-    except OSError:  # a folder, no permission: no checks, as a missing file
+            data = f.read(RECORDS_LIMIT)
+    except OSError:  # a folder, a FIFO, no permission: no checks, as a missing file
         _CHECKS.pop(path, None)
         return {}
     end = data.rfind(b"\n") + 1  # complete lines only: the one being written waits for the next call
@@ -356,7 +378,7 @@ def summary(run: Path) -> dict:
     check's; best_checkpoint is the checkpoint generation and export take as the best, which may
     hold a higher one (no checkpoint was saved at that check)."""
     try:
-        preset = config.load(Paths.run_config(run)).model.preset
+        preset = load_settings(Paths.run_config(run)).model.preset
     except AcmError:
         preset = "?"
     out = {"name": run.name, "preset": preset, "modified": run.stat().st_mtime, "stages": {}}

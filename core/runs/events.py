@@ -18,9 +18,10 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import ClassVar
 
-from core.atomic import writing
+from core.atomic import open_regular, read_regular, writing
+from core.errors import AcmError
 from core.paths import Paths
-from core.runs import parse_records, read_status, stage_state, write_status
+from core.runs import RECORDS_LIMIT, parse_records, read_status, stage_state, write_status
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -149,7 +150,7 @@ def event_from_json(record) -> Event | None:
 def read_samples(run: Path, stage: str) -> list[Sample]:
     """Every sample recorded in a stage's samples.jsonl, oldest first (a line being written is skipped)."""
     try:
-        records = parse_records(Paths.samples(run, stage).read_bytes().splitlines())
+        records = parse_records(read_regular(Paths.samples(run, stage), RECORDS_LIMIT).splitlines())
     except OSError:
         return []
     return [e for e in map(event_from_json, records) if isinstance(e, Sample)]
@@ -157,12 +158,18 @@ def read_samples(run: Path, stage: str) -> list[Sample]:
 
 def _appending(path: Path):
     """A stage's record file opened to append lines: one that ends inside a line (cut by a crash or
-    by hand) gets its newline first, so the next record is not glued onto the damaged one and lost."""
+    by hand) gets its newline first, so the next record is not glued onto the damaged one and lost.
+    One that is no regular file is refused in one line: a FIFO would hold the stage before its first
+    step, a device would swallow its records."""
     cut = False
-    if path.exists() and path.stat().st_size:
-        with open(path, "rb") as existing:
-            existing.seek(-1, os.SEEK_END)
-            cut = existing.read(1) != b"\n"
+    if path.exists():
+        try:
+            with open_regular(path) as existing:
+                if existing.seek(0, os.SEEK_END):
+                    existing.seek(-1, os.SEEK_END)
+                    cut = existing.read(1) != b"\n"
+        except OSError as e:
+            raise AcmError(f"{path}: cannot record into it ({e.strerror or e}); move it away to train") from None
     f = open(path, "a", buffering=1, encoding="utf-8")
     if cut:
         f.write("\n")
@@ -235,12 +242,13 @@ class StageFollower:
         return events
 
     def _new_lines(self, which: str, path: Path) -> list[bytes]:
-        """Complete lines added since the last read (a line still being written waits)."""
+        """Complete lines added since the last read (a line still being written waits), at most
+        RECORDS_LIMIT bytes of them a poll (the rest comes with the next)."""
         try:
-            with open(path, "rb") as f:
+            with open_regular(path) as f:
                 f.seek(self._offsets[which])
-                data = f.read()
-        except OSError:
+                data = f.read(RECORDS_LIMIT)
+        except OSError:  # missing, a folder, a FIFO, a device: nothing yet
             return []
         end = data.rfind(b"\n") + 1
         self._offsets[which] += end

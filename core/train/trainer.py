@@ -270,7 +270,7 @@ class Trainer:
     def _restore(self, ck: checkpoint.Checkpoint) -> None:
         for bad in checkpoint.damaged(self.ck_dir):
             if bad.name > ck.path.name:
-                self.log(f"checkpoint {bad.name} is damaged (its state.json is unreadable); "
+                self.log(f"checkpoint {bad.name} is damaged (its state.json is missing or damaged); "
                          f"resuming from {ck.path.name} instead")
         self._check_tokenizer(ck)
         params, opt_state = checkpoint.load_weights(ck), checkpoint.load_optimizer(ck)

@@ -25,7 +25,7 @@ from core.generate.sampling import (
 )
 from core.runs.writer import in_use
 from core.tokenizer.bpe import BOS_ID
-from tests.helpers import SteppingClock
+from tests.helpers import SteppingClock, edit_state
 
 
 @pytest.fixture(scope="module")
@@ -172,6 +172,25 @@ def test_a_checkpoint_whose_state_is_damaged_is_named_not_called_missing(with_mo
     err = " ".join(capsys.readouterr().err.split())
     assert f"{cks[-1].name} and {len(cks) - 1} more have a missing or damaged state.json" in err
     assert "no readable checkpoint in" in err and "train a model first" not in err
+
+
+@pytest.mark.parametrize("key, value", [("config.model.preset", "huge"), ("config.train.pretrain.batch_size", 0),
+                                        ("step", -5)])
+def test_a_checkpoint_whose_state_holds_what_it_cannot_is_passed_over_not_blamed_on_acm_toml(with_model, capsys,
+                                                                                          key, value):
+    """Settings in a state.json that do not load (the model is built from them), or a step that
+    is no checkpoint's: that checkpoint is damaged, passed over, and named where it is the only one."""
+    c, run = str(with_model / "acm.toml"), with_model / "runs" / "m"
+    only, = sorted((run / "finetune" / "checkpoints").glob("step-*"))
+    edit_state(only, key, value)
+    assert cli.main(["-c", c, "generate", "x", "--run", "m", "--max-tokens", "2"]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"passed over as damaged (no readable state.json): m/finetune: {only.name}; using m/pretrain" in err
+    assert cli.main(["-c", c, "export", "m", "--to", str(with_model / "e")]) == 0
+    assert "m/finetune: step-0000010; using m/pretrain" in " ".join(capsys.readouterr().err.split())
+    assert cli.main(["-c", c, "generate", "x", "--run", "m", "--stage", "finetune"]) == 2
+    err = capsys.readouterr().err
+    assert f"{only} has a missing or damaged state.json" in " ".join(err.split()) and "acm.toml" not in err
 
 
 def test_a_run_keeps_its_tokenizer_through_a_retrained_one(with_model, capsys):

@@ -22,7 +22,7 @@ from core.paths import Paths
 from core.runs import checkpoint, read_metrics
 from core.train.schedule import lr_at
 from core.train.trainer import Control, Trainer, TrainingError, train_stage
-from tests.helpers import ROOT, SteppingClock, catches_sigterm, losses, proc_stat, sigint_at_default
+from tests.helpers import ROOT, SteppingClock, catches_sigterm, edit_state, losses, proc_stat, sigint_at_default
 
 
 def load(project: Path) -> config.Config:
@@ -453,6 +453,22 @@ def test_a_damaged_state_json_says_so_and_names_the_checkpoint_resumed(prepared,
     out = " ".join("".join(capsys.readouterr()).split())  # the console wraps long lines
     assert "checkpoint step-0000020 is damaged" in out and "resuming from step-0000010" in out
     assert checkpoint.latest(folder).step == 11
+
+
+@pytest.mark.parametrize("key, value", [("step", -5), ("step", 30), ("config.model.preset", "huge"),
+                                        ("config.train.pretrain.seq_len", 100000)])
+def test_a_state_json_with_a_step_or_settings_it_cannot_hold_is_damaged_and_passed_over(prepared, capsys, key, value):
+    """A negative step, a step other than its folder's, or settings that do not load: the resume
+    continues from the checkpoint before, as from one whose state.json is not JSON."""
+    cfg = load(prepared)
+    run = cfg.runs_dir / "d"
+    train_stage(cfg, "pretrain", run, max_steps=20)
+    edit_state(Paths.checkpoints(run, "pretrain") / "step-0000020", key, value)
+    assert cli.main(["-c", str(prepared / "acm.toml"), "train", "pretrain", "--run", "d", "--resume",
+                     "--max-steps", "1"]) == 0
+    out = " ".join("".join(capsys.readouterr()).split())
+    assert "checkpoint step-0000020 is damaged" in out and "resumed pretrain from step 10" in out
+    assert checkpoint.latest(Paths.checkpoints(run, "pretrain")).step == 11
 
 
 def test_a_resume_with_nothing_to_resume_is_refused_not_started_over(prepared, capsys):

@@ -1,0 +1,96 @@
+"""A run's files replaced by something that is no regular file (a FIFO, a link to /dev/zero) or by
+one larger than acm ever writes: each reads as a damaged file does, never waiting for a writer nor
+filling the memory, on a real run `m`."""
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from core import atomic, cli, config, runs
+from core.errors import AcmError
+from core.paths import Paths
+from core.runs import appended_checks, checkpoint, last_report, read_metrics, read_status, summary
+from core.runs.compare import read_settings
+from core.runs.events import Recorder, StageFollower, read_samples
+
+IRREGULAR = {"FIFO": os.mkfifo, "link to /dev/zero": lambda path: path.symlink_to("/dev/zero")}
+
+
+@contextlib.contextmanager
+def unless_stuck(seconds: int = 60):
+    """A read that would wait forever (a FIFO without a writer) fails the test instead of freezing
+    the suite: a guard against a hang, not a measure of speed."""
+    def stuck(*_):
+        raise AssertionError(f"still waiting after {seconds} s on a file that is no regular one")
+    before = signal.signal(signal.SIGALRM, stuck)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, before)
+
+
+def replace_with(path: Path, how: str) -> None:
+    path.unlink(missing_ok=True)
+    IRREGULAR[how](path)
+
+
+@pytest.mark.parametrize("how", IRREGULAR)
+def test_run_files_that_are_no_regular_files_read_as_damaged_ones(with_model, how, capsys):
+    run = with_model / "runs" / "m"
+    folder = Paths.checkpoints(run, "pretrain")
+    newest, older = sorted(folder.glob("step-*"))[::-1]
+    for path in (Paths.run_config(run), Paths.status(run, "pretrain"), Paths.metrics(run, "pretrain"),
+                 Paths.samples(run, "pretrain"), Paths.train_log(run, "pretrain"), newest / checkpoint.STATE):
+        replace_with(path, how)
+    with unless_stuck():
+        assert read_status(run, "pretrain") is None
+        assert read_metrics(run, "pretrain") == [] and last_report(run, "pretrain") is None
+        assert appended_checks(Paths.metrics(run, "pretrain")) == {} and read_samples(run, "pretrain") == []
+        assert [e.type for e in StageFollower(run, "pretrain").poll()] == ["state"]
+        assert checkpoint.damaged(folder) == [newest] and checkpoint.latest(folder).path == older
+        assert summary(run)["preset"] == "?"  # the run is still listed, its settings unread
+        assert cli.main(["-c", str(with_model / "acm.toml"), "runs"]) == 0
+        settings = read_settings(run)
+        kind = "a FIFO" if how == "FIFO" else "a device"
+        assert settings.values is None and f"cannot read it ({kind}, not a regular file)" in settings.problem
+        with pytest.raises(AcmError, match=f"run m: its config.toml is unreadable .*{kind}, not a regular file"):
+            runs.prepare_run(config.load(with_model / "acm.toml"), run, "pretrain")
+    assert "m" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("how", IRREGULAR)
+def test_a_stage_will_not_record_into_a_file_that_is_no_regular_one(with_model, how):
+    """Training appends to metrics.jsonl: a FIFO there would hold the stage before its first step,
+    a device swallow its records; either is one line naming it."""
+    run = with_model / "runs" / "m"
+    replace_with(Paths.metrics(run, "pretrain"), how)
+    with unless_stuck(), pytest.raises(AcmError, match=f"{Paths.metrics(run, 'pretrain')}: cannot record into it"):
+        Recorder(run, "pretrain", 30)
+
+
+def test_run_files_larger_than_acm_writes_read_as_damaged_ones(with_model, monkeypatch):
+    """The size caps, made small so that a real run's files pass them: JSON (a state, a status)
+    and a stage's records over theirs read as absent; the validation checks, read as appended, at
+    most the cap a call (the rest at the next)."""
+    run = with_model / "runs" / "m"
+    status = Paths.status(run, "pretrain").read_bytes()
+    monkeypatch.setattr(atomic, "JSON_LIMIT", len(status))
+    assert read_status(run, "pretrain") is not None
+    Paths.status(run, "pretrain").write_bytes(status.rstrip() + b" \n")
+    assert read_status(run, "pretrain") is None
+
+    metrics = Paths.metrics(run, "pretrain")
+    lines = metrics.read_bytes().splitlines(keepends=True)
+    checks = appended_checks(metrics)
+    first_check = next(i for i, line in enumerate(lines) if b'"eval"' in line)
+    monkeypatch.setattr(runs, "RECORDS_LIMIT", len(b"".join(lines[:first_check + 1])))
+    runs._CHECKS.clear()
+    assert read_metrics(run, "pretrain") == []
+    calls = [appended_checks(metrics) for _ in lines]  # enough calls to read it all, a cap at a time
+    assert len(calls[0]) == 1 and calls[-1] == checks and len(checks) > 1
