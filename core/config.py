@@ -20,7 +20,7 @@ from typing import Any, get_type_hints
 import tomli_w
 import tomlkit
 
-from core.atomic import write_text
+from core.atomic import read_regular, write_text
 from core.errors import ConfigError, write_failure
 from core.paths import Paths
 from core.presets import PRESETS, ModelShape, get_preset
@@ -658,11 +658,16 @@ def _check_eval_prompts(ev: EvalConfig, source: str) -> None:
         first[task.prompt] = i
 
 
+SETTINGS_LIMIT = 16 << 20  # bytes: a settings file, every setting with its prompts and tasks, takes kilobytes
+
+
 def read_table(path: str | os.PathLike) -> dict:
-    """acm.toml's table as written, each way it can fail in one line."""
+    """acm.toml's table as written (or a run's config.toml), each way it can fail in one line; one
+    that is no regular file (a FIFO would wait forever, /dev/zero fill the memory) or is over
+    SETTINGS_LIMIT is one that cannot be read."""
     path = Path(path)
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(read_regular(path, SETTINGS_LIMIT).decode("utf-8"))
     except OSError as e:  # a folder, no permission, a link to nothing
         link = f" (a link to {os.readlink(path)})" if path.is_symlink() else ""
         raise ConfigError(f"{path}{link}: cannot read it ({e.strerror or e})") from None

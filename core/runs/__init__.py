@@ -17,8 +17,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from core import config
-from core.atomic import check_regular, fits, open_regular, read_json, read_regular, write_text
-from core.errors import AcmError, ConfigError, os_error_text
+from core.atomic import fits, open_regular, read_json, read_regular, write_text
+from core.errors import AcmError, os_error_text
 from core.paths import Paths, check_run_name
 from core.runs.checkpoint import best, latest, list_checkpoints
 from core.runs.writer import alone
@@ -111,7 +111,7 @@ def prepare_run(cfg: config.Config, run: Path, stage: str | None = None) -> None
     saved = Paths.run_config(run)
     if saved.exists():
         try:
-            old = load_settings(saved)
+            old = config.load(saved)
         except AcmError as e:
             raise AcmError(f"run {run.name}: its config.toml is unreadable ({e})") from None
         if model_identity(old) != model_identity(cfg):
@@ -125,24 +125,8 @@ def prepare_run(cfg: config.Config, run: Path, stage: str | None = None) -> None
     config.save(cfg, saved)
 
 
-SETTINGS_LIMIT = 16 << 20  # bytes: a run's config.toml, every setting with its prompts and tasks, takes kilobytes
 RECORDS_LIMIT = 512 << 20  # bytes: a metrics.jsonl report takes about 450 bytes, one every log_every steps: a
 # million reports and more, past any run; a samples.jsonl line, a sample, is sparser still
-
-
-def check_settings(path: Path) -> None:
-    """A run's config.toml refused as an unreadable acm.toml is, in one line naming it, where it is no
-    regular file or is over SETTINGS_LIMIT: reading a FIFO waits forever, /dev/zero fills the memory."""
-    try:
-        check_regular(path, SETTINGS_LIMIT)
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read it ({e.strerror or e})") from None
-
-
-def load_settings(path: Path) -> config.Config:
-    """A run's config.toml, loaded as acm.toml is (`check_settings` first)."""
-    check_settings(path)
-    return config.load(path)
 
 
 def read_metrics(run: Path, stage: str) -> list[dict]:
@@ -378,7 +362,7 @@ def summary(run: Path) -> dict:
     check's; best_checkpoint is the checkpoint generation and export take as the best, which may
     hold a higher one (no checkpoint was saved at that check)."""
     try:
-        preset = load_settings(Paths.run_config(run)).model.preset
+        preset = config.load(Paths.run_config(run)).model.preset
     except AcmError:
         preset = "?"
     out = {"name": run.name, "preset": preset, "modified": run.stat().st_mtime, "stages": {}}

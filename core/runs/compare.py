@@ -18,7 +18,7 @@ from typing import Any
 from core import config
 from core.errors import AcmError
 from core.paths import Paths
-from core.runs import TRAINING_STAGES, check_settings, is_count, is_finite, read_metrics, val_checks
+from core.runs import TRAINING_STAGES, is_count, is_finite, read_metrics, val_checks
 
 MISSING = "–"  # a setting a run's config.toml does not hold
 AXES = ("step", "tokens")
@@ -49,7 +49,6 @@ def read_settings(run: Path) -> RunSettings:
     """A run's settings as its config.toml holds them, checked as acm.toml would be."""
     path = Paths.run_config(run)
     try:
-        check_settings(path)
         table = config.read_table(path)
     except AcmError as e:
         return RunSettings(run, None, str(e))

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -341,6 +342,16 @@ def test_a_number_given_to_a_text_setting_is_that_text_and_a_nul_is_refused_ever
                            capture_output=True, text=True)
         assert (r.returncode, r.stderr.count("\n")) == (2, 1) and "holds a NUL character" in r.stderr, r.stderr
         assert "\0" not in r.stderr  # said as \x00, not written to the terminal
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_a_settings_file_that_is_no_regular_file_is_refused_in_one_line_without_waiting(tmp_path, kind):
+    path = tmp_path / "acm.toml"
+    os.mkfifo(path) if kind == "fifo" else path.symlink_to("/dev/zero")  # reading waits forever / never ends
+    r = subprocess.run([sys.executable, "-m", "core.cli", "-c", str(path), "config", "check"],
+                       capture_output=True, text=True, timeout=60)
+    said = {"fifo": "cannot read it (a FIFO, not a regular file)", "device": "cannot read it (a device, not a"}
+    assert (r.returncode, r.stderr.count("\n")) == (2, 1) and said[kind] in r.stderr, r.stderr
 
 
 @pytest.mark.parametrize("text, message", [("1e308", "is not a duration"), ("1_0", "is not a duration"),
