@@ -39,6 +39,12 @@ class Flock:
             os.close(self.fd)  # closing the descriptor drops the lock
             self.fd = None
 
+    def __enter__(self) -> Flock:
+        return self
+
+    def __exit__(self, *exc) -> None:  # released however the block ends
+        self.release()
+
 
 @contextlib.contextmanager
 def reading_inputs(lock_path: Path) -> Iterator[None]:
@@ -46,10 +52,8 @@ def reading_inputs(lock_path: Path) -> Iterator[None]:
     lock = Flock(lock_path)
     if not lock.try_acquire(shared=True):
         raise AcmError("the tokenizer or the token shards are being rebuilt: wait for that to finish")
-    try:
+    with lock:
         yield
-    finally:
-        lock.release()
 
 
 @contextlib.contextmanager
@@ -59,7 +63,5 @@ def rebuilding_inputs(lock_path: Path, what: str) -> Iterator[None]:
     if not lock.try_acquire():
         raise AcmError(f"{what} can't be rebuilt now: a training stage or another rebuild is using them "
                        "(`acm runs` shows it); stop it first, or wait")
-    try:
+    with lock:
         yield
-    finally:
-        lock.release()

@@ -81,10 +81,8 @@ def in_use(run: Path, doing: str) -> Iterator[None]:
         if isinstance(e, OSError):
             raise AcmError(f"run {run.name} cannot be {doing}: {os_error_text(e)}") from None
         raise
-    try:
+    with lock:
         yield
-    finally:
-        lock.release()
 
 
 @contextlib.contextmanager
@@ -98,7 +96,5 @@ def alone(run: Path, doing: str) -> Iterator[None]:
         taken = None
     if taken is False:
         raise AcmError(f"run {run.name} is being evaluated: it can be {doing} once that ends")
-    try:
+    with lock:
         yield
-    finally:
-        lock.release()
