@@ -11,6 +11,7 @@ from textual.binding import Binding
 from textual.widgets import DataTable, Static
 
 from core import runs
+from core.escapes import visible
 from core.model.check import architecture_test
 from core.pipeline import doctor
 from core.pipeline.overview import StageStatus, pipeline_status, run_remaining, training_progress
@@ -19,6 +20,7 @@ from core.pipeline.tables import (
     PRESET_COLUMNS,
     STATE_STYLES,
     doctor_row,
+    plain,
     preset_row,
 )
 from core.presets import PRESETS, human_count
@@ -114,7 +116,7 @@ class SetupPane(Pane):
         row = table.cursor_row
         table.clear()
         for st in statuses:
-            table.add_row(st.label, Text(st.state, style=STATE_STYLES.get(st.state, "")), Text(st.detail),
+            table.add_row(st.label, Text(st.state, style=STATE_STYLES.get(st.state, "")), plain(st.detail),
                           key=st.name)
         self.statuses = {st.name: st for st in statuses}
         if statuses:
@@ -130,7 +132,7 @@ class SetupPane(Pane):
         st = self.statuses.get(table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value)
         if st is not None:
             self.query_one("#pipeline-detail", Static).update(
-                Text(f"{st.label}: {st.state}" + (f" — {st.detail}" if st.detail else ""), style="dim"))
+                Text(visible(f"{st.label}: {st.state}" + (f" — {st.detail}" if st.detail else "")), style="dim"))
 
     @on(DataTable.RowSelected, "#pipeline")
     def _selected(self, event: DataTable.RowSelected) -> None:

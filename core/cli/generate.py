@@ -19,7 +19,7 @@ from core.cli.progress import progress_bars
 from core.config import Config
 from core.engine import POLL_S, Engine, wait_for
 from core.errors import INTERRUPTED, AcmError, politely_killed
-from core.escapes import unescape, utf8
+from core.escapes import unescape, utf8, visible
 from core.generate.checked import checked_generate, sample_and_judge
 from core.generate.cut import cut_note
 from core.generate.decode import load_model, stream_generate
@@ -236,7 +236,8 @@ def cmd_eval(args, cfg: Config) -> int:
 def print_eval_table(results: dict) -> None:
     """The evaluation as a table on stdout: `acm eval` and the end of `acm pipeline run` print it;
     under it, what its time budget cut, if anything."""
-    table = Table(*EVAL_COLUMNS, title=f"Evaluation of run {results['run']} (samples drawn/asked, perplexity; "
+    run = escape(visible(results["run"]))  # a name from disk: neither markup nor control characters
+    table = Table(*EVAL_COLUMNS, title=f"Evaluation of run {run} (samples drawn/asked, perplexity; "
                   "generated bash: share parsing with bash -n, share using what its task expects, mean lines, "
                   "distinct-2)", title_justify="left", caption=escape(cut_note(results)) or None,
                   caption_justify="left", caption_style="yellow")

@@ -23,7 +23,7 @@ from core.engine import Engine
 from core.errors import READER_GONE, AcmError, OutputGone, interrupted, one_line
 from core.paths import Paths
 from core.pipeline.overview import StageStatus, pipeline_status, run_remaining
-from core.pipeline.tables import STATE_STYLES
+from core.pipeline.tables import STATE_STYLES, plain
 from core.progress import Cancelled, CancelToken, Progress
 from core.runs import checkpoint
 from core.train.ready import submit_readying
@@ -38,7 +38,7 @@ def cmd_status(args, cfg: Config) -> int:
         return 0
     table = Table("stage", "state", "details", title="Pipeline", title_justify="left")
     for s in statuses:
-        table.add_row(s.label, Text(s.state, style=STATE_STYLES.get(s.state, "")), Text(s.detail))
+        table.add_row(s.label, Text(s.state, style=STATE_STYLES.get(s.state, "")), plain(s.detail))
     console_for().print(table)
     return 0
 

@@ -105,7 +105,7 @@ def cmd_metrics(args, cfg: Config) -> int:
         print(json.dumps([e for e in records if e.get("type") in ("metrics", "eval")]))
     else:
         last = next((e for e in reversed(records) if e.get("type") == "metrics"), None)
-        print(f"{stage} of run {run.name}: {sum(e.get('type') == 'metrics' for e in records)} reports"
+        print(f"{stage} of run {visible(run.name)}: {sum(e.get('type') == 'metrics' for e in records)} reports"
               + (f", last at step {last['step']} (loss {last['loss']:.4f})" if last else "")
               + "; --csv for a spreadsheet")
     return 0
@@ -180,7 +180,7 @@ def loss_table(stage: str, names: list[str], by: str, curves: list[compare.Curve
     """One stage's losses, a column a run: the last report, the best check, the checks all share."""
     table = Table(title=f"{stage}: loss by {by}", title_justify="left")
     for name in ("", *names):
-        table.add_column(name, overflow="fold")
+        table.add_column(plain(name), overflow="fold")  # a run's name: its control characters escaped
     summaries = [compare.stage_summary(c) for c in curves]
     table.add_row("last train loss", *(_loss(s["last_train_loss"]) for s in summaries))
     table.add_row("  at " + ("tokens seen" if by == "tokens" else "step"), *(_x(s["last_x"]) for s in summaries))

@@ -17,7 +17,6 @@ import shutil
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import mlx.core as mx
@@ -236,16 +235,13 @@ STATE_SHAPE = {"step": int, "val_loss": (int, float, None), "config": dict, "tok
 
 
 def read_state(folder: Path) -> dict | None:
-    """A checkpoint's state.json, or None when it is missing or damaged: no step, a wrong type, a
+    """A checkpoint's state.json, or None when it is missing or damaged: no step, a wrong type, or a
     step that is negative or not its folder's (acm names, orders and prunes checkpoints by the
-    folder, resumes from the step: a file that disagrees was edited, and neither can be trusted), or
-    settings that do not load (generating builds the model from them)."""
+    folder, resumes from the step: a file that disagrees was edited, and neither can be trusted).
+    Its settings are checked where they are used (`trained_with`): a resume trains with acm.toml's,
+    and a check acm adds later must not make older checkpoints unreadable."""
     state = read_json(folder / STATE, STATE_SHAPE)
-    if state is None or not _names(folder, state.get("step")):
-        return None
-    if "config" in state and not _settings_load(folder, json.dumps(state["config"], sort_keys=True)):
-        return None
-    return state
+    return state if state is not None and _names(folder, state.get("step")) else None
 
 
 def _names(folder: Path, step) -> bool:
@@ -257,17 +253,6 @@ def trained_with(ck: Checkpoint) -> config.Config:
     """The settings `ck` was trained with (its state.json's), checked as acm.toml's are: ConfigError
     naming its state.json."""
     return config.from_dict(ck.state["config"], source=str(ck.path / STATE), root=ck.run)
-
-
-@lru_cache(maxsize=4096)
-def _settings_load(folder: Path, settings: str) -> bool:
-    """Whether a checkpoint's settings (as JSON) load; kept, since every listing of checkpoints
-    reads each state.json again and loading settings takes milliseconds."""
-    try:
-        trained_with(Checkpoint(folder, {"config": json.loads(settings)}))
-    except AcmError:
-        return False
-    return True
 
 
 def damaged(folder: Path) -> list[Path]:

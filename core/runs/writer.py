@@ -91,7 +91,9 @@ def alone(run: Path, doing: str) -> Iterator[None]:
     evaluation holds it (in_use)."""
     lock = Flock(Paths.use_lock(run))
     try:
+        before = os.stat(run)
         taken = lock.try_acquire(make_folder=False)
+        os.utime(run, ns=(before.st_atime_ns, before.st_mtime_ns))  # the run's "modified" is its own, not the lock's
     except OSError:  # a folder that cannot hold the lock file: the rename or delete says why
         taken = None
     if taken is False:

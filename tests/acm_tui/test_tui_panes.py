@@ -180,6 +180,21 @@ async def test_runs_pane_shows_a_run_name_s_control_characters_escaped(project):
         assert not any("\x1b" in line for line in drawn), drawn
 
 
+async def test_setup_pane_shows_the_followed_run_s_control_characters_escaped(project):
+    """The pipeline's rows name the run it follows (the newest): escaped, and no ESC drawn."""
+    from core.runs import write_status
+
+    write_status(fake_run(project, "x\x1b]0;PWN\x07[b]y", [(10, 640, 5.0)], [(10, 4.0)]), "pretrain", "done",
+                 step=10, total=10)
+    app = PaneHost(SetupPane, project / "acm.toml")
+    async with app.run_test(size=(120, 40)) as pilot:
+        table = app.query_one("#pipeline", DataTable)
+        await wait_until(pilot, lambda: table.row_count >= 7)
+        drawn = [table.render_line(y).text for y in range(table.row_count + 1)]
+        assert any("x\\x1b]0;PWN\\x07[b]y" in line for line in drawn), drawn
+        assert not any("\x1b" in line for line in drawn), drawn
+
+
 async def test_runs_pane_exports_a_run_in_the_chosen_format(with_model):
     from textual.widgets import Select
 

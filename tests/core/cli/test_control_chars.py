@@ -4,8 +4,10 @@ a terminal and written as it is into a pipe or a file."""
 from __future__ import annotations
 
 import json
+import os
 
 from core import cli
+from core.paths import Paths
 from core.runs import write_status
 from tests.helpers import fake_run, with_pairs
 from tests.stand_ins import script, write_tree
@@ -24,6 +26,19 @@ def test_the_runs_table_shows_a_run_name_s_control_characters_escaped(project, c
     assert "x\\x1b]0;PWN\\x07[b]y" in out and "\x1b" not in out  # a table is for reading, piped or not
     assert cli.main(["-c", c, "runs", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)[0]["name"] == NAME  # JSON keeps the name as it is
+
+
+def test_every_command_naming_a_run_shows_its_control_characters_escaped(project, capsys):
+    """The compared runs' columns, a stage's metrics line and the pipeline's rows name the run too."""
+    for name in ("plain", NAME):
+        write_status(fake_run(project, name, [(10, 640, 5.0)], [(10, 4.0)]), "pretrain", "done", step=10, total=10)
+    newest = Paths.run_config(project / "runs" / NAME)  # the pipeline follows the newest run
+    os.utime(newest, (newest.stat().st_mtime + 10,) * 2)
+    c = str(project / "acm.toml")
+    for command in (["runs", "compare", "plain", NAME], ["runs", "metrics", NAME], ["pipeline"]):
+        assert cli.main(["-c", c, *command]) == 0, command
+        out = capsys.readouterr().out
+        assert "x\\x1b]0;PWN\\x07[b]y" in out and "\x1b" not in out, (command, out)
 
 
 def test_data_show_escapes_on_a_terminal_and_writes_the_script_as_it_is_elsewhere(project, tmp_path, capsys):

@@ -174,15 +174,12 @@ def test_a_checkpoint_whose_state_is_damaged_is_named_not_called_missing(with_mo
     assert "no readable checkpoint in" in err and "train a model first" not in err
 
 
-@pytest.mark.parametrize("key, value", [("config.model.preset", "huge"), ("config.train.pretrain.batch_size", 0),
-                                        ("step", -5)])
-def test_a_checkpoint_whose_state_holds_what_it_cannot_is_passed_over_not_blamed_on_acm_toml(with_model, capsys,
-                                                                                          key, value):
-    """Settings in a state.json that do not load (the model is built from them), or a step that
-    is no checkpoint's: that checkpoint is damaged, passed over, and named where it is the only one."""
+def test_a_checkpoint_whose_step_is_no_checkpoint_s_is_passed_over(with_model, capsys):
+    """A negative step in state.json: that checkpoint is damaged, passed over, and named where it is
+    the only one."""
     c, run = str(with_model / "acm.toml"), with_model / "runs" / "m"
     only, = sorted((run / "finetune" / "checkpoints").glob("step-*"))
-    edit_state(only, key, value)
+    edit_state(only, "step", -5)
     assert cli.main(["-c", c, "generate", "x", "--run", "m", "--max-tokens", "2"]) == 0
     err = " ".join(capsys.readouterr().err.split())
     assert f"passed over as damaged (no readable state.json): m/finetune: {only.name}; using m/pretrain" in err
@@ -191,6 +188,22 @@ def test_a_checkpoint_whose_state_holds_what_it_cannot_is_passed_over_not_blamed
     assert cli.main(["-c", c, "generate", "x", "--run", "m", "--stage", "finetune"]) == 2
     err = capsys.readouterr().err
     assert f"{only} has a missing or damaged state.json" in " ".join(err.split()) and "acm.toml" not in err
+
+
+@pytest.mark.parametrize("key, value, said", [
+    ("config.model.preset", "huge", "model.preset = 'huge' is not valid"),
+    ("config.train.pretrain.batch_size", 0, "batch_size = 0 is out of range")])
+def test_settings_a_checkpoint_was_trained_with_that_do_not_load_are_blamed_on_its_state_json(with_model, capsys,
+                                                                                           key, value, said):
+    """The model is built from them: one line naming that state.json, never acm.toml."""
+    c, run = str(with_model / "acm.toml"), with_model / "runs" / "m"
+    only, = sorted((run / "finetune" / "checkpoints").glob("step-*"))
+    edit_state(only, key, value)
+    for command in (["generate", "x", "--run", "m", "--max-tokens", "2"],
+                    ["export", "m", "--to", str(with_model / "e")]):
+        assert cli.main(["-c", c, *command]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"acm: error: {only / 'state.json'}: ") and said in err and "acm.toml" not in err
 
 
 def test_a_run_keeps_its_tokenizer_through_a_retrained_one(with_model, capsys):
@@ -353,7 +366,10 @@ def test_a_run_under_evaluation_is_neither_renamed_nor_deleted_and_its_results_s
     evaluate_run(cfg, report=meanwhile, samples=1, max_tokens=4)
     assert refused == [(2, 2)] and capsys.readouterr().err.count("run m is being evaluated: it can be") == 2
     assert (run / "eval.json").is_file() and not (cfg.runs_dir / "m2").exists()
+    (run / "use.lock").unlink()  # as in a run no evaluation has held
+    modified = run.stat().st_mtime_ns
     assert cli.main(["-c", c, "runs", "rename", "m", "m2"]) == 0  # once it has ended
+    assert (cfg.runs_dir / "m2").stat().st_mtime_ns == modified  # the lock taken for it changes no date shown
     with pytest.raises(AcmError, match="run m was renamed or deleted as it was to be evaluated"):
         with in_use(run, "evaluated"):  # the old name, after the rename
             pass
