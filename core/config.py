@@ -238,11 +238,11 @@ class TrainConfig:
                                             "a throwaway model of their shapes, so its first training stage finds "
                                             "them compiled; skipped on several ranks or where a step may not fit "
                                             "in memory")
-    ready_in_command: bool = setting(False, "while acm train starts (Python's imports, the settings read, the run "
-                                            "picked), run the stage's training step, a validation loss and a "
-                                            "live-samples decode once on a throwaway model of its shape, so the "
-                                            "stage finds them compiled; GPUs only, skipped on several ranks, with "
-                                            "--detach or where a step may not fit in memory")
+    ready_in_command: bool = setting(True, "while acm train starts (Python's imports, the settings read, the run "
+                                           "picked), run the stage's training step, a validation loss and a "
+                                           "live-samples decode once on a throwaway model of its shape, so the "
+                                           "stage finds them compiled; GPUs only, skipped on several ranks, with "
+                                           "--detach or where a step may not fit in memory")
     pretrain: StageConfig = field(default_factory=StageConfig)
     finetune: FinetuneConfig = field(default_factory=_finetune_defaults)
 
