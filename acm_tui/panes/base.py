@@ -44,8 +44,8 @@ class Pane(VerticalScroll):
         return self.app.cfg
 
     def on_focus(self) -> None:
-        if self.FOCUS:
-            self.query_one(self.FOCUS).focus()
+        if self.FOCUS:  # the pane stays at its top: its keys' hint above the widget stays in view
+            self.query_one(self.FOCUS).focus(scroll_visible=False)
 
     def notify(self, message: str, *, title: str = "", severity: SeverityLevel = "information",
                timeout: float | None = None, markup: bool = False) -> None:
