@@ -850,10 +850,10 @@ def with_value(cfg: Config, key: str, text: str, source: str = CONFIG_NAME) -> t
     node = table
     for part in parents:
         node = node.setdefault(part, {})
-    value = parse_value(text)
-    if isinstance(get_value(Config(), key), str) and isinstance(value, int | float):  # time 90: the text "90"
+    value, default = parse_value(text), get_value(Config(), key)
+    if isinstance(default, str) and isinstance(value, int | float):  # time 90: the text "90"
         value = text.strip()
-    if isinstance(get_value(Config(), key), list) and isinstance(value, str):  # a,b for ["a", "b"]
+    if isinstance(default, list) and isinstance(value, str):  # a,b for ["a", "b"]
         value = [part.strip() for part in value.split(",") if part.strip()]
     node[leaf] = value
     notes = _follow_preset(table, cfg) if key == "model.preset" and isinstance(value, str) and value in PRESETS else []

@@ -67,21 +67,19 @@ def in_use(run: Path, doing: str) -> Iterator[None]:
     """Hold `run` while it is `doing` (an evaluation: its checkpoints read, eval.json written into
     it). A rename or delete meanwhile would leave the results in a folder made again under the old
     name, so they refuse; one that came first leaves this refused instead."""
-    lock, path = Flock(Paths.use_lock(run)), Paths.use_lock(run)
-    gone = AcmError(f"run {run.name} was renamed or deleted as it was to be {doing}: see `acm runs`")
-    try:
-        if not lock.try_acquire(shared=True, make_folder=False):
-            raise AcmError(f"run {run.name} is being renamed or deleted: see `acm runs`")
-        if not os.path.samestat(os.stat(path), os.fstat(lock.fd)):  # moved between the open and the lock
-            raise gone
-    except BaseException as e:
-        lock.release()
-        if isinstance(e, FileNotFoundError):
-            raise gone from None
-        if isinstance(e, OSError):
+    path = Paths.use_lock(run)
+    with Flock(path) as lock:  # released however this ends
+        try:
+            taken = lock.try_acquire(shared=True, make_folder=False)
+            gone = taken and not os.path.samestat(os.stat(path), os.fstat(lock.fd))  # moved after the open
+        except FileNotFoundError:  # moved before it
+            taken, gone = True, True
+        except OSError as e:
             raise AcmError(f"run {run.name} cannot be {doing}: {os_error_text(e)}") from None
-        raise
-    with lock:
+        if not taken:
+            raise AcmError(f"run {run.name} is being renamed or deleted: see `acm runs`")
+        if gone:
+            raise AcmError(f"run {run.name} was renamed or deleted as it was to be {doing}: see `acm runs`")
         yield
 
 
