@@ -13,11 +13,13 @@ from core.train import early_stops
 if __name__ == "__main__":  # a training process: a SIGTERM while the modules below load is kept
     early_stops.keep()
 
-import json  # noqa: E402  (after the handler above: MLX's import alone takes most of a second)
+import contextlib  # noqa: E402  (after the handler above: MLX's import alone takes most of a second)
+import json  # noqa: E402
 import queue  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
-from collections.abc import Callable  # noqa: E402
+import threading  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
 from dataclasses import replace  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -38,36 +40,73 @@ Follow = Callable[[queue.SimpleQueue, Callable[[], None]], int | None]  # (event
 
 
 def relay(events: queue.SimpleQueue, show: Callable[[Event], None], stop: Callable[[], None],
-          say: Callable[[str], None]) -> int | None:
+          say: Callable[[str], None], poll_s: float = 0.2) -> int | None:
     """Hand a stage's events to `show` until FINISHED. Ctrl-C once (waiting or showing) calls
     `stop`; twice returns 130 at once. An output whose reader went calls `stop` too: the stage ends
     at its next step with a checkpoint, then the broken pipe is raised to end the command."""
     interrupts, gone = 0, None
-    while True:
-        try:
-            event = events.get(timeout=0.2)
-            if event is not FINISHED and gone is None:
-                show(event)
-        except queue.Empty:
-            continue
-        except READER_GONE as e:  # the reader went (`| head`): stop with a checkpoint, then end so
-            gone = e
-            stop()
-            continue
-        except KeyboardInterrupt:
-            interrupts += 1
-            if interrupts > 1:
+    with interrupts_as_events(events):
+        while (event := _next(events, poll_s)) is not FINISHED:
+            if event is INTERRUPT:
+                interrupts += 1
+                if interrupts > 1:
+                    if gone is None:
+                        say("interrupted: exiting now; the last checkpoint stays loadable")
+                    return INTERRUPTED
                 if gone is None:
-                    say("interrupted: exiting now; the last checkpoint stays loadable")
-                return INTERRUPTED
-            if gone is None:
-                say("stopping at the next step and saving a checkpoint (Ctrl-C again to quit now)")
-            stop()
-            continue
-        if event is FINISHED:
-            if gone is not None:
-                raise OutputGone() from gone
-            return None
+                    say("stopping at the next step and saving a checkpoint (Ctrl-C again to quit now)")
+                stop()
+            elif event is not None and gone is None:
+                try:
+                    show(event)
+                except READER_GONE as e:  # the reader went (`| head`): stop with a checkpoint, then end so
+                    gone = e
+                    stop()
+    if gone is not None:
+        raise OutputGone() from gone
+    return None
+
+
+INTERRUPT = object()  # a Ctrl-C, in a stage's events while a command follows them (never printed)
+
+
+@contextlib.contextmanager
+def interrupts_as_events(events: queue.SimpleQueue) -> Iterator[None]:
+    """While the main thread follows `events`, a Ctrl-C (or a polite kill acm takes as one) is an
+    INTERRUPT among them, not a KeyboardInterrupt. Python raises that where the main thread next
+    checks for signals: at a loop's jump back to its `try`, or just after the queue handed over an
+    event; so a Ctrl-C while the thread waited for the interpreter's lock after a quiet poll left
+    the relay, and the command quit without its checkpoint (a polite kill of a ranks run lost the
+    run), and one as the last event came lost it. Whatever the signal's handler does besides
+    (counting a polite kill) it still does."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+
+    def as_event(signum, frame) -> None:
+        try:
+            before[signum](signum, frame)
+        except KeyboardInterrupt:
+            events.put(INTERRUPT)
+
+    for signum, handler in before.items():
+        if callable(handler):
+            signal.signal(signum, as_event)
+    try:
+        yield
+    finally:
+        for signum, handler in before.items():
+            if callable(handler):
+                signal.signal(signum, handler)
+
+
+def _next(events: queue.SimpleQueue, poll_s: float):
+    """The next event, or None after `poll_s` without one."""
+    try:
+        return events.get(timeout=poll_s)
+    except queue.Empty:
+        return None
 
 
 def train_here(cfg: Config, launch: Launch, run: Path, follow: Follow,

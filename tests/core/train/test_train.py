@@ -251,7 +251,7 @@ def test_a_polite_kill_while_the_ranks_start_stops_them_once_they_can_take_it(pr
     assert proc.returncode == 143, out
     status_now = runs.read_status(cfg.runs_dir / "c", "pretrain")
     last = checkpoint.latest(Paths.checkpoints(cfg.runs_dir / "c", "pretrain"))
-    assert status_now["state"] == "stopped", out  # at its next step: with a checkpoint, or before the first
+    assert status_now is not None and status_now["state"] == "stopped", out  # at its next step, or before the first
     assert (last.step if last else 0) == status_now["step"], out
 
 
