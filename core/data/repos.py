@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
+from core import tether
 from core.data.corpus import UNKNOWN_LICENCE
 from core.errors import AcmError
 from core.progress import CancelToken, Reporter, Ticker
@@ -198,9 +199,9 @@ def run_cancellable(argv: list[str], timeout_s: float, cancel: CancelToken, poll
     """`subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s)`, which also ends
     within `poll_s` of `cancel` (Ctrl-C, SIGTERM, `x`, the app quitting), the child's process group
     with it (git starts helpers of its own): Cancelled is raised then. A clone of minutes no longer
-    holds acm until it is done."""
-    with subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True, start_new_session=True, **popen) as proc:
+    holds acm until it is done, nor outlives it (core/tether.py: not even a `kill -9` of acm)."""
+    with subprocess.Popen(tether.command(os.getpid(), argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, start_new_session=True, **popen) as proc:
         deadline = time.monotonic() + timeout_s
         while True:
             try:

@@ -2,11 +2,14 @@
 duplicate entries, URLs git could read as options, and the built-in list itself."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
+import sys
 import threading
 import time
 import tomllib
@@ -15,7 +18,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from core import cli, config
+from core import cli, config, tether
 from core.data import repos as repos_module
 from core.data.code import fetch_code
 from core.data.corpus import Corpus
@@ -54,13 +57,19 @@ def spy_git(monkeypatch) -> list[list[str]]:
         return subprocess.run(argv, *a, **kw)
 
     def popen(argv, *a, **kw):
-        calls.append(list(argv))
+        calls.append(_untethered(list(argv)))
         return subprocess.Popen(argv, *a, **kw)
 
     monkeypatch.setattr(repos_module, "subprocess", SimpleNamespace(
         run=run, Popen=popen, PIPE=subprocess.PIPE, DEVNULL=subprocess.DEVNULL,
         CompletedProcess=subprocess.CompletedProcess, TimeoutExpired=subprocess.TimeoutExpired))
     return calls
+
+
+def _untethered(argv: list[str]) -> list[str]:
+    """The command core/tether.py runs for acm (a clone), else `argv`."""
+    prefix = tether.command(os.getpid(), [])
+    return argv[len(prefix):] if argv[:len(prefix)] == prefix else argv
 
 
 # ---------------------------------------------------------------- licences on documents
@@ -241,16 +250,24 @@ def _gone(pid: int) -> bool:
     return proc_stat(pid)[:1] == ["Z"]  # a zombie waiting for its parent to read it has ended too
 
 
-def test_a_cancelled_clone_ends_at_once_with_git_s_own_children(tmp_path, monkeypatch):
-    """Ctrl-C, SIGTERM, `x` or quitting the app while git clones: git and the helpers it started
-    end within a poll, the half-made clone goes, and the fetch says it was cancelled (it no longer
-    waits up to clone_timeout_s for the clone to finish)."""
+@pytest.fixture
+def slow_git(tmp_path, monkeypatch) -> Path:
+    """`git` on PATH that makes the clone's folder, starts a helper (a long `sleep`) and waits for
+    it, as a clone of minutes would; the file it names both pids in once started."""
     pids = tmp_path / "pids"
     fake = tmp_path / "bin" / "git"
     fake.parent.mkdir()
     fake.write_text(f"#!/bin/sh\nmkdir -p \"$9\"\nsleep 300 &\necho $$ $! > {pids}\nwait\n")
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+    return pids
+
+
+def test_a_cancelled_clone_ends_at_once_with_git_s_own_children(tmp_path, slow_git):
+    """Ctrl-C, SIGTERM, `x` or quitting the app while git clones: git and the helpers it started
+    end within a poll, the half-made clone goes, and the fetch says it was cancelled (it no longer
+    waits up to clone_timeout_s for the clone to finish)."""
+    pids = slow_git
     cancel = CancelToken()
 
     def cancel_once_cloning() -> None:
@@ -268,3 +285,38 @@ def test_a_cancelled_clone_ends_at_once_with_git_s_own_children(tmp_path, monkey
         assert time.monotonic() < deadline, "git or its helper outlived the cancel"
         time.sleep(0.05)
     assert not list((tmp_path / "clones").glob(".partial-*"))
+
+
+CLONE_THEN_WAIT = """
+import sys
+from pathlib import Path
+from core.data.repos import Repo, clone_one
+from core.progress import CancelToken
+clone_one(Repo("acme/slow", "tools", "file:///nowhere/slow", "MIT"), Path(sys.argv[1]), 300, 0, CancelToken())
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="no /proc")
+def test_a_clone_ends_with_an_acm_killed_outright(tmp_path, slow_git):
+    """`kill -9` of acm while git clones (no handler of acm's runs): git and the helpers it started
+    end within a poll rather than cloning on for minutes, orphans of nobody."""
+    pids = slow_git
+    acm = subprocess.Popen([sys.executable, "-c", CLONE_THEN_WAIT, str(tmp_path / "clones")],
+                           cwd=Path(__file__).resolve().parents[3])
+    try:
+        deadline = time.monotonic() + 60
+        while not (pids.exists() and len(pids.read_text().split()) == 2):
+            assert time.monotonic() < deadline and acm.poll() is None, "the clone never started"
+            time.sleep(0.02)
+        acm.kill()
+        acm.wait()
+        git, helper = map(int, pids.read_text().split())
+        deadline = time.monotonic() + 30
+        while not (_gone(git) and _gone(helper)):
+            assert time.monotonic() < deadline, "git or its helper outlived the acm that started it"
+            time.sleep(0.05)
+    finally:
+        acm.kill()
+        for pid in map(int, pids.read_text().split() if pids.exists() else []):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
