@@ -9,6 +9,7 @@ and the helpers COMMAND started. The standard library only: it runs as a file, n
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -22,27 +23,42 @@ def command(parent: int, argv: list[str]) -> list[str]:
     return [sys.executable, "-I", os.path.abspath(__file__), str(parent), *argv]
 
 
+ENDING = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)  # a kill of this process alone ends COMMAND too
+
+
 def main(argv: list[str]) -> int:
     parent, rest = int(argv[0]), argv[1:]
+    started: list[subprocess.Popen] = []
+    for signum in ENDING:  # before COMMAND starts: no moment where a kill of this process leaves it running
+        signal.signal(signum, lambda *_: _end(started))
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, ENDING)  # a thread of acm's that starts it has them blocked
     try:
         child = subprocess.Popen(rest)
     except OSError as e:
         print(f"{rest[0]}: {e.strerror or e}", file=sys.stderr)
         return 127
+    started.append(child)
     while True:
         try:
             status = child.wait(timeout=POLL_S)
-            return status if status >= 0 else 128 - status  # a signal's death, as a shell reports it
         except subprocess.TimeoutExpired:
             if os.getppid() != parent:
-                _end(child)
+                _end(started)
+            continue
+        if status < 0:  # COMMAND died of a signal: so does this process, as COMMAND's caller would see
+            with contextlib.suppress(OSError, ValueError):
+                signal.signal(-status, signal.SIG_DFL)
+            os.kill(os.getpid(), -status)
+        return status if status >= 0 else 128 - status
 
 
-def _end(child: subprocess.Popen) -> None:
-    """The parent is gone: the group ends (this process with it) where this process leads it."""
+def _end(started: list[subprocess.Popen]) -> None:
+    """The parent is gone, or this process was killed: the group ends (this process with it) where
+    this process leads it, else the command started."""
     if os.getpgrp() == os.getpid():
         os.killpg(os.getpid(), signal.SIGKILL)
-    child.kill()
+    for child in started:
+        child.kill()
     os._exit(1)
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import signal
 import subprocess
@@ -201,6 +202,16 @@ def interrupt_once(proc: subprocess.Popen, line_seen: str, sig: int = signal.SIG
     finally:
         proc.kill()
     return status, " ".join(proc.stderr.read().split())
+
+
+def process_gone(pid: int) -> bool:
+    """Whether process `pid` has ended: no such process, or (Linux) a zombie waiting for its parent
+    to read it (an orphan's new parent may be a container's init that never does)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return proc_stat(pid)[:1] == ["Z"]
 
 
 def proc_stat(pid: int | str) -> list[str]:

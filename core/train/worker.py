@@ -44,61 +44,102 @@ def relay(events: queue.SimpleQueue, show: Callable[[Event], None], stop: Callab
     """Hand a stage's events to `show` until FINISHED. Ctrl-C once (waiting or showing) calls
     `stop`; twice returns 130 at once. An output whose reader went calls `stop` too: the stage ends
     at its next step with a checkpoint, then the broken pipe is raised to end the command."""
-    interrupts, gone = 0, None
-    with interrupts_as_events(events):
-        while (event := _next(events, poll_s)) is not FINISHED:
-            if event is INTERRUPT:
-                interrupts += 1
-                if interrupts > 1:
-                    if gone is None:
-                        say("interrupted: exiting now; the last checkpoint stays loadable")
-                    return INTERRUPTED
-                if gone is None:
-                    say("stopping at the next step and saving a checkpoint (Ctrl-C again to quit now)")
-                stop()
-            elif event is not None and gone is None:
-                try:
-                    show(event)
-                except READER_GONE as e:  # the reader went (`| head`): stop with a checkpoint, then end so
-                    gone = e
-                    stop()
-    if gone is not None:
-        raise OutputGone() from gone
+    relayed = _Relayed(show, stop, say)
+    with relayed.counting_interrupts(events):
+        while True:
+            if (status := relayed.act_on_interrupts()) is not None:
+                return status
+            event = _next(events, poll_s)
+            if event is FINISHED:
+                break
+            if event is not None and event is not WAKE:
+                relayed.show_one(event)
+    if relayed.gone is not None:
+        raise OutputGone() from relayed.gone
     return None
 
 
-INTERRUPT = object()  # a Ctrl-C, in a stage's events while a command follows them (never printed)
+WAKE = object()  # put among a stage's events by a Ctrl-C, so that a relay waiting for one looks (never shown)
 
 
-@contextlib.contextmanager
-def interrupts_as_events(events: queue.SimpleQueue) -> Iterator[None]:
-    """While the main thread follows `events`, a Ctrl-C (or a polite kill acm takes as one) is an
-    INTERRUPT among them, not a KeyboardInterrupt. Python raises that where the main thread next
-    checks for signals: at a loop's jump back to its `try`, or just after the queue handed over an
-    event; so a Ctrl-C while the thread waited for the interpreter's lock after a quiet poll left
-    the relay, and the command quit without its checkpoint (a polite kill of a ranks run lost the
-    run), and one as the last event came lost it. Whatever the signal's handler does besides
-    (counting a polite kill) it still does."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    before = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+class _Relayed:
+    """A relay's Ctrl-Cs and its output.
 
-    def as_event(signum, frame) -> None:
+    Python raises a signal's KeyboardInterrupt where the main thread next checks for signals: at a
+    loop's jump back to its `try`, or just after the queue handed over an event. So a Ctrl-C that
+    came while the thread waited for the interpreter's lock after a quiet poll left the relay's loop,
+    and the command quit without its checkpoint (a polite kill of a ranks run lost the run), and one
+    that came as the stage's last event was taken lost that event. Here the signal's handler only
+    counts the Ctrl-C (whatever it does besides, counting a polite kill, it still does) and wakes the
+    relay, which acts on it before its next event; only while an event is being shown does it raise,
+    so that an output that blocks (a paused terminal, a reader that stopped) cannot hold it."""
+
+    def __init__(self, show: Callable[[Event], None], stop: Callable[[], None], say: Callable[[str], None]):
+        self.show, self.stop, self.say = show, stop, say
+        self.received = 0  # Ctrl-Cs the handler counted (only it writes this)
+        self.acted_on = 0  # ... and those the relay acted on (only the relay writes this)
+        self.showing = False
+        self.gone: BaseException | None = None
+
+    def act_on_interrupts(self) -> int | None:
+        """The first Ctrl-C stops the stage (then says so: an output that blocks holds no stop); the
+        second returns 130."""
+        while self.acted_on < self.received:
+            self.acted_on += 1
+            if self.acted_on > 1:
+                self._output(self.say, "interrupted: exiting now; the last checkpoint stays loadable")
+                return INTERRUPTED
+            self.stop()
+            self._output(self.say, "stopping at the next step and saving a checkpoint (Ctrl-C again to quit now)")
+        return None
+
+    def show_one(self, event: Event) -> None:
+        self._output(self.show, event)
+
+    def _output(self, write: Callable, what) -> None:
+        """`write(what)`, where a Ctrl-C breaks off a write that blocks, and nothing more is written
+        once the reader has gone."""
+        if self.gone is not None:
+            return
         try:
-            before[signum](signum, frame)
-        except KeyboardInterrupt:
-            events.put(INTERRUPT)
+            try:
+                self.showing = True
+                write(what)
+            finally:
+                self.showing = False
+        except KeyboardInterrupt:  # counted already: acted on before the next event
+            pass
+        except READER_GONE as e:  # the reader went (`| head`): stop with a checkpoint, then end so
+            self.gone = e
+            self.stop()
 
-    for signum, handler in before.items():
-        if callable(handler):
-            signal.signal(signum, as_event)
-    try:
-        yield
-    finally:
+    @contextlib.contextmanager
+    def counting_interrupts(self, events: queue.SimpleQueue) -> Iterator[None]:
+        """SIGINT and SIGTERM handled as the class says while the main thread relays (elsewhere,
+        signals reach no relay's thread: nothing to change)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        before = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+
+        def counted(signum, frame) -> None:
+            try:
+                before[signum](signum, frame)
+            except KeyboardInterrupt:
+                self.received += 1
+                events.put(WAKE)
+                if self.showing:
+                    raise
+
         for signum, handler in before.items():
             if callable(handler):
-                signal.signal(signum, handler)
+                signal.signal(signum, counted)
+        try:
+            yield
+        finally:
+            for signum, handler in before.items():
+                if callable(handler):
+                    signal.signal(signum, handler)
 
 
 def _next(events: queue.SimpleQueue, poll_s: float):

@@ -25,7 +25,7 @@ from core.data.corpus import Corpus
 from core.data.repos import BUILTIN_LIST, Repo, clone_all, clone_one, is_permissive, keep_licences, load_repos
 from core.errors import AcmError
 from core.progress import Cancelled, CancelToken, no_report
-from tests.helpers import cfg_for, proc_stat
+from tests.helpers import cfg_for, process_gone
 from tests.stand_ins import REPOS, make_bare_repo, make_repos_file
 
 # SPDX ids a built-in entry may record (LicenseRef-* names one SPDX does not list)
@@ -242,14 +242,6 @@ def test_stats_and_the_model_card_count_documents_per_licence(project, tmp_path,
     assert "| licence | documents |\n|---|---|\n| MIT | 3 |\n| GPL-2.0-only | 1 |" in text
 
 
-def _gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return proc_stat(pid)[:1] == ["Z"]  # a zombie waiting for its parent to read it has ended too
-
-
 @pytest.fixture
 def slow_git(tmp_path, monkeypatch) -> Path:
     """`git` on PATH that makes the clone's folder, starts a helper (a long `sleep`) and waits for
@@ -281,7 +273,7 @@ def test_a_cancelled_clone_ends_at_once_with_git_s_own_children(tmp_path, slow_g
         clone_one(repo, tmp_path / "clones", 300, 0, cancel)
     git, helper = map(int, pids.read_text().split())
     deadline = time.monotonic() + 30
-    while not (_gone(git) and _gone(helper)):
+    while not (process_gone(git) and process_gone(helper)):
         assert time.monotonic() < deadline, "git or its helper outlived the cancel"
         time.sleep(0.05)
     assert not list((tmp_path / "clones").glob(".partial-*"))
@@ -296,7 +288,6 @@ clone_one(Repo("acme/slow", "tools", "file:///nowhere/slow", "MIT"), Path(sys.ar
 """
 
 
-@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="no /proc")
 def test_a_clone_ends_with_an_acm_killed_outright(tmp_path, slow_git):
     """`kill -9` of acm while git clones (no handler of acm's runs): git and the helpers it started
     end within a poll rather than cloning on for minutes, orphans of nobody."""
@@ -312,7 +303,7 @@ def test_a_clone_ends_with_an_acm_killed_outright(tmp_path, slow_git):
         acm.wait()
         git, helper = map(int, pids.read_text().split())
         deadline = time.monotonic() + 30
-        while not (_gone(git) and _gone(helper)):
+        while not (process_gone(git) and process_gone(helper)):
             assert time.monotonic() < deadline, "git or its helper outlived the acm that started it"
             time.sleep(0.05)
     finally:
