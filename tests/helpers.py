@@ -204,6 +204,17 @@ def interrupt_once(proc: subprocess.Popen, line_seen: str, sig: int = signal.SIG
     return status, " ".join(proc.stderr.read().split())
 
 
+def eventually(condition, seconds: float = 60.0) -> bool:
+    """Whether `condition()` came true within `seconds` (polled every 0.1 s): a bound past which a
+    test fails rather than hangs, never a timing the test asserts."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
 def process_gone(pid: int) -> bool:
     """Whether process `pid` has ended: no such process, or (Linux) a zombie waiting for its parent
     to read it (an orphan's new parent may be a container's init that never does)."""

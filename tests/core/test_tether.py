@@ -4,10 +4,9 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 
 from core import tether
-from tests.helpers import process_gone
+from tests.helpers import eventually, process_gone
 
 
 def test_the_commands_output_and_status_pass_through():
@@ -31,10 +30,7 @@ def test_a_polite_kill_of_the_tether_alone_ends_its_command():
     try:
         proc.send_signal(signal.SIGTERM)
         proc.wait()
-        deadline = time.monotonic() + 30
-        while not process_gone(command):
-            assert time.monotonic() < deadline, "the command outlived its tether"
-            time.sleep(0.05)
+        assert eventually(lambda: process_gone(command), 30), "the command outlived its tether"
     finally:
         proc.kill()
         if not process_gone(command):

@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import tomllib
 from pathlib import Path
 from types import SimpleNamespace
@@ -25,7 +24,7 @@ from core.data.corpus import Corpus
 from core.data.repos import BUILTIN_LIST, Repo, clone_all, clone_one, is_permissive, keep_licences, load_repos
 from core.errors import AcmError
 from core.progress import Cancelled, CancelToken, no_report
-from tests.helpers import cfg_for, process_gone
+from tests.helpers import cfg_for, eventually, process_gone
 from tests.stand_ins import REPOS, make_bare_repo, make_repos_file
 
 # SPDX ids a built-in entry may record (LicenseRef-* names one SPDX does not list)
@@ -255,6 +254,15 @@ def slow_git(tmp_path, monkeypatch) -> Path:
     return pids
 
 
+def _pids(pids: Path) -> list[int]:
+    return [int(pid) for pid in pids.read_text().split()]
+
+
+def _cloning(pids: Path) -> bool:
+    """Whether the stand-in git has started its helper (and named both)."""
+    return pids.exists() and len(pids.read_text().split()) == 2
+
+
 def test_a_cancelled_clone_ends_at_once_with_git_s_own_children(tmp_path, slow_git):
     """Ctrl-C, SIGTERM, `x` or quitting the app while git clones: git and the helpers it started
     end within a poll, the half-made clone goes, and the fetch says it was cancelled (it no longer
@@ -263,19 +271,14 @@ def test_a_cancelled_clone_ends_at_once_with_git_s_own_children(tmp_path, slow_g
     cancel = CancelToken()
 
     def cancel_once_cloning() -> None:
-        while not (pids.exists() and len(pids.read_text().split()) == 2):
-            time.sleep(0.02)
+        eventually(lambda: _cloning(pids))
         cancel.cancel()
 
     threading.Thread(target=cancel_once_cloning, daemon=True).start()
     repo = Repo("acme/slow", "tools", "file:///nowhere/slow", "MIT")
     with pytest.raises(Cancelled):
         clone_one(repo, tmp_path / "clones", 300, 0, cancel)
-    git, helper = map(int, pids.read_text().split())
-    deadline = time.monotonic() + 30
-    while not (process_gone(git) and process_gone(helper)):
-        assert time.monotonic() < deadline, "git or its helper outlived the cancel"
-        time.sleep(0.05)
+    assert eventually(lambda: all(map(process_gone, _pids(pids))), 30), "git or its helper outlived the cancel"
     assert not list((tmp_path / "clones").glob(".partial-*"))
 
 
@@ -295,19 +298,14 @@ def test_a_clone_ends_with_an_acm_killed_outright(tmp_path, slow_git):
     acm = subprocess.Popen([sys.executable, "-c", CLONE_THEN_WAIT, str(tmp_path / "clones")],
                            cwd=Path(__file__).resolve().parents[3])
     try:
-        deadline = time.monotonic() + 60
-        while not (pids.exists() and len(pids.read_text().split()) == 2):
-            assert time.monotonic() < deadline and acm.poll() is None, "the clone never started"
-            time.sleep(0.02)
+        assert eventually(lambda: _cloning(pids) or acm.poll() is not None) and acm.poll() is None, \
+            "the clone never started"
         acm.kill()
         acm.wait()
-        git, helper = map(int, pids.read_text().split())
-        deadline = time.monotonic() + 30
-        while not (process_gone(git) and process_gone(helper)):
-            assert time.monotonic() < deadline, "git or its helper outlived the acm that started it"
-            time.sleep(0.05)
+        assert eventually(lambda: all(map(process_gone, _pids(pids))), 30), \
+            "git or its helper outlived the acm that started it"
     finally:
         acm.kill()
-        for pid in map(int, pids.read_text().split() if pids.exists() else []):
+        for pid in _pids(pids) if pids.exists() else []:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import mlx.core as mx
@@ -14,7 +13,7 @@ import pytest
 
 from core import cli, config
 from core.train.ranks import join_group, ring_ranks_here
-from tests.helpers import ROOT
+from tests.helpers import ROOT, eventually, process_gone
 
 
 def one_error_line(capsys) -> str:
@@ -92,24 +91,6 @@ def descendants(pid: int) -> set[int]:
     return found
 
 
-def alive(pid: int) -> bool:
-    """Running (a zombie waiting for a reaper has ended)."""
-    try:
-        os.kill(pid, 0)
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
-def wait_until(condition, seconds: float = 60.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
-    return True
-
-
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the ranks through Linux's /proc")
 def test_kill_9_of_acm_ends_its_launcher_and_ranks(prepared):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
@@ -119,16 +100,16 @@ def test_kill_9_of_acm_ends_its_launcher_and_ranks(prepared):
     metrics = prepared / "runs" / "k" / "pretrain" / "metrics.jsonl"
     family: set[int] = set()
     try:
-        assert wait_until(lambda: metrics.exists() and b'"metrics"' in metrics.read_bytes()), "the ranks never trained"
+        assert eventually(lambda: metrics.exists() and b'"metrics"' in metrics.read_bytes()), "the ranks never trained"
         family = descendants(acm.pid)  # the launcher, and the ranks under it
         assert len(family) >= 3
         acm.send_signal(signal.SIGKILL)
         acm.wait()
-        assert wait_until(lambda: not any(alive(pid) for pid in family), 30), \
-            f"still running after acm's kill -9: {sorted(pid for pid in family if alive(pid))}"
+        assert eventually(lambda: all(map(process_gone, family)), 30), \
+            f"still running after acm's kill -9: {sorted(pid for pid in family if not process_gone(pid))}"
     finally:
         for pid in family | {acm.pid}:
-            if alive(pid):
+            if not process_gone(pid):
                 os.kill(pid, signal.SIGKILL)
 
 
