@@ -22,6 +22,7 @@ import tomlkit
 
 from core.atomic import read_regular, write_text
 from core.errors import ConfigError, write_failure
+from core.locks import folder_held
 from core.paths import Paths
 from core.presets import PRESETS, ModelShape, get_preset
 
@@ -715,30 +716,74 @@ def save(cfg: Config, path: str | os.PathLike = CONFIG_NAME) -> None:
     _write(path, dumps(cfg))
 
 
-def save_settings(cfg: Config, path: str | os.PathLike = CONFIG_NAME) -> None:
-    """Write what the user set (cfg.explicit) into acm.toml, keeping its comments, its order and
-    its mode; defaults and the machine's choices stay unwritten, so the project still adapts to
-    the machine it is copied to. A read-only or broken file is refused in one line."""
+def save_settings(cfg: Config, path: str | os.PathLike = CONFIG_NAME, since: Config | None = None) -> Config:
+    """Write what the user set into acm.toml, keeping its comments, its order and its mode; defaults
+    and the machine's choices stay unwritten, so the project still adapts to the machine it is copied
+    to. With `since` (the settings `cfg` was made from), only what changed since then is written, into
+    the file as it is now: what another acm or an editor wrote meanwhile stays. Without it the file
+    is made to hold cfg.explicit. Returns the settings the file now holds. One save at a time
+    (the folder's lock); a read-only or broken file is refused in one line."""
     validate(cfg, str(path))
     path = Path(path)
     if path.is_symlink() and not path.exists():
         read_table(path)  # a link that leads to no file is refused as reading it is, never replaced
-    if path.exists():
-        mode = path.stat().st_mode
-        if not mode & 0o222:
-            raise ConfigError(f"not saved: {path} is read-only (mode {mode & 0o777:o}); make it writable "
-                              f"(chmod u+w {path}) to save settings")
-        _refuse_a_broken_file(path)
-        with open(path, encoding="utf-8", newline="") as f:  # its line ends as written
-            text = f.read()
-    else:
-        text = HEADER
-    # parsed with "\n" line ends, as tomllib reads every value (a multi-line string too), so that
-    # only what changed is written; a file written with Windows line ends gets them back
-    doc = tomlkit.parse(text.replace("\r\n", "\n"))
-    _merge(doc, cfg.explicit)
-    out = tomlkit.dumps(doc)
-    _write(path, out.replace("\n", "\r\n") if "\r\n" in text else out)
+    with folder_held(path.parent):
+        text = _writable_text(path)
+        table = cfg.explicit
+        if since is not None:
+            table = _changed(copy.deepcopy(tomllib.loads(text)), since.explicit, cfg.explicit)
+            cfg = from_dict(table, source=str(path), root=cfg.root, preset=machine_preset(table))
+            validate(cfg, str(path))
+        # parsed with "\n" line ends, as tomllib reads every value (a multi-line string too), so that
+        # only what changed is written; a file written with Windows line ends gets them back
+        doc = tomlkit.parse(text.replace("\r\n", "\n"))
+        _merge(doc, table)
+        out = tomlkit.dumps(doc)
+        _write(path, out.replace("\n", "\r\n") if "\r\n" in text else out)
+    return cfg
+
+
+def _writable_text(path: Path) -> str:
+    """acm.toml's text as written (its line ends too), refused where it cannot take a save."""
+    if not path.exists():
+        return HEADER
+    mode = path.stat().st_mode
+    if not mode & 0o222:
+        raise ConfigError(f"not saved: {path} is read-only (mode {mode & 0o777:o}); make it writable "
+                          f"(chmod u+w {path}) to save settings")
+    _refuse_a_broken_file(path)
+    with open(path, encoding="utf-8", newline="") as f:  # its line ends as written
+        return f.read()
+
+
+def _flat(table: dict, prefix: tuple = ()) -> dict[tuple, Any]:
+    """Every setting in a table by its path of keys (a list of tables, eval.tasks, is one value)."""
+    out: dict[tuple, Any] = {}
+    for key, value in table.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, (*prefix, key)))
+        else:
+            out[(*prefix, key)] = value
+    return out
+
+
+def _changed(current: dict, before: dict, after: dict) -> dict:
+    """`current` (the file as it is now) with what went from `before` to `after`: values set, and
+    settings unset (a seq_len that follows a new preset), with the tables they leave empty."""
+    was, now = _flat(before), _flat(after)
+    for keys, value in now.items():
+        if was.get(keys, MISSING) != value:
+            node = current
+            for key in keys[:-1]:
+                if not isinstance(node.get(key), dict):
+                    node[key] = {}
+                node = node[key]
+            node[keys[-1]] = value
+    held = _flat(current)
+    for keys in was.keys() - now.keys():
+        if keys in held:
+            _unset(current, *keys)
+    return current
 
 
 def _merge(doc, table: dict) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -65,3 +66,30 @@ def rebuilding_inputs(lock_path: Path, what: str) -> Iterator[None]:
                        "(`acm runs` shows it); stop it first, or wait")
     with lock:
         yield
+
+
+@contextlib.contextmanager
+def folder_held(folder: Path, waits: int = 200, pause=None) -> Iterator[bool]:
+    """The folder's own lock, exclusive, waited for (`waits` tries `pause`s apart, 10 s by default):
+    a read-modify-write of a file in it (acm.toml) that another acm may be making at the same moment.
+    Locking the folder, not the file, holds across the file's replacement by rename and leaves no lock
+    file behind. Yields False, holding nothing, where the folder cannot be opened (a missing folder:
+    the write then fails with its own line); raises AcmError when the lock stays taken."""
+    pause = pause or (lambda: time.sleep(0.05))
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        yield False
+        return
+    try:
+        for _ in range(waits):
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                pause()
+        else:
+            raise AcmError(f"{folder}: another acm kept its settings locked; nothing was saved, try again")
+        yield True
+    finally:
+        os.close(fd)

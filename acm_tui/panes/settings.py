@@ -96,7 +96,7 @@ class SettingsPane(Pane):
     def _save(self, event: Input.Submitted) -> None:
         try:
             new, notes = self.candidate(self.selected_key(), event.value)
-            config.save_settings(new, self.app.config_path)
+            new = config.save_settings(new, self.app.config_path, since=self.cfg)
         except AcmError as e:
             self.notify(str(e), title="Not saved", severity="error")
             return

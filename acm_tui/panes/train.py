@@ -310,7 +310,7 @@ class TrainPane(Pane):
         try:
             new, _ = config.with_value(self.cfg, SMOOTHING_KEY, str(self.smoothing),
                                        source=str(self.app.config_path))
-            config.save_settings(new, self.app.config_path)
+            new = config.save_settings(new, self.app.config_path, since=self.cfg)
         except AcmError as e:
             self.notify(str(e), severity="warning")
             return

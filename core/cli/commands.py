@@ -134,7 +134,7 @@ def cmd_config_check(args, cfg: config.Config) -> int:
 def cmd_config_set(args, cfg: config.Config) -> int:
     new, notes = config.with_value(cfg, args.key, utf8(args.value, f"the value of {args.key}"), source=str(args.config))
     created = not Path(args.config).exists()
-    config.save_settings(new, args.config)
+    new = config.save_settings(new, args.config, since=cfg)
     print(f"{args.key} = {config.get_value(new, args.key)!r} saved to {args.config}"
           + (" (a new settings file: every other setting is its default)" if created else ""))
     for note in notes:

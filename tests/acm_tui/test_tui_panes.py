@@ -8,7 +8,7 @@ from acm_tui.app import AcmApp
 from acm_tui.panes.runs import RunsPane
 from acm_tui.panes.settings import SettingsPane
 from acm_tui.panes.setup import SetupPane
-from core import config
+from core import cli, config
 from core.errors import ConfigError
 from tests.helpers import check_between_checkpoints, fake_run, notified, shown_in_full, text_of, wait_until
 from tests.pane_host import PaneHost
@@ -50,6 +50,31 @@ async def test_settings_pane_validates_as_you_type_and_saves(project):
         await pilot.pause()
         assert config.load(project / "acm.toml").generate.temperature == 0.5 and app.cfg.generate.temperature == 0.5
         assert table.get_row_at(table.get_row_index("generate.temperature"))[1] == "0.5"
+
+
+async def test_the_settings_pane_saves_its_change_into_the_file_as_it_is_now(project):
+    """A setting saved in the app keeps what `acm config set` (or an editor) wrote since the app read
+    acm.toml, and the app then holds the file's settings."""
+    path = project / "acm.toml"
+    app = PaneHost(SettingsPane, path)
+    async with app.run_test(size=(100, 40)) as pilot:
+        await pilot.press("7")
+        table = app.query_one("#settings-table", DataTable)
+        table.focus()
+        select_row(table, "generate.temperature")
+        doc = tomlkit.parse(path.read_text())  # an editor, meanwhile
+        doc["train"]["finetune"]["pairs_share"] = 0.6
+        doc["train"]["finetune"]["pairs_share"].comment("my recipe")
+        path.write_text(tomlkit.dumps(doc))
+        assert cli.main(["-c", str(path), "config", "set", "generate.top_k", "7"]) == 0
+        await pilot.press("enter")
+        app.query_one("#settings-input", Input).value = "0.5"
+        await pilot.press("enter")
+        await pilot.pause()
+        saved = config.load(path)
+        assert (saved.generate.temperature, saved.generate.top_k, saved.train.finetune.pairs_share) == (0.5, 7, 0.6)
+        assert "# my recipe" in path.read_text() and app.cfg.generate.top_k == 7
+        assert table.get_row_at(table.get_row_index("generate.top_k"))[1] == "7"
 
 
 async def test_a_seq_len_the_settings_pane_cut_for_a_preset_follows_the_next_one(tmp_path):

@@ -16,7 +16,7 @@ import time
 import pytest
 
 from acm_tui.panes.train import CHARTS, CHARTS_S, STATUS_S, TrainPane
-from core import config, runs
+from core import cli, config, runs
 from core.paths import Paths
 from core.runs import checkpoint, list_runs
 from core.runs.events import Recorder, Sample, State, event_from_json
@@ -171,10 +171,13 @@ async def test_smoothing_key_redraws_and_saves_the_setting_and_x_cycles_the_axis
         await wait_until(pilot, lambda: pane.history and pane.state == "done")
         assert pane.smoothing == 0.6 and "grad norm" in text_of(app, "#train-health")
         drawn = pane.redraws
+        path = with_model / "acm.toml"
+        assert cli.main(["-c", str(path), "config", "set", "generate.top_k", "7"]) == 0  # another acm, meanwhile
         await pilot.press("m")
         assert pane.redraws > drawn and "smoothed 0.8" in str(app.query_one("#chart-loss").render())
         await notified(pilot, "smoothing 0.8 (saved as ui.smoothing)")
-        assert app.cfg.ui.smoothing == 0.8 and config.load(with_model / "acm.toml").ui.smoothing == 0.8
+        assert app.cfg.ui.smoothing == 0.8 and config.load(path).ui.smoothing == 0.8
+        assert config.load(path).generate.top_k == 7 == app.cfg.generate.top_k  # the file's edit kept
         for axis, words in (("tokens", "tokens seen"), ("time", "time"), ("step", "step")):
             await pilot.press("x")
             assert pane.axis == axis and words in str(app.query_one("#chart-loss").render())

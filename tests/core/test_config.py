@@ -232,6 +232,53 @@ def test_saving_keeps_comments_order_and_mode(tmp_path):
     assert path.stat().st_mode & 0o777 == 0o600
 
 
+def test_a_save_writes_only_its_change_into_the_file_as_it_is_now(tmp_path):
+    """Settings read a while ago (the app's, at its start) and saved with one change: what was
+    written to the file since, by hand or by another acm, stays; the result is the file's settings."""
+    path = write(tmp_path, "[model]\npreset = 'nano'\n[train.pretrain]\nseq_len = 128\n")
+    read_then = config.load(path)
+    path.write_text(path.read_text() + "# my recipe\n[train.finetune]\npairs_share = 0.6\n[generate]\ntop_k = 7\n")
+    new, _ = config.with_value(read_then, "generate.temperature", "0.5")
+    saved = config.save_settings(new, path, since=read_then)
+    assert config.read_table(path) == {"model": {"preset": "nano"}, "train": {"pretrain": {"seq_len": 128},
+                                       "finetune": {"pairs_share": 0.6}}, "generate": {"top_k": 7, "temperature": 0.5}}
+    assert "# my recipe" in path.read_text()
+    assert (saved.generate.top_k, saved.generate.temperature, saved.train.finetune.pairs_share) == (7, 0.5, 0.6)
+    new, notes = config.with_value(read_then, "model.preset", "micro")  # seq_len 128: nano's context, unset
+    assert notes == ["train.pretrain.seq_len follows the preset (256)"]
+    config.save_settings(new, path, since=read_then)
+    assert config.read_table(path) == {"model": {"preset": "micro"}, "train": {"finetune": {"pairs_share": 0.6}},
+                                       "generate": {"top_k": 7, "temperature": 0.5}}
+
+
+def test_settings_saved_by_several_commands_at_once_all_land(tmp_path):
+    path = write(tmp_path, "[model]\npreset = 'nano'\n")
+    sets = {"generate.top_k": "11", "generate.max_tokens": "22", "generate.seed": "33", "eval.samples": "44",
+            "train.pretrain.steps": "55", "train.finetune.steps": "66"}
+    procs = [subprocess.Popen([sys.executable, "-m", "core.cli", "-c", str(path), "config", "set", key, value],
+                              cwd=ROOT, stdout=subprocess.DEVNULL) for key, value in sets.items()]
+    assert [p.wait(timeout=120) for p in procs] == [0] * len(sets)
+    cfg = config.load(path)
+    assert {key: str(config.get_value(cfg, key)) for key in sets} == sets
+
+
+def test_a_save_waits_for_the_settings_lock_and_gives_up_in_one_line(tmp_path):
+    from core.errors import AcmError
+    from core.locks import folder_held
+
+    tries = []
+    with folder_held(tmp_path) as held:
+        assert held
+        with pytest.raises(AcmError, match="another acm kept its settings locked; nothing was saved"):
+            with folder_held(tmp_path, waits=3, pause=lambda: tries.append(1)):
+                pass
+    assert len(tries) == 3
+    with folder_held(tmp_path) as held:  # free again once its holder is done
+        assert held
+    with folder_held(tmp_path / "missing") as held:
+        assert not held
+
+
 def test_saving_keeps_windows_line_ends(tmp_path):
     path = tmp_path / "acm.toml"
     written = b'# mine\r\n[generate]\r\ntop_k = 7\r\n[eval]\r\nprompts = ["""#!/bin/bash\r\n# a\r\n"""]\r\n'
