@@ -78,6 +78,13 @@ def _take_mode(tmp: str, path: Path) -> None:
             os.chown(tmp, st.st_uid, st.st_gid)
 
 
+def replace_keeping_mode(built: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Put a file built aside (written under its own name) in place of `path`, with the mode and
+    owner of the file it replaces, as `atomic_open` gives its files."""
+    _take_mode(str(built), Path(path))
+    os.replace(built, path)
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

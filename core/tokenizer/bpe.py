@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from core.atomic import read_json, write_bytes, write_text, writing
+from core.atomic import read_json, replace_keeping_mode, write_bytes, write_text, writing
 from core.config import Config
 from core.data.corpus import Corpus, sha256_file
 from core.errors import AcmError
@@ -254,7 +253,7 @@ def _train_and_save(cfg: Config, report: Reporter, cancel: CancelToken, compare:
     except BaseException:
         built.unlink(missing_ok=True)  # a cancelled or failed rebuild leaves no trace
         raise
-    os.replace(built, path)  # the swap: the new tokenizer and its metadata, one right after the other
+    replace_keeping_mode(built, path)  # the swap: the new tokenizer and its metadata, one right after the other
     with writing(f"the tokenizer's metadata {cfg.locations.tokenizer_meta}"):
         write_text(cfg.locations.tokenizer_meta, json.dumps(meta, indent=2) + "\n")
     return meta

@@ -104,6 +104,15 @@ def test_a_new_preset_makes_the_tokenizer_aim_for_its_vocabulary(trained):
     prepare(cfg)  # shards of the tokenizer in force still work: the model would take its 1,024 tokens
 
 
+def test_a_rebuilt_tokenizer_keeps_the_mode_of_the_one_it_replaces(trained):
+    cfg = config.load(trained / "acm.toml")
+    tokenizer, meta = cfg.locations.tokenizer_file, cfg.locations.tokenizer_meta
+    for path in (tokenizer, meta):
+        path.chmod(0o600)
+    train_tokenizer(cfg)
+    assert [p.stat().st_mode & 0o777 for p in (tokenizer, meta)] == [0o600, 0o600]
+
+
 def test_cancelled_training_keeps_previous_tokenizer(trained):
     cfg = config.load(trained / "acm.toml")
     before = load_tokenizer(cfg).sha256
