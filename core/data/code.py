@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from core.config import CodeDataConfig, Config
-from core.data.corpus import UNKNOWN_LICENCE, CorpusWriter
+from core.data.corpus import UNKNOWN_LICENCE, CorpusWriter, fetching
 from core.data.decontaminate import EvalSpans, prompt_comments
 from core.data.hf_code import hf_rows
 from core.data.pairs import LICENCES, PairScript, pair_scripts
@@ -478,6 +478,11 @@ def deduplicate(valid: list[Validated], threshold: float, rep: CodeReport, repor
 
 def fetch_code(cfg: Config, report: Reporter = no_report, cancel: CancelToken | None = None) -> dict:
     """Fetch, validate and deduplicate the configured bash corpus into data/code; returns its manifest."""
+    with fetching(cfg.locations.corpus("code"), "code"):  # one fetch of a corpus at a time
+        return _fetch_code(cfg, report, cancel)
+
+
+def _fetch_code(cfg: Config, report: Reporter, cancel: CancelToken | None) -> dict:
     cancel = cancel or CancelToken()
     cc = cfg.data.code
     require_tool("bash")

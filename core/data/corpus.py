@@ -7,6 +7,7 @@ shard folder is swept away by the next fetch.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
@@ -21,6 +22,7 @@ import pyarrow.parquet as pq
 
 from core.atomic import read_json, write_text, writing
 from core.errors import AcmError
+from core.locks import Flock
 from core.paths import CORPORA, MANIFEST
 
 # One schema for both corpora; fields that do not apply are empty strings.
@@ -68,6 +70,18 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+@contextlib.contextmanager
+def fetching(folder: Path, kind: str) -> Iterator[None]:
+    """Held for a whole fetch of one corpus: a second fetch of it meanwhile is refused in one line,
+    where it would sweep away the first one's unpublished shards (and, between that fetch's last shard
+    and its manifest, the corpus in force too)."""
+    lock = Flock(Path(folder) / ".fetch.lock")
+    if not lock.try_acquire():
+        raise AcmError(f"the {kind} corpus is being fetched by another acm: wait for that fetch to finish")
+    with lock:
+        yield
 
 
 class CorpusWriter:

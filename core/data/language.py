@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from core.config import Config, LanguageDataConfig
-from core.data.corpus import CorpusWriter
+from core.data.corpus import CorpusWriter, fetching
 from core.data.hf import first_line, load_hf
 from core.errors import AcmError
 from core.progress import CancelToken, Reporter, Ticker, no_report
@@ -187,6 +187,11 @@ def documents(cfg: Config) -> tuple[Iterator[Doc], int | None, dict]:
 
 def fetch_language(cfg: Config, report: Reporter = no_report, cancel: CancelToken | None = None) -> dict:
     """Fetch the configured language corpus into data/language; returns the new manifest."""
+    with fetching(cfg.locations.corpus("language"), "language"):  # one fetch of a corpus at a time
+        return _fetch_language(cfg, report, cancel)
+
+
+def _fetch_language(cfg: Config, report: Reporter, cancel: CancelToken | None) -> dict:
     cancel = cancel or CancelToken()
     docs, total, info = documents(cfg)
     limit = cfg.data.language.max_documents or None

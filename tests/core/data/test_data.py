@@ -138,6 +138,25 @@ def test_builtin_language_default(project):
     assert rows[0]["origin"].startswith("pydoc:") and all(r["text"] for r in rows)
 
 
+def test_a_second_fetch_of_a_corpus_meanwhile_is_refused_and_the_first_one_lands(project, capsys):
+    """A fetch of a corpus that another fetch of it is writing would sweep that one's shards away: it
+    is refused in one line, the first one finishes, and the other corpus can be fetched meanwhile."""
+    cfg = cfg_for(project, data__language__max_documents=40)
+    said = []
+
+    def meanwhile(progress) -> None:
+        if not said:
+            said.append(cli.main(["-c", str(project / "acm.toml"), "data", "fetch", "language"]))
+            said.append(capsys.readouterr().err)
+            said.append(fetch_code(cfg)["stats"]["documents"] > 0)
+
+    assert fetch_language(cfg, meanwhile)["stats"]["documents"] == 40
+    assert said == [2, "acm: error: the language corpus is being fetched by another acm: "
+                       "wait for that fetch to finish\n", True]
+    assert len(list(Corpus.open(project / "data" / "language", "language").rows())) == 40
+    assert fetch_language(cfg)["stats"]["documents"] == 40  # free again once the first has ended
+
+
 def test_local_language_files_and_hand_counted_stats(project, tmp_path):
     src = tmp_path / "texts"
     src.mkdir()
