@@ -172,7 +172,7 @@ class ModelConfig:
 class StageConfig:
     steps: int = setting(10000, "optimizer steps", min=1)
     batch_size: int = setting(8, "sequences per micro-batch", min=1)
-    grad_accum: int = setting(1, "micro-batches per optimizer step", min=1)
+    grad_accum: int = setting(1, "micro-batches per optimizer step", min=1, max=4096)
     seq_len: int = setting(1024, "tokens per sequence (at most the preset's context)", min=8)
     # Muon, with AdamW at 1e-3 for the rest, a short warmup and decay to zero: AdamW's final validation loss
     # in about half its time or less in either stage (bench/RESULTS.md, "Muon by time to AdamW's loss" and

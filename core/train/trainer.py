@@ -40,6 +40,7 @@ from core.tokenizer.shards import open_tokens
 from core.train.batches import Batches
 from core.train.budget import HOURS, UNPLANNED, Calibration, Plan, describe_seconds
 from core.train.ranks import join_group
+from core.train.ready_step import reckoned_bytes
 from core.train.samples import LiveSampler
 from core.train.schedule import lr_at
 from core.train.state import TrainState, cut_batches
@@ -795,6 +796,7 @@ def open_inputs(cfg: Config, stage: str):
     sc, shape = getattr(cfg.train, stage), cfg.model.shape()
     if sc.seq_len > shape.n_ctx:
         raise AcmError(f"train.{stage}.seq_len {sc.seq_len} exceeds the model's context {shape.n_ctx}")
+    check_step_fits(cfg, stage, memory_limit())
     tok = load_tokenizer(cfg)
     train, val = open_tokens(cfg, CORPUS[stage], "train", tok), open_tokens(cfg, CORPUS[stage], "val", tok)
     if not pairs_share(sc):
@@ -805,6 +807,22 @@ def open_inputs(cfg: Config, stage: str):
                        f"no comment-to-command scripts: set data.code.pairs, then run `acm data fetch code` and "
                        f"`acm prepare`")
     return tok, train.part(pairs=False), val, pairs
+
+
+STEP_REFUSED = 2.0  # a step reckoned above this many times the device's memory cannot run: refused
+
+
+def check_step_fits(cfg: Config, stage: str, limit: int) -> None:
+    """A micro-batch far beyond the device's memory (`limit` bytes; 0: unknown) is refused in one line
+    before anything is built, where it ended the process (the OOM killer, a failed Metal allocation).
+    The reckoning is generous (ready_step.reckoned_bytes), so only a step that surely cannot fit is
+    refused; one near the limit is left to try."""
+    sc = getattr(cfg.train, stage)
+    need = reckoned_bytes(cfg.model.shape(), sc, cfg.model.compute_dtype)
+    if limit and need > STEP_REFUSED * limit:
+        raise AcmError(f"train.{stage}.batch_size = {sc.batch_size} at seq_len {sc.seq_len}: a step would take "
+                       f"about {need / 2**30:,.0f} GB, and this device has {limit / 2**30:,.0f} GB; lower "
+                       f"batch_size (grad_accum adds micro-batches to a step without more memory)")
 
 
 def pairs_share(sc: StageConfig) -> float:

@@ -1032,3 +1032,28 @@ def test_optimizer_state_is_read_only_by_a_resume_and_a_missing_one_is_said(with
     assert (f"checkpoint {last.path.name} has no optimizer.safetensors: the optimizer starts afresh from its "
             "weights, so this resume is not exact") in out
     assert checkpoint.latest(last.path.parent).step == 12
+
+
+def test_a_micro_batch_far_beyond_the_devices_memory_is_refused_before_anything_is_built(trained, capsys):
+    """It ended acm through the OOM killer (a failed Metal allocation on a Mac); a huge grad_accum
+    was an internal error drawing the batch's rows."""
+    from core.train.ready_step import reckoned_bytes
+    from core.train.trainer import check_step_fits
+
+    path = str(trained / "acm.toml")
+    assert cli.main(["-c", path, "config", "set", "train.pretrain.batch_size", "2147483647"]) == 0
+    capsys.readouterr()
+    assert cli.main(["-c", path, "train", "pretrain", "--run", "huge"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("acm: error: train.pretrain.batch_size = 2147483647 at seq_len 64: a step would take "
+                          "about ") and err.endswith("lower batch_size (grad_accum adds micro-batches to a step "
+                                                     "without more memory)\n") and err.count("\n") == 1
+    assert not (trained / "runs" / "huge" / "pretrain" / "checkpoints").exists()
+    cfg = config.load(path)
+    need = reckoned_bytes(cfg.model.shape(), cfg.train.pretrain, cfg.model.compute_dtype)
+    check_step_fits(cfg, "pretrain", need)  # a step reckoned at the device's memory is left to try
+    check_step_fits(cfg, "pretrain", 0)  # so is one on a device of unknown memory
+    with pytest.raises(AcmError, match="a step would take"):
+        check_step_fits(cfg, "pretrain", need // 3)
+    assert cli.main(["-c", path, "config", "set", "train.pretrain.grad_accum", "2147483647"]) == 2
+    assert "train.pretrain.grad_accum = 2147483647 is out of range; allowed: 1 to 4096" in capsys.readouterr().err
