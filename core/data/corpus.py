@@ -144,6 +144,30 @@ class CorpusWriter:
         shutil.rmtree(self.shard_dir, ignore_errors=True)
 
 
+WHEN_AND_WHERE = ("created", "shard_dir")  # what a fetch of the same documents writes differently
+
+
+def corpus_sha256(manifest: Path) -> str:
+    """What the tokenizer and the token shards record of the corpus they were made from: its
+    manifest's hash without when the fetch ran and the name of its shard folder, so a fetch of the
+    same documents (same shards, same sources and settings) leaves them up to date. A manifest that
+    is no JSON object is hashed as it is."""
+    try:
+        table = json.loads(manifest.read_bytes())
+    except (ValueError, UnicodeDecodeError):
+        table = None
+    if not isinstance(table, dict):
+        return sha256_file(manifest)
+    kept = {k: v for k, v in table.items() if k not in WHEN_AND_WHERE}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()
+
+
+def same_corpus(recorded: str | None, manifest: Path) -> bool:
+    """Whether a recorded hash is of the corpus now in `manifest`: by `corpus_sha256`, or by the whole
+    file's hash, which tokenizers and shards made before recorded."""
+    return manifest.exists() and recorded in (corpus_sha256(manifest), sha256_file(manifest))
+
+
 def sweep_unpublished(folder: Path) -> None:
     """Remove shard folders that no manifest names (left by a cancelled or killed fetch)."""
     current = (read_json(folder / MANIFEST) or {}).get("shard_dir")

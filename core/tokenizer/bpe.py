@@ -16,7 +16,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from core.atomic import read_json, replace_keeping_mode, write_bytes, write_text, writing
 from core.config import Config
-from core.data.corpus import Corpus, sha256_file
+from core.data.corpus import Corpus, corpus_sha256, sha256_file
 from core.errors import AcmError
 from core.locks import rebuilding_inputs
 from core.progress import CancelToken, Reporter, Ticker, no_report
@@ -156,7 +156,7 @@ def read_corpora(cfg: Config, max_language_chars: int | None) -> Corpora:
     for kind in ("language", "code"):
         folder = cfg.locations.data / kind
         corpus = Corpus.open(folder, kind)
-        hashes[kind] = {"manifest_sha256": sha256_file(folder / "manifest.json"), "documents": len(corpus)}
+        hashes[kind] = {"manifest_sha256": corpus_sha256(folder / "manifest.json"), "documents": len(corpus)}
         train, held = out[kind]
         chars = 0
         for text in corpus.texts():

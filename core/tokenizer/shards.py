@@ -25,7 +25,7 @@ import numpy as np
 
 from core.atomic import atomic_open, read_json, write_text, writing
 from core.config import Config
-from core.data.corpus import Corpus, sha256_file
+from core.data.corpus import Corpus, corpus_sha256, same_corpus, sha256_file
 from core.data.pairs import SOURCES as PAIR_SOURCES
 from core.errors import AcmError
 from core.locks import rebuilding_inputs
@@ -70,7 +70,7 @@ def _identity(cfg: Config, kind: str, tok: AcmTokenizer) -> dict:
         "tokenizer_sha256": tok.sha256,
         "vocab_size": tok.vocab_size,
         "dtype": token_dtype(tok.vocab_size).name,
-        "corpus_manifest_sha256": sha256_file(cfg.locations.data / kind / "manifest.json"),
+        "corpus_manifest_sha256": corpus_sha256(cfg.locations.corpus_manifest(kind)),
         "val_fraction": cfg.prepare.val_fraction,
         "seed": cfg.prepare.seed,
         "add_bos": cfg.prepare.add_bos,
@@ -184,7 +184,10 @@ def _up_to_date(cfg: Config, kind: str, ident: dict) -> dict | None:
     done = read_manifest(cfg, kind)
     if not done:
         return None
-    if {k: done.get(k) for k in ident} == ident:
+    recorded = {k: done.get(k) for k in ident}
+    if same_corpus(recorded["corpus_manifest_sha256"], cfg.locations.corpus_manifest(kind)):
+        recorded["corpus_manifest_sha256"] = ident["corpus_manifest_sha256"]  # made before the hash left out when
+    if recorded == ident:
         return done
     if done.get("tokenizer_sha256") != ident["tokenizer_sha256"]:
         raise AcmError(f"the {kind} token shards were made with another tokenizer; "

@@ -28,10 +28,41 @@ def test_states_come_from_disk(project, trained):
     assert s["prepare"] == s["pretrain"] == "not started"
     prepare(cfg)
     assert states(cfg)["prepare"] == "done"
+    assert_a_fetch_of_the_same_scripts_leaves_them_done(cfg)
     (trained / "scripts" / "extra.sh").write_text("#!/bin/bash\necho a brand new script with new words\n")
     fetch_code(cfg)  # the code corpus changed: what was built from it is stale
     s = states(cfg)
     assert s["tokenizer"] == "stale" and s["prepare"] == "stale"
+
+
+def assert_a_fetch_of_the_same_scripts_leaves_them_done(cfg) -> None:
+    """A fetch of the same scripts writes a new manifest (its time, its shard folder's name): the
+    tokenizer and the token shards made from the corpus before stay up to date."""
+    from core.tokenizer.bpe import train_tokenizer
+
+    fetch_code(cfg)  # this project's own paths in the manifest (the fixture's were its template's)
+    train_tokenizer(cfg)
+    prepare(cfg)
+    shards = cfg.locations.shards_manifest("code").read_bytes()
+    fetch_code(cfg)
+    assert states(cfg)["tokenizer"] == states(cfg)["prepare"] == "done"
+    prepare(cfg)
+    assert cfg.locations.shards_manifest("code").read_bytes() == shards  # nothing was rebuilt
+    from core.data.corpus import sha256_file  # made before: the manifest file's whole hash recorded
+
+    whole = sha256_file(cfg.locations.corpus_manifest("code"))
+    for path, keys in ((cfg.locations.tokenizer_meta, ("corpora", "code", "manifest_sha256")),
+                       (cfg.locations.shards_manifest("code"), ("corpus_manifest_sha256",))):
+        table = json.loads(path.read_text())
+        node = table
+        for key in keys[:-1]:
+            node = node[key]
+        node[keys[-1]] = whole
+        path.write_text(json.dumps(table))
+    shards = cfg.locations.shards_manifest("code").read_bytes()
+    assert states(cfg)["tokenizer"] == states(cfg)["prepare"] == "done"
+    prepare(cfg)
+    assert cfg.locations.shards_manifest("code").read_bytes() == shards
 
 
 def test_cli_pipeline_status_and_run(with_model, capsys):
