@@ -6,6 +6,7 @@ the left (keeping its end) with a notice, never a crash.
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -107,6 +108,13 @@ def checkpoint_tokenizer(cfg: Config, ck: checkpoint.Checkpoint, run_path: Path,
                    f"none): retrain the tokenizer it was made with, or train a new run")
 
 
+PICKS = 5  # a checkpoint its run's training removed while it was read is chosen again, this many times at most
+
+
+class Pruned(AcmError):
+    """The checkpoint chosen was removed while it was read: its run, training, keeps only its latest."""
+
+
 def load_model(cfg: Config, run: str | None = None, stage: str | None = None, which: str = "best",
                master_weights: bool = False, compute_dtype: str | None = None,
                held: LoadedModel | None = None) -> LoadedModel:
@@ -114,9 +122,29 @@ def load_model(cfg: Config, run: str | None = None, stage: str | None = None, wh
     float32 decodes as a float32 export does), unless `master_weights` keeps the float32 copy
     training made (for export). The choice is made again each call, so "the latest run's best"
     follows new runs and checkpoints; `held` (a model loaded earlier the same way) is given back
-    where the choice is still its checkpoint, as saved then."""
+    where the choice is still its checkpoint, as saved then. A checkpoint that the run's training
+    prunes while it is read is not damaged: the choice is made again."""
+    for _ in range(PICKS - 1):
+        with contextlib.suppress(Pruned):
+            return _load_model(cfg, run, stage, which, master_weights, compute_dtype, held)
+    return _load_model(cfg, run, stage, which, master_weights, compute_dtype, held)
+
+
+def _load_model(cfg: Config, run: str | None, stage: str | None, which: str, master_weights: bool,
+                compute_dtype: str | None, held: LoadedModel | None) -> LoadedModel:
     folders = stage_folders(cfg, run, stage)
     ck, run_path, st = first_checkpoint(cfg, folders, run, which)
+    try:
+        return _loaded_model(cfg, ck, run_path, st, folders, which, master_weights, compute_dtype, held)
+    except (AcmError, OSError):
+        if ck.path.exists():
+            raise
+        raise Pruned(f"checkpoint {ck.path} was removed while it was read (its run is training and keeps "
+                     f"train.{st}.keep_last checkpoints): try again") from None
+
+
+def _loaded_model(cfg: Config, ck: checkpoint.Checkpoint, run_path: Path, st: str, folders: list, which: str,
+                  master_weights: bool, compute_dtype: str | None, held: LoadedModel | None) -> LoadedModel:
     before = folders[:folders.index((run_path, st))]
     saved = _saved_at(ck)
     if held is not None and (held.checkpoint, held.saved) == (ck.path, saved):

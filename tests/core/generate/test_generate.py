@@ -174,6 +174,41 @@ def test_a_checkpoint_whose_state_is_damaged_is_named_not_called_missing(with_mo
     assert "no readable checkpoint in" in err and "train a model first" not in err
 
 
+def test_a_checkpoint_pruned_while_it_is_read_is_chosen_again_not_called_damaged(with_model, monkeypatch, capsys):
+    """The run's training keeps its latest checkpoints only: one an evaluation or a generation chose
+    can go while its weights are read. The choice is made again (the one the pruning kept)."""
+    from core.runs import checkpoint
+
+    cks = sorted((with_model / "runs" / "m" / "pretrain" / "checkpoints").glob("step-*"))
+    real, pruned = checkpoint.load_weights, []
+
+    def pruned_while_read(ck):  # as the training's prune, in another process, at that moment
+        if not pruned:
+            pruned.append(ck.path)
+            shutil.rmtree(ck.path)
+        return real(ck)
+
+    monkeypatch.setattr(checkpoint, "load_weights", pruned_while_read)
+    c = str(with_model / "acm.toml")
+    assert cli.main(["-c", c, "generate", "x", "--stage", "pretrain", "--checkpoint", "latest",
+                     "--max-tokens", "2"]) == 0
+    assert pruned == [cks[-1]] and f"m / pretrain / step 10 ({cks[-2].name}, " in capsys.readouterr().err
+    moved = []
+
+    def gone_each_time_it_is_read(ck):  # each choice pruned as it is read (the one before it back)
+        if moved:
+            aside = moved.pop()
+            aside.rename(aside.with_name(moved.pop()))
+        moved[:] = [ck.path.name, ck.path.rename(ck.path.with_name("aside"))]
+        return real(ck)
+
+    monkeypatch.setattr(checkpoint, "load_weights", gone_each_time_it_is_read)
+    assert cli.main(["-c", c, "generate", "x", "--max-tokens", "2"]) == 2  # the fine-tune's, then the pretrain's
+    err = capsys.readouterr().err
+    assert "was removed while it was read (its run is training and keeps train.finetune.keep_last" in err
+    assert "damaged" not in err and err.count("\n") == 1
+
+
 def test_a_checkpoint_whose_step_is_no_checkpoint_s_is_passed_over(with_model, capsys):
     """A negative step in state.json: that checkpoint is damaged, passed over, and named where it is
     the only one."""
