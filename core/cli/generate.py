@@ -249,10 +249,15 @@ def print_eval_table(results: dict) -> None:
 
 
 def cmd_export(args, cfg: Config) -> int:
-    engine = Engine()
+    engine, cancel = Engine(), CancelToken()
     try:
-        info = engine.call(export_checkpoint, cfg, Path(args.to), args.run, args.stage, args.checkpoint, args.dtype,
-                           args.format)
+        job = engine.submit(export_checkpoint, cfg, Path(args.to), args.run, args.stage, args.checkpoint, args.dtype,
+                            args.format, cancel)
+        try:
+            info = wait_for(job)
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: it stops before its folder is put in place
+            cancel.cancel()
+            raise
     finally:
         engine.shutdown()
     if info.get("notice"):

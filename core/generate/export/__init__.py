@@ -28,6 +28,7 @@ from core.errors import AcmError
 from core.generate.decode import LoadedModel, load_model
 from core.generate.export import card, commands, gguf_file, hf, mlx_lm
 from core.locks import Flock
+from core.progress import CancelToken
 
 FORMATS = ("mlx", "hf", "gguf")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -35,15 +36,21 @@ WRITERS = {"mlx": mlx_lm.write, "hf": hf.write, "gguf": gguf_file.write}
 
 
 def export_checkpoint(cfg: Config, to: Path, run: str | None = None, stage: str | None = None,
-                      which: str = "best", dtype: str = "float32", fmt: str = "mlx") -> dict:
+                      which: str = "best", dtype: str = "float32", fmt: str = "mlx",
+                      cancel: CancelToken | None = None) -> dict:
     """Export a run's checkpoint (read in its float32 master weights); what was written."""
     _check_choices(dtype, fmt)
     target = _check_target(Path(to))
     lm = load_model(cfg, run, stage, which, master_weights=True)
-    return export_model(lm, target, dtype, fmt, card.facts(cfg, lm)) | ({"notice": lm.notice} if lm.notice else {})
+    return (export_model(lm, target, dtype, fmt, card.facts(cfg, lm), cancel)
+            | ({"notice": lm.notice} if lm.notice else {}))
 
 
-def export_model(lm: LoadedModel, to: Path, dtype: str, fmt: str, facts: dict | None = None) -> dict:
+def export_model(lm: LoadedModel, to: Path, dtype: str, fmt: str, facts: dict | None = None,
+                 cancel: CancelToken | None = None) -> dict:
+    """Write `lm` as `fmt` into a folder beside `to`, renamed into place once complete. A cancel
+    (Ctrl-C) is taken between its parts, up to the rename: nothing is left at `to` then."""
+    cancel = cancel or CancelToken()
     _check_choices(dtype, fmt)
     to = _check_target(Path(to))
     _check_weights(lm, dtype)
@@ -53,8 +60,11 @@ def export_model(lm: LoadedModel, to: Path, dtype: str, fmt: str, facts: dict | 
     if tmp.exists():
         raise AcmError(f"another export to {to} is under way ({tmp} is held): wait for it or choose a new folder")
     with writing(f"the export {to}", tmp), _held(tmp):
+        cancel.check()
         detail = WRITERS[fmt](lm, tmp, dtype)
+        cancel.check()
         card.write(tmp, lm, fmt, dtype, detail, facts or {})
+        cancel.check()
         (tmp / LOCK).unlink()  # held still, by the open file, until the folder is in place
         if to.exists():
             to.rmdir()

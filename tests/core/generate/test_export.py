@@ -512,3 +512,25 @@ def test_a_refused_export_is_one_line_and_writes_nothing(with_model, tmp_path, c
     assert "no checkpoint in run m" in refused(with_model, capsys, "m", "--to", str(tmp_path / "x"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["full", "proj"]  # no folder, no .partial left
     assert [p.name for p in full.iterdir()] == ["keep"]
+
+
+@pytest.mark.parametrize("fmt", ["mlx", "gguf"])
+def test_a_cancelled_export_leaves_nothing_at_its_folder_and_can_be_made_again(with_model, tmp_path, monkeypatch, fmt):
+    """Ctrl-C (`acm export` cancels its job) while the format's files are written: the export stops
+    before its folder is put in place, where it used to finish and then say it was interrupted."""
+    from core.generate import export
+    from core.progress import Cancelled, CancelToken
+
+    cfg, to, cancel = config.load(with_model / "acm.toml"), tmp_path / "exports" / "e", CancelToken()
+    real = export.WRITERS[fmt]
+
+    def pressed_meanwhile(*args):
+        cancel.cancel()
+        return real(*args)
+
+    monkeypatch.setitem(export.WRITERS, fmt, pressed_meanwhile)
+    with pytest.raises(Cancelled):
+        export_checkpoint(cfg, to, "m", fmt=fmt, cancel=cancel)
+    assert list(to.parent.iterdir()) == []  # neither the folder nor its partial one
+    monkeypatch.setitem(export.WRITERS, fmt, real)
+    assert export_checkpoint(cfg, to, "m", fmt=fmt)["folder"] == str(to) and (to / "README.md").exists()
