@@ -74,6 +74,12 @@ class Ticker:
             self._last = now
             self.report(Progress(**self.state.__dict__))
 
+    def say(self, note: str) -> None:
+        """What the task is doing now, reported at once (the part of it that has begun)."""
+        self.state.note = note
+        self._last = time.monotonic()
+        self.report(Progress(**self.state.__dict__))
+
     def finish(self) -> None:
         """The last report, saying the task is over (a task of unknown total cannot be told otherwise)."""
         self.state.finished = True

@@ -27,7 +27,7 @@ from core import runs
 from core.atomic import write_text, writing
 from core.config import Config, parse_duration
 from core.errors import AcmError
-from core.generate.checked import Deadline, Judged, checked_generate, sample_and_judge
+from core.generate.checked import BATCH_ROWS, Deadline, Judged, checked_generate, sample_and_judge
 from core.generate.cut import cuts
 from core.generate.decode import find_checkpoint, load_model
 from core.generate.relevance import eval_prompts, expectations, relevance, uses
@@ -133,6 +133,41 @@ def _scored(judged: list[Judged], expected: dict[str, re.Pattern], asked: int) -
             "examples": examples(judged, expected)}
 
 
+class Decoding:
+    """An evaluation's progress, counted in rows x tokens decoded (what its time goes to; a validation
+    loss is said, not counted): its ETA follows the work left, where counting parts (a validation loss
+    and 192 syntax-checked scripts alike) held it still through the longest. Each part says itself as
+    it begins, and moves at every decoding step (reported at most every `interval` seconds)."""
+
+    def __init__(self, report: Reporter, parts_rows: list[int], max_tokens: int, interval: float = 0.5):
+        self.ticker = Ticker(report, "evaluating", sum(parts_rows) * max_tokens, interval=interval)
+        self.max_tokens, self.end = max_tokens, 0
+
+    def say(self, note: str) -> None:
+        self.ticker.say(note)
+
+    def part(self, rows: int, note: str, should_stop: Callable[[], bool]) -> Callable[[], bool]:
+        """Begin decoding `rows` scripts: the `should_stop` to give their decoding, which counts its steps
+        (a step of a batch: its rows; what a batch ended early leaves is counted when the next part
+        begins or the evaluation ends)."""
+        self._close()
+        self.end = self.ticker.state.done + rows * self.max_tokens
+        per_step = max(1, rows // -(-rows // BATCH_ROWS))
+        self.ticker.say(note)
+
+        def counted() -> bool:
+            self.ticker.advance(min(per_step, self.end - self.ticker.state.done))
+            return should_stop()
+        return counted
+
+    def _close(self) -> None:
+        self.ticker.advance(max(0, self.end - self.ticker.state.done))
+
+    def finish(self) -> None:
+        self._close()
+        self.ticker.finish()
+
+
 def evaluate_run(cfg: Config, report: Reporter = no_report, cancel: CancelToken | None = None,
                  run: str | None = None, samples: int | None = None, max_tokens: int | None = None,
                  clock: Callable[[], float] = time.monotonic) -> dict:
@@ -151,7 +186,8 @@ def _evaluated(cfg: Config, report: Reporter, cancel: CancelToken, run_path: Pat
     results = {"run": run_path.name, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "samples": samples,
                "tasks": [asdict(task) for task in cfg.eval.tasks], "prompts": cfg.eval.prompts,
                "candidates": cfg.generate.candidates, "time_budget": cfg.eval.time or None, "stages": {}}
-    ticker = Ticker(report, "evaluating", len(stages) * 3 + 1, interval=0)
+    k = cfg.generate.candidates
+    decoding = Decoding(report, [samples] * len(stages) + [samples * k], params.max_tokens)
     slots = Slots(parse_duration(cfg.eval.time, "eval.time") if cfg.eval.time else None, len(stages) * 3 + 1, clock)
     timeout = cfg.data.code.syntax_timeout_s
     started = time.perf_counter()
@@ -161,22 +197,21 @@ def _evaluated(cfg: Config, report: Reporter, cancel: CancelToken, run_path: Pat
         row = {"checkpoint": str(lm.checkpoint), "step": lm.step}
         for kind in ("language", "code"):
             cancel.check()
+            decoding.say(f"{stage}: {kind} val loss")
             row[kind] = val_loss(lm, cfg, kind, cfg.train.pretrain.eval_batches, slots.next())
-            ticker.advance(note=f"{stage}: {kind} val loss")
-        judged = sample_and_judge(lm, prompts, params, timeout, lambda: cancel.cancelled, slots.next())
+        stop = decoding.part(samples, f"{stage}: {samples} samples", lambda: cancel.cancelled)
+        judged = sample_and_judge(lm, prompts, params, timeout, stop, slots.next())
         cancel.check()
         row |= _scored(judged, expected, samples)
-        ticker.advance(note=f"{stage}: {len(judged)} samples")
         results["stages"][stage] = row
         if stage == stages[-1]:  # the model a user would use: also with syntax-checked sampling
-            chosen = checked_generate(lm, prompts, params, cfg.generate.candidates, timeout, lambda: cancel.cancelled,
-                                      slots.next())
+            stop = decoding.part(samples * k, f"{stage}: {samples} x {k} syntax-checked", lambda: cancel.cancelled)
+            chosen = checked_generate(lm, prompts, params, k, timeout, stop, slots.next())
             cancel.check()
             results["stages"][f"{stage}+checked"] = {
                 "checkpoint": row["checkpoint"], "step": lm.step, "language": row["language"], "code": row["code"],
                 **_scored(chosen, expected, samples)}
-            ticker.advance(note=f"{stage}: syntax-checked sampling")
-    ticker.finish()
+    decoding.finish()
     results["seconds"] = round(time.perf_counter() - started, 2)
     results["cut"] = any(cuts(results).values())  # fewer samples or validation batches than asked
     results["passed_over"] = passed_over  # damaged checkpoints, said with the cut (cut_note)

@@ -571,3 +571,23 @@ def test_an_evaluation_says_which_stage_it_left_out_as_damaged(with_model):
         (ck / "state.json").unlink()
     with pytest.raises(AcmError, match="no readable checkpoint in run m"):
         evaluate_run(cfg)
+
+
+def test_an_evaluations_progress_names_the_part_under_way_and_moves_as_it_decodes():
+    """Counted in rows x tokens (what its time goes to), each part said as it begins: counting
+    parts named the one that had ended and held its ETA still through the longest."""
+    from core.generate.evaluate import Decoding
+
+    reports = []
+    decoding = Decoding(reports.append, [4, 12], max_tokens=10, interval=0)
+    said = lambda: (reports[-1].note, reports[-1].done, reports[-1].total)  # noqa: E731
+    decoding.say("pretrain: code val loss")
+    assert said() == ("pretrain: code val loss", 0, 160)
+    stop = decoding.part(4, "pretrain: 4 samples", lambda: False)
+    assert said() == ("pretrain: 4 samples", 0, 160)
+    assert [stop(), stop(), stop()] == [False] * 3 and said() == ("pretrain: 4 samples", 12, 160)
+    stop = decoding.part(12, "finetune: 4 x 3 syntax-checked", lambda: True)  # the rest of the batch ended early
+    assert said() == ("finetune: 4 x 3 syntax-checked", 40, 160)
+    assert stop() is True and said()[1] == 52
+    decoding.finish()
+    assert (reports[-1].done, reports[-1].finished) == (160, True)

@@ -77,7 +77,7 @@ def test_cli_pipeline_status_and_run(with_model, capsys):
     assert set(states(config.load(with_model / "acm.toml")).values()) == {"done"}
     # not a terminal: plain lines in order, no redraws, and the evaluation table `acm eval` prints
     assert in_order(err, "── 1/2 pretrain", "step 21/40", "step 30 val loss", "pretrain done at step 40",
-                    "── 2/2 evaluate", "  evaluating: 7/7 in ") and "\x1b[" not in err
+                    "── 2/2 evaluate", "  evaluating: 1,200/1,200 in ") and "\x1b[" not in err
     assert in_order(out, "ran: pretrain, evaluate", "Evaluation of run m", "mean lines", "finetune+checked")
 
 
