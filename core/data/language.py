@@ -134,7 +134,15 @@ def local_files(paths: list[str], root: Path) -> list[Path]:
     return files
 
 
-def local_documents(paths: list[str], text_field: str, root: Path) -> Iterator[Doc]:
+NOT_UTF8_NAMED = 20  # files a manifest names among those passed over as not UTF-8 (all are counted)
+
+
+def local_documents(paths: list[str], text_field: str, root: Path, passed_over: dict | None = None) -> Iterator[Doc]:
+    """The documents of local files and folders. A .txt or .md file that is not UTF-8 (a stray
+    Latin-1 note, a binary in a folder of text) is passed over and counted in `passed_over`
+    ({"count", "files"}), as a script that is not UTF-8 is; a .jsonl or .parquet file is data the
+    user laid out, and one that does not read is an error naming it."""
+    passed_over = passed_over if passed_over is not None else {"count": 0, "files": []}
     for f in local_files(paths, root):
         fields = {"source": "local", "origin": str(f)}
         if f.suffix == ".jsonl":
@@ -143,9 +151,12 @@ def local_documents(paths: list[str], text_field: str, root: Path) -> Iterator[D
             yield from _parquet_documents(f, text_field, fields)
         else:
             try:
-                yield f.read_text(encoding="utf-8"), fields
+                text = f.read_text(encoding="utf-8")
             except UnicodeDecodeError:
-                raise AcmError(f"{f}: not UTF-8 text") from None
+                passed_over["count"] += 1
+                passed_over["files"] += [str(f)][:NOT_UTF8_NAMED - len(passed_over["files"])]
+                continue
+            yield text, fields
 
 
 def _jsonl_documents(f: Path, text_field: str, fields: dict) -> Iterator[Doc]:
@@ -180,8 +191,9 @@ def documents(cfg: Config) -> tuple[Iterator[Doc], int | None, dict]:
         return docs, total, {"source": "hf", "dataset": lc.hf_dataset, "config": lc.hf_config,
                              "split": lc.hf_split, "text_field": lc.text_field}
     if lc.source == "local":
-        return local_documents(lc.local_paths, lc.text_field, cfg.root), None, {
-            "source": "local", "paths": lc.local_paths}
+        passed_over = {"count": 0, "files": []}  # filled as the documents are read, before the manifest
+        return local_documents(lc.local_paths, lc.text_field, cfg.root, passed_over), None, {
+            "source": "local", "paths": lc.local_paths, "not_utf8_passed_over": passed_over}
     return builtin_documents(), None, {"source": "builtin", "python": sys.version.split()[0]}
 
 

@@ -177,6 +177,23 @@ def test_local_language_files_and_hand_counted_stats(project, tmp_path):
     assert texts[0] == "one two three\nfour five"
 
 
+def test_a_local_text_file_that_is_not_utf8_is_passed_over_and_counted(project, tmp_path, capsys):
+    """One stray Latin-1 note or binary in a folder of text stopped the whole fetch."""
+    src = tmp_path / "texts"
+    src.mkdir()
+    (src / "a.txt").write_text("one two three\n")
+    (src / "latin.txt").write_bytes("caf\xe9 cr\xe8me\n".encode("latin-1"))
+    (src / "blob.md").write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
+    cfg = cfg_for(project, data__language__source="local", data__language__local_paths=[str(src)])
+    config.save_settings(cfg, project / "acm.toml")
+    assert cli.main(["-c", str(project / "acm.toml"), "data", "fetch", "language"]) == 0
+    out = capsys.readouterr().out
+    assert "language corpus: 1 documents" in out
+    assert f"passed over as not UTF-8: 2 files ({src / 'blob.md'}, {src / 'latin.txt'})" in out
+    m = json.loads((project / "data" / "language" / MANIFEST).read_text())
+    assert m["not_utf8_passed_over"] == {"count": 2, "files": [str(src / "blob.md"), str(src / "latin.txt")]}
+
+
 def test_local_jsonl_without_field(project, tmp_path):
     (tmp_path / "x.jsonl").write_text('{"body": "no text field"}\n')
     cfg = cfg_for(project, data__language__source="local", data__language__local_paths=[str(tmp_path / "x.jsonl")])
