@@ -6,6 +6,7 @@ names the file, the key and what is allowed.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import difflib
 import itertools
@@ -727,11 +728,11 @@ def save_settings(cfg: Config, path: str | os.PathLike = CONFIG_NAME, since: Con
     path = Path(path)
     if path.is_symlink() and not path.exists():
         read_table(path)  # a link that leads to no file is refused as reading it is, never replaced
-    with folder_held(path.parent):
+    with folder_held(path.resolve().parent):  # a linked acm.toml: its file's folder
         text = _writable_text(path)
         table = cfg.explicit
         if since is not None:
-            table = _changed(copy.deepcopy(tomllib.loads(text)), since.explicit, cfg.explicit)
+            table = _changed(_parsed(text, path), since.explicit, cfg.explicit)
             cfg = from_dict(table, source=str(path), root=cfg.root, preset=machine_preset(table))
             validate(cfg, str(path))
         # parsed with "\n" line ends, as tomllib reads every value (a multi-line string too), so that
@@ -756,6 +757,15 @@ def _writable_text(path: Path) -> str:
         return f.read()
 
 
+def _parsed(text: str, path: Path) -> dict:
+    """acm.toml's table from the text about to be edited (an editor may have saved since it was checked)."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"not saved: {path}: TOML syntax error: {e} (fix the file by hand; acm does not "
+                          f"write over it)") from None
+
+
 def _flat(table: dict, prefix: tuple = ()) -> dict[tuple, Any]:
     """Every setting in a table by its path of keys (a list of tables, eval.tasks, is one value)."""
     out: dict[tuple, Any] = {}
@@ -769,8 +779,10 @@ def _flat(table: dict, prefix: tuple = ()) -> dict[tuple, Any]:
 
 def _changed(current: dict, before: dict, after: dict) -> dict:
     """`current` (the file as it is now) with what went from `before` to `after`: values set, and
-    settings unset (a seq_len that follows a new preset), with the tables they leave empty."""
-    was, now = _flat(before), _flat(after)
+    settings unset (a seq_len that follows a new preset) where the file still holds the value they
+    had (one edited since stays), with the tables they leave empty. A new preset is followed again
+    over the file's values (a seq_len set since, beyond the new context, is cut to it)."""
+    was, now, file_before = _flat(before), _flat(after), copy.deepcopy(current)
     for keys, value in now.items():
         if was.get(keys, MISSING) != value:
             node = current
@@ -781,8 +793,12 @@ def _changed(current: dict, before: dict, after: dict) -> dict:
             node[keys[-1]] = value
     held = _flat(current)
     for keys in was.keys() - now.keys():
-        if keys in held:
+        if keys in held and held[keys] == was[keys]:
             _unset(current, *keys)
+    preset = now.get(("model", "preset"))
+    if preset in PRESETS and preset != was.get(("model", "preset")):
+        with contextlib.suppress(ConfigError):  # a file that read badly before: validated as a whole below
+            _follow_preset(current, from_dict(file_before, preset=machine_preset(file_before)))
     return current
 
 

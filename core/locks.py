@@ -73,8 +73,9 @@ def folder_held(folder: Path, waits: int = 200, pause=None) -> Iterator[bool]:
     """The folder's own lock, exclusive, waited for (`waits` tries `pause`s apart, 10 s by default):
     a read-modify-write of a file in it (acm.toml) that another acm may be making at the same moment.
     Locking the folder, not the file, holds across the file's replacement by rename and leaves no lock
-    file behind. Yields False, holding nothing, where the folder cannot be opened (a missing folder:
-    the write then fails with its own line); raises AcmError when the lock stays taken."""
+    file behind. Yields False, holding nothing, where the folder cannot be opened or locked at all (a
+    missing folder: the write then fails with its own line; a file system without locks on folders,
+    as NFS emulates them: saves there are not serialised); raises AcmError when the lock stays taken."""
     pause = pause or (lambda: time.sleep(0.05))
     try:
         fd = os.open(folder, os.O_RDONLY)
@@ -82,14 +83,18 @@ def folder_held(folder: Path, waits: int = 200, pause=None) -> Iterator[bool]:
         yield False
         return
     try:
-        for _ in range(waits):
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                pause()
-        else:
-            raise AcmError(f"{folder}: another acm kept its settings locked; nothing was saved, try again")
-        yield True
+        yield _locked(fd, folder, waits, pause)
     finally:
         os.close(fd)
+
+
+def _locked(fd: int, folder: Path, waits: int, pause) -> bool:
+    for _ in range(waits):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            pause()
+        except OSError:  # ENOLCK, EBADF: no lock to be had here
+            return False
+    raise AcmError(f"{folder}: another acm kept its settings locked; nothing was saved, try again")

@@ -70,7 +70,7 @@ class Ticker:
         if note:
             self.state.note = note
         now = time.monotonic()
-        if now - self._last >= self.interval or self.state.done == self.state.total:
+        if now - self._last >= self.interval or (n and self.state.done == self.state.total):
             self._last = now
             self.report(Progress(**self.state.__dict__))
 

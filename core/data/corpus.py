@@ -144,22 +144,19 @@ class CorpusWriter:
         shutil.rmtree(self.shard_dir, ignore_errors=True)
 
 
-WHEN_AND_WHERE = ("created", "shard_dir")  # what a fetch of the same documents writes differently
-
-
 def corpus_sha256(manifest: Path) -> str:
-    """What the tokenizer and the token shards record of the corpus they were made from: its
-    manifest's hash without when the fetch ran and the name of its shard folder, so a fetch of the
-    same documents (same shards, same sources and settings) leaves them up to date. A manifest that
-    is no JSON object is hashed as it is."""
+    """What the tokenizer and the token shards record of the corpus they were made from: the hash of
+    its documents, the list of its shards' sha256 (the documents, with each one's source and licence,
+    in order). A fetch of the same documents, whatever else its manifest says of that fetch (its time,
+    its shard folder's name, clones made or reused, rows streamed or reused), leaves them up to date.
+    A manifest that names no shards that way is hashed as it is."""
     try:
-        table = json.loads(manifest.read_bytes())
-    except (ValueError, UnicodeDecodeError):
-        table = None
-    if not isinstance(table, dict):
+        shards = [shard["sha256"] for shard in json.loads(manifest.read_bytes())["shards"]]
+    except (ValueError, UnicodeDecodeError, KeyError, TypeError):
         return sha256_file(manifest)
-    kept = {k: v for k, v in table.items() if k not in WHEN_AND_WHERE}
-    return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()
+    if not all(isinstance(sha, str) for sha in shards):
+        return sha256_file(manifest)
+    return hashlib.sha256(json.dumps(shards).encode()).hexdigest()
 
 
 def same_corpus(recorded: str | None, manifest: Path) -> bool:

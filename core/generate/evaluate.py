@@ -146,13 +146,15 @@ class Decoding:
     def say(self, note: str) -> None:
         self.ticker.say(note)
 
-    def part(self, rows: int, note: str, should_stop: Callable[[], bool]) -> Callable[[], bool]:
-        """Begin decoding `rows` scripts: the `should_stop` to give their decoding, which counts its steps
-        (a step of a batch: its rows; what a batch ended early leaves is counted when the next part
-        begins or the evaluation ends)."""
+    def part(self, rows: int, note: str, should_stop: Callable[[], bool], deadline: Deadline | None,
+             group: int = 1) -> Callable[[], bool]:
+        """Begin decoding `rows` scripts (in batches of BATCH_ROWS, or of `deadline.rows` prompts of
+        `group` candidates each under a time budget): the `should_stop` to give their decoding, which
+        counts its steps (a step of a batch: its rows; what a batch ended early or a budget cut leaves
+        is counted when the next part begins or the evaluation ends)."""
         self._close()
         self.end = self.ticker.state.done + rows * self.max_tokens
-        per_step = max(1, rows // -(-rows // BATCH_ROWS))
+        per_step = min(rows, deadline.rows * group if deadline else BATCH_ROWS)
         self.ticker.say(note)
 
         def counted() -> bool:
@@ -199,14 +201,17 @@ def _evaluated(cfg: Config, report: Reporter, cancel: CancelToken, run_path: Pat
             cancel.check()
             decoding.say(f"{stage}: {kind} val loss")
             row[kind] = val_loss(lm, cfg, kind, cfg.train.pretrain.eval_batches, slots.next())
-        stop = decoding.part(samples, f"{stage}: {samples} samples", lambda: cancel.cancelled)
-        judged = sample_and_judge(lm, prompts, params, timeout, stop, slots.next())
+        deadline = slots.next()
+        stop = decoding.part(samples, f"{stage}: {samples} samples", lambda: cancel.cancelled, deadline)
+        judged = sample_and_judge(lm, prompts, params, timeout, stop, deadline)
         cancel.check()
         row |= _scored(judged, expected, samples)
         results["stages"][stage] = row
         if stage == stages[-1]:  # the model a user would use: also with syntax-checked sampling
-            stop = decoding.part(samples * k, f"{stage}: {samples} x {k} syntax-checked", lambda: cancel.cancelled)
-            chosen = checked_generate(lm, prompts, params, k, timeout, stop, slots.next())
+            deadline = slots.next()
+            stop = decoding.part(samples * k, f"{stage}: {samples} x {k} syntax-checked", lambda: cancel.cancelled,
+                                 deadline, k)
+            chosen = checked_generate(lm, prompts, params, k, timeout, stop, deadline)
             cancel.check()
             results["stages"][f"{stage}+checked"] = {
                 "checkpoint": row["checkpoint"], "step": lm.step, "language": row["language"], "code": row["code"],

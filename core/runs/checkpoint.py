@@ -66,8 +66,8 @@ def _fsync_dir(path: Path) -> None:
 
 
 def sweep_partial(folder: Path) -> None:
-    """Remove checkpoints a kill or a full disk left half written."""
-    for stale in folder.glob(".tmp-step-*"):
+    """Remove checkpoints a kill or a full disk left half written, or half removed."""
+    for stale in [*folder.glob(".tmp-step-*"), *folder.glob(".pruned-step-*")]:
         shutil.rmtree(stale, ignore_errors=True)
 
 
@@ -280,8 +280,13 @@ def prune(folder: Path, keep_last: int) -> None:
     if b is not None:
         keep.add(b.path)
     for c in cks:
-        if c.path not in keep:
-            shutil.rmtree(c.path, ignore_errors=True)
+        if c.path not in keep:  # out of step-* at once, then deleted: never seen half removed
+            gone = c.path.with_name(f".pruned-{c.path.name}")
+            try:
+                c.path.rename(gone)
+            except OSError:
+                gone = c.path
+            shutil.rmtree(gone, ignore_errors=True)
 
 
 def load_weights(ck: Checkpoint) -> dict:

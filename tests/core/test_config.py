@@ -251,6 +251,44 @@ def test_a_save_writes_only_its_change_into_the_file_as_it_is_now(tmp_path):
                                        "generate": {"top_k": 7, "temperature": 0.5}}
 
 
+def test_a_preset_saved_from_settings_read_earlier_follows_the_file_as_it_is_now(tmp_path, capsys):
+    """The app switches the preset on settings it read at its start: a seq_len edited by hand since
+    stays, and one set since beyond the new context follows the preset, as a fresh switch would."""
+    path = write(tmp_path, "[model]\npreset = 'nano'\n[train.pretrain]\nseq_len = 128\n")
+    read_then = config.load(path)
+    path.write_text(path.read_text().replace("seq_len = 128", "seq_len = 64  # mine"))
+    new, _ = config.with_value(read_then, "model.preset", "micro")  # 128, nano's context, read then: unset
+    config.save_settings(new, path, since=read_then)
+    assert config.read_table(path) == {"model": {"preset": "micro"}, "train": {"pretrain": {"seq_len": 64}}}
+    path = write(tmp_path, "[model]\npreset = 'tiny'\n")
+    read_then = config.load(path)
+    assert cli.main(["-c", str(path), "config", "set", "train.pretrain.seq_len", "1024"]) == 0
+    new, _ = config.with_value(read_then, "model.preset", "nano")
+    saved = config.save_settings(new, path, since=read_then)
+    assert saved.model.preset == "nano" and saved.train.pretrain.seq_len == 128  # cut to nano's context
+    assert config.read_table(path) == {"model": {"preset": "nano"}, "train": {"pretrain": {"seq_len": 128}}}
+
+
+def test_a_save_waits_its_turn_behind_another_and_then_keeps_what_that_one_wrote(tmp_path, monkeypatch):
+    import threading
+
+    from core import locks
+    from tests.helpers import eventually
+
+    path = write(tmp_path, "[model]\npreset = 'nano'\n")
+    read_then = config.load(path)
+    new, _ = config.with_value(read_then, "generate.top_k", "7")
+    waited = threading.Event()
+    monkeypatch.setattr(locks.time, "sleep", lambda s: waited.set() or threading.Event().wait(s))
+    with locks.folder_held(tmp_path):  # another acm's save, under way
+        saving = threading.Thread(target=config.save_settings, args=(new, path), kwargs={"since": read_then})
+        saving.start()
+        eventually(waited.is_set)
+        path.write_text(path.read_text() + "[eval]\nsamples = 9\n")  # what that save writes
+    saving.join(30)
+    assert config.read_table(path) == {"model": {"preset": "nano"}, "eval": {"samples": 9}, "generate": {"top_k": 7}}
+
+
 def test_settings_saved_by_several_commands_at_once_all_land(tmp_path):
     path = write(tmp_path, "[model]\npreset = 'nano'\n")
     sets = {"generate.top_k": "11", "generate.max_tokens": "22", "generate.seed": "33", "eval.samples": "44",

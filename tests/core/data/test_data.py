@@ -42,12 +42,19 @@ def test_github_fetch_counts_provenance_and_failures(github_cfg):
 
 
 def test_rerun_skips_finished_clones(github_cfg):
+    from core.data.corpus import corpus_sha256, sha256_file
+
+    manifest = github_cfg.locations.corpus_manifest("code")
     fetch_code(github_cfg)
+    first, whole = corpus_sha256(manifest), sha256_file(manifest)
     m = fetch_code(github_cfg)
     status = {x["name"]: x for x in m["repos"]}
     assert status["acme/tools"]["skipped"] and status["acme/ops"]["skipped"]
     assert not status["acme/gone"]["ok"]
     assert m["report"]["unique"] == 4
+    # the same documents: what the tokenizer and the shards record of them is the same, though the
+    # manifest says the clones were reused this time
+    assert corpus_sha256(manifest) == first and sha256_file(manifest) != whole
 
 
 def test_cancel_mid_fetch_keeps_previous_corpus(github_cfg):

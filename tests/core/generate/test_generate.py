@@ -583,11 +583,19 @@ def test_an_evaluations_progress_names_the_part_under_way_and_moves_as_it_decode
     said = lambda: (reports[-1].note, reports[-1].done, reports[-1].total)  # noqa: E731
     decoding.say("pretrain: code val loss")
     assert said() == ("pretrain: code val loss", 0, 160)
-    stop = decoding.part(4, "pretrain: 4 samples", lambda: False)
+    stop = decoding.part(4, "pretrain: 4 samples", lambda: False, None)
     assert said() == ("pretrain: 4 samples", 0, 160)
     assert [stop(), stop(), stop()] == [False] * 3 and said() == ("pretrain: 4 samples", 12, 160)
-    stop = decoding.part(12, "finetune: 4 x 3 syntax-checked", lambda: True)  # the rest of the batch ended early
+    stop = decoding.part(12, "finetune: 4 x 3 syntax-checked", lambda: True, None)  # the batch ended early
     assert said() == ("finetune: 4 x 3 syntax-checked", 40, 160)
     assert stop() is True and said()[1] == 52
     decoding.finish()
     assert (reports[-1].done, reports[-1].finished) == (160, True)
+    from core.generate.checked import Deadline
+
+    decoding = Decoding(reports.append, [12], max_tokens=10, interval=0)  # a time budget: batches of 2 x 3
+    stop = decoding.part(12, "finetune: 4 x 3 syntax-checked", lambda: False, Deadline(until=1.0, rows=2), 3)
+    assert [stop(), stop()] == [False, False] and reports[-1].done == 12
+    count = len(reports)
+    decoding.finish()
+    assert len(reports) == count + 2  # the jump to the end, then the finish: once each

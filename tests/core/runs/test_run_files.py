@@ -94,3 +94,27 @@ def test_run_files_larger_than_acm_writes_read_as_damaged_ones(with_model, monke
     assert read_metrics(run, "pretrain") == []
     calls = [appended_checks(metrics) for _ in lines]  # enough calls to read it all, a cap at a time
     assert len(calls[0]) == 1 and calls[-1] == checks and len(checks) > 1
+
+
+def test_a_pruned_checkpoint_leaves_the_list_at_once_and_a_kill_meanwhile_is_swept(with_model, monkeypatch):
+    """Deleting a folder file by file left a checkpoint half there for a reader (an evaluation) to find
+    and call damaged: it is renamed out of `step-*` first, and what a kill leaves is swept."""
+    import shutil
+
+    folder = with_model / "runs" / "m" / "pretrain" / "checkpoints"
+    kept = {checkpoint.latest(folder).path.name, checkpoint.best(folder).path.name}
+    real, seen = shutil.rmtree, []
+
+    def watched(path, **kw):
+        seen.append((Path(path).name, sorted(p.name for p in folder.glob("step-*"))))
+        real(path, **kw)
+
+    monkeypatch.setattr(checkpoint.shutil, "rmtree", watched)
+    names = [c.path.name for c in checkpoint.list_checkpoints(folder)]
+    checkpoint.prune(folder, keep_last=1)
+    gone = [n for n in names if n not in kept]
+    assert gone and seen == [(f".pruned-{n}", sorted(kept)) for n in gone]
+    assert sorted(p.name for p in folder.iterdir()) == sorted(kept)
+    (folder / ".pruned-step-0000001").mkdir()  # a kill between the rename and the deletion
+    checkpoint.sweep_partial(folder)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(kept)
