@@ -22,7 +22,7 @@ from textual.widgets import Footer, Header, Static, TabbedContent, TabPane
 
 from core import config, runs
 from core.engine import Engine, exit_past_abandoned_work
-from core.errors import AcmError, Parser, fail, internal_error, one_line
+from core.errors import INTERRUPTED, AcmError, Parser, fail, internal_error, one_line
 from core.hardware import device_label
 from core.pipeline.overview import disk_stamp
 from core.train.ready import submit_readying
@@ -46,7 +46,8 @@ DISK_POLL_S = 2.0  # how often the app looks for stages that ended or moved on e
 
 
 EXIT_GRACE_S = 5.0  # how long a signal's exit may take, its stages ended, before the process just ends
-ENDING_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+# a Ctrl-C typed into the app is a key (the terminal is raw); SIGINT is `kill -INT`, or a Ctrl-C as it starts
+ENDING_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP", "SIGINT") if hasattr(signal, name))
 
 
 class AcmApp(App):
@@ -278,7 +279,13 @@ def main(argv: list[str] | None = None) -> int:
             return fail(f"settings file {named} is a link to {os.readlink(named)}, which leads to no file")
         return fail(f"settings file {named} does not exist")
     app = AcmApp(named or Path(config.CONFIG_NAME))
-    app.run()
+    try:
+        app.run()
+    except KeyboardInterrupt:  # before the app took its signals: nothing of a stage had started
+        print("acm: interrupted", file=sys.stderr)
+        app.engine.abandon()  # a readying under way writes nothing; the process need not wait for it
+        exit_past_abandoned_work(INTERRUPTED, [app.engine])
+        return INTERRUPTED
     if app.failure:
         print(f"acm: error: {app.failure}", file=sys.stderr)
     exit_past_abandoned_work(app.return_code or 0, [app.engine])  # quit while the engine readied the step

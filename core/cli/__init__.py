@@ -7,17 +7,24 @@ starts its engine first, readying the stage while the modules load (core/cli/ear
 """
 from __future__ import annotations
 
-from core.errors import exit_status, signals_for_the_main_thread
+import sys
+
+from core.errors import INTERRUPTED, exit_status, signals_for_the_main_thread
 
 
 def main(argv: list[str] | None = None) -> int:
     early, status = None, 1
     try:
-        with signals_for_the_main_thread():
-            from core.cli.early import begin
+        try:
+            with signals_for_the_main_thread():
+                from core.cli.early import begin
 
-            early = begin(argv)
-            from core.cli.commands import main as run
+                early = begin(argv)
+                from core.cli.commands import main as run
+        except KeyboardInterrupt:  # a Ctrl-C while acm loads: the line every command says it with
+            print("acm: interrupted", file=sys.stderr)
+            status = INTERRUPTED
+            return status
         status = run(argv, early)
         return status
     except BaseException as e:  # a Ctrl-C, a bad argument or a failure outside the command's own handling

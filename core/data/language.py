@@ -161,7 +161,14 @@ def local_documents(paths: list[str], text_field: str, root: Path, passed_over: 
 
 def _jsonl_documents(f: Path, text_field: str, fields: dict) -> Iterator[Doc]:
     with open(f, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
+        lines = enumerate(fh, 1)
+        while True:
+            try:
+                n, line = next(lines)
+            except StopIteration:
+                return
+            except UnicodeDecodeError as e:
+                raise AcmError(f"{f}: not UTF-8 text ({e.reason} at byte {e.start} of a line)") from None
             if line.strip():
                 try:
                     yield str(json.loads(line)[text_field]), fields | {"origin": f"{f}:{n}"}

@@ -274,10 +274,11 @@ def _read_until_gone(fd: int, seen: bytearray) -> None:
             seen += data
 
 
-@pytest.mark.parametrize("how", ["hang-up", "SIGTERM"])
+@pytest.mark.parametrize("how", ["hang-up", "SIGTERM", "SIGINT"])
 def test_a_dropped_connection_or_a_polite_kill_stops_the_app_s_stage_with_a_checkpoint(prepared, how):
     """acm-tui on a terminal of its own, training in the app: the terminal closing under it (an SSH
-    connection dropped: SIGHUP) or `kill` ends the app as `q` then `y` does, with a checkpoint."""
+    connection dropped: SIGHUP), `kill` or `kill -INT` ends the app as `q` then `y` does, with a
+    checkpoint."""
     cfg = config.load(prepared / "acm.toml")
     cfg.train.pretrain.steps, cfg.train.pretrain.save_every = 100000, 100000
     config.save(cfg, prepared / "acm.toml")
@@ -303,7 +304,7 @@ def test_a_dropped_connection_or_a_polite_kill_stops_the_app_s_stage_with_a_chec
             os.close(fd)  # the terminal goes: the kernel hangs up its session
             fd = -1
         else:
-            os.kill(pid, signal.SIGTERM)
+            os.kill(pid, getattr(signal, how))
         deadline = time.monotonic() + 120
         while (done := os.waitpid(pid, os.WNOHANG))[0] == 0:
             assert time.monotonic() < deadline, "the app did not end"

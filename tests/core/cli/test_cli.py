@@ -229,3 +229,27 @@ def test_a_bad_command_line_is_one_line_naming_acm_once(argv, said, capsys):
         cli.main(argv)
     err = capsys.readouterr().err
     assert exited.value.code == 2 and err.count("\n") == 1 and err.startswith(said)
+
+
+INTERRUPTED_WHILE_LOADING = """
+import importlib.abc, os, signal, sys
+
+class Interrupting(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == sys.argv[1]:  # a Ctrl-C as that module starts loading
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+
+sys.meta_path.insert(0, Interrupting())
+from {entry} import main
+sys.exit(main({argv}))
+"""
+
+
+@pytest.mark.parametrize("entry, argv, module", [("core.cli", "['presets']", "core.cli.commands"),
+                                                 ("acm_tui.launch", "[]", "acm_tui.app")])
+def test_a_ctrl_c_while_acm_loads_is_one_line_not_a_traceback(tmp_path, entry, argv, module):
+    code = INTERRUPTED_WHILE_LOADING.format(entry=entry, argv=argv)
+    r = subprocess.run([sys.executable, "-c", code, module], cwd=tmp_path, capture_output=True, text=True,
+                       env=os.environ | {"PYTHONPATH": str(ROOT)}, timeout=120)
+    assert (r.returncode, r.stderr) == (130, "acm: interrupted\n")

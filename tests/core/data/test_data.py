@@ -206,6 +206,9 @@ def test_local_jsonl_without_field(project, tmp_path):
     cfg = cfg_for(project, data__language__source="local", data__language__local_paths=[str(tmp_path / "x.jsonl")])
     with pytest.raises(AcmError, match=r"x\.jsonl:1: not a JSON object with a 'text' field"):
         fetch_language(cfg)
+    (tmp_path / "x.jsonl").write_bytes('{"text": "caf\xe9"}\n'.encode("latin-1"))  # an internal error before
+    with pytest.raises(AcmError, match=r"x\.jsonl: not UTF-8 text \(invalid continuation byte at byte 13"):
+        fetch_language(cfg)
 
 
 @pytest.fixture
