@@ -5,9 +5,10 @@ the TUI posts a message) and checks a `CancelToken` between units of work.
 """
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from core.errors import AcmError
@@ -44,6 +45,22 @@ def no_report(_: Progress) -> None:
 class CancelToken:
     def __init__(self):
         self._event = threading.Event()
+        self._out_of_reach = threading.Event()
+
+    @contextlib.contextmanager
+    def out_of_reach(self) -> Iterator[None]:
+        """Work that sees no cancel until it returns (a library's native loop) and writes nothing of
+        the project meanwhile, checking the cancel as soon as it returns: a caller who cancelled may
+        walk away from it (end the process) rather than wait."""
+        self._out_of_reach.set()
+        try:
+            yield
+        finally:
+            self._out_of_reach.clear()
+
+    @property
+    def may_walk_away(self) -> bool:
+        return self._out_of_reach.is_set()
 
     def cancel(self) -> None:
         self._event.set()

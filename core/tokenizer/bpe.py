@@ -213,7 +213,8 @@ def train_one(corp: Corpora, vocab_size: int, min_frequency: int, code_weight: f
             ticker.advance(len(t))
             yield t
 
-    tok.train_from_iterator(counted(), trainer)
+    with cancel.out_of_reach():  # the merges, in Rust once the texts are read: no cancel is seen there
+        tok.train_from_iterator(counted(), trainer)
     cancel.check()
     ticker.finish()
     code_fed = fed["chars"] - lang_chars

@@ -313,3 +313,44 @@ def test_a_manifest_naming_no_file_is_refused_in_one_line(prepared):
     path.write_text(json.dumps(manifest))
     with pytest.raises(AcmError, match=r"manifest .* is damaged \(a chunk names no train file\): run `acm prepare"):
         open_tokens(cfg, "language", "train")
+
+
+CTRL_C_IN_THE_MERGES = """
+import os, signal, sys, threading
+from core.tokenizer import bpe
+
+real = bpe.new_bpe
+
+class MergingForEver:  # the Rust trainer's merges, which see no cancel: here they never end
+    def __init__(self, tok):
+        self.tok = tok
+    def __getattr__(self, name):
+        return getattr(self.tok, name)
+    def train_from_iterator(self, texts, trainer):
+        list(texts)  # every text read: the merges begin, where no signal is seen (Rust, Python's lock let go)
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        os.kill(os.getpid(), signal.SIGINT)  # a Ctrl-C
+        threading.Event().wait()
+
+bpe.new_bpe = lambda *a: (MergingForEver(real(*a)[0]), real(*a)[1])
+from core.cli import main
+sys.exit(main(["-c", sys.argv[1], "tokenizer", "train"]))
+"""
+
+
+def test_a_ctrl_c_while_the_trainer_merges_ends_the_command_at_once_and_keeps_the_tokenizer(trained):
+    """The merges run in Rust, where no cancel is seen (minutes on a large corpus): the command ends
+    without waiting for them, the tokenizer in force untouched, where it used to wait them out."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.helpers import ROOT
+
+    cfg = config.load(trained / "acm.toml")
+    before = cfg.locations.tokenizer_file.read_bytes()
+    r = subprocess.run([sys.executable, "-c", CTRL_C_IN_THE_MERGES, str(trained / "acm.toml")], capture_output=True,
+                       text=True, env=os.environ | {"PYTHONPATH": str(ROOT)}, timeout=60)
+    assert r.returncode == 130 and r.stderr.endswith("acm: interrupted\n") and "Traceback" not in r.stderr
+    assert cfg.locations.tokenizer_file.read_bytes() == before
+    assert [p.name for p in cfg.locations.tokenizer.iterdir() if p.name.startswith(".")] == []
