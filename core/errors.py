@@ -209,8 +209,13 @@ def run_command(body: Callable[[], int], quiet_pipe: bool = False) -> int:
 
 
 def os_error_text(e: OSError) -> str:
-    """A system error as a user reads it: the system's words, then the file."""
-    return f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
+    """A system error as a user reads it: the system's words, then the file; where a file stands in
+    the way of a folder acm makes or reads (data/tokenizer made a file), what to do about it."""
+    text = f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
+    in_the_way = isinstance(e, NotADirectoryError) or (
+        isinstance(e, FileExistsError) and e.filename and os.path.lexists(e.filename)
+        and not os.path.isdir(e.filename))
+    return text + (" (a file stands where acm keeps a folder: move it aside)" if in_the_way else "")
 
 
 # What asking standard output for its file can raise: None, a stream without one, a closed one

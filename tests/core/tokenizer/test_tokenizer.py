@@ -354,3 +354,14 @@ def test_a_ctrl_c_while_the_trainer_merges_ends_the_command_at_once_and_keeps_th
     assert r.returncode == 130 and r.stderr.endswith("acm: interrupted\n") and "Traceback" not in r.stderr
     assert cfg.locations.tokenizer_file.read_bytes() == before
     assert [p.name for p in cfg.locations.tokenizer.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_file_where_the_tokenizer_folder_goes_is_one_line_saying_what_to_do(trained, capsys):
+    import shutil
+
+    cfg = config.load(trained / "acm.toml")
+    shutil.rmtree(cfg.locations.tokenizer)
+    cfg.locations.tokenizer.write_text("not a folder")
+    assert cli.main(["-c", str(trained / "acm.toml"), "tokenizer", "train"]) == 2
+    assert capsys.readouterr().err.endswith(f"\nacm: error: File exists: {cfg.locations.tokenizer} (a file stands "
+                                            "where acm keeps a folder: move it aside)\n")
