@@ -57,13 +57,18 @@ def reading_inputs(lock_path: Path) -> Iterator[None]:
         yield
 
 
-@contextlib.contextmanager
-def rebuilding_inputs(lock_path: Path, what: str) -> Iterator[None]:
+def rebuilding_inputs(lock_path: Path, what: str) -> contextlib.AbstractContextManager:
     """Held while the tokenizer or the token shards are rebuilt; refused while training reads them."""
+    return held_alone(lock_path, f"{what} can't be rebuilt now: a training stage or another rebuild is using "
+                                 "them (`acm runs` shows it); stop it first, or wait")
+
+
+@contextlib.contextmanager
+def held_alone(lock_path: Path, refusal: str) -> Iterator[None]:
+    """The lock, exclusive, for the block; `refusal` (one line) where another process holds it."""
     lock = Flock(lock_path)
     if not lock.try_acquire():
-        raise AcmError(f"{what} can't be rebuilt now: a training stage or another rebuild is using them "
-                       "(`acm runs` shows it); stop it first, or wait")
+        raise AcmError(refusal)
     with lock:
         yield
 

@@ -219,11 +219,7 @@ def cmd_eval(args, cfg: Config) -> int:
     try:
         with progress_bars() as report:
             job = engine.submit(evaluate_run, cfg, report, cancel, args.run, args.samples, args.max_tokens)
-            try:
-                results = wait_for(job)
-            except KeyboardInterrupt:  # Ctrl-C or SIGTERM: it stops at its next check, eval.json left as it was
-                cancel.cancel()
-                raise
+            results = cancelled_on_interrupt(job, cancel)  # it stops at its next check, eval.json left as it was
     finally:
         engine.shutdown()
     if args.json:
@@ -231,6 +227,16 @@ def cmd_eval(args, cfg: Config) -> int:
         return 0
     print_eval_table(results)
     return 0
+
+
+def cancelled_on_interrupt(job, cancel: CancelToken):
+    """The job's result; a Ctrl-C or SIGTERM meanwhile cancels it (it stops at its next check) and goes
+    on up, to end the command once the engine has let the job end."""
+    try:
+        return wait_for(job)
+    except KeyboardInterrupt:
+        cancel.cancel()
+        raise
 
 
 def print_eval_table(results: dict) -> None:
@@ -253,11 +259,7 @@ def cmd_export(args, cfg: Config) -> int:
     try:
         job = engine.submit(export_checkpoint, cfg, Path(args.to), args.run, args.stage, args.checkpoint, args.dtype,
                             args.format, cancel)
-        try:
-            info = wait_for(job)
-        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: it stops before its folder is put in place
-            cancel.cancel()
-            raise
+        info = cancelled_on_interrupt(job, cancel)  # it stops before its folder is put in place
     finally:
         engine.shutdown()
     if info.get("notice"):

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from core.atomic import read_json, write_text, writing
 from core.errors import AcmError
-from core.locks import Flock
+from core.locks import held_alone
 from core.paths import CORPORA, MANIFEST
 
 # One schema for both corpora; fields that do not apply are empty strings.
@@ -72,16 +72,12 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-@contextlib.contextmanager
-def fetching(folder: Path, kind: str) -> Iterator[None]:
+def fetching(folder: Path, kind: str) -> contextlib.AbstractContextManager:
     """Held for a whole fetch of one corpus: a second fetch of it meanwhile is refused in one line,
     where it would sweep away the first one's unpublished shards (and, between that fetch's last shard
     and its manifest, the corpus in force too)."""
-    lock = Flock(Path(folder) / ".fetch.lock")
-    if not lock.try_acquire():
-        raise AcmError(f"the {kind} corpus is being fetched by another acm: wait for that fetch to finish")
-    with lock:
-        yield
+    return held_alone(Path(folder) / ".fetch.lock",
+                      f"the {kind} corpus is being fetched by another acm: wait for that fetch to finish")
 
 
 class CorpusWriter:
@@ -159,10 +155,10 @@ def corpus_sha256(manifest: Path) -> str:
     return hashlib.sha256(json.dumps(shards).encode()).hexdigest()
 
 
-def same_corpus(recorded: str | None, manifest: Path) -> bool:
-    """Whether a recorded hash is of the corpus now in `manifest`: by `corpus_sha256`, or by the whole
-    file's hash, which tokenizers and shards made before recorded."""
-    return manifest.exists() and recorded in (corpus_sha256(manifest), sha256_file(manifest))
+def corpus_hashes(manifest: Path) -> tuple[str, ...]:
+    """What a tokenizer or token shards made from the corpus now in `manifest` may have recorded of it:
+    its `corpus_sha256`, or the whole file's hash, which those made before recorded (none: no corpus)."""
+    return (corpus_sha256(manifest), sha256_file(manifest)) if manifest.exists() else ()
 
 
 def sweep_unpublished(folder: Path) -> None:

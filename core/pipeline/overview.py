@@ -15,7 +15,7 @@ from typing import Any
 from core import runs
 from core.atomic import read_json
 from core.config import Config
-from core.data.corpus import same_corpus, sha256_file
+from core.data.corpus import corpus_hashes, sha256_file
 from core.errors import READ_BACK_ERRORS
 from core.generate.cut import cut_note
 from core.paths import CORPORA, Paths
@@ -56,10 +56,11 @@ def _status(name: str, state: str, detail: str = "") -> StageStatus:
 
 def pipeline_status(cfg: Config) -> list[StageStatus]:
     """Every stage's state, read from disk; a stage whose input changed since it ran is "stale"."""
+    corpus = {kind: corpus_hashes(cfg.locations.corpus_manifest(kind)) for kind in CORPORA}  # read once
     tok_sha = _sha(cfg.locations.tokenizer_file)
     out = [_guarded(f"data-{kind}", _corpus_status, cfg, kind) for kind in CORPORA]
-    out += [_guarded("tokenizer", _tokenizer_status, cfg, tok_sha),
-            _guarded("prepare", _shards_status, cfg, tok_sha)]
+    out += [_guarded("tokenizer", _tokenizer_status, cfg, corpus, tok_sha),
+            _guarded("prepare", _shards_status, cfg, corpus, tok_sha)]
     run = runs.newest_run(cfg)  # the run the pipeline follows
     out += [_guarded(stage, _training_status, cfg, run, stage, LABELS[stage], tok_sha)
             for stage in runs.TRAINING_STAGES]
@@ -82,25 +83,24 @@ def _corpus_status(cfg: Config, kind: str) -> StageStatus:
                    f"{m['stats']['bytes'] / 2**20:.1f} MB ({m.get('source')})")
 
 
-def _tokenizer_status(cfg: Config, tok_sha: str | None) -> StageStatus:
+def _tokenizer_status(cfg: Config, corpus: dict, tok_sha: str | None) -> StageStatus:
     meta = load_meta(cfg)
     if meta is None or tok_sha is None:
         return _status("tokenizer", "not started")
     changed = [f"{k} corpus changed" for k in CORPORA
-               if not same_corpus(meta["corpora"].get(k, {}).get("manifest_sha256"), cfg.locations.corpus_manifest(k))]
+               if meta["corpora"].get(k, {}).get("manifest_sha256") not in corpus[k]]
     if meta.get("vocab_target", meta["vocab_size"]) != cfg.vocab_target():  # older tokenizers reached theirs
         changed.append(f"the vocabulary to aim for is now {cfg.vocab_target():,}")
     detail = f"vocab {meta['vocab_size']:,}, bash {meta['chars_per_token']['code']} chars/token"
     return _status("tokenizer", "stale" if changed else "done", "; ".join([detail, *changed]))
 
 
-def _shards_status(cfg: Config, tok_sha: str | None) -> StageStatus:
+def _shards_status(cfg: Config, corpus: dict, tok_sha: str | None) -> StageStatus:
     shards = {k: read_manifest(cfg, k) for k in CORPORA}
     if not all(shards.values()):
         return _status("prepare", "not started")
     stale = [k for k, m in shards.items()
-             if m["tokenizer_sha256"] != tok_sha
-             or not same_corpus(m["corpus_manifest_sha256"], cfg.locations.corpus_manifest(k))]
+             if m["tokenizer_sha256"] != tok_sha or m["corpus_manifest_sha256"] not in corpus[k]]
     total = sum(m["tokens"]["train"] + m["tokens"]["val"] for m in shards.values())
     return _status("prepare", "stale" if stale else "done",
                    f"{total:,} tokens" + (f"; {', '.join(stale)} out of date" if stale else ""))

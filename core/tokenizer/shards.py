@@ -25,7 +25,7 @@ import numpy as np
 
 from core.atomic import atomic_open, read_json, write_text, writing
 from core.config import Config
-from core.data.corpus import Corpus, corpus_sha256, same_corpus, sha256_file
+from core.data.corpus import Corpus, corpus_hashes, corpus_sha256, sha256_file
 from core.data.pairs import SOURCES as PAIR_SOURCES
 from core.errors import AcmError
 from core.locks import rebuilding_inputs
@@ -185,8 +185,8 @@ def _up_to_date(cfg: Config, kind: str, ident: dict) -> dict | None:
     if not done:
         return None
     recorded = {k: done.get(k) for k in ident}
-    if same_corpus(recorded["corpus_manifest_sha256"], cfg.locations.corpus_manifest(kind)):
-        recorded["corpus_manifest_sha256"] = ident["corpus_manifest_sha256"]  # made before the hash left out when
+    if recorded["corpus_manifest_sha256"] in corpus_hashes(cfg.locations.corpus_manifest(kind)):
+        recorded["corpus_manifest_sha256"] = ident["corpus_manifest_sha256"]  # the same corpus, either hash
     if recorded == ident:
         return done
     if done.get("tokenizer_sha256") != ident["tokenizer_sha256"]:
