@@ -35,15 +35,26 @@ def utf8(text: str, what: str) -> str:
     return text
 
 
-_CONTROL_IN_A_LINE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-_CONTROL_IN_LINES = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # tab and newline lay the text out
+# Unicode's format characters (category Cf): invisible (zero-width spaces and joiners, the soft
+# hyphen, the byte-order mark, tag characters) or reordering what follows (bidirectional overrides and
+# isolates): shown as they are, a script on screen would read otherwise than the bytes that run
+FORMAT = ("\u00ad\u0600-\u0605\u061c\u06dd\u070f\u0890\u0891\u08e2\u180e\u200b-\u200f\u202a-\u202e"
+          "\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb\U000110bd\U000110cd\U00013430-\U0001343f"
+          "\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0001\U000e0020-\U000e007f")
+_CONTROL_IN_A_LINE = re.compile(f"[\\x00-\\x1f\\x7f-\\x9f{FORMAT}]")
+_CONTROL_IN_LINES = re.compile(f"[\\x00-\\x08\\x0b-\\x1f\\x7f-\\x9f{FORMAT}]")  # tab and newline lay the text out
 _NAMED = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
 
 
 def visible(text: str, lines: bool = False) -> str:
-    """TEXT with its control characters (C0, DEL, C1) written as the escapes `-e` reads (\\x1b, \\r):
-    text from disk or a model, shown on a terminal, never moves the cursor, clears the screen or
-    retitles the window. LINES keeps newlines and tabs, for multi-line content; a name, a path or a
-    table cell has them escaped too, so it stays on its line."""
+    """TEXT with its control characters (C0, DEL, C1) and Unicode's format characters written as the
+    escapes `-e` reads (\\x1b, \\r, \\u202e): text from disk or a model, shown on a terminal, never
+    moves the cursor, clears the screen or retitles the window, nor hides or reorders what it shows.
+    LINES keeps newlines and tabs, for multi-line content; a name, a path or a table cell has them
+    escaped too, so it stays on its line."""
     pattern = _CONTROL_IN_LINES if lines else _CONTROL_IN_A_LINE
-    return pattern.sub(lambda m: _NAMED.get(m[0]) or f"\\x{ord(m[0]):02x}", text)
+    return pattern.sub(lambda m: _NAMED.get(m[0]) or _escape(ord(m[0])), text)
+
+
+def _escape(code: int) -> str:
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"

@@ -1,11 +1,13 @@
 """What several test modules share: waiting on the app, reading what it draws, project set-ups."""
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -231,3 +233,24 @@ def proc_stat(pid: int | str) -> list[str]:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return []
+
+
+@contextlib.contextmanager
+def ports_taken(*ports: int):
+    """These ports of this host listened on, as another program (or another run's ranks) would: one
+    taken already is as good."""
+    held = []
+    for port in ports:
+        s = socket.socket()
+        try:
+            s.bind(("127.0.0.1", port))
+            s.listen()
+        except OSError:
+            s.close()
+            continue
+        held.append(s)
+    try:
+        yield
+    finally:
+        for s in held:
+            s.close()

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -27,6 +28,7 @@ from core.train import snapshot
 
 SOURCE = str(Path(__file__).resolve().parents[2])  # on the children's PYTHONPATH: acm runs from a checkout too
 MOST_RING_RANKS = 64  # train.ranks' cap; on the ring backend also one rank a CPU core (at least 2)
+PORT_TRIES = 32  # picks of a free stretch of ports before giving up
 
 
 def in_group() -> bool:
@@ -40,7 +42,10 @@ def join_group() -> mx.distributed.Group:
     trying its backends in turn, since their turn includes starting MPI, which costs a lone process
     0.4-0.7 s where Open MPI is installed (bench/RESULTS.md)."""
     if in_group() or os.environ.get("OMPI_COMM_WORLD_SIZE", "1") != "1":
-        return mx.distributed.init()
+        try:
+            return mx.distributed.init()
+        except RuntimeError as e:  # a port taken between the launcher's pick and the rank's listen
+            raise AcmError(f"the ranks could not join their group ({e}): start the stage again") from None
     return mx.distributed.init(backend="ring")  # needs MLX_RANK to connect: a group of one here
 
 
@@ -69,8 +74,32 @@ def launcher_argv(ranks: int, command: list[str], parent: int | None = None) -> 
     """The command line that starts `command` (arguments after the Python interpreter) on
     `ranks` ranks of this host; with `parent`, the launcher and ranks end once that process is gone."""
     tie = ["--parent", str(parent)] if parent else []
-    return [sys.executable, "-m", "core.train.launch", *tie, "-n", str(ranks), "--backend", backend(ranks), "--",
+    kind = backend(ranks)
+    ports = ["--starting-port", str(free_ports(ranks))] if kind == "ring" else ["--nccl-port", str(free_ports(1))]
+    return [sys.executable, "-m", "core.train.launch", *tie, "-n", str(ranks), "--backend", kind, *ports, "--",
             sys.executable, *command]
+
+
+def free_ports(count: int) -> int:
+    """The first of `count` consecutive ports of this host that nothing listens on now, picked by the
+    system: MLX's launcher would take the same fixed ports for every group (32323 and up for the ring,
+    12345 for NCCL), so a second run's ranks, or any program on them, made the group fail to start."""
+    for _ in range(PORT_TRIES):
+        with socket.socket() as first:
+            first.bind(("127.0.0.1", 0))
+            base = first.getsockname()[1]
+            if base + count <= 65536 and all(_bindable(port) for port in range(base + 1, base + count)):
+                return base
+    raise AcmError(f"no {count} free ports in a row on this host for the ranks to meet on: try again")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def launcher_env(extra_path: str | None = None) -> dict[str, str]:

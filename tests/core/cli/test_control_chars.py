@@ -57,7 +57,7 @@ def test_data_show_escapes_on_a_terminal_and_writes_the_script_as_it_is_elsewher
 
 def test_runs_samples_escapes_the_model_s_words_on_a_terminal_only(project, capsys):
     run = fake_run(project, "r", [(10, 640, 5.0)], [(10, 4.0)])
-    written = "echo \x1b[2J\x00\r\n\tok\x9b"
+    written = "echo \x1b[2J\x00\r\n\tok\x9b\nrm -rf \u202e/ #\u200b"  # a reordered line, a hidden space
     sample = {"type": "sample", "stage": "pretrain", "step": 10, "prompt": "#!/bin/bash\n", "text": written,
               "parses": True, "shellcheck_errors": None, "complete": True, "relevant": None, "seconds": 1.0}
     (run / "pretrain" / "samples.jsonl").write_text(json.dumps(sample) + "\n")
@@ -65,4 +65,20 @@ def test_runs_samples_escapes_the_model_s_words_on_a_terminal_only(project, caps
     assert cli.main(argv) == 0
     assert capsys.readouterr().out.endswith("#!/bin/bash\n" + written + "\n")  # redirected: as recorded
     code, shown, _ = run_acm(argv, cols=120)
-    assert code == 0 and "echo \\x1b[2J\\x00\\r\r\n\tok\\x9b" in shown and "\x00" not in shown
+    assert code == 0 and "echo \\x1b[2J\\x00\\r\r\n\tok\\x9b\r\nrm -rf \\u202e/ #\\u200b" in shown
+    assert "\x00" not in shown and "\u202e" not in shown
+
+
+def test_every_format_character_is_shown_as_an_escape_that_reads_back_as_itself():
+    """Unicode's format characters (category Cf: bidirectional overrides, zero-width spaces, tag
+    characters) would make a script on screen read otherwise than the bytes that run."""
+    import sys
+    import unicodedata
+
+    from core.escapes import unescape, visible
+
+    hidden = "".join(chr(c) for c in range(sys.maxunicode + 1) if unicodedata.category(chr(c)) == "Cf")
+    for lines in (False, True):
+        shown = visible(hidden, lines)
+        assert shown.isascii() and unescape(shown) == hidden
+    assert visible("é ü 中 ok", lines=True) == "é ü 中 ok"  # letters stay letters

@@ -132,3 +132,31 @@ def test_a_lone_process_takes_a_group_of_one_without_trying_mlxs_backends(monkey
     monkeypatch.setenv("MLX_RANK", "0")
     join_group()
     assert asked == [{}, {}]
+
+
+A_RANK_WHOSE_PORT_IS_TAKEN = """
+import json, os, socket, sys
+taken = socket.socket()
+taken.bind(("127.0.0.1", 0))
+taken.listen()
+port = taken.getsockname()[1]
+with open(sys.argv[1], "w") as f:
+    json.dump([[f"127.0.0.1:{port}"], [f"127.0.0.1:{port + 1}"]], f)
+os.environ.update(MLX_RANK="0", MLX_HOSTFILE=sys.argv[1])
+from core.errors import AcmError
+from core.train.ranks import join_group
+try:
+    join_group()
+except AcmError as e:
+    print(e)
+"""
+
+
+def test_a_rank_that_cannot_listen_on_its_port_says_so_in_one_line(tmp_path):
+    """The launcher picks ports free at its start; one taken before the rank listens (another program
+    was quicker) is the rank's refusal, which the command shows, not an internal error."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    r = subprocess.run([sys.executable, "-c", A_RANK_WHOSE_PORT_IS_TAKEN, str(tmp_path / "hosts.json")], env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.stdout.startswith("the ranks could not join their group ([ring] Couldn't bind socket"), r
+    assert r.stdout.rstrip().endswith("start the stage again")

@@ -22,7 +22,16 @@ from core.paths import Paths
 from core.runs import checkpoint, read_metrics
 from core.train.schedule import lr_at
 from core.train.trainer import Control, Trainer, TrainingError, train_stage
-from tests.helpers import ROOT, SteppingClock, catches_sigterm, edit_state, losses, proc_stat, sigint_at_default
+from tests.helpers import (
+    ROOT,
+    SteppingClock,
+    catches_sigterm,
+    edit_state,
+    losses,
+    ports_taken,
+    proc_stat,
+    sigint_at_default,
+)
 
 
 def load(project: Path) -> config.Config:
@@ -386,15 +395,17 @@ def test_cli_train_and_finetune(prepared, capsys):
 def test_two_ranks_match_one_process_and_a_resume_on_one_rank_continues_alike(prepared, capsys, optimizer):
     """Data-parallel training (`--ranks 2`: the ring backend, 2 processes on this host) equals one
     process on the combined batch, under either optimizer; resumed on one rank, the run keeps its
-    global batch (2 micro-batches of 2), so its next loss is the one-process run's."""
+    global batch (2 micro-batches of 2), so its next loss is the one-process run's. The ranks meet on
+    ports free at their start: MLX's launcher's own (32323 and up) may be another run's."""
     cfg = load(prepared)
     cfg.train.pretrain.optimizer = optimizer
     cfg.train.pretrain.batch_size = 2
     config.save(cfg, prepared / "ranks.toml")
     cfg.train.pretrain.batch_size = 4
     config.save(cfg, prepared / "one.toml")
-    assert cli.main(["-c", str(prepared / "ranks.toml"), "train", "pretrain", "--run", "two", "--max-steps", "6",
-                     "--ranks", "2"]) == 0
+    with ports_taken(32323, 32324):
+        assert cli.main(["-c", str(prepared / "ranks.toml"), "train", "pretrain", "--run", "two", "--max-steps", "6",
+                         "--ranks", "2"]) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "pretrain stopped at step 6 in run two on 2 ranks" in out
     train_stage(config.load(prepared / "one.toml"), "pretrain", cfg.runs_dir / "one", max_steps=7)
