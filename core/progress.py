@@ -10,8 +10,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from core.errors import AcmError
+
+T = TypeVar("T")
+WAIT_S = 0.1  # how often a caller waiting on a step looks up: a cancel or a Ctrl-C is taken within this
 
 
 class Cancelled(AcmError):
@@ -101,3 +105,36 @@ class Ticker:
         """The last report, saying the task is over (a task of unknown total cannot be told otherwise)."""
         self.state.finished = True
         self.report(Progress(**self.state.__dict__))
+
+
+def within_reach(step: Callable[[], T], cancel: CancelToken) -> T:
+    """step() on a daemon thread of its own, waited for in short slices, so that neither a cancel nor a
+    Ctrl-C waits on work that sees neither (a library's native loop, `CancelToken.out_of_reach`: the
+    tokenizer's merges, minutes on a large corpus). A cancel while the step is out of reach raises
+    Cancelled at once; a Ctrl-C cancels the step and is raised once the step ends or is out of reach.
+    A step left so runs on unwaited for, writes nothing (it checks the cancel as it returns) and ends
+    with the process at the latest."""
+    outcome: dict = {}
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            outcome["result"] = step()
+        except BaseException as e:  # noqa: BLE001 (the caller's to raise)
+            outcome["error"] = e
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="acm-step", daemon=True).start()
+    try:
+        while not done.wait(WAIT_S):
+            if cancel.cancelled and cancel.may_walk_away:
+                raise Cancelled("cancelled; nothing half-written was kept")
+    except KeyboardInterrupt:
+        cancel.cancel()
+        while not done.wait(WAIT_S) and not cancel.may_walk_away:
+            pass
+        raise
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]

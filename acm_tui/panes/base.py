@@ -1,8 +1,9 @@
 """The base of every stage pane: the app's settings and engine, and long steps with progress.
 
 A long step (a fetch, tokenizer training, prepare) runs in a worker thread, reports progress
-through thread-safe messages into the pane's progress bar (with ETA), can be cancelled with `x`,
-and ends in `step_done` or in an error shown in the pane and as a notification.
+through thread-safe messages into the pane's progress bar (with ETA), can be cancelled with `x`
+(at once, even in work that sees no cancel: `core.progress.within_reach`), and ends in `step_done`
+or in an error shown in the pane and as a notification.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from textual.worker import Worker, WorkerState
 
 from core.errors import one_line
 from core.escapes import visible
-from core.progress import Cancelled, CancelToken
+from core.progress import Cancelled, CancelToken, within_reach
 
 from ..messages import EngineResult, StageProgress
 
@@ -113,7 +114,8 @@ class Pane(VerticalScroll):
         report = lambda p: self.post_message(StageProgress(self.TITLE, p))  # noqa: E731 (thread-safe)
         if on_engine:
             return name, self.app.engine.call(fn, self.cfg, report, cancel, *args)
-        return name, fn(self.cfg, report, cancel, *args)
+        # a cancel ends the step at once even where it cannot see one (the tokenizer's merges)
+        return name, within_reach(lambda: fn(self.cfg, report, cancel, *args), cancel)
 
     def action_cancel_step(self) -> None:
         if self.step_cancel is None:

@@ -2,14 +2,12 @@
 from __future__ import annotations
 
 import json
-import time
 
 from rich.table import Table
 
 from core.cli.output import console_for
 from core.cli.progress import progress_bars
 from core.config import Config
-from core.engine import POLL_S, Engine, wait_for
 from core.errors import AcmError, read_back
 from core.escapes import unescape, utf8
 from core.pipeline.tables import (
@@ -19,19 +17,17 @@ from core.pipeline.tables import (
     shard_row,
     tokenizer_rows,
 )
-from core.progress import CancelToken
+from core.progress import CancelToken, within_reach
 from core.tokenizer.bpe import load_meta, load_tokenizer, train_tokenizer
 from core.tokenizer.shards import prepare
 
 console = console_for()
 
 
-TOKENIZER_JOB = "tokenizer"
-
-
 def cmd_train(args, cfg: Config) -> int:
     with progress_bars() as report:
-        meta = trained(cfg, report, args.compare)
+        cancel = CancelToken()  # a Ctrl-C is taken at once, even while the trainer merges (within_reach)
+        meta = within_reach(lambda: train_tokenizer(cfg, report, cancel, args.compare), cancel)
     if args.json:
         print(json.dumps(meta, indent=2))
         return 0
@@ -40,25 +36,6 @@ def cmd_train(args, cfg: Config) -> int:
           f"saved to {cfg.locations.tokenizer}")
     print_eval(meta)
     return 0
-
-
-def trained(cfg: Config, report, compare: bool) -> dict:
-    """The tokenizer trained on a thread of its own, so that a Ctrl-C is taken at once: it stops the
-    training at its next check, or, while the trainer merges in Rust (minutes on a large corpus, no
-    check reached), the command ends without waiting for it (exit_past_abandoned_work): the merges
-    write nothing, and the tokenizer in force stays."""
-    engine, cancel = Engine("acm-tokenizer"), CancelToken()
-    try:
-        job = engine.submit_named(TOKENIZER_JOB, train_tokenizer, cfg, report, cancel, compare)
-        try:
-            return wait_for(job)
-        except KeyboardInterrupt:
-            cancel.cancel()
-            while not job.done() and not (cancel.may_walk_away and engine.abandon(TOKENIZER_JOB)):
-                time.sleep(POLL_S)
-            raise
-    finally:
-        engine.shutdown(wait=not engine.abandoned)
 
 
 def short_of(meta: dict) -> str:

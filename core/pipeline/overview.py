@@ -19,7 +19,7 @@ from core.data.corpus import corpus_hashes, sha256_file
 from core.errors import READ_BACK_ERRORS
 from core.generate.cut import cut_note
 from core.paths import CORPORA, Paths
-from core.progress import Progress
+from core.progress import Progress, within_reach
 from core.runs import checkpoint
 from core.runs.events import Event, Metrics
 from core.tokenizer.bpe import load_meta
@@ -169,8 +169,8 @@ def run_stage(cfg: Config, name: str, report, cancel, on_engine: Callable[..., A
         return fetch_language(cfg, report, cancel)
     if name == "data-code":
         return fetch_code(cfg, report, cancel)
-    if name == "tokenizer":
-        return train_tokenizer(cfg, report, cancel)
+    if name == "tokenizer":  # a cancel or a Ctrl-C does not wait for the merges, which see neither
+        return within_reach(lambda: train_tokenizer(cfg, report, cancel), cancel)
     if name == "prepare":  # shards of an older tokenizer are rebuilt, others resumed
         from core.tokenizer.bpe import load_tokenizer
 

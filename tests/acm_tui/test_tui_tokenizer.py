@@ -3,7 +3,7 @@ from __future__ import annotations
 from textual.widgets import DataTable
 
 from acm_tui.panes.tokenizer import TokenizerPane
-from tests.helpers import shown_in_full, text_of, wait_until
+from tests.helpers import eventually, shown_in_full, text_of, wait_until
 from tests.pane_host import PaneHost
 
 
@@ -35,3 +35,52 @@ async def test_train_from_the_pane(trained):
         await pilot.press("t")
         await wait_until(pilot, lambda: "tokenizer trained" in text_of(app, "#tokenizer-pane .step-status"))
         await wait_until(pilot, lambda: "vocab 1,024" in text_of(app, "#tokenizer-info"))
+
+
+class MergingUntilReleased:
+    """The Rust trainer's merges, which see no cancel (minutes on a large corpus): here they last
+    until the test releases them."""
+
+    def __init__(self, tok, merging, release):
+        self.tok, self.merging, self.release = tok, merging, release
+
+    def __getattr__(self, name):
+        return getattr(self.tok, name)
+
+    def train_from_iterator(self, texts, trainer):
+        list(texts)  # every text read: the merges begin
+        self.merging.set()
+        self.release.wait(60)
+        self.tok.train_from_iterator([], trainer)
+
+
+async def test_x_cancels_the_tokenizer_at_once_while_it_merges_and_keeps_the_one_in_force(trained, monkeypatch):
+    import threading
+
+    from core.tokenizer import bpe
+
+    merging, release = threading.Event(), threading.Event()
+    real = bpe.new_bpe
+
+    def merges_until_released(*args):
+        tok, trainer = real(*args)
+        return MergingUntilReleased(tok, merging, release), trainer
+
+    monkeypatch.setattr(bpe, "new_bpe", merges_until_released)
+    before = (trained / "data" / "tokenizer" / "tokenizer.json").read_bytes()
+    app = PaneHost(TokenizerPane, trained / "acm.toml")
+    try:
+        async with app.run_test(size=(100, 40)) as pilot:
+            await pilot.press("3")
+            pane = app.query_one("#tokenizer-pane")
+            await pilot.press("t")
+            await wait_until(pilot, merging.is_set)
+            await pilot.press("x")
+            await wait_until(pilot, lambda: "cancelled" in text_of(app, "#tokenizer-pane .step-status"), timeout=5)
+            assert not pane.busy() and not release.is_set()  # the merges still run, left to end on their own
+            await pilot.press("t")  # a new training waits for nothing, and is told why it cannot start yet
+            await wait_until(pilot, lambda: "can't be rebuilt now" in text_of(app, "#tokenizer-pane .step-status"))
+    finally:
+        release.set()
+    assert eventually(lambda: not any(t.name == "acm-step" for t in threading.enumerate()), 30)  # the merges end
+    assert (trained / "data" / "tokenizer" / "tokenizer.json").read_bytes() == before  # and wrote nothing

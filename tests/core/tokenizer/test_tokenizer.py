@@ -334,13 +334,15 @@ class MergingForEver:  # the Rust trainer's merges, which see no cancel: here th
 
 bpe.new_bpe = lambda *a: (MergingForEver(real(*a)[0]), real(*a)[1])
 from core.cli import main
-sys.exit(main(["-c", sys.argv[1], "tokenizer", "train"]))
+sys.exit(main(["-c", sys.argv[1], *sys.argv[2:]]))
 """
 
 
-def test_a_ctrl_c_while_the_trainer_merges_ends_the_command_at_once_and_keeps_the_tokenizer(trained):
+@pytest.mark.parametrize("command", [["tokenizer", "train"], ["pipeline", "run"]])
+def test_a_ctrl_c_while_the_trainer_merges_ends_the_command_at_once_and_keeps_the_tokenizer(trained, command):
     """The merges run in Rust, where no cancel is seen (minutes on a large corpus): the command ends
-    without waiting for them, the tokenizer in force untouched, where it used to wait them out."""
+    without waiting for them, the tokenizer in force untouched, where it used to wait them out. The
+    pipeline's tokenizer stage too (a tokenizer trained on other settings is its first stage)."""
     import os
     import subprocess
     import sys
@@ -348,10 +350,15 @@ def test_a_ctrl_c_while_the_trainer_merges_ends_the_command_at_once_and_keeps_th
     from tests.helpers import ROOT
 
     cfg = config.load(trained / "acm.toml")
+    if command[0] == "pipeline":
+        cfg.tokenizer.vocab_size = 1000
+        config.save(cfg, trained / "acm.toml")
     before = cfg.locations.tokenizer_file.read_bytes()
-    r = subprocess.run([sys.executable, "-c", CTRL_C_IN_THE_MERGES, str(trained / "acm.toml")], capture_output=True,
-                       text=True, env=os.environ | {"PYTHONPATH": str(ROOT)}, timeout=60)
-    assert r.returncode == 130 and r.stderr.endswith("acm: interrupted\n") and "Traceback" not in r.stderr
+    r = subprocess.run([sys.executable, "-c", CTRL_C_IN_THE_MERGES, str(trained / "acm.toml"), *command],
+                       capture_output=True, text=True, env=os.environ | {"PYTHONPATH": str(ROOT)}, timeout=60)
+    said = {"tokenizer": "acm: interrupted\n",
+            "pipeline": "── 1/5 tokenizer\ninterrupted: finished stages are kept; `acm pipeline run` continues\n"}
+    assert r.returncode == 130 and r.stderr == said[command[0]]
     assert cfg.locations.tokenizer_file.read_bytes() == before
     assert [p.name for p in cfg.locations.tokenizer.iterdir() if p.name.startswith(".")] == []
 
