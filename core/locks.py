@@ -15,23 +15,36 @@ from pathlib import Path
 
 from core.errors import AcmError
 
+# A lock let go can stay held a moment by a child process another thread started meanwhile: a fork
+# copies every descriptor, the lock's too, until the child starts its program (samples' `bash -n`,
+# `git`, `nvidia-smi`). A stage taking a lock just let go (the pipeline's code shards after its
+# language shards, a fine-tune after its pretrain) waits this long for such a child before it refuses.
+FORK_GRACE_S = 0.5
+GRACE_PAUSE_S = 0.005
+
 
 class Flock:
     def __init__(self, path: Path):
         self.path = path
         self.fd: int | None = None
 
-    def try_acquire(self, shared: bool = False, make_folder: bool = True) -> bool:
-        """Take the lock without waiting; False when another process holds it the other way. Without
-        `make_folder` a folder that is gone stays gone (FileNotFoundError)."""
+    def try_acquire(self, shared: bool = False, make_folder: bool = True, grace: float = FORK_GRACE_S) -> bool:
+        """Take the lock, waiting at most `grace` seconds (FORK_GRACE_S; 0 for a probe, which must
+        not wait); False when another process holds it the other way. Without `make_folder` a
+        folder that is gone stays gone (FileNotFoundError)."""
         if make_folder:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return False
+        end = time.monotonic() + grace
+        while True:
+            try:
+                fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= end:
+                    os.close(fd)
+                    return False
+                time.sleep(GRACE_PAUSE_S)
         self.fd = fd
         return True
 

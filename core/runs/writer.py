@@ -43,7 +43,7 @@ def holder(run: Path) -> dict | None:
     if not path.exists():
         return None
     probe = Flock(path)
-    if probe.try_acquire(shared=True):
+    if probe.try_acquire(shared=True, grace=0):  # a probe (the app asks every few seconds): no waiting
         probe.release()
         return None
     try:

@@ -103,7 +103,7 @@ def _held(tmp: Path) -> Iterator[None]:
     """Make `tmp` and hold its lock while the export writes (the system drops it when a process dies)."""
     tmp.mkdir()
     lock = Flock(tmp / LOCK)
-    lock.try_acquire()  # a folder of its own, just made: no one else holds it
+    lock.try_acquire(grace=0)  # a folder of its own, just made: no one else holds it
     try:
         yield
     finally:
@@ -128,7 +128,7 @@ def _in_use(tmp: Path) -> bool:
         except OSError:
             return True
     lock = Flock(tmp / LOCK)
-    if not lock.try_acquire():
+    if not lock.try_acquire(grace=0):  # a probe: a folder held a moment too long is swept next time
         return True
     lock.release()
     return False
