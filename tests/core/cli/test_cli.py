@@ -12,7 +12,7 @@ import pytest
 
 from core import cli, config
 from core.errors import run_command
-from tests.helpers import ROOT
+from tests.helpers import ROOT, sigint_at_default
 from tests.terminal import run_acm
 
 
@@ -251,5 +251,5 @@ sys.exit(main({argv}))
 def test_a_ctrl_c_while_acm_loads_is_one_line_not_a_traceback(tmp_path, entry, argv, module):
     code = INTERRUPTED_WHILE_LOADING.format(entry=entry, argv=argv)
     r = subprocess.run([sys.executable, "-c", code, module], cwd=tmp_path, capture_output=True, text=True,
-                       env=os.environ | {"PYTHONPATH": str(ROOT)}, timeout=120)
+                       env=os.environ | {"PYTHONPATH": str(ROOT)}, timeout=120, preexec_fn=sigint_at_default)
     assert (r.returncode, r.stderr) == (130, "acm: interrupted\n")

@@ -347,7 +347,7 @@ def test_a_ctrl_c_while_the_trainer_merges_ends_the_command_at_once_and_keeps_th
     import subprocess
     import sys
 
-    from tests.helpers import ROOT
+    from tests.helpers import ROOT, sigint_at_default
 
     cfg = config.load(trained / "acm.toml")
     if command[0] == "pipeline":
@@ -355,7 +355,8 @@ def test_a_ctrl_c_while_the_trainer_merges_ends_the_command_at_once_and_keeps_th
         config.save(cfg, trained / "acm.toml")
     before = cfg.locations.tokenizer_file.read_bytes()
     r = subprocess.run([sys.executable, "-c", CTRL_C_IN_THE_MERGES, str(trained / "acm.toml"), *command],
-                       capture_output=True, text=True, env=os.environ | {"PYTHONPATH": str(ROOT)}, timeout=60)
+                       capture_output=True, text=True, env=os.environ | {"PYTHONPATH": str(ROOT)}, timeout=60,
+                       preexec_fn=sigint_at_default)
     said = {"tokenizer": "acm: interrupted\n",
             "pipeline": "── 1/5 tokenizer\ninterrupted: finished stages are kept; `acm pipeline run` continues\n"}
     assert r.returncode == 130 and r.stderr == said[command[0]]
