@@ -12,13 +12,14 @@ runtime and driver calls by name (graph instantiation, module loads, allocations
 its wall is the libraries' own host work (plans, heuristics). Prints one JSON line.
 
 usage: python bench/first_step.py [--preset tiny] [--dtype bfloat16] [--batch 8] [--seq 1024] [--steady 30]
-                                  [--queued 60]
+                                  [--queued 60] [--optimizer adamw|muon]
                                   [--mlx-layer-norm] [--host-calls]
 """
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import statistics
 import time
 from collections import defaultdict
@@ -45,6 +46,8 @@ def main() -> None:
     p = shape_arguments(__doc__)
     p.add_argument("--steady", type=int, default=30)
     p.add_argument("--queued", type=int, default=60, help="steps queued one ahead, as the trainer runs them")
+    p.add_argument("--optimizer", choices=("adamw", "muon"), default="adamw",
+                   help="muon: the blocks' matrices by Muon (0.02), as the recipe trains")
     p.add_argument("--mlx-layer-norm", action="store_true", help="MLX's layer norm instead of acm's CUDA kernels")
     p.add_argument("--host-calls", action="store_true", help="trace the first run's kernels and CUDA calls")
     a = p.parse_args()
@@ -55,7 +58,8 @@ def main() -> None:
 
     def build():
         model = GPT(shape, a.dtype)
-        opt = FlatAdamW(model.parameters(), 3e-4, 0.1, model.compute_dtype)
+        opt = FlatAdamW(model.parameters(), 3e-4, 0.1, model.compute_dtype,
+                        muon_lr=0.02 if a.optimizer == "muon" else None)
         model.update(opt.parameters())
         mx.eval(opt.state)
         return model, opt
@@ -76,7 +80,9 @@ def main() -> None:
     queued = queued_steps(step, opt, x, y, a.queued)
     print(json.dumps({
         "bench": "first_step", "device": device_label(), "preset": a.preset, "dtype": a.dtype,
-        "batch": a.batch, "seq": a.seq, "mlx_layer_norm": a.mlx_layer_norm,
+        "batch": a.batch, "seq": a.seq, "optimizer": a.optimizer,
+        "muon_matrices": sum(r.count for r in opt.muon_runs), "mlx_layer_norm": a.mlx_layer_norm,
+        "cuda_graphs": os.environ.get("MLX_USE_CUDA_GRAPHS", "default"),
         "build_model_and_optimizer_s": round(build_s, 3),
         "build_steps_s": round(steps_s, 4), "first_call_trace_s": round(trace_s, 3),
         "first_run_s": round(first_run_s, 3), "next_steps_s": [round(s, 4) for s in next_s],

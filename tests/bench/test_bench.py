@@ -50,6 +50,8 @@ def test_first_step_times_steps_queued_one_ahead():
     assert out["queued_step_s"] > 0 and out["queue_s"] > 0
     assert out["queue_cpu_s"] <= out["queue_s"] * 1.05 + 1e-3  # the queuing thread's own time, within its wall
     assert "queue_s" not in bench("first_step.py", *SMALL, "--steady", "2", "--queued", "0")
+    muon = bench("first_step.py", *SMALL, "--steady", "1", "--queued", "2", "--optimizer", "muon")
+    assert out["muon_matrices"] == 0 and muon["muon_matrices"] == 8 and muon["queue_cpu_s"] > 0  # nano: 2 blocks x 4
 
 
 def write_shards(folder: Path, vocab: int, tokens: int) -> Path:
