@@ -22,6 +22,7 @@ from core.train.detach import launch_detached
 from core.train.ranks import launcher_argv, train_on_ranks
 from core.train.snapshot import Launch
 from core.train.target import NoRun, Target, training_target
+from tests.helpers import eventually, process_gone
 
 
 def make_run(cfg: config.Config, name: str, age_s: float, **checkpoints: int) -> Path:
@@ -176,6 +177,8 @@ def test_a_detached_stage_runs_the_worker_on_its_snapshot_alone(prepared):
         while runs.stage_state(run, "pretrain") not in ("stopped", "failed"):
             assert time.monotonic() < deadline, Paths.detached_log(run, "pretrain").read_text()
             time.sleep(0.1)
+        # its last lines are written as it ends, after its state (another thread prints them)
+        assert eventually(lambda: process_gone(pid)), "the stage said it stopped, and its process did not end"
     finally:
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)
