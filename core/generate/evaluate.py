@@ -139,9 +139,13 @@ class Decoding:
     and 192 syntax-checked scripts alike) held it still through the longest. Each part says itself as
     it begins, and moves at every decoding step (reported at most every `interval` seconds)."""
 
-    def __init__(self, report: Reporter, parts_rows: list[int], max_tokens: int, interval: float = 0.5):
+    def __init__(self, report: Reporter, parts_rows: list[int], max_tokens: int, interval: float = 0.5,
+                 slots: Slots | None = None):
         self.ticker = Ticker(report, "evaluating", sum(parts_rows) * max_tokens, interval=interval)
-        self.max_tokens, self.end = max_tokens, 0
+        self.max_tokens, self.end, self.asked = max_tokens, 0, sum(parts_rows) * max_tokens
+        self.decoded = 0  # rows x tokens decoded (not counting what a cut or an early end skipped): the pace
+        self.slots = slots if slots is not None and slots.end is not None else None
+        self.began = self.slots.clock() if self.slots else 0.0
 
     def say(self, note: str) -> None:
         self.ticker.say(note)
@@ -158,12 +162,29 @@ class Decoding:
         self.ticker.say(note)
 
         def counted() -> bool:
-            self.ticker.advance(min(per_step, self.end - self.ticker.state.done))
+            step = min(per_step, self.end - self.ticker.state.done)
+            self.decoded += step
+            self._fit_to_budget(step)
+            self.ticker.advance(step)
             return should_stop()
         return counted
 
+    def _fit_to_budget(self, step: int) -> None:
+        """Under a time budget, the work counted is what the pace so far gets done before the budget
+        ends, where less: the ETA says when the evaluation will end, not when all it asked for would."""
+        if self.slots is None:
+            return
+        st, now = self.ticker.state, self.slots.clock()
+        if self.decoded <= 0 or now <= self.began:
+            return
+        done = st.done + step
+        reachable = done + int(self.decoded / (now - self.began) * max(self.slots.end - now, 0.0))
+        st.total = max(min(self.asked, reachable), done)
+
     def _close(self) -> None:
-        self.ticker.advance(max(0, self.end - self.ticker.state.done))
+        st = self.ticker.state
+        st.total = max(st.total or 0, self.end)  # a part cut short counts as done
+        self.ticker.advance(max(0, self.end - st.done))
 
     def finish(self) -> None:
         self._close()
@@ -189,8 +210,8 @@ def _evaluated(cfg: Config, report: Reporter, cancel: CancelToken, run_path: Pat
                "tasks": [asdict(task) for task in cfg.eval.tasks], "prompts": cfg.eval.prompts,
                "candidates": cfg.generate.candidates, "time_budget": cfg.eval.time or None, "stages": {}}
     k = cfg.generate.candidates
-    decoding = Decoding(report, [samples] * len(stages) + [samples * k], params.max_tokens)
     slots = Slots(parse_duration(cfg.eval.time, "eval.time") if cfg.eval.time else None, len(stages) * 3 + 1, clock)
+    decoding = Decoding(report, [samples] * len(stages) + [samples * k], params.max_tokens, slots=slots)
     timeout = cfg.data.code.syntax_timeout_s
     started = time.perf_counter()
     for stage in stages:

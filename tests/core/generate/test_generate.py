@@ -599,3 +599,27 @@ def test_an_evaluations_progress_names_the_part_under_way_and_moves_as_it_decode
     count = len(reports)
     decoding.finish()
     assert len(reports) == count + 2  # the jump to the end, then the finish: once each
+
+
+def test_an_evaluation_under_a_time_budget_counts_the_work_its_pace_gets_done_in_time():
+    """Its ETA says when the budget ends it, not when all the samples asked for would be done."""
+    from core.generate.checked import Deadline
+    from core.generate.evaluate import Decoding, Slots
+
+    now = [0.0]
+    reports = []
+    slots = Slots(10.0, 1, clock=lambda: now[0])  # a budget of 10 s
+    decoding = Decoding(reports.append, [12], max_tokens=10, interval=0, slots=slots)  # 120 rows x tokens asked
+    stop = decoding.part(12, "finetune: 12 samples", lambda: False, Deadline(until=10.0, rows=2))
+    for _ in range(5):  # 2 rows x tokens a second
+        now[0] += 1.0
+        stop()
+    assert (reports[-1].done, reports[-1].total) == (10, 20)  # 5 s left at 2 a second: 10 more
+    now[0] += 3.0  # slower: 12 in 8 s, 2 s left at 1.5 a second: 3 more
+    stop()
+    assert (reports[-1].done, reports[-1].total) == (12, 15)
+    decoding.finish()  # the budget ended the part: its rest counts as done
+    assert (reports[-1].done, reports[-1].total, reports[-1].finished) == (120, 120, True)
+    unbounded = Decoding(reports.append, [12], max_tokens=10, interval=0, slots=Slots(None, 1))
+    unbounded.part(12, "finetune: 12 samples", lambda: False, None)()
+    assert (reports[-1].done, reports[-1].total) == (12, 120)  # no budget: all that was asked
