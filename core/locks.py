@@ -72,8 +72,9 @@ def reading_inputs(lock_path: Path) -> Iterator[None]:
 
 def rebuilding_inputs(lock_path: Path, what: str) -> contextlib.AbstractContextManager:
     """Held while the tokenizer or the token shards are rebuilt; refused while training reads them."""
-    return held_alone(lock_path, f"{what} can't be rebuilt now: a training stage or another rebuild is using "
-                                 "them (`acm runs` shows it); stop it first, or wait")
+    return held_alone(lock_path, f"{what} can't be rebuilt now: a training stage (`acm runs` shows it) or another "
+                                 "rebuild is using them (a cancelled tokenizer training's merges, until they end); "
+                                 "stop it first, or wait")
 
 
 @contextlib.contextmanager

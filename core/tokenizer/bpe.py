@@ -251,6 +251,7 @@ def _train_and_save(cfg: Config, report: Reporter, cancel: CancelToken, compare:
         write_text(built, tok.to_str())
     try:
         meta = _metadata(cfg, AcmTokenizer.from_file(built), corp, mix, report, cancel, compare)
+        cancel.check()  # a Ctrl-C while the held-out text was counted (no check there) swaps nothing in
     except BaseException:
         built.unlink(missing_ok=True)  # a cancelled or failed rebuild leaves no trace
         raise

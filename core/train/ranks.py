@@ -8,10 +8,13 @@ run. Several Macs are launched by hand with `mlx.launch --hostfile` (README, "Se
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import random
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -29,6 +32,8 @@ from core.train import snapshot
 SOURCE = str(Path(__file__).resolve().parents[2])  # on the children's PYTHONPATH: acm runs from a checkout too
 MOST_RING_RANKS = 64  # train.ranks' cap; on the ring backend also one rank a CPU core (at least 2)
 PORT_TRIES = 32  # picks of a free stretch of ports before giving up
+RANK_DEATH_GRACE_S = 10.0  # how long the ranks left may take to end once one died, before they are killed
+PORT_RANGE = (20000, 32000)  # where they are picked: below where systems pick ports for outgoing connections
 
 
 def in_group() -> bool:
@@ -75,28 +80,29 @@ def launcher_argv(ranks: int, command: list[str], parent: int | None = None) -> 
     `ranks` ranks of this host; with `parent`, the launcher and ranks end once that process is gone."""
     tie = ["--parent", str(parent)] if parent else []
     kind = backend(ranks)
-    ports = ["--starting-port", str(free_ports(ranks))] if kind == "ring" else ["--nccl-port", str(free_ports(1))]
+    # the ring's ranks listen on 127.0.0.1 (MLX's launcher's address for this host), NCCL's rank 0 on all
+    ports = (["--starting-port", str(free_ports(ranks, "127.0.0.1"))] if kind == "ring"
+             else ["--nccl-port", str(free_ports(1, ""))])
     return [sys.executable, "-m", "core.train.launch", *tie, "-n", str(ranks), "--backend", kind, *ports, "--",
             sys.executable, *command]
 
 
-def free_ports(count: int) -> int:
-    """The first of `count` consecutive ports of this host that nothing listens on now, picked by the
-    system: MLX's launcher would take the same fixed ports for every group (32323 and up for the ring,
-    12345 for NCCL), so a second run's ranks, or any program on them, made the group fail to start."""
+def free_ports(count: int, address: str) -> int:
+    """The first of `count` consecutive ports that nothing holds on `address` now ("": any of this
+    host's), picked at random below the ranges systems give outgoing connections (Linux from 32768,
+    macOS from 49152), where MLX's own fixed ports sit: with those fixed ports (32323 and up for the
+    ring, 12345 for NCCL) a second run's ranks, or any program on them, stopped a group's start."""
     for _ in range(PORT_TRIES):
-        with socket.socket() as first:
-            first.bind(("127.0.0.1", 0))
-            base = first.getsockname()[1]
-            if base + count <= 65536 and all(_bindable(port) for port in range(base + 1, base + count)):
-                return base
+        base = random.randrange(*PORT_RANGE)
+        if all(_bindable(address, port) for port in range(base, base + count)):
+            return base
     raise AcmError(f"no {count} free ports in a row on this host for the ranks to meet on: try again")
 
 
-def _bindable(port: int) -> bool:
+def _bindable(address: str, port: int) -> bool:
     with socket.socket() as s:
         try:
-            s.bind(("127.0.0.1", port))
+            s.bind((address, port))
         except OSError:
             return False
     return True
@@ -132,10 +138,10 @@ def train_on_ranks(cfg: config.Config, stage: str, run: Path, resume: bool, emit
     """Train `stage` of `run` on `ranks` ranks of this host and wait: rank 0's events go to `emit`,
     a stop asked of `control` reaches every rank through the run's control file; `started` gets
     the launcher's process. The last event of each type; a rank's refusal raised as its one line."""
-    backend(ranks)  # more ranks than the host runs: refused before anything is written
+    # more ranks than the host runs, or no ports to meet on: refused before anything is written
+    argv = launcher_argv(ranks, snapshot.command(snapshot.location(run, stage)), parent=os.getpid())
     before = _Undo(run, stage)
-    settings = snapshot.write(cfg, snapshot.Launch(stage, run.name, resume, steps, max_steps), run)
-    argv = launcher_argv(ranks, snapshot.command(settings), parent=os.getpid())
+    snapshot.write(cfg, snapshot.Launch(stage, run.name, resume, steps, max_steps), run)
     log = Paths.stage(run, stage) / "ranks.log"
     with open(log, "ab") as errors:  # the ranks' own messages (a traceback of a rank) land here
         start = errors.tell()
@@ -146,6 +152,8 @@ def train_on_ranks(cfg: config.Config, stage: str, run: Path, resume: bool, emit
         started(proc)
     done = threading.Event()
     threading.Thread(target=_relay_stop, args=(control, run, stage, done), daemon=True).start()
+    threading.Thread(target=_end_when_a_rank_died, args=(proc.pid, log, start, done, RANK_DEATH_GRACE_S),
+                     daemon=True).start()
     last: dict = {}
     try:
         for line in proc.stdout:
@@ -205,6 +213,19 @@ def _said(log: Path, start: int) -> list[str]:
 
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _end_when_a_rank_died(launcher: int, log: Path, start: int, done: threading.Event, grace: float) -> None:
+    """Once the launcher says a rank died or failed, the others can only wait for it (inside MLX's
+    join or a collective, where no signal's handler runs): the launcher's SIGTERM to them would be
+    waited on for ever, and the command with it. Unless they have ended within `grace`, the
+    launcher and its ranks (its process group) are killed; what they wrote is the last checkpoint."""
+    while not done.wait(0.5):
+        if any(WARNING in line for line in _said(log, start)):
+            if not done.wait(grace):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(launcher, signal.SIGKILL)
+            return
 
 
 def _relay_stop(control, run: Path, stage: str, done: threading.Event) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -160,3 +161,53 @@ def test_a_rank_that_cannot_listen_on_its_port_says_so_in_one_line(tmp_path):
                        capture_output=True, text=True, timeout=60)
     assert r.stdout.startswith("the ranks could not join their group ([ring] Couldn't bind socket"), r
     assert r.stdout.rstrip().endswith("start the stage again")
+
+
+A_PORT_TAKEN_AFTER_THE_PICK = """
+import socket, sys
+from core.train import ranks
+taken = socket.socket()
+taken.bind(("127.0.0.1", 0))
+taken.listen()  # another program, listening on rank 0's port since a moment after acm picked it
+ranks.free_ports = lambda count, address: taken.getsockname()[1]
+ranks.RANK_DEATH_GRACE_S = 1.0
+from core.cli import main
+sys.exit(main(["-c", sys.argv[1], "train", "pretrain", "--run", "late", "--max-steps", "2", "--ranks", "2"]))
+"""
+
+
+@pytest.mark.skipif(mx.cuda.is_available(), reason="two ranks of the ring backend on this host")
+def test_a_rank_that_fails_to_start_ends_the_others_and_the_command_says_why(prepared):
+    """Rank 0 cannot listen; rank 1 reached the other program and waits inside MLX for a group that
+    never forms, where no signal's handler runs: the launcher's SIGTERM to it was waited on for ever,
+    and the command with it. Once the launcher says a rank died, the ranks left have a grace period
+    (10 s; 1 s here) to end, then the launcher's process group is killed: the command ends with the
+    rank's one line, and the run is left as it was."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    r = subprocess.run([sys.executable, "-c", A_PORT_TAKEN_AFTER_THE_PICK, str(prepared / "acm.toml")], env=env,
+                       cwd=prepared, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2, r
+    assert r.stderr.strip().splitlines()[-1].startswith("acm: error: the ranks could not join their group ([ring] "
+                                                         "Couldn't bind socket"), r.stderr
+    assert not (prepared / "runs" / "late").exists()
+
+
+def test_ports_are_picked_free_on_the_address_the_ranks_listen_on(monkeypatch):
+    """NCCL's rank 0 listens on all of this host's addresses: a port another program holds on any of
+    them is passed over, as one held on 127.0.0.1 is for the ring."""
+    from core.train import ranks
+
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        other = free.getsockname()[1]  # free a moment ago, as the system says
+    with socket.socket() as held:
+        try:
+            held.bind(("127.0.0.2", 0))  # a loopback address of its own (Linux has them all; macOS only 127.0.0.1)
+        except OSError:
+            pytest.skip("no second loopback address on this host")
+        port = held.getsockname()[1]
+        picks = iter([port, other])
+        monkeypatch.setattr(ranks.random, "randrange", lambda *_: next(picks))
+        assert ranks.free_ports(1, "") == other
+        monkeypatch.setattr(ranks.random, "randrange", lambda *_: port)
+        assert ranks.free_ports(1, "127.0.0.1") == port  # the ring's address is another one
