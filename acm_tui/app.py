@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 import threading
+import warnings
 from collections.abc import Iterable
 from concurrent.futures import Future
 from functools import partial
@@ -282,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         app.run()
     except KeyboardInterrupt:  # before the app took its signals: nothing of a stage had started
+        warnings.simplefilter("ignore", RuntimeWarning)  # the half-mounted widgets' coroutines, never run, unsaid
         print("acm: interrupted", file=sys.stderr)
         app.engine.abandon()  # a readying under way writes nothing; the process need not wait for it
         exit_past_abandoned_work(INTERRUPTED, [app.engine])
