@@ -283,7 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         app.run()
     except KeyboardInterrupt:  # before the app took its signals: nothing of a stage had started
-        warnings.simplefilter("ignore", RuntimeWarning)  # the half-mounted widgets' coroutines, never run, unsaid
+        # the half-mounted widgets' coroutines, never run, each said so at the exit
+        warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
         print("acm: interrupted", file=sys.stderr)
         app.engine.abandon()  # a readying under way writes nothing; the process need not wait for it
         exit_past_abandoned_work(INTERRUPTED, [app.engine])

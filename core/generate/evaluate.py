@@ -179,15 +179,22 @@ class Decoding:
             return
         done = st.done + step
         reachable = done + int(self.decoded / (now - self.began) * max(self.slots.end - now, 0.0))
-        st.total = max(min(self.asked, reachable), done)
+        st.total = max(min(self.asked, reachable), done + 1)  # never all done before the end
 
     def _close(self) -> None:
+        """The part under way is over: what it left (a batch ended early, a budget's cut) counts as
+        done, or, under a budget, as never asked (done is then only what was decoded: the pace)."""
         st = self.ticker.state
-        st.total = max(st.total or 0, self.end)  # a part cut short counts as done
-        self.ticker.advance(max(0, self.end - st.done))
+        left = max(0, self.end - st.done)
+        if self.slots is None:
+            self.ticker.advance(left)
+            return
+        self.asked -= left
+        st.total = max((st.total or 0) - left, st.done)
 
     def finish(self) -> None:
         self._close()
+        self.ticker.state.total = self.ticker.state.done
         self.ticker.finish()
 
 

@@ -90,7 +90,7 @@ def alone(run: Path, doing: str) -> Iterator[None]:
     lock = Flock(Paths.use_lock(run))
     try:
         before = os.stat(run)
-        taken = lock.try_acquire(make_folder=False)
+        taken = lock.try_acquire(make_folder=False, grace=0)  # on the app's UI thread: no waiting (a retry will do)
         os.utime(run, ns=(before.st_atime_ns, before.st_mtime_ns))  # the run's "modified" is its own, not the lock's
     except OSError:  # a folder that cannot hold the lock file: the rename or delete says why
         taken = None

@@ -1,5 +1,5 @@
 """MLX's launcher (what `mlx.launch` runs), tied to the `acm` that starts it:
-`python -m core.train.launch [--parent PID] LAUNCHER-ARGUMENTS`.
+`python -m core.train.launch [--parent PID] [--grace SECONDS] LAUNCHER-ARGUMENTS`.
 
 With --parent, the launcher and its ranks end once that process is gone (core.train.lifeline);
 without (a detached stage), they outlive it. Either way each rank ends with the launcher, whose
@@ -14,12 +14,17 @@ if __name__ == "__main__":  # the launcher: a SIGTERM while the modules below lo
     early_stops.keep()
 
 import os  # noqa: E402
+import signal  # noqa: E402
 import sys  # noqa: E402
 import threading  # noqa: E402
+import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from core import runs  # noqa: E402
 from core.train.lifeline import LAUNCHER_PID, end_with  # noqa: E402
+from core.train.ranks import RANK_DEATH_GRACE_S  # noqa: E402
+
+CHECKPOINT_WAIT_S = 120.0  # how much longer a checkpoint still being written is waited for
 
 
 def pass_polite_kill_to_ranks(argv: list[str]) -> None:
@@ -41,16 +46,50 @@ def pass_polite_kill_to_ranks(argv: list[str]) -> None:
     early_stops.hand_to(asked.set)
 
 
+def end_the_group_once_a_rank_died(launch_module, grace: float, argv: list[str]) -> None:
+    """Once MLX's launcher says a rank died or failed ("Node with rank N exited with code ..."), the
+    ranks left can only wait for it, inside MLX's join or a collective, where no signal's handler runs:
+    the launcher's SIGTERM to them, and the launcher with them, would wait for ever (a detached stage
+    too, with no one to see it). Unless the launcher has ended `grace` seconds later (and no
+    checkpoint is still being written: at most CHECKPOINT_WAIT_S more), it kills its process group,
+    itself and the ranks; what they wrote is the last checkpoint."""
+    died = threading.Event()
+    warn = launch_module.log_warning
+
+    def warned(*args, **kwargs):
+        warn(*args, **kwargs)
+        if any("Node with rank" in str(a) for a in args):
+            died.set()
+
+    launch_module.log_warning = warned
+    checkpoints = Path(argv[-1]).parent / "checkpoints" if argv else None
+
+    def watch() -> None:
+        died.wait()
+        time.sleep(grace)
+        end = time.monotonic() + CHECKPOINT_WAIT_S
+        while checkpoints is not None and any(checkpoints.glob(".tmp-step-*")) and time.monotonic() < end:
+            time.sleep(0.5)
+        if os.getpgrp() == os.getpid():  # the group acm started it in: the launcher and its ranks
+            os.killpg(os.getpgrp(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="acm-rank-death", daemon=True).start()
+
+
 def main(argv: list[str]) -> None:
     pass_polite_kill_to_ranks(argv)
     if argv[:1] == ["--parent"]:
         end_with(int(argv[1]))
         argv = argv[2:]
+    grace = RANK_DEATH_GRACE_S
+    if argv[:1] == ["--grace"]:
+        grace, argv = float(argv[1]), argv[2:]
     os.environ[LAUNCHER_PID] = str(os.getpid())  # the ranks inherit it
-    from mlx._distributed_utils.launch import main as launch
+    from mlx._distributed_utils import launch as launch_module
 
+    end_the_group_once_a_rank_died(launch_module, grace, argv)
     sys.argv = ["mlx.launch", *argv]
-    launch()
+    launch_module.main()
 
 
 if __name__ == "__main__":

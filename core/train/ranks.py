@@ -8,13 +8,11 @@ run. Several Macs are launched by hand with `mlx.launch --hostfile` (README, "Se
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import random
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -32,7 +30,7 @@ from core.train import snapshot
 SOURCE = str(Path(__file__).resolve().parents[2])  # on the children's PYTHONPATH: acm runs from a checkout too
 MOST_RING_RANKS = 64  # train.ranks' cap; on the ring backend also one rank a CPU core (at least 2)
 PORT_TRIES = 32  # picks of a free stretch of ports before giving up
-RANK_DEATH_GRACE_S = 10.0  # how long the ranks left may take to end once one died, before they are killed
+RANK_DEATH_GRACE_S = 10.0  # how long the ranks left may take to end once one died, before the launcher kills them
 PORT_RANGE = (20000, 32000)  # where they are picked: below where systems pick ports for outgoing connections
 
 
@@ -79,6 +77,7 @@ def launcher_argv(ranks: int, command: list[str], parent: int | None = None) -> 
     """The command line that starts `command` (arguments after the Python interpreter) on
     `ranks` ranks of this host; with `parent`, the launcher and ranks end once that process is gone."""
     tie = ["--parent", str(parent)] if parent else []
+    tie += ["--grace", str(RANK_DEATH_GRACE_S)]
     kind = backend(ranks)
     # the ring's ranks listen on 127.0.0.1 (MLX's launcher's address for this host), NCCL's rank 0 on all
     ports = (["--starting-port", str(free_ports(ranks, "127.0.0.1"))] if kind == "ring"
@@ -152,8 +151,6 @@ def train_on_ranks(cfg: config.Config, stage: str, run: Path, resume: bool, emit
         started(proc)
     done = threading.Event()
     threading.Thread(target=_relay_stop, args=(control, run, stage, done), daemon=True).start()
-    threading.Thread(target=_end_when_a_rank_died, args=(proc.pid, log, start, done, RANK_DEATH_GRACE_S),
-                     daemon=True).start()
     last: dict = {}
     try:
         for line in proc.stdout:
@@ -213,19 +210,6 @@ def _said(log: Path, start: int) -> list[str]:
 
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
-
-def _end_when_a_rank_died(launcher: int, log: Path, start: int, done: threading.Event, grace: float) -> None:
-    """Once the launcher says a rank died or failed, the others can only wait for it (inside MLX's
-    join or a collective, where no signal's handler runs): the launcher's SIGTERM to them would be
-    waited on for ever, and the command with it. Unless they have ended within `grace`, the
-    launcher and its ranks (its process group) are killed; what they wrote is the last checkpoint."""
-    while not done.wait(0.5):
-        if any(WARNING in line for line in _said(log, start)):
-            if not done.wait(grace):
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(launcher, signal.SIGKILL)
-            return
 
 
 def _relay_stop(control, run: Path, stage: str, done: threading.Event) -> None:

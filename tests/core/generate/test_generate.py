@@ -618,8 +618,11 @@ def test_an_evaluation_under_a_time_budget_counts_the_work_its_pace_gets_done_in
     now[0] += 3.0  # slower: 12 in 8 s, 2 s left at 1.5 a second: 3 more
     stop()
     assert (reports[-1].done, reports[-1].total) == (12, 15)
-    decoding.finish()  # the budget ended the part: its rest counts as done
-    assert (reports[-1].done, reports[-1].total, reports[-1].finished) == (120, 120, True)
+    now[0] += 5.0  # the budget spent: one more batch owed, never shown as all done before the end
+    stop()
+    assert (reports[-1].done, reports[-1].total) == (14, 15)
+    decoding.finish()  # the budget ended the part: what it cut was never asked
+    assert (reports[-1].done, reports[-1].total, reports[-1].finished) == (14, 14, True)
     unbounded = Decoding(reports.append, [12], max_tokens=10, interval=0, slots=Slots(None, 1))
     unbounded.part(12, "finetune: 12 samples", lambda: False, None)()
     assert (reports[-1].done, reports[-1].total) == (12, 120)  # no budget: all that was asked

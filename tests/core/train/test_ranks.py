@@ -2,6 +2,7 @@
 killed `acm`."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -163,16 +164,23 @@ def test_a_rank_that_cannot_listen_on_its_port_says_so_in_one_line(tmp_path):
     assert r.stdout.rstrip().endswith("start the stage again")
 
 
+@contextlib.contextmanager
+def listening():
+    """A port of this host another program listens on: its number."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        yield taken.getsockname()[1]
+
+
 A_PORT_TAKEN_AFTER_THE_PICK = """
-import socket, sys
+import os, sys
 from core.train import ranks
-taken = socket.socket()
-taken.bind(("127.0.0.1", 0))
-taken.listen()  # another program, listening on rank 0's port since a moment after acm picked it
-ranks.free_ports = lambda count, address: taken.getsockname()[1]
+ranks.free_ports = lambda count, address: int(os.environ["TAKEN_PORT"])  # taken a moment after acm picked it
 ranks.RANK_DEATH_GRACE_S = 1.0
 from core.cli import main
-sys.exit(main(["-c", sys.argv[1], "train", "pretrain", "--run", "late", "--max-steps", "2", "--ranks", "2"]))
+sys.exit(main(["-c", sys.argv[1], "train", "pretrain", "--run", "late", "--max-steps", "2", "--ranks", "2",
+               *sys.argv[2:]]))
 """
 
 
@@ -183,13 +191,31 @@ def test_a_rank_that_fails_to_start_ends_the_others_and_the_command_says_why(pre
     and the command with it. Once the launcher says a rank died, the ranks left have a grace period
     (10 s; 1 s here) to end, then the launcher's process group is killed: the command ends with the
     rank's one line, and the run is left as it was."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    r = subprocess.run([sys.executable, "-c", A_PORT_TAKEN_AFTER_THE_PICK, str(prepared / "acm.toml")], env=env,
-                       cwd=prepared, capture_output=True, text=True, timeout=60)
+    with listening() as port:  # another program, on rank 0's port
+        env = dict(os.environ, PYTHONPATH=str(ROOT), TAKEN_PORT=str(port))
+        r = subprocess.run([sys.executable, "-c", A_PORT_TAKEN_AFTER_THE_PICK, str(prepared / "acm.toml")], env=env,
+                           cwd=prepared, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2, r
     assert r.stderr.strip().splitlines()[-1].startswith("acm: error: the ranks could not join their group ([ring] "
                                                          "Couldn't bind socket"), r.stderr
     assert not (prepared / "runs" / "late").exists()
+
+
+@pytest.mark.skipif(mx.cuda.is_available() or not Path("/proc/self/stat").exists(),
+                    reason="two ranks of the ring backend on this host; finds the ranks through Linux's /proc")
+def test_a_detached_group_whose_rank_fails_to_start_ends_too(prepared):
+    """In the background no one waits on the launcher: it ends its group itself, the rank's line in
+    the stage's log, where the launcher and a rank were left running for good."""
+    with listening() as port:
+        env = dict(os.environ, PYTHONPATH=str(ROOT), TAKEN_PORT=str(port))
+        r = subprocess.run([sys.executable, "-c", A_PORT_TAKEN_AFTER_THE_PICK, str(prepared / "acm.toml"), "--detach"],
+                           env=env, cwd=prepared, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r
+        launcher = int(r.stdout.split("(pid ")[1].split(")")[0])
+        family = {launcher} | descendants(launcher)
+        assert eventually(lambda: all(map(process_gone, family)), 30), [p for p in family if not process_gone(p)]
+    log = (prepared / "runs" / "late" / "pretrain" / "detached.log").read_text()
+    assert "acm: error: the ranks could not join their group" in log
 
 
 def test_ports_are_picked_free_on_the_address_the_ranks_listen_on(monkeypatch):
