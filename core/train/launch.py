@@ -54,7 +54,9 @@ def end_the_group_once_a_rank_died(launch_module, grace: float, argv: list[str])
     checkpoint is still being written: at most CHECKPOINT_WAIT_S more), it kills its process group,
     itself and the ranks; what they wrote is the last checkpoint."""
     died = threading.Event()
-    warn = launch_module.log_warning
+    warn = getattr(launch_module, "log_warning", None)  # how MLX's launcher (0.32) says a rank ended badly
+    if warn is None:  # another MLX: its launcher alone, as before
+        return
 
     def warned(*args, **kwargs):
         warn(*args, **kwargs)
