@@ -20,15 +20,13 @@ CONTROL = re.compile(r"\x1b\[([?0-9;]*)([A-Za-z])|\x1b[()][A-Za-z0-9]|\x1b.|[\r\
 ANSI = re.compile(r"\x1b\[[?0-9;]*[A-Za-z]")
 
 
-def run_acm(args: list[str], cols: int, rows: int = 200, timeout: float = 300,
-            program: tuple[str, ...] = ("-m", "core.cli")) -> tuple[int, str, str]:
-    """`acm ARGS` (or `python PROGRAM ARGS`) on a terminal COLS wide: (exit code, everything written
-    without colours, screen)."""
+def run_acm(args: list[str], cols: int, rows: int = 200, timeout: float = 300) -> tuple[int, str, str]:
+    """`acm ARGS` on a terminal COLS wide: (exit code, everything written without colours, screen)."""
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
     env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES", "NO_COLOR", "FORCE_COLOR")}
     env |= {"TERM": "xterm-256color", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, *program, *args], stdin=slave, stdout=slave, stderr=slave,
+    proc = subprocess.Popen([sys.executable, "-m", "core.cli", *args], stdin=slave, stdout=slave, stderr=slave,
                             env=env, close_fds=True)
     os.close(slave)
     chunks, deadline = [], time.monotonic() + timeout
