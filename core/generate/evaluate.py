@@ -141,8 +141,9 @@ class Decoding:
 
     def __init__(self, report: Reporter, parts_rows: list[int], max_tokens: int, interval: float = 0.5,
                  slots: Slots | None = None):
-        self.ticker = Ticker(report, "evaluating", sum(parts_rows) * max_tokens, interval=interval)
-        self.max_tokens, self.end, self.asked = max_tokens, 0, sum(parts_rows) * max_tokens
+        self.asked = sum(parts_rows) * max_tokens  # rows x tokens; under a budget, less what its cuts left
+        self.ticker = Ticker(report, "evaluating", self.asked, interval=interval)
+        self.max_tokens, self.end = max_tokens, 0
         self.decoded = 0  # rows x tokens decoded (not counting what a cut or an early end skipped): the pace
         self.slots = slots if slots is not None and slots.end is not None else None
         self.began = self.slots.clock() if self.slots else 0.0

@@ -65,9 +65,17 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+IN_WRITING = ".tmp-step-"  # a checkpoint being assembled (or one a kill left half written)
+
+
+def being_written(folder: Path) -> bool:
+    """A checkpoint is being assembled in `folder` (or a kill left one half written)."""
+    return any(folder.glob(f"{IN_WRITING}*"))
+
+
 def sweep_partial(folder: Path) -> None:
     """Remove checkpoints a kill or a full disk left half written, or half removed."""
-    for stale in [*folder.glob(".tmp-step-*"), *folder.glob(".pruned-step-*")]:
+    for stale in [*folder.glob(f"{IN_WRITING}*"), *folder.glob(".pruned-step-*")]:
         shutil.rmtree(stale, ignore_errors=True)
 
 
@@ -177,7 +185,7 @@ def write(folder: Path, step: int, arrays: Snapshot, state: dict | Callable[[], 
     folder.mkdir(parents=True, exist_ok=True)
     sweep_partial(folder)
     final = folder / f"step-{step:07d}"
-    tmp = folder / f".tmp-step-{step:07d}"
+    tmp = folder / f"{IN_WRITING}{step:07d}"
     with writing(f"checkpoint {final.name} into {folder}", tmp):
         tmp.mkdir()
         _write(tmp, step, arrays, state)

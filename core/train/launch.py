@@ -21,8 +21,10 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from core import runs  # noqa: E402
+from core.paths import Paths  # noqa: E402
+from core.runs.checkpoint import being_written  # noqa: E402
 from core.train.lifeline import LAUNCHER_PID, end_with  # noqa: E402
-from core.train.ranks import RANK_DEATH_GRACE_S  # noqa: E402
+from core.train.ranks import RANK_DEATH_GRACE_S, RANK_ENDED_BADLY  # noqa: E402
 
 CHECKPOINT_WAIT_S = 120.0  # how much longer a checkpoint still being written is waited for
 
@@ -33,17 +35,24 @@ def pass_polite_kill_to_ranks(argv: list[str]) -> None:
     they can take it (they may still be starting). Left to its default, the launcher would die at
     once and take its ranks with it. `argv` ends with the ranks' settings snapshot,
     runs/<run>/<stage>/launch.toml, which names the run and the stage."""
-    snapshot = Path(argv[-1]) if argv else Path()
-    if snapshot.name != "launch.toml":
+    trained = run_and_stage(argv)
+    if trained is None:
         return
     asked = threading.Event()
 
     def send_stop() -> None:
         asked.wait()
-        runs.send_once_taken(snapshot.parent.parent, snapshot.parent.name, "stop")
+        runs.send_once_taken(*trained, "stop")
 
     threading.Thread(target=send_stop, name="acm-stop", daemon=True).start()
     early_stops.hand_to(asked.set)
+
+
+def run_and_stage(argv: list[str]) -> tuple[Path, str] | None:
+    """The run and stage the ranks train: their settings snapshot, runs/<run>/<stage>/launch.toml,
+    ends the launcher's arguments."""
+    snapshot = Path(argv[-1]) if argv else Path()
+    return (snapshot.parent.parent, snapshot.parent.name) if snapshot.name == "launch.toml" else None
 
 
 def end_the_group_once_a_rank_died(launch_module, grace: float, argv: list[str]) -> None:
@@ -60,17 +69,18 @@ def end_the_group_once_a_rank_died(launch_module, grace: float, argv: list[str])
 
     def warned(*args, **kwargs):
         warn(*args, **kwargs)
-        if any("Node with rank" in str(a) for a in args):
+        if any(RANK_ENDED_BADLY in str(a) for a in args):
             died.set()
 
     launch_module.log_warning = warned
-    checkpoints = Path(argv[-1]).parent / "checkpoints" if argv else None
+    trained = run_and_stage(argv)
+    checkpoints = Paths.checkpoints(*trained) if trained else None
 
     def watch() -> None:
         died.wait()
         time.sleep(grace)
         end = time.monotonic() + CHECKPOINT_WAIT_S
-        while checkpoints is not None and any(checkpoints.glob(".tmp-step-*")) and time.monotonic() < end:
+        while checkpoints is not None and being_written(checkpoints) and time.monotonic() < end:
             time.sleep(0.5)
         if os.getpgrp() == os.getpid():  # the group acm started it in: the launcher and its ranks
             os.killpg(os.getpgrp(), signal.SIGKILL)

@@ -76,13 +76,12 @@ def ring_ranks_here() -> int:
 def launcher_argv(ranks: int, command: list[str], parent: int | None = None) -> list[str]:
     """The command line that starts `command` (arguments after the Python interpreter) on
     `ranks` ranks of this host; with `parent`, the launcher and ranks end once that process is gone."""
-    tie = ["--parent", str(parent)] if parent else []
-    tie += ["--grace", str(RANK_DEATH_GRACE_S)]
+    ties = (["--parent", str(parent)] if parent else []) + ["--grace", str(RANK_DEATH_GRACE_S)]
     kind = backend(ranks)
     # the ring's ranks listen on 127.0.0.1 (MLX's launcher's address for this host), NCCL's rank 0 on all
     ports = (["--starting-port", str(free_ports(ranks, "127.0.0.1"))] if kind == "ring"
              else ["--nccl-port", str(free_ports(1, ""))])
-    return [sys.executable, "-m", "core.train.launch", *tie, "-n", str(ranks), "--backend", kind, *ports, "--",
+    return [sys.executable, "-m", "core.train.launch", *ties, "-n", str(ranks), "--backend", kind, *ports, "--",
             sys.executable, *command]
 
 
@@ -198,7 +197,8 @@ class _Undo:
 
 
 REFUSAL = "acm: error: "  # how a rank (core.train.worker) says why it refused
-WARNING = "[WARN] Node with rank"  # how MLX's launcher says a rank exited with an error or was killed
+RANK_ENDED_BADLY = "Node with rank"  # how MLX's launcher says a rank exited with an error or was killed
+WARNING = f"[WARN] {RANK_ENDED_BADLY}"  # ... as its log shows it
 
 
 def _said(log: Path, start: int) -> list[str]:
