@@ -5,12 +5,16 @@ part after it (the last lines printed, Python's and MLX's exit). `timings.json` 
 trainer, so this is the figure a user waits for.
 
 usage: python bench/command_wall.py --project DIR [--stage pretrain] [--rounds 1] [--max-steps N]
-           [--run-from RUN] [--keep] [--ready on off]
+           [--run-from RUN] [--keep] [--ready on off] [--exit normal fast]
 DIR holds acm.toml and data/ with token shards (`acm prepare` done); each round runs
 `acm train STAGE --run wall-<round>` in a fresh process (a fine-tune needs --run-from naming a run
 with a pretrain checkpoint, copied for each round) and prints one JSON line. The process is
 `python bench/command_wall.py --child`, so Python's start includes this file's few imports. With
---ready, each round runs one process for each value of `train.ready_in_command` given, in turn.
+--ready, each round runs one process for each value of `train.ready_in_command` given, in turn; with
+--exit, for each way of ending too: `normal` (Python's teardown, as `acm` ends now) or `fast` (the
+process ended by `os._exit` once the command has returned and its output is flushed, skipping the
+teardown of Python's modules and MLX's buffers). Where the engine was readied, `readying_s` says when
+it started and ended, from the command's start.
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ import dataclasses
 import importlib.abc
 import importlib.machinery
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -40,6 +45,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--ready", nargs="+", choices=["on", "off"],
                    help="train.ready_in_command for each process of a round, in turn, written into the "
                         "project's acm.toml before each (default: acm.toml as it is)")
+    p.add_argument("--exit", nargs="+", choices=["normal", "fast"], default=["normal"],
+                   help="how each process ends, in turn within a round (default: normal)")
     return p.parse_args()
 
 
@@ -51,8 +58,10 @@ def main() -> None:
         for mode in a.ready or [None]:
             if mode is not None:
                 set_ready(a.project / "acm.toml", mode == "on")
-            name = f"wall-{n}" + (f"-{mode}" if mode else "")
-            print(json.dumps(one_round(a, name) | {"round": n, "ready_in_command": mode}), flush=True)
+            for ending in a.exit:
+                name = f"wall-{n}" + (f"-{mode}" if mode else "") + f"-{ending}"
+                print(json.dumps(one_round(a, name, ending) | {"round": n, "ready_in_command": mode,
+                                                               "exit": ending}), flush=True)
 
 
 def set_ready(settings: Path, on: bool) -> None:
@@ -63,7 +72,7 @@ def set_ready(settings: Path, on: bool) -> None:
     config.save(cfg, settings)
 
 
-def one_round(a: argparse.Namespace, name: str) -> dict:
+def one_round(a: argparse.Namespace, name: str, ending: str = "normal") -> dict:
     runs = a.project / "runs"
     run = runs / name
     shutil.rmtree(run, ignore_errors=True)
@@ -74,7 +83,7 @@ def one_round(a: argparse.Namespace, name: str) -> dict:
         with tempfile.TemporaryDirectory() as tmp:
             marks_file = Path(tmp) / "marks.json"
             started = time.time()
-            done = subprocess.run([sys.executable, __file__, "--child", str(marks_file), *args], cwd=a.project,
+            done = subprocess.run([sys.executable, __file__, "--child", str(marks_file), ending, *args], cwd=a.project,
                                   env=project_env(), capture_output=True, text=True)
             ended = time.time()
             marks = json.loads(marks_file.read_text()) if marks_file.exists() else {}
@@ -99,17 +108,19 @@ def split(marks: dict, started: float, ended: float, timings: dict) -> dict:
         "trainer_s": round(marks["trainer_out"] - marks["trainer_in"], 3),
         "after_trainer_s": round(ended - marks["trainer_out"], 3),
         "timings": timings, "readied": marks.get("readied"),
+        "readying_s": {k: round(marks[m] - started, 3) for k, m in (("start", "early_in"), ("end", "readied_at"))
+                       if m in marks},
         "around_step_share": round(1 - steps / command, 4),
         "around_step_share_in_trainer": round(1 - steps / timings["wall_s"], 4),
     }
 
 
-def child(marks_file: Path, argv: list[str]) -> int:
+def child(marks_file: Path, ending: str, argv: list[str]) -> int:
     """`acm ARGV` in this process, as the `acm` command runs it (its engine readied before the
     imports where `train.ready_in_command` is on), the end of acm's imports and the trainer's entry
     and return marked as the modules load (wall-clock seconds, shared with the parent), with what
     the readying did; the marks are written however the command ends, but for a command that ends
-    past a readying left running (`os._exit`: it trained nothing to time)."""
+    past a readying left running (`os._exit`: it trained nothing to time). `ending`: see --exit."""
     marks = {"script": time.time()}
 
     def marked(trainer_module) -> None:
@@ -130,17 +141,29 @@ def child(marks_file: Path, argv: list[str]) -> int:
 
     def kept(early_module) -> None:
         begin = early_module.begin
-        early_module.begin = lambda argv: early.append(begin(argv)) or early[-1]
+        def begun(argv):
+            marks["early_in"] = time.time()
+            early.append(begin(argv))
+            if early[-1] is not None:
+                early[-1].readied.add_done_callback(lambda _: marks.setdefault("readied_at", time.time()))
+            return early[-1]
+
+        early_module.begin = begun
 
     sys.meta_path.insert(0, AfterImport({"core.train.trainer": marked, "core.cli.early": kept,
                                          "core.cli.commands": lambda _: marks.setdefault("imported", time.time())}))
     from core.cli import main as acm
     try:
-        return acm(argv)
+        status = acm(argv)
     finally:
         if early and early[0] is not None and early[0].readied.done():  # what the readying did
             marks["readied"] = dataclasses.asdict(early[0].readied.result())
         marks_file.write_text(json.dumps(marks))
+    if ending == "fast":
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    return status
 
 
 class AfterImport(importlib.abc.MetaPathFinder):
@@ -165,5 +188,5 @@ class AfterImport(importlib.abc.MetaPathFinder):
 
 if __name__ == "__main__":
     if len(sys.argv) > 2 and sys.argv[1] == "--child":
-        sys.exit(child(Path(sys.argv[2]), sys.argv[3:]))
+        sys.exit(child(Path(sys.argv[2]), sys.argv[3], sys.argv[4:]))
     main()
