@@ -1,5 +1,3 @@
-import sys
+from core.cli import entry
 
-from core.cli import main
-
-sys.exit(main())
+entry()
