@@ -59,7 +59,7 @@ def main() -> None:
             if mode is not None:
                 set_ready(a.project / "acm.toml", mode == "on")
             for ending in a.exit:
-                name = f"wall-{n}" + (f"-{mode}" if mode else "") + f"-{ending}"
+                name = f"wall-{n}" + (f"-{mode}" if mode else "") + (f"-{ending}" if len(a.exit) > 1 else "")
                 print(json.dumps(one_round(a, name, ending) | {"round": n, "ready_in_command": mode,
                                                                "exit": ending}), flush=True)
 

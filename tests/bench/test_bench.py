@@ -106,12 +106,13 @@ def test_ranks_bench_trains_on_one_and_two_ranks_through_the_cli(prepared):
 
 def test_command_wall_splits_a_training_commands_time_around_the_trainer(prepared):
     out = subprocess.run([sys.executable, "bench/command_wall.py", "--project", str(prepared), "--max-steps", "2",
-                          "--keep", "--ready", "on", "off"], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                         env=ENV)
+                          "--keep", "--ready", "on", "off", "--exit", "fast"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300, env=ENV)
     assert out.returncode == 0, out.stderr[-2000:]
     rows = [json.loads(line) for line in out.stdout.splitlines()]
-    assert [(r["ready_in_command"], r["args"]) for r in rows] == [
-        (mode, ["train", "pretrain", "--run", f"wall-1-{mode}", "--max-steps", "2"]) for mode in ("on", "off")]
+    assert [(r["ready_in_command"], r["exit"], r["args"]) for r in rows] == [
+        (mode, "fast", ["train", "pretrain", "--run", f"wall-1-{mode}", "--max-steps", "2"]) for mode in ("on", "off")]
+    assert all(0 < r["readying_s"]["start"] <= r["readying_s"]["end"] < r["command_s"] for r in rows)
     assert config.load(prepared / "acm.toml").train.ready_in_command is False  # the last process's setting
     assert [r["readied"]["why"] for r in rows] == [  # what the readying did, said in each row
         "no GPU: a first step on the CPU loads nothing it could find ready", "train.ready_in_command is off"]
