@@ -7,14 +7,16 @@ the CLI) submit callables and get a Future back; results and errors travel throu
 from __future__ import annotations
 
 import contextlib
+import os
 import queue
+import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
-from core.errors import end_process, leave_signals_to_main
+from core.errors import leave_signals_to_main
 from core.hardware import configure_mlx
 
 _STOP = object()
@@ -38,7 +40,9 @@ def exit_past_abandoned_work(status: int, engines: Iterable[Engine]) -> None:
     nobody needs (`shutdown(abandon=...)`): waiting for it would be for nothing, and MLX torn down
     beneath it may abort the process. Elsewhere, return."""
     if any(engine.abandoned for engine in engines):
-        end_process(status)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
 
 
 def wait_for(fut: Future) -> Any:

@@ -91,15 +91,6 @@ def polite_kill_as_ctrl_c() -> Iterator[None]:
         signal.signal(signal.SIGTERM, before)
 
 
-def end_process(status: int) -> None:
-    """End the process now with `status`, its output flushed first (where a reader is still there
-    to take it), past Python's teardown: for a process whose work is all written."""
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(OSError, ValueError):  # a reader gone, or the stream closed
-            stream.flush()
-    os._exit(status)
-
-
 def exit_status(e: BaseException) -> int:
     """The status a process ends with when `e` leaves its main: SystemExit's own (argparse's 2 for a
     bad argument, 0 for --help), 130 for Ctrl-C, else 1."""

@@ -3,14 +3,13 @@
 Its modules are imported with Ctrl-C, SIGTERM and SIGHUP kept for the main thread: one taken by a
 thread an import started (NumPy's BLAS pool) only sets Python's flag, and a main thread asleep in
 a read (a chat at its prompt) would not hear it until its next line. A command that trains here
-starts its engine first, readying the stage while the modules load (core/cli/early.py), and its
-process ends past Python's teardown once the command has returned (`entry`).
+starts its engine first, readying the stage while the modules load (core/cli/early.py).
 """
 from __future__ import annotations
 
 import sys
 
-from core.errors import INTERRUPTED, end_process, exit_status, signals_for_the_main_thread
+from core.errors import INTERRUPTED, exit_status, signals_for_the_main_thread
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,18 +35,4 @@ def main(argv: list[str] | None = None) -> int:
             early.end(status)  # ends the process here if a readying is left running
 
 
-def entry() -> None:
-    """The `acm` command's process: `main`, then its end. A command that trained in this process
-    has by then written its checkpoint and closed its logs and trackers, and ends with `os._exit`
-    once its output is flushed: Python's teardown would only free MLX's buffers and unload its
-    modules, a quarter of a second on a GPU (bench/RESULTS.md). Any other command, and one that
-    leaves `main` by an exception (a traceback to print), ends through Python's own exit."""
-    from core.cli.early import trains_here
-
-    status = main()
-    if trains_here(sys.argv[1:]) is not None:
-        end_process(status)
-    sys.exit(status)
-
-
-__all__ = ["entry", "main"]
+__all__ = ["main"]

@@ -1,3 +1,5 @@
-from core.cli import entry
+import sys
 
-entry()
+from core.cli import main
+
+sys.exit(main())
