@@ -72,7 +72,7 @@ def set_ready(settings: Path, on: bool) -> None:
     config.save(cfg, settings)
 
 
-def one_round(a: argparse.Namespace, name: str, ending: str = "normal") -> dict:
+def one_round(a: argparse.Namespace, name: str, ending: str) -> dict:
     runs = a.project / "runs"
     run = runs / name
     shutil.rmtree(run, ignore_errors=True)
@@ -143,10 +143,11 @@ def child(marks_file: Path, ending: str, argv: list[str]) -> int:
         begin = early_module.begin
         def begun(argv):
             marks["early_in"] = time.time()
-            early.append(begin(argv))
-            if early[-1] is not None:
-                early[-1].readied.add_done_callback(lambda _: marks.setdefault("readied_at", time.time()))
-            return early[-1]
+            found = begin(argv)
+            early.append(found)
+            if found is not None:
+                found.readied.add_done_callback(lambda _: marks.setdefault("readied_at", time.time()))
+            return found
 
         early_module.begin = begun
 
