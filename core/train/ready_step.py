@@ -110,7 +110,8 @@ def run_step(cfg: Config, sc: StageConfig, shape: ModelShape, tokenizer: Callabl
         return False
     from core.train.samples import LiveSampler  # the decoding's modules, imported by now
 
-    LiveSampler(cfg, stage, sc.seed).check(model, opt.compute_views(), tokenizer(), 0, 0.0)  # as a check draws them
+    # as a check draws them; a stage's last check always samples, whatever train.sample_share says
+    LiveSampler(cfg, stage, sc.seed).check(model, opt.compute_views(), tokenizer(), 0, 0.0, last_check=True)
     return True
 
 

@@ -46,33 +46,40 @@ def generate_samples(model: GPT, tok: AcmTokenizer, prompts: list[str], expected
             for j in judged], seconds
 
 
+FIRST_CHECK_S = 1.0  # a first check's cost, reckoned before any was measured (0.4-1.1 s on GPUs)
+
+
 class LiveSampler:
-    """A stage's live samples: at each validation check, train.samples scripts from the weights of
-    the step just finished, unless sampling so far and this check (reckoned at the last one's cost)
-    would be over train.sample_share of the stage's time (a skip said once). The seed of a check's
-    draw is the stage's seed and the step."""
+    """A stage's live samples: at validation checks, train.samples scripts from the weights of the
+    step just finished. A check samples unless sampling so far and this check (reckoned at the last
+    one's cost, the first at FIRST_CHECK_S) would be over train.sample_share of the stage's time (a
+    skip said once); the stage's last check always samples, while its final checkpoint is being
+    written, so a short stage shows what its final weights write at little cost to its wall time.
+    The seed of a check's draw is the stage's seed and the step."""
 
     def __init__(self, cfg: Config, stage: str, seed: int, clock: Callable[[], float] = time.perf_counter):
         self.cfg, self.stage, self.seed, self.clock = cfg, stage, seed, clock
-        self.spent, self.last, self.skipped = 0.0, 0.0, False  # last: the latest check's seconds
+        self.spent, self.last, self.skipped = 0.0, FIRST_CHECK_S, False  # last: the latest check's seconds
 
-    def due(self, elapsed: float) -> bool:
+    def due(self, elapsed: float, last_check: bool = False) -> bool:
         """Whether a check `elapsed` seconds into the stage keeps the sampling within train.sample_share
-        of the stage's time, reckoning it at the last check's cost (the first is always due)."""
-        return self.spent + self.last <= self.cfg.train.sample_share * (elapsed + self.last)
+        of the stage's time, reckoning it at the last check's cost; the stage's last check always is."""
+        return last_check or self.spent + self.last <= self.cfg.train.sample_share * (elapsed + self.last)
 
-    def check(self, model: GPT, weights: dict, tok: AcmTokenizer, step: int, elapsed: float) -> list[Event]:
-        """The events of a check `elapsed` seconds into the stage: its samples and a line of their
-        cost, or the line saying checks are skipped. `model` reads `weights` meanwhile, then gets
-        back those it had."""
+    def check(self, model: GPT, weights: dict, tok: AcmTokenizer, step: int, elapsed: float,
+              last_check: bool = False) -> list[Event]:
+        """The events of a check `elapsed` seconds into the stage (`last_check`: the stage's last):
+        its samples and a line of their cost, or the line saying checks are skipped. `model` reads
+        `weights` meanwhile, then gets back those it had."""
         t = self.cfg.train
         if not t.samples:
             return []
-        if not self.due(elapsed):
+        if not self.due(elapsed, last_check):
             said, self.skipped = self.skipped, True
             return [] if said else [Log(stage=self.stage, text=(
-                f"samples skipped from step {step}: they took {self.spent:.2f} s, over train.sample_share "
-                f"({t.sample_share:.1%}) of the stage's {elapsed:.0f} s so far; they resume once under it"))]
+                f"samples skipped from step {step}: with this check's (about {self.last:.2f} s) they would "
+                f"take {self.spent + self.last:.2f} s, over train.sample_share ({t.sample_share:.1%}) of the "
+                f"stage's {elapsed:.0f} s so far; they resume once under it, and the stage's last check samples"))]
         prompts, expected = sample_prompts(self.cfg)
         params = SamplingParams.from_config(self.cfg.generate, max_tokens=t.sample_tokens,
                                             seed=self.seed * 1_000_003 + step)

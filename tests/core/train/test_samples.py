@@ -51,21 +51,24 @@ def judged(s: Sample) -> bool:
     return given and linted and s.seconds >= 0 and "parses" in s.marks() and "relevant" in s.marks()
 
 
-def test_sampling_stops_once_over_its_share_of_the_stage(prepared):
+def test_sampling_keeps_to_its_share_and_the_last_check_samples_anyway(prepared):
     events = train(prepared, "bounded", clock=SteppingClock(0.01), samples=1, sample_tokens=8, sample_share=1e-6)
-    assert [e.step for e in events if isinstance(e, Sample)] == [10]  # the first check had spent nothing
+    assert [e.step for e in events if isinstance(e, Sample)] == [40]  # the stage's last check (40 steps)
     skips = [e.text for e in events if isinstance(e, Log) and e.text.startswith("samples skipped")]
-    assert len(skips) == 1 and "from step 20" in skips[0] and "train.sample_share" in skips[0]
+    assert len(skips) == 1 and "from step 10" in skips[0] and "train.sample_share" in skips[0]
+    assert "about 1.00 s" in skips[0] and "the stage's last check samples" in skips[0]
 
 
 def test_a_check_is_reckoned_at_the_last_ones_cost(project):
     cfg = config.load(project / "acm.toml")
     cfg.train.sample_share = 0.02
     sampler = LiveSampler(cfg, "pretrain", seed=0)
-    assert sampler.due(0.0)  # nothing spent yet
+    assert not sampler.due(48.0) and sampler.due(49.0)  # the first check reckoned at 1 s: 2% of 50 s
+    assert sampler.due(0.0, last_check=True)
     sampler.spent = sampler.last = 1.0
     assert not sampler.due(60.0)  # 1 s spent is under 2% of 60 s, but another 1 s would be over it
     assert sampler.due(99.0)  # 2 s of 100 s
+    assert sampler.due(60.0, last_check=True)
 
 
 def test_sample_prompts_cycle_the_setting_and_keep_task_expectations(project):
