@@ -744,7 +744,8 @@ class Trainer:
     def _sample(self) -> None:
         """A validation check's live samples, from the weights of the step just finished (nothing is
         queued at a check); rank 0 samples while the others wait at their next collective. The last
-        check of this call always samples: its checkpoint is written meanwhile."""
+        check of this call (its last step's, or an early stop's) always samples; at the last step
+        its checkpoint is written meanwhile."""
         if self.is_main:
             last_check = self.state.step >= self.end or self.early_stopped
             for event in self.sampler.check(self.model, self.opt.compute_views(), self.tok, self.state.step,
