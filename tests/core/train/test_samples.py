@@ -59,6 +59,18 @@ def test_sampling_keeps_to_its_share_and_the_last_check_samples_anyway(prepared)
     assert "about 1.00 s" in skips[0] and "the stage's last check samples" in skips[0]
 
 
+def test_an_early_stops_check_samples_whatever_the_share(prepared):
+    cfg = config.load(prepared / "acm.toml")
+    run = cfg.runs_dir / "early"
+    train_stage(cfg, "pretrain", run, max_steps=4)
+    ft = cfg.train.finetune  # learns nothing: checks at 2 (the best), 4 and 6, then an early stop
+    ft.steps, ft.eval_every, ft.save_every, ft.patience, ft.learning_rate, ft.warmup_steps = 40, 2, 100, 2, 0.0, 0
+    cfg.train.samples, cfg.train.sample_tokens, cfg.train.sample_share = 1, 8, 1e-6
+    events = []
+    assert train_stage(cfg, "finetune", run, emit=events.append, clock=SteppingClock(0.01)).step == 6
+    assert [e.step for e in events if isinstance(e, Sample)] == [6]
+
+
 def test_a_check_is_reckoned_at_the_last_ones_cost(project):
     cfg = config.load(project / "acm.toml")
     cfg.train.sample_share = 0.02
