@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from core import config
 from tests.helpers import ROOT
 
@@ -43,6 +45,15 @@ def test_validation_grouped_into_larger_passes_gives_the_same_loss():
     assert [c["group"] for c in checks] == [1, 2, 4, 1] and out["skipped"] == [10]  # 10 does not divide 4
     assert max(c["loss"] for c in checks) - min(c["loss"] for c in checks) <= 2e-5  # printed to 5 decimals
     assert all(c["first_s"] > 0 and c["median_s"] > 0 for c in checks)
+
+
+@pytest.mark.parametrize("first, names", [("greedy", ["greedy", "greedy", "sampled", "sampled"]),
+                                           ("prefill", ["one_token", "sampled", "sampled"])])
+def test_first_decode_after_step_times_each_decode_in_its_order(first, names):
+    out = bench("first_decode_after_step.py", *SMALL, "--first", first, "--tokens", "8")
+    decodes = [k for k in out if k.startswith("decode_")]
+    assert decodes == [f"decode_{n}_{name}_s" for n, name in enumerate(names, 1)]
+    assert all(out[k] > 0 for k in decodes) and out["three_steps_s"] > 0 and out["first"] == first
 
 
 def test_first_step_times_steps_queued_one_ahead():
