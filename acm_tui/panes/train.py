@@ -459,7 +459,8 @@ def samples_text(samples: list[Sample]) -> Text:
     """A check's samples: each one's verdicts (marks that read without colour), its prompt dimmed,
     then what the model wrote (its control characters escaped)."""
     if not samples:
-        return Text("no samples yet: each validation check generates train.samples scripts (0: none)", style="dim")
+        return Text("no samples yet: validation checks generate train.samples scripts (0: none) within "
+                    "train.sample_share of the stage's time, and its last check always does", style="dim")
     first = samples[0]
     text = Text(f"samples at step {figure(first.step, ',')} ({figure(first.seconds, '.2f')} s)\n", style="bold")
     for s in samples:
