@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 import tomli_w
-import tomlkit
 
 from core.atomic import read_regular, write_text
 from core.errors import ConfigError, write_failure
@@ -737,6 +736,8 @@ def save_settings(cfg: Config, path: str | os.PathLike = CONFIG_NAME, since: Con
             table = _changed(_parsed(text, path), since.explicit, cfg.explicit)
             cfg = from_dict(table, source=str(path), root=cfg.root, preset=machine_preset(table))
             validate(cfg, str(path))
+        import tomlkit  # only a save keeps comments: a command that reads settings never loads it
+
         # parsed with "\n" line ends, as tomllib reads every value (a multi-line string too), so that
         # only what changed is written; a file written with Windows line ends gets them back
         doc = tomlkit.parse(text.replace("\r\n", "\n"))
@@ -806,6 +807,8 @@ def _changed(current: dict, before: dict, after: dict) -> dict:
 
 def _merge(doc, table: dict) -> None:
     """Make tomlkit container `doc` hold `table`'s values, changing only what differs."""
+    import tomlkit  # loaded by save_settings already
+
     for key in [k for k in doc if k not in table]:
         del doc[key]
     for key, value in table.items():

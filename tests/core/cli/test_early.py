@@ -194,8 +194,9 @@ def test_a_command_that_trains_nothing_ends_without_waiting_for_its_readying(pre
 
 def test_the_readying_starts_before_the_heavy_imports():
     """What the early engine needs is MLX, the model and the settings: the tokenizer, NumPy, the
-    data modules and the trainer's loop load meanwhile."""
-    heavy = ["numpy", "pyarrow", "rich", "core.tokenizer.bpe", "core.train.trainer", "core.runs"]
+    data modules and the trainer's loop load meanwhile; the settings are read without tomlkit, which
+    only a save needs."""
+    heavy = ["numpy", "pyarrow", "rich", "tomlkit", "core.tokenizer.bpe", "core.train.trainer", "core.runs"]
     code = f"import sys, core.cli.early; print([m for m in {heavy!r} if m in sys.modules])"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"
 
