@@ -66,13 +66,14 @@ class Calibration:
         return step_s * (steps + checks(step, steps, self.eval_every) * batches * self.batch_cost)
 
     def plan(self, step: int, now: float, step_s: float, warmup: int, cut: bool = True,
-             most: int | None = None) -> Plan:
+             most: int | None = None, last_s: float = 0.0) -> Plan:
         """The step count that ends the stage, its validation checks included, when the budget runs
         out (never fewer than one more, nor past `most`, the steps asked for by name, or UNPLANNED),
         and the batches a check may read to keep the checks within VALIDATION_SHARE of what is left
         (at least one): a short budget's one check at the end would otherwise outlast its steps.
-        `cut` False keeps the batches (a resumed plan's)."""
-        left = self.budget_s - (now - self.started)
+        `cut` False keeps the batches (a resumed plan's); `last_s`: what the last check does beyond
+        its validation (its live samples), set aside from the time left."""
+        left = self.budget_s - (now - self.started) - last_s
         cap = max(0, min(UNPLANNED - 1, UNPLANNED if most is None else most) - step)
         steps = min(cap, max(1, int(left / step_s)))
         batches = self.eval_batches

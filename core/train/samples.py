@@ -66,6 +66,20 @@ class LiveSampler:
         of the stage's time, reckoning it at the last check's cost; the stage's last check always is."""
         return last_check or self.spent + self.last <= self.cfg.train.sample_share * (elapsed + self.last)
 
+    def _skipped(self, step: int, elapsed: float) -> str:
+        """The line saying checks are skipped from `step`, and until when."""
+        cost = (f"with this check's (about {self.last:.2f} s, as the last one) the sampling would take "
+                f"{self.spent + self.last:.2f} s" if self.spent else
+                f"a check, reckoned at {FIRST_CHECK_S:.0f} s until one is measured, would take the sampling")
+        return (f"samples skipped from step {step}: {cost} over train.sample_share ({self.cfg.train.sample_share:.1%}) "
+                f"of the stage's {elapsed:.0f} s so far; they resume once under it, and the stage's last check "
+                "samples")
+
+    def last_check_s(self) -> float:
+        """What the stage's last check's samples are reckoned to take: the latest check's cost, or
+        FIRST_CHECK_S before any (0 with train.samples off)."""
+        return self.last if self.cfg.train.samples else 0.0
+
     def check(self, model: GPT, weights: dict, tok: AcmTokenizer, step: int, elapsed: float,
               last_check: bool = False) -> list[Event]:
         """The events of a check `elapsed` seconds into the stage (`last_check`: the stage's last):
@@ -76,10 +90,7 @@ class LiveSampler:
             return []
         if not self.due(elapsed, last_check):
             said, self.skipped = self.skipped, True
-            return [] if said else [Log(stage=self.stage, text=(
-                f"samples skipped from step {step}: with this check's (about {self.last:.2f} s) they would "
-                f"take {self.spent + self.last:.2f} s, over train.sample_share ({t.sample_share:.1%}) of the "
-                f"stage's {elapsed:.0f} s so far; they resume once under it, and the stage's last check samples"))]
+            return [] if said else [Log(stage=self.stage, text=self._skipped(step, elapsed))]
         prompts, expected = sample_prompts(self.cfg)
         params = SamplingParams.from_config(self.cfg.generate, max_tokens=t.sample_tokens,
                                             seed=self.seed * 1_000_003 + step)

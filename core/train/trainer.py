@@ -183,7 +183,7 @@ class Trainer:
         self.calibration: Calibration | None = None  # until the first steps are timed
         self.meter = Throughput(self._tokens_per_step(), clock)
         self.health = Health(cfg.train.alert_spike)  # its alerts go to the stage's log
-        self.sampler = LiveSampler(cfg, stage, self.sc.seed, clock)  # train.samples at each validation check
+        self.sampler = LiveSampler(cfg, stage, self.sc.seed, clock)  # train.samples at validation checks
         self.peak = self.limit = self.flops_per_token = None
         self.timings = Timings(clock)  # where this call's wall time goes, said at its end
         self.writer = Background("acm-checkpoint-writer")  # one checkpoint written at a time, off the loop
@@ -634,7 +634,8 @@ class Trainer:
         """A new plan: the stage's steps, warmup and validation batches fitted to the time budget,
         at most the steps asked for by name."""
         st = self.state
-        plan = calibration.plan(st.step, now, step_s, st.warmup_steps, most=self.named_steps)
+        plan = calibration.plan(st.step, now, step_s, st.warmup_steps, most=self.named_steps,
+                                last_s=self._last_samples_s())
         if self.world > 1:  # each rank's clock started on its own
             plan = Plan(*self._from_main([plan.total, plan.warmup, plan.eval_batches], mx.int32))
         self._apply_plan(plan.total, plan.warmup, plan.eval_batches)
@@ -649,13 +650,18 @@ class Trainer:
         """A stage resumed with a time budget keeps its plan (its schedule, its end) and stops this
         call where the budget runs out, as --max-steps would: resuming again goes on."""
         st = self.state
-        end = calibration.plan(st.step, now, step_s, st.warmup_steps, cut=False).total
+        end = calibration.plan(st.step, now, step_s, st.warmup_steps, cut=False, last_s=self._last_samples_s()).total
         if self.world > 1:
             end = int(self._from_main([end], mx.int32)[0])
         if end < self.end:
             self.end = end
             self.log(f"{self.stage}: time budget {describe_seconds(self.budget_s)}: stops at step {end:,} of the "
                      f"{st.total_steps:,} it planned ({step_s * 1000:.0f} ms a step); resume to go on")
+
+    def _last_samples_s(self) -> float:
+        """What a budget sets aside for the last check's live samples, which always run (rank 0
+        samples; its plan is every rank's)."""
+        return self.sampler.last_check_s() if self.val_batches is not None else 0.0
 
     def _from_main(self, values: list, dtype=mx.float32) -> list:
         """Rank 0's `values`, on every rank (a collective: every rank calls it at the same step)."""

@@ -12,8 +12,9 @@ import pytest
 from core import config
 from core.engine import Engine
 from core.presets import get_preset
+from core.tokenizer.bpe import load_tokenizer
 from core.train.ready import Readied, ready_engine
-from core.train.ready_step import reckoned_bytes
+from core.train.ready_step import reckoned_bytes, run_step
 from tests.helpers import live_stage
 
 PLENTY = 1 << 40  # a device's memory no nano step comes near
@@ -79,6 +80,27 @@ def test_a_job_waiting_behind_it_cuts_it_short_after_the_part_under_way(prepared
     readied = ready_engine(cfg, PLENTY, waited_for=waited_for_after(99))
     assert readied.stages == ("pretrain", "finetune") and not readied.cut and len(asked) == 5
     assert not readied.describe().endswith("meanwhile")
+
+
+def test_the_readying_decodes_a_checks_samples_at_once(prepared):
+    """At 0 s into a stage no check is within train.sample_share, but the readying decodes as a
+    stage's last check does, whatever the share: its decode is what it readies."""
+    cfg = config.load(prepared / "acm.toml")
+    cfg.train.samples, cfg.train.sample_tokens = 2, 4
+    tok = load_tokenizer(cfg)
+    decoded = []
+
+    class Counted:  # the project's tokenizer, its decodes counted
+        def __getattr__(self, name):
+            return getattr(tok, name)
+
+        def decode(self, ids):
+            decoded.append(ids)
+            return tok.decode(ids)
+
+    shape = cfg.model.shape().with_vocab(tok.vocab_size)
+    assert run_step(cfg, cfg.train.pretrain, shape, Counted, waited_for=lambda: False)
+    assert len(decoded) >= cfg.train.samples
 
 
 def why_skipped(cfg, limit=PLENTY) -> str:

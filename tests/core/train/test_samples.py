@@ -56,7 +56,7 @@ def test_sampling_keeps_to_its_share_and_the_last_check_samples_anyway(prepared)
     assert [e.step for e in events if isinstance(e, Sample)] == [40]  # the stage's last check (40 steps)
     skips = [e.text for e in events if isinstance(e, Log) and e.text.startswith("samples skipped")]
     assert len(skips) == 1 and "from step 10" in skips[0] and "train.sample_share" in skips[0]
-    assert "about 1.00 s" in skips[0] and "the stage's last check samples" in skips[0]
+    assert "reckoned at 1 s until one is measured" in skips[0] and "the stage's last check samples" in skips[0]
 
 
 def test_an_early_stops_check_samples_whatever_the_share(prepared):
@@ -81,6 +81,8 @@ def test_a_check_is_reckoned_at_the_last_ones_cost(project):
     assert not sampler.due(60.0)  # 1 s spent is under 2% of 60 s, but another 1 s would be over it
     assert sampler.due(99.0)  # 2 s of 100 s
     assert sampler.due(60.0, last_check=True)
+    [skip] = sampler.check(None, {}, None, 30, 60.0)  # not due: nothing is decoded
+    assert "from step 30: with this check's (about 1.00 s, as the last one) the sampling would take 2.00 s" in skip.text
 
 
 def test_sample_prompts_cycle_the_setting_and_keep_task_expectations(project):

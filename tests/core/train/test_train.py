@@ -781,6 +781,19 @@ def test_the_budget_planner_fits_the_steps_left_after_timing_the_first():
     capped = calibration.plan(6, 7.0, step_s, warmup=200, most=50)  # --steps 50: fewer than fit
     assert (capped.total, capped.warmup, capped.eval_batches) == (50, 5, 2)
     assert calibration.plan(7, 7.0, step_s, warmup=2, most=7).total == 7  # timed at the last step asked for
+    kept = calibration.plan(6, 7.0, step_s, warmup=200, last_s=4.0).total  # the last check's samples: 4 s
+    assert calibration.seconds(6, kept - 6, step_s) <= 89.0 < calibration.seconds(6, kept - 5, step_s)
+
+
+def test_a_budget_sets_time_aside_for_the_last_check_s_samples(prepared):
+    totals = {}
+    for samples in (0, 2):
+        cfg = load(prepared)
+        cfg.train.samples, cfg.train.sample_tokens = samples, 4
+        sc = cfg.train.pretrain
+        sc.time, sc.eval_every, sc.save_every = "20s", 10, 1000
+        totals[samples] = train_stage(cfg, "pretrain", cfg.runs_dir / f"s{samples}", clock=SteppingClock(0.4)).step
+    assert totals[2] < totals[0]  # 1 s set aside before any check measured the samples' cost
 
 
 def test_the_budget_planner_leaves_what_the_loop_set_aside_out_of_a_step_s_time():
