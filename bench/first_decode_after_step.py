@@ -3,7 +3,7 @@ its parts: the prompts' prefill, the model's token-by-token decoding, the sampli
 
 Builds the product's model and compiled step on a preset (Muon, as the recipe trains), runs three
 steps and a validation loss, as a stage has by its first check, then decodes two prompts (27 and 20
-tokens, a live-samples check's shape) three times in one order of `--first`: `sampled` (the
+tokens, a live-samples check's shape) three or four times in one order of `--first`: `sampled` (the
 generate defaults, then again, then greedy), `greedy` (greedy twice, then sampled twice) or
 `prefill` (one token, then sampled twice). Run one fresh process for each order: what the first
 decode pays beyond a later one is the process's first use of those kernels. Prints one JSON line

@@ -234,8 +234,8 @@ class TrainConfig:
     sample_tokens: int = setting(64, "new tokens per sampled script", min=1, max=4096)
     sample_share: float = setting(0.02, "the most share of a stage's time spent sampling: a check that would take "
                                         "the sampling over it (reckoned at the last check's cost, the first at 1 s) "
-                                        "samples nothing; the stage's last check always samples, while its "
-                                        "checkpoint is written", above=0.0, max=1.0)
+                                        "samples nothing; the last check of a call (its last step's, or an "
+                                        "early stop's) always samples", above=0.0, max=1.0)
     ready_in_pipeline: bool = setting(True, "while a pipeline (acm pipeline run, the Setup pane's a) makes the token "
                                             "shards, run the stages' training step and a live-samples decode once on "
                                             "a throwaway model of their shapes, so its first training stage finds "
