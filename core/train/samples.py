@@ -53,8 +53,9 @@ class LiveSampler:
     """A stage's live samples: at validation checks, train.samples scripts from the weights of the
     step just finished. A check samples unless sampling so far and this check (reckoned at the last
     one's cost, the first at FIRST_CHECK_S) would be over train.sample_share of the stage's time (a
-    skip said once); the stage's last check always samples, while its final checkpoint is being
-    written, so a short stage shows what its final weights write at little cost to its wall time.
+    skip said once); the last check of a call (its last step's, or an early stop's) always samples,
+    so a short stage shows what the weights it ends on write; at the last step the stage's final
+    checkpoint is written meanwhile, so that costs its wall time little.
     The seed of a check's draw is the stage's seed and the step."""
 
     def __init__(self, cfg: Config, stage: str, seed: int, clock: Callable[[], float] = time.perf_counter):
@@ -69,7 +70,7 @@ class LiveSampler:
     def _skipped(self, step: int, elapsed: float) -> str:
         """The line saying checks are skipped from `step`, and until when."""
         cost = (f"with this check's (about {self.last:.2f} s, as the last one) the sampling would take "
-                f"{self.spent + self.last:.2f} s" if self.spent else
+                f"{self.spent + self.last:.2f} s," if self.spent else
                 f"a check, reckoned at {FIRST_CHECK_S:.0f} s until one is measured, would take the sampling")
         return (f"samples skipped from step {step}: {cost} over train.sample_share ({self.cfg.train.sample_share:.1%}) "
                 f"of the stage's {elapsed:.0f} s so far; they resume once under it, and the stage's last check "
