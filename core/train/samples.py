@@ -64,7 +64,7 @@ class LiveSampler:
 
     def due(self, elapsed: float, last_check: bool = False) -> bool:
         """Whether a check `elapsed` seconds into the stage keeps the sampling within train.sample_share
-        of the stage's time, reckoning it at the last check's cost; the stage's last check always is."""
+        of the stage's time, reckoning it at the last check's cost; a call's last check always is."""
         return last_check or self.spent + self.last <= self.cfg.train.sample_share * (elapsed + self.last)
 
     def _skipped(self, step: int, elapsed: float) -> str:
@@ -77,13 +77,13 @@ class LiveSampler:
                 "samples")
 
     def last_check_s(self) -> float:
-        """What the stage's last check's samples are reckoned to take: the latest check's cost, or
+        """What a call's last check's samples are reckoned to take: the latest check's cost, or
         FIRST_CHECK_S before any (0 with train.samples off)."""
         return self.last if self.cfg.train.samples else 0.0
 
     def check(self, model: GPT, weights: dict, tok: AcmTokenizer, step: int, elapsed: float,
               last_check: bool = False) -> list[Event]:
-        """The events of a check `elapsed` seconds into the stage (`last_check`: the stage's last):
+        """The events of a check `elapsed` seconds into the stage (`last_check`: this call's last):
         its samples and a line of their cost, or the line saying checks are skipped. `model` reads
         `weights` meanwhile, then gets back those it had."""
         t = self.cfg.train
