@@ -316,7 +316,7 @@ def test_a_manifest_naming_no_file_is_refused_in_one_line(prepared):
 
 
 CTRL_C_WHILE_IT_TRAINS = """
-import os, signal, sys, threading
+import os, signal, sys, threading, time
 from core.tokenizer import bpe
 
 real = bpe.new_bpe
@@ -332,16 +332,23 @@ class MergingForEver:  # the Rust trainer's merges, which see no cancel: here th
         os.kill(os.getpid(), signal.SIGINT)  # a Ctrl-C
         threading.Event().wait()
 
-real_evaluate = bpe.evaluate
+real_evaluate, real_metadata, heard = bpe.evaluate, bpe._metadata, {}
+
+def metadata(*args):  # the cancel the command's Ctrl-C sets
+    heard["cancel"] = args[5]
+    return real_metadata(*args)
 
 def counting_the_held_out_text(*args):  # after the merges, where no cancel is checked either
-    os.kill(os.getpid(), signal.SIGINT)  # a Ctrl-C
+    os.kill(os.getpid(), signal.SIGINT)  # a Ctrl-C, heard while the text is still being counted
+    deadline = time.monotonic() + 30  # a loaded machine may take a while to run the handler
+    while not heard["cancel"].cancelled and time.monotonic() < deadline:
+        time.sleep(0.01)
     return real_evaluate(*args)
 
 if sys.argv[2] == "merges":
     bpe.new_bpe = lambda *a: (MergingForEver(real(*a)[0]), real(*a)[1])
 else:
-    bpe.evaluate = counting_the_held_out_text
+    bpe.evaluate, bpe._metadata = counting_the_held_out_text, metadata
 from core.cli import main
 sys.exit(main(["-c", sys.argv[1], *sys.argv[3:]]))
 """
