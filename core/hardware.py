@@ -16,21 +16,26 @@ PEAK_TFLOPS = [
 
 
 # MLX's CUDA backend holds every buffer a CUDA graph used until the whole graph has run. On Hopper
-# and Blackwell GPUs MLX gathers up to 1000 MB of kernel inputs into one graph; at 200 MB acm's
-# training step peaks 40-50% lower at the same speed (bench/RESULTS.md, H100). MLX's defaults for
-# other GPUs are 400 MB (A100) or less, and Metal has its own.
+# and Blackwell GPUs MLX gathers up to 1000 MB of kernel inputs (and 100 kernels) into one graph; at
+# 200 MB acm's training step peaks 40-50% lower at the same speed (bench/RESULTS.md, H100). At that
+# size, graphs of at most 60 kernels ran the README recipe's steps 2% faster on an H100 than MLX's
+# 100, at the same peak. MLX's defaults for other GPUs are 400 MB (A100) or less, and Metal has its own.
 CUDA_GRAPH_MB = 200
+CUDA_GRAPH_OPS = 60
 _MLX_1000_MB = {(9, 0), (10, 0), (12, 0)}  # compute capabilities where MLX's own default is 1000 MB
 
 
 def configure_mlx() -> None:
-    """Set acm's default CUDA graph size (MLX_MAX_MB_PER_BUFFER) where MLX's own is 1000 MB, unless
-    the environment sets one. MLX reads it once, at its first GPU work: call this before that."""
-    if "MLX_MAX_MB_PER_BUFFER" in os.environ:
+    """Set acm's default CUDA graph size (MLX_MAX_MB_PER_BUFFER, MLX_MAX_OPS_PER_BUFFER) where MLX's
+    own is 1000 MB, each unless the environment sets it. MLX reads them once, at its first GPU work:
+    call this before that."""
+    defaults = {"MLX_MAX_MB_PER_BUFFER": CUDA_GRAPH_MB, "MLX_MAX_OPS_PER_BUFFER": CUDA_GRAPH_OPS}
+    if all(key in os.environ for key in defaults):
         return
     info = device_info()
     if (info.get("compute_capability_major"), info.get("compute_capability_minor")) in _MLX_1000_MB:
-        os.environ["MLX_MAX_MB_PER_BUFFER"] = str(CUDA_GRAPH_MB)
+        for key, value in defaults.items():
+            os.environ.setdefault(key, str(value))
 
 
 def device_info() -> dict:

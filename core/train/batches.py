@@ -15,6 +15,9 @@ Each share is rounded to whole rows and drawn from its own random stream.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+
 import numpy as np
 
 from core.errors import AcmError
@@ -113,3 +116,43 @@ class Batches:
 
     def val(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         return self._draw([self.seed, VAL_STREAM, index], self.batch_size * self.world, self.rank)
+
+
+class DrawnAhead:
+    """Each step's batch drawn on a thread of its own while the step before is queued on the device.
+
+    Drawing is NumPy work under Python's lock, and MLX lets go of the lock while it queues a step,
+    so a batch drawn meanwhile costs the engine's thread nothing; on a GPU whose step is paced by the
+    host that queues it, the draw was time the device stood idle. A batch is a function of its step,
+    so what is drawn ahead is what would be drawn then; another step's (a resume, a pause) is drawn
+    at once. Rows come contiguous, ready to copy to the device.
+    """
+
+    def __init__(self, draw: Callable[[int], tuple[np.ndarray, np.ndarray]]):
+        self._draw = draw
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="acm-batches")
+        self._ahead: tuple[int, Future] | None = None
+
+    def take(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+        """Step `step`'s batch: the one drawn ahead for it, else drawn now."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and ahead[0] == step:
+            return ahead[1].result()
+        if ahead is not None:
+            ahead[1].cancel()
+        return self._contiguous(step)
+
+    def draw(self, step: int) -> None:
+        """Start drawing step `step`'s batch (one ahead at most: an earlier one is dropped)."""
+        if self._ahead is not None:
+            self._ahead[1].cancel()
+        self._ahead = (step, self._pool.submit(self._contiguous, step))
+
+    def close(self) -> None:
+        """Stop the thread (after the draw under way, if any)."""
+        self._ahead = None
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def _contiguous(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+        x, y = self._draw(step)
+        return np.ascontiguousarray(x), np.ascontiguousarray(y)

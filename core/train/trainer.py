@@ -37,7 +37,7 @@ from core.runs.health import Health
 from core.runs.writer import RunLock
 from core.tokenizer.bpe import keep_copy, load_tokenizer
 from core.tokenizer.shards import open_tokens
-from core.train.batches import Batches
+from core.train.batches import Batches, DrawnAhead
 from core.train.budget import HOURS, UNPLANNED, Calibration, Plan, describe_seconds
 from core.train.ranks import join_group
 from core.train.ready_step import reckoned_bytes
@@ -172,6 +172,7 @@ class Trainer:
         self.ck_dir = Paths.checkpoints(run, stage)
         # built by _setup
         self.tok = self.shape = self.batches = self.val_batches = self.model = self.opt = None
+        self.drawn: DrawnAhead | None = None  # the training batches, each drawn while the step before is queued
         self.fused_step = self.grad_step = self.apply_step = self.eval_loss = None
         # the loop's
         self.started = 0.0  # when run() began: a time budget counts from here
@@ -224,6 +225,7 @@ class Trainer:
                                pairs_what=f"{corpus} train shards' comment-to-command scripts")
         self.val_batches = Batches(val, sc.seq_len, sc.batch_size, sc.seed, self.rank, self.world,
                                    what=f"{corpus} val shards") if val.num_tokens > sc.seq_len + 1 else None
+        self.drawn = DrawnAhead(self.batches.train)
         if self.is_main:
             checkpoint.sweep_partial(self.ck_dir)  # frees what a kill or a full disk left
         mx.random.seed(sc.seed)
@@ -350,8 +352,9 @@ class Trainer:
         """Queue step `step` on the device: (loss, gradient norm), not yet evaluated."""
         self.opt.learning_rate = self._lr(step)
         if self.state.grad_accum == 1:
-            x, y = self.batches.train(step)
+            x, y = self.drawn.take(step)
             out = self.fused_step(mx.array(x), mx.array(y))
+            self.drawn.draw(step + 1)  # while this step is queued
         else:
             out = self._accumulated_step(step)
         mx.async_eval(*out, self.opt.state)
@@ -477,6 +480,8 @@ class Trainer:
                 self._state("failed", error=str(e) or type(e).__name__)
             raise
         finally:
+            if self.drawn is not None:
+                self.drawn.close()
             if self.recorder is not None:
                 self.recorder.close()
                 for tracker in self.trackers:

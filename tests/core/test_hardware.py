@@ -1,4 +1,4 @@
-"""acm's default CUDA graph size: set where MLX's own is 1000 MB, never over the user's setting."""
+"""acm's default CUDA graph size: set where MLX's own is 1000 MB, never over the user's settings."""
 import os
 
 import pytest
@@ -10,18 +10,24 @@ from core import hardware
                                                   ((12, 1), None), ((None, None), None)])
 def test_configure_mlx_by_compute_capability(monkeypatch, capability, expected):
     monkeypatch.delenv("MLX_MAX_MB_PER_BUFFER", raising=False)
+    monkeypatch.delenv("MLX_MAX_OPS_PER_BUFFER", raising=False)
     major, minor = capability
     monkeypatch.setattr(hardware, "device_info", lambda: {} if major is None else
                         {"compute_capability_major": major, "compute_capability_minor": minor})
     hardware.configure_mlx()
     assert os.environ.get("MLX_MAX_MB_PER_BUFFER") == expected
+    assert os.environ.get("MLX_MAX_OPS_PER_BUFFER") == (expected and "60")
 
 
-def test_configure_mlx_keeps_the_users_setting(monkeypatch):
-    monkeypatch.setenv("MLX_MAX_MB_PER_BUFFER", "700")
+@pytest.mark.parametrize("users, ours", [("MLX_MAX_MB_PER_BUFFER", ("MLX_MAX_OPS_PER_BUFFER", "60")),
+                                         ("MLX_MAX_OPS_PER_BUFFER", ("MLX_MAX_MB_PER_BUFFER", "200"))])
+def test_configure_mlx_keeps_the_users_setting(monkeypatch, users, ours):
+    """Each setting is the user's where the environment has it; the other keeps acm's default."""
+    monkeypatch.delenv(ours[0], raising=False)
+    monkeypatch.setenv(users, "700")
     monkeypatch.setattr(hardware, "device_info", lambda: {"compute_capability_major": 9, "compute_capability_minor": 0})
     hardware.configure_mlx()
-    assert os.environ["MLX_MAX_MB_PER_BUFFER"] == "700"
+    assert os.environ[users] == "700" and os.environ[ours[0]] == ours[1]
 
 
 def test_configure_mlx_leaves_this_machine_alone(monkeypatch):
@@ -29,5 +35,6 @@ def test_configure_mlx_leaves_this_machine_alone(monkeypatch):
     if "compute_capability_major" in hardware.device_info():
         pytest.skip("an NVIDIA GPU is present")
     monkeypatch.delenv("MLX_MAX_MB_PER_BUFFER", raising=False)
+    monkeypatch.delenv("MLX_MAX_OPS_PER_BUFFER", raising=False)
     hardware.configure_mlx()
-    assert "MLX_MAX_MB_PER_BUFFER" not in os.environ
+    assert "MLX_MAX_MB_PER_BUFFER" not in os.environ and "MLX_MAX_OPS_PER_BUFFER" not in os.environ

@@ -56,6 +56,7 @@ def test_pretrain_loss_falls_and_writes_the_run(prepared, lone_group_asks):
     run = cfg.runs_dir / "r"
     result = train_stage(cfg, "pretrain", run)
     assert lone_group_asks == [{"backend": "ring"}]  # alone: a group of one, MLX's backends not tried in turn
+    assert not [t for t in threading.enumerate() if t.name.startswith("acm-batches")]  # ended with the stage
     ls = losses(run)
     assert len(ls) == 40 and sum(ls[-5:]) / 5 < sum(ls[:5]) / 5 - 0.5
     evals = [e for e in read_metrics(run, "pretrain") if e["type"] == "eval"]
@@ -435,6 +436,34 @@ def test_a_global_batch_is_the_same_rows_however_it_is_spread(prepared):
     four = Batches(code, 16, 2, seed=2, rank=1, world=2, micro_batches=2)  # chunk = micro x ranks + rank
     assert (two_ranks == whole).all() and (micro == whole).all()
     assert (four.train(3, 1)[0] == whole[6:8]).all() and (four.train(3, 0)[0] == whole[2:4]).all()
+
+
+def test_a_batch_drawn_ahead_is_the_step_s_own_drawn_on_its_thread(prepared):
+    from core.tokenizer.shards import open_tokens
+    from core.train.batches import Batches, DrawnAhead
+    batches = Batches(open_tokens(load(prepared), "code", "train"), 16, 4, seed=2)
+    drawn_on = []
+
+    def draw(step):
+        drawn_on.append((step, threading.current_thread().name))
+        if step < 0:
+            raise AcmError("no such step")
+        return batches.train(step)
+
+    ahead = DrawnAhead(draw)
+    ahead.draw(3)
+    x, y = ahead.take(3)
+    assert (x == batches.train(3)[0]).all() and (y == batches.train(3)[1]).all()
+    assert x.flags.c_contiguous and y.flags.c_contiguous
+    assert len(drawn_on) == 1 and drawn_on[0][0] == 3 and drawn_on[0][1].startswith("acm-batches")
+    ahead.draw(4)
+    x5, _ = ahead.take(5)  # another step than the one drawn ahead (a resume, a pause): drawn at once, here
+    assert (x5 == batches.train(5)[0]).all() and drawn_on[-1] == (5, threading.current_thread().name)
+    ahead.draw(-1)
+    with pytest.raises(AcmError, match="no such step"):  # a draw's error comes out where the batch is taken
+        ahead.take(-1)
+    ahead.close()
+    assert not [t for t in threading.enumerate() if t.name.startswith("acm-batches")]
 
 
 def test_the_follower_replays_what_the_recorder_wrote(prepared):
