@@ -124,8 +124,8 @@ class DrawnAhead:
     Drawing is NumPy work under Python's lock, and MLX lets go of the lock while it queues a step,
     so a batch drawn meanwhile costs the engine's thread nothing; on a GPU whose step is paced by the
     host that queues it, the draw was time the device stood idle. A batch is a function of its step,
-    so what is drawn ahead is what would be drawn then; another step's (a resume, a pause) is drawn
-    at once. Rows come contiguous, ready to copy to the device.
+    so what is drawn ahead is what would be drawn then; a step nothing was drawn ahead for (a call's
+    first) is drawn at once. Rows come contiguous, ready to copy to the device.
     """
 
     def __init__(self, draw: Callable[[int], tuple[np.ndarray, np.ndarray]]):

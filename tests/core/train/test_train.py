@@ -457,7 +457,7 @@ def test_a_batch_drawn_ahead_is_the_step_s_own_drawn_on_its_thread(prepared):
     assert x.flags.c_contiguous and y.flags.c_contiguous
     assert len(drawn_on) == 1 and drawn_on[0][0] == 3 and drawn_on[0][1].startswith("acm-batches")
     ahead.draw(4)
-    x5, _ = ahead.take(5)  # another step than the one drawn ahead (a resume, a pause): drawn at once, here
+    x5, _ = ahead.take(5)  # another step than the one drawn ahead: drawn at once, here
     assert (x5 == batches.train(5)[0]).all() and (5, threading.current_thread().name) in drawn_on
     ahead.draw(-1)
     with pytest.raises(AcmError, match="no such step"):  # a draw's error comes out where the batch is taken
