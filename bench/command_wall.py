@@ -5,7 +5,7 @@ part after it (the last lines printed, Python's and MLX's exit). `timings.json` 
 trainer, so this is the figure a user waits for.
 
 usage: python bench/command_wall.py --project DIR [--stage pretrain] [--rounds 1] [--max-steps N]
-           [--run-from RUN] [--keep] [--ready on off] [--exit normal fast]
+           [--run-from RUN] [--keep] [--ready on off] [--exit normal fast] [--bytecode write|as-is]
 DIR holds acm.toml and data/ with token shards (`acm prepare` done); each round runs
 `acm train STAGE --run wall-<round>` in a fresh process (a fine-tune needs --run-from naming a run
 with a pretrain checkpoint, copied for each round) and prints one JSON line. The process is
@@ -15,6 +15,14 @@ with a pretrain checkpoint, copied for each round) and prints one JSON line. The
 process ended by `os._exit` once the command has returned and its output is flushed, skipping the
 teardown of Python's modules and MLX's buffers). Where the engine was readied, `readying_s` says when
 it started and ended, from the command's start.
+
+Every process is timed as an installed acm runs, with its modules' bytecode on disk: a Python that
+writes none (PYTHONDONTWRITEBYTECODE, as on some lent machines) would compile acm's, MLX's and other
+modules from source in every timed process (on a lent H100 machine, 210 modules in 0.5 s under
+cProfile, of a command whose imports took 1.3-1.6 s). So the
+bytecode the command's imports lack is written first (`--bytecode write`, the default); each row
+says how many files were written and how many still lack it (`bytecode`). `--bytecode as-is`
+measures the machine as it is.
 """
 from __future__ import annotations
 
@@ -24,6 +32,7 @@ import importlib.abc
 import importlib.machinery
 import json
 import os
+import py_compile
 import shutil
 import subprocess
 import sys
@@ -31,7 +40,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from first_run import project_env
+from first_run import ROOT, project_env
+
+# what `acm train` imports before and while it trains (its lazy imports aside: a setting's save)
+COMMAND_MODULES = ("core.cli", "core.cli.early", "core.cli.commands", "core.train.trainer", "core.train.ready_step")
 
 
 def parse_args() -> argparse.Namespace:
@@ -47,6 +59,8 @@ def parse_args() -> argparse.Namespace:
                         "project's acm.toml before each (default: acm.toml as it is)")
     p.add_argument("--exit", nargs="+", choices=["normal", "fast"], default=["normal"],
                    help="how each process ends, in turn within a round (default: normal)")
+    p.add_argument("--bytecode", choices=["write", "as-is"], default="write",
+                   help="write the bytecode the command's modules lack before timing (default), or not")
     return p.parse_args()
 
 
@@ -54,6 +68,7 @@ def main() -> None:
     a = parse_args()
     if a.stage == "finetune" and not a.run_from:
         sys.exit("--stage finetune needs --run-from: a run with a pretrain checkpoint")
+    bytecode = write_bytecode() if a.bytecode == "write" else counted(lacking_bytecode()) | {"written": 0}
     for n in range(1, a.rounds + 1):
         for mode in a.ready or [None]:
             if mode is not None:
@@ -61,7 +76,36 @@ def main() -> None:
             for ending in a.exit:
                 name = f"wall-{n}" + (f"-{mode}" if mode else "") + (f"-{ending}" if len(a.exit) > 1 else "")
                 print(json.dumps(one_round(a, name, ending) | {"round": n, "ready_in_command": mode,
-                                                               "exit": ending}), flush=True)
+                                                               "exit": ending, "bytecode": bytecode}), flush=True)
+
+
+def lacking_bytecode() -> dict:
+    """The source files of the modules `acm train` imports whose bytecode is not on disk (found by a
+    process of the command's environment): all of them, and how many are acm's own."""
+    probe = ("import importlib, json, os, sys\n"
+             f"for name in {COMMAND_MODULES!r}: importlib.import_module(name)\n"
+             "print(json.dumps(sorted({m.__file__ for m in list(sys.modules.values()) if getattr(m, '__cached__', None)"
+             " and str(m.__file__).endswith('.py') and not os.path.exists(m.__cached__)})))")
+    done = subprocess.run([sys.executable, "-c", probe], env=project_env(), capture_output=True, text=True)
+    if done.returncode:
+        sys.exit(f"acm's modules do not import: {done.stderr.strip()[-800:]}")
+    files = json.loads(done.stdout)
+    return {"lacking": len(files), "lacking_in_acm": sum(Path(f).resolve().is_relative_to(ROOT) for f in files),
+            "files": files}
+
+
+def write_bytecode() -> dict:
+    """Bytecode written for each file `lacking_bytecode` finds (where its folder may be written), as
+    `pip install` writes it; what is still lacking after."""
+    before = lacking_bytecode()["files"]
+    for source in before:
+        py_compile.compile(source, doraise=False, quiet=2)
+    after = counted(lacking_bytecode())
+    return after | {"written": len(before) - after["lacking"]}
+
+
+def counted(lacking: dict) -> dict:
+    return {k: lacking[k] for k in ("lacking", "lacking_in_acm")}
 
 
 def set_ready(settings: Path, on: bool) -> None:

@@ -115,12 +115,18 @@ def test_ranks_bench_trains_on_one_and_two_ranks_through_the_cli(prepared):
     assert rows[0]["speedup"] == 1.0 and rows[1]["speedup"] > 0 and all(r["tokens_per_s"] > 0 for r in rows)
 
 
-def test_command_wall_splits_a_training_commands_time_around_the_trainer(prepared):
+def test_command_wall_splits_a_training_commands_time_around_the_trainer(prepared, tmp_path):
+    # a Python that writes no bytecode, its cache in a folder of its own: every module lacks it at first
+    cache = tmp_path / "pycache"
+    env = ENV | {"PYTHONDONTWRITEBYTECODE": "1", "PYTHONPYCACHEPREFIX": str(cache)}
     out = subprocess.run([sys.executable, "bench/command_wall.py", "--project", str(prepared), "--max-steps", "2",
                           "--keep", "--ready", "on", "off", "--exit", "fast"], cwd=ROOT, capture_output=True, text=True,
-                         timeout=300, env=ENV)
+                         timeout=300, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     rows = [json.loads(line) for line in out.stdout.splitlines()]
+    written = rows[0]["bytecode"]
+    assert written["written"] > 50 and written["lacking"] == written["lacking_in_acm"] == 0  # timed as installed
+    assert list((cache / str(ROOT / "core" / "train").lstrip("/")).glob("trainer.*.pyc"))
     assert [(r["ready_in_command"], r["exit"], r["args"]) for r in rows] == [
         (mode, "fast", ["train", "pretrain", "--run", f"wall-1-{mode}", "--max-steps", "2"]) for mode in ("on", "off")]
     assert all(0 < r["readying_s"]["start"] <= r["readying_s"]["end"] < r["command_s"] for r in rows)
