@@ -19,10 +19,9 @@ it started and ended, from the command's start.
 Every process is timed as an installed acm runs, with its modules' bytecode on disk: a Python that
 writes none (PYTHONDONTWRITEBYTECODE, as on some lent machines) would compile acm's, MLX's and other
 modules from source in every timed process (on a lent H100 machine, 210 modules in 0.5 s under
-cProfile, of a command whose imports took 1.3-1.6 s). So the
-bytecode the command's imports lack is written first (`--bytecode write`, the default); each row
-says how many files were written and how many still lack it (`bytecode`). `--bytecode as-is`
-measures the machine as it is.
+cProfile, of a command whose imports took 1.3-1.6 s). So the bytecode the command's imports lack is
+written first (`--bytecode write`, the default); each row says how many files were written and how
+many still lack it (`bytecode`). `--bytecode as-is` measures the machine as it is.
 """
 from __future__ import annotations
 
