@@ -54,9 +54,10 @@ def test_schedule_warmup_then_cosine():
 def test_pretrain_loss_falls_and_writes_the_run(prepared, lone_group_asks):
     cfg = load(prepared)
     run = cfg.runs_dir / "r"
+    before = set(threading.enumerate())
     result = train_stage(cfg, "pretrain", run)
     assert lone_group_asks == [{"backend": "ring"}]  # alone: a group of one, MLX's backends not tried in turn
-    assert not [t for t in threading.enumerate() if t.name.startswith("acm-batches")]  # ended with the stage
+    assert not [t for t in set(threading.enumerate()) - before if t.name.startswith("acm-batches")]  # ended with it
     ls = losses(run)
     assert len(ls) == 40 and sum(ls[-5:]) / 5 < sum(ls[:5]) / 5 - 0.5
     evals = [e for e in read_metrics(run, "pretrain") if e["type"] == "eval"]
@@ -450,6 +451,7 @@ def test_a_batch_drawn_ahead_is_the_step_s_own_drawn_on_its_thread(prepared):
             raise AcmError("no such step")
         return batches.train(step)
 
+    before = set(threading.enumerate())
     ahead = DrawnAhead(draw)
     ahead.draw(3)
     x, y = ahead.take(3)
@@ -463,7 +465,7 @@ def test_a_batch_drawn_ahead_is_the_step_s_own_drawn_on_its_thread(prepared):
     with pytest.raises(AcmError, match="no such step"):  # a draw's error comes out where the batch is taken
         ahead.take(-1)
     ahead.close()
-    assert not [t for t in threading.enumerate() if t.name.startswith("acm-batches")]
+    assert not [t for t in set(threading.enumerate()) - before if t.name.startswith("acm-batches")]
 
 
 def test_the_follower_replays_what_the_recorder_wrote(prepared):
