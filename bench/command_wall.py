@@ -78,9 +78,9 @@ def main() -> None:
                                                                "exit": ending, "bytecode": bytecode}), flush=True)
 
 
-def lacking_bytecode() -> dict:
+def lacking_bytecode() -> list[str]:
     """The source files of the modules `acm train` imports whose bytecode is not on disk (found by a
-    process of the command's environment): all of them, and how many are acm's own."""
+    process of the command's environment)."""
     probe = ("import importlib, json, os, sys\n"
              f"for name in {COMMAND_MODULES!r}: importlib.import_module(name)\n"
              "print(json.dumps(sorted({m.__file__ for m in list(sys.modules.values()) if getattr(m, '__cached__', None)"
@@ -88,23 +88,22 @@ def lacking_bytecode() -> dict:
     done = subprocess.run([sys.executable, "-c", probe], env=project_env(), capture_output=True, text=True)
     if done.returncode:
         sys.exit(f"acm's modules do not import: {done.stderr.strip()[-800:]}")
-    files = json.loads(done.stdout)
-    return {"lacking": len(files), "lacking_in_acm": sum(Path(f).resolve().is_relative_to(ROOT) for f in files),
-            "files": files}
+    return json.loads(done.stdout)
 
 
 def write_bytecode() -> dict:
     """Bytecode written for each file `lacking_bytecode` finds (where its folder may be written), as
     `pip install` writes it; what is still lacking after."""
-    before = lacking_bytecode()["files"]
+    before = lacking_bytecode()
     for source in before:
         py_compile.compile(source, doraise=False, quiet=2)
     after = counted(lacking_bytecode())
     return after | {"written": len(before) - after["lacking"]}
 
 
-def counted(lacking: dict) -> dict:
-    return {k: lacking[k] for k in ("lacking", "lacking_in_acm")}
+def counted(files: list[str]) -> dict:
+    """How many files lack bytecode, and how many of them are acm's own."""
+    return {"lacking": len(files), "lacking_in_acm": sum(Path(f).resolve().is_relative_to(ROOT) for f in files)}
 
 
 def set_ready(settings: Path, on: bool) -> None:

@@ -138,14 +138,10 @@ class DrawnAhead:
         ahead, self._ahead = self._ahead, None
         if ahead is not None and ahead[0] == step:
             return ahead[1].result()
-        if ahead is not None:
-            ahead[1].cancel()
         return self._contiguous(step)
 
     def draw(self, step: int) -> None:
-        """Start drawing step `step`'s batch (one ahead at most: an earlier one is dropped)."""
-        if self._ahead is not None:
-            self._ahead[1].cancel()
+        """Start drawing step `step`'s batch (one ahead at most: one not taken is dropped)."""
         self._ahead = (step, self._pool.submit(self._contiguous, step))
 
     def close(self) -> None:
