@@ -143,6 +143,29 @@ def test_command_wall_splits_a_training_commands_time_around_the_trainer(prepare
         assert row["before_trainer_s"]["imports"] > 0 and row["before_trainer_s"]["to_trainer"] > 0
 
 
+def test_ready_parts_times_the_readying_then_the_stage_s_first_steps(trained):
+    cfg = config.load(trained / "acm.toml")
+    cfg.train.samples = 1
+    config.save(cfg, trained / "acm.toml")
+    out = subprocess.run([sys.executable, "bench/ready_parts.py", "--project", str(trained), "--layers", "0", "1",
+                          "--imports", "on", "off"], cwd=ROOT, capture_output=True, text=True, timeout=300, env=ENV)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    layers = cfg.model.shape().n_layer
+    assert [(r["layers"], r["imports"]) for r in rows] == [(layers, True), (layers, False), (1, True), (1, False)]
+    readying = ["settings_and_vocabulary", "model_built", "state_evaluated", "step_traced", "step_first_run",
+                "validation_loss", "samples_decoded"]
+    stage = ["stage_model_built", "stage_step_1", "stage_step_2", "stage_step_3", "stage_validation_loss"]
+    for row in rows:
+        marks = row["marks_s"]
+        assert list(row["parts_s"]) == readying + stage and min(row["parts_s"].values()) >= 0
+        assert ("command_imported" in marks) == row["imports"]
+        in_order = ["script", "mlx_imported", "readying_imported"] + readying + stage
+        assert [marks[k] for k in in_order] == sorted(marks[k] for k in in_order)  # each part after the last
+        assert marks["stage_model_built"] >= marks.get("command_imported", 0)  # the stage waits for the imports
+        assert row["preset_layers"] == layers
+
+
 def test_time_to_loss_measures_each_variant_against_the_baseline_s_final_loss(prepared):
     out = subprocess.run([sys.executable, "bench/time_to_loss.py", "--project", str(prepared),
                           "--set", "train.pretrain.steps=20", "--variant", "base",
