@@ -6,13 +6,15 @@ project's shape, which is what the readying leaves to the stage (its trace, and 
 run did not load).
 
 usage: python bench/ready_parts.py --project DIR [--stage pretrain] [--layers 0 1] [--imports on off]
-           [--rounds 1]
+           [--cache clear keep] [--rounds 1]
 DIR holds acm.toml and a tokenizer (`acm tokenizer train` done). Each process readies the stage's
 step on a model of the preset's layers (--layers 0) or of N layers, with acm's command line imported
-on the main thread meanwhile (--imports on, as `acm train` does) or not; the processes of a round
-take the combinations in turn. One JSON line a process: `marks_s`, seconds from the process's
-start to each mark, and `parts_s`, each part's seconds (the readying's start waits for the imports
-it needs; the stage's parts begin once the readying has ended).
+on the main thread meanwhile (--imports on, as `acm train` does) or not, then frees MLX's cache of
+what the throwaway model took (--cache clear, as `ready_stage` does) or leaves it for the stage to
+reuse (--cache keep); the processes of a round take the combinations in turn. One JSON line a
+process: `marks_s`, seconds from the process's start to each mark, and `parts_s`, each part's seconds
+(the readying's start waits for the imports it needs; the stage's parts begin once the readying has
+ended).
 """
 from __future__ import annotations
 
@@ -39,15 +41,17 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--layers", type=int, nargs="+", default=[0], help="the readying model's layers (0: the preset's)")
     p.add_argument("--imports", nargs="+", choices=["on", "off"], default=["on"],
                    help="acm's command line imported beside the readying (on, as `acm train` does) or not")
+    p.add_argument("--cache", nargs="+", choices=["clear", "keep"], default=["clear"],
+                   help="MLX's cache freed after the readying (clear, as acm does) or kept for the stage")
     p.add_argument("--rounds", type=int, default=1)
     return p.parse_args()
 
 
 def main() -> None:
     a = parse_args()
-    for n, layers, imports in itertools.product(range(1, a.rounds + 1), a.layers, a.imports):
+    for n, layers, imports, cache in itertools.product(range(1, a.rounds + 1), a.layers, a.imports, a.cache):
         started = time.time()
-        done = subprocess.run([sys.executable, __file__, "--child", str(started), a.stage, str(layers), imports],
+        done = subprocess.run([sys.executable, __file__, "--child", str(started), a.stage, str(layers), imports, cache],
                               cwd=a.project, env=project_env(), capture_output=True, text=True)
         if done.returncode:
             sys.exit(f"the readying failed: {done.stderr.strip()[-800:]}")
@@ -68,7 +72,7 @@ class Marked:
         self._mark(next(self._names))
 
 
-def child(started: float, stage: str, layers: int, imports: bool) -> dict:
+def child(started: float, stage: str, layers: int, imports: bool, cache: str) -> dict:
     marks = {"script": time.time() - started}
 
     def mark(name: str) -> None:
@@ -122,7 +126,9 @@ def child(started: float, stage: str, layers: int, imports: bool) -> dict:
         mark("command_imported")
     thread.join()
     ready_step.mx = mx
-    mx.clear_cache()
+    if cache == "clear":
+        mx.clear_cache()
+    cached = mx.get_cache_memory()  # what the stage may reuse of the readying's buffers
     model, opt = new_model(cfg, shape, sc)
     mx.eval(opt.state)
     model.update(opt.parameters())
@@ -135,7 +141,8 @@ def child(started: float, stage: str, layers: int, imports: bool) -> dict:
     mx.eval(eval_loss(x, x))
     mark("stage_validation_loss")
     return {"bench": "ready_parts", "device": device_label(), "stage": stage, "layers": layers or shape.n_layer,
-            "preset_layers": shape.n_layer, "imports": imports, "marks_s": {k: round(v, 4) for k, v in marks.items()},
+            "preset_layers": shape.n_layer, "imports": imports, "cache": cache,
+            "cached_bytes": cached, "marks_s": {k: round(v, 4) for k, v in marks.items()},
             "parts_s": parts(marks)}
 
 
@@ -155,6 +162,6 @@ def parts(marks: dict) -> dict:
 
 if __name__ == "__main__":
     if len(sys.argv) > 2 and sys.argv[1] == "--child":
-        print(json.dumps(child(float(sys.argv[2]), sys.argv[3], int(sys.argv[4]), sys.argv[5] == "on")))
+        print(json.dumps(child(float(sys.argv[2]), sys.argv[3], int(sys.argv[4]), sys.argv[5] == "on", sys.argv[6])))
     else:
         main()

@@ -148,11 +148,13 @@ def test_ready_parts_times_the_readying_then_the_stage_s_first_steps(trained):
     cfg.train.samples = 1
     config.save(cfg, trained / "acm.toml")
     out = subprocess.run([sys.executable, "bench/ready_parts.py", "--project", str(trained), "--layers", "0", "1",
-                          "--imports", "on", "off"], cwd=ROOT, capture_output=True, text=True, timeout=300, env=ENV)
+                          "--imports", "on", "off", "--cache", "clear", "keep"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300, env=ENV)
     assert out.returncode == 0, out.stderr[-2000:]
     rows = [json.loads(line) for line in out.stdout.splitlines()]
     layers = cfg.model.shape().n_layer
-    assert [(r["layers"], r["imports"]) for r in rows] == [(layers, True), (layers, False), (1, True), (1, False)]
+    assert [(r["layers"], r["imports"], r["cache"]) for r in rows] == [
+        (n, imports, cache) for n in (layers, 1) for imports in (True, False) for cache in ("clear", "keep")]
     readying = ["settings_and_vocabulary", "model_built", "state_evaluated", "step_traced", "step_first_run",
                 "validation_loss", "samples_decoded"]
     stage = ["stage_model_built", "stage_step_1", "stage_step_2", "stage_step_3", "stage_validation_loss"]
@@ -164,6 +166,7 @@ def test_ready_parts_times_the_readying_then_the_stage_s_first_steps(trained):
         assert [marks[k] for k in in_order] == sorted(marks[k] for k in in_order)  # each part after the last
         assert marks["stage_model_built"] >= marks.get("command_imported", 0)  # the stage waits for the imports
         assert row["preset_layers"] == layers
+        assert (row["cached_bytes"] > 0) == (row["cache"] == "keep")  # the readying's buffers freed or kept
 
 
 def test_time_to_loss_measures_each_variant_against_the_baseline_s_final_loss(prepared):
