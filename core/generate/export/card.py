@@ -93,11 +93,19 @@ def _training(lm: LoadedModel, facts: dict) -> list[str]:
     seen = facts.get("tokens_seen")
     rows = ["## Training", "", f"- stage: {lm.stage}, step {lm.step:,}" + (f", {seen:,} tokens seen" if seen else "")]
     if train:
-        rows.append(f"- batch {train.get('batch_size')} x {train.get('seq_len')} tokens, peak learning rate "
-                    f"{train.get('learning_rate')}, AdamW, cosine schedule")
+        rows.append(f"- batch {train.get('batch_size')} x {train.get('seq_len')} tokens, {_optimizer(train)}, "
+                    "linear warmup then cosine schedule")
     if facts.get("val_loss") is not None:
         rows.append(f"- validation loss at this checkpoint: {facts['val_loss']:.4f}")
     return rows + [""]
+
+
+def _optimizer(train: dict) -> str:
+    """The stage's optimizer as its saved settings name it (a run saved before Muon names none: AdamW)."""
+    if train.get("optimizer") == "muon":
+        return (f"Muon on the blocks' matrices (peak learning rate {train.get('muon_learning_rate')}) and AdamW on "
+                f"the embeddings, head, norms and biases (peak learning rate {train.get('learning_rate')})")
+    return f"AdamW, peak learning rate {train.get('learning_rate')}"
 
 
 def _evaluation(facts: dict) -> list[str]:

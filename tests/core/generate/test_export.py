@@ -534,3 +534,19 @@ def test_a_cancelled_export_leaves_nothing_at_its_folder_and_can_be_made_again(w
     assert list(to.parent.iterdir()) == []  # neither the folder nor its partial one
     monkeypatch.setitem(export.WRITERS, fmt, real)
     assert export_checkpoint(cfg, to, "m", fmt=fmt)["folder"] == str(to) and (to / "README.md").exists()
+
+
+def test_the_card_names_the_optimizer_the_stage_trained_with(with_model):
+    lm = load_model(config.load(with_model / "acm.toml"))
+    base = {"batch_size": 4, "seq_len": 32, "learning_rate": 0.001, "muon_learning_rate": 0.02}
+
+    def training(train: dict) -> str:
+        text = card.render(lm, "mlx", "float32", {}, {"config": {"train": {lm.stage: train}}})
+        return next(line for line in text.splitlines() if line.startswith("- batch 4 x 32 tokens"))
+
+    assert training(base | {"optimizer": "muon"}) == (
+        "- batch 4 x 32 tokens, Muon on the blocks' matrices (peak learning rate 0.02) and AdamW on the embeddings, "
+        "head, norms and biases (peak learning rate 0.001), linear warmup then cosine schedule")
+    for adamw in (base | {"optimizer": "adamw"}, base):  # a run saved before Muon names no optimizer
+        assert training(adamw) == ("- batch 4 x 32 tokens, AdamW, peak learning rate 0.001, "
+                                   "linear warmup then cosine schedule")
