@@ -882,6 +882,16 @@ def get_value(cfg: Config, key: str) -> Any:
     return cfg
 
 
+def written_value(cfg: Config, key: str) -> Any:
+    """A dotted key's value as the user set it (`get_value`'s where they did not), which can differ
+    from the value in effect: a stage's seq_len set for a larger model is cut to the context of the
+    machine's preset."""
+    node = cfg.explicit
+    for part in key.split("."):
+        node = node.get(part, MISSING) if isinstance(node, dict) else MISSING
+    return get_value(cfg, key) if node is MISSING else node
+
+
 def format_value(value: Any) -> str:
     """A value as TOML writes it ("data", 0.5, true, ["a"]); a list of tables as inline tables, one
     a line as tomli-w lays out a long list (the Settings pane's cell shows its first line), so the

@@ -135,7 +135,11 @@ def cmd_config_set(args, cfg: config.Config) -> int:
     new, notes = config.with_value(cfg, args.key, utf8(args.value, f"the value of {args.key}"), source=str(args.config))
     created = not Path(args.config).exists()
     new = config.save_settings(new, args.config, since=cfg)
-    print(f"{args.key} = {config.get_value(new, args.key)!r} saved to {args.config}"
+    written, used = config.written_value(new, args.key), config.get_value(new, args.key)
+    cut = args.key.endswith(".seq_len") and written != used  # set for a larger model than the machine's
+    print(f"{args.key} = {config.format_value(written)} saved to {args.config}"
+          + (f"; in effect here: {used}, the context of preset {new.model.preset!r}, the machine's choice"
+             if cut else "")
           + (" (a new settings file: every other setting is its default)" if created else ""))
     for note in notes:
         print(f"also: {note}")

@@ -217,6 +217,20 @@ def test_saving_a_setting_writes_only_what_the_user_set(tmp_path, capsys):
     assert cfg.train.pretrain.time == "5m" and cfg.model.preset == config.machine_preset({})
 
 
+def test_config_set_says_what_it_wrote_and_what_the_machine_s_preset_cuts(tmp_path, capsys):
+    path = tmp_path / "acm.toml"  # the machine picks the preset
+    context = config.load(path).model.shape().n_ctx
+    assert cli.main(["-c", str(path), "config", "set", "train.finetune.seq_len", str(context * 2)]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == (
+        f"train.finetune.seq_len = {context * 2} saved to {path}; in effect here: {context}, the context of preset "
+        f"{config.load(path).model.preset!r}, the machine's choice (a new settings file: every other setting is its "
+        "default)")
+    assert config.read_table(path) == {"train": {"finetune": {"seq_len": context * 2}}}
+    assert cli.main(["-c", str(path), "config", "set", "model.preset", "nano"]) == 0
+    assert cli.main(["-c", str(path), "config", "set", "data.code.source", "github"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f'data.code.source = "github" saved to {path}'  # TOML quotes
+
+
 def test_saving_keeps_comments_order_and_mode(tmp_path):
     path = write(tmp_path, "# my notes\n[generate]\ntop_k = 7  # fewer\ntemperature = 0.5\n\n[model]\n# mine\n"
                            "preset = 'nano'\n")
