@@ -625,6 +625,8 @@ def validate(cfg: Config, source: str = CONFIG_NAME) -> None:
                 f"context {shape.n_ctx}; allowed: 8 to {shape.n_ctx}"
             )
     for key, folder in (("data", cfg.locations.data), ("runs", cfg.locations.runs)):
+        if not getattr(cfg.paths, key).strip():  # would be the project's own folder
+            raise ConfigError(f"{source}: paths.{key} is empty; give a folder (by default {key!r})")
         if folder.exists() and not folder.is_dir():
             raise ConfigError(f"{source}: paths.{key} = {getattr(cfg.paths, key)!r} is a file, not a folder")
     ft = cfg.train.finetune
@@ -905,6 +907,21 @@ def format_value(value: Any) -> str:
     return tomli_w.dumps({"v": value})[4:].strip()
 
 
+def one_line(value: Any) -> str:
+    """A value as TOML writes it, on one line (a list inline, as `acm config set` takes it back)."""
+    if isinstance(value, list):
+        return "[" + ", ".join(one_line(v) for v in value) + "]"
+    return format_value(value)
+
+
+def _toml_error(text: str) -> str:
+    try:
+        tomllib.loads(f"v = {text}")
+    except tomllib.TOMLDecodeError as e:
+        return str(e).replace("(at line 1, ", "(at ")
+    return "it does"
+
+
 def parse_value(text: str) -> Any:
     """A TOML value if the text is one (42, 0.5, true, ["a"]), else the text itself, as a string."""
     try:
@@ -930,6 +947,9 @@ def with_value(cfg: Config, key: str, text: str, source: str = CONFIG_NAME) -> t
     if isinstance(default, str) and isinstance(value, int | float):  # time 90: the text "90"
         value = text.strip()
     if isinstance(default, list) and isinstance(value, str):  # a,b for ["a", "b"]
+        if value.lstrip().startswith(("[", "{")):  # meant as TOML, and not TOML
+            raise ConfigError(f"{source}: {key} = {text} does not read as TOML ({_toml_error(text)}); a list is "
+                              '["a", "b"] and a table {prompt = "...", expect = "..."}')
         value = [part.strip() for part in value.split(",") if part.strip()]
     node[leaf] = value
     notes = _follow_preset(table, cfg) if key == "model.preset" and isinstance(value, str) and value in PRESETS else []

@@ -78,6 +78,9 @@ CASES = [
     ["config", "set", "generate.top_p", "0"],
     ["config", "set", "data.language.local_paths", "[1, 2]"],
     ["config", "set", "train.pretrain.steps", "99999999999"],
+    ["config", "set", "paths.data", ""],
+    ["config", "set", "paths.runs", " "],
+    ["config", "set", "eval.tasks", '[{"prompt": "x", "expect": "("}]'],
 ]
 
 

@@ -137,7 +137,7 @@ def cmd_config_set(args, cfg: config.Config) -> int:
     new = config.save_settings(new, args.config, since=cfg)
     written, used = config.written_value(new, args.key), config.get_value(new, args.key)
     cut = args.key.endswith(".seq_len") and written != used  # set for a larger model than the machine's
-    print(f"{args.key} = {config.format_value(written)} saved to {args.config}"
+    print(f"{args.key} = {config.one_line(written)} saved to {args.config}"
           + (f"; in effect here: {used}, the context of preset {new.model.preset!r}, the machine's choice"
              if cut else "")
           + (" (a new settings file: every other setting is its default)" if created else ""))

@@ -630,7 +630,7 @@ class Trainer:
             return
         left = calibration.seconds(st.step, more, step_s)
         self.log(f"{self.stage}: {more:,} more step{'s' if more != 1 else ''} take{'s' if more == 1 else ''} about "
-                 f"{describe_seconds(left)} here ({step_s * 1000:.0f} ms a step)")
+                 f"{describe_seconds(left)} here ({step_s * 1000:,.0f} ms a step)")
         if left >= HOURS:
             self.log(f"warning: that is hours; a time budget (--time 10m, train.{self.stage}.time) "
                      "fits the steps to it")
@@ -649,7 +649,7 @@ class Trainer:
                if st.eval_batches else "")
         most = " (the most asked for)" if plan.total == self.named_steps else ""
         self.log(f"{self.stage}: time budget {describe_seconds(self.budget_s)}: {plan.total:,} steps{most} at "
-                 f"{step_s * 1000:.0f} ms a step (warmup {plan.warmup}){cut}")
+                 f"{step_s * 1000:,.0f} ms a step (warmup {plan.warmup}){cut}")
 
     def _fit_call_to_budget(self, calibration: Calibration, now: float, step_s: float) -> None:
         """A stage resumed with a time budget keeps its plan (its schedule, its end) and stops this
@@ -661,7 +661,7 @@ class Trainer:
         if end < self.end:
             self.end = end
             self.log(f"{self.stage}: time budget {describe_seconds(self.budget_s)}: stops at step {end:,} of the "
-                     f"{st.total_steps:,} it planned ({step_s * 1000:.0f} ms a step); resume to go on")
+                     f"{st.total_steps:,} it planned ({step_s * 1000:,.0f} ms a step); resume to go on")
 
     def _last_samples_s(self) -> float:
         """What a budget sets aside for the last check's live samples, which always run (rank 0

@@ -229,6 +229,11 @@ def test_config_set_says_what_it_wrote_and_what_the_machine_s_preset_cuts(tmp_pa
     assert cli.main(["-c", str(path), "config", "set", "model.preset", "nano"]) == 0
     assert cli.main(["-c", str(path), "config", "set", "data.code.source", "github"]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == f'data.code.source = "github" saved to {path}'  # TOML quotes
+    assert cli.main(["-c", str(path), "config", "set", "data.language.local_paths", "a, b"]) == 0
+    assert capsys.readouterr().out == f'data.language.local_paths = ["a", "b"] saved to {path}\n'  # one line
+    assert cli.main(["-c", str(path), "config", "set", "eval.tasks", '[{"prompt": "x", "expect": "ls"}]']) == 2
+    assert capsys.readouterr().err.startswith(  # JSON, not TOML: said so, not split at its commas
+        f'acm: error: {path}: eval.tasks = [{{"prompt": "x", "expect": "ls"}}] does not read as TOML (')
 
 
 def test_saving_keeps_comments_order_and_mode(tmp_path):
