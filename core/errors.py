@@ -170,6 +170,23 @@ class Parser(argparse.ArgumentParser):
         where = "" if self.prog == "acm" else f"{self.prog}: "  # `acm: error: acm: ...` says acm twice
         self.exit(2, f"acm: error: {where}{message} (see {self.prog} --help)\n")
 
+    def parse_known_args(self, args=None, namespace=None):
+        """As argparse's, noting the innermost command that was left arguments it does not know (a
+        command's parser parses before the parser that named it returns)."""
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras and not hasattr(namespace, "_left_by"):
+            namespace._left_by = self
+        return namespace, extras
+
+    def parse_args(self, args=None, namespace=None):
+        """As argparse's, but unknown arguments are refused by the command they were given to, whose
+        --help lists what it takes."""
+        namespace, extras = self.parse_known_args(args, namespace)
+        left_by = vars(namespace).pop("_left_by", self)
+        if extras:
+            left_by.error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace
+
 
 # What writing to an output whose reader went raises: Python's BrokenPipeError, or Rich's console's
 # SystemExit(1) (it silences the output first)

@@ -223,6 +223,11 @@ def test_a_broken_pipe_that_is_not_the_output_s_is_one_line(capsys):
 @pytest.mark.parametrize("argv, said", [
     (["status"], "acm: error: argument COMMAND: invalid choice: 'status' "),
     (["export"], "acm: error: acm export: the following arguments are required: --to (see acm export --help)"),
+    # an unknown option, refused by the command it was given to (its --help lists what it takes)
+    (["chat", "--n", "3"], "acm: error: acm chat: unrecognized arguments: --n 3 (see acm chat --help)"),
+    (["runs", "metrics", "r", "--bad"],
+     "acm: error: acm runs metrics: unrecognized arguments: --bad (see acm runs metrics --help)"),
+    (["--bogus", "doctor"], "acm: error: unrecognized arguments: --bogus (see acm --help)"),
 ])
 def test_a_bad_command_line_is_one_line_naming_acm_once(argv, said, capsys):
     with pytest.raises(SystemExit) as exited:
