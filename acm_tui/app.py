@@ -217,8 +217,11 @@ class AcmApp(App):
             if yes:
                 self.exit()
 
-        self.push_screen(Confirm(f"{', '.join(running)}: a stage is running in this app. Quit anyway? "
-                                 "(training stops at the next step and writes a checkpoint)"), answered)
+        trains = "Train" in running or "Setup" in running  # a pipeline may be training
+        then = ("training stops at the next step and writes a checkpoint" if trains
+                else "it is cancelled; what it had finished is kept")
+        self.push_screen(Confirm(f"{', '.join(running)}: a stage is running in this app. Quit anyway? ({then})"),
+                         answered)
 
     def notify(self, message: str | Text, *, title: str = "", severity: SeverityLevel = "information",
                timeout: float | None = None, markup: bool = True) -> None:

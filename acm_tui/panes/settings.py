@@ -21,6 +21,12 @@ from .base import Pane
 VALUE_WIDTH = 16
 
 
+class SettingTable(DataTable):
+    """The settings, which have the focus: the footer names what their enter does."""
+
+    BINDINGS = [Binding("enter", "select_cursor", "Edit", tooltip="Edit the selected setting")]
+
+
 class SettingsPane(Pane):
     TITLE = "Settings"
     FOCUS = "#settings-table"
@@ -32,7 +38,7 @@ class SettingsPane(Pane):
     def compose(self) -> ComposeResult:
         yield Static("[b]enter[/b] edits the selected setting; [b]enter[/b] again saves acm.toml, [b]escape[/b] "
                      "cancels. Saving keeps acm.toml's other values and its comments.", classes="hint")
-        yield DataTable(id="settings-table", cursor_type="row", zebra_stripes=True)
+        yield SettingTable(id="settings-table", cursor_type="row", zebra_stripes=True)
         yield Static("", id="settings-help")
         yield Input(id="settings-input", placeholder="select a setting and press enter", disabled=True)
         yield Static("", id="settings-error")

@@ -118,7 +118,7 @@ class TrainPane(Pane):
         yield Static("[b]p[/b]/[b]f[/b] pretrain/fine-tune here  [b]P[/b]/[b]F[/b] in the background  "
                      "[b]R[/b]/[b]D[/b] "
                      "resume here/in the background  [b]space[/b] pause  [b]s[/b] stop  [b]c[/b] checkpoint  "
-                     "[b]g[/b] log  [b]m[/b] smooth  [b]x[/b] x-axis  [b]v[/b] samples", classes="hint")
+                     "[b]g[/b] log  [b]m[/b] smooth  [b]x[/b] x-axis  [b]z[/b] zoom  [b]v[/b] samples", classes="hint")
         yield Static("", id="train-status")
         yield Static("", id="train-log")  # the plan and ETA: above the charts, so 24 lines show it
         yield Static("", id="train-alert")  # shown once the trainer raises an alert

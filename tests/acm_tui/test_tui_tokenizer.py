@@ -75,6 +75,12 @@ async def test_x_cancels_the_tokenizer_at_once_while_it_merges_and_keeps_the_one
             pane = app.query_one("#tokenizer-pane")
             await pilot.press("t")
             await wait_until(pilot, merging.is_set)
+            await pilot.press("q")  # a quit asks first, and says what becomes of a step that is not training
+            await wait_until(pilot, lambda: app.screen.__class__.__name__ == "Confirm")
+            assert "Tokenizer: a stage is running in this app. Quit anyway? (it is cancelled; what it had finished " \
+                   "is kept)" in text_of(app.screen, "Static")
+            await pilot.press("n")
+            await wait_until(pilot, lambda: app.screen.__class__.__name__ != "Confirm")
             await pilot.press("x")
             await wait_until(pilot, lambda: "cancelled" in text_of(app, "#tokenizer-pane .step-status"), timeout=5)
             assert not pane.busy() and not release.is_set()  # the merges still run, left to end on their own

@@ -135,6 +135,7 @@ async def test_quitting_mid_run_stops_with_a_checkpoint(prepared, keys_while_tra
         await wait_until(pilot, lambda: len(pane.history) >= 2, timeout=60)
         await pilot.press("q")  # asks first: a stage runs in the app
         await wait_until(pilot, lambda: app.screen.__class__.__name__ == "Confirm")
+        assert "Quit anyway? (training stops at the next step and writes a checkpoint)" in text_of(app.screen, "Static")
         assert app.is_running
         await pilot.press("n")
         await wait_until(pilot, lambda: app.screen.__class__.__name__ != "Confirm")

@@ -403,6 +403,9 @@ def test_a_run_under_evaluation_is_neither_renamed_nor_deleted_and_its_results_s
     assert (run / "eval.json").is_file() and not (cfg.runs_dir / "m2").exists()
     (run / "use.lock").unlink()  # as in a run no evaluation has held
     modified = run.stat().st_mtime_ns
+    with in_use(run, "evaluated"):  # an evaluation that writes nothing (cancelled at once)
+        assert (run / "use.lock").exists()
+    assert run.stat().st_mtime_ns == modified  # the lock it took changes no date shown
     assert cli.main(["-c", c, "runs", "rename", "m", "m2"]) == 0  # once it has ended
     assert (cfg.runs_dir / "m2").stat().st_mtime_ns == modified  # the lock taken for it changes no date shown
     with pytest.raises(AcmError, match="run m was renamed or deleted as it was to be evaluated"):
