@@ -51,6 +51,16 @@ EXIT_GRACE_S = 5.0  # how long a signal's exit may take, its stages ended, befor
 ENDING_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP", "SIGINT") if hasattr(signal, name))
 
 
+def what_a_quit_does(running: list[str]) -> str:
+    """What becomes of the work of each busy pane (by title) if the app quits."""
+    said = ["training stops at the next step and writes a checkpoint"] if "Train" in running else []
+    if "Setup" in running:
+        said.append("the pipeline stops (a training stage in it with a checkpoint)")
+    if others := [title for title in running if title not in ("Train", "Setup")]:
+        said.append(f"{' and '.join(others)}: cancelled, what was finished is kept")
+    return "; ".join(said)
+
+
 class AcmApp(App):
     """Drives the pipeline: Setup, Data, Tokenizer, Train, Generate; Runs and Settings beside them."""
 
@@ -217,11 +227,8 @@ class AcmApp(App):
             if yes:
                 self.exit()
 
-        trains = "Train" in running or "Setup" in running  # a pipeline may be training
-        then = ("training stops at the next step and writes a checkpoint" if trains
-                else "it is cancelled; what it had finished is kept")
-        self.push_screen(Confirm(f"{', '.join(running)}: a stage is running in this app. Quit anyway? ({then})"),
-                         answered)
+        self.push_screen(Confirm(f"{', '.join(running)}: a stage is running in this app. Quit anyway? "
+                                 f"({what_a_quit_does(running)})"), answered)
 
     def notify(self, message: str | Text, *, title: str = "", severity: SeverityLevel = "information",
                timeout: float | None = None, markup: bool = True) -> None:

@@ -92,6 +92,8 @@ def child(started: float, stage: str, layers: int, imports: bool, cache: str) ->
     configure_mlx()  # as the engine does before its first MLX work
     cfg = config.load(Path(config.CONFIG_NAME))
     sc = getattr(cfg.train, stage)
+    if sc.grad_accum > 1:  # the readying then runs the accumulating steps, which the stage's part does not time
+        sys.exit(f"train.{stage}.grad_accum is {sc.grad_accum}: this bench times steps without accumulation")
     shape = cfg.model.shape().with_vocab(Tokenizer.from_file(str(cfg.locations.tokenizer_file)).get_vocab_size())
     mark("settings_and_vocabulary")
 
@@ -118,13 +120,23 @@ def child(started: float, stage: str, layers: int, imports: bool, cache: str) ->
         if decode:
             mark("samples_decoded")
 
-    thread = threading.Thread(target=readying, name="acm-engine")
+    failed = []
+
+    def kept(work):
+        try:
+            work()
+        except BaseException as e:  # raised again in the main thread: no row from a readying that failed
+            failed.append(e)
+
+    thread = threading.Thread(target=kept, args=(readying,), name="acm-engine")
     thread.start()
     if imports:
         import core.cli.commands  # noqa: F401  what `acm train` imports while its engine readies
         import core.train.trainer  # noqa: F401
         mark("command_imported")
     thread.join()
+    if failed:
+        raise failed[0]
     ready_step.mx = mx
     if cache == "clear":
         mx.clear_cache()

@@ -625,8 +625,6 @@ def validate(cfg: Config, source: str = CONFIG_NAME) -> None:
                 f"context {shape.n_ctx}; allowed: 8 to {shape.n_ctx}"
             )
     for key, folder in (("data", cfg.locations.data), ("runs", cfg.locations.runs)):
-        if not getattr(cfg.paths, key).strip():  # would be the project's own folder
-            raise ConfigError(f"{source}: paths.{key} is empty; give a folder (by default {key!r})")
         if folder.exists() and not folder.is_dir():
             raise ConfigError(f"{source}: paths.{key} = {getattr(cfg.paths, key)!r} is a file, not a folder")
     ft = cfg.train.finetune
@@ -915,11 +913,12 @@ def one_line(value: Any) -> str:
 
 
 def _toml_error(text: str) -> str:
+    """Why `text` is not a TOML value, its column counted in the text as typed."""
     try:
         tomllib.loads(f"v = {text}")
     except tomllib.TOMLDecodeError as e:
-        return str(e).replace("(at line 1, ", "(at ")
-    return "it does"
+        return re.sub(r"\(at line 1, column (\d+)\)", lambda m: f"(at column {int(m.group(1)) - len('v = ')})", str(e))
+    return ""
 
 
 def parse_value(text: str) -> Any:
@@ -946,10 +945,13 @@ def with_value(cfg: Config, key: str, text: str, source: str = CONFIG_NAME) -> t
     value, default = parse_value(text), get_value(Config(), key)
     if isinstance(default, str) and isinstance(value, int | float):  # time 90: the text "90"
         value = text.strip()
+    if key in ("paths.data", "paths.runs") and not str(value).strip():  # would be the project's own folder
+        raise ConfigError(f"{source}: {key} is empty; give a folder (by default {get_value(Config(), key)!r})")
     if isinstance(default, list) and isinstance(value, str):  # a,b for ["a", "b"]
-        if value.lstrip().startswith(("[", "{")):  # meant as TOML, and not TOML
+        bare = text.strip()
+        if bare[:1] in "[{" and bare[-1:] in "]}" and bare:  # meant as TOML, and not TOML (a quoted "[...]" is text)
             raise ConfigError(f"{source}: {key} = {text} does not read as TOML ({_toml_error(text)}); a list is "
-                              '["a", "b"] and a table {prompt = "...", expect = "..."}')
+                              '["a", "b"], a table {prompt = "...", expect = "..."}, and text in quotes')
         value = [part.strip() for part in value.split(",") if part.strip()]
     node[leaf] = value
     notes = _follow_preset(table, cfg) if key == "model.preset" and isinstance(value, str) and value in PRESETS else []

@@ -70,11 +70,12 @@ def in_use(run: Path, doing: str) -> Iterator[None]:
     path = Paths.use_lock(run)
     with Flock(path) as lock:  # released however this ends
         try:
-            before = os.stat(run)
+            before, made = os.stat(run), not os.path.lexists(path)
             taken = lock.try_acquire(shared=True, make_folder=False)
             gone = taken and not os.path.samestat(os.stat(path), os.fstat(lock.fd))  # moved after the open
-            if taken and not gone:  # the run's "modified" is its own (eval.json's), not the lock's
-                os.utime(run, ns=(before.st_atime_ns, before.st_mtime_ns))
+            if taken and not gone and made:  # the run's "modified" is its own (eval.json's), not the lock's
+                with contextlib.suppress(OSError):  # another user's run: only its owner may set its times
+                    os.utime(run, ns=(before.st_atime_ns, before.st_mtime_ns))
         except FileNotFoundError:  # moved before it
             taken, gone = True, True
         except OSError as e:

@@ -93,3 +93,8 @@ def describe_seconds(seconds: float) -> str:
     h, rem = divmod(seconds, 3600)
     m, s = divmod(rem, 60)
     return f"{h} h {m:02d} min" if h else f"{m} min {s:02d} s" if m else f"{s} s"
+
+
+def per_step(step_s: float) -> str:
+    """A step's time as the plan lines say it: "4,285 ms a step"."""
+    return f"{step_s * 1000:,.0f} ms a step"

@@ -38,7 +38,7 @@ from core.runs.writer import RunLock
 from core.tokenizer.bpe import keep_copy, load_tokenizer
 from core.tokenizer.shards import open_tokens
 from core.train.batches import Batches, DrawnAhead
-from core.train.budget import HOURS, UNPLANNED, Calibration, Plan, describe_seconds
+from core.train.budget import HOURS, UNPLANNED, Calibration, Plan, describe_seconds, per_step
 from core.train.ranks import join_group
 from core.train.ready_step import reckoned_bytes
 from core.train.samples import LiveSampler
@@ -630,7 +630,7 @@ class Trainer:
             return
         left = calibration.seconds(st.step, more, step_s)
         self.log(f"{self.stage}: {more:,} more step{'s' if more != 1 else ''} take{'s' if more == 1 else ''} about "
-                 f"{describe_seconds(left)} here ({step_s * 1000:,.0f} ms a step)")
+                 f"{describe_seconds(left)} here ({per_step(step_s)})")
         if left >= HOURS:
             self.log(f"warning: that is hours; a time budget (--time 10m, train.{self.stage}.time) "
                      "fits the steps to it")
@@ -649,7 +649,7 @@ class Trainer:
                if st.eval_batches else "")
         most = " (the most asked for)" if plan.total == self.named_steps else ""
         self.log(f"{self.stage}: time budget {describe_seconds(self.budget_s)}: {plan.total:,} steps{most} at "
-                 f"{step_s * 1000:,.0f} ms a step (warmup {plan.warmup}){cut}")
+                 f"{per_step(step_s)} (warmup {plan.warmup}){cut}")
 
     def _fit_call_to_budget(self, calibration: Calibration, now: float, step_s: float) -> None:
         """A stage resumed with a time budget keeps its plan (its schedule, its end) and stops this
@@ -661,7 +661,7 @@ class Trainer:
         if end < self.end:
             self.end = end
             self.log(f"{self.stage}: time budget {describe_seconds(self.budget_s)}: stops at step {end:,} of the "
-                     f"{st.total_steps:,} it planned ({step_s * 1000:,.0f} ms a step); resume to go on")
+                     f"{st.total_steps:,} it planned ({per_step(step_s)}); resume to go on")
 
     def _last_samples_s(self) -> float:
         """What a budget sets aside for the last check's live samples, which always run (rank 0

@@ -146,3 +146,13 @@ async def test_help_panel_toggles(project):
         await pilot.press("question_mark")
         await pilot.pause()
         assert not app.screen.query("HelpPanel")
+
+
+def test_a_quit_says_what_becomes_of_each_busy_pane_s_work():
+    from acm_tui.app import what_a_quit_does
+
+    assert what_a_quit_does(["Train"]) == "training stops at the next step and writes a checkpoint"
+    assert what_a_quit_does(["Setup"]) == "the pipeline stops (a training stage in it with a checkpoint)"
+    assert what_a_quit_does(["Tokenizer", "Train", "Generate"]) == (
+        "training stops at the next step and writes a checkpoint; Tokenizer and Generate: cancelled, what was "
+        "finished is kept")

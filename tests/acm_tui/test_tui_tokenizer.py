@@ -77,7 +77,7 @@ async def test_x_cancels_the_tokenizer_at_once_while_it_merges_and_keeps_the_one
             await wait_until(pilot, merging.is_set)
             await pilot.press("q")  # a quit asks first, and says what becomes of a step that is not training
             await wait_until(pilot, lambda: app.screen.__class__.__name__ == "Confirm")
-            assert "Tokenizer: a stage is running in this app. Quit anyway? (it is cancelled; what it had finished " \
+            assert "Tokenizer: a stage is running in this app. Quit anyway? (Tokenizer: cancelled, what was finished " \
                    "is kept)" in text_of(app.screen, "Static")
             await pilot.press("n")
             await wait_until(pilot, lambda: app.screen.__class__.__name__ != "Confirm")

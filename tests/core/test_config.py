@@ -232,8 +232,23 @@ def test_config_set_says_what_it_wrote_and_what_the_machine_s_preset_cuts(tmp_pa
     assert cli.main(["-c", str(path), "config", "set", "data.language.local_paths", "a, b"]) == 0
     assert capsys.readouterr().out == f'data.language.local_paths = ["a", "b"] saved to {path}\n'  # one line
     assert cli.main(["-c", str(path), "config", "set", "eval.tasks", '[{"prompt": "x", "expect": "ls"}]']) == 2
-    assert capsys.readouterr().err.startswith(  # JSON, not TOML: said so, not split at its commas
-        f'acm: error: {path}: eval.tasks = [{{"prompt": "x", "expect": "ls"}}] does not read as TOML (')
+    assert capsys.readouterr().err.startswith(  # JSON, not TOML: said so, at the column as typed
+        f'acm: error: {path}: eval.tasks = [{{"prompt": "x", "expect": "ls"}}] does not read as TOML (Expected '
+        "'=' after a key in a key/value pair (at column 11))")
+    for prompt in ("[ -d /tmp ] && echo yes", '"[ -d /tmp ]"'):  # a prompt that starts as a list, or quoted
+        assert cli.main(["-c", str(path), "config", "set", "eval.prompts", prompt]) == 0
+        assert config.load(path).eval.prompts == [prompt.strip('"')]
+    assert cli.main(["-c", str(path), "config", "set", "eval.prompts", "[ -d /tmp ]"]) == 2  # quotes make it text
+
+
+def test_an_empty_path_is_refused_where_it_is_set_and_read_as_before_where_it_is_written(tmp_path):
+    """Settings written with an empty path (a run's config.toml, a checkpoint's, an older acm.toml)
+    still read; setting one is refused: it would make the project's folder the data or runs folder."""
+    path = write(tmp_path, '[model]\npreset = "nano"\n[paths]\ndata = ""\n')
+    cfg = config.load(path)
+    assert cfg.locations.data.resolve() == tmp_path.resolve()
+    with pytest.raises(ConfigError, match=r"paths\.runs is empty; give a folder \(by default 'runs'\)"):
+        config.with_value(cfg, "paths.runs", " ")
 
 
 def test_saving_keeps_comments_order_and_mode(tmp_path):

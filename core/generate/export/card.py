@@ -93,8 +93,9 @@ def _training(lm: LoadedModel, facts: dict) -> list[str]:
     seen = facts.get("tokens_seen")
     rows = ["## Training", "", f"- stage: {lm.stage}, step {lm.step:,}" + (f", {seen:,} tokens seen" if seen else "")]
     if train:
+        warmup = train.get("warmup_steps")
         rows.append(f"- batch {train.get('batch_size')} x {train.get('seq_len')} tokens, {_optimizer(train)}, "
-                    "linear warmup then cosine schedule")
+                    + (f"linear warmup over {warmup:,} steps, then cosine decay" if warmup else "cosine decay"))
     if facts.get("val_loss") is not None:
         rows.append(f"- validation loss at this checkpoint: {facts['val_loss']:.4f}")
     return rows + [""]

@@ -227,7 +227,8 @@ def test_a_broken_pipe_that_is_not_the_output_s_is_one_line(capsys):
     (["chat", "--n", "3"], "acm: error: acm chat: unrecognized arguments: --n 3 (see acm chat --help)"),
     (["runs", "metrics", "r", "--bad"],
      "acm: error: acm runs metrics: unrecognized arguments: --bad (see acm runs metrics --help)"),
-    (["--bogus", "doctor"], "acm: error: unrecognized arguments: --bogus (see acm --help)"),
+    (["runs", "list", "-c", "acm.toml"], "acm: error: -c goes before the command: acm -c ... COMMAND (see acm --help)"),
+    (["doctor", "--config=x.toml"], "acm: error: --config goes before the command: acm --config ... COMMAND"),
 ])
 def test_a_bad_command_line_is_one_line_naming_acm_once(argv, said, capsys):
     with pytest.raises(SystemExit) as exited:

@@ -538,7 +538,7 @@ def test_a_cancelled_export_leaves_nothing_at_its_folder_and_can_be_made_again(w
 
 def test_the_card_names_the_optimizer_the_stage_trained_with(with_model):
     lm = load_model(config.load(with_model / "acm.toml"))
-    base = {"batch_size": 4, "seq_len": 32, "learning_rate": 0.001, "muon_learning_rate": 0.02}
+    base = {"batch_size": 4, "seq_len": 32, "learning_rate": 0.001, "muon_learning_rate": 0.02, "warmup_steps": 1000}
 
     def training(train: dict) -> str:
         text = card.render(lm, "mlx", "float32", {}, {"config": {"train": {lm.stage: train}}})
@@ -546,7 +546,8 @@ def test_the_card_names_the_optimizer_the_stage_trained_with(with_model):
 
     assert training(base | {"optimizer": "muon"}) == (
         "- batch 4 x 32 tokens, Muon on the blocks' matrices (peak learning rate 0.02) and AdamW on the embeddings, "
-        "head, norms and biases (peak learning rate 0.001), linear warmup then cosine schedule")
+        "head, norms and biases (peak learning rate 0.001), linear warmup over 1,000 steps, then cosine decay")
     for adamw in (base | {"optimizer": "adamw"}, base):  # a run saved before Muon names no optimizer
         assert training(adamw) == ("- batch 4 x 32 tokens, AdamW, peak learning rate 0.001, "
-                                   "linear warmup then cosine schedule")
+                                   "linear warmup over 1,000 steps, then cosine decay")
+    assert training(base | {"warmup_steps": 0}).endswith("AdamW, peak learning rate 0.001, cosine decay")

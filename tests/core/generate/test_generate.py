@@ -402,7 +402,8 @@ def test_a_run_under_evaluation_is_neither_renamed_nor_deleted_and_its_results_s
     assert refused == [(2, 2)] and capsys.readouterr().err.count("run m is being evaluated: it can be") == 2
     assert (run / "eval.json").is_file() and not (cfg.runs_dir / "m2").exists()
     (run / "use.lock").unlink()  # as in a run no evaluation has held
-    modified = run.stat().st_mtime_ns
+    modified = run.stat().st_mtime_ns - 10**9  # a second ago: a lock made now would show
+    os.utime(run, ns=(modified, modified))
     with in_use(run, "evaluated"):  # an evaluation that writes nothing (cancelled at once)
         assert (run / "use.lock").exists()
     assert run.stat().st_mtime_ns == modified  # the lock it took changes no date shown

@@ -793,6 +793,14 @@ def test_a_resumed_stage_keeps_its_plan_and_extends_only_when_asked(prepared, ca
     assert f"resumed pretrain from step {planned}" in (run / "pretrain" / "train.log").read_text()  # said in setup
 
 
+def test_a_step_s_time_reads_as_the_plan_lines_say_it():
+    from core.train.budget import describe_seconds, per_step
+
+    assert [per_step(0.0421), per_step(4.2853), per_step(61.0)] == ["42 ms a step", "4,285 ms a step",
+                                                                      "61,000 ms a step"]
+    assert [describe_seconds(42), describe_seconds(125), describe_seconds(7300)] == ["42 s", "2 min 05 s", "2 h 01 min"]
+
+
 def test_the_budget_planner_fits_the_steps_left_after_timing_the_first():
     from core.train.budget import Calibration
 
