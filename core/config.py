@@ -942,21 +942,28 @@ def with_value(cfg: Config, key: str, text: str, source: str = CONFIG_NAME) -> t
     node = table
     for part in parents:
         node = node.setdefault(part, {})
+    value = node[leaf] = _typed_value(key, text, source)
+    notes = _follow_preset(table, cfg) if key == "model.preset" and isinstance(value, str) and value in PRESETS else []
+    preset = cfg.model.preset if "preset" not in _section(table, "model") else None  # the machine's stays
+    return from_dict(table, source=source, root=cfg.root, preset=preset), notes
+
+
+def _typed_value(key: str, text: str, source: str) -> Any:
+    """The text of `key`'s new value as that setting takes it: TOML, else text; text for a string
+    setting (a duration of 90: "90"); a comma-separated list for a list. A value that starts and ends
+    as a list or table must read as TOML, and a data or runs folder must be named."""
     value, default = parse_value(text), get_value(Config(), key)
     if isinstance(default, str) and isinstance(value, int | float):  # time 90: the text "90"
         value = text.strip()
     if key in ("paths.data", "paths.runs") and not str(value).strip():  # would be the project's own folder
-        raise ConfigError(f"{source}: {key} is empty; give a folder (by default {get_value(Config(), key)!r})")
+        raise ConfigError(f"{source}: {key} is empty; give a folder (by default {default!r})")
     if isinstance(default, list) and isinstance(value, str):  # a,b for ["a", "b"]
         bare = text.strip()
         if bare[:1] in "[{" and bare[-1:] in "]}" and bare:  # meant as TOML, and not TOML (a quoted "[...]" is text)
             raise ConfigError(f"{source}: {key} = {text} does not read as TOML ({_toml_error(text)}); a list is "
                               '["a", "b"], a table {prompt = "...", expect = "..."}, and text in quotes')
         value = [part.strip() for part in value.split(",") if part.strip()]
-    node[leaf] = value
-    notes = _follow_preset(table, cfg) if key == "model.preset" and isinstance(value, str) and value in PRESETS else []
-    preset = cfg.model.preset if "preset" not in _section(table, "model") else None  # the machine's stays
-    return from_dict(table, source=source, root=cfg.root, preset=preset), notes
+    return value
 
 
 def _known_key(key: str, source: str) -> None:
