@@ -629,8 +629,11 @@ class Trainer:
         if more <= 0:
             return
         left = calibration.seconds(st.step, more, step_s)
+        stops = (f"; this call stops at step {self.end:,} (--max-steps), in about "
+                 f"{describe_seconds(calibration.seconds(st.step, self.end - st.step, step_s))}"
+                 if self.end < st.total_steps else "")
         self.log(f"{self.stage}: {more:,} more step{'s' if more != 1 else ''} take{'s' if more == 1 else ''} about "
-                 f"{describe_seconds(left)} here ({per_step(step_s)})")
+                 f"{describe_seconds(left)} here ({per_step(step_s)}){stops}")
         if left >= HOURS:
             self.log(f"warning: that is hours; a time budget (--time 10m, train.{self.stage}.time) "
                      "fits the steps to it")

@@ -951,6 +951,7 @@ def test_a_stage_says_how_long_its_steps_take_and_warns_of_hours(prepared):
     train_stage(cfg, "pretrain", cfg.runs_dir / "long", max_steps=20, clock=SteppingClock(0.1))  # timed past 0.5 s
     log = (cfg.runs_dir / "long" / "pretrain" / "train.log").read_text()
     assert "more steps take about" in log and " h " in log
+    assert re.search(r"ms a step\); this call stops at step 20 \(--max-steps\), in about \d+ s\n", log)
     assert "warning: that is hours; a time budget (--time 10m, train.pretrain.time)" in log
 
 
