@@ -886,10 +886,7 @@ def written_value(cfg: Config, key: str) -> Any:
     """A dotted key's value as the user set it (`get_value`'s where they did not), which can differ
     from the value in effect: a stage's seq_len set for a larger model is cut to the context of the
     machine's preset."""
-    node = cfg.explicit
-    for part in key.split("."):
-        node = node.get(part, MISSING) if isinstance(node, dict) else MISSING
-    return get_value(cfg, key) if node is MISSING else node
+    return _flat(cfg.explicit).get(tuple(key.split(".")), get_value(cfg, key))
 
 
 def format_value(value: Any) -> str:
@@ -959,7 +956,7 @@ def _typed_value(key: str, text: str, source: str) -> Any:
         raise ConfigError(f"{source}: {key} is empty; give a folder (by default {default!r})")
     if isinstance(default, list) and isinstance(value, str):  # a,b for ["a", "b"]
         bare = text.strip()
-        if bare[:1] in "[{" and bare[-1:] in "]}" and bare:  # meant as TOML, and not TOML (a quoted "[...]" is text)
+        if bare and bare[0] in "[{" and bare[-1] in "]}":  # meant as TOML, and not TOML (a quoted "[...]" is text)
             raise ConfigError(f"{source}: {key} = {text} does not read as TOML ({_toml_error(text)}); a list is "
                               '["a", "b"], a table {prompt = "...", expect = "..."}, and text in quotes')
         value = [part.strip() for part in value.split(",") if part.strip()]

@@ -183,10 +183,10 @@ class Parser(argparse.ArgumentParser):
         --help lists what it takes."""
         namespace, extras = self.parse_known_args(args, namespace)
         left_by = vars(namespace).pop("_left_by", self)
-        ours = {option for action in self._actions for option in action.option_strings}
-        misplaced = [x.split("=")[0] for x in extras if x.split("=")[0] in ours]
-        if misplaced and left_by is not self:  # `acm runs list -c FILE`
-            self.error(f"{misplaced[0]} goes before the command: {self.prog} {misplaced[0]} ... COMMAND")
+        if extras and left_by is not self:  # one of ours after the command: `acm runs list -c FILE`
+            ours = {option for action in self._actions for option in action.option_strings}
+            if misplaced := next((n for n in (x.split("=")[0] for x in extras) if n in ours), None):
+                self.error(f"{misplaced} goes before the command: {self.prog} {misplaced} ... COMMAND")
         if extras:
             left_by.error(f"unrecognized arguments: {' '.join(extras)}")
         return namespace
