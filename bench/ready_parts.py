@@ -1,20 +1,21 @@
 """What `acm train`'s readying spends, part by part, in a fresh process: MLX's import, the settings
 and the tokenizer's vocabulary, the throwaway model and its state (MLX's first GPU work), the step's
 trace and first run, the validation loss and the live samples' decode, as
-`core/train/ready_step.run_step` runs them; then the stage's own first steps on a new model of the
-project's shape, which is what the readying leaves to the stage (its trace, and whatever the first
-run did not load).
+`core/train/ready_step.run_step` runs them; then the stage's own first steps, validation loss and two
+live-samples checks on a new model of the project's shape: what the readying leaves to the stage (its
+trace, and whatever the first run did not load).
 
 usage: python bench/ready_parts.py --project DIR [--stage pretrain] [--layers 0 1] [--imports on off]
-           [--cache clear keep] [--rounds 1]
+           [--cache clear keep] [--readying all step] [--rounds 1]
 DIR holds acm.toml and a tokenizer (`acm tokenizer train` done). Each process readies the stage's
 step on a model of the preset's layers (--layers 0) or of N layers, with acm's command line imported
-on the main thread meanwhile (--imports on, as `acm train` does) or not, then frees MLX's cache of
-what the throwaway model took (--cache clear, as `ready_stage` does) or leaves it for the stage to
-reuse (--cache keep); the processes of a round take the combinations in turn. One JSON line a
-process: `marks_s`, seconds from the process's start to each mark, and `parts_s`, each part's seconds
-(the readying's start waits for the imports it needs; the stage's parts begin once the readying has
-ended).
+on the main thread meanwhile (--imports on, as `acm train` does) or not; runs all the readying's parts
+or stops after the step (--readying step, as when the stage is queued while the step runs); then
+frees MLX's cache of what the throwaway model took (--cache clear, as `ready_stage` does) or leaves it
+for the stage to reuse (--cache keep); the processes of a round take the combinations in turn. One
+JSON line a process: `marks_s`, seconds from the process's start to each mark, and `parts_s`, each
+part's seconds (the readying's start waits for the imports it needs; the stage's parts begin once the
+readying has ended).
 """
 from __future__ import annotations
 
@@ -30,8 +31,10 @@ from pathlib import Path
 from first_run import project_env
 
 READYING = ("settings_and_vocabulary", "model_built", "state_evaluated", "step_traced", "step_first_run",
-            "validation_loss", "samples_decoded")
-STAGE = ("stage_model_built", "stage_step_1", "stage_step_2", "stage_step_3", "stage_validation_loss")
+            "validation_loss", "samples_decoded", "readying_ended")
+STAGE = ("stage_model_built", "stage_step_1", "stage_step_2", "stage_step_3", "stage_validation_loss",
+         "stage_samples_decoded", "stage_samples_again")
+ENGINE = "acm-engine"
 
 
 def parse_args() -> argparse.Namespace:
@@ -43,15 +46,19 @@ def parse_args() -> argparse.Namespace:
                    help="acm's command line imported beside the readying (on, as `acm train` does) or not")
     p.add_argument("--cache", nargs="+", choices=["clear", "keep"], default=["clear"],
                    help="MLX's cache freed after the readying (clear, as acm does) or kept for the stage")
+    p.add_argument("--readying", nargs="+", choices=["all", "step"], default=["all"],
+                   help="the readying runs all its parts, or stops after the step (as when the stage comes meanwhile)")
     p.add_argument("--rounds", type=int, default=1)
     return p.parse_args()
 
 
 def main() -> None:
     a = parse_args()
-    for n, layers, imports, cache in itertools.product(range(1, a.rounds + 1), a.layers, a.imports, a.cache):
+    for n, layers, imports, cache, readying in itertools.product(range(1, a.rounds + 1), a.layers, a.imports,
+                                                                  a.cache, a.readying):
         started = time.time()
-        done = subprocess.run([sys.executable, __file__, "--child", str(started), a.stage, str(layers), imports, cache],
+        done = subprocess.run([sys.executable, __file__, "--child", str(started), a.stage, str(layers), imports, cache,
+                               readying],
                               cwd=a.project, env=project_env(), capture_output=True, text=True)
         if done.returncode:
             sys.exit(f"the readying failed: {done.stderr.strip()[-800:]}")
@@ -72,7 +79,7 @@ class Marked:
         self._mark(next(self._names))
 
 
-def child(started: float, stage: str, layers: int, imports: bool, cache: str) -> dict:
+def child(started: float, stage: str, layers: int, imports: bool, cache: str, readying_all: bool) -> dict:
     marks = {"script": time.time() - started}
 
     def mark(name: str) -> None:
@@ -115,10 +122,12 @@ def child(started: float, stage: str, layers: int, imports: bool, cache: str) ->
             return traced, *rest
 
         ready_step.new_model, ready_step.build_steps = built, steps
-        decode = (lambda: ready_step._project_tokenizer(cfg)) if cfg.train.samples else None
-        ready_step.run_step(cfg, sc, replace(shape, n_layer=layers or shape.n_layer), decode, lambda: False, stage)
-        if decode:
+        tokenizer = (lambda: ready_step._project_tokenizer(cfg)) if cfg.train.samples else None
+        whole = ready_step.run_step(cfg, sc, replace(shape, n_layer=layers or shape.n_layer), tokenizer,
+                                    lambda: not readying_all, stage)  # step: waited for at once
+        if tokenizer and whole:
             mark("samples_decoded")
+        mark("readying_ended")
 
     failed = []
 
@@ -128,7 +137,7 @@ def child(started: float, stage: str, layers: int, imports: bool, cache: str) ->
         except BaseException as e:  # raised again in the main thread: no row from a readying that failed
             failed.append(e)
 
-    thread = threading.Thread(target=kept, args=(readying,), name="acm-engine")
+    thread = threading.Thread(target=kept, args=(readying,), name=ENGINE)
     thread.start()
     if imports:
         import core.cli.commands  # noqa: F401  what `acm train` imports while its engine readies
@@ -152,8 +161,16 @@ def child(started: float, stage: str, layers: int, imports: bool, cache: str) ->
         mark(f"stage_step_{n}")
     mx.eval(eval_loss(x, x))
     mark("stage_validation_loss")
+    if cfg.train.samples:  # the stage's first live samples, then a later check's
+        from core.train.samples import LiveSampler
+
+        tok = ready_step._project_tokenizer(cfg)
+        for name in ("stage_samples_decoded", "stage_samples_again"):
+            LiveSampler(cfg, stage, sc.seed).check(model, opt.compute_views(), tok, 0, 0.0, last_check=True)
+            mark(name)
     return {"bench": "ready_parts", "device": device_label(), "stage": stage, "layers": layers or shape.n_layer,
             "preset_layers": shape.n_layer, "imports": imports, "cache": cache,
+            "readying": "all" if readying_all else "step",
             "cached_bytes": cached, "marks_s": {k: round(v, 4) for k, v in marks.items()},
             "parts_s": parts(marks)}
 
@@ -168,12 +185,14 @@ def parts(marks: dict) -> dict:
             out[name], before = marks[name] - before, marks[name]
     before = max(before, marks.get("command_imported", 0.0))
     for name in STAGE:
-        out[name], before = marks[name] - before, marks[name]
+        if name in marks:
+            out[name], before = marks[name] - before, marks[name]
     return {k: round(v, 4) for k, v in out.items()}
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 2 and sys.argv[1] == "--child":
-        print(json.dumps(child(float(sys.argv[2]), sys.argv[3], int(sys.argv[4]), sys.argv[5] == "on", sys.argv[6])))
+        print(json.dumps(child(float(sys.argv[2]), sys.argv[3], int(sys.argv[4]), sys.argv[5] == "on", sys.argv[6],
+                               sys.argv[7] == "all")))
     else:
         main()

@@ -153,11 +153,12 @@ def test_ready_parts_times_the_readying_then_the_stage_s_first_steps(trained):
     assert out.returncode == 0, out.stderr[-2000:]
     rows = [json.loads(line) for line in out.stdout.splitlines()]
     layers = cfg.model.shape().n_layer
-    assert [(r["layers"], r["imports"], r["cache"]) for r in rows] == [
-        (n, imports, cache) for n in (layers, 1) for imports in (True, False) for cache in ("clear", "keep")]
+    assert [(r["layers"], r["imports"], r["cache"], r["readying"]) for r in rows] == [
+        (n, imports, cache, "all") for n in (layers, 1) for imports in (True, False) for cache in ("clear", "keep")]
     readying = ["settings_and_vocabulary", "model_built", "state_evaluated", "step_traced", "step_first_run",
-                "validation_loss", "samples_decoded"]
-    stage = ["stage_model_built", "stage_step_1", "stage_step_2", "stage_step_3", "stage_validation_loss"]
+                "validation_loss", "samples_decoded", "readying_ended"]
+    stage = ["stage_model_built", "stage_step_1", "stage_step_2", "stage_step_3", "stage_validation_loss",
+             "stage_samples_decoded", "stage_samples_again"]
     for row in rows:
         marks = row["marks_s"]
         assert list(row["parts_s"]) == readying + stage and min(row["parts_s"].values()) >= 0
@@ -167,6 +168,22 @@ def test_ready_parts_times_the_readying_then_the_stage_s_first_steps(trained):
         assert marks["stage_model_built"] >= marks.get("command_imported", 0)  # the stage waits for the imports
         assert row["preset_layers"] == layers
         assert (row["cached_bytes"] > 0) == (row["cache"] == "keep")  # the readying's buffers freed or kept
+
+
+def test_ready_parts_stops_the_readying_after_its_step_as_a_stage_queued_meanwhile_does(trained):
+    cfg = config.load(trained / "acm.toml")
+    cfg.train.samples = 1
+    config.save(cfg, trained / "acm.toml")
+    out = subprocess.run([sys.executable, "bench/ready_parts.py", "--project", str(trained), "--imports", "off",
+                          "--readying", "step", "all"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300, env=ENV)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [r["readying"] for r in rows] == ["step", "all"]
+    cut, whole = (r["marks_s"] for r in rows)
+    assert "validation_loss" not in cut and "samples_decoded" not in cut  # stopped after the step
+    assert cut["step_first_run"] <= cut["readying_ended"] <= cut["stage_model_built"]
+    assert whole["step_first_run"] < whole["validation_loss"] < whole["samples_decoded"] <= whole["readying_ended"]
 
 
 def test_time_to_loss_measures_each_variant_against_the_baseline_s_final_loss(prepared):
