@@ -150,6 +150,23 @@ def child(started: float, stage: str, layers: int, imports: bool, cache: str, re
     if cache == "clear":
         mx.clear_cache()
     cached = mx.get_cache_memory()  # what the stage may reuse of the readying's buffers
+    stage_parts(cfg, stage, shape, mark)
+    return {"bench": "ready_parts", "device": device_label(), "stage": stage, "layers": layers or shape.n_layer,
+            "preset_layers": shape.n_layer, "imports": imports, "cache": cache,
+            "readying": "all" if readying_all else "step",
+            "cached_bytes": cached, "marks_s": {k: round(v, 4) for k, v in marks.items()},
+            "parts_s": parts(marks)}
+
+
+def stage_parts(cfg, stage: str, shape, mark) -> None:
+    """The stage's own first steps on a new model of `shape`, its validation loss, then (with
+    train.samples) its first live samples and a later check's, each marked."""
+    import mlx.core as mx
+
+    from core.train import ready_step
+    from core.train.step import build_steps, new_model
+
+    sc = getattr(cfg.train, stage)
     model, opt = new_model(cfg, shape, sc)
     mx.eval(opt.state)
     model.update(opt.parameters())
@@ -161,18 +178,13 @@ def child(started: float, stage: str, layers: int, imports: bool, cache: str, re
         mark(f"stage_step_{n}")
     mx.eval(eval_loss(x, x))
     mark("stage_validation_loss")
-    if cfg.train.samples:  # the stage's first live samples, then a later check's
+    if cfg.train.samples:
         from core.train.samples import LiveSampler
 
         tok = ready_step._project_tokenizer(cfg)
         for name in ("stage_samples_decoded", "stage_samples_again"):
             LiveSampler(cfg, stage, sc.seed).check(model, opt.compute_views(), tok, 0, 0.0, last_check=True)
             mark(name)
-    return {"bench": "ready_parts", "device": device_label(), "stage": stage, "layers": layers or shape.n_layer,
-            "preset_layers": shape.n_layer, "imports": imports, "cache": cache,
-            "readying": "all" if readying_all else "step",
-            "cached_bytes": cached, "marks_s": {k: round(v, 4) for k, v in marks.items()},
-            "parts_s": parts(marks)}
 
 
 def parts(marks: dict) -> dict:
