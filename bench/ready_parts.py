@@ -147,6 +147,7 @@ def child(started: float, stage: str, layers: int, imports: bool, cache: str, re
     if failed:
         raise failed[0]
     ready_step.mx = mx
+    mx.synchronize()  # the readying's last queued work done, its buffers given back to the cache
     if cache == "clear":
         mx.clear_cache()
     cached = mx.get_cache_memory()  # what the stage may reuse of the readying's buffers
