@@ -468,12 +468,12 @@ def _check_value(key: str, value: Any, f, typ) -> Any:
 def _check_type(key: str, value: Any, wanted: type) -> None:
     if not isinstance(value, wanted) or (wanted is int and isinstance(value, bool)):
         raise ConfigError(f"{key} must be {_type_word(wanted)}, got {value!r}")
+    if wanted is list and not all(isinstance(item, str) for item in value):
+        raise ConfigError(f"{key} must be a list of strings, got {value!r}")
     if any("\0" in text for text in (value if wanted is list else [value] if wanted is str else [])):
         raise ConfigError(f"{key} = {value!r} holds a NUL character, which no path, name or text can")
     if wanted is float and not math.isfinite(value):
         raise ConfigError(f"{key} must be a finite number, got {value!r}")
-    if wanted is list and not all(isinstance(item, str) for item in value):
-        raise ConfigError(f"{key} must be a list of strings, got {value!r}")
 
 
 def _check_choices(key: str, value: Any, choices: tuple | None) -> None:

@@ -196,8 +196,11 @@ class Corpus:
             for s in manifest["shards"]:
                 if (shard_dir / s["file"]).stat().st_size != s["bytes"]:
                     raise ValueError(f"{s['file']} changed size")
-            if not isinstance(manifest["stats"]["documents"], int):
-                raise ValueError("its document count is not a number")
+            counts = [s["documents"] for s in manifest["shards"]] + [manifest["stats"]["documents"]]
+            if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in counts):
+                raise ValueError("a document count is not a number of documents")
+            if sum(counts[:-1]) != counts[-1]:
+                raise ValueError("its shards' document counts do not add up to its own")
         except (ValueError, KeyError, OSError, TypeError, RecursionError) as e:
             raise AcmError(f"the {kind} corpus in {folder} is damaged ({_damage(e)}); fetch it again") from None
         return cls(Path(folder), manifest)

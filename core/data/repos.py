@@ -92,17 +92,28 @@ def load_repos(path: str | os.PathLike | None = None) -> list[Repo]:
     return repos
 
 
+REPO_NAME = re.compile(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)+")  # owner/repo, as hosts spell them
+
+
 def _entry(e, where: str) -> Repo:
-    if not isinstance(e, dict) or "name" not in e or "/" not in str(e["name"]):
-        raise AcmError(f"{where} needs name = \"owner/repo\"")
-    url = e.get("url") or f"https://github.com/{e['name']}.git"
-    licence = e.get("licence", "")
-    if not isinstance(url, str) or url.startswith("-"):
-        raise AcmError(f"{where} ({e['name']}): url {url!r} is not a URL (git would read it as an option)")
+    name = e.get("name") if isinstance(e, dict) else None
+    if not (isinstance(name, str) and REPO_NAME.fullmatch(name)) or {".", ".."} & set(name.split("/")):
+        raise AcmError(f"{where} needs name = \"owner/repo\" (letters, digits, -, _ and . between the slashes), "
+                       f"got {name!r}")
+    url = e.get("url") or f"https://github.com/{name}.git"
+    licence, category = e.get("licence", ""), e.get("category", "uncategorized")
+    if not isinstance(url, str):
+        raise AcmError(f"{where} ({name}): url must be text, got {url!r}")
+    if url.startswith("-"):
+        raise AcmError(f"{where} ({name}): url {url!r} is not a URL (git would read it as an option)")
+    if any(c < " " or c == "\x7f" for c in url):
+        raise AcmError(f"{where} ({name}): url {url!r} holds a control character, which no URL can")
+    if not isinstance(category, str):
+        raise AcmError(f"{where} ({name}): category must be text, got {category!r}")
     if not isinstance(licence, str) or (licence and not SPDX_EXPRESSION.fullmatch(licence)):
-        raise AcmError(f"{where} ({e['name']}): licence {licence!r} is not an SPDX id such as \"MIT\" or "
+        raise AcmError(f"{where} ({name}): licence {licence!r} is not an SPDX id such as \"MIT\" or "
                        f"\"GPL-2.0-only\" (leave it out when unknown)")
-    return Repo(e["name"], e.get("category", "uncategorized"), url, licence)
+    return Repo(name, category, url, licence)
 
 
 def unique(repos: list[Repo], path: Path) -> list[Repo]:

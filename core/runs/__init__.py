@@ -172,8 +172,11 @@ def parse_records(lines: list[bytes]) -> list[dict]:
     return out
 
 
+COUNT_LIMIT = 2**63  # a step or a token count a run's files hold is below it: one above is damage
+
+
 def is_count(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < COUNT_LIMIT
 
 
 def is_number(v) -> bool:

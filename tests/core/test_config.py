@@ -113,6 +113,16 @@ def test_bool_is_not_an_integer(tmp_path):
         config.load(p)
 
 
+@pytest.mark.parametrize("items", ["[1, 2]", "[true]", '["a", 2.5]', '[["a"]]'])
+def test_a_list_of_strings_holding_anything_else_is_refused_in_one_line(tmp_path, project, capsys, items):
+    (tmp_path / "hand").mkdir()
+    p = write(tmp_path / "hand", f"[data.code]\nlocal_paths = {items}\n")
+    with pytest.raises(ConfigError, match=r"data\.code\.local_paths must be a list of strings, got \["):
+        config.load(p)
+    assert cli.main(["-c", str(project / "acm.toml"), "config", "set", "train.report_to", items]) == 2
+    assert capsys.readouterr().err.count("train.report_to must be a list of strings") == 1
+
+
 def test_integer_accepted_for_float(tmp_path):
     p = write(tmp_path, "[generate]\ntemperature = 1\n")
     cfg = config.load(p)

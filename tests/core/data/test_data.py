@@ -242,6 +242,20 @@ def test_hf_wrong_text_field_and_missing_dataset(project, hf_folder, tmp_path):
 
 # ---------------------------------------------------------------- CLI
 
+@pytest.mark.parametrize("shard_documents", [0, -1, 5, 1.5, "40", True])
+def test_a_manifest_whose_shard_counts_do_not_add_up_is_damaged_in_one_line(project, capsys, shard_documents):
+    fetch_language(cfg_for(project, data__language__max_documents=40))
+    path = project / "data" / "language" / MANIFEST
+    manifest = json.loads(path.read_text())
+    manifest["shards"][0]["documents"] = shard_documents
+    path.write_text(json.dumps(manifest))
+    for index in ("0", "-1", "39"):
+        assert cli.main(["-c", str(project / "acm.toml"), "data", "show", "language", index]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "the language corpus in " in err and "is damaged (" in err, err
+        assert err.endswith("; fetch it again\n")
+
+
 def test_cli_fetch_stats_show(project, capsys, github_cfg):
     config.save(github_cfg, project / "acm.toml")
     c = str(project / "acm.toml")

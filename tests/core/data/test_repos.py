@@ -189,6 +189,26 @@ def test_a_url_git_would_read_as_an_option_never_reaches_git(project, tmp_path, 
     assert spy_git == [] and not marker.exists()
 
 
+@pytest.mark.parametrize(("entry", "says"), [
+    ({"name": "../../etc"}, r"needs name = \"owner/repo\" .*got '\.\./\.\./etc'"),
+    ({"name": "a/b c"}, r"needs name = \"owner/repo\""),
+    ({"name": 5}, r"needs name = \"owner/repo\" .*got 5"),
+    ({"name": "a/\0b"}, r"needs name = \"owner/repo\""),
+    ({"name": "a/b", "url": 5}, r"\(a/b\): url must be text, got 5"),
+    ({"name": "a/b", "url": "file:///x\0y"}, r"\(a/b\): url 'file:///x\\x00y' holds a control character"),
+    ({"name": "a/b", "url": "file:///x\ny"}, r"\(a/b\): url 'file:///x\\ny' holds a control character"),
+    ({"name": "a/b", "category": 5}, r"\(a/b\): category must be text, got 5"),
+])
+def test_a_repository_entry_acm_could_not_clone_safely_is_refused_in_one_line_before_git(
+        project, tmp_path, capsys, spy_git, entry, says):
+    listed = write_list(tmp_path / "r.toml", entry)
+    config.save(github(project, listed), project / "acm.toml")
+    assert cli.main(["-c", str(project / "acm.toml"), "data", "fetch", "code"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and re.search(r"repo entry 1 " + says, err) and "\0" not in err, err
+    assert spy_git == [] and not (project / "data" / "code" / "repos").exists()
+
+
 def test_git_is_told_where_its_options_end(tmp_path, monkeypatch, spy_git):
     """A repository whose path starts with '-' still clones: git is given `--` before the URL."""
     url = make_bare_repo(tmp_path, "acme/ops", REPOS["acme/ops"])

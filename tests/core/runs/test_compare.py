@@ -171,7 +171,9 @@ def test_acm_runs_compare_leaves_out_damaged_settings_and_skips_damaged_metrics_
     a, b = two_runs
     (b / "config.toml").write_bytes(b"\xff\x00 not toml")
     (b / "pretrain" / "metrics.jsonl").write_text('{"type": "metrics", "step": [1], "loss": {}}\n"text"\n'
-                                                   '{"type": "eval", "step": 2, "val_loss": "low"}\n{"type": 5}\n')
+                                                   '{"type": "eval", "step": 2, "val_loss": "low"}\n{"type": 5}\n'
+                                                   f'{{"type": "metrics", "step": 1{"0" * 400}, "loss": 6.8}}\n'
+                                                   f'{{"type": "eval", "step": 2{"0" * 30}, "val_loss": 6.9}}\n')
     fake_run(project, "c", [(1, 100, 4.0)], [])
     for by in AXES:
         rc, out, err = run_cli(capsys, project, "a", "b", "c", "--by", by)
