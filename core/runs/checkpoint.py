@@ -12,6 +12,7 @@ of its own while the steps go on, and the copy to host memory happens there too.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import threading
@@ -249,7 +250,24 @@ def read_state(folder: Path) -> dict | None:
     Its settings are checked where they are used (`trained_with`): a resume trains with acm.toml's,
     and a check acm adds later must not make older checkpoints unreadable."""
     state = read_json(folder / STATE, STATE_SHAPE)
-    return state if state is not None and _names(folder, state.get("step")) else None
+    return state if state is not None and _names(folder, state.get("step")) and _in_range(state) else None
+
+
+COUNTS = ("tokens_seen", "checks_without_best", "planned_steps", "planned_warmup", "planned_eval_batches",
+          "planned_most")  # state.json's counts: none below zero
+AT_LEAST_ONE = ("ranks", "global_batch")
+
+
+def _in_range(state: dict) -> bool:
+    """state.json's numbers as a stage writes them: counts, losses that are numbers (not NaN), a batch
+    and ranks."""
+    def number(key, low):
+        v = state.get(key)
+        return v is None or (not isinstance(v, bool) and low <= v < 2**63)
+
+    losses = (state.get(k) for k in ("val_loss", "best_val_loss"))
+    return (all(number(k, 0) for k in COUNTS) and all(number(k, 1) for k in AT_LEAST_ONE)
+            and all(v is None or (not isinstance(v, bool) and not math.isnan(v)) for v in losses))
 
 
 def _names(folder: Path, step) -> bool:

@@ -294,6 +294,9 @@ def _mapped(folder: Path, chunk: dict, split: str, vocab_size: int | None, kind:
     except (KeyError, TypeError):
         raise AcmError(f"the {kind} token shards' manifest in {folder} is damaged (a chunk names no "
                        f"{split} file): run `acm prepare --force`") from None
+    if not _inside(path, folder):  # the shards are read from their folder only
+        raise AcmError(f"the {kind} token shards' manifest in {folder} is damaged (a chunk's {split} file "
+                       f"{name!r} lies outside it): run `acm prepare --force`")
     try:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError) as e:
@@ -303,6 +306,14 @@ def _mapped(folder: Path, chunk: dict, split: str, vocab_size: int | None, kind:
     if fault:
         raise AcmError(f"{kind} token shard {path} is damaged ({fault}): run `acm prepare --force`")
     return arr
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether `path`, links followed, lies in `folder` (a name such as "../x" or "/etc/x" does not)."""
+    try:
+        return path.resolve().is_relative_to(folder.resolve())
+    except (OSError, RuntimeError, ValueError):  # a link loop, a NUL
+        return False
 
 
 def _shard_fault(arr: np.ndarray, tokens: int, vocab_size: int | None) -> str | None:

@@ -4,6 +4,7 @@ filling the memory, on a real run `m`."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 from pathlib import Path
@@ -118,3 +119,22 @@ def test_a_pruned_checkpoint_leaves_the_list_at_once_and_a_kill_meanwhile_is_swe
     (folder / ".pruned-step-0000001").mkdir()  # a kill between the rename and the deletion
     checkpoint.sweep_partial(folder)
     assert sorted(p.name for p in folder.iterdir()) == sorted(kept)
+
+
+GOOD_STATE = {"step": 20, "val_loss": 3.5, "best_val_loss": 3.5, "tokens_seen": 81920, "checks_without_best": 0,
+              "planned_steps": 40, "planned_warmup": 4, "planned_eval_batches": 2, "planned_most": None,
+              "ranks": 1, "global_batch": 8, "config": {}, "tokenizer_sha256": "0" * 64}
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("tokens_seen", -1), ("tokens_seen", True), ("tokens_seen", 2**70), ("checks_without_best", -1),
+    ("planned_warmup", -10), ("planned_eval_batches", -1), ("planned_most", -3), ("ranks", 0), ("ranks", -2),
+    ("global_batch", 0), ("best_val_loss", float("nan")), ("val_loss", float("nan")), ("val_loss", False)])
+def test_a_state_json_with_a_number_no_stage_writes_reads_as_damaged(tmp_path, key, value):
+    folder = tmp_path / "step-0000020"
+    folder.mkdir()
+    (folder / "state.json").write_text(json.dumps(GOOD_STATE))
+    assert checkpoint.read_state(folder) == GOOD_STATE  # as a stage writes it
+    (folder / "state.json").write_text(json.dumps(GOOD_STATE | {key: value}))
+    assert checkpoint.read_state(folder) is None
+    assert checkpoint.damaged(tmp_path) == [folder]

@@ -305,6 +305,17 @@ def test_a_damaged_shard_is_refused_in_one_line_before_any_step(with_model, caps
     assert open_tokens(cfg, "code", "val").num_tokens == manifest["tokens"]["val"]
 
 
+@pytest.mark.parametrize("name", ["/etc/passwd", "../../acm.toml", "x\0y"])
+def test_a_manifest_naming_a_file_outside_the_shards_folder_is_refused_without_reading_it(prepared, name):
+    cfg = config.load(prepared / "acm.toml")
+    path = cfg.locations.shards("language") / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["chunks"][0]["files"]["train"] = name
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(AcmError, match=r"manifest .* is damaged \(a chunk's train file .* lies outside it\): run `acm"):
+        open_tokens(cfg, "language", "train")
+
+
 def test_a_manifest_naming_no_file_is_refused_in_one_line(prepared):
     cfg = config.load(prepared / "acm.toml")
     path = cfg.locations.shards("language") / "manifest.json"
