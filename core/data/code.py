@@ -300,8 +300,9 @@ def github_candidates(cfg: Config, report: Reporter, cancel: CancelToken) -> tup
                         report, cancel)
     cloned = [r for r in results if r.path]
     if not cloned:
+        remote = any(not r.repo.url.startswith(("file:", "/", ".")) for r in results)
         raise AcmError(f"no repository could be cloned (first error: {results[0].repo.name}: "
-                       f"{results[0].error}); no network?")
+                       f"{results[0].error}){'; no network?' if remote else ''}")
 
     def from_repos() -> Iterator[Candidate]:
         for r in cloned:
