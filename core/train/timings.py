@@ -4,8 +4,9 @@ checkpoints and the rest, so the pipeline around the step can be measured and ke
 The trainer marks a few points (`begin`, `loop`, `first_steps_done`, `loop_done`, `end`) and wraps
 what stops the step loop in `aside(part)`; the steps' share is the loop's time less what was set
 aside in it. The first steps (until the trainer has timed them) take longer than the rest: what
-they took beyond the steady steps' rate is "compile" (MLX building and compiling the step's graph
-and kernels), the rest of their time counts as steps. At the stage's end the split is one log line
+they took beyond the steady steps' rate (in a stage no longer than that, the rate the timing found)
+is "compile" (MLX building and compiling the step's graph and kernels), the rest of their time
+counts as steps. At the stage's end the split is one log line
 and `timings.json` in the stage's folder.
 """
 from __future__ import annotations
@@ -34,6 +35,7 @@ class Timings:
         self.aside_at_first = self.aside_at_end = 0.0  # set aside before the first steps / the loop's end
         self.saves = 0
         self.first_steps = self.all_steps = 0  # steps done by first_steps_done / loop_done
+        self.step_s = 0.0  # a step's seconds as the first steps timed it
 
     def begin(self, now: float) -> None:
         self.started = now
@@ -42,10 +44,11 @@ class Timings:
         """The first step is about to be queued: setup ends here."""
         self.loop_at = self.clock()
 
-    def first_steps_done(self, steps: int) -> None:
-        """The first `steps` steps (compilation, warm-up) are timed: steady steps from here."""
+    def first_steps_done(self, steps: int, step_s: float = 0.0) -> None:
+        """The first `steps` steps (compilation, warm-up) are timed, a step at `step_s` seconds once
+        compiled: steady steps from here."""
         if self.first_at is None and self.loop_at is not None:
-            self.first_at, self.first_steps = self.clock(), steps
+            self.first_at, self.first_steps, self.step_s = self.clock(), steps, step_s
             self.aside_at_first = self.set_aside()
 
     @contextlib.contextmanager
@@ -83,8 +86,9 @@ class Timings:
         if self.first_at is not None:
             first = self.first_at - loop_at - self.aside_at_first
             steps = loop_end - self.first_at - (in_loop - self.aside_at_first)
-            steady = self.all_steps - self.first_steps
-            at_rate = min(first, self.first_steps * steps / steady) if steady > 0 else 0.0
+            steady = self.all_steps - self.first_steps  # none: a stage as short as its timing
+            rate = steps / steady if steady > 0 else self.step_s
+            at_rate = min(first, self.first_steps * rate)
             compile_s, steps = first - at_rate, steps + at_rate
         parts = {"setup": loop_at - self.started, "compile": compile_s, "steps": steps,
                  **{part: sum(self.each[part]) for part in EACH}}

@@ -621,7 +621,7 @@ class Trainer:
         if step_s is None:
             return
         calibration, self.calibration = self.calibration, None
-        self.timings.first_steps_done(st.step - self.start_step)
+        self.timings.first_steps_done(st.step - self.start_step, step_s)
         if self.budget_s:
             (self._fit_call_to_budget if st.planned else self._plan_budget)(calibration, now, step_s)
             return

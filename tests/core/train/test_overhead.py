@@ -72,6 +72,21 @@ def test_a_loop_too_short_to_time_its_first_steps_counts_as_steps():
                            "checkpoints": 0.0, "other": 0.0}
 
 
+def test_a_loop_no_longer_than_its_timing_compiles_only_what_the_first_steps_took_beyond_the_timed_rate():
+    now = [0.0]
+    t = Timings(lambda: now[0])
+    t.begin(0.0)
+    now[0] = 1.0
+    t.loop()
+    now[0] = 9.0
+    t.first_steps_done(4, step_s=1.5)  # 4 steps in 8 s, timed at 1.5 s a step once compiled
+    t.loop_done(4)
+    now[0] = 9.5
+    t.end()
+    assert t.seconds() == {"setup": 1.0, "compile": 2.0, "steps": 6.0, "validation": 0.0, "samples": 0.0,
+                           "checkpoints": 0.0, "other": 0.5}
+
+
 def test_a_stage_ends_with_its_timings_line_and_file(prepared):
     cfg = load(prepared)
     cfg.train.samples = 1
