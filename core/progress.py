@@ -79,12 +79,15 @@ class CancelToken:
 
 
 class Ticker:
-    """Counts units of one task and reports at most every `interval` seconds (and at the end)."""
+    """Counts units of one task and reports at most every `interval` seconds (and at the end). It
+    reports the task at its start too, so that a display times the task from there, not from its
+    first unit done (a one-chunk task would read "done in 0:00:00")."""
 
     def __init__(self, report: Reporter, task: str, total: int | None = None, interval: float = 0.1):
         self.report, self.interval = report, interval
         self.state = Progress(task, 0, total)
-        self._last = 0.0
+        self._last = time.monotonic()
+        self.report(Progress(**self.state.__dict__))
 
     def advance(self, n: int = 1, note: str = "") -> None:
         self.state.done += n

@@ -111,6 +111,24 @@ def test_without_a_terminal_a_step_prints_plain_lines_with_its_eta():
         "  scanning: 5 in 0:00:30"]
 
 
+def test_a_task_done_in_one_unit_is_timed_from_its_start():
+    """A one-chunk task reports only when it is done; its Ticker says it began, so its line counts
+    the seconds from there."""
+    from rich.console import Console
+
+    from core.cli.progress import StepDisplay
+    from core.progress import Ticker
+
+    written, now = io.StringIO(), [0.0]
+    with StepDisplay(Console(file=written, width=1000), clock=lambda: now[0], plain_every_s=30) as shown:
+        now[0] = 2.0
+        ticker = Ticker(shown.report, "language", 3060)
+        now[0] = 9.0
+        ticker.advance(3060)
+        ticker.finish()
+    assert written.getvalue().splitlines()[-1] == "  language: 3,060/3,060 in 0:00:07"
+
+
 def test_a_training_bar_shows_its_steps_eta_loss_and_speed_while_it_runs():
     """On a terminal, a training stage's bar (drawn here once, as a refresh would draw it) carries
     the trainer's ETA, the loss and tokens/s; a time budget's total shows as unknown until planned."""
