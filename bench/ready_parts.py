@@ -128,6 +128,7 @@ def child(started: float, stage: str, layers: int, imports: bool, cache: str, re
         if tokenizer and whole:
             mark("samples_decoded")
         mark("readying_ended")
+        mx.synchronize()  # on the engine's own stream: its last queued work done, its buffers back in the cache
 
     failed = []
 
@@ -147,7 +148,6 @@ def child(started: float, stage: str, layers: int, imports: bool, cache: str, re
     if failed:
         raise failed[0]
     ready_step.mx = mx
-    mx.synchronize()  # the readying's last queued work done, its buffers given back to the cache
     if cache == "clear":
         mx.clear_cache()
     cached = mx.get_cache_memory()  # what the stage may reuse of the readying's buffers

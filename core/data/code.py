@@ -26,7 +26,7 @@ from core.data.corpus import UNKNOWN_LICENCE, CorpusWriter, fetching
 from core.data.decontaminate import EvalSpans, prompt_comments
 from core.data.hf_code import hf_rows
 from core.data.pairs import LICENCES, PairScript, pair_scripts
-from core.data.repos import clone_all, keep_licences, load_repos, require_tool
+from core.data.repos import clone_all, is_remote, keep_licences, load_repos, require_tool
 from core.errors import AcmError
 from core.progress import CancelToken, Reporter, Ticker, no_report
 
@@ -300,7 +300,7 @@ def github_candidates(cfg: Config, report: Reporter, cancel: CancelToken) -> tup
                         report, cancel)
     cloned = [r for r in results if r.path]
     if not cloned:
-        remote = any(not r.repo.url.startswith(("file:", "/", ".")) for r in results)
+        remote = any(is_remote(r.repo.url) for r in results)
         raise AcmError(f"no repository could be cloned (first error: {results[0].repo.name}: "
                        f"{results[0].error}){'; no network?' if remote else ''}")
 

@@ -194,11 +194,13 @@ class Corpus:
             manifest = json.loads(path.read_text(encoding="utf-8"))
             shard_dir = Path(folder) / manifest["shard_dir"]
             for s in manifest["shards"]:
+                if not (shard_dir / s["file"]).resolve().is_relative_to(Path(folder).resolve()):
+                    raise ValueError(f"shard {s['file']!r} lies outside its folder")
                 if (shard_dir / s["file"]).stat().st_size != s["bytes"]:
                     raise ValueError(f"{s['file']} changed size")
             counts = [s["documents"] for s in manifest["shards"]] + [manifest["stats"]["documents"]]
-            if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in counts):
-                raise ValueError("a document count is not a number of documents")
+            if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in counts):
+                raise ValueError("a document count is not a number of documents")  # no shard is written empty
             if sum(counts[:-1]) != counts[-1]:
                 raise ValueError("its shards' document counts do not add up to its own")
         except (ValueError, KeyError, OSError, TypeError, RecursionError) as e:
@@ -237,11 +239,16 @@ class Corpus:
                 yield from zip(batch.column("source").to_pylist(), batch.column("text").to_pylist())
 
     def row(self, index: int) -> dict:
-        """The index-th document (wrapping around), for browsing samples."""
+        """The index-th document (wrapping around), for browsing samples; a shard holding fewer rows
+        than its manifest counts is damage, said in one line."""
         index %= len(self)
         for s, p in zip(self.manifest["shards"], self.shard_paths):
             if index < s["documents"]:
-                return {c: "" for c in COLUMNS} | pq.read_table(p).slice(index, 1).to_pylist()[0]
+                found = pq.read_table(p).slice(index, 1).to_pylist()
+                if not found:
+                    raise AcmError(f"the corpus in {self.folder} is damaged ({s['file']} holds fewer documents "
+                                   f"than its {MANIFEST} says); fetch it again")
+                return {c: "" for c in COLUMNS} | found[0]
             index -= s["documents"]
         raise IndexError(index)
 

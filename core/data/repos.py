@@ -95,19 +95,33 @@ def load_repos(path: str | os.PathLike | None = None) -> list[Repo]:
 REPO_NAME = re.compile(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)+")  # owner/repo, as hosts spell them
 
 
+def _checked_url(url, where: str) -> str:
+    """`url` as git may be handed it: text, no option, no control character."""
+    if not isinstance(url, str):
+        raise AcmError(f"{where}: url must be text, got {url!r}")
+    if url.startswith("-"):
+        raise AcmError(f"{where}: url {url!r} is not a URL (git would read it as an option)")
+    if any(c < " " or c == "\x7f" for c in url):
+        raise AcmError(f"{where}: url {url!r} holds a control character, which no URL can")
+    return url
+
+
+def is_remote(url: str) -> bool:
+    """Whether git reaches `url` over a network: a scheme other than file://, or scp's host:path."""
+    scheme = re.match(r"([A-Za-z][A-Za-z0-9+.-]*)://", url)
+    if scheme:
+        return scheme.group(1).lower() != "file"
+    return bool(re.match(r"[^/:]+:", url)) and not Path(url).exists()
+
+
 def _entry(e, where: str) -> Repo:
     name = e.get("name") if isinstance(e, dict) else None
     if not (isinstance(name, str) and REPO_NAME.fullmatch(name)) or {".", ".."} & set(name.split("/")):
         raise AcmError(f"{where} needs name = \"owner/repo\" (letters, digits, -, _ and . between the slashes), "
                        f"got {name!r}")
-    url = e.get("url") or f"https://github.com/{name}.git"
+    url = e.get("url", "")  # left out or empty: GitHub's
+    url = _checked_url(url if url != "" else f"https://github.com/{name}.git", f"{where} ({name})")
     licence, category = e.get("licence", ""), e.get("category", "uncategorized")
-    if not isinstance(url, str):
-        raise AcmError(f"{where} ({name}): url must be text, got {url!r}")
-    if url.startswith("-"):
-        raise AcmError(f"{where} ({name}): url {url!r} is not a URL (git would read it as an option)")
-    if any(c < " " or c == "\x7f" for c in url):
-        raise AcmError(f"{where} ({name}): url {url!r} holds a control character, which no URL can")
     if not isinstance(category, str):
         raise AcmError(f"{where} ({name}): category must be text, got {category!r}")
     if not isinstance(licence, str) or (licence and not SPDX_EXPRESSION.fullmatch(licence)):

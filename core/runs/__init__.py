@@ -20,7 +20,7 @@ from core import config
 from core.atomic import fits, open_regular, read_json, read_regular, write_text
 from core.errors import AcmError, os_error_text
 from core.paths import Paths, check_run_name
-from core.runs.checkpoint import best, latest, list_checkpoints
+from core.runs.checkpoint import COUNT_LIMIT, best, latest, list_checkpoints
 from core.runs.writer import alone
 
 TRAINING_STAGES = ("pretrain", "finetune")  # the stages with a folder in a run
@@ -170,9 +170,6 @@ def parse_records(lines: list[bytes]) -> list[dict]:
                 and (record["type"] not in STEPPED or isinstance(record.get("step"), int))):
             out.append(record)
     return out
-
-
-COUNT_LIMIT = 2**63  # a step or a token count a run's files hold is below it: one above is damage
 
 
 def is_count(v) -> bool:

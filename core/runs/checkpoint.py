@@ -244,30 +244,34 @@ STATE_SHAPE = {"step": int, "val_loss": (int, float, None), "config": dict, "tok
 
 
 def read_state(folder: Path) -> dict | None:
-    """A checkpoint's state.json, or None when it is missing or damaged: no step, a wrong type, or a
+    """A checkpoint's state.json, or None when it is missing or damaged: no step, a wrong type, a
     step that is negative or not its folder's (acm names, orders and prunes checkpoints by the
-    folder, resumes from the step: a file that disagrees was edited, and neither can be trusted).
-    Its settings are checked where they are used (`trained_with`): a resume trains with acm.toml's,
-    and a check acm adds later must not make older checkpoints unreadable."""
+    folder, resumes from the step: a file that disagrees was edited, and neither can be trusted), or a
+    number no stage writes (`_in_range`). Its settings are checked where they are used (`trained_with`):
+    a resume trains with acm.toml's, and a check acm adds later must not make older checkpoints
+    unreadable."""
     state = read_json(folder / STATE, STATE_SHAPE)
     return state if state is not None and _names(folder, state.get("step")) and _in_range(state) else None
 
 
+COUNT_LIMIT = 2**63  # a step or a token count a run's files hold is below it: one above is damage
 COUNTS = ("tokens_seen", "checks_without_best", "planned_steps", "planned_warmup", "planned_eval_batches",
           "planned_most")  # state.json's counts: none below zero
 AT_LEAST_ONE = ("ranks", "global_batch")
 
 
 def _in_range(state: dict) -> bool:
-    """state.json's numbers as a stage writes them: counts, losses that are numbers (not NaN), a batch
-    and ranks."""
-    def number(key, low):
+    """state.json's numbers as a stage writes them: counts, a batch and ranks of at least one, finite
+    losses (a stage whose validation loss is not finite stops before it saves)."""
+    def count(key, low):
         v = state.get(key)
-        return v is None or (not isinstance(v, bool) and low <= v < 2**63)
+        return v is None or (not isinstance(v, bool) and low <= v < COUNT_LIMIT)
 
-    losses = (state.get(k) for k in ("val_loss", "best_val_loss"))
-    return (all(number(k, 0) for k in COUNTS) and all(number(k, 1) for k in AT_LEAST_ONE)
-            and all(v is None or (not isinstance(v, bool) and not math.isnan(v)) for v in losses))
+    def loss(v):
+        return v is None or (isinstance(v, float) and math.isfinite(v)) or (type(v) is int and abs(v) < COUNT_LIMIT)
+
+    return (all(count(k, 0) for k in COUNTS) and all(count(k, 1) for k in AT_LEAST_ONE)
+            and all(loss(state.get(k)) for k in ("val_loss", "best_val_loss")))
 
 
 def _names(folder: Path, step) -> bool:

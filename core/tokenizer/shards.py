@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 import uuid
@@ -201,7 +202,7 @@ def _resume_point(cfg: Config, kind: str, ident: dict, force: bool) -> dict:
     folder = cfg.locations.shards(kind)
     folder.mkdir(parents=True, exist_ok=True)
     partial = read_json(folder / PARTIAL)
-    if force or not partial or "build" not in partial or {k: partial.get(k) for k in ident} != ident:
+    if force or not partial or {k: partial.get(k) for k in ident} != ident or not _resumable(partial, folder):
         partial = ident | {"chunks": [], "build": f"build-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"}
     _sweep(folder, keep=partial["build"])  # builds abandoned earlier
     (folder / partial["build"]).mkdir(exist_ok=True)
@@ -209,6 +210,24 @@ def _resume_point(cfg: Config, kind: str, ident: dict, force: bool) -> dict:
                 if all((folder / c["files"][s]).exists() for s in SPLITS)}
     partial["chunks"] = [finished[i] for i in sorted(finished)]
     return partial
+
+
+BUILD_NAME = re.compile(r"build-[0-9A-Za-z-]+")  # a build's folder, as `_resume_point` names it
+
+
+def _resumable(partial: dict, folder: Path) -> bool:
+    """Whether a build's record is as acm writes it: its folder's name, and chunks with an index and
+    a file of each split inside that folder (a damaged record starts a new build, never written
+    through)."""
+    build, chunks = partial.get("build"), partial.get("chunks")
+    if not (isinstance(build, str) and BUILD_NAME.fullmatch(build) and isinstance(chunks, list)):
+        return False
+    try:
+        return all(type(c["index"]) is int and all(isinstance(c["files"][s], str)
+                                                   and _inside(folder / c["files"][s], folder / build)
+                                                   for s in SPLITS) for c in chunks)
+    except (KeyError, TypeError):
+        return False
 
 
 def _encode_chunks(cfg: Config, kind: str, tok: AcmTokenizer, corpus: Corpus, partial: dict, ticker: Ticker,

@@ -374,15 +374,20 @@ class Trainer:
 
     def _finite_loss(self, loss: mx.array, step: int) -> float:
         """The step's loss (waiting for this step only); a non-finite loss stops the stage."""
-        value = float(loss.item())
+        return self._finite(float(loss.item()), "loss", step + 1)
+
+    def _finite(self, value: float, what: str, step: int) -> float:
+        """`value`, the `what` of `step`; a non-finite one stops the stage before anything is saved of it."""
         if not math.isfinite(value):
             where = (f"; the last good checkpoint is {self.last_ck.name}" if self.last_ck
                      else "; no checkpoint was written")
-            raise TrainingError(f"{self.stage}: the loss became {value} at step {step + 1}{where} "
+            raise TrainingError(f"{self.stage}: the {what} became {value} at step {step}{where} "
                                 f"(lower train.{self.stage}.learning_rate?)")
         return value
 
     def evaluate(self) -> float | None:
+        """The validation loss of the weights as they are; a non-finite one stops the stage (a step's
+        update can make the weights so after its own loss was finite)."""
         if self.val_batches is None:
             return None
         with self.timings.aside("validation"):
@@ -390,7 +395,7 @@ class Trainer:
             for i in range(self._eval_batches()):
                 x, y = self.val_batches.val(i)
                 losses.append(self.eval_loss(mx.array(x), mx.array(y)))
-            return float(mx.mean(mx.stack(losses)).item())
+            return self._finite(float(mx.mean(mx.stack(losses)).item()), "validation loss", self.state.step)
 
     def _eval_batches(self) -> int:
         """Batches a validation check reads: the time budget's cut where its plan made one."""

@@ -244,17 +244,40 @@ def test_hf_wrong_text_field_and_missing_dataset(project, hf_folder, tmp_path):
 
 # ---------------------------------------------------------------- CLI
 
-@pytest.mark.parametrize("shard_documents", [0, -1, 5, 1.5, "40", True])
-def test_a_manifest_whose_shard_counts_do_not_add_up_is_damaged_in_one_line(project, capsys, shard_documents):
+def _counts(shard, total):
+    def edit(manifest):
+        manifest["shards"][0]["documents"] = shard(manifest["shards"][0]["documents"])
+        manifest["stats"]["documents"] = total(manifest["stats"]["documents"])
+    return edit
+
+
+def _shard_file(name):
+    def edit(manifest):
+        manifest["shards"][0]["file"] = name
+    return edit
+
+
+@pytest.mark.parametrize(("damage", "says"), [
+    (_counts(lambda n: n - 1, lambda n: n), "document counts do not add up"),
+    (_counts(lambda n: -1, lambda n: n), "a document count is not"),
+    (_counts(lambda n: 1.5, lambda n: n), "a document count is not"),
+    (_counts(lambda n: str(n), lambda n: n), "a document count is not"),
+    (_counts(lambda n: True, lambda n: n), "a document count is not"),
+    (_counts(lambda n: 0, lambda n: 0), "a document count is not"),  # they add up, but no shard is written empty
+    (_counts(lambda n: n + 5, lambda n: n + 5), "holds fewer documents than its manifest.json says"),
+    (_shard_file("../../../acm.toml"), "lies outside its folder"),
+])
+def test_a_corpus_manifest_at_odds_with_its_shards_is_damaged_in_one_line(project, capsys, damage, says):
     fetch_language(cfg_for(project, data__language__max_documents=40))
     path = project / "data" / "language" / MANIFEST
     manifest = json.loads(path.read_text())
-    manifest["shards"][0]["documents"] = shard_documents
+    damage(manifest)
     path.write_text(json.dumps(manifest))
-    for index in ("0", "-1", "39"):
+    fewer = "fewer" in says  # the rows the shard holds still show; one past them is the damage
+    for index in ("40", "44") if fewer else ("0", "-1", "39", "44"):
         assert cli.main(["-c", str(project / "acm.toml"), "data", "show", "language", index]) == 2
         err = capsys.readouterr().err
-        assert err.count("\n") == 1 and "the language corpus in " in err and "is damaged (" in err, err
+        assert err.count("\n") == 1 and "corpus in " in err and "is damaged (" in err and says in err, err
         assert err.endswith("; fetch it again\n")
 
 

@@ -21,7 +21,16 @@ from core import cli, config, tether
 from core.data import repos as repos_module
 from core.data.code import fetch_code
 from core.data.corpus import Corpus
-from core.data.repos import BUILTIN_LIST, Repo, clone_all, clone_one, is_permissive, keep_licences, load_repos
+from core.data.repos import (
+    BUILTIN_LIST,
+    Repo,
+    clone_all,
+    clone_one,
+    is_permissive,
+    is_remote,
+    keep_licences,
+    load_repos,
+)
 from core.errors import AcmError
 from core.progress import Cancelled, CancelToken, no_report
 from tests.helpers import cfg_for, eventually, process_gone
@@ -195,6 +204,8 @@ def test_a_url_git_would_read_as_an_option_never_reaches_git(project, tmp_path, 
     ({"name": 5}, r"needs name = \"owner/repo\" .*got 5"),
     ({"name": "a/\0b"}, r"needs name = \"owner/repo\""),
     ({"name": "a/b", "url": 5}, r"\(a/b\): url must be text, got 5"),
+    ({"name": "a/b", "url": False}, r"\(a/b\): url must be text, got False"),  # not GitHub's by default
+    ({"name": "a/b", "url": []}, r"\(a/b\): url must be text, got \[\]"),
     ({"name": "a/b", "url": "file:///x\0y"}, r"\(a/b\): url 'file:///x\\x00y' holds a control character"),
     ({"name": "a/b", "url": "file:///x\ny"}, r"\(a/b\): url 'file:///x\\ny' holds a control character"),
     ({"name": "a/b", "category": 5}, r"\(a/b\): category must be text, got 5"),
@@ -207,6 +218,14 @@ def test_a_repository_entry_acm_could_not_clone_safely_is_refused_in_one_line_be
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and re.search(r"repo entry 1 " + says, err) and "\0" not in err, err
     assert spy_git == [] and not (project / "data" / "code" / "repos").exists()
+
+
+@pytest.mark.parametrize(("url", "remote"), [
+    ("https://github.com/a/b.git", True), ("ssh://git@host/a/b", True), ("git@github.com:a/b.git", True),
+    ("FILE:///srv/a.git", False), ("file:///srv/a.git", False), ("/srv/a.git", False), ("mirrors/a.git", False),
+    ("~/a.git", False), ("./a.git", False)])
+def test_a_url_is_remote_where_git_would_reach_it_over_a_network(url, remote):
+    assert is_remote(url) is remote
 
 
 def test_git_is_told_where_its_options_end(tmp_path, monkeypatch, spy_git):

@@ -129,7 +129,8 @@ GOOD_STATE = {"step": 20, "val_loss": 3.5, "best_val_loss": 3.5, "tokens_seen": 
 @pytest.mark.parametrize(("key", "value"), [
     ("tokens_seen", -1), ("tokens_seen", True), ("tokens_seen", 2**70), ("checks_without_best", -1),
     ("planned_warmup", -10), ("planned_eval_batches", -1), ("planned_most", -3), ("ranks", 0), ("ranks", -2),
-    ("global_batch", 0), ("best_val_loss", float("nan")), ("val_loss", float("nan")), ("val_loss", False)])
+    ("global_batch", 0), ("best_val_loss", float("nan")), ("val_loss", float("nan")), ("val_loss", float("inf")),
+    ("val_loss", False), ("best_val_loss", 10**400), ("ranks", 10**400)])
 def test_a_state_json_with_a_number_no_stage_writes_reads_as_damaged(tmp_path, key, value):
     folder = tmp_path / "step-0000020"
     folder.mkdir()

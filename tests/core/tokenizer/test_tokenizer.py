@@ -188,6 +188,41 @@ def test_prepare_resumes_after_interruption(trained, monkeypatch):
     assert CHUNK_DOCUMENTS == 8192
 
 
+@pytest.mark.parametrize("damage", [
+    lambda p: p.update(build="../../escaped"), lambda p: p.update(build=["x"]),
+    lambda p: p["chunks"][0]["files"].update(train="/etc/passwd"), lambda p: p["chunks"][0].pop("files"),
+    lambda p: p.update(chunks={"0": 1})])
+def test_a_damaged_record_of_an_interrupted_prepare_starts_a_new_build_inside_the_shards_folder(
+        trained, monkeypatch, damage):
+    import core.tokenizer.shards as prep
+
+    monkeypatch.setattr(prep, "CHUNK_DOCUMENTS", 16)
+    cfg = config.load(trained / "acm.toml")
+    token = CancelToken()
+    real, encoded = prep.encode_chunk, []
+
+    def counting(*a, **k):
+        encoded.append(1)
+        if len(encoded) == 2:
+            token.cancel()
+        return real(*a, **k)
+
+    monkeypatch.setattr(prep, "encode_chunk", counting)
+    with pytest.raises(Cancelled):
+        prepare(cfg, cancel=token, kinds=("language",))
+    folder = cfg.locations.shards("language")
+    record = json.loads((folder / PARTIAL).read_text())
+    damage(record)
+    (folder / PARTIAL).write_text(json.dumps(record))
+    encoded.clear()
+    m = prepare(cfg, kinds=("language",))["language"]
+    assert len(encoded) == len(m["chunks"])  # every chunk encoded again, in a build of its own
+    assert not (folder.parent.parent / "escaped").exists() and not (folder.parent / "escaped").exists()
+    assert all((folder / name).resolve().is_relative_to((folder / m["build"]).resolve()) for c in m["chunks"]
+               for name in c["files"].values())
+    open_tokens(cfg, "language", "train")
+
+
 def test_changed_tokenizer_is_refused(trained):
     cfg = config.load(trained / "acm.toml")
     prepare(cfg)

@@ -339,6 +339,20 @@ def test_non_finite_loss_stops_with_a_clear_message(prepared):
     checkpoint.load_weights(checkpoint.latest(folder)), checkpoint.load_optimizer(checkpoint.latest(folder))
 
 
+def test_a_validation_loss_that_is_not_finite_stops_the_stage_before_its_checkpoint(prepared):
+    """The step's own loss was finite; its update was not: the check right after it says so, and no
+    checkpoint records that loss."""
+    cfg = load(prepared)
+    train_stage(cfg, "pretrain", cfg.runs_dir / "v", max_steps=4)
+    sc = cfg.train.pretrain
+    sc.learning_rate, sc.warmup_steps, sc.grad_clip, sc.eval_every, sc.save_every = 1e30, 0, 0.0, 1, 1
+    with pytest.raises(TrainingError, match=r"the validation loss became (nan|inf) at step 5; the last good "
+                                            r"checkpoint is step-0000004"):
+        train_stage(cfg, "pretrain", cfg.runs_dir / "v", resume=True)
+    folder = Paths.checkpoints(cfg.runs_dir / "v", "pretrain")
+    assert [c.step for c in checkpoint.list_checkpoints(folder)] == [4] and checkpoint.damaged(folder) == []
+
+
 def test_finetune_starts_from_best_pretrain(prepared):
     cfg = load(prepared)
     run = cfg.runs_dir / "f"
