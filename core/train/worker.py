@@ -15,6 +15,7 @@ if __name__ == "__main__":  # a training process: a SIGTERM while the modules be
 
 import contextlib  # noqa: E402  (after the handler above: MLX's import alone takes most of a second)
 import json  # noqa: E402
+import os  # noqa: E402
 import queue  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
@@ -209,6 +210,10 @@ def main(argv: list[str]) -> int:
     with engines_made() as engines:
         status = run_command(lambda: _train(Path(argv[0])))
     exit_past_abandoned_work(status, engines)  # quit now: the stage left running ends with the process
+    if in_group():  # its stage over and written: the interpreter's teardown of MLX's group of ranks, whose
+        sys.stdout.flush()  # threads may still run, can abort a rank that ended well ("terminate called
+        sys.stderr.flush()  # without an active exception", its launcher then told of a rank that died)
+        os._exit(status)
     return status
 
 
