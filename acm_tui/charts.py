@@ -116,11 +116,14 @@ AXES = {"step": ("step", lambda t: f"{t:,}"), "tokens": ("tokens seen", _si), "t
 def axis_values(rows: list[tuple[int, int, float]], axis: str) -> list[float]:
     """Each report's x on `axis`: rows are (step, tokens seen, wall time); time counts from the
     first report."""
+    def number(v) -> float:
+        return float(v) if is_number(v) else math.nan  # nan: left out of the chart (a record edited by hand)
+
     if axis == "step":
-        return [float(step) for step, _, _ in rows]
+        return [number(step) for step, _, _ in rows]
     if axis == "tokens":
-        return [float(tokens) for _, tokens, _ in rows]
-    times = [t if is_number(t) else math.nan for _, _, t in rows]  # nan: left out of the chart
+        return [number(tokens) for _, tokens, _ in rows]
+    times = [number(t) for _, _, t in rows]
     start = next((t for t in times if math.isfinite(t)), 0.0)
     return [t - start for t in times]
 
@@ -146,7 +149,7 @@ BARS = "▁▂▃▄▅▆▇█"
 
 def sparkline(values: list[float], width: int) -> str:
     """The last `width` finite values as a one-line bar chart, scaled between their least and most."""
-    shown = [v for v in values if math.isfinite(v)][-width:]
+    shown = [v for v in values if is_finite(v)][-width:]
     if not shown:
         return ""
     lo, hi = min(shown), max(shown)

@@ -443,8 +443,8 @@ class TrainPane(Pane):
         text = Text()
         if m is not None:
             text.append("grad norm ", "bold").append(sparkline([r.grad_norm for r in self.history], SPARK))
-            text.append(f" {m.grad_norm:.3g}   ").append("lr ", "bold")
-            text.append(sparkline([r.lr for r in self.history], SPARK)).append(f" {m.lr:.2e}")
+            text.append(f" {figure(m.grad_norm, '.3g')}   ").append("lr ", "bold")
+            text.append(sparkline([r.lr for r in self.history], SPARK)).append(f" {figure(m.lr, '.2e')}")
         line = self.query_one("#train-health", Static)
         line.update(text)
         line.set_class(m is not None, "shown")

@@ -10,9 +10,11 @@ object `to_json()` gives, {"type": "metrics" | "eval" | "checkpoint" | "state" |
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -35,10 +37,34 @@ class Event:
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         return {"type": self.type} | {k: v for k, v in values.items() if v is not None or k not in self.OPTIONAL}
 
+    ESSENTIAL: ClassVar[tuple[str, ...]] = ()  # keys without which a record read back is no event of its type
+
     @classmethod
-    def from_json(cls, record: dict) -> Event:
-        """The event of a JSON object of its type: keys it lacks read as None, others are left out."""
-        return cls(**{f.name: record.get(f.name) for f in fields(cls)})
+    def from_json(cls, record: dict) -> Event | None:
+        """The event of a JSON object of its type: a key it lacks, or one holding a value of another
+        type than the field's (a file edited by hand), reads as None, others are left out; None where
+        an ESSENTIAL key does."""
+        hints = _hints(cls)
+        values = {f.name: record.get(f.name) for f in fields(cls)}
+        values = {k: v if v is None or _fits(v, hints[k]) else None for k, v in values.items()}
+        return None if any(values[k] is None for k in cls.ESSENTIAL) else cls(**values)
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, tuple[type, ...]]:
+    """Each field's JSON types, read from its annotation (`float | None` -> (int, float))."""
+    json_types = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
+    out = {}
+    for name, hint in typing.get_type_hints(cls).items():
+        names = [a.__name__ if isinstance(a, type) else typing.get_origin(a).__name__
+                 for a in typing.get_args(hint) or (hint,) if a is not type(None)]
+        out[name] = tuple(t for n in names for t in json_types.get(n, (list,) if n == "list" else (object,)))
+    return out
+
+
+def _fits(value, types: tuple[type, ...]) -> bool:
+    """`value` is one of `types`, a bool counting as a number only where bool is named."""
+    return isinstance(value, types) and (bool in types or not isinstance(value, bool))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -46,6 +72,7 @@ class Metrics(Event):
     """A training report, every log_every steps: what metrics.jsonl keeps and the curves show."""
     type: ClassVar[str] = "metrics"
     OPTIONAL: ClassVar[tuple[str, ...]] = ("devices",)
+    ESSENTIAL: ClassVar[tuple[str, ...]] = ("step", "loss")
     step: int
     total: int
     loss: float
@@ -69,6 +96,7 @@ class Metrics(Event):
 class Eval(Event):
     """A validation check."""
     type: ClassVar[str] = "eval"
+    ESSENTIAL: ClassVar[tuple[str, ...]] = ("step", "val_loss")
     step: int
     val_loss: float
     val_ppl: float
@@ -79,6 +107,7 @@ class Eval(Event):
 class Checkpoint(Event):
     """A checkpoint written (val_loss: the check made at its step, if any)."""
     type: ClassVar[str] = "checkpoint"
+    ESSENTIAL: ClassVar[tuple[str, ...]] = ("step", "path")
     step: int
     path: str
     val_loss: float | None = None
@@ -90,6 +119,7 @@ class State(Event):
     status.json it carries who writes it (pid, host) and when."""
     type: ClassVar[str] = "state"
     OPTIONAL: ClassVar[tuple[str, ...]] = ("run", "error", "pid", "host", "time")
+    ESSENTIAL: ClassVar[tuple[str, ...]] = ("state",)
     state: str
     step: int | None = None
     total: int | None = None
@@ -104,6 +134,7 @@ class State(Event):
 class Log(Event):
     """A line for the stage's log."""
     type: ClassVar[str] = "log"
+    ESSENTIAL: ClassVar[tuple[str, ...]] = ("text",)
     OPTIONAL: ClassVar[tuple[str, ...]] = ("stage",)
     text: str
 
@@ -114,6 +145,7 @@ class Sample(Event):
     shellcheck errors (None: not installed), complete (ended by the model) and relevant (matches its
     task's `expect`; None: its prompt has none). `seconds`: the whole check's sampling and judging."""
     type: ClassVar[str] = "sample"
+    ESSENTIAL: ClassVar[tuple[str, ...]] = ("step",)
     step: int
     prompt: str
     text: str

@@ -99,14 +99,18 @@ async def test_records_edited_by_hand_show_as_dashes_and_leave_the_charts_drawn(
     last = json.loads((stage / "metrics.jsonl").read_text().splitlines()[-2])
     with open(stage / "metrics.jsonl", "a") as f:
         for record in ({**last, "step": 11, "total": None, "epoch": "x", "memory_active": None, "time": None},
-                       {"type": "eval", "stage": "finetune", "step": 11, "val_loss": float("inf")}):
+                       {"type": "eval", "stage": "finetune", "step": 11, "val_loss": float("inf")},
+                       {"type": "state", "stage": "finetune", "state": ["a"]},  # of no type acm writes: skipped
+                       {"type": "log", "stage": "finetune", "text": {"a": 1}},
+                       {"type": "metrics", "stage": "finetune", "step": 12, "loss": 1.0, "grad_norm": "big"}):
             f.write(json.dumps(record) + "\n")
     (stage / "samples.jsonl").write_text('{"type": "sample", "stage": "finetune", "step": 10}\n')
     app = PaneHost(TrainPane, with_model / "acm.toml")
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.press("4")
-        await wait_until(pilot, lambda: "step 11/–  epoch –" in text_of(app, "#train-status"))
+        await wait_until(pilot, lambda: "step 12/–  epoch –" in text_of(app, "#train-status"))
         assert "val loss inf (best –)" in text_of(app, "#train-status")
+        assert "lr –" in text_of(app, "#train-status") and "grad norm" in text_of(app, "#train-health")
         await pilot.press("g", "x", "x", "z", "v")
         await pilot.pause(0.2)
         assert app.is_running and "samples at step 10 (– s)" in text_of(app, "#train-samples-text")

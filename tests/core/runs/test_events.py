@@ -37,8 +37,9 @@ def test_attributes_are_the_json_keys():
 
 
 def test_an_older_or_damaged_record_reads_leniently():
-    """A key an older version did not write reads as None; one it wrote that is no longer known is
-    left out; what is no event at all reads as None, as the reader always skipped it."""
+    """A key an older version did not write reads as None, as does one holding a value of another
+    type; one it wrote that is no longer known is left out; what is no event at all, or lacks what
+    makes one of its type (a report's step and loss, a state's state, a log's text), reads as None."""
     old = {k: v for k, v in METRICS.items() if k not in ("ranks", "mfu", "memory_limit")} | {"dropped": 1}
     event = event_from_json(old)
     assert isinstance(event, Metrics) and event.ranks is None and event.loss == 5.25
@@ -46,7 +47,15 @@ def test_an_older_or_damaged_record_reads_leniently():
     for junk in (["not", "an", "object"], "text", 7, None, {"type": 7}, {"type": ["metrics"]}, {"type": "finished"},
                  {"step": 3}):
         assert event_from_json(junk) is None
-    assert event_from_json({"type": "eval"}) == Eval(step=None, val_loss=None, val_ppl=None, best_val_loss=None)
+    for lacking in ({"type": "eval"}, {"type": "eval", "step": 3, "val_loss": "low"}, {"type": "state", "state": ["a"]},
+                    {"type": "log", "text": {"a": 1}}, {"type": "metrics", "step": 2.5, "loss": 1.0},
+                    {"type": "checkpoint", "step": 3}):
+        assert event_from_json(lacking) is None
+    assert event_from_json({"type": "eval", "step": 3, "val_loss": 2}) == Eval(step=3, val_loss=2, val_ppl=None,
+                                                                                best_val_loss=None)
+    mistyped = event_from_json(METRICS | {"lr": "x", "grad_norm": True, "ranks": 1.5, "devices": {}, "stage": 5})
+    assert (mistyped.lr, mistyped.grad_norm, mistyped.ranks, mistyped.devices, mistyped.stage) == (None,) * 5
+    assert mistyped.loss == 5.25
 
 
 def test_a_rank_line_reads_as_its_event_or_as_a_log_line():
