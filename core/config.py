@@ -453,6 +453,7 @@ PLAIN_SECONDS = re.compile(r"\d+(\.\d+)?")  # a plain number of seconds, as writ
 MAX_DURATION_S = 365 * 24 * 3600  # a budget beyond a year is a typo, and no step count would fit it
 
 
+TOO_LONG = "a number of thousands of digits, too long to be any setting"
 INT_LIMIT = 2**31 - 1  # integers without a maximum of their own stay below this
 
 
@@ -470,10 +471,22 @@ def _check_type(key: str, value: Any, wanted: type) -> None:
         raise ConfigError(f"{key} must be {_type_word(wanted)}, got {value!r}")
     if wanted is list and not all(isinstance(item, str) for item in value):
         raise ConfigError(f"{key} must be a list of strings, got {value!r}")
-    if any("\0" in text for text in (value if wanted is list else [value] if wanted is str else [])):
+    texts = value if wanted is list else [value] if wanted is str else []
+    if any("\0" in text for text in texts):
         raise ConfigError(f"{key} = {value!r} holds a NUL character, which no path, name or text can")
+    if not all(text.isascii() or _utf8(text) for text in texts):
+        raise ConfigError(f"{key} = {ascii(value)} holds half of a character (a lone surrogate), which no "
+                          "file can hold")
     if wanted is float and not math.isfinite(value):
         raise ConfigError(f"{key} must be a finite number, got {value!r}")
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _check_choices(key: str, value: Any, choices: tuple | None) -> None:
@@ -625,7 +638,12 @@ def validate(cfg: Config, source: str = CONFIG_NAME) -> None:
                 f"context {shape.n_ctx}; allowed: 8 to {shape.n_ctx}"
             )
     for key, folder in (("data", cfg.locations.data), ("runs", cfg.locations.runs)):
-        if folder.exists() and not folder.is_dir():
+        try:
+            is_file = folder.exists() and not folder.is_dir()
+        except OSError as e:  # a name longer than the file system allows
+            raise ConfigError(f"{source}: paths.{key} = {getattr(cfg.paths, key)!r} cannot be a folder here "
+                              f"({e.strerror or e})") from None
+        if is_file:
             raise ConfigError(f"{source}: paths.{key} = {getattr(cfg.paths, key)!r} is a file, not a folder")
     ft = cfg.train.finetune
     if ft.replay + ft.pairs_share > 0.9 + 1e-9:
@@ -681,6 +699,8 @@ def read_table(path: str | os.PathLike) -> dict:
         raise ConfigError(f"{path}: not UTF-8 text") from None
     except RecursionError:
         raise ConfigError(f"{path}: nested too deep to be settings") from None
+    except ValueError:  # tomllib reads an integer of thousands of digits with int(), which refuses it
+        raise ConfigError(f"{path}: it holds {TOO_LONG}") from None
 
 
 def load(path: str | os.PathLike = CONFIG_NAME) -> Config:
@@ -767,6 +787,9 @@ def _parsed(text: str, path: Path) -> dict:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"not saved: {path}: TOML syntax error: {e} (fix the file by hand; acm does not "
                           f"write over it)") from None
+    except ValueError:
+        raise ConfigError(f"not saved: {path}: it holds {TOO_LONG} (fix the file by hand; acm does not "
+                          "write over it)") from None
 
 
 def _flat(table: dict, prefix: tuple = ()) -> dict[tuple, Any]:
@@ -915,6 +938,8 @@ def _toml_error(text: str) -> str:
         tomllib.loads(f"v = {text}")
     except tomllib.TOMLDecodeError as e:
         return re.sub(r"\(at line 1, column (\d+)\)", lambda m: f"(at column {int(m.group(1)) - len('v = ')})", str(e))
+    except ValueError:
+        return f"it is {TOO_LONG}"
     return ""
 
 
@@ -924,6 +949,8 @@ def parse_value(text: str) -> Any:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
         return text
+    except ValueError:
+        raise ConfigError(f"{text[:12]}… is {TOO_LONG}") from None
 
 
 def with_value(cfg: Config, key: str, text: str, source: str = CONFIG_NAME) -> tuple[Config, list[str]]:

@@ -27,7 +27,7 @@ from core.generate.relevance import expectations, task_verdict
 from core.generate.sampling import MAX_N, SamplingParams
 from core.generate.verdicts import judge
 from core.paths import Paths
-from core.pipeline.tables import EVAL_COLUMNS, eval_rows
+from core.pipeline.tables import EVAL_COLUMNS, eval_rows, plain
 
 from ..messages import EngineResult, EvaluateRun
 from .base import CANCEL_BINDING, Pane
@@ -177,7 +177,7 @@ class GeneratePane(Pane):
         """n, the candidates sampled together: 1 to MAX_N, as `acm generate --n` takes it (an empty
         box: 1); anything else refused in one line."""
         raw = self.query_one("#gen-n", Input).value.strip() or "1"
-        if not (raw.isascii() and raw.isdigit() and 1 <= int(raw) <= MAX_N):
+        if not (raw.isascii() and raw.isdigit() and len(raw) <= 6 and 1 <= int(raw) <= MAX_N):
             raise AcmError(f"n = {raw[:20]!r}: give a whole number of candidates from 1 to {MAX_N}")
         return int(raw)
 
@@ -331,7 +331,7 @@ class GeneratePane(Pane):
         table = self.query_one("#eval-table", DataTable)
         table.clear()
         for row in eval_rows(results):
-            table.add_row(*row)
+            table.add_row(*map(plain, row))  # read from eval.json: text, not markup
         note, said = self.query_one("#eval-note", Static), cut_note(results)
         note.update(Text(said))
         note.display = bool(said)

@@ -15,6 +15,7 @@ from textual.widgets import DataTable, Input, Static
 
 from core import config
 from core.errors import AcmError
+from core.pipeline.tables import plain
 
 from .base import Pane
 
@@ -55,7 +56,8 @@ class SettingsPane(Pane):
         row = table.cursor_row
         table.clear()
         for key, _default, allowed, _help in config.describe():
-            table.add_row(key, config.format_value(config.get_value(self.cfg, key)), allowed, key=key)
+            # a value as typed, never read as markup (a path such as "r[/]s")
+            table.add_row(key, plain(config.format_value(config.get_value(self.cfg, key))), allowed, key=key)
         table.move_cursor(row=row)
 
     def selected_key(self) -> str:

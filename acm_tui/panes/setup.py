@@ -221,9 +221,10 @@ class SetupPane(Pane):
         if error is not None:
             summary.update(Text(f"checks failed: {error}", style="red"))
         elif doctor.healthy(checks):
-            summary.update("[green]ready[/]")
-        else:
-            summary.update("[red]not ready:[/] " + "; ".join(f"{c.name}: {c.fix}" for c in checks if not c.ok))
+            summary.update(Text("ready", style="green"))
+        else:  # a fix such as pip install -e '.[shellcheck]': text, not markup
+            summary.update(Text.assemble(("not ready: ", "red"),
+                                         visible("; ".join(f"{c.name}: {c.fix}" for c in checks if not c.ok))))
 
     def _show_model_test(self, r: dict | None, error: BaseException | None) -> None:
         if error is not None:

@@ -29,7 +29,7 @@ from core.generate.export.upload import upload_folder
 from core.generate.relevance import expectations, task_verdict, uses
 from core.generate.sampling import MAX_N, SamplingParams
 from core.generate.verdicts import judge
-from core.pipeline.tables import EVAL_COLUMNS, eval_rows
+from core.pipeline.tables import EVAL_COLUMNS, eval_rows, plain
 from core.progress import CancelToken
 
 console = console_for(stderr=True)
@@ -250,7 +250,7 @@ def print_eval_table(results: dict) -> None:
     rows = eval_rows(results)
     table.columns[0].no_wrap, table.columns[0].min_width = True, max(len(row[0]) for row in rows)  # never cut
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*map(plain, row))  # read from eval.json: text, not markup
     console_for().print(table)
 
 

@@ -84,6 +84,9 @@ def load_repos(path: str | os.PathLike | None = None) -> list[Repo]:
         raise AcmError(f"{path}: not UTF-8 text") from None
     except RecursionError:
         raise AcmError(f"{path}: nested too deep to be a repository list") from None
+    except ValueError:  # an integer of thousands of digits, which tomllib's int() refuses
+        raise AcmError(f"{path}: it holds a number of thousands of digits, too long to be in a repository "
+                       "list") from None
     if not isinstance(entries, list):
         raise AcmError(f"{path}: repo must be a list of [[repo]] tables")
     repos = unique([_entry(e, f"{path}: repo entry {i + 1}") for i, e in enumerate(entries)], path)

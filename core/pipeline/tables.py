@@ -116,10 +116,11 @@ def preset_row(p: ModelShape, selected: bool = False) -> list[str]:
             str(p.n_head), str(p.n_ffn), str(p.n_ctx), str(p.vocab_size), "yes" if p.tie_embeddings else "no"]
 
 
-def doctor_row(c: Check) -> list[str]:
-    """Its status carries rich markup: green ok, red MISSING, yellow warn."""
+def doctor_row(c: Check) -> list[Text]:
+    """Its cells as text, never markup (a value such as `.[shellcheck]`); its status coloured: green ok,
+    red MISSING, yellow warn."""
     style = "green" if c.ok else ("red" if c.required else "yellow")
-    return [c.name, c.value, f"[{style}]{c.status}[/]"]
+    return [plain(c.name), plain(c.value), Text(c.status, style=style)]
 
 
 TOKEN_COLOURS = ["on dark_blue", "on dark_green", "on dark_red", "on purple4", "on dark_cyan"]

@@ -24,7 +24,7 @@ async def test_starts_on_setup_with_doctor_report(project):
         assert app.query_one("#panes", TabbedContent).active == "setup"
         doctor = app.query_one("#doctor", DataTable)
         await wait_until(pilot, lambda: doctor.row_count > 0)
-        names = [doctor.get_row_at(i)[0] for i in range(doctor.row_count)]
+        names = [str(doctor.get_row_at(i)[0]) for i in range(doctor.row_count)]
         assert "mlx" in names and "device" in names
         assert app.query_one("#presets", DataTable).row_count == 4
 

@@ -49,7 +49,7 @@ async def test_settings_pane_validates_as_you_type_and_saves(project):
         await pilot.press("enter")
         await pilot.pause()
         assert config.load(project / "acm.toml").generate.temperature == 0.5 and app.cfg.generate.temperature == 0.5
-        assert table.get_row_at(table.get_row_index("generate.temperature"))[1] == "0.5"
+        assert str(table.get_row_at(table.get_row_index("generate.temperature"))[1]) == "0.5"
 
 
 async def test_the_settings_pane_saves_its_change_into_the_file_as_it_is_now(project):
@@ -74,7 +74,7 @@ async def test_the_settings_pane_saves_its_change_into_the_file_as_it_is_now(pro
         saved = config.load(path)
         assert (saved.generate.temperature, saved.generate.top_k, saved.train.finetune.pairs_share) == (0.5, 7, 0.6)
         assert "# my recipe" in path.read_text() and app.cfg.generate.top_k == 7
-        assert table.get_row_at(table.get_row_index("generate.top_k"))[1] == "7"
+        assert str(table.get_row_at(table.get_row_index("generate.top_k"))[1]) == "7"
 
 
 async def test_a_seq_len_the_settings_pane_cut_for_a_preset_follows_the_next_one(tmp_path):
@@ -346,6 +346,37 @@ async def test_a_nul_typed_into_a_path_setting_is_refused_and_the_app_stays_up(p
         await save_in_settings_pane(app, pilot, "paths.runs", '"a\\u0000"')  # TOML's escape for NUL
         assert app.is_running and path.read_bytes() == before
         assert "holds a NUL character" in text_of(app, "#settings-error")
+
+
+@pytest.mark.parametrize(("key", "value", "says"), [
+    ("data.language.max_documents", "1" * 5000, "a number of thousands of digits"),
+    ("paths.data", "a" * 300, "cannot be a folder here"),
+    ("paths.runs", "r\ud800s", "half of a character"),
+    ("data.language.local_paths", '["a", 1]', "must be a list of strings"),
+])
+async def test_a_value_no_setting_can_hold_is_refused_in_one_line_and_the_app_stays_up(project, key, value, says):
+    path = project / "acm.toml"
+    before = path.read_bytes()
+    app = PaneHost(SettingsPane, path)
+    async with app.run_test(size=(100, 40)) as pilot:
+        await save_in_settings_pane(app, pilot, key, value)
+        assert app.is_running and path.read_bytes() == before
+        assert says in text_of(app, "#settings-error")
+
+
+async def test_a_value_holding_markup_is_saved_and_shown_as_typed(project):
+    path = project / "acm.toml"
+    app = PaneHost(SettingsPane, path)
+    async with app.run_test(size=(100, 40)) as pilot:
+        await save_in_settings_pane(app, pilot, "paths.runs", "r[/]s")
+        await save_in_settings_pane(app, pilot, "paths.data", "[old]")
+        assert app.is_running and config.load(path).paths.runs == "r[/]s"
+        table = app.query_one("#settings-table", DataTable)
+        shown = {str(table.get_row(k)[0]): str(table.get_row(k)[1]) for k in ("paths.runs", "paths.data")}
+        assert shown == {"paths.runs": '"r[/]s"', "paths.data": '"[old]"'}
+    async with AcmApp(path).run_test(size=(80, 24)) as pilot:  # and the app starts with it
+        await pilot.pause()
+        assert pilot.app.is_running
 
 
 async def test_a_file_edited_into_an_error_while_the_app_is_open_stops_stages_and_is_not_written(project):

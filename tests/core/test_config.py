@@ -123,6 +123,16 @@ def test_a_list_of_strings_holding_anything_else_is_refused_in_one_line(tmp_path
     assert capsys.readouterr().err.count("train.report_to must be a list of strings") == 1
 
 
+def test_a_number_of_thousands_of_digits_is_refused_in_one_line(tmp_path, project, capsys):
+    (tmp_path / "hand").mkdir()
+    p = write(tmp_path / "hand", "[eval]\nsamples = " + "9" * 5000 + "\n")
+    with pytest.raises(ConfigError, match=r"acm\.toml: it holds a number of thousands of digits, too long to be any"):
+        config.load(p)
+    assert cli.main(["-c", str(project / "acm.toml"), "config", "set", "eval.samples", "9" * 5000]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is a number of thousands of digits" in err and len(err) < 200
+
+
 def test_integer_accepted_for_float(tmp_path):
     p = write(tmp_path, "[generate]\ntemperature = 1\n")
     cfg = config.load(p)
