@@ -471,22 +471,22 @@ def _check_type(key: str, value: Any, wanted: type) -> None:
         raise ConfigError(f"{key} must be {_type_word(wanted)}, got {value!r}")
     if wanted is list and not all(isinstance(item, str) for item in value):
         raise ConfigError(f"{key} must be a list of strings, got {value!r}")
-    texts = value if wanted is list else [value] if wanted is str else []
-    if any("\0" in text for text in texts):
-        raise ConfigError(f"{key} = {value!r} holds a NUL character, which no path, name or text can")
-    if not all(text.isascii() or _utf8(text) for text in texts):
-        raise ConfigError(f"{key} = {ascii(value)} holds half of a character (a lone surrogate), which no "
-                          "file can hold")
+    _check_text(key, value, value if wanted is list else [value] if wanted is str else [])
     if wanted is float and not math.isfinite(value):
         raise ConfigError(f"{key} must be a finite number, got {value!r}")
 
 
-def _utf8(text: str) -> bool:
+def _check_text(key: str, value: Any, texts: list[str]) -> None:
+    """A setting's text (a string, or a list's items) as a file can hold it: no NUL, no half of a
+    character (a lone surrogate, which only a paste or an escape can give)."""
+    if any("\0" in text for text in texts):
+        raise ConfigError(f"{key} = {value!r} holds a NUL character, which no path, name or text can")
     try:
-        text.encode("utf-8")
+        for text in texts:
+            text.encode("utf-8")
     except UnicodeEncodeError:
-        return False
-    return True
+        raise ConfigError(f"{key} = {ascii(value)} holds half of a character (a lone surrogate), which no "
+                          "file can hold") from None
 
 
 def _check_choices(key: str, value: Any, choices: tuple | None) -> None:
