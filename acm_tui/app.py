@@ -277,6 +277,21 @@ class AcmApp(App):
             watchdog.start()
 
 
+def read_stray_bytes_as_text() -> None:
+    """A byte the terminal sends that is not UTF-8 (a Latin-1 terminal's é, an 8-bit Alt) reads as
+    U+FFFD. Textual's terminal drivers decode their input strictly, and one such byte ends the input
+    thread and the app with a traceback (Textual issue 6456, open): they are handed a decoder that
+    replaces what it cannot read."""
+    from codecs import getincrementaldecoder
+
+    from textual.drivers import linux_driver, linux_inline_driver
+
+    def replacing(encoding: str):
+        return partial(getincrementaldecoder(encoding), errors="replace")
+
+    linux_driver.getincrementaldecoder = linux_inline_driver.getincrementaldecoder = replacing
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the app; a bad argument or a missing settings file is one line with exit status 2, as in
     `acm`, and a bug that ends the app one line with exit status 1."""
@@ -290,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
             return fail(f"settings file {named} is a link to {os.readlink(named)}, which leads to no file")
         return fail(f"settings file {named} does not exist")
     app = AcmApp(named or Path(config.CONFIG_NAME))
+    read_stray_bytes_as_text()
     try:
         app.run()
     except KeyboardInterrupt:  # before the app took its signals: nothing of a stage had started

@@ -1,8 +1,16 @@
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+import pty
+import signal
+import struct
 import subprocess
 import sys
+import termios
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -156,3 +164,41 @@ def test_a_quit_says_what_becomes_of_each_busy_pane_s_work():
     assert what_a_quit_does(["Tokenizer", "Train", "Generate"]) == (
         "training stops at the next step and writes a checkpoint; Tokenizer and Generate: cancelled, what was "
         "finished is kept")
+
+
+def test_a_byte_the_terminal_sends_that_is_not_utf8_leaves_the_app_up(project):
+    """A Latin-1 terminal's é (or an 8-bit Alt) reaches the app as a byte that is not UTF-8: it reads
+    as a replacement character, and the app goes on until it is quit."""
+    env = os.environ | {"TERM": "xterm-256color", "PYTHONPATH": str(ROOT), "COLUMNS": "80", "LINES": "24"}
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: acm-tui on this terminal
+        os.chdir(project)
+        os.execvpe(sys.executable, [sys.executable, "-m", "acm_tui.launch"], env)
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    seen = bytearray()
+
+    def read() -> None:
+        with contextlib.suppress(OSError):
+            while data := os.read(fd, 1 << 16):
+                seen.extend(data)
+
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        deadline = time.monotonic() + 60
+        while b"Setup" not in seen:
+            assert time.monotonic() < deadline, "the app never drew"
+            time.sleep(0.1)
+        os.write(fd, b"5\xe9\x1b")
+        time.sleep(1.5)
+        assert os.waitpid(pid, os.WNOHANG)[0] == 0, bytes(seen)[-2000:]  # still running
+        os.write(fd, b"\x11")  # ctrl+q
+        deadline = time.monotonic() + 60
+        while (done := os.waitpid(pid, os.WNOHANG))[0] == 0:
+            assert time.monotonic() < deadline, "the app did not end"
+            time.sleep(0.1)
+    finally:
+        with contextlib.suppress(ProcessLookupError, ChildProcessError):
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        os.close(fd)
+    assert os.waitstatus_to_exitcode(done[1]) == 0 and b"UnicodeDecodeError" not in seen
