@@ -153,6 +153,8 @@ def one_line(error: BaseException) -> str:
     if why is not None:
         name = getattr(error, "filename", None)
         return why + (f": {name}" if name else "")
+    if isinstance(error, OSError) and error.strerror:  # the system's words and the file, not Python's
+        return os_error_text(error)
     return f"{type(error).__name__}: {error}"
 
 

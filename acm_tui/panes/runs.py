@@ -295,7 +295,8 @@ class RunsPane(Pane):
         def answered(choice: tuple[str, str] | None) -> None:
             if choice:
                 fmt, folder = choice
-                target = Path(folder) if Path(folder).is_absolute() else self.app.config_path.parent / folder
+                folder = Path(folder).expanduser()  # ~/exports as a shell would read it
+                target = folder if folder.is_absolute() else self.app.config_path.parent / folder
                 self.notify(f"exporting run {name} as {fmt} to {target}…")
                 self.run_on_engine("export", export_checkpoint, self.cfg, target, name, None, "best", "float32", fmt)
 

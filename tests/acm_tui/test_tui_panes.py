@@ -247,6 +247,16 @@ async def test_runs_pane_exports_a_run_in_the_chosen_format(with_model):
         await pilot.press("enter")
         await notified(pilot, "exists and is not empty")
         assert app.is_running
+        (with_model / "afile").write_text("in the way")
+        for folder, says in (("afile/sub", "a file stands where acm keeps a folder"),
+                             ("a\0b", "holds a NUL character")):
+            await pilot.press("x")
+            await pilot.pause()
+            app.screen.query_one("#export-folder", Input).value = folder
+            app.screen.query_one("#export-folder", Input).focus()
+            await pilot.press("enter")
+            await notified(pilot, says)
+            assert app.is_running
 
 
 @pytest.mark.parametrize("size", [(80, 24), (200, 60)])

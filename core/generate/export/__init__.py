@@ -135,6 +135,8 @@ def _in_use(tmp: Path) -> bool:
 
 
 def _check_target(to: Path) -> Path:
+    if "\0" in str(to):
+        raise AcmError(f"{ascii(str(to))} holds a NUL character, which no folder's name can")
     if to.exists() and (not to.is_dir() or any(to.iterdir())):
         raise AcmError(f"{to} exists{' and is not empty' if to.is_dir() else ' and is a file'}: choose a new folder")
     return to
