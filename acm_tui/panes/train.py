@@ -246,6 +246,8 @@ class TrainPane(Pane):
         self.action_start(request.stage)
 
     def action_resume_run(self, background: bool = False) -> None:
+        if self._busy():  # said before any question a refusal would follow
+            return
         found = self._resumable()
         if not found:
             return

@@ -166,6 +166,11 @@ async def test_resuming_a_finished_stage_asks_before_training_on(prepared):
         assert pane.control is None and checkpoint.latest(folder).step == 4
         await pilot.press("R", "y")
         await wait_until(pilot, lambda: pane.control is None and checkpoint.latest(folder).step == 8, timeout=60)
+    live_stage(prepared)  # a stage this process trains elsewhere: R is refused before it asks anything
+    async with PaneHost(TrainPane, prepared / "acm.toml").run_test(size=(80, 24), notifications=True) as pilot:
+        await pilot.press("4", "R")
+        await notified(pilot, "training is already running")
+        assert pilot.app.screen.__class__.__name__ != "Confirm"
 
 
 async def test_smoothing_key_redraws_and_saves_the_setting_and_x_cycles_the_axis(with_model):
