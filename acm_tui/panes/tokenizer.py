@@ -22,6 +22,8 @@ from core.tokenizer.shards import prepare, read_manifest
 from ..messages import PrepareShards, TrainTokenizer
 from .base import CANCEL_BINDING, Pane
 
+PROBE_SHOWN = 2000  # tokens the probe draws: far more than 80x24 shows, and quick to draw
+
 
 class TokenizerPane(Pane):
     TITLE = "Tokenizer"
@@ -151,8 +153,10 @@ class TokenizerPane(Pane):
             tokens.update("" if trained else Text("train the tokenizer first (t)", style="yellow"))
             ids.update("")
             return
-        tokens.update(coloured_tokens(r["tokens"]))
-        ids.update(Text(f"ids {r['ids']}\nbytes {r['byte_offsets']}\n"
-                        f"{r['count']} tokens, {r['chars_per_token']} chars/token"))
+        shown = r["tokens"][:PROBE_SHOWN]  # a long paste: what a screen holds, drawn without holding the UI up
+        more = f" (the first {PROBE_SHOWN:,} shown)" if len(r["tokens"]) > PROBE_SHOWN else ""
+        tokens.update(coloured_tokens(shown))
+        ids.update(Text(f"ids {r['ids'][:PROBE_SHOWN]}\nbytes {r['byte_offsets'][:PROBE_SHOWN]}\n"
+                        f"{r['count']} tokens{more}, {r['chars_per_token']} chars/token"))
         if self.query_one("#probe-input", Input).has_focus:  # the ids sit below the fold at 80x24
             ids.call_after_refresh(ids.scroll_visible, animate=False)

@@ -26,6 +26,23 @@ async def test_probe_updates_as_you_type_in_view_at_80x24_and_prepare_runs(train
         await wait_until(pilot, lambda: shards.row_count == 2 and shards.get_row_at(1)[6] == "ready")
 
 
+async def test_a_long_paste_into_the_probe_draws_its_first_tokens_and_counts_them_all(trained):
+    from textual.widgets import Input
+
+    from acm_tui.panes.tokenizer import PROBE_SHOWN
+
+    app = PaneHost(TokenizerPane, trained / "acm.toml")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("3")
+        pane = app.query_one("#tokenizer-pane")
+        await wait_until(pilot, lambda: pane.tokenizer is not None)
+        await pilot.press("i")
+        app.query_one("#probe-input", Input).value = "é" * 20000  # a paste: one token a byte or more
+        await wait_until(pilot, lambda: f"(the first {PROBE_SHOWN:,} shown)" in text_of(app, "#probe-ids"))
+        count = int(text_of(app, "#probe-ids").split(" tokens (the first")[0].split()[-1].replace(",", ""))
+        assert count > PROBE_SHOWN and len(text_of(app, "#probe-tokens").replace("·", "")) < 3 * PROBE_SHOWN
+
+
 async def test_train_from_the_pane(trained):
     (trained / "data" / "tokenizer" / "tokenizer.json").unlink()
     app = PaneHost(TokenizerPane, trained / "acm.toml")
