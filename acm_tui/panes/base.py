@@ -65,13 +65,17 @@ class Pane(VerticalScroll):
     def run_on_engine(self, job: str, fn: Callable[..., Any], *args: Any) -> Future:
         """Submit fn to the engine thread; an EngineResult(job) message arrives here when it ends. A job
         that waits behind another (a training stage in the app) is said to wait, not left silent."""
+        self._say_it_waits(job)
+        fut = self.app.engine.submit_named(job, fn, *args)
+        fut.add_done_callback(lambda f: self.post_message(EngineResult(job, f)))
+        return fut
+
+    def _say_it_waits(self, job: str) -> None:
+        """A job queued behind a training stage in the app is said to wait, not left silent."""
         if self.app.engine.running in self.STAGES_ON_ENGINE:
             self.notify(f"{job} waits for the stage under way in the app (the engine runs one MLX job at a time): "
                         "it starts when that stage ends, or stops (s in the Train pane, x in the Setup pane)",
                         title="Waiting", timeout=8)
-        fut = self.app.engine.submit_named(job, fn, *args)
-        fut.add_done_callback(lambda f: self.post_message(EngineResult(job, f)))
-        return fut
 
     # ------------------------------------------------------------ long steps (worker threads)
     # Panes with long steps add CANCEL_BINDING to their BINDINGS and `yield from self.compose_step()`.
@@ -101,6 +105,8 @@ class Pane(VerticalScroll):
             self.notify("a step is already running: cancel it with x first", severity="warning")
             return False
         self.step_cancel = CancelToken()
+        if on_engine:
+            self._say_it_waits(name)
         self._status(f"{name}…")
         bar = self.query_one(".step-progress", ProgressBar)
         bar.display = True

@@ -162,8 +162,12 @@ async def test_a_generation_behind_a_stage_in_the_app_says_it_waits_and_escape_l
         assert pane.stop_event.is_set() and prompt.has_focus  # the first escape stops it
         await pilot.press("escape")
         assert not prompt.has_focus  # the second leaves the prompt: k, e, i and the panes' keys act again
+        await pilot.press("e")  # an evaluation behind it says so too
+        await notified(pilot, "evaluating waits for the stage under way in the app")
+        pane.step_cancel.cancel()
         release.set()
         await wait_until(pilot, lambda: pane.stop_event is None and app.engine.running is None, timeout=60)
+        await wait_until(pilot, lambda: pane.step_cancel is None, timeout=60)
 
 
 async def test_n_candidates_from_one_batch_and_syntax_checked_sampling(with_model):
