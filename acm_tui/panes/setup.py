@@ -144,6 +144,9 @@ class SetupPane(Pane):
         table = self.query_one("#pipeline", DataTable)
         if table.row_count == 0:
             return
+        if self.chain_control is not None:  # one stage at a time: the chain's own run each in turn
+            self.notify("the remaining stages are running (a): wait for them, or stop them with x", severity="warning")
+            return
         name = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
         request = STAGE_REQUESTS[name]()
         st = self.statuses.get(name)
@@ -159,7 +162,10 @@ class SetupPane(Pane):
                              answered)
 
     def action_run_all(self) -> None:
-        if self.chain_control is not None or runs.live_stage(self.cfg) is not None:
+        if self.chain_control is not None:
+            self.notify("the remaining stages are running already: stop them with x", severity="warning")
+            return
+        if runs.live_stage(self.cfg) is not None:
             self.notify("training is running: stop it first", severity="warning")
             return
         # the Train pane finds the chain's training stages on disk and follows them

@@ -12,7 +12,7 @@ from core import cli, config
 from core.data.code import fetch_code
 from core.pipeline.overview import pipeline_status
 from core.tokenizer.shards import prepare
-from tests.helpers import interrupt_once, sigint_at_default, text_of, wait_until
+from tests.helpers import interrupt_once, notified, sigint_at_default, text_of, wait_until
 from tests.terminal import run_acm
 
 
@@ -262,9 +262,13 @@ async def test_end_to_end_on_the_offline_default(tmp_path, keys_while_training):
     }, root=tmp_path)
     config.save(cfg, tmp_path / "acm.toml")
     app = AcmApp(tmp_path / "acm.toml")
-    async with app.run_test(size=(100, 40)) as pilot:
+    async with app.run_test(size=(100, 40), notifications=True) as pilot:
         setup = app.query_one("#setup-pane")
         await pilot.press("1", "a")
+        await pilot.press("a")  # the chain once: neither a second one nor a stage of its own beside it
+        await notified(pilot, "the remaining stages are running already: stop them with x")
+        await pilot.press("enter")
+        await notified(pilot, "the remaining stages are running (a): wait for them")
         await wait_until(pilot, lambda: "ran:" in text_of(app, "#setup-pane .step-status")
                          or "failed" in text_of(app, "#setup-pane .step-status"), timeout=300)
         assert "data-language, data-code, tokenizer, prepare, pretrain, finetune, evaluate" in \
