@@ -156,8 +156,10 @@ class RunsPane(Pane):
         return plain(MARK + name if name in self.marked else name)
 
     def selected(self) -> str | None:
+        """The run under the cursor; None, said, where the list is empty."""
         table = self.query_one("#runs-table", DataTable)
         if table.row_count == 0:
+            self.notify("no run yet: train one (p in the Train pane), or a from the Setup pane", severity="warning")
             return None
         return table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
 

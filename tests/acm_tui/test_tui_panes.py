@@ -154,6 +154,17 @@ async def test_runs_pane_notifies_renames_deletes_and_refusals_in_plain_words_at
         assert app.is_running and not (runs_dir / "baseline").exists()
 
 
+async def test_runs_pane_keys_on_an_empty_list_say_there_is_no_run(project):
+    app = PaneHost(RunsPane, project / "acm.toml")
+    async with app.run_test(size=(80, 24), notifications=True) as pilot:
+        await pilot.press("6")
+        for key in ("space", "o", "x", "n", "d"):
+            app.clear_notifications()
+            await pilot.press(key)
+            await notified(pilot, "no run yet: train one")
+            assert app.screen is app.screen_stack[0]  # no question asked
+
+
 async def test_runs_pane_best_val_loss_is_the_latest_checked_stage_s(project):
     """A fine-tune's code loss, not the lower of it and the pretrain's language loss: the two do not compare."""
     reports = [(10, 640, 5.0), (20, 1280, 4.0)]
