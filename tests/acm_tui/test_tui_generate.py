@@ -115,7 +115,7 @@ async def test_bad_setting_is_refused_and_eval_fills_the_table(with_model):
         await pilot.press("e")
         table = app.query_one("#eval-table", DataTable)
         await wait_until(pilot, lambda: table.row_count == 3, timeout=120)
-        assert [table.get_row_at(i)[0] for i in range(3)] == ["pretrain", "finetune", "finetune+checked"]
+        assert [str(table.get_row_at(i)[0]) for i in range(3)] == ["pretrain", "finetune", "finetune+checked"]
 
 
 async def test_sampling_values_out_of_range_get_the_settings_messages(with_model):
@@ -245,11 +245,11 @@ async def test_the_evaluation_view_says_what_a_time_budget_cut(with_model):
         await pilot.press("5")
         table = app.query_one("#eval-table", DataTable)
         columns = [str(c.label) for c in table.columns.values()]
-        assert table.get_row_at(0)[columns.index("samples")] == "8/64"
+        assert str(table.get_row_at(0)[columns.index("samples")]) == "8/64"
         assert text_of(app, "#eval-note") == ("cut by its time budget (2m): 8 samples a checkpoint instead of 64, "
                                               "validation on 1 to 3 batches a split instead of 20")
         assert shown_in_full(app, "#eval-note")
         await pilot.press("e")  # eval.time unset: every sample and batch asked for
         await wait_until(pilot, lambda: table.row_count == 3, timeout=120)
-        assert [table.get_row_at(i)[columns.index("samples")] for i in range(3)] == ["2/2"] * 3
+        assert [str(table.get_row_at(i)[columns.index("samples")]) for i in range(3)] == ["2/2"] * 3
         assert not app.query_one("#eval-note").display
