@@ -3,15 +3,18 @@ once it ends, after every redraw of a live display (a small terminal emulator: c
 line feed, cursor up, erase line, wrapping at the width; colours ignored)."""
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import pty
 import re
 import select
+import signal
 import struct
 import subprocess
 import sys
 import termios
+import threading
 import time
 from pathlib import Path
 
@@ -86,3 +89,46 @@ class Screen:
         line = self.lines[self.row] + [" "] * max(0, self.col + 1 - len(self.lines[self.row]))
         line[self.col] = ch
         self.lines[self.row], self.col = line, self.col + 1
+
+
+class AppOnATerminal:
+    """acm-tui started in `project` on a pseudo-terminal of its own (its controlling terminal, as over
+    SSH), COLS x ROWS; `seen` fills with what it writes, read on a thread as a user's terminal reads."""
+
+    def __init__(self, project: Path, cols: int = 80, rows: int = 24):
+        env = os.environ | {"TERM": "xterm-256color", "PYTHONPATH": str(ROOT), "COLUMNS": str(cols), "LINES": str(rows)}
+        self.pid, self.fd = pty.fork()
+        if self.pid == 0:  # the child: acm-tui, by its entry point
+            os.chdir(project)
+            os.execvpe(sys.executable, [sys.executable, "-m", "acm_tui.launch"], env)
+        fcntl.ioctl(self.fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+        self.seen = bytearray()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        with contextlib.suppress(OSError):
+            while data := os.read(self.fd, 1 << 16):
+                self.seen += data
+
+    def running(self) -> bool:
+        return os.waitpid(self.pid, os.WNOHANG)[0] == 0
+
+    def hang_up(self) -> None:
+        """The terminal goes (an SSH connection dropped): the kernel hangs up its session."""
+        os.close(self.fd)
+        self.fd = -1
+
+    def exit_code(self, timeout: float) -> int:
+        """Its exit code once it has ended, waited for at most `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while (done := os.waitpid(self.pid, os.WNOHANG))[0] == 0:
+            assert time.monotonic() < deadline, "the app did not end"
+            time.sleep(0.1)
+        return os.waitstatus_to_exitcode(done[1])
+
+    def close(self) -> None:
+        with contextlib.suppress(ProcessLookupError, ChildProcessError):
+            os.kill(self.pid, signal.SIGKILL)
+            os.waitpid(self.pid, 0)
+        if self.fd >= 0:
+            os.close(self.fd)

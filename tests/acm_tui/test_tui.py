@@ -1,15 +1,8 @@
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
-import pty
-import signal
-import struct
 import subprocess
 import sys
-import termios
-import threading
 import time
 from pathlib import Path
 
@@ -24,6 +17,7 @@ from acm_tui.panes.setup import SetupPane
 from core import config
 from tests.helpers import ROOT, shown_in_full, wait_until
 from tests.pane_host import PaneHost
+from tests.terminal import AppOnATerminal
 
 
 async def test_starts_on_setup_with_doctor_report(project):
@@ -169,36 +163,16 @@ def test_a_quit_says_what_becomes_of_each_busy_pane_s_work():
 def test_a_byte_the_terminal_sends_that_is_not_utf8_leaves_the_app_up(project):
     """A Latin-1 terminal's é (or an 8-bit Alt) reaches the app as a byte that is not UTF-8: it reads
     as a replacement character, and the app goes on until it is quit."""
-    env = os.environ | {"TERM": "xterm-256color", "PYTHONPATH": str(ROOT), "COLUMNS": "80", "LINES": "24"}
-    pid, fd = pty.fork()
-    if pid == 0:  # the child: acm-tui on this terminal
-        os.chdir(project)
-        os.execvpe(sys.executable, [sys.executable, "-m", "acm_tui.launch"], env)
-    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
-    seen = bytearray()
-
-    def read() -> None:
-        with contextlib.suppress(OSError):
-            while data := os.read(fd, 1 << 16):
-                seen.extend(data)
-
-    threading.Thread(target=read, daemon=True).start()
+    app = AppOnATerminal(project)
     try:
         deadline = time.monotonic() + 60
-        while b"Setup" not in seen:
+        while b"Setup" not in app.seen:
             assert time.monotonic() < deadline, "the app never drew"
             time.sleep(0.1)
-        os.write(fd, b"5\xe9\x1b")
+        os.write(app.fd, b"5\xe9\x1b")
         time.sleep(1.5)
-        assert os.waitpid(pid, os.WNOHANG)[0] == 0, bytes(seen)[-2000:]  # still running
-        os.write(fd, b"\x11")  # ctrl+q
-        deadline = time.monotonic() + 60
-        while (done := os.waitpid(pid, os.WNOHANG))[0] == 0:
-            assert time.monotonic() < deadline, "the app did not end"
-            time.sleep(0.1)
+        assert app.running(), bytes(app.seen)[-2000:]
+        os.write(app.fd, b"\x11")  # ctrl+q
+        assert app.exit_code(60) == 0 and b"UnicodeDecodeError" not in app.seen
     finally:
-        with contextlib.suppress(ProcessLookupError, ChildProcessError):
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-        os.close(fd)
-    assert os.waitstatus_to_exitcode(done[1]) == 0 and b"UnicodeDecodeError" not in seen
+        app.close()

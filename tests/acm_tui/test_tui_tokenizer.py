@@ -7,14 +7,19 @@ from tests.helpers import eventually, shown_in_full, text_of, wait_until
 from tests.pane_host import PaneHost
 
 
+async def open_probe(app, pilot) -> None:
+    """The Tokenizer pane, its tokenizer loaded, the probe's input focused (i)."""
+    await pilot.press("3")
+    pane = app.query_one("#tokenizer-pane")
+    await wait_until(pilot, lambda: pane.tokenizer is not None)
+    await pilot.press("i")
+
+
 async def test_probe_updates_as_you_type_in_view_at_80x24_and_prepare_runs(trained):
     app = PaneHost(TokenizerPane, trained / "acm.toml")
     async with app.run_test(size=(80, 24)) as pilot:
-        await pilot.press("3")
-        pane = app.query_one("#tokenizer-pane")
-        await wait_until(pilot, lambda: pane.tokenizer is not None)
+        await open_probe(app, pilot)
         assert "vocab 1,024" in text_of(app, "#tokenizer-info")
-        await pilot.press("i")
         await pilot.press(*"echo hi")
         await wait_until(pilot, lambda: "chars/token" in text_of(app, "#probe-ids"))
         assert text_of(app, "#probe-tokens").replace("·", "") == "echo hi"
@@ -33,10 +38,7 @@ async def test_a_long_paste_into_the_probe_draws_its_first_tokens_and_counts_the
 
     app = PaneHost(TokenizerPane, trained / "acm.toml")
     async with app.run_test(size=(80, 24)) as pilot:
-        await pilot.press("3")
-        pane = app.query_one("#tokenizer-pane")
-        await wait_until(pilot, lambda: pane.tokenizer is not None)
-        await pilot.press("i")
+        await open_probe(app, pilot)
         app.query_one("#probe-input", Input).value = "é" * 20000  # a paste: one token a byte or more
         await wait_until(pilot, lambda: f"(the first {PROBE_SHOWN:,} shown)" in text_of(app, "#probe-ids"))
         count = int(text_of(app, "#probe-ids").split(" tokens (the first")[0].split()[-1].replace(",", ""))

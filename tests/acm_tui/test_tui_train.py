@@ -1,15 +1,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import fcntl
 import json
 import os
-import pty
 import signal
-import struct
-import sys
-import termios
 import threading
 import time
 
@@ -23,6 +17,7 @@ from core.runs.events import Recorder, Sample, State, event_from_json
 from core.train.trainer import train_stage
 from tests.helpers import METRICS, ROOT, live_stage, notified, shown_in_full, text_of, wait_until
 from tests.pane_host import PaneHost
+from tests.terminal import AppOnATerminal
 
 
 async def test_train_pane_charts_update_and_keys_steer(prepared, keys_while_training):
@@ -277,13 +272,6 @@ async def test_while_a_stage_trains_reports_are_shown_at_most_every_second_and_c
         assert "step 40/" in text_of(app, "#train-status") and pane.redraws == drawn + 2
 
 
-def _read_until_gone(fd: int, seen: bytearray) -> None:
-    """Read a terminal's output as a user's terminal would, until it is closed."""
-    with contextlib.suppress(OSError):
-        while data := os.read(fd, 1 << 16):
-            seen += data
-
-
 @pytest.mark.parametrize("how", ["hang-up", "SIGTERM", "SIGINT"])
 def test_a_dropped_connection_or_a_polite_kill_stops_the_app_s_stage_with_a_checkpoint(prepared, how):
     """acm-tui on a terminal of its own, training in the app: the terminal closing under it (an SSH
@@ -292,44 +280,26 @@ def test_a_dropped_connection_or_a_polite_kill_stops_the_app_s_stage_with_a_chec
     cfg = config.load(prepared / "acm.toml")
     cfg.train.pretrain.steps, cfg.train.pretrain.save_every = 100000, 100000
     config.save(cfg, prepared / "acm.toml")
-    env = os.environ | {"TERM": "xterm-256color", "PYTHONPATH": str(ROOT), "COLUMNS": "120", "LINES": "40"}
-    pid, fd = pty.fork()
-    if pid == 0:  # the child: acm-tui with this terminal as its controlling one
-        os.chdir(prepared)
-        os.execvpe(sys.executable, [sys.executable, "-c", "import sys; from acm_tui.app import main; "
-                                    "sys.exit(main())"], env)
-    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
-    seen = bytearray()
-    threading.Thread(target=_read_until_gone, args=(fd, seen), daemon=True).start()
+    app = AppOnATerminal(prepared, 120, 40)
     try:
         deadline, pressed = time.monotonic() + 120, -1.0
         while not (list_runs(cfg) and (runs.read_status(list_runs(cfg)[0], "pretrain") or {}).get("step", 0) >= 2):
             assert time.monotonic() < deadline, "the stage never started"
-            if seen and time.monotonic() - pressed > 1:  # the Train pane's p, again while nothing started: keys
-                os.write(fd, b"4p")                      # sent as the app starts are lost (a p while the stage
-                                                         # starts is refused: one stage at a time)
-                pressed = time.monotonic()
+            if app.seen and time.monotonic() - pressed > 1:  # the Train pane's p, again while nothing started:
+                os.write(app.fd, b"4p")                      # keys sent as the app starts are lost (a p while
+                pressed = time.monotonic()                   # the stage starts is refused: one at a time)
             time.sleep(0.1)
         if how == "hang-up":
-            os.close(fd)  # the terminal goes: the kernel hangs up its session
-            fd = -1
+            app.hang_up()
         else:
-            os.kill(pid, getattr(signal, how))
-        deadline = time.monotonic() + 120
-        while (done := os.waitpid(pid, os.WNOHANG))[0] == 0:
-            assert time.monotonic() < deadline, "the app did not end"
-            time.sleep(0.1)
+            os.kill(app.pid, getattr(signal, how))
+        code = app.exit_code(120)
     finally:
-        with contextlib.suppress(ProcessLookupError, ChildProcessError):
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-        if fd >= 0:
-            os.close(fd)
+        app.close()
     run = list_runs(cfg)[0]
     status = runs.read_status(run, "pretrain")
     assert status["state"] == "stopped" and checkpoint.latest(Paths.checkpoints(run, "pretrain")).step == status["step"]
-    assert os.waitstatus_to_exitcode(done[1]) == 0
-
+    assert code == 0
 
 
 @pytest.fixture

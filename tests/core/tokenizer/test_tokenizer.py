@@ -158,28 +158,37 @@ def test_split_is_deterministic_seeded_and_never_empty():
     assert val_threshold(iter(texts), 1, 0.0) == -1
 
 
-def test_prepare_resumes_after_interruption(trained, monkeypatch):
+def prepare_cut_after(cfg, monkeypatch, chunks: int) -> list[int]:
+    """`acm prepare` of the language corpus in chunks of 16 documents, cancelled once `chunks` of them
+    are encoded (its record of the build in progress left behind); the documents of each chunk
+    encoded from then on, in a list that grows as later prepares encode."""
     import core.tokenizer.shards as prep
 
     monkeypatch.setattr(prep, "CHUNK_DOCUMENTS", 16)  # several chunks from the small corpus
-    cfg = config.load(trained / "acm.toml")
-    token = CancelToken()
-    encoded = []
-    real = prep.encode_chunk
+    token, real, encoded = CancelToken(), prep.encode_chunk, []
 
     def counting(*a, **k):
         encoded.append(len(a[1]))
-        if len(encoded) == 3:
+        if len(encoded) == chunks:
             token.cancel()
         return real(*a, **k)
 
     monkeypatch.setattr(prep, "encode_chunk", counting)
     with pytest.raises(Cancelled):
         prepare(cfg, cancel=token, kinds=("language",))
+    encoded.clear()
+    return encoded
+
+
+def test_prepare_resumes_after_interruption(trained, monkeypatch):
+    import core.tokenizer.shards as prep
+
+    cfg = config.load(trained / "acm.toml")
+    real = prep.encode_chunk
+    encoded = prepare_cut_after(cfg, monkeypatch, 3)
     folder = cfg.locations.shards("language")
     assert (folder / PARTIAL).exists() and not (folder / "manifest.json").exists()
     assert len(json.loads((folder / PARTIAL).read_text())["chunks"]) == 3
-    encoded.clear()
     m = prepare(cfg, kinds=("language",))["language"]
     assert len(encoded) == len(m["chunks"]) - 3  # only the unfinished chunks were encoded
     monkeypatch.setattr(prep, "encode_chunk", real)
@@ -194,27 +203,12 @@ def test_prepare_resumes_after_interruption(trained, monkeypatch):
     lambda p: p.update(chunks={"0": 1})])
 def test_a_damaged_record_of_an_interrupted_prepare_starts_a_new_build_inside_the_shards_folder(
         trained, monkeypatch, damage):
-    import core.tokenizer.shards as prep
-
-    monkeypatch.setattr(prep, "CHUNK_DOCUMENTS", 16)
     cfg = config.load(trained / "acm.toml")
-    token = CancelToken()
-    real, encoded = prep.encode_chunk, []
-
-    def counting(*a, **k):
-        encoded.append(1)
-        if len(encoded) == 2:
-            token.cancel()
-        return real(*a, **k)
-
-    monkeypatch.setattr(prep, "encode_chunk", counting)
-    with pytest.raises(Cancelled):
-        prepare(cfg, cancel=token, kinds=("language",))
+    encoded = prepare_cut_after(cfg, monkeypatch, 2)
     folder = cfg.locations.shards("language")
     record = json.loads((folder / PARTIAL).read_text())
     damage(record)
     (folder / PARTIAL).write_text(json.dumps(record))
-    encoded.clear()
     m = prepare(cfg, kinds=("language",))["language"]
     assert len(encoded) == len(m["chunks"])  # every chunk encoded again, in a build of its own
     assert not (folder.parent.parent / "escaped").exists() and not (folder.parent / "escaped").exists()
