@@ -77,7 +77,8 @@ def fetching(folder: Path, kind: str) -> contextlib.AbstractContextManager:
     where it would sweep away the first one's unpublished shards (and, between that fetch's last shard
     and its manifest, the corpus in force too)."""
     return held_alone(Path(folder) / ".fetch.lock",
-                      f"the {kind} corpus is being fetched by another acm: wait for that fetch to finish")
+                      f"the {kind} corpus is being fetched already (here or by another acm): wait for that fetch "
+                      "to finish")
 
 
 class CorpusWriter:

@@ -160,7 +160,7 @@ def test_a_second_fetch_of_a_corpus_meanwhile_is_refused_and_the_first_one_lands
             said.append(fetch_code(cfg)["stats"]["documents"] > 0)
 
     assert fetch_language(cfg, meanwhile)["stats"]["documents"] == 40
-    assert said == [2, "acm: error: the language corpus is being fetched by another acm: "
+    assert said == [2, "acm: error: the language corpus is being fetched already (here or by another acm): "
                        "wait for that fetch to finish\n", True]
     assert len(list(Corpus.open(project / "data" / "language", "language").rows())) == 40
     assert fetch_language(cfg)["stats"]["documents"] == 40  # free again once the first has ended
