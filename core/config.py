@@ -949,8 +949,12 @@ def parse_value(text: str) -> Any:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
         return text
-    except ValueError:
-        raise ConfigError(f"{text[:12]}… is {TOO_LONG}") from None
+    except ValueError:  # an integer of thousands of digits, which tomllib's int() refuses
+        return TooLong(text)
+
+
+class TooLong(str):
+    """Text `parse_value` read as a number too long for any setting (a string setting takes it as text)."""
 
 
 def with_value(cfg: Config, key: str, text: str, source: str = CONFIG_NAME) -> tuple[Config, list[str]]:
@@ -977,8 +981,10 @@ def _typed_value(key: str, text: str, source: str) -> Any:
     setting (a duration of 90: "90"); a comma-separated list for a list. A value that starts and ends
     as a list or table must read as TOML, and a data or runs folder must be named."""
     value, default = parse_value(text), get_value(Config(), key)
-    if isinstance(default, str) and isinstance(value, int | float):  # time 90: the text "90"
+    if isinstance(default, str) and isinstance(value, int | float | TooLong):  # time 90: the text "90"
         value = text.strip()
+    elif isinstance(value, TooLong):
+        raise ConfigError(f"{source}: {key} = {text[:12]}… is {TOO_LONG}")
     if key in ("paths.data", "paths.runs") and not str(value).strip():  # would be the project's own folder
         raise ConfigError(f"{source}: {key} is empty; give a folder (by default {default!r})")
     if isinstance(default, list) and isinstance(value, str):  # a,b for ["a", "b"]

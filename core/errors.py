@@ -234,7 +234,8 @@ def run_command(body: Callable[[], int], quiet_pipe: bool = False) -> int:
 def os_error_text(e: OSError) -> str:
     """A system error as a user reads it: the system's words, then the file; where a file stands in
     the way of a folder acm makes or reads (data/tokenizer made a file), what to do about it."""
-    text = f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
+    text = (f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
+            + (f" -> {e.filename2}" if getattr(e, "filename2", None) else ""))
     in_the_way = isinstance(e, NotADirectoryError) or (
         isinstance(e, FileExistsError) and e.filename and os.path.lexists(e.filename)
         and not os.path.isdir(e.filename))

@@ -210,10 +210,11 @@ def main(argv: list[str]) -> int:
     with engines_made() as engines:
         status = run_command(lambda: _train(Path(argv[0])))
     exit_past_abandoned_work(status, engines)  # quit now: the stage left running ends with the process
-    if in_group():  # its stage over and written: the interpreter's teardown of MLX's group of ranks, whose
-        sys.stdout.flush()  # threads may still run, can abort a rank that ended well ("terminate called
-        sys.stderr.flush()  # without an active exception", its launcher then told of a rank that died)
-        os._exit(status)
+    if in_group() or os.environ.get("OMPI_COMM_WORLD_SIZE", "1") != "1":  # a rank, as join_group finds one:
+        for stream in (sys.stdout, sys.stderr):  # its stage over and written, the interpreter's teardown of
+            with contextlib.suppress(OSError, ValueError):  # MLX's group, whose threads may still run, can
+                stream.flush()  # abort it ("terminate called without an active exception"), and its
+        os._exit(status)  # launcher would be told of a rank that died
     return status
 
 

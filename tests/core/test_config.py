@@ -130,7 +130,10 @@ def test_a_number_of_thousands_of_digits_is_refused_in_one_line(tmp_path, projec
         config.load(p)
     assert cli.main(["-c", str(project / "acm.toml"), "config", "set", "eval.samples", "9" * 5000]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "is a number of thousands of digits" in err and len(err) < 200
+    assert err.count("\n") == 1 and "eval.samples = 999999999999… is a number of thousands of digits" in err
+    assert len(err) < 200
+    assert cli.main(["-c", str(project / "acm.toml"), "config", "set", "eval.prompts", "[" + "9" * 5000 + "]"]) == 2
+    assert "eval.prompts = [99999999999… is a number of thousands" in capsys.readouterr().err
 
 
 def test_integer_accepted_for_float(tmp_path):

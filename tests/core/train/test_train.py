@@ -351,6 +351,7 @@ def test_a_validation_loss_that_is_not_finite_stops_the_stage_before_its_checkpo
         train_stage(cfg, "pretrain", cfg.runs_dir / "v", resume=True)
     folder = Paths.checkpoints(cfg.runs_dir / "v", "pretrain")
     assert [c.step for c in checkpoint.list_checkpoints(folder)] == [4] and checkpoint.damaged(folder) == []
+    assert sorted(p.name for p in folder.iterdir()) == ["step-0000004"]  # nothing half-written beside it
 
 
 def test_finetune_starts_from_best_pretrain(prepared):
