@@ -151,6 +151,15 @@ class Paths:
         return run / stage / "launch.toml"
 
 
+def lies_in(path: Path, folder: Path) -> bool:
+    """Whether `path`, links followed, lies in `folder`: what acm reads of a source or a build stays
+    inside it (a name such as "../x" or "/etc/x", or a link out, does not; nor a link loop)."""
+    try:
+        return path.resolve().is_relative_to(folder.resolve())
+    except (OSError, RuntimeError, ValueError):  # a link loop, a NUL
+        return False
+
+
 RUN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*")  # acm's own names: <preset>-<date>-<time>; no option's "-"
 RUN_NAME_MAX = 100  # characters: a folder name every file system takes, with room for the paths under it
 

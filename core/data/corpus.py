@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 from core.atomic import read_json, write_text, writing
 from core.errors import AcmError
 from core.locks import held_alone
-from core.paths import CORPORA, MANIFEST
+from core.paths import CORPORA, MANIFEST, lies_in
 
 # One schema for both corpora; fields that do not apply are empty strings.
 SCHEMA = pa.schema([
@@ -195,7 +195,7 @@ class Corpus:
             manifest = json.loads(path.read_text(encoding="utf-8"))
             shard_dir = Path(folder) / manifest["shard_dir"]
             for s in manifest["shards"]:
-                if not (shard_dir / s["file"]).resolve().is_relative_to(Path(folder).resolve()):
+                if not lies_in(shard_dir / s["file"], Path(folder)):
                     raise ValueError(f"shard {s['file']!r} lies outside its folder")
                 if (shard_dir / s["file"]).stat().st_size != s["bytes"]:
                     raise ValueError(f"{s['file']} changed size")

@@ -25,6 +25,7 @@ from pathlib import Path
 from core.config import CodeDataConfig, Config
 from core.data.repos import Repo, clone_one, head_commit, require_tool
 from core.errors import AcmError
+from core.paths import lies_in
 from core.progress import CancelToken, Reporter, Ticker
 
 SOURCES = ("tldr", "nl2bash")
@@ -70,7 +71,7 @@ class PairSource:
 
     def holds(self, path: Path) -> bool:
         """False for a link out of the source's folder: it is never read."""
-        return path.resolve().is_relative_to(self.folder.resolve())
+        return lies_in(path, self.folder)
 
     def as_dict(self) -> dict:
         return {"where": self.where, "repo": self.repo, "commit": self.commit, "licence": LICENCES[self.name],

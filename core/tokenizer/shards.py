@@ -30,7 +30,7 @@ from core.data.corpus import Corpus, corpus_hashes, corpus_sha256, sha256_file
 from core.data.pairs import SOURCES as PAIR_SOURCES
 from core.errors import AcmError
 from core.locks import rebuilding_inputs
-from core.paths import CORPORA, MANIFEST
+from core.paths import CORPORA, MANIFEST, lies_in
 from core.progress import CancelToken, Reporter, Ticker, no_report
 from core.tokenizer.bpe import BOS_ID, EOS_ID, AcmTokenizer, load_tokenizer
 
@@ -224,7 +224,7 @@ def _resumable(partial: dict, folder: Path) -> bool:
         return False
     try:
         return all(type(c["index"]) is int and all(isinstance(c["files"][s], str)
-                                                   and _inside(folder / c["files"][s], folder / build)
+                                                   and lies_in(folder / c["files"][s], folder / build)
                                                    for s in SPLITS) for c in chunks)
     except (KeyError, TypeError):
         return False
@@ -313,7 +313,7 @@ def _mapped(folder: Path, chunk: dict, split: str, vocab_size: int | None, kind:
     except (KeyError, TypeError):
         raise AcmError(f"the {kind} token shards' manifest in {folder} is damaged (a chunk names no "
                        f"{split} file): run `acm prepare --force`") from None
-    if not _inside(path, folder):  # the shards are read from their folder only
+    if not lies_in(path, folder):  # the shards are read from their folder only
         raise AcmError(f"the {kind} token shards' manifest in {folder} is damaged (a chunk's {split} file "
                        f"{name!r} lies outside it): run `acm prepare --force`")
     try:
@@ -325,14 +325,6 @@ def _mapped(folder: Path, chunk: dict, split: str, vocab_size: int | None, kind:
     if fault:
         raise AcmError(f"{kind} token shard {path} is damaged ({fault}): run `acm prepare --force`")
     return arr
-
-
-def _inside(path: Path, folder: Path) -> bool:
-    """Whether `path`, links followed, lies in `folder` (a name such as "../x" or "/etc/x" does not)."""
-    try:
-        return path.resolve().is_relative_to(folder.resolve())
-    except (OSError, RuntimeError, ValueError):  # a link loop, a NUL
-        return False
 
 
 def _shard_fault(arr: np.ndarray, tokens: int, vocab_size: int | None) -> str | None:
