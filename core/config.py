@@ -738,13 +738,16 @@ def save(cfg: Config, path: str | os.PathLike = CONFIG_NAME) -> None:
     _write(path, dumps(cfg))
 
 
-def save_settings(cfg: Config, path: str | os.PathLike = CONFIG_NAME, since: Config | None = None) -> Config:
+def save_settings(cfg: Config, path: str | os.PathLike = CONFIG_NAME, since: Config | None = None,
+                  key: str | None = None) -> Config:
     """Write what the user set into acm.toml, keeping its comments, its order and its mode; defaults
     and the machine's choices stay unwritten, so the project still adapts to the machine it is copied
     to. With `since` (the settings `cfg` was made from), only what changed since then is written, into
-    the file as it is now: what another acm or an editor wrote meanwhile stays. Without it the file
-    is made to hold cfg.explicit. Returns the settings the file now holds. One save at a time
-    (the folder's lock); a read-only or broken file is refused in one line."""
+    the file as it is now: what another acm or an editor wrote meanwhile stays; `key`, the setting
+    the user just gave, is written even where `since` held its value already (the file may hold
+    another since). Without `since` the file is made to hold cfg.explicit. Returns the settings the
+    file now holds. One save at a time (the folder's lock); a read-only or broken file is refused in
+    one line."""
     validate(cfg, str(path))
     path = Path(path)
     if path.is_symlink() and not path.exists():
@@ -753,7 +756,7 @@ def save_settings(cfg: Config, path: str | os.PathLike = CONFIG_NAME, since: Con
         text = _writable_text(path)
         table = cfg.explicit
         if since is not None:
-            table = _changed(_parsed(text, path), since.explicit, cfg.explicit)
+            table = _changed(_parsed(text, path), since.explicit, cfg.explicit, tuple(key.split(".")) if key else ())
             cfg = from_dict(table, source=str(path), root=cfg.root, preset=machine_preset(table))
             validate(cfg, str(path))
         import tomlkit  # only a save keeps comments: a command that reads settings never loads it
@@ -803,14 +806,15 @@ def _flat(table: dict, prefix: tuple = ()) -> dict[tuple, Any]:
     return out
 
 
-def _changed(current: dict, before: dict, after: dict) -> dict:
-    """`current` (the file as it is now) with what went from `before` to `after`: values set, and
-    settings unset (a seq_len that follows a new preset) where the file still holds the value they
-    had (one edited since stays), with the tables they leave empty. A new preset is followed again
-    over the file's values (a seq_len set since, beyond the new context, is cut to it)."""
+def _changed(current: dict, before: dict, after: dict, given: tuple[str, ...] = ()) -> dict:
+    """`current` (the file as it is now) with what went from `before` to `after`: values set (the
+    setting `given` whatever `before` held), and settings unset (a seq_len that follows a new preset)
+    where the file still holds the value they had (one edited since stays), with the tables they
+    leave empty. A new preset is followed again over the file's values (a seq_len set since, beyond
+    the new context, is cut to it)."""
     was, now, file_before = _flat(before), _flat(after), copy.deepcopy(current)
     for keys, value in now.items():
-        if was.get(keys, MISSING) != value:
+        if keys == given or was.get(keys, MISSING) != value:
             node = current
             for key in keys[:-1]:
                 if not isinstance(node.get(key), dict):

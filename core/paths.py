@@ -151,6 +151,15 @@ class Paths:
         return run / stage / "launch.toml"
 
 
+def home_expanded(path: Path) -> Path:
+    """`path` with a leading ~ or ~user read as a shell reads it; a user unknown here (or no home)
+    leaves it as written, as bash does, where Python would raise."""
+    try:
+        return path.expanduser()
+    except RuntimeError:
+        return path
+
+
 def lies_in(path: Path, folder: Path) -> bool:
     """Whether `path`, links followed, lies in `folder`: what acm reads of a source or a build stays
     inside it (a name such as "../x" or "/etc/x", or a link out, does not; nor a link loop)."""

@@ -49,6 +49,7 @@ READS = {
     "token manifest": Read("data/tokens/language/manifest.json", "json",
                            (("train", "pretrain", "--run", "fuzz", "--max-steps", "1"),), True),
     "corpus manifest": Read("data/code/manifest.json", "json", (("data", "show", "code", "0"),), True),
+    "corpus manifest, as its hash": Read("data/code/manifest.json", "json", (("pipeline",), ("prepare",)), False),
     "tokenizer.json": Read("data/tokenizer/tokenizer.json", "json", (("tokenizer", "probe", "echo hi"),), True),
     "tokenizer-meta.json": Read("data/tokenizer/tokenizer-meta.json", "json", (("tokenizer", "info"),
                                                                                ("pipeline",)), False),
@@ -85,7 +86,9 @@ def mutations(original: bytes, form: str, seed: int) -> dict[str, bytes]:
             [b"NaN", b"Infinity", b"-Infinity", b"1e999", b"99999999999999999999999"]), original)
         out["huge"] = b'{"a": ' + b"[" * HUGE + b"\n"
         if form == "jsonl":  # lines a hand added: not objects, a report without its step, a step in words
-            out["odd records"] = original + b'null\n[1, 2]\n{"type": "metrics"}\n{"type": "eval", "step": "x"}\n'
+            out["odd records"] = original + (b'null\n[1, 2]\n{"type": "metrics"}\n{"type": "eval", "step": "x"}\n'
+                                             b'{"type": "metrics", "step": true, "loss": 1.0}\n'
+                                             b'{"type": "metrics", "step": 11}\n')
     elif form == "toml":
         out["wrong top-level type"] = b'model = "nano"\nrepo = 3\ndata = [1, 2]\n'
         out["wrong field types"] = re.sub(rb"(?m)^(\s*[\w.\"-]+\s*=\s*).*$", rb'\g<1>[1, {a = 2}]', original)

@@ -19,6 +19,7 @@ from core import runs
 from core.errors import AcmError, one_line
 from core.escapes import visible
 from core.generate.export import FORMATS, export_checkpoint
+from core.paths import home_expanded
 from core.pipeline.tables import plain
 from core.runs import compare
 
@@ -297,7 +298,7 @@ class RunsPane(Pane):
         def answered(choice: tuple[str, str] | None) -> None:
             if choice:
                 fmt, folder = choice
-                folder = Path(folder).expanduser()  # ~/exports as a shell would read it
+                folder = home_expanded(Path(folder))  # ~/exports as a shell would read it
                 target = folder if folder.is_absolute() else self.app.config_path.parent / folder
                 self.notify(f"exporting run {name} as {fmt} to {target}…")
                 self.run_on_engine("export", export_checkpoint, self.cfg, target, name, None, "best", "float32", fmt)

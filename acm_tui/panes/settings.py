@@ -104,7 +104,7 @@ class SettingsPane(Pane):
     def _save(self, event: Input.Submitted) -> None:
         try:
             new, notes = self.candidate(self.selected_key(), event.value)
-            new = config.save_settings(new, self.app.config_path, since=self.cfg)
+            new = config.save_settings(new, self.app.config_path, since=self.cfg, key=self.selected_key())
         except AcmError as e:
             self.notify(str(e), title="Not saved", severity="error")
             return

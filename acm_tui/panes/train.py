@@ -312,7 +312,7 @@ class TrainPane(Pane):
         try:
             new, _ = config.with_value(self.cfg, SMOOTHING_KEY, str(self.smoothing),
                                        source=str(self.app.config_path))
-            new = config.save_settings(new, self.app.config_path, since=self.cfg)
+            new = config.save_settings(new, self.app.config_path, since=self.cfg, key=SMOOTHING_KEY)
         except AcmError as e:
             self.notify(str(e), severity="warning")
             return

@@ -134,7 +134,7 @@ def cmd_config_check(args, cfg: config.Config) -> int:
 def cmd_config_set(args, cfg: config.Config) -> int:
     new, notes = config.with_value(cfg, args.key, utf8(args.value, f"the value of {args.key}"), source=str(args.config))
     created = not Path(args.config).exists()
-    new = config.save_settings(new, args.config, since=cfg)
+    new = config.save_settings(new, args.config, since=cfg, key=args.key)
     written, used = config.written_value(new, args.key), config.get_value(new, args.key)
     cut = args.key.endswith(".seq_len") and written != used  # set for a larger model than the machine's
     print(f"{args.key} = {config.one_line(written)} saved to {args.config}"

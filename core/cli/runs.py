@@ -18,6 +18,7 @@ from core.errors import AcmError
 from core.escapes import visible
 from core.pipeline.tables import plain
 from core.runs import compare
+from core.runs.events import Metrics, event_from_json
 from core.train.tracking import metrics_csv
 
 RUN_COLUMNS = ("preset", "stage", "state", "step", "best val loss", "modified")
@@ -104,9 +105,10 @@ def cmd_metrics(args, cfg: Config) -> int:
     elif args.json:
         print(json.dumps([e for e in records if e.get("type") in ("metrics", "eval")]))
     else:
-        last = next((e for e in reversed(records) if e.get("type") == "metrics"), None)
-        print(f"{stage} of run {visible(run.name)}: {sum(e.get('type') == 'metrics' for e in records)} reports"
-              + (f", last at step {last['step']} (loss {last['loss']:.4f})" if last else "")
+        reports = [e for e in map(event_from_json, records) if isinstance(e, Metrics)]  # as the curves read them
+        last = reports[-1] if reports else None
+        print(f"{stage} of run {visible(run.name)}: {len(reports)} reports"
+              + (f", last at step {last.step} (loss {last.loss:.4f})" if last else "")
               + "; --csv for a spreadsheet")
     return 0
 

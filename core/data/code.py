@@ -28,6 +28,7 @@ from core.data.hf_code import hf_rows
 from core.data.pairs import LICENCES, PairScript, pair_scripts
 from core.data.repos import clone_all, is_remote, keep_licences, load_repos, require_tool
 from core.errors import AcmError
+from core.paths import home_expanded
 from core.progress import CancelToken, Reporter, Ticker, no_report
 
 SCRIPT_SUFFIXES = {".sh", ".bash"}
@@ -318,7 +319,7 @@ def github_candidates(cfg: Config, report: Reporter, cancel: CancelToken) -> tup
 
 def local_candidates(cfg: Config, report: Reporter, cancel: CancelToken) -> tuple[Iterator[Candidate], dict]:
     cc = cfg.data.code
-    roots = [(cfg.root / p).expanduser() for p in cc.local_paths]
+    roots = [home_expanded(cfg.root / p) for p in cc.local_paths]
     if not roots:
         raise AcmError("data.code.local_paths is empty: name the folders to scan for shell scripts")
     for r in roots:

@@ -20,7 +20,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from core.atomic import read_json, write_text, writing
+from core.atomic import JSON_LIMIT, open_regular, read_json, read_regular, write_text, writing
 from core.errors import AcmError
 from core.locks import held_alone
 from core.paths import CORPORA, MANIFEST, lies_in
@@ -65,8 +65,9 @@ class TextStats:
 
 
 def sha256_file(path: Path) -> str:
+    """The file's hash; OSError where it is not a regular file (a FIFO would be waited on for ever)."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
@@ -148,8 +149,8 @@ def corpus_sha256(manifest: Path) -> str:
     its shard folder's name, clones made or reused, rows streamed or reused), leaves them up to date.
     A manifest that names no shards that way is hashed as it is."""
     try:
-        shards = [shard["sha256"] for shard in json.loads(manifest.read_bytes())["shards"]]
-    except (ValueError, UnicodeDecodeError, KeyError, TypeError):
+        shards = [shard["sha256"] for shard in json.loads(read_regular(manifest, JSON_LIMIT))["shards"]]
+    except (ValueError, UnicodeDecodeError, KeyError, TypeError, RecursionError):
         return sha256_file(manifest)
     if not all(isinstance(sha, str) for sha in shards):
         return sha256_file(manifest)
@@ -192,7 +193,7 @@ class Corpus:
         if not path.exists():
             raise AcmError(f"no {kind} corpus in {folder}: run `acm data fetch {kind}` first")
         try:
-            manifest = json.loads(path.read_text(encoding="utf-8"))
+            manifest = json.loads(read_regular(path, JSON_LIMIT).decode("utf-8"))  # a FIFO is refused, not waited on
             shard_dir = Path(folder) / manifest["shard_dir"]
             for s in manifest["shards"]:
                 if not lies_in(shard_dir / s["file"], Path(folder)):

@@ -32,6 +32,7 @@ from core.data.corpus import UNKNOWN_LICENCE
 from core.data.hf import first_line, load_hf
 from core.data.repos import SPDX_ID, is_permissive
 from core.errors import AcmError
+from core.paths import home_expanded
 from core.progress import CancelToken, Reporter, Ticker
 
 PART_ROWS = 500  # rows per saved part: what a cancelled fetch may have to stream again
@@ -94,7 +95,7 @@ def schema_of(columns, shown: str, language: str) -> Columns:
 
 def data_files(cc: CodeDataConfig, root: Path) -> tuple[str, str]:
     """The parquet files to stream (a local file or glob, or an hf:// glob) and the dataset's key."""
-    local = (root / cc.hf_dataset).expanduser()
+    local = home_expanded(root / cc.hf_dataset)
     sub = cc.hf_data_dir.strip("/")
     if local.is_file():
         return str(local), str(local.resolve())

@@ -19,6 +19,7 @@ from core.config import Config, LanguageDataConfig
 from core.data.corpus import CorpusWriter, fetching
 from core.data.hf import first_line, load_hf
 from core.errors import AcmError
+from core.paths import home_expanded
 from core.progress import CancelToken, Reporter, Ticker, no_report
 
 MIN_CHARS = 200  # shorter builtin snippets (one-line docstrings) teach little
@@ -122,7 +123,7 @@ def local_files(paths: list[str], root: Path) -> list[Path]:
     """The files the configured paths name, folders searched for the suffixes acm reads."""
     files = []
     for p in paths:
-        path = (root / p).expanduser()
+        path = home_expanded(root / p)
         if path.is_dir():
             files += sorted(f for f in path.rglob("*") if f.suffix in LOCAL_SUFFIXES and f.is_file())
         elif path.is_file():

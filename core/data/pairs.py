@@ -25,7 +25,7 @@ from pathlib import Path
 from core.config import CodeDataConfig, Config
 from core.data.repos import Repo, clone_one, head_commit, require_tool
 from core.errors import AcmError
-from core.paths import lies_in
+from core.paths import home_expanded, lies_in
 from core.progress import CancelToken, Reporter, Ticker
 
 SOURCES = ("tldr", "nl2bash")
@@ -94,7 +94,7 @@ def locate(cfg: Config, name: str, cancel: CancelToken) -> PairSource:
         if done.path is None:
             raise AcmError(f"data.code.{name}_path: cannot clone {where} ({done.error})")
         return PairSource(name, done.path, where, repo.name, done.commit)
-    folder = (cfg.root / where).expanduser()
+    folder = home_expanded(cfg.root / where)
     if not folder.is_dir():
         raise AcmError(f"data.code.{name}_path: {folder} is not a folder" if folder.exists()
                        else f"data.code.{name}_path: {folder} does not exist")

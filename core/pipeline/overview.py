@@ -44,7 +44,20 @@ class StageStatus:
 
 
 def _sha(path: Path) -> str | None:
-    return sha256_file(path) if path.exists() else None
+    """The file's hash; None where there is none to read (missing, or not a regular file: the stage
+    that reads it says why)."""
+    try:
+        return sha256_file(path) if path.exists() else None
+    except OSError:
+        return None
+
+
+def _corpus_hashes(manifest: Path) -> tuple[str, ...]:
+    """`corpus_hashes`, none where the manifest cannot be read (its data stage then reads as damaged)."""
+    try:
+        return corpus_hashes(manifest)
+    except OSError:
+        return ()
 
 
 LABELS = dict(PIPELINE_STAGES)
@@ -56,7 +69,7 @@ def _status(name: str, state: str, detail: str = "") -> StageStatus:
 
 def pipeline_status(cfg: Config) -> list[StageStatus]:
     """Every stage's state, read from disk; a stage whose input changed since it ran is "stale"."""
-    corpus = {kind: corpus_hashes(cfg.locations.corpus_manifest(kind)) for kind in CORPORA}  # read once
+    corpus = {kind: _corpus_hashes(cfg.locations.corpus_manifest(kind)) for kind in CORPORA}  # read once
     tok_sha = _sha(cfg.locations.tokenizer_file)
     out = [_guarded(f"data-{kind}", _corpus_status, cfg, kind) for kind in CORPORA]
     out += [_guarded("tokenizer", _tokenizer_status, cfg, corpus, tok_sha),
@@ -76,8 +89,11 @@ def _guarded(name: str, status: Callable[..., StageStatus], *args) -> StageStatu
 
 
 def _corpus_status(cfg: Config, kind: str) -> StageStatus:
-    m = read_json(cfg.locations.corpus_manifest(kind))
+    path = cfg.locations.corpus_manifest(kind)
+    m = read_json(path)
     if not m:
+        if path.exists() or path.is_symlink():  # there, but not a manifest acm could have written
+            return _status(f"data-{kind}", "damaged", "its manifest is damaged: fetch the corpus again")
         return _status(f"data-{kind}", "not started")
     return _status(f"data-{kind}", "done", f"{m['stats']['documents']:,} documents, "
                    f"{m['stats']['bytes'] / 2**20:.1f} MB ({m.get('source')})")

@@ -263,9 +263,14 @@ STATUS_SHAPE = {"state": str, "pid": int, "host": str, "time": (int, float), "st
 
 
 def read_status(run: Path, stage: str) -> dict | None:
-    """The stage's status, or None where there is none or it is damaged (it reads as not started)."""
+    """The stage's status, or None where there is none or it is damaged (it reads as not started):
+    its pid must be one a process can have (0 or -1 would ask about acm's own group, or all)."""
     st = read_json(Paths.status(run, stage), STATUS_SHAPE)
-    return st if st is None or {"state", "pid"} <= st.keys() else None
+    return st if st is None or {"state", "pid"} <= st.keys() and is_pid(st["pid"]) else None
+
+
+def is_pid(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and 0 < v < 2**31
 
 
 def process_alive(pid: int, host: str | None = None) -> bool:

@@ -279,10 +279,17 @@ def _names(folder: Path, step) -> bool:
     return type(step) is int and step >= 0 and folder.name == f"step-{step:07d}"
 
 
+SHAPED_BY = ("model", "tokenizer")  # the settings of a checkpoint's model, all that loading it needs
+
+
 def trained_with(ck: Checkpoint) -> config.Config:
-    """The settings `ck` was trained with (its state.json's), checked as acm.toml's are: ConfigError
-    naming its state.json."""
-    return config.from_dict(ck.state["config"], source=str(ck.path / STATE), root=ck.run)
+    """The model's settings `ck` was trained with (its state.json's SHAPED_BY tables), checked as
+    acm.toml's are: ConfigError naming its state.json. Its other settings are left out, so a bound
+    that a later release puts on one of them (a stage's grad_accum) leaves the checkpoint readable."""
+    table = ck.state["config"]
+    if isinstance(table, dict):
+        table = {k: v for k, v in table.items() if k in SHAPED_BY}
+    return config.from_dict(table, source=str(ck.path / STATE), root=ck.run)
 
 
 def damaged(folder: Path) -> list[Path]:

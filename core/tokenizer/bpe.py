@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from core.atomic import read_json, replace_keeping_mode, write_bytes, write_text, writing
+from core.atomic import JSON_LIMIT, read_json, read_regular, replace_keeping_mode, write_bytes, write_text, writing
 from core.config import Config
 from core.data.corpus import Corpus, corpus_sha256, sha256_file
 from core.errors import AcmError
@@ -44,14 +44,16 @@ class AcmTokenizer:
 
     @classmethod
     def from_file(cls, path: Path) -> AcmTokenizer:
+        """The tokenizer in `path`, read once (a FIFO or a device there is refused, never waited on)."""
+        data = read_regular(path, JSON_LIMIT)
         try:
-            tok = Tokenizer.from_file(str(path))
+            tok = Tokenizer.from_str(data.decode("utf-8"))
         except Exception as e:
             raise AcmError(f"{path} is not a tokenizer file ({str(e).splitlines()[0] if str(e) else e})") from None
         if [tok.token_to_id(t) for t in SPECIAL_TOKENS] != [PAD_ID, UNK_ID, BOS_ID, EOS_ID]:
             raise AcmError(f"{path}: special tokens are not at ids 0-3 ({', '.join(SPECIAL_TOKENS)})")
         tok.encode_special_tokens = True  # "<EOS>" typed in text stays text
-        return cls(tok, path, sha256_file(path))
+        return cls(tok, path, hashlib.sha256(data).hexdigest())
 
     @property
     def vocab_size(self) -> int:

@@ -125,8 +125,16 @@ def read_manifest(cfg: Config, kind: str) -> dict | None:
 
 def _counts_whole(manifest: dict) -> bool:
     try:
-        counts = [part[key][s] for part in (manifest, *manifest["chunks"]) for key in ("tokens", "documents")
-                  for s in SPLITS]
+        return _whole_counts((manifest, *manifest["chunks"]))
+    except (KeyError, TypeError):
+        return False
+
+
+def _whole_counts(parts) -> bool:
+    """Whether each of `parts` (a manifest, its chunks) counts its tokens and documents of every
+    split in non-negative integers."""
+    try:
+        counts = [part[key][s] for part in parts for key in ("tokens", "documents") for s in SPLITS]
     except (KeyError, TypeError):
         return False
     return all(type(n) is int and n >= 0 for n in counts)
@@ -216,11 +224,12 @@ BUILD_NAME = re.compile(r"build-[0-9A-Za-z-]+")  # a build's folder, as `_resume
 
 
 def _resumable(partial: dict, folder: Path) -> bool:
-    """Whether a build's record is as acm writes it: its folder's name, and chunks with an index and
-    a file of each split inside that folder (a damaged record starts a new build, never written
-    through)."""
+    """Whether a build's record is as acm writes it: its folder's name, its split's threshold, and
+    chunks with an index, the counts of each split and a file of each inside that folder (a damaged
+    record starts a new build, never written through)."""
     build, chunks = partial.get("build"), partial.get("chunks")
-    if not (isinstance(build, str) and BUILD_NAME.fullmatch(build) and isinstance(chunks, list)):
+    if not (isinstance(build, str) and BUILD_NAME.fullmatch(build) and isinstance(chunks, list)
+            and type(partial.get("val_threshold", 0)) is int and _whole_counts(chunks)):
         return False
     try:
         return all(type(c["index"]) is int and all(isinstance(c["files"][s], str)

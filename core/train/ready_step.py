@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import mlx.core as mx
 
 from core import config
+from core.atomic import JSON_LIMIT, read_regular
 from core.config import Config, StageConfig
 from core.engine import Engine
 from core.errors import AcmError
@@ -149,7 +150,8 @@ def _shape_to_ready(cfg: Config, stage: str, limit: int) -> tuple[ModelShape | N
     from tokenizers import Tokenizer  # the library alone: a few milliseconds
 
     try:
-        shape = cfg.model.shape().with_vocab(Tokenizer.from_file(str(cfg.locations.tokenizer_file)).get_vocab_size())
+        text = read_regular(cfg.locations.tokenizer_file, JSON_LIMIT).decode("utf-8")  # a FIFO is not waited on
+        shape = cfg.model.shape().with_vocab(Tokenizer.from_str(text).get_vocab_size())
     except Exception:  # none yet, or damaged: the stage says so
         return None, "no readable tokenizer"
     why = unwise(cfg, [stage], shape, limit)

@@ -308,8 +308,11 @@ class Trainer:
     def _say_optimizer_change(self, saved: dict) -> None:
         """A run resumed under another optimizer than it trained with (acm.toml changed, or its
         defaults did) goes on with the new one, said once so that nobody is surprised."""
-        before = ((saved.get("config") or {}).get("train") or {}).get(self.stage, {}).get("optimizer", "adamw")
-        if before != self.sc.optimizer:
+        before = saved
+        for key in ("config", "train", self.stage):
+            before = before.get(key) if isinstance(before, dict) else None
+        before = before.get("optimizer", "adamw") if isinstance(before, dict) else "adamw"
+        if isinstance(before, str) and before != self.sc.optimizer:
             self.log(f"this {self.stage} trained with {before} and resumes with {self.sc.optimizer} "
                      f"(train.{self.stage}.optimizer); its learning rates are acm.toml's now too")
 

@@ -268,6 +268,14 @@ async def test_runs_pane_exports_a_run_in_the_chosen_format(with_model):
             await pilot.press("enter")
             await notified(pilot, says)
             assert app.is_running
+        await pilot.press("x")  # ~user of no user here: kept as written, as a shell keeps it
+        await pilot.pause()
+        app.screen.query_one("#export-folder", Input).value = "~nosuchuser-acm/m"
+        app.screen.query_one("#export-folder", Input).focus()
+        await pilot.press("enter")
+        kept = with_model / "~nosuchuser-acm" / "m"
+        await wait_until(pilot, lambda: (kept / "README.md").exists(), timeout=60)
+        assert app.is_running
 
 
 @pytest.mark.parametrize("size", [(80, 24), (200, 60)])

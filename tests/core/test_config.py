@@ -308,6 +308,18 @@ def test_a_save_writes_only_its_change_into_the_file_as_it_is_now(tmp_path):
                                        "generate": {"top_k": 7, "temperature": 0.5}}
 
 
+def test_the_setting_given_is_saved_even_where_the_settings_read_earlier_held_its_value(tmp_path):
+    """The app read steps = 100; the file says 200 since (a hand edit); the user gives 100 in the
+    Settings pane: 100 is what the file holds after the save that says so."""
+    path = write(tmp_path, "[train.pretrain]\nsteps = 100\n")
+    read_then = config.load(path)
+    path.write_text("[train.pretrain]\nsteps = 200\n[generate]\ntop_k = 7\n")
+    new, _ = config.with_value(read_then, "train.pretrain.steps", "100")
+    saved = config.save_settings(new, path, since=read_then, key="train.pretrain.steps")
+    assert saved.train.pretrain.steps == 100 and saved.generate.top_k == 7
+    assert config.read_table(path) == {"train": {"pretrain": {"steps": 100}}, "generate": {"top_k": 7}}
+
+
 def test_a_preset_saved_from_settings_read_earlier_follows_the_file_as_it_is_now(tmp_path, capsys):
     """The app switches the preset on settings it read at its start: a seq_len edited by hand since
     stays, and one set since beyond the new context follows the preset, as a fresh switch would."""

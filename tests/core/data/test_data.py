@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -122,6 +123,15 @@ def test_local_scan_and_empty_result(project, tmp_path):
         fetch_code(cfg_for(project, data__code__source="local", data__code__local_paths=[str(empty)]))
     with pytest.raises(AcmError, match="does not exist"):
         fetch_code(cfg_for(project, data__code__source="local", data__code__local_paths=[str(tmp_path / "nope")]))
+
+
+def test_a_home_of_no_user_here_is_kept_as_written(monkeypatch, tmp_path):
+    """~user of a user this machine lacks stays as typed (bash keeps it so), where Python raises."""
+    from core.paths import home_expanded
+
+    assert home_expanded(Path("~nosuchuser-acm/x")) == Path("~nosuchuser-acm/x")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert home_expanded(Path("~/x")) == tmp_path / "x"
 
 
 @pytest.mark.parametrize("line,ok", [

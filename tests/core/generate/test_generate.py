@@ -227,7 +227,7 @@ def test_a_checkpoint_whose_step_is_no_checkpoint_s_is_passed_over(with_model, c
 
 @pytest.mark.parametrize("key, value, said", [
     ("config.model.preset", "huge", "model.preset = 'huge' is not valid"),
-    ("config.train.pretrain.batch_size", 0, "batch_size = 0 is out of range")])
+    ("config.tokenizer.vocab_size", 7, "tokenizer.vocab_size = 7 is out of range")])
 def test_settings_a_checkpoint_was_trained_with_that_do_not_load_are_blamed_on_its_state_json(with_model, capsys,
                                                                                            key, value, said):
     """The model is built from them: one line naming that state.json, never acm.toml."""
@@ -239,6 +239,22 @@ def test_settings_a_checkpoint_was_trained_with_that_do_not_load_are_blamed_on_i
         assert cli.main(["-c", c, *command]) == 2
         err = capsys.readouterr().err
         assert err.startswith(f"acm: error: {only / 'state.json'}: ") and said in err and "acm.toml" not in err
+
+
+@pytest.mark.parametrize("key, value", [("config.train.finetune.grad_accum", 5000),
+                                        ("config.train.finetune.batch_size", 0), ("config.eval", 3)])
+def test_a_checkpoint_whose_training_settings_are_out_of_today_s_bounds_still_loads(with_model, capsys, key, value):
+    """Only the model's settings (model, tokenizer) build it: a training setting beyond a bound added
+    since, or damaged, leaves the checkpoint readable by generate and export."""
+    c, run = str(with_model / "acm.toml"), with_model / "runs" / "m"
+    only, = sorted((run / "finetune" / "checkpoints").glob("step-*"))
+    args = ["-c", c, "generate", "-e", "#!/bin/bash\\n", "--run", "m", "--max-tokens", "4", "--temp", "0"]
+    assert cli.main(args) == 0
+    before = capsys.readouterr().out
+    edit_state(only, key, value)
+    assert cli.main(args) == 0
+    assert capsys.readouterr().out == before
+    assert cli.main(["-c", c, "export", "m", "--to", str(with_model / "e")]) == 0
 
 
 def test_a_run_keeps_its_tokenizer_through_a_retrained_one(with_model, capsys):

@@ -5,6 +5,7 @@ import os
 import re
 import shutil
 
+import pytest
 from textual.widgets import DataTable
 
 from acm_tui.app import AcmApp
@@ -173,6 +174,23 @@ def test_pipeline_run_leaves_a_stage_training_elsewhere_alone(with_model, capsys
     err = " ".join(capsys.readouterr().err.split())
     assert err.startswith("acm: error: pretrain of run m is training in another process") and "acm runs stop m" in err
     assert sorted(p.name for p in (with_model / "runs").iterdir()) == before  # no second run beside it
+
+
+@pytest.mark.parametrize("pid", [0, -1, True, 10**20])
+def test_a_live_status_naming_no_possible_process_reads_as_damaged(with_model, capsys, pid):
+    """A hand-edited status.json whose pid no process can have (0 and -1 would ask about acm's own
+    group, or every process) is damaged: the stage is not held as training, and nothing fails."""
+    from core.runs import stage_state
+
+    run = with_model / "runs" / "m"
+    status = run / "pretrain" / "status.json"
+    status.write_text(json.dumps({"state": "running", "pid": pid, "time": 0}) + "\n")
+    assert stage_state(run, "pretrain") == "stopped"  # its checkpoints remain
+    c = str(with_model / "acm.toml")
+    for command in (["runs"], ["pipeline"]):
+        assert cli.main(["-c", c, *command]) == 0
+    assert cli.main(["-c", c, "runs", "rename", "m", "n"]) == 0
+    assert "internal error" not in capsys.readouterr().err
 
 
 def test_ctrl_c_in_pipeline_run_names_the_checkpoint_it_goes_on_from(prepared):

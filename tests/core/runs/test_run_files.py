@@ -139,3 +139,26 @@ def test_a_state_json_with_a_number_no_stage_writes_reads_as_damaged(tmp_path, k
     (folder / "state.json").write_text(json.dumps(GOOD_STATE | {key: value}))
     assert checkpoint.read_state(folder) is None
     assert checkpoint.damaged(tmp_path) == [folder]
+
+
+@pytest.mark.parametrize("how", IRREGULAR)
+@pytest.mark.parametrize("which", ["corpus manifest", "tokenizer"])
+def test_project_data_that_is_no_regular_file_is_one_line(with_model, how, which, capsys):
+    """The code corpus's manifest or the tokenizer replaced by a FIFO or a device: each command that
+    needs it says so in one line, the overview shows its stage as not done, none waits for a writer."""
+    cfg = config.load(with_model / "acm.toml")
+    corpus = which == "corpus manifest"
+    replace_with(cfg.locations.corpus_manifest("code") if corpus else cfg.locations.tokenizer_file, how)
+    c = str(with_model / "acm.toml")
+    needing = [["data", "show", "code", "0"], ["prepare"]] if corpus else [["prepare"], ["tokenizer", "probe", "hi"]]
+    with unless_stuck():
+        for command in needing:
+            assert cli.main(["-c", c, *command]) == 2, command
+            err = capsys.readouterr().err
+            lines = err.strip().splitlines()
+            assert lines[-1].startswith("acm: error: ") and "not a regular file" in lines[-1], (command, err)
+            assert sum(line.startswith("acm: error: ") for line in lines) == 1, (command, err)
+        assert cli.main(["-c", c, "pipeline"]) == 0
+    stage = "data: bash scripts" if corpus else "tokenizer"
+    row = next(line for line in capsys.readouterr().out.splitlines() if stage in line)
+    assert "done" not in row, row

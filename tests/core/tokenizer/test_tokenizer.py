@@ -200,7 +200,8 @@ def test_prepare_resumes_after_interruption(trained, monkeypatch):
 @pytest.mark.parametrize("damage", [
     lambda p: p.update(build="../../escaped"), lambda p: p.update(build=["x"]),
     lambda p: p["chunks"][0]["files"].update(train="/etc/passwd"), lambda p: p["chunks"][0].pop("files"),
-    lambda p: p.update(chunks={"0": 1})])
+    lambda p: p.update(chunks={"0": 1}), lambda p: p["chunks"][0].pop("tokens"),
+    lambda p: p["chunks"][1]["documents"].update(val="12"), lambda p: p.update(val_threshold="x")])
 def test_a_damaged_record_of_an_interrupted_prepare_starts_a_new_build_inside_the_shards_folder(
         trained, monkeypatch, damage):
     cfg = config.load(trained / "acm.toml")

@@ -527,13 +527,16 @@ def test_a_state_json_with_a_step_it_cannot_hold_is_damaged_and_passed_over(prep
     assert checkpoint.latest(Paths.checkpoints(run, "pretrain")).step == 11
 
 
-def test_a_checkpoint_whose_recorded_settings_no_longer_load_still_resumes(prepared, capsys):
-    """A resume trains with acm.toml's settings: what a checkpoint recorded (here a preset no acm has;
-    a check added to the settings later reads the same) never makes it unreadable."""
+@pytest.mark.parametrize("key, value", [("config.model.preset", "huge"), ("config.train.pretrain", 5),
+                                        ("config.train", [1])])
+def test_a_checkpoint_whose_recorded_settings_no_longer_load_still_resumes(prepared, capsys, key, value):
+    """A resume trains with acm.toml's settings: what a checkpoint recorded (here a preset no acm has,
+    tables that are no tables; a check added to the settings later reads the same) never makes it
+    unreadable."""
     cfg = load(prepared)
     run = cfg.runs_dir / "d"
     train_stage(cfg, "pretrain", run, max_steps=20)
-    edit_state(Paths.checkpoints(run, "pretrain") / "step-0000020", "config.model.preset", "huge")
+    edit_state(Paths.checkpoints(run, "pretrain") / "step-0000020", key, value)
     assert cli.main(["-c", str(prepared / "acm.toml"), "train", "pretrain", "--run", "d", "--resume",
                      "--max-steps", "1"]) == 0
     out = " ".join("".join(capsys.readouterr()).split())
