@@ -145,6 +145,8 @@ class Pane(VerticalScroll):
         if event.worker.name != STEP_WORKER or event.state not in (WorkerState.SUCCESS, WorkerState.ERROR,
                                                                    WorkerState.CANCELLED):
             return
+        if event.state == WorkerState.CANCELLED:  # Textual's quit cancels its workers, not the work they wait on
+            self.stop_work()
         self.step_cancel = None
         self.query_one(".step-progress").display = False
         if event.state == WorkerState.SUCCESS:
@@ -160,8 +162,12 @@ class Pane(VerticalScroll):
         self.step_ended()
 
     def on_unmount(self) -> None:
-        """Quitting (or a hang-up) cancels the step under way: a fetch stops its clones, so the app
-        ends without waiting for them; what was complete before stays."""
+        self.stop_work()
+
+    def stop_work(self) -> None:
+        """Quitting (or a hang-up) stops what runs in this pane: a fetch stops its clones, an
+        evaluation its batches, so the app ends without waiting for them; what was complete before
+        stays. Called as the app ends (its worker cancelled, the pane unmounted), whichever first."""
         if self.step_cancel is not None:
             self.step_cancel.cancel()
 

@@ -220,6 +220,10 @@ class GeneratePane(Pane):
         if self.stop_event is not None:
             self.stop_event.set()
 
+    def stop_work(self) -> None:
+        self.action_stop_generation()  # quitting: a generation ends at its next token
+        super().stop_work()
+
     def action_stop_or_leave(self) -> None:
         """escape: stop the generation in progress; with none, or pressed again (a generation waiting
         for the engine ends only when it starts), leave the prompt (or a setting), so that k, e and i

@@ -187,9 +187,10 @@ class SetupPane(Pane):
             self.chain_control.stop()  # a chain inside training stops it with a checkpoint
         super().action_cancel_step()
 
-    def on_unmount(self) -> None:
+    def stop_work(self) -> None:
         if self.chain_control is not None:  # quitting mid-chain: a training stage stops with a checkpoint
             self.chain_control.stop()
+        super().stop_work()
 
     # ------------------------------------------------------------ environment
 

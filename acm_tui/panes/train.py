@@ -188,9 +188,10 @@ class TrainPane(Pane):
             return False
         return True
 
-    def on_unmount(self) -> None:
+    def stop_work(self) -> None:
         if self.control is not None:  # quitting mid-run: stop at the next step, with a checkpoint
             self.control.stop()
+        super().stop_work()
 
     def busy(self) -> bool:
         return self.control is not None or super().busy()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 from rich.console import Console
 from rich.padding import Padding
@@ -71,6 +72,7 @@ def print_narrow(console: Console, rows: list[dict]) -> None:
 
 
 def cmd_command(args, cfg: Config) -> int:
+    wait_while_starting(cfg.locations.run(args.run), args.runs_command)
     run = runs.existing_run(cfg, args.run)
     stage = args.stage or runs.active_stage(run)
     if stage is None:
@@ -78,6 +80,17 @@ def cmd_command(args, cfg: Config) -> int:
     runs.send_command(run, stage, args.runs_command)
     print(f"{args.runs_command} sent to {stage} of run {run.name}")
     return 0
+
+
+def wait_while_starting(run: Path, command: str) -> None:
+    """A command sent just after `train --detach`, while the stage's process still starts (its run
+    may not have its settings yet), waits until that process runs it, or ends."""
+    def starting() -> bool:
+        return run.is_dir() and any(runs.stage_state(run, stage) == "starting" for stage in runs.TRAINING_STAGES)
+    if starting():
+        print(f"run {visible(run.name)} is starting: {command} waits for it (Ctrl-C to leave it)", flush=True)
+        while starting():
+            time.sleep(0.2)
 
 
 def cmd_delete(args, cfg: Config) -> int:

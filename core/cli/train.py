@@ -73,7 +73,8 @@ def cmd_train(args, cfg: Config) -> int:
         return INTERRUPTED
     if not args.json and os.environ.get("MLX_RANK", "0") == "0":  # one line, from rank 0
         print(result_line(args.stage, result))
-    return ended(args.stage, run, result.step, result.last_checkpoint, result.interrupted and result.stopped_early)
+    return ended(args.stage, run, result.step, result.last_checkpoint, result.interrupted and result.stopped_early,
+                 args)
 
 
 def result_line(stage: str, result: StageResult) -> str:
@@ -100,13 +101,16 @@ def readied_engine(args, cfg: Config, run) -> Engine | None:
     return early.take()
 
 
-def ended(stage: str, run, step: int, last_checkpoint: Path | None, stopped_by_ctrl_c: bool) -> int:
+def ended(stage: str, run, step: int, last_checkpoint: Path | None, stopped_by_ctrl_c: bool, args=None) -> int:
     """The exit status of a stage that ended: 130 where Ctrl-C stopped it before its end, saying
-    what it kept (a Ctrl-C before the first step saves nothing) and the command that goes on."""
+    what it kept (a Ctrl-C before the first step saves nothing) and the command that goes on: with
+    no checkpoint to keep its plan, the steps and time this one was given."""
     if not stopped_by_ctrl_c:
         return 0
     again = f"acm train {stage} --run {shlex.quote(run.name)}"
     if last_checkpoint is None:
+        for option, value in (("--steps", getattr(args, "steps", None)), ("--time", getattr(args, "time", None))):
+            again += f" {option} {shlex.quote(str(value))}" if value else ""
         kept = "no checkpoint yet"
     else:
         again += " --resume"
@@ -154,7 +158,7 @@ def train_on_ranks(args, cfg: Config, run, ranks: int) -> int:
     stopped = "state" in last and last["state"].state == "stopped"
     kept = checkpoint.latest(Paths.checkpoints(run, args.stage))  # this call's, or the one it resumed
     return ended(args.stage, run, last["state"].step if "state" in last else 0, kept.path if kept else None,
-                 control.interrupted and stopped)
+                 control.interrupted and stopped, args)
 
 
 def register(sub, add) -> None:

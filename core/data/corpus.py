@@ -139,6 +139,10 @@ class CorpusWriter:
         return manifest
 
     def abandon(self) -> None:
+        """The new shards removed, unless the manifest names them already: an interrupt that came
+        as (or after) `publish` wrote it finds them the corpus in force, to be kept."""
+        if (read_json(self.folder / MANIFEST) or {}).get("shard_dir") == self.shard_dir.name:
+            return
         shutil.rmtree(self.shard_dir, ignore_errors=True)
 
 

@@ -29,7 +29,7 @@ from core.config import Config
 from core.data.corpus import Corpus, corpus_hashes, corpus_sha256, sha256_file
 from core.data.pairs import SOURCES as PAIR_SOURCES
 from core.errors import AcmError
-from core.locks import rebuilding_inputs
+from core.locks import Flock, rebuilding_inputs
 from core.paths import CORPORA, MANIFEST, lies_in
 from core.progress import CancelToken, Reporter, Ticker, no_report
 from core.tokenizer.bpe import BOS_ID, EOS_ID, AcmTokenizer, load_tokenizer
@@ -146,6 +146,7 @@ def prepare_corpus(cfg: Config, kind: str, tok: AcmTokenizer, report: Reporter, 
     ident = _identity(cfg, kind, tok)
     done = None if force else _up_to_date(cfg, kind, ident)
     if done is not None:
+        _sweep_abandoned(cfg, kind)
         ticker = Ticker(report, f"{kind} (done)", done["documents"]["train"] + done["documents"]["val"])
         ticker.advance(ticker.state.total or 0)
         ticker.finish()
@@ -185,6 +186,18 @@ def _sweep(folder: Path, keep: str | None) -> None:
     if published:  # shards from before builds lay loose in the folder
         for f in folder.glob("chunk-*.npy"):
             f.unlink(missing_ok=True)
+
+
+def _sweep_abandoned(cfg: Config, kind: str) -> None:
+    """Shards up to date: a build an interrupted `prepare --force` left beside them, and its record,
+    can only be replaced, never resumed (a force starts afresh), so they go; not while anything else
+    holds the inputs (a rebuild under way, a training stage reading them)."""
+    folder, lock = cfg.locations.shards(kind), Flock(cfg.locations.inputs_lock)
+    if not ((folder / PARTIAL).exists() or len(list(folder.glob("build-*"))) > 1) or not lock.try_acquire():
+        return
+    with lock:
+        (folder / PARTIAL).unlink(missing_ok=True)
+        _sweep(folder, keep=None)
 
 
 def _up_to_date(cfg: Config, kind: str, ident: dict) -> dict | None:

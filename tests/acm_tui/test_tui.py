@@ -176,3 +176,25 @@ def test_a_byte_the_terminal_sends_that_is_not_utf8_leaves_the_app_up(project):
         assert app.exit_code(60) == 0 and b"UnicodeDecodeError" not in app.seen
     finally:
         app.close()
+
+
+async def test_a_quit_while_the_chain_trains_stops_its_stage_with_a_checkpoint_and_runs_nothing_after(prepared):
+    """Quitting ends the app's workers before its panes: the Setup pane's chain is stopped either
+    way, its training stage at its next step with a checkpoint, and the stages after it never start."""
+    from core.paths import Paths
+    from core.runs import checkpoint, last_report, list_runs, read_status
+
+    cfg = config.load(prepared / "acm.toml")
+    cfg.train.pretrain.steps, cfg.train.pretrain.save_every = 400, 400
+    config.save(cfg, prepared / "acm.toml")
+    app = AcmApp(prepared / "acm.toml")
+    async with app.run_test(size=(100, 40)) as pilot:
+        await pilot.press("1", "a")
+        await wait_until(pilot, lambda: list_runs(cfg) and last_report(list_runs(cfg)[0], "pretrain"), timeout=120)
+        await pilot.press("q")
+        await wait_until(pilot, lambda: app.screen.__class__.__name__ == "Confirm")
+        await pilot.press("y")
+    run = list_runs(cfg)[0]
+    assert read_status(run, "pretrain")["state"] == "stopped"
+    assert checkpoint.latest(Paths.checkpoints(run, "pretrain")).step < 400
+    assert read_status(run, "finetune") is None and not (run / "eval.json").exists()

@@ -223,6 +223,29 @@ def test_local_jsonl_without_field(project, tmp_path):
         fetch_language(cfg)
 
 
+@pytest.mark.parametrize("fetch", [fetch_language, fetch_code])
+def test_an_interrupt_as_a_fetch_publishes_keeps_the_corpus_it_published(project, monkeypatch, fetch):
+    """Ctrl-C landing after the manifest names the new shards (while the old ones are swept): the
+    new corpus is in force and whole, not a manifest naming shards the interrupt removed."""
+    import core.data.corpus as corpus
+
+    cfg = cfg_for(project, data__language__max_documents=40)
+    kind = "language" if fetch is fetch_language else "code"
+    fetch(cfg)
+    sweep = corpus.sweep_unpublished
+
+    def interrupted_after_the_manifest(folder):
+        if json.loads((folder / MANIFEST).read_text())["shard_dir"] != before:  # the new one is in force
+            monkeypatch.undo()
+            raise KeyboardInterrupt
+        sweep(folder)
+    monkeypatch.setattr(corpus, "sweep_unpublished", interrupted_after_the_manifest)
+    before = json.loads((project / "data" / kind / MANIFEST).read_text())["shard_dir"]
+    with pytest.raises(KeyboardInterrupt):
+        fetch(cfg)
+    assert len(Corpus.open(project / "data" / kind, kind)) == fetch(cfg)["stats"]["documents"]
+
+
 @pytest.fixture
 def hf_folder(tmp_path):
     folder = tmp_path / "stories"

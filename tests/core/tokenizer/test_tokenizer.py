@@ -158,10 +158,10 @@ def test_split_is_deterministic_seeded_and_never_empty():
     assert val_threshold(iter(texts), 1, 0.0) == -1
 
 
-def prepare_cut_after(cfg, monkeypatch, chunks: int) -> list[int]:
-    """`acm prepare` of the language corpus in chunks of 16 documents, cancelled once `chunks` of them
-    are encoded (its record of the build in progress left behind); the documents of each chunk
-    encoded from then on, in a list that grows as later prepares encode."""
+def prepare_cut_after(cfg, monkeypatch, chunks: int, force: bool = False) -> list[int]:
+    """`acm prepare` (`--force` with `force`) of the language corpus in chunks of 16 documents,
+    cancelled once `chunks` of them are encoded (its record of the build in progress left behind);
+    the documents of each chunk encoded from then on, in a list that grows as later prepares encode."""
     import core.tokenizer.shards as prep
 
     monkeypatch.setattr(prep, "CHUNK_DOCUMENTS", 16)  # several chunks from the small corpus
@@ -175,7 +175,7 @@ def prepare_cut_after(cfg, monkeypatch, chunks: int) -> list[int]:
 
     monkeypatch.setattr(prep, "encode_chunk", counting)
     with pytest.raises(Cancelled):
-        prepare(cfg, cancel=token, kinds=("language",))
+        prepare(cfg, cancel=token, kinds=("language",), force=force)
     encoded.clear()
     return encoded
 
@@ -195,6 +195,22 @@ def test_prepare_resumes_after_interruption(trained, monkeypatch):
     fresh = prepare(cfg, kinds=("language",), force=True)["language"]
     assert [c["sha256"] for c in fresh["chunks"]] == [c["sha256"] for c in m["chunks"]]
     assert CHUNK_DOCUMENTS == 8192
+
+
+def test_a_forced_prepare_cut_short_leaves_nothing_once_the_shards_in_force_are_read_as_done(trained, monkeypatch):
+    """`prepare --force` interrupted, then a plain `prepare`, which finds the shards in force up to
+    date: the cut build and its record (which no later prepare could resume) are removed."""
+    import core.tokenizer.shards as prep
+
+    cfg = config.load(trained / "acm.toml")
+    monkeypatch.setattr(prep, "CHUNK_DOCUMENTS", 16)  # as the cut prepare's chunks
+    published = prepare(cfg, kinds=("language",))["language"]["build"]
+    prepare_cut_after(cfg, monkeypatch, 2, force=True)
+    folder = cfg.locations.shards("language")
+    assert (folder / PARTIAL).exists() and len(list(folder.glob("build-*"))) == 2
+    assert prepare(cfg, kinds=("language",))["language"]["build"] == published
+    assert not (folder / PARTIAL).exists() and [d.name for d in folder.glob("build-*")] == [published]
+    open_tokens(cfg, "language", "train")
 
 
 @pytest.mark.parametrize("damage", [

@@ -69,6 +69,18 @@ def test_detached_stage_obeys_commands_and_signals(prepared, capsys):
     assert "is stopped: nothing to stop" in capsys.readouterr().err
 
 
+def test_a_stop_sent_as_a_background_stage_starts_waits_until_it_can_take_it(prepared, capsys):
+    """`acm runs stop` at once after `--detach`, while the stage's process still starts: the stop
+    waits for it, and the stage ends stopped."""
+    cfg = long_config(prepared)
+    c = str(prepared / "acm.toml")
+    assert cli.main(["-c", c, "train", "pretrain", "--run", "bg", "--detach"]) == 0
+    assert runs.stage_state(cfg.runs_dir / "bg", "pretrain") == "starting"
+    assert cli.main(["-c", c, "runs", "stop", "bg"]) == 0
+    assert "stop sent to pretrain of run bg" in capsys.readouterr().out
+    wait_for(lambda: runs.stage_state(cfg.runs_dir / "bg", "pretrain") == "stopped")
+
+
 def test_killed_process_reads_as_interrupted_and_runs_can_be_renamed_and_deleted(prepared, capsys):
     cfg = long_config(prepared)
     run = cfg.runs_dir / "k"

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -298,6 +299,9 @@ def test_ctrl_c_says_what_it_kept_and_a_finished_stage_exits_0(tmp_path, capsys)
     assert ended("pretrain", run, 0, None, True) == 130
     assert capsys.readouterr().err.endswith("interrupted: no checkpoint yet; `acm train pretrain --run 'c d'` "
                                             "continues\n")
+    asked = argparse.Namespace(steps=30, time="5m")  # no checkpoint holds the plan: the command gives it again
+    assert ended("pretrain", run, 0, None, True, asked) == 130
+    assert capsys.readouterr().err.endswith("`acm train pretrain --run 'c d' --steps 30 --time 5m` continues\n")
     assert ended("finetune", run, 12, run / "finetune" / "checkpoints" / "step-0000010", True) == 130
     assert "interrupted: its last checkpoint is step-0000010; `acm train finetune --run 'c d' --resume`" in (
         capsys.readouterr().err)
