@@ -207,8 +207,10 @@ class AcmApp(App):
         self.call_later(self.query_one(f"#{pane_id}-pane").run_action, action)
 
     def action_show_pane(self, pane_id: str) -> None:
+        """The pane shown and focused at once: keys typed right behind the pane's number (typeahead
+        over SSH) go to it, not to the pane just left (Widget.focus waits for the next idle)."""
         self.query_one("#panes", TabbedContent).active = pane_id
-        self.query_one(f"#{pane_id}-pane").focus()
+        self.screen.set_focus(self.query_one(f"#{pane_id}-pane"))
 
     def action_toggle_help(self) -> None:
         if self.screen.query("HelpPanel"):

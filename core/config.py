@@ -993,11 +993,20 @@ def _typed_value(key: str, text: str, source: str) -> Any:
         raise ConfigError(f"{source}: {key} is empty; give a folder (by default {default!r})")
     if isinstance(default, list) and isinstance(value, str):  # a,b for ["a", "b"]
         bare = text.strip()
-        if bare and bare[0] in "[{" and bare[-1] in "]}":  # meant as TOML, and not TOML (a quoted "[...]" is text)
+        if _meant_as_toml(bare):  # and not TOML (a quoted "[...]" is text)
             raise ConfigError(f"{source}: {key} = {text} does not read as TOML ({_toml_error(text)}); a list is "
                               '["a", "b"], a table {prompt = "...", expect = "..."}, and text in quotes')
         value = [part.strip() for part in value.split(",") if part.strip()]
     return value
+
+
+def _meant_as_toml(bare: str) -> bool:
+    """Text that starts and ends as a list or table, or starts as one with a quoted string, a
+    number or another list or table in it (one cut short: `["a", "b"`); `[ -d x ] && ...`, a bash
+    test, is text."""
+    if not bare or bare[0] not in "[{":
+        return False
+    return bare[-1] in "]}" or bare[1:].lstrip()[:1] in tuple("\"'[{0123456789")
 
 
 def _known_key(key: str, source: str) -> None:

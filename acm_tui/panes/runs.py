@@ -315,7 +315,7 @@ class RunsPane(Pane):
             self.notify(one_line(e), title="Export failed", severity="error", timeout=10)
             return
         self.notify(f"exported {info['preset']} ({info['model_type']}) as {info['format']} to {info['folder']}"
-                    + (f"; {info['notice']}" if info.get("notice") else ""), title="Exported", timeout=10)
+                    + (f"; {info['notice']}" if info.get("notice") else ""), timeout=10)
 
 
 def latest_checked(summary: dict) -> dict:

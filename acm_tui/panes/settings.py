@@ -106,7 +106,7 @@ class SettingsPane(Pane):
             new, notes = self.candidate(self.selected_key(), event.value)
             new = config.save_settings(new, self.app.config_path, since=self.cfg, key=self.selected_key())
         except AcmError as e:
-            self.notify(str(e), title="Not saved", severity="error")
+            self.notify(str(e), title=None if str(e).startswith("not saved") else "Not saved", severity="error")
             return
         self.app.cfg = new
         self.notify(f"{self.selected_key()} saved to {self.app.config_path}"

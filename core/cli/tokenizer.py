@@ -54,6 +54,9 @@ def print_eval(meta: dict) -> None:
 
 def cmd_info(args, cfg: Config) -> int:
     meta = load_meta(cfg)
+    if meta is None and cfg.locations.tokenizer_file.exists():
+        raise AcmError(f"the tokenizer in {cfg.locations.tokenizer} has no metadata of its own (its training "
+                       "ended before writing it): run `acm tokenizer train` again")
     if meta is None:
         raise AcmError(f"no tokenizer in {cfg.locations.tokenizer}: run `acm tokenizer train` first")
     if args.json:

@@ -127,7 +127,14 @@ def tokenizer_with(sha256: str, cfg: Config, *copies: Path) -> AcmTokenizer | No
 
 
 def load_meta(cfg: Config) -> dict | None:
-    return read_json(cfg.locations.tokenizer_meta)
+    """The tokenizer's metadata; None where there is none, or it is not of the tokenizer in force (a
+    kill between a new tokenizer's swap and its metadata's write leaves the old one's)."""
+    meta = read_json(cfg.locations.tokenizer_meta)
+    try:
+        return meta if meta is not None and meta.get("tokenizer_sha256") == sha256_file(cfg.locations.tokenizer_file) \
+            else None
+    except OSError:  # no tokenizer, or none that reads
+        return None
 
 
 # ---------------------------------------------------------------- training

@@ -198,3 +198,20 @@ async def test_a_quit_while_the_chain_trains_stops_its_stage_with_a_checkpoint_a
     assert read_status(run, "pretrain")["state"] == "stopped"
     assert checkpoint.latest(Paths.checkpoints(run, "pretrain")).step < 400
     assert read_status(run, "finetune") is None and not (run / "eval.json").exists()
+
+
+async def test_keys_typed_right_behind_a_pane_s_number_go_to_that_pane(project):
+    """`3c` in one burst from the Data pane (typeahead over SSH): the Tokenizer pane shows, and the
+    `c` is not the Data pane's (a code fetch)."""
+    from textual import events
+
+    app = AcmApp(project / "acm.toml")
+    async with app.run_test(size=(100, 40)) as pilot:
+        await pilot.press("2")
+        await pilot.pause(0.5)
+        for key in "3c":
+            app.post_message(events.Key(key, key))
+        await pilot.pause(1)
+        assert app.query_one("#panes", TabbedContent).active == "tokenizer"
+        assert app.focused is app.query_one("#tokenizer-pane")
+        assert not app.query_one("#data-pane").busy()

@@ -278,6 +278,23 @@ async def test_runs_pane_exports_a_run_in_the_chosen_format(with_model):
         assert app.is_running
 
 
+async def test_the_export_dialog_shows_its_whole_instruction_at_80x24(with_model):
+    from textual.widgets import Label
+
+    app = PaneHost(RunsPane, with_model / "acm.toml")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("6")
+        table = app.query_one("#runs-table", DataTable)
+        await wait_until(pilot, lambda: table.row_count == 1)
+        table.focus()
+        await pilot.press("x")
+        await pilot.pause()
+        label = app.screen.query_one(Label)
+        where = app.screen.find_widget(label)
+        assert "then the new folder (enter):" in str(label.render())
+        assert where.visible_region == where.region and where.region.height >= 3  # wrapped, none of it cut
+
+
 @pytest.mark.parametrize("size", [(80, 24), (200, 60)])
 async def test_every_pane_at_small_and_large_sizes_without_colour(project, monkeypatch, size):
     monkeypatch.setenv("NO_COLOR", "1")

@@ -264,6 +264,14 @@ def test_config_set_says_what_it_wrote_and_what_the_machine_s_preset_cuts(tmp_pa
     assert cli.main(["-c", str(path), "config", "set", "eval.prompts", "[ -d /tmp ]"]) == 2  # quotes make it text
 
 
+@pytest.mark.parametrize("cut", ['["/opt/a", "/opt/b"', "[1, 2", "[{prompt = 'x'"])
+def test_a_list_cut_short_is_refused_not_saved_as_a_list_of_its_pieces(tmp_path, capsys, cut):
+    path = write(tmp_path, "[model]\npreset = 'nano'\n")
+    assert cli.main(["-c", str(path), "config", "set", "data.code.local_paths", cut]) == 2
+    assert "does not read as TOML" in capsys.readouterr().err
+    assert config.load(path).data.code.local_paths == config.Config().data.code.local_paths
+
+
 def test_an_empty_path_is_refused_where_it_is_set_and_read_as_before_where_it_is_written(tmp_path):
     """Settings written with an empty path (a run's config.toml, a checkpoint's, an older acm.toml)
     still read; setting one is refused: it would make the project's folder the data or runs folder."""

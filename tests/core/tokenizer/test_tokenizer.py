@@ -248,6 +248,20 @@ def test_changed_tokenizer_is_refused(trained):
     assert open_tokens(cfg, "code", "train").num_tokens > 0
 
 
+def test_metadata_of_another_tokenizer_than_the_one_in_force_reads_as_none(trained, capsys):
+    """A kill between a new tokenizer's swap and its metadata's write leaves the old metadata beside
+    it: neither `tokenizer info` nor the overview reports the old tokenizer's figures as the new one's."""
+    cfg = config.load(trained / "acm.toml")
+    tok = cfg.locations.tokenizer_file
+    tok.write_text(json.dumps(json.loads(tok.read_text()), indent=1))  # another file, as a new tokenizer is
+    c = str(trained / "acm.toml")
+    assert cli.main(["-c", c, "tokenizer", "info"]) == 2
+    assert "has no metadata of its own" in capsys.readouterr().err
+    assert cli.main(["-c", c, "pipeline"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if "tokenizer" in line)
+    assert "not started" in row, row
+
+
 def test_cli_probe_and_prepare(trained, capsys):
     c = str(trained / "acm.toml")
     assert cli.main(["-c", c, "tokenizer", "probe", "--json", LOG_EXAMPLES[0]]) == 0
