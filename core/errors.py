@@ -67,6 +67,31 @@ def leave_signals_to_main() -> None:
 
 
 @contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Ctrl-C, SIGTERM and SIGHUP that come inside the block are noted, and the first is handled as
+    the block ends, by the handler in force before it (a Python one is called, the system's default
+    acts): a few steps that must happen together (a process started and its pid recorded) are never
+    cut between them. Their mask is left alone, so a process started inside keeps them. Only the main
+    thread may set a handler; elsewhere the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    came: list[int] = []
+    before = {sig: signal.signal(sig, lambda signum, frame: came.append(signum)) for sig in MAIN_THREAD_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+        if came:
+            handler = before[came[0]]
+            if callable(handler):
+                handler(came[0], None)
+            elif handler == signal.SIG_DFL:
+                signal.raise_signal(came[0])
+
+
+@contextlib.contextmanager
 def polite_kill_as_ctrl_c() -> Iterator[None]:
     """A polite kill (SIGTERM: `kill`, `timeout`, a service manager) handled as Ctrl-C is, so what
     is under way stops the way Ctrl-C stops it: a training stage at its next step with a checkpoint,

@@ -8,11 +8,16 @@ checkpoint). A later acm-tui finds it through its status file and attaches to me
 """
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 from core import config, runs
+from core.errors import signals_deferred
+from core.locks import held_alone
 from core.paths import Paths
 from core.runs.writer import busy, holder
 from core.train import snapshot
@@ -34,15 +39,35 @@ def launch_detached(config_path: Path, stage: str, run: Path, resume: bool = Fal
     ranks = ranks or cfg.train.ranks
     command = snapshot.command(snapshot.location(run, stage))
     argv = launcher_argv(ranks, command) if ranks > 1 else [sys.executable, *command]
-    who = holder(run)
-    if who is None and runs.stage_state(run, stage) == "starting":  # launched a moment ago, not yet locked
-        who = runs.read_status(run, stage)
-    if who is not None:
-        raise busy(run, who)
-    snapshot.write(cfg, snapshot.Launch(stage, run.name, resume, steps, max_steps), run)
-    env = launcher_env(SOURCE)
-    with open(Paths.detached_log(run, stage), "ab") as log:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True, cwd=str(Path(config_path).resolve().parent), env=env)
-    runs.write_status(run, stage, "starting", pid=proc.pid)
-    return proc.pid
+    lock = run.parent / f".{run.name}.launch.lock"  # beside the run: a failed launch leaves its folder no run
+    with held_alone(lock, f"run {run.name} is being launched by another acm: wait for it"):
+        who = holder(run)
+        if who is None and runs.stage_state(run, stage) == "starting":  # launched a moment ago, not yet locked
+            who = runs.read_status(run, stage)
+        if who is not None:
+            raise busy(run, who)
+        return _launch(cfg, snapshot.Launch(stage, run.name, resume, steps, max_steps), run, argv,
+                       Path(config_path).resolve().parent)
+
+
+def _launch(cfg: config.Config, launch: snapshot.Launch, run: Path, argv: list[str], cwd: Path) -> int:
+    """The background process started and its status written with Ctrl-C and SIGTERM deferred, so
+    that one comes after both or neither; one that came meanwhile ends the process it started (a
+    launch cut short leaves nothing training that no one was told of)."""
+    proc = None
+    try:
+        with signals_deferred():
+            snapshot.write(cfg, launch, run)
+            with open(Paths.detached_log(run, launch.stage), "ab") as log:
+                proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                        start_new_session=True, cwd=str(cwd), env=launcher_env(SOURCE))
+            runs.write_status(run, launch.stage, "starting", pid=proc.pid)
+        pid = proc.pid
+    except BaseException:
+        if proc is not None:
+            with contextlib.suppress(OSError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            Paths.status(run, launch.stage).unlink(missing_ok=True)  # never started: as before the launch
+        raise
+    return pid

@@ -13,6 +13,7 @@ import pytest
 
 from acm_tui.app import AcmApp
 from core import cli, config, runs
+from core.errors import AcmError
 from core.paths import Paths
 from core.runs import checkpoint
 from core.train.detach import launch_detached
@@ -79,6 +80,39 @@ def test_a_stop_sent_as_a_background_stage_starts_waits_until_it_can_take_it(pre
     assert cli.main(["-c", c, "runs", "stop", "bg"]) == 0
     assert "stop sent to pretrain of run bg" in capsys.readouterr().out
     wait_for(lambda: runs.stage_state(cfg.runs_dir / "bg", "pretrain") == "stopped")
+
+
+def test_a_ctrl_c_as_a_background_stage_is_launched_leaves_nothing_training(prepared, monkeypatch):
+    """Ctrl-C landing as the launch writes the stage's status: the status is written whole, then
+    the process it started is ended, and the stage reads as never started (no pid was said, so
+    nothing may train unseen)."""
+    import core.train.detach as detach
+
+    cfg = long_config(prepared)
+    run, started = cfg.runs_dir / "cut", []
+    real = detach.runs.write_status
+
+    def then_ctrl_c(run_, stage, state, **fields):
+        os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C, as the status is written: taken once it is
+        real(run_, stage, state, **fields)
+        started.append(fields["pid"])
+    monkeypatch.setattr(detach.runs, "write_status", then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        launch_detached(prepared / "acm.toml", "pretrain", run)
+    with pytest.raises(ProcessLookupError):
+        os.kill(started[0], 0)
+    assert runs.stage_state(run, "pretrain") == "not started"
+
+
+def test_a_launch_beside_another_launch_of_the_run_is_refused(prepared):
+    from core.locks import Flock
+
+    cfg = long_config(prepared)
+    other = Flock(cfg.runs_dir / ".two.launch.lock")
+    assert other.try_acquire()
+    with other, pytest.raises(AcmError, match="run two is being launched by another acm: wait for it"):
+        launch_detached(prepared / "acm.toml", "pretrain", cfg.runs_dir / "two")
+    assert not (cfg.runs_dir / "two").exists()
 
 
 def test_killed_process_reads_as_interrupted_and_runs_can_be_renamed_and_deleted(prepared, capsys):
