@@ -230,13 +230,20 @@ def cmd_eval(args, cfg: Config) -> int:
 
 
 def cancelled_on_interrupt(job, cancel: CancelToken):
-    """The job's result; a Ctrl-C or SIGTERM meanwhile cancels it (it stops at its next check) and goes
-    on up, to end the command once the engine has let the job end."""
+    """The job's result; a Ctrl-C or SIGTERM meanwhile cancels it, and the command ends interrupted
+    once the job has stopped at its next check. One that came after the job's last check (its folder
+    or eval.json put in place already) finds it done: said so, and its result is the command's.
+    A second Ctrl-C while it stops ends the command at once."""
     try:
         return wait_for(job)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         cancel.cancel()
-        raise
+        try:
+            result = wait_for(job)
+        except Exception:  # stopped (Cancelled), or failed meanwhile: the interrupt is what ends it
+            raise interrupt from None
+        print("acm: the interrupt came after its last point of stopping: it is done", file=sys.stderr)
+        return result
 
 
 def print_eval_table(results: dict) -> None:

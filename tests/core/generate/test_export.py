@@ -551,3 +551,37 @@ def test_the_card_names_the_optimizer_the_stage_trained_with(with_model):
         assert training(adamw) == ("- batch 4 x 32 tokens, AdamW, peak learning rate 0.001, "
                                    "linear warmup over 1,000 steps, then cosine decay")
     assert training(base | {"warmup_steps": 0}).endswith("AdamW, peak learning rate 0.001, cosine decay")
+
+
+@pytest.mark.parametrize("stops", [True, False])
+def test_an_interrupt_after_a_job_s_last_check_finds_it_done(capsys, stops):
+    """`acm export` and `acm eval` cancel their job on Ctrl-C: one that stops says so (interrupted);
+    one past its last check (its folder already in place) is done, and the command says that."""
+    import os
+    import signal
+    import threading
+
+    from core.cli.generate import cancelled_on_interrupt
+    from core.engine import Engine
+    from core.progress import CancelToken
+
+    engine, cancel = Engine(), CancelToken()
+
+    def job():  # runs until the interrupt has cancelled it, then stops at a check, or has none left
+        cancel._event.wait(60)  # a guard against a hang, not a measure of time
+        if stops:
+            cancel.check()
+        return "done"
+
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C as a command's main thread takes it
+    threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()
+    try:
+        if stops:
+            with pytest.raises(KeyboardInterrupt):
+                cancelled_on_interrupt(engine.submit(job), cancel)
+        else:
+            assert cancelled_on_interrupt(engine.submit(job), cancel) == "done"
+            assert "after its last point of stopping: it is done" in capsys.readouterr().err
+    finally:
+        signal.signal(signal.SIGINT, before)
+        engine.shutdown()
