@@ -41,6 +41,16 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
         raise
 
 
+def sweep_temporaries(folder: Path, *names: str) -> None:
+    """The temp files `atomic_open` left beside `names` (glob patterns allowed) in `folder` when its
+    process was killed (SIGKILL runs no cleanup). Only for a caller that alone writes those files now
+    (it holds their lock): another writer's temp file in flight would go with them."""
+    for name in names:
+        for tmp in Path(folder).glob(f".{name}.*.tmp"):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+
 _SYNC_FILE_RANGE_WRITE = 2
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import difflib
+import glob
 import itertools
 import math
 import os
@@ -20,7 +21,7 @@ from typing import Any, get_type_hints
 
 import tomli_w
 
-from core.atomic import read_regular, write_text
+from core.atomic import read_regular, sweep_temporaries, write_text
 from core.errors import ConfigError, write_failure
 from core.locks import folder_held
 from core.paths import Paths
@@ -753,6 +754,7 @@ def save_settings(cfg: Config, path: str | os.PathLike = CONFIG_NAME, since: Con
     if path.is_symlink() and not path.exists():
         read_table(path)  # a link that leads to no file is refused as reading it is, never replaced
     with folder_held(path.resolve().parent):  # a linked acm.toml: its file's folder
+        sweep_temporaries(path.resolve().parent, glob.escape(path.resolve().name))  # left by a killed save
         text = _writable_text(path)
         table = cfg.explicit
         if since is not None:

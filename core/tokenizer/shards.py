@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.atomic import atomic_open, read_json, write_text, writing
+from core.atomic import atomic_open, read_json, sweep_temporaries, write_text, writing
 from core.config import Config
 from core.data.corpus import Corpus, corpus_hashes, corpus_sha256, sha256_file
 from core.data.pairs import SOURCES as PAIR_SOURCES
@@ -227,6 +227,8 @@ def _resume_point(cfg: Config, kind: str, ident: dict, force: bool) -> dict:
         partial = ident | {"chunks": [], "build": f"build-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"}
     _sweep(folder, keep=partial["build"])  # builds abandoned earlier
     (folder / partial["build"]).mkdir(exist_ok=True)
+    sweep_temporaries(folder, MANIFEST, PARTIAL)  # what a killed prepare was writing
+    sweep_temporaries(folder / partial["build"], "chunk-*")
     finished = {c["index"]: c for c in partial["chunks"]
                 if all((folder / c["files"][s]).exists() for s in SPLITS)}
     partial["chunks"] = [finished[i] for i in sorted(finished)]

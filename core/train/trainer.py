@@ -22,6 +22,7 @@ from pathlib import Path
 import mlx.core as mx
 
 from core import runs
+from core.atomic import sweep_temporaries
 from core.config import Config, StageConfig, parse_duration
 from core.data.corpus import sha256_file
 from core.devices import rank_figures
@@ -243,6 +244,8 @@ class Trainer:
     def _start_recording(self, cfg: Config) -> None:
         """The run's files (its config.toml, metrics, log), written only once the stage can start:
         a refused resume leaves them as they were. What was said before reaches the files too."""
+        sweep_temporaries(self.run_path, "config.toml")  # a killed stage's, this stage the run's one writer now
+        sweep_temporaries(Paths.stage(self.run_path, self.stage), "tokenizer.json", "status.json", "timings.json")
         prepare_run(cfg, self.run_path, self.stage)
         keep_copy(self.tok, Paths.stage_tokenizer(self.run_path, self.stage))
         self.recorder = Recorder(self.run_path, self.stage, self.state.total_steps)

@@ -272,6 +272,18 @@ def test_a_list_cut_short_is_refused_not_saved_as_a_list_of_its_pieces(tmp_path,
     assert config.load(path).data.code.local_paths == config.Config().data.code.local_paths
 
 
+def test_a_save_sweeps_the_temp_files_of_saves_killed_before_it(tmp_path):
+    """SIGKILL during a save runs no cleanup: its temp file beside acm.toml goes with the next save,
+    which holds the folder's lock (no other save is under way)."""
+    path = write(tmp_path, "[model]\npreset = 'nano'\n")
+    left = [tmp_path / ".acm.toml.k1ll3d00.tmp", tmp_path / ".acm.toml.0th3r000.tmp"]
+    for tmp in left:
+        tmp.write_text("[model]\npre")
+    (tmp_path / ".other.toml.k1ll3d00.tmp").write_text("not acm.toml's")
+    assert cli.main(["-c", str(path), "config", "set", "generate.seed", "3"]) == 0
+    assert not any(tmp.exists() for tmp in left) and (tmp_path / ".other.toml.k1ll3d00.tmp").exists()
+
+
 def test_an_empty_path_is_refused_where_it_is_set_and_read_as_before_where_it_is_written(tmp_path):
     """Settings written with an empty path (a run's config.toml, a checkpoint's, an older acm.toml)
     still read; setting one is refused: it would make the project's folder the data or runs folder."""

@@ -189,7 +189,12 @@ def test_prepare_resumes_after_interruption(trained, monkeypatch):
     folder = cfg.locations.shards("language")
     assert (folder / PARTIAL).exists() and not (folder / "manifest.json").exists()
     assert len(json.loads((folder / PARTIAL).read_text())["chunks"]) == 3
+    build = folder / json.loads((folder / PARTIAL).read_text())["build"]
+    killed = [build / ".chunk-00003.train.npy.k1ll3d00.tmp", folder / ".manifest.partial.json.k1ll3d00.tmp"]
+    for tmp in killed:  # what a SIGKILL leaves mid-write
+        tmp.write_bytes(b"half")
     m = prepare(cfg, kinds=("language",))["language"]
+    assert not any(tmp.exists() for tmp in killed)
     assert len(encoded) == len(m["chunks"]) - 3  # only the unfinished chunks were encoded
     monkeypatch.setattr(prep, "encode_chunk", real)
     fresh = prepare(cfg, kinds=("language",), force=True)["language"]

@@ -290,6 +290,18 @@ def test_a_reader_that_stops_early_stops_training_with_a_checkpoint(prepared, co
     assert status["state"] == "stopped" and last is not None and last.step == status["step"]
 
 
+def test_a_stage_sweeps_the_temp_files_a_killed_stage_of_its_run_left(prepared):
+    cfg = load(prepared)
+    run = cfg.runs_dir / "k"
+    train_stage(cfg, "pretrain", run, max_steps=2)
+    left = [run / ".config.toml.k1ll3d00.tmp", Paths.stage(run, "pretrain") / ".tokenizer.json.k1ll3d00.tmp",
+            Paths.stage(run, "pretrain") / ".status.json.k1ll3d00.tmp"]
+    for tmp in left:
+        tmp.write_text("half")
+    train_stage(cfg, "pretrain", run, resume=True, max_steps=1)
+    assert not any(tmp.exists() for tmp in left)
+
+
 def test_ctrl_c_says_what_it_kept_and_a_finished_stage_exits_0(tmp_path, capsys):
     """Ctrl-C before the first step saves nothing and says so; one after a resume that saved nothing
     new names the checkpoint a resume goes on from; a stage that reached its end exits 0."""
