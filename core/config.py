@@ -442,11 +442,11 @@ def parse_duration(text: str, key: str = "duration") -> float:
         parts = DURATION.findall(text)
         seconds = sum(float(n) * DURATION_UNITS[u] for n, u in parts)
         if not parts or "".join(n + u for n, u in parts) != text:
-            raise ConfigError(f"{key} = {text!r} is not a duration: write it like 90s, 10m, 8h or 1h30m") from None
+            raise ConfigError(f"{key} = {shown(text)} is not a duration: write it like 90s, 10m, 8h or 1h30m") from None
     if not (math.isfinite(seconds) and seconds > 0):
-        raise ConfigError(f"{key} = {text!r} must be a positive duration")
+        raise ConfigError(f"{key} = {shown(text)} must be a positive duration")
     if seconds > MAX_DURATION_S:
-        raise ConfigError(f"{key} = {text!r} is too long: at most 365 days (8760h)")
+        raise ConfigError(f"{key} = {shown(text)} is too long: at most 365 days (8760h)")
     return seconds
 
 
@@ -467,21 +467,33 @@ def _check_value(key: str, value: Any, f, typ) -> Any:
     return value
 
 
+SHOWN_CHARACTERS = 80  # of a refused value in its one line: a long paste must not hide the reason
+
+
+def shown(value: Any) -> str:
+    """A refused value as its line shows it: its repr, cut with its length said where long."""
+    text = repr(value)
+    if len(text) <= SHOWN_CHARACTERS:
+        return text
+    size = f"{len(value):,} characters" if isinstance(value, str) else f"{len(text):,} characters as written"
+    return f"{text[:SHOWN_CHARACTERS - 20]}… ({size})"
+
+
 def _check_type(key: str, value: Any, wanted: type) -> None:
     if not isinstance(value, wanted) or (wanted is int and isinstance(value, bool)):
-        raise ConfigError(f"{key} must be {_type_word(wanted)}, got {value!r}")
+        raise ConfigError(f"{key} must be {_type_word(wanted)}, got {shown(value)}")
     if wanted is list and not all(isinstance(item, str) for item in value):
-        raise ConfigError(f"{key} must be a list of strings, got {value!r}")
+        raise ConfigError(f"{key} must be a list of strings, got {shown(value)}")
     _check_text(key, value, value if wanted is list else [value] if wanted is str else [])
     if wanted is float and not math.isfinite(value):
-        raise ConfigError(f"{key} must be a finite number, got {value!r}")
+        raise ConfigError(f"{key} must be a finite number, got {shown(value)}")
 
 
 def _check_text(key: str, value: Any, texts: list[str]) -> None:
     """A setting's text (a string, or a list's items) as a file can hold it: no NUL, no half of a
     character (a lone surrogate, which only a paste or an escape can give)."""
     if any("\0" in text for text in texts):
-        raise ConfigError(f"{key} = {value!r} holds a NUL character, which no path, name or text can")
+        raise ConfigError(f"{key} = {shown(value)} holds a NUL character, which no path, name or text can")
     try:
         for text in texts:
             text.encode("utf-8")
@@ -496,9 +508,9 @@ def _check_choices(key: str, value: Any, choices: tuple | None) -> None:
         return
     if isinstance(value, list):
         if any(item not in choices for item in value):
-            raise ConfigError(f"{key} = {value!r} is not valid; each one of: {', '.join(map(str, choices))}")
+            raise ConfigError(f"{key} = {shown(value)} is not valid; each one of: {', '.join(map(str, choices))}")
     elif value not in choices:
-        raise ConfigError(f"{key} = {value!r} is not valid; choose one of: {', '.join(map(str, choices))}")
+        raise ConfigError(f"{key} = {shown(value)} is not valid; choose one of: {', '.join(map(str, choices))}")
 
 
 def _check_range(key: str, value: Any, meta, wanted: type) -> None:
@@ -508,9 +520,9 @@ def _check_range(key: str, value: Any, meta, wanted: type) -> None:
     lo, hi, above = meta.get("min"), meta.get("max"), meta.get("above")
     if ((lo is not None and value < lo) or (hi is not None and value > hi)
             or (above is not None and value <= above)):
-        raise ConfigError(f"{key} = {value!r} is out of range; allowed: {_range_words(lo, hi, above)}")
+        raise ConfigError(f"{key} = {shown(value)} is out of range; allowed: {_range_words(lo, hi, above)}")
     if wanted is int and hi is None and not meta.get("unbounded") and value > INT_LIMIT:
-        raise ConfigError(f"{key} = {value!r} is out of range; allowed: at most {INT_LIMIT}")
+        raise ConfigError(f"{key} = {shown(value)} is out of range; allowed: at most {INT_LIMIT}")
 
 
 def int_range(key: str) -> tuple[int, int]:
@@ -595,7 +607,7 @@ def _maker(f):
 def _build_tables(cls, value: Any, key: str, source: str) -> list:
     """A list of tables (`[[eval.tasks]]` in acm.toml), each built as dataclass `cls`."""
     if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
-        raise ConfigError(f"{source}: {key} must be a list of tables (each a [[{key}]] section), got {value!r}")
+        raise ConfigError(f"{source}: {key} must be a list of tables (each a [[{key}]] section), got {shown(value)}")
     return [_build(cls, item, f"{key}[{i}].", source) for i, item in enumerate(value)]
 
 

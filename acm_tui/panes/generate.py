@@ -130,7 +130,8 @@ class GeneratePane(Pane):
             try:
                 values[name] = typ(raw)
             except ValueError:
-                raise AcmError(f"{label} must be {'an integer' if typ is int else 'a number'}, got {raw!r}") from None
+                kind = "an integer" if typ is int else "a number"
+                raise AcmError(f"{label} must be {kind}, got {config.shown(raw)}") from None
         return SamplingParams.from_config(config.overridden(self.cfg.generate, "generate.", "Generate pane", **values))
 
     def checkpoint_choice(self) -> tuple[str | None, str | None, str]:

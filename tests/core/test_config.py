@@ -284,6 +284,17 @@ def test_a_save_sweeps_the_temp_files_of_saves_killed_before_it(tmp_path):
     assert not any(tmp.exists() for tmp in left) and (tmp_path / ".other.toml.k1ll3d00.tmp").exists()
 
 
+@pytest.mark.parametrize("key", ["model.preset", "train.pretrain.time", "train.pretrain.steps"])
+def test_a_long_paste_refused_keeps_its_reason_in_view(key):
+    """10,000 characters pasted into a setting: the line that refuses them shows their start and
+    their length, and why (the Settings pane shows it under the input, a toast after enter)."""
+    with pytest.raises(ConfigError) as refused:
+        config.with_value(config.Config(), key, "x" * 10_000)
+    said = str(refused.value)
+    assert len(said) < 300 and "(10,000 characters)" in said, said
+    assert "choose one of" in said or "is not a duration" in said or "must be" in said, said
+
+
 def test_an_empty_path_is_refused_where_it_is_set_and_read_as_before_where_it_is_written(tmp_path):
     """Settings written with an empty path (a run's config.toml, a checkpoint's, an older acm.toml)
     still read; setting one is refused: it would make the project's folder the data or runs folder."""
