@@ -15,6 +15,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.widgets import DataTable, Input, Label, Select, Static
 
+from acm_tui.text_input import TextInput
 from core import config, runs
 from core.atomic import read_json
 from core.errors import AcmError, one_line
@@ -76,13 +77,13 @@ class GeneratePane(Pane):
             with Horizontal(classes="gen-settings"):
                 for name, label, _ in row:
                     yield Label(label, classes="gen-label")
-                    yield Input(str(getattr(g, name)), id=f"gen-{name}", classes="gen-setting")
+                    yield TextInput(str(getattr(g, name)), id=f"gen-{name}", classes="gen-setting")
                 if second:
                     yield Label("n", classes="gen-label")
-                    yield Input("1", id="gen-n", classes="gen-setting")
+                    yield TextInput("1", id="gen-n", classes="gen-setting")
         yield Static("", id="gen-output")
         yield Static("", id="gen-status")
-        yield Input(placeholder="prompt, e.g. #!/bin/bash\\n# Install docker\\n", id="gen-prompt")
+        yield TextInput(placeholder="prompt, e.g. #!/bin/bash\\n# Install docker\\n", id="gen-prompt")
         yield Static("Evaluation ([b]acm eval[/b])", classes="heading")
         yield from self.compose_step()
         yield DataTable(id="eval-table", cursor_type="none")

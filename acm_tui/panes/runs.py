@@ -15,6 +15,7 @@ from textual.screen import ModalScreen
 from textual.widgets import DataTable, Input, Label, Select, Static
 from textual_plotext import PlotextPlot
 
+from acm_tui.text_input import TextInput
 from core import runs
 from core.errors import AcmError, one_line
 from core.escapes import visible
@@ -39,7 +40,7 @@ class AskName(ModalScreen[str | None]):
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
             yield Label(visible(self.question), markup=False)
-            yield Input(self.value, id="name")
+            yield TextInput(self.value, id="name")
 
     @on(Input.Submitted)
     def _submitted(self, event: Input.Submitted) -> None:
@@ -63,7 +64,7 @@ class AskExport(ModalScreen[tuple[str, str] | None]):
             yield Label(f"Export run {visible(self.run)}'s best checkpoint, with a model card. Format "
                         "(mlx: mlx-lm, hf: transformers, gguf: llama.cpp), then the new folder (enter):", markup=False)
             yield Select([(f, f) for f in FORMATS], value="mlx", allow_blank=False, id="export-format")
-            yield Input(self.folder, id="export-folder")
+            yield TextInput(self.folder, id="export-folder")
 
     @on(Input.Submitted)
     def _submitted(self, event: Input.Submitted) -> None:

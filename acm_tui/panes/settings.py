@@ -13,6 +13,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import DataTable, Input, Static
 
+from acm_tui.text_input import TextInput
 from core import config
 from core.errors import AcmError
 from core.pipeline.tables import plain
@@ -41,7 +42,7 @@ class SettingsPane(Pane):
                      "cancels. Saving keeps acm.toml's other values and its comments.", classes="hint")
         yield SettingTable(id="settings-table", cursor_type="row", zebra_stripes=True)
         yield Static("", id="settings-help")
-        yield Input(id="settings-input", placeholder="select a setting and press enter", disabled=True)
+        yield TextInput(id="settings-input", placeholder="select a setting and press enter", disabled=True)
         yield Static("", id="settings-error")
 
     def on_mount(self) -> None:

@@ -7,6 +7,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import DataTable, Input, Static
 
+from acm_tui.text_input import TextInput
 from core.errors import AcmError
 from core.paths import CORPORA
 from core.pipeline.tables import (
@@ -50,7 +51,7 @@ class TokenizerPane(Pane):
         yield DataTable(id="token-shards", cursor_type="none")
         yield from self.compose_step()
         yield Static("Probe ([b]acm tokenizer probe[/b])", classes="heading")
-        yield Input(placeholder="type text to tokenize", id="probe-input")
+        yield TextInput(placeholder="type text to tokenize", id="probe-input")
         yield Static("", id="probe-tokens")
         yield Static("", id="probe-ids")
 

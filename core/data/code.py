@@ -509,7 +509,7 @@ def _fetch_code(cfg: Config, report: Reporter, cancel: CancelToken | None) -> di
     rep.valid = len(valid)
     kept = deduplicate(valid, cc.near_duplicate_threshold, rep, report, cancel)
     rep.unique = len(kept)
-    writer = CorpusWriter(cfg.locations.corpus("code"), "code")
+    writer = CorpusWriter(cfg.locations.corpus("code"), "code", readers_lock=cfg.locations.inputs_lock)
     try:
         for v in kept:
             c = v.candidate

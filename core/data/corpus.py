@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from core.atomic import JSON_LIMIT, open_regular, read_json, read_regular, write_text, writing
 from core.errors import AcmError
-from core.locks import held_alone
+from core.locks import Flock, held_alone
 from core.paths import CORPORA, MANIFEST, lies_in
 
 # One schema for both corpora; fields that do not apply are empty strings.
@@ -85,10 +85,11 @@ def fetching(folder: Path, kind: str) -> contextlib.AbstractContextManager:
 class CorpusWriter:
     """Writes documents into shards of a new shard folder; `publish` makes them the corpus."""
 
-    def __init__(self, folder: Path, kind: str, shard_documents: int = 20_000, shard_bytes: int = 64 << 20):
-        self.folder, self.kind = Path(folder), kind
+    def __init__(self, folder: Path, kind: str, shard_documents: int = 20_000, shard_bytes: int = 64 << 20,
+                 readers_lock: Path | None = None):
+        self.folder, self.kind, self.readers_lock = Path(folder), kind, readers_lock
         self.folder.mkdir(parents=True, exist_ok=True)
-        sweep_unpublished(self.folder)
+        self._sweep()
         self.shard_dir = self.folder / f"shards-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         self.shard_dir.mkdir()
         self.shard_documents, self.shard_bytes = shard_documents, shard_bytes
@@ -135,8 +136,19 @@ class CorpusWriter:
             **info,
         }
         write_text(self.folder / MANIFEST, json.dumps(manifest, indent=2) + "\n")
-        sweep_unpublished(self.folder)
+        self._sweep()
         return manifest
+
+    def _sweep(self) -> None:
+        """The shard folders the manifest does not name: a killed fetch's, and the corpus this fetch
+        replaced, unless a tokenizer training or a prepare may be reading that one now (they hold
+        `readers_lock`, as a training stage does): then a later fetch sweeps it."""
+        lock = Flock(self.readers_lock) if self.readers_lock is not None else None
+        if lock is None:
+            sweep_unpublished(self.folder)
+        elif lock.try_acquire():
+            with lock:
+                sweep_unpublished(self.folder)
 
     def abandon(self) -> None:
         """The new shards removed, unless the manifest names them already: an interrupt that came

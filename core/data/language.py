@@ -217,7 +217,7 @@ def _fetch_language(cfg: Config, report: Reporter, cancel: CancelToken | None) -
     limit = cfg.data.language.max_documents or None
     if limit and total:
         total = min(total, limit)
-    writer = CorpusWriter(cfg.locations.corpus("language"), "language")
+    writer = CorpusWriter(cfg.locations.corpus("language"), "language", readers_lock=cfg.locations.inputs_lock)
     ticker = Ticker(report, "documents", total or limit)
     seen: set[bytes] = set()
     skipped = 0

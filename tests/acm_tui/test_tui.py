@@ -215,3 +215,22 @@ async def test_keys_typed_right_behind_a_pane_s_number_go_to_that_pane(project):
         assert app.query_one("#panes", TabbedContent).active == "tokenizer"
         assert app.focused is app.query_one("#tokenizer-pane")
         assert not app.query_one("#data-pane").busy()
+
+
+async def test_control_characters_pasted_into_an_input_are_taken_as_escapes(project):
+    """SO, SI, ENQ or a right-to-left override pasted into the tokenizer's probe (any of the app's
+    inputs) never reach the terminal raw: the input holds the escapes `-e` reads."""
+    from textual import events
+    from textual.widgets import Input
+
+    app = AcmApp(project / "acm.toml")
+    async with app.run_test(size=(100, 40)) as pilot:
+        await pilot.press("3")
+        box = app.query_one("#probe-input", Input)
+        box.focus()
+        await pilot.pause()
+        box.post_message(events.Paste("A\x0eB\x0fC\x05D\u202eE\tF"))
+        await pilot.pause()
+        assert box.value == "A\\x0eB\\x0fC\\x05D\\u202eE\\tF"
+        await pilot.press("G")
+        assert box.value.endswith("FG")

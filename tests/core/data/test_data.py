@@ -246,6 +246,24 @@ def test_an_interrupt_as_a_fetch_publishes_keeps_the_corpus_it_published(project
     assert len(Corpus.open(project / "data" / kind, kind)) == fetch(cfg)["stats"]["documents"]
 
 
+def test_a_fetch_leaves_the_corpus_it_replaced_while_a_rebuild_may_read_it(project):
+    """The tokenizer's training or a prepare reads the corpus in force holding the inputs' lock: a
+    fetch meanwhile publishes its new corpus but leaves the old shards for a later fetch to sweep."""
+    from core.locks import Flock
+
+    cfg = cfg_for(project, data__language__max_documents=40)
+    fetch_language(cfg)
+    folder = project / "data" / "language"
+    old = folder / json.loads((folder / MANIFEST).read_text())["shard_dir"]
+    reader = Flock(cfg.locations.inputs_lock)
+    assert reader.try_acquire()
+    with reader:
+        fetch_language(cfg_for(project, data__language__max_documents=30))
+        assert old.is_dir() and len(Corpus.open(project / "data" / "language", "language")) == 30
+    fetch_language(cfg_for(project, data__language__max_documents=20))
+    assert not old.exists() and len(list((project / "data" / "language").glob("shards-*"))) == 1
+
+
 @pytest.fixture
 def hf_folder(tmp_path):
     folder = tmp_path / "stories"
