@@ -13,6 +13,7 @@ validation check's live samples (train.samples), with their verdicts.
 from __future__ import annotations
 
 import math
+import os
 import time
 from functools import partial
 from pathlib import Path
@@ -390,9 +391,16 @@ class TrainPane(Pane):
                 (alerts if is_alert(e.text) else logs).append(e.text)
         return logs, alerts
 
+    def _trained_here(self) -> bool:
+        """The stage followed trains in this app's own process (the Setup pane's chain), which a quit
+        stops: no background process."""
+        status = runs.read_status(self.attached, self.stage) if self.attached and self.stage else None
+        return status is not None and status["pid"] == os.getpid()
+
     def refresh_status(self) -> None:
         m = self.history[-1] if self.history else None
-        where = " (background process)" if self.control is None and self.state in LIVE else ""
+        away = self.control is None and self.state in LIVE and not self._trained_here()
+        where = " (background process)" if away else ""
         # read from disk: text, not markup, and no control characters
         name, state = escape(visible(self.run_name or "–")), escape(visible(self.state))
         parts = [f"[b]{self.stage or '–'}[/b] run {name}{where}: [b]{state}[/b]"]

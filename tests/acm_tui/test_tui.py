@@ -15,7 +15,7 @@ from acm_tui.app import AcmApp
 from acm_tui.panes.settings import SettingsPane
 from acm_tui.panes.setup import SetupPane
 from core import config
-from tests.helpers import ROOT, shown_in_full, wait_until
+from tests.helpers import ROOT, shown_in_full, text_of, wait_until
 from tests.pane_host import PaneHost
 from tests.terminal import AppOnATerminal
 
@@ -191,6 +191,8 @@ async def test_a_quit_while_the_chain_trains_stops_its_stage_with_a_checkpoint_a
     async with app.run_test(size=(100, 40)) as pilot:
         await pilot.press("1", "a")
         await wait_until(pilot, lambda: list_runs(cfg) and last_report(list_runs(cfg)[0], "pretrain"), timeout=120)
+        await wait_until(pilot, lambda: ": running" in text_of(app, "#train-status"), timeout=30)
+        assert "background process" not in text_of(app, "#train-status")  # it trains in the app, and stops with it
         await pilot.press("q")
         await wait_until(pilot, lambda: app.screen.__class__.__name__ == "Confirm")
         await pilot.press("y")
