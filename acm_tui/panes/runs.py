@@ -24,7 +24,7 @@ from core.paths import home_expanded
 from core.pipeline.tables import plain
 from core.runs import compare
 
-from ..charts import STAGE_NAMES, Series, draw, ema
+from ..charts import AXES, STAGE_NAMES, Series, draw, ema
 from ..confirm import Confirm
 from ..messages import EngineResult
 from .base import Pane
@@ -82,6 +82,12 @@ class RunTable(DataTable):
     """The run list, which has the focus: the footer names what its enter does."""
 
     BINDINGS = [Binding("enter", "select_cursor", "Open", tooltip="Show the selected run's loss curves")]
+
+    def action_select_cursor(self) -> None:
+        if self.row_count == 0:  # no row to select: the pane says why
+            next(a for a in self.ancestors if isinstance(a, RunsPane)).action_open()
+            return
+        super().action_select_cursor()
 RUN_MARKS = (("braille", "x"), ("dot", "o"), ("+", "#"), ("*", "@"), ("-", "%"), ("=", "&"))  # (train, val) a run
 
 
@@ -205,6 +211,7 @@ class RunsPane(Pane):
 
     def action_axis(self) -> None:
         self.axis = "tokens" if self.axis == "step" else "step"
+        self.notify(f"x axis: {AXES[self.axis][0]}")
         self.plot()
 
     def plot(self) -> None:

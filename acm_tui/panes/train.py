@@ -324,6 +324,7 @@ class TrainPane(Pane):
     def action_x_axis(self) -> None:
         names = list(AXES)
         self.axis = names[(names.index(self.axis) + 1) % len(names)]
+        self.notify(f"x axis: {AXES[self.axis][0]}")
         self.replot()
 
     @on(EngineResult)

@@ -158,11 +158,14 @@ async def test_runs_pane_keys_on_an_empty_list_say_there_is_no_run(project):
     app = PaneHost(RunsPane, project / "acm.toml")
     async with app.run_test(size=(80, 24), notifications=True) as pilot:
         await pilot.press("6")
-        for key in ("space", "o", "x", "n", "d"):
+        for key in ("enter", "space", "o", "x", "n", "d"):
             app.clear_notifications()
             await pilot.press(key)
             await notified(pilot, "no run yet: train one")
             assert app.screen is app.screen_stack[0]  # no question asked
+        app.clear_notifications()
+        await pilot.press("a")  # the axis it switches to is said, the chart maybe out of view
+        await notified(pilot, "x axis: tokens seen")
 
 
 async def test_runs_pane_best_val_loss_is_the_latest_checked_stage_s(project):
