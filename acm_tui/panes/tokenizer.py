@@ -23,6 +23,7 @@ from core.tokenizer.shards import prepare, read_manifest
 from ..messages import PrepareShards, TrainTokenizer
 from .base import CANCEL_BINDING, Pane
 
+IDS_SHOWN = 100  # ids and byte offsets listed: a few lines, the count above them
 PROBE_SHOWN = 2000  # tokens the probe draws: far more than 80x24 shows, and quick to draw
 
 
@@ -157,7 +158,8 @@ class TokenizerPane(Pane):
         shown = r["tokens"][:PROBE_SHOWN]  # a long paste: what a screen holds, drawn without holding the UI up
         more = f" (the first {PROBE_SHOWN:,} shown)" if len(r["tokens"]) > PROBE_SHOWN else ""
         tokens.update(coloured_tokens(shown))
-        ids.update(Text(f"ids {r['ids'][:PROBE_SHOWN]}\nbytes {r['byte_offsets'][:PROBE_SHOWN]}\n"
-                        f"{r['count']} tokens{more}, {r['chars_per_token']} chars/token"))
+        cut = f" (the first {IDS_SHOWN} of {r['count']:,})" if r["count"] > IDS_SHOWN else ""
+        ids.update(Text(f"{r['count']:,} tokens{more}, {r['chars_per_token']} chars/token\n"  # the count in view first
+                        f"ids{cut} {r['ids'][:IDS_SHOWN]}\nbytes {r['byte_offsets'][:IDS_SHOWN]}"))
         if self.query_one("#probe-input", Input).has_focus:  # the ids sit below the fold at 80x24
             ids.call_after_refresh(ids.scroll_visible, animate=False)

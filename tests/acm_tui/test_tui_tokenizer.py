@@ -34,7 +34,7 @@ async def test_probe_updates_as_you_type_in_view_at_80x24_and_prepare_runs(train
 async def test_a_long_paste_into_the_probe_draws_its_first_tokens_and_counts_them_all(trained):
     from textual.widgets import Input
 
-    from acm_tui.panes.tokenizer import PROBE_SHOWN
+    from acm_tui.panes.tokenizer import IDS_SHOWN, PROBE_SHOWN
 
     app = PaneHost(TokenizerPane, trained / "acm.toml")
     async with app.run_test(size=(80, 24)) as pilot:
@@ -43,6 +43,9 @@ async def test_a_long_paste_into_the_probe_draws_its_first_tokens_and_counts_the
         await wait_until(pilot, lambda: f"(the first {PROBE_SHOWN:,} shown)" in text_of(app, "#probe-ids"))
         count = int(text_of(app, "#probe-ids").split(" tokens (the first")[0].split()[-1].replace(",", ""))
         assert count > PROBE_SHOWN and len(text_of(app, "#probe-tokens").replace("·", "")) < 3 * PROBE_SHOWN
+        assert text_of(app, "#probe-ids").startswith(f"{count:,} tokens")  # the count before the ids, in view
+        assert f"ids (the first {IDS_SHOWN} of {count:,})" in text_of(app, "#probe-ids")
+        assert shown_in_full(app, "#probe-input")  # the input stays where the user types
 
 
 async def test_train_from_the_pane(trained):
