@@ -235,17 +235,22 @@ async def test_setup_pane_shows_the_followed_run_s_control_characters_escaped(pr
         assert not any("\x1b" in line for line in cells + drawn), drawn
 
 
+async def open_export(app, pilot) -> None:
+    """The Runs pane, its one run listed and selected, the export dialog open (x)."""
+    await pilot.press("6")
+    table = app.query_one("#runs-table", DataTable)
+    await wait_until(pilot, lambda: table.row_count == 1)
+    table.focus()
+    await pilot.press("x")
+    await pilot.pause()
+
+
 async def test_runs_pane_exports_a_run_in_the_chosen_format(with_model):
     from textual.widgets import Select
 
     app = PaneHost(RunsPane, with_model / "acm.toml")
     async with app.run_test(size=(100, 40), notifications=True) as pilot:
-        await pilot.press("6")
-        table = app.query_one("#runs-table", DataTable)
-        await wait_until(pilot, lambda: table.row_count == 1)
-        table.focus()
-        await pilot.press("x")
-        await pilot.pause()
+        await open_export(app, pilot)
         app.screen.query_one("#export-format", Select).value = "gguf"
         folder = app.screen.query_one("#export-folder", Input)
         assert folder.value == "exports/m"
@@ -286,12 +291,7 @@ async def test_the_export_dialog_shows_its_whole_instruction_at_80x24(with_model
 
     app = PaneHost(RunsPane, with_model / "acm.toml")
     async with app.run_test(size=(80, 24)) as pilot:
-        await pilot.press("6")
-        table = app.query_one("#runs-table", DataTable)
-        await wait_until(pilot, lambda: table.row_count == 1)
-        table.focus()
-        await pilot.press("x")
-        await pilot.pause()
+        await open_export(app, pilot)
         label = app.screen.query_one(Label)
         where = app.screen.find_widget(label)
         assert "then the new folder (enter):" in str(label.render())
