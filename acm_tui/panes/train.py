@@ -30,6 +30,7 @@ from textual_plotext import PlotextPlot
 from core import config, runs
 from core.errors import AcmError, one_line
 from core.escapes import visible
+from core.paths import MANIFEST
 from core.runs import figure
 from core.runs.events import Eval, Log, Metrics, Sample, StageFollower, State
 from core.runs.health import is_alert
@@ -140,7 +141,7 @@ class TrainPane(Pane):
         except AcmError:  # paths.runs unreadable: the Runs pane says why
             return
         if found is None:
-            self._status_idle("no runs yet: prepare the token shards (Tokenizer pane), then press p")
+            self._say_no_run()
         else:
             self.attach(*found)
             if self.state == "interrupted":
@@ -176,6 +177,14 @@ class TrainPane(Pane):
             return
         if found is not None and found != (self.attached, self.stage):
             self.attach(*found)
+        elif found is None and self.attached is None:
+            self._say_no_run()
+
+    def _say_no_run(self) -> None:
+        """What to do with no run yet: make the shards, or, once they are made, press p."""
+        manifest = self.cfg.locations.shards("language") / MANIFEST
+        self._status_idle("no runs yet: press p to pretrain" if manifest.exists()
+                          else "no runs yet: prepare the token shards (Tokenizer pane), then press p")
 
     def _send(self, command: str) -> bool:
         """Send `command` to the stage this pane follows; whether it was sent (if not, said why)."""

@@ -20,6 +20,13 @@ from tests.pane_host import PaneHost
 from tests.terminal import AppOnATerminal
 
 
+async def test_train_pane_without_shards_says_to_make_them_first(project):
+    app = PaneHost(TrainPane, project / "acm.toml")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("4")
+        assert "no runs yet: prepare the token shards" in text_of(app, "#train-status")
+
+
 async def test_train_pane_charts_update_and_keys_steer(prepared, keys_while_training):
     cfg = config.load(prepared / "acm.toml")
     cfg.train.pretrain.steps = 100000
@@ -28,7 +35,7 @@ async def test_train_pane_charts_update_and_keys_steer(prepared, keys_while_trai
     async with app.run_test(size=(120, 50), notifications=True) as pilot:
         await pilot.press("4")
         pane = app.query_one("#train-pane")
-        assert "no runs yet" in text_of(app, "#train-status")
+        assert "no runs yet: press p to pretrain" in text_of(app, "#train-status")  # the shards are made
         await pilot.press("p")
         await wait_until(pilot, lambda: len(pane.history) >= 3, timeout=60)
         def charted() -> bool:  # braille points of the train loss: drawn within CHARTS_S
