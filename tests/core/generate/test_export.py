@@ -554,27 +554,35 @@ def test_the_card_names_the_optimizer_the_stage_trained_with(with_model):
 
 
 @pytest.mark.parametrize("stops", [True, False])
-def test_an_interrupt_after_a_job_s_last_check_finds_it_done(capsys, stops):
+def test_an_interrupt_after_a_job_s_last_check_finds_it_done(capsys, monkeypatch, stops):
     """`acm export` and `acm eval` cancel their job on Ctrl-C: one that stops says so (interrupted);
     one past its last check (its folder already in place) is done, and the command says that."""
     import os
     import signal
     import threading
 
+    import core.cli.generate as cli_generate
     from core.cli.generate import cancelled_on_interrupt
     from core.engine import Engine
     from core.progress import CancelToken
 
-    engine, cancel = Engine(), CancelToken()
+    engine, cancel, waiting = Engine(), CancelToken(), threading.Event()
+    real_wait = cli_generate.wait_for
 
-    def job():  # runs until the interrupt has cancelled it, then stops at a check, or has none left
-        cancel._event.wait(60)  # a guard against a hang, not a measure of time
+    def waited(job):  # the command waits for its job: the Ctrl-C comes only then
+        waiting.set()
+        return real_wait(job)
+    monkeypatch.setattr(cli_generate, "wait_for", waited)
+
+    def job():  # Ctrl-C, then run until it has cancelled this job; then stop at a check, or have none left
+        waiting.wait(60)  # the waits guard against a hang; they measure no time
+        os.kill(os.getpid(), signal.SIGINT)
+        cancel._event.wait(60)
         if stops:
             cancel.check()
         return "done"
 
     before = signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C as a command's main thread takes it
-    threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()
     try:
         if stops:
             with pytest.raises(KeyboardInterrupt):

@@ -97,8 +97,12 @@ def test_a_ctrl_c_as_a_background_stage_is_launched_leaves_nothing_training(prep
         real(run_, stage, state, **fields)
         started.append(fields["pid"])
     monkeypatch.setattr(detach.runs, "write_status", then_ctrl_c)
-    with pytest.raises(KeyboardInterrupt):
-        launch_detached(prepared / "acm.toml", "pretrain", run)
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C as a command's main thread takes it
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            launch_detached(prepared / "acm.toml", "pretrain", run)
+    finally:
+        signal.signal(signal.SIGINT, before)
     with pytest.raises(ProcessLookupError):
         os.kill(started[0], 0)
     assert runs.stage_state(run, "pretrain") == "not started"
