@@ -82,15 +82,21 @@ def cmd_command(args, cfg: Config) -> int:
     return 0
 
 
-def wait_while_starting(run: Path, command: str) -> None:
+STARTING_WAIT_S = 120.0  # the longest a command waits for a stage's process to start (a first compile included)
+
+
+def wait_while_starting(run: Path, command: str, clock=time.monotonic) -> None:
     """A command sent just after `train --detach`, while the stage's process still starts (its run
-    may not have its settings yet), waits until that process runs it, or ends."""
+    may not have its settings yet), waits until that process runs it, ends, or STARTING_WAIT_S
+    passes (then the command says the stage is starting, as it would have at once)."""
     def starting() -> bool:
         return run.is_dir() and any(runs.stage_state(run, stage) == "starting" for stage in runs.TRAINING_STAGES)
-    if starting():
-        print(f"run {visible(run.name)} is starting: {command} waits for it (Ctrl-C to leave it)", flush=True)
-        while starting():
-            time.sleep(0.2)
+    if not starting():
+        return
+    print(f"run {visible(run.name)} is starting: {command} waits for it (Ctrl-C to leave it)", flush=True)
+    deadline = clock() + STARTING_WAIT_S
+    while starting() and clock() < deadline:
+        time.sleep(0.2)
 
 
 def cmd_delete(args, cfg: Config) -> int:

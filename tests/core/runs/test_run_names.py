@@ -82,13 +82,19 @@ def test_deleting_a_run_that_is_a_link_removes_the_link_and_leaves_its_folder(wi
     assert not (cfg.runs_dir / "m").is_symlink() and (kept / "config.toml").is_file()
 
 
-def test_a_run_whose_background_stage_has_not_begun_is_said_to_be_starting(project, capsys):
+def test_a_run_whose_background_stage_has_not_begun_is_said_to_be_starting(project, capsys, monkeypatch):
     """Straight after `--detach` the run folder holds only what its process reads: `acm runs stop`
-    says it is starting, not that its settings must be restored."""
+    waits for it, and once its wait is over (here at once) says it is starting, not that its
+    settings must be restored."""
+    import core.cli.runs as cli_runs
+
+    monkeypatch.setattr(cli_runs, "STARTING_WAIT_S", 0.0)
     cfg = config.load(project / "acm.toml")
     (cfg.runs_dir / "d1" / "pretrain").mkdir(parents=True)
     (cfg.runs_dir / "d1" / "pretrain" / "launch.toml").write_text("[launch]\n")
     runs.write_status(cfg.runs_dir / "d1", "pretrain", "starting", pid=os.getpid())  # as `--detach` leaves it
     assert cli.main(["-c", str(project / "acm.toml"), "runs", "stop", "d1"]) == 2
-    assert capsys.readouterr().err == ("acm: error: run 'd1' is starting in the background (its settings are written "
+    said = capsys.readouterr()
+    assert said.out == "run d1 is starting: stop waits for it (Ctrl-C to leave it)\n"
+    assert said.err == ("acm: error: run 'd1' is starting in the background (its settings are written "
                                        "once its stage has begun): try again shortly; `acm runs` lists the runs\n")
