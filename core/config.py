@@ -765,8 +765,9 @@ def save_settings(cfg: Config, path: str | os.PathLike = CONFIG_NAME, since: Con
     path = Path(path)
     if path.is_symlink() and not path.exists():
         read_table(path)  # a link that leads to no file is refused as reading it is, never replaced
-    with folder_held(path.resolve().parent):  # a linked acm.toml: its file's folder
-        sweep_temporaries(path.resolve().parent, glob.escape(path.resolve().name))  # left by a killed save
+    with folder_held(path.resolve().parent) as held:  # a linked acm.toml: its file's folder
+        if held:  # no other save under way: a temp file beside acm.toml is a killed save's
+            sweep_temporaries(path.resolve().parent, glob.escape(path.resolve().name))
         text = _writable_text(path)
         table = cfg.explicit
         if since is not None:
@@ -1008,7 +1009,8 @@ def _typed_value(key: str, text: str, source: str) -> Any:
     if isinstance(default, list) and isinstance(value, str):  # a,b for ["a", "b"]
         bare = text.strip()
         if _meant_as_toml(bare):  # and not TOML (a quoted "[...]" is text)
-            raise ConfigError(f"{source}: {key} = {text} does not read as TOML ({_toml_error(text)}); a list is "
+            typed = text if len(text) <= SHOWN_CHARACTERS else shown(text)
+            raise ConfigError(f"{source}: {key} = {typed} does not read as TOML ({_toml_error(text)}); a list is "
                               '["a", "b"], a table {prompt = "...", expect = "..."}, and text in quotes')
         value = [part.strip() for part in value.split(",") if part.strip()]
     return value
@@ -1016,11 +1018,13 @@ def _typed_value(key: str, text: str, source: str) -> Any:
 
 def _meant_as_toml(bare: str) -> bool:
     """Text that starts and ends as a list or table, or starts as one with a quoted string, a
-    number or another list or table in it (one cut short: `["a", "b"`); `[ -d x ] && ...`, a bash
-    test, is text."""
+    number or another list or table in it and never closes (one cut short: `["a", "b"`); a bash
+    test, `[ -d x ] && ...` or `[ "$1" ] || exit 1`, is text."""
     if not bare or bare[0] not in "[{":
         return False
-    return bare[-1] in "]}" or bare[1:].lstrip()[:1] in tuple("\"'[{0123456789")
+    if bare[-1] in "]}":
+        return True
+    return "]" not in bare and "}" not in bare and bare[1:].lstrip()[:1] in tuple("\"'[{0123456789")
 
 
 def _known_key(key: str, source: str) -> None:

@@ -231,8 +231,8 @@ async def test_control_characters_pasted_into_an_input_are_taken_as_escapes(proj
         box = app.query_one("#probe-input", Input)
         box.focus()
         await pilot.pause()
-        box.post_message(events.Paste("A\x0eB\x0fC\x05D\u202eE\tF"))
+        box.post_message(events.Paste("A\x0eB\x0fC\x05D\u202eE\tF\u200dG"))
         await pilot.pause()
-        assert box.value == "A\\x0eB\\x0fC\\x05D\\u202eE\\tF"
+        assert box.value == "A\\x0eB\\x0fC\\x05D\\u202eE\tF\u200dG"  # a tab and a joiner are text
         await pilot.press("G")
-        assert box.value.endswith("FG")
+        assert box.value.endswith("GG")
