@@ -88,6 +88,8 @@ class RunTable(DataTable):
             next(a for a in self.ancestors if isinstance(a, RunsPane)).action_open()
             return
         super().action_select_cursor()
+
+
 RUN_MARKS = (("braille", "x"), ("dot", "o"), ("+", "#"), ("*", "@"), ("-", "%"), ("=", "&"))  # (train, val) a run
 
 

@@ -112,6 +112,7 @@ class TrainPane(Pane):
         self.caught_up = False  # the followed stage's history has been read: alerts from now on are new
         self.redraws = 0
         self.attached: Path | None = None  # the run followed
+        self.trained_here = False  # the stage followed trains in this process (set as it is attached)
         self.clock = time.monotonic  # what STATUS_S and CHARTS_S are measured with
         self.shown_at = self.plotted_at = -math.inf
         self.unshown = self.unplotted = False  # arrived since the status / the charts were drawn
@@ -156,6 +157,8 @@ class TrainPane(Pane):
         process, the CLI): the whole history first, then what arrives."""
         self.follower = StageFollower(run, stage)
         self.attached, self.stage, self.run_name = run, stage, run.name
+        status = runs.read_status(run, stage)  # the Setup pane's chain trains in this process: a quit stops it
+        self.trained_here = status is not None and status["pid"] == os.getpid()
         self.history, self.evals, self.samples = [], [], []
         self.query_one("#train-samples-text", Static).update(samples_text([]))
         self.caught_up = False
@@ -401,15 +404,9 @@ class TrainPane(Pane):
                 (alerts if is_alert(e.text) else logs).append(e.text)
         return logs, alerts
 
-    def _trained_here(self) -> bool:
-        """The stage followed trains in this app's own process (the Setup pane's chain), which a quit
-        stops: no background process."""
-        status = runs.read_status(self.attached, self.stage) if self.attached and self.stage else None
-        return status is not None and status["pid"] == os.getpid()
-
     def refresh_status(self) -> None:
         m = self.history[-1] if self.history else None
-        away = self.control is None and self.state in LIVE and not self._trained_here()
+        away = self.control is None and self.state in LIVE and not self.trained_here
         where = " (background process)" if away else ""
         # read from disk: text, not markup, and no control characters
         name, state = escape(visible(self.run_name or "–")), escape(visible(self.state))
