@@ -24,13 +24,14 @@ from core.engine import Engine
 from core.errors import AcmError
 from core.hardware import memory_limit
 from core.presets import ModelShape
-from core.train.step import build_steps, new_model
+from core.train.memory import MEMORY_SHARE, reckoned_bytes
+from core.train.step import Built, build_steps, built_for, keep, new_model
+from core.train.validation import pass_rows
 
 if TYPE_CHECKING:
     from core.tokenizer.bpe import AcmTokenizer
 
 READY_JOB = "ready"  # the readying's name on the engine: a quit does not wait for it
-MEMORY_SHARE = 0.75  # the most of the device's memory a readying step may be reckoned to take
 
 
 @dataclass(frozen=True)
@@ -47,18 +48,6 @@ class Readied:
             return f"the training step was not readied: {self.why}"
         rest = "; the rest left to the stage that came meanwhile" if self.cut else ""
         return f"{' and '.join(self.stages)} step readied in {self.seconds:.1f} s{rest}"
-
-
-def reckoned_bytes(shape: ModelShape, sc: StageConfig, compute_dtype: str) -> int:
-    """A generous reckoning of a training step's peak memory: weights, moments, gradients and
-    compute copies (16 bytes a parameter; 8 more for the float32 sums of accumulated gradients),
-    the blocks' activations and the logits. Above the measured peaks on an H200 by 17-20% (tiny
-    at batch 16, medium at batch 8: 8.3 and 13.4 GB)."""
-    tokens = sc.batch_size * sc.seq_len
-    wide = 2 if compute_dtype == "float32" else 1
-    per_param = 16 + (8 if sc.grad_accum > 1 else 0)
-    return per_param * shape.param_count() + wide * tokens * (40 * shape.n_layer * shape.n_embd
-                                                              + 8 * shape.vocab_size)
 
 
 def unwise(cfg: Config, stages: list[str], shape: ModelShape, limit: int) -> str:
@@ -89,22 +78,28 @@ def submit_ready(engine: Engine, ready: Callable[..., Readied], *args, **kwargs)
 
 
 def run_step(cfg: Config, sc: StageConfig, shape: ModelShape, tokenizer: Callable[[], AcmTokenizer] | None,
-             waited_for: Callable[[], bool], stage: str = "pretrain") -> bool:
+             waited_for: Callable[[], bool], stage: str = "pretrain", kept: bool = False) -> bool:
     """One step of a stage's settings on a throwaway model of `shape`, its validation loss, then,
-    given `tokenizer`, a check's live samples; False where `waited_for()` stopped it after a part."""
+    given `tokenizer`, a check's live samples; False where `waited_for()` stopped it after a part.
+    With `kept`, the model, its optimizer and their compiled steps are left for the stage that
+    follows on this thread (core/train/step.py's `keep`)."""
     model, opt = new_model(cfg, shape, sc)
     mx.eval(opt.state)
     model.update(opt.parameters())
-    fused_step, grad_step, apply_step, eval_loss = build_steps(model, opt, sc.grad_clip)
+    steps = build_steps(model, opt, sc.grad_clip)
+    fused_step, grad_step, apply_step, eval_loss = steps
     x = mx.zeros((sc.batch_size, sc.seq_len), mx.int32)
     if sc.grad_accum == 1:
         mx.eval(fused_step(x, x), opt.state)
     else:  # as the trainer accumulates: float32 gradients, then the update
         loss, grads = grad_step(x, x)
         mx.eval(apply_step(loss, {k: g.astype(mx.float32) for k, g in grads.items()}), opt.state)
+    if kept:
+        keep(Built(built_for(cfg, shape, sc), model, opt, steps))
     if waited_for():
         return False
-    mx.eval(eval_loss(x, x))
+    rows = pass_rows(shape, sc, cfg.model.compute_dtype, memory_limit())  # as the stage's checks read them
+    mx.eval(eval_loss(*[mx.zeros((rows, sc.seq_len), mx.int32)] * 2))
     if tokenizer is None:
         return True
     if waited_for():
@@ -119,11 +114,13 @@ def run_step(cfg: Config, sc: StageConfig, shape: ModelShape, tokenizer: Callabl
 def ready_stage(settings: Path, stage: str, waited_for: Callable[[], bool], limit: int | None = None,
                 clock: Callable[[], float] = time.perf_counter) -> Readied:
     """`acm train STAGE`'s readying, on its engine while the command starts: the stage's step, its
-    validation loss and a live-samples decode on a throwaway model (the settings in `settings`, the
-    project's tokenizer), stopped after the part under way once the stage is queued behind it
-    (`waited_for()`). Skipped where `train.ready_in_command` is off, no settings file or tokenizer can
-    be read (the command says why), MLX runs on the CPU, the stage trains on several ranks or its
-    step may not fit."""
+    validation loss and a live-samples decode on a model of the stage's shape (the settings in
+    `settings`, the project's tokenizer), stopped after the part under way once the stage is queued
+    behind it (`waited_for()`). The model, its optimizer and their compiled steps are left for the
+    stage, which resets their state to its own start where it was built the same (`built_for`).
+    Skipped where `train.ready_in_command` is off, no settings file or tokenizer can be read (the
+    command says why), MLX runs on the CPU, the stage trains on several ranks or its step may not
+    fit."""
     start = clock()
     if not settings.is_file():  # named and missing (the command says so), or every default
         return Readied((), 0.0, f"no settings file at {settings}")
@@ -135,8 +132,8 @@ def ready_stage(settings: Path, stage: str, waited_for: Callable[[], bool], limi
     if shape is None:
         return Readied((), 0.0, why)
     decode = (lambda: _project_tokenizer(cfg)) if cfg.train.samples else None  # no samples: no decoding to load
-    whole = run_step(cfg, getattr(cfg.train, stage), shape, decode, waited_for, stage)
-    mx.clear_cache()  # what the throwaway model took goes back to the system
+    # the stage comes next on this engine: it trains on the model, its state reset, and its compiled step
+    whole = run_step(cfg, getattr(cfg.train, stage), shape, decode, waited_for, stage, kept=True)
     return Readied((stage,), clock() - start, cut=not whole)
 
 

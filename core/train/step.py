@@ -2,10 +2,14 @@
 
 Kept apart from the trainer's loop, with imports of its own few (MLX, the model, the optimizer), so
 that a command can run a first step while the rest of acm is still being imported
-(core/train/ready_step.py).
+(core/train/ready_step.py). Such a readying may leave its model, optimizer and compiled steps for the
+stage that follows it on the same engine thread (`keep`, `take_kept`): that stage then resets their
+state to its own start and skips tracing and compiling its step again.
 """
 from __future__ import annotations
 
+import threading
+from dataclasses import dataclass
 from functools import partial
 
 import mlx.core as mx
@@ -23,6 +27,40 @@ def new_model(cfg: Config, shape: ModelShape, sc: StageConfig) -> tuple[GPT, Fla
     opt = FlatAdamW(model.parameters(), sc.learning_rate, sc.weight_decay, model.compute_dtype,
                     muon_lr=sc.muon_learning_rate if sc.optimizer == "muon" else None)
     return model, opt
+
+
+@dataclass
+class Built:
+    """A model, its optimizer and their compiled step functions (`build_steps`), with what they
+    were built for (`built_for`)."""
+    key: tuple
+    model: GPT
+    opt: FlatAdamW
+    steps: tuple
+
+
+_engine_thread = threading.local()  # a readied step waiting for the stage after it, on that engine's thread
+
+
+def built_for(cfg: Config, shape: ModelShape, sc: StageConfig) -> tuple:
+    """What a model, its optimizer and their compiled steps are made of: the shape, the compute
+    dtype, the activations' checkpointing and the constants of the update (the data, the seed and
+    the plan are not in them)."""
+    return (shape, cfg.model.compute_dtype, cfg.model.checkpoint_activations, sc.optimizer, sc.learning_rate,
+            sc.muon_learning_rate if sc.optimizer == "muon" else None, sc.weight_decay, sc.grad_clip)
+
+
+def keep(built: Built) -> None:
+    """Leave `built` for the next stage on this engine thread (a readying's throwaway model,
+    whose step is compiled); it goes with the thread."""
+    _engine_thread.kept = built
+
+
+def take_kept(key: tuple) -> Built | None:
+    """What a readying on this thread left (`keep`), where it was built for `key`; either way
+    nothing is left behind."""
+    kept, _engine_thread.kept = getattr(_engine_thread, "kept", None), None
+    return kept if kept is not None and kept.key == key else None
 
 
 def build_steps(model: GPT, opt: FlatAdamW, grad_clip: float, world: int = 1, buckets: int = 1):

@@ -40,14 +40,15 @@ from core.tokenizer.bpe import keep_copy, load_tokenizer
 from core.tokenizer.shards import open_tokens
 from core.train.batches import Batches, DrawnAhead
 from core.train.budget import HOURS, UNPLANNED, Calibration, Plan, describe_seconds, per_step
+from core.train.memory import reckoned_bytes
 from core.train.ranks import join_group
-from core.train.ready_step import reckoned_bytes
 from core.train.samples import LiveSampler
 from core.train.schedule import lr_at
 from core.train.state import TrainState, cut_batches
-from core.train.step import build_steps, new_model
+from core.train.step import Built, build_steps, built_for, new_model, take_kept
 from core.train.timings import Timings
 from core.train.tracking import trackers
+from core.train.validation import group_most, mean_loss
 
 CORPUS = {"pretrain": "language", "finetune": "code"}
 OTHER = {"pretrain": "code", "finetune": "language"}  # the corpus a stage replays
@@ -174,6 +175,7 @@ class Trainer:
         # built by _setup
         self.tok = self.shape = self.batches = self.val_batches = self.model = self.opt = None
         self.drawn: DrawnAhead | None = None  # the training batches, each drawn while the step before is queued
+        self.val_group_most = 1  # validation batches a forward pass may read
         self.fused_step = self.grad_step = self.apply_step = self.eval_loss = None
         # the loop's
         self.started = 0.0  # when run() began: a time budget counts from here
@@ -227,10 +229,12 @@ class Trainer:
         self.val_batches = Batches(val, sc.seq_len, sc.batch_size, sc.seed, self.rank, self.world,
                                    what=f"{corpus} val shards") if val.num_tokens > sc.seq_len + 1 else None
         self.drawn = DrawnAhead(self.batches.train)
+        self.val_group_most = group_most(self.shape, sc, cfg.model.compute_dtype, memory_limit())
         if self.is_main:
             checkpoint.sweep_partial(self.ck_dir)  # frees what a kill or a full disk left
         mx.random.seed(sc.seed)
-        self.model, self.opt = new_model(cfg, self.shape, sc)
+        readied = take_kept(built_for(cfg, self.shape, sc)) if self.world == 1 else None
+        self.model, self.opt = self._new_model(cfg, readied)
         self._load_weights()
         if self.is_main:
             self._start_recording(cfg)
@@ -238,8 +242,21 @@ class Trainer:
         self.model.update(self.opt.parameters())  # the optimizer's buffers hold the weights from now on
         # Nothing in a step draws from MLX's RNG (no dropout): the only randomness after
         # initialisation is the batch order, a pure function of (seed, step) saved in checkpoints.
-        self.fused_step, self.grad_step, self.apply_step, self.eval_loss = build_steps(
+        self.fused_step, self.grad_step, self.apply_step, self.eval_loss = readied.steps if readied else build_steps(
             self.model, self.opt, sc.grad_clip, self.world, self.cfg.train.allreduce_buckets)
+
+    def _new_model(self, cfg: Config, readied: Built | None) -> tuple:
+        """The stage's freshly initialised model and optimizer; where the command's readying left a
+        model built the same (`readied`), that one, its optimizer's state replaced by the fresh one's
+        whole, so that its compiled steps serve the stage as they are."""
+        if readied is not None:
+            readied.opt.state.clear()  # the readying's moments go before the stage's are made
+        model, opt = new_model(cfg, self.shape, self.sc)
+        if readied is None:
+            return model, opt
+        readied.model.update(model.parameters())  # and its weights
+        readied.opt.state.update(opt.state)  # in place: the compiled steps read this dict
+        return readied.model, readied.opt
 
     def _start_recording(self, cfg: Config) -> None:
         """The run's files (its config.toml, metrics, log), written only once the stage can start:
@@ -397,11 +414,8 @@ class Trainer:
         if self.val_batches is None:
             return None
         with self.timings.aside("validation"):
-            losses = []
-            for i in range(self._eval_batches()):
-                x, y = self.val_batches.val(i)
-                losses.append(self.eval_loss(mx.array(x), mx.array(y)))
-            return self._finite(float(mx.mean(mx.stack(losses)).item()), "validation loss", self.state.step)
+            loss = mean_loss(self.eval_loss, self.val_batches.val, self._eval_batches(), self.val_group_most)
+            return self._finite(float(loss.item()), "validation loss", self.state.step)
 
     def _eval_batches(self) -> int:
         """Batches a validation check reads: the time budget's cut where its plan made one."""
@@ -843,7 +857,7 @@ STEP_REFUSED = 2.0  # a step reckoned above this many times the device's memory 
 def check_step_fits(cfg: Config, stage: str, limit: int) -> None:
     """A micro-batch far beyond the device's memory (`limit` bytes; 0: unknown) is refused in one line
     before anything is built, where it ended the process (the OOM killer, a failed Metal allocation).
-    The reckoning is generous (ready_step.reckoned_bytes), so only a step that surely cannot fit is
+    The reckoning is generous (memory.reckoned_bytes), so only a step that surely cannot fit is
     refused; one near the limit is left to try."""
     sc = getattr(cfg.train, stage)
     need = reckoned_bytes(cfg.model.shape(), sc, cfg.model.compute_dtype)

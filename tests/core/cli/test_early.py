@@ -86,6 +86,53 @@ def test_the_stage_trains_on_the_readied_engine_and_learns_as_without_it(prepare
     assert drawn["on"] == drawn["off"] and bool(drawn["on"]) == bool(samples)
 
 
+@pytest.fixture
+def steps_built(monkeypatch) -> list[str]:
+    """The stages that built their own compiled steps (core/train/step.py's `build_steps`, as it is)."""
+    import core.train.trainer
+
+    built, build = [], core.train.trainer.build_steps
+    monkeypatch.setattr(core.train.trainer, "build_steps", lambda model, *a: built.append(model) or build(model, *a))
+    return built
+
+
+@pytest.mark.parametrize("optimizer, grad_accum", [("adamw", 1), ("muon", 2)])
+def test_the_stage_trains_on_the_readied_model_its_state_reset_to_the_stage_s_start(
+        prepared, as_on_a_gpu, steps_built, optimizer, grad_accum):
+    """The readying's model, optimizer and compiled steps serve the stage: it builds none of its own,
+    and learns as the same stage without the readying, step for step."""
+    cfg = config.load(prepared / "acm.toml")
+    cfg.train.pretrain.optimizer, cfg.train.pretrain.grad_accum = optimizer, grad_accum
+    for name, on in (("on", True), ("off", False)):
+        cfg.train.ready_in_command = on
+        config.save(cfg, prepared / f"{name}.toml")
+        argv = ["-c", str(prepared / f"{name}.toml"), "train", "pretrain", "--run", name, "--max-steps", "4"]
+        assert commands.main(argv, begin(argv)) == 0
+        assert len(steps_built) == (0 if on else 1)
+    assert losses(cfg.runs_dir / "on") == losses(cfg.runs_dir / "off") and len(losses(cfg.runs_dir / "on")) == 4
+
+
+def test_a_model_readied_for_other_settings_is_dropped_and_the_stage_builds_its_own(prepared, as_on_a_gpu,
+                                                                                    steps_built):
+    from core.train.ready_step import ready_stage
+    from core.train.trainer import train_stage
+
+    cfg = config.load(prepared / "acm.toml")
+    cfg.train.ready_in_command = True
+    config.save(cfg, prepared / "acm.toml")
+    engine = Engine()
+    try:
+        assert engine.submit(ready_stage, prepared / "acm.toml", "pretrain", lambda: False).result(60).stages
+        cfg.train.pretrain.weight_decay += 0.05  # a constant of the compiled update
+        engine.submit(train_stage, cfg, "pretrain", cfg.runs_dir / "other", max_steps=3).result(120)
+        assert len(steps_built) == 1
+        engine.submit(train_stage, cfg, "pretrain", cfg.runs_dir / "plain", max_steps=3).result(120)
+    finally:
+        engine.shutdown()
+    assert len(steps_built) == 2  # nothing was left for a second stage either
+    assert losses(cfg.runs_dir / "other") == losses(cfg.runs_dir / "plain")
+
+
 def test_the_readying_is_skipped_where_it_cannot_help_or_the_step_may_not_fit(prepared, monkeypatch):
     import core.train.ready_step
     from core.train.ready_step import ready_stage
@@ -129,7 +176,7 @@ def relay_following(*args):  # the command follows its stage: a Ctrl-C from now 
     following.set()
     return relay(*args)
 
-def held(cfg, sc, shape, tokenizer, waited_for, stage):  # a readying that takes minutes, as MLX compiling
+def held(cfg, sc, shape, tokenizer, waited_for, stage, kept):  # a readying that takes minutes, as MLX compiling
     print("readying", file=sys.stderr, flush=True)        # its kernels on a fresh NVIDIA machine
     while not (waited_for() and following.is_set()):
         time.sleep(0.01)
@@ -147,9 +194,9 @@ sys.exit(main(sys.argv[1:]))
 CTRL_C_IN_PARSE = HELD.replace("from core.cli import main", """import core.cli.commands
 begun, held_before = threading.Event(), held
 
-def held(*args):
+def held(*args, **kwargs):
     begun.set()
-    held_before(*args)
+    held_before(*args, **kwargs)
 
 def parser():
     begun.wait(60)

@@ -13,8 +13,9 @@ from core import config
 from core.engine import Engine
 from core.presets import get_preset
 from core.tokenizer.bpe import load_tokenizer
+from core.train.memory import reckoned_bytes
 from core.train.ready import Readied, ready_engine
-from core.train.ready_step import reckoned_bytes, run_step
+from core.train.ready_step import run_step
 from tests.helpers import live_stage
 
 PLENTY = 1 << 40  # a device's memory no nano step comes near

@@ -1135,7 +1135,7 @@ def test_optimizer_state_is_read_only_by_a_resume_and_a_missing_one_is_said(with
 def test_a_micro_batch_far_beyond_the_devices_memory_is_refused_before_anything_is_built(trained, capsys):
     """It ended acm through the OOM killer (a failed Metal allocation on a Mac); a huge grad_accum
     was an internal error drawing the batch's rows."""
-    from core.train.ready_step import reckoned_bytes
+    from core.train.memory import reckoned_bytes
     from core.train.trainer import check_step_fits
 
     path = str(trained / "acm.toml")
