@@ -108,7 +108,8 @@ def cmd_run(args, cfg: Config) -> int:
     quit_now = False  # a second Ctrl-C: the engine is not waited for
 
     def ready(stage_cfg: Config) -> None:
-        submit_readying(engine, stage_cfg, shards_due=True).add_done_callback(screen.readied)
+        # the training stage comes next on this engine: it trains on the readied model (the process ends after)
+        submit_readying(engine, stage_cfg, shards_due=True, keep=True).add_done_callback(screen.readied)
 
     try:
         done = run_remaining(cfg, screen.report, cancel, engine.call, screen.train_event, control, time_s,

@@ -65,13 +65,15 @@ def why_not(cfg: Config, tok: AcmTokenizer | None, limit: int, shards_due: bool 
 
 def ready_engine(cfg: Config, limit: int | None = None, begun: Callable[[list[str]], object] | None = None,
                  clock: Callable[[], float] = time.perf_counter, shards_due: bool = False,
-                 waited_for: Callable[[], bool] = lambda: False) -> Readied:
+                 waited_for: Callable[[], bool] = lambda: False, keep: bool = False) -> Readied:
     """Run each distinct training step once, then a validation loss and a live-samples decode, on a
     throwaway model of the project's shapes (call on the engine thread); nothing in the project is
     written (on NVIDIA GPUs acm's kernels may be compiled into their cache). `begun`
     hears the stages once it is decided to go ahead (a skip is decided in milliseconds). Once
     `waited_for()` (a job queued behind it on the engine), it stops after the part under way: the
-    parts done are what that job's stage would have spent first, the rest it pays itself."""
+    parts done are what that job's stage would have spent first, the rest it pays itself. With
+    `keep` (a stage comes next on this engine, as in a pipeline), the first step's model is left
+    for that stage (core/train/step.py's `keep`) rather than thrown away."""
     start = clock()
     try:
         tok = load_tokenizer(cfg)
@@ -93,14 +95,15 @@ def ready_engine(cfg: Config, limit: int | None = None, begun: Callable[[list[st
             whole = False
             break
         decode = (lambda: tok) if ran == 0 and cfg.train.samples else None  # one decode loads its kernels
-        whole = run_step(cfg, getattr(cfg.train, stages[ran]), shape, decode, waited_for)
+        whole = run_step(cfg, getattr(cfg.train, stages[ran]), shape, decode, waited_for, stages[ran],
+                         kept=keep and ran == 0)
         ran += 1
     mx.clear_cache()  # what the throwaway model took goes back to the system
     return Readied(tuple(stages[:ran]), clock() - start, cut=not whole)
 
 
 def submit_readying(engine: Engine, cfg: Config, begun: Callable[[list[str]], object] | None = None,
-                    shards_due: bool = False) -> Future:
+                    shards_due: bool = False, keep: bool = False) -> Future:
     """`ready_engine` as the engine's job READY_JOB (a shutdown may abandon it), cut short once
     another job is queued behind it."""
-    return submit_ready(engine, ready_engine, cfg, None, begun, shards_due=shards_due)
+    return submit_ready(engine, ready_engine, cfg, None, begun, shards_due=shards_due, keep=keep)

@@ -16,7 +16,7 @@ from core.tokenizer.bpe import load_tokenizer
 from core.train.memory import reckoned_bytes
 from core.train.ready import Readied, ready_engine
 from core.train.ready_step import run_step
-from tests.helpers import live_stage
+from tests.helpers import live_stage, losses
 
 PLENTY = 1 << 40  # a device's memory no nano step comes near
 
@@ -60,6 +60,28 @@ def test_each_distinct_step_is_run_once_and_nothing_is_written_or_kept(prepared)
     cfg.train.finetune.grad_accum, cfg.train.finetune.optimizer = 1, "muon"
     assert ready_engine(cfg, PLENTY).stages == ("pretrain", "finetune")
     assert files_under(prepared) == before
+
+
+def test_a_pipeline_s_first_stage_trains_on_the_model_its_readying_kept(prepared, monkeypatch):
+    """With `keep` (a pipeline's readying, its stage next on the engine) the pretrain's model and
+    compiled steps serve the stage, which learns as one built afresh; the model goes with its use."""
+    import core.train.trainer
+    from core.train.trainer import train_stage
+
+    cfg = config.load(prepared / "acm.toml")
+    cfg.train.finetune.batch_size = 2  # two distinct steps: the first, the pretrain's, is kept
+    built, build = [], core.train.trainer.build_steps
+    monkeypatch.setattr(core.train.trainer, "build_steps", lambda *a: built.append(a) or build(*a))
+    engine = Engine()
+    try:
+        assert engine.call(ready_engine, cfg, PLENTY, keep=True).stages == ("pretrain", "finetune")
+        engine.call(train_stage, cfg, "pretrain", cfg.runs_dir / "kept", max_steps=4)
+        assert built == []
+        engine.call(train_stage, cfg, "pretrain", cfg.runs_dir / "fresh", max_steps=4)
+        assert len(built) == 1
+    finally:
+        engine.shutdown()
+    assert losses(cfg.runs_dir / "kept") == losses(cfg.runs_dir / "fresh") and len(losses(cfg.runs_dir / "kept")) == 4
 
 
 def test_a_job_waiting_behind_it_cuts_it_short_after_the_part_under_way(prepared):
