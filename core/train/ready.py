@@ -33,6 +33,7 @@ from core.hardware import memory_limit
 from core.model import model_shape
 from core.tokenizer.bpe import AcmTokenizer, load_tokenizer
 from core.tokenizer.shards import read_manifest
+from core.train.memory import MEMORY_SHARE, reckoned_bytes
 from core.train.ready_step import Readied, run_step, submit_ready, unwise
 
 STAGES = ("pretrain", "finetune")
@@ -74,13 +75,13 @@ def ready_engine(cfg: Config, limit: int | None = None, begun: Callable[[list[st
     parts done are what that job's stage would have spent first, the rest it pays itself. With
     `keep` (a stage comes next on this engine, as in a pipeline), the first step's model is left
     for that stage (core/train/step.py's `keep`) rather than thrown away."""
-    start = clock()
+    start, limit = clock(), memory_limit() if limit is None else limit
     try:
         tok = load_tokenizer(cfg)
     except AcmError:
         tok = None
     try:
-        why = why_not(cfg, tok, memory_limit() if limit is None else limit, shards_due)
+        why = why_not(cfg, tok, limit, shards_due)
     except AcmError as e:  # runs/ unreadable: the Runs pane says why
         why = str(e)
     if why:
@@ -88,6 +89,9 @@ def ready_engine(cfg: Config, limit: int | None = None, begun: Callable[[list[st
     if waited_for():
         return Readied((), 0.0, "a stage was waiting", cut=True)
     stages, shape, ran, whole = distinct_steps(cfg), model_shape(cfg, tok), 0, True
+    # the first step's model, kept, stays beside the next's: only where both are reckoned to fit
+    keep = keep and (len(stages) == 1 or bool(limit) and sum(
+        reckoned_bytes(shape, getattr(cfg.train, s), cfg.model.compute_dtype) for s in stages) <= MEMORY_SHARE * limit)
     if begun is not None:
         begun(stages)
     while whole and ran < len(stages):

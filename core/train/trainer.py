@@ -229,17 +229,19 @@ class Trainer:
         self.val_batches = Batches(val, sc.seq_len, sc.batch_size, sc.seed, self.rank, self.world,
                                    what=f"{corpus} val shards") if val.num_tokens > sc.seq_len + 1 else None
         self.drawn = DrawnAhead(self.batches.train)
-        self.val_group_most = group_most(self.shape, sc, cfg.model.compute_dtype, memory_limit())
+        self.val_group_most = group_most(self.shape, sc, cfg.model.compute_dtype, memory_limit(), self.world)
         if self.is_main:
             checkpoint.sweep_partial(self.ck_dir)  # frees what a kill or a full disk left
         mx.random.seed(sc.seed)
         readied = take_kept(built_for(cfg, self.shape, sc)) if self.world == 1 else None
-        self.model, self.opt = self._new_model(cfg, readied)
+        self.model, self.opt, bare = self._new_model(cfg, readied)
         self._load_weights()
         if self.is_main:
             self._start_recording(cfg)
         mx.eval(self.opt.state)
-        self.model.update(self.opt.parameters())  # the optimizer's buffers hold the weights from now on
+        # the optimizer's buffers hold the weights from now on, and the model reads them only in a step
+        # (or a check's samples, given them); a fresh step's trace leaves the model its stand-ins
+        self.model.update(self.opt.parameters() if bare is None else bare)
         # Nothing in a step draws from MLX's RNG (no dropout): the only randomness after
         # initialisation is the batch order, a pure function of (seed, step) saved in checkpoints.
         self.fused_step, self.grad_step, self.apply_step, self.eval_loss = readied.steps if readied else build_steps(
@@ -248,15 +250,16 @@ class Trainer:
     def _new_model(self, cfg: Config, readied: Built | None) -> tuple:
         """The stage's freshly initialised model and optimizer; where the command's readying left a
         model built the same (`readied`), that one, its optimizer's state replaced by the fresh one's
-        whole, so that its compiled steps serve the stage as they are."""
-        if readied is not None:
-            readied.opt.state.clear()  # the readying's moments go before the stage's are made
-        model, opt = new_model(cfg, self.shape, self.sc)
+        whole, so that its compiled steps serve the stage as they are. Third: the parameters the
+        readied model held, its step's trace's stand-ins (no memory), to hold again once set up."""
         if readied is None:
-            return model, opt
-        readied.model.update(model.parameters())  # and its weights
+            return *new_model(cfg, self.shape, self.sc), None
+        bare = readied.model.parameters()
+        readied.opt.state.clear()  # the readying's moments go before the stage's are made
+        model, opt = new_model(cfg, self.shape, self.sc)
+        readied.model.update(model.parameters())  # shapes to check a checkpoint against
         readied.opt.state.update(opt.state)  # in place: the compiled steps read this dict
-        return readied.model, readied.opt
+        return readied.model, readied.opt, bare
 
     def _start_recording(self, cfg: Config) -> None:
         """The run's files (its config.toml, metrics, log), written only once the stage can start:

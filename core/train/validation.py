@@ -26,12 +26,13 @@ def on_nvidia() -> bool:
     return cuda_kernels.available()
 
 
-def group_most(shape: ModelShape, sc: StageConfig, compute_dtype: str, limit: int) -> int:
+def group_most(shape: ModelShape, sc: StageConfig, compute_dtype: str, limit: int, world: int = 1) -> int:
     """The most validation batches one forward pass may read on a device of `limit` bytes (0:
     unknown): on an NVIDIA GPU, up to GROUP_MOST, where a training step of that many batches would
     be reckoned within MEMORY_SHARE of the device's memory (a forward pass alone takes far less);
-    elsewhere one."""
-    if not (limit and on_nvidia()):
+    elsewhere, and on several ranks (each must make the same passes, and their devices may differ),
+    one."""
+    if not (limit and world == 1 and on_nvidia()):
         return 1
     return next((g for g in range(GROUP_MOST, 1, -1)
                  if reckoned_bytes(shape, replace(sc, batch_size=g * sc.batch_size), compute_dtype)

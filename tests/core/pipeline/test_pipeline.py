@@ -82,6 +82,32 @@ def test_cli_pipeline_status_and_run(with_model, capsys):
     assert in_order(out, "ran: pretrain, evaluate", "Evaluation of run m", "mean lines", "finetune+checked")
 
 
+def test_a_pipeline_s_first_training_stage_trains_on_the_model_readied_beside_its_shards(prepared, monkeypatch,
+                                                                                         capsys):
+    import threading
+
+    import core.train.ready_step
+    import core.train.trainer
+    from core.pipeline import overview
+
+    built, build = [], core.train.trainer.build_steps
+    monkeypatch.setattr(core.train.trainer, "build_steps", lambda *a: built.append(a) or build(*a))
+    kept, keep, run_stage = threading.Event(), core.train.ready_step.keep, overview.run_stage
+    monkeypatch.setattr(core.train.ready_step, "keep", lambda b: (keep(b), kept.set()))
+    # the shards end once the readying has run the pretrain's step, however fast they are made
+    monkeypatch.setattr(overview, "run_stage", lambda cfg, name, *a: (
+        run_stage(cfg, name, *a), name != "prepare" or kept.wait(60))[0])
+    path = prepared / "acm.toml"
+    cfg, _ = config.with_value(config.load(path), "tokenizer.vocab_size", "900")  # the shards to make again
+    cfg.train.pretrain.steps = cfg.train.finetune.steps = 4
+    cfg.train.finetune.batch_size = 2  # a step of its own, readied too, and built by its stage
+    cfg.eval.samples, cfg.eval.max_tokens = 1, 4
+    config.save_settings(cfg, path)
+    assert cli.main(["-c", str(path), "pipeline", "run"]) == 0
+    assert "ran: tokenizer, prepare, pretrain, finetune, evaluate" in capsys.readouterr().out
+    assert len(built) == 1  # the fine-tune's alone
+
+
 def in_order(text: str, *parts: str) -> bool:
     """Whether every part is in text, each after the one before."""
     at = 0

@@ -11,9 +11,10 @@ import pytest
 
 from core import config
 from core.engine import Engine
+from core.model import model_shape
 from core.presets import get_preset
 from core.tokenizer.bpe import load_tokenizer
-from core.train.memory import reckoned_bytes
+from core.train.memory import MEMORY_SHARE, reckoned_bytes
 from core.train.ready import Readied, ready_engine
 from core.train.ready_step import run_step
 from tests.helpers import live_stage, losses
@@ -72,6 +73,8 @@ def test_a_pipeline_s_first_stage_trains_on_the_model_its_readying_kept(prepared
     cfg.train.finetune.batch_size = 2  # two distinct steps: the first, the pretrain's, is kept
     built, build = [], core.train.trainer.build_steps
     monkeypatch.setattr(core.train.trainer, "build_steps", lambda *a: built.append(a) or build(*a))
+    shape = model_shape(cfg, load_tokenizer(cfg))
+    both = sum(reckoned_bytes(shape, getattr(cfg.train, s), cfg.model.compute_dtype) for s in ("pretrain", "finetune"))
     engine = Engine()
     try:
         assert engine.call(ready_engine, cfg, PLENTY, keep=True).stages == ("pretrain", "finetune")
@@ -79,6 +82,11 @@ def test_a_pipeline_s_first_stage_trains_on_the_model_its_readying_kept(prepared
         assert built == []
         engine.call(train_stage, cfg, "pretrain", cfg.runs_dir / "fresh", max_steps=4)
         assert len(built) == 1
+        # where the kept model and the next step's are not reckoned to fit together, none is kept
+        tight = int(both / MEMORY_SHARE) - 1
+        assert engine.call(ready_engine, cfg, tight, keep=True).stages == ("pretrain", "finetune")
+        engine.call(train_stage, cfg, "pretrain", cfg.runs_dir / "tight", max_steps=4)
+        assert len(built) == 2
     finally:
         engine.shutdown()
     assert losses(cfg.runs_dir / "kept") == losses(cfg.runs_dir / "fresh") and len(losses(cfg.runs_dir / "kept")) == 4

@@ -45,6 +45,7 @@ def test_a_pass_widens_only_as_far_as_a_step_of_its_batches_would_fit(as_on_nvid
     two = reckoned_bytes(shape, replace(sc, batch_size=2 * sc.batch_size), "bfloat16")
     assert group_most(shape, sc, "bfloat16", int(two / MEMORY_SHARE) + 1) == 2
     assert group_most(shape, sc, "bfloat16", int(two / MEMORY_SHARE) - 1) == 1
+    assert group_most(shape, sc, "bfloat16", PLENTY, world=2) == 1  # every rank makes the same passes
 
 
 def test_the_mean_loss_is_the_same_read_four_at_a_time_in_passes_of_one_shape():
@@ -73,11 +74,21 @@ def test_the_mean_loss_is_the_same_read_four_at_a_time_in_passes_of_one_shape():
 
 
 def test_a_stage_on_nvidia_validates_as_one_reading_a_batch_at_a_time(prepared, monkeypatch):
+    import core.train.trainer
+
     cfg = config.load(prepared / "acm.toml")
     cfg.train.pretrain.eval_batches = 4
-    val = {}
+    val, rows, real = {}, {}, core.train.trainer.mean_loss
+
+    def passes_seen(eval_loss, draw, batches, most):
+        seen = rows.setdefault(name, [])
+        return real(lambda x, y: (seen.append(x.shape[0]), eval_loss(x, y))[1], draw, batches, most)
+
+    monkeypatch.setattr(core.train.trainer, "mean_loss", passes_seen)
     for name, nvidia in (("wide", True), ("one", False)):
         monkeypatch.setattr(core.train.validation, "on_nvidia", lambda nvidia=nvidia: nvidia)
         train_stage(cfg, "pretrain", cfg.runs_dir / name, max_steps=20)
         val[name] = [e["val_loss"] for e in read_metrics(cfg.runs_dir / name, "pretrain") if e["type"] == "eval"]
+    batch = cfg.train.pretrain.batch_size
+    assert rows == {"wide": [4 * batch] * 2, "one": [batch] * 8}  # two checks of four batches
     assert len(val["wide"]) == 2 and val["wide"] == pytest.approx(val["one"], rel=1e-5)
