@@ -31,6 +31,7 @@ from core.engine import Engine
 from core.errors import AcmError
 from core.hardware import memory_limit
 from core.model import model_shape
+from core.presets import ModelShape
 from core.tokenizer.bpe import AcmTokenizer, load_tokenizer
 from core.tokenizer.shards import read_manifest
 from core.train.memory import MEMORY_SHARE, reckoned_bytes
@@ -64,6 +65,13 @@ def why_not(cfg: Config, tok: AcmTokenizer | None, limit: int, shards_due: bool 
     return unwise(cfg, distinct_steps(cfg), model_shape(cfg, tok), limit)
 
 
+def may_keep(cfg: Config, stages: list[str], shape: ModelShape, limit: int) -> bool:
+    """Whether the first step's model may be kept while the others are readied: only where all of
+    them are reckoned to fit together on a device of `limit` bytes (0: unknown)."""
+    need = sum(reckoned_bytes(shape, getattr(cfg.train, s), cfg.model.compute_dtype) for s in stages)
+    return len(stages) == 1 or bool(limit) and need <= MEMORY_SHARE * limit
+
+
 def ready_engine(cfg: Config, limit: int | None = None, begun: Callable[[list[str]], object] | None = None,
                  clock: Callable[[], float] = time.perf_counter, shards_due: bool = False,
                  waited_for: Callable[[], bool] = lambda: False, keep: bool = False) -> Readied:
@@ -89,9 +97,7 @@ def ready_engine(cfg: Config, limit: int | None = None, begun: Callable[[list[st
     if waited_for():
         return Readied((), 0.0, "a stage was waiting", cut=True)
     stages, shape, ran, whole = distinct_steps(cfg), model_shape(cfg, tok), 0, True
-    # the first step's model, kept, stays beside the next's: only where both are reckoned to fit
-    keep = keep and (len(stages) == 1 or bool(limit) and sum(
-        reckoned_bytes(shape, getattr(cfg.train, s), cfg.model.compute_dtype) for s in stages) <= MEMORY_SHARE * limit)
+    keep = keep and may_keep(cfg, stages, shape, limit)
     if begun is not None:
         begun(stages)
     while whole and ran < len(stages):
