@@ -14,9 +14,7 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 log=${OUT:-/tmp}/command-ab.jsonl
 . "$here/bench/recipe_project.sh"
 recipe_project
-if [ ! -d "$dir/runs/base" ]; then  # the fine-tunes' start: warm's pretrain alone
-  cp -r "$dir/runs/warm" "$dir/runs/base" && rm -rf "$dir/runs/base/finetune"
-fi
+base_run
 tagged() { python3 -c 'import json, sys
 for line in sys.stdin:
     print(json.dumps({**json.loads(line), "code": sys.argv[1]}), flush=True)' "$1"; }

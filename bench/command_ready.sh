@@ -14,9 +14,7 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 log=${OUT:-/tmp}/command-ready.jsonl
 . "$here/bench/recipe_project.sh"
 recipe_project
-if [ ! -d "$dir/runs/base" ]; then  # the fine-tunes' start: warm's pretrain alone
-  cp -r "$dir/runs/warm" "$dir/runs/base" && rm -rf "$dir/runs/base/finetune"
-fi
+base_run
 for stage in $stages; do
   from=$([ "$stage" = finetune ] && echo "--run-from base" || true)
   PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}" python3 "$here/bench/command_wall.py" --project "$dir" \

@@ -1,9 +1,9 @@
-# Sourced by the benches that time the README recipe's stages (bench/app_ready.sh,
+# Sourced by the benches that time the README recipe's stages (bench/app_ready.sh, bench/command_ab.sh,
 # bench/command_ready.sh), with $dir and $here set: `acm` runs this checkout's command line in $dir,
 # and `recipe_project` makes $dir, unless it already holds token shards, a project on the offline
 # data with the recipe's stages (tiny, Muon, a 1,200-step pretrain and a 1,500-step fine-tune,
 # validated every 250 steps, 2 live samples a check), the kernel caches filled by a short pretrain
-# and fine-tune in run `warm`.
+# and fine-tune in run `warm`; `base_run` copies that run's pretrain alone to run `base`.
 acm() { (cd "$dir" && PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}" python3 -m core.cli "$@"); }
 
 recipe_project() {
@@ -15,4 +15,9 @@ recipe_project() {
   acm data fetch language >/dev/null && acm data fetch code >/dev/null
   acm tokenizer train >/dev/null && acm prepare >/dev/null
   acm train pretrain --run warm --steps 260 >/dev/null && acm train finetune --run warm --steps 80 >/dev/null
+}
+
+base_run() {  # run `base`, the fine-tunes' start: warm's pretrain alone
+  [ -d "$dir/runs/base" ] && return 0
+  cp -r "$dir/runs/warm" "$dir/runs/base" && rm -rf "$dir/runs/base/finetune"
 }
