@@ -26,12 +26,13 @@ from pathlib import Path  # noqa: E402
 
 from core.config import Config  # noqa: E402
 from core.engine import Engine, engines_made, exit_past_abandoned_work  # noqa: E402
-from core.errors import INTERRUPTED, READER_GONE, OutputGone, run_command  # noqa: E402
+from core.errors import INTERRUPTED, READER_GONE, AcmError, OutputGone, run_command  # noqa: E402
 from core.hardware import configure_mlx  # noqa: E402
+from core.paths import Paths  # noqa: E402
 from core.runs.events import Event  # noqa: E402
 from core.train import snapshot  # noqa: E402
 from core.train.lifeline import tie_rank_to_launcher  # noqa: E402
-from core.train.ranks import in_group  # noqa: E402
+from core.train.ranks import RANKS_LOG, REFUSAL, in_group  # noqa: E402
 from core.train.ready_step import READY_JOB  # noqa: E402
 from core.train.snapshot import Launch  # noqa: E402
 from core.train.trainer import Control, StageResult, train_stage  # noqa: E402
@@ -196,9 +197,22 @@ def _train(path: Path) -> int:
     cfg, launch = snapshot.read(path)
     control = Control()
     early_stops.hand_to(control.stop)  # a polite kill stops with a checkpoint
-    done = train_here(cfg, launch, cfg.locations.run(launch.run),
-                      lambda events, stop: relay(events, print_event, stop, _say), control)
+    run = cfg.locations.run(launch.run)
+    try:
+        done = train_here(cfg, launch, run, lambda events, stop: relay(events, print_event, stop, _say), control)
+    except AcmError as e:
+        if in_group():
+            _into_the_ranks_log(run, launch.stage, str(e))
+        raise
     return INTERRUPTED if done is None else 0
+
+
+def _into_the_ranks_log(run: Path, stage: str, text: str) -> None:
+    """A rank's one line, written to the stage's ranks.log by the rank itself: the launcher relays a
+    rank's stderr there too, but a rank that dies ends the launcher, which may end before it has
+    relayed the line (the command then said only that the rank exited)."""
+    with contextlib.suppress(OSError), open(Paths.stage(run, stage) / RANKS_LOG, "a", encoding="utf-8") as log:
+        log.write(f"{REFUSAL}{text}\n")
 
 
 def main(argv: list[str]) -> int:

@@ -201,6 +201,30 @@ def test_a_rank_that_fails_to_start_ends_the_others_and_the_command_says_why(pre
     assert not (prepared / "runs" / "late").exists()
 
 
+@pytest.mark.skipif(mx.cuda.is_available(), reason="a rank of the ring backend on this host")
+def test_a_rank_that_refuses_writes_its_line_into_the_ranks_log_itself(prepared, tmp_path):
+    """The launcher relays a rank's stderr into the stage's ranks.log, but a rank that dies ends the
+    launcher, sometimes before the line is relayed: the command then said only "rank 0 exited with
+    code 2". The rank writes its line there itself, whatever becomes of its stderr."""
+    import json
+
+    from core.paths import Paths
+    from core.train import snapshot
+
+    cfg = config.load(prepared / "acm.toml")
+    run = cfg.locations.run("late")
+    snapshot.write(cfg, snapshot.Launch("pretrain", "late", False, None, 2), run)
+    with listening() as port:  # rank 0's own address, taken
+        hosts = tmp_path / "hosts.json"
+        hosts.write_text(json.dumps([[f"127.0.0.1:{port}"], [f"127.0.0.1:{port + 1}"]]))
+        env = dict(os.environ, PYTHONPATH=str(ROOT), MLX_RANK="0", MLX_HOSTFILE=str(hosts))
+        r = subprocess.run([sys.executable, "-m", "core.train.worker", str(snapshot.location(run, "pretrain"))],
+                           env=env, cwd=prepared, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+    assert r.returncode == 2
+    log = (Paths.stage(run, "pretrain") / "ranks.log").read_text()
+    assert log.startswith("acm: error: the ranks could not join their group ([ring] Couldn't bind socket"), log
+
+
 @pytest.mark.skipif(mx.cuda.is_available() or not Path("/proc/self/stat").exists(),
                     reason="two ranks of the ring backend on this host; finds the ranks through Linux's /proc")
 def test_a_detached_group_whose_rank_fails_to_start_ends_too(prepared):
