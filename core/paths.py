@@ -146,6 +146,11 @@ class Paths:
         return run / stage / "detached.log"
 
     @staticmethod
+    def ranks_log(run: Path, stage: str) -> Path:
+        """The launcher's and the ranks' messages of a stage on several ranks."""
+        return run / stage / "ranks.log"
+
+    @staticmethod
     def launch_snapshot(run: Path, stage: str) -> Path:
         """The settings and the launch a training process acm starts reads (core/train/snapshot.py)."""
         return run / stage / "launch.toml"

@@ -140,7 +140,7 @@ def train_on_ranks(cfg: config.Config, stage: str, run: Path, resume: bool, emit
     argv = launcher_argv(ranks, snapshot.command(snapshot.location(run, stage)), parent=os.getpid())
     before = _Undo(run, stage)
     snapshot.write(cfg, snapshot.Launch(stage, run.name, resume, steps, max_steps), run)
-    log = Paths.stage(run, stage) / RANKS_LOG
+    log = Paths.ranks_log(run, stage)
     with open(log, "ab") as errors:  # the ranks' own messages (a traceback of a rank) land here
         start = errors.tell()
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errors, text=True,
@@ -178,6 +178,7 @@ class _Undo:
 
     def __init__(self, run: Path, stage: str):
         self.run, self.folder, self.toml = run, Paths.stage(run, stage), snapshot.location(run, stage)
+        self.log = Paths.ranks_log(run, stage)
         self.created = next((p for p in (run, self.folder) if not p.exists()), None)
         self.settings = self.toml.read_bytes() if self.toml.exists() else None
 
@@ -185,7 +186,7 @@ class _Undo:
         if self.created is not None:
             shutil.rmtree(self.created, ignore_errors=True)
             return
-        toml, log = self.toml, self.folder / RANKS_LOG
+        toml, log = self.toml, self.log
         if self.settings is None:
             toml.unlink(missing_ok=True)
         else:
@@ -197,7 +198,6 @@ class _Undo:
 
 
 REFUSAL = "acm: error: "  # how a rank (core.train.worker) says why it refused
-RANKS_LOG = "ranks.log"  # the launcher's and the ranks' messages, in the stage's folder
 RANK_ENDED_BADLY = "Node with rank"  # how MLX's launcher says a rank exited with an error or was killed
 WARNING = f"[WARN] {RANK_ENDED_BADLY}"  # ... as its log shows it
 

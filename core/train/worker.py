@@ -32,7 +32,7 @@ from core.paths import Paths  # noqa: E402
 from core.runs.events import Event  # noqa: E402
 from core.train import snapshot  # noqa: E402
 from core.train.lifeline import tie_rank_to_launcher  # noqa: E402
-from core.train.ranks import RANKS_LOG, REFUSAL, in_group  # noqa: E402
+from core.train.ranks import REFUSAL, in_group  # noqa: E402
 from core.train.ready_step import READY_JOB  # noqa: E402
 from core.train.snapshot import Launch  # noqa: E402
 from core.train.trainer import Control, StageResult, train_stage  # noqa: E402
@@ -211,7 +211,7 @@ def _into_the_ranks_log(run: Path, stage: str, text: str) -> None:
     """A rank's one line, written to the stage's ranks.log by the rank itself: the launcher relays a
     rank's stderr there too, but a rank that dies ends the launcher, which may end before it has
     relayed the line (the command then said only that the rank exited)."""
-    with contextlib.suppress(OSError), open(Paths.stage(run, stage) / RANKS_LOG, "a", encoding="utf-8") as log:
+    with contextlib.suppress(OSError), open(Paths.ranks_log(run, stage), "a", encoding="utf-8") as log:
         log.write(f"{REFUSAL}{text}\n")
 
 
