@@ -24,7 +24,7 @@ import mlx.core as mx
 from mlx.utils import tree_flatten, tree_unflatten
 
 from core import config
-from core.atomic import read_json, start_writeback, writing
+from core.atomic import open_regular, read_json, start_writeback, writing
 from core.errors import AcmError
 from core.runs import host_copy
 
@@ -353,15 +353,16 @@ def _loaded(ck: Checkpoint, name: str, what: str = " is damaged",
 def _load(path: Path) -> dict:
     """A safetensors file's arrays, once its size is the one its header gives: MLX reads a file
     with bytes added in the middle, its weights shifted, without a word."""
-    with open(path, "rb") as f:
+    with open_regular(path) as f:  # a FIFO put there would hold the command forever
         n = int.from_bytes(f.read(8), "little")
         try:
             header = json.loads(f.read(min(n, 100_000_000)))
             end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
         except (ValueError, RecursionError, AttributeError, KeyError, TypeError, IndexError):
             raise ValueError(f"{path.name} has no readable safetensors header") from None  # not JSON, not laid out
-    if path.stat().st_size != 8 + n + end:
-        raise ValueError(f"{path.name} is {path.stat().st_size} bytes where its header says {8 + n + end}")
+        size = os.fstat(f.fileno()).st_size
+    if size != 8 + n + end:
+        raise ValueError(f"{path.name} is {size} bytes where its header says {8 + n + end}")
     return mx.load(str(path))
 
 

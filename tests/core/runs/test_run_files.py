@@ -75,6 +75,26 @@ def test_a_stage_will_not_record_into_a_file_that_is_no_regular_one(with_model, 
         Recorder(run, "pretrain", 30)
 
 
+@pytest.mark.parametrize("how", IRREGULAR)
+@pytest.mark.parametrize("name", ["model.safetensors", checkpoint.OPTIMIZER])
+def test_a_checkpoints_arrays_that_are_no_regular_file_are_one_line_naming_them(with_model, how, name, capsys):
+    """Generating, evaluating, exporting and resuming read a checkpoint's arrays: a FIFO there held
+    the command forever (deaf to a TERM), a device link read as a header of zeros."""
+    newest = checkpoint.latest(Paths.checkpoints(with_model / "runs" / "m", "pretrain"))
+    replace_with(newest.path / name, how)
+    kind = "a FIFO" if how == "FIFO" else "a device"
+    load = checkpoint.load_weights if name == "model.safetensors" else checkpoint.load_optimizer
+    with unless_stuck(), pytest.raises(AcmError, match=f"{newest.path}: its {name} is damaged .*{kind}, not a "
+                                                       f"regular file" if name == checkpoint.OPTIMIZER else
+                                       f"{newest.path} is damaged .*{kind}, not a regular file"):
+        load(newest)
+    if name == "model.safetensors":
+        with unless_stuck():
+            assert cli.main(["-c", str(with_model / "acm.toml"), "generate", "x", "--run", "m", "--stage", "pretrain",
+                             "--max-tokens", "2"]) == 2
+        assert "not a regular file" in capsys.readouterr().err
+
+
 def test_run_files_larger_than_acm_writes_read_as_damaged_ones(with_model, monkeypatch):
     """The size caps, made small so that a real run's files pass them: JSON (a state, a status)
     and a stage's records over theirs read as absent; the validation checks, read as appended, at
