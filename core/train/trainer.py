@@ -266,7 +266,7 @@ class Trainer:
         a refused resume leaves them as they were. What was said before reaches the files too."""
         sweep_temporaries(self.run_path, "config.toml")  # a killed stage's, this stage the run's one writer now
         sweep_temporaries(Paths.stage(self.run_path, self.stage), "tokenizer.json", "status.json", "timings.json")
-        prepare_run(cfg, self.run_path, self.stage)
+        prepare_run(self._as_planned(cfg), self.run_path, self.stage)
         keep_copy(self.tok, Paths.stage_tokenizer(self.run_path, self.stage))
         self.recorder = Recorder(self.run_path, self.stage, self.state.total_steps)
         self.trackers = trackers(cfg, self.run_path, self.stage)  # train.report_to: none by default
@@ -275,6 +275,16 @@ class Trainer:
                 callback(event)
         self.callbacks[:0] = [self.recorder, *self.trackers]
         self.said_before_recording = []
+
+    def _as_planned(self, cfg: Config) -> Config:
+        """`cfg` with this stage's steps and warmup as it trains them where its plan is fixed (a
+        resume's, kept from its checkpoint; a time budget's, once fitted), so that the run's
+        config.toml says what the stage ran, not what acm.toml says now."""
+        st = self.state
+        if not st.planned or st.total_steps == UNPLANNED:
+            return cfg
+        sc = replace(getattr(cfg.train, self.stage), steps=st.total_steps, warmup_steps=st.warmup_steps)
+        return replace(cfg, train=replace(cfg.train, **{self.stage: sc}))
 
     def _load_weights(self) -> None:
         """Resume this stage's latest checkpoint, or fine-tune from the best pretrain one."""
@@ -634,8 +644,9 @@ class Trainer:
         st.total_steps, st.warmup_steps, st.planned = total, warmup, True
         if eval_batches is not None:
             st.eval_batches = cut_batches(eval_batches, self.sc.eval_batches)
-        if self.recorder is not None:  # else it is made with these steps
+        if self.recorder is not None:  # else it is made with these steps, and config.toml written with them
             self.recorder.total = total
+            prepare_run(self._as_planned(self.cfg), self.run_path, self.stage)
 
     def _timed(self) -> None:
         """After a step: once the first steps are timed, fit the steps to the budget, or say how

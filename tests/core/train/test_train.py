@@ -707,6 +707,8 @@ def test_a_time_budget_fits_the_steps_and_ends_on_the_floor(prepared):
     assert status["state"] == "done" and status["total"] == result.step
     state = checkpoint.latest(Paths.checkpoints(cfg.runs_dir / "budget", "pretrain")).state
     assert state["planned_steps"] == result.step
+    recorded = config.load(cfg.runs_dir / "budget" / "config.toml").train.pretrain  # what it ran, not acm.toml's
+    assert (recorded.steps, recorded.warmup_steps, recorded.time) == (result.step, state["planned_warmup"], "20s")
 
 
 def test_steps_asked_for_with_a_time_budget_are_at_most_that_many(prepared):
@@ -788,6 +790,18 @@ def test_the_run_s_settings_keep_each_stage_s_as_it_trained(prepared):
     recorded = config.load(run / "config.toml").train
     assert (recorded.pretrain.time, recorded.pretrain.learning_rate) == ("20s", 2e-3)
     assert recorded.finetune.time == "9s"
+
+
+def test_a_resumed_stage_s_recorded_steps_are_its_plan_not_acm_toml_s(prepared):
+    """`acm runs compare` reads a run's config.toml: a resume wrote acm.toml's steps there (10,000)
+    for a stage planned and trained to 6."""
+    c, run = str(prepared / "acm.toml"), prepared / "runs" / "r"
+    assert cli.main(["-c", c, "train", "pretrain", "--run", "r", "--steps", "6", "--max-steps", "2"]) == 0
+    assert cli.main(["-c", c, "train", "pretrain", "--run", "r", "--resume"]) == 0
+    assert checkpoint.latest(Paths.checkpoints(run, "pretrain")).step == 6
+    assert load(prepared).train.pretrain.steps != 6 and config.load(run / "config.toml").train.pretrain.steps == 6
+    assert cli.main(["-c", c, "train", "pretrain", "--run", "r", "--resume", "--steps", "8"]) == 0
+    assert config.load(run / "config.toml").train.pretrain.steps == 8
 
 
 def _a_finished_stage_resumed_says_so_once(c: str, planned: int, capsys) -> None:
