@@ -3,6 +3,8 @@ the library's many failure types turned into one line each. Both corpora's Huggi
 datasets here."""
 from __future__ import annotations
 
+import logging
+
 from core.errors import AcmError
 
 # httpx's and huggingface_hub's words for "no network" (named, so neither is imported before it is needed)
@@ -15,6 +17,8 @@ def load_hf(path: str, shown: str, offline_hint: str, **kwargs):
     import datasets
 
     datasets.disable_progress_bars()  # our own progress shows documents; tqdm would garble the TUI
+    for library in ("datasets", "huggingface_hub"):  # their retries' chatter (a line a try, without a
+        logging.getLogger(library).setLevel(logging.CRITICAL)  # network): what failed is said in one line
     try:
         return datasets.load_dataset(path, **kwargs)
     except FileNotFoundError as e:

@@ -150,6 +150,27 @@ def test_builtin_code_default_finds_scripts(project):
 
 # ---------------------------------------------------------------- language
 
+def test_an_unreachable_hub_is_one_line_however_often_the_library_retries(project, capfd, monkeypatch):
+    """Without a network the hub's client tried six times, a line for each try and each wait (24 s
+    of them): here a hub that refuses every connection (a closed local port), its waits not slept."""
+    import datasets.config
+    import huggingface_hub.constants
+    import huggingface_hub.utils._http
+
+    closed = "http://127.0.0.1:9"
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", closed)
+    monkeypatch.setattr(datasets.config, "HF_ENDPOINT", closed)
+    monkeypatch.setattr(datasets.config, "HUB_DATASETS_URL", closed + "/datasets/{repo_id}/resolve/{revision}/{path}")
+    monkeypatch.setattr(huggingface_hub.utils._http.time, "sleep", lambda seconds: None)
+    c = str(project / "acm.toml")
+    assert cli.main(["-c", c, "config", "set", "data.language.source", "hf"]) == 0
+    capfd.readouterr()
+    assert cli.main(["-c", c, "data", "fetch", "language"]) == 2
+    err = capfd.readouterr().err.strip().splitlines()  # the libraries' logging writes to the stderr of their import
+    assert err[-1].startswith("acm: error: could not reach the Hugging Face hub for 'roneneldan/TinyStories'")
+    assert not [line for line in err if "Retry" in line or "127.0.0.1" in line], err
+
+
 def test_builtin_language_default(project):
     m = fetch_language(cfg_for(project, data__language__max_documents=40))
     assert m["stats"]["documents"] == 40
