@@ -120,24 +120,34 @@ class StageResult:
 
 
 class Throughput:
-    """Tokens per second over the steps since the last report, counting training time only."""
+    """Tokens per second over the steps since the last report, counting training time only.
+
+    A window ends when its last step's loss was read, not when the report is made: the next step,
+    queued meanwhile, runs on the device while the thread reports, and a thread held up before it
+    reports (a busy machine) would otherwise see that step done almost at once (a one-step window
+    at a stage's end read many times too fast)."""
 
     def __init__(self, tokens_per_step: int, clock: Callable[[], float] = time.perf_counter):
         self.tokens_per_step, self.clock = tokens_per_step, clock
         self.restart()
 
     def restart(self) -> None:
-        self.t0, self.tokens = self.clock(), 0
+        """A new window from now (after a check, a pause: time that is not training)."""
+        self.t0 = self.read_at = self.clock()
+        self.tokens = 0
 
     def step(self) -> None:
+        """A step's loss was just read."""
         self.tokens += self.tokens_per_step
+        self.read_at = self.clock()
 
     def take(self) -> tuple[float, float]:
-        """(tokens/s, seconds a step) since the last take or restart; starts a new window."""
-        dt = self.clock() - self.t0
+        """(tokens/s, seconds a step) since the last take or restart; the next window starts where
+        this one's last step was read."""
+        dt = self.read_at - self.t0
         rate = self.tokens / dt if dt > 0 else 0.0
         step_time = dt / max(self.tokens / self.tokens_per_step, 1)
-        self.restart()
+        self.t0, self.tokens = self.read_at, 0
         return rate, step_time
 
 
