@@ -297,6 +297,10 @@ def _quiet_exit(*streams) -> int:
 
 
 def fail(message: str) -> int:
+    """The error's one line, its control characters escaped (a run folder's or a file's name can
+    hold them: on a terminal they would act, in a log they would garble it)."""
+    from core.escapes import visible
+
     lines = message.splitlines() or [""]
-    print(f"acm: error: {lines[0]}", file=sys.stderr)
+    print(f"acm: error: {visible(lines[0])}", file=sys.stderr)
     return 2

@@ -76,7 +76,7 @@ def print_candidates(judged: list, echo_prompt: bool, expected: dict) -> None:
 
 def _loaded(args, cfg: Config, engine: Engine):
     lm = engine.call(load_model, cfg, args.run, args.stage, args.checkpoint, compute_dtype=args.dtype)
-    console.print(f"[dim]{lm.run} / {lm.stage} / step {lm.step} ({lm.checkpoint.name}, "
+    console.print(f"[dim]{escape(visible(lm.run))} / {lm.stage} / step {lm.step} ({lm.checkpoint.name}, "
                   f"{str(lm.model.compute_dtype).removeprefix('mlx.core.')})[/]")
     if lm.notice:
         console.print(f"[yellow]{escape(lm.notice)}[/]")

@@ -41,6 +41,27 @@ def test_every_command_naming_a_run_shows_its_control_characters_escaped(project
         assert "x\\x1b]0;PWN\\x07[b]y" in out and "\x1b" not in out, (command, out)
 
 
+def test_generate_and_its_errors_show_a_run_name_s_control_characters_escaped(with_model, capsys):
+    """The line naming the model generate loaded, and an error naming the run, on stderr."""
+    import shutil
+
+    shutil.copytree(with_model / "runs" / "m", with_model / "runs" / NAME)
+    c = str(with_model / "acm.toml")
+    assert cli.main(["-c", c, "generate", "x", "--run", NAME, "--max-tokens", "2"]) == 0
+    err = capsys.readouterr().err
+    assert "x\\x1b]0;PWN\\x07[b]y / finetune / step 10" in err and "\x1b" not in err
+    shutil.rmtree(Paths.checkpoints(with_model / "runs" / NAME, "finetune"))
+    shutil.rmtree(Paths.checkpoints(with_model / "runs" / NAME, "pretrain"))
+    assert cli.main(["-c", c, "generate", "x", "--run", NAME]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("acm: error: ") and "x\\x1b]0;PWN\\x07[b]y" in err and "\x1b" not in err
+
+
+def test_a_bad_escape_is_said_as_it_was_typed(project, capsys):
+    assert cli.main(["-c", str(project / "acm.toml"), "generate", "-e", "abc\\x"]) == 2
+    assert capsys.readouterr().err == "acm: error: invalid escape in 'abc\\x': truncated \\xXX escape\n"
+
+
 def test_data_show_escapes_on_a_terminal_and_writes_the_script_as_it_is_elsewhere(project, tmp_path, capsys):
     scripts = write_tree(tmp_path / "hostile", {"evil\nname.sh": SCRIPT})
     cfg = with_pairs(project, tmp_path, local_paths=[str(scripts)])
