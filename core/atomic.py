@@ -156,6 +156,15 @@ def check_regular(path: str | os.PathLike, limit: int | None = None) -> None:
 _KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a device", stat.S_IFBLK: "a device", stat.S_IFSOCK: "a socket"}
 
 
+def kind_of(path: str | os.PathLike) -> str:
+    """What `path` is, in words, where it is neither a regular file nor a folder (a link followed):
+    "a FIFO", "a device", "a socket"; "nothing" where nothing is there."""
+    try:
+        return _KINDS.get(stat.S_IFMT(os.stat(path).st_mode), "something")
+    except OSError:
+        return "nothing"
+
+
 def _not_regular(path: str | os.PathLike, mode: int) -> OSError:
     """The error reading a folder gives, or one naming what else it is."""
     if stat.S_ISDIR(mode):

@@ -195,11 +195,27 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         where = "" if self.prog == "acm" else f"{self.prog}: "  # `acm: error: acm: ...` says acm twice
-        self.exit(2, f"acm: error: {where}{message} (see {self.prog} --help)\n")
+        self.exit(2, f"acm: error: {where}{message}{self._dashed_value(message)} (see {self.prog} --help)\n")
+
+    def _dashed_value(self, message: str) -> str:
+        """Where a value that starts with '-' (a prompt, a setting's value) was read as an option and
+        the command then lacks a value, how to give it: argparse says only what is missing."""
+        known = {option for action in self._actions for option in action.option_strings}
+        dashed = next((a for a in getattr(self, "_given", []) if a.startswith("-") and not a.startswith("--")
+                       and a not in known and not self._negative_number_matcher.match(a)), None)
+        if dashed is None:
+            return ""
+        if message.endswith("expected one argument"):
+            option = message.removeprefix("argument ").split(":")[0].split("/")[-1]
+            return f"; {dashed!r} reads as an option: give it as {option}={dashed}"
+        if "arguments are required" in message:
+            return f"; {dashed!r} reads as an option: put -- before a value that starts with '-' ({self.prog} -- ...)"
+        return ""
 
     def parse_known_args(self, args=None, namespace=None):
         """As argparse's, noting the innermost command that was left arguments it does not know (a
         command's parser parses before the parser that named it returns)."""
+        self._given = list(sys.argv[1:] if args is None else args)  # what `_dashed_value` looks through
         namespace, extras = super().parse_known_args(args, namespace)
         if extras and not hasattr(namespace, "_left_by"):
             namespace._left_by = self

@@ -55,6 +55,7 @@ def print_eval(meta: dict) -> None:
 def cmd_info(args, cfg: Config) -> int:
     meta = load_meta(cfg)
     if meta is None and cfg.locations.tokenizer_file.exists():
+        load_tokenizer(cfg)  # one that does not read (a FIFO, damaged) is said as such
         raise AcmError(f"the tokenizer in {cfg.locations.tokenizer} has no metadata of its own (its training "
                        "ended before writing it): run `acm tokenizer train` again")
     if meta is None:

@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from core.atomic import kind_of
 from core.config import CodeDataConfig, Config
 from core.data.corpus import UNKNOWN_LICENCE, CorpusWriter, fetching
 from core.data.decontaminate import EvalSpans, prompt_comments
@@ -325,6 +326,8 @@ def local_candidates(cfg: Config, report: Reporter, cancel: CancelToken) -> tupl
     for r in roots:
         if not r.exists():
             raise AcmError(f"data.code.local_paths: {r} does not exist")
+        if not (r.is_dir() or r.is_file()):
+            raise AcmError(f"data.code.local_paths: {r} is {kind_of(r)}, not a file or a folder")
     seen: set = set()
     return (c for r in roots for c in scan_folder(r, "local", cc.max_file_bytes, seen=seen, cancel=cancel,
                                                   contained=True, category=r.name)), {"paths": cc.local_paths}

@@ -15,6 +15,7 @@ import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
 
+from core.atomic import kind_of
 from core.config import Config, LanguageDataConfig
 from core.data.corpus import CorpusWriter, fetching
 from core.data.hf import first_line, load_hf
@@ -128,6 +129,8 @@ def local_files(paths: list[str], root: Path) -> list[Path]:
             files += sorted(f for f in path.rglob("*") if f.suffix in LOCAL_SUFFIXES and f.is_file())
         elif path.is_file():
             files.append(path)
+        elif path.exists():
+            raise AcmError(f"data.language.local_paths: {path} is {kind_of(path)}, not a file or a folder")
         else:
             raise AcmError(f"data.language.local_paths: {path} does not exist")
     if not files:

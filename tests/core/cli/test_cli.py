@@ -247,6 +247,14 @@ def test_a_broken_pipe_that_is_not_the_output_s_is_one_line(capsys):
      "acm: error: acm runs metrics: unrecognized arguments: --bad (see acm runs metrics --help)"),
     (["runs", "list", "-c", "acm.toml"], "acm: error: -c goes before the command: acm -c ... COMMAND (see acm --help)"),
     (["doctor", "--config=x.toml"], "acm: error: --config goes before the command: acm --config ... COMMAND"),
+    # a value that starts with '-' reads as an option, and argparse says only what is then missing
+    (["generate", "-foo"], "acm: error: acm generate: the following arguments are required: prompt; '-foo' reads "
+                           "as an option: put -- before a value that starts with '-' (acm generate -- ...)"),
+    (["config", "set", "data.code.hf_dataset", "-foo"], "acm: error: acm config set: the following arguments are "
+     "required: value; '-foo' reads as an option: put -- before a value that starts with '-' (acm config set -- ...)"),
+    (["eval", "--time", "-5m"], "acm: error: acm eval: argument --time: expected one argument; '-5m' reads as an "
+                                "option: give it as --time=-5m (see acm eval --help)"),
+    (["generate", "--bogus"], "acm: error: acm generate: the following arguments are required: prompt (see"),
 ])
 def test_a_bad_command_line_is_one_line_naming_acm_once(argv, said, capsys):
     with pytest.raises(SystemExit) as exited:

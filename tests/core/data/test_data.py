@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pyarrow as pa
@@ -123,6 +124,12 @@ def test_local_scan_and_empty_result(project, tmp_path):
         fetch_code(cfg_for(project, data__code__source="local", data__code__local_paths=[str(empty)]))
     with pytest.raises(AcmError, match="does not exist"):
         fetch_code(cfg_for(project, data__code__source="local", data__code__local_paths=[str(tmp_path / "nope")]))
+    os.mkfifo(tmp_path / "fifo")  # once said not to exist; scanned, it gave no documents
+    with pytest.raises(AcmError, match="fifo is a FIFO, not a file or a folder"):
+        fetch_code(cfg_for(project, data__code__source="local", data__code__local_paths=[str(tmp_path / "fifo")]))
+    with pytest.raises(AcmError, match="fifo is a FIFO, not a file or a folder"):
+        fetch_language(cfg_for(project, data__language__source="local",
+                               data__language__local_paths=[str(tmp_path / "fifo")]))
 
 
 def test_a_home_of_no_user_here_is_kept_as_written(monkeypatch, tmp_path):

@@ -223,6 +223,10 @@ def test_a_checkpoint_whose_step_is_no_checkpoint_s_is_passed_over(with_model, c
     assert cli.main(["-c", c, "generate", "x", "--run", "m", "--stage", "finetune"]) == 2
     err = capsys.readouterr().err
     assert f"{only} has a missing or damaged state.json" in " ".join(err.split()) and "acm.toml" not in err
+    shutil.rmtree(run / "finetune" / "checkpoints")  # a run with a pretrain only: the fine-tune is what is missing
+    assert cli.main(["-c", c, "generate", "x", "--run", "m", "--stage", "finetune"]) == 2
+    assert capsys.readouterr().err == ("acm: error: run m has no finetune checkpoint: train it first "
+                                       "(acm train finetune --run m)\n")
 
 
 @pytest.mark.parametrize("key, value, said", [

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 
 import numpy as np
@@ -265,6 +266,11 @@ def test_metadata_of_another_tokenizer_than_the_one_in_force_reads_as_none(train
     assert cli.main(["-c", c, "pipeline"]) == 0
     row = next(line for line in capsys.readouterr().out.splitlines() if "tokenizer" in line)
     assert "not started" in row, row
+    tok.unlink()
+    os.mkfifo(tok)  # no tokenizer that reads: said as such, not as one without its metadata
+    assert cli.main(["-c", c, "tokenizer", "info"]) == 2
+    err = capsys.readouterr().err
+    assert "a FIFO, not a regular file" in err and "has no metadata of its own" not in err
 
 
 def test_cli_probe_and_prepare(trained, capsys):
