@@ -250,10 +250,10 @@ def train_tokenizer(cfg: Config, report: Reporter = no_report, cancel: CancelTok
 
 def _train_and_save(cfg: Config, report: Reporter, cancel: CancelToken, compare: bool) -> dict:
     tc = cfg.tokenizer
+    folder = cfg.locations.tokenizer
+    folder.mkdir(parents=True, exist_ok=True)  # a file in its place is said now, not after the training
     corp = read_corpora(cfg, tc.max_language_mb * 2**20 if tc.max_language_mb else None)
     tok, mix = train_one(corp, cfg.vocab_target(), tc.min_frequency, tc.code_weight, report, cancel, "training")
-    folder = cfg.locations.tokenizer
-    folder.mkdir(parents=True, exist_ok=True)
     path = cfg.locations.tokenizer_file
     built = folder / f".{path.name}.new"  # beside the tokenizer in force, which stays until the end
     with writing(f"the tokenizer {path}", built):
