@@ -135,6 +135,21 @@ def hf_project(project: Path, rows=HF_ROWS, schema: str = "codeparrot", **code) 
     return cfg
 
 
+@contextlib.contextmanager
+def unless_stuck(seconds: int = 60):
+    """A read that would wait forever (a FIFO without a writer) fails the test instead of freezing
+    the suite: a guard against a hang, not a measure of speed."""
+    def stuck(*_):
+        raise AssertionError(f"still waiting after {seconds} s on a file that is no regular one")
+    before = signal.signal(signal.SIGALRM, stuck)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, before)
+
+
 class SteppingClock:
     """A clock that moves on a fixed tick each time it is read: a stage's timing, with no real time in it."""
 

@@ -22,9 +22,10 @@ from dataclasses import dataclass, field
 from itertools import takewhile
 from pathlib import Path
 
+from core.atomic import read_regular
 from core.config import CodeDataConfig, Config
 from core.data.repos import Repo, clone_one, head_commit, require_tool
-from core.errors import AcmError
+from core.errors import AcmError, os_error_text
 from core.paths import home_expanded, lies_in
 from core.progress import CancelToken, Reporter, Ticker
 
@@ -139,6 +140,8 @@ def tldr_scripts(src: PairSource, cc: CodeDataConfig, cancel: CancelToken) -> It
                          [Example(clean_description(d), fill.command(c)) for d, c in kept])
 
 
+PAGE_LIMIT = 1 << 20  # bytes: a tldr page takes about a kilobyte
+LINES_LIMIT = 256 << 20  # bytes: NL2Bash's all.nl and all.cm take about a megabyte each
 TITLE = re.compile(r"# \S.*")
 COMMAND = re.compile(r"`.+`")
 
@@ -148,8 +151,8 @@ def parse_page(path: Path) -> tuple[str, list[str], list[tuple[str, str]]] | Non
     it is not UTF-8 or strays from the page format: a `# title`, `>` description lines, then `- `
     descriptions each followed by one command in backticks."""
     try:
-        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    except (UnicodeDecodeError, OSError):
+        lines = [line.strip() for line in read_regular(path, PAGE_LIMIT).decode("utf-8").splitlines() if line.strip()]
+    except (UnicodeDecodeError, OSError):  # a FIFO among the pages is passed over, not waited on
         return None
     if not lines or not TITLE.fullmatch(lines[0]):
         return None
@@ -323,7 +326,9 @@ def nl2bash_pairs(src: PairSource) -> tuple[Path, list[str], list[str]]:
 def read_lines(path: Path) -> list[str]:
     """The file's lines, stripped (split on newlines only: a stray \\r or form feed is not a pair)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_regular(path, LINES_LIMIT).decode("utf-8")
+    except OSError as e:  # a FIFO (whose read would wait for a writer), a folder, no permission
+        raise AcmError(f"data.code.nl2bash_path: cannot read it ({os_error_text(e)})") from None
     except UnicodeDecodeError as e:
         raise AcmError(f"data.code.nl2bash_path: {path} is not UTF-8 ({e.reason} at byte {e.start})") from None
     lines = [line.strip() for line in text.split("\n")]

@@ -23,8 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core import tether
+from core.atomic import JSON_LIMIT, read_regular
 from core.data.corpus import UNKNOWN_LICENCE
-from core.errors import AcmError
+from core.errors import AcmError, os_error_text
 from core.progress import CancelToken, Reporter, Ticker
 
 BUILTIN_LIST = Path(__file__).with_name("repos.toml")
@@ -75,9 +76,11 @@ def load_repos(path: str | os.PathLike | None = None) -> list[Repo]:
     anything is cloned."""
     path = Path(path) if path else BUILTIN_LIST
     try:
-        entries = tomllib.loads(path.read_text(encoding="utf-8")).get("repo", [])
+        entries = tomllib.loads(read_regular(path, JSON_LIMIT).decode("utf-8")).get("repo", [])
     except FileNotFoundError:
         raise AcmError(f"data.code.repos_file: {path} does not exist") from None
+    except OSError as e:  # a folder, a FIFO (whose read would wait for a writer), no permission
+        raise AcmError(f"data.code.repos_file: cannot read it ({os_error_text(e)})") from None
     except tomllib.TOMLDecodeError as e:
         raise AcmError(f"{path}: TOML syntax error: {e}") from None
     except UnicodeDecodeError:

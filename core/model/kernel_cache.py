@@ -18,7 +18,9 @@ from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 
-from core.atomic import write_bytes
+from core.atomic import read_regular, write_bytes
+
+KERNEL_LIMIT = 256 << 20  # bytes: a compiled kernel takes kilobytes to a few megabytes
 
 Compiler = Callable[[str, str, str], bytes | None]  # (name, source, arch) -> cubin, or None
 MAGIC = b"acm kernel 1\n"  # a cache file: this, the binary's sha256, the binary
@@ -46,7 +48,7 @@ def binary(name: str, source: str, folder: Path | None = None, compile_: Compile
     key = hashlib.sha256("\0".join((source, arch, nvrtc_version())).encode()).hexdigest()[:32]
     path = folder / f"{name}-{key}.bin"
     try:
-        data = _unpack(path.read_bytes())
+        data = _unpack(read_regular(path, KERNEL_LIMIT))  # a FIFO put there is not waited on
         if data is not None:
             return data
     except OSError:

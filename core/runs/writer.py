@@ -14,6 +14,7 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 
+from core.atomic import JSON_LIMIT, read_regular
 from core.errors import AcmError, os_error_text
 from core.locks import Flock
 from core.paths import Paths
@@ -47,7 +48,7 @@ def holder(run: Path) -> dict | None:
         probe.release()
         return None
     try:
-        return json.loads(path.read_text() or "{}")
+        return json.loads(read_regular(path, JSON_LIMIT) or "{}")  # a FIFO put there is not waited on
     except (OSError, ValueError):
         return {}
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.atomic import atomic_open, read_json, sweep_temporaries, write_text, writing
+from core.atomic import atomic_open, check_regular, kind_of, read_json, sweep_temporaries, write_text, writing
 from core.config import Config
 from core.data.corpus import Corpus, corpus_hashes, corpus_sha256, sha256_file
 from core.data.pairs import SOURCES as PAIR_SOURCES
@@ -341,9 +341,11 @@ def _mapped(folder: Path, chunk: dict, split: str, vocab_size: int | None, kind:
         raise AcmError(f"the {kind} token shards' manifest in {folder} is damaged (a chunk's {split} file "
                        f"{name!r} lies outside it): run `acm prepare --force`")
     try:
+        check_regular(path)  # a FIFO in its place would hold the stage waiting for a writer
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError) as e:
-        fault = "missing" if isinstance(e, FileNotFoundError) else "not a token array"
+        fault = ("missing" if isinstance(e, FileNotFoundError) else f"{kind_of(path)}, not a file"
+                 if path.exists() and not path.is_file() else "not a token array")
         raise AcmError(f"{kind} token shard {path} is {fault}: run `acm prepare --force`") from None
     fault = _shard_fault(arr, tokens, vocab_size)
     if fault:

@@ -180,7 +180,7 @@ class _Undo:
         self.run, self.folder, self.toml = run, Paths.stage(run, stage), snapshot.location(run, stage)
         self.log = Paths.ranks_log(run, stage)
         self.created = next((p for p in (run, self.folder) if not p.exists()), None)
-        self.settings = self.toml.read_bytes() if self.toml.exists() else None
+        self.settings = atomic.read_regular(self.toml, config.SETTINGS_LIMIT) if self.toml.exists() else None
 
     def restore(self, log_start: int) -> None:
         if self.created is not None:
@@ -204,7 +204,7 @@ WARNING = f"[WARN] {RANK_ENDED_BADLY}"  # ... as its log shows it
 
 def _said(log: Path, start: int) -> list[str]:
     """The lines the launcher and ranks wrote to `log` from byte `start` (this call's), colours off."""
-    with open(log, "rb") as f:
+    with atomic.open_regular(log) as f:  # a FIFO put there is not waited on
         f.seek(start)
         text = f.read().decode(errors="replace")
     return [ANSI.sub("", line).strip() for line in text.splitlines() if line.strip()]

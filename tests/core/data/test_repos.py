@@ -33,7 +33,7 @@ from core.data.repos import (
 )
 from core.errors import AcmError
 from core.progress import Cancelled, CancelToken, no_report
-from tests.helpers import cfg_for, eventually, process_gone
+from tests.helpers import cfg_for, eventually, process_gone, unless_stuck
 from tests.stand_ins import REPOS, make_bare_repo, make_repos_file
 
 # SPDX ids a built-in entry may record (LicenseRef-* names one SPDX does not list)
@@ -106,6 +106,15 @@ def test_local_and_builtin_documents_say_noassertion(project, tmp_path):
     (src / "a.sh").write_text(REPOS["acme/ops"]["backup.sh"])
     m = fetch_code(cfg_for(project, data__code__source="local", data__code__local_paths=[str(src)]))
     assert m["report"]["by_licence"] == {"NOASSERTION": 1}
+
+
+def test_a_repository_list_that_is_no_regular_file_is_one_line(tmp_path):
+    os.mkfifo(tmp_path / "r.toml")  # its read would wait for a writer
+    with unless_stuck(), pytest.raises(AcmError, match=r"^data.code.repos_file: cannot read it \(a FIFO, not a "
+                                                       r"regular file: .*r.toml\)$"):
+        load_repos(tmp_path / "r.toml")
+    with pytest.raises(AcmError, match=r"^data.code.repos_file: cannot read it \(Is a directory: "):
+        load_repos(tmp_path)
 
 
 @pytest.mark.parametrize("licence", ["MIT or Apache", "GPL 2", 3])

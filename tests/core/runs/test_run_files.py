@@ -3,10 +3,8 @@ one larger than acm ever writes: each reads as a damaged file does, never waitin
 filling the memory, on a real run `m`."""
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
 from pathlib import Path
 
 import pytest
@@ -17,23 +15,10 @@ from core.paths import Paths
 from core.runs import appended_checks, checkpoint, last_report, read_metrics, read_status, summary
 from core.runs.compare import read_settings
 from core.runs.events import Recorder, StageFollower, read_samples
+from core.tokenizer.shards import open_tokens
+from tests.helpers import unless_stuck
 
 IRREGULAR = {"FIFO": os.mkfifo, "link to /dev/zero": lambda path: path.symlink_to("/dev/zero")}
-
-
-@contextlib.contextmanager
-def unless_stuck(seconds: int = 60):
-    """A read that would wait forever (a FIFO without a writer) fails the test instead of freezing
-    the suite: a guard against a hang, not a measure of speed."""
-    def stuck(*_):
-        raise AssertionError(f"still waiting after {seconds} s on a file that is no regular one")
-    before = signal.signal(signal.SIGALRM, stuck)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, before)
 
 
 def replace_with(path: Path, how: str) -> None:
@@ -93,6 +78,20 @@ def test_a_checkpoints_arrays_that_are_no_regular_file_are_one_line_naming_them(
             assert cli.main(["-c", str(with_model / "acm.toml"), "generate", "x", "--run", "m", "--stage", "pretrain",
                              "--max-tokens", "2"]) == 2
         assert "not a regular file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("how", IRREGULAR)
+def test_a_token_shard_that_is_no_regular_file_is_never_waited_on(with_model, how):
+    """Every stage reads its shards: NumPy's open of a FIFO in a shard's place held it forever."""
+    cfg = config.load(with_model / "acm.toml")
+    shard = next((cfg.data_dir / "tokens" / "code").glob("*/*.npy"))
+    replace_with(shard, how)
+    with unless_stuck():
+        said = (f"code token shard {shard} is a FIFO, not a file" if how == "FIFO"
+                else f"a chunk's .* file '{shard.parent.name}/{shard.name}' lies outside it")  # the link leads out
+        with pytest.raises(AcmError, match=said):
+            for split in ("train", "val"):
+                open_tokens(cfg, "code", split)
 
 
 def test_run_files_larger_than_acm_writes_read_as_damaged_ones(with_model, monkeypatch):
