@@ -7,6 +7,7 @@ import os
 import select
 import sys
 import threading
+from functools import partial
 from pathlib import Path
 
 from rich.markup import escape
@@ -74,8 +75,15 @@ def print_candidates(judged: list, echo_prompt: bool, expected: dict) -> None:
         sys.stdout.flush()
 
 
+LOAD_JOB = "load"  # the model's load on the engine: a Ctrl-C or a TERM meanwhile does not wait for it
+
+
 def _loaded(args, cfg: Config, engine: Engine):
-    lm = engine.call(load_model, cfg, args.run, args.stage, args.checkpoint, compute_dtype=args.dtype)
+    """The model, loaded on the engine, waited for in slices (a signal is acted on at once); a command
+    interrupted meanwhile shuts its engine down past the load (`shutdown(abandon=LOAD_JOB)`), whatever
+    holds it (a read from a slow disk), and ends."""
+    lm = wait_for(engine.submit_named(LOAD_JOB, partial(load_model, compute_dtype=args.dtype), cfg, args.run,
+                                      args.stage, args.checkpoint))
     console.print(f"[dim]{escape(visible(lm.run))} / {lm.stage} / step {lm.step} ({lm.checkpoint.name}, "
                   f"{str(lm.model.compute_dtype).removeprefix('mlx.core.')})[/]")
     if lm.notice:
@@ -105,7 +113,7 @@ def cmd_generate(args, cfg: Config) -> int:
         elif batched:
             print_candidates(job.result(), not args.no_echo, expected)
     finally:
-        engine.shutdown()
+        engine.shutdown(abandon=LOAD_JOB)
     if stopped:
         console.print(f"(stopped{f': {len(job.result())} of {args.n} printed' if batched else ''})")
         return INTERRUPTED
@@ -202,7 +210,7 @@ def cmd_chat(args, cfg: Config) -> int:
             if politely_killed():
                 return INTERRUPTED
     finally:
-        engine.shutdown()
+        engine.shutdown(abandon=LOAD_JOB)
 
 
 def chat_turn(engine: Engine, lm, prompt: str, params: SamplingParams, stop: threading.Event | None = None) -> None:

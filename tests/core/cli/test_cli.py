@@ -12,7 +12,7 @@ import pytest
 
 from core import cli, config
 from core.errors import run_command
-from tests.helpers import ROOT, sigint_at_default
+from tests.helpers import ROOT, eventually, sigint_at_default
 from tests.terminal import run_acm
 
 
@@ -285,6 +285,37 @@ def test_a_ctrl_c_while_acm_loads_is_one_line_not_a_traceback(tmp_path, entry, a
     r = subprocess.run([sys.executable, "-c", code, module], cwd=tmp_path, capture_output=True, text=True,
                        env=os.environ | {"PYTHONPATH": str(ROOT)}, timeout=120, preexec_fn=sigint_at_default)
     assert (r.returncode, r.stderr) == (130, "acm: interrupted\n")
+
+
+HELD_WHILE_LOADING = """
+import os, sys
+from core.cli import generate
+
+def held(*args, **kwargs):  # a read that never returns (a slow disk; a FIFO, before reads were checked)
+    open("loading", "w").close()
+    os.open("never-written", os.O_RDONLY)
+
+generate.load_model = held
+from core.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("command", [["generate", "x"], ["chat"]])
+def test_a_term_while_the_model_loads_ends_the_command_whatever_holds_the_load(tmp_path, command):
+    """The load ran on the engine, waited for in one block, and the shutdown waited for it: a TERM
+    was acted on only once the load returned."""
+    os.mkfifo(tmp_path / "never-written")
+    proc = subprocess.Popen([sys.executable, "-c", HELD_WHILE_LOADING, *command], cwd=tmp_path, text=True,
+                            env=os.environ | {"PYTHONPATH": str(ROOT)}, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert eventually(lambda: (tmp_path / "loading").exists())
+        proc.terminate()
+        out, err = proc.communicate(timeout=60)  # a guard against a hang, not a measure of speed
+    finally:
+        proc.kill()
+    assert (proc.returncode, err) == (143, "acm: interrupted\n")
 
 
 INTERRUPTED_WHILE_MOUNTING = """
