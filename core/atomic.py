@@ -188,6 +188,21 @@ def open_regular(path: str | os.PathLike) -> BinaryIO:
     return f
 
 
+def open_appending(path: str | os.PathLike, text: bool = False) -> IO:
+    """`path` opened to append to (made where missing), or OSError where it is no regular file:
+    opening a FIFO to write waits for a reader that never comes (here it is refused at once), and a
+    device would swallow the lines."""
+    if os.path.exists(path):
+        check_regular(path)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK, 0o666)  # one put there meanwhile
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise _not_regular(path, mode)
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "a", encoding="utf-8") if text else os.fdopen(fd, "ab")
+
+
 def read_regular(path: str | os.PathLike, limit: int) -> bytes:
     """The bytes of regular file `path` (`open_regular`), or OSError where it holds more than
     `limit`, a size no real file of its kind reaches (the caller's choice)."""

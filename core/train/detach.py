@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from core import config, runs
+from core.atomic import check_regular, open_appending
 from core.errors import signals_deferred
 from core.locks import held_alone
 from core.paths import Paths
@@ -57,8 +58,11 @@ def _launch(cfg: config.Config, launch: snapshot.Launch, run: Path, argv: list[s
     proc = None
     try:
         with signals_deferred():
+            log_path = Paths.detached_log(run, launch.stage)
+            if log_path.exists():  # a FIFO there would hold the launch: refused before anything is written
+                check_regular(log_path)
             snapshot.write(cfg, launch, run)
-            with open(Paths.detached_log(run, launch.stage), "ab") as log:
+            with open_appending(log_path) as log:
                 proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                         start_new_session=True, cwd=str(cwd), env=launcher_env(SOURCE))
             runs.write_status(run, launch.stage, "starting", pid=proc.pid)

@@ -139,9 +139,11 @@ def train_on_ranks(cfg: config.Config, stage: str, run: Path, resume: bool, emit
     # more ranks than the host runs, or no ports to meet on: refused before anything is written
     argv = launcher_argv(ranks, snapshot.command(snapshot.location(run, stage)), parent=os.getpid())
     before = _Undo(run, stage)
-    snapshot.write(cfg, snapshot.Launch(stage, run.name, resume, steps, max_steps), run)
     log = Paths.ranks_log(run, stage)
-    with open(log, "ab") as errors:  # the ranks' own messages (a traceback of a rank) land here
+    if log.exists():  # a FIFO there would hold the launch: refused before anything is written
+        atomic.check_regular(log)
+    snapshot.write(cfg, snapshot.Launch(stage, run.name, resume, steps, max_steps), run)
+    with atomic.open_appending(log) as errors:  # the ranks' own messages (a traceback of a rank) land here
         start = errors.tell()
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errors, text=True,
                                 env=launcher_env(SOURCE), start_new_session=True,  # Ctrl-C is the caller's

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator  # noqa: E402
 from dataclasses import replace  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+from core.atomic import open_appending  # noqa: E402
 from core.config import Config  # noqa: E402
 from core.engine import Engine, engines_made, exit_past_abandoned_work  # noqa: E402
 from core.errors import INTERRUPTED, READER_GONE, AcmError, OutputGone, run_command  # noqa: E402
@@ -211,7 +212,7 @@ def _into_the_ranks_log(run: Path, stage: str, text: str) -> None:
     """A rank's one line, written to the stage's ranks.log by the rank itself: the launcher relays a
     rank's stderr there too, but a rank that dies ends the launcher, which may end before it has
     relayed the line (the command then said only that the rank exited)."""
-    with contextlib.suppress(OSError), open(Paths.ranks_log(run, stage), "a", encoding="utf-8") as log:
+    with contextlib.suppress(OSError), open_appending(Paths.ranks_log(run, stage), text=True) as log:
         log.write(f"{REFUSAL}{text}\n")
 
 

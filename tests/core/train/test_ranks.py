@@ -14,8 +14,9 @@ import mlx.core as mx
 import pytest
 
 from core import cli, config
+from core.paths import Paths
 from core.train.ranks import join_group, ring_ranks_here
-from tests.helpers import ROOT, eventually, process_gone
+from tests.helpers import ROOT, eventually, process_gone, unless_stuck
 
 
 def one_error_line(capsys) -> str:
@@ -66,6 +67,23 @@ def test_a_ranks_refusal_is_the_commands_one_line_and_leaves_the_run_as_it_was(p
     assert err[-1].startswith("acm: error: run odd trains on 3 sequences a step"), err
     assert not any(line.startswith("acm: error:") for line in err[:-1])
     assert run_files(run) == before  # no ranks.toml, no ranks.log
+
+
+@pytest.mark.parametrize("detach", [[], ["--detach"]])
+def test_a_fifo_where_a_stage_s_log_goes_is_one_line_not_a_wait(prepared, capsys, detach):
+    """The ranks' log (`--ranks 2`) and a background stage's log (`--detach`) were opened to append
+    to with a plain open, which waits for a FIFO's reader forever."""
+    c, run = str(prepared / "acm.toml"), prepared / "runs" / "logs"
+    assert cli.main(["-c", c, "train", "pretrain", "--run", "logs", "--max-steps", "1"]) == 0
+    log = Paths.detached_log(run, "pretrain") if detach else Paths.ranks_log(run, "pretrain")
+    os.mkfifo(log)
+    before = run_files(run)
+    capsys.readouterr()
+    with unless_stuck():
+        assert cli.main(["-c", c, "train", "pretrain", "--run", "logs", "--resume", "--ranks", "2", *detach]) == 2
+    err = capsys.readouterr().err.strip().splitlines()  # under the plan's line, one error
+    assert err[-1] == f"acm: error: a FIFO, not a regular file: {log}" and "acm: error:" not in " ".join(err[:-1])
+    assert run_files(run) == before
 
 
 # ---------------------------------------------------------------- a killed acm
