@@ -194,23 +194,31 @@ class Parser(argparse.ArgumentParser):
     """argparse, but a bad argument prints one line, `acm: error: ...`, and exits with 2 (`acm`, `acm-tui`)."""
 
     def error(self, message: str):
+        from core.escapes import visible
+
         where = "" if self.prog == "acm" else f"{self.prog}: "  # `acm: error: acm: ...` says acm twice
-        self.exit(2, f"acm: error: {where}{message}{self._dashed_value(message)} (see {self.prog} --help)\n")
+        said = visible(f"{message}{self._dashed_value(message)}")  # what was typed, its control characters escaped
+        self.exit(2, f"acm: error: {where}{said} (see {self.prog} --help)\n")
 
     def _dashed_value(self, message: str) -> str:
         """Where a value that starts with '-' (a prompt, a setting's value) was read as an option and
         the command then lacks a value, how to give it: argparse says only what is missing."""
-        known = {option for action in self._actions for option in action.option_strings}
-        dashed = next((a for a in getattr(self, "_given", []) if a.startswith("-") and not a.startswith("--")
-                       and a not in known and not self._negative_number_matcher.match(a)), None)
-        if dashed is None:
-            return ""
-        if message.endswith("expected one argument"):
-            option = message.removeprefix("argument ").split(":")[0].split("/")[-1]
-            return f"; {dashed!r} reads as an option: give it as {option}={dashed}"
-        if "arguments are required" in message:
-            return f"; {dashed!r} reads as an option: put -- before a value that starts with '-' ({self.prog} -- ...)"
+        given = getattr(self, "_given", [])
+        if message.endswith("expected one argument"):  # `argument -t/--time: expected one argument`
+            names = message.removeprefix("argument ").split(":")[0].split("/")
+            at = next((i for i, a in enumerate(given) if a in names), None)
+            value = given[at + 1] if at is not None and at + 1 < len(given) else ""
+            return f"; {value!r} reads as an option: give it as {names[-1]}={value}" if self._dashed(value) else ""
+        if "arguments are required" in message and (value := next(filter(self._dashed, given), None)):
+            return f"; {value!r} reads as an option: put -- before a value that starts with '-' ({self.prog} -- ...)"
         return ""
+
+    def _dashed(self, arg: str) -> bool:
+        """A single-dash word that is none of this command's options, nor one with its value attached
+        (`-cacm.toml`), nor a negative number."""
+        known = {option for action in self._actions for option in action.option_strings}
+        return (arg.startswith("-") and not arg.startswith("--") and len(arg) > 1 and arg not in known
+                and arg[:2] not in known and not self._negative_number_matcher.match(arg))
 
     def parse_known_args(self, args=None, namespace=None):
         """As argparse's, noting the innermost command that was left arguments it does not know (a
@@ -317,6 +325,6 @@ def fail(message: str) -> int:
     hold them: on a terminal they would act, in a log they would garble it)."""
     from core.escapes import visible
 
-    lines = message.splitlines() or [""]
-    print(f"acm: error: {visible(lines[0])}", file=sys.stderr)
+    first = message.partition("\n")[0]  # a \r or \f in a run's name is escaped, not a line's end
+    print(f"acm: error: {visible(first)}", file=sys.stderr)
     return 2

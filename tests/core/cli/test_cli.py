@@ -255,6 +255,9 @@ def test_a_broken_pipe_that_is_not_the_output_s_is_one_line(capsys):
     (["eval", "--time", "-5m"], "acm: error: acm eval: argument --time: expected one argument; '-5m' reads as an "
                                 "option: give it as --time=-5m (see acm eval --help)"),
     (["generate", "--bogus"], "acm: error: acm generate: the following arguments are required: prompt (see"),
+    (["eval", "-x", "--time", "-5m"], "acm: error: acm eval: argument --time: expected one argument; '-5m' reads "),
+    (["-cacm.toml"], "acm: error: the following arguments are required: COMMAND (see acm --help)"),
+    (["runs", "metrics", "r", "-\x1b[2J"], "acm: error: acm runs metrics: unrecognized arguments: -\\x1b[2J (see"),
 ])
 def test_a_bad_command_line_is_one_line_naming_acm_once(argv, said, capsys):
     with pytest.raises(SystemExit) as exited:

@@ -57,6 +57,14 @@ def test_generate_and_its_errors_show_a_run_name_s_control_characters_escaped(wi
     assert err.startswith("acm: error: ") and "x\\x1b]0;PWN\\x07[b]y" in err and "\x1b" not in err
 
 
+def test_an_error_line_is_cut_at_a_newline_only(capsys):
+    """A carriage return or a form feed in a run's name is escaped: splitlines() cut the line there."""
+    from core.errors import fail
+
+    assert fail("run x\ry\x0cz has no checkpoint\nmore") == 2
+    assert capsys.readouterr().err == "acm: error: run x\\ry\\x0cz has no checkpoint\n"
+
+
 def test_a_bad_escape_is_said_as_it_was_typed(project, capsys):
     assert cli.main(["-c", str(project / "acm.toml"), "generate", "-e", "abc\\x"]) == 2
     assert capsys.readouterr().err == "acm: error: invalid escape in 'abc\\x': truncated \\xXX escape\n"
