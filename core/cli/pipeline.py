@@ -21,6 +21,7 @@ from core.cli.progress import StepDisplay
 from core.config import Config, parse_duration
 from core.engine import Engine
 from core.errors import READER_GONE, AcmError, OutputGone, interrupted, one_line
+from core.escapes import visible
 from core.paths import Paths
 from core.pipeline.overview import StageStatus, pipeline_status, run_remaining
 from core.pipeline.tables import STATE_STYLES, plain
@@ -148,8 +149,9 @@ def kept_after_stop(cfg: Config, stage: str | None) -> str:
         return "finished stages are kept"
     last = checkpoint.latest(Paths.checkpoints(run, stage))
     if last is None:
-        return f"finished stages are kept; {stage} of run {run.name} has no checkpoint yet"
-    return f"finished stages are kept; {stage} of run {run.name} goes on from its checkpoint {last.path.name}"
+        return f"finished stages are kept; {stage} of run {visible(run.name)} has no checkpoint yet"
+    return (f"finished stages are kept; {stage} of run {visible(run.name)} goes on from its checkpoint "
+            f"{last.path.name}")
 
 
 def register(sub, add) -> None:

@@ -78,7 +78,7 @@ def cmd_command(args, cfg: Config) -> int:
     if stage is None:
         raise AcmError(f"run {run.name} has not started training")
     runs.send_command(run, stage, args.runs_command)
-    print(f"{args.runs_command} sent to {stage} of run {run.name}")
+    print(f"{args.runs_command} sent to {stage} of run {visible(run.name)}")
     return 0
 
 

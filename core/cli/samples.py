@@ -7,6 +7,7 @@ from core import runs
 from core.cli.output import console_for, for_stream
 from core.config import Config
 from core.errors import AcmError
+from core.escapes import visible
 from core.runs.events import read_samples
 
 
@@ -22,7 +23,7 @@ def cmd_samples(args, cfg: Config) -> int:
         print(json.dumps([s.to_json() for s in samples]))
         return 0
     if not samples:
-        print(f"{stage} of run {run.name} recorded no samples (train.samples sets how many each validation "
+        print(f"{stage} of run {visible(run.name)} recorded no samples (train.samples sets how many each validation "
               "check generates)")
         return 0
     console = console_for()

@@ -13,12 +13,15 @@ import signal
 import threading
 from pathlib import Path
 
+from rich.markup import escape
+
 from core.cli.args import duration, positive_int, setting_int
 from core.cli.output import console_for
 from core.cli.progress import StepDisplay
 from core.config import Config
 from core.engine import Engine
 from core.errors import INTERRUPTED, AcmError, interrupted
+from core.escapes import visible
 from core.paths import Paths
 from core.runs import checkpoint
 from core.train.detach import launch_detached
@@ -60,9 +63,9 @@ def cmd_train(args, cfg: Config) -> int:
     if args.detach:
         pid = launch_detached(args.config, args.stage, run, args.resume, args.steps, args.max_steps,
                               args.time, ranks)
-        print(f"{args.stage} of run {run.name} runs in the background (pid {pid}); "
-              f"log: {Paths.detached_log(run, args.stage)}")
-        print(f"watch it in acm-tui or with `acm runs`; stop it with `acm runs stop {run.name}`")
+        print(f"{args.stage} of run {visible(run.name)} runs in the background (pid {pid}); "
+              f"log: {visible(str(Paths.detached_log(run, args.stage)))}")
+        print(f"watch it in acm-tui or with `acm runs`; stop it with `acm runs stop {visible(shlex.quote(run.name))}`")
         return 0
     if ranks > 1 and not in_group():
         return train_on_ranks(args, cfg, run, ranks)
@@ -107,7 +110,7 @@ def ended(stage: str, run, step: int, last_checkpoint: Path | None, stopped_by_c
     no checkpoint to keep its plan, the steps and time this one was given."""
     if not stopped_by_ctrl_c:
         return 0
-    again = f"acm train {stage} --run {shlex.quote(run.name)}"
+    again = f"acm train {stage} --run {visible(shlex.quote(run.name))}"
     if last_checkpoint is None:
         for option, value in (("--steps", getattr(args, "steps", None)), ("--time", getattr(args, "time", None))):
             again += f" {option} {shlex.quote(str(value))}" if value else ""
@@ -122,7 +125,8 @@ def ended(stage: str, run, step: int, last_checkpoint: Path | None, stopped_by_c
 def follow(events: queue.SimpleQueue, args, run, stop) -> int | None:
     """Show a stage's events (a progress bar and lines, or JSON) until they end. Ctrl-C once calls
     `stop`; twice returns 130 at once."""
-    with StepDisplay(console, label=f"{args.stage} {run.name}") if not args.json else contextlib.nullcontext() as shown:
+    label = f"{args.stage} {escape(visible(run.name))}"  # a progress bar reads markup
+    with StepDisplay(console, label=label) if not args.json else contextlib.nullcontext() as shown:
         show = print_event if args.json else shown.train_event
         return relay(events, show, stop, console.print)
 
@@ -130,7 +134,7 @@ def follow(events: queue.SimpleQueue, args, run, stop) -> int | None:
 def train_on_ranks(args, cfg: Config, run, ranks: int) -> int:
     """The stage on `ranks` ranks through MLX's launcher, rank 0's progress shown here."""
     check_inputs(cfg, args.stage, run, args.resume)
-    console.print(f"{args.stage} of run {run.name} on {describe_ranks(ranks)}")
+    console.print(f"{args.stage} of run {visible(run.name)} on {describe_ranks(ranks)}", markup=False)
     events: queue.SimpleQueue = queue.SimpleQueue()
     control, outcome = Control(), {}
 
@@ -153,8 +157,8 @@ def train_on_ranks(args, cfg: Config, run, ranks: int) -> int:
     last = outcome["last"]
     if not args.json and "state" in last:
         ck = last["checkpoint"].path if "checkpoint" in last else "none"
-        print(f"{args.stage} {last['state'].state} at step {last['state'].step} in run {run.name} on "
-              f"{ranks} ranks; checkpoint: {ck}")
+        print(f"{args.stage} {last['state'].state} at step {last['state'].step} in run {visible(run.name)} on "
+              f"{ranks} ranks; checkpoint: {visible(str(ck))}")
     stopped = "state" in last and last["state"].state == "stopped"
     kept = checkpoint.latest(Paths.checkpoints(run, args.stage))  # this call's, or the one it resumed
     return ended(args.stage, run, last["state"].step if "state" in last else 0, kept.path if kept else None,

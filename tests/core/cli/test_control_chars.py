@@ -35,10 +35,14 @@ def test_every_command_naming_a_run_shows_its_control_characters_escaped(project
     newest = Paths.run_config(project / "runs" / NAME)  # the pipeline follows the newest run
     os.utime(newest, (newest.stat().st_mtime + 10,) * 2)
     c = str(project / "acm.toml")
-    for command in (["runs", "compare", "plain", NAME], ["runs", "metrics", NAME], ["pipeline"]):
+    for command in (["runs", "compare", "plain", NAME], ["runs", "metrics", NAME], ["pipeline"],
+                    ["runs", "samples", NAME]):
         assert cli.main(["-c", c, *command]) == 0, command
         out = capsys.readouterr().out
         assert "x\\x1b]0;PWN\\x07[b]y" in out and "\x1b" not in out, (command, out)
+    write_status(project / "runs" / NAME, "pretrain", "running", step=5, total=10)
+    assert cli.main(["-c", c, "runs", "stop", NAME]) == 0
+    assert capsys.readouterr().out == "stop sent to pretrain of run x\\x1b]0;PWN\\x07[b]y\n"
 
 
 def test_generate_and_its_errors_show_a_run_name_s_control_characters_escaped(with_model, capsys):
