@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import shutil
 import threading
 import time
@@ -656,7 +657,19 @@ class Trainer:
             st.eval_batches = cut_batches(eval_batches, self.sc.eval_batches)
         if self.recorder is not None:  # else it is made with these steps, and config.toml written with them
             self.recorder.total = total
+            self._record_plan()
+
+    def _record_plan(self) -> None:
+        """The run's config.toml rewritten with the steps a time budget fitted, keeping its time stamp
+        (when the stage started: what a run's being the newest goes by); one that cannot be written
+        is said in the log, and the stage trains on."""
+        path = Paths.run_config(self.run_path)
+        try:
+            started = path.stat()
             prepare_run(self._as_planned(self.cfg), self.run_path, self.stage)
+            os.utime(path, ns=(started.st_atime_ns, started.st_mtime_ns))
+        except (AcmError, OSError) as e:
+            self.log(f"the run's config.toml could not record the planned steps ({e}); training goes on")
 
     def _timed(self) -> None:
         """After a step: once the first steps are timed, fit the steps to the budget, or say how

@@ -695,7 +695,12 @@ def test_a_time_budget_fits_the_steps_and_ends_on_the_floor(prepared):
     sc = cfg.train.pretrain
     sc.time, sc.eval_every, sc.save_every, sc.log_every, sc.min_lr_ratio = "20s", 10, 1000, 1, 0.1
     clock = SteppingClock(0.4)  # a coarse tick: the budget holds few steps
-    result = train_stage(cfg, "pretrain", cfg.runs_dir / "budget", clock=clock)
+    started_at = 10**9  # config.toml's time stamp as its stage starts (the steps not yet timed nor planned)
+
+    def as_it_starts(event):
+        if event.type == "state" and event.state == "running":
+            os.utime(cfg.runs_dir / "budget" / "config.toml", (started_at, started_at))
+    result = train_stage(cfg, "pretrain", cfg.runs_dir / "budget", as_it_starts, clock=clock)
     took = clock.now - 1000.0
     assert 20 / 1.5 <= took <= 20 * 1.5
     log = (cfg.runs_dir / "budget" / "pretrain" / "train.log").read_text()
@@ -709,6 +714,21 @@ def test_a_time_budget_fits_the_steps_and_ends_on_the_floor(prepared):
     assert state["planned_steps"] == result.step
     recorded = config.load(cfg.runs_dir / "budget" / "config.toml").train.pretrain  # what it ran, not acm.toml's
     assert (recorded.steps, recorded.warmup_steps, recorded.time) == (result.step, state["planned_warmup"], "20s")
+    assert (cfg.runs_dir / "budget" / "config.toml").stat().st_mtime == started_at  # newest goes by when it started
+
+
+def test_a_plan_config_toml_cannot_record_is_said_and_the_stage_trains_on(prepared):
+    cfg = load(prepared)
+    sc = cfg.train.pretrain
+    sc.time, sc.eval_every, sc.save_every = "20s", 1000, 1000
+    run = cfg.runs_dir / "damaged"
+
+    def damage(event):  # by hand, while the steps are timed
+        if event.type == "state" and event.state == "running":
+            (run / "config.toml").write_text("not = [toml")
+    result = train_stage(cfg, "pretrain", run, damage, clock=SteppingClock(0.4))
+    assert result.done and result.step > 3
+    assert "the run's config.toml could not record the planned steps" in (run / "pretrain" / "train.log").read_text()
 
 
 def test_steps_asked_for_with_a_time_budget_are_at_most_that_many(prepared):
