@@ -160,9 +160,10 @@ def kind_of(path: str | os.PathLike) -> str:
     """What `path` is, in words, where it is neither a regular file nor a folder (a link followed):
     "a FIFO", "a device", "a socket"; "nothing" where nothing is there."""
     try:
-        return _KINDS.get(stat.S_IFMT(os.stat(path).st_mode), "something")
+        mode = os.stat(path).st_mode
     except OSError:
         return "nothing"
+    return "a folder" if stat.S_ISDIR(mode) else _KINDS.get(stat.S_IFMT(mode), "something")
 
 
 def _not_regular(path: str | os.PathLike, mode: int) -> OSError:

@@ -4,6 +4,7 @@ datasets here."""
 from __future__ import annotations
 
 import logging
+import os
 
 from core.errors import AcmError
 
@@ -17,8 +18,9 @@ def load_hf(path: str, shown: str, offline_hint: str, **kwargs):
     import datasets
 
     datasets.disable_progress_bars()  # our own progress shows documents; tqdm would garble the TUI
-    for library in ("datasets", "huggingface_hub"):  # their retries' chatter (a line a try, without a
-        logging.getLogger(library).setLevel(logging.CRITICAL)  # network): what failed is said in one line
+    for library, asked in (("datasets", "DATASETS_VERBOSITY"), ("huggingface_hub", "HF_HUB_VERBOSITY")):
+        if not os.environ.get(asked):  # their retries' chatter (a line a try without a network) unless asked for:
+            logging.getLogger(library).setLevel(logging.CRITICAL)  # what failed is said in one line
     try:
         return datasets.load_dataset(path, **kwargs)
     except FileNotFoundError as e:

@@ -26,7 +26,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from core.atomic import atomic_open, read_json, write_text
+from core.atomic import atomic_open, check_regular, read_json, write_text
 from core.config import CodeDataConfig
 from core.data.corpus import UNKNOWN_LICENCE
 from core.data.hf import first_line, load_hf
@@ -134,7 +134,9 @@ class SavedRows:
 
     def saved(self) -> Iterator[dict]:
         for i in range(self.parts):
-            yield from pq.read_table(self.folder / f"part-{i:05d}.parquet").to_pylist()
+            part = self.folder / f"part-{i:05d}.parquet"
+            check_regular(part)  # a FIFO put there would hold the fetch
+            yield from pq.read_table(part).to_pylist()
 
     def add(self, row: dict, stream) -> None:
         self.pending.append(row)

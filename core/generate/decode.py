@@ -7,6 +7,7 @@ the left (keeping its end) with a notice, never a crash.
 from __future__ import annotations
 
 import contextlib
+import shlex
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -82,7 +83,8 @@ def first_checkpoint(cfg: Config, folders: list[tuple[Path, str]], run: str | No
     stages = {st for _, st in folders}
     if run is not None and len(stages) == 1 and len(folders) == 1:  # --stage named: that stage is what is missing
         stage = stages.pop()
-        raise AcmError(f"run {run} has no {stage} checkpoint: train it first (acm train {stage} --run {run})")
+        raise AcmError(f"run {run} has no {stage} checkpoint: train it first (acm train {stage} --run "
+                       f"{shlex.quote(run)})")
     raise AcmError(f"no checkpoint in {where}: train a model first (acm train pretrain)")
 
 

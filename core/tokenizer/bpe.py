@@ -6,8 +6,10 @@ a literal "<EOS>" inside a document is ordinary text; the pipeline adds the real
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -251,9 +253,11 @@ def train_tokenizer(cfg: Config, report: Reporter = no_report, cancel: CancelTok
 def _train_and_save(cfg: Config, report: Reporter, cancel: CancelToken, compare: bool) -> dict:
     tc = cfg.tokenizer
     folder = cfg.locations.tokenizer
-    folder.mkdir(parents=True, exist_ok=True)  # a file in its place is said now, not after the training
+    if (folder.exists() or folder.is_symlink()) and not folder.is_dir():  # said now, not after the training
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(folder))
     corp = read_corpora(cfg, tc.max_language_mb * 2**20 if tc.max_language_mb else None)
     tok, mix = train_one(corp, cfg.vocab_target(), tc.min_frequency, tc.code_weight, report, cancel, "training")
+    folder.mkdir(parents=True, exist_ok=True)
     path = cfg.locations.tokenizer_file
     built = folder / f".{path.name}.new"  # beside the tokenizer in force, which stays until the end
     with writing(f"the tokenizer {path}", built):

@@ -4,6 +4,7 @@ bigcode/the-stack-dedup's are, read through the same streaming code path as the 
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from core.data.corpus import Corpus
 from core.data.hf_code import hf_rows, spdx
 from core.progress import Cancelled, CancelToken, no_report
 from tests.helpers import HF_SOURCE as SOURCE
-from tests.helpers import hf_project
+from tests.helpers import hf_project, unless_stuck
 from tests.stand_ins import DEPLOY, HF_EXPECTED, HF_ROWS, make_hf_dataset, script
 
 
@@ -132,6 +133,11 @@ def test_a_cancelled_stream_resumes_after_the_saved_rows(project, monkeypatch):
     assert info["rows_reused"] == 2 and info["rows_read"] == 7  # the third row was not saved: streamed again
     third, info = hf_rows(cfg.data.code, cfg.root, cfg.locations.hf_code, no_report, CancelToken())
     assert len(list(third)) == 9 and info["rows_read"] == 0  # all saved, the stream ended: no network
+    part = next(cfg.locations.hf_code.rglob("part-00000.parquet"))
+    part.unlink()
+    os.mkfifo(part)  # a saved part read back: a FIFO there held the fetch
+    with unless_stuck(), pytest.raises(OSError, match="a FIFO, not a regular file"):
+        list(hf_rows(cfg.data.code, cfg.root, cfg.locations.hf_code, no_report, CancelToken())[0])
 
 
 def test_caps_on_documents_and_bytes(project):

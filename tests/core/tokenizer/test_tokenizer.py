@@ -478,3 +478,8 @@ def test_a_file_where_the_tokenizer_folder_goes_is_one_line_saying_what_to_do(tr
     assert cli.main(["-c", str(trained / "acm.toml"), "tokenizer", "train"]) == 2
     assert capsys.readouterr().err == (f"acm: error: File exists: {cfg.locations.tokenizer} (a file stands "
                                        "where acm keeps a folder: move it aside)\n")
+    cfg.locations.tokenizer.unlink()
+    shutil.rmtree(cfg.data_dir / "language")
+    with pytest.raises(AcmError):  # no corpus to train on: no tokenizer folder left behind either
+        train_tokenizer(cfg)
+    assert not cfg.locations.tokenizer.exists()
