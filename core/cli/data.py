@@ -12,7 +12,7 @@ from core.config import INT_LIMIT, Config
 from core.data.code import fetch_code
 from core.data.corpus import Corpus, corpus_stats
 from core.data.language import fetch_language
-from core.errors import AcmError
+from core.errors import AcmError, read_back
 from core.escapes import visible
 from core.paths import CORPORA
 from core.pipeline.tables import CORPUS_COLUMNS, SOURCE_COLUMNS, corpus_row, plain, source_rows, sources_line
@@ -73,18 +73,24 @@ def cmd_stats(args, cfg: Config) -> int:
         table.add_row(*map(plain, corpus_row(kind, s)))
     console.print(table)
     if "code" in stats:
-        r = stats["code"]["report"]
-        console.print(f"bash scripts: {r['raw']:,} raw, {r['valid']:,} valid, {r['unique']:,} unique "
-                      f"(removed: {r['exact_duplicates']} exact, {r['near_duplicates']} near duplicates; "
-                      f"rejected: {', '.join(f'{k} {v}' for k, v in r['rejected'].items()) or 'none'})")
-        sources = Table(*SOURCE_COLUMNS, title="Code by source", title_justify="left")
-        for row in source_rows(r):
-            sources.add_row(*row)
-        console.print(sources)
-        console.print(counts_table("category", r["by_category"]))
-        if r.get("by_licence"):  # corpora fetched before licences were recorded have none
-            console.print(counts_table("licence", r["by_licence"]))
+        with read_back(f"the code corpus's manifest {cfg.locations.corpus_manifest('code')}",
+                       "run `acm data fetch code` again"):
+            _print_code_report(stats["code"]["report"])
     return 0
+
+
+def _print_code_report(r: dict) -> None:
+    """The code corpus's report: what was kept and rejected, by source, category and licence."""
+    console.print(f"bash scripts: {r['raw']:,} raw, {r['valid']:,} valid, {r['unique']:,} unique "
+                  f"(removed: {r['exact_duplicates']} exact, {r['near_duplicates']} near duplicates; "
+                  f"rejected: {', '.join(f'{k} {v}' for k, v in r['rejected'].items()) or 'none'})")
+    sources = Table(*SOURCE_COLUMNS, title="Code by source", title_justify="left")
+    for row in source_rows(r):
+        sources.add_row(*row)
+    console.print(sources)
+    console.print(counts_table("category", r["by_category"]))
+    if r.get("by_licence"):  # corpora fetched before licences were recorded have none
+        console.print(counts_table("licence", r["by_licence"]))
 
 
 def counts_table(what: str, counts: dict) -> Table:

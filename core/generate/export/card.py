@@ -8,6 +8,7 @@ from mlx.utils import tree_flatten
 
 from core.atomic import read_json, write_text
 from core.config import Config
+from core.errors import READ_BACK_ERRORS
 from core.generate.cut import cut_note, drawn_of_asked
 from core.generate.decode import LoadedModel
 from core.generate.export import commands
@@ -22,7 +23,22 @@ def _read(path: Path) -> dict:
 
 
 def facts(cfg: Config, lm: LoadedModel) -> dict:
-    """What the card says beyond the model itself: data, checkpoint state, evaluation."""
+    """What the card says beyond the model itself: data, checkpoint state, evaluation; where a file
+    they come from reads in the wrong shape (damaged by hand), the card leaves them out rather than
+    the export failing."""
+    try:
+        return _facts(cfg, lm)
+    except READ_BACK_ERRORS:
+        return {"sampling": _sampling(cfg)}
+
+
+def _sampling(cfg: Config) -> dict:
+    g = cfg.generate
+    return {"temperature": g.temperature, "top_k": g.top_k, "top_p": g.top_p, "min_p": g.min_p,
+            "repetition_penalty": g.repetition_penalty, "max_tokens": g.max_tokens}
+
+
+def _facts(cfg: Config, lm: LoadedModel) -> dict:
     where = cfg.locations
     corpora = {}
     for kind in ("language", "code"):
@@ -34,15 +50,16 @@ def facts(cfg: Config, lm: LoadedModel) -> dict:
                          "licences": manifest.get("report", {}).get("by_licence", {})}
     state = _read(lm.checkpoint / "state.json")
     run = where.run(lm.run)
-    g = cfg.generate
     return {"corpora": corpora, "tokens_seen": state.get("tokens_seen"), "val_loss": state.get("val_loss"),
-            "eval": _read(Paths.eval_results(run)), "config": state.get("config", {}),
-            "sampling": {"temperature": g.temperature, "top_k": g.top_k, "top_p": g.top_p, "min_p": g.min_p,
-                         "repetition_penalty": g.repetition_penalty, "max_tokens": g.max_tokens}}
+            "eval": _read(Paths.eval_results(run)), "config": state.get("config", {}), "sampling": _sampling(cfg)}
 
 
 def write(folder: Path, lm: LoadedModel, fmt: str, dtype: str, detail: dict, facts: dict) -> None:
-    write_text(folder / "README.md", render(lm, fmt, dtype, detail, facts))
+    try:
+        text = render(lm, fmt, dtype, detail, facts)
+    except READ_BACK_ERRORS:  # a fact of the wrong shape (an eval.json damaged by hand): the card without them
+        text = render(lm, fmt, dtype, detail, {"sampling": facts.get("sampling", {})})
+    write_text(folder / "README.md", text)
 
 
 def render(lm: LoadedModel, fmt: str, dtype: str, detail: dict, facts: dict) -> str:

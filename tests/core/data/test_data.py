@@ -378,6 +378,11 @@ def test_cli_fetch_stats_show(project, capsys, github_cfg):
     assert capsys.readouterr().out.startswith("# document 4 of 4 (index 3): ")  # the last, counted from 1
     assert cli.main(["-c", c, "data", "show", "language"]) == 2
     assert "run `acm data fetch language` first" in capsys.readouterr().err
+    manifest = project / "data" / "code" / "manifest.json"
+    manifest.write_text(json.dumps(json.loads(manifest.read_text()) | {"report": {}}))  # damaged by hand
+    assert cli.main(["-c", c, "data", "stats"]) == 2
+    assert capsys.readouterr().err == (f"acm: error: the code corpus's manifest {manifest} is damaged ('raw'): "
+                                       "run `acm data fetch code` again\n")  # was an internal error
 
 
 def test_links_out_of_a_source_are_never_read_and_in_tree_links_name_their_target(project, tmp_path):

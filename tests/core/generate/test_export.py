@@ -536,6 +536,19 @@ def test_a_cancelled_export_leaves_nothing_at_its_folder_and_can_be_made_again(w
     assert export_checkpoint(cfg, to, "m", fmt=fmt)["folder"] == str(to) and (to / "README.md").exists()
 
 
+def test_files_the_card_reads_damaged_by_hand_leave_their_facts_out_not_the_export(with_model, tmp_path, capsys):
+    """eval.json, the shards' manifest or a checkpoint's state.json of the wrong shape failed the
+    export as an internal error: the card is still written, without what they would say."""
+    cfg = config.load(with_model / "acm.toml")
+    shards = cfg.locations.shards_manifest("code")
+    shards.write_text(json.dumps(json.loads(shards.read_text()) | {"chunks": "x"}))
+    assert cli.main(["-c", str(with_model / "acm.toml"), "export", "m", "--to", str(tmp_path / "a")]) == 0
+    assert (tmp_path / "a" / "README.md").read_text().startswith("---")
+    lm = load_model(cfg)
+    card.write(tmp_path, lm, "mlx", "float32", {}, {"eval": {"stages": {"pretrain": "x"}}, "sampling": {}})
+    assert "## Model" in (tmp_path / "README.md").read_text()
+
+
 def test_the_card_names_the_optimizer_the_stage_trained_with(with_model):
     lm = load_model(config.load(with_model / "acm.toml"))
     base = {"batch_size": 4, "seq_len": 32, "learning_rate": 0.001, "muon_learning_rate": 0.02, "warmup_steps": 1000}
