@@ -12,7 +12,7 @@ from textual.widgets import DataTable, Static
 from core.data.code import fetch_code
 from core.data.corpus import Corpus, corpus_stats
 from core.data.language import fetch_language
-from core.errors import AcmError
+from core.errors import READ_BACK_ERRORS, AcmError
 from core.escapes import visible
 from core.pipeline.tables import CORPUS_COLUMNS, code_report_line, corpus_row, plain, sources_line
 
@@ -72,22 +72,27 @@ class DataPane(Pane):
                 continue
             table.add_row(*map(plain, corpus_row(kind, s)))
         report = self.query_one("#code-report", Static)
-        if "code" in stats:
-            r = stats["code"]["report"]
-            by_category = sorted(r["by_category"].items(), key=lambda kv: -kv[1])[:8]
-            cats = ", ".join(f"{escape(visible(k))} {v}" for k, v in by_category)
-            failed = [escape(visible(f["name"])) for f in stats["code"].get("repos_failed") or []]
-            report.update(
-                f"{escape(code_report_line(r))}\n{escape(sources_line(r))}\n"
-                f"by category: {cats}" + (f"\n[red]{len(failed)} repositories failed: "
-                                          + ", ".join(failed) + "[/]" if failed else ""))
-        else:
-            report.update("")
+        try:
+            report.update(self._code_report(stats["code"]) if "code" in stats else "")
+        except READ_BACK_ERRORS as e:  # a manifest damaged by hand: said here, the pane goes on
+            path = self.cfg.locations.corpus_manifest("code")
+            report.update(f"[red]{escape(visible(f'{path} is damaged ({e}): fetch the code corpus again'))}[/]")
         if self.sample_kind in stats:
             self.load_sample()
         elif stats:
             self.sample_kind = next(iter(stats))
             self.load_sample()
+
+    @staticmethod
+    def _code_report(code: dict) -> str:
+        """The code corpus's report as markup: what was kept, by source and category, what failed."""
+        r = code["report"]
+        by_category = sorted(r["by_category"].items(), key=lambda kv: -kv[1])[:8]
+        cats = ", ".join(f"{escape(visible(k))} {v}" for k, v in by_category)
+        failed = [escape(visible(f["name"])) for f in code.get("repos_failed") or []]
+        return (f"{escape(code_report_line(r))}\n{escape(sources_line(r))}\n"
+                f"by category: {cats}" + (f"\n[red]{len(failed)} repositories failed: "
+                                          + ", ".join(failed) + "[/]" if failed else ""))
 
     # ------------------------------------------------------------ fetching
 

@@ -42,6 +42,25 @@ async def test_fetch_code_shows_stats_and_samples(project, tmp_path):
         await pilot.pause()
 
 
+async def test_a_damaged_code_report_is_said_in_the_pane(project, tmp_path):
+    """A manifest whose report reads in the wrong shape left the report empty and said nothing (the
+    worker's error was dropped)."""
+    import json
+
+    use_local_scripts(project, tmp_path, {"deploy.sh": DEPLOY})
+    cfg = config.load(project / "acm.toml")
+    from core.data.code import fetch_code
+    fetch_code(cfg)
+    manifest = cfg.locations.corpus_manifest("code")
+    manifest.write_text(json.dumps(json.loads(manifest.read_text()) | {"report": {}}))
+    app = PaneHost(DataPane, project / "acm.toml")
+    async with app.run_test(size=(100, 40)) as pilot:
+        await pilot.press("2")
+        await wait_until(pilot, lambda: "is damaged" in text_of(app, "#code-report"))
+        assert "fetch the code corpus again" in text_of(app, "#code-report")
+        await wait_until(pilot, lambda: "code sample 1 of 1" in text_of(app, "#sample-title"))  # the pane goes on
+
+
 async def test_failed_fetch_is_shown_not_raised(project, tmp_path):
     cfg = config.load(project / "acm.toml")
     cfg.data.language.source, cfg.data.language.local_paths = "local", [str(tmp_path / "absent")]
