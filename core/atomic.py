@@ -189,13 +189,19 @@ def open_regular(path: str | os.PathLike) -> BinaryIO:
     return f
 
 
-def open_appending(path: str | os.PathLike, text: bool = False) -> IO:
-    """`path` opened to append to (made where missing), or OSError where it is no regular file:
-    opening a FIFO to write waits for a reader that never comes (here it is refused at once), and a
-    device would swallow the lines."""
+def check_appendable(path: str | os.PathLike) -> None:
+    """OSError where something other than a regular file stands at `path` (nothing there passes):
+    opening a FIFO to write waits for a reader that never comes, and a device swallows the lines. A
+    launch asks before it writes anything, then appends with `open_appending`."""
     if os.path.exists(path):
         check_regular(path)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK, 0o666)  # one put there meanwhile
+
+
+def open_appending(path: str | os.PathLike, text: bool = False) -> IO:
+    """`path` opened to append to (made where missing), or OSError where it is no regular file
+    (`check_appendable`; one put there meanwhile is opened without waiting, and refused)."""
+    check_appendable(path)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK, 0o666)
     mode = os.fstat(fd).st_mode
     if not stat.S_ISREG(mode):
         os.close(fd)

@@ -80,9 +80,8 @@ def first_checkpoint(cfg: Config, folders: list[tuple[Path, str]], run: str | No
         which_bad = f"{bad[-1]} has" if len(bad) == 1 else f"{bad[-1]} and {len(bad) - 1} more have"
         raise AcmError(f"no readable checkpoint in {where}: {which_bad} a missing or damaged state.json; "
                        f"restore it, or train a new run")
-    stages = {st for _, st in folders}
-    if run is not None and len(stages) == 1 and len(folders) == 1:  # --stage named: that stage is what is missing
-        stage = stages.pop()
+    if run is not None and len(folders) == 1:  # --stage named: that stage is what is missing
+        (_, stage), = folders
         raise AcmError(f"run {run} has no {stage} checkpoint: train it first (acm train {stage} --run "
                        f"{shlex.quote(run)})")
     raise AcmError(f"no checkpoint in {where}: train a model first (acm train pretrain)")

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from core import config, runs
-from core.atomic import check_regular, open_appending
+from core.atomic import check_appendable, open_appending
 from core.errors import signals_deferred
 from core.locks import held_alone
 from core.paths import Paths
@@ -59,8 +59,7 @@ def _launch(cfg: config.Config, launch: snapshot.Launch, run: Path, argv: list[s
     try:
         with signals_deferred():
             log_path = Paths.detached_log(run, launch.stage)
-            if log_path.exists():  # a FIFO there would hold the launch: refused before anything is written
-                check_regular(log_path)
+            check_appendable(log_path)  # refused before anything is written
             snapshot.write(cfg, launch, run)
             with open_appending(log_path) as log:
                 proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,

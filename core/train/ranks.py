@@ -140,8 +140,7 @@ def train_on_ranks(cfg: config.Config, stage: str, run: Path, resume: bool, emit
     argv = launcher_argv(ranks, snapshot.command(snapshot.location(run, stage)), parent=os.getpid())
     before = _Undo(run, stage)
     log = Paths.ranks_log(run, stage)
-    if log.exists():  # a FIFO there would hold the launch: refused before anything is written
-        atomic.check_regular(log)
+    atomic.check_appendable(log)  # refused before anything is written
     snapshot.write(cfg, snapshot.Launch(stage, run.name, resume, steps, max_steps), run)
     with atomic.open_appending(log) as errors:  # the ranks' own messages (a traceback of a rank) land here
         start = errors.tell()
