@@ -27,16 +27,24 @@ class ConfigError(AcmError):
 
 
 INTERRUPTED = 130  # a command's exit status when Ctrl-C ended it (128 + SIGINT), as shells report it
-TERMINATED = 143  # ... when a polite kill (SIGTERM) ended it (128 + SIGTERM)
 
+# A polite kill: SIGTERM (`kill`, `timeout`, a service manager) or a hang-up (SIGHUP: the terminal
+# went with a dropped SSH connection)
+POLITE_KILLS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
 
-_POLITE_KILLS: list[int] = []  # the SIGTERMs the running command was sent
+_POLITE_KILLS: list[int] = []  # the polite kills the running command was sent
 
 
 def politely_killed() -> bool:
-    """Whether the running command was sent SIGTERM (then it ends, where Ctrl-C alone would not: a
-    chat goes back to its prompt after Ctrl-C)."""
+    """Whether the running command was sent a polite kill (then it ends, where Ctrl-C alone would
+    not: a chat goes back to its prompt after Ctrl-C)."""
     return bool(_POLITE_KILLS)
+
+
+def killed_status(status: int) -> int:
+    """A command's exit status once it has ended: where Ctrl-C's status came of a polite kill, the
+    kill's own, as shells report it (143 for SIGTERM, 129 for a hang-up)."""
+    return 128 + _POLITE_KILLS[0] if _POLITE_KILLS and status == INTERRUPTED else status
 
 
 MAIN_THREAD_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
@@ -93,12 +101,12 @@ def signals_deferred() -> Iterator[None]:
 
 @contextlib.contextmanager
 def polite_kill_as_ctrl_c() -> Iterator[None]:
-    """A polite kill (SIGTERM: `kill`, `timeout`, a service manager) handled as Ctrl-C is, so what
+    """A polite kill (SIGTERM, or SIGHUP: the SSH connection dropped) handled as Ctrl-C is, so what
     is under way stops the way Ctrl-C stops it: a training stage at its next step with a checkpoint,
     on one rank or many, a pipeline's stage likewise. Only the first counts: a second never turns
     into Ctrl-C's "twice: at once", which would end the process before its checkpoint is written.
-    `politely_killed` says whether one came (the exit status is then TERMINATED). Only the main
-    thread may set a handler."""
+    `politely_killed` says whether one came (`killed_status` gives the exit status). A hang-up that
+    is ignored (`nohup acm ...`) stays ignored. Only the main thread may set a handler."""
     _POLITE_KILLS.clear()
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -109,11 +117,12 @@ def polite_kill_as_ctrl_c() -> Iterator[None]:
         if len(_POLITE_KILLS) == 1:
             raise KeyboardInterrupt
 
-    before = signal.signal(signal.SIGTERM, stop)
+    before = {sig: signal.signal(sig, stop) for sig in POLITE_KILLS if signal.getsignal(sig) != signal.SIG_IGN}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, before)
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
 
 
 def exit_status(e: BaseException) -> int:
@@ -246,6 +255,13 @@ class Parser(argparse.ArgumentParser):
 # What writing to an output whose reader went raises: Python's BrokenPipeError, or Rich's console's
 # SystemExit(1) (it silences the output first)
 READER_GONE = (BrokenPipeError, SystemExit)
+
+
+def output_lost(e: BaseException) -> bool:
+    """Whether a write failed because no one reads the output any more: a pipe's reader went (`|
+    head`), Rich's console says so, or the terminal hung up (EIO: the SSH connection dropped, its
+    hang-up signal not yet come)."""
+    return isinstance(e, READER_GONE) or (isinstance(e, OSError) and e.errno == errno.EIO)
 
 
 class OutputGone(BrokenPipeError):

@@ -200,10 +200,12 @@ def catches_sigterm(pid: int) -> bool:
 
 
 def sigint_at_default() -> None:
-    """A child's preexec_fn where the test sends it Ctrl-C: SIGINT at its default, as a terminal's
-    command starts. A pytest started with SIGINT ignored (`nohup ... &` from a script) passes that
-    on, and the child's Python then never raises KeyboardInterrupt."""
+    """A child's preexec_fn where the test sends it Ctrl-C or a hang-up: SIGINT and SIGHUP at their
+    defaults, as a terminal's command starts. A pytest started with them ignored (`nohup ... &` from
+    a script) passes that on, and the child's Python then never raises KeyboardInterrupt (nor takes
+    a hang-up, which acm leaves ignored where it finds it so)."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
 def interrupt_once(proc: subprocess.Popen, line_seen: str, sig: int = signal.SIGINT,

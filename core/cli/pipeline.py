@@ -20,7 +20,7 @@ from core.cli.output import console_for
 from core.cli.progress import StepDisplay
 from core.config import Config, parse_duration
 from core.engine import Engine
-from core.errors import READER_GONE, AcmError, OutputGone, interrupted, one_line
+from core.errors import READER_GONE, AcmError, OutputGone, interrupted, one_line, output_lost
 from core.escapes import visible
 from core.paths import Paths
 from core.pipeline.overview import StageStatus, pipeline_status, run_remaining
@@ -86,13 +86,15 @@ class PipelineScreen:
 
     def _shown(self, show: Callable, item) -> None:
         """Show what a stage reports (on the engine's thread); once the output's reader has gone
-        (`| head`; Rich's console says so with SystemExit(1)), nothing more, and `on_gone` stops the
-        stage at its next step, with a checkpoint."""
+        (`| head`, Rich's console saying so with SystemExit(1); a terminal that hung up), nothing
+        more, and `on_gone` stops the stage at its next step, with a checkpoint."""
         if self.gone is not None:
             return
         try:
             show(item)
-        except READER_GONE as e:
+        except (*READER_GONE, OSError) as e:
+            if not output_lost(e):
+                raise
             self.gone = e
             self.on_gone()
 

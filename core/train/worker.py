@@ -27,7 +27,15 @@ from pathlib import Path  # noqa: E402
 from core.atomic import open_appending  # noqa: E402
 from core.config import Config  # noqa: E402
 from core.engine import Engine, engines_made, exit_past_abandoned_work  # noqa: E402
-from core.errors import INTERRUPTED, READER_GONE, AcmError, OutputGone, run_command  # noqa: E402
+from core.errors import (  # noqa: E402
+    INTERRUPTED,
+    POLITE_KILLS,
+    READER_GONE,
+    AcmError,
+    OutputGone,
+    output_lost,
+    run_command,
+)
 from core.hardware import configure_mlx  # noqa: E402
 from core.paths import Paths  # noqa: E402
 from core.runs.events import Event  # noqa: E402
@@ -112,18 +120,20 @@ class _Relayed:
                 self.showing = False
         except KeyboardInterrupt:  # counted already: acted on before the next event
             pass
-        except READER_GONE as e:  # the reader went (`| head`): stop with a checkpoint, then end so
+        except (*READER_GONE, OSError) as e:  # the reader went (`| head`, a hang-up): stop with a
+            if not output_lost(e):  # checkpoint, then end so
+                raise
             self.gone = e
             self.stop()
 
     @contextlib.contextmanager
     def counting_interrupts(self, events: queue.SimpleQueue) -> Iterator[None]:
-        """SIGINT and SIGTERM handled as the class says while the main thread relays (elsewhere,
-        signals reach no relay's thread: nothing to change)."""
+        """Ctrl-C and the polite kills handled as the class says while the main thread relays
+        (elsewhere, signals reach no relay's thread: nothing to change)."""
         if threading.current_thread() is not threading.main_thread():
             yield
             return
-        before = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+        before = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, *POLITE_KILLS)}
 
         def counted(signum, frame) -> None:
             try:

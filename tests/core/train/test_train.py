@@ -203,12 +203,15 @@ def _signalled_while_training(project: Path, command: list[str], sig: int, times
     pytest.param(["train", "pretrain", "--run", "c", "--ranks", "2"], signal.SIGTERM, 143, 1, True,
                  marks=pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="no /proc")),
     (["pipeline", "run"], signal.SIGTERM, 143, 1, False),
+    (["train", "pretrain", "--run", "c"], signal.SIGHUP, 129, 1, False),
+    (["pipeline", "run"], signal.SIGHUP, 129, 1, False),
 ])
 def test_ctrl_c_or_a_polite_kill_stops_with_a_checkpoint_and_says_how_to_go_on(prepared, command, sig, status,
                                                                               times, everyone):
-    """Ctrl-C (130) and SIGTERM (143: `kill`, `timeout`, a service manager, which signals every
-    process of the unit, ranks too) stop a stage at its next step with a checkpoint, on one rank or
-    two and in the pipeline, and say what continues it. A second SIGTERM does not cut that short."""
+    """Ctrl-C (130), SIGTERM (143: `kill`, `timeout`, a service manager, which signals every
+    process of the unit, ranks too) and a hang-up (129: the SSH connection dropped) stop a stage at
+    its next step with a checkpoint, on one rank or two and in the pipeline, and say what continues
+    it. A second SIGTERM does not cut that short."""
     ended, said = _signalled_while_training(prepared, command, sig, times, everyone)
     out = " ".join(said.split())  # the console wraps long lines
     assert ended == status, out[-800:]
@@ -222,6 +225,69 @@ def test_ctrl_c_or_a_polite_kill_stops_with_a_checkpoint_and_says_how_to_go_on(p
         assert "stopping at the next step and saving a checkpoint" in out
         assert (f"interrupted: checkpoint of step {last.step} saved; `acm train pretrain --run {run.name} --resume` "
                 "continues") in out
+
+
+def _read_until(proc: subprocess.Popen, terminal: int, said: bytes, pattern: bytes) -> bytes:
+    """What the command wrote to its terminal, read until the part after `said` matches `pattern`."""
+    import select
+
+    seen, deadline = len(said), time.monotonic() + 120
+    while not re.search(pattern, said[seen:]):
+        assert time.monotonic() < deadline and proc.poll() is None, said[-2000:]
+        if select.select([terminal], [], [], 1)[0]:
+            said += os.read(terminal, 65536)
+    return said
+
+
+def _training_on_a_terminal(project: Path, hang_up=signal.SIG_DFL) -> tuple[subprocess.Popen, int, bytes]:
+    """`acm train pretrain --run c` (100,000 steps) writing to a pseudo-terminal, started with the
+    hang-up's disposition `hang_up`, once it reports a step: the process, the terminal's other end,
+    what it wrote."""
+    import pty
+
+    cfg = load(project)
+    cfg.train.pretrain.steps = 100000
+    config.save(cfg, project / "acm.toml")
+    terminal, its_end = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "core.cli", "-c", str(project / "acm.toml"), "train", "pretrain",
+                             "--run", "c"], stdin=its_end, stdout=its_end, stderr=its_end, start_new_session=True,
+                            preexec_fn=lambda: (sigint_at_default(), signal.signal(signal.SIGHUP, hang_up)))
+    os.close(its_end)
+    return proc, terminal, _read_until(proc, terminal, b"", rb"step +(\d+).*loss")
+
+
+def _stopped_with_its_checkpoint(project: Path) -> bool:
+    run = runs.list_runs(load(project))[0]
+    last = checkpoint.latest(Paths.checkpoints(run, "pretrain"))
+    return last is not None and runs.read_status(run, "pretrain")["step"] == last.step
+
+
+def test_a_terminal_that_hangs_up_stops_training_with_a_checkpoint(prepared):
+    """The SSH connection drops: the terminal hangs up and every write to it fails (EIO), which may
+    come before the hang-up's signal. The stage stops at its next step with a checkpoint, as for a
+    reader that went (`| head`), and the command ends quietly."""
+    proc, terminal, _ = _training_on_a_terminal(prepared)
+    try:
+        os.close(terminal)
+        assert proc.wait(timeout=120) == 1
+    finally:
+        proc.kill()
+    assert _stopped_with_its_checkpoint(prepared)
+
+
+def test_a_hang_up_that_is_ignored_stays_ignored(prepared):
+    """`nohup acm train ...` ignores a hang-up: the stage trains on through it (it reports later
+    steps); a terminal that goes then still stops it with a checkpoint."""
+    proc, terminal, said = _training_on_a_terminal(prepared, hang_up=signal.SIG_IGN)
+    try:
+        proc.send_signal(signal.SIGHUP)
+        said = _read_until(proc, terminal, said, rb"step +\d+.*loss(.|\n)*step +\d+.*loss")
+        assert b"stopping" not in said, said[-2000:]
+        os.close(terminal)
+        assert proc.wait(timeout=120) == 1
+    finally:
+        proc.kill()
+    assert _stopped_with_its_checkpoint(prepared)
 
 
 @pytest.mark.parametrize("command, last_line", [
