@@ -125,8 +125,11 @@ class Throughput:
 
     A window ends when its last step's loss was read, not when the report is made: the next step,
     queued meanwhile, runs on the device while the thread reports, and a thread held up before it
-    reports (a busy machine) would otherwise see that step done almost at once (a one-step window
-    at a stage's end read many times too fast)."""
+    reports (a busy machine) would otherwise see that step done almost at once. A window shorter
+    than the one before it (a stage's last steps) is measured together with that one: the times at
+    which single losses are read do not mark where steps begin and end (on a CPU a loss is read as
+    soon as its forward pass is done, and a step's read waited on the machine's cores), so a
+    one-step window at a stage's end read 10-20 times too fast."""
 
     def __init__(self, tokens_per_step: int, clock: Callable[[], float] = time.perf_counter):
         self.tokens_per_step, self.clock = tokens_per_step, clock
@@ -136,6 +139,7 @@ class Throughput:
         """A new window from now (after a check, a pause: time that is not training)."""
         self.t0 = self.read_at = self.clock()
         self.tokens = 0
+        self.before: tuple[float, int] | None = None  # the last window taken since: its start and tokens
 
     def step(self) -> None:
         """A step's loss was just read."""
@@ -143,11 +147,15 @@ class Throughput:
         self.read_at = self.clock()
 
     def take(self) -> tuple[float, float]:
-        """(tokens/s, seconds a step) since the last take or restart; the next window starts where
-        this one's last step was read."""
-        dt = self.read_at - self.t0
-        rate = self.tokens / dt if dt > 0 else 0.0
-        step_time = dt / max(self.tokens / self.tokens_per_step, 1)
+        """(tokens/s, seconds a step) since the last take or restart (or the take before it, where
+        that window was longer); the next window starts where this one's last step was read."""
+        t0, tokens = self.t0, self.tokens
+        if self.before is not None and tokens < self.before[1]:
+            t0, tokens = self.before[0], self.before[1] + tokens
+        dt = self.read_at - t0
+        rate = tokens / dt if dt > 0 else 0.0
+        step_time = dt / max(tokens / self.tokens_per_step, 1)
+        self.before = (self.t0, self.tokens)
         self.t0, self.tokens = self.read_at, 0
         return rate, step_time
 
