@@ -302,6 +302,7 @@ class TrainPane(Pane):
 
     def action_log_scale(self) -> None:
         self.log_scale = not self.log_scale
+        self.notify(f"loss chart: {'log' if self.log_scale else 'linear'} scale")
         self.replot()
 
     def action_zoom(self) -> None:
@@ -435,8 +436,8 @@ class TrainPane(Pane):
         steps = [m.step for m in hist]
         xs = axis_values([(m.step, m.tokens_seen, m.time) for m in hist], self.axis)
         stage = STAGE_NAMES.get(self.stage or "", "")
-        smoothed = f" (smoothed {self.smoothing:g})" if self.smoothing else ""
-        self._chart("#chart-loss", f"{stage} loss".strip() + (" (log)" if self.log_scale else "") + smoothed,
+        how = ", ".join(["log"] * self.log_scale + [f"smoothed {self.smoothing:g}"] * bool(self.smoothing))
+        self._chart("#chart-loss", f"{stage} loss".strip() + (f" ({how})" if how else ""),
                     self._loss_series(steps, xs), log=self.log_scale)
         self._chart("#chart-lr", "learning rate", [(xs, [m.lr for m in hist], "lr")])
         self._chart("#chart-speed", "tokens/s", [(xs, [m.tokens_per_s for m in hist], "tok/s")])
@@ -468,7 +469,11 @@ class TrainPane(Pane):
         line.set_class(m is not None, "shown")
 
     def _chart(self, selector: str, title: str, series: list, log: bool = False) -> None:
+        """Draw a chart, its title cut to the chart's width (plotext leaves out one that is wider)."""
         widget = self.query_one(selector, PlotextPlot)
+        width = widget.size.width - 2
+        if 0 < width < len(title):
+            title = title[:width - 1] + "…"
         draw(widget.plt, title, series, log=log, axis=self.axis)
         widget.refresh()
 

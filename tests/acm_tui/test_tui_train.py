@@ -90,10 +90,27 @@ async def test_the_log_chart_survives_a_zoom_a_resize_and_the_key_list(with_mode
         await pilot.press("g", "z", "question_mark", "question_mark", "z", "z", "z", "z")
         await pilot.resize_terminal(100, 30)
         await pilot.pause(0.2)
-        assert app.is_running and "(log)" in str(app.query_one("#chart-loss").render())
+        assert app.is_running and "loss (log" in str(app.query_one("#chart-loss").render())
         await pilot.press("c")
         await notified(pilot, "finetune of run m is done[/]: nothing to save")
         assert not any("checkpoint will be written" in n.message for n in app._notifications)
+
+
+async def test_the_log_scale_says_so_at_80x24(with_model):
+    """At 80x24 the loss chart's title with its scale and smoothing was wider than the chart, and
+    plotext left it out: nothing told that `g` had put the chart on a log scale."""
+    app = PaneHost(TrainPane, with_model / "acm.toml")
+    async with app.run_test(size=(80, 24), notifications=True) as pilot:
+        await pilot.press("4")
+        pane = app.query_one("#train-pane")
+        await wait_until(pilot, lambda: len(pane.history) > 1)
+        await pilot.press("m")  # smoothing 0.6 -> 0.8: the longest title
+        await pilot.press("g")
+        await notified(pilot, "loss chart: log scale")
+        await pilot.pause(0.2)
+        assert "fine-tune loss (log, smoothed" in str(app.query_one("#chart-loss").render())
+        await pilot.press("g")
+        await notified(pilot, "loss chart: linear scale")
 
 
 async def test_records_edited_by_hand_show_as_dashes_and_leave_the_charts_drawn(with_model):
