@@ -66,7 +66,7 @@ class SetupPane(Pane):
     BINDINGS = [
         CANCEL_BINDING,
         Binding("enter", "run_selected", "Run stage", tooltip="Run the pipeline stage under the cursor"),
-        Binding("a", "run_all", "Run all remaining", tooltip="Run every stage that is not done, in order"),
+        Binding("a", "run_all", "Run the rest", tooltip="Run every stage that is not done, in order"),
         Binding("r", "refresh_doctor", "Re-check", tooltip="Run the environment checks again"),
         Binding("t", "model_test", "Test model", tooltip="Forward a (2, 128) batch through the selected preset"),
     ]
