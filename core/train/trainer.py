@@ -126,10 +126,10 @@ class Throughput:
     A window ends when its last step's loss was read, not when the report is made: the next step,
     queued meanwhile, runs on the device while the thread reports, and a thread held up before it
     reports (a busy machine) would otherwise see that step done almost at once. A window shorter
-    than the one before it (a stage's last steps) is measured together with that one: the times at
-    which single losses are read do not mark where steps begin and end (on a CPU a loss is read as
-    soon as its forward pass is done, and a step's read waited on the machine's cores), so a
-    one-step window at a stage's end read 10-20 times too fast."""
+    than the one before it (a stage's last steps) is measured together with that one: the time
+    between two losses read does not always mark one step (on a 2-core CPU a stage's 10th and 11th
+    losses were read 36 ms apart, its steps taking 0.5 s), so a one-step window at a stage's end
+    read 10-20 times too fast."""
 
     def __init__(self, tokens_per_step: int, clock: Callable[[], float] = time.perf_counter):
         self.tokens_per_step, self.clock = tokens_per_step, clock
