@@ -14,11 +14,19 @@ from core.data.code import fetch_code
 from core.data.language import fetch_language
 from core.tokenizer.bpe import train_tokenizer
 
-from .helpers import copy_project
+from .helpers import HELD_WRITER_LOCKS, copy_project
 from .stand_ins import script
 
 TOPICS = ["deploy", "backup", "install", "monitor", "rotate-logs", "build", "release", "cleanup", "sync", "migrate",
           "provision", "healthcheck", "restart", "package", "bootstrap", "lint", "archive", "notify", "scale", "audit"]
+
+
+@pytest.fixture(autouse=True)
+def _writer_locks_released():
+    """The runs' writer locks a test took to stand for a trainer (live_stage) go with the test."""
+    yield
+    while HELD_WRITER_LOCKS:
+        HELD_WRITER_LOCKS.pop().release()
 
 
 @pytest.fixture

@@ -173,12 +173,19 @@ METRICS = {"type": "metrics", "stage": "pretrain", "step": 20, "total": 400, "lo
            "eta_s": 65.0, "time": 1700000000.25}
 
 
+HELD_WRITER_LOCKS: list = []  # taken by live_stage, released as each test ends (tests/conftest.py)
+
+
 def live_stage(project: Path, devices: list | None = None):
-    """A run whose pretrain this process trains (its status names this pid), with one report."""
+    """A run whose pretrain this process trains (its status names this pid, and this process holds
+    the run's writer lock until the test ends), with one report."""
+    from core.runs.writer import RunLock
+
     cfg = config.load(project / "acm.toml")
     run = cfg.runs_dir / "r"
     Paths.stage(run, "pretrain").mkdir(parents=True)
     config.save(cfg, Paths.run_config(run))
+    HELD_WRITER_LOCKS.append(RunLock(run).acquire("pretrain"))
     report = event_from_json(METRICS | ({"ranks": len(devices), "devices": devices} if devices else {}))
     recorder = Recorder(run, "pretrain", 400)
     recorder(report)

@@ -21,7 +21,7 @@ from core.atomic import fits, open_regular, read_json, read_regular, write_text
 from core.errors import AcmError, os_error_text
 from core.paths import Paths, check_run_name
 from core.runs.checkpoint import COUNT_LIMIT, best, latest, list_checkpoints
-from core.runs.writer import alone
+from core.runs.writer import alone, holder
 
 TRAINING_STAGES = ("pretrain", "finetune")  # the stages with a folder in a run
 
@@ -286,13 +286,16 @@ def process_alive(pid: int, host: str | None = None) -> bool:
 
 
 def stage_state(run: Path, stage: str) -> str:
-    """running / paused (a live process), interrupted (it died mid-run), done / stopped / failed,
-    or "not started"."""
+    """running / paused (a live process that holds the run's writer lock: a process of the same
+    number after a reboot does not), interrupted (it died mid-run), done / stopped / failed, or
+    "not started"."""
     st = read_status(run, stage)
     if st is None:
         return "not started" if latest(Paths.checkpoints(run, stage)) is None else "stopped"
     if st["state"] in LIVE:
-        return st["state"] if process_alive(st["pid"], st.get("host")) else "interrupted"
+        alive = process_alive(st["pid"], st.get("host"))
+        writing = st["state"] == "starting" or holder(run) is not None  # a launch locks once its process runs
+        return st["state"] if alive and writing else "interrupted"
     return st["state"]
 
 
@@ -405,7 +408,7 @@ def delete_run(run: Path) -> str:
     """Delete a run that is not training; what was done, in a line. A run that is a symbolic link
     loses the link only: the folder it points to is outside the runs folder, and left as it is."""
     for stage in TRAINING_STAGES:
-        if stage_state(run, stage) in ("running", "paused"):
+        if stage_state(run, stage) in LIVE:
             raise AcmError(f"run {run.name} is training ({stage}): stop it first")
     try:
         if run.is_symlink():
@@ -425,7 +428,7 @@ def rename_run(run: Path, new_name: str) -> Path:
     if target.exists():
         raise AcmError(f"a run named {new_name} exists already")
     for stage in TRAINING_STAGES:
-        if stage_state(run, stage) in ("running", "paused"):
+        if stage_state(run, stage) in LIVE:
             raise AcmError(f"run {run.name} is training ({stage}): stop it first")
     try:
         with alone(run, "renamed"):

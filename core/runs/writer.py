@@ -25,9 +25,18 @@ class RunLock:
         self.run = run
         self.lock = Flock(Paths.writer_lock(run))
 
-    def acquire(self, stage: str) -> RunLock:
-        """Take the run for this process, or refuse with one line naming the holder."""
-        if not self.lock.try_acquire():
+    def acquire(self, stage: str, fresh: bool = True) -> RunLock:
+        """Take the run for this process, or refuse with one line naming the holder. A run that was
+        there (not `fresh`) and is renamed or deleted meanwhile is refused too, never made again."""
+        try:
+            taken = self.lock.try_acquire(make_folder=fresh)
+            moved = taken and not os.path.samestat(os.stat(self.lock.path), os.fstat(self.lock.fd))
+        except FileNotFoundError:  # gone before the lock was taken, or after
+            taken, moved = self.lock.fd is not None, True
+        if moved:
+            self.release()
+            raise AcmError(f"run {self.run.name} was renamed or deleted as its {stage} was to start: see `acm runs`")
+        if not taken:
             raise busy(self.run, holder(self.run))
         os.ftruncate(self.lock.fd, 0)
         os.write(self.lock.fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
@@ -90,16 +99,21 @@ def in_use(run: Path, doing: str) -> Iterator[None]:
 
 @contextlib.contextmanager
 def alone(run: Path, doing: str) -> Iterator[None]:
-    """Hold `run` alone while it is `doing` (renamed, deleted); refused in one line while an
-    evaluation holds it (in_use)."""
-    lock = Flock(Paths.use_lock(run))
+    """Hold `run` alone while it is `doing` (renamed, deleted): its writer's lock, refused in one
+    line while a stage holds it (a resume that has not yet said it is running included), and its
+    use lock, refused while an evaluation holds it (in_use)."""
+    writer, lock = Flock(Paths.writer_lock(run)), Flock(Paths.use_lock(run))
     try:
         before = os.stat(run)
-        taken = lock.try_acquire(make_folder=False, grace=0)  # on the app's UI thread: no waiting (a retry will do)
-        os.utime(run, ns=(before.st_atime_ns, before.st_mtime_ns))  # the run's "modified" is its own, not the lock's
-    except OSError:  # a folder that cannot hold the lock file: the rename or delete says why
-        taken = None
-    if taken is False:
-        raise AcmError(f"run {run.name} is being evaluated: it can be {doing} once that ends")
-    with lock:
+        # on the app's UI thread: no waiting (a retry will do)
+        written = writer.try_acquire(make_folder=False, grace=0)
+        taken = written and lock.try_acquire(make_folder=False, grace=0)
+        os.utime(run, ns=(before.st_atime_ns, before.st_mtime_ns))  # the run's "modified" is its own, not the locks'
+    except OSError:  # a folder that cannot hold the lock files: the rename or delete says why
+        written = taken = None
+    with writer, lock:
+        if written is False:
+            raise busy(run, holder(run))
+        if taken is False:
+            raise AcmError(f"run {run.name} is being evaluated: it can be {doing} once that ends")
         yield

@@ -510,7 +510,7 @@ class Trainer:
         self.since = time.time()  # a command in the control file older than this was for a process gone
         self.timings.begin(self.started)
         fresh = self.is_main and not self.run_path.exists()  # made by this call
-        lock = RunLock(self.run_path).acquire(self.stage) if self.is_main else None  # one writer per run
+        lock = RunLock(self.run_path).acquire(self.stage, fresh) if self.is_main else None  # one writer per run
         try:
             with reading_inputs(self.cfg.locations.inputs_lock):  # no rebuild replaces them meanwhile
                 return self._setup_and_loop()

@@ -57,3 +57,53 @@ def test_a_lock_another_process_keeps_is_still_refused(tmp_path):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_run_being_written_is_neither_renamed_nor_deleted_before_it_says_it_trains(with_model, capsys):
+    """A resume holds the run's writer lock a moment before its status says "running": a rename or
+    a delete in that moment went through, and the stage trained into a run half deleted or renamed
+    away. Both are refused while anyone holds the lock, naming the holder."""
+    from core import cli
+
+    run, c = with_model / "runs" / "m", str(with_model / "acm.toml")
+    writer = RunLock(run).acquire("pretrain")
+    try:
+        assert cli.main(["-c", c, "runs", "rename", "m", "m2"]) == 2
+        assert cli.main(["-c", c, "runs", "delete", "m", "--yes"]) == 2
+    finally:
+        writer.release()
+    err = capsys.readouterr().err
+    assert err.count("acm: error: run m is being written by pid ") == 2 and "(pretrain)" in err
+    assert run.is_dir() and not (run.parent / "m2").exists()
+    assert cli.main(["-c", c, "runs", "rename", "m", "m2"]) == 0  # once it is let go
+
+
+def test_a_stage_whose_run_went_before_its_lock_is_refused_and_makes_no_run_again(with_model):
+    """A stage that found its run (a resume) and whose run was then renamed or deleted does not make
+    the folder again to train in."""
+    import shutil
+
+    run = with_model / "runs" / "m"
+    shutil.rmtree(run)
+    with pytest.raises(AcmError, match="run m was renamed or deleted as its pretrain was to start"):
+        RunLock(run).acquire("pretrain", fresh=False)
+    assert not run.exists()
+
+
+def test_a_live_pid_that_holds_no_writer_lock_is_no_stage_training(with_model, capsys):
+    """A status.json saying "running" whose pid is some other live process (numbers come round again
+    after a reboot) read as training: `acm runs stop` said "stop sent" and a delete was refused."""
+    import json
+    import os
+
+    from core import cli, runs
+
+    run, c = with_model / "runs" / "m", str(with_model / "acm.toml")
+    (run / "pretrain" / "status.json").write_text(json.dumps({"state": "running", "pid": os.getpid(), "time": 0}))
+    assert runs.stage_state(run, "pretrain") == "interrupted"
+    writer = RunLock(run).acquire("pretrain")
+    try:
+        assert runs.stage_state(run, "pretrain") == "running"
+    finally:
+        writer.release()
+    assert cli.main(["-c", c, "runs", "delete", "m", "--yes"]) == 0

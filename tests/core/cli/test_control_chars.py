@@ -9,6 +9,7 @@ import os
 from core import cli
 from core.paths import Paths
 from core.runs import write_status
+from core.runs.writer import RunLock
 from tests.helpers import fake_run, with_pairs
 from tests.stand_ins import script, write_tree
 from tests.terminal import run_acm
@@ -40,8 +41,12 @@ def test_every_command_naming_a_run_shows_its_control_characters_escaped(project
         assert cli.main(["-c", c, *command]) == 0, command
         out = capsys.readouterr().out
         assert "x\\x1b]0;PWN\\x07[b]y" in out and "\x1b" not in out, (command, out)
+    writer = RunLock(project / "runs" / NAME).acquire("pretrain")  # this process stands for a trainer
     write_status(project / "runs" / NAME, "pretrain", "running", step=5, total=10)
-    assert cli.main(["-c", c, "runs", "stop", NAME]) == 0
+    try:
+        assert cli.main(["-c", c, "runs", "stop", NAME]) == 0
+    finally:
+        writer.release()
     assert capsys.readouterr().out == "stop sent to pretrain of run x\\x1b]0;PWN\\x07[b]y\n"
 
 

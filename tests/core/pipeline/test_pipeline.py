@@ -192,11 +192,16 @@ def test_the_pipeline_resumes_a_stage_stopped_short_of_its_own_plan_whatever_the
 
 def test_pipeline_run_leaves_a_stage_training_elsewhere_alone(with_model, capsys):
     from core.runs import write_status
+    from core.runs.writer import RunLock
 
     run = with_model / "runs" / "m"
-    write_status(run, "pretrain", "running", step=25, total=40)  # this process stands for the other one
+    writer = RunLock(run).acquire("pretrain")  # this process stands for the other one
+    write_status(run, "pretrain", "running", step=25, total=40)
     before = sorted(p.name for p in (with_model / "runs").iterdir())
-    assert cli.main(["-c", str(with_model / "acm.toml"), "pipeline", "run"]) == 2
+    try:
+        assert cli.main(["-c", str(with_model / "acm.toml"), "pipeline", "run"]) == 2
+    finally:
+        writer.release()
     err = " ".join(capsys.readouterr().err.split())
     assert err.startswith("acm: error: pretrain of run m is training in another process") and "acm runs stop m" in err
     assert sorted(p.name for p in (with_model / "runs").iterdir()) == before  # no second run beside it
