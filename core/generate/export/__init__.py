@@ -57,8 +57,8 @@ def export_model(lm: LoadedModel, to: Path, dtype: str, fmt: str, facts: dict | 
     tmp = to.with_name(f".{to.name}.partial")
     to.parent.mkdir(parents=True, exist_ok=True)
     sweep_partial_exports(to.parent)
-    if tmp.exists():
-        raise AcmError(f"another export to {to} is under way ({tmp} is held): wait for it or choose a new folder")
+    with writing(f"the export {to}"):
+        _claim(tmp, to)
     with writing(f"the export {to}", tmp), _held(tmp):
         cancel.check()
         detail = WRITERS[fmt](lm, tmp, dtype)
@@ -98,10 +98,20 @@ LOCK = ".export.lock"
 UNLOCKED_GRACE_S = 60  # a .partial folder without its lock file: an export this young may be about to take it
 
 
+def _claim(tmp: Path, to: Path) -> None:
+    """Make `tmp`, this export's own: where it exists, another export to `to` made it (the system's
+    mkdir says so at once: a check before it could be answered by two exports alike, and the second
+    then removed the first's folder)."""
+    try:
+        tmp.mkdir()
+    except FileExistsError:
+        raise AcmError(f"another export to {to} is under way ({tmp} is held): "
+                       "wait for it or choose a new folder") from None
+
+
 @contextlib.contextmanager
 def _held(tmp: Path) -> Iterator[None]:
-    """Make `tmp` and hold its lock while the export writes (the system drops it when a process dies)."""
-    tmp.mkdir()
+    """Hold `tmp`'s lock while the export writes (the system drops it when a process dies)."""
     lock = Flock(tmp / LOCK)
     lock.try_acquire(grace=0)  # a folder of its own, just made: no one else holds it
     try:

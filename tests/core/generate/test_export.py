@@ -1,6 +1,7 @@
 """Exports in the formats people run models with: mlx-lm, transformers, GGUF; a model card; upload."""
 from __future__ import annotations
 
+import fcntl
 import json
 import re
 import shlex
@@ -458,6 +459,26 @@ def test_the_next_export_sweeps_what_a_killed_export_left_and_spares_one_under_w
         assert ".export.lock" not in {p.name for p in (out / "c").iterdir()}
         with pytest.raises(AcmError, match="another export to .*b is under way"):
             export_checkpoint(config.load(with_model / "acm.toml"), out / "b")
+
+
+def test_an_export_that_finds_another_s_folder_made_meanwhile_leaves_it_be(with_model, tmp_path, monkeypatch):
+    """Two exports to one folder: the second looked for the first's `.partial` folder a moment before
+    the first made it, then failed to make its own and removed the first's as its own partial
+    files: both exports failed. The folder is claimed by making it, which the system refuses to a
+    second; the second is refused in one line, and the first's folder stays."""
+    from pathlib import Path
+
+    other = tmp_path / "exports" / ".b.partial"
+    other.mkdir(parents=True)
+    (other / "model.safetensors").write_bytes(b"the other export's")
+    real_exists = Path.exists
+    # as it was seen a moment before it was made
+    monkeypatch.setattr(Path, "exists", lambda p, *a, **k: p != other and real_exists(p, *a, **k))
+    with open(other / ".export.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(AcmError, match="another export to .*b is under way"):
+            export_checkpoint(config.load(with_model / "acm.toml"), tmp_path / "exports" / "b")
+    assert (other / "model.safetensors").read_bytes() == b"the other export's"
 
 
 def test_the_cards_commands_stay_within_the_context_and_sample_as_acm(with_model, tmp_path):
