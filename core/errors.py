@@ -33,6 +33,14 @@ INTERRUPTED = 130  # a command's exit status when Ctrl-C ended it (128 + SIGINT)
 POLITE_KILLS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 _POLITE_KILLS: list[int] = []  # the polite kills the running command was sent
+_AS_THE_PROGRAM: list[bool] = []  # set by the `acm` program: the process ends with its command
+
+
+def ending_with_the_command() -> None:
+    """The process ends once its command is done (the `acm` program, not a test calling it): a
+    polite kill that comes after the command has done its work and said so, as the process exits,
+    is ignored, so the process ends with the command's status rather than the kill's."""
+    _AS_THE_PROGRAM.append(True)
 
 
 def politely_killed() -> bool:
@@ -106,7 +114,8 @@ def polite_kill_as_ctrl_c() -> Iterator[None]:
     on one rank or many, a pipeline's stage likewise. Only the first counts: a second never turns
     into Ctrl-C's "twice: at once", which would end the process before its checkpoint is written.
     `politely_killed` says whether one came (`killed_status` gives the exit status). A hang-up that
-    is ignored (`nohup acm ...`) stays ignored. Only the main thread may set a handler."""
+    is ignored (`nohup acm ...`) stays ignored; in the `acm` program, every polite kill is ignored
+    once the command is done (`ending_with_the_command`). Only the main thread may set a handler."""
     _POLITE_KILLS.clear()
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -122,7 +131,7 @@ def polite_kill_as_ctrl_c() -> Iterator[None]:
         yield
     finally:
         for sig, handler in before.items():
-            signal.signal(sig, handler)
+            signal.signal(sig, signal.SIG_IGN if _AS_THE_PROGRAM else handler)
 
 
 def exit_status(e: BaseException) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from core.errors import INTERRUPTED, exit_status, signals_for_the_main_thread
+from core.errors import INTERRUPTED, ending_with_the_command, exit_status, signals_for_the_main_thread
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,4 +35,11 @@ def main(argv: list[str] | None = None) -> int:
             early.end(status)  # ends the process here if a readying is left running
 
 
-__all__ = ["main"]
+def program() -> None:
+    """The `acm` program (and `python -m core.cli`): `main`, whose status the process ends with; a
+    polite kill that comes once the command has done its work and said so does not change it."""
+    ending_with_the_command()
+    sys.exit(main())
+
+
+__all__ = ["main", "program"]

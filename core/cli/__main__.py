@@ -1,5 +1,3 @@
-import sys
+from core.cli import program
 
-from core.cli import main
-
-sys.exit(main())
+program()
