@@ -9,7 +9,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,15 +44,12 @@ def shellcheck_errors(script: str, timeout_s: float = 10.0, program: str | None 
     program = program or shellcheck_path()
     if program is None:
         return None
-    with tempfile.NamedTemporaryFile("wb", suffix=".sh") as f:
-        f.write(script.encode("utf-8"))
-        f.flush()
-        try:
-            r = subprocess.run([program, "--shell=bash", "--format=json", "--severity=error", f.name],
-                               capture_output=True, timeout=timeout_s, stdin=subprocess.DEVNULL)
-            return len(json.loads(r.stdout or b"[]"))
-        except (subprocess.TimeoutExpired, ValueError, OSError):
-            return 1  # a script shellcheck cannot get through counts as an error
+    try:  # on stdin, which shellcheck reads whole: no copy of the script is left anywhere
+        r = subprocess.run([program, "--shell=bash", "--format=json", "--severity=error", "-"],
+                           input=script.encode("utf-8"), capture_output=True, timeout=timeout_s)
+        return len(json.loads(r.stdout or b"[]"))
+    except (subprocess.TimeoutExpired, ValueError, OSError):
+        return 1  # a script shellcheck cannot get through counts as an error
 
 
 def judge(script: str, complete: bool, timeout_s: float = 5.0, lint: bool = True) -> Verdict:

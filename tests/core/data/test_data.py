@@ -467,3 +467,26 @@ def test_local_paths_entries_that_are_links_are_held_to_the_rule_of_links_inside
     assert not any("secret-credentials" in t for t in texts)
     assert any("version-two" in t for t in texts) and any("deploy" in t for t in texts) and len(texts) == 2
     assert manifest["report"]["rejected"] == {"outside_source": 1}
+
+
+@pytest.mark.parametrize("script, parses", [("echo hi\n", True), ("if then\n", False)])
+def test_a_script_is_checked_without_a_copy_of_it_under_the_temporary_folder(tmp_path, monkeypatch, script, parses):
+    """`bash -n` read each script from a named temporary file, which a fetch killed with -9 left
+    behind in $TMPDIR, a copy of a script there for good. The file it reads has no name: a `bash`
+    first on PATH lists the temporary folder as it starts, and finds it empty."""
+    import stat
+    import tempfile
+
+    from core.data.code import bash_syntax_ok
+
+    scratch, seen = tmp_path / "tmp", tmp_path / "seen.txt"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    stand_in = tmp_path / "bin" / "bash"
+    stand_in.parent.mkdir()
+    real = next(p for p in ("/bin/bash", "/usr/bin/bash", "/usr/local/bin/bash") if os.path.exists(p))
+    stand_in.write_text(f'#!/bin/sh\nls -A "{scratch}" > "{seen}"\nexec {real} "$@"\n')
+    stand_in.chmod(stand_in.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("PATH", f"{stand_in.parent}{os.pathsep}{os.environ['PATH']}")
+    assert bash_syntax_ok(script, 10) == (parses, "syntax")
+    assert seen.exists() and seen.read_text() == ""

@@ -23,6 +23,7 @@ from core.generate.sampling import (
     filter_top_p,
     sample,
 )
+from core.generate.verdicts import shellcheck_errors, shellcheck_path
 from core.runs.writer import in_use
 from core.tokenizer.bpe import BOS_ID
 from tests.helpers import SteppingClock, edit_state
@@ -650,3 +651,10 @@ def test_an_evaluation_under_a_time_budget_counts_the_work_its_pace_gets_done_in
     unbounded = Decoding(reports.append, [12], max_tokens=10, interval=0, slots=Slots(None, 1))
     unbounded.part(12, "finetune: 12 samples", lambda: False, None)()
     assert (reports[-1].done, reports[-1].total) == (12, 120)  # no budget: all that was asked
+
+
+@pytest.mark.skipif(shellcheck_path() is None, reason="no shellcheck")
+def test_shellcheck_counts_a_script_s_errors_read_from_its_input():
+    """shellcheck reads the script on its standard input (no copy of it left in a temporary file)."""
+    assert shellcheck_errors("#!/bin/bash\necho hi\n") == 0
+    assert shellcheck_errors("#!/bin/bash\necho $((1 + ))\n") >= 1
