@@ -21,7 +21,7 @@ from core.cli.args import bounded_int, positive_int
 from core.cli.early import EarlyEngine
 from core.cli.output import console_for
 from core.engine import engines_made, exit_past_abandoned_work
-from core.errors import AcmError, Parser, killed_status, polite_kill_as_ctrl_c, run_command
+from core.errors import AcmError, Parser, command_done, polite_kill_as_ctrl_c, run_command
 from core.escapes import utf8
 from core.hardware import configure_mlx
 from core.pipeline import doctor
@@ -214,8 +214,7 @@ def main(argv: list[str] | None = None, early: EarlyEngine | None = None) -> int
     args.early = early
     configure_mlx()
     with polite_kill_as_ctrl_c(), engines_made() as engines:
-        status = run_command(partial(_run, args), quiet_pipe=True)
-    status = killed_status(status)
+        status = command_done(run_command(partial(_run, args), quiet_pipe=True))
     exit_past_abandoned_work(status, engines)  # a pipeline stopped while its engine readied the training step
     return status
 

@@ -168,18 +168,17 @@ def normalize(text: str) -> str:
 
 def bash_syntax_ok(text: str, timeout_s: float) -> tuple[bool, str]:
     """`bash -n` on the script: parsed only, never run (BASH_ENV and ENV are cleared so nothing is
-    sourced). The script is handed over as a file without a name (`/dev/fd/N` of a temporary file
-    already unlinked), so a process killed meanwhile leaves no copy of it behind; not on stdin, as
-    bash reads a pipe a byte at a time and a large script could time out under load. (ok, reason):
+    sourced). The script is bash's input as a temporary file without a name (unlinked as it is
+    made), so a process killed meanwhile leaves no copy of it behind; a file, not a pipe, which bash
+    would read a byte at a time, so that a large script could time out under load. (ok, reason):
     reason "syntax" or "timeout"."""
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C"}
     with tempfile.TemporaryFile() as f:
         f.write(text.encode("utf-8"))
         f.flush()
-        f.seek(0)  # where the file is shared rather than opened again (macOS's /dev/fd), bash reads from here
+        f.seek(0)
         try:
-            r = subprocess.run(["bash", "-n", f"/dev/fd/{f.fileno()}"], capture_output=True, timeout=timeout_s,
-                               env=env, stdin=subprocess.DEVNULL, pass_fds=[f.fileno()])
+            r = subprocess.run(["bash", "-n"], capture_output=True, timeout=timeout_s, env=env, stdin=f)
         except subprocess.TimeoutExpired:
             return False, "timeout"
     return r.returncode == 0, "syntax"

@@ -287,15 +287,15 @@ def process_alive(pid: int, host: str | None = None) -> bool:
 
 def stage_state(run: Path, stage: str) -> str:
     """running / paused (a live process that holds the run's writer lock: a process of the same
-    number after a reboot does not), interrupted (it died mid-run), done / stopped / failed, or
-    "not started"."""
+    number after a reboot does not; any holder counts, as the lock does not say which of the run's
+    stages it trains), interrupted (it died mid-run), done / stopped / failed, or "not started"."""
     st = read_status(run, stage)
     if st is None:
         return "not started" if latest(Paths.checkpoints(run, stage)) is None else "stopped"
     if st["state"] in LIVE:
-        alive = process_alive(st["pid"], st.get("host"))
-        writing = st["state"] == "starting" or holder(run) is not None  # a launch locks once its process runs
-        return st["state"] if alive and writing else "interrupted"
+        # a launch locks once its process runs: "starting" goes by the process alone
+        live = process_alive(st["pid"], st.get("host")) and (st["state"] == "starting" or holder(run) is not None)
+        return st["state"] if live else "interrupted"
     return st["state"]
 
 

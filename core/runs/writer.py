@@ -48,12 +48,19 @@ class RunLock:
 
 
 def holder(run: Path) -> dict | None:
-    """Who holds the run now ({"pid", "host", "stage"}), or None when nobody does."""
+    """Who holds the run now ({"pid", "host", "stage"}), or None when nobody does; {} where that
+    cannot be told (a lock file that cannot be opened or locked: a read-only folder, another user's)."""
     path = Paths.writer_lock(run)
     if not path.exists():
         return None
     probe = Flock(path)
-    if probe.try_acquire(shared=True, grace=0):  # a probe (the app asks every few seconds): no waiting
+    try:  # a probe (the app asks every few seconds): no waiting, and no folder made again
+        free = probe.try_acquire(shared=True, make_folder=False, grace=0)
+    except FileNotFoundError:  # the run went meanwhile
+        return None
+    except OSError:
+        return {}
+    if free:
         probe.release()
         return None
     try:

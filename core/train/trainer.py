@@ -510,7 +510,10 @@ class Trainer:
         self.since = time.time()  # a command in the control file older than this was for a process gone
         self.timings.begin(self.started)
         fresh = self.is_main and not self.run_path.exists()  # made by this call
-        lock = RunLock(self.run_path).acquire(self.stage, fresh) if self.is_main else None  # one writer per run
+        # one writer per run; a resume or a fine-tune of a run that is there never makes it again (one
+        # that is not is made and said to be missing, then removed, as a new run's)
+        made_here = fresh or not (self.resume or self.stage == "finetune")
+        lock = RunLock(self.run_path).acquire(self.stage, made_here) if self.is_main else None
         try:
             with reading_inputs(self.cfg.locations.inputs_lock):  # no rebuild replaces them meanwhile
                 return self._setup_and_loop()

@@ -78,15 +78,29 @@ def test_a_run_being_written_is_neither_renamed_nor_deleted_before_it_says_it_tr
     assert cli.main(["-c", c, "runs", "rename", "m", "m2"]) == 0  # once it is let go
 
 
-def test_a_stage_whose_run_went_before_its_lock_is_refused_and_makes_no_run_again(with_model):
-    """A stage that found its run (a resume) and whose run was then renamed or deleted does not make
-    the folder again to train in."""
+@pytest.mark.parametrize("stage, resume", [("pretrain", True), ("finetune", False)])
+def test_a_stage_whose_run_went_before_its_lock_is_refused_and_makes_no_run_again(with_model, monkeypatch, stage,
+                                                                                 resume):
+    """A resume or a fine-tune, which take a run that is there, whose run was renamed or deleted as
+    they started, do not make the folder again to train in."""
     import shutil
 
+    import core.train.trainer
+    from core import config
+    from core.train.trainer import train_stage
+
     run = with_model / "runs" / "m"
-    shutil.rmtree(run)
-    with pytest.raises(AcmError, match="run m was renamed or deleted as its pretrain was to start"):
-        RunLock(run).acquire("pretrain", fresh=False)
+    cfg = config.load(with_model / "acm.toml")
+    real = core.train.trainer.RunLock
+
+    class GoneFirst(real):  # the run is deleted as the stage, which found it, takes its lock
+        def acquire(self, *a, **k):
+            shutil.rmtree(run)
+            return super().acquire(*a, **k)
+
+    monkeypatch.setattr(core.train.trainer, "RunLock", GoneFirst)
+    with pytest.raises(AcmError, match=f"run m was renamed or deleted as its {stage} was to start"):
+        train_stage(cfg, stage, run, resume=resume)
     assert not run.exists()
 
 
@@ -107,3 +121,23 @@ def test_a_live_pid_that_holds_no_writer_lock_is_no_stage_training(with_model, c
     finally:
         writer.release()
     assert cli.main(["-c", c, "runs", "delete", "m", "--yes"]) == 0
+
+
+@pytest.mark.parametrize("pid, state", [(2**22 + 1, "interrupted"), (None, "running")])
+def test_a_writer_lock_that_cannot_be_probed_leaves_the_state_to_the_pid(with_model, capsys, pid, state):
+    """A run whose writer lock cannot be opened (a read-only folder, another user's run; here a
+    folder in its place) is listed, its stage read by its process alone: a dead one's is
+    interrupted without a probe, a live one's running; `acm runs` failed on the probe's error."""
+    import json
+    import os
+
+    from core import cli, runs
+
+    run = with_model / "runs" / "m"
+    (run / "writer.lock").unlink(missing_ok=True)
+    (run / "writer.lock").mkdir()
+    (run / "pretrain" / "status.json").write_text(json.dumps({"state": "running", "pid": pid or os.getpid(),
+                                                              "time": 0}))
+    assert runs.stage_state(run, "pretrain") == state
+    assert cli.main(["-c", str(with_model / "acm.toml"), "runs"]) == 0
+    assert state in capsys.readouterr().out

@@ -627,30 +627,3 @@ def test_an_interrupt_after_a_job_s_last_check_finds_it_done(capsys, monkeypatch
     finally:
         signal.signal(signal.SIGINT, before)
         engine.shutdown()
-
-
-@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="no /proc")
-def test_a_polite_kill_once_the_export_has_said_it_is_done_leaves_its_status_0(with_model, tmp_path):
-    """A SIGTERM that came once the export's folder was in place and its lines printed, as the
-    process exited, ended it with 143 (38 of 40 such kills): a script read a finished export as
-    failed, and its retry found the folder taken."""
-    import signal
-    import subprocess
-    import sys
-
-    from tests.helpers import ROOT, catches_sigterm, sigint_at_default
-
-    proc = subprocess.Popen([sys.executable, "-m", "core.cli", "-c", str(with_model / "acm.toml"), "export",
-                             "--to", str(tmp_path / "e"), "--format", "hf"], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, preexec_fn=sigint_at_default)
-    said = []
-    for line in proc.stdout:
-        said.append(line)
-        if line.startswith("try:"):  # its last line; then the command lets go of SIGTERM
-            while catches_sigterm(proc.pid):
-                pass
-            proc.send_signal(signal.SIGTERM)
-            break
-    said += proc.stdout.readlines()
-    assert proc.wait(timeout=60) == 0, "".join(said)
-    assert (tmp_path / "e" / "config.json").is_file()

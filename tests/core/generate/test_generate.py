@@ -654,7 +654,19 @@ def test_an_evaluation_under_a_time_budget_counts_the_work_its_pace_gets_done_in
 
 
 @pytest.mark.skipif(shellcheck_path() is None, reason="no shellcheck")
-def test_shellcheck_counts_a_script_s_errors_read_from_its_input():
-    """shellcheck reads the script on its standard input (no copy of it left in a temporary file)."""
+def test_shellcheck_counts_a_script_s_errors_read_from_its_input(tmp_path, monkeypatch):
+    """shellcheck reads the script on its standard input: a named temporary copy of it was left in
+    $TMPDIR by a process killed meanwhile. A stand-in shellcheck lists the temporary folder as it
+    starts and finds it empty."""
+    import stat
+    import tempfile
+
     assert shellcheck_errors("#!/bin/bash\necho hi\n") == 0
     assert shellcheck_errors("#!/bin/bash\necho $((1 + ))\n") >= 1
+    scratch, seen, stand_in = tmp_path / "tmp", tmp_path / "seen.txt", tmp_path / "shellcheck"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    stand_in.write_text(f'#!/bin/sh\nls -A "{scratch}" > "{seen}"\nexec "{shellcheck_path()}" "$@"\n')
+    stand_in.chmod(stand_in.stat().st_mode | stat.S_IXUSR)
+    assert shellcheck_errors("#!/bin/bash\necho $((1 + ))\n", program=str(stand_in)) >= 1
+    assert seen.read_text() == ""
