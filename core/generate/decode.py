@@ -217,7 +217,9 @@ def generate_tokens(model: GPT, ids: list[int], params: SamplingParams,
     mx.async_eval(token)
     for n in range(params.max_tokens):
         upcoming = None
-        if n + 1 < params.max_tokens and cache[0].offset < n_ctx:
+        # the last token is never fed, but a client that exports run in feeds it: the context holds
+        # the prompt and the new tokens, as in every other path (batch.decode_batch, the exports)
+        if n + 1 < params.max_tokens and cache[0].offset < n_ctx - 1:
             upcoming = step(token.reshape(1, 1))
             mx.async_eval(upcoming)
         value = int(token.item())
@@ -257,6 +259,7 @@ def stream_generate(lm: LoadedModel, prompt: str, params: SamplingParams,
         notice = ""
         return c
 
+    shown = 0  # characters of `text` yielded: the end that may begin a stop string is held back
     for token in generate_tokens(model, ids, params, should_stop):
         generated += 1
         if t_first is None:
@@ -264,18 +267,25 @@ def stream_generate(lm: LoadedModel, prompt: str, params: SamplingParams,
         if token == EOS_ID:
             reason = "eos"
             break
-        piece = decoder.add(token)
-        text += piece
-        hit = next((s for s in stop_strings if s in text), None)
-        if hit is not None:
-            cut = len(text) - text.index(hit)
-            yield chunk(piece[: max(len(piece) - cut, 0)], token, "stop")
+        text += decoder.add(token)
+        hits = [text.index(s) for s in stop_strings if s in text]
+        if hits:
+            yield chunk(text[shown:min(hits)], token, "stop")
             return
-        if piece or notice:
-            yield chunk(piece, token, None)
+        ready = len(text) - _stop_begun(text, stop_strings)
+        if ready > shown or notice:
+            yield chunk(text[shown:ready], token, None)
+            shown = ready
     else:
         reason = "cancelled" if should_stop() else ("context" if params.max_tokens > generated >= room else reason)
-    yield chunk("", None, reason)
+    yield chunk(text[shown:], None, reason)
+
+
+def _stop_begun(text: str, stop_strings: tuple[str, ...]) -> int:
+    """How many characters at the end of `text` begin one of `stop_strings`: held back until the
+    next tokens show whether the stop string follows (then the text is cut where it begins)."""
+    return max((k for s in stop_strings for k in range(min(len(s) - 1, len(text)), 0, -1)
+                if text.endswith(s[:k])), default=0)
 
 
 def generate_text(lm: LoadedModel, prompt: str, params: SamplingParams) -> tuple[str, Chunk]:

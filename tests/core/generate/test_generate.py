@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import mlx.core as mx
@@ -670,3 +671,38 @@ def test_shellcheck_counts_a_script_s_errors_read_from_its_input(tmp_path, monke
     stand_in.chmod(stand_in.stat().st_mode | stat.S_IXUSR)
     assert shellcheck_errors("#!/bin/bash\necho $((1 + ))\n", program=str(stand_in)) >= 1
     assert seen.read_text() == ""
+
+
+def test_a_stop_string_across_tokens_is_never_streamed_in_part(with_model):
+    """A stop string that began in one token and ended in a later one: the stream had printed its
+    beginning (`/nodejs/` for `js/no`, where `--json` gave `/node`). What may begin a stop string is
+    held back until the next tokens tell; the stream cuts where the stop string begins, as the batch
+    does."""
+    lm = load_model(config.load(with_model / "acm.toml"))
+    params = SamplingParams(temperature=1.0, max_tokens=60, seed=5)  # the same draws, stop string or not
+    pieces = [c.text for c in stream_generate(lm, "#!/bin/bash\n", params) if c.text]
+    whole = "".join(pieces)
+    at = next(i for i in range(1, len(pieces)) if len(pieces[i - 1]) > 1 and pieces[i])  # a piece boundary
+    start = sum(map(len, pieces[:at])) - 1
+    stop = whole[start:start + 2]  # the last character of one piece and the first of the next
+    chunks = list(stream_generate(lm, "#!/bin/bash\n", replace(params, stop=(stop,))))
+    assert "".join(c.text for c in chunks) == whole[: whole.index(stop)] and chunks[-1].finish_reason == "stop"
+    held = list(stream_generate(lm, "#!/bin/bash\n", replace(params, stop=(whole[-1] + "\x00",))))
+    assert "".join(c.text for c in held) == whole  # held back, then given once no stop followed
+
+
+def test_a_full_context_ends_the_stream_where_the_batch_and_the_exports_end(with_model):
+    """With the context full, the stream gave one token more than `--json`, `--n` and the
+    evaluation: the context holds the prompt and every new token, as a client of the exports feeds
+    them."""
+    from core.generate.batch import generate_batch
+
+    lm = load_model(config.load(with_model / "acm.toml"))
+    prompt = "echo hello world\n" * 200
+    params = SamplingParams(temperature=0, max_tokens=300, repetition_penalty=1.0)
+    chunks = list(stream_generate(lm, prompt, params))
+    rows, _ = generate_batch(lm, [prompt], params)
+    assert chunks[-1].finish_reason in ("context", "eos")
+    assert "".join(c.text for c in chunks) == rows[0].text
+    if chunks[-1].finish_reason == "context":
+        assert chunks[-1].prompt_tokens + chunks[-1].generated == lm.model.shape.n_ctx
