@@ -175,11 +175,12 @@ STEP_LINE = r"step +\d+.*loss"  # the loop reports a step: a signal then lands i
 
 
 def _signalled_while_training(project: Path, command: list[str], sig: int, times: int,
-                              everyone: bool = False) -> tuple[int, str]:
-    """`acm COMMAND` on a pretrain of 100,000 steps, sent `sig` `times` times once it reports a step
-    (`_signal_once_training`): its exit status and all it said."""
+                              everyone: bool = False, batch_size: int | None = None) -> tuple[int, str]:
+    """`acm COMMAND` on a pretrain of 100,000 steps (of `batch_size` rows), sent `sig` `times` times
+    once it reports a step (`_signal_once_training`): its exit status and all it said."""
     cfg = load(project)
     cfg.train.pretrain.steps = 100000
+    cfg.train.pretrain.batch_size = batch_size or cfg.train.pretrain.batch_size
     config.save(cfg, project / "acm.toml")
     proc = subprocess.Popen([sys.executable, "-m", "core.cli", "-c", str(project / "acm.toml"), *command],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=sigint_at_default)
@@ -297,8 +298,11 @@ def test_a_hang_up_that_is_ignored_stays_ignored(prepared):
 def test_ctrl_c_twice_quits_at_once_with_130(prepared, command, last_line):
     """A second Ctrl-C quits without waiting for the stage's checkpoint: the process ends with 130
     and its line, the stage left running to end with it (before, the interpreter's exit tore MLX
-    down under the engine's thread: `terminate called without an active exception`, 2 runs in 3)."""
-    ended, said = _signalled_while_training(prepared, command, signal.SIGINT, 2)
+    down under the engine's thread: `terminate called without an active exception`, 2 runs in 3).
+    Steps of 64 rows (about 0.3 s on a 2-core CPU) leave the second Ctrl-C time to come before the
+    first one's stop, at the next step, is done: with 2 rows the stop, step and checkpoint were
+    done first when the test's own process was held up a moment, and the stage ended as for one."""
+    ended, said = _signalled_while_training(prepared, command, signal.SIGINT, 2, batch_size=64)
     assert ended == 130 and said.split("\n")[-2].strip() == last_line, said[-600:]
 
 
