@@ -298,7 +298,7 @@ def test_ctrl_c_twice_quits_at_once_with_130(prepared, command, last_line):
     """A second Ctrl-C quits without waiting for the stage's checkpoint: the process ends with 130
     and its line, the stage left running to end with it (before, the interpreter's exit tore MLX
     down under the engine's thread: `terminate called without an active exception`, 2 runs in 3).
-    Steps of 64 rows (about 0.3 s on a 2-core CPU) leave the second Ctrl-C time to come before the
+    Steps of 64 rows (32 times the tokens of the fixture's) leave the second Ctrl-C time to come before the
     first one's stop, at the next step, is done: with 2 rows the stop, step and checkpoint were
     done first when the test's own process was held up a moment, and the stage ended as for one."""
     ended, said = _signalled_while_training(prepared, command, signal.SIGINT, 2, batch_size=64)
