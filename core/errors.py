@@ -81,7 +81,7 @@ def killed_status(status: int) -> int:
     return 128 + _POLITE_KILLS[0] if _POLITE_KILLS and status == INTERRUPTED else status
 
 
-MAIN_THREAD_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+MAIN_THREAD_SIGNALS = (signal.SIGINT, *POLITE_KILLS)
 
 
 @contextlib.contextmanager
@@ -298,11 +298,17 @@ class Parser(argparse.ArgumentParser):
 READER_GONE = (BrokenPipeError, SystemExit)
 
 
-def output_lost(e: BaseException) -> bool:
-    """Whether a write failed because no one reads the output any more: a pipe's reader went (`|
-    head`), Rich's console says so, or the terminal hung up (EIO: the SSH connection dropped, its
-    hang-up signal not yet come)."""
-    return isinstance(e, READER_GONE) or (isinstance(e, OSError) and e.errno == errno.EIO)
+def written_unless_lost(write: Callable, what) -> BaseException | None:
+    """`write(what)`; where it failed because no one reads the output any more (a pipe's reader went,
+    `| head`; Rich's console says so; the terminal hung up, EIO: the SSH connection dropped, its
+    hang-up signal not yet come), that error, returned; any other goes up."""
+    try:
+        write(what)
+    except (*READER_GONE, OSError) as e:
+        if isinstance(e, READER_GONE) or e.errno == errno.EIO:
+            return e
+        raise
+    return None
 
 
 class OutputGone(BrokenPipeError):

@@ -20,7 +20,7 @@ from core.cli.output import console_for
 from core.cli.progress import StepDisplay
 from core.config import Config, parse_duration
 from core.engine import Engine
-from core.errors import READER_GONE, AcmError, OutputGone, interrupted, one_line, output_lost
+from core.errors import AcmError, OutputGone, interrupted, one_line, written_unless_lost
 from core.escapes import visible
 from core.paths import Paths
 from core.pipeline.overview import StageStatus, pipeline_status, run_remaining
@@ -90,12 +90,8 @@ class PipelineScreen:
         more, and `on_gone` stops the stage at its next step, with a checkpoint."""
         if self.gone is not None:
             return
-        try:
-            show(item)
-        except (*READER_GONE, OSError) as e:
-            if not output_lost(e):
-                raise
-            self.gone = e
+        self.gone = written_unless_lost(show, item)
+        if self.gone is not None:
             self.on_gone()
 
 

@@ -29,12 +29,11 @@ from core.config import Config  # noqa: E402
 from core.engine import Engine, engines_made, exit_past_abandoned_work  # noqa: E402
 from core.errors import (  # noqa: E402
     INTERRUPTED,
-    POLITE_KILLS,
-    READER_GONE,
+    MAIN_THREAD_SIGNALS,
     AcmError,
     OutputGone,
-    output_lost,
     run_command,
+    written_unless_lost,  # noqa: E402
 )
 from core.hardware import configure_mlx  # noqa: E402
 from core.paths import Paths  # noqa: E402
@@ -115,15 +114,13 @@ class _Relayed:
         try:
             try:
                 self.showing = True
-                write(what)
+                gone = written_unless_lost(write, what)
             finally:
                 self.showing = False
         except KeyboardInterrupt:  # counted already: acted on before the next event
-            pass
-        except (*READER_GONE, OSError) as e:  # the reader went (`| head`, a hang-up): stop with a
-            if not output_lost(e):  # checkpoint, then end so
-                raise
-            self.gone = e
+            return
+        if gone is not None:  # the reader went (`| head`, a hang-up): stop with a checkpoint, then end so
+            self.gone = gone
             self.stop()
 
     @contextlib.contextmanager
@@ -133,7 +130,7 @@ class _Relayed:
         if threading.current_thread() is not threading.main_thread():
             yield
             return
-        before = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, *POLITE_KILLS)}
+        before = {signum: signal.getsignal(signum) for signum in MAIN_THREAD_SIGNALS}
 
         def counted(signum, frame) -> None:
             try:
