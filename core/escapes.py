@@ -56,5 +56,20 @@ def visible(text: str, lines: bool = False) -> str:
     return pattern.sub(lambda m: _NAMED.get(m[0]) or _escape(ord(m[0])), text)
 
 
+def without_surrogates(text: str) -> str:
+    """TEXT writable as UTF-8: a byte of a file's name that is not UTF-8 (Python keeps it as a lone
+    surrogate, U+DC80-U+DCFF) as its escape `\\xff`, any other lone surrogate (a JSON `\\ud800`) as
+    `\\ud800`: a name recorded or shown never stops the work that met it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return _SURROGATE.sub(lambda m: _escape(ord(m[0]) - 0xdc00 if "\udc80" <= m[0] <= "\udcff" else ord(m[0])),
+                              text)
+    return text
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def _escape(code: int) -> str:
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from core.errors import AcmError
+from core.escapes import visible, without_surrogates
 
 T = TypeVar("T")
 WAIT_S = 0.1  # how often a caller waiting on a step looks up: a cancel or a Ctrl-C is taken within this
@@ -87,7 +88,7 @@ class Ticker:
         self.report, self.interval = report, interval
         self.state = Progress(task, 0, total)
         self._last = time.monotonic()
-        self.report(Progress(**self.state.__dict__))
+        self._report()
 
     def advance(self, n: int = 1, note: str = "") -> None:
         self.state.done += n
@@ -96,18 +97,23 @@ class Ticker:
         now = time.monotonic()
         if now - self._last >= self.interval or (n and self.state.done == self.state.total):
             self._last = now
-            self.report(Progress(**self.state.__dict__))
+            self._report()
 
     def say(self, note: str) -> None:
         """What the task is doing now, reported at once (the part of it that has begun)."""
         self.state.note = note
         self._last = time.monotonic()
-        self.report(Progress(**self.state.__dict__))
+        self._report()
 
     def finish(self) -> None:
         """The last report, saying the task is over (a task of unknown total cannot be told otherwise)."""
         self.state.finished = True
-        self.report(Progress(**self.state.__dict__))
+        self._report()
+
+    def _report(self) -> None:
+        """The state as reported: its note (a file's name, a repository's path: data, not acm's words)
+        with control characters and bytes that are not UTF-8 escaped, so that no display stumbles on it."""
+        self.report(Progress(**self.state.__dict__ | {"note": visible(without_surrogates(self.state.note))}))
 
 
 def within_reach(step: Callable[[], T], cancel: CancelToken) -> T:

@@ -32,10 +32,11 @@ def cmd_fetch(args, cfg: Config) -> int:
     s = manifest["stats"]
     print(f"{args.kind} corpus: {s['documents']:,} documents, {s['words']:,} words, "
           f"~{s['estimated_tokens']:,} tokens, {s['bytes'] / 2**20:.2f} MB in {cfg.locations.corpus(args.kind)}")
-    skipped = manifest.get("not_utf8_passed_over") or {"count": 0}
-    if skipped["count"]:
-        print(f"passed over as not UTF-8: {skipped['count']:,} files ({', '.join(skipped['files'][:3])}"
-              f"{', ...' if skipped['count'] > 3 else ''})")
+    for key, why in (("not_utf8_passed_over", "as not UTF-8"), ("outside_passed_over", "as links out of their folder")):
+        skipped = manifest.get(key) or {"count": 0}
+        if skipped["count"]:
+            print(f"passed over {why}: {skipped['count']:,} files ({', '.join(map(visible, skipped['files'][:3]))}"
+                  f"{', ...' if skipped['count'] > 3 else ''})")
     if args.kind == "code":
         r = manifest["report"]
         print(f"scripts: {r['raw']:,} raw, {r['valid']:,} valid, {r['unique']:,} unique "

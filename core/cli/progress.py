@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -124,7 +125,7 @@ class StepDisplay:
         if p.task not in self.tasks:
             self.tasks[p.task] = self.bars.add_task(p.task, total=p.total, note="")
         task = self.tasks[p.task]
-        self.bars.update(task, completed=p.done, total=p.total, note=p.note[-40:])
+        self.bars.update(task, completed=p.done, total=p.total, note=escape(p.note[-40:]))  # a path, never markup
         if p.finished:
             self._stop(task, ended=True)
 

@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 
 from core.atomic import JSON_LIMIT, open_regular, read_json, read_regular, write_text, writing
 from core.errors import AcmError
+from core.escapes import without_surrogates
 from core.locks import Flock, held_alone
 from core.paths import CORPORA, MANIFEST, lies_in
 
@@ -99,7 +100,7 @@ class CorpusWriter:
         self._row_bytes = 0
 
     def add(self, text: str, **fields: str) -> None:
-        row = {c: fields.get(c, "") for c in COLUMNS}
+        row = {c: without_surrogates(fields.get(c, "")) for c in COLUMNS}  # a file's name need not be UTF-8
         row["text"] = text
         row["licence"] = row["licence"] or UNKNOWN_LICENCE  # unknown is said, never left blank
         self._rows.append(row)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
 
 from core.errors import AcmError
 
@@ -31,8 +32,34 @@ def load_hf(path: str, shown: str, offline_hint: str, **kwargs):
         if isinstance(e, (ConnectionError, OSError)) or any(c.__name__ in UNREACHABLE for c in type(e).__mro__):
             raise AcmError(f"could not reach the Hugging Face hub for {shown!r} ({first_line(e)}); "
                            f"offline? {offline_hint}") from None
-        raise AcmError(f"could not load dataset {shown!r}: {type(e).__name__}: {first_line(e)}") from None
+        raise AcmError(f"could not load dataset {shown!r}: {named(e)}") from None
 
 
 def first_line(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def named(e: BaseException) -> str:
+    """The error and, where `datasets` wrapped another (its DatasetGenerationError says only that
+    "an error occurred"), the one underneath, which says what: a JSON line that does not parse."""
+    said = f"{type(e).__name__}: {first_line(e)}"
+    cause = e.__cause__ or e.__context__
+    for _ in range(8):  # a chain is short; a loop of causes is not followed for ever
+        if cause is None or cause.__cause__ is None and cause.__context__ is None:
+            break
+        cause = cause.__cause__ or cause.__context__
+    return f"{said} ({type(cause).__name__}: {first_line(cause)})" if cause is not None else said
+
+
+def rows_read(rows, failed) -> Iterator:
+    """The dataset's rows; one that fails on the way (a lost network, a damaged file in a local folder)
+    is one line, `failed(rows_read_so_far, error_named)`."""
+    n = 0
+    try:
+        for row in rows:
+            yield row
+            n += 1
+    except (AcmError, KeyboardInterrupt):
+        raise
+    except Exception as e:
+        raise AcmError(failed(n, named(e))) from None

@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 from core.atomic import atomic_open, check_regular, read_json, write_text
 from core.config import CodeDataConfig
 from core.data.corpus import UNKNOWN_LICENCE
-from core.data.hf import first_line, load_hf
+from core.data.hf import load_hf, rows_read
 from core.data.repos import SPDX_ID, is_permissive
 from core.errors import AcmError
 from core.paths import home_expanded
@@ -93,23 +93,38 @@ def schema_of(columns, shown: str, language: str) -> Columns:
 
 # ---------------------------------------------------------------- where the rows come from
 
-def data_files(cc: CodeDataConfig, root: Path) -> tuple[str, str]:
-    """The parquet files to stream (a local file or glob, or an hf:// glob) and the dataset's key."""
+def data_files(cc: CodeDataConfig, root: Path) -> tuple[str, str, str]:
+    """The parquet files to stream (a local file or glob, or an hf:// glob), the dataset's key, and
+    what its rows are made of: a local dataset's files as they are now ("" for the hub's)."""
     local = home_expanded(root / cc.hf_dataset)
     sub = cc.hf_data_dir.strip("/")
     if local.is_file():
-        return str(local), str(local.resolve())
+        return str(local), str(local.resolve()), _as_they_are([local])
     if local.is_dir():
         base = local.resolve()
-        if not any((base / sub).glob("*.parquet")):
+        files = sorted((base / sub).glob("*.parquet"))
+        if not files:
             raise AcmError(f"data.code.hf_data_dir: {cc.hf_dataset} holds no parquet files in "
                            f"{sub or 'its top folder'}/")
-        return str(base / sub / "*.parquet"), str(base)
+        return str(base / sub / "*.parquet"), str(base), _as_they_are(files)
     if not re.fullmatch(r"[\w.-]+/[\w.-]+", cc.hf_dataset):
         raise AcmError(f"data.code.hf_dataset: {cc.hf_dataset!r} is neither a folder nor a Hugging Face dataset "
                        f"name (owner/name)")
     base = f"hf://datasets/{cc.hf_dataset}"
-    return f"{base}/{sub}/*.parquet" if sub else f"{base}/*.parquet", base
+    return f"{base}/{sub}/*.parquet" if sub else f"{base}/*.parquet", base, ""
+
+
+def _as_they_are(files: list[Path]) -> str:
+    """Local files as they are now (names, sizes, times of change): the rows saved from them are
+    reused only while the files stay so; a file replaced since is streamed again."""
+    said = []
+    for f in files:
+        try:
+            st = f.stat()
+        except OSError:
+            continue  # streaming it says why
+        said.append(f"{f.name} {st.st_size} {st.st_mtime_ns}")
+    return hashlib.sha1("\n".join(said).encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def open_stream(files: str, shown: str, language: str):
@@ -123,11 +138,15 @@ def open_stream(files: str, shown: str, language: str):
 
 
 class SavedRows:
-    """The rows of one dataset folder and language streamed so far, in parts, with the stream's position."""
+    """The rows of one dataset folder and language streamed so far, in parts, with the stream's
+    position; `made_of` says what they were streamed from (a local dataset's files as they were):
+    rows saved from files that have changed since are dropped, and the stream starts again."""
 
-    def __init__(self, folder: Path):
-        self.folder = folder
+    def __init__(self, folder: Path, made_of: str = ""):
+        self.folder, self.made_of = folder, made_of
         state = read_json(folder / STATE) or {}
+        if state.get("made_of", "") != made_of:
+            state = {}
         self.parts, self.rows = state.get("parts", 0), state.get("rows", 0)
         self.position, self.ended = state.get("position"), state.get("ended", False)
         self.pending: list[dict] = []
@@ -152,8 +171,8 @@ class SavedRows:
                 pq.write_table(pa.Table.from_pylist(self.pending), f, compression="zstd")
             self.parts, self.rows, self.pending = self.parts + 1, self.rows + len(self.pending), []
         self.position, self.ended = stream.state_dict(), ended
-        write_text(self.folder / STATE, json.dumps({"parts": self.parts, "rows": self.rows,
-                                                    "position": self.position, "ended": ended}) + "\n")
+        write_text(self.folder / STATE, json.dumps({"parts": self.parts, "rows": self.rows, "position": self.position,
+                                                    "ended": ended, "made_of": self.made_of}) + "\n")
 
 
 # ---------------------------------------------------------------- the rows kept
@@ -178,10 +197,10 @@ def hf_rows(cc: CodeDataConfig, root: Path, store: Path, report: Reporter,
             cancel: CancelToken) -> tuple[Iterator[dict], dict]:
     """The rows data.code keeps (language, licences, caps), each with its SPDX licence and origin
     (repo/path); `info` is filled in as they are read. Resumes from, and adds to, the saved rows."""
-    files, key = data_files(cc, root)
+    files, key, made_of = data_files(cc, root)
     slug = re.sub(r"[^\w.-]+", "_", cc.hf_dataset.strip("/").rsplit("/", 2)[-1])[:60]
     digest = hashlib.sha1(f"{key}\n{cc.hf_data_dir}\n{cc.hf_language}".encode()).hexdigest()[:10]
-    saved = SavedRows(store / f"{slug}-{digest}")
+    saved = SavedRows(store / f"{slug}-{digest}", made_of)
     info = {"dataset": cc.hf_dataset, "data_dir": cc.hf_data_dir, "language": cc.hf_language,
             "licences": cc.licences, "rows_read": 0, "rows_reused": 0, "left_out_by_licence": 0}
     return _kept(cc, files, saved, info, report, cancel), info
@@ -223,10 +242,11 @@ def _all_rows(cc: CodeDataConfig, files: str, saved: SavedRows, info: dict, caps
     try:
         for raw in _read(stream, cc.hf_dataset, saved):
             cancel.check()
-            row = {"text": raw[columns.text], "repo": raw[columns.repo] or "", "path": raw[columns.path] or "",
-                   "licence": spdx(raw[columns.licence]), "commit": (raw.get(columns.commit) if columns.commit
-                                                                    else "") or "",
-                   "language": raw.get(columns.language) or cc.hf_language or "any"}
+            text = _text(raw, columns.text, cc.hf_dataset)
+            row = {"text": text, "repo": _text(raw, columns.repo, cc.hf_dataset),
+                   "path": _text(raw, columns.path, cc.hf_dataset), "licence": spdx(raw[columns.licence]),
+                   "commit": _text(raw, columns.commit, cc.hf_dataset),
+                   "language": _text(raw, columns.language, cc.hf_dataset) or cc.hf_language or "any"}
             saved.add(row, stream)
             yield row, False
             if caps.full:
@@ -240,17 +260,23 @@ def _all_rows(cc: CodeDataConfig, files: str, saved: SavedRows, info: dict, caps
     saved.save(stream)
 
 
+def _text(raw: dict, column: str, shown: str) -> str:
+    """A row's text column ("" where the schema has none, or the row holds null); a column of another
+    type (numbers, bytes) is one line naming it, not a failure deep in the filters."""
+    value = raw.get(column) if column else None
+    if value is None or isinstance(value, str):
+        return value or ""
+    raise AcmError(f"dataset {shown!r}: column {column!r} holds {type(value).__name__} values, not text")
+
+
 def _read(stream, shown: str, saved: SavedRows) -> Iterator[dict]:
     """The stream's rows; a failure on the way (a lost network, a damaged file) is one line that says
     the saved rows are kept."""
-    try:
-        yield from stream
-    except (AcmError, KeyboardInterrupt):
-        raise
-    except Exception as e:
-        raise AcmError(f"streaming {shown} failed after {saved.rows + len(saved.pending)} rows "
-                       f"({type(e).__name__}: {first_line(e)}); the rows saved so far are kept: fetch again "
-                       f"to resume") from None
+    def failed(_n: int, why: str) -> str:
+        return (f"streaming {shown} failed after {saved.rows + len(saved.pending)} rows ({why}); the rows saved "
+                f"so far are kept: fetch again to resume")
+
+    return rows_read(stream, failed)
 
 
 def _nothing_kept(cc: CodeDataConfig, info: dict, left_out: Counter) -> None:

@@ -18,8 +18,9 @@ from pathlib import Path
 from core.atomic import kind_of
 from core.config import Config, LanguageDataConfig
 from core.data.corpus import CorpusWriter, fetching
-from core.data.hf import first_line, load_hf
+from core.data.hf import first_line, load_hf, rows_read
 from core.errors import AcmError
+from core.escapes import without_surrogates
 from core.paths import home_expanded
 from core.progress import CancelToken, Reporter, Ticker, no_report
 
@@ -108,8 +109,11 @@ def hf_documents(lc: LanguageDataConfig, cache_dir: Path) -> tuple[Iterator[Doc]
         raise AcmError(f"dataset {lc.hf_dataset!r} has no column {lc.text_field!r}; "
                        f"set data.language.text_field to one of: {', '.join(features)}")
 
+    def failed(n: int, why: str) -> str:
+        return f"dataset {lc.hf_dataset!r}: reading stopped after {n:,} rows: {why}"
+
     def rows() -> Iterator[Doc]:
-        for i, row in enumerate(ds):
+        for i, row in enumerate(rows_read(ds, failed)):
             text = row.get(lc.text_field)
             if not isinstance(text, str):
                 raise AcmError(f"dataset {lc.hf_dataset!r} row {i} has no text in column {lc.text_field!r}")
@@ -120,34 +124,60 @@ def hf_documents(lc: LanguageDataConfig, cache_dir: Path) -> tuple[Iterator[Doc]
 
 # ---------------------------------------------------------------- local files
 
-def local_files(paths: list[str], root: Path) -> list[Path]:
-    """The files the configured paths name, folders searched for the suffixes acm reads."""
-    files = []
+def local_files(paths: list[str], root: Path, outside_passed_over: dict | None = None) -> list[Path]:
+    """The files the configured paths name, folders searched for the suffixes acm reads. A link
+    whose target lies outside the folder it was found in (a named file: the folder holding it) is
+    never opened, as in the bash corpus's local source: it is counted in `outside_passed_over`
+    ({"count", "files"})."""
+    files, outside = [], []
     for p in paths:
-        path = home_expanded(root / p)
-        if path.is_dir():
-            files += sorted(f for f in path.rglob("*") if f.suffix in LOCAL_SUFFIXES and f.is_file())
-        elif path.is_file():
-            files.append(path)
-        elif path.exists():
-            raise AcmError(f"data.language.local_paths: {path} is {kind_of(path)}, not a file or a folder")
-        else:
-            raise AcmError(f"data.language.local_paths: {path} does not exist")
+        inside, found = _named(home_expanded(root / p))
+        for f in found:
+            real = _real(f)
+            if real is not None and not real.is_relative_to(inside):
+                outside.append(f)
+            elif real is not None and real.is_file():  # a FIFO or a device is never waited on
+                files.append(f)
+    if outside_passed_over is not None:
+        outside_passed_over.update(count=len(outside), files=[without_surrogates(str(f)) for f in outside[:NAMED]])
     if not files:
-        raise AcmError(f"data.language.local_paths holds no {', '.join(sorted(LOCAL_SUFFIXES))} files")
+        links = f" ({len(outside)} links out of their folders, never read)" if outside else ""
+        raise AcmError(f"data.language.local_paths holds no {', '.join(sorted(LOCAL_SUFFIXES))} files{links}")
     return files
 
 
-NOT_UTF8_NAMED = 20  # files a manifest names among those passed over as not UTF-8 (all are counted)
+def _named(path: Path) -> tuple[Path, list[Path]]:
+    """The folder a configured path's files must lie in, and its files of the suffixes acm reads."""
+    if path.is_dir():
+        return path.resolve(), sorted(Path(d) / name for d, _dirs, names in os.walk(path) for name in names
+                                      if Path(name).suffix in LOCAL_SUFFIXES)  # never follows symlinked folders
+    if path.is_file():
+        return path.parent.resolve(), [path]
+    if path.exists():
+        raise AcmError(f"data.language.local_paths: {path} is {kind_of(path)}, not a file or a folder")
+    raise AcmError(f"data.language.local_paths: {path} does not exist")
 
 
-def local_documents(paths: list[str], text_field: str, root: Path, passed_over: dict | None = None) -> Iterator[Doc]:
+def _real(path: Path) -> Path | None:
+    try:
+        return path.resolve(strict=True)
+    except (OSError, RuntimeError):  # a broken link, a loop, no permission
+        return None
+
+
+NAMED = 20  # files a manifest names among those passed over (all are counted)
+NOT_UTF8_NAMED = NAMED
+
+
+def local_documents(paths: list[str], text_field: str, root: Path, passed_over: dict | None = None,
+                    outside_passed_over: dict | None = None) -> Iterator[Doc]:
     """The documents of local files and folders. A .txt or .md file that is not UTF-8 (a stray
     Latin-1 note, a binary in a folder of text) is passed over and counted in `passed_over`
     ({"count", "files"}), as a script that is not UTF-8 is; a .jsonl or .parquet file is data the
-    user laid out, and one that does not read is an error naming it."""
+    user laid out, and one that does not read is an error naming it. A byte-order mark that starts
+    a file (Windows' editors write one) is not text."""
     passed_over = passed_over if passed_over is not None else {"count": 0, "files": []}
-    for f in local_files(paths, root):
+    for f in local_files(paths, root, outside_passed_over):
         fields = {"source": "local", "origin": str(f)}
         if f.suffix == ".jsonl":
             yield from _jsonl_documents(f, text_field, fields)
@@ -155,16 +185,18 @@ def local_documents(paths: list[str], text_field: str, root: Path, passed_over: 
             yield from _parquet_documents(f, text_field, fields)
         else:
             try:
-                text = f.read_text(encoding="utf-8")
+                text = f.read_text(encoding="utf-8-sig")
             except UnicodeDecodeError:
                 passed_over["count"] += 1
-                passed_over["files"] += [str(f)][:NOT_UTF8_NAMED - len(passed_over["files"])]
+                passed_over["files"] += [without_surrogates(str(f))][:NOT_UTF8_NAMED - len(passed_over["files"])]
                 continue
             yield text, fields
 
 
 def _jsonl_documents(f: Path, text_field: str, fields: dict) -> Iterator[Doc]:
-    with open(f, encoding="utf-8") as fh:
+    """One document a line; a line whose field is null or empty is an empty document (skipped, as
+    any is), one whose field is not text (a number, a list) is an error naming the line."""
+    with open(f, encoding="utf-8-sig") as fh:
         lines = enumerate(fh, 1)
         while True:
             try:
@@ -174,19 +206,45 @@ def _jsonl_documents(f: Path, text_field: str, fields: dict) -> Iterator[Doc]:
             except UnicodeDecodeError as e:
                 raise AcmError(f"{f}: not UTF-8 text ({e.reason} at byte {e.start} of a line)") from None
             if line.strip():
-                try:
-                    yield str(json.loads(line)[text_field]), fields | {"origin": f"{f}:{n}"}
-                except (ValueError, KeyError, TypeError):
-                    raise AcmError(f"{f}:{n}: not a JSON object with a {text_field!r} field") from None
+                yield _jsonl_text(line, f"{f}:{n}", text_field), fields | {"origin": f"{f}:{n}"}
+
+
+def _jsonl_text(line: str, where: str, text_field: str) -> str:
+    try:
+        text = json.loads(line)[text_field]
+    except (ValueError, KeyError, TypeError, RecursionError):
+        raise AcmError(f"{where}: not a JSON object with a {text_field!r} field") from None
+    if text is None:
+        return ""
+    if not isinstance(text, str):
+        raise AcmError(f"{where}: {text_field!r} is {_json_kind(text)}, not text")
+    if without_surrogates(text) != text:
+        raise AcmError(f"{where}: {text_field!r} holds a lone surrogate escape ({_first_surrogate(text)}), "
+                       f"not a character")
+    return text
+
+
+def _json_kind(value) -> str:
+    kinds = ((bool, "true or false"), ((int, float), "a number"), (list, "a list"), (dict, "an object"))
+    return next(name for kind, name in kinds if isinstance(value, kind))
+
+
+def _first_surrogate(text: str) -> str:
+    return next(f"\\u{ord(c):04x}" for c in text if "\ud800" <= c <= "\udfff")
 
 
 def _parquet_documents(f: Path, text_field: str, fields: dict) -> Iterator[Doc]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
         table = pq.read_table(f, columns=[text_field])
     except Exception as e:
         raise AcmError(f"{f}: cannot read column {text_field!r} ({first_line(e)})") from None
+    kind = table.schema.field(0).type
+    if not any(is_kind(kind) for is_kind in (pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view,
+                                             pa.types.is_null)):
+        raise AcmError(f"{f}: column {text_field!r} holds {kind}, not text")
     for n, text in enumerate(table.column(0).to_pylist()):
         if text:
             yield text, fields | {"origin": f"{f}:{n}"}
@@ -203,8 +261,10 @@ def documents(cfg: Config) -> tuple[Iterator[Doc], int | None, dict]:
                              "split": lc.hf_split, "text_field": lc.text_field}
     if lc.source == "local":
         passed_over = {"count": 0, "files": []}  # filled as the documents are read, before the manifest
-        return local_documents(lc.local_paths, lc.text_field, cfg.root, passed_over), None, {
-            "source": "local", "paths": lc.local_paths, "not_utf8_passed_over": passed_over}
+        outside = {"count": 0, "files": []}
+        return local_documents(lc.local_paths, lc.text_field, cfg.root, passed_over, outside), None, {
+            "source": "local", "paths": lc.local_paths, "not_utf8_passed_over": passed_over,
+            "outside_passed_over": outside}
     return builtin_documents(), None, {"source": "builtin", "python": sys.version.split()[0]}
 
 

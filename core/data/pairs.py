@@ -26,6 +26,7 @@ from core.atomic import read_regular
 from core.config import CodeDataConfig, Config
 from core.data.repos import Repo, clone_one, head_commit, require_tool
 from core.errors import AcmError, os_error_text
+from core.escapes import without_surrogates
 from core.paths import home_expanded, lies_in
 from core.progress import CancelToken, Reporter, Ticker
 
@@ -122,7 +123,7 @@ def tldr_scripts(src: PairSource, cc: CodeDataConfig, cancel: CancelToken) -> It
     for path in pages:
         cancel.check()
         src.counts["pages"] += 1
-        origin = str(path.relative_to(src.folder))
+        origin = without_surrogates(str(path.relative_to(src.folder)))  # its name need not be UTF-8
         if not src.holds(path):
             src.counts["outside_pages"] += 1
             continue

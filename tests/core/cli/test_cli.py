@@ -153,6 +153,34 @@ def test_a_training_bar_shows_its_steps_eta_loss_and_speed_while_it_runs():
         assert re.search(r"finetune +[━╸╺ ]+ 2/4 eta 0:01:05 .*loss 1\.500  1,234 tok/s", drawn(shown))
 
 
+def test_a_tasks_note_is_shown_as_written_never_read_as_markup_or_control():
+    """A note is data (a script's path): one holding `[/bold]` stopped a fetch on a terminal with an
+    internal error (rich read it as a closing tag), an escape sequence in one reached the terminal,
+    and a name that is not UTF-8 could not be written."""
+    from rich.console import Console
+
+    from core.cli.progress import StepDisplay
+    from core.progress import Ticker
+
+    written = io.StringIO()
+    with StepDisplay(Console(file=written, width=160, force_terminal=True, color_system=None),
+                     clock=lambda: 0.0) as shown:
+        ticker = Ticker(shown.report, "scanning", 3, interval=0)
+        ticker.advance(note="s/zz[/bold].sh")
+        out = io.StringIO()
+        Console(file=out, width=160, color_system=None).print(shown.bars.get_renderable())
+        assert "s/zz[/bold].sh" in out.getvalue()
+        ticker.advance(note="s/\x1b[2J" + os.fsdecode(b"caf\xe9") + ".sh")
+        ticker.finish()
+    assert "\x1b[2J" not in written.getvalue().replace("\x1b[2K", "")
+    plain, now = io.StringIO(), [0.0]
+    with StepDisplay(Console(file=plain, width=1000), clock=lambda: now[0], plain_every_s=30) as shown:
+        ticker = Ticker(shown.report, "scanning", 2, interval=0)
+        now[0] = 40.0
+        ticker.advance(note="s/\x1b[2J" + os.fsdecode(b"caf\xe9") + ".sh")
+    assert plain.getvalue().splitlines()[0] == "  scanning: 1/2 eta 0:00:40 (s/\\x1b[2Jcaf\\xe9.sh)"
+
+
 def test_run_names_are_never_cut_at_any_terminal_width(with_model):
     from core.runs import rename_run
 

@@ -14,7 +14,7 @@ from core.data.corpus import MANIFEST, Corpus
 from core.data.language import fetch_language
 from core.errors import AcmError
 from core.progress import Cancelled, CancelToken
-from tests.helpers import cfg_for
+from tests.helpers import cfg_for, unless_stuck
 from tests.stand_ins import DEPLOY, EXPECTED, make_repos_file
 
 
@@ -321,6 +321,20 @@ def test_hf_wrong_text_field_and_missing_dataset(project, hf_folder, tmp_path):
         fetch_language(cfg)
 
 
+@pytest.mark.parametrize("streaming, said", [
+    (True, r"dataset '\S+stories': reading stopped after 10 rows: ArrowInvalid: .*Parquet magic bytes not found"),
+    (False, r"could not load dataset '\S+stories': DatasetGenerationError: .* \(ArrowInvalid: .*Parquet magic bytes"),
+])
+def test_a_damaged_file_in_a_dataset_folder_is_one_line(project, hf_folder, streaming, said):
+    """A local dataset whose second file is damaged: streamed, an internal error (ArrowInvalid) after
+    the first file's rows; loaded whole, a line that said only "an error occurred"."""
+    (hf_folder / "train2.parquet").write_bytes(b"PAR1 not a parquet file")
+    cfg = cfg_for(project, data__language__source="hf", data__language__hf_dataset=str(hf_folder),
+                  data__language__hf_split="train", data__language__streaming=streaming)
+    with pytest.raises(AcmError, match=said):
+        fetch_language(cfg)
+
+
 # ---------------------------------------------------------------- CLI
 
 def _counts(shard, total):
@@ -490,3 +504,87 @@ def test_a_script_is_checked_without_a_copy_of_it_under_the_temporary_folder(tmp
     monkeypatch.setenv("PATH", f"{stand_in.parent}{os.pathsep}{os.environ['PATH']}")
     assert bash_syntax_ok(script, 10) == (parses, "syntax")
     assert seen.exists() and seen.read_text() == ""
+
+
+def test_local_language_files_that_link_out_of_their_folder_are_never_read(project, tmp_path, capsys):
+    """A link in a folder of text to /etc/passwd or /proc/self/environ put that file, or acm's own
+    environment and its tokens, into the corpus: the bash corpus's rule holds for language too."""
+    src, elsewhere = tmp_path / "texts", tmp_path / "elsewhere"
+    src.mkdir(), elsewhere.mkdir()
+    (src / "a.txt").write_text("one two three\n")
+    (elsewhere / "secret.txt").write_text("the secret\n")
+    (src / "passwd.txt").symlink_to(elsewhere / "secret.txt")
+    (src / "same.md").symlink_to(src / "a.txt")  # a link inside the folder reads as its target
+    os.mkfifo(src / "pipe.txt")  # never waited on
+    cfg = cfg_for(project, data__language__source="local", data__language__local_paths=[str(src)])
+    config.save_settings(cfg, project / "acm.toml")
+    with unless_stuck():
+        assert cli.main(["-c", str(project / "acm.toml"), "data", "fetch", "language"]) == 0
+    assert f"passed over as links out of their folder: 1 files ({src / 'passwd.txt'})" in capsys.readouterr().out
+    m = json.loads((project / "data" / "language" / MANIFEST).read_text())
+    assert m["outside_passed_over"] == {"count": 1, "files": [str(src / "passwd.txt")]}
+    assert list(Corpus.open(project / "data" / "language", "language").texts()) == ["one two three"]
+    named = cfg_for(project, data__language__source="local", data__language__local_paths=[str(src / "passwd.txt")])
+    with pytest.raises(AcmError, match=r"holds no \.jsonl, \.md, \.parquet, \.txt files \(1 links out of their "
+                                       r"folders, never read\)"):
+        fetch_language(named)
+
+
+@pytest.mark.parametrize("value, said", [
+    ("12345", "'text' is a number, not text"), ("[1, 2]", "'text' is a list, not text"),
+    ('{"a": 1}', "'text' is an object, not text"), ("true", "'text' is true or false, not text"),
+    (r'"a\ud800b"', r"'text' holds a lone surrogate escape \(\\ud800\), not a character"),
+    ("[" * 100_000 + "]" * 100_000, "not a JSON object with a 'text' field"),
+])
+def test_a_jsonl_line_whose_text_is_no_text_is_one_line(project, tmp_path, value, said):
+    """Numbers, lists and objects became their Python repr ("None", "True"); a lone surrogate or a
+    deeply nested line was an internal error."""
+    (tmp_path / "x.jsonl").write_text(json.dumps({"text": "fine"}) + "\n" + f'{{"text": {value}}}\n')
+    cfg = cfg_for(project, data__language__source="local", data__language__local_paths=[str(tmp_path / "x.jsonl")])
+    with pytest.raises(AcmError, match=r"x\.jsonl:2: " + said):
+        fetch_language(cfg)
+
+
+def test_null_texts_are_skipped_and_a_byte_order_mark_is_no_text(project, tmp_path):
+    """A file Windows' editors saved starts with a byte-order mark: a .jsonl one was refused at its
+    first line, a .txt one kept the mark as its first character."""
+    src = tmp_path / "texts"
+    src.mkdir()
+    (src / "a.jsonl").write_bytes(b"\xef\xbb\xbf" + b'{"text": "from the jsonl"}\n{"text": null}\n{"text": ""}\n')
+    (src / "b.txt").write_bytes(b"\xef\xbb\xbffrom the txt\n")
+    pq.write_table(pa.table({"text": pa.array([None, "from the parquet"], pa.string())}), src / "c.parquet")
+    m = fetch_language(cfg_for(project, data__language__source="local", data__language__local_paths=[str(src)]))
+    assert list(Corpus.open(project / "data" / "language", "language").texts()) == \
+        ["from the jsonl", "from the txt", "from the parquet"]
+    assert m["empty_or_duplicate_skipped"] == 2
+
+
+def test_a_parquet_column_that_holds_no_text_is_one_line(project, tmp_path):
+    pq.write_table(pa.table({"text": [1, 2]}), tmp_path / "n.parquet")
+    cfg = cfg_for(project, data__language__source="local", data__language__local_paths=[str(tmp_path / "n.parquet")])
+    with pytest.raises(AcmError, match=r"n\.parquet: column 'text' holds int64, not text"):
+        fetch_language(cfg)
+
+
+def test_file_names_that_are_not_utf8_are_recorded_escaped(project, tmp_path, capsys):
+    """One Latin-1 file name among a source's files (a script, a text, a tldr page) stopped the whole
+    fetch with an internal error (a name Python keeps with a lone surrogate cannot be written to
+    parquet)."""
+    raw = os.fsencode(tmp_path)
+    scripts = tmp_path / "scripts"
+    scripts.mkdir()
+    with open(os.path.join(raw, b"scripts", b"caf\xe9.sh"), "wb") as f:
+        f.write(b"#!/bin/bash\necho cafe\n")
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    with open(os.path.join(raw, b"texts", b"caf\xe9.txt"), "wb") as f:
+        f.write(b"a text\n")
+    cfg = cfg_for(project, data__code__source="local", data__code__local_paths=[str(scripts)],
+                  data__language__source="local", data__language__local_paths=[str(texts)])
+    config.save_settings(cfg, project / "acm.toml")
+    assert cli.main(["-c", str(project / "acm.toml"), "data", "fetch", "code"]) == 0
+    assert cli.main(["-c", str(project / "acm.toml"), "data", "fetch", "language"]) == 0
+    code = {r["origin"] for r in Corpus.open(project / "data" / "code", "code").rows()}
+    assert code == {f"{scripts}/caf\\xe9.sh"}
+    assert [r["origin"] for r in Corpus.open(project / "data" / "language", "language").rows()] == \
+        [f"{texts}/caf\\xe9.txt"]

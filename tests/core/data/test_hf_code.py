@@ -153,3 +153,38 @@ def test_licences_become_spdx_ids():
     assert spdx("mit") == "MIT" and spdx("gpl-2.0") == "GPL-2.0-only" and spdx("bsd-3-clause") == "BSD-3-Clause"
     assert spdx(["MIT", "Apache-2.0"]) == "Apache-2.0 AND MIT" and spdx([]) == "NOASSERTION"
     assert spdx(None) == "NOASSERTION" and spdx("not a licence!") == "NOASSERTION"
+
+
+@pytest.mark.parametrize("column, value, kind", [("code", 12345, "int"), ("code", b"#!/bin/bash\n", "bytes"),
+                                                 ("repo_name", 7, "int"), ("path", 3.5, "float")])
+def test_a_column_that_holds_no_text_is_one_line(project, capsys, column, value, kind):
+    """A local dataset whose text columns hold numbers or bytes failed inside the filters ("internal
+    error", an AttributeError) after streaming."""
+    hf_project(project)
+    folder = project / "hf-stand-in" / "data"
+    row = {"code": DEPLOY, "repo_name": "acme/tools", "path": "deploy.sh", "language": "Shell", "license": "mit"}
+    for f in folder.iterdir():
+        f.unlink()
+    pq.write_table(pa.Table.from_pylist([row | {column: value}]), folder / "train-00000-of-00001.parquet")
+    assert run_cli(project, "data", "fetch", "code") == 2
+    assert one_error_line(capsys.readouterr().err) == \
+        f"acm: error: dataset 'hf-stand-in': column {column!r} holds {kind} values, not text"
+
+
+def test_a_local_dataset_changed_since_its_rows_were_saved_is_streamed_again(project):
+    """The rows saved from a local folder were reused for ever: files replaced since were never read."""
+    cfg = hf_project(project)
+    assert fetch_code(cfg)["huggingface"]["rows_read"] == 5
+    again = fetch_code(cfg)["huggingface"]
+    assert (again["rows_read"], again["rows_reused"]) == (0, 5)  # unchanged files: their saved rows
+    folder = project / "hf-stand-in" / "data"
+    for f in folder.iterdir():
+        f.unlink()
+    rows = [(script(f"job{i}"), f"acme/r{i}", f"job{i}.sh", "Shell", "mit") for i in range(3)]
+    make_hf_dataset(project / "hf-stand-in" / "new", rows)
+    for f in (project / "hf-stand-in" / "new" / "data").iterdir():
+        f.rename(folder / f.name)
+    m = fetch_code(cfg)
+    assert (m["huggingface"]["rows_read"], m["huggingface"]["rows_reused"]) == (3, 0)
+    assert {r["origin"] for r in Corpus.open(project / "data" / "code", "code").rows()} == \
+        {f"acme/r{i}/job{i}.sh" for i in range(3)}

@@ -3,6 +3,7 @@ of the fine-tune batches."""
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 from pathlib import Path
@@ -315,3 +316,14 @@ def test_a_pairs_share_without_such_scripts_is_one_line(prepared):
                                        r"comment-to-command scripts: set data.code.pairs, then run `acm data fetch "
                                        r"code` and `acm prepare`$"):
         check_inputs(cfg, "finetune", cfg.runs_dir / "x", resume=False)
+
+
+def test_a_tldr_page_whose_name_is_not_utf8_is_kept_by_its_escaped_name(project, tmp_path, tldr):
+    """A page named in Latin-1 stopped the whole fetch with an internal error: its name seeds the
+    page's placeholders and is recorded as its origin."""
+    page = TLDR["pages/linux/apt.md"].replace("apt", "zzz")
+    with open(os.path.join(os.fsencode(tldr), b"pages", b"linux", b"t\xe9r.md"), "w") as f:
+        f.write(page)
+    cfg = with_pairs(project, tmp_path, pairs=["tldr"], tldr_path=str(tldr))
+    fetch_code(cfg)
+    assert rows_of(cfg, "tldr")["pages/linux/t\\xe9r.md"]["text"].startswith("#!/bin/bash\n# zzz\n")
