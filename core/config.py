@@ -24,7 +24,7 @@ import tomli_w
 from core.atomic import read_regular, sweep_temporaries, write_text
 from core.errors import ConfigError, write_failure
 from core.locks import folder_held
-from core.paths import Paths
+from core.paths import Paths, setting_path
 from core.presets import PRESETS, ModelShape, get_preset
 
 CONFIG_NAME = "acm.toml"
@@ -191,7 +191,7 @@ class StageConfig:
     grad_clip: float = setting(1.0, "clip the global gradient norm to this (0: off)", min=0.0)
     log_every: int = setting(10, "steps between metric reports (metrics.jsonl, the Train pane)", min=1)
     eval_every: int = setting(250, "steps between validation-loss checks", min=1)
-    eval_batches: int = setting(20, "batches per validation-loss check", min=1)
+    eval_batches: int = setting(20, "batches per validation-loss check", min=1, max=10000)
     save_every: int = setting(500, "steps between checkpoints", min=1)
     keep_last: int = setting(3, "checkpoints kept besides the best", min=1)
     seed: int = setting(0, "seed of initialisation and batch order", min=0)
@@ -406,7 +406,8 @@ class Config:
     @property
     def locations(self) -> Paths:
         """Every file and folder acm uses, resolved against acm.toml's folder."""
-        return Paths((self.root / self.paths.data).resolve(), (self.root / self.paths.runs).resolve())
+        data, runs = (setting_path(self.root, written).resolve() for written in (self.paths.data, self.paths.runs))
+        return Paths(data, runs)
 
     @property
     def data_dir(self) -> Path:
@@ -650,14 +651,10 @@ def validate(cfg: Config, source: str = CONFIG_NAME) -> None:
                 f"{source}: train.{stage}.seq_len = {sc.seq_len} exceeds preset {shape.name!r}'s "
                 f"context {shape.n_ctx}; allowed: 8 to {shape.n_ctx}"
             )
-    for key, folder in (("data", cfg.locations.data), ("runs", cfg.locations.runs)):
-        try:
-            is_file = folder.exists() and not folder.is_dir()
-        except OSError as e:  # a name longer than the file system allows
-            raise ConfigError(f"{source}: paths.{key} = {getattr(cfg.paths, key)!r} cannot be a folder here "
-                              f"({e.strerror or e})") from None
-        if is_file:
-            raise ConfigError(f"{source}: paths.{key} = {getattr(cfg.paths, key)!r} is a file, not a folder")
+    _check_folders(cfg, source)
+    if "tldr" in cfg.data.code.pairs and not cfg.data.code.tldr_platforms:
+        raise ConfigError(f"{source}: data.code.tldr_platforms is empty while data.code.pairs takes tldr: name the "
+                          f"page folders to read (common, linux, osx)")
     ft = cfg.train.finetune
     if ft.replay + ft.pairs_share > 0.9 + 1e-9:
         raise ConfigError(f"{source}: train.finetune.replay + train.finetune.pairs_share = "
@@ -666,6 +663,28 @@ def validate(cfg: Config, source: str = CONFIG_NAME) -> None:
 
 
 MIN_VOCAB = 260  # the 256 bytes and the 4 special tokens
+
+
+def _check_folders(cfg: Config, source: str) -> None:
+    """paths.data and paths.runs can be folders, and are apart: the data folder never inside the runs
+    folder, the runs folder never inside a folder acm keeps data in (beside them, as runs/ beside
+    language/ when paths.data is the project's folder, it may be)."""
+    for key, folder in (("data", cfg.locations.data), ("runs", cfg.locations.runs)):
+        try:
+            is_file = folder.exists() and not folder.is_dir()
+        except OSError as e:  # a name longer than the file system allows
+            raise ConfigError(f"{source}: paths.{key} = {getattr(cfg.paths, key)!r} cannot be a folder here "
+                              f"({e.strerror or e})") from None
+        if is_file:
+            raise ConfigError(f"{source}: paths.{key} = {getattr(cfg.paths, key)!r} is a file, not a folder")
+    data, runs = cfg.locations.data, cfg.locations.runs
+    if data.is_relative_to(runs) or any(runs.is_relative_to(data / name) for name in DATA_FOLDERS):
+        raise ConfigError(f"{source}: paths.data = {cfg.paths.data!r} and paths.runs = {cfg.paths.runs!r} "
+                          f"{'are one folder' if data == runs else 'overlap'}: keep them apart (a run could take "
+                          f"a data folder's name, and deleting the run would delete it)")
+
+
+DATA_FOLDERS = ("language", "code", "tokenizer", "tokens")  # what acm keeps in paths.data
 
 
 def _check_eval_prompts(ev: EvalConfig, source: str) -> None:
@@ -707,13 +726,21 @@ def read_table(path: str | os.PathLike) -> dict:
         raise ConfigError(f"{path}{link}: cannot read it ({e.strerror or e})") from None
     except tomllib.TOMLDecodeError as e:
         # tomllib's message ends with "(at line L, column C)"
-        raise ConfigError(f"{path}: TOML syntax error: {e}") from None
+        bom = " (the file starts with a byte-order mark, as Windows' Notepad saves it: save it as UTF-8 without one)"
+        raise ConfigError(f"{path}: TOML syntax error: {e}{bom if _starts_with_a_bom(path) else ''}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not UTF-8 text") from None
     except RecursionError:
         raise ConfigError(f"{path}: nested too deep to be settings") from None
     except ValueError:  # tomllib reads an integer of thousands of digits with int(), which refuses it
         raise ConfigError(f"{path}: it holds {TOO_LONG}") from None
+
+
+def _starts_with_a_bom(path: Path) -> bool:
+    try:
+        return read_regular(path, SETTINGS_LIMIT).startswith(b"\xef\xbb\xbf")
+    except OSError:
+        return False
 
 
 def load(path: str | os.PathLike = CONFIG_NAME) -> Config:

@@ -156,6 +156,12 @@ class Paths:
         return run / stage / "launch.toml"
 
 
+def setting_path(root: Path, written: str) -> Path:
+    """A path a setting names, as its user means it: a leading ~ read as a shell reads it (before
+    the settings file's folder is put in front, which would hide it), else relative to that folder."""
+    return root / home_expanded(Path(written))
+
+
 def home_expanded(path: Path) -> Path:
     """`path` with a leading ~ or ~user read as a shell reads it; a user unknown here (or no home)
     leaves it as written, as bash does, where Python would raise."""

@@ -270,6 +270,8 @@ def print_eval_table(results: dict) -> None:
 
 
 def cmd_export(args, cfg: Config) -> int:
+    if args.private and not args.upload:
+        raise AcmError("--private makes the repository --upload creates private: give --upload REPO_ID too")
     engine, cancel = Engine(), CancelToken()
     try:
         job = engine.submit(export_checkpoint, cfg, Path(args.to), args.run, args.stage, args.checkpoint, args.dtype,

@@ -114,6 +114,8 @@ def cmd_rename(args, cfg: Config) -> int:
 
 
 def cmd_metrics(args, cfg: Config) -> int:
+    if args.csv and args.json:
+        raise AcmError("--csv and --json: give one (a spreadsheet's rows, or JSON)")
     run = runs.existing_run(cfg, args.run)
     stage = args.stage or runs.active_stage(run)
     if stage is None:

@@ -29,7 +29,7 @@ from core.data.hf_code import hf_rows
 from core.data.pairs import LICENCES, PairScript, pair_scripts
 from core.data.repos import clone_all, is_remote, keep_licences, load_repos, require_tool
 from core.errors import AcmError
-from core.paths import home_expanded
+from core.paths import setting_path
 from core.progress import CancelToken, Reporter, Ticker, no_report
 
 SCRIPT_SUFFIXES = {".sh", ".bash"}
@@ -322,7 +322,7 @@ def github_candidates(cfg: Config, report: Reporter, cancel: CancelToken) -> tup
 
 def local_candidates(cfg: Config, report: Reporter, cancel: CancelToken) -> tuple[Iterator[Candidate], dict]:
     cc = cfg.data.code
-    roots = [home_expanded(cfg.root / p) for p in cc.local_paths]
+    roots = [setting_path(cfg.root, p) for p in cc.local_paths]
     if not roots:
         raise AcmError("data.code.local_paths is empty: name the folders to scan for shell scripts")
     for r in roots:

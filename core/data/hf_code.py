@@ -32,7 +32,7 @@ from core.data.corpus import UNKNOWN_LICENCE
 from core.data.hf import load_hf, rows_read
 from core.data.repos import SPDX_ID, is_permissive
 from core.errors import AcmError
-from core.paths import home_expanded
+from core.paths import setting_path
 from core.progress import CancelToken, Reporter, Ticker
 
 PART_ROWS = 500  # rows per saved part: what a cancelled fetch may have to stream again
@@ -96,7 +96,7 @@ def schema_of(columns, shown: str, language: str) -> Columns:
 def data_files(cc: CodeDataConfig, root: Path) -> tuple[str, str, str]:
     """The parquet files to stream (a local file or glob, or an hf:// glob), the dataset's key, and
     what its rows are made of: a local dataset's files as they are now ("" for the hub's)."""
-    local = home_expanded(root / cc.hf_dataset)
+    local = setting_path(root, cc.hf_dataset)
     sub = cc.hf_data_dir.strip("/")
     if local.is_file():
         return str(local), str(local.resolve()), _as_they_are([local])

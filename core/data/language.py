@@ -21,7 +21,7 @@ from core.data.corpus import CorpusWriter, fetching
 from core.data.hf import first_line, load_hf, rows_read
 from core.errors import AcmError
 from core.escapes import without_surrogates
-from core.paths import home_expanded
+from core.paths import setting_path
 from core.progress import CancelToken, Reporter, Ticker, no_report
 
 MIN_CHARS = 200  # shorter builtin snippets (one-line docstrings) teach little
@@ -131,7 +131,7 @@ def local_files(paths: list[str], root: Path, outside_passed_over: dict | None =
     ({"count", "files"})."""
     files, outside = [], []
     for p in paths:
-        inside, found = _named(home_expanded(root / p))
+        inside, found = _named(setting_path(root, p))
         for f in found:
             real = _real(f)
             if real is not None and not real.is_relative_to(inside):

@@ -27,7 +27,7 @@ from core.config import CodeDataConfig, Config
 from core.data.repos import Repo, clone_one, head_commit, require_tool
 from core.errors import AcmError, os_error_text
 from core.escapes import without_surrogates
-from core.paths import home_expanded, lies_in
+from core.paths import lies_in, setting_path
 from core.progress import CancelToken, Reporter, Ticker
 
 SOURCES = ("tldr", "nl2bash")
@@ -96,7 +96,7 @@ def locate(cfg: Config, name: str, cancel: CancelToken) -> PairSource:
         if done.path is None:
             raise AcmError(f"data.code.{name}_path: cannot clone {where} ({done.error})")
         return PairSource(name, done.path, where, repo.name, done.commit)
-    folder = home_expanded(cfg.root / where)
+    folder = setting_path(cfg.root, where)
     if not folder.is_dir():
         raise AcmError(f"data.code.{name}_path: {folder} is not a folder" if folder.exists()
                        else f"data.code.{name}_path: {folder} does not exist")

@@ -55,7 +55,22 @@ def run_to_train(cfg: config.Config, name: str) -> Path:
     path = cfg.locations.run(name)
     if not Paths.run_config(path).exists():
         check_run_name(name)
+        others = _not_of_a_run(path)
+        if others:
+            raise AcmError(f"run {name!r}: {path} is a folder that is no run (no config.toml) and holds "
+                           f"{others[0]!r}{' and more' if len(others) > 1 else ''}: name another run, or move "
+                           f"the folder aside (deleting the run would delete what it holds)")
     return path
+
+
+def _not_of_a_run(path: Path) -> list[str]:
+    """What a folder without config.toml holds that no run's start makes (a stage's folder, its
+    writer's lock): a user's own folder that a new run must not take over."""
+    try:
+        names = sorted(p.name for p in path.iterdir())
+    except OSError:
+        return []  # none, or a file: said where the run is made
+    return [n for n in names if n not in (*TRAINING_STAGES, Paths.writer_lock(path).name)]
 
 
 def list_runs(cfg: config.Config) -> list[Path]:

@@ -31,7 +31,10 @@ class RunLock:
         try:
             taken = self.lock.try_acquire(make_folder=fresh)
             moved = taken and not os.path.samestat(os.stat(self.lock.path), os.fstat(self.lock.fd))
-        except FileNotFoundError:  # gone before the lock was taken, or after
+        except FileNotFoundError as e:  # gone before the lock was taken, or after
+            if fresh and not self.run.parent.is_dir():  # never there: the runs folder could not be made
+                raise AcmError(f"cannot make the runs folder {self.run.parent} (paths.runs): "
+                               f"{os_error_text(e)}") from None
             taken, moved = self.lock.fd is not None, True
         if moved:
             self.release()

@@ -963,14 +963,33 @@ def check_inputs(cfg: Config, stage: str, run: Path, resume: bool) -> None:
 def check_continued_tokenizer(cfg: Config, run: Path, stage: str, resume: bool) -> None:
     """A checkpoint the stage goes on from (a resume's, a fine-tune's pretrain) made with another
     tokenizer than the project's (retrained since) is said first: the shards the new one made
-    stale would otherwise send the user to rebuild them, only to be refused again."""
+    stale would otherwise send the user to rebuild them, only to be refused again. So is one of
+    another preset than acm.toml's (changed since): its weights would not fit the model, and a
+    line calling the checkpoint damaged would send the user to delete it."""
     try:
         existing, base = starting_point(run, stage, resume)
     except AcmError:
         return  # said in its turn, after the inputs
     ck, project = existing or base, cfg.locations.tokenizer_file
-    if ck is not None and project.is_file() and sha256_file(project) != ck.state.get("tokenizer_sha256"):
+    if ck is None:
+        return
+    if "config" in ck.state:
+        check_continued_preset(cfg, ck)
+    if project.is_file() and sha256_file(project) != ck.state.get("tokenizer_sha256"):
         raise AcmError(another_tokenizer(cfg, ck))
+
+
+def check_continued_preset(cfg: Config, ck: checkpoint.Checkpoint) -> None:
+    """The checkpoint's model has acm.toml's preset, its layers and widths (the vocabulary is the
+    tokenizer's, checked apart)."""
+    try:
+        trained = checkpoint.trained_with(ck).model
+    except AcmError:
+        return  # a damaged state.json is said where the checkpoint is read
+    if trained.shape().with_vocab(0) != cfg.model.shape().with_vocab(0):
+        raise AcmError(f"checkpoint {ck.path} was trained with preset {trained.preset}, and acm.toml now selects "
+                       f"{cfg.model.preset}: set model.preset = \"{trained.preset}\" to go on with this run, "
+                       f"or start a new one")
 
 
 def another_tokenizer(cfg: Config, ck: checkpoint.Checkpoint) -> str:

@@ -55,9 +55,18 @@ def mean_loss(eval_loss: Callable[[mx.array, mx.array], mx.array],
     """The mean of `eval_loss` over validation batches 0..batches-1 (`draw(i)`: batch i's inputs and
     targets), read up to `most` to a pass; queued, not evaluated."""
     size = group_of(batches, most)
-    losses = []
+    losses, sums = [], []
     for first in range(0, batches, size):
         xs, ys = zip(*(draw(i) for i in range(first, first + size)))
         x, y = (mx.array(a[0]) if size == 1 else mx.concatenate([mx.array(b) for b in a]) for a in (xs, ys))
         losses.append(eval_loss(x, y))
-    return mx.mean(mx.stack(losses))
+        if len(losses) == QUEUED_PASSES and first + size < batches:
+            sums.append(mx.sum(mx.stack(losses)))
+            mx.eval(sums[-1])  # what these passes held is freed
+            losses = []
+    if not sums:
+        return mx.mean(mx.stack(losses))
+    return mx.sum(mx.stack([*sums, *losses])) / (batches // size)
+
+
+QUEUED_PASSES = 64  # passes queued before their sum is evaluated: a check of thousands of batches in bounded memory

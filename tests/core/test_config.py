@@ -549,3 +549,55 @@ def test_a_duration_is_written_as_a_user_writes_one_and_at_most_a_year(text, mes
         config.parse_duration(text, "--time")
     assert config.parse_duration("8760h", "--time") == 365 * 24 * 3600
     assert config.parse_duration("90", "--time") == config.parse_duration("1m30s", "--time") == 90
+
+
+@pytest.mark.parametrize("data, runs, said", [("runs/data", "runs", "overlap"), ("work", "work", "are one folder"),
+                                              ("x", "x/code", "overlap"), ("x", "x/tokens/mine", "overlap")])
+def test_data_and_runs_folders_that_overlap_are_refused(tmp_path, data, runs, said):
+    """With paths.data inside paths.runs, `--run data` trained in the data folder and `acm runs delete
+    data` deleted the corpora, the tokenizer and the shards."""
+    path = write(tmp_path, f'[paths]\ndata = "{data}"\nruns = "{runs}"\n')
+    with pytest.raises(ConfigError, match=f"paths.data = '{data}' and paths.runs = '{runs}' {said}: keep them apart"):
+        config.load(path)
+    write(tmp_path, f'[paths]\ndata = "{data}"\nruns = "{data}/runs"\n')  # beside what acm keeps in data: apart
+    assert config.load(path).locations.runs == (tmp_path / data / "runs").resolve()
+
+
+def test_a_leading_tilde_in_a_path_setting_is_the_home_folder_wherever_the_file_is(tmp_path, monkeypatch):
+    """Read from an absolute path (`acm -c /path/acm.toml`, the app's project), `~/acm-runs` made a
+    folder named `~` beside acm.toml, and `~/scripts` in local_paths was looked for there too."""
+    from core.data.code import fetch_code
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "home" / "scripts").mkdir(parents=True)
+    (tmp_path / "home" / "scripts" / "hello.sh").write_text("#!/bin/bash\necho hello from home\n")
+    (tmp_path / "project").mkdir()
+    path = write(tmp_path / "project", '[paths]\nruns = "~/acm-runs"\n[data.code]\nsource = "local"\n'
+                                       'local_paths = ["~/scripts"]\n')
+    cfg = config.load(path.resolve())
+    assert cfg.locations.runs == tmp_path / "home" / "acm-runs" and cfg.locations.data == tmp_path / "project" / "data"
+    assert fetch_code(cfg)["report"]["by_source"] == {"local": 1}
+
+
+def test_a_byte_order_mark_and_an_empty_tldr_list_are_said_as_such(tmp_path):
+    """A file Notepad saved with a byte-order mark read as a bare syntax error at line 1; an empty
+    tldr_platforms was accepted, then blamed on the tldr folder ("holds no tldr pages ()")."""
+    path = tmp_path / "acm.toml"
+    path.write_bytes(b'\xef\xbb\xbf[model]\npreset = "nano"\n')
+    with pytest.raises(ConfigError, match="starts with a byte-order mark, as Windows' Notepad saves it"):
+        config.load(path)
+    write(tmp_path, '[data.code]\npairs = ["tldr"]\ntldr_platforms = []\n')
+    with pytest.raises(ConfigError, match="data.code.tldr_platforms is empty while data.code.pairs takes tldr"):
+        config.load(path)
+    write(tmp_path, '[data.code]\ntldr_platforms = []\n')
+    assert config.load(path).data.code.tldr_platforms == []  # unused: no matter
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["export", "--to", "x", "--private"], "--private makes the repository --upload creates private"),
+    (["runs", "metrics", "r", "--csv", "--json"], "--csv and --json: give one"),
+])
+def test_flags_that_say_nothing_alone_or_together_are_refused(project, capsys, argv, said):
+    assert cli.main(["-c", str(project / "acm.toml"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"acm: error: {said}") and len(err.splitlines()) == 1

@@ -183,3 +183,13 @@ def test_project_data_that_is_no_regular_file_is_one_line(with_model, how, which
     stage = "data: bash scripts" if corpus else "tokenizer"
     row = next(line for line in capsys.readouterr().out.splitlines() if stage in line)
     assert "done" not in row, row
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs a folder where no folder can be made")
+def test_a_runs_folder_that_cannot_be_made_is_said_so(project, capsys):
+    """paths.runs where no folder can be made: the run was said "renamed or deleted as its pretrain was
+    to start"."""
+    (project / "acm.toml").write_text('[paths]\nruns = "/proc/acm-runs"\n')
+    assert cli.main(["-c", str(project / "acm.toml"), "train", "pretrain", "--run", "r1", "--steps", "1"]) == 2
+    assert capsys.readouterr().err == ("acm: error: cannot make the runs folder /proc/acm-runs (paths.runs): "
+                                       "No such file or directory: /proc/acm-runs\n")

@@ -629,6 +629,42 @@ def test_a_checkpoint_whose_recorded_settings_no_longer_load_still_resumes(prepa
     assert checkpoint.latest(Paths.checkpoints(run, "pretrain")).step == 21
 
 
+def test_a_run_trained_with_another_preset_than_acm_tomls_is_said_so_never_called_damaged(prepared, capsys):
+    """acm.toml switched to another preset after a run's pretrain: its resume and its fine-tune called
+    the good checkpoint damaged ("weights do not fit the model") and said to delete it."""
+    cfg, c = load(prepared), str(prepared / "acm.toml")
+    train_stage(cfg, "pretrain", cfg.runs_dir / "d", max_steps=10)
+    assert cli.main(["-c", c, "config", "set", "model.preset", "micro"]) == 0
+    capsys.readouterr()
+    for argv in (["pretrain", "--resume"], ["finetune"]):
+        assert cli.main(["-c", c, "train", *argv, "--run", "d", "--max-steps", "1"]) == 2
+        err = " ".join(capsys.readouterr().err.split())
+        assert err == (f"acm: error: checkpoint {cfg.runs_dir / 'd' / 'pretrain' / 'checkpoints' / 'step-0000010'} "
+                       f"was trained with preset nano, and acm.toml now selects micro: set model.preset = \"nano\" "
+                       f"to go on with this run, or start a new one"), err
+    assert cli.main(["-c", c, "config", "set", "model.preset", "nano"]) == 0
+    assert cli.main(["-c", c, "train", "pretrain", "--resume", "--run", "d", "--max-steps", "1"]) == 0
+    assert checkpoint.latest(Paths.checkpoints(cfg.runs_dir / "d", "pretrain")).step == 11
+
+
+def test_a_new_run_never_takes_over_a_folder_that_is_no_run(prepared, capsys):
+    """`--run notes` on runs/notes holding a user's file trained there, and `acm runs delete notes`
+    then deleted the file."""
+    cfg, c = load(prepared), str(prepared / "acm.toml")
+    (cfg.runs_dir / "notes").mkdir(parents=True)
+    (cfg.runs_dir / "notes" / "thesis.txt").write_text("mine")
+    for argv in (["train", "pretrain", "--run", "notes", "--max-steps", "1"],
+                 ["train", "pretrain", "--run", "notes", "--detach"]):
+        assert cli.main(["-c", c, *argv]) == 2
+        assert " ".join(capsys.readouterr().err.split()) == (
+            f"acm: error: run 'notes': {cfg.runs_dir / 'notes'} is a folder that is no run (no config.toml) and "
+            f"holds 'thesis.txt': name another run, or move the folder aside (deleting the run would delete what "
+            f"it holds)")
+    assert sorted(p.name for p in (cfg.runs_dir / "notes").iterdir()) == ["thesis.txt"]
+    (cfg.runs_dir / "empty").mkdir()  # a folder made for a run: taken
+    assert cli.main(["-c", c, "train", "pretrain", "--run", "empty", "--max-steps", "1"]) == 0
+
+
 def test_a_resume_with_nothing_to_resume_is_refused_not_started_over(prepared, capsys):
     """A resume of a run named wrong, of a stage never trained, or of one whose checkpoints are all
     damaged (a wrong type in state.json too) is one line: it never starts the stage from step 0."""
@@ -710,6 +746,19 @@ def test_replay_draws_its_share_of_rows_from_the_other_corpus(prepared):
     language_text = set(map(int, np.concatenate(language.arrays)))
     assert all(set(map(int, r)) <= language_text for r in x_mixed[6:])
     assert x_plain.shape == x_mixed.shape == (8, 16)
+
+
+def test_the_stages_own_corpus_keeps_a_row_of_every_batch_whatever_the_shares(prepared):
+    """Each share rounded alone: replay 0.45 and pairs 0.45 of 8 rows took 4 and 4, replay 0.9 of a
+    batch of 1 took it whole, and the stage trained on none of its own corpus, silently."""
+    from core.tokenizer.shards import open_tokens
+    from core.train.batches import Batches
+    cfg = load(prepared)
+    code, language = open_tokens(cfg, "code", "train"), open_tokens(cfg, "language", "train")
+    both = Batches(code, 16, 8, seed=1, replay=language, replay_share=0.45, pairs=code, pairs_share=0.45)
+    assert (both.replayed, both.paired) == (4, 3)
+    alone = Batches(code, 16, 1, seed=1, replay=language, replay_share=0.9)
+    assert alone.replayed == 0 and (alone.train(3)[0] == Batches(code, 16, 1, seed=1).train(3)[0]).all()
 
 
 def unlearning_finetune(prepared: Path) -> tuple[config.Config, Path]:

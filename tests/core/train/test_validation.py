@@ -73,6 +73,22 @@ def test_the_mean_loss_is_the_same_read_four_at_a_time_in_passes_of_one_shape():
     assert shapes == [(2, 16)] * 8 + [(8, 16)] * 2
 
 
+def test_a_long_check_is_summed_as_it_goes_and_its_mean_is_the_same(monkeypatch):
+    """A check of many batches queued every pass before evaluating any (eval_batches = 2**31 filled a
+    machine's memory at 370 MB/s): now each QUEUED_PASSES passes are summed and evaluated, and the
+    mean is still every batch's; more than 10000 batches a check is refused."""
+    from core.errors import ConfigError
+
+    losses = np.random.default_rng(1).random(150).astype(np.float32)
+    evaluated, real_eval = [], mx.eval
+    monkeypatch.setattr(core.train.validation.mx, "eval", lambda *a: evaluated.append(len(a)) or real_eval(*a))
+    got = mean_loss(lambda x, y: x[0], lambda i: (losses[i:i + 1], losses[i:i + 1]), 150, 1)
+    assert got.item() == pytest.approx(float(np.mean(losses)), rel=1e-6)
+    assert len(evaluated) == 150 // core.train.validation.QUEUED_PASSES
+    with pytest.raises(ConfigError, match="eval_batches"):
+        config.from_dict({"train": {"pretrain": {"eval_batches": 10_001}}})
+
+
 def test_a_stage_on_nvidia_validates_as_one_reading_a_batch_at_a_time(prepared, monkeypatch):
     import core.train.trainer
 
