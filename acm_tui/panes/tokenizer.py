@@ -9,6 +9,7 @@ from textual.widgets import DataTable, Input, Static
 
 from acm_tui.text_input import TextInput
 from core.errors import AcmError
+from core.escapes import unescape
 from core.paths import CORPORA
 from core.pipeline.tables import (
     SHARD_COLUMNS,
@@ -44,7 +45,8 @@ class TokenizerPane(Pane):
 
     def compose(self) -> ComposeResult:
         yield Static("[b]t[/b] train  [b]m[/b] train and compare with the original mix  [b]s[/b] prepare shards  "
-                     "[b]S[/b] rebuild shards  [b]i[/b] probe (escape leaves it)  [b]x[/b] cancel", classes="hint")
+                     "[b]S[/b] rebuild shards  [b]i[/b] probe (\\n a new line; escape leaves it)  [b]x[/b] cancel",
+                     classes="hint")
         yield Static("Tokenizer ([b]acm tokenizer info[/b])", classes="heading")
         yield Static("", id="tokenizer-info")
         yield DataTable(id="tokenizer-eval", cursor_type="none")
@@ -141,7 +143,15 @@ class TokenizerPane(Pane):
 
     @on(Input.Changed, "#probe-input")
     def _probe_changed(self, event: Input.Changed) -> None:
-        self.probe(event.value)
+        """The text as `acm tokenizer probe -e` reads it (and the Generate pane its prompt): `\\n` is a
+        new line, which a line of input cannot hold; an escape still being typed is said in place."""
+        try:
+            text = unescape(event.value, "the text")
+        except AcmError as e:
+            self.query_one("#probe-tokens", Static).update(Text(str(e), style="yellow"))
+            self.query_one("#probe-ids", Static).update("")
+            return
+        self.probe(text)
 
     @work(thread=True, exclusive=True, group="probe", exit_on_error=False)
     def probe(self, text: str) -> None:

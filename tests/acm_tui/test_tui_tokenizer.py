@@ -48,6 +48,25 @@ async def test_a_long_paste_into_the_probe_draws_its_first_tokens_and_counts_the
         assert shown_in_full(app, "#probe-input")  # the input stays where the user types
 
 
+async def test_the_probe_reads_escapes_as_the_command_lines_e_does(trained):
+    """A line of input holds no new line, the one character bash cannot do without: `\\n` in the probe
+    was a backslash and an n, where `acm tokenizer probe -e` reads a new line."""
+    from core import config
+    from core.tokenizer.bpe import load_tokenizer
+
+    app = PaneHost(TokenizerPane, trained / "acm.toml")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await open_probe(app, pilot)
+        await pilot.press(*"ls -la\\nwc")
+        tok = load_tokenizer(config.load(trained / "acm.toml"))
+        count = tok.probe("ls -la\nwc")["count"]
+        await wait_until(pilot, lambda: text_of(app, "#probe-ids").startswith(f"{count} tokens"))
+        assert count != tok.probe("ls -la\\nwc")["count"]
+        await pilot.press("backspace", "backspace", "backspace", "backspace", "\\")  # an escape half typed
+        await wait_until(pilot, lambda: "invalid escape" in text_of(app, "#probe-tokens"))
+        assert app.is_running
+
+
 async def test_train_from_the_pane(trained):
     (trained / "data" / "tokenizer" / "tokenizer.json").unlink()
     app = PaneHost(TokenizerPane, trained / "acm.toml")
