@@ -75,6 +75,15 @@ class StartTraining(PaneRequest, pane="train"):
     stage: str  # pretrain or finetune
 
 
+@dataclass
+class TrainRun(PaneRequest, pane="train"):
+    """Go on training one run (the Runs pane's selected): its fine-tune (started from its best
+    pretrain checkpoint, or resumed where it has one), or whichever stage it last trained, resumed."""
+
+    run: str
+    finetune: bool  # False: resume its latest stage
+
+
 class EvaluateRun(PaneRequest, pane="generate"):
     """Evaluate the run chosen in the Generate pane."""
 

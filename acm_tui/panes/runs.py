@@ -26,7 +26,7 @@ from core.runs import compare
 
 from ..charts import AXES, STAGE_NAMES, Series, draw, ema
 from ..confirm import Confirm
-from ..messages import EngineResult
+from ..messages import EngineResult, TrainRun
 from .base import Pane
 
 
@@ -102,6 +102,8 @@ class RunsPane(Pane):
         Binding("c", "compare", "Compare", tooltip="Overlay the marked runs' curves, with the settings that differ"),
         Binding("o", "overlay", "Overlay", tooltip="Mark the selected run and add it to the chart's runs"),
         Binding("a", "axis", "Axis", tooltip="x axis: step or tokens seen"),
+        Binding("f", "train_run(True)", "Fine-tune", tooltip="Fine-tune the selected run, or go on with its fine-tune"),
+        Binding("R", "train_run(False)", "Resume", tooltip="Resume the selected run's latest stage"),
         Binding("x", "export", "Export", tooltip="Write the run as mlx-lm, transformers or GGUF, with a model card"),
         Binding("n", "rename", "Rename"),
         Binding("d", "delete", "Delete"),
@@ -117,8 +119,8 @@ class RunsPane(Pane):
 
     def compose(self) -> ComposeResult:
         yield Static("[b]enter[/b] open a run's curves  [b]space[/b] mark  [b]c[/b] compare the marked  "
-                     "[b]o[/b] mark and add to the chart  [b]a[/b] step/tokens  [b]x[/b] export  "
-                     "[b]n[/b] rename  [b]d[/b] delete", classes="hint")
+                     "[b]o[/b] mark and add to the chart  [b]a[/b] step/tokens  [b]f[/b] fine-tune  [b]R[/b] resume  "
+                     "[b]x[/b] export  [b]n[/b] rename  [b]d[/b] delete", classes="hint")
         yield RunTable(id="runs-table", cursor_type="row", zebra_stripes=True)
         yield PlotextPlot(id="runs-chart")
         yield DataTable(id="runs-diff", cursor_type="row", zebra_stripes=True)
@@ -176,6 +178,12 @@ class RunsPane(Pane):
     @on(DataTable.RowSelected, "#runs-table")
     def _selected(self, event: DataTable.RowSelected) -> None:
         self.action_open()
+
+    def action_train_run(self, finetune: bool) -> None:
+        """The selected run trained on, in the Train pane: its fine-tune, or its latest stage resumed."""
+        name = self.selected()
+        if name:
+            self.app.post_message(TrainRun(name, finetune))
 
     def action_open(self) -> None:
         name = self.selected()

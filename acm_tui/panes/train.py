@@ -30,8 +30,8 @@ from textual_plotext import PlotextPlot
 from core import config, runs
 from core.errors import AcmError, one_line
 from core.escapes import visible
-from core.paths import MANIFEST
-from core.runs import figure
+from core.paths import MANIFEST, Paths
+from core.runs import checkpoint, figure
 from core.runs.events import Eval, Log, Metrics, Sample, StageFollower, State
 from core.runs.health import is_alert
 from core.train.detach import launch_detached
@@ -41,7 +41,7 @@ from core.train.trainer import Control, train_stage
 from ..charts import AXES, STAGE_NAMES, Series, at_steps, axis_values, draw, ema, next_smoothing, sparkline
 from ..confirm import Confirm
 from ..devices import DevicesBlock
-from ..messages import EngineResult, StartTraining
+from ..messages import EngineResult, StartTraining, TrainRun
 from .base import Pane
 
 REDRAW_S = 0.1  # how often the followed stage's files are read
@@ -263,9 +263,30 @@ class TrainPane(Pane):
         if self._busy():  # said before any question a refusal would follow
             return
         found = self._resumable()
-        if not found:
+        if found:
+            self._resume(*found, background)
+
+    @on(TrainRun)
+    def _train_run(self, request: TrainRun) -> None:
+        """The Runs pane's f and R on its selected run."""
+        if self._busy():
             return
-        run, stage = found
+        run = self.cfg.locations.run(request.run)
+        has = {stage: checkpoint.latest(Paths.checkpoints(run, stage)) is not None for stage in runs.TRAINING_STAGES}
+        if request.finetune and not has["finetune"]:
+            if checkpoint.best(Paths.checkpoints(run, "pretrain")) is None:
+                self.notify(f"run {run.name} has no pretrain checkpoint to fine-tune", severity="error")
+                return
+            self._launch("finetune", run, resume=False)
+            return
+        stage = "finetune" if request.finetune else runs.active_stage(run)
+        if stage is None or not has[stage]:
+            self.notify(f"run {run.name} has no checkpoint to resume", severity="warning")
+            return
+        self._resume(run, stage)
+
+    def _resume(self, run: Path, stage: str, background: bool = False) -> None:
+        """Resume `stage` of `run`; one that finished its plan is trained on only when the user says so."""
         start = self._start_in_background if background else self._launch
         planned = runs.finished_plan(run, stage)
         if planned is None:

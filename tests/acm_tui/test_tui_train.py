@@ -405,3 +405,41 @@ async def test_the_app_says_nothing_of_a_readying_it_skips(project):
         await wait_until(pilot, lambda: app.readied is not None and app.device)
         assert app.readied.why == "no tokenizer yet"
     assert app.headers and not any("readying" in h for h in app.headers)
+
+
+async def test_the_runs_pane_fine_tunes_and_resumes_the_run_it_has_selected(prepared):
+    """The Train pane's f and R take the newest run: an older run could be fine-tuned or resumed only
+    from the command line (`--run`). The Runs pane's f and R take its selected run."""
+    from textual.widgets import DataTable
+
+    from acm_tui.app import AcmApp
+
+    cfg = config.load(prepared / "acm.toml")
+    cfg.train.pretrain.steps = cfg.train.finetune.steps = 4
+    cfg.ui.ready_at_start = False
+    config.save(cfg, prepared / "acm.toml")
+    for name in ("older", "newer"):
+        train_stage(cfg, "pretrain", cfg.runs_dir / name)
+    app = AcmApp(prepared / "acm.toml")
+    async with app.run_test(size=(100, 40), notifications=True) as pilot:
+        await pilot.press("6")
+        table = app.query_one("#runs-table", DataTable)
+        await wait_until(pilot, lambda: table.row_count == 2)
+        table.move_cursor(row=table.get_row_index("older"))
+        await pilot.press("f")
+        older = Paths.checkpoints(cfg.runs_dir / "older", "finetune")
+        pane = app.query_one("#train-pane", TrainPane)
+        await wait_until(pilot, lambda: pane.control is None and getattr(checkpoint.latest(older), "step", 0) == 4,
+                         timeout=60)
+        assert checkpoint.latest(Paths.checkpoints(cfg.runs_dir / "newer", "finetune")) is None
+        await pilot.press("6")
+        table.move_cursor(row=table.get_row_index("older"))
+        await pilot.press("R")  # its latest stage, the fine-tune, finished its plan: asked first
+        await wait_until(pilot, lambda: app.screen.__class__.__name__ == "Confirm")
+        assert "finetune of run older already finished its 4 steps" in text_of(app.screen, "Static")
+        await pilot.press("n")
+        await pilot.press("6")
+        table.move_cursor(row=table.get_row_index("newer"))
+        await pilot.press("R")
+        await wait_until(pilot, lambda: app.screen.__class__.__name__ == "Confirm")
+        assert "pretrain of run newer already finished its 4 steps" in text_of(app.screen, "Static")
