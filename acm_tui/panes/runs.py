@@ -10,7 +10,7 @@ from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Vertical
+from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Input, Label, Select, Static
 from textual_plotext import PlotextPlot
@@ -19,6 +19,7 @@ from acm_tui.text_input import TextInput
 from core import runs
 from core.errors import AcmError, one_line
 from core.escapes import visible
+from core.generate.export import DTYPES as EXPORT_DTYPES
 from core.generate.export import FORMATS, export_checkpoint
 from core.paths import home_expanded
 from core.pipeline.tables import plain
@@ -50,10 +51,13 @@ class AskName(ModalScreen[str | None]):
         self.dismiss(None)
 
 
-class AskExport(ModalScreen[tuple[str, str] | None]):
-    """Where and in which format to export a run: (format, folder), or None (escape)."""
+class AskExport(ModalScreen[dict | None]):
+    """Where, in which format, from which of the run's checkpoints and in which dtype to export a run
+    (`acm export`'s choices): the folder is focused, so enter exports as offered; tab reaches the rest."""
 
     BINDINGS = [Binding("escape", "cancel", "Cancel")]
+    CHOICES = (("format", FORMATS, "mlx"), ("stage", ("default", *runs.TRAINING_STAGES), "default"),
+               ("checkpoint", ("best", "latest"), "best"), ("dtype", EXPORT_DTYPES, "float32"))
 
     def __init__(self, run: str, folder: str):
         super().__init__()
@@ -61,15 +65,22 @@ class AskExport(ModalScreen[tuple[str, str] | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
-            yield Label(f"Export run {visible(self.run)}'s best checkpoint, with a model card. Format "
-                        "(mlx: mlx-lm, hf: transformers, gguf: llama.cpp), then the new folder (enter):", markup=False)
-            yield Select([(f, f) for f in FORMATS], value="mlx", allow_blank=False, id="export-format")
+            yield Label(f"Export run {visible(self.run)} with a model card: the new folder, then enter. Tab: the "
+                        "format (mlx: mlx-lm, hf: transformers, gguf: llama.cpp), the stage (default: its "
+                        "fine-tune once it has one), the checkpoint and the dtype:", markup=False)
             yield TextInput(self.folder, id="export-folder")
+            with Horizontal(classes="export-choices"):
+                for name, options, value in self.CHOICES:
+                    yield Select([(o, o) for o in options], value=value, allow_blank=False, id=f"export-{name}")
+
+    def on_mount(self) -> None:
+        self.query_one("#export-folder", Input).focus()
 
     @on(Input.Submitted)
     def _submitted(self, event: Input.Submitted) -> None:
         folder = event.value.strip()
-        self.dismiss((str(self.query_one("#export-format", Select).value), folder) if folder else None)
+        chosen = {name: str(self.query_one(f"#export-{name}", Select).value) for name, _, _ in self.CHOICES}
+        self.dismiss(chosen | {"folder": folder} if folder else None)
 
     def action_cancel(self) -> None:
         self.dismiss(None)
@@ -313,13 +324,14 @@ class RunsPane(Pane):
         if not name or not self.settings_usable():
             return
 
-        def answered(choice: tuple[str, str] | None) -> None:
+        def answered(choice: dict | None) -> None:
             if choice:
-                fmt, folder = choice
-                folder = home_expanded(Path(folder))  # ~/exports as a shell would read it
+                folder = home_expanded(Path(choice["folder"]))  # ~/exports as a shell would read it
                 target = folder if folder.is_absolute() else self.app.config_path.parent / folder
-                self.notify(f"exporting run {name} as {fmt} to {target}…")
-                self.run_on_engine("export", export_checkpoint, self.cfg, target, name, None, "best", "float32", fmt)
+                stage = None if choice["stage"] == "default" else choice["stage"]
+                self.notify(f"exporting run {name} as {choice['format']} to {target}…")
+                self.run_on_engine("export", export_checkpoint, self.cfg, target, name, stage, choice["checkpoint"],
+                                   choice["dtype"], choice["format"])
 
         self.app.push_screen(AskExport(name, f"exports/{name}"), answered)
 

@@ -294,8 +294,31 @@ async def test_the_export_dialog_shows_its_whole_instruction_at_80x24(with_model
         await open_export(app, pilot)
         label = app.screen.query_one(Label)
         where = app.screen.find_widget(label)
-        assert "then the new folder (enter):" in str(label.render())
+        assert "the checkpoint and the dtype:" in str(label.render())
         assert where.visible_region == where.region and where.region.height >= 3  # wrapped, none of it cut
+        for name in ("folder", "format", "stage", "checkpoint", "dtype"):  # all in view, none cut
+            widget = app.screen.find_widget(app.screen.query_one(f"#export-{name}"))
+            assert widget.visible_region == widget.region, name
+        assert app.screen.query_one("#export-folder", Input).has_focus  # enter exports as offered
+
+
+async def test_the_export_dialog_takes_the_stage_checkpoint_and_dtype_acm_export_takes(with_model):
+    """The dialog exported the default stage's best checkpoint in float32 only, and enter on its first
+    field, the format list, opened the list: `acm export --stage --checkpoint --dtype` had no match."""
+    from textual.widgets import Select
+
+    app = PaneHost(RunsPane, with_model / "acm.toml")
+    async with app.run_test(size=(100, 40), notifications=True) as pilot:
+        await open_export(app, pilot)
+        for name, value in (("stage", "pretrain"), ("checkpoint", "latest"), ("dtype", "bfloat16")):
+            app.screen.query_one(f"#export-{name}", Select).value = value
+        app.screen.query_one("#export-folder", Input).value = "exports/pre"
+        app.screen.query_one("#export-folder", Input).focus()
+        await pilot.press("enter")
+        target = with_model / "exports" / "pre"
+        await wait_until(pilot, lambda: (target / "README.md").exists(), timeout=60)
+        card = (target / "README.md").read_text()
+        assert "pretrain" in card and "bfloat16" in card and "step 20" in card, card
 
 
 @pytest.mark.parametrize("size", [(80, 24), (200, 60)])
