@@ -190,10 +190,16 @@ class TrainPane(Pane):
                           else "no runs yet: prepare the token shards (Tokenizer pane), then press p")
 
     def _send(self, command: str) -> bool:
-        """Send `command` to the stage this pane follows; whether it was sent (if not, said why)."""
+        """Send `command` to the stage this pane follows (one this app trains through its Control,
+        others through their control file, which a stage still starting cannot take yet); whether it
+        was sent (if not, said why)."""
         if self.attached is None:
             self.notify("nothing is training")
             return False
+        if self.control is not None:  # the stage runs in this app: told at once, while it starts too
+            {"stop": self.control.stop, "pause": self.control.pause, "resume": self.control.resume,
+             "save": self.control.save_now}[command]()
+            return True
         try:
             runs.send_command(self.attached, self.stage, command)
         except AcmError as e:

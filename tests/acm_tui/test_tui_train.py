@@ -443,3 +443,19 @@ async def test_the_runs_pane_fine_tunes_and_resumes_the_run_it_has_selected(prep
         await pilot.press("R")
         await wait_until(pilot, lambda: app.screen.__class__.__name__ == "Confirm")
         assert "pretrain of run newer already finished its 4 steps" in text_of(app.screen, "Static")
+
+
+async def test_a_stop_pressed_while_the_stage_starts_stops_it(prepared, keys_while_training):
+    """`s` went through the stage's control file, which a stage still starting (no status yet) cannot
+    take: "nothing to stop", and the stage trained on. A stage the app trains takes it at once."""
+    cfg = config.load(prepared / "acm.toml")
+    cfg.train.pretrain.steps = 100000
+    config.save(cfg, prepared / "acm.toml")
+    app = PaneHost(TrainPane, prepared / "acm.toml")
+    async with app.run_test(size=(120, 50), notifications=True) as pilot:
+        await pilot.press("4", "p", "s")
+        pane = app.query_one("#train-pane")
+        assert pane.control is not None and pane.control.stopping
+        await wait_until(pilot, lambda: pane.state == "stopped" and pane.control is None, timeout=60)
+    run = list_runs(app.cfg)[0]
+    assert checkpoint.latest(Paths.checkpoints(run, "pretrain")).step < 100
