@@ -116,8 +116,22 @@ class GeneratePane(Pane):
         keep = select.value if select.value in {value for _, value in options} else AUTO
         select.set_options(options)
         select.value = keep
-        if all_runs:
-            self._show_eval(all_runs[0])  # the newest run's eval.json, if any
+        self._show_chosen_eval()
+
+    @on(Select.Changed, "#gen-checkpoint")
+    def _chosen(self) -> None:
+        self._show_chosen_eval()
+
+    def _show_chosen_eval(self) -> None:
+        """The evaluation of the run the checkpoint list has chosen (the newest run's for "latest run"),
+        the run `e` evaluates."""
+        name, _, _ = self.checkpoint_choice()
+        try:
+            run = self.cfg.locations.run(name) if name else runs.newest_run(self.cfg)
+        except AcmError:
+            run = None
+        if run is not None:
+            self._show_eval(run)
 
     # ------------------------------------------------------------ settings
 
@@ -332,6 +346,11 @@ class GeneratePane(Pane):
         results = read_json(Paths.eval_results(run))
         if isinstance(results, dict) and "stages" in results:
             self._fill_eval(results)
+            return
+        self.query_one("#eval-table", DataTable).clear()  # never another run's figures under this one's name
+        note = self.query_one("#eval-note", Static)
+        note.update(Text(f"run {visible(run.name)}: not evaluated yet (e evaluates it)"))
+        note.display = True
 
     def _fill_eval(self, results: dict) -> None:
         table = self.query_one("#eval-table", DataTable)

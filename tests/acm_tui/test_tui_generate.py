@@ -253,3 +253,27 @@ async def test_the_evaluation_view_says_what_a_time_budget_cut(with_model):
         await wait_until(pilot, lambda: table.row_count == 3, timeout=120)
         assert [str(table.get_row_at(i)[columns.index("samples")]) for i in range(3)] == ["2/2"] * 3
         assert not app.query_one("#eval-note").display
+
+
+async def test_the_evaluation_shown_is_the_chosen_runs(with_model):
+    """The table showed the newest run's eval.json whichever run the checkpoint list had chosen, the
+    run `e` evaluates."""
+    import shutil
+
+    from textual.widgets import Select
+
+    row = {"step": 10, "code_generation": {"samples": 8, "samples_asked": 8, "parse_rate": 0.5}}
+    (with_model / "runs" / "m" / "eval.json").write_text(json.dumps({"run": "m", "stages": {"finetune": row}}))
+    shutil.copytree(with_model / "runs" / "m", with_model / "runs" / "n")
+    (with_model / "runs" / "n" / "eval.json").unlink()
+    (with_model / "runs" / "n" / "config.toml").touch()  # n is the newest run
+    app = PaneHost(GeneratePane, with_model / "acm.toml")
+    async with app.run_test(size=(100, 50)) as pilot:
+        await pilot.press("5")
+        table = app.query_one("#eval-table", DataTable)
+        assert table.row_count == 0 and text_of(app, "#eval-note") == "run n: not evaluated yet (e evaluates it)"
+        app.query_one("#gen-checkpoint", Select).value = "m|finetune|best"
+        await wait_until(pilot, lambda: table.row_count == 1)
+        assert "not evaluated" not in text_of(app, "#eval-note")
+        app.query_one("#gen-checkpoint", Select).value = "n|pretrain|latest"
+        await wait_until(pilot, lambda: table.row_count == 0 and "run n: not evaluated" in text_of(app, "#eval-note"))
