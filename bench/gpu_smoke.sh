@@ -24,9 +24,9 @@ check() {
     rc=$?
     end=$(date +%s.%N)
     last=$(tail -n 1 "$dir.$name.err" | tr -d '"\\' | cut -c1-200)
-    printf '{"command": "%s", "status": %d, "expected": %d, "ok": %s, "s": %.1f, "stderr_last": "%s"}\n' \
+    printf '{"command": "%s", "status": %d, "expected": %d, "ok": %s, "s": %s, "stderr_last": "%s"}\n' \
         "$name" "$rc" "$want" "$([ "$rc" = "$want" ] && echo true || echo false)" \
-        "$(echo "$end - $start" | bc)" "$last"
+        "$(awk "BEGIN { printf \"%.1f\", $end - $start }")" "$last"
 }
 
 if [ ! -d "$dir/runs" ]; then

@@ -191,7 +191,7 @@ class StageConfig:
     grad_clip: float = setting(1.0, "clip the global gradient norm to this (0: off)", min=0.0)
     log_every: int = setting(10, "steps between metric reports (metrics.jsonl, the Train pane)", min=1)
     eval_every: int = setting(250, "steps between validation-loss checks", min=1)
-    eval_batches: int = setting(20, "batches per validation-loss check", min=1, max=10000)
+    eval_batches: int = setting(20, "batches per validation-loss check (at most 10000 in acm.toml)", min=1)
     save_every: int = setting(500, "steps between checkpoints", min=1)
     keep_last: int = setting(3, "checkpoints kept besides the best", min=1)
     seed: int = setting(0, "seed of initialisation and batch order", min=0)
@@ -612,10 +612,13 @@ def _build_tables(cls, value: Any, key: str, source: str) -> list:
     return [_build(cls, item, f"{key}[{i}].", source) for i, item in enumerate(value)]
 
 
-def from_dict(table: dict, source: str = CONFIG_NAME, root: Path | None = None, preset: str | None = None) -> Config:
+def from_dict(table: dict, source: str = CONFIG_NAME, root: Path | None = None, preset: str | None = None,
+              written: bool = False) -> Config:
     """Settings from a TOML table; `preset` is the machine's choice where the table names none.
     Each stage's seq_len is capped at the preset's context where the table leaves it out, or the
-    preset is the machine's (a seq_len set for a larger model)."""
+    preset is the machine's (a seq_len set for a larger model). `written`: a file acm wrote (a run's
+    config.toml, a launch's snapshot), which the checks added to a user's settings since never make
+    unreadable."""
     cfg = _build(Config, table, "", source)
     machine = bool(preset) and "preset" not in _section(table, "model")
     if machine:
@@ -626,7 +629,7 @@ def from_dict(table: dict, source: str = CONFIG_NAME, root: Path | None = None, 
             sc.seq_len = min(sc.seq_len, cfg.model.shape().n_ctx)
     cfg.root = Path(root) if root is not None else Path(".")
     cfg.explicit = copy.deepcopy(table)
-    validate(cfg, source)
+    validate(cfg, source, written)
     return cfg
 
 
@@ -635,8 +638,9 @@ def _section(table: dict, name: str) -> dict:
     return value if isinstance(value, dict) else {}
 
 
-def validate(cfg: Config, source: str = CONFIG_NAME) -> None:
-    """Checks across settings (single values are checked as they are read)."""
+def validate(cfg: Config, source: str = CONFIG_NAME, written: bool = False) -> None:
+    """Checks across settings (single values are checked as they are read); a user's settings get
+    the project's checks too, a file acm wrote (`written`) is read as it was written."""
     shape = cfg.model.shape()
     if 0 < cfg.tokenizer.vocab_size < MIN_VOCAB:
         raise ConfigError(f"{source}: tokenizer.vocab_size = {cfg.tokenizer.vocab_size} is out of range; allowed: 0 "
@@ -652,9 +656,8 @@ def validate(cfg: Config, source: str = CONFIG_NAME) -> None:
                 f"context {shape.n_ctx}; allowed: 8 to {shape.n_ctx}"
             )
     _check_folders(cfg, source)
-    if "tldr" in cfg.data.code.pairs and not cfg.data.code.tldr_platforms:
-        raise ConfigError(f"{source}: data.code.tldr_platforms is empty while data.code.pairs takes tldr: name the "
-                          f"page folders to read (common, linux, osx)")
+    if not written:
+        _check_project(cfg, source)
     ft = cfg.train.finetune
     if ft.replay + ft.pairs_share > 0.9 + 1e-9:
         raise ConfigError(f"{source}: train.finetune.replay + train.finetune.pairs_share = "
@@ -665,10 +668,29 @@ def validate(cfg: Config, source: str = CONFIG_NAME) -> None:
 MIN_VOCAB = 260  # the 256 bytes and the 4 special tokens
 
 
+def _check_project(cfg: Config, source: str) -> None:
+    """What a user's settings are held to and files written before these checks were not: the
+    folders apart, tldr pages to read, a validation check of bounded length."""
+    data, runs = cfg.locations.data, cfg.locations.runs
+    if data.is_relative_to(runs) or any(runs.is_relative_to(data / name) for name in DATA_FOLDERS):
+        raise ConfigError(f"{source}: paths.data = {cfg.paths.data!r} and paths.runs = {cfg.paths.runs!r} "
+                          f"{'are one folder' if data == runs else 'overlap'}: keep them apart (a run could take "
+                          f"a data folder's name, and deleting the run would delete it)")
+    if "tldr" in cfg.data.code.pairs and not cfg.data.code.tldr_platforms:
+        raise ConfigError(f"{source}: data.code.tldr_platforms is empty while data.code.pairs takes tldr: name the "
+                          f"page folders to read (common, linux, osx)")
+    for stage in ("pretrain", "finetune"):
+        batches = getattr(cfg.train, stage).eval_batches
+        if batches > MOST_EVAL_BATCHES:
+            raise ConfigError(f"{source}: train.{stage}.eval_batches = {batches} is out of range; allowed: 1 to "
+                              f"{MOST_EVAL_BATCHES}")
+
+
+MOST_EVAL_BATCHES = 10000  # a validation check of more would hold a stage for hours
+
+
 def _check_folders(cfg: Config, source: str) -> None:
-    """paths.data and paths.runs can be folders, and are apart: the data folder never inside the runs
-    folder, the runs folder never inside a folder acm keeps data in (beside them, as runs/ beside
-    language/ when paths.data is the project's folder, it may be)."""
+    """paths.data and paths.runs can be folders."""
     for key, folder in (("data", cfg.locations.data), ("runs", cfg.locations.runs)):
         try:
             is_file = folder.exists() and not folder.is_dir()
@@ -677,14 +699,11 @@ def _check_folders(cfg: Config, source: str) -> None:
                               f"({e.strerror or e})") from None
         if is_file:
             raise ConfigError(f"{source}: paths.{key} = {getattr(cfg.paths, key)!r} is a file, not a folder")
-    data, runs = cfg.locations.data, cfg.locations.runs
-    if data.is_relative_to(runs) or any(runs.is_relative_to(data / name) for name in DATA_FOLDERS):
-        raise ConfigError(f"{source}: paths.data = {cfg.paths.data!r} and paths.runs = {cfg.paths.runs!r} "
-                          f"{'are one folder' if data == runs else 'overlap'}: keep them apart (a run could take "
-                          f"a data folder's name, and deleting the run would delete it)")
 
 
-DATA_FOLDERS = ("language", "code", "tokenizer", "tokens")  # what acm keeps in paths.data
+# what acm keeps in paths.data: the runs folder never inside one (beside them, as runs/ beside language/
+# when paths.data is the project's folder, it may be), nor the data folder inside the runs folder
+DATA_FOLDERS = ("language", "code", "tokenizer", "tokens")
 
 
 def _check_eval_prompts(ev: EvalConfig, source: str) -> None:
@@ -743,13 +762,14 @@ def _starts_with_a_bom(path: Path) -> bool:
         return False
 
 
-def load(path: str | os.PathLike = CONFIG_NAME) -> Config:
-    """Read acm.toml; a missing file gives the defaults (rooted at its folder), a link that leads to
-    no file is refused (reading it as missing would train on defaults). A file that leaves the
-    preset out (the shipped acm.toml does) gets the one that suits this machine."""
+def load(path: str | os.PathLike = CONFIG_NAME, written: bool = False) -> Config:
+    """Read acm.toml (or, `written`, settings acm wrote: a run's config.toml); a missing file gives
+    the defaults (rooted at its folder), a link that leads to no file is refused (reading it as
+    missing would train on defaults). A file that leaves the preset out (the shipped acm.toml does)
+    gets the one that suits this machine."""
     path = Path(path)
     table = read_table(path) if path.exists() or path.is_symlink() else {}
-    return from_dict(table, source=str(path), root=path.parent, preset=machine_preset(table))
+    return from_dict(table, source=str(path), root=path.parent, preset=machine_preset(table), written=written)
 
 
 def machine_preset(table: dict) -> str | None:
@@ -771,10 +791,10 @@ def dumps(cfg: Config) -> str:
 
 
 def save(cfg: Config, path: str | os.PathLike = CONFIG_NAME) -> None:
-    """Write every resolved value atomically (a run's record of its settings). A file there that
-    does not load is never replaced."""
-    validate(cfg, str(path))
-    _refuse_a_broken_file(path)
+    """Write every resolved value atomically (a run's record of its settings, read back as a file
+    acm wrote). A file there that does not load is never replaced."""
+    validate(cfg, str(path), written=True)
+    _refuse_a_broken_file(path, written=True)
     _write(path, dumps(cfg))
 
 
@@ -889,12 +909,12 @@ def _merge(doc, table: dict) -> None:
             doc[key] = value
 
 
-def _refuse_a_broken_file(path: str | os.PathLike) -> None:
+def _refuse_a_broken_file(path: str | os.PathLike, written: bool = False) -> None:
     """A file that does not load (its TOML or a value in it, perhaps edited since it was read) holds
     what the user chose: writing over it would put defaults or older values there."""
     if Path(path).exists():
         try:
-            load(path)
+            load(path, written)
         except ConfigError as e:
             raise ConfigError(f"not saved: {e} (fix the file by hand; acm does not write over it)") from None
 

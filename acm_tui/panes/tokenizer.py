@@ -25,6 +25,8 @@ from ..messages import PrepareShards, TrainTokenizer
 from .base import CANCEL_BINDING, Pane
 
 IDS_SHOWN = 100  # ids and byte offsets listed: a few lines, the count above them
+PROBE_HEADINGS = {False: "Probe ([b]acm tokenizer probe[/b]; [b]e[/b]: read \\n-style escapes)",
+                  True: "Probe ([b]acm tokenizer probe -e[/b]: \\n-style escapes read; [b]e[/b]: as typed)"}
 PROBE_SHOWN = 2000  # tokens the probe draws: far more than 80x24 shows, and quick to draw
 
 
@@ -37,15 +39,18 @@ class TokenizerPane(Pane):
         Binding("s", "prepare(False)", "Prepare shards", tooltip="Tokenize both corpora into token shards"),
         Binding("S", "prepare(True)", "Rebuild shards", tooltip="Rebuild the token shards from scratch"),
         Binding("i", "focus_probe", "Probe", tooltip="Type text to see its tokens"),
+        Binding("e", "toggle_escapes", "Escapes", tooltip="Read \\n, \\t, \\x41 in the probe as acm tokenizer probe -e "
+                "does, or the text as typed"),
     ]
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.tokenizer = None
+        self.escapes = False  # the probe's text as typed, as `acm tokenizer probe` without -e
 
     def compose(self) -> ComposeResult:
         yield Static("[b]t[/b] train  [b]m[/b] train and compare with the original mix  [b]s[/b] prepare shards  "
-                     "[b]S[/b] rebuild shards  [b]i[/b] probe (\\n a new line; escape leaves it)  [b]x[/b] cancel",
+                     "[b]S[/b] rebuild shards  [b]i[/b] probe (escape leaves it)  [b]e[/b] escapes  [b]x[/b] cancel",
                      classes="hint")
         yield Static("Tokenizer ([b]acm tokenizer info[/b])", classes="heading")
         yield Static("", id="tokenizer-info")
@@ -53,7 +58,7 @@ class TokenizerPane(Pane):
         yield Static("Token shards ([b]acm prepare[/b])", classes="heading")
         yield DataTable(id="token-shards", cursor_type="none")
         yield from self.compose_step()
-        yield Static("Probe ([b]acm tokenizer probe[/b])", classes="heading")
+        yield Static(PROBE_HEADINGS[False], classes="heading", id="probe-heading")
         yield TextInput(placeholder="type text to tokenize", id="probe-input")
         yield Static("", id="probe-tokens")
         yield Static("", id="probe-ids")
@@ -141,12 +146,21 @@ class TokenizerPane(Pane):
             self.focus()
             event.stop()
 
+    def action_toggle_escapes(self) -> None:
+        self.escapes = not self.escapes
+        self.query_one("#probe-heading", Static).update(PROBE_HEADINGS[self.escapes])
+        self._probe_text(self.query_one("#probe-input", Input).value)
+
     @on(Input.Changed, "#probe-input")
     def _probe_changed(self, event: Input.Changed) -> None:
-        """The text as `acm tokenizer probe -e` reads it (and the Generate pane its prompt): `\\n` is a
-        new line, which a line of input cannot hold; an escape still being typed is said in place."""
+        self._probe_text(event.value)
+
+    def _probe_text(self, typed: str) -> None:
+        """The text as typed, or with `e` as `acm tokenizer probe -e` reads it (and the Generate pane its
+        prompt): `\\n` a new line, which a line of input cannot hold; an escape still being typed is
+        said in place."""
         try:
-            text = unescape(event.value, "the text")
+            text = unescape(typed, "the text") if self.escapes else typed
         except AcmError as e:
             self.query_one("#probe-tokens", Static).update(Text(str(e), style="yellow"))
             self.query_one("#probe-ids", Static).update("")

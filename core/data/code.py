@@ -299,7 +299,8 @@ class NearDuplicates:
 
 def github_candidates(cfg: Config, report: Reporter, cancel: CancelToken) -> tuple[Iterator[Candidate], dict]:
     cc = cfg.data.code
-    repos, left_out = keep_licences(load_repos((cfg.root / cc.repos_file) if cc.repos_file else None), cc.licences)
+    listed = load_repos(setting_path(cfg.root, cc.repos_file) if cc.repos_file else None)
+    repos, left_out = keep_licences(listed, cc.licences)
     results = clone_all(repos, cfg.locations.clones, cc.clone_jobs, cc.clone_timeout_s, cc.clone_retries,
                         report, cancel)
     cloned = [r for r in results if r.path]

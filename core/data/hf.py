@@ -43,12 +43,17 @@ def named(e: BaseException) -> str:
     """The error and, where `datasets` wrapped another (its DatasetGenerationError says only that
     "an error occurred"), the one underneath, which says what: a JSON line that does not parse."""
     said = f"{type(e).__name__}: {first_line(e)}"
-    cause = e.__cause__ or e.__context__
+    cause = _under(e)
     for _ in range(8):  # a chain is short; a loop of causes is not followed for ever
-        if cause is None or cause.__cause__ is None and cause.__context__ is None:
+        if cause is None or _under(cause) is None:
             break
-        cause = cause.__cause__ or cause.__context__
+        cause = _under(cause)
     return f"{said} ({type(cause).__name__}: {first_line(cause)})" if cause is not None else said
+
+
+def _under(e: BaseException) -> BaseException | None:
+    """The error `e` was raised from, or met while handled (unless it was raised `from None`)."""
+    return e.__cause__ or (None if e.__suppress_context__ else e.__context__)
 
 
 def rows_read(rows, failed) -> Iterator:

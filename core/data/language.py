@@ -86,14 +86,16 @@ def _machine_docs(root: Path) -> Iterator[Doc]:
 _SLICE = re.compile(r"^(?P<split>[\w.-]+)\[(?P<start>\d*):(?P<stop>\d*)\]$")
 
 
-def hf_documents(lc: LanguageDataConfig, cache_dir: Path) -> tuple[Iterator[Doc], int | None]:
+def hf_documents(lc: LanguageDataConfig, cache_dir: Path, root: Path) -> tuple[Iterator[Doc], int | None]:
     """Rows of `lc.hf_dataset` (a hub name, or a local folder / builder such as "parquet")."""
     split, start, stop = lc.hf_split, 0, None
     m = _SLICE.match(lc.hf_split)
     if m and lc.streaming:  # streaming datasets take no slice syntax: slice the stream instead
         split, start = m["split"], int(m["start"] or 0)
         stop = int(m["stop"]) if m["stop"] else None
-    ds = load_hf(lc.hf_dataset, lc.hf_dataset, 'set data.language.source = "builtin"', name=lc.hf_config or None,
+    local = setting_path(root, lc.hf_dataset)  # a local folder as a path setting reads; else the hub's name
+    where = str(local) if local.exists() else lc.hf_dataset
+    ds = load_hf(where, lc.hf_dataset, 'set data.language.source = "builtin"', name=lc.hf_config or None,
                  split=split, streaming=lc.streaming, cache_dir=str(cache_dir))
     total = None
     if lc.streaming:
@@ -125,10 +127,9 @@ def hf_documents(lc: LanguageDataConfig, cache_dir: Path) -> tuple[Iterator[Doc]
 # ---------------------------------------------------------------- local files
 
 def local_files(paths: list[str], root: Path, outside_passed_over: dict | None = None) -> list[Path]:
-    """The files the configured paths name, folders searched for the suffixes acm reads. A link
-    whose target lies outside the folder it was found in (a named file: the folder holding it) is
-    never opened, as in the bash corpus's local source: it is counted in `outside_passed_over`
-    ({"count", "files"})."""
+    """The files the configured paths name, folders searched for the suffixes acm reads. A link in a
+    folder whose target lies outside it is never opened, as in the bash corpus's local source: it is
+    counted in `outside_passed_over` ({"count", "files"}); a file named itself is the user's choice."""
     files, outside = [], []
     for p in paths:
         inside, found = _named(setting_path(root, p))
@@ -151,8 +152,8 @@ def _named(path: Path) -> tuple[Path, list[Path]]:
     if path.is_dir():
         return path.resolve(), sorted(Path(d) / name for d, _dirs, names in os.walk(path) for name in names
                                       if Path(name).suffix in LOCAL_SUFFIXES)  # never follows symlinked folders
-    if path.is_file():
-        return path.parent.resolve(), [path]
+    if path.is_file():  # named: read wherever its link leads (the user chose the file)
+        return path.resolve().parent, [path]
     if path.exists():
         raise AcmError(f"data.language.local_paths: {path} is {kind_of(path)}, not a file or a folder")
     raise AcmError(f"data.language.local_paths: {path} does not exist")
@@ -242,12 +243,20 @@ def _parquet_documents(f: Path, text_field: str, fields: dict) -> Iterator[Doc]:
     except Exception as e:
         raise AcmError(f"{f}: cannot read column {text_field!r} ({first_line(e)})") from None
     kind = table.schema.field(0).type
-    if not any(is_kind(kind) for is_kind in (pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view,
-                                             pa.types.is_null)):
+    if not _is_text(pa, kind):
         raise AcmError(f"{f}: column {text_field!r} holds {kind}, not text")
     for n, text in enumerate(table.column(0).to_pylist()):
         if text:
             yield text, fields | {"origin": f"{f}:{n}"}
+
+
+def _is_text(pa, kind) -> bool:
+    """Text as parquet keeps it: strings of any width, a column of nulls, or a dictionary of strings
+    (a pandas category saved)."""
+    if pa.types.is_dictionary(kind):
+        return _is_text(pa, kind.value_type)
+    kinds = ("is_string", "is_large_string", "is_string_view", "is_null")  # string views: pyarrow 16 on
+    return any(getattr(pa.types, name, lambda _: False)(kind) for name in kinds)
 
 
 # ---------------------------------------------------------------- fetch
@@ -256,7 +265,7 @@ def documents(cfg: Config) -> tuple[Iterator[Doc], int | None, dict]:
     """The configured source's documents, their count if known, and what describes the source."""
     lc = cfg.data.language
     if lc.source == "hf":
-        docs, total = hf_documents(lc, cfg.locations.hf_cache)
+        docs, total = hf_documents(lc, cfg.locations.hf_cache, cfg.root)
         return docs, total, {"source": "hf", "dataset": lc.hf_dataset, "config": lc.hf_config,
                              "split": lc.hf_split, "text_field": lc.text_field}
     if lc.source == "local":

@@ -64,13 +64,15 @@ def run_to_train(cfg: config.Config, name: str) -> Path:
 
 
 def _not_of_a_run(path: Path) -> list[str]:
-    """What a folder without config.toml holds that no run's start makes (a stage's folder, its
-    writer's lock): a user's own folder that a new run must not take over."""
+    """What a folder without config.toml holds that no run makes (its stages' folders, its locks,
+    its evaluation; hidden files such as a Finder's .DS_Store or a killed write's temporary): a
+    user's own folder that a new run must not take over."""
     try:
         names = sorted(p.name for p in path.iterdir())
     except OSError:
         return []  # none, or a file: said where the run is made
-    return [n for n in names if n not in (*TRAINING_STAGES, Paths.writer_lock(path).name)]
+    ours = {*TRAINING_STAGES, *(f(path).name for f in (Paths.writer_lock, Paths.use_lock, Paths.eval_results))}
+    return [n for n in names if n not in ours and not n.startswith(".")]
 
 
 def list_runs(cfg: config.Config) -> list[Path]:
@@ -126,7 +128,7 @@ def prepare_run(cfg: config.Config, run: Path, stage: str | None = None) -> None
     saved = Paths.run_config(run)
     if saved.exists():
         try:
-            old = config.load(saved)
+            old = config.load(saved, written=True)
         except AcmError as e:
             raise AcmError(f"run {run.name}: its config.toml is unreadable ({e})") from None
         if model_identity(old) != model_identity(cfg):
@@ -385,7 +387,7 @@ def summary(run: Path) -> dict:
     check's; best_checkpoint is the checkpoint generation and export take as the best, which may
     hold a higher one (no checkpoint was saved at that check)."""
     try:
-        preset = config.load(Paths.run_config(run)).model.preset
+        preset = config.load(Paths.run_config(run), written=True).model.preset
     except AcmError:
         preset = "?"
     out = {"name": run.name, "preset": preset, "modified": run.stat().st_mtime, "stages": {}}

@@ -289,7 +289,7 @@ def trained_with(ck: Checkpoint) -> config.Config:
     table = ck.state["config"]
     if isinstance(table, dict):
         table = {k: v for k, v in table.items() if k in SHAPED_BY}
-    return config.from_dict(table, source=str(ck.path / STATE), root=ck.run)
+    return config.from_dict(table, source=str(ck.path / STATE), root=ck.run, written=True)
 
 
 def damaged(folder: Path) -> list[Path]:

@@ -55,7 +55,7 @@ def read_settings(run: Path) -> RunSettings:
     if not table:  # acm writes every setting: an empty file holds none, not the defaults
         return RunSettings(run, None, f"{path}: it is empty")
     try:
-        config.from_dict(table, source=str(path), root=run)
+        config.from_dict(table, source=str(path), root=run, written=True)
     except AcmError as e:
         return RunSettings(run, flatten(table), str(e))
     return RunSettings(run, flatten(table))

@@ -53,7 +53,7 @@ def read(path: Path) -> tuple[config.Config, Launch]:
         launch = Launch(**table.pop("launch"))
         if not (isinstance(launch.stage, str) and isinstance(launch.run, str) and isinstance(launch.resume, bool)):
             raise TypeError("stage, run and resume have the wrong types")
-    return config.from_dict(table, source=str(path), root=Path(path).parent), launch
+    return config.from_dict(table, source=str(path), root=Path(path).parent, written=True), launch
 
 
 def command(snapshot: Path) -> list[str]:

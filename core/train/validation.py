@@ -53,7 +53,8 @@ def pass_rows(shape: ModelShape, sc: StageConfig, compute_dtype: str, limit: int
 def mean_loss(eval_loss: Callable[[mx.array, mx.array], mx.array],
               draw: Callable[[int], tuple], batches: int, most: int) -> mx.array:
     """The mean of `eval_loss` over validation batches 0..batches-1 (`draw(i)`: batch i's inputs and
-    targets), read up to `most` to a pass; queued, not evaluated."""
+    targets), read up to `most` to a pass; queued, not evaluated, but for the sums of each
+    QUEUED_PASSES passes of a long check."""
     size = group_of(batches, most)
     losses, sums = [], []
     for first in range(0, batches, size):

@@ -48,9 +48,10 @@ async def test_a_long_paste_into_the_probe_draws_its_first_tokens_and_counts_the
         assert shown_in_full(app, "#probe-input")  # the input stays where the user types
 
 
-async def test_the_probe_reads_escapes_as_the_command_lines_e_does(trained):
-    """A line of input holds no new line, the one character bash cannot do without: `\\n` in the probe
-    was a backslash and an n, where `acm tokenizer probe -e` reads a new line."""
+async def test_e_makes_the_probe_read_escapes_as_the_command_lines_e_does(trained):
+    """A line of input holds no new line, the one character bash cannot do without: `\\n` could only
+    be a backslash and an n, where `acm tokenizer probe -e` reads a new line. As typed by default
+    (bash's own backslashes, `grep '\\bfoo'`, stay), with e as -e reads them."""
     from core import config
     from core.tokenizer.bpe import load_tokenizer
 
@@ -59,11 +60,16 @@ async def test_the_probe_reads_escapes_as_the_command_lines_e_does(trained):
         await open_probe(app, pilot)
         await pilot.press(*"ls -la\\nwc")
         tok = load_tokenizer(config.load(trained / "acm.toml"))
-        count = tok.probe("ls -la\nwc")["count"]
-        await wait_until(pilot, lambda: text_of(app, "#probe-ids").startswith(f"{count} tokens"))
-        assert count != tok.probe("ls -la\\nwc")["count"]
-        await pilot.press("backspace", "backspace", "backspace", "backspace", "\\")  # an escape half typed
+        typed, read = (tok.probe(text)["count"] for text in ("ls -la\\nwc", "ls -la\nwc"))
+        assert typed != read
+        await wait_until(pilot, lambda: text_of(app, "#probe-ids").startswith(f"{typed} tokens"))
+        await pilot.press("escape", "e")
+        await wait_until(pilot, lambda: text_of(app, "#probe-ids").startswith(f"{read} tokens"))
+        assert "acm tokenizer probe -e" in text_of(app, "#probe-heading")
+        await pilot.press("i", "backspace", "backspace", "backspace", "backspace", "\\")  # an escape half typed
         await wait_until(pilot, lambda: "invalid escape" in text_of(app, "#probe-tokens"))
+        await pilot.press("escape", "e")  # as typed again: a backslash is a backslash
+        await wait_until(pilot, lambda: "chars/token" in text_of(app, "#probe-ids"))
         assert app.is_running
 
 

@@ -525,9 +525,13 @@ def test_local_language_files_that_link_out_of_their_folder_are_never_read(proje
     assert m["outside_passed_over"] == {"count": 1, "files": [str(src / "passwd.txt")]}
     assert list(Corpus.open(project / "data" / "language", "language").texts()) == ["one two three"]
     named = cfg_for(project, data__language__source="local", data__language__local_paths=[str(src / "passwd.txt")])
+    fetch_language(named)  # a file named in the settings is read where its link leads: the user chose it
+    assert list(Corpus.open(project / "data" / "language", "language").texts()) == ["the secret"]
+    (src / "b.txt").symlink_to(elsewhere / "missing.txt")  # a folder of nothing but links out and a dangling one
+    (src / "a.txt").unlink(), (src / "same.md").unlink(), (src / "pipe.txt").unlink()
     with pytest.raises(AcmError, match=r"holds no \.jsonl, \.md, \.parquet, \.txt files \(1 links out of their "
                                        r"folders, never read\)"):
-        fetch_language(named)
+        fetch_language(cfg)
 
 
 @pytest.mark.parametrize("value, said", [
@@ -560,6 +564,9 @@ def test_null_texts_are_skipped_and_a_byte_order_mark_is_no_text(project, tmp_pa
 
 
 def test_a_parquet_column_that_holds_no_text_is_one_line(project, tmp_path):
+    pq.write_table(pa.table({"text": pa.array(["a category", "another"]).dictionary_encode()}), tmp_path / "c.parquet")
+    cfg = cfg_for(project, data__language__source="local", data__language__local_paths=[str(tmp_path / "c.parquet")])
+    assert fetch_language(cfg)["stats"]["documents"] == 2  # a pandas category saved: text
     pq.write_table(pa.table({"text": [1, 2]}), tmp_path / "n.parquet")
     cfg = cfg_for(project, data__language__source="local", data__language__local_paths=[str(tmp_path / "n.parquet")])
     with pytest.raises(AcmError, match=r"n\.parquet: column 'text' holds int64, not text"):

@@ -665,6 +665,27 @@ def test_a_new_run_never_takes_over_a_folder_that_is_no_run(prepared, capsys):
     assert cli.main(["-c", c, "train", "pretrain", "--run", "empty", "--max-steps", "1"]) == 0
 
 
+def test_a_runs_settings_written_before_a_check_was_added_still_resume(prepared, capsys):
+    """A run's config.toml is read as acm wrote it: settings a later acm refuses in acm.toml (folders
+    that overlap, a check of more than 10000 batches) made the run "unreadable" and its resume fail."""
+    import tomlkit
+
+    cfg, c = load(prepared), str(prepared / "acm.toml")
+    train_stage(cfg, "pretrain", cfg.runs_dir / "d", max_steps=10)
+    saved = Paths.run_config(cfg.runs_dir / "d")
+    table = tomlkit.parse(saved.read_text())
+    table["paths"]["runs"] = table["paths"]["data"]
+    table["train"]["finetune"]["eval_batches"] = 20_000
+    saved.write_text(tomlkit.dumps(table))
+    with pytest.raises(config.ConfigError):
+        config.load(saved)  # as a user's settings: refused
+    assert cli.main(["-c", c, "train", "pretrain", "--resume", "--run", "d", "--max-steps", "1"]) == 0
+    assert checkpoint.latest(Paths.checkpoints(cfg.runs_dir / "d", "pretrain")).step == 11
+    capsys.readouterr()
+    assert cli.main(["-c", c, "runs", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["preset"] == "nano"
+
+
 def test_a_resume_with_nothing_to_resume_is_refused_not_started_over(prepared, capsys):
     """A resume of a run named wrong, of a stage never trained, or of one whose checkpoints are all
     damaged (a wrong type in state.json too) is one line: it never starts the stage from step 0."""
