@@ -52,9 +52,12 @@ def setting(default: Any, help: str, *, min: float | None = None, max: float | N
 class PathsConfig:
     data: str = setting("data", "working folder for corpora, the tokenizer and token shards; a relative path is "
                                 "relative to the settings file's folder (so `acm -c other/acm.toml` reads "
-                                "`other/data`), not to where acm is started")
+                                "`other/data`), not to where acm is started; a leading `~` is your home folder, as "
+                                "in every path setting")
     runs: str = setting("runs", "working folder for training runs (checkpoints, metrics, logs); relative as "
-                                "`paths.data`")
+                                "`paths.data`; the two folders lie apart (the data folder never inside the runs "
+                                "folder, the runs folder never inside one acm keeps data in), else a run could take "
+                                "a data folder's name and deleting it would delete the data")
 
 
 @dataclass
@@ -123,8 +126,8 @@ class CodeDataConfig:
                               "CC BY 4.0), nl2bash (NL2Bash pairs, MIT)", choices=("tldr", "nl2bash"))
     tldr_path: str = setting("", "tldr-pages: a folder holding pages/, or a git URL cloned shallow into "
                                  "data/code/repos (empty: https://github.com/tldr-pages/tldr.git)")
-    tldr_platforms: list = setting(["common", "linux"], "tldr page folders read (pages/<platform>/*.md, English)",
-                                   choices=("common", "linux", "osx"))
+    tldr_platforms: list = setting(["common", "linux"], "tldr page folders read (pages/<platform>/*.md, English); "
+                                   "empty is refused while `pairs` takes tldr", choices=("common", "linux", "osx"))
     nl2bash_path: str = setting("", "NL2Bash: a folder holding data/bash/all.nl and all.cm, or a git URL cloned "
                                     "shallow into data/code/repos (empty: https://github.com/TellinaTool/nl2bash.git)")
     pairs_per_script: int = setting(8, "consecutive NL2Bash pairs grouped into one script", min=1, max=1000)
