@@ -255,6 +255,7 @@ class Trainer:
         self._load_weights()
         if self.is_main:
             self._start_recording(cfg)
+            self._say_unmixed(sc)
         mx.eval(self.opt.state)
         # the optimizer's buffers hold the weights from now on, and the model reads them only in a step
         # (or a check's samples, given them); a fresh step's trace leaves the model its stand-ins
@@ -263,6 +264,15 @@ class Trainer:
         # initialisation is the batch order, a pure function of (seed, step) saved in checkpoints.
         self.fused_step, self.grad_step, self.apply_step, self.eval_loss = readied.steps if readied else build_steps(
             self.model, self.opt, sc.grad_clip, self.world, self.cfg.train.allreduce_buckets)
+
+    def _say_unmixed(self, sc: StageConfig) -> None:
+        """A share of the batch that rounds to no row (replay 0.5 of one row: the stage's own corpus
+        keeps its row) is said in the log, never dropped silently."""
+        for key, share, rows in (("replay", sc.replay, self.batches.replayed),
+                                 ("pairs_share", pairs_share(sc), self.batches.paired)):
+            if share > 0 and rows == 0:
+                self.log(f"train.{self.stage}.{key} = {share:g} draws no row of a {self.batches.rows}-row batch "
+                         f"(the stage's own corpus keeps one): raise batch_size or grad_accum for it to count")
 
     def _new_model(self, cfg: Config, readied: Built | None) -> tuple:
         """The stage's freshly initialised model and optimizer; where the command's readying left a

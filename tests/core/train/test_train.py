@@ -782,6 +782,16 @@ def test_the_stages_own_corpus_keeps_a_row_of_every_batch_whatever_the_shares(pr
     assert alone.replayed == 0 and (alone.train(3)[0] == Batches(code, 16, 1, seed=1).train(3)[0]).all()
 
 
+def test_a_share_that_rounds_to_no_row_is_said_in_the_log(prepared):
+    cfg = load(prepared)
+    cfg.train.pretrain.batch_size, cfg.train.pretrain.replay = 1, 0.5
+    seen = []
+    train_stage(cfg, "pretrain", cfg.runs_dir / "r", seen.append, max_steps=1)
+    said = [e.text for e in seen if e.type == "log" and "draws no row" in e.text]
+    assert said == ["train.pretrain.replay = 0.5 draws no row of a 1-row batch (the stage's own corpus keeps one): "
+                    "raise batch_size or grad_accum for it to count"]
+
+
 def unlearning_finetune(prepared: Path) -> tuple[config.Config, Path]:
     """A run with a pretrain checkpoint and fine-tuning settings that learn nothing, checked every 2
     steps with a patience of 2."""
