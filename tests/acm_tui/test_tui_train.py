@@ -453,9 +453,10 @@ async def test_a_stop_pressed_while_the_stage_starts_stops_it(prepared, keys_whi
     config.save(cfg, prepared / "acm.toml")
     app = PaneHost(TrainPane, prepared / "acm.toml")
     async with app.run_test(size=(120, 50), notifications=True) as pilot:
-        await pilot.press("4", "p", "s")
+        await pilot.press("4")
         pane = app.query_one("#train-pane")
-        assert pane.control is not None and pane.control.stopping
+        await wait_until(pilot, lambda: pane.has_focus_within)
+        await pilot.press("p", "s")
         await wait_until(pilot, lambda: pane.state == "stopped" and pane.control is None, timeout=60)
     run = list_runs(app.cfg)[0]
     assert checkpoint.latest(Paths.checkpoints(run, "pretrain")).step < 100
