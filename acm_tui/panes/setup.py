@@ -77,8 +77,8 @@ class SetupPane(Pane):
         self.statuses: dict[str, StageStatus] = {}
 
     def compose(self) -> ComposeResult:
-        yield Static("Pipeline: [b]enter[/b] runs the selected stage, [b]a[/b] runs all remaining, "
-                     "[b]x[/b] cancels", classes="heading")
+        yield Static("Pipeline: [b]enter[/b] runs the selected stage, [b]a[/b] all remaining, [b]x[/b] cancels "
+                     "([b]?[/b] keys)", classes="heading")
         yield StageTable(id="pipeline", cursor_type="row", zebra_stripes=True)
         yield Static("", id="pipeline-detail")
         yield from self.compose_step()
