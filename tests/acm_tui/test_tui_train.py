@@ -27,11 +27,16 @@ async def test_train_pane_without_shards_says_to_make_them_first(project):
         assert "no runs yet: prepare the token shards" in text_of(app, "#train-status")
 
 
-async def test_train_pane_charts_update_and_keys_steer(prepared, keys_while_training):
+def endless_pretrain(prepared) -> PaneHost:
+    """The Train pane in a small app, on a project whose pretrain runs until it is stopped."""
     cfg = config.load(prepared / "acm.toml")
     cfg.train.pretrain.steps = 100000
     config.save(cfg, prepared / "acm.toml")
-    app = PaneHost(TrainPane, prepared / "acm.toml")
+    return PaneHost(TrainPane, prepared / "acm.toml")
+
+
+async def test_train_pane_charts_update_and_keys_steer(prepared, keys_while_training):
+    app = endless_pretrain(prepared)
     async with app.run_test(size=(120, 50), notifications=True) as pilot:
         await pilot.press("4")
         pane = app.query_one("#train-pane")
@@ -448,10 +453,7 @@ async def test_the_runs_pane_fine_tunes_and_resumes_the_run_it_has_selected(prep
 async def test_a_stop_pressed_while_the_stage_starts_stops_it(prepared, keys_while_training):
     """`s` went through the stage's control file, which a stage still starting (no status yet) cannot
     take: "nothing to stop", and the stage trained on. A stage the app trains takes it at once."""
-    cfg = config.load(prepared / "acm.toml")
-    cfg.train.pretrain.steps = 100000
-    config.save(cfg, prepared / "acm.toml")
-    app = PaneHost(TrainPane, prepared / "acm.toml")
+    app = endless_pretrain(prepared)
     async with app.run_test(size=(120, 50), notifications=True) as pilot:
         await pilot.press("4")
         pane = app.query_one("#train-pane")
