@@ -64,7 +64,7 @@ class AskExport(ModalScreen[dict | None]):
         self.run, self.folder = run, folder
 
     def compose(self) -> ComposeResult:
-        with Vertical(classes="dialog"):
+        with Vertical(classes="dialog export-dialog"):
             yield Label(f"Export run {visible(self.run)} with a model card: the new folder, then enter. Tab: the "
                         "format (mlx: mlx-lm, hf: transformers, gguf: llama.cpp), the stage (default: its "
                         "fine-tune once it has one), the checkpoint and the dtype:", markup=False)
@@ -74,6 +74,11 @@ class AskExport(ModalScreen[dict | None]):
                     yield Select([(o, o) for o in options], value=value, allow_blank=False, id=f"export-{name}")
 
     def on_mount(self) -> None:
+        self.query_one("#export-folder", Input).focus()
+
+    @on(Select.Changed)
+    def _chosen(self) -> None:
+        """Back to the folder once a choice is made, so that enter exports (on a list it opens the list)."""
         self.query_one("#export-folder", Input).focus()
 
     @on(Input.Submitted)

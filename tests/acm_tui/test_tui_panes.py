@@ -300,6 +300,16 @@ async def test_the_export_dialog_shows_its_whole_instruction_at_80x24(with_model
             widget = app.screen.find_widget(app.screen.query_one(f"#export-{name}"))
             assert widget.visible_region == widget.region, name
         assert app.screen.query_one("#export-folder", Input).has_focus  # enter exports as offered
+        for name in ("format", "stage", "checkpoint", "dtype"):  # each choice on one line: "bfloat16", not "bfloat|16"
+            assert app.screen.query_one(f"#export-{name}").region.width >= len("bfloat16") + 6, name
+        await pilot.press("tab", "tab", "tab", "tab", "enter", "down", "enter")  # the dtype's list: bfloat16
+        await pilot.pause()
+        assert str(app.screen.query_one("#export-dtype").value) == "bfloat16"
+        assert app.screen.query_one("#export-folder", Input).has_focus  # back, so that enter exports
+        await pilot.press("enter")
+        target = with_model / "exports" / "m"
+        await wait_until(pilot, lambda: (target / "README.md").exists(), timeout=60)
+        assert "bfloat16" in (target / "README.md").read_text()
 
 
 async def test_the_export_dialog_takes_the_stage_checkpoint_and_dtype_acm_export_takes(with_model):
