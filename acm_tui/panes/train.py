@@ -441,8 +441,9 @@ class TrainPane(Pane):
         parts = [f"[b]{self.stage or '–'}[/b] run {name}{where}: [b]{state}[/b]"]
         if m:
             mfu = f"  MFU {figure(m.mfu, '.1%')}" if m.mfu is not None else ""
-            parts.append(f"step {figure(m.step, ',')}/{figure(m.total, ',')}  epoch {figure(m.epoch, '.3f')}  ETA "
-                         f"{duration(m.eta_s)}  loss {figure(m.loss, '.4f')}  lr {figure(m.lr, '.2e')}  "
+            eta = f"  ETA {duration(m.eta_s)}" if self.state in LIVE else ""  # a stage that ended has none
+            parts.append(f"step {figure(m.step, ',')}/{figure(m.total, ',')}  epoch {figure(m.epoch, '.3f')}{eta}  "
+                         f"loss {figure(m.loss, '.4f')}  lr {figure(m.lr, '.2e')}  "
                          f"{figure(m.tokens_per_s, ',.0f')} tok/s{ranks_words(m)}{mfu}")
             parts.append(f"memory active {gib(m.memory_active)} / peak {gib(m.memory_peak)} / cache "
                          f"{gib(m.memory_cache)} / limit {gib(m.memory_limit)} GiB")

@@ -48,7 +48,7 @@ async def test_train_pane_charts_update_and_keys_steer(prepared, keys_while_trai
             return "train" in drawn and any(0x2800 < ord(ch) <= 0x28FF for ch in drawn)
 
         await wait_until(pilot, lambda: "tok/s" in text_of(app, "#train-status") and charted())
-        assert "running" in text_of(app, "#train-status")
+        assert "running" in text_of(app, "#train-status") and "ETA" in text_of(app, "#train-status")
         drawn, t0 = pane.redraws, asyncio.get_running_loop().time()
         await pilot.pause(1.0)
         rate = (pane.redraws - drawn) / (asyncio.get_running_loop().time() - t0)
@@ -65,6 +65,8 @@ async def test_train_pane_charts_update_and_keys_steer(prepared, keys_while_trai
         await pilot.press("s")
         await wait_until(pilot, lambda: pane.state == "stopped" and pane.control is None, timeout=60)
         await notified(pilot, f"pretrain stopped at step {pane.history[-1].step} (run ")
+        await wait_until(pilot, lambda: "stopped" in text_of(app, "#train-status"))
+        assert "ETA" not in text_of(app, "#train-status")  # a stage that ended has no time left
         run = list_runs(app.cfg)[0]
         last = checkpoint.latest(Paths.checkpoints(run, "pretrain"))
         assert last.step == pane.history[-1].step or last.step >= paused_at
