@@ -40,8 +40,11 @@ def draw(plt, title: str, series: list, log: bool = False, axis: str = "step") -
     ticks = sorted({int(lo), int((lo + hi) / 2), int(hi)})
     plt.xticks(ticks, [words(t) for t in ticks])
     plt.xlabel(label)
+    ys = [y for s in drawn for y in s.ys]
     if log:
-        _log_ticks(plt, [y for s in drawn for y in s.ys])
+        _log_ticks(plt, ys)
+    elif min(ys) == max(ys):  # one value (a stage's first report): plotext labels it with all its digits
+        plt.yticks([ys[0]], [f"{ys[0]:.4g}"])
 
 
 def _plottable(s: Series) -> Series:

@@ -55,3 +55,17 @@ def test_sparkline_scales_between_the_least_and_most_of_the_last_values():
     assert sparkline([0, 1, 2, 3, 4, 5, 6, 7], 8) == "▁▂▃▄▅▆▇█"
     assert sparkline([100, 0, 7], 1) == "▁"  # only the last: one value, its own least
     assert sparkline([1.0, math.nan, 1.0], 10) == "▁▁" and sparkline([], 5) == ""
+
+
+def test_a_chart_of_one_value_labels_it_short_and_keeps_its_title():
+    """A stage's first report: plotext labelled the y axis `6.7834076881408700`, so wide that the chart
+    lost its title at 80 columns."""
+    import plotext as plt
+
+    from acm_tui.charts import draw
+
+    plt.plotsize(60, 12)
+    draw(plt, "pretrain loss", [([10], [6.78340768814087], "train")])
+    drawn = plt.build()
+    plt.clear_figure()
+    assert "6.783" in drawn and "6.78340" not in drawn and "pretrain loss" in drawn
