@@ -40,10 +40,15 @@ def draw(plt, title: str, series: list, log: bool = False, axis: str = "step") -
     ticks = sorted({int(lo), int((lo + hi) / 2), int(hi)})
     plt.xticks(ticks, [words(t) for t in ticks])
     plt.xlabel(label)
-    ys = [y for s in drawn for y in s.ys]
+    _y_ticks(plt, [y for s in drawn for y in s.ys], log)
+
+
+def _y_ticks(plt, ys: list[float], log: bool) -> None:
+    """A log chart's ticks labelled with the values; one value alone (a stage's first report) labelled
+    short, where plotext would write all its digits and push the title out."""
     if log:
         _log_ticks(plt, ys)
-    elif min(ys) == max(ys):  # one value (a stage's first report): plotext labels it with all its digits
+    elif min(ys) == max(ys):
         plt.yticks([ys[0]], [f"{ys[0]:.4g}"])
 
 
