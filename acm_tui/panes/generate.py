@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import collections
 import threading
+from pathlib import Path
 
 from rich.text import Text
 from textual import on
@@ -116,20 +117,21 @@ class GeneratePane(Pane):
         keep = select.value if select.value in {value for _, value in options} else AUTO
         select.set_options(options)
         select.value = keep
-        self._show_chosen_eval()
+        self._show_chosen_eval(all_runs[0] if all_runs else None)
 
     @on(Select.Changed, "#gen-checkpoint")
     def _chosen(self) -> None:
-        self._show_chosen_eval()
-
-    def _show_chosen_eval(self) -> None:
-        """The evaluation of the run the checkpoint list has chosen (the newest run's for "latest run"),
-        the run `e` evaluates."""
-        name, _, _ = self.checkpoint_choice()
         try:
-            run = self.cfg.locations.run(name) if name else runs.newest_run(self.cfg)
+            newest = runs.newest_run(self.cfg)
         except AcmError:
-            run = None
+            newest = None
+        self._show_chosen_eval(newest)
+
+    def _show_chosen_eval(self, newest: Path | None) -> None:
+        """The evaluation of the run the checkpoint list has chosen (`newest`'s for "latest run"), the
+        run `e` evaluates."""
+        name, _, _ = self.checkpoint_choice()
+        run = self.cfg.locations.run(name) if name else newest
         if run is not None:
             self._show_eval(run)
 

@@ -167,7 +167,6 @@ def _real(path: Path) -> Path | None:
 
 
 NAMED = 20  # files a manifest names among those passed over (all are counted)
-NOT_UTF8_NAMED = NAMED
 
 
 def local_documents(paths: list[str], text_field: str, root: Path, passed_over: dict | None = None,
@@ -189,7 +188,7 @@ def local_documents(paths: list[str], text_field: str, root: Path, passed_over: 
                 text = f.read_text(encoding="utf-8-sig")
             except UnicodeDecodeError:
                 passed_over["count"] += 1
-                passed_over["files"] += [without_surrogates(str(f))][:NOT_UTF8_NAMED - len(passed_over["files"])]
+                passed_over["files"] += [without_surrogates(str(f))][:NAMED - len(passed_over["files"])]
                 continue
             yield text, fields
 
