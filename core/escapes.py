@@ -3,6 +3,7 @@ the app's Generate prompt), and text that is not UTF-8 refused in one line; show
 characters from disk or a model written in that same escaped form."""
 from __future__ import annotations
 
+import json
 import re
 
 from core.errors import AcmError
@@ -20,6 +21,25 @@ def unescape(text: str, what: str = "the text") -> str:
         escape = f"\\u{ord(read[e.start]):04x}"
         raise AcmError(f"{what}: the escape {escape} is half a surrogate pair, not a character") from None
     return read
+
+
+def stop_strings(text: str, what: str = "stop") -> tuple[str, ...]:
+    """Stop strings typed on one line: none for an empty line; several as double-quoted strings
+    separated by commas (`"\\n\\n", "exit 0"`, escapes read as JSON reads them); else the line is one
+    string, its escapes read as the prompt's."""
+    text = text.strip()
+    if not text:
+        return ()
+    if not text.startswith('"'):
+        return (unescape(text, what),)
+    try:
+        found = json.loads(f"[{text}]")
+    except (ValueError, RecursionError):
+        found = None
+    if not found or not all(isinstance(s, str) and s for s in found):
+        raise AcmError(f"{what}: give one string, or several in double quotes separated by commas "
+                       f"(\"\\n\\n\", \"exit 0\"); got '{visible(text[:40])}'")
+    return tuple(utf8(s, what) for s in found)
 
 
 def utf8(text: str, what: str) -> str:

@@ -20,7 +20,7 @@ from acm_tui.text_input import TextInput
 from core import config, runs
 from core.atomic import read_json
 from core.errors import AcmError, one_line
-from core.escapes import unescape, visible
+from core.escapes import stop_strings, unescape, visible
 from core.generate.checked import checked_generate, sample_and_judge
 from core.generate.cut import cut_note
 from core.generate.decode import load_model, stream_generate
@@ -28,6 +28,7 @@ from core.generate.evaluate import evaluate_run
 from core.generate.relevance import expectations, task_verdict
 from core.generate.sampling import MAX_N, SamplingParams
 from core.generate.verdicts import judge
+from core.model.gpt import DTYPES
 from core.paths import Paths
 from core.pipeline.tables import EVAL_COLUMNS, eval_rows, plain
 
@@ -37,8 +38,10 @@ from .base import CANCEL_BINDING, Pane
 SETTINGS = [  # (field, label, type)
     ("temperature", "temp", float), ("top_k", "top-k", int), ("top_p", "top-p", float), ("min_p", "min-p", float),
     ("repetition_penalty", "rep", float), ("max_tokens", "max", int), ("seed", "seed", int),
+    ("candidates", "cand", int),
 ]
 AUTO = "auto"
+DTYPE_CHOICES = [("run's", AUTO)] + [(name, name) for name in DTYPES]  # as `acm generate --dtype`
 
 
 class GeneratePane(Pane):
@@ -74,14 +77,18 @@ class GeneratePane(Pane):
                      "line)", classes="hint")
         yield Select([("latest run (best)", AUTO)], id="gen-checkpoint", allow_blank=False)
         g = self.app.cfg.generate
-        for second, row in enumerate((SETTINGS[:4], SETTINGS[4:])):
+        for row in (SETTINGS[:4], SETTINGS[4:7]):
             with Horizontal(classes="gen-settings"):
-                for name, label, _ in row:
-                    yield Label(label, classes="gen-label")
-                    yield TextInput(str(getattr(g, name)), id=f"gen-{name}", classes="gen-setting")
-                if second:
+                yield from self._setting_boxes(row, g)
+                if row[0][0] == "repetition_penalty":
                     yield Label("n", classes="gen-label")
                     yield TextInput("1", id="gen-n", classes="gen-setting")
+        with Horizontal(classes="gen-settings"):
+            yield Label("stop", classes="gen-label")
+            yield TextInput(placeholder='\\n\\n or "a", "b"', id="gen-stop")
+            yield Label("dtype", classes="gen-label")
+            yield Select(DTYPE_CHOICES, id="gen-dtype", allow_blank=False)
+            yield from self._setting_boxes(SETTINGS[7:], g)
         yield Static("", id="gen-output")
         yield Static("", id="gen-status")
         yield TextInput(placeholder="prompt, e.g. #!/bin/bash\\n# Install docker\\n", id="gen-prompt")
@@ -89,6 +96,12 @@ class GeneratePane(Pane):
         yield from self.compose_step()
         yield DataTable(id="eval-table", cursor_type="none")
         yield Static("", id="eval-note")  # what a time budget cut, if anything
+
+    @staticmethod
+    def _setting_boxes(row, g) -> ComposeResult:
+        for name, label, _ in row:
+            yield Label(label, classes="gen-label")
+            yield TextInput(str(getattr(g, name)), id=f"gen-{name}", classes="gen-setting")
 
     def disk_changed(self) -> None:
         self.refresh_checkpoints()
@@ -140,7 +153,9 @@ class GeneratePane(Pane):
     def busy(self) -> bool:
         return self.stop_event is not None or super().busy()
 
-    def read_params(self) -> SamplingParams:
+    def read_params(self) -> tuple[SamplingParams, int]:
+        """The sampling settings and the candidates tried for a syntax-checked result, from the boxes,
+        checked as `acm config set` checks them; the stop strings as `stop_strings` reads them."""
         values = {}
         for name, label, typ in SETTINGS:
             raw = self.query_one(f"#gen-{name}", Input).value.strip()
@@ -149,7 +164,14 @@ class GeneratePane(Pane):
             except ValueError:
                 kind = "an integer" if typ is int else "a number"
                 raise AcmError(f"{label} must be {kind}, got {config.shown(raw)}") from None
-        return SamplingParams.from_config(config.overridden(self.cfg.generate, "generate.", "Generate pane", **values))
+        g = config.overridden(self.cfg.generate, "generate.", "Generate pane", **values)
+        stop = stop_strings(self.query_one("#gen-stop", Input).value)
+        return SamplingParams.from_config(g, stop=stop), g.candidates
+
+    def decode_dtype(self) -> str | None:
+        """The dtype chosen to decode in; None: the run's `model.compute_dtype`."""
+        value = self.query_one("#gen-dtype", Select).value
+        return None if value in (AUTO, Select.BLANK, None) else str(value)
 
     def checkpoint_choice(self) -> tuple[str | None, str | None, str]:
         value = self.query_one("#gen-checkpoint", Select).value
@@ -170,7 +192,7 @@ class GeneratePane(Pane):
             return
         raw = event.value
         try:
-            params = self.read_params()
+            params, candidates = self.read_params()
             n = self.candidate_count()
             prompt = unescape(raw, "the prompt")  # as `acm generate -e` reads it
         except AcmError as e:
@@ -183,12 +205,12 @@ class GeneratePane(Pane):
         self.current_prompt, self.current_text, self.last_finish = prompt, "", None
         self.stop_event = threading.Event()
         self.query_one("#gen-status", Static).update("loading the checkpoint…" if self.loaded is None else "…")
+        choice = (*self.checkpoint_choice(), self.decode_dtype())
         if n > 1 or self.syntax_check:
-            self.run_on_engine("generate", self._generate_batch, self.checkpoint_choice(), self.current_prompt,
-                               params, n, self.stop_event)
+            self.run_on_engine("generate", self._generate_batch, choice, self.current_prompt, params, n,
+                               candidates if self.syntax_check else 0, self.stop_event)
         else:
-            self.run_on_engine("generate", self._generate, self.checkpoint_choice(), self.current_prompt, params,
-                               self.stop_event)
+            self.run_on_engine("generate", self._generate, choice, self.current_prompt, params, self.stop_event)
         self._render_output()
 
     def candidate_count(self) -> int:
@@ -203,8 +225,8 @@ class GeneratePane(Pane):
         self.syntax_check = not self.syntax_check
         self._show_check()
         self.notify(f"syntax-checked sampling {'on' if self.syntax_check else 'off'}: "
-                    + (f"the best of {self.cfg.generate.candidates} candidates" if self.syntax_check
-                       else "one sample as it streams"))
+                    + (f"the best of {self.query_one('#gen-candidates', Input).value.strip()} candidates (cand)"
+                       if self.syntax_check else "one sample as it streams"))
 
     def _show_check(self) -> None:
         """The syntax check's state stays in view on the prompt's border, not only in a passing notice."""
@@ -213,17 +235,19 @@ class GeneratePane(Pane):
     def _load(self, choice) -> None:
         """The checkpoint the choice names now (the latest run's best follows new runs and saves),
         loaded again only where it is not the one already held."""
-        self.loaded = load_model(self.cfg, *choice, held=self.loaded)
+        run, stage, which, dtype = choice
+        self.loaded = load_model(self.cfg, run, stage, which, compute_dtype=dtype, held=self.loaded)
         notice = f"; {self.loaded.notice}" if self.loaded.notice else ""
         self.chunks.append(("model", f"{self.loaded.run} / {self.loaded.stage} / step {self.loaded.step}{notice}"))
 
-    def _generate_batch(self, choice, prompt: str, params: SamplingParams, n: int, stop: threading.Event) -> None:
-        """Engine thread: n candidates from one batch (each the best of k when syntax-checked)."""
+    def _generate_batch(self, choice, prompt: str, params: SamplingParams, n: int, candidates: int,
+                        stop: threading.Event) -> None:
+        """Engine thread: n candidates from one batch (each the best of `candidates` when syntax-checked,
+        as the toggle was at enter)."""
         self._load(choice)
         timeout = self.cfg.data.code.syntax_timeout_s
-        if self.syntax_check:
-            found = checked_generate(self.loaded, [prompt] * n, params, self.cfg.generate.candidates, timeout,
-                                     stop.is_set)
+        if candidates:
+            found = checked_generate(self.loaded, [prompt] * n, params, candidates, timeout, stop.is_set)
         else:
             found = sample_and_judge(self.loaded, [prompt] * n, params, timeout, stop.is_set)
         self.chunks.append(("candidates", found))

@@ -20,7 +20,7 @@ from core.config import Config
 from core.errors import AcmError
 from core.generate.sampling import PENALTY_WINDOW, SamplingParams, sample
 from core.model import model_shape
-from core.model.gpt import GPT
+from core.model.gpt import DTYPES, GPT
 from core.paths import Paths
 from core.runs import checkpoint
 from core.tokenizer.bpe import BOS_ID, EOS_ID, AcmTokenizer, tokenizer_with
@@ -152,11 +152,12 @@ def _loaded_model(cfg: Config, ck: checkpoint.Checkpoint, run_path: Path, st: st
                   master_weights: bool, compute_dtype: str | None, held: LoadedModel | None) -> LoadedModel:
     before = folders[:folders.index((run_path, st))]
     saved = _saved_at(ck)
-    if held is not None and (held.checkpoint, held.saved) == (ck.path, saved):
+    ck_cfg = checkpoint.trained_with(ck) if "config" in ck.state else cfg  # the shape it was trained with
+    dtype = compute_dtype or ck_cfg.model.compute_dtype
+    if held is not None and (held.checkpoint, held.saved, held.model.compute_dtype) == (ck.path, saved, DTYPES[dtype]):
         return replace(held, notice=passed_over(ck, before, which))
     tok = checkpoint_tokenizer(cfg, ck, run_path, st)
-    ck_cfg = checkpoint.trained_with(ck) if "config" in ck.state else cfg  # the shape it was trained with
-    model = GPT(model_shape(ck_cfg, tok), compute_dtype or ck_cfg.model.compute_dtype)
+    model = GPT(model_shape(ck_cfg, tok), dtype)
     params = checkpoint.load_weights(ck)
     checkpoint.check_shapes(ck, params, model.parameters())
     model.update(params)

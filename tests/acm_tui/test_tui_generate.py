@@ -6,8 +6,9 @@ import re
 import shutil
 import threading
 
+import mlx.core as mx
 import pytest
-from textual.widgets import DataTable, Input
+from textual.widgets import DataTable, Input, Select
 
 from acm_tui.panes.generate import GeneratePane
 from core import config
@@ -128,7 +129,7 @@ async def test_sampling_values_out_of_range_get_the_settings_messages(with_model
                                       ("seed", "-7", None)):
             app.query_one(f"#gen-{field}", Input).value = value
             if message is None:
-                assert pane.read_params().seed == -7  # any integer seeds the generator
+                assert pane.read_params()[0].seed == -7  # any integer seeds the generator
             else:
                 with pytest.raises(AcmError, match=message):
                     pane.read_params()
@@ -277,3 +278,49 @@ async def test_the_evaluation_shown_is_the_chosen_runs(with_model):
         assert "not evaluated" not in text_of(app, "#eval-note")
         app.query_one("#gen-checkpoint", Select).value = "n|pretrain|latest"
         await wait_until(pilot, lambda: table.row_count == 0 and "run n: not evaluated" in text_of(app, "#eval-note"))
+
+
+async def test_stop_strings_the_decode_dtype_and_the_candidates_tried_as_generate_takes_them(with_model):
+    app = PaneHost(GeneratePane, with_model / "acm.toml")
+    async with app.run_test(size=(100, 50), notifications=True) as pilot:
+        await pilot.press("5")
+        pane = app.query_one("#generate-pane")
+        app.query_one("#gen-temperature", Input).value = "0"
+        app.query_one("#gen-max_tokens", Input).value = "12"
+
+        async def generated() -> str:
+            app.query_one("#gen-prompt", Input).focus()
+            before = len(pane.transcript)
+            await pilot.press("x", "enter")
+            await wait_until(pilot, lambda: pane.stop_event is None and len(pane.transcript) > before, timeout=60)
+            entry = pane.transcript[-1].plain
+            return entry[1:entry.rindex("  [")]  # the continuation, between the prompt and its verdicts
+
+        whole = await generated()
+        assert len(whole) >= 4 and pane.loaded.model.compute_dtype == mx.float32  # the run's dtype
+        first_model = pane.loaded.model
+        stop = whole[2:4]
+        app.query_one("#gen-stop", Input).value = json.dumps(stop) + ', "never in it \\u00e9\\u00e9"'
+        app.query_one("#gen-dtype", Select).value = "bfloat16"
+        cut = await generated()
+        assert cut == whole[:whole.index(stop)] and "stopped: stop" in text_of(app, "#gen-status")
+        assert pane.loaded.model is not first_model and pane.loaded.model.compute_dtype == mx.bfloat16
+        app.query_one("#gen-dtype", Select).value = "auto"
+        app.query_one("#gen-stop", Input).value = ""
+        assert await generated() == whole and pane.loaded.model.compute_dtype == mx.float32
+
+        for box, value, message in (("stop", '"a", 1', "stop: give one string, or several in double quotes"),
+                                    ("stop", '"a', "stop: give one string"),
+                                    ("candidates", "0", "generate.candidates = 0 is out of range")):
+            app.query_one(f"#gen-{box}", Input).value = value
+            before = len(pane.transcript)
+            await pilot.press("i", "l", "s", "enter")
+            await notified(pilot, message)
+            assert pane.stop_event is None and len(pane.transcript) == before
+            app.query_one(f"#gen-{box}", Input).value = {"stop": "", "candidates": "2"}[box]
+            await pilot.press("escape")
+        pane.focus()
+        await pilot.press("k")
+        app.query_one("#gen-max_tokens", Input).value = "2"  # greedy candidates, none complete: every one tried
+        await generated()
+        assert "; 2 tried" in pane.transcript[-1].plain  # cand's 2, not generate.candidates (3 here)
