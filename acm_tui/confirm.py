@@ -1,12 +1,15 @@
-"""A yes/no question over the current screen (keyboard only: y or n, escape for no)."""
+"""Questions over the current screen, keyboard only: yes or no (y or n, escape for no), or a line of
+text (enter gives it, escape gives none)."""
 from __future__ import annotations
 
+from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
 from textual.screen import ModalScreen
-from textual.widgets import Static
+from textual.widgets import Input, Label, Static
 
+from acm_tui.text_input import TextInput
 from core.escapes import visible
 
 
@@ -29,3 +32,25 @@ class Confirm(ModalScreen[bool]):
 
     def action_answer(self, yes: bool) -> None:
         self.dismiss(yes)
+
+
+class Ask(ModalScreen[str | None]):
+    """A line of text: enter gives it (None where it is blank), escape gives None."""
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel")]
+
+    def __init__(self, question: str, value: str = ""):
+        super().__init__()
+        self.question, self.value = question, value
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Label(visible(self.question), markup=False)
+            yield TextInput(self.value, id="answer")
+
+    @on(Input.Submitted)
+    def _submitted(self, event: Input.Submitted) -> None:
+        self.dismiss(event.value.strip() or None)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)

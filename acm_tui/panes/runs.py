@@ -26,29 +26,9 @@ from core.pipeline.tables import plain
 from core.runs import compare
 
 from ..charts import AXES, STAGE_NAMES, Series, draw, ema
-from ..confirm import Confirm
+from ..confirm import Ask, Confirm
 from ..messages import EngineResult, TrainRun
 from .base import Pane
-
-
-class AskName(ModalScreen[str | None]):
-    BINDINGS = [Binding("escape", "cancel", "Cancel")]
-
-    def __init__(self, question: str, value: str):
-        super().__init__()
-        self.question, self.value = question, value
-
-    def compose(self) -> ComposeResult:
-        with Vertical(classes="dialog"):
-            yield Label(visible(self.question), markup=False)
-            yield TextInput(self.value, id="name")
-
-    @on(Input.Submitted)
-    def _submitted(self, event: Input.Submitted) -> None:
-        self.dismiss(event.value.strip() or None)
-
-    def action_cancel(self) -> None:
-        self.dismiss(None)
 
 
 class AskExport(ModalScreen[dict | None]):
@@ -322,7 +302,7 @@ class RunsPane(Pane):
                     self.notify(str(e), severity="error")
                 self.action_reload()
 
-        self.app.push_screen(AskName(f"New name for run {name}:", name), answered)
+        self.app.push_screen(Ask(f"New name for run {name}:", name), answered)
 
     def action_export(self) -> None:
         name = self.selected()

@@ -11,6 +11,8 @@ from textual.binding import Binding
 from textual.widgets import DataTable, Static
 
 from core import runs
+from core.config import parse_duration
+from core.errors import AcmError
 from core.escapes import visible
 from core.model.check import architecture_test
 from core.pipeline import doctor
@@ -26,7 +28,7 @@ from core.pipeline.tables import (
 from core.presets import PRESETS, human_count
 from core.train.trainer import Control
 
-from ..confirm import Confirm
+from ..confirm import Ask, Confirm
 from ..messages import (
     EngineResult,
     EvaluateRun,
@@ -54,10 +56,11 @@ class StageTable(DataTable):
     BINDINGS = [Binding("enter", "select_cursor", "Run stage", tooltip="Run the pipeline stage under the cursor")]
 
 
-def run_chain(cfg, report, cancel, on_engine, control, ready):
+def run_chain(cfg, report, cancel, on_engine, control, ready, time_s=None):
     """Every remaining stage; the bar follows the running one, training stages included; the
-    engine readied while the shards are made (`ready`)."""
-    return run_remaining(cfg, report, cancel, on_engine, training_progress(report), control, ready=ready)
+    engine readied while the shards are made (`ready`); `time_s`, a budget the training stages
+    share as `acm pipeline run --time` shares it."""
+    return run_remaining(cfg, report, cancel, on_engine, training_progress(report), control, time_s, ready=ready)
 
 
 class SetupPane(Pane):
@@ -67,6 +70,8 @@ class SetupPane(Pane):
         CANCEL_BINDING,
         Binding("enter", "run_selected", "Run stage", tooltip="Run the pipeline stage under the cursor"),
         Binding("a", "run_all", "Run the rest", tooltip="Run every stage that is not done, in order"),
+        Binding("A", "run_all_within", "Timed",
+                tooltip="Run every stage that is not done within a wall-clock budget (acm pipeline run --time)"),
         Binding("r", "refresh_doctor", "Re-check", tooltip="Run the environment checks again"),
         Binding("t", "model_test", "Test model", tooltip="Forward a (2, 128) batch through the selected preset"),
     ]
@@ -77,8 +82,8 @@ class SetupPane(Pane):
         self.statuses: dict[str, StageStatus] = {}
 
     def compose(self) -> ComposeResult:
-        yield Static("Pipeline: [b]enter[/b] runs the selected stage, [b]a[/b] all remaining, [b]x[/b] cancels "
-                     "([b]?[/b] keys)", classes="heading")
+        yield Static("Pipeline: [b]enter[/b] runs a stage, [b]a[/b] the rest ([b]A[/b]: timed), [b]x[/b] cancels, "
+                     "[b]?[/b] keys", classes="heading")
         yield StageTable(id="pipeline", cursor_type="row", zebra_stripes=True)
         yield Static("", id="pipeline-detail")
         yield from self.compose_step()
@@ -161,18 +166,44 @@ class SetupPane(Pane):
         self.app.push_screen(Confirm(f"{st.label} is done. Run it again? The stages after it become stale."),
                              answered)
 
-    def action_run_all(self) -> None:
-        if self.chain_control is not None:
-            self.notify("the remaining stages are running already: stop them with x", severity="warning")
-            return
-        if runs.live_stage(self.cfg) is not None:
-            self.notify("training is running: stop it first", severity="warning")
+    def action_run_all(self, time_s: float | None = None) -> None:
+        if not self._chain_may_start():
             return
         # the Train pane finds the chain's training stages on disk and follows them
         self.chain_control = Control()
-        if not self.start_step("running the remaining stages", run_chain, partial(self.app.engine.call_named, "stages"),
-                               self.chain_control, partial(self.app.ready_the_engine, shards_due=True)):
+        within = f" within {time_s:g} s" if time_s else ""
+        if not self.start_step(f"running the remaining stages{within}", run_chain,
+                               partial(self.app.engine.call_named, "stages"), self.chain_control,
+                               partial(self.app.ready_the_engine, shards_due=True), time_s):
             self.chain_control = None
+
+    def _chain_may_start(self) -> bool:
+        if self.chain_control is not None:
+            self.notify("the remaining stages are running already: stop them with x", severity="warning")
+            return False
+        if runs.live_stage(self.cfg) is not None:
+            self.notify("training is running: stop it first", severity="warning")
+            return False
+        return True
+
+    def action_run_all_within(self) -> None:
+        """A: the remaining stages within a wall-clock budget asked for here, the training stages
+        sharing what the data stages leave of it, evaluation keeping its share."""
+        if not self._chain_may_start():
+            return
+
+        def answered(text: str | None) -> None:
+            if text is None:
+                return
+            try:
+                seconds = parse_duration(text, "the time budget")
+            except AcmError as e:
+                self.notify(str(e), severity="error")
+                return
+            self.action_run_all(seconds)
+
+        self.app.push_screen(Ask("Run every remaining stage within (90s, 10m, 1h30m; the training stages share "
+                                 "what the data stages leave, evaluation keeps its share):"), answered)
 
     def step_done(self, name: str, done: list[str]) -> None:
         self._status(f"[green]ran: {', '.join(done) or 'nothing (every stage is done)'}[/]")

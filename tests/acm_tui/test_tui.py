@@ -15,7 +15,7 @@ from acm_tui.app import AcmApp
 from acm_tui.panes.settings import SettingsPane
 from acm_tui.panes.setup import SetupPane
 from core import config
-from tests.helpers import ROOT, shown_in_full, text_of, wait_until
+from tests.helpers import ROOT, notified, shown_in_full, text_of, wait_until
 from tests.pane_host import PaneHost
 from tests.terminal import AppOnATerminal
 
@@ -201,6 +201,35 @@ async def test_a_quit_while_the_chain_trains_stops_its_stage_with_a_checkpoint_a
     assert read_status(run, "pretrain")["state"] == "stopped"
     assert checkpoint.latest(Paths.checkpoints(run, "pretrain")).step < 400
     assert read_status(run, "finetune") is None and not (run / "eval.json").exists()
+
+
+async def test_A_runs_the_rest_within_a_time_budget_shared_as_pipeline_run_time_shares_it(prepared):
+    """The training stages of a chain started with A take their share of the budget typed (the
+    pretrain 60% of what the data stages left), as `acm pipeline run --time` gives it; a budget that
+    is no duration is one line and runs nothing."""
+    from textual.widgets import Input
+
+    from core.paths import Paths
+    from core.runs import list_runs
+
+    cfg = config.load(prepared / "acm.toml")
+    app = AcmApp(prepared / "acm.toml")
+    async with app.run_test(size=(100, 40), notifications=True) as pilot:
+        await pilot.press("1", "A")
+        await wait_until(pilot, lambda: app.screen.__class__.__name__ == "Ask")
+        app.screen.query_one("#answer", Input).value = "soon"
+        await pilot.press("enter")
+        await notified(pilot, "the time budget = 'soon' is not a duration")
+        assert app.query_one("#setup-pane").step_cancel is None and not list_runs(cfg)
+        await pilot.press("A")
+        await wait_until(pilot, lambda: app.screen.__class__.__name__ == "Ask")
+        app.screen.query_one("#answer", Input).value = "10m"
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: list_runs(cfg) and Paths.run_config(list_runs(cfg)[0]).exists(), timeout=120)
+        planned = config.load(Paths.run_config(list_runs(cfg)[0]), written=True).train.pretrain.time
+        assert planned in ("359s", "360s")  # 60% of the 10 minutes the data stages (all done) left
+        await pilot.press("x")
+        await wait_until(pilot, lambda: app.query_one("#setup-pane").step_cancel is None, timeout=120)
 
 
 async def test_keys_typed_right_behind_a_pane_s_number_go_to_that_pane(project):

@@ -110,7 +110,7 @@ async def test_runs_pane_opens_overlays_renames_and_deletes(with_model):
         assert "loss (smoothed 0.6): m vs other" in str(app.query_one("#runs-chart").render())  # ui.smoothing
         await pilot.press("n")
         await pilot.pause()
-        name_box = app.screen.query_one("#name", Input)
+        name_box = app.screen.query_one("#answer", Input)
         name_box.value = "renamed"
         await pilot.press("enter")
         await wait_until(pilot, lambda: (cfg.runs_dir / "renamed").exists())
@@ -138,12 +138,12 @@ async def test_runs_pane_notifies_renames_deletes_and_refusals_in_plain_words_at
         for refused in (".hidden", "a b", "[baseline]"):
             await pilot.press("n")
             await pilot.pause()
-            app.screen.query_one("#name", Input).value = refused
+            app.screen.query_one("#answer", Input).value = refused
             await pilot.press("enter")
             await notified(pilot, f"invalid run name '{refused}'")
         await pilot.press("n")
         await pilot.pause()
-        app.screen.query_one("#name", Input).value = "baseline"
+        app.screen.query_one("#answer", Input).value = "baseline"
         await pilot.press("enter")
         await notified(pilot, "renamed [old] to baseline")
         await wait_until(pilot, lambda: table.row_count == 1 and str(table.get_row_at(0)[0]) == "baseline")
