@@ -98,6 +98,8 @@ class RunsPane(Pane):
         Binding("c", "compare", "Compare", tooltip="Overlay the marked runs' curves, with the settings that differ"),
         Binding("o", "overlay", "Overlay", tooltip="Mark the selected run and add it to the chart's runs"),
         Binding("a", "axis", "Axis", tooltip="x axis: step or tokens seen"),
+        Binding("l", "toggle_losses", "Losses",
+                tooltip="Under compared runs: the losses at aligned points, or the settings that differ (toggle)"),
         Binding("f", "train_run(True)", "Fine-tune", tooltip="Fine-tune the selected run, or go on with its fine-tune"),
         Binding("R", "train_run(False)", "Resume", tooltip="Resume the selected run's latest stage"),
         Binding("x", "export", "Export", tooltip="Write the run as mlx-lm, transformers or GGUF, with a model card"),
@@ -112,11 +114,13 @@ class RunsPane(Pane):
         self.marked: list[str] = []  # the runs `c` compares, in the order they were marked
         self.axis = "step"
         self.noted: set[str] = set()  # the notes on the compared runs' settings already notified
+        self.losses_shown = False  # l: the table under compared runs holds their losses, not their settings
 
     def compose(self) -> ComposeResult:
         yield Static("[b]enter[/b] open a run's curves  [b]space[/b] mark  [b]c[/b] compare the marked  "
-                     "[b]o[/b] mark and add to the chart  [b]a[/b] step/tokens  [b]f[/b] fine-tune  [b]R[/b] resume  "
-                     "[b]x[/b] export  [b]n[/b] rename  [b]d[/b] delete", classes="hint")
+                     "[b]o[/b] mark and add to the chart  [b]a[/b] step/tokens  [b]l[/b] losses/settings  "
+                     "[b]f[/b] fine-tune  [b]R[/b] resume  [b]x[/b] export  [b]n[/b] rename  [b]d[/b] delete",
+                     classes="hint")
         yield RunTable(id="runs-table", cursor_type="row", zebra_stripes=True)
         yield PlotextPlot(id="runs-chart")
         yield DataTable(id="runs-diff", cursor_type="row", zebra_stripes=True)
@@ -220,6 +224,12 @@ class RunsPane(Pane):
         self.notify(f"x axis: {AXES[self.axis][0]}")
         self.plot()
 
+    def action_toggle_losses(self) -> None:
+        self.losses_shown = not self.losses_shown
+        self.notify("under compared runs: " + ("their losses at aligned points (acm runs compare)"
+                                               if self.losses_shown else "the settings that differ"))
+        self.plot()
+
     def plot(self) -> None:
         """Read the shown runs' curves and settings in a thread, then draw them."""
         self._read_curves(list(self.shown), self.axis, self.cfg.ui.smoothing)  # as the Train pane's m last set it
@@ -236,10 +246,13 @@ class RunsPane(Pane):
                 series.append(Series(c.xs, ema(c.losses, smoothing), label, marker=line))
                 points.append(Series(c.val_xs, c.val_losses, f"{label} val", marker=cross, points=True))
         diff = compare.settings_diff(folders) if len(names) > 1 else None
-        self.app.call_from_thread(self._draw, names, axis, smoothing, series + points, diff)
+        losses = [(f"{STAGE_NAMES[stage]}: {label.strip()}", *cells)
+                  for stage, curves in compare.stage_curves(folders, by=axis).items()
+                  for label, *cells in compare.loss_rows(curves, axis)] if len(names) > 1 else []
+        self.app.call_from_thread(self._draw, names, axis, smoothing, series + points, diff, losses)
 
     def _draw(self, names: list[str], axis: str, smoothing: float, series: list[Series],
-              diff: compare.SettingsDiff | None) -> None:
+              diff: compare.SettingsDiff | None, losses: list[tuple[str, ...]]) -> None:
         if (names, axis) != (self.shown, self.axis):
             return  # read for a chart since replaced: a newer read draws
         chart = self.query_one("#runs-chart", PlotextPlot)
@@ -248,6 +261,17 @@ class RunsPane(Pane):
              axis=axis)
         chart.refresh()
         self._show_diff(names, diff)
+        if diff is not None and self.losses_shown:
+            self._show_losses(names, losses)
+
+    def _show_losses(self, names: list[str], rows: list[tuple[str, ...]]) -> None:
+        """In place of the settings: each stage's losses at aligned points, a column a run, as
+        `acm runs compare` prints them."""
+        table = self.query_one("#runs-diff", DataTable)
+        table.clear(columns=True)
+        table.add_columns("loss", *map(plain, names))
+        table.add_rows([list(map(plain, row)) for row in rows]
+                       or [["no run has reported a loss", *("" for _ in names)]])
 
     def _show_diff(self, names: list[str], diff: compare.SettingsDiff | None) -> None:
         """The settings that differ between the compared runs, a column a run whose settings could be

@@ -140,8 +140,7 @@ def cmd_compare(args, cfg: Config) -> int:
     folders = [runs.existing_run(cfg, name) for name in args.runs]
     stages = (args.stage,) if args.stage else runs.TRAINING_STAGES
     diff = compare.settings_diff(folders)
-    report = {stage: [compare.stage_curve(run, stage, args.by) for run in folders] for stage in stages}
-    report = {stage: curves for stage, curves in report.items() if any(c.xs or c.val_xs for c in curves)}
+    report = compare.stage_curves(folders, stages, args.by)
     refuse_nothing(diff, report)
     if args.json:
         print(json.dumps(compare_json(args.runs, args.by, diff, report), indent=2))
@@ -191,26 +190,13 @@ def settings_table(diff: compare.SettingsDiff) -> Table:
     return table
 
 
-def _loss(value: float | None) -> str:
-    return compare.MISSING if value is None else f"{value:.4f}"
-
-
-def _x(value: float | None) -> str:
-    return compare.MISSING if value is None else f"{value:,.0f}"
-
-
 def loss_table(stage: str, names: list[str], by: str, curves: list[compare.Curve]) -> Table:
     """One stage's losses, a column a run: the last report, the best check, the checks all share."""
     table = Table(title=f"{stage}: loss by {by}", title_justify="left")
     for name in ("", *names):
         table.add_column(plain(name), overflow="fold")  # a run's name: its control characters escaped
-    summaries = [compare.stage_summary(c) for c in curves]
-    table.add_row("last train loss", *(_loss(s["last_train_loss"]) for s in summaries))
-    table.add_row("  at " + ("tokens seen" if by == "tokens" else "step"), *(_x(s["last_x"]) for s in summaries))
-    table.add_row("best val loss", *(_loss(s["best_val_loss"]) for s in summaries))
-    for x, losses in compare.shared_val(curves):
-        table.add_row(f"val loss at {_x(x)} tokens" if by == "tokens" else f"val loss at step {_x(x)}",
-                      *map(_loss, losses))
+    for row in compare.loss_rows(curves, by):
+        table.add_row(*row)
     return table
 
 

@@ -205,3 +205,32 @@ def shared_val(curves: list[Curve]) -> list[tuple[float, list[float]]]:
     by_x = [dict(zip(c.val_xs, c.val_losses)) for c in curves]
     common = set(by_x[0]).intersection(*by_x[1:]) if by_x else set()
     return [(x, [checks[x] for checks in by_x]) for x in sorted(common)]
+
+
+def stage_curves(runs: list[Path], stages: tuple[str, ...] = TRAINING_STAGES,
+                 by: str = "step") -> dict[str, list[Curve]]:
+    """Each stage's curve of every run (not placed one after another), for the stages where any of
+    the runs has a point."""
+    report = {stage: [stage_curve(run, stage, by) for run in runs] for stage in stages}
+    return {stage: curves for stage, curves in report.items() if any(c.xs or c.val_xs for c in curves)}
+
+
+def loss_cell(value: float | None) -> str:
+    return MISSING if value is None else f"{value:.4f}"
+
+
+def x_cell(value: float | None) -> str:
+    return MISSING if value is None else f"{value:,.0f}"
+
+
+def loss_rows(curves: list[Curve], by: str) -> list[tuple[str, ...]]:
+    """One stage's losses as `acm runs compare` shows them, a value a run: the last report (and
+    where it was), the best val check, and the val loss at every check all the runs made."""
+    summaries = [stage_summary(c) for c in curves]
+    rows = [("last train loss", *(loss_cell(s["last_train_loss"]) for s in summaries)),
+            ("  at " + ("tokens seen" if by == "tokens" else "step"), *(x_cell(s["last_x"]) for s in summaries)),
+            ("best val loss", *(loss_cell(s["best_val_loss"]) for s in summaries))]
+    for x, losses in shared_val(curves):
+        rows.append((f"val loss at {x_cell(x)} tokens" if by == "tokens" else f"val loss at step {x_cell(x)}",
+                     *map(loss_cell, losses)))
+    return rows

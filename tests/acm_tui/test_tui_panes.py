@@ -601,8 +601,18 @@ async def test_runs_pane_compares_marked_runs_by_step_or_tokens_over_their_setti
         rows = [list(map(str, diff.get_row_at(i))) for i in range(diff.row_count)]
         assert rows == [["train.pretrain.learning_rate", "0.001", "0.01"]]
         assert shown_in_full(app, "#runs-diff")
+        await pilot.press("l")  # the losses at aligned points instead, as `acm runs compare` prints them
+        await wait_until(pilot, lambda: [str(c.label) for c in diff.columns.values()] == ["loss", "a", "b"])
+        rows = [list(map(str, diff.get_row_at(i))) for i in range(diff.row_count)]
+        assert rows == [["pretrain: last train loss", "2.5000", "2.4000"], ["pretrain: at step", "4", "2"],
+                        ["pretrain: best val loss", "2.7000", "2.6000"], ["pretrain: val loss at step 2", "3.6000",
+                                                                          "2.6000"]]
         await pilot.press("a")
         await wait_until(pilot, lambda: "tokens seen" in str(chart.render()))
+        await wait_until(pilot, lambda: str(diff.get_row_at(1)[0]) == "pretrain: at tokens seen")
+        assert [str(c) for c in diff.get_row_at(1)] == ["pretrain: at tokens seen", "400", "400"]
+        await pilot.press("l")
+        await wait_until(pilot, lambda: [str(c.label) for c in diff.columns.values()] == ["setting", "a", "b"])
         select_row(table, "a")
         await pilot.press("space")  # unmarked: c refuses again, the chart stays
         assert pane.marked == ["b"] and str(table.get_row("a")[0]) == "a"
