@@ -10,7 +10,7 @@ from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical
+from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Input, Label, Select, Static
 from textual_plotext import PlotextPlot
@@ -24,10 +24,12 @@ from core.generate.export import FORMATS, export_checkpoint
 from core.paths import home_expanded
 from core.pipeline.tables import plain
 from core.runs import compare
+from core.runs.events import read_samples
 
 from ..charts import AXES, STAGE_NAMES, Series, draw, ema
 from ..confirm import Ask, Confirm
 from ..messages import EngineResult, TrainRun
+from ..samples import checks_text
 from .base import Pane
 
 
@@ -98,6 +100,8 @@ class RunsPane(Pane):
         Binding("c", "compare", "Compare", tooltip="Overlay the marked runs' curves, with the settings that differ"),
         Binding("o", "overlay", "Overlay", tooltip="Mark the selected run and add it to the chart's runs"),
         Binding("a", "axis", "Axis", tooltip="x axis: step or tokens seen"),
+        Binding("v", "samples", "Samples",
+                tooltip="The selected run's live samples (train.samples), every check, in place of the chart (toggle)"),
         Binding("l", "toggle_losses", "Losses",
                 tooltip="Under compared runs: the losses at aligned points, or the settings that differ (toggle)"),
         Binding("f", "train_run(True)", "Fine-tune", tooltip="Fine-tune the selected run, or go on with its fine-tune"),
@@ -119,10 +123,13 @@ class RunsPane(Pane):
     def compose(self) -> ComposeResult:
         yield Static("[b]enter[/b] open a run's curves  [b]space[/b] mark  [b]c[/b] compare the marked  "
                      "[b]o[/b] mark and add to the chart  [b]a[/b] step/tokens  [b]l[/b] losses/settings  "
-                     "[b]f[/b] fine-tune  [b]R[/b] resume  [b]x[/b] export  [b]n[/b] rename  [b]d[/b] delete",
+                     "[b]v[/b] samples  [b]f[/b] fine-tune  [b]R[/b] resume  [b]x[/b] export  [b]n[/b] rename  "
+                     "[b]d[/b] delete",
                      classes="hint")
         yield RunTable(id="runs-table", cursor_type="row", zebra_stripes=True)
         yield PlotextPlot(id="runs-chart")
+        with VerticalScroll(id="runs-samples"):
+            yield Static("", id="runs-samples-text")
         yield DataTable(id="runs-diff", cursor_type="row", zebra_stripes=True)
 
     def disk_changed(self) -> None:
@@ -163,6 +170,8 @@ class RunsPane(Pane):
             table.move_cursor(row=min(row, len(rows) - 1))
         self.shown = [name for name in self.shown if name in names]
         self.plot()
+        if rows and self.query_one("#runs-samples").display:
+            self._read_samples(self.selected())
 
     def _run_cell(self, name: str) -> Text:
         return plain(MARK + name if name in self.marked else name)
@@ -178,6 +187,29 @@ class RunsPane(Pane):
     @on(DataTable.RowSelected, "#runs-table")
     def _selected(self, event: DataTable.RowSelected) -> None:
         self.action_open()
+
+    def action_samples(self) -> None:
+        """The selected run's samples, every check of the stage it is on (`acm runs samples RUN`), in
+        place of the chart; the chart again. They follow the cursor while shown."""
+        view, chart = self.query_one("#runs-samples"), self.query_one("#runs-chart")
+        name = None if view.display else self.selected()
+        view.display = name is not None
+        chart.display = not view.display
+        if name:
+            self._read_samples(name)
+
+    @on(DataTable.RowHighlighted, "#runs-table")
+    def _highlighted(self, event: DataTable.RowHighlighted) -> None:
+        if self.query_one("#runs-samples").display and event.row_key.value:
+            self._read_samples(event.row_key.value)
+
+    @work(thread=True, exclusive=True, group="runs-samples", exit_on_error=False)
+    def _read_samples(self, name: str) -> None:
+        run = self.cfg.locations.run(name)
+        stage = runs.active_stage(run)
+        heading = f"run {visible(name)}" + (f", {STAGE_NAMES[stage]}" if stage else ": not trained yet")
+        shown = checks_text(read_samples(run, stage) if stage else [], heading)
+        self.app.call_from_thread(self.query_one("#runs-samples-text", Static).update, shown)
 
     def action_train_run(self, finetune: bool) -> None:
         """The selected run trained on, in the Train pane: its fine-tune, or its latest stage resumed."""

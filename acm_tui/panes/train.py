@@ -42,6 +42,7 @@ from ..charts import AXES, STAGE_NAMES, Series, at_steps, axis_values, draw, ema
 from ..confirm import Confirm
 from ..devices import DevicesBlock
 from ..messages import EngineResult, StartTraining, TrainRun
+from ..samples import samples_text
 from .base import Pane
 
 REDRAW_S = 0.1  # how often the followed stage's files are read
@@ -504,23 +505,6 @@ class TrainPane(Pane):
             title = title[:width - 1] + "…"
         draw(widget.plt, title, series, log=log, axis=self.axis)
         widget.refresh()
-
-
-def samples_text(samples: list[Sample]) -> Text:
-    """A check's samples: each one's verdicts (marks that read without colour), its prompt dimmed,
-    then what the model wrote (its control characters escaped)."""
-    if not samples:
-        return Text("no samples yet: validation checks generate train.samples scripts (0: none) within "
-                    "train.sample_share of the stage's time, and its last check always does", style="dim")
-    first = samples[0]
-    text = Text(f"samples at step {figure(first.step, ',')} ({figure(first.seconds, '.2f')} s)\n", style="bold")
-    for s in samples:
-        text.append("\n").append(s.marks(), "bold green" if s.parses and s.complete else "bold yellow").append("\n")
-        prompt, written = (visible(v, lines=True) if isinstance(v, str) else ""  # as read back
-                           for v in (s.prompt, s.text))
-        text.append(prompt, "dim").append(written or "(nothing)")
-        text.append("\n" if not written.endswith("\n") else "")
-    return text
 
 
 def ranks_words(metrics: Metrics) -> str:

@@ -616,3 +616,41 @@ async def test_runs_pane_compares_marked_runs_by_step_or_tokens_over_their_setti
         select_row(table, "a")
         await pilot.press("space")  # unmarked: c refuses again, the chart stays
         assert pane.marked == ["b"] and str(table.get_row("a")[0]) == "a"
+
+
+async def test_v_shows_the_selected_runs_samples_every_check_newest_first_and_follows_the_cursor(project):
+    """`acm runs samples RUN` in the Runs pane: the stage the run is on, each check's scripts under
+    their verdicts, the newest check first; another run's once the cursor moves; the chart again on v."""
+    import json
+
+    from core.paths import Paths
+    from core.runs import write_status
+    from core.runs.events import Sample
+
+    def with_samples(name: str, checks: dict[int, str]) -> None:
+        run = fake_run(project, name, [(1, 100, 4.0)], [(1, 3.9)], stage="finetune")
+        write_status(run, "finetune", "done", step=10, total=10)
+        lines = [Sample(stage="finetune", step=step, prompt="#!/bin/bash\n# Back up /etc\n", text=text,
+                        parses=True, shellcheck_errors=None, complete=True, relevant=False, seconds=0.5).to_json()
+                 for step, text in checks.items()]
+        Paths.samples(run, "finetune").write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+    with_samples("a", {5: "echo early\n", 10: "tar czf /tmp/etc.tgz /etc\n"})
+    with_samples("b", {3: "cp -r /etc /backup\n"})
+    fake_run(project, "c", [], [])  # no stage begun
+    app = PaneHost(RunsPane, project / "acm.toml")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await select_in_pane(app, pilot, "6", "#runs-table", 3, "a")
+        await pilot.press("v")
+        await wait_until(pilot, lambda: "tar czf" in text_of(app, "#runs-samples-text"))
+        shown = text_of(app, "#runs-samples-text")
+        assert shown.startswith("run a, fine-tune") and shown.index("step 10") < shown.index("step 5")
+        assert "echo early" in shown and "✓ parses  ✓ complete  ✗ relevant" in shown
+        assert not app.query_one("#runs-chart").display
+        select_row(app.query_one("#runs-table", DataTable), "b")
+        await wait_until(pilot, lambda: "cp -r /etc /backup" in text_of(app, "#runs-samples-text"))
+        assert "tar czf" not in text_of(app, "#runs-samples-text")
+        select_row(app.query_one("#runs-table", DataTable), "c")
+        await wait_until(pilot, lambda: text_of(app, "#runs-samples-text").startswith("run c: not trained yet"))
+        await pilot.press("v")
+        assert app.query_one("#runs-chart").display and not app.query_one("#runs-samples").display
