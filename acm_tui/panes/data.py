@@ -1,6 +1,8 @@
 """The Data pane: fetch each corpus with live progress, see its statistics, browse samples."""
 from __future__ import annotations
 
+import re
+
 from rich.syntax import Syntax
 from rich.text import Text
 from textual import on, work
@@ -16,10 +18,21 @@ from core.errors import READ_BACK_ERRORS, AcmError
 from core.escapes import visible
 from core.pipeline.tables import CORPUS_COLUMNS, code_report_line, corpus_row, plain, sources_line
 
+from ..confirm import Ask
 from ..messages import FetchCorpus
 from .base import CANCEL_BINDING, Pane
 
 FETCHERS = {"language": fetch_language, "code": fetch_code}
+
+
+def document_index(typed: str) -> int:
+    """The index `acm data show` takes for a document numbered as the pane's title counts them (1:
+    the first; -1: the last); anything else is one line."""
+    text = typed.strip()
+    if not re.fullmatch(r"-?[0-9]{1,18}", text) or int(text) == 0:
+        raise AcmError(f"document {visible(text[:20])!r}: give its number, 1 for the first, -1 for the last")
+    number = int(text)
+    return number - 1 if number > 0 else number
 
 
 class DataPane(Pane):
@@ -31,6 +44,7 @@ class DataPane(Pane):
         Binding("v", "switch_sample", "Language/code", tooltip="Browse the other corpus"),
         Binding("n", "sample(1)", "Next sample"),
         Binding("p", "sample(-1)", "Prev sample"),
+        Binding("g", "go_to", "Go to", tooltip="Show the document of a number, as acm data show KIND INDEX does"),
     ]
 
     def __init__(self, **kwargs):
@@ -40,7 +54,7 @@ class DataPane(Pane):
 
     def compose(self) -> ComposeResult:
         yield Static("[b]l[/b] fetch language  [b]c[/b] fetch code  [b]x[/b] cancel  "
-                     "[b]v[/b] language/code sample  [b]n[/b]/[b]p[/b] next/previous", classes="hint")
+                     "[b]v[/b] language/code sample  [b]n[/b]/[b]p[/b] next/previous  [b]g[/b] go to", classes="hint")
         yield Static("Corpora ([b]acm data stats[/b])", classes="heading")
         yield DataTable(id="corpus-stats", cursor_type="none", zebra_stripes=True)
         yield Static("", id="code-report")
@@ -123,6 +137,20 @@ class DataPane(Pane):
     def action_sample(self, step: int) -> None:
         self.sample_index += step
         self.load_sample()
+
+    def action_go_to(self) -> None:
+        def answered(text: str | None) -> None:
+            if text is None:
+                return
+            try:
+                self.sample_index = document_index(text)
+            except AcmError as e:
+                self.notify(str(e), severity="error")
+                return
+            self.load_sample()
+
+        self.app.push_screen(Ask(f"Show the {self.sample_kind} document numbered (1: the first, -1: the last; "
+                                 "past the end, counted round again):"), answered)
 
     @work(thread=True, exclusive=True, group="data-sample", exit_on_error=False)
     def load_sample(self) -> None:

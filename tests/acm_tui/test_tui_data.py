@@ -1,11 +1,11 @@
 from __future__ import annotations
 
-from textual.widgets import DataTable
+from textual.widgets import DataTable, Input
 
 from acm_tui.app import AcmApp
 from acm_tui.panes.data import DataPane
 from core import config
-from tests.helpers import ROOT, text_of, wait_until
+from tests.helpers import ROOT, notified, text_of, wait_until
 from tests.pane_host import PaneHost
 from tests.stand_ins import DEPLOY, script
 
@@ -26,7 +26,7 @@ async def test_fetch_code_shows_stats_and_samples(project, tmp_path):
                                           "bad.sh": "#!/bin/bash\nfi\n"})
 
     app = PaneHost(DataPane, project / "acm.toml")
-    async with app.run_test(size=(100, 40)) as pilot:
+    async with app.run_test(size=(100, 40), notifications=True) as pilot:
         await pilot.press("2")
         table = app.query_one("#corpus-stats", DataTable)
         await wait_until(pilot, lambda: table.row_count == 2)
@@ -38,6 +38,16 @@ async def test_fetch_code_shows_stats_and_samples(project, tmp_path):
         await wait_until(pilot, lambda: "code sample 1 of 2" in text_of(app, "#sample-title"))
         await pilot.press("n")
         await wait_until(pilot, lambda: "code sample 2 of 2" in text_of(app, "#sample-title"))
+        for typed, shown in (("1", "1 of 2"), ("-1", "2 of 2"), ("3", "1 of 2"), ("0", None), ("two", None)):
+            await pilot.press("g")  # a document by its number, as `acm data show code INDEX`
+            await wait_until(pilot, lambda: app.screen.__class__.__name__ == "Ask")
+            app.screen.query_one("#answer", Input).value = typed
+            await pilot.press("enter")
+            if shown is None:
+                await notified(pilot, f"document '{typed}': give its number, 1 for the first, -1 for the last")
+            else:
+                await wait_until(pilot, lambda shown=shown: f"code sample {shown}" in text_of(app, "#sample-title"))
+        assert "code sample 1 of 2" in text_of(app, "#sample-title")
         await pilot.press("x")  # nothing running: a notice, no crash
         await pilot.pause()
 
