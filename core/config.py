@@ -232,7 +232,7 @@ class TrainConfig:
     alert_spike: float = setting(3.0, "a report whose loss is this many times the median of the last 50 is an "
                                       "alert (train.log, the CLI, the Train pane)", above=1.0, max=1000.0)
     samples: int = setting(2, "scripts generated at each validation check of both stages, shown with their "
-                              "verdicts (the Train pane's v, samples.jsonl; 0: off)", min=0, max=64)
+                              "verdicts (the Train and Runs panes' v, samples.jsonl; 0: off)", min=0, max=64)
     sample_prompts: list = setting([], "the prompts of those scripts, cycled (one equal to an eval task's prompt is "
                                        "judged against its expect); empty: the eval tasks', in order")
     sample_tokens: int = setting(64, "new tokens per sampled script", min=1, max=4096)

@@ -35,6 +35,14 @@ def document_index(typed: str) -> int:
     return number - 1 if number > 0 else number
 
 
+def _largest(counts: dict, shown: int = 8) -> str:
+    """The largest counts as markup (`GPL-3.0 40, MIT 12`), the rest summed: `acm data stats` lists them all."""
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    text = ", ".join(f"{escape(visible(k))} {v:,}" for k, v in ranked[:shown])
+    rest = sum(v for _, v in ranked[shown:])
+    return text + (f", {len(ranked) - shown} more {rest:,}" if rest else "")
+
+
 class DataPane(Pane):
     TITLE = "Data"
     BINDINGS = [
@@ -101,12 +109,11 @@ class DataPane(Pane):
     def _code_report(code: dict) -> str:
         """The code corpus's report as markup: what was kept, by source and category, what failed."""
         r = code["report"]
-        by_category = sorted(r["by_category"].items(), key=lambda kv: -kv[1])[:8]
-        cats = ", ".join(f"{escape(visible(k))} {v}" for k, v in by_category)
         failed = [escape(visible(f["name"])) for f in code.get("repos_failed") or []]
+        licences = f"\nby licence: {_largest(r['by_licence'])}" if r.get("by_licence") else ""  # recorded since
         return (f"{escape(code_report_line(r))}\n{escape(sources_line(r))}\n"
-                f"by category: {cats}" + (f"\n[red]{len(failed)} repositories failed: "
-                                          + ", ".join(failed) + "[/]" if failed else ""))
+                f"by category: {_largest(r['by_category'])}{licences}" + (f"\n[red]{len(failed)} repositories failed: "
+                                                                        + ", ".join(failed) + "[/]" if failed else ""))
 
     # ------------------------------------------------------------ fetching
 

@@ -116,6 +116,7 @@ async def test_the_code_report_counts_documents_per_source(project, tmp_path):
         await pilot.press("2")
         await wait_until(pilot, lambda: "by source: tldr 4, local 1" in text_of(app, "#code-report"))
         assert "5 raw → 5 valid → 5 unique" in text_of(app, "#code-report")
+        assert "\nby licence: CC-BY-4.0 4, " in text_of(app, "#code-report")  # as `acm data stats` counts them
         await wait_until(pilot, lambda: "source: local" in text_of(app, "#sample-title"))
         await pilot.press("n")
         await wait_until(pilot, lambda: "source: tldr  licence: CC-BY-4.0" in text_of(app, "#sample-title"))
@@ -149,3 +150,11 @@ async def test_a_sample_s_control_characters_and_its_origin_s_newline_are_shown_
         drawn = [sample.render_line(y).text for y in range(sample.size.height)]
         assert any("echo '\\x1b]0;PWN\\x07\\x1b[2J'" in line for line in drawn), drawn
         assert not any("\x1b" in line for line in drawn)
+
+
+def test_the_code_report_names_the_largest_counts_and_sums_the_rest():
+    from acm_tui.panes.data import _largest
+
+    counts = {"MIT": 5, "GPL-3.0": 5, "[b]odd": 3} | {f"L{i}": 1 for i in range(7)}
+    assert _largest(counts) == "GPL-3.0 5, MIT 5, \\[b]odd 3, L0 1, L1 1, L2 1, L3 1, L4 1, 2 more 2"
+    assert _largest({"MIT": 1200}) == "MIT 1,200"
