@@ -53,6 +53,21 @@ def test_every_pane_request_names_a_pane_of_the_app():
     assert {type(make()) for make in STAGE_REQUESTS.values()} == stages
 
 
+def test_every_key_of_every_pane_is_in_the_readme_s_table_of_keys():
+    """A key a pane binds, and the README's table does not give for that pane, is a key a user
+    never learns of (the footer cuts most of them at 80 columns)."""
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    documented = {(key, where.strip())
+                  for keys, wheres in re.findall(r"^\| (`.*?) \| ([A-Z][\w ,]*) \| ", readme, re.M)
+                  for key in re.findall(r"`([^`]+)`", keys) for where in wheres.split(",")}
+    panes = [pane for pane in acm_tui.app.PANES if pane.BINDINGS]
+    bound = {(key, pane.TITLE) for pane in panes for b in pane.BINDINGS for key in b.key.split(",")}
+    assert len(panes) == 7 and len(bound) > 50
+    assert {(key, where) for key, where in bound if (key, "everywhere") not in documented} <= documented
+
+
 async def test_model_test_runs_on_engine_and_its_result_shows_at_80x24(project):
     app = PaneHost(SetupPane, project / "acm.toml")
     async with app.run_test(size=(80, 24)) as pilot:
