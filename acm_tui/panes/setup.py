@@ -12,15 +12,19 @@ from textual.widgets import DataTable, Static
 
 from core import runs
 from core.config import parse_duration
+from core.devices import Reading, read_devices
 from core.errors import AcmError
 from core.escapes import visible
 from core.model.check import architecture_test
 from core.pipeline import doctor
 from core.pipeline.overview import StageStatus, pipeline_status, run_remaining, training_progress
 from core.pipeline.tables import (
+    DEVICE_COLUMNS,
     DOCTOR_COLUMNS,
     PRESET_COLUMNS,
     STATE_STYLES,
+    device_cells,
+    devices_source,
     doctor_row,
     plain,
     preset_row,
@@ -90,6 +94,9 @@ class SetupPane(Pane):
         yield Static("Environment ([b]acm doctor[/b])", classes="heading")
         yield DataTable(id="doctor", cursor_type="row", zebra_stripes=True)
         yield Static("", id="doctor-summary")
+        yield Static("Devices ([b]acm devices[/b])", id="devices-heading", classes="heading")
+        yield DataTable(id="devices", cursor_type="none", zebra_stripes=True)
+        yield Static("", id="devices-note")
         yield Static("Model presets ([b]acm presets[/b]); select one and press [b]t[/b] to test it",
                      classes="heading")
         yield DataTable(id="presets", cursor_type="row", zebra_stripes=True)
@@ -103,6 +110,7 @@ class SetupPane(Pane):
         self.refresh_pipeline()
         self.set_interval(2.0, self.refresh_pipeline)
         self.query_one("#doctor", DataTable).add_columns(*(DOCTOR_COLUMNS[i] for i in DOCTOR_ORDER))
+        self.query_one("#devices", DataTable).add_columns(*DEVICE_COLUMNS)
         presets = self.query_one("#presets", DataTable)
         presets.add_columns(*PRESET_COLUMNS)
         for p in PRESETS.values():
@@ -228,6 +236,20 @@ class SetupPane(Pane):
     def action_refresh_doctor(self) -> None:
         self.query_one("#doctor-summary", Static).update("checking…")
         self.run_on_engine("doctor", doctor.run_checks, self.cfg)
+        self.read_devices()
+
+    @work(thread=True, exclusive=True, group="setup-devices", exit_on_error=False)
+    def read_devices(self) -> None:
+        """The devices as `acm devices` reads them, off the UI thread: nvidia-smi can take seconds."""
+        self.app.call_from_thread(self._show_devices, read_devices())
+
+    def _show_devices(self, reading: Reading) -> None:
+        self.query_one("#devices-heading", Static).update(f"Devices ([b]acm devices[/b]: {devices_source(reading)})")
+        table = self.query_one("#devices", DataTable)
+        table.clear()
+        for device in reading.devices:
+            table.add_row(*map(plain, device_cells(device)))
+        self.query_one("#devices-note", Static).update(Text(reading.note or "", style="dim"))
 
     def action_model_test(self) -> None:
         presets = self.query_one("#presets", DataTable)

@@ -8,18 +8,8 @@ from rich.table import Table
 
 from core.cli.output import console_for
 from core.config import Config
-from core.devices import Device, read_devices
-
-COLUMNS = ("device", "name", "memory used", "memory total", "utilisation", "power")
-
-
-def cells(d: Device) -> list[str]:
-    def gib(n: int | None) -> str:
-        return "–" if n is None else f"{n / 2**30:.1f} GiB"
-
-    power = "–" if d.power is None else f"{d.power:.0f}" + (f"/{d.power_limit:.0f}" if d.power_limit else "") + " W"
-    util = "–" if d.utilisation is None else f"{d.utilisation:.0f}%"
-    return [d.label, d.name, gib(d.memory_used), gib(d.memory_total), util, power]
+from core.devices import read_devices
+from core.pipeline.tables import DEVICE_COLUMNS, device_cells, devices_source
 
 
 def cmd_devices(args, cfg: Config) -> int:
@@ -28,10 +18,10 @@ def cmd_devices(args, cfg: Config) -> int:
         print(json.dumps(reading.to_json(), indent=2))
         return 0
     console = console_for()
-    title = "Devices (nvidia-smi)" if reading.source == "nvidia-smi" else "Devices (MLX: this process's memory)"
-    table = Table(*COLUMNS, title=title, title_justify="left")
+    title = f"Devices ({devices_source(reading)})"
+    table = Table(*DEVICE_COLUMNS, title=title, title_justify="left")
     for d in reading.devices:
-        table.add_row(*cells(d))
+        table.add_row(*device_cells(d))
     console.print(table)
     if reading.note:
         console.print(reading.note, markup=False)

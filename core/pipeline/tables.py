@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from rich.text import Text
 
+from core.devices import Device, Reading
 from core.errors import READ_BACK_ERRORS
 from core.escapes import visible
 from core.generate.cut import drawn_of_asked
@@ -21,6 +22,7 @@ EVAL_COLUMNS = ("stage", "step", "samples", "lang ppl", "code ppl", "parses (com
                 "relevant & parses", "truncated", "shellcheck clean", "mean lines", "dist-2")
 PRESET_COLUMNS = ("preset", "params", "layers", "hidden", "heads", "FFN", "context", "vocab", "tied")
 DOCTOR_COLUMNS = ("check", "found", "status")
+DEVICE_COLUMNS = ("device", "name", "memory used", "memory total", "utilisation", "power")
 # how a pipeline stage's state is coloured
 STATE_STYLES = {"done": "green", "stale": "yellow", "running": "bold cyan", "paused": "cyan", "starting": "cyan",
           "interrupted": "magenta", "failed": "red", "stopped": "yellow"}
@@ -133,3 +135,18 @@ def coloured_tokens(pieces: list[str]) -> Text:
         shown = piece.replace("\n", "↵\n").replace("\t", "→")
         out.append(shown or "·", style=TOKEN_COLOURS[i % len(TOKEN_COLOURS)])
     return out
+
+
+def device_cells(d: Device) -> list[str]:
+    """A device's row of `acm devices` (and the Setup pane's)."""
+    def gib(n: int | None) -> str:
+        return "–" if n is None else f"{n / 2**30:.1f} GiB"
+
+    power = "–" if d.power is None else f"{d.power:.0f}" + (f"/{d.power_limit:.0f}" if d.power_limit else "") + " W"
+    util = "–" if d.utilisation is None else f"{d.utilisation:.0f}%"
+    return [d.label, d.name, gib(d.memory_used), gib(d.memory_total), util, power]
+
+
+def devices_source(reading: Reading) -> str:
+    """Where a reading's figures come from."""
+    return "nvidia-smi" if reading.source == "nvidia-smi" else "MLX: this process's memory"

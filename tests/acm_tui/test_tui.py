@@ -15,6 +15,7 @@ from acm_tui.app import AcmApp
 from acm_tui.panes.settings import SettingsPane
 from acm_tui.panes.setup import SetupPane
 from core import config
+from core.devices import read_devices
 from tests.helpers import ROOT, notified, shown_in_full, text_of, wait_until
 from tests.pane_host import PaneHost
 from tests.terminal import AppOnATerminal
@@ -29,6 +30,13 @@ async def test_starts_on_setup_with_doctor_report(project):
         names = [str(doctor.get_row_at(i)[0]) for i in range(doctor.row_count)]
         assert "mlx" in names and "device" in names
         assert app.query_one("#presets", DataTable).row_count == 4
+        devices, reading = app.query_one("#devices", DataTable), read_devices()  # as `acm devices` reads them
+        await wait_until(pilot, lambda: devices.row_count == len(reading.devices) > 0)
+        assert [str(devices.get_row_at(i)[0]) for i in range(devices.row_count)] == [d.label for d in reading.devices]
+        assert text_of(app, "#devices-note") == (reading.note or "")
+        devices.clear()
+        await pilot.press("r")  # re-checked with the environment
+        await wait_until(pilot, lambda: devices.row_count == len(reading.devices))
 
 
 async def test_number_keys_switch_panes(project):
