@@ -2,6 +2,8 @@
 system tools (an `nvidia-smi` first on PATH)."""
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -189,3 +191,40 @@ def fake_nvidia_smi(folder: Path, monkeypatch, body: str = f"cat <<'EOF'\n{SMI_T
     tool.chmod(0o755)
     monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ.get('PATH', '')}")
     return tool
+
+
+@contextlib.contextmanager
+def stand_in_hub(monkeypatch, answer=None):
+    """The Hugging Face Hub's HTTP API answered here, at huggingface_hub's HTTP transport: a repo
+    created, its files taken and committed (or `answer(request)` for every request). Yields the
+    requests seen, (method, path), and the paths committed."""
+    import httpx2 as httpx  # huggingface_hub's HTTP client
+    import huggingface_hub
+    from huggingface_hub.utils._http import default_client_factory
+
+    seen: list[tuple[str, str]] = []
+    committed: list[str] = []
+
+    def hub(request: httpx.Request) -> httpx.Response:
+        seen.append((request.method, request.url.path))
+        path = request.url.path
+        if path == "/api/repos/create":
+            return httpx.Response(200, json={"url": "https://huggingface.co/me/acm-nano", "name": "me/acm-nano"})
+        if "/preupload/" in path:
+            files = json.loads(request.content)["files"]
+            return httpx.Response(200, json={"files": [{"path": f["path"], "uploadMode": "regular",
+                                                        "shouldIgnore": False} for f in files]})
+        if "/commit/" in path:
+            committed.extend(json.loads(line)["value"].get("path", "") for line in request.content.splitlines()
+                             if json.loads(line)["key"] == "file")
+            return httpx.Response(200, json={"commitUrl": "https://huggingface.co/me/acm-nano/commit/abc",
+                                             "commitOid": "a" * 40})
+        return httpx.Response(200, json={})
+
+    monkeypatch.setenv("HF_TOKEN", "hf_stand_in")
+    huggingface_hub.set_client_factory(lambda: httpx.Client(transport=httpx.MockTransport(answer or hub)))
+    try:
+        yield seen, committed
+    finally:
+        huggingface_hub.set_client_factory(default_client_factory)
+        huggingface_hub.close_session()

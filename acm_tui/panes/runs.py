@@ -3,6 +3,8 @@ them (their loss curves in one chart, by step or by tokens seen, over a table of
 differ), export a run (mlx, hf, gguf), rename or delete a run (with confirmation)."""
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
 from pathlib import Path
 
@@ -12,7 +14,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
-from textual.widgets import DataTable, Input, Label, Select, Static
+from textual.widgets import Checkbox, DataTable, Input, Label, Select, Static
 from textual_plotext import PlotextPlot
 
 from acm_tui.text_input import TextInput
@@ -21,6 +23,7 @@ from core.errors import AcmError, one_line
 from core.escapes import visible
 from core.generate.export import DTYPES as EXPORT_DTYPES
 from core.generate.export import FORMATS, export_checkpoint
+from core.generate.export.upload import upload_folder
 from core.paths import home_expanded
 from core.pipeline.tables import plain
 from core.runs import compare
@@ -54,20 +57,31 @@ class AskExport(ModalScreen[dict | None]):
             with Horizontal(classes="export-choices"):
                 for name, options, value in self.CHOICES:
                     yield Select([(o, o) for o in options], value=value, allow_blank=False, id=f"export-{name}")
+            with Horizontal(classes="export-upload"):
+                yield TextInput(placeholder="upload to a Hub repo: owner/name (empty: none)",
+                                id="export-upload")
+                yield Checkbox("private", id="export-private")
 
     def on_mount(self) -> None:
         self.query_one("#export-folder", Input).focus()
 
     @on(Select.Changed)
+    @on(Checkbox.Changed)
     def _chosen(self) -> None:
         """Back to the folder once a choice is made, so that enter exports (on a list it opens the list)."""
         self.query_one("#export-folder", Input).focus()
 
     @on(Input.Submitted)
-    def _submitted(self, event: Input.Submitted) -> None:
-        folder = event.value.strip()
+    def _submitted(self) -> None:
+        folder = self.query_one("#export-folder", Input).value.strip()
         chosen = {name: str(self.query_one(f"#export-{name}", Select).value) for name, _, _ in self.CHOICES}
-        self.dismiss(chosen | {"folder": folder} if folder else None)
+        upload = {"upload": self.query_one("#export-upload", Input).value.strip(),
+                  "private": self.query_one("#export-private", Checkbox).value}
+        if upload["private"] and not upload["upload"]:
+            self.notify("private makes the repository the upload creates private: name the repository too",
+                        severity="warning")
+            return
+        self.dismiss(chosen | upload | {"folder": folder} if folder else None)
 
     def action_cancel(self) -> None:
         self.dismiss(None)
@@ -118,6 +132,8 @@ class RunsPane(Pane):
         self.marked: list[str] = []  # the runs `c` compares, in the order they were marked
         self.axis = "step"
         self.noted: set[str] = set()  # the notes on the compared runs' settings already notified
+        self.upload_to: tuple[str, bool] | None = None  # the Hub repo the export under way goes to, and private
+        self.uploading: str | None = None  # the Hub repo an upload is sending to
         self.losses_shown = False  # l: the table under compared runs holds their losses, not their settings
 
     def compose(self) -> ComposeResult:
@@ -371,6 +387,7 @@ class RunsPane(Pane):
                 target = folder if folder.is_absolute() else self.app.config_path.parent / folder
                 stage = None if choice["stage"] == "default" else choice["stage"]
                 self.notify(f"exporting run {name} as {choice['format']} to {target}…")
+                self.upload_to = (choice["upload"], choice["private"]) if choice["upload"] else None
                 self.run_on_engine("export", export_checkpoint, self.cfg, target, name, stage, choice["checkpoint"],
                                    choice["dtype"], choice["format"])
 
@@ -387,6 +404,32 @@ class RunsPane(Pane):
             return
         self.notify(f"exported {info['preset']} ({info['model_type']}) as {info['format']} to {info['folder']}"
                     + (f"; {info['notice']}" if info.get("notice") else ""), timeout=10)
+        if self.upload_to is not None:
+            self._upload(Path(info["folder"]), *self.upload_to)
+
+    def _upload(self, folder: Path, repo: str, private: bool) -> None:
+        """The exported folder to the Hub, as `acm export --upload` sends it, on a thread of its own that
+        a quit abandons (no commit is made until every file is sent; the folder stays either way)."""
+        self.uploading = repo
+        self.notify(f"uploading {folder} to {repo}…")
+
+        def send() -> None:
+            try:
+                said = (f"uploaded {folder} to {upload_folder(folder, repo, private=private)}", "information")
+            except AcmError as e:
+                said = (str(e), "error")
+            with contextlib.suppress(RuntimeError):  # the app has ended meanwhile
+                self.app.call_from_thread(self._uploaded, *said)
+
+        threading.Thread(target=send, name="acm-upload", daemon=True).start()
+
+    def _uploaded(self, said: str, severity: str) -> None:
+        self.uploading = None
+        self.notify(said, title="Upload" if severity == "information" else "Upload failed", severity=severity,
+                    timeout=10)
+
+    def busy(self) -> bool:
+        return self.uploading is not None or super().busy()
 
 
 def latest_checked(summary: dict) -> dict:

@@ -286,6 +286,43 @@ async def test_runs_pane_exports_a_run_in_the_chosen_format(with_model):
         assert app.is_running
 
 
+async def test_runs_pane_uploads_the_export_to_the_hub_as_export_upload_does(with_model, monkeypatch):
+    """The dialog's Hub repo: the exported folder sent after the export (here to a stand-in of the
+    Hub's HTTP API), said when done; a failed upload is one notice and the folder stays; private
+    without a repository is refused in the dialog."""
+    import httpx2 as httpx
+    from textual.widgets import Checkbox
+
+    from tests.stand_ins import stand_in_hub
+
+    app = PaneHost(RunsPane, with_model / "acm.toml")
+    async with app.run_test(size=(100, 40), notifications=True) as pilot:
+        pane = app.query_one("#runs-pane", RunsPane)
+        with stand_in_hub(monkeypatch) as (seen, committed):
+            await open_export(app, pilot)
+            app.screen.query_one("#export-private", Checkbox).value = True
+            app.screen.query_one("#export-folder", Input).focus()
+            await pilot.press("enter")
+            await notified(pilot, "private makes the repository the upload creates private: name the repository")
+            app.screen.query_one("#export-upload", Input).value = "me/acm-nano"
+            app.screen.query_one("#export-upload", Input).focus()
+            await pilot.press("enter")  # enter in the repository's box exports too
+            await notified(pilot, "uploaded " + str(with_model / "exports" / "m")
+                           + " to https://huggingface.co/me/acm-nano/commit/abc")
+            assert pane.uploading is None and not pane.busy()
+        assert ("POST", "/api/repos/create") in seen
+        assert set(committed) == {p.name for p in (with_model / "exports" / "m").iterdir()}
+        refused = httpx.Response(401, json={"error": "Invalid credentials"})
+        with stand_in_hub(monkeypatch, lambda request: refused):
+            await open_export(app, pilot)
+            app.screen.query_one("#export-folder", Input).value = "exports/again"
+            app.screen.query_one("#export-upload", Input).value = "me/acm-nano"
+            app.screen.query_one("#export-folder", Input).focus()
+            await pilot.press("enter")
+            await notified(pilot, "upload of " + str(with_model / "exports" / "again") + " to me/acm-nano failed")
+        assert (with_model / "exports" / "again" / "README.md").exists() and app.is_running
+
+
 async def test_the_export_dialog_shows_its_whole_instruction_at_80x24(with_model):
     from textual.widgets import Label
 

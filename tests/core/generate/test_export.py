@@ -23,6 +23,7 @@ from core.model.gpt import GPT
 from core.paths import Paths
 from core.tokenizer.bpe import BOS_ID, EOS_ID, PAD_ID
 from tests.helpers import ROOT
+from tests.stand_ins import stand_in_hub
 
 TEXT = "#!/bin/bash\necho $HOME"
 
@@ -367,40 +368,12 @@ def test_gguf_export_reads_back_with_gguf_reader(with_model, tmp_path, dtype, ti
 
 def test_cli_exports_each_format_and_uploads_to_a_stand_in_hub(with_model, tmp_path, capsys, monkeypatch):
     """--upload speaks the Hub's HTTP API; here a stand-in answers at the HTTP transport."""
-    import httpx2 as httpx  # huggingface_hub's HTTP client
-    import huggingface_hub
-    from huggingface_hub.utils._http import default_client_factory
-
     c = str(with_model / "acm.toml")
     for fmt in ("hf", "gguf"):
         assert cli.main(["-c", c, "export", "m", "--to", str(tmp_path / fmt), "--format", fmt]) == 0
         assert f"as {fmt} to" in capsys.readouterr().out
-    seen: list[tuple[str, str]] = []
-    committed: list[str] = []
-
-    def hub(request: httpx.Request) -> httpx.Response:
-        seen.append((request.method, request.url.path))
-        path = request.url.path
-        if path == "/api/repos/create":
-            return httpx.Response(200, json={"url": "https://huggingface.co/me/acm-nano", "name": "me/acm-nano"})
-        if "/preupload/" in path:
-            files = json.loads(request.content)["files"]
-            return httpx.Response(200, json={"files": [{"path": f["path"], "uploadMode": "regular",
-                                                        "shouldIgnore": False} for f in files]})
-        if "/commit/" in path:
-            committed.extend(json.loads(line)["value"].get("path", "") for line in request.content.splitlines()
-                             if json.loads(line)["key"] == "file")
-            return httpx.Response(200, json={"commitUrl": "https://huggingface.co/me/acm-nano/commit/abc",
-                                             "commitOid": "a" * 40})
-        return httpx.Response(200, json={})
-
-    monkeypatch.setenv("HF_TOKEN", "hf_stand_in")
-    huggingface_hub.set_client_factory(lambda: httpx.Client(transport=httpx.MockTransport(hub)))
-    try:
+    with stand_in_hub(monkeypatch) as (seen, committed):
         assert cli.main(["-c", c, "export", "m", "--to", str(tmp_path / "up"), "--upload", "me/acm-nano"]) == 0
-    finally:
-        huggingface_hub.set_client_factory(default_client_factory)
-        huggingface_hub.close_session()
     assert "uploaded to https://huggingface.co/me/acm-nano/commit/abc" in capsys.readouterr().out
     assert ("POST", "/api/repos/create") in seen
     assert set(committed) == {p.name for p in (tmp_path / "up").iterdir()}
@@ -408,18 +381,10 @@ def test_cli_exports_each_format_and_uploads_to_a_stand_in_hub(with_model, tmp_p
 
 def test_a_failed_upload_is_one_line_and_keeps_the_folder(with_model, tmp_path, capsys, monkeypatch):
     import httpx2 as httpx  # huggingface_hub's HTTP client
-    import huggingface_hub
-    from huggingface_hub.utils._http import default_client_factory
 
-    monkeypatch.setenv("HF_TOKEN", "hf_stand_in")
-    huggingface_hub.set_client_factory(lambda: httpx.Client(transport=httpx.MockTransport(
-        lambda r: httpx.Response(401, json={"error": "Invalid credentials"}))))
-    try:
+    with stand_in_hub(monkeypatch, lambda r: httpx.Response(401, json={"error": "Invalid credentials"})):
         code = cli.main(["-c", str(with_model / "acm.toml"), "export", "--to", str(tmp_path / "x"),
                          "--upload", "me/acm-nano"])
-    finally:
-        huggingface_hub.set_client_factory(default_client_factory)
-        huggingface_hub.close_session()
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("acm: error: upload of") and "the exported folder is kept" in err
     assert len(err.strip().splitlines()) == 1 and (tmp_path / "x" / "README.md").exists()
