@@ -274,7 +274,7 @@ def cmd_export(args, cfg: Config) -> int:
         raise AcmError("--private makes the repository --upload creates private: give --upload REPO_ID too")
     engine, cancel = Engine(), CancelToken()
     try:
-        job = engine.submit(export_checkpoint, cfg, Path(args.to), args.run, args.stage, args.checkpoint, args.dtype,
+        job = engine.submit(export_checkpoint, cfg, args.to, args.run, args.stage, args.checkpoint, args.dtype,
                             args.format, cancel)
         info = cancelled_on_interrupt(job, cancel)  # it stops before its folder is put in place
     finally:

@@ -277,9 +277,17 @@ def test_a_broken_pipe_that_is_not_the_output_s_is_one_line(capsys):
     (["doctor", "--config=x.toml"], "acm: error: --config goes before the command: acm --config ... COMMAND"),
     # a value that starts with '-' reads as an option, and argparse says only what is then missing
     (["generate", "-foo"], "acm: error: acm generate: the following arguments are required: prompt; '-foo' reads "
-                           "as an option: put -- before a value that starts with '-' (acm generate -- ...)"),
+                           "as an option: give the options first, then -- and the value (acm generate [OPTIONS] -- "
+                           "-foo)"),
     (["config", "set", "data.code.hf_dataset", "-foo"], "acm: error: acm config set: the following arguments are "
-     "required: value; '-foo' reads as an option: put -- before a value that starts with '-' (acm config set -- ...)"),
+     "required: value; '-foo' reads as an option: give the options first, then -- and the value (acm config set "
+     "[OPTIONS] -- -foo)"),
+    (["export", "--", "-dash", "--to", "D"], "acm: error: acm export: the following arguments are "
+     "required: --to; '-dash' reads as an option: give the options first, then -- and the value (acm export "
+     "[OPTIONS] -- -dash)"),
+    (["export", "-dash", "--to", "D"], "acm: error: acm export: unrecognized arguments: -dash; '-dash' reads as an "
+                                       "option: give the options first"),
+    (["doctor", "-dash"], "acm: error: acm doctor: unrecognized arguments: -dash (see acm doctor --help)"),
     (["eval", "--time", "-5m"], "acm: error: acm eval: argument --time: expected one argument; '-5m' reads as an "
                                 "option: give it as --time=-5m (see acm eval --help)"),
     (["generate", "--bogus"], "acm: error: acm generate: the following arguments are required: prompt (see"),

@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import fcntl
 import json
+import os
 import re
 import shlex
 import shutil
+import stat
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -424,6 +427,47 @@ def test_the_next_export_sweeps_what_a_killed_export_left_and_spares_one_under_w
         assert ".export.lock" not in {p.name for p in (out / "c").iterdir()}
         with pytest.raises(AcmError, match="another export to .*b is under way"):
             export_checkpoint(config.load(with_model / "acm.toml"), out / "b")
+
+
+def test_a_partial_folder_acm_did_not_make_is_never_swept_nor_written_into(with_model, tmp_path):
+    """A user's `.NAME.partial` folder (no export's lock file in it), however old, is left whole by
+    an export beside it, and an export to NAME is refused in one line rather than writing into it."""
+    mine = tmp_path / "out" / ".mydata.partial"
+    mine.mkdir(parents=True)
+    (mine / "important.txt").write_text("precious")
+    os.utime(mine, (time.time() - 3600, time.time() - 3600))
+    c = str(with_model / "acm.toml")
+    assert cli.main(["-c", c, "export", "--to", str(tmp_path / "out" / "new")]) == 0
+    with pytest.raises(AcmError, match="exists and is no export under way: move it away"):
+        export_checkpoint(config.load(with_model / "acm.toml"), tmp_path / "out" / "mydata")
+    assert (mine / "important.txt").read_text() == "precious" and sorted(mine.iterdir()) == [mine / "important.txt"]
+
+
+def test_the_folder_to_export_to_is_read_as_a_shell_reads_it(with_model, tmp_path, monkeypatch, capsys):
+    """`~` is the home folder; an empty folder the user made keeps its mode; the current folder, one
+    holding it, or an empty name is refused in one line (the export would replace the folder the
+    shell stands in)."""
+    c = str(with_model / "acm.toml")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    assert cli.main(["-c", c, "export", "--to", "~/tilde"]) == 0
+    assert (tmp_path / "home" / "tilde" / "README.md").exists() and not (here / "~").exists()
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    private.chmod(0o700)
+    assert cli.main(["-c", c, "export", "--to", str(private)]) == 0
+    assert (private / "README.md").exists() and stat.S_IMODE(private.stat().st_mode) == 0o700
+    capsys.readouterr()
+    for to, says in ((".", f"{here} is the current folder: export to a new folder in it"),
+                     (f"{here}/.", f"{here} is the current folder"), ("..", f"{tmp_path} is the current folder or "
+                                                                              "holds it"),
+                     ("", "the folder to export to is empty"), ("  ", "the folder to export to is empty")):
+        assert cli.main(["-c", c, "export", "--to", to]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"acm: error: {says}") and len(err.splitlines()) == 1, err
+    assert sorted(p.name for p in here.iterdir()) == [] and here.is_dir()
 
 
 def test_an_export_that_finds_another_s_folder_made_meanwhile_leaves_it_be(with_model, tmp_path, monkeypatch):
