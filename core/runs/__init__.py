@@ -13,6 +13,7 @@ import shutil
 import socket
 import threading
 import time
+import uuid
 from dataclasses import replace
 from pathlib import Path
 
@@ -82,10 +83,15 @@ def list_runs(cfg: config.Config) -> list[Path]:
     if not folder.exists():
         return []
     try:
-        runs = [d for d in folder.iterdir() if d.is_dir() and Paths.run_config(d).exists()]
+        runs = [d for d in folder.iterdir()
+                if d.is_dir() and Paths.run_config(d).exists() and not _being_deleted(d.name)]
     except OSError as e:  # a file, or a folder acm may not read
         raise AcmError(f"cannot read the runs folder {folder} (paths.runs): {e.strerror or e}") from None
     return sorted(runs, key=_started, reverse=True)
+
+
+def _being_deleted(name: str) -> bool:
+    return name.startswith(".") and DELETING in name
 
 
 def newest_run(cfg: config.Config) -> Path | None:
@@ -422,8 +428,11 @@ def best_val_cell(stage: dict) -> str:
 
 
 def delete_run(run: Path) -> str:
-    """Delete a run that is not training; what was done, in a line. A run that is a symbolic link
-    loses the link only: the folder it points to is outside the runs folder, and left as it is."""
+    """Delete a run that is not training; what was done, in a line. The run is first renamed out of
+    the list (one step the system does whole or not at all), then removed: a delete refused (a
+    folder acm may not change) leaves the run whole, never a run emptied of its checkpoints. A run
+    that is a symbolic link loses the link only: the folder it points to is outside the runs
+    folder, and left as it is."""
     for stage in TRAINING_STAGES:
         if stage_state(run, stage) in LIVE:
             raise AcmError(f"run {run.name} is training ({stage}): stop it first")
@@ -433,10 +442,18 @@ def delete_run(run: Path) -> str:
             run.unlink()
             return f"deleted run {run.name}, a link: the folder it pointed to ({target}) is left as it was"
         with alone(run, "deleted"):
-            shutil.rmtree(run)
+            doomed = run.rename(run.with_name(f".{run.name}{DELETING}{uuid.uuid4().hex[:8]}"))
     except OSError as e:
         raise AcmError(f"cannot delete run {run.name}: {os_error_text(e)}") from None
+    try:
+        shutil.rmtree(doomed)
+    except OSError as e:
+        raise AcmError(f"run {run.name} is deleted, but not all of its files could be removed from {doomed}: "
+                       f"{os_error_text(e)}") from None
     return f"deleted run {run.name}"
+
+
+DELETING = ".deleting-"  # a run being deleted: `.NAME.deleting-1a2b3c4d`, listed as no run
 
 
 def rename_run(run: Path, new_name: str) -> Path:

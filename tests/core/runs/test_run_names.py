@@ -82,6 +82,42 @@ def test_deleting_a_run_that_is_a_link_removes_the_link_and_leaves_its_folder(wi
     assert not (cfg.runs_dir / "m").is_symlink() and (kept / "config.toml").is_file()
 
 
+def test_a_refused_delete_leaves_the_run_whole_and_a_half_deleted_one_is_no_run(with_model, capsys, monkeypatch):
+    """The run is renamed out of the list before anything in it is removed: where the system refuses
+    (a runs folder acm may not change: EACCES for a user, EPERM under `chattr +i`), the run keeps
+    every checkpoint; a delete whose removal stopped half-way leaves no run behind in the list."""
+    from pathlib import Path
+
+    cfg = config.load(with_model / "acm.toml")
+    run, c = cfg.runs_dir / "m", str(with_model / "acm.toml")
+    before = sorted(p.relative_to(run) for p in run.rglob("*") if p.suffix != ".lock")
+    real_rename = Path.rename
+
+    def refused(path, target):
+        if path == run:
+            raise PermissionError(1, "Operation not permitted", str(run))
+        return real_rename(path, target)
+
+    monkeypatch.setattr(Path, "rename", refused)
+    assert cli.main(["-c", c, "runs", "delete", "m", "--yes"]) == 2
+    assert capsys.readouterr().err == f"acm: error: cannot delete run m: Operation not permitted: {run}\n"
+    assert sorted(p.relative_to(run) for p in run.rglob("*") if p.suffix != ".lock") == before
+    assert runs.list_runs(cfg) == [run]
+    monkeypatch.setattr(Path, "rename", real_rename)
+
+    def stops_half_way(path):
+        (path / "finetune").rename(path.parent / "kept")  # some of it removed
+        raise PermissionError(13, "Permission denied", str(path / "pretrain"))
+
+    monkeypatch.setattr(runs.shutil, "rmtree", stops_half_way)
+    assert cli.main(["-c", c, "runs", "delete", "m", "--yes"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("acm: error: run m is deleted, but not all of its files could be removed from ")
+    left = [p for p in cfg.runs_dir.iterdir() if p.name.startswith(".m.deleting-")]
+    assert len(left) == 1 and (left[0] / "config.toml").is_file() and runs.list_runs(cfg) == []
+    assert cli.main(["-c", c, "runs"]) == 0 and ".m.deleting" not in capsys.readouterr().out
+
+
 def test_a_run_whose_background_stage_has_not_begun_is_said_to_be_starting(project, capsys, monkeypatch):
     """Straight after `--detach` the run folder holds only what its process reads: `acm runs stop`
     waits for it, and once its wait is over (here at once) says it is starting, not that its
