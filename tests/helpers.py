@@ -278,3 +278,15 @@ def ports_taken(*ports: int):
     finally:
         for s in held:
             s.close()
+
+
+def set_weight(project: Path, value: float) -> None:
+    """One weight of the run's checkpoint (the one acm picks by default) shifted by `value`."""
+    import mlx.core as mx
+
+    from core.generate.decode import find_checkpoint
+
+    ck, _, _ = find_checkpoint(config.load(project / "acm.toml"))
+    params = mx.load(str(ck.path / "model.safetensors"))
+    params["wpe.weight"] = params["wpe.weight"].at[0, 0].add(value)
+    mx.save_safetensors(str(ck.path / "model.safetensors"), params)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from functools import partial
 from pathlib import Path
@@ -19,7 +18,7 @@ from core.cli import tokenizer as cli_tokenizer
 from core.cli import train as cli_train
 from core.cli.args import bounded_int, positive_int
 from core.cli.early import EarlyEngine
-from core.cli.output import console_for
+from core.cli.output import console_for, print_json
 from core.engine import engines_made, exit_past_abandoned_work
 from core.errors import AcmError, Parser, command_done, polite_kill_as_ctrl_c, run_command
 from core.escapes import utf8
@@ -31,17 +30,13 @@ from core.presets import PRESETS, get_preset, human_count
 console = console_for()
 
 
-def _print_json(obj) -> None:
-    print(json.dumps(obj, indent=2, default=str))
-
-
 # ---------------------------------------------------------------- doctor
 
 def cmd_doctor(args, cfg: config.Config) -> int:
     checks = doctor.run_checks(cfg)
     ok = doctor.healthy(checks)
     if args.json:
-        _print_json({"ok": ok, "checks": [c.__dict__ | {"status": c.status} for c in checks]})
+        print_json({"ok": ok, "checks": [c.__dict__ | {"status": c.status} for c in checks]})
     else:
         table = Table(*DOCTOR_COLUMNS, title="acm doctor", title_justify="left")
         for c in checks:
@@ -62,7 +57,7 @@ def preset_rows() -> list[dict]:
 
 def cmd_presets(args, cfg: config.Config) -> int:
     if args.json:
-        _print_json(preset_rows())
+        print_json(preset_rows())
         return 0
     table = Table(*PRESET_COLUMNS, title="Model presets", title_justify="left")
     for p in PRESETS.values():
@@ -77,7 +72,7 @@ def cmd_presets(args, cfg: config.Config) -> int:
 def cmd_model_info(args, cfg: config.Config) -> int:
     p = get_preset(args.name or cfg.model.preset)
     if args.json:
-        _print_json(p.as_dict() | {"parameters": p.param_count()})
+        print_json(p.as_dict() | {"parameters": p.param_count()})
         return 0
     lines = [
         f"Model Configuration: {p.name.upper()}",
@@ -103,7 +98,7 @@ def cmd_model_test(args, cfg: config.Config) -> int:
         raise AcmError(f"--seq {args.seq:,} is longer than preset {shape.name}'s context of {shape.n_ctx:,} tokens")
     r = architecture_test(shape, batch=args.batch, seq=args.seq, compute_dtype=args.dtype)
     if args.json:
-        _print_json(r)
+        print_json(r)
         return 0 if r["shape_ok"] else 1
     print(f"Model: {shape.name} on {r['device']} ({r['compute_dtype']} compute)")
     print(f"Input shape: {tuple(r['input_shape'])}")
@@ -120,7 +115,7 @@ def cmd_model_test(args, cfg: config.Config) -> int:
 
 def cmd_config_show(args, cfg: config.Config) -> int:
     if args.json:
-        _print_json(cfg.to_dict())
+        print_json(cfg.to_dict())
     else:
         print(config.dumps(cfg), end="")
     return 0

@@ -1,12 +1,10 @@
 """`acm data ...`: fetch the corpora, show their statistics, browse samples."""
 from __future__ import annotations
 
-import json
-
 from rich.table import Table
 
 from core.cli.args import bounded_int
-from core.cli.output import console_for, for_stream
+from core.cli.output import console_for, for_stream, print_json
 from core.cli.progress import progress_bars
 from core.config import INT_LIMIT, Config
 from core.data.code import fetch_code
@@ -27,7 +25,7 @@ def cmd_fetch(args, cfg: Config) -> int:
     with progress_bars() as report:
         manifest = fetch(cfg, report)
     if args.json:
-        print(json.dumps(manifest, indent=2))
+        print_json(manifest)
         return 0
     s = manifest["stats"]
     print(f"{args.kind} corpus: {s['documents']:,} documents, {s['words']:,} words, "
@@ -65,7 +63,7 @@ def hf_line(h: dict) -> str:
 def cmd_stats(args, cfg: Config) -> int:
     stats = corpus_stats(cfg)
     if args.json:
-        print(json.dumps(stats, indent=2))
+        print_json(stats)
         return 0
     if not stats:
         raise AcmError("no corpus fetched yet: run `acm data fetch language` and `acm data fetch code`")
@@ -106,7 +104,7 @@ def cmd_show(args, cfg: Config) -> int:
     corpus = Corpus.open(cfg.locations.corpus(args.kind), args.kind)
     row = corpus.row(args.index)
     if args.json:
-        print(json.dumps(row, indent=2))
+        print_json(row)
         return 0
     where = " ".join(f"{k}={row[k]}" for k in ("source", "repo", "commit", "category", "licence", "origin")
                      if row.get(k))

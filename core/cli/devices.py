@@ -2,11 +2,9 @@
 them (the Train pane shows the same while a stage trains)."""
 from __future__ import annotations
 
-import json
-
 from rich.table import Table
 
-from core.cli.output import console_for
+from core.cli.output import console_for, print_json
 from core.config import Config
 from core.devices import read_devices
 from core.pipeline.tables import DEVICE_COLUMNS, device_cells, devices_source
@@ -15,7 +13,7 @@ from core.pipeline.tables import DEVICE_COLUMNS, device_cells, devices_source
 def cmd_devices(args, cfg: Config) -> int:
     reading = read_devices()
     if args.json:
-        print(json.dumps(reading.to_json(), indent=2))
+        print_json(reading.to_json())
         return 0
     console = console_for()
     title = f"Devices ({devices_source(reading)})"

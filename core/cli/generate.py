@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import select
 import sys
@@ -15,7 +14,7 @@ from rich.table import Table
 
 from core import config
 from core.cli.args import bounded_int, duration, setting_int
-from core.cli.output import console_for, for_stream
+from core.cli.output import console_for, for_stream, print_json
 from core.cli.progress import progress_bars
 from core.config import Config
 from core.engine import POLL_S, Engine, wait_for
@@ -109,7 +108,7 @@ def cmd_generate(args, cfg: Config) -> int:
             job = engine.submit(stream_to_stdout, lm, prompt, params, not args.no_echo, stop.is_set, expected)
         stopped = wait_or_stop(job, stop)
         if args.json:
-            print(json.dumps(generated_json(lm, job.result(), expected, args.n, stopped), indent=2))
+            print_json(generated_json(lm, job.result(), expected, args.n, stopped))
         elif batched:
             print_candidates(job.result(), not args.no_echo, expected)
     finally:
@@ -231,7 +230,7 @@ def cmd_eval(args, cfg: Config) -> int:
     finally:
         engine.shutdown()
     if args.json:
-        print(json.dumps(results, indent=2))
+        print_json(results)
         return 0
     print_eval_table(results)
     return 0

@@ -4,6 +4,8 @@ a model with its control characters shown escaped on a terminal."""
 from __future__ import annotations
 
 import io
+import json
+import math
 import sys
 from typing import TextIO
 
@@ -34,3 +36,20 @@ def for_stream(text: str, stream: TextIO | None = None) -> str:
     window); in a pipe or a file as it is, so `acm data show code 3 > x.sh` keeps the script's bytes."""
     stream = stream or sys.stdout
     return visible(text, lines=True) if stream.isatty() else text
+
+
+def print_json(value, indent: int | None = 2, **options) -> None:
+    """VALUE as strict JSON on stdout: a NaN or an infinity (a diverged loss read back from a run's
+    files) as null, which every JSON reader takes, where Python's `NaN` is no JSON; a path as text."""
+    print(json.dumps(finite(value), indent=indent, allow_nan=False, default=str, **options))
+
+
+def finite(value):
+    """VALUE with every float that is not finite replaced by None, in lists and dicts at any depth."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import shlex
 import time
 from collections.abc import Callable, Iterator
@@ -16,7 +15,7 @@ from core import runs
 from core.atomic import read_json
 from core.cli.args import duration
 from core.cli.generate import print_eval_table
-from core.cli.output import console_for
+from core.cli.output import console_for, print_json
 from core.cli.progress import StepDisplay
 from core.config import Config, parse_duration
 from core.engine import Engine
@@ -35,7 +34,7 @@ from core.train.trainer import Control
 def cmd_status(args, cfg: Config) -> int:
     statuses = pipeline_status(cfg)
     if args.json:
-        print(json.dumps([s.__dict__ for s in statuses], indent=2))
+        print_json([s.__dict__ for s in statuses])
         return 0
     table = Table("stage", "state", "details", title="Pipeline", title_justify="left")
     for s in statuses:

@@ -2,7 +2,6 @@
 runs."""
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from rich.text import Text
 
 from core import runs
 from core.cli import samples as cli_samples
-from core.cli.output import console_for, natural_width
+from core.cli.output import console_for, natural_width, print_json
 from core.config import Config
 from core.errors import AcmError
 from core.escapes import visible
@@ -28,7 +27,7 @@ RUN_COLUMNS = ("preset", "stage", "state", "step", "best val loss", "modified")
 def cmd_list(args, cfg: Config) -> int:
     rows = [runs.summary(r) for r in runs.list_runs(cfg)]
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print_json(rows)
         return 0
     console = console_for()
     table = Table(title="Runs", title_justify="left")
@@ -124,7 +123,7 @@ def cmd_metrics(args, cfg: Config) -> int:
     if args.csv:
         print(metrics_csv(records), end="")
     elif args.json:
-        print(json.dumps([e for e in records if e.get("type") in ("metrics", "eval")]))
+        print_json([e for e in records if e.get("type") in ("metrics", "eval")], indent=None)
     else:
         reports = [e for e in map(event_from_json, records) if isinstance(e, Metrics)]  # as the curves read them
         last = reports[-1] if reports else None
@@ -143,7 +142,7 @@ def cmd_compare(args, cfg: Config) -> int:
     report = compare.stage_curves(folders, stages, args.by)
     refuse_nothing(diff, report)
     if args.json:
-        print(json.dumps(compare_json(args.runs, args.by, diff, report), indent=2))
+        print_json(compare_json(args.runs, args.by, diff, report))
     else:
         print_comparison(args.runs, args.by, diff, report)
     return 0

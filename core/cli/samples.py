@@ -1,10 +1,8 @@
 """`acm runs samples RUN`: the scripts a stage generated at its validation checks (train.samples)."""
 from __future__ import annotations
 
-import json
-
 from core import runs
-from core.cli.output import console_for, for_stream
+from core.cli.output import console_for, for_stream, print_json
 from core.config import Config
 from core.errors import AcmError
 from core.escapes import visible
@@ -20,7 +18,7 @@ def cmd_samples(args, cfg: Config) -> int:
     if args.last and samples:
         samples = [s for s in samples if s.step == samples[-1].step]
     if args.json:
-        print(json.dumps([s.to_json() for s in samples]))
+        print_json([s.to_json() for s in samples], indent=None)
         return 0
     if not samples:
         print(f"{stage} of run {visible(run.name)} recorded no samples (train.samples sets how many each validation "

@@ -1,11 +1,9 @@
 """`acm tokenizer ...` and `acm prepare`: train and probe the tokenizer, write token shards."""
 from __future__ import annotations
 
-import json
-
 from rich.table import Table
 
-from core.cli.output import console_for
+from core.cli.output import console_for, print_json
 from core.cli.progress import progress_bars
 from core.config import Config
 from core.errors import AcmError, read_back
@@ -29,7 +27,7 @@ def cmd_train(args, cfg: Config) -> int:
         cancel = CancelToken()  # a Ctrl-C is taken at once, even while the trainer merges (within_reach)
         meta = within_reach(lambda: train_tokenizer(cfg, report, cancel, args.compare), cancel)
     if args.json:
-        print(json.dumps(meta, indent=2))
+        print_json(meta)
         return 0
     print(f"tokenizer: {meta['vocab_size']:,} tokens{short_of(meta)}, code share {meta['mix']['code_share']:.1%} of "
           f"{(meta['mix']['language_chars'] + meta['mix']['code_chars']) / 1e6:.1f}M training characters, "
@@ -61,7 +59,7 @@ def cmd_info(args, cfg: Config) -> int:
     if meta is None:
         raise AcmError(f"no tokenizer in {cfg.locations.tokenizer}: run `acm tokenizer train` first")
     if args.json:
-        print(json.dumps(meta, indent=2))
+        print_json(meta)
         return 0
     with read_back(str(cfg.locations.tokenizer_meta), "run `acm tokenizer train` again"):
         print(f"vocab {meta['vocab_size']:,}{short_of(meta)}; special tokens "
@@ -75,7 +73,7 @@ def cmd_probe(args, cfg: Config) -> int:
     text = unescape(args.text) if args.escapes else utf8(args.text, "the text")
     r = load_tokenizer(cfg).probe(text)
     if args.json:
-        print(json.dumps(r, ensure_ascii=False))
+        print_json(r, indent=None, ensure_ascii=False)
         return 0
     console.print(coloured_tokens(r["tokens"]))
     print(f"Tokens: {r['token_strings']}")
@@ -89,8 +87,8 @@ def cmd_prepare(args, cfg: Config) -> int:
     with progress_bars() as report:
         manifests = prepare(cfg, report, force=args.force)
     if args.json:
-        print(json.dumps({k: {f: m[f] for f in ("tokens", "documents", "dtype", "tokenizer_sha256")}
-                          for k, m in manifests.items()}, indent=2))
+        print_json({k: {f: m[f] for f in ("tokens", "documents", "dtype", "tokenizer_sha256")}
+                    for k, m in manifests.items()})
         return 0
     table = Table(*SHARD_COLUMNS, title="Token shards", title_justify="left")
     for kind, m in manifests.items():

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import mlx.core as mx
+from mlx.utils import tree_flatten
 
 from core import runs
 from core.config import Config
@@ -161,11 +162,35 @@ def _loaded_model(cfg: Config, ck: checkpoint.Checkpoint, run_path: Path, st: st
     params = checkpoint.load_weights(ck)
     checkpoint.check_shapes(ck, params, model.parameters())
     model.update(params)
+    _check_range(ck, params, dtype if not master_weights else "float32")
     if not master_weights and model.compute_dtype != mx.float32:  # no per-step cast of every weight
         model.set_dtype(model.compute_dtype)
     mx.eval(model.parameters())
     return LoadedModel(model, tok, ck.path, run_path.name, st, ck.step, {"val_loss": ck.val_loss},
                        passed_over(ck, before, which), saved)
+
+
+def largest_weight(params) -> float | None:
+    """The largest absolute weight, or None where any weight is NaN or infinite (one reduction)."""
+    values = [v for _, v in tree_flatten(params)]
+    finite = mx.all(mx.stack([mx.isfinite(v).all() for v in values]))
+    largest = mx.max(mx.stack([mx.abs(v).max().astype(mx.float32) for v in values]))
+    mx.eval(finite, largest)
+    return largest.item() if finite.item() else None
+
+
+def _check_range(ck: checkpoint.Checkpoint, params, dtype: str) -> None:
+    """Weights a generation can use: finite (a diverged stage saves NaN), and within float16's
+    65,504 where they are decoded in float16 (beyond it they would be infinities): else one line,
+    never text sampled from noise."""
+    largest = largest_weight(params)
+    if largest is None:
+        raise AcmError(f"{ck.path} holds NaN or infinite weights (its training diverged): choose another "
+                       "checkpoint (--checkpoint, --stage or --run; the Generate pane's list)")
+    limit = mx.finfo(DTYPES[dtype]).max
+    if largest > limit:
+        raise AcmError(f"{ck.path} has weights up to {largest:,.0f}, beyond {dtype}'s {limit:,.0f}: "
+                       "decode in bfloat16 or float32 (--dtype)")
 
 
 def _saved_at(ck: checkpoint.Checkpoint) -> int:

@@ -23,12 +23,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import mlx.core as mx
-from mlx.utils import tree_flatten
 
 from core.atomic import writing
 from core.config import Config
 from core.errors import AcmError
-from core.generate.decode import LoadedModel, load_model
+from core.generate.decode import LoadedModel, largest_weight, load_model
 from core.generate.export import card, commands, gguf_file, hf, mlx_lm
 from core.locks import Flock
 from core.paths import home_expanded
@@ -89,10 +88,9 @@ def _check_choices(dtype: str, fmt: str) -> None:
 
 def _check_weights(lm: LoadedModel, dtype: str) -> None:
     """Finite weights, within the dtype's range: float16 tops out at 65,504 and would write infinities."""
-    values = [v for _, v in tree_flatten(lm.model.parameters())]
-    if not all(mx.isfinite(v).all().item() for v in values):
+    largest = largest_weight(lm.model.parameters())
+    if largest is None:
         raise AcmError(f"{lm.checkpoint} holds NaN or infinite weights: export another checkpoint (--checkpoint)")
-    largest = max(mx.abs(v).max().item() for v in values)
     limit = mx.finfo(getattr(mx, dtype)).max
     if largest > limit:
         raise AcmError(f"{lm.checkpoint} has weights up to {largest:,.0f}, beyond {dtype}'s {limit:,.0f}: "

@@ -25,7 +25,7 @@ from core.generate.sampling import SamplingParams
 from core.model.gpt import GPT
 from core.paths import Paths
 from core.tokenizer.bpe import BOS_ID, EOS_ID, PAD_ID
-from tests.helpers import ROOT
+from tests.helpers import ROOT, set_weight
 from tests.stand_ins import stand_in_hub
 
 TEXT = "#!/bin/bash\necho $HOME"
@@ -506,14 +506,6 @@ def test_the_cards_commands_stay_within_the_context_and_sample_as_acm(with_model
     assert f"room = {n_ctx} - ids.shape[1]" in cards["hf"] and "skip_special_tokens=True" in cards["hf"]
     assert f"repetition_context_size={n_ctx}" in cards["mlx"] and f'"repetition_context_size": {n_ctx}' in cards["mlx"]
     assert f"-c {n_ctx} " in cards["gguf"] and f"--repeat-penalty 1.1 --repeat-last-n {n_ctx}" in cards["gguf"]
-
-
-def set_weight(project: Path, value: float) -> None:
-    """One weight of the run's checkpoint set to `value`."""
-    ck, _, _ = find_checkpoint(config.load(project / "acm.toml"))
-    params = mx.load(str(ck.path / "model.safetensors"))
-    params["wpe.weight"] = params["wpe.weight"].at[0, 0].add(value)
-    mx.save_safetensors(str(ck.path / "model.safetensors"), params)
 
 
 def refused(project: Path, capsys, *argv: str) -> str:

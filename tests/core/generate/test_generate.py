@@ -27,7 +27,7 @@ from core.generate.sampling import (
 from core.generate.verdicts import shellcheck_errors, shellcheck_path
 from core.runs.writer import in_use
 from core.tokenizer.bpe import BOS_ID
-from tests.helpers import SteppingClock, edit_state
+from tests.helpers import SteppingClock, edit_state, set_weight
 
 
 @pytest.fixture(scope="module")
@@ -145,6 +145,38 @@ def test_cli_generate_chat_eval_export(with_model, capsys, tmp_path):
     assert set(json.loads(capsys.readouterr().out)["stages"]) == {"pretrain", "finetune", "finetune+checked"}
     assert cli.main(["-c", c, "export", "m", "--to", str(tmp_path / "e")]) == 0
     assert (tmp_path / "e" / "model.safetensors").exists() and (tmp_path / "e" / "tokenizer_config.json").exists()
+
+
+def test_weights_a_generation_cannot_use_are_one_line_never_sampled_noise(with_model, capsys):
+    """A checkpoint of a diverged stage (NaN weights) is refused by generate, eval and export alike,
+    and one whose weights float16 cannot hold is refused where it would be decoded in float16."""
+    c = str(with_model / "acm.toml")
+    set_weight(with_model, 70_000.0)
+    assert cli.main(["-c", c, "generate", "x", "--max-tokens", "2", "--dtype", "float16"]) == 2
+    assert "has weights up to 70,0" in capsys.readouterr().err
+    assert cli.main(["-c", c, "generate", "x", "--max-tokens", "2", "--dtype", "bfloat16"]) == 0
+    capsys.readouterr()
+    set_weight(with_model, float("nan"))
+    for argv in (["generate", "x", "--max-tokens", "2"], ["generate", "--json", "--n", "2", "x"],
+                 ["eval", "--samples", "1", "--max-tokens", "2"]):
+        assert cli.main(["-c", c, *argv]) == 2
+        out, err = capsys.readouterr()
+        assert err.startswith("acm: error: ") and "holds NaN or infinite weights (its training diverged)" in err
+        assert len(err.splitlines()) == 1 and out == ""
+
+
+def test_json_output_is_strict_json_a_diverged_loss_null(with_model, capsys):
+    """`NaN` is Python's, no JSON reader's: a loss a diverged stage recorded prints as null."""
+    from core.paths import Paths
+
+    run = with_model / "runs" / "m"
+    with open(Paths.metrics(run, "pretrain"), "a") as f:
+        f.write('{"type": "metrics", "stage": "pretrain", "step": 21, "tokens_seen": 1, "loss": NaN}\n')
+        f.write('{"type": "eval", "stage": "pretrain", "step": 21, "val_loss": Infinity}\n')
+    assert cli.main(["-c", str(with_model / "acm.toml"), "runs", "metrics", "m", "--stage", "pretrain", "--json"]) == 0
+    records = json.loads(capsys.readouterr().out, parse_constant=lambda name: pytest.fail(f"{name} in the JSON"))
+    diverged = {r["type"]: r for r in records if r["step"] == 21}
+    assert diverged["metrics"]["loss"] is None and diverged["eval"]["val_loss"] is None
 
 
 def test_no_checkpoint_is_one_line(prepared, capsys):
