@@ -36,6 +36,7 @@ from core.paths import Paths
 from core.progress import CancelToken, Reporter, Ticker, no_report
 from core.runs import checkpoint
 from core.runs.writer import in_use
+from core.tokenizer.bpe import AcmTokenizer
 from core.tokenizer.shards import open_tokens
 from core.train.batches import Batches
 
@@ -45,13 +46,25 @@ def distinct_n(token_lists: list[list[int]], n: int = 2) -> float:
     return round(len(set(grams)) / len(grams), 4) if grams else 0.0
 
 
+def _not_the_project_s(cfg: Config, lm) -> str:
+    """Why the run's tokenizer is not the project's: the project's is missing, damaged, or another."""
+    path = cfg.locations.tokenizer_file
+    if not path.exists():
+        return (f"the project's tokenizer {path} is missing (acm tokenizer train makes one, then acm prepare "
+                f"the shards)")
+    try:
+        AcmTokenizer.from_file(path)
+    except (AcmError, OSError) as e:
+        return f"the project's tokenizer is damaged ({e}; acm tokenizer train makes it again)"
+    return f"run {lm.run}'s {lm.stage} was trained with another tokenizer than {path}"
+
+
 def val_loss(lm, cfg: Config, kind: str, batches: int, deadline: Deadline | None = None) -> dict:
     """Mean loss over `batches` fixed validation batches (fewer, at least one, once a deadline
     passes), with the batches read and those asked for."""
     if lm.tokenizer.path != cfg.locations.tokenizer_file:  # the stage's own copy: the shards are another's
-        raise AcmError(f"run {lm.run}'s {lm.stage} was trained with another tokenizer than "
-                       f"{cfg.locations.tokenizer_file}, so the token shards cannot measure its validation loss; "
-                       f"acm generate and acm export still use it")
+        raise AcmError(f"{_not_the_project_s(cfg, lm)}, so the token shards cannot measure its validation loss; "
+                       f"acm generate and acm export still use the run's own copy")
     shards = open_tokens(cfg, kind, "val", lm.tokenizer)
     seq = min(cfg.train.pretrain.seq_len, lm.model.shape.n_ctx)
     b = Batches(shards, seq, cfg.train.pretrain.batch_size, seed=0, what=f"{kind} val shards")

@@ -165,6 +165,22 @@ def test_weights_a_generation_cannot_use_are_one_line_never_sampled_noise(with_m
         assert len(err.splitlines()) == 1 and out == ""
 
 
+def test_an_evaluation_without_the_project_s_tokenizer_says_it_is_missing_or_damaged(with_model, capsys):
+    """The run's own copy still decodes, but the shards are the project tokenizer's: what is wrong
+    with that one is said, not that the run had another tokenizer."""
+    tok = config.load(with_model / "acm.toml").locations.tokenizer_file
+    good = tok.read_bytes()
+    for state, says in ((None, f"the project's tokenizer {tok} is missing (acm tokenizer train makes one"),
+                        (b"garbage", "the project's tokenizer is damaged (")):
+        tok.unlink(missing_ok=True)
+        if state is not None:
+            tok.write_bytes(state)
+        assert cli.main(["-c", str(with_model / "acm.toml"), "eval", "--samples", "1", "--max-tokens", "2"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"acm: error: {says}") and len(err.splitlines()) == 1, err
+    tok.write_bytes(good)
+
+
 def test_json_output_is_strict_json_a_diverged_loss_null(with_model, capsys):
     """`NaN` is Python's, no JSON reader's: a loss a diverged stage recorded prints as null."""
     from core.paths import Paths
