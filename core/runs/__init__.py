@@ -388,15 +388,24 @@ def newest_stage(cfg: config.Config) -> tuple[Path, str] | None:
     return None
 
 
+def recorded_preset(run: Path) -> str:
+    """The preset the run's config.toml records; "?" where it records none that loads (acm writes
+    every setting: an empty file, or one of comments, holds none, not this machine's default)."""
+    path = Paths.run_config(run)
+    try:
+        table = config.read_table(path)
+        if "preset" not in (table.get("model") if isinstance(table.get("model"), dict) else {}):
+            return "?"
+        return config.from_dict(table, source=str(path), root=run, written=True).model.preset
+    except AcmError:
+        return "?"
+
+
 def summary(run: Path) -> dict:
     """One run, as the run list shows it: each stage's best val loss is its lowest validation
     check's; best_checkpoint is the checkpoint generation and export take as the best, which may
     hold a higher one (no checkpoint was saved at that check)."""
-    try:
-        preset = config.load(Paths.run_config(run), written=True).model.preset
-    except AcmError:
-        preset = "?"
-    out = {"name": run.name, "preset": preset, "modified": run.stat().st_mtime, "stages": {}}
+    out = {"name": run.name, "preset": recorded_preset(run), "modified": run.stat().st_mtime, "stages": {}}
     for stage in TRAINING_STAGES:
         ck_dir = Paths.checkpoints(run, stage)
         last, top = latest(ck_dir), best(ck_dir)

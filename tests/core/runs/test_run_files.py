@@ -193,3 +193,13 @@ def test_a_runs_folder_that_cannot_be_made_is_said_so(project, capsys):
     assert cli.main(["-c", str(project / "acm.toml"), "train", "pretrain", "--run", "r1", "--steps", "1"]) == 2
     assert capsys.readouterr().err == ("acm: error: cannot make the runs folder /proc/acm-runs (paths.runs): "
                                        "No such file or directory: /proc/acm-runs\n")
+
+
+@pytest.mark.parametrize("text", ["", "# notes\n", "[train]\n", "[model]\nn_layer = 2\n"])
+def test_a_run_whose_config_records_no_preset_lists_it_as_unknown_not_as_the_default(with_model, text, capsys):
+    """acm writes every setting: a config.toml without model.preset has lost it, and the machine's
+    default preset would be a guess shown as a fact."""
+    Paths.run_config(with_model / "runs" / "m").write_text(text)
+    assert summary(with_model / "runs" / "m")["preset"] == "?"
+    assert cli.main(["-c", str(with_model / "acm.toml"), "runs", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["preset"] == "?"
