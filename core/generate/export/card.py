@@ -82,7 +82,7 @@ def render(lm: LoadedModel, fmt: str, dtype: str, detail: dict, facts: dict) -> 
              f"Byte-level BPE, {lm.tokenizer.vocab_size:,} tokens with `<PAD>` (0) `<UNK>` (1) `<BOS>` (2) "
              "`<EOS>` (3); "
              f"sha256 `{lm.tokenizer.sha256[:16]}…`. A script starts with `<BOS>` and ends at `<EOS>`.", "",
-             *_data(facts), *_training(lm, facts), *_evaluation(facts), *_usage(lm, fmt, dtype, detail, facts)]
+             *_data(facts), *_training(lm, facts), *_evaluation(facts, lm), *_usage(lm, fmt, dtype, detail, facts)]
     return "\n".join(lines) + "\n"
 
 
@@ -126,7 +126,9 @@ def _optimizer(train: dict) -> str:
     return f"AdamW, peak learning rate {train.get('learning_rate')}"
 
 
-def _evaluation(facts: dict) -> list[str]:
+def _evaluation(facts: dict, lm: LoadedModel) -> list[str]:
+    """The run's `acm eval` table, each row's checkpoint named with its step, and said in bold where
+    none of them is the checkpoint exported (trained on, or another chosen, since)."""
     results = facts.get("eval", {})
     stages = results.get("stages", {})
     if not stages:
@@ -137,12 +139,17 @@ def _evaluation(facts: dict) -> list[str]:
             "|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in stages.items():
         g = r.get("code_generation", {})
-        rows.append(f"| {name} | {drawn_of_asked(results, g)} | {_num(r.get('language', {}).get('perplexity'))} | "
+        step = f" (step {r['step']:,})" if isinstance(r.get("step"), int) else ""
+        rows.append(f"| {name}{step} | {drawn_of_asked(results, g)} | "
+                    f"{_num(r.get('language', {}).get('perplexity'))} | "
                     f"{_num(r.get('code', {}).get('perplexity'))} | {_pct(g.get('parse_rate_complete'))} | "
                     f"{_pct(g.get('parse_rate'))} | {_pct(g.get('relevant'))} | {_pct(g.get('relevant_and_parses'))} | "
                     f"{_pct(g.get('truncated'))} | {_num(g.get('distinct_2'))} |")
     cut = cut_note(results)
-    return rows + ["", *([f"**{cut[0].upper()}{cut[1:]}.**", ""] if cut else []),
+    other = [] if str(lm.checkpoint) in {str(r.get("checkpoint")) for r in stages.values()} else [
+        f"**These figures are of other checkpoints than the one exported ({lm.stage}, step {lm.step:,}): "
+        "`acm eval` measures the run's best checkpoints again.**", ""]
+    return rows + ["", *other, *([f"**{cut[0].upper()}{cut[1:]}.**", ""] if cut else []),
                    "Samples: scripts generated and scored, of those asked for. Relevant: the share of samples that "
                    "use what their task's prompt asks for (`eval.tasks`: `pg_dump` for a PostgreSQL backup); "
                    "relevant & parses: those that also parse with `bash -n`.", ""]

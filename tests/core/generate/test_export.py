@@ -62,10 +62,22 @@ def test_mlx_export_loads_in_mlx_lm_with_matching_logits_and_carries_a_card(with
     assert (info["preset"], info["model_type"]) == ("nano", "gpt2")
     card = (tmp_path / "exported" / "README.md").read_text()
     for fact in ("library_name: mlx", "| preset | nano |", f"step {ours.step}", "| language | builtin |",
-                 "## Evaluation (`acm eval`)", "| finetune+checked |", "1,024 tokens", "mlx_lm.generate"):
+                 "## Evaluation (`acm eval`)", f"| finetune+checked (step {ours.step}) |", "1,024 tokens",
+                 "mlx_lm.generate"):
         assert fact in card, fact
+    assert "other checkpoints than the one exported" not in card
     with pytest.raises(AcmError, match="exists and is not empty"):
         export_checkpoint(cfg, tmp_path / "exported")
+    results = Paths.eval_results(with_model / "runs" / "m")  # as it reads once the run has trained on
+    evaluated = json.loads(results.read_text())
+    for row in evaluated["stages"].values():
+        row["checkpoint"], row["step"] = row["checkpoint"] + "-before", 5
+    results.write_text(json.dumps(evaluated))
+    export_checkpoint(cfg, tmp_path / "later")
+    card = (tmp_path / "later" / "README.md").read_text()
+    assert "| finetune+checked (step 5) |" in card
+    assert (f"**These figures are of other checkpoints than the one exported (finetune, step {ours.step}): "
+            "`acm eval` measures the run's best checkpoints again.**") in card
 
 
 def test_an_untied_head_exports_as_gpt_bigcode_that_mlx_lm_loads(with_model, tmp_path):
