@@ -23,7 +23,7 @@ from core.errors import AcmError, one_line
 from core.escapes import visible
 from core.generate.export import DTYPES as EXPORT_DTYPES
 from core.generate.export import FORMATS, export_checkpoint
-from core.generate.export.upload import upload_folder
+from core.generate.export.upload import check_repo_id, upload_folder
 from core.paths import home_expanded
 from core.pipeline.tables import plain
 from core.runs import compare
@@ -80,6 +80,12 @@ class AskExport(ModalScreen[dict | None]):
         if upload["private"] and not upload["upload"]:
             self.notify("private makes the repository the upload creates private: name the repository too",
                         severity="warning")
+            return
+        try:
+            if upload["upload"]:
+                check_repo_id(upload["upload"])
+        except AcmError as e:
+            self.notify(str(e), severity="error")
             return
         self.dismiss(chosen | upload | {"folder": folder} if folder else None)
 

@@ -25,7 +25,7 @@ from core.generate.cut import cut_note
 from core.generate.decode import load_model, stream_generate
 from core.generate.evaluate import evaluate_run
 from core.generate.export import export_checkpoint
-from core.generate.export.upload import upload_folder
+from core.generate.export.upload import check_repo_id, upload_folder
 from core.generate.relevance import expectations, task_verdict, uses
 from core.generate.sampling import MAX_N, SamplingParams
 from core.generate.verdicts import judge
@@ -271,6 +271,8 @@ def print_eval_table(results: dict) -> None:
 def cmd_export(args, cfg: Config) -> int:
     if args.private and not args.upload:
         raise AcmError("--private makes the repository --upload creates private: give --upload REPO_ID too")
+    if args.upload:
+        check_repo_id(args.upload)
     engine, cancel = Engine(), CancelToken()
     try:
         job = engine.submit(export_checkpoint, cfg, args.to, args.run, args.stage, args.checkpoint, args.dtype,

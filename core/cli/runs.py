@@ -102,13 +102,13 @@ def cmd_delete(args, cfg: Config) -> int:
     run = runs.existing_run(cfg, args.run)
     if not args.yes:
         raise AcmError(f"deleting run {run.name} removes its checkpoints: add --yes to confirm")
-    print(runs.delete_run(run))
+    print(visible(runs.delete_run(run)))  # a run's name from disk: its control characters escaped
     return 0
 
 
 def cmd_rename(args, cfg: Config) -> int:
     new = runs.rename_run(runs.existing_run(cfg, args.run), args.new_name)
-    print(f"renamed to {new.name}")
+    print(f"renamed to {visible(new.name)}")
     return 0
 
 

@@ -126,7 +126,7 @@ class Slots:
 
 def _checkpointed(cfg: Config, run: str | None) -> tuple[Path, list[str], list[str]]:
     """The run to evaluate (the latest where none is named), its stages with a checkpoint, and a line
-    for each stage whose checkpoints are all damaged (left out, never silently)."""
+    for each stage left out, never silently: its checkpoints all damaged, or gone."""
     run_path = runs.existing_run(cfg, run) if run is not None else runs.newest_run(cfg)
     if run_path is None:
         raise AcmError(f"no runs in {cfg.locations.runs}: train a model first (acm train pretrain)")
@@ -134,9 +134,16 @@ def _checkpointed(cfg: Config, run: str | None) -> tuple[Path, list[str], list[s
     if not stages:
         find_checkpoint(cfg, run_path.name)  # says why: damaged checkpoints, or none
         raise AcmError(f"run {run_path.name} has no checkpoint to evaluate")
-    damaged = {s: checkpoint.damaged(Paths.checkpoints(run_path, s)) for s in runs.TRAINING_STAGES if s not in stages}
-    return run_path, stages, [f"{s}: not evaluated, no readable checkpoint ({', '.join(d.name for d in bad)}: "
-                              f"damaged state.json)" for s, bad in damaged.items() if bad]
+    left_out = []
+    for s in (s for s in runs.TRAINING_STAGES if s not in stages):
+        bad = checkpoint.damaged(Paths.checkpoints(run_path, s))
+        if bad:
+            left_out.append(f"{s}: not evaluated, no readable checkpoint ({', '.join(d.name for d in bad)}: "
+                            "damaged state.json)")
+        elif runs.read_status(run_path, s) is not None:  # it trained, and its checkpoints are gone
+            left_out.append(f"{s}: not evaluated, it has trained but holds no checkpoint "
+                            f"({Paths.checkpoints(run_path, s)} is empty or gone)")
+    return run_path, stages, left_out
 
 
 def _scored(judged: list[Judged], expected: dict[str, re.Pattern], asked: int) -> dict:

@@ -468,8 +468,9 @@ DELETING = ".deleting-"  # a run being deleted: `.NAME.deleting-1a2b3c4d`, liste
 def rename_run(run: Path, new_name: str) -> Path:
     check_run_name(new_name)
     target = run.parent / new_name
-    if target.exists():
-        raise AcmError(f"a run named {new_name} exists already")
+    if target.exists() or target.is_symlink():
+        what = "a run" if Paths.run_config(target).exists() else "a folder that is no run"
+        raise AcmError(f"{what} named {new_name} exists in {run.parent} already: choose another name")
     for stage in TRAINING_STAGES:
         if stage_state(run, stage) in LIVE:
             raise AcmError(f"run {run.name} is training ({stage}): stop it first")

@@ -373,5 +373,6 @@ def check_shapes(ck: Checkpoint, params: dict, expected: dict) -> None:
     want = {k: tuple(v.shape) for k, v in tree_flatten(expected)}
     if got != want:
         wrong = sorted(set(got) ^ set(want)) or [k for k in want if got[k] != want[k]]
-        raise AcmError(f"checkpoint {ck.path} is damaged (weights {wrong[0]} and others do not fit the model); "
+        others = f" and {len(wrong) - 1} more" if len(wrong) > 1 else ""
+        raise AcmError(f"checkpoint {ck.path} is damaged (weights {wrong[0]}{others} do not fit the model); "
                        "delete it to fall back to an earlier one")

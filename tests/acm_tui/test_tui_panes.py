@@ -304,6 +304,10 @@ async def test_runs_pane_uploads_the_export_to_the_hub_as_export_upload_does(wit
             app.screen.query_one("#export-folder", Input).focus()
             await pilot.press("enter")
             await notified(pilot, "private makes the repository the upload creates private: name the repository")
+            app.screen.query_one("#export-upload", Input).value = "bad repo id!!"
+            await pilot.press("enter")
+            await notified(pilot, "'bad repo id!!' is no Hugging Face Hub repository id")
+            assert not (with_model / "exports" / "m").exists()
             app.screen.query_one("#export-upload", Input).value = "me/acm-nano"
             app.screen.query_one("#export-upload", Input).focus()
             await pilot.press("enter")  # enter in the repository's box exports too

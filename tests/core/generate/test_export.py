@@ -403,6 +403,12 @@ def test_a_failed_upload_is_one_line_and_keeps_the_folder(with_model, tmp_path, 
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("acm: error: upload of") and "the exported folder is kept" in err
     assert len(err.strip().splitlines()) == 1 and (tmp_path / "x" / "README.md").exists()
+    for repo in ("bad repo id!!", "a/b/c", "-x/y"):  # refused before anything is exported
+        assert cli.main(["-c", str(with_model / "acm.toml"), "export", "--to", str(tmp_path / "y"),
+                         f"--upload={repo}"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"acm: error: {repo!r} is no Hugging Face Hub repository id: Repo id must")
+        assert not (tmp_path / "y").exists()
 
 
 KILLED_MID_EXPORT = """

@@ -641,6 +641,9 @@ def test_an_evaluation_says_which_stage_it_left_out_as_damaged(with_model):
     results = evaluate_run(cfg)
     assert set(results["stages"]) == {"pretrain", "pretrain+checked"}
     assert cut_note(results) == "finetune: not evaluated, no readable checkpoint (step-0000010: damaged state.json)"
+    shutil.rmtree(run / "finetune" / "checkpoints")  # gone: the stage trained all the same
+    assert cut_note(evaluate_run(cfg)) == ("finetune: not evaluated, it has trained but holds no checkpoint "
+                                           f"({run / 'finetune' / 'checkpoints'} is empty or gone)")
     for ck in (run / "pretrain" / "checkpoints").glob("step-*"):
         (ck / "state.json").unlink()
     with pytest.raises(AcmError, match="no readable checkpoint in run m"):

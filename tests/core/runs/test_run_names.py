@@ -134,3 +134,15 @@ def test_a_run_whose_background_stage_has_not_begun_is_said_to_be_starting(proje
     assert said.out == "run d1 is starting: stop waits for it (Ctrl-C to leave it)\n"
     assert said.err == ("acm: error: run 'd1' is starting in the background (its settings are written "
                                        "once its stage has begun): try again shortly; `acm runs` lists the runs\n")
+
+
+def test_a_rename_onto_a_taken_name_says_what_holds_it_and_a_deleted_odd_name_is_shown_escaped(with_model, capsys):
+    cfg = config.load(with_model / "acm.toml")
+    c = str(with_model / "acm.toml")
+    (cfg.runs_dir / "empty").mkdir()
+    assert cli.main(["-c", c, "runs", "rename", "m", "empty"]) == 2
+    assert capsys.readouterr().err == (f"acm: error: a folder that is no run named empty exists in {cfg.runs_dir} "
+                                       "already: choose another name\n")
+    (cfg.runs_dir / "m").rename(cfg.runs_dir / "n\x1b[2Jl")  # a run an older acm (or a hand) named so
+    assert cli.main(["-c", c, "runs", "delete", "n\x1b[2Jl", "--yes"]) == 0
+    assert capsys.readouterr().out == "deleted run n\\x1b[2Jl\n"
