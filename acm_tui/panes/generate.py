@@ -304,9 +304,7 @@ class GeneratePane(Pane):
                 self.notify(item.notice, severity="warning")
             last = item
         if last is not None:
-            status.update(Text(f"{self.model_line}: {last.generated} tokens, {last.tokens_per_s:,.1f} tok/s, "
-                               f"first token {last.time_to_first_token_s * 1e3:.0f} ms, peak memory "
-                               f"{last.peak_memory / 2**20:.0f} MiB" +
+            status.update(Text(f"{self.model_line}: {last.pace()}, peak memory {last.peak_memory / 2**20:.0f} MiB" +
                                (f", stopped: {last.finish_reason}" if last.finish_reason else ""), style="dim"))
         self._render_output()
 

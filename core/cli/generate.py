@@ -57,8 +57,7 @@ def stream_to_stdout(lm, prompt: str, params: SamplingParams, echo_prompt: bool,
         last = chunk
     sys.stdout.write("\n")
     verdict = judge(prompt + text, last.finish_reason == "eos")
-    console.print(f"[dim]{last.generated} tokens, {last.tokens_per_s:,.1f} tok/s, first token "
-                  f"{last.time_to_first_token_s * 1e3:.0f} ms, stop: {last.finish_reason}; {verdict.describe()}"
+    console.print(f"[dim]{last.pace()}, stop: {last.finish_reason}; {verdict.describe()}"
                   f"{escape(task_verdict(prompt, text, expected or {}))}[/]")
     return text
 

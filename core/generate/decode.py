@@ -39,6 +39,13 @@ class Chunk:
     finish_reason: str | None = None  # "stop", "eos", "length", "context", "cancelled"
     notice: str = ""
 
+    def pace(self) -> str:
+        """"12 tokens, 154.1 tok/s, first token 35 ms": a rate needs two tokens (it is timed from the
+        first), so one token says only how long it took."""
+        rate = f", {self.tokens_per_s:,.1f} tok/s" if self.generated > 1 else ""
+        return (f"{self.generated} token{'' if self.generated == 1 else 's'}{rate}, first token "
+                f"{self.time_to_first_token_s * 1e3:.0f} ms")
+
 
 @dataclass
 class LoadedModel:

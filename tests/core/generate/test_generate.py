@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -757,3 +758,13 @@ def test_a_full_context_ends_the_stream_where_the_batch_and_the_exports_end(with
     assert "".join(c.text for c in chunks) == rows[0].text
     if chunks[-1].finish_reason == "context":
         assert chunks[-1].prompt_tokens + chunks[-1].generated == lm.model.shape.n_ctx
+
+
+def test_one_token_is_said_in_the_singular_with_no_rate_two_with_one(with_model, capsys):
+    """A rate is timed from the first token: one token has none (it read `1 tokens, 0.0 tok/s`)."""
+    c = str(with_model / "acm.toml")
+    assert cli.main(["-c", c, "generate", "x", "--max-tokens", "1", "--temp", "0"]) == 0
+    said = capsys.readouterr().err
+    assert "1 token, first token " in said and "tok/s" not in said
+    assert cli.main(["-c", c, "generate", "x", "--max-tokens", "2", "--temp", "0"]) == 0
+    assert re.search(r"2 tokens, [\d,.]+ tok/s, first token \d+ ms", capsys.readouterr().err)
