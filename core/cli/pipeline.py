@@ -124,6 +124,10 @@ def cmd_run(args, cfg: Config) -> int:
         # Ctrl-C meanwhile exits at once; a readying is not waited for (acm's main ends the process)
         engine.shutdown(abandon=READY_JOB)
         return interrupted(screen.console.print, kept_after_stop(cfg, screen.running), "acm pipeline run")
+    except BaseException:  # anything else that ends the command here (a terminal gone under a write of this
+        control.stop()  # thread's): the stage under way stops at its next step, with a checkpoint, before
+        cancel.cancel()  # the engine is waited for below, never trained on to its end by no one
+        raise
     finally:  # the engine's thread lets go of MLX before the process exits
         screen.ended = True
         engine.shutdown(wait=not quit_now, abandon=READY_JOB)

@@ -82,7 +82,8 @@ def render(lm: LoadedModel, fmt: str, dtype: str, detail: dict, facts: dict) -> 
              f"Byte-level BPE, {lm.tokenizer.vocab_size:,} tokens with `<PAD>` (0) `<UNK>` (1) `<BOS>` (2) "
              "`<EOS>` (3); "
              f"sha256 `{lm.tokenizer.sha256[:16]}…`. A script starts with `<BOS>` and ends at `<EOS>`.", "",
-             *_data(facts), *_training(lm, facts), *_evaluation(facts, lm), *_usage(lm, fmt, dtype, detail, facts)]
+             *_data(facts), *_training(lm, facts), *_evaluation(facts, (lm.stage, lm.step)),
+             *_usage(lm, fmt, dtype, detail, facts)]
     return "\n".join(lines) + "\n"
 
 
@@ -126,9 +127,10 @@ def _optimizer(train: dict) -> str:
     return f"AdamW, peak learning rate {train.get('learning_rate')}"
 
 
-def _evaluation(facts: dict, lm: LoadedModel) -> list[str]:
+def _evaluation(facts: dict, exported: tuple[str, int] | None = None) -> list[str]:
     """The run's `acm eval` table, each row's checkpoint named with its step, and said in bold where
-    none of them is the checkpoint exported (trained on, or another chosen, since)."""
+    none of them is the checkpoint `exported` (its stage and step: the run trained on, or another
+    was chosen, since; a path would differ once the run is renamed or the project moved)."""
     results = facts.get("eval", {})
     stages = results.get("stages", {})
     if not stages:
@@ -146,8 +148,9 @@ def _evaluation(facts: dict, lm: LoadedModel) -> list[str]:
                     f"{_pct(g.get('parse_rate'))} | {_pct(g.get('relevant'))} | {_pct(g.get('relevant_and_parses'))} | "
                     f"{_pct(g.get('truncated'))} | {_num(g.get('distinct_2'))} |")
     cut = cut_note(results)
-    other = [] if str(lm.checkpoint) in {str(r.get("checkpoint")) for r in stages.values()} else [
-        f"**These figures are of other checkpoints than the one exported ({lm.stage}, step {lm.step:,}): "
+    measured = {(name.split("+")[0], r.get("step")) for name, r in stages.items()}
+    other = [] if exported is None or exported in measured else [
+        f"**These figures are of other checkpoints than the one exported ({exported[0]}, step {exported[1]:,}): "
         "`acm eval` measures the run's best checkpoints again.**", ""]
     return rows + ["", *other, *([f"**{cut[0].upper()}{cut[1:]}.**", ""] if cut else []),
                    "Samples: scripts generated and scored, of those asked for. Relevant: the share of samples that "

@@ -66,12 +66,16 @@ def test_mlx_export_loads_in_mlx_lm_with_matching_logits_and_carries_a_card(with
                  "mlx_lm.generate"):
         assert fact in card, fact
     assert "other checkpoints than the one exported" not in card
+    (with_model / "runs" / "m").rename(with_model / "runs" / "m2")  # eval.json's paths name the old folder
+    export_checkpoint(cfg, tmp_path / "renamed", "m2")
+    assert "other checkpoints than the one exported" not in (tmp_path / "renamed" / "README.md").read_text()
+    (with_model / "runs" / "m2").rename(with_model / "runs" / "m")
     with pytest.raises(AcmError, match="exists and is not empty"):
         export_checkpoint(cfg, tmp_path / "exported")
     results = Paths.eval_results(with_model / "runs" / "m")  # as it reads once the run has trained on
     evaluated = json.loads(results.read_text())
     for row in evaluated["stages"].values():
-        row["checkpoint"], row["step"] = row["checkpoint"] + "-before", 5
+        row["step"] = 5
     results.write_text(json.dumps(evaluated))
     export_checkpoint(cfg, tmp_path / "later")
     card = (tmp_path / "later" / "README.md").read_text()

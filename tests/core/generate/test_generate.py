@@ -614,7 +614,7 @@ def test_a_cut_evaluation_is_marked_wherever_it_is_listed(with_model):
     assert cut_note(older) == note
     assert [dict(zip(EVAL_COLUMNS, r))["samples"] for r in eval_rows(older)] == ["16/64", "16/64"]
     card = "\n".join(_evaluation({"eval": older}))
-    assert "| finetune | 16/64 | 9.00 |" in card and f"**C{note[1:]}.**" in card
+    assert "| finetune (step 10) | 16/64 | 9.00 |" in card and f"**C{note[1:]}.**" in card
     (status,) = [s for s in pipeline_status(config.load(with_model / "acm.toml")) if s.name == "evaluate"]
     assert status.detail == f"run m: pretrain: bash parses 50%, finetune: bash parses 50%; {note}"
     whole = older | {"samples": 16}

@@ -239,21 +239,31 @@ def _read_until(proc: subprocess.Popen, terminal: int, said: bytes, pattern: byt
     return said
 
 
-def _training_on_a_terminal(project: Path, hang_up=signal.SIG_DFL) -> tuple[subprocess.Popen, int, bytes]:
-    """`acm train pretrain --run c` (100,000 steps) writing to a pseudo-terminal, started with the
-    hang-up's disposition `hang_up`, once it reports a step: the process, the terminal's other end,
-    what it wrote."""
+def _training_on_a_terminal(project: Path, hang_up=signal.SIG_DFL, command: tuple[str, ...] = ("train", "pretrain",
+                            "--run", "c"), controlling: bool = False) -> tuple[subprocess.Popen, int, bytes]:
+    """`acm train pretrain --run c` (or `command`; 100,000 steps) writing to a pseudo-terminal, started
+    with the hang-up's disposition `hang_up` (and the terminal as its session's, `controlling`, as
+    over SSH: the kernel then sends the hang-up as the terminal goes), once it reports a step's loss:
+    the process, the terminal's other end, what it wrote."""
+    import fcntl
     import pty
+    import termios
 
     cfg = load(project)
     cfg.train.pretrain.steps = 100000
     config.save(cfg, project / "acm.toml")
     terminal, its_end = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "core.cli", "-c", str(project / "acm.toml"), "train", "pretrain",
-                             "--run", "c"], stdin=its_end, stdout=its_end, stderr=its_end, start_new_session=True,
-                            preexec_fn=lambda: (sigint_at_default(), signal.signal(signal.SIGHUP, hang_up)))
+
+    def child() -> None:
+        sigint_at_default()
+        signal.signal(signal.SIGHUP, hang_up)
+        if controlling:  # the new session's controlling terminal
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    proc = subprocess.Popen([sys.executable, "-m", "core.cli", "-c", str(project / "acm.toml"), *command],
+                            stdin=its_end, stdout=its_end, stderr=its_end, start_new_session=True, preexec_fn=child)
     os.close(its_end)
-    return proc, terminal, _read_until(proc, terminal, b"", rb"step +(\d+).*loss")
+    return proc, terminal, _read_until(proc, terminal, b"", rb"step +(\d+).*loss|loss \d")
 
 
 def _stopped_with_its_checkpoint(project: Path) -> bool:
@@ -267,6 +277,20 @@ def test_a_terminal_that_hangs_up_stops_training_with_a_checkpoint(prepared):
     come before the hang-up's signal. The stage stops at its next step with a checkpoint, as for a
     reader that went (`| head`), and the command ends quietly."""
     proc, terminal, _ = _training_on_a_terminal(prepared)
+    try:
+        os.close(terminal)
+        assert proc.wait(timeout=120) == 1
+    finally:
+        proc.kill()
+    assert _stopped_with_its_checkpoint(prepared)
+
+
+def test_a_pipeline_whose_terminal_hangs_up_stops_its_stage_with_a_checkpoint(prepared):
+    """`acm pipeline run` over SSH, the connection dropped mid-stage: the kernel's hang-up stops the
+    stage, and the display's last write, to the terminal gone, fails (EIO) as it closes; the stage
+    still stops at its next step with a checkpoint (it trained on to its end, and every later kill
+    was taken as the first's repeat), and the command ends quietly."""
+    proc, terminal, _ = _training_on_a_terminal(prepared, command=("pipeline", "run"), controlling=True)
     try:
         os.close(terminal)
         assert proc.wait(timeout=120) == 1
