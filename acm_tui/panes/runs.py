@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from concurrent.futures import Future
 from pathlib import Path
 
 from rich.text import Text
@@ -138,8 +139,8 @@ class RunsPane(Pane):
         self.marked: list[str] = []  # the runs `c` compares, in the order they were marked
         self.axis = "step"
         self.noted: set[str] = set()  # the notes on the compared runs' settings already notified
-        self.upload_to: tuple[str, bool] | None = None  # the Hub repo the export under way goes to, and private
-        self.uploading: str | None = None  # the Hub repo an upload is sending to
+        self.upload_to: dict[Future, tuple[str, bool]] = {}  # an export job's Hub repo, and whether private
+        self.uploading: list[str] = []  # the Hub repos uploads are sending to
         self.losses_shown = False  # l: the table under compared runs holds their losses, not their settings
 
     def compose(self) -> ComposeResult:
@@ -393,9 +394,10 @@ class RunsPane(Pane):
                 target = folder if folder.is_absolute() else self.app.config_path.parent / folder
                 stage = None if choice["stage"] == "default" else choice["stage"]
                 self.notify(f"exporting run {name} as {choice['format']} to {target}…")
-                self.upload_to = (choice["upload"], choice["private"]) if choice["upload"] else None
-                self.run_on_engine("export", export_checkpoint, self.cfg, target, name, stage, choice["checkpoint"],
-                                   choice["dtype"], choice["format"])
+                job = self.run_on_engine("export", export_checkpoint, self.cfg, target, name, stage,
+                                         choice["checkpoint"], choice["dtype"], choice["format"])
+                if choice["upload"]:  # its result comes in a message, handled after this returns
+                    self.upload_to[job] = (choice["upload"], choice["private"])
 
         self.app.push_screen(AskExport(name, f"exports/{name}"), answered)
 
@@ -403,6 +405,7 @@ class RunsPane(Pane):
     def _exported(self, message: EngineResult) -> None:
         if message.job != "export":
             return
+        upload = self.upload_to.pop(message.future, None)  # this export's own, never another's
         try:
             info = message.future.result()
         except Exception as e:  # an AcmError or the system's words: one line, the app stays up
@@ -410,13 +413,13 @@ class RunsPane(Pane):
             return
         self.notify(f"exported {info['preset']} ({info['model_type']}) as {info['format']} to {info['folder']}"
                     + (f"; {info['notice']}" if info.get("notice") else ""), timeout=10)
-        if self.upload_to is not None:
-            self._upload(Path(info["folder"]), *self.upload_to)
+        if upload is not None:
+            self._upload(Path(info["folder"]), *upload)
 
     def _upload(self, folder: Path, repo: str, private: bool) -> None:
         """The exported folder to the Hub, as `acm export --upload` sends it, on a thread of its own that
         a quit abandons (no commit is made until every file is sent; the folder stays either way)."""
-        self.uploading = repo
+        self.uploading.append(repo)
         self.notify(f"uploading {folder} to {repo}…")
 
         def send() -> None:
@@ -425,17 +428,17 @@ class RunsPane(Pane):
             except AcmError as e:
                 said = (str(e), "error")
             with contextlib.suppress(RuntimeError):  # the app has ended meanwhile
-                self.app.call_from_thread(self._uploaded, *said)
+                self.app.call_from_thread(self._uploaded, repo, *said)
 
         threading.Thread(target=send, name="acm-upload", daemon=True).start()
 
-    def _uploaded(self, said: str, severity: str) -> None:
-        self.uploading = None
+    def _uploaded(self, repo: str, said: str, severity: str) -> None:
+        self.uploading.remove(repo)
         self.notify(said, title="Upload" if severity == "information" else "Upload failed", severity=severity,
                     timeout=10)
 
     def busy(self) -> bool:
-        return self.uploading is not None or super().busy()
+        return bool(self.uploading) or super().busy()
 
 
 def latest_checked(summary: dict) -> dict:

@@ -313,7 +313,7 @@ async def test_runs_pane_uploads_the_export_to_the_hub_as_export_upload_does(wit
             await pilot.press("enter")  # enter in the repository's box exports too
             await notified(pilot, "uploaded " + str(with_model / "exports" / "m")
                            + " to https://huggingface.co/me/acm-nano/commit/abc")
-            assert pane.uploading is None and not pane.busy()
+            assert pane.uploading == [] and not pane.busy() and pane.upload_to == {}
         assert ("POST", "/api/repos/create") in seen
         assert set(committed) == {p.name for p in (with_model / "exports" / "m").iterdir()}
         refused = httpx.Response(401, json={"error": "Invalid credentials"})
@@ -325,6 +325,30 @@ async def test_runs_pane_uploads_the_export_to_the_hub_as_export_upload_does(wit
             await pilot.press("enter")
             await notified(pilot, "upload of " + str(with_model / "exports" / "again") + " to me/acm-nano failed")
         assert (with_model / "exports" / "again" / "README.md").exists() and app.is_running
+
+
+async def test_two_exports_in_flight_each_upload_to_their_own_repository_or_none(with_model, monkeypatch):
+    """The repository belongs to its export: a second export asked for while the first waits for the
+    engine (here behind a stage) neither takes the first's upload away nor sends its folder there."""
+    import threading
+
+    from tests.stand_ins import stand_in_hub
+
+    app = PaneHost(RunsPane, with_model / "acm.toml")
+    async with app.run_test(size=(100, 40), notifications=True) as pilot:
+        release = threading.Event()
+        app.engine.submit_named("train", release.wait)  # the engine busy: both exports queue behind it
+        with stand_in_hub(monkeypatch) as (seen, committed):
+            for folder, repo in (("exports/a", "me/acm-nano"), ("exports/b", "")):
+                await open_export(app, pilot)
+                app.screen.query_one("#export-folder", Input).value = folder
+                app.screen.query_one("#export-upload", Input).value = repo
+                app.screen.query_one("#export-folder", Input).focus()
+                await pilot.press("enter")
+            release.set()
+            await notified(pilot, f"uploaded {with_model / 'exports' / 'a'} to https://huggingface.co/me/acm-nano")
+            await wait_until(pilot, lambda: (with_model / "exports" / "b" / "README.md").exists(), timeout=60)
+        assert seen.count(("POST", "/api/repos/create")) == 1
 
 
 async def test_the_export_dialog_shows_its_whole_instruction_at_80x24(with_model):
