@@ -154,17 +154,25 @@ def _in_use(tmp: Path) -> bool:
     return False
 
 
+def _current_folder() -> Path | None:
+    """The working folder as the system holds it (links resolved), None where it is gone."""
+    try:
+        return Path(os.getcwd()).resolve()
+    except OSError:
+        return None
+
+
 def _check_target(to: str | Path) -> Path:
-    """The folder to write, absolute, `~` read as a shell reads it; refused in one line where it
+    """The folder to write, its real path, `~` read as a shell reads it; refused in one line where it
     cannot be a new folder: empty, the current folder or one holding it (the export would take its
     place beneath the shell), a file, or a folder that holds anything."""
     if "\0" in str(to):
         raise AcmError(f"{ascii(str(to))} holds a NUL character, which no folder's name can")
     if not str(to).strip():
         raise AcmError("the folder to export to is empty: name a new folder (--to exports/NAME)")
-    to = Path(os.path.abspath(home_expanded(Path(to))))  # `.` and `..` read as the shell does, before any link
-    here = Path(os.path.abspath("."))
-    if to == here or to in here.parents:
+    to = Path(os.path.realpath(home_expanded(Path(to))))  # links and `..` read as the system reads them
+    here = _current_folder()
+    if here is not None and (to == here or to in here.parents):
         raise AcmError(f"{to} is the current folder{'' if to == here else ' or holds it'}: export to a new folder "
                        "in it (--to exports/NAME)")
     if to.exists() and (not to.is_dir() or any(to.iterdir())):

@@ -490,6 +490,12 @@ def test_the_folder_to_export_to_is_read_as_a_shell_reads_it(with_model, tmp_pat
         err = capsys.readouterr().err
         assert err.startswith(f"acm: error: {says}") and len(err.splitlines()) == 1, err
     assert sorted(p.name for p in here.iterdir()) == [] and here.is_dir()
+    (tmp_path / "link").symlink_to(tmp_path)  # the current folder by another name (macOS's /tmp is a link)
+    assert cli.main(["-c", c, "export", "--to", str(tmp_path / "link" / "here")]) == 2
+    assert capsys.readouterr().err.startswith(f"acm: error: {here} is the current folder")
+    assert here.is_dir() and os.getcwd() == str(here)
+    assert cli.main(["-c", c, "export", "--to", str(tmp_path / "link" / "here" / ".." / "viaparent")]) == 0
+    assert (tmp_path / "viaparent" / "README.md").exists()  # `..` after a link: its target's parent
 
 
 def test_an_export_that_finds_another_s_folder_made_meanwhile_leaves_it_be(with_model, tmp_path, monkeypatch):
