@@ -169,7 +169,8 @@ def _loaded_model(cfg: Config, ck: checkpoint.Checkpoint, run_path: Path, st: st
     params = checkpoint.load_weights(ck)
     checkpoint.check_shapes(ck, params, model.parameters())
     model.update(params)
-    _check_range(ck, params, dtype if not master_weights else "float32")
+    if not master_weights:  # an export checks them against the dtype it writes
+        check_range(ck.path, params, dtype, "decode it in bfloat16 or float32")
     if not master_weights and model.compute_dtype != mx.float32:  # no per-step cast of every weight
         model.set_dtype(model.compute_dtype)
     mx.eval(model.parameters())
@@ -186,18 +187,21 @@ def largest_weight(params) -> float | None:
     return largest.item() if finite.item() else None
 
 
-def _check_range(ck: checkpoint.Checkpoint, params, dtype: str) -> None:
-    """Weights a generation can use: finite (a diverged stage saves NaN), and within float16's
-    65,504 where they are decoded in float16 (beyond it they would be infinities): else one line,
-    never text sampled from noise."""
+class UnusableWeights(AcmError):
+    """A checkpoint whose weights are NaN or infinite, or beyond the dtype they are used in."""
+
+
+def check_range(path: Path, params, dtype: str, instead: str) -> None:
+    """Weights that can be used in `dtype`: finite (a diverged stage saves NaN), and within its range
+    (float16 tops out at 65,504: beyond it they would be infinities); else one line, never text
+    sampled from noise, saying `instead` what to do about the range."""
     largest = largest_weight(params)
     if largest is None:
-        raise AcmError(f"{ck.path} holds NaN or infinite weights (its training diverged): choose another "
-                       "checkpoint (--checkpoint, --stage or --run; the Generate pane's list)")
+        raise UnusableWeights(f"{path} holds NaN or infinite weights (its training diverged): use an earlier "
+                              "checkpoint, or another run")
     limit = mx.finfo(DTYPES[dtype]).max
     if largest > limit:
-        raise AcmError(f"{ck.path} has weights up to {largest:,.0f}, beyond {dtype}'s {limit:,.0f}: "
-                       "decode in bfloat16 or float32 (--dtype)")
+        raise UnusableWeights(f"{path} has weights up to {largest:,.0f}, beyond {dtype}'s {limit:,.0f}: {instead}")
 
 
 def _saved_at(ck: checkpoint.Checkpoint) -> int:

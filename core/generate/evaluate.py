@@ -29,7 +29,7 @@ from core.config import Config, parse_duration
 from core.errors import AcmError
 from core.generate.checked import BATCH_ROWS, Deadline, Judged, checked_generate, sample_and_judge
 from core.generate.cut import cuts
-from core.generate.decode import find_checkpoint, load_model
+from core.generate.decode import UnusableWeights, find_checkpoint, load_model
 from core.generate.relevance import eval_prompts, expectations, relevance, uses
 from core.generate.sampling import SamplingParams
 from core.paths import Paths
@@ -230,6 +230,18 @@ def evaluate_run(cfg: Config, report: Reporter = no_report, cancel: CancelToken 
                           samples or cfg.eval.samples, max_tokens or cfg.eval.max_tokens, clock)
 
 
+def _usable(cfg: Config, run_path: Path, stage: str, stages: list[str], passed_over: list[str]):
+    """The stage's checkpoint loaded, or None, said among what was left out, where its weights cannot
+    be used (a diverged stage) and another stage can be evaluated."""
+    try:
+        return load_model(cfg, run_path.name, stage)
+    except UnusableWeights as e:
+        if len(stages) == 1:
+            raise
+        passed_over.append(f"{stage}: not evaluated, {e}")
+        return None
+
+
 def _evaluated(cfg: Config, report: Reporter, cancel: CancelToken, run_path: Path, stages: list[str],
                passed_over: list[str], samples: int, max_tokens: int, clock: Callable[[], float]) -> dict:
     params = SamplingParams.from_config(cfg.generate, max_tokens=max_tokens)
@@ -243,7 +255,9 @@ def _evaluated(cfg: Config, report: Reporter, cancel: CancelToken, run_path: Pat
     timeout = cfg.data.code.syntax_timeout_s
     started = time.perf_counter()
     for stage in stages:
-        lm = load_model(cfg, run_path.name, stage)
+        lm = _usable(cfg, run_path, stage, stages, passed_over)
+        if lm is None:
+            continue
         passed_over += [f"{stage}: {lm.notice}"] if lm.notice else []
         row = {"checkpoint": str(lm.checkpoint), "step": lm.step}
         for kind in ("language", "code"):
@@ -265,6 +279,8 @@ def _evaluated(cfg: Config, report: Reporter, cancel: CancelToken, run_path: Pat
             results["stages"][f"{stage}+checked"] = {
                 "checkpoint": row["checkpoint"], "step": lm.step, "language": row["language"], "code": row["code"],
                 **_scored(chosen, expected, samples)}
+    if not results["stages"]:  # every stage's weights unusable: nothing measured, nothing written
+        raise UnusableWeights("; ".join(passed_over))
     decoding.finish()
     results["seconds"] = round(time.perf_counter() - started, 2)
     results["cut"] = any(cuts(results).values())  # fewer samples or validation batches than asked

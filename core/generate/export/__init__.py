@@ -22,12 +22,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import mlx.core as mx
-
 from core.atomic import writing
 from core.config import Config
 from core.errors import AcmError
-from core.generate.decode import LoadedModel, largest_weight, load_model
+from core.generate.decode import LoadedModel, check_range, load_model
 from core.generate.export import card, commands, gguf_file, hf, mlx_lm
 from core.locks import Flock
 from core.paths import home_expanded
@@ -56,7 +54,7 @@ def export_model(lm: LoadedModel, to: str | Path, dtype: str, fmt: str, facts: d
     cancel = cancel or CancelToken()
     _check_choices(dtype, fmt)
     to = _check_target(to)
-    _check_weights(lm, dtype)
+    check_range(lm.checkpoint, lm.model.parameters(), dtype, "export it as bfloat16 or float32")
     tmp = to.with_name(f".{to.name}.partial")
     to.parent.mkdir(parents=True, exist_ok=True)
     sweep_partial_exports(to.parent)
@@ -84,17 +82,6 @@ def _check_choices(dtype: str, fmt: str) -> None:
         raise AcmError(f"unknown export format {fmt!r}: {', '.join(FORMATS)}")
     if dtype not in DTYPES:
         raise AcmError(f"unknown dtype {dtype!r}: {', '.join(DTYPES)}")
-
-
-def _check_weights(lm: LoadedModel, dtype: str) -> None:
-    """Finite weights, within the dtype's range: float16 tops out at 65,504 and would write infinities."""
-    largest = largest_weight(lm.model.parameters())
-    if largest is None:
-        raise AcmError(f"{lm.checkpoint} holds NaN or infinite weights: export another checkpoint (--checkpoint)")
-    limit = mx.finfo(getattr(mx, dtype)).max
-    if largest > limit:
-        raise AcmError(f"{lm.checkpoint} has weights up to {largest:,.0f}, beyond {dtype}'s {limit:,.0f}: "
-                       "export as bfloat16 or float32")
 
 
 LOCK = ".export.lock"

@@ -157,13 +157,18 @@ def test_weights_a_generation_cannot_use_are_one_line_never_sampled_noise(with_m
     assert "has weights up to 70,0" in capsys.readouterr().err
     assert cli.main(["-c", c, "generate", "x", "--max-tokens", "2", "--dtype", "bfloat16"]) == 0
     capsys.readouterr()
-    set_weight(with_model, float("nan"))
-    for argv in (["generate", "x", "--max-tokens", "2"], ["generate", "--json", "--n", "2", "x"],
-                 ["eval", "--samples", "1", "--max-tokens", "2"]):
+    set_weight(with_model, float("nan"))  # the fine-tune's best
+    for argv in (["generate", "x", "--max-tokens", "2"], ["generate", "--json", "--n", "2", "x"]):
         assert cli.main(["-c", c, *argv]) == 2
         out, err = capsys.readouterr()
         assert err.startswith("acm: error: ") and "holds NaN or infinite weights (its training diverged)" in err
         assert len(err.splitlines()) == 1 and out == ""
+    assert cli.main(["-c", c, "generate", "x", "--max-tokens", "2", "--stage", "pretrain"]) == 0
+    capsys.readouterr()
+    assert cli.main(["-c", c, "eval", "--samples", "1", "--max-tokens", "2", "--json"]) == 0  # the other stage
+    results = json.loads(capsys.readouterr().out)
+    assert set(results["stages"]) == {"pretrain"}
+    assert "finetune: not evaluated, " in results["passed_over"][0] and "holds NaN" in results["passed_over"][0]
 
 
 def test_an_evaluation_without_the_project_s_tokenizer_says_it_is_missing_or_damaged(with_model, capsys):
