@@ -259,9 +259,7 @@ class Parser(argparse.ArgumentParser):
             at = next((i for i, a in enumerate(given) if a in names), None)
             value = given[at + 1] if at is not None and at + 1 < len(given) else ""
             return f"; {value!r} reads as an option: give it as {names[-1]}={value}" if self._dashed(value) else ""
-        optional_value = any(not a.option_strings and a.nargs in ("?", "*") for a in self._actions)
-        unknown = message.startswith("unrecognized arguments:") and optional_value  # `acm export -dash --to D`
-        if ("arguments are required" in message or unknown) and (value := next(filter(self._dashed, given), None)):
+        if "arguments are required" in message and (value := next(filter(self._dashed, given), None)):
             return (f"; {value!r} reads as an option: give the options first, then -- and the value "
                     f"({self.prog} [OPTIONS] -- {value})")
         return ""

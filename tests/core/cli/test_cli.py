@@ -285,8 +285,8 @@ def test_a_broken_pipe_that_is_not_the_output_s_is_one_line(capsys):
     (["export", "--", "-dash", "--to", "D"], "acm: error: acm export: the following arguments are "
      "required: --to; '-dash' reads as an option: give the options first, then -- and the value (acm export "
      "[OPTIONS] -- -dash)"),
-    (["export", "-dash", "--to", "D"], "acm: error: acm export: unrecognized arguments: -dash; '-dash' reads as an "
-                                       "option: give the options first"),
+    (["export", "-dash", "--to", "D"], "acm: error: acm export: unrecognized arguments: -dash (see acm export"),
+    (["export", "--to", "D", "-private"], "acm: error: acm export: unrecognized arguments: -private (see acm"),
     (["doctor", "-dash"], "acm: error: acm doctor: unrecognized arguments: -dash (see acm doctor --help)"),
     (["eval", "--time", "-5m"], "acm: error: acm eval: argument --time: expected one argument; '-5m' reads as an "
                                 "option: give it as --time=-5m (see acm eval --help)"),
