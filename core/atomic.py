@@ -8,6 +8,7 @@ import contextlib
 import ctypes
 import errno
 import json
+import math
 import os
 import shutil
 import stat
@@ -239,3 +240,20 @@ def fits(value: dict, shape: dict[str, type | tuple[type, ...]]) -> bool:
     def types(t):
         return tuple(type(None) if x is None else x for x in (t if isinstance(t, tuple) else (t,)))
     return all(k not in value or isinstance(value[k], types(t)) for k, t in shape.items())
+
+
+def strict_json(value, **options) -> str:
+    """VALUE as JSON every reader takes: a NaN or an infinity (a diverged loss) as null, where
+    Python's `NaN` is no JSON; a path or another object as its text."""
+    return json.dumps(finite(value), allow_nan=False, default=str, **options)
+
+
+def finite(value):
+    """VALUE with every float that is not finite replaced by None, in lists and dicts at any depth."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value

@@ -4,14 +4,13 @@ a model with its control characters shown escaped on a terminal."""
 from __future__ import annotations
 
 import io
-import json
-import math
 import sys
 from typing import TextIO
 
 from rich.console import Console
 from rich.measure import Measurement
 
+from core.atomic import strict_json
 from core.escapes import visible
 
 PLAIN_WIDTH = 1000  # wide enough for any of acm's tables: rows are never folded or cut
@@ -39,17 +38,6 @@ def for_stream(text: str, stream: TextIO | None = None) -> str:
 
 
 def print_json(value, indent: int | None = 2, **options) -> None:
-    """VALUE as strict JSON on stdout: a NaN or an infinity (a diverged loss read back from a run's
-    files) as null, which every JSON reader takes, where Python's `NaN` is no JSON; a path as text."""
-    print(json.dumps(finite(value), indent=indent, allow_nan=False, default=str, **options))
-
-
-def finite(value):
-    """VALUE with every float that is not finite replaced by None, in lists and dicts at any depth."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [finite(v) for v in value]
-    return value
+    """VALUE as strict JSON on stdout (`strict_json`: a diverged loss read back from a run's files
+    as null)."""
+    print(strict_json(value, indent=indent, **options))

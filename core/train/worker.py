@@ -14,7 +14,6 @@ if __name__ == "__main__":  # a training process: a SIGTERM while the modules be
     early_stops.keep()
 
 import contextlib  # noqa: E402  (after the handler above: MLX's import alone takes most of a second)
-import json  # noqa: E402
 import os  # noqa: E402
 import queue  # noqa: E402
 import signal  # noqa: E402
@@ -24,7 +23,7 @@ from collections.abc import Callable, Iterator  # noqa: E402
 from dataclasses import replace  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from core.atomic import open_appending  # noqa: E402
+from core.atomic import open_appending, strict_json  # noqa: E402
 from core.config import Config  # noqa: E402
 from core.engine import Engine, engines_made, exit_past_abandoned_work  # noqa: E402
 from core.errors import (  # noqa: E402
@@ -192,7 +191,7 @@ def train_here(cfg: Config, launch: Launch, run: Path, follow: Follow,
 
 def print_event(event: Event) -> None:
     """An event as its JSON line (the wire format: the recorder's keys)."""
-    print(json.dumps(event.to_json()), flush=True)
+    print(strict_json(event.to_json()), flush=True)  # a NaN gradient norm as null: JSON every reader takes
 
 
 def _say(text: str) -> None:

@@ -103,3 +103,18 @@ def test_wandb_runs_offline_unless_a_key_or_mode_says_otherwise(prepared, monkey
         key = "pretrain/loss" if e["type"] == "metrics" else "pretrain/val_loss"
         assert sent[(e["step"], key)] == pytest.approx(e["loss" if e["type"] == "metrics" else "val_loss"])
     assert recording.finished == 1
+
+
+def test_a_report_streamed_by_train_json_is_strict_json_a_diverged_figure_null(capsys):
+    """`acm train --json` streams every event as a JSON line: an infinite gradient norm (the trainer
+    checks the loss alone) is null there, never Python's `Infinity`, which no other reader takes."""
+    import json
+
+    from core.runs.events import event_from_json
+    from core.train.worker import print_event
+    from tests.helpers import METRICS
+
+    print_event(event_from_json(METRICS | {"grad_norm": float("inf"), "mfu": float("nan")}))
+    line = capsys.readouterr().out
+    said = json.loads(line, parse_constant=lambda name: pytest.fail(f"{name} in {line}"))
+    assert said["grad_norm"] is None and said["mfu"] is None and said["loss"] == METRICS["loss"]
