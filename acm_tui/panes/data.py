@@ -52,7 +52,8 @@ class DataPane(Pane):
         Binding("v", "switch_sample", "Language/code", tooltip="Browse the other corpus"),
         Binding("n", "sample(1)", "Next sample"),
         Binding("p", "sample(-1)", "Prev sample"),
-        Binding("g", "go_to", "Go to", tooltip="Show the document of a number, as acm data show KIND INDEX does"),
+        Binding("g", "go_to", "Go to", tooltip="Show a document by its number as the title counts (acm data show "
+                                                "KIND INDEX counts from 0)"),
     ]
 
     def __init__(self, **kwargs):

@@ -287,10 +287,11 @@ class RunsPane(Pane):
 
     def plot(self) -> None:
         """Read the shown runs' curves and settings in a thread, then draw them."""
-        self._read_curves(list(self.shown), self.axis, self.cfg.ui.smoothing)  # as the Train pane's m last set it
+        self._read_curves(list(self.shown), self.axis, self.cfg.ui.smoothing,  # as the Train pane's m last set it
+                          self.losses_shown)
 
     @work(thread=True, exclusive=True, group="runs-chart", exit_on_error=False)
-    def _read_curves(self, names: list[str], axis: str, smoothing: float) -> None:
+    def _read_curves(self, names: list[str], axis: str, smoothing: float, losses_shown: bool) -> None:
         folders = [self.cfg.locations.run(name) for name in names]
         series, points = [], []
         for i, (name, run) in enumerate(zip(names, folders)):
@@ -303,7 +304,7 @@ class RunsPane(Pane):
         diff = compare.settings_diff(folders) if len(names) > 1 else None
         losses = [(f"{STAGE_NAMES[stage]}: {label.strip()}", *cells)
                   for stage, curves in compare.stage_curves(folders, by=axis).items()
-                  for label, *cells in compare.loss_rows(curves, axis)] if len(names) > 1 else []
+                  for label, *cells in compare.loss_rows(curves, axis)] if len(names) > 1 and losses_shown else []
         self.app.call_from_thread(self._draw, names, axis, smoothing, series + points, diff, losses)
 
     def _draw(self, names: list[str], axis: str, smoothing: float, series: list[Series],
@@ -359,13 +360,22 @@ class RunsPane(Pane):
 
         def answered(yes: bool | None) -> None:
             if yes:
-                try:
-                    self.notify(runs.delete_run(self.cfg.locations.run(name)))
-                except AcmError as e:
-                    self.notify(str(e), severity="error")
-                self.action_reload()
+                self._delete(name)
 
         self.app.push_screen(Confirm(f"Delete run {name} and all its checkpoints?"), answered)
+
+    @work(thread=True, group="runs-delete", exit_on_error=False)
+    def _delete(self, name: str) -> None:
+        """Off the UI thread: removing a run's checkpoints can take seconds."""
+        try:
+            said = (runs.delete_run(self.cfg.locations.run(name)), "information")
+        except AcmError as e:
+            said = (str(e), "error")
+        self.app.call_from_thread(self._deleted, *said)
+
+    def _deleted(self, said: str, severity: str) -> None:
+        self.notify(said, severity=severity)
+        self.action_reload()
 
     def action_rename(self) -> None:
         name = self.selected()

@@ -76,7 +76,7 @@ class SetupPane(Pane):
         Binding("a", "run_all", "Run the rest", tooltip="Run every stage that is not done, in order"),
         Binding("A", "run_all_within", "Timed",
                 tooltip="Run every stage that is not done within a wall-clock budget (acm pipeline run --time)"),
-        Binding("r", "refresh_doctor", "Re-check", tooltip="Run the environment checks again"),
+        Binding("r", "refresh_doctor", "Re-check", tooltip="Run the environment checks and read the devices again"),
         Binding("t", "model_test", "Test model", tooltip="Forward a (2, 128) batch through the selected preset"),
     ]
 

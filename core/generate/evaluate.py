@@ -140,10 +140,18 @@ def _checkpointed(cfg: Config, run: str | None) -> tuple[Path, list[str], list[s
         if bad:
             left_out.append(f"{s}: not evaluated, no readable checkpoint ({', '.join(d.name for d in bad)}: "
                             "damaged state.json)")
-        elif runs.read_status(run_path, s) is not None:  # it trained, and its checkpoints are gone
-            left_out.append(f"{s}: not evaluated, it has trained but holds no checkpoint "
-                            f"({Paths.checkpoints(run_path, s)} is empty or gone)")
+        elif (state := runs.stage_state(run_path, s)) != "not started":  # it has begun, and holds no checkpoint
+            left_out.append(f"{s}: not evaluated, {_no_checkpoint(state, Paths.checkpoints(run_path, s))}")
     return run_path, stages, left_out
+
+
+def _no_checkpoint(state: str, folder: Path) -> str:
+    """Why a stage that has begun holds no checkpoint, from its state."""
+    if state in runs.LIVE:
+        return f"it is {state} and has saved no checkpoint yet"
+    if state in ("failed", "interrupted"):
+        return f"it {'failed' if state == 'failed' else 'was interrupted'} before its first checkpoint"
+    return f"it is {state} but holds no checkpoint ({folder} is empty or gone)"
 
 
 def _scored(judged: list[Judged], expected: dict[str, re.Pattern], asked: int) -> dict:

@@ -91,7 +91,7 @@ def list_runs(cfg: config.Config) -> list[Path]:
 
 
 def _being_deleted(name: str) -> bool:
-    return name.startswith(".") and DELETING in name
+    return name.startswith(DELETING)
 
 
 def newest_run(cfg: config.Config) -> Path | None:
@@ -451,7 +451,7 @@ def delete_run(run: Path) -> str:
             run.unlink()
             return f"deleted run {run.name}, a link: the folder it pointed to ({target}) is left as it was"
         with alone(run, "deleted"):
-            doomed = run.rename(run.with_name(f".{run.name}{DELETING}{uuid.uuid4().hex[:8]}"))
+            doomed = run.rename(run.with_name(f"{DELETING}{uuid.uuid4().hex[:8]}"))  # any run's name fits
     except OSError as e:
         raise AcmError(f"cannot delete run {run.name}: {os_error_text(e)}") from None
     try:
@@ -462,7 +462,7 @@ def delete_run(run: Path) -> str:
     return f"deleted run {run.name}"
 
 
-DELETING = ".deleting-"  # a run being deleted: `.NAME.deleting-1a2b3c4d`, listed as no run
+DELETING = ".acm-deleting-"  # a run being deleted: `.acm-deleting-1a2b3c4d`, listed as no run
 
 
 def rename_run(run: Path, new_name: str) -> Path:

@@ -250,7 +250,7 @@ async def test_A_runs_the_rest_within_a_time_budget_shared_as_pipeline_run_time_
         await pilot.press("enter")
         await wait_until(pilot, lambda: list_runs(cfg) and Paths.run_config(list_runs(cfg)[0]).exists(), timeout=120)
         planned = config.load(Paths.run_config(list_runs(cfg)[0]), written=True).train.pretrain.time
-        assert planned in ("359s", "360s")  # 60% of the 10 minutes the data stages (all done) left
+        assert 300 <= config.parse_duration(planned) <= 360  # 60% of the 10 minutes the data stages (done) left
         await pilot.press("x")
         await wait_until(pilot, lambda: app.query_one("#setup-pane").step_cancel is None, timeout=120)
 

@@ -13,7 +13,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from core import cli, config
+from core import cli, config, runs
 from core.errors import AcmError
 from core.generate.batch import generate_batch
 from core.generate.decode import generate_text, load_model, stream_generate
@@ -648,8 +648,10 @@ def test_an_evaluation_says_which_stage_it_left_out_as_damaged(with_model):
     assert set(results["stages"]) == {"pretrain", "pretrain+checked"}
     assert cut_note(results) == "finetune: not evaluated, no readable checkpoint (step-0000010: damaged state.json)"
     shutil.rmtree(run / "finetune" / "checkpoints")  # gone: the stage trained all the same
-    assert cut_note(evaluate_run(cfg)) == ("finetune: not evaluated, it has trained but holds no checkpoint "
+    assert cut_note(evaluate_run(cfg)) == ("finetune: not evaluated, it is done but holds no checkpoint "
                                            f"({run / 'finetune' / 'checkpoints'} is empty or gone)")
+    runs.write_status(run, "finetune", "failed", step=3, total=10)
+    assert cut_note(evaluate_run(cfg)) == "finetune: not evaluated, it failed before its first checkpoint"
     for ck in (run / "pretrain" / "checkpoints").glob("step-*"):
         (ck / "state.json").unlink()
     with pytest.raises(AcmError, match="no readable checkpoint in run m"):

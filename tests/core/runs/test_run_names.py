@@ -113,9 +113,9 @@ def test_a_refused_delete_leaves_the_run_whole_and_a_half_deleted_one_is_no_run(
     assert cli.main(["-c", c, "runs", "delete", "m", "--yes"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("acm: error: run m is deleted, but not all of its files could be removed from ")
-    left = [p for p in cfg.runs_dir.iterdir() if p.name.startswith(".m.deleting-")]
+    left = [p for p in cfg.runs_dir.iterdir() if p.name.startswith(".acm-deleting-")]
     assert len(left) == 1 and (left[0] / "config.toml").is_file() and runs.list_runs(cfg) == []
-    assert cli.main(["-c", c, "runs"]) == 0 and ".m.deleting" not in capsys.readouterr().out
+    assert cli.main(["-c", c, "runs"]) == 0 and "deleting" not in capsys.readouterr().out
 
 
 def test_a_run_whose_background_stage_has_not_begun_is_said_to_be_starting(project, capsys, monkeypatch):
