@@ -104,6 +104,10 @@ class Paths:
         return run / "use.lock"
 
     @staticmethod
+    def eval_lock(run: Path) -> Path:
+        return run / "eval.lock"
+
+    @staticmethod
     def eval_results(run: Path) -> Path:
         return run / "eval.json"
 

@@ -35,7 +35,7 @@ from core.generate.sampling import SamplingParams
 from core.paths import Paths
 from core.progress import CancelToken, Reporter, Ticker, no_report
 from core.runs import checkpoint
-from core.runs.writer import in_use
+from core.runs.writer import evaluating_alone, in_use
 from core.tokenizer.bpe import AcmTokenizer
 from core.tokenizer.shards import open_tokens
 from core.train.batches import Batches
@@ -233,7 +233,7 @@ def evaluate_run(cfg: Config, report: Reporter = no_report, cancel: CancelToken 
     """Evaluate a run's checkpoints (`clock`: what its time budget is measured with), holding the
     run so that it is not renamed or deleted under the evaluation."""
     run_path, stages, passed_over = _checkpointed(cfg, run)
-    with in_use(run_path, "evaluated"):
+    with in_use(run_path, "evaluated"), evaluating_alone(run_path):
         return _evaluated(cfg, report, cancel or CancelToken(), run_path, stages, passed_over,
                           samples or cfg.eval.samples, max_tokens or cfg.eval.max_tokens, clock)
 

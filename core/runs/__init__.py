@@ -72,7 +72,8 @@ def _not_of_a_run(path: Path) -> list[str]:
         names = sorted(p.name for p in path.iterdir())
     except OSError:
         return []  # none, or a file: said where the run is made
-    ours = {*TRAINING_STAGES, *(f(path).name for f in (Paths.writer_lock, Paths.use_lock, Paths.eval_results))}
+    ours = {*TRAINING_STAGES, *(f(path).name for f in (Paths.writer_lock, Paths.use_lock, Paths.eval_lock,
+                                                       Paths.eval_results))}
     return [n for n in names if n not in ours and not n.startswith(".")]
 
 

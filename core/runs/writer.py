@@ -108,6 +108,25 @@ def in_use(run: Path, doing: str) -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def evaluating_alone(run: Path) -> Iterator[None]:
+    """One evaluation of `run` at a time, in any process: a second would write eval.json over the
+    first's, whichever ended last winning; it is refused in one line."""
+    lock = Flock(Paths.eval_lock(run))
+    with lock:
+        try:
+            before = os.stat(run)
+            taken = lock.try_acquire(make_folder=False, grace=0)
+            with contextlib.suppress(OSError):  # the run's "modified" is its own, not the lock's
+                os.utime(run, ns=(before.st_atime_ns, before.st_mtime_ns))
+        except OSError as e:
+            raise AcmError(f"run {run.name} cannot be evaluated: {os_error_text(e)}") from None
+        if not taken:
+            raise AcmError(f"run {run.name} is being evaluated already (another acm eval, or the app's e): "
+                           "its eval.json is written when that ends")
+        yield
+
+
+@contextlib.contextmanager
 def alone(run: Path, doing: str) -> Iterator[None]:
     """Hold `run` alone while it is `doing` (renamed, deleted): its writer's lock, refused in one
     line while a stage holds it (a resume that has not yet said it is running included), and its

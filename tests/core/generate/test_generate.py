@@ -472,10 +472,13 @@ def test_a_run_under_evaluation_is_neither_renamed_nor_deleted_and_its_results_s
     def meanwhile(progress) -> None:  # another command, while the evaluation reads the run
         if not refused:
             refused.append((cli.main(["-c", c, "runs", "rename", "m", "m2"]),
-                            cli.main(["-c", c, "runs", "delete", "m", "--yes"])))
+                            cli.main(["-c", c, "runs", "delete", "m", "--yes"]),
+                            cli.main(["-c", c, "eval", "--samples", "1", "--max-tokens", "2"])))
 
     evaluate_run(cfg, report=meanwhile, samples=1, max_tokens=4)
-    assert refused == [(2, 2)] and capsys.readouterr().err.count("run m is being evaluated: it can be") == 2
+    err = capsys.readouterr().err
+    assert refused == [(2, 2, 2)] and err.count("run m is being evaluated: it can be") == 2
+    assert "acm: error: run m is being evaluated already (another acm eval, or the app's e)" in err  # one writer
     assert (run / "eval.json").is_file() and not (cfg.runs_dir / "m2").exists()
     (run / "use.lock").unlink()  # as in a run no evaluation has held
     modified = run.stat().st_mtime_ns - 10**9  # a second ago: a lock made now would show
