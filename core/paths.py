@@ -72,6 +72,11 @@ class Paths:
         """Held shared by training, exclusively by a rebuild of the tokenizer or the shards."""
         return self.data / "training-inputs.lock"
 
+    @property
+    def pipeline_lock(self) -> Path:
+        """Held by the one pipeline (`acm pipeline run`, the Setup pane's chain) running its stages."""
+        return self.data / "pipeline.lock"
+
     def shards(self, kind: str) -> Path:
         if kind not in CORPORA:
             raise AcmError(f"unknown corpus {kind!r}: language or code")

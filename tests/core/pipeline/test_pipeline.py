@@ -432,3 +432,21 @@ def test_a_run_reads_the_states_again_after_each_stage(prepared, monkeypatch):
     done = overview.run_remaining(cfg, lambda p: None, CancelToken(), lambda fn, *a: fn(*a))
     assert done == ran == ["tokenizer", "prepare", "pretrain", "finetune", "evaluate"]
     assert states(cfg)["prepare"] == "done"
+
+
+async def test_a_second_pipeline_in_a_project_is_refused_at_once_in_the_cli_and_the_app(project, capsys):
+    """One pipeline at a time: a second (another `acm pipeline run`, or the app's a) is refused before
+    it runs any stage, where it used to fetch a corpus again and fail on a lock it never expected."""
+    from core.locks import Flock
+
+    cfg = config.load(project / "acm.toml")
+    with Flock(cfg.locations.pipeline_lock) as first:
+        assert first.try_acquire()  # as the first pipeline holds it
+        assert cli.main(["-c", str(project / "acm.toml"), "pipeline", "run"]) == 2
+        assert capsys.readouterr().err.startswith("acm: error: a pipeline is running in this project already")
+        app = AcmApp(project / "acm.toml")
+        async with app.run_test(size=(100, 40), notifications=True) as pilot:
+            await pilot.press("1", "a")
+            await notified(pilot, "a pipeline is running in this project already")
+            await wait_until(pilot, lambda: app.query_one("#setup-pane").step_cancel is None)
+    assert not cfg.locations.corpus_manifest("language").exists()  # no stage ran
