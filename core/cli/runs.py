@@ -123,7 +123,7 @@ def cmd_metrics(args, cfg: Config) -> int:
     if args.csv:
         print(metrics_csv(records), end="")
     elif args.json:
-        print_json([e for e in records if e.get("type") in ("metrics", "eval")], indent=None)
+        print_json(newest_per_step([e for e in records if e.get("type") in ("metrics", "eval")]), indent=None)
     else:
         reports = [e for e in map(event_from_json, records) if isinstance(e, Metrics)]  # as the curves read them
         last = reports[-1] if reports else None
@@ -131,6 +131,17 @@ def cmd_metrics(args, cfg: Config) -> int:
               + (f", last at step {last.step} (loss {last.loss:.4f})" if last else "")
               + "; --csv for a spreadsheet")
     return 0
+
+
+def newest_per_step(records: list[dict]) -> list[dict]:
+    """A stage's records, each step's report and check once: a resume trains again the steps after
+    its checkpoint, and appends their records anew, so the newest of a step is the one that counts
+    (as the curves and --csv read them)."""
+    kept: dict[tuple, dict] = {}
+    for record in records:
+        kept.pop(key := (record.get("type"), record.get("step")), None)
+        kept[key] = record  # at the place of its newest
+    return list(kept.values())
 
 
 def cmd_compare(args, cfg: Config) -> int:

@@ -199,6 +199,13 @@ def test_json_output_is_strict_json_a_diverged_loss_null(with_model, capsys):
     records = json.loads(capsys.readouterr().out, parse_constant=lambda name: pytest.fail(f"{name} in the JSON"))
     diverged = {r["type"]: r for r in records if r["step"] == 21}
     assert diverged["metrics"]["loss"] is None and diverged["eval"]["val_loss"] is None
+    with open(Paths.metrics(run, "pretrain"), "a") as f:  # a resume trains step 21 again, and reports it anew
+        f.write('{"type": "metrics", "stage": "pretrain", "step": 21, "tokens_seen": 1, "loss": 4.5}\n')
+    assert cli.main(["-c", str(with_model / "acm.toml"), "runs", "metrics", "m", "--stage", "pretrain", "--json"]) == 0
+    records = json.loads(capsys.readouterr().out)
+    steps = [(r["type"], r["step"]) for r in records]
+    assert len(steps) == len(set(steps)) and [r["loss"] for r in records if r["step"] == 21 and "loss" in r] == [4.5]
+    assert [s for t, s in steps if t == "metrics"] == sorted(s for t, s in steps if t == "metrics")
 
 
 def test_no_checkpoint_is_one_line(prepared, capsys):
