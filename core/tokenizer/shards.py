@@ -156,8 +156,10 @@ def prepare_corpus(cfg: Config, kind: str, tok: AcmTokenizer, report: Reporter, 
         partial = _resume_point(cfg, kind, ident, force)
         if "val_threshold" not in partial:
             partial["val_threshold"] = val_threshold(corpus.texts(), cfg.prepare.seed, cfg.prepare.val_fraction)
+        made = len(partial["chunks"])  # an interrupted prepare's: said, not made again
+        task = f"{kind} (resumed: {made} chunk{'' if made == 1 else 's'} made earlier)" if made else kind
         with writing(f"the {kind} token shards in {cfg.locations.shards(kind)}"):  # finished chunks stay, to resume
-            _encode_chunks(cfg, kind, tok, corpus, partial, Ticker(report, kind, len(corpus)), cancel)
+            _encode_chunks(cfg, kind, tok, corpus, partial, Ticker(report, task, len(corpus)), cancel)
         chunks = partial["chunks"]
         manifest = ident | {
             "chunks": chunks, "build": partial["build"],

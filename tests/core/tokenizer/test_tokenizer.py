@@ -195,7 +195,9 @@ def test_prepare_resumes_after_interruption(trained, monkeypatch):
     killed = [build / ".chunk-00003.train.npy.k1ll3d00.tmp", folder / ".manifest.partial.json.k1ll3d00.tmp"]
     for tmp in killed:  # what a SIGKILL leaves mid-write
         tmp.write_bytes(b"half")
-    m = prepare(cfg, kinds=("language",))["language"]
+    said = []
+    m = prepare(cfg, said.append, kinds=("language",))["language"]
+    assert {p.task for p in said} == {"language (resumed: 3 chunks made earlier)"}  # said, as train --resume says
     assert not any(tmp.exists() for tmp in killed)
     assert len(encoded) == len(m["chunks"]) - 3  # only the unfinished chunks were encoded
     monkeypatch.setattr(prep, "encode_chunk", real)
