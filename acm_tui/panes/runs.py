@@ -185,7 +185,7 @@ class RunsPane(Pane):
             cells = []
             for stage in runs.TRAINING_STAGES:
                 st = r["stages"].get(stage)
-                cells.append(f"{st['state']} {st['step']}" if st else "–")
+                cells.append(f"{st['state']} {st['step']}{runs.resumes_from(st)}" if st else "–")
             cells = [r["preset"], *cells, runs.best_val_cell(latest_checked(r)),
                      time.strftime("%Y-%m-%d %H:%M", time.localtime(r["modified"]))]
             table.add_row(self._run_cell(r["name"]), *map(plain, cells), key=r["name"])

@@ -49,7 +49,8 @@ def stage_cells(r: dict) -> list[list[str]]:
     out = []
     for stage, st in r["stages"].items() or [("–", {})]:
         total = f"/{st['total']}" if st.get("total") else ""
-        out.append([stage, st.get("state", ""), f"{st.get('step', '')}{total}", runs.best_val_cell(st)])
+        out.append([stage, st.get("state", ""), f"{st.get('step', '')}{total}{runs.resumes_from(st)}",
+                    runs.best_val_cell(st)])
     return out
 
 

@@ -421,8 +421,18 @@ def summary(run: Path) -> dict:
             "best_val_step": check[0] if check else None,
             "best_checkpoint": {"step": top.step, "val_loss": top.val_loss} if top else None,
             "checkpoints": len(list_checkpoints(ck_dir)), "error": st.get("error"),
+            "latest_checkpoint": last.step if last else None,  # where a resume goes on from
         }
     return out
+
+
+def resumes_from(st: dict) -> str:
+    """" (resumes at 70)" for a stage that ended past its latest checkpoint (killed between two),
+    where a resume goes on from; "" where it is there."""
+    ck, step = st.get("latest_checkpoint"), st.get("step")
+    if st.get("state") in LIVE or ck is None or not isinstance(step, int) or step <= ck:
+        return ""
+    return f" (resumes at {ck})"
 
 
 def best_val_cell(stage: dict) -> str:

@@ -203,3 +203,16 @@ def test_a_run_whose_config_records_no_preset_lists_it_as_unknown_not_as_the_def
     assert summary(with_model / "runs" / "m")["preset"] == "?"
     assert cli.main(["-c", str(with_model / "acm.toml"), "runs", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)[0]["preset"] == "?"
+
+
+def test_a_stage_that_ended_past_its_latest_checkpoint_says_where_a_resume_goes_on(with_model, capsys):
+    """Killed between two checkpoints, a stage's status is past the step a resume continues from."""
+    run = with_model / "runs" / "m"
+    latest = checkpoint.latest(Paths.checkpoints(run, "finetune")).step
+    runs.write_status(run, "finetune", "stopped", step=latest + 4, total=40)
+    assert cli.main(["-c", str(with_model / "acm.toml"), "runs"]) == 0
+    assert f"{latest + 4}/40 (resumes at {latest})" in capsys.readouterr().out
+    assert summary(run)["stages"]["finetune"]["latest_checkpoint"] == latest
+    runs.write_status(run, "finetune", "done", step=latest, total=latest)
+    assert cli.main(["-c", str(with_model / "acm.toml"), "runs"]) == 0
+    assert "resumes at" not in capsys.readouterr().out
