@@ -252,11 +252,12 @@ class AcmApp(App):
     def end_on_signals(self) -> None:
         """A polite kill (SIGTERM) or a hang-up (SIGHUP: the SSH connection dropped) quits as `q`
         then `y` does: a stage training in the app stops at its next step and writes a checkpoint,
-        then the app ends. Stages in the background are processes of their own and go on."""
+        then the app ends, with the signal's status as the shell reports one (143, 129, 130), as `acm`
+        does. Stages in the background are processes of their own and go on."""
         loop = asyncio.get_running_loop()
         for sig in ENDING_SIGNALS:
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # no such signal here
-                loop.add_signal_handler(sig, self.exit)
+                loop.add_signal_handler(sig, partial(self.exit, return_code=128 + sig))
 
     def on_unmount(self) -> None:
         # Running engine jobs were asked to stop by their panes; wait for them (a training stage
@@ -274,7 +275,7 @@ class AcmApp(App):
             # thread, failing on a vanished terminal, can block the exit for ever. The stages have
             # ended and their files are written, so the process ends regardless, once Textual has
             # had its time (a test's headless app shares the test's process: never there).
-            watchdog = threading.Timer(EXIT_GRACE_S, os._exit, args=(0,))
+            watchdog = threading.Timer(EXIT_GRACE_S, os._exit, args=(self.return_code or 0,))
             watchdog.daemon = True  # a normal exit does not wait for it
             watchdog.start()
 
