@@ -272,25 +272,15 @@ def _stopped_with_its_checkpoint(project: Path) -> bool:
     return last is not None and runs.read_status(run, "pretrain")["step"] == last.step
 
 
-def test_a_terminal_that_hangs_up_stops_training_with_a_checkpoint(prepared):
+@pytest.mark.parametrize("command, controlling", [(("train", "pretrain", "--run", "c"), False),
+                                                  (("pipeline", "run"), True)])
+def test_a_terminal_that_hangs_up_stops_training_with_a_checkpoint(prepared, command, controlling):
     """The SSH connection drops: the terminal hangs up and every write to it fails (EIO), which may
     come before the hang-up's signal. The stage stops at its next step with a checkpoint, as for a
-    reader that went (`| head`), and the command ends quietly."""
-    proc, terminal, _ = _training_on_a_terminal(prepared)
-    try:
-        os.close(terminal)
-        assert proc.wait(timeout=120) == 1
-    finally:
-        proc.kill()
-    assert _stopped_with_its_checkpoint(prepared)
-
-
-def test_a_pipeline_whose_terminal_hangs_up_stops_its_stage_with_a_checkpoint(prepared):
-    """`acm pipeline run` over SSH, the connection dropped mid-stage: the kernel's hang-up stops the
-    stage, and the display's last write, to the terminal gone, fails (EIO) as it closes; the stage
-    still stops at its next step with a checkpoint (it trained on to its end, and every later kill
-    was taken as the first's repeat), and the command ends quietly."""
-    proc, terminal, _ = _training_on_a_terminal(prepared, command=("pipeline", "run"), controlling=True)
+    reader that went (`| head`), and the command ends quietly. `acm pipeline run` on its session's
+    terminal: the kernel's hang-up stops the stage and the display's last write, as it closes, fails;
+    the stage still stops (it trained on to its end, every later kill taken as the first's repeat)."""
+    proc, terminal, _ = _training_on_a_terminal(prepared, command=command, controlling=controlling)
     try:
         os.close(terminal)
         assert proc.wait(timeout=120) == 1
