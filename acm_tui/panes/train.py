@@ -39,7 +39,7 @@ from core.train.target import NoRun, training_target
 from core.train.trainer import Control, train_stage
 
 from ..charts import AXES, STAGE_NAMES, Series, at_steps, axis_values, draw, ema, next_smoothing, sparkline
-from ..confirm import Confirm
+from ..confirm import Ask, Confirm
 from ..devices import DevicesBlock
 from ..messages import EngineResult, StartTraining, TrainRun
 from ..samples import samples_text
@@ -78,6 +78,8 @@ class TrainPane(Pane):
     TITLE = "Train"
     BINDINGS = [
         Binding("p", "start('pretrain')", "Pretrain", tooltip="Pretrain a new run on the language shards"),
+        Binding("N", "start_named", "Pretrain named…",
+                tooltip="Pretrain a new run under a name you give (acm train pretrain --run NAME)"),
         Binding("f", "start('finetune')", "Fine-tune", tooltip="Fine-tune the latest run's best pretrain checkpoint"),
         Binding("R", "resume_run", "Resume run", tooltip="Continue the latest run's latest checkpoint"),
         Binding("P", "start('pretrain', True)", "Pretrain (background)",
@@ -261,6 +263,24 @@ class TrainPane(Pane):
         run = self._new_run_for(stage)
         if run is not None:
             (self._start_in_background if background else self._launch)(stage, run, resume=False)
+
+    def action_start_named(self) -> None:
+        """N: a new run's pretrain under the name typed, as `acm train pretrain --run NAME` (the same
+        names allowed; a folder that is no run and holds files refused)."""
+        if self._busy():
+            return
+
+        def answered(name: str | None) -> None:
+            if name is None:
+                return
+            try:
+                run = runs.run_to_train(self.cfg, name)
+            except AcmError as e:
+                self.notify(str(e), severity="error")
+                return
+            self._launch("pretrain", run, resume=False)
+
+        self.app.push_screen(Ask("Pretrain a new run named (letters, digits, '-' and '_'):"), answered)
 
     @on(StartTraining)
     def _start_requested(self, request: StartTraining) -> None:

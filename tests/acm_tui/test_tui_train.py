@@ -470,3 +470,33 @@ async def test_a_stop_pressed_while_the_stage_starts_stops_it(prepared, keys_whi
     run = list_runs(app.cfg)[0]
     last = checkpoint.latest(Paths.checkpoints(run, "pretrain"))
     assert last is None or last.step <= 1  # stopped before its steps, or at its first
+
+
+async def test_N_pretrains_a_new_run_under_the_name_typed_as_train_pretrain_run_does(prepared, keys_while_training):
+    """`acm train pretrain --run NAME` in the app: the name typed, checked as the command line checks it."""
+    from textual.widgets import Input
+
+    cfg = config.load(prepared / "acm.toml")
+    cfg.train.pretrain.steps, cfg.train.pretrain.save_every = 100000, 100000
+    config.save(cfg, prepared / "acm.toml")
+    (prepared / "runs" / "notes").mkdir(parents=True)
+    (prepared / "runs" / "notes" / "todo.txt").write_text("mine")
+    app = PaneHost(TrainPane, prepared / "acm.toml")
+    async with app.run_test(size=(120, 50), notifications=True) as pilot:
+        await pilot.press("4")
+        pane = app.query_one("#train-pane")
+        for name, says in (("a b", "invalid run name 'a b'"), ("notes", "is a folder that is no run")):
+            await pilot.press("N")
+            await wait_until(pilot, lambda: app.screen.__class__.__name__ == "Ask")
+            app.screen.query_one("#answer", Input).value = name
+            await pilot.press("enter")
+            await notified(pilot, says)
+        await pilot.press("N")
+        await wait_until(pilot, lambda: app.screen.__class__.__name__ == "Ask")
+        app.screen.query_one("#answer", Input).value = "baseline"
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: pane.attached == cfg.runs_dir / "baseline" and len(pane.history) >= 2,
+                         timeout=60)
+        await pilot.press("s")
+        await wait_until(pilot, lambda: pane.state == "stopped", timeout=60)
+    assert [r.name for r in list_runs(cfg)] == ["baseline"] and (prepared / "runs" / "notes" / "todo.txt").exists()

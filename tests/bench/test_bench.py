@@ -281,3 +281,9 @@ def test_pipeline_stages_times_each_stage_from_its_heading_with_the_readying_on_
         for stage in ("pretrain", "finetune"):  # the trainer's wall lies inside the stage's headings
             assert row["stages_s"][stage] >= row[stage]["timings"]["wall_s"] and 0 < row[stage]["around_step"] < 1
     assert not (trained / "runs").exists() and not cfg.locations.shards_manifest("language").exists()
+
+
+def test_load_cost_times_loads_with_and_without_the_weights_check_and_leaves_it_in_place(with_model):
+    out = bench("load_cost.py", str(with_model / "acm.toml"), "1")
+    assert [(r["round"], r["checked"]) for r in out["rounds"]] == [(0, True), (0, False)]
+    assert all(r["s"] > 0 for r in out["rounds"]) and out["largest"] > 0 and out["preset"] == "nano"
