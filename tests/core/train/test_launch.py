@@ -130,7 +130,7 @@ def test_a_snapshot_holds_the_settings_in_memory_and_the_launch(cfg, project):
         back, read = snapshot.read(path)
         assert read == launch
         assert back.to_dict() | {"paths": {}} == cfg.to_dict() | {"paths": {}}
-        assert back.locations == cfg.locations  # the folders absolute: the snapshot lives elsewhere
+        assert back.locations == cfg.locations and back.paths == cfg.paths  # found, and written, as the starter's
     assert config.load(project / "acm.toml").train.pretrain.steps != 123
 
 
@@ -188,3 +188,5 @@ def test_a_detached_stage_runs_the_worker_on_its_snapshot_alone(prepared):
     events = [json.loads(line) for line in lines if line.startswith("{")]
     assert {"metrics", "state", "checkpoint"} <= {e["type"] for e in events}
     assert snapshot.read(snapshot.location(run, "pretrain"))[1] == Launch("pretrain", "bg", False, 7, 3)
+    # its folders as acm.toml wrote them, as a run trained in the foreground records them (they compare alike)
+    assert config.read_table(Paths.run_config(run))["paths"] == {"data": "data", "runs": "runs"}
