@@ -40,7 +40,8 @@ def params_from(args, cfg: Config) -> SamplingParams:
     g = config.overridden(cfg.generate, "generate.", "command line", temperature=args.temp, top_k=args.top_k,
                           top_p=args.top_p, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
                           max_tokens=args.max_tokens, seed=args.seed)
-    return SamplingParams.from_config(g, stop=tuple(utf8(s, "--stop") for s in args.stop or ()))
+    read = unescape if getattr(args, "escapes", False) else utf8  # -e reads the stop strings' escapes too
+    return SamplingParams.from_config(g, stop=tuple(read(s, "--stop") for s in args.stop or ()))
 
 
 def stream_to_stdout(lm, prompt: str, params: SamplingParams, echo_prompt: bool,
@@ -310,7 +311,8 @@ def add_sampling_args(p) -> None:
     p.add_argument("--repetition-penalty", type=float)
     p.add_argument("--max-tokens", type=setting_int("generate.max_tokens"))
     p.add_argument("--seed", type=int)
-    p.add_argument("--stop", action="append", help="stop string (repeatable); <EOS> always stops")
+    p.add_argument("--stop", action="append",
+                   help="stop string (repeatable; acm generate -e reads its \\n-style escapes); <EOS> always stops")
 
 
 # Prompts in single quotes: in double quotes, bash reads the `!` of `#!` as history expansion.
@@ -324,7 +326,7 @@ def register(sub, add) -> None:
     gen.epilog = ("examples (the prompt in single quotes, so that bash leaves its `#!` alone; -e turns \\n into "
                   "a newline):\n" + "\n".join(f"  {line}" for line in GENERATE_EXAMPLES))
     gen.add_argument("prompt")
-    gen.add_argument("-e", "--escapes", action="store_true", help="read \\n-style escapes in PROMPT")
+    gen.add_argument("-e", "--escapes", action="store_true", help="read \\n-style escapes in PROMPT and --stop")
     gen.add_argument("--no-echo", action="store_true", help="print only the continuation")
     gen.add_argument("--n", type=bounded_int(1, MAX_N), default=1,
                      help=f"candidates sampled together in one batch (at most {MAX_N}; Ctrl-C stops and prints "

@@ -785,3 +785,16 @@ def test_one_token_is_said_in_the_singular_with_no_rate_two_with_one(with_model,
     assert "1 token, first token " in said and "tok/s" not in said
     assert cli.main(["-c", c, "generate", "x", "--max-tokens", "2", "--temp", "0"]) == 0
     assert re.search(r"2 tokens, [\d,.]+ tok/s, first token \d+ ms", capsys.readouterr().err)
+
+
+def test_e_reads_the_stop_strings_escapes_as_the_prompt_s(with_model, capsys):
+    """`--stop '\\n'` is the two characters as typed; with `-e`, a new line, as the Generate pane's
+    stop box reads it."""
+    c = str(with_model / "acm.toml")
+    argv = ["-c", c, "generate", "-e", "#!/bin/bash\\n", "--max-tokens", "40", "--temp", "0", "--json", "--stop"]
+    assert cli.main([*argv, "\\n"]) == 0
+    escaped = json.loads(capsys.readouterr().out)["scripts"][0]
+    assert cli.main([*argv, "\\\\n"]) == 0  # -e reads `\\n` as the two characters
+    literal = json.loads(capsys.readouterr().out)["scripts"][0]
+    assert "\n" not in escaped["text"] and escaped["finish_reason"] == "stop"
+    assert literal["text"].startswith(escaped["text"]) and "\n" in literal["text"]
