@@ -361,5 +361,5 @@ def register(sub, add) -> None:
     ex.add_argument("--format", choices=["mlx", "hf", "gguf"], default="mlx",
                     help="mlx: mlx_lm.load; hf: transformers GPT2LMHeadModel; gguf: llama.cpp (default: mlx)")
     ex.add_argument("--upload", metavar="REPO_ID", help="then upload the folder to this Hugging Face Hub model repo "
-                                                        "(needs a token: huggingface-cli login or HF_TOKEN)")
+                                                        "(needs a token: hf auth login, or HF_TOKEN)")
     ex.add_argument("--private", action="store_true", help="create the uploaded repo as private")

@@ -35,5 +35,5 @@ def upload_folder(folder: Path, repo_id: str, private: bool = False, endpoint: s
     except Exception as e:  # the Hub's refusal, a missing token, no network: one line, the folder stays
         reason = one_line(e).splitlines()[0]
         raise AcmError(f"upload of {folder} to {repo_id} failed, the exported folder is kept (a token comes from "
-                       f"`huggingface-cli login` or HF_TOKEN): {reason}") from None
+                       f"`hf auth login`, or HF_TOKEN): {reason}") from None
     return str(getattr(commit, "commit_url", None) or commit)
