@@ -997,8 +997,8 @@ def check_continued_preset(cfg: Config, ck: checkpoint.Checkpoint) -> None:
     except AcmError:
         return  # a damaged state.json is said where the checkpoint is read
     if trained.shape().with_vocab(0) != cfg.model.shape().with_vocab(0):
-        now = ("acm.toml now selects" if "preset" in cfg.explicit.get("model", {})
-               else "acm.toml names none, and this machine's default is")
+        now = ("the settings (acm.toml, or the file -c names) now select" if "preset" in cfg.explicit.get("model", {})
+               else "the settings (acm.toml, or the file -c names) name none, and this machine's default is")
         raise AcmError(f"checkpoint {ck.path} was trained with preset {trained.preset}, and {now} "
                        f"{cfg.model.preset}: set model.preset = \"{trained.preset}\" to go on with this run, "
                        f"or start a new one")

@@ -654,8 +654,8 @@ def test_a_run_trained_with_another_preset_than_acm_tomls_is_said_so_never_calle
         assert cli.main(["-c", c, "train", *argv, "--run", "d", "--max-steps", "1"]) == 2
         err = " ".join(capsys.readouterr().err.split())
         assert err == (f"acm: error: checkpoint {cfg.runs_dir / 'd' / 'pretrain' / 'checkpoints' / 'step-0000010'} "
-                       f"was trained with preset nano, and acm.toml now selects micro: set model.preset = \"nano\" "
-                       f"to go on with this run, or start a new one"), err
+                       f"was trained with preset nano, and the settings (acm.toml, or the file -c names) now "
+                       f"select micro: set model.preset = \"nano\" to go on with this run, or start a new one"), err
     assert cli.main(["-c", c, "config", "set", "model.preset", "nano"]) == 0
     assert cli.main(["-c", c, "train", "pretrain", "--resume", "--run", "d", "--max-steps", "1"]) == 0
     assert checkpoint.latest(Paths.checkpoints(cfg.runs_dir / "d", "pretrain")).step == 11
