@@ -35,7 +35,7 @@ class Confirm(ModalScreen[bool]):
 
 
 class Ask(ModalScreen[str | None]):
-    """A line of text: enter gives it (None where it is blank), escape gives None."""
+    """A line of text: enter gives it (a blank one is refused, said), escape gives None."""
 
     BINDINGS = [Binding("escape", "cancel", "Cancel")]
 
@@ -50,7 +50,10 @@ class Ask(ModalScreen[str | None]):
 
     @on(Input.Submitted)
     def _submitted(self, event: Input.Submitted) -> None:
-        self.dismiss(event.value.strip() or None)
+        if not event.value.strip():  # never a silent close: escape is the way out
+            self.notify("nothing typed: type an answer, or escape to leave", severity="warning")
+            return
+        self.dismiss(event.value.strip())
 
     def action_cancel(self) -> None:
         self.dismiss(None)

@@ -16,7 +16,7 @@ def unescape(text: str, what: str = "the text") -> str:
         read = utf8(text, what).encode("latin-1", "backslashreplace").decode("unicode_escape")
         read.encode("utf-8")
     except UnicodeDecodeError as e:
-        raise AcmError(f"invalid escape in '{visible(text)}': {e.reason}") from None  # as typed, not repr's \\
+        raise AcmError(f"{what}: invalid escape in '{visible(text)}': {e.reason}") from None  # as typed
     except UnicodeEncodeError as e:
         escape = f"\\u{ord(read[e.start]):04x}"
         raise AcmError(f"{what}: the escape {escape} is half a surrogate pair, not a character") from None

@@ -29,8 +29,10 @@ def document_index(typed: str) -> int:
     """The index `acm data show` takes for a document numbered as the pane's title counts them (1:
     the first; -1: the last); anything else is one line."""
     text = typed.strip()
+    if re.fullmatch(r"-?[0-9]{19,}", text):
+        raise AcmError(f"document {text[:20]}…: a number of {len(text.lstrip('-'))} digits is too long to count by")
     if not re.fullmatch(r"-?[0-9]{1,18}", text) or int(text) == 0:
-        raise AcmError(f"document {visible(text[:20])!r}: give its number, 1 for the first, -1 for the last")
+        raise AcmError(f"document '{visible(text[:20])}': give its number, 1 for the first, -1 for the last")
     number = int(text)
     return number - 1 if number > 0 else number
 
@@ -172,7 +174,7 @@ class DataPane(Pane):
             return
         where = "  ".join(f"{k}: {row[k]}" for k in ("source", "licence", "repo", "commit", "category", "origin")
                           if row[k])
-        title = f"{kind} sample {index % n + 1} of {n:,} — {where}"
+        title = f"{kind} sample {index % n + 1:,} of {n:,} — {where}"
         self.app.call_from_thread(self._show_sample, kind, title, row["text"])
 
     def _show_sample(self, kind: str, title: str, text: str | None) -> None:

@@ -128,6 +128,9 @@ class GeneratePane(Pane):
             for which in ("best", "latest")]
         select = self.query_one("#gen-checkpoint", Select)
         keep = select.value if select.value in {value for _, value in options} else AUTO
+        if select.value not in (keep, Select.BLANK, None):  # renamed or deleted meanwhile: never a silent switch
+            self.notify(f"the checkpoint chosen ({str(select.value).replace('|', ' / ')}) is gone: "
+                        "generating from the latest run's best until another is chosen", severity="warning")
         select.set_options(options)
         select.value = keep
         self._show_chosen_eval(all_runs[0] if all_runs else None)
@@ -158,6 +161,8 @@ class GeneratePane(Pane):
         checked as `acm config set` checks them; the stop strings as `stop_strings` reads them."""
         values = {}
         for name, label, typ in SETTINGS:
+            if name == "candidates" and not self.syntax_check:  # tried only for a syntax-checked result
+                continue
             raw = self.query_one(f"#gen-{name}", Input).value.strip()
             try:
                 values[name] = typ(raw)
@@ -313,6 +318,13 @@ class GeneratePane(Pane):
         current.append(visible(self.current_prompt, lines=True), style="bold")
         current.append(visible(self.current_text, lines=True))
         self.query_one("#gen-output", Static).update(Text("\n\n").join([*self.transcript[-3:], current]))
+        self._keep_prompt_in_view()
+
+    def _keep_prompt_in_view(self) -> None:
+        """The output grows above the prompt: at 80x24 the prompt typed into would scroll off screen."""
+        prompt = self.query_one("#gen-prompt", Input)
+        if prompt.has_focus:
+            prompt.call_after_refresh(prompt.scroll_visible, animate=False)
 
     @on(EngineResult)
     def engine_done(self, message: EngineResult) -> None:
@@ -334,6 +346,7 @@ class GeneratePane(Pane):
                                                verdict.parses))
         self.current_prompt = self.current_text = ""
         self.query_one("#gen-output", Static).update(Text("\n\n").join(self.transcript[-4:]))
+        self._keep_prompt_in_view()
 
     def _entry(self, prompt: str, text: str, verdict: str, good: bool) -> Text:
         entry = Text()

@@ -75,6 +75,9 @@ class AskExport(ModalScreen[dict | None]):
     @on(Input.Submitted)
     def _submitted(self) -> None:
         folder = self.query_one("#export-folder", Input).value.strip()
+        if not folder:  # never a silent close: escape is the way out
+            self.notify("name the new folder to export to, or escape to leave", severity="warning")
+            return
         chosen = {name: str(self.query_one(f"#export-{name}", Select).value) for name, _, _ in self.CHOICES}
         upload = {"upload": self.query_one("#export-upload", Input).value.strip(),
                   "private": self.query_one("#export-private", Checkbox).value}
@@ -88,7 +91,7 @@ class AskExport(ModalScreen[dict | None]):
         except AcmError as e:
             self.notify(str(e), severity="error")
             return
-        self.dismiss(chosen | upload | {"folder": folder} if folder else None)
+        self.dismiss(chosen | upload | {"folder": folder})
 
     def action_cancel(self) -> None:
         self.dismiss(None)
@@ -244,7 +247,13 @@ class RunsPane(Pane):
         name = self.selected()
         if name:
             self.shown = [name]
+            self._chart_in_view()
             self.plot()
+
+    def _chart_in_view(self) -> None:
+        """Curves asked for (enter, c, o): the chart back where `v`'s samples stood."""
+        self.query_one("#runs-samples").display = False
+        self.query_one("#runs-chart").display = True
 
     def _set_mark(self, name: str, marked: bool) -> None:
         if marked != (name in self.marked):
@@ -263,6 +272,7 @@ class RunsPane(Pane):
                         severity="warning")
             return
         self.shown = list(self.marked)
+        self._chart_in_view()
         self.plot()
 
     def action_overlay(self) -> None:
@@ -272,6 +282,7 @@ class RunsPane(Pane):
             for run in dict.fromkeys(self.shown + [name]):
                 self._set_mark(run, True)
             self.shown = list(dict.fromkeys(self.shown + [name]))
+            self._chart_in_view()
             self.plot()
 
     def action_axis(self) -> None:
@@ -282,7 +293,8 @@ class RunsPane(Pane):
     def action_toggle_losses(self) -> None:
         self.losses_shown = not self.losses_shown
         self.notify("under compared runs: " + ("their losses at aligned points (acm runs compare)"
-                                               if self.losses_shown else "the settings that differ"))
+                                               if self.losses_shown else "the settings that differ")
+                    + ("" if len(self.shown) > 1 else "; mark two runs or more (space) and compare them (c)"))
         self.plot()
 
     def plot(self) -> None:

@@ -9,6 +9,7 @@ import threading
 from functools import partial
 from pathlib import Path
 
+from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
@@ -32,7 +33,11 @@ from core.generate.verdicts import judge
 from core.pipeline.tables import EVAL_COLUMNS, eval_rows, plain
 from core.progress import CancelToken
 
-console = console_for(stderr=True)
+
+def console() -> Console:
+    """A console for standard error as it is now (made at each use: rich fixes a console's colours when it
+    is made, and a console made while an app held the stream would colour every later line)."""
+    return console_for(stderr=True)
 
 
 def params_from(args, cfg: Config) -> SamplingParams:
@@ -51,14 +56,14 @@ def stream_to_stdout(lm, prompt: str, params: SamplingParams, echo_prompt: bool,
     text, last = "", None
     for chunk in stream_generate(lm, prompt, params, should_stop):
         if chunk.notice:
-            console.print(f"[yellow]{chunk.notice}[/]")
+            console().print(f"[yellow]{chunk.notice}[/]")
         sys.stdout.write(for_stream(chunk.text))  # each character escapes alone: no escape spans chunks
         sys.stdout.flush()
         text += chunk.text
         last = chunk
     sys.stdout.write("\n")
     verdict = judge(prompt + text, last.finish_reason == "eos")
-    console.print(f"[dim]{last.pace()}, stop: {last.finish_reason}; {verdict.describe()}"
+    console().print(f"[dim]{last.pace()}, stop: {last.finish_reason}; {verdict.describe()}"
                   f"{escape(task_verdict(prompt, text, expected or {}))}[/]")
     return text
 
@@ -66,9 +71,9 @@ def stream_to_stdout(lm, prompt: str, params: SamplingParams, echo_prompt: bool,
 def print_candidates(judged: list, echo_prompt: bool, expected: dict) -> None:
     """Candidates of one batch, each under a line with its verdicts (and, syntax-checked, what was tried)."""
     for notice in dict.fromkeys(j.sample.notice for j in judged if j.sample.notice):  # the same prompt: once
-        console.print(f"[yellow]{escape(notice)}[/]")
+        console().print(f"[yellow]{escape(notice)}[/]")
     for i, j in enumerate(judged, 1):
-        console.print(f"[bold]── {i}/{len(judged)}[/] [dim]{j.describe()}"
+        console().print(f"[bold]── {i}/{len(judged)}[/] [dim]{j.describe()}"
                       f"{escape(task_verdict(j.sample.prompt, j.sample.text, expected))}[/]")
         sys.stdout.write(for_stream((j.sample.prompt if echo_prompt else "") + j.sample.text) + "\n")
         sys.stdout.flush()
@@ -83,10 +88,10 @@ def _loaded(args, cfg: Config, engine: Engine):
     holds it (a read from a slow disk), and ends."""
     lm = wait_for(engine.submit_named(LOAD_JOB, partial(load_model, compute_dtype=args.dtype), cfg, args.run,
                                       args.stage, args.checkpoint))
-    console.print(f"[dim]{escape(visible(lm.run))} / {lm.stage} / step {lm.step} ({lm.checkpoint.name}, "
+    console().print(f"[dim]{escape(visible(lm.run))} / {lm.stage} / step {lm.step} ({lm.checkpoint.name}, "
                   f"{str(lm.model.compute_dtype).removeprefix('mlx.core.')})[/]")
     if lm.notice:
-        console.print(f"[yellow]{escape(lm.notice)}[/]")
+        console().print(f"[yellow]{escape(lm.notice)}[/]")
     return lm
 
 
@@ -114,7 +119,7 @@ def cmd_generate(args, cfg: Config) -> int:
     finally:
         engine.shutdown(abandon=LOAD_JOB)
     if stopped:
-        console.print(f"(stopped{f': {len(job.result())} of {args.n} printed' if batched else ''})")
+        console().print(f"(stopped{f': {len(job.result())} of {args.n} printed' if batched else ''})")
         return INTERRUPTED
     return 0
 
@@ -182,7 +187,7 @@ def cmd_chat(args, cfg: Config) -> int:
     engine = Engine()
     try:
         lm = _loaded(args, cfg, engine)
-        console.print("[dim]type a prompt; end a line with \\ to continue it; Ctrl-D quits[/]")
+        console().print("[dim]type a prompt; end a line with \\ to continue it; Ctrl-D quits[/]")
         if hasattr(sys.stdin, "reconfigure"):  # a byte that is not UTF-8 reaches `utf8` below, never fails the read
             sys.stdin.reconfigure(errors="surrogateescape")
         read_line = PromptLines()
@@ -281,7 +286,7 @@ def cmd_export(args, cfg: Config) -> int:
     finally:
         engine.shutdown()
     if info.get("notice"):
-        console.print(f"[yellow]{escape(info['notice'])}[/]")
+        console().print(f"[yellow]{escape(info['notice'])}[/]")
     print(f"exported {info['checkpoint']} ({info['preset']}, {info['model_type']}, {info['dtype']}) as "
           f"{info['format']} to {info['folder']} with a model card (README.md)")
     print(f"try: {info['try']}")

@@ -309,9 +309,14 @@ async def test_stop_strings_the_decode_dtype_and_the_candidates_tried_as_generat
         app.query_one("#gen-stop", Input).value = ""
         assert await generated() == whole and pane.loaded.model.compute_dtype == mx.float32
 
+        app.query_one("#gen-candidates", Input).value = "0"  # tried only when syntax-checked: no matter here
+        assert await generated() == whole
         for box, value, message in (("stop", '"a", 1', "stop: give one string, or several in double quotes"),
-                                    ("stop", '"a', "stop: give one string"),
+                                    ("stop", '"a', "stop: give one string"), ("stop", "\\", "stop: invalid escape"),
                                     ("candidates", "0", "generate.candidates = 0 is out of range")):
+            if box == "candidates":
+                pane.focus()
+                await pilot.press("k")
             app.query_one(f"#gen-{box}", Input).value = value
             before = len(pane.transcript)
             await pilot.press("i", "l", "s", "enter")
@@ -319,8 +324,6 @@ async def test_stop_strings_the_decode_dtype_and_the_candidates_tried_as_generat
             assert pane.stop_event is None and len(pane.transcript) == before
             app.query_one(f"#gen-{box}", Input).value = {"stop": "", "candidates": "2"}[box]
             await pilot.press("escape")
-        pane.focus()
-        await pilot.press("k")
         app.query_one("#gen-max_tokens", Input).value = "2"  # greedy candidates, none complete: every one tried
         await generated()
         assert "; 2 tried" in pane.transcript[-1].plain  # cand's 2, not generate.candidates (3 here)

@@ -76,7 +76,7 @@ def test_an_error_line_is_cut_at_a_newline_only(capsys):
 
 def test_a_bad_escape_is_said_as_it_was_typed(project, capsys):
     assert cli.main(["-c", str(project / "acm.toml"), "generate", "-e", "abc\\x"]) == 2
-    assert capsys.readouterr().err == "acm: error: invalid escape in 'abc\\x': truncated \\xXX escape\n"
+    assert capsys.readouterr().err == "acm: error: the prompt: invalid escape in 'abc\\x': truncated \\xXX escape\n"
 
 
 def test_data_show_escapes_on_a_terminal_and_writes_the_script_as_it_is_elsewhere(project, tmp_path, capsys):
@@ -120,3 +120,24 @@ def test_every_format_character_is_shown_as_an_escape_that_reads_back_as_itself(
         shown = visible(hidden, lines)
         assert shown.isascii() and unescape(shown) == hidden
     assert visible("é ü 中 ok", lines=True) == "é ü 中 ok"  # letters stay letters
+
+
+def test_a_console_is_made_for_its_stream_as_it_is_at_each_use(monkeypatch, capsys):
+    """A console made while an app held standard error (which says it is a terminal) kept colouring
+    every later line written to a pipe: the command line makes its consoles at each use."""
+    import io
+    import sys
+
+    from core.cli import generate
+
+    class HeldByAnApp(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setenv("TERM", "xterm-256color")
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    with monkeypatch.context() as held:
+        held.setattr(sys, "stderr", HeldByAnApp())
+        assert generate.console().color_system is not None
+    generate.console().print("[dim]a line[/dim]")
+    assert capsys.readouterr().err == "a line\n"
