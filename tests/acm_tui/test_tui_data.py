@@ -38,13 +38,20 @@ async def test_fetch_code_shows_stats_and_samples(project, tmp_path):
         await wait_until(pilot, lambda: "code sample 1 of 2" in text_of(app, "#sample-title"))
         await pilot.press("n")
         await wait_until(pilot, lambda: "code sample 2 of 2" in text_of(app, "#sample-title"))
-        for typed, shown in (("1", "1 of 2"), ("-1", "2 of 2"), ("3", "1 of 2"), ("0", None), ("two", None)):
+        for typed, shown in (("1", "1 of 2"), ("-1", "2 of 2"), ("3", "1 of 2"), ("0", None), ("two", None),
+                             ("9" * 19, "too long"), ("", "nothing typed")):
             await pilot.press("g")  # a document by its number, as `acm data show code INDEX`
             await wait_until(pilot, lambda: app.screen.__class__.__name__ == "Ask")
             app.screen.query_one("#answer", Input).value = typed
             await pilot.press("enter")
             if shown is None:
                 await notified(pilot, f"document '{typed}': give its number, 1 for the first, -1 for the last")
+            elif shown == "too long":
+                await notified(pilot, "a number of 19 digits is too long to count by")
+            elif shown == "nothing typed":  # a blank answer is said, never a silent close
+                await notified(pilot, "nothing typed: type an answer, or escape to leave")
+                assert app.screen.__class__.__name__ == "Ask"
+                await pilot.press("escape")
             else:
                 await wait_until(pilot, lambda shown=shown: f"code sample {shown}" in text_of(app, "#sample-title"))
         assert "code sample 1 of 2" in text_of(app, "#sample-title")

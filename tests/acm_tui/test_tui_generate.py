@@ -327,3 +327,30 @@ async def test_stop_strings_the_decode_dtype_and_the_candidates_tried_as_generat
         app.query_one("#gen-max_tokens", Input).value = "2"  # greedy candidates, none complete: every one tried
         await generated()
         assert "; 2 tried" in pane.transcript[-1].plain  # cand's 2, not generate.candidates (3 here)
+
+
+async def test_the_prompt_stays_in_view_at_80x24_and_a_chosen_checkpoint_that_goes_is_said(with_model):
+    """The output grows above the prompt: at 80x24 it pushed the prompt typed into off the screen. A
+    run renamed under the checkpoint chosen falls back to the latest run's best, said, never silently."""
+    from core import runs
+
+    app = PaneHost(GeneratePane, with_model / "acm.toml")
+    async with app.run_test(size=(80, 24), notifications=True) as pilot:
+        await pilot.press("5")
+        pane = app.query_one("#generate-pane")
+        app.query_one("#gen-max_tokens", Input).value = "24"
+        prompt = app.query_one("#gen-prompt", Input)
+        for _ in range(3):
+            prompt.focus()
+            before = len(pane.transcript)
+            await pilot.press(*"#!/bin/bash\\n", "enter")
+            await wait_until(pilot, lambda before=before: pane.stop_event is None and len(pane.transcript) > before,
+                             timeout=60)
+            await pilot.pause(0.2)
+            where = app.screen.find_widget(prompt)
+            assert where.visible_region == where.region and where.region.bottom <= 23  # above the footer
+        app.query_one("#gen-checkpoint", Select).value = "m|pretrain|latest"
+        runs.rename_run(with_model / "runs" / "m", "m2")
+        pane.refresh_checkpoints()
+        await notified(pilot, "the checkpoint chosen (m / pretrain / latest) is gone: generating from the latest")
+        assert app.query_one("#gen-checkpoint", Select).value == "auto"

@@ -304,6 +304,10 @@ async def test_runs_pane_uploads_the_export_to_the_hub_as_export_upload_does(wit
             app.screen.query_one("#export-folder", Input).focus()
             await pilot.press("enter")
             await notified(pilot, "private makes the repository the upload creates private: name the repository")
+            app.screen.query_one("#export-folder", Input).value = " "
+            await pilot.press("enter")
+            await notified(pilot, "name the new folder to export to, or escape to leave")
+            app.screen.query_one("#export-folder", Input).value = "exports/m"
             app.screen.query_one("#export-upload", Input).value = "bad repo id!!"
             await pilot.press("enter")
             await notified(pilot, "'bad repo id!!' is no Hugging Face Hub repository id")
@@ -718,4 +722,8 @@ async def test_v_shows_the_selected_runs_samples_every_check_newest_first_and_fo
         select_row(app.query_one("#runs-table", DataTable), "c")
         await wait_until(pilot, lambda: text_of(app, "#runs-samples-text").startswith("run c: not trained yet"))
         await pilot.press("v")
+        assert app.query_one("#runs-chart").display and not app.query_one("#runs-samples").display
+        await pilot.press("v")
+        select_row(app.query_one("#runs-table", DataTable), "a")
+        await pilot.press("enter")  # curves asked for: the chart comes back where the samples stood
         assert app.query_one("#runs-chart").display and not app.query_one("#runs-samples").display
