@@ -98,6 +98,7 @@ class AskExport(ModalScreen[dict | None]):
 
 
 MARK = "● "  # before a marked run's name: it reads without colour
+RUN_COLUMNS = ("run", "preset", "pretrain", "fine-tune", "best val loss", "modified")
 
 
 class RunTable(DataTable):
@@ -162,8 +163,6 @@ class RunsPane(Pane):
         self.action_reload()
 
     def on_mount(self) -> None:
-        table = self.query_one("#runs-table", DataTable)
-        self.run_column = table.add_columns("run", "preset", "pretrain", "fine-tune", "best val loss", "modified")[0]
         self.action_reload()
 
     def on_show(self) -> None:
@@ -181,7 +180,8 @@ class RunsPane(Pane):
     def _fill(self, rows: list[dict]) -> None:
         table = self.query_one("#runs-table", DataTable)
         row = table.cursor_row
-        table.clear()
+        table.clear(columns=True)  # the widths the rows need now: a long name gone leaves no wide column
+        self.run_column = table.add_columns(*RUN_COLUMNS)[0]
         names = {r["name"] for r in rows}
         self.marked = [name for name in self.marked if name in names]
         for r in rows:

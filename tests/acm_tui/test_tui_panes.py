@@ -727,3 +727,24 @@ async def test_v_shows_the_selected_runs_samples_every_check_newest_first_and_fo
         select_row(app.query_one("#runs-table", DataTable), "a")
         await pilot.press("enter")  # curves asked for: the chart comes back where the samples stood
         assert app.query_one("#runs-chart").display and not app.query_one("#runs-samples").display
+
+
+async def test_a_long_run_name_gone_leaves_the_run_list_as_narrow_as_its_names(project):
+    """The run list's columns only grew: one 100-character name, renamed since, kept every other
+    column off an 80-column screen until the app restarted."""
+    from core import runs
+
+    fake_run(project, "a", [(1, 100, 4.0)], [(1, 3.9)])
+    app = PaneHost(RunsPane, project / "acm.toml")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await select_in_pane(app, pilot, "6", "#runs-table", 1, "a")
+        pane, table = app.query_one("#runs-pane", RunsPane), app.query_one("#runs-table", DataTable)
+        runs.rename_run(project / "runs" / "a", "x" * 100)
+        pane.action_reload()
+        await wait_until(pilot, lambda: table.row_count == 1 and table.get_row_at(0)[0].plain == "x" * 100)
+        runs.rename_run(project / "runs" / ("x" * 100), "ok_name-1")
+        pane.action_reload()
+        await wait_until(pilot, lambda: table.get_row_at(0)[0].plain == "ok_name-1")
+        await pilot.pause()
+        assert max(column.get_render_width(table) for column in table.columns.values()) < 30
+        assert "modified" in table.render_line(0).text  # the last column in view again
