@@ -21,6 +21,7 @@ from core import config, runs
 from core.atomic import read_json
 from core.errors import AcmError, one_line
 from core.escapes import stop_strings, unescape, visible
+from core.generate.batch import ended
 from core.generate.checked import checked_generate, sample_and_judge
 from core.generate.cut import cut_note
 from core.generate.decode import load_model, stream_generate
@@ -340,7 +341,7 @@ class GeneratePane(Pane):
             return
         if self.current_prompt or self.current_text:  # a streamed sample (candidates are shown as they come)
             script = self.current_prompt + self.current_text
-            verdict = judge(script, self.last_finish == "eos", self.cfg.data.code.syntax_timeout_s)
+            verdict = judge(script, ended(self.last_finish), self.cfg.data.code.syntax_timeout_s)
             uses = task_verdict(self.current_prompt, self.current_text, expectations(self.cfg.eval))
             self.transcript.append(self._entry(self.current_prompt, self.current_text, verdict.describe() + uses,
                                                verdict.parses))

@@ -21,6 +21,7 @@ from core.config import Config
 from core.engine import POLL_S, Engine, wait_for
 from core.errors import INTERRUPTED, AcmError, politely_killed
 from core.escapes import unescape, utf8, visible
+from core.generate.batch import ended
 from core.generate.checked import checked_generate, sample_and_judge
 from core.generate.cut import cut_note
 from core.generate.decode import load_model, stream_generate
@@ -62,7 +63,7 @@ def stream_to_stdout(lm, prompt: str, params: SamplingParams, echo_prompt: bool,
         text += chunk.text
         last = chunk
     sys.stdout.write("\n")
-    verdict = judge(prompt + text, last.finish_reason == "eos")
+    verdict = judge(prompt + text, ended(last.finish_reason))
     console().print(f"[dim]{last.pace()}, stop: {last.finish_reason}; {verdict.describe()}"
                   f"{escape(task_verdict(prompt, text, expected or {}))}[/]")
     return text

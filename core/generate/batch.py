@@ -21,6 +21,12 @@ from core.model.gpt import GPT
 from core.tokenizer.bpe import BOS_ID, EOS_ID, PAD_ID
 
 
+def ended(finish_reason: str | None) -> bool:
+    """Ended by the model itself (<EOS>) or at a stop string asked for, not cut off: a script that
+    stops where its user said is complete, never turned down as truncated."""
+    return finish_reason in ("eos", "stop")
+
+
 @dataclass
 class Sample:
     prompt: str
@@ -31,8 +37,7 @@ class Sample:
 
     @property
     def complete(self) -> bool:
-        """Ended by the model itself (<EOS>), not cut off."""
-        return self.finish_reason == "eos"
+        return ended(self.finish_reason)
 
 
 @dataclass

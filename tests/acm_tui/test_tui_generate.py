@@ -304,6 +304,7 @@ async def test_stop_strings_the_decode_dtype_and_the_candidates_tried_as_generat
         app.query_one("#gen-dtype", Select).value = "bfloat16"
         cut = await generated()
         assert cut == whole[:whole.index(stop)] and "stopped: stop" in text_of(app, "#gen-status")
+        assert pane.transcript[-1].plain.endswith("complete]")  # ended where its user said: not truncated
         assert pane.loaded.model is not first_model and pane.loaded.model.compute_dtype == mx.bfloat16
         app.query_one("#gen-dtype", Select).value = "auto"
         app.query_one("#gen-stop", Input).value = ""

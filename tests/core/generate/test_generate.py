@@ -797,4 +797,5 @@ def test_e_reads_the_stop_strings_escapes_as_the_prompt_s(with_model, capsys):
     assert cli.main([*argv, "\\\\n"]) == 0  # -e reads `\\n` as the two characters
     literal = json.loads(capsys.readouterr().out)["scripts"][0]
     assert "\n" not in escaped["text"] and escaped["finish_reason"] == "stop"
+    assert escaped["complete"] and not literal["complete"]  # a script ended where its user said is complete
     assert literal["text"].startswith(escaped["text"]) and "\n" in literal["text"]
