@@ -71,6 +71,7 @@ class GeneratePane(Pane):
         self.transcript: list[Text] = []
         self.syntax_check = self.app.cfg.generate.syntax_check
         self.last_finish: str | None = None
+        self.asked = 1  # results asked for by the generation under way (n)
 
     def compose(self) -> ComposeResult:
         yield Static("[b]enter[/b] generate  [b]escape[/b] stop  [b]up/down[/b] prompt history  [b]tab[/b] "
@@ -208,7 +209,7 @@ class GeneratePane(Pane):
             self.history.append(raw)
         self.history_pos = len(self.history)
         event.input.value = ""
-        self.current_prompt, self.current_text, self.last_finish = prompt, "", None
+        self.current_prompt, self.current_text, self.last_finish, self.asked = prompt, "", None, n
         self.stop_event = threading.Event()
         self.query_one("#gen-status", Static).update("loading the checkpoint…" if self.loaded is None else "…")
         choice = (*self.checkpoint_choice(), self.decode_dtype())
@@ -364,6 +365,9 @@ class GeneratePane(Pane):
             self.transcript.append(self._entry(f"{i}/{len(found)} {j.sample.prompt}", j.sample.text,
                                                j.describe() + uses, j.verdict.parses))
         self.current_prompt = self.current_text = ""
+        stopped = f" (stopped: {len(found)} of {self.asked} asked)" if len(found) < self.asked else ""
+        self.query_one("#gen-status", Static).update(Text(f"{self.model_line}: {len(found)} results{stopped}",
+                                                          style="dim"))  # as `acm generate --n` says a stop
 
     # ------------------------------------------------------------ evaluation
 

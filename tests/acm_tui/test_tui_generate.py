@@ -355,3 +355,23 @@ async def test_the_prompt_stays_in_view_at_80x24_and_a_chosen_checkpoint_that_go
         pane.refresh_checkpoints()
         await notified(pilot, "the checkpoint chosen (m / pretrain / latest) is gone: generating from the latest")
         assert app.query_one("#gen-checkpoint", Select).value == "auto"
+
+
+async def test_a_batch_stopped_says_how_many_of_those_asked_it_gives(with_model):
+    """As `acm generate --n` says `(stopped: 2 of 8 printed)`: a stopped batch's results were
+    numbered out of those drawn, and nothing said how many were asked."""
+    app = PaneHost(GeneratePane, with_model / "acm.toml")
+    async with app.run_test(size=(100, 50)) as pilot:
+        await pilot.press("5")
+        pane = app.query_one("#generate-pane")
+        app.query_one("#gen-n", Input).value = "4"
+        app.query_one("#gen-max_tokens", Input).value = "100000"
+        app.query_one("#gen-prompt", Input).focus()
+        busy = threading.Event()
+        app.engine.submit(busy.wait)  # the stop lands before the batch begins, deterministically
+        await pilot.press("x", "enter")
+        await pilot.press("escape")
+        busy.set()
+        await wait_until(pilot, lambda: pane.stop_event is None, timeout=60)
+        await wait_until(pilot, lambda: "asked)" in text_of(app, "#gen-status"))
+        assert re.search(r": [0-3] results \(stopped: [0-3] of 4 asked\)", text_of(app, "#gen-status"))
