@@ -56,7 +56,10 @@ def what_a_quit_does(running: list[str]) -> str:
     said = ["training stops at the next step and writes a checkpoint"] if "Train" in running else []
     if "Setup" in running:
         said.append("the pipeline stops (a training stage in it with a checkpoint)")
-    if others := [title for title in running if title not in ("Train", "Setup")]:
+    if "Runs" in running:  # what runs there is an export's upload
+        said.append("the upload to the Hugging Face Hub is abandoned (the Hub commits nothing; the exported folder "
+                    "stays)")
+    if others := [title for title in running if title not in ("Train", "Setup", "Runs")]:
         said.append(f"{' and '.join(others)}: cancelled, what was finished is kept")
     return "; ".join(said)
 

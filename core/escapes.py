@@ -37,8 +37,8 @@ def stop_strings(text: str, what: str = "stop") -> tuple[str, ...]:
     except (ValueError, RecursionError):
         found = None
     if not found or not all(isinstance(s, str) and s for s in found):
-        raise AcmError(f"{what}: give one string, or several in double quotes separated by commas "
-                       f"(\"\\n\\n\", \"exit 0\"); got '{visible(text[:40])}'")
+        raise AcmError(f"{what}: give one string, or several in double quotes separated by commas, with JSON's "
+                       f"escapes (\"\\n\\n\", \"exit 0\", \"\\u0041\"); got '{visible(text[:40])}'")
     return tuple(utf8(s, what) for s in found)
 
 

@@ -182,6 +182,8 @@ def test_a_quit_says_what_becomes_of_each_busy_pane_s_work():
     assert what_a_quit_does(["Tokenizer", "Train", "Generate"]) == (
         "training stops at the next step and writes a checkpoint; Tokenizer and Generate: cancelled, what was "
         "finished is kept")
+    assert what_a_quit_does(["Runs"]) == ("the upload to the Hugging Face Hub is abandoned (the Hub commits nothing; "
+                                          "the exported folder stays)")
 
 
 def test_a_byte_the_terminal_sends_that_is_not_utf8_leaves_the_app_up(project):
