@@ -108,12 +108,12 @@ def counts_table(what: str, counts: dict) -> Table:
 def cmd_show(args, cfg: Config) -> int:
     corpus = Corpus.open(cfg.locations.corpus(args.kind), args.kind)
     row = corpus.row(args.index)
-    if args.json:
-        print_json(row)
+    index = args.index % len(corpus)  # counted from 1 in the label, as the Data pane counts
+    if args.json:  # where it stands too, as the line above the plain output says it
+        print_json(row | {"index": index, "documents": len(corpus)})
         return 0
     where = " ".join(f"{k}={row[k]}" for k in ("source", "repo", "commit", "category", "licence", "origin")
                      if row.get(k))
-    index = args.index % len(corpus)  # counted from 1 in the label, as the Data pane counts
     print(visible(f"# document {index + 1} of {len(corpus)} (index {index}): {where}"))  # one line, always
     print(for_stream(row["text"]))
     return 0

@@ -89,6 +89,9 @@ def test_data_show_escapes_on_a_terminal_and_writes_the_script_as_it_is_elsewher
     header, text = capsys.readouterr().out.split("\n", 1)
     assert header.startswith("# document 1 of 1") and header.endswith("evil\\nname.sh")  # the header is one line
     assert text == SCRIPT + "\n"  # redirected: byte for byte
+    assert cli.main(["-c", c, "data", "show", "code", "-1", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert (shown["index"], shown["documents"], shown["text"]) == (0, 1, SCRIPT)  # where it stands, as the line says
     code, written, _ = run_acm(["-c", str(cfg.root / "acm.toml"), "data", "show", "code", "0"], cols=200)
     assert code == 0 and "evil\\nname.sh" in written and SHOWN in written and "\x1b" not in written
 
