@@ -305,17 +305,18 @@ class RunsPane(Pane):
     @work(thread=True, exclusive=True, group="runs-chart", exit_on_error=False)
     def _read_curves(self, names: list[str], axis: str, smoothing: float, losses_shown: bool) -> None:
         folders = [self.cfg.locations.run(name) for name in names]
+        by_stage = compare.stage_curves(folders, by=axis)  # each run's metrics read once, for the chart and the losses
         series, points = [], []
-        for i, (name, run) in enumerate(zip(names, folders)):
+        for i, name in enumerate(names):
             line, cross = RUN_MARKS[i % len(RUN_MARKS)]
             prefix = f"{visible(name)} " if len(names) > 1 else ""
-            for c in compare.run_curves(run, by=axis):
+            for c in compare.placed([curves[i] for curves in by_stage.values()]):
                 label = prefix + STAGE_NAMES[c.stage]
                 series.append(Series(c.xs, ema(c.losses, smoothing), label, marker=line))
                 points.append(Series(c.val_xs, c.val_losses, f"{label} val", marker=cross, points=True))
         diff = compare.settings_diff(folders) if len(names) > 1 else None
         losses = [(f"{STAGE_NAMES[stage]}: {label.strip()}", *cells)
-                  for stage, curves in compare.stage_curves(folders, by=axis).items()
+                  for stage, curves in by_stage.items()
                   for label, *cells in compare.loss_rows(curves, axis)] if len(names) > 1 and losses_shown else []
         self.app.call_from_thread(self._draw, names, axis, smoothing, series + points, diff, losses)
 

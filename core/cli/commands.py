@@ -6,7 +6,6 @@ import sys
 from functools import partial
 from pathlib import Path
 
-from rich.console import Console
 from rich.table import Table
 
 from core import __version__, config
@@ -28,13 +27,6 @@ from core.pipeline import doctor
 from core.pipeline.tables import DOCTOR_COLUMNS, PRESET_COLUMNS, doctor_row, preset_row
 from core.presets import PRESETS, get_preset, human_count
 
-
-def console() -> Console:
-    """A console for standard output as it is now (made at each use: rich fixes a console's colours when it
-    is made, and a console made while an app held the stream would colour every later line)."""
-    return console_for()
-
-
 # ---------------------------------------------------------------- doctor
 
 def cmd_doctor(args, cfg: config.Config) -> int:
@@ -46,11 +38,11 @@ def cmd_doctor(args, cfg: config.Config) -> int:
         table = Table(*DOCTOR_COLUMNS, title="acm doctor", title_justify="left")
         for c in checks:
             table.add_row(*doctor_row(c))
-        console().print(table)
+        console_for().print(table)
         for c in checks:
             if not c.ok:
-                console().print(f"[{'red' if c.required else 'yellow'}]{c.name}[/]: {c.fix}")
-        console().print("[green]ready[/]" if ok else "[red]not ready: fix the MISSING lines above[/]")
+                console_for().print(f"[{'red' if c.required else 'yellow'}]{c.name}[/]: {c.fix}")
+        console_for().print("[green]ready[/]" if ok else "[red]not ready: fix the MISSING lines above[/]")
     return 0 if ok else 1
 
 
@@ -67,10 +59,10 @@ def cmd_presets(args, cfg: config.Config) -> int:
     table = Table(*PRESET_COLUMNS, title="Model presets", title_justify="left")
     for p in PRESETS.values():
         table.add_row(*preset_row(p, selected=p.name == cfg.model.preset))
-    console().print(table)
+    console_for().print(table)
     chosen = "preset" in (cfg.explicit.get("model") or {})
-    console().print("* the preset acm.toml selects (model.preset)" if chosen else
-                  "* the preset that suits this machine (acm.toml sets no model.preset)")
+    console_for().print("* the preset acm.toml selects (model.preset)" if chosen else
+                        "* the preset that suits this machine (acm.toml sets no model.preset)")
     return 0
 
 

@@ -1,7 +1,6 @@
 """`acm data ...`: fetch the corpora, show their statistics, browse samples."""
 from __future__ import annotations
 
-from rich.console import Console
 from rich.table import Table
 
 from core.cli.args import bounded_int
@@ -15,14 +14,6 @@ from core.errors import AcmError, read_back
 from core.escapes import visible
 from core.paths import CORPORA
 from core.pipeline.tables import CORPUS_COLUMNS, SOURCE_COLUMNS, corpus_row, plain, source_rows, sources_line
-
-
-def console() -> Console:
-    """A console for standard output as it is now (made at each use: rich fixes a console's colours when it
-    is made, and a console made while an app held the stream would colour every later line)."""
-    return console_for()
-
-
 
 
 def cmd_fetch(args, cfg: Config) -> int:
@@ -75,7 +66,7 @@ def cmd_stats(args, cfg: Config) -> int:
     table = Table(*CORPUS_COLUMNS, title="Corpora", title_justify="left")
     for kind, s in stats.items():
         table.add_row(*map(plain, corpus_row(kind, s)))
-    console().print(table)
+    console_for().print(table)
     if "code" in stats:
         with read_back(f"the code corpus's manifest {cfg.locations.corpus_manifest('code')}",
                        "run `acm data fetch code` again"):
@@ -85,16 +76,16 @@ def cmd_stats(args, cfg: Config) -> int:
 
 def _print_code_report(r: dict) -> None:
     """The code corpus's report: what was kept and rejected, by source, category and licence."""
-    console().print(f"bash scripts: {r['raw']:,} raw, {r['valid']:,} valid, {r['unique']:,} unique "
-                  f"(removed: {r['exact_duplicates']} exact, {r['near_duplicates']} near duplicates; "
-                  f"rejected: {', '.join(f'{k} {v}' for k, v in r['rejected'].items()) or 'none'})")
+    console_for().print(f"bash scripts: {r['raw']:,} raw, {r['valid']:,} valid, {r['unique']:,} unique "
+                        f"(removed: {r['exact_duplicates']} exact, {r['near_duplicates']} near duplicates; "
+                        f"rejected: {', '.join(f'{k} {v}' for k, v in r['rejected'].items()) or 'none'})")
     sources = Table(*SOURCE_COLUMNS, title="Code by source", title_justify="left")
     for row in source_rows(r):
         sources.add_row(*row)
-    console().print(sources)
-    console().print(counts_table("category", r["by_category"]))
+    console_for().print(sources)
+    console_for().print(counts_table("category", r["by_category"]))
     if r.get("by_licence"):  # corpora fetched before licences were recorded have none
-        console().print(counts_table("licence", r["by_licence"]))
+        console_for().print(counts_table("licence", r["by_licence"]))
 
 
 def counts_table(what: str, counts: dict) -> Table:

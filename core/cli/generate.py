@@ -9,13 +9,12 @@ import threading
 from functools import partial
 from pathlib import Path
 
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from core import config
 from core.cli.args import bounded_int, duration, setting_int
-from core.cli.output import console_for, for_stream, print_json
+from core.cli.output import console_for, err_console, for_stream, print_json
 from core.cli.progress import progress_bars
 from core.config import Config
 from core.engine import POLL_S, Engine, wait_for
@@ -35,12 +34,6 @@ from core.pipeline.tables import EVAL_COLUMNS, eval_rows, plain
 from core.progress import CancelToken
 
 
-def console() -> Console:
-    """A console for standard error as it is now (made at each use: rich fixes a console's colours when it
-    is made, and a console made while an app held the stream would colour every later line)."""
-    return console_for(stderr=True)
-
-
 def params_from(args, cfg: Config) -> SamplingParams:
     """Sampling settings from acm.toml with the flags applied, checked as `acm config set` checks them."""
     g = config.overridden(cfg.generate, "generate.", "command line", temperature=args.temp, top_k=args.top_k,
@@ -57,25 +50,25 @@ def stream_to_stdout(lm, prompt: str, params: SamplingParams, echo_prompt: bool,
     text, last = "", None
     for chunk in stream_generate(lm, prompt, params, should_stop):
         if chunk.notice:
-            console().print(f"[yellow]{chunk.notice}[/]")
+            err_console().print(f"[yellow]{chunk.notice}[/]")
         sys.stdout.write(for_stream(chunk.text))  # each character escapes alone: no escape spans chunks
         sys.stdout.flush()
         text += chunk.text
         last = chunk
     sys.stdout.write("\n")
     verdict = judge(prompt + text, ended(last.finish_reason))
-    console().print(f"[dim]{last.pace()}, stop: {last.finish_reason}; {verdict.describe()}"
-                  f"{escape(task_verdict(prompt, text, expected or {}))}[/]")
+    err_console().print(f"[dim]{last.pace()}, stop: {last.finish_reason}; {verdict.describe()}"
+                        f"{escape(task_verdict(prompt, text, expected or {}))}[/]")
     return text
 
 
 def print_candidates(judged: list, echo_prompt: bool, expected: dict) -> None:
     """Candidates of one batch, each under a line with its verdicts (and, syntax-checked, what was tried)."""
     for notice in dict.fromkeys(j.sample.notice for j in judged if j.sample.notice):  # the same prompt: once
-        console().print(f"[yellow]{escape(notice)}[/]")
+        err_console().print(f"[yellow]{escape(notice)}[/]")
     for i, j in enumerate(judged, 1):
-        console().print(f"[bold]── {i}/{len(judged)}[/] [dim]{j.describe()}"
-                      f"{escape(task_verdict(j.sample.prompt, j.sample.text, expected))}[/]")
+        err_console().print(f"[bold]── {i}/{len(judged)}[/] [dim]{j.describe()}"
+                            f"{escape(task_verdict(j.sample.prompt, j.sample.text, expected))}[/]")
         sys.stdout.write(for_stream((j.sample.prompt if echo_prompt else "") + j.sample.text) + "\n")
         sys.stdout.flush()
 
@@ -89,10 +82,10 @@ def _loaded(args, cfg: Config, engine: Engine):
     holds it (a read from a slow disk), and ends."""
     lm = wait_for(engine.submit_named(LOAD_JOB, partial(load_model, compute_dtype=args.dtype), cfg, args.run,
                                       args.stage, args.checkpoint))
-    console().print(f"[dim]{escape(visible(lm.run))} / {lm.stage} / step {lm.step} ({lm.checkpoint.name}, "
-                  f"{str(lm.model.compute_dtype).removeprefix('mlx.core.')})[/]")
+    err_console().print(f"[dim]{escape(visible(lm.run))} / {lm.stage} / step {lm.step} ({lm.checkpoint.name}, "
+                        f"{str(lm.model.compute_dtype).removeprefix('mlx.core.')})[/]")
     if lm.notice:
-        console().print(f"[yellow]{escape(lm.notice)}[/]")
+        err_console().print(f"[yellow]{escape(lm.notice)}[/]")
     return lm
 
 
@@ -120,7 +113,7 @@ def cmd_generate(args, cfg: Config) -> int:
     finally:
         engine.shutdown(abandon=LOAD_JOB)
     if stopped:
-        console().print(f"(stopped{f': {len(job.result())} of {args.n} printed' if batched else ''})")
+        err_console().print(f"(stopped{f': {len(job.result())} of {args.n} printed' if batched else ''})")
         return INTERRUPTED
     return 0
 
@@ -188,7 +181,7 @@ def cmd_chat(args, cfg: Config) -> int:
     engine = Engine()
     try:
         lm = _loaded(args, cfg, engine)
-        console().print("[dim]type a prompt; end a line with \\ to continue it; Ctrl-D quits[/]")
+        err_console().print("[dim]type a prompt; end a line with \\ to continue it; Ctrl-D quits[/]")
         if hasattr(sys.stdin, "reconfigure"):  # a byte that is not UTF-8 reaches `utf8` below, never fails the read
             sys.stdin.reconfigure(errors="surrogateescape")
         read_line = PromptLines()
@@ -287,7 +280,7 @@ def cmd_export(args, cfg: Config) -> int:
     finally:
         engine.shutdown()
     if info.get("notice"):
-        console().print(f"[yellow]{escape(info['notice'])}[/]")
+        err_console().print(f"[yellow]{escape(info['notice'])}[/]")
     print(f"exported {info['checkpoint']} ({info['preset']}, {info['model_type']}, {info['dtype']}) as "
           f"{info['format']} to {info['folder']} with a model card (README.md)")
     print(f"try: {info['try']}")

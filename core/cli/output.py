@@ -17,9 +17,17 @@ PLAIN_WIDTH = 1000  # wide enough for any of acm's tables: rows are never folded
 
 
 def console_for(stderr: bool = False) -> Console:
+    """A console for standard output (or error) as the stream is now: made at each use, since rich
+    fixes a console's colours when it is made, and one made while an app held the stream would colour
+    every later line."""
     stream = sys.stderr if stderr else sys.stdout
     width = None if stream.isatty() else PLAIN_WIDTH
     return Console(highlight=False, stderr=stderr, width=width)
+
+
+def err_console() -> Console:
+    """`console_for(stderr=True)`: where a command says how it goes, beside what it prints."""
+    return console_for(stderr=True)
 
 
 def natural_width(renderable) -> int:

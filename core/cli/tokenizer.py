@@ -1,7 +1,6 @@
 """`acm tokenizer ...` and `acm prepare`: train and probe the tokenizer, write token shards."""
 from __future__ import annotations
 
-from rich.console import Console
 from rich.table import Table
 
 from core.cli.output import console_for, print_json
@@ -19,12 +18,6 @@ from core.pipeline.tables import (
 from core.progress import CancelToken, within_reach
 from core.tokenizer.bpe import load_meta, load_tokenizer, train_tokenizer
 from core.tokenizer.shards import prepare
-
-
-def console() -> Console:
-    """A console for standard output as it is now (made at each use: rich fixes a console's colours when it
-    is made, and a console made while an app held the stream would colour every later line)."""
-    return console_for()
 
 
 def cmd_train(args, cfg: Config) -> int:
@@ -52,7 +45,7 @@ def print_eval(meta: dict) -> None:
                   f"{meta['held_out']['code']} scripts)", title_justify="left")
     for row in tokenizer_rows(meta):
         table.add_row(*row)
-    console().print(table)
+    console_for().print(table)
 
 
 def cmd_info(args, cfg: Config) -> int:
@@ -80,7 +73,7 @@ def cmd_probe(args, cfg: Config) -> int:
     if args.json:
         print_json(r, indent=None, ensure_ascii=False)
         return 0
-    console().print(coloured_tokens(r["tokens"]))
+    console_for().print(coloured_tokens(r["tokens"]))
     print(f"Tokens: {r['token_strings']}")
     print(f"IDs:    {r['ids']}")
     print(f"Bytes:  {r['byte_offsets']}")
@@ -98,7 +91,7 @@ def cmd_prepare(args, cfg: Config) -> int:
     table = Table(*SHARD_COLUMNS, title="Token shards", title_justify="left")
     for kind, m in manifests.items():
         table.add_row(*shard_row(kind, m))
-    console().print(table)
+    console_for().print(table)
     return 0
 
 

@@ -13,11 +13,10 @@ import signal
 import threading
 from pathlib import Path
 
-from rich.console import Console
 from rich.markup import escape
 
 from core.cli.args import duration, positive_int, setting_int
-from core.cli.output import console_for
+from core.cli.output import err_console
 from core.cli.progress import StepDisplay
 from core.config import Config
 from core.engine import Engine
@@ -34,12 +33,6 @@ from core.train.snapshot import Launch
 from core.train.target import NoRun, training_target
 from core.train.trainer import Control, StageResult, check_inputs
 from core.train.worker import FINISHED, print_event, relay, train_here
-
-
-def console() -> Console:
-    """A console for standard error as it is now (made at each use: rich fixes a console's colours when it
-    is made, and a console made while an app held the stream would colour every later line)."""
-    return console_for(stderr=True)
 
 
 def pick_run(cfg: Config, stage: str, name: str | None, resume: bool):
@@ -124,22 +117,22 @@ def ended(stage: str, run, step: int, last_checkpoint: Path | None, stopped_by_c
         again += " --resume"
         kept = (f"checkpoint of step {step} saved" if last_checkpoint.name == f"step-{step:07d}"
                 else f"its last checkpoint is {last_checkpoint.name}")
-    return interrupted(lambda line: console().print(line, markup=False), kept, again)
+    return interrupted(lambda line: err_console().print(line, markup=False), kept, again)
 
 
 def follow(events: queue.SimpleQueue, args, run, stop) -> int | None:
     """Show a stage's events (a progress bar and lines, or JSON) until they end. Ctrl-C once calls
     `stop`; twice returns 130 at once."""
     label = f"{args.stage} {escape(visible(run.name))}"  # a progress bar reads markup
-    with StepDisplay(console(), label=label) if not args.json else contextlib.nullcontext() as shown:
+    with StepDisplay(err_console(), label=label) if not args.json else contextlib.nullcontext() as shown:
         show = print_event if args.json else shown.train_event
-        return relay(events, show, stop, console().print)
+        return relay(events, show, stop, err_console().print)
 
 
 def train_on_ranks(args, cfg: Config, run, ranks: int) -> int:
     """The stage on `ranks` ranks through MLX's launcher, rank 0's progress shown here."""
     check_inputs(cfg, args.stage, run, args.resume)
-    console().print(f"{args.stage} of run {visible(run.name)} on {describe_ranks(ranks)}", markup=False)
+    err_console().print(f"{args.stage} of run {visible(run.name)} on {describe_ranks(ranks)}", markup=False)
     events: queue.SimpleQueue = queue.SimpleQueue()
     control, outcome = Control(), {}
 

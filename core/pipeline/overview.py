@@ -5,9 +5,8 @@ So the overview is right after a restart, and a stage whose input changed since 
 """
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -17,9 +16,9 @@ from core import runs
 from core.atomic import read_json
 from core.config import Config
 from core.data.corpus import corpus_hashes, sha256_file
-from core.errors import READ_BACK_ERRORS, AcmError
+from core.errors import READ_BACK_ERRORS
 from core.generate.cut import cut_note
-from core.locks import Flock
+from core.locks import held_alone
 from core.paths import CORPORA, Paths
 from core.progress import Progress, within_reach
 from core.runs import checkpoint
@@ -288,20 +287,14 @@ def run_remaining(cfg: Config, report, cancel, on_engine, train_emit=None, train
     stage's display in it, and closes it after). `ready(cfg)`, which must not wait, starts the
     engine's readying of the training step (`core.train.ready`): called as the shards stage starts
     with training after it (`train.ready_in_pipeline`), so the engine readies while the CPU works."""
-    with _one_pipeline(cfg):
+    # one pipeline in a project at a time: a second would run its stages over the first's (fetching a
+    # corpus again, then failing on a lock it never expected)
+    with held_alone(cfg.locations.pipeline_lock, ONE_PIPELINE):
         return _run_stages(cfg, report, cancel, on_engine, train_emit, train_control, time_s, stage_scope, ready)
 
 
-@contextlib.contextmanager
-def _one_pipeline(cfg: Config) -> Iterator[None]:
-    """One pipeline in a project at a time: a second would run its stages over the first's (fetching
-    a corpus again, then failing on a lock it never expected); it is refused at once, in one line."""
-    lock = Flock(cfg.locations.pipeline_lock)
-    with lock:
-        if not lock.try_acquire():
-            raise AcmError("a pipeline is running in this project already (acm pipeline run, or the app's a in "
-                           "the Setup pane): let it end, or stop it (Ctrl-C there, x in the app)")
-        yield
+ONE_PIPELINE = ("a pipeline is running in this project already (acm pipeline run, or the app's a in the Setup "
+                "pane): let it end, or stop it (Ctrl-C there, x in the app)")
 
 
 def _run_stages(cfg: Config, report, cancel, on_engine, train_emit, train_control, time_s: float | None,

@@ -180,11 +180,15 @@ def stage_curve(run: Path, stage: str, by: str = "step") -> Curve:
 
 
 def run_curves(run: Path, stages: tuple[str, ...] = TRAINING_STAGES, by: str = "step") -> list[Curve]:
-    """The curves of a run's stages that have any, each stage placed after the one before it (a
-    fine-tune's steps and tokens count from zero again), so they never lie on top of each other."""
+    """The curves of a run's stages that have any, each stage placed after the one before it."""
+    return placed([stage_curve(run, stage, by) for stage in stages])
+
+
+def placed(curves: list[Curve]) -> list[Curve]:
+    """A run's stage curves (in stage order) that have any point, each placed after the one before it
+    (a fine-tune's steps and tokens count from zero again), so they never lie on top of each other."""
     out, offset = [], 0
-    for stage in stages:
-        curve = stage_curve(run, stage, by)
+    for curve in curves:
         if curve.xs or curve.val_xs:
             out.append(curve.shifted(offset))
             offset = out[-1].last_x()

@@ -131,7 +131,7 @@ def test_a_console_is_made_for_its_stream_as_it_is_at_each_use(monkeypatch, caps
     import io
     import sys
 
-    from core.cli import generate
+    from core.cli.output import err_console
 
     class HeldByAnApp(io.StringIO):
         def isatty(self) -> bool:
@@ -141,6 +141,6 @@ def test_a_console_is_made_for_its_stream_as_it_is_at_each_use(monkeypatch, caps
     monkeypatch.delenv("NO_COLOR", raising=False)
     with monkeypatch.context() as held:
         held.setattr(sys, "stderr", HeldByAnApp())
-        assert generate.console().color_system is not None
-    generate.console().print("[dim]a line[/dim]")
+        assert err_console().color_system is not None
+    err_console().print("[dim]a line[/dim]")
     assert capsys.readouterr().err == "a line\n"
